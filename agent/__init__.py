@@ -1,0 +1,1 @@
+"""tcpscope per-node agent: eBPF programs on TCP tracepoints -> enrichment -> stdout or collector."""

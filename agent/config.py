@@ -1,0 +1,238 @@
+"""The agent's one configuration object: every flag, its environment variable and its default.
+
+Read once at start-up (`AgentConfig.from_args`) and passed down explicitly; nothing reads flags or
+the environment anywhere else. `python -m agent --help` prints the same documentation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
+DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a value the agent cannot use."""
+
+
+def _doc(env: str, help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its environment variable name and help text."""
+    return field(metadata={"env": env, "help": help}, **kw)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    # --- output -----------------------------------------------------------------------------
+    stdout: str | None = _doc("TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None)
+    events: tuple[str, ...] = _doc(
+        "TCPSCOPE_EVENTS",
+        "event kinds to report, comma separated: " + ",".join(EVENT_KINDS),
+        default=DEFAULT_EVENT_KINDS,
+    )
+    duration: float | None = _doc(
+        "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None
+    )
+    dump_bpf: bool = _doc(
+        "TCPSCOPE_DUMP_BPF", "print the kernel probe plan (formats, offsets, attach list) and exit",
+        default=False,
+    )
+    # --- kernel side ------------------------------------------------------------------------
+    ports: tuple[int, ...] = _doc(
+        "TCPSCOPE_PORTS", "only sockets whose local or remote port is one of these (in-kernel)", default=()
+    )
+    cgroup_root: str | None = _doc(
+        "TCPSCOPE_CGROUP_ROOT",
+        "only sockets whose cgroup v2 directory lies under this one (in-kernel subtree filter)",
+        default=None,
+    )
+    netns: str | None = _doc(
+        "TCPSCOPE_NETNS", "only sockets in this network namespace (path like /proc/PID/ns/net)", default=None
+    )
+    probe_sample: int = _doc(
+        "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
+    )
+    max_sockets: int = _doc(
+        "TCPSCOPE_MAX_SOCKETS", "capacity of the per-socket kernel map (evictions are counted)",
+        default=65536,
+    )
+    ring_buffer_kb: int = _doc(
+        "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
+    )
+    # --- identity and enrichment ------------------------------------------------------------
+    node_name: str = _doc(
+        "NODE_NAME", "this node's name (Kubernetes downward API); defaults to the host name", default=""
+    )
+    kubernetes: bool = _doc(
+        "TCPSCOPE_KUBERNETES", "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
+        default=True,
+    )
+    kubeconfig: str | None = _doc(
+        "KUBECONFIG", "kubeconfig file; without it the in-cluster service account is used", default=None
+    )
+    resolve_remote: bool = _doc(
+        "TCPSCOPE_RESOLVE_REMOTE",
+        "resolve remote IPs to pods/services/nodes in the agent (default on for --stdout)",
+        default=True,
+    )
+    label_allowlist: tuple[str, ...] = _doc(
+        "TCPSCOPE_LABELS", "pod labels copied onto events, comma separated (others are dropped)",
+        default=("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "version"),
+    )
+    pod_cache_ttl: float = _doc(
+        "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0
+    )
+    pending_max_wait: float = _doc(
+        "TCPSCOPE_PENDING_MAX_WAIT",
+        "seconds an event from an unknown container is held for its pod to appear", default=2.0,
+    )
+    # --- streaming ---------------------------------------------------------------------------
+    collector: str | None = _doc("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
+    agent_id: str = _doc("TCPSCOPE_AGENT_ID", "unique id of this agent process (default: node + random)",
+                         default="")
+    tls_ca: str | None = _doc("TCPSCOPE_TLS_CA", "CA bundle to verify the collector (enables TLS)", default=None)
+    tls_cert: str | None = _doc("TCPSCOPE_TLS_CERT", "client certificate for mutual TLS", default=None)
+    tls_key: str | None = _doc("TCPSCOPE_TLS_KEY", "client key for mutual TLS", default=None)
+    tls_server_name: str | None = _doc(
+        "TCPSCOPE_TLS_SERVER_NAME", "override the name checked in the collector's certificate", default=None
+    )
+    token_file: str | None = _doc(
+        "TCPSCOPE_TOKEN_FILE", "file holding a bearer token sent to the collector", default=None
+    )
+    compression: str = _doc("TCPSCOPE_COMPRESSION", "gRPC compression: gzip, deflate or none", default="gzip")
+    batch_max_events: int = _doc("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000)
+    batch_max_age: float = _doc("TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5)
+    buffer_max_events: int = _doc(
+        "TCPSCOPE_BUFFER_MAX_EVENTS",
+        "events held for the collector (unsent + unacked); beyond it the oldest are dropped and counted",
+        default=200_000,
+    )
+    drain_grace: float = _doc(
+        "TCPSCOPE_DRAIN_GRACE", "seconds to drain to the collector on SIGTERM before reporting the rest lost",
+        default=10.0,
+    )
+    metrics_port: int = _doc("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    log_level: str = _doc("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
+
+    def __post_init__(self) -> None:
+        if self.stdout not in (None, "table", "json"):
+            raise ConfigError(f"--stdout must be 'table' or 'json', not {self.stdout!r}")
+        unknown = set(self.events) - set(EVENT_KINDS)
+        if unknown:
+            raise ConfigError(f"unknown event kinds {sorted(unknown)}; known: {', '.join(EVENT_KINDS)}")
+        if not self.events:
+            raise ConfigError("--events is empty")
+        if any(not 0 < p < 65536 for p in self.ports):
+            raise ConfigError(f"--port out of range: {self.ports}")
+        if self.probe_sample < 1:
+            raise ConfigError("--probe-sample must be >= 1")
+        kb = self.ring_buffer_kb
+        if kb < 4 or kb & (kb - 1):
+            raise ConfigError("--ring-buffer-kb must be a power of two >= 4")
+        if self.compression not in ("gzip", "deflate", "none"):
+            raise ConfigError("--compression must be gzip, deflate or none")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.batch_max_events < 1 or self.buffer_max_events < self.batch_max_events:
+            raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
+        if not self.node_name:
+            object.__setattr__(self, "node_name", socket.gethostname())
+        if not self.agent_id:
+            object.__setattr__(self, "agent_id", f"{self.node_name}-{uuid.uuid4().hex[:12]}")
+
+    @staticmethod
+    def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
+        """Build the config from command-line flags over environment variables over defaults."""
+        env = os.environ if env is None else env
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        values: dict[str, Any] = {}
+        for f in fields(AgentConfig):
+            flag_value = getattr(ns, f.name, None)
+            raw: Any = flag_value
+            if raw is None and f.metadata["env"] in env:
+                raw = env[f.metadata["env"]]
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, f.default, raw)
+        if ns.port:
+            values["ports"] = tuple(int(p) for p in ns.port)
+        try:
+            return AgentConfig(**values)
+        except ConfigError as e:
+            parser.error(str(e))
+            raise  # unreachable: parser.error exits
+
+
+def _coerce(name: str, default: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if isinstance(default, tuple):
+            items = [x.strip() for x in raw.split(",") if x.strip()]
+            return tuple(int(x) for x in items) if name == "ports" else tuple(items)
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float) or name == "duration":
+            return float(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from e
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tcpscope-agent",
+        description="TCP observability from kernel tracepoints: per-node eBPF agent.",
+        epilog="Every flag can also be set by the environment variable shown in brackets.",
+    )
+    meta = {f.name: f.metadata for f in fields(AgentConfig)}
+
+    def h(name: str) -> str:
+        return f"{meta[name]['help']} [{meta[name]['env']}]"
+
+    p.add_argument("--stdout", choices=("table", "json"), help=h("stdout"))
+    p.add_argument("--events", help=h("events"))
+    p.add_argument("--duration", type=float, help=h("duration"))
+    p.add_argument("--dump-bpf", action="store_true", default=None, help=h("dump_bpf"))
+    p.add_argument("--port", action="append", type=int, help=h("ports") + " (repeatable)")
+    p.add_argument("--cgroup-root", help=h("cgroup_root"))
+    p.add_argument("--netns", help=h("netns"))
+    p.add_argument("--probe-sample", type=int, help=h("probe_sample"))
+    p.add_argument("--max-sockets", type=int, help=h("max_sockets"))
+    p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))
+    p.add_argument("--node-name", help=h("node_name"))
+    p.add_argument("--kubernetes", dest="kubernetes", action="store_true", default=None, help=h("kubernetes"))
+    p.add_argument("--no-kubernetes", dest="kubernetes", action="store_false", default=None,
+                   help="run with cgroup-level identity only")
+    p.add_argument("--kubeconfig", help=h("kubeconfig"))
+    p.add_argument("--resolve-remote", dest="resolve_remote", action="store_true", default=None,
+                   help=h("resolve_remote"))
+    p.add_argument("--no-resolve-remote", dest="resolve_remote", action="store_false", default=None,
+                   help="leave remote ends unresolved (the collector resolves them)")
+    p.add_argument("--labels", dest="label_allowlist", help=h("label_allowlist"))
+    p.add_argument("--pod-cache-ttl", type=float, help=h("pod_cache_ttl"))
+    p.add_argument("--pending-max-wait", type=float, help=h("pending_max_wait"))
+    p.add_argument("--collector", help=h("collector"))
+    p.add_argument("--agent-id", help=h("agent_id"))
+    p.add_argument("--tls-ca", help=h("tls_ca"))
+    p.add_argument("--tls-cert", help=h("tls_cert"))
+    p.add_argument("--tls-key", help=h("tls_key"))
+    p.add_argument("--tls-server-name", help=h("tls_server_name"))
+    p.add_argument("--token-file", help=h("token_file"))
+    p.add_argument("--compression", choices=("gzip", "deflate", "none"), help=h("compression"))
+    p.add_argument("--batch-max-events", type=int, help=h("batch_max_events"))
+    p.add_argument("--batch-max-age", type=float, help=h("batch_max_age"))
+    p.add_argument("--buffer-max-events", type=int, help=h("buffer_max_events"))
+    p.add_argument("--drain-grace", type=float, help=h("drain_grace"))
+    p.add_argument("--metrics-port", type=int, help=h("metrics_port"))
+    p.add_argument("--log-level", help=h("log_level"))
+    return p

@@ -1,0 +1,123 @@
+"""The agent's pipeline stages and the loop that drives them.
+
+    source (kernel) -> enrichers (in order) -> sink (stdout | exporter)
+
+Each stage is a narrow Protocol so tests can swap any of them for a fake. The loop is single
+threaded: stages that need threads (the gRPC exporter, the pod watch) own them privately.
+Every stage reports what it lost through `losses()`: counts by reason, cumulative.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from tcpscope.v1.events_pb2 import TcpEvent
+
+log = logging.getLogger(__name__)
+
+
+class EventSource(Protocol):
+    """Where events come from (the BPF programs, or a fake in tests)."""
+
+    def poll(self, timeout_ms: int) -> list[TcpEvent]:
+        """Wait up to timeout_ms for events and return what arrived (possibly nothing)."""
+        ...
+
+    def losses(self) -> dict[str, int]:
+        """Cumulative events lost before reaching user space, by reason (e.g. 'kernel.ringbuf_full')."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Enricher(Protocol):
+    """Adds metadata to events. May hold events back briefly (returns them later from process/flush)."""
+
+    def process(self, events: list[TcpEvent], now: float) -> list[TcpEvent]:
+        """Enrich these events; return the events ready to go on (in arrival order where possible)."""
+        ...
+
+    def flush(self) -> list[TcpEvent]:
+        """Release every held event, enriched as well as possible (at shutdown)."""
+        ...
+
+    def losses(self) -> dict[str, int]: ...
+
+    def stats(self) -> dict[str, int]:
+        """Counters that are not losses (cache sizes, misses, degraded events)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where events go (stdout, the exporter to the collector)."""
+
+    def emit(self, events: Sequence[TcpEvent], upstream_losses: dict[str, int]) -> None:
+        """Take events; upstream_losses is the cumulative loss map of the stages before the sink."""
+        ...
+
+    def close(self, grace_s: float) -> None:
+        """Flush what can be flushed within grace_s."""
+        ...
+
+    def losses(self) -> dict[str, int]: ...
+
+
+@dataclass
+class Pipeline:
+    source: EventSource
+    enrichers: Sequence[Enricher]
+    sink: Sink
+    clock: Callable[[], float] = time.monotonic
+    poll_timeout_ms: int = 100
+    events_out: int = field(default=0, init=False)
+
+    def upstream_losses(self) -> dict[str, int]:
+        out = dict(self.source.losses())
+        for e in self.enrichers:
+            for k, v in e.losses().items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def all_losses(self) -> dict[str, int]:
+        out = self.upstream_losses()
+        for k, v in self.sink.losses().items():
+            out[k] = out.get(k, 0) + v
+        return out
+
+    def step(self) -> int:
+        events = self.source.poll(self.poll_timeout_ms)
+        now = self.clock()
+        for enricher in self.enrichers:
+            events = enricher.process(events, now)
+        self.sink.emit(events, self.upstream_losses())
+        self.events_out += len(events)
+        return len(events)
+
+    def run(self, stop: threading.Event, deadline: float | None = None) -> None:
+        """Drive the stages until stop is set or the monotonic deadline passes."""
+        while not stop.is_set():
+            if deadline is not None and self.clock() >= deadline:
+                break
+            self.step()
+
+    def shutdown(self, grace_s: float) -> None:
+        """Release held events, flush the sink, close everything."""
+        # a final non-blocking drain of the source; each enricher releases what it held, and the
+        # next enricher in the chain sees those events too
+        events = self.source.poll(0)
+        now = self.clock()
+        for enricher in self.enrichers:
+            events = enricher.process(events, now) + enricher.flush()
+        self.sink.emit(events, self.upstream_losses())
+        self.events_out += len(events)
+        self.sink.close(grace_s)
+        for enricher in self.enrichers:
+            enricher.close()
+        self.source.close()

@@ -1,0 +1,1 @@
+"""tcpscope collector: receives event batches over gRPC and publishes them to Kafka."""

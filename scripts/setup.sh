@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# One-shot, idempotent setup for a fresh Debian 12 machine (run as root, no stdin needed):
+#   - Debian packages: bcc (python3-bpfcc, bpfcc-tools), kernel headers bcc can build against,
+#     bpftool, nftables/iproute2/tcpdump for tests and the simulator;
+#   - tracefs mounted at /sys/kernel/tracing;
+#   - a venv from Debian's interpreter (it must see Debian's bcc module) with the project installed;
+#   - the protobuf/gRPC code generated from proto/.
+# The PyPI package called "bcc" is an unrelated project: bcc only ever comes from Debian.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+
+DEB_PKGS=(bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64 bpftool nftables iproute2
+          tcpdump make gcc libc6-dev util-linux procps)
+missing=()
+for p in "${DEB_PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
+  mount -t tracefs nodev /sys/kernel/tracing || echo "setup: warning: could not mount tracefs" >&2
+fi
+
+VENV=${TCPSCOPE_VENV:-.venv}
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "setup: creating $VENV from Debian's /usr/bin/python3 (with system site-packages for bcc)"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+stamp="$VENV/.tcpscope-installed"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e ".[dev]"
+  touch "$stamp"
+fi
+"$VENV/bin/python" -m scripts.genproto
+echo "setup: done (venv: $VENV)"
