@@ -1,0 +1,1 @@
+"""Helpers shared by tests, benchmarks and the simulator tests: traffic, cgroups, netns, brokers."""
