@@ -1,0 +1,64 @@
+"""AgentConfig: flags over environment over defaults, validation with clear errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError
+
+
+def test_defaults_fill_node_name_and_agent_id() -> None:
+    cfg = AgentConfig.from_args([], env={})
+    assert cfg.node_name
+    assert cfg.agent_id.startswith(cfg.node_name + "-")
+    assert cfg.events == DEFAULT_EVENT_KINDS
+    assert cfg.stdout is None and cfg.kubernetes is True
+
+
+def test_flags_override_environment() -> None:
+    env = {"NODE_NAME": "env-node", "TCPSCOPE_EVENTS": "reset,error", "TCPSCOPE_PORTS": "80,443"}
+    cfg = AgentConfig.from_args(["--node-name", "flag-node"], env=env)
+    assert cfg.node_name == "flag-node"
+    assert cfg.events == ("reset", "error")
+    assert cfg.ports == (80, 443)
+    cfg = AgentConfig.from_args(["--port", "8080", "--port", "9090", "--events", "lifecycle"], env=env)
+    assert cfg.ports == (8080, 9090)
+    assert cfg.events == ("lifecycle",)
+
+
+def test_boolean_flags_and_env() -> None:
+    assert AgentConfig.from_args(["--no-kubernetes"], env={}).kubernetes is False
+    assert AgentConfig.from_args([], env={"TCPSCOPE_KUBERNETES": "false"}).kubernetes is False
+    assert AgentConfig.from_args([], env={"TCPSCOPE_DUMP_BPF": "1"}).dump_bpf is True
+    assert AgentConfig.from_args(["--no-resolve-remote"], env={}).resolve_remote is False
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"events": ("lifecycle", "bogus")}, "unknown event kinds"),
+        ({"ports": (0,)}, "out of range"),
+        ({"ring_buffer_kb": 1000}, "power of two"),
+        ({"tls_cert": "c.pem"}, "go together"),
+        ({"batch_max_events": 10, "buffer_max_events": 5}, "batch-max-events"),
+        ({"stdout": "xml"}, "table"),
+    ],
+)
+def test_invalid_values_raise_clear_errors(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AgentConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_bad_env_value_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        AgentConfig.from_args([], env={"TCPSCOPE_EVENTS": "nope"})
+    assert exc.value.code == 2
+    assert "unknown event kinds" in capsys.readouterr().err
+
+
+def test_every_field_is_documented_with_an_env_var() -> None:
+    from dataclasses import fields
+
+    for f in fields(AgentConfig):
+        assert f.metadata.get("env"), f.name
+        assert f.metadata.get("help"), f.name
