@@ -1,0 +1,347 @@
+"""Per-(client, server) summaries of TCP connections, for `tcpscope-tail --summary`.
+
+Pure aggregation: TcpEvents in, one row per pair out. Only lifecycle events (one per socket, at
+CLOSE) are counted, and each *connection* is counted once although both ends' agents may have
+reported it: the client's socket (role ACTIVE) and the server's (role PASSIVE) are matched by the
+connection's 4-tuple and start time (ports are reused, so the tuple alone is not an identity).
+The client's view decides how the connection ended; the server's view fills in when the client's
+agent did not see it (for example a client outside the cluster).
+
+Counters, each counting connections:
+- connections: established connections (handshake completed)
+- client_resets: established, then aborted by the client (client sent the RST)
+- server_resets: established, then aborted by the server
+- refused: the server answered the SYN with a RST (nothing listening; errno ECONNREFUSED)
+- timeouts: the client gave up (ETIMEDOUT), in the handshake or later
+- retransmits: established connections where either end retransmitted at least one segment
+- failed: connects that never established for another reason (EHOSTUNREACH, aborted, ...)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    CLOSE,
+    ERROR,
+    LISTEN,
+    PASSIVE,
+    RESET_RECEIVED,
+    RESET_SENT,
+    SYN_SENT,
+    TCP_STATE_UNSPECIFIED,
+    Endpoint,
+    EndpointKind,
+    TcpEvent,
+)
+
+ECONNREFUSED = 111
+ETIMEDOUT = 110
+
+COUNTERS: tuple[str, ...] = (
+    "connections", "client_resets", "server_resets", "refused", "timeouts", "retransmits", "failed",
+)
+SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
+MATCH_TOLERANCE_NS = 2_000_000_000
+"""How far apart the two ends' start times may be and still be one connection (both agents stamp
+with their node's wall clock; 2 s covers handshake time plus modest clock skew, and a 4-tuple is
+never reused that fast because the client's port stays in TIME_WAIT or is picked afresh)."""
+
+
+@dataclass(frozen=True)
+class Party:
+    """Who one end of a pair is: a pod (namespace, name) or, when unresolved, an address."""
+
+    namespace: str
+    name: str
+    kind: str  # POD, SERVICE, NODE, EXTERNAL, UNRESOLVED; or the workload kind with --by workload
+
+    def label(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+    def to_json(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "name": self.name, "kind": self.kind}
+
+
+@dataclass
+class PairSummary:
+    client: Party
+    server: Party
+    connections: int = 0
+    client_resets: int = 0
+    server_resets: int = 0
+    refused: int = 0
+    timeouts: int = 0
+    retransmits: int = 0
+    failed: int = 0
+    server_ports: set[int] = field(default_factory=set)
+    client_reset_reasons: dict[str, int] = field(default_factory=dict)
+    server_reset_reasons: dict[str, int] = field(default_factory=dict)
+    first_seen_ns: int = 0
+    last_seen_ns: int = 0
+
+    @property
+    def problems(self) -> int:
+        return self.client_resets + self.server_resets + self.refused + self.timeouts + self.failed
+
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"client": self.client.to_json(), "server": self.server.to_json()}
+        for c in COUNTERS:
+            out[c] = getattr(self, c)
+        out["server_ports"] = sorted(self.server_ports)
+        out["client_reset_reasons"] = dict(sorted(self.client_reset_reasons.items()))
+        out["server_reset_reasons"] = dict(sorted(self.server_reset_reasons.items()))
+        out["first_seen"] = _rfc3339(self.first_seen_ns)
+        out["last_seen"] = _rfc3339(self.last_seen_ns)
+        return out
+
+
+@dataclass
+class _View:
+    """One socket's lifecycle, oriented as (client end, server end)."""
+
+    event: TcpEvent
+    client_end: Endpoint
+    server_end: Endpoint
+    start_ns: int
+    end_ns: int
+
+
+@dataclass
+class Summarizer:
+    """Collects lifecycle events and answers with per-pair counters (bounded by max_sockets)."""
+
+    by: str = "pod"
+    max_sockets: int = 1_000_000
+    _views: dict[tuple[str, int, str, int], tuple[list[_View], list[_View]]] = field(
+        default_factory=dict, init=False
+    )
+    _held: int = field(default=0, init=False)
+    skipped: dict[str, int] = field(default_factory=dict, init=False)
+    """Lifecycle events not counted, by reason: no_role (socket older than the agent), listener,
+    not_lifecycle is not counted here (other event kinds are simply ignored), over_capacity."""
+
+    def __post_init__(self) -> None:
+        if self.by not in ("pod", "workload"):
+            raise ValueError("by must be 'pod' or 'workload'")
+
+    def _skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def add(self, ev: TcpEvent) -> None:
+        """Take one event; everything but lifecycle events is ignored."""
+        if ev.WhichOneof("kind") != "lifecycle":
+            return
+        lc = ev.lifecycle
+        if lc.last_state == LISTEN or ev.remote.port == 0:
+            self._skip("listener")
+            return
+        if lc.role == ACTIVE:
+            client_end, server_end, side = ev.local, ev.remote, 0
+        elif lc.role == PASSIVE:
+            client_end, server_end, side = ev.remote, ev.local, 1
+        else:
+            self._skip("no_role")
+            return
+        if self._held >= self.max_sockets:
+            self._skip("over_capacity")
+            return
+        end_ns = ev.time.ToNanoseconds()
+        view = _View(ev, client_end, server_end, end_ns - lc.duration_ns, end_ns)
+        key = (client_end.ip, client_end.port, server_end.ip, server_end.port)
+        self._views.setdefault(key, ([], []))[side].append(view)
+        self._held += 1
+
+    def add_all(self, events: Iterable[TcpEvent]) -> None:
+        for ev in events:
+            self.add(ev)
+
+    def evict_before(self, cutoff_ns: int) -> None:
+        """Forget sockets that closed before cutoff_ns (a sliding window for long-running tails)."""
+        for key in list(self._views):
+            clients, servers = self._views[key]
+            clients[:] = [v for v in clients if v.end_ns >= cutoff_ns]
+            servers[:] = [v for v in servers if v.end_ns >= cutoff_ns]
+            if not clients and not servers:
+                del self._views[key]
+        self._held = sum(len(c) + len(s) for c, s in self._views.values())
+
+    def connections(self) -> list[tuple[_View | None, _View | None]]:
+        """Each connection once: (client view, server view), either possibly None."""
+        out: list[tuple[_View | None, _View | None]] = []
+        for clients, servers in self._views.values():
+            out.extend(_match(clients, servers))
+        return out
+
+    def pairs(self, window_s: float | None = None, now_ns: int | None = None) -> list[PairSummary]:
+        """Per-pair counters over connections that closed within the last window_s seconds."""
+        cutoff = None
+        if window_s is not None:
+            now = now_ns if now_ns is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
+            cutoff = int(now - window_s * 1e9)
+        rows: dict[tuple[Party, Party], PairSummary] = {}
+        for cv, sv in self.connections():
+            end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
+            if cutoff is not None and end_ns < cutoff:
+                continue
+            client = self._party(cv.event.local if cv else None, sv.event.remote if sv else None)
+            server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None)
+            row = rows.get((client, server))
+            if row is None:
+                row = rows[(client, server)] = PairSummary(client, server)
+            _count(row, cv, sv)
+        return list(rows.values())
+
+    def _party(self, best: Endpoint | None, fallback: Endpoint | None) -> Party:
+        """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
+        agent saw it, else from the peer's agent (remote end, resolved by IP)."""
+        ep = best if best is not None and best.kind != 0 else fallback
+        if ep is None:
+            ep = best
+        assert ep is not None
+        if ep.kind == 0 or not ep.name:
+            return Party("", ep.ip, "UNRESOLVED")
+        if self.by == "workload" and ep.workload.name:
+            return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")
+        return Party(ep.namespace, ep.name, EndpointKind.Name(ep.kind))
+
+
+def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | None, _View | None]]:
+    """Pair client and server views of one 4-tuple by nearest start time, within the tolerance."""
+    if not servers:
+        return [(c, None) for c in clients]
+    if not clients:
+        return [(None, s) for s in servers]
+    candidates = sorted(
+        (abs(c.start_ns - s.start_ns), ci, si)
+        for ci, c in enumerate(clients)
+        for si, s in enumerate(servers)
+        if abs(c.start_ns - s.start_ns) <= MATCH_TOLERANCE_NS
+    )
+    used_c: set[int] = set()
+    used_s: set[int] = set()
+    out: list[tuple[_View | None, _View | None]] = []
+    for _, ci, si in candidates:
+        if ci in used_c or si in used_s:
+            continue
+        used_c.add(ci)
+        used_s.add(si)
+        out.append((clients[ci], servers[si]))
+    out.extend((c, None) for i, c in enumerate(clients) if i not in used_c)
+    out.extend((None, s) for i, s in enumerate(servers) if i not in used_s)
+    return out
+
+
+def _reason(name: str, code: int) -> str:
+    return name or (f"reason_{code}" if code else "UNKNOWN")
+
+
+def _count(row: PairSummary, cv: _View | None, sv: _View | None) -> None:
+    """Add one connection to its row, deciding its outcome from the client's view if there is one."""
+    views = [v for v in (cv, sv) if v is not None]
+    start = min(v.start_ns for v in views)
+    end = max(v.end_ns for v in views)
+    row.first_seen_ns = start if not row.first_seen_ns else min(row.first_seen_ns, start)
+    row.last_seen_ns = max(row.last_seen_ns, end)
+    row.server_ports.add(views[0].server_end.port)
+    if cv is not None:
+        lc = cv.event.lifecycle
+        established = lc.last_state not in (SYN_SENT, TCP_STATE_UNSPECIFIED, CLOSE) or sv is not None
+        if not established:
+            if lc.errno == ECONNREFUSED or lc.ending == RESET_RECEIVED:
+                row.refused += 1
+            elif lc.errno == ETIMEDOUT:
+                row.timeouts += 1
+            else:
+                row.failed += 1
+            return
+        client_sent_rst = lc.ending == RESET_SENT
+        server_sent_rst = lc.ending == RESET_RECEIVED
+        timed_out = lc.ending == ERROR and lc.errno == ETIMEDOUT
+    else:
+        assert sv is not None
+        lc = sv.event.lifecycle
+        client_sent_rst = lc.ending == RESET_RECEIVED
+        server_sent_rst = lc.ending == RESET_SENT
+        timed_out = lc.ending == ERROR and lc.errno == ETIMEDOUT
+    row.connections += 1
+    if client_sent_rst:
+        row.client_resets += 1
+        src = cv.event.lifecycle if cv is not None else None
+        key = _reason(src.reset_reason_name, src.reset_reason) if src is not None else "UNKNOWN"
+        row.client_reset_reasons[key] = row.client_reset_reasons.get(key, 0) + 1
+    elif server_sent_rst:
+        row.server_resets += 1
+        src = sv.event.lifecycle if sv is not None else None
+        key = _reason(src.reset_reason_name, src.reset_reason) if src is not None else "UNKNOWN"
+        row.server_reset_reasons[key] = row.server_reset_reasons.get(key, 0) + 1
+    elif timed_out:
+        row.timeouts += 1
+    if any(v.event.lifecycle.retransmits > 0 for v in views):
+        row.retransmits += 1
+
+
+def select(rows: Sequence[PairSummary], namespace: str | None = None, pod: str | None = None,
+           sort: str = "problems") -> list[PairSummary]:
+    """Filter rows to those with either end in namespace / named pod ("name" or "ns/name"), sorted
+    descending by a counter (names and last_seen ascending/descending as natural)."""
+    out = list(rows)
+    if namespace:
+        out = [r for r in out if namespace in (r.client.namespace, r.server.namespace)]
+    if pod:
+        out = [r for r in out if any(pod in (p.name, p.label()) for p in (r.client, r.server))]
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+
+    def names(r: PairSummary) -> tuple[str, str]:
+        return (r.client.label(), r.server.label())
+
+    if sort == "client":
+        out.sort(key=names)
+    elif sort == "server":
+        out.sort(key=lambda r: (r.server.label(), r.client.label()))
+    elif sort == "last_seen":
+        out.sort(key=names)
+        out.sort(key=lambda r: r.last_seen_ns, reverse=True)
+    else:
+        out.sort(key=names)
+        out.sort(key=lambda r: (getattr(r, sort), r.connections), reverse=True)
+    return out
+
+
+def _rfc3339(ns: int) -> str:
+    if not ns:
+        return ""
+    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    return t.isoformat().replace("+00:00", "Z")
+
+
+def render_json_lines(rows: Sequence[PairSummary]) -> str:
+    """One JSON object per pair per line (for scripts: `jq`, `json.loads` per line)."""
+    return "".join(json.dumps(r.to_json(), sort_keys=False) + "\n" for r in rows)
+
+
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("CONNS", "connections"), ("C-RST", "client_resets"), ("S-RST", "server_resets"),
+    ("REFUSED", "refused"), ("TIMEOUT", "timeouts"), ("RETRANS", "retransmits"), ("FAILED", "failed"),
+)
+
+
+def render_table(rows: Sequence[PairSummary]) -> str:
+    """A fixed-width table for people, with the reset reasons and the time span of each pair."""
+    head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS"]
+    body: list[list[str]] = []
+    for r in rows:
+        reasons = [f"client:{k}x{v}" for k, v in sorted(r.client_reset_reasons.items())]
+        reasons += [f"server:{k}x{v}" for k, v in sorted(r.server_reset_reasons.items())]
+        server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
+        body.append([r.client.label(), server, *(str(getattr(r, a)) for _, a in _COLUMNS),
+                     _rfc3339(r.first_seen_ns)[11:19], _rfc3339(r.last_seen_ns)[11:19], " ".join(reasons)])
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+             for line in (head, *body)]
+    return "\n".join(lines) + "\n"

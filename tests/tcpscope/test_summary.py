@@ -1,0 +1,191 @@
+"""tcpscope.summary on hand-built lifecycle events: each connection counted once, by outcome."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tcpscope import summary
+from tcpscope.v1 import events_pb2 as pb
+
+T0 = 1_700_000_000 * 10**9
+WEB = ("shop", "web-1", "198.18.1.2", "web")
+API = ("shop", "api-1", "198.18.2.2", "api")
+DB = ("data", "db-1", "198.18.3.2", "db")
+
+
+def _ep(ep: pb.Endpoint, who: tuple[str, str, str, str] | None, ip: str, port: int) -> None:
+    ep.ip, ep.port = ip, port
+    if who is not None:
+        ep.kind = pb.POD
+        ep.namespace, ep.name = who[0], who[1]
+        ep.workload.kind, ep.workload.name = "Deployment", who[3]
+
+
+def lifecycle(role: int, local: tuple[str, str, str, str], remote: tuple[str, str, str, str],
+              lport: int, rport: int, start_ns: int, dur_ns: int = 5_000_000, *,
+              ending: int = pb.NORMAL, errno: int = 0, last_state: int = pb.FIN_WAIT1,
+              retransmits: int = 0, reason: str = "", resolve_remote: bool = True) -> pb.TcpEvent:
+    ev = pb.TcpEvent()
+    ev.time.FromNanoseconds(start_ns + dur_ns)
+    ev.node = "node-x"
+    _ep(ev.local, local, local[2], lport)
+    _ep(ev.remote, remote if resolve_remote else None, remote[2], rport)
+    lc = ev.lifecycle
+    lc.role, lc.duration_ns, lc.ending, lc.errno = role, dur_ns, ending, errno
+    lc.last_state, lc.retransmits, lc.reset_reason_name = last_state, retransmits, reason
+    return ev
+
+
+def both(client: tuple[str, str, str, str], server: tuple[str, str, str, str], cport: int, sport: int,
+         start: int, *, c_kw: dict[str, object] | None = None,
+         s_kw: dict[str, object] | None = None) -> list[pb.TcpEvent]:
+    """The two agents' lifecycle events of one established connection."""
+    c = lifecycle(pb.ACTIVE, client, server, cport, sport, start, **(c_kw or {}))  # type: ignore[arg-type]
+    s = lifecycle(pb.PASSIVE, server, client, sport, cport, start + 100_000, 4_000_000,
+                  last_state=pb.LAST_ACK, **(s_kw or {}))  # type: ignore[arg-type]
+    return [c, s]
+
+
+def rows_by_pair(s: summary.Summarizer, **kw: object) -> dict[tuple[str, str], dict[str, object]]:
+    out = {}
+    for r in s.pairs(**kw):  # type: ignore[arg-type]
+        j = r.to_json()
+        out[(r.client.label(), r.server.label())] = j
+    return out
+
+
+def counters(j: dict[str, object]) -> dict[str, object]:
+    return {k: j[k] for k in summary.COUNTERS}
+
+
+def zero(**kw: int) -> dict[str, int]:
+    return {**dict.fromkeys(summary.COUNTERS, 0), **kw}
+
+
+def test_each_kind_counted_once_although_both_ends_reported_it() -> None:
+    evs: list[pb.TcpEvent] = []
+    t = T0
+    for i in range(3):  # ok
+        evs += both(WEB, API, 40000 + i, 9000, t)
+        t += 10**9
+    for i in range(2):  # client aborts: client RESET_SENT, server RESET_RECEIVED
+        evs += both(WEB, API, 41000 + i, 9000, t,
+                    c_kw={"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"},
+                    s_kw={"ending": pb.RESET_RECEIVED, "errno": 104})
+        t += 10**9
+    evs += both(WEB, API, 42000, 9000, t,  # server abort
+                c_kw={"ending": pb.RESET_RECEIVED, "errno": 104},
+                s_kw={"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"})
+    # refused x4 and a timeout: client view only (no server socket ever exists)
+    for i in range(4):
+        evs.append(lifecycle(pb.ACTIVE, WEB, API, 43000 + i, 9999, t + i, ending=pb.RESET_RECEIVED,
+                             errno=111, last_state=pb.SYN_SENT))
+    evs.append(lifecycle(pb.ACTIVE, WEB, API, 44000, 9000, t, 3 * 10**9, ending=pb.ERROR, errno=110,
+                         last_state=pb.SYN_SENT, retransmits=1))
+    s = summary.Summarizer()
+    s.add_all(evs)
+    rows = rows_by_pair(s)
+    assert list(rows) == [("shop/web-1", "shop/api-1")]
+    j = rows[("shop/web-1", "shop/api-1")]
+    assert counters(j) == zero(connections=6, client_resets=2, server_resets=1, refused=4, timeouts=1)
+    assert j["client"] == {"namespace": "shop", "name": "web-1", "kind": "POD"}
+    assert j["server"] == {"namespace": "shop", "name": "api-1", "kind": "POD"}
+    assert j["server_ports"] == [9000, 9999]
+    assert j["client_reset_reasons"] == {"NOT_SPECIFIED": 2}
+    assert j["server_reset_reasons"] == {"NOT_SPECIFIED": 1}
+
+
+def test_port_reuse_is_two_connections_and_nearest_start_pairs_views() -> None:
+    # the same 4-tuple twice, 1.5 s apart: two connections, not one
+    evs = both(WEB, API, 40000, 9000, T0) + both(WEB, API, 40000, 9000, T0 + 1_500_000_000,
+                                                  c_kw={"ending": pb.RESET_SENT},
+                                                  s_kw={"ending": pb.RESET_RECEIVED})
+    s = summary.Summarizer()
+    s.add_all(reversed(evs))  # arrival order does not matter
+    j = rows_by_pair(s)[("shop/web-1", "shop/api-1")]
+    assert counters(j) == zero(connections=2, client_resets=1)
+
+
+def test_one_sided_views_fall_back_and_name_both_ends() -> None:
+    # only the server's agent saw this connection (client's node has no agent): its remote end
+    # names the client
+    s_only = lifecycle(pb.PASSIVE, API, WEB, 9000, 40000, T0, ending=pb.RESET_RECEIVED, errno=104)
+    # only the client's agent saw this one, and could not resolve the remote address
+    c_only = lifecycle(pb.ACTIVE, WEB, DB, 40001, 5432, T0, retransmits=2, resolve_remote=False)
+    s = summary.Summarizer()
+    s.add_all([s_only, c_only])
+    rows = rows_by_pair(s)
+    assert counters(rows[("shop/web-1", "shop/api-1")]) == zero(connections=1, client_resets=1)
+    assert rows[("shop/web-1", "shop/api-1")]["client_reset_reasons"] == {"UNKNOWN": 1}
+    j = rows[("shop/web-1", "198.18.3.2")]
+    assert counters(j) == zero(connections=1, retransmits=1)
+    assert j["server"] == {"namespace": "", "name": "198.18.3.2", "kind": "UNRESOLVED"}
+
+
+def test_server_view_names_the_server_when_client_agent_could_not() -> None:
+    c, sv = both(WEB, API, 40000, 9000, T0, s_kw={"retransmits": 3})
+    c.remote.Clear()
+    c.remote.ip, c.remote.port = API[2], 9000
+    s = summary.Summarizer()
+    s.add_all([c, sv])
+    rows = rows_by_pair(s)
+    assert list(rows) == [("shop/web-1", "shop/api-1")]
+    assert counters(rows[("shop/web-1", "shop/api-1")]) == zero(connections=1, retransmits=1)
+
+
+def test_by_workload_groups_pods_and_listeners_and_roleless_sockets_are_skipped() -> None:
+    web2 = ("shop", "web-2", "198.18.1.3", "web")
+    evs = both(WEB, API, 40000, 9000, T0) + both(web2, API, 40000, 9000, T0)
+    listener = lifecycle(pb.ROLE_UNSPECIFIED, API, API, 9000, 0, T0, last_state=pb.LISTEN)
+    old = lifecycle(pb.ROLE_UNSPECIFIED, API, WEB, 9000, 40999, T0)
+    s = summary.Summarizer(by="workload")
+    s.add_all([*evs, listener, old])
+    rows = rows_by_pair(s)
+    assert list(rows) == [("shop/web", "shop/api")]
+    assert rows[("shop/web", "shop/api")]["client"] == {"namespace": "shop", "name": "web",
+                                                        "kind": "Deployment"}
+    assert counters(rows[("shop/web", "shop/api")]) == zero(connections=2)
+    assert s.skipped == {"listener": 1, "no_role": 1}
+
+
+def test_window_filter_sort_and_outputs() -> None:
+    evs = both(WEB, API, 40000, 9000, T0)
+    evs += both(API, DB, 40001, 5432, T0 + 100 * 10**9, c_kw={"ending": pb.RESET_RECEIVED},
+                s_kw={"ending": pb.RESET_SENT})
+    evs.append(lifecycle(pb.ACTIVE, WEB, DB, 40002, 5433, T0 + 50 * 10**9, ending=pb.RESET_RECEIVED,
+                         errno=111, last_state=pb.SYN_SENT))
+    s = summary.Summarizer()
+    s.add_all(evs)
+    now = T0 + 110 * 10**9
+    assert set(rows_by_pair(s, window_s=30, now_ns=now)) == {("shop/api-1", "data/db-1")}
+    rows = s.pairs()
+    ordered = summary.select(rows, sort="problems")
+    assert [(r.client.name, r.server.name) for r in ordered] == [
+        ("api-1", "db-1"), ("web-1", "db-1"), ("web-1", "api-1")]
+    assert next(r.server.name for r in summary.select(rows, sort="connections")) == "db-1"
+    assert {(r.client.name, r.server.name) for r in summary.select(rows, namespace="data")} == {
+        ("api-1", "db-1"), ("web-1", "db-1")}
+    assert [(r.client.name, r.server.name) for r in summary.select(rows, pod="shop/web-1",
+                                                                   sort="server")] == [
+        ("web-1", "db-1"), ("web-1", "api-1")]  # data/... sorts before shop/...
+    lines = summary.render_json_lines(ordered).splitlines()
+    assert len(lines) == 3
+    first = json.loads(lines[0])
+    assert first["client"]["name"] == "api-1" and first["server_resets"] == 1
+    assert first["first_seen"] == "2023-11-14T22:15:00Z"  # T0 + 100 s, the client's connect
+    table = summary.render_table(ordered).splitlines()
+    assert table[0].split()[:4] == ["CLIENT", "SERVER", "CONNS", "C-RST"]
+    assert table[1].split()[:5] == ["shop/api-1", "data/db-1:5432", "1", "0", "1"]
+    with pytest.raises(ValueError):
+        summary.select(rows, sort="bogus")
+
+
+def test_capacity_is_bounded_and_counted() -> None:
+    s = summary.Summarizer(max_sockets=3)
+    s.add_all(both(WEB, API, 40000, 9000, T0) + both(WEB, API, 40001, 9000, T0))
+    assert s.skipped == {"over_capacity": 1}
+    s.evict_before(T0 + 10**10)
+    s.add_all(both(WEB, API, 40002, 9000, T0 + 2 * 10**10))
+    assert counters(rows_by_pair(s)[("shop/web-1", "shop/api-1")]) == zero(connections=1)
