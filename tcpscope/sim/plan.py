@@ -1,0 +1,246 @@
+"""The simulator's traffic plan: which pods run on which nodes, and which connections they make.
+
+A plan is JSON (see docs/sim.md)::
+
+    {"pods": [{"namespace": "shop", "name": "web-1", "node": "node-1", "listen": [8080]}, ...],
+     "traffic": [{"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "ok", "count": 20}]}
+
+Parsing is pure and strict: every error names the offending entry, so a typo in a plan fails
+before any namespace or cgroup is created. Addresses are assigned here, deterministically:
+node i (1-based, in order of first appearance) holds 198.18.i.0/24 and its pods get .2, .3, ...
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout")
+"""Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server)."""
+
+MAX_NODES = 200
+MAX_PODS_PER_NODE = 250
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+class PlanError(ValueError):
+    """The plan cannot be run as written."""
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    namespace: str
+    name: str
+    node: str
+    listen: tuple[int, ...]
+    workload: str  # Deployment name; defaults to the pod name without a trailing "-<digits>"
+    labels: tuple[tuple[str, str], ...]
+    ip: str = ""  # assigned by parse_plan
+
+    @property
+    def ref(self) -> str:
+        """The "namespace/name" a traffic entry uses to name this pod."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    src: str  # "namespace/name" of the client pod
+    dst: str  # "namespace/name" of the server pod
+    port: int
+    kind: str
+    count: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    pods: tuple[PodSpec, ...]
+    traffic: tuple[TrafficSpec, ...]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Node names in order of first appearance (node i gets 198.18.i.0/24, 1-based)."""
+        seen: dict[str, None] = {}
+        for p in self.pods:
+            seen.setdefault(p.node, None)
+        return tuple(seen)
+
+    def pod(self, ref: str) -> PodSpec:
+        for p in self.pods:
+            if p.ref == ref:
+                return p
+        raise KeyError(ref)
+
+    def pods_on(self, node: str) -> tuple[PodSpec, ...]:
+        return tuple(p for p in self.pods if p.node == node)
+
+    def expected_lifecycles(self) -> int:
+        """Lifecycle events the agents must report for this plan: one per client socket, plus one
+        per server socket of every connection that was established (refused and timed-out
+        connects never create a server socket)."""
+        n = 0
+        for t in self.traffic:
+            n += t.count * (2 if t.kind in ("ok", "client_reset", "server_reset") else 1)
+        return n
+
+
+def _str(entry: Mapping[str, Any], key: str, where: str) -> str:
+    v = entry.get(key)
+    if not isinstance(v, str) or not v:
+        raise PlanError(f"{where}: '{key}' must be a non-empty string, got {v!r}")
+    return v
+
+
+def _port(v: Any, where: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 65536:
+        raise PlanError(f"{where}: port must be an integer in 1..65535, got {v!r}")
+    return v
+
+
+def _default_workload(name: str) -> str:
+    m = re.match(r"^(.*?)-\d+$", name)
+    return m.group(1) if m and m.group(1) else name
+
+
+def parse_plan(doc: Mapping[str, Any]) -> Plan:
+    """Validate a decoded plan document and assign pod addresses."""
+    if not isinstance(doc, Mapping):
+        raise PlanError("a plan is a JSON object with 'pods' and 'traffic'")
+    unknown = set(doc) - {"pods", "traffic"}
+    if unknown:
+        raise PlanError(f"unknown top-level keys {sorted(unknown)}")
+    raw_pods = doc.get("pods")
+    if not isinstance(raw_pods, list) or not raw_pods:
+        raise PlanError("'pods' must be a non-empty list")
+    pods: list[PodSpec] = []
+    node_index: dict[str, int] = {}
+    per_node: dict[str, int] = {}
+    refs: set[str] = set()
+    for i, rp in enumerate(raw_pods):
+        where = f"pods[{i}]"
+        if not isinstance(rp, Mapping):
+            raise PlanError(f"{where}: must be an object")
+        extra = set(rp) - {"namespace", "name", "node", "listen", "workload", "labels"}
+        if extra:
+            raise PlanError(f"{where}: unknown keys {sorted(extra)}")
+        ns, name, node = _str(rp, "namespace", where), _str(rp, "name", where), _str(rp, "node", where)
+        for what, v in (("namespace", ns), ("name", name), ("node", node)):
+            if not _DNS_LABEL.match(v):
+                raise PlanError(f"{where}: {what} {v!r} is not a DNS label (lower case, digits, '-')")
+        listen_raw = rp.get("listen", [])
+        if not isinstance(listen_raw, list):
+            raise PlanError(f"{where}: 'listen' must be a list of ports")
+        listen = tuple(_port(p, where) for p in listen_raw)
+        if len(set(listen)) != len(listen):
+            raise PlanError(f"{where}: duplicate port in 'listen'")
+        workload = rp.get("workload", _default_workload(name))
+        if not isinstance(workload, str) or not _DNS_LABEL.match(workload):
+            raise PlanError(f"{where}: workload {workload!r} is not a DNS label")
+        labels_raw = rp.get("labels", {})
+        if not isinstance(labels_raw, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in labels_raw.items()
+        ):
+            raise PlanError(f"{where}: 'labels' must map strings to strings")
+        ref = f"{ns}/{name}"
+        if ref in refs:
+            raise PlanError(f"{where}: pod {ref} is declared twice")
+        refs.add(ref)
+        if node not in node_index:
+            if len(node_index) >= MAX_NODES:
+                raise PlanError(f"at most {MAX_NODES} nodes")
+            node_index[node] = len(node_index) + 1
+        per_node[node] = per_node.get(node, 0) + 1
+        if per_node[node] > MAX_PODS_PER_NODE:
+            raise PlanError(f"at most {MAX_PODS_PER_NODE} pods per node ({node})")
+        ip = f"198.18.{node_index[node]}.{per_node[node] + 1}"
+        labels = tuple(sorted({"app": workload, **dict(labels_raw)}.items()))
+        pods.append(PodSpec(ns, name, node, listen, workload, labels, ip))
+
+    raw_traffic = doc.get("traffic", [])
+    if not isinstance(raw_traffic, list):
+        raise PlanError("'traffic' must be a list")
+    by_ref = {p.ref: p for p in pods}
+    traffic: list[TrafficSpec] = []
+    for i, rt in enumerate(raw_traffic):
+        where = f"traffic[{i}]"
+        if not isinstance(rt, Mapping):
+            raise PlanError(f"{where}: must be an object")
+        extra = set(rt) - {"from", "to", "port", "kind", "count"}
+        if extra:
+            raise PlanError(f"{where}: unknown keys {sorted(extra)}")
+        src, dst = _str(rt, "from", where), _str(rt, "to", where)
+        for v in (src, dst):
+            if v not in by_ref:
+                raise PlanError(f"{where}: no pod {v!r} (write 'namespace/name')")
+        if src == dst:
+            raise PlanError(f"{where}: a pod cannot connect to itself in the simulator")
+        port = _port(rt.get("port"), where)
+        kind = rt.get("kind", "ok")
+        if kind not in KINDS:
+            raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        count = rt.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
+            raise PlanError(f"{where}: count must be an integer in 1..100000, got {count!r}")
+        listening = port in by_ref[dst].listen
+        if kind == "refused" and listening:
+            raise PlanError(f"{where}: 'refused' needs a port {dst} does not listen on ({port} is)")
+        if kind != "refused" and not listening:
+            raise PlanError(f"{where}: {dst} does not listen on {port} (add it to 'listen')")
+        traffic.append(TrafficSpec(src, dst, port, kind, count))
+    return Plan(tuple(pods), tuple(traffic))
+
+
+def load_plan(path: str) -> Plan:
+    """Read and validate a plan file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise PlanError(f"{path}: not JSON: {e}") from e
+    return parse_plan(doc)
+
+
+def builtin_plan() -> Plan:
+    """The demo cluster: three nodes, seven pods, services that talk across nodes.
+
+    Its traffic list describes one round of the built-in mix; the driver repeats it forever (or for
+    --duration) and adds the kinds a plan cannot express exactly: data retransmits from random drops
+    and a server that stops accepting.
+    """
+    pods: list[dict[str, Any]] = [
+        {"namespace": "shop", "name": "frontend-1", "node": "node-1", "listen": [8080]},
+        {"namespace": "shop", "name": "frontend-2", "node": "node-2", "listen": [8080]},
+        {"namespace": "shop", "name": "cart-1", "node": "node-2", "listen": [7070]},
+        {"namespace": "shop", "name": "checkout-1", "node": "node-3", "listen": [5050]},
+        {"namespace": "payments", "name": "gateway-1", "node": "node-3", "listen": [9443]},
+        {"namespace": "data", "name": "redis-1", "node": "node-1", "listen": [6379]},
+        {"namespace": "batch", "name": "reports-1", "node": "node-2", "listen": [9100]},
+    ]
+    traffic: list[dict[str, Any]] = [
+        {"from": "shop/frontend-1", "to": "shop/cart-1", "port": 7070, "kind": "ok", "count": 5},
+        {"from": "shop/frontend-2", "to": "shop/cart-1", "port": 7070, "kind": "ok", "count": 5},
+        {"from": "shop/cart-1", "to": "data/redis-1", "port": 6379, "kind": "ok", "count": 8},
+        {"from": "shop/frontend-1", "to": "shop/checkout-1", "port": 5050, "kind": "ok", "count": 2},
+        {"from": "shop/checkout-1", "to": "payments/gateway-1", "port": 9443, "kind": "server_reset",
+         "count": 1},
+        {"from": "shop/checkout-1", "to": "payments/gateway-1", "port": 9443, "kind": "ok", "count": 2},
+        {"from": "shop/frontend-2", "to": "shop/checkout-1", "port": 5051, "kind": "refused", "count": 1},
+        {"from": "batch/reports-1", "to": "data/redis-1", "port": 6379, "kind": "client_reset", "count": 1},
+        {"from": "batch/reports-1", "to": "shop/checkout-1", "port": 5050, "kind": "timeout", "count": 1},
+    ]
+    return parse_plan({"pods": pods, "traffic": traffic})
+
+
+def plan_to_doc(plan: Plan) -> dict[str, Any]:
+    """The JSON document of a plan (addresses are derived, so they are not part of it)."""
+    pods: Sequence[dict[str, Any]] = [
+        {"namespace": p.namespace, "name": p.name, "node": p.node, "listen": list(p.listen),
+         "workload": p.workload, "labels": dict(p.labels)}
+        for p in plan.pods
+    ]
+    traffic = [{"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count}
+               for t in plan.traffic]
+    return {"pods": list(pods), "traffic": traffic}
