@@ -35,6 +35,7 @@ _FIELD_RE = re.compile(
 )
 # The last token of a declaration: NAME, NAME[N] or NAME[] (flexible array).
 _NAME_RE = re.compile(r"^(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:\[(?P<len>[^\]]*)\])?$")
+_ARRAY_RE = re.compile(r"^(?P<head>.*?)\s*(?P<name>[A-Za-z_][A-Za-z0-9_]*)\[(?P<len>[^\]]*)\]$")
 _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -58,6 +59,8 @@ class Field:
     size: int
     signed: bool
     array_len: int | None
+    array_expr: str | None = None  # the length as printed when not a number (older kernels print
+    # `__u8 saddr[sizeof(struct sockaddr_in6)]`); array_len is then size / element size
 
     @property
     def is_common(self) -> bool:
@@ -68,6 +71,8 @@ class Field:
         """The declaration as tracefs prints it, e.g. `__u8 saddr[28]`."""
         if self.array_len is None:
             return f"{self.ctype} {self.name}"
+        if self.array_expr is not None:
+            return f"{self.ctype} {self.name}[{self.array_expr}]"
         return f"{self.ctype} {self.name}[{self.array_len or ''}]"
 
 
@@ -108,10 +113,23 @@ class TracepointFormat:
         return "\n".join(lines) + "\n"
 
 
-def _parse_decl(decl: str, where: str) -> tuple[str, str, int | None]:
-    """Split `TYPE NAME[N]` into (ctype, name, array_len)."""
+# Element sizes for array lengths printed as expressions (size / element size = element count).
+_ELEMENT_SIZES = {
+    "char": 1, "signed char": 1, "unsigned char": 1, "u8": 1, "s8": 1, "__u8": 1, "__s8": 1,
+    "u16": 2, "s16": 2, "__u16": 2, "__s16": 2, "u32": 4, "s32": 4, "__u32": 4, "__s32": 4,
+    "int": 4, "unsigned int": 4, "u64": 8, "s64": 8, "__u64": 8, "__s64": 8,
+}
+
+
+def _parse_decl(decl: str, size: int, where: str) -> tuple[str, str, int | None, str | None]:
+    """Split `TYPE NAME[N]` into (ctype, name, array_len, array_expr)."""
     decl = decl.strip()
-    ctype, sep, last = decl.rpartition(" ")
+    arr = _ARRAY_RE.match(decl) if decl.endswith("]") else None
+    if arr is not None and arr.group("head").strip():
+        ctype, last = arr.group("head").strip(), f"{arr.group('name')}[{arr.group('len')}]"
+        sep = " "
+    else:
+        ctype, sep, last = decl.rpartition(" ")
     # Tolerate `char *name` (not what the kernel prints, which puts a space before the name).
     stars = len(last) - len(last.lstrip("*"))
     if stars:
@@ -121,12 +139,18 @@ def _parse_decl(decl: str, where: str) -> tuple[str, str, int | None]:
         raise ValueError(f"{where}: cannot split field declaration {decl!r} into TYPE and NAME")
     length = m.group("len")
     if length is None:
-        return ctype, m.group("name"), None
+        return ctype, m.group("name"), None, None
     if length == "":
-        return ctype, m.group("name"), 0
-    if not length.isdigit():
-        raise ValueError(f"{where}: array length {length!r} in {decl!r} is not a number")
-    return ctype, m.group("name"), int(length)
+        return ctype, m.group("name"), 0, None
+    if length.isdigit():
+        return ctype, m.group("name"), int(length), None
+    elem = _ELEMENT_SIZES.get(ctype)
+    if elem is None or size % elem:
+        raise ValueError(
+            f"{where}: array length {length!r} in {decl!r} is an expression and the size of {ctype!r} "
+            "is unknown, so the element count cannot be derived"
+        )
+    return ctype, m.group("name"), size // elem, length
 
 
 def parse_format(text: str, category: str, name: str) -> TracepointFormat:
@@ -180,7 +204,8 @@ def parse_format(text: str, category: str, name: str) -> TracepointFormat:
             raise ValueError(
                 f"{what}, line {pos}: expected 'field:TYPE NAME; offset:N; size:N; signed:N;', got {raw!r}"
             )
-        ctype, fname, array_len = _parse_decl(m.group("decl"), f"{what}, line {pos}")
+        size = int(m.group("size"))
+        ctype, fname, array_len, array_expr = _parse_decl(m.group("decl"), size, f"{what}, line {pos}")
         if fname in seen:
             raise ValueError(f"{what}, line {pos}: field {fname!r} appears twice")
         seen.add(fname)
@@ -189,9 +214,10 @@ def parse_format(text: str, category: str, name: str) -> TracepointFormat:
                 name=fname,
                 ctype=ctype,
                 offset=int(m.group("offset")),
-                size=int(m.group("size")),
+                size=size,
                 signed=m.group("signed") == "1",
                 array_len=array_len,
+                array_expr=array_expr,
             )
         )
     if not fields:
