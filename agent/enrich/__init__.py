@@ -1,0 +1,72 @@
+"""Kubernetes enrichment: who each end of a socket is.
+
+    local end:  process.cgroup_id -> CgroupMap (cgroups.py) -> pod uid / container id
+                -> PodIndex (pods.py, node-scoped pod watch) -> LocalEnricher (local.py)
+    remote end: remote.ip -> IpIndex (ipindex.py, cluster-wide pod/service/node watches)
+                -> RemoteResolver / RemoteEnricher (remote.py)
+
+`build_enrichers` is the one entry point the agent's wiring calls. Enrichment degrades, it never
+drops: when the API server is away events go on with cgroup-level identity and misses are counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from agent.enrich.cgroups import CgroupIdentity, CgroupMap, find_cgroup2_mount, parse_cgroup_path
+from agent.enrich.ipindex import IpIndex, IpOwner
+from agent.enrich.kube import ClientKubeApi, KubeApi, Reflector, load_api_client
+from agent.enrich.local import LocalEnricher
+from agent.enrich.pods import PodIndex, PodInfo, pod_info, workload_of
+from agent.enrich.remote import RemoteEnricher, RemoteResolver
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
+    from agent.pipeline import Enricher
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CgroupIdentity", "CgroupMap", "ClientKubeApi", "IpIndex", "IpOwner", "KubeApi", "LocalEnricher",
+    "PodIndex", "PodInfo", "Reflector", "RemoteEnricher", "RemoteResolver", "build_enrichers",
+    "find_cgroup2_mount", "load_api_client", "parse_cgroup_path", "pod_info", "workload_of",
+]
+
+
+def build_enrichers(config: AgentConfig, *, api: KubeApi | None = None, cgroup_root: str | None = None,
+                    initial_sync_timeout: float = 3.0) -> list[Enricher]:
+    """The enrichment stages for this config, in pipeline order (local, then remote if enabled).
+
+    `api` overrides the client built from `config.kubeconfig` / the in-cluster service account;
+    `cgroup_root` overrides the detected cgroup2 mount. Waits up to `initial_sync_timeout` seconds
+    for the first pod list so the first events resolve; an unreachable API server is not an error.
+    """
+    cgroups = CgroupMap(cgroup_root, gone_ttl=config.pod_cache_ttl)
+    if config.kubernetes and api is None:
+        try:
+            api = ClientKubeApi(load_api_client(config.kubeconfig))
+        except Exception as e:  # no kubeconfig and not in a cluster: cgroup-level identity only
+            log.warning("kubernetes enrichment off: cannot configure an API client (%s)", e)
+    if not config.kubernetes or api is None:
+        return [LocalEnricher(cgroups, None, config.node_name)]
+
+    pods = PodIndex(config.label_allowlist, ttl=config.pod_cache_ttl)
+    reflector = Reflector(api, "pods", pods, field_selector=f"spec.nodeName={config.node_name}").start()
+    local = LocalEnricher(
+        cgroups, pods, config.node_name, pods_synced=reflector.synced.is_set,
+        pending_max_wait=config.pending_max_wait,
+        extra_stats=lambda: reflector.stats("local.watch.pods"), on_close=reflector.close,
+    )
+    enrichers: list[Enricher] = [local]
+    resolver: RemoteResolver | None = None
+    if config.resolve_remote:
+        resolver = RemoteResolver(api, config.label_allowlist, ttl=max(config.pod_cache_ttl, 60.0)).start()
+        enrichers.append(RemoteEnricher(resolver, config.node_name))
+    if initial_sync_timeout > 0:
+        ok = reflector.synced.wait(initial_sync_timeout)
+        if resolver is not None:
+            ok = resolver.wait_synced(initial_sync_timeout) and ok
+        if not ok:
+            log.warning("kubernetes API not reachable yet; events flow without pod fields until it is")
+    return enrichers
