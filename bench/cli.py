@@ -1,0 +1,120 @@
+"""Command line of the harness: parse options, build the load, run the phases, write the reports."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.load import Topology, VethPair, build_loadgen, loopback
+from bench.modes import DEFAULT_MODES, MODES
+from bench.procs import Unavailable
+from bench.runner import OverheadRow, Step, ZeroLossRow, run_all_kinds_cpu, run_overhead, run_zero_loss
+
+log = logging.getLogger("bench")
+DEFAULT_RATES = (2000.0, 5000.0, 10000.0, 15000.0, 20000.0, 0.0)
+QUICK_RATES = (5000.0, 10000.0)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--quick", action="store_true", help="2 rounds of 2 s, two zero-loss steps (~3 min)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds per topology (default 5, quick 2)")
+    p.add_argument("--duration", type=float, help="seconds of load per mode per round (default 5, quick 2)")
+    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                   help=f"comma separated, 'none' always added: {','.join(MODES)}")
+    p.add_argument("--topologies", default="loopback,veth", help="loopback,veth")
+    p.add_argument("--threads", type=int, default=1, help="client threads of the load generator")
+    p.add_argument("--server-threads", type=int, default=1, help="server threads of the load generator")
+    p.add_argument("--rates", help="zero-loss steps in conn/s, comma separated, 0 = unpaced "
+                                   "(default 2000,5000,10000,15000,20000,0; quick 5000,10000)")
+    p.add_argument("--sinks", default="stdout,kafka", help="zero-loss sinks: stdout,kafka ('' = skip)")
+    p.add_argument("--no-zero-loss", action="store_true", help="skip the zero-loss and CPU phases")
+    p.add_argument("--cpu-rate", type=float, default=5000.0, help="rate of the all-kinds CPU run")
+    p.add_argument("--out", default=str(Path(__file__).with_name("out")), help="report directory")
+    return p.parse_args(argv)
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    a = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: needs root (BPF, netns, tcpdump)", file=sys.stderr)
+        return 2
+    rounds = a.rounds or (2 if a.quick else 5)
+    duration = a.duration or (2.0 if a.quick else 5.0)
+    modes = ["none", *[m for m in a.modes.split(",") if m and m != "none"]]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        print(f"bench: unknown modes {unknown}", file=sys.stderr)
+        return 2
+    rates = ([float(x) for x in a.rates.split(",")] if a.rates else list(QUICK_RATES if a.quick else DEFAULT_RATES))
+    sinks = [s for s in a.sinks.split(",") if s]
+    # tmpfs for the tools' files (pcap, JSON lines) so disk speed is not what we measure
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    workdir = Path(tempfile.mkdtemp(prefix=f"tcpscope-bench-{os.getpid()}-", dir=base))
+    started = time.monotonic()
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+        "host": socket.gethostname(), "kernel": os.uname().release, "cpus": os.cpu_count(),
+        "commit": _commit(), "rounds": rounds, "duration": duration, "threads": a.threads,
+        "server_threads": a.server_threads, "modes": modes, "rates": rates, "sinks": sinks,
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    overhead: list[OverheadRow] = []
+    zero_loss: list[ZeroLossRow] = []
+    all_kinds: Step | str | None = None
+    veth: VethPair | None = None
+    topos: list[Topology] = []
+    try:
+        lg = build_loadgen(workdir)
+        for t in a.topologies.split(","):
+            if t == "loopback":
+                topos.append(loopback(lg, a.server_threads))
+            elif t == "veth":
+                try:
+                    veth = VethPair(lg, a.server_threads)
+                    topos.append(veth.topology)
+                except Unavailable as e:
+                    overhead.append(OverheadRow("veth", "none", "no tracing", "n/a", str(e)))
+        for topo in topos:
+            topo.start_server()
+        overhead += run_overhead(topos, modes, rounds, duration, a.threads, workdir)
+        lo = next((t for t in topos if t.name == "loopback"), None)
+        if not a.no_zero_loss and lo is not None:
+            zero_loss = run_zero_loss(lo, sinks, rates, duration, a.threads, workdir)
+            all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, duration, a.threads, workdir)
+    finally:
+        for topo in topos:
+            topo.close()
+        if veth is not None:
+            veth.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    meta["elapsed_s"] = round(time.monotonic() - started, 1)
+    doc = report.build(meta, overhead, zero_loss, all_kinds)
+    j, md = report.write(doc, Path(a.out))
+    print(md.read_text())
+    print(f"bench: wrote {md} and {j} in {meta['elapsed_s']} s", file=sys.stderr)
+    return 0

@@ -1,0 +1,176 @@
+"""Report writers: bench/out/report.json (everything) and bench/out/report.md (the tables)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from bench.runner import OverheadRow, Step, ZeroLossRow, step_dict
+
+TARGET_RATIO = {"agent-lifecycle": 0.97, "agent-all": 0.97, "agent-stream": 0.97}
+
+
+def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
+          all_kinds: Step | str | None) -> dict[str, Any]:
+    """The JSON document: inputs, every round, every step, and the headline figures vs targets."""
+    doc: dict[str, Any] = {"meta": meta, "overhead": [], "zero_loss": [], "all_kinds_cpu": None}
+    for row in overhead:
+        d = asdict(row)
+        d.update(row.summary())
+        doc["overhead"].append(d)
+    for z in zero_loss:
+        best = z.best()
+        doc["zero_loss"].append({
+            "sink": z.sink, "label": z.label, "events": z.events, "status": z.status, "reason": z.reason,
+            "steps": [step_dict(s) for s in z.steps],
+            "highest_zero_loss_rate": best.rate if best else None,
+        })
+    if isinstance(all_kinds, Step):
+        doc["all_kinds_cpu"] = step_dict(all_kinds)
+    elif isinstance(all_kinds, str):
+        doc["all_kinds_cpu"] = {"status": "n/a", "reason": all_kinds}
+    doc["targets"] = targets(overhead, zero_loss)
+    return doc
+
+
+def _fmt(v: float | None, spec: str = ".0f", na: str = "n/a") -> str:
+    return na if v is None else format(v, spec)
+
+
+def targets(overhead: list[OverheadRow], zero_loss: list[ZeroLossRow]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured figure or the reason it is missing."""
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, target: str, value: str, met: bool | None) -> None:
+        out.append({"figure": name, "target": target, "measured": value,
+                    "met": None if met is None else bool(met)})
+
+    lo = {r.mode: r for r in overhead if r.topology == "loopback"}
+    for mode in ("agent-lifecycle", "agent-all", "agent-stream", "tcplife", "tcpstates", "tcpdump"):
+        r = lo.get(mode)
+        if r is None:
+            continue
+        s = r.summary()
+        if r.status != "ok":
+            add(f"loopback throughput kept, {mode}", ">= 97%" if mode in TARGET_RATIO else "baseline",
+                f"n/a: {r.reason}", None)
+            continue
+        med = s["ratio_median"]
+        add(f"loopback throughput kept, {mode}", ">= 97%" if mode in TARGET_RATIO else "baseline",
+            f"{_fmt(med and med * 100, '.1f')}% (min {_fmt(s['ratio_min'] and s['ratio_min'] * 100, '.1f')}%, "
+            f"max {_fmt(s['ratio_max'] and s['ratio_max'] * 100, '.1f')}%)",
+            (med >= TARGET_RATIO[mode]) if mode in TARGET_RATIO and med is not None else None)
+    zl = {z.sink: z for z in zero_loss}
+    for sink, name in (("stdout", "highest zero-loss rate, agent -> stdout"),
+                       ("kafka", "highest zero-loss rate, agent -> Kafka")):
+        z = zl.get(sink)
+        if z is None:
+            continue
+        best = z.best()
+        if z.status != "ok" or best is None:
+            add(name, ">= 10,000 conn/s" if sink == "kafka" else "-",
+                f"n/a: {z.reason or 'every step lost events'}", None if z.status != "ok" else False)
+        else:
+            add(name, ">= 10,000 conn/s" if sink == "kafka" else "-", f"{best.rate:,.0f} conn/s",
+                best.rate >= 9_900 if sink == "kafka" else None)
+    stdout = zl.get("stdout")
+    best = stdout.best() if stdout else None
+    if best is not None:
+        cpu = best.cpu_us_per_conn
+        add("agent CPU per connection, lifecycle", "<= 20 µs", f"{_fmt(cpu, '.1f')} µs at {best.rate:,.0f} conn/s",
+            cpu is not None and cpu <= 20)
+        add("agent CPU per event, lifecycle", "-", f"{_fmt(best.cpu_us_per_event, '.1f')} µs", None)
+        add("agent peak RSS (VmHWM)", "<= 150 MB", f"{best.agent_hwm_kb / 1024:.0f} MB",
+            best.agent_hwm_kb <= 150 * 1024)
+    kafka = zl.get("kafka")
+    ks = [s for s in (kafka.steps if kafka else []) if s.collector_cpu_s]
+    if ks:
+        top = max(ks, key=lambda x: x.rate)
+        eps = top.delivered_events / top.collector_cpu_s if top.collector_cpu_s else None
+        add("collector events/s per core into Kafka", ">= 100,000", f"{_fmt(eps, ',.0f')} "
+            f"(at {top.rate:,.0f} conn/s offered)", eps is not None and eps >= 100_000)
+        p99 = [x.latency_p99_ms for x in ks if x.latency_p99_ms is not None]
+        p50 = [x.latency_p50_ms for x in ks if x.latency_p50_ms is not None]
+        if p99:
+            add("kernel-to-Kafka latency p50 / p99 (worst step)", "p99 <= 1 s",
+                f"{max(p50):.0f} ms / {max(p99):.0f} ms", max(p99) <= 1000)
+    elif kafka is not None:
+        add("collector events/s per core into Kafka", ">= 100,000", f"n/a: {kafka.reason or 'no step ran'}", None)
+        add("kernel-to-Kafka latency p50 / p99", "p99 <= 1 s", f"n/a: {kafka.reason or 'no step ran'}", None)
+    return out
+
+
+def pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v * 100:.1f}%"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["meta"]
+    lines = [
+        "# tcpscope benchmark report", "",
+        f"- date: {m['date']}  host: {m['host']}  kernel: {m['kernel']}  CPUs: {m['cpus']}  commit: {m['commit']}",
+        f"- rounds: {m['rounds']} x {m['duration']} s per mode, interleaved; client threads: {m['threads']}, "
+        f"server threads: {m['server_threads']}; command: `{m['command']}`", "",
+        "## Targets", "", "| figure | target | measured | met |", "|---|---|---|---|",
+    ]
+    for t in doc["targets"]:
+        met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['figure']} | {t['target']} | {t['measured']} | {met} |")
+    for topo in dict.fromkeys(r["topology"] for r in doc["overhead"]):
+        lines += ["", f"## Overhead on connection churn: {topo}", "",
+                  "Throughput of the connect/send/recv/close loop with each tool attached, as a ratio of the "
+                  "no-tracing run of the same round.", "",
+                  "| mode | conn/s (median) | kept: median | min | max | tool CPU µs/conn | tool peak RSS MB |"
+                  " per-round conn/s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in (x for x in doc["overhead"] if x["topology"] == topo):
+            if r["status"] != "ok":
+                lines.append(f"| {r['label']} | n/a: {r['reason']} | | | | | | |")
+                continue
+            per = ", ".join(f"{x['rate']:.0f}" for x in r["rounds"])
+            lines.append(f"| {r['label']} | {_fmt(r['rate_median'], ',.0f')} | {pct(r['ratio_median'])} | "
+                         f"{pct(r['ratio_min'])} | {pct(r['ratio_max'])} | "
+                         f"{_fmt(r['cpu_us_per_conn_median'], '.1f', '-')} | {_fmt(r['hwm_mb_max'], '.0f', '-')} | "
+                         f"{per} |")
+    lines += ["", "## Highest event rate with zero loss (loopback, in-kernel port filter on the load's port)", ""]
+    for z in doc["zero_loss"]:
+        lines.append(f"### {z['label']}")
+        lines.append("")
+        if z["status"] != "ok":
+            lines += [f"n/a: {z['reason']}", ""]
+            continue
+        lines += ["| target conn/s | achieved conn/s | events expected | delivered | losses reported | zero loss |"
+                  " agent µs/conn | agent µs/event | RSS MB | collector CPU s | p50 / p99 ms |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for s in z["steps"]:
+            lat = (f"{s['latency_p50_ms']:.0f} / {s['latency_p99_ms']:.0f}"
+                   if s["latency_p99_ms"] is not None else "-")
+            losses = "none reported" if s["reported_losses"] is None else json.dumps(s["reported_losses"])
+            lines.append(
+                f"| {s['target_rate'] or 'max':} | {s['rate']:,.0f} | {s['expected_events'] or '-'} | "
+                f"{s['delivered_events']} | {losses} | {'yes' if s['zero_loss'] else '**no**'} | "
+                f"{_fmt(s['cpu_us_per_conn'], '.1f')} | {_fmt(s['cpu_us_per_event'], '.1f')} | "
+                f"{s['agent_hwm_kb'] / 1024:.0f} | {_fmt(s['collector_cpu_s'], '.2f', '-')} | {lat} |")
+        best = z["highest_zero_loss_rate"]
+        lines += ["", f"Highest zero-loss rate: **{_fmt(best, ',.0f')} conn/s**", ""]
+    ak = doc.get("all_kinds_cpu")
+    if ak:
+        lines += ["## Agent CPU with every event kind", ""]
+        if ak.get("status") == "n/a":
+            lines.append(f"n/a: {ak['reason']}")
+        else:
+            lines.append(f"At {ak['rate']:,.0f} conn/s: {ak['delivered_events']} events, "
+                         f"{_fmt(ak['cpu_us_per_event'], '.1f')} µs/event, {_fmt(ak['cpu_us_per_conn'], '.1f')} "
+                         f"µs/conn, peak RSS {ak['agent_hwm_kb'] / 1024:.0f} MB, losses {ak['reported_losses']}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j, md = out_dir / "report.json", out_dir / "report.md"
+    j.write_text(json.dumps(doc, indent=2) + "\n")
+    md.write_text(markdown(doc))
+    return j, md
