@@ -1,0 +1,112 @@
+"""The traffic driver: turns plan entries into worker commands and checks every connection went as
+planned (a refused connect must be refused, a timeout must time out), so a summary that disagrees
+with the plan points at tcpscope, not at the simulator."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from tcpscope.sim import net
+from tcpscope.sim.cluster import Pod, PodCluster
+from tcpscope.sim.plan import TrafficSpec
+
+log = logging.getLogger(__name__)
+
+
+class TrafficError(RuntimeError):
+    """Connections did not behave as the plan says (the simulator's own check)."""
+
+
+@dataclass
+class Driver:
+    cluster: PodCluster
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def _pods(self, t: TrafficSpec) -> tuple[Pod, Pod]:
+        return self.cluster.pods[t.src], self.cluster.pods[t.dst]
+
+    def run_entry(self, t: TrafficSpec, strict: bool = True, timeout: float = 120.0) -> dict[str, int]:
+        """Make t.count connections of t.kind from t.src to t.dst; return outcomes by name."""
+        client, server = self._pods(t)
+        table = ""
+        if t.kind == "timeout":
+            # drop the server's SYN-ACKs to this client on this port, in the server pod's netns only,
+            # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT
+            table = net.nft_table_name(self.cluster.run_id, f"to{server.netns.index}")
+            net.add_drop_rule(
+                server.netns.netns, table,
+                f"ip daddr {client.spec.ip} tcp sport {t.port} tcp flags & (syn | ack) == syn | ack drop",
+            )
+        try:
+            reply = client.call("connect", timeout=timeout, ip=server.spec.ip, port=t.port, kind=t.kind,
+                                count=t.count)
+        finally:
+            if table:
+                net.delete_table(server.netns.netns, table)
+        got: dict[str, int] = reply.get("outcomes", {})
+        self.outcomes.update({f"{t.kind}:{k}": v for k, v in got.items()})
+        if strict and got != {"ok": t.count}:
+            raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
+        return got
+
+    def run_plan(self, strict: bool = True) -> None:
+        """Run every entry of the plan once, in order (entries with a drop rule must not overlap
+        entries of the same pair, so they are not run concurrently)."""
+        for t in self.cluster.plan.traffic:
+            self.run_entry(t, strict=strict)
+
+    # --- the built-in mix's extras ------------------------------------------------------------
+
+    def lossy_bulk(self, t: TrafficSpec, size: int = 256 * 1024) -> dict[str, int]:
+        """Bulk responses with 30% of the server's segments to this client dropped at random:
+        data retransmits (tcp_retransmit_skb) on established connections."""
+        client, server = self._pods(t)
+        table = net.nft_table_name(self.cluster.run_id, f"loss{server.netns.index}")
+        net.add_drop_rule(server.netns.netns, table,
+                          f"ip daddr {client.spec.ip} tcp sport {t.port} numgen random mod 10 < 3 drop")
+        try:
+            reply = client.call("connect", timeout=120, ip=server.spec.ip, port=t.port, kind="ok",
+                                count=t.count, size=size)
+        finally:
+            net.delete_table(server.netns.netns, table)
+        got: dict[str, int] = reply.get("outcomes", {})
+        self.outcomes.update({f"bulk:{k}": v for k, v in got.items()})
+        return got
+
+    def stalled_server(self, t: TrafficSpec, stall_s: float = 3.0) -> dict[str, int]:
+        """The server stops accepting while clients connect: its small accept queue overflows, so
+        SYN-ACKs are retransmitted and clients retransmit SYNs; then it resumes."""
+        client, server = self._pods(t)
+        server.call("stall", port=t.port, on=True)
+        cid = client.send("connect", ip=server.spec.ip, port=t.port, kind="ok", count=t.count)
+        time.sleep(stall_s)
+        server.call("stall", port=t.port, on=False)
+        got: dict[str, int] = client.wait(cid, timeout=120).get("outcomes", {})
+        self.outcomes.update({f"stall:{k}": v for k, v in got.items()})
+        return got
+
+
+def run_mix(driver: Driver, stop: threading.Event, deadline: float | None,
+            bulk: TrafficSpec | None, stall: TrafficSpec | None, seed: int = 0) -> None:
+    """The built-in mix: the plan's entries in random order, plus lossy bulk transfers and a stalled
+    server now and then, until stop is set or the deadline passes."""
+    rng = random.Random(seed)
+    entries = list(driver.cluster.plan.traffic)
+    rounds = 0
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        rng.shuffle(entries)
+        for t in entries:
+            if stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                return
+            driver.run_entry(t, strict=False)
+        if bulk is not None and rounds % 2 == 0:
+            driver.lossy_bulk(bulk)
+        if stall is not None and rounds % 3 == 1:
+            driver.stalled_server(stall)
+        rounds += 1
+        stop.wait(0.5)
