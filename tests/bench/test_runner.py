@@ -1,0 +1,35 @@
+"""Pure parts of the harness: the agent loss-summary parser and the per-row statistics."""
+
+from __future__ import annotations
+
+from bench.runner import OverheadRow, RoundResult, loss_total, parse_loss_summary
+
+
+def test_loss_summary_json_line_is_flattened() -> None:
+    err = 'INFO attached 8 tracepoints\nlosses: {"kernel.ringbuf_full": 3, "agent.buffer": {"overflow": 2}}\n'
+    assert parse_loss_summary(err) == {"kernel.ringbuf_full": 3, "agent.buffer.overflow": 2}
+    assert loss_total({"kernel.ringbuf_full": 3, "agent.buffer.overflow": 2}) == 5
+
+
+def test_loss_summary_key_value_line_and_totals() -> None:
+    err = "started\nevents lost: total=7 kernel.ringbuf_full=7\n"
+    counts = parse_loss_summary(err)
+    assert counts == {"total": 7, "kernel.ringbuf_full": 7}
+    assert counts is not None and loss_total(counts) == 7
+
+
+def test_loss_summary_absent_or_none() -> None:
+    assert parse_loss_summary("INFO attached\nINFO bye\n") is None
+    assert parse_loss_summary("no events lost\n") == {}
+
+
+def test_overhead_summary_median_min_max() -> None:
+    row = OverheadRow("loopback", "tcplife", "tcplife-bpfcc")
+    for i, (rate, ratio, cpu) in enumerate([(800.0, 0.8, 0.016), (700.0, 0.7, 0.014), (900.0, 0.9, 0.027)]):
+        row.rounds.append(RoundResult(i, rate, int(rate), 0, ratio=ratio, cpu_s=cpu, hwm_kb=2048 * (i + 1)))
+    s = row.summary()
+    assert (s["ratio_min"], s["ratio_median"], s["ratio_max"]) == (0.7, 0.8, 0.9)
+    assert s["rate_median"] == 800.0
+    # CPU µs per connection: 20, 20, 30 -> median 20
+    assert round(s["cpu_us_per_conn_median"], 6) == 20.0
+    assert s["hwm_mb_max"] == 6.0
