@@ -50,6 +50,15 @@ def _entry(src: str, dst: str, port: int, kind: str, count: int) -> TrafficSpec:
     return TrafficSpec(src, dst, port, kind, count)
 
 
+def _gone(pid: int) -> bool:
+    """Dead (a zombie until its parent, this test, reaps it)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def test_layout_names_and_addresses(cluster: PodCluster) -> None:
     rid = cluster.run_id
     assert net.netns_names(rid) == sorted([f"tss-{rid}-fabric", f"tss-{rid}-p1", f"tss-{rid}-p2",
@@ -132,7 +141,7 @@ def test_cleanup_removes_a_crashed_runs_leftovers() -> None:
         assert not os.path.exists(os.path.join(cgroup2_mount(), f"{CG_PREFIX}{c.run_id}"))
         for pid in worker_pids:
             for _ in range(100):
-                if not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
+                if _gone(pid):
                     break
                 time.sleep(0.02)
             else:
