@@ -1,0 +1,29 @@
+"""Streaming to the collector: the exporter Sink (policy) over a gRPC transport (mechanism).
+
+`build_exporter(config)` is the one place that wires them from the agent's config.
+"""
+
+from __future__ import annotations
+
+from agent.config import AgentConfig
+from agent.export.exporter import Exporter, ExporterSettings, OutgoingBatch, split_losses
+from agent.export.transport import GrpcTransport, TransportSettings
+from agent.metrics import AgentMetrics
+
+__all__ = ["Exporter", "ExporterSettings", "GrpcTransport", "OutgoingBatch", "TransportSettings",
+           "build_exporter", "split_losses"]
+
+
+def build_exporter(config: AgentConfig, metrics: AgentMetrics | None = None) -> Exporter:
+    """The exporter for `--collector`, with its transport; its thread starts on the first emit()."""
+    if not config.collector:
+        raise ValueError("build_exporter needs --collector")
+    metrics = metrics or AgentMetrics()
+    transport = GrpcTransport(TransportSettings(
+        target=config.collector, tls_ca=config.tls_ca, tls_cert=config.tls_cert, tls_key=config.tls_key,
+        tls_server_name=config.tls_server_name, token_file=config.token_file, compression=config.compression,
+    ), metrics)
+    return Exporter(ExporterSettings(
+        node=config.node_name, agent_id=config.agent_id, batch_max_events=config.batch_max_events,
+        batch_max_age=config.batch_max_age, buffer_max_events=config.buffer_max_events,
+    ), transport, metrics)

@@ -1,0 +1,153 @@
+"""The gRPC client: one long-lived bidirectional Collector.Stream, run in its own thread.
+
+It only knows how to send and resend: batches come from a BatchSource (the exporter) already
+serialized, go out as raw bytes, and acks go back to the source. When the stream breaks, every
+sent-unacked batch is handed back for resending (at least once), and the next attempt waits an
+exponential backoff with jitter. TLS, mutual TLS, a bearer token and compression are set per channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+
+from agent.export.exporter import BatchSource
+from agent.metrics import AgentMetrics
+from tcpscope.v1.collector_pb2 import BatchAck
+
+log = logging.getLogger(__name__)
+
+STREAM_METHOD = "/tcpscope.v1.Collector/Stream"
+COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate,
+               "none": grpc.Compression.NoCompression}
+
+
+@dataclass(frozen=True)
+class TransportSettings:
+    target: str
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_server_name: str | None = None
+    token_file: str | None = None
+    compression: str = "gzip"
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 5.0
+    max_message_bytes: int = 64 * 1024 * 1024
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def backoff_delay(attempt: int, initial: float, maximum: float, rand: Callable[[], float]) -> float:
+    """Exponential backoff with 'equal jitter': half the step fixed, half random."""
+    step = min(maximum, initial * (2 ** min(attempt, 30)))
+    return float(step / 2 + rand() * step / 2)
+
+
+class GrpcTransport:
+    """Runs the stream in a daemon thread until stop(); reconnects forever with backoff."""
+
+    def __init__(self, settings: TransportSettings, metrics: AgentMetrics | None = None,
+                 rand: Callable[[], float] = random.random) -> None:
+        self._s = settings
+        self._metrics = metrics or AgentMetrics()
+        self._rand = rand
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._cancel: Callable[[], object] | None = None  # cancels the current call
+        self._thread: threading.Thread | None = None
+
+    def start(self, source: BatchSource) -> None:
+        self._thread = threading.Thread(target=self._run, args=(source,), name="tcpscope-export", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._cancel is not None:
+                self._cancel()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _channel(self) -> grpc.Channel:
+        s = self._s
+        options: list[tuple[str, int | str]] = [
+            ("grpc.keepalive_time_ms", 30_000),
+            ("grpc.keepalive_timeout_ms", 10_000),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            # our own backoff decides when to retry; keep gRPC's reconnect short so it does not add up
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+        ]
+        if not s.tls_ca:
+            return grpc.insecure_channel(s.target, options=options, compression=COMPRESSION[s.compression])
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read(s.tls_ca),
+            private_key=_read(s.tls_key) if s.tls_key else None,
+            certificate_chain=_read(s.tls_cert) if s.tls_cert else None,
+        )
+        if s.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", s.tls_server_name))
+        return grpc.secure_channel(s.target, creds, options=options, compression=COMPRESSION[s.compression])
+
+    def _metadata(self) -> tuple[tuple[str, str | bytes], ...]:
+        if not self._s.token_file:
+            return ()
+        token = _read(self._s.token_file).decode().strip()  # re-read per connect: rotation works
+        return (("authorization", f"Bearer {token}"),)
+
+    def _requests(self, source: BatchSource, done: threading.Event) -> Iterator[bytes]:
+        generation = source.begin_stream()
+        while not done.is_set() and not self._stop.is_set():
+            b = source.next_batch(timeout_s=0.2, generation=generation)
+            if b is not None:
+                yield b.data
+
+    def _run(self, source: BatchSource) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            done = threading.Event()
+            code = "OK"
+            try:
+                with self._channel() as channel:
+                    stream = channel.stream_stream(STREAM_METHOD, request_serializer=None,
+                                                   response_deserializer=BatchAck.FromString)
+                    call = stream(self._requests(source, done), metadata=self._metadata())
+                    cancel: Callable[[], object] = call.cancel
+                    with self._lock:
+                        self._cancel = cancel
+                    if self._stop.is_set():
+                        cancel()
+                    for ack in call:
+                        self._metrics.stream_connected.set(1)
+                        attempt = 0
+                        source.on_ack(ack.agent_id, ack.sequence)
+            except grpc.RpcError as e:
+                code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
+                if not self._stop.is_set():
+                    details = e.details() if isinstance(e, grpc.Call) else str(e)
+                    log.warning("collector stream to %s ended: %s %s", self._s.target, code, details)
+            except OSError as e:  # unreadable certificate or token file
+                code = "LOCAL_ERROR"
+                log.error("collector stream to %s: %s", self._s.target, e)
+            finally:
+                done.set()
+                with self._lock:
+                    self._cancel = None
+                self._metrics.stream_connected.set(0)
+                source.on_stream_reset()
+            if self._stop.is_set():
+                break
+            self._metrics.reconnects.labels(code).inc()
+            delay = backoff_delay(attempt, self._s.backoff_initial_s, self._s.backoff_max_s, self._rand)
+            attempt += 1
+            self._stop.wait(delay)

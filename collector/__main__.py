@@ -1,0 +1,37 @@
+"""`tcpscope-collector`: receive agents' batches over gRPC and publish them to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Sequence
+
+from collector.config import CollectorConfig
+from collector.server import CollectorServer
+
+log = logging.getLogger("collector")
+
+
+async def run(cfg: CollectorConfig) -> None:
+    """Serve until SIGTERM/SIGINT, then drain for cfg.grace seconds."""
+    server = CollectorServer(cfg)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down (grace %.1fs)", cfg.grace)
+    await server.stop(cfg.grace)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    cfg = CollectorConfig.from_args(argv)
+    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+"""The collector's one configuration object: every flag, its environment variable and its default.
+
+Read once at start-up (`CollectorConfig.from_args`) and passed down explicitly. Secrets (the Kafka
+SASL password) come from the environment or a file, never from a flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from tcpscope.kafka_layout import VALUE_FORMATS
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class ConfigError(ValueError):
+    """A flag or environment variable has a value the collector cannot use."""
+
+
+def _doc(env: str, help: str, flag: bool = True, **kw: Any) -> Any:
+    return field(metadata={"env": env, "help": help, "flag": flag}, **kw)
+
+
+@dataclass(frozen=True)
+class CollectorConfig:
+    listen: str = _doc("TCPSCOPE_LISTEN", "gRPC listen address HOST:PORT", default="0.0.0.0:4317")
+    kafka_bootstrap: tuple[str, ...] = _doc(
+        "TCPSCOPE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers HOST:PORT[,HOST:PORT]", default=()
+    )
+    topic: str = _doc("TCPSCOPE_TOPIC", "Kafka topic for events", default="tcpscope-events")
+    value_format: str = _doc(
+        "TCPSCOPE_VALUE_FORMAT", "Kafka record values: 'protobuf' or 'json' (docs/kafka.md)", default="protobuf"
+    )
+    # --- agent-facing security -----------------------------------------------------------------
+    tls_cert: str | None = _doc("TCPSCOPE_TLS_CERT", "server certificate (enables TLS)", default=None)
+    tls_key: str | None = _doc("TCPSCOPE_TLS_KEY", "server private key", default=None)
+    tls_client_ca: str | None = _doc(
+        "TCPSCOPE_TLS_CLIENT_CA",
+        "CA for client certificates: requires mutual TLS and checks batch.node against the cert (CN/SAN DNS)",
+        default=None,
+    )
+    token_file: str | None = _doc(
+        "TCPSCOPE_TOKEN_FILE", "file holding the bearer token agents must send", default=None
+    )
+    # --- Kafka ---------------------------------------------------------------------------------
+    kafka_security_protocol: str = _doc(
+        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", default="PLAINTEXT"
+    )
+    kafka_sasl_mechanism: str | None = _doc(
+        "TCPSCOPE_KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", default=None
+    )
+    kafka_username: str | None = _doc(
+        "TCPSCOPE_KAFKA_USERNAME", "SASL user name (or --kafka-username-file)", flag=False, default=None
+    )
+    kafka_username_file: str | None = _doc(
+        "TCPSCOPE_KAFKA_USERNAME_FILE", "file holding the SASL user name", default=None
+    )
+    kafka_password: str | None = _doc(
+        "TCPSCOPE_KAFKA_PASSWORD", "SASL password (environment only; or --kafka-password-file)",
+        flag=False, default=None,
+    )
+    kafka_password_file: str | None = _doc(
+        "TCPSCOPE_KAFKA_PASSWORD_FILE", "file holding the SASL password", default=None
+    )
+    kafka_ssl_cafile: str | None = _doc("TCPSCOPE_KAFKA_SSL_CAFILE", "CA bundle for the Kafka brokers", default=None)
+    kafka_compression: str = _doc(
+        "TCPSCOPE_KAFKA_COMPRESSION", "producer compression: gzip or none (lz4/zstd if installed)", default="gzip"
+    )
+    kafka_linger_ms: int = _doc("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20)
+    kafka_delivery_timeout_ms: int = _doc(
+        "TCPSCOPE_KAFKA_DELIVERY_TIMEOUT_MS",
+        "give up on a record after this long; the batch is then not acked and the agent resends it",
+        default=30_000,
+    )
+    # --- limits --------------------------------------------------------------------------------
+    max_batch_events: int = _doc("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000)
+    max_message_bytes: int = _doc(
+        "TCPSCOPE_MAX_MESSAGE_BYTES", "largest accepted batch (serialized bytes)", default=8 * 1024 * 1024
+    )
+    max_inflight_batches: int = _doc(
+        "TCPSCOPE_MAX_INFLIGHT_BATCHES",
+        "batches awaiting Kafka acks, all streams together; beyond it streams are not read (backpressure)",
+        default=64,
+    )
+    metrics_port: int = _doc("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    grace: float = _doc("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0)
+    log_level: str = _doc("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
+
+    def __post_init__(self) -> None:
+        if not self.kafka_bootstrap:
+            raise ConfigError("--kafka-bootstrap is required")
+        if ":" not in self.listen:
+            raise ConfigError("--listen must be HOST:PORT")
+        if self.value_format not in VALUE_FORMATS:
+            raise ConfigError(f"--value-format must be one of {VALUE_FORMATS}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
+            raise ConfigError(f"--kafka-security-protocol must be one of {KAFKA_SECURITY_PROTOCOLS}")
+        if self.kafka_sasl_mechanism is not None and self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
+            raise ConfigError(f"--kafka-sasl-mechanism must be one of {KAFKA_SASL_MECHANISMS}")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ConfigError("SASL security protocols need --kafka-sasl-mechanism")
+        if min(self.max_batch_events, self.max_message_bytes, self.max_inflight_batches) < 1:
+            raise ConfigError("--max-* limits must be >= 1")
+
+    def sasl_credentials(self) -> tuple[str | None, str | None]:
+        """User name and password, from the environment or their files (read now, not at start-up)."""
+        user, password = self.kafka_username, self.kafka_password
+        if self.kafka_username_file:
+            with open(self.kafka_username_file) as f:
+                user = f.read().strip()
+        if self.kafka_password_file:
+            with open(self.kafka_password_file) as f:
+                password = f.read().strip()
+        return user, password
+
+    def read_token(self) -> str | None:
+        if not self.token_file:
+            return None
+        with open(self.token_file) as f:
+            token = f.read().strip()
+        if not token:
+            raise ConfigError(f"token file {self.token_file} is empty")
+        return token
+
+    @staticmethod
+    def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> CollectorConfig:
+        """Flags over environment variables over defaults."""
+        env = os.environ if env is None else env
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        values: dict[str, Any] = {}
+        for f in fields(CollectorConfig):
+            raw: Any = getattr(ns, f.name, None)
+            if raw is None and f.metadata["env"] in env:
+                raw = env[f.metadata["env"]]
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, f.default, raw)
+        try:
+            return CollectorConfig(**values)
+        except ConfigError as e:
+            parser.error(str(e))
+            raise
+
+
+def _coerce(name: str, default: Any, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    try:
+        if isinstance(default, tuple):
+            return tuple(x.strip() for x in raw.split(",") if x.strip())
+        if isinstance(default, int) and not isinstance(default, bool):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as e:
+        raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from e
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tcpscope-collector",
+        description="Receive tcpscope event batches over gRPC and publish them to Kafka.",
+        epilog="Every flag can also be set by the environment variable shown in brackets.",
+    )
+    for f in fields(CollectorConfig):
+        if not f.metadata["flag"]:
+            continue
+        kind: Any = str
+        if isinstance(f.default, int):
+            kind = int
+        elif isinstance(f.default, float):
+            kind = float
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
+                       help=f"{f.metadata['help']} [{f.metadata['env']}]")
+    return p

@@ -1,0 +1,47 @@
+"""Prometheus metrics of the collector, in its own registry (no global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class CollectorMetrics:
+    """Every counter the collector keeps; tests read them back through `value()`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.streams_active = Gauge("tcpscope_collector_streams_active", "open agent streams", registry=r)
+        self.batches_received = Counter(
+            "tcpscope_collector_batches_received_total", "valid batches received from agents", registry=r)
+        self.batches_acked = Counter(
+            "tcpscope_collector_batches_acked_total", "batches acknowledged after Kafka acked them", registry=r)
+        self.events_received = Counter(
+            "tcpscope_collector_events_received_total", "events in valid batches", registry=r)
+        self.records_published = Counter(
+            "tcpscope_collector_records_published_total", "Kafka records acknowledged by Kafka", registry=r)
+        self.rejected = Counter(
+            "tcpscope_collector_rejected_total", "messages or streams refused, by reason", ["reason"],
+            registry=r)
+        self.kafka_errors = Counter(
+            "tcpscope_collector_kafka_errors_total", "failed Kafka publishes, by error type", ["error"],
+            registry=r)
+        self.lost_reported = Counter(
+            "tcpscope_collector_agent_lost_events_total",
+            "events agents reported lost upstream of the collector, by reason", ["reason"], registry=r)
+        self.inflight = Gauge(
+            "tcpscope_collector_inflight_batches", "batches awaiting Kafka acks", registry=r)
+        self.publish_seconds = Histogram(
+            "tcpscope_collector_publish_seconds", "from batch receipt to Kafka ack of all its records",
+            registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+        self.batch_lag_seconds = Histogram(
+            "tcpscope_collector_batch_lag_seconds", "batch sent_time to receipt (agent clock vs ours)",
+            registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+
+    def value(self, name: str, **labels: str) -> float:
+        """Current value of a sample (0 when absent), e.g. value('..._rejected_total', reason='x')."""
+        v = self.registry.get_sample_value(name, labels)
+        return 0.0 if v is None else v
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)

@@ -1,0 +1,113 @@
+"""Kafka publishing behind a narrow Protocol: hand over records, get a future that resolves when
+Kafka has acknowledged every one of them (acks=all), or fails with the first error.
+
+kafka-python's `send()` may block (metadata fetch, full accumulator), so it runs on a dedicated
+thread; completion comes back to the event loop through `call_soon_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from collector.config import CollectorConfig
+from tcpscope.kafka_layout import Record
+
+log = logging.getLogger(__name__)
+
+
+class Publisher(Protocol):
+    async def publish(self, records: Sequence[Record]) -> None:
+        """Return once Kafka acknowledged every record; raise on the first failure."""
+        ...
+
+    def close(self, timeout_s: float) -> None: ...
+
+
+def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
+    """KafkaProducer settings from the config: acks=all, compression, linger, TLS/SASL."""
+    kw: dict[str, Any] = {
+        "bootstrap_servers": list(cfg.kafka_bootstrap),
+        "acks": "all",
+        "linger_ms": cfg.kafka_linger_ms,
+        "compression_type": None if cfg.kafka_compression == "none" else cfg.kafka_compression,
+        "delivery_timeout_ms": cfg.kafka_delivery_timeout_ms,
+        "request_timeout_ms": min(cfg.kafka_delivery_timeout_ms - cfg.kafka_linger_ms - 1, 15_000),
+        "max_block_ms": cfg.kafka_delivery_timeout_ms,
+        "retries": 2**31 - 1,
+        "retry_backoff_ms": 200,
+        "reconnect_backoff_max_ms": 2000,
+        # records of one partition stay in order across retries
+        "max_in_flight_requests_per_connection": 1,
+        "max_request_size": max(cfg.max_message_bytes * 2, 1024 * 1024),
+        "security_protocol": cfg.kafka_security_protocol,
+    }
+    if cfg.kafka_ssl_cafile:
+        kw["ssl_cafile"] = cfg.kafka_ssl_cafile
+    if cfg.kafka_sasl_mechanism:
+        user, password = cfg.sasl_credentials()
+        kw.update(sasl_mechanism=cfg.kafka_sasl_mechanism, sasl_plain_username=user,
+                  sasl_plain_password=password)
+    return kw
+
+
+class KafkaPublisher:
+    """Publishes records to one topic with a kafka-python KafkaProducer (thread-safe)."""
+
+    def __init__(self, cfg: CollectorConfig) -> None:
+        from kafka import KafkaProducer
+
+        self._topic = cfg.topic
+        self._producer = KafkaProducer(**producer_kwargs(cfg))
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-send")
+
+    async def publish(self, records: Sequence[Record]) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        remaining = [len(records)]
+        lock = threading.Lock()
+
+        def ok(_: Any) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                loop.call_soon_threadsafe(_resolve, done, None)
+
+        def fail(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_resolve, done, exc)
+
+        def send_all() -> None:
+            for r in records:
+                fut = self._producer.send(self._topic, key=r.key, value=r.value, headers=r.headers)
+                fut.add_callback(ok)
+                fut.add_errback(fail)
+
+        if not records:
+            return
+        try:
+            await loop.run_in_executor(self._sender, send_all)
+        except Exception as e:  # send() itself failed (metadata timeout, record too large, ...)
+            _resolve(done, e)
+        await done
+
+    def close(self, timeout_s: float) -> None:
+        self._sender.shutdown(wait=False, cancel_futures=True)
+        try:
+            self._producer.close(timeout=timeout_s)
+        except Exception:
+            log.exception("closing the Kafka producer")
+
+
+def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+    """Complete fut once: the first error wins, success only if nothing failed before."""
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(exc)

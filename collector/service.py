@@ -1,0 +1,185 @@
+"""The Collector.Stream service: authenticate, validate, publish, and ack only after Kafka acked.
+
+Ack policy: a batch is acknowledged to its agent only when Kafka has acknowledged every record of
+it. At most `max_inflight_batches` batches (all streams together) await Kafka; beyond that the
+streams are not read, so gRPC flow control pushes back to the agents, which buffer. A Kafka failure
+ends the stream with UNAVAILABLE: the agent reconnects and resends everything not yet acked.
+
+The handler is registered with no request deserializer, so it sees raw bytes: malformed and
+oversized messages are answered with a precise status and counted instead of failing inside gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from collector.config import CollectorConfig
+from collector.metrics import CollectorMetrics
+from collector.publisher import Publisher
+from tcpscope.kafka_layout import SCHEMA_VERSION, batch_records
+from tcpscope.v1.collector_pb2 import BatchAck
+from tcpscope.v1.events_pb2 import EventBatch
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = "tcpscope.v1.Collector"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a message or stream is refused: the gRPC status, a metrics reason, a message."""
+
+    code: grpc.StatusCode
+    reason: str
+    details: str
+
+
+def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None) -> EventBatch | Refusal:
+    """Parse and check one batch; peer_names is the client certificate's identities under mTLS."""
+    if len(raw) > cfg.max_message_bytes:
+        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
+                       f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}")
+    batch = EventBatch()
+    try:
+        batch.ParseFromString(raw)
+    except DecodeError as e:
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"not a tcpscope.v1.EventBatch: {e}")
+    if batch.schema_version != SCHEMA_VERSION:
+        return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "schema_version",
+                       f"schema_version {batch.schema_version} is not supported (want {SCHEMA_VERSION})")
+    if len(batch.events) > cfg.max_batch_events:
+        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_events",
+                       f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}")
+    if not batch.agent_id or not batch.node or batch.sequence == 0:
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id",
+                       "batch needs node, agent_id and a sequence >= 1")
+    if peer_names is not None:
+        if batch.node not in peer_names:
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "node_mismatch",
+                           f"node {batch.node!r} does not match the client certificate")
+        if any(ev.node and ev.node != batch.node for ev in batch.events):
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "node_mismatch",
+                           "an event claims another node than the batch")
+    return batch
+
+
+def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> frozenset[str]:
+    """The client certificate's CN and SAN entries, from gRPC's auth context."""
+    auth = context.auth_context()
+    names: set[str] = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for v in auth.get(key, []):
+            names.add(v.decode() if isinstance(v, bytes) else str(v))
+    return frozenset(names)
+
+
+class CollectorService:
+    """One instance per process; every stream shares the in-flight bound and the publisher."""
+
+    def __init__(self, cfg: CollectorConfig, publisher: Publisher, metrics: CollectorMetrics,
+                 token: str | None) -> None:
+        self._cfg = cfg
+        self._publisher = publisher
+        self._metrics = metrics
+        self._token = token
+        self._slots = asyncio.Semaphore(cfg.max_inflight_batches)
+
+    def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Refusal | None:
+        """Check the bearer token in the `authorization` metadata (constant-time compare)."""
+        if self._token is None:
+            return None
+        want = f"Bearer {self._token}".encode()
+        for k, v in metadata or ():
+            if k.lower() == "authorization":
+                got = v if isinstance(v, bytes) else v.encode()
+                if hmac.compare_digest(got, want):
+                    return None
+                return Refusal(grpc.StatusCode.UNAUTHENTICATED, "bad_token", "invalid bearer token")
+        return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
+
+    async def _refuse(self, context: grpc.aio.ServicerContext[bytes, BatchAck], r: Refusal) -> None:
+        self._metrics.rejected.labels(r.reason).inc()
+        log.warning("refusing stream from %s: %s (%s)", context.peer(), r.details, r.code.name)
+        await context.abort(r.code, r.details)
+
+    async def stream(self, requests: AsyncIterator[bytes],
+                     context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:
+        """Collector.Stream: read batches, publish each, write its ack once Kafka acked it."""
+        refusal = self._authenticate(list(context.invocation_metadata() or ()))
+        if refusal:
+            await self._refuse(context, refusal)
+            return
+        peer_names = peer_identities(context) if self._cfg.tls_client_ca else None
+        out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()
+        publishing: set[asyncio.Task[None]] = set()
+
+        async def read() -> None:
+            try:
+                async for raw in requests:
+                    received = time.monotonic()
+                    checked = validate(raw, self._cfg, peer_names)
+                    if isinstance(checked, Refusal):
+                        await out.put(checked)
+                        return
+                    self._count_received(checked)
+                    await self._slots.acquire()  # backpressure: stop reading at the in-flight bound
+                    self._metrics.inflight.inc()
+                    task = asyncio.create_task(self._publish(checked, received, out))
+                    publishing.add(task)
+                    task.add_done_callback(publishing.discard)
+                if publishing:  # the agent half-closed: finish what is in flight, then end
+                    await asyncio.gather(*publishing, return_exceptions=True)
+            finally:
+                await out.put(None)
+
+        self._metrics.streams_active.inc()
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await out.get()) is not None:
+                if isinstance(item, Refusal):
+                    await self._refuse(context, item)
+                    return
+                await context.write(item)
+        finally:
+            self._metrics.streams_active.dec()
+            reader.cancel()
+            for t in list(publishing):
+                t.cancel()
+
+    def _count_received(self, batch: EventBatch) -> None:
+        m = self._metrics
+        m.batches_received.inc()
+        m.events_received.inc(len(batch.events))
+        for reason, n in batch.lost.by_reason.items():
+            if n:
+                m.lost_reported.labels(reason).inc(n)
+        if batch.HasField("sent_time"):
+            m.batch_lag_seconds.observe(max(0.0, time.time() - batch.sent_time.ToNanoseconds() / 1e9))
+
+    async def _publish(self, batch: EventBatch, received: float,
+                       out: asyncio.Queue[BatchAck | Refusal | None]) -> None:
+        try:
+            records = batch_records(batch, self._cfg.value_format)
+            await self._publisher.publish(records)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self._metrics.kafka_errors.labels(type(e).__name__).inc()
+            log.warning("Kafka publish of batch %s/%d failed: %s", batch.agent_id, batch.sequence, e)
+            await out.put(Refusal(grpc.StatusCode.UNAVAILABLE, "kafka_error", f"Kafka publish failed: {e}"))
+        else:
+            self._metrics.records_published.inc(len(records))
+            self._metrics.batches_acked.inc()
+            self._metrics.publish_seconds.observe(time.monotonic() - received)
+            await out.put(BatchAck(agent_id=batch.agent_id, sequence=batch.sequence))
+        finally:
+            self._slots.release()
+            self._metrics.inflight.dec()

