@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -12,46 +10,13 @@ from tests.support.helm import (
     CHART_DIR,
     KAFKA,
     NAMESPACE,
+    VALUE_SETS,
     env_of,
     find,
     kinds,
-    merge,
     notes,
     render,
 )
-
-TLS = {
-    "tls": {"enabled": True, "mutual": True, "serverSecret": "collector-tls", "clientSecret": "agent-tls"},
-    "auth": {"token": {"enabled": True, "secretName": "tcpscope-token"}},
-}
-SASL = {
-    "collector": {
-        "kafka": {
-            "securityProtocol": "SASL_SSL",
-            "saslMechanism": "SCRAM-SHA-512",
-            "tls": {"caSecret": "kafka-ca"},
-            "sasl": {"secretName": "kafka-user"},
-        }
-    }
-}
-
-VALUE_SETS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "collector": KAFKA,
-    "tls": merge(KAFKA, TLS),
-    "kafka-sasl-ssl": merge(KAFKA, SASL),
-    "privileged": {"agent": {"privileged": True}},
-    "remote-agent": merge(KAFKA, {"enrichment": {"remote": "agent"}}),
-    "remote-collector": merge(KAFKA, {"enrichment": {"remote": "collector"}}),
-    "remote-off": merge(KAFKA, {"enrichment": {"remote": "off"}}),
-    "hpa-pdb": merge(KAFKA, {"collector": {"hpa": {"enabled": True}, "pdb": {"enabled": True}}}),
-    "servicemonitor": merge(KAFKA, {"metrics": {"serviceMonitor": {"enabled": True}}}),
-    "minimal-mounts": {
-        "agent": {"hostMounts": {"kernelHeaders": False, "debugfs": True}, "metrics": {"enabled": False},
-                  "ports": [80, 443], "stdout": "table", "cgroupRoot": "/sys/fs/cgroup/unified/kubepods.slice"},
-        "networkPolicy": {"enabled": False},
-    },
-}
 
 # Kinds kubernetes-validate has no schema for: the Prometheus Operator's CRDs.
 CRD_KINDS = {"ServiceMonitor", "PodMonitor"}

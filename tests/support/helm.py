@@ -21,7 +21,54 @@ NAMESPACE = "observability"
 KAFKA = {"collector": {"enabled": True, "kafka": {"bootstrap": "kafka-0.kafka:9092,kafka-1.kafka:9092"}}}
 
 
-class _StrictLoader(yaml.SafeLoader):
+def merge(*parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge value dicts, later ones winning (like repeated `-f` files)."""
+    out: dict[str, Any] = {}
+    for part in parts:
+        for k, v in part.items():
+            if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+                out[k] = merge(out[k], v)
+            else:
+                out[k] = dict(v) if isinstance(v, Mapping) else v
+    return out
+
+
+TLS = {
+    "tls": {"enabled": True, "mutual": True, "serverSecret": "collector-tls", "clientSecret": "agent-tls"},
+    "auth": {"token": {"enabled": True, "secretName": "tcpscope-token"}},
+}
+SASL = {
+    "collector": {
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "saslMechanism": "SCRAM-SHA-512",
+            "tls": {"caSecret": "kafka-ca"},
+            "sasl": {"secretName": "kafka-user"},
+        }
+    }
+}
+
+# The value sets every chart test renders: defaults and each documented choice.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "collector": KAFKA,
+    "tls": merge(KAFKA, TLS),
+    "kafka-sasl-ssl": merge(KAFKA, SASL),
+    "privileged": {"agent": {"privileged": True}},
+    "remote-agent": merge(KAFKA, {"enrichment": {"remote": "agent"}}),
+    "remote-collector": merge(KAFKA, {"enrichment": {"remote": "collector"}}),
+    "remote-off": merge(KAFKA, {"enrichment": {"remote": "off"}}),
+    "hpa-pdb": merge(KAFKA, {"collector": {"hpa": {"enabled": True}, "pdb": {"enabled": True}}}),
+    "servicemonitor": merge(KAFKA, {"metrics": {"serviceMonitor": {"enabled": True}}}),
+    "minimal-mounts": {
+        "agent": {"hostMounts": {"kernelHeaders": False, "debugfs": True}, "metrics": {"enabled": False},
+                  "ports": [80, 443], "stdout": "table", "cgroupRoot": "/sys/fs/cgroup/unified/kubepods.slice"},
+        "networkPolicy": {"enabled": False},
+    },
+}
+
+
+class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
     """SafeLoader that raises on duplicate mapping keys."""
 
 
@@ -40,18 +87,6 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def merge(*parts: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge value dicts, later ones winning (like repeated `-f` files)."""
-    out: dict[str, Any] = {}
-    for part in parts:
-        for k, v in part.items():
-            if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-                out[k] = merge(out[k], v)
-            else:
-                out[k] = dict(v) if isinstance(v, Mapping) else v
-    return out
-
-
 def render_raw(values: Mapping[str, Any] | None = None) -> dict[str, str]:
     """{template path: rendered text}, as `helm template` would produce offline."""
     chart = helm.Chart.load(CHART_DIR)
@@ -64,7 +99,7 @@ def render(values: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     for path, text in sorted(render_raw(values).items()):
         if path.endswith("NOTES.txt"):
             continue
-        for doc in yaml.load_all(text, Loader=_StrictLoader):  # noqa: S506 - a SafeLoader subclass
+        for doc in yaml.load_all(text, Loader=_StrictLoader):
             if doc:
                 objects.append(doc)
     return objects
