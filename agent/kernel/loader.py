@@ -1,0 +1,77 @@
+"""Compile the BPF programs with bcc and attach them, as the plan says."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.kernel.headers import HeadersError, ensure_headers
+from agent.kernel.probe import BPF_DIR, KernelSupportError, Plan
+
+log = logging.getLogger(__name__)
+
+_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
+
+
+def program_text(plan: Plan, bpf_dir: Path = BPF_DIR) -> str:
+    """The full C source: the plan's preamble and bpf/tcpscope.bpf.c with our own headers inlined
+    (bcc rewrites map calls only in its main buffer, not in included files)."""
+    seen: set[str] = set()
+
+    def inline(name: str) -> str:
+        if name in seen:
+            return ""
+        seen.add(name)
+        text = (bpf_dir / name).read_text()
+        return _INCLUDE.sub(lambda m: inline(m.group(1)), text)
+
+    return plan.preamble() + inline("tcpscope.bpf.c")
+
+
+@dataclass
+class Loaded:
+    """A compiled, attached program set."""
+
+    bpf: Any  # bcc.BPF
+    plan: Plan
+    attached: tuple[str, ...]
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def load(plan: Plan, bpf_dir: Path = BPF_DIR) -> Loaded:
+    """Compile and attach. Raises KernelSupportError with one clear message on failure."""
+    try:
+        ensure_headers()
+    except HeadersError as e:
+        raise KernelSupportError(str(e)) from e
+    except PermissionError as e:
+        raise KernelSupportError(f"cannot prepare kernel headers ({e}); run as root") from e
+    try:
+        from bcc import BPF
+    except ImportError as e:
+        raise KernelSupportError(
+            "the bcc Python module is missing; install it with `apt-get install python3-bpfcc` "
+            "(the PyPI package named bcc is unrelated)"
+        ) from e
+    text = program_text(plan, bpf_dir)
+    try:
+        bpf = BPF(text=text, cflags=plan.cflags())
+    except Exception as e:
+        raise KernelSupportError(f"compiling or loading the BPF programs failed: {e}") from e
+    attached = []
+    try:
+        for kind, tp, fn in plan.attach:
+            if kind == "raw_tracepoint":
+                bpf.attach_raw_tracepoint(tp=tp.split(":", 1)[1].encode(), fn_name=fn.encode())
+            else:
+                bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+            attached.append(tp)
+    except Exception as e:
+        bpf.cleanup()
+        raise KernelSupportError(f"attaching {tp} failed: {e}") from e
+    return Loaded(bpf=bpf, plan=plan, attached=tuple(attached))

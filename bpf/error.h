@@ -1,0 +1,28 @@
+/* sock:inet_sk_error_report. Its tracefs record has no socket pointer (only the tuple and the
+ * error), so it is attached as a raw tracepoint (still a tracepoint, 4.17+), whose first argument
+ * is the struct sock. Only tracked sockets are reported: the raw argument alone does not say the
+ * socket is TCP, and a tracked socket is. */
+#ifndef TCPSCOPE_ERROR_H
+#define TCPSCOPE_ERROR_H
+
+static __always_inline int handle_error_report(void *ctx, const void *sk)
+{
+    __u64 key = (__u64)sk;
+    struct sockstate *st = sockets.lookup(&key);
+    if (!st)
+        return 0;
+    __s32 err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
+    if (err)
+        st->err_report = err;
+#ifdef ENABLE_ERROR
+    struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, 0);
+    if (!ev)
+        return 0;
+    ev->err = err;
+    ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
+    submit(ctx, ev);
+#endif
+    return 0;
+}
+
+#endif

@@ -1,0 +1,64 @@
+/* The ONE kernel-to-user record of tcpscope (mirrored by agent/kernel/decode.py; a test checks
+ * the mirror field by field against this file). Every event kind uses the same fixed-size record:
+ * a common part (time, socket id, cgroup, process, tuple) and a few kind-specific words.
+ * Fields are laid out by hand in natural alignment with no implicit padding, so the layout is the
+ * same for clang's BPF target and for gcc on the host. */
+#ifndef TCPSCOPE_EVENTS_H
+#define TCPSCOPE_EVENTS_H
+
+/* event kinds (tcpscope_event.kind) */
+#define EV_LIFECYCLE 1
+#define EV_STATE 2
+#define EV_RETRANSMIT 3
+#define EV_SYNACK 4
+#define EV_RESET_SENT 5
+#define EV_RESET_RECEIVED 6
+#define EV_SOCKET_ERROR 7
+#define EV_PROBE 8
+
+/* roles and endings: numbered as tcpscope.v1.Role / tcpscope.v1.Ending */
+#define ROLE_UNKNOWN 0
+#define ROLE_ACTIVE 1
+#define ROLE_PASSIVE 2
+#define ENDING_NORMAL 1
+#define ENDING_RESET_SENT 2
+#define ENDING_RESET_RECEIVED 3
+#define ENDING_ERROR 4
+
+/* kernel-side loss reasons: index into the `losses` per-CPU array (names in decode.py) */
+#define LOSS_OUTPUT_FULL 0     /* ring buffer (or perf buffer) had no room */
+#define LOSS_SOCKET_MAP_FULL 1 /* per-socket map full: the socket is not tracked */
+#define LOSS_LISTENER_MAP_FULL 2
+#define LOSS_NREASONS 3
+
+struct tcpscope_event {
+    __u64 ts_ns;        /* bpf_ktime_get_ns() (CLOCK_MONOTONIC); lifecycle: time of CLOSE */
+    __u64 socket_id;    /* sock pointer XOR a random per-load key: never a kernel address */
+    __u64 cgroup_id;    /* cgroup v2 id of the socket (sk->sk_cgrp_data), 0 when no socket */
+    __u64 duration_ns;  /* lifecycle: first seen -> CLOSE; state: time in the old state */
+    __u64 tx_bytes;     /* lifecycle: application bytes sent and acked */
+    __u64 rx_bytes;     /* lifecycle: application bytes received */
+    __u32 netns;        /* network namespace inode, 0 when unknown */
+    __u32 pid;          /* tgid of the owning process, 0 when unknown */
+    __u8 saddr[16];     /* local address: IPv4 in the first 4 bytes, or IPv6 */
+    __u8 daddr[16];     /* remote address */
+    __u16 sport;        /* local port, host order */
+    __u16 dport;        /* remote port, host order */
+    __u16 family;       /* AF_INET or AF_INET6 */
+    __u8 kind;          /* EV_* */
+    __u8 role;          /* ROLE_* */
+    __u8 state;         /* state: old state; others: socket state at the event (0 = unknown) */
+    __u8 new_state;     /* state: new state; lifecycle: last state before CLOSE */
+    __u8 ending;        /* lifecycle: ENDING_* */
+    __u8 pad0;
+    __s32 err;          /* lifecycle / socket error: errno */
+    __u32 reason;       /* reset sent / lifecycle: kernel enum sk_rst_reason */
+    __u32 retransmits;  /* lifecycle: tcp_retransmit_skb count */
+    __u32 snd_cwnd;     /* probe */
+    __u32 srtt_us;      /* probe */
+    __u32 snd_wnd;      /* probe */
+    __u32 data_len;     /* probe */
+    char comm[16];      /* owning process' comm, empty when unknown */
+};
+
+#endif

@@ -1,0 +1,362 @@
+"""Real traffic for tests and benchmarks: kubelet-style cgroups, processes inside them, TCP
+exchanges with exact byte counts, network namespaces with veth pairs, nftables drop rules.
+
+Everything created here has a unique name (pid + counter) and is removed by the context managers,
+also on failure, because other engineers run tests on the same machine at the same time.
+Test traffic stays on loopback or inside namespaces created here (198.18.0.0/15, 2001:db8::/32).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import itertools
+import multiprocessing as mp
+import os
+import secrets
+import socket
+import struct
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+CGROUP2 = Path("/sys/fs/cgroup/unified")
+_counter = itertools.count()
+_ctx = mp.get_context("fork")
+
+
+def unique(prefix: str) -> str:
+    """A name unique on this machine for this run: prefix-<pid>-<n>."""
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+# ---- cgroups ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PodCgroup:
+    """A kubelet-style cgroup v2 tree for one container of one pod."""
+
+    root: Path  # the kubepods-like top directory created for this test (the subtree root)
+    pod: Path
+    container: Path
+    pod_uid: str
+    container_id: str
+
+    @property
+    def id(self) -> int:
+        """The cgroup v2 id of the container cgroup (inode of its directory)."""
+        return os.stat(self.container).st_ino
+
+
+def _rmdir_tree(top: Path) -> None:
+    """Remove a cgroup directory tree bottom-up, first moving any leftover processes out."""
+    if not top.exists():
+        return
+    dirs = sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+    for d in [*dirs, top]:
+        procs = d / "cgroup.procs"
+        with contextlib.suppress(OSError):
+            for pid in procs.read_text().split():
+                with contextlib.suppress(OSError):
+                    (CGROUP2 / "cgroup.procs").write_text(pid)
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def kubepods_root(name: str | None = None) -> Iterator[Path]:
+    """A fresh top-level cgroup (like kubepods.slice) under the cgroup2 mount; removed afterwards."""
+    top = CGROUP2 / (name or f"{unique('tcpscope-test')}.slice")
+    top.mkdir()
+    try:
+        yield top
+    finally:
+        _rmdir_tree(top)
+
+
+def pod_cgroup(root: Path, qos: str = "besteffort", pod_uid: str | None = None,
+               container_id: str | None = None) -> PodCgroup:
+    """Create `<root>/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice/cri-containerd-<64hex>.scope`.
+
+    Removed together with `root` by kubepods_root()."""
+    uid = pod_uid or str(uuid.uuid4())
+    cid = container_id or secrets.token_hex(32)
+    qos_dir = root / f"kubepods-{qos}.slice"
+    pod = qos_dir / f"kubepods-{qos}-pod{uid.replace('-', '_')}.slice"
+    container = pod / f"cri-containerd-{cid}.scope"
+    container.mkdir(parents=True, exist_ok=True)
+    return PodCgroup(root=root, pod=pod, container=container, pod_uid=uid, container_id=cid)
+
+
+def enter_cgroup(directory: Path) -> None:
+    """Move the calling process into a cgroup v2 directory."""
+    (directory / "cgroup.procs").write_text(str(os.getpid()))
+
+
+def set_comm(name: str) -> None:
+    """Set the calling thread's comm (prctl PR_SET_NAME), at most 15 bytes."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(15, name.encode()[:15], 0, 0, 0)
+
+
+def _child_main(conn: Any, cgroup: Path | None, comm: str | None, netns: str | None,
+                fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        if cgroup is not None:
+            enter_cgroup(cgroup)
+        if netns is not None:
+            with open(f"/run/netns/{netns}") as fh:
+                os.setns(fh.fileno(), os.CLONE_NEWNET)
+        if comm:
+            set_comm(comm)
+        conn.send(("ok", fn(*args)))
+    except BaseException as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+class Child:
+    """A forked process running fn(*args) inside an optional cgroup and netns, with a comm."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, cgroup: Path | None = None,
+                 comm: str | None = None, netns: str | None = None) -> None:
+        self._parent, child = _ctx.Pipe()
+        self.proc = _ctx.Process(target=_child_main, args=(child, cgroup, comm, netns, fn, args), daemon=True)
+        self.proc.start()
+        child.close()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc.pid is not None
+        return self.proc.pid
+
+    def result(self, timeout: float = 20.0) -> Any:
+        """The function's return value (raises RuntimeError if it raised or timed out)."""
+        if not self._parent.poll(timeout):
+            self.proc.kill()
+            raise RuntimeError(f"child {self.pid} did not finish within {timeout}s")
+        status, value = self._parent.recv()
+        self.proc.join(5)
+        if status != "ok":
+            raise RuntimeError(f"child {self.pid} failed: {value}")
+        return value
+
+
+def run_in_cgroup(cgroup: Path | None, fn: Callable[..., Any], *args: Any, comm: str | None = None,
+                  timeout: float = 20.0) -> Any:
+    """Run fn(*args) in a child process inside the cgroup; return its result."""
+    return Child(fn, *args, cgroup=cgroup, comm=comm).result(timeout)
+
+
+# ---- TCP with exact byte counts ---------------------------------------------------------------
+
+
+def _recv_exact(s: socket.socket, n: int) -> None:
+    got = 0
+    while got < n:
+        chunk = s.recv(min(65536, n - got))
+        if not chunk:
+            raise ConnectionError(f"EOF after {got} of {n} bytes")
+        got += len(chunk)
+
+
+def _wait_eof(s: socket.socket) -> None:
+    while s.recv(65536):
+        raise ConnectionError("unexpected data before EOF")
+
+
+def _linger0(s: socket.socket) -> None:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """What tcp_exchange did: who, where, how much."""
+
+    server_pid: int
+    client_pid: int
+    server_port: int
+    client_port: int
+    client_bytes: int  # written by the client, read by the server
+    server_bytes: int  # written by the server, read by the client
+
+
+def _serve(family: int, addr: str, port: int, expect: int, reply: int, closer: str, ready: Any) -> int:
+    ls = socket.socket(family, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        ls.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    ls.bind((addr, port))
+    ls.listen(16)
+    ready.send(ls.getsockname()[1])
+    conn, _peer = ls.accept()
+    _recv_exact(conn, expect)
+    conn.sendall(b"s" * reply)
+    if closer == "client":
+        _wait_eof(conn)
+    elif closer == "server-rst":
+        _linger0(conn)
+    conn.close()
+    ls.close()
+    return os.getpid()
+
+
+def _connect(family: int, addr: str, port: int, send: int, expect: int, closer: str) -> tuple[int, int]:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.connect((addr, port))
+    local_port = s.getsockname()[1]
+    s.sendall(b"c" * send)
+    _recv_exact(s, expect)
+    if closer in ("server", "server-rst"):
+        with contextlib.suppress(ConnectionError):
+            _wait_eof(s)
+    elif closer == "client-rst":
+        _linger0(s)
+        # make sure the server has nothing in flight: it waits for our EOF/RST
+    s.close()
+    return os.getpid(), local_port
+
+
+def _serve_until_rst(family: int, addr: str, port: int, expect: int, reply: int, ready: Any) -> int:
+    ls = socket.socket(family, socket.SOCK_STREAM)
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((addr, port))
+    ls.listen(16)
+    ready.send(ls.getsockname()[1])
+    conn, _ = ls.accept()
+    _recv_exact(conn, expect)
+    conn.sendall(b"s" * reply)
+    with contextlib.suppress(ConnectionError):
+        _wait_eof(conn)
+    conn.close()
+    ls.close()
+    return os.getpid()
+
+
+def tcp_exchange(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1",
+                 connect_addr: str | None = None, client_family: int | None = None,
+                 client_bytes: int = 300_000, server_bytes: int = 777, closer: str = "client",
+                 port: int = 0, server_cgroup: Path | None = None, client_cgroup: Path | None = None,
+                 server_comm: str = "tsc-server", client_comm: str = "tsc-client",
+                 server_netns: str | None = None, client_netns: str | None = None,
+                 timeout: float = 20.0) -> Exchange:
+    """One TCP connection between two child processes: the client writes client_bytes, the server
+    reads them all and writes server_bytes, the client reads them all, then `closer` closes first:
+    'client' / 'server' (orderly FIN), 'client-rst' / 'server-rst' (SO_LINGER 0: a RST).
+
+    The server's socket is AF_INET6 dual-stack when family is AF_INET6 (so a client connecting to
+    ::ffff:127.0.0.1 makes v4-mapped sockets on both sides)."""
+    ready_r, ready_w = _ctx.Pipe(duplex=False)
+    if closer == "client-rst":
+        server = Child(_serve_until_rst, family, server_addr, port, client_bytes, server_bytes, ready_w,
+                       cgroup=server_cgroup, comm=server_comm, netns=server_netns)
+    else:
+        server = Child(_serve, family, server_addr, port, client_bytes, server_bytes, closer, ready_w,
+                       cgroup=server_cgroup, comm=server_comm, netns=server_netns)
+    if not ready_r.poll(timeout):
+        server.proc.kill()
+        raise RuntimeError("server did not start listening")
+    sport = ready_r.recv()
+    client = Child(_connect, client_family or family, connect_addr or server_addr, sport, client_bytes,
+                   server_bytes, closer, cgroup=client_cgroup, comm=client_comm, netns=client_netns)
+    client_pid, client_port = client.result(timeout)
+    server_pid = server.result(timeout)
+    return Exchange(server_pid=server_pid, client_pid=client_pid, server_port=sport, client_port=client_port,
+                    client_bytes=client_bytes, server_bytes=server_bytes)
+
+
+def free_port(family: int = socket.AF_INET, addr: str = "127.0.0.1") -> int:
+    """A port nobody listens on right now (bound then released)."""
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((addr, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def refused_connect(addr: str = "127.0.0.1", port: int | None = None,
+                    family: int = socket.AF_INET) -> tuple[int, int, int]:
+    """connect() to a closed port: returns (pid, local port, errno) (errno 111 expected)."""
+    port = port or free_port(family, addr)
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((addr, 0))
+    local = s.getsockname()[1]
+    err = s.connect_ex((addr, port))
+    s.close()
+    return os.getpid(), local, err
+
+
+# ---- network namespaces -----------------------------------------------------------------------
+
+
+def run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=30)
+
+
+@dataclass(frozen=True)
+class NetnsPair:
+    """Two network namespaces joined by a veth pair, with 198.18.x.x addresses."""
+
+    a: str
+    b: str
+    a_addr: str
+    b_addr: str
+
+    def path(self, which: str) -> str:
+        return f"/run/netns/{getattr(self, which)}"
+
+
+@contextlib.contextmanager
+def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
+    """Namespaces <a> and <b>, veth between them, 198.18.<n>.1/24 and .2/24; deleted afterwards."""
+    n = subnet if subnet is not None else (os.getpid() + next(_counter)) % 250 + 1
+    a, b = unique("tsa"), unique("tsb")
+    va, vb = f"v{os.getpid() % 100000}a{n}", f"v{os.getpid() % 100000}b{n}"
+    pair = NetnsPair(a=a, b=b, a_addr=f"198.18.{n}.1", b_addr=f"198.18.{n}.2")
+    try:
+        run("ip", "netns", "add", a)
+        run("ip", "netns", "add", b)
+        run("ip", "link", "add", va, "type", "veth", "peer", "name", vb)
+        run("ip", "link", "set", va, "netns", a)
+        run("ip", "link", "set", vb, "netns", b)
+        for ns, dev, addr in ((a, va, pair.a_addr), (b, vb, pair.b_addr)):
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            run("ip", "-n", ns, "link", "set", dev, "up")
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        yield pair
+    finally:
+        for ns in (a, b):
+            run("ip", "netns", "del", ns, check=False)
+
+
+# ---- nftables ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def nft_drop(rule: str, netns: str | None = None) -> Iterator[str]:
+    """An nftables table of our own with one output-hook rule, e.g. 'tcp dport 5000 drop' or
+    'tcp dport 5000 numgen random mod 10 < 3 drop'. The table is deleted afterwards."""
+    table = unique("tcpscope_test").replace("-", "_")
+    prefix = ["ip", "netns", "exec", netns] if netns else []
+    script = (
+        f"table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n"
+        f"    {rule}\n  }}\n}}\n"
+    )
+    subprocess.run([*prefix, "nft", "-f", "-"], input=script, check=True, text=True, capture_output=True,
+                   timeout=30)
+    try:
+        yield table
+    finally:
+        subprocess.run([*prefix, "nft", "delete", "table", "inet", table], check=False, capture_output=True,
+                       timeout=30)
