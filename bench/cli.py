@@ -42,6 +42,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--sinks", default="stdout,kafka", help="zero-loss sinks: stdout,kafka ('' = skip)")
     p.add_argument("--no-zero-loss", action="store_true", help="skip the zero-loss and CPU phases")
     p.add_argument("--cpu-rate", type=float, default=5000.0, help="rate of the all-kinds CPU run")
+    p.add_argument("--profile", action="store_true",
+                   help="only profile the agent with py-spy under the lifecycle load at --cpu-rate")
     p.add_argument("--out", default=str(Path(__file__).with_name("out")), help="report directory")
     return p.parse_args(argv)
 
@@ -55,6 +57,21 @@ def _commit() -> str:
         return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def _profile(topo: Topology, a: argparse.Namespace, duration: float, workdir: Path) -> int:
+    from bench.profile import profile_agent
+
+    try:
+        text = profile_agent(topo, a.cpu_rate, max(duration, 10.0), a.threads, workdir)
+    except Unavailable as e:
+        print(f"bench: profile n/a: {e}", file=sys.stderr)
+        return 1
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "profile.txt").write_text(text)
+    print(text)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     overhead.append(OverheadRow("veth", "none", "no tracing", "n/a", str(e)))
         for topo in topos:
             topo.start_server()
+        if a.profile:
+            return _profile(topos[0], a, duration, workdir)
         overhead += run_overhead(topos, modes, rounds, duration, a.threads, workdir)
         lo = next((t for t in topos if t.name == "loopback"), None)
         if not a.no_zero_loss and lo is not None:
