@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 # pod<uid>: the systemd driver writes the uid with '_' for '-', the cgroupfs driver with '-'.
 _UID = r"[0-9a-fA-F]{8}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{4}[-_][0-9a-fA-F]{12}"
-_POD_SEG = re.compile(rf"^(?:kubepods(?:-(?:besteffort|burstable|guaranteed))?-)?pod({_UID})(?:\.slice)?$")
+# systemd names the pod slice after its parents ('kubepods-burstable-pod<uid>.slice'); nested kubelets
+# add their own prefix ('kubelet-kubepods-besteffort-pod<uid>.slice'); cgroupfs uses 'pod<uid>'.
+_POD_SEG = re.compile(rf"^(?:[\w.-]*-)?pod({_UID})(?:\.slice)?$")
 # container segment: systemd driver '<runtime>-<64hex>.scope' (cri-containerd, crio, docker);
 # cgroupfs driver '<64hex>' or 'crio-<64hex>' / 'docker-<64hex>'; crio may add a '-conmon-' scope
 # for its monitor process, which is not the container.
