@@ -11,7 +11,7 @@ import socket
 import struct
 from collections.abc import Mapping
 
-from tcpscope.v1.events_pb2 import TcpEvent
+from tcpscope.v1.events_pb2 import Direction, TcpEvent
 
 # (name, struct code) in the order of struct tcpscope_event
 EVENT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -54,7 +54,7 @@ KIND_NAMES = {
     EV_RESET_SENT: "reset", EV_RESET_RECEIVED: "reset", EV_SOCKET_ERROR: "error", EV_PROBE: "probe",
 }
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
-_SENT, _RECEIVED = 1, 2
+_SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
 
 
 def errno_name(code: int) -> str:
@@ -145,7 +145,7 @@ class Decoder:
             ev.retransmit.state = state
         elif kind == EV_SYNACK:
             ev.synack_retransmit.SetInParent()
-        elif kind == EV_RESET_SENT or kind == EV_RESET_RECEIVED:
+        elif kind in (EV_RESET_SENT, EV_RESET_RECEIVED):
             rs = ev.reset
             rs.direction = _SENT if kind == EV_RESET_SENT else _RECEIVED
             rs.state = state

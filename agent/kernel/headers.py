@@ -43,7 +43,7 @@ def nearest_debian_headers(release: str, src: Path = Path("/usr/src")) -> tuple[
 
     def distance(p: Path) -> tuple[int, ...]:
         have = _version_key(p.name.removeprefix("linux-headers-"))[:3]
-        return tuple(abs(a - b) for a, b in zip(want + (0, 0, 0), have + (0, 0, 0), strict=False))
+        return tuple(abs(a - b) for a, b in zip((*want, 0, 0, 0), (*have, 0, 0, 0), strict=False))
 
     best = min(candidates, key=lambda p: (distance(p), p.name))
     common = src / best.name.replace("-amd64", "-common")

@@ -57,6 +57,7 @@ class KernelSource:
             self._bpf["events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
             self._poll_fn = self._bpf.perf_buffer_poll
         self._closed = False
+        self._final_losses: dict[str, int] = {}
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
         self._poll_fn(timeout_ms)
@@ -65,6 +66,8 @@ class KernelSource:
         return out
 
     def losses(self) -> dict[str, int]:
+        if self._closed:
+            return dict(self._final_losses)
         out = {f"kernel.{name}": 0 for name in self._reasons}
         for idx, name in enumerate(self._reasons):
             vals = self._losses_map[ctypes.c_int(idx)]
@@ -75,9 +78,10 @@ class KernelSource:
 
     def tracked_sockets(self) -> int:
         """Entries in the per-socket map now (for tests and stats; walks the map)."""
-        return sum(1 for _ in self._bpf["sockets"].keys())
+        return sum(1 for _ in self._bpf["sockets"])
 
     def close(self) -> None:
         if not self._closed:
+            self._final_losses = self.losses()
             self._closed = True
             self._loaded.close()

@@ -1,0 +1,98 @@
+"""tcpscope-agent: TCP events from kernel tracepoints, printed or streamed.
+
+Exit codes: 0 done (duration elapsed, SIGINT/SIGTERM, --dump-bpf), 2 cannot run here (not root, no
+BPF, no tracefs, no BTF, no kernel headers: one line on stderr saying what and how to fix it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from agent.config import AgentConfig, ConfigError
+from agent.kernel.probe import KernelSupportError, build_plan
+from agent.wiring import build_agent
+
+PROG = "tcpscope-agent"
+_CAP_SYS_ADMIN, _CAP_BPF, _CAP_PERFMON = 21, 39, 38
+
+
+def missing_privilege(status_path: str = "/proc/self/status") -> str | None:
+    """Why this process cannot load BPF tracing programs, or None: root, or CAP_BPF+CAP_PERFMON, or
+    CAP_SYS_ADMIN."""
+    try:
+        with open(status_path) as fh:
+            cap = next((int(line.split()[1], 16) for line in fh if line.startswith("CapEff:")), 0)
+    except OSError:
+        cap = 0
+    if cap >> _CAP_SYS_ADMIN & 1 or (cap >> _CAP_BPF & 1 and cap >> _CAP_PERFMON & 1):
+        return None
+    return (f"not root (uid {os.geteuid()}): loading BPF tracing programs needs root, or CAP_BPF and "
+            "CAP_PERFMON (plus CAP_SYS_ADMIN to mount tracefs); run it with sudo")
+
+
+def _fail(msg: str) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
+    return 2
+
+
+def loss_summary(losses: dict[str, int], events_out: int) -> str:
+    total = sum(losses.values())
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(losses.items()))
+    return f"{PROG}: {events_out} events out, lost {total}" + (f" ({detail})" if detail else "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        config = AgentConfig.from_args(argv)
+    except ConfigError as e:
+        return _fail(str(e))
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format=f"{PROG}: %(levelname)s %(message)s")
+    if config.dump_bpf:
+        try:
+            plan = build_plan(config)
+        except KernelSupportError as e:
+            return _fail(str(e))
+        print(plan.describe())
+        return 0
+    why = missing_privilege()
+    if why:
+        return _fail(why)
+    try:
+        agent = build_agent(config, sys.stdout)
+    except (KernelSupportError, ConfigError) as e:
+        return _fail(str(e))
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    pipeline = agent.pipeline
+    print(f"{PROG}: attached: {', '.join(tp for _k, tp, _f in agent.plan.attach)} "
+          f"({'ring buffer' if agent.plan.use_ringbuf else 'perf buffer'})", file=sys.stderr, flush=True)
+    deadline = None if config.duration is None else time.monotonic() + config.duration
+    pipeline.clock = time.monotonic
+    try:
+        pipeline.run(stop, deadline)
+        pipeline.shutdown(grace_s=config.drain_grace)
+    except BrokenPipeError:
+        # the reader went away (| head): stop quietly, as other line-oriented tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        agent.source.close()
+    print(loss_summary(pipeline.all_losses(), pipeline.events_out), file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+"""The one place that builds the agent's pipeline from an AgentConfig.
+
+    KernelSource -> enrichers (none yet) -> sink (stdout)
+
+Enrichment (agent/enrich/) and export (agent/export/) plug in at build_enrichers() and
+build_sink(): each is one line there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TextIO
+
+from agent.config import AgentConfig, ConfigError
+from agent.kernel.decode import Decoder
+from agent.kernel.loader import load
+from agent.kernel.probe import Plan, build_plan
+from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
+from agent.pipeline import Enricher, Pipeline, Sink
+from agent.stdout import StdoutSink
+
+
+@dataclass
+class Agent:
+    """A built, attached agent: run `pipeline`, then `pipeline.shutdown()`."""
+
+    plan: Plan
+    source: KernelSource
+    pipeline: Pipeline
+
+
+def build_enrichers(config: AgentConfig) -> list[Enricher]:
+    """Enrichers in order (cgroup -> pod for the local end, IP -> pod/service for the remote end)."""
+    enrichers: list[Enricher] = []
+    return enrichers
+
+
+def build_sink(config: AgentConfig, out: TextIO) -> Sink:
+    """The sink: stdout when --stdout is given (the exporter to --collector plugs in here)."""
+    if config.stdout is not None:
+        return StdoutSink(config.stdout, out)
+    raise ConfigError("nothing to do: pass --stdout table|json (or --collector HOST:PORT)")
+
+
+def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> Agent:
+    """Probe the kernel (unless a plan is given), load and attach the programs, wire the stages.
+
+    Raises KernelSupportError (kernel/permissions) or ConfigError."""
+    sink = build_sink(config, out)
+    enrichers = build_enrichers(config)
+    plan = plan or build_plan(config)
+    loaded = load(plan)
+    decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
+    source = KernelSource(loaded, decoder)
+    return Agent(plan=plan, source=source, pipeline=Pipeline(source=source, enrichers=enrichers, sink=sink))
