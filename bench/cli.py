@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.collector_load import CollectorResult, run_collector_load
 from bench.load import Topology, VethPair, build_loadgen, loopback
 from bench.modes import DEFAULT_MODES, MODES
 from bench.procs import Unavailable
@@ -41,6 +42,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                    "(default 2000,5000,10000,15000,20000,0; quick 5000,10000)")
     p.add_argument("--sinks", default="stdout,kafka", help="zero-loss sinks: stdout,kafka ('' = skip)")
     p.add_argument("--no-zero-loss", action="store_true", help="skip the zero-loss and CPU phases")
+    p.add_argument("--no-collector", action="store_true", help="skip the collector throughput phase")
+    p.add_argument("--collector-seconds", type=float, default=None,
+                   help="seconds of the collector throughput phase (default 10, quick 3)")
     p.add_argument("--cpu-rate", type=float, default=5000.0, help="rate of the all-kinds CPU run")
     p.add_argument("--profile", action="store_true",
                    help="only profile the agent with py-spy under the lifecycle load at --cpu-rate")
@@ -103,6 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overhead: list[OverheadRow] = []
     zero_loss: list[ZeroLossRow] = []
     all_kinds: Step | str | None = None
+    collector: CollectorResult | str | None = None
     veth: VethPair | None = None
     topos: list[Topology] = []
     try:
@@ -125,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not a.no_zero_loss and lo is not None:
             zero_loss = run_zero_loss(lo, sinks, rates, duration, a.threads, workdir)
             all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, duration, a.threads, workdir)
+        if not a.no_collector:
+            try:
+                collector = run_collector_load(workdir, a.collector_seconds or (3.0 if a.quick else 10.0))
+                log.info("collector: %.0f events/s, %.0f events per CPU-second", collector.events_per_s,
+                         collector.events_per_cpu_s)
+            except Unavailable as e:
+                collector = str(e)
     finally:
         for topo in topos:
             topo.close()
@@ -132,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             veth.close()
         shutil.rmtree(workdir, ignore_errors=True)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    doc = report.build(meta, overhead, zero_loss, all_kinds)
+    doc = report.build(meta, overhead, zero_loss, all_kinds, collector)
     j, md = report.write(doc, Path(a.out))
     print(md.read_text())
     print(f"bench: wrote {md} and {j} in {meta['elapsed_s']} s", file=sys.stderr)
