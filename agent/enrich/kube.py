@@ -57,10 +57,13 @@ def load_api_client(kubeconfig: str | None) -> Any:
     """A `kubernetes.client.ApiClient` from a kubeconfig file, else from the in-cluster service account."""
     from kubernetes import client, config
 
-    if kubeconfig:
-        return config.new_client_from_config(config_file=kubeconfig)  # type: ignore[no-untyped-call]
     cfg = client.Configuration()
-    config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+    else:
+        config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    # no hidden urllib3 retries: the reflector owns retrying (backoff with jitter, counted)
+    cfg.retries = False
     return client.ApiClient(cfg)
 
 
