@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -51,7 +52,8 @@ def test_list_deserializes_into_models_and_filters_by_node(srv: FakeApiServer, c
     assert int(pods.metadata.resource_version) == srv.resource_version == 5
     assert [s.spec.cluster_ips for s in core.list_service_for_all_namespaces().items] == [["198.19.0.10"]]
     assert core.list_node().items[0].status.addresses[1].address == "198.18.100.1"
-    assert [x.metadata.name for x in core.list_namespaced_pod("shop", field_selector="spec.nodeName!=node-1").items] == ["b"]
+    others = core.list_namespaced_pod("shop", field_selector="spec.nodeName!=node-1").items
+    assert [x.metadata.name for x in others] == ["b"]
     assert core.read_namespaced_pod("a", "shop").metadata.name == "a"
     with pytest.raises(ApiException) as e:
         core.read_namespaced_pod("zzz", "shop")
@@ -133,10 +135,8 @@ def test_restart_keeps_state_and_port_and_cuts_watches(srv: FakeApiServer, core:
     ended = threading.Event()
 
     def read() -> None:
-        try:
+        with contextlib.suppress(Exception):
             lines.extend(iter_resp_lines(resp))
-        except Exception:
-            pass
         ended.set()
 
     threading.Thread(target=read, daemon=True).start()
