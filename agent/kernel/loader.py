@@ -60,7 +60,7 @@ def load(plan: Plan, bpf_dir: Path = BPF_DIR) -> Loaded:
         ) from e
     text = program_text(plan, bpf_dir)
     try:
-        bpf = BPF(text=text, cflags=plan.cflags())
+        bpf = BPF(text=text.encode(), cflags=plan.cflags())
     except Exception as e:
         raise KernelSupportError(f"compiling or loading the BPF programs failed: {e}") from e
     attached = []

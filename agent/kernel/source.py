@@ -37,7 +37,7 @@ class KernelSource:
         self._batch: list[TcpEvent] = []
         self._perf_lost = 0
         self._reasons = loaded.plan.loss_reasons
-        self._losses_map = self._bpf["losses"]
+        self._losses_map = self._bpf[b"losses"]
         decode = decoder.decode
         batch = self._batch
         size = EVENT.size
@@ -51,10 +51,10 @@ class KernelSource:
         self._on_event = on_event  # keep the callbacks alive
         self._on_lost = on_lost
         if loaded.plan.use_ringbuf:
-            self._bpf["events"].open_ring_buffer(on_event)
+            self._bpf[b"events"].open_ring_buffer(on_event)
             self._poll_fn = self._bpf.ring_buffer_poll
         else:
-            self._bpf["events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
+            self._bpf[b"events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
             self._poll_fn = self._bpf.perf_buffer_poll
         self._closed = False
         self._final_losses: dict[str, int] = {}
@@ -78,7 +78,7 @@ class KernelSource:
 
     def tracked_sockets(self) -> int:
         """Entries in the per-socket map now (for tests and stats; walks the map)."""
-        return sum(1 for _ in self._bpf["sockets"])
+        return sum(1 for _ in self._bpf[b"sockets"])
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,67 @@
+"""A loaded agent kernel source for tests: load once, poll, wait for events matching a predicate."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from agent.config import AgentConfig
+from agent.kernel.decode import Decoder
+from agent.kernel.loader import load
+from agent.kernel.probe import Plan, build_plan
+from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
+from tcpscope.v1.events_pb2 import TcpEvent
+
+ALL_BUT_PROBE = ("lifecycle", "state", "retransmit", "synack", "reset", "error")
+
+
+def require_root() -> None:
+    """Kernel tests FAIL (never skip) without root: CI must have BPF."""
+    assert os.geteuid() == 0, "this test needs root, BPF and tracefs (run the suite as root)"
+
+
+@dataclass
+class Harness:
+    """A KernelSource plus everything it delivered so far."""
+
+    source: KernelSource
+    plan: Plan
+    seen: list[TcpEvent] = field(default_factory=list)
+
+    def pump(self, timeout_ms: int = 50) -> None:
+        self.seen.extend(self.source.poll(timeout_ms))
+
+    def wait(self, match: Callable[[TcpEvent], bool], count: int = 1, timeout: float = 5.0,
+             settle: float = 0.2) -> list[TcpEvent]:
+        """Events matching `match`, after at least `count` arrived (or timeout), plus `settle` seconds
+        for stragglers (so tests can assert there is not one too many)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and sum(1 for e in self.seen if match(e)) < count:
+            self.pump()
+        end = time.monotonic() + settle
+        while time.monotonic() < end:
+            self.pump()
+        return [e for e in self.seen if match(e)]
+
+
+@contextmanager
+def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
+    require_root()
+    plan = build_plan(config)
+    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons))
+    try:
+        yield Harness(source=source, plan=plan)
+    finally:
+        source.close()
+
+
+def on_port(port: int) -> Callable[[TcpEvent], bool]:
+    """Events of sockets with this local or remote port."""
+    return lambda e: e.local.port == port or e.remote.port == port
+
+
+def kind(ev: TcpEvent) -> str | None:
+    return ev.WhichOneof("kind")
