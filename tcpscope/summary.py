@@ -19,10 +19,12 @@ Counters, each counting connections:
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, TextIO
 
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
@@ -36,6 +38,7 @@ from tcpscope.v1.events_pb2 import (
     TCP_STATE_UNSPECIFIED,
     Endpoint,
     EndpointKind,
+    EventBatch,
     TcpEvent,
 )
 
@@ -345,3 +348,127 @@ def render_table(rows: Sequence[PairSummary]) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
              for line in (head, *body)]
     return "\n".join(lines) + "\n"
+
+
+# --- tcpscope-tail --summary ------------------------------------------------------------------
+# Everything above is pure; below, the thin wiring tail.py calls (Kafka is imported lazily there).
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    by: str = "pod"
+    window_s: float | None = None
+    sort: str = "problems"
+    every_s: float = 10.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The summary flags, added to tcpscope-tail's parser."""
+    g = p.add_argument_group("summary (--summary)")
+    g.add_argument("--summary", action="store_true",
+                   help="print per-(client, server) counters instead of events: with --from-beginning "
+                        "and no --duration, of everything in the topic now, then exit; otherwise "
+                        "every --every seconds until --duration or Ctrl-C")
+    g.add_argument("--by", choices=("pod", "workload"), default="pod", help="group ends by pod or workload")
+    g.add_argument("--window", type=float, help="only connections that ended in the last S seconds")
+    g.add_argument("--sort", choices=SORT_KEYS, default="problems",
+                   help="sort by this counter, descending (client/server: by name)")
+    g.add_argument("--every", type=float, default=10.0, help="seconds between live summaries")
+
+
+def options_from(a: argparse.Namespace) -> SummaryOptions | None:
+    if not getattr(a, "summary", False):
+        return None
+    return SummaryOptions(a.by, a.window, a.sort, a.every)
+
+
+@dataclass
+class Report:
+    """What one summary print shows: the pairs and the loss counters of the batches read."""
+
+    summarizer: Summarizer
+    losses: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    events: int = 0
+    duplicates: int = 0
+    _seen: set[tuple[str, int, int]] = field(default_factory=set)
+
+    def take(self, kind: str, agent_id: str, sequence: int, index: int, event: TcpEvent | None,
+             lost: dict[str, int] | None, keep: Callable[[TcpEvent], bool] | None = None) -> None:
+        """One decoded record (tcpscope.kafka_layout.Decoded fields); repeats of a record that
+        at-least-once delivery published twice are counted once."""
+        key = (agent_id, sequence, index if kind == "event" else -1)
+        if key in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(key)
+        if kind == "event" and event is not None:
+            self.events += 1
+            if keep is None or keep(event):
+                self.summarizer.add(event)
+        elif kind == "batch-summary" and lost is not None:
+            self.batches += 1
+            for k, v in lost.items():
+                self.losses[k] = self.losses.get(k, 0) + v
+
+    def render(self, fmt: str, o: SummaryOptions, namespace: str | None = None, pod: str | None = None,
+               now_ns: int | None = None) -> str:
+        rows = select(self.summarizer.pairs(o.window_s, now_ns), namespace, pod, o.sort)
+        if fmt == "json":
+            doc = {"by": self.summarizer.by, "window_s": o.window_s,
+                   "pairs": [r.to_json() for r in rows], "losses": dict(sorted(self.losses.items())),
+                   "batches": self.batches, "events": self.events, "duplicates": self.duplicates,
+                   "skipped": dict(sorted(self.summarizer.skipped.items()))}
+            return json.dumps(doc) + "\n"
+        lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
+        foot = (f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
+                + ("no events lost" if not lost else f"LOST {lost} events: {self.losses}") + "\n")
+        return render_table(rows) + foot
+
+
+def _lost_map(batch: EventBatch) -> dict[str, int]:
+    out = {"kernel": batch.lost.kernel, "agent_buffer": batch.lost.agent_buffer,
+           "enrichment": batch.lost.enrichment}
+    out.update(batch.lost.by_reason)
+    return out
+
+
+def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
+    """`tcpscope-tail --summary`: read the topic (tail's consumer and filter) and print summaries."""
+    import time
+
+    from tcpscope.kafka_layout import decode_record
+    from tcpscope.tail import EventFilter, open_consumer
+
+    keep_all = EventFilter.from_options(tail_opts)
+    keep = EventFilter(None, None, keep_all.kinds)  # namespace/pod select pairs, not events
+    report = Report(Summarizer(by=o.by))
+    consumer = open_consumer(tail_opts)
+    once = tail_opts.from_beginning and tail_opts.duration is None
+    deadline = None if tail_opts.duration is None else time.monotonic() + tail_opts.duration
+    try:
+        ends = consumer.end_offsets(list(consumer.assignment())) if once else {}
+        next_print = time.monotonic() + o.every_s
+        while deadline is None or time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=200)
+            for recs in polled.values():
+                for r in recs:
+                    try:
+                        d = decode_record(r.headers, r.value)
+                    except Exception:  # a foreign or damaged record must not stop the summary
+                        continue
+                    report.take(d.kind, d.agent_id, d.sequence, d.index, d.event,
+                                _lost_map(d.summary) if d.summary is not None else None, keep)
+            if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
+                break
+            if not once and deadline is None and time.monotonic() >= next_print:
+                out.write(report.render(tail_opts.format, o, tail_opts.namespace, tail_opts.pod))
+                out.flush()
+                next_print = time.monotonic() + o.every_s
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    out.write(report.render(tail_opts.format, o, tail_opts.namespace, tail_opts.pod))
+    out.flush()
+    return 0

@@ -189,6 +189,7 @@ class PodCluster:
 
     plan: Plan
     run_id: str = field(default_factory=new_run_id)
+    backlogs: dict[str, int] = field(default_factory=dict)  # "ns/name" -> listen backlog (default 128)
     state: RunState = field(init=False)
     cgroups: CgroupTree = field(init=False)
     fabric: net.Fabric = field(init=False)
@@ -214,7 +215,8 @@ class PodCluster:
             pn = self.fabric.add_pod(i, spec.ip)
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tcpscope.sim.worker", "--netns", pn.netns_path,
-                 "--cgroup", cg.path, "--listen", ",".join(map(str, spec.listen))],
+                 "--cgroup", cg.path, "--listen", ",".join(map(str, spec.listen)),
+                 "--backlog", str(self.backlogs.get(spec.ref, 128))],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
                 start_new_session=True,
             )

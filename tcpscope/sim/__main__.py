@@ -1,0 +1,208 @@
+"""`tcpscope-sim`: a simulated multi-node cluster on one machine, running the real tcpscope.
+
+    tcpscope-sim [--duration SECONDS] [--plan PLAN.json] [--kafka-bootstrap HOST:PORT --topic NAME]
+
+Brings up nodes (cgroup subtrees), pods (worker processes, each in its own netns and kubelet-style
+cgroup), the API stand-in, a Kafka-protocol broker (unless --kafka-bootstrap), the collector and one
+agent per node; then runs traffic. With --plan: runs exactly that plan, waits until the agents have
+shipped every connection's events to Kafka, prints the summary and exits 0 (1 if anything is
+missing or lost). Without: the built-in mix, showing live events, until Ctrl-C or --duration.
+Everything it created is removed on exit; `--cleanup` removes what a crashed run left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+
+from tcpscope import summary
+from tcpscope.sim.cluster import PodCluster, cleanup_leftovers
+from tcpscope.sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
+from tcpscope.sim.services import Services
+from tcpscope.sim.traffic import Driver, TrafficError, run_mix
+from tcpscope.sim.watch import TopicWatch
+from tcpscope.v1.events_pb2 import TcpEvent
+
+log = logging.getLogger("tcpscope.sim")
+
+# the built-in mix's extras: lossy bulk transfers and a server that stops accepting
+MIX_BULK = TrafficSpec("batch/reports-1", "data/redis-1", 6379, "ok", 2)
+MIX_STALL = TrafficSpec("shop/cart-1", "batch/reports-1", 9100, "ok", 4)
+MIX_BACKLOGS = {"batch/reports-1": 1}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tcpscope-sim", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--plan", help="run exactly this traffic plan (JSON, see docs/sim.md), then exit")
+    p.add_argument("--duration", type=float, help="without --plan: run the built-in mix this many seconds")
+    p.add_argument("--kafka-bootstrap", help="publish to this Kafka (default: start a local broker)")
+    p.add_argument("--topic", default="tcpscope-events", help="Kafka topic (default tcpscope-events)")
+    p.add_argument("--summary-format", choices=("table", "json"), default="table",
+                   help="how to print the summary at the end")
+    p.add_argument("--quiet", action="store_true", help="no live event table")
+    p.add_argument("--ship-timeout", type=float, default=60.0,
+                   help="with --plan: seconds to wait for the agents to ship every event")
+    p.add_argument("--agent-arg", action="append", default=[],
+                   help="extra flag for every agent, e.g. --agent-arg=--events=lifecycle,reset")
+    p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
+    p.add_argument("--cleanup", action="store_true",
+                   help="remove namespaces, cgroups and processes left by crashed runs, then exit")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _live_printer(out: Callable[[str], None]) -> Callable[[TcpEvent], None] | None:
+    """The agent's table renderer (tcpscope.render) over events read back from Kafka, so the live
+    view shows both ends' pod names as any Kafka consumer sees them."""
+    try:
+        from tcpscope import render
+    except ImportError:
+        log.warning("tcpscope.render is not available: no live table")
+        return None
+    line: Callable[[TcpEvent], str] | None = (getattr(render, "render_table_row", None)
+                                              or getattr(render, "table_line", None))
+    if line is None:
+        return None
+    header = getattr(render, "TABLE_HEADER", None)
+    if header:
+        out(str(header))
+    lock = threading.Lock()
+    fn = line
+
+    def show(ev: TcpEvent) -> None:
+        with lock:
+            out(fn(ev))
+
+    return show
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
+    if os.geteuid() != 0:
+        print("tcpscope-sim: needs root (network namespaces, cgroups, BPF)", file=sys.stderr)
+        return 2
+    if args.cleanup:
+        cleaned = cleanup_leftovers()
+        print(f"tcpscope-sim: cleaned {len(cleaned)} run(s) {' '.join(cleaned)}".rstrip())
+        return 0
+    try:
+        plan = load_plan(args.plan) if args.plan else builtin_plan()
+    except (PlanError, OSError) as e:
+        print(f"tcpscope-sim: {e}", file=sys.stderr)
+        return 2
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise _Interrupted(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS)
+    workdir = tempfile.mkdtemp(prefix=f"tcpscope-sim-{cluster.run_id}-")
+    if not args.keep_logs:
+        cluster.state.paths.append(workdir)
+    services = Services(plan, cluster.run_id, cluster.state, workdir, args.kafka_bootstrap, args.topic,
+                        args.agent_arg)
+    watch: TopicWatch | None = None
+    rc = 1
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    try:
+        say(f"tcpscope-sim: run {cluster.run_id}, {len(plan.nodes)} nodes, {len(plan.pods)} pods, logs {workdir}")
+        bootstrap = services.start_broker()
+        services.create_topic()
+        say(f"tcpscope-sim: Kafka at {bootstrap}, topic {args.topic}"
+            + ("" if args.kafka_bootstrap else " (local broker started for this run)"))
+        kubeconfig = services.start_api()
+        say(f"tcpscope-sim: API server stand-in at {services.api.url if services.api else '?'}")
+        services.start_collector()
+        cluster.start()
+        services.start_agents({n: cluster.node_cgroup(n) for n in plan.nodes}, kubeconfig)
+        services.wait_agents_ready()
+        say(f"tcpscope-sim: agents ready on {', '.join(plan.nodes)}; collector {services.collector_addr}")
+        for p in plan.pods:
+            say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
+        printer = None if (args.quiet or args.plan) else _live_printer(say)
+        watch = TopicWatch(bootstrap, args.topic, {services.agent_id(n) for n in plan.nodes}, printer)
+        watch.start()
+        driver = Driver(cluster)
+        if args.plan:
+            rc = _run_plan(driver, services, watch, plan.expected_lifecycles(), args.ship_timeout, say)
+        else:
+            stop = threading.Event()
+            deadline = time.monotonic() + args.duration if args.duration else None
+            try:
+                run_mix(driver, stop, deadline, MIX_BULK, MIX_STALL)
+            except _Interrupted:
+                say("tcpscope-sim: interrupted, stopping")
+            services.stop_agents()
+            watch.catch_up(10)
+            rc = 0
+        events, losses, batches = watch.snapshot()
+        _print_summary(events, losses, batches, args.summary_format, say)
+    except _Interrupted as e:
+        say(f"tcpscope-sim: interrupted ({e}), stopping")
+        rc = 130
+    except (TrafficError, RuntimeError, OSError) as e:
+        print(f"tcpscope-sim: {e}", file=sys.stderr)
+        for name in services.logs:
+            print(f"--- {name} (last lines) ---\n{services.tail_log(name, 1500)}", file=sys.stderr)
+        rc = 1
+    finally:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        if watch is not None:
+            watch.stop()
+        services.stop()
+        cluster.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return rc
+
+
+def _run_plan(driver: Driver, services: Services, watch: TopicWatch, expected: int, timeout: float,
+              say: Callable[[str], None]) -> int:
+    """Run the plan once, wait for every connection's events in Kafka, drain the agents, check."""
+    t0 = time.monotonic()
+    driver.run_plan(strict=True)
+    say(f"tcpscope-sim: plan done in {time.monotonic() - t0:.1f}s; waiting for {expected} lifecycle events")
+    got = watch.wait_for(expected, timeout)
+    codes = services.stop_agents()
+    watch.catch_up(15)
+    got = watch.connection_ends()
+    _, losses, _ = watch.snapshot()
+    lost = {k: v for k, v in losses.items() if v}
+    ok = got == expected and not lost and all(c == 0 for c in codes.values()) and not watch.error
+    say(f"tcpscope-sim: shipped {got}/{expected} lifecycle events in {time.monotonic() - t0:.1f}s, "
+        f"losses {lost or 'none'}, agents exited {codes}")
+    if watch.error:
+        say(f"tcpscope-sim: reading Kafka failed: {watch.error}")
+    return 0 if ok else 1
+
+
+def _print_summary(events: list[TcpEvent], losses: dict[str, int], batches: int, fmt: str,
+                   say: Callable[[str], None]) -> None:
+    """The same summary `tcpscope-tail --summary` prints, over the events this run read back."""
+    report = summary.Report(summary.Summarizer(), losses=losses, batches=batches, events=len(events))
+    report.summarizer.add_all(events)
+    say(("" if fmt == "json" else "\n") + report.render(fmt, summary.SummaryOptions()).rstrip("\n"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

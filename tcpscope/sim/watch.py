@@ -1,0 +1,136 @@
+"""Reads the run's events back from Kafka: to know when the agents have shipped everything, to show
+the live table, and to print the summary at the end."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_record
+from tcpscope.v1.events_pb2 import LISTEN, TcpEvent
+
+log = logging.getLogger(__name__)
+
+
+def counts_as_connection_end(ev: TcpEvent) -> bool:
+    """A lifecycle event of a connection socket (listening sockets closing do not count)."""
+    return (ev.WhichOneof("kind") == "lifecycle" and ev.lifecycle.last_state != LISTEN
+            and ev.remote.port != 0)
+
+
+@dataclass
+class TopicWatch:
+    """A background consumer of one topic (assign + seek to beginning, no consumer group), keeping
+    the events and batch loss counters of the given agents, once each (at-least-once delivery may
+    repeat a batch; records are deduplicated by agent id, batch sequence and index)."""
+
+    bootstrap: str
+    topic: str
+    agent_ids: set[str]
+    on_event: Callable[[TcpEvent], None] | None = None
+    events: list[TcpEvent] = field(default_factory=list)
+    losses: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    _seen: set[tuple[str, int, int]] = field(default_factory=set)
+    _cv: threading.Condition = field(default_factory=threading.Condition)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _catch_up: threading.Event = field(default_factory=threading.Event)
+    _caught_up: threading.Event = field(default_factory=threading.Event)
+    error: str = ""
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="topic-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def _run(self) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        c: Any = None
+        try:
+            c = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
+            parts: set[int] | None = None
+            while not parts and not self._stop.is_set():
+                parts = c.partitions_for_topic(self.topic)
+                if not parts:
+                    time.sleep(0.2)
+            if not parts:
+                return
+            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+            c.assign(tps)
+            c.seek_to_beginning(*tps)
+            target: dict[Any, int] | None = None
+            while not self._stop.is_set():
+                for recs in c.poll(timeout_ms=200).values():
+                    for r in recs:
+                        self._take(r.headers, r.value)
+                if self._catch_up.is_set():
+                    if target is None:
+                        target = c.end_offsets(tps)
+                    if all(c.position(tp) >= off for tp, off in target.items()):
+                        self._catch_up.clear()
+                        target = None
+                        self._caught_up.set()
+        except Exception as e:  # a broken watch must not hang the run: waiters see the error
+            log.exception("reading %s failed", self.topic)
+            with self._cv:
+                self.error = f"{type(e).__name__}: {e}"
+                self._cv.notify_all()
+        finally:
+            if c is not None:
+                c.close()
+
+    def _take(self, headers: Any, value: bytes | None) -> None:
+        d = decode_record(headers, value)
+        if d.agent_id not in self.agent_ids:
+            return
+        key = (d.agent_id, d.sequence, d.index if d.kind == RECORD_EVENT else -1)
+        with self._cv:
+            if key in self._seen:
+                return
+            self._seen.add(key)
+            if d.kind == RECORD_EVENT and d.event is not None:
+                self.events.append(d.event)
+                if self.on_event is not None:
+                    self.on_event(d.event)
+            elif d.kind == RECORD_SUMMARY and d.summary is not None:
+                self.batches += 1
+                lost = d.summary.lost
+                for k, v in (("kernel", lost.kernel), ("agent_buffer", lost.agent_buffer),
+                             ("enrichment", lost.enrichment), *lost.by_reason.items()):
+                    self.losses[k] = self.losses.get(k, 0) + v
+            self._cv.notify_all()
+
+    def catch_up(self, timeout: float) -> bool:
+        """Wait until everything in the topic right now has been read."""
+        self._caught_up.clear()
+        self._catch_up.set()
+        return self._caught_up.wait(timeout)
+
+    def connection_ends(self) -> int:
+        with self._cv:
+            return sum(1 for e in self.events if counts_as_connection_end(e))
+
+    def wait_for(self, want: int, timeout: float) -> int:
+        """Block until `want` connection lifecycle events arrived (or the timeout); return the count."""
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                n = sum(1 for e in self.events if counts_as_connection_end(e))
+                left = deadline - time.monotonic()
+                if n >= want or left <= 0 or self.error:
+                    return n
+                self._cv.wait(min(left, 0.5))
+
+    def snapshot(self) -> tuple[list[TcpEvent], dict[str, int], int]:
+        with self._cv:
+            return list(self.events), dict(self.losses), self.batches
