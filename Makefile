@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run agent test lint typecheck bench clean
+.PHONY: setup run agent sim test lint typecheck bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -13,6 +13,10 @@ run: setup
 	$(VENV)/bin/tcpscope-agent --stdout table $(ARGS)
 
 agent: run
+
+# The simulated multi-node cluster (tcpscope-sim): live events from Kafka, then the summary.
+sim: setup
+	$(VENV)/bin/tcpscope-sim $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check agent collector tcpscope tests bench scripts
