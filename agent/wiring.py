@@ -31,8 +31,9 @@ class Agent:
 
 def build_enrichers(config: AgentConfig) -> list[Enricher]:
     """Enrichers in order (cgroup -> pod for the local end, IP -> pod/service for the remote end)."""
-    enrichers: list[Enricher] = []
-    return enrichers
+    from agent.enrich import build_enrichers as build_enrichment
+
+    return build_enrichment(config)
 
 
 def build_sink(config: AgentConfig, out: TextIO) -> Sink:
