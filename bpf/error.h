@@ -12,8 +12,11 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
     if (!st)
         return 0;
     __s32 err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
-    if (err)
-        st->err_report = err;
+    /* tcp_disconnect() calls sk_error_report() on every disconnect, also with no error pending
+     * (e.g. a failed connect() whose error the caller already consumed): not an error event */
+    if (!err)
+        return 0;
+    st->err_report = err;
 #ifdef ENABLE_ERROR
     struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, 0);
     if (!ev)

@@ -1,0 +1,104 @@
+"""Resets and socket errors from real traffic: SO_LINGER 0 close, a refused connect."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from agent.config import AgentConfig
+from tcpscope.v1.events_pb2 import (
+    ACTIVE, CLOSE, ESTABLISHED, PASSIVE, RECEIVED, RESET_RECEIVED, RESET_SENT, SENT, SYN_SENT,
+    TCP_STATE_UNSPECIFIED,
+)
+from tests.support import traffic
+from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, on_port
+
+
+@pytest.fixture(scope="module")
+def ports() -> list[int]:
+    return [traffic.free_port() for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def agent(ports: list[int]) -> Iterator[Harness]:
+    with kernel_harness(AgentConfig(ports=tuple(ports), events=ALL_BUT_PROBE)) as h:
+        yield h
+
+
+@pytest.mark.root
+def test_linger0_close_sends_reset_and_peer_receives_it(agent: Harness, ports: list[int]) -> None:
+    port = ports[0]
+    ex = traffic.tcp_exchange(port=port, closer="client-rst", client_bytes=300_000, server_bytes=777)
+    evs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+    lcs = {e.lifecycle.role: e for e in evs}
+    assert set(lcs) == {ACTIVE, PASSIVE} and len(evs) == 2
+    client, server = lcs[ACTIVE], lcs[PASSIVE]
+    assert client.lifecycle.ending == RESET_SENT
+    assert (client.lifecycle.tx_bytes, client.lifecycle.rx_bytes) == (300_000, 777)
+    assert client.lifecycle.last_state == ESTABLISHED
+    # the kernel's own reason name, from BTF enum sk_rst_reason (6.10+): close() with SO_LINGER 0
+    # goes through tcp_disconnect(), which resets with SK_RST_REASON_TCP_STATE (tcp_need_reset())
+    reasons = agent.plan.rst_reasons
+    if reasons:
+        assert client.lifecycle.reset_reason_name == "TCP_STATE"
+        assert reasons[client.lifecycle.reset_reason] == "TCP_STATE"
+    assert (client.process.pid, client.process.comm) == (ex.client_pid, "tsc-client")
+    assert server.lifecycle.ending == RESET_RECEIVED
+    assert (server.lifecycle.errno, server.lifecycle.errno_name) == (104, "ECONNRESET")
+    assert (server.lifecycle.tx_bytes, server.lifecycle.rx_bytes) == (777, 300_000)
+    assert (server.process.pid, server.process.comm) == (ex.server_pid, "tsc-server")
+
+    resets = [e for e in agent.seen if on_port(port)(e) and kind(e) == "reset"]
+    sent = [e for e in resets if e.reset.direction == SENT]
+    received = [e for e in resets if e.reset.direction == RECEIVED]
+    assert len(sent) == 1 and len(received) == 1, resets
+    assert sent[0].socket_id == client.socket_id and sent[0].process.pid == ex.client_pid
+    assert sent[0].reset.state == CLOSE  # __tcp_close() sets CLOSE before sending the RST
+    assert (sent[0].local.port, sent[0].remote.port) == (ex.client_port, port)
+    assert received[0].socket_id == server.socket_id and received[0].process.pid == ex.server_pid
+    assert received[0].reset.state == ESTABLISHED
+    errors = [e for e in agent.seen if on_port(port)(e) and kind(e) == "socket_error"]
+    # both sides report ECONNRESET: the receiver from tcp_reset(), the sender because
+    # tcp_disconnect() sets sk_err = ECONNRESET and calls sk_error_report() after the RST
+    assert sorted((e.socket_id, e.socket_error.errno, e.socket_error.errno_name) for e in errors) == sorted([
+        (server.socket_id, 104, "ECONNRESET"), (client.socket_id, 104, "ECONNRESET")
+    ])
+    assert client.lifecycle.errno == 104
+
+
+@pytest.mark.root
+def test_refused_connect(agent: Harness, ports: list[int]) -> None:
+    port = ports[1]
+    child = traffic.Child(traffic.refused_connect, "127.0.0.1", port, socket.AF_INET, comm="tsc-refused")
+    pid, local_port, err = child.result()
+    assert err == 111
+    evs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=1)
+    assert len(evs) == 1
+    lc = evs[0]
+    assert (lc.process.pid, lc.process.comm) == (pid, "tsc-refused")
+    assert lc.lifecycle.role == ACTIVE
+    assert lc.lifecycle.ending == RESET_RECEIVED
+    assert (lc.lifecycle.errno, lc.lifecycle.errno_name) == (111, "ECONNREFUSED")
+    assert (lc.lifecycle.tx_bytes, lc.lifecycle.rx_bytes) == (0, 0)
+    assert lc.lifecycle.last_state == SYN_SENT
+    assert (lc.local.port, lc.remote.port) == (local_port, port)
+
+    mine = [e for e in agent.seen if on_port(port)(e)]
+    errors = [e for e in mine if kind(e) == "socket_error"]
+    assert [(e.socket_id, e.socket_error.errno, e.socket_error.errno_name, e.process.pid) for e in errors] == [
+        (lc.socket_id, 111, "ECONNREFUSED", pid)
+    ]
+    sent = [e for e in mine if kind(e) == "reset" and e.reset.direction == SENT]
+    assert len(sent) == 1
+    rst = sent[0]
+    # no socket on the refusing side: no owner, no cgroup, state unknown; local = the closed port
+    assert (rst.process.pid, rst.process.cgroup_id, rst.socket_id) == (0, 0, 0)
+    assert rst.reset.state == TCP_STATE_UNSPECIFIED
+    assert (rst.local.ip, rst.local.port, rst.remote.ip, rst.remote.port) == ("127.0.0.1", port, "127.0.0.1",
+                                                                              local_port)
+    if agent.plan.rst_reasons:
+        assert (rst.reset.reason, rst.reset.reason_name) == (1, "NO_SOCKET")
+    received = [e for e in mine if kind(e) == "reset" and e.reset.direction == RECEIVED]
+    assert [(e.socket_id, e.reset.state, e.process.pid) for e in received] == [(lc.socket_id, SYN_SENT, pid)]
