@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from collector.config import CollectorConfig
@@ -62,8 +62,10 @@ class KafkaPublisher:
         from kafka import KafkaProducer
 
         self._topic = cfg.topic
-        self._producer = KafkaProducer(**producer_kwargs(cfg))
+        self._new_producer: Callable[[], Any] = lambda: KafkaProducer(**producer_kwargs(cfg))
+        self._producer = self._new_producer()
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-send")
+        self.resets = 0
 
     async def publish(self, records: Sequence[Record]) -> None:
         loop = asyncio.get_running_loop()
@@ -81,19 +83,40 @@ class KafkaPublisher:
         def fail(exc: BaseException) -> None:
             loop.call_soon_threadsafe(_resolve, done, exc)
 
+        producer = self._producer
+
         def send_all() -> None:
             for r in records:
-                fut = self._producer.send(self._topic, key=r.key, value=r.value, headers=r.headers)
+                fut = producer.send(self._topic, key=r.key, value=r.value, headers=r.headers)
                 fut.add_callback(ok)
                 fut.add_errback(fail)
 
         if not records:
             return
+        # a failure after this coroutine was cancelled (its stream ended) is expected: mark it seen
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await loop.run_in_executor(self._sender, send_all)
         except Exception as e:  # send() itself failed (metadata timeout, record too large, ...)
             _resolve(done, e)
-        await done
+        try:
+            await done
+        except Exception:
+            await loop.run_in_executor(self._sender, self._reset, producer)
+            raise
+
+    def _reset(self, failed: Any) -> None:
+        """Replace a producer that failed: kafka-python's idempotent producer stays in a fatal state
+        after some errors (e.g. InitProducerId against a restarted broker). Runs on the send thread."""
+        if failed is not self._producer:
+            return  # another batch already replaced it
+        log.warning("recreating the Kafka producer after a failed publish")
+        self.resets += 1
+        try:
+            failed.close(timeout=0)
+        except Exception:
+            log.exception("closing the failed Kafka producer")
+        self._producer = self._new_producer()
 
     def close(self, timeout_s: float) -> None:
         self._sender.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,174 @@
+"""`tcpscope-tail`: read the events topic and print events as the agent's `--stdout` does.
+
+Reading (`open_consumer`, `read_decoded`), filtering (`EventFilter`) and printing are separate so
+other modes (a `--summary` in its own module) can reuse the reader and the filter. Partitions are
+assigned and seeked directly, no consumer group, unless `--group` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from tcpscope import render
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_record, lost_total
+from tcpscope.v1.events_pb2 import TcpEvent
+
+# the agent's --events names -> the TcpEvent `kind` oneof field names
+KINDS: dict[str, str] = {
+    "lifecycle": "lifecycle", "state": "state_change", "retransmit": "retransmit",
+    "synack": "synack_retransmit", "reset": "reset", "error": "socket_error", "probe": "probe",
+}
+
+
+@dataclass(frozen=True)
+class TailOptions:
+    bootstrap: tuple[str, ...]
+    topic: str
+    format: str = "table"
+    from_beginning: bool = False
+    duration: float | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    kinds: tuple[str, ...] = ()
+    group: str | None = None
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Keeps events whose local or remote end is in the namespace / pod, and of the given kinds."""
+
+    namespace: str | None = None
+    pod: str | None = None
+    kinds: frozenset[str] = frozenset()  # oneof field names; empty = all
+
+    def __call__(self, ev: TcpEvent) -> bool:
+        if self.kinds and ev.WhichOneof("kind") not in self.kinds:
+            return False
+        ends = (ev.local, ev.remote)
+        if self.namespace is not None and all(e.namespace != self.namespace for e in ends):
+            return False
+        return not (self.pod is not None and all(e.name != self.pod for e in ends))
+
+    @staticmethod
+    def from_options(o: TailOptions) -> EventFilter:
+        unknown = [k for k in o.kinds if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
+        return EventFilter(o.namespace, o.pod, frozenset(KINDS[k] for k in o.kinds))
+
+
+def open_consumer(o: TailOptions) -> Any:
+    """A KafkaConsumer positioned at the end (or the beginning) of every partition of the topic."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    kw: dict[str, Any] = {"bootstrap_servers": list(o.bootstrap), "enable_auto_commit": o.group is not None}
+    if o.group:
+        kw.update(group_id=o.group, auto_offset_reset="earliest" if o.from_beginning else "latest",
+                  max_poll_interval_ms=30_000, session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
+        c = KafkaConsumer(o.topic, **kw)
+        return c
+    c = KafkaConsumer(**kw)
+    deadline = time.monotonic() + 10
+    parts = c.partitions_for_topic(o.topic)
+    while not parts and time.monotonic() < deadline:
+        time.sleep(0.2)
+        parts = c.partitions_for_topic(o.topic)
+    if not parts:
+        c.close()
+        raise RuntimeError(f"topic {o.topic!r} not found on {','.join(o.bootstrap)}")
+    tps = [TopicPartition(o.topic, p) for p in sorted(parts)]
+    c.assign(tps)
+    if o.from_beginning:
+        c.seek_to_beginning(*tps)
+    else:
+        c.seek_to_end(*tps)
+    for tp in tps:  # resolve positions now, so events produced after start-up are never skipped
+        c.position(tp)
+    return c
+
+
+def read_decoded(consumer: Any, deadline: float | None,
+                 clock: Callable[[], float] = time.monotonic) -> Iterator[Decoded]:
+    """Decoded records until the monotonic deadline (forever with None); each poll's records in
+    partition order (Kafka orders only within a partition)."""
+    while deadline is None or clock() < deadline:
+        wait = 500 if deadline is None else max(1, min(500, int((deadline - clock()) * 1000)))
+        for recs in consumer.poll(timeout_ms=wait).values():
+            for r in recs:
+                try:
+                    d = decode_record(r.headers, r.value)
+                except Exception:  # a foreign or damaged record must not stop an SRE's terminal
+                    continue
+                yield d
+
+
+def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
+    """The agent's own renderers (tcpscope.render: one implementation for --stdout and tail)."""
+    if fmt == "json":
+        return render.json_line, None
+    return render.table_line, render.TABLE_HEADER
+
+
+def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
+    keep = EventFilter.from_options(o)
+    line, header = _renderer(o.format)
+    consumer = open_consumer(o)
+    deadline = None if o.duration is None else time.monotonic() + o.duration
+    if header:
+        out.write(header + "\n")
+    try:
+        for d in read_decoded(consumer, deadline):
+            if d.kind == RECORD_EVENT and d.event is not None:
+                if keep(d.event):
+                    out.write(line(d.event) + "\n")
+                    out.flush()
+            elif d.kind == RECORD_SUMMARY and d.summary is not None and lost_total(d.summary):
+                reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
+                err.write(f"# lost {lost_total(d.summary)} events on node {d.summary.node} "
+                          f"(agent {d.agent_id}, batch {d.sequence}): {reasons}\n")
+                err.flush()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    return 0
+
+
+def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> TailOptions:
+    env = dict(os.environ) if env is None else env
+    p = argparse.ArgumentParser(prog="tcpscope-tail", description="Print tcpscope events from Kafka.")
+    p.add_argument("--kafka-bootstrap", default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
+                   help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]")
+    p.add_argument("--topic", default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"), help="[TCPSCOPE_TOPIC]")
+    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--namespace", help="only events with an end in this namespace")
+    p.add_argument("--pod", help="only events with an end in this pod (name)")
+    p.add_argument("--kind", default="", help="event kinds, comma separated: " + ",".join(KINDS))
+    p.add_argument("--group", help="join this consumer group instead of reading every partition")
+    a = p.parse_args(argv)
+    if not a.kafka_bootstrap:
+        p.error("--kafka-bootstrap is required")
+    kinds = tuple(k.strip() for k in a.kind.split(",") if k.strip())
+    o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
+                    a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group)
+    try:
+        EventFilter.from_options(o)
+    except ValueError as e:
+        p.error(str(e))
+    return o
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run(parse_args(argv), sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,60 @@
+"""tcpscope-tail against a real broker: the same lines as the agent's renderers, filters, losses."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tcpscope import render
+from tcpscope.kafka_layout import batch_records
+from tcpscope.v1.events_pb2 import EventBatch
+from tests.support.events import make_event
+from tests.support.kafka import Broker, kafka_broker
+
+__all__ = ["kafka_broker"]
+TOPIC = "tail-events"
+
+
+def _publish(b: Broker, batches: list[EventBatch], value_format: str = "protobuf") -> None:
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all")
+    for batch in batches:
+        for r in batch_records(batch, value_format):
+            p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
+    p.flush()
+    p.close()
+
+
+def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", b.bootstrap,
+                           "--topic", TOPIC, "--from-beginning", "--duration", "2", *args],
+                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+
+def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
+    kafka_broker.create_topic(TOPIC, partitions=1)
+    events = [make_event(i) for i in range(6)]
+    events[1].local.namespace, events[1].local.name = "shop", "cart-1"
+    events[4].remote.namespace, events[4].remote.name = "shop", "db-0"
+    events[5].ClearField("lifecycle")
+    events[5].reset.direction = 2
+    b1 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events[:3])
+    b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[3:])
+    b2.lost.kernel = 7
+    b2.lost.by_reason["kernel.ringbuf_full"] = 7
+    _publish(kafka_broker, [b1])
+    _publish(kafka_broker, [b2], value_format="json")  # both value formats read the same
+
+    out = _tail(kafka_broker, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [render.json_line(e) for e in events]
+    assert "# lost 7 events on node node-a (agent a1, batch 2): kernel.ringbuf_full=7" in out.stderr
+
+    table = _tail(kafka_broker, "--namespace", "shop")
+    assert table.stdout.splitlines() == [render.TABLE_HEADER, render.table_line(events[1]),
+                                         render.table_line(events[4])]
+    pod = _tail(kafka_broker, "--format", "json", "--pod", "db-0")
+    assert pod.stdout.splitlines() == [render.json_line(events[4])]
+    kind = _tail(kafka_broker, "--format", "json", "--kind", "reset")
+    assert kind.stdout.splitlines() == [render.json_line(events[5])]
