@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from tcpscope import render
+from tcpscope import summary as summary_mode
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_record, lost_total
 from tcpscope.v1.events_pb2 import TcpEvent
 
@@ -37,6 +38,7 @@ class TailOptions:
     pod: str | None = None
     kinds: tuple[str, ...] = ()
     group: str | None = None
+    summary: summary_mode.SummaryOptions | None = None  # --summary: per-pair counters (tcpscope/summary.py)
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,14 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument("--pod", help="only events with an end in this pod (name)")
     p.add_argument("--kind", default="", help="event kinds, comma separated: " + ",".join(KINDS))
     p.add_argument("--group", help="join this consumer group instead of reading every partition")
+    summary_mode.add_arguments(p)
     a = p.parse_args(argv)
     if not a.kafka_bootstrap:
         p.error("--kafka-bootstrap is required")
     kinds = tuple(k.strip() for k in a.kind.split(",") if k.strip())
     o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
-                    a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group)
+                    a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group,
+                    summary_mode.options_from(a))
     try:
         EventFilter.from_options(o)
     except ValueError as e:
@@ -167,7 +171,10 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run(parse_args(argv), sys.stdout, sys.stderr)
+    o = parse_args(argv)
+    if o.summary is not None:
+        return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
+    return run(o, sys.stdout, sys.stderr)
 
 
 if __name__ == "__main__":

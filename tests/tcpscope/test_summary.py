@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
-from tcpscope import summary
+from tcpscope import summary, tail
 from tcpscope.v1 import events_pb2 as pb
+from tests.support.kafka import Broker, kafka_broker
+
+__all__ = ["kafka_broker"]  # the fixture, imported for pytest
 
 T0 = 1_700_000_000 * 10**9
 WEB = ("shop", "web-1", "198.18.1.2", "web")
@@ -189,3 +193,49 @@ def test_capacity_is_bounded_and_counted() -> None:
     s.evict_before(T0 + 10**10)
     s.add_all(both(WEB, API, 40002, 9000, T0 + 2 * 10**10))
     assert counters(rows_by_pair(s)[("shop/web-1", "shop/api-1")]) == zero(connections=1)
+
+
+def _publish(bootstrap: str, topic: str, batches: list[pb.EventBatch]) -> None:
+    from kafka import KafkaProducer
+
+    from tcpscope.kafka_layout import batch_records
+
+    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for b in batches:
+            for r in batch_records(b):
+                prod.send(topic, key=r.key, value=r.value, headers=r.headers)
+        prod.flush(10)
+    finally:
+        prod.close()
+
+
+def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
+        kafka_broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+    topic = f"summary-{os.getpid()}"
+    kafka_broker.create_topic(topic)
+    c1, s1 = both(WEB, API, 40000, 9000, T0, c_kw={"ending": pb.RESET_SENT}, s_kw={"ending": pb.RESET_RECEIVED})
+    c2, s2 = both(WEB, API, 40001, 9000, T0 + 10**9)
+    refused = lifecycle(pb.ACTIVE, WEB, DB, 40002, 5433, T0, ending=pb.RESET_RECEIVED, errno=111,
+                        last_state=pb.SYN_SENT)
+    a = pb.EventBatch(schema_version=1, node="node-1", agent_id="node-1-a", sequence=1)
+    a.events.extend([c1, c2, refused])
+    b = pb.EventBatch(schema_version=1, node="node-2", agent_id="node-2-b", sequence=1)
+    b.events.extend([s1, s2])
+    b.lost.kernel = 2
+    b.lost.by_reason["kernel.ringbuf_full"] = 2
+    _publish(kafka_broker.bootstrap, topic, [a, b, a])  # batch a resent (at-least-once)
+    assert tail.main(["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--summary",
+                      "--format", "json", "--from-beginning"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    got = {(p["client"]["name"], p["server"]["name"]): counters(p) for p in doc["pairs"]}
+    assert got == {("web-1", "api-1"): zero(connections=2, client_resets=1),
+                   ("web-1", "db-1"): zero(refused=1)}
+    assert doc["losses"] == {"agent_buffer": 0, "enrichment": 0, "kernel": 2, "kernel.ringbuf_full": 2}
+    assert (doc["batches"], doc["events"], doc["duplicates"]) == (2, 5, 4)
+    # the table, filtered to one namespace, says what was lost
+    assert tail.main(["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--summary",
+                      "--from-beginning", "--namespace", "data"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in out[1:-1]] == [["shop/web-1", "data/db-1:5433"]]
+    assert out[-1].startswith("# 1 pairs from 5 events in 2 batches; LOST 2 events")
