@@ -344,13 +344,16 @@ def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
 
 
 @contextlib.contextmanager
-def nft_drop(rule: str, netns: str | None = None) -> Iterator[str]:
-    """An nftables table of our own with one output-hook rule, e.g. 'tcp dport 5000 drop' or
-    'tcp dport 5000 numgen random mod 10 < 3 drop'. The table is deleted afterwards."""
+def nft_drop(rule: str, netns: str | None = None, hook: str = "output") -> Iterator[str]:
+    """An nftables table of our own with one rule in the output (or input) hook, e.g.
+    'tcp dport 5000 drop' or 'tcp dport 5000 numgen random mod 10 < 3 drop'. Deleted afterwards.
+
+    A drop in output makes the sender's transmit fail (the kernel may then not count it as sent:
+    tcp_rtx_synack() only traces successful sends); a drop in input loses it on the wire."""
     table = unique("tcpscope_test").replace("-", "_")
     prefix = ["ip", "netns", "exec", netns] if netns else []
     script = (
-        f"table inet {table} {{\n  chain out {{\n    type filter hook output priority 0; policy accept;\n"
+        f"table inet {table} {{\n  chain out {{\n    type filter hook {hook} priority 0; policy accept;\n"
         f"    {rule}\n  }}\n}}\n"
     )
     subprocess.run([*prefix, "nft", "-f", "-"], input=script, check=True, text=True, capture_output=True,

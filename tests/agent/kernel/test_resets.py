@@ -9,7 +9,15 @@ import pytest
 
 from agent.config import AgentConfig
 from tcpscope.v1.events_pb2 import (
-    ACTIVE, CLOSE, ESTABLISHED, PASSIVE, RECEIVED, RESET_RECEIVED, RESET_SENT, SENT, SYN_SENT,
+    ACTIVE,
+    CLOSE,
+    ESTABLISHED,
+    PASSIVE,
+    RECEIVED,
+    RESET_RECEIVED,
+    RESET_SENT,
+    SENT,
+    SYN_SENT,
     TCP_STATE_UNSPECIFIED,
 )
 from tests.support import traffic
