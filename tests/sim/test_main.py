@@ -1,0 +1,45 @@
+"""tcpscope-sim's command line: plan errors exit 2 before anything is built; --cleanup."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tcpscope.sim import net
+from tcpscope.sim.__main__ import main
+from tcpscope.sim.plan import builtin_plan
+from tcpscope.sim.services import cluster_objects
+
+
+def test_bad_plan_exits_2_and_builds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = net.all_run_ids()
+    f = tmp_path / "p.json"
+    f.write_text(json.dumps({"pods": [{"namespace": "a", "name": "x", "node": "n"}],
+                             "traffic": [{"from": "a/x", "to": "a/y", "port": 1}]}))
+    assert main(["--plan", str(f)]) == 2
+    assert "traffic[0]: no pod 'a/y'" in capsys.readouterr().err
+    assert net.all_run_ids() == before
+
+
+def test_cleanup_with_nothing_left(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--cleanup"]) == 0
+    assert capsys.readouterr().out.startswith("tcpscope-sim: cleaned ")
+
+
+def test_api_objects_match_the_cgroup_tree() -> None:
+    plan = builtin_plan()
+    objs = cluster_objects(plan, "abc123")
+    kinds = [o["kind"] for o in objs]
+    assert kinds.count("Node") == 3 and kinds.count("Pod") == 7 and kinds.count("Service") == 6
+    pod = next(o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] == "cart-1")  # type: ignore[index]
+    from tcpscope.sim.cgroups import container_id, pod_uid
+
+    uid = pod_uid("abc123", "shop", "cart-1")
+    assert pod["metadata"]["uid"] == uid  # type: ignore[index]
+    assert pod["status"]["podIP"] == "198.18.2.3"  # type: ignore[index]
+    assert pod["status"]["containerStatuses"][0]["containerID"] == f"containerd://{container_id(uid)}"  # type: ignore[index]
+    assert pod["spec"]["nodeName"] == "node-2"  # type: ignore[index]
+    owner = pod["metadata"]["ownerReferences"][0]  # type: ignore[index]
+    assert owner["kind"] == "ReplicaSet" and owner["name"].startswith("cart-")
