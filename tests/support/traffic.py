@@ -104,6 +104,15 @@ def enter_cgroup(directory: Path) -> None:
     (directory / "cgroup.procs").write_text(str(os.getpid()))
 
 
+def enter_netns(name: str) -> None:
+    """Move the calling (single-threaded) process into the named network namespace (setns(2))."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/run/netns/{name}") as fh:
+        if libc.setns(fh.fileno(), 0x40000000) != 0:  # CLONE_NEWNET
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+
+
 def set_comm(name: str) -> None:
     """Set the calling thread's comm (prctl PR_SET_NAME), at most 15 bytes."""
     libc = ctypes.CDLL(None, use_errno=True)
@@ -116,8 +125,7 @@ def _child_main(conn: Any, cgroup: Path | None, comm: str | None, netns: str | N
         if cgroup is not None:
             enter_cgroup(cgroup)
         if netns is not None:
-            with open(f"/run/netns/{netns}") as fh:
-                os.setns(fh.fileno(), os.CLONE_NEWNET)
+            enter_netns(netns)
         if comm:
             set_comm(comm)
         conn.send(("ok", fn(*args)))
@@ -266,6 +274,7 @@ def tcp_exchange(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1"
         server = Child(_serve, family, server_addr, port, client_bytes, server_bytes, closer, ready_w,
                        cgroup=server_cgroup, comm=server_comm, netns=server_netns)
     if not ready_r.poll(timeout):
+        server.result(0.5)  # raises the server's own error if it failed
         server.proc.kill()
         raise RuntimeError("server did not start listening")
     sport = ready_r.recv()
