@@ -7,6 +7,7 @@ import datetime
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="2 rounds of 2 s, two zero-loss steps (~3 min)")
     p.add_argument("--rounds", type=int, help="interleaved rounds per topology (default 5, quick 2)")
     p.add_argument("--duration", type=float, help="seconds of load per mode per round (default 5, quick 2)")
+    p.add_argument("--warmup", type=float, help="seconds of untraced load before the rounds (default 10, quick 3)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma separated, 'none' always added: {','.join(MODES)}")
     p.add_argument("--topologies", default="loopback,veth", help="loopback,veth")
@@ -64,13 +66,21 @@ def _commit() -> str:
 
 
 def _profile(topo: Topology, a: argparse.Namespace, duration: float, workdir: Path) -> int:
-    from bench.profile import profile_agent
+    from bench.profile import fold, profile_agent, render
 
+    seconds = max(duration, 10.0)
     try:
-        text = profile_agent(topo, a.cpu_rate, max(duration, 10.0), a.threads, workdir)
+        text = profile_agent(topo, a.cpu_rate, seconds, a.threads, workdir)
     except Unavailable as e:
-        print(f"bench: profile n/a: {e}", file=sys.stderr)
-        return 1
+        text = f"agent profile n/a: {e}\n"
+    raw = workdir / "collector.raw"
+    try:
+        r = run_collector_load(workdir, seconds, verify=False, profile_raw=raw)
+        text += (f"\ncollector under the gRPC driver: {r.events_per_s:,.0f} events/s, "
+                 f"{r.events_per_cpu_s:,.0f} events per CPU-second\n")
+        text += render(*fold(raw.read_text())) if raw.exists() else "py-spy wrote nothing\n"
+    except Unavailable as e:
+        text += f"\ncollector profile n/a: {e}\n"
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "profile.txt").write_text(text)
@@ -78,7 +88,15 @@ def _profile(topo: Topology, a: argparse.Namespace, duration: float, workdir: Pa
     return 0
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # SIGTERM and SIGINT (which a shell's background job inherits as ignored) unwind through the
+    # finally blocks, so namespaces, tools and temp files are cleaned up
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     a = parse_args(argv)
     if os.geteuid() != 0:
@@ -125,7 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             topo.start_server()
         if a.profile:
             return _profile(topos[0], a, duration, workdir)
-        overhead += run_overhead(topos, modes, rounds, duration, a.threads, workdir)
+        warmup = a.warmup if a.warmup is not None else (3.0 if a.quick else 10.0)
+        overhead += run_overhead(topos, modes, rounds, duration, a.threads, workdir, warmup)
         lo = next((t for t in topos if t.name == "loopback"), None)
         if not a.no_zero_loss and lo is not None:
             zero_loss = run_zero_loss(lo, sinks, rates, duration, a.threads, workdir)

@@ -56,7 +56,7 @@ def _batch_template(n: int) -> bytes:
 
 
 def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, inflight: int = 8,
-                       verify: bool = True) -> CollectorResult:
+                       verify: bool = True, profile_raw: Path | None = None) -> CollectorResult:
     """Start broker + collector, stream batches for `seconds`, then count what reached Kafka."""
     import grpc
 
@@ -89,6 +89,15 @@ def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, 
         channel = grpc.insecure_channel(stack.listen, options=[("grpc.max_send_message_length", 64 << 20)])
         stub = collector_pb2_grpc.CollectorStub(channel)  # type: ignore[no-untyped-call]
         acked = 0
+        spy = None
+        if profile_raw is not None:
+            import subprocess
+            import sys
+
+            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
+                                    str(stack.collector.pid), "-d", f"{int(seconds)}", "-r", "250", "-f", "raw",
+                                    "-o", str(profile_raw), "--nonblocking"],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         c0 = cpu_seconds(stack.collector.pid)
         t0 = time.monotonic()
         stream = stub.Stream(batches())
@@ -103,6 +112,8 @@ def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, 
         elapsed = time.monotonic() - t0
         c1 = cpu_seconds(stack.collector.pid)
         hwm = vm_hwm_kb(stack.collector.pid)
+        if spy is not None:
+            spy.wait(30)
         stop.set()
         stream.cancel()
         channel.close()

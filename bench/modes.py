@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 ALL_KINDS = "lifecycle,state,retransmit,synack,reset,error,probe"
 TCPDUMP_FILTER = "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
 READY_TIMEOUT = 60.0
+AGENT_READY = "tcpscope-agent: attached:"  # printed on stderr once every tracepoint is attached
 
 
 def ensure_kernel_headers() -> None:
@@ -188,7 +189,8 @@ def _bcc_tool(exe: str) -> Callable[[Path, Topology, Path | None], Running]:
         path = shutil.which(exe)
         if path is None:
             raise Unavailable(f"{exe} is not installed")
-        tool = start_tool(exe, [path], workdir, out, stop_signal=signal.SIGINT)
+        # SIGTERM: SIGINT would wait for perf_buffer_poll(), which blocks until the next event
+        tool = start_tool(exe, [path], workdir, out, stop_signal=signal.SIGTERM)
         # one tracepoint plus two perf buffers (IPv4, IPv6) of one perf event per CPU
         tool.wait_ready(READY_TIMEOUT, min_fds=1 + 2 * (os.cpu_count() or 1))
         return Running(tool)
@@ -212,7 +214,7 @@ def start_agent(workdir: Path, extra: list[str], out: Path | None, name: str = "
     ensure_kernel_headers()
     argv = [*agent_argv(), "--stdout", "json", "--no-kubernetes", "--no-resolve-remote", *extra]
     tool = start_tool(name, argv, workdir, out, stop_signal=signal.SIGTERM)
-    tool.wait_ready(READY_TIMEOUT, min_fds=1)
+    tool.wait_ready(READY_TIMEOUT, stderr_marker=AGENT_READY)
     return tool
 
 
@@ -241,7 +243,7 @@ def start_stream_agent(workdir: Path, stack: Stack, extra: list[str]) -> Tool:
     argv = [*agent_argv(), "--collector", stack.listen, "--compression", "none", "--no-kubernetes",
             "--no-resolve-remote", "--events", "lifecycle", *extra]
     tool = start_tool("agent-stream", argv, workdir, None, stop_signal=signal.SIGTERM)
-    tool.wait_ready(READY_TIMEOUT, min_fds=1)
+    tool.wait_ready(READY_TIMEOUT, stderr_marker=AGENT_READY)
     return tool
 
 

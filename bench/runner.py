@@ -63,11 +63,16 @@ class OverheadRow:
 
 
 def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int, duration: float,
-                 threads: int, workdir: Path) -> list[OverheadRow]:
+                 threads: int, workdir: Path, warmup: float = 0.0) -> list[OverheadRow]:
     """For each topology: `rounds` rounds, each running every mode once for `duration` seconds under
     the full-speed churn (the order rotates per round, so no mode always follows another)."""
     rows: list[OverheadRow] = []
     for topo in topos:
+        if warmup > 0:
+            # fill the server's TIME_WAIT table to its steady state (tcp_max_tw_buckets, then new
+            # TIME_WAITs are skipped), so the first mode measured does not pay for an empty table
+            w = topo.churn(warmup, 0, threads)
+            log.info("%s warm-up: %.0f conn/s", topo.name, w.rate)
         table = {m: OverheadRow(topo.name, m, MODES[m].label) for m in modes}
         for m, row in table.items():
             why = MODES[m].unavailable()
@@ -125,6 +130,7 @@ def measure_mode(mode: str, topo: Topology, duration: float, threads: int, workd
 # --- losses ---------------------------------------------------------------------------------
 
 _LOSS_LINE = re.compile(r"(?i)\b(lost|loss(?:es)?)\b")
+_AGENT_SUMMARY = re.compile(r"(\d+) events out, lost (\d+)(?: \((.*)\))?")
 _KV = re.compile(r"([A-Za-z_][\w.\-]*)\s*[=:]\s*(\d+)")
 
 
@@ -139,6 +145,11 @@ def parse_loss_summary(stderr: str) -> dict[str, int] | None:
                 obj = json.loads(s[i:])
                 if isinstance(obj, dict):
                     return _flatten_counts(obj)
+        m = _AGENT_SUMMARY.search(s)
+        if m:
+            # tcpscope-agent's own line: "tcpscope-agent: N events out, lost T (reason=n, ...)"
+            return {"events_out": int(m.group(1)), "total": int(m.group(2)),
+                    **{k: int(v) for k, v in _KV.findall(m.group(3) or "")}}
         if _LOSS_LINE.search(s):
             kv = {k: int(v) for k, v in _KV.findall(s)}
             if kv:

@@ -33,3 +33,15 @@ def test_overhead_summary_median_min_max() -> None:
     # CPU µs per connection: 20, 20, 30 -> median 20
     assert round(s["cpu_us_per_conn_median"], 6) == 20.0
     assert s["hwm_mb_max"] == 6.0
+
+
+def test_loss_summary_of_the_agent_itself() -> None:
+    from agent.__main__ import loss_summary
+
+    err = "tcpscope-agent: attached: sock:inet_sock_set_state (ring buffer)\n" + loss_summary(
+        {"kernel.ringbuf_full": 4, "kernel.socket_map_full": 0}, 1200) + "\n"
+    counts = parse_loss_summary(err)
+    assert counts == {"events_out": 1200, "total": 4, "kernel.ringbuf_full": 4, "kernel.socket_map_full": 0}
+    assert loss_total(counts) == 4
+    clean = parse_loss_summary(loss_summary({"kernel.ringbuf_full": 0}, 10))
+    assert clean is not None and loss_total(clean) == 0
