@@ -79,9 +79,12 @@ def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
     return objs
 
 
-def _terminate(proc: subprocess.Popen[bytes], grace: float) -> int | None:
+def _terminate(proc: subprocess.Popen[bytes], grace: float, signalled: bool = False) -> int | None:
+    """SIGTERM (once: a second one could land after the process restored default handlers on its
+    way out), wait up to grace, then SIGKILL."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        if not signalled:
+            proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
@@ -107,6 +110,7 @@ class Services:
     collector_addr: str = ""
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    _stopping: set[str] = field(default_factory=set)
 
     def _log(self, name: str) -> int:
         path = os.path.join(self.workdir, f"{name}.log")
@@ -209,10 +213,12 @@ class Services:
 
     def stop_agents(self, grace: float = 15.0) -> dict[str, int | None]:
         """SIGTERM every agent at once (each drains to the collector), then wait for them."""
-        for proc in self.agents.values():
-            if proc.poll() is None:
+        for node, proc in self.agents.items():
+            if proc.poll() is None and node not in self._stopping:
                 proc.send_signal(signal.SIGTERM)
-        return {node: _terminate(proc, grace) for node, proc in self.agents.items()}
+                self._stopping.add(node)
+        return {node: _terminate(proc, grace, signalled=node in self._stopping)
+                for node, proc in self.agents.items()}
 
     def stop(self) -> None:
         """Stop everything still running, newest first. Idempotent."""
