@@ -52,7 +52,12 @@ int tp_tcp_retransmit_skb(struct tp_tcp_retransmit_skb *args)
 #else
     CLASSIC_TUPLE(t, args, guess_family(args->saddr_v6));
 #endif
-    return handle_retransmit(args, (const void *)args->skaddr, args->state, &t);
+#ifdef HAS_TCP_RETRANSMIT_SKB_STATE
+    int state = args->state;
+#else
+    int state = 0; /* 4.16: no state in the record */
+#endif
+    return handle_retransmit(args, (const void *)args->skaddr, state, &t);
 }
 #endif
 

@@ -48,7 +48,7 @@ _CLASSIC = ("sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6")
 TRACEPOINTS: tuple[TracepointSpec, ...] = (
     TracepointSpec("sock", "inet_sock_set_state", ("skaddr", "oldstate", "newstate", "protocol", *_CLASSIC)),
     TracepointSpec("tcp", "tcp_destroy_sock", ("skaddr",)),
-    TracepointSpec("tcp", "tcp_retransmit_skb", ("skaddr", "state", *_CLASSIC)),
+    TracepointSpec("tcp", "tcp_retransmit_skb", ("skaddr", *_CLASSIC)),  # state: 4.17+
     TracepointSpec("tcp", "tcp_retransmit_synack", ("skaddr", *_CLASSIC), kinds=("synack",)),
     TracepointSpec("tcp", "tcp_send_reset", ("skaddr", "saddr", "daddr", "sport|sockaddr")),
     TracepointSpec("tcp", "tcp_receive_reset", ("skaddr", *_CLASSIC)),

@@ -1,0 +1,99 @@
+"""The Python mirror of bpf/events.h agrees with the C struct (compiled with gcc), and decoding
+turns records into the right TcpEvent fields."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+from agent.kernel import decode
+from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
+from agent.kernel.probe import BPF_DIR
+from tcpscope.v1.events_pb2 import ACTIVE, FIN_WAIT2, RECEIVED, RESET_SENT, SENT, SYN_SENT
+
+_SIZES = {"Q": 8, "I": 4, "i": 4, "H": 2, "B": 1}
+
+
+def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
+    """{field: (offset, size)} and '__size__' of struct tcpscope_event, from gcc."""
+    names = [n for n, _ in EVENT_FIELDS]
+    header = (BPF_DIR / "events.h").read_text()
+    declared = re.findall(r"^\s+(?:__[us]\d+|char)\s+(\w+)(?:\[\d+\])?;", header.split("struct tcpscope_event {")[1]
+                          .split("};")[0], re.M)
+    assert declared == names, "events.h and decode.EVENT_FIELDS list different fields or orders"
+    prints = "\n".join(
+        f'printf("{n} %zu %zu\\n", offsetof(struct tcpscope_event, {n}), sizeof(((struct tcpscope_event *)0)->{n}));'
+        for n in names
+    )
+    src = tmp_path / "layout.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
+        f'#include "{BPF_DIR / "events.h"}"\n'
+        f'int main(void) {{\n{prints}\nprintf("__size__ %zu 0\\n", sizeof(struct tcpscope_event));\nreturn 0; }}\n'
+    )
+    exe = tmp_path / "layout"
+    subprocess.run(["gcc", "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {n: (int(o), int(s)) for n, o, s in (line.split() for line in out.splitlines())}
+
+
+def test_python_mirror_matches_c_struct(tmp_path: Path) -> None:
+    layout = _c_layout(tmp_path)
+    offset = 0
+    for name, code in EVENT_FIELDS:
+        size = int(code[:-1]) if code.endswith("s") else _SIZES[code]
+        assert layout[name] == (offset, size), f"{name}: C {layout[name]}, Python {(offset, size)}"
+        offset += size
+    assert layout["__size__"][0] == EVENT.size == offset
+
+
+def _record(**kw: object) -> bytes:
+    values = {n: (b"" if code.endswith("s") else 0) for n, code in EVENT_FIELDS}
+    values.update(kw)
+    return EVENT.pack(*(values[n] for n, _ in EVENT_FIELDS))
+
+
+def test_decode_lifecycle_v4() -> None:
+    d = Decoder("node-1", 1_000_000_000_000, {1: "NO_SOCKET", 11: "TCP_ABORT_ON_CLOSE"})
+    raw = _record(ts_ns=5_123_456_789, socket_id=42, cgroup_id=7, duration_ns=99, tx_bytes=300_000, rx_bytes=777,
+                  pid=1234, saddr=socket.inet_aton("10.0.0.1"), daddr=socket.inet_aton("10.0.0.2"), sport=40000,
+                  dport=80, family=socket.AF_INET, kind=decode.EV_LIFECYCLE, role=1, new_state=FIN_WAIT2,
+                  ending=2, err=0, reason=11, retransmits=3, comm=b"curl\0\0")
+    ev = d.decode(raw)
+    assert (ev.time.seconds, ev.time.nanos) == (1005, 123_456_789)
+    assert (ev.node, ev.socket_id) == ("node-1", 42)
+    assert (ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port) == ("10.0.0.1", 40000, "10.0.0.2", 80)
+    assert (ev.process.pid, ev.process.comm, ev.process.cgroup_id) == (1234, "curl", 7)
+    lc = ev.lifecycle
+    assert (lc.role, lc.duration_ns, lc.tx_bytes, lc.rx_bytes) == (ACTIVE, 99, 300_000, 777)
+    assert (lc.ending, lc.last_state, lc.retransmits) == (RESET_SENT, FIN_WAIT2, 3)
+    assert (lc.reset_reason, lc.reset_reason_name) == (11, "TCP_ABORT_ON_CLOSE")
+
+
+def test_decode_addresses_v6_and_v4_mapped() -> None:
+    d = Decoder("n", 0, {})
+    v6 = socket.inet_pton(socket.AF_INET6, "2001:db8::1")
+    mapped = socket.inet_pton(socket.AF_INET6, "::ffff:198.18.0.9")
+    ev = d.decode(_record(saddr=v6, daddr=mapped, family=socket.AF_INET6, kind=decode.EV_STATE, state=2, new_state=1))
+    assert (ev.local.ip, ev.remote.ip) == ("2001:db8::1", "198.18.0.9")
+    assert (ev.state_change.old_state, ev.state_change.new_state) == (SYN_SENT, 1)
+
+
+def test_decode_resets_errors_and_unknown_reason() -> None:
+    d = Decoder("n", 0, {1: "NO_SOCKET"})
+    sent = d.decode(_record(kind=decode.EV_RESET_SENT, reason=1, family=socket.AF_INET))
+    assert (sent.reset.direction, sent.reset.reason, sent.reset.reason_name) == (SENT, 1, "NO_SOCKET")
+    unknown = d.decode(_record(kind=decode.EV_RESET_SENT, reason=77, family=socket.AF_INET))
+    assert unknown.reset.reason_name == "77"
+    recv = d.decode(_record(kind=decode.EV_RESET_RECEIVED, state=1, family=socket.AF_INET))
+    assert (recv.reset.direction, recv.reset.state, recv.reset.reason_name) == (RECEIVED, 1, "")
+    err = d.decode(_record(kind=decode.EV_SOCKET_ERROR, err=111, state=7, family=socket.AF_INET))
+    assert (err.socket_error.errno, err.socket_error.errno_name, err.socket_error.state) == (111, "ECONNREFUSED", 7)
+    # kernels before 6.10 have no reset reasons at all: no name
+    assert Decoder("n", 0, {}).decode(_record(kind=decode.EV_RESET_SENT, family=2)).reset.reason_name == ""
+    syn = d.decode(_record(kind=decode.EV_SYNACK, family=2))
+    assert syn.WhichOneof("kind") == "synack_retransmit"
+    pr = d.decode(_record(kind=decode.EV_PROBE, snd_cwnd=10, srtt_us=50, snd_wnd=65535, data_len=1448, family=2))
+    assert (pr.probe.snd_cwnd, pr.probe.srtt_us, pr.probe.snd_wnd, pr.probe.data_len) == (10, 50, 65535, 1448)

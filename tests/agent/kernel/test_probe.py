@@ -1,0 +1,131 @@
+"""The plan: tracepoint records laid out from recorded format files of several kernels (4.16 ...
+6.18), HAS_* switches, skipped tracepoints, filters; and the whole BPF program compiles with bcc
+against each kernel's layouts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.kernel.btf import Btf
+from agent.kernel.loader import program_text
+from agent.kernel.probe import KernelSupportError, Plan, build_plan, cgroup_filter
+from agent.kernel.tracefs import TracepointFormat, read_format
+from tests.support import traffic
+from tests.support.kernel import require_root
+
+FORMATS = Path(__file__).parent / "formats"
+VERSIONS = ["4.16", "5.4", "5.15", "6.1", "6.18"]
+ALL = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
+
+
+@pytest.fixture(scope="module")
+def btf() -> Btf:
+    return Btf.load()
+
+
+def plan_for(version: str, btf: Btf, **cfg: object) -> Plan:
+    root = FORMATS / version
+
+    def reader(cat: str, name: str) -> TracepointFormat | None:
+        return read_format(cat, name, root)
+
+    return build_plan(AgentConfig(**cfg), btf=btf, format_reader=reader, kernel=version,  # type: ignore[arg-type]
+                      socket_key=0x1234)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_generated_structs_match_format_offsets(version: str, btf: Btf, tmp_path: Path) -> None:
+    """gcc checks every generated struct against the format's offsets (the _Static_asserts)."""
+    plan = plan_for(version, btf, events=ALL)
+    src = tmp_path / "structs.c"
+    src.write_text("#include <linux/types.h>\n" + plan.preamble() + "int main(void) { return 0; }\n")
+    subprocess.run(["gcc", "-c", "-o", str(tmp_path / "s.o"), str(src)], check=True, capture_output=True)
+    for fmt in plan.formats:
+        assert f"struct tp_{fmt.name} {{" in plan.preamble()
+
+
+def test_kernel_differences_become_switches(btf: Btf) -> None:
+    new, old = plan_for("6.18", btf, events=ALL).preamble(), plan_for("4.16", btf, events=ALL).preamble()
+    # 6.10+: tcp_send_reset carries sockaddr copies and a reason; 4.16 has neither (nor a state)
+    assert "#define HAS_TCP_SEND_RESET_SOCKADDR 1" in new and "#define HAS_TCP_SEND_RESET_REASON 1" in new
+    assert "HAS_TCP_SEND_RESET_SOCKADDR" not in old and "HAS_TCP_SEND_RESET_REASON" not in old
+    assert "HAS_TCP_SEND_RESET_STATE" not in old
+    # inet_sock_set_state.protocol: __u16 now, __u8 on 4.16
+    assert "__u16 protocol;" in new.split("struct tp_inet_sock_set_state")[1].split("};")[0]
+    assert "__u8 protocol;" in old.split("struct tp_inet_sock_set_state")[1].split("};")[0]
+    # family: absent from tcp_retransmit_skb on 5.4, present on 5.15
+    assert "HAS_TCP_RETRANSMIT_SKB_FAMILY" not in plan_for("5.4", btf).preamble()
+    assert "#define HAS_TCP_RETRANSMIT_SKB_FAMILY 1" in plan_for("5.15", btf).preamble()
+
+
+def test_missing_tracepoint_is_skipped_with_one_log_line(btf: Btf, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="agent.kernel.probe"):
+        plan = plan_for("4.16", btf)
+    assert plan.skipped == ("sock:inet_sk_error_report: not in this kernel",)
+    assert [r.getMessage() for r in caplog.records] == ["skipping sock:inet_sk_error_report: not in this kernel"]
+    assert "sock:inet_sk_error_report" not in [tp for _k, tp, _f in plan.attach]
+    assert ("tracepoint", "sock:inet_sock_set_state", "tp_inet_sock_set_state") in plan.attach
+
+
+def test_event_kinds_select_optional_tracepoints(btf: Btf) -> None:
+    default = [tp for _k, tp, _f in plan_for("6.18", btf).attach]
+    assert "tcp:tcp_probe" not in default and "tcp:tcp_retransmit_synack" in default
+    only_lc = plan_for("6.18", btf, events=("lifecycle",))
+    attached = [tp for _k, tp, _f in only_lc.attach]
+    # lifecycle tracking needs resets, errors and destroy even when those events are off
+    assert attached == ["sock:inet_sock_set_state", "tcp:tcp_destroy_sock", "tcp:tcp_retransmit_skb",
+                        "tcp:tcp_send_reset", "tcp:tcp_receive_reset", "sock:inet_sk_error_report"]
+    assert "-DENABLE_LIFECYCLE=1" in only_lc.cflags() and "-DENABLE_STATE=1" not in only_lc.cflags()
+    assert "tcp:tcp_probe" in [tp for _k, tp, _f in plan_for("6.18", btf, events=ALL).attach]
+
+
+def test_no_set_state_tracepoint_is_an_error(btf: Btf) -> None:
+    with pytest.raises(KernelSupportError, match="sock:inet_sock_set_state is missing"):
+        build_plan(AgentConfig(), btf=btf, format_reader=lambda c, n: None)
+
+
+def test_btf_offsets_and_filters_in_cflags(btf: Btf) -> None:
+    plan = plan_for("6.18", btf, ports=(80, 443), max_sockets=1000)
+    flags = plan.cflags()
+    assert f"-DOFF_BYTES_ACKED={btf.member_offset('tcp_sock', 'bytes_acked')}" in flags
+    assert f"-DOFF_SK_CGROUP={btf.member_offset('sock', 'sk_cgrp_data')}" in flags
+    assert "-DSOCKET_KEY=0x1234ULL" in flags and "-DMAX_SOCKETS=1000" in flags
+    assert "#define PORT_MATCH(p) ((p) == 80 || (p) == 443)" in plan.preamble()
+    text = plan.describe()
+    assert "filters: ports=80,443" in text
+    assert "tracepoint tcp:tcp_send_reset -> tp_tcp_send_reset" in text
+    assert f"OFF_BYTES_ACKED = {btf.member_offset('tcp_sock', 'bytes_acked')}" in text
+
+
+def test_cgroup_filter_id_and_level() -> None:
+    require_root()
+    with traffic.kubepods_root() as root:
+        pod = traffic.pod_cgroup(root)
+        f = cgroup_filter(str(pod.pod))
+        assert (f.cgroup_id, f.cgroup_level) == (os.stat(pod.pod).st_ino, 3)
+        top = cgroup_filter(str(root))
+        assert (top.cgroup_id, top.cgroup_level) == (os.stat(root).st_ino, 1)
+    with pytest.raises(KernelSupportError, match="not on a cgroup v2 mount"):
+        cgroup_filter("/tmp")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("version", VERSIONS)
+def test_program_compiles_for_each_kernel_layout(version: str, btf: Btf) -> None:
+    """The whole program compiles (bcc/clang) against each kernel's record layouts, every kind on."""
+    require_root()
+    from bcc import BPF
+
+    plan = plan_for(version, btf, events=ALL, ports=(1,))
+    bpf = BPF(text=program_text(plan).encode(), cflags=plan.cflags())
+    try:
+        for _kind, _tp, fn in plan.attach:
+            bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT if _kind == "raw_tracepoint" else BPF.TRACEPOINT)
+    finally:
+        bpf.cleanup()
