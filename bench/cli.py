@@ -33,6 +33,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--quick", action="store_true", help="2 rounds of 2 s, two zero-loss steps (~3 min)")
     p.add_argument("--rounds", type=int, help="interleaved rounds per topology (default 5, quick 2)")
+    p.add_argument("--veth-rounds", type=int, help="rounds on the veth pair (default: --rounds; quick 1)")
     p.add_argument("--duration", type=float, help="seconds of load per mode per round (default 5, quick 2)")
     p.add_argument("--warmup", type=float, help="seconds of untraced load before the rounds (default 10, quick 3)")
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
@@ -103,6 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: needs root (BPF, netns, tcpdump)", file=sys.stderr)
         return 2
     rounds = a.rounds or (2 if a.quick else 5)
+    warmup = a.warmup if a.warmup is not None else (3.0 if a.quick else 10.0)
     duration = a.duration or (2.0 if a.quick else 5.0)
     modes = ["none", *[m for m in a.modes.split(",") if m and m != "none"]]
     unknown = [m for m in modes if m not in MODES]
@@ -118,7 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
         "host": socket.gethostname(), "kernel": os.uname().release, "cpus": os.cpu_count(),
-        "commit": _commit(), "rounds": rounds, "duration": duration, "threads": a.threads,
+        "commit": _commit(), "rounds": rounds, "veth_rounds": a.veth_rounds or (1 if a.quick else rounds),
+        "duration": duration, "warmup": warmup, "threads": a.threads,
         "server_threads": a.server_threads, "modes": modes, "rates": rates, "sinks": sinks,
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
@@ -143,8 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             topo.start_server()
         if a.profile:
             return _profile(topos[0], a, duration, workdir)
-        warmup = a.warmup if a.warmup is not None else (3.0 if a.quick else 10.0)
-        overhead += run_overhead(topos, modes, rounds, duration, a.threads, workdir, warmup)
+        veth_rounds = a.veth_rounds or (1 if a.quick else rounds)
+        overhead += run_overhead(topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration, a.threads,
+                                 workdir, warmup)
         lo = next((t for t in topos if t.name == "loopback"), None)
         if not a.no_zero_loss and lo is not None:
             zero_loss = run_zero_loss(lo, sinks, rates, duration, a.threads, workdir)

@@ -126,7 +126,8 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [
         "# tcpscope benchmark report", "",
         f"- date: {m['date']}  host: {m['host']}  kernel: {m['kernel']}  CPUs: {m['cpus']}  commit: {m['commit']}",
-        f"- rounds: {m['rounds']} x {m['duration']} s per mode, interleaved; client threads: {m['threads']}, "
+        f"- rounds: {m['rounds']} (veth: {m.get('veth_rounds', m['rounds'])}) x {m['duration']} s per mode, "
+        f"interleaved, after {m.get('warmup', 0)} s of untraced warm-up; client threads: {m['threads']}, "
         f"server threads: {m['server_threads']}; command: `{m['command']}`", "",
         "## Targets", "", "| figure | target | measured | met |", "|---|---|---|---|",
     ]

@@ -62,7 +62,7 @@ class OverheadRow:
         }
 
 
-def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int, duration: float,
+def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int | dict[str, int], duration: float,
                  threads: int, workdir: Path, warmup: float = 0.0) -> list[OverheadRow]:
     """For each topology: `rounds` rounds, each running every mode once for `duration` seconds under
     the full-speed churn (the order rotates per round, so no mode always follows another)."""
@@ -78,7 +78,8 @@ def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int, d
             why = MODES[m].unavailable()
             if why:
                 row.status, row.reason = "n/a", why
-        for r in range(rounds):
+        n_rounds = rounds if isinstance(rounds, int) else rounds.get(topo.name, 1)
+        for r in range(n_rounds):
             order = list(modes[r % len(modes):]) + list(modes[:r % len(modes)])
             for m in order:
                 row = table[m]
