@@ -153,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say("tcpscope-sim: interrupted, stopping")
             services.stop_agents()
             watch.catch_up(10)
+            made = ", ".join(f"{k}={v}" for k, v in sorted(driver.outcomes.items()))
+            say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
             rc = 0
         events, losses, batches = watch.snapshot()
         _print_summary(events, losses, batches, args.summary_format, say)

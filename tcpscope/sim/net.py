@@ -122,14 +122,16 @@ def nft_table_name(run_id: str, what: str) -> str:
     return f"tss_{run_id}_{what}"
 
 
-def add_drop_rule(netns: str, table: str, rule: str) -> None:
-    """Create `inet <table>` with an output-hook chain holding one rule, in a pod's netns.
+def add_drop_rule(netns: str, table: str, rule: str, hook: str = "output") -> None:
+    """Create `inet <table>` with a chain on `hook` holding one rule, in a pod's netns.
 
-    The table lives in the pod's own netns, so deleting the netns deletes it too.
+    The table lives in the pod's own netns, so deleting the netns deletes it too. A drop in the
+    output hook fails the sender's transmit locally (TCP queues the segment again: no retransmit);
+    a drop in the receiver's input hook is a loss on the wire as the sender sees it.
     """
     script = (
         f"table inet {table} {{\n"
-        f"  chain out {{ type filter hook output priority 0; policy accept;\n"
+        f"  chain c {{ type filter hook {hook} priority 0; policy accept;\n"
         f"    {rule}\n"
         f"  }}\n"
         f"}}\n"

@@ -62,18 +62,19 @@ class Driver:
 
     # --- the built-in mix's extras ------------------------------------------------------------
 
-    def lossy_bulk(self, t: TrafficSpec, size: int = 256 * 1024) -> dict[str, int]:
-        """Bulk responses with 30% of the server's segments to this client dropped at random:
-        data retransmits (tcp_retransmit_skb) on established connections."""
+    def lossy_bulk(self, t: TrafficSpec, size: int = 128 * 1024) -> dict[str, int]:
+        """Bulk responses with 30% of the server's segments dropped at random as they reach the
+        client (its netns' input hook): data retransmits (tcp_retransmit_skb) by the server."""
         client, server = self._pods(t)
-        table = net.nft_table_name(self.cluster.run_id, f"loss{server.netns.index}")
-        net.add_drop_rule(server.netns.netns, table,
-                          f"ip daddr {client.spec.ip} tcp sport {t.port} numgen random mod 10 < 3 drop")
+        table = net.nft_table_name(self.cluster.run_id, f"loss{client.netns.index}")
+        net.add_drop_rule(client.netns.netns, table,
+                          f"ip saddr {server.spec.ip} tcp sport {t.port} numgen random mod 10 < 3 drop",
+                          hook="input")
         try:
             reply = client.call("connect", timeout=120, ip=server.spec.ip, port=t.port, kind="ok",
                                 count=t.count, size=size)
         finally:
-            net.delete_table(server.netns.netns, table)
+            net.delete_table(client.netns.netns, table)
         got: dict[str, int] = reply.get("outcomes", {})
         self.outcomes.update({f"bulk:{k}": v for k, v in got.items()})
         return got

@@ -148,3 +148,22 @@ def test_cleanup_removes_a_crashed_runs_leftovers() -> None:
                 pytest.fail(f"worker {pid} survived cleanup")
     finally:
         c.stop()
+
+
+def _retrans_segs(netns: str) -> int:
+    snmp = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    head, values = (line.split() for line in snmp if line.startswith("Tcp:"))
+    return int(dict(zip(head, values, strict=True))["RetransSegs"])
+
+
+def test_lossy_bulk_makes_the_server_retransmit_and_the_rule_goes_away(cluster: PodCluster) -> None:
+    d = Driver(cluster)
+    server = cluster.pods["shop/api-1"]
+    before = _retrans_segs(server.netns.netns)
+    assert d.lossy_bulk(_entry("shop/web-1", "shop/api-1", 9000, "ok", 2), size=64 * 1024) == {"ok": 2}
+    assert _retrans_segs(server.netns.netns) > before
+    client = cluster.pods["shop/web-1"]
+    tables = subprocess.run(["ip", "netns", "exec", client.netns.netns, "nft", "list", "tables"],
+                            capture_output=True, text=True, check=True).stdout
+    assert tables.strip() == ""
