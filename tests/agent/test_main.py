@@ -1,0 +1,106 @@
+"""tcpscope-agent as a subprocess: JSON lines during real traffic, --dump-bpf, and the one-line
+errors with exit code 2 when it cannot run."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support import traffic
+from tests.support.kernel import require_root
+
+REPO = Path(__file__).resolve().parents[2]
+AGENT = [sys.executable, "-m", "agent"]
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*AGENT, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    assert proc.stderr is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sel.select(0.2):
+            line = proc.stderr.readline()
+            if "attached:" in line:
+                return line
+            assert line, f"agent exited before attaching: rc={proc.poll()}"
+    raise AssertionError("agent did not attach in time")
+
+
+@pytest.mark.root
+def test_json_lines_during_traffic_then_exit_after_duration() -> None:
+    require_root()
+    port = traffic.free_port()
+    proc = _start("--stdout", "json", "--duration", "3", "--port", str(port), "--no-kubernetes")
+    started = time.monotonic()
+    attached = _wait_attached(proc)
+    assert attached.startswith("tcpscope-agent: attached: sock:inet_sock_set_state")
+    ex = traffic.tcp_exchange(port=port, client_bytes=300_000, server_bytes=777)
+    out, err = proc.communicate(timeout=20)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, err
+    assert 3.0 <= elapsed < 12
+    events = [json.loads(line) for line in out.splitlines()]
+    assert events and all(e["node"] and "time" in e and "socket_id" in e for e in events)
+    lcs = sorted((e for e in events if "lifecycle" in e), key=lambda e: e["lifecycle"]["role"])
+    assert [(e["lifecycle"]["role"], e["lifecycle"]["tx_bytes"], e["lifecycle"]["rx_bytes"]) for e in lcs] == [
+        ("ACTIVE", "300000", "777"), ("PASSIVE", "777", "300000")]
+    assert lcs[0]["process"]["pid"] == ex.client_pid and lcs[1]["process"]["pid"] == ex.server_pid
+    assert (lcs[0]["local"]["ip"], lcs[0]["local"]["port"]) == ("127.0.0.1", ex.client_port)
+    assert {e["state_change"]["new_state"] for e in events if "state_change" in e} >= {"SYN_SENT", "ESTABLISHED",
+                                                                                     "CLOSE"}
+    summary = err.strip().splitlines()[-1]
+    assert summary.startswith(f"tcpscope-agent: {len(events)} events out, lost 0 (kernel.")
+
+
+@pytest.mark.root
+def test_sigterm_exits_cleanly_with_loss_summary() -> None:
+    require_root()
+    proc = _start("--stdout", "table", "--port", str(traffic.free_port()))
+    _wait_attached(proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    assert out == ""
+    assert err.strip().splitlines()[-1].startswith("tcpscope-agent: 0 events out, lost 0 (")
+
+
+@pytest.mark.root
+def test_dump_bpf() -> None:
+    require_root()
+    res = subprocess.run([*AGENT, "--dump-bpf", "--port", "443"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert f"kernel: {os.uname().release}" in res.stdout
+    assert "tracepoint sock:inet_sock_set_state -> tp_inet_sock_set_state" in res.stdout
+    assert "filters: ports=443" in res.stdout and "OFF_BYTES_ACKED" in res.stdout
+    assert "struct" not in res.stderr
+
+
+def test_not_root_is_one_clear_error() -> None:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is needed for this test"
+    if os.geteuid() == 0:
+        cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *AGENT]
+    else:
+        cmd = list(AGENT)
+    res = subprocess.run([*cmd, "--stdout", "json", "--duration", "1"], cwd=REPO, capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("tcpscope-agent: error: not root (uid 65534)") and "sudo" in lines[0]
+    assert res.stdout == ""
