@@ -126,7 +126,7 @@ class Summarizer:
     _held: int = field(default=0, init=False)
     skipped: dict[str, int] = field(default_factory=dict, init=False)
     """Lifecycle events not counted, by reason: no_role (socket older than the agent), listener,
-    not_lifecycle is not counted here (other event kinds are simply ignored), over_capacity."""
+    self (local end == remote end), over_capacity. Other event kinds are simply ignored."""
 
     def __post_init__(self) -> None:
         if self.by not in ("pod", "workload"):
@@ -142,6 +142,10 @@ class Summarizer:
         lc = ev.lifecycle
         if lc.last_state == LISTEN or ev.remote.port == 0:
             self._skip("listener")
+            return
+        if (ev.local.ip, ev.local.port) == (ev.remote.ip, ev.remote.port):
+            # a TCP self-connect, or an event whose remote end was not captured: no pair to name
+            self._skip("self")
             return
         if lc.role == ACTIVE:
             client_end, server_end, side = ev.local, ev.remote, 0

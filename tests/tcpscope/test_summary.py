@@ -144,14 +144,15 @@ def test_by_workload_groups_pods_and_listeners_and_roleless_sockets_are_skipped(
     evs = both(WEB, API, 40000, 9000, T0) + both(web2, API, 40000, 9000, T0)
     listener = lifecycle(pb.ROLE_UNSPECIFIED, API, API, 9000, 0, T0, last_state=pb.LISTEN)
     old = lifecycle(pb.ROLE_UNSPECIFIED, API, WEB, 9000, 40999, T0)
+    selfish = lifecycle(pb.ACTIVE, API, API, 40998, 40998, T0)
     s = summary.Summarizer(by="workload")
-    s.add_all([*evs, listener, old])
+    s.add_all([*evs, listener, old, selfish])
     rows = rows_by_pair(s)
     assert list(rows) == [("shop/web", "shop/api")]
     assert rows[("shop/web", "shop/api")]["client"] == {"namespace": "shop", "name": "web",
                                                         "kind": "Deployment"}
     assert counters(rows[("shop/web", "shop/api")]) == zero(connections=2)
-    assert s.skipped == {"listener": 1, "no_role": 1}
+    assert s.skipped == {"listener": 1, "no_role": 1, "self": 1}
 
 
 def test_window_filter_sort_and_outputs() -> None:
