@@ -69,6 +69,28 @@ class Sink(Protocol):
     def losses(self) -> dict[str, int]: ...
 
 
+class FanOut:
+    """A Sink that hands every event to several sinks (e.g. --stdout and --collector together)."""
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self._sinks = list(sinks)
+
+    def emit(self, events: Sequence[TcpEvent], upstream_losses: dict[str, int]) -> None:
+        for s in self._sinks:
+            s.emit(events, upstream_losses)
+
+    def close(self, grace_s: float) -> None:
+        for s in self._sinks:
+            s.close(grace_s)
+
+    def losses(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self._sinks:
+            for k, v in s.losses().items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+
 @dataclass
 class Pipeline:
     source: EventSource

@@ -1,9 +1,7 @@
 """The one place that builds the agent's pipeline from an AgentConfig.
 
-    KernelSource -> enrichers (none yet) -> sink (stdout)
+    KernelSource -> enrichers (agent/enrich) -> sink (stdout | exporter to the collector | both)
 
-Enrichment (agent/enrich/) and export (agent/export/) plug in at build_enrichers() and
-build_sink(): each is one line there.
 """
 
 from __future__ import annotations
@@ -16,7 +14,8 @@ from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
 from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
-from agent.pipeline import Enricher, Pipeline, Sink
+from agent.metrics import AgentMetrics
+from agent.pipeline import Enricher, FanOut, Pipeline, Sink
 from agent.stdout import StdoutSink
 
 
@@ -36,18 +35,28 @@ def build_enrichers(config: AgentConfig) -> list[Enricher]:
     return build_enrichment(config)
 
 
-def build_sink(config: AgentConfig, out: TextIO) -> Sink:
-    """The sink: stdout when --stdout is given (the exporter to --collector plugs in here)."""
+def build_sink(config: AgentConfig, out: TextIO, metrics: AgentMetrics | None = None) -> Sink:
+    """The sink: stdout with --stdout, the exporter with --collector, both fanned out when both given."""
+    sinks: list[Sink] = []
     if config.stdout is not None:
-        return StdoutSink(config.stdout, out)
-    raise ConfigError("nothing to do: pass --stdout table|json (or --collector HOST:PORT)")
+        sinks.append(StdoutSink(config.stdout, out))
+    if config.collector:
+        from agent.export import build_exporter
+
+        sinks.append(build_exporter(config, metrics))
+    if not sinks:
+        raise ConfigError("nothing to do: pass --stdout table|json or --collector HOST:PORT")
+    return sinks[0] if len(sinks) == 1 else FanOut(sinks)
 
 
 def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> Agent:
     """Probe the kernel (unless a plan is given), load and attach the programs, wire the stages.
 
     Raises KernelSupportError (kernel/permissions) or ConfigError."""
-    sink = build_sink(config, out)
+    metrics = AgentMetrics()
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
+    sink = build_sink(config, out, metrics)
     enrichers = build_enrichers(config)
     plan = plan or build_plan(config)
     loaded = load(plan)

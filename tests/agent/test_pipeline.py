@@ -131,3 +131,16 @@ def test_run_stops_on_event_and_deadline() -> None:
     before = len(sink.got)
     p.run(stop)
     assert len(sink.got) == before
+
+
+def test_fanout_gives_every_sink_every_event_and_sums_losses() -> None:
+    from agent.pipeline import FanOut
+
+    a, b = ListSink(), ListSink()
+    fan = FanOut([a, b])
+    fan.emit([ev(7), ev(8)], {"kernel.x": 1})
+    fan.close(2.0)
+    assert a.got == b.got == [7, 8]
+    assert a.upstream == b.upstream == [{"kernel.x": 1}]
+    assert a.closed_with == b.closed_with == 2.0
+    assert fan.losses() == {"agent.buffer_full": 6}
