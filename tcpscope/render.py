@@ -84,9 +84,151 @@ def _message(msg: Message) -> str:
     return "{" + ", ".join(parts) + "}"
 
 
+def _enum_names(msg_desc: Any, field: str) -> dict[int, str]:
+    et = msg_desc.fields_by_name[field].enum_type
+    return {v.number: v.name for v in et.values}
+
+
+_EP = TcpEvent.DESCRIPTOR.fields_by_name["local"].message_type
+_LCD = TcpEvent.DESCRIPTOR.fields_by_name["lifecycle"].message_type
+_KIND_NAMES = _enum_names(_EP, "kind")
+_STATE_NAMES = _enum_names(_LCD, "last_state")
+_ROLE_NAMES = _enum_names(_LCD, "role")
+_ENDING_NAMES = _enum_names(_LCD, "ending")
+
+# The hand-written paths below know exactly these fields; if the schema grows (fields are only
+# ever appended), the generic path takes over until they are taught the new ones.
+_KNOWN = {
+    "TcpEvent": ["time", "node", "socket_id", "local", "remote", "process", "lifecycle", "state_change",
+                 "retransmit", "synack_retransmit", "reset", "socket_error", "probe"],
+    "Endpoint": ["ip", "port", "kind", "namespace", "name", "uid", "labels", "container", "container_id",
+                 "workload", "node"],
+    "Process": ["pid", "comm", "cgroup_id", "cgroup_path"],
+    "Lifecycle": ["role", "duration_ns", "tx_bytes", "rx_bytes", "ending", "errno", "errno_name", "last_state",
+                  "retransmits", "reset_reason", "reset_reason_name"],
+    "StateChange": ["old_state", "new_state", "time_in_old_state_ns"],
+}
+def _fields_known(d: Any) -> bool:
+    return d is not None and [f.name for f in sorted(d.fields, key=lambda f: f.number)] == _KNOWN.get(d.name)
+
+
+_FAST = all(
+    _fields_known(d)
+    for d in (TcpEvent.DESCRIPTOR, _EP, TcpEvent.DESCRIPTOR.fields_by_name["process"].message_type, _LCD,
+              TcpEvent.DESCRIPTOR.fields_by_name["state_change"].message_type)
+)
+
+
+def _enum(names: dict[int, str], v: int) -> str:
+    n = names.get(v)
+    return f'"{n}"' if n is not None else str(v)
+
+
+def _endpoint(ep: Any) -> str:
+    p = []
+    if ep.ip:
+        p.append('"ip": ' + encode_basestring_ascii(ep.ip))
+    if ep.port:
+        p.append(f'"port": {ep.port}')
+    if ep.kind:
+        p.append('"kind": ' + _enum(_KIND_NAMES, ep.kind))
+    if ep.namespace:
+        p.append('"namespace": ' + encode_basestring_ascii(ep.namespace))
+    if ep.name:
+        p.append('"name": ' + encode_basestring_ascii(ep.name))
+    if ep.uid:
+        p.append('"uid": ' + encode_basestring_ascii(ep.uid))
+    if ep.labels:
+        items = ", ".join(f"{encode_basestring_ascii(k)}: {encode_basestring_ascii(ep.labels[k])}"
+                          for k in ep.labels)
+        p.append('"labels": {' + items + "}")
+    if ep.container:
+        p.append('"container": ' + encode_basestring_ascii(ep.container))
+    if ep.container_id:
+        p.append('"container_id": ' + encode_basestring_ascii(ep.container_id))
+    if ep.HasField("workload"):
+        p.append('"workload": ' + _message(ep.workload))
+    if ep.node:
+        p.append('"node": ' + encode_basestring_ascii(ep.node))
+    return "{" + ", ".join(p) + "}"
+
+
+def _process(pr: Any) -> str:
+    p = []
+    if pr.pid:
+        p.append(f'"pid": {pr.pid}')
+    if pr.comm:
+        p.append('"comm": ' + encode_basestring_ascii(pr.comm))
+    if pr.cgroup_id:
+        p.append(f'"cgroup_id": "{pr.cgroup_id}"')
+    if pr.cgroup_path:
+        p.append('"cgroup_path": ' + encode_basestring_ascii(pr.cgroup_path))
+    return "{" + ", ".join(p) + "}"
+
+
+def _lifecycle(lc: Any) -> str:
+    p = []
+    if lc.role:
+        p.append('"role": ' + _enum(_ROLE_NAMES, lc.role))
+    if lc.duration_ns:
+        p.append(f'"duration_ns": "{lc.duration_ns}"')
+    if lc.tx_bytes:
+        p.append(f'"tx_bytes": "{lc.tx_bytes}"')
+    if lc.rx_bytes:
+        p.append(f'"rx_bytes": "{lc.rx_bytes}"')
+    if lc.ending:
+        p.append('"ending": ' + _enum(_ENDING_NAMES, lc.ending))
+    if lc.errno:
+        p.append(f'"errno": {lc.errno}')
+    if lc.errno_name:
+        p.append('"errno_name": ' + encode_basestring_ascii(lc.errno_name))
+    if lc.last_state:
+        p.append('"last_state": ' + _enum(_STATE_NAMES, lc.last_state))
+    if lc.retransmits:
+        p.append(f'"retransmits": {lc.retransmits}')
+    if lc.reset_reason:
+        p.append(f'"reset_reason": {lc.reset_reason}')
+    if lc.reset_reason_name:
+        p.append('"reset_reason_name": ' + encode_basestring_ascii(lc.reset_reason_name))
+    return "{" + ", ".join(p) + "}"
+
+
+def _state_change(sc: Any) -> str:
+    p = []
+    if sc.old_state:
+        p.append('"old_state": ' + _enum(_STATE_NAMES, sc.old_state))
+    if sc.new_state:
+        p.append('"new_state": ' + _enum(_STATE_NAMES, sc.new_state))
+    if sc.time_in_old_state_ns:
+        p.append(f'"time_in_old_state_ns": "{sc.time_in_old_state_ns}"')
+    return "{" + ", ".join(p) + "}"
+
+
 def json_line(ev: Message) -> str:
     """The protobuf JSON mapping of ev on one line (proto field names, enums as names)."""
-    return _message(ev)
+    if not _FAST or not isinstance(ev, TcpEvent):
+        return _message(ev)
+    p = []
+    if ev.HasField("time"):
+        p.append('"time": "' + timestamp_json(ev.time.seconds, ev.time.nanos) + '"')
+    if ev.node:
+        p.append('"node": ' + encode_basestring_ascii(ev.node))
+    if ev.socket_id:
+        p.append(f'"socket_id": "{ev.socket_id}"')
+    if ev.HasField("local"):
+        p.append('"local": ' + _endpoint(ev.local))
+    if ev.HasField("remote"):
+        p.append('"remote": ' + _endpoint(ev.remote))
+    if ev.HasField("process"):
+        p.append('"process": ' + _process(ev.process))
+    kind = ev.WhichOneof("kind")
+    if kind == "lifecycle":
+        p.append('"lifecycle": ' + _lifecycle(ev.lifecycle))
+    elif kind == "state_change":
+        p.append('"state_change": ' + _state_change(ev.state_change))
+    elif kind is not None:
+        p.append(f'"{kind}": ' + _message(getattr(ev, kind)))
+    return "{" + ", ".join(p) + "}"
 
 
 # ---- table --------------------------------------------------------------------------------------

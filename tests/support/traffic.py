@@ -372,3 +372,81 @@ def nft_drop(rule: str, netns: str | None = None, hook: str = "output") -> Itera
     finally:
         subprocess.run([*prefix, "nft", "delete", "table", "inet", table], check=False, capture_output=True,
                        timeout=30)
+
+
+# ---- connect/close load ------------------------------------------------------------------------
+
+CONNLOOP_C = r"""
+/* connloop PORT SECONDS [CLIENTS [RATE]]: a loopback server that accepts and closes, and CLIENTS client
+ * processes that connect, wait for the server's FIN, close, as fast as they can. Prints the number
+ * of completed connections. RATE > 0 paces the clients to RATE connections/s in total. The server
+ * closes first, so TIME_WAIT lands on the server side and the
+ * clients' ephemeral ports are not exhausted. */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec / 1e9; }
+
+int main(int argc, char **argv) {
+    int port = atoi(argv[1]); double secs = atof(argv[2]); int clients = argc > 3 ? atoi(argv[3]) : 1;
+    double rate = argc > 4 ? atof(argv[4]) / clients : 0;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int ls = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(ls, (void *)&a, sizeof(a)) || listen(ls, 4096)) { perror("listen"); return 1; }
+    long *counts = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    pid_t srv = fork();
+    if (srv == 0) { for (;;) { int c = accept(ls, 0, 0); if (c >= 0) close(c); } }
+    for (int i = 0; i < clients; i++) {
+        if (fork() == 0) {
+            double start = now(), end = start + secs; long n = 0, tries = 0; char b;
+            while (now() < end) {
+                if (rate > 0) {
+                    double due = start + tries / rate, t = now();
+                    if (due > t) {
+                        double w = due - t;
+                        struct timespec d = {(time_t)w, (long)((w - (time_t)w) * 1e9)};
+                        nanosleep(&d, 0);
+                    }
+                }
+                tries++;
+                int s = socket(AF_INET, SOCK_STREAM, 0);
+                if (connect(s, (void *)&a, sizeof(a)) == 0) { if (read(s, &b, 1) == 0) n++; }
+                close(s);
+            }
+            counts[i] = n; _exit(0);
+        }
+    }
+    for (int i = 0; i < clients; i++) wait(0);
+    kill(srv, SIGKILL); waitpid(srv, 0, 0);
+    long total = 0; for (int i = 0; i < clients; i++) total += counts[i];
+    printf("%ld\n", total);
+    return 0;
+}
+"""
+
+
+def build_connloop(directory: Path) -> Path:
+    """Compile the connect/close load generator with gcc into directory; returns the binary."""
+    src = directory / "connloop.c"
+    src.write_text(CONNLOOP_C)
+    exe = directory / "connloop"
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True, capture_output=True, timeout=60)
+    return exe
+
+
+def connloop(exe: Path, port: int, seconds: float, clients: int = 1, rate: float = 0) -> int:
+    """Run the load for `seconds` (paced to `rate` connections/s if > 0); returns completed connections."""
+    out = subprocess.run([str(exe), str(port), str(seconds), str(clients), str(rate)], check=True,
+                         capture_output=True,
+                         text=True, timeout=seconds + 30).stdout
+    return int(out.strip())

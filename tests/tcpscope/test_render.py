@@ -85,3 +85,10 @@ def test_table_line() -> None:
     enriched = _ev(kind=decode.EV_SYNACK)
     enriched.remote.namespace, enriched.remote.name = "shop", "cart-7d9"
     assert "shop/cart-7d9" in table_line(enriched)
+
+
+def test_fast_path_covers_the_schema() -> None:
+    """The hand-written renderer knows every field of the current schema (else it falls back)."""
+    from tcpscope import render
+
+    assert render._FAST
