@@ -59,3 +59,27 @@ def test_netns_filter() -> None:
     assert (lc.lifecycle.role, lc.lifecycle.tx_bytes, lc.lifecycle.rx_bytes) == (ACTIVE, 300_000, 777)
     assert lc.process.pid == ex.client_pid
     assert {e.socket_id for e in seen} == {lc.socket_id}
+
+
+@pytest.mark.root
+def test_socket_map_full_is_counted_not_evicted() -> None:
+    port = traffic.free_port()
+    with kernel_harness(AgentConfig(ports=(port,), max_sockets=2, events=ALL_BUT_PROBE)) as h:
+        # listener + client + passive child: the third socket does not fit
+        traffic.tcp_exchange(port=port, client_bytes=10, server_bytes=10)
+        h.wait(lambda e: kind(e) == "lifecycle", count=1, settle=0.5)
+        losses = h.source.losses()
+    assert losses["kernel.socket_map_full"] >= 1
+    assert losses["kernel.ringbuf_full"] == 0
+
+
+@pytest.mark.root
+def test_tcp_probe_sampled_in_kernel() -> None:
+    port = traffic.free_port()
+    with kernel_harness(AgentConfig(ports=(port,), events=("probe",), probe_sample=1)) as h:
+        assert "tcp:tcp_probe" in [tp for _k, tp, _f in h.plan.attach]
+        ex = traffic.tcp_exchange(port=port, client_bytes=200_000, server_bytes=10)
+        probes = h.wait(lambda e: kind(e) == "probe", count=1)
+        assert not [e for e in h.seen if kind(e) != "probe"]  # the other kinds are compiled out
+    assert probes and all(p.probe.snd_cwnd > 0 for p in probes)
+    assert {p.local.port for p in probes} <= {port, ex.client_port}

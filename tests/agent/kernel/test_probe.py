@@ -129,3 +129,20 @@ def test_program_compiles_for_each_kernel_layout(version: str, btf: Btf) -> None
             bpf.load_func(fn.encode(), BPF.RAW_TRACEPOINT if _kind == "raw_tracepoint" else BPF.TRACEPOINT)
     finally:
         bpf.cleanup()
+
+
+@pytest.mark.root
+def test_without_tcp_destroy_sock_lifecycle_is_emitted_at_close(btf: Btf) -> None:
+    """Kernels without tcp:tcp_destroy_sock: the program emits the lifecycle at CLOSE instead."""
+    require_root()
+    from bcc import BPF
+
+    root = FORMATS / "6.18"
+    plan = build_plan(AgentConfig(ports=(1,)), btf=btf, socket_key=1,
+                      format_reader=lambda c, n: None if n == "tcp_destroy_sock" else read_format(c, n, root))
+    assert "tcp:tcp_destroy_sock: not in this kernel" in plan.skipped
+    bpf = BPF(text=program_text(plan).encode(), cflags=plan.cflags())
+    try:
+        bpf.load_func(b"tp_inet_sock_set_state", BPF.TRACEPOINT)
+    finally:
+        bpf.cleanup()

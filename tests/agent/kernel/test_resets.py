@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +14,7 @@ from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
     ESTABLISHED,
+    NORMAL,
     PASSIVE,
     RECEIVED,
     RESET_RECEIVED,
@@ -110,3 +113,39 @@ def test_refused_connect(agent: Harness, ports: list[int]) -> None:
         assert (rst.reset.reason, rst.reset.reason_name) == (1, "NO_SOCKET")
     received = [e for e in mine if kind(e) == "reset" and e.reset.direction == RECEIVED]
     assert [(e.socket_id, e.reset.state, e.process.pid) for e in received] == [(lc.socket_id, SYN_SENT, pid)]
+
+
+def _refused_then_connected(port: int, listen_after: float) -> tuple[int, int]:
+    """connect() refused, then (same socket) connect again once a listener is up; sends 123 bytes."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    assert s.connect_ex(("127.0.0.1", port)) == 111
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", port))
+    ls.listen(1)
+    time.sleep(listen_after)
+    s.connect(("127.0.0.1", port))
+    conn, _ = ls.accept()
+    s.sendall(b"x" * 123)
+    got = 0
+    while got < 123:
+        got += len(conn.recv(1000))
+    s.close()
+    conn.recv(10)
+    conn.close()
+    ls.close()
+    return os.getpid(), got
+
+
+@pytest.mark.root
+def test_reconnect_on_the_same_socket_emits_the_first_life_first(agent: Harness, ports: list[int]) -> None:
+    port = ports[2]
+    pid, _ = traffic.Child(_refused_then_connected, port, 0.05, comm="tsc-retry").result()
+    evs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.process.pid == pid, count=3)
+    client = [e for e in evs if e.lifecycle.role == ACTIVE]
+    assert len(client) == 2 and client[0].socket_id == client[1].socket_id
+    first, second = client
+    assert (first.lifecycle.ending, first.lifecycle.errno, first.lifecycle.tx_bytes) == (RESET_RECEIVED, 111, 0)
+    assert (second.lifecycle.ending, second.lifecycle.errno, second.lifecycle.tx_bytes) == (NORMAL, 0, 123)
+    assert first.time.ToNanoseconds() < second.time.ToNanoseconds()
