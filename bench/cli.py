@@ -99,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
     a = parse_args(argv)
     if os.geteuid() != 0:
         print("bench: needs root (BPF, netns, tcpdump)", file=sys.stderr)
