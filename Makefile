@@ -3,20 +3,24 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run agent sim test lint typecheck bench clean
+.PHONY: setup run agent sim test lint bench clean
 
 setup:
 	bash scripts/setup.sh
 
-# The main job: the agent on this host, printing live TCP events as a table.
+# The main job: the whole product on one machine. tcpscope-sim builds a simulated 3-node cluster
+# (pods in network namespaces and kubelet-style cgroups, an API server stand-in), runs one agent per
+# node, a collector and a Kafka-protocol broker, makes traffic (ok, refused, resets both ways,
+# timeouts, retransmits), and shows the live events from Kafka and the per-pod-pair summary.
+# Ctrl-C stops it and removes everything it made. ARGS="--duration 60" runs it for a minute.
 run: setup
-	$(VENV)/bin/tcpscope-agent --stdout table $(ARGS)
-
-agent: run
-
-# The simulated multi-node cluster (tcpscope-sim): live events from Kafka, then the summary.
-sim: setup
 	$(VENV)/bin/tcpscope-sim $(ARGS)
+
+sim: run
+
+# Just the agent on this host, printing live TCP events as a table.
+agent: setup
+	$(VENV)/bin/tcpscope-agent --stdout table $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check agent collector tcpscope tests bench scripts
