@@ -83,3 +83,33 @@ def test_tcp_probe_sampled_in_kernel() -> None:
         assert not [e for e in h.seen if kind(e) != "probe"]  # the other kinds are compiled out
     assert probes and all(p.probe.snd_cwnd > 0 for p in probes)
     assert {p.local.port for p in probes} <= {port, ex.client_port}
+
+
+@pytest.mark.root
+def test_perf_buffer_path_on_kernels_without_ring_buffer() -> None:
+    """Before 5.8 there is no BPF ring buffer: the same program runs over the perf buffer."""
+    require_root()
+    from dataclasses import replace
+
+    from agent.kernel.decode import Decoder
+    from agent.kernel.loader import load
+    from agent.kernel.probe import build_plan
+    from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
+
+    port = traffic.free_port()
+    plan = replace(build_plan(AgentConfig(ports=(port,), events=("lifecycle",))), use_ringbuf=False)
+    assert "-DUSE_RINGBUF=1" not in plan.cflags()
+    source = KernelSource(load(plan), Decoder("n", boot_to_wall_offset_ns(), plan.rst_reasons))
+    try:
+        traffic.tcp_exchange(port=port, client_bytes=4321, server_bytes=12)
+        got: list[object] = []
+        for _ in range(40):
+            got += source.poll(50)
+            if len(got) >= 2:
+                break
+        losses = source.losses()
+    finally:
+        source.close()
+    assert sorted((e.lifecycle.tx_bytes, e.lifecycle.rx_bytes) for e in got) == [(12, 4321), (4321, 12)]  # type: ignore[attr-defined]
+    assert losses == {"kernel.perfbuf_full": 0, "kernel.socket_map_full": 0, "kernel.listener_map_full": 0,
+                      "kernel.perf_lost": 0}

@@ -4,6 +4,7 @@ socket's own cgroup on both sides, over IPv4, IPv6 and v4-mapped IPv6, for both 
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
@@ -49,6 +50,8 @@ def test_exact_bytes_roles_and_attribution(subtree: Harness, pods: Pods, net: di
         assert ev.lifecycle.errno == 0
         assert ev.local.ip == ip and ev.remote.ip == ip
         assert ev.lifecycle.duration_ns > 0
+        # kernel monotonic time converted to wall clock: within a few seconds of now
+        assert abs(ev.time.ToNanoseconds() - time.time_ns()) < 5_000_000_000
     assert (client.process.pid, client.process.comm) == (ex.client_pid, "tsc-client")
     assert client.process.cgroup_id == pods.client.id
     assert (client.local.port, client.remote.port) == (ex.client_port, ex.server_port)
