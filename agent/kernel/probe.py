@@ -349,7 +349,12 @@ def build_plan(
             continue
         fmt = format_reader(spec.category, spec.name)
         if fmt is None:
-            skipped.append(f"{tp}: not in this kernel")
+            extra = {
+                "tcp_destroy_sock": " (lifecycles are emitted at CLOSE instead; resets and errors reported "
+                                    "after CLOSE then miss them)",
+                "inet_sk_error_report": " (errno comes from sk_err at CLOSE)",
+            }.get(spec.name, "")
+            skipped.append(f"{tp}: not in this kernel{extra}")
             continue
         if spec.raw:
             if not has_raw:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import itertools
 import multiprocessing as mp
 import os
 import secrets
@@ -25,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 CGROUP2 = Path("/sys/fs/cgroup/unified")
-_counter = itertools.count()
 _ctx = mp.get_context("fork")
 
 
 def unique(prefix: str) -> str:
-    """A name unique on this machine for this run: prefix-<pid>-<n>."""
-    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+    """A name unique on this machine: prefix-<pid>-<random hex>."""
+    return f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 # ---- cgroups ----------------------------------------------------------------------------------
@@ -329,9 +327,10 @@ class NetnsPair:
 @contextlib.contextmanager
 def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
     """Namespaces <a> and <b>, veth between them, 198.18.<n>.1/24 and .2/24; deleted afterwards."""
-    n = subnet if subnet is not None else (os.getpid() + next(_counter)) % 250 + 1
+    n = subnet if subnet is not None else secrets.randbelow(250) + 1
     a, b = unique("tsa"), unique("tsb")
-    va, vb = f"v{os.getpid() % 100000}a{n}", f"v{os.getpid() % 100000}b{n}"
+    tag = secrets.token_hex(4)
+    va, vb = f"vt{tag}a", f"vt{tag}b"  # interface names: at most 15 bytes
     pair = NetnsPair(a=a, b=b, a_addr=f"198.18.{n}.1", b_addr=f"198.18.{n}.2")
     try:
         run("ip", "netns", "add", a)
