@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tcpscope.kafka_layout import VALUE_FORMATS
+from tcpscope.kafka_layout import RECORD_LAYOUTS, VALUE_FORMATS
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -35,6 +35,11 @@ class CollectorConfig:
     topic: str = _doc("TCPSCOPE_TOPIC", "Kafka topic for events", default="tcpscope-events")
     value_format: str = _doc(
         "TCPSCOPE_VALUE_FORMAT", "Kafka record values: 'protobuf' or 'json' (docs/kafka.md)", default="protobuf"
+    )
+    record_layout: str = _doc(
+        "TCPSCOPE_RECORD_LAYOUT",
+        "Kafka records: 'event' (one per event) or 'packed' (one per batch and partition; docs/kafka.md)",
+        default="event",
     )
     # --- agent-facing security -----------------------------------------------------------------
     tls_cert: str | None = _doc("TCPSCOPE_TLS_CERT", "server certificate (enables TLS)", default=None)
@@ -72,10 +77,33 @@ class CollectorConfig:
         "TCPSCOPE_KAFKA_COMPRESSION", "producer compression: gzip or none (lz4/zstd if installed)", default="gzip"
     )
     kafka_linger_ms: int = _doc("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20)
+    kafka_batch_size: int = _doc(
+        "TCPSCOPE_KAFKA_BATCH_SIZE",
+        "producer batch size in bytes per partition (large: fewer, bigger produce requests)",
+        default=1024 * 1024,
+    )
     kafka_delivery_timeout_ms: int = _doc(
         "TCPSCOPE_KAFKA_DELIVERY_TIMEOUT_MS",
         "give up on a record after this long; the batch is then not acked and the agent resends it",
         default=30_000,
+    )
+    # --- remote-end enrichment (docs/enrichment.md: in a cluster the collector resolves remote ends) --
+    resolve_remote: bool = _doc(
+        "TCPSCOPE_RESOLVE_REMOTE",
+        "resolve events' remote IPs to pod/service/node from cluster-wide watches (agents then run "
+        "with --no-resolve-remote); ends the agent already resolved are left alone",
+        default=False,
+    )
+    kubeconfig: str | None = _doc(
+        "KUBECONFIG", "kubeconfig for --resolve-remote; without it the in-cluster service account", default=None
+    )
+    labels: tuple[str, ...] = _doc(
+        "TCPSCOPE_LABELS", "pod labels copied onto remote ends, comma separated (others are dropped)", default=()
+    )
+    remote_sync_timeout: float = _doc(
+        "TCPSCOPE_REMOTE_SYNC_TIMEOUT",
+        "seconds to wait at start-up for the first pod/service/node lists (serving starts regardless)",
+        default=5.0,
     )
     # --- limits --------------------------------------------------------------------------------
     max_batch_events: int = _doc("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000)
@@ -98,6 +126,10 @@ class CollectorConfig:
             raise ConfigError("--listen must be HOST:PORT")
         if self.value_format not in VALUE_FORMATS:
             raise ConfigError(f"--value-format must be one of {VALUE_FORMATS}")
+        if self.record_layout not in RECORD_LAYOUTS:
+            raise ConfigError(f"--record-layout must be one of {RECORD_LAYOUTS}")
+        if self.kafka_batch_size < 1:
+            raise ConfigError("--kafka-batch-size must be >= 1")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
         if self.tls_client_ca and not self.tls_cert:
@@ -156,6 +188,13 @@ def _coerce(name: str, default: Any, raw: Any) -> Any:
     if not isinstance(raw, str):
         return raw
     try:
+        if isinstance(default, bool):
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("", "0", "false", "no", "off"):
+                return False
+            raise ValueError("want true or false")
         if isinstance(default, tuple):
             return tuple(x.strip() for x in raw.split(",") if x.strip())
         if isinstance(default, int) and not isinstance(default, bool):
@@ -176,11 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(CollectorConfig):
         if not f.metadata["flag"]:
             continue
+        flag, help = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} [{f.metadata['env']}]"
+        if isinstance(f.default, bool):
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+            continue
         kind: Any = str
         if isinstance(f.default, int):
             kind = int
         elif isinstance(f.default, float):
             kind = float
-        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind,
-                       help=f"{f.metadata['help']} [{f.metadata['env']}]")
+        p.add_argument(flag, dest=f.name, type=kind, help=help)
     return p

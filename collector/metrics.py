@@ -29,6 +29,11 @@ class CollectorMetrics:
         self.lost_reported = Counter(
             "tcpscope_collector_agent_lost_events_total",
             "events agents reported lost upstream of the collector, by reason", ["reason"], registry=r)
+        self.remote_ends = Counter(
+            "tcpscope_collector_remote_ends_total",
+            "remote ends seen with --resolve-remote, by result: pod, service, node, loopback (hits); "
+            "external (synced index, no owner), miss_api_unavailable (index not synced yet), no_ip; "
+            "agent_resolved (left as the agent resolved it)", ["result"], registry=r)
         self.inflight = Gauge(
             "tcpscope_collector_inflight_batches", "batches awaiting Kafka acks", registry=r)
         self.publish_seconds = Histogram(

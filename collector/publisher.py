@@ -3,6 +3,12 @@ Kafka has acknowledged every one of them (acks=all), or fails with the first err
 
 kafka-python's `send()` may block (metadata fetch, full accumulator), so it runs on a dedicated
 thread; completion comes back to the event loop through `call_soon_threadsafe`.
+
+Per-record Python work is the collector's main cost (docs/kafka.md, "Throughput"), so a batch's
+records carry their partition (computed by the layout with Kafka's own hash) and only the *last*
+record of each partition gets a callback: one connection serves a partition's records in order,
+so when the last one is acknowledged the earlier ones were settled before it; a final scan of the
+batch's futures turns any earlier failure into a failed publish.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ class Publisher(Protocol):
         """Return once Kafka acknowledged every record; raise on the first failure."""
         ...
 
+    def partitions(self) -> int:
+        """The topic's partition count (0 if unknown); may block on metadata: call it off the loop."""
+        ...
+
     def close(self, timeout_s: float) -> None: ...
 
 
@@ -34,6 +44,7 @@ def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
         "bootstrap_servers": list(cfg.kafka_bootstrap),
         "acks": "all",
         "linger_ms": cfg.kafka_linger_ms,
+        "batch_size": cfg.kafka_batch_size,
         "compression_type": None if cfg.kafka_compression == "none" else cfg.kafka_compression,
         "delivery_timeout_ms": cfg.kafka_delivery_timeout_ms,
         "request_timeout_ms": min(cfg.kafka_delivery_timeout_ms - cfg.kafka_linger_ms - 1, 15_000),
@@ -43,7 +54,7 @@ def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
         "reconnect_backoff_max_ms": 2000,
         # records of one partition stay in order across retries
         "max_in_flight_requests_per_connection": 1,
-        "max_request_size": max(cfg.max_message_bytes * 2, 1024 * 1024),
+        "max_request_size": max(cfg.max_message_bytes * 2, cfg.kafka_batch_size, 1024 * 1024),
         "security_protocol": cfg.kafka_security_protocol,
     }
     if cfg.kafka_ssl_cafile:
@@ -67,32 +78,51 @@ class KafkaPublisher:
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-send")
         self.resets = 0
 
+    def partitions(self) -> int:
+        return len(self._producer.partitions_for(self._topic) or ())
+
     async def publish(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        remaining = [len(records)]
-        lock = threading.Lock()
-
-        def ok(_: Any) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                loop.call_soon_threadsafe(_resolve, done, None)
-
-        def fail(exc: BaseException) -> None:
-            loop.call_soon_threadsafe(_resolve, done, exc)
-
         producer = self._producer
+        topic = self._topic
 
         def send_all() -> None:
+            futures: list[Any] = []
+            last: dict[int, Any] = {}
+            watched: list[Any] = []  # records without a known partition are each watched
             for r in records:
-                fut = producer.send(self._topic, key=r.key, value=r.value, headers=r.headers)
+                fut = producer.send(topic, key=r.key, value=r.value, headers=r.headers, partition=r.partition)
+                futures.append(fut)
+                if r.partition is None:
+                    watched.append(fut)
+                else:
+                    last[r.partition] = fut
+            watched.extend(last.values())
+            remaining = [len(watched)]
+            lock = threading.Lock()
+
+            def ok(_: Any) -> None:
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0]:
+                        return
+                bad = next((f for f in futures if not f.succeeded()), None)
+                if bad is None:
+                    loop.call_soon_threadsafe(_resolve, done, None)
+                else:
+                    exc = bad.exception if bad.is_done else None
+                    fail(exc or RuntimeError("a record was not acknowledged before a later one"))
+
+            def fail(exc: BaseException) -> None:
+                loop.call_soon_threadsafe(_resolve, done, exc)
+
+            for fut in watched:  # callbacks run at once on an already settled future
                 fut.add_callback(ok)
                 fut.add_errback(fail)
 
-        if not records:
-            return
         # a failure after this coroutine was cancelled (its stream ended) is expected: mark it seen
         done.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:

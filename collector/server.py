@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -11,6 +12,7 @@ from grpc_health.v1._async import HealthServicer
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.publisher import KafkaPublisher, Publisher
+from collector.remote import BatchEnricher
 from collector.service import SERVICE_NAME, CollectorService
 from tcpscope.v1.collector_pb2 import BatchAck
 
@@ -37,10 +39,12 @@ class CollectorServer:
     """The running collector; `start()` binds, `stop(grace)` drains and closes Kafka."""
 
     def __init__(self, cfg: CollectorConfig, publisher: Publisher | None = None,
-                 metrics: CollectorMetrics | None = None) -> None:
+                 metrics: CollectorMetrics | None = None, enricher: BatchEnricher | None = None) -> None:
         self.cfg = cfg
         self.metrics = metrics or CollectorMetrics()
         self._publisher = publisher
+        self._enricher = enricher
+        self._service: CollectorService | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self.port = 0
@@ -50,7 +54,17 @@ class CollectorServer:
         cfg = self.cfg
         if self._publisher is None:
             self._publisher = KafkaPublisher(cfg)
-        service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token())
+        if self._enricher is None and cfg.resolve_remote:
+            from collector.remote import build_remote_enrichment
+
+            remote = build_remote_enrichment(cfg, self.metrics)
+            self._enricher = remote
+            loop = asyncio.get_running_loop()
+            if not await loop.run_in_executor(None, remote.wait_synced, cfg.remote_sync_timeout):
+                log.warning("Kubernetes API not synced within %.1fs; remote ends resolve once it is "
+                            "(counted as miss_api_unavailable until then)", cfg.remote_sync_timeout)
+        service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token(), self._enricher)
+        self._service = service
         hard_limit = 2 * cfg.max_message_bytes + 1024 * 1024  # above it gRPC refuses by itself
         server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", hard_limit),
@@ -91,5 +105,9 @@ class CollectorServer:
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace)
+        if self._service is not None:
+            self._service.close()
         if self._publisher is not None:
             self._publisher.close(timeout_s=max(1.0, grace))
+        if self._enricher is not None:
+            self._enricher.close()

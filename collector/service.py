@@ -5,6 +5,9 @@ it. At most `max_inflight_batches` batches (all streams together) await Kafka; b
 streams are not read, so gRPC flow control pushes back to the agents, which buffer. A Kafka failure
 ends the stream with UNAVAILABLE: the agent reconnects and resends everything not yet acked.
 
+Each batch is prepared off the event loop on one worker thread: remote-end enrichment when
+`--resolve-remote` (collector/remote.py), then its Kafka records in the configured layout.
+
 The handler is registered with no request deserializer, so it sees raw bytes: malformed and
 oversized messages are answered with a precise status and counted instead of failing inside gRPC.
 """
@@ -12,6 +15,7 @@ oversized messages are answered with a precise status and counted instead of fai
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import hmac
 import logging
 import time
@@ -24,7 +28,8 @@ from google.protobuf.message import DecodeError
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
-from tcpscope.kafka_layout import SCHEMA_VERSION, batch_records
+from collector.remote import BatchEnricher
+from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
 from tcpscope.v1.collector_pb2 import BatchAck
 from tcpscope.v1.events_pb2 import EventBatch
 
@@ -85,12 +90,29 @@ class CollectorService:
     """One instance per process; every stream shares the in-flight bound and the publisher."""
 
     def __init__(self, cfg: CollectorConfig, publisher: Publisher, metrics: CollectorMetrics,
-                 token: str | None) -> None:
+                 token: str | None, enricher: BatchEnricher | None = None) -> None:
         self._cfg = cfg
         self._publisher = publisher
         self._metrics = metrics
         self._token = token
+        self._enricher = enricher
         self._slots = asyncio.Semaphore(cfg.max_inflight_batches)
+        # one thread: enrichment state is single-threaded and batches are prepared in arrival order
+        self._prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
+
+    def close(self) -> None:
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+    def prepare(self, batch: EventBatch) -> list[Record]:
+        """Enrich remote ends (if on) and build the batch's Kafka records; runs on the prepare thread."""
+        if self._enricher is not None:
+            self._enricher.enrich(batch)
+        layout = self._cfg.record_layout
+        # per-event records also get their partition, so the publisher watches one future per partition
+        partitions = self._publisher.partitions()
+        if layout == LAYOUT_PACKED and partitions < 1:
+            raise RuntimeError(f"topic {self._cfg.topic!r} has no known partitions")
+        return batch_records(batch, self._cfg.value_format, layout, partitions)
 
     def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Refusal | None:
         """Check the bearer token in the `authorization` metadata (constant-time compare)."""
@@ -167,7 +189,8 @@ class CollectorService:
     async def _publish(self, batch: EventBatch, received: float,
                        out: asyncio.Queue[BatchAck | Refusal | None]) -> None:
         try:
-            records = batch_records(batch, self._cfg.value_format)
+            loop = asyncio.get_running_loop()
+            records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch)
             await self._publisher.publish(records)
         except asyncio.CancelledError:
             raise

@@ -1,6 +1,15 @@
 """The Kafka record layout shared by the collector (writer) and tcpscope-tail (reader). Pure code.
 
-One record per event, plus one *batch summary* record per agent batch (docs/kafka.md):
+Two record layouts (`--record-layout`, docs/kafka.md), both ending each agent batch with one
+*batch summary* record:
+
+- `event` (default): one record per event, described below;
+- `packed`: one record per (batch, partition): value = an `EventBatch` holding that partition's
+  events of the batch (header `batch-indexes` gives their positions), key = its first event's
+  connection key. Events are grouped by the partition their own connection key hashes to, so one
+  connection's events still share a partition, in order. `decode_records` reads every layout.
+
+Per-event layout:
 
 - event record: value = serialized `tcpscope.v1.TcpEvent` (or its canonical JSON),
   key = the connection's canonical 4-tuple, lower endpoint first, so both ends' events of one
@@ -15,6 +24,7 @@ at-least-once delivery allows: the dedup key of an event record is (agent-id, ba
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,31 +46,53 @@ H_BATCH_SEQ = "batch-seq"
 H_BATCH_INDEX = "batch-index"  # event records: position of the event in its batch
 H_BATCH_EVENTS = "batch-events"  # summary records: how many event records the batch produced
 H_LOST_TOTAL = "lost-total"  # summary records: kernel + agent_buffer + enrichment
+H_BATCH_INDEXES = "batch-indexes"  # packed records: the events' positions in their batch, "0,4,9"
 
 RECORD_EVENT = "event"
 RECORD_SUMMARY = "batch-summary"
+RECORD_PACKED = "events"  # packed layout: several events of one batch and one partition
 CT_PROTOBUF = "application/x-protobuf"
 CT_JSON = "application/json"
 VALUE_FORMATS = ("protobuf", "json")
+LAYOUT_EVENT = "event"
+LAYOUT_PACKED = "packed"
+RECORD_LAYOUTS = (LAYOUT_EVENT, LAYOUT_PACKED)
 
 Headers = list[tuple[str, bytes]]
 
 
 @dataclass(frozen=True)
 class Record:
-    """One Kafka record to publish: key, value, headers."""
+    """One Kafka record to publish: key, value, headers, and the partition when the layout chose it
+    (the same one Kafka's default partitioner picks for the key)."""
 
     key: bytes
     value: bytes
     headers: Headers
+    partition: int | None = None
 
 
 def _endpoint_sort_key(ep: Endpoint) -> tuple[int, bytes, int]:
-    try:
-        addr = ipaddress.ip_address(ep.ip)
+    ip = ep.ip
+    try:  # inet_pton is ~10x cheaper than ipaddress and orders identically (version, packed bytes)
+        if ":" in ip:
+            return (6, socket.inet_pton(socket.AF_INET6, ip), ep.port)
+        return (4, socket.inet_pton(socket.AF_INET, ip), ep.port)
+    except OSError:
+        pass
+    try:  # e.g. scoped IPv6 "fe80::1%eth0"
+        addr = ipaddress.ip_address(ip)
         return (addr.version, addr.packed, ep.port)
     except ValueError:
-        return (0, ep.ip.encode(), ep.port)
+        return (0, ip.encode(), ep.port)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (Java and kafka-python) partitioner gives a keyed record:
+    murmur2(key) & 0x7fffffff mod the partition count (partitions numbered 0..n-1)."""
+    from kafka.partitioner.default import murmur2
+
+    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
 
 
 def _fmt(ep: Endpoint) -> str:
@@ -84,10 +116,17 @@ def lost_total(batch: EventBatch) -> int:
     return batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
 
 
-def batch_records(batch: EventBatch, value_format: str = "protobuf") -> list[Record]:
-    """Every record for one batch: its events in order, then its summary record last."""
+def batch_records(batch: EventBatch, value_format: str = "protobuf", layout: str = LAYOUT_EVENT,
+                  partitions: int = 0) -> list[Record]:
+    """Every record for one batch: its events in order (one record each, or packed per partition),
+    then its summary record last. With `partitions` > 0 every event-carrying record gets the
+    partition its key hashes to; the packed layout needs it."""
     if value_format not in VALUE_FORMATS:
         raise ValueError(f"value format must be one of {VALUE_FORMATS}")
+    if layout not in RECORD_LAYOUTS:
+        raise ValueError(f"record layout must be one of {RECORD_LAYOUTS}")
+    if layout == LAYOUT_PACKED and partitions < 1:
+        raise ValueError("the packed layout needs the topic's partition count")
     as_json = value_format == "json"
     ct = (CT_JSON if as_json else CT_PROTOBUF).encode()
     version = str(batch.schema_version).encode()
@@ -95,13 +134,19 @@ def batch_records(batch: EventBatch, value_format: str = "protobuf") -> list[Rec
     node = batch.node.encode()
     seq = str(batch.sequence).encode()
     out: list[Record] = []
-    for i, ev in enumerate(batch.events):
-        value = to_json(ev).encode() if as_json else ev.SerializeToString()
-        out.append(Record(connection_key(ev), value, [
+    if layout == LAYOUT_PACKED:
+        out.extend(_packed_records(batch, as_json, partitions, [
+            (H_SCHEMA, SCHEMA_BATCH.encode()), (H_SCHEMA_VERSION, version), (H_RECORD, RECORD_PACKED.encode()),
+            (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq)]))
+    else:
+        common: Headers = [
             (H_SCHEMA, SCHEMA_EVENT.encode()), (H_SCHEMA_VERSION, version), (H_RECORD, RECORD_EVENT.encode()),
-            (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq),
-            (H_BATCH_INDEX, str(i).encode()),
-        ]))
+            (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq)]
+        for i, ev in enumerate(batch.events):
+            value = to_json(ev).encode() if as_json else ev.SerializeToString()
+            key = connection_key(ev)
+            out.append(Record(key, value, [*common, (H_BATCH_INDEX, str(i).encode())],
+                              partition_for(key, partitions) if partitions > 0 else None))
     summary = EventBatch()
     summary.CopyFrom(batch)
     summary.ClearField("events")
@@ -111,6 +156,30 @@ def batch_records(batch: EventBatch, value_format: str = "protobuf") -> list[Rec
         (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq),
         (H_BATCH_EVENTS, str(len(batch.events)).encode()), (H_LOST_TOTAL, str(lost_total(batch)).encode()),
     ]))
+    return out
+
+
+def _packed_records(batch: EventBatch, as_json: bool, partitions: int, common: Headers) -> list[Record]:
+    """One record per partition that has events, in the order of each partition's first event."""
+    groups: dict[int, tuple[bytes, list[int]]] = {}
+    for i, ev in enumerate(batch.events):
+        key = connection_key(ev)
+        p = partition_for(key, partitions)
+        g = groups.get(p)
+        if g is None:
+            groups[p] = (key, [i])
+        else:
+            g[1].append(i)
+    out: list[Record] = []
+    events = batch.events
+    for p, (key, idx) in groups.items():
+        packed = EventBatch(schema_version=batch.schema_version, node=batch.node, agent_id=batch.agent_id,
+                            sequence=batch.sequence)
+        if batch.HasField("sent_time"):
+            packed.sent_time.CopyFrom(batch.sent_time)
+        packed.events.extend(events[i] for i in idx)
+        value = to_json(packed).encode() if as_json else packed.SerializeToString()
+        out.append(Record(key, value, [*common, (H_BATCH_INDEXES, ",".join(map(str, idx)).encode())], p))
     return out
 
 
@@ -130,14 +199,38 @@ def header_map(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (headers or [])}
 
 
+def decode_records(headers: Sequence[tuple[str, bytes]] | None, value: bytes | None) -> list[Decoded]:
+    """Every event or summary in one record, whatever the layout: a packed record gives one
+    `Decoded(kind=RECORD_EVENT)` per event with its own batch index, so readers need not care."""
+    h = header_map(headers)
+    if h.get(H_RECORD) != RECORD_PACKED or value is None:
+        return [decode_record(headers, value)]
+    agent = h.get(H_AGENT_ID, "")
+    seq = int(h.get(H_BATCH_SEQ, "0") or 0)
+    packed = EventBatch()
+    if h.get(H_CONTENT_TYPE) == CT_JSON:
+        json_format.Parse(value.decode(), packed)
+    else:
+        packed.ParseFromString(value)
+    raw_idx = h.get(H_BATCH_INDEXES, "")
+    idx = [int(x) for x in raw_idx.split(",")] if raw_idx else []
+    if len(idx) != len(packed.events):
+        raise ValueError(f"{H_BATCH_INDEXES} has {len(idx)} entries for {len(packed.events)} events")
+    return [Decoded(RECORD_EVENT, agent, seq, i, ev, None) for i, ev in zip(idx, packed.events, strict=True)]
+
+
 def decode_record(headers: Sequence[tuple[str, bytes]] | None, value: bytes | None) -> Decoded:
-    """Parse a record written by `batch_records` (either value format); unknown records give kind ''."""
+    """Parse one per-event or summary record written by `batch_records` (either value format);
+    unknown records give kind '' and packed records kind RECORD_PACKED with no content (use
+    `decode_records` to read those)."""
     h = header_map(headers)
     kind = h.get(H_RECORD, "")
     agent = h.get(H_AGENT_ID, "")
     seq = int(h.get(H_BATCH_SEQ, "0") or 0)
     idx = int(h.get(H_BATCH_INDEX, "-1") or -1)
     is_json = h.get(H_CONTENT_TYPE) == CT_JSON
+    if kind == RECORD_PACKED:
+        return Decoded(kind, agent, seq, idx, None, None)
     if value is None or kind not in (RECORD_EVENT, RECORD_SUMMARY):
         return Decoded("", agent, seq, idx, None, None)
     if kind == RECORD_EVENT:

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from tcpscope import render
 from tcpscope import summary as summary_mode
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_record, lost_total
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records, lost_total
 from tcpscope.v1.events_pb2 import TcpEvent
 
 # the agent's --events names -> the TcpEvent `kind` oneof field names
@@ -97,17 +97,18 @@ def open_consumer(o: TailOptions) -> Any:
 
 def read_decoded(consumer: Any, deadline: float | None,
                  clock: Callable[[], float] = time.monotonic) -> Iterator[Decoded]:
-    """Decoded records until the monotonic deadline (forever with None); each poll's records in
-    partition order (Kafka orders only within a partition)."""
+    """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
+    records in partition order (Kafka orders only within a partition). Both record layouts: a packed
+    record yields each of its events in order (kafka_layout.decode_records)."""
     while deadline is None or clock() < deadline:
         wait = 500 if deadline is None else max(1, min(500, int((deadline - clock()) * 1000)))
         for recs in consumer.poll(timeout_ms=wait).values():
             for r in recs:
                 try:
-                    d = decode_record(r.headers, r.value)
+                    ds = decode_records(r.headers, r.value)
                 except Exception:  # a foreign or damaged record must not stop an SRE's terminal
                     continue
-                yield d
+                yield from ds
 
 
 def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:

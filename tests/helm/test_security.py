@@ -145,6 +145,15 @@ def test_rbac_is_read_only_and_follows_remote_enrichment(
     agent_env = {e["name"]: e.get("value") for e in find(objects, "DaemonSet")["spec"]["template"]["spec"]
                  ["containers"][0]["env"]}
     assert agent_env["TCPSCOPE_RESOLVE_REMOTE"] == ("true" if remote == "agent" else "false")
+    coll_env = {e["name"]: e.get("value") for e in find(objects, "Deployment")["spec"]["template"]["spec"]
+                ["containers"][0]["env"]}
+    # exactly one side resolves remote ends: the collector only with remote=collector, with the same labels
+    assert coll_env["TCPSCOPE_RESOLVE_REMOTE"] == ("true" if remote == "collector" else "false")
+    if remote == "collector":
+        assert coll_env["TCPSCOPE_LABELS"] == agent_env["TCPSCOPE_LABELS"] == \
+            "app,app.kubernetes.io/name,app.kubernetes.io/component,version"
+    else:
+        assert "TCPSCOPE_LABELS" not in coll_env
 
 
 @pytest.mark.parametrize(
