@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -87,12 +88,35 @@ def _endpoint_sort_key(ep: Endpoint) -> tuple[int, bytes, int]:
         return (0, ip.encode(), ep.port)
 
 
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (Java `Utils.murmur2`) as an unsigned 32-bit value; 4-byte words are
+    unpacked at once, about 3x faster than kafka-python's byte-indexing loop (same results)."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    n = len(data)
+    h = 0x9747B28C ^ n
+    for k in struct.unpack_from(f"<{n // 4}I", data):
+        k = (k * m) & mask
+        k ^= k >> 24
+        h = ((h * m) & mask) ^ ((k * m) & mask)
+    tail = n & ~3
+    extra = n - tail
+    if extra >= 3:
+        h ^= data[tail + 2] << 16
+    if extra >= 2:
+        h ^= data[tail + 1] << 8
+    if extra >= 1:
+        h ^= data[tail]
+        h = (h * m) & mask
+    h ^= h >> 13
+    h = (h * m) & mask
+    h ^= h >> 15
+    return h
+
+
 def partition_for(key: bytes, partitions: int) -> int:
     """The partition Kafka's default (Java and kafka-python) partitioner gives a keyed record:
     murmur2(key) & 0x7fffffff mod the partition count (partitions numbered 0..n-1)."""
-    from kafka.partitioner.default import murmur2
-
-    return int((murmur2(key) & 0x7FFFFFFF) % partitions)
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
 def _fmt(ep: Endpoint) -> str:

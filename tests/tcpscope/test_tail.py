@@ -58,3 +58,23 @@ def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
     assert pod.stdout.splitlines() == [render.json_line(events[4])]
     kind = _tail(kafka_broker, "--format", "json", "--kind", "reset")
     assert kind.stdout.splitlines() == [render.json_line(events[5])]
+
+
+def test_tail_reads_packed_and_per_event_records_alike(kafka_broker: Broker) -> None:
+    from kafka import KafkaProducer
+
+    kafka_broker.create_topic(TOPIC, partitions=1)
+    events = [make_event(i) for i in range(7)]
+    b1 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events[:4])
+    b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[4:])
+    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    for batch, fmt, layout in ((b1, "protobuf", "packed"), (b2, "json", "packed")):
+        for r in batch_records(batch, fmt, layout, partitions=1):
+            p.send(TOPIC, key=r.key, value=r.value, headers=r.headers, partition=r.partition)
+    p.flush()
+    p.close()
+    _publish(kafka_broker, [EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=3,
+                                       events=[make_event(9)])])
+    out = _tail(kafka_broker, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [render.json_line(e) for e in [*events, make_event(9)]]
