@@ -441,7 +441,7 @@ def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
     """`tcpscope-tail --summary`: read the topic (tail's consumer and filter) and print summaries."""
     import time
 
-    from tcpscope.kafka_layout import decode_record
+    from tcpscope.kafka_layout import decode_records
     from tcpscope.tail import EventFilter, open_consumer
 
     keep_all = EventFilter.from_options(tail_opts)
@@ -458,11 +458,12 @@ def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
             for recs in polled.values():
                 for r in recs:
                     try:
-                        d = decode_record(r.headers, r.value)
+                        decoded = decode_records(r.headers, r.value)
                     except Exception:  # a foreign or damaged record must not stop the summary
                         continue
-                    report.take(d.kind, d.agent_id, d.sequence, d.index, d.event,
-                                _lost_map(d.summary) if d.summary is not None else None, keep)
+                    for d in decoded:
+                        report.take(d.kind, d.agent_id, d.sequence, d.index, d.event,
+                                    _lost_map(d.summary) if d.summary is not None else None, keep)
             if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
                 break
             if not once and deadline is None and time.monotonic() >= next_print:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_record
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records
 from tcpscope.v1.events_pb2 import LISTEN, TcpEvent
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ class TopicWatch:
                 c.close()
 
     def _take(self, headers: Any, value: bytes | None) -> None:
-        d = decode_record(headers, value)
+        for d in decode_records(headers, value):
+            self._take_one(d)
+
+    def _take_one(self, d: Decoded) -> None:
         if d.agent_id not in self.agent_ids:
             return
         key = (d.agent_id, d.sequence, d.index if d.kind == RECORD_EVENT else -1)

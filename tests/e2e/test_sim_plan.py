@@ -17,7 +17,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_record
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records
 from tcpscope.sim import net
 from tcpscope.sim.cgroups import PREFIX as CG_PREFIX
 from tcpscope.sim.cgroups import cgroup2_mount
@@ -111,8 +111,7 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     sockets: Counter[tuple[str, int, str, int]] = Counter()
     batches = 0
     seen: set[tuple[str, int, int]] = set()
-    for r in records:
-        d = decode_record(r.headers, r.value)
+    for d in (d for r in records for d in decode_records(r.headers, r.value)):
         if (d.agent_id, d.sequence, d.index) in seen:  # an at-least-once resend, not a second report
             continue
         seen.add((d.agent_id, d.sequence, d.index))

@@ -7,7 +7,7 @@ from typing import Any
 import helm_python as helm
 import pytest
 
-from tests.support.helm import CHART_DIR, KAFKA, VALUE_SETS, containers, find, merge, render
+from tests.support.helm import CHART_DIR, KAFKA, VALUE_SETS, containers, env_of, find, merge, render
 
 # The list tests/agent/test_capabilities.py proves on a real kernel.
 AGENT_CAPS = ["BPF", "PERFMON"]
@@ -176,6 +176,7 @@ def test_rbac_is_read_only_and_follows_remote_enrichment(
         ({"tls": {"enabled": True}}, "Secret"),
         ({"auth": {"token": {"enabled": True}}}, "secretName"),
         ({"collector": {"hpa": {"targetCPUUtilizationPercentage": 150}}}, "targetCPUUtilizationPercentage"),
+        (merge(KAFKA, {"collector": {"kafka": {"recordLayout": "batch"}}}), "recordLayout"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], needle: str) -> None:
@@ -191,3 +192,11 @@ def test_schema_accepts_every_tested_value_set() -> None:
     chart = helm.Chart.load(CHART_DIR)
     for values in VALUE_SETS.values():
         chart.validate_schema(values)
+
+
+@pytest.mark.parametrize("layout", ["event", "packed"])
+def test_kafka_record_layout_reaches_the_collector(layout: str) -> None:
+    values = merge(KAFKA, {"collector": {"kafka": {"recordLayout": layout}}})
+    deployment = find(render(values), "Deployment", "collector")
+    (container,) = [c for c in containers(deployment["spec"]["template"]["spec"]) if c["name"] == "collector"]
+    assert env_of(container)["TCPSCOPE_RECORD_LAYOUT"] == layout

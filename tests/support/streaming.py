@@ -9,7 +9,7 @@ from typing import Any
 from agent.export import Exporter, ExporterSettings, GrpcTransport, TransportSettings
 from agent.metrics import AgentMetrics
 from collector.config import CollectorConfig
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_record
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records
 
 
 def make_exporter(target: str, node: str = "node-a", agent_id: str = "agent-1", batch: int = 10,
@@ -29,7 +29,7 @@ def collector_cfg(bootstrap: str, topic: str, **kw: Any) -> CollectorConfig:
 
 def decode_all(records: list[Any]) -> tuple[list[Decoded], list[Decoded]]:
     """(event records, summary records) in consumption order."""
-    decoded = [decode_record(r.headers, r.value) for r in records]
+    decoded = [d for r in records for d in decode_records(r.headers, r.value)]
     return ([d for d in decoded if d.kind == RECORD_EVENT], [d for d in decoded if d.kind == RECORD_SUMMARY])
 
 
