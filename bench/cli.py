@@ -25,7 +25,7 @@ from bench.procs import Unavailable
 from bench.runner import OverheadRow, Step, ZeroLossRow, run_all_kinds_cpu, run_overhead, run_zero_loss
 
 log = logging.getLogger("bench")
-DEFAULT_RATES = (2000.0, 5000.0, 10000.0, 15000.0, 20000.0, 0.0)
+DEFAULT_RATES = (5000.0, 10000.0, 15000.0, 20000.0, 30000.0, 0.0)
 QUICK_RATES = (5000.0, 10000.0)
 
 
@@ -39,10 +39,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", default=",".join(DEFAULT_MODES),
                    help=f"comma separated, 'none' always added: {','.join(MODES)}")
     p.add_argument("--topologies", default="loopback,veth", help="loopback,veth")
-    p.add_argument("--threads", type=int, default=1, help="client threads of the load generator")
-    p.add_argument("--server-threads", type=int, default=1, help="server threads of the load generator")
+    # one client and one server thread per CPU: the load keeps every CPU busy, so what a tool costs
+    # comes out of the load's throughput (docs/benchmarks.md: with idle CPUs a busy tracer speeds the
+    # ping-pong loop up by keeping vCPUs awake, and ratios above 100% measure scheduling, not cost)
+    ncpu = os.cpu_count() or 1
+    p.add_argument("--threads", type=int, default=ncpu, help=f"client threads of the load (default {ncpu})")
+    p.add_argument("--server-threads", type=int, default=ncpu, help=f"server threads of the load (default {ncpu})")
     p.add_argument("--rates", help="zero-loss steps in conn/s, comma separated, 0 = unpaced "
-                                   "(default 2000,5000,10000,15000,20000,0; quick 5000,10000)")
+                                   "(default 5000,10000,15000,20000,30000,0; quick 5000,10000)")
     p.add_argument("--sinks", default="stdout,kafka", help="zero-loss sinks: stdout,kafka ('' = skip)")
     p.add_argument("--no-zero-loss", action="store_true", help="skip the zero-loss and CPU phases")
     p.add_argument("--no-collector", action="store_true", help="skip the collector throughput phase")
