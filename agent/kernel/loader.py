@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agent.kernel.headers import HeadersError, ensure_headers
+from agent.kernel.listeners import ListenerScan, scan_listeners
 from agent.kernel.probe import BPF_DIR, KernelSupportError, Plan
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,7 @@ class Loaded:
     bpf: Any  # bcc.BPF
     plan: Plan
     attached: tuple[str, ...]
+    listeners_seeded: int = 0  # owners of pre-existing listeners written into the listener map
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -74,4 +79,46 @@ def load(plan: Plan, bpf_dir: Path = BPF_DIR) -> Loaded:
     except Exception as e:
         bpf.cleanup()
         raise KernelSupportError(f"attaching {tp} failed: {e}") from e
-    return Loaded(bpf=bpf, plan=plan, attached=tuple(attached))
+    loaded = Loaded(bpf=bpf, plan=plan, attached=tuple(attached))
+    # after attaching: a listen() during the scan is recorded by the kernel, and seeding never
+    # overwrites what the kernel wrote
+    started = time.monotonic()
+    scan = scan_listeners(netns_only=plan.filters.netns_inum)
+    added, known, full = seed_listeners(bpf, scan)
+    loaded.listeners_seeded = added
+    log.info("found %d listening sockets held before start in %d network namespaces (%d processes, %.0f ms); "
+             "owners seeded %d, already known %d%s", len(scan.listeners), scan.namespaces, scan.processes,
+             (time.monotonic() - started) * 1000, added, known, f", map full {full}" if full else "")
+    return loaded
+
+
+BPF_NOEXIST = 1  # include/uapi/linux/bpf.h
+
+
+def seed_listeners(bpf: Any, scan: ListenerScan) -> tuple[int, int, int]:
+    """Write the scan's owners into the `listeners` map without replacing entries the kernel made.
+
+    Returns (added, already present, not added because the map is full)."""
+    from bcc.libbcc import lib
+
+    table = bpf[b"listeners"]
+    added = known = full = 0
+    for ln in scan.listeners:
+        key = table.Key()
+        key.netns = ln.netns
+        key.port = ln.port
+        leaf = table.Leaf()
+        leaf.pid = ln.pid
+        leaf.comm = ln.comm.encode()[:15]
+        res = lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), BPF_NOEXIST)
+        if res == 0:
+            added += 1
+            continue
+        err = ctypes.get_errno() or -res
+        if err == errno.EEXIST:
+            known += 1
+        elif err == errno.E2BIG:
+            full += 1
+        else:
+            raise KernelSupportError(f"writing the listener map failed: {errno.errorcode.get(err, err)}")
+    return added, known, full

@@ -80,6 +80,10 @@ class KernelSource:
         """Entries in the per-socket map now (for tests and stats; walks the map)."""
         return sum(1 for _ in self._bpf[b"sockets"])
 
+    def seeded_listeners(self) -> int:
+        """Owners of listeners older than the agent, written into the listener map at load."""
+        return self._loaded.listeners_seeded
+
     def close(self) -> None:
         if not self._closed:
             self._final_losses = self.losses()

@@ -264,24 +264,45 @@ def tcp_exchange(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1"
 
     The server's socket is AF_INET6 dual-stack when family is AF_INET6 (so a client connecting to
     ::ffff:127.0.0.1 makes v4-mapped sockets on both sides)."""
-    ready_r, ready_w = _ctx.Pipe(duplex=False)
-    if closer == "client-rst":
-        server = Child(_serve_until_rst, family, server_addr, port, client_bytes, server_bytes, ready_w,
-                       cgroup=server_cgroup, comm=server_comm, netns=server_netns)
-    else:
-        server = Child(_serve, family, server_addr, port, client_bytes, server_bytes, closer, ready_w,
-                       cgroup=server_cgroup, comm=server_comm, netns=server_netns)
-    if not ready_r.poll(timeout):
-        server.result(0.5)  # raises the server's own error if it failed
-        server.proc.kill()
-        raise RuntimeError("server did not start listening")
-    sport = ready_r.recv()
+    server, sport = start_server(family=family, server_addr=server_addr, client_bytes=client_bytes,
+                                 server_bytes=server_bytes, closer=closer, port=port, cgroup=server_cgroup,
+                                 comm=server_comm, netns=server_netns, timeout=timeout)
     client = Child(_connect, client_family or family, connect_addr or server_addr, sport, client_bytes,
                    server_bytes, closer, cgroup=client_cgroup, comm=client_comm, netns=client_netns)
     client_pid, client_port = client.result(timeout)
     server_pid = server.result(timeout)
     return Exchange(server_pid=server_pid, client_pid=client_pid, server_port=sport, client_port=client_port,
                     client_bytes=client_bytes, server_bytes=server_bytes)
+
+
+def start_server(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1", client_bytes: int = 300_000,
+                 server_bytes: int = 777, closer: str = "client", port: int = 0, cgroup: Path | None = None,
+                 comm: str = "tsc-server", netns: str | None = None, timeout: float = 20.0) -> tuple[Child, int]:
+    """The server half of tcp_exchange: a child listening (returns once it listens) that serves one
+    connection as tcp_exchange describes. Returns the child (its result() is its pid) and the port."""
+    ready_r, ready_w = _ctx.Pipe(duplex=False)
+    if closer == "client-rst":
+        server = Child(_serve_until_rst, family, server_addr, port, client_bytes, server_bytes, ready_w,
+                       cgroup=cgroup, comm=comm, netns=netns)
+    else:
+        server = Child(_serve, family, server_addr, port, client_bytes, server_bytes, closer, ready_w,
+                       cgroup=cgroup, comm=comm, netns=netns)
+    if not ready_r.poll(timeout):
+        server.result(0.5)  # raises the server's own error if it failed
+        server.proc.kill()
+        raise RuntimeError("server did not start listening")
+    sport: int = ready_r.recv()
+    return server, sport
+
+
+def run_client(server_addr: str, port: int, *, family: int = socket.AF_INET, client_bytes: int = 300_000,
+               server_bytes: int = 777, closer: str = "client", cgroup: Path | None = None,
+               comm: str = "tsc-client", netns: str | None = None, timeout: float = 20.0) -> tuple[int, int]:
+    """The client half of tcp_exchange, against a start_server() child: returns (pid, local port)."""
+    client = Child(_connect, family, server_addr, port, client_bytes, server_bytes, closer, cgroup=cgroup,
+                   comm=comm, netns=netns)
+    pid, local_port = client.result(timeout)
+    return int(pid), int(local_port)
 
 
 def free_port(family: int = socket.AF_INET, addr: str = "127.0.0.1") -> int:

@@ -1,0 +1,80 @@
+"""Listeners older than the agent: /proc gives their owners, so their passive sockets carry the
+server's pid and comm (not pid 0), in another network namespace and a kubelet-style cgroup."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.kernel.listeners import Listener, listen_sockets, scan_listeners
+from tcpscope.v1.events_pb2 import PASSIVE
+from tests.agent.kernel.conftest import Pods
+from tests.support import traffic
+from tests.support.kernel import ALL_BUT_PROBE, kernel_harness, kind, on_port, require_root
+
+
+def test_listen_rows_of_proc_net_tcp() -> None:
+    text = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4242 1 0\n"
+        "   1: 0100007F:A2C4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n"
+        "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1 0\n"
+    )
+    # LISTEN rows only; inode 0 (a socket being torn down) has no owner to find
+    assert listen_sockets(text) == {4242: 8080}
+
+
+@pytest.mark.root
+def test_scan_finds_listener_in_another_netns_with_its_owner() -> None:
+    require_root()
+    with traffic.netns_pair() as pair:
+        server, port = traffic.start_server(server_addr=pair.b_addr, client_bytes=10, server_bytes=10,
+                                            netns=pair.b, comm="tsc-prelisten")
+        try:
+            ns = os.stat(pair.path("b")).st_ino
+            started = time.monotonic()
+            scan = scan_listeners()
+            elapsed = time.monotonic() - started
+            assert Listener(netns=ns, port=port, pid=server.pid, comm="tsc-prelisten") in scan.listeners
+            assert [ln for ln in scan.listeners if ln.netns == ns] == [
+                Listener(netns=ns, port=port, pid=server.pid, comm="tsc-prelisten")]
+            # restricted to one namespace: only that namespace is read
+            only = scan_listeners(netns_only=ns)
+            assert only.namespaces == 1 and only.listeners == (Listener(ns, port, server.pid, "tsc-prelisten"),)
+            # a few hundred processes on this machine: well under a second
+            assert scan.processes > 10 and elapsed < 1.0, (scan.processes, elapsed)
+        finally:
+            traffic.run_client(pair.b_addr, port, client_bytes=10, server_bytes=10, netns=pair.a)
+            server.result()
+
+
+@pytest.mark.root
+def test_passive_sockets_of_a_listener_older_than_the_agent_carry_its_owner(pods: Pods) -> None:
+    require_root()
+    with traffic.netns_pair() as pair:
+        server, port = traffic.start_server(server_addr="0.0.0.0", client_bytes=5000, server_bytes=77,
+                                            cgroup=pods.server.container, netns=pair.b, comm="tsc-oldserver")
+        # the agent loads only now: it never saw this listen()
+        with kernel_harness(AgentConfig(cgroup_root=str(pods.root), events=ALL_BUT_PROBE)) as h:
+            assert h.source.seeded_listeners() >= 1
+            client_pid, client_port = traffic.run_client(pair.b_addr, port, client_bytes=5000, server_bytes=77,
+                                                         cgroup=pods.client.container, netns=pair.a,
+                                                         comm="tsc-newclient")
+            server_pid = server.result()
+            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+            passive = [e for e in lcs if e.lifecycle.role == PASSIVE]
+            assert len(passive) == 1, lcs
+            srv = passive[0]
+            assert (srv.process.pid, srv.process.comm, srv.process.cgroup_id) == (
+                server_pid, "tsc-oldserver", pods.server.id)
+            assert (srv.local.ip, srv.local.port, srv.remote.ip, srv.remote.port) == (
+                pair.b_addr, port, pair.a_addr, client_port)
+            assert (srv.lifecycle.tx_bytes, srv.lifecycle.rx_bytes) == (77, 5000)
+            states = [e for e in h.seen if e.socket_id == srv.socket_id and kind(e) == "state_change"]
+            assert len(states) >= 4  # LISTEN->SYN_RECV->ESTABLISHED->...->CLOSE
+            assert {(e.process.pid, e.process.comm) for e in states} == {(server_pid, "tsc-oldserver")}
+            active = [e for e in lcs if e.socket_id != srv.socket_id]
+            assert [(e.process.pid, e.process.comm) for e in active] == [(client_pid, "tsc-newclient")]
