@@ -49,6 +49,21 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
     __u64 in_old = 0;
     struct sockstate *st = sockets.lookup(&key);
 
+    /* A socket's life starts at CLOSE->SYN_SENT (connect), CLOSE->LISTEN (listen) or
+     * LISTEN->SYN_RECV (a passive child: always a new struct sock, from inet_csk_clone_lock). An
+     * entry already there is either the same socket starting over (connect() again after a failed
+     * one) or a dead socket whose tcp_destroy_sock was never seen, at an address the allocator
+     * reused: a tracepoint program is skipped when it fires on a CPU where another tracing program
+     * is running (kernel/trace/bpf_trace.c trace_call_bpf(), bpf_prog_active). Finish the last life
+     * and start from a fresh entry either way: keeping the old one would hand the new socket the
+     * old role, owner, cgroup, flags and retransmit count. */
+    if (st && ((oldstate == TS_CLOSE && (newstate == TS_SYN_SENT || newstate == TS_LISTEN)) ||
+               (oldstate == TS_LISTEN && newstate == TS_SYN_RECV))) {
+        emit_lifecycle(ctx, key, st);
+        sockets.delete(&key);
+        st = 0;
+    }
+
     if (!st) {
         if (!sock_passes(sk, 1, t->sport, t->dport))
             return 0;
@@ -86,19 +101,6 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
             return 0;
     } else {
         in_old = now - st->state_ts;
-        if (oldstate == TS_CLOSE && (newstate == TS_SYN_SENT || newstate == TS_LISTEN)) {
-            /* the same socket reused (connect again after a failure): finish the last life */
-            emit_lifecycle(ctx, key, st);
-            st->first_ts = now;
-            st->flags = 0;
-            st->err_report = 0;
-            st->sk_err = 0;
-            st->rst_reason = 0;
-            st->retransmits = 0;
-            st->role = newstate == TS_SYN_SENT ? ROLE_ACTIVE : ROLE_UNKNOWN;
-            set_owner_current(st);
-            in_old = 0;
-        }
         /* ports and addresses are completed along the way (the local port of a connect() is
          * chosen after CLOSE->SYN_SENT) */
         st->t = *t;

@@ -1,0 +1,106 @@
+"""Every event's tuple is the socket's own, oriented local -> remote, under SYN, SYN-ACK and data
+retransmits between two network namespaces (the simulated cluster once showed lifecycles whose
+remote end equalled the local end on sockets with retransmits)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from agent.config import AgentConfig
+from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, TcpEvent
+from tests.support import traffic
+from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, on_port, require_root
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[traffic.NetnsPair]:
+    require_root()
+    with traffic.netns_pair() as p:
+        yield p
+
+
+@pytest.fixture(scope="module")
+def ports() -> list[int]:
+    return [traffic.free_port() for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def agent(ports: list[int]) -> Iterator[Harness]:
+    with kernel_harness(AgentConfig(ports=tuple(ports), events=ALL_BUT_PROBE)) as h:
+        yield h
+
+
+def _assert_oriented(events: list[TcpEvent], ends: dict[int, tuple[str, int, str, int]]) -> None:
+    """No event has remote == local; events of a known socket (by local port) carry exactly its ends."""
+    assert events
+    for e in events:
+        assert (e.local.ip, e.local.port) != (e.remote.ip, e.remote.port), e
+        if kind(e) == "state_change" and e.local.port == 0:
+            continue  # CLOSE->SYN_SENT: connect() picks the local port after this transition
+        if kind(e) == "state_change" and e.remote.port == 0:
+            continue  # the listener, and a passive child at LISTEN->SYN_RECV (a clone of it)
+        want = ends.get(e.local.port)
+        assert want is not None, e
+        assert (e.local.ip, e.local.port, e.remote.ip, e.remote.port) == want, e
+
+
+def _connect_with_timeout(addr: str, port: int, timeout: float) -> tuple[int, int]:
+    s = socket.socket()
+    s.bind(("0.0.0.0", 0))
+    local = s.getsockname()[1]
+    s.settimeout(timeout)
+    with contextlib.suppress(OSError):
+        s.connect((addr, port))
+    s.close()
+    return os.getpid(), local
+
+
+@pytest.mark.root
+def test_syn_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list[int]) -> None:
+    port = ports[0]
+    with traffic.nft_drop(f"tcp dport {port} tcp flags syn drop", netns=pair.b, hook="input"):
+        _pid, local = traffic.Child(_connect_with_timeout, pair.b_addr, port, 1.5, netns=pair.a).result()
+    agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=1)
+    events = [e for e in agent.seen if on_port(port)(e)]
+    assert [e.lifecycle.retransmits for e in events if kind(e) == "lifecycle"] == [1]
+    assert len([e for e in events if kind(e) == "retransmit"]) == 1
+    _assert_oriented(events, {local: (pair.a_addr, local, pair.b_addr, port)})
+
+
+@pytest.mark.root
+def test_synack_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list[int]) -> None:
+    port = ports[1]
+    server, sport = traffic.start_server(server_addr="0.0.0.0", port=port, client_bytes=3000, server_bytes=30,
+                                         netns=pair.b)
+    # the client loses the first SYN-ACK: the server retransmits it, the handshake then completes
+    with traffic.nft_drop(f"tcp sport {port} tcp flags & (syn | ack) == syn | ack numgen inc mod 2 == 0 drop",
+                          netns=pair.a, hook="input"):
+        _pid, cport = traffic.run_client(pair.b_addr, sport, client_bytes=3000, server_bytes=30, netns=pair.a)
+    server.result()
+    lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+    events = [e for e in agent.seen if on_port(port)(e)]
+    assert [e for e in events if kind(e) == "synack_retransmit"]
+    assert sorted(e.lifecycle.role for e in lcs) == [ACTIVE, PASSIVE]
+    _assert_oriented(events, {cport: (pair.a_addr, cport, pair.b_addr, port),
+                              port: (pair.b_addr, port, pair.a_addr, cport)})
+
+
+@pytest.mark.root
+def test_data_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list[int]) -> None:
+    port = ports[2]
+    with traffic.nft_drop(f"tcp dport {port} numgen inc mod 7 == 3 drop", netns=pair.b, hook="input"):
+        ex = traffic.tcp_exchange(server_addr="0.0.0.0", connect_addr=pair.b_addr, port=port,
+                                  client_bytes=1_000_000, server_bytes=777, closer="server",
+                                  server_netns=pair.b, client_netns=pair.a)
+    lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+    events = [e for e in agent.seen if on_port(port)(e)]
+    client = next(e for e in lcs if e.lifecycle.role == ACTIVE)
+    assert client.lifecycle.retransmits >= 1
+    assert (client.lifecycle.tx_bytes, client.lifecycle.rx_bytes) == (1_000_000, 777)
+    _assert_oriented(events, {ex.client_port: (pair.a_addr, ex.client_port, pair.b_addr, port),
+                              port: (pair.b_addr, port, pair.a_addr, ex.client_port)})
