@@ -25,7 +25,8 @@ _CAP_SYS_ADMIN, _CAP_BPF, _CAP_PERFMON = 21, 39, 38
 
 def missing_privilege(status_path: str = "/proc/self/status") -> str | None:
     """Why this process cannot load BPF tracing programs, or None: root, or CAP_BPF+CAP_PERFMON, or
-    CAP_SYS_ADMIN."""
+    CAP_SYS_ADMIN. Names the missing capabilities (no sudo advice: in a container that is the pod's
+    securityContext)."""
     try:
         with open(status_path) as fh:
             cap = next((int(line.split()[1], 16) for line in fh if line.startswith("CapEff:")), 0)
@@ -33,8 +34,11 @@ def missing_privilege(status_path: str = "/proc/self/status") -> str | None:
         cap = 0
     if cap >> _CAP_SYS_ADMIN & 1 or (cap >> _CAP_BPF & 1 and cap >> _CAP_PERFMON & 1):
         return None
-    return (f"not root (uid {os.geteuid()}): loading BPF tracing programs needs root, or CAP_BPF and "
-            "CAP_PERFMON (plus CAP_SYS_ADMIN to mount tracefs); run it with sudo")
+    missing = [name for bit, name in ((_CAP_BPF, "CAP_BPF"), (_CAP_PERFMON, "CAP_PERFMON")) if not cap >> bit & 1]
+    who = f"not root (uid {os.geteuid()})" if os.geteuid() != 0 else "root without capabilities"
+    return (f"{who}: loading BPF tracing programs needs root or the capabilities CAP_BPF and CAP_PERFMON "
+            f"(CAP_SYS_ADMIN on kernels before 5.8; CAP_SYS_ADMIN also to mount tracefs); "
+            f"missing: {', '.join(missing)}")
 
 
 def _fail(msg: str) -> int:

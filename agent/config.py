@@ -55,6 +55,16 @@ class AgentConfig:
     netns: str | None = _doc(
         "TCPSCOPE_NETNS", "only sockets in this network namespace (path like /proc/PID/ns/net)", default=None
     )
+    tracefs: str | None = _doc(
+        "TCPSCOPE_TRACEFS",
+        "tracefs mount to read tracepoint formats from (default /sys/kernel/tracing, mounted there when "
+        "root, else /sys/kernel/debug/tracing); e.g. where a container has the host's tracefs",
+        default=None,
+    )
+    btf: str | None = _doc(
+        "TCPSCOPE_BTF", "kernel BTF file with the running kernel's struct layouts (default /sys/kernel/btf/vmlinux)",
+        default=None,
+    )
     probe_sample: int = _doc(
         "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
     )
@@ -206,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", action="append", type=int, help=h("ports") + " (repeatable)")
     p.add_argument("--cgroup-root", help=h("cgroup_root"))
     p.add_argument("--netns", help=h("netns"))
+    p.add_argument("--tracefs", help=h("tracefs"))
+    p.add_argument("--btf", help=h("btf"))
     p.add_argument("--probe-sample", type=int, help=h("probe_sample"))
     p.add_argument("--max-sockets", type=int, help=h("max_sockets"))
     p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.kernel.btf import Btf, BtfError
-from agent.kernel.tracefs import TracefsError, TracepointFormat, read_format, tracefs_root
+from agent.kernel.tracefs import TracefsError, TracepointFormat, find_tracefs, read_format, tracefs_root
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +297,7 @@ def build_plan(
     Raises KernelSupportError naming what is missing and how to fix it."""
     if btf is None:
         try:
-            btf = Btf.load()
+            btf = Btf.load(config.btf) if config.btf else Btf.load()
         except BtfError as e:
             raise KernelSupportError(
                 f"kernel BTF unavailable ({e}); the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF "
@@ -305,12 +305,16 @@ def build_plan(
             ) from e
     if format_reader is None:
         try:
-            root = tracefs_root()
+            root = find_tracefs(Path(config.tracefs), Path(config.tracefs), may_mount=False) if config.tracefs \
+                else tracefs_root()
         except TracefsError as e:
             raise KernelSupportError(str(e)) from e
 
         def format_reader(cat: str, name: str) -> TracepointFormat | None:
-            return read_format(cat, name, root)
+            try:
+                return read_format(cat, name, root)
+            except TracefsError as e:
+                raise KernelSupportError(str(e)) from e
 
     offsets: list[tuple[str, int]] = []
     missing_off: list[str] = []

@@ -22,6 +22,7 @@ import ctypes.util
 import errno
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -228,7 +229,14 @@ def parse_format(text: str, category: str, name: str) -> TracepointFormat:
 
 
 def _has_events(path: Path) -> bool:
-    return (path / "events").is_dir()
+    """True if path/events is a directory. Raises PermissionError when tracefs is there but this
+    user may not look into it (the default mode of /sys/kernel/tracing is 0700)."""
+    try:
+        return stat.S_ISDIR(os.stat(path / "events").st_mode)
+    except PermissionError:
+        raise
+    except OSError:
+        return False
 
 
 def _mount_tracefs(target: Path) -> int:
@@ -239,25 +247,41 @@ def _mount_tracefs(target: Path) -> int:
 
 
 def find_tracefs(primary: Path, fallback: Path, *, may_mount: bool) -> Path:
-    """tracefs_root() with the paths and the mount decision made explicit (for tests and odd hosts)."""
-    if _has_events(primary):
+    """tracefs_root() with the paths and the mount decision made explicit (for tests, odd hosts and
+    --tracefs). Raises TracefsError saying what is missing or unreadable and how to fix it."""
+    denied: list[Path] = []
+
+    def has_events(path: Path) -> bool:
+        try:
+            return _has_events(path)
+        except PermissionError:
+            denied.append(path)
+            return False
+
+    if has_events(primary):
         return primary
     mount_err = ""
-    if may_mount and primary.is_dir():
+    if may_mount and not denied and primary.is_dir():
         err = _mount_tracefs(primary)
-        if err == 0 and _has_events(primary):
+        if err == 0 and has_events(primary):
             return primary
         if err:
             mount_err = f"; mounting tracefs on {primary} failed: {os.strerror(err)}"
-    if _has_events(fallback):
+    if fallback != primary and has_events(fallback):
         return fallback
+    if denied:
+        raise TracefsError(
+            f"cannot read tracefs at {denied[0]} (permission denied for uid {os.geteuid()}): reading "
+            "tracepoint formats needs root, or a tracefs mount this user may read (give it with --tracefs)"
+        )
+    where = f"{primary}/events" + (f" and {fallback}/events do" if fallback != primary else " does")
     how = (
         f"mount it with `mount -t tracefs nodev {primary}`"
         if may_mount or os.geteuid() == 0
         else f"run as root (or with CAP_SYS_ADMIN) so the agent can mount it on {primary}"
     )
     raise TracefsError(
-        f"tracefs not found: {primary}/events and {fallback}/events do not exist{mount_err}. "
+        f"tracefs not found: {where} not exist{mount_err}. "
         f"The kernel needs CONFIG_TRACING (tracefs); {how}. In a container, bind-mount the host's "
         f"{primary} (or /sys/kernel/debug) into it."
     )

@@ -10,7 +10,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -90,17 +92,89 @@ def test_dump_bpf() -> None:
     assert "struct" not in res.stderr
 
 
-def test_not_root_is_one_clear_error() -> None:
+def _as_nobody() -> list[str]:
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed for this test"
     if os.geteuid() == 0:
-        cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *AGENT]
-    else:
-        cmd = list(AGENT)
-    res = subprocess.run([*cmd, "--stdout", "json", "--duration", "1"], cwd=REPO, capture_output=True, text=True,
-                         timeout=60, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    assert res.returncode == 2
+        return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *AGENT]
+    return list(AGENT)
+
+
+def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    """The run failed the way the CLI promises: exit 2, one line on stderr, nothing on stdout."""
+    assert res.returncode == 2, res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("tcpscope-agent: error: not root (uid 65534)") and "sudo" in lines[0]
+    assert lines[0].startswith("tcpscope-agent: error: ")
     assert res.stdout == ""
+    return lines[0]
+
+
+def _run(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def test_not_root_is_one_clear_error() -> None:
+    line = _one_error_line(_run(_as_nobody(), "--stdout", "json", "--duration", "1"))
+    assert line.startswith("tcpscope-agent: error: not root (uid 65534)")
+    # what is missing, not how to get it on a workstation: in a container there is no sudo
+    assert "CAP_BPF" in line and "CAP_PERFMON" in line and "missing: CAP_BPF, CAP_PERFMON" in line
+    assert "sudo" not in line
+
+
+@pytest.fixture
+def readable_tracefs() -> Iterator[Path]:
+    """A copy of the live tcp/sock format files in a directory laid out like tracefs, readable by all."""
+    require_root()
+    top = Path(tempfile.mkdtemp(prefix="tcpscope-tracefs-"))
+    try:
+        os.chmod(top, 0o755)
+        for category in ("sock", "tcp"):
+            for fmt in Path("/sys/kernel/tracing/events", category).glob("*/format"):
+                dest = top / "events" / category / fmt.parent.name
+                dest.mkdir(parents=True)
+                (dest / "format").write_text(fmt.read_text())
+        for d in top.rglob("*"):
+            os.chmod(d, 0o755 if d.is_dir() else 0o644)
+        yield top
+    finally:
+        shutil.rmtree(top)
+
+
+@pytest.mark.root
+def test_dump_bpf_without_root_reads_a_readable_tracefs(readable_tracefs: Path) -> None:
+    res = _run(_as_nobody(), "--dump-bpf", "--tracefs", str(readable_tracefs))
+    assert res.returncode == 0, res.stderr
+    assert "tracepoint sock:inet_sock_set_state -> tp_inet_sock_set_state" in res.stdout
+    assert "OFF_BYTES_ACKED" in res.stdout
+
+
+@pytest.mark.root
+def test_dump_bpf_without_root_and_unreadable_tracefs_is_one_clear_error() -> None:
+    require_root()
+    assert os.stat("/sys/kernel/tracing").st_mode & 0o005 == 0, "tracefs is readable by all on this host"
+    line = _one_error_line(_run(_as_nobody(), "--dump-bpf"))
+    assert line == ("tcpscope-agent: error: cannot read tracefs at /sys/kernel/tracing (permission denied for "
+                    "uid 65534): reading tracepoint formats needs root, or a tracefs mount this user may read "
+                    "(give it with --tracefs)")
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("dump", [True, False], ids=["dump-bpf", "run"])
+def test_missing_tracefs_is_one_clear_error(dump: bool, tmp_path: Path) -> None:
+    require_root()
+    args = ["--dump-bpf"] if dump else ["--stdout", "json", "--duration", "1", "--no-kubernetes"]
+    line = _one_error_line(_run(list(AGENT), *args, "--tracefs", str(tmp_path / "nothing")))
+    assert line.startswith(f"tcpscope-agent: error: tracefs not found: {tmp_path}/nothing/events does not exist.")
+    assert "CONFIG_TRACING" in line
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("dump", [True, False], ids=["dump-bpf", "run"])
+def test_missing_btf_is_one_clear_error(dump: bool, tmp_path: Path) -> None:
+    require_root()
+    args = ["--dump-bpf"] if dump else ["--stdout", "json", "--duration", "1", "--no-kubernetes"]
+    line = _one_error_line(_run(list(AGENT), *args, "--btf", str(tmp_path / "vmlinux")))
+    assert line.startswith(f"tcpscope-agent: error: kernel BTF unavailable ({tmp_path}/vmlinux not found: ")
+    assert "CONFIG_DEBUG_INFO_BTF" in line
