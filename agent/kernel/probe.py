@@ -22,7 +22,21 @@ from agent.kernel.tracefs import TracefsError, TracepointFormat, find_tracefs, r
 
 log = logging.getLogger(__name__)
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+
+
+_AGENT_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def find_bpf_dir(package: Path = _AGENT_PACKAGE) -> Path:
+    """Where the BPF C sources are: the source tree's bpf/ (a checkout or an editable install: the
+    one source of truth), else the copy a built wheel carries as agent/bpf/ (setup.py build_py)."""
+    for candidate in (package.parent / "bpf", package / "bpf"):
+        if (candidate / "tcpscope.bpf.c").is_file():
+            return candidate
+    return package.parent / "bpf"  # absent: the loader's error names this path
+
+
+BPF_DIR = find_bpf_dir()
 
 
 class KernelSupportError(Exception):

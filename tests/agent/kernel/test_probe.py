@@ -148,3 +148,33 @@ def test_without_tcp_destroy_sock_lifecycle_is_emitted_at_close(btf: Btf) -> Non
         bpf.load_func(b"tp_inet_sock_set_state", BPF.TRACEPOINT)
     finally:
         bpf.cleanup()
+
+
+def test_bpf_sources_found_in_source_tree_then_in_package(tmp_path: Path) -> None:
+    from agent.kernel.probe import BPF_DIR, find_bpf_dir
+
+    repo = Path(__file__).resolve().parents[3]
+    assert repo / "bpf" == BPF_DIR  # a checkout (or editable install) reads bpf/ itself
+    installed = tmp_path / "site-packages" / "agent"
+    (installed / "bpf").mkdir(parents=True)
+    (installed / "bpf" / "tcpscope.bpf.c").write_text("/* copy */\n")
+    assert find_bpf_dir(installed) == installed / "bpf"
+
+
+def test_wheel_ships_the_bpf_sources(tmp_path: Path) -> None:
+    """`pip install .` (not editable) carries bpf/*.c, *.h as agent/bpf, and the agent finds them."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[3]
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(repo)], check=True, capture_output=True, timeout=300)
+    sources = sorted(p.name for p in (repo / "bpf").iterdir() if p.suffix in (".c", ".h"))
+    assert sorted(p.name for p in (target / "agent" / "bpf").iterdir()) == sources
+    for name in sources:
+        assert (target / "agent" / "bpf" / name).read_text() == (repo / "bpf" / name).read_text()
+    res = subprocess.run([sys.executable, "-c", "import agent.kernel.probe as p; print(p.BPF_DIR)"],
+                         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60, check=True)
+    assert res.stdout.strip() == str(target / "agent" / "bpf")
