@@ -11,124 +11,120 @@ import os
 import socket
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass
+
+from tcpscope.settings import ConfigError, help_text, read_values, setting
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
 DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error")
 
 
-class ConfigError(ValueError):
-    """A flag or environment variable has a value the agent cannot use."""
-
-
-def _doc(env: str, help: str, **kw: Any) -> Any:
-    """A dataclass field carrying its environment variable name and help text."""
-    return field(metadata={"env": env, "help": help}, **kw)
+__all__ = ["DEFAULT_EVENT_KINDS", "EVENT_KINDS", "AgentConfig", "ConfigError", "build_parser"]
 
 
 @dataclass(frozen=True)
 class AgentConfig:
     # --- output -----------------------------------------------------------------------------
-    stdout: str | None = _doc("TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None)
-    events: tuple[str, ...] = _doc(
+    stdout: str | None = setting("TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None)
+    events: tuple[str, ...] = setting(
         "TCPSCOPE_EVENTS",
         "event kinds to report, comma separated: " + ",".join(EVENT_KINDS),
         default=DEFAULT_EVENT_KINDS,
     )
-    duration: float | None = _doc(
+    duration: float | None = setting(
         "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None
     )
-    dump_bpf: bool = _doc(
+    dump_bpf: bool = setting(
         "TCPSCOPE_DUMP_BPF", "print the kernel probe plan (formats, offsets, attach list) and exit",
         default=False,
     )
     # --- kernel side ------------------------------------------------------------------------
-    ports: tuple[int, ...] = _doc(
-        "TCPSCOPE_PORTS", "only sockets whose local or remote port is one of these (in-kernel)", default=()
+    ports: tuple[int, ...] = setting(
+        "TCPSCOPE_PORTS", "only sockets whose local or remote port is one of these (in-kernel)", default=(),
+        items=int,
     )
-    cgroup_root: str | None = _doc(
+    cgroup_root: str | None = setting(
         "TCPSCOPE_CGROUP_ROOT",
         "only sockets whose cgroup v2 directory lies under this one (in-kernel subtree filter)",
         default=None,
     )
-    netns: str | None = _doc(
+    netns: str | None = setting(
         "TCPSCOPE_NETNS", "only sockets in this network namespace (path like /proc/PID/ns/net)", default=None
     )
-    tracefs: str | None = _doc(
+    tracefs: str | None = setting(
         "TCPSCOPE_TRACEFS",
         "tracefs mount to read tracepoint formats from (default /sys/kernel/tracing, mounted there when "
         "root, else /sys/kernel/debug/tracing); e.g. where a container has the host's tracefs",
         default=None,
     )
-    btf: str | None = _doc(
+    btf: str | None = setting(
         "TCPSCOPE_BTF", "kernel BTF file with the running kernel's struct layouts (default /sys/kernel/btf/vmlinux)",
         default=None,
     )
-    probe_sample: int = _doc(
+    probe_sample: int = setting(
         "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
     )
-    max_sockets: int = _doc(
+    max_sockets: int = setting(
         "TCPSCOPE_MAX_SOCKETS", "capacity of the per-socket kernel map (evictions are counted)",
         default=65536,
     )
-    ring_buffer_kb: int = _doc(
+    ring_buffer_kb: int = setting(
         "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
     )
     # --- identity and enrichment ------------------------------------------------------------
-    node_name: str = _doc(
+    node_name: str = setting(
         "NODE_NAME", "this node's name (Kubernetes downward API); defaults to the host name", default=""
     )
-    kubernetes: bool = _doc(
+    kubernetes: bool = setting(
         "TCPSCOPE_KUBERNETES", "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
         default=True,
     )
-    kubeconfig: str | None = _doc(
+    kubeconfig: str | None = setting(
         "KUBECONFIG", "kubeconfig file; without it the in-cluster service account is used", default=None
     )
-    resolve_remote: bool = _doc(
+    resolve_remote: bool = setting(
         "TCPSCOPE_RESOLVE_REMOTE",
         "resolve remote IPs to pods/services/nodes in the agent (default on for --stdout)",
         default=True,
     )
-    label_allowlist: tuple[str, ...] = _doc(
+    label_allowlist: tuple[str, ...] = setting(
         "TCPSCOPE_LABELS", "pod labels copied onto events, comma separated (others are dropped)",
         default=("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "version"),
     )
-    pod_cache_ttl: float = _doc(
+    pod_cache_ttl: float = setting(
         "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0
     )
-    pending_max_wait: float = _doc(
+    pending_max_wait: float = setting(
         "TCPSCOPE_PENDING_MAX_WAIT",
         "seconds an event from an unknown container is held for its pod to appear", default=2.0,
     )
     # --- streaming ---------------------------------------------------------------------------
-    collector: str | None = _doc("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
-    agent_id: str = _doc("TCPSCOPE_AGENT_ID", "unique id of this agent process (default: node + random)",
+    collector: str | None = setting("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
+    agent_id: str = setting("TCPSCOPE_AGENT_ID", "unique id of this agent process (default: node + random)",
                          default="")
-    tls_ca: str | None = _doc("TCPSCOPE_TLS_CA", "CA bundle to verify the collector (enables TLS)", default=None)
-    tls_cert: str | None = _doc("TCPSCOPE_TLS_CERT", "client certificate for mutual TLS", default=None)
-    tls_key: str | None = _doc("TCPSCOPE_TLS_KEY", "client key for mutual TLS", default=None)
-    tls_server_name: str | None = _doc(
+    tls_ca: str | None = setting("TCPSCOPE_TLS_CA", "CA bundle to verify the collector (enables TLS)", default=None)
+    tls_cert: str | None = setting("TCPSCOPE_TLS_CERT", "client certificate for mutual TLS", default=None)
+    tls_key: str | None = setting("TCPSCOPE_TLS_KEY", "client key for mutual TLS", default=None)
+    tls_server_name: str | None = setting(
         "TCPSCOPE_TLS_SERVER_NAME", "override the name checked in the collector's certificate", default=None
     )
-    token_file: str | None = _doc(
+    token_file: str | None = setting(
         "TCPSCOPE_TOKEN_FILE", "file holding a bearer token sent to the collector", default=None
     )
-    compression: str = _doc("TCPSCOPE_COMPRESSION", "gRPC compression: gzip, deflate or none", default="gzip")
-    batch_max_events: int = _doc("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000)
-    batch_max_age: float = _doc("TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5)
-    buffer_max_events: int = _doc(
+    compression: str = setting("TCPSCOPE_COMPRESSION", "gRPC compression: gzip, deflate or none", default="gzip")
+    batch_max_events: int = setting("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000)
+    batch_max_age: float = setting("TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5)
+    buffer_max_events: int = setting(
         "TCPSCOPE_BUFFER_MAX_EVENTS",
         "events held for the collector (unsent + unacked); beyond it the oldest are dropped and counted",
         default=200_000,
     )
-    drain_grace: float = _doc(
+    drain_grace: float = setting(
         "TCPSCOPE_DRAIN_GRACE", "seconds to drain to the collector on SIGTERM before reporting the rest lost",
         default=10.0,
     )
-    metrics_port: int = _doc("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
-    log_level: str = _doc("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
+    metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
         if self.stdout not in (None, "table", "json"):
@@ -162,15 +158,7 @@ class AgentConfig:
         env = os.environ if env is None else env
         parser = build_parser()
         ns = parser.parse_args(argv)
-        values: dict[str, Any] = {}
-        for f in fields(AgentConfig):
-            flag_value = getattr(ns, f.name, None)
-            raw: Any = flag_value
-            if raw is None and f.metadata["env"] in env:
-                raw = env[f.metadata["env"]]
-            if raw is None:
-                continue
-            values[f.name] = _coerce(f.name, f.default, raw)
+        values = read_values(AgentConfig, ns, env)
         if ns.port:
             values["ports"] = tuple(int(p) for p in ns.port)
         try:
@@ -180,34 +168,14 @@ class AgentConfig:
             raise  # unreachable: parser.error exits
 
 
-def _coerce(name: str, default: Any, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    try:
-        if isinstance(default, bool):
-            return raw.strip().lower() in ("1", "true", "yes", "on")
-        if isinstance(default, tuple):
-            items = [x.strip() for x in raw.split(",") if x.strip()]
-            return tuple(int(x) for x in items) if name == "ports" else tuple(items)
-        if isinstance(default, int):
-            return int(raw)
-        if isinstance(default, float) or name == "duration":
-            return float(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from e
-    return raw
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tcpscope-agent",
         description="TCP observability from kernel tracepoints: per-node eBPF agent.",
         epilog="Every flag can also be set by the environment variable shown in brackets.",
     )
-    meta = {f.name: f.metadata for f in fields(AgentConfig)}
-
     def h(name: str) -> str:
-        return f"{meta[name]['help']} [{meta[name]['env']}]"
+        return help_text(AgentConfig, name)
 
     p.add_argument("--stdout", choices=("table", "json"), help=h("stdout"))
     p.add_argument("--events", help=h("events"))

@@ -9,115 +9,111 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from tcpscope.kafka_layout import RECORD_LAYOUTS, VALUE_FORMATS
+from tcpscope.settings import ConfigError, help_text, read_values, setting
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class ConfigError(ValueError):
-    """A flag or environment variable has a value the collector cannot use."""
-
-
-def _doc(env: str, help: str, flag: bool = True, **kw: Any) -> Any:
-    return field(metadata={"env": env, "help": help, "flag": flag}, **kw)
+__all__ = ["KAFKA_SASL_MECHANISMS", "KAFKA_SECURITY_PROTOCOLS", "CollectorConfig", "ConfigError", "build_parser"]
 
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    listen: str = _doc("TCPSCOPE_LISTEN", "gRPC listen address HOST:PORT", default="0.0.0.0:4317")
-    kafka_bootstrap: tuple[str, ...] = _doc(
+    listen: str = setting("TCPSCOPE_LISTEN", "gRPC listen address HOST:PORT", default="0.0.0.0:4317")
+    kafka_bootstrap: tuple[str, ...] = setting(
         "TCPSCOPE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers HOST:PORT[,HOST:PORT]", default=()
     )
-    topic: str = _doc("TCPSCOPE_TOPIC", "Kafka topic for events", default="tcpscope-events")
-    value_format: str = _doc(
+    topic: str = setting("TCPSCOPE_TOPIC", "Kafka topic for events", default="tcpscope-events")
+    value_format: str = setting(
         "TCPSCOPE_VALUE_FORMAT", "Kafka record values: 'protobuf' or 'json' (docs/kafka.md)", default="protobuf"
     )
-    record_layout: str = _doc(
+    record_layout: str = setting(
         "TCPSCOPE_RECORD_LAYOUT",
         "Kafka records: 'event' (one per event) or 'packed' (one per batch and partition; docs/kafka.md)",
         default="event",
     )
     # --- agent-facing security -----------------------------------------------------------------
-    tls_cert: str | None = _doc("TCPSCOPE_TLS_CERT", "server certificate (enables TLS)", default=None)
-    tls_key: str | None = _doc("TCPSCOPE_TLS_KEY", "server private key", default=None)
-    tls_client_ca: str | None = _doc(
+    tls_cert: str | None = setting("TCPSCOPE_TLS_CERT", "server certificate (enables TLS)", default=None)
+    tls_key: str | None = setting("TCPSCOPE_TLS_KEY", "server private key", default=None)
+    tls_client_ca: str | None = setting(
         "TCPSCOPE_TLS_CLIENT_CA",
         "CA for client certificates: requires mutual TLS and checks batch.node against the cert (CN/SAN DNS)",
         default=None,
     )
-    token_file: str | None = _doc(
+    token_file: str | None = setting(
         "TCPSCOPE_TOKEN_FILE", "file holding the bearer token agents must send", default=None
     )
     # --- Kafka ---------------------------------------------------------------------------------
-    kafka_security_protocol: str = _doc(
+    kafka_security_protocol: str = setting(
         "TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", default="PLAINTEXT"
     )
-    kafka_sasl_mechanism: str | None = _doc(
+    kafka_sasl_mechanism: str | None = setting(
         "TCPSCOPE_KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", default=None
     )
-    kafka_username: str | None = _doc(
+    kafka_username: str | None = setting(
         "TCPSCOPE_KAFKA_USERNAME", "SASL user name (or --kafka-username-file)", flag=False, default=None
     )
-    kafka_username_file: str | None = _doc(
+    kafka_username_file: str | None = setting(
         "TCPSCOPE_KAFKA_USERNAME_FILE", "file holding the SASL user name", default=None
     )
-    kafka_password: str | None = _doc(
+    kafka_password: str | None = setting(
         "TCPSCOPE_KAFKA_PASSWORD", "SASL password (environment only; or --kafka-password-file)",
         flag=False, default=None,
     )
-    kafka_password_file: str | None = _doc(
+    kafka_password_file: str | None = setting(
         "TCPSCOPE_KAFKA_PASSWORD_FILE", "file holding the SASL password", default=None
     )
-    kafka_ssl_cafile: str | None = _doc("TCPSCOPE_KAFKA_SSL_CAFILE", "CA bundle for the Kafka brokers", default=None)
-    kafka_compression: str = _doc(
+    kafka_ssl_cafile: str | None = setting("TCPSCOPE_KAFKA_SSL_CAFILE", "CA bundle for the Kafka brokers", default=None)
+    kafka_compression: str = setting(
         "TCPSCOPE_KAFKA_COMPRESSION", "producer compression: gzip or none (lz4/zstd if installed)", default="gzip"
     )
-    kafka_linger_ms: int = _doc("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20)
-    kafka_batch_size: int = _doc(
+    kafka_linger_ms: int = setting("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20)
+    kafka_batch_size: int = setting(
         "TCPSCOPE_KAFKA_BATCH_SIZE",
         "producer batch size in bytes per partition (large: fewer, bigger produce requests)",
         default=1024 * 1024,
     )
-    kafka_delivery_timeout_ms: int = _doc(
+    kafka_delivery_timeout_ms: int = setting(
         "TCPSCOPE_KAFKA_DELIVERY_TIMEOUT_MS",
         "give up on a record after this long; the batch is then not acked and the agent resends it",
         default=30_000,
     )
     # --- remote-end enrichment (docs/enrichment.md: in a cluster the collector resolves remote ends) --
-    resolve_remote: bool = _doc(
+    resolve_remote: bool = setting(
         "TCPSCOPE_RESOLVE_REMOTE",
         "resolve events' remote IPs to pod/service/node from cluster-wide watches (agents then run "
         "with --no-resolve-remote); ends the agent already resolved are left alone",
         default=False,
     )
-    kubeconfig: str | None = _doc(
+    kubeconfig: str | None = setting(
         "KUBECONFIG", "kubeconfig for --resolve-remote; without it the in-cluster service account", default=None
     )
-    labels: tuple[str, ...] = _doc(
+    labels: tuple[str, ...] = setting(
         "TCPSCOPE_LABELS", "pod labels copied onto remote ends, comma separated (others are dropped)", default=()
     )
-    remote_sync_timeout: float = _doc(
+    remote_sync_timeout: float = setting(
         "TCPSCOPE_REMOTE_SYNC_TIMEOUT",
         "seconds to wait at start-up for the first pod/service/node lists (serving starts regardless)",
         default=5.0,
     )
     # --- limits --------------------------------------------------------------------------------
-    max_batch_events: int = _doc("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000)
-    max_message_bytes: int = _doc(
+    max_batch_events: int = setting("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000)
+    max_message_bytes: int = setting(
         "TCPSCOPE_MAX_MESSAGE_BYTES", "largest accepted batch (serialized bytes)", default=8 * 1024 * 1024
     )
-    max_inflight_batches: int = _doc(
+    max_inflight_batches: int = setting(
         "TCPSCOPE_MAX_INFLIGHT_BATCHES",
         "batches awaiting Kafka acks, all streams together; beyond it streams are not read (backpressure)",
         default=64,
     )
-    metrics_port: int = _doc("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
-    grace: float = _doc("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0)
-    log_level: str = _doc("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
+    metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0)
+    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
         if not self.kafka_bootstrap:
@@ -169,41 +165,12 @@ class CollectorConfig:
         env = os.environ if env is None else env
         parser = build_parser()
         ns = parser.parse_args(argv)
-        values: dict[str, Any] = {}
-        for f in fields(CollectorConfig):
-            raw: Any = getattr(ns, f.name, None)
-            if raw is None and f.metadata["env"] in env:
-                raw = env[f.metadata["env"]]
-            if raw is None:
-                continue
-            values[f.name] = _coerce(f.name, f.default, raw)
+        values = read_values(CollectorConfig, ns, env)
         try:
             return CollectorConfig(**values)
         except ConfigError as e:
             parser.error(str(e))
             raise
-
-
-def _coerce(name: str, default: Any, raw: Any) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    try:
-        if isinstance(default, bool):
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("", "0", "false", "no", "off"):
-                return False
-            raise ValueError("want true or false")
-        if isinstance(default, tuple):
-            return tuple(x.strip() for x in raw.split(",") if x.strip())
-        if isinstance(default, int) and not isinstance(default, bool):
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-    except ValueError as e:
-        raise ConfigError(f"{name}: cannot use {raw!r}: {e}") from e
-    return raw
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(CollectorConfig):
         if not f.metadata["flag"]:
             continue
-        flag, help = "--" + f.name.replace("_", "-"), f"{f.metadata['help']} [{f.metadata['env']}]"
+        flag, help = "--" + f.name.replace("_", "-"), help_text(CollectorConfig, f.name)
         if isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
             continue

@@ -62,3 +62,11 @@ def test_every_field_is_documented_with_an_env_var() -> None:
     for f in fields(AgentConfig):
         assert f.metadata.get("env"), f.name
         assert f.metadata.get("help"), f.name
+
+
+def test_unreadable_env_values_name_the_field() -> None:
+    with pytest.raises(ConfigError, match="kubernetes: cannot use 'maybe'"):
+        AgentConfig.from_args([], env={"TCPSCOPE_KUBERNETES": "maybe"})
+    with pytest.raises(ConfigError, match="ports: cannot use"):
+        AgentConfig.from_args([], env={"TCPSCOPE_PORTS": "80,http"})
+    assert AgentConfig.from_args([], env={"TCPSCOPE_DURATION": "2.5"}).duration == 2.5
