@@ -10,6 +10,27 @@ from agent.kernel.decode import EVENT, Decoder
 from agent.kernel.loader import Loaded
 from tcpscope.v1.events_pb2 import TcpEvent
 
+# struct bpf_prog_info (include/uapi/linux/bpf.h) is stable ABI: recursion_misses is the u64 at
+# byte 208, added in Linux 5.12; older kernels return a shorter info_len.
+_PROG_INFO_SIZE = 256
+_RECURSION_MISSES_OFF = 208
+
+
+def recursion_misses(prog_fds: list[int]) -> int | None:
+    """Runs of these programs the kernel skipped because another BPF program was already running on
+    that CPU (e.g. a softirq tracepoint firing while one of ours runs). Each skipped run may have
+    been an event, so they count as kernel losses. None when the kernel does not report them."""
+    from bcc.libbcc import lib
+
+    total = 0
+    for fd in prog_fds:
+        buf = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+        size = ctypes.c_uint32(_PROG_INFO_SIZE)
+        if lib.bpf_obj_get_info(fd, buf, ctypes.byref(size)) != 0 or size.value < _RECURSION_MISSES_OFF + 8:
+            return None
+        total += int.from_bytes(buf.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
+    return total
+
 
 def boot_to_wall_offset_ns() -> int:
     """Offset from CLOCK_MONOTONIC (bpf_ktime_get_ns) to wall-clock time, measured now.
@@ -58,6 +79,7 @@ class KernelSource:
             self._poll_fn = self._bpf.perf_buffer_poll
         self._closed = False
         self._final_losses: dict[str, int] = {}
+        self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
         self._poll_fn(timeout_ms)
@@ -74,6 +96,9 @@ class KernelSource:
             out[f"kernel.{name}"] = int(sum(vals))
         if not self._loaded.plan.use_ringbuf:
             out["kernel.perf_lost"] = self._perf_lost
+        misses = recursion_misses(self._prog_fds)
+        if misses is not None:
+            out["kernel.recursion_misses"] = misses
         return out
 
     def tracked_sockets(self) -> int:
