@@ -1,0 +1,45 @@
+"""Reports: a row whose component is missing reads "n/a: why" everywhere, never a figure."""
+
+from __future__ import annotations
+
+from bench import report
+from bench.runner import OverheadRow, RoundResult, Step, ZeroLossRow
+
+META = {"date": "d", "host": "h", "kernel": "k", "cpus": 2, "commit": "c", "rounds": 1, "veth_rounds": 1,
+        "duration": 1.0, "warmup": 0.0, "threads": 2, "server_threads": 2, "command": "python -m bench"}
+
+
+def test_na_rows_carry_their_reason_and_no_figures() -> None:
+    none = OverheadRow("loopback", "none", "no tracing", rounds=[RoundResult(0, 1000.0, 1000, 0, ratio=1.0)])
+    tcplife = OverheadRow("loopback", "tcplife", "tcplife-bpfcc",
+                          rounds=[RoundResult(0, 400.0, 400, 0, ratio=0.4, cpu_s=0.008, hwm_kb=204800)])
+    agent = OverheadRow("loopback", "agent-lifecycle", "tcpscope-agent lifecycle", "n/a",
+                        "agent/__main__.py not written yet")
+    kafka = ZeroLossRow("kafka", "agent -> Kafka", "lifecycle", "n/a", "collector/__main__.py not written yet")
+    doc = report.build(META, [none, tcplife, agent], [kafka], "agent/__main__.py not written yet",
+                       "no Kafka broker")
+    targets = {t["figure"]: t for t in doc["targets"]}
+    assert targets["loopback throughput kept, agent-lifecycle"]["measured"] == \
+        "n/a: agent/__main__.py not written yet"
+    assert targets["loopback throughput kept, agent-lifecycle"]["met"] is None
+    assert targets["loopback throughput kept, tcplife"]["measured"] == "40.0% (min 40.0%, max 40.0%)"
+    assert targets["highest zero-loss rate, agent -> Kafka"]["measured"] == \
+        "n/a: collector/__main__.py not written yet"
+    row = next(r for r in doc["overhead"] if r["mode"] == "agent-lifecycle")
+    assert row["ratio_median"] is None and row["rate_median"] is None and row["rounds"] == []
+    md = report.markdown(doc)
+    assert "| tcpscope-agent lifecycle | n/a: agent/__main__.py not written yet |" in md
+    assert "| tcplife-bpfcc | 400 | 40.0% | 40.0% | 40.0% | 20.0 | 200 | 400 |" in md
+    assert "n/a: no Kafka broker" in md
+
+
+def test_zero_loss_best_is_the_fastest_step_without_loss() -> None:
+    def step(rate: float, ok: bool) -> Step:
+        return Step(rate, rate, int(rate), 0, 2 * int(rate), 2 * int(rate) if ok else int(rate),
+                    {"total": 0 if ok else 5}, ok, 1.0, 1024)
+
+    z = ZeroLossRow("stdout", "agent -> stdout", "lifecycle", steps=[step(5000, True), step(9000, True),
+                                                                     step(12000, False)])
+    best = z.best()
+    assert best is not None and best.rate == 9000
+    assert best.cpu_us_per_conn == 1e6 / 9000
