@@ -20,7 +20,7 @@ from typing import Any
 from bench import report
 from bench.collector_load import CollectorResult, run_collector_load
 from bench.load import Topology, VethPair, build_loadgen, loopback
-from bench.modes import DEFAULT_MODES, MODES
+from bench.modes import DEFAULT_MODES, MODES, add_ref_mode, checkout_ref
 from bench.procs import Unavailable
 from bench.runner import OverheadRow, Step, ZeroLossRow, run_all_kinds_cpu, run_overhead, run_zero_loss
 
@@ -53,6 +53,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--collector-seconds", type=float, default=None,
                    help="seconds of the collector throughput phase (default 10, quick 3)")
     p.add_argument("--cpu-rate", type=float, default=5000.0, help="rate of the all-kinds CPU run")
+    p.add_argument("--agent-ref", action="append", default=[],
+                   help="also run the lifecycle agent of this git ref (repeatable): before/after in one run")
     p.add_argument("--profile", action="store_true",
                    help="only profile the agent with py-spy under the lifecycle load at --cpu-rate")
     p.add_argument("--out", default=str(Path(__file__).with_name("out")), help="report directory")
@@ -138,6 +140,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     topos: list[Topology] = []
     try:
         lg = build_loadgen(workdir)
+        for ref in a.agent_ref:
+            try:
+                modes.append(add_ref_mode(ref, checkout_ref(ref, workdir)))
+            except Unavailable as e:
+                overhead.append(OverheadRow("loopback", f"agent-lifecycle@{ref}", f"agent @ {ref}", "n/a", str(e)))
         for t in a.topologies.split(","):
             if t == "loopback":
                 topos.append(loopback(lg, a.server_threads))

@@ -168,7 +168,7 @@ class Mode:
 
     def unavailable(self) -> str | None:
         """A reason known before starting anything (missing binary or module), else None."""
-        if self.name.startswith("agent"):
+        if self.name.startswith("agent") and "@" not in self.name:
             why = agent_unavailable()
             if why is None and self.name == "agent-stream":
                 why = collector_unavailable()
@@ -207,21 +207,58 @@ def _tcpdump(workdir: Path, topo: Topology, out: Path | None) -> Running:
     return Running(tool)
 
 
-def start_agent(workdir: Path, extra: list[str], out: Path | None, name: str = "agent") -> Tool:
-    why = agent_unavailable()
+def start_agent(workdir: Path, extra: list[str], out: Path | None, name: str = "agent",
+                tree: Path | None = None) -> Tool:
+    """The agent printing JSON lines to `out`; from another source tree (`tree`, see checkout_ref)
+    when given, so two versions of the agent can be compared in one run."""
+    why = agent_unavailable() if tree is None else None
     if why:
         raise Unavailable(why)
     ensure_kernel_headers()
-    argv = [*agent_argv(), "--stdout", "json", "--no-kubernetes", "--no-resolve-remote", *extra]
-    tool = start_tool(name, argv, workdir, out, stop_signal=signal.SIGTERM)
+    base = agent_argv() if tree is None else [sys.executable, "-m", "agent"]
+    argv = [*base, "--stdout", "json", "--no-kubernetes", "--no-resolve-remote", *extra]
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree)}
+    tool = start_tool(name, argv, workdir, out, stop_signal=signal.SIGTERM, env=env, cwd=tree)
     tool.wait_ready(READY_TIMEOUT, stderr_marker=AGENT_READY)
     return tool
 
 
-def _agent(events: str) -> Callable[[Path, Topology, Path | None], Running]:
+def _agent(events: str, tree: Path | None = None) -> Callable[[Path, Topology, Path | None], Running]:
     def start(workdir: Path, topo: Topology, out: Path | None) -> Running:
-        return Running(start_agent(workdir, ["--events", events], out))
+        return Running(start_agent(workdir, ["--events", events], out, tree=tree))
     return start
+
+
+def checkout_ref(ref: str, workdir: Path) -> Path:
+    """Extract git ref `ref` of this repository into workdir (git archive: the repository itself is
+    only read) and generate its protobuf code; returns the tree's root."""
+    import subprocess
+
+    tree = workdir / f"ref-{ref.replace('/', '_')}"
+    tree.mkdir()
+    tar = workdir / f"ref-{ref.replace('/', '_')}.tar"
+    p = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(tar), ref],
+                       capture_output=True, text=True)
+    if p.returncode != 0:
+        raise Unavailable(f"git archive {ref}: {p.stderr.strip()}")
+    x = subprocess.run(["tar", "-xf", str(tar), "-C", str(tree)], capture_output=True, text=True)
+    tar.unlink()
+    if x.returncode != 0:
+        raise Unavailable(f"extracting {ref}: {x.stderr.strip()}")
+    if not (tree / "agent" / "__main__.py").exists():
+        raise Unavailable(f"{ref} has no agent/__main__.py")
+    g = subprocess.run([sys.executable, "-m", "scripts.genproto"], cwd=tree, capture_output=True, text=True)
+    if g.returncode != 0:
+        raise Unavailable(f"genproto at {ref}: {g.stderr.strip()[-300:]}")
+    return tree
+
+
+def add_ref_mode(ref: str, tree: Path) -> str:
+    """Register mode `agent-lifecycle@<ref>` running the agent of that tree; returns its name."""
+    name = f"agent-lifecycle@{ref}"
+    MODES[name] = Mode(name, f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)",
+                       _agent("lifecycle", tree))
+    return name
 
 
 def _agent_stream(workdir: Path, topo: Topology, out: Path | None) -> Running:

@@ -129,14 +129,15 @@ class Tool:
 
 
 def start_tool(name: str, argv: Sequence[str], workdir: Path, stdout: Path | None,
-               stop_signal: int = signal.SIGINT, env: dict[str, str] | None = None) -> Tool:
+               stop_signal: int = signal.SIGINT, env: dict[str, str] | None = None,
+               cwd: Path | None = None) -> Tool:
     """Start argv with stdout to the given file (None = /dev/null) and stderr to a log file."""
     stderr_path = workdir / f"{name}.{time.monotonic_ns()}.stderr"
     out = open(stdout, "wb") if stdout is not None else open(os.devnull, "wb")  # noqa: SIM115
     err = open(stderr_path, "wb")  # noqa: SIM115
     try:
         proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=env, start_new_session=True)
+                                env=env, cwd=cwd, start_new_session=True)
     except OSError as e:
         raise Unavailable(f"{name}: cannot start {argv[0]}: {e}") from e
     finally:
