@@ -22,7 +22,16 @@ from bench.collector_load import CollectorResult, run_collector_load
 from bench.load import Topology, VethPair, build_loadgen, loopback
 from bench.modes import DEFAULT_MODES, MODES, add_ref_mode, checkout_ref
 from bench.procs import Unavailable
-from bench.runner import OverheadRow, Step, ZeroLossRow, run_all_kinds_cpu, run_overhead, run_zero_loss
+from bench.runner import (
+    CpuCompareRow,
+    OverheadRow,
+    Step,
+    ZeroLossRow,
+    run_all_kinds_cpu,
+    run_cpu_compare,
+    run_overhead,
+    run_zero_loss,
+)
 
 log = logging.getLogger("bench")
 DEFAULT_RATES = (5000.0, 10000.0, 15000.0, 20000.0, 30000.0, 0.0)
@@ -136,13 +145,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     zero_loss: list[ZeroLossRow] = []
     all_kinds: Step | str | None = None
     collector: CollectorResult | str | None = None
+    cpu_compare: list[CpuCompareRow] = []
     veth: VethPair | None = None
     topos: list[Topology] = []
     try:
         lg = build_loadgen(workdir)
+        trees: dict[str, Path | None] = {"agent (working tree)": None}
         for ref in a.agent_ref:
             try:
-                modes.append(add_ref_mode(ref, checkout_ref(ref, workdir)))
+                tree = checkout_ref(ref, workdir)
+                modes.append(add_ref_mode(ref, tree))
+                trees[f"agent@{ref}"] = tree
             except Unavailable as e:
                 overhead.append(OverheadRow("loopback", f"agent-lifecycle@{ref}", f"agent @ {ref}", "n/a", str(e)))
         for t in a.topologies.split(","):
@@ -162,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overhead += run_overhead(topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration, a.threads,
                                  workdir, warmup)
         lo = next((t for t in topos if t.name == "loopback"), None)
+        if len(trees) > 1 and lo is not None:
+            cpu_compare = run_cpu_compare(lo, trees, a.cpu_rate, duration, rounds, a.threads, workdir)
         if not a.no_zero_loss and lo is not None:
             zero_loss = run_zero_loss(lo, sinks, rates, duration, a.threads, workdir)
             all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, duration, a.threads, workdir)
@@ -179,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             veth.close()
         shutil.rmtree(workdir, ignore_errors=True)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    doc = report.build(meta, overhead, zero_loss, all_kinds, collector)
+    doc = report.build(meta, overhead, zero_loss, all_kinds, collector, cpu_compare)
     j, md = report.write(doc, Path(a.out))
     print(md.read_text())
     print(f"bench: wrote {md} and {j} in {meta['elapsed_s']} s", file=sys.stderr)

@@ -8,16 +8,20 @@ from pathlib import Path
 from typing import Any
 
 from bench.collector_load import CollectorResult
-from bench.runner import OverheadRow, Step, ZeroLossRow, step_dict
+from bench.runner import CpuCompareRow, OverheadRow, Step, ZeroLossRow, step_dict
 
 TARGET_RATIO = {"agent-lifecycle": 0.97, "agent-all": 0.97, "agent-stream": 0.97}
 
 
 def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
-          all_kinds: Step | str | None, collector: CollectorResult | str | None = None) -> dict[str, Any]:
+          all_kinds: Step | str | None, collector: CollectorResult | str | None = None,
+          cpu_compare: list[CpuCompareRow] | None = None) -> dict[str, Any]:
     """The JSON document: inputs, every round, every step, and the headline figures vs targets."""
     doc: dict[str, Any] = {"meta": meta, "overhead": [], "zero_loss": [], "all_kinds_cpu": None,
-                           "collector": None}
+                           "collector": None, "cpu_compare": []}
+    for c in cpu_compare or []:
+        doc["cpu_compare"].append({"variant": c.variant, "status": c.status, "reason": c.reason,
+                                   "steps": [step_dict(s) for s in c.steps], **c.summary()})
     if isinstance(collector, CollectorResult):
         doc["collector"] = asdict(collector) | {"events_per_s": collector.events_per_s,
                                                 "events_per_cpu_s": collector.events_per_cpu_s}
@@ -173,6 +177,19 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{s['agent_hwm_kb'] / 1024:.0f} | {_fmt(s['collector_cpu_s'], '.2f', '-')} | {lat} |")
         best = z["highest_zero_loss_rate"]
         lines += ["", f"Highest zero-loss rate: **{_fmt(best, ',.0f')} conn/s**", ""]
+    if doc.get("cpu_compare"):
+        lines += ["## Agent versions side by side (lifecycle, port-filtered, fixed rate, interleaved)", "",
+                  "| agent | µs/conn (median) | µs/event (median) | zero loss in every round | peak RSS MB |"
+                  " per-round µs/conn |", "|---|---|---|---|---|---|"]
+        for c in doc["cpu_compare"]:
+            if c["status"] != "ok":
+                lines.append(f"| {c['variant']} | n/a: {c['reason']} | | | | |")
+                continue
+            per = ", ".join(_fmt(s["cpu_us_per_conn"], ".1f") for s in c["steps"])
+            lines.append(f"| {c['variant']} | {_fmt(c['cpu_us_per_conn_median'], '.1f')} | "
+                         f"{_fmt(c['cpu_us_per_event_median'], '.1f')} | "
+                         f"{'yes' if c['all_zero_loss'] else '**no**'} | {_fmt(c['hwm_mb_max'], '.0f')} | {per} |")
+        lines.append("")
     col = doc.get("collector")
     if col:
         lines += ["## Collector throughput into Kafka", ""]

@@ -247,10 +247,10 @@ def events_per_connection(events: str) -> int | None:
 
 
 def step_stdout(topo: Topology, rate: float, duration: float, threads: int, workdir: Path,
-                events: str = "lifecycle") -> Step:
+                events: str = "lifecycle", tree: Path | None = None) -> Step:
     """Agent with --port <server> writing JSON lines to a tmpfs file, counted afterwards."""
     out = workdir / f"agent-{time.monotonic_ns()}.jsonl"
-    agent = start_agent(workdir, ["--events", events, "--port", str(topo.port)], out)
+    agent = start_agent(workdir, ["--events", events, "--port", str(topo.port)], out, tree=tree)
     try:
         c0 = cpu_seconds(agent.pid)
         res = topo.churn(duration, rate, threads)
@@ -379,3 +379,42 @@ def step_dict(s: Step) -> dict[str, Any]:
     d["cpu_us_per_conn"] = s.cpu_us_per_conn
     d["cpu_us_per_event"] = s.cpu_us_per_event
     return d
+
+
+@dataclass
+class CpuCompareRow:
+    """One agent version's CPU at a fixed, port-filtered lifecycle rate, over interleaved rounds."""
+
+    variant: str
+    status: str = "ok"
+    reason: str = ""
+    steps: list[Step] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        conn = [s.cpu_us_per_conn for s in self.steps if s.cpu_us_per_conn is not None]
+        ev = [s.cpu_us_per_event for s in self.steps if s.cpu_us_per_event is not None]
+        return {"cpu_us_per_conn_median": statistics.median(conn) if conn else None,
+                "cpu_us_per_event_median": statistics.median(ev) if ev else None,
+                "all_zero_loss": all(s.zero_loss for s in self.steps) if self.steps else None,
+                "hwm_mb_max": max(s.agent_hwm_kb for s in self.steps) / 1024 if self.steps else None}
+
+
+def run_cpu_compare(topo: Topology, variants: dict[str, Path | None], rate: float, duration: float,
+                    rounds: int, threads: int, workdir: Path) -> list[CpuCompareRow]:
+    """Agent versions side by side: each round runs every variant once at `rate` (order rotating)."""
+    rows = {name: CpuCompareRow(name) for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            row = rows[name]
+            if row.status != "ok":
+                continue
+            try:
+                st = step_stdout(topo, rate, duration, threads, workdir, tree=variants[name])
+            except Unavailable as e:
+                row.status, row.reason = "n/a", str(e)
+                continue
+            row.steps.append(st)
+            log.info("cpu-compare round %d %-24s %.1f µs/conn %.1f µs/event", r + 1, name,
+                     st.cpu_us_per_conn or 0, st.cpu_us_per_event or 0)
+    return list(rows.values())

@@ -43,3 +43,20 @@ def test_zero_loss_best_is_the_fastest_step_without_loss() -> None:
     best = z.best()
     assert best is not None and best.rate == 9000
     assert best.cpu_us_per_conn == 1e6 / 9000
+
+
+def test_agent_versions_table_reports_medians_and_na() -> None:
+    from bench.runner import CpuCompareRow
+
+    def step(cpu_s: float) -> Step:
+        return Step(10000, 10000.0, 50000, 0, 100000, 100000, {"total": 0}, True, cpu_s, 2048 * 100)
+
+    new = CpuCompareRow("agent (working tree)", steps=[step(1.0), step(1.5), step(2.0)])
+    old = CpuCompareRow("agent@v0", "n/a", "v0 has no agent/__main__.py")
+    doc = report.build(META, [], [], None, None, [new, old])
+    row = doc["cpu_compare"][0]
+    assert row["cpu_us_per_conn_median"] == 30.0 and row["cpu_us_per_event_median"] == 15.0
+    assert row["all_zero_loss"] is True and row["hwm_mb_max"] == 200.0
+    md = report.markdown(doc)
+    assert "| agent (working tree) | 30.0 | 15.0 | yes | 200 | 20.0, 30.0, 40.0 |" in md
+    assert "| agent@v0 | n/a: v0 has no agent/__main__.py |" in md
