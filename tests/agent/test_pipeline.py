@@ -144,3 +144,19 @@ def test_fanout_gives_every_sink_every_event_and_sums_losses() -> None:
     assert a.upstream == b.upstream == [{"kernel.x": 1}]
     assert a.closed_with == b.closed_with == 2.0
     assert fan.losses() == {"agent.buffer_full": 6}
+
+
+def test_losses_are_read_at_most_every_refresh_interval_and_fresh_at_shutdown() -> None:
+    t = [0.0]
+    src = FakeSource([[ev(2)], [ev(4)], [ev(6)]], {"kernel.ringbuf_full": 1})
+    sink = ListSink()
+    p = Pipeline(src, [], sink, clock=lambda: t[0], loss_refresh_s=1.0)
+    p.step()
+    src.lost["kernel.ringbuf_full"] = 5
+    t[0] = 0.5
+    p.step()  # within the interval: the reading from t=0
+    t[0] = 1.0
+    p.step()  # interval over: read again
+    src.lost["kernel.ringbuf_full"] = 9
+    p.shutdown(grace_s=0)
+    assert [u["kernel.ringbuf_full"] for u in sink.upstream] == [1, 1, 5, 9]

@@ -50,6 +50,7 @@ def run(seconds: float, events: str, clients: int, rate: float) -> dict[str, flo
         agent.terminate()
         err = agent.communicate(timeout=30)[1]
         summary = err.strip().splitlines()[-1]
+        print(summary, file=sys.stderr)
         m = re.search(r"(\d+) events out, lost (\d+)", summary)
         assert m, summary
         out_events, lost = int(m.group(1)), int(m.group(2))
