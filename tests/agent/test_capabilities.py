@@ -233,7 +233,8 @@ def test_non_root_needs_dac_read_search_which_is_why_the_chart_uses_uid_0(
     as_nobody = run_wrapped(harness, caps, [str(PYTHON), "-c", LOADER, port], as_uid=65534)
     assert as_nobody.returncode != 0, as_nobody.stderr
     assert "LOADER-ATTACHED" not in as_nobody.stderr
-    assert "Permission denied: '/sys/kernel/tracing/events'" in as_nobody.stderr, as_nobody.stderr
+    assert "cannot read tracefs at /sys/kernel/tracing (permission denied for uid 65534)" in as_nobody.stderr, (
+        as_nobody.stderr)
     with_dac = run_wrapped(harness, [*caps, "DAC_READ_SEARCH"], [str(PYTHON), "-c", LOADER, port], as_uid=65534)
     assert with_dac.returncode == 0, with_dac.stderr
     assert "LOADER-ATTACHED" in with_dac.stderr

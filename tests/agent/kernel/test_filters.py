@@ -112,4 +112,4 @@ def test_perf_buffer_path_on_kernels_without_ring_buffer() -> None:
         source.close()
     assert sorted((e.lifecycle.tx_bytes, e.lifecycle.rx_bytes) for e in got) == [(12, 4321), (4321, 12)]  # type: ignore[attr-defined]
     assert losses == {"kernel.perfbuf_full": 0, "kernel.socket_map_full": 0, "kernel.listener_map_full": 0,
-                      "kernel.perf_lost": 0}
+                      "kernel.perf_lost": 0, "kernel.recursion_misses": 0}

@@ -102,4 +102,4 @@ def test_destroy_sock_frees_per_socket_state(subtree: Harness, pods: Pods) -> No
     subtree.wait(lambda e: on_port(ex.server_port)(e) and kind(e) == "lifecycle", count=2)
     assert subtree.source.tracked_sockets() == before
     assert subtree.source.losses() == {"kernel.ringbuf_full": 0, "kernel.socket_map_full": 0,
-                                       "kernel.listener_map_full": 0}
+                                       "kernel.listener_map_full": 0, "kernel.recursion_misses": 0}
