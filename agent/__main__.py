@@ -18,6 +18,7 @@ from types import FrameType
 from agent.config import AgentConfig, ConfigError
 from agent.kernel.probe import KernelSupportError, build_plan
 from agent.wiring import build_agent
+from tcpscope.losses import definite, possible
 
 PROG = "tcpscope-agent"
 _CAP_SYS_ADMIN, _CAP_BPF, _CAP_PERFMON = 21, 39, 38
@@ -47,9 +48,13 @@ def _fail(msg: str) -> int:
 
 
 def loss_summary(losses: dict[str, int], events_out: int) -> str:
-    total = sum(losses.values())
+    """`N events out, lost T (reason=n, ...)`; possible losses (upper bounds, tcpscope/losses.py)
+    are listed with the reasons but not added to T."""
+    total = sum(definite(losses).values())
     detail = ", ".join(f"{k}={v}" for k, v in sorted(losses.items()))
-    return f"{PROG}: {events_out} events out, lost {total}" + (f" ({detail})" if detail else "")
+    maybe = sum(possible(losses).values())
+    return (f"{PROG}: {events_out} events out, lost {total}" + (f" ({detail})" if detail else "")
+            + (f"; possibly lost {maybe} more (runs the kernel skipped)" if maybe else ""))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

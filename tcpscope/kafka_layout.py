@@ -137,6 +137,7 @@ def to_json(msg: TcpEvent | EventBatch) -> str:
 
 
 def lost_total(batch: EventBatch) -> int:
+    """Definite losses of a batch (possible ones, Losses.kernel_skipped_runs, are apart)."""
     return batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
 
 

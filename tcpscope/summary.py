@@ -425,14 +425,16 @@ class Report:
                    "skipped": dict(sorted(self.summarizer.skipped.items()))}
             return json.dumps(doc) + "\n"
         lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
+        maybe = self.losses.get("kernel_skipped_runs", 0)
         foot = (f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
-                + ("no events lost" if not lost else f"LOST {lost} events: {self.losses}") + "\n")
+                + ("no events lost" if not lost else f"LOST {lost} events: {self.losses}")
+                + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "") + "\n")
         return render_table(rows) + foot
 
 
 def _lost_map(batch: EventBatch) -> dict[str, int]:
     out = {"kernel": batch.lost.kernel, "agent_buffer": batch.lost.agent_buffer,
-           "enrichment": batch.lost.enrichment}
+           "enrichment": batch.lost.enrichment, "kernel_skipped_runs": batch.lost.kernel_skipped_runs}
     out.update(batch.lost.by_reason)
     return out
 

@@ -131,10 +131,12 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                 if keep(d.event):
                     out.write(line(d.event) + "\n")
                     out.flush()
-            elif d.kind == RECORD_SUMMARY and d.summary is not None and lost_total(d.summary):
+            elif d.kind == RECORD_SUMMARY and d.summary is not None and (
+                    lost_total(d.summary) or d.summary.lost.kernel_skipped_runs):
                 reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
-                err.write(f"# lost {lost_total(d.summary)} events on node {d.summary.node} "
-                          f"(agent {d.agent_id}, batch {d.sequence}): {reasons}\n")
+                maybe = d.summary.lost.kernel_skipped_runs
+                err.write(f"# lost {lost_total(d.summary)} events" + (f" (possibly {maybe} more)" if maybe else "")
+                          + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n")
                 err.flush()
     except KeyboardInterrupt:
         pass

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.metrics import AgentMetrics
+from tcpscope.losses import POSSIBLE_LOSS_REASONS
 from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,17 @@ class Transport(Protocol):
 
 
 def split_losses(by_reason: dict[str, int]) -> Losses:
-    """Sum reasons into the three Losses buckets: 'enrich*' -> enrichment, 'agent*' -> agent_buffer,
-    everything else (kernel.*, and unknown prefixes, which can only come from the source) -> kernel."""
+    """Sum reasons into the Losses buckets: 'enrich*' -> enrichment, 'agent*' -> agent_buffer, possible
+    losses (POSSIBLE_LOSS_REASONS) -> kernel_skipped_runs, everything else (kernel.*, and unknown
+    prefixes, which can only come from the source) -> kernel."""
     out = Losses()
     for reason, n in by_reason.items():
         if n <= 0:
             continue
         out.by_reason[reason] = n
-        if reason.startswith("enrich"):
+        if reason in POSSIBLE_LOSS_REASONS:
+            out.kernel_skipped_runs += n
+        elif reason.startswith("enrich"):
             out.enrichment += n
         elif reason.startswith("agent"):
             out.agent_buffer += n

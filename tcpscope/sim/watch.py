@@ -109,7 +109,8 @@ class TopicWatch:
                 self.batches += 1
                 lost = d.summary.lost
                 for k, v in (("kernel", lost.kernel), ("agent_buffer", lost.agent_buffer),
-                             ("enrichment", lost.enrichment), *lost.by_reason.items()):
+                             ("enrichment", lost.enrichment), ("kernel_skipped_runs", lost.kernel_skipped_runs),
+                             *lost.by_reason.items()):
                     self.losses[k] = self.losses.get(k, 0) + v
             self._cv.notify_all()
 

@@ -178,3 +178,13 @@ def test_missing_btf_is_one_clear_error(dump: bool, tmp_path: Path) -> None:
     line = _one_error_line(_run(list(AGENT), *args, "--btf", str(tmp_path / "vmlinux")))
     assert line.startswith(f"tcpscope-agent: error: kernel BTF unavailable ({tmp_path}/vmlinux not found: ")
     assert "CONFIG_DEBUG_INFO_BTF" in line
+
+
+def test_loss_summary_keeps_possible_losses_apart() -> None:
+    from agent.__main__ import loss_summary
+
+    assert loss_summary({"kernel.ringbuf_full": 0}, 12) == (
+        "tcpscope-agent: 12 events out, lost 0 (kernel.ringbuf_full=0)")
+    line = loss_summary({"kernel.ringbuf_full": 2, "kernel.recursion_misses": 5}, 9)
+    assert line == ("tcpscope-agent: 9 events out, lost 2 (kernel.recursion_misses=5, kernel.ringbuf_full=2); "
+                    "possibly lost 5 more (runs the kernel skipped)")

@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records
+from tcpscope.losses import POSSIBLE_LOSS_REASONS
 from tcpscope.sim import net
 from tcpscope.sim.cgroups import PREFIX as CG_PREFIX
 from tcpscope.sim.cgroups import cgroup2_mount
@@ -101,7 +102,11 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
         got[key] = {c: row[c] for c in COUNTERS}
     assert got == EXPECTED
     assert doc["losses"]["kernel"] == doc["losses"]["agent_buffer"] == doc["losses"]["enrichment"] == 0
-    assert all(v == 0 for v in doc["losses"].values()), doc["losses"]
+    # possible losses (program runs the kernel skipped, tcpscope/losses.py) may be non-zero only
+    # because the exact summary above proves they cost no planned connection
+    definite_losses = {k: v for k, v in doc["losses"].items() if k not in ("kernel_skipped_runs",
+                                                                           *POSSIBLE_LOSS_REASONS)}
+    assert all(v == 0 for v in definite_losses.values()), doc["losses"]
 
     # every socket reported exactly once, by the agent of the node its pod runs on
     plan = parse_plan(PLAN)

@@ -232,7 +232,8 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
     got = {(p["client"]["name"], p["server"]["name"]): counters(p) for p in doc["pairs"]}
     assert got == {("web-1", "api-1"): zero(connections=2, client_resets=1),
                    ("web-1", "db-1"): zero(refused=1)}
-    assert doc["losses"] == {"agent_buffer": 0, "enrichment": 0, "kernel": 2, "kernel.ringbuf_full": 2}
+    assert doc["losses"] == {"agent_buffer": 0, "enrichment": 0, "kernel": 2, "kernel.ringbuf_full": 2,
+                             "kernel_skipped_runs": 0}
     assert (doc["batches"], doc["events"], doc["duplicates"]) == (2, 5, 4)
     # the table, filtered to one namespace, says what was lost
     assert tail.main(["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--summary",

@@ -104,3 +104,7 @@ def test_split_losses() -> None:
     lost = split_losses({"kernel.a": 1, "enrich.b": 2, "agent.buffer_full": 3, "other": 4, "zero": 0})
     assert (lost.kernel, lost.enrichment, lost.agent_buffer) == (5, 2, 3)
     assert "zero" not in lost.by_reason
+    # a possible loss is kept apart from the definite buckets, and still named by reason
+    lost = split_losses({"kernel.ringbuf_full": 2, "kernel.recursion_misses": 7})
+    assert (lost.kernel, lost.kernel_skipped_runs) == (2, 7)
+    assert dict(lost.by_reason) == {"kernel.ringbuf_full": 2, "kernel.recursion_misses": 7}
