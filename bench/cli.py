@@ -145,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     zero_loss: list[ZeroLossRow] = []
     all_kinds: Step | str | None = None
     collector: CollectorResult | str | None = None
+    collector_packed: CollectorResult | str | None = None
     cpu_compare: list[CpuCompareRow] = []
     veth: VethPair | None = None
     topos: list[Topology] = []
@@ -187,6 +188,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                          collector.events_per_cpu_s)
             except Unavailable as e:
                 collector = str(e)
+            try:
+                collector_packed = run_collector_load(workdir, a.collector_seconds or (3.0 if a.quick else 10.0),
+                                                      layout="packed")
+                log.info("collector, packed layout: %.0f events/s, %.0f events per CPU-second",
+                         collector_packed.events_per_s, collector_packed.events_per_cpu_s)
+            except Unavailable as e:
+                collector_packed = str(e)
     finally:
         for topo in topos:
             topo.close()
@@ -194,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             veth.close()
         shutil.rmtree(workdir, ignore_errors=True)
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    doc = report.build(meta, overhead, zero_loss, all_kinds, collector, cpu_compare)
+    doc = report.build(meta, overhead, zero_loss, all_kinds, collector, cpu_compare, collector_packed)
     j, md = report.write(doc, Path(a.out))
     print(md.read_text())
     print(f"bench: wrote {md} and {j} in {meta['elapsed_s']} s", file=sys.stderr)

@@ -56,15 +56,17 @@ def _batch_template(n: int) -> bytes:
 
 
 def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, inflight: int = 8,
-                       verify: bool = True, profile_raw: Path | None = None) -> CollectorResult:
-    """Start broker + collector, stream batches for `seconds`, then count what reached Kafka."""
+                       verify: bool = True, profile_raw: Path | None = None,
+                       layout: str = "event") -> CollectorResult:
+    """Start broker + collector (`--record-layout layout`), stream batches for `seconds`, then count
+    what reached Kafka."""
     import grpc
 
     from bench.runner import read_topic
     from tcpscope.v1 import collector_pb2_grpc
     from tcpscope.v1.events_pb2 import EventBatch
 
-    stack = start_stack(workdir, f"bench-collector-{time.monotonic_ns()}")
+    stack = start_stack(workdir, f"bench-collector-{time.monotonic_ns()}", ["--record-layout", layout])
     template = EventBatch.FromString(_batch_template(batch_events))
     credits: queue.Queue[int] = queue.Queue()
     for _ in range(inflight):

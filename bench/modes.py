@@ -13,7 +13,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,7 +113,7 @@ def create_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
         admin.close()
 
 
-def start_stack(workdir: Path, topic: str) -> Stack:
+def start_stack(workdir: Path, topic: str, collector_args: Sequence[str] = ()) -> Stack:
     """Broker, topic, collector; raises Unavailable with the reason when a piece is missing."""
     why = collector_unavailable()
     if why:
@@ -133,7 +133,7 @@ def start_stack(workdir: Path, topic: str) -> Stack:
         broker.stop()
         raise Unavailable(f"cannot create topic on tansu: {e}") from e
     collector = start_tool("collector", [sys.executable, "-m", "collector", "--listen", f"127.0.0.1:{cport}",
-                                         "--kafka-bootstrap", bootstrap, "--topic", topic],
+                                         "--kafka-bootstrap", bootstrap, "--topic", topic, *collector_args],
                            workdir, None, stop_signal=signal.SIGTERM)
     try:
         wait_listening(cport, collector)

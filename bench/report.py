@@ -15,7 +15,8 @@ TARGET_RATIO = {"agent-lifecycle": 0.97, "agent-all": 0.97, "agent-stream": 0.97
 
 def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
           all_kinds: Step | str | None, collector: CollectorResult | str | None = None,
-          cpu_compare: list[CpuCompareRow] | None = None) -> dict[str, Any]:
+          cpu_compare: list[CpuCompareRow] | None = None,
+          collector_packed: CollectorResult | str | None = None) -> dict[str, Any]:
     """The JSON document: inputs, every round, every step, and the headline figures vs targets."""
     doc: dict[str, Any] = {"meta": meta, "overhead": [], "zero_loss": [], "all_kinds_cpu": None,
                            "collector": None, "cpu_compare": []}
@@ -42,7 +43,12 @@ def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[Zer
         doc["all_kinds_cpu"] = step_dict(all_kinds)
     elif isinstance(all_kinds, str):
         doc["all_kinds_cpu"] = {"status": "n/a", "reason": all_kinds}
-    doc["targets"] = targets(overhead, zero_loss, collector)
+    if isinstance(collector_packed, CollectorResult):
+        doc["collector_packed"] = asdict(collector_packed) | {
+            "events_per_s": collector_packed.events_per_s, "events_per_cpu_s": collector_packed.events_per_cpu_s}
+    elif isinstance(collector_packed, str):
+        doc["collector_packed"] = {"status": "n/a", "reason": collector_packed}
+    doc["targets"] = targets(overhead, zero_loss, collector, collector_packed)
     return doc
 
 
@@ -51,7 +57,8 @@ def _fmt(v: float | None, spec: str = ".0f", na: str = "n/a") -> str:
 
 
 def targets(overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
-            collector: CollectorResult | str | None = None) -> list[dict[str, Any]]:
+            collector: CollectorResult | str | None = None,
+            collector_packed: CollectorResult | str | None = None) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured figure or the reason it is missing."""
     out: list[dict[str, Any]] = []
 
@@ -102,6 +109,13 @@ def targets(overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
             f"{eps:,.0f} ({collector.events_per_s:,.0f} events/s on the wall clock)", eps >= 100_000)
     elif isinstance(collector, str):
         add("collector events/s per core into Kafka (gRPC driver)", ">= 100,000", f"n/a: {collector}", None)
+    if isinstance(collector_packed, CollectorResult):
+        eps = collector_packed.events_per_cpu_s
+        add("collector events/s per core into Kafka, --record-layout packed (gRPC driver)", ">= 100,000",
+            f"{eps:,.0f} ({collector_packed.events_per_s:,.0f} events/s on the wall clock)", eps >= 100_000)
+    elif isinstance(collector_packed, str):
+        add("collector events/s per core into Kafka, --record-layout packed", ">= 100,000",
+            f"n/a: {collector_packed}", None)
     kafka = zl.get("kafka")
     ks = [s for s in (kafka.steps if kafka else []) if s.collector_cpu_s]
     if ks:

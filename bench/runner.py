@@ -304,7 +304,7 @@ def read_topic(bootstrap: str, topic: str, want: int, idle_s: float = 3.0) -> di
     the summed `lost` of the batch summaries, and latency = record timestamp - event time."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_record, lost_total
+    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total
 
     c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
                       max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
@@ -320,16 +320,16 @@ def read_topic(bootstrap: str, topic: str, want: int, idle_s: float = 3.0) -> di
         while time.monotonic() - last_new < idle_s and (len(seen) < want or time.monotonic() - last_new < 0.5):
             for recs in c.poll(timeout_ms=300, max_records=50000).values():
                 for rec in recs:
-                    d = decode_record(rec.headers, rec.value)
                     last_new = time.monotonic()
-                    if d.kind == RECORD_EVENT and d.event is not None:
-                        key = (d.agent_id, d.sequence, d.index)
-                        if key not in seen:
-                            seen.add(key)
-                            ev_ms = d.event.time.seconds * 1e3 + d.event.time.nanos / 1e6
-                            lat.append(rec.timestamp - ev_ms)
-                    elif d.kind == RECORD_SUMMARY and d.summary is not None:
-                        lost += lost_total(d.summary)
+                    for d in decode_records(rec.headers, rec.value):
+                        if d.kind == RECORD_EVENT and d.event is not None:
+                            key = (d.agent_id, d.sequence, d.index)
+                            if key not in seen:
+                                seen.add(key)
+                                ev_ms = d.event.time.seconds * 1e3 + d.event.time.nanos / 1e6
+                                lat.append(rec.timestamp - ev_ms)
+                        elif d.kind == RECORD_SUMMARY and d.summary is not None:
+                            lost += lost_total(d.summary)
     finally:
         c.close()
     lat.sort()
