@@ -152,9 +152,19 @@ class Pipeline:
 
     def shutdown(self, grace_s: float) -> None:
         """Release held events, flush the sink, close everything."""
-        # a final non-blocking drain of the source; each enricher releases what it held, and the
-        # next enricher in the chain sees those events too
+        # a final non-blocking drain of the source (a poll returns a bounded batch: repeat until it
+        # is empty); each enricher releases what it held, and the next enricher sees those too
         events = self.source.poll(0)
+        while events:
+            more = self.source.poll(0)
+            if not more:
+                break
+            now = self.clock()
+            for enricher in self.enrichers:
+                events = enricher.process(events, now)
+            self.sink.emit(events, self.upstream_losses())
+            self.events_out += len(events)
+            events = more
         now = self.clock()
         for enricher in self.enrichers:
             events = enricher.process(events, now) + enricher.flush()

@@ -51,6 +51,11 @@ class KernelSource:
     """EventSource over the loaded programs. poll() returns decoded events; losses() reads the
     kernel's per-CPU loss counters (and perf buffer losses reported to user space)."""
 
+    # libbpf's ring_buffer__poll keeps consuming while the producer keeps producing: at saturation
+    # one poll would never return and the batch would grow without bound (the benchmark saw 1.4 GB).
+    # A callback returning < 0 stops it and leaves that record in the ring for the next poll.
+    MAX_EVENTS_PER_POLL = 4096
+
     def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256) -> None:
         self._loaded = loaded
         self._bpf = loaded.bpf
@@ -63,8 +68,13 @@ class KernelSource:
         batch = self._batch
         size = EVENT.size
 
-        def on_event(_ctx: Any, data: Any, _size: int) -> None:
+        cap = self.MAX_EVENTS_PER_POLL
+
+        def on_event(_ctx: Any, data: Any, _size: int) -> int:
+            if len(batch) >= cap:
+                return -1  # stop this poll; the record stays in the ring
             batch.append(decode(ctypes.string_at(data, size)))
+            return 0
 
         def on_lost(lost: int) -> None:
             self._perf_lost += lost

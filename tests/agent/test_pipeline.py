@@ -160,3 +160,10 @@ def test_losses_are_read_at_most_every_refresh_interval_and_fresh_at_shutdown() 
     src.lost["kernel.ringbuf_full"] = 9
     p.shutdown(grace_s=0)
     assert [u["kernel.ringbuf_full"] for u in sink.upstream] == [1, 1, 5, 9]
+
+
+def test_shutdown_drains_every_bounded_batch_the_source_still_has() -> None:
+    src = FakeSource([[ev(2), ev(4)], [ev(6)], [ev(8)]], {})
+    sink = ListSink()
+    Pipeline(src, [Upper()], sink, clock=lambda: 0.0).shutdown(grace_s=0)
+    assert sink.got == [2, 4, 6, 8]
