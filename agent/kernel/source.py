@@ -53,7 +53,9 @@ class KernelSource:
 
     # libbpf's ring_buffer__poll keeps consuming while the producer keeps producing: at saturation
     # one poll would never return and the batch would grow without bound (the benchmark saw 1.4 GB).
-    # A callback returning < 0 stops it and leaves that record in the ring for the next poll.
+    # A callback returning < 0 stops it, but libbpf has already consumed that record
+    # (ringbuf_process_ring advances the consumer position before calling back): so the callback
+    # keeps the record it was handed and asks to stop after it.
     MAX_EVENTS_PER_POLL = 4096
 
     def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256) -> None:
@@ -71,10 +73,8 @@ class KernelSource:
         cap = self.MAX_EVENTS_PER_POLL
 
         def on_event(_ctx: Any, data: Any, _size: int) -> int:
-            if len(batch) >= cap:
-                return -1  # stop this poll; the record stays in the ring
             batch.append(decode(ctypes.string_at(data, size)))
-            return 0
+            return -1 if len(batch) >= cap else 0  # -1: stop this poll after this record
 
         def on_lost(lost: int) -> None:
             self._perf_lost += lost

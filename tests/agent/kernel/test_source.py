@@ -1,0 +1,32 @@
+"""The kernel source bounds each poll and still delivers every record (no silent loss at the cap)."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.config import AgentConfig
+from agent.kernel.source import KernelSource
+from tests.support import traffic
+from tests.support.kernel import ALL_BUT_PROBE, kernel_harness, kind, on_port
+
+
+def test_polls_are_bounded_and_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(KernelSource, "MAX_EVENTS_PER_POLL", 3)
+    port = traffic.free_port()
+    with kernel_harness(AgentConfig(ports=(port,), events=ALL_BUT_PROBE)) as h:
+        for _ in range(6):
+            traffic.tcp_exchange(port=port, client_bytes=100, server_bytes=10)
+        sizes = []
+        for _ in range(200):
+            got = h.source.poll(10)
+            sizes.append(len(got))
+            h.seen.extend(got)
+            if sum(1 for e in h.seen if kind(e) == "lifecycle") >= 12 and not got:
+                break
+        assert max(sizes) == 3
+        mine = [e for e in h.seen if on_port(port)(e)]
+        assert sum(1 for e in mine if kind(e) == "lifecycle") == 12
+        # every socket's move to CLOSE arrived: 6 client + 6 server sockets, and the 6 listeners
+        closes = [e.state_change.old_state for e in mine if kind(e) == "state_change" and e.state_change.new_state == 7]
+        assert len(closes) == 18 and closes.count(10) == 6  # 10 = LISTEN
+        assert sum(h.source.losses().values()) == 0
