@@ -32,3 +32,16 @@ def subtree(pods: Pods) -> Iterator[Harness]:
     """The agent's programs, loaded once per module, seeing only sockets under pods.root."""
     with kernel_harness(AgentConfig(cgroup_root=str(pods.root), events=ALL_BUT_PROBE)) as h:
         yield h
+
+
+@pytest.fixture(scope="module")
+def ports() -> list[int]:
+    """Three free ports for a module's traffic; its `agent` is filtered to them."""
+    return [traffic.free_port() for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def agent(ports: list[int]) -> Iterator[Harness]:
+    """The agent's programs, loaded once per module, seeing only sockets on `ports`."""
+    with kernel_harness(AgentConfig(ports=tuple(ports), events=ALL_BUT_PROBE)) as h:
+        yield h

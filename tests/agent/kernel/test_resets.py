@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 
-from agent.config import AgentConfig
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
@@ -24,18 +22,7 @@ from tcpscope.v1.events_pb2 import (
     TCP_STATE_UNSPECIFIED,
 )
 from tests.support import traffic
-from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, on_port
-
-
-@pytest.fixture(scope="module")
-def ports() -> list[int]:
-    return [traffic.free_port() for _ in range(3)]
-
-
-@pytest.fixture(scope="module")
-def agent(ports: list[int]) -> Iterator[Harness]:
-    with kernel_harness(AgentConfig(ports=tuple(ports), events=ALL_BUT_PROBE)) as h:
-        yield h
+from tests.support.kernel import Harness, kind, on_port
 
 
 @pytest.mark.root

@@ -6,25 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-from collections.abc import Iterator
 
 import pytest
 
-from agent.config import AgentConfig
 from tcpscope.v1.events_pb2 import ACTIVE, ESTABLISHED, NORMAL, SYN_SENT
 from tests.support import traffic
-from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, on_port
-
-
-@pytest.fixture(scope="module")
-def ports() -> list[int]:
-    return [traffic.free_port() for _ in range(3)]
-
-
-@pytest.fixture(scope="module")
-def agent(ports: list[int]) -> Iterator[Harness]:
-    with kernel_harness(AgentConfig(ports=tuple(ports), events=ALL_BUT_PROBE)) as h:
-        yield h
+from tests.support.kernel import Harness, kind, on_port
 
 
 def _connect_with_timeout(port: int, timeout: float) -> tuple[int, int]:

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.config import AgentConfig
 from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, TcpEvent
 from tests.support import traffic
-from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, on_port, require_root
+from tests.support.kernel import Harness, kind, on_port, require_root
 
 
 @pytest.fixture(scope="module")
@@ -24,15 +23,6 @@ def pair() -> Iterator[traffic.NetnsPair]:
         yield p
 
 
-@pytest.fixture(scope="module")
-def ports() -> list[int]:
-    return [traffic.free_port() for _ in range(3)]
-
-
-@pytest.fixture(scope="module")
-def agent(ports: list[int]) -> Iterator[Harness]:
-    with kernel_harness(AgentConfig(ports=tuple(ports), events=ALL_BUT_PROBE)) as h:
-        yield h
 
 
 def _assert_oriented(events: list[TcpEvent], ends: dict[int, tuple[str, int, str, int]]) -> None:
