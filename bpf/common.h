@@ -289,9 +289,23 @@ static __always_inline void event_tuple(struct tcpscope_event *ev, const struct 
     ev->family = t->family;
 }
 
+/* The socket id: a keyed bijection of the sock pointer (splitmix64's finalizer between the per-load
+ * key and a second key derived from it). Ids stay unique while sockets live, but neither kernel
+ * addresses nor their differences (which a plain XOR would keep) can be read from the ids in Kafka. */
+static __always_inline __u64 socket_id_of(__u64 key)
+{
+    __u64 x = key ^ SOCKET_KEY;
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x ^ (SOCKET_KEY * 0x9e3779b97f4a7c15ULL);
+}
+
 static __always_inline void event_identity(struct tcpscope_event *ev, __u64 key, const struct sockstate *st)
 {
-    ev->socket_id = key ^ SOCKET_KEY;
+    ev->socket_id = socket_id_of(key);
     ev->cgroup_id = st->cgroup_id;
     ev->netns = st->netns;
     ev->pid = st->pid;
@@ -320,7 +334,7 @@ static __always_inline struct tcpscope_event *begin_event(__u8 kind, const void 
         event_identity(ev, key, st);
         event_tuple(ev, t ? t : &st->t);
     } else {
-        ev->socket_id = sk ? key ^ SOCKET_KEY : 0;
+        ev->socket_id = sk ? socket_id_of(key) : 0;
         if (sk) {
             ev->netns = sock_netns(sk);
             if (full)

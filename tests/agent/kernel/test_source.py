@@ -30,3 +30,21 @@ def test_polls_are_bounded_and_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> 
         closes = [e.state_change.old_state for e in mine if kind(e) == "state_change" and e.state_change.new_state == 7]
         assert len(closes) == 18 and closes.count(10) == 6  # 10 = LISTEN
         assert sum(h.source.losses().values()) == 0
+
+
+def test_socket_ids_do_not_reveal_kernel_addresses() -> None:
+    """Kernel sock pointers share their top bits (0xffff...); XORed with one key they would still
+    share them. The keyed mix spreads them: ids of a dozen sockets differ in their top 16 bits, and
+    each socket keeps one id across its events."""
+    port = traffic.free_port()
+    with kernel_harness(AgentConfig(ports=(port,), events=ALL_BUT_PROBE)) as h:
+        for _ in range(6):
+            traffic.tcp_exchange(port=port, client_bytes=10, server_bytes=10)
+        lifecycles = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=12)
+    ids = {e.socket_id for e in lifecycles}
+    assert len(ids) == 12
+    assert len({i >> 48 for i in ids}) > 1
+    for e in h.seen:
+        if on_port(port)(e) and kind(e) == "state_change" and e.state_change.new_state == 7:
+            # a socket's CLOSE transition carries the same id as its lifecycle
+            assert e.socket_id in ids or e.state_change.old_state == 10
