@@ -42,7 +42,8 @@ def test_socket_ids_do_not_reveal_kernel_addresses() -> None:
             traffic.tcp_exchange(port=port, client_bytes=10, server_bytes=10)
         lifecycles = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=12)
     ids = {e.socket_id for e in lifecycles}
-    assert len(ids) == 12
+    assert len(lifecycles) == 12
+    assert len(ids) >= 4  # freed socks are reused, so ids repeat across lives (as the schema says)
     assert len({i >> 48 for i in ids}) > 1
     for e in h.seen:
         if on_port(port)(e) and kind(e) == "state_change" and e.state_change.new_state == 7:
