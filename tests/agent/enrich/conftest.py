@@ -10,7 +10,8 @@ import pytest
 
 from agent.enrich.kube import ClientKubeApi, load_api_client
 from tcpscope.fakeapi import FakeApiServer
-from tests.support.kubepods import CgroupTree
+from tests.support.kernel import require_root
+from tests.support.kubepods import CgroupTree, VethPods
 
 
 @pytest.fixture
@@ -41,3 +42,14 @@ def cgtree() -> Iterator[CgroupTree]:
         yield tree
     finally:
         tree.close()
+
+
+@pytest.fixture
+def veth() -> Iterator[VethPods]:
+    """Two "pods" in network namespaces joined by a veth pair (198.18.x.x), removed afterwards."""
+    require_root()
+    v = VethPods()
+    try:
+        yield v.up()
+    finally:
+        v.close()

@@ -9,14 +9,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from tcpscope.fakeapi import FakeApiServer, make_pod
-from tests.support.kernel import require_root
 from tests.support.kubepods import (
     CLIENT,
     SERVER,
@@ -31,16 +27,6 @@ from tests.support.kubepods import (
 )
 
 PORT = 8080
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPods]:
-    require_root()
-    v = VethPods()
-    try:
-        yield v.up()
-    finally:
-        v.close()
 
 
 def test_agent_cli_shows_both_pods(fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree,

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from agent.config import AgentConfig
 from agent.enrich import build_enrichers
 from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
 from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
-from tests.support.kernel import kernel_harness, require_root
+from tests.support.kernel import kernel_harness
 from tests.support.kubepods import (
     CLIENT,
     SERVER,
@@ -32,16 +29,6 @@ from tests.support.kubepods import (
 
 NODE_NAME = "node-1"
 PORT = 8080
-
-
-@pytest.fixture
-def veth() -> Iterator[VethPods]:
-    require_root()
-    v = VethPods()
-    try:
-        yield v.up()
-    finally:
-        v.close()
 
 
 def test_both_ends_of_a_pod_to_pod_connection_resolved_from_kernel_events(
