@@ -11,7 +11,7 @@ import socket
 import struct
 from collections.abc import Mapping
 
-from tcpscope.v1.events_pb2 import Direction, TcpEvent
+from tcpscope.v1.events_pb2 import Direction, Ending, TcpEvent
 
 # (name, struct code) in the order of struct tcpscope_event
 EVENT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -55,6 +55,7 @@ KIND_NAMES = {
 }
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
+_ENDING_RESET_SENT = Ending.RESET_SENT
 
 
 def errno_name(code: int) -> str:
@@ -133,7 +134,7 @@ class Decoder:
             lc.errno_name = errno_name(err)
             lc.last_state = new_state
             lc.retransmits = retrans
-            if ending == 2:  # RESET_SENT
+            if ending == _ENDING_RESET_SENT:
                 lc.reset_reason = reason
                 lc.reset_reason_name = self.reason_name(reason)
         elif kind == EV_STATE:
