@@ -23,11 +23,7 @@ def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[Zer
     for c in cpu_compare or []:
         doc["cpu_compare"].append({"variant": c.variant, "status": c.status, "reason": c.reason,
                                    "steps": [step_dict(s) for s in c.steps], **c.summary()})
-    if isinstance(collector, CollectorResult):
-        doc["collector"] = asdict(collector) | {"events_per_s": collector.events_per_s,
-                                                "events_per_cpu_s": collector.events_per_cpu_s}
-    elif isinstance(collector, str):
-        doc["collector"] = {"status": "n/a", "reason": collector}
+    doc["collector"] = _collector_doc(collector)
     for row in overhead:
         d = asdict(row)
         d.update(row.summary())
@@ -43,13 +39,18 @@ def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[Zer
         doc["all_kinds_cpu"] = step_dict(all_kinds)
     elif isinstance(all_kinds, str):
         doc["all_kinds_cpu"] = {"status": "n/a", "reason": all_kinds}
-    if isinstance(collector_packed, CollectorResult):
-        doc["collector_packed"] = asdict(collector_packed) | {
-            "events_per_s": collector_packed.events_per_s, "events_per_cpu_s": collector_packed.events_per_cpu_s}
-    elif isinstance(collector_packed, str):
-        doc["collector_packed"] = {"status": "n/a", "reason": collector_packed}
+    doc["collector_packed"] = _collector_doc(collector_packed)
     doc["targets"] = targets(overhead, zero_loss, collector, collector_packed)
     return doc
+
+
+def _collector_doc(result: CollectorResult | str | None) -> dict[str, Any] | None:
+    """One collector phase in the JSON document: its figures, or why it is n/a."""
+    if isinstance(result, CollectorResult):
+        return asdict(result) | {"events_per_s": result.events_per_s, "events_per_cpu_s": result.events_per_cpu_s}
+    if isinstance(result, str):
+        return {"status": "n/a", "reason": result}
+    return None
 
 
 def _fmt(v: float | None, spec: str = ".0f", na: str = "n/a") -> str:
@@ -103,19 +104,15 @@ def targets(overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
         add("agent CPU per event, lifecycle", "-", f"{_fmt(best.cpu_us_per_event, '.1f')} µs", None)
         add("agent peak RSS (VmHWM)", "<= 150 MB", f"{best.agent_hwm_kb / 1024:.0f} MB",
             best.agent_hwm_kb <= 150 * 1024)
-    if isinstance(collector, CollectorResult):
-        eps = collector.events_per_cpu_s
-        add("collector events/s per core into Kafka (gRPC driver, 1000-event batches)", ">= 100,000",
-            f"{eps:,.0f} ({collector.events_per_s:,.0f} events/s on the wall clock)", eps >= 100_000)
-    elif isinstance(collector, str):
-        add("collector events/s per core into Kafka (gRPC driver)", ">= 100,000", f"n/a: {collector}", None)
-    if isinstance(collector_packed, CollectorResult):
-        eps = collector_packed.events_per_cpu_s
-        add("collector events/s per core into Kafka, --record-layout packed (gRPC driver)", ">= 100,000",
-            f"{eps:,.0f} ({collector_packed.events_per_s:,.0f} events/s on the wall clock)", eps >= 100_000)
-    elif isinstance(collector_packed, str):
-        add("collector events/s per core into Kafka, --record-layout packed", ">= 100,000",
-            f"n/a: {collector_packed}", None)
+    for label, result in (("(gRPC driver, 1000-event batches)", collector),
+                          (", --record-layout packed (gRPC driver)", collector_packed)):
+        name = f"collector events/s per core into Kafka {label}".replace(" ,", ",")
+        if isinstance(result, CollectorResult):
+            eps = result.events_per_cpu_s
+            add(name, ">= 100,000", f"{eps:,.0f} ({result.events_per_s:,.0f} events/s on the wall clock)",
+                eps >= 100_000)
+        elif isinstance(result, str):
+            add(name, ">= 100,000", f"n/a: {result}", None)
     kafka = zl.get("kafka")
     ks = [s for s in (kafka.steps if kafka else []) if s.collector_cpu_s]
     if ks:
