@@ -36,6 +36,10 @@ class AgentMetrics:
             "tcpscope_agent_buffer_capacity_events", "--buffer-max-events", registry=r)
         self.stream_connected = Gauge(
             "tcpscope_agent_stream_connected", "1 while the collector stream is up", registry=r)
+        self.batches_refused = Counter(
+            "tcpscope_agent_batches_refused_total",
+            "batches the collector refused for what they are (split, or dropped when one event), by reason",
+            ["reason"], registry=r)
         self.reconnects = Counter(
             "tcpscope_agent_stream_reconnects_total", "collector stream (re)connect attempts that failed",
             ["code"], registry=r)

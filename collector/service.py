@@ -30,6 +30,7 @@ from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.remote import BatchEnricher
 from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
+from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
 from tcpscope.v1.events_pb2 import EventBatch
 
@@ -40,18 +41,22 @@ SERVICE_NAME = "tcpscope.v1.Collector"
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a message or stream is refused: the gRPC status, a metrics reason, a message."""
+    """Why a message or stream is refused: the gRPC status, a metrics reason, a message, and for a
+    refusal of one batch for what it is, that batch's sequence (sent back as trailing metadata, so
+    the agent can split or drop it instead of resending it forever: tcpscope/refusal.py)."""
 
     code: grpc.StatusCode
     reason: str
     details: str
+    sequence: int = 0
 
 
 def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None) -> EventBatch | Refusal:
     """Parse and check one batch; peer_names is the client certificate's identities under mTLS."""
     if len(raw) > cfg.max_message_bytes:
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
-                       f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}")
+                       f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}",
+                       _sequence_of(raw))
     batch = EventBatch()
     try:
         batch.ParseFromString(raw)
@@ -62,7 +67,8 @@ def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None
                        f"schema_version {batch.schema_version} is not supported (want {SCHEMA_VERSION})")
     if len(batch.events) > cfg.max_batch_events:
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_events",
-                       f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}")
+                       f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}",
+                       batch.sequence)
     if not batch.agent_id or not batch.node or batch.sequence == 0:
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id",
                        "batch needs node, agent_id and a sequence >= 1")
@@ -74,6 +80,17 @@ def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None
             return Refusal(grpc.StatusCode.PERMISSION_DENIED, "node_mismatch",
                            "an event claims another node than the batch")
     return batch
+
+
+def _sequence_of(raw: bytes) -> int:
+    """The sequence of a batch too big to accept (0 if it does not parse); gRPC already let it in
+    (the server's hard limit is above --max-message-bytes), so parsing it costs no new memory bound."""
+    batch = EventBatch()
+    try:
+        batch.ParseFromString(raw)
+    except DecodeError:
+        return 0
+    return batch.sequence
 
 
 def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> frozenset[str]:
@@ -130,7 +147,10 @@ class CollectorService:
     async def _refuse(self, context: grpc.aio.ServicerContext[bytes, BatchAck], r: Refusal) -> None:
         self._metrics.rejected.labels(r.reason).inc()
         log.warning("refusing stream from %s: %s (%s)", context.peer(), r.details, r.code.name)
-        await context.abort(r.code, r.details)
+        trailing: tuple[tuple[str, str], ...] = ()
+        if r.sequence:
+            trailing = ((MD_SEQUENCE, str(r.sequence)), (MD_REASON, r.reason))
+        await context.abort(r.code, r.details, trailing_metadata=trailing)
 
     async def stream(self, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:

@@ -13,6 +13,11 @@ Policy (the transport only sends and resends; every decision about what to keep 
   loss accounting errs on the side of counting.
 - Loss deltas: `emit()` receives cumulative upstream losses by reason; each batch carries the
   increase since the previous batch plus the exporter's own drops, in `EventBatch.lost`.
+- Refused batches: when the collector refuses one batch for what it is (tcpscope/refusal.py: too
+  many events or bytes), that batch is split in two halves under new sequences, sent first, and
+  `batch_max_events` is lowered to the half for the batches still to come; a single event refused
+  is dropped and counted under `agent.collector_refused`. (It never reached Kafka, so new ids do
+  not duplicate anything.) Any other refusal leaves the batches alone: the transport retries.
 - Shutdown: `close(grace_s)` seals what is open, waits up to grace_s for acks, then counts what is
   still unacked under `agent.shutdown_unsent` (logged; it can no longer travel in the stream).
 """
@@ -29,6 +34,7 @@ from typing import Protocol
 
 from agent.metrics import AgentMetrics
 from tcpscope.losses import POSSIBLE_LOSS_REASONS
+from tcpscope.refusal import SPLITTABLE
 from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 REASON_BUFFER_FULL = "agent.buffer_full"
 REASON_SHUTDOWN = "agent.shutdown_unsent"
+REASON_REFUSED = "agent.collector_refused"
 
 
 @dataclass
@@ -61,6 +68,10 @@ class BatchSource(Protocol):
         ...
 
     def on_ack(self, agent_id: str, sequence: int) -> None: ...
+
+    def on_refused(self, sequence: int, reason: str, details: str) -> None:
+        """The collector refused batch `sequence` for what it is (before on_stream_reset)."""
+        ...
 
     def on_stream_reset(self) -> None:
         """The stream broke: every sent-unacked batch goes back to be sent again, in order."""
@@ -133,6 +144,7 @@ class Exporter:
         self._wall = wall
         self._cond = threading.Condition()
         self._st = _State(last_seal=clock())
+        self._cap = settings.batch_max_events  # lowered when the collector refuses a batch as too big
         self._metrics.buffer_capacity.set(settings.buffer_max_events)
         self._started = False
 
@@ -159,7 +171,7 @@ class Exporter:
             self._account_upstream(upstream_losses)
             if events:
                 self._metrics.events_in.inc(len(events))
-                i, n, cap = 0, len(events), self._s.batch_max_events
+                i, n, cap = 0, len(events), self._cap
                 while i < n:
                     if st.open_since is None:
                         st.open_since = now
@@ -191,6 +203,9 @@ class Exporter:
                 if left <= 0:
                     break
                 self._cond.wait(min(left, 0.1))
+                if st.pending_lost:  # a loss while closing (a refused batch dropped): report it too
+                    self._seal(self._clock())
+                    self._cond.notify_all()
         self._transport.stop(timeout_s=2.0)
         with self._cond:
             left_events = st.held_events
@@ -246,6 +261,40 @@ class Exporter:
             self._metrics.buffer_events.set(len(self._st.open) + self._st.held_events)
             self._cond.notify_all()
 
+    def on_refused(self, sequence: int, reason: str, details: str) -> None:
+        with self._cond:
+            st = self._st
+            b = st.inflight.pop(sequence, None)
+            if b is None:
+                log.warning("collector refused batch %d (%s), which is no longer held", sequence, reason)
+                return
+            st.held_events -= b.events
+            self._metrics.batches_refused.labels(reason).inc()
+            if reason in SPLITTABLE and b.events > 1:
+                events = list(EventBatch.FromString(b.data).events)
+                half = (len(events) + 1) // 2
+                if half < self._cap:
+                    self._cap = half
+                    log.warning("collector refused batch %d of %d events (%s: %s): splitting it, and "
+                                "batches now hold at most %d events", sequence, b.events, reason, details,
+                                half)
+                first = self._make_batch(events[:half], b.lost)
+                second = self._make_batch(events[half:], {})
+                st.unsent.extendleft((second, first))
+                st.held_events += b.events
+            else:
+                self._count_own(REASON_REFUSED, b.events)
+                for r, n in b.lost.items():  # its loss report must still reach the stream
+                    st.pending_lost[r] = st.pending_lost.get(r, 0) + n
+                if b.events:
+                    st.pending_lost[REASON_REFUSED] = st.pending_lost.get(REASON_REFUSED, 0) + b.events
+                if st.open_since is None:
+                    st.open_since = self._clock()
+                log.error("collector refused batch %d (%s: %s): %d events dropped, counted as %s",
+                          sequence, reason, details, b.events, REASON_REFUSED)
+            self._metrics.buffer_events.set(len(st.open) + st.held_events)
+            self._cond.notify_all()
+
     def on_stream_reset(self) -> None:
         with self._cond:
             st = self._st
@@ -287,17 +336,21 @@ class Exporter:
         elif st.open_since is None and now - st.last_seal >= self._s.heartbeat_s:
             self._seal(now)  # heartbeat: an empty batch with zero losses
 
-    def _seal(self, now: float) -> None:
+    def _make_batch(self, events: Sequence[TcpEvent], lost: dict[str, int]) -> OutgoingBatch:
+        """Serialize events and loss deltas as the next sequence (the caller queues and counts it)."""
         st = self._st
         batch = EventBatch(schema_version=SCHEMA_VERSION, node=self._s.node, agent_id=self._s.agent_id,
                            sequence=st.next_seq)
-        batch.events.extend(st.open)
-        batch.lost.CopyFrom(split_losses(st.pending_lost))
+        batch.events.extend(events)
+        batch.lost.CopyFrom(split_losses(lost))
         batch.sent_time.FromNanoseconds(int(self._wall() * 1e9))
-        st.unsent.append(OutgoingBatch(st.next_seq, batch.SerializeToString(), len(st.open),
-                                       dict(st.pending_lost)))
-        st.held_events += len(st.open)
         st.next_seq += 1
+        return OutgoingBatch(batch.sequence, batch.SerializeToString(), len(events), dict(lost))
+
+    def _seal(self, now: float) -> None:
+        st = self._st
+        st.unsent.append(self._make_batch(st.open, st.pending_lost))
+        st.held_events += len(st.open)
         st.open = []
         st.open_since = None
         st.pending_lost = {}

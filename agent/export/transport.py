@@ -18,6 +18,7 @@ import grpc
 
 from agent.export.exporter import BatchSource
 from agent.metrics import AgentMetrics
+from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,18 @@ def backoff_delay(attempt: int, initial: float, maximum: float, rand: Callable[[
     """Exponential backoff with 'equal jitter': half the step fixed, half random."""
     step = min(maximum, initial * (2 ** min(attempt, 30)))
     return float(step / 2 + rand() * step / 2)
+
+
+def _refused_batch(e: grpc.RpcError) -> tuple[int, str] | None:
+    """(sequence, reason) when the collector refused one batch for what it is (tcpscope/refusal.py)."""
+    if not isinstance(e, grpc.Call):
+        return None
+    md = {k: v for k, v in (e.trailing_metadata() or ()) if isinstance(v, str)}
+    try:
+        seq = int(md.get(MD_SEQUENCE, "0"))
+    except ValueError:
+        return None
+    return (seq, md.get(MD_REASON, "unknown")) if seq > 0 else None
 
 
 class GrpcTransport:
@@ -133,8 +146,12 @@ class GrpcTransport:
                         source.on_ack(ack.agent_id, ack.sequence)
             except grpc.RpcError as e:
                 code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
-                if not self._stop.is_set():
-                    details = e.details() if isinstance(e, grpc.Call) else str(e)
+                details = e.details() if isinstance(e, grpc.Call) else str(e)
+                refused = _refused_batch(e)
+                if refused is not None:
+                    source.on_refused(refused[0], refused[1], details or "")
+                    attempt = 0  # the batch that stopped the stream is gone: go on at once
+                elif not self._stop.is_set():
                     log.warning("collector stream to %s ended: %s %s", self._s.target, code, details)
             except OSError as e:  # unreadable certificate or token file
                 code = "LOCAL_ERROR"

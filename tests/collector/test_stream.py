@@ -180,6 +180,39 @@ def test_agent_buffer_overflow_counted_exactly(kafka_broker: Broker) -> None:
     assert sum(s.summary.lost.kernel for s in sums if s.summary) == 4
 
 
+def test_too_big_batches_are_split_and_an_unacceptable_event_is_counted(kafka_broker: Broker) -> None:
+    """Batches over the collector's limits are split by the agent until they fit; the one event
+    too big on its own is dropped, counted, and reported in the stream: nothing else is held up."""
+    kafka_broker.create_topic(TOPIC)
+    events = [make_event(i) for i in range(40)]
+    events[17].local.labels["blob"] = "x" * 5000  # alone above --max-message-bytes
+    with collector(collector_cfg(kafka_broker.bootstrap, TOPIC, max_batch_events=4,
+                                 max_message_bytes=3000)) as col:
+        exp = make_exporter(col.target, batch=10)
+        for i in range(0, 40, 8):
+            exp.emit(events[i:i + 8], {})
+        exp.close(20)
+        assert exp.losses() == {"agent.collector_refused": 1}
+        m = exp.metrics
+        assert m.value("tcpscope_agent_events_acked_total") == 39
+        assert m.value("tcpscope_agent_dropped_events_total", reason="collector_refused") == 1
+        assert m.value("tcpscope_agent_batches_refused_total", reason="too_many_events") >= 1
+        assert m.value("tcpscope_agent_batches_refused_total", reason="oversized") >= 1
+        assert col.metrics.value("tcpscope_collector_rejected_total", reason="too_many_events") >= 1
+        assert col.metrics.value("tcpscope_collector_rejected_total", reason="oversized") >= 1
+        published = int(col.metrics.value("tcpscope_collector_records_published_total"))
+    records = consume_all(kafka_broker.bootstrap, TOPIC, want=published)
+    evs, sums = decode_all(records)
+    got = {(d.agent_id, d.sequence, d.index): d.event for d in evs}
+    assert sorted(e.socket_id for e in got.values() if e) == [e.socket_id for e in events if e is not events[17]]
+    assert all(index < 4 for _, _, index in got)
+    # a batch acked by Kafka but not to the agent (the stream broke on a later refusal) is resent:
+    # summaries count once per (agent id, sequence), as docs/kafka.md tells consumers to dedup
+    lost = {(d.agent_id, d.sequence): d.summary.lost for d in sums if d.summary}
+    assert sum(x.by_reason["agent.collector_refused"] for x in lost.values()) == 1
+    assert sum(x.agent_buffer for x in lost.values()) == 1
+
+
 @pytest.mark.slow
 def test_broker_down_30s_no_event_lost(kafka_broker: Broker) -> None:
     import time

@@ -100,6 +100,53 @@ def test_heartbeat_and_shutdown_accounting() -> None:
     assert exp.metrics.value("tcpscope_agent_dropped_events_total", reason="shutdown_unsent") == 2
 
 
+def test_batch_refused_as_too_big_is_split_under_new_ids_and_the_cap_follows() -> None:
+    exp, clock = _make(batch=6, buffer=100)
+    exp.emit([make_event(i) for i in range(12)], {"kernel.x": 2})  # batches 1 and 2, 6 events each
+    g1 = exp.begin_stream()
+    b1, _ = _take(exp, g1)
+    exp.on_refused(b1.sequence, "too_many_events", "6 events exceed --max-batch-events 4")
+    exp.on_stream_reset()
+    g2 = exp.begin_stream()
+    resent = [EventBatch.FromString(b.data) for b in _take(exp, g2)]
+    # batch 2 was sent after the refused one: it goes again first, then the halves of batch 1
+    assert [(b.sequence, len(b.events)) for b in resent] == [(2, 6), (3, 3), (4, 3)]
+    assert [e.socket_id for b in resent[1:] for e in b.events] == [1, 2, 3, 4, 5, 6]
+    # batch 1's loss report goes with its first half, once
+    assert dict(resent[1].lost.by_reason) == {"kernel.x": 2} and resent[2].lost.ByteSize() == 0
+    # new batches obey the lowered cap
+    exp.emit([make_event(i) for i in range(100, 107)], {"kernel.x": 2})
+    clock.t += 1.0
+    exp.emit([], {"kernel.x": 2})
+    assert [b.events for b in _take(exp, g2)] == [3, 3, 1]
+    assert exp.losses() == {}
+    assert exp.metrics.value("tcpscope_agent_batches_refused_total", reason="too_many_events") == 1
+    assert exp.metrics.value("tcpscope_agent_buffer_events") == 19
+
+
+def test_single_event_refused_is_dropped_counted_and_reported() -> None:
+    exp, clock = _make(batch=2, buffer=100)
+    exp.emit([make_event(1)], {"kernel.x": 1})
+    clock.t += 1.0
+    exp.emit([], {})
+    g = exp.begin_stream()
+    (b1,) = _take(exp, g)
+    exp.on_refused(b1.sequence, "oversized", "batch of 5000 bytes exceeds --max-message-bytes 4000")
+    exp.on_refused(99, "oversized", "not held: ignored")
+    exp.on_stream_reset()
+    assert exp.losses() == {"agent.collector_refused": 1}
+    assert exp.metrics.value("tcpscope_agent_dropped_events_total", reason="collector_refused") == 1
+    clock.t += 1.0
+    exp.emit([make_event(2)], {"kernel.x": 1})
+    clock.t += 1.0
+    exp.emit([], {})
+    (b2,) = [EventBatch.FromString(b.data) for b in _take(exp, exp.begin_stream())]
+    assert [e.socket_id for e in b2.events] == [3]  # make_event(2)
+    # the dropped batch's own report (kernel.x=1) and its loss travel in the next batch
+    assert dict(b2.lost.by_reason) == {"kernel.x": 1, "agent.collector_refused": 1}
+    assert b2.lost.agent_buffer == 1 and b2.lost.kernel == 1
+
+
 def test_split_losses() -> None:
     lost = split_losses({"kernel.a": 1, "enrich.b": 2, "agent.buffer_full": 3, "other": 4, "zero": 0})
     assert (lost.kernel, lost.enrichment, lost.agent_buffer) == (5, 2, 3)
