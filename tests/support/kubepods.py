@@ -183,7 +183,7 @@ class VethPods:
     ip_b: str = ""
 
     def __post_init__(self) -> None:
-        n = int(secrets.token_hex(1), 16)
+        n = secrets.randbelow(250)  # 198.18.250-255.x stay free for tests' node and service addresses
         self.ns_a, self.ns_b = f"tsenr-{self.tag}-a", f"tsenr-{self.tag}-b"
         self.ip_a, self.ip_b = f"198.18.{n}.1", f"198.18.{n}.2"
 
