@@ -29,17 +29,24 @@ def _start(*args: str) -> subprocess.Popen[str]:
 
 
 def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+    """The agent's 'attached:' line. Reads the raw fd: select() and a buffered readline() together
+    miss a line that arrived in the same chunk as the one before it."""
     assert proc.stderr is not None
+    fd = proc.stderr.fileno()
     sel = selectors.DefaultSelector()
-    sel.register(proc.stderr, selectors.EVENT_READ)
+    sel.register(fd, selectors.EVENT_READ)
+    seen = b""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if sel.select(0.2):
-            line = proc.stderr.readline()
-            if "attached:" in line:
-                return line
-            assert line, f"agent exited before attaching: rc={proc.poll()}"
-    raise AssertionError("agent did not attach in time")
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise AssertionError(f"agent exited before attaching: rc={proc.wait(5)}, stderr: {seen!r}")
+            seen += chunk
+            for line in seen.decode(errors="replace").splitlines(keepends=True):
+                if "attached:" in line and line.endswith("\n"):
+                    return line
+    raise AssertionError(f"agent did not attach in time; stderr: {seen!r}")
 
 
 @pytest.mark.root
