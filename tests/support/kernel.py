@@ -51,7 +51,8 @@ class Harness:
 def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
     require_root()
     plan = build_plan(config)
-    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons))
+    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
+                          reader=config.ring_buffer_reader)
     try:
         yield Harness(source=source, plan=plan)
     finally:
