@@ -88,8 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     pipeline = agent.pipeline
     print(f"{PROG}: attached: {', '.join(tp for _k, tp, _f in agent.plan.attach)} "
-          f"({'ring buffer' if agent.plan.use_ringbuf else 'perf buffer'}, {agent.source.reader} reader)",
-          file=sys.stderr, flush=True)
+          f"({'ring buffer' if agent.plan.use_ringbuf else 'perf buffer'})", file=sys.stderr, flush=True)
     deadline = None if config.duration is None else time.monotonic() + config.duration
     pipeline.clock = time.monotonic
     try:

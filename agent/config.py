@@ -71,11 +71,6 @@ class AgentConfig:
     ring_buffer_kb: int = setting(
         "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
     )
-    ring_buffer_reader: str = setting(
-        "TCPSCOPE_RING_BUFFER_READER",
-        "how the ring buffer is read: 'mmap' (its pages, no per-record callback; x86 only), 'bcc' "
-        "(bcc's callback per record), or 'auto' (mmap where supported)", default="auto"
-    )
     # --- identity and enrichment ------------------------------------------------------------
     node_name: str = setting(
         "NODE_NAME", "this node's name (Kubernetes downward API); defaults to the host name", default=""
@@ -146,8 +141,6 @@ class AgentConfig:
         kb = self.ring_buffer_kb
         if kb < 4 or kb & (kb - 1):
             raise ConfigError("--ring-buffer-kb must be a power of two >= 4")
-        if self.ring_buffer_reader not in ("auto", "mmap", "bcc"):
-            raise ConfigError("--ring-buffer-reader must be auto, mmap or bcc")
         if self.compression not in ("gzip", "deflate", "none"):
             raise ConfigError("--compression must be gzip, deflate or none")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -196,7 +189,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe-sample", type=int, help=h("probe_sample"))
     p.add_argument("--max-sockets", type=int, help=h("max_sockets"))
     p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))
-    p.add_argument("--ring-buffer-reader", choices=("auto", "mmap", "bcc"), help=h("ring_buffer_reader"))
     p.add_argument("--node-name", help=h("node_name"))
     p.add_argument("--kubernetes", dest="kubernetes", action="store_true", default=None, help=h("kubernetes"))
     p.add_argument("--no-kubernetes", dest="kubernetes", action="store_false", default=None,

@@ -61,5 +61,5 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     plan = plan or build_plan(config)
     loaded = load(plan)
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
-    source = KernelSource(loaded, decoder, reader=config.ring_buffer_reader)
+    source = KernelSource(loaded, decoder)
     return Agent(plan=plan, source=source, pipeline=Pipeline(source=source, enrichers=enrichers, sink=sink))

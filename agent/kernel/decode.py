@@ -10,7 +10,6 @@ import errno
 import socket
 import struct
 from collections.abc import Mapping
-from typing import Any
 
 from tcpscope.v1.events_pb2 import Direction, Ending, TcpEvent
 
@@ -107,13 +106,9 @@ class Decoder:
 
     def decode(self, raw: bytes) -> TcpEvent:
         """One record (at least EVENT.size bytes) -> TcpEvent."""
-        return self.decode_fields(EVENT.unpack_from(raw))
-
-    def decode_fields(self, fields: tuple[Any, ...]) -> TcpEvent:
-        """One record already unpacked with EVENT (the ring buffer reader unpacks runs of them)."""
         (ts, sock_id, cgroup_id, duration, tx, rx, _netns, pid, saddr, daddr, sport, dport, family, kind,
          role, state, new_state, ending, _pad, err, reason, retrans, cwnd, srtt, snd_wnd, data_len,
-         comm) = fields
+         comm) = EVENT.unpack_from(raw)
         ev = TcpEvent(node=self.node, socket_id=sock_id)
         wall = ts + self.offset_ns
         ev.time.seconds = wall // 1_000_000_000

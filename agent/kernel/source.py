@@ -1,27 +1,17 @@
-"""The kernel EventSource: drains the ring buffer (or perf buffer) and decodes records.
-
-The ring buffer is read from its mapped pages by agent/kernel/ringbuf.py ('mmap', the default
-where supported), or through bcc's per-record callback ('bcc'; also the perf buffer's only way).
-"""
+"""The kernel EventSource: drains the ring buffer (or perf buffer) and decodes records."""
 
 from __future__ import annotations
 
 import ctypes
-import logging
 import time
 from typing import Any
 
-from agent.kernel import ringbuf
 from agent.kernel.decode import EVENT, Decoder
 from agent.kernel.loader import Loaded
 from tcpscope.v1.events_pb2 import TcpEvent
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h) is stable ABI: recursion_misses is the u64 at
 # byte 208, added in Linux 5.12; older kernels return a shorter info_len.
-log = logging.getLogger(__name__)
-
-READERS = ("auto", "mmap", "bcc")
-
 _PROG_INFO_SIZE = 256
 _RECURSION_MISSES_OFF = 208
 
@@ -65,11 +55,10 @@ class KernelSource:
     # one poll would never return and the batch would grow without bound (the benchmark saw 1.4 GB).
     # A callback returning < 0 stops it, but libbpf has already consumed that record
     # (ringbuf_process_ring advances the consumer position before calling back): so the callback
-    # keeps the record it was handed and asks to stop after it. The mmap reader takes at most this
-    # many per poll too.
+    # keeps the record it was handed and asks to stop after it.
     MAX_EVENTS_PER_POLL = 4096
 
-    def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256, reader: str = "auto") -> None:
+    def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256) -> None:
         self._loaded = loaded
         self._bpf = loaded.bpf
         self._decoder = decoder
@@ -92,17 +81,7 @@ class KernelSource:
 
         self._on_event = on_event  # keep the callbacks alive
         self._on_lost = on_lost
-        if reader not in READERS:
-            raise ValueError(f"ring buffer reader {reader!r} is not one of {READERS}")
-        if reader == "mmap" and not (loaded.plan.use_ringbuf and ringbuf.supported()):
-            raise ValueError("the mmap ring buffer reader needs a ring buffer (Linux 5.8+) on x86")
-        self._mmap: ringbuf.RingBufReader | None = None
-        self.reader = "bcc"
-        if loaded.plan.use_ringbuf and reader != "bcc" and ringbuf.supported():
-            table = self._bpf[b"events"]
-            self._mmap = ringbuf.RingBufReader(int(table.map_fd), int(table.max_entries), EVENT)
-            self.reader = "mmap"
-        elif loaded.plan.use_ringbuf:
+        if loaded.plan.use_ringbuf:
             self._bpf[b"events"].open_ring_buffer(on_event)
             self._poll_fn = self._bpf.ring_buffer_poll
         else:
@@ -113,9 +92,6 @@ class KernelSource:
         self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
-        if self._mmap is not None:
-            decode = self._decoder.decode_fields
-            return [decode(t) for t in self._mmap.poll(timeout_ms, self.MAX_EVENTS_PER_POLL)]
         self._poll_fn(timeout_ms)
         out = self._batch[:]
         self._batch.clear()
@@ -147,6 +123,4 @@ class KernelSource:
         if not self._closed:
             self._final_losses = self.losses()
             self._closed = True
-            if self._mmap is not None:
-                self._mmap.close()
             self._loaded.close()

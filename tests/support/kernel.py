@@ -51,8 +51,7 @@ class Harness:
 def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
     require_root()
     plan = build_plan(config)
-    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
-                          reader=config.ring_buffer_reader)
+    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons))
     try:
         yield Harness(source=source, plan=plan)
     finally:
