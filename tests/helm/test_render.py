@@ -177,3 +177,20 @@ def test_agent_settings_become_its_environment_variables() -> None:
     assert env["TCPSCOPE_METRICS_PORT"] == "0"
     assert env["TCPSCOPE_EVENTS"] == "lifecycle,state,retransmit,synack,reset,error"
     assert env["NODE_NAME"] == "<from>"
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_every_agent_variable_is_a_setting_the_agent_accepts(name: str) -> None:
+    """The chart speaks the agent's language: each variable it sets is an AgentConfig setting, and
+    the agent accepts the whole environment as rendered."""
+    import dataclasses
+
+    from agent.config import AgentConfig
+
+    ds = find(render(VALUE_SETS[name]), "DaemonSet")
+    env = env_of(ds["spec"]["template"]["spec"]["containers"][0])
+    known = {f.metadata["env"] for f in dataclasses.fields(AgentConfig)}
+    ours = {k for k in env if k.startswith("TCPSCOPE_") or k == "NODE_NAME"}
+    assert ours <= known, ours - known
+    config = AgentConfig.from_args([], env={k: v for k, v in env.items() if k in ours and v != "<from>"})
+    assert config.ring_buffer_kb == int(env["TCPSCOPE_RING_BUFFER_KB"])
