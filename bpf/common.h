@@ -62,15 +62,19 @@ struct sockstate {
     char comm[16];
 };
 
+/* A listening socket's address: {netns, family, bound address, port}. The address is as in struct
+ * tuple (IPv4 in the first 4 bytes), all zero for a wildcard bind. IPv4 and IPv6 listeners on one
+ * port, or listeners on different addresses, are different keys; SO_REUSEPORT listeners share one. */
 struct listener_key {
+    __u8 addr[16];
     __u32 netns;
     __u16 port;
-    __u16 pad;
+    __u16 family;
 };
 
 struct owner {
     __u32 pid;
-    __u32 pad;
+    __u32 refs;       /* listening sockets with this key (SO_REUSEPORT groups have several) */
     char comm[16];
 };
 
@@ -80,9 +84,10 @@ struct owner {
  * not tracked and LOSS_SOCKET_MAP_FULL counts it: nothing is evicted silently. */
 BPF_HASH(sockets, __u64, struct sockstate, MAX_SOCKETS);
 
-/* Owners of listening sockets, keyed by {netns, local port}. Inserted at CLOSE->LISTEN (listen(),
- * process context), deleted at LISTEN->CLOSE. Read at a passive child's LISTEN->SYN_RECV, which
- * runs in softirq where the current task is whoever was interrupted. */
+/* Owners of listening sockets, keyed by struct listener_key. Inserted at CLOSE->LISTEN (listen(),
+ * process context; a second listener of an SO_REUSEPORT group takes the entry over and counts one
+ * more ref), deleted when its last listener goes LISTEN->CLOSE. Read at a passive child's
+ * LISTEN->SYN_RECV, which runs in softirq where the current task is whoever was interrupted. */
 BPF_HASH(listeners, struct listener_key, struct owner, MAX_LISTENERS);
 
 /* Loss counters by reason (LOSS_*), read by user space as kernel.<reason>. */

@@ -8,14 +8,59 @@ static __always_inline void set_owner_current(struct sockstate *st)
     bpf_get_current_comm(&st->comm, sizeof(st->comm));
 }
 
+static __always_inline void listener_key_of(struct listener_key *lk, __u32 netns, const struct tuple *t)
+{
+    __builtin_memcpy(lk->addr, t->saddr, 16);
+    lk->netns = netns;
+    lk->port = t->sport;
+    lk->family = t->family;
+}
+
 /* listen() runs in the owner's process context: remember the owner for passive children. */
 static __always_inline void remember_listener(const struct sockstate *st)
 {
-    struct listener_key lk = {.netns = st->netns, .port = st->t.sport};
-    struct owner o = {.pid = st->pid};
+    struct listener_key lk = {};
+    listener_key_of(&lk, st->netns, &st->t);
+    struct owner *cur = listeners.lookup(&lk);
+    if (cur) {  /* another listener of an SO_REUSEPORT group: the newest owner speaks for it */
+        cur->pid = st->pid;
+        __builtin_memcpy(cur->comm, st->comm, 16);
+        __sync_fetch_and_add(&cur->refs, 1);  /* no fetch: XADD, also before 5.12 */
+        return;
+    }
+    struct owner o = {.pid = st->pid, .refs = 1};
     __builtin_memcpy(o.comm, st->comm, 16);
     if (listeners.update(&lk, &o) != 0)
         count_loss(LOSS_LISTENER_MAP_FULL);
+}
+
+/* A passive child at LISTEN->SYN_RECV is still a clone of its listener (inet_csk_clone_lock sets
+ * the state before the child's own addresses), so its tuple gives the listener's key; a wildcard
+ * key of the same family is the fallback. */
+static __always_inline struct owner *listener_owner(__u32 netns, const struct tuple *t)
+{
+    struct listener_key lk = {};
+    listener_key_of(&lk, netns, t);
+    struct owner *o = listeners.lookup(&lk);
+    if (o)
+        return o;
+    __builtin_memset(lk.addr, 0, 16);
+    return listeners.lookup(&lk);
+}
+
+static __always_inline void forget_listener(const struct sockstate *st)
+{
+    struct listener_key lk = {};
+    listener_key_of(&lk, st->netns, &st->t);
+    struct owner *o = listeners.lookup(&lk);
+    if (!o)
+        return;
+    /* read-then-decrement is not atomic (a fetching atomic needs 5.12): a listen() and a close()
+     * of one SO_REUSEPORT group racing on two CPUs can leave the count one off */
+    if (o->refs <= 1)
+        listeners.delete(&lk);
+    else
+        __sync_fetch_and_add(&o->refs, -1);
 }
 
 #ifdef ENABLE_STATE
@@ -80,8 +125,7 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
             set_owner_current(&fresh);
         } else if (oldstate == TS_LISTEN && newstate == TS_SYN_RECV) {
             fresh.role = ROLE_PASSIVE;
-            struct listener_key lk = {.netns = fresh.netns, .port = t->sport};
-            struct owner *o = listeners.lookup(&lk);
+            struct owner *o = listener_owner(fresh.netns, t);
             if (o) {
                 fresh.pid = o->pid;
                 __builtin_memcpy(fresh.comm, o->comm, 16);
@@ -112,10 +156,8 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         st->flags |= F_ESTABLISHED;
     if (newstate == TS_FIN_WAIT1 || newstate == TS_CLOSING || newstate == TS_LAST_ACK)
         st->flags |= F_FIN_QUEUED;
-    if (oldstate == TS_LISTEN && newstate == TS_CLOSE) {
-        struct listener_key lk = {.netns = st->netns, .port = st->t.sport};
-        listeners.delete(&lk);
-    }
+    if (oldstate == TS_LISTEN && newstate == TS_CLOSE)
+        forget_listener(st);
     if (newstate == TS_CLOSE)
         snapshot_close(sk, st, oldstate, now);
     st->state_ts = now;

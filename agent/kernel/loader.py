@@ -107,8 +107,11 @@ def seed_listeners(bpf: Any, scan: ListenerScan) -> tuple[int, int, int]:
         key = table.Key()
         key.netns = ln.netns
         key.port = ln.port
+        key.family = ln.family
+        ctypes.memmove(key.addr, ln.addr, 16)
         leaf = table.Leaf()
         leaf.pid = ln.pid
+        leaf.refs = ln.refs
         leaf.comm = ln.comm.encode()[:15]
         res = lib.bpf_update_elem(table.map_fd, ctypes.byref(key), ctypes.byref(leaf), BPF_NOEXIST)
         if res == 0:

@@ -4,7 +4,9 @@ server's pid and comm (not pid 0), in another network namespace and a kubelet-st
 from __future__ import annotations
 
 import os
+import socket
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 import pytest
 
@@ -23,8 +25,16 @@ def test_listen_rows_of_proc_net_tcp() -> None:
         "   1: 0100007F:A2C4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 4343 1 0\n"
         "   2: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 0 1 0\n"
     )
-    # LISTEN rows only; inode 0 (a socket being torn down) has no owner to find
-    assert listen_sockets(text) == {4242: 8080}
+    # LISTEN rows only; inode 0 (a socket being torn down) has no owner to find; the address as the
+    # kernel holds it (the column prints 32-bit words in host order)
+    assert listen_sockets(text) == {4242: (socket.inet_aton("127.0.0.1") + bytes(12), 8080)}
+    v6 = ("  sl  local_address                         remote_address                        st tx_queue rx_queue "
+          "tr tm->when retrnsmt   uid  timeout inode\n"
+          "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A "
+          "00000000:00000000 00:00000000 00000000     0        0 77 1 0\n"
+          "   1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A "
+          "00000000:00000000 00:00000000 00000000     0        0 78 1 0\n")
+    assert listen_sockets(v6) == {77: (socket.inet_pton(socket.AF_INET6, "::1"), 8080), 78: (bytes(16), 80)}
 
 
 @pytest.mark.root
@@ -38,12 +48,13 @@ def test_scan_finds_listener_in_another_netns_with_its_owner() -> None:
             started = time.monotonic()
             scan = scan_listeners()
             elapsed = time.monotonic() - started
-            assert Listener(netns=ns, port=port, pid=server.pid, comm="tsc-prelisten") in scan.listeners
-            assert [ln for ln in scan.listeners if ln.netns == ns] == [
-                Listener(netns=ns, port=port, pid=server.pid, comm="tsc-prelisten")]
+            want = Listener(netns=ns, port=port, pid=server.pid, comm="tsc-prelisten", family=socket.AF_INET,
+                            addr=socket.inet_aton(pair.b_addr) + bytes(12))
+            assert want in scan.listeners
+            assert [ln for ln in scan.listeners if ln.netns == ns] == [want]
             # restricted to one namespace: only that namespace is read
             only = scan_listeners(netns_only=ns)
-            assert only.namespaces == 1 and only.listeners == (Listener(ns, port, server.pid, "tsc-prelisten"),)
+            assert only.namespaces == 1 and only.listeners == (want,)
             # a few hundred processes on this machine: well under a second
             assert scan.processes > 10 and elapsed < 1.0, (scan.processes, elapsed)
         finally:
@@ -78,3 +89,31 @@ def test_passive_sockets_of_a_listener_older_than_the_agent_carry_its_owner(pods
             assert {(e.process.pid, e.process.comm) for e in states} == {(server_pid, "tsc-oldserver")}
             active = [e for e in lcs if e.socket_id != srv.socket_id]
             assert [(e.process.pid, e.process.comm) for e in active] == [(client_pid, "tsc-newclient")]
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("when", ["agent_first", "listeners_first"])
+def test_ipv4_and_ipv6_listeners_of_one_port_keep_their_own_owners(when: str) -> None:
+    """Two processes listen on one port, on 127.0.0.1 and on ::1: each accepted socket carries its
+    own listener's owner, also after the other listener has closed, whether the agent saw the
+    listen() calls or found the listeners in /proc at start-up."""
+    require_root()
+    port = traffic.free_port()
+    config = AgentConfig(ports=(port,), events=ALL_BUT_PROBE)
+    early: AbstractContextManager[object] = kernel_harness(config) if when == "agent_first" else nullcontext()
+    with early as maybe_h:
+        v4, _ = traffic.start_server(server_addr="127.0.0.1", port=port, client_bytes=11, server_bytes=3,
+                                     comm="tsc-v4server")
+        v6, _ = traffic.start_server(family=socket.AF_INET6, server_addr="::1", port=port, client_bytes=13,
+                                     server_bytes=5, comm="tsc-v6server")
+        late = kernel_harness(config) if when == "listeners_first" else nullcontext(maybe_h)
+        with late as h:
+            assert h is not None
+            traffic.run_client("127.0.0.1", port, client_bytes=11, server_bytes=3)
+            v4_pid = v4.result()  # served its one connection and closed its listener
+            traffic.run_client("::1", port, family=socket.AF_INET6, client_bytes=13, server_bytes=5)
+            v6_pid = v6.result()
+            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.lifecycle.role == PASSIVE,
+                         count=2)
+    by_ip = {e.local.ip: (e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs}
+    assert by_ip == {"127.0.0.1": (v4_pid, "tsc-v4server", 11), "::1": (v6_pid, "tsc-v6server", 13)}
