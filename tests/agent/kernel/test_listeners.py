@@ -117,3 +117,60 @@ def test_ipv4_and_ipv6_listeners_of_one_port_keep_their_own_owners(when: str) ->
                          count=2)
     by_ip = {e.local.ip: (e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs}
     assert by_ip == {"127.0.0.1": (v4_pid, "tsc-v4server", 11), "::1": (v6_pid, "tsc-v6server", 13)}
+
+
+_REUSEPORT_SERVER = r"""
+import socket, sys
+with open("/proc/self/comm", "w") as f:
+    f.write(sys.argv[2])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+print("ready", flush=True)
+if sys.stdin.readline().strip() == "serve":
+    c, _ = s.accept()
+    c.recv(100)
+    c.sendall(b"ok")
+    c.close()
+s.close()
+"""
+
+
+@pytest.mark.root
+def test_an_so_reuseport_group_keeps_an_owner_until_its_last_listener_closes() -> None:
+    """Two processes listen on one address and port with SO_REUSEPORT; the first one closes its
+    listener: connections to the one left still carry an owner, the newest listener's."""
+    import subprocess
+    import sys
+
+    require_root()
+    port = traffic.free_port()
+    procs: list[subprocess.Popen[str]] = []
+    with kernel_harness(AgentConfig(ports=(port,), events=ALL_BUT_PROBE)) as h:
+        try:
+            for comm in ("tsc-rp-first", "tsc-rp-second"):
+                p = subprocess.Popen([sys.executable, "-c", _REUSEPORT_SERVER, str(port), comm],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                procs.append(p)
+                assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+            first, second = procs
+            assert first.stdin is not None and second.stdin is not None
+            first.stdin.write("close\n")
+            first.stdin.flush()
+            assert first.wait(10) == 0
+            second.stdin.write("serve\n")
+            second.stdin.flush()
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+                c.sendall(b"hello")
+                assert c.recv(10) == b"ok"
+            assert second.wait(10) == 0
+            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.lifecycle.role == PASSIVE,
+                         count=1)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+    assert [(e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs] == [
+        (second.pid, "tsc-rp-second", 5)]
