@@ -42,7 +42,8 @@ MIX_BACKLOGS = {"batch/reports-1": 1}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tcpscope-sim", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n", 1)[1].strip("\n"))
     p.add_argument("--plan", help="run exactly this traffic plan (JSON, see docs/sim.md), then exit")
     p.add_argument("--duration", type=float, help="without --plan: run the built-in mix this many seconds")
     p.add_argument("--kafka-bootstrap", help="publish to this Kafka (default: start a local broker)")
