@@ -31,6 +31,7 @@
 #define F_RST_SENT 4
 #define F_RST_RECEIVED 8
 #define F_CLOSED 16      /* CLOSE seen: the lifecycle fields below are a snapshot */
+#define F_FIRST_PENDING 32 /* the first state change waits for the tuple (bpf/state_event.h) */
 
 struct tuple {
     __u8 saddr[16];

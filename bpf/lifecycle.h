@@ -79,6 +79,7 @@ static __always_inline int handle_destroy(void *ctx, const void *sk)
     struct sockstate *st = sockets.lookup(&key);
     if (!st)
         return 0;
+    flush_first_state(ctx, key, st);
     emit_lifecycle(ctx, key, st);
     sockets.delete(&key);
     return 0;

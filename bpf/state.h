@@ -63,23 +63,6 @@ static __always_inline void forget_listener(const struct sockstate *st)
         __sync_fetch_and_add(&o->refs, -1);
 }
 
-#ifdef ENABLE_STATE
-static __always_inline void emit_state(void *ctx, __u64 key, const struct sockstate *st, int oldstate,
-                                       int newstate, __u64 now, __u64 in_old)
-{
-    struct tcpscope_event *ev = scratch_event();
-    if (!ev)
-        return;
-    ev->kind = EV_STATE;
-    ev->ts_ns = now;
-    event_identity(ev, key, st);
-    event_tuple(ev, &st->t);
-    ev->state = (__u8)oldstate;
-    ev->new_state = (__u8)newstate;
-    ev->duration_ns = in_old;
-    submit(ctx, ev);
-}
-#endif
 
 /* One state change of a TCP socket.
  * Attribution: CLOSE->SYN_SENT (connect) and CLOSE->LISTEN (listen) run in the owner's process
@@ -104,6 +87,7 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
      * old role, owner, cgroup, flags and retransmit count. */
     if (st && ((oldstate == TS_CLOSE && (newstate == TS_SYN_SENT || newstate == TS_LISTEN)) ||
                (oldstate == TS_LISTEN && newstate == TS_SYN_RECV))) {
+        flush_first_state(ctx, key, st);
         emit_lifecycle(ctx, key, st);
         sockets.delete(&key);
         st = 0;
@@ -143,11 +127,16 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         st = sockets.lookup(&key);
         if (!st)
             return 0;
+        if (fresh.role != ROLE_UNKNOWN) {  /* CLOSE->SYN_SENT or LISTEN->SYN_RECV: held for its tuple */
+            st->flags |= F_FIRST_PENDING;
+            return 0;
+        }
     } else {
         in_old = now - st->state_ts;
         /* ports and addresses are completed along the way (the local port of a connect() is
          * chosen after CLOSE->SYN_SENT) */
         st->t = *t;
+        flush_first_state(ctx, key, st);
         if (newstate == TS_LISTEN)
             remember_listener(st);
     }

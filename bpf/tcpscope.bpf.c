@@ -11,6 +11,7 @@
  * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE. */
 #include "events.h"
 #include "common.h"
+#include "state_event.h"
 #include "lifecycle.h"
 #include "state.h"
 #include "retransmit.h"

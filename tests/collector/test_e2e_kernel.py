@@ -56,3 +56,12 @@ def test_real_kernel_events_reach_kafka_exactly(kafka_broker: Broker) -> None:
     got = [d.event for d in sorted(evs, key=lambda d: (d.sequence, d.index))]
     assert got == seen
     assert sum(s.summary.lost.kernel for s in sums if s.summary) == 0
+    # every event of the connection's two sockets, their first state changes included, has the
+    # connection's key, so one partition
+    conn_sockets = {e.socket_id for e in lifecycles}
+    keys = {rec.key for rec in records for d in decode_all([rec])[0]
+            if d.event is not None and d.event.socket_id in conn_sockets}
+    assert keys == {f"127.0.0.1:{ex.client_port}-127.0.0.1:{port}".encode()}
+    firsts = {(e.state_change.old_state, e.state_change.new_state) for e in seen
+              if e.socket_id in conn_sockets and e.HasField("state_change")}
+    assert {(7, 2), (10, 3)} <= firsts  # CLOSE->SYN_SENT, LISTEN->SYN_RECV

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, TcpEvent
+from tcpscope.v1.events_pb2 import ACTIVE, CLOSE, LISTEN, PASSIVE, TcpEvent
 from tests.support import traffic
 from tests.support.kernel import Harness, kind, on_port, require_root
 
@@ -30,10 +30,12 @@ def _assert_oriented(events: list[TcpEvent], ends: dict[int, tuple[str, int, str
     assert events
     for e in events:
         assert (e.local.ip, e.local.port) != (e.remote.ip, e.remote.port), e
-        if kind(e) == "state_change" and e.local.port == 0:
-            continue  # CLOSE->SYN_SENT: connect() picks the local port after this transition
-        if kind(e) == "state_change" and e.remote.port == 0:
-            continue  # the listener, and a passive child at LISTEN->SYN_RECV (a clone of it)
+        sc = e.state_change
+        if kind(e) == "state_change" and (sc.old_state, sc.new_state) in ((CLOSE, LISTEN), (LISTEN, CLOSE)):
+            continue  # the listener's own events: no remote end
+        # every event of a connection's socket, its first state change included (CLOSE->SYN_SENT
+        # before connect() picks the port, LISTEN->SYN_RECV while the child is a clone of its
+        # listener: both held until the tuple is known), carries exactly its two ends
         want = ends.get(e.local.port)
         assert want is not None, e
         assert (e.local.ip, e.local.port, e.remote.ip, e.remote.port) == want, e
