@@ -26,7 +26,8 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf import json_format
@@ -271,3 +272,31 @@ def decode_record(headers: Sequence[tuple[str, bytes]] | None, value: bytes | No
     else:
         batch.ParseFromString(value)
     return Decoded(kind, agent, seq, idx, None, batch)
+
+
+def dedup_key(d: Decoded) -> tuple[str, int, int]:
+    """The documented identity of a record's content: (agent id, batch sequence, batch index), the
+    index -1 for a batch summary. A resent batch repeats these exactly."""
+    return (d.agent_id, d.sequence, d.index if d.kind == RECORD_EVENT else -1)
+
+
+class RecentKeys:
+    """A bounded set of the most recently seen keys. At-least-once delivery repeats a batch soon
+    after its first copy (the agent resends what was unacked when its stream broke), so a window
+    of recent record ids finds the repeats in bounded memory."""
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable) -> bool:
+        """True the first time a key is seen within the window, False for a repeat."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            return False
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return True

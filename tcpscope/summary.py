@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from tcpscope.kafka_layout import RecentKeys
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
@@ -41,6 +42,9 @@ from tcpscope.v1.events_pb2 import (
     EventBatch,
     TcpEvent,
 )
+
+# record ids remembered to count at-least-once repeats once (about 100 bytes each)
+SUMMARY_DEDUP_WINDOW = 1_000_000
 
 ECONNREFUSED = 111
 ETIMEDOUT = 110
@@ -395,17 +399,20 @@ class Report:
     batches: int = 0
     events: int = 0
     duplicates: int = 0
-    _seen: set[tuple[str, int, int]] = field(default_factory=set)
+    undecodable: int = 0
+    _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
 
     def take(self, kind: str, agent_id: str, sequence: int, index: int, event: TcpEvent | None,
              lost: dict[str, int] | None, keep: Callable[[TcpEvent], bool] | None = None) -> None:
         """One decoded record (tcpscope.kafka_layout.Decoded fields); repeats of a record that
-        at-least-once delivery published twice are counted once."""
-        key = (agent_id, sequence, index if kind == "event" else -1)
-        if key in self._seen:
+        at-least-once delivery published twice are counted once; other producers' records are
+        counted as undecodable."""
+        if kind not in ("event", "batch-summary"):
+            self.undecodable += 1
+            return
+        if not self._seen.add((agent_id, sequence, index if kind == "event" else -1)):
             self.duplicates += 1
             return
-        self._seen.add(key)
         if kind == "event" and event is not None:
             self.events += 1
             if keep is None or keep(event):
@@ -422,13 +429,16 @@ class Report:
             doc = {"by": self.summarizer.by, "window_s": o.window_s,
                    "pairs": [r.to_json() for r in rows], "losses": dict(sorted(self.losses.items())),
                    "batches": self.batches, "events": self.events, "duplicates": self.duplicates,
+                   "undecodable_records": self.undecodable,
                    "skipped": dict(sorted(self.summarizer.skipped.items()))}
             return json.dumps(doc) + "\n"
         lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
         maybe = self.losses.get("kernel_skipped_runs", 0)
         foot = (f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
                 + ("no events lost" if not lost else f"LOST {lost} events: {self.losses}")
-                + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "") + "\n")
+                + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+                + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
+                + "\n")
         return render_table(rows) + foot
 
 
@@ -462,6 +472,7 @@ def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
                     try:
                         decoded = decode_records(r.headers, r.value)
                     except Exception:  # a foreign or damaged record must not stop the summary
+                        report.undecodable += 1
                         continue
                     for d in decoded:
                         report.take(d.kind, d.agent_id, d.sequence, d.index, d.event,

@@ -17,7 +17,15 @@ from typing import Any, TextIO
 
 from tcpscope import render
 from tcpscope import summary as summary_mode
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records, lost_total
+from tcpscope.kafka_layout import (
+    RECORD_EVENT,
+    RECORD_SUMMARY,
+    Decoded,
+    RecentKeys,
+    decode_records,
+    dedup_key,
+    lost_total,
+)
 from tcpscope.v1.events_pb2 import TcpEvent
 
 # the agent's --events names -> the TcpEvent `kind` oneof field names
@@ -95,18 +103,25 @@ def open_consumer(o: TailOptions) -> Any:
     return c
 
 
-def read_decoded(consumer: Any, deadline: float | None,
-                 clock: Callable[[], float] = time.monotonic) -> Iterator[Decoded]:
+# records remembered for dropping at-least-once repeats (about 100 bytes each)
+LIVE_DEDUP_WINDOW = 200_000
+
+
+def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], float] = time.monotonic,
+                 on_undecodable: Callable[[Any, Exception], None] | None = None) -> Iterator[Decoded]:
     """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
     records in partition order (Kafka orders only within a partition). Both record layouts: a packed
-    record yields each of its events in order (kafka_layout.decode_records)."""
+    record yields each of its events in order (kafka_layout.decode_records). A record that does not
+    decode goes to `on_undecodable` (it must not stop an SRE's terminal, nor vanish unsaid)."""
     while deadline is None or clock() < deadline:
         wait = 500 if deadline is None else max(1, min(500, int((deadline - clock()) * 1000)))
         for recs in consumer.poll(timeout_ms=wait).values():
             for r in recs:
                 try:
                     ds = decode_records(r.headers, r.value)
-                except Exception:  # a foreign or damaged record must not stop an SRE's terminal
+                except Exception as e:
+                    if on_undecodable is not None:
+                        on_undecodable(r, e)
                     continue
                 yield from ds
 
@@ -123,10 +138,26 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     line, header = _renderer(o.format)
     consumer = open_consumer(o)
     deadline = None if o.duration is None else time.monotonic() + o.duration
+    recent = RecentKeys(LIVE_DEDUP_WINDOW)
+    repeats = undecodable = 0
+
+    def bad_record(r: Any, e: Exception) -> None:
+        nonlocal undecodable
+        undecodable += 1
+        err.write(f"# skipped a record that is not a tcpscope record (partition {getattr(r, 'partition', '?')}, "
+                  f"offset {getattr(r, 'offset', '?')}): {e}\n")
+        err.flush()
+
     if header:
         out.write(header + "\n")
     try:
-        for d in read_decoded(consumer, deadline):
+        for d in read_decoded(consumer, deadline, on_undecodable=bad_record):
+            if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
+                undecodable += 1  # another producer's record on this topic
+                continue
+            if not recent.add(dedup_key(d)):
+                repeats += 1  # a batch the collector published twice (at least once): shown once
+                continue
             if d.kind == RECORD_EVENT and d.event is not None:
                 if keep(d.event):
                     out.write(line(d.event) + "\n")
@@ -142,6 +173,10 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         pass
     finally:
         consumer.close()
+        if repeats or undecodable:
+            err.write(f"# {repeats} repeated records (batches published twice) shown once; "
+                      f"{undecodable} records that are not tcpscope records skipped\n")
+            err.flush()
     return 0
 
 
@@ -175,9 +210,13 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     o = parse_args(argv)
-    if o.summary is not None:
-        return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
-    return run(o, sys.stdout, sys.stderr)
+    try:
+        if o.summary is not None:
+            return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
+        return run(o, sys.stdout, sys.stderr)
+    except BrokenPipeError:  # `tcpscope-tail ... | head`: the reader is gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -78,3 +78,40 @@ def test_tail_reads_packed_and_per_event_records_alike(kafka_broker: Broker) -> 
     out = _tail(kafka_broker, "--format", "json")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [render.json_line(e) for e in [*events, make_event(9)]]
+
+
+def test_tail_shows_a_resent_batch_once_and_says_what_it_skipped(kafka_broker: Broker) -> None:
+    from kafka import KafkaProducer
+
+    kafka_broker.create_topic(TOPIC, partitions=1)
+    events = [make_event(i) for i in range(5)]
+    b1 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events[:3])
+    b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[3:])
+    _publish(kafka_broker, [b1, b1, b2])  # batch 1 published twice (its ack was lost)
+    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    p.send(TOPIC, key=b"x", value=b"not ours")  # another producer's record
+    damaged = batch_records(b2)[0]  # a tcpscope event record whose value does not parse
+    p.send(TOPIC, key=damaged.key, value=b"\xff\xff\xff", headers=damaged.headers)
+    p.flush()
+    p.close()
+    out = _tail(kafka_broker, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [render.json_line(e) for e in events]
+    assert "# skipped a record that is not a tcpscope record (partition 0, offset 12)" in out.stderr
+    assert out.stderr.strip().splitlines()[-1] == (
+        "# 4 repeated records (batches published twice) shown once; 2 records that are not tcpscope records skipped")
+    summary = _tail(kafka_broker, "--summary", "--format", "json")
+    doc = __import__("json").loads(summary.stdout.strip().splitlines()[-1])
+    assert (doc["events"], doc["duplicates"], doc["undecodable_records"]) == (5, 4, 2)
+
+
+def test_tail_into_a_closed_pipe_exits_quietly(kafka_broker: Broker) -> None:
+    kafka_broker.create_topic(TOPIC, partitions=1)
+    _publish(kafka_broker, [EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1,
+                                       events=[make_event(i) for i in range(3000)])])
+    cmd = (f"{sys.executable} -m tcpscope.tail --kafka-bootstrap {kafka_broker.bootstrap} --topic {TOPIC} "
+           "--from-beginning --duration 3 --format json | head -n 2")
+    res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 2
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr
