@@ -48,6 +48,7 @@ class CollectorServer:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self.port = 0
+        self.streams_cancelled = 0  # agent streams still open when stop()'s grace ran out
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with --listen HOST:0)."""
@@ -103,6 +104,10 @@ class CollectorServer:
         """Report NOT_SERVING, let open streams finish for `grace` seconds, close the producer."""
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._service is not None and self._server is not None:
+            left = self.streams_cancelled = await self._service.drain(grace)
+            if left:
+                log.warning("%d agent streams still open after %.1fs: cancelling them", left, grace)
         if self._server is not None:
             await self._server.stop(grace)
         if self._service is not None:

@@ -103,6 +103,21 @@ def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> froze
     return frozenset(names)
 
 
+_SHUTTING_DOWN = Refusal(grpc.StatusCode.UNAVAILABLE, "shutting_down",
+                         "collector shutting down: reconnect and resend what was not acked")
+_DRAINED = _SHUTTING_DOWN  # put into a stream's queue by drain() once its read batches are acked
+
+
+@dataclass(eq=False)
+class _Stream:
+    """An open Collector.Stream call, as drain() sees it."""
+
+    out: asyncio.Queue[BatchAck | Refusal | None]
+    reader: asyncio.Task[None]
+    publishing: set[asyncio.Task[None]]
+    closer: asyncio.Task[None] | None = None
+
+
 class CollectorService:
     """One instance per process; every stream shares the in-flight bound and the publisher."""
 
@@ -116,9 +131,30 @@ class CollectorService:
         self._slots = asyncio.Semaphore(cfg.max_inflight_batches)
         # one thread: enrichment state is single-threaded and batches are prepared in arrival order
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
+        self._draining = False
+        self._streams: set[_Stream] = set()
 
     def close(self) -> None:
         self._prepare_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def drain(self, timeout_s: float) -> int:
+        """Shutdown, before the server stops: refuse new streams, stop reading batches on open ones,
+        let the batches already read reach Kafka and be acked, then end each stream with UNAVAILABLE
+        so its agent reconnects (to another replica) and resends what was never read. Returns the
+        streams still open after timeout_s (the server's stop() cancels those)."""
+        self._draining = True
+        for s in list(self._streams):
+            s.reader.cancel()  # what it has not read stays unacked at the agent: resent, not lost
+
+            async def finish(s: _Stream = s) -> None:
+                await asyncio.gather(*list(s.publishing), return_exceptions=True)
+                await s.out.put(_DRAINED)
+
+            s.closer = asyncio.create_task(finish())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._streams and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.02)
+        return len(self._streams)
 
     def prepare(self, batch: EventBatch) -> list[Record]:
         """Enrich remote ends (if on) and build the batch's Kafka records; runs on the prepare thread."""
@@ -159,8 +195,11 @@ class CollectorService:
         if refusal:
             await self._refuse(context, refusal)
             return
+        if self._draining:
+            await self._refuse(context, _SHUTTING_DOWN)
+            return
         peer_names = peer_identities(context) if self._cfg.tls_client_ca else None
-        out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()
+        out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()  # None: the reader is done
         publishing: set[asyncio.Task[None]] = set()
 
         async def read() -> None:
@@ -180,17 +219,24 @@ class CollectorService:
                 if publishing:  # the agent half-closed: finish what is in flight, then end
                     await asyncio.gather(*publishing, return_exceptions=True)
             finally:
-                await out.put(None)
+                if not self._draining:  # when draining, drain() ends the stream after its acks
+                    await out.put(None)
 
         self._metrics.streams_active.inc()
         reader = asyncio.create_task(read())
+        me = _Stream(out, reader, publishing)
+        self._streams.add(me)
         try:
             while (item := await out.get()) is not None:
+                if item is _DRAINED:
+                    await self._refuse(context, _SHUTTING_DOWN)
+                    return
                 if isinstance(item, Refusal):
                     await self._refuse(context, item)
                     return
                 await context.write(item)
         finally:
+            self._streams.discard(me)
             self._metrics.streams_active.dec()
             reader.cancel()
             for t in list(publishing):

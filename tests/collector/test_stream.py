@@ -213,6 +213,40 @@ def test_too_big_batches_are_split_and_an_unacceptable_event_is_counted(kafka_br
     assert sum(x.agent_buffer for x in lost.values()) == 1
 
 
+def test_shutdown_drains_open_streams_and_the_agent_resends_the_rest(kafka_broker: Broker) -> None:
+    """A collector stopping with an agent connected acks what it has read, ends the stream with
+    UNAVAILABLE at once (not after the grace period, cancelled), and the agent resends the rest
+    to the next collector on that address: nothing lost."""
+    from tests.support.collector import InProcessCollector
+    from tests.support.kafka import free_port
+
+    kafka_broker.create_topic(TOPIC)
+    port = free_port()
+    cfg = collector_cfg(kafka_broker.bootstrap, TOPIC).__class__(
+        listen=f"127.0.0.1:{port}", kafka_bootstrap=(kafka_broker.bootstrap,), topic=TOPIC, kafka_linger_ms=5)
+    events = [make_event(i) for i in range(300)]
+    first = InProcessCollector(cfg)
+    exp = make_exporter(first.target, batch=10)
+    try:
+        for i in range(0, 150, 10):
+            exp.emit(events[i:i + 10], {})
+        wait_until(lambda: exp.metrics.value("tcpscope_agent_events_acked_total") >= 50, 15, "first acks")
+        first.stop(grace=30)
+        assert first.server.streams_cancelled == 0
+        assert first.metrics.value("tcpscope_collector_rejected_total", reason="shutting_down") == 1
+        for i in range(150, 300, 10):
+            exp.emit(events[i:i + 10], {})
+        with collector(cfg):
+            exp.close(20)
+    finally:
+        first.stop()
+    assert exp.losses() == {}
+    assert exp.metrics.value("tcpscope_agent_stream_reconnects_total", code="UNAVAILABLE") >= 1
+    records = consume_all(kafka_broker.bootstrap, TOPIC, want=300 + 30)
+    evs, _ = decode_all(records)
+    assert {d.event.socket_id for d in evs if d.event} == {e.socket_id for e in events}
+
+
 @pytest.mark.slow
 def test_broker_down_30s_no_event_lost(kafka_broker: Broker) -> None:
     import time

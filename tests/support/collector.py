@@ -42,6 +42,9 @@ class InProcessCollector:
         return f"127.0.0.1:{self.port}"
 
     def stop(self, grace: float = 0.5) -> None:
+        """Stop the server and its loop (again: nothing)."""
+        if self._loop.is_closed():
+            return
         with contextlib.suppress(Exception):
             self._call(self.server.stop(grace))
         self._loop.call_soon_threadsafe(self._loop.stop)
