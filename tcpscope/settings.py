@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import Field, field, fields
+from dataclasses import MISSING, Field, field, fields
 from typing import Any
 
 
@@ -58,6 +58,18 @@ def read_values(cls: type, ns: argparse.Namespace, env: Mapping[str, str]) -> di
 
 
 def help_text(cls: type, name: str) -> str:
-    """A field's help with its environment variable in brackets, for argparse."""
-    meta = next(f.metadata for f in fields(cls) if f.name == name)
-    return f"{meta['help']} [{meta['env']}]"
+    """A field's help with its default (when it has a telling one) and its environment variable in
+    brackets, for argparse."""
+    f = next(f for f in fields(cls) if f.name == name)
+    meta = f.metadata
+    default = f.default
+    shown = ""
+    if default is not MISSING and default not in (None, "", (), False) and "default" not in meta["help"]:
+        if isinstance(default, bool):
+            value = "on"
+        elif isinstance(default, tuple):
+            value = ",".join(str(x) for x in default)
+        else:
+            value = str(default)
+        shown = f" (default {value})"
+    return f"{meta['help']}{shown} [{meta['env']}]"
