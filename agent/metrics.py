@@ -6,7 +6,31 @@ them back with `value()`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class _StageStats(Collector):
+    """A stage's own counters and gauges (e.g. the enrichers' stats()), read at scrape time."""
+
+    def __init__(self, name: str, doc: str, stats: Callable[[], dict[str, int]]) -> None:
+        self._name, self._doc, self._stats = name, doc, stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=["counter"])
+        stats: dict[str, int] = {}
+        for _ in range(3):  # the pipeline thread may add a key while this one copies: try again
+            try:
+                stats = self._stats()
+                break
+            except RuntimeError:
+                continue
+        for key, value in sorted(stats.items()):
+            family.add_metric([key], value)
+        yield family
 
 
 class AgentMetrics:
@@ -43,6 +67,12 @@ class AgentMetrics:
         self.reconnects = Counter(
             "tcpscope_agent_stream_reconnects_total", "collector stream (re)connect attempts that failed",
             ["code"], registry=r)
+
+    def watch_enrichment(self, stats: Callable[[], dict[str, int]]) -> None:
+        """Expose the enrichers' counters (docs/enrichment.md) as tcpscope_agent_enrichment{counter}."""
+        self.registry.register(_StageStats(
+            "tcpscope_agent_enrichment", "enrichment counters and cache sizes by name (docs/enrichment.md)",
+            stats))
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (0 when absent)."""

@@ -58,6 +58,14 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
         metrics.serve(config.metrics_port)
     sink = build_sink(config, out, metrics)
     enrichers = build_enrichers(config)
+
+    def enrichment_stats() -> dict[str, int]:
+        out: dict[str, int] = {}
+        for e in enrichers:
+            out.update(e.stats())
+        return out
+
+    metrics.watch_enrichment(enrichment_stats)
     plan = plan or build_plan(config)
     loaded = load(plan)
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)

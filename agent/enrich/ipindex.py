@@ -68,6 +68,8 @@ class IpIndex:
         self._lock = threading.Lock()
         self._by_ip: dict[str, list[_Held]] = {}
         self._ips_of: dict[str, set[str]] = {}  # key -> ips it currently holds
+        # node name -> its spec.podCIDRs: an address in one is a pod's, even before the pod is known
+        self._pod_cidrs: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
         self.counters: dict[str, int] = {"ipindex.reused_ips": 0, "ipindex.hits": 0, "ipindex.misses": 0}
 
     def set(self, key: str, ips: Iterable[str], owner: IpOwner, start: float | None = None) -> None:
@@ -101,6 +103,36 @@ class IpIndex:
         with self._lock:
             for ip in self._ips_of.pop(key, set()):
                 self._close(key, ip, now)
+
+    def set_pod_cidrs(self, node: str, cidrs: Iterable[str]) -> None:
+        """Node `node` now allocates pod IPs from exactly these ranges (none: forget the node)."""
+        nets = []
+        for c in cidrs:
+            try:
+                nets.append(ipaddress.ip_network(c, strict=False))
+            except ValueError:
+                continue
+        with self._lock:
+            if nets:
+                self._pod_cidrs[node] = nets
+            else:
+                self._pod_cidrs.pop(node, None)
+
+    def pod_cidr_nodes(self) -> list[str]:
+        with self._lock:
+            return list(self._pod_cidrs)
+
+    def pod_cidr_node(self, ip: str) -> str | None:
+        """The node whose pod range holds `ip`, or None."""
+        try:
+            a = ipaddress.ip_address(normalize_ip(ip))
+        except ValueError:
+            return None
+        with self._lock:
+            for node, nets in self._pod_cidrs.items():
+                if any(a.version == n.version and a in n for n in nets):
+                    return node
+        return None
 
     def keys(self, prefix: str) -> list[str]:
         with self._lock:
@@ -223,3 +255,23 @@ class NodeIpSink(_KindSink):
         name = str(meta.get("name", ""))
         owner = IpOwner(NODE, "", name, str(meta.get("uid", "")), node=name)
         return f"node/{name}", ips, owner, parse_time(meta.get("creationTimestamp")) or None
+
+    @staticmethod
+    def pod_cidrs(obj: JsonObj) -> tuple[str, list[str]]:
+        """(node name, spec.podCIDRs, or the older single spec.podCIDR)."""
+        spec: Mapping[str, Any] = obj.get("spec") or {}
+        cidrs = [str(c) for c in spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])]
+        return str((obj.get("metadata") or {}).get("name", "")), cidrs
+
+    def replace(self, items: list[JsonObj]) -> None:
+        super().replace(items)
+        current = dict(self.pod_cidrs(o) for o in items)
+        for node in set(self.index.pod_cidr_nodes()) - set(current):
+            self.index.set_pod_cidrs(node, [])
+        for node, cidrs in current.items():
+            self.index.set_pod_cidrs(node, cidrs)
+
+    def apply(self, event_type: str, obj: JsonObj) -> None:
+        super().apply(event_type, obj)
+        node, cidrs = self.pod_cidrs(obj)
+        self.index.set_pod_cidrs(node, [] if event_type == "DELETED" else cidrs)

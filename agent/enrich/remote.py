@@ -70,6 +70,13 @@ def fill_owner(ep: Endpoint, o: IpOwner) -> None:
         ep.node = o.node
 
 
+def _is_unspecified(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_unspecified
+    except ValueError:
+        return False
+
+
 def _is_loopback(ip: str) -> bool:
     try:
         a = ipaddress.ip_address(ip)
@@ -89,7 +96,7 @@ class RemoteEnricher:
         self._own = own_resolver
         self.counters: dict[str, int] = {
             "remote.events": 0, "remote.pod": 0, "remote.service": 0, "remote.node": 0,
-            "remote.external": 0, "remote.loopback": 0, "remote.no_ip": 0,
+            "remote.external": 0, "remote.pod_unknown": 0, "remote.loopback": 0, "remote.no_ip": 0,
             "remote.miss_api_unavailable": 0,
         }
 
@@ -98,7 +105,7 @@ class RemoteEnricher:
         for ev in events:
             self.counters["remote.events"] += 1
             r = ev.remote
-            if not r.ip:
+            if not r.ip or _is_unspecified(r.ip):  # a listener's events: no remote end
                 self.counters["remote.no_ip"] += 1
                 continue
             if _is_loopback(r.ip):
@@ -110,6 +117,12 @@ class RemoteEnricher:
                 fill_owner(r, owner)
                 kinds: dict[int, str] = {POD: "remote.pod", NODE: "remote.node"}
                 self.counters[kinds.get(owner.kind, "remote.service")] += 1
+            elif synced and (node := self.resolver.index.pod_cidr_node(r.ip)):
+                # in a node's pod range but no pod known for it (yet: the watch lags a new pod):
+                # a pod we cannot name, never "external"
+                r.kind = POD
+                r.node = node
+                self.counters["remote.pod_unknown"] += 1
             elif synced:
                 r.kind = EXTERNAL
                 self.counters["remote.external"] += 1
