@@ -105,7 +105,6 @@ def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> froze
 
 _SHUTTING_DOWN = Refusal(grpc.StatusCode.UNAVAILABLE, "shutting_down",
                          "collector shutting down: reconnect and resend what was not acked")
-_DRAINED = _SHUTTING_DOWN  # put into a stream's queue by drain() once its read batches are acked
 
 
 @dataclass(eq=False)
@@ -148,7 +147,7 @@ class CollectorService:
 
             async def finish(s: _Stream = s) -> None:
                 await asyncio.gather(*list(s.publishing), return_exceptions=True)
-                await s.out.put(_DRAINED)
+                await s.out.put(_SHUTTING_DOWN)  # after its read batches are acked
 
             s.closer = asyncio.create_task(finish())
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -228,9 +227,6 @@ class CollectorService:
         self._streams.add(me)
         try:
             while (item := await out.get()) is not None:
-                if item is _DRAINED:
-                    await self._refuse(context, _SHUTTING_DOWN)
-                    return
                 if isinstance(item, Refusal):
                     await self._refuse(context, item)
                     return
