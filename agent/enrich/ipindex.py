@@ -68,8 +68,11 @@ class IpIndex:
         self._lock = threading.Lock()
         self._by_ip: dict[str, list[_Held]] = {}
         self._ips_of: dict[str, set[str]] = {}  # key -> ips it currently holds
-        # node name -> its spec.podCIDRs: an address in one is a pod's, even before the pod is known
+        # node name -> its spec.podCIDRs: an address in one is a pod's, even before the pod is known;
+        # looked up by (ip version, prefix length) -> network address -> node, so a lookup costs one
+        # dict probe per distinct prefix length (usually one or two), not one test per node
         self._pod_cidrs: dict[str, list[ipaddress.IPv4Network | ipaddress.IPv6Network]] = {}
+        self._cidr_lookup: dict[tuple[int, int], dict[int, str]] = {}
         self.counters: dict[str, int] = {"ipindex.reused_ips": 0, "ipindex.hits": 0, "ipindex.misses": 0}
 
     def set(self, key: str, ips: Iterable[str], owner: IpOwner, start: float | None = None) -> None:
@@ -113,10 +116,16 @@ class IpIndex:
             except ValueError:
                 continue
         with self._lock:
+            for n in self._pod_cidrs.pop(node, []):
+                slot = self._cidr_lookup.get((n.version, n.prefixlen), {})
+                if slot.get(int(n.network_address)) == node:
+                    del slot[int(n.network_address)]
+                    if not slot:
+                        del self._cidr_lookup[(n.version, n.prefixlen)]
             if nets:
                 self._pod_cidrs[node] = nets
-            else:
-                self._pod_cidrs.pop(node, None)
+                for n in nets:
+                    self._cidr_lookup.setdefault((n.version, n.prefixlen), {})[int(n.network_address)] = node
 
     def pod_cidr_nodes(self) -> list[str]:
         with self._lock:
@@ -128,10 +137,13 @@ class IpIndex:
             a = ipaddress.ip_address(normalize_ip(ip))
         except ValueError:
             return None
+        bits = 32 if a.version == 4 else 128
         with self._lock:
-            for node, nets in self._pod_cidrs.items():
-                if any(a.version == n.version and a in n for n in nets):
-                    return node
+            for (version, plen), nets in self._cidr_lookup.items():
+                if version == a.version:
+                    node = nets.get(int(a) >> (bits - plen) << (bits - plen))
+                    if node is not None:
+                        return node
         return None
 
     def keys(self, prefix: str) -> list[str]:
