@@ -145,6 +145,24 @@ class AgentConfig:
             raise ConfigError("--compression must be gzip, deflate or none")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("--tls-cert and --tls-key go together")
+        if (self.tls_cert or self.tls_server_name) and not self.tls_ca:
+            # without a CA the stream is plaintext: a client certificate would be ignored and a
+            # bearer token sent in the clear
+            raise ConfigError("--tls-cert/--tls-key/--tls-server-name need --tls-ca (TLS is on only with a CA)")
+        for flag, path in (("--tls-ca", self.tls_ca), ("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                           ("--token-file", self.token_file)):
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{flag} {path}: not a readable file")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ConfigError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError("--metrics-port must be 0-65535")
+        if self.duration is not None and self.duration <= 0:
+            raise ConfigError("--duration must be > 0")
+        if self.max_sockets < 1:
+            raise ConfigError("--max-sockets must be >= 1")
+        if min(self.batch_max_age, self.drain_grace, self.pending_max_wait, self.pod_cache_ttl) < 0:
+            raise ConfigError("--batch-max-age, --drain-grace, --pending-max-wait, --pod-cache-ttl must be >= 0")
         if self.batch_max_events < 1 or self.buffer_max_events < self.batch_max_events:
             raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
         if not self.node_name:

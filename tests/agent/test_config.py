@@ -42,6 +42,16 @@ def test_boolean_flags_and_env() -> None:
         ({"tls_cert": "c.pem"}, "go together"),
         ({"batch_max_events": 10, "buffer_max_events": 5}, "batch-max-events"),
         ({"stdout": "xml"}, "table"),
+        # a client certificate or server name without a CA would mean plaintext with a token in the clear
+        ({"tls_cert": "/etc/hostname", "tls_key": "/etc/hostname"}, "need --tls-ca"),
+        ({"tls_server_name": "collector"}, "need --tls-ca"),
+        ({"tls_ca": "/nonexistent/ca.pem"}, "--tls-ca /nonexistent/ca.pem: not a readable file"),
+        ({"token_file": "/nonexistent/token"}, "--token-file /nonexistent/token: not a readable file"),
+        ({"log_level": "LOUD"}, "--log-level"),
+        ({"metrics_port": 99999}, "--metrics-port"),
+        ({"duration": -1.0}, "--duration"),
+        ({"max_sockets": 0}, "--max-sockets"),
+        ({"drain_grace": -1.0}, "must be >= 0"),
     ],
 )
 def test_invalid_values_raise_clear_errors(kwargs: dict[str, object], message: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import helm_python as helm
 import kubernetes_validate
 import pytest
@@ -180,9 +182,10 @@ def test_agent_settings_become_its_environment_variables() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_every_agent_variable_is_a_setting_the_agent_accepts(name: str) -> None:
+def test_every_agent_variable_is_a_setting_the_agent_accepts(name: str, tmp_path: Path) -> None:
     """The chart speaks the agent's language: each variable it sets is an AgentConfig setting, and
-    the agent accepts the whole environment as rendered."""
+    the agent accepts the whole environment as rendered (files the pod mounts from secrets are
+    stood in for by readable files here)."""
     import dataclasses
 
     from agent.config import AgentConfig
@@ -192,5 +195,11 @@ def test_every_agent_variable_is_a_setting_the_agent_accepts(name: str) -> None:
     known = {f.metadata["env"] for f in dataclasses.fields(AgentConfig)}
     ours = {k for k in env if k.startswith("TCPSCOPE_") or k == "NODE_NAME"}
     assert ours <= known, ours - known
+    files = ("TCPSCOPE_TLS_CA", "TCPSCOPE_TLS_CERT", "TCPSCOPE_TLS_KEY", "TCPSCOPE_TOKEN_FILE")
+    for k in files:
+        if k in env:
+            stand_in = tmp_path / k
+            stand_in.write_text("x")
+            env[k] = str(stand_in)
     config = AgentConfig.from_args([], env={k: v for k, v in env.items() if k in ours and v != "<from>"})
     assert config.ring_buffer_kb == int(env["TCPSCOPE_RING_BUFFER_KB"])
