@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 from collections.abc import Sequence
 
 from collector.config import CollectorConfig
@@ -29,7 +30,13 @@ async def run(cfg: CollectorConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = CollectorConfig.from_args(argv)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run(cfg))
+    from kafka.errors import KafkaError
+
+    try:
+        asyncio.run(run(cfg))
+    except (OSError, RuntimeError, KafkaError) as e:  # cannot listen (port in use), Kafka unreachable
+        print(f"tcpscope-collector: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

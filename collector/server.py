@@ -73,6 +73,8 @@ class CollectorServer:
             ("grpc.keepalive_timeout_ms", 10_000),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ("grpc.keepalive_permit_without_calls", 1),
+            # a second collector on a busy port must fail, not share it and split the agents
+            ("grpc.so_reuseport", 0),
         ])
         handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Stream": grpc.stream_stream_rpc_method_handler(
@@ -85,6 +87,8 @@ class CollectorServer:
             self.port = server.add_insecure_port(cfg.listen)
         else:
             self.port = server.add_secure_port(cfg.listen, creds)
+        if not self.port:  # gRPC returns 0 when it could not bind (older versions) instead of raising
+            raise OSError(f"cannot listen on {cfg.listen}")
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):

@@ -217,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `tcpscope-tail ... | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except KeyboardInterrupt:  # a second Ctrl-C while closing the consumer
+        return 130
 
 
 if __name__ == "__main__":
