@@ -283,13 +283,7 @@ class Exporter:
                 st.unsent.extendleft((second, first))
                 st.held_events += b.events
             else:
-                self._count_own(REASON_REFUSED, b.events)
-                for r, n in b.lost.items():  # its loss report must still reach the stream
-                    st.pending_lost[r] = st.pending_lost.get(r, 0) + n
-                if b.events:
-                    st.pending_lost[REASON_REFUSED] = st.pending_lost.get(REASON_REFUSED, 0) + b.events
-                if st.open_since is None:
-                    st.open_since = self._clock()
+                self._report_dropped([b], REASON_REFUSED)
                 log.error("collector refused batch %d (%s: %s): %d events dropped, counted as %s",
                           sequence, reason, details, b.events, REASON_REFUSED)
             self._metrics.buffer_events.set(len(st.open) + st.held_events)
@@ -356,10 +350,25 @@ class Exporter:
         st.pending_lost = {}
         st.last_seal = now
 
+    def _report_dropped(self, batches: Sequence[OutgoingBatch], reason: str) -> int:
+        """Batches given up (already out of the buffer): count their events under `reason`, and send
+        that loss and the batches' own loss reports with the next batch. Returns the events dropped."""
+        st = self._st
+        dropped = sum(b.events for b in batches)
+        for b in batches:
+            for r, n in b.lost.items():  # its loss report must still reach the stream
+                st.pending_lost[r] = st.pending_lost.get(r, 0) + n
+        if dropped:
+            self._count_own(reason, dropped)
+            st.pending_lost[reason] = st.pending_lost.get(reason, 0) + dropped
+        if st.pending_lost and st.open_since is None:
+            st.open_since = self._clock()
+        return dropped
+
     def _evict(self) -> None:
         """Drop the oldest sealed batches until open + held events fit the bound; count exactly."""
         st = self._st
-        dropped = 0
+        evicted: list[OutgoingBatch] = []
         while len(st.open) + st.held_events > self._s.buffer_max_events:
             if st.inflight:
                 _, b = st.inflight.popitem(last=False)
@@ -368,13 +377,8 @@ class Exporter:
             else:
                 break
             st.held_events -= b.events
-            dropped += b.events
-            for reason, n in b.lost.items():  # its loss report must still reach the stream
-                st.pending_lost[reason] = st.pending_lost.get(reason, 0) + n
+            evicted.append(b)
+        dropped = self._report_dropped(evicted, REASON_BUFFER_FULL)
         if dropped:
-            self._count_own(REASON_BUFFER_FULL, dropped)
-            st.pending_lost[REASON_BUFFER_FULL] = st.pending_lost.get(REASON_BUFFER_FULL, 0) + dropped
-            if st.open_since is None:
-                st.open_since = self._clock()
             log.warning("export buffer full (%d events): dropped the %d oldest", self._s.buffer_max_events,
                         dropped)
