@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from tcpscope.kafka_layout import RecentKeys
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, RecentKeys, decode_records, dedup_key
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
@@ -402,24 +402,22 @@ class Report:
     undecodable: int = 0
     _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
 
-    def take(self, kind: str, agent_id: str, sequence: int, index: int, event: TcpEvent | None,
-             lost: dict[str, int] | None, keep: Callable[[TcpEvent], bool] | None = None) -> None:
-        """One decoded record (tcpscope.kafka_layout.Decoded fields); repeats of a record that
-        at-least-once delivery published twice are counted once; other producers' records are
-        counted as undecodable."""
-        if kind not in ("event", "batch-summary"):
+    def take(self, d: Decoded, keep: Callable[[TcpEvent], bool] | None = None) -> None:
+        """One decoded record; repeats of a record that at-least-once delivery published twice are
+        counted once; other producers' records are counted as undecodable."""
+        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
             self.undecodable += 1
             return
-        if not self._seen.add((agent_id, sequence, index if kind == "event" else -1)):
+        if not self._seen.add(dedup_key(d)):
             self.duplicates += 1
             return
-        if kind == "event" and event is not None:
+        if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
-            if keep is None or keep(event):
-                self.summarizer.add(event)
-        elif kind == "batch-summary" and lost is not None:
+            if keep is None or keep(d.event):
+                self.summarizer.add(d.event)
+        elif d.kind == RECORD_SUMMARY and d.summary is not None:
             self.batches += 1
-            for k, v in lost.items():
+            for k, v in _lost_map(d.summary).items():
                 self.losses[k] = self.losses.get(k, 0) + v
 
     def render(self, fmt: str, o: SummaryOptions, namespace: str | None = None, pod: str | None = None,
@@ -453,7 +451,6 @@ def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
     """`tcpscope-tail --summary`: read the topic (tail's consumer and filter) and print summaries."""
     import time
 
-    from tcpscope.kafka_layout import decode_records
     from tcpscope.tail import EventFilter, open_consumer
 
     keep_all = EventFilter.from_options(tail_opts)
@@ -475,8 +472,7 @@ def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
                         report.undecodable += 1
                         continue
                     for d in decoded:
-                        report.take(d.kind, d.agent_id, d.sequence, d.index, d.event,
-                                    _lost_map(d.summary) if d.summary is not None else None, keep)
+                        report.take(d, keep)
             if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
                 break
             if not once and deadline is None and time.monotonic() >= next_print:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records, dedup_key
 from tcpscope.v1.events_pb2 import LISTEN, TcpEvent
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class TopicWatch:
     def _take_one(self, d: Decoded) -> None:
         if d.agent_id not in self.agent_ids:
             return
-        key = (d.agent_id, d.sequence, d.index if d.kind == RECORD_EVENT else -1)
+        key = dedup_key(d)
         with self._cv:
             if key in self._seen:
                 return
