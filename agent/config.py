@@ -68,6 +68,30 @@ class AgentConfig:
         "TCPSCOPE_MAX_SOCKETS", "capacity of the per-socket kernel map (evictions are counted)",
         default=65536,
     )
+    connections: str = setting(
+        "TCPSCOPE_CONNECTIONS",
+        "'each': a lifecycle event per connection (tcplife-like); 'aggregate': ordinary connections "
+        "(established, closed normally, no reset, error or retransmit) are counted in the kernel and "
+        "reported as flows every --flow-interval, anomalies stay individual events. Default: each with "
+        "--stdout, aggregate when only streaming to a collector",
+        default="",
+    )
+    flow_interval: float = setting(
+        "TCPSCOPE_FLOW_INTERVAL", "seconds between flushes of the in-kernel flow maps (and at shutdown)",
+        default=10.0,
+    )
+    max_flows: int = setting(
+        "TCPSCOPE_MAX_FLOWS",
+        "flow keys per interval (kernel map size); when full, ordinary connections are reported as their "
+        "own lifecycle events and counted (flows.map_full), never lost",
+        default=4096,
+    )
+    max_connection_events: int = setting(
+        "TCPSCOPE_MAX_CONNECTION_EVENTS",
+        "with --connections each: ordinary connections reported one by one per second at most (split "
+        "evenly across CPUs); beyond it they spill into flows, counted (flows.aggregated). 0 = no limit",
+        default=5000,
+    )
     ring_buffer_kb: int = setting(
         "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
     )
@@ -165,6 +189,17 @@ class AgentConfig:
             raise ConfigError("--batch-max-age, --drain-grace, --pending-max-wait, --pod-cache-ttl must be >= 0")
         if self.batch_max_events < 1 or self.buffer_max_events < self.batch_max_events:
             raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
+        if not self.connections:
+            mode = "aggregate" if self.collector and self.stdout is None else "each"
+            object.__setattr__(self, "connections", mode)
+        if self.connections not in ("each", "aggregate"):
+            raise ConfigError(f"--connections must be 'each' or 'aggregate', not {self.connections!r}")
+        if self.flow_interval <= 0:
+            raise ConfigError("--flow-interval must be > 0")
+        if self.max_flows < 1:
+            raise ConfigError("--max-flows must be >= 1")
+        if self.max_connection_events < 0:
+            raise ConfigError("--max-connection-events must be >= 0")
         if not self.node_name:
             object.__setattr__(self, "node_name", socket.gethostname())
         if not self.agent_id:
@@ -206,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--btf", help=h("btf"))
     p.add_argument("--probe-sample", type=int, help=h("probe_sample"))
     p.add_argument("--max-sockets", type=int, help=h("max_sockets"))
+    p.add_argument("--connections", choices=("each", "aggregate"), help=h("connections"))
+    p.add_argument("--flow-interval", type=float, help=h("flow_interval"))
+    p.add_argument("--max-flows", type=int, help=h("max_flows"))
+    p.add_argument("--max-connection-events", type=int, help=h("max_connection_events"))
     p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))
     p.add_argument("--node-name", help=h("node_name"))
     p.add_argument("--kubernetes", dest="kubernetes", action="store_true", default=None, help=h("kubernetes"))

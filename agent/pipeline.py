@@ -32,6 +32,11 @@ class EventSource(Protocol):
         """Cumulative events lost before reaching user space, by reason (e.g. 'kernel.ringbuf_full')."""
         ...
 
+    def stop(self) -> None:
+        """Stop producing (detach): what is already produced still comes out of poll() until it
+        returns nothing."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -154,6 +159,7 @@ class Pipeline:
         """Release held events, flush the sink, close everything."""
         # a final non-blocking drain of the source (a poll returns a bounded batch: repeat until it
         # is empty); each enricher releases what it held, and the next enricher sees those too
+        self.source.stop()
         events = self.source.poll(0)
         while events:
             more = self.source.poll(0)

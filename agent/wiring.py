@@ -69,5 +69,5 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     plan = plan or build_plan(config)
     loaded = load(plan)
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
-    source = KernelSource(loaded, decoder)
+    source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
     return Agent(plan=plan, source=source, pipeline=Pipeline(source=source, enrichers=enrichers, sink=sink))

@@ -31,6 +31,14 @@
 #define LOSS_LISTENER_MAP_FULL 2
 #define LOSS_NREASONS 3
 
+/* flow accounting: index into the `flow_counts` per-CPU array (names in agent/kernel/flows.py).
+ * Not losses: a connection that could not be aggregated is reported as its own lifecycle. */
+#define FLOWC_AGGREGATED 0 /* ordinary connections added to a flow */
+#define FLOWC_MAP_FULL 1   /* ordinary connections reported individually: the flow map was full */
+#define FLOWC_NCOUNTS 2
+
+#define FLOW_BUCKETS 32    /* log2 microsecond duration buckets (Flow.duration_us_log2) */
+
 struct tcpscope_event {
     __u64 ts_ns;        /* bpf_ktime_get_ns() (CLOCK_MONOTONIC); lifecycle: time of CLOSE */
     __u64 socket_id;    /* sock pointer XOR a random per-load key: never a kernel address */
@@ -59,6 +67,32 @@ struct tcpscope_event {
     __u32 snd_wnd;      /* probe */
     __u32 data_len;     /* probe */
     char comm[16];      /* owning process' comm, empty when unknown */
+};
+
+/* Aggregated ordinary connections (bpf/flow.h): the key and value of the two flow maps, read by
+ * user space with batch lookups (agent/kernel/flows.py mirrors both; a test checks the mirror). */
+struct flow_key {
+    __u8 laddr[16];     /* local address, as in tcpscope_event.saddr */
+    __u8 raddr[16];     /* remote address */
+    __u64 cgroup_id;    /* the socket's cgroup v2 id */
+    __u32 netns;        /* network namespace inode */
+    __u16 server_port;  /* PASSIVE: the local port; ACTIVE: the remote port */
+    __u16 family;       /* AF_INET or AF_INET6 */
+    __u8 role;          /* ROLE_ACTIVE or ROLE_PASSIVE */
+    __u8 pad[7];
+};
+
+struct flow_val {
+    __u64 connections;
+    __u64 tx_bytes;
+    __u64 rx_bytes;
+    __u64 duration_sum_ns;
+    __u64 first_close_ns;   /* bpf_ktime_get_ns() of the earliest CLOSE */
+    __u64 last_close_ns;    /* of the latest CLOSE */
+    __u64 buckets[FLOW_BUCKETS];
+    __u32 pid;              /* owner of the last connection added */
+    __u32 pad;
+    char comm[16];
 };
 
 #endif

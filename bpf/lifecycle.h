@@ -46,6 +46,10 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
 #endif
     if (!(st->flags & F_CLOSED) || st->last_state == TS_LISTEN)
         return;
+#ifdef FLOWS_ON
+    if (flow_add(st))
+        return; /* an ordinary connection, counted in its flow (bpf/flow.h) */
+#endif
     struct tcpscope_event *ev = scratch_event();
     if (!ev)
         return;

@@ -8,10 +8,12 @@
  *   HAS_<NAME>_SOCKADDR    saddr/daddr are struct sockaddr_in6-sized copies (tcp_send_reset 6.10+)
  *   PORT_MATCH(p)          when a port filter is set
  * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
- * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE. */
+ * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE, and for flows
+ * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS. */
 #include "events.h"
 #include "common.h"
 #include "state_event.h"
+#include "flow.h"
 #include "lifecycle.h"
 #include "state.h"
 #include "retransmit.h"

@@ -100,7 +100,7 @@ _ENDING_NAMES = _enum_names(_LCD, "ending")
 # ever appended), the generic path takes over until they are taught the new ones.
 _KNOWN = {
     "TcpEvent": ["time", "node", "socket_id", "local", "remote", "process", "lifecycle", "state_change",
-                 "retransmit", "synack_retransmit", "reset", "socket_error", "probe"],
+                 "retransmit", "synack_retransmit", "reset", "socket_error", "probe", "flow"],
     "Endpoint": ["ip", "port", "kind", "namespace", "name", "uid", "labels", "container", "container_id",
                  "workload", "node"],
     "Process": ["pid", "comm", "cgroup_id", "cgroup_path"],
@@ -281,7 +281,28 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     if kind == "probe":
         p = ev.probe
         return "PROBE", f"cwnd={p.snd_cwnd} srtt_us={p.srtt_us} snd_wnd={p.snd_wnd} len={p.data_len}"
+    if kind == "flow":
+        fl = ev.flow
+        p50, p99 = duration_quantile_us(fl, 0.5), duration_quantile_us(fl, 0.99)
+        return "FLOW", (f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections} tx={fl.tx_bytes} "
+                        f"rx={fl.rx_bytes} p50_ms<={p50 / 1e3:.3f} p99_ms<={p99 / 1e3:.3f} "
+                        f"s={fl.interval_ns / 1e9:.1f}")
     return "?", ""
+
+
+def duration_quantile_us(fl: Any, q: float) -> float:
+    """An upper bound of the q-quantile of a Flow's durations, in microseconds: the upper edge of
+    the log2 bucket (Flow.duration_us_log2) that holds it; 0 with no connections."""
+    total = sum(fl.duration_us_log2)
+    if not total:
+        return 0.0
+    rank = q * total
+    seen = 0
+    for i, n in enumerate(fl.duration_us_log2):
+        seen += n
+        if seen >= rank and n:
+            return float(2 ** (i + 1))
+    return float(2 ** len(fl.duration_us_log2))
 
 
 def table_line(ev: TcpEvent) -> str:

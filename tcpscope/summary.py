@@ -7,6 +7,13 @@ connection's 4-tuple and start time (ports are reused, so the tuple alone is not
 The client's view decides how the connection ended; the server's view fills in when the client's
 agent did not see it (for example a client outside the cluster).
 
+Flows (TcpEvent.flow: ordinary connections the agent aggregated in the kernel) carry no client
+port, so they cannot be matched one by one. They are counted per (client address, server address,
+server port): from the client's flows when the client's agent reported anything for that triple,
+else from the server's. A server's individual lifecycle whose client counted the same connection in
+a flow (the server retransmitted, the client saw nothing unusual) adds its problem counters but not
+a second connection.
+
 Counters, each counting connections:
 - connections: established connections (handshake completed)
 - client_resets: established, then aborted by the client (client sent the RST)
@@ -85,6 +92,7 @@ class PairSummary:
     timeouts: int = 0
     retransmits: int = 0
     failed: int = 0
+    flow_connections: int = 0  # of `connections`, those counted from flows (aggregated ordinary ones)
     server_ports: set[int] = field(default_factory=set)
     client_reset_reasons: dict[str, int] = field(default_factory=dict)
     server_reset_reasons: dict[str, int] = field(default_factory=dict)
@@ -99,6 +107,7 @@ class PairSummary:
         out: dict[str, object] = {"client": self.client.to_json(), "server": self.server.to_json()}
         for c in COUNTERS:
             out[c] = getattr(self, c)
+        out["flow_connections"] = self.flow_connections
         out["server_ports"] = sorted(self.server_ports)
         out["client_reset_reasons"] = dict(sorted(self.client_reset_reasons.items()))
         out["server_reset_reasons"] = dict(sorted(self.server_reset_reasons.items()))
@@ -128,6 +137,10 @@ class Summarizer:
         default_factory=dict, init=False
     )
     _held: int = field(default=0, init=False)
+    # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
+    _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(
+        default_factory=dict, init=False
+    )
     skipped: dict[str, int] = field(default_factory=dict, init=False)
     """Lifecycle events not counted, by reason: no_role (socket older than the agent), listener,
     self (local end == remote end), over_capacity. Other event kinds are simply ignored."""
@@ -140,8 +153,12 @@ class Summarizer:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def add(self, ev: TcpEvent) -> None:
-        """Take one event; everything but lifecycle events is ignored."""
-        if ev.WhichOneof("kind") != "lifecycle":
+        """Take one event; everything but lifecycle and flow events is ignored."""
+        kind = ev.WhichOneof("kind")
+        if kind == "flow":
+            self._add_flow(ev)
+            return
+        if kind != "lifecycle":
             return
         lc = ev.lifecycle
         if lc.last_state == LISTEN or ev.remote.port == 0:
@@ -167,6 +184,21 @@ class Summarizer:
         self._views.setdefault(key, ([], []))[side].append(view)
         self._held += 1
 
+    def _add_flow(self, ev: TcpEvent) -> None:
+        fl = ev.flow
+        if fl.role == ACTIVE:
+            key, side = (ev.local.ip, ev.remote.ip, ev.remote.port), 0
+        elif fl.role == PASSIVE:
+            key, side = (ev.remote.ip, ev.local.ip, ev.local.port), 1
+        else:
+            self._skip("no_role")
+            return
+        if self._held >= self.max_sockets:
+            self._skip("over_capacity")
+            return
+        self._flows.setdefault(key, ([], []))[side].append(ev)
+        self._held += 1
+
     def add_all(self, events: Iterable[TcpEvent]) -> None:
         for ev in events:
             self.add(ev)
@@ -179,7 +211,14 @@ class Summarizer:
             servers[:] = [v for v in servers if v.end_ns >= cutoff_ns]
             if not clients and not servers:
                 del self._views[key]
-        self._held = sum(len(c) + len(s) for c, s in self._views.values())
+        for fkey in list(self._flows):
+            cflows, sflows = self._flows[fkey]
+            cflows[:] = [f for f in cflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
+            sflows[:] = [f for f in sflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
+            if not cflows and not sflows:
+                del self._flows[fkey]
+        self._held = (sum(len(c) + len(s) for c, s in self._views.values())
+                      + sum(len(c) + len(s) for c, s in self._flows.values()))
 
     def connections(self) -> list[tuple[_View | None, _View | None]]:
         """Each connection once: (client view, server view), either possibly None."""
@@ -195,16 +234,40 @@ class Summarizer:
             now = now_ns if now_ns is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
             cutoff = int(now - window_s * 1e9)
         rows: dict[tuple[Party, Party], PairSummary] = {}
+
+        def row_for(client: Party, server: Party) -> PairSummary:
+            row = rows.get((client, server))
+            if row is None:
+                row = rows[(client, server)] = PairSummary(client, server)
+            return row
+
+        client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
         for cv, sv in self.connections():
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
                 continue
             client = self._party(cv.event.local if cv else None, sv.event.remote if sv else None)
             server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None)
-            row = rows.get((client, server))
-            if row is None:
-                row = rows[(client, server)] = PairSummary(client, server)
-            _count(row, cv, sv)
+            absorbed = cv is None and sv is not None and (
+                sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
+            _count(row_for(client, server), cv, sv, absorbed)
+        for (_cip, _sip, port), (cflows, sflows) in self._flows.items():
+            # the client's view when the client's agent saw the triple, else the server's
+            for f in cflows or sflows:
+                last = f.flow.last_close.ToNanoseconds()
+                if cutoff is not None and last < cutoff:
+                    continue
+                if f.flow.role == ACTIVE:
+                    client, server = self._party(f.local, None), self._party(None, f.remote)
+                else:
+                    client, server = self._party(None, f.remote), self._party(f.local, None)
+                row = row_for(client, server)
+                row.connections += f.flow.connections
+                row.flow_connections += f.flow.connections
+                row.server_ports.add(port)
+                first = f.flow.first_close.ToNanoseconds()
+                row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+                row.last_seen_ns = max(row.last_seen_ns, last)
         return list(rows.values())
 
     def _party(self, best: Endpoint | None, fallback: Endpoint | None) -> Party:
@@ -251,8 +314,9 @@ def _reason(name: str, code: int) -> str:
     return name or (f"reason_{code}" if code else "UNKNOWN")
 
 
-def _count(row: PairSummary, cv: _View | None, sv: _View | None) -> None:
-    """Add one connection to its row, deciding its outcome from the client's view if there is one."""
+def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool = False) -> None:
+    """Add one connection to its row, deciding its outcome from the client's view if there is one.
+    absorbed: a server's view whose client counted the connection in a flow (not counted again)."""
     views = [v for v in (cv, sv) if v is not None]
     start = min(v.start_ns for v in views)
     end = max(v.end_ns for v in views)
@@ -279,7 +343,8 @@ def _count(row: PairSummary, cv: _View | None, sv: _View | None) -> None:
         client_sent_rst = lc.ending == RESET_RECEIVED
         server_sent_rst = lc.ending == RESET_SENT
         timed_out = lc.ending == ERROR and lc.errno == ETIMEDOUT
-    row.connections += 1
+    if not absorbed:
+        row.connections += 1
     if client_sent_rst:
         row.client_resets += 1
         src = cv.event.lifecycle if cv is not None else None

@@ -32,6 +32,7 @@ from tcpscope.v1.events_pb2 import TcpEvent
 KINDS: dict[str, str] = {
     "lifecycle": "lifecycle", "state": "state_change", "retransmit": "retransmit",
     "synack": "synack_retransmit", "reset": "reset", "error": "socket_error", "probe": "probe",
+    "flow": "flow",
 }
 
 

@@ -44,6 +44,20 @@ class Loaded:
     attached: tuple[str, ...]
     listeners_seeded: int = 0  # owners of pre-existing listeners written into the listener map
 
+    def detach(self) -> None:
+        """Detach every program, keeping the maps and the buffer readable."""
+        for kind, tp, fn in self.plan.attach:
+            if tp not in self.attached:
+                continue
+            try:
+                if kind == "raw_tracepoint":
+                    self.bpf.detach_raw_tracepoint(tp=tp.split(":", 1)[1].encode())
+                else:
+                    self.bpf.detach_tracepoint(tp=tp.encode())
+            except Exception as e:  # already gone: cleanup() copes
+                log.debug("detaching %s (%s): %s", tp, fn, e)
+        self.attached = ()
+
     def close(self) -> None:
         self.bpf.cleanup()
 

@@ -121,6 +121,14 @@ class Plan:
     probe_sample: int
     rst_reasons: Mapping[int, str] = field(hash=False)
     socket_key: int = field(repr=False, default=0)
+    connections: str = "each"  # 'each' | 'aggregate' (bpf/flow.h)
+    max_flows: int = 4096
+    spill_per_cpu: int = 0  # 'each': ordinary connections per second and CPU before they spill into flows
+
+    @property
+    def flows_on(self) -> bool:
+        """Whether the flow maps are compiled in: lifecycles on, and aggregate mode or a spill limit."""
+        return "lifecycle" in self.events and (self.connections == "aggregate" or self.spill_per_cpu > 0)
 
     @property
     def loss_reasons(self) -> tuple[str, ...]:
@@ -165,6 +173,12 @@ class Plan:
             flags += ["-DUSE_RINGBUF=1", f"-DRINGBUF_PAGES={self.ringbuf_pages}"]
         for kind in self.events:
             flags.append(f"-DENABLE_{kind.upper()}=1")
+        if self.flows_on:
+            flags.append(f"-DMAX_FLOWS={self.max_flows}")
+            if self.connections == "aggregate":
+                flags.append("-DAGGREGATE=1")
+            else:
+                flags.append(f"-DSPILL_PER_CPU={self.spill_per_cpu}")
         if self.filters.netns_inum is not None:
             flags.append(f"-DFILTER_NETNS={self.filters.netns_inum}")
         if self.filters.cgroup_id is not None:
@@ -185,6 +199,13 @@ class Plan:
             + (f" cgroup={f.cgroup_dir} (id {f.cgroup_id}, level {f.cgroup_level})" if f.cgroup_id else " cgroup=any")
         )
         lines.append(f"per-socket map: {self.max_sockets} entries")
+        if not self.flows_on:
+            lines.append(f"connections: {self.connections} (every connection is a lifecycle event)")
+        elif self.connections == "aggregate":
+            lines.append(f"connections: aggregate (ordinary connections into flows, {self.max_flows} keys per map)")
+        else:
+            lines.append(f"connections: each (beyond {self.spill_per_cpu}/s per CPU ordinary connections spill "
+                         f"into flows, {self.max_flows} keys per map)")
         lines.append("attach:")
         lines += [f"  {kind} {tp} -> {fn}" for kind, tp, fn in self.attach]
         if self.skipped:
@@ -422,4 +443,15 @@ def build_plan(
         probe_sample=config.probe_sample,
         rst_reasons=reasons,
         socket_key=secrets.randbits(64) if socket_key is None else socket_key,
+        connections=config.connections,
+        max_flows=config.max_flows,
+        spill_per_cpu=spill_per_cpu(config),
     )
+
+
+def spill_per_cpu(config: AgentConfig) -> int:
+    """`--max-connection-events` split evenly across the CPUs (the kernel counts per CPU)."""
+    if config.connections != "each" or config.max_connection_events <= 0:
+        return 0
+    cpus = os.cpu_count() or 1
+    return max(1, -(-config.max_connection_events // cpus))

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from agent.kernel.decode import EVENT, Decoder
+from agent.kernel.flows import FlowMaps
 from agent.kernel.loader import Loaded
 from tcpscope.v1.events_pb2 import TcpEvent
 
@@ -58,7 +59,7 @@ class KernelSource:
     # keeps the record it was handed and asks to stop after it.
     MAX_EVENTS_PER_POLL = 4096
 
-    def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256) -> None:
+    def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256, flow_interval_s: float = 10.0) -> None:
         self._loaded = loaded
         self._bpf = loaded.bpf
         self._decoder = decoder
@@ -88,14 +89,42 @@ class KernelSource:
             self._bpf[b"events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
             self._poll_fn = self._bpf.perf_buffer_poll
         self._closed = False
+        self._stopped = False
+        self._flows = (FlowMaps(self._bpf, decoder, flow_interval_s, aggregate=loaded.plan.connections == "aggregate")
+                       if loaded.plan.flows_on else None)
         self._final_losses: dict[str, int] = {}
+        self._final_flow_counters: dict[str, int] = {}
         self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
+        """Records from the buffer; every --flow-interval (and once after stop()) the flows too."""
         self._poll_fn(timeout_ms)
         out = self._batch[:]
         self._batch.clear()
+        flows = self._flows
+        if flows is not None and not self._closed:
+            if self._stopped:
+                if not out:  # the buffer is drained: nothing can reach the maps any more
+                    out = flows.flush_all()
+                    self._final_flow_counters = flows.counters()
+                    self._flows = None
+            elif flows.due(time.monotonic()):
+                out.extend(flows.flush())
         return out
+
+    def stop(self) -> None:
+        """Detach the programs: nothing new enters the buffer or the flow maps. Keep polling until
+        poll() returns nothing: the last polls drain the buffer, then both flow maps."""
+        if not self._stopped and not self._closed:
+            self._stopped = True
+            self._loaded.detach()
+
+    def flow_counters(self) -> dict[str, int]:
+        """flows.aggregated (ordinary connections counted in flows) and flows.map_full (reported as
+        their own lifecycle because the flow map was full); empty when flows are off."""
+        if self._flows is not None and not self._closed:
+            return self._flows.counters()
+        return dict(self._final_flow_counters)
 
     def losses(self) -> dict[str, int]:
         if self._closed:
@@ -122,5 +151,6 @@ class KernelSource:
     def close(self) -> None:
         if not self._closed:
             self._final_losses = self.losses()
+            self._final_flow_counters = self.flow_counters()
             self._closed = True
             self._loaded.close()

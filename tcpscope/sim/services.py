@@ -183,7 +183,10 @@ class Services:
             self.agents[node] = self._spawn(f"agent-{node}", [
                 *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
                 "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,
-                "--collector", self.collector_addr, "--batch-max-age", "0.2", *self.agent_args,
+                "--collector", self.collector_addr, "--batch-max-age", "0.2",
+                # as the chart deploys them: ordinary connections counted in the kernel, flushed often
+                # enough for a live view
+                "--connections", "aggregate", "--flow-interval", "2", *self.agent_args,
             ])
 
     def wait_agents_ready(self, timeout: float = 60.0) -> None:

@@ -16,10 +16,15 @@ from tcpscope.v1.events_pb2 import LISTEN, TcpEvent
 log = logging.getLogger(__name__)
 
 
-def counts_as_connection_end(ev: TcpEvent) -> bool:
-    """A lifecycle event of a connection socket (listening sockets closing do not count)."""
-    return (ev.WhichOneof("kind") == "lifecycle" and ev.lifecycle.last_state != LISTEN
-            and ev.remote.port != 0)
+def connection_ends(ev: TcpEvent) -> int:
+    """Connection sockets whose end this event reports: 1 for a lifecycle of a connection socket
+    (listening sockets closing do not count), a flow's `connections`, else 0."""
+    kind = ev.WhichOneof("kind")
+    if kind == "lifecycle":
+        return 1 if ev.lifecycle.last_state != LISTEN and ev.remote.port != 0 else 0
+    if kind == "flow":
+        return ev.flow.connections
+    return 0
 
 
 @dataclass
@@ -122,14 +127,15 @@ class TopicWatch:
 
     def connection_ends(self) -> int:
         with self._cv:
-            return sum(1 for e in self.events if counts_as_connection_end(e))
+            return sum(connection_ends(e) for e in self.events)
 
     def wait_for(self, want: int, timeout: float) -> int:
-        """Block until `want` connection lifecycle events arrived (or the timeout); return the count."""
+        """Block until `want` connection ends (lifecycles, and connections in flows) arrived, or the
+        timeout; return the count."""
         deadline = time.monotonic() + timeout
         with self._cv:
             while True:
-                n = sum(1 for e in self.events if counts_as_connection_end(e))
+                n = sum(connection_ends(e) for e in self.events)
                 left = deadline - time.monotonic()
                 if n >= want or left <= 0 or self.error:
                     return n

@@ -20,12 +20,16 @@ class FakeSource:
         self.batches = batches
         self.lost = lost
         self.closed = False
+        self.stopped = False
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
         return self.batches.pop(0) if self.batches else []
 
     def losses(self) -> dict[str, int]:
         return dict(self.lost)
+
+    def stop(self) -> None:
+        self.stopped = True
 
     def close(self) -> None:
         self.closed = True

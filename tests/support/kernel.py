@@ -51,7 +51,8 @@ class Harness:
 def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
     require_root()
     plan = build_plan(config)
-    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons))
+    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
+                          flow_interval_s=config.flow_interval)
     try:
         yield Harness(source=source, plan=plan)
     finally:

@@ -7,46 +7,105 @@ import re
 import socket
 import subprocess
 from pathlib import Path
+from struct import Struct
+
+import pytest
 
 from agent.kernel import decode
 from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
+from agent.kernel.flows import (
+    FLOW_BUCKETS,
+    FLOW_COUNTERS,
+    FLOW_KEY,
+    FLOW_KEY_FIELDS,
+    FLOW_VAL,
+    FLOW_VAL_FIELDS,
+    decode_flow,
+)
 from agent.kernel.probe import BPF_DIR
-from tcpscope.v1.events_pb2 import ACTIVE, FIN_WAIT2, RECEIVED, RESET_SENT, SENT, SYN_SENT
+from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, FIN_WAIT2, PASSIVE, RECEIVED, RESET_SENT, SENT, SPILL, SYN_SENT
 
 _SIZES = {"Q": 8, "I": 4, "i": 4, "H": 2, "B": 1}
 
 
-def _c_layout(tmp_path: Path) -> dict[str, tuple[int, int]]:
-    """{field: (offset, size)} and '__size__' of struct tcpscope_event, from gcc."""
-    names = [n for n, _ in EVENT_FIELDS]
+def _c_layout(tmp_path: Path, struct: str, fields: tuple[tuple[str, str], ...]) -> dict[str, tuple[int, int]]:
+    """{field: (offset, size)} and '__size__' of a struct of bpf/events.h, from gcc."""
+    names = [n for n, _ in fields]
     header = (BPF_DIR / "events.h").read_text()
-    declared = re.findall(r"^\s+(?:__[us]\d+|char)\s+(\w+)(?:\[\d+\])?;", header.split("struct tcpscope_event {")[1]
+    declared = re.findall(r"^\s+(?:__[us]\d+|char)\s+(\w+)(?:\[\w+\])?;", header.split(f"struct {struct} {{")[1]
                           .split("};")[0], re.M)
-    assert declared == names, "events.h and decode.EVENT_FIELDS list different fields or orders"
+    assert declared == names, f"events.h and the Python mirror list different fields or orders for {struct}"
     prints = "\n".join(
-        f'printf("{n} %zu %zu\\n", offsetof(struct tcpscope_event, {n}), sizeof(((struct tcpscope_event *)0)->{n}));'
+        f'printf("{n} %zu %zu\\n", offsetof(struct {struct}, {n}), sizeof(((struct {struct} *)0)->{n}));'
         for n in names
     )
-    src = tmp_path / "layout.c"
+    src = tmp_path / f"layout_{struct}.c"
     src.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
         f'#include "{BPF_DIR / "events.h"}"\n'
-        f'int main(void) {{\n{prints}\nprintf("__size__ %zu 0\\n", sizeof(struct tcpscope_event));\nreturn 0; }}\n'
+        f'int main(void) {{\n{prints}\nprintf("__size__ %zu 0\\n", sizeof(struct {struct}));\nreturn 0; }}\n'
     )
-    exe = tmp_path / "layout"
+    exe = tmp_path / f"layout_{struct}"
     subprocess.run(["gcc", "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
     return {n: (int(o), int(s)) for n, o, s in (line.split() for line in out.splitlines())}
 
 
-def test_python_mirror_matches_c_struct(tmp_path: Path) -> None:
-    layout = _c_layout(tmp_path)
+def _size(code: str) -> int:
+    if code.endswith("s"):
+        return int(code[:-1])
+    if len(code) > 1:  # "32Q"
+        return int(code[:-1]) * _SIZES[code[-1]]
+    return _SIZES[code]
+
+
+@pytest.mark.parametrize(("struct", "fields", "packed"), [
+    ("tcpscope_event", EVENT_FIELDS, EVENT),
+    ("flow_key", FLOW_KEY_FIELDS, FLOW_KEY),
+    ("flow_val", FLOW_VAL_FIELDS, FLOW_VAL),
+])
+def test_python_mirror_matches_c_struct(tmp_path: Path, struct: str, fields: tuple[tuple[str, str], ...],
+                                        packed: Struct) -> None:
+    layout = _c_layout(tmp_path, struct, fields)
     offset = 0
-    for name, code in EVENT_FIELDS:
-        size = int(code[:-1]) if code.endswith("s") else _SIZES[code]
+    for name, code in fields:
+        size = _size(code)
         assert layout[name] == (offset, size), f"{name}: C {layout[name]}, Python {(offset, size)}"
         offset += size
-    assert layout["__size__"][0] == EVENT.size == offset
+    assert layout["__size__"][0] == packed.size == offset
+
+
+def test_flow_constants_agree_with_events_h() -> None:
+    header = (BPF_DIR / "events.h").read_text()
+    consts = {m[0]: int(m[1]) for m in re.findall(r"^#define (FLOW\w+) (\d+)", header, re.M)}
+    assert consts["FLOW_BUCKETS"] == FLOW_BUCKETS
+    assert consts["FLOWC_NCOUNTS"] == len(FLOW_COUNTERS)
+    assert [consts["FLOWC_AGGREGATED"], consts["FLOWC_MAP_FULL"]] == [
+        FLOW_COUNTERS.index("aggregated"), FLOW_COUNTERS.index("map_full")]
+
+
+def test_decode_flow_passive_and_active() -> None:
+    dec = Decoder("n1", 1_000_000_000_000, {})
+    buckets = [0] * FLOW_BUCKETS
+    buckets[3], buckets[6] = 2, 1
+    val = FLOW_VAL.pack(3, 300, 30, 90_000, 5_000, 9_000, *buckets, 42, 0, b"srv")
+    key = FLOW_KEY.pack(socket.inet_aton("198.18.0.2") + bytes(12), socket.inet_aton("198.18.0.1") + bytes(12),
+                        77, 4026531840, 8080, socket.AF_INET, PASSIVE, b"")
+    ev = decode_flow(dec, key, val, 10_000_000_000, aggregate=True)
+    assert ev.WhichOneof("kind") == "flow" and ev.socket_id == 0
+    assert (ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port) == ("198.18.0.2", 8080, "198.18.0.1", 0)
+    assert (ev.process.pid, ev.process.comm, ev.process.cgroup_id) == (42, "srv", 77)
+    fl = ev.flow
+    assert (fl.role, fl.connections, fl.tx_bytes, fl.rx_bytes, fl.duration_sum_ns) == (PASSIVE, 3, 300, 30, 90_000)
+    assert list(fl.duration_us_log2) == [0, 0, 0, 2, 0, 0, 1]  # trailing empty buckets left out
+    assert fl.first_close.ToNanoseconds() == 1_000_000_005_000
+    assert fl.last_close.ToNanoseconds() == ev.time.ToNanoseconds() == 1_000_000_009_000
+    assert (fl.interval_ns, fl.source) == (10_000_000_000, AGGREGATE)
+    key6 = FLOW_KEY.pack(socket.inet_pton(socket.AF_INET6, "2001:db8::1"), socket.inet_pton(socket.AF_INET6, "::1"),
+                         1, 1, 443, socket.AF_INET6, ACTIVE, b"")
+    ev6 = decode_flow(dec, key6, val, 0, aggregate=False)
+    assert (ev6.local.ip, ev6.local.port, ev6.remote.ip, ev6.remote.port) == ("2001:db8::1", 0, "::1", 443)
+    assert ev6.flow.source == SPILL
 
 
 def _record(**kw: object) -> bytes:
