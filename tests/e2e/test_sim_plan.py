@@ -114,6 +114,7 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     records = consume_all(kafka_broker.bootstrap, topic, want=10**9, timeout=5)
     # a socket = (node, socket id, tuple, close time): ids are only unique while the socket lives
     sockets: Counter[tuple[str, int, str, int]] = Counter()
+    in_flows = 0
     batches = 0
     seen: set[tuple[str, int, int]] = set()
     for d in (d for r in records for d in decode_records(r.headers, r.value)):
@@ -122,15 +123,27 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
         seen.add((d.agent_id, d.sequence, d.index))
         if d.kind == RECORD_SUMMARY:
             batches += 1
-        if d.kind != RECORD_EVENT or d.event is None or d.event.WhichOneof("kind") != "lifecycle":
+        if d.kind != RECORD_EVENT or d.event is None:
             continue
         ev = d.event
+        if ev.WhichOneof("kind") == "flow":  # the sim's agents aggregate ordinary connections
+            assert ev.node == node_of_ip[ev.local.ip], f"flow of {ev.local.ip} reported by {ev.node}"
+            assert ev.local.kind and ev.remote.kind, f"unresolved end: {ev}"
+            assert sum(ev.flow.duration_us_log2) == ev.flow.connections
+            in_flows += ev.flow.connections
+            continue
+        if ev.WhichOneof("kind") != "lifecycle":
+            continue
         if ev.lifecycle.last_state == LISTEN or ev.remote.port == 0:
             continue
         assert ev.node == node_of_ip[ev.local.ip], f"socket of {ev.local.ip} reported by {ev.node}"
         assert ev.local.kind and ev.remote.kind, f"unresolved end: {ev}"
         tuple_ = f"{ev.local.ip}:{ev.local.port}-{ev.remote.ip}:{ev.remote.port}"
         sockets[(ev.node, ev.socket_id, tuple_, ev.time.ToNanoseconds())] += 1
-    assert sum(sockets.values()) == plan.expected_lifecycles()
+    # every socket accounted for exactly once: individually (every anomaly) or in a flow
+    assert sum(sockets.values()) + in_flows == plan.expected_lifecycles()
     assert max(sockets.values()) == 1
+    # only ok connections are ordinary (both sockets aggregated, unless a segment was retransmitted);
+    # every reset, refusal and timeout kept its own lifecycle on each side that had a socket
+    assert 0 < in_flows <= 2 * sum(t["count"] for t in PLAN["traffic"] if t["kind"] == "ok")
     assert batches > 0

@@ -1,0 +1,235 @@
+"""In-kernel aggregation (bpf/flow.h) with real connections and exact counts: ordinary connections
+become flows that sum exactly, every anomaly stays an individual event, a full flow map falls back to
+lifecycles (counted), the shutdown flush loses nothing, and agents scoped by cgroup each count their
+own side."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig
+from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, NORMAL, PASSIVE, RESET_RECEIVED, RESET_SENT, TcpEvent
+from tests.support import conncount, traffic
+from tests.support.kernel import Harness, kernel_harness, kind, on_port
+
+KINDS = ("lifecycle", "retransmit", "synack", "reset", "error")
+
+
+@pytest.fixture(scope="module")
+def exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return conncount.build(tmp_path_factory.mktemp("conncount"))
+
+
+def drain(h: Harness) -> None:
+    """Detach, then poll until the buffer and both flow maps are empty (as the agent's shutdown)."""
+    h.source.stop()
+    empty = 0
+    while empty < 2:
+        got = h.source.poll(50)
+        h.seen.extend(got)
+        empty = 0 if got else empty + 1
+
+
+def flows(h: Harness, match: Callable[[TcpEvent], bool], role: int) -> list[TcpEvent]:
+    return [e for e in h.seen if kind(e) == "flow" and match(e) and e.flow.role == role]
+
+
+def lifecycles(h: Harness, match: Callable[[TcpEvent], bool], role: int) -> list[TcpEvent]:
+    return [e for e in h.seen if kind(e) == "lifecycle" and match(e) and e.lifecycle.role == role]
+
+
+def is_ordinary(e: TcpEvent) -> bool:
+    lc = e.lifecycle
+    return lc.ending == NORMAL and lc.errno == 0 and lc.retransmits == 0
+
+
+def side_totals(h: Harness, port: int, role: int) -> tuple[int, int, int]:
+    """(connections, tx bytes, rx bytes) of one side on a server port: flows plus lifecycles."""
+    fs = flows(h, on_port(port), role)
+    ls = lifecycles(h, on_port(port), role)
+    return (sum(f.flow.connections for f in fs) + len(ls),
+            sum(f.flow.tx_bytes for f in fs) + sum(e.lifecycle.tx_bytes for e in ls),
+            sum(f.flow.rx_bytes for f in fs) + sum(e.lifecycle.rx_bytes for e in ls))
+
+
+def _anomalies(ports: dict[str, int], counts: dict[str, int]) -> None:
+    for _ in range(counts["client-rst"]):
+        traffic.tcp_exchange(port=ports["client-rst"], client_bytes=500, server_bytes=50, closer="client-rst")
+    for _ in range(counts["server-rst"]):
+        traffic.tcp_exchange(port=ports["server-rst"], client_bytes=500, server_bytes=50, closer="server-rst")
+    for _ in range(counts["refused"]):
+        assert traffic.refused_connect(port=ports["refused"])[2] == 111
+    # every other SYN to this port is lost: each connection's first SYN, so each client retransmits once
+    with traffic.nft_drop(f"tcp dport {ports['rtx']} tcp flags syn numgen inc mod 2 == 0 drop"):
+        for _ in range(counts["rtx"]):
+            traffic.tcp_exchange(port=ports["rtx"], client_bytes=500, server_bytes=50, closer="server")
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_mixed_load_flows_sum_exactly_and_every_anomaly_stays_individual(exe: Path) -> None:
+    n, req, resp = 100_000, 100, 1000
+    names = ("load", "client-rst", "server-rst", "refused", "rtx")
+    ports = {name: traffic.free_port() for name in names}
+    counts = {"client-rst": 7, "server-rst": 5, "refused": 11, "rtx": 3}
+    cfg = AgentConfig(ports=tuple(ports.values()), events=KINDS, connections="aggregate", flow_interval=2.0)
+    with kernel_harness(cfg) as h, conncount.serving(exe, "127.0.0.1", ports["load"], req=req, resp=resp):
+        pumping = threading.Event()
+
+        def pump() -> None:
+            while not pumping.is_set():
+                h.pump(50)
+
+        t = threading.Thread(target=pump)
+        t.start()
+        try:
+            anomalies = threading.Thread(target=_anomalies, args=(ports, counts))
+            anomalies.start()
+            made = conncount.churn(exe, "127.0.0.1", ports["load"], n, req=req, resp=resp)
+            anomalies.join()
+        finally:
+            pumping.set()
+            t.join()
+        drain(h)
+        losses = h.source.losses()
+        counters = h.source.flow_counters()
+
+    assert (made.completed, made.failed, made.bytes_read) == (n, 0, n * resp)
+    assert {k: v for k, v in losses.items() if v and k != "kernel.recursion_misses"} == {}
+    load = on_port(ports["load"])
+    # each side of the load accounts for every connection exactly, bytes included
+    assert side_totals(h, ports["load"], ACTIVE) == (n, n * req, n * resp)
+    assert side_totals(h, ports["load"], PASSIVE) == (n, n * resp, n * req)
+    # what was not aggregated is an anomaly (e.g. a SYN retransmitted under load), never an ordinary one
+    assert not [e for r in (ACTIVE, PASSIVE) for e in lifecycles(h, load, r) if is_ordinary(e)]
+    # most were aggregated, into a handful of flow records (one per key and flush), not one per connection
+    in_flows = sum(f.flow.connections for r in (ACTIVE, PASSIVE) for f in flows(h, load, r))
+    assert in_flows > 0.99 * 2 * n
+    all_flows = sum(e.flow.connections for e in h.seen if kind(e) == "flow")
+    assert counters["flows.aggregated"] == all_flows and counters["flows.map_full"] == 0
+    assert len([e for e in h.seen if kind(e) == "flow"]) < 100
+    for f in (e for e in h.seen if kind(e) == "flow"):
+        assert f.flow.source == AGGREGATE and f.socket_id == 0
+        assert sum(f.flow.duration_us_log2) == f.flow.connections
+        assert f.flow.first_close.ToNanoseconds() <= f.flow.last_close.ToNanoseconds()
+        assert f.process.cgroup_id != 0
+        server_ports = {ports["load"], ports["rtx"]}
+        if f.flow.role == ACTIVE:
+            assert f.local.port == 0 and f.remote.port in server_ports
+        else:
+            assert f.local.port in server_ports and f.remote.port == 0
+
+    # every anomaly is individual, with its details, and none of them is in a flow
+    for name in ("client-rst", "server-rst", "refused"):
+        assert not [e for e in h.seen if kind(e) == "flow" and on_port(ports[name])(e)], name
+    crst = on_port(ports["client-rst"])
+    assert Counter(e.lifecycle.ending for e in lifecycles(h, crst, ACTIVE)) == {RESET_SENT: counts["client-rst"]}
+    assert Counter(e.lifecycle.ending for e in lifecycles(h, crst, PASSIVE)) == {RESET_RECEIVED: counts["client-rst"]}
+    srst = on_port(ports["server-rst"])
+    assert Counter(e.lifecycle.ending for e in lifecycles(h, srst, PASSIVE)) == {RESET_SENT: counts["server-rst"]}
+    assert Counter(e.lifecycle.ending for e in lifecycles(h, srst, ACTIVE)) == {RESET_RECEIVED: counts["server-rst"]}
+    sent = [e for e in h.seen if kind(e) == "reset" and e.reset.direction == 1]
+    assert len([e for e in sent if crst(e)]) == counts["client-rst"]
+    assert len([e for e in sent if srst(e)]) == counts["server-rst"]
+    refused = lifecycles(h, on_port(ports["refused"]), ACTIVE)
+    assert [e.lifecycle.errno for e in refused] == [111] * counts["refused"]
+    rtx = on_port(ports["rtx"])
+    assert [e.lifecycle.retransmits for e in lifecycles(h, rtx, ACTIVE)] == [1] * counts["rtx"]
+    assert len([e for e in h.seen if kind(e) == "retransmit" and rtx(e)]) == counts["rtx"]
+    # the servers of those saw nothing unusual: aggregated, and still counted exactly
+    assert side_totals(h, ports["rtx"], PASSIVE) == (counts["rtx"], 50 * counts["rtx"], 500 * counts["rtx"])
+
+
+def _exchanges(ports: list[int], per_port: int) -> None:
+    for port in ports:
+        for _ in range(per_port):
+            traffic.tcp_exchange(port=port, client_bytes=300, server_bytes=30, closer="server")
+
+
+@pytest.mark.root
+def test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them() -> None:
+    ports = [traffic.free_port() for _ in range(4)]
+    per_port = 3
+    # 8 keys (4 server ports x 2 roles) into a map of 2
+    cfg = AgentConfig(ports=tuple(ports), events=KINDS, connections="aggregate", flow_interval=3600, max_flows=2)
+    with kernel_harness(cfg) as h:
+        _exchanges(ports, per_port)
+        drain(h)
+        counters = h.source.flow_counters()
+    total = 2 * per_port * len(ports)
+    in_flows = [e for e in h.seen if kind(e) == "flow"]
+    individual = [e for e in h.seen if kind(e) == "lifecycle"]
+    assert len(in_flows) == 2  # the map held two keys
+    assert sum(f.flow.connections for f in in_flows) + len(individual) == total
+    assert len(individual) == counters["flows.map_full"] > 0
+    assert counters["flows.aggregated"] == sum(f.flow.connections for f in in_flows)
+    for port in ports:
+        assert side_totals(h, port, ACTIVE) == (per_port, 300 * per_port, 30 * per_port)
+        assert side_totals(h, port, PASSIVE) == (per_port, 30 * per_port, 300 * per_port)
+
+
+@pytest.mark.root
+def test_the_shutdown_flush_reports_what_the_interval_had_not() -> None:
+    port = traffic.free_port()
+    cfg = AgentConfig(ports=(port,), events=KINDS, connections="aggregate", flow_interval=3600)
+    with kernel_harness(cfg) as h:
+        _exchanges([port], 9)
+        h.pump(200)
+        assert not [e for e in h.seen if kind(e) in ("flow", "lifecycle")]  # nothing before the flush
+        drain(h)
+    assert side_totals(h, port, ACTIVE) == (9, 2700, 270)
+    assert side_totals(h, port, PASSIVE) == (9, 270, 2700)
+    assert [e.flow.connections for e in h.seen if kind(e) == "flow"] == [9, 9]
+
+
+@pytest.mark.root
+def test_each_mode_spills_the_excess_into_flows_and_still_counts_every_connection(exe: Path) -> None:
+    port = traffic.free_port()
+    n = 3000
+    cfg = AgentConfig(ports=(port,), events=KINDS, connections="each", max_connection_events=200,
+                      flow_interval=1.0)
+    with kernel_harness(cfg) as h, conncount.serving(exe, "127.0.0.1", port, req=10, resp=20):
+        made = conncount.churn(exe, "127.0.0.1", port, n, req=10, resp=20)
+        drain(h)
+    assert made.completed == n
+    assert side_totals(h, port, ACTIVE) == (n, 10 * n, 20 * n)
+    assert side_totals(h, port, PASSIVE) == (n, 20 * n, 10 * n)
+    spilled = [e for e in h.seen if kind(e) == "flow"]
+    assert spilled and all(e.flow.source != AGGREGATE for e in spilled)
+    # at most 200/s (split across CPUs) went out one by one
+    assert len([e for e in h.seen if kind(e) == "lifecycle"]) < n
+
+
+@pytest.fixture
+def two_trees() -> Iterator[tuple[Path, Path]]:
+    with traffic.kubepods_root() as a, traffic.kubepods_root() as b:
+        yield a, b
+
+
+@pytest.mark.root
+def test_two_agents_scoped_by_cgroup_each_count_their_own_side(exe: Path, two_trees: tuple[Path, Path]) -> None:
+    client_root, server_root = two_trees
+    client_cg, server_cg = traffic.pod_cgroup(client_root), traffic.pod_cgroup(server_root)
+    port = traffic.free_port(socket.AF_INET6, "::1")
+    n = 2000
+    cfg_c = AgentConfig(cgroup_root=str(client_root), events=KINDS, connections="aggregate", flow_interval=3600)
+    cfg_s = AgentConfig(cgroup_root=str(server_root), events=KINDS, connections="aggregate", flow_interval=3600)
+    with kernel_harness(cfg_c) as hc, kernel_harness(cfg_s) as hs, \
+            conncount.serving(exe, "::1", port, req=64, resp=640, cgroup=server_cg.container):
+        made = conncount.churn(exe, "::1", port, n, req=64, resp=640, cgroup=client_cg.container)
+        drain(hc)
+        drain(hs)
+    assert made.completed == n
+    assert side_totals(hc, port, ACTIVE) == (n, 64 * n, 640 * n)
+    assert side_totals(hc, port, PASSIVE) == (0, 0, 0)
+    assert side_totals(hs, port, PASSIVE) == (n, 640 * n, 64 * n)
+    assert side_totals(hs, port, ACTIVE) == (0, 0, 0)
+    assert {f.process.cgroup_id for f in hc.seen if kind(f) == "flow"} == {client_cg.id}
+    assert {f.process.cgroup_id for f in hs.seen if kind(f) == "flow"} == {server_cg.id}
+    assert {(f.local.ip, f.remote.ip) for f in hc.seen if kind(f) == "flow"} == {("::1", "::1")}
