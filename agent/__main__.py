@@ -100,6 +100,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         agent.source.close()
     print(loss_summary(pipeline.all_losses(), pipeline.events_out), file=sys.stderr, flush=True)
+    flows = agent.source.flow_counters()
+    if flows:
+        # not losses: each of these connections is in a flow, or (map_full) reported on its own
+        print(f"{PROG}: {flows.get('flows.aggregated', 0)} ordinary connections aggregated into flows, "
+              f"{flows.get('flows.map_full', 0)} reported individually because the flow map was full",
+              file=sys.stderr, flush=True)
     return 0
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from tcpscope.settings import ConfigError, help_text, read_values, setting
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
-DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error")
+# `state` (several events per connection) and `probe` are on request only
+DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "retransmit", "synack", "reset", "error")
 
 
 __all__ = ["DEFAULT_EVENT_KINDS", "EVENT_KINDS", "AgentConfig", "ConfigError", "build_parser"]

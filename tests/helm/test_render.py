@@ -177,7 +177,10 @@ def test_agent_settings_become_its_environment_variables() -> None:
     assert env["TCPSCOPE_STDOUT"] == "table"
     assert env["TCPSCOPE_CGROUP_ROOT"] == "/sys/fs/cgroup/unified/kubepods.slice"
     assert env["TCPSCOPE_METRICS_PORT"] == "0"
-    assert env["TCPSCOPE_EVENTS"] == "lifecycle,state,retransmit,synack,reset,error"
+    assert env["TCPSCOPE_EVENTS"] == "lifecycle,retransmit,synack,reset,error"
+    # the chart deploys in-kernel aggregation of ordinary connections
+    assert (env["TCPSCOPE_CONNECTIONS"], env["TCPSCOPE_FLOW_INTERVAL"], env["TCPSCOPE_MAX_FLOWS"]) == (
+        "aggregate", "10", "4096")
     assert env["NODE_NAME"] == "<from>"
 
 
