@@ -21,7 +21,7 @@ from bench import report
 from bench.collector_load import CollectorResult, run_collector_load
 from bench.load import Topology, VethPair, build_loadgen, loopback
 from bench.modes import DEFAULT_MODES, MODES, add_ref_mode, checkout_ref
-from bench.procs import Unavailable
+from bench.procs import Unavailable, bpf_stats
 from bench.runner import (
     CpuCompareRow,
     OverheadRow,
@@ -173,8 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.profile:
             return _profile(topos[0], a, duration, workdir)
         veth_rounds = a.veth_rounds or (1 if a.quick else rounds)
-        overhead += run_overhead(topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration, a.threads,
-                                 workdir, warmup)
+        # kernel time of each tool's own programs (run_time_ns): every mode, the baseline included,
+        # runs with the statistics on, so their small cost is in every ratio alike
+        with bpf_stats() as stats_on:
+            if not stats_on:
+                log.warning("kernel.bpf_stats_enabled cannot be set: no kernel ns per connection")
+            overhead += run_overhead(topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration,
+                                     a.threads, workdir, warmup)
         lo = next((t for t in topos if t.name == "loopback"), None)
         if len(trees) > 1 and lo is not None:
             cpu_compare = run_cpu_compare(lo, trees, a.cpu_rate, duration, rounds, a.threads, workdir)

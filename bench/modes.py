@@ -22,6 +22,10 @@ from bench.procs import Tool, Unavailable, start_tool, tail
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_KINDS = "lifecycle,state,retransmit,synack,reset,error,probe"
+DEFAULT_KINDS = "lifecycle,retransmit,synack,reset,error"  # the agent's and the chart's default
+# one lifecycle per connection, as before aggregation existed (no spill into flows)
+EACH = ["--connections", "each", "--max-connection-events", "0"]
+AGGREGATE = ["--connections", "aggregate"]
 TCPDUMP_FILTER = "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
 READY_TIMEOUT = 60.0
 AGENT_READY = "tcpscope-agent: attached:"  # printed on stderr once every tracepoint is attached
@@ -223,9 +227,10 @@ def start_agent(workdir: Path, extra: list[str], out: Path | None, name: str = "
     return tool
 
 
-def _agent(events: str, tree: Path | None = None) -> Callable[[Path, Topology, Path | None], Running]:
+def _agent(events: str, tree: Path | None = None, extra: Sequence[str] = ()
+           ) -> Callable[[Path, Topology, Path | None], Running]:
     def start(workdir: Path, topo: Topology, out: Path | None) -> Running:
-        return Running(start_agent(workdir, ["--events", events], out, tree=tree))
+        return Running(start_agent(workdir, ["--events", events, *extra], out, tree=tree))
     return start
 
 
@@ -278,7 +283,7 @@ def start_stream_agent(workdir: Path, stack: Stack, extra: list[str]) -> Tool:
         raise Unavailable(why)
     ensure_kernel_headers()
     argv = [*agent_argv(), "--collector", stack.listen, "--compression", "none", "--no-kubernetes",
-            "--no-resolve-remote", "--events", "lifecycle", *extra]
+            "--no-resolve-remote", "--events", "lifecycle", *EACH, *extra]
     tool = start_tool("agent-stream", argv, workdir, None, stop_signal=signal.SIGTERM)
     tool.wait_ready(READY_TIMEOUT, stderr_marker=AGENT_READY)
     return tool
@@ -286,8 +291,12 @@ def start_stream_agent(workdir: Path, stack: Stack, extra: list[str]) -> Tool:
 
 MODES: dict[str, Mode] = {m.name: m for m in (
     Mode("none", "no tracing", _none),
-    Mode("agent-lifecycle", "tcpscope-agent --events lifecycle (json > /dev/null)", _agent("lifecycle")),
-    Mode("agent-all", "tcpscope-agent, all event kinds (json > /dev/null)", _agent(ALL_KINDS)),
+    Mode("agent-lifecycle", "tcpscope-agent --events lifecycle --connections each (json > file)",
+         _agent("lifecycle", extra=EACH)),
+    Mode("agent-all", "tcpscope-agent, all event kinds, --connections each (json > file)",
+         _agent(ALL_KINDS, extra=EACH)),
+    Mode("agent-aggregate", "tcpscope-agent, default kinds, --connections aggregate (json > file)",
+         _agent(DEFAULT_KINDS, extra=AGGREGATE)),
     Mode("agent-stream", "tcpscope-agent --events lifecycle -> collector -> Kafka (tansu)", _agent_stream),
     Mode("tcplife", "tcplife-bpfcc (> /dev/null)", _bcc_tool("tcplife-bpfcc")),
     Mode("tcpstates", "tcpstates-bpfcc (> /dev/null)", _bcc_tool("tcpstates-bpfcc")),

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +50,42 @@ def attach_fds(pid: int) -> int:
     return n
 
 
+def bpf_prog_stats(pid: int) -> tuple[int, int]:
+    """(run_time_ns, run_cnt) summed over the BPF programs this process holds, from
+    /proc/<pid>/fdinfo (the kernel fills them while kernel.bpf_stats_enabled is 1)."""
+    ns = runs = 0
+    fd_dir = Path(f"/proc/{pid}/fd")
+    for fd in fd_dir.iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd) != "anon_inode:bpf-prog":
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+            for line in info.splitlines():
+                key, _, value = line.partition(":")
+                if key == "run_time_ns":
+                    ns += int(value)
+                elif key == "run_cnt":
+                    runs += int(value)
+    return ns, runs
+
+
+@contextlib.contextmanager
+def bpf_stats() -> Iterator[bool]:
+    """kernel.bpf_stats_enabled on for the block (restored after); yields whether it could be set."""
+    path = Path("/proc/sys/kernel/bpf_stats_enabled")
+    try:
+        old = path.read_text().strip()
+        path.write_text("1")
+    except OSError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(OSError):
+            path.write_text(old)
+
+
 def tail(path: Path, lines: int = 5) -> str:
     """The last lines of a log file, for n/a reasons."""
     try:
@@ -68,6 +104,7 @@ class Tool:
     stderr_path: Path
     stop_signal: int = signal.SIGINT
     extra_stop: list[Callable[[], None]] = field(default_factory=list)
+    stdout_path: Path | None = None
 
     @property
     def pid(self) -> int:
@@ -143,4 +180,4 @@ def start_tool(name: str, argv: Sequence[str], workdir: Path, stdout: Path | Non
     finally:
         out.close()
         err.close()
-    return Tool(name, proc, stderr_path, stop_signal)
+    return Tool(name, proc, stderr_path, stop_signal, stdout_path=stdout)

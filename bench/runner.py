@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import ChurnResult, Topology
-from bench.modes import ALL_KINDS, MODES, start_agent, start_stack, start_stream_agent
-from bench.procs import Unavailable, cpu_seconds, vm_hwm_kb
+from bench.modes import ALL_KINDS, EACH, MODES, Running, start_agent, start_stack, start_stream_agent
+from bench.procs import Unavailable, bpf_prog_stats, cpu_seconds, vm_hwm_kb
 
 log = logging.getLogger("bench")
 
@@ -34,6 +34,13 @@ class RoundResult:
     cpu_s: float | None = None  # CPU seconds of the mode's main process during the load
     hwm_kb: int | None = None
     attach_s: float | None = None
+    kernel_ns: int | None = None  # run time of the tool's own BPF programs during the load (bpf_stats)
+    bpf_runs: int | None = None
+    # connections the tool reported (a socket = half a connection) / those it should have; None: no
+    # exact expectation (then delivered_ratio comes from the tool's own loss report)
+    delivered: int | None = None
+    expected: int | None = None
+    delivered_ratio: float | None = None
 
 
 @dataclass
@@ -52,7 +59,11 @@ class OverheadRow:
         rs, rates = self.ratios(), [r.rate for r in self.rounds]
         cpu = [r.cpu_s * 1e6 / r.connections for r in self.rounds if r.cpu_s is not None and r.connections]
         hwm = [r.hwm_kb for r in self.rounds if r.hwm_kb]
+        kns = [r.kernel_ns / r.connections for r in self.rounds if r.kernel_ns is not None and r.connections]
+        dr = [r.delivered_ratio for r in self.rounds if r.delivered_ratio is not None]
         return {
+            "kernel_ns_per_conn_median": statistics.median(kns) if kns else None,
+            "delivered_ratio_min": min(dr) if dr else None,
             "rate_median": statistics.median(rates) if rates else None,
             "ratio_min": min(rs) if rs else None,
             "ratio_median": statistics.median(rs) if rs else None,
@@ -109,14 +120,18 @@ def measure_mode(mode: str, topo: Topology, duration: float, threads: int, workd
     """One round of one mode; returns the reason string when the mode cannot run."""
     t0 = time.monotonic()
     try:
-        running = MODES[mode].start(workdir, topo, None)
+        # tools that print write to a tmpfs file, counted afterwards (delivered vs expected)
+        out_file = None if mode in ("none", "tcpdump", "agent-stream") else workdir / f"{mode}-{rnd}.out"
+        running = MODES[mode].start(workdir, topo, out_file)
     except Unavailable as e:
         return str(e)
     attach_s = time.monotonic() - t0
     try:
         pid = running.main.pid if running.main is not None else None
         c0 = cpu_seconds(pid) if pid else None
+        k0 = bpf_prog_stats(pid) if pid else None
         res = topo.churn(duration, 0, threads)
+        k1 = bpf_prog_stats(pid) if pid else None
         c1 = cpu_seconds(pid) if pid else None
         hwm = vm_hwm_kb(pid) if pid else None
         if running.main is not None and not running.main.alive():
@@ -124,8 +139,67 @@ def measure_mode(mode: str, topo: Topology, duration: float, threads: int, workd
     finally:
         running.stop()
     cpu = c1 - c0 if c0 is not None and c1 is not None else None
-    return RoundResult(rnd, res.rate, res.connections, res.errors, cpu_s=cpu, hwm_kb=hwm,
-                       attach_s=attach_s if running.main is not None else None)
+    out = RoundResult(rnd, res.rate, res.connections, res.errors, cpu_s=cpu, hwm_kb=hwm,
+                      attach_s=attach_s if running.main is not None else None)
+    if k0 is not None and k1 is not None and k1[1] > k0[1]:
+        out.kernel_ns, out.bpf_runs = k1[0] - k0[0], k1[1] - k0[1]
+    if running.main is not None:
+        delivered(out, mode, running, topo.port, res.connections)
+    return out
+
+
+def delivered(out: RoundResult, mode: str, running: Running, port: int, connections: int) -> None:
+    """What the tool reported of the round's connections. Agents and tcplife: every socket, exactly
+    (flows count their connections); tcpstates and tcpdump: their own loss reports."""
+    assert running.main is not None
+    path = running.main.stdout_path
+    text_err = running.main.stderr()
+    try:
+        if mode.startswith("agent") and mode != "agent-stream" and path is not None:
+            out.delivered, out.expected = count_agent_sockets(path, port), 2 * connections
+        elif mode == "tcplife" and path is not None:
+            out.delivered, out.expected = count_tcplife(path, port), 2 * connections
+        elif mode == "tcpstates" and path is not None:
+            lines = _count_lines(path)
+            lost = sum(int(m) for m in re.findall(r"[Pp]ossibly lost (\d+) samples", text_err))
+            out.delivered_ratio = lines / (lines + lost) if lines + lost else None
+        elif mode == "tcpdump":
+            got = re.search(r"(\d+) packets captured", text_err)
+            seen = re.search(r"(\d+) packets received by filter", text_err)
+            if got and seen and int(seen.group(1)):
+                out.delivered_ratio = int(got.group(1)) / int(seen.group(1))
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)
+    if out.expected:
+        out.delivered_ratio = (out.delivered or 0) / out.expected
+
+
+def count_agent_sockets(path: Path, port: int) -> int:
+    """Sockets on `port` in the agent's JSON lines: a lifecycle each, a flow its connections."""
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if b'"flow"' in line:
+                ev = json.loads(line)
+                if port in (ev.get("local", {}).get("port"), ev.get("remote", {}).get("port")):
+                    n += int(ev["flow"].get("connections", 0))
+            elif (b'"lifecycle"' in line and b'"last_state": "LISTEN"' not in line
+                  and any(f'"port": {port}{end}'.encode() in line for end in (",", "}"))):
+                n += 1
+    return n
+
+
+def count_tcplife(path: Path, port: int) -> int:
+    """tcplife's lines (one per socket) with `port` as LPORT or RPORT."""
+    n = 0
+    p = str(port)
+    with open(path, "rb") as f:
+        for raw in f:
+            cols = raw.decode(errors="replace").split()
+            if len(cols) >= 6 and p in (cols[3], cols[5]):
+                n += 1
+    return n
 
 
 # --- losses ---------------------------------------------------------------------------------
@@ -250,7 +324,8 @@ def step_stdout(topo: Topology, rate: float, duration: float, threads: int, work
                 events: str = "lifecycle", tree: Path | None = None) -> Step:
     """Agent with --port <server> writing JSON lines to a tmpfs file, counted afterwards."""
     out = workdir / f"agent-{time.monotonic_ns()}.jsonl"
-    agent = start_agent(workdir, ["--events", events, "--port", str(topo.port)], out, tree=tree)
+    agent = start_agent(workdir, ["--events", events, "--port", str(topo.port), *(EACH if tree is None else [])],
+                        out, tree=tree)
     try:
         c0 = cpu_seconds(agent.pid)
         res = topo.churn(duration, rate, threads)
