@@ -92,3 +92,23 @@ def test_fast_path_covers_the_schema() -> None:
     from tcpscope import render
 
     assert render._FAST
+
+
+def _flow() -> TcpEvent:
+    from agent.kernel.flows import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
+
+    buckets = [0] * FLOW_BUCKETS
+    buckets[4], buckets[9] = 99, 1  # 99 in [16, 32) us, 1 in [512, 1024) us
+    key = FLOW_KEY.pack(socket.inet_aton("127.0.0.1") + bytes(12), socket.inet_aton("127.0.0.2") + bytes(12),
+                        7, 1, 8080, socket.AF_INET, 1, b"")
+    val = FLOW_VAL.pack(100, 5000, 70_000, 3_000_000, 10**9, 2 * 10**9, *buckets, 42, 0, b"curl")
+    return decode_flow(Decoder("node-a", 0, {}), key, val, 10 * 10**9, aggregate=True)
+
+
+def test_flow_json_and_table() -> None:
+    ev = _flow()
+    assert json_line(ev) == _reference(ev)
+    cols = table_line(ev).split()
+    assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
+    # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
+    assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "p50_ms<=0.032", "p99_ms<=0.032", "s=10.0"]

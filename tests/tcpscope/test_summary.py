@@ -241,3 +241,49 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out[1:-1]] == [["shop/web-1", "data/db-1:5433"]]
     assert out[-1].startswith("# 1 pairs from 5 events in 2 batches; LOST 2 events")
+
+
+def flow(role: int, local: tuple[str, str, str, str], remote: tuple[str, str, str, str], server_port: int,
+         connections: int, last_ns: int = T0 + 10**9) -> pb.TcpEvent:
+    ev = pb.TcpEvent()
+    ev.time.FromNanoseconds(last_ns)
+    ev.node = "node-x"
+    _ep(ev.local, local, local[2], server_port if role == pb.PASSIVE else 0)
+    _ep(ev.remote, remote, remote[2], server_port if role == pb.ACTIVE else 0)
+    fl = ev.flow
+    fl.role, fl.connections = role, connections
+    fl.tx_bytes, fl.rx_bytes = 10 * connections, 20 * connections
+    fl.duration_us_log2.extend([0, connections])
+    fl.first_close.FromNanoseconds(last_ns - 10**8)
+    fl.last_close.FromNanoseconds(last_ns)
+    return ev
+
+
+def test_flows_count_once_from_the_client_when_both_sides_are_watched() -> None:
+    s = summary.Summarizer()
+    # 40 ordinary connections seen by both agents as flows (in two intervals on the client)
+    s.add_all([flow(pb.ACTIVE, WEB, API, 9000, 25), flow(pb.ACTIVE, WEB, API, 9000, 15),
+               flow(pb.PASSIVE, API, WEB, 9000, 38)])
+    # two more: the server retransmitted (its lifecycle is individual), the client saw nothing unusual
+    # and counted them in its flows above: they add a retransmit, not a connection
+    s.add_all([lifecycle(pb.PASSIVE, API, WEB, 9000, 40_000 + i, T0 + i, retransmits=1) for i in range(2)])
+    # one client reset: individual on both sides
+    s.add_all(both(WEB, API, 41_000, 9000, T0 + 5 * 10**8, c_kw={"ending": pb.RESET_SENT}))
+    rows = rows_by_pair(s)
+    assert list(rows) == [("shop/web-1", "shop/api-1")]
+    row = rows[("shop/web-1", "shop/api-1")]
+    assert (row["connections"], row["flow_connections"], row["retransmits"], row["client_resets"]) == (41, 40, 2, 1)
+    assert row["server_ports"] == [9000]
+
+
+def test_flows_of_an_unwatched_client_count_from_the_server() -> None:
+    s = summary.Summarizer()
+    outside = ("", "", "203.0.113.9", "")
+    ev = flow(pb.PASSIVE, API, outside, 443, 12)
+    ev.remote.kind = pb.EXTERNAL
+    s.add(ev)
+    s.add(lifecycle(pb.PASSIVE, API, outside, 443, 50_000, T0, ending=pb.RESET_SENT, reason="NOT_SPECIFIED",
+                    resolve_remote=False))
+    rows = rows_by_pair(s)
+    assert [(k, r["connections"], r["flow_connections"], r["server_resets"]) for k, r in rows.items()] == [
+        (("203.0.113.9", "shop/api-1"), 13, 12, 1)]
