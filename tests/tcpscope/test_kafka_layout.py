@@ -107,3 +107,21 @@ def test_packed_records_group_by_partition_and_decode_to_the_same_events(value_f
 def test_packed_needs_the_partition_count() -> None:
     with pytest.raises(ValueError, match="partition count"):
         batch_records(EventBatch(events=[make_event(0)]), "protobuf", "packed")
+
+
+def test_both_ends_flows_of_one_pair_share_a_key() -> None:
+    """A flow has no client port: the client's and the server's flows of a pair still share a key
+    (and so a partition), distinct from another server port's."""
+    from tcpscope.kafka_layout import connection_key
+    from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, TcpEvent
+
+    def flow(role: int, lip: str, lport: int, rip: str, rport: int) -> TcpEvent:
+        ev = TcpEvent()
+        ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port = lip, lport, rip, rport
+        ev.flow.role, ev.flow.connections = role, 3
+        return ev
+
+    client = flow(ACTIVE, "198.18.1.2", 0, "198.18.2.2", 9000)
+    server = flow(PASSIVE, "198.18.2.2", 9000, "198.18.1.2", 0)
+    assert connection_key(client) == connection_key(server) == b"198.18.1.2:0-198.18.2.2:9000"
+    assert connection_key(flow(ACTIVE, "198.18.1.2", 0, "198.18.2.2", 9001)) != connection_key(client)
