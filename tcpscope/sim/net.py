@@ -139,6 +139,19 @@ def add_drop_rule(netns: str, table: str, rule: str, hook: str = "output") -> No
     run_ip(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
 
 
+def add_rules(netns: str, table: str, rules: Sequence[str], hook: str) -> None:
+    """Create `inet <table>` with one filter chain on `hook` holding these rules, in netns."""
+    body = "".join(f"    {r}\n" for r in rules)
+    script = (
+        f"table inet {table} {{\n"
+        f"  chain c {{ type filter hook {hook} priority 0; policy accept;\n"
+        f"{body}"
+        f"  }}\n"
+        f"}}\n"
+    )
+    run_ip(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
+
+
 def delete_table(netns: str, table: str) -> None:
     with contextlib.suppress(NetError):
         run_ip(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", table])

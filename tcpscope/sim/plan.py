@@ -18,8 +18,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout")
+KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout", "network_reset")
 """Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server)."""
+
+ESTABLISHED_KINDS = frozenset({"ok", "client_reset", "server_reset", "network_reset"})
+"""Kinds whose connections complete the handshake (so both ends have a socket)."""
 
 MAX_NODES = 200
 MAX_PODS_PER_NODE = 250
@@ -83,7 +86,7 @@ class Plan:
         connects never create a server socket)."""
         n = 0
         for t in self.traffic:
-            n += t.count * (2 if t.kind in ("ok", "client_reset", "server_reset") else 1)
+            n += t.count * (2 if t.kind in ESTABLISHED_KINDS else 1)
         return n
 
 
@@ -230,6 +233,7 @@ def builtin_plan() -> Plan:
         {"from": "shop/frontend-2", "to": "shop/checkout-1", "port": 5051, "kind": "refused", "count": 1},
         {"from": "batch/reports-1", "to": "data/redis-1", "port": 6379, "kind": "client_reset", "count": 1},
         {"from": "batch/reports-1", "to": "shop/checkout-1", "port": 5050, "kind": "timeout", "count": 1},
+        {"from": "shop/frontend-1", "to": "shop/cart-1", "port": 7070, "kind": "network_reset", "count": 1},
     ]
     return parse_plan({"pods": pods, "traffic": traffic})
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from tcpscope.sim import net
 from tcpscope.sim.cluster import Pod, PodCluster
 from tcpscope.sim.plan import TrafficSpec
+from tcpscope.sim.worker import KILL_MARK
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +34,14 @@ class Driver:
     def run_entry(self, t: TrafficSpec, strict: bool = True, timeout: float = 120.0) -> dict[str, int]:
         """Make t.count connections of t.kind from t.src to t.dst; return outcomes by name."""
         client, server = self._pods(t)
-        table = ""
+        table, table_netns = "", ""
+        if t.kind == "network_reset":
+            table, table_netns = self._network_reset_rules(t, client, server)
         if t.kind == "timeout":
             # drop the server's SYN-ACKs to this client on this port, in the server pod's netns only,
             # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT
             table = net.nft_table_name(self.cluster.run_id, f"to{server.netns.index}")
+            table_netns = server.netns.netns
             net.add_drop_rule(
                 server.netns.netns, table,
                 f"ip daddr {client.spec.ip} tcp sport {t.port} tcp flags & (syn | ack) == syn | ack drop",
@@ -47,12 +51,29 @@ class Driver:
                                 count=t.count)
         finally:
             if table:
-                net.delete_table(server.netns.netns, table)
+                net.delete_table(table_netns, table)
         got: dict[str, int] = reply.get("outcomes", {})
         self.outcomes.update({f"{t.kind}:{k}": v for k, v in got.items()})
         if strict and got != {"ok": t.count}:
             raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
         return got
+
+    def _network_reset_rules(self, t: TrafficSpec, client: Pod, server: Pod) -> tuple[str, str]:
+        """The network between the pods kills the connection: in the router netns, the forward hook
+        rejects with a forged RST every segment of this pair and port whose payload starts with
+        worker.KILL_MARK, in both directions. Each end sends one such segment after the exchange
+        and gets a RST forged as if from its peer (nf_send_reset: its sequence number is the
+        rejected segment's ack, exactly what the receiver expects, so it is accepted). The rejected
+        segments never reach the peer, so neither pod's kernel answers anything with a RST of its
+        own. Handshake, request and response pass: the connection dies mid-stream."""
+        table = net.nft_table_name(self.cluster.run_id, f"nr{client.netns.index}x{server.netns.index}")
+        mark = f"@ih,0,32 0x{KILL_MARK.hex()}"
+        c, s = client.spec.ip, server.spec.ip
+        net.add_rules(self.cluster.fabric.netns, table, [
+            f"ip saddr {c} ip daddr {s} tcp dport {t.port} {mark} reject with tcp reset",
+            f"ip saddr {s} ip daddr {c} tcp sport {t.port} {mark} reject with tcp reset",
+        ], hook="forward")
+        return table, self.cluster.fabric.netns
 
     def run_plan(self, strict: bool = True) -> None:
         """Run every entry of the plan once, in order (entries with a drop rule must not overlap

@@ -14,7 +14,9 @@ as JSON lines on stdin and answers on stdout (one line per command, matched by "
 The application protocol on the wire says what the server must do, so no server-side setup is
 needed per connection: the client sends "REQ <kind> <response bytes>\\n"; the server answers
 "RESP" plus that many bytes, then waits for the client's close (ok, client_reset) or aborts with
-SO_LINGER 0 right after reading the request (server_reset).
+SO_LINGER 0 right after reading the request (server_reset). For network_reset both ends send
+`KILL_MARK` after the exchange; the router (tcpscope/sim/traffic.py) rejects exactly those segments
+with forged RSTs, so each end receives a RST that neither pod's application or kernel sent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ PR_SET_PDEATHSIG = 1
 CONNECT_TIMEOUT_S = 10.0
 IO_TIMEOUT_S = 10.0
 TIMEOUT_SYNCNT = 1  # SYN + 1 retransmit: connect() fails with ETIMEDOUT after ~3 s
+KILL_MARK = b"KILL"
+"""network_reset: a segment whose payload starts with these 4 bytes is what the router rejects."""
 
 
 def _libc() -> ctypes.CDLL:
@@ -140,11 +144,30 @@ class Server:
             if kind == "server_reset":
                 _abort(conn)
                 return
+            if kind == "network_reset":
+                _await_network_reset(conn, b"RESP\n")
+                conn.close()
+                return
             conn.sendall(b"RESP\n" + b"x" * size)
             _drain_until_close(conn)  # the client closes first: FIN (ok) or RST (client_reset)
             conn.close()
         except OSError:
             conn.close()
+
+
+def _await_network_reset(s: socket.socket, first: bytes = b"") -> str:
+    """Send `first`, then KILL_MARK as a segment of its own (TCP_NODELAY: Nagle would hold it back
+    until `first` is acked, and a retransmit could then merge both into one segment the router's
+    rule does not match), then wait for the router's forged RST. "ok" when it came."""
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if first:
+        s.sendall(first)
+    s.sendall(KILL_MARK + b"\n")
+    try:
+        data = s.recv(65536)
+    except ConnectionResetError:
+        return "ok"
+    return "no_reset" if data else "eof"
 
 
 def _errname(e: OSError) -> str:
@@ -180,6 +203,8 @@ def one_connection(ip: str, port: int, kind: str, size: int = 0) -> str:
         line = _read_line(s)
         if not line.startswith(b"RESP"):
             return "bad_response"
+        if kind == "network_reset":
+            return _await_network_reset(s)
         if size and _read_exact(s, size) != size:
             return "short_response"
         if kind == "client_reset":

@@ -150,11 +150,35 @@ def test_cleanup_removes_a_crashed_runs_leftovers() -> None:
         c.stop()
 
 
-def _retrans_segs(netns: str) -> int:
+def _tcp_mib(netns: str) -> dict[str, int]:
     snmp = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True,
                           text=True, check=True).stdout.splitlines()
     head, values = (line.split() for line in snmp if line.startswith("Tcp:"))
-    return int(dict(zip(head, values, strict=True))["RetransSegs"])
+    return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
+
+
+def _retrans_segs(netns: str) -> int:
+    return _tcp_mib(netns)["RetransSegs"]
+
+
+def test_network_reset_is_forged_by_the_router_not_sent_by_either_pod(cluster: PodCluster) -> None:
+    d = Driver(cluster)
+    client, server = cluster.pods["shop/web-1"], cluster.pods["shop/api-1"]
+    before = {p.spec.ref: _tcp_mib(p.netns.netns) for p in (client, server)}
+    assert d.run_entry(_entry("shop/web-1", "shop/api-1", 9000, "network_reset", 3)) == {"ok": 3}
+    for p in (client, server):
+        after = _tcp_mib(p.netns.netns)
+        # OutRsts counts every RST the pod's kernel sent (tcp_v4_send_reset, tcp_send_active_reset)
+        assert after["OutRsts"] == before[p.spec.ref]["OutRsts"], f"{p.spec.ref} sent a RST"
+        # EstabResets: established connections that went to CLOSE by a RST (here: received ones)
+        assert after["EstabResets"] - before[p.spec.ref]["EstabResets"] == 3, p.spec.ref
+    tables = subprocess.run(["ip", "netns", "exec", cluster.fabric.netns, "nft", "list", "tables"],
+                            capture_output=True, text=True, check=True).stdout
+    assert tables.strip() == "", "the router's reset rules outlived their entry"
+    # only that pair and port was hit: the same pair on another port, and the same port from
+    # another pod, still work
+    assert d.run_entry(_entry("shop/web-1", "shop/api-1", 9000, "ok", 2)) == {"ok": 2}
+    assert d.run_entry(_entry("data/db-1", "shop/api-1", 9000, "ok", 1)) == {"ok": 1}
 
 
 def test_lossy_bulk_makes_the_server_retransmit_and_the_rule_goes_away(cluster: PodCluster) -> None:

@@ -35,14 +35,15 @@ def test_addresses_per_node_and_expected_lifecycles() -> None:
                  {"namespace": "a", "name": "y", "node": "n1"},
                  {"namespace": "b", "name": "x", "node": "n2", "workload": "xx", "labels": {"t": "1"}}],
         "traffic": [{"from": "a/y", "to": "a/x", "port": 1, "kind": k, "count": 3}
-                    for k in ("ok", "client_reset", "server_reset", "timeout")]
+                    for k in ("ok", "client_reset", "server_reset", "timeout", "network_reset")]
         + [{"from": "a/y", "to": "a/x", "port": 2, "kind": "refused", "count": 5}],
     }
     plan = parse_plan(doc)
     assert [p.ip for p in plan.pods] == ["198.18.1.2", "198.18.2.2", "198.18.1.3"]
     assert plan.pods[2].labels == (("app", "xx"), ("t", "1"))
     assert [p.name for p in plan.pods_on("n2")] == ["x", "x"]
-    assert plan.expected_lifecycles() == 3 * 2 * 3 + 3 + 5
+    # network_reset connections are established (the router kills them mid-stream): both ends
+    assert plan.expected_lifecycles() == 4 * 2 * 3 + 3 + 5
 
 
 @pytest.mark.parametrize(
@@ -80,6 +81,7 @@ def test_not_json(tmp_path: Path) -> None:
 def test_builtin_plan_spans_three_nodes_and_every_kind() -> None:
     plan = builtin_plan()
     assert plan.nodes == ("node-1", "node-2", "node-3")
-    assert {t.kind for t in plan.traffic} == {"ok", "refused", "client_reset", "server_reset", "timeout"}
+    assert {t.kind for t in plan.traffic} == {"ok", "refused", "client_reset", "server_reset", "timeout",
+                                              "network_reset"}
     cross = [t for t in plan.traffic if plan.pod(t.src).node != plan.pod(t.dst).node]
     assert cross
