@@ -1,0 +1,309 @@
+"""Who reset this connection: both ends' reset events joined per connection (docs/reset-cause.md).
+
+Pure code: TcpEvents and batch loss counters in, one `Verdict` per received reset out. A reset
+received on one node is matched with a reset *sent* by the peer's node for the same connection (the
+sender's local/remote are the receiver's remote/local) within `window_ns` of it, in either
+direction of time because the two stamps come from two nodes' clocks. Evidence of a send is a
+`Reset` event with direction SENT, or the peer socket's `Lifecycle` ending RESET_SENT (agents that
+report only lifecycles). Each received reset gets one cause:
+
+- `app`: the peer sent it from its socket for an application reason (SO_LINGER 0 close, close with
+  unread data, ...); detail = the kernel's reset reason name.
+- `peer_kernel`: the peer's kernel sent it with no socket, or for a protocol reason; detail = the
+  reason name, `refused` (a RST answering our SYN), or `peer_closed` (no send seen, but the peer's
+  socket for this connection had already closed: its kernel answered from no socket or a time-wait
+  one, which an agent filtering by cgroup or netns cannot see).
+- `network`: the peer is watched, reported no loss in the window and sent nothing matching; detail
+  `no_send_seen`, or `both_ends` when the peer's socket had itself just been closed by a reset that
+  nobody sent (a middlebox that killed the connection in both directions).
+- `unknown`: detail `unwatched_peer` (no agent reports the peer's node), `peer_losses` (the peer's
+  agent reported definite losses in the window) or `peer_possible_losses` (runs of its programs the
+  kernel skipped, in the window).
+
+The same `ResetJoin` serves the summary (everything added, then `classify_*`) and a live reader
+(`add` as events arrive, `evict_before` to bound memory, `classify` after a hold of `hold_ns`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from tcpscope.v1.events_pb2 import (
+    NEW_SYN_RECV,
+    RECEIVED,
+    RESET_RECEIVED,
+    RESET_SENT,
+    SENT,
+    SYN_SENT,
+    TIME_WAIT,
+    EventBatch,
+    TcpEvent,
+)
+
+WINDOW_NS = 2_000_000_000
+"""How far apart (either way) a send on the peer's node and the receive may be stamped and still be
+one reset. Covers clock skew between nodes (NTP keeps it to milliseconds) with a wide margin; a
+connection does not send and receive two separate resets that close together (the first one ends it)."""
+
+HOLD_NS = WINDOW_NS + 3_000_000_000
+"""How long a live reader holds a received reset before deciding: the window, plus the time the
+peer's agent takes to ship its events (batch age, collector, Kafka)."""
+
+APP, PEER_KERNEL, NETWORK, UNKNOWN = "app", "peer_kernel", "network", "unknown"
+CAUSES: tuple[str, ...] = (APP, PEER_KERNEL, NETWORK, UNKNOWN)
+
+KERNEL_REASONS = frozenset({
+    "NO_SOCKET", "TCP_INVALID_ACK_SEQUENCE", "TCP_RFC7323_PAWS", "TCP_TOO_OLD_ACK", "TCP_ACK_UNSENT_DATA",
+    "TCP_FLAGS", "TCP_OLD_ACK", "TCP_TIMEWAIT_SOCKET", "INVALID_SYN", "TCP_ABORT_ON_MEMORY",
+    "TCP_KEEPALIVE_TIMEOUT", "ERROR",
+})
+"""`enum sk_rst_reason` names (6.10+) for resets the kernel sends on its own: protocol violations,
+no socket, memory pressure, keepalive. The others (TCP_ABORT_ON_CLOSE, TCP_ABORT_ON_DATA,
+TCP_ABORT_ON_LINGER, TCP_STATE, TCP_DISCONNECT_WITH_DATA, NOT_SPECIFIED) follow from what the
+application did: close with unread data, SO_LINGER 0, shutdown then data, disconnect. MPTCP_*
+reasons are protocol ones too."""
+
+Addr = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    cause: str  # one of CAUSES
+    detail: str
+    peer_node: str = ""  # the node the reset claims to come from, when known
+
+    @property
+    def label(self) -> str:
+        return f"{self.cause}/{self.detail}" if self.detail else self.cause
+
+    def to_json(self) -> dict[str, str]:
+        return {"cause": self.cause, "detail": self.detail, "peer_node": self.peer_node}
+
+
+def metrics_sender(v: Verdict) -> str:
+    """The `sender` label of tcpscope_resets_total for a received reset: `network` when the network
+    injected it, `peer` when the peer sent it, `unknown` otherwise."""
+    return {APP: "peer", PEER_KERNEL: "peer", NETWORK: "network"}.get(v.cause, "unknown")
+
+
+@dataclass(frozen=True)
+class ReceivedReset:
+    """A RST one watched socket received."""
+
+    node: str
+    socket_id: int
+    local: Addr
+    remote: Addr
+    time_ns: int
+    state: int  # the socket's state when it came (SYN_SENT: a refused connect)
+    remote_node: str = ""  # from the agent's enrichment of the remote end, when it resolved
+
+
+@dataclass(frozen=True)
+class _Send:
+    node: str
+    time_ns: int
+    reason: int
+    reason_name: str
+    full_socket: bool  # sent from a full socket (not none, a time-wait or a request socket)
+
+
+@dataclass(frozen=True)
+class _Life:
+    node: str
+    socket_id: int
+    start_ns: int
+    end_ns: int
+    ending: int
+
+
+@dataclass(frozen=True)
+class _LossSpan:
+    from_ns: int  # the previous batch's send time (0: unknown, so since ever)
+    to_ns: int
+    definite: int
+    possible: int
+
+
+def _addr(ep: object) -> Addr:
+    return (getattr(ep, "ip", ""), int(getattr(ep, "port", 0)))
+
+
+@dataclass
+class ResetJoin:
+    """Reset sends, receives, socket lifetimes and loss spans, indexed for the join."""
+
+    window_ns: int = WINDOW_NS
+    _sends: dict[tuple[Addr, Addr], list[_Send]] = field(default_factory=dict, init=False)
+    _received: dict[tuple[str, int, Addr, Addr], list[ReceivedReset]] = field(default_factory=dict, init=False)
+    _lives: dict[tuple[Addr, Addr], list[_Life]] = field(default_factory=dict, init=False)
+    _node_of_ip: dict[str, str] = field(default_factory=dict, init=False)
+    _watched: set[str] = field(default_factory=set, init=False)
+    _losses: dict[str, list[_LossSpan]] = field(default_factory=dict, init=False)
+    _last_batch_ns: dict[str, int] = field(default_factory=dict, init=False)
+
+    # --- input ----------------------------------------------------------------------------------
+
+    def add(self, ev: TcpEvent) -> ReceivedReset | None:
+        """Take one event; returns the received reset it reports, if it reports one."""
+        if ev.node:
+            self._watched.add(ev.node)
+            if ev.local.ip:
+                self._node_of_ip[ev.local.ip] = ev.node
+        kind = ev.WhichOneof("kind")
+        local, remote, t = _addr(ev.local), _addr(ev.remote), ev.time.ToNanoseconds()
+        if kind == "reset":
+            r = ev.reset
+            if r.direction == SENT:
+                # no socket (a closed port): socket_id 0; a time-wait or request socket: by state
+                full = ev.socket_id != 0 and r.state not in (TIME_WAIT, NEW_SYN_RECV)
+                self._sends.setdefault((local, remote), []).append(
+                    _Send(ev.node, t, r.reason, r.reason_name, full))
+            elif r.direction == RECEIVED:
+                return self._receive(ReceivedReset(ev.node, ev.socket_id, local, remote, t, r.state,
+                                                   ev.remote.node))
+        elif kind == "lifecycle":
+            lc = ev.lifecycle
+            if remote[1] == 0:
+                return None  # a listener
+            self._lives.setdefault((local, remote), []).append(
+                _Life(ev.node, ev.socket_id, t - lc.duration_ns, t, lc.ending))
+            if lc.ending == RESET_SENT:
+                self._sends.setdefault((local, remote), []).append(
+                    _Send(ev.node, t, lc.reset_reason, lc.reset_reason_name, True))
+            elif lc.ending == RESET_RECEIVED:
+                return self._receive(ReceivedReset(ev.node, ev.socket_id, local, remote, t, lc.last_state,
+                                                   ev.remote.node))
+        return None
+
+    def _receive(self, r: ReceivedReset) -> ReceivedReset:
+        """Record r once per socket: the Reset event and the socket's lifecycle report the same RST
+        (a socket receives one: tcp_reset() ends it); the event's stamp is kept, it is the exact one."""
+        key = (r.node, r.socket_id, r.local, r.remote)
+        same = self._received.setdefault(key, [])
+        for i, o in enumerate(same):
+            if abs(o.time_ns - r.time_ns) <= self.window_ns:
+                if r.time_ns < o.time_ns:
+                    same[i] = r
+                return same[i]
+        same.append(r)
+        return r
+
+    def add_batch(self, agent_id: str, batch: EventBatch) -> None:
+        """A batch summary: its node is watched; its losses (since that agent's previous batch)
+        cover the span from the previous batch's send time to this one's."""
+        if batch.node:
+            self._watched.add(batch.node)
+        sent = batch.sent_time.ToNanoseconds()
+        prev = self._last_batch_ns.get(agent_id, 0)
+        self._last_batch_ns[agent_id] = max(prev, sent)
+        definite = batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
+        possible = batch.lost.kernel_skipped_runs
+        if (definite or possible) and batch.node:
+            self._losses.setdefault(batch.node, []).append(_LossSpan(prev, sent, definite, possible))
+
+    def add_all(self, events: Iterable[TcpEvent]) -> None:
+        for ev in events:
+            self.add(ev)
+
+    def evict_before(self, cutoff_ns: int) -> None:
+        """Forget what happened before cutoff_ns (a live reader's memory bound)."""
+        for sk, sends in list(self._sends.items()):
+            self._sends[sk] = [x for x in sends if x.time_ns >= cutoff_ns]
+            if not self._sends[sk]:
+                del self._sends[sk]
+        for rk, recv in list(self._received.items()):
+            self._received[rk] = [x for x in recv if x.time_ns >= cutoff_ns]
+            if not self._received[rk]:
+                del self._received[rk]
+        for lk, lives in list(self._lives.items()):
+            self._lives[lk] = [x for x in lives if x.end_ns >= cutoff_ns]
+            if not self._lives[lk]:
+                del self._lives[lk]
+        for node in list(self._losses):
+            self._losses[node] = [s for s in self._losses[node] if s.to_ns >= cutoff_ns]
+
+    # --- the join -------------------------------------------------------------------------------
+
+    def received(self) -> list[ReceivedReset]:
+        return [r for rs in self._received.values() for r in rs]
+
+    def received_by(self, ev: TcpEvent) -> ReceivedReset | None:
+        """The reset a socket's lifecycle (ending RESET_RECEIVED) received."""
+        if ev.WhichOneof("kind") != "lifecycle" or ev.lifecycle.ending != RESET_RECEIVED:
+            return None
+        key = (ev.node, ev.socket_id, _addr(ev.local), _addr(ev.remote))
+        end = ev.time.ToNanoseconds()
+        start = end - ev.lifecycle.duration_ns
+        for r in self._received.get(key, []):
+            if start - self.window_ns <= r.time_ns <= end + self.window_ns:
+                return r
+        return None
+
+    def peer_node(self, r: ReceivedReset) -> str:
+        return self._node_of_ip.get(r.remote[0]) or r.remote_node
+
+    def classify(self, r: ReceivedReset) -> Verdict:
+        if r.state == SYN_SENT:
+            return Verdict(PEER_KERNEL, "refused", self.peer_node(r))
+        peer = self.peer_node(r)
+        if not peer or peer not in self._watched:
+            return Verdict(UNKNOWN, "unwatched_peer", peer)
+        send = self._nearest_send(r.remote, r.local, r.time_ns, peer)
+        if send is not None:
+            return _sender_verdict(send, peer)
+        lo, hi = r.time_ns - self.window_ns, r.time_ns + self.window_ns
+        spans = [s for s in self._losses.get(peer, []) if s.from_ns <= hi and s.to_ns >= lo]
+        if any(s.definite for s in spans):
+            return Verdict(UNKNOWN, "peer_losses", peer)
+        if any(s.possible for s in spans):
+            return Verdict(UNKNOWN, "peer_possible_losses", peer)
+        life = self._peer_life(r, peer)
+        if life is not None and life.end_ns < r.time_ns:
+            # the peer's socket was gone when this RST came: its kernel answered from no socket or
+            # a time-wait one (invisible to a filtered agent) unless the peer's socket had itself
+            # just received a RST that nobody sent (the network killed both directions)
+            if (life.ending == RESET_RECEIVED and r.time_ns - life.end_ns <= self.window_ns
+                    and self._nearest_send(r.local, r.remote, life.end_ns, r.node) is None):
+                return Verdict(NETWORK, "both_ends", peer)
+            return Verdict(PEER_KERNEL, "peer_closed", peer)
+        return Verdict(NETWORK, "no_send_seen", peer)
+
+    def _nearest_send(self, src: Addr, dst: Addr, t: int, node: str) -> _Send | None:
+        best: _Send | None = None
+        for s in self._sends.get((src, dst), []):
+            if s.node == node and abs(s.time_ns - t) <= self.window_ns and (
+                    best is None or abs(s.time_ns - t) < abs(best.time_ns - t)):
+                best = s
+        return best
+
+    def _own_start(self, r: ReceivedReset) -> int | None:
+        for life in self._lives.get((r.local, r.remote), []):
+            if life.node == r.node and life.socket_id == r.socket_id and \
+                    life.start_ns - self.window_ns <= r.time_ns <= life.end_ns + self.window_ns:
+                return life.start_ns
+        return None
+
+    def _peer_life(self, r: ReceivedReset, peer: str) -> _Life | None:
+        """The peer's socket of this connection: by start time when the receiver's own lifecycle
+        is known (as the summary matches them), else the latest one that started before the RST."""
+        lives = [x for x in self._lives.get((r.remote, r.local), []) if x.node == peer]
+        start = self._own_start(r)
+        if start is not None:
+            near = [x for x in lives if abs(x.start_ns - start) <= self.window_ns]
+            return min(near, key=lambda x: abs(x.start_ns - start), default=None)
+        before = [x for x in lives if x.start_ns <= r.time_ns + self.window_ns]
+        return max(before, key=lambda x: x.start_ns, default=None)
+
+    def classify_all(self) -> list[tuple[ReceivedReset, Verdict]]:
+        return [(r, self.classify(r)) for r in self.received()]
+
+
+def _sender_verdict(s: _Send, peer: str) -> Verdict:
+    name = s.reason_name or (f"reason_{s.reason}" if s.reason else "")
+    if not s.full_socket:
+        return Verdict(PEER_KERNEL, name or "no_socket", peer)
+    if name in KERNEL_REASONS or name.startswith("MPTCP_"):
+        return Verdict(PEER_KERNEL, name, peer)
+    return Verdict(APP, name or "NOT_SPECIFIED", peer)
