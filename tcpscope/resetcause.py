@@ -13,12 +13,14 @@ report only lifecycles). Each received reset gets one cause:
   reason name, `refused` (a RST answering our SYN), or `peer_closed` (no send seen, but the peer's
   socket for this connection had already closed: its kernel answered from no socket or a time-wait
   one, which an agent filtering by cgroup or netns cannot see).
-- `network`: the peer is watched, reported no loss in the window and sent nothing matching; detail
+- `network`: the peer's agent saw this connection (some event of the peer's socket since it
+  began), reported no loss in the window and sent nothing matching; detail
   `no_send_seen`, or `both_ends` when the peer's socket had itself just been closed by a reset that
   nobody sent (a middlebox that killed the connection in both directions).
-- `unknown`: detail `unwatched_peer` (no agent reports the peer's node), `peer_losses` (the peer's
-  agent reported definite losses in the window) or `peer_possible_losses` (runs of its programs the
-  kernel skipped, in the window).
+- `unknown`: detail `unwatched_peer` (no agent reports the peer's node), `peer_socket_unseen` (the
+  peer's node has an agent but it reported nothing of this connection: started later, filtered
+  the socket out, or lost its events), `peer_losses` (the peer's agent reported definite losses in
+  the window) or `peer_possible_losses` (runs of its programs the kernel skipped, in the window).
 
 The same `ResetJoin` serves the summary (everything added, then `classify_*`) and a live reader
 (`add` as events arrive, `evict_before` to bound memory, `classify` after a hold of `hold_ns`).
@@ -139,6 +141,8 @@ class ResetJoin:
     _received: dict[tuple[str, int, Addr, Addr], list[ReceivedReset]] = field(default_factory=dict, init=False)
     _lives: dict[tuple[Addr, Addr], list[_Life]] = field(default_factory=dict, init=False)
     _node_of_ip: dict[str, str] = field(default_factory=dict, init=False)
+    _spans: dict[tuple[Addr, Addr, str], tuple[int, int]] = field(default_factory=dict, init=False)
+    """(local, remote, node) -> first and last time that node's agent reported a socket of that tuple"""
     _watched: set[str] = field(default_factory=set, init=False)
     _losses: dict[str, list[_LossSpan]] = field(default_factory=dict, init=False)
     _last_batch_ns: dict[str, int] = field(default_factory=dict, init=False)
@@ -153,6 +157,10 @@ class ResetJoin:
                 self._node_of_ip[ev.local.ip] = ev.node
         kind = ev.WhichOneof("kind")
         local, remote, t = _addr(ev.local), _addr(ev.remote), ev.time.ToNanoseconds()
+        if kind is not None and kind != "flow" and remote[1] and local[1]:
+            sk = (local, remote, ev.node)
+            lo, hi = self._spans.get(sk, (t, t))
+            self._spans[sk] = (min(lo, t), max(hi, t))
         if kind == "reset":
             r = ev.reset
             if r.direction == SENT:
@@ -221,6 +229,8 @@ class ResetJoin:
             self._lives[lk] = [x for x in lives if x.end_ns >= cutoff_ns]
             if not self._lives[lk]:
                 del self._lives[lk]
+        for k in [k for k, (_, hi) in self._spans.items() if hi < cutoff_ns]:
+            del self._spans[k]
         for node in list(self._losses):
             self._losses[node] = [s for s in self._losses[node] if s.to_ns >= cutoff_ns]
 
@@ -259,6 +269,10 @@ class ResetJoin:
             return Verdict(UNKNOWN, "peer_losses", peer)
         if any(s.possible for s in spans):
             return Verdict(UNKNOWN, "peer_possible_losses", peer)
+        seen = self._spans.get((r.remote, r.local, peer))
+        start = self._own_start(r)
+        if seen is None or (start is not None and seen[1] < start - self.window_ns):
+            return Verdict(UNKNOWN, "peer_socket_unseen", peer)
         life = self._peer_life(r, peer)
         if life is not None and life.end_ns < r.time_ns:
             # the peer's socket was gone when this RST came: its kernel answered from no socket or

@@ -18,6 +18,8 @@ Counters, each counting connections:
 - connections: established connections (handshake completed)
 - client_resets: established, then aborted by the client (client sent the RST)
 - server_resets: established, then aborted by the server
+- network_resets: established, then aborted by a RST that neither end sent: the network between
+  them injected it (tcpscope/resetcause.py decides, docs/reset-cause.md); not in the two above
 - refused: the server answered the SYN with a RST (nothing listening; errno ECONNREFUSED)
 - timeouts: the client gave up (ETIMEDOUT), in the handshake or later
 - retransmits: established connections where either end retransmitted at least one segment
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from tcpscope import resetcause
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, RecentKeys, decode_records, dedup_key
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
@@ -57,7 +60,7 @@ ECONNREFUSED = 111
 ETIMEDOUT = 110
 
 COUNTERS: tuple[str, ...] = (
-    "connections", "client_resets", "server_resets", "refused", "timeouts", "retransmits", "failed",
+    "connections", "client_resets", "server_resets", "network_resets", "refused", "timeouts", "retransmits", "failed",
 )
 SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
 MATCH_TOLERANCE_NS = 2_000_000_000
@@ -88,6 +91,7 @@ class PairSummary:
     connections: int = 0
     client_resets: int = 0
     server_resets: int = 0
+    network_resets: int = 0
     refused: int = 0
     timeouts: int = 0
     retransmits: int = 0
@@ -96,12 +100,15 @@ class PairSummary:
     server_ports: set[int] = field(default_factory=set)
     client_reset_reasons: dict[str, int] = field(default_factory=dict)
     server_reset_reasons: dict[str, int] = field(default_factory=dict)
+    reset_causes: dict[str, dict[str, int]] = field(default_factory=dict)
+    """connections that ended by a received RST, by who sent it (resetcause): {cause: {detail: n}}"""
     first_seen_ns: int = 0
     last_seen_ns: int = 0
 
     @property
     def problems(self) -> int:
-        return self.client_resets + self.server_resets + self.refused + self.timeouts + self.failed
+        return (self.client_resets + self.server_resets + self.network_resets + self.refused + self.timeouts
+                + self.failed)
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"client": self.client.to_json(), "server": self.server.to_json()}
@@ -111,6 +118,7 @@ class PairSummary:
         out["server_ports"] = sorted(self.server_ports)
         out["client_reset_reasons"] = dict(sorted(self.client_reset_reasons.items()))
         out["server_reset_reasons"] = dict(sorted(self.server_reset_reasons.items()))
+        out["reset_causes"] = {c: dict(sorted(d.items())) for c, d in sorted(self.reset_causes.items())}
         out["first_seen"] = _rfc3339(self.first_seen_ns)
         out["last_seen"] = _rfc3339(self.last_seen_ns)
         return out
@@ -141,6 +149,8 @@ class Summarizer:
     _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(
         default_factory=dict, init=False
     )
+    resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
+    """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
     skipped: dict[str, int] = field(default_factory=dict, init=False)
     """Lifecycle events not counted, by reason: no_role (socket older than the agent), listener,
     self (local end == remote end), over_capacity. Other event kinds are simply ignored."""
@@ -153,7 +163,9 @@ class Summarizer:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
     def add(self, ev: TcpEvent) -> None:
-        """Take one event; everything but lifecycle and flow events is ignored."""
+        """Take one event; everything but lifecycle and flow events is ignored (and resets, which
+        only feed the reset join)."""
+        self.resets.add(ev)
         kind = ev.WhichOneof("kind")
         if kind == "flow":
             self._add_flow(ev)
@@ -203,6 +215,18 @@ class Summarizer:
         for ev in events:
             self.add(ev)
 
+    def add_batch(self, agent_id: str, batch: EventBatch) -> None:
+        """A batch summary: its node is watched, and its losses make the peer's resets unknown."""
+        self.resets.add_batch(agent_id, batch)
+
+    def reset_cause(self, cv: _View | None, sv: _View | None) -> resetcause.Verdict | None:
+        """Who sent the RST that ended this connection: `network` if either end received one that
+        nobody sent (that proves the network interfered), else the verdict on the earliest one."""
+        got = sorted((r for v in (cv, sv) if v is not None
+                      for r in (self.resets.received_by(v.event),) if r is not None), key=lambda r: r.time_ns)
+        verdicts = [self.resets.classify(r) for r in got]
+        return next((v for v in verdicts if v.cause == resetcause.NETWORK), verdicts[0] if verdicts else None)
+
     def evict_before(self, cutoff_ns: int) -> None:
         """Forget sockets that closed before cutoff_ns (a sliding window for long-running tails)."""
         for key in list(self._views):
@@ -219,6 +243,7 @@ class Summarizer:
                 del self._flows[fkey]
         self._held = (sum(len(c) + len(s) for c, s in self._views.values())
                       + sum(len(c) + len(s) for c, s in self._flows.values()))
+        self.resets.evict_before(cutoff_ns - self.resets.window_ns)
 
     def connections(self) -> list[tuple[_View | None, _View | None]]:
         """Each connection once: (client view, server view), either possibly None."""
@@ -250,7 +275,7 @@ class Summarizer:
             server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None)
             absorbed = cv is None and sv is not None and (
                 sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
-            _count(row_for(client, server), cv, sv, absorbed)
+            _count(row_for(client, server), cv, sv, absorbed, self.reset_cause(cv, sv))
         for (_cip, _sip, port), (cflows, sflows) in self._flows.items():
             # the client's view when the client's agent saw the triple, else the server's
             for f in cflows or sflows:
@@ -314,15 +339,20 @@ def _reason(name: str, code: int) -> str:
     return name or (f"reason_{code}" if code else "UNKNOWN")
 
 
-def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool = False) -> None:
+def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool = False,
+           cause: resetcause.Verdict | None = None) -> None:
     """Add one connection to its row, deciding its outcome from the client's view if there is one.
-    absorbed: a server's view whose client counted the connection in a flow (not counted again)."""
+    absorbed: a server's view whose client counted the connection in a flow (not counted again).
+    cause: who sent the RST that ended it, if one did (resetcause)."""
     views = [v for v in (cv, sv) if v is not None]
     start = min(v.start_ns for v in views)
     end = max(v.end_ns for v in views)
     row.first_seen_ns = start if not row.first_seen_ns else min(row.first_seen_ns, start)
     row.last_seen_ns = max(row.last_seen_ns, end)
     row.server_ports.add(views[0].server_end.port)
+    if cause is not None:
+        by = row.reset_causes.setdefault(cause.cause, {})
+        by[cause.detail] = by.get(cause.detail, 0) + 1
     if cv is not None:
         lc = cv.event.lifecycle
         established = lc.last_state not in (SYN_SENT, TCP_STATE_UNSPECIFIED, CLOSE) or sv is not None
@@ -345,7 +375,9 @@ def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool 
         timed_out = lc.ending == ERROR and lc.errno == ETIMEDOUT
     if not absorbed:
         row.connections += 1
-    if client_sent_rst:
+    if cause is not None and cause.cause == resetcause.NETWORK:
+        row.network_resets += 1  # neither end sent it: not a client's or a server's reset
+    elif client_sent_rst:
         row.client_resets += 1
         src = cv.event.lifecycle if cv is not None else None
         key = _reason(src.reset_reason_name, src.reset_reason) if src is not None else "UNKNOWN"
@@ -402,21 +434,23 @@ def render_json_lines(rows: Sequence[PairSummary]) -> str:
 
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
-    ("CONNS", "connections"), ("C-RST", "client_resets"), ("S-RST", "server_resets"),
+    ("CONNS", "connections"), ("C-RST", "client_resets"), ("S-RST", "server_resets"), ("N-RST", "network_resets"),
     ("REFUSED", "refused"), ("TIMEOUT", "timeouts"), ("RETRANS", "retransmits"), ("FAILED", "failed"),
 )
 
 
 def render_table(rows: Sequence[PairSummary]) -> str:
     """A fixed-width table for people, with the reset reasons and the time span of each pair."""
-    head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS"]
+    head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS", "SENT BY"]
     body: list[list[str]] = []
     for r in rows:
         reasons = [f"client:{k}x{v}" for k, v in sorted(r.client_reset_reasons.items())]
         reasons += [f"server:{k}x{v}" for k, v in sorted(r.server_reset_reasons.items())]
+        causes = [f"{c}/{d}x{n}" for c, ds in sorted(r.reset_causes.items()) for d, n in sorted(ds.items())]
         server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
         body.append([r.client.label(), server, *(str(getattr(r, a)) for _, a in _COLUMNS),
-                     _rfc3339(r.first_seen_ns)[11:19], _rfc3339(r.last_seen_ns)[11:19], " ".join(reasons)])
+                     _rfc3339(r.first_seen_ns)[11:19], _rfc3339(r.last_seen_ns)[11:19], " ".join(reasons),
+                     " ".join(causes)])
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
              for line in (head, *body)]
@@ -480,8 +514,11 @@ class Report:
             self.events += 1
             if keep is None or keep(d.event):
                 self.summarizer.add(d.event)
+            else:
+                self.summarizer.resets.add(d.event)  # filtered-out kinds are still evidence of who reset
         elif d.kind == RECORD_SUMMARY and d.summary is not None:
             self.batches += 1
+            self.summarizer.add_batch(d.agent_id, d.summary)
             for k, v in _lost_map(d.summary).items():
                 self.losses[k] = self.losses.get(k, 0) + v
 

@@ -45,6 +45,13 @@ def life(node: str, local: tuple[str, int], remote: tuple[str, int], start: int,
     return e
 
 
+def handshake(node: str, local: tuple[str, int], remote: tuple[str, int], t: int) -> pb.TcpEvent:
+    """A state change of the socket at its handshake: the agent saw this connection."""
+    e = ev(node, local, remote, t, socket_id=8)
+    e.state_change.old_state, e.state_change.new_state = pb.SYN_RECV, pb.ESTABLISHED
+    return e
+
+
 def batch(node: str, sent_ns: int, kernel: int = 0, skipped: int = 0) -> pb.EventBatch:
     b = pb.EventBatch(node=node, agent_id=f"{node}-a")
     b.sent_time.FromNanoseconds(sent_ns)
@@ -123,9 +130,25 @@ def test_a_send_without_a_socket_or_for_a_kernel_reason_is_peer_kernel() -> None
 def test_no_send_from_a_watched_peer_is_network() -> None:
     j = rc.ResetJoin()
     watched(j, ("node-1", C[0]), ("node-2", S[0]))
+    j.add(handshake("node-2", S, C, T0 - 50 * MS))
     j.add(received("node-1", C, S, T0))
     assert one(j) == rc.Verdict("network", "no_send_seen", "node-2")
     assert rc.metrics_sender(one(j)) == "network"
+
+
+def test_a_peer_agent_that_never_saw_the_connection_says_unknown() -> None:
+    # the peer's node has an agent, but it reported nothing of this connection (it started later,
+    # or filtered the socket out): its silence is no evidence
+    j = rc.ResetJoin()
+    watched(j, ("node-1", C[0]), ("node-2", S[0]))
+    j.add(received("node-1", C, S, T0))
+    j.add(life("node-1", C, S, T0 - 50 * MS, T0 + 1000, pb.RESET_RECEIVED, pb.ACTIVE))
+    assert one(j) == rc.Verdict("unknown", "peer_socket_unseen", "node-2")
+    # an older socket of the same tuple (a reused port) is not this connection
+    j.add(handshake("node-2", S, C, T0 - 60 * 10**9))
+    assert one(j).label == "unknown/peer_socket_unseen"
+    j.add(handshake("node-2", S, C, T0 - 49 * MS))
+    assert one(j).label == "network/no_send_seen"
 
 
 def test_a_send_outside_the_window_or_from_another_connection_does_not_match() -> None:
@@ -133,6 +156,7 @@ def test_a_send_outside_the_window_or_from_another_connection_does_not_match() -
     watched(j, ("node-1", C[0]), ("node-2", S[0]))
     j.add(sent("node-2", S, C, T0 - rc.WINDOW_NS - 1, "TCP_STATE"))
     j.add(sent("node-2", S, ("198.18.1.2", 40001), T0, "TCP_STATE"))  # another client port
+    j.add(handshake("node-2", S, C, T0 - 50 * MS))
     j.add(received("node-1", C, S, T0))
     assert one(j).cause == "network"
 
@@ -155,8 +179,9 @@ def test_a_reset_from_an_unwatched_peer_is_unknown_never_network() -> None:
     watched(j, ("node-1", C[0]), ("node-2", "198.18.2.77"))
     j.add(received("node-1", C, S, T0, remote_node="node-3"))
     assert one(j) == rc.Verdict("unknown", "unwatched_peer", "node-3")
-    # resolved to a node whose agent does report: watched
+    # resolved to a node whose agent does report, and saw the connection: watched
     j.add_batch("node-3-a", batch("node-3", T0 - 10**9))
+    j.add(handshake("node-3", S, C, T0 - 50 * MS))
     assert one(j).cause == "network"
 
 
@@ -181,6 +206,7 @@ def test_possible_losses_are_said_apart_and_losses_outside_the_window_do_not_cou
     j.add_batch("node-2-a", batch("node-2", T0 - 9 * 10**9))
     j.add_batch("node-2-a", batch("node-2", T0 - 8 * 10**9, kernel=5))  # long before
     j.add_batch("node-1-a", batch("node-1", T0 + 10**8, kernel=5))  # the receiver's own node
+    j.add(handshake("node-2", S, C, T0 - 50 * MS))
     j.add(received("node-1", C, S, T0))
     assert one(j).cause == "network"
 
