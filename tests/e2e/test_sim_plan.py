@@ -48,18 +48,21 @@ PLAN = {
         # the same node: both ends seen by one agent, still one connection each
         {"from": "shop/web-2", "to": "shop/web-1", "port": 8080, "kind": "ok", "count": 6},
         {"from": "shop/web-2", "to": "shop/web-1", "port": 8080, "kind": "server_reset", "count": 1},
+        # the router between node-1 and node-2 forges a RST to each end: neither pod sent one
+        {"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "network_reset", "count": 4},
     ],
 }
-COUNTERS = ("connections", "client_resets", "server_resets", "refused", "timeouts", "retransmits")
+COUNTERS = ("connections", "client_resets", "server_resets", "network_resets", "refused", "timeouts",
+            "retransmits")
 
 
 def _zero(**kw: int) -> dict[str, int]:
     return {**dict.fromkeys(COUNTERS, 0), **kw}
 
 
-# written out by hand from PLAN: "connections" counts established ones (ok + both kinds of reset)
+# written out by hand from PLAN: "connections" counts established ones (ok + every kind of reset)
 EXPECTED = {
-    ("shop/web-1", "shop/api-1"): _zero(connections=8, client_resets=3, refused=2),
+    ("shop/web-1", "shop/api-1"): _zero(connections=12, client_resets=3, network_resets=4, refused=2),
     ("shop/api-1", "data/db-1"): _zero(connections=6, server_resets=2),
     ("shop/web-1", "data/db-1"): _zero(timeouts=1),
     ("shop/web-2", "shop/web-1"): _zero(connections=7, server_resets=1),
@@ -94,13 +97,26 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     assert tail.returncode == 0, tail.stderr
     doc = json.loads(tail.stdout)
     got = {}
+    causes: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
     for row in doc["pairs"]:
         key = (f"{row['client']['namespace']}/{row['client']['name']}",
                f"{row['server']['namespace']}/{row['server']['name']}")
         assert key not in got, f"pair {key} reported twice"
         assert row["client"]["kind"] == row["server"]["kind"] == "POD", row
         got[key] = {c: row[c] for c in COUNTERS}
+        causes[key] = row["reset_causes"]
     assert got == EXPECTED
+    # who sent each connection's RST (tcpscope/resetcause.py): the aborting pod's application
+    # (SO_LINGER 0 close: tcp_disconnect, reason TCP_STATE on 6.10+), the refusing server's kernel,
+    # or the router between the nodes; never unknown: every node is watched, nothing was lost
+    app = "TCP_STATE" if any("TCP_STATE" in d.get("app", {}) for d in causes.values()) else "NOT_SPECIFIED"
+    assert causes == {
+        ("shop/web-1", "shop/api-1"): {"app": {app: 3}, "peer_kernel": {"refused": 2},
+                                       "network": {"no_send_seen": 4}},
+        ("shop/api-1", "data/db-1"): {"app": {app: 2}},
+        ("shop/web-1", "data/db-1"): {},
+        ("shop/web-2", "shop/web-1"): {"app": {app: 1}},
+    }
     assert doc["losses"]["kernel"] == doc["losses"]["agent_buffer"] == doc["losses"]["enrichment"] == 0
     # possible losses (program runs the kernel skipped, tcpscope/losses.py) may be non-zero only
     # because the exact summary above proves they cost no planned connection
