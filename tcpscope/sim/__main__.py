@@ -30,7 +30,7 @@ from tcpscope.sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
 from tcpscope.sim.services import Services
 from tcpscope.sim.traffic import Driver, TrafficError, run_mix
 from tcpscope.sim.watch import TopicWatch
-from tcpscope.v1.events_pb2 import TcpEvent
+from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
 log = logging.getLogger("tcpscope.sim")
 
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
             rc = 0
         events, losses, batches = watch.snapshot()
-        _print_summary(events, losses, batches, args.summary_format, say)
+        _print_summary(events, losses, batches, args.summary_format, say, list(watch.summaries))
     except _Interrupted as e:
         say(f"tcpscope-sim: interrupted ({e}), stopping")
         rc = 130
@@ -204,9 +204,11 @@ def _run_plan(driver: Driver, services: Services, watch: TopicWatch, expected: i
 
 
 def _print_summary(events: list[TcpEvent], losses: dict[str, int], batches: int, fmt: str,
-                   say: Callable[[str], None]) -> None:
+                   say: Callable[[str], None], batch_summaries: Sequence[tuple[str, EventBatch]] = ()) -> None:
     """The same summary `tcpscope-tail --summary` prints, over the events this run read back."""
     report = summary.Report(summary.Summarizer(), losses=losses, batches=batches, events=len(events))
+    for agent_id, b in batch_summaries:  # nodes and loss spans, for who sent each reset
+        report.summarizer.add_batch(agent_id, b)
     report.summarizer.add_all(events)
     say(("" if fmt == "json" else "\n") + report.render(fmt, summary.SummaryOptions()).rstrip("\n"))
 

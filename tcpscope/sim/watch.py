@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records, dedup_key
-from tcpscope.v1.events_pb2 import LISTEN, TcpEvent
+from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,8 @@ class TopicWatch:
     events: list[TcpEvent] = field(default_factory=list)
     losses: dict[str, int] = field(default_factory=dict)
     batches: int = 0
+    summaries: list[tuple[str, EventBatch]] = field(default_factory=list)
+    """(agent id, batch summary) of every batch: node and losses, for the reset join's loss rule"""
     _seen: set[tuple[str, int, int]] = field(default_factory=set)
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -112,6 +114,7 @@ class TopicWatch:
                     self.on_event(d.event)
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
                 self.batches += 1
+                self.summaries.append((d.agent_id, d.summary))
                 lost = d.summary.lost
                 for k, v in (("kernel", lost.kernel), ("agent_buffer", lost.agent_buffer),
                              ("enrichment", lost.enrichment), ("kernel_skipped_runs", lost.kernel_skipped_runs),
