@@ -28,7 +28,7 @@ The same `ResetJoin` serves the summary (everything added, then `classify_*`) an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from tcpscope.v1.events_pb2 import (
@@ -314,6 +314,13 @@ class ResetJoin:
         return [(r, self.classify(r)) for r in self.received()]
 
 
+def _is_send(ev: TcpEvent) -> bool:
+    kind = ev.WhichOneof("kind")
+    if kind == "reset":
+        return ev.reset.direction == SENT
+    return kind == "lifecycle" and ev.lifecycle.ending == RESET_SENT
+
+
 def _sender_verdict(s: _Send, peer: str) -> Verdict:
     name = s.reason_name or (f"reason_{s.reason}" if s.reason else "")
     if not s.full_socket:
@@ -321,3 +328,77 @@ def _sender_verdict(s: _Send, peer: str) -> Verdict:
     if name in KERNEL_REASONS or name.startswith("MPTCP_"):
         return Verdict(PEER_KERNEL, name, peer)
     return Verdict(APP, name or "NOT_SPECIFIED", peer)
+
+
+@dataclass
+class LiveHold:
+    """The live view's bounded hold: received resets wait up to hold_ns (by the reader's monotonic
+    clock, passed in) for the peer's evidence, then come out with their verdict. A matching send
+    (app, peer_kernel) or a refusal releases one at once. At most max_held wait; beyond that the
+    oldest is released with the verdict the evidence so far supports."""
+
+    join: ResetJoin = field(default_factory=ResetJoin)
+    hold_ns: int = HOLD_NS
+    max_held: int = 10_000
+    memory_ns: int = 120_000_000_000
+    """event time kept in the join behind the newest event seen (bounds its memory)"""
+    _held: list[tuple[int, ReceivedReset, TcpEvent]] = field(default_factory=list, init=False)
+    _newest_ns: int = field(default=0, init=False)
+    _evicted_at_ns: int = field(default=0, init=False)
+
+    def add(self, ev: TcpEvent, now_ns: int, show: bool = True) -> tuple[bool, list[tuple[TcpEvent, Verdict]]]:
+        """Take one event (every event is evidence; `show` says whether the reader prints it).
+        Returns (held, released): whether ev is held back, and held events now decided."""
+        r = self.join.add(ev)
+        t = ev.time.ToNanoseconds()
+        self._newest_ns = max(self._newest_ns, t)
+        held = False
+        out: list[tuple[TcpEvent, Verdict]] = []
+        if show and r is not None and self._is_received_reset(ev):
+            v = self.join.classify(r)
+            if v.cause in (APP, PEER_KERNEL):  # the send (or a refusal) is already known
+                out.append((ev, v))
+            else:
+                self._held.append((now_ns + self.hold_ns, r, ev))
+            held = True
+        elif self._held and _is_send(ev):
+            out += self._release_where(lambda r: (r.remote, r.local) == (_addr(ev.local), _addr(ev.remote)))
+        out += self.release(now_ns)
+        if len(self._held) > self.max_held:
+            _, r0, e0 = self._held.pop(0)
+            out.append((e0, self.join.classify(r0)))
+        if self._newest_ns - self._evicted_at_ns > self.memory_ns // 4:
+            self._evicted_at_ns = self._newest_ns
+            self.join.evict_before(self._newest_ns - self.memory_ns)
+        return held, out
+
+    @staticmethod
+    def _is_received_reset(ev: TcpEvent) -> bool:
+        kind = ev.WhichOneof("kind")
+        if kind == "reset":
+            return ev.reset.direction == RECEIVED
+        return kind == "lifecycle" and ev.lifecycle.ending == RESET_RECEIVED
+
+    def _release_where(self, match: Callable[[ReceivedReset], bool]) -> list[tuple[TcpEvent, Verdict]]:
+        """Held resets of a tuple a send just arrived for, if that send decides them."""
+        out: list[tuple[TcpEvent, Verdict]] = []
+        keep: list[tuple[int, ReceivedReset, TcpEvent]] = []
+        for item in self._held:
+            v = self.join.classify(item[1]) if match(item[1]) else None
+            if v is not None and v.cause in (APP, PEER_KERNEL):
+                out.append((item[2], v))
+            else:
+                keep.append(item)
+        self._held = keep
+        return out
+
+    def release(self, now_ns: int, everything: bool = False) -> list[tuple[TcpEvent, Verdict]]:
+        """Held events whose hold ended (all of them with everything), oldest first."""
+        n = 0
+        while n < len(self._held) and (everything or self._held[n][0] <= now_ns):
+            n += 1
+        done, self._held = self._held[:n], self._held[n:]
+        return [(ev, self.join.classify(r)) for _, r, ev in done]
+
+    def __len__(self) -> int:
+        return len(self._held)

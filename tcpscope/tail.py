@@ -8,6 +8,8 @@ assigned and seeked directly, no consumer group, unless `--group` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import time
@@ -15,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from tcpscope import render
+from tcpscope import render, resetcause
 from tcpscope import summary as summary_mode
 from tcpscope.kafka_layout import (
     RECORD_EVENT,
@@ -109,11 +111,13 @@ LIVE_DEDUP_WINDOW = 200_000
 
 
 def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], float] = time.monotonic,
-                 on_undecodable: Callable[[Any, Exception], None] | None = None) -> Iterator[Decoded]:
+                 on_undecodable: Callable[[Any, Exception], None] | None = None,
+                 on_idle: Callable[[], None] | None = None) -> Iterator[Decoded]:
     """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
     records in partition order (Kafka orders only within a partition). Both record layouts: a packed
     record yields each of its events in order (kafka_layout.decode_records). A record that does not
-    decode goes to `on_undecodable` (it must not stop an SRE's terminal, nor vanish unsaid)."""
+    decode goes to `on_undecodable` (it must not stop an SRE's terminal, nor vanish unsaid).
+    `on_idle` runs after every poll, records or not (for work due on a timer)."""
     while deadline is None or clock() < deadline:
         wait = 500 if deadline is None else max(1, min(500, int((deadline - clock()) * 1000)))
         for recs in consumer.poll(timeout_ms=wait).values():
@@ -125,6 +129,8 @@ def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], floa
                         on_undecodable(r, e)
                     continue
                 yield from ds
+        if on_idle is not None:
+            on_idle()
 
 
 def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
@@ -134,9 +140,25 @@ def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
     return render.table_line, render.TABLE_HEADER
 
 
+def _with_cause(fmt: str, text: str, v: resetcause.Verdict) -> str:
+    """A received reset's line, marked with who sent it (tcpscope/resetcause.py)."""
+    if fmt == "json":
+        return text[:-1] + ', "reset_cause": ' + json.dumps(v.to_json()) + "}"
+    return f"{text} cause={v.label}"
+
+
 def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     keep = EventFilter.from_options(o)
     line, header = _renderer(o.format)
+    # received resets wait (bounded) for the peer node's evidence, then print with their cause
+    hold = resetcause.LiveHold()
+
+    def show_released(done: list[tuple[TcpEvent, resetcause.Verdict]]) -> None:
+        for ev, v in done:
+            out.write(_with_cause(o.format, line(ev), v) + "\n")
+        if done:
+            out.flush()
+
     consumer = open_consumer(o)
     deadline = None if o.duration is None else time.monotonic() + o.duration
     recent = RecentKeys(LIVE_DEDUP_WINDOW)
@@ -152,7 +174,8 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     if header:
         out.write(header + "\n")
     try:
-        for d in read_decoded(consumer, deadline, on_undecodable=bad_record):
+        for d in read_decoded(consumer, deadline, on_undecodable=bad_record,
+                              on_idle=lambda: show_released(hold.release(time.monotonic_ns()))):
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
@@ -160,10 +183,15 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                 repeats += 1  # a batch the collector published twice (at least once): shown once
                 continue
             if d.kind == RECORD_EVENT and d.event is not None:
-                if keep(d.event):
+                shown = keep(d.event)
+                held, done = hold.add(d.event, time.monotonic_ns(), shown)
+                if shown and not held:
                     out.write(line(d.event) + "\n")
                     out.flush()
-            elif d.kind == RECORD_SUMMARY and d.summary is not None and (
+                show_released(done)
+            elif d.kind == RECORD_SUMMARY and d.summary is not None:
+                hold.join.add_batch(d.agent_id, d.summary)
+            if d.kind == RECORD_SUMMARY and d.summary is not None and (
                     lost_total(d.summary) or d.summary.lost.kernel_skipped_runs):
                 reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
                 maybe = d.summary.lost.kernel_skipped_runs
@@ -174,6 +202,8 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         pass
     finally:
         consumer.close()
+        with contextlib.suppress(BrokenPipeError):
+            show_released(hold.release(time.monotonic_ns(), everything=True))
         if repeats or undecodable:
             err.write(f"# {repeats} repeated records (batches published twice) shown once; "
                       f"{undecodable} records that are not tcpscope records skipped\n")
