@@ -267,3 +267,30 @@ def test_received_by_finds_a_lifecycles_reset_and_eviction_forgets() -> None:
     j.evict_before(T0 + 10**9)
     assert j.received() == []
     assert j.received_by(lc) is None
+
+
+def test_live_hold_waits_for_evidence_and_is_bounded() -> None:
+    h = rc.LiveHold(max_held=2)
+    for node, ip in (("node-1", C[0]), ("node-2", S[0])):
+        h.join.add_batch(f"{node}-a", batch(node, T0 - 10**9))
+        h.add(handshake(node, (ip, 1), ("198.18.9.9", 1), T0 - 10**9), 0, show=False)
+    h.add(handshake("node-2", S, C, T0 - 50 * MS), 0)
+    r = received("node-1", C, S, T0)
+    assert h.add(r, now_ns=0) == (True, [])  # held: the peer's send may still be on its way
+    assert h.release(rc.HOLD_NS - 1) == []
+    # the send arrives within the hold: released at once, as app
+    held, done = h.add(sent("node-2", S, C, T0 + MS, "TCP_STATE"), now_ns=10)
+    assert (held, [(e.socket_id, v.label) for e, v in done]) == (False, [(7, "app/TCP_STATE")])
+    # nothing arrives for this one: after the hold it is the network's
+    r2 = received("node-1", ("198.18.1.2", 40001), S, T0 + 10 * MS, socket_id=11)
+    h.add(handshake("node-2", S, ("198.18.1.2", 40001), T0 - 50 * MS), 20)
+    assert h.add(r2, now_ns=20) == (True, [])
+    assert [v.label for _, v in h.release(20 + rc.HOLD_NS)] == ["network/no_send_seen"]
+    # a refusal needs no wait
+    held, done = h.add(received("node-1", ("198.18.1.2", 40002), S, T0, pb.SYN_SENT, 12), now_ns=30)
+    assert held and [v.label for _, v in done] == ["peer_kernel/refused"]
+    # at most max_held wait: the oldest goes out with what is known so far
+    for i in range(3):
+        held, done = h.add(received("node-1", ("198.18.1.2", 41000 + i), S, T0, socket_id=20 + i), now_ns=40)
+    assert len(h) == 2 and [v.label for _, v in done] == ["unknown/peer_socket_unseen"]
+    assert len(h.release(41, everything=True)) == 2 and len(h) == 0
