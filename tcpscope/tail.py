@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import sys
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from tcpscope import render, resetcause
+from tcpscope import render, resetcause, timeline
 from tcpscope import summary as summary_mode
 from tcpscope.kafka_layout import (
     RECORD_EVENT,
@@ -28,7 +29,7 @@ from tcpscope.kafka_layout import (
     dedup_key,
     lost_total,
 )
-from tcpscope.v1.events_pb2 import TcpEvent
+from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
 # the agent's --events names -> the TcpEvent `kind` oneof field names
 KINDS: dict[str, str] = {
@@ -50,6 +51,7 @@ class TailOptions:
     kinds: tuple[str, ...] = ()
     group: str | None = None
     summary: summary_mode.SummaryOptions | None = None  # --summary: per-pair counters (tcpscope/summary.py)
+    connection: timeline.ConnectionSpec | None = None  # --connection: one connection's timeline
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,46 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, err: TextIO) -> int:
+    """`--connection`: read (to the topic's end with --from-beginning and no --duration, else until
+    --duration or Ctrl-C), then print the connection's events from both ends in time order."""
+    consumer = open_consumer(o)
+    once = o.from_beginning and o.duration is None
+    deadline = None if o.duration is None else time.monotonic() + o.duration
+    recent = RecentKeys(LIVE_DEDUP_WINDOW)
+    events: list[TcpEvent] = []
+    batches: list[tuple[str, EventBatch]] = []
+    try:
+        ends = consumer.end_offsets(list(consumer.assignment())) if once else {}
+        while deadline is None or time.monotonic() < deadline:
+            for recs in consumer.poll(timeout_ms=200).values():
+                for r in recs:
+                    try:
+                        decoded = decode_records(r.headers, r.value)
+                    except Exception:  # a foreign record must not stop the timeline
+                        continue
+                    for d in decoded:
+                        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY) or not recent.add(dedup_key(d)):
+                            continue
+                        if d.event is not None:
+                            events.append(d.event)
+                        elif d.summary is not None:
+                            batches.append((d.agent_id, d.summary))
+            if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    picked = timeline.select(spec, events)
+    if not picked:
+        err.write("# no events of that connection in what was read\n")
+        return 1
+    out.write(timeline.render_timeline(picked, events, batches))
+    out.flush()
+    return 0
+
+
 def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> TailOptions:
     env = dict(os.environ) if env is None else env
     p = argparse.ArgumentParser(prog="tcpscope-tail", description="Print tcpscope events from Kafka.")
@@ -225,6 +267,9 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument("--kind", default="", help="event kinds, comma separated: " + ",".join(KINDS))
     p.add_argument("--group", help="join this consumer group instead of reading every partition")
     summary_mode.add_arguments(p)
+    p.add_argument("--connection", metavar="IP:PORT-IP:PORT|[NODE/]SOCKET_ID",
+                   help="print both ends' events of one connection, time-ordered, once read: with "
+                        "--from-beginning and no --duration, everything in the topic now")
     a = p.parse_args(argv)
     if not a.kafka_bootstrap:
         p.error("--kafka-bootstrap is required")
@@ -232,6 +277,11 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
                     a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group,
                     summary_mode.options_from(a))
+    if a.connection is not None:
+        try:
+            o = dataclasses.replace(o, connection=timeline.ConnectionSpec.parse(a.connection))
+        except ValueError as e:
+            p.error(str(e))
     try:
         EventFilter.from_options(o)
     except ValueError as e:
@@ -244,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if o.summary is not None:
             return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
+        if o.connection is not None:
+            return run_connection(o, o.connection, sys.stdout, sys.stderr)
         return run(o, sys.stdout, sys.stderr)
     except BrokenPipeError:  # `tcpscope-tail ... | head`: the reader is gone, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

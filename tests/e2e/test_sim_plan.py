@@ -24,7 +24,7 @@ from tcpscope.sim.cgroups import PREFIX as CG_PREFIX
 from tcpscope.sim.cgroups import cgroup2_mount
 from tcpscope.sim.cluster import STATE_DIR
 from tcpscope.sim.plan import parse_plan
-from tcpscope.v1.events_pb2 import LISTEN
+from tcpscope.v1.events_pb2 import ACTIVE, LISTEN, RESET_RECEIVED
 from tests.support.kafka import Broker, consume_all, kafka_broker
 
 __all__ = ["kafka_broker"]  # the fixture, imported for pytest
@@ -130,6 +130,7 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     records = consume_all(kafka_broker.bootstrap, topic, want=10**9, timeout=5)
     # a socket = (node, socket id, tuple, close time): ids are only unique while the socket lives
     sockets: Counter[tuple[str, int, str, int]] = Counter()
+    network_killed: list[str] = []
     in_flows = 0
     batches = 0
     seen: set[tuple[str, int, int]] = set()
@@ -156,6 +157,9 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
         assert ev.local.kind and ev.remote.kind, f"unresolved end: {ev}"
         tuple_ = f"{ev.local.ip}:{ev.local.port}-{ev.remote.ip}:{ev.remote.port}"
         sockets[(ev.node, ev.socket_id, tuple_, ev.time.ToNanoseconds())] += 1
+        if (ev.lifecycle.role == ACTIVE and ev.lifecycle.ending == RESET_RECEIVED and ev.remote.port == 9000
+                and ev.local.ip == plan.pod("shop/web-1").ip):
+            network_killed.append(tuple_)  # web-1 -> api-1:9000 received a RST: only network_reset does
     # every socket accounted for exactly once: individually (every anomaly) or in a flow
     assert sum(sockets.values()) + in_flows == plan.expected_lifecycles()
     assert max(sockets.values()) == 1
@@ -163,3 +167,19 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     # every reset, refusal and timeout kept its own lifecycle on each side that had a socket
     assert 0 < in_flows <= 2 * sum(t["count"] for t in PLAN["traffic"] if t["kind"] == "ok")
     assert batches > 0
+
+    # one network-killed connection, both ends, in time order: each end received a RST, neither sent one
+    assert len(network_killed) == 4
+    one = subprocess.run(
+        [str(BIN / "tcpscope-tail"), "--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic,
+         "--connection", network_killed[0], "--from-beginning"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert one.returncode == 0, one.stderr
+    lines = one.stdout.splitlines()[1:]
+    received = [x for x in lines if " RST_RECV " in x]
+    assert sorted(x.split()[0] for x in received) == ["node-1", "node-2"], one.stdout
+    assert all(x.endswith("cause=network/no_send_seen") or x.endswith("cause=network/both_ends")
+               for x in received), one.stdout
+    assert not [x for x in lines if " RST_SENT " in x], one.stdout
+    assert sorted(x.split()[0] for x in lines if " LIFECYCLE " in x) == ["node-1", "node-2"], one.stdout
