@@ -137,6 +137,13 @@ class ResetJoin:
     """Reset sends, receives, socket lifetimes and loss spans, indexed for the join."""
 
     window_ns: int = WINDOW_NS
+    max_entries: int = 2_000_000
+    """memory bound: past it, the older half (by event time) of what is held is forgotten"""
+    forgotten_before_ns: int = field(default=0, init=False)
+    """0, or the event time before which the bound made it forget (verdicts there may be unknown)"""
+    _entries: int = field(default=0, init=False)
+    _oldest_ns: int = field(default=0, init=False)
+    _newest_ns: int = field(default=0, init=False)
     _sends: dict[tuple[Addr, Addr], list[_Send]] = field(default_factory=dict, init=False)
     _received: dict[tuple[str, int, Addr, Addr], list[ReceivedReset]] = field(default_factory=dict, init=False)
     _lives: dict[tuple[Addr, Addr], list[_Life]] = field(default_factory=dict, init=False)
@@ -157,7 +164,14 @@ class ResetJoin:
                 self._node_of_ip[ev.local.ip] = ev.node
         kind = ev.WhichOneof("kind")
         local, remote, t = _addr(ev.local), _addr(ev.remote), ev.time.ToNanoseconds()
-        if kind is not None and kind != "flow" and remote[1] and local[1]:
+        if kind is None or kind == "flow":
+            return None
+        self._oldest_ns = min(self._oldest_ns, t) if self._oldest_ns else t
+        self._newest_ns = max(self._newest_ns, t)
+        self._entries += 1
+        if self._entries > self.max_entries:
+            self._forget_older_half()
+        if remote[1] and local[1]:
             sk = (local, remote, ev.node)
             lo, hi = self._spans.get(sk, (t, t))
             self._spans[sk] = (min(lo, t), max(hi, t))
@@ -215,6 +229,11 @@ class ResetJoin:
         for ev in events:
             self.add(ev)
 
+    def _forget_older_half(self) -> None:
+        cutoff = self._oldest_ns + (self._newest_ns - self._oldest_ns) // 2 + 1
+        self.forgotten_before_ns = max(self.forgotten_before_ns, cutoff)
+        self.evict_before(cutoff)
+
     def evict_before(self, cutoff_ns: int) -> None:
         """Forget what happened before cutoff_ns (a live reader's memory bound)."""
         for sk, sends in list(self._sends.items()):
@@ -233,6 +252,9 @@ class ResetJoin:
             del self._spans[k]
         for node in list(self._losses):
             self._losses[node] = [s for s in self._losses[node] if s.to_ns >= cutoff_ns]
+        self._oldest_ns = max(self._oldest_ns, cutoff_ns)
+        self._entries = (sum(map(len, self._sends.values())) + sum(map(len, self._received.values()))
+                         + sum(map(len, self._lives.values())) + len(self._spans))
 
     # --- the join -------------------------------------------------------------------------------
 

@@ -294,3 +294,15 @@ def test_live_hold_waits_for_evidence_and_is_bounded() -> None:
         held, done = h.add(received("node-1", ("198.18.1.2", 41000 + i), S, T0, socket_id=20 + i), now_ns=40)
     assert len(h) == 2 and [v.label for _, v in done] == ["unknown/peer_socket_unseen"]
     assert len(h.release(41, everything=True)) == 2 and len(h) == 0
+
+
+def test_memory_is_bounded_by_forgetting_the_older_half() -> None:
+    j = rc.ResetJoin(max_entries=100)
+    watched(j, ("node-1", C[0]), ("node-2", S[0]))
+    for i in range(1000):  # a second apart, each on its own client port
+        j.add(handshake("node-2", S, ("198.18.1.2", 20000 + i), T0 + i * 10**9))
+    assert j.forgotten_before_ns > T0
+    assert len(j._spans) <= 100
+    j.add(handshake("node-2", S, C, T0 + 1000 * 10**9))
+    j.add(received("node-1", C, S, T0 + 1000 * 10**9 + MS))
+    assert one(j).label == "network/no_send_seen"
