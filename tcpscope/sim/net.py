@@ -152,6 +152,13 @@ def add_rules(netns: str, table: str, rules: Sequence[str], hook: str) -> None:
     run_ip(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
 
 
+def tcp_mib(netns: str) -> dict[str, int]:
+    """The netns's TCP MIB counters (the `Tcp:` lines of /proc/net/snmp): OutRsts, EstabResets, ..."""
+    lines = run_ip(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"]).splitlines()
+    head, values = (line.split() for line in lines if line.startswith("Tcp:"))
+    return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
+
+
 def delete_table(netns: str, table: str) -> None:
     with contextlib.suppress(NetError):
         run_ip(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", table])

@@ -35,8 +35,10 @@ class Driver:
         """Make t.count connections of t.kind from t.src to t.dst; return outcomes by name."""
         client, server = self._pods(t)
         table, table_netns = "", ""
+        mibs: dict[str, dict[str, int]] = {}
         if t.kind == "network_reset":
             table, table_netns = self._network_reset_rules(t, client, server)
+            mibs = {p.spec.ref: net.tcp_mib(p.netns.netns) for p in (client, server)}
         if t.kind == "timeout":
             # drop the server's SYN-ACKs to this client on this port, in the server pod's netns only,
             # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT
@@ -56,6 +58,16 @@ class Driver:
         self.outcomes.update({f"{t.kind}:{k}": v for k, v in got.items()})
         if strict and got != {"ok": t.count}:
             raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
+        if strict and mibs:
+            # entries run one at a time: each pod's kernel must have sent no RST (OutRsts) and each
+            # end must have had its established connections reset (EstabResets), by the router
+            for p in (client, server):
+                after = net.tcp_mib(p.netns.netns)
+                sent = after["OutRsts"] - mibs[p.spec.ref]["OutRsts"]
+                reset = after["EstabResets"] - mibs[p.spec.ref]["EstabResets"]
+                if sent or reset != t.count:
+                    raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: {p.spec.ref} "
+                                       f"sent {sent} RSTs, had {reset} established connections reset")
         return got
 
     def _network_reset_rules(self, t: TrafficSpec, client: Pod, server: Pod) -> tuple[str, str]:
