@@ -22,8 +22,10 @@ report only lifecycles). Each received reset gets one cause:
   the socket out, or lost its events), `peer_losses` (the peer's agent reported definite losses in
   the window) or `peer_possible_losses` (runs of its programs the kernel skipped, in the window).
 
-The same `ResetJoin` serves the summary (everything added, then `classify_*`) and a live reader
-(`add` as events arrive, `evict_before` to bound memory, `classify` after a hold of `hold_ns`).
+The same `ResetJoin` serves the summary (everything added, then `classify`) and, wrapped in a
+`LiveHold`, a live reader: every event goes to `LiveHold.add`, which holds received resets up to
+`HOLD_NS` for the peer's evidence and hands them back with their verdict. A metrics stage counting
+`tcpscope_resets_total{sender}` can do the same and label each with `metrics_sender(verdict)`.
 """
 
 from __future__ import annotations
