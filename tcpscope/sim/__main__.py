@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from tcpscope import summary
+from tcpscope import resetcause, summary
 from tcpscope.losses import definite, possible
 from tcpscope.sim.cluster import PodCluster, cleanup_leftovers
 from tcpscope.sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _live_printer(out: Callable[[str], None]) -> Callable[[TcpEvent], None] | None:
+def _live_printer(out: Callable[[str], None]) -> _LivePrinter | None:
     """The agent's table renderer (tcpscope.render) over events read back from Kafka, so the live
     view shows both ends' pod names as any Kafka consumer sees them."""
     try:
@@ -77,14 +77,33 @@ def _live_printer(out: Callable[[str], None]) -> Callable[[TcpEvent], None] | No
     header = getattr(render, "TABLE_HEADER", None)
     if header:
         out(str(header))
-    lock = threading.Lock()
-    fn = line
+    return _LivePrinter(out, line)
 
-    def show(ev: TcpEvent) -> None:
-        with lock:
-            out(fn(ev))
 
-    return show
+class _LivePrinter:
+    """Prints events as they are read back; a received reset is held (resetcause.LiveHold) until
+    the join says who sent it, then printed with `cause=...`, as `tcpscope-tail` does."""
+
+    def __init__(self, out: Callable[[str], None], line: Callable[[TcpEvent], str]) -> None:
+        self.out, self.line = out, line
+        self.hold = resetcause.LiveHold()
+        self.lock = threading.Lock()
+
+    def __call__(self, ev: TcpEvent) -> None:
+        with self.lock:
+            held, done = self.hold.add(ev, time.monotonic_ns())
+            if not held:
+                self.out(self.line(ev))
+            self._show(done)
+
+    def flush(self) -> None:
+        """Print whatever is still held (at the end of the run)."""
+        with self.lock:
+            self._show(self.hold.release(time.monotonic_ns(), everything=True))
+
+    def _show(self, done: list[tuple[TcpEvent, resetcause.Verdict]]) -> None:
+        for ev, v in done:
+            self.out(f"{self.line(ev)} cause={v.label}")
 
 
 class _Interrupted(Exception):
@@ -155,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say("tcpscope-sim: interrupted, stopping")
             services.stop_agents()
             watch.catch_up(10)
+            if printer is not None:
+                printer.flush()
             made = ", ".join(f"{k}={v}" for k, v in sorted(driver.outcomes.items()))
             say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
             rc = 0
