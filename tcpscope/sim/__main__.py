@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --plan: seconds to wait for the agents to ship every event")
     p.add_argument("--agent-arg", action="append", default=[],
                    help="extra flag for every agent, e.g. --agent-arg=--events=lifecycle,reset")
+    p.add_argument("--unwatched-node", action="append", default=[], metavar="NODE",
+                   help="run no agent on this node (like a node without the DaemonSet); repeatable")
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
     p.add_argument("--cleanup", action="store_true",
                    help="remove namespaces, cgroups and processes left by crashed runs, then exit")
@@ -127,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (PlanError, OSError) as e:
         print(f"tcpscope-sim: {e}", file=sys.stderr)
         return 2
+    unknown_nodes = sorted(set(args.unwatched_node) - set(plan.nodes))
+    watched = tuple(n for n in plan.nodes if n not in args.unwatched_node)
+    if unknown_nodes or not watched:
+        why = f"no such node {', '.join(unknown_nodes)}" if unknown_nodes else "no node left with an agent"
+        print(f"tcpscope-sim: --unwatched-node: {why}", file=sys.stderr)
+        return 2
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise _Interrupted(signal.Signals(signum).name)
@@ -154,17 +162,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"tcpscope-sim: API server stand-in at {services.api.url if services.api else '?'}")
         services.start_collector()
         cluster.start()
-        services.start_agents({n: cluster.node_cgroup(n) for n in plan.nodes}, kubeconfig)
+        services.start_agents({n: cluster.node_cgroup(n) for n in watched}, kubeconfig)
         services.wait_agents_ready()
-        say(f"tcpscope-sim: agents ready on {', '.join(plan.nodes)}; collector {services.collector_addr}")
+        say(f"tcpscope-sim: agents ready on {', '.join(watched)}; collector {services.collector_addr}"
+            + (f"; no agent on {', '.join(args.unwatched_node)}" if args.unwatched_node else ""))
         for p in plan.pods:
             say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
         printer = None if (args.quiet or args.plan) else _live_printer(say)
-        watch = TopicWatch(bootstrap, args.topic, {services.agent_id(n) for n in plan.nodes}, printer)
+        watch = TopicWatch(bootstrap, args.topic, {services.agent_id(n) for n in watched}, printer)
         watch.start()
         driver = Driver(cluster)
         if args.plan:
-            rc = _run_plan(driver, services, watch, plan.expected_lifecycles(), args.ship_timeout, say)
+            rc = _run_plan(driver, services, watch, plan.expected_lifecycles(watched), args.ship_timeout, say)
         else:
             stop = threading.Event()
             deadline = time.monotonic() + args.duration if args.duration else None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,13 +80,16 @@ class Plan:
     def pods_on(self, node: str) -> tuple[PodSpec, ...]:
         return tuple(p for p in self.pods if p.node == node)
 
-    def expected_lifecycles(self) -> int:
+    def expected_lifecycles(self, watched: Collection[str] | None = None) -> int:
         """Lifecycle events the agents must report for this plan: one per client socket, plus one
         per server socket of every connection that was established (refused and timed-out
-        connects never create a server socket)."""
+        connects never create a server socket); only sockets of pods on `watched` nodes (all
+        nodes with None), since only those have an agent."""
         n = 0
         for t in self.traffic:
-            n += t.count * (2 if t.kind in ESTABLISHED_KINDS else 1)
+            src, dst = self.pod(t.src).node, self.pod(t.dst).node
+            n += t.count * (watched is None or src in watched)
+            n += t.count * (t.kind in ESTABLISHED_KINDS and (watched is None or dst in watched))
         return n
 
 

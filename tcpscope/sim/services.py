@@ -179,7 +179,7 @@ class Services:
         return self.collector_addr
 
     def start_agents(self, node_cgroups: dict[str, str], kubeconfig: str) -> None:
-        for node in self.plan.nodes:
+        for node in (n for n in self.plan.nodes if n in node_cgroups):  # nodes without one: unwatched
             self.agents[node] = self._spawn(f"agent-{node}", [
                 *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
                 "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,

@@ -44,6 +44,10 @@ def test_addresses_per_node_and_expected_lifecycles() -> None:
     assert [p.name for p in plan.pods_on("n2")] == ["x", "x"]
     # network_reset connections are established (the router kills them mid-stream): both ends
     assert plan.expected_lifecycles() == 4 * 2 * 3 + 3 + 5
+    # with an agent on one node only, only its pods' sockets: a/y's clients on n1, a/x's servers on n2
+    assert plan.expected_lifecycles(["n1"]) == 5 * 3 + 5
+    assert plan.expected_lifecycles(["n2"]) == 4 * 3
+    assert plan.expected_lifecycles(["n1", "n2"]) == plan.expected_lifecycles()
 
 
 @pytest.mark.parametrize(
