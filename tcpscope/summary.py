@@ -515,6 +515,10 @@ class Report:
     def render(self, fmt: str, o: SummaryOptions, namespace: str | None = None, pod: str | None = None,
                now_ns: int | None = None) -> str:
         rows = select(self.summarizer.pairs(o.window_s, now_ns), namespace, pod, o.sort)
+        if fmt == "dot":  # a Graphviz service map (tcpscope/servicemap.py)
+            from tcpscope.servicemap import render_dot
+
+            return render_dot(rows)
         if fmt == "json":
             doc = {"by": self.summarizer.by, "window_s": o.window_s,
                    "pairs": [r.to_json() for r in rows], "losses": dict(sorted(self.losses.items())),
