@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent-arg", action="append", default=[],
                    help="extra flag for every agent, e.g. --agent-arg=--events=lifecycle,reset")
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve the collector's metrics (traffic per pair: docs/metrics.md) on this port and "
+                        "node i's agent's on PORT+i")
+    p.add_argument("--service-map", metavar="PATH",
+                   help="write the run's service map here as SVG (Graphviz), beside the summary; without "
+                        "--plan by default ./tcpscope-sim-<run>-map.svg ('' for none)")
+    p.add_argument("--hold", action="store_true",
+                   help="with --plan: after the summary keep the collector (and its metrics) up until Ctrl-C")
     p.add_argument("--cleanup", action="store_true",
                    help="remove namespaces, cgroups and processes left by crashed runs, then exit")
     p.add_argument("--log-level", default="INFO")
@@ -118,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep_logs:
         cluster.state.paths.append(workdir)
     services = Services(plan, cluster.run_id, cluster.state, workdir, args.kafka_bootstrap, args.topic,
-                        args.agent_arg)
+                        args.agent_arg, metrics_port=args.metrics_port)
     watch: TopicWatch | None = None
     rc = 1
 
@@ -138,6 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         services.start_agents({n: cluster.node_cgroup(n) for n in plan.nodes}, kubeconfig)
         services.wait_agents_ready()
         say(f"tcpscope-sim: agents ready on {', '.join(plan.nodes)}; collector {services.collector_addr}")
+        if args.metrics_port:
+            say(f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector), ports "
+                f"{args.metrics_port + 1}-{args.metrics_port + len(plan.nodes)} (agents)")
         for p in plan.pods:
             say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
         printer = None if (args.quiet or args.plan) else _live_printer(say)
@@ -160,6 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = 0
         events, losses, batches = watch.snapshot()
         _print_summary(events, losses, batches, args.summary_format, say)
+        map_path = args.service_map
+        if map_path is None and not args.plan:  # `make run`: the picture beside the summary
+            map_path = f"tcpscope-sim-{cluster.run_id}-map.svg"
+        if map_path:
+            _write_service_map(events, map_path, say)
+        if args.hold and args.plan:
+            say("tcpscope-sim: holding (collector up) until Ctrl-C")
+            try:
+                threading.Event().wait()
+            except _Interrupted:
+                say("tcpscope-sim: stopping")
     except _Interrupted as e:
         say(f"tcpscope-sim: interrupted ({e}), stopping")
         rc = 130
@@ -209,6 +231,26 @@ def _print_summary(events: list[TcpEvent], losses: dict[str, int], batches: int,
     report = summary.Report(summary.Summarizer(), losses=losses, batches=batches, events=len(events))
     report.summarizer.add_all(events)
     say(("" if fmt == "json" else "\n") + report.render(fmt, summary.SummaryOptions()).rstrip("\n"))
+
+
+def _write_service_map(events: list[TcpEvent], path: str, say: Callable[[str], None]) -> None:
+    """The summary's pairs as a Graphviz SVG (tcpscope/servicemap.py); the DOT text if `dot` is missing."""
+    from tcpscope.servicemap import render_dot, render_svg
+
+    summarizer = summary.Summarizer()
+    summarizer.add_all(events)
+    dot = render_dot(summary.select(summarizer.pairs()), "tcpscope-sim service map")
+    try:
+        svg = render_svg(dot)
+    except RuntimeError as e:
+        path = os.path.splitext(path)[0] + ".dot"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(dot)
+        say(f"tcpscope-sim: {e}; service map written as DOT to {os.path.abspath(path)}")
+        return
+    with open(path, "wb") as f:
+        f.write(svg)
+    say(f"tcpscope-sim: service map (SVG) written to {os.path.abspath(path)}")
 
 
 if __name__ == "__main__":

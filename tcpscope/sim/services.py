@@ -104,6 +104,7 @@ class Services:
     kafka_bootstrap: str | None = None
     topic: str = "tcpscope-events"
     agent_args: Sequence[str] = ()
+    metrics_port: int = 0  # the collector's --metrics-port; agent i (1-based) serves on metrics_port + i
     broker: subprocess.Popen[bytes] | None = None
     api: FakeApiServer | None = None
     collector: subprocess.Popen[bytes] | None = None
@@ -173,20 +174,22 @@ class Services:
         self.collector = self._spawn("collector", [
             *script("tcpscope-collector"), "--listen", f"127.0.0.1:{port}",
             "--kafka-bootstrap", self.kafka_bootstrap, "--topic", self.topic,
+            *(["--metrics-port", str(self.metrics_port)] if self.metrics_port else []),
         ])
         wait_listening("127.0.0.1", port, self.collector, 30, "tcpscope-collector")
         self.collector_addr = f"127.0.0.1:{port}"
         return self.collector_addr
 
     def start_agents(self, node_cgroups: dict[str, str], kubeconfig: str) -> None:
-        for node in self.plan.nodes:
+        for i, node in enumerate(self.plan.nodes, start=1):
+            metrics = ["--metrics-port", str(self.metrics_port + i)] if self.metrics_port else []
             self.agents[node] = self._spawn(f"agent-{node}", [
                 *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
                 "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,
                 "--collector", self.collector_addr, "--batch-max-age", "0.2",
                 # as the chart deploys them: ordinary connections counted in the kernel, flushed often
                 # enough for a live view
-                "--connections", "aggregate", "--flow-interval", "2", *self.agent_args,
+                "--connections", "aggregate", "--flow-interval", "2", *metrics, *self.agent_args,
             ])
 
     def wait_agents_ready(self, timeout: float = 60.0) -> None:
