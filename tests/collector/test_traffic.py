@@ -388,3 +388,41 @@ def test_config_flags() -> None:
                                                                                           ("pod",))
     with pytest.raises(SystemExit):
         CollectorConfig.from_args(["--kafka-bootstrap", "k:9092", "--metrics-by", "ip"], env={})
+
+
+def test_two_replicas_sum_to_each_connection_once() -> None:
+    """Batches of the two ends' agents reach different replicas at random: the sum over replicas
+    (`sum without(instance)`) is still each connection once, by outcome."""
+    import random
+
+    rng = random.Random(7)
+    replicas = [TrafficMetrics(), TrafficMetrics()]
+    kinds: dict[str, tuple[dict[str, object], dict[str, object]]] = {
+        "ok": ({}, {}),
+        "client_reset": ({"ending": RESET_SENT, "reset_reason_name": "NOT_SPECIFIED"},
+                         {"ending": RESET_RECEIVED, "errno": 104}),
+        "server_reset": ({"ending": RESET_RECEIVED, "errno": 104},
+                         {"ending": RESET_SENT, "reset_reason_name": "TCP_ABORT_ON_CLOSE"}),
+    }
+    want: dict[str, int] = {}
+    for _ in range(300):
+        kind = rng.choice([*kinds, "refused"])
+        want[kind] = want.get(kind, 0) + 1
+        if kind == "refused":
+            events = [client_event(ending=RESET_RECEIVED, errno=111, last_state=SYN_SENT)]
+        else:
+            c, s = kinds[kind]
+            events = [client_event(tx_bytes=10, rx_bytes=3, **c), server_event(None, tx_bytes=3, rx_bytes=10, **s)]
+        for j, ev in enumerate(events):
+            rng.choice(replicas).observe(batch(ev, agent=f"node-{j}"))
+    for outcome in ("ok", "client_reset", "server_reset", "refused"):
+        assert sum(conns(r, outcome) for r in replicas) == want[outcome], outcome
+    established = want["ok"] + want["client_reset"] + want["server_reset"]
+    assert sum(sample(r, "tcpscope_connection_bytes_total", **PAIR, direction="client_to_server")
+               for r in replicas) == 10 * established
+    assert sum(sample(r, "tcpscope_resets_total", **PAIR, sender="server", reason="TCP_ABORT_ON_CLOSE")
+               for r in replicas) == want["server_reset"]
+    assert sum(sample(r, "tcpscope_resets_total", **PAIR, sender="client", reason="NOT_SPECIFIED")
+               for r in replicas) == want["client_reset"]
+    assert all(sample(r, "tcpscope_resets_total", **PAIR, sender=s, reason="UNKNOWN") == 0
+               for r in replicas for s in ("client", "server"))
