@@ -202,12 +202,17 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
     sim = subprocess.Popen(
         [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
          "--topic", f"e2e-metrics-{os.getpid()}", "--summary-format", "json", "--quiet",
-         "--metrics-port", str(base), "--hold"],
+         "--metrics-port", str(base), "--hold", "--service-map", str(tmp_path / "map.svg")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     try:
         out = Reader(sim)
         t_plan_done, _ = out.wait(r"plan done", 120)
         _, shipped = out.wait(r"shipped \d+/\d+", 90)
+        _, said = out.wait(r"service map \(SVG\) written to", 60)
+        assert said.endswith(str(tmp_path / "map.svg"))
+        svg = (tmp_path / "map.svg").read_text()
+        for pod_pair in ("shop/web-1->shop/api-1", "shop/api-1->data/db-1", "shop/web-2->shop/web-1"):
+            assert f"<title>{pod_pair.replace('-', '&#45;').replace('>', '&gt;')}</title>" in svg, pod_pair
         out.wait(r"holding", 60)
         assert re.search(r"shipped (\d+)/\1 ", shipped), shipped
         total = sum(n for outcomes in CONNECTIONS.values() for n in outcomes.values())
