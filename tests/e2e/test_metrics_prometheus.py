@@ -32,9 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tcpscope.kafka_layout import RECORD_EVENT, decode_records
+from tcpscope.v1.events_pb2 import Role
 from tests.e2e.test_sim_plan import PLAN
 from tests.helm.test_metrics_chart import METRICS_ON, dashboard
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, consume_all, kafka_broker
 
 __all__ = ["kafka_broker"]
 
@@ -199,9 +201,10 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
     prom = Prom(tmp_path, [f"127.0.0.1:{p}" for p in range(base, base + NODES + 1)])
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(PLAN))
+    topic = f"e2e-metrics-{os.getpid()}"
     sim = subprocess.Popen(
         [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
-         "--topic", f"e2e-metrics-{os.getpid()}", "--summary-format", "json", "--quiet",
+         "--topic", topic, "--summary-format", "json", "--quiet",
          "--metrics-port", str(base), "--hold", "--service-map", str(tmp_path / "map.svg")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     try:
@@ -222,6 +225,10 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
             time.sleep(0.5)
         now = time.time()
         _check_panels(prom, now, t_plan_done)
+        # the ok connections reached the metrics as flows (the sim's agents aggregate, as deployed)
+        assert _flow_connections(kafka_broker.bootstrap, topic) == {
+            "ACTIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values()),
+            "PASSIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values())}
     finally:
         if sim.poll() is None:
             sim.send_signal(signal.SIGINT)
@@ -314,6 +321,21 @@ def _expect(title: str, ref: str, got: list[dict[str, Any]], pair: tuple[str, ..
             assert list(_by(got, "instance").values()) == [0.0]
     else:
         raise AssertionError(f"no expectation for panel {title!r}: add one")
+
+
+def _flow_connections(bootstrap: str, topic: str) -> dict[str, int]:
+    """Connections the agents aggregated into flows, by the flow's role, read back from Kafka."""
+    seen: set[tuple[str, int, int]] = set()
+    out = {"ACTIVE": 0, "PASSIVE": 0}
+    for d in (d for r in consume_all(bootstrap, topic, want=10**9, timeout=5)
+              for d in decode_records(r.headers, r.value)):
+        if d.kind != RECORD_EVENT or d.event is None or d.event.WhichOneof("kind") != "flow":
+            continue
+        if (d.agent_id, d.sequence, d.index) in seen:  # an at-least-once resend
+            continue
+        seen.add((d.agent_id, d.sequence, d.index))
+        out[Role.Name(d.event.flow.role)] += d.event.flow.connections
+    return out
 
 
 def _series_served(instance: str) -> float:
