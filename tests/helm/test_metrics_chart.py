@@ -156,7 +156,10 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
                   "description": "83.33m events per second lost (kernel buffer, enrichment or the agent's own buffer): "
                                  "its counts are incomplete. tcpscope_agent_*_events_total{reason} says where."}}]),
         _test([_series("tcpscope_agent_dropped_events_total", agent + ',reason="buffer_full"', "7x15"),
-               _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.ring_full"', "3x15")],
+               _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.ring_full"', "3x15"),
+               # possible losses only (program runs the kernel skipped): no alert
+               _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.recursion_misses"',
+                       "0+50x15")],
               "TcpscopeAgentLosingEvents", "14m", []),
         # disconnected for longer than `for` / a short reconnect
         _test([_series("tcpscope_agent_stream_connected", agent, "1 1 0 0 0 0 0 0 0 0")],
