@@ -253,10 +253,12 @@ class TrafficMetrics(Collector):
         if not self._admitted(cns, sns):
             self._skip("namespace_filter")
             return
-        pair = self._pair_for((cns, cwl, sns, swl, str(server_end.port)), now)
-        before = pair.series()
         peer_watched = self.peer_watched(ev)
         counts = client_view or not peer_watched
+        if not counts and not _adds_for_peer(ev):
+            return  # the client's own agent counts this connection: nothing here (no empty series)
+        pair = self._pair_for((cns, cwl, sns, swl, str(server_end.port)), now)
+        before = pair.series()
         if which == "flow":
             self._add_flow(pair, ev, client_view, counts)
         else:
@@ -358,6 +360,14 @@ class TrafficMetrics(Collector):
                                    "batches not counted again (a resend this replica had counted)")
         dups.add_metric([], self.duplicates)
         return [conns, resets, retrans, data, dur, series, limit, pairs, folded, expired, skipped, dups]
+
+
+def _adds_for_peer(ev: TcpEvent) -> bool:
+    """Whether a server's event whose client is watched still adds something: its own retransmitted
+    segments or a RST it sent (a flow never has either)."""
+    if ev.WhichOneof("kind") != "lifecycle":
+        return False
+    return ev.lifecycle.retransmits > 0 or ev.lifecycle.ending == RESET_SENT
 
 
 def _le(bound_s: float) -> str:

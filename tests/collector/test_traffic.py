@@ -110,6 +110,18 @@ def test_both_ends_watched_counts_the_connection_once_by_the_client() -> None:
     assert sample(t, "tcpscope_connection_duration_seconds_count", **PAIR) == 1
 
 
+def test_a_server_view_the_client_counts_makes_no_series() -> None:
+    """A replica that only receives the server's batches holds nothing for connections whose client
+    is watched, unless the server retransmitted or sent the RST."""
+    t = TrafficMetrics()
+    t.observe(batch(server_event(tx_bytes=70, rx_bytes=300),
+                    flow_event(PASSIVE, pod(*API, port=9000), pod(*WEB), connections=3, duration_us_log2=[3])))
+    assert t.pairs == 0 and t.series == 0
+    t.observe(batch(server_event(retransmits=2)))
+    assert t.pairs == 1 and conns(t, "ok") == 0
+    assert sample(t, "tcpscope_retransmits_total", **PAIR) == 2
+
+
 def test_server_counts_when_the_client_is_not_watched() -> None:
     t = TrafficMetrics()
     outside = Endpoint(ip="203.0.113.9", port=51000, kind=EXTERNAL)
