@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra flag for every agent, e.g. --agent-arg=--events=lifecycle,reset")
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
     p.add_argument("--metrics-port", type=int, default=0,
-                   help="serve the collector's metrics (traffic per pair: docs/metrics.md) on this port and "
-                        "node i's agent's on PORT+i")
+                   help="serve the collectors' metrics (traffic per pair: docs/metrics.md) on PORT.. and the "
+                        "agents' on the ports after them")
+    p.add_argument("--collectors", type=int, default=1,
+                   help="collector replicas; node i's agent streams to replica (i-1) mod N")
     p.add_argument("--service-map", metavar="PATH",
                    help="write the run's service map here as SVG (Graphviz), beside the summary; without "
                         "--plan by default ./tcpscope-sim-<run>-map.svg ('' for none)")
@@ -126,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep_logs:
         cluster.state.paths.append(workdir)
     services = Services(plan, cluster.run_id, cluster.state, workdir, args.kafka_bootstrap, args.topic,
-                        args.agent_arg, metrics_port=args.metrics_port)
+                        args.agent_arg, collectors=max(1, args.collectors), metrics_port=args.metrics_port)
     watch: TopicWatch | None = None
     rc = 1
 
@@ -145,10 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.start()
         services.start_agents({n: cluster.node_cgroup(n) for n in plan.nodes}, kubeconfig)
         services.wait_agents_ready()
-        say(f"tcpscope-sim: agents ready on {', '.join(plan.nodes)}; collector {services.collector_addr}")
+        replicas = [services.collector_addr, *(a for _, a in services.more_collectors)]
+        say(f"tcpscope-sim: agents ready on {', '.join(plan.nodes)}; collector {', '.join(replicas)}")
         if args.metrics_port:
-            say(f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector), ports "
-                f"{args.metrics_port + 1}-{args.metrics_port + len(plan.nodes)} (agents)")
+            last = services.agent_metrics_port(len(plan.nodes))
+            say(f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector"
+                f"{'s: ports up to ' + str(args.metrics_port + len(replicas) - 1) if len(replicas) > 1 else ''}), "
+                f"ports {services.agent_metrics_port(1)}-{last} (agents)")
         for p in plan.pods:
             say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
         printer = None if (args.quiet or args.plan) else _live_printer(say)

@@ -1,8 +1,9 @@
 """End to end: the traffic plan of test_sim_plan.py on the simulated cluster, scraped by a real
 Prometheus server, then every panel of the chart's dashboard queried through Prometheus's HTTP API.
 
-Real everything: the simulator's pods, BPF agents and collector (with --metrics-port), a Kafka-
-protocol broker, Debian's `prometheus` scraping the collector and the three agents every second,
+Real everything: the simulator's pods, BPF agents and two collector replicas (with --metrics-port;
+the two ends of most connections stream to different replicas), a Kafka-protocol broker, Debian's
+`prometheus` scraping both collectors and the three agents every second,
 and the dashboard as the real Helm engine renders it. The connection counts per workload pair and
 outcome must equal the plan exactly: each connection once although both of its ends are watched.
 
@@ -42,6 +43,7 @@ __all__ = ["kafka_broker"]
 
 BIN = Path(sys.executable).parent
 NODES = 3
+REPLICAS = 2  # node-1's and node-3's agents stream to the first collector, node-2's to the second
 
 # Written out by hand from PLAN, by workload (web-1 and web-2 are both Deployment "web"):
 # (client ns, client workload, server ns, server workload, server port) -> outcome -> connections
@@ -197,15 +199,15 @@ class Reader:
 
 def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
-    base = _free_base(NODES + 1)
-    prom = Prom(tmp_path, [f"127.0.0.1:{p}" for p in range(base, base + NODES + 1)])
+    base = _free_base(REPLICAS + NODES)
+    prom = Prom(tmp_path, [f"127.0.0.1:{p}" for p in range(base, base + REPLICAS + NODES)])
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-metrics-{os.getpid()}"
     sim = subprocess.Popen(
         [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
          "--topic", topic, "--summary-format", "json", "--quiet",
-         "--metrics-port", str(base), "--hold", "--service-map", str(tmp_path / "map.svg")],
+         "--metrics-port", str(base), "--collectors", str(REPLICAS), "--hold", "--service-map", str(tmp_path / "map.svg")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     try:
         out = Reader(sim)
@@ -225,6 +227,10 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
             time.sleep(0.5)
         now = time.time()
         _check_panels(prom, now, t_plan_done)
+        # each replica counted the connections whose client's agent streamed to it: web-1, web-2 and
+        # db-1's node to the first, api-1's to the second; their sum is each connection once
+        assert _by(prom.query("sum by (instance) (tcpscope_connections_total)", now), "instance") == {
+            (f"127.0.0.1:{base}",): 18.0, (f"127.0.0.1:{base + 1}",): 6.0}
         # the ok connections reached the metrics as flows (the sim's agents aggregate, as deployed)
         assert _flow_connections(kafka_broker.bootstrap, topic) == {
             "ACTIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values()),
@@ -312,13 +318,13 @@ def _expect(title: str, ref: str, got: list[dict[str, Any]], pair: tuple[str, ..
     elif title == "Collectors: Kafka errors per second":
         assert got == []
     elif title == "Collectors: traffic metric series":
-        if ref == "A":  # the collector's own count equals the series it serves
-            (v,) = _by(got, "instance").values()
-            assert v == _series_served(got[0]["metric"]["instance"])
-        elif ref == "B":
-            assert list(_by(got, "instance").values()) == [20_000.0]
-        else:
-            assert list(_by(got, "instance").values()) == [0.0]
+        values = _by(got, "instance")
+        assert len(values) == REPLICAS, got
+        for (instance,), v in values.items():
+            if ref == "A":  # each collector's own count equals the series it serves
+                assert v == _series_served(instance)
+            else:  # B: the bound, C: nothing folded
+                assert v == (20_000.0 if ref == "B" else 0.0)
     else:
         raise AssertionError(f"no expectation for panel {title!r}: add one")
 
