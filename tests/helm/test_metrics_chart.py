@@ -70,6 +70,11 @@ def test_dashboard_configmap_is_for_the_grafana_sidecar_and_has_the_panels() -> 
     assert {t["refId"] for t in panels["Service map"]["targets"]} == {"nodes", "edges", "edge_problems"}
     ids = [p["id"] for p in doc["panels"]]
     assert len(ids) == len(set(ids))
+    boxes = [(p["gridPos"]["x"], p["gridPos"]["y"], p["gridPos"]["w"], p["gridPos"]["h"]) for p in doc["panels"]]
+    assert all(x + w <= 24 for x, _, w, _ in boxes)
+    for i, (x1, y1, w1, h1) in enumerate(boxes):  # no two panels overlap on Grafana's 24-column grid
+        for x2, y2, w2, h2 in boxes[i + 1:]:
+            assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1
     for p in doc["panels"]:
         assert p["datasource"]["uid"] == "${datasource}"
     # the sidecar may watch another namespace
