@@ -207,7 +207,8 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
     sim = subprocess.Popen(
         [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
          "--topic", topic, "--summary-format", "json", "--quiet",
-         "--metrics-port", str(base), "--collectors", str(REPLICAS), "--hold", "--service-map", str(tmp_path / "map.svg")],
+         "--metrics-port", str(base), "--collectors", str(REPLICAS), "--hold",
+         "--service-map", str(tmp_path / "map.svg")],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     try:
         out = Reader(sim)
