@@ -11,7 +11,8 @@ setup:
 # The main job: the whole product on one machine. tcpscope-sim builds a simulated 3-node cluster
 # (pods in network namespaces and kubelet-style cgroups, an API server stand-in), runs one agent per
 # node, a collector and a Kafka-protocol broker, makes traffic (ok, refused, resets both ways,
-# timeouts, retransmits), and shows the live events from Kafka and the per-pod-pair summary.
+# timeouts, retransmits), and shows the live events from Kafka and the per-pod-pair summary, then
+# writes the run's service map (Graphviz SVG, ./tcpscope-sim-<run>-map.svg) and says where.
 # Ctrl-C stops it and removes everything it made. ARGS="--duration 60" runs it for a minute.
 run: setup
 	$(VENV)/bin/tcpscope-sim $(ARGS)

@@ -6,21 +6,41 @@ them back with `value()`.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+GAUGE_STATS = frozenset({"pods.cached", "pods.deleted_cached", "pods.containers_indexed", "cgroup.entries",
+                         "cgroup.gone_entries", "ipindex.ips", "ipindex.owners", "local.pending"})
+"""Stage statistics that are levels (cache sizes, pending events), not counts; so are the watches'
+`*.synced` and `*.connected` flags. Every other statistic only ever grows: a counter."""
+
+
+def stat_is_gauge(key: str) -> bool:
+    return key in GAUGE_STATS or key.endswith((".synced", ".connected"))
+
+
+def stat_metric_name(prefix: str, key: str) -> str:
+    """`local.pod_hits` -> `<prefix>_local_pod_hits_total`; gauges keep no `_total`."""
+    base = f"{prefix}_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"
+    return base if stat_is_gauge(key) else f"{base}_total"
 
 
 class _StageStats(Collector):
-    """A stage's own counters and gauges (e.g. the enrichers' stats()), read at scrape time."""
+    """A stage's own statistics (e.g. the enrichers' stats()), read at scrape time: one counter per
+    count (`tcpscope_agent_enrichment_local_pod_hits_total`) and one gauge per level
+    (`tcpscope_agent_enrichment_pods_cached`), so rate() and alerts work on them."""
 
-    def __init__(self, name: str, doc: str, stats: Callable[[], dict[str, int]]) -> None:
-        self._name, self._doc, self._stats = name, doc, stats
+    def __init__(self, prefix: str, doc: str, stats: Callable[[], dict[str, int]]) -> None:
+        self._prefix, self._doc, self._stats = prefix, doc, stats
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        family = GaugeMetricFamily(self._name, self._doc, labels=["counter"])
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # the names depend on the stage's keys: known at collect time
+
+    def collect(self) -> Iterator[Metric]:
         stats: dict[str, int] = {}
         for _ in range(3):  # the pipeline thread may add a key while this one copies: try again
             try:
@@ -29,8 +49,11 @@ class _StageStats(Collector):
             except RuntimeError:
                 continue
         for key, value in sorted(stats.items()):
-            family.add_metric([key], value)
-        yield family
+            name = stat_metric_name(self._prefix, key)
+            if stat_is_gauge(key):
+                yield GaugeMetricFamily(name, f"{self._doc}: {key}", value=value)
+            else:
+                yield CounterMetricFamily(name.removesuffix("_total"), f"{self._doc}: {key}", value=value)
 
 
 class AgentMetrics:
@@ -69,10 +92,9 @@ class AgentMetrics:
             ["code"], registry=r)
 
     def watch_enrichment(self, stats: Callable[[], dict[str, int]]) -> None:
-        """Expose the enrichers' counters (docs/enrichment.md) as tcpscope_agent_enrichment{counter}."""
+        """Expose the enrichers' statistics (docs/enrichment.md) as tcpscope_agent_enrichment_<name>[_total]."""
         self.registry.register(_StageStats(
-            "tcpscope_agent_enrichment", "enrichment counters and cache sizes by name (docs/enrichment.md)",
-            stats))
+            "tcpscope_agent_enrichment", "enrichment statistic (docs/enrichment.md)", stats))
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (0 when absent)."""

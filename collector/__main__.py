@@ -9,14 +9,21 @@ import sys
 from collections.abc import Sequence
 
 from collector.config import CollectorConfig
+from collector.metrics import CollectorMetrics
 from collector.server import CollectorServer
+from collector.traffic import build_traffic_metrics
 
 log = logging.getLogger("collector")
 
 
 async def run(cfg: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT, then drain for cfg.grace seconds."""
-    server = CollectorServer(cfg)
+    metrics = CollectorMetrics()
+    traffic = None
+    if cfg.metrics_port:  # traffic metrics per pair, beside the collector's own (docs/metrics.md)
+        traffic = build_traffic_metrics(cfg)
+        metrics.registry.register(traffic)
+    server = CollectorServer(cfg, metrics=metrics, observer=traffic)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,9 +17,11 @@ from tcpscope.settings import ConfigError, help_text, read_values, setting
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+METRICS_BY = ("workload", "pod", "namespace")
 
 
-__all__ = ["KAFKA_SASL_MECHANISMS", "KAFKA_SECURITY_PROTOCOLS", "CollectorConfig", "ConfigError", "build_parser"]
+__all__ = ["KAFKA_SASL_MECHANISMS", "KAFKA_SECURITY_PROTOCOLS", "METRICS_BY", "CollectorConfig", "ConfigError",
+           "build_parser"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,27 @@ class CollectorConfig:
         default=64,
     )
     metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    # --- traffic metrics (collector/traffic.py, docs/metrics.md), served on --metrics-port ---------
+    metrics_by: str = setting(
+        "TCPSCOPE_METRICS_BY", "traffic metrics' *_workload labels name the workload, the pod, or nothing "
+        "(namespace)", default="workload")
+    metrics_namespaces: tuple[str, ...] = setting(
+        "TCPSCOPE_METRICS_NAMESPACES",
+        "count only connections with an end in these namespaces, comma separated (empty: all)", default=())
+    metrics_exclude_namespaces: tuple[str, ...] = setting(
+        "TCPSCOPE_METRICS_EXCLUDE_NAMESPACES",
+        "never count connections with an end in these namespaces, comma separated", default=())
+    metrics_max_series: int = setting(
+        "TCPSCOPE_METRICS_MAX_SERIES",
+        "traffic series at most; past it new pairs fold into 'other' (tcpscope_traffic_folded_total)",
+        default=20_000)
+    metrics_ttl: float = setting(
+        "TCPSCOPE_METRICS_TTL", "seconds after which a pair's traffic series, not updated, are removed",
+        default=900.0)
+    metrics_watched_peers: tuple[str, ...] = setting(
+        "TCPSCOPE_METRICS_WATCHED_PEERS",
+        "remote-end kinds an agent watches too, so their own agent counts the connection (pod; add node "
+        "when agents also watch host processes)", default=("pod",))
     grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0)
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
@@ -138,6 +161,12 @@ class CollectorConfig:
             raise ConfigError("SASL security protocols need --kafka-sasl-mechanism")
         if min(self.max_batch_events, self.max_message_bytes, self.max_inflight_batches) < 1:
             raise ConfigError("--max-* limits must be >= 1")
+        if self.metrics_by not in METRICS_BY:
+            raise ConfigError(f"--metrics-by must be one of {METRICS_BY}")
+        if self.metrics_max_series < 1 or self.metrics_ttl <= 0:
+            raise ConfigError("--metrics-max-series and --metrics-ttl must be > 0")
+        if not set(self.metrics_watched_peers) <= {"pod", "node"}:
+            raise ConfigError("--metrics-watched-peers takes pod and/or node")
 
     def sasl_credentials(self) -> tuple[str | None, str | None]:
         """User name and password, from the environment or their files (read now, not at start-up)."""

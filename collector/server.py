@@ -14,6 +14,7 @@ from collector.metrics import CollectorMetrics
 from collector.publisher import KafkaPublisher, Publisher
 from collector.remote import BatchEnricher
 from collector.service import SERVICE_NAME, CollectorService
+from collector.traffic import BatchObserver
 from tcpscope.v1.collector_pb2 import BatchAck
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,10 @@ class CollectorServer:
     """The running collector; `start()` binds, `stop(grace)` drains and closes Kafka."""
 
     def __init__(self, cfg: CollectorConfig, publisher: Publisher | None = None,
-                 metrics: CollectorMetrics | None = None, enricher: BatchEnricher | None = None) -> None:
+                 metrics: CollectorMetrics | None = None, enricher: BatchEnricher | None = None,
+                 observer: BatchObserver | None = None) -> None:
         self.cfg = cfg
+        self._observer = observer
         self.metrics = metrics or CollectorMetrics()
         self._publisher = publisher
         self._enricher = enricher
@@ -64,7 +67,8 @@ class CollectorServer:
             if not await loop.run_in_executor(None, remote.wait_synced, cfg.remote_sync_timeout):
                 log.warning("Kubernetes API not synced within %.1fs; remote ends resolve once it is "
                             "(counted as miss_api_unavailable until then)", cfg.remote_sync_timeout)
-        service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token(), self._enricher)
+        service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token(), self._enricher,
+                                   self._observer)
         self._service = service
         hard_limit = 2 * cfg.max_message_bytes + 1024 * 1024  # above it gRPC refuses by itself
         server = grpc.aio.server(options=[

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hmac
 import logging
 import time
@@ -29,6 +30,7 @@ from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.remote import BatchEnricher
+from collector.traffic import BatchObserver
 from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
@@ -121,8 +123,10 @@ class CollectorService:
     """One instance per process; every stream shares the in-flight bound and the publisher."""
 
     def __init__(self, cfg: CollectorConfig, publisher: Publisher, metrics: CollectorMetrics,
-                 token: str | None, enricher: BatchEnricher | None = None) -> None:
+                 token: str | None, enricher: BatchEnricher | None = None,
+                 observer: BatchObserver | None = None) -> None:
         self._cfg = cfg
+        self._observer = observer
         self._publisher = publisher
         self._metrics = metrics
         self._token = token
@@ -165,6 +169,14 @@ class CollectorService:
         if layout == LAYOUT_PACKED and partitions < 1:
             raise RuntimeError(f"topic {self._cfg.topic!r} has no known partitions")
         return batch_records(batch, self._cfg.value_format, layout, partitions)
+
+    def _observe(self, batch: EventBatch) -> None:
+        """Count a published batch in the traffic metrics (collector/traffic.py); never fails the batch."""
+        assert self._observer is not None
+        try:
+            self._observer.observe(batch)
+        except Exception:
+            log.exception("traffic metrics: batch %s/%d not counted", batch.agent_id, batch.sequence)
 
     def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Refusal | None:
         """Check the bearer token in the `authorization` metadata (constant-time compare)."""
@@ -264,6 +276,9 @@ class CollectorService:
             self._metrics.records_published.inc(len(records))
             self._metrics.batches_acked.inc()
             self._metrics.publish_seconds.observe(time.monotonic() - received)
+            if self._observer is not None:  # traffic metrics: on the prepare thread, not delaying the ack
+                with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is stopping
+                    self._prepare_pool.submit(self._observe, batch)
             await out.put(BatchAck(agent_id=batch.agent_id, sequence=batch.sequence))
         finally:
             self._slots.release()

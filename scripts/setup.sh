@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One-shot, idempotent setup for a fresh Debian 12 machine (run as root, no stdin needed):
 #   - Debian packages: bcc (python3-bpfcc, bpfcc-tools), kernel headers bcc can build against,
-#     bpftool, nftables/iproute2/tcpdump for tests and the simulator;
+#     bpftool, nftables/iproute2/tcpdump for tests and the simulator; prometheus (promtool and a
+#     real server for the metrics tests: they start their own) and graphviz (`dot`, service maps);
 #   - tracefs mounted at /sys/kernel/tracing;
 #   - a venv from Debian's interpreter (it must see Debian's bcc module) with the project installed;
 #   - the protobuf/gRPC code generated from proto/.
@@ -11,7 +12,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 DEB_PKGS=(bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64 bpftool nftables iproute2
-          tcpdump make gcc libc6-dev util-linux procps)
+          tcpdump make gcc libc6-dev util-linux procps prometheus graphviz)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

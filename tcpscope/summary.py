@@ -50,6 +50,7 @@ from tcpscope.v1.events_pb2 import (
     Endpoint,
     EndpointKind,
     EventBatch,
+    Lifecycle,
     TcpEvent,
 )
 
@@ -339,6 +340,41 @@ def _reason(name: str, code: int) -> str:
     return name or (f"reason_{code}" if code else "UNKNOWN")
 
 
+OUTCOMES: tuple[str, ...] = ("ok", "client_reset", "server_reset", "refused", "timeout", "failed")
+"""How a connection ended, one word each, with the meanings of the counters above (the collector's
+traffic metrics use them as their `outcome` label)."""
+
+
+def classify(lc: Lifecycle, client_view: bool, peer_seen: bool = False) -> tuple[bool, str]:
+    """(established, outcome) of one connection from one socket's lifecycle: the client's when
+    client_view, else the server's. peer_seen: the other end's socket was seen too (so the handshake
+    completed even if the client's last state says otherwise). A server socket exists only for a
+    connection that got past the SYN, so a server's view is always established."""
+    if client_view:
+        established = lc.last_state not in (SYN_SENT, TCP_STATE_UNSPECIFIED, CLOSE) or peer_seen
+        if not established:
+            if lc.errno == ECONNREFUSED or lc.ending == RESET_RECEIVED:
+                return False, "refused"
+            if lc.errno == ETIMEDOUT:
+                return False, "timeout"
+            return False, "failed"
+        client_sent_rst, server_sent_rst = lc.ending == RESET_SENT, lc.ending == RESET_RECEIVED
+    else:
+        client_sent_rst, server_sent_rst = lc.ending == RESET_RECEIVED, lc.ending == RESET_SENT
+    if client_sent_rst:
+        return True, "client_reset"
+    if server_sent_rst:
+        return True, "server_reset"
+    if lc.ending == ERROR and lc.errno == ETIMEDOUT:
+        return True, "timeout"
+    return True, "ok"
+
+
+def reset_reason(lc: Lifecycle) -> str:
+    """The kernel's reason name for the RST this socket sent ("UNKNOWN" when it has none)."""
+    return _reason(lc.reset_reason_name, lc.reset_reason)
+
+
 def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool = False,
            cause: resetcause.Verdict | None = None) -> None:
     """Add one connection to its row, deciding its outcome from the client's view if there is one.
@@ -354,40 +390,31 @@ def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool 
         by = row.reset_causes.setdefault(cause.cause, {})
         by[cause.detail] = by.get(cause.detail, 0) + 1
     if cv is not None:
-        lc = cv.event.lifecycle
-        established = lc.last_state not in (SYN_SENT, TCP_STATE_UNSPECIFIED, CLOSE) or sv is not None
-        if not established:
-            if lc.errno == ECONNREFUSED or lc.ending == RESET_RECEIVED:
-                row.refused += 1
-            elif lc.errno == ETIMEDOUT:
-                row.timeouts += 1
-            else:
-                row.failed += 1
-            return
-        client_sent_rst = lc.ending == RESET_SENT
-        server_sent_rst = lc.ending == RESET_RECEIVED
-        timed_out = lc.ending == ERROR and lc.errno == ETIMEDOUT
+        established, outcome = classify(cv.event.lifecycle, True, sv is not None)
     else:
         assert sv is not None
-        lc = sv.event.lifecycle
-        client_sent_rst = lc.ending == RESET_RECEIVED
-        server_sent_rst = lc.ending == RESET_SENT
-        timed_out = lc.ending == ERROR and lc.errno == ETIMEDOUT
+        established, outcome = classify(sv.event.lifecycle, False)
+    if not established:
+        if outcome == "refused":
+            row.refused += 1
+        elif outcome == "timeout":
+            row.timeouts += 1
+        else:
+            row.failed += 1
+        return
     if not absorbed:
         row.connections += 1
     if cause is not None and cause.cause == resetcause.NETWORK:
         row.network_resets += 1  # neither end sent it: not a client's or a server's reset
-    elif client_sent_rst:
+    elif outcome == "client_reset":
         row.client_resets += 1
-        src = cv.event.lifecycle if cv is not None else None
-        key = _reason(src.reset_reason_name, src.reset_reason) if src is not None else "UNKNOWN"
+        key = reset_reason(cv.event.lifecycle) if cv is not None else "UNKNOWN"
         row.client_reset_reasons[key] = row.client_reset_reasons.get(key, 0) + 1
-    elif server_sent_rst:
+    elif outcome == "server_reset":
         row.server_resets += 1
-        src = sv.event.lifecycle if sv is not None else None
-        key = _reason(src.reset_reason_name, src.reset_reason) if src is not None else "UNKNOWN"
+        key = reset_reason(sv.event.lifecycle) if sv is not None else "UNKNOWN"
         row.server_reset_reasons[key] = row.server_reset_reasons.get(key, 0) + 1
-    elif timed_out:
+    elif outcome == "timeout":
         row.timeouts += 1
     if any(v.event.lifecycle.retransmits > 0 for v in views):
         row.retransmits += 1
@@ -525,6 +552,10 @@ class Report:
     def render(self, fmt: str, o: SummaryOptions, namespace: str | None = None, pod: str | None = None,
                now_ns: int | None = None) -> str:
         rows = select(self.summarizer.pairs(o.window_s, now_ns), namespace, pod, o.sort)
+        if fmt == "dot":  # a Graphviz service map (tcpscope/servicemap.py)
+            from tcpscope.servicemap import render_dot
+
+            return render_dot(rows)
         if fmt == "json":
             doc = {"by": self.summarizer.by, "window_s": o.window_s,
                    "pairs": [r.to_json() for r in rows], "losses": dict(sorted(self.losses.items())),

@@ -259,7 +259,8 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument("--kafka-bootstrap", default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
                    help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]")
     p.add_argument("--topic", default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"), help="[TCPSCOPE_TOPIC]")
-    p.add_argument("--format", choices=("table", "json"), default="table")
+    p.add_argument("--format", choices=("table", "json", "dot"), default="table",
+                   help="dot: with --summary, a Graphviz service map (render: dot -Tsvg)")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--duration", type=float, help="stop after this many seconds")
     p.add_argument("--namespace", help="only events with an end in this namespace")
@@ -273,6 +274,8 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     a = p.parse_args(argv)
     if not a.kafka_bootstrap:
         p.error("--kafka-bootstrap is required")
+    if a.format == "dot" and not a.summary:
+        p.error("--format dot draws the service map of --summary")
     kinds = tuple(k.strip() for k in a.kind.split(",") if k.strip())
     o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
                     a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group,

@@ -58,6 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unwatched-node", action="append", default=[], metavar="NODE",
                    help="run no agent on this node (like a node without the DaemonSet); repeatable")
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve the collectors' metrics (traffic per pair: docs/metrics.md) on PORT.. and the "
+                        "agents' on the ports after them")
+    p.add_argument("--collectors", type=int, default=1,
+                   help="collector replicas; node i's agent streams to replica (i-1) mod N")
+    p.add_argument("--service-map", metavar="PATH",
+                   help="write the run's service map here as SVG (Graphviz), beside the summary; without "
+                        "--plan by default ./tcpscope-sim-<run>-map.svg ('' for none)")
+    p.add_argument("--hold", action="store_true",
+                   help="with --plan: after the summary keep the collector (and its metrics) up until Ctrl-C")
     p.add_argument("--cleanup", action="store_true",
                    help="remove namespaces, cgroups and processes left by crashed runs, then exit")
     p.add_argument("--log-level", default="INFO")
@@ -145,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.keep_logs:
         cluster.state.paths.append(workdir)
     services = Services(plan, cluster.run_id, cluster.state, workdir, args.kafka_bootstrap, args.topic,
-                        args.agent_arg)
+                        args.agent_arg, collectors=max(1, args.collectors), metrics_port=args.metrics_port)
     watch: TopicWatch | None = None
     rc = 1
 
@@ -164,8 +174,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cluster.start()
         services.start_agents({n: cluster.node_cgroup(n) for n in watched}, kubeconfig)
         services.wait_agents_ready()
-        say(f"tcpscope-sim: agents ready on {', '.join(watched)}; collector {services.collector_addr}"
+        replicas = [services.collector_addr, *(a for _, a in services.more_collectors)]
+        say(f"tcpscope-sim: agents ready on {', '.join(watched)}; collector {', '.join(replicas)}"
             + (f"; no agent on {', '.join(args.unwatched_node)}" if args.unwatched_node else ""))
+        if args.metrics_port:
+            last = services.agent_metrics_port(len(plan.nodes))
+            say(f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector"
+                f"{'s: ports up to ' + str(args.metrics_port + len(replicas) - 1) if len(replicas) > 1 else ''}), "
+                f"ports {services.agent_metrics_port(1)}-{last} (agents)")
         for p in plan.pods:
             say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
         printer = None if (args.quiet or args.plan) else _live_printer(say)
@@ -190,6 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             rc = 0
         events, losses, batches = watch.snapshot()
         _print_summary(events, losses, batches, args.summary_format, say, list(watch.summaries))
+        map_path = args.service_map
+        if map_path is None and not args.plan:  # `make run`: the picture beside the summary
+            map_path = f"tcpscope-sim-{cluster.run_id}-map.svg"
+        if map_path:
+            _write_service_map(events, map_path, say)
+        if args.hold and args.plan:
+            say("tcpscope-sim: holding (collector up) until Ctrl-C")
+            try:
+                threading.Event().wait()
+            except _Interrupted:
+                say("tcpscope-sim: stopping")
     except _Interrupted as e:
         say(f"tcpscope-sim: interrupted ({e}), stopping")
         rc = 130
@@ -241,6 +268,26 @@ def _print_summary(events: list[TcpEvent], losses: dict[str, int], batches: int,
         report.summarizer.add_batch(agent_id, b)
     report.summarizer.add_all(events)
     say(("" if fmt == "json" else "\n") + report.render(fmt, summary.SummaryOptions()).rstrip("\n"))
+
+
+def _write_service_map(events: list[TcpEvent], path: str, say: Callable[[str], None]) -> None:
+    """The summary's pairs as a Graphviz SVG (tcpscope/servicemap.py); the DOT text if `dot` is missing."""
+    from tcpscope.servicemap import render_dot, render_svg
+
+    summarizer = summary.Summarizer()
+    summarizer.add_all(events)
+    dot = render_dot(summary.select(summarizer.pairs()), "tcpscope-sim service map")
+    try:
+        svg = render_svg(dot)
+    except RuntimeError as e:
+        path = os.path.splitext(path)[0] + ".dot"
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(dot)
+        say(f"tcpscope-sim: {e}; service map written as DOT to {os.path.abspath(path)}")
+        return
+    with open(path, "wb") as f:
+        f.write(svg)
+    say(f"tcpscope-sim: service map (SVG) written to {os.path.abspath(path)}")
 
 
 if __name__ == "__main__":

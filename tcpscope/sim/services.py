@@ -104,6 +104,12 @@ class Services:
     kafka_bootstrap: str | None = None
     topic: str = "tcpscope-events"
     agent_args: Sequence[str] = ()
+    # collector replicas: node i's agent streams to replica (i - 1) % collectors, as agents spread
+    # over a collector Service's endpoints
+    collectors: int = 1
+    # replica j's --metrics-port is metrics_port + j (0-based); node i's agent's metrics_port + collectors - 1 + i
+    metrics_port: int = 0
+    more_collectors: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
     broker: subprocess.Popen[bytes] | None = None
     api: FakeApiServer | None = None
     collector: subprocess.Popen[bytes] | None = None
@@ -168,25 +174,43 @@ class Services:
         return str(self.api.write_kubeconfig(os.path.join(self.workdir, "kubeconfig")))
 
     def start_collector(self) -> str:
-        port = free_port()
-        assert self.kafka_bootstrap
-        self.collector = self._spawn("collector", [
-            *script("tcpscope-collector"), "--listen", f"127.0.0.1:{port}",
-            "--kafka-bootstrap", self.kafka_bootstrap, "--topic", self.topic,
-        ])
-        wait_listening("127.0.0.1", port, self.collector, 30, "tcpscope-collector")
-        self.collector_addr = f"127.0.0.1:{port}"
+        """Start the collector replicas; returns the first one's address."""
+        for j in range(self.collectors):
+            port = free_port()
+            assert self.kafka_bootstrap
+            metrics = ["--metrics-port", str(self.metrics_port + j)] if self.metrics_port else []
+            name = "collector" if j == 0 else f"collector-{j + 1}"
+            proc = self._spawn(name, [
+                *script("tcpscope-collector"), "--listen", f"127.0.0.1:{port}",
+                "--kafka-bootstrap", self.kafka_bootstrap, "--topic", self.topic, *metrics,
+            ])
+            wait_listening("127.0.0.1", port, proc, 30, f"tcpscope-collector ({name})")
+            if j == 0:
+                self.collector, self.collector_addr = proc, f"127.0.0.1:{port}"
+            else:
+                self.more_collectors.append((proc, f"127.0.0.1:{port}"))
         return self.collector_addr
 
+    def collector_of(self, i: int) -> str:
+        """The collector node i's agent (1-based) streams to."""
+        addrs = [self.collector_addr, *(a for _, a in self.more_collectors)]
+        return addrs[(i - 1) % len(addrs)]
+
+    def agent_metrics_port(self, i: int) -> int:
+        return self.metrics_port + self.collectors - 1 + i if self.metrics_port else 0
+
     def start_agents(self, node_cgroups: dict[str, str], kubeconfig: str) -> None:
-        for node in (n for n in self.plan.nodes if n in node_cgroups):  # nodes without one: unwatched
+        for i, node in enumerate(self.plan.nodes, start=1):
+            if node not in node_cgroups:  # a node without an agent: unwatched
+                continue
+            metrics = ["--metrics-port", str(self.agent_metrics_port(i))] if self.metrics_port else []
             self.agents[node] = self._spawn(f"agent-{node}", [
                 *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
                 "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,
-                "--collector", self.collector_addr, "--batch-max-age", "0.2",
+                "--collector", self.collector_of(i), "--batch-max-age", "0.2",
                 # as the chart deploys them: ordinary connections counted in the kernel, flushed often
                 # enough for a live view
-                "--connections", "aggregate", "--flow-interval", "2", *self.agent_args,
+                "--connections", "aggregate", "--flow-interval", "2", *metrics, *self.agent_args,
             ])
 
     def wait_agents_ready(self, timeout: float = 60.0) -> None:
@@ -226,6 +250,8 @@ class Services:
     def stop(self) -> None:
         """Stop everything still running, newest first. Idempotent."""
         self.stop_agents()
+        for proc, _ in self.more_collectors:
+            _terminate(proc, 10)
         if self.collector is not None:
             _terminate(self.collector, 10)
         if self.api is not None:

@@ -21,7 +21,7 @@ from tests.support.helm import (
 )
 
 # Kinds kubernetes-validate has no schema for: the Prometheus Operator's CRDs.
-CRD_KINDS = {"ServiceMonitor", "PodMonitor"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 # Validate against the oldest release the chart supports (Chart.yaml kubeVersion) and the newest
 # schema kubernetes-validate ships.
 KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())

@@ -60,6 +60,8 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "remote-off": merge(KAFKA, {"enrichment": {"remote": "off"}}),
     "hpa-pdb": merge(KAFKA, {"collector": {"hpa": {"enabled": True}, "pdb": {"enabled": True}}}),
     "servicemonitor": merge(KAFKA, {"metrics": {"serviceMonitor": {"enabled": True}}}),
+    "dashboards-alerts": merge(KAFKA, {"metrics": {"dashboards": {"enabled": True},
+                                                   "prometheusRule": {"enabled": True}}}),
     "minimal-mounts": {
         "agent": {"hostMounts": {"kernelHeaders": False, "debugfs": True}, "metrics": {"enabled": False},
                   "ports": [80, 443], "stdout": "table", "cgroupRoot": "/sys/fs/cgroup/unified/kubepods.slice"},

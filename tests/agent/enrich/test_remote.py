@@ -56,8 +56,8 @@ def test_listener_pod_range_and_external_remote_ends(fakeapi: FakeApiServer, kub
             return {**local.stats(), **remote.stats()}
 
         metrics.watch_enrichment(stats_of_all)
-        assert metrics.value("tcpscope_agent_enrichment", counter="remote.pod_unknown") == 2
-        assert metrics.value("tcpscope_agent_enrichment", counter="remote.external") == 2
+        assert metrics.value("tcpscope_agent_enrichment_remote_pod_unknown_total") == 2
+        assert metrics.value("tcpscope_agent_enrichment_remote_external_total") == 2
     finally:
         local.close()
         remote.close()
