@@ -96,6 +96,12 @@ class AgentMetrics:
         self.registry.register(_StageStats(
             "tcpscope_agent_enrichment", "enrichment statistic (docs/enrichment.md)", stats))
 
+    def watch_flows(self, counters: Callable[[], dict[str, int]]) -> None:
+        """Expose the kernel's flow counters (agent/kernel/flows.py) as tcpscope_agent_flows_aggregated_total
+        (ordinary connections counted in flows) and tcpscope_agent_flows_map_full_total (reported as
+        their own lifecycle because the flow map was full). Not losses."""
+        self.registry.register(_StageStats("tcpscope_agent", "in-kernel flow accounting", counters))
+
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (0 when absent)."""
         v = self.registry.get_sample_value(name, labels)

@@ -70,4 +70,5 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     loaded = load(plan)
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
     source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
+    metrics.watch_flows(source.flow_counters)
     return Agent(plan=plan, source=source, pipeline=Pipeline(source=source, enrichers=enrichers, sink=sink))

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
+from agent.metrics import AgentMetrics
 from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, NORMAL, PASSIVE, RESET_RECEIVED, RESET_SENT, TcpEvent
 from tests.support import conncount, traffic
 from tests.support.kernel import Harness, kernel_harness, kind, on_port
@@ -183,6 +184,10 @@ def test_the_shutdown_flush_reports_what_the_interval_had_not() -> None:
         h.pump(200)
         assert not [e for e in h.seen if kind(e) in ("flow", "lifecycle")]  # nothing before the flush
         drain(h)
+        metrics = AgentMetrics()
+        metrics.watch_flows(h.source.flow_counters)
+        assert metrics.value("tcpscope_agent_flows_aggregated_total") == 18
+        assert metrics.value("tcpscope_agent_flows_map_full_total") == 0
     assert side_totals(h, port, ACTIVE) == (9, 2700, 270)
     assert side_totals(h, port, PASSIVE) == (9, 270, 2700)
     assert [e.flow.connections for e in h.seen if kind(e) == "flow"] == [9, 9]
