@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run agent sim test lint bench clean
+.PHONY: setup run agent sim test lint bench clean images test-images
 
 setup:
 	bash scripts/setup.sh
@@ -30,6 +30,11 @@ test: setup
 	$(VENV)/bin/ruff check agent collector tcpscope tests bench scripts
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -v $(PYTEST_ARGS)
+
+# Both container images (localhost/tcpscope-{agent,collector}:dev) with podman, from a debootstrap
+# base when no registry is reachable; installs podman/buildah/runc/debootstrap when missing.
+images:
+	bash scripts/images.sh
 
 bench: setup
 	$(PY) -m bench
