@@ -47,7 +47,9 @@ def with_bpf_caps(profile: dict[str, Any]) -> dict[str, Any]:
     denied: dict[str, dict[str, Any]] = {}  # syscall -> the explicit deny rule it was taken out of
     for rule in out["syscalls"]:
         split = [n for n in rule["names"] if n in SPLIT_CAPS]
-        if split and rule["action"] != "SCMP_ACT_ALLOW" and "CAP_SYS_ADMIN" in _caps(rule, "excludes"):
+        excluded = _caps(rule, "excludes")
+        if (split and rule["action"] != "SCMP_ACT_ALLOW" and "CAP_SYS_ADMIN" in excluded
+                and not any(SPLIT_CAPS[n] in excluded for n in split)):
             for name in split:
                 denied[name] = rule
             rule = {**rule, "names": [n for n in rule["names"] if n not in SPLIT_CAPS]}
@@ -55,6 +57,9 @@ def with_bpf_caps(profile: dict[str, Any]) -> dict[str, Any]:
                 continue
         rules.append(rule)
     for name, cap in SPLIT_CAPS.items():
+        if any(r["action"] == "SCMP_ACT_ALLOW" and name in r["names"] and _caps(r, "includes") == [cap]
+               and not r.get("args") for r in rules):
+            continue  # already there (moby's own profile, or a profile made by this script)
         rules.append({"names": [name], "action": "SCMP_ACT_ALLOW", "args": [],
                       "comment": f"tcpscope: {name} with {cap} (Linux >= 5.8), as moby's profile",
                       "includes": {"caps": [cap]}, "excludes": {}})

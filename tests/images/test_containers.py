@@ -274,3 +274,26 @@ def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[st
     role = {1: "ACTIVE", 2: "PASSIVE"}
     _check_exchange([(role[e.lifecycle.role], e.lifecycle.tx_bytes, e.lifecycle.rx_bytes, e.process.pid,
                       e.local.port) for e in events if e.HasField("lifecycle")], ex)
+
+
+@pytest.mark.parametrize(("profile", "mode"), [(None, "0"), ({"type": "RuntimeDefault"}, "2")])
+def test_the_agent_container_gets_exactly_the_rendered_privileges(seccomp: dict[str, Path], netns: str,
+                                                                  tmp_path: Path, profile: dict[str, str] | None,
+                                                                  mode: str) -> None:
+    """The translation is not vacuous: inside the agent container, as the kernel reports it."""
+    pod = AgentPod(_values(traffic.free_port(), profile), seccomp["moby"], seccomp, tmp_path, netns)
+    probe = ("grep -E '^(Uid|Gid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; "
+             "touch /opt/x 2>/dev/null && echo root-writable; touch /tmp/x && echo tmp-writable; "
+             "touch /lib/modules/x 2>/dev/null && echo modules-writable; cat /proc/self/uid_map")
+    res = podman.run_to_end(pod.name, AGENT_IMAGE, pod.agent_args(["--entrypoint", "/bin/sh"]), ["-c", probe],
+                            pod.network)
+    assert res.returncode == 0, res.stderr
+    status = dict(line.split(":", 1) for line in res.stdout.splitlines() if ":" in line)
+    caps = (1 << 38) | (1 << 39)  # CAP_PERFMON, CAP_BPF: the chart's list, nothing else
+    assert status["Uid"].split() == ["0"] * 4 and status["Gid"].split() == ["0"] * 4
+    assert [int(status[k], 16) for k in ("CapEff", "CapPrm", "CapBnd", "CapAmb")] == [caps, caps, caps, 0]
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == mode  # 0: Unconfined, 2: a filter
+    lines = res.stdout.splitlines()
+    assert "root-writable" not in lines and "modules-writable" not in lines and "tmp-writable" in lines
+    assert lines[-1].split() == ["0", "0", "4294967295"]  # no user namespace: real uid 0, as in the chart
