@@ -15,7 +15,7 @@ format, and nothing else:
      explicitly to return EPERM rather than the default ENOSYS; that errno is kept).
 Every other rule, the default action and the architectures are the input's, unchanged.
 
-Used by the container test (tests/images/test_containers.py) as the moby-equivalent profile, and
+Used by the container test (tests/containers/test_containers.py) as the moby-equivalent profile, and
 by operators to make the Localhost profile for CRI-O nodes (docs/deployment.md):
 
     python3 scripts/seccomp_profile.py /usr/share/containers/seccomp.json > tcpscope-agent.json

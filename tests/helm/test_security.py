@@ -43,7 +43,7 @@ def test_agent_has_exactly_the_proven_capabilities() -> None:
     sc = _agent()["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": AGENT_CAPS}
     assert sc["runAsUser"] == 0  # added capabilities are only effective for uid 0 in Kubernetes
-    # the one default every runtime accepts (tests/images/test_containers.py runs each choice)
+    # the one default every runtime accepts (tests/containers/test_containers.py runs each choice)
     assert sc["seccompProfile"] == {"type": "Unconfined"}
     assert sc["appArmorProfile"] == {"type": "RuntimeDefault"}
 

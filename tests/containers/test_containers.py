@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -115,16 +116,47 @@ class AgentPod:
         return [*_env_overridden(args, NO_API), *(extra or [])]
 
 
+def _summary(stderr: str) -> str:
+    """The agent's loss summary line ("tcpscope-agent: N events out, lost M (...)")."""
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("tcpscope-agent: ") and " events out, lost " in ln]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
 def _events(stdout: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
-def _check_exchange(lifecycles: list[tuple[str, int, int, int, int]], ex: traffic.Exchange) -> None:
-    """(role, tx, rx, pid, local port) of the exchange's two sockets, exact."""
-    assert sorted(lifecycles) == [
-        ("ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.client_port),
-        ("PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port),
-    ]
+Fact = tuple[str, str, int, int, int, int]  # kind, role, tx bytes, rx bytes, pid, port
+
+
+def _expected(ex: traffic.Exchange, connections: str) -> list[Fact]:
+    """What the agent reports for one exchange, per agent.connections mode, exactly.
+
+    each: one Lifecycle per socket (port = its local port). aggregate: one Flow per role with
+    connections 1, keyed by the server port (the client's ephemeral port is not in the key)."""
+    if connections == "each":
+        return sorted([("lifecycle", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.client_port),
+                       ("lifecycle", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port)])
+    return sorted([("flow", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.server_port),
+                   ("flow", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port)])
+
+
+def _facts_json(events: list[dict[str, Any]]) -> list[Fact]:
+    """Facts from the agent's JSON lines (proto3 JSON: 64-bit numbers are strings, zeros omitted)."""
+    out: list[Fact] = []
+    for e in events:
+        if "lifecycle" in e:
+            lc = e["lifecycle"]
+            out.append(("lifecycle", lc["role"], int(lc.get("tx_bytes", 0)), int(lc.get("rx_bytes", 0)),
+                        e["process"]["pid"], e["local"]["port"]))
+        elif "flow" in e:
+            f = e["flow"]
+            assert int(f["connections"]) == 1, e
+            port = e["local"].get("port") or e["remote"]["port"]
+            out.append(("flow", f["role"], int(f.get("tx_bytes", 0)), int(f.get("rx_bytes", 0)), e["process"]["pid"],
+                        port))
+    return sorted(out)
 
 
 def _agent_run(pod: AgentPod, port: int) -> tuple[int, str, str, traffic.Exchange | None]:
@@ -140,32 +172,45 @@ def _agent_run(pod: AgentPod, port: int) -> tuple[int, str, str, traffic.Exchang
         return rc, c.out(), c.err(), ex
 
 
-def _values(port: int, seccomp_profile: dict[str, str] | None = None) -> dict[str, Any]:
+def _values(port: int, seccomp_profile: dict[str, str] | None = None, connections: str | None = None
+            ) -> dict[str, Any]:
+    """The chart's defaults except: only the test's port (so nothing else on the machine is
+    reported) and no remote-end enrichment (it needs the API server)."""
     agent: dict[str, Any] = {"ports": [port]}
     if seccomp_profile is not None:
         agent["seccompProfile"] = seccomp_profile
+    if connections is not None:
+        agent["connections"] = connections
     return {"agent": agent, "enrichment": {"remote": "off"}}
 
 
+def _connections(pod: AgentPod) -> str:
+    (agent,) = pod.pod["containers"]
+    mode: str = next(e["value"] for e in agent["env"] if e["name"] == "TCPSCOPE_CONNECTIONS")
+    return mode
+
+
 # (case id, seccompProfile value (None = the chart's default), runtime behind RuntimeDefault,
-#  node has its own kernel headers)
+#  node has its own kernel headers, agent.connections (None = the chart's default))
 WORKING = [
-    ("chart-default-on-crio", None, "crio", True),
-    ("chart-default-on-moby", None, "moby", False),
-    ("runtime-default-on-moby", {"type": "RuntimeDefault"}, "moby", True),
-    ("localhost-on-crio", {"type": "Localhost", "localhostProfile": LOCALHOST_PROFILE}, "crio", False),
+    ("chart-default-on-crio", None, "crio", True, None),
+    ("chart-default-on-moby", None, "moby", False, None),
+    ("runtime-default-on-moby", {"type": "RuntimeDefault"}, "moby", True, "each"),
+    ("localhost-on-crio", {"type": "Localhost", "localhostProfile": LOCALHOST_PROFILE}, "crio", False, None),
 ]
 
 
-@pytest.mark.parametrize(("profile", "runtime", "host_headers"), [w[1:] for w in WORKING], ids=[w[0] for w in WORKING])
+@pytest.mark.parametrize(("profile", "runtime", "host_headers", "connections"), [w[1:] for w in WORKING],
+                         ids=[w[0] for w in WORKING])
 def test_agent_container_reports_exact_bytes(seccomp: dict[str, Path], netns: str, tmp_path: Path,
-                                             profile: dict[str, str] | None, runtime: str, host_headers: bool) -> None:
+                                             profile: dict[str, str] | None, runtime: str, host_headers: bool,
+                                             connections: str | None) -> None:
     port = traffic.free_port()
     empty = tmp_path / "bare-node"  # a node without headers: empty /lib/modules and /usr/src
     (empty / "modules").mkdir(parents=True)
     (empty / "src").mkdir()
     host_paths = None if host_headers else {"host-modules": str(empty / "modules"), "host-usr-src": str(empty / "src")}
-    pod = AgentPod(_values(port, profile), seccomp[runtime], seccomp, tmp_path, netns, host_paths)
+    pod = AgentPod(_values(port, profile, connections), seccomp[runtime], seccomp, tmp_path, netns, host_paths)
     if profile is None:  # the chart's default must be one every runtime accepts
         assert pod.pod["containers"][0]["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
 
@@ -182,9 +227,8 @@ def test_agent_container_reports_exact_bytes(seccomp: dict[str, Path], netns: st
     assert rc == 0, err
     events = _events(out)
     assert all(e["node"] == NODE for e in events)
-    _check_exchange([(e["lifecycle"]["role"], int(e["lifecycle"]["tx_bytes"]), int(e["lifecycle"]["rx_bytes"]),
-                      e["process"]["pid"], e["local"]["port"]) for e in events if "lifecycle" in e], ex)
-    assert err.strip().splitlines()[-1].startswith(f"tcpscope-agent: {len(events)} events out, lost 0 (")
+    assert _facts_json(events) == _expected(ex, _connections(pod))
+    assert _summary(err).startswith(f"tcpscope-agent: {len(events)} events out, lost 0 (")
 
 
 def test_runtime_default_on_crio_is_refused_by_seccomp(seccomp: dict[str, Path], netns: str, tmp_path: Path) -> None:
@@ -195,7 +239,7 @@ def test_runtime_default_on_crio_is_refused_by_seccomp(seccomp: dict[str, Path],
     pod.init()
     rc, out, err, ex = _agent_run(pod, port)
     assert ex is None and rc == 2, err
-    assert "could not open bpf map: events, error: Operation not permitted" in err
+    assert re.search(r"^could not open bpf map: \w+, error: Operation not permitted$", err, re.M), err
     last = err.strip().splitlines()[-1]
     assert last.startswith("tcpscope-agent: error: compiling or loading the BPF programs failed"), err
     assert out == ""
@@ -224,7 +268,7 @@ def _consume(port: int, topic: str, sent: int) -> list[tuple[list[tuple[str, byt
 
 def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[str, Path], netns: str,
                                                                 tmp_path: Path) -> None:
-    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total
+    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total, to_json
     from tests.support.kafka import _broker_bin
 
     port, kafka_port = traffic.free_port(), free_port()
@@ -255,8 +299,8 @@ def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[st
                 agent.wait_for("tcpscope-agent: attached:", timeout=120)
                 ex = traffic.tcp_exchange(port=port, client_bytes=300_000, server_bytes=777)
                 assert agent.stop() == 0, agent.err()
-                summary = agent.err().strip().splitlines()[-1]
-            assert summary.startswith("tcpscope-agent: ") and ", lost 0 (" in summary, agent.err()
+                summary = _summary(agent.err())
+            assert ", lost 0 (" in summary, agent.err()
             sent = int(summary.split()[1])
             assert agent.out() == ""  # stdout is off when the collector is on (agent.stdout: auto)
             assert collector.stop() == 0, collector.err()
@@ -271,9 +315,7 @@ def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[st
     assert len(events) == sent  # every event the agent sent, once, and nothing else
     assert sum(lost_total(s) for s in summaries) == 0
     assert {e.node for e in events} == {s.node for s in summaries} == {NODE}
-    role = {1: "ACTIVE", 2: "PASSIVE"}
-    _check_exchange([(role[e.lifecycle.role], e.lifecycle.tx_bytes, e.lifecycle.rx_bytes, e.process.pid,
-                      e.local.port) for e in events if e.HasField("lifecycle")], ex)
+    assert _facts_json([json.loads(to_json(e)) for e in events]) == _expected(ex, _connections(pod))
 
 
 @pytest.mark.parametrize(("profile", "mode"), [(None, "0"), ({"type": "RuntimeDefault"}, "2")])
