@@ -39,7 +39,7 @@ images:
 # The images run by podman as the chart's rendered pods run them (tests/containers; CI runs it
 # after `make test`). Builds the images first; a warm run takes about a minute.
 test-images: setup images
-	$(PY) -m pytest -v tests/containers $(PYTEST_ARGS)
+	TCPSCOPE_IMAGE_TAG=$${TAG:-dev} $(PY) -m pytest -v tests/containers $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench

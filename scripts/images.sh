@@ -87,15 +87,20 @@ echo "images: base $base ($((SECONDS - t0)) s)"
 
 # ---- the two images -----------------------------------------------------------------------------
 build() {
-  local name=$1 file=$2 t=$SECONDS
+  local name=$1 file=$2 t=$SECONDS old
+  old=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "localhost/$name:$TAG" 2>/dev/null || true)
   "${PODMAN[@]}" build --network host "${ULIMITS[@]}" -v "$CA:/run/host-ca.crt:ro" \
     --build-arg PIP_CERT=/run/host-ca.crt --build-arg "BASE_IMAGE=$base" -f "$file" -t "localhost/$name:$TAG" . >&2
   echo "images: built localhost/$name:$TAG ($((SECONDS - t)) s)"
+  # the image this tag replaced (only it: other builds may share this storage); kept if in use
+  new=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "localhost/$name:$TAG")
+  if [ -n "$old" ] && [ "$old" != "$new" ]; then
+    "${PODMAN[@]}" rmi "$old" >/dev/null 2>&1 || true
+  fi
 }
 build tcpscope-agent Dockerfile.agent
 build tcpscope-collector Dockerfile.collector
 
-"${PODMAN[@]}" image prune -f >/dev/null   # dangling layers of earlier builds
 for name in tcpscope-agent tcpscope-collector; do
   size=$("${PODMAN[@]}" image inspect --format '{{.Size}}' "localhost/$name:$TAG")
   echo "images: localhost/$name:$TAG $((size / 1000000)) MB"
