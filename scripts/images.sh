@@ -30,7 +30,7 @@ PODMAN=(podman --runtime runc --cgroup-manager cgroupfs)
 ULIMITS=(--ulimit nofile=16384:16384 --ulimit nproc=4096:4096)
 CA=/etc/ssl/certs/ca-certificates.crt
 
-DEB_PKGS=(podman buildah runc debootstrap golang-github-containers-common ca-certificates)
+DEB_PKGS=(podman buildah runc debootstrap golang-github-containers-common containers-storage ca-certificates)
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -138,6 +138,7 @@ def _expected(ex: traffic.Exchange, connections: str) -> list[Fact]:
     if connections == "each":
         return sorted([("lifecycle", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.client_port),
                        ("lifecycle", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port)])
+    assert connections == "aggregate", connections
     return sorted([("flow", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.server_port),
                    ("flow", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port)])
 

@@ -4,6 +4,7 @@
 user and group, capabilities, privileged / no-new-privileges, read-only root, seccomp, resource
 limits, env and every volume mount. It refuses any field it does not translate, so a security
 setting added to the chart later fails the container test instead of being silently dropped.
+Ports and probes are read but not acted on: they are no privilege, and nothing here runs a kubelet.
 
 What a runtime decides itself is passed in, not guessed: what `RuntimeDefault` seccomp means
 (containers-common's profile on CRI-O, moby's on Docker and containerd), where `Localhost`
