@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup run agent sim test lint bench clean
+.PHONY: setup run agent sim test lint bench clean images test-images
 
 setup:
 	bash scripts/setup.sh
@@ -30,7 +30,17 @@ lint: setup
 test: setup
 	$(VENV)/bin/ruff check agent collector tcpscope tests bench scripts
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -v $(PYTEST_ARGS)
+	$(PY) -m pytest -v --ignore=tests/containers $(PYTEST_ARGS)
+
+# Both container images (localhost/tcpscope-{agent,collector}:dev) with podman, from a debootstrap
+# base when no registry is reachable; installs podman/buildah/runc/debootstrap when missing.
+images:
+	bash scripts/images.sh
+
+# The images run by podman as the chart's rendered pods run them (tests/containers; CI runs it
+# after `make test`). Builds the images first; a warm run takes about a minute.
+test-images: setup images
+	TCPSCOPE_IMAGE_TAG=$${TAG:-dev} $(PY) -m pytest -v tests/containers $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench

@@ -43,8 +43,25 @@ def test_agent_has_exactly_the_proven_capabilities() -> None:
     sc = _agent()["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": AGENT_CAPS}
     assert sc["runAsUser"] == 0  # added capabilities are only effective for uid 0 in Kubernetes
-    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # the one default every runtime accepts (tests/containers/test_containers.py runs each choice)
+    assert sc["seccompProfile"] == {"type": "Unconfined"}
     assert sc["appArmorProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_unconfined_seccomp_is_the_agent_containers_alone() -> None:
+    pod = _agent_pod(KAFKA)
+    assert "seccompProfile" not in pod.get("securityContext", {})  # not pod-wide
+    init = pod["initContainers"][0]
+    assert init["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    coll = find(render(KAFKA), "Deployment")["spec"]["template"]["spec"]
+    assert coll["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert all("seccompProfile" not in c["securityContext"] for c in coll["containers"])
+
+
+@pytest.mark.parametrize("profile", [{"type": "RuntimeDefault"},
+                                     {"type": "Localhost", "localhostProfile": "tcpscope-agent.json"}])
+def test_documented_seccomp_choices_render_as_given(profile: dict[str, str]) -> None:
+    assert _agent({"agent": {"seccompProfile": profile}})["securityContext"]["seccompProfile"] == profile
 
 
 def test_init_and_collector_containers_have_no_capabilities_and_run_as_non_root() -> None:
@@ -177,6 +194,10 @@ def test_rbac_is_read_only_and_follows_remote_enrichment(
         ({"auth": {"token": {"enabled": True}}}, "secretName"),
         ({"collector": {"hpa": {"targetCPUUtilizationPercentage": 150}}}, "targetCPUUtilizationPercentage"),
         (merge(KAFKA, {"collector": {"kafka": {"recordLayout": "batch"}}}), "recordLayout"),
+        ({"agent": {"seccompProfile": {"type": "Localhost"}}}, "localhostProfile"),
+        ({"agent": {"seccompProfile": {"type": "Localhost", "localhostProfile": ""}}}, "localhostProfile"),
+        ({"agent": {"seccompProfile": {"type": "RuntimeDefault", "localhostProfile": "x.json"}}}, "seccompProfile"),
+        ({"agent": {"seccompProfile": {"type": "unconfined"}}}, "seccompProfile"),
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any], needle: str) -> None:
