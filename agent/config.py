@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tcpscope.identity import make_agent_id
 from tcpscope.settings import ConfigError, help_text, read_values, setting
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
@@ -125,8 +125,11 @@ class AgentConfig:
     )
     # --- streaming ---------------------------------------------------------------------------
     collector: str | None = setting("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
-    agent_id: str = setting("TCPSCOPE_AGENT_ID", "unique id of this agent process (default: node + random)",
-                         default="")
+    agent_id: str = setting(
+        "TCPSCOPE_AGENT_ID",
+        "a prefix for this agent's id; the id is always [PREFIX/]NODE/INCARNATION, unique per process "
+        "start, so a restarted agent never reuses batch ids (tcpscope/identity.py)",
+        default="")
     tls_ca: str | None = setting("TCPSCOPE_TLS_CA", "CA bundle to verify the collector (enables TLS)", default=None)
     tls_cert: str | None = setting("TCPSCOPE_TLS_CERT", "client certificate for mutual TLS", default=None)
     tls_key: str | None = setting("TCPSCOPE_TLS_KEY", "client key for mutual TLS", default=None)
@@ -203,8 +206,10 @@ class AgentConfig:
             raise ConfigError("--max-connection-events must be >= 0")
         if not self.node_name:
             object.__setattr__(self, "node_name", socket.gethostname())
-        if not self.agent_id:
-            object.__setattr__(self, "agent_id", f"{self.node_name}-{uuid.uuid4().hex[:12]}")
+        if "/" in self.node_name:
+            raise ConfigError(f"--node-name {self.node_name!r}: a node name holds no '/'")
+        # --agent-id is only a prefix: every process start is its own incarnation (issue 15)
+        object.__setattr__(self, "agent_id", make_agent_id(self.node_name, self.agent_id))
 
     @staticmethod
     def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcpscope.identity import prefix_of
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records, dedup_key
 from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
 
@@ -35,7 +36,7 @@ class TopicWatch:
 
     bootstrap: str
     topic: str
-    agent_ids: set[str]
+    agent_ids: set[str]  # the agents' --agent-id prefixes
     on_event: Callable[[TcpEvent], None] | None = None
     events: list[TcpEvent] = field(default_factory=list)
     losses: dict[str, int] = field(default_factory=dict)
@@ -101,7 +102,7 @@ class TopicWatch:
             self._take_one(d)
 
     def _take_one(self, d: Decoded) -> None:
-        if d.agent_id not in self.agent_ids:
+        if prefix_of(d.agent_id) not in self.agent_ids:  # --agent-id is a prefix (tcpscope/identity.py)
             return
         key = dedup_key(d)
         with self._cv:

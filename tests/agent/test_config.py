@@ -5,14 +5,26 @@ from __future__ import annotations
 import pytest
 
 from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError
+from tcpscope.identity import node_of, prefix_of
 
 
 def test_defaults_fill_node_name_and_agent_id() -> None:
     cfg = AgentConfig.from_args([], env={})
     assert cfg.node_name
-    assert cfg.agent_id.startswith(cfg.node_name + "-")
+    assert cfg.agent_id.startswith(cfg.node_name + "/")
     assert cfg.events == DEFAULT_EVENT_KINDS
     assert cfg.stdout is None and cfg.kubernetes is True
+
+
+def test_agent_id_is_a_prefix_and_unique_per_start() -> None:
+    """Issue 15: reusing --agent-id after a restart must not reuse batch ids."""
+    a = AgentConfig.from_args(["--agent-id", "team-x", "--node-name", "node-1"], env={})
+    b = AgentConfig.from_args(["--agent-id", "team-x", "--node-name", "node-1"], env={})
+    assert a.agent_id != b.agent_id
+    assert a.agent_id.startswith("team-x/node-1/") and b.agent_id.startswith("team-x/node-1/")
+    assert node_of(a.agent_id) == "node-1" and prefix_of(a.agent_id) == "team-x"
+    with pytest.raises(SystemExit):
+        AgentConfig.from_args(["--node-name", "a/b"], env={})
 
 
 def test_flags_override_environment() -> None:
