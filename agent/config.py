@@ -151,6 +151,12 @@ class AgentConfig:
         "TCPSCOPE_DRAIN_GRACE", "seconds to drain to the collector on SIGTERM before reporting the rest lost",
         default=10.0,
     )
+    state_dir: str | None = setting(
+        "TCPSCOPE_STATE_DIR",
+        "directory on the node (a hostPath) for the agent's state file: an agent that ends without "
+        "draining leaves a mark there, and the next one reports the window nobody observed",
+        default=None,
+    )
     metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
@@ -276,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-max-age", type=float, help=h("batch_max_age"))
     p.add_argument("--buffer-max-events", type=int, help=h("buffer_max_events"))
     p.add_argument("--drain-grace", type=float, help=h("drain_grace"))
+    p.add_argument("--state-dir", help=h("state_dir"))
     p.add_argument("--metrics-port", type=int, help=h("metrics_port"))
     p.add_argument("--log-level", help=h("log_level"))
     return p

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -35,15 +36,20 @@ def build_enrichers(config: AgentConfig) -> list[Enricher]:
     return build_enrichment(config)
 
 
-def build_sink(config: AgentConfig, out: TextIO, metrics: AgentMetrics | None = None) -> Sink:
-    """The sink: stdout with --stdout, the exporter with --collector, both fanned out when both given."""
+def build_sink(config: AgentConfig, out: TextIO, metrics: AgentMetrics | None = None,
+               on_attached: list[Callable[[], None]] | None = None) -> Sink:
+    """The sink: stdout with --stdout, the exporter with --collector, both fanned out when both given.
+    What must run once the programs are attached is appended to `on_attached`."""
     sinks: list[Sink] = []
     if config.stdout is not None:
         sinks.append(StdoutSink(config.stdout, out))
     if config.collector:
         from agent.export import build_exporter
 
-        sinks.append(build_exporter(config, metrics))
+        exporter = build_exporter(config, metrics)
+        if on_attached is not None:
+            on_attached.append(exporter.attached)  # report the windows nobody observed before now
+        sinks.append(exporter)
     if not sinks:
         raise ConfigError("nothing to do: pass --stdout table|json or --collector HOST:PORT")
     return sinks[0] if len(sinks) == 1 else FanOut(sinks)
@@ -56,7 +62,8 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     metrics = AgentMetrics()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
-    sink = build_sink(config, out, metrics)
+    on_attached: list[Callable[[], None]] = []
+    sink = build_sink(config, out, metrics, on_attached)
     enrichers = build_enrichers(config)
 
     def enrichment_stats() -> dict[str, int]:
@@ -68,6 +75,8 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     metrics.watch_enrichment(enrichment_stats)
     plan = plan or build_plan(config)
     loaded = load(plan)
+    for hook in on_attached:
+        hook()
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
     source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
     metrics.watch_flows(source.flow_counters)

@@ -5,12 +5,15 @@
 
 from __future__ import annotations
 
+import time
+
 from agent.config import AgentConfig
 from agent.export.exporter import Exporter, ExporterSettings, OutgoingBatch, split_losses
+from agent.export.journal import NodeJournal
 from agent.export.transport import GrpcTransport, TransportSettings
 from agent.metrics import AgentMetrics
 
-__all__ = ["Exporter", "ExporterSettings", "GrpcTransport", "OutgoingBatch", "TransportSettings",
+__all__ = ["Exporter", "ExporterSettings", "GrpcTransport", "NodeJournal", "OutgoingBatch", "TransportSettings",
            "build_exporter", "split_losses"]
 
 
@@ -23,7 +26,11 @@ def build_exporter(config: AgentConfig, metrics: AgentMetrics | None = None) -> 
         target=config.collector, tls_ca=config.tls_ca, tls_cert=config.tls_cert, tls_key=config.tls_key,
         tls_server_name=config.tls_server_name, token_file=config.token_file, compression=config.compression,
     ), metrics)
+    journal = None
+    if config.state_dir:
+        journal = NodeJournal.open(config.state_dir, config.node_name, config.agent_id,
+                                   lambda: time.time_ns())
     return Exporter(ExporterSettings(
         node=config.node_name, agent_id=config.agent_id, batch_max_events=config.batch_max_events,
         batch_max_age=config.batch_max_age, buffer_max_events=config.buffer_max_events,
-    ), transport, metrics)
+    ), transport, metrics, journal=journal)

@@ -20,6 +20,10 @@ Policy (the transport only sends and resends; every decision about what to keep 
   not duplicate anything.) Any other refusal leaves the batches alone: the transport retries.
 - Shutdown: `close(grace_s)` seals what is open, waits up to grace_s for acks, then counts what is
   still unacked under `agent.shutdown_unsent` (logged; it can no longer travel in the stream).
+- Unobserved windows (agent/export/journal.py, with `--state-dir`): the journal is told of every
+  seal and settled batch, so the next incarnation can report what this one could not deliver;
+  windows to report (`report_unobserved`) ride on the next batch and, like loss counts, move on to
+  a later batch when theirs is dropped.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from typing import Protocol
 from agent.metrics import AgentMetrics
 from tcpscope.losses import POSSIBLE_LOSS_REASONS
 from tcpscope.refusal import SPLITTABLE
-from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent
+from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent, UnobservedWindow
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +58,7 @@ class OutgoingBatch:
     events: int
     lost: dict[str, int]
     sends: int = 0
+    windows: list[UnobservedWindow] = field(default_factory=list)
 
 
 class BatchSource(Protocol):
@@ -76,6 +81,18 @@ class BatchSource(Protocol):
     def on_stream_reset(self) -> None:
         """The stream broke: every sent-unacked batch goes back to be sent again, in order."""
         ...
+
+
+class Journal(Protocol):
+    """What the exporter tells the node journal (agent/export/journal.py)."""
+
+    def sealed(self, sequence: int, events: int, sent_ns: int, carries_windows: bool) -> None: ...
+
+    def settled(self, sequence: int, acked: bool) -> None: ...
+
+    def closed(self, drained: bool) -> None: ...
+
+    def attached(self) -> list[UnobservedWindow]: ...
 
 
 class Transport(Protocol):
@@ -122,6 +139,7 @@ class _State:
     inflight: OrderedDict[int, OutgoingBatch] = field(default_factory=OrderedDict)
     held_events: int = 0  # events in unsent + inflight
     pending_lost: dict[str, int] = field(default_factory=dict)
+    pending_windows: list[UnobservedWindow] = field(default_factory=list)
     last_upstream: dict[str, int] = field(default_factory=dict)
     own_lost: dict[str, int] = field(default_factory=dict)
     next_seq: int = 1
@@ -134,7 +152,8 @@ class Exporter:
     """agent.pipeline.Sink that streams batches through a Transport (which runs its own thread)."""
 
     def __init__(self, settings: ExporterSettings, transport: Transport, metrics: AgentMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 journal: Journal | None = None) -> None:
         if not 1 <= settings.batch_max_events <= settings.buffer_max_events:
             raise ValueError("need 1 <= batch_max_events <= buffer_max_events")
         self._s = settings
@@ -147,6 +166,7 @@ class Exporter:
         self._cap = settings.batch_max_events  # lowered when the collector refuses a batch as too big
         self._metrics.buffer_capacity.set(settings.buffer_max_events)
         self._started = False
+        self._journal = journal
 
     @property
     def metrics(self) -> AgentMetrics:
@@ -189,13 +209,28 @@ class Exporter:
         with self._cond:
             return dict(self._st.own_lost)
 
+    def attached(self) -> None:
+        """The agent is attached to the kernel: report the windows the node journal knows of."""
+        if self._journal is not None:
+            self.report_unobserved(self._journal.attached())
+
+    def report_unobserved(self, windows: Sequence[UnobservedWindow]) -> None:
+        """Send these windows nobody observed with the next batch (sealed within batch_max_age)."""
+        if not windows:
+            return
+        with self._cond:
+            self._st.pending_windows.extend(windows)
+            if self._st.open_since is None:
+                self._st.open_since = self._clock()
+            self._cond.notify_all()
+
     def close(self, grace_s: float) -> None:
         """Seal what is open, wait up to grace_s for the collector to ack everything, count the rest."""
         deadline = self._clock() + grace_s
         with self._cond:
             st = self._st
             st.closing = True
-            if st.open or st.pending_lost:
+            if st.open or st.pending_lost or st.pending_windows:
                 self._seal(self._clock())
             self._cond.notify_all()
             while (st.unsent or st.inflight) and self._started:
@@ -203,7 +238,8 @@ class Exporter:
                 if left <= 0:
                     break
                 self._cond.wait(min(left, 0.1))
-                if st.pending_lost:  # a loss while closing (a refused batch dropped): report it too
+                if st.pending_lost or st.pending_windows:  # a loss while closing (a refused batch
+                    # dropped): report it too
                     self._seal(self._clock())
                     self._cond.notify_all()
         self._transport.stop(timeout_s=2.0)
@@ -218,6 +254,8 @@ class Exporter:
                 st.inflight.clear()
                 st.held_events = 0
             self._metrics.buffer_events.set(0)
+            if self._journal is not None:
+                self._journal.closed(drained=not left_events)
 
     # --- BatchSource (called from the transport thread) --------------------------------------------
     def begin_stream(self) -> int:
@@ -255,6 +293,8 @@ class Exporter:
             b = self._st.inflight.pop(sequence, None)
             if b is None:
                 return  # a duplicate ack, or a batch dropped meanwhile
+            if self._journal is not None:
+                self._journal.settled(sequence, acked=True)
             self._st.held_events -= b.events
             self._metrics.batches_acked.inc()
             self._metrics.events_acked.inc(b.events)
@@ -278,14 +318,16 @@ class Exporter:
                     log.warning("collector refused batch %d of %d events (%s: %s): splitting it, and "
                                 "batches now hold at most %d events", sequence, b.events, reason, details,
                                 half)
-                first = self._make_batch(events[:half], b.lost)
-                second = self._make_batch(events[half:], {})
+                first = self._make_batch(events[:half], b.lost, b.windows)
+                second = self._make_batch(events[half:], {}, [])
                 st.unsent.extendleft((second, first))
                 st.held_events += b.events
             else:
                 self._report_dropped([b], REASON_REFUSED)
                 log.error("collector refused batch %d (%s: %s): %d events dropped, counted as %s",
                           sequence, reason, details, b.events, REASON_REFUSED)
+            if self._journal is not None:
+                self._journal.settled(sequence, acked=False)
             self._metrics.buffer_events.set(len(st.open) + st.held_events)
             self._cond.notify_all()
 
@@ -323,27 +365,35 @@ class Exporter:
 
     def _seal_if_due(self, now: float) -> None:
         st = self._st
-        if st.closing and not (st.open or st.pending_lost):
+        if st.closing and not (st.open or st.pending_lost or st.pending_windows):
             return
         if st.open_since is not None and now - st.open_since >= self._s.batch_max_age:
             self._seal(now)
         elif st.open_since is None and now - st.last_seal >= self._s.heartbeat_s:
             self._seal(now)  # heartbeat: an empty batch with zero losses
 
-    def _make_batch(self, events: Sequence[TcpEvent], lost: dict[str, int]) -> OutgoingBatch:
-        """Serialize events and loss deltas as the next sequence (the caller queues and counts it)."""
+    def _make_batch(self, events: Sequence[TcpEvent], lost: dict[str, int],
+                    windows: Sequence[UnobservedWindow]) -> OutgoingBatch:
+        """Serialize events, loss deltas and unobserved windows as the next sequence (the caller
+        queues and counts it)."""
         st = self._st
         batch = EventBatch(schema_version=SCHEMA_VERSION, node=self._s.node, agent_id=self._s.agent_id,
                            sequence=st.next_seq)
         batch.events.extend(events)
         batch.lost.CopyFrom(split_losses(lost))
-        batch.sent_time.FromNanoseconds(int(self._wall() * 1e9))
+        batch.unobserved.extend(windows)
+        sent_ns = int(self._wall() * 1e9)
+        batch.sent_time.FromNanoseconds(sent_ns)
         st.next_seq += 1
-        return OutgoingBatch(batch.sequence, batch.SerializeToString(), len(events), dict(lost))
+        if self._journal is not None:
+            self._journal.sealed(batch.sequence, len(events), sent_ns, bool(windows))
+        return OutgoingBatch(batch.sequence, batch.SerializeToString(), len(events), dict(lost),
+                             windows=list(windows))
 
     def _seal(self, now: float) -> None:
         st = self._st
-        st.unsent.append(self._make_batch(st.open, st.pending_lost))
+        st.unsent.append(self._make_batch(st.open, st.pending_lost, st.pending_windows))
+        st.pending_windows = []
         st.held_events += len(st.open)
         st.open = []
         st.open_since = None
@@ -358,10 +408,13 @@ class Exporter:
         for b in batches:
             for r, n in b.lost.items():  # its loss report must still reach the stream
                 st.pending_lost[r] = st.pending_lost.get(r, 0) + n
+            st.pending_windows.extend(b.windows)  # and so must its unobserved windows
+            if self._journal is not None:
+                self._journal.settled(b.sequence, acked=False)
         if dropped:
             self._count_own(reason, dropped)
             st.pending_lost[reason] = st.pending_lost.get(reason, 0) + dropped
-        if st.pending_lost and st.open_since is None:
+        if (st.pending_lost or st.pending_windows) and st.open_since is None:
             st.open_since = self._clock()
         return dropped
 

@@ -1,0 +1,88 @@
+"""The node journal: a previous incarnation's state file becomes the window nobody observed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from agent.export.exporter import Exporter, ExporterSettings
+from agent.export.journal import NodeJournal, state_path
+from tcpscope.v1.events_pb2 import EventBatch
+from tests.agent.export.test_exporter import Clock, FakeTransport, _take
+from tests.support.events import make_event
+
+
+class Wall:
+    def __init__(self) -> None:
+        self.ns = 1_700_000_000_000_000_000
+
+    def __call__(self) -> int:
+        return self.ns
+
+
+def _exporter(tmp: Path, agent_id: str, wall: Wall, clock: Clock) -> Exporter:
+    journal = NodeJournal.open(str(tmp), "n1", agent_id, wall)
+    return Exporter(ExporterSettings("n1", agent_id, 3, 1.0, 30, heartbeat_s=5.0), FakeTransport(),
+                    clock=clock, wall=lambda: wall.ns / 1e9, journal=journal)
+
+
+def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(tmp_path: Path) -> None:
+    wall, clock = Wall(), Clock()
+    old = _exporter(tmp_path, "n1/old", wall, clock)
+    old.attached()
+    assert _take(old, old.begin_stream()) == []  # no previous incarnation: nothing to report
+    started = wall.ns
+    exp_gen = old.begin_stream()
+    wall.ns += 1_000_000_000
+    old.emit([make_event(i) for i in range(9)], {})  # batches 1, 2, 3 of 3 events
+    b1, _b2, b3 = _take(old, exp_gen)
+    old.on_ack("n1/old", b1.sequence)
+    old.on_ack("n1/old", b3.sequence)  # acks come out of order: 2 is still outstanding
+    doc = json.loads(state_path(str(tmp_path), "n1").read_text())
+    assert (doc["state"], doc["first_unacked_sequence"], doc["unacked_batches"], doc["unacked_events"]) == \
+        ("running", 2, 1, 3)
+    # kill -9: nothing more is written. The next incarnation attaches 5 s later.
+    wall.ns += 5_000_000_000
+    new = _exporter(tmp_path, "n1/new", wall, clock)
+    new.attached()
+    clock.t += 1.0
+    new.emit([], {})
+    (b,) = _take(new, new.begin_stream())
+    batch = EventBatch.FromString(b.data)
+    (w,) = batch.unobserved
+    assert (w.node, w.previous_agent_id, w.agent_id, w.cause) == ("n1", "n1/old", "n1/new", "crash")
+    assert (w.first_unacked_sequence, w.last_sequence, w.unacked_batches, w.unacked_events) == (2, 3, 1, 3)
+    assert w.from_time.ToNanoseconds() == started + 1_000_000_000  # batch 1 sealed then, all before it acked
+    assert w.to_time.ToNanoseconds() == wall.ns and w.uncounted
+    # until that batch is acked the window stays unreported in the file: a second crash passes it on
+    doc = json.loads(state_path(str(tmp_path), "n1").read_text())
+    assert len(doc["unreported"]) == 1
+    third = NodeJournal.open(str(tmp_path), "n1", "n1/third", wall)
+    assert [x.previous_agent_id for x in third.attached()] == ["n1/old", "n1/new"]
+    # once acked, it is gone from the file
+    new.on_ack("n1/new", b.sequence)
+    assert json.loads(state_path(str(tmp_path), "n1").read_text())["unreported"] == []
+
+
+def test_a_drained_stop_reports_only_the_time_between(tmp_path: Path) -> None:
+    wall, clock = Wall(), Clock()
+    old = _exporter(tmp_path, "n1/old", wall, clock)
+    old.attached()
+    old.emit([make_event(1)], {})
+    gen = old.begin_stream()
+    clock.t += 1.0
+    old.emit([], {})
+    (b,) = _take(old, gen)
+    old.on_ack("n1/old", b.sequence)
+    wall.ns += 2_000_000_000
+    old.close(0)
+    stopped = wall.ns
+    wall.ns += 3_000_000_000
+    new = _exporter(tmp_path, "n1/new", wall, clock)
+    new.attached()
+    clock.t += 1.0
+    new.emit([], {})
+    (w,) = EventBatch.FromString(_take(new, new.begin_stream())[0].data).unobserved
+    assert (w.cause, w.unacked_events, w.unacked_batches) == ("restart", 0, 0)
+    assert w.from_time.ToNanoseconds() == w.last_alive_time.ToNanoseconds() == stopped
+    assert w.to_time.ToNanoseconds() == stopped + 3_000_000_000
