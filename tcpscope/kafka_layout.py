@@ -49,6 +49,7 @@ H_BATCH_INDEX = "batch-index"  # event records: position of the event in its bat
 H_BATCH_EVENTS = "batch-events"  # summary records: how many event records the batch produced
 H_LOST_TOTAL = "lost-total"  # summary records: kernel + agent_buffer + enrichment
 H_BATCH_INDEXES = "batch-indexes"  # packed records: the events' positions in their batch, "0,4,9"
+H_UNOBSERVED = "unobserved-windows"  # summary records whose batch reports windows nobody observed
 
 RECORD_EVENT = "event"
 RECORD_SUMMARY = "batch-summary"
@@ -181,6 +182,7 @@ def batch_records(batch: EventBatch, value_format: str = "protobuf", layout: str
         (H_SCHEMA, SCHEMA_BATCH.encode()), (H_SCHEMA_VERSION, version), (H_RECORD, RECORD_SUMMARY.encode()),
         (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq),
         (H_BATCH_EVENTS, str(len(batch.events)).encode()), (H_LOST_TOTAL, str(lost_total(batch)).encode()),
+        *([(H_UNOBSERVED, str(len(batch.unobserved)).encode())] if batch.unobserved else []),
     ]))
     return out
 
@@ -280,6 +282,27 @@ def dedup_key(d: Decoded) -> tuple[str, int, int]:
     return (d.agent_id, d.sequence, d.index if d.kind == RECORD_EVENT else -1)
 
 
+def fingerprint(d: Decoded) -> int:
+    """What a record under one dedup key must repeat exactly when it is a genuine resend: for an event,
+    everything the agent produced (the collector's `--resolve-remote` may fill the remote end's
+    identity differently on a resend, so only its address and port count); for a summary, the batch
+    header, losses and unobserved windows. Two records with one dedup key and different fingerprints
+    are a conflict (two producers under one agent id), never a duplicate."""
+    if d.event is not None:
+        ev = d.event
+        kind = ev.WhichOneof("kind")
+        body = getattr(ev, kind).SerializeToString(deterministic=True) if kind else b""
+        return hash((ev.time.seconds, ev.time.nanos, ev.node, ev.socket_id, ev.local.SerializeToString(
+            deterministic=True), ev.remote.ip, ev.remote.port, ev.process.pid, ev.process.comm,
+            ev.process.cgroup_id, kind, body))
+    if d.summary is not None:
+        return hash(d.summary.SerializeToString(deterministic=True))
+    return 0
+
+
+NEW, REPEAT, CONFLICT = "new", "repeat", "conflict"
+
+
 class RecentKeys:
     """A bounded set of the most recently seen keys. At-least-once delivery repeats a batch soon
     after its first copy (the agent resends what was unacked when its stream broke), so a window
@@ -289,7 +312,23 @@ class RecentKeys:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self.capacity = capacity
-        self._keys: OrderedDict[Hashable, None] = OrderedDict()
+        self._keys: OrderedDict[Hashable, tuple[int, ...] | None] = OrderedDict()
+
+    def see(self, key: Hashable, fp: int) -> str:
+        """NEW the first time a key is seen within the window; REPEAT when it comes again with the same
+        fingerprint (at-least-once delivery); CONFLICT when it comes with different content: the
+        record must then be kept and reported, never dropped as a duplicate."""
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            fps = self._keys[key]
+            if fps is None or fp in fps:
+                return REPEAT
+            self._keys[key] = (*fps, fp)  # a resend of either version is then a plain repeat
+            return CONFLICT
+        self._keys[key] = (fp,)
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return NEW
 
     def add(self, key: Hashable) -> bool:
         """True the first time a key is seen within the window, False for a repeat."""

@@ -36,7 +36,18 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from tcpscope import resetcause
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, RecentKeys, decode_records, dedup_key
+from tcpscope.gaps import Conflicts, Gaps
+from tcpscope.kafka_layout import (
+    CONFLICT,
+    RECORD_EVENT,
+    RECORD_SUMMARY,
+    REPEAT,
+    Decoded,
+    RecentKeys,
+    decode_records,
+    dedup_key,
+    fingerprint,
+)
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
@@ -527,6 +538,8 @@ class Report:
     duplicates: int = 0
     undecodable: int = 0
     _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
+    gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tcpscope/gaps.py)
+    conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content
 
     def take(self, d: Decoded, keep: Callable[[TcpEvent], bool] | None = None) -> None:
         """One decoded record; repeats of a record that at-least-once delivery published twice are
@@ -534,9 +547,13 @@ class Report:
         if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
             self.undecodable += 1
             return
-        if not self._seen.add(dedup_key(d)):
+        seen = self._seen.see(dedup_key(d), fingerprint(d))
+        if seen == REPEAT:
             self.duplicates += 1
             return
+        if seen == CONFLICT:  # kept and reported: dropping it could hide a real event behind a forged one
+            self.conflicts.add(d)
+        self.gaps.take(d)
         if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
             if keep is None or keep(d.event):
@@ -561,15 +578,20 @@ class Report:
                    "pairs": [r.to_json() for r in rows], "losses": dict(sorted(self.losses.items())),
                    "batches": self.batches, "events": self.events, "duplicates": self.duplicates,
                    "undecodable_records": self.undecodable,
-                   "skipped": dict(sorted(self.summarizer.skipped.items()))}
+                   "skipped": dict(sorted(self.summarizer.skipped.items())),
+                   "gaps": self.gaps.json_list(), "conflicts": self.conflicts.count,
+                   "conflict_examples": self.conflicts.examples}
             return json.dumps(doc) + "\n"
         lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
         maybe = self.losses.get("kernel_skipped_runs", 0)
+        gap_lines = self.gaps.footer_lines()
+        conflict = self.conflicts.line()
+        complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
         foot = (f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
-                + ("no events lost" if not lost else f"LOST {lost} events: {self.losses}")
+                + (complete if not lost else f"LOST {lost} events: {self.losses}")
                 + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
                 + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
-                + "\n")
+                + "\n" + "".join(line + "\n" for line in [*gap_lines, conflict] if line))
         return render_table(rows) + foot
 
 

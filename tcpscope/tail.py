@@ -20,13 +20,17 @@ from typing import Any, TextIO
 
 from tcpscope import render, resetcause, timeline
 from tcpscope import summary as summary_mode
+from tcpscope.gaps import unobserved_line
 from tcpscope.kafka_layout import (
+    CONFLICT,
     RECORD_EVENT,
     RECORD_SUMMARY,
+    REPEAT,
     Decoded,
     RecentKeys,
     decode_records,
     dedup_key,
+    fingerprint,
     lost_total,
 )
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
@@ -164,7 +168,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     consumer = open_consumer(o)
     deadline = None if o.duration is None else time.monotonic() + o.duration
     recent = RecentKeys(LIVE_DEDUP_WINDOW)
-    repeats = undecodable = 0
+    repeats = undecodable = conflicts = 0
 
     def bad_record(r: Any, e: Exception) -> None:
         nonlocal undecodable
@@ -181,9 +185,17 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
-            if not recent.add(dedup_key(d)):
+            seen = recent.see(dedup_key(d), fingerprint(d))
+            if seen == REPEAT:
                 repeats += 1  # a batch the collector published twice (at least once): shown once
                 continue
+            if seen == CONFLICT:  # two producers under one agent id: show both, say so
+                conflicts += 1
+                err.write(f"# CONFLICT: agent {d.agent_id} batch {d.sequence}"
+                          + (f" index {d.index}" if d.kind == RECORD_EVENT else " summary")
+                          + " seen before with different content (two producers under one agent id): "
+                            "both shown\n")
+                err.flush()
             if d.kind == RECORD_EVENT and d.event is not None:
                 shown = keep(d.event)
                 held, done = hold.add(d.event, time.monotonic_ns(), shown)
@@ -193,6 +205,9 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                 show_released(done)
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
                 hold.join.add_batch(d.agent_id, d.summary)
+                for w in d.summary.unobserved:
+                    err.write(unobserved_line(w) + "\n")
+                    err.flush()
             if d.kind == RECORD_SUMMARY and d.summary is not None and (
                     lost_total(d.summary) or d.summary.lost.kernel_skipped_runs):
                 reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
@@ -206,9 +221,11 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         consumer.close()
         with contextlib.suppress(BrokenPipeError):
             show_released(hold.release(time.monotonic_ns(), everything=True))
-        if repeats or undecodable:
+        if repeats or undecodable or conflicts:
             err.write(f"# {repeats} repeated records (batches published twice) shown once; "
-                      f"{undecodable} records that are not tcpscope records skipped\n")
+                      f"{undecodable} records that are not tcpscope records skipped"
+                      + (f"; {conflicts} CONFLICTS (records under another record's dedup key, shown)"
+                         if conflicts else "") + "\n")
             err.flush()
     return 0
 
@@ -232,8 +249,14 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
                     except Exception:  # a foreign record must not stop the timeline
                         continue
                     for d in decoded:
-                        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY) or not recent.add(dedup_key(d)):
+                        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                             continue
+                        seen = recent.see(dedup_key(d), fingerprint(d))
+                        if seen == REPEAT:
+                            continue
+                        if seen == CONFLICT:  # kept: never drop a record as a "duplicate" of another
+                            err.write(f"# CONFLICT: agent {d.agent_id} batch {d.sequence} seen before with "
+                                      "different content (two producers under one agent id): both kept\n")
                         if d.event is not None:
                             events.append(d.event)
                         elif d.summary is not None:

@@ -93,7 +93,8 @@ class NodeJournal:
                                  first_unacked_sequence=int(prev.get("first_unacked_sequence", 0)),
                                  last_sequence=int(prev.get("last_sequence", 0)),
                                  unacked_batches=int(prev.get("unacked_batches", 0)),
-                                 unacked_events=int(prev.get("unacked_events", 0)))
+                                 unacked_events=int(prev.get("unacked_events", 0)),
+                                 unacked_sequences=[int(x) for x in prev.get("unacked_sequences", [])])
             complete = alive if state == DRAINED else int(prev.get("complete_through_ns", 0))
             w.from_time.FromNanoseconds(complete or int(prev.get("started_ns", 0)))
             w.to_time.FromNanoseconds(now)
@@ -148,6 +149,7 @@ class NodeJournal:
             "complete_through_ns": self.complete_through_ns, "last_sequence": self.last_sequence,
             "first_unacked_sequence": min(self.unacked) if self.unacked else 0,
             "unacked_batches": len(self.unacked), "unacked_events": sum(self.unacked.values()),
+            "unacked_sequences": sorted(self.unacked),
             "unreported": [json_format.MessageToDict(w, preserving_proto_field_name=True) for w in self.unreported],
         }
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -52,6 +52,7 @@ def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(t
     (w,) = batch.unobserved
     assert (w.node, w.previous_agent_id, w.agent_id, w.cause) == ("n1", "n1/old", "n1/new", "crash")
     assert (w.first_unacked_sequence, w.last_sequence, w.unacked_batches, w.unacked_events) == (2, 3, 1, 3)
+    assert list(w.unacked_sequences) == [2]
     assert w.from_time.ToNanoseconds() == started + 1_000_000_000  # batch 1 sealed then, all before it acked
     assert w.to_time.ToNanoseconds() == wall.ns and w.uncounted
     # until that batch is acked the window stays unreported in the file: a second crash passes it on
