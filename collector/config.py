@@ -48,7 +48,25 @@ class CollectorConfig:
         default=None,
     )
     token_file: str | None = setting(
-        "TCPSCOPE_TOKEN_FILE", "file holding the bearer token agents must send", default=None
+        "TCPSCOPE_TOKEN_FILE",
+        "file holding a shared bearer token agents must send; it trusts every holder to speak for every "
+        "node (prefer --tokenreview or mutual TLS, which bind each agent to its node)",
+        default=None,
+    )
+    tokenreview: bool = setting(
+        "TCPSCOPE_TOKENREVIEW",
+        "authenticate agents by their projected ServiceAccount token (Kubernetes TokenReview) and bind "
+        "each stream to the node of the token's pod (collector/identity.py)",
+        default=False,
+    )
+    token_audience: str = setting(
+        "TCPSCOPE_TOKEN_AUDIENCE", "audience the agents' projected tokens must carry", default="tcpscope-collector"
+    )
+    agent_service_accounts: tuple[str, ...] = setting(
+        "TCPSCOPE_AGENT_SERVICE_ACCOUNTS",
+        "with --tokenreview: NAMESPACE/NAME of the agents' ServiceAccounts, comma separated (empty: any "
+        "ServiceAccount, still bound to its pod's node)",
+        default=(),
     )
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_security_protocol: str = setting(
@@ -159,6 +177,10 @@ class CollectorConfig:
             raise ConfigError(f"--kafka-sasl-mechanism must be one of {KAFKA_SASL_MECHANISMS}")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ConfigError("SASL security protocols need --kafka-sasl-mechanism")
+        if self.tokenreview and self.token_file:
+            raise ConfigError("--tokenreview and --token-file are alternatives (a shared token binds no node)")
+        if any(a.count("/") != 1 or a.startswith("/") or a.endswith("/") for a in self.agent_service_accounts):
+            raise ConfigError("--agent-service-accounts takes NAMESPACE/NAME entries")
         if min(self.max_batch_events, self.max_message_bytes, self.max_inflight_batches) < 1:
             raise ConfigError("--max-* limits must be >= 1")
         if self.metrics_by not in METRICS_BY:

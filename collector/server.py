@@ -67,8 +67,15 @@ class CollectorServer:
             if not await loop.run_in_executor(None, remote.wait_synced, cfg.remote_sync_timeout):
                 log.warning("Kubernetes API not synced within %.1fs; remote ends resolve once it is "
                             "(counted as miss_api_unavailable until then)", cfg.remote_sync_timeout)
+        reviewer = None
+        if cfg.tokenreview:
+            from agent.enrich.kube import load_api_client
+            from collector.identity import TokenReviewer
+
+            reviewer = TokenReviewer(load_api_client(cfg.kubeconfig), cfg.token_audience,
+                                     frozenset(cfg.agent_service_accounts))
         service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token(), self._enricher,
-                                   self._observer)
+                                   self._observer, reviewer=reviewer)
         self._service = service
         hard_limit = 2 * cfg.max_message_bytes + 1024 * 1024  # above it gRPC refuses by itself
         server = grpc.aio.server(options=[

@@ -27,6 +27,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector.config import CollectorConfig
+from collector.identity import AuthFailure, ClientIdentity, TokenReviewer, check_binding
 from collector.metrics import CollectorMetrics
 from collector.publisher import Publisher
 from collector.remote import BatchEnricher
@@ -54,7 +55,8 @@ class Refusal:
 
 
 def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None) -> EventBatch | Refusal:
-    """Parse and check one batch; peer_names is the client certificate's identities under mTLS."""
+    """Parse and check one batch; peer_names is the nodes the client authenticated as (certificate
+    names under mTLS, the token's pod's node under --tokenreview), None when nothing binds it."""
     if len(raw) > cfg.max_message_bytes:
         return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
                        f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}",
@@ -74,13 +76,10 @@ def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None
     if not batch.agent_id or not batch.node or batch.sequence == 0:
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id",
                        "batch needs node, agent_id and a sequence >= 1")
-    if peer_names is not None:
-        if batch.node not in peer_names:
-            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "node_mismatch",
-                           f"node {batch.node!r} does not match the client certificate")
-        if any(ev.node and ev.node != batch.node for ev in batch.events):
-            return Refusal(grpc.StatusCode.PERMISSION_DENIED, "node_mismatch",
-                           "an event claims another node than the batch")
+    if peer_names is not None:  # the nodes the client authenticated as (collector/identity.py)
+        bad = check_binding(batch, peer_names)
+        if bad is not None:
+            return Refusal(grpc.StatusCode.PERMISSION_DENIED, bad[0], bad[1])
     return batch
 
 
@@ -124,13 +123,14 @@ class CollectorService:
 
     def __init__(self, cfg: CollectorConfig, publisher: Publisher, metrics: CollectorMetrics,
                  token: str | None, enricher: BatchEnricher | None = None,
-                 observer: BatchObserver | None = None) -> None:
+                 observer: BatchObserver | None = None, reviewer: TokenReviewer | None = None) -> None:
         self._cfg = cfg
         self._observer = observer
         self._publisher = publisher
         self._metrics = metrics
         self._token = token
         self._enricher = enricher
+        self._reviewer = reviewer
         self._slots = asyncio.Semaphore(cfg.max_inflight_batches)
         # one thread: enrichment state is single-threaded and batches are prepared in arrival order
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
@@ -191,6 +191,21 @@ class CollectorService:
                 return Refusal(grpc.StatusCode.UNAUTHENTICATED, "bad_token", "invalid bearer token")
         return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
 
+    async def _review(self, metadata: Sequence[tuple[str, str | bytes]]) -> ClientIdentity | Refusal:
+        """--tokenreview: who the bearer token's pod is, and so which node the stream speaks for."""
+        assert self._reviewer is not None
+        token = next(((v if isinstance(v, str) else v.decode(errors="replace")) for k, v in metadata
+                      if k.lower() == "authorization"), "")
+        if not token.startswith("Bearer ") or not token.removeprefix("Bearer ").strip():
+            return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
+        loop = asyncio.get_running_loop()
+        got = await loop.run_in_executor(None, self._reviewer.review, token.removeprefix("Bearer ").strip())
+        if isinstance(got, AuthFailure):
+            code = grpc.StatusCode.UNAVAILABLE if got.retry else grpc.StatusCode.UNAUTHENTICATED
+            return Refusal(code, got.reason, got.details)
+        log.debug("stream authenticated as %s", got.who)
+        return got
+
     async def _refuse(self, context: grpc.aio.ServicerContext[bytes, BatchAck], r: Refusal) -> None:
         self._metrics.rejected.labels(r.reason).inc()
         log.warning("refusing stream from %s: %s (%s)", context.peer(), r.details, r.code.name)
@@ -202,7 +217,8 @@ class CollectorService:
     async def stream(self, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:
         """Collector.Stream: read batches, publish each, write its ack once Kafka acked it."""
-        refusal = self._authenticate(list(context.invocation_metadata() or ()))
+        metadata = list(context.invocation_metadata() or ())
+        refusal = self._authenticate(metadata)
         if refusal:
             await self._refuse(context, refusal)
             return
@@ -210,6 +226,12 @@ class CollectorService:
             await self._refuse(context, _SHUTTING_DOWN)
             return
         peer_names = peer_identities(context) if self._cfg.tls_client_ca else None
+        if self._reviewer is not None:
+            bound = await self._review(metadata)
+            if isinstance(bound, Refusal):
+                await self._refuse(context, bound)
+                return
+            peer_names = bound.nodes if peer_names is None else peer_names & bound.nodes
         out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()  # None: the reader is done
         publishing: set[asyncio.Task[None]] = set()
 

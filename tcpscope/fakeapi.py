@@ -14,6 +14,13 @@ the real `kubernetes` client and for any informer-style list+watch loop:
 - `fieldSelector` (`spec.nodeName=N`, `metadata.namespace=X`, `!=` too); an object that stops
   matching a watch's selector is sent to it as DELETED, one that starts matching as ADDED.
 
+TokenReview (`POST /apis/authentication.k8s.io/v1/tokenreviews`) answers as kube-apiserver does for
+projected ServiceAccount tokens: `issue_token(namespace, service_account, pod)` mints one bound to a
+pod and audiences; a review returns `status.authenticated`, the `system:serviceaccount:NS:NAME`
+user with the pod's name and uid in `user.extra`, or `authenticated: false` and an error for an
+unknown, revoked or wrong-audience token. `reviewers` (bearer tokens allowed to create reviews,
+None = anyone) stands in for RBAC: others get 403 Forbidden.
+
 Objects are changed programmatically (`add`, `update`, `delete`); `stop`/`start`/`restart` take the
 server off and on the same port, and `compact` forgets history so older watches get 410. It uses
 only the standard library so the simulator can ship it. `make_pod`, `make_service` and `make_node`
@@ -207,6 +214,52 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
+    # --- TokenReview ------------------------------------------------------------------------------
+    def do_POST(self) -> None:
+        owner = self.server.owner
+        url = urlsplit(self.path)
+        with owner.lock:
+            owner.requests.append(f"POST {self.path}")
+        length = int(self.headers.get("Content-Length", "0") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if [p for p in url.path.split("/") if p] != ["apis", "authentication.k8s.io", "v1", "tokenreviews"]:
+            self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
+            return
+        caller = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if owner.reviewers is not None and caller not in owner.reviewers:
+            self._status(403, "Forbidden", 'tokenreviews.authentication.k8s.io is forbidden: User cannot '
+                                           'create resource "tokenreviews" in API group "authentication.k8s.io" '
+                                           "at the cluster scope")
+            return
+        try:
+            body = json.loads(raw or b"{}")
+            spec = body.get("spec") or {}
+            token = str(spec.get("token", ""))
+            audiences = list(spec.get("audiences") or [])
+        except (ValueError, AttributeError):
+            self._status(400, "BadRequest", "malformed TokenReview")
+            return
+        with owner.lock:
+            owner.reviews += 1
+            bound = owner.tokens.get(token)
+        status: JsonObj
+        if bound is None:
+            status = {"authenticated": False, "error": "[invalid bearer token, service account token is not valid]"}
+        elif audiences and not set(audiences) & set(bound.audiences):
+            status = {"authenticated": False,
+                      "error": f"[invalid bearer token, token audiences {bound.audiences} is invalid for the "
+                               f"target audiences {audiences}]"}
+        else:
+            ns = bound.namespace
+            status = {"authenticated": True, "audiences": audiences or list(bound.audiences), "user": {
+                "username": f"system:serviceaccount:{ns}:{bound.service_account}", "uid": bound.sa_uid,
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+                "extra": {"authentication.kubernetes.io/pod-name": [bound.pod],
+                          "authentication.kubernetes.io/pod-uid": [bound.pod_uid],
+                          "authentication.kubernetes.io/credential-id": [f"JTI={bound.jti}"]}}}
+        self._send_json(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                              "metadata": {"creationTimestamp": None}, "spec": spec, "status": status})
+
     # --- routing ------------------------------------------------------------------------------
     def do_GET(self) -> None:
         owner = self.server.owner
@@ -377,6 +430,19 @@ def status_object(code: int, reason: str, message: str) -> JsonObj:
             "message": message, "reason": reason, "code": code}
 
 
+@dataclass(frozen=True)
+class BoundToken:
+    """A projected ServiceAccount token as the API server knows it: its account, pod and audiences."""
+
+    namespace: str
+    service_account: str
+    pod: str
+    pod_uid: str
+    audiences: tuple[str, ...]
+    sa_uid: str
+    jti: str
+
+
 class FakeApiServer:
     """The stand-in: state survives stop/start (like etcd behind a restarted kube-apiserver)."""
 
@@ -388,6 +454,9 @@ class FakeApiServer:
         self.lock = threading.Lock()
         self.requests: list[str] = []
         self.watches_started = 0
+        self.tokens: dict[str, BoundToken] = {}
+        self.reviews = 0  # TokenReviews answered
+        self.reviewers: set[str] | None = None  # bearer tokens allowed to create TokenReviews (RBAC)
         self._srv: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -457,6 +526,25 @@ class FakeApiServer:
         }
         path.write_text(json.dumps(cfg, indent=1))
         return path
+
+    # --- ServiceAccount tokens -------------------------------------------------------------
+    def issue_token(self, namespace: str, service_account: str, pod: str, pod_uid: str = "",
+                    audiences: Iterable[str] = ("tcpscope-collector",)) -> str:
+        """A projected token for `pod` (its uid from the stored pod unless given), as the kubelet
+        would mount it. Looks like a JWT; only this server can review it."""
+        if not pod_uid:
+            stored = self.get("pods", pod, namespace)
+            pod_uid = str((stored or {}).get("metadata", {}).get("uid", "")) or str(uuid.uuid4())
+        token = "eyJhbGciOiJSUzI1NiJ9." + secrets.token_urlsafe(48) + "." + secrets.token_urlsafe(32)
+        with self.lock:
+            self.tokens[token] = BoundToken(namespace, service_account, pod, pod_uid, tuple(audiences),
+                                            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_account}")),
+                                            str(uuid.uuid4()))
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        with self.lock:
+            self.tokens.pop(token, None)
 
     # --- objects ----------------------------------------------------------------------------
     def add(self, obj: JsonObj) -> JsonObj:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import grpc
 
+from tcpscope.v1.events_pb2 import EventBatch
 from tests.support.collector import collector
 from tests.support.events import make_event
 from tests.support.kafka import Broker, consume_all
@@ -40,7 +41,8 @@ def test_mtls_node_must_match_certificate(kafka_broker: Broker, tmp_path: Path) 
                         tls_client_ca=ca.ca_file)
     with collector(cfg) as col:
         target = f"localhost:{col.port}"
-        good = make_exporter(target, node="node-a", tls_ca=ca.ca_file, tls_cert=node_a.cert, tls_key=node_a.key)
+        good = make_exporter(target, node="node-a", agent_id="node-a/1", tls_ca=ca.ca_file, tls_cert=node_a.cert,
+                             tls_key=node_a.key)
         good.emit([make_event(i, node="node-a") for i in range(3)], {})
         good.close(10)
         assert good.metrics.value("tcpscope_agent_events_acked_total") == 3
@@ -52,6 +54,12 @@ def test_mtls_node_must_match_certificate(kafka_broker: Broker, tmp_path: Path) 
         with grpc.secure_channel(target, creds) as ch:
             assert _raw_stream(ch, [_batch(1, node="node-b")]) == (grpc.StatusCode.PERMISSION_DENIED, [])
         assert col.metrics.value("tcpscope_collector_rejected_total", reason="node_mismatch") == 1
+        # node-a's certificate, its own node, but node-b's agent id (issue 15): refused too
+        forged = EventBatch(schema_version=1, node="node-a", agent_id="node-b/20261130T100000Z-b", sequence=1)
+        forged.events.append(make_event(7, node="node-a"))
+        with grpc.secure_channel(target, creds) as ch:
+            assert _raw_stream(ch, [forged.SerializeToString()]) == (grpc.StatusCode.PERMISSION_DENIED, [])
+        assert col.metrics.value("tcpscope_collector_rejected_total", reason="agent_id_mismatch") == 1
         # no client certificate at all: the handshake fails
         with grpc.secure_channel(target, grpc.ssl_channel_credentials(Path(ca.ca_file).read_bytes())) as ch:
             code, acks = _raw_stream(ch, [_batch(1, node="node-a")])
