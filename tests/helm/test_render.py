@@ -67,7 +67,9 @@ def test_collector_set_renders_collector_objects_and_wires_agents() -> None:
     objects = render(KAFKA)
     assert kinds(objects) == [
         "ClusterRole/tcpscope-agent",
+        "ClusterRole/tcpscope-collector",  # TokenReviews of the agents' tokens (auth.serviceAccountToken)
         "ClusterRoleBinding/tcpscope-agent",
+        "ClusterRoleBinding/tcpscope-collector",
         "DaemonSet/tcpscope-agent",
         "Deployment/tcpscope-collector",
         "NetworkPolicy/tcpscope-agent",

@@ -68,11 +68,11 @@ def test_init_and_collector_containers_have_no_capabilities_and_run_as_non_root(
     init = _agent_pod()["initContainers"][0]
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert init["securityContext"]["runAsNonRoot"] is True
-    coll = find(render(KAFKA), "Deployment")["spec"]["template"]["spec"]
+    coll = find(render(merge(KAFKA, NO_SA_TOKEN)), "Deployment")["spec"]["template"]["spec"]
     assert coll["securityContext"]["runAsNonRoot"] is True
     assert coll["securityContext"]["runAsUser"] == 10001
     assert coll["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert coll["automountServiceAccountToken"] is False  # no API access unless remote=collector
+    assert coll["automountServiceAccountToken"] is False  # no API access unless remote=collector or TokenReview
 
 
 def test_privileged_fallback_is_explicit_and_replaces_the_list() -> None:
@@ -134,14 +134,17 @@ def _rules(objects: list[dict[str, Any]], suffix: str) -> list[Rule]:
 
 
 READ = ("get", "list", "watch")
+NO_SA_TOKEN = {"auth": {"serviceAccountToken": {"enabled": False}}}
+REVIEW: list[Rule] = [(("authentication.k8s.io",), ("tokenreviews",), ("create",))]
 
 
 @pytest.mark.parametrize(
     ("remote", "agent_rules", "collector_rules"),
     [
-        ("agent", [(("",), ("pods",), READ), (("",), ("services", "nodes"), READ)], None),
-        ("collector", [(("",), ("pods",), READ)], [(("",), ("pods", "services", "nodes"), READ)]),
-        ("off", [(("",), ("pods",), READ)], None),
+        ("agent", [(("",), ("pods",), READ), (("",), ("services", "nodes"), READ)],
+         [(("",), ("pods",), ("get",)), *REVIEW]),
+        ("collector", [(("",), ("pods",), READ)], [(("",), ("pods", "services", "nodes"), READ), *REVIEW]),
+        ("off", [(("",), ("pods",), READ)], [(("",), ("pods",), ("get",)), *REVIEW]),
     ],
 )
 def test_rbac_is_read_only_and_follows_remote_enrichment(

@@ -35,7 +35,7 @@ def merge(*parts: Mapping[str, Any]) -> dict[str, Any]:
 
 TLS = {
     "tls": {"enabled": True, "mutual": True, "serverSecret": "collector-tls", "clientSecret": "agent-tls"},
-    "auth": {"token": {"enabled": True, "secretName": "tcpscope-token"}},
+    "auth": {"token": {"enabled": True, "secretName": "tcpscope-token"}, "serviceAccountToken": {"enabled": False}},
 }
 SASL = {
     "collector": {
