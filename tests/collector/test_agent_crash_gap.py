@@ -19,10 +19,9 @@ import pytest
 
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, dedup_key
 from tcpscope.v1.events_pb2 import ACTIVE
-from tests.support.collector import collector
+from tests.support.collector import CollectorProcess
 from tests.support.kafka import Broker, consume_all, free_port
 from tests.support.kernel import require_root
-from tests.support.streaming import collector_cfg
 
 TOPIC = "crash-gap"
 NODE = "crash-node"
@@ -57,15 +56,23 @@ class Traffic:
             except OSError:
                 return
             c.recv(1)
+            c.recv(1)  # the client's FIN
             c.close()
 
     def _connect(self) -> None:
         nxt = time.monotonic()
+        cport = 20000 + (os.getpid() % 50) * 200  # each connection binds the next free port: none repeats
         while not self._stop.is_set():
-            s = socket.create_connection(("127.0.0.1", self.port))
-            cport = s.getsockname()[1]
+            s = socket.socket()
+            while True:
+                cport += 1
+                try:
+                    s.bind(("127.0.0.1", cport))
+                    break
+                except OSError:
+                    continue
+            s.connect(("127.0.0.1", self.port))
             s.sendall(b"x")
-            s.recv(1)  # the server's FIN: the server closes first, the client socket then closes at once
             s.close()
             self.done.append((cport, time.time_ns()))
             nxt += 1 / RATE
@@ -98,20 +105,31 @@ def _wait_attached(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
 
 
 @pytest.mark.root
+@pytest.mark.parametrize("collector_down", [False, True], ids=["agent-killed", "collector-down-then-agent-killed"])
 def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside_it(
-        kafka_broker: Broker, tmp_path: Path) -> None:
+        kafka_broker: Broker, tmp_path: Path, collector_down: bool) -> None:
+    """collector_down: the collector is killed first, so the agent dies holding batches it sent or
+    sealed that were never acknowledged: the window counts them exactly."""
     require_root()
     kafka_broker.create_topic(TOPIC)
     port = free_port()
     state = tmp_path / "state"
-    with collector(collector_cfg(kafka_broker.bootstrap, TOPIC)) as col:
+    col = CollectorProcess(kafka_broker.bootstrap, TOPIC)
+    col.start()
+    b: subprocess.Popen[bytes] | None = None
+    try:
         a = _agent(col.target, port, state, tmp_path / "a.log")
         _wait_attached(a, tmp_path / "a.log")
         traffic = Traffic(port)
         try:
             time.sleep(3)
+            if collector_down:
+                col.kill()
+                time.sleep(1.5)  # the agent seals batches nobody acknowledges
             a.send_signal(signal.SIGKILL)
             a.wait(10)
+            if collector_down:
+                col.start()  # same port
             time.sleep(1.5)
             b = _agent(col.target, port, state, tmp_path / "b.log")
             _wait_attached(b, tmp_path / "b.log")
@@ -121,6 +139,10 @@ def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside
         time.sleep(1.0)  # the last closes reach the agent
         b.send_signal(signal.SIGTERM)
         assert b.wait(30) == 0, (tmp_path / "b.log").read_text()
+    finally:
+        if b is not None and b.poll() is None:
+            b.kill()
+        col.kill()
     records = consume_all(kafka_broker.bootstrap, TOPIC, want=10**9, timeout=5)
     decoded = [d for r in records for d in decode_records(r.headers, r.value)]
 
@@ -165,11 +187,19 @@ def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside
     assert (gap["node"], gap["previous_agent_id"], gap["agent_id"], gap["cause"]) == \
         (NODE, w.previous_agent_id, w.agent_id, "crash")
     assert doc["conflicts"] == 0 and doc["events"] == len(keys)
+    # issue 15, item 4: both agents numbered their batches from 1 under the same --agent-id; under one
+    # id, these records of the new agent would have been dropped as "duplicates" of the old one's
+    old_keys = {(q, i) for a_id, q, i in keys if a_id == w.previous_agent_id}
+    reused = [k for k in keys if k[0] == w.agent_id and (k[1], k[2]) in old_keys]
+    assert reused
     old_events = {dedup_key(d) for d in decoded if d.kind == RECORD_EVENT and d.agent_id == w.previous_agent_id
                   and d.sequence in set(w.unacked_sequences)}
     assert gap["missing_events"] == w.unacked_events - len(old_events)
+    if collector_down:  # batches sealed while no collector acked them: counted, and really missing
+        assert w.unacked_batches == len(w.unacked_sequences) > 0 and gap["missing_events"] > 0
     table = subprocess.run([tail, *common], check=True, capture_output=True, text=True, timeout=60).stdout
     assert f"# UNOBSERVED node {NODE} from " in table and "no events lost" not in table
     print(f"made {len(made)} connections, {len(seen)} seen by an agent, {len(missing)} missing, all inside "
           f"the {(t - f) / 1e9:.2f}s window; unacked at the crash: {w.unacked_batches} batches, "
-          f"{w.unacked_events} events, {gap['missing_events']} of them not in Kafka")
+          f"{w.unacked_events} events, {gap['missing_events']} of them not in Kafka; {len(reused)} records of the "
+          f"new agent at (sequence, index) the old one had used, all counted")
