@@ -187,6 +187,11 @@ class AgentConfig:
                            ("--token-file", self.token_file)):
             if path and not os.access(path, os.R_OK):
                 raise ConfigError(f"{flag} {path}: not a readable file")
+        if self.state_dir:
+            d = self.state_dir
+            where = d if os.path.isdir(d) else os.path.dirname(os.path.abspath(d))
+            if (os.path.exists(d) and not os.path.isdir(d)) or not os.access(where, os.W_OK | os.X_OK):
+                raise ConfigError(f"--state-dir {d}: not a writable directory")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 0 <= self.metrics_port <= 65535:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 EXTRA_POD_NAME = "authentication.kubernetes.io/pod-name"
 EXTRA_POD_UID = "authentication.kubernetes.io/pod-uid"
+EXTRA_NODE_NAME = "authentication.kubernetes.io/node-name"  # Kubernetes 1.30+ (ServiceAccountTokenPodNodeInfo)
 SA_PREFIX = "system:serviceaccount:"
 
 
@@ -158,4 +159,7 @@ class TokenReviewer:
         node = obj.spec.node_name if obj.spec is not None else None
         if not node:
             return AuthFailure("pod_not_scheduled", f"pod {namespace}/{pod} has no node")
+        token_node = (extra.get(EXTRA_NODE_NAME) or [""])[0]
+        if token_node and token_node != node:
+            return AuthFailure("pod_not_found", f"pod {namespace}/{pod} runs on {node}, the token says {token_node}")
         return ClientIdentity(frozenset({node}), f"{account} pod {namespace}/{pod} on {node}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError
@@ -25,6 +27,14 @@ def test_agent_id_is_a_prefix_and_unique_per_start() -> None:
     assert node_of(a.agent_id) == "node-1" and prefix_of(a.agent_id) == "team-x"
     with pytest.raises(SystemExit):
         AgentConfig.from_args(["--node-name", "a/b"], env={})
+
+
+def test_state_dir_must_be_writable(tmp_path: Path) -> None:
+    assert AgentConfig.from_args(["--state-dir", str(tmp_path / "new")], env={}).state_dir == str(tmp_path / "new")
+    (tmp_path / "file").write_text("")
+    for bad in (str(tmp_path / "file"), str(tmp_path / "missing" / "deeper")):
+        with pytest.raises(SystemExit):
+            AgentConfig.from_args(["--state-dir", bad], env={})
 
 
 def test_flags_override_environment() -> None:

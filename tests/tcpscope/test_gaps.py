@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 
+from tcpscope import render
 from tcpscope.kafka_layout import H_UNOBSERVED, batch_records, decode_records, header_map
 from tcpscope.summary import Report, Summarizer, SummaryOptions
 from tcpscope.v1.events_pb2 import EventBatch, UnobservedWindow
 from tests.support.events import make_event
+from tests.support.kafka import Broker, kafka_broker
+
+__all__ = ["kafka_broker"]
 
 OLD, NEW = "node-a/20261130T100000Z-old", "node-a/20261130T100500Z-new"
 T0 = 1_700_000_000_000_000_000
@@ -74,3 +78,22 @@ def test_a_forged_record_under_a_real_dedup_key_is_kept_and_reported_never_dedup
     # the real events all count: none was dropped as a "duplicate" of a forged one
     assert len(doc["pairs"]) == 1 and doc["pairs"][0]["connections"] == 6
     assert "# CONFLICT: 3 records reuse the dedup key" in report.render("table", SummaryOptions())
+
+
+def test_live_tail_shows_both_conflicting_events_and_the_window(kafka_broker: Broker) -> None:
+    from tests.tcpscope.test_tail import TOPIC, _publish, _tail
+
+    kafka_broker.create_topic(TOPIC, partitions=1)
+    real, forged = _batch(OLD, 1, 0, 2), _batch(OLD, 1, 50, 2)
+    new1 = _batch(NEW, 1, 100, 1)
+    new1.unobserved.append(_window())
+    _publish(kafka_broker, [real, real, forged, new1])
+    out = _tail(kafka_broker, "--format", "json")
+    assert out.returncode == 0, out.stderr
+    shown = [e for b in (real, forged, new1) for e in b.events]
+    assert out.stdout.splitlines() == [render.json_line(e) for e in shown]  # the repeat once, both versions
+    assert out.stderr.count("# CONFLICT: agent") == 2
+    assert ("# UNOBSERVED node node-a from 2023-11-14T22:13:21Z to 2023-11-14T22:13:26.500000Z (5.500s, crash; "
+            f"agent {OLD} -> {NEW}): up to 5 events in 2 unacked batches and more that nobody could count") \
+        in out.stderr
+    assert "2 CONFLICTS" in out.stderr
