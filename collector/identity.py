@@ -67,7 +67,9 @@ def check_binding(batch: EventBatch, nodes: frozenset[str]) -> tuple[str, str] |
         return ("agent_id_mismatch", f"agent id {batch.agent_id!r} is not an agent id of node {batch.node!r} "
                                      "([PREFIX/]NODE/INCARNATION)")
     for w in batch.unobserved:
-        if w.node != batch.node or w.agent_id != batch.agent_id or (
+        # a window may have been passed on by an incarnation that died before reporting it: its
+        # agent ids need only be of this node
+        if w.node != batch.node or not belongs_to(w.agent_id, batch.node) or (
                 w.previous_agent_id and not belongs_to(w.previous_agent_id, batch.node)):
             return ("agent_id_mismatch", "an unobserved window names another node or agent")
     return None
