@@ -28,8 +28,11 @@ def build_exporter(config: AgentConfig, metrics: AgentMetrics | None = None) -> 
     ), metrics)
     journal = None
     if config.state_dir:
+        # how long an event can take from the kernel to a sealed batch: the window's start moves back by it
+        lag = (config.flow_interval if config.connections == "aggregate" else 0.0) \
+            + (config.pending_max_wait if config.kubernetes else 0.0) + config.batch_max_age + 0.5
         journal = NodeJournal.open(config.state_dir, config.node_name, config.agent_id,
-                                   lambda: time.time_ns())
+                                   lambda: time.time_ns(), lag)
     return Exporter(ExporterSettings(
         node=config.node_name, agent_id=config.agent_id, batch_max_events=config.batch_max_events,
         batch_max_age=config.batch_max_age, buffer_max_events=config.buffer_max_events,

@@ -49,6 +49,9 @@ class NodeJournal:
     agent_id: str
     wall_ns: Callable[[], int]
     previous: dict[str, Any] | None = None
+    # the longest an event can take from the kernel to a sealed batch (flow interval in aggregate
+    # mode, the wait for an unknown pod, batch age, polling): from_time is moved back by it
+    lag_ns: int = 0
     started_ns: int = 0
     last_sequence: int = 0
     unacked: dict[int, int] = field(default_factory=dict)  # sequence -> events
@@ -59,7 +62,7 @@ class NodeJournal:
     _attached: bool = False
 
     @staticmethod
-    def open(state_dir: str, node: str, agent_id: str, wall_ns: Callable[[], int]) -> NodeJournal:
+    def open(state_dir: str, node: str, agent_id: str, wall_ns: Callable[[], int], lag_s: float = 0.0) -> NodeJournal:
         """Read what the previous incarnation left (the file is only written after attached())."""
         path = state_path(state_dir, node)
         previous: dict[str, Any] | None = None
@@ -73,7 +76,7 @@ class NodeJournal:
             pass
         except (OSError, ValueError) as e:
             log.warning("state file %s unreadable (%s): the window before this agent cannot be reported", path, e)
-        return NodeJournal(path, node, agent_id, wall_ns, previous)
+        return NodeJournal(path, node, agent_id, wall_ns, previous, int(lag_s * 1e9))
 
     def attached(self) -> list[UnobservedWindow]:
         """The agent observes from now on: the windows to report (the previous incarnation's gap and
@@ -95,8 +98,13 @@ class NodeJournal:
                                  unacked_batches=int(prev.get("unacked_batches", 0)),
                                  unacked_events=int(prev.get("unacked_events", 0)),
                                  unacked_sequences=[int(x) for x in prev.get("unacked_sequences", [])])
-            complete = alive if state == DRAINED else int(prev.get("complete_through_ns", 0))
-            w.from_time.FromNanoseconds(complete or int(prev.get("started_ns", 0)))
+            started = int(prev.get("started_ns", 0))
+            if state == DRAINED:
+                complete = alive
+            else:  # batches sealed up to complete_through_ns were acked, but an event can reach a
+                # batch up to lag_ns after the kernel saw it: only events before that are surely in
+                complete = max(started, int(prev.get("complete_through_ns", 0)) - int(prev.get("lag_ns", 0)))
+            w.from_time.FromNanoseconds(complete or started)
             w.to_time.FromNanoseconds(now)
             w.last_alive_time.FromNanoseconds(alive)
             windows.append(w)
@@ -147,6 +155,7 @@ class NodeJournal:
             "version": FORMAT_VERSION, "node": self.node, "agent_id": self.agent_id, "state": state,
             "started_ns": self.started_ns, "updated_ns": self.wall_ns(),
             "complete_through_ns": self.complete_through_ns, "last_sequence": self.last_sequence,
+            "lag_ns": self.lag_ns,
             "first_unacked_sequence": min(self.unacked) if self.unacked else 0,
             "unacked_batches": len(self.unacked), "unacked_events": sum(self.unacked.values()),
             "unacked_sequences": sorted(self.unacked),

@@ -87,3 +87,25 @@ def test_a_drained_stop_reports_only_the_time_between(tmp_path: Path) -> None:
     assert (w.cause, w.unacked_events, w.unacked_batches) == ("restart", 0, 0)
     assert w.from_time.ToNanoseconds() == w.last_alive_time.ToNanoseconds() == stopped
     assert w.to_time.ToNanoseconds() == stopped + 3_000_000_000
+
+
+def test_from_time_moves_back_by_the_lag_but_not_before_the_start(tmp_path: Path) -> None:
+    """An event reaches a batch up to lag after the kernel saw it (a flow interval in aggregate mode):
+    only what happened before (last complete seal - lag) is surely in Kafka."""
+    wall, clock = Wall(), Clock()
+    start = wall.ns
+    old = Exporter(ExporterSettings("n1", "n1/old", 3, 1.0, 30, heartbeat_s=5.0), FakeTransport(), clock=clock,
+                   wall=lambda: wall.ns / 1e9, journal=NodeJournal.open(str(tmp_path), "n1", "n1/old", wall, 2.0))
+    old.attached()
+    gen = old.begin_stream()
+    for _ in range(3):  # one acked batch a second
+        wall.ns += 1_000_000_000
+        old.emit([make_event(i) for i in range(3)], {})
+        (b,) = _take(old, gen)
+        old.on_ack("n1/old", b.sequence)
+    (w,) = NodeJournal.open(str(tmp_path), "n1", "n1/new", wall).attached()
+    assert w.from_time.ToNanoseconds() == start + 3_000_000_000 - 2_000_000_000
+    fresh = NodeJournal.open(str(tmp_path / "x"), "n1", "n1/a", wall, 10.0)
+    fresh.attached()
+    (w,) = NodeJournal.open(str(tmp_path / "x"), "n1", "n1/b", wall).attached()
+    assert w.from_time.ToNanoseconds() == wall.ns  # never before the previous agent attached
