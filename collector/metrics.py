@@ -12,6 +12,11 @@ class CollectorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.streams_active = Gauge("tcpscope_collector_streams_active", "open agent streams", registry=r)
+        self.streams_ended = Counter(
+            "tcpscope_collector_streams_ended_total",
+            "agent streams ended, by how: agent_closed (the agent half-closed after draining), refused, "
+            "draining (this collector shut down), broken (the agent vanished: killed, or the link broke)",
+            ["how"], registry=r)
         self.batches_received = Counter(
             "tcpscope_collector_batches_received_total", "valid batches received from agents", registry=r)
         self.batches_acked = Counter(

@@ -108,6 +108,15 @@ _SHUTTING_DOWN = Refusal(grpc.StatusCode.UNAVAILABLE, "shutting_down",
                          "collector shutting down: reconnect and resend what was not acked")
 
 
+@dataclass
+class _StreamEnd:
+    """How one stream ended (agent_closed: the agent half-closed; refused; broken: anything else) and
+    the last batch read on it (node, agent id, sequence)."""
+
+    how: str = "broken"
+    last: tuple[str, str, int] | None = None
+
+
 @dataclass(eq=False)
 class _Stream:
     """An open Collector.Stream call, as drain() sees it."""
@@ -234,6 +243,7 @@ class CollectorService:
             peer_names = bound.nodes if peer_names is None else peer_names & bound.nodes
         out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()  # None: the reader is done
         publishing: set[asyncio.Task[None]] = set()
+        end = _StreamEnd()
 
         async def read() -> None:
             try:
@@ -241,15 +251,22 @@ class CollectorService:
                     received = time.monotonic()
                     checked = validate(raw, self._cfg, peer_names)
                     if isinstance(checked, Refusal):
+                        end.how = "refused"
                         await out.put(checked)
                         return
+                    end.last = (checked.node, checked.agent_id, checked.sequence)
                     self._count_received(checked)
                     await self._slots.acquire()  # backpressure: stop reading at the in-flight bound
                     self._metrics.inflight.inc()
                     task = asyncio.create_task(self._publish(checked, received, out))
                     publishing.add(task)
                     task.add_done_callback(publishing.discard)
-                if publishing:  # the agent half-closed: finish what is in flight, then end
+                # grpc.aio ends the request iterator the same way when the client half-closes and when
+                # its call is cancelled or its connection drops; the cancellation reaches this task
+                # just after. Wait for it briefly before calling the end clean (best effort).
+                await asyncio.sleep(0.1)
+                end.how = "agent_closed"  # the agent half-closed: a clean end
+                if publishing:  # finish what is in flight, then end
                     await asyncio.gather(*publishing, return_exceptions=True)
             finally:
                 if not self._draining:  # when draining, drain() ends the stream after its acks
@@ -262,15 +279,27 @@ class CollectorService:
         try:
             while (item := await out.get()) is not None:
                 if isinstance(item, Refusal):
+                    end.how = "refused"
                     await self._refuse(context, item)
                     return
                 await context.write(item)
         finally:
             self._streams.discard(me)
             self._metrics.streams_active.dec()
+            self._stream_ended(end)
             reader.cancel()
             for t in list(publishing):
                 t.cancel()
+
+    def _stream_ended(self, end: _StreamEnd) -> None:
+        """Count how a stream ended; an agent that vanished mid-stream (killed, node gone) is named, so
+        an unclean end is seen here even if no agent ever comes back to report its window."""
+        how = "draining" if self._draining and end.how == "broken" else end.how
+        self._metrics.streams_ended.labels(how).inc()
+        if how == "broken" and end.last is not None:
+            node, agent_id, seq = end.last
+            log.warning("stream of agent %s (node %s) ended without closing after batch %d: the agent "
+                        "stopped without draining, or its connection broke", agent_id, node, seq)
 
     def _count_received(self, batch: EventBatch) -> None:
         m = self._metrics

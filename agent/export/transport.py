@@ -83,7 +83,11 @@ class GrpcTransport:
         self._thread.start()
 
     def stop(self, timeout_s: float) -> None:
+        """End the stream cleanly if it can (the request stream ends: a half-close, which the collector
+        counts as a clean end after acking what it read), else cancel it."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(min(timeout_s, 1.0))  # _requests notices _stop within 0.2 s
         with self._lock:
             if self._cancel is not None:
                 self._cancel()
