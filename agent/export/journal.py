@@ -17,6 +17,7 @@ and those in the kernel buffer or the exporter's open batch when the process die
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -60,23 +61,52 @@ class NodeJournal:
     unreported: list[UnobservedWindow] = field(default_factory=list)
     reporting: set[int] = field(default_factory=set)  # sequences carrying the unreported windows
     _attached: bool = False
+    _lock_fd: int | None = None  # flock on agent-NODE.lock: one agent writes a node's state at a time
 
     @staticmethod
     def open(state_dir: str, node: str, agent_id: str, wall_ns: Callable[[], int], lag_s: float = 0.0) -> NodeJournal:
-        """Read what the previous incarnation left (the file is only written after attached())."""
-        path = state_path(state_dir, node)
-        previous: dict[str, Any] | None = None
+        """The journal of this incarnation; the previous one's state is read once attached()."""
+        return NodeJournal(state_path(state_dir, node), node, agent_id, wall_ns, None, int(lag_s * 1e9))
+
+    def _read_previous(self) -> dict[str, Any] | None:
         try:
-            raw = json.loads(path.read_text())
-            if isinstance(raw, dict) and raw.get("version") == FORMAT_VERSION:
-                previous = raw
-            else:
-                log.warning("state file %s has an unknown format: ignored", path)
+            raw = json.loads(self.path.read_text())
         except FileNotFoundError:
-            pass
+            return None
         except (OSError, ValueError) as e:
-            log.warning("state file %s unreadable (%s): the window before this agent cannot be reported", path, e)
-        return NodeJournal(path, node, agent_id, wall_ns, previous, int(lag_s * 1e9))
+            log.warning("state file %s unreadable (%s): the window before this agent cannot be reported",
+                        self.path, e)
+            return None
+        if isinstance(raw, dict) and raw.get("version") == FORMAT_VERSION:
+            return raw
+        log.warning("state file %s has an unknown format: ignored", self.path)
+        return None
+
+    def _try_lock(self) -> bool:
+        """Take the node's lock if free. The kernel releases it when the holder dies (kill -9 too), so
+        a held lock means another agent of this node is alive (a DaemonSet surge, two agents
+        started by hand): its state file is not a crash to report."""
+        if self._lock_fd is not None:
+            return True
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            log.warning("cannot open the lock of %s: %s", self.path, e)
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def release(self) -> None:
+        """Give up the node's lock (process exit does it too)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     def attached(self) -> list[UnobservedWindow]:
         """The agent observes from now on: the windows to report (the previous incarnation's gap and
@@ -85,7 +115,13 @@ class NodeJournal:
         self.started_ns = self.complete_through_ns = now
         self._attached = True
         windows: list[UnobservedWindow] = []
-        prev = self.previous
+        if not self._try_lock():
+            # another live agent of this node: no window (both observe), the file is taken over once
+            # that agent exits (_write tries again)
+            log.warning("another agent of node %s holds %s: this one takes the state file over when it "
+                        "exits", self.node, self.path.with_suffix(".lock"))
+            return windows
+        self.previous = prev = self._read_previous()
         if prev is not None and prev.get("agent_id") != self.agent_id:
             for w in prev.get("unreported", []):
                 windows.append(json_format.ParseDict(w, UnobservedWindow()))
@@ -136,6 +172,7 @@ class NodeJournal:
 
     def closed(self, drained: bool) -> None:
         self._write(DRAINED if drained and not self.unacked else UNDRAINED)
+        self.release()
 
     def _advance(self) -> None:
         """complete_through_ns: the seal time of the last batch that, with all before it, is settled."""
@@ -149,7 +186,7 @@ class NodeJournal:
                     del self.sealed_ns[s]
 
     def _write(self, state: str) -> None:
-        if not self._attached:
+        if not self._attached or not self._try_lock():
             return
         doc = {
             "version": FORMAT_VERSION, "node": self.node, "agent_id": self.agent_id, "state": state,

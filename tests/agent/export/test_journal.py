@@ -20,15 +20,15 @@ class Wall:
         return self.ns
 
 
-def _exporter(tmp: Path, agent_id: str, wall: Wall, clock: Clock) -> Exporter:
+def _exporter(tmp: Path, agent_id: str, wall: Wall, clock: Clock) -> tuple[Exporter, NodeJournal]:
     journal = NodeJournal.open(str(tmp), "n1", agent_id, wall)
     return Exporter(ExporterSettings("n1", agent_id, 3, 1.0, 30, heartbeat_s=5.0), FakeTransport(),
-                    clock=clock, wall=lambda: wall.ns / 1e9, journal=journal)
+                    clock=clock, wall=lambda: wall.ns / 1e9, journal=journal), journal
 
 
 def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(tmp_path: Path) -> None:
     wall, clock = Wall(), Clock()
-    old = _exporter(tmp_path, "n1/old", wall, clock)
+    old, old_journal = _exporter(tmp_path, "n1/old", wall, clock)
     old.attached()
     assert _take(old, old.begin_stream()) == []  # no previous incarnation: nothing to report
     started = wall.ns
@@ -41,9 +41,10 @@ def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(t
     doc = json.loads(state_path(str(tmp_path), "n1").read_text())
     assert (doc["state"], doc["first_unacked_sequence"], doc["unacked_batches"], doc["unacked_events"]) == \
         ("running", 2, 1, 3)
-    # kill -9: nothing more is written. The next incarnation attaches 5 s later.
+    # kill -9: nothing more is written, the kernel drops the node lock. The next one attaches 5 s later.
+    old_journal.release()
     wall.ns += 5_000_000_000
-    new = _exporter(tmp_path, "n1/new", wall, clock)
+    new, new_journal = _exporter(tmp_path, "n1/new", wall, clock)
     new.attached()
     clock.t += 1.0
     new.emit([], {})
@@ -59,7 +60,12 @@ def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(t
     doc = json.loads(state_path(str(tmp_path), "n1").read_text())
     assert len(doc["unreported"]) == 1
     third = NodeJournal.open(str(tmp_path), "n1", "n1/third", wall)
+    assert third.attached() == []  # "new" is alive (holds the node lock): nothing to report, no takeover
+    new_journal.release()
+    third = NodeJournal.open(str(tmp_path), "n1", "n1/third", wall)
     assert [x.previous_agent_id for x in third.attached()] == ["n1/old", "n1/new"]
+    third.release()
+    assert new_journal._try_lock()
     # once acked, it is gone from the file
     new.on_ack("n1/new", b.sequence)
     assert json.loads(state_path(str(tmp_path), "n1").read_text())["unreported"] == []
@@ -67,7 +73,7 @@ def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(t
 
 def test_a_drained_stop_reports_only_the_time_between(tmp_path: Path) -> None:
     wall, clock = Wall(), Clock()
-    old = _exporter(tmp_path, "n1/old", wall, clock)
+    old, _ = _exporter(tmp_path, "n1/old", wall, clock)
     old.attached()
     old.emit([make_event(1)], {})
     gen = old.begin_stream()
@@ -79,7 +85,7 @@ def test_a_drained_stop_reports_only_the_time_between(tmp_path: Path) -> None:
     old.close(0)
     stopped = wall.ns
     wall.ns += 3_000_000_000
-    new = _exporter(tmp_path, "n1/new", wall, clock)
+    new, _ = _exporter(tmp_path, "n1/new", wall, clock)
     new.attached()
     clock.t += 1.0
     new.emit([], {})
@@ -94,8 +100,9 @@ def test_from_time_moves_back_by_the_lag_but_not_before_the_start(tmp_path: Path
     only what happened before (last complete seal - lag) is surely in Kafka."""
     wall, clock = Wall(), Clock()
     start = wall.ns
+    journal = NodeJournal.open(str(tmp_path), "n1", "n1/old", wall, 2.0)
     old = Exporter(ExporterSettings("n1", "n1/old", 3, 1.0, 30, heartbeat_s=5.0), FakeTransport(), clock=clock,
-                   wall=lambda: wall.ns / 1e9, journal=NodeJournal.open(str(tmp_path), "n1", "n1/old", wall, 2.0))
+                   wall=lambda: wall.ns / 1e9, journal=journal)
     old.attached()
     gen = old.begin_stream()
     for _ in range(3):  # one acked batch a second
@@ -103,9 +110,11 @@ def test_from_time_moves_back_by_the_lag_but_not_before_the_start(tmp_path: Path
         old.emit([make_event(i) for i in range(3)], {})
         (b,) = _take(old, gen)
         old.on_ack("n1/old", b.sequence)
+    journal.release()
     (w,) = NodeJournal.open(str(tmp_path), "n1", "n1/new", wall).attached()
     assert w.from_time.ToNanoseconds() == start + 3_000_000_000 - 2_000_000_000
     fresh = NodeJournal.open(str(tmp_path / "x"), "n1", "n1/a", wall, 10.0)
     fresh.attached()
+    fresh.release()
     (w,) = NodeJournal.open(str(tmp_path / "x"), "n1", "n1/b", wall).attached()
     assert w.from_time.ToNanoseconds() == wall.ns  # never before the previous agent attached
