@@ -72,8 +72,12 @@ class CollectorServer:
             from agent.enrich.kube import load_api_client
             from collector.identity import TokenReviewer
 
-            reviewer = TokenReviewer(load_api_client(cfg.kubeconfig), cfg.token_audience,
-                                     frozenset(cfg.agent_service_accounts))
+            try:
+                api = load_api_client(cfg.kubeconfig)
+            except Exception as e:  # no kubeconfig and not in a cluster: one line, exit 2 (__main__)
+                raise RuntimeError(f"--tokenreview needs API access (--kubeconfig or the in-cluster service "
+                                   f"account): {e}") from e
+            reviewer = TokenReviewer(api, cfg.token_audience, frozenset(cfg.agent_service_accounts))
         service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token(), self._enricher,
                                    self._observer, reviewer=reviewer)
         self._service = service
