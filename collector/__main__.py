@@ -8,9 +8,9 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from collector.config import CollectorConfig
+from collector.config import CollectorConfig, ConfigError
 from collector.metrics import CollectorMetrics
-from collector.server import CollectorServer
+from collector.server import CollectorServer, StartupError
 from collector.traffic import build_traffic_metrics
 
 log = logging.getLogger("collector")
@@ -24,7 +24,11 @@ async def run(cfg: CollectorConfig) -> None:
         traffic = build_traffic_metrics(cfg)
         metrics.registry.register(traffic)
     server = CollectorServer(cfg, metrics=metrics, observer=traffic)
-    await server.start()
+    try:
+        await server.start()
+    except BaseException:
+        await server.stop(0)  # whatever did start (metrics, producer) goes, so the process can exit
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -41,8 +45,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(run(cfg))
-    except (OSError, RuntimeError, KafkaError) as e:  # cannot listen (port in use), Kafka unreachable
+    except (StartupError, ConfigError) as e:
         print(f"tcpscope-collector: error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, RuntimeError, KafkaError) as e:  # cannot listen (port in use), Kafka unreachable
+        print(f"tcpscope-collector: error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from tcpscope.kafka_layout import RECORD_LAYOUTS, VALUE_FORMATS
-from tcpscope.settings import ConfigError, help_text, read_values, setting
+from tcpscope.settings import ConfigError, check, flag_name, help_text, host_port, load, setting
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 METRICS_BY = ("workload", "pod", "namespace")
+KAFKA_COMPRESSIONS = ("gzip", "none", "snappy", "lz4", "zstd")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 __all__ = ["KAFKA_SASL_MECHANISMS", "KAFKA_SECURITY_PROTOCOLS", "METRICS_BY", "CollectorConfig", "ConfigError",
@@ -26,7 +28,11 @@ __all__ = ["KAFKA_SASL_MECHANISMS", "KAFKA_SECURITY_PROTOCOLS", "METRICS_BY", "C
 
 @dataclass(frozen=True)
 class CollectorConfig:
-    listen: str = setting("TCPSCOPE_LISTEN", "gRPC listen address HOST:PORT", default="0.0.0.0:4317")
+    listen: str = setting(
+        "TCPSCOPE_LISTEN",
+        "gRPC listen address HOST:PORT; loopback unless set (the chart sets the pod's address); port 0 picks one",
+        default="127.0.0.1:4317",
+    )
     kafka_bootstrap: tuple[str, ...] = setting(
         "TCPSCOPE_KAFKA_BOOTSTRAP", "Kafka bootstrap servers HOST:PORT[,HOST:PORT]", default=()
     )
@@ -90,18 +96,27 @@ class CollectorConfig:
     )
     kafka_ssl_cafile: str | None = setting("TCPSCOPE_KAFKA_SSL_CAFILE", "CA bundle for the Kafka brokers", default=None)
     kafka_compression: str = setting(
-        "TCPSCOPE_KAFKA_COMPRESSION", "producer compression: gzip or none (lz4/zstd if installed)", default="gzip"
+        "TCPSCOPE_KAFKA_COMPRESSION",
+        "producer compression: gzip or none (snappy/lz4/zstd if their codec is installed)",
+        default="gzip", choices=KAFKA_COMPRESSIONS,
     )
-    kafka_linger_ms: int = setting("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20)
+    kafka_linger_ms: int = setting("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20, min=0)
     kafka_batch_size: int = setting(
         "TCPSCOPE_KAFKA_BATCH_SIZE",
         "producer batch size in bytes per partition (large: fewer, bigger produce requests)",
-        default=1024 * 1024,
+        default=1024 * 1024, min=1,
     )
     kafka_delivery_timeout_ms: int = setting(
         "TCPSCOPE_KAFKA_DELIVERY_TIMEOUT_MS",
         "give up on a record after this long; the batch is then not acked and the agent resends it",
-        default=30_000,
+        default=30_000, min=1,
+    )
+    kafka_max_record_bytes: int = setting(
+        "TCPSCOPE_KAFKA_MAX_RECORD_BYTES",
+        "largest Kafka record the topic accepts; a larger one is not sent and its events are counted lost "
+        "(collector.record_too_large). 0 = the topic's max.message.bytes, read at start-up (1048576, "
+        "Kafka's default, if it cannot be read)",
+        default=0, min=0,
     )
     # --- remote-end enrichment (docs/enrichment.md: in a cluster the collector resolves remote ends) --
     resolve_remote: bool = setting(
@@ -119,19 +134,41 @@ class CollectorConfig:
     remote_sync_timeout: float = setting(
         "TCPSCOPE_REMOTE_SYNC_TIMEOUT",
         "seconds to wait at start-up for the first pod/service/node lists (serving starts regardless)",
-        default=5.0,
+        default=5.0, min=0,
     )
     # --- limits --------------------------------------------------------------------------------
-    max_batch_events: int = setting("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000)
+    max_batch_events: int = setting("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000, min=1)
     max_message_bytes: int = setting(
-        "TCPSCOPE_MAX_MESSAGE_BYTES", "largest accepted batch (serialized bytes)", default=8 * 1024 * 1024
+        "TCPSCOPE_MAX_MESSAGE_BYTES", "largest accepted batch (serialized bytes)", default=8 * 1024 * 1024,
+        min=1,
     )
     max_inflight_batches: int = setting(
         "TCPSCOPE_MAX_INFLIGHT_BATCHES",
         "batches awaiting Kafka acks, all streams together; beyond it streams are not read (backpressure)",
-        default=64,
+        default=64, min=1,
     )
-    metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    # --- connection guards (an unauthenticated client must not starve the collector) --------------
+    handshake_timeout: float = setting(
+        "TCPSCOPE_HANDSHAKE_TIMEOUT",
+        "seconds a new connection has to finish its TLS and HTTP/2 handshake before it is closed",
+        default=5.0, min=0.1,
+    )
+    max_connection_idle: float = setting(
+        "TCPSCOPE_MAX_CONNECTION_IDLE",
+        "seconds a connection may stay open with no call (agents always have one) before it is closed",
+        default=60.0, min=1,
+    )
+    max_connections: int = setting(
+        "TCPSCOPE_MAX_CONNECTIONS",
+        "open connections at most (agents and handshakes together); beyond it new ones are closed at once",
+        default=10_000, min=1,
+    )
+    metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0,
+                                min=0, max=65535)
+    metrics_address: str = setting(
+        "TCPSCOPE_METRICS_ADDRESS", "address the metrics server binds (the chart sets 0.0.0.0)",
+        default="127.0.0.1",
+    )
     # --- traffic metrics (collector/traffic.py, docs/metrics.md), served on --metrics-port ---------
     metrics_by: str = setting(
         "TCPSCOPE_METRICS_BY", "traffic metrics' *_workload labels name the workload, the pod, or nothing "
@@ -153,14 +190,22 @@ class CollectorConfig:
         "TCPSCOPE_METRICS_WATCHED_PEERS",
         "remote-end kinds an agent watches too, so their own agent counts the connection (pod; add node "
         "when agents also watch host processes)", default=("pod",))
-    grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0)
-    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
+    grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0, min=0)
+    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO", choices=LOG_LEVELS)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        check(self)
         if not self.kafka_bootstrap:
             raise ConfigError("--kafka-bootstrap is required")
-        if ":" not in self.listen:
-            raise ConfigError("--listen must be HOST:PORT")
+        host_port(self.listen, "--listen", allow_zero=True)
+        for server in self.kafka_bootstrap:
+            host_port(server, "--kafka-bootstrap")
+        if self.kafka_delivery_timeout_ms <= self.kafka_linger_ms + 1:
+            raise ConfigError("--kafka-delivery-timeout-ms must be above --kafka-linger-ms + 1")
+        if not codec_available(self.kafka_compression):
+            raise ConfigError(f"--kafka-compression {self.kafka_compression}: its codec library is not "
+                              f"installed (pip install {CODEC_PACKAGES[self.kafka_compression]})")
         if self.value_format not in VALUE_FORMATS:
             raise ConfigError(f"--value-format must be one of {VALUE_FORMATS}")
         if self.record_layout not in RECORD_LAYOUTS:
@@ -181,14 +226,21 @@ class CollectorConfig:
             raise ConfigError("--tokenreview and --token-file are alternatives (a shared token binds no node)")
         if any(a.count("/") != 1 or a.startswith("/") or a.endswith("/") for a in self.agent_service_accounts):
             raise ConfigError("--agent-service-accounts takes NAMESPACE/NAME entries")
-        if min(self.max_batch_events, self.max_message_bytes, self.max_inflight_batches) < 1:
-            raise ConfigError("--max-* limits must be >= 1")
         if self.metrics_by not in METRICS_BY:
             raise ConfigError(f"--metrics-by must be one of {METRICS_BY}")
         if self.metrics_max_series < 1 or self.metrics_ttl <= 0:
             raise ConfigError("--metrics-max-series and --metrics-ttl must be > 0")
         if not set(self.metrics_watched_peers) <= {"pod", "node"}:
             raise ConfigError("--metrics-watched-peers takes pod and/or node")
+        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                           ("--tls-client-ca", self.tls_client_ca), ("--token-file", self.token_file),
+                           ("--kafka-ssl-cafile", self.kafka_ssl_cafile),
+                           ("--kafka-username-file", self.kafka_username_file),
+                           ("--kafka-password-file", self.kafka_password_file),
+                           ("--kubeconfig", self.kubeconfig if self.resolve_remote else None)):
+            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+                raise ConfigError(f"{flag} {path}: not a readable file")
+        self.read_token()  # an empty token file is refused now, not at the first agent
 
     def sasl_credentials(self) -> tuple[str | None, str | None]:
         """User name and password, from the environment or their files (read now, not at start-up)."""
@@ -204,24 +256,33 @@ class CollectorConfig:
     def read_token(self) -> str | None:
         if not self.token_file:
             return None
-        with open(self.token_file) as f:
-            token = f.read().strip()
+        try:
+            with open(self.token_file) as f:
+                token = f.read().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--token-file {self.token_file}: {e}") from e
         if not token:
-            raise ConfigError(f"token file {self.token_file} is empty")
+            raise ConfigError(f"--token-file {self.token_file} is empty")
         return token
 
     @staticmethod
     def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> CollectorConfig:
         """Flags over environment variables over defaults."""
         env = os.environ if env is None else env
-        parser = build_parser()
-        ns = parser.parse_args(argv)
-        values = read_values(CollectorConfig, ns, env)
-        try:
-            return CollectorConfig(**values)
-        except ConfigError as e:
-            parser.error(str(e))
-            raise
+        return load(CollectorConfig, build_parser(), argv, env)
+
+
+# kafka-python's optional codecs and the package that provides each
+CODEC_PACKAGES = {"snappy": "python-snappy", "lz4": "lz4", "zstd": "zstandard"}
+
+
+def codec_available(compression: str) -> bool:
+    """Whether kafka-python can compress with this codec here (gzip and none always can)."""
+    if compression not in CODEC_PACKAGES:
+        return True
+    from kafka import codec
+
+    return bool(getattr(codec, f"has_{compression}")())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     for f in fields(CollectorConfig):
         if not f.metadata["flag"]:
             continue
-        flag, help = "--" + f.name.replace("_", "-"), help_text(CollectorConfig, f.name)
+        flag, help = flag_name(f), help_text(CollectorConfig, f.name)
         if isinstance(f.default, bool):
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
             continue

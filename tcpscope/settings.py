@@ -4,20 +4,69 @@ environment variable, and one way to read flags over environment over defaults."
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import math
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, field, fields
-from typing import Any
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """A flag or environment variable has a value the process cannot use."""
 
 
-def setting(env: str, help: str, *, flag: bool = True, items: type = str, **kw: Any) -> Any:
+def setting(env: str, help: str, *, flag: bool = True, items: type = str, min: float | None = None,
+            max: float | None = None, choices: Sequence[str] = (), **kw: Any) -> Any:
     """A config field documented with its environment variable and help text.
 
-    flag=False: environment only (secrets); items: the type of a tuple field's comma-separated items."""
-    return field(metadata={"env": env, "help": help, "flag": flag, "items": items}, **kw)
+    flag=False: environment only (secrets); items: the type of a tuple field's comma-separated items;
+    min/max: inclusive bounds of a number; choices: the allowed values of a string. `check()` enforces
+    the bounds and choices, so every field states its own and no flag or variable slips through."""
+    return field(metadata={"env": env, "help": help, "flag": flag, "items": items, "min": min, "max": max,
+                           "choices": tuple(choices)}, **kw)
+
+
+def flag_name(f: Field[Any]) -> str:
+    return "--" + f.name.replace("_", "-")
+
+
+def check(obj: object) -> None:
+    """Raise ConfigError for the first field outside its min/max or choices (None values pass)."""
+    for f in fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if value is None or isinstance(value, bool):
+            continue
+        meta = f.metadata
+        lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices", ())
+        if isinstance(value, (int, float)):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{flag_name(f)} must be a finite number, not {value}")
+            if lo is not None and value < lo:
+                raise ConfigError(f"{flag_name(f)} must be >= {_num(lo)}, not {_num(value)}")
+            if hi is not None and value > hi:
+                raise ConfigError(f"{flag_name(f)} must be <= {_num(hi)}, not {_num(value)}")
+        if choices and value not in choices:
+            raise ConfigError(f"{flag_name(f)} must be one of {', '.join(choices)}, not {value!r}")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def host_port(value: str, what: str, *, allow_zero: bool = False) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT); the port must be 1-65535 (0 too with allow_zero, to let
+    the system pick). A port out of range is an error, never silently another port."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{what} must be HOST:PORT, not {value!r}")
+    n = int(port)
+    if not (0 if allow_zero else 1) <= n <= 65535:
+        raise ConfigError(f"{what} {value!r}: port must be {'0' if allow_zero else '1'}-65535")
+    if host.startswith("[") != host.endswith("]") or (":" in host and not host.startswith("[")):
+        raise ConfigError(f"{what} {value!r}: write an IPv6 host in brackets, e.g. [::1]:{n}")
+    return host.strip("[]"), n
 
 
 def coerce(f: Field[Any], raw: Any) -> Any:
@@ -37,11 +86,17 @@ def coerce(f: Field[Any], raw: Any) -> Any:
             item = f.metadata.get("items", str)
             return tuple(item(x.strip()) for x in raw.split(",") if x.strip())
         if isinstance(default, int):
-            return int(raw)
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValueError("want an integer") from None
         if isinstance(default, float) or "float" in str(f.type):
-            return float(raw)
+            try:
+                return float(raw)
+            except ValueError:
+                raise ValueError("want a number") from None
     except ValueError as e:
-        raise ConfigError(f"{f.name}: cannot use {raw!r}: {e}") from e
+        raise ConfigError(f"{flag_name(f)} / {f.metadata['env']}: cannot use {raw!r}: {e}") from e
     return raw
 
 
@@ -55,6 +110,59 @@ def read_values(cls: type, ns: argparse.Namespace, env: Mapping[str, str]) -> di
         if raw is not None:
             values[f.name] = coerce(f, raw)
     return values
+
+
+def load(cls: Callable[..., T], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+         env: Mapping[str, str], extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> T:
+    """Parse flags, read values (flags over environment over defaults) and build the config; any
+    ConfigError (a bad flag or environment value, a failed check) exits 2 with one line on stderr,
+    `PROG: error: ...`, no usage block and no traceback."""
+    ns = one_line_errors(parser).parse_args(argv)
+    try:
+        values = read_values(cls, ns, env)  # type: ignore[arg-type]
+        if extra is not None:
+            values.update(extra(ns))
+        return cls(**values)
+    except ConfigError as e:
+        fail(parser.prog, str(e))
+
+
+def one_line_errors(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make argparse's usage errors the one-line form too (no usage block: --help has it)."""
+
+    def error(message: str) -> NoReturn:
+        fail(parser.prog, f"{message} (see --help)")
+
+    parser.error = error  # type: ignore[method-assign]
+    return parser
+
+
+def fail(prog: str, msg: str, code: int = 2) -> NoReturn:
+    """One line on stderr and exit: the form every tcpscope command uses for bad input."""
+    print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def number(kind: Callable[[str], float], *, min: float | None = None, above: float | None = None
+           ) -> Callable[[str], float]:
+    """An argparse `type=` for a finite number >= min (or > above): a bad value is argparse's usual
+    one-line error instead of a silently accepted negative duration or window."""
+
+    def parse(raw: str) -> float:
+        try:
+            v = kind(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise argparse.ArgumentTypeError(f"not a finite number: {raw!r}")
+        if min is not None and v < min:
+            raise argparse.ArgumentTypeError(f"must be >= {_num(min)}, not {raw}")
+        if above is not None and v <= above:
+            raise argparse.ArgumentTypeError(f"must be > {_num(above)}, not {raw}")
+        return v
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
 
 
 def help_text(cls: type, name: str) -> str:
