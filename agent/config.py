@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpscope.identity import make_agent_id
-from tcpscope.settings import ConfigError, help_text, read_values, setting
+from tcpscope.settings import ConfigError, help_text, host_port, load, setting
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
 # `state` (several events per connection) and `probe` are on request only
@@ -157,7 +157,13 @@ class AgentConfig:
         "draining leaves a mark there, and the next one reports the window nobody observed",
         default=None,
     )
-    metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0)
+    metrics_port: int = setting(
+        "TCPSCOPE_METRICS_PORT", "port of the metrics server: /metrics, /healthz, /readyz (0 = off)", default=0
+    )
+    metrics_address: str = setting(
+        "TCPSCOPE_METRICS_ADDRESS", "address the metrics server binds (the chart sets 0.0.0.0)",
+        default="127.0.0.1",
+    )
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
@@ -196,6 +202,10 @@ class AgentConfig:
             raise ConfigError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         if not 0 <= self.metrics_port <= 65535:
             raise ConfigError("--metrics-port must be 0-65535")
+        if self.collector is not None:
+            check_target(self.collector)
+        if self.netns:
+            check_netns(self.netns)
         if self.duration is not None and self.duration <= 0:
             raise ConfigError("--duration must be > 0")
         if self.max_sockets < 1:
@@ -226,16 +236,46 @@ class AgentConfig:
     def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
         """Build the config from command-line flags over environment variables over defaults."""
         env = os.environ if env is None else env
-        parser = build_parser()
-        ns = parser.parse_args(argv)
-        values = read_values(AgentConfig, ns, env)
-        if ns.port:
-            values["ports"] = tuple(int(p) for p in ns.port)
-        try:
-            return AgentConfig(**values)
-        except ConfigError as e:
-            parser.error(str(e))
-            raise  # unreachable: parser.error exits
+
+        def ports(ns: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+            return {"ports": tuple(int(p) for p in ns.port)} if ns.port else {}
+
+        return load(AgentConfig, build_parser(), argv, env, ports)
+
+
+# gRPC name-resolver schemes a --collector target may use instead of HOST:PORT
+_TARGET_SCHEMES = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "xds:")
+_NS_GET_NSTYPE = 0xB703  # ioctl on a namespace file: its CLONE_NEW* type (Linux 4.11)
+_CLONE_NEWNET = 0x40000000
+
+
+def check_target(target: str) -> None:
+    """--collector is HOST:PORT (port 1-65535, IPv6 in brackets) or a gRPC target with a scheme."""
+    if target.startswith(_TARGET_SCHEMES):
+        if not target.split(":", 1)[1].strip("/"):
+            raise ConfigError(f"--collector {target!r}: the target names nothing")
+        return
+    host_port(target, "--collector")
+
+
+def check_netns(path: str) -> None:
+    """--netns must open as a network namespace (a /proc/PID/ns/net link or a bind mount of one, like
+    /run/netns/NAME): anything else would filter on a meaningless inode and report nothing."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise ConfigError(f"--netns {path}: {e.strerror}") from e
+    try:
+        kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
+    except OSError:
+        raise ConfigError(f"--netns {path}: not a namespace file (want /proc/PID/ns/net or /run/netns/NAME)"
+                          ) from None
+    finally:
+        os.close(fd)
+    if kind != _CLONE_NEWNET:
+        raise ConfigError(f"--netns {path}: a namespace, but not a network namespace")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,5 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drain-grace", type=float, help=h("drain_grace"))
     p.add_argument("--state-dir", help=h("state_dir"))
     p.add_argument("--metrics-port", type=int, help=h("metrics_port"))
+    p.add_argument("--metrics-address", help=h("metrics_address"))
     p.add_argument("--log-level", help=h("log_level"))
     return p
