@@ -48,6 +48,7 @@ from tcpscope.kafka_layout import (
     dedup_key,
     fingerprint,
 )
+from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
@@ -515,10 +516,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "and no --duration, of everything in the topic now, then exit; otherwise "
                         "every --every seconds until --duration or Ctrl-C")
     g.add_argument("--by", choices=("pod", "workload"), default="pod", help="group ends by pod or workload")
-    g.add_argument("--window", type=float, help="only connections that ended in the last S seconds")
+    g.add_argument("--window", type=number(float, above=0),
+                   help="only connections that ended in the last S seconds (> 0)")
     g.add_argument("--sort", choices=SORT_KEYS, default="problems",
                    help="sort by this counter, descending (client/server: by name)")
-    g.add_argument("--every", type=float, default=10.0, help="seconds between live summaries")
+    g.add_argument("--every", type=number(float, above=0), default=10.0, help="seconds between live summaries")
 
 
 def options_from(a: argparse.Namespace) -> SummaryOptions | None:

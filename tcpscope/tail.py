@@ -33,6 +33,7 @@ from tcpscope.kafka_layout import (
     fingerprint,
     lost_total,
 )
+from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
 # the agent's --events names -> the TcpEvent `kind` oneof field names
@@ -82,25 +83,35 @@ class EventFilter:
         return EventFilter(o.namespace, o.pod, frozenset(KINDS[k] for k in o.kinds))
 
 
+BOOTSTRAP_TIMEOUT_MS = 5000
+TOPIC_WAIT_S = 3.0  # metadata may lag a just-created topic; a missing one is reported after this
+
+
+class TailError(RuntimeError):
+    """Reading cannot start (no broker, no such topic): main() prints one line and exits 2."""
+
+
 def open_consumer(o: TailOptions) -> Any:
     """A KafkaConsumer positioned at the end (or the beginning) of every partition of the topic."""
     from kafka import KafkaConsumer, TopicPartition
 
-    kw: dict[str, Any] = {"bootstrap_servers": list(o.bootstrap), "enable_auto_commit": o.group is not None}
+    # an unreachable broker is a one-line error within seconds, not a traceback after 30 s
+    kw: dict[str, Any] = {"bootstrap_servers": list(o.bootstrap), "enable_auto_commit": o.group is not None,
+                          "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS}
     if o.group:
         kw.update(group_id=o.group, auto_offset_reset="earliest" if o.from_beginning else "latest",
                   max_poll_interval_ms=30_000, session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
         c = KafkaConsumer(o.topic, **kw)
         return c
     c = KafkaConsumer(**kw)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + TOPIC_WAIT_S
     parts = c.partitions_for_topic(o.topic)
     while not parts and time.monotonic() < deadline:
         time.sleep(0.2)
         parts = c.partitions_for_topic(o.topic)
     if not parts:
         c.close()
-        raise RuntimeError(f"topic {o.topic!r} not found on {','.join(o.bootstrap)}")
+        raise TailError(f"topic {o.topic!r} not found on {','.join(o.bootstrap)} (--topic)")
     tps = [TopicPartition(o.topic, p) for p in sorted(parts)]
     c.assign(tps)
     if o.from_beginning:
@@ -278,14 +289,15 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
 
 def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> TailOptions:
     env = dict(os.environ) if env is None else env
-    p = argparse.ArgumentParser(prog="tcpscope-tail", description="Print tcpscope events from Kafka.")
+    p = one_line_errors(argparse.ArgumentParser(prog="tcpscope-tail",
+                                                description="Print tcpscope events from Kafka."))
     p.add_argument("--kafka-bootstrap", default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
                    help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]")
     p.add_argument("--topic", default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"), help="[TCPSCOPE_TOPIC]")
     p.add_argument("--format", choices=("table", "json", "dot"), default="table",
                    help="dot: with --summary, a Graphviz service map (render: dot -Tsvg)")
     p.add_argument("--from-beginning", action="store_true")
-    p.add_argument("--duration", type=float, help="stop after this many seconds")
+    p.add_argument("--duration", type=number(float, above=0), help="stop after this many seconds (> 0)")
     p.add_argument("--namespace", help="only events with an end in this namespace")
     p.add_argument("--pod", help="only events with an end in this pod (name)")
     p.add_argument("--kind", default="", help="event kinds, comma separated: " + ",".join(KINDS))
@@ -316,6 +328,8 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from kafka.errors import KafkaError
+
     o = parse_args(argv)
     try:
         if o.summary is not None:
@@ -328,6 +342,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:  # a second Ctrl-C while closing the consumer
         return 130
+    except (RuntimeError, KafkaError) as e:  # TailError (also when imported as tcpscope.tail from __main__)
+        print(f"tcpscope-tail: error: {kafka_problem(e, o)}", file=sys.stderr, flush=True)
+        return 2
+
+
+def kafka_problem(e: Exception, o: TailOptions) -> str:
+    from kafka.errors import KafkaError
+
+    if not isinstance(e, KafkaError):
+        return str(e)
+    text = str(e)
+    name = type(e).__name__
+    return f"Kafka at {','.join(o.bootstrap)}: " + (text if text.startswith(name) else f"{name}: {text}")
 
 
 if __name__ == "__main__":
