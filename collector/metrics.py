@@ -31,6 +31,10 @@ class CollectorMetrics:
         self.kafka_errors = Counter(
             "tcpscope_collector_kafka_errors_total", "failed Kafka publishes, by error type", ["error"],
             registry=r)
+        self.dropped = Counter(
+            "tcpscope_collector_dropped_events_total",
+            "events the collector left out and counted in the batch's loss report, by reason "
+            "(collector.record_too_large: above the topic's max.message.bytes)", ["reason"], registry=r)
         self.lost_reported = Counter(
             "tcpscope_collector_agent_lost_events_total",
             "events agents reported lost upstream of the collector, by reason", ["reason"], registry=r)

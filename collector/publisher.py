@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -22,8 +23,13 @@ from typing import Any, Protocol
 
 from collector.config import CollectorConfig
 from tcpscope.kafka_layout import Record
+from tcpscope.ratelimit import Throttle, held_note
 
 log = logging.getLogger(__name__)
+
+# connection and security settings the admin client (probe, topic config) shares with the producer
+_ADMIN_KEYS = frozenset({"bootstrap_servers", "security_protocol", "ssl_cafile", "sasl_mechanism",
+                         "sasl_plain_username", "sasl_plain_password", "reconnect_backoff_max_ms"})
 
 
 class Publisher(Protocol):
@@ -35,8 +41,19 @@ class Publisher(Protocol):
         """The topic's partition count (0 if unknown); may block on metadata: call it off the loop."""
         ...
 
+    def probe(self) -> None:
+        """Check that Kafka answers for the topic (metadata); raise if not. Blocks: off the loop."""
+        ...
+
+    def topic_max_record_bytes(self) -> int | None:
+        """The topic's max.message.bytes as the brokers report it (None if they do not say); blocks."""
+        ...
+
     def close(self, timeout_s: float) -> None: ...
 
+
+# Kafka's default max.message.bytes (1 MiB + record batch overhead rounded, as brokers ship it)
+KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
 def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
     """KafkaProducer settings from the config: acks=all, compression, linger, TLS/SASL."""
@@ -54,7 +71,8 @@ def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
         "reconnect_backoff_max_ms": 2000,
         # records of one partition stay in order across retries
         "max_in_flight_requests_per_connection": 1,
-        "max_request_size": max(cfg.max_message_bytes * 2, cfg.kafka_batch_size, 1024 * 1024),
+        "max_request_size": max(cfg.max_message_bytes * 2, cfg.kafka_batch_size, 1024 * 1024,
+                                cfg.kafka_max_record_bytes + 1024),
         "security_protocol": cfg.kafka_security_protocol,
     }
     if cfg.kafka_ssl_cafile:
@@ -77,6 +95,53 @@ class KafkaPublisher:
         self._producer = self._new_producer()
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-send")
         self.resets = 0
+        self._reset_log = Throttle(30.0)
+        self._admin_kw = {k: v for k, v in producer_kwargs(cfg).items() if k in _ADMIN_KEYS}
+        self._admin: Any = None  # made on first probe; dropped after a failure, so it reconnects afresh
+
+    def _admin_client(self) -> Any:
+        from kafka.admin import KafkaAdminClient
+
+        if self._admin is None:
+            self._admin = KafkaAdminClient(**self._admin_kw, request_timeout_ms=5000)
+        return self._admin
+
+    def _drop_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                admin.close()
+
+    def probe(self) -> None:
+        try:
+            topics = self._admin_client().describe_topics([self._topic])
+        except Exception:
+            self._drop_admin()
+            raise
+        for t in topics:
+            code = t.get("error_code", 0)
+            if code:
+                from kafka.errors import for_code
+
+                raise for_code(code)(f"topic {self._topic!r}")
+            if not t.get("partitions"):
+                raise RuntimeError(f"topic {self._topic!r} has no partitions")
+
+    def topic_max_record_bytes(self) -> int | None:
+        from kafka.admin import ConfigResource, ConfigResourceType
+
+        try:
+            found = self._admin_client().describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, self._topic)], config_filter="all")
+        except Exception:
+            self._drop_admin()
+            raise
+        entry = found.get("topic", {}).get(self._topic, {}).get("max.message.bytes")
+        value = entry.get("value", entry.get("config_value")) if isinstance(entry, dict) else entry
+        try:
+            return int(value) if value is not None else None
+        except (TypeError, ValueError):
+            return None
 
     def partitions(self) -> int:
         return len(self._producer.partitions_for(self._topic) or ())
@@ -140,20 +205,23 @@ class KafkaPublisher:
         after some errors (e.g. InitProducerId against a restarted broker). Runs on the send thread."""
         if failed is not self._producer:
             return  # another batch already replaced it
-        log.warning("recreating the Kafka producer after a failed publish")
         self.resets += 1
+        held = self._reset_log.ready()
+        if held is not None:
+            log.warning("recreating the Kafka producer after a failed publish%s", held_note(held))
         try:
             failed.close(timeout=0)
-        except Exception:
-            log.exception("closing the failed Kafka producer")
+        except Exception as e:  # KafkaTimeoutError: records it still held are failed anyway
+            log.debug("closing the failed Kafka producer: %s", e)
         self._producer = self._new_producer()
 
     def close(self, timeout_s: float) -> None:
         self._sender.shutdown(wait=False, cancel_futures=True)
+        self._drop_admin()
         try:
             self._producer.close(timeout=timeout_s)
-        except Exception:
-            log.exception("closing the Kafka producer")
+        except Exception as e:
+            log.warning("closing the Kafka producer: %s: %s", type(e).__name__, e)
 
 
 def _resolve(fut: asyncio.Future[None], exc: BaseException | None) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import socket
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -11,10 +13,12 @@ from grpc_health.v1._async import HealthServicer
 
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
-from collector.publisher import KafkaPublisher, Publisher
+from collector.publisher import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, KafkaPublisher, Publisher
 from collector.remote import BatchEnricher
 from collector.service import SERVICE_NAME, CollectorService
 from collector.traffic import BatchObserver
+from tcpscope.ratelimit import Throttle, held_note
+from tcpscope.settings import host_port
 from tcpscope.v1.collector_pb2 import BatchAck
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,70 @@ def server_credentials(cfg: CollectorConfig) -> grpc.ServerCredentials | None:
     return grpc.ssl_server_credentials(pair)
 
 
+class StartupError(Exception):
+    """The collector cannot start as configured (a port taken, the Kubernetes API unusable): one line."""
+
+
+# file descriptors kept for everything but agent connections (Kafka, metrics, the API watch, logs)
+FD_RESERVE = 256
+
+
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; returns (before, after)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open file limit from %d to %d: %s", soft, want, e)
+            return soft, soft
+        return soft, want
+    return soft, soft
+
+
+def check_listen(listen: str) -> None:
+    """Bind --listen once, here, so a taken or foreign address is one precise line at start-up
+    (before Kafka is dialled), not gRPC's own log line and a generic failure later."""
+    host, port = host_port(listen, "--listen", allow_zero=True)
+    if not port:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise StartupError(f"--listen {listen}: {e.strerror}") from e
+    for family, kind, proto, _, addr in infos:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                raise StartupError(f"--listen {listen}: {e.strerror or e}") from e
+
+
+def server_options(cfg: CollectorConfig, max_connections: int) -> list[tuple[str, int]]:
+    """gRPC server options, with the guards that keep a client that never authenticates from starving
+    the collector: a connection must finish its TLS and HTTP/2 handshake within handshake_timeout
+    (a raw socket that sends nothing is closed then), a connection with no call is closed after
+    max_connection_idle, and beyond max_connections new connections are closed on accept, before
+    they cost more than their file descriptor, which stays below the process's limit."""
+    hard_limit = 2 * cfg.max_message_bytes + 1024 * 1024  # above it gRPC refuses by itself
+    return [
+        ("grpc.max_receive_message_length", hard_limit),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # a second collector on a busy port must fail, not share it and split the agents
+        ("grpc.so_reuseport", 0),
+        ("grpc.server_handshake_timeout_ms", int(cfg.handshake_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(cfg.max_connection_idle * 1000)),
+        ("grpc.max_allowed_incoming_connections", max_connections),
+    ]
+
+
 class CollectorServer:
     """The running collector; `start()` binds, `stop(grace)` drains and closes Kafka."""
 
@@ -50,18 +118,39 @@ class CollectorServer:
         self._service: CollectorService | None = None
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
+        self._watch: asyncio.Task[None] | None = None
+        self._probe_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-probe")
+        self.serving = False  # what gRPC health says: Kafka answers and the last publish did not fail
+        self.kafka_probe_interval = 2.0
+        self.max_connections = cfg.max_connections
         self.port = 0
         self.streams_cancelled = 0  # agent streams still open when stop()'s grace ran out
 
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with --listen HOST:0)."""
         cfg = self.cfg
-        if self._publisher is None:
-            self._publisher = KafkaPublisher(cfg)
+        before, after = raise_fd_limit()
+        self.max_connections = min(cfg.max_connections, max(1, after - FD_RESERVE))
+        log.info("open file limit %d%s; at most %d connections (--max-connections %d), handshake timeout "
+                 "%.1fs, idle connections closed after %.0fs", after,
+                 f" (raised from {before})" if after != before else "", self.max_connections,
+                 cfg.max_connections, cfg.handshake_timeout, cfg.max_connection_idle)
+        if cfg.metrics_port:  # first: a taken port fails at once, before Kafka is dialled
+            try:
+                self.metrics.serve(cfg.metrics_port, cfg.metrics_address)
+            except OSError as e:
+                raise StartupError(f"--metrics-port {cfg.metrics_port} on {cfg.metrics_address}: "
+                                   f"{e.strerror or e}") from e
+        token = cfg.read_token()
+        check_listen(cfg.listen)
         if self._enricher is None and cfg.resolve_remote:
             from collector.remote import build_remote_enrichment
 
-            remote = build_remote_enrichment(cfg, self.metrics)
+            try:
+                remote = build_remote_enrichment(cfg, self.metrics)
+            except Exception as e:  # kubernetes.config.ConfigException, unreadable kubeconfig, ...
+                raise StartupError(f"--resolve-remote: cannot use the Kubernetes API "
+                                   f"({cfg.kubeconfig or 'in-cluster'}): {e}") from e
             self._enricher = remote
             loop = asyncio.get_running_loop()
             if not await loop.run_in_executor(None, remote.wait_synced, cfg.remote_sync_timeout):
@@ -75,22 +164,16 @@ class CollectorServer:
             try:
                 api = load_api_client(cfg.kubeconfig)
             except Exception as e:  # no kubeconfig and not in a cluster: one line, exit 2 (__main__)
-                raise RuntimeError(f"--tokenreview needs API access (--kubeconfig or the in-cluster service "
+                raise StartupError(f"--tokenreview needs API access (--kubeconfig or the in-cluster service "
                                    f"account): {e}") from e
             reviewer = TokenReviewer(api, cfg.token_audience, frozenset(cfg.agent_service_accounts))
-        service = CollectorService(cfg, self._publisher, self.metrics, cfg.read_token(), self._enricher,
-                                   self._observer, reviewer=reviewer)
+        if self._publisher is None:
+            self._publisher = KafkaPublisher(cfg)
+        service = CollectorService(cfg, self._publisher, self.metrics, token, self._enricher,
+                                   self._observer, reviewer=reviewer, on_publish=self._published)
+        service.max_record_bytes = await self._record_limit(self._publisher)
         self._service = service
-        hard_limit = 2 * cfg.max_message_bytes + 1024 * 1024  # above it gRPC refuses by itself
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", hard_limit),
-            ("grpc.keepalive_time_ms", 30_000),
-            ("grpc.keepalive_timeout_ms", 10_000),
-            ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-            # a second collector on a busy port must fail, not share it and split the agents
-            ("grpc.so_reuseport", 0),
-        ])
+        server = grpc.aio.server(options=server_options(cfg, self.max_connections))
         handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
             "Stream": grpc.stream_stream_rpc_method_handler(
                 service.stream, request_deserializer=None, response_serializer=BatchAck.SerializeToString),
@@ -98,22 +181,76 @@ class CollectorServer:
         server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         creds = server_credentials(cfg)
-        if creds is None:
-            self.port = server.add_insecure_port(cfg.listen)
-        else:
-            self.port = server.add_secure_port(cfg.listen, creds)
+        try:
+            if creds is None:
+                self.port = server.add_insecure_port(cfg.listen)
+            else:
+                self.port = server.add_secure_port(cfg.listen, creds)
+        except RuntimeError as e:  # recent gRPC raises instead of returning 0
+            raise StartupError(f"cannot listen on {cfg.listen} (--listen): address in use or not "
+                               f"this host's") from e
         if not self.port:  # gRPC returns 0 when it could not bind (older versions) instead of raising
-            raise OSError(f"cannot listen on {cfg.listen}")
+            raise StartupError(f"cannot listen on {cfg.listen} (--listen): address in use or not this host's")
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_port)
+        await self._set_health(True)
+        self._watch = asyncio.create_task(self._watch_kafka(self._publisher))
         log.info("collector listening on %s (port %d, tls=%s, mtls=%s), Kafka %s topic %s",
                  cfg.listen, self.port, bool(cfg.tls_cert), bool(cfg.tls_client_ca),
                  ",".join(cfg.kafka_bootstrap), cfg.topic)
         return self.port
+
+    async def _record_limit(self, publisher: Publisher) -> int:
+        """--kafka-max-record-bytes, else the topic's max.message.bytes, else Kafka's default."""
+        if self.cfg.kafka_max_record_bytes:
+            return self.cfg.kafka_max_record_bytes
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.run_in_executor(self._probe_pool, publisher.topic_max_record_bytes)
+        except Exception as e:
+            found = None
+            log.warning("cannot read the topic's max.message.bytes (%s: %s)", type(e).__name__, e)
+        limit = found or KAFKA_DEFAULT_MAX_MESSAGE_BYTES
+        log.info("Kafka records above %d bytes are not sent (%s)", limit,
+                 "the topic's max.message.bytes" if found else "Kafka's default; set --kafka-max-record-bytes")
+        return limit
+
+    def _published(self, ok: bool) -> None:
+        """A publish outcome (from the service, on the loop): a failure turns health NOT_SERVING at
+        once; a success restores SERVING."""
+        if ok != self.serving:
+            asyncio.get_running_loop().create_task(self._set_health(ok))
+
+    async def _set_health(self, ok: bool) -> None:
+        if ok == self.serving and self._watch is not None:
+            return
+        was, self.serving = self.serving, ok
+        status = health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, status)
+        if was and not ok:
+            log.warning("Kafka cannot be published to: health NOT_SERVING until it can")
+        elif ok and self._watch is not None:
+            log.warning("Kafka reachable again: health SERVING")
+
+    async def _watch_kafka(self, publisher: Publisher) -> None:
+        """Probe the topic's metadata every kafka_probe_interval seconds and report the outcome as gRPC
+        health, so readiness stops routing agents to a collector that can publish nothing and routes
+        them back once it can (a publish failure in between turns it NOT_SERVING at once)."""
+        loop = asyncio.get_running_loop()
+        throttle = Throttle(60.0)
+        while True:
+            await asyncio.sleep(self.kafka_probe_interval)
+            try:
+                await loop.run_in_executor(self._probe_pool, publisher.probe)
+            except Exception as e:
+                held = throttle.ready()
+                if held is not None:
+                    log.warning("Kafka probe failed: %s: %s%s", type(e).__name__, e, held_note(held))
+                await self._set_health(False)
+            else:
+                throttle.reset()
+                await self._set_health(True)
 
     async def wait(self) -> None:
         if self._server is not None:
@@ -121,6 +258,9 @@ class CollectorServer:
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let open streams finish for `grace` seconds, close the producer."""
+        if self._watch is not None:
+            self._watch.cancel()
+        self.serving = False
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self._service is not None and self._server is not None:
@@ -135,3 +275,4 @@ class CollectorServer:
             self._publisher.close(timeout_s=max(1.0, grace))
         if self._enricher is not None:
             self._enricher.close()
+        self._probe_pool.shutdown(wait=False, cancel_futures=True)

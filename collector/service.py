@@ -20,7 +20,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -33,6 +33,7 @@ from collector.publisher import Publisher
 from collector.remote import BatchEnricher
 from collector.traffic import BatchObserver
 from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
+from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
 from tcpscope.v1.events_pb2 import EventBatch
@@ -127,14 +128,31 @@ class _Stream:
     closer: asyncio.Task[None] | None = None
 
 
+# a Kafka record's size beyond its key, value and headers (record and batch framing), counted
+# against the topic's max.message.bytes so a record that fits here also fits the broker
+RECORD_OVERHEAD = 128
+REASON_RECORD_TOO_LARGE = "collector.record_too_large"
+
+
+def record_size(r: Record) -> int:
+    """Uncompressed bytes of one record as the broker's limit sees it (compression can only shrink
+    it, so a record refused here might have fit: the check errs on the side of never being stuck)."""
+    return len(r.key or b"") + len(r.value) + sum(len(k) + len(v) for k, v in r.headers) + RECORD_OVERHEAD
+
+
 class CollectorService:
     """One instance per process; every stream shares the in-flight bound and the publisher."""
 
     def __init__(self, cfg: CollectorConfig, publisher: Publisher, metrics: CollectorMetrics,
                  token: str | None, enricher: BatchEnricher | None = None,
-                 observer: BatchObserver | None = None, reviewer: TokenReviewer | None = None) -> None:
+                 observer: BatchObserver | None = None, reviewer: TokenReviewer | None = None,
+                 on_publish: Callable[[bool], None] | None = None) -> None:
         self._cfg = cfg
         self._observer = observer
+        self._on_publish = on_publish  # health: told every publish outcome
+        # the largest record the topic takes (server.py learns it from the topic or --kafka-max-record-bytes)
+        self.max_record_bytes = cfg.kafka_max_record_bytes or 1048588
+        self._publish_log = Throttle(30.0)
         self._publisher = publisher
         self._metrics = metrics
         self._token = token
@@ -168,8 +186,13 @@ class CollectorService:
             await asyncio.sleep(0.02)
         return len(self._streams)
 
-    def prepare(self, batch: EventBatch) -> list[Record]:
-        """Enrich remote ends (if on) and build the batch's Kafka records; runs on the prepare thread."""
+    def prepare(self, batch: EventBatch) -> list[Record] | Refusal:
+        """Enrich remote ends (if on) and build the batch's Kafka records; runs on the prepare thread.
+
+        A record above the topic's limit would be refused by Kafka (not retriable), and the agent
+        would resend its batch forever: it is never sent. A packed record of several events refuses
+        the batch as oversized (the agent splits it, tcpscope/refusal.py); an event alone too big is
+        left out and counted in the batch's own loss report (collector.record_too_large)."""
         if self._enricher is not None:
             self._enricher.enrich(batch)
         layout = self._cfg.record_layout
@@ -177,6 +200,28 @@ class CollectorService:
         partitions = self._publisher.partitions()
         if layout == LAYOUT_PACKED and partitions < 1:
             raise RuntimeError(f"topic {self._cfg.topic!r} has no known partitions")
+        records = batch_records(batch, self._cfg.value_format, layout, partitions)
+        limit = self.max_record_bytes
+        if all(record_size(r) <= limit for r in records):
+            return records
+        if layout == LAYOUT_PACKED:
+            if len(batch.events) > 1:
+                biggest = max(record_size(r) for r in records)
+                return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
+                               f"a Kafka record of {biggest} bytes for this batch exceeds the topic's "
+                               f"limit of {limit} bytes", batch.sequence)
+            too_big = list(range(len(batch.events)))
+        else:  # one record per event, in event order, the summary last
+            too_big = [i for i, r in enumerate(records[:len(batch.events)]) if record_size(r) > limit]
+        keep = [ev for i, ev in enumerate(batch.events) if i not in set(too_big)]
+        del batch.events[:]
+        batch.events.extend(keep)
+        n = len(too_big)
+        batch.lost.by_reason[REASON_RECORD_TOO_LARGE] += n
+        batch.lost.kernel += n  # the bucket of reasons outside agent/enrichment (agent/export: split_losses)
+        self._metrics.dropped.labels(REASON_RECORD_TOO_LARGE).inc(n)
+        log.error("batch %s/%d: %d events whose Kafka record exceeds the topic's limit of %d bytes left "
+                  "out, counted as %s", batch.agent_id, batch.sequence, n, limit, REASON_RECORD_TOO_LARGE)
         return batch_records(batch, self._cfg.value_format, layout, partitions)
 
     def _observe(self, batch: EventBatch) -> None:
@@ -316,14 +361,25 @@ class CollectorService:
         try:
             loop = asyncio.get_running_loop()
             records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch)
+            if isinstance(records, Refusal):
+                await out.put(records)
+                return
             await self._publisher.publish(records)
         except asyncio.CancelledError:
             raise
         except Exception as e:
             self._metrics.kafka_errors.labels(type(e).__name__).inc()
-            log.warning("Kafka publish of batch %s/%d failed: %s", batch.agent_id, batch.sequence, e)
+            if self._on_publish is not None:
+                self._on_publish(False)
+            held = self._publish_log.ready()
+            if held is not None:  # one line per 30 s while Kafka is down, not one per batch
+                log.warning("Kafka publish of batch %s/%d failed: %s: %s%s", batch.agent_id, batch.sequence,
+                            type(e).__name__, e, held_note(held))
             await out.put(Refusal(grpc.StatusCode.UNAVAILABLE, "kafka_error", f"Kafka publish failed: {e}"))
         else:
+            if self._on_publish is not None:
+                self._on_publish(True)
+            self._publish_log.reset()
             self._metrics.records_published.inc(len(records))
             self._metrics.batches_acked.inc()
             self._metrics.publish_seconds.observe(time.monotonic() - received)
