@@ -1,7 +1,10 @@
 """tcpscope-agent: TCP events from kernel tracepoints, printed or streamed.
 
 Exit codes: 0 done (duration elapsed, SIGINT/SIGTERM, --dump-bpf), 2 cannot run here (not root, no
-BPF, no tracefs, no BTF, no kernel headers: one line on stderr saying what and how to fix it).
+BPF, no tracefs, no BTF, no kernel headers, a bad flag or variable, a metrics port taken: one line on
+stderr saying what and how to fix it), 3 a --duration run that lost events (definite losses, any
+stage: the loss line on stderr counts them by reason). A run ended by a signal exits 0 either way: its
+losses are in the same line, in the metrics, and in the stream.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from agent.wiring import build_agent
 from tcpscope.losses import definite, possible
 
 PROG = "tcpscope-agent"
+EXIT_LOST = 3  # a --duration run that lost events
 _CAP_SYS_ADMIN, _CAP_BPF, _CAP_PERFMON = 21, 39, 38
 
 
@@ -99,13 +103,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         agent.source.close()
-    print(loss_summary(pipeline.all_losses(), pipeline.events_out), file=sys.stderr, flush=True)
+    losses = pipeline.all_losses()
+    print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
     flows = agent.source.flow_counters()
     if flows:
         # not losses: each of these connections is in a flow, or (map_full) reported on its own
         print(f"{PROG}: {flows.get('flows.aggregated', 0)} ordinary connections aggregated into flows, "
               f"{flows.get('flows.map_full', 0)} reported individually because the flow map was full",
               file=sys.stderr, flush=True)
+    lost: int = sum(definite(losses).values())
+    if lost and config.duration is not None and not stop.is_set():
+        return EXIT_LOST  # the loss line says how many and why
     return 0
 
 

@@ -7,7 +7,10 @@ them back with `value()`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +30,14 @@ def stat_metric_name(prefix: str, key: str) -> str:
     """`local.pod_hits` -> `<prefix>_local_pod_hits_total`; gauges keep no `_total`."""
     base = f"{prefix}_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"
     return base if stat_is_gauge(key) else f"{base}_total"
+
+
+class Health(Protocol):
+    """What /healthz and /readyz report: (ok, why) each (agent/health.py)."""
+
+    def live(self) -> tuple[bool, str]: ...
+
+    def ready(self) -> tuple[bool, str]: ...
 
 
 class _StageStats(Collector):
@@ -107,6 +118,34 @@ class AgentMetrics:
         v = self.registry.get_sample_value(name, labels)
         return 0.0 if v is None else v
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose /metrics on port (a daemon thread of prometheus_client)."""
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "127.0.0.1", health: Health | None = None) -> None:
+        """Serve /metrics, and /healthz (live) and /readyz (ready) when health is given, on addr:port
+        from a daemon thread. Raises OSError when the port cannot be bound."""
+        if health is None:
+            start_http_server(port, addr=addr, registry=self.registry)
+            return
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+        from prometheus_client import make_wsgi_app
+        from prometheus_client.exposition import ThreadingWSGIServer
+
+        metrics_app = make_wsgi_app(self.registry)
+
+        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+            path = environ.get("PATH_INFO", "")
+            if path in ("/healthz", "/readyz"):
+                ok, why = health.live() if path == "/healthz" else health.ready()
+                start_response("200 OK" if ok else "503 Service Unavailable",
+                               [("Content-Type", "text/plain; charset=utf-8")])
+                return [f"{'ok' if ok else 'not ok'}: {why}\n".encode()]
+            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no log
+                pass
+
+        class Server(ThreadingWSGIServer):
+            address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+        httpd = make_server(addr.strip("[]"), port, app, Server, handler_class=Quiet)
+        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from agent.config import AgentConfig, ConfigError
+from agent.health import AgentHealth, HeartbeatSource
 from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
@@ -27,6 +28,7 @@ class Agent:
     plan: Plan
     source: KernelSource
     pipeline: Pipeline
+    health: AgentHealth | None = None
 
 
 def build_enrichers(config: AgentConfig) -> list[Enricher]:
@@ -60,8 +62,13 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
 
     Raises KernelSupportError (kernel/permissions) or ConfigError."""
     metrics = AgentMetrics()
+    health = AgentHealth(metrics, exporting=bool(config.collector))
     if config.metrics_port:
-        metrics.serve(config.metrics_port)
+        try:
+            metrics.serve(config.metrics_port, config.metrics_address, health)
+        except OSError as e:
+            raise ConfigError(f"--metrics-port {config.metrics_port} on {config.metrics_address}: "
+                              f"{e.strerror or e}") from e
     on_attached: list[Callable[[], None]] = []
     sink = build_sink(config, out, metrics, on_attached)
     enrichers = build_enrichers(config)
@@ -80,4 +87,6 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
     source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
     metrics.watch_flows(source.flow_counters)
-    return Agent(plan=plan, source=source, pipeline=Pipeline(source=source, enrichers=enrichers, sink=sink))
+    health.attached = True
+    return Agent(plan=plan, source=source, health=health,
+                 pipeline=Pipeline(source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink))

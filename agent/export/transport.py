@@ -18,6 +18,7 @@ import grpc
 
 from agent.export.exporter import BatchSource
 from agent.metrics import AgentMetrics
+from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
 
@@ -77,6 +78,8 @@ class GrpcTransport:
         self._lock = threading.Lock()
         self._cancel: Callable[[], object] | None = None  # cancels the current call
         self._thread: threading.Thread | None = None
+        # a collector down for minutes: the first failure, then one line per 30 s with a count
+        self._warn = Throttle(30.0)
 
     def start(self, source: BatchSource) -> None:
         self._thread = threading.Thread(target=self._run, args=(source,), name="tcpscope-export", daemon=True)
@@ -146,6 +149,8 @@ class GrpcTransport:
                         cancel()
                     for ack in call:
                         self._metrics.stream_connected.set(1)
+                        if attempt:
+                            self._warn.reset()
                         attempt = 0
                         source.on_ack(ack.agent_id, ack.sequence)
             except grpc.RpcError as e:
@@ -155,11 +160,13 @@ class GrpcTransport:
                 if refused is not None:
                     source.on_refused(refused[0], refused[1], details or "")
                     attempt = 0  # the batch that stopped the stream is gone: go on at once
-                elif not self._stop.is_set():
-                    log.warning("collector stream to %s ended: %s %s", self._s.target, code, details)
+                elif not self._stop.is_set() and (held := self._warn.ready(code)) is not None:
+                    log.warning("collector stream to %s ended: %s %s; reconnecting%s", self._s.target, code,
+                                details, held_note(held))
             except OSError as e:  # unreadable certificate or token file
                 code = "LOCAL_ERROR"
-                log.error("collector stream to %s: %s", self._s.target, e)
+                if (held := self._warn.ready(code)) is not None:
+                    log.error("collector stream to %s: %s%s", self._s.target, e, held_note(held))
             finally:
                 done.set()
                 with self._lock:
