@@ -41,6 +41,10 @@ async def run(cfg: CollectorConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     cfg = CollectorConfig.from_args(argv)
     logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.log_level != "DEBUG":
+        # kafka-python logs every failed connection attempt (several a second while a broker is
+        # down); the collector reports Kafka's state itself, rate-limited, and as gRPC health
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
     from kafka.errors import KafkaError
 
     try:

@@ -91,8 +91,12 @@ class KafkaPublisher:
         from kafka import KafkaProducer
 
         self._topic = cfg.topic
-        self._new_producer: Callable[[], Any] = lambda: KafkaProducer(**producer_kwargs(cfg))
-        self._producer = self._new_producer()
+        self._producer = KafkaProducer(**producer_kwargs(cfg))
+        # a replacement producer reuses the broker version the first one learned, so building it
+        # does not wait for a broker to answer (it would block the send thread through an outage)
+        version = self._producer.config.get("api_version")
+        self._new_producer: Callable[[], Any] = lambda: KafkaProducer(
+            **producer_kwargs(cfg), **({"api_version": version} if version else {}))
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-send")
         self.resets = 0
         self._reset_log = Throttle(30.0)
@@ -103,7 +107,7 @@ class KafkaPublisher:
         from kafka.admin import KafkaAdminClient
 
         if self._admin is None:
-            self._admin = KafkaAdminClient(**self._admin_kw, request_timeout_ms=5000)
+            self._admin = KafkaAdminClient(**self._admin_kw, request_timeout_ms=5000, bootstrap_timeout_ms=5000)
         return self._admin
 
     def _drop_admin(self) -> None:
@@ -151,10 +155,12 @@ class KafkaPublisher:
             return
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        producer = self._producer
         topic = self._topic
+        used: list[Any] = []  # the producer send_all took (read on the send thread: after any reset)
 
         def send_all() -> None:
+            producer = self._producer
+            used.append(producer)
             futures: list[Any] = []
             last: dict[int, Any] = {}
             watched: list[Any] = []  # records without a known partition are each watched
@@ -197,7 +203,10 @@ class KafkaPublisher:
         try:
             await done
         except Exception:
-            await loop.run_in_executor(self._sender, self._reset, producer)
+            # replaced on the send thread, before any later send, but not awaited: the failure
+            # reaches the agent (UNAVAILABLE, it resends) now, not after the replacement
+            if used:
+                self._sender.submit(self._reset, used[0])
             raise
 
     def _reset(self, failed: Any) -> None:

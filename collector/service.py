@@ -140,6 +140,12 @@ def record_size(r: Record) -> int:
     return len(r.key or b"") + len(r.value) + sum(len(k) + len(v) for k, v in r.headers) + RECORD_OVERHEAD
 
 
+def error_text(e: BaseException) -> str:
+    """'Type: message', without the type twice (kafka-python's messages often start with it)."""
+    text, name = str(e), type(e).__name__
+    return text if text.startswith(name) else f"{name}: {text}"
+
+
 class CollectorService:
     """One instance per process; every stream shares the in-flight bound and the publisher."""
 
@@ -153,6 +159,7 @@ class CollectorService:
         # the largest record the topic takes (server.py learns it from the topic or --kafka-max-record-bytes)
         self.max_record_bytes = cfg.kafka_max_record_bytes or 1048588
         self._publish_log = Throttle(30.0)
+        self._refuse_log = Throttle(30.0)
         self._publisher = publisher
         self._metrics = metrics
         self._token = token
@@ -262,7 +269,10 @@ class CollectorService:
 
     async def _refuse(self, context: grpc.aio.ServicerContext[bytes, BatchAck], r: Refusal) -> None:
         self._metrics.rejected.labels(r.reason).inc()
-        log.warning("refusing stream from %s: %s (%s)", context.peer(), r.details, r.code.name)
+        held = self._refuse_log.ready(r.reason)  # per reason: a flood of bad tokens is not a flood of lines
+        if held is not None:
+            log.warning("refusing stream from %s: %s (%s)%s", context.peer(), r.details, r.code.name,
+                        held_note(held))
         trailing: tuple[tuple[str, str], ...] = ()
         if r.sequence:
             trailing = ((MD_SEQUENCE, str(r.sequence)), (MD_REASON, r.reason))
@@ -373,9 +383,9 @@ class CollectorService:
                 self._on_publish(False)
             held = self._publish_log.ready()
             if held is not None:  # one line per 30 s while Kafka is down, not one per batch
-                log.warning("Kafka publish of batch %s/%d failed: %s: %s%s", batch.agent_id, batch.sequence,
-                            type(e).__name__, e, held_note(held))
-            await out.put(Refusal(grpc.StatusCode.UNAVAILABLE, "kafka_error", f"Kafka publish failed: {e}"))
+                log.warning("Kafka publish of batch %s/%d failed: %s%s", batch.agent_id, batch.sequence,
+                            error_text(e), held_note(held))
+            await out.put(Refusal(grpc.StatusCode.UNAVAILABLE, "kafka_error", f"Kafka publish failed: {error_text(e)}"))
         else:
             if self._on_publish is not None:
                 self._on_publish(True)
