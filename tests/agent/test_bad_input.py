@@ -13,8 +13,8 @@ import agent.__main__ as agent_main
 from agent.config import AgentConfig
 from agent.pipeline import Pipeline
 from agent.stdout import StdoutSink
-from tests.collector.test_bad_input import assert_one_line, run_cli
 from tcpscope.v1.events_pb2 import TcpEvent
+from tests.collector.test_bad_input import assert_one_line, run_cli
 
 
 @pytest.fixture

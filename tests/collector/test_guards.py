@@ -45,6 +45,7 @@ def wait_closed_by_peer(socks: list[socket.socket], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while closed < len(socks) and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=0.2):
+            s: object
             s = key.fileobj
             assert isinstance(s, socket.socket)
             try:
