@@ -45,17 +45,16 @@ def wait_closed_by_peer(socks: list[socket.socket], timeout: float) -> int:
     deadline = time.monotonic() + timeout
     while closed < len(socks) and time.monotonic() < deadline:
         for key, _ in sel.select(timeout=0.2):
-            s: object
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
             try:
-                data = s.recv(65536)
+                data = sock.recv(65536)
             except BlockingIOError:
                 continue
             except OSError:  # reset
                 data = b""
             if not data:
-                sel.unregister(s)
+                sel.unregister(sock)
                 closed += 1
     sel.close()
     return closed
