@@ -5,10 +5,14 @@ cap are closed on accept, and a real agent connects and delivers every event mea
 from __future__ import annotations
 
 import contextlib
+import logging
+import resource
 import selectors
 import socket
 import time
 from collections.abc import Iterator
+
+import pytest
 
 from tests.support.collector import collector
 from tests.support.events import make_event
@@ -69,7 +73,9 @@ def _deliver(target: str, n: int) -> tuple[int, dict[str, int]]:
     return int(exp.metrics.value("tcpscope_agent_events_acked_total")), exp.losses()
 
 
-def test_thousands_of_idle_sockets_do_not_keep_an_agent_out(kafka_broker: Broker) -> None:
+def test_thousands_of_idle_sockets_do_not_keep_an_agent_out(kafka_broker: Broker,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="collector.server")
     kafka_broker.create_topic(TOPIC)
     cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, handshake_timeout=3.0)
     with collector(cfg) as col, idle_sockets(col.port, 3000) as flood:
@@ -81,6 +87,9 @@ def test_thousands_of_idle_sockets_do_not_keep_an_agent_out(kafka_broker: Broker
         # the server closes every one of them after the handshake timeout, without the client letting go
         assert wait_closed_by_peer(flood, timeout=3.0 + 15) == 3000
         assert col.metrics.value("tcpscope_collector_events_received_total") == 1000
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[1]  # raised to the hard limit at start-up
+    assert any(r.getMessage().startswith(f"open file limit {soft}") for r in caplog.records)
     evs, _ = decode_all(consume_all(kafka_broker.bootstrap, TOPIC, want=1000 + 20))
     assert sorted(d.event.socket_id for d in evs if d.event) == list(range(1, 1001))
 
