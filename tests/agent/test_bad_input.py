@@ -75,6 +75,12 @@ class _LossySource:
     def losses(self) -> dict[str, int]:
         return {"kernel.ringbuf_full": 7, "kernel.recursion_misses": 2}
 
+    def stop(self) -> None:
+        pass
+
+    def flow_counters(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         pass
 

@@ -32,6 +32,9 @@ class Source:
     def losses(self) -> dict[str, int]:
         return {"kernel.ringbuf_full": 1}
 
+    def stop(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
