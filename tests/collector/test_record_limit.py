@@ -56,8 +56,10 @@ def test_packed_records_above_the_limit_split_the_batch_until_they_fit(kafka_bro
         exp.close(30)
         assert exp.losses() == {}
         assert exp.metrics.value("tcpscope_agent_batches_refused_total", reason="oversized") >= 1
+        # a batch published but not acked before a refusal ended the stream is resent and prepared
+        # again (at least once): the collector's counter may count it twice, readers dedup it
         assert col.metrics.value("tcpscope_collector_dropped_events_total",
-                                 reason="collector.record_too_large") == 3
+                                 reason="collector.record_too_large") >= 3
         published = int(col.metrics.value("tcpscope_collector_records_published_total"))
     records = consume_all(kafka_broker.bootstrap, TOPIC, want=published)
     assert all(len(r.value) <= 3000 for r in records)
