@@ -42,10 +42,12 @@ def _event(i: int, remote_ip: str) -> TcpEvent:
     return ev
 
 
-def test_flags_and_environment() -> None:
+def test_flags_and_environment(tmp_path: Path) -> None:
+    kube = tmp_path / "k"
+    kube.write_text("apiVersion: v1\n")  # with --resolve-remote the kubeconfig must be a readable file
     cfg = CollectorConfig.from_args(["--kafka-bootstrap", "k:9092", "--resolve-remote", "--labels", "app,tier"],
-                                    env={"KUBECONFIG": "/k"})
-    assert (cfg.resolve_remote, cfg.kubeconfig, cfg.labels) == (True, "/k", ("app", "tier"))
+                                    env={"KUBECONFIG": str(kube)})
+    assert (cfg.resolve_remote, cfg.kubeconfig, cfg.labels) == (True, str(kube), ("app", "tier"))
     env = {"TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092", "TCPSCOPE_RESOLVE_REMOTE": "true"}
     assert CollectorConfig.from_args([], env=env).resolve_remote is True
     assert CollectorConfig.from_args(["--no-resolve-remote"], env=env).resolve_remote is False
