@@ -106,3 +106,22 @@ def test_connections_beyond_the_cap_are_closed_and_the_agent_gets_in(kafka_broke
         assert wait_closed_by_peer(flood, timeout=5.0) == 1000
     evs, _ = decode_all(consume_all(kafka_broker.bootstrap, TOPIC, want=500 + 10))
     assert sorted(d.event.socket_id for d in evs if d.event) == list(range(1, 501))
+
+
+# an HTTP/2 client preface and an empty SETTINGS frame: the handshake done, then no call ever
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+
+
+def test_connections_that_never_call_are_closed_after_the_idle_limit(kafka_broker: Broker) -> None:
+    kafka_broker.create_topic(TOPIC)
+    cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, handshake_timeout=1.0, max_connection_idle=2.0)
+    with collector(cfg) as col, idle_sockets(col.port, 300) as quiet:
+        for s in quiet:
+            s.setblocking(True)
+            s.sendall(H2_PREFACE)
+            s.setblocking(False)
+        # past the handshake timeout they are still open: they did handshake
+        assert wait_closed_by_peer(quiet, timeout=1.5) == 0
+        assert wait_closed_by_peer(quiet, timeout=2.0 + 10) == 300
+        acked, losses = _deliver(col.target, 100)  # an agent always has a call open: never idle
+        assert (acked, losses) == (100, {})

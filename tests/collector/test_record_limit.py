@@ -77,3 +77,27 @@ def test_without_a_flag_the_limit_is_the_topics_or_kafkas_default(kafka_broker: 
         assert service is not None
         # the test broker does not report max.message.bytes: Kafka's shipped default applies
         assert service.max_record_bytes == 1048588
+
+
+def test_the_limit_is_read_from_the_topics_config(kafka_broker: Broker) -> None:
+    """What a real Kafka answers to DescribeConfigs (kafka-python's shape), through the publisher."""
+    from collector.publisher import KafkaPublisher
+
+    kafka_broker.create_topic(TOPIC)
+    pub = KafkaPublisher(collector_cfg(kafka_broker.bootstrap, TOPIC))
+    try:
+        class Admin:
+            def describe_configs(self, resources: list[object], config_filter: str) -> dict[str, object]:
+                assert config_filter == "all"
+                return {"topic": {TOPIC: {"max.message.bytes": {"value": "2097152", "read_only": False},
+                                          "cleanup.policy": {"value": "delete"}}}}
+
+            def close(self) -> None:
+                pass
+
+        pub._admin = Admin()
+        assert pub.topic_max_record_bytes() == 2097152
+        pub._admin = None
+        assert pub.topic_max_record_bytes() is None  # the test broker does not say
+    finally:
+        pub.close(1)
