@@ -28,6 +28,7 @@ from tcpscope.ratelimit import Throttle, held_note
 log = logging.getLogger(__name__)
 
 # connection and security settings the admin client (probe, topic config) shares with the producer
+_UNKNOWN_TOPIC = 3  # Kafka's UNKNOWN_TOPIC_OR_PARTITION
 _ADMIN_KEYS = frozenset({"bootstrap_servers", "security_protocol", "ssl_cafile", "sasl_mechanism",
                          "sasl_plain_username", "sasl_plain_password", "reconnect_backoff_max_ms"})
 
@@ -124,6 +125,11 @@ class KafkaPublisher:
             raise
         for t in topics:
             code = t.get("error_code", 0)
+            if code == _UNKNOWN_TOPIC and self._producer.partitions_for(self._topic):
+                # a broker that creates topics on first use: the producer's metadata request did
+                # (the admin client's never does). Without this, every replica would stay
+                # NOT_SERVING, no agent would be routed to one, and nothing would create the topic.
+                continue
             if code:
                 from kafka.errors import for_code
 

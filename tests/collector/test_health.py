@@ -4,6 +4,7 @@ by itself once it is back, and the outage costs no event and logs no traceback."
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 import pytest
@@ -67,3 +68,18 @@ def test_health_follows_kafka_and_recovers_by_itself(kafka_broker: Broker, caplo
     assert not [r for r in ours if r.exc_info], "a traceback was logged"
     publish_failures = [r for r in ours if "Kafka publish of batch" in r.getMessage()]
     assert 1 <= len(publish_failures) <= 2, [r.getMessage() for r in publish_failures]
+
+
+def test_a_topic_the_broker_creates_on_first_use_is_serving(kafka_broker: Broker) -> None:
+    """No topic yet, on a broker that creates topics on first use (as the test broker does): the
+    collector must be SERVING, or readiness would route no agent to it and nothing would ever
+    create the topic."""
+    with collector(collector_cfg(kafka_broker.bootstrap, "created-on-first-use")) as col:
+        assert col.server.kafka_probe_interval == 2.0
+        wait_until(lambda: col.server.serving, 10, "SERVING")
+        time.sleep(2 * col.server.kafka_probe_interval + 1)  # a few probes later, still
+        assert col.server.serving
+        exp = make_exporter(col.target)
+        exp.emit([make_event(1)], {})
+        exp.close(10)
+        assert exp.metrics.value("tcpscope_agent_events_acked_total") == 1
