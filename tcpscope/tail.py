@@ -91,6 +91,19 @@ class TailError(RuntimeError):
     """Reading cannot start (no broker, no such topic): main() prints one line and exits 2."""
 
 
+def _partitions(c: Any, o: TailOptions) -> set[int]:
+    """The topic's partitions, waiting TOPIC_WAIT_S for metadata; TailError (consumer closed) if none."""
+    deadline = time.monotonic() + TOPIC_WAIT_S
+    parts = c.partitions_for_topic(o.topic)
+    while not parts and time.monotonic() < deadline:
+        time.sleep(0.2)
+        parts = c.partitions_for_topic(o.topic)
+    if not parts:
+        c.close()
+        raise TailError(f"topic {o.topic!r} not found on {','.join(o.bootstrap)} (--topic)")
+    return set(parts)
+
+
 def open_consumer(o: TailOptions) -> Any:
     """A KafkaConsumer positioned at the end (or the beginning) of every partition of the topic."""
     from kafka import KafkaConsumer, TopicPartition
@@ -101,17 +114,12 @@ def open_consumer(o: TailOptions) -> Any:
     if o.group:
         kw.update(group_id=o.group, auto_offset_reset="earliest" if o.from_beginning else "latest",
                   max_poll_interval_ms=30_000, session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
-        c = KafkaConsumer(o.topic, **kw)
+        c = KafkaConsumer(**kw)
+        _partitions(c, o)  # a missing topic is an error here too, not a silent wait
+        c.subscribe([o.topic])
         return c
     c = KafkaConsumer(**kw)
-    deadline = time.monotonic() + TOPIC_WAIT_S
-    parts = c.partitions_for_topic(o.topic)
-    while not parts and time.monotonic() < deadline:
-        time.sleep(0.2)
-        parts = c.partitions_for_topic(o.topic)
-    if not parts:
-        c.close()
-        raise TailError(f"topic {o.topic!r} not found on {','.join(o.bootstrap)} (--topic)")
+    parts = _partitions(c, o)
     tps = [TopicPartition(o.topic, p) for p in sorted(parts)]
     c.assign(tps)
     if o.from_beginning:

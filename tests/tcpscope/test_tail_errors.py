@@ -17,7 +17,7 @@ def test_unreachable_broker(summary: list[str]) -> None:
     assert_one_line("tcpscope-tail", rc, err, secs, f"127.0.0.1:{port}", "Unable to bootstrap")
 
 
-@pytest.mark.parametrize("summary", [[], ["--summary"]], ids=["events", "summary"])
+@pytest.mark.parametrize("summary", [[], ["--summary"], ["--group", "g"]], ids=["events", "summary", "group"])
 def test_missing_topic(kafka_broker: Broker, summary: list[str]) -> None:
     kafka_broker.create_topic("present")
     rc, err, secs = run_cli("tcpscope.tail", ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", "absent",
