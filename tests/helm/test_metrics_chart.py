@@ -215,7 +215,8 @@ def test_traffic_settings_become_collector_variables_it_accepts() -> None:
     dep = find(render(values), "Deployment", "-collector")
     env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
     traffic = {k: v for k, v in env.items() if k.startswith("TCPSCOPE_METRICS_")}
-    assert traffic == {"TCPSCOPE_METRICS_PORT": "9501", "TCPSCOPE_METRICS_BY": "pod", "TCPSCOPE_METRICS_NAMESPACES": "",
+    assert traffic == {"TCPSCOPE_METRICS_PORT": "9501", "TCPSCOPE_METRICS_ADDRESS": "0.0.0.0",
+                       "TCPSCOPE_METRICS_BY": "pod", "TCPSCOPE_METRICS_NAMESPACES": "",
                        "TCPSCOPE_METRICS_EXCLUDE_NAMESPACES": "kube-system,x", "TCPSCOPE_METRICS_MAX_SERIES": "5000",
                        "TCPSCOPE_METRICS_TTL": "600"}
     cfg = CollectorConfig.from_args([], env={**traffic, "TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092"})
