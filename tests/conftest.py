@@ -87,9 +87,14 @@ def _is_euid_call(node: ast.expr) -> bool:
 
 
 def _compares_euid_to_zero(node: ast.expr, op: type[ast.cmpop]) -> bool:
-    return (isinstance(node, ast.Compare) and _is_euid_call(node.left) and len(node.ops) == 1
-            and isinstance(node.ops[0], op) and isinstance(node.comparators[0], ast.Constant)
-            and node.comparators[0].value == 0)
+    return (
+        isinstance(node, ast.Compare)
+        and _is_euid_call(node.left)
+        and len(node.ops) == 1
+        and isinstance(node.ops[0], op)
+        and isinstance(node.comparators[0], ast.Constant)
+        and node.comparators[0].value == 0
+    )
 
 
 def _checks_root(tree: ast.AST) -> bool:
@@ -178,8 +183,11 @@ def _tiers(item: pytest.Item) -> set[tuple[str, str]]:
             for d in defs:
                 func = inspect.unwrap(getattr(d.func, "__func__", d.func))
                 # fixtures of tests/ only (not pytest's), and not this file's own guard below
-                if (isinstance(func, FunctionType) and func.__module__.startswith("tests")
-                        and func.__code__.co_filename != __file__):
+                if (
+                    isinstance(func, FunctionType)
+                    and func.__module__.startswith("tests")
+                    and func.__code__.co_filename != __file__
+                ):
                     out |= {(tier, f"fixture {name}: {why}") for tier, why in _signals(func)}
     test_fn = getattr(item, "function", None)
     if isinstance(test_fn, FunctionType):
@@ -207,8 +215,10 @@ def _unit_tier(config: pytest.Config) -> bool:
 
 def pytest_report_header(config: pytest.Config) -> str | None:
     if _unit_tier(config) and os.geteuid() == 0:
-        return ("tiers: unit tier as root: a test that needs root but is not marked would pass here; "
-                "`make unit` runs it as uid 65534")
+        return (
+            "tiers: unit tier as root: a test that needs root but is not marked would pass here; "
+            "`make unit` runs it as uid 65534"
+        )
     if _unit_tier(config):
         return f"tiers: unit tier as uid {os.geteuid()}"
     return None

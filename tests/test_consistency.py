@@ -43,8 +43,15 @@ def test_event_kinds_match_decode() -> None:
 def test_event_kind_names_are_event_kinds_of_the_protobuf_event() -> None:
     oneof = {f.name for f in TcpEvent.DESCRIPTOR.oneofs_by_name["kind"].fields}
     # the --events name of each kind, and the TcpEvent field it fills
-    fields = {"lifecycle": "lifecycle", "state": "state_change", "retransmit": "retransmit",
-              "synack": "synack_retransmit", "reset": "reset", "error": "socket_error", "probe": "probe"}
+    fields = {
+        "lifecycle": "lifecycle",
+        "state": "state_change",
+        "retransmit": "retransmit",
+        "synack": "synack_retransmit",
+        "reset": "reset",
+        "error": "socket_error",
+        "probe": "probe",
+    }
     assert set(fields) == set(decode.KIND_NAMES.values())
     assert set(fields.values()) <= oneof
 
