@@ -61,7 +61,7 @@ BROKER_SIGNALS: dict[str, str] = {
 # Directories whose tests are in a tier whatever they use.
 DIRECTORY_TIERS: dict[str, tuple[tuple[str, str], ...]] = {
     "e2e": (("slow", "end-to-end (tests/e2e)"),),
-    "containers": (("root", "runs containers with podman"), ("slow", "builds and runs containers")),
+    "containers": (("root", "tests/containers (podman; make test-images)"), ("slow", "tests/containers")),
 }
 
 TIERS = ("root", "slow", "broker")
