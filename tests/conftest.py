@@ -8,8 +8,8 @@ its markers, in this order:
 2. by directory: `tests/e2e` is slow, `tests/containers` (podman) is root and slow;
 3. from what its code names, and the code of every fixture it uses (transitively) and of the
    helpers its own module defines: an entry point in `tests/support` that needs root or a broker
-   (`ROOT_SIGNALS`, `BROKER_SIGNALS`), or a root check written out (`assert os.geteuid() == 0`,
-   `if os.geteuid() != 0: pytest.fail(...)`).
+   (`ROOT_SIGNALS`, `BROKER_SIGNALS`), a product entry point that needs root (`ROOT_CALLABLES`),
+   or a root check written out (`assert os.geteuid() == 0`, `if os.geteuid() != 0: pytest.fail(...)`).
 
 A test that needs root and says none of this fails in `make unit`, because that run has no root:
 the kernel refuses its BPF, cgroups, namespaces and tracefs, and the report says what to add.
@@ -47,6 +47,11 @@ ROOT_SIGNALS: dict[str, str] = {
     "PodCluster": "builds the simulator's cluster (namespaces, cgroups)",
     "tracefs_root": "reads the live tracefs",
     "through_view": "runs in a private mount namespace",
+}
+
+# Product entry points that need root, by module and name, for the names too common to be signals.
+ROOT_CALLABLES: dict[str, str] = {
+    "tcpscope.sim.__main__.main": "runs tcpscope-sim, which needs root before it reads its arguments",
 }
 
 # Names that mean the test talks to a real Kafka-protocol broker (tests/support/kafka.py).
@@ -136,6 +141,12 @@ def _own_signals(fn: Callable[..., Any]) -> tuple[frozenset[tuple[str, str]], fr
     found |= {("broker", f"{fn.__qualname__} {why}: {name}") for name, why in BROKER_SIGNALS.items() if name in names}
     if _checks_root(tree):
         found.add(("root", f"{fn.__qualname__} checks for root"))
+    namespace = getattr(fn, "__globals__", {})
+    for name in names & namespace.keys():
+        obj = namespace[name]
+        where = f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}"
+        if where in ROOT_CALLABLES:
+            found.add(("root", f"{fn.__qualname__} {ROOT_CALLABLES[where]}"))
     return frozenset(found), frozenset(names)
 
 
@@ -206,6 +217,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             explicit = [t for t in TIERS if item.get_closest_marker(t) is not None and t not in {x for x, _ in found}]
             why = sorted(f"{t}: {r}" for t, r in found) + [f"{t}: explicit marker" for t in explicit]
             print(f"\n{item.nodeid}\n    " + ("\n    ".join(why) if why else "unit"), end="")
+    if show:
+        print()
 
 
 def _unit_tier(config: pytest.Config) -> bool:

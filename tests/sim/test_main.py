@@ -13,7 +13,6 @@ from tcpscope.sim.plan import builtin_plan
 from tcpscope.sim.services import cluster_objects
 
 
-@pytest.mark.root  # tcpscope-sim says "needs root" before it reads the plan
 def test_bad_plan_exits_2_and_builds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = net.all_run_ids()
     f = tmp_path / "p.json"
@@ -24,7 +23,6 @@ def test_bad_plan_exits_2_and_builds_nothing(tmp_path: Path, capsys: pytest.Capt
     assert net.all_run_ids() == before
 
 
-@pytest.mark.root  # tcpscope-sim says "needs root" before it cleans up
 def test_cleanup_with_nothing_left(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--cleanup"]) == 0
     assert capsys.readouterr().out.startswith("tcpscope-sim: cleaned ")
