@@ -27,6 +27,13 @@ if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
   mount -t tracefs nodev /sys/kernel/tracing || echo "setup: warning: could not mount tracefs" >&2
 fi
 
+# clang-format for `make format` and `make lint` (bpf/): Debian's, unless there is one on PATH already
+if ! command -v clang-format >/dev/null; then
+  echo "setup: installing Debian's clang-format"
+  { apt-get update -q && apt-get install -y -q --no-install-recommends clang-format; } >/dev/null 2>&1 \
+    || echo "setup: warning: could not install clang-format (make format and make lint need it)" >&2
+fi
+
 VENV=${TCPSCOPE_VENV:-.venv}
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV from Debian's /usr/bin/python3 (with system site-packages for bcc)"

@@ -37,13 +37,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from agent.metrics import AgentMetrics
+from tcpscope.kafka_layout import SCHEMA_VERSION
 from tcpscope.losses import POSSIBLE_LOSS_REASONS
 from tcpscope.refusal import SPLITTABLE
 from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent, UnobservedWindow
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 REASON_BUFFER_FULL = "agent.buffer_full"
 REASON_SHUTDOWN = "agent.shutdown_unsent"
 REASON_REFUSED = "agent.collector_refused"

@@ -176,6 +176,7 @@ def test_agent_attaches_and_reports_real_connections_with_only_the_chart_list(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            proc.stderr.close()
     stderr = "".join(stderr_lines) + rest
     assert rc == 0, stderr
     assert "sock:inet_sock_set_state" in stderr

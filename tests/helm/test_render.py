@@ -206,5 +206,7 @@ def test_every_agent_variable_is_a_setting_the_agent_accepts(name: str, tmp_path
             stand_in = tmp_path / k
             stand_in.write_text("x")
             env[k] = str(stand_in)
+    if "TCPSCOPE_STATE_DIR" in env:  # the pod's hostPath: a directory the agent may write, here too
+        env["TCPSCOPE_STATE_DIR"] = str(tmp_path / "state")
     config = AgentConfig.from_args([], env={k: v for k, v in env.items() if k in ours and v != "<from>"})
     assert config.ring_buffer_kb == int(env["TCPSCOPE_RING_BUFFER_KB"])

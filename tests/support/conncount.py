@@ -43,6 +43,8 @@ def serving(exe: Path, addr: str, port: int, *, req: int, resp: int, acceptors: 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
+        if proc.stdout is not None:
+            proc.stdout.close()
 
 
 @dataclass(frozen=True)

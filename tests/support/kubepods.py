@@ -121,11 +121,17 @@ def proc_cgroup_path(pid: int) -> str:
 
 
 def stop(p: subprocess.Popen[str]) -> None:
+    """Kill the peer if it still runs, reap it and close its pipes (the test may have closed stdin
+    already, which makes communicate() raise before it closes the others)."""
     if p.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             p.send_signal(signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        p.communicate(timeout=5)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(5)
+    for pipe in (p.stdin, p.stdout, p.stderr):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 # A tiny TCP peer: the server accepts one connection and prints both ends; the client connects and

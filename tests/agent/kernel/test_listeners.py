@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 
 import pytest
 
@@ -172,5 +172,9 @@ def test_an_so_reuseport_group_keeps_an_owner_until_its_last_listener_closes() -
                 if p.poll() is None:
                     p.kill()
                     p.wait()
+                for pipe in (p.stdin, p.stdout):
+                    if pipe is not None:
+                        with suppress(BrokenPipeError):
+                            pipe.close()
     assert [(e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs] == [
         (second.pid, "tsc-rp-second", 5)]

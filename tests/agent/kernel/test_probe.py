@@ -161,6 +161,7 @@ def test_bpf_sources_found_in_source_tree_then_in_package(tmp_path: Path) -> Non
     assert find_bpf_dir(installed) == installed / "bpf"
 
 
+@pytest.mark.slow  # builds the wheel with pip, writing build/ into the checkout
 def test_wheel_ships_the_bpf_sources(tmp_path: Path) -> None:
     """`pip install .` (not editable) carries bpf/*.c, *.h as agent/bpf, and the agent finds them."""
     import subprocess

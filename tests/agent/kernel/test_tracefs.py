@@ -151,6 +151,7 @@ def test_live_tracefs_formats_parse_and_round_trip() -> None:
         assert live == fmt
 
 
+@pytest.mark.root  # reads the live tracefs (read_format without root=)
 def test_live_formats_match_recording_on_6_18() -> None:
     if not os.uname().release.startswith("6.18"):
         pytest.fail(f"the 6.18 recordings are checked against a 6.18 kernel; this is {os.uname().release}")
@@ -161,6 +162,7 @@ def test_live_formats_match_recording_on_6_18() -> None:
         assert live.fields == _load("6.18", event).fields
 
 
+@pytest.mark.root  # reads the live tracefs (read_format without root=)
 def test_read_format_absent_tracepoint_is_none() -> None:
     assert read_format("tcp", "no_such_tracepoint") is None
     assert read_format("no_such_category", "x") is None
@@ -169,6 +171,7 @@ def test_read_format_absent_tracepoint_is_none() -> None:
         read_format("..", "tcp_probe")
 
 
+@pytest.mark.root  # the message names the mount command only to a user who may run it
 def test_find_tracefs_error_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(TracefsError, match="mount -t tracefs nodev"):
         find_tracefs(tmp_path / "tracing", tmp_path / "debug" / "tracing", may_mount=False)
