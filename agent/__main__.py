@@ -104,13 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         agent.source.close()
     losses = pipeline.all_losses()
-    print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
     flows = agent.source.flow_counters()
     if flows:
         # not losses: each of these connections is in a flow, or (map_full) reported on its own
         print(f"{PROG}: {flows.get('flows.aggregated', 0)} ordinary connections aggregated into flows, "
               f"{flows.get('flows.map_full', 0)} reported individually because the flow map was full",
               file=sys.stderr, flush=True)
+    # the loss summary is always the last line
+    print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
     lost: int = sum(definite(losses).values())
     if lost and config.duration is not None and not stop.is_set():
         return EXIT_LOST  # the loss line says how many and why

@@ -156,7 +156,8 @@ def test_agent_attaches_and_reports_real_connections_with_only_the_chart_list(
     with stdout_path.open("w") as stdout:
         proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(harness), setpriv_list(caps),
-             str(AGENT), "--stdout", "json", "--duration", "4", "--no-kubernetes", "--port", str(port)],
+             str(AGENT), "--stdout", "json", "--duration", "4", "--no-kubernetes", "--port", str(port),
+             "--events", "lifecycle,state"],
             env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT,
         )
         assert proc.stderr is not None

@@ -53,7 +53,8 @@ def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
 def test_json_lines_during_traffic_then_exit_after_duration() -> None:
     require_root()
     port = traffic.free_port()
-    proc = _start("--stdout", "json", "--duration", "3", "--port", str(port), "--no-kubernetes")
+    proc = _start("--stdout", "json", "--duration", "3", "--port", str(port), "--no-kubernetes",
+                  "--events", "lifecycle,state,retransmit,synack,reset,error")
     started = time.monotonic()
     attached = _wait_attached(proc)
     assert attached.startswith("tcpscope-agent: attached: sock:inet_sock_set_state")
