@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from tests.support.helm import CHART_DIR, find, render
+from tests.support.readable import in_view, readable_view
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / ".venv" / "bin" / "tcpscope-agent"
@@ -47,6 +48,9 @@ caps=$1; shift
 mount -t tmpfs -o size=1m tcpscope-caps /lib/modules
 HOST_ROOT=/ sh "$HEADERS_SCRIPT" >&2
 if [ -n "$AS_UID" ]; then
+  # another uid may not reach a checkout under /root: run it through a readable view of the checkout
+  mount --bind "$REPO" "$VIEW"
+  cd "$VIEW"
   exec setpriv --reuid "$AS_UID" --regid "$AS_UID" --clear-groups --inh-caps "-all$caps" \
        --ambient-caps "-all$caps" --bounding-set "-all$caps" --no-new-privs -- "$@"
 fi
@@ -104,11 +108,20 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def run_wrapped(wrapper: Path, caps: list[str], argv: list[str], *, as_uid: int | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID="" if as_uid is None else str(as_uid))
-    return subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(wrapper), setpriv_list(caps), *argv],
-        env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
-    )
+    if as_uid is None:
+        env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID="")
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(wrapper), setpriv_list(caps), *argv],
+            env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        )
+    with readable_view() as view:  # tests/support/readable.py: the checkout may sit under a 0700 /root
+        env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID=str(as_uid), REPO=str(ROOT),
+                   VIEW=str(view))
+        return subprocess.run(
+            ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(wrapper), setpriv_list(caps),
+             *(in_view(a, view) if a.startswith(str(ROOT) + os.sep) else a for a in argv)],
+            env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+        )
 
 
 @pytest.fixture()

@@ -19,6 +19,7 @@ import pytest
 
 from tests.support import traffic
 from tests.support.kernel import require_root
+from tests.support.readable import readable_view, through_view
 
 REPO = Path(__file__).resolve().parents[2]
 AGENT = [sys.executable, "-m", "agent"]
@@ -100,12 +101,17 @@ def test_dump_bpf() -> None:
     assert "struct" not in res.stderr
 
 
-def _as_nobody() -> list[str]:
+def _run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
+    """The agent as uid 65534 when the tests run as root (else as the current user), through a
+    readable view of the checkout (tests/support/readable.py): a checkout under /root (0700) is
+    out of that uid's reach, and that must not decide the outcome."""
+    if os.geteuid() != 0:
+        return _run(list(AGENT), *args)
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed for this test"
-    if os.geteuid() == 0:
-        return [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *AGENT]
-    return list(AGENT)
+    with readable_view() as view:
+        return _run(through_view(view, [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
+                                        "--inh-caps=-all", *AGENT]), *args)
 
 
 def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -124,7 +130,7 @@ def _run(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_not_root_is_one_clear_error() -> None:
-    line = _one_error_line(_run(_as_nobody(), "--stdout", "json", "--duration", "1"))
+    line = _one_error_line(_run_as_nobody("--stdout", "json", "--duration", "1"))
     assert line.startswith("tcpscope-agent: error: not root (uid 65534)")
     # what is missing, not how to get it on a workstation: in a container there is no sudo
     assert "CAP_BPF" in line and "CAP_PERFMON" in line and "missing: CAP_BPF, CAP_PERFMON" in line
@@ -152,7 +158,7 @@ def readable_tracefs() -> Iterator[Path]:
 
 @pytest.mark.root
 def test_dump_bpf_without_root_reads_a_readable_tracefs(readable_tracefs: Path) -> None:
-    res = _run(_as_nobody(), "--dump-bpf", "--tracefs", str(readable_tracefs))
+    res = _run_as_nobody("--dump-bpf", "--tracefs", str(readable_tracefs))
     assert res.returncode == 0, res.stderr
     assert "tracepoint sock:inet_sock_set_state -> tp_inet_sock_set_state" in res.stdout
     assert "OFF_BYTES_ACKED" in res.stdout
@@ -162,7 +168,7 @@ def test_dump_bpf_without_root_reads_a_readable_tracefs(readable_tracefs: Path) 
 def test_dump_bpf_without_root_and_unreadable_tracefs_is_one_clear_error() -> None:
     require_root()
     assert os.stat("/sys/kernel/tracing").st_mode & 0o005 == 0, "tracefs is readable by all on this host"
-    line = _one_error_line(_run(_as_nobody(), "--dump-bpf"))
+    line = _one_error_line(_run_as_nobody("--dump-bpf"))
     assert line == ("tcpscope-agent: error: cannot read tracefs at /sys/kernel/tracing (permission denied for "
                     "uid 65534): reading tracepoint formats needs root, or a tracefs mount this user may read "
                     "(give it with --tracefs)")
