@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PY_SOURCES := agent collector tcpscope tests bench scripts
 C_SOURCES = $(wildcard bpf/*.c bpf/*.h)
 
-.PHONY: setup run agent sim test unit format lint bench clean images test-images
+.PHONY: setup run agent sim broker test unit format lint bench clean images test-images
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,11 @@ sim: run
 # Just the agent on this host, printing live TCP events as a table.
 agent: setup
 	$(VENV)/bin/tcpscope-agent --stdout table $(ARGS)
+
+# A Kafka-protocol broker on 127.0.0.1:9092 with the topic tcpscope-events (3 partitions), in memory,
+# in the foreground until Ctrl-C: for trying the collector and tcpscope-tail on one machine.
+broker: setup
+	$(PY) -m scripts.broker $(ARGS)
 
 # Formatting is applied, never argued about: ruff format ([tool.ruff.format] in pyproject.toml) for
 # Python, clang-format (.clang-format) for bpf/.

@@ -18,9 +18,13 @@ for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  echo "setup: installing Debian packages: ${missing[*]}"
-  apt-get update -q
-  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  aptlog=$(mktemp /tmp/tcpscope-setup-apt-XXXXXX.log)
+  echo "setup: installing Debian packages: ${missing[*]} (log: $aptlog)"
+  if ! { apt-get update -q && apt-get install -y -q --no-install-recommends "${missing[@]}"; } >"$aptlog" 2>&1; then
+    cat "$aptlog" >&2
+    echo "setup: apt-get failed (log above, also in $aptlog)" >&2
+    exit 1
+  fi
 fi
 
 if ! mountpoint -q /sys/kernel/tracing 2>/dev/null; then
@@ -41,9 +45,16 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 stamp="$VENV/.tcpscope-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e ".[dev]"
+  # pip's own chatter (resolver notes, build-backend notices) goes to a log, shown only on failure
+  log="$VENV/pip-install.log"
+  echo "setup: installing tcpscope and its dev tools into $VENV (pip; log: $log)"
+  if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[dev]"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "setup: pip install failed (log above, also in $log)" >&2
+    exit 1
+  fi
   touch "$stamp"
 fi
 "$VENV/bin/python" -m scripts.genproto
-echo "setup: done (venv: $VENV)"
+echo "setup: done. The commands are in $VENV/bin: run them as $VENV/bin/tcpscope-tail ..., or first"
+echo "       export PATH=\"$PWD/$VENV/bin:\$PATH\" (or: source $VENV/bin/activate)"
