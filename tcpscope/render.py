@@ -241,9 +241,11 @@ _ENDING = {v: k for k, v in Ending.items()}
 
 
 def endpoint_text(ep: Any) -> str:
-    """'ns/name' when enrichment resolved the endpoint, else 'ip:port' ('[v6]:port')."""
+    """'ns/name:port' when enrichment resolved the endpoint, else 'ip:port' ('[v6]:port'). The port
+    stays: a pod listens on several, and a refused connection is about one of them."""
     if ep.name:
-        return f"{ep.namespace}/{ep.name}" if ep.namespace else ep.name
+        name = f"{ep.namespace}/{ep.name}" if ep.namespace else ep.name
+        return f"{name}:{ep.port}" if ep.port else name
     ip = ep.ip or "-"
     return f"[{ip}]:{ep.port}" if ":" in ip else f"{ip}:{ep.port}"
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from tcpscope import render, resetcause, timeline
+from tcpscope import live, render, resetcause, timeline
 from tcpscope import summary as summary_mode
 from tcpscope.gaps import unobserved_line
 from tcpscope.kafka_layout import (
@@ -36,12 +36,8 @@ from tcpscope.kafka_layout import (
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
-# the agent's --events names -> the TcpEvent `kind` oneof field names
-KINDS: dict[str, str] = {
-    "lifecycle": "lifecycle", "state": "state_change", "retransmit": "retransmit",
-    "synack": "synack_retransmit", "reset": "reset", "error": "socket_error", "probe": "probe",
-    "flow": "flow",
-}
+# the agent's --events names -> the TcpEvent `kind` oneof field names (tcpscope/live.py)
+KINDS: dict[str, str] = live.KINDS
 
 
 @dataclass(frozen=True)
@@ -57,6 +53,7 @@ class TailOptions:
     group: str | None = None
     summary: summary_mode.SummaryOptions | None = None  # --summary: per-pair counters (tcpscope/summary.py)
     connection: timeline.ConnectionSpec | None = None  # --connection: one connection's timeline
+    reorder_window: float = live.DEFAULT_HOLD_S  # seconds each event is held to print in time order; 0: as read
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ class EventFilter:
 
     namespace: str | None = None
     pod: str | None = None
-    kinds: frozenset[str] = frozenset()  # oneof field names; empty = all
+    kinds: frozenset[str] = frozenset()  # oneof field names; empty = all (EventFilter.from_options: the live view)
 
     def __call__(self, ev: TcpEvent) -> bool:
         if self.kinds and ev.WhichOneof("kind") not in self.kinds:
@@ -77,10 +74,7 @@ class EventFilter:
 
     @staticmethod
     def from_options(o: TailOptions) -> EventFilter:
-        unknown = [k for k in o.kinds if k not in KINDS]
-        if unknown:
-            raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}")
-        return EventFilter(o.namespace, o.pod, frozenset(KINDS[k] for k in o.kinds))
+        return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)))
 
 
 BOOTSTRAP_TIMEOUT_MS = 5000
@@ -137,14 +131,14 @@ LIVE_DEDUP_WINDOW = 200_000
 
 def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], float] = time.monotonic,
                  on_undecodable: Callable[[Any, Exception], None] | None = None,
-                 on_idle: Callable[[], None] | None = None) -> Iterator[Decoded]:
+                 on_idle: Callable[[], None] | None = None, poll_ms: int = 500) -> Iterator[Decoded]:
     """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
     records in partition order (Kafka orders only within a partition). Both record layouts: a packed
     record yields each of its events in order (kafka_layout.decode_records). A record that does not
     decode goes to `on_undecodable` (it must not stop an SRE's terminal, nor vanish unsaid).
     `on_idle` runs after every poll, records or not (for work due on a timer)."""
     while deadline is None or clock() < deadline:
-        wait = 500 if deadline is None else max(1, min(500, int((deadline - clock()) * 1000)))
+        wait = poll_ms if deadline is None else max(1, min(poll_ms, int((deadline - clock()) * 1000)))
         for recs in consumer.poll(timeout_ms=wait).values():
             for r in recs:
                 try:
@@ -175,13 +169,15 @@ def _with_cause(fmt: str, text: str, v: resetcause.Verdict) -> str:
 def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     keep = EventFilter.from_options(o)
     line, header = _renderer(o.format)
-    # received resets wait (bounded) for the peer node's evidence, then print with their cause
-    hold = resetcause.LiveHold()
+    # the live view (tcpscope/live.py): received resets wait (bounded) for the peer node's evidence
+    # and print with their cause; every row is held o.reorder_window seconds to print in time order
+    view = live.LiveView(lambda ev, v: line(ev) if v is None else _with_cause(o.format, line(ev), v),
+                         keep=keep, hold=o.reorder_window)
 
-    def show_released(done: list[tuple[TcpEvent, resetcause.Verdict]]) -> None:
-        for ev, v in done:
-            out.write(_with_cause(o.format, line(ev), v) + "\n")
-        if done:
+    def show(lines: list[str]) -> None:
+        for text in lines:
+            out.write(text + "\n")
+        if lines:
             out.flush()
 
     consumer = open_consumer(o)
@@ -199,8 +195,8 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     if header:
         out.write(header + "\n")
     try:
-        for d in read_decoded(consumer, deadline, on_undecodable=bad_record,
-                              on_idle=lambda: show_released(hold.release(time.monotonic_ns()))):
+        for d in read_decoded(consumer, deadline, on_undecodable=bad_record, poll_ms=100,
+                              on_idle=lambda: show(view.tick(time.monotonic()))):
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
@@ -216,14 +212,9 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                             "both shown\n")
                 err.flush()
             if d.kind == RECORD_EVENT and d.event is not None:
-                shown = keep(d.event)
-                held, done = hold.add(d.event, time.monotonic_ns(), shown)
-                if shown and not held:
-                    out.write(line(d.event) + "\n")
-                    out.flush()
-                show_released(done)
+                show(view.add(d.event, time.monotonic()))
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
-                hold.join.add_batch(d.agent_id, d.summary)
+                view.add_batch(d.agent_id, d.summary)
                 for w in d.summary.unobserved:
                     err.write(unobserved_line(w) + "\n")
                     err.flush()
@@ -239,7 +230,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     finally:
         consumer.close()
         with contextlib.suppress(BrokenPipeError):
-            show_released(hold.release(time.monotonic_ns(), everything=True))
+            show(view.close(time.monotonic()))
         if repeats or undecodable or conflicts:
             err.write(f"# {repeats} repeated records (batches published twice) shown once; "
                       f"{undecodable} records that are not tcpscope records skipped"
@@ -308,7 +299,10 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument("--duration", type=number(float, above=0), help="stop after this many seconds (> 0)")
     p.add_argument("--namespace", help="only events with an end in this namespace")
     p.add_argument("--pod", help="only events with an end in this pod (name)")
-    p.add_argument("--kind", default="", help="event kinds, comma separated: " + ",".join(KINDS))
+    p.add_argument("--kind", default="", help="event kinds, comma separated, or 'all': " + ",".join(KINDS)
+                   + " (default: " + ",".join(live.DEFAULT_KINDS) + ", what an SRE watches)")
+    p.add_argument("--reorder-window", type=float, default=live.DEFAULT_HOLD_S, metavar="S",
+                   help="hold each event S seconds to print events in time order (default %(default)s; 0: as read)")
     p.add_argument("--group", help="join this consumer group instead of reading every partition")
     summary_mode.add_arguments(p)
     p.add_argument("--connection", metavar="IP:PORT-IP:PORT|[NODE/]SOCKET_ID",
@@ -322,7 +316,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     kinds = tuple(k.strip() for k in a.kind.split(",") if k.strip())
     o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
                     a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group,
-                    summary_mode.options_from(a))
+                    summary_mode.options_from(a), reorder_window=max(0.0, a.reorder_window))
     if a.connection is not None:
         try:
             o = dataclasses.replace(o, connection=timeline.ConnectionSpec.parse(a.connection))

@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from tcpscope import resetcause, summary
+from tcpscope import live, resetcause, summary
+from tcpscope.live import LiveView, OrderedPrinter
 from tcpscope.losses import definite, possible
 from tcpscope.sim.cluster import PodCluster, cleanup_leftovers
 from tcpscope.sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary-format", choices=("table", "json"), default="table",
                    help="how to print the summary at the end")
     p.add_argument("--quiet", action="store_true", help="no live event table")
+    p.add_argument("--show", default="", metavar="KINDS",
+                   help="event kinds in the live table, comma separated, or 'all': " + ",".join(live.KINDS)
+                   + " (default: " + ",".join(live.DEFAULT_KINDS) + ")")
     p.add_argument("--ship-timeout", type=float, default=60.0,
                    help="with --plan: seconds to wait for the agents to ship every event")
     p.add_argument("--agent-arg", action="append", default=[],
@@ -74,48 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _live_printer(out: Callable[[str], None]) -> _LivePrinter | None:
+def _live_printer(out: Callable[[str], None], kinds: frozenset[str]) -> OrderedPrinter:
     """The agent's table renderer (tcpscope.render) over events read back from Kafka, so the live
-    view shows both ends' pod names as any Kafka consumer sees them."""
-    try:
-        from tcpscope import render
-    except ImportError:
-        log.warning("tcpscope.render is not available: no live table")
-        return None
-    line: Callable[[TcpEvent], str] | None = (getattr(render, "render_table_row", None)
-                                              or getattr(render, "table_line", None))
-    if line is None:
-        return None
-    header = getattr(render, "TABLE_HEADER", None)
-    if header:
-        out(str(header))
-    return _LivePrinter(out, line)
+    view shows both ends' pod names as any Kafka consumer sees them: the kinds an SRE watches unless
+    --show says otherwise, received resets marked with who sent them once the join knows
+    (resetcause), in time order (tcpscope/live.py), as `tcpscope-tail` prints them."""
+    from tcpscope import render
 
+    out(render.TABLE_HEADER)
 
-class _LivePrinter:
-    """Prints events as they are read back; a received reset is held (resetcause.LiveHold) until
-    the join says who sent it, then printed with `cause=...`, as `tcpscope-tail` does."""
+    def line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
+        return render.table_line(ev) if v is None else f"{render.table_line(ev)} cause={v.label}"
 
-    def __init__(self, out: Callable[[str], None], line: Callable[[TcpEvent], str]) -> None:
-        self.out, self.line = out, line
-        self.hold = resetcause.LiveHold()
-        self.lock = threading.Lock()
-
-    def __call__(self, ev: TcpEvent) -> None:
-        with self.lock:
-            held, done = self.hold.add(ev, time.monotonic_ns())
-            if not held:
-                self.out(self.line(ev))
-            self._show(done)
-
-    def flush(self) -> None:
-        """Print whatever is still held (at the end of the run)."""
-        with self.lock:
-            self._show(self.hold.release(time.monotonic_ns(), everything=True))
-
-    def _show(self, done: list[tuple[TcpEvent, resetcause.Verdict]]) -> None:
-        for ev, v in done:
-            self.out(f"{self.line(ev)} cause={v.label}")
+    return OrderedPrinter(out, LiveView(line, kinds=kinds))
 
 
 class _Interrupted(Exception):
@@ -135,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tcpscope-sim: cleaned {len(cleaned)} run(s) {' '.join(cleaned)}".rstrip())
         return 0
     try:
+        show = live.parse_kinds(args.show)
         plan = load_plan(args.plan) if args.plan else builtin_plan()
-    except (PlanError, OSError) as e:
+    except (PlanError, OSError, ValueError) as e:
         print(f"tcpscope-sim: {e}", file=sys.stderr)
         return 2
     unknown_nodes = sorted(set(args.unwatched_node) - set(plan.nodes))
@@ -157,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     services = Services(plan, cluster.run_id, cluster.state, workdir, args.kafka_bootstrap, args.topic,
                         args.agent_arg, collectors=max(1, args.collectors), metrics_port=args.metrics_port)
     watch: TopicWatch | None = None
+    printer: OrderedPrinter | None = None
     rc = 1
 
     def say(msg: str) -> None:
@@ -184,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"ports {services.agent_metrics_port(1)}-{last} (agents)")
         for p in plan.pods:
             say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
-        printer = None if (args.quiet or args.plan) else _live_printer(say)
+        printer = None if (args.quiet or args.plan) else _live_printer(say, show)
         watch = TopicWatch(bootstrap, args.topic, {services.agent_id(n) for n in watched}, printer)
         watch.start()
         driver = Driver(cluster)
@@ -200,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             services.stop_agents()
             watch.catch_up(10)
             if printer is not None:
-                printer.flush()
+                printer.close()  # the rows still held (for their reset's cause, for time order)
             made = ", ".join(f"{k}={v}" for k, v in sorted(driver.outcomes.items()))
             say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
             rc = 0
@@ -230,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
         if watch is not None:
             watch.stop()
+        if printer is not None:
+            printer.close()
         services.stop()
         cluster.stop()
         for s, h in old.items():
