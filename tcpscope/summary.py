@@ -88,13 +88,22 @@ class Party:
 
     namespace: str
     name: str
-    kind: str  # POD, SERVICE, NODE, EXTERNAL, UNRESOLVED; or the workload kind with --by workload
+    kind: str  # POD, SERVICE, NODE, EXTERNAL, UNRESOLVED, PROCESS; or the workload kind with --by workload
+    process: str = ""  # PROCESS: the owning process's comm (an end no pod owns, e.g. without Kubernetes)
+    port: int = 0  # PROCESS servers: the server port (one row per process and port)
 
     def label(self) -> str:
+        if self.process:
+            return f"{self.process}@{self.name}"
         return f"{self.namespace}/{self.name}" if self.namespace else self.name
 
-    def to_json(self) -> dict[str, str]:
-        return {"namespace": self.namespace, "name": self.name, "kind": self.kind}
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {"namespace": self.namespace, "name": self.name, "kind": self.kind}
+        if self.process:
+            out["process"] = self.process
+        if self.port:
+            out["port"] = self.port
+        return out
 
 
 @dataclass
@@ -284,8 +293,10 @@ class Summarizer:
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
                 continue
-            client = self._party(cv.event.local if cv else None, sv.event.remote if sv else None)
-            server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None)
+            client = self._party(cv.event.local if cv else None, sv.event.remote if sv else None,
+                                 cv.event.process.comm if cv else "")
+            server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None,
+                                 sv.event.process.comm if sv else "", server=True)
             absorbed = cv is None and sv is not None and (
                 sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
             _count(row_for(client, server), cv, sv, absorbed, self.reset_cause(cv, sv))
@@ -296,9 +307,10 @@ class Summarizer:
                 if cutoff is not None and last < cutoff:
                     continue
                 if f.flow.role == ACTIVE:
-                    client, server = self._party(f.local, None), self._party(None, f.remote)
+                    client, server = self._party(f.local, None, f.process.comm), self._party(None, f.remote)
                 else:
-                    client, server = self._party(None, f.remote), self._party(f.local, None)
+                    client = self._party(None, f.remote)
+                    server = self._party(f.local, None, f.process.comm, server=True)
                 row = row_for(client, server)
                 row.connections += f.flow.connections
                 row.flow_connections += f.flow.connections
@@ -308,14 +320,20 @@ class Summarizer:
                 row.last_seen_ns = max(row.last_seen_ns, last)
         return list(rows.values())
 
-    def _party(self, best: Endpoint | None, fallback: Endpoint | None) -> Party:
+    def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "",
+               server: bool = False) -> Party:
         """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
-        agent saw it, else from the peer's agent (remote end, resolved by IP)."""
+        agent saw it, else from the peer's agent (remote end, resolved by IP). An end no pod owns
+        (a host without Kubernetes, a host-network process) whose own agent saw it is named by its
+        process, and a server by its process and port: on one host every end is 127.0.0.1, and one
+        row for all of them says nothing."""
         ep = best if best is not None and best.kind != 0 else fallback
         if ep is None:
             ep = best
         assert ep is not None
         if ep.kind == 0 or not ep.name:
+            if best is not None and best.kind == 0 and comm:
+                return Party("", best.ip, "PROCESS", comm, best.port if server else 0)
             return Party("", ep.ip, "UNRESOLVED")
         if self.by == "workload" and ep.workload.name:
             return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")

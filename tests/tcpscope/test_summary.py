@@ -287,3 +287,48 @@ def test_flows_of_an_unwatched_client_count_from_the_server() -> None:
     rows = rows_by_pair(s)
     assert [(k, r["connections"], r["flow_connections"], r["server_resets"]) for k, r in rows.items()] == [
         (("203.0.113.9", "shop/api-1"), 13, 12, 1)]
+
+
+def _host(role: int, lport: int, rport: int, comm: str, start: int, **kw: object) -> pb.TcpEvent:
+    """A lifecycle event on a host without Kubernetes: both ends 127.0.0.1, nothing resolved."""
+    ev = lifecycle(role, ("", "", "127.0.0.1", ""), ("", "", "127.0.0.1", ""), lport, rport, start,
+                   **kw)  # type: ignore[arg-type]
+    for ep in (ev.local, ev.remote):
+        ep.kind, ep.namespace, ep.name = pb.ENDPOINT_KIND_UNSPECIFIED, "", ""
+        ep.ClearField("workload")
+    ev.process.comm = comm
+    return ev
+
+
+def test_without_kubernetes_rows_are_processes_and_server_ports() -> None:
+    evs = []
+    for i, (client, server, port) in enumerate([("curl", "nginx", 8080), ("curl", "nginx", 8080),
+                                                 ("curl", "python3", 8765), ("wget", "python3", 8765),
+                                                 ("curl", "python3", 8799)]):
+        t = T0 + i * 10_000_000
+        evs.append(_host(pb.ACTIVE, 40000 + i, port, client, t))
+        evs.append(_host(pb.PASSIVE, port, 40000 + i, server, t + 100_000, last_state=pb.LAST_ACK))
+    refused = _host(pb.ACTIVE, 41000, 8799, "curl", T0, last_state=pb.SYN_SENT, errno=111,
+                    ending=pb.RESET_RECEIVED)  # nobody listening: the server end has no process
+    s = summary.Summarizer()
+    s.add_all([*evs, refused])
+    got = sorted((r.client.label(), r.server.label(), sorted(r.server_ports), r.connections, r.refused)
+                 for r in s.pairs())
+    assert got == [
+        ("curl@127.0.0.1", "127.0.0.1", [8799], 0, 1),  # refused: no process owns the server end
+        ("curl@127.0.0.1", "nginx@127.0.0.1", [8080], 2, 0),
+        ("curl@127.0.0.1", "python3@127.0.0.1", [8765], 1, 0),
+        ("curl@127.0.0.1", "python3@127.0.0.1", [8799], 1, 0),  # same process, another port: its own row
+        ("wget@127.0.0.1", "python3@127.0.0.1", [8765], 1, 0),
+    ]
+    table = summary.render_table(summary.select(s.pairs(), sort="client")).splitlines()
+    assert [line.split()[:2] for line in table[1:]] == [
+        ["curl@127.0.0.1", "127.0.0.1:8799"],
+        ["curl@127.0.0.1", "nginx@127.0.0.1:8080"],
+        ["curl@127.0.0.1", "python3@127.0.0.1:8765"],
+        ["curl@127.0.0.1", "python3@127.0.0.1:8799"],
+        ["wget@127.0.0.1", "python3@127.0.0.1:8765"],
+    ]
+    j = next(r.to_json() for r in s.pairs() if r.server.label() == "nginx@127.0.0.1")
+    assert j["client"] == {"namespace": "", "name": "127.0.0.1", "kind": "PROCESS", "process": "curl"}
+    assert j["server"] == {"namespace": "", "name": "127.0.0.1", "kind": "PROCESS", "process": "nginx", "port": 8080}
