@@ -54,9 +54,11 @@ from tcpscope.v1.events_pb2 import (
     CLOSE,
     ERROR,
     LISTEN,
+    NORMAL,
     PASSIVE,
     RESET_RECEIVED,
     RESET_SENT,
+    SYN_RECV,
     SYN_SENT,
     TCP_STATE_UNSPECIFIED,
     Endpoint,
@@ -175,7 +177,8 @@ class Summarizer:
     """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
     skipped: dict[str, int] = field(default_factory=dict, init=False)
     """Lifecycle events not counted, by reason: no_role (socket older than the agent), listener,
-    self (local end == remote end), over_capacity. Other event kinds are simply ignored."""
+    self (local end == remote end), duplicate_child (is_duplicate_child), over_capacity. Other event
+    kinds are simply ignored."""
 
     def __post_init__(self) -> None:
         if self.by not in ("pod", "workload"):
@@ -205,6 +208,9 @@ class Summarizer:
         if lc.role == ACTIVE:
             client_end, server_end, side = ev.local, ev.remote, 0
         elif lc.role == PASSIVE:
+            if is_duplicate_child(lc):
+                self._skip("duplicate_child")
+                return
             client_end, server_end, side = ev.remote, ev.local, 1
         else:
             self._skip("no_role")
@@ -338,6 +344,15 @@ class Summarizer:
         if self.by == "workload" and ep.workload.name:
             return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")
         return Party(ep.namespace, ep.name, EndpointKind.Name(ep.kind))
+
+
+def is_duplicate_child(lc: Lifecycle) -> bool:
+    """A server-side child socket that died in SYN_RECV having carried nothing: the kernel made two
+    children for one handshake (two ACKs of one request handled on two CPUs at once; the loser of
+    inet_ehash_nolisten() is set to CLOSE and destroyed). Not a connection: counting it would add a
+    second, server-only connection beside the real one (docs/resets.md)."""
+    return (lc.role == PASSIVE and lc.last_state == SYN_RECV and lc.ending == NORMAL and not lc.tx_bytes
+            and not lc.rx_bytes)
 
 
 def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | None, _View | None]]:

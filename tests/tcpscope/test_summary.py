@@ -332,3 +332,15 @@ def test_without_kubernetes_rows_are_processes_and_server_ports() -> None:
     j = next(r.to_json() for r in s.pairs() if r.server.label() == "nginx@127.0.0.1")
     assert j["client"] == {"namespace": "", "name": "127.0.0.1", "kind": "PROCESS", "process": "curl"}
     assert j["server"] == {"namespace": "", "name": "127.0.0.1", "kind": "PROCESS", "process": "nginx", "port": 8080}
+
+
+def test_a_duplicate_handshake_child_is_not_a_second_connection() -> None:
+    # seen in tests/agent/kernel/test_tuples.py: two children for one handshake; the loser dies in
+    # SYN_RECV with nothing carried, and starts nearer the client's view than the real server socket
+    c, sv = both(WEB, API, 40000, 9000, T0)
+    loser = lifecycle(pb.PASSIVE, API, WEB, 9000, 40000, T0 + 50_000, 120_000, last_state=pb.SYN_RECV)
+    assert summary.is_duplicate_child(loser.lifecycle) and not summary.is_duplicate_child(sv.lifecycle)
+    s = summary.Summarizer()
+    s.add_all([c, loser, sv])
+    assert counters(rows_by_pair(s)[("shop/web-1", "shop/api-1")]) == zero(connections=1)
+    assert s.skipped == {"duplicate_child": 1}

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tcpscope import summary
 from tcpscope.v1.events_pb2 import ACTIVE, CLOSE, LISTEN, PASSIVE, TcpEvent
 from tests.support import traffic
 from tests.support.kernel import Harness, kind, on_port, require_root
@@ -77,7 +78,15 @@ def test_synack_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list
     lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
     events = [e for e in agent.seen if on_port(port)(e)]
     assert [e for e in events if kind(e) == "synack_retransmit"]
-    assert sorted(e.lifecycle.role for e in lcs) == [ACTIVE, PASSIVE]
+    # The client's retransmitted SYN and the server's retransmitted SYN-ACK cross (both timers fire
+    # at 1 s), so the server may get two ACKs for one request; processed on two CPUs at once, each
+    # creates a child, and the one that loses inet_ehash_nolisten() goes SYN_RECV -> CLOSE and is
+    # destroyed. That loser is a real kernel socket and the agent reports it (seen about once in 20
+    # runs: an extra PASSIVE lifecycle, tx 0, rx 0, last state SYN_RECV, same tuple). It is not a
+    # connection, and not a stray event from other traffic: its tuple is this connection's.
+    losers = [e for e in lcs if summary.is_duplicate_child(e.lifecycle)]
+    assert all((e.local.port, e.remote.port) == (port, cport) for e in losers), losers
+    assert sorted(e.lifecycle.role for e in lcs if e not in losers) == [ACTIVE, PASSIVE]
     _assert_oriented(events, {cport: (pair.a_addr, cport, pair.b_addr, port),
                               port: (pair.b_addr, port, pair.a_addr, cport)})
 
