@@ -644,7 +644,7 @@ def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
     from tcpscope.tail import EventFilter, open_consumer
 
     keep_all = EventFilter.from_options(tail_opts)
-    keep = EventFilter(None, None, keep_all.kinds)  # namespace/pod select pairs, not events
+    keep = EventFilter(None, None, keep_all.kinds, keep_all.query)  # namespace/pod select pairs, not events
     report = Report(Summarizer(by=o.by))
     consumer = open_consumer(tail_opts)
     once = tail_opts.from_beginning and tail_opts.duration is None

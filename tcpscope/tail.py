@@ -15,12 +15,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from tcpscope import live, render, resetcause, timeline
+from tcpscope import kafka_client, live, render, resetcause, timeline
+from tcpscope import query as querylib
 from tcpscope import summary as summary_mode
 from tcpscope.gaps import unobserved_line
+from tcpscope.kafka_client import KafkaSecurity
 from tcpscope.kafka_layout import (
     CONFLICT,
     RECORD_EVENT,
@@ -33,6 +35,7 @@ from tcpscope.kafka_layout import (
     fingerprint,
     lost_total,
 )
+from tcpscope.query import Query
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
@@ -54,6 +57,8 @@ class TailOptions:
     summary: summary_mode.SummaryOptions | None = None  # --summary: per-pair counters (tcpscope/summary.py)
     connection: timeline.ConnectionSpec | None = None  # --connection: one connection's timeline
     reorder_window: float = live.DEFAULT_HOLD_S  # seconds each event is held to print in time order; 0: as read
+    query: Query = field(default_factory=Query)  # --since/--until, --label, --service, ... (tcpscope/query.py)
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class EventFilter:
     namespace: str | None = None
     pod: str | None = None
     kinds: frozenset[str] = frozenset()  # oneof field names; empty = all (EventFilter.from_options: the live view)
+    query: Query = field(default_factory=Query)
 
     def __call__(self, ev: TcpEvent) -> bool:
         if self.kinds and ev.WhichOneof("kind") not in self.kinds:
@@ -70,11 +76,13 @@ class EventFilter:
         ends = (ev.local, ev.remote)
         if self.namespace is not None and all(e.namespace != self.namespace for e in ends):
             return False
-        return not (self.pod is not None and all(e.name != self.pod for e in ends))
+        if self.pod is not None and all(e.name != self.pod and f"{e.namespace}/{e.name}" != self.pod for e in ends):
+            return False
+        return self.query.empty or self.query(ev)
 
     @staticmethod
     def from_options(o: TailOptions) -> EventFilter:
-        return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)))
+        return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)), o.query)
 
 
 BOOTSTRAP_TIMEOUT_MS = 5000
@@ -104,7 +112,7 @@ def open_consumer(o: TailOptions) -> Any:
 
     # an unreachable broker is a one-line error within seconds, not a traceback after 30 s
     kw: dict[str, Any] = {"bootstrap_servers": list(o.bootstrap), "enable_auto_commit": o.group is not None,
-                          "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS}
+                          "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **o.security.client_kwargs()}
     if o.group:
         kw.update(group_id=o.group, auto_offset_reset="earliest" if o.from_beginning else "latest",
                   max_poll_interval_ms=30_000, session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
@@ -116,7 +124,9 @@ def open_consumer(o: TailOptions) -> Any:
     parts = _partitions(c, o)
     tps = [TopicPartition(o.topic, p) for p in sorted(parts)]
     c.assign(tps)
-    if o.from_beginning:
+    if o.query.since_ns is not None:
+        seek_to_time(c, tps, o.query.since_ns)
+    elif o.from_beginning:
         c.seek_to_beginning(*tps)
     else:
         c.seek_to_end(*tps)
@@ -125,19 +135,68 @@ def open_consumer(o: TailOptions) -> Any:
     return c
 
 
+TIME_SLACK_MS = 60_000
+"""How far a record's Kafka timestamp (when the collector published it) may trail or lead the times
+of the events in it: an agent batches for up to its batch age and retries for a while after a
+collector outage, and node clocks differ. Offsets are looked up with this margin; the events' own
+times decide (query.Query)."""
+
+
+def _time_offsets(c: Any, tps: list[Any], ms: int) -> dict[Any, int | None]:
+    """The first offset at or after `ms` per partition, None where no record is that recent. A
+    broker that answers without a timestamp (-1) did not look the time up: None too."""
+    found = c.offsets_for_times(dict.fromkeys(tps, max(0, ms)))
+    out: dict[Any, int | None] = {}
+    for tp in tps:
+        ot = found.get(tp)
+        out[tp] = ot.offset if ot is not None and ot.timestamp is not None and ot.timestamp >= 0 else None
+    return out
+
+
+def seek_to_time(c: Any, tps: list[Any], since_ns: int) -> None:
+    """Position every partition at the records published since `since_ns` (minus the slack); from
+    the beginning where the broker cannot say, at the end where nothing is that recent."""
+    offsets = _time_offsets(c, tps, since_ns // 1_000_000 - TIME_SLACK_MS)
+    answered = c.offsets_for_times(dict.fromkeys(tps, 0))  # does the broker look times up at all?
+    for tp in tps:
+        off = offsets[tp]
+        if off is not None:
+            c.seek(tp, off)
+        elif answered.get(tp) is not None and answered[tp].timestamp is not None and answered[tp].timestamp >= 0:
+            c.seek_to_end(tp)  # the broker looks times up, and has nothing that recent
+        else:
+            c.seek_to_beginning(tp)
+
+
+def stop_offsets(c: Any, tps: list[Any], until_ns: int) -> dict[Any, int]:
+    """Per partition, the offset past which no record can hold events up to `until_ns`: the first
+    record published after until + slack, else the end of the partition now."""
+    ends = c.end_offsets(tps)
+    after = _time_offsets(c, tps, until_ns // 1_000_000 + TIME_SLACK_MS)
+    out: dict[Any, int] = {}
+    for tp in tps:
+        off = after[tp]
+        out[tp] = int(ends[tp]) if off is None else off
+    return out
+
+
 # records remembered for dropping at-least-once repeats (about 100 bytes each)
 LIVE_DEDUP_WINDOW = 200_000
 
 
 def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], float] = time.monotonic,
                  on_undecodable: Callable[[Any, Exception], None] | None = None,
-                 on_idle: Callable[[], None] | None = None, poll_ms: int = 500) -> Iterator[Decoded]:
+                 on_idle: Callable[[], None] | None = None, poll_ms: int = 500,
+                 done: Callable[[], bool] | None = None) -> Iterator[Decoded]:
     """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
     records in partition order (Kafka orders only within a partition). Both record layouts: a packed
     record yields each of its events in order (kafka_layout.decode_records). A record that does not
     decode goes to `on_undecodable` (it must not stop an SRE's terminal, nor vanish unsaid).
-    `on_idle` runs after every poll, records or not (for work due on a timer)."""
+    `on_idle` runs after every poll, records or not (for work due on a timer); `done` ends the
+    reading when it says so (a --until range read to its end)."""
     while deadline is None or clock() < deadline:
+        if done is not None and done():
+            return
         wait = poll_ms if deadline is None else max(1, min(poll_ms, int((deadline - clock()) * 1000)))
         for recs in consumer.poll(timeout_ms=wait).values():
             for r in recs:
@@ -150,6 +209,24 @@ def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], floa
                 yield from ds
         if on_idle is not None:
             on_idle()
+
+
+def read_range(consumer: Any, o: TailOptions, wall_ns: Callable[[], int] = time.time_ns,
+               clock: Callable[[], float] = time.monotonic) -> tuple[float | None, Callable[[], bool] | None]:
+    """(monotonic deadline, done check) for a run: --duration; --until in the future ends when the
+    wall clock passes it (plus the slack for late batches, at most --duration); --until in the
+    past ends once every partition is read up to its stop offset."""
+    deadline = None if o.duration is None else clock() + o.duration
+    until = o.query.until_ns
+    if until is None or o.group:
+        return deadline, None
+    ahead_s = (until - wall_ns()) / 1e9
+    if ahead_s > 0:
+        end = clock() + ahead_s + TIME_SLACK_MS / 1000
+        return (end if deadline is None else min(deadline, end)), None
+    tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
+    stops = stop_offsets(consumer, tps, until)
+    return deadline, lambda: all(consumer.position(tp) >= off for tp, off in stops.items())
 
 
 def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
@@ -181,7 +258,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             out.flush()
 
     consumer = open_consumer(o)
-    deadline = None if o.duration is None else time.monotonic() + o.duration
+    deadline, done = read_range(consumer, o)
     recent = RecentKeys(LIVE_DEDUP_WINDOW)
     repeats = undecodable = conflicts = 0
 
@@ -196,7 +273,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         out.write(header + "\n")
     try:
         for d in read_decoded(consumer, deadline, on_undecodable=bad_record, poll_ms=100,
-                              on_idle=lambda: show(view.tick(time.monotonic()))):
+                              on_idle=lambda: show(view.tick(time.monotonic())), done=done):
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
@@ -304,6 +381,21 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument("--reorder-window", type=float, default=live.DEFAULT_HOLD_S, metavar="S",
                    help="hold each event S seconds to print events in time order (default %(default)s; 0: as read)")
     p.add_argument("--group", help="join this consumer group instead of reading every partition")
+    q = p.add_argument_group("investigation (every filter given must hold; see README)")
+    q.add_argument("--since", help="events from this time: a duration back (90s, 15m, 1h30m, 2d) or RFC 3339")
+    q.add_argument("--until", help="events up to this time (same forms); in the past: exit when read")
+    q.add_argument("--label", action="append", default=[], metavar="K=V", help="an end's pod label (repeatable)")
+    q.add_argument("--service", metavar="[NS/]NAME", help="an end that resolved to this Service (its ClusterIP)")
+    q.add_argument("--workload", metavar="[NS/]NAME", help="an end's workload (Deployment, StatefulSet, ...)")
+    q.add_argument("--node", help="reported on this node, or an end on it")
+    q.add_argument("--port", action="append", default=[], help="either end's port (repeatable, comma separated)")
+    q.add_argument("--reason", action="append", default=[], help="reset reason: NO_SOCKET, TCP_STATE, ... "
+                   "(docs/resets.md; repeatable, comma separated)")
+    q.add_argument("--errno", action="append", default=[], help="ECONNREFUSED, ECONNRESET, ETIMEDOUT or a "
+                   "number (repeatable, comma separated)")
+    q.add_argument("--from-pod", metavar="[NS/]NAME", help="the client (lifecycle/flow rows) or the reporting end")
+    q.add_argument("--to-pod", metavar="[NS/]NAME", help="the server (lifecycle/flow rows) or the reporting end's peer")
+    kafka_client.add_arguments(p, env)
     summary_mode.add_arguments(p)
     p.add_argument("--connection", metavar="IP:PORT-IP:PORT|[NODE/]SOCKET_ID",
                    help="print both ends' events of one connection, time-ordered, once read: with "
@@ -314,9 +406,15 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     if a.format == "dot" and not a.summary:
         p.error("--format dot draws the service map of --summary")
     kinds = tuple(k.strip() for k in a.kind.split(",") if k.strip())
+    try:
+        qry = query_from_args(a, time.time_ns())
+        security = kafka_client.from_args(a, env)
+    except ValueError as e:
+        p.error(str(e))
     o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
                     a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group,
-                    summary_mode.options_from(a), reorder_window=max(0.0, a.reorder_window))
+                    summary_mode.options_from(a), reorder_window=max(0.0, a.reorder_window), query=qry,
+                    security=security)
     if a.connection is not None:
         try:
             o = dataclasses.replace(o, connection=timeline.ConnectionSpec.parse(a.connection))
@@ -327,6 +425,24 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     except ValueError as e:
         p.error(str(e))
     return o
+
+
+def query_from_args(a: argparse.Namespace, now_ns: int) -> Query:
+    since = querylib.parse_time(a.since, now_ns) if a.since else None
+    until = querylib.parse_time(a.until, now_ns) if a.until else None
+    if since is not None and until is not None and until < since:
+        raise ValueError("--until is before --since")
+    ports = set()
+    for x in querylib.split_list(a.port):
+        if not x.isdigit() or not 0 < int(x) < 65536:
+            raise ValueError(f"--port wants a port number, not {x!r}")
+        ports.add(int(x))
+    return Query(
+        labels=tuple(querylib.parse_label(x) for x in a.label), service=a.service, workload=a.workload,
+        node=a.node, ports=frozenset(ports),
+        reasons=frozenset(querylib.parse_reason(x) for x in querylib.split_list(a.reason)),
+        errnos=frozenset(querylib.parse_errno(x) for x in querylib.split_list(a.errno)),
+        from_pod=a.from_pod, to_pod=a.to_pod, since_ns=since, until_ns=until)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
