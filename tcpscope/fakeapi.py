@@ -1,7 +1,8 @@
 """A Kubernetes API server stand-in that speaks the real HTTP protocol, for tests and the simulator.
 
-It serves `pods`, `services` and `nodes` (core/v1) the way kube-apiserver does, closely enough for
-the real `kubernetes` client and for any informer-style list+watch loop:
+It serves `pods`, `services`, `nodes` and `secrets` (core/v1) and `deployments` (apps/v1) the way
+kube-apiserver does, closely enough for the real `kubernetes` client and for any informer-style
+list+watch loop:
 
 - list (`GET /api/v1/pods`, `/api/v1/namespaces/NS/pods`, ...) returns `<Kind>List` with
   `metadata.resourceVersion`; `limit` + `continue` paginate; `resourceVersion` older than the
@@ -11,6 +12,7 @@ the real `kubernetes` client and for any informer-style list+watch loop:
   object; from a resourceVersion older than the compaction point it sends one ERROR event carrying
   a 410 `Status` (what kube-apiserver does: "too old resource version"); `allowWatchBookmarks=true`
   gets BOOKMARK events every `bookmark_interval` seconds; `timeoutSeconds` ends the stream;
+- lists take equality-based `labelSelector`s (`a=b,c!=d,e`);
 - `fieldSelector` (`spec.nodeName=N`, `metadata.namespace=X`, `!=` too); an object that stops
   matching a watch's selector is sent to it as DELETED, one that starts matching as ADDED.
 
@@ -53,7 +55,44 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "pods": ("Pod", True),
     "services": ("Service", True),
     "nodes": ("Node", False),
+    "secrets": ("Secret", True),
+    "deployments": ("Deployment", True),
 }
+# resources outside the core group -> their apiVersion (served under /apis/<group>/<version>/)
+GROUP_VERSIONS: dict[str, str] = {"deployments": "apps/v1"}
+
+
+def api_version(resource: str) -> str:
+    return GROUP_VERSIONS.get(resource, "v1")
+
+
+def parse_label_selector(sel: str) -> list[tuple[str, str | None, bool]]:
+    """'a=b,c!=d,e' -> [(a, b, True), (c, d, False), (e, None, True)] (equality-based selectors and
+    existence; set-based ones are not served)."""
+    out: list[tuple[str, str | None, bool]] = []
+    for term in filter(None, (t.strip() for t in sel.split(","))):
+        if " in " in term or " notin " in term or term.startswith("!"):
+            raise ValueError(f"unsupported label selector {term!r}")
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            out.append((k.strip(), v.strip(), False))
+        elif "=" in term:
+            k, v = term.split("==", 1) if "==" in term else term.split("=", 1)
+            out.append((k.strip(), v.strip(), True))
+        else:
+            out.append((term, None, True))
+    return out
+
+
+def _labels_match(obj: Mapping[str, Any], sel: list[tuple[str, str | None, bool]]) -> bool:
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for k, v, eq in sel:
+        if v is None:
+            if k not in labels:
+                return False
+        elif (labels.get(k) == v) != eq:
+            return False
+    return True
 
 
 def now_rfc3339() -> str:
@@ -124,7 +163,7 @@ class _Store:
             obj = copy.deepcopy(obj)
             kind, namespaced = RESOURCES[resource]
             obj.setdefault("kind", kind)
-            obj.setdefault("apiVersion", "v1")
+            obj.setdefault("apiVersion", api_version(resource))
             meta = obj.setdefault("metadata", {})
             if namespaced:
                 meta.setdefault("namespace", "default")
@@ -271,14 +310,17 @@ class _Handler(BaseHTTPRequestHandler):
         if parts in (["version"], ["livez"], ["readyz"], ["healthz"]):
             self._send_json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tcpscope-fake"})
             return
-        if parts[:2] != ["api", "v1"]:
+        if parts[:2] == ["api", "v1"]:
+            group_version, rest = "v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        else:
             self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
             return
-        rest = parts[2:]
         namespace: str | None = None
         if len(rest) >= 2 and rest[0] == "namespaces":
             namespace, rest = rest[1], rest[2:]
-        if not rest or rest[0] not in RESOURCES or len(rest) > 2:
+        if not rest or rest[0] not in RESOURCES or len(rest) > 2 or api_version(rest[0]) != group_version:
             self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
             return
         resource = rest[0]
@@ -290,6 +332,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             sel = parse_field_selector(q.get("fieldSelector", ""))
+            labels = parse_label_selector(q.get("labelSelector", ""))
         except ValueError as e:
             self._status(400, "BadRequest", str(e))
             return
@@ -298,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.watches_started += 1
             self._watch(resource, namespace, sel, q)
         else:
-            self._list(resource, namespace, sel, q)
+            self._list(resource, namespace, sel, q, labels)
 
     def _get_one(self, resource: str, namespace: str, name: str) -> None:
         store = self.server.owner.store
@@ -311,7 +354,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, body)
 
     def _list(self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]],
-              q: Mapping[str, str]) -> None:
+              q: Mapping[str, str], labels: list[tuple[str, str | None, bool]] | None = None) -> None:
         store = self.server.owner.store
         rv_param = q.get("resourceVersion", "")
         with store.cond:
@@ -320,7 +363,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._status(410, "Expired", f"too old resource version: {rv_param} ({store.rv})")
                 return
             items = sorted((copy.deepcopy(o) for o in store.objects[resource].values()
-                            if _matches(o, sel, namespace)), key=lambda o: store.key(resource, o))
+                            if _matches(o, sel, namespace) and _labels_match(o, labels or [])),
+                           key=lambda o: store.key(resource, o))
             rv = store.rv
         cont = q.get("continue", "")
         start = 0
@@ -342,7 +386,8 @@ class _Handler(BaseHTTPRequestHandler):
             meta["continue"] = f"{rv}:{start + limit}"
             meta["remainingItemCount"] = len(items) - start - limit
         kind = RESOURCES[resource][0]
-        self._send_json(200, {"kind": f"{kind}List", "apiVersion": "v1", "metadata": meta, "items": page})
+        self._send_json(200, {"kind": f"{kind}List", "apiVersion": api_version(resource), "metadata": meta,
+                              "items": page})
 
     def _watch(self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]],
                q: Mapping[str, str]) -> None:
@@ -575,7 +620,7 @@ def _resource_of(obj: Mapping[str, Any]) -> str:
     for resource, (k, _) in RESOURCES.items():
         if k == kind:
             return resource
-    raise ValueError(f"unsupported kind {kind!r}; supported: Pod, Service, Node")
+    raise ValueError(f"unsupported kind {kind!r}; supported: {', '.join(k for k, _ in RESOURCES.values())}")
 
 
 # --- object builders -------------------------------------------------------------------------
