@@ -29,6 +29,7 @@ Counters, each counting connections:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
@@ -92,7 +93,7 @@ class Party:
     name: str
     kind: str  # POD, SERVICE, NODE, EXTERNAL, UNRESOLVED, PROCESS; or the workload kind with --by workload
     process: str = ""  # PROCESS: the owning process's comm (an end no pod owns, e.g. without Kubernetes)
-    port: int = 0  # PROCESS servers: the server port (one row per process and port)
+    port: int = 0  # a server end no pod owns, seen by its own agent: the server port (one row per port)
 
     def label(self) -> str:
         if self.process:
@@ -303,6 +304,10 @@ class Summarizer:
                                  cv.event.process.comm if cv else "")
             server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None,
                                  sv.event.process.comm if sv else "", server=True)
+            if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+                # a host's client to an address no agent named (a refused port, a socket older than
+                # the agent): still one row per server port, as for the servers it did name
+                server = dataclasses.replace(server, port=(cv or sv).server_end.port)  # type: ignore[union-attr]
             absorbed = cv is None and sv is not None and (
                 sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
             _count(row_for(client, server), cv, sv, absorbed, self.reset_cause(cv, sv))
@@ -317,6 +322,8 @@ class Summarizer:
                 else:
                     client = self._party(None, f.remote)
                     server = self._party(f.local, None, f.process.comm, server=True)
+                if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+                    server = dataclasses.replace(server, port=port)
                 row = row_for(client, server)
                 row.connections += f.flow.connections
                 row.flow_connections += f.flow.connections
@@ -338,8 +345,9 @@ class Summarizer:
             ep = best
         assert ep is not None
         if ep.kind == 0 or not ep.name:
-            if best is not None and best.kind == 0 and comm:
-                return Party("", best.ip, "PROCESS", comm, best.port if server else 0)
+            if best is not None and not best.name:  # its own agent saw it: a host end (kind HOST or unset)
+                port = best.port if server else 0
+                return Party("", best.ip, "PROCESS" if comm else "UNRESOLVED", comm, port)
             return Party("", ep.ip, "UNRESOLVED")
         if self.by == "workload" and ep.workload.name:
             return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")

@@ -296,6 +296,7 @@ def _host(role: int, lport: int, rport: int, comm: str, start: int, **kw: object
     for ep in (ev.local, ev.remote):
         ep.kind, ep.namespace, ep.name = pb.ENDPOINT_KIND_UNSPECIFIED, "", ""
         ep.ClearField("workload")
+    ev.local.kind, ev.local.node = pb.HOST, "vm"  # what the agent sets with --no-kubernetes
     ev.process.comm = comm
     return ev
 
@@ -321,6 +322,18 @@ def test_without_kubernetes_rows_are_processes_and_server_ports() -> None:
         ("curl@127.0.0.1", "python3@127.0.0.1", [8799], 1, 0),  # same process, another port: its own row
         ("wget@127.0.0.1", "python3@127.0.0.1", [8765], 1, 0),
     ]
+    # a server socket whose process is unknown (pid 0: its listener predates the agent) still gets
+    # a row per port
+    s2 = summary.Summarizer()
+    for i, port in enumerate((8080, 8081)):
+        s2.add(_host(pb.ACTIVE, 42000 + i, port, "curl", T0))
+        s2.add(_host(pb.PASSIVE, port, 42000 + i, "", T0 + 100_000, last_state=pb.LAST_ACK))
+    for i, port in enumerate((9001, 9002)):  # refused: only the client's view, the server end unnamed
+        s2.add(_host(pb.ACTIVE, 43000 + i, port, "curl", T0, last_state=pb.SYN_SENT, errno=111,
+                     ending=pb.RESET_RECEIVED))
+    assert sorted((r.client.label(), r.server.label(), sorted(r.server_ports), r.refused) for r in s2.pairs()) == [
+        ("curl@127.0.0.1", "127.0.0.1", [8080], 0), ("curl@127.0.0.1", "127.0.0.1", [8081], 0),
+        ("curl@127.0.0.1", "127.0.0.1", [9001], 1), ("curl@127.0.0.1", "127.0.0.1", [9002], 1)]
     table = summary.render_table(summary.select(s.pairs(), sort="client")).splitlines()
     assert [line.split()[:2] for line in table[1:]] == [
         ["curl@127.0.0.1", "127.0.0.1:8799"],
