@@ -1,0 +1,127 @@
+"""tcpscope-tail reads a Kafka that only speaks TLS, with the collector's flags
+(--kafka-security-protocol SSL --kafka-ssl-cafile): a real broker (tansu) behind a TLS endpoint
+that it advertises as its own listener, so every client connection, metadata and fetches alike,
+goes through a real TLS handshake verified against the test CA."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpscope import render
+from tcpscope.kafka_layout import batch_records
+from tcpscope.v1.events_pb2 import EventBatch
+from tests.support.events import make_event
+from tests.support.kafka import Broker, free_port
+from tests.support.tls import TestCA
+
+TOPIC = "tls-events"
+
+
+def _pump(a: socket.socket, b: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        while data := a.recv(65536):
+            b.sendall(data)
+    with contextlib.suppress(OSError):
+        b.shutdown(socket.SHUT_WR)
+
+
+@contextlib.contextmanager
+def tls_front(port: int, backend: int, cert: str, key: str) -> Iterator[None]:
+    """Terminates TLS on 127.0.0.1:port and relays each connection to 127.0.0.1:backend."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv = socket.create_server(("127.0.0.1", port))
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                raw, _ = srv.accept()
+            except OSError:
+                return
+            try:
+                conn = ctx.wrap_socket(raw, server_side=True)
+            except (OSError, ssl.SSLError):
+                raw.close()  # a client that does not speak TLS, or does not trust us
+                continue
+            back = socket.create_connection(("127.0.0.1", backend))
+            threading.Thread(target=_pump, args=(conn, back), daemon=True).start()
+            threading.Thread(target=_pump, args=(back, conn), daemon=True).start()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        srv.close()
+        t.join(5)
+
+
+@pytest.fixture()
+def tls_kafka(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(bootstrap, CA file) of a broker reachable only over TLS."""
+    ca = TestCA(tmp_path)
+    server = ca.server()
+    front = free_port()
+    b = Broker()
+    # tansu advertises the TLS front as its address: clients never reach it in clear text
+    import tests.support.kafka as k
+
+    url, adv = f"tcp://127.0.0.1:{b.port}", f"tcp://127.0.0.1:{front}"
+    b.proc = subprocess.Popen([k._broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", adv,
+                               "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        with tls_front(front, b.port, server.cert, server.key):
+            yield f"127.0.0.1:{front}", ca.ca_file
+    finally:
+        b.stop()
+
+
+@pytest.mark.slow
+def test_tail_reads_a_tls_only_kafka_with_the_collector_flags(tls_kafka: tuple[str, str]) -> None:
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    bootstrap, ca_file = tls_kafka
+    tls = {"security_protocol": "SSL", "ssl_cafile": ca_file}
+    deadline = time.monotonic() + 10
+    while True:  # the broker behind the front may take a moment to listen
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000, **tls)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
+    admin.close()
+    events = [make_event(i) for i in range(4)]
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **tls)
+    for r in batch_records(EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)):
+        p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
+    p.flush()
+    p.close()
+    res = subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", bootstrap, "--topic", TOPIC,
+                          "--from-beginning", "--duration", "3", "--format", "json",
+                          "--kafka-security-protocol", "SSL", "--kafka-ssl-cafile", ca_file],
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [render.json_line(e) for e in events]
+    # the control: the same tail in clear text gets nothing from this Kafka
+    plain = subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", bootstrap, "--topic", TOPIC,
+                            "--from-beginning", "--duration", "3", "--format", "json"],
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert (plain.returncode, plain.stdout) == (2, "")
+    assert plain.stderr.startswith("tcpscope-tail: ") and len(plain.stderr.splitlines()) == 1, plain.stderr
