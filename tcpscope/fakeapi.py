@@ -13,6 +13,8 @@ list+watch loop:
   a 410 `Status` (what kube-apiserver does: "too old resource version"); `allowWatchBookmarks=true`
   gets BOOKMARK events every `bookmark_interval` seconds; `timeoutSeconds` ends the stream;
 - lists take equality-based `labelSelector`s (`a=b,c!=d,e`);
+- `POST` creates and `DELETE` removes an object; `GET .../pods/NAME/log` serves what `append_log`
+  added, and with `follow=true` streams until the pod's phase is Succeeded or Failed;
 - `fieldSelector` (`spec.nodeName=N`, `metadata.namespace=X`, `!=` too); an object that stops
   matching a watch's selector is sent to it as DELETED, one that starts matching as ADDED.
 
@@ -253,8 +255,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    # --- TokenReview ------------------------------------------------------------------------------
     def do_POST(self) -> None:
+        """TokenReview, or the creation of an object."""
+        if [p for p in urlsplit(self.path).path.split("/") if p] == [
+                "apis", "authentication.k8s.io", "v1", "tokenreviews"]:
+            self._token_review()
+        else:
+            self._create()
+
+    # --- TokenReview ------------------------------------------------------------------------------
+    def _token_review(self) -> None:
         owner = self.server.owner
         url = urlsplit(self.path)
         with owner.lock:
@@ -300,6 +310,110 @@ class _Handler(BaseHTTPRequestHandler):
                               "metadata": {"creationTimestamp": None}, "spec": spec, "status": status})
 
     # --- routing ------------------------------------------------------------------------------
+    def _route(self, parts: list[str]) -> tuple[str, str | None, list[str]] | None:
+        """(resource, namespace, rest after the resource) of an API path, None if not served."""
+        if parts[:2] == ["api", "v1"]:
+            group_version, rest = "v1", parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 3:
+            group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+        else:
+            return None
+        namespace: str | None = None
+        if len(rest) >= 2 and rest[0] == "namespaces":
+            namespace, rest = rest[1], rest[2:]
+        if not rest or rest[0] not in RESOURCES or api_version(rest[0]) != group_version:
+            return None
+        return rest[0], namespace, rest[1:]
+
+    def _body(self) -> JsonObj | None:
+        n = int(self.headers.get("Content-Length") or 0)
+        try:
+            body = json.loads(self.rfile.read(n) or b"null")
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
+    def _create(self) -> None:
+        """Create (`POST /api/v1/namespaces/NS/pods`): 201 with the stored object, 409 if it exists."""
+        owner = self.server.owner
+        url = urlsplit(self.path)
+        with owner.lock:
+            owner.requests.append(f"POST {url.path}")
+        route = self._route([p for p in url.path.split("/") if p])
+        body = self._body()
+        if route is None or route[2] or body is None:
+            self._status(404 if route is None else 400, "NotFound" if route is None else "BadRequest",
+                         f"cannot create at {url.path}")
+            return
+        resource, namespace, _ = route
+        meta = body.setdefault("metadata", {})
+        if RESOURCES[resource][1]:
+            meta["namespace"] = namespace or meta.get("namespace") or "default"
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + secrets.token_hex(3)
+        body.setdefault("kind", RESOURCES[resource][0])
+        if resource == "pods":
+            body.setdefault("status", {"phase": "Pending"})
+        try:
+            created = owner.store.put(resource, body, must_exist=False)
+        except KeyError as e:
+            self._status(409, "AlreadyExists", str(e))
+            return
+        except ValueError as e:
+            self._status(422, "Invalid", str(e))
+            return
+        self._send_json(201, created)
+
+    def do_DELETE(self) -> None:
+        owner = self.server.owner
+        url = urlsplit(self.path)
+        with owner.lock:
+            owner.requests.append(f"DELETE {url.path}")
+        route = self._route([p for p in url.path.split("/") if p])
+        if route is None or len(route[2]) != 1:
+            self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
+            return
+        resource, namespace, (name,) = route
+        try:
+            gone = owner.store.remove(resource, namespace or "", name)
+        except KeyError:
+            self._status(404, "NotFound", f'{resource} "{name}" not found')
+            return
+        self._send_json(200, gone)
+
+    def _pod_log(self, namespace: str, name: str, follow: bool) -> None:
+        """The container log set with FakeApiServer.append_log; with follow, streamed until the pod
+        has Succeeded or Failed (what the kubelet does when the container exits)."""
+        owner = self.server.owner
+        store = owner.store
+        with store.cond:
+            if (namespace, name) not in store.objects["pods"]:
+                self._status(404, "NotFound", f'pods "{name}" not found')
+                return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        sent = 0
+        try:
+            while True:
+                with store.cond:
+                    text = owner.logs.get((namespace, name), b"")
+                    pod = store.objects["pods"].get((namespace, name))
+                    done = pod is None or pod.get("status", {}).get("phase") in ("Succeeded", "Failed")
+                    if len(text) == sent and not done and follow and not self.server.stopping.is_set():
+                        store.cond.wait(0.2)
+                        continue
+                chunk, sent = text[sent:], len(text)
+                if chunk:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.flush()
+                if done or not follow or self.server.stopping.is_set():
+                    break
+            self._end_chunks()
+        except OSError:
+            return
+
     def do_GET(self) -> None:
         owner = self.server.owner
         url = urlsplit(self.path)
@@ -310,20 +424,14 @@ class _Handler(BaseHTTPRequestHandler):
         if parts in (["version"], ["livez"], ["readyz"], ["healthz"]):
             self._send_json(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-tcpscope-fake"})
             return
-        if parts[:2] == ["api", "v1"]:
-            group_version, rest = "v1", parts[2:]
-        elif parts[:1] == ["apis"] and len(parts) >= 3:
-            group_version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
-        else:
+        route = self._route(parts)
+        if route is not None and route[0] == "pods" and route[1] and len(route[2]) == 2 and route[2][1] == "log":
+            self._pod_log(route[1], route[2][0], q.get("follow", "").lower() in ("true", "1"))
+            return
+        if route is None or len(route[2]) > 1:
             self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
             return
-        namespace: str | None = None
-        if len(rest) >= 2 and rest[0] == "namespaces":
-            namespace, rest = rest[1], rest[2:]
-        if not rest or rest[0] not in RESOURCES or len(rest) > 2 or api_version(rest[0]) != group_version:
-            self._status(404, "NotFound", f"the server could not find the requested resource {url.path}")
-            return
-        resource = rest[0]
+        resource, namespace, rest = route[0], route[1], [route[0], *route[2]]
         if namespace is not None and not RESOURCES[resource][1]:
             self._status(404, "NotFound", f"{resource} is not namespaced")
             return
@@ -502,6 +610,7 @@ class FakeApiServer:
         self.tokens: dict[str, BoundToken] = {}
         self.reviews = 0  # TokenReviews answered
         self.reviewers: set[str] | None = None  # bearer tokens allowed to create TokenReviews (RBAC)
+        self.logs: dict[tuple[str, str], bytes] = {}  # (namespace, pod) -> its container's log
         self._srv: _HttpServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -608,6 +717,12 @@ class FakeApiServer:
         with self.store.cond:
             o = self.store.objects[resource].get((namespace if RESOURCES[resource][1] else "", name))
             return copy.deepcopy(o) if o else None
+
+    def append_log(self, name: str, text: bytes, namespace: str = "default") -> None:
+        """Add to a pod's container log (what `GET .../pods/NAME/log` serves)."""
+        with self.store.cond:
+            self.logs[(namespace, name)] = self.logs.get((namespace, name), b"") + text
+            self.store.cond.notify_all()
 
     @property
     def resource_version(self) -> int:

@@ -13,7 +13,12 @@ kubectl runs it as `kubectl-tcpscope` from PATH. It finds the release's collecto
 `TCPSCOPE_KAFKA_SSL_CAFILE` / `_USERNAME_FILE` / `_PASSWORD_FILE` name, followed to the Secret
 volumes that hold them. The Secrets' keys are written to a private temporary directory (0700, files
 0600) for the run and removed after it. It reads Deployments and Secrets and creates nothing; the
-Kafka brokers must be reachable from where it runs (as they are for the collector's pods).
+Kafka brokers must be reachable from where it runs.
+
+With --in-cluster (a Kafka reachable only inside the cluster, the usual case) it instead creates a
+Pod beside the collector, from the collector's image with its Kafka environment and Secret volumes,
+running tcpscope-tail with the given flags; it streams the Pod's output and deletes it at the end
+(Ctrl-C included). No secret leaves the cluster then.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import os
 import posixpath
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +82,32 @@ class Api:
         obj: JsonObj = json.loads(r.data)
         return obj
 
+    def create_pod(self, namespace: str, body: JsonObj) -> JsonObj:
+        r = self._core.create_namespaced_pod(namespace, body, _preload_content=False)
+        obj: JsonObj = json.loads(r.data)
+        return obj
+
+    def read_pod(self, namespace: str, name: str) -> JsonObj:
+        r = self._core.read_namespaced_pod(name, namespace, _preload_content=False)
+        obj: JsonObj = json.loads(r.data)
+        return obj
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._core.delete_namespaced_pod(name, namespace, grace_period_seconds=0, _preload_content=False)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+    def follow_log(self, namespace: str, name: str) -> Iterator[bytes]:
+        r = self._core.read_namespaced_pod_log(name, namespace, follow=True, _preload_content=False)
+        try:
+            yield from r.stream(4096, decode_content=True)
+        finally:
+            r.release_conn()
+
     def close(self) -> None:
         self._client.close()
 
@@ -93,6 +124,7 @@ class Found:
     security_protocol: str
     sasl_mechanism: str | None
     files: dict[str, tuple[str, str]] = field(default_factory=dict)  # env name -> (secret, key)
+    collector: JsonObj = field(default_factory=dict, repr=False)  # the Deployment itself
 
     def describe(self) -> str:
         lines = [f"release {self.release} in namespace {self.namespace} (collector Deployment {self.deployment})",
@@ -160,7 +192,8 @@ def discover(api: Api, namespace: str | None, release: str | None) -> Found:
         raise PluginError(f"collector {meta['namespace']}/{meta['name']} has no TCPSCOPE_KAFKA_BOOTSTRAP")
     found = Found(meta["namespace"], meta.get("labels", {}).get("app.kubernetes.io/instance", ""), meta["name"],
                   env["TCPSCOPE_KAFKA_BOOTSTRAP"], env.get("TCPSCOPE_TOPIC", "tcpscope-events"),
-                  env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"), env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"))
+                  env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"), env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"),
+                  collector=dep)
     for name in FILE_SETTINGS:
         if env.get(name):
             found.files[name] = _secret_file(dep, c, env[name])
@@ -188,6 +221,72 @@ def materialize(api: Api, found: Found, workdir: Path) -> list[str]:
     return args
 
 
+TAIL_ENV = ("TCPSCOPE_KAFKA_BOOTSTRAP", "TCPSCOPE_TOPIC", "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
+            "TCPSCOPE_KAFKA_SASL_MECHANISM", *FILE_SETTINGS)
+
+
+def tail_pod(found: Found, args: list[str], suffix: str) -> JsonObj:
+    """A Pod that runs tcpscope-tail next to the collector: the collector's image, pod and container
+    security settings, Kafka environment and Kafka Secret volumes (nothing else: no service account
+    token, no gRPC TLS), so it reaches the Kafka the collector reaches, as the collector does."""
+    tpl = found.collector["spec"]["template"]["spec"]
+    c = _container(found.collector)
+    env = [e for e in c.get("env", []) if e.get("name") in TAIL_ENV]
+    file_dirs = {posixpath.dirname(e["value"]) for e in env if e["name"] in FILE_SETTINGS and "value" in e}
+    mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") in file_dirs]
+    names = {m["name"] for m in mounts}
+    container: JsonObj = {"name": "tail", "image": c["image"], "command": ["tcpscope-tail"], "args": args,
+                          "env": env, "volumeMounts": mounts}
+    for k in ("imagePullPolicy", "securityContext", "resources"):
+        if k in c:
+            container[k] = c[k]
+    spec: JsonObj = {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container],
+                     "volumes": [v for v in tpl.get("volumes", []) if v["name"] in names]}
+    for k in ("securityContext", "imagePullSecrets", "nodeSelector", "tolerations", "priorityClassName"):
+        if k in tpl:
+            spec[k] = tpl[k]
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"tcpscope-tail-{suffix}", "namespace": found.namespace,
+                         "labels": {"app.kubernetes.io/name": "tcpscope",
+                                    "app.kubernetes.io/instance": found.release,
+                                    "app.kubernetes.io/component": "tail"}},
+            "spec": spec}
+
+
+def run_in_cluster(api: Api, found: Found, args: list[str], out: Any, err: Any,
+                   start_timeout: float = 120.0, sleep: Callable[[float], None] | None = None) -> int:
+    """Create the tail Pod, stream its output, delete it (also on Ctrl-C); its exit code."""
+    import secrets as _secrets
+    import time
+
+    nap = sleep or time.sleep
+    pod = api.create_pod(found.namespace, tail_pod(found, args, _secrets.token_hex(3)))
+    name = pod["metadata"]["name"]
+    err.write(f"kubectl-tcpscope: running tcpscope-tail in pod {found.namespace}/{name}\n")
+    err.flush()
+    try:
+        deadline = time.monotonic() + start_timeout
+        while pod.get("status", {}).get("phase", "Pending") == "Pending":
+            if time.monotonic() > deadline:
+                raise PluginError(f"pod {found.namespace}/{name} did not start within {start_timeout:.0f}s "
+                                  "(kubectl describe pod shows why)")
+            nap(0.5)
+            pod = api.read_pod(found.namespace, name)
+        for chunk in api.follow_log(found.namespace, name):
+            out.write(chunk.decode("utf-8", "replace"))
+            out.flush()
+        for _ in range(20):  # the log ends as the container exits; the status follows shortly
+            pod = api.read_pod(found.namespace, name)
+            statuses = pod.get("status", {}).get("containerStatuses", [])
+            states = [cs.get("state", {}).get("terminated") for cs in statuses]
+            if states and states[0] is not None:
+                return int(states[0].get("exitCode", 1))
+            nap(0.5)
+        return 1
+    finally:
+        api.delete_pod(found.namespace, name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kubectl tcpscope", description=(__doc__ or "").splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -196,6 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--release", help="the Helm release name (default: the only one found)")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     p.add_argument("--context")
+    p.add_argument("--in-cluster", action="store_true",
+                   help="run tcpscope-tail in a Pod beside the collector (for a Kafka reachable only inside the "
+                        "cluster): creates it, streams its output, deletes it")
     p.add_argument("command", choices=("tail", "summary", "config"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return p
@@ -214,6 +316,9 @@ def run(argv: Sequence[str] | None, make_api: Callable[[str | None, str | None],
             if a.command == "config":
                 out.write(found.describe())
                 return 0
+            if a.in_cluster:
+                return run_in_cluster(api, found, [*(["--summary"] if a.command == "summary" else []), *a.rest],
+                                      out, err)
             with tempfile.TemporaryDirectory(prefix="kubectl-tcpscope-") as tmp:
                 os.chmod(tmp, 0o700)
                 args = materialize(api, found, Path(tmp))

@@ -5,6 +5,7 @@ real run against a broker."""
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import os
 import stat
@@ -139,3 +140,91 @@ def test_kubectl_tcpscope_tails_the_release_kafka(api: tuple[FakeApiServer, Path
                          capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": os.environ["PATH"]})
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [render.json_line(e) for e in events]
+
+
+def test_in_cluster_pod_carries_only_the_collector_kafka_settings(api: tuple[FakeApiServer, Path]) -> None:
+    srv, kubeconfig = api
+    _install(srv, merge(KAFKA, SASL))
+    k8s = kubectl_plugin.Api(str(kubeconfig), None)
+    try:
+        found = kubectl_plugin.discover(k8s, None, None)
+    finally:
+        k8s.close()
+    pod = kubectl_plugin.tail_pod(found, ["--since", "15m"], "abc123")
+    collector = found.collector["spec"]["template"]["spec"]
+    c = pod["spec"]["containers"][0]
+    assert pod["metadata"] == {"name": "tcpscope-tail-abc123", "namespace": NAMESPACE, "labels": {
+        "app.kubernetes.io/name": "tcpscope", "app.kubernetes.io/instance": "tcpscope",
+        "app.kubernetes.io/component": "tail"}}
+    assert (c["image"], c["command"], c["args"]) == (collector["containers"][0]["image"], ["tcpscope-tail"],
+                                                     ["--since", "15m"])
+    assert [e["name"] for e in c["env"]] == [
+        "TCPSCOPE_KAFKA_BOOTSTRAP", "TCPSCOPE_TOPIC", "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
+        "TCPSCOPE_KAFKA_SASL_MECHANISM", "TCPSCOPE_KAFKA_USERNAME_FILE", "TCPSCOPE_KAFKA_PASSWORD_FILE",
+        "TCPSCOPE_KAFKA_SSL_CAFILE"]
+    assert sorted(m["name"] for m in c["volumeMounts"]) == sorted(v["name"] for v in pod["spec"]["volumes"]) == [
+        "kafka-ca", "kafka-sasl"]
+    assert c["securityContext"] == collector["containers"][0]["securityContext"]
+    assert pod["spec"]["securityContext"] == collector["securityContext"]
+    assert (pod["spec"]["restartPolicy"], pod["spec"]["automountServiceAccountToken"]) == ("Never", False)
+
+
+def _kubelet(srv: FakeApiServer, stop: Any) -> None:
+    """Runs each tail Pod the plugin creates the way a kubelet would: status Running, the container's
+    command with its environment (the real tcpscope-tail), its output as the Pod's log, then
+    Succeeded/Failed with the exit code."""
+    import time
+
+    while not stop.is_set():
+        with srv.store.cond:
+            pending = [copy.deepcopy(o) for o in srv.store.objects["pods"].values()
+                       if o.get("status", {}).get("phase") == "Pending"]
+        for pod in pending:
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            pod["status"] = {"phase": "Running"}
+            srv.update(pod)
+            c = pod["spec"]["containers"][0]
+            env = {**os.environ, **{e["name"]: e["value"] for e in c["env"]}}
+            res = subprocess.run([str(VENV_BIN / c["command"][0]), *c["args"]], env=env, capture_output=True,
+                                 timeout=60)
+            srv.append_log(name, res.stdout, ns)
+            pod = srv.get("pods", name, ns) or pod
+            pod["status"] = {"phase": "Succeeded" if res.returncode == 0 else "Failed",
+                             "containerStatuses": [{"name": "tail",
+                                                    "state": {"terminated": {"exitCode": res.returncode}}}]}
+            srv.update(pod)
+        time.sleep(0.05)
+
+
+def test_in_cluster_runs_the_tail_in_a_pod_streams_it_and_deletes_it(
+        api: tuple[FakeApiServer, Path], kafka_broker: Broker) -> None:
+    import threading
+
+    from kafka import KafkaProducer
+
+    srv, kubeconfig = api
+    _install(srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap,
+                                                            "topic": "in-cluster"}}})
+    kafka_broker.create_topic("in-cluster", partitions=1)
+    events = [make_event(i) for i in range(3)]
+    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
+    for r in batch_records(EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)):
+        p.send("in-cluster", key=r.key, value=r.value, headers=r.headers)
+    p.flush()
+    p.close()
+    stop = threading.Event()
+    kubelet = threading.Thread(target=_kubelet, args=(srv, stop), daemon=True)
+    kubelet.start()
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        rc = kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "--in-cluster", "tail", "--from-beginning",
+                                 "--duration", "2", "--format", "json"], out=out, err=err)
+    finally:
+        stop.set()
+        kubelet.join(10)
+    assert rc == 0, err.getvalue()
+    assert out.getvalue().splitlines() == [render.json_line(e) for e in events]
+    writes = [r for r in srv.requests if not r.startswith("GET ")]
+    assert len(writes) == 2 and writes[0] == f"POST /api/v1/namespaces/{NAMESPACE}/pods"
+    assert writes[1].startswith(f"DELETE /api/v1/namespaces/{NAMESPACE}/pods/tcpscope-tail-")
+    assert srv.store.objects["pods"] == {}  # nothing left behind
