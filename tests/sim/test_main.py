@@ -43,3 +43,12 @@ def test_api_objects_match_the_cgroup_tree() -> None:
     assert pod["spec"]["nodeName"] == "node-2"  # type: ignore[index]
     owner = pod["metadata"]["ownerReferences"][0]  # type: ignore[index]
     assert owner["kind"] == "ReplicaSet" and owner["name"].startswith("cart-")
+
+
+def test_an_unknown_show_kind_exits_2_and_builds_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    before = net.all_run_ids()
+    assert main(["--show", "lifecycle,states"]) == 2
+    assert capsys.readouterr().err == (
+        "tcpscope-sim: unknown kinds ['states']; known: lifecycle, state, retransmit, synack, reset, error, probe, "
+        "flow, all\n")
+    assert net.all_run_ids() == before
