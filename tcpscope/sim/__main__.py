@@ -28,7 +28,7 @@ from tcpscope.live import LiveView, OrderedPrinter
 from tcpscope.losses import definite, possible
 from tcpscope.sim.cluster import PodCluster, cleanup_leftovers
 from tcpscope.sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
-from tcpscope.sim.services import Services
+from tcpscope.sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
 from tcpscope.sim.traffic import Driver, TrafficError, run_mix
 from tcpscope.sim.watch import TopicWatch
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
@@ -90,7 +90,10 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str]) -> OrderedP
     def line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
         return render.table_line(ev) if v is None else f"{render.table_line(ev)} cause={v.label}"
 
-    return OrderedPrinter(out, LiveView(line, kinds=kinds))
+    # held as long as a flow can trail its last connection (a flow interval plus a batch), so flows
+    # print in time order with the rest
+    hold = AGENT_FLOW_INTERVAL_S + AGENT_BATCH_AGE_S + 0.3
+    return OrderedPrinter(out, LiveView(line, kinds=kinds, hold=hold))
 
 
 class _Interrupted(Exception):

@@ -93,6 +93,11 @@ def _terminate(proc: subprocess.Popen[bytes], grace: float, signalled: bool = Fa
     return proc.returncode
 
 
+# the agents' batch age and flow interval: how late a row can reach the live view (its reorder hold)
+AGENT_BATCH_AGE_S = 0.2
+AGENT_FLOW_INTERVAL_S = 2
+
+
 @dataclass
 class Services:
     """Broker, API stand-in, collector and agents for one run."""
@@ -207,10 +212,11 @@ class Services:
             self.agents[node] = self._spawn(f"agent-{node}", [
                 *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
                 "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,
-                "--collector", self.collector_of(i), "--batch-max-age", "0.2",
+                "--collector", self.collector_of(i), "--batch-max-age", str(AGENT_BATCH_AGE_S),
                 # as the chart deploys them: ordinary connections counted in the kernel, flushed often
                 # enough for a live view
-                "--connections", "aggregate", "--flow-interval", "2", *metrics, *self.agent_args,
+                "--connections", "aggregate", "--flow-interval", str(AGENT_FLOW_INTERVAL_S), *metrics,
+                *self.agent_args,
             ])
 
     def wait_agents_ready(self, timeout: float = 60.0) -> None:
