@@ -26,7 +26,7 @@ def test_live_view_marks_network_injected_and_app_resets(kafka_broker: Broker) -
     n2 = pb.EventBatch(schema_version=1, node="node-2", agent_id="n2", sequence=1, events=[peer_saw, app_sent])
     _publish(kafka_broker, [n2, n1])
 
-    out = _tail(kafka_broker, "--format", "json")
+    out = _tail(kafka_broker, "--format", "json", "--kind", "all")  # the handshakes' state changes too
     assert out.returncode == 0, out.stderr
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     by_port = {(d["local"]["port"], "reset" in d, d.get("reset", {}).get("direction")): d for d in lines}
