@@ -15,11 +15,12 @@ reader catching up on history cannot grow without bound. An event that arrives l
 after a newer one was printed is printed as it comes (no event is ever dropped for being late).
 
 Flows are late by design: an agent reports them at the end of each flow interval (10 s by default),
-and a flow's time is the close of its last connection. Ordering them with the rest takes a hold of
-one flow interval plus a batch age: the simulator (2 s flows) holds 2.5 s and prints in order (a
-30 s run: 195 rows, 0 out of order; with a 1 s hold, 36 of 182 FLOW rows came after newer rows, by
-at most 0.6 s). tcpscope-tail holds 1 s by default, so against 10 s flows a FLOW row can print
-after rows newer than its last connection; `--reorder-window 11` orders them at that lag.
+and a flow's time is the close of its last connection. Received resets can be late too: the reset
+hold (tcpscope/resetcause.py) keeps one up to 5 s waiting for the peer's send before judging it.
+Ordering those with the rest takes a hold of the longer of the two plus a batch age: the simulator
+(2 s flows) holds 5.5 s and prints in order (a 30 s run: 219 rows, 0 out of order; with a 1 s hold,
+36 of 182 rows came after newer rows, by at most 0.6 s). tcpscope-tail holds 1 s by default, for a
+view that follows closely; `--reorder-window 11` orders 10 s flows and judged resets as well.
 """
 
 from __future__ import annotations
