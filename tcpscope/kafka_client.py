@@ -56,27 +56,52 @@ class KafkaSecurity:
         if self.protocol.startswith("SASL"):
             user, password = self.credentials()
             if not user or password is None:
-                raise ValueError("SASL needs a user name and a password: --kafka-username-file and "
-                                 "--kafka-password-file (or TCPSCOPE_KAFKA_USERNAME / TCPSCOPE_KAFKA_PASSWORD)")
+                raise ValueError(
+                    "SASL needs a user name and a password: --kafka-username-file and "
+                    "--kafka-password-file (or TCPSCOPE_KAFKA_USERNAME / TCPSCOPE_KAFKA_PASSWORD)"
+                )
             kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=user, sasl_plain_password=password)
         return kw
 
 
 def add_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
     g = p.add_argument_group("Kafka security (as the collector's)")
-    g.add_argument("--kafka-security-protocol", default=env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-                   choices=KAFKA_SECURITY_PROTOCOLS, help="[TCPSCOPE_KAFKA_SECURITY_PROTOCOL]")
-    g.add_argument("--kafka-sasl-mechanism", default=env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"),
-                   choices=KAFKA_SASL_MECHANISMS, help="[TCPSCOPE_KAFKA_SASL_MECHANISM]")
-    g.add_argument("--kafka-username-file", default=env.get("TCPSCOPE_KAFKA_USERNAME_FILE"),
-                   help="file holding the SASL user name [TCPSCOPE_KAFKA_USERNAME_FILE; or TCPSCOPE_KAFKA_USERNAME]")
-    g.add_argument("--kafka-password-file", default=env.get("TCPSCOPE_KAFKA_PASSWORD_FILE"),
-                   help="file holding the SASL password [TCPSCOPE_KAFKA_PASSWORD_FILE; or TCPSCOPE_KAFKA_PASSWORD]")
-    g.add_argument("--kafka-ssl-cafile", default=env.get("TCPSCOPE_KAFKA_SSL_CAFILE"),
-                   help="CA bundle for the Kafka brokers [TCPSCOPE_KAFKA_SSL_CAFILE]")
+    g.add_argument(
+        "--kafka-security-protocol",
+        default=env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        choices=KAFKA_SECURITY_PROTOCOLS,
+        help="[TCPSCOPE_KAFKA_SECURITY_PROTOCOL]",
+    )
+    g.add_argument(
+        "--kafka-sasl-mechanism",
+        default=env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"),
+        choices=KAFKA_SASL_MECHANISMS,
+        help="[TCPSCOPE_KAFKA_SASL_MECHANISM]",
+    )
+    g.add_argument(
+        "--kafka-username-file",
+        default=env.get("TCPSCOPE_KAFKA_USERNAME_FILE"),
+        help="file holding the SASL user name [TCPSCOPE_KAFKA_USERNAME_FILE; or TCPSCOPE_KAFKA_USERNAME]",
+    )
+    g.add_argument(
+        "--kafka-password-file",
+        default=env.get("TCPSCOPE_KAFKA_PASSWORD_FILE"),
+        help="file holding the SASL password [TCPSCOPE_KAFKA_PASSWORD_FILE; or TCPSCOPE_KAFKA_PASSWORD]",
+    )
+    g.add_argument(
+        "--kafka-ssl-cafile",
+        default=env.get("TCPSCOPE_KAFKA_SSL_CAFILE"),
+        help="CA bundle for the Kafka brokers [TCPSCOPE_KAFKA_SSL_CAFILE]",
+    )
 
 
 def from_args(a: argparse.Namespace, env: Mapping[str, str]) -> KafkaSecurity:
-    return KafkaSecurity(a.kafka_security_protocol, a.kafka_sasl_mechanism, a.kafka_ssl_cafile,
-                         env.get("TCPSCOPE_KAFKA_USERNAME"), a.kafka_username_file,
-                         env.get("TCPSCOPE_KAFKA_PASSWORD"), a.kafka_password_file)
+    return KafkaSecurity(
+        a.kafka_security_protocol,
+        a.kafka_sasl_mechanism,
+        a.kafka_ssl_cafile,
+        env.get("TCPSCOPE_KAFKA_USERNAME"),
+        a.kafka_username_file,
+        env.get("TCPSCOPE_KAFKA_PASSWORD"),
+        a.kafka_password_file,
+    )

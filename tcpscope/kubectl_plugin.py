@@ -127,9 +127,12 @@ class Found:
     collector: JsonObj = field(default_factory=dict, repr=False)  # the Deployment itself
 
     def describe(self) -> str:
-        lines = [f"release {self.release} in namespace {self.namespace} (collector Deployment {self.deployment})",
-                 f"kafka bootstrap: {self.bootstrap}", f"topic: {self.topic}",
-                 f"security protocol: {self.security_protocol}"]
+        lines = [
+            f"release {self.release} in namespace {self.namespace} (collector Deployment {self.deployment})",
+            f"kafka bootstrap: {self.bootstrap}",
+            f"topic: {self.topic}",
+            f"security protocol: {self.security_protocol}",
+        ]
         if self.sasl_mechanism:
             lines.append(f"sasl mechanism: {self.sasl_mechanism}")
         lines += [f"{env}: Secret {s} key {k}" for env, (s, k) in sorted(self.files.items())]
@@ -142,12 +145,17 @@ def find_collector(api: Api, namespace: str | None, release: str | None) -> Json
     where = f"namespace {namespace}" if namespace else "any namespace"
     if not found:
         what = f"release {release!r}" if release else "a tcpscope release"
-        raise PluginError(f"no tcpscope collector found for {what} in {where} (Deployments labelled {selector}); "
-                          "a release without collector.enabled=true sends events only to the agents' logs")
+        raise PluginError(
+            f"no tcpscope collector found for {what} in {where} (Deployments labelled {selector}); "
+            "a release without collector.enabled=true sends events only to the agents' logs"
+        )
     if len(found) > 1:
-        names = ", ".join(sorted(f"{d['metadata']['namespace']}/"
-                                 f"{d['metadata'].get('labels', {}).get('app.kubernetes.io/instance', '?')}"
-                                 for d in found))
+        names = ", ".join(
+            sorted(
+                f"{d['metadata']['namespace']}/{d['metadata'].get('labels', {}).get('app.kubernetes.io/instance', '?')}"
+                for d in found
+            )
+        )
         raise PluginError(f"several tcpscope releases in {where}: {names}; choose with -n and/or --release")
     dep: JsonObj = found[0]
     return dep
@@ -190,10 +198,16 @@ def discover(api: Api, namespace: str | None, release: str | None) -> Found:
     meta = dep["metadata"]
     if not env.get("TCPSCOPE_KAFKA_BOOTSTRAP"):
         raise PluginError(f"collector {meta['namespace']}/{meta['name']} has no TCPSCOPE_KAFKA_BOOTSTRAP")
-    found = Found(meta["namespace"], meta.get("labels", {}).get("app.kubernetes.io/instance", ""), meta["name"],
-                  env["TCPSCOPE_KAFKA_BOOTSTRAP"], env.get("TCPSCOPE_TOPIC", "tcpscope-events"),
-                  env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"), env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"),
-                  collector=dep)
+    found = Found(
+        meta["namespace"],
+        meta.get("labels", {}).get("app.kubernetes.io/instance", ""),
+        meta["name"],
+        env["TCPSCOPE_KAFKA_BOOTSTRAP"],
+        env.get("TCPSCOPE_TOPIC", "tcpscope-events"),
+        env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+        env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"),
+        collector=dep,
+    )
     for name in FILE_SETTINGS:
         if env.get(name):
             found.files[name] = _secret_file(dep, c, env[name])
@@ -202,8 +216,14 @@ def discover(api: Api, namespace: str | None, release: str | None) -> Found:
 
 def materialize(api: Api, found: Found, workdir: Path) -> list[str]:
     """tcpscope-tail flags for the found settings, Secret keys written under workdir (0600)."""
-    args = ["--kafka-bootstrap", found.bootstrap, "--topic", found.topic,
-            "--kafka-security-protocol", found.security_protocol]
+    args = [
+        "--kafka-bootstrap",
+        found.bootstrap,
+        "--topic",
+        found.topic,
+        "--kafka-security-protocol",
+        found.security_protocol,
+    ]
     if found.sasl_mechanism:
         args += ["--kafka-sasl-mechanism", found.sasl_mechanism]
     for env, (secret, key) in sorted(found.files.items()):
@@ -221,8 +241,13 @@ def materialize(api: Api, found: Found, workdir: Path) -> list[str]:
     return args
 
 
-TAIL_ENV = ("TCPSCOPE_KAFKA_BOOTSTRAP", "TCPSCOPE_TOPIC", "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
-            "TCPSCOPE_KAFKA_SASL_MECHANISM", *FILE_SETTINGS)
+TAIL_ENV = (
+    "TCPSCOPE_KAFKA_BOOTSTRAP",
+    "TCPSCOPE_TOPIC",
+    "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
+    "TCPSCOPE_KAFKA_SASL_MECHANISM",
+    *FILE_SETTINGS,
+)
 
 
 def tail_pod(found: Found, args: list[str], suffix: str) -> JsonObj:
@@ -235,26 +260,51 @@ def tail_pod(found: Found, args: list[str], suffix: str) -> JsonObj:
     file_dirs = {posixpath.dirname(e["value"]) for e in env if e["name"] in FILE_SETTINGS and "value" in e}
     mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"].rstrip("/") in file_dirs]
     names = {m["name"] for m in mounts}
-    container: JsonObj = {"name": "tail", "image": c["image"], "command": ["tcpscope-tail"], "args": args,
-                          "env": env, "volumeMounts": mounts}
+    container: JsonObj = {
+        "name": "tail",
+        "image": c["image"],
+        "command": ["tcpscope-tail"],
+        "args": args,
+        "env": env,
+        "volumeMounts": mounts,
+    }
     for k in ("imagePullPolicy", "securityContext", "resources"):
         if k in c:
             container[k] = c[k]
-    spec: JsonObj = {"restartPolicy": "Never", "automountServiceAccountToken": False, "containers": [container],
-                     "volumes": [v for v in tpl.get("volumes", []) if v["name"] in names]}
+    spec: JsonObj = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "containers": [container],
+        "volumes": [v for v in tpl.get("volumes", []) if v["name"] in names],
+    }
     for k in ("securityContext", "imagePullSecrets", "nodeSelector", "tolerations", "priorityClassName"):
         if k in tpl:
             spec[k] = tpl[k]
-    return {"apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": f"tcpscope-tail-{suffix}", "namespace": found.namespace,
-                         "labels": {"app.kubernetes.io/name": "tcpscope",
-                                    "app.kubernetes.io/instance": found.release,
-                                    "app.kubernetes.io/component": "tail"}},
-            "spec": spec}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": f"tcpscope-tail-{suffix}",
+            "namespace": found.namespace,
+            "labels": {
+                "app.kubernetes.io/name": "tcpscope",
+                "app.kubernetes.io/instance": found.release,
+                "app.kubernetes.io/component": "tail",
+            },
+        },
+        "spec": spec,
+    }
 
 
-def run_in_cluster(api: Api, found: Found, args: list[str], out: Any, err: Any,
-                   start_timeout: float = 120.0, sleep: Callable[[float], None] | None = None) -> int:
+def run_in_cluster(
+    api: Api,
+    found: Found,
+    args: list[str],
+    out: Any,
+    err: Any,
+    start_timeout: float = 120.0,
+    sleep: Callable[[float], None] | None = None,
+) -> int:
     """Create the tail Pod, stream its output, delete it (also on Ctrl-C); its exit code."""
     import secrets as _secrets
     import time
@@ -268,8 +318,10 @@ def run_in_cluster(api: Api, found: Found, args: list[str], out: Any, err: Any,
         deadline = time.monotonic() + start_timeout
         while pod.get("status", {}).get("phase", "Pending") == "Pending":
             if time.monotonic() > deadline:
-                raise PluginError(f"pod {found.namespace}/{name} did not start within {start_timeout:.0f}s "
-                                  "(kubectl describe pod shows why)")
+                raise PluginError(
+                    f"pod {found.namespace}/{name} did not start within {start_timeout:.0f}s "
+                    "(kubectl describe pod shows why)"
+                )
             nap(0.5)
             pod = api.read_pod(found.namespace, name)
         for chunk in api.follow_log(found.namespace, name):
@@ -288,24 +340,34 @@ def run_in_cluster(api: Api, found: Found, args: list[str], out: Any, err: Any,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kubectl tcpscope", description=(__doc__ or "").splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Flags after the command go to tcpscope-tail (see tcpscope-tail --help).")
+    p = argparse.ArgumentParser(
+        prog="kubectl tcpscope",
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Flags after the command go to tcpscope-tail (see tcpscope-tail --help).",
+    )
     p.add_argument("-n", "--namespace", help="the release's namespace (default: search every namespace)")
     p.add_argument("--release", help="the Helm release name (default: the only one found)")
     p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
     p.add_argument("--context")
-    p.add_argument("--in-cluster", action="store_true",
-                   help="run tcpscope-tail in a Pod beside the collector (for a Kafka reachable only inside the "
-                        "cluster): creates it, streams its output, deletes it")
+    p.add_argument(
+        "--in-cluster",
+        action="store_true",
+        help="run tcpscope-tail in a Pod beside the collector (for a Kafka reachable only inside the "
+        "cluster): creates it, streams its output, deletes it",
+    )
     p.add_argument("command", choices=("tail", "summary", "config"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     return p
 
 
-def run(argv: Sequence[str] | None, make_api: Callable[[str | None, str | None], Api] = Api,
-        out: Any = None, err: Any = None,
-        run_tail: Callable[[list[str], Mapping[str, str]], int] | None = None) -> int:
+def run(
+    argv: Sequence[str] | None,
+    make_api: Callable[[str | None, str | None], Api] = Api,
+    out: Any = None,
+    err: Any = None,
+    run_tail: Callable[[list[str], Mapping[str, str]], int] | None = None,
+) -> int:
     out = out or sys.stdout
     err = err or sys.stderr
     a = build_parser().parse_args(argv)
@@ -317,8 +379,9 @@ def run(argv: Sequence[str] | None, make_api: Callable[[str | None, str | None],
                 out.write(found.describe())
                 return 0
             if a.in_cluster:
-                return run_in_cluster(api, found, [*(["--summary"] if a.command == "summary" else []), *a.rest],
-                                      out, err)
+                return run_in_cluster(
+                    api, found, [*(["--summary"] if a.command == "summary" else []), *a.rest], out, err
+                )
             with tempfile.TemporaryDirectory(prefix="kubectl-tcpscope-") as tmp:
                 os.chmod(tmp, 0o700)
                 args = materialize(api, found, Path(tmp))

@@ -37,8 +37,13 @@ from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
 # the --kind names (the agent's --events names) -> TcpEvent `kind` oneof field names
 KINDS: dict[str, str] = {
-    "lifecycle": "lifecycle", "state": "state_change", "retransmit": "retransmit",
-    "synack": "synack_retransmit", "reset": "reset", "error": "socket_error", "probe": "probe",
+    "lifecycle": "lifecycle",
+    "state": "state_change",
+    "retransmit": "retransmit",
+    "synack": "synack_retransmit",
+    "reset": "reset",
+    "error": "socket_error",
+    "probe": "probe",
     "flow": "flow",
 }
 DEFAULT_KINDS: tuple[str, ...] = ("lifecycle", "reset", "error", "flow")
@@ -97,9 +102,13 @@ class LiveView:
     out marked with who sent it), then the reorder buffer. Methods return the lines now due, in
     order; `now` is the reader's monotonic clock in seconds."""
 
-    def __init__(self, render: Callable[[TcpEvent, resetcause.Verdict | None], str],
-                 kinds: frozenset[str] = frozenset(), hold: float = DEFAULT_HOLD_S,
-                 keep: Callable[[TcpEvent], bool] | None = None) -> None:
+    def __init__(
+        self,
+        render: Callable[[TcpEvent, resetcause.Verdict | None], str],
+        kinds: frozenset[str] = frozenset(),
+        hold: float = DEFAULT_HOLD_S,
+        keep: Callable[[TcpEvent], bool] | None = None,
+    ) -> None:
         self.render = render
         self.kinds = kinds
         self.keep = keep
@@ -143,8 +152,13 @@ class OrderedPrinter:
     """A thread-safe `on_event` callback over a LiveView, with its own ticker thread so held rows
     go out even when no new events arrive. `close()` prints what is left."""
 
-    def __init__(self, print_line: Callable[[str], None], view: LiveView,
-                 clock: Callable[[], float] | None = None, tick: float = 0.1) -> None:
+    def __init__(
+        self,
+        print_line: Callable[[str], None],
+        view: LiveView,
+        clock: Callable[[], float] | None = None,
+        tick: float = 0.1,
+    ) -> None:
         import time
 
         self._print = print_line

@@ -26,8 +26,7 @@ from typing import Any
 
 from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, SERVICE, TcpEvent
 
-_UNITS_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000,
-             "d": 86_400_000_000_000}
+_UNITS_NS = {"ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 
 
@@ -47,8 +46,9 @@ def parse_time(text: str, now_ns: int) -> int:
     try:
         t = dt.datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (90s, 15m, 1h30m, 2d) nor an RFC 3339 time "
-                         "(2026-11-30T10:00:00Z)") from None
+        raise ValueError(
+            f"{text!r} is neither a duration (90s, 15m, 1h30m, 2d) nor an RFC 3339 time (2026-11-30T10:00:00Z)"
+        ) from None
     if t.tzinfo is None:
         raise ValueError(f"{text!r} has no time zone: add Z or an offset such as +01:00")
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
@@ -118,8 +118,7 @@ class Query:
             return False
         if self.service is not None and not any(e.kind == SERVICE and _ep_is_pod(e, self.service) for e in ends):
             return False
-        if self.workload is not None and not any(
-                _names(e.namespace, e.workload.name, self.workload) for e in ends):
+        if self.workload is not None and not any(_names(e.namespace, e.workload.name, self.workload) for e in ends):
             return False
         if self.node is not None and self.node not in (ev.node, ev.local.node, ev.remote.node):
             return False

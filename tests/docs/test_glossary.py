@@ -57,8 +57,10 @@ def _pair(srv: socket.socket) -> tuple[socket.socket, socket.socket]:
 def _of(agent: Harness, port: int, want_lifecycles: int) -> tuple[list[TcpEvent], list[TcpEvent]]:
     """(the client socket's events, the server socket's events) of the one connection from `port`'s
     client, after its lifecycles arrived; the listener's own events are left out."""
-    agent.wait(lambda e: kind(e) == "lifecycle" and port in (e.local.port, e.remote.port) and e.remote.port != 0,
-               count=want_lifecycles)
+    agent.wait(
+        lambda e: kind(e) == "lifecycle" and port in (e.local.port, e.remote.port) and e.remote.port != 0,
+        count=want_lifecycles,
+    )
     evs = [e for e in agent.seen if e.remote.port != 0 and port in (e.local.port, e.remote.port)]
     return [e for e in evs if e.remote.port == port], [e for e in evs if e.local.port == port]
 
@@ -88,9 +90,15 @@ def test_refused_connect(agent: Harness, ports: list[int]) -> None:
     # no socket on the server side: its only event is the RST the kernel sent for the port, owned by
     # no process (pid 0, no state)
     assert [(kind(e), e.reset.direction, e.reset.reason_name, e.process.pid, e.reset.state) for e in server] == [
-        ("reset", 1, "NO_SOCKET", 0, 0)]
-    assert sorted(_summary(client)) == sorted([("RST_RECV", ""), ("ERROR", "ECONNREFUSED"),
-                                               ("LIFECYCLE", str(ACTIVE), str(RESET_RECEIVED), "ECONNREFUSED", "")])
+        ("reset", 1, "NO_SOCKET", 0, 0)
+    ]
+    assert sorted(_summary(client)) == sorted(
+        [
+            ("RST_RECV", ""),
+            ("ERROR", "ECONNREFUSED"),
+            ("LIFECYCLE", str(ACTIVE), str(RESET_RECEIVED), "ECONNREFUSED", ""),
+        ]
+    )
     lc = next(e for e in client if kind(e) == "lifecycle")
     assert lc.lifecycle.last_state == SYN_SENT
 
@@ -105,11 +113,16 @@ def test_linger_zero_abort_reports_econnreset_on_both_sides(agent: Harness, port
         time.sleep(0.05)
         s.close()
     client, server = _of(agent, port, 2)
-    assert sorted(_summary(client)) == sorted([("RST_SENT", "TCP_STATE"), ("ERROR", "ECONNRESET"),
-                                               ("LIFECYCLE", str(ACTIVE), str(RESET_SENT), "ECONNRESET",
-                                                "TCP_STATE")])
-    assert sorted(_summary(server)) == sorted([("RST_RECV", ""), ("ERROR", "ECONNRESET"),
-                                               ("LIFECYCLE", str(PASSIVE), str(RESET_RECEIVED), "ECONNRESET", "")])
+    assert sorted(_summary(client)) == sorted(
+        [
+            ("RST_SENT", "TCP_STATE"),
+            ("ERROR", "ECONNRESET"),
+            ("LIFECYCLE", str(ACTIVE), str(RESET_SENT), "ECONNRESET", "TCP_STATE"),
+        ]
+    )
+    assert sorted(_summary(server)) == sorted(
+        [("RST_RECV", ""), ("ERROR", "ECONNRESET"), ("LIFECYCLE", str(PASSIVE), str(RESET_RECEIVED), "ECONNRESET", "")]
+    )
 
 
 @pytest.mark.root
@@ -123,16 +136,18 @@ def test_close_with_unread_data_aborts_without_an_error_on_the_closing_side(agen
         time.sleep(0.05)
         s.close()
     client, server = _of(agent, port, 2)
-    assert sorted(_summary(client)) == sorted([("RST_SENT", "TCP_ABORT_ON_CLOSE"),
-                                               ("LIFECYCLE", str(ACTIVE), str(RESET_SENT), "",
-                                                "TCP_ABORT_ON_CLOSE")])
-    assert sorted(_summary(server)) == sorted([("RST_RECV", ""), ("ERROR", "ECONNRESET"),
-                                               ("LIFECYCLE", str(PASSIVE), str(RESET_RECEIVED), "ECONNRESET", "")])
+    assert sorted(_summary(client)) == sorted(
+        [("RST_SENT", "TCP_ABORT_ON_CLOSE"), ("LIFECYCLE", str(ACTIVE), str(RESET_SENT), "", "TCP_ABORT_ON_CLOSE")]
+    )
+    assert sorted(_summary(server)) == sorted(
+        [("RST_RECV", ""), ("ERROR", "ECONNRESET"), ("LIFECYCLE", str(PASSIVE), str(RESET_RECEIVED), "ECONNRESET", "")]
+    )
 
 
 @pytest.mark.root
 def test_fin_wait1_to_fin_wait1_is_close_after_shutdown_with_data_unacknowledged(
-        agent: Harness, ports: list[int]) -> None:
+    agent: Harness, ports: list[int]
+) -> None:
     port = ports[3]
     with _listener(port) as srv:
         c, s = _pair(srv)

@@ -53,8 +53,19 @@ def through_view(view: Path, argv: Sequence[str]) -> list[str]:
     unshare = shutil.which("unshare")
     assert unshare, "unshare (util-linux) is needed for this test"
     rewritten = [in_view(a, view) if a.startswith(str(REPO) + os.sep) else a for a in argv]
-    return [unshare, "--mount", "--propagation", "private", "/bin/sh", "-c", _BIND, "sh", str(REPO), str(view),
-            *rewritten]
+    return [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        _BIND,
+        "sh",
+        str(REPO),
+        str(view),
+        *rewritten,
+    ]
 
 
 def venv_python() -> str:

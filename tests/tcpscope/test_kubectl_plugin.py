@@ -42,8 +42,13 @@ def _install(srv: FakeApiServer, values: Mapping[str, Any]) -> None:
 
 
 def _secret(srv: FakeApiServer, name: str, data: Mapping[str, bytes]) -> None:
-    srv.add({"kind": "Secret", "metadata": {"name": name, "namespace": NAMESPACE},
-             "data": {k: base64.b64encode(v).decode() for k, v in data.items()}})
+    srv.add(
+        {
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": NAMESPACE},
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        }
+    )
 
 
 def test_config_follows_the_chart_to_its_secrets_and_only_reads(api: tuple[FakeApiServer, Path]) -> None:
@@ -59,14 +64,15 @@ def test_config_follows_the_chart_to_its_secrets_and_only_reads(api: tuple[FakeA
         "sasl mechanism: SCRAM-SHA-512\n"
         "TCPSCOPE_KAFKA_PASSWORD_FILE: Secret kafka-user key password\n"
         "TCPSCOPE_KAFKA_SSL_CAFILE: Secret kafka-ca key ca.crt\n"
-        "TCPSCOPE_KAFKA_USERNAME_FILE: Secret kafka-user key username\n")
+        "TCPSCOPE_KAFKA_USERNAME_FILE: Secret kafka-user key username\n"
+    )
     assert srv.requests == [
         "GET /apis/apps/v1/deployments?labelSelector=app.kubernetes.io/name%3Dtcpscope%2C"
-        "app.kubernetes.io/component%3Dcollector"]
+        "app.kubernetes.io/component%3Dcollector"
+    ]
 
 
-def test_tail_gets_the_release_settings_and_secret_files_for_the_run_only(
-        api: tuple[FakeApiServer, Path]) -> None:
+def test_tail_gets_the_release_settings_and_secret_files_for_the_run_only(api: tuple[FakeApiServer, Path]) -> None:
     srv, kubeconfig = api
     _install(srv, merge(KAFKA, SASL))
     _secret(srv, "kafka-user", {"username": b"tcpscope-reader", "password": b"s3cret"})
@@ -74,60 +80,80 @@ def test_tail_gets_the_release_settings_and_secret_files_for_the_run_only(
     seen: dict[str, Any] = {}
 
     def fake_tail(args: list[str], env: Mapping[str, str]) -> int:
-        files = {args[i]: Path(args[i + 1]) for i, a in enumerate(args)
-                 if a in ("--kafka-ssl-cafile", "--kafka-username-file", "--kafka-password-file")}
+        files = {
+            args[i]: Path(args[i + 1])
+            for i, a in enumerate(args)
+            if a in ("--kafka-ssl-cafile", "--kafka-username-file", "--kafka-password-file")
+        }
         seen["args"] = args
         seen["files"] = {flag: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode)) for flag, p in files.items()}
         seen["dir"] = next(iter(files.values())).parent
         seen["dir_mode"] = stat.S_IMODE(seen["dir"].stat().st_mode)
         return 0
 
-    rc = kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "-n", NAMESPACE, "--release", "tcpscope", "summary",
-                             "--by", "workload"], run_tail=fake_tail)
+    rc = kubectl_plugin.run(
+        ["--kubeconfig", str(kubeconfig), "-n", NAMESPACE, "--release", "tcpscope", "summary", "--by", "workload"],
+        run_tail=fake_tail,
+    )
     assert rc == 0
     args = seen["args"]
-    assert args[:8] == ["--kafka-bootstrap", "kafka-0.kafka:9092,kafka-1.kafka:9092", "--topic", "tcpscope-events",
-                        "--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-mechanism", "SCRAM-SHA-512"]
+    assert args[:8] == [
+        "--kafka-bootstrap",
+        "kafka-0.kafka:9092,kafka-1.kafka:9092",
+        "--topic",
+        "tcpscope-events",
+        "--kafka-security-protocol",
+        "SASL_SSL",
+        "--kafka-sasl-mechanism",
+        "SCRAM-SHA-512",
+    ]
     assert args[-3:] == ["--summary", "--by", "workload"]
-    assert seen["files"] == {"--kafka-password-file": (b"s3cret", 0o600),
-                             "--kafka-ssl-cafile": (b"-----BEGIN CERTIFICATE-----\n", 0o600),
-                             "--kafka-username-file": (b"tcpscope-reader", 0o600)}
+    assert seen["files"] == {
+        "--kafka-password-file": (b"s3cret", 0o600),
+        "--kafka-ssl-cafile": (b"-----BEGIN CERTIFICATE-----\n", 0o600),
+        "--kafka-username-file": (b"tcpscope-reader", 0o600),
+    }
     assert seen["dir_mode"] == 0o700 and not seen["dir"].exists()  # gone after the run
     assert all(r.startswith("GET ") for r in srv.requests)  # it creates nothing
     assert sorted(r.split("?")[0] for r in srv.requests) == [
         "GET /api/v1/namespaces/observability/secrets/kafka-ca",
         "GET /api/v1/namespaces/observability/secrets/kafka-user",
         "GET /api/v1/namespaces/observability/secrets/kafka-user",
-        "GET /apis/apps/v1/namespaces/observability/deployments"]
+        "GET /apis/apps/v1/namespaces/observability/deployments",
+    ]
 
 
 def test_clear_errors(api: tuple[FakeApiServer, Path]) -> None:
     srv, kubeconfig = api
     err = io.StringIO()
     assert kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "config"], err=err) == 2
-    assert err.getvalue().startswith("kubectl-tcpscope: no tcpscope collector found for a tcpscope release in any "
-                                      "namespace")
+    assert err.getvalue().startswith(
+        "kubectl-tcpscope: no tcpscope collector found for a tcpscope release in any namespace"
+    )
     _install(srv, merge(KAFKA, SASL))  # its Secrets were never created
     err = io.StringIO()
-    assert kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "tail"], err=err,
-                              run_tail=lambda a, e: 0) == 2
-    assert err.getvalue() == ("kubectl-tcpscope: Secret observability/kafka-user (for TCPSCOPE_KAFKA_PASSWORD_FILE) "
-                              "not found\n")
+    assert kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "tail"], err=err, run_tail=lambda a, e: 0) == 2
+    assert err.getvalue() == (
+        "kubectl-tcpscope: Secret observability/kafka-user (for TCPSCOPE_KAFKA_PASSWORD_FILE) not found\n"
+    )
     other = find(render_chart(KAFKA), "Deployment")
     other["metadata"]["namespace"] = "staging"
     srv.add(other)
     err = io.StringIO()
     assert kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "config"], err=err) == 2
-    assert err.getvalue() == ("kubectl-tcpscope: several tcpscope releases in any namespace: observability/tcpscope, "
-                              "staging/tcpscope; choose with -n and/or --release\n")
+    assert err.getvalue() == (
+        "kubectl-tcpscope: several tcpscope releases in any namespace: observability/tcpscope, "
+        "staging/tcpscope; choose with -n and/or --release\n"
+    )
 
 
 def test_kubectl_tcpscope_tails_the_release_kafka(api: tuple[FakeApiServer, Path], kafka_broker: Broker) -> None:
     from kafka import KafkaProducer
 
     srv, kubeconfig = api
-    _install(srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap,
-                                                            "topic": "release-events"}}})
+    _install(
+        srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "release-events"}}}
+    )
     kafka_broker.create_topic("release-events", partitions=1)
     events = [make_event(i) for i in range(3)]
     p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
@@ -135,9 +161,23 @@ def test_kubectl_tcpscope_tails_the_release_kafka(api: tuple[FakeApiServer, Path
         p.send("release-events", key=r.key, value=r.value, headers=r.headers)
     p.flush()
     p.close()
-    res = subprocess.run([str(VENV_BIN / "kubectl-tcpscope"), "--kubeconfig", str(kubeconfig), "tail",
-                          "--from-beginning", "--duration", "2", "--format", "json"],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "PATH": os.environ["PATH"]})
+    res = subprocess.run(
+        [
+            str(VENV_BIN / "kubectl-tcpscope"),
+            "--kubeconfig",
+            str(kubeconfig),
+            "tail",
+            "--from-beginning",
+            "--duration",
+            "2",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": os.environ["PATH"]},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [render.json_line(e) for e in events]
 
@@ -153,17 +193,34 @@ def test_in_cluster_pod_carries_only_the_collector_kafka_settings(api: tuple[Fak
     pod = kubectl_plugin.tail_pod(found, ["--since", "15m"], "abc123")
     collector = found.collector["spec"]["template"]["spec"]
     c = pod["spec"]["containers"][0]
-    assert pod["metadata"] == {"name": "tcpscope-tail-abc123", "namespace": NAMESPACE, "labels": {
-        "app.kubernetes.io/name": "tcpscope", "app.kubernetes.io/instance": "tcpscope",
-        "app.kubernetes.io/component": "tail"}}
-    assert (c["image"], c["command"], c["args"]) == (collector["containers"][0]["image"], ["tcpscope-tail"],
-                                                     ["--since", "15m"])
+    assert pod["metadata"] == {
+        "name": "tcpscope-tail-abc123",
+        "namespace": NAMESPACE,
+        "labels": {
+            "app.kubernetes.io/name": "tcpscope",
+            "app.kubernetes.io/instance": "tcpscope",
+            "app.kubernetes.io/component": "tail",
+        },
+    }
+    assert (c["image"], c["command"], c["args"]) == (
+        collector["containers"][0]["image"],
+        ["tcpscope-tail"],
+        ["--since", "15m"],
+    )
     assert [e["name"] for e in c["env"]] == [
-        "TCPSCOPE_KAFKA_BOOTSTRAP", "TCPSCOPE_TOPIC", "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
-        "TCPSCOPE_KAFKA_SASL_MECHANISM", "TCPSCOPE_KAFKA_USERNAME_FILE", "TCPSCOPE_KAFKA_PASSWORD_FILE",
-        "TCPSCOPE_KAFKA_SSL_CAFILE"]
-    assert sorted(m["name"] for m in c["volumeMounts"]) == sorted(v["name"] for v in pod["spec"]["volumes"]) == [
-        "kafka-ca", "kafka-sasl"]
+        "TCPSCOPE_KAFKA_BOOTSTRAP",
+        "TCPSCOPE_TOPIC",
+        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
+        "TCPSCOPE_KAFKA_SASL_MECHANISM",
+        "TCPSCOPE_KAFKA_USERNAME_FILE",
+        "TCPSCOPE_KAFKA_PASSWORD_FILE",
+        "TCPSCOPE_KAFKA_SSL_CAFILE",
+    ]
+    assert (
+        sorted(m["name"] for m in c["volumeMounts"])
+        == sorted(v["name"] for v in pod["spec"]["volumes"])
+        == ["kafka-ca", "kafka-sasl"]
+    )
     assert c["securityContext"] == collector["containers"][0]["securityContext"]
     assert pod["spec"]["securityContext"] == collector["securityContext"]
     assert (pod["spec"]["restartPolicy"], pod["spec"]["automountServiceAccountToken"]) == ("Never", False)
@@ -177,34 +234,41 @@ def _kubelet(srv: FakeApiServer, stop: Any) -> None:
 
     while not stop.is_set():
         with srv.store.cond:
-            pending = [copy.deepcopy(o) for o in srv.store.objects["pods"].values()
-                       if o.get("status", {}).get("phase") == "Pending"]
+            pending = [
+                copy.deepcopy(o)
+                for o in srv.store.objects["pods"].values()
+                if o.get("status", {}).get("phase") == "Pending"
+            ]
         for pod in pending:
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             pod["status"] = {"phase": "Running"}
             srv.update(pod)
             c = pod["spec"]["containers"][0]
             env = {**os.environ, **{e["name"]: e["value"] for e in c["env"]}}
-            res = subprocess.run([str(VENV_BIN / c["command"][0]), *c["args"]], env=env, capture_output=True,
-                                 timeout=60)
+            res = subprocess.run(
+                [str(VENV_BIN / c["command"][0]), *c["args"]], env=env, capture_output=True, timeout=60
+            )
             srv.append_log(name, res.stdout, ns)
             pod = srv.get("pods", name, ns) or pod
-            pod["status"] = {"phase": "Succeeded" if res.returncode == 0 else "Failed",
-                             "containerStatuses": [{"name": "tail",
-                                                    "state": {"terminated": {"exitCode": res.returncode}}}]}
+            pod["status"] = {
+                "phase": "Succeeded" if res.returncode == 0 else "Failed",
+                "containerStatuses": [{"name": "tail", "state": {"terminated": {"exitCode": res.returncode}}}],
+            }
             srv.update(pod)
         time.sleep(0.05)
 
 
 def test_in_cluster_runs_the_tail_in_a_pod_streams_it_and_deletes_it(
-        api: tuple[FakeApiServer, Path], kafka_broker: Broker) -> None:
+    api: tuple[FakeApiServer, Path], kafka_broker: Broker
+) -> None:
     import threading
 
     from kafka import KafkaProducer
 
     srv, kubeconfig = api
-    _install(srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap,
-                                                            "topic": "in-cluster"}}})
+    _install(
+        srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "in-cluster"}}}
+    )
     kafka_broker.create_topic("in-cluster", partitions=1)
     events = [make_event(i) for i in range(3)]
     p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
@@ -217,8 +281,21 @@ def test_in_cluster_runs_the_tail_in_a_pod_streams_it_and_deletes_it(
     kubelet.start()
     out, err = io.StringIO(), io.StringIO()
     try:
-        rc = kubectl_plugin.run(["--kubeconfig", str(kubeconfig), "--in-cluster", "tail", "--from-beginning",
-                                 "--duration", "2", "--format", "json"], out=out, err=err)
+        rc = kubectl_plugin.run(
+            [
+                "--kubeconfig",
+                str(kubeconfig),
+                "--in-cluster",
+                "tail",
+                "--from-beginning",
+                "--duration",
+                "2",
+                "--format",
+                "json",
+            ],
+            out=out,
+            err=err,
+        )
     finally:
         stop.set()
         kubelet.join(10)

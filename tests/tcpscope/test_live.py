@@ -73,7 +73,7 @@ def test_ordered_printer_filters_kinds_and_ticks_without_new_events() -> None:
     p = live.OrderedPrinter(show, view, clock=lambda: now[0], tick=0.01)
     state = make_event(7)
     state.ClearField("lifecycle")
-    state.state_change.old_state, state.state_change.new_state = 2, 1
+    state.state_change.old_state, state.state_change.new_state = pb.SYN_SENT, pb.ESTABLISHED
     p(_at(0, 20))
     p(state)  # a state change: not in the default view
     p(_at(1, 10))
@@ -105,9 +105,25 @@ def test_resolved_ends_keep_their_port() -> None:
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", b.bootstrap,
-                           "--topic", TOPIC, "--from-beginning", "--duration", "3", *args],
-                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpscope.tail",
+            "--kafka-bootstrap",
+            b.bootstrap,
+            "--topic",
+            TOPIC,
+            "--from-beginning",
+            "--duration",
+            "3",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_tail_table_is_in_time_order_across_partitions_and_hides_state_changes(kafka_broker: Broker) -> None:
@@ -115,10 +131,10 @@ def test_tail_table_is_in_time_order_across_partitions_and_hides_state_changes(k
 
     kafka_broker.create_topic(TOPIC, partitions=2)
     # two agents' batches, each on its own partition, interleaved in time
-    a = [_at(i, 100 + 20 * i) for i in range(5)]           # 100, 120, ..., 180 ms
-    b = [_at(10 + i, 110 + 20 * i) for i in range(5)]      # 110, 130, ..., 190 ms
+    a = [_at(i, 100 + 20 * i) for i in range(5)]  # 100, 120, ..., 180 ms
+    b = [_at(10 + i, 110 + 20 * i) for i in range(5)]  # 110, 130, ..., 190 ms
     b[2].ClearField("lifecycle")
-    b[2].state_change.old_state, b[2].state_change.new_state = 2, 1
+    b[2].state_change.old_state, b[2].state_change.new_state = pb.SYN_SENT, pb.ESTABLISHED
     p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     for part, (agent, evs) in enumerate((("a1", a), ("b1", b))):
         for r in batch_records(EventBatch(schema_version=1, node=agent, agent_id=agent, sequence=1, events=evs)):
@@ -130,5 +146,6 @@ def test_tail_table_is_in_time_order_across_partitions_and_hides_state_changes(k
     want = sorted((e for e in (*a, *b) if e is not b[2]), key=lambda e: e.time.ToNanoseconds())
     assert out.stdout.splitlines() == [render.TABLE_HEADER, *(render.table_line(e) for e in want)]
     every = _tail(kafka_broker, "--kind", "all", "--format", "json")
-    assert every.stdout.splitlines() == [render.json_line(e)
-                                         for e in sorted((*a, *b), key=lambda e: e.time.ToNanoseconds())]
+    assert every.stdout.splitlines() == [
+        render.json_line(e) for e in sorted((*a, *b), key=lambda e: e.time.ToNanoseconds())
+    ]

@@ -99,9 +99,24 @@ def _publish(b: Broker, events: list[pb.TcpEvent]) -> None:
 
 
 def _tail(b: Broker, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", b.bootstrap, "--topic", TOPIC,
-                           "--format", "json", *args], capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpscope.tail",
+            "--kafka-bootstrap",
+            b.bootstrap,
+            "--topic",
+            TOPIC,
+            "--format",
+            "json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _at(i: int, seconds_ago: float) -> pb.TcpEvent:
@@ -125,9 +140,21 @@ def test_since_until_and_filters_against_a_broker(kafka_broker: Broker) -> None:
     assert since.stdout.splitlines() == [render.json_line(e) for e in (mid, new, refused)]
     rfc = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 1800))
     assert _tail(kafka_broker, "--since", rfc, "--until", "1s").stdout.splitlines() == [
-        render.json_line(e) for e in (mid, new, refused)]
-    hit = _tail(kafka_broker, "--since", "2h", "--until", "0s", "--errno", "ECONNREFUSED",
-                "--to-pod", "shop/checkout-1", "--port", "5051")
+        render.json_line(e) for e in (mid, new, refused)
+    ]
+    hit = _tail(
+        kafka_broker,
+        "--since",
+        "2h",
+        "--until",
+        "0s",
+        "--errno",
+        "ECONNREFUSED",
+        "--to-pod",
+        "shop/checkout-1",
+        "--port",
+        "5051",
+    )
     assert hit.stdout.splitlines() == [render.json_line(refused)]
     bad = _tail(kafka_broker, "--since", "yesterday")
     assert bad.returncode == 2 and "neither a duration" in bad.stderr
@@ -141,18 +168,43 @@ def test_security_settings_match_the_collector(tmp_path: Path) -> None:
     user, password = tmp_path / "username", tmp_path / "password"
     user.write_text("reader\n")
     password.write_text("s3cret\n")
-    o = tail.parse_args(["--kafka-bootstrap", "k:9093", "--kafka-security-protocol", "SASL_SSL",
-                         "--kafka-sasl-mechanism", "SCRAM-SHA-512", "--kafka-username-file", str(user),
-                         "--kafka-password-file", str(password), "--kafka-ssl-cafile", "/ca.crt"], env={})
+    o = tail.parse_args(
+        [
+            "--kafka-bootstrap",
+            "k:9093",
+            "--kafka-security-protocol",
+            "SASL_SSL",
+            "--kafka-sasl-mechanism",
+            "SCRAM-SHA-512",
+            "--kafka-username-file",
+            str(user),
+            "--kafka-password-file",
+            str(password),
+            "--kafka-ssl-cafile",
+            "/ca.crt",
+        ],
+        env={},
+    )
     assert o.security.client_kwargs() == {
-        "security_protocol": "SASL_SSL", "ssl_cafile": "/ca.crt", "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "reader", "sasl_plain_password": "s3cret"}
+        "security_protocol": "SASL_SSL",
+        "ssl_cafile": "/ca.crt",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "reader",
+        "sasl_plain_password": "s3cret",
+    }
     # the collector's environment variables work the same (the password never as a flag)
-    env = {"TCPSCOPE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "TCPSCOPE_KAFKA_SASL_MECHANISM": "PLAIN",
-           "TCPSCOPE_KAFKA_USERNAME": "u", "TCPSCOPE_KAFKA_PASSWORD": "p"}
+    env = {
+        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "TCPSCOPE_KAFKA_SASL_MECHANISM": "PLAIN",
+        "TCPSCOPE_KAFKA_USERNAME": "u",
+        "TCPSCOPE_KAFKA_PASSWORD": "p",
+    }
     assert tail.parse_args(["--kafka-bootstrap", "k:9092"], env=env).security.client_kwargs() == {
-        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u",
-        "sasl_plain_password": "p"}
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "PLAIN",
+        "sasl_plain_username": "u",
+        "sasl_plain_password": "p",
+    }
     with pytest.raises(ValueError, match="need --kafka-sasl-mechanism"):
         KafkaSecurity("SASL_SSL")
     with pytest.raises(ValueError, match="needs a user name and a password"):

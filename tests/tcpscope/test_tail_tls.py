@@ -42,6 +42,8 @@ def tls_front(port: int, backend: int, cert: str, key: str) -> Iterator[None]:
     ctx.load_cert_chain(cert, key)
     srv = socket.create_server(("127.0.0.1", port))
     stop = threading.Event()
+    opened: list[socket.socket] = []  # closed at the end: every relayed connection's two sockets
+    pumps: list[threading.Thread] = []
 
     def serve() -> None:
         while not stop.is_set():
@@ -55,8 +57,11 @@ def tls_front(port: int, backend: int, cert: str, key: str) -> Iterator[None]:
                 raw.close()  # a client that does not speak TLS, or does not trust us
                 continue
             back = socket.create_connection(("127.0.0.1", backend))
-            threading.Thread(target=_pump, args=(conn, back), daemon=True).start()
-            threading.Thread(target=_pump, args=(back, conn), daemon=True).start()
+            opened.extend((conn, back))
+            for a, b in ((conn, back), (back, conn)):
+                t = threading.Thread(target=_pump, args=(a, b), daemon=True)
+                t.start()
+                pumps.append(t)
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
@@ -66,6 +71,13 @@ def tls_front(port: int, backend: int, cert: str, key: str) -> Iterator[None]:
         stop.set()
         srv.close()
         t.join(5)
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        for pump in pumps:
+            pump.join(5)
+        for sock in opened:
+            sock.close()
 
 
 @pytest.fixture()
@@ -79,9 +91,20 @@ def tls_kafka(tmp_path: Path) -> Iterator[tuple[str, str]]:
     import tests.support.kafka as k
 
     url, adv = f"tcp://127.0.0.1:{b.port}", f"tcp://127.0.0.1:{front}"
-    b.proc = subprocess.Popen([k._broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", adv,
-                               "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    b.proc = subprocess.Popen(
+        [
+            k._broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            adv,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         with tls_front(front, b.port, server.cert, server.key):
             yield f"127.0.0.1:{front}", ca.ca_file
@@ -113,15 +136,52 @@ def test_tail_reads_a_tls_only_kafka_with_the_collector_flags(tls_kafka: tuple[s
         p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
     p.flush()
     p.close()
-    res = subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", bootstrap, "--topic", TOPIC,
-                          "--from-beginning", "--duration", "3", "--format", "json",
-                          "--kafka-security-protocol", "SSL", "--kafka-ssl-cafile", ca_file],
-                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpscope.tail",
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            TOPIC,
+            "--from-beginning",
+            "--duration",
+            "3",
+            "--format",
+            "json",
+            "--kafka-security-protocol",
+            "SSL",
+            "--kafka-ssl-cafile",
+            ca_file,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [render.json_line(e) for e in events]
     # the control: the same tail in clear text gets nothing from this Kafka
-    plain = subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", bootstrap, "--topic", TOPIC,
-                            "--from-beginning", "--duration", "3", "--format", "json"],
-                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    plain = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpscope.tail",
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            TOPIC,
+            "--from-beginning",
+            "--duration",
+            "3",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert (plain.returncode, plain.stdout) == (2, "")
     assert plain.stderr.startswith("tcpscope-tail: ") and len(plain.stderr.splitlines()) == 1, plain.stderr
