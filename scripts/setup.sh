@@ -56,5 +56,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 "$VENV/bin/python" -m scripts.genproto
+venv_bin=$(cd "$VENV/bin" && pwd)
 echo "setup: done. The commands are in $VENV/bin: run them as $VENV/bin/tcpscope-tail ..., or first"
-echo "       export PATH=\"$PWD/$VENV/bin:\$PATH\" (or: source $VENV/bin/activate)"
+echo "       export PATH=\"$venv_bin:\$PATH\" (or: source $VENV/bin/activate)"
