@@ -11,6 +11,7 @@ scopes each node's agent to its own pods. Only the cgroup v2 hierarchy is used.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import signal
@@ -100,8 +101,17 @@ class CgroupTree:
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.02)
         for d, _, _ in sorted(os.walk(self.root), key=lambda w: -w[0].count("/")):
-            with contextlib.suppress(FileNotFoundError):
-                os.rmdir(d)
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    # EBUSY: a killed task is still leaving the cgroup (it exits asynchronously)
+                    if e.errno != errno.EBUSY or time.monotonic() >= deadline + timeout:
+                        raise
+                    time.sleep(0.02)
 
 
 def leftover_run_ids() -> set[str]:

@@ -249,6 +249,8 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
         except subprocess.TimeoutExpired:
             sim.kill()
             sim.wait(10)
+        if sim.stdout is not None:
+            sim.stdout.close()
         prom.stop()
 
 

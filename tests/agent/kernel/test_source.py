@@ -43,7 +43,9 @@ def test_socket_ids_do_not_reveal_kernel_addresses() -> None:
         lifecycles = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=12)
     ids = {e.socket_id for e in lifecycles}
     assert len(lifecycles) == 12
-    assert len(ids) >= 4  # freed socks are reused, so ids repeat across lives (as the schema says)
+    # freed socks are reused, so ids repeat across lives (as the schema says); a connection's client
+    # and server sockets live at once, so there are at least two (3 of 12 was seen on a busy machine)
+    assert len(ids) >= 2
     assert len({i >> 48 for i in ids}) > 1
     for e in h.seen:
         if on_port(port)(e) and kind(e) == "state_change" and e.state_change.new_state == 7:
