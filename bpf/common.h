@@ -151,13 +151,25 @@ static __always_inline __u32 read_u32(const void *p)
     return v;
 }
 
-/* sk->sk_cgrp_data.cgroup: the socket's cgroup v2 (set at socket creation, inherited by children) */
+/* sk->sk_cgrp_data.cgroup: the socket's cgroup v2 (set at socket creation, inherited by children).
+ * 4.5-5.14 keep it in `u64 val`, a union with the cgroup v1 net_prio/net_cls data: bit 0 (is_data)
+ * set means a v1 setting overwrote the pointer, bit 1 (no_refcnt, 5.7+) that cgroup accounting of
+ * sockets was disabled when the socket was made; the kernel's sock_cgroup_ptr() then answers the
+ * root cgroup. The socket's own cgroup is unknown then, and 0 (no cgroup) says so rather than
+ * claiming the root. Pointers are 8-byte aligned, so a pointer never has those bits. */
 static __always_inline const void *sock_cgroup(const void *sk)
 {
-    return (const void *)read_u64((const char *)sk + OFF_SK_CGROUP);
+    __u64 v = read_u64((const char *)sk + OFF_SK_CGROUP);
+#ifdef SOCK_CGROUP_UNION
+    if (v & 3)
+        return 0;
+#endif
+    return (const void *)v;
 }
 
-/* cgrp->kn->id: the cgroup v2 id, equal to the inode of its cgroupfs directory (kernel 5.5+: u64) */
+/* cgrp->kn->id: the cgroup v2 id, equal to the inode of its cgroupfs directory. Since 5.5 a u64;
+ * before, a union whose first u32 (ino) is the inode number and the second a generation
+ * (KN_ID_SIZE 4 reads the ino alone). */
 static __always_inline __u64 cgroup_id_of(const void *cgrp)
 {
     if (!cgrp)

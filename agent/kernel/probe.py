@@ -76,7 +76,6 @@ TRACEPOINTS: tuple[TracepointSpec, ...] = (
 # (macro, struct, member path alternatives, required)
 _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SK_CGRP_DATA", "sock", ("sk_cgrp_data",)),
-    ("OFF_SCD_CGROUP", "sock_cgroup_data", ("cgroup",)),
     ("OFF_CGROUP_KN", "cgroup", ("kn",)),
     ("OFF_KN_ID", "kernfs_node", ("id",)),
     ("OFF_SKC_NET", "sock", ("__sk_common.skc_net",)),
@@ -165,6 +164,8 @@ class Plan:
         flags.append(f"-DOFF_CGROUP_ANCESTORS={off['_OFF_CGROUP_ANCESTORS']}")
         if off.get("_CGROUP_ANCESTOR_IDS"):
             flags.append("-DCGROUP_ANCESTOR_IDS=1")
+        if off.get("_SOCK_CGROUP_UNION"):
+            flags.append("-DSOCK_CGROUP_UNION=1")
         flags.append(f"-DSOCKET_KEY={self.socket_key:#x}ULL")
         flags.append(f"-DMAX_SOCKETS={self.max_sockets}")
         flags.append(f"-DMAX_LISTENERS={min(self.max_sockets, 16384)}")
@@ -319,6 +320,25 @@ def cgroup_filter(directory: str) -> Filters:
     return Filters(cgroup_id=os.stat(real).st_ino, cgroup_level=level, cgroup_dir=real)
 
 
+def _socket_cgroup_layout(btf: Btf, missing: list[str]) -> list[tuple[str, int]]:
+    """Where sock.sk_cgrp_data keeps the socket's cgroup v2 pointer, by kernel layout.
+
+    5.15+ (commit 8520e224f547): `struct sock_cgroup_data { struct cgroup *cgroup; u32 classid; u16
+    prioidx; }`. 4.5-5.14: a union of `u64 val` (the pointer) with the cgroup v1 net_prio/net_cls
+    data `{ u8 is_data:1, no_refcnt:1 (5.7+), ...; u16 prioidx; u32 classid; }`; once a v1
+    net_cls/net_prio setting is applied to a socket the pointer is gone (bpf/common.h,
+    sock_cgroup()). The low bits of `val` tell the two apart, so SOCK_CGROUP_UNION switches that
+    check on."""
+    direct = btf.member_offset("sock_cgroup_data", "cgroup")
+    if direct is not None:
+        return [("OFF_SCD_CGROUP", direct)]
+    val = btf.member_offset("sock_cgroup_data", "val")
+    if val is not None and btf.member_size("sock_cgroup_data", "val") == 8:
+        return [("OFF_SCD_CGROUP", val), ("_SOCK_CGROUP_UNION", 1)]
+    missing.append("sock_cgroup_data.cgroup (5.15+) or sock_cgroup_data.val (4.5-5.14)")
+    return []
+
+
 def build_plan(
     config: AgentConfig,
     *,
@@ -359,7 +379,17 @@ def build_plan(
             missing_off.append(f"{struct}.{paths[0]}")
         else:
             offsets.append((macro, found))
-    kn_size = btf.member_size("kernfs_node", "id")
+    offsets += _socket_cgroup_layout(btf, missing_off)
+    kernfs_union = btf.has_member("kernfs_node", "id.ino")
+    if kernfs_union and config.cgroup_root:
+        raise KernelSupportError(
+            "--cgroup-root needs Linux 5.5+: before it, cgroup.ancestor_ids[] holds cgroup idr ids, not the "
+            "kernfs inode numbers a cgroup directory is known by, so a subtree cannot be matched in the kernel"
+        )
+    # before 5.5 kernfs_node.id is `union kernfs_node_id { struct { u32 ino, generation; }; u64 id; }`
+    # and a cgroupfs directory's inode number is its ino alone; from 5.5 (commit 67c0496e87d1) id is a
+    # u64 equal to the inode number
+    kn_size = 4 if kernfs_union else btf.member_size("kernfs_node", "id")
     offsets.append(("_KN_ID_SIZE", kn_size or 8))
     if btf.has_member("cgroup", "ancestors"):
         offsets.append(("_OFF_CGROUP_ANCESTORS", btf.member_offset("cgroup", "ancestors") or 0))

@@ -55,6 +55,10 @@ class GuestResult:
     console_tail: str
     wall_s: float  # the whole run, host clock
     boot_s: float | None  # QEMU start to the guest's `booted` marker
+    files: dict[str, str]  # what the command left in /run/kvm (the run share), by name
+
+    def text(self, name: str) -> str:
+        return self.files.get(name, "")
 
 
 def _virtiofsd() -> str:
@@ -276,6 +280,7 @@ def run(tree: KernelTree, command: str, *, workdir: Path, config: VmConfig | Non
             booted=boot_s is not None, rc=rc,
             output=out.read_text(errors="replace") if out.exists() else "",
             console_tail="\n".join(tail), wall_s=time.monotonic() - start, boot_s=boot_s,
+            files={f.name: f.read_text(errors="replace") for f in share.iterdir() if f.is_file()},
         )
     finally:
         for p in procs:
