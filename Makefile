@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PY_SOURCES := agent collector tcpscope tests bench scripts
 C_SOURCES = $(wildcard bpf/*.c bpf/*.h)
 
-.PHONY: setup run agent sim broker test unit format lint bench clean images test-images
+.PHONY: setup run agent sim broker test unit format lint bench clean images test-images test-kernels
 
 setup:
 	bash scripts/setup.sh
@@ -67,6 +67,14 @@ test-images: setup images
 unit:
 	@[ -x $(PY) ] && [ -f tcpscope/v1/events_pb2.py ] || bash scripts/setup.sh
 	TCPSCOPE_VENV=$(VENV) bash scripts/unit.sh $(PYTEST_ARGS)
+
+# The real-kernel matrix: Debian 5.10, 6.1 and 6.12 booted under QEMU (TCG), plus the host's kernel
+# natively, each running the kernel test subset; writes docs/kernels.json and the table in
+# docs/kernels.md. Kernels are cached in $$TCPSCOPE_KERNEL_CACHE (default /var/cache/tcpscope-kernels).
+# KERNELS_ARGS="--kernels 5.10" runs one.
+test-kernels: setup
+	bash scripts/setup.sh --kernels
+	$(PY) -m scripts.kernelvm $(KERNELS_ARGS)
 
 bench: setup
 	$(PY) -m bench

@@ -13,6 +13,9 @@ export DEBIAN_FRONTEND=noninteractive
 
 DEB_PKGS=(bpfcc-tools python3-bpfcc python3-venv linux-headers-amd64 bpftool nftables iproute2
           tcpdump make gcc libc6-dev util-linux procps prometheus graphviz)
+# `setup.sh --kernels` (make test-kernels): QEMU with its virtiofsd, a static busybox for the guests'
+# initramfs, and kmod (depmod for the fetched kernels, modprobe inside the guests)
+if [[ ${1:-} == --kernels ]]; then DEB_PKGS+=(qemu-system-x86 busybox-static kmod); fi
 missing=()
 for p in "${DEB_PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -28,7 +28,10 @@ def _connect_with_timeout(port: int, timeout: float) -> tuple[int, int]:
 @pytest.mark.root
 def test_syn_retransmit(agent: Harness, ports: list[int]) -> None:
     port = ports[0]
-    with traffic.nft_drop(f"tcp dport {port} tcp flags syn drop"):
+    # dropped on input, i.e. lost on the wire: a drop in output fails the transmit, and a
+    # failed retransmit is traced only where the tcp_retransmit_skb record has an `err` field (6.18
+    # has one; 6.1 has not)
+    with traffic.nft_drop(f"tcp dport {port} tcp flags syn drop", hook="input"):
         # the first SYN retransmit is due 1 s after connect() (TCP_TIMEOUT_INIT)
         pid, local = traffic.Child(_connect_with_timeout, port, 1.5, comm="tsc-synrtx").result()
     lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=1)
