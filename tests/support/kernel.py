@@ -59,6 +59,18 @@ def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
         source.close()
 
 
+def reports_recursion_misses() -> bool:
+    """bpf_prog_info.recursion_misses exists from Linux 5.12; the agent reports it where present."""
+    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
+    return (major, minor) >= (5, 12)
+
+
+def traces_error_reports(h: Harness) -> bool:
+    """Is sock:inet_sk_error_report attached? Older kernels (5.10 among them) lack it: no socket_error events
+    there, and the lifecycle's errno comes from sk_err at CLOSE alone."""
+    return any(tp == "sock:inet_sk_error_report" for _k, tp, _f in h.plan.attach)
+
+
 def on_port(port: int) -> Callable[[TcpEvent], bool]:
     """Events of sockets with this local or remote port."""
     return lambda e: e.local.port == port or e.remote.port == port

@@ -3,7 +3,6 @@ socket's own cgroup on both sides, over IPv4, IPv6 and v4-mapped IPv6, for both 
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 
@@ -22,13 +21,7 @@ from tcpscope.v1.events_pb2 import (
 )
 from tests.agent.kernel.conftest import Pods
 from tests.support import traffic
-from tests.support.kernel import Harness, kind, on_port
-
-
-def platform_reports_recursion_misses() -> bool:
-    """bpf_prog_info.recursion_misses exists from Linux 5.12 (the agent reports it when present)."""
-    major, minor = (int(x) for x in os.uname().release.split(".")[:2])
-    return (major, minor) >= (5, 12)
+from tests.support.kernel import Harness, kind, on_port, reports_recursion_misses
 
 CASES = [
     pytest.param(dict(family=socket.AF_INET, server_addr="127.0.0.1"), "127.0.0.1", id="ipv4"),
@@ -109,6 +102,6 @@ def test_destroy_sock_frees_per_socket_state(subtree: Harness, pods: Pods) -> No
     subtree.wait(lambda e: on_port(ex.server_port)(e) and kind(e) == "lifecycle", count=2)
     assert subtree.source.tracked_sockets() == before
     expected = {"kernel.ringbuf_full": 0, "kernel.socket_map_full": 0, "kernel.listener_map_full": 0}
-    if platform_reports_recursion_misses():
-        expected["kernel.recursion_misses"] = 0  # bpf_prog_info.recursion_misses: Linux 5.12+
+    if reports_recursion_misses():
+        expected["kernel.recursion_misses"] = 0
     assert subtree.source.losses() == expected
