@@ -38,9 +38,13 @@ class VmConfig:
 
     cpus: int = 2
     mem_mib: int = 2048
-    # A fixed, older CPU model: `-cpu max` exposes features (PKS, LA57, ...) under TCG that the
-    # 6.12 kernel sometimes tripped over in early boot (a panic in prepare_creds).
-    cpu_model: str = "max"
+    # Without CMPXCHG16B. 6.12's SLUB allocates with `cmpxchg16b %gs:(...)` (this_cpu_try_cmpxchg128),
+    # and QEMU 7.2's TCG left garbage in the upper bits of RFLAGS after it (the oopses show EFLAGS
+    # like 0x05122f4a, equal to the low bits of a register): about half the 6.12 boots panicked in
+    # kmem_cache_alloc (prepare_creds early on) or killed init, with -cpu max or Skylake-Client-v4,
+    # multi- or single-threaded, with or without KASLR. Without cx16 the kernel falls back to its
+    # software this_cpu_cmpxchg16b_emu: 8 of 8 boots then succeeded. No kernel here needs cx16.
+    cpu_model: str = "max,-cx16"
     tcg_thread: str = "multi"
     boot_timeout_s: float = 120.0  # until the guest's user space reports in
     timeout_s: float = 900.0  # the whole run
