@@ -28,6 +28,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--refresh", action="store_true", help="look for newer kernel ABIs even with a cache")
     p.add_argument("--results", type=Path, default=REPO / "docs" / "kernels.json")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "kernels.md")
+    p.add_argument("--readme", type=Path, default=REPO / "README.md",
+                   help="also refresh the table here, if it holds the generated block's markers")
     p.add_argument("--table-only", action="store_true", help="only regenerate --docs from --results")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     return p.parse_args(argv)
@@ -42,16 +44,18 @@ def _line(r: matrix.KernelResult) -> str:
             f"tests {r.tests_seconds:.0f} s, total {r.wall_seconds:.0f} s")
 
 
-def _write_docs(results_path: Path, docs: Path) -> None:
+def _write_docs(results_path: Path, docs: Path, readme: Path) -> None:
     rendered = table.render(matrix.load_results(results_path))
     current = docs.read_text() if docs.exists() else table.HEADER
     docs.write_text(table.splice(current, rendered))
+    if readme.is_file() and table.BEGIN in (text := readme.read_text()):
+        readme.write_text(table.splice(text, rendered))
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     if a.table_only:
-        _write_docs(a.results, a.docs)
+        _write_docs(a.results, a.docs, a.readme)
         return 0
     wanted = [k for k in a.kernels.split(",") if k]
     specs = {s.name: s for s in fetch.MATRIX}
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         results += list(pool.map(one, trees))
     wall = time.monotonic() - start
     matrix.write_results(a.results, results, wall)
-    _write_docs(a.results, a.docs)
+    _write_docs(a.results, a.docs, a.readme)
     print(f"\ntest-kernels: matrix in {wall:.0f} s (results: {a.results}, table: {a.docs})")
     for line in log:
         print(f"  {line}")
