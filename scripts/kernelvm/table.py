@@ -98,16 +98,51 @@ def splice(document: str, table: str) -> str:
     return document.rstrip("\n") + "\n\n" + table
 
 
-HEADER = """# Kernel support
+HEADER = """# Kernels
 
-Which features of the agent work on which kernel, as proven by `make test-kernels`: the host's
-kernel runs the real-kernel test subset natively, and each Debian kernel (5.10 bullseye, 6.1
-bookworm, 6.12 bookworm-backports) runs it in a QEMU guest (scripts/kernelvm/). The table below is
-written by that run from its result file (docs/kernels.json); do not edit it by hand.
+Which features of the agent work on which kernel, as proven by `make test-kernels`. The host's
+kernel runs the real-kernel test subset natively; Debian's 5.10 (bullseye), 6.1 (bookworm) and 6.12
+(bookworm-backports) cloud kernels each run it in a QEMU guest. The table at the end is written by
+that run from its result file, docs/kernels.json; do not edit it by hand.
 
-Kernels before 5.15 keep the socket's cgroup in a union with cgroup v1 data, and before 5.5 the
-kernfs id is a u32 ino with a generation: the plan (agent/kernel/probe.py) reads either layout from
-BTF. Tracepoints a kernel lacks are skipped one by one, each with a line saying what degrades.
-4.16 and 5.4 are covered by their recorded tracepoint formats (tests/agent/kernel/formats/) only.
+## How it runs (scripts/kernelvm/)
+
+- `fetch`: the newest `linux-image-<series>*-cloud-amd64-unsigned` of each suite, with its headers
+  and kbuild, downloaded with `apt-get download` through a private apt configuration (its own
+  sources.list and lists under the cache) and unpacked with `dpkg-deb -x` into
+  `$TCPSCOPE_KERNEL_CACHE` (default /var/cache/tcpscope-kernels). Nothing is installed; the system's
+  apt sources, /boot and /lib/modules are untouched. A cached kernel is used without network;
+  `--refresh` looks for a newer ABI.
+- `vm`: QEMU TCG (KVM is unusable on the nested PVM hosts this runs on), `-cpu max,-cx16`, 2 vCPUs,
+  2 GiB. A busybox initramfs loads the virtio/virtiofs/overlay modules, mounts the host's `/`
+  read-only over virtiofs under a tmpfs overlay, binds the guest kernel's modules and headers where
+  bcc and modprobe look, mounts cgroup v2 at /sys/fs/cgroup/unified like the host, and runs the
+  tests as root in the checkout. A second, writable share carries back a `booted` marker, the
+  output, the JUnit report, the agent's `--dump-bpf` and the exit status.
+- `matrix`: the subset (the kernel tests of lifecycle, resets, retransmits, filters and losses, and
+  the pod-to-pod attribution through the cgroup) per kernel. A guest that never reaches user space
+  is booted again, up to 3 times, and is then a failure, never a skip; a failing test is never
+  retried.
+
+`make test-kernels KERNELS_ARGS="--kernels 5.10 --no-host"` runs one kernel;
+`python -m scripts.kernelvm --help` lists the knobs (CPU model, TCG threading, guests in parallel).
+
+## Kernel differences the agent handles
+
+- `sock_cgroup_data`: since 5.15 a struct whose first member is `struct cgroup *cgroup`; 4.5-5.14 a
+  union of the pointer (`u64 val`) with cgroup v1 net_prio/net_cls data, flagged by its low bits.
+  The plan (agent/kernel/probe.py) picks the layout from BTF; bpf/common.h `sock_cgroup()` reports
+  no cgroup (0) when v1 data has replaced the pointer.
+- kernfs ids before 5.5: a union of a u32 ino and a u32 generation; the cgroup directory's inode
+  number is the ino (`KN_ID_SIZE` 4). `--cgroup-root` is refused there: `cgroup.ancestor_ids` then
+  holds idr ids, not inode numbers.
+- `sock:inet_sk_error_report` is missing on 5.10: the plan skips it with one line, there are no
+  socket_error events, and the lifecycle still carries the errno from `sk_err` at close.
+- Before 6.10, `tcp:tcp_send_reset` fires only for a RST sent from a full socket (not for one
+  answering a SYN to a closed port), and resets carry no reason (`enum sk_rst_reason` is 6.10+).
+- 4.16 and 5.4 are covered by their recorded tracepoint formats (tests/agent/kernel/formats/) and
+  the old-layout tests (tests/agent/kernel/test_old_layouts.py): no older Debian kernel is in reach.
+
+## Support table
 
 """
