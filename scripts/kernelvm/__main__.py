@@ -15,12 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m scripts.kernelvm", description=__doc__)
-    p.add_argument("--kernels", default=",".join(s.name for s in fetch.MATRIX),
-                   help="comma-separated kernels of the matrix to boot (default: all)")
+    p.add_argument(
+        "--kernels",
+        default=",".join(s.name for s in fetch.MATRIX),
+        help="comma-separated kernels of the matrix to boot (default: all)",
+    )
     p.add_argument("--no-host", action="store_true", help="do not run the subset on the host's own kernel")
     p.add_argument("--parallel", type=int, default=1, help="guests at a time (default 1)")
-    p.add_argument("--boot-attempts", type=int, default=3,
-                   help="boots per kernel before a guest that never reaches user space is a failure")
+    p.add_argument(
+        "--boot-attempts",
+        type=int,
+        default=3,
+        help="boots per kernel before a guest that never reaches user space is a failure",
+    )
     p.add_argument("--cpu", default=vm.VmConfig.cpu_model, help="QEMU TCG CPU model")
     p.add_argument("--tcg-thread", default=vm.VmConfig.tcg_thread, choices=("single", "multi"))
     p.add_argument("--smp", type=int, default=vm.VmConfig.cpus)
@@ -28,8 +35,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--refresh", action="store_true", help="look for newer kernel ABIs even with a cache")
     p.add_argument("--results", type=Path, default=REPO / "docs" / "kernels.json")
     p.add_argument("--docs", type=Path, default=REPO / "docs" / "kernels.md")
-    p.add_argument("--readme", type=Path, default=REPO / "README.md",
-                   help="also refresh the table here, if it holds the generated block's markers")
+    p.add_argument(
+        "--readme",
+        type=Path,
+        default=REPO / "README.md",
+        help="also refresh the table here, if it holds the generated block's markers",
+    )
     p.add_argument("--table-only", action="store_true", help="only regenerate --docs from --results")
     p.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     return p.parse_args(argv)
@@ -38,10 +49,18 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def _line(r: matrix.KernelResult) -> str:
     n = len(r.tests)
     ok = sum(1 for t in r.tests if t.outcome == "passed")
-    boot = (f", boot {'/'.join(f'{b:.1f}' for b in r.boot_seconds) or '-'} s"
-            f" ({r.boot_attempts} attempt{'s' if r.boot_attempts != 1 else ''})") if r.where != "native" else ""
-    return (f"{r.name:>5} {r.release:<28} {r.status.upper():<11} {ok}/{n} tests passed{boot}, "
-            f"tests {r.tests_seconds:.0f} s, total {r.wall_seconds:.0f} s")
+    boot = (
+        (
+            f", boot {'/'.join(f'{b:.1f}' for b in r.boot_seconds) or '-'} s"
+            f" ({r.boot_attempts} attempt{'s' if r.boot_attempts != 1 else ''})"
+        )
+        if r.where != "native"
+        else ""
+    )
+    return (
+        f"{r.name:>5} {r.release:<28} {r.status.upper():<11} {ok}/{n} tests passed{boot}, "
+        f"tests {r.tests_seconds:.0f} s, total {r.wall_seconds:.0f} s"
+    )
 
 
 def _write_docs(results_path: Path, docs: Path, readme: Path) -> None:

@@ -72,14 +72,22 @@ class Apt:
     def _opts(self) -> list[str]:
         b = self.base
         return [
-            "-o", f"Dir::Etc::sourcelist={b / 'sources.list'}",
-            "-o", "Dir::Etc::sourceparts=/dev/null",
-            "-o", f"Dir::State::Lists={b / 'lists'}",
-            "-o", f"Dir::Cache={b / 'cache'}",
-            "-o", "Dir::Etc::preferences=/dev/null",
-            "-o", "Dir::Etc::preferencesparts=/dev/null",
-            "-o", "APT::Get::List-Cleanup=0",
-            "-o", "Acquire::Retries=3",
+            "-o",
+            f"Dir::Etc::sourcelist={b / 'sources.list'}",
+            "-o",
+            "Dir::Etc::sourceparts=/dev/null",
+            "-o",
+            f"Dir::State::Lists={b / 'lists'}",
+            "-o",
+            f"Dir::Cache={b / 'cache'}",
+            "-o",
+            "Dir::Etc::preferences=/dev/null",
+            "-o",
+            "Dir::Etc::preferencesparts=/dev/null",
+            "-o",
+            "APT::Get::List-Cleanup=0",
+            "-o",
+            "Acquire::Retries=3",
         ]
 
     def update(self) -> None:
@@ -95,8 +103,16 @@ class Apt:
     def newest_image(self, spec: KernelSpec) -> tuple[str, str]:
         """(package, version) of the newest `linux-image-<series>*-cloud-amd64-unsigned` in the suite."""
         self.update()
-        out = _run(["apt-cache", *self._opts(), "search", "--names-only",
-                    f"^linux-image-{re.escape(spec.series)}.*-{FLAVOUR}-unsigned$"], "apt-cache search")
+        out = _run(
+            [
+                "apt-cache",
+                *self._opts(),
+                "search",
+                "--names-only",
+                f"^linux-image-{re.escape(spec.series)}.*-{FLAVOUR}-unsigned$",
+            ],
+            "apt-cache search",
+        )
         pkgs = [line.split(" ", 1)[0] for line in out.splitlines() if line.strip()]
         best: tuple[str, str] | None = None
         for pkg in pkgs:

@@ -68,7 +68,7 @@ def _guest_script(results: str, pytest_args: list[str]) -> str:
         f".venv/bin/python -m pytest -p no:cacheprovider -q -rfEs --junitxml={results}/junit.xml "
         f"{extra} {tests}\n"
         f"rc=$?\n"
-        f"echo \"$t0 $(date +%s.%N)\" > {results}/pytest-times\n"
+        f'echo "$t0 $(date +%s.%N)" > {results}/pytest-times\n'
         f"exit $rc\n"
     )
 
@@ -100,8 +100,13 @@ def parse_plan(text: str) -> dict[str, object]:
     """The facts the support table needs from `--dump-bpf`'s output."""
     skipped: list[str] = []
     attached: list[str] = []
-    plan: dict[str, object] = {"output": None, "skipped": skipped, "reset_reasons": 0, "attached": attached,
-                               "error": None}
+    plan: dict[str, object] = {
+        "output": None,
+        "skipped": skipped,
+        "reset_reasons": 0,
+        "attached": attached,
+        "error": None,
+    }
     section = ""
     for line in text.splitlines():
         if line.startswith("output:"):
@@ -130,26 +135,58 @@ def run_native(repo: Path, pytest_args: list[str]) -> KernelResult:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tcpscope-native-") as tmp:
         env = dict(os.environ)
-        plan = subprocess.run([".venv/bin/python", "-m", "agent", "--dump-bpf"], cwd=repo, env=env,
-                              capture_output=True, text=True, check=False)
+        plan = subprocess.run(
+            [".venv/bin/python", "-m", "agent", "--dump-bpf"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         (Path(tmp) / "plan.txt").write_text(plan.stdout + plan.stderr)
         t0 = time.monotonic()
-        p = subprocess.run([".venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfEs",
-                            f"--junitxml={tmp}/junit.xml", *pytest_args, *SUBSET],
-                           cwd=repo, capture_output=True, text=True, check=False)
+        p = subprocess.run(
+            [
+                ".venv/bin/python",
+                "-m",
+                "pytest",
+                "-p",
+                "no:cacheprovider",
+                "-q",
+                "-rfEs",
+                f"--junitxml={tmp}/junit.xml",
+                *pytest_args,
+                *SUBSET,
+            ],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         tests_s = time.monotonic() - t0
         junit = Path(tmp) / "junit.xml"
         tests = parse_junit(junit.read_text() if junit.is_file() else "")
         return KernelResult(
-            name="host", release=platform.release(), where="native", status=_status(tests, p.returncode),
-            wall_seconds=time.monotonic() - start, tests_seconds=tests_s, tests=tests,
+            name="host",
+            release=platform.release(),
+            where="native",
+            status=_status(tests, p.returncode),
+            wall_seconds=time.monotonic() - start,
+            tests_seconds=tests_s,
+            tests=tests,
             plan=parse_plan(plan.stdout + plan.stderr),
             detail="" if p.returncode == 0 else _tail(p.stdout + p.stderr),
         )
 
 
-def run_guest(tree: KernelTree, repo: Path, cfg: vm.VmConfig, boot_attempts: int,
-              pytest_args: list[str], log: list[str] | None = None) -> KernelResult:
+def run_guest(
+    tree: KernelTree,
+    repo: Path,
+    cfg: vm.VmConfig,
+    boot_attempts: int,
+    pytest_args: list[str],
+    log: list[str] | None = None,
+) -> KernelResult:
     """The subset in a guest running `tree`; boots again only when the guest never reached user space."""
     spec: KernelSpec = tree.spec
     res = KernelResult(name=spec.name, release=tree.release, where="qemu-tcg", status="boot-failed")
@@ -159,8 +196,9 @@ def run_guest(tree: KernelTree, repo: Path, cfg: vm.VmConfig, boot_attempts: int
         # the guest leaves its results in the run share, mounted at /run/kvm
         g = vm.run(tree, _guest_script("/run/kvm", pytest_args), workdir=repo, config=cfg)
         if not g.booted:
-            res.detail = f"boot attempt {attempt} of {boot_attempts}: the guest did not reach user space\n" \
-                         + g.console_tail
+            res.detail = (
+                f"boot attempt {attempt} of {boot_attempts}: the guest did not reach user space\n" + g.console_tail
+            )
             if log is not None:
                 log.append(f"{spec.name}: boot attempt {attempt} failed ({g.wall_s:.0f} s)")
             continue
@@ -172,9 +210,14 @@ def run_guest(tree: KernelTree, repo: Path, cfg: vm.VmConfig, boot_attempts: int
         res.tests_seconds = round(float(times[1]) - float(times[0]), 1) if len(times) == 2 else 0.0
         res.status = _status(res.tests, g.rc)
         if res.status != "passed":
-            res.detail = (_tail(g.output) if g.rc is not None
-                          else "the guest booted but reported no exit status (time-out or crash)\n"
-                          + g.console_tail + "\n" + _tail(g.output))
+            res.detail = (
+                _tail(g.output)
+                if g.rc is not None
+                else "the guest booted but reported no exit status (time-out or crash)\n"
+                + g.console_tail
+                + "\n"
+                + _tail(g.output)
+            )
         else:
             res.detail = ""
         break

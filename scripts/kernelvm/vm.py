@@ -204,21 +204,36 @@ def _initramfs(tree: KernelTree, command: str, workdir: Path, env: dict[str, str
     (ird / "init").write_text(_INIT)
     os.chmod(ird / "init", 0o755)
     envs = " ".join(shlex.quote(f"{k}={v}") for k, v in env.items())
-    head = "".join(f"{k}={shlex.quote(v)}\n" for k, v in (
-        ("KVER", tree.release), ("KDIR", str(tree.root)), ("WORKDIR", str(workdir)),
-        ("CMD", command), ("ENVS", envs)))
+    head = "".join(
+        f"{k}={shlex.quote(v)}\n"
+        for k, v in (
+            ("KVER", tree.release),
+            ("KDIR", str(tree.root)),
+            ("WORKDIR", str(workdir)),
+            ("CMD", command),
+            ("ENVS", envs),
+        )
+    )
     (ird / "run.sh").write_text("#!/bin/bash\n" + head + _RUN)
     os.chmod(ird / "run.sh", 0o755)
     # busybox cpio cannot make device nodes from a list; /dev is devtmpfs once /init runs, and the
     # kernel opens /dev/console before that only for its own messages (console=ttyS0 covers them)
     find = subprocess.run(["find", "."], cwd=ird, capture_output=True, check=True).stdout
-    cpio = subprocess.run([BUSYBOX, "cpio", "-o", "-H", "newc"], cwd=ird, input=find, capture_output=True,
-                          check=True).stdout
+    cpio = subprocess.run(
+        [BUSYBOX, "cpio", "-o", "-H", "newc"], cwd=ird, input=find, capture_output=True, check=True
+    ).stdout
     (dest / "initrd").write_bytes(cpio)
 
 
-def run(tree: KernelTree, command: str, *, workdir: Path, config: VmConfig | None = None,
-        env: dict[str, str] | None = None, keep: bool = False) -> GuestResult:
+def run(
+    tree: KernelTree,
+    command: str,
+    *,
+    workdir: Path,
+    config: VmConfig | None = None,
+    env: dict[str, str] | None = None,
+    keep: bool = False,
+) -> GuestResult:
     """Boot `tree`, run `command` (bash) as root in `workdir` inside it, power off; never raises for
     what happens inside the guest (see GuestResult)."""
     cfg = config or VmConfig()
@@ -234,10 +249,25 @@ def run(tree: KernelTree, command: str, *, workdir: Path, config: VmConfig | Non
         for tag, src in (("hostroot", "/"), ("kvmrun", str(share))):
             sock = rundir / f"{tag}.sock"
             with open(rundir / f"virtiofsd-{tag}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    [vfsd, f"--socket-path={sock}", "-o", f"source={src}", "-o", "cache=auto",
-                     "-o", "sandbox=chroot", "-o", "log_level=err"],
-                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT))
+                procs.append(
+                    subprocess.Popen(
+                        [
+                            vfsd,
+                            f"--socket-path={sock}",
+                            "-o",
+                            f"source={src}",
+                            "-o",
+                            "cache=auto",
+                            "-o",
+                            "sandbox=chroot",
+                            "-o",
+                            "log_level=err",
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
             for _ in range(200):
                 if sock.exists():
                     break
@@ -246,18 +276,39 @@ def run(tree: KernelTree, command: str, *, workdir: Path, config: VmConfig | Non
                 raise VmError(f"virtiofsd did not start: {(rundir / f'virtiofsd-{tag}.log').read_text()}")
         console = rundir / "console.log"
         qemu = [
-            "qemu-system-x86_64", "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
-            "-accel", f"tcg,thread={cfg.tcg_thread}", "-cpu", cfg.cpu_model,
-            "-smp", str(cfg.cpus), "-m", str(cfg.mem_mib),
-            "-machine", "q35,memory-backend=mem",
-            "-object", f"memory-backend-memfd,id=mem,size={cfg.mem_mib}M,share=on",
-            "-kernel", str(tree.vmlinuz), "-initrd", str(rundir / "initrd"),
-            "-append", f"console=ttyS0 panic=-1 quiet loglevel=4 8250.nr_uarts=1 {cfg.append}".strip(),
-            "-serial", f"file:{console}",
+            "qemu-system-x86_64",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-accel",
+            f"tcg,thread={cfg.tcg_thread}",
+            "-cpu",
+            cfg.cpu_model,
+            "-smp",
+            str(cfg.cpus),
+            "-m",
+            str(cfg.mem_mib),
+            "-machine",
+            "q35,memory-backend=mem",
+            "-object",
+            f"memory-backend-memfd,id=mem,size={cfg.mem_mib}M,share=on",
+            "-kernel",
+            str(tree.vmlinuz),
+            "-initrd",
+            str(rundir / "initrd"),
+            "-append",
+            f"console=ttyS0 panic=-1 quiet loglevel=4 8250.nr_uarts=1 {cfg.append}".strip(),
+            "-serial",
+            f"file:{console}",
         ]
         for tag in ("hostroot", "kvmrun"):
-            qemu += ["-chardev", f"socket,id={tag},path={rundir / f'{tag}.sock'}",
-                     "-device", f"vhost-user-fs-pci,chardev={tag},tag={tag}"]
+            qemu += [
+                "-chardev",
+                f"socket,id={tag},path={rundir / f'{tag}.sock'}",
+                "-device",
+                f"vhost-user-fs-pci,chardev={tag},tag={tag}",
+            ]
         vm = subprocess.Popen(qemu, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(vm)
         boot_s: float | None = None
@@ -281,9 +332,12 @@ def run(tree: KernelTree, command: str, *, workdir: Path, config: VmConfig | Non
         if qerr.strip():
             tail.append("qemu: " + qerr.strip())
         return GuestResult(
-            booted=boot_s is not None, rc=rc,
+            booted=boot_s is not None,
+            rc=rc,
             output=out.read_text(errors="replace") if out.exists() else "",
-            console_tail="\n".join(tail), wall_s=time.monotonic() - start, boot_s=boot_s,
+            console_tail="\n".join(tail),
+            wall_s=time.monotonic() - start,
+            boot_s=boot_s,
             files={f.name: f.read_text(errors="replace") for f in share.iterdir() if f.is_file()},
         )
     finally:

@@ -53,16 +53,24 @@ def test_plan_summary() -> None:
 
 
 def _guest(booted: bool, rc: int | None, junit: str = "") -> vm.GuestResult:
-    return vm.GuestResult(booted=booted, rc=rc, output="out", console_tail="Kernel panic", wall_s=1.0,
-                          boot_s=0.5 if booted else None, files={"junit.xml": junit, "plan.txt": PLAN})
+    return vm.GuestResult(
+        booted=booted,
+        rc=rc,
+        output="out",
+        console_tail="Kernel panic",
+        wall_s=1.0,
+        boot_s=0.5 if booted else None,
+        files={"junit.xml": junit, "plan.txt": PLAN},
+    )
 
 
 def _tree(tmp_path: Path) -> fetch.KernelTree:
     return fetch.KernelTree(fetch.MATRIX[0], tmp_path, "5.10.0-32-cloud-amd64")
 
 
-def _run_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guests: list[vm.GuestResult],
-              attempts: int = 3) -> tuple[matrix.KernelResult, int]:
+def _run_with(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guests: list[vm.GuestResult], attempts: int = 3
+) -> tuple[matrix.KernelResult, int]:
     calls = []
 
     def fake_run(*_a: object, **_k: object) -> vm.GuestResult:
@@ -74,8 +82,9 @@ def _run_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, guests: list[vm.G
     return res, len(calls)
 
 
-def test_a_guest_that_never_boots_is_a_failure_after_bounded_retries(monkeypatch: pytest.MonkeyPatch,
-                                                                      tmp_path: Path) -> None:
+def test_a_guest_that_never_boots_is_a_failure_after_bounded_retries(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     res, calls = _run_with(monkeypatch, tmp_path, [_guest(False, None)] * 5)
     assert calls == 3 and res.boot_attempts == 3
     assert res.status == "boot-failed"
@@ -89,14 +98,13 @@ def test_a_failing_test_is_never_retried(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_a_boot_failure_then_a_boot(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    passing = JUNIT.split("<testcase classname=\"tests.agent.kernel.test_resets\"")[0] + "</testsuite></testsuites>"
+    passing = JUNIT.split('<testcase classname="tests.agent.kernel.test_resets"')[0] + "</testsuite></testsuites>"
     res, calls = _run_with(monkeypatch, tmp_path, [_guest(False, None), _guest(True, 0, passing)])
     assert calls == 2 and res.boot_attempts == 2 and res.status == "passed"
     assert res.plan["skipped"] and res.boot_seconds == [0.5]
 
 
-def test_booted_but_no_exit_status_is_a_failure_not_a_retry(monkeypatch: pytest.MonkeyPatch,
-                                                             tmp_path: Path) -> None:
+def test_booted_but_no_exit_status_is_a_failure_not_a_retry(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     res, calls = _run_with(monkeypatch, tmp_path, [_guest(True, None, ""), _guest(True, 0)])
     assert calls == 1 and res.status == "failed"
     assert "reported no exit status" in res.detail
@@ -112,11 +120,16 @@ def test_initramfs_modules_in_dependency_order(tmp_path: Path) -> None:
     tree.modules.mkdir(parents=True)
     (tree.modules / "modules.dep").write_text(
         "kernel/fs/fuse/virtiofs.ko: kernel/drivers/virtio/virtio_ring.ko kernel/fs/fuse/fuse.ko\n"
-        "kernel/fs/fuse/fuse.ko:\nkernel/drivers/virtio/virtio_ring.ko:\nkernel/fs/overlayfs/overlay.ko.xz:\n")
+        "kernel/fs/fuse/fuse.ko:\nkernel/drivers/virtio/virtio_ring.ko:\nkernel/fs/overlayfs/overlay.ko.xz:\n"
+    )
     (tree.modules / "modules.builtin").write_text("kernel/drivers/virtio/virtio_pci.ko\n")
     got = [p.relative_to(tree.modules).as_posix() for p in vm._module_order(tree, vm.BOOT_MODULES)]
-    assert got == ["kernel/drivers/virtio/virtio_ring.ko", "kernel/fs/fuse/fuse.ko", "kernel/fs/fuse/virtiofs.ko",
-                   "kernel/fs/overlayfs/overlay.ko.xz"]
+    assert got == [
+        "kernel/drivers/virtio/virtio_ring.ko",
+        "kernel/fs/fuse/fuse.ko",
+        "kernel/fs/fuse/virtiofs.ko",
+        "kernel/fs/overlayfs/overlay.ko.xz",
+    ]
     with pytest.raises(vm.VmError, match="module nope neither"):
         vm._module_order(tree, ("nope",))
 
@@ -131,10 +144,16 @@ def test_private_apt_configuration_never_reads_the_systems_sources(tmp_path: Pat
 
 
 def _kernel(status: str, outcomes: dict[str, str], skipped: list[str], reasons: int) -> dict[str, object]:
-    return {"name": "x", "release": "5.10.0-32-cloud-amd64", "where": "qemu-tcg", "status": status,
-            "boot_attempts": 1, "wall_seconds": 200.0,
-            "tests": [{"test": t, "outcome": o, "seconds": 1.0, "message": ""} for t, o in outcomes.items()],
-            "plan": {"output": "ring buffer", "skipped": skipped, "reset_reasons": reasons}}
+    return {
+        "name": "x",
+        "release": "5.10.0-32-cloud-amd64",
+        "where": "qemu-tcg",
+        "status": status,
+        "boot_attempts": 1,
+        "wall_seconds": 200.0,
+        "tests": [{"test": t, "outcome": o, "seconds": 1.0, "message": ""} for t, o in outcomes.items()],
+        "plan": {"output": "ring buffer", "skipped": skipped, "reset_reasons": reasons},
+    }
 
 
 def test_table_cells_come_from_test_outcomes_and_the_plan() -> None:

@@ -62,8 +62,8 @@ def plan(btf: Btf, version: str = "5.4", **cfg: object) -> Plan:
     def reader(cat: str, name: str) -> TracepointFormat | None:
         return read_format(cat, name, FORMATS / version)
 
-    return build_plan(AgentConfig(**cfg), btf=btf, format_reader=reader, kernel=version,  # type: ignore[arg-type]
-                      socket_key=0x1234)
+    config = AgentConfig(**cfg)  # type: ignore[arg-type]
+    return build_plan(config, btf=btf, format_reader=reader, kernel=version, socket_key=0x1234)
 
 
 def test_host_layout_reads_the_cgroup_pointer_directly(host_btf: Btf) -> None:
