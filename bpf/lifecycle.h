@@ -84,6 +84,13 @@ static __always_inline int handle_destroy(void *ctx, const void *sk)
     if (!st)
         return 0;
     flush_first_state(ctx, key, st);
+#ifndef HAS_RAW_INET_SK_ERROR_REPORT
+    /* Without sock:inet_sk_error_report (5.10 has none), an error set after CLOSE is read from the
+     * socket here: close() with SO_LINGER 0 goes through tcp_disconnect(), which sets CLOSE first
+     * and sk_err = ECONNRESET after sending the RST. */
+    if (!st->sk_err)
+        st->sk_err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
+#endif
     emit_lifecycle(ctx, key, st);
     sockets.delete(&key);
     return 0;

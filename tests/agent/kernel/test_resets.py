@@ -149,3 +149,36 @@ def test_reconnect_on_the_same_socket_emits_the_first_life_first(agent: Harness,
     assert (first.lifecycle.ending, first.lifecycle.errno, first.lifecycle.tx_bytes) == (RESET_RECEIVED, 111, 0)
     assert (second.lifecycle.ending, second.lifecycle.errno, second.lifecycle.tx_bytes) == (NORMAL, 0, 123)
     assert first.time.ToNanoseconds() < second.time.ToNanoseconds()
+
+
+@pytest.mark.root
+def test_without_inet_sk_error_report_the_lifecycle_errno_comes_from_the_socket() -> None:
+    """Kernels without sock:inet_sk_error_report (5.10): the plan skips it with its line, and an
+    error set after CLOSE (tcp_disconnect()'s ECONNRESET for SO_LINGER 0) is read from sk_err at
+    destroy. Here the running kernel plays such a kernel: the tracepoint is hidden from the plan."""
+    from agent.config import AgentConfig
+    from agent.kernel.decode import Decoder
+    from agent.kernel.loader import load
+    from agent.kernel.probe import build_plan
+    from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
+    from agent.kernel.tracefs import read_format, tracefs_root
+    from tests.support.kernel import ALL_BUT_PROBE, require_root
+
+    require_root()
+    port = traffic.free_port()
+    root = tracefs_root()
+    plan = build_plan(
+        AgentConfig(ports=(port,), events=ALL_BUT_PROBE),
+        format_reader=lambda c, n: None if n == "inet_sk_error_report" else read_format(c, n, root),
+    )
+    assert "sock:inet_sk_error_report: not in this kernel (errno comes from sk_err at CLOSE)" in plan.skipped
+    h = Harness(KernelSource(load(plan), Decoder("n", boot_to_wall_offset_ns(), plan.rst_reasons)), plan)
+    try:
+        traffic.tcp_exchange(port=port, closer="client-rst", client_bytes=1000, server_bytes=10)
+        evs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+    finally:
+        h.source.close()
+    lcs = {e.lifecycle.role: e.lifecycle for e in evs}
+    assert (lcs[ACTIVE].ending, lcs[ACTIVE].errno, lcs[ACTIVE].errno_name) == (RESET_SENT, 104, "ECONNRESET")
+    assert (lcs[PASSIVE].ending, lcs[PASSIVE].errno) == (RESET_RECEIVED, 104)
+    assert not [e for e in h.seen if kind(e) == "socket_error"]
