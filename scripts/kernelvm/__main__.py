@@ -102,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     results: list[matrix.KernelResult] = []
     if not a.no_host:
         print("test-kernels: host kernel, natively ...", flush=True)
-        results.append(matrix.run_native(REPO, a.pytest_args))
+        results.append(matrix.run_native(REPO, a.pytest_args, cache / "logs"))
         print("test-kernels: " + _line(results[-1]), flush=True)
     cfg = vm.VmConfig(cpus=a.smp, cpu_model=a.cpu, tcg_thread=a.tcg_thread, append=a.append)
     log: list[str] = []
 
     def one(tree: fetch.KernelTree) -> matrix.KernelResult:
         print(f"test-kernels: {tree.spec.name}: booting {tree.release} ...", flush=True)
-        r = matrix.run_guest(tree, REPO, cfg, a.boot_attempts, a.pytest_args, log)
+        r = matrix.run_guest(tree, REPO, cfg, a.boot_attempts, a.pytest_args, log, cache / "logs")
         print("test-kernels: " + _line(r), flush=True)
         return r
 

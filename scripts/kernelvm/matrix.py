@@ -130,7 +130,17 @@ def _status(tests: list[TestOutcome], rc: int | None) -> str:
     return "failed"
 
 
-def run_native(repo: Path, pytest_args: list[str]) -> KernelResult:
+def save_log(logdir: Path | None, name: str, text: str) -> str:
+    """Keep a run's whole output (the result file holds only its tail); returns a line naming it."""
+    if logdir is None:
+        return ""
+    logdir.mkdir(parents=True, exist_ok=True)
+    path = logdir / name
+    path.write_text(text)
+    return f"\n(whole output: {path})"
+
+
+def run_native(repo: Path, pytest_args: list[str], logdir: Path | None = None) -> KernelResult:
     """The subset on the host's own kernel."""
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="tcpscope-native-") as tmp:
@@ -175,7 +185,9 @@ def run_native(repo: Path, pytest_args: list[str]) -> KernelResult:
             tests_seconds=tests_s,
             tests=tests,
             plan=parse_plan(plan.stdout + plan.stderr),
-            detail="" if p.returncode == 0 else _tail(p.stdout + p.stderr),
+            detail=""
+            if p.returncode == 0
+            else _tail(p.stdout + p.stderr) + save_log(logdir, f"host-{platform.release()}.log", p.stdout + p.stderr),
         )
 
 
@@ -186,6 +198,7 @@ def run_guest(
     boot_attempts: int,
     pytest_args: list[str],
     log: list[str] | None = None,
+    logdir: Path | None = None,
 ) -> KernelResult:
     """The subset in a guest running `tree`; boots again only when the guest never reached user space."""
     spec: KernelSpec = tree.spec
@@ -195,9 +208,14 @@ def run_guest(
         res.boot_attempts = attempt
         # the guest leaves its results in the run share, mounted at /run/kvm
         g = vm.run(tree, _guest_script("/run/kvm", pytest_args), workdir=repo, config=cfg)
+        saved = save_log(
+            logdir, f"{tree.release}-try{attempt}.log", g.output + "\n---- console tail ----\n" + g.console_tail
+        )
         if not g.booted:
             res.detail = (
-                f"boot attempt {attempt} of {boot_attempts}: the guest did not reach user space\n" + g.console_tail
+                f"boot attempt {attempt} of {boot_attempts}: the guest did not reach user space\n"
+                + g.console_tail
+                + saved
             )
             if log is not None:
                 log.append(f"{spec.name}: boot attempt {attempt} failed ({g.wall_s:.0f} s)")
@@ -217,7 +235,7 @@ def run_guest(
                 + g.console_tail
                 + "\n"
                 + _tail(g.output)
-            )
+            ) + saved
         else:
             res.detail = ""
         break
