@@ -7,7 +7,15 @@ import pytest
 from agent.config import AgentConfig
 from tcpscope.v1.events_pb2 import ACTIVE
 from tests.support import traffic
-from tests.support.kernel import ALL_BUT_PROBE, kernel_harness, kind, on_port, reports_recursion_misses, require_root
+from tests.support.kernel import (
+    ALL_BUT_PROBE,
+    kernel_harness,
+    kind,
+    lifecycle_on,
+    on_port,
+    reports_recursion_misses,
+    require_root,
+)
 
 
 @pytest.mark.root
@@ -20,7 +28,7 @@ def test_cgroup_subtree_filter() -> None:
             assert h.plan.filters.cgroup_id == root.stat().st_ino and h.plan.filters.cgroup_level == 1
             # the server runs outside the subtree (in this test's own cgroup), the client inside
             ex = traffic.tcp_exchange(client_bytes=5000, server_bytes=50, client_cgroup=inside.container)
-            lcs = h.wait(lambda e: on_port(ex.server_port)(e) and kind(e) == "lifecycle", count=1, settle=0.5)
+            lcs = h.wait(lifecycle_on(ex.server_port), count=1, settle=0.5)
             mine = [e for e in h.seen if on_port(ex.server_port)(e)]
     assert len(lcs) == 1 and lcs[0].lifecycle.role == ACTIVE
     assert (lcs[0].lifecycle.tx_bytes, lcs[0].lifecycle.rx_bytes) == (5000, 50)
@@ -34,7 +42,7 @@ def test_port_filter() -> None:
     with kernel_harness(AgentConfig(ports=(wanted,), events=ALL_BUT_PROBE)) as h:
         ex_other = traffic.tcp_exchange(port=other, client_bytes=10, server_bytes=10)
         ex = traffic.tcp_exchange(port=wanted, client_bytes=10, server_bytes=20)
-        lcs = h.wait(lambda e: on_port(wanted)(e) and kind(e) == "lifecycle", count=2)
+        lcs = h.wait(lifecycle_on(wanted), count=2)
         assert not [e for e in h.seen if on_port(ex_other.server_port)(e)]
         assert not [e for e in h.seen if not on_port(wanted)(e)]
     assert sorted((e.lifecycle.tx_bytes, e.lifecycle.rx_bytes) for e in lcs) == [(10, 20), (20, 10)]

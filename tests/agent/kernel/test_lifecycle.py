@@ -21,7 +21,7 @@ from tcpscope.v1.events_pb2 import (
 )
 from tests.agent.kernel.conftest import Pods
 from tests.support import traffic
-from tests.support.kernel import Harness, kind, on_port, reports_recursion_misses
+from tests.support.kernel import Harness, kind, lifecycle_on, on_port, reports_recursion_misses
 
 CASES = [
     pytest.param(dict(family=socket.AF_INET, server_addr="127.0.0.1"), "127.0.0.1", id="ipv4"),
@@ -38,7 +38,7 @@ def test_exact_bytes_roles_and_attribution(subtree: Harness, pods: Pods, net: di
                                            closer: str) -> None:
     ex = traffic.tcp_exchange(**net, client_bytes=300_000, server_bytes=777, closer=closer,  # type: ignore[arg-type]
                               server_cgroup=pods.server.container, client_cgroup=pods.client.container)
-    events = subtree.wait(lambda e: on_port(ex.server_port)(e) and kind(e) == "lifecycle", count=2)
+    events = subtree.wait(lifecycle_on(ex.server_port), count=2)
     lcs = {e.lifecycle.role: e for e in events}
     assert len(events) == 2 and set(lcs) == {ACTIVE, PASSIVE}, events
 
@@ -71,7 +71,7 @@ def test_exact_bytes_roles_and_attribution(subtree: Harness, pods: Pods, net: di
 def test_state_changes_carry_owner_and_time_in_old_state(subtree: Harness, pods: Pods) -> None:
     ex = traffic.tcp_exchange(client_bytes=1000, server_bytes=10, server_cgroup=pods.server.container,
                               client_cgroup=pods.client.container)
-    events = subtree.wait(lambda e: on_port(ex.server_port)(e) and kind(e) == "lifecycle", count=2)
+    events = subtree.wait(lifecycle_on(ex.server_port), count=2)
     states = [e for e in subtree.seen if on_port(ex.server_port)(e) and kind(e) == "state_change"]
     by_sock: dict[int, list[tuple[int, int]]] = {}
     for e in states:
@@ -99,7 +99,7 @@ def test_destroy_sock_frees_per_socket_state(subtree: Harness, pods: Pods) -> No
     before = subtree.source.tracked_sockets()
     ex = traffic.tcp_exchange(client_bytes=10, server_bytes=10, server_cgroup=pods.server.container,
                               client_cgroup=pods.client.container)
-    subtree.wait(lambda e: on_port(ex.server_port)(e) and kind(e) == "lifecycle", count=2)
+    subtree.wait(lifecycle_on(ex.server_port), count=2)
     assert subtree.source.tracked_sockets() == before
     expected = {"kernel.ringbuf_full": 0, "kernel.socket_map_full": 0, "kernel.listener_map_full": 0}
     if reports_recursion_misses():

@@ -22,14 +22,14 @@ from tcpscope.v1.events_pb2 import (
     TCP_STATE_UNSPECIFIED,
 )
 from tests.support import traffic
-from tests.support.kernel import Harness, kind, on_port, traces_error_reports
+from tests.support.kernel import Harness, kind, lifecycle_on, on_port, traces_error_reports
 
 
 @pytest.mark.root
 def test_linger0_close_sends_reset_and_peer_receives_it(agent: Harness, ports: list[int]) -> None:
     port = ports[0]
     ex = traffic.tcp_exchange(port=port, closer="client-rst", client_bytes=300_000, server_bytes=777)
-    evs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+    evs = agent.wait(lifecycle_on(port), count=2)
     lcs = {e.lifecycle.role: e for e in evs}
     assert set(lcs) == {ACTIVE, PASSIVE} and len(evs) == 2
     client, server = lcs[ACTIVE], lcs[PASSIVE]
@@ -72,7 +72,7 @@ def test_refused_connect(agent: Harness, ports: list[int]) -> None:
     child = traffic.Child(traffic.refused_connect, "127.0.0.1", port, socket.AF_INET, comm="tsc-refused")
     pid, local_port, err = child.result()
     assert err == 111
-    evs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=1)
+    evs = agent.wait(lifecycle_on(port), count=1)
     assert len(evs) == 1
     lc = evs[0]
     assert (lc.process.pid, lc.process.comm) == (pid, "tsc-refused")
@@ -142,7 +142,7 @@ def _refused_then_connected(port: int, listen_after: float) -> tuple[int, int]:
 def test_reconnect_on_the_same_socket_emits_the_first_life_first(agent: Harness, ports: list[int]) -> None:
     port = ports[2]
     pid, _ = traffic.Child(_refused_then_connected, port, 0.05, comm="tsc-retry").result()
-    evs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.process.pid == pid, count=3)
+    evs = agent.wait(lambda e: lifecycle_on(port)(e) and e.process.pid == pid, count=3)
     client = [e for e in evs if e.lifecycle.role == ACTIVE]
     assert len(client) == 2 and client[0].socket_id == client[1].socket_id
     first, second = client
@@ -175,7 +175,7 @@ def test_without_inet_sk_error_report_the_lifecycle_errno_comes_from_the_socket(
     h = Harness(KernelSource(load(plan), Decoder("n", boot_to_wall_offset_ns(), plan.rst_reasons)), plan)
     try:
         traffic.tcp_exchange(port=port, closer="client-rst", client_bytes=1000, server_bytes=10)
-        evs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+        evs = h.wait(lifecycle_on(port), count=2)
     finally:
         h.source.close()
     lcs = {e.lifecycle.role: e.lifecycle for e in evs}

@@ -11,7 +11,7 @@ import pytest
 
 from tcpscope.v1.events_pb2 import ACTIVE, ESTABLISHED, NORMAL, SYN_SENT
 from tests.support import traffic
-from tests.support.kernel import Harness, kind, on_port
+from tests.support.kernel import Harness, kind, lifecycle_on, on_port
 
 
 def _connect_with_timeout(port: int, timeout: float) -> tuple[int, int]:
@@ -34,7 +34,7 @@ def test_syn_retransmit(agent: Harness, ports: list[int]) -> None:
     with traffic.nft_drop(f"tcp dport {port} tcp flags syn drop", hook="input"):
         # the first SYN retransmit is due 1 s after connect() (TCP_TIMEOUT_INIT)
         pid, local = traffic.Child(_connect_with_timeout, port, 1.5, comm="tsc-synrtx").result()
-    lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=1)
+    lcs = agent.wait(lifecycle_on(port), count=1)
     rtx = [e for e in agent.seen if on_port(port)(e) and kind(e) == "retransmit"]
     assert len(rtx) == 1
     assert (rtx[0].process.pid, rtx[0].process.comm, rtx[0].retransmit.state) == (pid, "tsc-synrtx", SYN_SENT)
@@ -71,7 +71,7 @@ def test_data_retransmits_keep_bytes_exact(agent: Harness, ports: list[int]) -> 
     # lost on input (a failed local transmit is retried without being a retransmit)
     with traffic.nft_drop(f"tcp dport {port} numgen inc mod 7 == 3 drop", hook="input"):
         ex = traffic.tcp_exchange(port=port, client_bytes=2_000_000, server_bytes=777, closer="server")
-    lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
+    lcs = agent.wait(lifecycle_on(port), count=2)
     client = next(e for e in lcs if e.lifecycle.role == ACTIVE)
     rtx = [e for e in agent.seen if on_port(port)(e) and kind(e) == "retransmit"
            and e.socket_id == client.socket_id]
