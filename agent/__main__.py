@@ -94,7 +94,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{PROG}: attached: {', '.join(tp for _k, tp, _f in agent.plan.attach)} "
           f"({'ring buffer' if agent.plan.use_ringbuf else 'perf buffer'})", file=sys.stderr, flush=True)
     deadline = None if config.duration is None else time.monotonic() + config.duration
-    pipeline.clock = time.monotonic
     try:
         pipeline.run(stop, deadline)
         pipeline.shutdown(grace_s=config.drain_grace)

@@ -16,7 +16,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from tcpscope.v1.events_pb2 import Ending, Role, TcpEvent, TcpState
+from tcpscope.v1.events_pb2 import Direction, Ending, Role, TcpEvent, TcpState
 
 _TYPE_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
                FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
@@ -276,7 +276,7 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
         d = f"state={_STATE.get(r.state, r.state)}"
         if r.reason_name:
             d += f" reason={r.reason_name}"
-        return ("RST_SENT" if r.direction == 1 else "RST_RECV"), d
+        return ("RST_SENT" if r.direction == Direction.SENT else "RST_RECV"), d
     if kind == "socket_error":
         se = ev.socket_error
         return "ERROR", f"errno={se.errno_name or se.errno} state={_STATE.get(se.state, se.state)}"

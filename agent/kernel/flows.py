@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.kernel.decode import Decoder
-from tcpscope.v1.events_pb2 import AGGREGATE, SPILL, TcpEvent
+from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, TcpEvent
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggr
     ev.time.seconds, ev.time.nanos = divmod(wall, 1_000_000_000)
     ev.local.ip = decoder.ip(family, laddr)
     ev.remote.ip = decoder.ip(family, raddr)
-    if role == 2:  # PASSIVE: the server port is ours
+    if role == PASSIVE:  # the server port is ours
         ev.local.port = server_port
     else:
         ev.remote.port = server_port

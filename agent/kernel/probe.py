@@ -73,7 +73,7 @@ TRACEPOINTS: tuple[TracepointSpec, ...] = (
     ),
 )
 
-# (macro, struct, member path alternatives, required)
+# (macro, struct, member path alternatives)
 _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SK_CGRP_DATA", "sock", ("sk_cgrp_data",)),
     ("OFF_CGROUP_KN", "cgroup", ("kn",)),
