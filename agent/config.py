@@ -66,7 +66,8 @@ class AgentConfig:
         "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
     )
     max_sockets: int = setting(
-        "TCPSCOPE_MAX_SOCKETS", "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted as kernel.socket_map_full; nothing is evicted)",
+        "TCPSCOPE_MAX_SOCKETS", "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted "
+        "as kernel.socket_map_full; nothing is evicted)",
         default=65536,
     )
     connections: str = setting(
