@@ -41,9 +41,11 @@ def missing_privilege(status_path: str = "/proc/self/status") -> str | None:
         return None
     missing = [name for bit, name in ((_CAP_BPF, "CAP_BPF"), (_CAP_PERFMON, "CAP_PERFMON")) if not cap >> bit & 1]
     who = f"not root (uid {os.geteuid()})" if os.geteuid() != 0 else "root without capabilities"
-    return (f"{who}: loading BPF tracing programs needs root or the capabilities CAP_BPF and CAP_PERFMON "
-            f"(CAP_SYS_ADMIN on kernels before 5.8; CAP_SYS_ADMIN also to mount tracefs); "
-            f"missing: {', '.join(missing)}")
+    return (
+        f"{who}: loading BPF tracing programs needs root or the capabilities CAP_BPF and CAP_PERFMON "
+        f"(CAP_SYS_ADMIN on kernels before 5.8; CAP_SYS_ADMIN also to mount tracefs); "
+        f"missing: {', '.join(missing)}"
+    )
 
 
 def _fail(msg: str) -> int:
@@ -57,8 +59,11 @@ def loss_summary(losses: dict[str, int], events_out: int) -> str:
     total = sum(definite(losses).values())
     detail = ", ".join(f"{k}={v}" for k, v in sorted(losses.items()))
     maybe = sum(possible(losses).values())
-    return (f"{PROG}: {events_out} events out, lost {total}" + (f" ({detail})" if detail else "")
-            + (f"; possibly lost {maybe} more (runs the kernel skipped)" if maybe else ""))
+    return (
+        f"{PROG}: {events_out} events out, lost {total}"
+        + (f" ({detail})" if detail else "")
+        + (f"; possibly lost {maybe} more (runs the kernel skipped)" if maybe else "")
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -66,8 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = AgentConfig.from_args(argv)
     except ConfigError as e:
         return _fail(str(e))
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format=f"{PROG}: %(levelname)s %(message)s")
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr, format=f"{PROG}: %(levelname)s %(message)s")
     if config.dump_bpf:
         try:
             plan = build_plan(config)
@@ -91,8 +95,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     pipeline = agent.pipeline
-    print(f"{PROG}: attached: {', '.join(tp for _k, tp, _f in agent.plan.attach)} "
-          f"({'ring buffer' if agent.plan.use_ringbuf else 'perf buffer'})", file=sys.stderr, flush=True)
+    print(
+        f"{PROG}: attached: {', '.join(tp for _k, tp, _f in agent.plan.attach)} "
+        f"({'ring buffer' if agent.plan.use_ringbuf else 'perf buffer'})",
+        file=sys.stderr,
+        flush=True,
+    )
     deadline = None if config.duration is None else time.monotonic() + config.duration
     try:
         pipeline.run(stop, deadline)
@@ -106,9 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     flows = agent.source.flow_counters()
     if flows:
         # not losses: each of these connections is in a flow, or (map_full) reported on its own
-        print(f"{PROG}: {flows.get('flows.aggregated', 0)} ordinary connections aggregated into flows, "
-              f"{flows.get('flows.map_full', 0)} reported individually because the flow map was full",
-              file=sys.stderr, flush=True)
+        print(
+            f"{PROG}: {flows.get('flows.aggregated', 0)} ordinary connections aggregated into flows, "
+            f"{flows.get('flows.map_full', 0)} reported individually because the flow map was full",
+            file=sys.stderr,
+            flush=True,
+        )
     # the loss summary is always the last line
     print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
     lost: int = sum(definite(losses).values())

@@ -36,12 +36,15 @@ class AgentConfig:
         "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None
     )
     dump_bpf: bool = setting(
-        "TCPSCOPE_DUMP_BPF", "print the kernel probe plan (formats, offsets, attach list) and exit",
+        "TCPSCOPE_DUMP_BPF",
+        "print the kernel probe plan (formats, offsets, attach list) and exit",
         default=False,
     )
     # --- kernel side ------------------------------------------------------------------------
     ports: tuple[int, ...] = setting(
-        "TCPSCOPE_PORTS", "only sockets whose local or remote port is one of these (in-kernel)", default=(),
+        "TCPSCOPE_PORTS",
+        "only sockets whose local or remote port is one of these (in-kernel)",
+        default=(),
         items=int,
     )
     cgroup_root: str | None = setting(
@@ -59,14 +62,16 @@ class AgentConfig:
         default=None,
     )
     btf: str | None = setting(
-        "TCPSCOPE_BTF", "kernel BTF file with the running kernel's struct layouts (default /sys/kernel/btf/vmlinux)",
+        "TCPSCOPE_BTF",
+        "kernel BTF file with the running kernel's struct layouts (default /sys/kernel/btf/vmlinux)",
         default=None,
     )
     probe_sample: int = setting(
         "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
     )
     max_sockets: int = setting(
-        "TCPSCOPE_MAX_SOCKETS", "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted "
+        "TCPSCOPE_MAX_SOCKETS",
+        "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted "
         "as kernel.socket_map_full; nothing is evicted)",
         default=65536,
     )
@@ -79,7 +84,8 @@ class AgentConfig:
         default="",
     )
     flow_interval: float = setting(
-        "TCPSCOPE_FLOW_INTERVAL", "seconds between flushes of the in-kernel flow maps (and at shutdown)",
+        "TCPSCOPE_FLOW_INTERVAL",
+        "seconds between flushes of the in-kernel flow maps (and at shutdown)",
         default=10.0,
     )
     max_flows: int = setting(
@@ -102,7 +108,8 @@ class AgentConfig:
         "NODE_NAME", "this node's name (Kubernetes downward API); defaults to the host name", default=""
     )
     kubernetes: bool = setting(
-        "TCPSCOPE_KUBERNETES", "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
+        "TCPSCOPE_KUBERNETES",
+        "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
         default=True,
     )
     kubeconfig: str | None = setting(
@@ -114,7 +121,8 @@ class AgentConfig:
         default=True,
     )
     label_allowlist: tuple[str, ...] = setting(
-        "TCPSCOPE_LABELS", "pod labels copied onto events, comma separated (others are dropped)",
+        "TCPSCOPE_LABELS",
+        "pod labels copied onto events, comma separated (others are dropped)",
         default=("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "version"),
     )
     pod_cache_ttl: float = setting(
@@ -122,7 +130,8 @@ class AgentConfig:
     )
     pending_max_wait: float = setting(
         "TCPSCOPE_PENDING_MAX_WAIT",
-        "seconds an event from an unknown container is held for its pod to appear", default=2.0,
+        "seconds an event from an unknown container is held for its pod to appear",
+        default=2.0,
     )
     # --- streaming ---------------------------------------------------------------------------
     collector: str | None = setting("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
@@ -130,7 +139,8 @@ class AgentConfig:
         "TCPSCOPE_AGENT_ID",
         "a prefix for this agent's id; the id is always [PREFIX/]NODE/INCARNATION, unique per process "
         "start, so a restarted agent never reuses batch ids (tcpscope/identity.py)",
-        default="")
+        default="",
+    )
     tls_ca: str | None = setting("TCPSCOPE_TLS_CA", "CA bundle to verify the collector (enables TLS)", default=None)
     tls_cert: str | None = setting("TCPSCOPE_TLS_CERT", "client certificate for mutual TLS", default=None)
     tls_key: str | None = setting("TCPSCOPE_TLS_KEY", "client key for mutual TLS", default=None)
@@ -149,7 +159,8 @@ class AgentConfig:
         default=200_000,
     )
     drain_grace: float = setting(
-        "TCPSCOPE_DRAIN_GRACE", "seconds to drain to the collector on SIGTERM before reporting the rest lost",
+        "TCPSCOPE_DRAIN_GRACE",
+        "seconds to drain to the collector on SIGTERM before reporting the rest lost",
         default=10.0,
     )
     state_dir: str | None = setting(
@@ -162,7 +173,8 @@ class AgentConfig:
         "TCPSCOPE_METRICS_PORT", "port of the metrics server: /metrics, /healthz, /readyz (0 = off)", default=0
     )
     metrics_address: str = setting(
-        "TCPSCOPE_METRICS_ADDRESS", "address the metrics server binds (the chart sets 0.0.0.0)",
+        "TCPSCOPE_METRICS_ADDRESS",
+        "address the metrics server binds (the chart sets 0.0.0.0)",
         default="127.0.0.1",
     )
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
@@ -190,8 +202,12 @@ class AgentConfig:
             # without a CA the stream is plaintext: a client certificate would be ignored and a
             # bearer token sent in the clear
             raise ConfigError("--tls-cert/--tls-key/--tls-server-name need --tls-ca (TLS is on only with a CA)")
-        for flag, path in (("--tls-ca", self.tls_ca), ("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                           ("--token-file", self.token_file)):
+        for flag, path in (
+            ("--tls-ca", self.tls_ca),
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--token-file", self.token_file),
+        ):
             if path and not os.access(path, os.R_OK):
                 raise ConfigError(f"{flag} {path}: not a readable file")
         if self.state_dir:
@@ -271,8 +287,7 @@ def check_netns(path: str) -> None:
     try:
         kind = fcntl.ioctl(fd, _NS_GET_NSTYPE)
     except OSError:
-        raise ConfigError(f"--netns {path}: not a namespace file (want /proc/PID/ns/net or /run/netns/NAME)"
-                          ) from None
+        raise ConfigError(f"--netns {path}: not a namespace file (want /proc/PID/ns/net or /run/netns/NAME)") from None
     finally:
         os.close(fd)
     if kind != _CLONE_NEWNET:
@@ -285,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="TCP observability from kernel tracepoints: per-node eBPF agent.",
         epilog="Every flag can also be set by the environment variable shown in brackets.",
     )
+
     def h(name: str) -> str:
         return help_text(AgentConfig, name)
 
@@ -306,13 +322,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))
     p.add_argument("--node-name", help=h("node_name"))
     p.add_argument("--kubernetes", dest="kubernetes", action="store_true", default=None, help=h("kubernetes"))
-    p.add_argument("--no-kubernetes", dest="kubernetes", action="store_false", default=None,
-                   help="run with cgroup-level identity only")
+    p.add_argument(
+        "--no-kubernetes",
+        dest="kubernetes",
+        action="store_false",
+        default=None,
+        help="run with cgroup-level identity only",
+    )
     p.add_argument("--kubeconfig", help=h("kubeconfig"))
-    p.add_argument("--resolve-remote", dest="resolve_remote", action="store_true", default=None,
-                   help=h("resolve_remote"))
-    p.add_argument("--no-resolve-remote", dest="resolve_remote", action="store_false", default=None,
-                   help="leave remote ends unresolved (the collector resolves them)")
+    p.add_argument(
+        "--resolve-remote", dest="resolve_remote", action="store_true", default=None, help=h("resolve_remote")
+    )
+    p.add_argument(
+        "--no-resolve-remote",
+        dest="resolve_remote",
+        action="store_false",
+        default=None,
+        help="leave remote ends unresolved (the collector resolves them)",
+    )
     p.add_argument("--labels", dest="label_allowlist", help=h("label_allowlist"))
     p.add_argument("--pod-cache-ttl", type=float, help=h("pod_cache_ttl"))
     p.add_argument("--pending-max-wait", type=float, help=h("pending_max_wait"))

@@ -19,8 +19,14 @@ from tcpscope.v1.events_pb2 import TcpEvent
 
 
 class AgentHealth:
-    def __init__(self, metrics: AgentMetrics, exporting: bool, stall_s: float = 30.0,
-                 buffer_ready_fraction: float = 0.9, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        metrics: AgentMetrics,
+        exporting: bool,
+        stall_s: float = 30.0,
+        buffer_ready_fraction: float = 0.9,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._metrics = metrics
         self._exporting = exporting
         self._stall_s = stall_s

@@ -16,8 +16,18 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-GAUGE_STATS = frozenset({"pods.cached", "pods.deleted_cached", "pods.containers_indexed", "cgroup.entries",
-                         "cgroup.gone_entries", "ipindex.ips", "ipindex.owners", "local.pending"})
+GAUGE_STATS = frozenset(
+    {
+        "pods.cached",
+        "pods.deleted_cached",
+        "pods.containers_indexed",
+        "cgroup.entries",
+        "cgroup.gone_entries",
+        "ipindex.ips",
+        "ipindex.owners",
+        "local.pending",
+    }
+)
 """Stage statistics that are levels (cache sizes, pending events), not counts; so are the watches'
 `*.synced` and `*.connected` flags. Every other statistic only ever grows: a counter."""
 
@@ -75,37 +85,47 @@ class AgentMetrics:
         r = self.registry
         self.events_in = Counter("tcpscope_agent_events_in_total", "events handed to the exporter", registry=r)
         self.events_acked = Counter(
-            "tcpscope_agent_events_acked_total", "events in batches the collector acknowledged", registry=r)
-        self.batches_sent = Counter(
-            "tcpscope_agent_batches_sent_total", "batch sends, resends included", registry=r)
+            "tcpscope_agent_events_acked_total", "events in batches the collector acknowledged", registry=r
+        )
+        self.batches_sent = Counter("tcpscope_agent_batches_sent_total", "batch sends, resends included", registry=r)
         self.batches_resent = Counter(
-            "tcpscope_agent_batches_resent_total", "batches sent again after a reconnect", registry=r)
+            "tcpscope_agent_batches_resent_total", "batches sent again after a reconnect", registry=r
+        )
         self.batches_acked = Counter("tcpscope_agent_batches_acked_total", "batches acknowledged", registry=r)
         self.dropped = Counter(
-            "tcpscope_agent_dropped_events_total", "events the agent itself dropped, by reason", ["reason"],
-            registry=r)
+            "tcpscope_agent_dropped_events_total", "events the agent itself dropped, by reason", ["reason"], registry=r
+        )
         self.upstream_lost = Counter(
             "tcpscope_agent_upstream_lost_events_total",
-            "events lost before the exporter (kernel buffer, enrichment), by reason", ["reason"], registry=r)
+            "events lost before the exporter (kernel buffer, enrichment), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.buffer_events = Gauge(
-            "tcpscope_agent_buffer_events", "events held for the collector (open + unsent + unacked)",
-            registry=r)
-        self.buffer_capacity = Gauge(
-            "tcpscope_agent_buffer_capacity_events", "--buffer-max-events", registry=r)
+            "tcpscope_agent_buffer_events", "events held for the collector (open + unsent + unacked)", registry=r
+        )
+        self.buffer_capacity = Gauge("tcpscope_agent_buffer_capacity_events", "--buffer-max-events", registry=r)
         self.stream_connected = Gauge(
-            "tcpscope_agent_stream_connected", "1 while the collector stream is up", registry=r)
+            "tcpscope_agent_stream_connected", "1 while the collector stream is up", registry=r
+        )
         self.batches_refused = Counter(
             "tcpscope_agent_batches_refused_total",
             "batches the collector refused for what they are (split, or dropped when one event), by reason",
-            ["reason"], registry=r)
+            ["reason"],
+            registry=r,
+        )
         self.reconnects = Counter(
-            "tcpscope_agent_stream_reconnects_total", "collector stream (re)connect attempts that failed",
-            ["code"], registry=r)
+            "tcpscope_agent_stream_reconnects_total",
+            "collector stream (re)connect attempts that failed",
+            ["code"],
+            registry=r,
+        )
 
     def watch_enrichment(self, stats: Callable[[], dict[str, int]]) -> None:
         """Expose the enrichers' statistics (docs/enrichment.md) as tcpscope_agent_enrichment_<name>[_total]."""
-        self.registry.register(_StageStats(
-            "tcpscope_agent_enrichment", "enrichment statistic (docs/enrichment.md)", stats))
+        self.registry.register(
+            _StageStats("tcpscope_agent_enrichment", "enrichment statistic (docs/enrichment.md)", stats)
+        )
 
     def watch_flows(self, counters: Callable[[], dict[str, int]]) -> None:
         """Expose the kernel's flow counters (agent/kernel/flows.py) as tcpscope_agent_flows_aggregated_total
@@ -135,8 +155,9 @@ class AgentMetrics:
             path = environ.get("PATH_INFO", "")
             if path in ("/healthz", "/readyz"):
                 ok, why = health.live() if path == "/healthz" else health.ready()
-                start_response("200 OK" if ok else "503 Service Unavailable",
-                               [("Content-Type", "text/plain; charset=utf-8")])
+                start_response(
+                    "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
+                )
                 return [f"{'ok' if ok else 'not ok'}: {why}\n".encode()]
             return metrics_app(environ, start_response)  # type: ignore[no-any-return]
 

@@ -1,6 +1,6 @@
 """The one place that builds the agent's pipeline from an AgentConfig.
 
-    KernelSource -> enrichers (agent/enrich) -> sink (stdout | exporter to the collector | both)
+KernelSource -> enrichers (agent/enrich) -> sink (stdout | exporter to the collector | both)
 
 """
 
@@ -38,8 +38,12 @@ def build_enrichers(config: AgentConfig) -> list[Enricher]:
     return build_enrichment(config)
 
 
-def build_sink(config: AgentConfig, out: TextIO, metrics: AgentMetrics | None = None,
-               on_attached: list[Callable[[], None]] | None = None) -> Sink:
+def build_sink(
+    config: AgentConfig,
+    out: TextIO,
+    metrics: AgentMetrics | None = None,
+    on_attached: list[Callable[[], None]] | None = None,
+) -> Sink:
     """The sink: stdout with --stdout, the exporter with --collector, both fanned out when both given.
     What must run once the programs are attached is appended to `on_attached`."""
     sinks: list[Sink] = []
@@ -67,8 +71,9 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
         try:
             metrics.serve(config.metrics_port, config.metrics_address, health)
         except OSError as e:
-            raise ConfigError(f"--metrics-port {config.metrics_port} on {config.metrics_address}: "
-                              f"{e.strerror or e}") from e
+            raise ConfigError(
+                f"--metrics-port {config.metrics_port} on {config.metrics_address}: {e.strerror or e}"
+            ) from e
     on_attached: list[Callable[[], None]] = []
     sink = build_sink(config, out, metrics, on_attached)
     enrichers = build_enrichers(config)
@@ -88,5 +93,9 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
     metrics.watch_flows(source.flow_counters)
     health.attached = True
-    return Agent(plan=plan, source=source, health=health,
-                 pipeline=Pipeline(source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink))
+    return Agent(
+        plan=plan,
+        source=source,
+        health=health,
+        pipeline=Pipeline(source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink),
+    )

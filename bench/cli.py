@@ -45,8 +45,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--veth-rounds", type=int, help="rounds on the veth pair (default: --rounds; quick 1)")
     p.add_argument("--duration", type=float, help="seconds of load per mode per round (default 5, quick 2)")
     p.add_argument("--warmup", type=float, help="seconds of untraced load before the rounds (default 10, quick 3)")
-    p.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                   help=f"comma separated, 'none' always added: {','.join(MODES)}")
+    p.add_argument(
+        "--modes", default=",".join(DEFAULT_MODES), help=f"comma separated, 'none' always added: {','.join(MODES)}"
+    )
     p.add_argument("--topologies", default="loopback,veth", help="loopback,veth")
     # one client and one server thread per CPU: the load keeps every CPU busy, so what a tool costs
     # comes out of the load's throughput (docs/benchmarks.md: with idle CPUs a busy tracer speeds the
@@ -54,28 +55,51 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ncpu = os.cpu_count() or 1
     p.add_argument("--threads", type=int, default=ncpu, help=f"client threads of the load (default {ncpu})")
     p.add_argument("--server-threads", type=int, default=ncpu, help=f"server threads of the load (default {ncpu})")
-    p.add_argument("--rates", help="zero-loss steps in conn/s, comma separated, 0 = unpaced "
-                                   "(default 5000,10000,15000,20000,30000,0; quick 5000,10000)")
+    p.add_argument(
+        "--rates",
+        help="zero-loss steps in conn/s, comma separated, 0 = unpaced "
+        "(default 5000,10000,15000,20000,30000,0; quick 5000,10000)",
+    )
     p.add_argument("--sinks", default="stdout,kafka", help="zero-loss sinks: stdout,kafka ('' = skip)")
     p.add_argument("--no-zero-loss", action="store_true", help="skip the zero-loss and CPU phases")
     p.add_argument("--no-collector", action="store_true", help="skip the collector throughput phase")
-    p.add_argument("--collector-seconds", type=float, default=None,
-                   help="seconds of the collector throughput phase (default 10, quick 3)")
+    p.add_argument(
+        "--collector-seconds",
+        type=float,
+        default=None,
+        help="seconds of the collector throughput phase (default 10, quick 3)",
+    )
     p.add_argument("--cpu-rate", type=float, default=5000.0, help="rate of the all-kinds CPU run")
-    p.add_argument("--agent-ref", action="append", default=[],
-                   help="also run the lifecycle agent of this git ref (repeatable): before/after in one run")
-    p.add_argument("--profile", action="store_true",
-                   help="only profile the agent with py-spy under the lifecycle load at --cpu-rate")
+    p.add_argument(
+        "--agent-ref",
+        action="append",
+        default=[],
+        help="also run the lifecycle agent of this git ref (repeatable): before/after in one run",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="only profile the agent with py-spy under the lifecycle load at --cpu-rate",
+    )
     p.add_argument("--out", default=str(Path(__file__).with_name("out")), help="report directory")
     return p.parse_args(argv)
 
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
         return out + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -92,8 +116,10 @@ def _profile(topo: Topology, a: argparse.Namespace, duration: float, workdir: Pa
     raw = workdir / "collector.raw"
     try:
         r = run_collector_load(workdir, seconds, verify=False, profile_raw=raw)
-        text += (f"\ncollector under the gRPC driver: {r.events_per_s:,.0f} events/s, "
-                 f"{r.events_per_cpu_s:,.0f} events per CPU-second\n")
+        text += (
+            f"\ncollector under the gRPC driver: {r.events_per_s:,.0f} events/s, "
+            f"{r.events_per_cpu_s:,.0f} events per CPU-second\n"
+        )
         text += render(*fold(raw.read_text())) if raw.exists() else "py-spy wrote nothing\n"
     except Unavailable as e:
         text += f"\ncollector profile n/a: {e}\n"
@@ -127,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"bench: unknown modes {unknown}", file=sys.stderr)
         return 2
-    rates = ([float(x) for x in a.rates.split(",")] if a.rates else list(QUICK_RATES if a.quick else DEFAULT_RATES))
+    rates = [float(x) for x in a.rates.split(",")] if a.rates else list(QUICK_RATES if a.quick else DEFAULT_RATES)
     sinks = [s for s in a.sinks.split(",") if s]
     # tmpfs for the tools' files (pcap, JSON lines) so disk speed is not what we measure
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -135,10 +161,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     meta: dict[str, Any] = {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
-        "host": socket.gethostname(), "kernel": os.uname().release, "cpus": os.cpu_count(),
-        "commit": _commit(), "rounds": rounds, "veth_rounds": a.veth_rounds or (1 if a.quick else rounds),
-        "duration": duration, "warmup": warmup, "threads": a.threads,
-        "server_threads": a.server_threads, "modes": modes, "rates": rates, "sinks": sinks,
+        "host": socket.gethostname(),
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "commit": _commit(),
+        "rounds": rounds,
+        "veth_rounds": a.veth_rounds or (1 if a.quick else rounds),
+        "duration": duration,
+        "warmup": warmup,
+        "threads": a.threads,
+        "server_threads": a.server_threads,
+        "modes": modes,
+        "rates": rates,
+        "sinks": sinks,
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     overhead: list[OverheadRow] = []
@@ -178,8 +213,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with bpf_stats() as stats_on:
             if not stats_on:
                 log.warning("kernel.bpf_stats_enabled cannot be set: no kernel ns per connection")
-            overhead += run_overhead(topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration,
-                                     a.threads, workdir, warmup)
+            overhead += run_overhead(
+                topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration, a.threads, workdir, warmup
+            )
         lo = next((t for t in topos if t.name == "loopback"), None)
         if len(trees) > 1 and lo is not None:
             cpu_compare = run_cpu_compare(lo, trees, a.cpu_rate, duration, rounds, a.threads, workdir)
@@ -189,15 +225,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not a.no_collector:
             try:
                 collector = run_collector_load(workdir, a.collector_seconds or (3.0 if a.quick else 10.0))
-                log.info("collector: %.0f events/s, %.0f events per CPU-second", collector.events_per_s,
-                         collector.events_per_cpu_s)
+                log.info(
+                    "collector: %.0f events/s, %.0f events per CPU-second",
+                    collector.events_per_s,
+                    collector.events_per_cpu_s,
+                )
             except Unavailable as e:
                 collector = str(e)
             try:
-                collector_packed = run_collector_load(workdir, a.collector_seconds or (3.0 if a.quick else 10.0),
-                                                      layout="packed")
-                log.info("collector, packed layout: %.0f events/s, %.0f events per CPU-second",
-                         collector_packed.events_per_s, collector_packed.events_per_cpu_s)
+                collector_packed = run_collector_load(
+                    workdir, a.collector_seconds or (3.0 if a.quick else 10.0), layout="packed"
+                )
+                log.info(
+                    "collector, packed layout: %.0f events/s, %.0f events per CPU-second",
+                    collector_packed.events_per_s,
+                    collector_packed.events_per_cpu_s,
+                )
             except Unavailable as e:
                 collector_packed = str(e)
     finally:

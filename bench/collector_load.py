@@ -55,9 +55,15 @@ def _batch_template(n: int) -> bytes:
     return bytes(b.SerializeToString())
 
 
-def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, inflight: int = 8,
-                       verify: bool = True, profile_raw: Path | None = None,
-                       layout: str = "event") -> CollectorResult:
+def run_collector_load(
+    workdir: Path,
+    seconds: float,
+    batch_events: int = 1000,
+    inflight: int = 8,
+    verify: bool = True,
+    profile_raw: Path | None = None,
+    layout: str = "event",
+) -> CollectorResult:
     """Start broker + collector (`--record-layout layout`), stream batches for `seconds`, then count
     what reached Kafka."""
     import grpc
@@ -96,10 +102,25 @@ def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, 
             import subprocess
             import sys
 
-            spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                                    str(stack.collector.pid), "-d", f"{int(seconds)}", "-r", "250", "-f", "raw",
-                                    "-o", str(profile_raw), "--nonblocking"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-p",
+                    str(stack.collector.pid),
+                    "-d",
+                    f"{int(seconds)}",
+                    "-r",
+                    "250",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(profile_raw),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         c0 = cpu_seconds(stack.collector.pid)
         t0 = time.monotonic()
         stream = stub.Stream(batches())
@@ -119,10 +140,14 @@ def run_collector_load(workdir: Path, seconds: float, batch_events: int = 1000, 
         stop.set()
         stream.cancel()
         channel.close()
-        kafka = (read_topic(stack.bootstrap, stack.topic, acked * batch_events, idle_s=2.0) if verify
-                 else {"events": 0, "lost_total": 0})
+        kafka = (
+            read_topic(stack.bootstrap, stack.topic, acked * batch_events, idle_s=2.0)
+            if verify
+            else {"events": 0, "lost_total": 0}
+        )
     finally:
         stop.set()
         stack.stop()
-    return CollectorResult(acked * batch_events, acked, elapsed, c1 - c0, hwm, int(kafka["events"]),
-                           int(kafka["lost_total"]))
+    return CollectorResult(
+        acked * batch_events, acked, elapsed, c1 - c0, hwm, int(kafka["events"]), int(kafka["lost_total"])
+    )

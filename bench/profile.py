@@ -51,8 +51,9 @@ def render(total: int, own: Counter[str], incl: Counter[str], top: int = 20) -> 
     return "\n".join(out) + "\n"
 
 
-def profile_agent(topo: Topology, rate: float, duration: float, threads: int, workdir: Path,
-                  events: str = "lifecycle") -> str:
+def profile_agent(
+    topo: Topology, rate: float, duration: float, threads: int, workdir: Path, events: str = "lifecycle"
+) -> str:
     """Run the agent (JSON to /dev/null) under the load while py-spy samples it; returns the text."""
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
@@ -61,9 +62,25 @@ def profile_agent(topo: Topology, rate: float, duration: float, threads: int, wo
     raw = workdir / "profile.raw"
     try:
         c0 = cpu_seconds(agent.pid)
-        spy_proc = subprocess.Popen([spy, "record", "-p", str(agent.pid), "-d", f"{int(duration) + 1}",
-                                     "-r", "250", "-f", "raw", "-o", str(raw), "--nonblocking"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        spy_proc = subprocess.Popen(
+            [
+                spy,
+                "record",
+                "-p",
+                str(agent.pid),
+                "-d",
+                f"{int(duration) + 1}",
+                "-r",
+                "250",
+                "-f",
+                "raw",
+                "-o",
+                str(raw),
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         res = topo.churn(duration, rate, threads)
         spy_err = spy_proc.communicate(timeout=duration + 30)[1].decode(errors="replace")
         cpu = cpu_seconds(agent.pid) - c0
@@ -72,6 +89,8 @@ def profile_agent(topo: Topology, rate: float, duration: float, threads: int, wo
     if not raw.exists():
         raise Unavailable(f"py-spy wrote nothing: {spy_err[-300:]}")
     total, own, incl = fold(raw.read_text())
-    head = (f"agent --events {events} at {res.rate:,.0f} conn/s for {res.seconds:.1f} s: "
-            f"{cpu:.2f} CPU s = {cpu * 1e6 / max(res.connections, 1):.1f} µs/conn\n")
+    head = (
+        f"agent --events {events} at {res.rate:,.0f} conn/s for {res.seconds:.1f} s: "
+        f"{cpu:.2f} CPU s = {cpu * 1e6 / max(res.connections, 1):.1f} µs/conn\n"
+    )
     return head + render(total, own, incl)

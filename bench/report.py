@@ -14,16 +14,34 @@ from bench.runner import CpuCompareRow, OverheadRow, Step, ZeroLossRow, step_dic
 TARGET_RATIO = {"agent-lifecycle": 0.97, "agent-all": 0.97, "agent-stream": 0.97, "agent-aggregate": 0.95}
 
 
-def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
-          all_kinds: Step | str | None, collector: CollectorResult | str | None = None,
-          cpu_compare: list[CpuCompareRow] | None = None,
-          collector_packed: CollectorResult | str | None = None) -> dict[str, Any]:
+def build(
+    meta: dict[str, Any],
+    overhead: list[OverheadRow],
+    zero_loss: list[ZeroLossRow],
+    all_kinds: Step | str | None,
+    collector: CollectorResult | str | None = None,
+    cpu_compare: list[CpuCompareRow] | None = None,
+    collector_packed: CollectorResult | str | None = None,
+) -> dict[str, Any]:
     """The JSON document: inputs, every round, every step, and the headline figures vs targets."""
-    doc: dict[str, Any] = {"meta": meta, "overhead": [], "zero_loss": [], "all_kinds_cpu": None,
-                           "collector": None, "cpu_compare": []}
+    doc: dict[str, Any] = {
+        "meta": meta,
+        "overhead": [],
+        "zero_loss": [],
+        "all_kinds_cpu": None,
+        "collector": None,
+        "cpu_compare": [],
+    }
     for c in cpu_compare or []:
-        doc["cpu_compare"].append({"variant": c.variant, "status": c.status, "reason": c.reason,
-                                   "steps": [step_dict(s) for s in c.steps], **c.summary()})
+        doc["cpu_compare"].append(
+            {
+                "variant": c.variant,
+                "status": c.status,
+                "reason": c.reason,
+                "steps": [step_dict(s) for s in c.steps],
+                **c.summary(),
+            }
+        )
     doc["collector"] = _collector_doc(collector)
     for row in overhead:
         d = asdict(row)
@@ -31,11 +49,17 @@ def build(meta: dict[str, Any], overhead: list[OverheadRow], zero_loss: list[Zer
         doc["overhead"].append(d)
     for z in zero_loss:
         best = z.best()
-        doc["zero_loss"].append({
-            "sink": z.sink, "label": z.label, "events": z.events, "status": z.status, "reason": z.reason,
-            "steps": [step_dict(s) for s in z.steps],
-            "highest_zero_loss_rate": best.rate if best else None,
-        })
+        doc["zero_loss"].append(
+            {
+                "sink": z.sink,
+                "label": z.label,
+                "events": z.events,
+                "status": z.status,
+                "reason": z.reason,
+                "steps": [step_dict(s) for s in z.steps],
+                "highest_zero_loss_rate": best.rate if best else None,
+            }
+        )
     if isinstance(all_kinds, Step):
         doc["all_kinds_cpu"] = step_dict(all_kinds)
     elif isinstance(all_kinds, str):
@@ -58,62 +82,91 @@ def _fmt(v: float | None, spec: str = ".0f", na: str = "n/a") -> str:
     return na if v is None else format(v, spec)
 
 
-def targets(overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
-            collector: CollectorResult | str | None = None,
-            collector_packed: CollectorResult | str | None = None) -> list[dict[str, Any]]:
+def targets(
+    overhead: list[OverheadRow],
+    zero_loss: list[ZeroLossRow],
+    collector: CollectorResult | str | None = None,
+    collector_packed: CollectorResult | str | None = None,
+) -> list[dict[str, Any]]:
     """The issue's targets, each with the measured figure or the reason it is missing."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, target: str, value: str, met: bool | None) -> None:
-        out.append({"figure": name, "target": target, "measured": value,
-                    "met": None if met is None else bool(met)})
+        out.append({"figure": name, "target": target, "measured": value, "met": None if met is None else bool(met)})
 
     lo = {r.mode: r for r in overhead if r.topology == "loopback"}
     aggregation_targets(add, lo)
-    for mode in ("agent-lifecycle", "agent-all", "agent-aggregate", "agent-stream", "tcplife", "tcpstates",
-                 "tcpdump"):
+    for mode in ("agent-lifecycle", "agent-all", "agent-aggregate", "agent-stream", "tcplife", "tcpstates", "tcpdump"):
         r = lo.get(mode)
         if r is None:
             continue
         s = r.summary()
         if r.status != "ok":
-            add(f"loopback throughput kept, {mode}", ">= 97%" if mode in TARGET_RATIO else "baseline",
-                f"n/a: {r.reason}", None)
+            add(
+                f"loopback throughput kept, {mode}",
+                ">= 97%" if mode in TARGET_RATIO else "baseline",
+                f"n/a: {r.reason}",
+                None,
+            )
             continue
         med = s["ratio_median"]
-        add(f"loopback throughput kept, {mode}", ">= 97%" if mode in TARGET_RATIO else "baseline",
+        add(
+            f"loopback throughput kept, {mode}",
+            ">= 97%" if mode in TARGET_RATIO else "baseline",
             f"{_fmt(med and med * 100, '.1f')}% (min {_fmt(s['ratio_min'] and s['ratio_min'] * 100, '.1f')}%, "
             f"max {_fmt(s['ratio_max'] and s['ratio_max'] * 100, '.1f')}%)",
-            (med >= TARGET_RATIO[mode]) if mode in TARGET_RATIO and med is not None else None)
+            (med >= TARGET_RATIO[mode]) if mode in TARGET_RATIO and med is not None else None,
+        )
     zl = {z.sink: z for z in zero_loss}
-    for sink, name in (("stdout", "highest zero-loss rate, agent -> stdout"),
-                       ("kafka", "highest zero-loss rate, agent -> Kafka")):
+    for sink, name in (
+        ("stdout", "highest zero-loss rate, agent -> stdout"),
+        ("kafka", "highest zero-loss rate, agent -> Kafka"),
+    ):
         z = zl.get(sink)
         if z is None:
             continue
         best = z.best()
         if z.status != "ok" or best is None:
-            add(name, ">= 10,000 conn/s" if sink == "kafka" else "-",
-                f"n/a: {z.reason or 'every step lost events'}", None if z.status != "ok" else False)
+            add(
+                name,
+                ">= 10,000 conn/s" if sink == "kafka" else "-",
+                f"n/a: {z.reason or 'every step lost events'}",
+                None if z.status != "ok" else False,
+            )
         else:
-            add(name, ">= 10,000 conn/s" if sink == "kafka" else "-", f"{best.rate:,.0f} conn/s",
-                best.rate >= 9_900 if sink == "kafka" else None)
+            add(
+                name,
+                ">= 10,000 conn/s" if sink == "kafka" else "-",
+                f"{best.rate:,.0f} conn/s",
+                best.rate >= 9_900 if sink == "kafka" else None,
+            )
     stdout = zl.get("stdout")
     best = stdout.best() if stdout else None
     if best is not None:
         cpu = best.cpu_us_per_conn
-        add("agent CPU per connection, lifecycle", "<= 20 µs", f"{_fmt(cpu, '.1f')} µs at {best.rate:,.0f} conn/s",
-            cpu is not None and cpu <= 20)
+        add(
+            "agent CPU per connection, lifecycle",
+            "<= 20 µs",
+            f"{_fmt(cpu, '.1f')} µs at {best.rate:,.0f} conn/s",
+            cpu is not None and cpu <= 20,
+        )
         add("agent CPU per event, lifecycle", "-", f"{_fmt(best.cpu_us_per_event, '.1f')} µs", None)
-        add("agent peak RSS (VmHWM)", "<= 150 MB", f"{best.agent_hwm_kb / 1024:.0f} MB",
-            best.agent_hwm_kb <= 150 * 1024)
-    for label, result in (("(gRPC driver, 1000-event batches)", collector),
-                          (", --record-layout packed (gRPC driver)", collector_packed)):
+        add(
+            "agent peak RSS (VmHWM)", "<= 150 MB", f"{best.agent_hwm_kb / 1024:.0f} MB", best.agent_hwm_kb <= 150 * 1024
+        )
+    for label, result in (
+        ("(gRPC driver, 1000-event batches)", collector),
+        (", --record-layout packed (gRPC driver)", collector_packed),
+    ):
         name = f"collector events/s per core into Kafka {label}".replace(" ,", ",")
         if isinstance(result, CollectorResult):
             eps = result.events_per_cpu_s
-            add(name, ">= 100,000", f"{eps:,.0f} ({result.events_per_s:,.0f} events/s on the wall clock)",
-                eps >= 100_000)
+            add(
+                name,
+                ">= 100,000",
+                f"{eps:,.0f} ({result.events_per_s:,.0f} events/s on the wall clock)",
+                eps >= 100_000,
+            )
         elif isinstance(result, str):
             add(name, ">= 100,000", f"n/a: {result}", None)
     kafka = zl.get("kafka")
@@ -121,18 +174,30 @@ def targets(overhead: list[OverheadRow], zero_loss: list[ZeroLossRow],
     if ks:
         top = max(ks, key=lambda x: x.rate)
         agent_eps = top.delivered_events / top.collector_cpu_s if top.collector_cpu_s else None
-        add("collector events/s per core into Kafka (agent-driven)", ">= 100,000", f"{_fmt(agent_eps, ',.0f')} "
-            f"(at {top.rate:,.0f} conn/s offered)", agent_eps is not None and agent_eps >= 100_000)
+        add(
+            "collector events/s per core into Kafka (agent-driven)",
+            ">= 100,000",
+            f"{_fmt(agent_eps, ',.0f')} (at {top.rate:,.0f} conn/s offered)",
+            agent_eps is not None and agent_eps >= 100_000,
+        )
         # latency at the target's rate (the step closest to 10k conn/s) and at the fastest zero-loss step
         near = min(ks, key=lambda x: abs(x.rate - 10_000))
         best_k = kafka.best() if kafka else None
         for label, st in (("at ~10,000 conn/s", near), ("at the highest zero-loss rate", best_k)):
             if st is not None and st.latency_p99_ms is not None and st.latency_p50_ms is not None:
-                add(f"kernel-to-Kafka latency p50 / p99 {label} ({st.rate:,.0f} conn/s)", "p99 <= 1 s",
-                    f"{st.latency_p50_ms:.0f} ms / {st.latency_p99_ms:.0f} ms", st.latency_p99_ms <= 1000)
+                add(
+                    f"kernel-to-Kafka latency p50 / p99 {label} ({st.rate:,.0f} conn/s)",
+                    "p99 <= 1 s",
+                    f"{st.latency_p50_ms:.0f} ms / {st.latency_p99_ms:.0f} ms",
+                    st.latency_p99_ms <= 1000,
+                )
     elif kafka is not None:
-        add("collector events/s per core into Kafka (agent-driven)", ">= 100,000",
-            f"n/a: {kafka.reason or 'no step ran'}", None)
+        add(
+            "collector events/s per core into Kafka (agent-driven)",
+            ">= 100,000",
+            f"n/a: {kafka.reason or 'no step ran'}",
+            None,
+        )
         add("kernel-to-Kafka latency p50 / p99", "p99 <= 1 s", f"n/a: {kafka.reason or 'no step ran'}", None)
     return out
 
@@ -146,19 +211,33 @@ def aggregation_targets(add: Callable[[str, str, str, bool | None], None], lo: d
     cpu, kns = a["cpu_us_per_conn_median"], a["kernel_ns_per_conn_median"]
     e = each.summary() if each is not None and each.status == "ok" else {}
     e_cpu = e.get("cpu_us_per_conn_median")
-    add("aggregate: agent CPU per connection", "<= 2 µs and <= 1/10 of each mode (all kinds)",
+    add(
+        "aggregate: agent CPU per connection",
+        "<= 2 µs and <= 1/10 of each mode (all kinds)",
         f"{_fmt(cpu, '.2f')} µs (each, all kinds: {_fmt(e_cpu, '.1f')} µs)",
-        None if cpu is None else cpu <= 2 and (e_cpu is None or cpu <= e_cpu / 10))
-    add("aggregate: kernel programs per connection", "<= 3 µs", f"{_fmt(kns and kns / 1e3, '.2f')} µs",
-        None if kns is None else kns <= 3000)
+        None if cpu is None else cpu <= 2 and (e_cpu is None or cpu <= e_cpu / 10),
+    )
+    add(
+        "aggregate: kernel programs per connection",
+        "<= 3 µs",
+        f"{_fmt(kns and kns / 1e3, '.2f')} µs",
+        None if kns is None else kns <= 3000,
+    )
     dr = a["delivered_ratio_min"]
-    add("aggregate: connections accounted for (flows + lifecycles), worst round", "100%", pct(dr),
-        None if dr is None else dr == 1.0)
+    add(
+        "aggregate: connections accounted for (flows + lifecycles), worst round",
+        "100%",
+        pct(dr),
+        None if dr is None else dr == 1.0,
+    )
     d = dump.summary() if dump is not None and dump.status == "ok" else {}
     med, dmed = a["ratio_median"], d.get("ratio_median")
-    add("aggregate: throughput kept", ">= 95% and >= tcpdump's",
+    add(
+        "aggregate: throughput kept",
+        ">= 95% and >= tcpdump's",
         f"{pct(med)} (tcpdump {pct(dmed)})",
-        None if med is None else med >= 0.95 and (dmed is None or med >= dmed))
+        None if med is None else med >= 0.95 and (dmed is None or med >= dmed),
+    )
 
 
 def pct(v: float | None) -> str:
@@ -168,23 +247,33 @@ def pct(v: float | None) -> str:
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["meta"]
     lines = [
-        "# tcpscope benchmark report", "",
+        "# tcpscope benchmark report",
+        "",
         f"- date: {m['date']}  host: {m['host']}  kernel: {m['kernel']}  CPUs: {m['cpus']}  commit: {m['commit']}",
         f"- rounds: {m['rounds']} (veth: {m.get('veth_rounds', m['rounds'])}) x {m['duration']} s per mode, "
         f"interleaved, after {m.get('warmup', 0)} s of untraced warm-up; client threads: {m['threads']}, "
-        f"server threads: {m['server_threads']}; command: `{m['command']}`", "",
-        "## Targets", "", "| figure | target | measured | met |", "|---|---|---|---|",
+        f"server threads: {m['server_threads']}; command: `{m['command']}`",
+        "",
+        "## Targets",
+        "",
+        "| figure | target | measured | met |",
+        "|---|---|---|---|",
     ]
     for t in doc["targets"]:
         met = "-" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['figure']} | {t['target']} | {t['measured']} | {met} |")
     for topo in dict.fromkeys(r["topology"] for r in doc["overhead"]):
-        lines += ["", f"## Overhead on connection churn: {topo}", "",
-                  "Throughput of the connect/send/recv/close loop with each tool attached, as a ratio of the "
-                  "no-tracing run of the same round.", "",
-                  "| mode | conn/s (median) | kept: median | min | max | tool CPU µs/conn | kernel µs/conn |"
-                  " delivered (worst round) | tool peak RSS MB | per-round conn/s |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Overhead on connection churn: {topo}",
+            "",
+            "Throughput of the connect/send/recv/close loop with each tool attached, as a ratio of the "
+            "no-tracing run of the same round.",
+            "",
+            "| mode | conn/s (median) | kept: median | min | max | tool CPU µs/conn | kernel µs/conn |"
+            " delivered (worst round) | tool peak RSS MB | per-round conn/s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in (x for x in doc["overhead"] if x["topology"] == topo):
             if r["status"] != "ok":
                 lines.append(f"| {r['label']} | n/a: {r['reason']} | | | | | | | | |")
@@ -192,10 +281,12 @@ def markdown(doc: dict[str, Any]) -> str:
             per = ", ".join(f"{x['rate']:.0f}" for x in r["rounds"])
             kns = r.get("kernel_ns_per_conn_median")
             dr = r.get("delivered_ratio_min")
-            lines.append(f"| {r['label']} | {_fmt(r['rate_median'], ',.0f')} | {pct(r['ratio_median'])} | "
-                         f"{pct(r['ratio_min'])} | {pct(r['ratio_max'])} | "
-                         f"{_fmt(r['cpu_us_per_conn_median'], '.2f', '-')} | {_fmt(kns and kns / 1e3, '.2f', '-')} | "
-                         f"{'-' if dr is None else pct(dr)} | {_fmt(r['hwm_mb_max'], '.0f', '-')} | {per} |")
+            lines.append(
+                f"| {r['label']} | {_fmt(r['rate_median'], ',.0f')} | {pct(r['ratio_median'])} | "
+                f"{pct(r['ratio_min'])} | {pct(r['ratio_max'])} | "
+                f"{_fmt(r['cpu_us_per_conn_median'], '.2f', '-')} | {_fmt(kns and kns / 1e3, '.2f', '-')} | "
+                f"{'-' if dr is None else pct(dr)} | {_fmt(r['hwm_mb_max'], '.0f', '-')} | {per} |"
+            )
     lines += ["", "## Highest event rate with zero loss (loopback, in-kernel port filter on the load's port)", ""]
     for z in doc["zero_loss"]:
         lines.append(f"### {z['label']}")
@@ -203,32 +294,40 @@ def markdown(doc: dict[str, Any]) -> str:
         if z["status"] != "ok":
             lines += [f"n/a: {z['reason']}", ""]
             continue
-        lines += ["| target conn/s | achieved conn/s | events expected | delivered | losses reported | zero loss |"
-                  " agent µs/conn | agent µs/event | RSS MB | collector CPU s | p50 / p99 ms |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "| target conn/s | achieved conn/s | events expected | delivered | losses reported | zero loss |"
+            " agent µs/conn | agent µs/event | RSS MB | collector CPU s | p50 / p99 ms |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for s in z["steps"]:
-            lat = (f"{s['latency_p50_ms']:.0f} / {s['latency_p99_ms']:.0f}"
-                   if s["latency_p99_ms"] is not None else "-")
+            lat = f"{s['latency_p50_ms']:.0f} / {s['latency_p99_ms']:.0f}" if s["latency_p99_ms"] is not None else "-"
             losses = "none reported" if s["reported_losses"] is None else json.dumps(s["reported_losses"])
             lines.append(
                 f"| {s['target_rate'] or 'max':} | {s['rate']:,.0f} | {s['expected_events'] or '-'} | "
                 f"{s['delivered_events']} | {losses} | {'yes' if s['zero_loss'] else '**no**'} | "
                 f"{_fmt(s['cpu_us_per_conn'], '.1f')} | {_fmt(s['cpu_us_per_event'], '.1f')} | "
-                f"{s['agent_hwm_kb'] / 1024:.0f} | {_fmt(s['collector_cpu_s'], '.2f', '-')} | {lat} |")
+                f"{s['agent_hwm_kb'] / 1024:.0f} | {_fmt(s['collector_cpu_s'], '.2f', '-')} | {lat} |"
+            )
         best = z["highest_zero_loss_rate"]
         lines += ["", f"Highest zero-loss rate: **{_fmt(best, ',.0f')} conn/s**", ""]
     if doc.get("cpu_compare"):
-        lines += ["## Agent versions side by side (lifecycle, port-filtered, fixed rate, interleaved)", "",
-                  "| agent | µs/conn (median) | µs/event (median) | zero loss in every round | peak RSS MB |"
-                  " per-round µs/conn |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Agent versions side by side (lifecycle, port-filtered, fixed rate, interleaved)",
+            "",
+            "| agent | µs/conn (median) | µs/event (median) | zero loss in every round | peak RSS MB |"
+            " per-round µs/conn |",
+            "|---|---|---|---|---|---|",
+        ]
         for c in doc["cpu_compare"]:
             if c["status"] != "ok":
                 lines.append(f"| {c['variant']} | n/a: {c['reason']} | | | | |")
                 continue
             per = ", ".join(_fmt(s["cpu_us_per_conn"], ".1f") for s in c["steps"])
-            lines.append(f"| {c['variant']} | {_fmt(c['cpu_us_per_conn_median'], '.1f')} | "
-                         f"{_fmt(c['cpu_us_per_event_median'], '.1f')} | "
-                         f"{'yes' if c['all_zero_loss'] else '**no**'} | {_fmt(c['hwm_mb_max'], '.0f')} | {per} |")
+            lines.append(
+                f"| {c['variant']} | {_fmt(c['cpu_us_per_conn_median'], '.1f')} | "
+                f"{_fmt(c['cpu_us_per_event_median'], '.1f')} | "
+                f"{'yes' if c['all_zero_loss'] else '**no**'} | {_fmt(c['hwm_mb_max'], '.0f')} | {per} |"
+            )
         lines.append("")
     col = doc.get("collector")
     if col:
@@ -242,7 +341,8 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{col['events_per_s']:,.0f} events/s, collector CPU {col['collector_cpu_s']:.2f} s = "
                 f"**{col['events_per_cpu_s']:,.0f} events per CPU-second**, collector peak RSS "
                 f"{col['collector_hwm_kb'] / 1024:.0f} MB. Read back from the topic: {col['events_in_kafka']:,} "
-                f"distinct event records, batch-summary losses {col['kafka_lost_total']}.")
+                f"distinct event records, batch-summary losses {col['kafka_lost_total']}."
+            )
         lines.append("")
     ak = doc.get("all_kinds_cpu")
     if ak:
@@ -250,9 +350,11 @@ def markdown(doc: dict[str, Any]) -> str:
         if ak.get("status") == "n/a":
             lines.append(f"n/a: {ak['reason']}")
         else:
-            lines.append(f"At {ak['rate']:,.0f} conn/s: {ak['delivered_events']} events, "
-                         f"{_fmt(ak['cpu_us_per_event'], '.1f')} µs/event, {_fmt(ak['cpu_us_per_conn'], '.1f')} "
-                         f"µs/conn, peak RSS {ak['agent_hwm_kb'] / 1024:.0f} MB, losses {ak['reported_losses']}")
+            lines.append(
+                f"At {ak['rate']:,.0f} conn/s: {ak['delivered_events']} events, "
+                f"{_fmt(ak['cpu_us_per_event'], '.1f')} µs/event, {_fmt(ak['cpu_us_per_conn'], '.1f')} "
+                f"µs/conn, peak RSS {ak['agent_hwm_kb'] / 1024:.0f} MB, losses {ak['reported_losses']}"
+            )
         lines.append("")
     return "\n".join(lines) + "\n"
 

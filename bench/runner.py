@@ -73,8 +73,15 @@ class OverheadRow:
         }
 
 
-def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int | dict[str, int], duration: float,
-                 threads: int, workdir: Path, warmup: float = 0.0) -> list[OverheadRow]:
+def run_overhead(
+    topos: Sequence[Topology],
+    modes: Sequence[str],
+    rounds: int | dict[str, int],
+    duration: float,
+    threads: int,
+    workdir: Path,
+    warmup: float = 0.0,
+) -> list[OverheadRow]:
     """For each topology: `rounds` rounds, each running every mode once for `duration` seconds under
     the full-speed churn (the order rotates per round, so no mode always follows another)."""
     rows: list[OverheadRow] = []
@@ -91,7 +98,7 @@ def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int | 
                 row.status, row.reason = "n/a", why
         n_rounds = rounds if isinstance(rounds, int) else rounds.get(topo.name, 1)
         for r in range(n_rounds):
-            order = list(modes[r % len(modes):]) + list(modes[:r % len(modes)])
+            order = list(modes[r % len(modes) :]) + list(modes[: r % len(modes)])
             for m in order:
                 row = table[m]
                 if row.status != "ok":
@@ -102,8 +109,14 @@ def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int | 
                     row.rounds.clear()
                     continue
                 row.rounds.append(res)
-                log.info("%s round %d %-16s %8.0f conn/s%s", topo.name, r + 1, m, res.rate,
-                         f" cpu {res.cpu_s:.2f}s" if res.cpu_s is not None else "")
+                log.info(
+                    "%s round %d %-16s %8.0f conn/s%s",
+                    topo.name,
+                    r + 1,
+                    m,
+                    res.rate,
+                    f" cpu {res.cpu_s:.2f}s" if res.cpu_s is not None else "",
+                )
         base = {x.round: x.rate for x in table["none"].rounds} if "none" in table else {}
         for row in table.values():
             for x in row.rounds:
@@ -115,8 +128,9 @@ def run_overhead(topos: Sequence[Topology], modes: Sequence[str], rounds: int | 
     return rows
 
 
-def measure_mode(mode: str, topo: Topology, duration: float, threads: int, workdir: Path,
-                 rnd: int) -> RoundResult | str:
+def measure_mode(
+    mode: str, topo: Topology, duration: float, threads: int, workdir: Path, rnd: int
+) -> RoundResult | str:
     """One round of one mode; returns the reason string when the mode cannot run."""
     t0 = time.monotonic()
     try:
@@ -139,8 +153,15 @@ def measure_mode(mode: str, topo: Topology, duration: float, threads: int, workd
     finally:
         running.stop()
     cpu = c1 - c0 if c0 is not None and c1 is not None else None
-    out = RoundResult(rnd, res.rate, res.connections, res.errors, cpu_s=cpu, hwm_kb=hwm,
-                      attach_s=attach_s if running.main is not None else None)
+    out = RoundResult(
+        rnd,
+        res.rate,
+        res.connections,
+        res.errors,
+        cpu_s=cpu,
+        hwm_kb=hwm,
+        attach_s=attach_s if running.main is not None else None,
+    )
     if k0 is not None and k1 is not None and k1[1] > k0[1]:
         out.kernel_ns, out.bpf_runs = k1[0] - k0[0], k1[1] - k0[1]
     if running.main is not None:
@@ -184,8 +205,11 @@ def count_agent_sockets(path: Path, port: int) -> int:
                 ev = json.loads(line)
                 if port in (ev.get("local", {}).get("port"), ev.get("remote", {}).get("port")):
                     n += int(ev["flow"].get("connections", 0))
-            elif (b'"lifecycle"' in line and b'"last_state": "LISTEN"' not in line
-                  and any(f'"port": {port}{end}'.encode() in line for end in (",", "}"))):
+            elif (
+                b'"lifecycle"' in line
+                and b'"last_state": "LISTEN"' not in line
+                and any(f'"port": {port}{end}'.encode() in line for end in (",", "}"))
+            ):
                 n += 1
     return n
 
@@ -223,8 +247,11 @@ def parse_loss_summary(stderr: str) -> dict[str, int] | None:
         m = _AGENT_SUMMARY.search(s)
         if m:
             # tcpscope-agent's own line: "tcpscope-agent: N events out, lost T (reason=n, ...)"
-            return {"events_out": int(m.group(1)), "total": int(m.group(2)),
-                    **{k: int(v) for k, v in _KV.findall(m.group(3) or "")}}
+            return {
+                "events_out": int(m.group(1)),
+                "total": int(m.group(2)),
+                **{k: int(v) for k, v in _KV.findall(m.group(3) or "")},
+            }
         if _LOSS_LINE.search(s):
             kv = {k: int(v) for k, v in _KV.findall(s)}
             if kv:
@@ -320,12 +347,20 @@ def events_per_connection(events: str) -> int | None:
     return 2 if events == "lifecycle" else None
 
 
-def step_stdout(topo: Topology, rate: float, duration: float, threads: int, workdir: Path,
-                events: str = "lifecycle", tree: Path | None = None) -> Step:
+def step_stdout(
+    topo: Topology,
+    rate: float,
+    duration: float,
+    threads: int,
+    workdir: Path,
+    events: str = "lifecycle",
+    tree: Path | None = None,
+) -> Step:
     """Agent with --port <server> writing JSON lines to a tmpfs file, counted afterwards."""
     out = workdir / f"agent-{time.monotonic_ns()}.jsonl"
-    agent = start_agent(workdir, ["--events", events, "--port", str(topo.port), *(EACH if tree is None else [])],
-                        out, tree=tree)
+    agent = start_agent(
+        workdir, ["--events", events, "--port", str(topo.port), *(EACH if tree is None else [])], out, tree=tree
+    )
     try:
         c0 = cpu_seconds(agent.pid)
         res = topo.churn(duration, rate, threads)
@@ -339,8 +374,9 @@ def step_stdout(topo: Topology, rate: float, duration: float, threads: int, work
     return _step(res, rate, events, delivered, parse_loss_summary(agent.stderr()), cpu, hwm)
 
 
-def _step(res: ChurnResult, rate: float, events: str, delivered: int, losses: dict[str, int] | None,
-          cpu: float, hwm: int) -> Step:
+def _step(
+    res: ChurnResult, rate: float, events: str, delivered: int, losses: dict[str, int] | None, cpu: float, hwm: int
+) -> Step:
     per = events_per_connection(events)
     expected = per * res.connections if per else 0
     zero = (losses is not None and loss_total(losses) == 0) and (not per or delivered >= expected)
@@ -381,8 +417,13 @@ def read_topic(bootstrap: str, topic: str, want: int, idle_s: float = 3.0) -> di
 
     from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                      max_partition_fetch_bytes=8 << 20, fetch_max_bytes=64 << 20)
+    c = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 << 20,
+        fetch_max_bytes=64 << 20,
+    )
     seen: set[tuple[str, int, int]] = set()
     lat: list[float] = []
     lost = 0
@@ -408,8 +449,7 @@ def read_topic(bootstrap: str, topic: str, want: int, idle_s: float = 3.0) -> di
     finally:
         c.close()
     lat.sort()
-    return {"events": len(seen), "lost_total": lost,
-            "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99)}
+    return {"events": len(seen), "lost_total": lost, "p50_ms": _pct(lat, 0.50), "p99_ms": _pct(lat, 0.99)}
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -418,24 +458,40 @@ def _pct(xs: list[float], q: float) -> float | None:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
-def run_zero_loss(topo: Topology, sinks: Sequence[str], rates: Sequence[float], duration: float,
-                  threads: int, workdir: Path) -> list[ZeroLossRow]:
+def run_zero_loss(
+    topo: Topology, sinks: Sequence[str], rates: Sequence[float], duration: float, threads: int, workdir: Path
+) -> list[ZeroLossRow]:
     """Step the target rate up per sink; stop stepping after the first step with a loss."""
     rows = []
     for sink in sinks:
-        row = ZeroLossRow(sink, "agent -> stdout JSON (tmpfs file, lines counted)" if sink == "stdout"
-                          else "agent -> collector -> Kafka (tansu), records counted", "lifecycle")
+        row = ZeroLossRow(
+            sink,
+            "agent -> stdout JSON (tmpfs file, lines counted)"
+            if sink == "stdout"
+            else "agent -> collector -> Kafka (tansu), records counted",
+            "lifecycle",
+        )
         rows.append(row)
         for rate in rates:
             try:
-                step = (step_stdout(topo, rate, duration, threads, workdir) if sink == "stdout"
-                        else step_kafka(topo, rate, duration, threads, workdir))
+                step = (
+                    step_stdout(topo, rate, duration, threads, workdir)
+                    if sink == "stdout"
+                    else step_kafka(topo, rate, duration, threads, workdir)
+                )
             except Unavailable as e:
                 row.status, row.reason = "n/a", str(e)
                 break
             row.steps.append(step)
-            log.info("zero-loss %s target %s: %.0f conn/s, %d/%d events, losses %s", sink, rate or "max",
-                     step.rate, step.delivered_events, step.expected_events, step.reported_losses)
+            log.info(
+                "zero-loss %s target %s: %.0f conn/s, %d/%d events, losses %s",
+                sink,
+                rate or "max",
+                step.rate,
+                step.delivered_events,
+                step.expected_events,
+                step.reported_losses,
+            )
             if not step.zero_loss:
                 break
     return rows
@@ -468,19 +524,28 @@ class CpuCompareRow:
     def summary(self) -> dict[str, Any]:
         conn = [s.cpu_us_per_conn for s in self.steps if s.cpu_us_per_conn is not None]
         ev = [s.cpu_us_per_event for s in self.steps if s.cpu_us_per_event is not None]
-        return {"cpu_us_per_conn_median": statistics.median(conn) if conn else None,
-                "cpu_us_per_event_median": statistics.median(ev) if ev else None,
-                "all_zero_loss": all(s.zero_loss for s in self.steps) if self.steps else None,
-                "hwm_mb_max": max(s.agent_hwm_kb for s in self.steps) / 1024 if self.steps else None}
+        return {
+            "cpu_us_per_conn_median": statistics.median(conn) if conn else None,
+            "cpu_us_per_event_median": statistics.median(ev) if ev else None,
+            "all_zero_loss": all(s.zero_loss for s in self.steps) if self.steps else None,
+            "hwm_mb_max": max(s.agent_hwm_kb for s in self.steps) / 1024 if self.steps else None,
+        }
 
 
-def run_cpu_compare(topo: Topology, variants: dict[str, Path | None], rate: float, duration: float,
-                    rounds: int, threads: int, workdir: Path) -> list[CpuCompareRow]:
+def run_cpu_compare(
+    topo: Topology,
+    variants: dict[str, Path | None],
+    rate: float,
+    duration: float,
+    rounds: int,
+    threads: int,
+    workdir: Path,
+) -> list[CpuCompareRow]:
     """Agent versions side by side: each round runs every variant once at `rate` (order rotating)."""
     rows = {name: CpuCompareRow(name) for name in variants}
     names = list(variants)
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             row = rows[name]
             if row.status != "ok":
                 continue
@@ -490,6 +555,11 @@ def run_cpu_compare(topo: Topology, variants: dict[str, Path | None], rate: floa
                 row.status, row.reason = "n/a", str(e)
                 continue
             row.steps.append(st)
-            log.info("cpu-compare round %d %-24s %.1f µs/conn %.1f µs/event", r + 1, name,
-                     st.cpu_us_per_conn or 0, st.cpu_us_per_event or 0)
+            log.info(
+                "cpu-compare round %d %-24s %.1f µs/conn %.1f µs/event",
+                r + 1,
+                name,
+                st.cpu_us_per_conn or 0,
+                st.cpu_us_per_event or 0,
+            )
     return list(rows.values())

@@ -26,11 +26,11 @@
 #define TS_NEW_SYN_RECV 12
 
 /* sockstate.flags */
-#define F_ESTABLISHED 1  /* reached ESTABLISHED */
-#define F_FIN_QUEUED 2   /* went through FIN_WAIT1, CLOSING or LAST_ACK: our FIN was queued */
+#define F_ESTABLISHED 1 /* reached ESTABLISHED */
+#define F_FIN_QUEUED 2  /* went through FIN_WAIT1, CLOSING or LAST_ACK: our FIN was queued */
 #define F_RST_SENT 4
 #define F_RST_RECEIVED 8
-#define F_CLOSED 16      /* CLOSE seen: the lifecycle fields below are a snapshot */
+#define F_CLOSED 16        /* CLOSE seen: the lifecycle fields below are a snapshot */
 #define F_FIRST_PENDING 32 /* the first state change waits for the tuple (bpf/state_event.h) */
 
 struct tuple {
@@ -43,11 +43,11 @@ struct tuple {
 };
 
 struct sockstate {
-    __u64 first_ts;   /* first state change seen */
-    __u64 state_ts;   /* last state change */
-    __u64 close_ts;   /* CLOSE (when F_CLOSED) */
-    __u64 cgroup_id;  /* from the socket, never from the current task */
-    __u64 tx_bytes;   /* application bytes, computed at CLOSE */
+    __u64 first_ts;  /* first state change seen */
+    __u64 state_ts;  /* last state change */
+    __u64 close_ts;  /* CLOSE (when F_CLOSED) */
+    __u64 cgroup_id; /* from the socket, never from the current task */
+    __u64 tx_bytes;  /* application bytes, computed at CLOSE */
     __u64 rx_bytes;
     struct tuple t;
     __u32 netns;
@@ -57,7 +57,7 @@ struct sockstate {
     __u32 rst_reason;
     __u32 retransmits;
     __u8 role;
-    __u8 last_state;  /* the state it left for CLOSE */
+    __u8 last_state; /* the state it left for CLOSE */
     __u8 flags;
     __u8 pad[5];
     char comm[16];
@@ -75,7 +75,7 @@ struct listener_key {
 
 struct owner {
     __u32 pid;
-    __u32 refs;       /* listening sockets with this key (SO_REUSEPORT groups have several) */
+    __u32 refs; /* listening sockets with this key (SO_REUSEPORT groups have several) */
     char comm[16];
 };
 
@@ -207,7 +207,8 @@ static __always_inline int cgroup_in_subtree(const void *cgrp)
 #ifdef CGROUP_ANCESTOR_IDS
     return read_u64((const char *)cgrp + OFF_CGROUP_ANCESTORS + 8 * FILTER_CGROUP_LEVEL) == FILTER_CGROUP_ID;
 #else
-    const void *anc = (const void *)read_u64((const char *)cgrp + OFF_CGROUP_ANCESTORS + 8 * FILTER_CGROUP_LEVEL);
+    const void *anc =
+        (const void *)read_u64((const char *)cgrp + OFF_CGROUP_ANCESTORS + 8 * FILTER_CGROUP_LEVEL);
     return cgroup_id_of(anc) == FILTER_CGROUP_ID;
 #endif
 }

@@ -37,48 +37,48 @@
 #define FLOWC_MAP_FULL 1   /* ordinary connections reported individually: the flow map was full */
 #define FLOWC_NCOUNTS 2
 
-#define FLOW_BUCKETS 32    /* log2 microsecond duration buckets (Flow.duration_us_log2) */
+#define FLOW_BUCKETS 32 /* log2 microsecond duration buckets (Flow.duration_us_log2) */
 
 struct tcpscope_event {
-    __u64 ts_ns;        /* bpf_ktime_get_ns() (CLOCK_MONOTONIC); lifecycle: time of CLOSE */
-    __u64 socket_id;    /* sock pointer XOR a random per-load key: never a kernel address */
-    __u64 cgroup_id;    /* cgroup v2 id of the socket (sk->sk_cgrp_data), 0 when no socket */
-    __u64 duration_ns;  /* lifecycle: first seen -> CLOSE; state: time in the old state */
-    __u64 tx_bytes;     /* lifecycle: application bytes sent and acked */
-    __u64 rx_bytes;     /* lifecycle: application bytes received */
-    __u32 netns;        /* network namespace inode, 0 when unknown */
-    __u32 pid;          /* tgid of the owning process, 0 when unknown */
-    __u8 saddr[16];     /* local address: IPv4 in the first 4 bytes, or IPv6 */
-    __u8 daddr[16];     /* remote address */
-    __u16 sport;        /* local port, host order */
-    __u16 dport;        /* remote port, host order */
-    __u16 family;       /* AF_INET or AF_INET6 */
-    __u8 kind;          /* EV_* */
-    __u8 role;          /* ROLE_* */
-    __u8 state;         /* state: old state; others: socket state at the event (0 = unknown) */
-    __u8 new_state;     /* state: new state; lifecycle: last state before CLOSE */
-    __u8 ending;        /* lifecycle: ENDING_* */
+    __u64 ts_ns;       /* bpf_ktime_get_ns() (CLOCK_MONOTONIC); lifecycle: time of CLOSE */
+    __u64 socket_id;   /* sock pointer XOR a random per-load key: never a kernel address */
+    __u64 cgroup_id;   /* cgroup v2 id of the socket (sk->sk_cgrp_data), 0 when no socket */
+    __u64 duration_ns; /* lifecycle: first seen -> CLOSE; state: time in the old state */
+    __u64 tx_bytes;    /* lifecycle: application bytes sent and acked */
+    __u64 rx_bytes;    /* lifecycle: application bytes received */
+    __u32 netns;       /* network namespace inode, 0 when unknown */
+    __u32 pid;         /* tgid of the owning process, 0 when unknown */
+    __u8 saddr[16];    /* local address: IPv4 in the first 4 bytes, or IPv6 */
+    __u8 daddr[16];    /* remote address */
+    __u16 sport;       /* local port, host order */
+    __u16 dport;       /* remote port, host order */
+    __u16 family;      /* AF_INET or AF_INET6 */
+    __u8 kind;         /* EV_* */
+    __u8 role;         /* ROLE_* */
+    __u8 state;        /* state: old state; others: socket state at the event (0 = unknown) */
+    __u8 new_state;    /* state: new state; lifecycle: last state before CLOSE */
+    __u8 ending;       /* lifecycle: ENDING_* */
     __u8 pad0;
-    __s32 err;          /* lifecycle / socket error: errno */
-    __u32 reason;       /* reset sent / lifecycle: kernel enum sk_rst_reason */
-    __u32 retransmits;  /* lifecycle: tcp_retransmit_skb count */
-    __u32 snd_cwnd;     /* probe */
-    __u32 srtt_us;      /* probe */
-    __u32 snd_wnd;      /* probe */
-    __u32 data_len;     /* probe */
-    char comm[16];      /* owning process' comm, empty when unknown */
+    __s32 err;         /* lifecycle / socket error: errno */
+    __u32 reason;      /* reset sent / lifecycle: kernel enum sk_rst_reason */
+    __u32 retransmits; /* lifecycle: tcp_retransmit_skb count */
+    __u32 snd_cwnd;    /* probe */
+    __u32 srtt_us;     /* probe */
+    __u32 snd_wnd;     /* probe */
+    __u32 data_len;    /* probe */
+    char comm[16];     /* owning process' comm, empty when unknown */
 };
 
 /* Aggregated ordinary connections (bpf/flow.h): the key and value of the two flow maps, read by
  * user space with batch lookups (agent/kernel/flows.py mirrors both; a test checks the mirror). */
 struct flow_key {
-    __u8 laddr[16];     /* local address, as in tcpscope_event.saddr */
-    __u8 raddr[16];     /* remote address */
-    __u64 cgroup_id;    /* the socket's cgroup v2 id */
-    __u32 netns;        /* network namespace inode */
-    __u16 server_port;  /* PASSIVE: the local port; ACTIVE: the remote port */
-    __u16 family;       /* AF_INET or AF_INET6 */
-    __u8 role;          /* ROLE_ACTIVE or ROLE_PASSIVE */
+    __u8 laddr[16];    /* local address, as in tcpscope_event.saddr */
+    __u8 raddr[16];    /* remote address */
+    __u64 cgroup_id;   /* the socket's cgroup v2 id */
+    __u32 netns;       /* network namespace inode */
+    __u16 server_port; /* PASSIVE: the local port; ACTIVE: the remote port */
+    __u16 family;      /* AF_INET or AF_INET6 */
+    __u8 role;         /* ROLE_ACTIVE or ROLE_PASSIVE */
     __u8 pad[7];
 };
 
@@ -87,10 +87,10 @@ struct flow_val {
     __u64 tx_bytes;
     __u64 rx_bytes;
     __u64 duration_sum_ns;
-    __u64 first_close_ns;   /* bpf_ktime_get_ns() of the earliest CLOSE */
-    __u64 last_close_ns;    /* of the latest CLOSE */
+    __u64 first_close_ns; /* bpf_ktime_get_ns() of the earliest CLOSE */
+    __u64 last_close_ns;  /* of the latest CLOSE */
     __u64 buckets[FLOW_BUCKETS];
-    __u32 pid;              /* owner of the last connection added */
+    __u32 pid; /* owner of the last connection added */
     __u32 pad;
     char comm[16];
 };

@@ -71,12 +71,29 @@ static __always_inline int is_ordinary(const struct sockstate *st)
 static __always_inline __u32 log2_u64(__u64 v)
 {
     __u32 r = 0;
-    if (v >> 32) { v >>= 32; r += 32; }
-    if (v >> 16) { v >>= 16; r += 16; }
-    if (v >> 8) { v >>= 8; r += 8; }
-    if (v >> 4) { v >>= 4; r += 4; }
-    if (v >> 2) { v >>= 2; r += 2; }
-    if (v >> 1) { r += 1; }
+    if (v >> 32) {
+        v >>= 32;
+        r += 32;
+    }
+    if (v >> 16) {
+        v >>= 16;
+        r += 16;
+    }
+    if (v >> 8) {
+        v >>= 8;
+        r += 8;
+    }
+    if (v >> 4) {
+        v >>= 4;
+        r += 4;
+    }
+    if (v >> 2) {
+        v >>= 2;
+        r += 2;
+    }
+    if (v >> 1) {
+        r += 1;
+    }
     return r;
 }
 

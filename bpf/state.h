@@ -22,10 +22,10 @@ static __always_inline void remember_listener(const struct sockstate *st)
     struct listener_key lk = {};
     listener_key_of(&lk, st->netns, &st->t);
     struct owner *cur = listeners.lookup(&lk);
-    if (cur) {  /* another listener of an SO_REUSEPORT group: the newest owner speaks for it */
+    if (cur) { /* another listener of an SO_REUSEPORT group: the newest owner speaks for it */
         cur->pid = st->pid;
         __builtin_memcpy(cur->comm, st->comm, 16);
-        __sync_fetch_and_add(&cur->refs, 1);  /* no fetch: XADD, also before 5.12 */
+        __sync_fetch_and_add(&cur->refs, 1); /* no fetch: XADD, also before 5.12 */
         return;
     }
     struct owner o = {.pid = st->pid, .refs = 1};
@@ -127,7 +127,7 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         st = sockets.lookup(&key);
         if (!st)
             return 0;
-        if (fresh.role != ROLE_UNKNOWN) {  /* CLOSE->SYN_SENT or LISTEN->SYN_RECV: held for its tuple */
+        if (fresh.role != ROLE_UNKNOWN) { /* CLOSE->SYN_SENT or LISTEN->SYN_RECV: held for its tuple */
             st->flags |= F_FIRST_PENDING;
             return 0;
         }

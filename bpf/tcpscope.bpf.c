@@ -143,4 +143,3 @@ int tp_tcp_probe(struct tp_tcp_probe *args)
     return handle_probe(args, sk, &t, args->snd_cwnd, args->srtt, args->snd_wnd, len);
 }
 #endif
-

@@ -22,8 +22,14 @@ KAFKA_COMPRESSIONS = ("gzip", "none", "snappy", "lz4", "zstd")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-__all__ = ["KAFKA_SASL_MECHANISMS", "KAFKA_SECURITY_PROTOCOLS", "METRICS_BY", "CollectorConfig", "ConfigError",
-           "build_parser"]
+__all__ = [
+    "KAFKA_SASL_MECHANISMS",
+    "KAFKA_SECURITY_PROTOCOLS",
+    "METRICS_BY",
+    "CollectorConfig",
+    "ConfigError",
+    "build_parser",
+]
 
 
 @dataclass(frozen=True)
@@ -88,8 +94,10 @@ class CollectorConfig:
         "TCPSCOPE_KAFKA_USERNAME_FILE", "file holding the SASL user name", default=None
     )
     kafka_password: str | None = setting(
-        "TCPSCOPE_KAFKA_PASSWORD", "SASL password (environment only; or --kafka-password-file)",
-        flag=False, default=None,
+        "TCPSCOPE_KAFKA_PASSWORD",
+        "SASL password (environment only; or --kafka-password-file)",
+        flag=False,
+        default=None,
     )
     kafka_password_file: str | None = setting(
         "TCPSCOPE_KAFKA_PASSWORD_FILE", "file holding the SASL password", default=None
@@ -98,25 +106,29 @@ class CollectorConfig:
     kafka_compression: str = setting(
         "TCPSCOPE_KAFKA_COMPRESSION",
         "producer compression: gzip or none (snappy/lz4/zstd if their codec is installed)",
-        default="gzip", choices=KAFKA_COMPRESSIONS,
+        default="gzip",
+        choices=KAFKA_COMPRESSIONS,
     )
     kafka_linger_ms: int = setting("TCPSCOPE_KAFKA_LINGER_MS", "producer linger in ms", default=20, min=0)
     kafka_batch_size: int = setting(
         "TCPSCOPE_KAFKA_BATCH_SIZE",
         "producer batch size in bytes per partition (large: fewer, bigger produce requests)",
-        default=1024 * 1024, min=1,
+        default=1024 * 1024,
+        min=1,
     )
     kafka_delivery_timeout_ms: int = setting(
         "TCPSCOPE_KAFKA_DELIVERY_TIMEOUT_MS",
         "give up on a record after this long; the batch is then not acked and the agent resends it",
-        default=30_000, min=1,
+        default=30_000,
+        min=1,
     )
     kafka_max_record_bytes: int = setting(
         "TCPSCOPE_KAFKA_MAX_RECORD_BYTES",
         "largest Kafka record the topic accepts; a larger one is not sent and its events are counted lost "
         "(collector.record_too_large). 0 = the topic's max.message.bytes, read at start-up (1048576, "
         "Kafka's default, if it cannot be read)",
-        default=0, min=0,
+        default=0,
+        min=0,
     )
     # --- remote-end enrichment (docs/enrichment.md: in a cluster the collector resolves remote ends) --
     resolve_remote: bool = setting(
@@ -134,62 +146,80 @@ class CollectorConfig:
     remote_sync_timeout: float = setting(
         "TCPSCOPE_REMOTE_SYNC_TIMEOUT",
         "seconds to wait at start-up for the first pod/service/node lists (serving starts regardless)",
-        default=5.0, min=0,
+        default=5.0,
+        min=0,
     )
     # --- limits --------------------------------------------------------------------------------
     max_batch_events: int = setting("TCPSCOPE_MAX_BATCH_EVENTS", "events per batch at most", default=10_000, min=1)
     max_message_bytes: int = setting(
-        "TCPSCOPE_MAX_MESSAGE_BYTES", "largest accepted batch (serialized bytes)", default=8 * 1024 * 1024,
+        "TCPSCOPE_MAX_MESSAGE_BYTES",
+        "largest accepted batch (serialized bytes)",
+        default=8 * 1024 * 1024,
         min=1,
     )
     max_inflight_batches: int = setting(
         "TCPSCOPE_MAX_INFLIGHT_BATCHES",
         "batches awaiting Kafka acks, all streams together; beyond it streams are not read (backpressure)",
-        default=64, min=1,
+        default=64,
+        min=1,
     )
     # --- connection guards (an unauthenticated client must not starve the collector) --------------
     handshake_timeout: float = setting(
         "TCPSCOPE_HANDSHAKE_TIMEOUT",
         "seconds a new connection has to finish its TLS and HTTP/2 handshake before it is closed",
-        default=5.0, min=0.1,
+        default=5.0,
+        min=0.1,
     )
     max_connection_idle: float = setting(
         "TCPSCOPE_MAX_CONNECTION_IDLE",
         "seconds a connection may stay open with no call (agents always have one) before it is closed",
-        default=60.0, min=1,
+        default=60.0,
+        min=1,
     )
     max_connections: int = setting(
         "TCPSCOPE_MAX_CONNECTIONS",
         "open connections at most (agents and handshakes together); beyond it new ones are closed at once",
-        default=10_000, min=1,
+        default=10_000,
+        min=1,
     )
-    metrics_port: int = setting("TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0,
-                                min=0, max=65535)
+    metrics_port: int = setting(
+        "TCPSCOPE_METRICS_PORT", "Prometheus metrics port (0 = off)", default=0, min=0, max=65535
+    )
     metrics_address: str = setting(
-        "TCPSCOPE_METRICS_ADDRESS", "address the metrics server binds (the chart sets 0.0.0.0)",
+        "TCPSCOPE_METRICS_ADDRESS",
+        "address the metrics server binds (the chart sets 0.0.0.0)",
         default="127.0.0.1",
     )
     # --- traffic metrics (collector/traffic.py, docs/metrics.md), served on --metrics-port ---------
     metrics_by: str = setting(
-        "TCPSCOPE_METRICS_BY", "traffic metrics' *_workload labels name the workload, the pod, or nothing "
-        "(namespace)", default="workload")
+        "TCPSCOPE_METRICS_BY",
+        "traffic metrics' *_workload labels name the workload, the pod, or nothing (namespace)",
+        default="workload",
+    )
     metrics_namespaces: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_NAMESPACES",
-        "count only connections with an end in these namespaces, comma separated (empty: all)", default=())
+        "count only connections with an end in these namespaces, comma separated (empty: all)",
+        default=(),
+    )
     metrics_exclude_namespaces: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_EXCLUDE_NAMESPACES",
-        "never count connections with an end in these namespaces, comma separated", default=())
+        "never count connections with an end in these namespaces, comma separated",
+        default=(),
+    )
     metrics_max_series: int = setting(
         "TCPSCOPE_METRICS_MAX_SERIES",
         "traffic series at most; past it new pairs fold into 'other' (tcpscope_traffic_folded_total)",
-        default=20_000)
+        default=20_000,
+    )
     metrics_ttl: float = setting(
-        "TCPSCOPE_METRICS_TTL", "seconds after which a pair's traffic series, not updated, are removed",
-        default=900.0)
+        "TCPSCOPE_METRICS_TTL", "seconds after which a pair's traffic series, not updated, are removed", default=900.0
+    )
     metrics_watched_peers: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_WATCHED_PEERS",
         "remote-end kinds an agent watches too, so their own agent counts the connection (pod; add node "
-        "when agents also watch host processes)", default=("pod",))
+        "when agents also watch host processes)",
+        default=("pod",),
+    )
     grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0, min=0)
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO", choices=LOG_LEVELS)
 
@@ -204,8 +234,10 @@ class CollectorConfig:
         if self.kafka_delivery_timeout_ms <= self.kafka_linger_ms + 1:
             raise ConfigError("--kafka-delivery-timeout-ms must be above --kafka-linger-ms + 1")
         if not codec_available(self.kafka_compression):
-            raise ConfigError(f"--kafka-compression {self.kafka_compression}: its codec library is not "
-                              f"installed (pip install {CODEC_PACKAGES[self.kafka_compression]})")
+            raise ConfigError(
+                f"--kafka-compression {self.kafka_compression}: its codec library is not "
+                f"installed (pip install {CODEC_PACKAGES[self.kafka_compression]})"
+            )
         if self.value_format not in VALUE_FORMATS:
             raise ConfigError(f"--value-format must be one of {VALUE_FORMATS}")
         if self.record_layout not in RECORD_LAYOUTS:
@@ -232,12 +264,16 @@ class CollectorConfig:
             raise ConfigError("--metrics-max-series and --metrics-ttl must be > 0")
         if not set(self.metrics_watched_peers) <= {"pod", "node"}:
             raise ConfigError("--metrics-watched-peers takes pod and/or node")
-        for flag, path in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
-                           ("--tls-client-ca", self.tls_client_ca), ("--token-file", self.token_file),
-                           ("--kafka-ssl-cafile", self.kafka_ssl_cafile),
-                           ("--kafka-username-file", self.kafka_username_file),
-                           ("--kafka-password-file", self.kafka_password_file),
-                           ("--kubeconfig", self.kubeconfig if self.resolve_remote else None)):
+        for flag, path in (
+            ("--tls-cert", self.tls_cert),
+            ("--tls-key", self.tls_key),
+            ("--tls-client-ca", self.tls_client_ca),
+            ("--token-file", self.token_file),
+            ("--kafka-ssl-cafile", self.kafka_ssl_cafile),
+            ("--kafka-username-file", self.kafka_username_file),
+            ("--kafka-password-file", self.kafka_password_file),
+            ("--kubeconfig", self.kubeconfig if self.resolve_remote else None),
+        ):
             if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
                 raise ConfigError(f"{flag} {path}: not a readable file")
         self.read_token()  # an empty token file is refused now, not at the first agent

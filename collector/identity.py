@@ -64,13 +64,18 @@ def check_binding(batch: EventBatch, nodes: frozenset[str]) -> tuple[str, str] |
     if any(ev.node and ev.node != batch.node for ev in batch.events):
         return ("node_mismatch", "an event claims another node than the batch")
     if not belongs_to(batch.agent_id, batch.node):
-        return ("agent_id_mismatch", f"agent id {batch.agent_id!r} is not an agent id of node {batch.node!r} "
-                                     "([PREFIX/]NODE/INCARNATION)")
+        return (
+            "agent_id_mismatch",
+            f"agent id {batch.agent_id!r} is not an agent id of node {batch.node!r} ([PREFIX/]NODE/INCARNATION)",
+        )
     for w in batch.unobserved:
         # a window may have been passed on by an incarnation that died before reporting it: its
         # agent ids need only be of this node
-        if w.node != batch.node or not belongs_to(w.agent_id, batch.node) or (
-                w.previous_agent_id and not belongs_to(w.previous_agent_id, batch.node)):
+        if (
+            w.node != batch.node
+            or not belongs_to(w.agent_id, batch.node)
+            or (w.previous_agent_id and not belongs_to(w.previous_agent_id, batch.node))
+        ):
             return ("agent_id_mismatch", "an unobserved window names another node or agent")
     return None
 
@@ -79,9 +84,15 @@ class TokenReviewer:
     """Authenticates projected ServiceAccount tokens with TokenReview; results are cached per token
     for `ttl_s` (a stream authenticates once, at its start; reconnects reuse the answer)."""
 
-    def __init__(self, api_client: Any, audience: str, service_accounts: frozenset[str],
-                 ttl_s: float = 60.0, max_cached: int = 10_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        api_client: Any,
+        audience: str,
+        service_accounts: frozenset[str],
+        ttl_s: float = 60.0,
+        max_cached: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         from kubernetes import client
 
         self._auth = client.AuthenticationV1Api(api_client)
@@ -121,12 +132,14 @@ class TokenReviewer:
             status = self._auth.create_token_review(body).status
         except ApiException as e:
             log.warning("TokenReview failed: HTTP %s %s", e.status, e.reason)
-            return AuthFailure("tokenreview_unavailable", f"cannot verify the token (TokenReview: HTTP {e.status})",
-                               retry=True)
+            return AuthFailure(
+                "tokenreview_unavailable", f"cannot verify the token (TokenReview: HTTP {e.status})", retry=True
+            )
         except Exception as e:  # API unreachable: the agent retries
             log.warning("TokenReview failed: %s", e)
-            return AuthFailure("tokenreview_unavailable", "cannot verify the token (API server unreachable)",
-                               retry=True)
+            return AuthFailure(
+                "tokenreview_unavailable", "cannot verify the token (API server unreachable)", retry=True
+            )
         if status is None or not status.authenticated:
             return AuthFailure("bad_token", f"token not authenticated: {getattr(status, 'error', '') or 'no reason'}")
         user = status.user
@@ -137,8 +150,9 @@ class TokenReviewer:
             return AuthFailure("not_a_service_account", f"{name!r} is not a ServiceAccount")
         account = name.removeprefix(SA_PREFIX).replace(":", "/", 1)
         if self._accounts and account not in self._accounts:
-            return AuthFailure("service_account_not_allowed",
-                               f"ServiceAccount {account} is not an agent's (--agent-service-accounts)")
+            return AuthFailure(
+                "service_account_not_allowed", f"ServiceAccount {account} is not an agent's (--agent-service-accounts)"
+            )
         extra = user.extra or {}
         pod = (extra.get(EXTRA_POD_NAME) or [""])[0]
         pod_uid = (extra.get(EXTRA_POD_UID) or [""])[0]
@@ -150,12 +164,14 @@ class TokenReviewer:
         except ApiException as e:
             if e.status == 404:
                 return AuthFailure("pod_not_found", f"pod {namespace}/{pod} of the token does not exist")
-            return AuthFailure("tokenreview_unavailable", f"cannot read pod {namespace}/{pod}: HTTP {e.status}",
-                               retry=True)
+            return AuthFailure(
+                "tokenreview_unavailable", f"cannot read pod {namespace}/{pod}: HTTP {e.status}", retry=True
+            )
         except Exception as e:
             log.warning("reading pod %s/%s failed: %s", namespace, pod, e)
-            return AuthFailure("tokenreview_unavailable", "cannot read the token's pod (API server unreachable)",
-                               retry=True)
+            return AuthFailure(
+                "tokenreview_unavailable", "cannot read the token's pod (API server unreachable)", retry=True
+            )
         if pod_uid and (obj.metadata is None or obj.metadata.uid != pod_uid):
             return AuthFailure("pod_not_found", f"pod {namespace}/{pod} was replaced (uid differs from the token's)")
         node = obj.spec.node_name if obj.spec is not None else None

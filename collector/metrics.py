@@ -16,41 +16,61 @@ class CollectorMetrics:
             "tcpscope_collector_streams_ended_total",
             "agent streams ended, by how: agent_closed (the agent half-closed after draining), refused, "
             "draining (this collector shut down), broken (the agent vanished: killed, or the link broke)",
-            ["how"], registry=r)
+            ["how"],
+            registry=r,
+        )
         self.batches_received = Counter(
-            "tcpscope_collector_batches_received_total", "valid batches received from agents", registry=r)
+            "tcpscope_collector_batches_received_total", "valid batches received from agents", registry=r
+        )
         self.batches_acked = Counter(
-            "tcpscope_collector_batches_acked_total", "batches acknowledged after Kafka acked them", registry=r)
+            "tcpscope_collector_batches_acked_total", "batches acknowledged after Kafka acked them", registry=r
+        )
         self.events_received = Counter(
-            "tcpscope_collector_events_received_total", "events in valid batches", registry=r)
+            "tcpscope_collector_events_received_total", "events in valid batches", registry=r
+        )
         self.records_published = Counter(
-            "tcpscope_collector_records_published_total", "Kafka records acknowledged by Kafka", registry=r)
+            "tcpscope_collector_records_published_total", "Kafka records acknowledged by Kafka", registry=r
+        )
         self.rejected = Counter(
-            "tcpscope_collector_rejected_total", "messages or streams refused, by reason", ["reason"],
-            registry=r)
+            "tcpscope_collector_rejected_total", "messages or streams refused, by reason", ["reason"], registry=r
+        )
         self.kafka_errors = Counter(
-            "tcpscope_collector_kafka_errors_total", "failed Kafka publishes, by error type", ["error"],
-            registry=r)
+            "tcpscope_collector_kafka_errors_total", "failed Kafka publishes, by error type", ["error"], registry=r
+        )
         self.dropped = Counter(
             "tcpscope_collector_dropped_events_total",
             "events the collector left out and counted in the batch's loss report, by reason "
-            "(collector.record_too_large: above the topic's max.message.bytes)", ["reason"], registry=r)
+            "(collector.record_too_large: above the topic's max.message.bytes)",
+            ["reason"],
+            registry=r,
+        )
         self.lost_reported = Counter(
             "tcpscope_collector_agent_lost_events_total",
-            "events agents reported lost upstream of the collector, by reason", ["reason"], registry=r)
+            "events agents reported lost upstream of the collector, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.remote_ends = Counter(
             "tcpscope_collector_remote_ends_total",
             "remote ends seen with --resolve-remote, by result: pod, service, node, loopback (hits); "
             "external (synced index, no owner), miss_api_unavailable (index not synced yet), no_ip; "
-            "agent_resolved (left as the agent resolved it)", ["result"], registry=r)
-        self.inflight = Gauge(
-            "tcpscope_collector_inflight_batches", "batches awaiting Kafka acks", registry=r)
+            "agent_resolved (left as the agent resolved it)",
+            ["result"],
+            registry=r,
+        )
+        self.inflight = Gauge("tcpscope_collector_inflight_batches", "batches awaiting Kafka acks", registry=r)
         self.publish_seconds = Histogram(
-            "tcpscope_collector_publish_seconds", "from batch receipt to Kafka ack of all its records",
-            registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+            "tcpscope_collector_publish_seconds",
+            "from batch receipt to Kafka ack of all its records",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
         self.batch_lag_seconds = Histogram(
-            "tcpscope_collector_batch_lag_seconds", "batch sent_time to receipt (agent clock vs ours)",
-            registry=r, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300))
+            "tcpscope_collector_batch_lag_seconds",
+            "batch sent_time to receipt (agent clock vs ours)",
+            registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300),
+        )
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (0 when absent), e.g. value('..._rejected_total', reason='x')."""

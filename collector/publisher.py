@@ -29,8 +29,17 @@ log = logging.getLogger(__name__)
 
 # connection and security settings the admin client (probe, topic config) shares with the producer
 _UNKNOWN_TOPIC = 3  # Kafka's UNKNOWN_TOPIC_OR_PARTITION
-_ADMIN_KEYS = frozenset({"bootstrap_servers", "security_protocol", "ssl_cafile", "sasl_mechanism",
-                         "sasl_plain_username", "sasl_plain_password", "reconnect_backoff_max_ms"})
+_ADMIN_KEYS = frozenset(
+    {
+        "bootstrap_servers",
+        "security_protocol",
+        "ssl_cafile",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "reconnect_backoff_max_ms",
+    }
+)
 
 
 class Publisher(Protocol):
@@ -56,6 +65,7 @@ class Publisher(Protocol):
 # Kafka's default max.message.bytes (1 MiB + record batch overhead rounded, as brokers ship it)
 KAFKA_DEFAULT_MAX_MESSAGE_BYTES = 1048588
 
+
 def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
     """KafkaProducer settings from the config: acks=all, compression, linger, TLS/SASL."""
     kw: dict[str, Any] = {
@@ -72,16 +82,16 @@ def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
         "reconnect_backoff_max_ms": 2000,
         # records of one partition stay in order across retries
         "max_in_flight_requests_per_connection": 1,
-        "max_request_size": max(cfg.max_message_bytes * 2, cfg.kafka_batch_size, 1024 * 1024,
-                                cfg.kafka_max_record_bytes + 1024),
+        "max_request_size": max(
+            cfg.max_message_bytes * 2, cfg.kafka_batch_size, 1024 * 1024, cfg.kafka_max_record_bytes + 1024
+        ),
         "security_protocol": cfg.kafka_security_protocol,
     }
     if cfg.kafka_ssl_cafile:
         kw["ssl_cafile"] = cfg.kafka_ssl_cafile
     if cfg.kafka_sasl_mechanism:
         user, password = cfg.sasl_credentials()
-        kw.update(sasl_mechanism=cfg.kafka_sasl_mechanism, sasl_plain_username=user,
-                  sasl_plain_password=password)
+        kw.update(sasl_mechanism=cfg.kafka_sasl_mechanism, sasl_plain_username=user, sasl_plain_password=password)
     return kw
 
 
@@ -97,7 +107,8 @@ class KafkaPublisher:
         # does not wait for a broker to answer (it would block the send thread through an outage)
         version = self._producer.config.get("api_version")
         self._new_producer: Callable[[], Any] = lambda: KafkaProducer(
-            **producer_kwargs(cfg), **({"api_version": version} if version else {}))
+            **producer_kwargs(cfg), **({"api_version": version} if version else {})
+        )
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kafka-send")
         self.resets = 0
         self._reset_log = Throttle(30.0)
@@ -142,7 +153,8 @@ class KafkaPublisher:
 
         try:
             found = self._admin_client().describe_configs(
-                [ConfigResource(ConfigResourceType.TOPIC, self._topic)], config_filter="all")
+                [ConfigResource(ConfigResourceType.TOPIC, self._topic)], config_filter="all"
+            )
         except Exception:
             self._drop_admin()
             raise

@@ -38,8 +38,9 @@ class BatchEnricher(Protocol):
 class RemoteEnrichment:
     """Applies a `RemoteEnricher` to the unresolved remote ends of each batch and counts results."""
 
-    def __init__(self, enricher: RemoteEnricher, metrics: CollectorMetrics,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, enricher: RemoteEnricher, metrics: CollectorMetrics, clock: Callable[[], float] | None = None
+    ) -> None:
         import time
 
         self._enricher = enricher

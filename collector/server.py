@@ -35,8 +35,7 @@ def server_credentials(cfg: CollectorConfig) -> grpc.ServerCredentials | None:
         return None
     pair = [(_read(cfg.tls_key), _read(cfg.tls_cert))]
     if cfg.tls_client_ca:
-        return grpc.ssl_server_credentials(pair, root_certificates=_read(cfg.tls_client_ca),
-                                           require_client_auth=True)
+        return grpc.ssl_server_credentials(pair, root_certificates=_read(cfg.tls_client_ca), require_client_auth=True)
     return grpc.ssl_server_credentials(pair)
 
 
@@ -107,9 +106,14 @@ def server_options(cfg: CollectorConfig, max_connections: int) -> list[tuple[str
 class CollectorServer:
     """The running collector; `start()` binds, `stop(grace)` drains and closes Kafka."""
 
-    def __init__(self, cfg: CollectorConfig, publisher: Publisher | None = None,
-                 metrics: CollectorMetrics | None = None, enricher: BatchEnricher | None = None,
-                 observer: BatchObserver | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CollectorConfig,
+        publisher: Publisher | None = None,
+        metrics: CollectorMetrics | None = None,
+        enricher: BatchEnricher | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
         self.cfg = cfg
         self._observer = observer
         self.metrics = metrics or CollectorMetrics()
@@ -131,16 +135,23 @@ class CollectorServer:
         cfg = self.cfg
         before, after = raise_fd_limit()
         self.max_connections = min(cfg.max_connections, max(1, after - FD_RESERVE))
-        log.info("open file limit %d%s; at most %d connections (--max-connections %d), handshake timeout "
-                 "%.1fs, idle connections closed after %.0fs", after,
-                 f" (raised from {before})" if after != before else "", self.max_connections,
-                 cfg.max_connections, cfg.handshake_timeout, cfg.max_connection_idle)
+        log.info(
+            "open file limit %d%s; at most %d connections (--max-connections %d), handshake timeout "
+            "%.1fs, idle connections closed after %.0fs",
+            after,
+            f" (raised from {before})" if after != before else "",
+            self.max_connections,
+            cfg.max_connections,
+            cfg.handshake_timeout,
+            cfg.max_connection_idle,
+        )
         if cfg.metrics_port:  # first: a taken port fails at once, before Kafka is dialled
             try:
                 self.metrics.serve(cfg.metrics_port, cfg.metrics_address)
             except OSError as e:
-                raise StartupError(f"--metrics-port {cfg.metrics_port} on {cfg.metrics_address}: "
-                                   f"{e.strerror or e}") from e
+                raise StartupError(
+                    f"--metrics-port {cfg.metrics_port} on {cfg.metrics_address}: {e.strerror or e}"
+                ) from e
         token = cfg.read_token()
         check_listen(cfg.listen)
         if self._enricher is None and cfg.resolve_remote:
@@ -149,13 +160,17 @@ class CollectorServer:
             try:
                 remote = build_remote_enrichment(cfg, self.metrics)
             except Exception as e:  # kubernetes.config.ConfigException, unreadable kubeconfig, ...
-                raise StartupError(f"--resolve-remote: cannot use the Kubernetes API "
-                                   f"({cfg.kubeconfig or 'in-cluster'}): {e}") from e
+                raise StartupError(
+                    f"--resolve-remote: cannot use the Kubernetes API ({cfg.kubeconfig or 'in-cluster'}): {e}"
+                ) from e
             self._enricher = remote
             loop = asyncio.get_running_loop()
             if not await loop.run_in_executor(None, remote.wait_synced, cfg.remote_sync_timeout):
-                log.warning("Kubernetes API not synced within %.1fs; remote ends resolve once it is "
-                            "(counted as miss_api_unavailable until then)", cfg.remote_sync_timeout)
+                log.warning(
+                    "Kubernetes API not synced within %.1fs; remote ends resolve once it is "
+                    "(counted as miss_api_unavailable until then)",
+                    cfg.remote_sync_timeout,
+                )
         reviewer = None
         if cfg.tokenreview:
             from agent.enrich.kube import load_api_client
@@ -164,20 +179,33 @@ class CollectorServer:
             try:
                 api = load_api_client(cfg.kubeconfig)
             except Exception as e:  # no kubeconfig and not in a cluster: one line, exit 2 (__main__)
-                raise StartupError(f"--tokenreview needs API access (--kubeconfig or the in-cluster service "
-                                   f"account): {e}") from e
+                raise StartupError(
+                    f"--tokenreview needs API access (--kubeconfig or the in-cluster service account): {e}"
+                ) from e
             reviewer = TokenReviewer(api, cfg.token_audience, frozenset(cfg.agent_service_accounts))
         if self._publisher is None:
             self._publisher = KafkaPublisher(cfg)
-        service = CollectorService(cfg, self._publisher, self.metrics, token, self._enricher,
-                                   self._observer, reviewer=reviewer, on_publish=self._published)
+        service = CollectorService(
+            cfg,
+            self._publisher,
+            self.metrics,
+            token,
+            self._enricher,
+            self._observer,
+            reviewer=reviewer,
+            on_publish=self._published,
+        )
         service.max_record_bytes = await self._record_limit(self._publisher)
         self._service = service
         server = grpc.aio.server(options=server_options(cfg, self.max_connections))
-        handler = grpc.method_handlers_generic_handler(SERVICE_NAME, {
-            "Stream": grpc.stream_stream_rpc_method_handler(
-                service.stream, request_deserializer=None, response_serializer=BatchAck.SerializeToString),
-        })
+        handler = grpc.method_handlers_generic_handler(
+            SERVICE_NAME,
+            {
+                "Stream": grpc.stream_stream_rpc_method_handler(
+                    service.stream, request_deserializer=None, response_serializer=BatchAck.SerializeToString
+                ),
+            },
+        )
         server.add_generic_rpc_handlers((handler,))
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         creds = server_credentials(cfg)
@@ -187,17 +215,22 @@ class CollectorServer:
             else:
                 self.port = server.add_secure_port(cfg.listen, creds)
         except RuntimeError as e:  # recent gRPC raises instead of returning 0
-            raise StartupError(f"cannot listen on {cfg.listen} (--listen): address in use or not "
-                               f"this host's") from e
+            raise StartupError(f"cannot listen on {cfg.listen} (--listen): address in use or not this host's") from e
         if not self.port:  # gRPC returns 0 when it could not bind (older versions) instead of raising
             raise StartupError(f"cannot listen on {cfg.listen} (--listen): address in use or not this host's")
         await server.start()
         self._server = server
         await self._set_health(True)
         self._watch = asyncio.create_task(self._watch_kafka(self._publisher))
-        log.info("collector listening on %s (port %d, tls=%s, mtls=%s), Kafka %s topic %s",
-                 cfg.listen, self.port, bool(cfg.tls_cert), bool(cfg.tls_client_ca),
-                 ",".join(cfg.kafka_bootstrap), cfg.topic)
+        log.info(
+            "collector listening on %s (port %d, tls=%s, mtls=%s), Kafka %s topic %s",
+            cfg.listen,
+            self.port,
+            bool(cfg.tls_cert),
+            bool(cfg.tls_client_ca),
+            ",".join(cfg.kafka_bootstrap),
+            cfg.topic,
+        )
         return self.port
 
     async def _record_limit(self, publisher: Publisher) -> int:
@@ -211,8 +244,11 @@ class CollectorServer:
             found = None
             log.warning("cannot read the topic's max.message.bytes (%s: %s)", type(e).__name__, e)
         limit = found or KAFKA_DEFAULT_MAX_MESSAGE_BYTES
-        log.info("Kafka records above %d bytes are not sent (%s)", limit,
-                 "the topic's max.message.bytes" if found else "Kafka's default; set --kafka-max-record-bytes")
+        log.info(
+            "Kafka records above %d bytes are not sent (%s)",
+            limit,
+            "the topic's max.message.bytes" if found else "Kafka's default; set --kafka-max-record-bytes",
+        )
         return limit
 
     def _published(self, ok: bool) -> None:

@@ -59,24 +59,32 @@ def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None
     """Parse and check one batch; peer_names is the nodes the client authenticated as (certificate
     names under mTLS, the token's pod's node under --tokenreview), None when nothing binds it."""
     if len(raw) > cfg.max_message_bytes:
-        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
-                       f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}",
-                       _sequence_of(raw))
+        return Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "oversized",
+            f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}",
+            _sequence_of(raw),
+        )
     batch = EventBatch()
     try:
         batch.ParseFromString(raw)
     except DecodeError as e:
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"not a tcpscope.v1.EventBatch: {e}")
     if batch.schema_version != SCHEMA_VERSION:
-        return Refusal(grpc.StatusCode.FAILED_PRECONDITION, "schema_version",
-                       f"schema_version {batch.schema_version} is not supported (want {SCHEMA_VERSION})")
+        return Refusal(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "schema_version",
+            f"schema_version {batch.schema_version} is not supported (want {SCHEMA_VERSION})",
+        )
     if len(batch.events) > cfg.max_batch_events:
-        return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "too_many_events",
-                       f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}",
-                       batch.sequence)
+        return Refusal(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            "too_many_events",
+            f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}",
+            batch.sequence,
+        )
     if not batch.agent_id or not batch.node or batch.sequence == 0:
-        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id",
-                       "batch needs node, agent_id and a sequence >= 1")
+        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id", "batch needs node, agent_id and a sequence >= 1")
     if peer_names is not None:  # the nodes the client authenticated as (collector/identity.py)
         bad = check_binding(batch, peer_names)
         if bad is not None:
@@ -105,8 +113,9 @@ def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> froze
     return frozenset(names)
 
 
-_SHUTTING_DOWN = Refusal(grpc.StatusCode.UNAVAILABLE, "shutting_down",
-                         "collector shutting down: reconnect and resend what was not acked")
+_SHUTTING_DOWN = Refusal(
+    grpc.StatusCode.UNAVAILABLE, "shutting_down", "collector shutting down: reconnect and resend what was not acked"
+)
 
 
 @dataclass
@@ -149,10 +158,17 @@ def error_text(e: BaseException) -> str:
 class CollectorService:
     """One instance per process; every stream shares the in-flight bound and the publisher."""
 
-    def __init__(self, cfg: CollectorConfig, publisher: Publisher, metrics: CollectorMetrics,
-                 token: str | None, enricher: BatchEnricher | None = None,
-                 observer: BatchObserver | None = None, reviewer: TokenReviewer | None = None,
-                 on_publish: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CollectorConfig,
+        publisher: Publisher,
+        metrics: CollectorMetrics,
+        token: str | None,
+        enricher: BatchEnricher | None = None,
+        observer: BatchObserver | None = None,
+        reviewer: TokenReviewer | None = None,
+        on_publish: Callable[[bool], None] | None = None,
+    ) -> None:
         self._cfg = cfg
         self._observer = observer
         self._on_publish = on_publish  # health: told every publish outcome
@@ -214,12 +230,15 @@ class CollectorService:
         if layout == LAYOUT_PACKED:
             if len(batch.events) > 1:
                 biggest = max(record_size(r) for r in records)
-                return Refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "oversized",
-                               f"a Kafka record of {biggest} bytes for this batch exceeds the topic's "
-                               f"limit of {limit} bytes", batch.sequence)
+                return Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    "oversized",
+                    f"a Kafka record of {biggest} bytes for this batch exceeds the topic's limit of {limit} bytes",
+                    batch.sequence,
+                )
             too_big = list(range(len(batch.events)))
         else:  # one record per event, in event order, the summary last
-            too_big = [i for i, r in enumerate(records[:len(batch.events)]) if record_size(r) > limit]
+            too_big = [i for i, r in enumerate(records[: len(batch.events)]) if record_size(r) > limit]
         keep = [ev for i, ev in enumerate(batch.events) if i not in set(too_big)]
         del batch.events[:]
         batch.events.extend(keep)
@@ -227,8 +246,14 @@ class CollectorService:
         batch.lost.by_reason[REASON_RECORD_TOO_LARGE] += n
         batch.lost.kernel += n  # the bucket of reasons outside agent/enrichment (agent/export: split_losses)
         self._metrics.dropped.labels(REASON_RECORD_TOO_LARGE).inc(n)
-        log.error("batch %s/%d: %d events whose Kafka record exceeds the topic's limit of %d bytes left "
-                  "out, counted as %s", batch.agent_id, batch.sequence, n, limit, REASON_RECORD_TOO_LARGE)
+        log.error(
+            "batch %s/%d: %d events whose Kafka record exceeds the topic's limit of %d bytes left out, counted as %s",
+            batch.agent_id,
+            batch.sequence,
+            n,
+            limit,
+            REASON_RECORD_TOO_LARGE,
+        )
         return batch_records(batch, self._cfg.value_format, layout, partitions)
 
     def _observe(self, batch: EventBatch) -> None:
@@ -255,8 +280,14 @@ class CollectorService:
     async def _review(self, metadata: Sequence[tuple[str, str | bytes]]) -> ClientIdentity | Refusal:
         """--tokenreview: who the bearer token's pod is, and so which node the stream speaks for."""
         assert self._reviewer is not None
-        token = next(((v if isinstance(v, str) else v.decode(errors="replace")) for k, v in metadata
-                      if k.lower() == "authorization"), "")
+        token = next(
+            (
+                (v if isinstance(v, str) else v.decode(errors="replace"))
+                for k, v in metadata
+                if k.lower() == "authorization"
+            ),
+            "",
+        )
         if not token.startswith("Bearer ") or not token.removeprefix("Bearer ").strip():
             return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
         loop = asyncio.get_running_loop()
@@ -271,15 +302,13 @@ class CollectorService:
         self._metrics.rejected.labels(r.reason).inc()
         held = self._refuse_log.ready(r.reason)  # per reason: a flood of bad tokens is not a flood of lines
         if held is not None:
-            log.warning("refusing stream from %s: %s (%s)%s", context.peer(), r.details, r.code.name,
-                        held_note(held))
+            log.warning("refusing stream from %s: %s (%s)%s", context.peer(), r.details, r.code.name, held_note(held))
         trailing: tuple[tuple[str, str], ...] = ()
         if r.sequence:
             trailing = ((MD_SEQUENCE, str(r.sequence)), (MD_REASON, r.reason))
         await context.abort(r.code, r.details, trailing_metadata=trailing)
 
-    async def stream(self, requests: AsyncIterator[bytes],
-                     context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:
+    async def stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:
         """Collector.Stream: read batches, publish each, write its ack once Kafka acked it."""
         metadata = list(context.invocation_metadata() or ())
         refusal = self._authenticate(metadata)
@@ -353,8 +382,13 @@ class CollectorService:
         self._metrics.streams_ended.labels(how).inc()
         if how == "broken" and end.last is not None:
             node, agent_id, seq = end.last
-            log.warning("stream of agent %s (node %s) ended without closing after batch %d: the agent "
-                        "stopped without draining, or its connection broke", agent_id, node, seq)
+            log.warning(
+                "stream of agent %s (node %s) ended without closing after batch %d: the agent "
+                "stopped without draining, or its connection broke",
+                agent_id,
+                node,
+                seq,
+            )
 
     def _count_received(self, batch: EventBatch) -> None:
         m = self._metrics
@@ -366,8 +400,7 @@ class CollectorService:
         if batch.HasField("sent_time"):
             m.batch_lag_seconds.observe(max(0.0, time.time() - batch.sent_time.ToNanoseconds() / 1e9))
 
-    async def _publish(self, batch: EventBatch, received: float,
-                       out: asyncio.Queue[BatchAck | Refusal | None]) -> None:
+    async def _publish(self, batch: EventBatch, received: float, out: asyncio.Queue[BatchAck | Refusal | None]) -> None:
         try:
             loop = asyncio.get_running_loop()
             records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch)
@@ -383,8 +416,13 @@ class CollectorService:
                 self._on_publish(False)
             held = self._publish_log.ready()
             if held is not None:  # one line per 30 s while Kafka is down, not one per batch
-                log.warning("Kafka publish of batch %s/%d failed: %s%s", batch.agent_id, batch.sequence,
-                            error_text(e), held_note(held))
+                log.warning(
+                    "Kafka publish of batch %s/%d failed: %s%s",
+                    batch.agent_id,
+                    batch.sequence,
+                    error_text(e),
+                    held_note(held),
+                )
             await out.put(Refusal(grpc.StatusCode.UNAVAILABLE, "kafka_error", f"Kafka publish failed: {error_text(e)}"))
         else:
             if self._on_publish is not None:

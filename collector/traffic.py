@@ -90,8 +90,7 @@ class BatchObserver(Protocol):
 class _Pair:
     """The counters of one (client, server, server port) key."""
 
-    __slots__ = ("buckets", "bytes_c2s", "bytes_s2c", "duration_sum_s", "outcomes", "resets", "retransmits",
-                 "updated")
+    __slots__ = ("buckets", "bytes_c2s", "bytes_s2c", "duration_sum_s", "outcomes", "resets", "retransmits", "updated")
 
     def __init__(self, now: float) -> None:
         self.outcomes: dict[str, int] = {}
@@ -104,8 +103,12 @@ class _Pair:
         self.updated = now
 
     def series(self) -> int:
-        return (len(self.outcomes) + len(self.resets) + PAIR_BASE_SERIES
-                + (HISTOGRAM_SERIES if self.buckets is not None else 0))
+        return (
+            len(self.outcomes)
+            + len(self.resets)
+            + PAIR_BASE_SERIES
+            + (HISTOGRAM_SERIES if self.buckets is not None else 0)
+        )
 
     def observe_duration(self, bucket: int, n: int, sum_s: float) -> None:
         if self.buckets is None:
@@ -118,9 +121,16 @@ class TrafficMetrics(Collector):
     """The traffic counters, registered into the collector's registry; `observe` on the collector's
     prepare thread, `collect` on the metrics server's thread (one lock between them)."""
 
-    def __init__(self, by: str = "workload", namespaces: Iterable[str] = (),
-                 exclude_namespaces: Iterable[str] = (), max_series: int = 20_000, ttl_s: float = 900.0,
-                 watched_peers: Iterable[str] = ("pod",), clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        by: str = "workload",
+        namespaces: Iterable[str] = (),
+        exclude_namespaces: Iterable[str] = (),
+        max_series: int = 20_000,
+        ttl_s: float = 900.0,
+        watched_peers: Iterable[str] = ("pod",),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if by not in ("workload", "pod", "namespace"):
             raise ValueError("by must be workload, pod or namespace")
         self.by = by
@@ -190,8 +200,7 @@ class TrafficMetrics(Collector):
         if kind == POD:
             return "pod" in self._watched
         if kind == NODE:
-            return "node" in self._watched or (ev.local.kind == HOST and bool(ev.node)
-                                                and ev.remote.name == ev.node)
+            return "node" in self._watched or (ev.local.kind == HOST and bool(ev.node) and ev.remote.name == ev.node)
         return False
 
     def party(self, ep: Endpoint) -> tuple[str, str]:
@@ -265,8 +274,7 @@ class TrafficMetrics(Collector):
             self._add_lifecycle(pair, ev, client_view, counts, peer_watched)
         self._series += pair.series() - before
 
-    def _add_lifecycle(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool,
-                       peer_watched: bool) -> None:
+    def _add_lifecycle(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool, peer_watched: bool) -> None:
         lc = ev.lifecycle
         pair.retransmits += lc.retransmits  # this socket's own segments: never the peer's
         established, outcome = classify(lc, client_view)
@@ -313,17 +321,29 @@ class TrafficMetrics(Collector):
         yield from families
 
     def _families(self) -> list[Metric]:
-        conns = CounterMetricFamily("tcpscope_connections", "connections by pair and outcome (counting rule: "
-                                    "docs/metrics.md)", labels=[*PAIR_LABELS, "outcome"])
-        resets = CounterMetricFamily("tcpscope_resets", "RSTs that ended established connections, by sender and "
-                                     "the kernel's reason", labels=[*PAIR_LABELS, "sender", "reason"])
-        retrans = CounterMetricFamily("tcpscope_retransmits", "data segments retransmitted, by either end",
-                                      labels=list(PAIR_LABELS))
-        data = CounterMetricFamily("tcpscope_connection_bytes", "application bytes acknowledged, by direction",
-                                   labels=[*PAIR_LABELS, "direction"])
-        dur = HistogramMetricFamily("tcpscope_connection_duration_seconds",
-                                    "durations of established connections (first state change to close)",
-                                    labels=list(PAIR_LABELS))
+        conns = CounterMetricFamily(
+            "tcpscope_connections",
+            "connections by pair and outcome (counting rule: docs/metrics.md)",
+            labels=[*PAIR_LABELS, "outcome"],
+        )
+        resets = CounterMetricFamily(
+            "tcpscope_resets",
+            "RSTs that ended established connections, by sender and the kernel's reason",
+            labels=[*PAIR_LABELS, "sender", "reason"],
+        )
+        retrans = CounterMetricFamily(
+            "tcpscope_retransmits", "data segments retransmitted, by either end", labels=list(PAIR_LABELS)
+        )
+        data = CounterMetricFamily(
+            "tcpscope_connection_bytes",
+            "application bytes acknowledged, by direction",
+            labels=[*PAIR_LABELS, "direction"],
+        )
+        dur = HistogramMetricFamily(
+            "tcpscope_connection_duration_seconds",
+            "durations of established connections (first state change to close)",
+            labels=list(PAIR_LABELS),
+        )
         les = [_le(b) for b in DURATION_BOUNDS_S] + ["+Inf"]
         for key, p in self._pairs.items():
             labels = list(key)
@@ -346,18 +366,25 @@ class TrafficMetrics(Collector):
         limit.add_metric([], self.max_series)
         pairs = GaugeMetricFamily("tcpscope_traffic_pairs", "pairs (label sets before outcome etc.) held now")
         pairs.add_metric([], len(self._pairs))
-        folded = CounterMetricFamily("tcpscope_traffic_folded_events",
-                                     "events and flows counted into the 'other' pair: the series bound was reached")
+        folded = CounterMetricFamily(
+            "tcpscope_traffic_folded_events",
+            "events and flows counted into the 'other' pair: the series bound was reached",
+        )
         folded.add_metric([], self.folded)
-        expired = CounterMetricFamily("tcpscope_traffic_expired_pairs",
-                                      "pairs removed after --metrics-ttl without an update")
+        expired = CounterMetricFamily(
+            "tcpscope_traffic_expired_pairs", "pairs removed after --metrics-ttl without an update"
+        )
         expired.add_metric([], self.expired)
-        skipped = CounterMetricFamily("tcpscope_traffic_skipped_events", "lifecycle events and flows not counted, "
-                                      "by reason (listener, no_role, namespace_filter)", labels=["reason"])
+        skipped = CounterMetricFamily(
+            "tcpscope_traffic_skipped_events",
+            "lifecycle events and flows not counted, by reason (listener, no_role, namespace_filter)",
+            labels=["reason"],
+        )
         for reason, n in sorted(self.skipped.items()):
             skipped.add_metric([reason], n)
-        dups = CounterMetricFamily("tcpscope_traffic_duplicate_batches",
-                                   "batches not counted again (a resend this replica had counted)")
+        dups = CounterMetricFamily(
+            "tcpscope_traffic_duplicate_batches", "batches not counted again (a resend this replica had counted)"
+        )
         dups.add_metric([], self.duplicates)
         return [conns, resets, retrans, data, dur, series, limit, pairs, folded, expired, skipped, dups]
 
@@ -376,5 +403,11 @@ def _le(bound_s: float) -> str:
 
 def build_traffic_metrics(cfg: CollectorConfig) -> TrafficMetrics:
     """The collector's traffic metrics from its config (collector/__main__.py registers them)."""
-    return TrafficMetrics(cfg.metrics_by, cfg.metrics_namespaces, cfg.metrics_exclude_namespaces,
-                          cfg.metrics_max_series, cfg.metrics_ttl, cfg.metrics_watched_peers)
+    return TrafficMetrics(
+        cfg.metrics_by,
+        cfg.metrics_namespaces,
+        cfg.metrics_exclude_namespaces,
+        cfg.metrics_max_series,
+        cfg.metrics_ttl,
+        cfg.metrics_watched_peers,
+    )

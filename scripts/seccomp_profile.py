@@ -48,8 +48,12 @@ def with_bpf_caps(profile: dict[str, Any]) -> dict[str, Any]:
     for rule in out["syscalls"]:
         split = [n for n in rule["names"] if n in SPLIT_CAPS]
         excluded = _caps(rule, "excludes")
-        if (split and rule["action"] != "SCMP_ACT_ALLOW" and "CAP_SYS_ADMIN" in excluded
-                and not any(SPLIT_CAPS[n] in excluded for n in split)):
+        if (
+            split
+            and rule["action"] != "SCMP_ACT_ALLOW"
+            and "CAP_SYS_ADMIN" in excluded
+            and not any(SPLIT_CAPS[n] in excluded for n in split)
+        ):
             for name in split:
                 denied[name] = rule
             rule = {**rule, "names": [n for n in rule["names"] if n not in SPLIT_CAPS]}
@@ -57,16 +61,31 @@ def with_bpf_caps(profile: dict[str, Any]) -> dict[str, Any]:
                 continue
         rules.append(rule)
     for name, cap in SPLIT_CAPS.items():
-        if any(r["action"] == "SCMP_ACT_ALLOW" and name in r["names"] and _caps(r, "includes") == [cap]
-               and not r.get("args") for r in rules):
+        if any(
+            r["action"] == "SCMP_ACT_ALLOW"
+            and name in r["names"]
+            and _caps(r, "includes") == [cap]
+            and not r.get("args")
+            for r in rules
+        ):
             continue  # already there (moby's own profile, or a profile made by this script)
-        rules.append({"names": [name], "action": "SCMP_ACT_ALLOW", "args": [],
-                      "comment": f"tcpscope: {name} with {cap} (Linux >= 5.8), as moby's profile",
-                      "includes": {"caps": [cap]}, "excludes": {}})
+        rules.append(
+            {
+                "names": [name],
+                "action": "SCMP_ACT_ALLOW",
+                "args": [],
+                "comment": f"tcpscope: {name} with {cap} (Linux >= 5.8), as moby's profile",
+                "includes": {"caps": [cap]},
+                "excludes": {},
+            }
+        )
         if name in denied:
             deny = copy.deepcopy(denied[name])
-            deny.update(names=[name], comment=f"tcpscope: EPERM for {name} without CAP_SYS_ADMIN or {cap}",
-                        excludes={**deny.get("excludes", {}), "caps": [*_caps(deny, "excludes"), cap]})
+            deny.update(
+                names=[name],
+                comment=f"tcpscope: EPERM for {name} without CAP_SYS_ADMIN or {cap}",
+                excludes={**deny.get("excludes", {}), "caps": [*_caps(deny, "excludes"), cap]},
+            )
             rules.append(deny)
     out["syscalls"] = rules
     return out
@@ -74,8 +93,13 @@ def with_bpf_caps(profile: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("base", nargs="?", type=Path, default=CONTAINERS_COMMON_DEFAULT,
-                    help=f"the runtime's default profile (default {CONTAINERS_COMMON_DEFAULT})")
+    ap.add_argument(
+        "base",
+        nargs="?",
+        type=Path,
+        default=CONTAINERS_COMMON_DEFAULT,
+        help=f"the runtime's default profile (default {CONTAINERS_COMMON_DEFAULT})",
+    )
     args = ap.parse_args(argv)
     json.dump(with_bpf_caps(json.loads(args.base.read_text())), sys.stdout, indent=1)
     sys.stdout.write("\n")

@@ -258,7 +258,11 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         """TokenReview, or the creation of an object."""
         if [p for p in urlsplit(self.path).path.split("/") if p] == [
-                "apis", "authentication.k8s.io", "v1", "tokenreviews"]:
+            "apis",
+            "authentication.k8s.io",
+            "v1",
+            "tokenreviews",
+        ]:
             self._token_review()
         else:
             self._create()
@@ -276,9 +280,13 @@ class _Handler(BaseHTTPRequestHandler):
             return
         caller = self.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if owner.reviewers is not None and caller not in owner.reviewers:
-            self._status(403, "Forbidden", 'tokenreviews.authentication.k8s.io is forbidden: User cannot '
-                                           'create resource "tokenreviews" in API group "authentication.k8s.io" '
-                                           "at the cluster scope")
+            self._status(
+                403,
+                "Forbidden",
+                "tokenreviews.authentication.k8s.io is forbidden: User cannot "
+                'create resource "tokenreviews" in API group "authentication.k8s.io" '
+                "at the cluster scope",
+            )
             return
         try:
             body = json.loads(raw or b"{}")
@@ -295,19 +303,37 @@ class _Handler(BaseHTTPRequestHandler):
         if bound is None:
             status = {"authenticated": False, "error": "[invalid bearer token, service account token is not valid]"}
         elif audiences and not set(audiences) & set(bound.audiences):
-            status = {"authenticated": False,
-                      "error": f"[invalid bearer token, token audiences {bound.audiences} is invalid for the "
-                               f"target audiences {audiences}]"}
+            status = {
+                "authenticated": False,
+                "error": f"[invalid bearer token, token audiences {bound.audiences} is invalid for the "
+                f"target audiences {audiences}]",
+            }
         else:
             ns = bound.namespace
-            status = {"authenticated": True, "audiences": audiences or list(bound.audiences), "user": {
-                "username": f"system:serviceaccount:{ns}:{bound.service_account}", "uid": bound.sa_uid,
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
-                "extra": {"authentication.kubernetes.io/pod-name": [bound.pod],
-                          "authentication.kubernetes.io/pod-uid": [bound.pod_uid],
-                          "authentication.kubernetes.io/credential-id": [f"JTI={bound.jti}"]}}}
-        self._send_json(201, {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
-                              "metadata": {"creationTimestamp": None}, "spec": spec, "status": status})
+            status = {
+                "authenticated": True,
+                "audiences": audiences or list(bound.audiences),
+                "user": {
+                    "username": f"system:serviceaccount:{ns}:{bound.service_account}",
+                    "uid": bound.sa_uid,
+                    "groups": ["system:serviceaccounts", f"system:serviceaccounts:{ns}", "system:authenticated"],
+                    "extra": {
+                        "authentication.kubernetes.io/pod-name": [bound.pod],
+                        "authentication.kubernetes.io/pod-uid": [bound.pod_uid],
+                        "authentication.kubernetes.io/credential-id": [f"JTI={bound.jti}"],
+                    },
+                },
+            }
+        self._send_json(
+            201,
+            {
+                "kind": "TokenReview",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"creationTimestamp": None},
+                "spec": spec,
+                "status": status,
+            },
+        )
 
     # --- routing ------------------------------------------------------------------------------
     def _route(self, parts: list[str]) -> tuple[str, str | None, list[str]] | None:
@@ -342,8 +368,11 @@ class _Handler(BaseHTTPRequestHandler):
         route = self._route([p for p in url.path.split("/") if p])
         body = self._body()
         if route is None or route[2] or body is None:
-            self._status(404 if route is None else 400, "NotFound" if route is None else "BadRequest",
-                         f"cannot create at {url.path}")
+            self._status(
+                404 if route is None else 400,
+                "NotFound" if route is None else "BadRequest",
+                f"cannot create at {url.path}",
+            )
             return
         resource, namespace, _ = route
         meta = body.setdefault("metadata", {})
@@ -461,18 +490,32 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send_json(200, body)
 
-    def _list(self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]],
-              q: Mapping[str, str], labels: list[tuple[str, str | None, bool]] | None = None) -> None:
+    def _list(
+        self,
+        resource: str,
+        namespace: str | None,
+        sel: list[tuple[str, str, bool]],
+        q: Mapping[str, str],
+        labels: list[tuple[str, str | None, bool]] | None = None,
+    ) -> None:
         store = self.server.owner.store
         rv_param = q.get("resourceVersion", "")
         with store.cond:
-            if rv_param not in ("", "0") and q.get("resourceVersionMatch") == "Exact" and (
-                    not rv_param.isdigit() or int(rv_param) < store.compacted_rv):
+            if (
+                rv_param not in ("", "0")
+                and q.get("resourceVersionMatch") == "Exact"
+                and (not rv_param.isdigit() or int(rv_param) < store.compacted_rv)
+            ):
                 self._status(410, "Expired", f"too old resource version: {rv_param} ({store.rv})")
                 return
-            items = sorted((copy.deepcopy(o) for o in store.objects[resource].values()
-                            if _matches(o, sel, namespace) and _labels_match(o, labels or [])),
-                           key=lambda o: store.key(resource, o))
+            items = sorted(
+                (
+                    copy.deepcopy(o)
+                    for o in store.objects[resource].values()
+                    if _matches(o, sel, namespace) and _labels_match(o, labels or [])
+                ),
+                key=lambda o: store.key(resource, o),
+            )
             rv = store.rv
         cont = q.get("continue", "")
         start = 0
@@ -494,11 +537,13 @@ class _Handler(BaseHTTPRequestHandler):
             meta["continue"] = f"{rv}:{start + limit}"
             meta["remainingItemCount"] = len(items) - start - limit
         kind = RESOURCES[resource][0]
-        self._send_json(200, {"kind": f"{kind}List", "apiVersion": api_version(resource), "metadata": meta,
-                              "items": page})
+        self._send_json(
+            200, {"kind": f"{kind}List", "apiVersion": api_version(resource), "metadata": meta, "items": page}
+        )
 
-    def _watch(self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]],
-               q: Mapping[str, str]) -> None:
+    def _watch(
+        self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]], q: Mapping[str, str]
+    ) -> None:
         srv = self.server
         store = srv.owner.store
         bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
@@ -514,16 +559,21 @@ class _Handler(BaseHTTPRequestHandler):
             with store.cond:
                 initial: list[JsonObj] = []
                 if rv_param in ("", "0"):
-                    initial = [copy.deepcopy(o) for o in store.objects[resource].values()
-                               if _matches(o, sel, namespace)]
+                    initial = [
+                        copy.deepcopy(o) for o in store.objects[resource].values() if _matches(o, sel, namespace)
+                    ]
                     last = store.rv
                 elif not rv_param.isdigit() or int(rv_param) < store.compacted_rv:
                     last = -1
                 else:
                     last = int(rv_param)
             if last < 0:
-                self._chunk({"type": "ERROR", "object": status_object(
-                    410, "Expired", f"too old resource version: {rv_param} ({store.rv})")})
+                self._chunk(
+                    {
+                        "type": "ERROR",
+                        "object": status_object(410, "Expired", f"too old resource version: {rv_param} ({store.rv})"),
+                    }
+                )
                 self._end_chunks()
                 return
             for o in initial:
@@ -533,8 +583,14 @@ class _Handler(BaseHTTPRequestHandler):
                 with store.cond:
                     if last < store.compacted_rv:
                         # history compacted under a live watch: kube-apiserver ends it with 410
-                        out: list[JsonObj] = [{"type": "ERROR", "object": status_object(
-                            410, "Expired", f"too old resource version: {last} ({store.rv})")}]
+                        out: list[JsonObj] = [
+                            {
+                                "type": "ERROR",
+                                "object": status_object(
+                                    410, "Expired", f"too old resource version: {last} ({store.rv})"
+                                ),
+                            }
+                        ]
                         last = store.rv
                         gone = True
                     else:
@@ -561,10 +617,19 @@ class _Handler(BaseHTTPRequestHandler):
                 if gone:
                     break
                 if bookmarks and time.monotonic() >= next_bookmark:
-                    self._chunk({"type": "BOOKMARK", "object": {
-                        "kind": kind, "apiVersion": "v1",
-                        "metadata": {"resourceVersion": str(last),
-                                     "annotations": {"k8s.io/initial-events-end": "true"}}}})
+                    self._chunk(
+                        {
+                            "type": "BOOKMARK",
+                            "object": {
+                                "kind": kind,
+                                "apiVersion": "v1",
+                                "metadata": {
+                                    "resourceVersion": str(last),
+                                    "annotations": {"k8s.io/initial-events-end": "true"},
+                                },
+                            },
+                        }
+                    )
                     next_bookmark = time.monotonic() + srv.owner.bookmark_interval
             if not srv.stopping.is_set():
                 self._end_chunks()
@@ -579,8 +644,15 @@ class _Handler(BaseHTTPRequestHandler):
 
 def status_object(code: int, reason: str, message: str) -> JsonObj:
     """A `meta/v1 Status` as kube-apiserver returns it for errors."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
-            "message": message, "reason": reason, "code": code}
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 @dataclass(frozen=True)
@@ -629,8 +701,9 @@ class FakeApiServer:
         srv = _HttpServer((self.host, self.port), self)
         self.port = srv.server_address[1]
         self._srv = srv
-        self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"fakeapi-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=srv.serve_forever, kwargs={"poll_interval": 0.05}, name=f"fakeapi-{self.port}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -672,18 +745,25 @@ class FakeApiServer:
         """Write a kubeconfig (JSON is YAML) pointing at this server; returns the path."""
         path = Path(path)
         cfg = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake",
-                                                     "namespace": namespace}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
         }
         path.write_text(json.dumps(cfg, indent=1))
         return path
 
     # --- ServiceAccount tokens -------------------------------------------------------------
-    def issue_token(self, namespace: str, service_account: str, pod: str, pod_uid: str = "",
-                    audiences: Iterable[str] = ("tcpscope-collector",)) -> str:
+    def issue_token(
+        self,
+        namespace: str,
+        service_account: str,
+        pod: str,
+        pod_uid: str = "",
+        audiences: Iterable[str] = ("tcpscope-collector",),
+    ) -> str:
         """A projected token for `pod` (its uid from the stored pod unless given), as the kubelet
         would mount it. Looks like a JWT; only this server can review it."""
         if not pod_uid:
@@ -691,9 +771,15 @@ class FakeApiServer:
             pod_uid = str((stored or {}).get("metadata", {}).get("uid", "")) or str(uuid.uuid4())
         token = "eyJhbGciOiJSUzI1NiJ9." + secrets.token_urlsafe(48) + "." + secrets.token_urlsafe(32)
         with self.lock:
-            self.tokens[token] = BoundToken(namespace, service_account, pod, pod_uid, tuple(audiences),
-                                            str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_account}")),
-                                            str(uuid.uuid4()))
+            self.tokens[token] = BoundToken(
+                namespace,
+                service_account,
+                pod,
+                pod_uid,
+                tuple(audiences),
+                str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_account}")),
+                str(uuid.uuid4()),
+            )
         return token
 
     def revoke_token(self, token: str) -> None:
@@ -740,30 +826,43 @@ def _resource_of(obj: Mapping[str, Any]) -> str:
 
 # --- object builders -------------------------------------------------------------------------
 
+
 def container_id() -> str:
     """A random 64-hex runtime container id."""
     return secrets.token_hex(32)
 
 
-def make_pod(name: str, namespace: str = "default", node: str = "node-1", *,
-             uid: str | None = None, ips: Iterable[str] = (),
-             containers: Mapping[str, str] | None = None,
-             init_containers: Mapping[str, str] | None = None,
-             ephemeral_containers: Mapping[str, str] | None = None,
-             labels: Mapping[str, str] | None = None,
-             owner: tuple[str, str] | None = None,
-             host_network: bool = False, host_ip: str = "", phase: str = "Running",
-             runtime: str = "containerd") -> JsonObj:
+def make_pod(
+    name: str,
+    namespace: str = "default",
+    node: str = "node-1",
+    *,
+    uid: str | None = None,
+    ips: Iterable[str] = (),
+    containers: Mapping[str, str] | None = None,
+    init_containers: Mapping[str, str] | None = None,
+    ephemeral_containers: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
+    owner: tuple[str, str] | None = None,
+    host_network: bool = False,
+    host_ip: str = "",
+    phase: str = "Running",
+    runtime: str = "containerd",
+) -> JsonObj:
     """A Pod as kube-apiserver returns it; containers map name -> 64-hex id ('' = not started yet)."""
     containers = {"app": container_id()} if containers is None else containers
 
     def statuses(m: Mapping[str, str] | None) -> list[JsonObj]:
         out = []
         for cname, cid in (m or {}).items():
-            st: JsonObj = {"name": cname, "image": f"registry.example/{cname}:1",
-                           "imageID": f"registry.example/{cname}@sha256:{'0' * 64}" if cid else "",
-                           "ready": bool(cid),
-                           "restartCount": 0, "started": bool(cid)}
+            st: JsonObj = {
+                "name": cname,
+                "image": f"registry.example/{cname}:1",
+                "imageID": f"registry.example/{cname}@sha256:{'0' * 64}" if cid else "",
+                "ready": bool(cid),
+                "restartCount": 0,
+                "started": bool(cid),
+            }
             if cid:
                 st["containerID"] = f"{runtime}://{cid}"
                 st["state"] = {"running": {"startedAt": now_rfc3339()}}
@@ -773,14 +872,30 @@ def make_pod(name: str, namespace: str = "default", node: str = "node-1", *,
         return out
 
     ip_list = list(ips)
-    meta: JsonObj = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
-                     "labels": dict(labels or {}), "creationTimestamp": now_rfc3339()}
+    meta: JsonObj = {
+        "name": name,
+        "namespace": namespace,
+        "uid": uid or str(uuid.uuid4()),
+        "labels": dict(labels or {}),
+        "creationTimestamp": now_rfc3339(),
+    }
     if owner:
-        meta["ownerReferences"] = [{"apiVersion": "batch/v1" if owner[0] in ("Job", "CronJob") else "apps/v1",
-                                    "kind": owner[0], "name": owner[1], "uid": str(uuid.uuid4()),
-                                    "controller": True, "blockOwnerDeletion": True}]
-    status: JsonObj = {"phase": phase, "hostIP": host_ip, "startTime": now_rfc3339(),
-                       "containerStatuses": statuses(containers)}
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": "batch/v1" if owner[0] in ("Job", "CronJob") else "apps/v1",
+                "kind": owner[0],
+                "name": owner[1],
+                "uid": str(uuid.uuid4()),
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+    status: JsonObj = {
+        "phase": phase,
+        "hostIP": host_ip,
+        "startTime": now_rfc3339(),
+        "containerStatuses": statuses(containers),
+    }
     if host_ip:
         status["hostIPs"] = [{"ip": host_ip}]
     if ip_list:
@@ -790,35 +905,50 @@ def make_pod(name: str, namespace: str = "default", node: str = "node-1", *,
         status["initContainerStatuses"] = statuses(init_containers)
     if ephemeral_containers:
         status["ephemeralContainerStatuses"] = statuses(ephemeral_containers)
-    spec: JsonObj = {"nodeName": node, "hostNetwork": host_network,
-                     "containers": [{"name": c, "image": f"registry.example/{c}:1"} for c in containers]}
+    spec: JsonObj = {
+        "nodeName": node,
+        "hostNetwork": host_network,
+        "containers": [{"name": c, "image": f"registry.example/{c}:1"} for c in containers],
+    }
     if init_containers:
         spec["initContainers"] = [{"name": c, "image": f"registry.example/{c}:1"} for c in init_containers]
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": spec, "status": status}
 
 
-def make_service(name: str, namespace: str = "default", cluster_ips: Iterable[str] = (),
-                 ports: Iterable[int] = (80,), selector: Mapping[str, str] | None = None) -> JsonObj:
+def make_service(
+    name: str,
+    namespace: str = "default",
+    cluster_ips: Iterable[str] = (),
+    ports: Iterable[int] = (80,),
+    selector: Mapping[str, str] | None = None,
+) -> JsonObj:
     ips = list(cluster_ips)
-    spec: JsonObj = {"type": "ClusterIP", "selector": dict(selector or {}),
-                     "ports": [{"port": p, "protocol": "TCP", "targetPort": p} for p in ports]}
+    spec: JsonObj = {
+        "type": "ClusterIP",
+        "selector": dict(selector or {}),
+        "ports": [{"port": p, "protocol": "TCP", "targetPort": p} for p in ports],
+    }
     if ips:
         spec["clusterIP"] = ips[0]
         spec["clusterIPs"] = ips
-    return {"kind": "Service", "apiVersion": "v1",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return {"kind": "Service", "apiVersion": "v1", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
-def make_node(name: str, internal_ips: Iterable[str] = (), external_ips: Iterable[str] = (),
-              pod_cidrs: Iterable[str] = ()) -> JsonObj:
+def make_node(
+    name: str, internal_ips: Iterable[str] = (), external_ips: Iterable[str] = (), pod_cidrs: Iterable[str] = ()
+) -> JsonObj:
     addrs = [{"type": "Hostname", "address": name}]
     addrs += [{"type": "InternalIP", "address": a} for a in internal_ips]
     addrs += [{"type": "ExternalIP", "address": a} for a in external_ips]
     cidrs = list(pod_cidrs)
     spec: JsonObj = {"podCIDRs": cidrs} if cidrs else {}
-    return {"kind": "Node", "apiVersion": "v1",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-            "spec": spec, "status": {"addresses": addrs}}
+    return {
+        "kind": "Node",
+        "apiVersion": "v1",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        "spec": spec,
+        "status": {"addresses": addrs},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

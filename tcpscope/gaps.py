@@ -58,10 +58,16 @@ class Gaps:
         events_in_topic = sum(self._batch_events[(w.previous_agent_id, s)] for s in w.unacked_sequences)
         f, t = w.from_time.ToNanoseconds(), w.to_time.ToNanoseconds()
         return {
-            "node": w.node, "previous_agent_id": w.previous_agent_id, "agent_id": w.agent_id,
-            "cause": w.cause, "from": rfc3339(f), "to": rfc3339(t), "seconds": round(max(0, t - f) / 1e9, 3),
+            "node": w.node,
+            "previous_agent_id": w.previous_agent_id,
+            "agent_id": w.agent_id,
+            "cause": w.cause,
+            "from": rfc3339(f),
+            "to": rfc3339(t),
+            "seconds": round(max(0, t - f) / 1e9, 3),
             "last_alive": rfc3339(w.last_alive_time.ToNanoseconds()),
-            "unacked_batches": w.unacked_batches, "unacked_events": w.unacked_events,
+            "unacked_batches": w.unacked_batches,
+            "unacked_events": w.unacked_events,
             "unacked_sequences": list(w.unacked_sequences),
             # of those, what reached the topic anyway (an ack lost) and what is definitely missing
             "unacked_batches_in_topic": len(in_topic),
@@ -78,17 +84,24 @@ class Gaps:
             out.append(
                 f"# UNOBSERVED node {g['node']} from {g['from']} to {g['to']} ({g['seconds']}s, {g['cause']}; "
                 f"agent {g['previous_agent_id']} -> {g['agent_id']}): {g['missing_events']} events known "
-                f"missing" + (" and more that nobody could count (kernel buffer, open batch, time with no agent)"
-                              if g["uncounted"] else ""))
+                f"missing"
+                + (
+                    " and more that nobody could count (kernel buffer, open batch, time with no agent)"
+                    if g["uncounted"]
+                    else ""
+                )
+            )
         return out
 
 
 def unobserved_line(w: UnobservedWindow) -> str:
     """One line for a live reader, which cannot yet tell which unacked batches reached the topic."""
     f, t = w.from_time.ToNanoseconds(), w.to_time.ToNanoseconds()
-    return (f"# UNOBSERVED node {w.node} from {rfc3339(f)} to {rfc3339(t)} ({max(0, t - f) / 1e9:.3f}s, {w.cause}; "
-            f"agent {w.previous_agent_id} -> {w.agent_id}): up to {w.unacked_events} events in "
-            f"{w.unacked_batches} unacked batches" + (" and more that nobody could count" if w.uncounted else ""))
+    return (
+        f"# UNOBSERVED node {w.node} from {rfc3339(f)} to {rfc3339(t)} ({max(0, t - f) / 1e9:.3f}s, {w.cause}; "
+        f"agent {w.previous_agent_id} -> {w.agent_id}): up to {w.unacked_events} events in "
+        f"{w.unacked_batches} unacked batches" + (" and more that nobody could count" if w.uncounted else "")
+    )
 
 
 @dataclass
@@ -101,13 +114,21 @@ class Conflicts:
     def add(self, d: Decoded) -> None:
         self.count += 1
         if len(self.examples) < MAX_CONFLICT_EXAMPLES:
-            self.examples.append({"agent_id": d.agent_id, "sequence": d.sequence,
-                                  "index": d.index if d.kind == RECORD_EVENT else -1, "kind": d.kind})
+            self.examples.append(
+                {
+                    "agent_id": d.agent_id,
+                    "sequence": d.sequence,
+                    "index": d.index if d.kind == RECORD_EVENT else -1,
+                    "kind": d.kind,
+                }
+            )
 
     def line(self) -> str:
         if not self.count:
             return ""
         first = self.examples[0]
-        return (f"# CONFLICT: {self.count} records reuse the dedup key of a different record (two producers "
-                f"under one agent id, e.g. {first['agent_id']} batch {first['sequence']}): all kept, none "
-                f"dropped as a duplicate")
+        return (
+            f"# CONFLICT: {self.count} records reuse the dedup key of a different record (two producers "
+            f"under one agent id, e.g. {first['agent_id']} batch {first['sequence']}): all kept, none "
+            f"dropped as a duplicate"
+        )

@@ -143,8 +143,9 @@ def lost_total(batch: EventBatch) -> int:
     return batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
 
 
-def batch_records(batch: EventBatch, value_format: str = "protobuf", layout: str = LAYOUT_EVENT,
-                  partitions: int = 0) -> list[Record]:
+def batch_records(
+    batch: EventBatch, value_format: str = "protobuf", layout: str = LAYOUT_EVENT, partitions: int = 0
+) -> list[Record]:
     """Every record for one batch: its events in order (one record each, or packed per partition),
     then its summary record last. With `partitions` > 0 every event-carrying record gets the
     partition its key hashes to; the packed layout needs it."""
@@ -162,28 +163,65 @@ def batch_records(batch: EventBatch, value_format: str = "protobuf", layout: str
     seq = str(batch.sequence).encode()
     out: list[Record] = []
     if layout == LAYOUT_PACKED:
-        out.extend(_packed_records(batch, as_json, partitions, [
-            (H_SCHEMA, SCHEMA_BATCH.encode()), (H_SCHEMA_VERSION, version), (H_RECORD, RECORD_PACKED.encode()),
-            (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq)]))
+        out.extend(
+            _packed_records(
+                batch,
+                as_json,
+                partitions,
+                [
+                    (H_SCHEMA, SCHEMA_BATCH.encode()),
+                    (H_SCHEMA_VERSION, version),
+                    (H_RECORD, RECORD_PACKED.encode()),
+                    (H_CONTENT_TYPE, ct),
+                    (H_AGENT_ID, agent),
+                    (H_NODE, node),
+                    (H_BATCH_SEQ, seq),
+                ],
+            )
+        )
     else:
         common: Headers = [
-            (H_SCHEMA, SCHEMA_EVENT.encode()), (H_SCHEMA_VERSION, version), (H_RECORD, RECORD_EVENT.encode()),
-            (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq)]
+            (H_SCHEMA, SCHEMA_EVENT.encode()),
+            (H_SCHEMA_VERSION, version),
+            (H_RECORD, RECORD_EVENT.encode()),
+            (H_CONTENT_TYPE, ct),
+            (H_AGENT_ID, agent),
+            (H_NODE, node),
+            (H_BATCH_SEQ, seq),
+        ]
         for i, ev in enumerate(batch.events):
             value = to_json(ev).encode() if as_json else ev.SerializeToString()
             key = connection_key(ev)
-            out.append(Record(key, value, [*common, (H_BATCH_INDEX, str(i).encode())],
-                              partition_for(key, partitions) if partitions > 0 else None))
+            out.append(
+                Record(
+                    key,
+                    value,
+                    [*common, (H_BATCH_INDEX, str(i).encode())],
+                    partition_for(key, partitions) if partitions > 0 else None,
+                )
+            )
     summary = EventBatch()
     summary.CopyFrom(batch)
     summary.ClearField("events")
     value = to_json(summary).encode() if as_json else summary.SerializeToString()
-    out.append(Record(agent, value, [
-        (H_SCHEMA, SCHEMA_BATCH.encode()), (H_SCHEMA_VERSION, version), (H_RECORD, RECORD_SUMMARY.encode()),
-        (H_CONTENT_TYPE, ct), (H_AGENT_ID, agent), (H_NODE, node), (H_BATCH_SEQ, seq),
-        (H_BATCH_EVENTS, str(len(batch.events)).encode()), (H_LOST_TOTAL, str(lost_total(batch)).encode()),
-        *([(H_UNOBSERVED, str(len(batch.unobserved)).encode())] if batch.unobserved else []),
-    ]))
+    out.append(
+        Record(
+            agent,
+            value,
+            [
+                (H_SCHEMA, SCHEMA_BATCH.encode()),
+                (H_SCHEMA_VERSION, version),
+                (H_RECORD, RECORD_SUMMARY.encode()),
+                (H_CONTENT_TYPE, ct),
+                (H_AGENT_ID, agent),
+                (H_NODE, node),
+                (H_BATCH_SEQ, seq),
+                (H_BATCH_EVENTS, str(len(batch.events)).encode()),
+                (H_LOST_TOTAL, str(lost_total(batch)).encode()),
+                *([(H_UNOBSERVED, str(len(batch.unobserved)).encode())] if batch.unobserved else []),
+            ],
+        )
+    )
     return out
 
 
@@ -201,8 +239,9 @@ def _packed_records(batch: EventBatch, as_json: bool, partitions: int, common: H
     out: list[Record] = []
     events = batch.events
     for p, (key, idx) in groups.items():
-        packed = EventBatch(schema_version=batch.schema_version, node=batch.node, agent_id=batch.agent_id,
-                            sequence=batch.sequence)
+        packed = EventBatch(
+            schema_version=batch.schema_version, node=batch.node, agent_id=batch.agent_id, sequence=batch.sequence
+        )
         if batch.HasField("sent_time"):
             packed.sent_time.CopyFrom(batch.sent_time)
         packed.events.extend(events[i] for i in idx)
@@ -292,9 +331,22 @@ def fingerprint(d: Decoded) -> int:
         ev = d.event
         kind = ev.WhichOneof("kind")
         body = getattr(ev, kind).SerializeToString(deterministic=True) if kind else b""
-        return hash((ev.time.seconds, ev.time.nanos, ev.node, ev.socket_id, ev.local.SerializeToString(
-            deterministic=True), ev.remote.ip, ev.remote.port, ev.process.pid, ev.process.comm,
-            ev.process.cgroup_id, kind, body))
+        return hash(
+            (
+                ev.time.seconds,
+                ev.time.nanos,
+                ev.node,
+                ev.socket_id,
+                ev.local.SerializeToString(deterministic=True),
+                ev.remote.ip,
+                ev.remote.port,
+                ev.process.pid,
+                ev.process.comm,
+                ev.process.cgroup_id,
+                kind,
+                body,
+            )
+        )
     if d.summary is not None:
         return hash(d.summary.SerializeToString(deterministic=True))
     return 0

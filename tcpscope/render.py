@@ -18,10 +18,20 @@ from google.protobuf.message import Message
 
 from tcpscope.v1.events_pb2 import Direction, Ending, Role, TcpEvent, TcpState
 
-_TYPE_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
-               FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
-_TYPE_INT32 = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_SINT32,
-               FieldDescriptor.TYPE_FIXED32, FieldDescriptor.TYPE_SFIXED32}
+_TYPE_INT64 = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+_TYPE_INT32 = {
+    FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_UINT32,
+    FieldDescriptor.TYPE_SINT32,
+    FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_SFIXED32,
+}
 _TIMESTAMP = "google.protobuf.Timestamp"
 
 
@@ -68,9 +78,11 @@ def _message(msg: Message) -> str:
         key = '"' + fd.name + '": '
         if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
             vfd = fd.message_type.fields_by_name["value"]
-            items = [f"{encode_basestring_ascii(str(k))}: "
-                     + (_message(value[k]) if vfd.message_type is not None else _scalar(vfd, value[k]))
-                     for k in value]
+            items = [
+                f"{encode_basestring_ascii(str(k))}: "
+                + (_message(value[k]) if vfd.message_type is not None else _scalar(vfd, value[k]))
+                for k in value
+            ]
             parts.append(key + "{" + ", ".join(items) + "}")
         elif fd.is_repeated:
             if fd.message_type is not None:
@@ -99,23 +111,66 @@ _ENDING_NAMES = _enum_names(_LCD, "ending")
 # The hand-written paths below know exactly these fields; if the schema grows (fields are only
 # ever appended), the generic path takes over until they are taught the new ones.
 _KNOWN = {
-    "TcpEvent": ["time", "node", "socket_id", "local", "remote", "process", "lifecycle", "state_change",
-                 "retransmit", "synack_retransmit", "reset", "socket_error", "probe", "flow"],
-    "Endpoint": ["ip", "port", "kind", "namespace", "name", "uid", "labels", "container", "container_id",
-                 "workload", "node"],
+    "TcpEvent": [
+        "time",
+        "node",
+        "socket_id",
+        "local",
+        "remote",
+        "process",
+        "lifecycle",
+        "state_change",
+        "retransmit",
+        "synack_retransmit",
+        "reset",
+        "socket_error",
+        "probe",
+        "flow",
+    ],
+    "Endpoint": [
+        "ip",
+        "port",
+        "kind",
+        "namespace",
+        "name",
+        "uid",
+        "labels",
+        "container",
+        "container_id",
+        "workload",
+        "node",
+    ],
     "Process": ["pid", "comm", "cgroup_id", "cgroup_path"],
-    "Lifecycle": ["role", "duration_ns", "tx_bytes", "rx_bytes", "ending", "errno", "errno_name", "last_state",
-                  "retransmits", "reset_reason", "reset_reason_name"],
+    "Lifecycle": [
+        "role",
+        "duration_ns",
+        "tx_bytes",
+        "rx_bytes",
+        "ending",
+        "errno",
+        "errno_name",
+        "last_state",
+        "retransmits",
+        "reset_reason",
+        "reset_reason_name",
+    ],
     "StateChange": ["old_state", "new_state", "time_in_old_state_ns"],
 }
+
+
 def _fields_known(d: Any) -> bool:
     return d is not None and [f.name for f in sorted(d.fields, key=lambda f: f.number)] == _KNOWN.get(d.name)
 
 
 _FAST = all(
     _fields_known(d)
-    for d in (TcpEvent.DESCRIPTOR, _EP, TcpEvent.DESCRIPTOR.fields_by_name["process"].message_type, _LCD,
-              TcpEvent.DESCRIPTOR.fields_by_name["state_change"].message_type)
+    for d in (
+        TcpEvent.DESCRIPTOR,
+        _EP,
+        TcpEvent.DESCRIPTOR.fields_by_name["process"].message_type,
+        _LCD,
+        TcpEvent.DESCRIPTOR.fields_by_name["state_change"].message_type,
+    )
 )
 
 
@@ -139,8 +194,7 @@ def _endpoint(ep: Any) -> str:
     if ep.uid:
         p.append('"uid": ' + encode_basestring_ascii(ep.uid))
     if ep.labels:
-        items = ", ".join(f"{encode_basestring_ascii(k)}: {encode_basestring_ascii(ep.labels[k])}"
-                          for k in ep.labels)
+        items = ", ".join(f"{encode_basestring_ascii(k)}: {encode_basestring_ascii(ep.labels[k])}" for k in ep.labels)
         p.append('"labels": {' + items + "}")
     if ep.container:
         p.append('"container": ' + encode_basestring_ascii(ep.container))
@@ -254,8 +308,10 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     kind = ev.WhichOneof("kind")
     if kind == "lifecycle":
         lc = ev.lifecycle
-        d = (f"role={_ROLE.get(lc.role, lc.role)} tx={lc.tx_bytes} rx={lc.rx_bytes} "
-             f"ms={lc.duration_ns / 1e6:.3f} end={_ENDING.get(lc.ending, lc.ending)}")
+        d = (
+            f"role={_ROLE.get(lc.role, lc.role)} tx={lc.tx_bytes} rx={lc.rx_bytes} "
+            f"ms={lc.duration_ns / 1e6:.3f} end={_ENDING.get(lc.ending, lc.ending)}"
+        )
         if lc.errno:
             d += f" errno={lc.errno_name or lc.errno}"
         if lc.reset_reason_name:
@@ -265,8 +321,10 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
         return "LIFECYCLE", d
     if kind == "state_change":
         sc = ev.state_change
-        return "STATE", (f"{_STATE.get(sc.old_state, sc.old_state)} -> {_STATE.get(sc.new_state, sc.new_state)}"
-                         f" ms={sc.time_in_old_state_ns / 1e6:.3f}")
+        return "STATE", (
+            f"{_STATE.get(sc.old_state, sc.old_state)} -> {_STATE.get(sc.new_state, sc.new_state)}"
+            f" ms={sc.time_in_old_state_ns / 1e6:.3f}"
+        )
     if kind == "retransmit":
         return "RETRANS", f"state={_STATE.get(ev.retransmit.state, ev.retransmit.state)}"
     if kind == "synack_retransmit":
@@ -286,9 +344,11 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     if kind == "flow":
         fl = ev.flow
         p50, p99 = duration_quantile_us(fl, 0.5), duration_quantile_us(fl, 0.99)
-        return "FLOW", (f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections} tx={fl.tx_bytes} "
-                        f"rx={fl.rx_bytes} p50_ms<={p50 / 1e3:.3f} p99_ms<={p99 / 1e3:.3f} "
-                        f"s={fl.interval_ns / 1e9:.1f}")
+        return "FLOW", (
+            f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections} tx={fl.tx_bytes} "
+            f"rx={fl.rx_bytes} p50_ms<={p50 / 1e3:.3f} p99_ms<={p99 / 1e3:.3f} "
+            f"s={fl.interval_ns / 1e9:.1f}"
+        )
     return "?", ""
 
 
@@ -312,5 +372,7 @@ def table_line(ev: TcpEvent) -> str:
     t = ev.time
     clock = time.strftime("%H:%M:%S", time.localtime(t.seconds)) + f".{t.nanos // 1_000_000:03d}"
     event, details = _details(ev)
-    return (f"{clock:<12} {ev.process.pid:>7} {ev.process.comm or '-':<15} {endpoint_text(ev.local):<30} "
-            f"{endpoint_text(ev.remote):<30} {event:<11} {details}").rstrip()
+    return (
+        f"{clock:<12} {ev.process.pid:>7} {ev.process.comm or '-':<15} {endpoint_text(ev.local):<30} "
+        f"{endpoint_text(ev.remote):<30} {event:<11} {details}"
+    ).rstrip()

@@ -57,11 +57,22 @@ peer's agent takes to ship its events (batch age, collector, Kafka)."""
 APP, PEER_KERNEL, NETWORK, UNKNOWN = "app", "peer_kernel", "network", "unknown"
 CAUSES: tuple[str, ...] = (APP, PEER_KERNEL, NETWORK, UNKNOWN)
 
-KERNEL_REASONS = frozenset({
-    "NO_SOCKET", "TCP_INVALID_ACK_SEQUENCE", "TCP_RFC7323_PAWS", "TCP_TOO_OLD_ACK", "TCP_ACK_UNSENT_DATA",
-    "TCP_FLAGS", "TCP_OLD_ACK", "TCP_TIMEWAIT_SOCKET", "INVALID_SYN", "TCP_ABORT_ON_MEMORY",
-    "TCP_KEEPALIVE_TIMEOUT", "ERROR",
-})
+KERNEL_REASONS = frozenset(
+    {
+        "NO_SOCKET",
+        "TCP_INVALID_ACK_SEQUENCE",
+        "TCP_RFC7323_PAWS",
+        "TCP_TOO_OLD_ACK",
+        "TCP_ACK_UNSENT_DATA",
+        "TCP_FLAGS",
+        "TCP_OLD_ACK",
+        "TCP_TIMEWAIT_SOCKET",
+        "INVALID_SYN",
+        "TCP_ABORT_ON_MEMORY",
+        "TCP_KEEPALIVE_TIMEOUT",
+        "ERROR",
+    }
+)
 """`enum sk_rst_reason` names (6.10+) for resets the kernel sends on its own: protocol violations,
 no socket, memory pressure, keepalive. The others (TCP_ABORT_ON_CLOSE, TCP_ABORT_ON_DATA,
 TCP_ABORT_ON_LINGER, TCP_STATE, TCP_DISCONNECT_WITH_DATA, NOT_SPECIFIED) follow from what the
@@ -182,23 +193,24 @@ class ResetJoin:
             if r.direction == SENT:
                 # no socket (a closed port): socket_id 0; a time-wait or request socket: by state
                 full = ev.socket_id != 0 and r.state not in (TIME_WAIT, NEW_SYN_RECV)
-                self._sends.setdefault((local, remote), []).append(
-                    _Send(ev.node, t, r.reason, r.reason_name, full))
+                self._sends.setdefault((local, remote), []).append(_Send(ev.node, t, r.reason, r.reason_name, full))
             elif r.direction == RECEIVED:
-                return self._receive(ReceivedReset(ev.node, ev.socket_id, local, remote, t, r.state,
-                                                   ev.remote.node))
+                return self._receive(ReceivedReset(ev.node, ev.socket_id, local, remote, t, r.state, ev.remote.node))
         elif kind == "lifecycle":
             lc = ev.lifecycle
             if remote[1] == 0:
                 return None  # a listener
             self._lives.setdefault((local, remote), []).append(
-                _Life(ev.node, ev.socket_id, t - lc.duration_ns, t, lc.ending))
+                _Life(ev.node, ev.socket_id, t - lc.duration_ns, t, lc.ending)
+            )
             if lc.ending == RESET_SENT:
                 self._sends.setdefault((local, remote), []).append(
-                    _Send(ev.node, t, lc.reset_reason, lc.reset_reason_name, True))
+                    _Send(ev.node, t, lc.reset_reason, lc.reset_reason_name, True)
+                )
             elif lc.ending == RESET_RECEIVED:
-                return self._receive(ReceivedReset(ev.node, ev.socket_id, local, remote, t, lc.last_state,
-                                                   ev.remote.node))
+                return self._receive(
+                    ReceivedReset(ev.node, ev.socket_id, local, remote, t, lc.last_state, ev.remote.node)
+                )
         return None
 
     def _receive(self, r: ReceivedReset) -> ReceivedReset:
@@ -255,8 +267,12 @@ class ResetJoin:
         for node in list(self._losses):
             self._losses[node] = [s for s in self._losses[node] if s.to_ns >= cutoff_ns]
         self._oldest_ns = max(self._oldest_ns, cutoff_ns)
-        self._entries = (sum(map(len, self._sends.values())) + sum(map(len, self._received.values()))
-                         + sum(map(len, self._lives.values())) + len(self._spans))
+        self._entries = (
+            sum(map(len, self._sends.values()))
+            + sum(map(len, self._received.values()))
+            + sum(map(len, self._lives.values()))
+            + len(self._spans)
+        )
 
     # --- the join -------------------------------------------------------------------------------
 
@@ -302,8 +318,11 @@ class ResetJoin:
             # the peer's socket was gone when this RST came: its kernel answered from no socket or
             # a time-wait one (invisible to a filtered agent) unless the peer's socket had itself
             # just received a RST that nobody sent (the network killed both directions)
-            if (life.ending == RESET_RECEIVED and r.time_ns - life.end_ns <= self.window_ns
-                    and self._nearest_send(r.local, r.remote, life.end_ns, r.node) is None):
+            if (
+                life.ending == RESET_RECEIVED
+                and r.time_ns - life.end_ns <= self.window_ns
+                and self._nearest_send(r.local, r.remote, life.end_ns, r.node) is None
+            ):
                 return Verdict(NETWORK, "both_ends", peer)
             return Verdict(PEER_KERNEL, "peer_closed", peer)
         return Verdict(NETWORK, "no_send_seen", peer)
@@ -311,15 +330,21 @@ class ResetJoin:
     def _nearest_send(self, src: Addr, dst: Addr, t: int, node: str) -> _Send | None:
         best: _Send | None = None
         for s in self._sends.get((src, dst), []):
-            if s.node == node and abs(s.time_ns - t) <= self.window_ns and (
-                    best is None or abs(s.time_ns - t) < abs(best.time_ns - t)):
+            if (
+                s.node == node
+                and abs(s.time_ns - t) <= self.window_ns
+                and (best is None or abs(s.time_ns - t) < abs(best.time_ns - t))
+            ):
                 best = s
         return best
 
     def _own_start(self, r: ReceivedReset) -> int | None:
         for life in self._lives.get((r.local, r.remote), []):
-            if life.node == r.node and life.socket_id == r.socket_id and \
-                    life.start_ns - self.window_ns <= r.time_ns <= life.end_ns + self.window_ns:
+            if (
+                life.node == r.node
+                and life.socket_id == r.socket_id
+                and life.start_ns - self.window_ns <= r.time_ns <= life.end_ns + self.window_ns
+            ):
                 return life.start_ns
         return None
 

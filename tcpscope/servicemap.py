@@ -19,8 +19,12 @@ ORANGE = "#ff7f0e"
 GREY = "#7f7f7f"
 
 _PROBLEMS: tuple[tuple[str, str], ...] = (
-    ("client_resets", "client resets"), ("server_resets", "server resets"), ("refused", "refused"),
-    ("timeouts", "timeouts"), ("failed", "failed"), ("retransmits", "with retransmits"),
+    ("client_resets", "client resets"),
+    ("server_resets", "server resets"),
+    ("refused", "refused"),
+    ("timeouts", "timeouts"),
+    ("failed", "failed"),
+    ("retransmits", "with retransmits"),
 )
 
 
@@ -58,10 +62,12 @@ def render_dot(rows: Sequence[PairSummary], title: str = "tcpscope service map")
     by_ns: dict[str, list[Party]] = {}
     for p in parties:
         by_ns.setdefault(p.namespace, []).append(p)
-    out = [f"digraph {_quote('tcpscope')} {{",
-           f"  label={_quote(title)}; labelloc=\"t\"; rankdir=\"LR\"; fontname=\"Helvetica\";",
-           '  node [shape="box", style="rounded,filled", fillcolor="#f4f6f8", fontname="Helvetica"];',
-           '  edge [fontname="Helvetica", fontsize="10"];']
+    out = [
+        f"digraph {_quote('tcpscope')} {{",
+        f'  label={_quote(title)}; labelloc="t"; rankdir="LR"; fontname="Helvetica";',
+        '  node [shape="box", style="rounded,filled", fillcolor="#f4f6f8", fontname="Helvetica"];',
+        '  edge [fontname="Helvetica", fontsize="10"];',
+    ]
     for i, (ns, members) in enumerate(sorted(by_ns.items())):
         indent = "  "
         if ns:

@@ -17,15 +17,34 @@ class ConfigError(ValueError):
     """A flag or environment variable has a value the process cannot use."""
 
 
-def setting(env: str, help: str, *, flag: bool = True, items: type = str, min: float | None = None,
-            max: float | None = None, choices: Sequence[str] = (), **kw: Any) -> Any:
+def setting(
+    env: str,
+    help: str,
+    *,
+    flag: bool = True,
+    items: type = str,
+    min: float | None = None,
+    max: float | None = None,
+    choices: Sequence[str] = (),
+    **kw: Any,
+) -> Any:
     """A config field documented with its environment variable and help text.
 
     flag=False: environment only (secrets); items: the type of a tuple field's comma-separated items;
     min/max: inclusive bounds of a number; choices: the allowed values of a string. `check()` enforces
     the bounds and choices, so every field states its own and no flag or variable slips through."""
-    return field(metadata={"env": env, "help": help, "flag": flag, "items": items, "min": min, "max": max,
-                           "choices": tuple(choices)}, **kw)
+    return field(
+        metadata={
+            "env": env,
+            "help": help,
+            "flag": flag,
+            "items": items,
+            "min": min,
+            "max": max,
+            "choices": tuple(choices),
+        },
+        **kw,
+    )
 
 
 def flag_name(f: Field[Any]) -> str:
@@ -112,8 +131,13 @@ def read_values(cls: type, ns: argparse.Namespace, env: Mapping[str, str]) -> di
     return values
 
 
-def load(cls: Callable[..., T], parser: argparse.ArgumentParser, argv: Sequence[str] | None,
-         env: Mapping[str, str], extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None) -> T:
+def load(
+    cls: Callable[..., T],
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    env: Mapping[str, str],
+    extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
+) -> T:
     """Parse flags, read values (flags over environment over defaults) and build the config; any
     ConfigError (a bad flag or environment value, a failed check) exits 2 with one line on stderr,
     `PROG: error: ...`, no usage block and no traceback."""
@@ -143,8 +167,9 @@ def fail(prog: str, msg: str, code: int = 2) -> NoReturn:
     raise SystemExit(code)
 
 
-def number(kind: Callable[[str], float], *, min: float | None = None, above: float | None = None
-           ) -> Callable[[str], float]:
+def number(
+    kind: Callable[[str], float], *, min: float | None = None, above: float | None = None
+) -> Callable[[str], float]:
     """An argparse `type=` for a finite number >= min (or > above): a bad value is argparse's usual
     one-line error instead of a silently accepted negative duration or window."""
 

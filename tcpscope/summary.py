@@ -76,7 +76,14 @@ ECONNREFUSED = 111
 ETIMEDOUT = 110
 
 COUNTERS: tuple[str, ...] = (
-    "connections", "client_resets", "server_resets", "network_resets", "refused", "timeouts", "retransmits", "failed",
+    "connections",
+    "client_resets",
+    "server_resets",
+    "network_resets",
+    "refused",
+    "timeouts",
+    "retransmits",
+    "failed",
 )
 SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
 MATCH_TOLERANCE_NS = 2_000_000_000
@@ -132,8 +139,9 @@ class PairSummary:
 
     @property
     def problems(self) -> int:
-        return (self.client_resets + self.server_resets + self.network_resets + self.refused + self.timeouts
-                + self.failed)
+        return (
+            self.client_resets + self.server_resets + self.network_resets + self.refused + self.timeouts + self.failed
+        )
 
     def to_json(self) -> dict[str, object]:
         out: dict[str, object] = {"client": self.client.to_json(), "server": self.server.to_json()}
@@ -166,14 +174,10 @@ class Summarizer:
 
     by: str = "pod"
     max_sockets: int = 1_000_000
-    _views: dict[tuple[str, int, str, int], tuple[list[_View], list[_View]]] = field(
-        default_factory=dict, init=False
-    )
+    _views: dict[tuple[str, int, str, int], tuple[list[_View], list[_View]]] = field(default_factory=dict, init=False)
     _held: int = field(default=0, init=False)
     # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
-    _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(
-        default_factory=dict, init=False
-    )
+    _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
     resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
     """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
     skipped: dict[str, int] = field(default_factory=dict, init=False)
@@ -251,8 +255,10 @@ class Summarizer:
     def reset_cause(self, cv: _View | None, sv: _View | None) -> resetcause.Verdict | None:
         """Who sent the RST that ended this connection: `network` if either end received one that
         nobody sent (that proves the network interfered), else the verdict on the earliest one."""
-        got = sorted((r for v in (cv, sv) if v is not None
-                      for r in (self.resets.received_by(v.event),) if r is not None), key=lambda r: r.time_ns)
+        got = sorted(
+            (r for v in (cv, sv) if v is not None for r in (self.resets.received_by(v.event),) if r is not None),
+            key=lambda r: r.time_ns,
+        )
         verdicts = [self.resets.classify(r) for r in got]
         return next((v for v in verdicts if v.cause == resetcause.NETWORK), verdicts[0] if verdicts else None)
 
@@ -270,8 +276,9 @@ class Summarizer:
             sflows[:] = [f for f in sflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
             if not cflows and not sflows:
                 del self._flows[fkey]
-        self._held = (sum(len(c) + len(s) for c, s in self._views.values())
-                      + sum(len(c) + len(s) for c, s in self._flows.values()))
+        self._held = sum(len(c) + len(s) for c, s in self._views.values()) + sum(
+            len(c) + len(s) for c, s in self._flows.values()
+        )
         self.resets.evict_before(cutoff_ns - self.resets.window_ns)
 
     def connections(self) -> list[tuple[_View | None, _View | None]]:
@@ -300,16 +307,24 @@ class Summarizer:
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
                 continue
-            client = self._party(cv.event.local if cv else None, sv.event.remote if sv else None,
-                                 cv.event.process.comm if cv else "")
-            server = self._party(sv.event.local if sv else None, cv.event.remote if cv else None,
-                                 sv.event.process.comm if sv else "", server=True)
+            client = self._party(
+                cv.event.local if cv else None, sv.event.remote if sv else None, cv.event.process.comm if cv else ""
+            )
+            server = self._party(
+                sv.event.local if sv else None,
+                cv.event.remote if cv else None,
+                sv.event.process.comm if sv else "",
+                server=True,
+            )
             if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
                 # a host's client to an address no agent named (a refused port, a socket older than
                 # the agent): still one row per server port, as for the servers it did name
                 server = dataclasses.replace(server, port=(cv or sv).server_end.port)  # type: ignore[union-attr]
-            absorbed = cv is None and sv is not None and (
-                sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
+            absorbed = (
+                cv is None
+                and sv is not None
+                and (sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
+            )
             _count(row_for(client, server), cv, sv, absorbed, self.reset_cause(cv, sv))
         for (_cip, _sip, port), (cflows, sflows) in self._flows.items():
             # the client's view when the client's agent saw the triple, else the server's
@@ -333,8 +348,7 @@ class Summarizer:
                 row.last_seen_ns = max(row.last_seen_ns, last)
         return list(rows.values())
 
-    def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "",
-               server: bool = False) -> Party:
+    def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "", server: bool = False) -> Party:
         """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
         agent saw it, else from the peer's agent (remote end, resolved by IP). An end no pod owns
         (a host without Kubernetes, a host-network process) whose own agent saw it is named by its
@@ -359,8 +373,9 @@ def is_duplicate_child(lc: Lifecycle) -> bool:
     children for one handshake (two ACKs of one request handled on two CPUs at once; the loser of
     inet_ehash_nolisten() is set to CLOSE and destroyed). Not a connection: counting it would add a
     second, server-only connection beside the real one (docs/resets.md)."""
-    return (lc.role == PASSIVE and lc.last_state == SYN_RECV and lc.ending == NORMAL and not lc.tx_bytes
-            and not lc.rx_bytes)
+    return (
+        lc.role == PASSIVE and lc.last_state == SYN_RECV and lc.ending == NORMAL and not lc.tx_bytes and not lc.rx_bytes
+    )
 
 
 def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | None, _View | None]]:
@@ -428,8 +443,13 @@ def reset_reason(lc: Lifecycle) -> str:
     return _reason(lc.reset_reason_name, lc.reset_reason)
 
 
-def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool = False,
-           cause: resetcause.Verdict | None = None) -> None:
+def _count(
+    row: PairSummary,
+    cv: _View | None,
+    sv: _View | None,
+    absorbed: bool = False,
+    cause: resetcause.Verdict | None = None,
+) -> None:
     """Add one connection to its row, deciding its outcome from the client's view if there is one.
     absorbed: a server's view whose client counted the connection in a flow (not counted again).
     cause: who sent the RST that ended it, if one did (resetcause)."""
@@ -473,8 +493,9 @@ def _count(row: PairSummary, cv: _View | None, sv: _View | None, absorbed: bool 
         row.retransmits += 1
 
 
-def select(rows: Sequence[PairSummary], namespace: str | None = None, pod: str | None = None,
-           sort: str = "problems") -> list[PairSummary]:
+def select(
+    rows: Sequence[PairSummary], namespace: str | None = None, pod: str | None = None, sort: str = "problems"
+) -> list[PairSummary]:
     """Filter rows to those with either end in namespace / named pod ("name" or "ns/name"), sorted
     descending by a counter (names and last_seen ascending/descending as natural)."""
     out = list(rows)
@@ -514,8 +535,14 @@ def render_json_lines(rows: Sequence[PairSummary]) -> str:
 
 
 _COLUMNS: tuple[tuple[str, str], ...] = (
-    ("CONNS", "connections"), ("C-RST", "client_resets"), ("S-RST", "server_resets"), ("N-RST", "network_resets"),
-    ("REFUSED", "refused"), ("TIMEOUT", "timeouts"), ("RETRANS", "retransmits"), ("FAILED", "failed"),
+    ("CONNS", "connections"),
+    ("C-RST", "client_resets"),
+    ("S-RST", "server_resets"),
+    ("N-RST", "network_resets"),
+    ("REFUSED", "refused"),
+    ("TIMEOUT", "timeouts"),
+    ("RETRANS", "retransmits"),
+    ("FAILED", "failed"),
 )
 
 
@@ -528,12 +555,19 @@ def render_table(rows: Sequence[PairSummary]) -> str:
         reasons += [f"server:{k}x{v}" for k, v in sorted(r.server_reset_reasons.items())]
         causes = [f"{c}/{d}x{n}" for c, ds in sorted(r.reset_causes.items()) for d, n in sorted(ds.items())]
         server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
-        body.append([r.client.label(), server, *(str(getattr(r, a)) for _, a in _COLUMNS),
-                     _rfc3339(r.first_seen_ns)[11:19], _rfc3339(r.last_seen_ns)[11:19], " ".join(reasons),
-                     " ".join(causes)])
+        body.append(
+            [
+                r.client.label(),
+                server,
+                *(str(getattr(r, a)) for _, a in _COLUMNS),
+                _rfc3339(r.first_seen_ns)[11:19],
+                _rfc3339(r.last_seen_ns)[11:19],
+                " ".join(reasons),
+                " ".join(causes),
+            ]
+        )
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-             for line in (head, *body)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
     return "\n".join(lines) + "\n"
 
 
@@ -552,15 +586,23 @@ class SummaryOptions:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The summary flags, added to tcpscope-tail's parser."""
     g = p.add_argument_group("summary (--summary)")
-    g.add_argument("--summary", action="store_true",
-                   help="print per-(client, server) counters instead of events: with --from-beginning "
-                        "and no --duration, of everything in the topic now, then exit; otherwise "
-                        "every --every seconds until --duration or Ctrl-C")
+    g.add_argument(
+        "--summary",
+        action="store_true",
+        help="print per-(client, server) counters instead of events: with --from-beginning "
+        "and no --duration, of everything in the topic now, then exit; otherwise "
+        "every --every seconds until --duration or Ctrl-C",
+    )
     g.add_argument("--by", choices=("pod", "workload"), default="pod", help="group ends by pod or workload")
-    g.add_argument("--window", type=number(float, above=0),
-                   help="only connections that ended in the last S seconds (> 0)")
-    g.add_argument("--sort", choices=SORT_KEYS, default="problems",
-                   help="sort by this counter, descending (client/server: by name)")
+    g.add_argument(
+        "--window", type=number(float, above=0), help="only connections that ended in the last S seconds (> 0)"
+    )
+    g.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default="problems",
+        help="sort by this counter, descending (client/server: by name)",
+    )
     g.add_argument("--every", type=number(float, above=0), default=10.0, help="seconds between live summaries")
 
 
@@ -609,38 +651,58 @@ class Report:
             for k, v in _lost_map(d.summary).items():
                 self.losses[k] = self.losses.get(k, 0) + v
 
-    def render(self, fmt: str, o: SummaryOptions, namespace: str | None = None, pod: str | None = None,
-               now_ns: int | None = None) -> str:
+    def render(
+        self,
+        fmt: str,
+        o: SummaryOptions,
+        namespace: str | None = None,
+        pod: str | None = None,
+        now_ns: int | None = None,
+    ) -> str:
         rows = select(self.summarizer.pairs(o.window_s, now_ns), namespace, pod, o.sort)
         if fmt == "dot":  # a Graphviz service map (tcpscope/servicemap.py)
             from tcpscope.servicemap import render_dot
 
             return render_dot(rows)
         if fmt == "json":
-            doc = {"by": self.summarizer.by, "window_s": o.window_s,
-                   "pairs": [r.to_json() for r in rows], "losses": dict(sorted(self.losses.items())),
-                   "batches": self.batches, "events": self.events, "duplicates": self.duplicates,
-                   "undecodable_records": self.undecodable,
-                   "skipped": dict(sorted(self.summarizer.skipped.items())),
-                   "gaps": self.gaps.json_list(), "conflicts": self.conflicts.count,
-                   "conflict_examples": self.conflicts.examples}
+            doc = {
+                "by": self.summarizer.by,
+                "window_s": o.window_s,
+                "pairs": [r.to_json() for r in rows],
+                "losses": dict(sorted(self.losses.items())),
+                "batches": self.batches,
+                "events": self.events,
+                "duplicates": self.duplicates,
+                "undecodable_records": self.undecodable,
+                "skipped": dict(sorted(self.summarizer.skipped.items())),
+                "gaps": self.gaps.json_list(),
+                "conflicts": self.conflicts.count,
+                "conflict_examples": self.conflicts.examples,
+            }
             return json.dumps(doc) + "\n"
         lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
         maybe = self.losses.get("kernel_skipped_runs", 0)
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
         complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
-        foot = (f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
-                + (complete if not lost else f"LOST {lost} events: {self.losses}")
-                + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
-                + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
-                + "\n" + "".join(line + "\n" for line in [*gap_lines, conflict] if line))
+        foot = (
+            f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
+            + (complete if not lost else f"LOST {lost} events: {self.losses}")
+            + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+            + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
+            + "\n"
+            + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
+        )
         return render_table(rows) + foot
 
 
 def _lost_map(batch: EventBatch) -> dict[str, int]:
-    out = {"kernel": batch.lost.kernel, "agent_buffer": batch.lost.agent_buffer,
-           "enrichment": batch.lost.enrichment, "kernel_skipped_runs": batch.lost.kernel_skipped_runs}
+    out = {
+        "kernel": batch.lost.kernel,
+        "agent_buffer": batch.lost.agent_buffer,
+        "enrichment": batch.lost.enrichment,
+        "kernel_skipped_runs": batch.lost.kernel_skipped_runs,
+    }
     out.update(batch.lost.by_reason)
     return out
 

@@ -111,11 +111,20 @@ def open_consumer(o: TailOptions) -> Any:
     from kafka import KafkaConsumer, TopicPartition
 
     # an unreachable broker is a one-line error within seconds, not a traceback after 30 s
-    kw: dict[str, Any] = {"bootstrap_servers": list(o.bootstrap), "enable_auto_commit": o.group is not None,
-                          "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS, **o.security.client_kwargs()}
+    kw: dict[str, Any] = {
+        "bootstrap_servers": list(o.bootstrap),
+        "enable_auto_commit": o.group is not None,
+        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+        **o.security.client_kwargs(),
+    }
     if o.group:
-        kw.update(group_id=o.group, auto_offset_reset="earliest" if o.from_beginning else "latest",
-                  max_poll_interval_ms=30_000, session_timeout_ms=10_000, heartbeat_interval_ms=2_000)
+        kw.update(
+            group_id=o.group,
+            auto_offset_reset="earliest" if o.from_beginning else "latest",
+            max_poll_interval_ms=30_000,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+        )
         c = KafkaConsumer(**kw)
         _partitions(c, o)  # a missing topic is an error here too, not a silent wait
         c.subscribe([o.topic])
@@ -184,10 +193,15 @@ def stop_offsets(c: Any, tps: list[Any], until_ns: int) -> dict[Any, int]:
 LIVE_DEDUP_WINDOW = 200_000
 
 
-def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], float] = time.monotonic,
-                 on_undecodable: Callable[[Any, Exception], None] | None = None,
-                 on_idle: Callable[[], None] | None = None, poll_ms: int = 500,
-                 done: Callable[[], bool] | None = None) -> Iterator[Decoded]:
+def read_decoded(
+    consumer: Any,
+    deadline: float | None,
+    clock: Callable[[], float] = time.monotonic,
+    on_undecodable: Callable[[Any, Exception], None] | None = None,
+    on_idle: Callable[[], None] | None = None,
+    poll_ms: int = 500,
+    done: Callable[[], bool] | None = None,
+) -> Iterator[Decoded]:
     """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
     records in partition order (Kafka orders only within a partition). Both record layouts: a packed
     record yields each of its events in order (kafka_layout.decode_records). A record that does not
@@ -211,8 +225,12 @@ def read_decoded(consumer: Any, deadline: float | None, clock: Callable[[], floa
             on_idle()
 
 
-def read_range(consumer: Any, o: TailOptions, wall_ns: Callable[[], int] = time.time_ns,
-               clock: Callable[[], float] = time.monotonic) -> tuple[float | None, Callable[[], bool] | None]:
+def read_range(
+    consumer: Any,
+    o: TailOptions,
+    wall_ns: Callable[[], int] = time.time_ns,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[float | None, Callable[[], bool] | None]:
     """(monotonic deadline, done check) for a run: --duration; --until in the future ends when the
     wall clock passes it (plus the slack for late batches, at most --duration); --until in the
     past ends once every partition is read up to its stop offset."""
@@ -248,8 +266,9 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     line, header = _renderer(o.format)
     # the live view (tcpscope/live.py): received resets wait (bounded) for the peer node's evidence
     # and print with their cause; every row is held o.reorder_window seconds to print in time order
-    view = live.LiveView(lambda ev, v: line(ev) if v is None else _with_cause(o.format, line(ev), v),
-                         keep=keep, hold=o.reorder_window)
+    view = live.LiveView(
+        lambda ev, v: line(ev) if v is None else _with_cause(o.format, line(ev), v), keep=keep, hold=o.reorder_window
+    )
 
     def show(lines: list[str]) -> None:
         for text in lines:
@@ -265,15 +284,23 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     def bad_record(r: Any, e: Exception) -> None:
         nonlocal undecodable
         undecodable += 1
-        err.write(f"# skipped a record that is not a tcpscope record (partition {getattr(r, 'partition', '?')}, "
-                  f"offset {getattr(r, 'offset', '?')}): {e}\n")
+        err.write(
+            f"# skipped a record that is not a tcpscope record (partition {getattr(r, 'partition', '?')}, "
+            f"offset {getattr(r, 'offset', '?')}): {e}\n"
+        )
         err.flush()
 
     if header:
         out.write(header + "\n")
     try:
-        for d in read_decoded(consumer, deadline, on_undecodable=bad_record, poll_ms=100,
-                              on_idle=lambda: show(view.tick(time.monotonic())), done=done):
+        for d in read_decoded(
+            consumer,
+            deadline,
+            on_undecodable=bad_record,
+            poll_ms=100,
+            on_idle=lambda: show(view.tick(time.monotonic())),
+            done=done,
+        ):
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
@@ -283,10 +310,12 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                 continue
             if seen == CONFLICT:  # two producers under one agent id: show both, say so
                 conflicts += 1
-                err.write(f"# CONFLICT: agent {d.agent_id} batch {d.sequence}"
-                          + (f" index {d.index}" if d.kind == RECORD_EVENT else " summary")
-                          + " seen before with different content (two producers under one agent id): "
-                            "both shown\n")
+                err.write(
+                    f"# CONFLICT: agent {d.agent_id} batch {d.sequence}"
+                    + (f" index {d.index}" if d.kind == RECORD_EVENT else " summary")
+                    + " seen before with different content (two producers under one agent id): "
+                    "both shown\n"
+                )
                 err.flush()
             if d.kind == RECORD_EVENT and d.event is not None:
                 show(view.add(d.event, time.monotonic()))
@@ -295,12 +324,18 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                 for w in d.summary.unobserved:
                     err.write(unobserved_line(w) + "\n")
                     err.flush()
-            if d.kind == RECORD_SUMMARY and d.summary is not None and (
-                    lost_total(d.summary) or d.summary.lost.kernel_skipped_runs):
+            if (
+                d.kind == RECORD_SUMMARY
+                and d.summary is not None
+                and (lost_total(d.summary) or d.summary.lost.kernel_skipped_runs)
+            ):
                 reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
                 maybe = d.summary.lost.kernel_skipped_runs
-                err.write(f"# lost {lost_total(d.summary)} events" + (f" (possibly {maybe} more)" if maybe else "")
-                          + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n")
+                err.write(
+                    f"# lost {lost_total(d.summary)} events"
+                    + (f" (possibly {maybe} more)" if maybe else "")
+                    + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n"
+                )
                 err.flush()
     except KeyboardInterrupt:
         pass
@@ -309,10 +344,12 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         with contextlib.suppress(BrokenPipeError):
             show(view.close(time.monotonic()))
         if repeats or undecodable or conflicts:
-            err.write(f"# {repeats} repeated records (batches published twice) shown once; "
-                      f"{undecodable} records that are not tcpscope records skipped"
-                      + (f"; {conflicts} CONFLICTS (records under another record's dedup key, shown)"
-                         if conflicts else "") + "\n")
+            err.write(
+                f"# {repeats} repeated records (batches published twice) shown once; "
+                f"{undecodable} records that are not tcpscope records skipped"
+                + (f"; {conflicts} CONFLICTS (records under another record's dedup key, shown)" if conflicts else "")
+                + "\n"
+            )
             err.flush()
     return 0
 
@@ -342,8 +379,10 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
                         if seen == REPEAT:
                             continue
                         if seen == CONFLICT:  # kept: never drop a record as a "duplicate" of another
-                            err.write(f"# CONFLICT: agent {d.agent_id} batch {d.sequence} seen before with "
-                                      "different content (two producers under one agent id): both kept\n")
+                            err.write(
+                                f"# CONFLICT: agent {d.agent_id} batch {d.sequence} seen before with "
+                                "different content (two producers under one agent id): both kept\n"
+                            )
                         if d.event is not None:
                             events.append(d.event)
                         elif d.summary is not None:
@@ -365,21 +404,39 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
 
 def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> TailOptions:
     env = dict(os.environ) if env is None else env
-    p = one_line_errors(argparse.ArgumentParser(prog="tcpscope-tail",
-                                                description="Print tcpscope events from Kafka."))
-    p.add_argument("--kafka-bootstrap", default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
-                   help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]")
+    p = one_line_errors(argparse.ArgumentParser(prog="tcpscope-tail", description="Print tcpscope events from Kafka."))
+    p.add_argument(
+        "--kafka-bootstrap",
+        default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
+        help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]",
+    )
     p.add_argument("--topic", default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"), help="[TCPSCOPE_TOPIC]")
-    p.add_argument("--format", choices=("table", "json", "dot"), default="table",
-                   help="dot: with --summary, a Graphviz service map (render: dot -Tsvg)")
+    p.add_argument(
+        "--format",
+        choices=("table", "json", "dot"),
+        default="table",
+        help="dot: with --summary, a Graphviz service map (render: dot -Tsvg)",
+    )
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--duration", type=number(float, above=0), help="stop after this many seconds (> 0)")
     p.add_argument("--namespace", help="only events with an end in this namespace")
     p.add_argument("--pod", help="only events with an end in this pod (name)")
-    p.add_argument("--kind", default="", help="event kinds, comma separated, or 'all': " + ",".join(KINDS)
-                   + " (default: " + ",".join(live.DEFAULT_KINDS) + ", what an SRE watches)")
-    p.add_argument("--reorder-window", type=float, default=live.DEFAULT_HOLD_S, metavar="S",
-                   help="hold each event S seconds to print events in time order (default %(default)s; 0: as read)")
+    p.add_argument(
+        "--kind",
+        default="",
+        help="event kinds, comma separated, or 'all': "
+        + ",".join(KINDS)
+        + " (default: "
+        + ",".join(live.DEFAULT_KINDS)
+        + ", what an SRE watches)",
+    )
+    p.add_argument(
+        "--reorder-window",
+        type=float,
+        default=live.DEFAULT_HOLD_S,
+        metavar="S",
+        help="hold each event S seconds to print events in time order (default %(default)s; 0: as read)",
+    )
     p.add_argument("--group", help="join this consumer group instead of reading every partition")
     q = p.add_argument_group("investigation (every filter given must hold; see README)")
     q.add_argument("--since", help="events from this time: a duration back (90s, 15m, 1h30m, 2d) or RFC 3339")
@@ -389,17 +446,28 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     q.add_argument("--workload", metavar="[NS/]NAME", help="an end's workload (Deployment, StatefulSet, ...)")
     q.add_argument("--node", help="reported on this node, or an end on it")
     q.add_argument("--port", action="append", default=[], help="either end's port (repeatable, comma separated)")
-    q.add_argument("--reason", action="append", default=[], help="reset reason: NO_SOCKET, TCP_STATE, ... "
-                   "(docs/resets.md; repeatable, comma separated)")
-    q.add_argument("--errno", action="append", default=[], help="ECONNREFUSED, ECONNRESET, ETIMEDOUT or a "
-                   "number (repeatable, comma separated)")
+    q.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        help="reset reason: NO_SOCKET, TCP_STATE, ... (docs/resets.md; repeatable, comma separated)",
+    )
+    q.add_argument(
+        "--errno",
+        action="append",
+        default=[],
+        help="ECONNREFUSED, ECONNRESET, ETIMEDOUT or a number (repeatable, comma separated)",
+    )
     q.add_argument("--from-pod", metavar="[NS/]NAME", help="the client (lifecycle/flow rows) or the reporting end")
     q.add_argument("--to-pod", metavar="[NS/]NAME", help="the server (lifecycle/flow rows) or the reporting end's peer")
     kafka_client.add_arguments(p, env)
     summary_mode.add_arguments(p)
-    p.add_argument("--connection", metavar="IP:PORT-IP:PORT|[NODE/]SOCKET_ID",
-                   help="print both ends' events of one connection, time-ordered, once read: with "
-                        "--from-beginning and no --duration, everything in the topic now")
+    p.add_argument(
+        "--connection",
+        metavar="IP:PORT-IP:PORT|[NODE/]SOCKET_ID",
+        help="print both ends' events of one connection, time-ordered, once read: with "
+        "--from-beginning and no --duration, everything in the topic now",
+    )
     a = p.parse_args(argv)
     if not a.kafka_bootstrap:
         p.error("--kafka-bootstrap is required")
@@ -411,10 +479,21 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         security = kafka_client.from_args(a, env)
     except ValueError as e:
         p.error(str(e))
-    o = TailOptions(tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()), a.topic, a.format,
-                    a.from_beginning, a.duration, a.namespace, a.pod, kinds, a.group,
-                    summary_mode.options_from(a), reorder_window=max(0.0, a.reorder_window), query=qry,
-                    security=security)
+    o = TailOptions(
+        tuple(x.strip() for x in a.kafka_bootstrap.split(",") if x.strip()),
+        a.topic,
+        a.format,
+        a.from_beginning,
+        a.duration,
+        a.namespace,
+        a.pod,
+        kinds,
+        a.group,
+        summary_mode.options_from(a),
+        reorder_window=max(0.0, a.reorder_window),
+        query=qry,
+        security=security,
+    )
     if a.connection is not None:
         try:
             o = dataclasses.replace(o, connection=timeline.ConnectionSpec.parse(a.connection))
@@ -438,11 +517,18 @@ def query_from_args(a: argparse.Namespace, now_ns: int) -> Query:
             raise ValueError(f"--port wants a port number, not {x!r}")
         ports.add(int(x))
     return Query(
-        labels=tuple(querylib.parse_label(x) for x in a.label), service=a.service, workload=a.workload,
-        node=a.node, ports=frozenset(ports),
+        labels=tuple(querylib.parse_label(x) for x in a.label),
+        service=a.service,
+        workload=a.workload,
+        node=a.node,
+        ports=frozenset(ports),
         reasons=frozenset(querylib.parse_reason(x) for x in querylib.split_list(a.reason)),
         errnos=frozenset(querylib.parse_errno(x) for x in querylib.split_list(a.errno)),
-        from_pod=a.from_pod, to_pod=a.to_pod, since_ns=since, until_ns=until)
+        from_pod=a.from_pod,
+        to_pod=a.to_pod,
+        since_ns=since,
+        until_ns=until,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

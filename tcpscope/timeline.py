@@ -73,8 +73,9 @@ def select(spec: ConnectionSpec, events: Iterable[TcpEvent]) -> list[TcpEvent]:
     return sorted(picked, key=lambda e: (e.time.ToNanoseconds(), e.node))
 
 
-def render_timeline(events: list[TcpEvent], evidence: Sequence[TcpEvent] = (),
-                    batches: Iterable[tuple[str, EventBatch]] = ()) -> str:
+def render_timeline(
+    events: list[TcpEvent], evidence: Sequence[TcpEvent] = (), batches: Iterable[tuple[str, EventBatch]] = ()
+) -> str:
     """One line per event: NODE then the agent's table line; a received reset says who sent it,
     judged over `evidence` (everything read, which includes `events`: the peer's sends, which
     nodes are watched) and the batches' loss counters."""
@@ -100,4 +101,5 @@ def render_timeline(events: list[TcpEvent], evidence: Sequence[TcpEvent] = (),
 def _is_received(e: TcpEvent) -> bool:
     kind = e.WhichOneof("kind")
     return (kind == "reset" and e.reset.direction == RECEIVED) or (
-        kind == "lifecycle" and e.lifecycle.ending == RESET_RECEIVED)
+        kind == "lifecycle" and e.lifecycle.ending == RESET_RECEIVED
+    )

@@ -28,14 +28,34 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "CgroupIdentity", "CgroupMap", "ClientKubeApi", "IpIndex", "IpOwner", "KubeApi", "LocalEnricher",
-    "PodIndex", "PodInfo", "Reflector", "RemoteEnricher", "RemoteResolver", "build_enrichers",
-    "find_cgroup2_mount", "load_api_client", "parse_cgroup_path", "pod_info", "workload_of",
+    "CgroupIdentity",
+    "CgroupMap",
+    "ClientKubeApi",
+    "IpIndex",
+    "IpOwner",
+    "KubeApi",
+    "LocalEnricher",
+    "PodIndex",
+    "PodInfo",
+    "Reflector",
+    "RemoteEnricher",
+    "RemoteResolver",
+    "build_enrichers",
+    "find_cgroup2_mount",
+    "load_api_client",
+    "parse_cgroup_path",
+    "pod_info",
+    "workload_of",
 ]
 
 
-def build_enrichers(config: AgentConfig, *, api: KubeApi | None = None, cgroup_root: str | None = None,
-                    initial_sync_timeout: float = 3.0) -> list[Enricher]:
+def build_enrichers(
+    config: AgentConfig,
+    *,
+    api: KubeApi | None = None,
+    cgroup_root: str | None = None,
+    initial_sync_timeout: float = 3.0,
+) -> list[Enricher]:
     """The enrichment stages for this config, in pipeline order (local, then remote if enabled).
 
     `api` overrides the client built from `config.kubeconfig` / the in-cluster service account;
@@ -54,9 +74,13 @@ def build_enrichers(config: AgentConfig, *, api: KubeApi | None = None, cgroup_r
     pods = PodIndex(config.label_allowlist, ttl=config.pod_cache_ttl)
     reflector = Reflector(api, "pods", pods, field_selector=f"spec.nodeName={config.node_name}").start()
     local = LocalEnricher(
-        cgroups, pods, config.node_name, pods_synced=reflector.synced.is_set,
+        cgroups,
+        pods,
+        config.node_name,
+        pods_synced=reflector.synced.is_set,
         pending_max_wait=config.pending_max_wait,
-        extra_stats=lambda: reflector.stats("local.watch.pods"), on_close=reflector.close,
+        extra_stats=lambda: reflector.stats("local.watch.pods"),
+        on_close=reflector.close,
     )
     enrichers: list[Enricher] = [local]
     resolver: RemoteResolver | None = None

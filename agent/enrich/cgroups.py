@@ -91,9 +91,17 @@ class CgroupMap:
     removed cgroups kept for `gone_ttl` seconds.
     """
 
-    def __init__(self, root: str | None = None, *, max_entries: int = 65536, max_gone: int = 8192,
-                 gone_ttl: float = 120.0, min_rescan_interval: float = 0.25,
-                 periodic_rescan: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        root: str | None = None,
+        *,
+        max_entries: int = 65536,
+        max_gone: int = 8192,
+        gone_ttl: float = 120.0,
+        min_rescan_interval: float = 0.25,
+        periodic_rescan: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.root = (root or find_cgroup2_mount()).rstrip("/") or "/"
         self.max_entries = max_entries
         self.max_gone = max_gone
@@ -105,8 +113,12 @@ class CgroupMap:
         self._gone: OrderedDict[int, tuple[str, float]] = OrderedDict()
         self._last_scan = -1e18
         self.counters: dict[str, int] = {
-            "cgroup.scans": 0, "cgroup.hits": 0, "cgroup.misses": 0, "cgroup.gone_hits": 0,
-            "cgroup.skipped_over_capacity": 0, "cgroup.gone_evicted": 0,
+            "cgroup.scans": 0,
+            "cgroup.hits": 0,
+            "cgroup.misses": 0,
+            "cgroup.gone_hits": 0,
+            "cgroup.skipped_over_capacity": 0,
+            "cgroup.gone_evicted": 0,
         }
         self.rescan()
 
@@ -129,7 +141,7 @@ class CgroupMap:
             except OSError:
                 continue  # removed while we walked
             if len(fresh) < self.max_entries:
-                rel = d[len(self.root):] or "/"
+                rel = d[len(self.root) :] or "/"
                 fresh[st_ino] = rel if rel.startswith("/") else "/" + rel
             else:
                 skipped += 1

@@ -59,8 +59,9 @@ def normalize_ip(ip: str) -> str:
 class IpIndex:
     """ip -> [(owner, start, end)]; thread-safe; `history` closed intervals kept per IP for `ttl` s."""
 
-    def __init__(self, *, ttl: float = 300.0, history: int = 4, early_grace: float = 30.0,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, *, ttl: float = 300.0, history: int = 4, early_grace: float = 30.0, wall: Callable[[], float] = time.time
+    ) -> None:
         self.ttl = ttl
         self.history = history
         self.early_grace = early_grace

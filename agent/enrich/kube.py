@@ -41,8 +41,7 @@ class KubeApi(Protocol):
         """One page of a list: {'metadata': {'resourceVersion', 'continue'?}, 'items': [...]}."""
         ...
 
-    def watch(self, resource: str, field_selector: str, resource_version: str, timeout_s: int) -> WatchStream:
-        ...
+    def watch(self, resource: str, field_selector: str, resource_version: str, timeout_s: int) -> WatchStream: ...
 
 
 class PodSink(Protocol):
@@ -127,8 +126,13 @@ class ClientKubeApi:
         return out
 
     def watch(self, resource: str, field_selector: str, resource_version: str, timeout_s: int) -> WatchStream:
-        kw: dict[str, Any] = {"watch": True, "allow_watch_bookmarks": True, "timeout_seconds": timeout_s,
-                              "_preload_content": False, "_request_timeout": self._timeouts}
+        kw: dict[str, Any] = {
+            "watch": True,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": timeout_s,
+            "_preload_content": False,
+            "_request_timeout": self._timeouts,
+        }
         if field_selector:
             kw["field_selector"] = field_selector
         if resource_version:
@@ -143,9 +147,19 @@ class Reflector:
     watch_restarts, events, bookmarks. `synced` is set after the first successful list.
     """
 
-    def __init__(self, api: KubeApi, resource: str, sink: PodSink, *, field_selector: str = "",
-                 page_size: int = 500, watch_timeout_s: int = 300, backoff_initial: float = 0.2,
-                 backoff_max: float = 30.0, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        resource: str,
+        sink: PodSink,
+        *,
+        field_selector: str = "",
+        page_size: int = 500,
+        watch_timeout_s: int = 300,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 30.0,
+        rng: random.Random | None = None,
+    ) -> None:
         self.api = api
         self.resource = resource
         self.sink = sink
@@ -161,8 +175,15 @@ class Reflector:
         self._stream: WatchStream | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.counters: dict[str, int] = {"lists": 0, "relists": 0, "gone": 0, "api_errors": 0,
-                                         "watch_restarts": 0, "events": 0, "bookmarks": 0}
+        self.counters: dict[str, int] = {
+            "lists": 0,
+            "relists": 0,
+            "gone": 0,
+            "api_errors": 0,
+            "watch_restarts": 0,
+            "events": 0,
+            "bookmarks": 0,
+        }
 
     def start(self) -> Reflector:
         if self._thread is None:

@@ -62,11 +62,19 @@ def fill_pod(ep: Endpoint, p: PodInfo, container: str) -> None:
 class LocalEnricher:
     """Fills `event.local` identity and `event.process.cgroup_path` (an `agent.pipeline.Enricher`)."""
 
-    def __init__(self, cgroups: CgroupLookup, pods: PodLookup | None, node_name: str, *,
-                 pods_synced: Callable[[], bool] = lambda: True, pending_max_wait: float = 2.0,
-                 max_pending: int = 10_000, negative_ttl: float = 10.0,
-                 extra_stats: Callable[[], dict[str, int]] | None = None,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        cgroups: CgroupLookup,
+        pods: PodLookup | None,
+        node_name: str,
+        *,
+        pods_synced: Callable[[], bool] = lambda: True,
+        pending_max_wait: float = 2.0,
+        max_pending: int = 10_000,
+        negative_ttl: float = 10.0,
+        extra_stats: Callable[[], dict[str, int]] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.cgroups = cgroups
         self.pods = pods
         self.node_name = node_name
@@ -80,10 +88,18 @@ class LocalEnricher:
         self._negative: dict[str, float] = {}  # container id or pod uid -> monotonic until
         self._seen_version = -1
         self.counters: dict[str, int] = {
-            "local.events": 0, "local.host": 0, "local.pod_hits": 0, "local.pod_misses": 0,
-            "local.no_cgroup_id": 0, "local.cgroup_unknown": 0, "local.held": 0,
-            "local.released_resolved": 0, "local.released_unresolved": 0,
-            "local.released_overflow": 0, "local.miss_api_unavailable": 0, "local.miss_no_api": 0,
+            "local.events": 0,
+            "local.host": 0,
+            "local.pod_hits": 0,
+            "local.pod_misses": 0,
+            "local.no_cgroup_id": 0,
+            "local.cgroup_unknown": 0,
+            "local.held": 0,
+            "local.released_resolved": 0,
+            "local.released_unresolved": 0,
+            "local.released_overflow": 0,
+            "local.miss_api_unavailable": 0,
+            "local.miss_no_api": 0,
         }
 
     # --- the Enricher protocol --------------------------------------------------------------

@@ -101,19 +101,32 @@ def pod_info(obj: Mapping[str, Any], label_allowlist: Iterable[str] = ()) -> Pod
         ips = (str(status["podIP"]),)
     wk, wn = workload_of(obj)
     return PodInfo(
-        uid=str(meta.get("uid", "")), namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+        uid=str(meta.get("uid", "")),
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
         node=str(spec.get("nodeName", "")),
         labels=tuple(sorted((k, str(v)) for k, v in labels.items() if k in allow)),
-        workload_kind=wk, workload_name=wn, containers=containers, ips=ips,
-        host_network=bool(spec.get("hostNetwork")), created=parse_time(meta.get("creationTimestamp")),
+        workload_kind=wk,
+        workload_name=wn,
+        containers=containers,
+        ips=ips,
+        host_network=bool(spec.get("hostNetwork")),
+        created=parse_time(meta.get("creationTimestamp")),
     )
 
 
 class PodIndex:
     """Pods by uid and container id; deleted pods stay `ttl` seconds (at most `max_deleted`)."""
 
-    def __init__(self, label_allowlist: Iterable[str] = (), *, ttl: float = 120.0, max_deleted: int = 4096,
-                 max_pods: int = 16384, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        label_allowlist: Iterable[str] = (),
+        *,
+        ttl: float = 120.0,
+        max_deleted: int = 4096,
+        max_pods: int = 16384,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.label_allowlist = tuple(label_allowlist)
         self.ttl = ttl
         self.max_deleted = max_deleted
@@ -207,5 +220,9 @@ class PodIndex:
 
     def stats(self) -> dict[str, int]:
         with self._lock:
-            return {**self.counters, "pods.cached": len(self._pods), "pods.deleted_cached": len(self._deleted),
-                    "pods.containers_indexed": len(self._by_cid)}
+            return {
+                **self.counters,
+                "pods.cached": len(self._pods),
+                "pods.deleted_cached": len(self._deleted),
+                "pods.containers_indexed": len(self._by_cid),
+            }

@@ -20,11 +20,21 @@ from tcpscope.v1.events_pb2 import EXTERNAL, HOST, NODE, POD, Endpoint, TcpEvent
 class RemoteResolver:
     """Cluster-wide IP index kept current by three reflectors; thread-safe `resolve`."""
 
-    def __init__(self, api: KubeApi, label_allowlist: Iterable[str] = (), *, ttl: float = 300.0,
-                 backoff_initial: float = 0.2, backoff_max: float = 30.0) -> None:
+    def __init__(
+        self,
+        api: KubeApi,
+        label_allowlist: Iterable[str] = (),
+        *,
+        ttl: float = 300.0,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 30.0,
+    ) -> None:
         self.index = IpIndex(ttl=ttl)
-        sinks = {"pods": PodIpSink(self.index, label_allowlist), "services": ServiceIpSink(self.index),
-                 "nodes": NodeIpSink(self.index)}
+        sinks = {
+            "pods": PodIpSink(self.index, label_allowlist),
+            "services": ServiceIpSink(self.index),
+            "nodes": NodeIpSink(self.index),
+        }
         self.reflectors = {
             name: Reflector(api, name, sink, backoff_initial=backoff_initial, backoff_max=backoff_max)
             for name, sink in sinks.items()
@@ -95,8 +105,14 @@ class RemoteEnricher:
         self.node_name = node_name
         self._own = own_resolver
         self.counters: dict[str, int] = {
-            "remote.events": 0, "remote.pod": 0, "remote.service": 0, "remote.node": 0,
-            "remote.external": 0, "remote.pod_unknown": 0, "remote.loopback": 0, "remote.no_ip": 0,
+            "remote.events": 0,
+            "remote.pod": 0,
+            "remote.service": 0,
+            "remote.node": 0,
+            "remote.external": 0,
+            "remote.pod_unknown": 0,
+            "remote.loopback": 0,
+            "remote.no_ip": 0,
             "remote.miss_api_unavailable": 0,
         }
 

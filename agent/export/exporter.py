@@ -151,9 +151,15 @@ class _State:
 class Exporter:
     """agent.pipeline.Sink that streams batches through a Transport (which runs its own thread)."""
 
-    def __init__(self, settings: ExporterSettings, transport: Transport, metrics: AgentMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        settings: ExporterSettings,
+        transport: Transport,
+        metrics: AgentMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        journal: Journal | None = None,
+    ) -> None:
         if not 1 <= settings.batch_max_events <= settings.buffer_max_events:
             raise ValueError("need 1 <= batch_max_events <= buffer_max_events")
         self._s = settings
@@ -196,7 +202,7 @@ class Exporter:
                     if st.open_since is None:
                         st.open_since = now
                     take = min(cap - len(st.open), n - i)
-                    st.open.extend(events[i:i + take])
+                    st.open.extend(events[i : i + take])
                     i += take
                     if len(st.open) >= cap:
                         self._seal(now)
@@ -247,9 +253,14 @@ class Exporter:
             left_events = st.held_events
             if left_events:
                 self._count_own(REASON_SHUTDOWN, left_events)
-                log.warning("shutdown: %d events in %d batches not acknowledged by the collector within "
-                            "%.1fs: counted lost (%s)", left_events, len(st.unsent) + len(st.inflight),
-                            grace_s, REASON_SHUTDOWN)
+                log.warning(
+                    "shutdown: %d events in %d batches not acknowledged by the collector within "
+                    "%.1fs: counted lost (%s)",
+                    left_events,
+                    len(st.unsent) + len(st.inflight),
+                    grace_s,
+                    REASON_SHUTDOWN,
+                )
                 st.unsent.clear()
                 st.inflight.clear()
                 st.held_events = 0
@@ -315,17 +326,29 @@ class Exporter:
                 half = (len(events) + 1) // 2
                 if half < self._cap:
                     self._cap = half
-                    log.warning("collector refused batch %d of %d events (%s: %s): splitting it, and "
-                                "batches now hold at most %d events", sequence, b.events, reason, details,
-                                half)
+                    log.warning(
+                        "collector refused batch %d of %d events (%s: %s): splitting it, and "
+                        "batches now hold at most %d events",
+                        sequence,
+                        b.events,
+                        reason,
+                        details,
+                        half,
+                    )
                 first = self._make_batch(events[:half], b.lost, b.windows)
                 second = self._make_batch(events[half:], {}, [])
                 st.unsent.extendleft((second, first))
                 st.held_events += b.events
             else:
                 self._report_dropped([b], REASON_REFUSED)
-                log.error("collector refused batch %d (%s: %s): %d events dropped, counted as %s",
-                          sequence, reason, details, b.events, REASON_REFUSED)
+                log.error(
+                    "collector refused batch %d (%s: %s): %d events dropped, counted as %s",
+                    sequence,
+                    reason,
+                    details,
+                    b.events,
+                    REASON_REFUSED,
+                )
             if self._journal is not None:
                 self._journal.settled(sequence, acked=False)
             self._metrics.buffer_events.set(len(st.open) + st.held_events)
@@ -372,13 +395,15 @@ class Exporter:
         elif st.open_since is None and now - st.last_seal >= self._s.heartbeat_s:
             self._seal(now)  # heartbeat: an empty batch with zero losses
 
-    def _make_batch(self, events: Sequence[TcpEvent], lost: dict[str, int],
-                    windows: Sequence[UnobservedWindow]) -> OutgoingBatch:
+    def _make_batch(
+        self, events: Sequence[TcpEvent], lost: dict[str, int], windows: Sequence[UnobservedWindow]
+    ) -> OutgoingBatch:
         """Serialize events, loss deltas and unobserved windows as the next sequence (the caller
         queues and counts it)."""
         st = self._st
-        batch = EventBatch(schema_version=SCHEMA_VERSION, node=self._s.node, agent_id=self._s.agent_id,
-                           sequence=st.next_seq)
+        batch = EventBatch(
+            schema_version=SCHEMA_VERSION, node=self._s.node, agent_id=self._s.agent_id, sequence=st.next_seq
+        )
         batch.events.extend(events)
         batch.lost.CopyFrom(split_losses(lost))
         batch.unobserved.extend(windows)
@@ -387,8 +412,7 @@ class Exporter:
         st.next_seq += 1
         if self._journal is not None:
             self._journal.sealed(batch.sequence, len(events), sent_ns, bool(windows))
-        return OutgoingBatch(batch.sequence, batch.SerializeToString(), len(events), dict(lost),
-                             windows=list(windows))
+        return OutgoingBatch(batch.sequence, batch.SerializeToString(), len(events), dict(lost), windows=list(windows))
 
     def _seal(self, now: float) -> None:
         st = self._st
@@ -433,5 +457,4 @@ class Exporter:
             evicted.append(b)
         dropped = self._report_dropped(evicted, REASON_BUFFER_FULL)
         if dropped:
-            log.warning("export buffer full (%d events): dropped the %d oldest", self._s.buffer_max_events,
-                        dropped)
+            log.warning("export buffer full (%d events): dropped the %d oldest", self._s.buffer_max_events, dropped)

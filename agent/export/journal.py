@@ -74,8 +74,7 @@ class NodeJournal:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as e:
-            log.warning("state file %s unreadable (%s): the window before this agent cannot be reported",
-                        self.path, e)
+            log.warning("state file %s unreadable (%s): the window before this agent cannot be reported", self.path, e)
             return None
         if isinstance(raw, dict) and raw.get("version") == FORMAT_VERSION:
             return raw
@@ -118,8 +117,11 @@ class NodeJournal:
         if not self._try_lock():
             # another live agent of this node: no window (both observe), the file is taken over once
             # that agent exits (_write tries again)
-            log.warning("another agent of node %s holds %s: this one takes the state file over when it "
-                        "exits", self.node, self.path.with_suffix(".lock"))
+            log.warning(
+                "another agent of node %s holds %s: this one takes the state file over when it exits",
+                self.node,
+                self.path.with_suffix(".lock"),
+            )
             return windows
         self.previous = prev = self._read_previous()
         if prev is not None and prev.get("agent_id") != self.agent_id:
@@ -127,13 +129,18 @@ class NodeJournal:
                 windows.append(json_format.ParseDict(w, UnobservedWindow()))
             state = str(prev.get("state", RUNNING))
             alive = int(prev.get("updated_ns", 0))
-            w = UnobservedWindow(node=self.node, previous_agent_id=str(prev.get("agent_id", "")),
-                                 agent_id=self.agent_id, cause=CAUSES.get(state, "crash"), uncounted=True,
-                                 first_unacked_sequence=int(prev.get("first_unacked_sequence", 0)),
-                                 last_sequence=int(prev.get("last_sequence", 0)),
-                                 unacked_batches=int(prev.get("unacked_batches", 0)),
-                                 unacked_events=int(prev.get("unacked_events", 0)),
-                                 unacked_sequences=[int(x) for x in prev.get("unacked_sequences", [])])
+            w = UnobservedWindow(
+                node=self.node,
+                previous_agent_id=str(prev.get("agent_id", "")),
+                agent_id=self.agent_id,
+                cause=CAUSES.get(state, "crash"),
+                uncounted=True,
+                first_unacked_sequence=int(prev.get("first_unacked_sequence", 0)),
+                last_sequence=int(prev.get("last_sequence", 0)),
+                unacked_batches=int(prev.get("unacked_batches", 0)),
+                unacked_events=int(prev.get("unacked_events", 0)),
+                unacked_sequences=[int(x) for x in prev.get("unacked_sequences", [])],
+            )
             started = int(prev.get("started_ns", 0))
             if state == DRAINED:
                 complete = alive
@@ -189,12 +196,18 @@ class NodeJournal:
         if not self._attached or not self._try_lock():
             return
         doc = {
-            "version": FORMAT_VERSION, "node": self.node, "agent_id": self.agent_id, "state": state,
-            "started_ns": self.started_ns, "updated_ns": self.wall_ns(),
-            "complete_through_ns": self.complete_through_ns, "last_sequence": self.last_sequence,
+            "version": FORMAT_VERSION,
+            "node": self.node,
+            "agent_id": self.agent_id,
+            "state": state,
+            "started_ns": self.started_ns,
+            "updated_ns": self.wall_ns(),
+            "complete_through_ns": self.complete_through_ns,
+            "last_sequence": self.last_sequence,
             "lag_ns": self.lag_ns,
             "first_unacked_sequence": min(self.unacked) if self.unacked else 0,
-            "unacked_batches": len(self.unacked), "unacked_events": sum(self.unacked.values()),
+            "unacked_batches": len(self.unacked),
+            "unacked_events": sum(self.unacked.values()),
             "unacked_sequences": sorted(self.unacked),
             "unreported": [json_format.MessageToDict(w, preserving_proto_field_name=True) for w in self.unreported],
         }

@@ -25,8 +25,11 @@ from tcpscope.v1.collector_pb2 import BatchAck
 log = logging.getLogger(__name__)
 
 STREAM_METHOD = "/tcpscope.v1.Collector/Stream"
-COMPRESSION = {"gzip": grpc.Compression.Gzip, "deflate": grpc.Compression.Deflate,
-               "none": grpc.Compression.NoCompression}
+COMPRESSION = {
+    "gzip": grpc.Compression.Gzip,
+    "deflate": grpc.Compression.Deflate,
+    "none": grpc.Compression.NoCompression,
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,12 @@ def _refused_batch(e: grpc.RpcError) -> tuple[int, str] | None:
 class GrpcTransport:
     """Runs the stream in a daemon thread until stop(); reconnects forever with backoff."""
 
-    def __init__(self, settings: TransportSettings, metrics: AgentMetrics | None = None,
-                 rand: Callable[[], float] = random.random) -> None:
+    def __init__(
+        self,
+        settings: TransportSettings,
+        metrics: AgentMetrics | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self._s = settings
         self._metrics = metrics or AgentMetrics()
         self._rand = rand
@@ -139,8 +146,9 @@ class GrpcTransport:
             code = "OK"
             try:
                 with self._channel() as channel:
-                    stream = channel.stream_stream(STREAM_METHOD, request_serializer=None,
-                                                   response_deserializer=BatchAck.FromString)
+                    stream = channel.stream_stream(
+                        STREAM_METHOD, request_serializer=None, response_deserializer=BatchAck.FromString
+                    )
                     call = stream(self._requests(source, done), metadata=self._metadata())
                     cancel: Callable[[], object] = call.cancel
                     with self._lock:
@@ -161,8 +169,13 @@ class GrpcTransport:
                     source.on_refused(refused[0], refused[1], details or "")
                     attempt = 0  # the batch that stopped the stream is gone: go on at once
                 elif not self._stop.is_set() and (held := self._warn.ready(code)) is not None:
-                    log.warning("collector stream to %s ended: %s %s; reconnecting%s", self._s.target, code,
-                                details, held_note(held))
+                    log.warning(
+                        "collector stream to %s ended: %s %s; reconnecting%s",
+                        self._s.target,
+                        code,
+                        details,
+                        held_note(held),
+                    )
             except OSError as e:  # unreadable certificate or token file
                 code = "LOCAL_ERROR"
                 if (held := self._warn.ready(code)) is not None:

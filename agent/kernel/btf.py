@@ -158,13 +158,9 @@ class Btf:
         types_start = hdr_len + type_off
         strs_start = hdr_len + str_off
         if types_start + type_len > len(data):
-            raise BtfError(
-                f"truncated: type section ends at byte {types_start + type_len}, blob has {len(data)}"
-            )
+            raise BtfError(f"truncated: type section ends at byte {types_start + type_len}, blob has {len(data)}")
         if strs_start + str_len > len(data):
-            raise BtfError(
-                f"truncated: string section ends at byte {strs_start + str_len}, blob has {len(data)}"
-            )
+            raise BtfError(f"truncated: string section ends at byte {strs_start + str_len}, blob has {len(data)}")
         if str_len == 0 or data[strs_start] != 0:
             raise BtfError("string section must start with an empty string")
 
@@ -186,8 +182,7 @@ class Btf:
                 fixed, per = extra[kind]
             except KeyError:
                 raise BtfError(
-                    f"unknown BTF kind {kind} for type id {type_id + 1} "
-                    f"(type section offset {off - types_start})"
+                    f"unknown BTF kind {kind} for type id {type_id + 1} (type section offset {off - types_start})"
                 ) from None
             type_id += 1
             starts.append(off)

@@ -46,12 +46,18 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
 EVENT = struct.Struct("<" + "".join(code for _n, code in EVENT_FIELDS))
 
 # bpf/events.h EV_*
-EV_LIFECYCLE, EV_STATE, EV_RETRANSMIT, EV_SYNACK, EV_RESET_SENT, EV_RESET_RECEIVED, EV_SOCKET_ERROR, EV_PROBE = (
-    range(1, 9)
+EV_LIFECYCLE, EV_STATE, EV_RETRANSMIT, EV_SYNACK, EV_RESET_SENT, EV_RESET_RECEIVED, EV_SOCKET_ERROR, EV_PROBE = range(
+    1, 9
 )
 KIND_NAMES = {
-    EV_LIFECYCLE: "lifecycle", EV_STATE: "state", EV_RETRANSMIT: "retransmit", EV_SYNACK: "synack",
-    EV_RESET_SENT: "reset", EV_RESET_RECEIVED: "reset", EV_SOCKET_ERROR: "error", EV_PROBE: "probe",
+    EV_LIFECYCLE: "lifecycle",
+    EV_STATE: "state",
+    EV_RETRANSMIT: "retransmit",
+    EV_SYNACK: "synack",
+    EV_RESET_SENT: "reset",
+    EV_RESET_RECEIVED: "reset",
+    EV_SOCKET_ERROR: "error",
+    EV_PROBE: "probe",
 }
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
@@ -80,8 +86,11 @@ class Decoder:
             if family == socket.AF_INET:
                 s = socket.inet_ntop(socket.AF_INET, raw[:4])
             elif family == socket.AF_INET6:
-                s = (socket.inet_ntop(socket.AF_INET, raw[12:]) if raw[:12] == _V4_MAPPED
-                     else socket.inet_ntop(socket.AF_INET6, raw))
+                s = (
+                    socket.inet_ntop(socket.AF_INET, raw[12:])
+                    if raw[:12] == _V4_MAPPED
+                    else socket.inet_ntop(socket.AF_INET6, raw)
+                )
             else:
                 s = ""
             if len(self._addr_cache) > 4096:
@@ -106,9 +115,35 @@ class Decoder:
 
     def decode(self, raw: bytes) -> TcpEvent:
         """One record (at least EVENT.size bytes) -> TcpEvent."""
-        (ts, sock_id, cgroup_id, duration, tx, rx, _netns, pid, saddr, daddr, sport, dport, family, kind,
-         role, state, new_state, ending, _pad, err, reason, retrans, cwnd, srtt, snd_wnd, data_len,
-         comm) = EVENT.unpack_from(raw)
+        (
+            ts,
+            sock_id,
+            cgroup_id,
+            duration,
+            tx,
+            rx,
+            _netns,
+            pid,
+            saddr,
+            daddr,
+            sport,
+            dport,
+            family,
+            kind,
+            role,
+            state,
+            new_state,
+            ending,
+            _pad,
+            err,
+            reason,
+            retrans,
+            cwnd,
+            srtt,
+            snd_wnd,
+            data_len,
+            comm,
+        ) = EVENT.unpack_from(raw)
         ev = TcpEvent(node=self.node, socket_id=sock_id)
         wall = ts + self.offset_ns
         ev.time.seconds = wall // 1_000_000_000

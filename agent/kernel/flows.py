@@ -63,8 +63,8 @@ def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggr
     laddr, raddr, cgroup_id, _netns, server_port, family, role, _pad = FLOW_KEY.unpack_from(key)
     vals = FLOW_VAL.unpack_from(val)
     connections, tx, rx, dur_sum, first_ns, last_ns = vals[:6]
-    buckets = list(vals[6:6 + FLOW_BUCKETS])
-    pid, _vpad, comm = vals[6 + FLOW_BUCKETS:]
+    buckets = list(vals[6 : 6 + FLOW_BUCKETS])
+    pid, _vpad, comm = vals[6 + FLOW_BUCKETS :]
     ev = TcpEvent(node=decoder.node)
     wall = last_ns + decoder.offset_ns
     ev.time.seconds, ev.time.nanos = divmod(wall, 1_000_000_000)
@@ -96,8 +96,14 @@ def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggr
 class FlowMaps:
     """The flow maps of a loaded program: flip, drain, decode."""
 
-    def __init__(self, bpf: Any, decoder: Decoder, interval_s: float, aggregate: bool,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        bpf: Any,
+        decoder: Decoder,
+        interval_s: float,
+        aggregate: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._bpf = bpf
         self._decoder = decoder
         self._interval_s = interval_s

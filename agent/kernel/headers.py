@@ -50,8 +50,9 @@ def nearest_debian_headers(release: str, src: Path = Path("/usr/src")) -> tuple[
     return best, common if common.is_dir() else None
 
 
-def ensure_headers(release: str | None = None, modules: Path = Path("/lib/modules"),
-                   src: Path = Path("/usr/src")) -> HeaderTree:
+def ensure_headers(
+    release: str | None = None, modules: Path = Path("/lib/modules"), src: Path = Path("/usr/src")
+) -> HeaderTree:
     """Make /lib/modules/<release>/build usable, linking the nearest installed tree if needed."""
     release = release or os.uname().release
     moddir = modules / release
@@ -78,6 +79,5 @@ def ensure_headers(release: str | None = None, modules: Path = Path("/lib/module
         source.symlink_to(common)
         actions.append(f"linked {source} -> {common}")
     for a in actions:
-        log.info("kernel headers for %s not installed; %s (safe: no struct layouts come from headers)",
-                 release, a)
+        log.info("kernel headers for %s not installed; %s (safe: no struct layouts come from headers)", release, a)
     return HeaderTree(build=build, actions=tuple(actions))

@@ -50,7 +50,7 @@ class Listener:
 def proc_address(hexaddr: str) -> bytes:
     """A /proc/net/tcp{,6} address column (32-bit words printed %08X in host order) as the bytes
     the kernel holds, padded to 16: '0100007F' -> 127.0.0.1 on a little-endian host."""
-    words = [int(hexaddr[i:i + 8], 16) for i in range(0, len(hexaddr), 8)]
+    words = [int(hexaddr[i : i + 8], 16) for i in range(0, len(hexaddr), 8)]
     return b"".join(struct.pack("=I", w) for w in words).ljust(16, b"\0")
 
 
@@ -115,8 +115,10 @@ def scan_listeners(proc: Path = Path("/proc"), netns_only: int | None = None) ->
     wanted: dict[int, tuple[int, int, bytes, int]] = {}
     for ns, pids in by_ns.items():
         for reader in pids:  # the first process whose tables can be read speaks for the namespace
-            tables = [(_read(proc / str(reader) / "net" / name), fam)
-                      for name, fam in (("tcp", int(socket.AF_INET)), ("tcp6", int(socket.AF_INET6)))]
+            tables = [
+                (_read(proc / str(reader) / "net" / name), fam)
+                for name, fam in (("tcp", int(socket.AF_INET)), ("tcp6", int(socket.AF_INET6)))
+            ]
             if all(t is None for t, _ in tables):
                 continue
             for text, fam in tables:

@@ -100,9 +100,17 @@ def load(plan: Plan, bpf_dir: Path = BPF_DIR) -> Loaded:
     scan = scan_listeners(netns_only=plan.filters.netns_inum)
     added, known, full = seed_listeners(bpf, scan)
     loaded.listeners_seeded = added
-    log.info("found %d listening sockets held before start in %d network namespaces (%d processes, %.0f ms); "
-             "owners seeded %d, already known %d%s", len(scan.listeners), scan.namespaces, scan.processes,
-             (time.monotonic() - started) * 1000, added, known, f", map full {full}" if full else "")
+    log.info(
+        "found %d listening sockets held before start in %d network namespaces (%d processes, %.0f ms); "
+        "owners seeded %d, already known %d%s",
+        len(scan.listeners),
+        scan.namespaces,
+        scan.processes,
+        (time.monotonic() - started) * 1000,
+        added,
+        known,
+        f", map full {full}" if full else "",
+    )
     return loaded
 
 

@@ -23,7 +23,6 @@ from agent.kernel.tracefs import TracefsError, TracepointFormat, find_tracefs, r
 log = logging.getLogger(__name__)
 
 
-
 _AGENT_PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -68,8 +67,11 @@ TRACEPOINTS: tuple[TracepointSpec, ...] = (
     TracepointSpec("tcp", "tcp_receive_reset", ("skaddr", *_CLASSIC)),
     TracepointSpec("sock", "inet_sk_error_report", (), raw=True),
     TracepointSpec(
-        "tcp", "tcp_probe", ("saddr", "daddr", "snd_cwnd", "srtt", "snd_wnd"),
-        one_of=(("data_len", "length"),), kinds=("probe",),
+        "tcp",
+        "tcp_probe",
+        ("saddr", "daddr", "snd_cwnd", "srtt", "snd_wnd"),
+        one_of=(("data_len", "length"),),
+        kinds=("probe",),
     ),
 )
 
@@ -190,12 +192,15 @@ class Plan:
     def describe(self) -> str:
         """The human-readable plan (what --dump-bpf prints)."""
         lines = [f"kernel: {self.kernel}"]
-        lines.append(f"output: {'ring buffer' if self.use_ringbuf else 'perf buffer'}"
-                     + (f" ({self.ringbuf_pages} pages)" if self.use_ringbuf else ""))
+        lines.append(
+            f"output: {'ring buffer' if self.use_ringbuf else 'perf buffer'}"
+            + (f" ({self.ringbuf_pages} pages)" if self.use_ringbuf else "")
+        )
         lines.append(f"events: {','.join(self.events)}")
         f = self.filters
         lines.append(
-            "filters: ports=" + (",".join(map(str, f.ports)) or "any")
+            "filters: ports="
+            + (",".join(map(str, f.ports)) or "any")
             + f" netns={f.netns_inum if f.netns_inum is not None else 'any'}"
             + (f" cgroup={f.cgroup_dir} (id {f.cgroup_id}, level {f.cgroup_level})" if f.cgroup_id else " cgroup=any")
         )
@@ -205,8 +210,10 @@ class Plan:
         elif self.connections == "aggregate":
             lines.append(f"connections: aggregate (ordinary connections into flows, {self.max_flows} keys per map)")
         else:
-            lines.append(f"connections: each (beyond {self.spill_per_cpu}/s per CPU ordinary connections spill "
-                         f"into flows, {self.max_flows} keys per map)")
+            lines.append(
+                f"connections: each (beyond {self.spill_per_cpu}/s per CPU ordinary connections spill "
+                f"into flows, {self.max_flows} keys per map)"
+            )
         lines.append("attach:")
         lines += [f"  {kind} {tp} -> {fn}" for kind, tp, fn in self.attach]
         if self.skipped:
@@ -218,8 +225,7 @@ class Plan:
         lines.append("tracepoint records:")
         for fmt in self.formats:
             lines.append(f"  {fmt.category}:{fmt.name} (id {fmt.id})")
-            lines += [f"    {fl.declaration()}  @{fl.offset} size {fl.size}" for fl in fmt.fields
-                      if not fl.is_common]
+            lines += [f"    {fl.declaration()}  @{fl.offset} size {fl.size}" for fl in fmt.fields if not fl.is_common]
         lines.append("cflags: " + " ".join(self.cflags()))
         return "\n".join(lines)
 
@@ -261,8 +267,7 @@ def c_struct(fmt: TracepointFormat) -> str:
             packed = True
         lines.append(f"    {decl};")
         asserts.append(
-            f"_Static_assert(__builtin_offsetof(struct tp_{fmt.name}, {f.name}) == {f.offset}, "
-            f"\"{fmt.name}.{f.name}\");"
+            f'_Static_assert(__builtin_offsetof(struct tp_{fmt.name}, {f.name}) == {f.offset}, "{fmt.name}.{f.name}");'
         )
         pos = f.offset + f.size
     lines.append("}" + (" __attribute__((packed))" if packed else "") + ";")
@@ -277,8 +282,8 @@ def _usable(spec: TracepointSpec, fmt: TracepointFormat) -> str | None:
             saddr = fmt.field("saddr")
             if fmt.field("sport") is None and not (saddr is not None and saddr.size >= 16):
                 missing.append("sport (or sockaddr saddr)")
-            elif fmt.field("sport") is not None and fmt.field("saddr_v6") is None and (
-                saddr is None or saddr.size < 16
+            elif (
+                fmt.field("sport") is not None and fmt.field("saddr_v6") is None and (saddr is None or saddr.size < 16)
             ):
                 missing.append("saddr_v6")
             continue
@@ -360,8 +365,11 @@ def build_plan(
             ) from e
     if format_reader is None:
         try:
-            root = find_tracefs(Path(config.tracefs), Path(config.tracefs), may_mount=False) if config.tracefs \
+            root = (
+                find_tracefs(Path(config.tracefs), Path(config.tracefs), may_mount=False)
+                if config.tracefs
                 else tracefs_root()
+            )
         except TracefsError as e:
             raise KernelSupportError(str(e)) from e
 
@@ -420,7 +428,7 @@ def build_plan(
         if fmt is None:
             extra = {
                 "tcp_destroy_sock": " (lifecycles are emitted at CLOSE instead; resets and errors reported "
-                                    "after CLOSE then miss them)",
+                "after CLOSE then miss them)",
                 "inet_sk_error_report": " (errno comes from sk_err at CLOSE)",
             }.get(spec.name, "")
             skipped.append(f"{tp}: not in this kernel{extra}")
@@ -454,8 +462,13 @@ def build_plan(
         filters = Filters(ports=filters.ports, netns_inum=inum)
     if config.cgroup_root:
         cg = cgroup_filter(config.cgroup_root)
-        filters = Filters(ports=filters.ports, netns_inum=filters.netns_inum, cgroup_id=cg.cgroup_id,
-                          cgroup_level=cg.cgroup_level, cgroup_dir=cg.cgroup_dir)
+        filters = Filters(
+            ports=filters.ports,
+            netns_inum=filters.netns_inum,
+            cgroup_id=cg.cgroup_id,
+            cgroup_level=cg.cgroup_level,
+            cgroup_dir=cg.cgroup_dir,
+        )
 
     reasons = {v: k.removeprefix("SK_RST_REASON_") for k, v in btf.enum_values("sk_rst_reason").items()}
     use_ringbuf = btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF") is not None

@@ -29,7 +29,7 @@ def recursion_misses(prog_fds: list[int]) -> int | None:
         size = ctypes.c_uint32(_PROG_INFO_SIZE)
         if lib.bpf_obj_get_info(fd, buf, ctypes.byref(size)) != 0 or size.value < _RECURSION_MISSES_OFF + 8:
             return None
-        total += int.from_bytes(buf.raw[_RECURSION_MISSES_OFF:_RECURSION_MISSES_OFF + 8], "little")
+        total += int.from_bytes(buf.raw[_RECURSION_MISSES_OFF : _RECURSION_MISSES_OFF + 8], "little")
     return total
 
 
@@ -90,8 +90,11 @@ class KernelSource:
             self._poll_fn = self._bpf.perf_buffer_poll
         self._closed = False
         self._stopped = False
-        self._flows = (FlowMaps(self._bpf, decoder, flow_interval_s, aggregate=loaded.plan.connections == "aggregate")
-                       if loaded.plan.flows_on else None)
+        self._flows = (
+            FlowMaps(self._bpf, decoder, flow_interval_s, aggregate=loaded.plan.connections == "aggregate")
+            if loaded.plan.flows_on
+            else None
+        )
         self._final_losses: dict[str, int] = {}
         self._final_flow_counters: dict[str, int] = {}
         self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]

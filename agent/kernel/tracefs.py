@@ -116,9 +116,27 @@ class TracepointFormat:
 
 # Element sizes for array lengths printed as expressions (size / element size = element count).
 _ELEMENT_SIZES = {
-    "char": 1, "signed char": 1, "unsigned char": 1, "u8": 1, "s8": 1, "__u8": 1, "__s8": 1,
-    "u16": 2, "s16": 2, "__u16": 2, "__s16": 2, "u32": 4, "s32": 4, "__u32": 4, "__s32": 4,
-    "int": 4, "unsigned int": 4, "u64": 8, "s64": 8, "__u64": 8, "__s64": 8,
+    "char": 1,
+    "signed char": 1,
+    "unsigned char": 1,
+    "u8": 1,
+    "s8": 1,
+    "__u8": 1,
+    "__s8": 1,
+    "u16": 2,
+    "s16": 2,
+    "__u16": 2,
+    "__s16": 2,
+    "u32": 4,
+    "s32": 4,
+    "__u32": 4,
+    "__s32": 4,
+    "int": 4,
+    "unsigned int": 4,
+    "u64": 8,
+    "s64": 8,
+    "__u64": 8,
+    "__s64": 8,
 }
 
 

@@ -42,38 +42,76 @@ MIX_BACKLOGS = {"batch/reports-1": 1}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tcpscope-sim", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n", 1)[1].strip("\n"))
+    p = argparse.ArgumentParser(
+        prog="tcpscope-sim",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 1)[1].strip("\n"),
+    )
     p.add_argument("--plan", help="run exactly this traffic plan (JSON, see docs/sim.md), then exit")
     p.add_argument("--duration", type=float, help="without --plan: run the built-in mix this many seconds")
     p.add_argument("--kafka-bootstrap", help="publish to this Kafka (default: start a local broker)")
     p.add_argument("--topic", default="tcpscope-events", help="Kafka topic (default tcpscope-events)")
-    p.add_argument("--summary-format", choices=("table", "json"), default="table",
-                   help="how to print the summary at the end")
+    p.add_argument(
+        "--summary-format", choices=("table", "json"), default="table", help="how to print the summary at the end"
+    )
     p.add_argument("--quiet", action="store_true", help="no live event table")
-    p.add_argument("--show", default="", metavar="KINDS",
-                   help="event kinds in the live table, comma separated, or 'all': " + ",".join(live.KINDS)
-                   + " (default: " + ",".join(live.DEFAULT_KINDS) + ")")
-    p.add_argument("--ship-timeout", type=float, default=60.0,
-                   help="with --plan: seconds to wait for the agents to ship every event")
-    p.add_argument("--agent-arg", action="append", default=[],
-                   help="extra flag for every agent, e.g. --agent-arg=--events=lifecycle,reset")
-    p.add_argument("--unwatched-node", action="append", default=[], metavar="NODE",
-                   help="run no agent on this node (like a node without the DaemonSet); repeatable")
+    p.add_argument(
+        "--show",
+        default="",
+        metavar="KINDS",
+        help="event kinds in the live table, comma separated, or 'all': "
+        + ",".join(live.KINDS)
+        + " (default: "
+        + ",".join(live.DEFAULT_KINDS)
+        + ")",
+    )
+    p.add_argument(
+        "--ship-timeout",
+        type=float,
+        default=60.0,
+        help="with --plan: seconds to wait for the agents to ship every event",
+    )
+    p.add_argument(
+        "--agent-arg",
+        action="append",
+        default=[],
+        help="extra flag for every agent, e.g. --agent-arg=--events=lifecycle,reset",
+    )
+    p.add_argument(
+        "--unwatched-node",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="run no agent on this node (like a node without the DaemonSet); repeatable",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
-    p.add_argument("--metrics-port", type=int, default=0,
-                   help="serve the collectors' metrics (traffic per pair: docs/metrics.md) on PORT.. and the "
-                        "agents' on the ports after them")
-    p.add_argument("--collectors", type=int, default=1,
-                   help="collector replicas; node i's agent streams to replica (i-1) mod N")
-    p.add_argument("--service-map", metavar="PATH",
-                   help="write the run's service map here as SVG (Graphviz), beside the summary; without "
-                        "--plan by default ./tcpscope-sim-<run>-map.svg ('' for none)")
-    p.add_argument("--hold", action="store_true",
-                   help="with --plan: after the summary keep the collector (and its metrics) up until Ctrl-C")
-    p.add_argument("--cleanup", action="store_true",
-                   help="remove namespaces, cgroups and processes left by crashed runs, then exit")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=0,
+        help="serve the collectors' metrics (traffic per pair: docs/metrics.md) on PORT.. and the "
+        "agents' on the ports after them",
+    )
+    p.add_argument(
+        "--collectors", type=int, default=1, help="collector replicas; node i's agent streams to replica (i-1) mod N"
+    )
+    p.add_argument(
+        "--service-map",
+        metavar="PATH",
+        help="write the run's service map here as SVG (Graphviz), beside the summary; without "
+        "--plan by default ./tcpscope-sim-<run>-map.svg ('' for none)",
+    )
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="with --plan: after the summary keep the collector (and its metrics) up until Ctrl-C",
+    )
+    p.add_argument(
+        "--cleanup",
+        action="store_true",
+        help="remove namespaces, cgroups and processes left by crashed runs, then exit",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -103,8 +141,7 @@ class _Interrupted(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python logs every connection at INFO
     if os.geteuid() != 0:
         print("tcpscope-sim: needs root (network namespaces, cgroups, BPF)", file=sys.stderr)
@@ -134,8 +171,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = tempfile.mkdtemp(prefix=f"tcpscope-sim-{cluster.run_id}-")
     if not args.keep_logs:
         cluster.state.paths.append(workdir)
-    services = Services(plan, cluster.run_id, cluster.state, workdir, args.kafka_bootstrap, args.topic,
-                        args.agent_arg, collectors=max(1, args.collectors), metrics_port=args.metrics_port)
+    services = Services(
+        plan,
+        cluster.run_id,
+        cluster.state,
+        workdir,
+        args.kafka_bootstrap,
+        args.topic,
+        args.agent_arg,
+        collectors=max(1, args.collectors),
+        metrics_port=args.metrics_port,
+    )
     watch: TopicWatch | None = None
     printer: OrderedPrinter | None = None
     rc = 1
@@ -147,8 +193,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say(f"tcpscope-sim: run {cluster.run_id}, {len(plan.nodes)} nodes, {len(plan.pods)} pods, logs {workdir}")
         bootstrap = services.start_broker()
         services.create_topic()
-        say(f"tcpscope-sim: Kafka at {bootstrap}, topic {args.topic}"
-            + ("" if args.kafka_bootstrap else " (local broker started for this run)"))
+        say(
+            f"tcpscope-sim: Kafka at {bootstrap}, topic {args.topic}"
+            + ("" if args.kafka_bootstrap else " (local broker started for this run)")
+        )
         kubeconfig = services.start_api()
         say(f"tcpscope-sim: API server stand-in at {services.api.url if services.api else '?'}")
         services.start_collector()
@@ -156,13 +204,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         services.start_agents({n: cluster.node_cgroup(n) for n in watched}, kubeconfig)
         services.wait_agents_ready()
         replicas = [services.collector_addr, *(a for _, a in services.more_collectors)]
-        say(f"tcpscope-sim: agents ready on {', '.join(watched)}; collector {', '.join(replicas)}"
-            + (f"; no agent on {', '.join(args.unwatched_node)}" if args.unwatched_node else ""))
+        say(
+            f"tcpscope-sim: agents ready on {', '.join(watched)}; collector {', '.join(replicas)}"
+            + (f"; no agent on {', '.join(args.unwatched_node)}" if args.unwatched_node else "")
+        )
         if args.metrics_port:
             last = services.agent_metrics_port(len(plan.nodes))
-            say(f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector"
+            say(
+                f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector"
                 f"{'s: ports up to ' + str(args.metrics_port + len(replicas) - 1) if len(replicas) > 1 else ''}), "
-                f"ports {services.agent_metrics_port(1)}-{last} (agents)")
+                f"ports {services.agent_metrics_port(1)}-{last} (agents)"
+            )
         for p in plan.pods:
             say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
         printer = None if (args.quiet or args.plan) else _live_printer(say, show)
@@ -220,8 +272,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rc
 
 
-def _run_plan(driver: Driver, services: Services, watch: TopicWatch, expected: int, timeout: float,
-              say: Callable[[str], None]) -> int:
+def _run_plan(
+    driver: Driver, services: Services, watch: TopicWatch, expected: int, timeout: float, say: Callable[[str], None]
+) -> int:
     """Run the plan once, wait for every connection's events in Kafka, drain the agents, check."""
     t0 = time.monotonic()
     driver.run_plan(strict=True)
@@ -236,15 +289,23 @@ def _run_plan(driver: Driver, services: Services, watch: TopicWatch, expected: i
     # a possible loss (a program run the kernel skipped) that cost no planned connection is reported,
     # not failed: every lifecycle arrived, so the summary is exact
     ok = got == expected and not lost and all(c == 0 for c in codes.values()) and not watch.error
-    say(f"tcpscope-sim: shipped {got}/{expected} lifecycle events in {time.monotonic() - t0:.1f}s, "
-        f"losses {lost or 'none'}{f' (possible: {maybe})' if maybe else ''}, agents exited {codes}")
+    say(
+        f"tcpscope-sim: shipped {got}/{expected} lifecycle events in {time.monotonic() - t0:.1f}s, "
+        f"losses {lost or 'none'}{f' (possible: {maybe})' if maybe else ''}, agents exited {codes}"
+    )
     if watch.error:
         say(f"tcpscope-sim: reading Kafka failed: {watch.error}")
     return 0 if ok else 1
 
 
-def _print_summary(events: list[TcpEvent], losses: dict[str, int], batches: int, fmt: str,
-                   say: Callable[[str], None], batch_summaries: Sequence[tuple[str, EventBatch]] = ()) -> None:
+def _print_summary(
+    events: list[TcpEvent],
+    losses: dict[str, int],
+    batches: int,
+    fmt: str,
+    say: Callable[[str], None],
+    batch_summaries: Sequence[tuple[str, EventBatch]] = (),
+) -> None:
     """The same summary `tcpscope-tail --summary` prints, over the events this run read back."""
     report = summary.Report(summary.Summarizer(), losses=losses, batches=batches, events=len(events))
     for agent_id, b in batch_summaries:  # nodes and loss spans, for who sent each reset

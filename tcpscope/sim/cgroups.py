@@ -71,8 +71,11 @@ class CgroupTree:
         uid = pod_uid(self.run_id, namespace, name)
         cid = container_id(uid)
         path = os.path.join(
-            self.node_dir(node), "kubepods.slice", "kubepods-besteffort.slice",
-            f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice", f"cri-containerd-{cid}.scope",
+            self.node_dir(node),
+            "kubepods.slice",
+            "kubepods-besteffort.slice",
+            f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice",
+            f"cri-containerd-{cid}.scope",
         )
         os.makedirs(path, exist_ok=True)
         return PodCgroup(self.node_dir(node), path, uid, cid)
@@ -117,4 +120,4 @@ class CgroupTree:
 def leftover_run_ids() -> set[str]:
     """Run ids of every simulator cgroup tree on this machine."""
     base = cgroup2_mount()
-    return {n[len(PREFIX):] for n in os.listdir(base) if n.startswith(PREFIX)}
+    return {n[len(PREFIX) :] for n in os.listdir(base) if n.startswith(PREFIX)}

@@ -61,9 +61,16 @@ class RunState:
         os.makedirs(STATE_DIR, exist_ok=True)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"run_id": self.run_id, "owner_pid": self.owner_pid,
-                       "owner_start": _start_time(self.owner_pid), "procs": self.procs,
-                       "paths": self.paths}, f)
+            json.dump(
+                {
+                    "run_id": self.run_id,
+                    "owner_pid": self.owner_pid,
+                    "owner_start": _start_time(self.owner_pid),
+                    "procs": self.procs,
+                    "paths": self.paths,
+                },
+                f,
+            )
         os.replace(tmp, self.path)
 
     def track(self, pid: int) -> None:
@@ -214,10 +221,23 @@ class PodCluster:
             cg = self.cgroups.add_pod(spec.node, spec.namespace, spec.name)
             pn = self.fabric.add_pod(i, spec.ip)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tcpscope.sim.worker", "--netns", pn.netns_path,
-                 "--cgroup", cg.path, "--listen", ",".join(map(str, spec.listen)),
-                 "--backlog", str(self.backlogs.get(spec.ref, 128))],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+                [
+                    sys.executable,
+                    "-m",
+                    "tcpscope.sim.worker",
+                    "--netns",
+                    pn.netns_path,
+                    "--cgroup",
+                    cg.path,
+                    "--listen",
+                    ",".join(map(str, spec.listen)),
+                    "--backlog",
+                    str(self.backlogs.get(spec.ref, 128)),
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                bufsize=1,
                 start_new_session=True,
             )
             self.state.track(proc.pid)

@@ -51,7 +51,7 @@ def all_run_ids() -> set[str]:
         names = os.listdir(NETNS_DIR)
     except FileNotFoundError:
         return set()
-    return {n[len(PREFIX):].split("-", 1)[0] for n in names if n.startswith(PREFIX) and "-" in n[len(PREFIX):]}
+    return {n[len(PREFIX) :].split("-", 1)[0] for n in names if n.startswith(PREFIX) and "-" in n[len(PREFIX) :]}
 
 
 def delete_netns(name: str) -> None:
@@ -97,8 +97,7 @@ class Fabric:
         run_ip(["ip", "netns", "add", name])
         self.created.append(name)
         run_ip(["ip", "-n", name, "link", "set", "lo", "up"])
-        run_ip(["ip", "-n", self.netns, "link", "add", peer, "type", "veth", "peer", "name", "eth0",
-                "netns", name])
+        run_ip(["ip", "-n", self.netns, "link", "add", peer, "type", "veth", "peer", "name", "eth0", "netns", name])
         run_ip(["ip", "-n", self.netns, "link", "set", peer, "up"])
         run_ip(["ip", "-n", self.netns, "route", "add", f"{ip}/32", "dev", peer, "scope", "link"])
         run_ip(["ip", "-n", name, "addr", "add", f"{ip}/32", "dev", "eth0"])
@@ -142,13 +141,7 @@ def add_drop_rule(netns: str, table: str, rule: str, hook: str = "output") -> No
 def add_rules(netns: str, table: str, rules: Sequence[str], hook: str) -> None:
     """Create `inet <table>` with one filter chain on `hook` holding these rules, in netns."""
     body = "".join(f"    {r}\n" for r in rules)
-    script = (
-        f"table inet {table} {{\n"
-        f"  chain c {{ type filter hook {hook} priority 0; policy accept;\n"
-        f"{body}"
-        f"  }}\n"
-        f"}}\n"
-    )
+    script = f"table inet {table} {{\n  chain c {{ type filter hook {hook} priority 0; policy accept;\n{body}  }}\n}}\n"
     run_ip(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
 
 

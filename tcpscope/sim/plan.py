@@ -230,8 +230,7 @@ def builtin_plan() -> Plan:
         {"from": "shop/frontend-2", "to": "shop/cart-1", "port": 7070, "kind": "ok", "count": 5},
         {"from": "shop/cart-1", "to": "data/redis-1", "port": 6379, "kind": "ok", "count": 8},
         {"from": "shop/frontend-1", "to": "shop/checkout-1", "port": 5050, "kind": "ok", "count": 2},
-        {"from": "shop/checkout-1", "to": "payments/gateway-1", "port": 9443, "kind": "server_reset",
-         "count": 1},
+        {"from": "shop/checkout-1", "to": "payments/gateway-1", "port": 9443, "kind": "server_reset", "count": 1},
         {"from": "shop/checkout-1", "to": "payments/gateway-1", "port": 9443, "kind": "ok", "count": 2},
         {"from": "shop/frontend-2", "to": "shop/checkout-1", "port": 5051, "kind": "refused", "count": 1},
         {"from": "batch/reports-1", "to": "data/redis-1", "port": 6379, "kind": "client_reset", "count": 1},
@@ -244,10 +243,15 @@ def builtin_plan() -> Plan:
 def plan_to_doc(plan: Plan) -> dict[str, Any]:
     """The JSON document of a plan (addresses are derived, so they are not part of it)."""
     pods: Sequence[dict[str, Any]] = [
-        {"namespace": p.namespace, "name": p.name, "node": p.node, "listen": list(p.listen),
-         "workload": p.workload, "labels": dict(p.labels)}
+        {
+            "namespace": p.namespace,
+            "name": p.name,
+            "node": p.node,
+            "listen": list(p.listen),
+            "workload": p.workload,
+            "labels": dict(p.labels),
+        }
         for p in plan.pods
     ]
-    traffic = [{"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count}
-               for t in plan.traffic]
+    traffic = [{"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count} for t in plan.traffic]
     return {"pods": list(pods), "traffic": traffic}

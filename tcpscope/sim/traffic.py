@@ -45,12 +45,12 @@ class Driver:
             table = net.nft_table_name(self.cluster.run_id, f"to{server.netns.index}")
             table_netns = server.netns.netns
             net.add_drop_rule(
-                server.netns.netns, table,
+                server.netns.netns,
+                table,
                 f"ip daddr {client.spec.ip} tcp sport {t.port} tcp flags & (syn | ack) == syn | ack drop",
             )
         try:
-            reply = client.call("connect", timeout=timeout, ip=server.spec.ip, port=t.port, kind=t.kind,
-                                count=t.count)
+            reply = client.call("connect", timeout=timeout, ip=server.spec.ip, port=t.port, kind=t.kind, count=t.count)
         finally:
             if table:
                 net.delete_table(table_netns, table)
@@ -66,8 +66,10 @@ class Driver:
                 sent = after["OutRsts"] - mibs[p.spec.ref]["OutRsts"]
                 reset = after["EstabResets"] - mibs[p.spec.ref]["EstabResets"]
                 if sent or reset != t.count:
-                    raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: {p.spec.ref} "
-                                       f"sent {sent} RSTs, had {reset} established connections reset")
+                    raise TrafficError(
+                        f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: {p.spec.ref} "
+                        f"sent {sent} RSTs, had {reset} established connections reset"
+                    )
         return got
 
     def _network_reset_rules(self, t: TrafficSpec, client: Pod, server: Pod) -> tuple[str, str]:
@@ -81,10 +83,15 @@ class Driver:
         table = net.nft_table_name(self.cluster.run_id, f"nr{client.netns.index}x{server.netns.index}")
         mark = f"@ih,0,32 0x{KILL_MARK.hex()}"
         c, s = client.spec.ip, server.spec.ip
-        net.add_rules(self.cluster.fabric.netns, table, [
-            f"ip saddr {c} ip daddr {s} tcp dport {t.port} {mark} reject with tcp reset",
-            f"ip saddr {s} ip daddr {c} tcp sport {t.port} {mark} reject with tcp reset",
-        ], hook="forward")
+        net.add_rules(
+            self.cluster.fabric.netns,
+            table,
+            [
+                f"ip saddr {c} ip daddr {s} tcp dport {t.port} {mark} reject with tcp reset",
+                f"ip saddr {s} ip daddr {c} tcp sport {t.port} {mark} reject with tcp reset",
+            ],
+            hook="forward",
+        )
         return table, self.cluster.fabric.netns
 
     def run_plan(self, strict: bool = True) -> None:
@@ -104,12 +111,16 @@ class Driver:
         time in four. The counter starts at 0, so the first data packet is always dropped."""
         client, server = self._pods(t)
         table = net.nft_table_name(self.cluster.run_id, f"loss{client.netns.index}")
-        net.add_drop_rule(client.netns.netns, table,
-                          f"ip saddr {server.spec.ip} tcp sport {t.port} ip length > 200 numgen inc mod 3 == 0 drop",
-                          hook="input")
+        net.add_drop_rule(
+            client.netns.netns,
+            table,
+            f"ip saddr {server.spec.ip} tcp sport {t.port} ip length > 200 numgen inc mod 3 == 0 drop",
+            hook="input",
+        )
         try:
-            reply = client.call("connect", timeout=120, ip=server.spec.ip, port=t.port, kind="ok",
-                                count=t.count, size=size)
+            reply = client.call(
+                "connect", timeout=120, ip=server.spec.ip, port=t.port, kind="ok", count=t.count, size=size
+            )
         finally:
             net.delete_table(client.netns.netns, table)
         got: dict[str, int] = reply.get("outcomes", {})
@@ -129,8 +140,14 @@ class Driver:
         return got
 
 
-def run_mix(driver: Driver, stop: threading.Event, deadline: float | None,
-            bulk: TrafficSpec | None, stall: TrafficSpec | None, seed: int = 0) -> None:
+def run_mix(
+    driver: Driver,
+    stop: threading.Event,
+    deadline: float | None,
+    bulk: TrafficSpec | None,
+    stall: TrafficSpec | None,
+    seed: int = 0,
+) -> None:
     """The built-in mix: the plan's entries in random order, plus lossy bulk transfers and a stalled
     server now and then, until stop is set or the deadline passes."""
     rng = random.Random(seed)

@@ -117,9 +117,13 @@ class TopicWatch:
                 self.batches += 1
                 self.summaries.append((d.agent_id, d.summary))
                 lost = d.summary.lost
-                for k, v in (("kernel", lost.kernel), ("agent_buffer", lost.agent_buffer),
-                             ("enrichment", lost.enrichment), ("kernel_skipped_runs", lost.kernel_skipped_runs),
-                             *lost.by_reason.items()):
+                for k, v in (
+                    ("kernel", lost.kernel),
+                    ("agent_buffer", lost.agent_buffer),
+                    ("enrichment", lost.enrichment),
+                    ("kernel_skipped_runs", lost.kernel_skipped_runs),
+                    *lost.by_reason.items(),
+                ):
                     self.losses[k] = self.losses.get(k, 0) + v
             self._cv.notify_all()
 

@@ -90,10 +90,13 @@ class _Plan:
     use_ringbuf = True
 
 
-@pytest.mark.parametrize(("losses", "code"), [({"kernel.ringbuf_full": 7, "kernel.recursion_misses": 2}, 3),
-                                              ({"kernel.recursion_misses": 2}, 0)])
-def test_duration_run_that_lost_events_exits_3(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                               losses: dict[str, int], code: int) -> None:
+@pytest.mark.parametrize(
+    ("losses", "code"),
+    [({"kernel.ringbuf_full": 7, "kernel.recursion_misses": 2}, 3), ({"kernel.recursion_misses": 2}, 0)],
+)
+def test_duration_run_that_lost_events_exits_3(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], losses: dict[str, int], code: int
+) -> None:
     source = _LossySource()
     monkeypatch.setattr(source, "losses", lambda: losses)
 

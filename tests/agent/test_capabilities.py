@@ -37,8 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 AGENT = ROOT / ".venv" / "bin" / "tcpscope-agent"
 PYTHON = ROOT / ".venv" / "bin" / "python"
 HEADERS_SCRIPT = CHART_DIR / "files" / "link-kernel-headers.sh"
-CAP_NUMBERS = {"DAC_READ_SEARCH": 2, "NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24,
-               "PERFMON": 38, "BPF": 39}
+CAP_NUMBERS = {"DAC_READ_SEARCH": 2, "NET_ADMIN": 12, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
 
 # The wrapper: private mount namespace, tmpfs /lib/modules filled by the chart's init script, then
 # the command with the given capability set. $1 = setpriv capability list (e.g. "+bpf,+perfmon").
@@ -106,21 +105,37 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return wrapper
 
 
-def run_wrapped(wrapper: Path, caps: list[str], argv: list[str], *, as_uid: int | None = None,
-                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_wrapped(
+    wrapper: Path, caps: list[str], argv: list[str], *, as_uid: int | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     if as_uid is None:
         env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID="")
         return subprocess.run(
             ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(wrapper), setpriv_list(caps), *argv],
-            env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
         )
     with readable_view() as view:  # tests/support/readable.py: the checkout may sit under a 0700 /root
-        env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID=str(as_uid), REPO=str(ROOT),
-                   VIEW=str(view))
+        env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID=str(as_uid), REPO=str(ROOT), VIEW=str(view))
         return subprocess.run(
-            ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(wrapper), setpriv_list(caps),
-             *(in_view(a, view) if a.startswith(str(ROOT) + os.sep) else a for a in argv)],
-            env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "/bin/sh",
+                str(wrapper),
+                setpriv_list(caps),
+                *(in_view(a, view) if a.startswith(str(ROOT) + os.sep) else a for a in argv),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
         )
 
 
@@ -168,10 +183,30 @@ def test_agent_attaches_and_reports_real_connections_with_only_the_chart_list(
     env = dict(os.environ, HEADERS_SCRIPT=str(HEADERS_SCRIPT), AS_UID="")
     with stdout_path.open("w") as stdout:
         proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "/bin/sh", str(harness), setpriv_list(caps),
-             str(AGENT), "--stdout", "json", "--duration", "4", "--no-kubernetes", "--port", str(port),
-             "--events", "lifecycle,state"],
-            env=env, stdout=stdout, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "/bin/sh",
+                str(harness),
+                setpriv_list(caps),
+                str(AGENT),
+                "--stdout",
+                "json",
+                "--duration",
+                "4",
+                "--no-kubernetes",
+                "--port",
+                str(port),
+                "--events",
+                "lifecycle,state",
+            ],
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         assert proc.stderr is not None
         stderr_lines: list[str] = []
@@ -196,18 +231,23 @@ def test_agent_attaches_and_reports_real_connections_with_only_the_chart_list(
     assert "sock:inet_sock_set_state" in stderr
     events: list[dict[str, Any]] = [json.loads(line) for line in stdout_path.read_text().splitlines() if line]
     for cport in client_ports:
-        client = [e for e in events if e.get("local", {}).get("port") == cport
-                  and e.get("remote", {}).get("port") == port]
-        server = [e for e in events if e.get("local", {}).get("port") == port
-                  and e.get("remote", {}).get("port") == cport]
-        transitions = {(e["state_change"]["old_state"], e["state_change"]["new_state"])
-                       for e in client if "state_change" in e}
+        client = [
+            e for e in events if e.get("local", {}).get("port") == cport and e.get("remote", {}).get("port") == port
+        ]
+        server = [
+            e for e in events if e.get("local", {}).get("port") == port and e.get("remote", {}).get("port") == cport
+        ]
+        transitions = {
+            (e["state_change"]["old_state"], e["state_change"]["new_state"]) for e in client if "state_change" in e
+        }
         assert ("SYN_SENT", "ESTABLISHED") in transitions, (cport, client)
         established = next(e for e in client if e.get("state_change", {}).get("new_state") == "ESTABLISHED")
         assert established["process"]["pid"] == os.getpid()
         assert established["local"]["ip"] == established["remote"]["ip"] == "127.0.0.1"
-        assert any(e.get("state_change", {}).get("old_state") == "LISTEN"
-                   and e["state_change"]["new_state"] == "SYN_RECV" for e in server), (cport, server)
+        assert any(
+            e.get("state_change", {}).get("old_state") == "LISTEN" and e["state_change"]["new_state"] == "SYN_RECV"
+            for e in server
+        ), (cport, server)
     assert "lost 0" in stderr  # the loss summary line: nothing dropped
 
 
@@ -215,8 +255,9 @@ def test_agent_attaches_and_reports_real_connections_with_only_the_chart_list(
 def test_agent_fails_clearly_without_each_capability(harness: Path, listener: socket.socket, dropped: str) -> None:
     caps = [c for c in chart_capabilities() if c != dropped]
     port = str(listener.getsockname()[1])
-    cli = run_wrapped(harness, caps, [str(AGENT), "--stdout", "json", "--duration", "4", "--no-kubernetes",
-                                      "--port", port])
+    cli = run_wrapped(
+        harness, caps, [str(AGENT), "--stdout", "json", "--duration", "4", "--no-kubernetes", "--port", port]
+    )
     assert cli.returncode == 2, cli.stderr
     assert cli.stdout == ""
     error = [ln for ln in cli.stderr.splitlines() if ln.startswith("tcpscope-agent: error:")]
@@ -226,8 +267,8 @@ def test_agent_fails_clearly_without_each_capability(harness: Path, listener: so
     assert loader.returncode == 2, loader.stderr
     assert "LOADER-ATTACHED" not in loader.stderr
     kernel_says = {
-        "BPF": "could not open bpf map",          # BPF_MAP_CREATE needs CAP_BPF
-        "PERFMON": "Failed to load program",      # BPF_PROG_TYPE_TRACEPOINT load needs CAP_PERFMON
+        "BPF": "could not open bpf map",  # BPF_MAP_CREATE needs CAP_BPF
+        "PERFMON": "Failed to load program",  # BPF_PROG_TYPE_TRACEPOINT load needs CAP_PERFMON
     }[dropped]
     assert kernel_says in loader.stderr and "Operation not permitted" in loader.stderr, loader.stderr
 
@@ -249,8 +290,8 @@ def test_non_root_needs_dac_read_search_which_is_why_the_chart_uses_uid_0(
     assert as_nobody.returncode != 0, as_nobody.stderr
     assert "LOADER-ATTACHED" not in as_nobody.stderr
     assert "cannot read tracefs at /sys/kernel/tracing (permission denied for uid 65534)" in as_nobody.stderr, (
-        as_nobody.stderr)
+        as_nobody.stderr
+    )
     with_dac = run_wrapped(harness, [*caps, "DAC_READ_SEARCH"], [str(PYTHON), "-c", LOADER, port], as_uid=65534)
     assert with_dac.returncode == 0, with_dac.stderr
     assert "LOADER-ATTACHED" in with_dac.stderr
-

@@ -97,8 +97,10 @@ def test_every_field_is_documented_with_an_env_var() -> None:
 
 
 def test_unreadable_env_values_name_the_field(capsys: pytest.CaptureFixture[str]) -> None:
-    for env, said in (({"TCPSCOPE_KUBERNETES": "maybe"}, "--kubernetes / TCPSCOPE_KUBERNETES: cannot use 'maybe'"),
-                      ({"TCPSCOPE_PORTS": "80,http"}, "--ports / TCPSCOPE_PORTS: cannot use")):
+    for env, said in (
+        ({"TCPSCOPE_KUBERNETES": "maybe"}, "--kubernetes / TCPSCOPE_KUBERNETES: cannot use 'maybe'"),
+        ({"TCPSCOPE_PORTS": "80,http"}, "--ports / TCPSCOPE_PORTS: cannot use"),
+    ):
         with pytest.raises(SystemExit) as exc:
             AgentConfig.from_args([], env=env)
         assert exc.value.code == 2
@@ -106,21 +108,29 @@ def test_unreadable_env_values_name_the_field(capsys: pytest.CaptureFixture[str]
     assert AgentConfig.from_args([], env={"TCPSCOPE_DURATION": "2.5"}).duration == 2.5
 
 
-@pytest.mark.parametrize(("argv", "mode"), [
-    (["--stdout", "table"], "each"),  # tcplife-like on a terminal
-    (["--collector", "c:4317"], "aggregate"),  # streaming: ordinary connections become flows
-    (["--collector", "c:4317", "--stdout", "json"], "each"),
-    (["--collector", "c:4317", "--connections", "each"], "each"),
-    (["--stdout", "json", "--connections", "aggregate"], "aggregate"),
-])
+@pytest.mark.parametrize(
+    ("argv", "mode"),
+    [
+        (["--stdout", "table"], "each"),  # tcplife-like on a terminal
+        (["--collector", "c:4317"], "aggregate"),  # streaming: ordinary connections become flows
+        (["--collector", "c:4317", "--stdout", "json"], "each"),
+        (["--collector", "c:4317", "--connections", "each"], "each"),
+        (["--stdout", "json", "--connections", "aggregate"], "aggregate"),
+    ],
+)
 def test_connections_mode_defaults_by_sink(argv: list[str], mode: str) -> None:
     assert AgentConfig.from_args(argv, env={}).connections == mode
 
 
 def test_connections_mode_from_env_and_bad_values() -> None:
     assert AgentConfig.from_args(["--stdout", "json"], env={"TCPSCOPE_CONNECTIONS": "aggregate"}).connections == (
-        "aggregate")
-    for kwargs, message in (({"connections": "some"}, "--connections"), ({"flow_interval": 0.0}, "--flow-interval"),
-                            ({"max_flows": 0}, "--max-flows"), ({"max_connection_events": -1}, "--max-connection")):
+        "aggregate"
+    )
+    for kwargs, message in (
+        ({"connections": "some"}, "--connections"),
+        ({"flow_interval": 0.0}, "--flow-interval"),
+        ({"max_flows": 0}, "--max-flows"),
+        ({"max_connection_events": -1}, "--max-connection"),
+    ):
         with pytest.raises(ConfigError, match=message):
             AgentConfig(**kwargs)  # type: ignore[arg-type]

@@ -90,6 +90,5 @@ def test_served_on_the_metrics_port_with_metrics(kafka_broker: Broker) -> None:
     exp.emit([make_event(i) for i in range(10, 90)], {})
     assert _get(base + "/readyz")[0] == 200
     exp.emit([make_event(i) for i in range(90, 105)], {})  # 95 held: the first 10 were acked
-    assert _get(base + "/readyz") == (
-        503, "not ok: collector not connected and the export buffer is 95/100 events\n")
+    assert _get(base + "/readyz") == (503, "not ok: collector not connected and the export buffer is 95/100 events\n")
     exp.close(0)

@@ -54,8 +54,17 @@ def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
 def test_json_lines_during_traffic_then_exit_after_duration() -> None:
     require_root()
     port = traffic.free_port()
-    proc = _start("--stdout", "json", "--duration", "3", "--port", str(port), "--no-kubernetes",
-                  "--events", "lifecycle,state,retransmit,synack,reset,error")
+    proc = _start(
+        "--stdout",
+        "json",
+        "--duration",
+        "3",
+        "--port",
+        str(port),
+        "--no-kubernetes",
+        "--events",
+        "lifecycle,state,retransmit,synack,reset,error",
+    )
     started = time.monotonic()
     attached = _wait_attached(proc)
     assert attached.startswith("tcpscope-agent: attached: sock:inet_sock_set_state")
@@ -68,11 +77,16 @@ def test_json_lines_during_traffic_then_exit_after_duration() -> None:
     assert events and all(e["node"] and "time" in e and "socket_id" in e for e in events)
     lcs = sorted((e for e in events if "lifecycle" in e), key=lambda e: e["lifecycle"]["role"])
     assert [(e["lifecycle"]["role"], e["lifecycle"]["tx_bytes"], e["lifecycle"]["rx_bytes"]) for e in lcs] == [
-        ("ACTIVE", "300000", "777"), ("PASSIVE", "777", "300000")]
+        ("ACTIVE", "300000", "777"),
+        ("PASSIVE", "777", "300000"),
+    ]
     assert lcs[0]["process"]["pid"] == ex.client_pid and lcs[1]["process"]["pid"] == ex.server_pid
     assert (lcs[0]["local"]["ip"], lcs[0]["local"]["port"]) == ("127.0.0.1", ex.client_port)
-    assert {e["state_change"]["new_state"] for e in events if "state_change" in e} >= {"SYN_SENT", "ESTABLISHED",
-                                                                                     "CLOSE"}
+    assert {e["state_change"]["new_state"] for e in events if "state_change" in e} >= {
+        "SYN_SENT",
+        "ESTABLISHED",
+        "CLOSE",
+    }
     summary = err.strip().splitlines()[-1]
     assert summary.startswith(f"tcpscope-agent: {len(events)} events out, lost 0 (kernel.")
 
@@ -92,8 +106,7 @@ def test_sigterm_exits_cleanly_with_loss_summary() -> None:
 @pytest.mark.root
 def test_dump_bpf() -> None:
     require_root()
-    res = subprocess.run([*AGENT, "--dump-bpf", "--port", "443"], cwd=REPO, capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run([*AGENT, "--dump-bpf", "--port", "443"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert f"kernel: {os.uname().release}" in res.stdout
     assert "tracepoint sock:inet_sock_set_state -> tp_inet_sock_set_state" in res.stdout
@@ -110,8 +123,12 @@ def _run_as_nobody(*args: str) -> subprocess.CompletedProcess[str]:
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is needed for this test"
     with readable_view() as view:
-        return _run(through_view(view, [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-                                        "--inh-caps=-all", *AGENT]), *args)
+        return _run(
+            through_view(
+                view, [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", *AGENT]
+            ),
+            *args,
+        )
 
 
 def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
@@ -125,8 +142,14 @@ def _one_error_line(res: subprocess.CompletedProcess[str]) -> str:
 
 
 def _run(cmd: list[str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    return subprocess.run(
+        [*cmd, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
 
 
 def test_not_root_is_one_clear_error() -> None:
@@ -169,9 +192,11 @@ def test_dump_bpf_without_root_and_unreadable_tracefs_is_one_clear_error() -> No
     require_root()
     assert os.stat("/sys/kernel/tracing").st_mode & 0o005 == 0, "tracefs is readable by all on this host"
     line = _one_error_line(_run_as_nobody("--dump-bpf"))
-    assert line == ("tcpscope-agent: error: cannot read tracefs at /sys/kernel/tracing (permission denied for "
-                    "uid 65534): reading tracepoint formats needs root, or a tracefs mount this user may read "
-                    "(give it with --tracefs)")
+    assert line == (
+        "tcpscope-agent: error: cannot read tracefs at /sys/kernel/tracing (permission denied for "
+        "uid 65534): reading tracepoint formats needs root, or a tracefs mount this user may read "
+        "(give it with --tracefs)"
+    )
 
 
 @pytest.mark.root
@@ -198,7 +223,10 @@ def test_loss_summary_keeps_possible_losses_apart() -> None:
     from agent.__main__ import loss_summary
 
     assert loss_summary({"kernel.ringbuf_full": 0}, 12) == (
-        "tcpscope-agent: 12 events out, lost 0 (kernel.ringbuf_full=0)")
+        "tcpscope-agent: 12 events out, lost 0 (kernel.ringbuf_full=0)"
+    )
     line = loss_summary({"kernel.ringbuf_full": 2, "kernel.recursion_misses": 5}, 9)
-    assert line == ("tcpscope-agent: 9 events out, lost 2 (kernel.recursion_misses=5, kernel.ringbuf_full=2); "
-                    "possibly lost 5 more (runs the kernel skipped)")
+    assert line == (
+        "tcpscope-agent: 9 events out, lost 2 (kernel.recursion_misses=5, kernel.ringbuf_full=2); "
+        "possibly lost 5 more (runs the kernel skipped)"
+    )

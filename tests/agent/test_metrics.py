@@ -8,8 +8,13 @@ from agent.metrics import AgentMetrics, stat_metric_name
 
 
 def test_stage_statistics_are_counters_and_gauges() -> None:
-    stats = {"local.pod_hits": 7, "remote.watch.pods.lists": 2, "pods.cached": 3, "local.pending": 1,
-             "local.watch.pods.synced": 1}
+    stats = {
+        "local.pod_hits": 7,
+        "remote.watch.pods.lists": 2,
+        "pods.cached": 3,
+        "local.pending": 1,
+        "local.watch.pods.synced": 1,
+    }
     m = AgentMetrics()
     m.watch_enrichment(lambda: dict(stats))
     text = generate_latest(m.registry).decode()

@@ -5,28 +5,54 @@ from __future__ import annotations
 from bench import report
 from bench.runner import OverheadRow, RoundResult, Step, ZeroLossRow
 
-META = {"date": "d", "host": "h", "kernel": "k", "cpus": 2, "commit": "c", "rounds": 1, "veth_rounds": 1,
-        "duration": 1.0, "warmup": 0.0, "threads": 2, "server_threads": 2, "command": "python -m bench"}
+META = {
+    "date": "d",
+    "host": "h",
+    "kernel": "k",
+    "cpus": 2,
+    "commit": "c",
+    "rounds": 1,
+    "veth_rounds": 1,
+    "duration": 1.0,
+    "warmup": 0.0,
+    "threads": 2,
+    "server_threads": 2,
+    "command": "python -m bench",
+}
 
 
 def test_na_rows_carry_their_reason_and_no_figures() -> None:
     none = OverheadRow("loopback", "none", "no tracing", rounds=[RoundResult(0, 1000.0, 1000, 0, ratio=1.0)])
-    tcplife = OverheadRow("loopback", "tcplife", "tcplife-bpfcc",
-                          rounds=[RoundResult(0, 400.0, 400, 0, ratio=0.4, cpu_s=0.008, hwm_kb=204800,
-                                              kernel_ns=6_000_000, delivered=760, expected=800,
-                                              delivered_ratio=0.95)])
-    agent = OverheadRow("loopback", "agent-lifecycle", "tcpscope-agent lifecycle", "n/a",
-                        "agent/__main__.py not written yet")
+    tcplife = OverheadRow(
+        "loopback",
+        "tcplife",
+        "tcplife-bpfcc",
+        rounds=[
+            RoundResult(
+                0,
+                400.0,
+                400,
+                0,
+                ratio=0.4,
+                cpu_s=0.008,
+                hwm_kb=204800,
+                kernel_ns=6_000_000,
+                delivered=760,
+                expected=800,
+                delivered_ratio=0.95,
+            )
+        ],
+    )
+    agent = OverheadRow(
+        "loopback", "agent-lifecycle", "tcpscope-agent lifecycle", "n/a", "agent/__main__.py not written yet"
+    )
     kafka = ZeroLossRow("kafka", "agent -> Kafka", "lifecycle", "n/a", "collector/__main__.py not written yet")
-    doc = report.build(META, [none, tcplife, agent], [kafka], "agent/__main__.py not written yet",
-                       "no Kafka broker")
+    doc = report.build(META, [none, tcplife, agent], [kafka], "agent/__main__.py not written yet", "no Kafka broker")
     targets = {t["figure"]: t for t in doc["targets"]}
-    assert targets["loopback throughput kept, agent-lifecycle"]["measured"] == \
-        "n/a: agent/__main__.py not written yet"
+    assert targets["loopback throughput kept, agent-lifecycle"]["measured"] == "n/a: agent/__main__.py not written yet"
     assert targets["loopback throughput kept, agent-lifecycle"]["met"] is None
     assert targets["loopback throughput kept, tcplife"]["measured"] == "40.0% (min 40.0%, max 40.0%)"
-    assert targets["highest zero-loss rate, agent -> Kafka"]["measured"] == \
-        "n/a: collector/__main__.py not written yet"
+    assert targets["highest zero-loss rate, agent -> Kafka"]["measured"] == "n/a: collector/__main__.py not written yet"
     row = next(r for r in doc["overhead"] if r["mode"] == "agent-lifecycle")
     assert row["ratio_median"] is None and row["rate_median"] is None and row["rounds"] == []
     md = report.markdown(doc)
@@ -37,11 +63,22 @@ def test_na_rows_carry_their_reason_and_no_figures() -> None:
 
 def test_zero_loss_best_is_the_fastest_step_without_loss() -> None:
     def step(rate: float, ok: bool) -> Step:
-        return Step(rate, rate, int(rate), 0, 2 * int(rate), 2 * int(rate) if ok else int(rate),
-                    {"total": 0 if ok else 5}, ok, 1.0, 1024)
+        return Step(
+            rate,
+            rate,
+            int(rate),
+            0,
+            2 * int(rate),
+            2 * int(rate) if ok else int(rate),
+            {"total": 0 if ok else 5},
+            ok,
+            1.0,
+            1024,
+        )
 
-    z = ZeroLossRow("stdout", "agent -> stdout", "lifecycle", steps=[step(5000, True), step(9000, True),
-                                                                     step(12000, False)])
+    z = ZeroLossRow(
+        "stdout", "agent -> stdout", "lifecycle", steps=[step(5000, True), step(9000, True), step(12000, False)]
+    )
     best = z.best()
     assert best is not None and best.rate == 9000
     assert best.cpu_us_per_conn == 1e6 / 9000
@@ -66,15 +103,30 @@ def test_agent_versions_table_reports_medians_and_na() -> None:
 
 def test_aggregation_targets_compare_with_each_mode_and_tcpdump_of_the_same_run() -> None:
     def row(mode: str, ratio: float, cpu_s: float | None, kernel_ns: int | None, dr: float | None) -> OverheadRow:
-        return OverheadRow("loopback", mode, mode, rounds=[RoundResult(
-            0, 10_000 * ratio, 10_000, 0, ratio=ratio, cpu_s=cpu_s, kernel_ns=kernel_ns, delivered_ratio=dr)])
+        return OverheadRow(
+            "loopback",
+            mode,
+            mode,
+            rounds=[
+                RoundResult(
+                    0, 10_000 * ratio, 10_000, 0, ratio=ratio, cpu_s=cpu_s, kernel_ns=kernel_ns, delivered_ratio=dr
+                )
+            ],
+        )
 
-    rows = [row("none", 1.0, None, None, None), row("agent-all", 0.6, 0.3, 40_000_000, 1.0),
-            row("agent-aggregate", 0.97, 0.015, 25_000_000, 1.0), row("tcpdump", 0.96, 0.05, None, 1.0)]
+    rows = [
+        row("none", 1.0, None, None, None),
+        row("agent-all", 0.6, 0.3, 40_000_000, 1.0),
+        row("agent-aggregate", 0.97, 0.015, 25_000_000, 1.0),
+        row("tcpdump", 0.96, 0.05, None, 1.0),
+    ]
     t = {x["figure"]: x for x in report.build(META, rows, [], None)["targets"]}
     assert t["aggregate: agent CPU per connection"] == {
-        "figure": "aggregate: agent CPU per connection", "target": "<= 2 µs and <= 1/10 of each mode (all kinds)",
-        "measured": "1.50 µs (each, all kinds: 30.0 µs)", "met": True}
+        "figure": "aggregate: agent CPU per connection",
+        "target": "<= 2 µs and <= 1/10 of each mode (all kinds)",
+        "measured": "1.50 µs (each, all kinds: 30.0 µs)",
+        "met": True,
+    }
     assert t["aggregate: kernel programs per connection"]["measured"] == "2.50 µs"
     assert t["aggregate: kernel programs per connection"]["met"] is True
     assert t["aggregate: throughput kept"]["met"] is True

@@ -47,8 +47,11 @@ def test_overhead_summary_median_min_max() -> None:
 def test_loss_summary_of_the_agent_itself() -> None:
     from agent.__main__ import loss_summary
 
-    err = "tcpscope-agent: attached: sock:inet_sock_set_state (ring buffer)\n" + loss_summary(
-        {"kernel.ringbuf_full": 4, "kernel.socket_map_full": 0}, 1200) + "\n"
+    err = (
+        "tcpscope-agent: attached: sock:inet_sock_set_state (ring buffer)\n"
+        + loss_summary({"kernel.ringbuf_full": 4, "kernel.socket_map_full": 0}, 1200)
+        + "\n"
+    )
     counts = parse_loss_summary(err)
     assert counts == {"events_out": 1200, "total": 4, "kernel.ringbuf_full": 4, "kernel.socket_map_full": 0}
     assert loss_total(counts) == 4
@@ -58,22 +61,29 @@ def test_loss_summary_of_the_agent_itself() -> None:
 
 def test_agent_sockets_count_lifecycles_and_flow_connections_on_the_port(tmp_path: Path) -> None:
     out = tmp_path / "agent.jsonl"
-    out.write_text("\n".join([
-        '{"local": {"ip": "127.0.0.1", "port": 8080}, "remote": {"ip": "127.0.0.1", "port": 4000}, '
-        '"lifecycle": {"role": "PASSIVE"}}',
-        '{"local": {"ip": "127.0.0.1", "port": 80800}, "remote": {"ip": "127.0.0.1"}, "lifecycle": {}}',
-        '{"local": {"ip": "127.0.0.1", "port": 8080}, "lifecycle": {"last_state": "LISTEN"}}',
-        '{"local": {"ip": "127.0.0.1"}, "remote": {"ip": "127.0.0.1", "port": 8080}, '
-        '"flow": {"role": "ACTIVE", "connections": "41"}}',
-        '{"local": {"ip": "127.0.0.1", "port": 9090}, "flow": {"connections": "7"}}',
-    ]) + "\n")
+    out.write_text(
+        "\n".join(
+            [
+                '{"local": {"ip": "127.0.0.1", "port": 8080}, "remote": {"ip": "127.0.0.1", "port": 4000}, '
+                '"lifecycle": {"role": "PASSIVE"}}',
+                '{"local": {"ip": "127.0.0.1", "port": 80800}, "remote": {"ip": "127.0.0.1"}, "lifecycle": {}}',
+                '{"local": {"ip": "127.0.0.1", "port": 8080}, "lifecycle": {"last_state": "LISTEN"}}',
+                '{"local": {"ip": "127.0.0.1"}, "remote": {"ip": "127.0.0.1", "port": 8080}, '
+                '"flow": {"role": "ACTIVE", "connections": "41"}}',
+                '{"local": {"ip": "127.0.0.1", "port": 9090}, "flow": {"connections": "7"}}',
+            ]
+        )
+        + "\n"
+    )
     assert count_agent_sockets(out, 8080) == 42
 
 
 def test_tcplife_lines_on_the_port(tmp_path: Path) -> None:
     out = tmp_path / "tcplife.txt"
-    out.write_text("PID   COMM  LADDR LPORT RADDR RPORT TX_KB RX_KB MS\n"
-                   "1 a 127.0.0.1 8080 127.0.0.1 5000 0 0 0.1\n"
-                   "2 b 127.0.0.1 5001 127.0.0.1 8080 0 0 0.1\n"
-                   "3 c 127.0.0.1 5002 127.0.0.1 9999 0 0 0.1\n")
+    out.write_text(
+        "PID   COMM  LADDR LPORT RADDR RPORT TX_KB RX_KB MS\n"
+        "1 a 127.0.0.1 8080 127.0.0.1 5000 0 0 0.1\n"
+        "2 b 127.0.0.1 5001 127.0.0.1 8080 0 0 0.1\n"
+        "3 c 127.0.0.1 5002 127.0.0.1 9999 0 0 0.1\n"
+    )
     assert count_tcplife(out, 8080) == 2

@@ -20,10 +20,30 @@ def test_quick_round_writes_report_with_rows_and_sane_numbers(tmp_path: Path) ->
     assert os.geteuid() == 0, "the harness needs root (BPF, netns, tcpdump)"
     out = tmp_path / "out"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench", "--rounds", "1", "--duration", "1", "--warmup", "0.5",
-         "--modes", "none,tcpdump", "--topologies", "loopback,veth", "--no-zero-loss", "--no-collector",
-         "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--rounds",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--modes",
+            "none,tcpdump",
+            "--topologies",
+            "loopback,veth",
+            "--no-zero-loss",
+            "--no-collector",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _, stderr = proc.communicate(timeout=120)
     finally:

@@ -41,8 +41,10 @@ class Traffic:
         self._srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._srv.bind(("127.0.0.1", port))
         self._srv.listen(512)
-        self._threads = [threading.Thread(target=self._accept, daemon=True),
-                         threading.Thread(target=self._connect, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._accept, daemon=True),
+            threading.Thread(target=self._connect, daemon=True),
+        ]
         for t in self._threads:
             t.start()
 
@@ -88,11 +90,34 @@ class Traffic:
 def _agent(target: str, port: int, state_dir: Path, log: Path, connections: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as fh:
         return subprocess.Popen(
-            [os.path.join(BIN, "tcpscope-agent"), "--collector", target, "--no-kubernetes", "--node-name", NODE,
-             "--agent-id", "reused-id", "--events", "lifecycle", "--port", str(port), "--state-dir", str(state_dir),
-             "--batch-max-age", "0.2", "--connections", connections, "--flow-interval", "1",
-             "--log-level", "WARNING"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=fh)
+            [
+                os.path.join(BIN, "tcpscope-agent"),
+                "--collector",
+                target,
+                "--no-kubernetes",
+                "--node-name",
+                NODE,
+                "--agent-id",
+                "reused-id",
+                "--events",
+                "lifecycle",
+                "--port",
+                str(port),
+                "--state-dir",
+                str(state_dir),
+                "--batch-max-age",
+                "0.2",
+                "--connections",
+                connections,
+                "--flow-interval",
+                "1",
+                "--log-level",
+                "WARNING",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+        )
 
 
 def _wait_attached(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> None:
@@ -106,10 +131,14 @@ def _wait_attached(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60
 
 
 @pytest.mark.root
-@pytest.mark.parametrize(("connections", "collector_down"), [("each", False), ("each", True), ("aggregate", False)],
-                         ids=["each-agent-killed", "each-collector-down-then-agent-killed", "aggregate-agent-killed"])
+@pytest.mark.parametrize(
+    ("connections", "collector_down"),
+    [("each", False), ("each", True), ("aggregate", False)],
+    ids=["each-agent-killed", "each-collector-down-then-agent-killed", "aggregate-agent-killed"],
+)
 def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside_it(
-        kafka_broker: Broker, tmp_path: Path, connections: str, collector_down: bool) -> None:
+    kafka_broker: Broker, tmp_path: Path, connections: str, collector_down: bool
+) -> None:
     """each: one event per connection, so every missing connection is named. aggregate: connections
     are counted in kernel flows (flushed every second here), which die with the agent: the window
     starts a flow interval earlier, and the counts still add up. collector_down: the collector is
@@ -186,8 +215,9 @@ def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside
     if connections == "each":  # each missing connection by name: all inside the window
         missing = {p: ts for p, ts in made.items() if p not in seen}
         outside = {p: ts for p, ts in missing.items() if not f - slack <= ts <= t + slack}
-        assert not outside, (f"{len(outside)} connections missing outside the window {f}..{t}: "
-                             f"{sorted(outside.values())[:5]}")
+        assert not outside, (
+            f"{len(outside)} connections missing outside the window {f}..{t}: {sorted(outside.values())[:5]}"
+        )
     else:
         assert in_flows > 0  # (a few connections may still come one by one, e.g. at a flow map's start)
 
@@ -195,26 +225,38 @@ def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside
     # and every distinct event record counted (none deduplicated away under the reused --agent-id)
     tail = os.path.join(BIN, "tcpscope-tail")
     common = ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", TOPIC, "--summary", "--from-beginning"]
-    doc = json.loads(subprocess.run([tail, *common, "--format", "json"], check=True, capture_output=True,
-                                    text=True, timeout=60).stdout)
+    doc = json.loads(
+        subprocess.run(
+            [tail, *common, "--format", "json"], check=True, capture_output=True, text=True, timeout=60
+        ).stdout
+    )
     (gap,) = doc["gaps"]
-    assert (gap["node"], gap["previous_agent_id"], gap["agent_id"], gap["cause"]) == \
-        (NODE, w.previous_agent_id, w.agent_id, "crash")
+    assert (gap["node"], gap["previous_agent_id"], gap["agent_id"], gap["cause"]) == (
+        NODE,
+        w.previous_agent_id,
+        w.agent_id,
+        "crash",
+    )
     assert doc["conflicts"] == 0 and doc["events"] == len(keys)
     # issue 15, item 4: both agents numbered their batches from 1 under the same --agent-id; under one
     # id, these records of the new agent would have been dropped as "duplicates" of the old one's
     old_keys = {(q, i) for a_id, q, i in keys if a_id == w.previous_agent_id}
     reused = [k for k in keys if k[0] == w.agent_id and (k[1], k[2]) in old_keys]
     assert reused
-    old_events = {dedup_key(d) for d in decoded if d.kind == RECORD_EVENT and d.agent_id == w.previous_agent_id
-                  and d.sequence in set(w.unacked_sequences)}
+    old_events = {
+        dedup_key(d)
+        for d in decoded
+        if d.kind == RECORD_EVENT and d.agent_id == w.previous_agent_id and d.sequence in set(w.unacked_sequences)
+    }
     assert gap["missing_events"] == w.unacked_events - len(old_events)
     if collector_down:  # batches sealed while no collector acked them: counted, and really missing
         assert w.unacked_batches == len(w.unacked_sequences) > 0 and gap["missing_events"] > 0
     table = subprocess.run([tail, *common], check=True, capture_output=True, text=True, timeout=60).stdout
     assert f"# UNOBSERVED node {NODE} from " in table and "no events lost" not in table
-    print(f"{connections}: made {len(made)} connections, {len(seen) + in_flows} seen by an agent, "
-          f"{missing_count} missing, all inside "
-          f"the {(t - f) / 1e9:.2f}s window; unacked at the crash: {w.unacked_batches} batches, "
-          f"{w.unacked_events} events, {gap['missing_events']} of them not in Kafka; {len(reused)} records of the "
-          f"new agent at (sequence, index) the old one had used, all counted")
+    print(
+        f"{connections}: made {len(made)} connections, {len(seen) + in_flows} seen by an agent, "
+        f"{missing_count} missing, all inside "
+        f"the {(t - f) / 1e9:.2f}s window; unacked at the crash: {w.unacked_batches} batches, "
+        f"{w.unacked_events} events, {gap['missing_events']} of them not in Kafka; {len(reused)} records of the "
+        f"new agent at (sequence, index) the old one had used, all counted"
+    )

@@ -18,12 +18,20 @@ from tests.support.kafka import Broker
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_cli(module: str, args: list[str], env: dict[str, str] | None = None,
-            timeout: float = 20) -> tuple[int, str, float]:
+def run_cli(
+    module: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 20
+) -> tuple[int, str, float]:
     """(exit code, stderr, seconds) of `python -m module args`."""
     started = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
-                       timeout=timeout, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    p = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
     return p.returncode, p.stderr, time.monotonic() - started
 
 
@@ -91,6 +99,8 @@ def test_busy_metrics_port(busy_port: int) -> None:
 
 
 def test_busy_listen_port(kafka_broker: Broker, busy_port: int) -> None:
-    rc, err, secs = run_cli("collector", ["--kafka-bootstrap", kafka_broker.bootstrap,
-                                          "--listen", f"127.0.0.1:{busy_port}", "--log-level", "WARNING"])
+    rc, err, secs = run_cli(
+        "collector",
+        ["--kafka-bootstrap", kafka_broker.bootstrap, "--listen", f"127.0.0.1:{busy_port}", "--log-level", "WARNING"],
+    )
     assert_one_line("tcpscope-collector", rc, err, secs, f"127.0.0.1:{busy_port}")

@@ -59,10 +59,17 @@ def test_real_kernel_events_reach_kafka_exactly(kafka_broker: Broker) -> None:
     # every event of the connection's two sockets, their first state changes included, has the
     # connection's key, so one partition
     conn_sockets = {e.socket_id for e in lifecycles}
-    keys = {rec.key for rec in records for d in decode_all([rec])[0]
-            if d.event is not None and d.event.socket_id in conn_sockets}
+    keys = {
+        rec.key
+        for rec in records
+        for d in decode_all([rec])[0]
+        if d.event is not None and d.event.socket_id in conn_sockets
+    }
     ends = sorted([("127.0.0.1", ex.client_port), ("127.0.0.1", port)])  # the lower end first
     assert keys == {"-".join(f"{ip}:{p}" for ip, p in ends).encode()}
-    firsts = {(e.state_change.old_state, e.state_change.new_state) for e in seen
-              if e.socket_id in conn_sockets and e.HasField("state_change")}
+    firsts = {
+        (e.state_change.old_state, e.state_change.new_state)
+        for e in seen
+        if e.socket_id in conn_sockets and e.HasField("state_change")
+    }
     assert {(7, 2), (10, 3)} <= firsts  # CLOSE->SYN_SENT, LISTEN->SYN_RECV

@@ -68,13 +68,14 @@ def _deliver(target: str, n: int) -> tuple[int, dict[str, int]]:
     exp = make_exporter(target, batch=50)
     events = [make_event(i) for i in range(n)]
     for i in range(0, n, 50):
-        exp.emit(events[i:i + 50], {})
+        exp.emit(events[i : i + 50], {})
     exp.close(30)
     return int(exp.metrics.value("tcpscope_agent_events_acked_total")), exp.losses()
 
 
-def test_thousands_of_idle_sockets_do_not_keep_an_agent_out(kafka_broker: Broker,
-                                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_thousands_of_idle_sockets_do_not_keep_an_agent_out(
+    kafka_broker: Broker, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, logger="collector.server")
     kafka_broker.create_topic(TOPIC)
     cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, handshake_timeout=3.0)

@@ -23,8 +23,13 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def kafka_errors(metrics: CollectorMetrics) -> float:
-    return sum(s.value for m in metrics.registry.collect() if m.name == "tcpscope_collector_kafka_errors"
-               for s in m.samples if s.name.endswith("_total"))
+    return sum(
+        s.value
+        for m in metrics.registry.collect()
+        if m.name == "tcpscope_collector_kafka_errors"
+        for s in m.samples
+        if s.name.endswith("_total")
+    )
 
 
 def test_health_follows_kafka_and_recovers_by_itself(kafka_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
@@ -41,7 +46,7 @@ def test_health_follows_kafka_and_recovers_by_itself(kafka_broker: Broker, caplo
         assert status() == SERVING and status("") == SERVING
         exp = make_exporter(col.target, batch=20, buffer=5000)
         for i in range(0, 200, 20):
-            exp.emit(events[i:i + 20], {})
+            exp.emit(events[i : i + 20], {})
         wait_until(lambda: exp.metrics.value("tcpscope_agent_events_acked_total") == 200, 15, "acks")
         before = consume_all(kafka_broker.bootstrap, TOPIC, want=200 + 10)
 
@@ -49,7 +54,7 @@ def test_health_follows_kafka_and_recovers_by_itself(kafka_broker: Broker, caplo
         wait_until(lambda: status() == NOT_SERVING, 15, "NOT_SERVING while the broker is down")
         assert status("") == NOT_SERVING
         for i in range(200, 400, 20):
-            exp.emit(events[i:i + 20], {})
+            exp.emit(events[i : i + 20], {})
         # publishes fail meanwhile (delivery timeout 4 s): health stays NOT_SERVING
         wait_until(lambda: kafka_errors(col.metrics) >= 1, 30, "a failed publish")
         assert status() == NOT_SERVING

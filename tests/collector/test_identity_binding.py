@@ -19,7 +19,9 @@ def _batch(node: str = "node-a", agent_id: str = "p/node-a/i2", *windows: Unobse
 def test_own_node_and_ids_pass_others_are_named() -> None:
     assert check_binding(_batch(), NODES) is None
     assert check_binding(_batch("node-b", "p/node-b/i"), NODES) == (
-        "node_mismatch", "node 'node-b' is not the authenticated node")
+        "node_mismatch",
+        "node 'node-b' is not the authenticated node",
+    )
     reason, _ = check_binding(_batch("node-a", "p/node-b/i"), NODES) or ("", "")
     assert reason == "agent_id_mismatch"
     assert (check_binding(_batch("node-a", "agent-1"), NODES) or ("",))[0] == "agent_id_mismatch"

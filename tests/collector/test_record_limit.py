@@ -26,22 +26,24 @@ def test_event_records_above_the_limit_are_left_out_and_counted(kafka_broker: Br
     with collector(collector_cfg(kafka_broker.bootstrap, TOPIC, kafka_max_record_bytes=3000)) as col:
         exp = make_exporter(col.target, batch=10)
         for i in range(0, 40, 10):
-            exp.emit(events[i:i + 10], {})
+            exp.emit(events[i : i + 10], {})
         exp.close(20)
         # the agent's batches were all acked: the loss is the collector's, and reported in the stream
         assert exp.losses() == {}
         assert exp.metrics.value("tcpscope_agent_events_acked_total") == 40
-        assert col.metrics.value("tcpscope_collector_dropped_events_total",
-                                 reason="collector.record_too_large") == 3
+        assert col.metrics.value("tcpscope_collector_dropped_events_total", reason="collector.record_too_large") == 3
         published = int(col.metrics.value("tcpscope_collector_records_published_total"))
     assert published == 37 + 4
     evs, sums = decode_all(consume_all(kafka_broker.bootstrap, TOPIC, want=published))
-    assert sorted(d.event.socket_id for d in evs if d.event) == [e.socket_id for i, e in enumerate(events)
-                                                                if i not in BIG]
+    assert sorted(d.event.socket_id for d in evs if d.event) == [
+        e.socket_id for i, e in enumerate(events) if i not in BIG
+    ]
     lost = {d.sequence: d.summary.lost for d in sums if d.summary}
     assert {s: dict(x.by_reason) for s, x in lost.items() if x.by_reason} == {
-        1: {"collector.record_too_large": 1}, 2: {"collector.record_too_large": 1},
-        4: {"collector.record_too_large": 1}}
+        1: {"collector.record_too_large": 1},
+        2: {"collector.record_too_large": 1},
+        4: {"collector.record_too_large": 1},
+    }
     assert sum(x.kernel for x in lost.values()) == 3  # counted in every reader's total
 
 
@@ -52,14 +54,13 @@ def test_packed_records_above_the_limit_split_the_batch_until_they_fit(kafka_bro
     with collector(cfg) as col:
         exp = make_exporter(col.target, batch=10)
         for i in range(0, 40, 10):
-            exp.emit(events[i:i + 10], {})
+            exp.emit(events[i : i + 10], {})
         exp.close(30)
         assert exp.losses() == {}
         assert exp.metrics.value("tcpscope_agent_batches_refused_total", reason="oversized") >= 1
         # a batch published but not acked before a refusal ended the stream is resent and prepared
         # again (at least once): the collector's counter may count it twice, readers dedup it
-        assert col.metrics.value("tcpscope_collector_dropped_events_total",
-                                 reason="collector.record_too_large") >= 3
+        assert col.metrics.value("tcpscope_collector_dropped_events_total", reason="collector.record_too_large") >= 3
         published = int(col.metrics.value("tcpscope_collector_records_published_total"))
     records = consume_all(kafka_broker.bootstrap, TOPIC, want=published)
     assert all(len(r.value) <= 3000 for r in records)
@@ -86,11 +87,18 @@ def test_the_limit_is_read_from_the_topics_config(kafka_broker: Broker) -> None:
     kafka_broker.create_topic(TOPIC)
     pub = KafkaPublisher(collector_cfg(kafka_broker.bootstrap, TOPIC))
     try:
+
         class Admin:
             def describe_configs(self, resources: list[object], config_filter: str) -> dict[str, object]:
                 assert config_filter == "all"
-                return {"topic": {TOPIC: {"max.message.bytes": {"value": "2097152", "read_only": False},
-                                          "cleanup.policy": {"value": "delete"}}}}
+                return {
+                    "topic": {
+                        TOPIC: {
+                            "max.message.bytes": {"value": "2097152", "read_only": False},
+                            "cleanup.policy": {"value": "delete"},
+                        }
+                    }
+                }
 
             def close(self) -> None:
                 pass

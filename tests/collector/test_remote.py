@@ -24,8 +24,16 @@ TOPIC = "remote"
 def fake_api(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Path]]:
     api = FakeApiServer().start()
     try:
-        api.add(make_pod("web-1", "shop", "node-b", ips=["198.18.1.10"], owner=("ReplicaSet", "web-5d8f7"),
-                         labels={"app": "web", "tier": "x", "pod-template-hash": "5d8f7"}))
+        api.add(
+            make_pod(
+                "web-1",
+                "shop",
+                "node-b",
+                ips=["198.18.1.10"],
+                owner=("ReplicaSet", "web-5d8f7"),
+                labels={"app": "web", "tier": "x", "pod-template-hash": "5d8f7"},
+            )
+        )
         api.add(make_pod("db-0", "data", "node-c", ips=["198.18.1.20"], owner=("StatefulSet", "db")))
         api.add(make_service("web", "shop", cluster_ips=["198.19.0.10"]))
         api.add(make_node("node-c", internal_ips=["198.18.0.3"]))
@@ -45,8 +53,9 @@ def _event(i: int, remote_ip: str) -> TcpEvent:
 def test_flags_and_environment(tmp_path: Path) -> None:
     kube = tmp_path / "k"
     kube.write_text("apiVersion: v1\n")  # with --resolve-remote the kubeconfig must be a readable file
-    cfg = CollectorConfig.from_args(["--kafka-bootstrap", "k:9092", "--resolve-remote", "--labels", "app,tier"],
-                                    env={"KUBECONFIG": str(kube)})
+    cfg = CollectorConfig.from_args(
+        ["--kafka-bootstrap", "k:9092", "--resolve-remote", "--labels", "app,tier"], env={"KUBECONFIG": str(kube)}
+    )
     assert (cfg.resolve_remote, cfg.kubeconfig, cfg.labels) == (True, str(kube), ("app", "tier"))
     env = {"TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092", "TCPSCOPE_RESOLVE_REMOTE": "true"}
     assert CollectorConfig.from_args([], env=env).resolve_remote is True
@@ -60,24 +69,43 @@ def test_collector_resolves_remote_ends_into_kafka(
 ) -> None:
     _, kubeconfig = fake_api
     kafka_broker.create_topic(TOPIC)
-    events = [_event(0, "198.18.1.10"), _event(1, "198.18.1.20"), _event(2, "198.19.0.10"),
-              _event(3, "198.18.0.3"), _event(4, "203.0.113.9")]
+    events = [
+        _event(0, "198.18.1.10"),
+        _event(1, "198.18.1.20"),
+        _event(2, "198.19.0.10"),
+        _event(3, "198.18.0.3"),
+        _event(4, "203.0.113.9"),
+    ]
     # the agent already resolved this one: the collector must leave it exactly as it is
     pre = _event(5, "198.18.1.10")
     pre.remote.kind, pre.remote.namespace, pre.remote.name = POD, "agent-ns", "agent-said"
     events.append(pre)
-    cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, resolve_remote=True, kubeconfig=str(kubeconfig),
-                        labels=("app",), record_layout=layout)
+    cfg = collector_cfg(
+        kafka_broker.bootstrap,
+        TOPIC,
+        resolve_remote=True,
+        kubeconfig=str(kubeconfig),
+        labels=("app",),
+        record_layout=layout,
+    )
     with collector(cfg) as col:
         exp = make_exporter(col.target, batch=10)
         exp.emit(events, {})
         exp.close(10)
         assert exp.losses() == {}
         m = col.metrics
-        got_counts = {r: m.value("tcpscope_collector_remote_ends_total", result=r)
-                      for r in ("pod", "service", "node", "external", "agent_resolved", "miss_api_unavailable")}
-    assert got_counts == {"pod": 2, "service": 1, "node": 1, "external": 1, "agent_resolved": 1,
-                          "miss_api_unavailable": 0}
+        got_counts = {
+            r: m.value("tcpscope_collector_remote_ends_total", result=r)
+            for r in ("pod", "service", "node", "external", "agent_resolved", "miss_api_unavailable")
+        }
+    assert got_counts == {
+        "pod": 2,
+        "service": 1,
+        "node": 1,
+        "external": 1,
+        "agent_resolved": 1,
+        "miss_api_unavailable": 0,
+    }
     # packed: the 6 events hash to 1..3 partitions, so wait for up to 4 records and count events
     records = consume_all(kafka_broker.bootstrap, TOPIC, want=7 if layout == "event" else 4, timeout=5)
     evs = [d for r in records for d in decode_records(r.headers, r.value) if d.kind == RECORD_EVENT]

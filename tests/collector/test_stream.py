@@ -64,11 +64,13 @@ def test_end_to_end_exact_content(kafka_broker: Broker) -> None:
     assert all(x.agent_buffer == 0 for x in lost.values())
 
 
-def _raw_stream(channel: grpc.Channel, messages: list[bytes],
-                metadata: tuple[tuple[str, str], ...] = ()) -> tuple[grpc.StatusCode, list[BatchAck]]:
+def _raw_stream(
+    channel: grpc.Channel, messages: list[bytes], metadata: tuple[tuple[str, str], ...] = ()
+) -> tuple[grpc.StatusCode, list[BatchAck]]:
     """Send raw bytes on Collector.Stream (no serializer: garbage reaches the server as is)."""
-    stub = channel.stream_stream("/tcpscope.v1.Collector/Stream", request_serializer=None,
-                                 response_deserializer=BatchAck.FromString)
+    stub = channel.stream_stream(
+        "/tcpscope.v1.Collector/Stream", request_serializer=None, response_deserializer=BatchAck.FromString
+    )
     acks: list[BatchAck] = []
     try:
         for ack in stub(iter(messages), metadata=metadata, timeout=10):
@@ -100,7 +102,9 @@ def test_bad_input_refused_nothing_published_server_stays_up(kafka_broker: Broke
         assert _raw_stream(ch, [_batch(1, version=2)], good_md) == (grpc.StatusCode.FAILED_PRECONDITION, [])
         assert _raw_stream(ch, [_batch(1)]) == (grpc.StatusCode.UNAUTHENTICATED, [])
         assert _raw_stream(ch, [_batch(1)], (("authorization", "Bearer nope"),)) == (
-            grpc.StatusCode.UNAUTHENTICATED, [])
+            grpc.StatusCode.UNAUTHENTICATED,
+            [],
+        )
         # still serving: health, then a good batch is published and acked
         health = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
@@ -128,11 +132,11 @@ def test_collector_killed_and_restarted_mid_stream(kafka_broker: Broker) -> None
     exp = make_exporter(proc.target, batch=20)
     try:
         for i in range(0, 300, 10):
-            exp.emit(events[i:i + 10], {})
+            exp.emit(events[i : i + 10], {})
         wait_until(lambda: exp.metrics.value("tcpscope_agent_events_acked_total") >= 100, 15, "first acks")
         proc.kill()  # mid-stream: some batches sent but not acked
         for i in range(300, 600, 10):
-            exp.emit(events[i:i + 10], {})
+            exp.emit(events[i : i + 10], {})
         proc.start()  # same port
         exp.close(20)
     finally:
@@ -148,8 +152,10 @@ def test_collector_killed_and_restarted_mid_stream(kafka_broker: Broker) -> None
         blob = d.event.SerializeToString()
         assert by_id.setdefault(key, blob) == blob  # a duplicate is the same event under the same id
     assert len(by_id) == 600
-    assert sorted(d.event.socket_id for d in evs if d.event) == sorted(
-        set(d.event.socket_id for d in evs if d.event)) or len(evs) > 600
+    assert (
+        sorted(d.event.socket_id for d in evs if d.event) == sorted(set(d.event.socket_id for d in evs if d.event))
+        or len(evs) > 600
+    )
     assert {d.event.socket_id for d in evs if d.event} == {e.socket_id for e in events}
 
 
@@ -161,12 +167,13 @@ def test_agent_buffer_overflow_counted_exactly(kafka_broker: Broker) -> None:
     exp = make_exporter(f"127.0.0.1:{port}", batch=10, buffer=50)
     events = [make_event(i) for i in range(100)]
     for i in range(0, 100, 10):
-        exp.emit(events[i:i + 10], {"kernel.ringbuf_full": 4})
+        exp.emit(events[i : i + 10], {"kernel.ringbuf_full": 4})
     assert exp.losses() == {"agent.buffer_full": 50}
     assert exp.metrics.value("tcpscope_agent_dropped_events_total", reason="buffer_full") == 50
     assert exp.metrics.value("tcpscope_agent_buffer_events") == 50
     cfg = collector_cfg(kafka_broker.bootstrap, TOPIC).__class__(
-        listen=f"127.0.0.1:{port}", kafka_bootstrap=(kafka_broker.bootstrap,), topic=TOPIC, kafka_linger_ms=5)
+        listen=f"127.0.0.1:{port}", kafka_bootstrap=(kafka_broker.bootstrap,), topic=TOPIC, kafka_linger_ms=5
+    )
     with collector(cfg) as col:
         exp.close(10)
         assert col.metrics.value("tcpscope_collector_agent_lost_events_total", reason="agent.buffer_full") == 50
@@ -186,11 +193,10 @@ def test_too_big_batches_are_split_and_an_unacceptable_event_is_counted(kafka_br
     kafka_broker.create_topic(TOPIC)
     events = [make_event(i) for i in range(40)]
     events[17].local.labels["blob"] = "x" * 5000  # alone above --max-message-bytes
-    with collector(collector_cfg(kafka_broker.bootstrap, TOPIC, max_batch_events=4,
-                                 max_message_bytes=3000)) as col:
+    with collector(collector_cfg(kafka_broker.bootstrap, TOPIC, max_batch_events=4, max_message_bytes=3000)) as col:
         exp = make_exporter(col.target, batch=10)
         for i in range(0, 40, 8):
-            exp.emit(events[i:i + 8], {})
+            exp.emit(events[i : i + 8], {})
         exp.close(20)
         assert exp.losses() == {"agent.collector_refused": 1}
         m = exp.metrics
@@ -223,19 +229,20 @@ def test_shutdown_drains_open_streams_and_the_agent_resends_the_rest(kafka_broke
     kafka_broker.create_topic(TOPIC)
     port = free_port()
     cfg = collector_cfg(kafka_broker.bootstrap, TOPIC).__class__(
-        listen=f"127.0.0.1:{port}", kafka_bootstrap=(kafka_broker.bootstrap,), topic=TOPIC, kafka_linger_ms=5)
+        listen=f"127.0.0.1:{port}", kafka_bootstrap=(kafka_broker.bootstrap,), topic=TOPIC, kafka_linger_ms=5
+    )
     events = [make_event(i) for i in range(300)]
     first = InProcessCollector(cfg)
     exp = make_exporter(first.target, batch=10)
     try:
         for i in range(0, 150, 10):
-            exp.emit(events[i:i + 10], {})
+            exp.emit(events[i : i + 10], {})
         wait_until(lambda: exp.metrics.value("tcpscope_agent_events_acked_total") >= 50, 15, "first acks")
         first.stop(grace=30)
         assert first.server.streams_cancelled == 0
         assert first.metrics.value("tcpscope_collector_rejected_total", reason="shutting_down") == 1
         for i in range(150, 300, 10):
-            exp.emit(events[i:i + 10], {})
+            exp.emit(events[i : i + 10], {})
         with collector(cfg):
             exp.close(20)
     finally:
@@ -256,13 +263,13 @@ def test_broker_down_30s_no_event_lost(kafka_broker: Broker) -> None:
         exp = make_exporter(col.target, batch=20, buffer=5000)
         events = [make_event(i) for i in range(400)]
         for i in range(0, 200, 20):
-            exp.emit(events[i:i + 20], {})
+            exp.emit(events[i : i + 20], {})
         wait_until(lambda: exp.metrics.value("tcpscope_agent_events_acked_total") == 200, 15, "acks")
         before = consume_all(kafka_broker.bootstrap, TOPIC, want=200 + 10)
         kafka_broker.stop()
         t0 = time.monotonic()
         for i in range(200, 400, 20):
-            exp.emit(events[i:i + 20], {})
+            exp.emit(events[i : i + 20], {})
             time.sleep(0.5)
         time.sleep(max(0.0, 30 - (time.monotonic() - t0)))
         assert exp.metrics.value("tcpscope_agent_events_acked_total") == 200  # nothing acked while down

@@ -37,18 +37,19 @@ def test_mtls_node_must_match_certificate(kafka_broker: Broker, tmp_path: Path) 
     kafka_broker.create_topic(TOPIC)
     ca = TestCA(tmp_path)
     srv, node_a = ca.server(), ca.client("node-a")
-    cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, tls_cert=srv.cert, tls_key=srv.key,
-                        tls_client_ca=ca.ca_file)
+    cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, tls_cert=srv.cert, tls_key=srv.key, tls_client_ca=ca.ca_file)
     with collector(cfg) as col:
         target = f"localhost:{col.port}"
-        good = make_exporter(target, node="node-a", agent_id="node-a/1", tls_ca=ca.ca_file, tls_cert=node_a.cert,
-                             tls_key=node_a.key)
+        good = make_exporter(
+            target, node="node-a", agent_id="node-a/1", tls_ca=ca.ca_file, tls_cert=node_a.cert, tls_key=node_a.key
+        )
         good.emit([make_event(i, node="node-a") for i in range(3)], {})
         good.close(10)
         assert good.metrics.value("tcpscope_agent_events_acked_total") == 3
         # node-a's certificate claiming to be node-b: PERMISSION_DENIED, nothing published
-        creds = grpc.ssl_channel_credentials(Path(ca.ca_file).read_bytes(), Path(node_a.key).read_bytes(),
-                                             Path(node_a.cert).read_bytes())
+        creds = grpc.ssl_channel_credentials(
+            Path(ca.ca_file).read_bytes(), Path(node_a.key).read_bytes(), Path(node_a.cert).read_bytes()
+        )
         from tests.collector.test_stream import _batch, _raw_stream
 
         with grpc.secure_channel(target, creds) as ch:

@@ -46,8 +46,7 @@ class Clock:
 
 def pod(ns: str, name: str, ip: str, port: int = 0, workload: str = "") -> Endpoint:
     wl = workload or name.rsplit("-", 1)[0]
-    return Endpoint(ip=ip, port=port, kind=POD, namespace=ns, name=name,
-                    workload=Workload(kind="Deployment", name=wl))
+    return Endpoint(ip=ip, port=port, kind=POD, namespace=ns, name=name, workload=Workload(kind="Deployment", name=wl))
 
 
 WEB = ("shop", "web-1", "198.18.1.2")
@@ -91,8 +90,13 @@ def sample(t: TrafficMetrics, name: str, **labels: str) -> float:
     return 0.0 if v is None else v
 
 
-PAIR = {"client_namespace": "shop", "client_workload": "web", "server_namespace": "shop",
-        "server_workload": "api", "server_port": "9000"}
+PAIR = {
+    "client_namespace": "shop",
+    "client_workload": "web",
+    "server_namespace": "shop",
+    "server_workload": "api",
+    "server_port": "9000",
+}
 
 
 def conns(t: TrafficMetrics, outcome: str, **pair: str) -> float:
@@ -114,8 +118,12 @@ def test_a_server_view_the_client_counts_makes_no_series() -> None:
     """A replica that only receives the server's batches holds nothing for connections whose client
     is watched, unless the server retransmitted or sent the RST."""
     t = TrafficMetrics()
-    t.observe(batch(server_event(tx_bytes=70, rx_bytes=300),
-                    flow_event(PASSIVE, pod(*API, port=9000), pod(*WEB), connections=3, duration_us_log2=[3])))
+    t.observe(
+        batch(
+            server_event(tx_bytes=70, rx_bytes=300),
+            flow_event(PASSIVE, pod(*API, port=9000), pod(*WEB), connections=3, duration_us_log2=[3]),
+        )
+    )
     assert t.pairs == 0 and t.series == 0
     t.observe(batch(server_event(retransmits=2)))
     assert t.pairs == 1 and conns(t, "ok") == 0
@@ -145,32 +153,66 @@ def test_host_loopback_on_one_node_counts_once() -> None:
     as_node_s = Endpoint(ip="127.0.0.1", port=22, kind=NODE, name="node-1")
     as_node_c = Endpoint(ip="127.0.0.1", port=40000, kind=NODE, name="node-1")
     t.observe(batch(lifecycle(host_c, as_node_s, ACTIVE), lifecycle(host_s, as_node_c, PASSIVE)))
-    assert sample(t, "tcpscope_connections_total", client_namespace="", client_workload="host",
-                  server_namespace="", server_workload="node/node-1", server_port="22", outcome="ok") == 1
-    assert sample(t, "tcpscope_connections_total", client_namespace="", client_workload="node/node-1",
-                  server_namespace="", server_workload="host", server_port="22", outcome="ok") == 0
+    assert (
+        sample(
+            t,
+            "tcpscope_connections_total",
+            client_namespace="",
+            client_workload="host",
+            server_namespace="",
+            server_workload="node/node-1",
+            server_port="22",
+            outcome="ok",
+        )
+        == 1
+    )
+    assert (
+        sample(
+            t,
+            "tcpscope_connections_total",
+            client_namespace="",
+            client_workload="node/node-1",
+            server_namespace="",
+            server_workload="host",
+            server_port="22",
+            outcome="ok",
+        )
+        == 0
+    )
 
 
-@pytest.mark.parametrize(("client_lc", "server_lc", "outcome", "resets"), [
-    ({"ending": RESET_RECEIVED, "errno": 111, "last_state": SYN_SENT}, None, "refused", {}),
-    ({"ending": ERROR, "errno": 110, "last_state": SYN_SENT}, None, "timeout", {}),
-    ({"ending": ERROR, "errno": 113, "last_state": SYN_SENT}, None, "failed", {}),
-    ({"ending": RESET_SENT, "errno": 104, "reset_reason": 2, "reset_reason_name": "NOT_SPECIFIED"},
-     {"ending": RESET_RECEIVED, "errno": 104}, "client_reset", {("client", "NOT_SPECIFIED"): 1}),
-    ({"ending": RESET_RECEIVED, "errno": 104},
-     {"ending": RESET_SENT, "reset_reason": 5, "reset_reason_name": "TCP_ABORT_ON_CLOSE"},
-     "server_reset", {("server", "TCP_ABORT_ON_CLOSE"): 1}),
-    ({"ending": ERROR, "errno": 110}, {"ending": NORMAL}, "timeout", {}),
-])
-def test_outcomes_and_resets_with_both_ends_watched(client_lc: dict[str, int], server_lc: dict[str, int] | None,
-                                                    outcome: str, resets: dict[tuple[str, str], int]) -> None:
+@pytest.mark.parametrize(
+    ("client_lc", "server_lc", "outcome", "resets"),
+    [
+        ({"ending": RESET_RECEIVED, "errno": 111, "last_state": SYN_SENT}, None, "refused", {}),
+        ({"ending": ERROR, "errno": 110, "last_state": SYN_SENT}, None, "timeout", {}),
+        ({"ending": ERROR, "errno": 113, "last_state": SYN_SENT}, None, "failed", {}),
+        (
+            {"ending": RESET_SENT, "errno": 104, "reset_reason": 2, "reset_reason_name": "NOT_SPECIFIED"},
+            {"ending": RESET_RECEIVED, "errno": 104},
+            "client_reset",
+            {("client", "NOT_SPECIFIED"): 1},
+        ),
+        (
+            {"ending": RESET_RECEIVED, "errno": 104},
+            {"ending": RESET_SENT, "reset_reason": 5, "reset_reason_name": "TCP_ABORT_ON_CLOSE"},
+            "server_reset",
+            {("server", "TCP_ABORT_ON_CLOSE"): 1},
+        ),
+        ({"ending": ERROR, "errno": 110}, {"ending": NORMAL}, "timeout", {}),
+    ],
+)
+def test_outcomes_and_resets_with_both_ends_watched(
+    client_lc: dict[str, int], server_lc: dict[str, int] | None, outcome: str, resets: dict[tuple[str, str], int]
+) -> None:
     t = TrafficMetrics()
     events = [client_event(**client_lc)]
     if server_lc is not None:
         events.append(server_event(None, **server_lc))
     t.observe(batch(*events))
     assert {o: conns(t, o) for o in ("ok", "client_reset", "server_reset", "refused", "timeout", "failed")} == {
-        o: (1 if o == outcome else 0) for o in ("ok", "client_reset", "server_reset", "refused", "timeout", "failed")}
+        o: (1 if o == outcome else 0) for o in ("ok", "client_reset", "server_reset", "refused", "timeout", "failed")
+    }
     for sender in ("client", "server"):
         for reason in ("NOT_SPECIFIED", "TCP_ABORT_ON_CLOSE", "UNKNOWN"):
             want = resets.get((sender, reason), 0)
@@ -218,8 +260,18 @@ def test_duration_buckets_are_powers_of_two_microseconds_and_flows_map_exactly()
         hist[log2_bucket(us)] += 1
     while hist and hist[-1] == 0:
         hist.pop()
-    aggregated.observe(batch(flow_event(ACTIVE, pod(*WEB), pod(*API, port=9000), connections=len(durations_us),
-                                        duration_us_log2=hist, duration_sum_ns=sum(durations_us) * 1000)))
+    aggregated.observe(
+        batch(
+            flow_event(
+                ACTIVE,
+                pod(*WEB),
+                pod(*API, port=9000),
+                connections=len(durations_us),
+                duration_us_log2=hist,
+                duration_sum_ns=sum(durations_us) * 1000,
+            )
+        )
+    )
     for le in [*(repr(b) for b in DURATION_BOUNDS_S), "+Inf"]:
         a = sample(one_by_one, "tcpscope_connection_duration_seconds_bucket", **PAIR, le=le)
         b = sample(aggregated, "tcpscope_connection_duration_seconds_bucket", **PAIR, le=le)
@@ -238,11 +290,26 @@ def test_duration_buckets_are_powers_of_two_microseconds_and_flows_map_exactly()
 def test_flows_count_their_connections_ok_once() -> None:
     t = TrafficMetrics()
     # both ends watched: the client's flow counts, the server's does not
-    client_flow = flow_event(ACTIVE, pod(*WEB), pod(*API, port=9000), connections=40, tx_bytes=4000,
-                             rx_bytes=800, duration_us_log2=[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40],
-                             duration_sum_ns=40 * 1_500_000)
-    server_flow = flow_event(PASSIVE, pod(*API, port=9000), pod(*WEB), connections=40, tx_bytes=800,
-                             rx_bytes=4000, duration_us_log2=[0] * 10 + [40], duration_sum_ns=40 * 1_400_000)
+    client_flow = flow_event(
+        ACTIVE,
+        pod(*WEB),
+        pod(*API, port=9000),
+        connections=40,
+        tx_bytes=4000,
+        rx_bytes=800,
+        duration_us_log2=[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 40],
+        duration_sum_ns=40 * 1_500_000,
+    )
+    server_flow = flow_event(
+        PASSIVE,
+        pod(*API, port=9000),
+        pod(*WEB),
+        connections=40,
+        tx_bytes=800,
+        rx_bytes=4000,
+        duration_us_log2=[0] * 10 + [40],
+        duration_sum_ns=40 * 1_400_000,
+    )
     t.observe(batch(client_flow))
     t.observe(batch(server_flow, agent="node-2-a"))
     assert conns(t, "ok") == 40
@@ -256,8 +323,20 @@ def test_flows_count_their_connections_ok_once() -> None:
     assert conns(t, "ok") == 41 and conns(t, "client_reset") == 1
     # a server's flow from an unwatched client counts
     outside = Endpoint(ip="203.0.113.9", kind=EXTERNAL)
-    t.observe(batch(flow_event(PASSIVE, pod(*API, port=9000), outside, connections=7, tx_bytes=1, rx_bytes=2,
-                               duration_us_log2=[7], duration_sum_ns=7)))
+    t.observe(
+        batch(
+            flow_event(
+                PASSIVE,
+                pod(*API, port=9000),
+                outside,
+                connections=7,
+                tx_bytes=1,
+                rx_bytes=2,
+                duration_us_log2=[7],
+                duration_sum_ns=7,
+            )
+        )
+    )
     assert conns(t, "ok", client_namespace="", client_workload="external") == 7
 
 
@@ -272,8 +351,14 @@ def test_labels_by_workload_pod_namespace_and_stable_names_for_non_pods() -> Non
         "unknown pod": Endpoint(ip="198.18.3.77", port=8080, kind=POD, node="node-3"),
     }
     want = {
-        "workload": {"pod": ("shop", "api"), "service": ("shop", "cart"), "node": ("", "node/node-3"),
-                     "external": ("", "external"), "unresolved": ("", "unresolved"), "unknown pod": ("", "unknown")},
+        "workload": {
+            "pod": ("shop", "api"),
+            "service": ("shop", "cart"),
+            "node": ("", "node/node-3"),
+            "external": ("", "external"),
+            "unresolved": ("", "unresolved"),
+            "unknown pod": ("", "unknown"),
+        },
         "pod": {"pod": ("shop", "api-1")},
         "namespace": {"pod": ("shop", ""), "service": ("shop", ""), "node": ("", "node/node-3")},
     }
@@ -291,8 +376,11 @@ def test_labels_by_workload_pod_namespace_and_stable_names_for_non_pods() -> Non
 def test_namespace_include_and_exclude() -> None:
     data = pod("data", "db-1", "198.18.3.2", 5432)
     kube = pod("kube-system", "coredns-1", "198.18.3.3", 53)
-    events = [lifecycle(pod(*WEB), pod(*API, port=9000), ACTIVE), lifecycle(pod(*WEB), data, ACTIVE),
-              lifecycle(pod(*WEB), kube, ACTIVE)]
+    events = [
+        lifecycle(pod(*WEB), pod(*API, port=9000), ACTIVE),
+        lifecycle(pod(*WEB), data, ACTIVE),
+        lifecycle(pod(*WEB), kube, ACTIVE),
+    ]
     t = TrafficMetrics(exclude_namespaces=["kube-system"])
     t.observe(batch(*events))
     assert t.pairs == 2 and t.skipped == {"namespace_filter": 1}
@@ -312,8 +400,11 @@ def test_a_repeated_batch_is_counted_once() -> None:
 
 def _churn_event(i: int) -> TcpEvent:
     """A connection from a pod of a short-lived workload (a new name each time: pods churning)."""
-    return lifecycle(pod("churn", f"job-{i}-1", f"198.18.{i // 250 % 250}.{i % 250 + 2}", 40000, f"job-{i}"),
-                     pod(*API, port=9000), ACTIVE)
+    return lifecycle(
+        pod("churn", f"job-{i}-1", f"198.18.{i // 250 % 250}.{i % 250 + 2}", 40000, f"job-{i}"),
+        pod(*API, port=9000),
+        ACTIVE,
+    )
 
 
 def test_series_bound_folds_new_pairs_into_other_and_ttl_removes_stale_ones() -> None:
@@ -324,8 +415,10 @@ def test_series_bound_folds_new_pairs_into_other_and_ttl_removes_stale_ones() ->
         t.observe(batch(_churn_event(i)))
     # 9 pairs fit beside the room the `other` pair needs; the rest fold into it
     assert t.pairs == 10 and t.folded == 16 and t.series == 10 * per_pair
-    other = {k: "other" for k in ("client_namespace", "client_workload", "server_namespace", "server_workload",
-                                  "server_port")}
+    other = {
+        k: "other"
+        for k in ("client_namespace", "client_workload", "server_namespace", "server_workload", "server_port")
+    }
     assert sample(t, "tcpscope_connections_total", **other, outcome="ok") == 16
     assert sample(t, "tcpscope_traffic_folded_events_total") == 16
     assert sample(t, "tcpscope_traffic_series") == 10 * per_pair
@@ -340,7 +433,7 @@ def test_series_bound_folds_new_pairs_into_other_and_ttl_removes_stale_ones() ->
 def _feed(t: TrafficMetrics, events: list[TcpEvent]) -> int:
     """Count the events in batches of 100; returns the Python memory traced now."""
     for i in range(0, len(events), 100):
-        t.observe(batch(*events[i:i + 100]))
+        t.observe(batch(*events[i : i + 100]))
     gc.collect()
     return tracemalloc.get_traced_memory()[0]
 
@@ -359,8 +452,10 @@ def test_memory_per_series_and_churn_stay_bounded() -> None:
         base = tracemalloc.get_traced_memory()[0]
         first = _feed(t, rounds[0]) - base
         pairs, series = t.pairs, t.series
-        print(f"\nmemory: {first / pairs:.0f} bytes per pair, {first / series:.0f} bytes per series "
-              f"({pairs} pairs, {series} series)")
+        print(
+            f"\nmemory: {first / pairs:.0f} bytes per pair, {first / series:.0f} bytes per series "
+            f"({pairs} pairs, {series} series)"
+        )
         assert pairs == 1999 + 1 and series == bound  # 1999 pairs and `other`
         assert t.folded == 1001
         assert first / series < 100  # measured 48 (a pair of 19 series: about 0.9 KiB)
@@ -379,25 +474,51 @@ def test_exposition_is_valid_text_format() -> None:
     reg = CollectorRegistry()
     t = TrafficMetrics()
     reg.register(t)
-    t.observe(batch(client_event(ending=RESET_SENT, reset_reason_name="NOT_SPECIFIED"),
-                    client_event(ending=RESET_RECEIVED, errno=111, last_state=CLOSE)))
+    t.observe(
+        batch(
+            client_event(ending=RESET_SENT, reset_reason_name="NOT_SPECIFIED"),
+            client_event(ending=RESET_RECEIVED, errno=111, last_state=CLOSE),
+        )
+    )
     text = generate_latest(reg).decode()
     assert "# TYPE tcpscope_connections_total counter" in text
     assert "# TYPE tcpscope_connection_duration_seconds histogram" in text
-    assert ('tcpscope_resets_total{client_namespace="shop",client_workload="web",reason="NOT_SPECIFIED",'
-            'sender="client",server_namespace="shop",server_port="9000",server_workload="api"} 1.0') in text
+    assert (
+        'tcpscope_resets_total{client_namespace="shop",client_workload="web",reason="NOT_SPECIFIED",'
+        'sender="client",server_namespace="shop",server_port="9000",server_workload="api"} 1.0'
+    ) in text
 
 
 def test_config_flags() -> None:
-    cfg = CollectorConfig.from_args(["--kafka-bootstrap", "k:9092", "--metrics-by", "pod", "--metrics-namespaces",
-                                     "a,b", "--metrics-exclude-namespaces", "kube-system", "--metrics-max-series",
-                                     "500", "--metrics-ttl", "60", "--metrics-watched-peers", "pod,node"], env={})
-    assert (cfg.metrics_by, cfg.metrics_namespaces, cfg.metrics_exclude_namespaces, cfg.metrics_max_series,
-            cfg.metrics_ttl, cfg.metrics_watched_peers) == ("pod", ("a", "b"), ("kube-system",), 500, 60.0,
-                                                            ("pod", "node"))
+    cfg = CollectorConfig.from_args(
+        [
+            "--kafka-bootstrap",
+            "k:9092",
+            "--metrics-by",
+            "pod",
+            "--metrics-namespaces",
+            "a,b",
+            "--metrics-exclude-namespaces",
+            "kube-system",
+            "--metrics-max-series",
+            "500",
+            "--metrics-ttl",
+            "60",
+            "--metrics-watched-peers",
+            "pod,node",
+        ],
+        env={},
+    )
+    assert (
+        cfg.metrics_by,
+        cfg.metrics_namespaces,
+        cfg.metrics_exclude_namespaces,
+        cfg.metrics_max_series,
+        cfg.metrics_ttl,
+        cfg.metrics_watched_peers,
+    ) == ("pod", ("a", "b"), ("kube-system",), 500, 60.0, ("pod", "node"))
     defaults = CollectorConfig.from_args(["--kafka-bootstrap", "k:9092"], env={})
-    assert (defaults.metrics_by, defaults.metrics_ttl, defaults.metrics_watched_peers) == ("workload", 900.0,
-                                                                                          ("pod",))
+    assert (defaults.metrics_by, defaults.metrics_ttl, defaults.metrics_watched_peers) == ("workload", 900.0, ("pod",))
     with pytest.raises(SystemExit):
         CollectorConfig.from_args(["--kafka-bootstrap", "k:9092", "--metrics-by", "ip"], env={})
 
@@ -411,10 +532,14 @@ def test_two_replicas_sum_to_each_connection_once() -> None:
     replicas = [TrafficMetrics(), TrafficMetrics()]
     kinds: dict[str, tuple[dict[str, object], dict[str, object]]] = {
         "ok": ({}, {}),
-        "client_reset": ({"ending": RESET_SENT, "reset_reason_name": "NOT_SPECIFIED"},
-                         {"ending": RESET_RECEIVED, "errno": 104}),
-        "server_reset": ({"ending": RESET_RECEIVED, "errno": 104},
-                         {"ending": RESET_SENT, "reset_reason_name": "TCP_ABORT_ON_CLOSE"}),
+        "client_reset": (
+            {"ending": RESET_SENT, "reset_reason_name": "NOT_SPECIFIED"},
+            {"ending": RESET_RECEIVED, "errno": 104},
+        ),
+        "server_reset": (
+            {"ending": RESET_RECEIVED, "errno": 104},
+            {"ending": RESET_SENT, "reset_reason_name": "TCP_ABORT_ON_CLOSE"},
+        ),
     }
     want: dict[str, int] = {}
     for _ in range(300):
@@ -430,11 +555,20 @@ def test_two_replicas_sum_to_each_connection_once() -> None:
     for outcome in ("ok", "client_reset", "server_reset", "refused"):
         assert sum(conns(r, outcome) for r in replicas) == want[outcome], outcome
     established = want["ok"] + want["client_reset"] + want["server_reset"]
-    assert sum(sample(r, "tcpscope_connection_bytes_total", **PAIR, direction="client_to_server")
-               for r in replicas) == 10 * established
-    assert sum(sample(r, "tcpscope_resets_total", **PAIR, sender="server", reason="TCP_ABORT_ON_CLOSE")
-               for r in replicas) == want["server_reset"]
-    assert sum(sample(r, "tcpscope_resets_total", **PAIR, sender="client", reason="NOT_SPECIFIED")
-               for r in replicas) == want["client_reset"]
-    assert all(sample(r, "tcpscope_resets_total", **PAIR, sender=s, reason="UNKNOWN") == 0
-               for r in replicas for s in ("client", "server"))
+    assert (
+        sum(sample(r, "tcpscope_connection_bytes_total", **PAIR, direction="client_to_server") for r in replicas)
+        == 10 * established
+    )
+    assert (
+        sum(sample(r, "tcpscope_resets_total", **PAIR, sender="server", reason="TCP_ABORT_ON_CLOSE") for r in replicas)
+        == want["server_reset"]
+    )
+    assert (
+        sum(sample(r, "tcpscope_resets_total", **PAIR, sender="client", reason="NOT_SPECIFIED") for r in replicas)
+        == want["client_reset"]
+    )
+    assert all(
+        sample(r, "tcpscope_resets_total", **PAIR, sender=s, reason="UNKNOWN") == 0
+        for r in replicas
+        for s in ("client", "server")
+    )

@@ -57,8 +57,14 @@ def seccomp(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("seccomp")
     root = d / "kubelet-seccomp"
     root.mkdir()
-    made = subprocess.run([sys.executable, "scripts/seccomp_profile.py", str(podman.CONTAINERS_COMMON_SECCOMP)],
-                          cwd=ROOT, capture_output=True, text=True, check=True, timeout=30)
+    made = subprocess.run(
+        [sys.executable, "scripts/seccomp_profile.py", str(podman.CONTAINERS_COMMON_SECCOMP)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     (root / LOCALHOST_PROFILE).write_text(made.stdout)
     (d / "moby.json").write_text(made.stdout)
     return {"crio": podman.CONTAINERS_COMMON_SECCOMP, "moby": d / "moby.json", "root": root}
@@ -93,8 +99,15 @@ def _env_overridden(args: list[str], env: dict[str, str]) -> list[str]:
 class AgentPod:
     """The agent DaemonSet's pod: the kernel-headers init container, then the agent."""
 
-    def __init__(self, values: dict[str, Any], runtime_default: Path, profiles: dict[str, Path], tmp: Path,
-                 netns: str, host_paths: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        values: dict[str, Any],
+        runtime_default: Path,
+        profiles: dict[str, Path],
+        tmp: Path,
+        netns: str,
+        host_paths: dict[str, str] | None = None,
+    ) -> None:
         self.objects = render(values)
         self.pod = _pod(self.objects, "DaemonSet")
         self.rt = podman.Runtime(runtime_default, profiles["root"], podman.pod_empty_dirs(self.pod, tmp / "pod"))
@@ -136,11 +149,19 @@ def _expected(ex: traffic.Exchange, connections: str) -> list[Fact]:
     each: one Lifecycle per socket (port = its local port). aggregate: one Flow per role with
     connections 1, keyed by the server port (the client's ephemeral port is not in the key)."""
     if connections == "each":
-        return sorted([("lifecycle", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.client_port),
-                       ("lifecycle", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port)])
+        return sorted(
+            [
+                ("lifecycle", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.client_port),
+                ("lifecycle", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port),
+            ]
+        )
     assert connections == "aggregate", connections
-    return sorted([("flow", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.server_port),
-                   ("flow", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port)])
+    return sorted(
+        [
+            ("flow", "ACTIVE", ex.client_bytes, ex.server_bytes, ex.client_pid, ex.server_port),
+            ("flow", "PASSIVE", ex.server_bytes, ex.client_bytes, ex.server_pid, ex.server_port),
+        ]
+    )
 
 
 def _facts_json(events: list[dict[str, Any]]) -> list[Fact]:
@@ -149,14 +170,23 @@ def _facts_json(events: list[dict[str, Any]]) -> list[Fact]:
     for e in events:
         if "lifecycle" in e:
             lc = e["lifecycle"]
-            out.append(("lifecycle", lc["role"], int(lc.get("tx_bytes", 0)), int(lc.get("rx_bytes", 0)),
-                        e["process"]["pid"], e["local"]["port"]))
+            out.append(
+                (
+                    "lifecycle",
+                    lc["role"],
+                    int(lc.get("tx_bytes", 0)),
+                    int(lc.get("rx_bytes", 0)),
+                    e["process"]["pid"],
+                    e["local"]["port"],
+                )
+            )
         elif "flow" in e:
             f = e["flow"]
             assert int(f["connections"]) == 1, e
             port = e["local"].get("port") or e["remote"]["port"]
-            out.append(("flow", f["role"], int(f.get("tx_bytes", 0)), int(f.get("rx_bytes", 0)), e["process"]["pid"],
-                        port))
+            out.append(
+                ("flow", f["role"], int(f.get("tx_bytes", 0)), int(f.get("rx_bytes", 0)), e["process"]["pid"], port)
+            )
     return sorted(out)
 
 
@@ -173,8 +203,7 @@ def _agent_run(pod: AgentPod, port: int) -> tuple[int, str, str, traffic.Exchang
         return rc, c.out(), c.err(), ex
 
 
-def _values(port: int, seccomp_profile: dict[str, str] | None = None, connections: str | None = None
-            ) -> dict[str, Any]:
+def _values(port: int, seccomp_profile: dict[str, str] | None = None, connections: str | None = None) -> dict[str, Any]:
     """The chart's defaults except: only the test's port (so nothing else on the machine is
     reported) and no remote-end enrichment (it needs the API server)."""
     agent: dict[str, Any] = {"ports": [port]}
@@ -201,11 +230,18 @@ WORKING = [
 ]
 
 
-@pytest.mark.parametrize(("profile", "runtime", "host_headers", "connections"), [w[1:] for w in WORKING],
-                         ids=[w[0] for w in WORKING])
-def test_agent_container_reports_exact_bytes(seccomp: dict[str, Path], netns: str, tmp_path: Path,
-                                             profile: dict[str, str] | None, runtime: str, host_headers: bool,
-                                             connections: str | None) -> None:
+@pytest.mark.parametrize(
+    ("profile", "runtime", "host_headers", "connections"), [w[1:] for w in WORKING], ids=[w[0] for w in WORKING]
+)
+def test_agent_container_reports_exact_bytes(
+    seccomp: dict[str, Path],
+    netns: str,
+    tmp_path: Path,
+    profile: dict[str, str] | None,
+    runtime: str,
+    host_headers: bool,
+    connections: str | None,
+) -> None:
     port = traffic.free_port()
     empty = tmp_path / "bare-node"  # a node without headers: empty /lib/modules and /usr/src
     (empty / "modules").mkdir(parents=True)
@@ -267,8 +303,9 @@ def _consume(port: int, topic: str, sent: int) -> list[tuple[list[tuple[str, byt
     return out
 
 
-def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[str, Path], netns: str,
-                                                                tmp_path: Path) -> None:
+def test_agent_streams_through_the_collector_container_to_kafka(
+    seccomp: dict[str, Path], netns: str, tmp_path: Path
+) -> None:
     from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total, to_json
     from tests.support.kafka import _broker_bin
 
@@ -287,13 +324,30 @@ def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[st
     agent_args = pod.agent_args(["--add-host", f"{service.rsplit(':', 1)[0]}:127.0.0.1"])
 
     url = f"tcp://127.0.0.1:{kafka_port}"
-    broker = subprocess.Popen(["ip", "netns", "exec", netns, _broker_bin(), "broker", "--listener-url", url,
-                               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    broker = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            _broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         traffic.Child(_create_topic, kafka_port, topic, netns=netns).result(30)
-        with podman.run(traffic.unique("tsc-collector"), COLLECTOR_IMAGE, coll_args, [], tmp_path,
-                        pod.network) as collector:
+        with podman.run(
+            traffic.unique("tsc-collector"), COLLECTOR_IMAGE, coll_args, [], tmp_path, pod.network
+        ) as collector:
             collector.wait_for("collector listening on", timeout=60)
             pod.init()
             with podman.run(pod.name, AGENT_IMAGE, agent_args, [], tmp_path, pod.network) as agent:
@@ -320,16 +374,19 @@ def test_agent_streams_through_the_collector_container_to_kafka(seccomp: dict[st
 
 
 @pytest.mark.parametrize(("profile", "mode"), [(None, "0"), ({"type": "RuntimeDefault"}, "2")])
-def test_the_agent_container_gets_exactly_the_rendered_privileges(seccomp: dict[str, Path], netns: str,
-                                                                  tmp_path: Path, profile: dict[str, str] | None,
-                                                                  mode: str) -> None:
+def test_the_agent_container_gets_exactly_the_rendered_privileges(
+    seccomp: dict[str, Path], netns: str, tmp_path: Path, profile: dict[str, str] | None, mode: str
+) -> None:
     """The translation is not vacuous: inside the agent container, as the kernel reports it."""
     pod = AgentPod(_values(traffic.free_port(), profile), seccomp["moby"], seccomp, tmp_path, netns)
-    probe = ("grep -E '^(Uid|Gid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; "
-             "touch /opt/x 2>/dev/null && echo root-writable; touch /tmp/x && echo tmp-writable; "
-             "touch /lib/modules/x 2>/dev/null && echo modules-writable; cat /proc/self/uid_map")
-    res = podman.run_to_end(pod.name, AGENT_IMAGE, pod.agent_args(["--entrypoint", "/bin/sh"]), ["-c", probe],
-                            pod.network)
+    probe = (
+        "grep -E '^(Uid|Gid|CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp):' /proc/self/status; "
+        "touch /opt/x 2>/dev/null && echo root-writable; touch /tmp/x && echo tmp-writable; "
+        "touch /lib/modules/x 2>/dev/null && echo modules-writable; cat /proc/self/uid_map"
+    )
+    res = podman.run_to_end(
+        pod.name, AGENT_IMAGE, pod.agent_args(["--entrypoint", "/bin/sh"]), ["-c", probe], pod.network
+    )
     assert res.returncode == 0, res.stderr
     status = dict(line.split(":", 1) for line in res.stdout.splitlines() if ":" in line)
     caps = (1 << 38) | (1 << 39)  # CAP_PERFMON, CAP_BPF: the chart's list, nothing else

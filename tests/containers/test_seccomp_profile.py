@@ -54,8 +54,9 @@ def test_nothing_else_changes(default: dict[str, Any]) -> None:
     ours = with_bpf_caps(default)
     assert {k: v for k, v in ours.items() if k != "syscalls"} == {k: v for k, v in default.items() if k != "syscalls"}
     calls = {n for r in default["syscalls"] for n in r["names"]}
-    caps_seen = {c for r in default["syscalls"] for k in ("includes", "excludes")
-                 for c in ((r.get(k) or {}).get("caps") or [])}
+    caps_seen = {
+        c for r in default["syscalls"] for k in ("includes", "excludes") for c in ((r.get(k) or {}).get("caps") or [])
+    }
     for call in sorted(calls - {"bpf", "perf_event_open"}):
         for caps in (set(), AGENT_CAPS, caps_seen):
             assert verdict(ours, call, caps) == verdict(default, call, caps), (call, caps)
@@ -78,10 +79,14 @@ def test_idempotent_and_input_untouched(default: dict[str, Any]) -> None:
 
 
 def test_a_moby_shaped_profile_is_left_as_it_is() -> None:
-    moby = {"defaultAction": "SCMP_ACT_ERRNO", "defaultErrnoRet": 1, "syscalls": [
-        {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
-        {"names": ["bpf"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_BPF"]}},
-        {"names": ["perf_event_open"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_PERFMON"]}},
-    ]}
+    moby = {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": 1,
+        "syscalls": [
+            {"names": ["read"], "action": "SCMP_ACT_ALLOW"},
+            {"names": ["bpf"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_BPF"]}},
+            {"names": ["perf_event_open"], "action": "SCMP_ACT_ALLOW", "includes": {"caps": ["CAP_PERFMON"]}},
+        ],
+    }
     assert with_bpf_caps(moby) == moby
     assert verdict(moby, "bpf", AGENT_CAPS) == "SCMP_ACT_ALLOW"

@@ -60,12 +60,20 @@ CONNECTIONS = {
     ("shop", "web", "shop", "web", "8080"): {"ok": 6, "server_reset": 1},
 }
 # which end sent the RST of each reset connection
-RESETS = {("shop", "web", "shop", "api", "client"): 3, ("shop", "api", "data", "db", "server"): 2,
-          ("shop", "web", "shop", "web", "server"): 1}
+RESETS = {
+    ("shop", "web", "shop", "api", "client"): 3,
+    ("shop", "api", "data", "db", "server"): 2,
+    ("shop", "web", "shop", "web", "server"): 1,
+}
 # application bytes per connection by kind: the client sends "REQ <kind> 0\n", the server "RESP\n"
 # (tcpscope/sim/worker.py); a server_reset server aborts before answering
-BYTES = {"ok": len("REQ ok 0\n") + len("RESP\n"), "client_reset": len("REQ client_reset 0\n") + len("RESP\n"),
-         "server_reset": len("REQ server_reset 0\n"), "refused": 0, "timeout": 0}
+BYTES = {
+    "ok": len("REQ ok 0\n") + len("RESP\n"),
+    "client_reset": len("REQ client_reset 0\n") + len("RESP\n"),
+    "server_reset": len("REQ server_reset 0\n"),
+    "refused": 0,
+    "timeout": 0,
+}
 
 
 def _free_base(n: int) -> int:
@@ -101,14 +109,26 @@ class Prom:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
         cfg = tmp / "prometheus.yml"
-        cfg.write_text(json.dumps({"global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-                                   "scrape_configs": [{"job_name": "tcpscope",
-                                                       "static_configs": [{"targets": targets}]}]}))
+        cfg.write_text(
+            json.dumps(
+                {
+                    "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                    "scrape_configs": [{"job_name": "tcpscope", "static_configs": [{"targets": targets}]}],
+                }
+            )
+        )
         self.log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [exe, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                exe,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, (tmp / "prometheus.log").read_text()
@@ -159,8 +179,10 @@ def as_is(expr: str) -> str:
     return expr.replace("$__rate_interval", "4s").replace("$__range", "5m")
 
 
-def _pair_sums(select: Callable[[str], bool], per: Callable[[str, int], int] = lambda kind, n: n,
-               ) -> dict[tuple[str, ...], float]:
+def _pair_sums(
+    select: Callable[[str], bool],
+    per: Callable[[str, int], int] = lambda kind, n: n,
+) -> dict[tuple[str, ...], float]:
     out: dict[tuple[str, ...], float] = {}
     for (cns, cwl, sns, swl, _), outcomes in CONNECTIONS.items():
         for outcome, n in outcomes.items():
@@ -210,11 +232,30 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
     plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-metrics-{os.getpid()}"
     sim = subprocess.Popen(
-        [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
-         "--topic", topic, "--summary-format", "json", "--quiet",
-         "--metrics-port", str(base), "--collectors", str(REPLICAS), "--hold",
-         "--service-map", str(tmp_path / "map.svg")],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
+        [
+            str(BIN / "tcpscope-sim"),
+            "--plan",
+            str(plan_file),
+            "--kafka-bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--summary-format",
+            "json",
+            "--quiet",
+            "--metrics-port",
+            str(base),
+            "--collectors",
+            str(REPLICAS),
+            "--hold",
+            "--service-map",
+            str(tmp_path / "map.svg"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         out = Reader(sim)
         t_plan_done, _ = out.wait(r"plan done", 120)
@@ -236,11 +277,14 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
         # each replica counted the connections whose client's agent streamed to it: web-1, web-2 and
         # db-1's node to the first, api-1's to the second; their sum is each connection once
         assert _by(prom.query("sum by (instance) (tcpscope_connections_total)", now), "instance") == {
-            (f"127.0.0.1:{base}",): 18.0, (f"127.0.0.1:{base + 1}",): 6.0}
+            (f"127.0.0.1:{base}",): 18.0,
+            (f"127.0.0.1:{base + 1}",): 6.0,
+        }
         # the ok connections reached the metrics as flows (the sim's agents aggregate, as deployed)
         assert _flow_connections(kafka_broker.bootstrap, topic) == {
             "ACTIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values()),
-            "PASSIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values())}
+            "PASSIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values()),
+        }
     finally:
         if sim.poll() is None:
             sim.send_signal(signal.SIGINT)
@@ -274,8 +318,9 @@ def _check_panels(prom: Prom, now: float, running: float) -> None:
     assert len(checked) == len(doc["panels"])
 
 
-def _expect(title: str, ref: str, got: list[dict[str, Any]], pair: tuple[str, ...],
-            connections: dict[tuple[str, ...], float]) -> None:
+def _expect(
+    title: str, ref: str, got: list[dict[str, Any]], pair: tuple[str, ...], connections: dict[tuple[str, ...], float]
+) -> None:
     """The counter reading of one panel query against the plan."""
     if title.startswith("Connections by pair and outcome"):
         want = {(*k[:4], o): float(n) for k, outcomes in CONNECTIONS.items() for o, n in outcomes.items()}
@@ -312,11 +357,13 @@ def _expect(title: str, ref: str, got: list[dict[str, Any]], pair: tuple[str, ..
         elif ref == "edges":
             assert _by(got, "source", "target", "id") == {
                 (f"{k[0]}/{k[1]}", f"{k[2]}/{k[3]}", f"{k[0]}/{k[1]} -> {k[2]}/{k[3]}"): v
-                for k, v in connections.items()}
+                for k, v in connections.items()
+            }
         else:
             problems = _pair_sums(lambda o: o != "ok")
-            assert _by(got, "source", "target") == {(f"{k[0]}/{k[1]}", f"{k[2]}/{k[3]}"): float(v)
-                                                    for k, v in problems.items()}
+            assert _by(got, "source", "target") == {
+                (f"{k[0]}/{k[1]}", f"{k[2]}/{k[3]}"): float(v) for k, v in problems.items()
+            }
     elif title == "Agents: events lost per second":
         # nothing lost: no series at all, or zeros (possible losses, program runs the kernel skipped,
         # are not events lost)
@@ -341,8 +388,9 @@ def _flow_connections(bootstrap: str, topic: str) -> dict[str, int]:
     """Connections the agents aggregated into flows, by the flow's role, read back from Kafka."""
     seen: set[tuple[str, int, int]] = set()
     out = {"ACTIVE": 0, "PASSIVE": 0}
-    for d in (d for r in consume_all(bootstrap, topic, want=10**9, timeout=5)
-              for d in decode_records(r.headers, r.value)):
+    for d in (
+        d for r in consume_all(bootstrap, topic, want=10**9, timeout=5) for d in decode_records(r.headers, r.value)
+    ):
         if d.kind != RECORD_EVENT or d.event is None or d.event.WhichOneof("kind") != "flow":
             continue
         if (d.agent_id, d.sequence, d.index) in seen:  # an at-least-once resend
@@ -356,6 +404,11 @@ def _series_served(instance: str) -> float:
     """Traffic series in the collector's /metrics text, counted by hand."""
     with urllib.request.urlopen(f"http://{instance}/metrics", timeout=10) as r:
         text = r.read().decode()
-    names = ("tcpscope_connections_total{", "tcpscope_resets_total{", "tcpscope_retransmits_total{",
-             "tcpscope_connection_bytes_total{", "tcpscope_connection_duration_seconds_")
+    names = (
+        "tcpscope_connections_total{",
+        "tcpscope_resets_total{",
+        "tcpscope_retransmits_total{",
+        "tcpscope_connection_bytes_total{",
+        "tcpscope_connection_duration_seconds_",
+    )
     return float(sum(1 for line in text.splitlines() if line.startswith(names)))

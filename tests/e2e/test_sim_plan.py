@@ -52,8 +52,7 @@ PLAN = {
         {"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "network_reset", "count": 4},
     ],
 }
-COUNTERS = ("connections", "client_resets", "server_resets", "network_resets", "refused", "timeouts",
-            "retransmits")
+COUNTERS = ("connections", "client_resets", "server_resets", "network_resets", "refused", "timeouts", "retransmits")
 
 
 def _zero(**kw: int) -> dict[str, int]:
@@ -75,9 +74,22 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-sim-{os.getpid()}"
     sim = subprocess.run(
-        [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
-         "--topic", topic, "--summary-format", "json", "--quiet"],
-        capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL,
+        [
+            str(BIN / "tcpscope-sim"),
+            "--plan",
+            str(plan_file),
+            "--kafka-bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--summary-format",
+            "json",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        stdin=subprocess.DEVNULL,
     )
     assert sim.returncode == 0, f"tcpscope-sim failed:\n{sim.stdout}\n{sim.stderr}"
     m = re.search(r"tcpscope-sim: run ([0-9a-f]+)", sim.stdout)
@@ -90,17 +102,31 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     assert not os.path.exists(os.path.join(STATE_DIR, f"{run_id}.json"))
 
     tail = subprocess.run(
-        [str(BIN / "tcpscope-tail"), "--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic,
-         "--summary", "--format", "json", "--from-beginning"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            str(BIN / "tcpscope-tail"),
+            "--kafka-bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--summary",
+            "--format",
+            "json",
+            "--from-beginning",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert tail.returncode == 0, tail.stderr
     doc = json.loads(tail.stdout)
     got = {}
     causes: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
     for row in doc["pairs"]:
-        key = (f"{row['client']['namespace']}/{row['client']['name']}",
-               f"{row['server']['namespace']}/{row['server']['name']}")
+        key = (
+            f"{row['client']['namespace']}/{row['client']['name']}",
+            f"{row['server']['namespace']}/{row['server']['name']}",
+        )
         assert key not in got, f"pair {key} reported twice"
         assert row["client"]["kind"] == row["server"]["kind"] == "POD", row
         got[key] = {c: row[c] for c in COUNTERS}
@@ -111,8 +137,7 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     # or the router between the nodes; never unknown: every node is watched, nothing was lost
     app = "TCP_STATE" if any("TCP_STATE" in d.get("app", {}) for d in causes.values()) else "NOT_SPECIFIED"
     assert causes == {
-        ("shop/web-1", "shop/api-1"): {"app": {app: 3}, "peer_kernel": {"refused": 2},
-                                       "network": {"no_send_seen": 4}},
+        ("shop/web-1", "shop/api-1"): {"app": {app: 3}, "peer_kernel": {"refused": 2}, "network": {"no_send_seen": 4}},
         ("shop/api-1", "data/db-1"): {"app": {app: 2}},
         ("shop/web-1", "data/db-1"): {},
         ("shop/web-2", "shop/web-1"): {"app": {app: 1}},
@@ -120,8 +145,9 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     assert doc["losses"]["kernel"] == doc["losses"]["agent_buffer"] == doc["losses"]["enrichment"] == 0
     # possible losses (program runs the kernel skipped, tcpscope/losses.py) may be non-zero only
     # because the exact summary above proves they cost no planned connection
-    definite_losses = {k: v for k, v in doc["losses"].items() if k not in ("kernel_skipped_runs",
-                                                                           *POSSIBLE_LOSS_REASONS)}
+    definite_losses = {
+        k: v for k, v in doc["losses"].items() if k not in ("kernel_skipped_runs", *POSSIBLE_LOSS_REASONS)
+    }
     assert all(v == 0 for v in definite_losses.values()), doc["losses"]
 
     # every socket reported exactly once, by the agent of the node its pod runs on
@@ -157,8 +183,12 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
         assert ev.local.kind and ev.remote.kind, f"unresolved end: {ev}"
         tuple_ = f"{ev.local.ip}:{ev.local.port}-{ev.remote.ip}:{ev.remote.port}"
         sockets[(ev.node, ev.socket_id, tuple_, ev.time.ToNanoseconds())] += 1
-        if (ev.lifecycle.role == ACTIVE and ev.lifecycle.ending == RESET_RECEIVED and ev.remote.port == 9000
-                and ev.local.ip == plan.pod("shop/web-1").ip):
+        if (
+            ev.lifecycle.role == ACTIVE
+            and ev.lifecycle.ending == RESET_RECEIVED
+            and ev.remote.port == 9000
+            and ev.local.ip == plan.pod("shop/web-1").ip
+        ):
             network_killed.append(tuple_)  # web-1 -> api-1:9000 received a RST: only network_reset does
     # every socket accounted for exactly once: individually (every anomaly) or in a flow
     assert sum(sockets.values()) + in_flows == plan.expected_lifecycles()
@@ -171,15 +201,27 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     # one network-killed connection, both ends, in time order: each end received a RST, neither sent one
     assert len(network_killed) == 4
     one = subprocess.run(
-        [str(BIN / "tcpscope-tail"), "--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic,
-         "--connection", network_killed[0], "--from-beginning"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            str(BIN / "tcpscope-tail"),
+            "--kafka-bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--connection",
+            network_killed[0],
+            "--from-beginning",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert one.returncode == 0, one.stderr
     lines = one.stdout.splitlines()[1:]
     received = [x for x in lines if " RST_RECV " in x]
     assert sorted(x.split()[0] for x in received) == ["node-1", "node-2"], one.stdout
-    assert all(x.endswith("cause=network/no_send_seen") or x.endswith("cause=network/both_ends")
-               for x in received), one.stdout
+    assert all(x.endswith("cause=network/no_send_seen") or x.endswith("cause=network/both_ends") for x in received), (
+        one.stdout
+    )
     assert not [x for x in lines if " RST_SENT " in x], one.stdout
     assert sorted(x.split()[0] for x in lines if " LIFECYCLE " in x) == ["node-1", "node-2"], one.stdout

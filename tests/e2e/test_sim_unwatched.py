@@ -40,32 +40,71 @@ def test_resets_from_an_unwatched_node_are_unknown_never_network(kafka_broker: B
     plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-unwatched-{os.getpid()}"
     sim = subprocess.run(
-        [str(BIN / "tcpscope-sim"), "--plan", str(plan_file), "--kafka-bootstrap", kafka_broker.bootstrap,
-         "--topic", topic, "--summary-format", "json", "--quiet", "--unwatched-node", "node-3"],
-        capture_output=True, text=True, timeout=150, stdin=subprocess.DEVNULL,
+        [
+            str(BIN / "tcpscope-sim"),
+            "--plan",
+            str(plan_file),
+            "--kafka-bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--summary-format",
+            "json",
+            "--quiet",
+            "--unwatched-node",
+            "node-3",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        stdin=subprocess.DEVNULL,
     )
     assert sim.returncode == 0, f"tcpscope-sim failed:\n{sim.stdout}\n{sim.stderr}"
     assert "no agent on node-3" in sim.stdout
     tail = subprocess.run(
-        [str(BIN / "tcpscope-tail"), "--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic,
-         "--summary", "--format", "json", "--from-beginning"],
-        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+        [
+            str(BIN / "tcpscope-tail"),
+            "--kafka-bootstrap",
+            kafka_broker.bootstrap,
+            "--topic",
+            topic,
+            "--summary",
+            "--format",
+            "json",
+            "--from-beginning",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
     )
     assert tail.returncode == 0, tail.stderr
     doc = json.loads(tail.stdout)
     got = {}
     for row in doc["pairs"]:
-        key = (f"{row['client']['namespace']}/{row['client']['name']}",
-               f"{row['server']['namespace']}/{row['server']['name']}")
-        got[key] = ({k: row[k] for k in ("connections", "client_resets", "server_resets", "network_resets")},
-                    {c: sum(d.values()) for c, d in row["reset_causes"].items()}, row["reset_causes"])
+        key = (
+            f"{row['client']['namespace']}/{row['client']['name']}",
+            f"{row['server']['namespace']}/{row['server']['name']}",
+        )
+        got[key] = (
+            {k: row[k] for k in ("connections", "client_resets", "server_resets", "network_resets")},
+            {c: sum(d.values()) for c, d in row["reset_causes"].items()},
+            row["reset_causes"],
+        )
     unknown = {"unknown": {"unwatched_peer": 5}}
     assert got[("ext/batch-1", "shop/api-1")] == (
         # api-1's agent saw 5 RSTs "from batch-1": 2 it sent, 3 the router forged; it cannot tell
-        {"connections": 5, "client_resets": 5, "server_resets": 0, "network_resets": 0}, {"unknown": 5}, unknown)
+        {"connections": 5, "client_resets": 5, "server_resets": 0, "network_resets": 0},
+        {"unknown": 5},
+        unknown,
+    )
     assert got[("shop/api-1", "ext/batch-1")][:2] == (
-        {"connections": 1, "client_resets": 0, "server_resets": 1, "network_resets": 0}, {"unknown": 1})
+        {"connections": 1, "client_resets": 0, "server_resets": 1, "network_resets": 0},
+        {"unknown": 1},
+    )
     # the control: the same forged RSTs between two watched pods
     assert got[("shop/web-1", "shop/api-1")][:2] == (
-        {"connections": 2, "client_resets": 0, "server_resets": 0, "network_resets": 2}, {"network": 2})
+        {"connections": 2, "client_resets": 0, "server_resets": 0, "network_resets": 2},
+        {"network": 2},
+    )
     assert len(got) == 3

@@ -24,23 +24,35 @@ def test_default_stream_authenticates_agents_by_projected_token_and_tokenreview(
     a_env = env_of(a)
     assert a_env["TCPSCOPE_TOKEN_FILE"] == "/var/run/secrets/tcpscope/token"
     vols = {v["name"]: v for v in agent["volumes"]}  # type: ignore[attr-defined]
-    assert vols["collector-token"]["projected"] == {"defaultMode": 0o400, "sources": [{"serviceAccountToken": {
-        "audience": "tcpscope-collector", "expirationSeconds": 3600, "path": "token"}}]}
+    assert vols["collector-token"]["projected"] == {
+        "defaultMode": 0o400,
+        "sources": [
+            {"serviceAccountToken": {"audience": "tcpscope-collector", "expirationSeconds": 3600, "path": "token"}}
+        ],
+    }
     mounts = {m["name"]: m for m in a["volumeMounts"]}
-    assert mounts["collector-token"] == {"name": "collector-token", "mountPath": "/var/run/secrets/tcpscope",
-                                         "readOnly": True}
+    assert mounts["collector-token"] == {
+        "name": "collector-token",
+        "mountPath": "/var/run/secrets/tcpscope",
+        "readOnly": True,
+    }
     c_env = env_of(coll["containers"][0])  # type: ignore[index]
-    assert (c_env["TCPSCOPE_TOKENREVIEW"], c_env["TCPSCOPE_TOKEN_AUDIENCE"], c_env["TCPSCOPE_AGENT_SERVICE_ACCOUNTS"]) \
-        == ("true", "tcpscope-collector", "observability/tcpscope-agent")
+    assert (
+        c_env["TCPSCOPE_TOKENREVIEW"],
+        c_env["TCPSCOPE_TOKEN_AUDIENCE"],
+        c_env["TCPSCOPE_AGENT_SERVICE_ACCOUNTS"],
+    ) == ("true", "tcpscope-collector", "observability/tcpscope-agent")
     assert "TCPSCOPE_TOKEN_FILE" not in c_env  # no shared secret anywhere
     assert coll["automountServiceAccountToken"] is True
     role = find(objects, "ClusterRole", "collector")
-    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
-                             {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"],
-                              "verbs": ["create"]}]
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    ]
     binding = find(objects, "ClusterRoleBinding", "collector")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tcpscope-collector",
-                                    "namespace": "observability"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tcpscope-collector", "namespace": "observability"}
+    ]
     # the collector accepts the environment the chart gives it
     from collector.config import CollectorConfig
 
@@ -63,8 +75,9 @@ def test_state_dir_is_the_one_writable_host_directory() -> None:
 
 
 def test_shared_token_is_an_explicit_alternative() -> None:
-    shared = merge(KAFKA, {"auth": {"token": {"enabled": True, "secretName": "s"},
-                                    "serviceAccountToken": {"enabled": False}}})
+    shared = merge(
+        KAFKA, {"auth": {"token": {"enabled": True, "secretName": "s"}, "serviceAccountToken": {"enabled": False}}}
+    )
     agent, coll, objects = _pods(shared)
     assert env_of(agent["containers"][0])["TCPSCOPE_TOKEN_FILE"] == "/etc/tcpscope/token/token"  # type: ignore[index]
     assert "TCPSCOPE_TOKENREVIEW" not in env_of(coll["containers"][0])  # type: ignore[index]

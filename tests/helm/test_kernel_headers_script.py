@@ -23,8 +23,13 @@ def _tree(path: Path) -> Path:
 def _run(tmp: Path, host: Path, fallback: Path) -> tuple[Path, str]:
     modules = tmp / "modules"
     modules.mkdir(exist_ok=True)
-    env = {"PATH": "/usr/bin:/bin", "HOST_ROOT": str(host), "MODULES_DIR": str(modules),
-           "FALLBACK_SRC": str(fallback), "KERNEL_RELEASE": REL}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOST_ROOT": str(host),
+        "MODULES_DIR": str(modules),
+        "FALLBACK_SRC": str(fallback),
+        "KERNEL_RELEASE": REL,
+    }
     out = subprocess.run(["/bin/sh", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=10)
     assert out.returncode == 0, out.stderr
     return modules / REL, out.stdout

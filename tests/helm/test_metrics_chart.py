@@ -18,8 +18,13 @@ from collector.config import CollectorConfig
 from tests.support.helm import KAFKA, env_of, find, merge, render
 
 METRICS_ON = merge(KAFKA, {"metrics": {"dashboards": {"enabled": True}, "prometheusRule": {"enabled": True}}})
-ALERTS = ("TcpscopePairResetRateHigh", "TcpscopePairRefusedRateHigh", "TcpscopeAgentLosingEvents",
-          "TcpscopeAgentDisconnected", "TcpscopeCollectorKafkaErrors")
+ALERTS = (
+    "TcpscopePairResetRateHigh",
+    "TcpscopePairRefusedRateHigh",
+    "TcpscopeAgentLosingEvents",
+    "TcpscopeAgentDisconnected",
+    "TcpscopeCollectorKafkaErrors",
+)
 PAIR = 'client_namespace="shop",client_workload="web",server_namespace="shop",server_workload="api"'
 
 
@@ -48,8 +53,9 @@ def rule_groups(values: dict[str, Any] = METRICS_ON) -> dict[str, Any]:
 
 
 def test_off_by_default() -> None:
-    assert not [o for o in render(KAFKA) if o["kind"] == "PrometheusRule" or
-                o["metadata"]["name"].endswith("-dashboards")]
+    assert not [
+        o for o in render(KAFKA) if o["kind"] == "PrometheusRule" or o["metadata"]["name"].endswith("-dashboards")
+    ]
 
 
 def test_dashboard_configmap_is_for_the_grafana_sidecar_and_has_the_panels() -> None:
@@ -61,10 +67,18 @@ def test_dashboard_configmap_is_for_the_grafana_sidecar_and_has_the_panels() -> 
     doc = dashboard()
     assert doc["uid"] == "tcpscope-tcp-health"
     panels = {p["title"]: p for p in doc["panels"]}
-    for title in ("Reset rate by pair", "Refused rate by pair", "Timeout rate by pair", "Top talkers (bytes/s)",
-                  "Retransmitted segments per connection", "Connection duration p50 / p99", "Service map",
-                  "Agents: events lost per second", "Agents connected to a collector",
-                  "Collectors: Kafka errors per second"):
+    for title in (
+        "Reset rate by pair",
+        "Refused rate by pair",
+        "Timeout rate by pair",
+        "Top talkers (bytes/s)",
+        "Retransmitted segments per connection",
+        "Connection duration p50 / p99",
+        "Service map",
+        "Agents: events lost per second",
+        "Agents connected to a collector",
+        "Collectors: Kafka errors per second",
+    ):
         assert title in panels, title
     assert panels["Service map"]["type"] == "nodeGraph"
     assert {t["refId"] for t in panels["Service map"]["targets"]} == {"nodes", "edges", "edge_problems"}
@@ -73,20 +87,23 @@ def test_dashboard_configmap_is_for_the_grafana_sidecar_and_has_the_panels() -> 
     boxes = [(p["gridPos"]["x"], p["gridPos"]["y"], p["gridPos"]["w"], p["gridPos"]["h"]) for p in doc["panels"]]
     assert all(x + w <= 24 for x, _, w, _ in boxes)
     for i, (x1, y1, w1, h1) in enumerate(boxes):  # no two panels overlap on Grafana's 24-column grid
-        for x2, y2, w2, h2 in boxes[i + 1:]:
+        for x2, y2, w2, h2 in boxes[i + 1 :]:
             assert x1 + w1 <= x2 or x2 + w2 <= x1 or y1 + h1 <= y2 or y2 + h2 <= y1
     for p in doc["panels"]:
         assert p["datasource"]["uid"] == "${datasource}"
     # the sidecar may watch another namespace
-    other = dashboard_cm = find(render(merge(METRICS_ON, {"metrics": {"dashboards": {"namespace": "grafana"}}})),
-                                "ConfigMap", "-dashboards")
+    other = dashboard_cm = find(
+        render(merge(METRICS_ON, {"metrics": {"dashboards": {"namespace": "grafana"}}})), "ConfigMap", "-dashboards"
+    )
     assert other["metadata"]["namespace"] == "grafana" and dashboard_cm is other
 
 
 def test_every_dashboard_expression_parses_in_promtool(tmp_path: Path) -> None:
     """Each panel's query as a recording rule, so promtool parses it with Prometheus's parser."""
-    rules = [{"record": f"tcpscope:panel_{i}", "expr": expr.replace("$__rate_interval", "1m")
-              .replace("$__range", "1h")} for i, (_, expr) in enumerate(dashboard_exprs(dashboard()))]
+    rules = [
+        {"record": f"tcpscope:panel_{i}", "expr": expr.replace("$__rate_interval", "1m").replace("$__range", "1h")}
+        for i, (_, expr) in enumerate(dashboard_exprs(dashboard()))
+    ]
     f = tmp_path / "panels.yaml"
     f.write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
     r = subprocess.run([promtool(), "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
@@ -112,15 +129,22 @@ def _series(name: str, labels: str, values: str) -> dict[str, str]:
 
 
 def _test(inputs: list[dict[str, str]], alert: str, at: str, fired: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"interval": "1m", "input_series": inputs,
-            "alert_rule_test": [{"eval_time": at, "alertname": alert, "exp_alerts": fired}]}
+    return {
+        "interval": "1m",
+        "input_series": inputs,
+        "alert_rule_test": [{"eval_time": at, "alertname": alert, "exp_alerts": fired}],
+    }
 
 
 def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
     """A firing and a quiet case per alert; rates are per second over the 5m window, evaluated after
     the alert's `for` (10m for pairs, 5m otherwise) has passed."""
-    pair_labels = {"client_namespace": "shop", "client_workload": "web", "server_namespace": "shop",
-                   "server_workload": "api"}
+    pair_labels = {
+        "client_namespace": "shop",
+        "client_workload": "web",
+        "server_namespace": "shop",
+        "server_workload": "api",
+    }
     agent = 'instance="10.0.0.1:9500",namespace="tcpscope",pod="tcpscope-agent-x"'
     agent_labels = {"instance": "10.0.0.1:9500", "namespace": "tcpscope", "pod": "tcpscope-agent-x"}
     coll = 'instance="10.0.0.2:9501",namespace="tcpscope",pod="tcpscope-collector-y"'
@@ -129,61 +153,149 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
     reset_slow = 60 * (thresholds["reset"] / 2)
     return [
         # resets: two senders of one pair add up past the threshold / stay below it
-        _test([_series("tcpscope_resets_total", PAIR + ',server_port="9000",sender="client",reason="NOT_SPECIFIED"',
-                       f"0+{reset_fast / 2}x30"),
-               _series("tcpscope_resets_total", PAIR + ',server_port="9000",sender="server",reason="NOT_SPECIFIED"',
-                       f"0+{reset_fast / 2}x30")],
-              "TcpscopePairResetRateHigh", "20m",
-              [{"exp_labels": {**pair_labels, "severity": "warning"}, "exp_annotations": {
-                  "summary": "Connections from shop/web to shop/api are reset",
-                  "description": f"{2 * thresholds['reset']:g} RSTs per second ended established connections of this "
-                                 f"pair (threshold {thresholds['reset']:g}/s); tcpscope_resets_total{{sender, reason}} "
-                                 "says which end sent them and why."}}]),
-        _test([_series("tcpscope_resets_total", PAIR + ',server_port="9000",sender="client",reason="NOT_SPECIFIED"',
-                       f"0+{reset_slow}x30")],
-              "TcpscopePairResetRateHigh", "20m", []),
+        _test(
+            [
+                _series(
+                    "tcpscope_resets_total",
+                    PAIR + ',server_port="9000",sender="client",reason="NOT_SPECIFIED"',
+                    f"0+{reset_fast / 2}x30",
+                ),
+                _series(
+                    "tcpscope_resets_total",
+                    PAIR + ',server_port="9000",sender="server",reason="NOT_SPECIFIED"',
+                    f"0+{reset_fast / 2}x30",
+                ),
+            ],
+            "TcpscopePairResetRateHigh",
+            "20m",
+            [
+                {
+                    "exp_labels": {**pair_labels, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "Connections from shop/web to shop/api are reset",
+                        "description": f"{2 * thresholds['reset']:g} RSTs per second ended established "
+                        f"connections of this pair (threshold {thresholds['reset']:g}/s); tcpscope_resets_total{{sender, reason}} "
+                        "says which end sent them and why.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [
+                _series(
+                    "tcpscope_resets_total",
+                    PAIR + ',server_port="9000",sender="client",reason="NOT_SPECIFIED"',
+                    f"0+{reset_slow}x30",
+                )
+            ],
+            "TcpscopePairResetRateHigh",
+            "20m",
+            [],
+        ),
         # refused: only outcome="refused" counts; many ok connections do not
-        _test([_series("tcpscope_connections_total", PAIR + ',server_port="9009",outcome="refused"', "0+120x30")],
-              "TcpscopePairRefusedRateHigh", "20m", [{"exp_labels": {**pair_labels, "severity": "warning"},
-                                                      "exp_annotations": {
-                  "summary": "Connections from shop/web to shop/api are refused",
-                  "description": "2 connects per second were refused (nothing listening; threshold 1/s)."}}]),
-        _test([_series("tcpscope_connections_total", PAIR + ',server_port="9000",outcome="ok"', "0+6000x30"),
-               _series("tcpscope_connections_total", PAIR + ',server_port="9009",outcome="refused"', "0+30x30")],
-              "TcpscopePairRefusedRateHigh", "20m", []),
+        _test(
+            [_series("tcpscope_connections_total", PAIR + ',server_port="9009",outcome="refused"', "0+120x30")],
+            "TcpscopePairRefusedRateHigh",
+            "20m",
+            [
+                {
+                    "exp_labels": {**pair_labels, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "Connections from shop/web to shop/api are refused",
+                        "description": "2 connects per second were refused (nothing listening; threshold 1/s).",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [
+                _series("tcpscope_connections_total", PAIR + ',server_port="9000",outcome="ok"', "0+6000x30"),
+                _series("tcpscope_connections_total", PAIR + ',server_port="9009",outcome="refused"', "0+30x30"),
+            ],
+            "TcpscopePairRefusedRateHigh",
+            "20m",
+            [],
+        ),
         # an agent losing events (its own buffer or upstream) / an agent whose counters stand still
-        _test([_series("tcpscope_agent_dropped_events_total", agent + ',reason="buffer_full"',
-                       "0 0 0 5 10 15 20 25 30 35 40 45"),
-               _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.ring_full"', "0x12")],
-              "TcpscopeAgentLosingEvents", "11m", [{"exp_labels": {**agent_labels, "severity": "warning"},
-                                                    "exp_annotations": {
-                  "summary": "tcpscope agent 10.0.0.1:9500 is losing events",
-                  "description": "83.33m events per second lost (kernel buffer, enrichment or the agent's own buffer): "
-                                 "its counts are incomplete. tcpscope_agent_*_events_total{reason} says where."}}]),
-        _test([_series("tcpscope_agent_dropped_events_total", agent + ',reason="buffer_full"', "7x15"),
-               _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.ring_full"', "3x15"),
-               # possible losses only (program runs the kernel skipped): no alert
-               _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.recursion_misses"',
-                       "0+50x15")],
-              "TcpscopeAgentLosingEvents", "14m", []),
+        _test(
+            [
+                _series(
+                    "tcpscope_agent_dropped_events_total",
+                    agent + ',reason="buffer_full"',
+                    "0 0 0 5 10 15 20 25 30 35 40 45",
+                ),
+                _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.ring_full"', "0x12"),
+            ],
+            "TcpscopeAgentLosingEvents",
+            "11m",
+            [
+                {
+                    "exp_labels": {**agent_labels, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "tcpscope agent 10.0.0.1:9500 is losing events",
+                        "description": "83.33m events per second lost (kernel buffer, enrichment or the agent's "
+                        "own buffer): its counts are incomplete. tcpscope_agent_*_events_total{reason} says where.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [
+                _series("tcpscope_agent_dropped_events_total", agent + ',reason="buffer_full"', "7x15"),
+                _series("tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.ring_full"', "3x15"),
+                # possible losses only (program runs the kernel skipped): no alert
+                _series(
+                    "tcpscope_agent_upstream_lost_events_total", agent + ',reason="kernel.recursion_misses"', "0+50x15"
+                ),
+            ],
+            "TcpscopeAgentLosingEvents",
+            "14m",
+            [],
+        ),
         # disconnected for longer than `for` / a short reconnect
-        _test([_series("tcpscope_agent_stream_connected", agent, "1 1 0 0 0 0 0 0 0 0")],
-              "TcpscopeAgentDisconnected", "9m", [{"exp_labels": {**agent_labels, "severity": "critical"},
-                                                   "exp_annotations": {
-                  "summary": "tcpscope agent 10.0.0.1:9500 is connected to no collector",
-                  "description": "The agent buffers its events and drops the oldest once its buffer is full; "
-                                 "tcpscope_agent_stream_reconnects_total{code} says why it cannot connect."}}]),
-        _test([_series("tcpscope_agent_stream_connected", agent, "1 1 0 0 1 1 0 1 1 1")],
-              "TcpscopeAgentDisconnected", "9m", []),
+        _test(
+            [_series("tcpscope_agent_stream_connected", agent, "1 1 0 0 0 0 0 0 0 0")],
+            "TcpscopeAgentDisconnected",
+            "9m",
+            [
+                {
+                    "exp_labels": {**agent_labels, "severity": "critical"},
+                    "exp_annotations": {
+                        "summary": "tcpscope agent 10.0.0.1:9500 is connected to no collector",
+                        "description": "The agent buffers its events and drops the oldest once its buffer is full; "
+                        "tcpscope_agent_stream_reconnects_total{code} says why it cannot connect.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [_series("tcpscope_agent_stream_connected", agent, "1 1 0 0 1 1 0 1 1 1")],
+            "TcpscopeAgentDisconnected",
+            "9m",
+            [],
+        ),
         # Kafka errors / none
-        _test([_series("tcpscope_collector_kafka_errors_total", coll + ',error="KafkaTimeoutError"', "0+2x15")],
-              "TcpscopeCollectorKafkaErrors", "14m", [{"exp_labels": {**coll_labels, "severity": "critical"},
-                                                       "exp_annotations": {
-                  "summary": "tcpscope collector 10.0.0.2:9501 fails to publish to Kafka",
-                  "description": "33.33m failed publishes per second: agents reconnect and resend, and buffer "
-                                 "meanwhile."}}]),
-        _test([_series("tcpscope_collector_kafka_errors_total", coll + ',error="KafkaTimeoutError"', "4x15")],
-              "TcpscopeCollectorKafkaErrors", "14m", []),
+        _test(
+            [_series("tcpscope_collector_kafka_errors_total", coll + ',error="KafkaTimeoutError"', "0+2x15")],
+            "TcpscopeCollectorKafkaErrors",
+            "14m",
+            [
+                {
+                    "exp_labels": {**coll_labels, "severity": "critical"},
+                    "exp_annotations": {
+                        "summary": "tcpscope collector 10.0.0.2:9501 fails to publish to Kafka",
+                        "description": "33.33m failed publishes per second: agents reconnect and resend, and buffer "
+                        "meanwhile.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [_series("tcpscope_collector_kafka_errors_total", coll + ',error="KafkaTimeoutError"', "4x15")],
+            "TcpscopeCollectorKafkaErrors",
+            "14m",
+            [],
+        ),
     ]
 
 
@@ -191,8 +303,9 @@ def _promtool_test(tmp_path: Path, values: dict[str, Any], thresholds: dict[str,
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule_groups(values)))
     tests = tmp_path / "tests.yaml"
-    tests.write_text(yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m",
-                                     "tests": _unit_tests(thresholds)}))
+    tests.write_text(
+        yaml.safe_dump({"rule_files": [str(rules)], "evaluation_interval": "1m", "tests": _unit_tests(thresholds)})
+    )
     r = subprocess.run([promtool(), "test", "rules", str(tests)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SUCCESS" in r.stdout
@@ -210,15 +323,36 @@ def test_thresholds_are_values(tmp_path: Path) -> None:
 
 
 def test_traffic_settings_become_collector_variables_it_accepts() -> None:
-    values = merge(METRICS_ON, {"metrics": {"traffic": {"by": "pod", "excludeNamespaces": ["kube-system", "x"],
-                                                        "maxSeries": 5000, "ttlSeconds": 600}}})
+    values = merge(
+        METRICS_ON,
+        {
+            "metrics": {
+                "traffic": {
+                    "by": "pod",
+                    "excludeNamespaces": ["kube-system", "x"],
+                    "maxSeries": 5000,
+                    "ttlSeconds": 600,
+                }
+            }
+        },
+    )
     dep = find(render(values), "Deployment", "-collector")
     env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
     traffic = {k: v for k, v in env.items() if k.startswith("TCPSCOPE_METRICS_")}
-    assert traffic == {"TCPSCOPE_METRICS_PORT": "9501", "TCPSCOPE_METRICS_ADDRESS": "0.0.0.0",
-                       "TCPSCOPE_METRICS_BY": "pod", "TCPSCOPE_METRICS_NAMESPACES": "",
-                       "TCPSCOPE_METRICS_EXCLUDE_NAMESPACES": "kube-system,x", "TCPSCOPE_METRICS_MAX_SERIES": "5000",
-                       "TCPSCOPE_METRICS_TTL": "600"}
+    assert traffic == {
+        "TCPSCOPE_METRICS_PORT": "9501",
+        "TCPSCOPE_METRICS_ADDRESS": "0.0.0.0",
+        "TCPSCOPE_METRICS_BY": "pod",
+        "TCPSCOPE_METRICS_NAMESPACES": "",
+        "TCPSCOPE_METRICS_EXCLUDE_NAMESPACES": "kube-system,x",
+        "TCPSCOPE_METRICS_MAX_SERIES": "5000",
+        "TCPSCOPE_METRICS_TTL": "600",
+    }
     cfg = CollectorConfig.from_args([], env={**traffic, "TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092"})
-    assert (cfg.metrics_by, cfg.metrics_namespaces, cfg.metrics_exclude_namespaces, cfg.metrics_max_series,
-            cfg.metrics_ttl) == ("pod", (), ("kube-system", "x"), 5000, 600.0)
+    assert (
+        cfg.metrics_by,
+        cfg.metrics_namespaces,
+        cfg.metrics_exclude_namespaces,
+        cfg.metrics_max_series,
+        cfg.metrics_ttl,
+    ) == ("pod", (), ("kube-system", "x"), 5000, 600.0)

@@ -132,8 +132,11 @@ def test_kafka_sasl_ssl_reads_credentials_and_ca_from_secret_files() -> None:
         {"key": "username", "path": "username"},
         {"key": "password", "path": "password"},
     ]
-    assert vols["kafka-ca"] == {"secretName": "kafka-ca", "defaultMode": 0o440,
-                                "items": [{"key": "ca.crt", "path": "ca.crt"}]}
+    assert vols["kafka-ca"] == {
+        "secretName": "kafka-ca",
+        "defaultMode": 0o440,
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
 
 
 def test_hpa_replaces_fixed_replicas_and_pdb_selects_collectors() -> None:
@@ -141,8 +144,11 @@ def test_hpa_replaces_fixed_replicas_and_pdb_selects_collectors() -> None:
     dep = find(objects, "Deployment")
     assert "replicas" not in dep["spec"]
     hpa = find(objects, "HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                             "name": "tcpscope-collector"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tcpscope-collector",
+    }
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
     pdb = find(objects, "PodDisruptionBudget")
     assert pdb["spec"]["selector"]["matchLabels"] == dep["spec"]["selector"]["matchLabels"]
@@ -182,7 +188,10 @@ def test_agent_settings_become_its_environment_variables() -> None:
     assert env["TCPSCOPE_EVENTS"] == "lifecycle,retransmit,synack,reset,error"
     # the chart deploys in-kernel aggregation of ordinary connections
     assert (env["TCPSCOPE_CONNECTIONS"], env["TCPSCOPE_FLOW_INTERVAL"], env["TCPSCOPE_MAX_FLOWS"]) == (
-        "aggregate", "10", "4096")
+        "aggregate",
+        "10",
+        "4096",
+    )
     assert env["NODE_NAME"] == "<from>"
 
 

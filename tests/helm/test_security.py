@@ -58,8 +58,9 @@ def test_unconfined_seccomp_is_the_agent_containers_alone() -> None:
     assert all("seccompProfile" not in c["securityContext"] for c in coll["containers"])
 
 
-@pytest.mark.parametrize("profile", [{"type": "RuntimeDefault"},
-                                     {"type": "Localhost", "localhostProfile": "tcpscope-agent.json"}])
+@pytest.mark.parametrize(
+    "profile", [{"type": "RuntimeDefault"}, {"type": "Localhost", "localhostProfile": "tcpscope-agent.json"}]
+)
 def test_documented_seccomp_choices_render_as_given(profile: dict[str, str]) -> None:
     assert _agent({"agent": {"seccompProfile": profile}})["securityContext"]["seccompProfile"] == profile
 
@@ -109,8 +110,12 @@ def test_every_host_mount_is_read_only_and_only_the_expected_ones() -> None:
 def test_debugfs_only_on_request() -> None:
     pod = _agent_pod(VALUE_SETS["minimal-mounts"])
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert host == {"tracefs": "/sys/kernel/tracing", "debugfs": "/sys/kernel/debug",
-                    "cgroup": "/sys/fs/cgroup", "btf": "/sys/kernel/btf"}
+    assert host == {
+        "tracefs": "/sys/kernel/tracing",
+        "debugfs": "/sys/kernel/debug",
+        "cgroup": "/sys/fs/cgroup",
+        "btf": "/sys/kernel/btf",
+    }
     assert "initContainers" not in pod
 
 
@@ -141,8 +146,11 @@ REVIEW: list[Rule] = [(("authentication.k8s.io",), ("tokenreviews",), ("create",
 @pytest.mark.parametrize(
     ("remote", "agent_rules", "collector_rules"),
     [
-        ("agent", [(("",), ("pods",), READ), (("",), ("services", "nodes"), READ)],
-         [(("",), ("pods",), ("get",)), *REVIEW]),
+        (
+            "agent",
+            [(("",), ("pods",), READ), (("",), ("services", "nodes"), READ)],
+            [(("",), ("pods",), ("get",)), *REVIEW],
+        ),
         ("collector", [(("",), ("pods",), READ)], [(("",), ("pods", "services", "nodes"), READ), *REVIEW]),
         ("off", [(("",), ("pods",), READ)], [(("",), ("pods",), ("get",)), *REVIEW]),
     ],
@@ -162,16 +170,23 @@ def test_rbac_is_read_only_and_follows_remote_enrichment(
     for b in (o for o in objects if o["kind"] == "ClusterRoleBinding"):
         assert b["roleRef"]["name"] == b["metadata"]["name"]
         assert [s["name"] for s in b["subjects"]] == [b["metadata"]["name"]]
-    agent_env = {e["name"]: e.get("value") for e in find(objects, "DaemonSet")["spec"]["template"]["spec"]
-                 ["containers"][0]["env"]}
+    agent_env = {
+        e["name"]: e.get("value")
+        for e in find(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert agent_env["TCPSCOPE_RESOLVE_REMOTE"] == ("true" if remote == "agent" else "false")
-    coll_env = {e["name"]: e.get("value") for e in find(objects, "Deployment")["spec"]["template"]["spec"]
-                ["containers"][0]["env"]}
+    coll_env = {
+        e["name"]: e.get("value")
+        for e in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     # exactly one side resolves remote ends: the collector only with remote=collector, with the same labels
     assert coll_env["TCPSCOPE_RESOLVE_REMOTE"] == ("true" if remote == "collector" else "false")
     if remote == "collector":
-        assert coll_env["TCPSCOPE_LABELS"] == agent_env["TCPSCOPE_LABELS"] == \
-            "app,app.kubernetes.io/name,app.kubernetes.io/component,version"
+        assert (
+            coll_env["TCPSCOPE_LABELS"]
+            == agent_env["TCPSCOPE_LABELS"]
+            == "app,app.kubernetes.io/name,app.kubernetes.io/component,version"
+        )
     else:
         assert "TCPSCOPE_LABELS" not in coll_env
 

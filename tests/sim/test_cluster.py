@@ -61,17 +61,26 @@ def _gone(pid: int) -> bool:
 
 def test_layout_names_and_addresses(cluster: PodCluster) -> None:
     rid = cluster.run_id
-    assert net.netns_names(rid) == sorted([f"tss-{rid}-fabric", f"tss-{rid}-p1", f"tss-{rid}-p2",
-                                           f"tss-{rid}-p3"])
+    assert net.netns_names(rid) == sorted([f"tss-{rid}-fabric", f"tss-{rid}-p1", f"tss-{rid}-p2", f"tss-{rid}-p3"])
     web = cluster.pods["shop/web-1"]
     uid = pod_uid(rid, "shop", "web-1")
     assert web.cgroup.path == os.path.join(
-        cgroup2_mount(), f"tcpscope-sim-{rid}", "node-a", "kubepods.slice", "kubepods-besteffort.slice",
-        f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice", f"cri-containerd-{web.cgroup.container_id}.scope")
+        cgroup2_mount(),
+        f"tcpscope-sim-{rid}",
+        "node-a",
+        "kubepods.slice",
+        "kubepods-besteffort.slice",
+        f"kubepods-besteffort-pod{uid.replace('-', '_')}.slice",
+        f"cri-containerd-{web.cgroup.container_id}.scope",
+    )
     with open(os.path.join(web.cgroup.path, "cgroup.procs")) as f:
         assert f.read().split() == [str(web.proc.pid)]
-    out = subprocess.run(["ip", "-n", web.netns.netns, "-4", "-o", "addr", "show", "dev", "eth0"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["ip", "-n", web.netns.netns, "-4", "-o", "addr", "show", "dev", "eth0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert "inet 198.18.1.2/32" in out
     # the pod's netns really is the one named: its sockets live there, not in the root namespace
     assert os.readlink(f"/proc/{web.proc.pid}/ns/net") != os.readlink("/proc/self/ns/net")
@@ -151,8 +160,9 @@ def test_cleanup_removes_a_crashed_runs_leftovers() -> None:
 
 
 def _tcp_mib(netns: str) -> dict[str, int]:
-    snmp = subprocess.run(["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True,
-                          text=True, check=True).stdout.splitlines()
+    snmp = subprocess.run(
+        ["ip", "netns", "exec", netns, "cat", "/proc/net/snmp"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     head, values = (line.split() for line in snmp if line.startswith("Tcp:"))
     return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
 
@@ -172,8 +182,12 @@ def test_network_reset_is_forged_by_the_router_not_sent_by_either_pod(cluster: P
         assert after["OutRsts"] == before[p.spec.ref]["OutRsts"], f"{p.spec.ref} sent a RST"
         # EstabResets: established connections that went to CLOSE by a RST (here: received ones)
         assert after["EstabResets"] - before[p.spec.ref]["EstabResets"] == 3, p.spec.ref
-    tables = subprocess.run(["ip", "netns", "exec", cluster.fabric.netns, "nft", "list", "tables"],
-                            capture_output=True, text=True, check=True).stdout
+    tables = subprocess.run(
+        ["ip", "netns", "exec", cluster.fabric.netns, "nft", "list", "tables"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert tables.strip() == "", "the router's reset rules outlived their entry"
     # only that pair and port was hit: the same pair on another port, and the same port from
     # another pod, still work
@@ -188,6 +202,7 @@ def test_lossy_bulk_makes_the_server_retransmit_and_the_rule_goes_away(cluster: 
     assert d.lossy_bulk(_entry("shop/web-1", "shop/api-1", 9000, "ok", 2), size=64 * 1024) == {"ok": 2}
     assert _retrans_segs(server.netns.netns) > before
     client = cluster.pods["shop/web-1"]
-    tables = subprocess.run(["ip", "netns", "exec", client.netns.netns, "nft", "list", "tables"],
-                            capture_output=True, text=True, check=True).stdout
+    tables = subprocess.run(
+        ["ip", "netns", "exec", client.netns.netns, "nft", "list", "tables"], capture_output=True, text=True, check=True
+    ).stdout
     assert tables.strip() == ""

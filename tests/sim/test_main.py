@@ -16,8 +16,14 @@ from tcpscope.sim.services import cluster_objects
 def test_bad_plan_exits_2_and_builds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = net.all_run_ids()
     f = tmp_path / "p.json"
-    f.write_text(json.dumps({"pods": [{"namespace": "a", "name": "x", "node": "n"}],
-                             "traffic": [{"from": "a/x", "to": "a/y", "port": 1}]}))
+    f.write_text(
+        json.dumps(
+            {
+                "pods": [{"namespace": "a", "name": "x", "node": "n"}],
+                "traffic": [{"from": "a/x", "to": "a/y", "port": 1}],
+            }
+        )
+    )
     assert main(["--plan", str(f)]) == 2
     assert "traffic[0]: no pod 'a/y'" in capsys.readouterr().err
     assert net.all_run_ids() == before
@@ -50,5 +56,6 @@ def test_an_unknown_show_kind_exits_2_and_builds_nothing(capsys: pytest.CaptureF
     assert main(["--show", "lifecycle,states"]) == 2
     assert capsys.readouterr().err == (
         "tcpscope-sim: unknown kinds ['states']; known: lifecycle, state, retransmit, synack, reset, error, probe, "
-        "flow, all\n")
+        "flow, all\n"
+    )
     assert net.all_run_ids() == before

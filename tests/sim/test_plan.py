@@ -11,8 +11,10 @@ import pytest
 from tcpscope.sim.plan import PlanError, builtin_plan, load_plan, parse_plan, plan_to_doc
 
 ISSUE_PLAN: dict[str, Any] = {
-    "pods": [{"namespace": "shop", "name": "web-1", "node": "node-1", "listen": [8080]},
-             {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]}],
+    "pods": [
+        {"namespace": "shop", "name": "web-1", "node": "node-1", "listen": [8080]},
+        {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+    ],
     "traffic": [{"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "ok", "count": 20}],
 }
 
@@ -23,7 +25,9 @@ def test_issue_example_parses_with_addresses_and_defaults(tmp_path: Path) -> Non
     plan = load_plan(str(f))
     assert plan.nodes == ("node-1", "node-2")
     assert [(p.ref, p.ip, p.workload) for p in plan.pods] == [
-        ("shop/web-1", "198.18.1.2", "web"), ("shop/api-1", "198.18.2.2", "api")]
+        ("shop/web-1", "198.18.1.2", "web"),
+        ("shop/api-1", "198.18.2.2", "api"),
+    ]
     assert plan.pod("shop/api-1").labels == (("app", "api"),)
     assert plan.expected_lifecycles() == 40
     assert parse_plan(plan_to_doc(plan)) == plan
@@ -31,11 +35,15 @@ def test_issue_example_parses_with_addresses_and_defaults(tmp_path: Path) -> Non
 
 def test_addresses_per_node_and_expected_lifecycles() -> None:
     doc = {
-        "pods": [{"namespace": "a", "name": "x", "node": "n2", "listen": [1]},
-                 {"namespace": "a", "name": "y", "node": "n1"},
-                 {"namespace": "b", "name": "x", "node": "n2", "workload": "xx", "labels": {"t": "1"}}],
-        "traffic": [{"from": "a/y", "to": "a/x", "port": 1, "kind": k, "count": 3}
-                    for k in ("ok", "client_reset", "server_reset", "timeout", "network_reset")]
+        "pods": [
+            {"namespace": "a", "name": "x", "node": "n2", "listen": [1]},
+            {"namespace": "a", "name": "y", "node": "n1"},
+            {"namespace": "b", "name": "x", "node": "n2", "workload": "xx", "labels": {"t": "1"}},
+        ],
+        "traffic": [
+            {"from": "a/y", "to": "a/x", "port": 1, "kind": k, "count": 3}
+            for k in ("ok", "client_reset", "server_reset", "timeout", "network_reset")
+        ]
         + [{"from": "a/y", "to": "a/x", "port": 2, "kind": "refused", "count": 5}],
     }
     plan = parse_plan(doc)
@@ -85,7 +93,13 @@ def test_not_json(tmp_path: Path) -> None:
 def test_builtin_plan_spans_three_nodes_and_every_kind() -> None:
     plan = builtin_plan()
     assert plan.nodes == ("node-1", "node-2", "node-3")
-    assert {t.kind for t in plan.traffic} == {"ok", "refused", "client_reset", "server_reset", "timeout",
-                                              "network_reset"}
+    assert {t.kind for t in plan.traffic} == {
+        "ok",
+        "refused",
+        "client_reset",
+        "server_reset",
+        "timeout",
+        "network_reset",
+    }
     cross = [t for t in plan.traffic if plan.pod(t.src).node != plan.pod(t.dst).node]
     assert cross

@@ -36,8 +36,22 @@ def run(seconds: float, events: str, clients: int, rate: float) -> dict[str, flo
         base = traffic.connloop(exe, traffic.free_port(), seconds, clients, rate) / seconds
         port = traffic.free_port()
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--stdout", "json", "--events", events, "--port", str(port),
-             "--no-kubernetes"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "agent",
+                "--stdout",
+                "json",
+                "--events",
+                events,
+                "--port",
+                str(port),
+                "--no-kubernetes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert agent.stderr is not None
         while "attached:" not in agent.stderr.readline():
             assert agent.poll() is None, "agent exited"

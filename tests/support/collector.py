@@ -84,9 +84,20 @@ class CollectorProcess:
         if not self.port:
             self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--listen", f"127.0.0.1:{self.port}",
-             "--kafka-bootstrap", self.bootstrap, "--topic", self.topic, "--log-level", "WARNING",
-             *self.extra],
+            [
+                sys.executable,
+                "-m",
+                "collector",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--kafka-bootstrap",
+                self.bootstrap,
+                "--topic",
+                self.topic,
+                "--log-level",
+                "WARNING",
+                *self.extra,
+            ],
             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
             stdin=subprocess.DEVNULL,
         )

@@ -29,11 +29,16 @@ def _in_cgroup(cmd: list[str], cgroup: Path | None) -> list[str]:
 
 
 @contextlib.contextmanager
-def serving(exe: Path, addr: str, port: int, *, req: int, resp: int, acceptors: int = 2,
-            cgroup: Path | None = None) -> Iterator[subprocess.Popen[str]]:
+def serving(
+    exe: Path, addr: str, port: int, *, req: int, resp: int, acceptors: int = 2, cgroup: Path | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """A conncount server on addr:port (in cgroup), killed with its acceptors afterwards."""
-    proc = subprocess.Popen(_in_cgroup([str(exe), "serve", addr, str(port), str(acceptors), str(req), str(resp)],
-                                       cgroup), stdout=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        _in_cgroup([str(exe), "serve", addr, str(port), str(acceptors), str(req), str(resp)], cgroup),
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
@@ -54,10 +59,24 @@ class Churned:
     bytes_read: int
 
 
-def churn(exe: Path, addr: str, port: int, n: int, *, clients: int = 2, req: int, resp: int,
-          cgroup: Path | None = None, timeout: float = 300) -> Churned:
+def churn(
+    exe: Path,
+    addr: str,
+    port: int,
+    n: int,
+    *,
+    clients: int = 2,
+    req: int,
+    resp: int,
+    cgroup: Path | None = None,
+    timeout: float = 300,
+) -> Churned:
     """Make n connections to a conncount server; every one must complete."""
-    out = subprocess.run(_in_cgroup([str(exe), "churn", addr, str(port), str(n), str(clients), str(req), str(resp)],
-                                    cgroup), capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(
+        _in_cgroup([str(exe), "churn", addr, str(port), str(n), str(clients), str(req), str(resp)], cgroup),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     done, failed, got = (int(x) for x in out.stdout.split())
     return Churned(done, failed, got)

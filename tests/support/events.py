@@ -7,11 +7,13 @@ from tcpscope.v1.events_pb2 import Endpoint, Lifecycle, Process, TcpEvent
 
 def make_event(i: int, node: str = "node-a", port: int = 8080) -> TcpEvent:
     """A distinct lifecycle event numbered i (socket_id = i + 1), loopback addresses."""
-    ev = TcpEvent(node=node, socket_id=i + 1,
-                  local=Endpoint(ip="127.0.0.1", port=40000 + i % 20000),
-                  remote=Endpoint(ip="127.0.0.2", port=port),
-                  process=Process(pid=1000 + i, comm="client", cgroup_id=4242))
+    ev = TcpEvent(
+        node=node,
+        socket_id=i + 1,
+        local=Endpoint(ip="127.0.0.1", port=40000 + i % 20000),
+        remote=Endpoint(ip="127.0.0.2", port=port),
+        process=Process(pid=1000 + i, comm="client", cgroup_id=4242),
+    )
     ev.time.FromNanoseconds(1_700_000_000_000_000_000 + i * 1000)
-    ev.lifecycle.CopyFrom(Lifecycle(role=1, duration_ns=1000 + i, tx_bytes=10 * i, rx_bytes=i, ending=1,
-                                    last_state=4))
+    ev.lifecycle.CopyFrom(Lifecycle(role=1, duration_ns=1000 + i, tx_bytes=10 * i, rx_bytes=i, ending=1, last_state=4))
     return ev

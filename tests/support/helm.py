@@ -60,11 +60,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "remote-off": merge(KAFKA, {"enrichment": {"remote": "off"}}),
     "hpa-pdb": merge(KAFKA, {"collector": {"hpa": {"enabled": True}, "pdb": {"enabled": True}}}),
     "servicemonitor": merge(KAFKA, {"metrics": {"serviceMonitor": {"enabled": True}}}),
-    "dashboards-alerts": merge(KAFKA, {"metrics": {"dashboards": {"enabled": True},
-                                                   "prometheusRule": {"enabled": True}}}),
+    "dashboards-alerts": merge(
+        KAFKA, {"metrics": {"dashboards": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    ),
     "minimal-mounts": {
-        "agent": {"hostMounts": {"kernelHeaders": False, "debugfs": True}, "metrics": {"enabled": False},
-                  "ports": [80, 443], "stdout": "table", "cgroupRoot": "/sys/fs/cgroup/unified/kubepods.slice"},
+        "agent": {
+            "hostMounts": {"kernelHeaders": False, "debugfs": True},
+            "metrics": {"enabled": False},
+            "ports": [80, 443],
+            "stdout": "table",
+            "cgroupRoot": "/sys/fs/cgroup/unified/kubepods.slice",
+        },
         "networkPolicy": {"enabled": False},
     },
 }
@@ -79,9 +85,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
         seen.add(key)
     return dict(loader.construct_pairs(node, deep=deep))
 

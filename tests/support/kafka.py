@@ -56,9 +56,19 @@ class Broker:
             os.close(fd)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    _broker_bin(),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -94,8 +104,7 @@ def consume_all(bootstrap: str, topic: str, want: int, timeout: float = 15.0) ->
     """Read the topic from the beginning (assign + seek) until `want` records or the timeout."""
     from kafka import KafkaConsumer, TopicPartition
 
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                      consumer_timeout_ms=500)
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, consumer_timeout_ms=500)
     try:
         deadline = time.monotonic() + 10
         parts: set[int] | None = None

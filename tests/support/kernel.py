@@ -34,8 +34,9 @@ class Harness:
     def pump(self, timeout_ms: int = 50) -> None:
         self.seen.extend(self.source.poll(timeout_ms))
 
-    def wait(self, match: Callable[[TcpEvent], bool], count: int = 1, timeout: float = 5.0,
-             settle: float = 0.2) -> list[TcpEvent]:
+    def wait(
+        self, match: Callable[[TcpEvent], bool], count: int = 1, timeout: float = 5.0, settle: float = 0.2
+    ) -> list[TcpEvent]:
         """Events matching `match`, after at least `count` arrived (or timeout), plus `settle` seconds
         for stragglers (so tests can assert there is not one too many)."""
         deadline = time.monotonic() + timeout
@@ -51,8 +52,11 @@ class Harness:
 def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
     require_root()
     plan = build_plan(config)
-    source = KernelSource(load(plan), Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
-                          flow_interval_s=config.flow_interval)
+    source = KernelSource(
+        load(plan),
+        Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
+        flow_interval_s=config.flow_interval,
+    )
     try:
         yield Harness(source=source, plan=plan)
     finally:

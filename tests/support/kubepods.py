@@ -40,8 +40,9 @@ class CgroupTree:
             os.mkdir(path)
             self.made.append(path)
 
-    def container(self, uid: str, cid: str, qos: str = "besteffort", driver: str = "systemd",
-                  runtime: str = "cri-containerd") -> str:
+    def container(
+        self, uid: str, cid: str, qos: str = "besteffort", driver: str = "systemd", runtime: str = "cri-containerd"
+    ) -> str:
         """Create the container's cgroup dir; return its absolute path."""
         base = os.path.join(self.mount, self.prefix)
         if driver == "systemd":
@@ -68,7 +69,7 @@ class CgroupTree:
         return path
 
     def rel(self, path: str) -> str:
-        return path[len(self.mount):]
+        return path[len(self.mount) :]
 
     def remove(self, path: str) -> None:
         """Remove one leaf (its processes must be gone)."""
@@ -107,8 +108,9 @@ def spawn_in_cgroup(cgroup_dir: str, argv: list[str], netns: str | None = None) 
             f.write("0")
 
     full = ["ip", "netns", "exec", netns, *argv] if netns else argv
-    return subprocess.Popen(full, preexec_fn=enter, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        full, preexec_fn=enter, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def proc_cgroup_path(pid: int) -> str:
@@ -197,8 +199,7 @@ class VethPods:
         run = _run
         run("ip", "netns", "add", self.ns_a)
         run("ip", "netns", "add", self.ns_b)
-        run("ip", "-n", self.ns_a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-            "netns", self.ns_b)
+        run("ip", "-n", self.ns_a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", self.ns_b)
         for ns, ip in ((self.ns_a, self.ip_a), (self.ns_b, self.ip_b)):
             run("ip", "-n", ns, "addr", "add", f"{ip}/30", "dev", "eth0")
             run("ip", "-n", ns, "link", "set", "eth0", "up")

@@ -32,11 +32,33 @@ PODMAN = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 ULIMITS = ["--ulimit", "nofile=16384:16384", "--ulimit", "nproc=4096:4096"]
 CONTAINERS_COMMON_SECCOMP = Path("/usr/share/containers/seccomp.json")
 
-_SC_KEYS = {"runAsUser", "runAsGroup", "runAsNonRoot", "privileged", "allowPrivilegeEscalation",
-            "readOnlyRootFilesystem", "capabilities", "seccompProfile", "appArmorProfile"}
+_SC_KEYS = {
+    "runAsUser",
+    "runAsGroup",
+    "runAsNonRoot",
+    "privileged",
+    "allowPrivilegeEscalation",
+    "readOnlyRootFilesystem",
+    "capabilities",
+    "seccompProfile",
+    "appArmorProfile",
+}
 _POD_SC_KEYS = {"runAsUser", "runAsGroup", "runAsNonRoot", "fsGroup", "seccompProfile"}
-_CONTAINER_KEYS = {"name", "image", "imagePullPolicy", "command", "args", "env", "ports", "securityContext",
-                   "resources", "volumeMounts", "livenessProbe", "readinessProbe", "startupProbe"}
+_CONTAINER_KEYS = {
+    "name",
+    "image",
+    "imagePullPolicy",
+    "command",
+    "args",
+    "env",
+    "ports",
+    "securityContext",
+    "resources",
+    "volumeMounts",
+    "livenessProbe",
+    "readinessProbe",
+    "startupProbe",
+}
 
 
 @dataclass
@@ -79,8 +101,14 @@ def _seccomp(profile: Mapping[str, Any], rt: Runtime) -> str:
     raise ValueError(f"seccomp profile type {kind!r} not translated")
 
 
-def run_args(pod: Mapping[str, Any], container: Mapping[str, Any], rt: Runtime, *,
-             node_name: str, host_paths: Mapping[str, str] | None = None) -> list[str]:
+def run_args(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    rt: Runtime,
+    *,
+    node_name: str,
+    host_paths: Mapping[str, str] | None = None,
+) -> list[str]:
     """`podman run` flags (without the image) for one container of a rendered pod spec.
 
     host_paths substitutes the host directory of a hostPath volume (by volume name), to simulate
@@ -197,8 +225,7 @@ class Container:
             if needle in self.err():
                 return
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited (rc={self.proc.returncode}) before {needle!r}:\n"
-                                     f"{self.err()}")
+                raise AssertionError(f"{self.name} exited (rc={self.proc.returncode}) before {needle!r}:\n{self.err()}")
             time.sleep(0.1)
         raise AssertionError(f"{self.name}: no {needle!r} within {timeout}s:\n{self.err()}")
 
@@ -209,8 +236,7 @@ class Container:
 
 
 @contextlib.contextmanager
-def run(name: str, image: str, args: list[str], argv: list[str], logs: Path,
-        network: str) -> Iterator[Container]:
+def run(name: str, image: str, args: list[str], argv: list[str], logs: Path, network: str) -> Iterator[Container]:
     """Start a container in the background; always removed at the end."""
     out, err = logs / f"{name}.out", logs / f"{name}.err"
     cmd = [*PODMAN, "run", "--rm", "--name", name, "--network", network, *args, image, *argv]
@@ -227,8 +253,9 @@ def run(name: str, image: str, args: list[str], argv: list[str], logs: Path,
         subprocess.run([*PODMAN, "rm", "-f", "--ignore", name], capture_output=True, check=False)
 
 
-def run_to_end(name: str, image: str, args: list[str], argv: list[str], network: str,
-               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_to_end(
+    name: str, image: str, args: list[str], argv: list[str], network: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run a container to completion (an init container)."""
     cmd = [*PODMAN, "run", "--rm", "--name", name, "--network", network, *args, image, *argv]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)

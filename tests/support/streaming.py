@@ -12,19 +12,33 @@ from collector.config import CollectorConfig
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records
 
 
-def make_exporter(target: str, node: str = "node-a", agent_id: str = "agent-1", batch: int = 10,
-                  buffer: int = 10_000, age: float = 0.05, **transport: Any) -> Exporter:
+def make_exporter(
+    target: str,
+    node: str = "node-a",
+    agent_id: str = "agent-1",
+    batch: int = 10,
+    buffer: int = 10_000,
+    age: float = 0.05,
+    **transport: Any,
+) -> Exporter:
     metrics = AgentMetrics()
-    t = GrpcTransport(TransportSettings(target=target, backoff_initial_s=0.05, backoff_max_s=0.5,
-                                        **transport), metrics)
-    return Exporter(ExporterSettings(node=node, agent_id=agent_id, batch_max_events=batch,
-                                     batch_max_age=age, buffer_max_events=buffer, heartbeat_s=3600),
-                    t, metrics)
+    t = GrpcTransport(TransportSettings(target=target, backoff_initial_s=0.05, backoff_max_s=0.5, **transport), metrics)
+    return Exporter(
+        ExporterSettings(
+            node=node,
+            agent_id=agent_id,
+            batch_max_events=batch,
+            batch_max_age=age,
+            buffer_max_events=buffer,
+            heartbeat_s=3600,
+        ),
+        t,
+        metrics,
+    )
 
 
 def collector_cfg(bootstrap: str, topic: str, **kw: Any) -> CollectorConfig:
-    return CollectorConfig(listen="127.0.0.1:0", kafka_bootstrap=(bootstrap,), topic=topic,
-                           kafka_linger_ms=5, **kw)
+    return CollectorConfig(listen="127.0.0.1:0", kafka_bootstrap=(bootstrap,), topic=topic, kafka_linger_ms=5, **kw)
 
 
 def decode_all(records: list[Any]) -> tuple[list[Decoded], list[Decoded]]:

@@ -83,8 +83,9 @@ def kubepods_root(name: str | None = None) -> Iterator[Path]:
         _rmdir_tree(top)
 
 
-def pod_cgroup(root: Path, qos: str = "besteffort", pod_uid: str | None = None,
-               container_id: str | None = None) -> PodCgroup:
+def pod_cgroup(
+    root: Path, qos: str = "besteffort", pod_uid: str | None = None, container_id: str | None = None
+) -> PodCgroup:
     """Create `<root>/kubepods-<qos>.slice/kubepods-<qos>-pod<uid>.slice/cri-containerd-<64hex>.scope`.
 
     Removed together with `root` by kubepods_root()."""
@@ -117,8 +118,9 @@ def set_comm(name: str) -> None:
     libc.prctl(15, name.encode()[:15], 0, 0, 0)
 
 
-def _child_main(conn: Any, cgroup: Path | None, comm: str | None, netns: str | None,
-                fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _child_main(
+    conn: Any, cgroup: Path | None, comm: str | None, netns: str | None, fn: Callable[..., Any], args: tuple[Any, ...]
+) -> None:
     try:
         if cgroup is not None:
             enter_cgroup(cgroup)
@@ -136,8 +138,14 @@ def _child_main(conn: Any, cgroup: Path | None, comm: str | None, netns: str | N
 class Child:
     """A forked process running fn(*args) inside an optional cgroup and netns, with a comm."""
 
-    def __init__(self, fn: Callable[..., Any], *args: Any, cgroup: Path | None = None,
-                 comm: str | None = None, netns: str | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        cgroup: Path | None = None,
+        comm: str | None = None,
+        netns: str | None = None,
+    ) -> None:
         self._parent, child = _ctx.Pipe()
         self.proc = _ctx.Process(target=_child_main, args=(child, cgroup, comm, netns, fn, args), daemon=True)
         self.proc.start()
@@ -160,8 +168,9 @@ class Child:
         return value
 
 
-def run_in_cgroup(cgroup: Path | None, fn: Callable[..., Any], *args: Any, comm: str | None = None,
-                  timeout: float = 20.0) -> Any:
+def run_in_cgroup(
+    cgroup: Path | None, fn: Callable[..., Any], *args: Any, comm: str | None = None, timeout: float = 20.0
+) -> Any:
     """Run fn(*args) in a child process inside the cgroup; return its result."""
     return Child(fn, *args, cgroup=cgroup, comm=comm).result(timeout)
 
@@ -251,42 +260,109 @@ def _serve_until_rst(family: int, addr: str, port: int, expect: int, reply: int,
     return os.getpid()
 
 
-def tcp_exchange(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1",
-                 connect_addr: str | None = None, client_family: int | None = None,
-                 client_bytes: int = 300_000, server_bytes: int = 777, closer: str = "client",
-                 port: int = 0, server_cgroup: Path | None = None, client_cgroup: Path | None = None,
-                 server_comm: str = "tsc-server", client_comm: str = "tsc-client",
-                 server_netns: str | None = None, client_netns: str | None = None,
-                 timeout: float = 20.0) -> Exchange:
+def tcp_exchange(
+    *,
+    family: int = socket.AF_INET,
+    server_addr: str = "127.0.0.1",
+    connect_addr: str | None = None,
+    client_family: int | None = None,
+    client_bytes: int = 300_000,
+    server_bytes: int = 777,
+    closer: str = "client",
+    port: int = 0,
+    server_cgroup: Path | None = None,
+    client_cgroup: Path | None = None,
+    server_comm: str = "tsc-server",
+    client_comm: str = "tsc-client",
+    server_netns: str | None = None,
+    client_netns: str | None = None,
+    timeout: float = 20.0,
+) -> Exchange:
     """One TCP connection between two child processes: the client writes client_bytes, the server
     reads them all and writes server_bytes, the client reads them all, then `closer` closes first:
     'client' / 'server' (orderly FIN), 'client-rst' / 'server-rst' (SO_LINGER 0: a RST).
 
     The server's socket is AF_INET6 dual-stack when family is AF_INET6 (so a client connecting to
     ::ffff:127.0.0.1 makes v4-mapped sockets on both sides)."""
-    server, sport = start_server(family=family, server_addr=server_addr, client_bytes=client_bytes,
-                                 server_bytes=server_bytes, closer=closer, port=port, cgroup=server_cgroup,
-                                 comm=server_comm, netns=server_netns, timeout=timeout)
-    client = Child(_connect, client_family or family, connect_addr or server_addr, sport, client_bytes,
-                   server_bytes, closer, cgroup=client_cgroup, comm=client_comm, netns=client_netns)
+    server, sport = start_server(
+        family=family,
+        server_addr=server_addr,
+        client_bytes=client_bytes,
+        server_bytes=server_bytes,
+        closer=closer,
+        port=port,
+        cgroup=server_cgroup,
+        comm=server_comm,
+        netns=server_netns,
+        timeout=timeout,
+    )
+    client = Child(
+        _connect,
+        client_family or family,
+        connect_addr or server_addr,
+        sport,
+        client_bytes,
+        server_bytes,
+        closer,
+        cgroup=client_cgroup,
+        comm=client_comm,
+        netns=client_netns,
+    )
     client_pid, client_port = client.result(timeout)
     server_pid = server.result(timeout)
-    return Exchange(server_pid=server_pid, client_pid=client_pid, server_port=sport, client_port=client_port,
-                    client_bytes=client_bytes, server_bytes=server_bytes)
+    return Exchange(
+        server_pid=server_pid,
+        client_pid=client_pid,
+        server_port=sport,
+        client_port=client_port,
+        client_bytes=client_bytes,
+        server_bytes=server_bytes,
+    )
 
 
-def start_server(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1", client_bytes: int = 300_000,
-                 server_bytes: int = 777, closer: str = "client", port: int = 0, cgroup: Path | None = None,
-                 comm: str = "tsc-server", netns: str | None = None, timeout: float = 20.0) -> tuple[Child, int]:
+def start_server(
+    *,
+    family: int = socket.AF_INET,
+    server_addr: str = "127.0.0.1",
+    client_bytes: int = 300_000,
+    server_bytes: int = 777,
+    closer: str = "client",
+    port: int = 0,
+    cgroup: Path | None = None,
+    comm: str = "tsc-server",
+    netns: str | None = None,
+    timeout: float = 20.0,
+) -> tuple[Child, int]:
     """The server half of tcp_exchange: a child listening (returns once it listens) that serves one
     connection as tcp_exchange describes. Returns the child (its result() is its pid) and the port."""
     ready_r, ready_w = _ctx.Pipe(duplex=False)
     if closer == "client-rst":
-        server = Child(_serve_until_rst, family, server_addr, port, client_bytes, server_bytes, ready_w,
-                       cgroup=cgroup, comm=comm, netns=netns)
+        server = Child(
+            _serve_until_rst,
+            family,
+            server_addr,
+            port,
+            client_bytes,
+            server_bytes,
+            ready_w,
+            cgroup=cgroup,
+            comm=comm,
+            netns=netns,
+        )
     else:
-        server = Child(_serve, family, server_addr, port, client_bytes, server_bytes, closer, ready_w,
-                       cgroup=cgroup, comm=comm, netns=netns)
+        server = Child(
+            _serve,
+            family,
+            server_addr,
+            port,
+            client_bytes,
+            server_bytes,
+            closer,
+            ready_w,
+            cgroup=cgroup,
+            comm=comm,
+            netns=netns,
+        )
     if not ready_r.poll(timeout):
         server.result(0.5)  # raises the server's own error if it failed
         server.proc.kill()
@@ -295,12 +371,23 @@ def start_server(*, family: int = socket.AF_INET, server_addr: str = "127.0.0.1"
     return server, sport
 
 
-def run_client(server_addr: str, port: int, *, family: int = socket.AF_INET, client_bytes: int = 300_000,
-               server_bytes: int = 777, closer: str = "client", cgroup: Path | None = None,
-               comm: str = "tsc-client", netns: str | None = None, timeout: float = 20.0) -> tuple[int, int]:
+def run_client(
+    server_addr: str,
+    port: int,
+    *,
+    family: int = socket.AF_INET,
+    client_bytes: int = 300_000,
+    server_bytes: int = 777,
+    closer: str = "client",
+    cgroup: Path | None = None,
+    comm: str = "tsc-client",
+    netns: str | None = None,
+    timeout: float = 20.0,
+) -> tuple[int, int]:
     """The client half of tcp_exchange, against a start_server() child: returns (pid, local port)."""
-    client = Child(_connect, family, server_addr, port, client_bytes, server_bytes, closer, cgroup=cgroup,
-                   comm=comm, netns=netns)
+    client = Child(
+        _connect, family, server_addr, port, client_bytes, server_bytes, closer, cgroup=cgroup, comm=comm, netns=netns
+    )
     pid, local_port = client.result(timeout)
     return int(pid), int(local_port)
 
@@ -313,8 +400,9 @@ def free_port(family: int = socket.AF_INET, addr: str = "127.0.0.1") -> int:
         return port
 
 
-def refused_connect(addr: str = "127.0.0.1", port: int | None = None,
-                    family: int = socket.AF_INET) -> tuple[int, int, int]:
+def refused_connect(
+    addr: str = "127.0.0.1", port: int | None = None, family: int = socket.AF_INET
+) -> tuple[int, int, int]:
     """connect() to a closed port: returns (pid, local port, errno) (errno 111 expected)."""
     port = port or free_port(family, addr)
     s = socket.socket(family, socket.SOCK_STREAM)
@@ -385,13 +473,11 @@ def nft_drop(rule: str, netns: str | None = None, hook: str = "output") -> Itera
         f"table inet {table} {{\n  chain out {{\n    type filter hook {hook} priority 0; policy accept;\n"
         f"    {rule}\n  }}\n}}\n"
     )
-    subprocess.run([*prefix, "nft", "-f", "-"], input=script, check=True, text=True, capture_output=True,
-                   timeout=30)
+    subprocess.run([*prefix, "nft", "-f", "-"], input=script, check=True, text=True, capture_output=True, timeout=30)
     try:
         yield table
     finally:
-        subprocess.run([*prefix, "nft", "delete", "table", "inet", table], check=False, capture_output=True,
-                       timeout=30)
+        subprocess.run([*prefix, "nft", "delete", "table", "inet", table], check=False, capture_output=True, timeout=30)
 
 
 # ---- connect/close load ------------------------------------------------------------------------
@@ -466,7 +552,11 @@ def build_connloop(directory: Path) -> Path:
 
 def connloop(exe: Path, port: int, seconds: float, clients: int = 1, rate: float = 0) -> int:
     """Run the load for `seconds` (paced to `rate` connections/s if > 0); returns completed connections."""
-    out = subprocess.run([str(exe), str(port), str(seconds), str(clients), str(rate)], check=True,
-                         capture_output=True,
-                         text=True, timeout=seconds + 30).stdout
+    out = subprocess.run(
+        [str(exe), str(port), str(seconds), str(clients), str(rate)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
     return int(out.strip())

@@ -103,7 +103,8 @@ def test_watch_streams_changes_bookmarks_and_ends_on_timeout(srv: FakeApiServer,
 
 
 def test_field_selected_watch_sees_scheduling_as_added_and_leaving_as_deleted(
-        srv: FakeApiServer, core: client.CoreV1Api) -> None:
+    srv: FakeApiServer, core: client.CoreV1Api
+) -> None:
     srv.add(make_pod("p", node=""))
     rv = str(srv.resource_version)
     pod = srv.get("pods", "p")

@@ -25,9 +25,18 @@ def _batch(agent: str, seq: int, first: int, n: int) -> EventBatch:
 
 
 def _window() -> UnobservedWindow:
-    w = UnobservedWindow(node="node-a", previous_agent_id=OLD, agent_id=NEW, cause="crash", uncounted=True,
-                         first_unacked_sequence=2, last_sequence=3, unacked_batches=2, unacked_events=5,
-                         unacked_sequences=[2, 3])
+    w = UnobservedWindow(
+        node="node-a",
+        previous_agent_id=OLD,
+        agent_id=NEW,
+        cause="crash",
+        uncounted=True,
+        first_unacked_sequence=2,
+        last_sequence=3,
+        unacked_batches=2,
+        unacked_events=5,
+        unacked_sequences=[2, 3],
+    )
     w.from_time.FromNanoseconds(T0 + 1_000_000_000)
     w.to_time.FromNanoseconds(T0 + 6_500_000_000)
     w.last_alive_time.FromNanoseconds(T0 + 2_000_000_000)
@@ -52,16 +61,29 @@ def test_summary_lists_the_gap_with_what_the_topic_holds_of_the_unacked_batches(
     _read(report, [old1, old3, new1, new1])
     doc = json.loads(report.render("json", SummaryOptions()))
     (gap,) = doc["gaps"]
-    assert gap == {"node": "node-a", "previous_agent_id": OLD, "agent_id": NEW, "cause": "crash",
-                   "from": "2023-11-14T22:13:21Z", "to": "2023-11-14T22:13:26.500000Z", "seconds": 5.5,
-                   "last_alive": "2023-11-14T22:13:22Z", "unacked_batches": 2, "unacked_events": 5,
-                   "unacked_sequences": [2, 3], "unacked_batches_in_topic": 1, "missing_events": 3,
-                   "uncounted": True}
+    assert gap == {
+        "node": "node-a",
+        "previous_agent_id": OLD,
+        "agent_id": NEW,
+        "cause": "crash",
+        "from": "2023-11-14T22:13:21Z",
+        "to": "2023-11-14T22:13:26.500000Z",
+        "seconds": 5.5,
+        "last_alive": "2023-11-14T22:13:22Z",
+        "unacked_batches": 2,
+        "unacked_events": 5,
+        "unacked_sequences": [2, 3],
+        "unacked_batches_in_topic": 1,
+        "missing_events": 3,
+        "uncounted": True,
+    }
     assert (doc["events"], doc["duplicates"], doc["conflicts"]) == (7, 2, 0)
     table = report.render("table", SummaryOptions())
     assert "no events lost" not in table
-    assert ("# UNOBSERVED node node-a from 2023-11-14T22:13:21Z to 2023-11-14T22:13:26.500000Z (5.5s, crash; "
-            f"agent {OLD} -> {NEW}): 3 events known missing and more that nobody could count") in table
+    assert (
+        "# UNOBSERVED node node-a from 2023-11-14T22:13:21Z to 2023-11-14T22:13:26.500000Z (5.5s, crash; "
+        f"agent {OLD} -> {NEW}): 3 events known missing and more that nobody could count"
+    ) in table
 
 
 def test_a_forged_record_under_a_real_dedup_key_is_kept_and_reported_never_deduped() -> None:
@@ -73,8 +95,11 @@ def test_a_forged_record_under_a_real_dedup_key_is_kept_and_reported_never_dedup
     _read(report, [real, forged, real, forged])
     doc = json.loads(report.render("json", SummaryOptions()))
     assert (doc["events"], doc["batches"], doc["duplicates"], doc["conflicts"]) == (6, 1, 9, 3)
-    assert [(c["agent_id"], c["sequence"], c["index"]) for c in doc["conflict_examples"]] == \
-        [(OLD, 1, 0), (OLD, 1, 1), (OLD, 1, 2)]
+    assert [(c["agent_id"], c["sequence"], c["index"]) for c in doc["conflict_examples"]] == [
+        (OLD, 1, 0),
+        (OLD, 1, 1),
+        (OLD, 1, 2),
+    ]
     # the real events all count: none was dropped as a "duplicate" of a forged one
     assert len(doc["pairs"]) == 1 and doc["pairs"][0]["connections"] == 6
     assert "# CONFLICT: 3 records reuse the dedup key" in report.render("table", SummaryOptions())
@@ -93,7 +118,8 @@ def test_live_tail_shows_both_conflicting_events_and_the_window(kafka_broker: Br
     shown = [e for b in (real, forged, new1) for e in b.events]
     assert out.stdout.splitlines() == [render.json_line(e) for e in shown]  # the repeat once, both versions
     assert out.stderr.count("# CONFLICT: agent") == 2
-    assert ("# UNOBSERVED node node-a from 2023-11-14T22:13:21Z to 2023-11-14T22:13:26.500000Z (5.500s, crash; "
-            f"agent {OLD} -> {NEW}): up to 5 events in 2 unacked batches and more that nobody could count") \
-        in out.stderr
+    assert (
+        "# UNOBSERVED node node-a from 2023-11-14T22:13:21Z to 2023-11-14T22:13:26.500000Z (5.500s, crash; "
+        f"agent {OLD} -> {NEW}): up to 5 events in 2 unacked batches and more that nobody could count"
+    ) in out.stderr
     assert "2 CONFLICTS" in out.stderr

@@ -60,8 +60,17 @@ def test_murmur2_equals_kafka_python_on_every_tail_length() -> None:
 
 
 def test_endpoint_order_equals_ipaddress_order() -> None:
-    ips = ["10.0.0.2", "10.0.0.10", "9.255.255.255", "::1", "2001:db8::1", "::ffff:10.0.0.1", "fe80::1%eth0",
-           "not-an-ip", "198.18.0.1"]
+    ips = [
+        "10.0.0.2",
+        "10.0.0.10",
+        "9.255.255.255",
+        "::1",
+        "2001:db8::1",
+        "::ffff:10.0.0.1",
+        "fe80::1%eth0",
+        "not-an-ip",
+        "198.18.0.1",
+    ]
     eps = [Endpoint(ip=ip, port=p) for ip in ips for p in (80, 443)]
 
     def reference(ep: Endpoint) -> tuple[int, bytes, int]:

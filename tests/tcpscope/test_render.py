@@ -16,9 +16,18 @@ from tcpscope.v1.events_pb2 import TcpEvent
 
 def _ev(**kw: object) -> TcpEvent:
     values = {n: (b"" if code.endswith("s") else 0) for n, code in EVENT_FIELDS}
-    values.update(family=socket.AF_INET, saddr=socket.inet_aton("127.0.0.1"), daddr=socket.inet_aton("127.0.0.2"),
-                  sport=40000, dport=8080, pid=42, comm=b"curl", cgroup_id=2**63 + 5, socket_id=2**64 - 1,
-                  ts_ns=1_700_000_000_123_456_789)
+    values.update(
+        family=socket.AF_INET,
+        saddr=socket.inet_aton("127.0.0.1"),
+        daddr=socket.inet_aton("127.0.0.2"),
+        sport=40000,
+        dport=8080,
+        pid=42,
+        comm=b"curl",
+        cgroup_id=2**63 + 5,
+        socket_id=2**64 - 1,
+        ts_ns=1_700_000_000_123_456_789,
+    )
     values.update(kw)
     return Decoder("node-a", 0, {1: "NO_SOCKET"}).decode(EVENT.pack(*(values[n] for n, _ in EVENT_FIELDS)))
 
@@ -56,7 +65,7 @@ def test_timestamps(nanos: int) -> None:
 
 
 def test_json_line_with_enrichment_and_unicode() -> None:
-    ev = _ev(kind=decode.EV_LIFECYCLE, role=1, ending=1, comm="naïve\"x".encode())
+    ev = _ev(kind=decode.EV_LIFECYCLE, role=1, ending=1, comm='naïve"x'.encode())
     ev.local.kind = 1
     ev.local.namespace, ev.local.name, ev.local.uid = "shop", "cart-7d9", "u-1"
     ev.local.labels["app"] = "cart"
@@ -71,16 +80,23 @@ def test_json_line_with_enrichment_and_unicode() -> None:
 
 
 def test_table_line() -> None:
-    lc = table_line(_ev(kind=decode.EV_LIFECYCLE, role=1, duration_ns=2_500_000, tx_bytes=300_000, rx_bytes=777,
-                        ending=1))
+    lc = table_line(
+        _ev(kind=decode.EV_LIFECYCLE, role=1, duration_ns=2_500_000, tx_bytes=300_000, rx_bytes=777, ending=1)
+    )
     assert TABLE_HEADER.split() == ["TIME", "PID", "COMM", "LOCAL", "REMOTE", "EVENT", "DETAILS"]
     cols = lc.split()
     assert cols[1:6] == ["42", "curl", "127.0.0.1:40000", "127.0.0.2:8080", "LIFECYCLE"]
     assert cols[6:] == ["role=ACTIVE", "tx=300000", "rx=777", "ms=2.500", "end=NORMAL"]
     rst = table_line(_ev(kind=decode.EV_RESET_SENT, reason=1, pid=0, comm=b""))
     assert rst.split()[1:] == ["0", "-", "127.0.0.1:40000", "127.0.0.2:8080", "RST_SENT", "state=-", "reason=NO_SOCKET"]
-    v6 = _ev(kind=decode.EV_STATE, state=2, new_state=1, family=socket.AF_INET6,
-             saddr=socket.inet_pton(socket.AF_INET6, "2001:db8::1"), daddr=socket.inet_pton(socket.AF_INET6, "::1"))
+    v6 = _ev(
+        kind=decode.EV_STATE,
+        state=2,
+        new_state=1,
+        family=socket.AF_INET6,
+        saddr=socket.inet_pton(socket.AF_INET6, "2001:db8::1"),
+        daddr=socket.inet_pton(socket.AF_INET6, "::1"),
+    )
     assert "[2001:db8::1]:40000" in table_line(v6) and "SYN_SENT -> ESTABLISHED" in table_line(v6)
     enriched = _ev(kind=decode.EV_SYNACK)
     enriched.remote.namespace, enriched.remote.name = "shop", "cart-7d9"
@@ -99,8 +115,16 @@ def _flow() -> TcpEvent:
 
     buckets = [0] * FLOW_BUCKETS
     buckets[4], buckets[9] = 99, 1  # 99 in [16, 32) us, 1 in [512, 1024) us
-    key = FLOW_KEY.pack(socket.inet_aton("127.0.0.1") + bytes(12), socket.inet_aton("127.0.0.2") + bytes(12),
-                        7, 1, 8080, socket.AF_INET, 1, b"")
+    key = FLOW_KEY.pack(
+        socket.inet_aton("127.0.0.1") + bytes(12),
+        socket.inet_aton("127.0.0.2") + bytes(12),
+        7,
+        1,
+        8080,
+        socket.AF_INET,
+        1,
+        b"",
+    )
     val = FLOW_VAL.pack(100, 5000, 70_000, 3_000_000, 10**9, 2 * 10**9, *buckets, 42, 0, b"curl")
     return decode_flow(Decoder("node-a", 0, {}), key, val, 10 * 10**9, aggregate=True)
 

@@ -11,8 +11,9 @@ C = ("198.18.1.2", 40000)  # client pod on node-1
 S = ("198.18.2.2", 9000)  # server pod on node-2
 
 
-def ev(node: str, local: tuple[str, int], remote: tuple[str, int], t: int, socket_id: int = 7,
-       remote_node: str = "") -> pb.TcpEvent:
+def ev(
+    node: str, local: tuple[str, int], remote: tuple[str, int], t: int, socket_id: int = 7, remote_node: str = ""
+) -> pb.TcpEvent:
     e = pb.TcpEvent(node=node, socket_id=socket_id)
     e.local.ip, e.local.port = local
     e.remote.ip, e.remote.port = remote
@@ -21,27 +22,55 @@ def ev(node: str, local: tuple[str, int], remote: tuple[str, int], t: int, socke
     return e
 
 
-def sent(node: str, local: tuple[str, int], remote: tuple[str, int], t: int, reason: str = "",
-         state: pb.TcpState = pb.ESTABLISHED, socket_id: int = 8) -> pb.TcpEvent:
+def sent(
+    node: str,
+    local: tuple[str, int],
+    remote: tuple[str, int],
+    t: int,
+    reason: str = "",
+    state: pb.TcpState = pb.ESTABLISHED,
+    socket_id: int = 8,
+) -> pb.TcpEvent:
     e = ev(node, local, remote, t, socket_id)
     e.reset.direction, e.reset.state, e.reset.reason_name = pb.SENT, state, reason
     return e
 
 
-def received(node: str, local: tuple[str, int], remote: tuple[str, int], t: int,
-             state: pb.TcpState = pb.ESTABLISHED, socket_id: int = 7, remote_node: str = "") -> pb.TcpEvent:
+def received(
+    node: str,
+    local: tuple[str, int],
+    remote: tuple[str, int],
+    t: int,
+    state: pb.TcpState = pb.ESTABLISHED,
+    socket_id: int = 7,
+    remote_node: str = "",
+) -> pb.TcpEvent:
     e = ev(node, local, remote, t, socket_id, remote_node)
     e.reset.direction, e.reset.state = pb.RECEIVED, state
     return e
 
 
-def life(node: str, local: tuple[str, int], remote: tuple[str, int], start: int, end: int,
-         ending: pb.Ending, role: pb.Role, socket_id: int = 7, reason: str = "",
-         last_state: pb.TcpState = pb.ESTABLISHED) -> pb.TcpEvent:
+def life(
+    node: str,
+    local: tuple[str, int],
+    remote: tuple[str, int],
+    start: int,
+    end: int,
+    ending: pb.Ending,
+    role: pb.Role,
+    socket_id: int = 7,
+    reason: str = "",
+    last_state: pb.TcpState = pb.ESTABLISHED,
+) -> pb.TcpEvent:
     e = ev(node, local, remote, end, socket_id)
     lc = e.lifecycle
     lc.role, lc.duration_ns, lc.ending, lc.last_state, lc.reset_reason_name = (
-        role, end - start, ending, last_state, reason)
+        role,
+        end - start,
+        ending,
+        last_state,
+        reason,
+    )
     return e
 
 
@@ -63,8 +92,11 @@ def watched(j: rc.ResetJoin, *nodes_ips: tuple[str, str]) -> None:
     """Both nodes' agents are publishing (a batch each), each seen owning its pod's address."""
     for node, ip in nodes_ips:
         j.add_batch(f"{node}-a", batch(node, T0 - 10 * 10**9))
-        j.add(life(node, (ip, 1), ("198.18.9.9", 1), T0 - 60 * 10**9, T0 - 50 * 10**9, pb.NORMAL, pb.ACTIVE,
-                   socket_id=999))
+        j.add(
+            life(
+                node, (ip, 1), ("198.18.9.9", 1), T0 - 60 * 10**9, T0 - 50 * 10**9, pb.NORMAL, pb.ACTIVE, socket_id=999
+            )
+        )
 
 
 def one(j: rc.ResetJoin) -> rc.Verdict:
@@ -236,21 +268,29 @@ def test_the_network_killing_both_directions_is_network_on_both_ends() -> None:
     j = rc.ResetJoin()
     watched(j, ("node-1", C[0]), ("node-2", S[0]))
     start = T0 - 50 * MS
-    for e in (received("node-1", C, S, T0), life("node-1", C, S, start, T0 + 10, pb.RESET_RECEIVED, pb.ACTIVE),
-              received("node-2", S, C, T0 + MS, socket_id=8),
-              life("node-2", S, C, start + 100, T0 + MS + 10, pb.RESET_RECEIVED, pb.PASSIVE, 8)):
+    for e in (
+        received("node-1", C, S, T0),
+        life("node-1", C, S, start, T0 + 10, pb.RESET_RECEIVED, pb.ACTIVE),
+        received("node-2", S, C, T0 + MS, socket_id=8),
+        life("node-2", S, C, start + 100, T0 + MS + 10, pb.RESET_RECEIVED, pb.PASSIVE, 8),
+    ):
         j.add(e)
     got = {r.node: v for r, v in j.classify_all()}
-    assert got == {"node-1": rc.Verdict("network", "no_send_seen", "node-2"),
-                   "node-2": rc.Verdict("network", "both_ends", "node-1")}
+    assert got == {
+        "node-1": rc.Verdict("network", "no_send_seen", "node-2"),
+        "node-2": rc.Verdict("network", "both_ends", "node-1"),
+    }
     # a later RST to the server, after the client's socket was gone longer than the window, is
     # the client's kernel answering (the first one was still the network)
     j2 = rc.ResetJoin()
     watched(j2, ("node-1", C[0]), ("node-2", S[0]))
     late = T0 + 30 * 10**9
-    for e in (received("node-1", C, S, T0), life("node-1", C, S, start, T0 + 10, pb.RESET_RECEIVED, pb.ACTIVE),
-              received("node-2", S, C, late, socket_id=8),
-              life("node-2", S, C, start + 100, late + 10, pb.RESET_RECEIVED, pb.PASSIVE, 8)):
+    for e in (
+        received("node-1", C, S, T0),
+        life("node-1", C, S, start, T0 + 10, pb.RESET_RECEIVED, pb.ACTIVE),
+        received("node-2", S, C, late, socket_id=8),
+        life("node-2", S, C, start + 100, late + 10, pb.RESET_RECEIVED, pb.PASSIVE, 8),
+    ):
         j2.add(e)
     labels = {r.node: v.label for r, v in j2.classify_all()}
     assert labels == {"node-1": "network/no_send_seen", "node-2": "peer_kernel/peer_closed"}

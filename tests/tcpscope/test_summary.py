@@ -27,10 +27,22 @@ def _ep(ep: pb.Endpoint, who: tuple[str, str, str, str] | None, ip: str, port: i
         ep.workload.kind, ep.workload.name = "Deployment", who[3]
 
 
-def lifecycle(role: int, local: tuple[str, str, str, str], remote: tuple[str, str, str, str],
-              lport: int, rport: int, start_ns: int, dur_ns: int = 5_000_000, *,
-              ending: int = pb.NORMAL, errno: int = 0, last_state: int = pb.FIN_WAIT1,
-              retransmits: int = 0, reason: str = "", resolve_remote: bool = True) -> pb.TcpEvent:
+def lifecycle(
+    role: int,
+    local: tuple[str, str, str, str],
+    remote: tuple[str, str, str, str],
+    lport: int,
+    rport: int,
+    start_ns: int,
+    dur_ns: int = 5_000_000,
+    *,
+    ending: int = pb.NORMAL,
+    errno: int = 0,
+    last_state: int = pb.FIN_WAIT1,
+    retransmits: int = 0,
+    reason: str = "",
+    resolve_remote: bool = True,
+) -> pb.TcpEvent:
     ev = pb.TcpEvent()
     ev.time.FromNanoseconds(start_ns + dur_ns)
     ev.node = "node-x"
@@ -42,13 +54,21 @@ def lifecycle(role: int, local: tuple[str, str, str, str], remote: tuple[str, st
     return ev
 
 
-def both(client: tuple[str, str, str, str], server: tuple[str, str, str, str], cport: int, sport: int,
-         start: int, *, c_kw: dict[str, object] | None = None,
-         s_kw: dict[str, object] | None = None) -> list[pb.TcpEvent]:
+def both(
+    client: tuple[str, str, str, str],
+    server: tuple[str, str, str, str],
+    cport: int,
+    sport: int,
+    start: int,
+    *,
+    c_kw: dict[str, object] | None = None,
+    s_kw: dict[str, object] | None = None,
+) -> list[pb.TcpEvent]:
     """The two agents' lifecycle events of one established connection."""
     c = lifecycle(pb.ACTIVE, client, server, cport, sport, start, **(c_kw or {}))  # type: ignore[arg-type]
-    s = lifecycle(pb.PASSIVE, server, client, sport, cport, start + 100_000, 4_000_000,
-                  last_state=pb.LAST_ACK, **(s_kw or {}))  # type: ignore[arg-type]
+    s = lifecycle(
+        pb.PASSIVE, server, client, sport, cport, start + 100_000, 4_000_000, last_state=pb.LAST_ACK, **(s_kw or {})
+    )  # type: ignore[arg-type]
     return [c, s]
 
 
@@ -75,19 +95,47 @@ def test_each_kind_counted_once_although_both_ends_reported_it() -> None:
         evs += both(WEB, API, 40000 + i, 9000, t)
         t += 10**9
     for i in range(2):  # client aborts: client RESET_SENT, server RESET_RECEIVED
-        evs += both(WEB, API, 41000 + i, 9000, t,
-                    c_kw={"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"},
-                    s_kw={"ending": pb.RESET_RECEIVED, "errno": 104})
+        evs += both(
+            WEB,
+            API,
+            41000 + i,
+            9000,
+            t,
+            c_kw={"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"},
+            s_kw={"ending": pb.RESET_RECEIVED, "errno": 104},
+        )
         t += 10**9
-    evs += both(WEB, API, 42000, 9000, t,  # server abort
-                c_kw={"ending": pb.RESET_RECEIVED, "errno": 104},
-                s_kw={"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"})
+    evs += both(
+        WEB,
+        API,
+        42000,
+        9000,
+        t,  # server abort
+        c_kw={"ending": pb.RESET_RECEIVED, "errno": 104},
+        s_kw={"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"},
+    )
     # refused x4 and a timeout: client view only (no server socket ever exists)
     for i in range(4):
-        evs.append(lifecycle(pb.ACTIVE, WEB, API, 43000 + i, 9999, t + i, ending=pb.RESET_RECEIVED,
-                             errno=111, last_state=pb.SYN_SENT))
-    evs.append(lifecycle(pb.ACTIVE, WEB, API, 44000, 9000, t, 3 * 10**9, ending=pb.ERROR, errno=110,
-                         last_state=pb.SYN_SENT, retransmits=1))
+        evs.append(
+            lifecycle(
+                pb.ACTIVE, WEB, API, 43000 + i, 9999, t + i, ending=pb.RESET_RECEIVED, errno=111, last_state=pb.SYN_SENT
+            )
+        )
+    evs.append(
+        lifecycle(
+            pb.ACTIVE,
+            WEB,
+            API,
+            44000,
+            9000,
+            t,
+            3 * 10**9,
+            ending=pb.ERROR,
+            errno=110,
+            last_state=pb.SYN_SENT,
+            retransmits=1,
+        )
+    )
     s = summary.Summarizer()
     s.add_all(evs)
     rows = rows_by_pair(s)
@@ -103,9 +151,9 @@ def test_each_kind_counted_once_although_both_ends_reported_it() -> None:
 
 def test_port_reuse_is_two_connections_and_nearest_start_pairs_views() -> None:
     # the same 4-tuple twice, 1.5 s apart: two connections, not one
-    evs = both(WEB, API, 40000, 9000, T0) + both(WEB, API, 40000, 9000, T0 + 1_500_000_000,
-                                                  c_kw={"ending": pb.RESET_SENT},
-                                                  s_kw={"ending": pb.RESET_RECEIVED})
+    evs = both(WEB, API, 40000, 9000, T0) + both(
+        WEB, API, 40000, 9000, T0 + 1_500_000_000, c_kw={"ending": pb.RESET_SENT}, s_kw={"ending": pb.RESET_RECEIVED}
+    )
     s = summary.Summarizer()
     s.add_all(reversed(evs))  # arrival order does not matter
     j = rows_by_pair(s)[("shop/web-1", "shop/api-1")]
@@ -149,18 +197,29 @@ def test_by_workload_groups_pods_and_listeners_and_roleless_sockets_are_skipped(
     s.add_all([*evs, listener, old, selfish])
     rows = rows_by_pair(s)
     assert list(rows) == [("shop/web", "shop/api")]
-    assert rows[("shop/web", "shop/api")]["client"] == {"namespace": "shop", "name": "web",
-                                                        "kind": "Deployment"}
+    assert rows[("shop/web", "shop/api")]["client"] == {"namespace": "shop", "name": "web", "kind": "Deployment"}
     assert counters(rows[("shop/web", "shop/api")]) == zero(connections=2)
     assert s.skipped == {"listener": 1, "no_role": 1, "self": 1}
 
 
 def test_window_filter_sort_and_outputs() -> None:
     evs = both(WEB, API, 40000, 9000, T0)
-    evs += both(API, DB, 40001, 5432, T0 + 100 * 10**9, c_kw={"ending": pb.RESET_RECEIVED},
-                s_kw={"ending": pb.RESET_SENT})
-    evs.append(lifecycle(pb.ACTIVE, WEB, DB, 40002, 5433, T0 + 50 * 10**9, ending=pb.RESET_RECEIVED,
-                         errno=111, last_state=pb.SYN_SENT))
+    evs += both(
+        API, DB, 40001, 5432, T0 + 100 * 10**9, c_kw={"ending": pb.RESET_RECEIVED}, s_kw={"ending": pb.RESET_SENT}
+    )
+    evs.append(
+        lifecycle(
+            pb.ACTIVE,
+            WEB,
+            DB,
+            40002,
+            5433,
+            T0 + 50 * 10**9,
+            ending=pb.RESET_RECEIVED,
+            errno=111,
+            last_state=pb.SYN_SENT,
+        )
+    )
     s = summary.Summarizer()
     s.add_all(evs)
     now = T0 + 110 * 10**9
@@ -168,13 +227,19 @@ def test_window_filter_sort_and_outputs() -> None:
     rows = s.pairs()
     ordered = summary.select(rows, sort="problems")
     assert [(r.client.name, r.server.name) for r in ordered] == [
-        ("api-1", "db-1"), ("web-1", "db-1"), ("web-1", "api-1")]
+        ("api-1", "db-1"),
+        ("web-1", "db-1"),
+        ("web-1", "api-1"),
+    ]
     assert next(r.server.name for r in summary.select(rows, sort="connections")) == "db-1"
     assert {(r.client.name, r.server.name) for r in summary.select(rows, namespace="data")} == {
-        ("api-1", "db-1"), ("web-1", "db-1")}
-    assert [(r.client.name, r.server.name) for r in summary.select(rows, pod="shop/web-1",
-                                                                   sort="server")] == [
-        ("web-1", "db-1"), ("web-1", "api-1")]  # data/... sorts before shop/...
+        ("api-1", "db-1"),
+        ("web-1", "db-1"),
+    }
+    assert [(r.client.name, r.server.name) for r in summary.select(rows, pod="shop/web-1", sort="server")] == [
+        ("web-1", "db-1"),
+        ("web-1", "api-1"),
+    ]  # data/... sorts before shop/...
     lines = summary.render_json_lines(ordered).splitlines()
     assert len(lines) == 3
     first = json.loads(lines[0])
@@ -212,13 +277,15 @@ def _publish(bootstrap: str, topic: str, batches: list[pb.EventBatch]) -> None:
 
 
 def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
-        kafka_broker: Broker, capsys: pytest.CaptureFixture[str]) -> None:
+    kafka_broker: Broker, capsys: pytest.CaptureFixture[str]
+) -> None:
     topic = f"summary-{os.getpid()}"
     kafka_broker.create_topic(topic)
     c1, s1 = both(WEB, API, 40000, 9000, T0, c_kw={"ending": pb.RESET_SENT}, s_kw={"ending": pb.RESET_RECEIVED})
     c2, s2 = both(WEB, API, 40001, 9000, T0 + 10**9)
-    refused = lifecycle(pb.ACTIVE, WEB, DB, 40002, 5433, T0, ending=pb.RESET_RECEIVED, errno=111,
-                        last_state=pb.SYN_SENT)
+    refused = lifecycle(
+        pb.ACTIVE, WEB, DB, 40002, 5433, T0, ending=pb.RESET_RECEIVED, errno=111, last_state=pb.SYN_SENT
+    )
     a = pb.EventBatch(schema_version=1, node="node-1", agent_id="node-1-a", sequence=1)
     a.events.extend([c1, c2, refused])
     b = pb.EventBatch(schema_version=1, node="node-2", agent_id="node-2-b", sequence=1)
@@ -226,25 +293,61 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
     b.lost.kernel = 2
     b.lost.by_reason["kernel.ringbuf_full"] = 2
     _publish(kafka_broker.bootstrap, topic, [a, b, a])  # batch a resent (at-least-once)
-    assert tail.main(["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--summary",
-                      "--format", "json", "--from-beginning"]) == 0
+    assert (
+        tail.main(
+            [
+                "--kafka-bootstrap",
+                kafka_broker.bootstrap,
+                "--topic",
+                topic,
+                "--summary",
+                "--format",
+                "json",
+                "--from-beginning",
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     got = {(p["client"]["name"], p["server"]["name"]): counters(p) for p in doc["pairs"]}
-    assert got == {("web-1", "api-1"): zero(connections=2, client_resets=1),
-                   ("web-1", "db-1"): zero(refused=1)}
-    assert doc["losses"] == {"agent_buffer": 0, "enrichment": 0, "kernel": 2, "kernel.ringbuf_full": 2,
-                             "kernel_skipped_runs": 0}
+    assert got == {("web-1", "api-1"): zero(connections=2, client_resets=1), ("web-1", "db-1"): zero(refused=1)}
+    assert doc["losses"] == {
+        "agent_buffer": 0,
+        "enrichment": 0,
+        "kernel": 2,
+        "kernel.ringbuf_full": 2,
+        "kernel_skipped_runs": 0,
+    }
     assert (doc["batches"], doc["events"], doc["duplicates"]) == (2, 5, 4)
     # the table, filtered to one namespace, says what was lost
-    assert tail.main(["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, "--summary",
-                      "--from-beginning", "--namespace", "data"]) == 0
+    assert (
+        tail.main(
+            [
+                "--kafka-bootstrap",
+                kafka_broker.bootstrap,
+                "--topic",
+                topic,
+                "--summary",
+                "--from-beginning",
+                "--namespace",
+                "data",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out[1:-1]] == [["shop/web-1", "data/db-1:5433"]]
     assert out[-1].startswith("# 1 pairs from 5 events in 2 batches; LOST 2 events")
 
 
-def flow(role: int, local: tuple[str, str, str, str], remote: tuple[str, str, str, str], server_port: int,
-         connections: int, last_ns: int = T0 + 10**9) -> pb.TcpEvent:
+def flow(
+    role: int,
+    local: tuple[str, str, str, str],
+    remote: tuple[str, str, str, str],
+    server_port: int,
+    connections: int,
+    last_ns: int = T0 + 10**9,
+) -> pb.TcpEvent:
     ev = pb.TcpEvent()
     ev.time.FromNanoseconds(last_ns)
     ev.node = "node-x"
@@ -262,8 +365,9 @@ def flow(role: int, local: tuple[str, str, str, str], remote: tuple[str, str, st
 def test_flows_count_once_from_the_client_when_both_sides_are_watched() -> None:
     s = summary.Summarizer()
     # 40 ordinary connections seen by both agents as flows (in two intervals on the client)
-    s.add_all([flow(pb.ACTIVE, WEB, API, 9000, 25), flow(pb.ACTIVE, WEB, API, 9000, 15),
-               flow(pb.PASSIVE, API, WEB, 9000, 38)])
+    s.add_all(
+        [flow(pb.ACTIVE, WEB, API, 9000, 25), flow(pb.ACTIVE, WEB, API, 9000, 15), flow(pb.PASSIVE, API, WEB, 9000, 38)]
+    )
     # two more: the server retransmitted (its lifecycle is individual), the client saw nothing unusual
     # and counted them in its flows above: they add a retransmit, not a connection
     s.add_all([lifecycle(pb.PASSIVE, API, WEB, 9000, 40_000 + i, T0 + i, retransmits=1) for i in range(2)])
@@ -282,17 +386,28 @@ def test_flows_of_an_unwatched_client_count_from_the_server() -> None:
     ev = flow(pb.PASSIVE, API, outside, 443, 12)
     ev.remote.kind = pb.EXTERNAL
     s.add(ev)
-    s.add(lifecycle(pb.PASSIVE, API, outside, 443, 50_000, T0, ending=pb.RESET_SENT, reason="NOT_SPECIFIED",
-                    resolve_remote=False))
+    s.add(
+        lifecycle(
+            pb.PASSIVE,
+            API,
+            outside,
+            443,
+            50_000,
+            T0,
+            ending=pb.RESET_SENT,
+            reason="NOT_SPECIFIED",
+            resolve_remote=False,
+        )
+    )
     rows = rows_by_pair(s)
     assert [(k, r["connections"], r["flow_connections"], r["server_resets"]) for k, r in rows.items()] == [
-        (("203.0.113.9", "shop/api-1"), 13, 12, 1)]
+        (("203.0.113.9", "shop/api-1"), 13, 12, 1)
+    ]
 
 
 def _host(role: int, lport: int, rport: int, comm: str, start: int, **kw: object) -> pb.TcpEvent:
     """A lifecycle event on a host without Kubernetes: both ends 127.0.0.1, nothing resolved."""
-    ev = lifecycle(role, ("", "", "127.0.0.1", ""), ("", "", "127.0.0.1", ""), lport, rport, start,
-                   **kw)  # type: ignore[arg-type]
+    ev = lifecycle(role, ("", "", "127.0.0.1", ""), ("", "", "127.0.0.1", ""), lport, rport, start, **kw)  # type: ignore[arg-type]
     for ep in (ev.local, ev.remote):
         ep.kind, ep.namespace, ep.name = pb.ENDPOINT_KIND_UNSPECIFIED, "", ""
         ep.ClearField("workload")
@@ -303,18 +418,26 @@ def _host(role: int, lport: int, rport: int, comm: str, start: int, **kw: object
 
 def test_without_kubernetes_rows_are_processes_and_server_ports() -> None:
     evs = []
-    for i, (client, server, port) in enumerate([("curl", "nginx", 8080), ("curl", "nginx", 8080),
-                                                 ("curl", "python3", 8765), ("wget", "python3", 8765),
-                                                 ("curl", "python3", 8799)]):
+    for i, (client, server, port) in enumerate(
+        [
+            ("curl", "nginx", 8080),
+            ("curl", "nginx", 8080),
+            ("curl", "python3", 8765),
+            ("wget", "python3", 8765),
+            ("curl", "python3", 8799),
+        ]
+    ):
         t = T0 + i * 10_000_000
         evs.append(_host(pb.ACTIVE, 40000 + i, port, client, t))
         evs.append(_host(pb.PASSIVE, port, 40000 + i, server, t + 100_000, last_state=pb.LAST_ACK))
-    refused = _host(pb.ACTIVE, 41000, 8799, "curl", T0, last_state=pb.SYN_SENT, errno=111,
-                    ending=pb.RESET_RECEIVED)  # nobody listening: the server end has no process
+    refused = _host(
+        pb.ACTIVE, 41000, 8799, "curl", T0, last_state=pb.SYN_SENT, errno=111, ending=pb.RESET_RECEIVED
+    )  # nobody listening: the server end has no process
     s = summary.Summarizer()
     s.add_all([*evs, refused])
-    got = sorted((r.client.label(), r.server.label(), sorted(r.server_ports), r.connections, r.refused)
-                 for r in s.pairs())
+    got = sorted(
+        (r.client.label(), r.server.label(), sorted(r.server_ports), r.connections, r.refused) for r in s.pairs()
+    )
     assert got == [
         ("curl@127.0.0.1", "127.0.0.1", [8799], 0, 1),  # refused: no process owns the server end
         ("curl@127.0.0.1", "nginx@127.0.0.1", [8080], 2, 0),
@@ -329,11 +452,15 @@ def test_without_kubernetes_rows_are_processes_and_server_ports() -> None:
         s2.add(_host(pb.ACTIVE, 42000 + i, port, "curl", T0))
         s2.add(_host(pb.PASSIVE, port, 42000 + i, "", T0 + 100_000, last_state=pb.LAST_ACK))
     for i, port in enumerate((9001, 9002)):  # refused: only the client's view, the server end unnamed
-        s2.add(_host(pb.ACTIVE, 43000 + i, port, "curl", T0, last_state=pb.SYN_SENT, errno=111,
-                     ending=pb.RESET_RECEIVED))
+        s2.add(
+            _host(pb.ACTIVE, 43000 + i, port, "curl", T0, last_state=pb.SYN_SENT, errno=111, ending=pb.RESET_RECEIVED)
+        )
     assert sorted((r.client.label(), r.server.label(), sorted(r.server_ports), r.refused) for r in s2.pairs()) == [
-        ("curl@127.0.0.1", "127.0.0.1", [8080], 0), ("curl@127.0.0.1", "127.0.0.1", [8081], 0),
-        ("curl@127.0.0.1", "127.0.0.1", [9001], 1), ("curl@127.0.0.1", "127.0.0.1", [9002], 1)]
+        ("curl@127.0.0.1", "127.0.0.1", [8080], 0),
+        ("curl@127.0.0.1", "127.0.0.1", [8081], 0),
+        ("curl@127.0.0.1", "127.0.0.1", [9001], 1),
+        ("curl@127.0.0.1", "127.0.0.1", [9002], 1),
+    ]
     table = summary.render_table(summary.select(s.pairs(), sort="client")).splitlines()
     assert [line.split()[:2] for line in table[1:]] == [
         ["curl@127.0.0.1", "127.0.0.1:8799"],

@@ -11,8 +11,9 @@ from tcpscope.v1 import events_pb2 as pb
 from tests.tcpscope.test_summary import API, T0, WEB, both, counters, lifecycle, rows_by_pair, zero
 
 
-def _reset(node: str, ev: pb.TcpEvent, direction: pb.Direction, t: int, reason: str = "",
-           state: pb.TcpState = pb.ESTABLISHED) -> pb.TcpEvent:
+def _reset(
+    node: str, ev: pb.TcpEvent, direction: pb.Direction, t: int, reason: str = "", state: pb.TcpState = pb.ESTABLISHED
+) -> pb.TcpEvent:
     """A Reset event on the socket of lifecycle ev (same node, id and tuple)."""
     r = pb.TcpEvent(node=node, socket_id=ev.socket_id)
     r.local.CopyFrom(ev.local)
@@ -38,23 +39,48 @@ def _mixed() -> list[pb.TcpEvent]:
         evs += [_on("node-1", sid, c), _on("node-2", sid + 1, s)]
         t, sid = t + 10 * 10**9, sid + 2
     for i in range(3):  # the network: each end received a RST, neither sent one
-        c, s = both(WEB, API, 41000 + i, 9000, t, c_kw={"ending": pb.RESET_RECEIVED, "errno": 104,
-                                                         "last_state": pb.ESTABLISHED},
-                    s_kw={"ending": pb.RESET_RECEIVED, "errno": 104})
+        c, s = both(
+            WEB,
+            API,
+            41000 + i,
+            9000,
+            t,
+            c_kw={"ending": pb.RESET_RECEIVED, "errno": 104, "last_state": pb.ESTABLISHED},
+            s_kw={"ending": pb.RESET_RECEIVED, "errno": 104},
+        )
         c, s = _on("node-1", sid, c), _on("node-2", sid + 1, s)
-        evs += [c, s, _reset("node-1", c, pb.RECEIVED, c.time.ToNanoseconds() - 1000),
-                _reset("node-2", s, pb.RECEIVED, s.time.ToNanoseconds() - 1000)]
+        evs += [
+            c,
+            s,
+            _reset("node-1", c, pb.RECEIVED, c.time.ToNanoseconds() - 1000),
+            _reset("node-2", s, pb.RECEIVED, s.time.ToNanoseconds() - 1000),
+        ]
         t, sid = t + 10 * 10**9, sid + 2
-    c, s = both(WEB, API, 42000, 9000, t, c_kw={"ending": pb.RESET_RECEIVED, "errno": 104,
-                                                 "last_state": pb.ESTABLISHED},
-                s_kw={"ending": pb.RESET_SENT, "reason": "TCP_ABORT_ON_CLOSE"})
+    c, s = both(
+        WEB,
+        API,
+        42000,
+        9000,
+        t,
+        c_kw={"ending": pb.RESET_RECEIVED, "errno": 104, "last_state": pb.ESTABLISHED},
+        s_kw={"ending": pb.RESET_SENT, "reason": "TCP_ABORT_ON_CLOSE"},
+    )
     c, s = _on("node-1", sid, c), _on("node-2", sid + 1, s)
-    evs += [c, s, _reset("node-2", s, pb.SENT, s.time.ToNanoseconds(), "TCP_ABORT_ON_CLOSE"),
-            _reset("node-1", c, pb.RECEIVED, c.time.ToNanoseconds() - 1000)]
+    evs += [
+        c,
+        s,
+        _reset("node-2", s, pb.SENT, s.time.ToNanoseconds(), "TCP_ABORT_ON_CLOSE"),
+        _reset("node-1", c, pb.RECEIVED, c.time.ToNanoseconds() - 1000),
+    ]
     t, sid = t + 10 * 10**9, sid + 2
     for i in range(2):  # refused: the server's kernel, no socket (its agent cannot see that send)
-        c = _on("node-1", sid, lifecycle(pb.ACTIVE, WEB, API, 43000 + i, 9999, t + i, ending=pb.RESET_RECEIVED,
-                                         errno=111, last_state=pb.SYN_SENT))
+        c = _on(
+            "node-1",
+            sid,
+            lifecycle(
+                pb.ACTIVE, WEB, API, 43000 + i, 9999, t + i, ending=pb.RESET_RECEIVED, errno=111, last_state=pb.SYN_SENT
+            ),
+        )
         evs += [c, _reset("node-1", c, pb.RECEIVED, c.time.ToNanoseconds(), state=pb.SYN_SENT)]
         sid += 1
     return evs
@@ -67,8 +93,11 @@ def test_network_resets_are_counted_apart_and_the_others_stay_exact() -> None:
     assert counters(j) == zero(connections=6, network_resets=3, server_resets=1, refused=2)
     assert j["server_reset_reasons"] == {"TCP_ABORT_ON_CLOSE": 1}
     # a server reset stays app with its reason, a refused connect stays peer_kernel/refused
-    assert j["reset_causes"] == {"app": {"TCP_ABORT_ON_CLOSE": 1}, "network": {"no_send_seen": 3},
-                                 "peer_kernel": {"refused": 2}}
+    assert j["reset_causes"] == {
+        "app": {"TCP_ABORT_ON_CLOSE": 1},
+        "network": {"no_send_seen": 3},
+        "peer_kernel": {"refused": 2},
+    }
 
 
 def test_the_same_without_reset_events_lifecycles_alone() -> None:
@@ -82,8 +111,13 @@ def test_the_same_without_reset_events_lifecycles_alone() -> None:
 
 def test_an_unwatched_client_resetting_is_unknown_and_stays_a_client_reset() -> None:
     # only api-1's node has an agent: a RST from web-1 cannot be told from an injected one
-    s_only = _on("node-2", 5, lifecycle(pb.PASSIVE, API, WEB, 9000, 40000, T0, ending=pb.RESET_RECEIVED,
-                                        errno=104, last_state=pb.ESTABLISHED))
+    s_only = _on(
+        "node-2",
+        5,
+        lifecycle(
+            pb.PASSIVE, API, WEB, 9000, 40000, T0, ending=pb.RESET_RECEIVED, errno=104, last_state=pb.ESTABLISHED
+        ),
+    )
     s = summary.Summarizer()
     s.add_all([s_only, _reset("node-2", s_only, pb.RECEIVED, s_only.time.ToNanoseconds())])
     j = rows_by_pair(s)[("shop/web-1", "shop/api-1")]
@@ -104,8 +138,9 @@ def test_losses_reported_by_the_peers_agent_in_the_window_make_it_unknown() -> N
     # both agents lost events in a span that covers the 3rd network-killed connection only: each
     # end's RST may have been sent by its peer and lost (one end's alone would not do: the other
     # end's RST, that nobody sent, still proves the network)
-    third = next(e for e in evs if e.node == "node-1" and e.local.port == 41002
-                 and e.WhichOneof("kind") == "lifecycle").time.ToNanoseconds()
+    third = next(
+        e for e in evs if e.node == "node-1" and e.local.port == 41002 and e.WhichOneof("kind") == "lifecycle"
+    ).time.ToNanoseconds()
     for node in ("node-1", "node-2"):
         for seq, (sent_ns, lost) in enumerate([(third - 5 * 10**8, 0), (third + 10**8, 4)], start=2):
             b = pb.EventBatch(node=node, agent_id=f"{node}-a", sequence=seq)

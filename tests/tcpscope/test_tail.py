@@ -27,9 +27,25 @@ def _publish(b: Broker, batches: list[EventBatch], value_format: str = "protobuf
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", b.bootstrap,
-                           "--topic", TOPIC, "--from-beginning", "--duration", "2", *args],
-                          capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpscope.tail",
+            "--kafka-bootstrap",
+            b.bootstrap,
+            "--topic",
+            TOPIC,
+            "--from-beginning",
+            "--duration",
+            "2",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
@@ -51,12 +67,16 @@ def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
     # a received reset also says who sent it (tcpscope/resetcause.py): here no agent watches the peer
     cause = ', "reset_cause": {"cause": "unknown", "detail": "unwatched_peer", "peer_node": ""}}'
     assert out.stdout.splitlines() == [render.json_line(e) for e in events[:5]] + [
-        render.json_line(events[5])[:-1] + cause]
+        render.json_line(events[5])[:-1] + cause
+    ]
     assert "# lost 7 events on node node-a (agent a1, batch 2): kernel.ringbuf_full=7" in out.stderr
 
     table = _tail(kafka_broker, "--namespace", "shop")
-    assert table.stdout.splitlines() == [render.TABLE_HEADER, render.table_line(events[1]),
-                                         render.table_line(events[4])]
+    assert table.stdout.splitlines() == [
+        render.TABLE_HEADER,
+        render.table_line(events[1]),
+        render.table_line(events[4]),
+    ]
     pod = _tail(kafka_broker, "--format", "json", "--pod", "db-0")
     assert pod.stdout.splitlines() == [render.json_line(events[4])]
     kind = _tail(kafka_broker, "--format", "json", "--kind", "reset")
@@ -76,8 +96,9 @@ def test_tail_reads_packed_and_per_event_records_alike(kafka_broker: Broker) -> 
             p.send(TOPIC, key=r.key, value=r.value, headers=r.headers, partition=r.partition)
     p.flush()
     p.close()
-    _publish(kafka_broker, [EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=3,
-                                       events=[make_event(9)])])
+    _publish(
+        kafka_broker, [EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=3, events=[make_event(9)])]
+    )
     out = _tail(kafka_broker, "--format", "json")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [render.json_line(e) for e in [*events, make_event(9)]]
@@ -102,7 +123,8 @@ def test_tail_shows_a_resent_batch_once_and_says_what_it_skipped(kafka_broker: B
     assert out.stdout.splitlines() == [render.json_line(e) for e in events]
     assert "# skipped a record that is not a tcpscope record (partition 0, offset 12)" in out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
-        "# 4 repeated records (batches published twice) shown once; 2 records that are not tcpscope records skipped")
+        "# 4 repeated records (batches published twice) shown once; 2 records that are not tcpscope records skipped"
+    )
     summary = _tail(kafka_broker, "--summary", "--format", "json")
     doc = __import__("json").loads(summary.stdout.strip().splitlines()[-1])
     assert (doc["events"], doc["duplicates"], doc["undecodable_records"]) == (5, 4, 2)
@@ -110,10 +132,18 @@ def test_tail_shows_a_resent_batch_once_and_says_what_it_skipped(kafka_broker: B
 
 def test_tail_into_a_closed_pipe_exits_quietly(kafka_broker: Broker) -> None:
     kafka_broker.create_topic(TOPIC, partitions=1)
-    _publish(kafka_broker, [EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1,
-                                       events=[make_event(i) for i in range(3000)])])
-    cmd = (f"{sys.executable} -m tcpscope.tail --kafka-bootstrap {kafka_broker.bootstrap} --topic {TOPIC} "
-           "--from-beginning --duration 3 --format json | head -n 2")
+    _publish(
+        kafka_broker,
+        [
+            EventBatch(
+                schema_version=1, node="node-a", agent_id="a1", sequence=1, events=[make_event(i) for i in range(3000)]
+            )
+        ],
+    )
+    cmd = (
+        f"{sys.executable} -m tcpscope.tail --kafka-bootstrap {kafka_broker.bootstrap} --topic {TOPIC} "
+        "--from-beginning --duration 3 --format json | head -n 2"
+    )
     res = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == 2

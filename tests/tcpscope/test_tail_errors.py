@@ -20,13 +20,22 @@ def test_unreachable_broker(summary: list[str]) -> None:
 @pytest.mark.parametrize("summary", [[], ["--summary"], ["--group", "g"]], ids=["events", "summary", "group"])
 def test_missing_topic(kafka_broker: Broker, summary: list[str]) -> None:
     kafka_broker.create_topic("present")
-    rc, err, secs = run_cli("tcpscope.tail", ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", "absent",
-                                              *summary])
+    rc, err, secs = run_cli(
+        "tcpscope.tail", ["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", "absent", *summary]
+    )
     assert_one_line("tcpscope-tail", rc, err, secs, "'absent' not found")
 
 
-@pytest.mark.parametrize("args", [["--duration", "-1"], ["--duration", "0"], ["--summary", "--window", "-5"],
-                                  ["--summary", "--every", "0"], ["--duration", "inf"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--duration", "-1"],
+        ["--duration", "0"],
+        ["--summary", "--window", "-5"],
+        ["--summary", "--every", "0"],
+        ["--duration", "inf"],
+    ],
+)
 def test_bad_numbers(args: list[str]) -> None:
     rc, err, secs = run_cli("tcpscope.tail", ["--kafka-bootstrap", "127.0.0.1:1", *args])
     assert_one_line("tcpscope-tail", rc, err, secs, args[-2])

@@ -32,10 +32,16 @@ def test_live_view_marks_network_injected_and_app_resets(kafka_broker: Broker) -
     by_port = {(d["local"]["port"], "reset" in d, d.get("reset", {}).get("direction")): d for d in lines}
     assert len(lines) == 5
     # the app reset was decided as soon as its send was there; the injected one after the hold
-    assert by_port[(40001, True, "RECEIVED")]["reset_cause"] == {"cause": "app", "detail": "TCP_STATE",
-                                                                   "peer_node": "node-2"}
-    assert by_port[(40000, True, "RECEIVED")]["reset_cause"] == {"cause": "network", "detail": "no_send_seen",
-                                                                   "peer_node": "node-2"}
+    assert by_port[(40001, True, "RECEIVED")]["reset_cause"] == {
+        "cause": "app",
+        "detail": "TCP_STATE",
+        "peer_node": "node-2",
+    }
+    assert by_port[(40000, True, "RECEIVED")]["reset_cause"] == {
+        "cause": "network",
+        "detail": "no_send_seen",
+        "peer_node": "node-2",
+    }
     assert "reset_cause" not in by_port[(9000, True, "SENT")]  # only received resets are judged
 
     table = _tail(kafka_broker, "--kind", "reset")

@@ -15,7 +15,8 @@ def test_parse_tuples_either_order_v6_and_socket_ids() -> None:
     assert a == ConnectionSpec.parse("198.18.2.2:9000,198.18.1.2:40000")
     assert a.ends == frozenset({C, S})
     assert ConnectionSpec.parse("[2001:db8::1]:80-[2001:db8::2]:40000").ends == frozenset(
-        {("2001:db8::1", 80), ("2001:db8::2", 40000)})
+        {("2001:db8::1", 80), ("2001:db8::2", 40000)}
+    )
     assert ConnectionSpec.parse("1234") == ConnectionSpec(None, 1234, "")
     assert ConnectionSpec.parse("node-1/1234") == ConnectionSpec(None, 1234, "node-1")
     for bad in ("198.18.1.2", "198.18.1.2:0-198.18.2.2:9000", "a:1-a:1", "x"):
@@ -34,7 +35,11 @@ def test_both_ends_in_time_order_with_the_reset_cause() -> None:
     ]
     by_tuple = select(ConnectionSpec.parse("198.18.2.2:9000-198.18.1.2:40000"), evs)
     assert [(e.node, e.time.ToNanoseconds()) for e in by_tuple] == [
-        ("node-1", T0 - 60 * MS), ("node-2", T0 - 50 * MS), ("node-1", T0), ("node-1", T0 + 1000)]
+        ("node-1", T0 - 60 * MS),
+        ("node-2", T0 - 50 * MS),
+        ("node-1", T0),
+        ("node-1", T0 + 1000),
+    ]
     # a socket id names the tuple; the peer's events come with it
     assert select(ConnectionSpec.parse("node-1/7"), evs) == by_tuple
     assert select(ConnectionSpec.parse("node-3/7"), evs) == []

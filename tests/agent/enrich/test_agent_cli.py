@@ -29,18 +29,43 @@ from tests.support.kubepods import (
 PORT = 8080
 
 
-def test_agent_cli_shows_both_pods(fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree,
-                                   veth: VethPods) -> None:
+def test_agent_cli_shows_both_pods(
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, veth: VethPods
+) -> None:
     uid_a, cid_a, uid_b, cid_b = new_uid(), new_container_id(), new_uid(), new_container_id()
     cg_a, cg_b = cgtree.container(uid_a, cid_a), cgtree.container(uid_b, cid_b)
-    fakeapi.add(make_pod("api-0", "payments", "node-x", uid=uid_a, containers={"api": cid_a}, ips=[veth.ip_a],
-                         owner=("StatefulSet", "api")))
+    fakeapi.add(
+        make_pod(
+            "api-0",
+            "payments",
+            "node-x",
+            uid=uid_a,
+            containers={"api": cid_a},
+            ips=[veth.ip_a],
+            owner=("StatefulSet", "api"),
+        )
+    )
     fakeapi.add(make_pod("web-0", "checkout", "node-x", uid=uid_b, containers={"web": cid_b}, ips=[veth.ip_b]))
     agent = subprocess.Popen(
-        [os.path.join(os.path.dirname(sys.executable), "tcpscope-agent"), "--stdout", "json",
-         "--kubeconfig", str(kubeconfig), "--node-name", "node-x", "--events", "lifecycle",
-         "--cgroup-root", os.path.join(cgtree.mount, cgtree.prefix), "--duration", "30"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            os.path.join(os.path.dirname(sys.executable), "tcpscope-agent"),
+            "--stdout",
+            "json",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--node-name",
+            "node-x",
+            "--events",
+            "lifecycle",
+            "--cgroup-root",
+            os.path.join(cgtree.mount, cgtree.prefix),
+            "--duration",
+            "30",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     procs = []
     try:
         assert agent.stderr is not None
@@ -65,8 +90,11 @@ def test_agent_cli_shows_both_pods(fakeapi: FakeApiServer, kubeconfig: Path, cgt
         out, err = agent.communicate(timeout=20)
         assert agent.returncode == 0, err
         events: list[dict[str, Any]] = [json.loads(x) for x in out.splitlines() if x.strip()]
-        ends = {(e["local"].get("namespace"), e["local"].get("name"), e["remote"].get("namespace"),
-                 e["remote"].get("name")) for e in events if "lifecycle" in e}
+        ends = {
+            (e["local"].get("namespace"), e["local"].get("name"), e["remote"].get("namespace"), e["remote"].get("name"))
+            for e in events
+            if "lifecycle" in e
+        }
         assert ends == {("payments", "api-0", "checkout", "web-0"), ("checkout", "web-0", "payments", "api-0")}
         assert {e["local"]["kind"] for e in events} == {"POD"}
     finally:

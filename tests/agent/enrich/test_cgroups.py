@@ -15,38 +15,46 @@ U_ = UID.replace("-", "_")
 CID = "0123456789abcdef" * 4
 
 
-@pytest.mark.parametrize("path", [
-    # systemd driver, v2, each QoS class and runtime
-    f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/cri-containerd-{CID}.scope",
-    f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{U_}.slice/crio-{CID}.scope",
-    f"/kubepods.slice/kubepods-pod{U_}.slice/docker-{CID}.scope",  # guaranteed: directly under kubepods
-    # cgroupfs driver (v1 and v2 look the same below the mount)
-    f"/kubepods/burstable/pod{UID}/{CID}",
-    f"/kubepods/besteffort/pod{UID}/{CID}",
-    f"/kubepods/pod{UID}/{CID}",
-    f"/kubepods/pod{UID}/crio-{CID}",
-    # nested kubelets (kind, the simulator): any prefix before kubepods
-    f"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
-    f"kubelet-kubepods-besteffort-pod{U_}.slice/cri-containerd-{CID}.scope",
-    f"/tcpscope-sim-ab12/node-1/kubepods.slice/kubepods-besteffort.slice/"
-    f"kubepods-besteffort-pod{U_}.slice/cri-containerd-{CID}.scope",
-    f"/system.slice/docker-{'f' * 64}.scope/kubepods/burstable/pod{UID}/{CID}",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        # systemd driver, v2, each QoS class and runtime
+        f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/cri-containerd-{CID}.scope",
+        f"/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{U_}.slice/crio-{CID}.scope",
+        f"/kubepods.slice/kubepods-pod{U_}.slice/docker-{CID}.scope",  # guaranteed: directly under kubepods
+        # cgroupfs driver (v1 and v2 look the same below the mount)
+        f"/kubepods/burstable/pod{UID}/{CID}",
+        f"/kubepods/besteffort/pod{UID}/{CID}",
+        f"/kubepods/pod{UID}/{CID}",
+        f"/kubepods/pod{UID}/crio-{CID}",
+        # nested kubelets (kind, the simulator): any prefix before kubepods
+        f"/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/"
+        f"kubelet-kubepods-besteffort-pod{U_}.slice/cri-containerd-{CID}.scope",
+        f"/tcpscope-sim-ab12/node-1/kubepods.slice/kubepods-besteffort.slice/"
+        f"kubepods-besteffort-pod{U_}.slice/cri-containerd-{CID}.scope",
+        f"/system.slice/docker-{'f' * 64}.scope/kubepods/burstable/pod{UID}/{CID}",
+    ],
+)
 def test_parse_pod_container_paths(path: str) -> None:
     assert parse_cgroup_path(path) == CgroupIdentity(UID, CID)
 
 
-@pytest.mark.parametrize(("path", "expected"), [
-    (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice", CgroupIdentity(UID, "")),
-    (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/crio-conmon-{CID}.scope",
-     CgroupIdentity(UID, "")),
-    (f"/kubepods/burstable/pod{UID.upper()}/{CID}", CgroupIdentity(UID, CID)),
-    ("/", CgroupIdentity()),
-    ("/system.slice/sshd.service", CgroupIdentity()),
-    ("/user.slice/user-0.slice/session-1.scope", CgroupIdentity()),
-    ("/kubepods.slice/kubepods-burstable.slice", CgroupIdentity()),
-    (f"/system.slice/pod{UID}/{CID}", CgroupIdentity()),  # a pod-looking name outside kubepods
-])
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice", CgroupIdentity(UID, "")),
+        (
+            f"/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{U_}.slice/crio-conmon-{CID}.scope",
+            CgroupIdentity(UID, ""),
+        ),
+        (f"/kubepods/burstable/pod{UID.upper()}/{CID}", CgroupIdentity(UID, CID)),
+        ("/", CgroupIdentity()),
+        ("/system.slice/sshd.service", CgroupIdentity()),
+        ("/user.slice/user-0.slice/session-1.scope", CgroupIdentity()),
+        ("/kubepods.slice/kubepods-burstable.slice", CgroupIdentity()),
+        (f"/system.slice/pod{UID}/{CID}", CgroupIdentity()),  # a pod-looking name outside kubepods
+    ],
+)
 def test_parse_non_container_paths(path: str, expected: CgroupIdentity) -> None:
     assert parse_cgroup_path(path) == expected
 
@@ -56,7 +64,8 @@ def test_find_cgroup2_mount(tmp_path: Path) -> None:
     hybrid.write_text(
         "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n"
         "40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n"
-        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n")
+        "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n"
+    )
     assert find_cgroup2_mount(str(hybrid)) == "/sys/fs/cgroup/unified"
     pure = tmp_path / "pure"
     pure.write_text("35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw,nsdelegate\n")

@@ -13,7 +13,7 @@ def test_recycled_ip_resolves_by_event_time() -> None:
     a, b = IpOwner(POD, "shop", "a"), IpOwner(POD, "shop", "b")
     idx.set("pod/a", ["198.18.0.5"], a, start=900.0)
     t[0] = 1010.0
-    idx.remove("pod/a")          # a held it [900, 1010)
+    idx.remove("pod/a")  # a held it [900, 1010)
     t[0] = 1012.0
     idx.set("pod/b", ["198.18.0.5"], b)  # b holds it from 1012
     assert idx.resolve("198.18.0.5", 950.0) == a
@@ -41,13 +41,22 @@ def test_new_owner_closes_an_unseen_removal() -> None:
 def test_sinks_map_pods_services_nodes() -> None:
     idx = IpIndex()
     pods = PodIpSink(idx, ["app"])
-    pods.replace([
-        make_pod("web-1", "shop", "node-1", ips=["198.18.1.2", "2001:db8::2"], labels={"app": "web", "x": "y"},
-                 owner=("StatefulSet", "web")),
-        make_pod("hostnet", "kube-system", "node-1", ips=["198.18.100.1"], host_network=True),
-    ])
-    ServiceIpSink(idx).replace([make_service("web", "shop", ["198.19.0.10"]),
-                                make_service("headless", "shop", ["None"])])
+    pods.replace(
+        [
+            make_pod(
+                "web-1",
+                "shop",
+                "node-1",
+                ips=["198.18.1.2", "2001:db8::2"],
+                labels={"app": "web", "x": "y"},
+                owner=("StatefulSet", "web"),
+            ),
+            make_pod("hostnet", "kube-system", "node-1", ips=["198.18.100.1"], host_network=True),
+        ]
+    )
+    ServiceIpSink(idx).replace(
+        [make_service("web", "shop", ["198.19.0.10"]), make_service("headless", "shop", ["None"])]
+    )
     NodeIpSink(idx).replace([make_node("node-1", ["198.18.100.1"], ["203.0.113.9"])])
     p = idx.resolve("198.18.1.2")
     assert p is not None and (p.kind, p.namespace, p.name, p.node) == (POD, "shop", "web-1", "node-1")

@@ -113,13 +113,23 @@ def close_all(enrichers: list[Enricher]) -> None:
         e.close()
 
 
-def test_pod_process_and_host_process(fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree,
-                                      conns: list[Conn]) -> None:
+def test_pod_process_and_host_process(
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]
+) -> None:
     uid, cid = new_uid(), new_container_id()
     pod_cg = cgtree.container(uid, cid, qos="burstable")
     host_cg = cgtree.host()
-    fakeapi.add(make_pod("api-7f9c-x", "payments", NODE_NAME, uid=uid, containers={"api": cid},
-                         labels={"app": "api", "secret-ish": "no"}, owner=("StatefulSet", "api")))
+    fakeapi.add(
+        make_pod(
+            "api-7f9c-x",
+            "payments",
+            NODE_NAME,
+            uid=uid,
+            containers={"api": cid},
+            labels={"app": "api", "secret-ish": "no"},
+            owner=("StatefulSet", "api"),
+        )
+    )
     c = Conn(server_cg=pod_cg, client_cg=host_cg)
     conns.append(c)
     enrichers = build_enrichers(config(kubeconfig), cgroup_root=cgtree.mount)
@@ -145,13 +155,15 @@ def test_pod_process_and_host_process(fakeapi: FakeApiServer, kubeconfig: Path, 
 
 
 def test_pod_created_after_its_traffic_started_is_held_then_resolved(
-        fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]) -> None:
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]
+) -> None:
     uid, cid = new_uid(), new_container_id()
     cg = cgtree.container(uid, cid)
     c = Conn(cg, cg)
     conns.append(c)
-    enrichers = build_enrichers(config(kubeconfig, pending_max_wait=5.0, resolve_remote=False),
-                                cgroup_root=cgtree.mount)
+    enrichers = build_enrichers(
+        config(kubeconfig, pending_max_wait=5.0, resolve_remote=False), cgroup_root=cgtree.mount
+    )
     try:
         assert run(enrichers, [c.event("client", cgtree.mount)]) == []  # held: pod unknown yet
         fakeapi.add(make_pod("late", "shop", NODE_NAME, uid=uid, containers={"app": cid}))
@@ -165,13 +177,15 @@ def test_pod_created_after_its_traffic_started_is_held_then_resolved(
 
 
 def test_unknown_pod_released_without_pod_fields_after_the_wait(
-        fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]) -> None:
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]
+) -> None:
     uid, cid = new_uid(), new_container_id()
     cg = cgtree.container(uid, cid)
     c = Conn(cg, cg)
     conns.append(c)
-    enrichers = build_enrichers(config(kubeconfig, pending_max_wait=0.3, resolve_remote=False),
-                                cgroup_root=cgtree.mount)
+    enrichers = build_enrichers(
+        config(kubeconfig, pending_max_wait=0.3, resolve_remote=False), cgroup_root=cgtree.mount
+    )
     try:
         t0 = time.monotonic()
         assert run(enrichers, [c.event("client", cgtree.mount)]) == []
@@ -204,7 +218,8 @@ def test_holding_buffer_is_bounded_and_flush_releases_everything(cgtree: CgroupT
 
 
 def test_pod_deleted_while_its_connection_lives_still_resolves(
-        fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]) -> None:
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]
+) -> None:
     uid, cid = new_uid(), new_container_id()
     cg = cgtree.container(uid, cid)
     fakeapi.add(make_pod("going", "shop", NODE_NAME, uid=uid, containers={"app": cid}))
@@ -222,7 +237,8 @@ def test_pod_deleted_while_its_connection_lives_still_resolves(
 
 
 def test_api_server_down_from_the_start_events_flow_and_misses_are_counted(
-        fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]) -> None:
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, conns: list[Conn]
+) -> None:
     uid, cid = new_uid(), new_container_id()
     cg = cgtree.container(uid, cid)
     fakeapi.add(make_pod("web", "shop", NODE_NAME, uid=uid, containers={"app": cid}, ips=["198.18.7.7"]))
@@ -252,8 +268,9 @@ def test_api_server_down_from_the_start_events_flow_and_misses_are_counted(
 def test_no_kubernetes_gives_cgroup_level_identity(cgtree: CgroupTree) -> None:
     uid, cid = new_uid(), new_container_id()
     cg = cgtree.container(uid, cid, driver="cgroupfs", qos="guaranteed")
-    (enr,) = build_enrichers(AgentConfig(kubernetes=False, node_name=NODE_NAME, stdout="json"),
-                             cgroup_root=cgtree.mount)
+    (enr,) = build_enrichers(
+        AgentConfig(kubernetes=False, node_name=NODE_NAME, stdout="json"), cgroup_root=cgtree.mount
+    )
     ev = TcpEvent()
     ev.process.cgroup_id = os.stat(cg).st_ino
     (out,) = enr.process([ev], time.monotonic())

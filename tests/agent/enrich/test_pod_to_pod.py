@@ -32,19 +32,44 @@ PORT = 8080
 
 
 def test_both_ends_of_a_pod_to_pod_connection_resolved_from_kernel_events(
-        fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, veth: VethPods) -> None:
+    fakeapi: FakeApiServer, kubeconfig: Path, cgtree: CgroupTree, veth: VethPods
+) -> None:
     uid_a, cid_a, uid_b, cid_b = new_uid(), new_container_id(), new_uid(), new_container_id()
     cg_a = cgtree.container(uid_a, cid_a, qos="burstable")
     cg_b = cgtree.container(uid_b, cid_b)
-    fakeapi.add(make_pod("api-7f9c-x", "payments", NODE_NAME, uid=uid_a, containers={"api": cid_a},
-                         ips=[veth.ip_a], labels={"app": "api", "pod-template-hash": "7f9c"},
-                         owner=("ReplicaSet", "api-7f9c")))
-    fakeapi.add(make_pod("web-5d2a-y", "checkout", NODE_NAME, uid=uid_b, containers={"web": cid_b},
-                         ips=[veth.ip_b], labels={"app": "web"}, owner=("DaemonSet", "web")))
+    fakeapi.add(
+        make_pod(
+            "api-7f9c-x",
+            "payments",
+            NODE_NAME,
+            uid=uid_a,
+            containers={"api": cid_a},
+            ips=[veth.ip_a],
+            labels={"app": "api", "pod-template-hash": "7f9c"},
+            owner=("ReplicaSet", "api-7f9c"),
+        )
+    )
+    fakeapi.add(
+        make_pod(
+            "web-5d2a-y",
+            "checkout",
+            NODE_NAME,
+            uid=uid_b,
+            containers={"web": cid_b},
+            ips=[veth.ip_b],
+            labels={"app": "web"},
+            owner=("DaemonSet", "web"),
+        )
+    )
     fakeapi.add(make_service("api", "payments", ["198.19.0.10"]))
     fakeapi.add(make_node(NODE_NAME, ["198.18.255.1"]))
-    config = AgentConfig(kubeconfig=str(kubeconfig), node_name=NODE_NAME, stdout="json",
-                         cgroup_root=os.path.join(cgtree.mount, cgtree.prefix), events=("lifecycle", "state"))
+    config = AgentConfig(
+        kubeconfig=str(kubeconfig),
+        node_name=NODE_NAME,
+        stdout="json",
+        cgroup_root=os.path.join(cgtree.mount, cgtree.prefix),
+        events=("lifecycle", "state"),
+    )
     enrichers = build_enrichers(config)
     procs = []
     try:
@@ -70,8 +95,10 @@ def test_both_ends_of_a_pod_to_pod_connection_resolved_from_kernel_events(
         by_port = {e.local.port: e for e in events if ours(e)}
         assert sorted(by_port) == sorted([PORT, cli_end[1]])
         server_ev, client_ev = by_port[PORT], by_port[cli_end[1]]
-        for ev, me, peer in ((server_ev, ("payments", "api-7f9c-x"), ("checkout", "web-5d2a-y")),
-                             (client_ev, ("checkout", "web-5d2a-y"), ("payments", "api-7f9c-x"))):
+        for ev, me, peer in (
+            (server_ev, ("payments", "api-7f9c-x"), ("checkout", "web-5d2a-y")),
+            (client_ev, ("checkout", "web-5d2a-y"), ("payments", "api-7f9c-x")),
+        ):
             assert (ev.local.kind, ev.local.namespace, ev.local.name) == (POD, *me)
             assert (ev.remote.kind, ev.remote.namespace, ev.remote.name) == (POD, *peer)
         assert (server_ev.local.container, server_ev.local.container_id) == ("api", cid_a)

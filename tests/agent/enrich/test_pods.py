@@ -20,8 +20,9 @@ def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 def test_workload_owner_by_convention() -> None:
-    rs = make_pod("web-5d2a8f9c7b-x7k2p", labels={"pod-template-hash": "5d2a8f9c7b"},
-                  owner=("ReplicaSet", "web-5d2a8f9c7b"))
+    rs = make_pod(
+        "web-5d2a8f9c7b-x7k2p", labels={"pod-template-hash": "5d2a8f9c7b"}, owner=("ReplicaSet", "web-5d2a8f9c7b")
+    )
     assert workload_of(rs) == ("Deployment", "web")
     bare_rs = make_pod("x-abc", owner=("ReplicaSet", "x"))
     assert workload_of(bare_rs) == ("ReplicaSet", "x")
@@ -34,10 +35,17 @@ def test_workload_owner_by_convention() -> None:
 
 
 def test_pod_info_covers_init_and_ephemeral_containers_and_filters_labels() -> None:
-    obj = make_pod("a", "shop", "node-1", ips=["198.18.0.5", "2001:db8::5"],
-                   containers={"app": "a" * 64, "starting": ""}, init_containers={"init": "b" * 64},
-                   ephemeral_containers={"debug": "c" * 64}, runtime="cri-o",
-                   labels={"app": "web", "pod-template-hash": "zz", "team": "x"})
+    obj = make_pod(
+        "a",
+        "shop",
+        "node-1",
+        ips=["198.18.0.5", "2001:db8::5"],
+        containers={"app": "a" * 64, "starting": ""},
+        init_containers={"init": "b" * 64},
+        ephemeral_containers={"debug": "c" * 64},
+        runtime="cri-o",
+        labels={"app": "web", "pod-template-hash": "zz", "team": "x"},
+    )
     p = pod_info(obj, ["app", "team"])
     assert p.containers == {"a" * 64: "app", "b" * 64: "init", "c" * 64: "debug"}
     assert p.labels == (("app", "web"), ("team", "x"))
@@ -87,8 +95,7 @@ def test_reflector_lists_watches_only_this_node(fakeapi: FakeApiServer, kube_api
         r.close()
 
 
-def test_reflector_resumes_after_restart_and_relists_on_410(fakeapi: FakeApiServer,
-                                                            kube_api: ClientKubeApi) -> None:
+def test_reflector_resumes_after_restart_and_relists_on_410(fakeapi: FakeApiServer, kube_api: ClientKubeApi) -> None:
     fakeapi.add(make_pod("a", containers={"app": "a" * 64}))
     idx = PodIndex()
     r = Reflector(kube_api, "pods", idx, field_selector="spec.nodeName=node-1", backoff_initial=0.05).start()
@@ -113,7 +120,8 @@ def test_reflector_resumes_after_restart_and_relists_on_410(fakeapi: FakeApiServ
 
 
 def test_reflector_keeps_retrying_when_the_server_is_down_from_the_start(
-        fakeapi: FakeApiServer, kube_api: ClientKubeApi) -> None:
+    fakeapi: FakeApiServer, kube_api: ClientKubeApi
+) -> None:
     fakeapi.stop()
     idx = PodIndex()
     r = Reflector(kube_api, "pods", idx, backoff_initial=0.05, backoff_max=0.2).start()

@@ -27,12 +27,13 @@ def test_listener_pod_range_and_external_remote_ends(fakeapi: FakeApiServer, kub
     fakeapi.add(make_node("node-x", ["10.60.0.1"], pod_cidrs=["10.61.1.0/24"]))
     fakeapi.add(make_node("node-y", ["10.60.0.2"], pod_cidrs=["10.61.2.0/24", "fd00:61:2::/64"]))
     fakeapi.add(make_pod("known-1", "apps", "node-y", ips=["10.61.2.17"]))
-    local, remote = build_enrichers(AgentConfig(kubeconfig=str(kubeconfig), node_name="node-x",
-                                                resolve_remote=True))
+    local, remote = build_enrichers(AgentConfig(kubeconfig=str(kubeconfig), node_name="node-x", resolve_remote=True))
     try:
         assert isinstance(remote, RemoteEnricher) and remote.resolver.wait_synced(10)
-        evs = [_event(ip) for ip in ("0.0.0.0", "::", "10.61.2.17", "10.61.2.99", "fd00:61:2::5",
-                                     "203.0.113.9", "10.60.0.2")]
+        evs = [
+            _event(ip)
+            for ip in ("0.0.0.0", "::", "10.61.2.17", "10.61.2.99", "fd00:61:2::5", "203.0.113.9", "10.60.0.2")
+        ]
         out = remote.process(evs, time.monotonic())
         got = [(e.remote.kind, e.remote.namespace, e.remote.name, e.remote.node) for e in out]
         assert got[:2] == [(ENDPOINT_KIND_UNSPECIFIED, "", "", "")] * 2  # a listener: no remote end

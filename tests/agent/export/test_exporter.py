@@ -28,8 +28,12 @@ class Clock:
 
 def _make(batch: int = 3, buffer: int = 9, age: float = 1.0) -> tuple[Exporter, Clock]:
     clock = Clock()
-    exp = Exporter(ExporterSettings("n1", "a1", batch, age, buffer, heartbeat_s=5.0), FakeTransport(),
-                   clock=clock, wall=lambda: 1_700_000_000.0)
+    exp = Exporter(
+        ExporterSettings("n1", "a1", batch, age, buffer, heartbeat_s=5.0),
+        FakeTransport(),
+        clock=clock,
+        wall=lambda: 1_700_000_000.0,
+    )
     return exp, clock
 
 

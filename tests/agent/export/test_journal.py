@@ -22,8 +22,13 @@ class Wall:
 
 def _exporter(tmp: Path, agent_id: str, wall: Wall, clock: Clock) -> tuple[Exporter, NodeJournal]:
     journal = NodeJournal.open(str(tmp), "n1", agent_id, wall)
-    return Exporter(ExporterSettings("n1", agent_id, 3, 1.0, 30, heartbeat_s=5.0), FakeTransport(),
-                    clock=clock, wall=lambda: wall.ns / 1e9, journal=journal), journal
+    return Exporter(
+        ExporterSettings("n1", agent_id, 3, 1.0, 30, heartbeat_s=5.0),
+        FakeTransport(),
+        clock=clock,
+        wall=lambda: wall.ns / 1e9,
+        journal=journal,
+    ), journal
 
 
 def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(tmp_path: Path) -> None:
@@ -39,8 +44,12 @@ def test_first_start_reports_nothing_and_a_crash_is_reported_with_exact_counts(t
     old.on_ack("n1/old", b1.sequence)
     old.on_ack("n1/old", b3.sequence)  # acks come out of order: 2 is still outstanding
     doc = json.loads(state_path(str(tmp_path), "n1").read_text())
-    assert (doc["state"], doc["first_unacked_sequence"], doc["unacked_batches"], doc["unacked_events"]) == \
-        ("running", 2, 1, 3)
+    assert (doc["state"], doc["first_unacked_sequence"], doc["unacked_batches"], doc["unacked_events"]) == (
+        "running",
+        2,
+        1,
+        3,
+    )
     # kill -9: nothing more is written, the kernel drops the node lock. The next one attaches 5 s later.
     old_journal.release()
     wall.ns += 5_000_000_000
@@ -101,8 +110,13 @@ def test_from_time_moves_back_by_the_lag_but_not_before_the_start(tmp_path: Path
     wall, clock = Wall(), Clock()
     start = wall.ns
     journal = NodeJournal.open(str(tmp_path), "n1", "n1/old", wall, 2.0)
-    old = Exporter(ExporterSettings("n1", "n1/old", 3, 1.0, 30, heartbeat_s=5.0), FakeTransport(), clock=clock,
-                   wall=lambda: wall.ns / 1e9, journal=journal)
+    old = Exporter(
+        ExporterSettings("n1", "n1/old", 3, 1.0, 30, heartbeat_s=5.0),
+        FakeTransport(),
+        clock=clock,
+        wall=lambda: wall.ns / 1e9,
+        journal=journal,
+    )
     old.attached()
     gen = old.begin_stream()
     for _ in range(3):  # one acked batch a second

@@ -29,9 +29,20 @@ def test_a_collector_down_is_one_warning(caplog: pytest.LogCaptureFixture) -> No
     caplog.set_level(logging.WARNING, logger="agent.export.transport")
     exp = make_exporter(f"127.0.0.1:{free_port()}", batch=10)  # nobody listens: every attempt fails
     exp.emit([make_event(i) for i in range(10)], {})
-    wait_until(lambda: sum(s.value for m in exp.metrics.registry.collect()
-                           if m.name == "tcpscope_agent_stream_reconnects" for s in m.samples
-                           if s.name.endswith("_total")) >= 8, 20, "8 failed attempts")
+    wait_until(
+        lambda: (
+            sum(
+                s.value
+                for m in exp.metrics.registry.collect()
+                if m.name == "tcpscope_agent_stream_reconnects"
+                for s in m.samples
+                if s.name.endswith("_total")
+            )
+            >= 8
+        ),
+        20,
+        "8 failed attempts",
+    )
     time.sleep(0.1)
     exp.close(0)
     lines = [r for r in caplog.records if "collector stream to" in r.getMessage()]

@@ -33,7 +33,10 @@ def raw() -> dict[int, RawType]:
     """bpftool's view of every type (the reference the parser must agree with)."""
     out = subprocess.run(
         ["bpftool", "btf", "dump", "file", VMLINUX, "format", "raw"],
-        check=True, capture_output=True, text=True, timeout=60,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
     ).stdout
     types: dict[int, RawType] = {}
     current: RawType | None = None
@@ -88,12 +91,19 @@ def test_type_count_matches_bpftool(btf: Btf, raw: dict[int, RawType]) -> None:
 
 @pytest.mark.parametrize(
     "struct_name",
-    ["sock", "sock_common", "tcp_sock", "inet_sock", "inet_connection_sock", "cgroup", "kernfs_node",
-     "sock_cgroup_data", "task_struct"],
+    [
+        "sock",
+        "sock_common",
+        "tcp_sock",
+        "inet_sock",
+        "inet_connection_sock",
+        "cgroup",
+        "kernfs_node",
+        "sock_cgroup_data",
+        "task_struct",
+    ],
 )
-def test_every_direct_member_offset_matches_bpftool(
-    btf: Btf, raw: dict[int, RawType], struct_name: str
-) -> None:
+def test_every_direct_member_offset_matches_bpftool(btf: Btf, raw: dict[int, RawType], struct_name: str) -> None:
     t = _named(raw, "STRUCT", struct_name)
     assert btf.struct_size(struct_name) == int(re.search(r"size=(\d+)", t.rest).group(1))  # type: ignore[union-attr]
     checked = 0
@@ -120,9 +130,10 @@ def test_offsets_used_by_the_agent(btf: Btf, raw: dict[int, RawType]) -> None:
     assert btf.member_offset("sock", "sk_cgrp_data") == dict((m[0], m) for m in sock.members)["sk_cgrp_data"][2] // 8
     assert btf.member_offset("sock", "sk_cgrp_data.cgroup") == btf.member_offset("sock", "sk_cgrp_data")
     assert btf.member_size("sock", "sk_cgrp_data.cgroup") == 8
-    assert btf.member_offset("cgroup", "kn") == dict((m[0], m) for m in _named(raw, "STRUCT", "cgroup").members)[
-        "kn"
-    ][2] // 8
+    assert (
+        btf.member_offset("cgroup", "kn")
+        == dict((m[0], m) for m in _named(raw, "STRUCT", "cgroup").members)["kn"][2] // 8
+    )
     kn = dict((m[0], m) for m in _named(raw, "STRUCT", "kernfs_node").members)["id"]
     assert btf.member_offset("kernfs_node", "id") == kn[2] // 8
     assert btf.member_size("kernfs_node", "id") == 8
@@ -146,11 +157,11 @@ def _anon_offsets(raw: dict[int, RawType], t: RawType, base: int, out: dict[str,
                 _anon_offsets(raw, inner, base + bits, out)
 
 
-@pytest.mark.parametrize("member", ["skc_family", "skc_dport", "skc_num", "skc_daddr", "skc_rcv_saddr",
-                                    "skc_v6_daddr", "skc_state", "skc_cookie"])
-def test_members_inside_anonymous_unions_of_sock_common(
-    btf: Btf, raw: dict[int, RawType], member: str
-) -> None:
+@pytest.mark.parametrize(
+    "member",
+    ["skc_family", "skc_dport", "skc_num", "skc_daddr", "skc_rcv_saddr", "skc_v6_daddr", "skc_state", "skc_cookie"],
+)
+def test_members_inside_anonymous_unions_of_sock_common(btf: Btf, raw: dict[int, RawType], member: str) -> None:
     flat: dict[str, int] = {}
     _anon_offsets(raw, _named(raw, "STRUCT", "sock_common"), 0, flat)
     assert member in flat, f"bpftool shows no {member}"

@@ -32,12 +32,12 @@ def _c_layout(tmp_path: Path, struct: str, fields: tuple[tuple[str, str], ...]) 
     """{field: (offset, size)} and '__size__' of a struct of bpf/events.h, from gcc."""
     names = [n for n, _ in fields]
     header = (BPF_DIR / "events.h").read_text()
-    declared = re.findall(r"^\s+(?:__[us]\d+|char)\s+(\w+)(?:\[\w+\])?;", header.split(f"struct {struct} {{")[1]
-                          .split("};")[0], re.M)
+    declared = re.findall(
+        r"^\s+(?:__[us]\d+|char)\s+(\w+)(?:\[\w+\])?;", header.split(f"struct {struct} {{")[1].split("};")[0], re.M
+    )
     assert declared == names, f"events.h and the Python mirror list different fields or orders for {struct}"
     prints = "\n".join(
-        f'printf("{n} %zu %zu\\n", offsetof(struct {struct}, {n}), sizeof(((struct {struct} *)0)->{n}));'
-        for n in names
+        f'printf("{n} %zu %zu\\n", offsetof(struct {struct}, {n}), sizeof(((struct {struct} *)0)->{n}));' for n in names
     )
     src = tmp_path / f"layout_{struct}.c"
     src.write_text(
@@ -59,13 +59,17 @@ def _size(code: str) -> int:
     return _SIZES[code]
 
 
-@pytest.mark.parametrize(("struct", "fields", "packed"), [
-    ("tcpscope_event", EVENT_FIELDS, EVENT),
-    ("flow_key", FLOW_KEY_FIELDS, FLOW_KEY),
-    ("flow_val", FLOW_VAL_FIELDS, FLOW_VAL),
-])
-def test_python_mirror_matches_c_struct(tmp_path: Path, struct: str, fields: tuple[tuple[str, str], ...],
-                                        packed: Struct) -> None:
+@pytest.mark.parametrize(
+    ("struct", "fields", "packed"),
+    [
+        ("tcpscope_event", EVENT_FIELDS, EVENT),
+        ("flow_key", FLOW_KEY_FIELDS, FLOW_KEY),
+        ("flow_val", FLOW_VAL_FIELDS, FLOW_VAL),
+    ],
+)
+def test_python_mirror_matches_c_struct(
+    tmp_path: Path, struct: str, fields: tuple[tuple[str, str], ...], packed: Struct
+) -> None:
     layout = _c_layout(tmp_path, struct, fields)
     offset = 0
     for name, code in fields:
@@ -81,7 +85,9 @@ def test_flow_constants_agree_with_events_h() -> None:
     assert consts["FLOW_BUCKETS"] == FLOW_BUCKETS
     assert consts["FLOWC_NCOUNTS"] == len(FLOW_COUNTERS)
     assert [consts["FLOWC_AGGREGATED"], consts["FLOWC_MAP_FULL"]] == [
-        FLOW_COUNTERS.index("aggregated"), FLOW_COUNTERS.index("map_full")]
+        FLOW_COUNTERS.index("aggregated"),
+        FLOW_COUNTERS.index("map_full"),
+    ]
 
 
 def test_decode_flow_passive_and_active() -> None:
@@ -89,8 +95,16 @@ def test_decode_flow_passive_and_active() -> None:
     buckets = [0] * FLOW_BUCKETS
     buckets[3], buckets[6] = 2, 1
     val = FLOW_VAL.pack(3, 300, 30, 90_000, 5_000, 9_000, *buckets, 42, 0, b"srv")
-    key = FLOW_KEY.pack(socket.inet_aton("198.18.0.2") + bytes(12), socket.inet_aton("198.18.0.1") + bytes(12),
-                        77, 4026531840, 8080, socket.AF_INET, PASSIVE, b"")
+    key = FLOW_KEY.pack(
+        socket.inet_aton("198.18.0.2") + bytes(12),
+        socket.inet_aton("198.18.0.1") + bytes(12),
+        77,
+        4026531840,
+        8080,
+        socket.AF_INET,
+        PASSIVE,
+        b"",
+    )
     ev = decode_flow(dec, key, val, 10_000_000_000, aggregate=True)
     assert ev.WhichOneof("kind") == "flow" and ev.socket_id == 0
     assert (ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port) == ("198.18.0.2", 8080, "198.18.0.1", 0)
@@ -101,8 +115,16 @@ def test_decode_flow_passive_and_active() -> None:
     assert fl.first_close.ToNanoseconds() == 1_000_000_005_000
     assert fl.last_close.ToNanoseconds() == ev.time.ToNanoseconds() == 1_000_000_009_000
     assert (fl.interval_ns, fl.source) == (10_000_000_000, AGGREGATE)
-    key6 = FLOW_KEY.pack(socket.inet_pton(socket.AF_INET6, "2001:db8::1"), socket.inet_pton(socket.AF_INET6, "::1"),
-                         1, 1, 443, socket.AF_INET6, ACTIVE, b"")
+    key6 = FLOW_KEY.pack(
+        socket.inet_pton(socket.AF_INET6, "2001:db8::1"),
+        socket.inet_pton(socket.AF_INET6, "::1"),
+        1,
+        1,
+        443,
+        socket.AF_INET6,
+        ACTIVE,
+        b"",
+    )
     ev6 = decode_flow(dec, key6, val, 0, aggregate=False)
     assert (ev6.local.ip, ev6.local.port, ev6.remote.ip, ev6.remote.port) == ("2001:db8::1", 0, "::1", 443)
     assert ev6.flow.source == SPILL
@@ -116,10 +138,28 @@ def _record(**kw: object) -> bytes:
 
 def test_decode_lifecycle_v4() -> None:
     d = Decoder("node-1", 1_000_000_000_000, {1: "NO_SOCKET", 11: "TCP_ABORT_ON_CLOSE"})
-    raw = _record(ts_ns=5_123_456_789, socket_id=42, cgroup_id=7, duration_ns=99, tx_bytes=300_000, rx_bytes=777,
-                  pid=1234, saddr=socket.inet_aton("10.0.0.1"), daddr=socket.inet_aton("10.0.0.2"), sport=40000,
-                  dport=80, family=socket.AF_INET, kind=decode.EV_LIFECYCLE, role=1, new_state=FIN_WAIT2,
-                  ending=2, err=0, reason=11, retransmits=3, comm=b"curl\0\0")
+    raw = _record(
+        ts_ns=5_123_456_789,
+        socket_id=42,
+        cgroup_id=7,
+        duration_ns=99,
+        tx_bytes=300_000,
+        rx_bytes=777,
+        pid=1234,
+        saddr=socket.inet_aton("10.0.0.1"),
+        daddr=socket.inet_aton("10.0.0.2"),
+        sport=40000,
+        dport=80,
+        family=socket.AF_INET,
+        kind=decode.EV_LIFECYCLE,
+        role=1,
+        new_state=FIN_WAIT2,
+        ending=2,
+        err=0,
+        reason=11,
+        retransmits=3,
+        comm=b"curl\0\0",
+    )
     ev = d.decode(raw)
     assert (ev.time.seconds, ev.time.nanos) == (1005, 123_456_789)
     assert (ev.node, ev.socket_id) == ("node-1", 42)

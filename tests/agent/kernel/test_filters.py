@@ -52,18 +52,21 @@ def test_port_filter() -> None:
 @pytest.mark.root
 def test_netns_filter() -> None:
     require_root()
-    with traffic.netns_pair() as pair, kernel_harness(
-        AgentConfig(netns=pair.path("a"), events=ALL_BUT_PROBE)
-    ) as h:
-        ex = traffic.tcp_exchange(server_addr=pair.b_addr, server_netns=pair.b, client_netns=pair.a,
-                                  client_bytes=300_000, server_bytes=777)
+    with traffic.netns_pair() as pair, kernel_harness(AgentConfig(netns=pair.path("a"), events=ALL_BUT_PROBE)) as h:
+        ex = traffic.tcp_exchange(
+            server_addr=pair.b_addr, server_netns=pair.b, client_netns=pair.a, client_bytes=300_000, server_bytes=777
+        )
         lcs = h.wait(lambda e: kind(e) == "lifecycle" and e.remote.ip == pair.b_addr, count=1, settle=0.5)
         seen = list(h.seen)
     # only the client's namespace is reported: its socket, none of the server's (in namespace b)
     assert len(lcs) == 1
     lc = lcs[0]
-    assert (lc.local.ip, lc.local.port, lc.remote.ip, lc.remote.port) == (pair.a_addr, ex.client_port, pair.b_addr,
-                                                                          ex.server_port)
+    assert (lc.local.ip, lc.local.port, lc.remote.ip, lc.remote.port) == (
+        pair.a_addr,
+        ex.client_port,
+        pair.b_addr,
+        ex.server_port,
+    )
     assert (lc.lifecycle.role, lc.lifecycle.tx_bytes, lc.lifecycle.rx_bytes) == (ACTIVE, 300_000, 777)
     assert lc.process.pid == ex.client_pid
     assert {e.socket_id for e in seen} == {lc.socket_id}
@@ -119,8 +122,12 @@ def test_perf_buffer_path_on_kernels_without_ring_buffer() -> None:
     finally:
         source.close()
     assert sorted((e.lifecycle.tx_bytes, e.lifecycle.rx_bytes) for e in got) == [(12, 4321), (4321, 12)]  # type: ignore[attr-defined]
-    expected = {"kernel.perfbuf_full": 0, "kernel.socket_map_full": 0, "kernel.listener_map_full": 0,
-                "kernel.perf_lost": 0}
+    expected = {
+        "kernel.perfbuf_full": 0,
+        "kernel.socket_map_full": 0,
+        "kernel.listener_map_full": 0,
+        "kernel.perf_lost": 0,
+    }
     if reports_recursion_misses():
         expected["kernel.recursion_misses"] = 0
     assert losses == expected

@@ -54,9 +54,11 @@ def side_totals(h: Harness, port: int, role: int) -> tuple[int, int, int]:
     """(connections, tx bytes, rx bytes) of one side on a server port: flows plus lifecycles."""
     fs = flows(h, on_port(port), role)
     ls = lifecycles(h, on_port(port), role)
-    return (sum(f.flow.connections for f in fs) + len(ls),
-            sum(f.flow.tx_bytes for f in fs) + sum(e.lifecycle.tx_bytes for e in ls),
-            sum(f.flow.rx_bytes for f in fs) + sum(e.lifecycle.rx_bytes for e in ls))
+    return (
+        sum(f.flow.connections for f in fs) + len(ls),
+        sum(f.flow.tx_bytes for f in fs) + sum(e.lifecycle.tx_bytes for e in ls),
+        sum(f.flow.rx_bytes for f in fs) + sum(e.lifecycle.rx_bytes for e in ls),
+    )
 
 
 def _anomalies(ports: dict[str, int], counts: dict[str, int]) -> None:
@@ -197,8 +199,7 @@ def test_the_shutdown_flush_reports_what_the_interval_had_not() -> None:
 def test_each_mode_spills_the_excess_into_flows_and_still_counts_every_connection(exe: Path) -> None:
     port = traffic.free_port()
     n = 3000
-    cfg = AgentConfig(ports=(port,), events=KINDS, connections="each", max_connection_events=200,
-                      flow_interval=1.0)
+    cfg = AgentConfig(ports=(port,), events=KINDS, connections="each", max_connection_events=200, flow_interval=1.0)
     with kernel_harness(cfg) as h, conncount.serving(exe, "127.0.0.1", port, req=10, resp=20):
         made = conncount.churn(exe, "127.0.0.1", port, n, req=10, resp=20)
         drain(h)
@@ -225,8 +226,11 @@ def test_two_agents_scoped_by_cgroup_each_count_their_own_side(exe: Path, two_tr
     n = 2000
     cfg_c = AgentConfig(cgroup_root=str(client_root), events=KINDS, connections="aggregate", flow_interval=3600)
     cfg_s = AgentConfig(cgroup_root=str(server_root), events=KINDS, connections="aggregate", flow_interval=3600)
-    with kernel_harness(cfg_c) as hc, kernel_harness(cfg_s) as hs, \
-            conncount.serving(exe, "::1", port, req=64, resp=640, cgroup=server_cg.container):
+    with (
+        kernel_harness(cfg_c) as hc,
+        kernel_harness(cfg_s) as hs,
+        conncount.serving(exe, "::1", port, req=64, resp=640, cgroup=server_cg.container),
+    ):
         made = conncount.churn(exe, "::1", port, n, req=64, resp=640, cgroup=client_cg.container)
         drain(hc)
         drain(hs)

@@ -26,18 +26,26 @@ from tests.support.kernel import Harness, kind, lifecycle_on, on_port, reports_r
 CASES = [
     pytest.param(dict(family=socket.AF_INET, server_addr="127.0.0.1"), "127.0.0.1", id="ipv4"),
     pytest.param(dict(family=socket.AF_INET6, server_addr="::1"), "::1", id="ipv6"),
-    pytest.param(dict(family=socket.AF_INET6, server_addr="::", connect_addr="::ffff:127.0.0.1"),
-                 "127.0.0.1", id="v4-mapped"),
+    pytest.param(
+        dict(family=socket.AF_INET6, server_addr="::", connect_addr="::ffff:127.0.0.1"), "127.0.0.1", id="v4-mapped"
+    ),
 ]
 
 
 @pytest.mark.root
 @pytest.mark.parametrize("closer", ["client", "server"])
 @pytest.mark.parametrize(("net", "ip"), CASES)
-def test_exact_bytes_roles_and_attribution(subtree: Harness, pods: Pods, net: dict[str, object], ip: str,
-                                           closer: str) -> None:
-    ex = traffic.tcp_exchange(**net, client_bytes=300_000, server_bytes=777, closer=closer,  # type: ignore[arg-type]
-                              server_cgroup=pods.server.container, client_cgroup=pods.client.container)
+def test_exact_bytes_roles_and_attribution(
+    subtree: Harness, pods: Pods, net: dict[str, object], ip: str, closer: str
+) -> None:
+    ex = traffic.tcp_exchange(
+        **net,
+        client_bytes=300_000,
+        server_bytes=777,
+        closer=closer,  # type: ignore[arg-type]
+        server_cgroup=pods.server.container,
+        client_cgroup=pods.client.container,
+    )
     events = subtree.wait(lifecycle_on(ex.server_port), count=2)
     lcs = {e.lifecycle.role: e for e in events}
     assert len(events) == 2 and set(lcs) == {ACTIVE, PASSIVE}, events
@@ -69,8 +77,9 @@ def test_exact_bytes_roles_and_attribution(subtree: Harness, pods: Pods, net: di
 
 @pytest.mark.root
 def test_state_changes_carry_owner_and_time_in_old_state(subtree: Harness, pods: Pods) -> None:
-    ex = traffic.tcp_exchange(client_bytes=1000, server_bytes=10, server_cgroup=pods.server.container,
-                              client_cgroup=pods.client.container)
+    ex = traffic.tcp_exchange(
+        client_bytes=1000, server_bytes=10, server_cgroup=pods.server.container, client_cgroup=pods.client.container
+    )
     events = subtree.wait(lifecycle_on(ex.server_port), count=2)
     states = [e for e in subtree.seen if on_port(ex.server_port)(e) and kind(e) == "state_change"]
     by_sock: dict[int, list[tuple[int, int]]] = {}
@@ -97,8 +106,9 @@ def test_state_changes_carry_owner_and_time_in_old_state(subtree: Harness, pods:
 def test_destroy_sock_frees_per_socket_state(subtree: Harness, pods: Pods) -> None:
     subtree.wait(lambda e: False, count=1, timeout=0, settle=0.3)
     before = subtree.source.tracked_sockets()
-    ex = traffic.tcp_exchange(client_bytes=10, server_bytes=10, server_cgroup=pods.server.container,
-                              client_cgroup=pods.client.container)
+    ex = traffic.tcp_exchange(
+        client_bytes=10, server_bytes=10, server_cgroup=pods.server.container, client_cgroup=pods.client.container
+    )
     subtree.wait(lifecycle_on(ex.server_port), count=2)
     assert subtree.source.tracked_sockets() == before
     expected = {"kernel.ringbuf_full": 0, "kernel.socket_map_full": 0, "kernel.listener_map_full": 0}

@@ -28,12 +28,14 @@ def test_listen_rows_of_proc_net_tcp() -> None:
     # LISTEN rows only; inode 0 (a socket being torn down) has no owner to find; the address as the
     # kernel holds it (the column prints 32-bit words in host order)
     assert listen_sockets(text) == {4242: (socket.inet_aton("127.0.0.1") + bytes(12), 8080)}
-    v6 = ("  sl  local_address                         remote_address                        st tx_queue rx_queue "
-          "tr tm->when retrnsmt   uid  timeout inode\n"
-          "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A "
-          "00000000:00000000 00:00000000 00000000     0        0 77 1 0\n"
-          "   1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A "
-          "00000000:00000000 00:00000000 00000000     0        0 78 1 0\n")
+    v6 = (
+        "  sl  local_address                         remote_address                        st tx_queue rx_queue "
+        "tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 00000000000000000000000001000000:1F90 00000000000000000000000000000000:0000 0A "
+        "00000000:00000000 00:00000000 00000000     0        0 77 1 0\n"
+        "   1: 00000000000000000000000000000000:0050 00000000000000000000000000000000:0000 0A "
+        "00000000:00000000 00:00000000 00000000     0        0 78 1 0\n"
+    )
     assert listen_sockets(v6) == {77: (socket.inet_pton(socket.AF_INET6, "::1"), 8080), 78: (bytes(16), 80)}
 
 
@@ -41,15 +43,22 @@ def test_listen_rows_of_proc_net_tcp() -> None:
 def test_scan_finds_listener_in_another_netns_with_its_owner() -> None:
     require_root()
     with traffic.netns_pair() as pair:
-        server, port = traffic.start_server(server_addr=pair.b_addr, client_bytes=10, server_bytes=10,
-                                            netns=pair.b, comm="tsc-prelisten")
+        server, port = traffic.start_server(
+            server_addr=pair.b_addr, client_bytes=10, server_bytes=10, netns=pair.b, comm="tsc-prelisten"
+        )
         try:
             ns = os.stat(pair.path("b")).st_ino
             started = time.monotonic()
             scan = scan_listeners()
             elapsed = time.monotonic() - started
-            want = Listener(netns=ns, port=port, pid=server.pid, comm="tsc-prelisten", family=socket.AF_INET,
-                            addr=socket.inet_aton(pair.b_addr) + bytes(12))
+            want = Listener(
+                netns=ns,
+                port=port,
+                pid=server.pid,
+                comm="tsc-prelisten",
+                family=socket.AF_INET,
+                addr=socket.inet_aton(pair.b_addr) + bytes(12),
+            )
             assert want in scan.listeners
             assert [ln for ln in scan.listeners if ln.netns == ns] == [want]
             # restricted to one namespace: only that namespace is read
@@ -66,23 +75,42 @@ def test_scan_finds_listener_in_another_netns_with_its_owner() -> None:
 def test_passive_sockets_of_a_listener_older_than_the_agent_carry_its_owner(pods: Pods) -> None:
     require_root()
     with traffic.netns_pair() as pair:
-        server, port = traffic.start_server(server_addr="0.0.0.0", client_bytes=5000, server_bytes=77,
-                                            cgroup=pods.server.container, netns=pair.b, comm="tsc-oldserver")
+        server, port = traffic.start_server(
+            server_addr="0.0.0.0",
+            client_bytes=5000,
+            server_bytes=77,
+            cgroup=pods.server.container,
+            netns=pair.b,
+            comm="tsc-oldserver",
+        )
         # the agent loads only now: it never saw this listen()
         with kernel_harness(AgentConfig(cgroup_root=str(pods.root), events=ALL_BUT_PROBE)) as h:
             assert h.source.seeded_listeners() >= 1
-            client_pid, client_port = traffic.run_client(pair.b_addr, port, client_bytes=5000, server_bytes=77,
-                                                         cgroup=pods.client.container, netns=pair.a,
-                                                         comm="tsc-newclient")
+            client_pid, client_port = traffic.run_client(
+                pair.b_addr,
+                port,
+                client_bytes=5000,
+                server_bytes=77,
+                cgroup=pods.client.container,
+                netns=pair.a,
+                comm="tsc-newclient",
+            )
             server_pid = server.result()
             lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
             passive = [e for e in lcs if e.lifecycle.role == PASSIVE]
             assert len(passive) == 1, lcs
             srv = passive[0]
             assert (srv.process.pid, srv.process.comm, srv.process.cgroup_id) == (
-                server_pid, "tsc-oldserver", pods.server.id)
+                server_pid,
+                "tsc-oldserver",
+                pods.server.id,
+            )
             assert (srv.local.ip, srv.local.port, srv.remote.ip, srv.remote.port) == (
-                pair.b_addr, port, pair.a_addr, client_port)
+                pair.b_addr,
+                port,
+                pair.a_addr,
+                client_port,
+            )
             assert (srv.lifecycle.tx_bytes, srv.lifecycle.rx_bytes) == (77, 5000)
             states = [e for e in h.seen if e.socket_id == srv.socket_id and kind(e) == "state_change"]
             assert len(states) >= 4  # LISTEN->SYN_RECV->ESTABLISHED->...->CLOSE
@@ -102,10 +130,12 @@ def test_ipv4_and_ipv6_listeners_of_one_port_keep_their_own_owners(when: str) ->
     config = AgentConfig(ports=(port,), events=ALL_BUT_PROBE)
     early: AbstractContextManager[object] = kernel_harness(config) if when == "agent_first" else nullcontext()
     with early as maybe_h:
-        v4, _ = traffic.start_server(server_addr="127.0.0.1", port=port, client_bytes=11, server_bytes=3,
-                                     comm="tsc-v4server")
-        v6, _ = traffic.start_server(family=socket.AF_INET6, server_addr="::1", port=port, client_bytes=13,
-                                     server_bytes=5, comm="tsc-v6server")
+        v4, _ = traffic.start_server(
+            server_addr="127.0.0.1", port=port, client_bytes=11, server_bytes=3, comm="tsc-v4server"
+        )
+        v6, _ = traffic.start_server(
+            family=socket.AF_INET6, server_addr="::1", port=port, client_bytes=13, server_bytes=5, comm="tsc-v6server"
+        )
         late = kernel_harness(config) if when == "listeners_first" else nullcontext(maybe_h)
         with late as h:
             assert h is not None
@@ -113,8 +143,7 @@ def test_ipv4_and_ipv6_listeners_of_one_port_keep_their_own_owners(when: str) ->
             v4_pid = v4.result()  # served its one connection and closed its listener
             traffic.run_client("::1", port, family=socket.AF_INET6, client_bytes=13, server_bytes=5)
             v6_pid = v6.result()
-            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.lifecycle.role == PASSIVE,
-                         count=2)
+            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.lifecycle.role == PASSIVE, count=2)
     by_ip = {e.local.ip: (e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs}
     assert by_ip == {"127.0.0.1": (v4_pid, "tsc-v4server", 11), "::1": (v6_pid, "tsc-v6server", 13)}
 
@@ -150,8 +179,12 @@ def test_an_so_reuseport_group_keeps_an_owner_until_its_last_listener_closes() -
     with kernel_harness(AgentConfig(ports=(port,), events=ALL_BUT_PROBE)) as h:
         try:
             for comm in ("tsc-rp-first", "tsc-rp-second"):
-                p = subprocess.Popen([sys.executable, "-c", _REUSEPORT_SERVER, str(port), comm],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                p = subprocess.Popen(
+                    [sys.executable, "-c", _REUSEPORT_SERVER, str(port), comm],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
                 procs.append(p)
                 assert p.stdout is not None and p.stdout.readline().strip() == "ready"
             first, second = procs
@@ -165,8 +198,7 @@ def test_an_so_reuseport_group_keeps_an_owner_until_its_last_listener_closes() -
                 c.sendall(b"hello")
                 assert c.recv(10) == b"ok"
             assert second.wait(10) == 0
-            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.lifecycle.role == PASSIVE,
-                         count=1)
+            lcs = h.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle" and e.lifecycle.role == PASSIVE, count=1)
         finally:
             for p in procs:
                 if p.poll() is None:
@@ -176,5 +208,4 @@ def test_an_so_reuseport_group_keeps_an_owner_until_its_last_listener_closes() -
                     if pipe is not None:
                         with suppress(BrokenPipeError):
                             pipe.close()
-    assert [(e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs] == [
-        (second.pid, "tsc-rp-second", 5)]
+    assert [(e.process.pid, e.process.comm, e.lifecycle.rx_bytes) for e in lcs] == [(second.pid, "tsc-rp-second", 5)]

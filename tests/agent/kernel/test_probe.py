@@ -35,8 +35,13 @@ def plan_for(version: str, btf: Btf, **cfg: object) -> Plan:
     def reader(cat: str, name: str) -> TracepointFormat | None:
         return read_format(cat, name, root)
 
-    return build_plan(AgentConfig(**cfg), btf=btf, format_reader=reader, kernel=version,  # type: ignore[arg-type]
-                      socket_key=0x1234)
+    return build_plan(
+        AgentConfig(**cfg),
+        btf=btf,
+        format_reader=reader,
+        kernel=version,  # type: ignore[arg-type]
+        socket_key=0x1234,
+    )
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -80,8 +85,14 @@ def test_event_kinds_select_optional_tracepoints(btf: Btf) -> None:
     only_lc = plan_for("6.18", btf, events=("lifecycle",))
     attached = [tp for _k, tp, _f in only_lc.attach]
     # lifecycle tracking needs resets, errors and destroy even when those events are off
-    assert attached == ["sock:inet_sock_set_state", "tcp:tcp_destroy_sock", "tcp:tcp_retransmit_skb",
-                        "tcp:tcp_send_reset", "tcp:tcp_receive_reset", "sock:inet_sk_error_report"]
+    assert attached == [
+        "sock:inet_sock_set_state",
+        "tcp:tcp_destroy_sock",
+        "tcp:tcp_retransmit_skb",
+        "tcp:tcp_send_reset",
+        "tcp:tcp_receive_reset",
+        "sock:inet_sk_error_report",
+    ]
     assert "-DENABLE_LIFECYCLE=1" in only_lc.cflags() and "-DENABLE_STATE=1" not in only_lc.cflags()
     assert "tcp:tcp_probe" in [tp for _k, tp, _f in plan_for("6.18", btf, events=ALL).attach]
 
@@ -139,8 +150,12 @@ def test_without_tcp_destroy_sock_lifecycle_is_emitted_at_close(btf: Btf) -> Non
     from bcc import BPF
 
     root = FORMATS / "6.18"
-    plan = build_plan(AgentConfig(ports=(1,)), btf=btf, socket_key=1,
-                      format_reader=lambda c, n: None if n == "tcp_destroy_sock" else read_format(c, n, root))
+    plan = build_plan(
+        AgentConfig(ports=(1,)),
+        btf=btf,
+        socket_key=1,
+        format_reader=lambda c, n: None if n == "tcp_destroy_sock" else read_format(c, n, root),
+    )
     want = "tcp:tcp_destroy_sock: not in this kernel (lifecycles are emitted at CLOSE"
     assert [x for x in plan.skipped if x.startswith(want)]
     bpf = BPF(text=program_text(plan).encode(), cflags=plan.cflags())
@@ -169,13 +184,34 @@ def test_wheel_ships_the_bpf_sources(tmp_path: Path) -> None:
 
     repo = Path(__file__).resolve().parents[3]
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(repo)], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(repo),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     sources = sorted(p.name for p in (repo / "bpf").iterdir() if p.suffix in (".c", ".h"))
     assert sorted(p.name for p in (target / "agent" / "bpf").iterdir()) == sources
     for name in sources:
         assert (target / "agent" / "bpf" / name).read_text() == (repo / "bpf" / name).read_text()
-    res = subprocess.run([sys.executable, "-c", "import agent.kernel.probe as p; print(p.BPF_DIR)"],
-                         cwd=tmp_path, env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
-                         capture_output=True, text=True, timeout=60, check=True)
+    res = subprocess.run(
+        [sys.executable, "-c", "import agent.kernel.probe as p; print(p.BPF_DIR)"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert res.stdout.strip() == str(target / "agent" / "bpf")

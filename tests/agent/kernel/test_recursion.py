@@ -33,8 +33,9 @@ def test_recursion_misses_are_a_loss_reason_matching_the_kernel(subtree: Harness
     assert "kernel.recursion_misses" in losses  # this kernel (6.18) reports them
     ids = set(prog_ids(subtree))
     assert len(ids) == len(subtree.plan.attach)
-    shown = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True,
-                                      text=True).stdout)
+    shown = json.loads(
+        subprocess.run(["bpftool", "-j", "prog", "show"], check=True, capture_output=True, text=True).stdout
+    )
     kernel_says = sum(p.get("recursion_misses", 0) for p in shown if p["id"] in ids)
     ours = recursion_misses([int(fn.fd) for fn in subtree.source._bpf.funcs.values()])
     assert ours == kernel_says

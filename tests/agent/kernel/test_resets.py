@@ -60,9 +60,11 @@ def test_linger0_close_sends_reset_and_peer_receives_it(agent: Harness, ports: l
     errors = [e for e in agent.seen if on_port(port)(e) and kind(e) == "socket_error"]
     # both sides report ECONNRESET: the receiver from tcp_reset(), the sender because
     # tcp_disconnect() sets sk_err = ECONNRESET and calls sk_error_report() after the RST
-    assert sorted((e.socket_id, e.socket_error.errno, e.socket_error.errno_name) for e in errors) == sorted([
-        (server.socket_id, 104, "ECONNRESET"), (client.socket_id, 104, "ECONNRESET")
-    ] if traces_error_reports(agent) else [])
+    assert sorted((e.socket_id, e.socket_error.errno, e.socket_error.errno_name) for e in errors) == sorted(
+        [(server.socket_id, 104, "ECONNRESET"), (client.socket_id, 104, "ECONNRESET")]
+        if traces_error_reports(agent)
+        else []
+    )
     assert client.lifecycle.errno == 104
 
 
@@ -85,9 +87,9 @@ def test_refused_connect(agent: Harness, ports: list[int]) -> None:
 
     mine = [e for e in agent.seen if on_port(port)(e)]
     errors = [e for e in mine if kind(e) == "socket_error"]
-    assert [(e.socket_id, e.socket_error.errno, e.socket_error.errno_name, e.process.pid) for e in errors] == ([
-        (lc.socket_id, 111, "ECONNREFUSED", pid)
-    ] if traces_error_reports(agent) else [])
+    assert [(e.socket_id, e.socket_error.errno, e.socket_error.errno_name, e.process.pid) for e in errors] == (
+        [(lc.socket_id, 111, "ECONNREFUSED", pid)] if traces_error_reports(agent) else []
+    )
     received = [e for e in mine if kind(e) == "reset" and e.reset.direction == RECEIVED]
     assert [(e.socket_id, e.reset.state, e.process.pid) for e in received] == [(lc.socket_id, SYN_SENT, pid)]
     sent = [e for e in mine if kind(e) == "reset" and e.reset.direction == SENT]
@@ -101,8 +103,12 @@ def test_refused_connect(agent: Harness, ports: list[int]) -> None:
     # no socket on the refusing side: no owner, no cgroup, state unknown; local = the closed port
     assert (rst.process.pid, rst.process.cgroup_id, rst.socket_id) == (0, 0, 0)
     assert rst.reset.state == TCP_STATE_UNSPECIFIED
-    assert (rst.local.ip, rst.local.port, rst.remote.ip, rst.remote.port) == ("127.0.0.1", port, "127.0.0.1",
-                                                                              local_port)
+    assert (rst.local.ip, rst.local.port, rst.remote.ip, rst.remote.port) == (
+        "127.0.0.1",
+        port,
+        "127.0.0.1",
+        local_port,
+    )
     if agent.plan.rst_reasons:
         assert (rst.reset.reason, rst.reset.reason_name) == (1, "NO_SOCKET")
 

@@ -42,7 +42,13 @@ def test_syn_retransmit(agent: Harness, ports: list[int]) -> None:
     assert len(lcs) == 1
     lc = lcs[0].lifecycle
     assert (lc.role, lc.ending, lc.retransmits, lc.tx_bytes, lc.rx_bytes, lc.last_state) == (
-        ACTIVE, NORMAL, 1, 0, 0, SYN_SENT)
+        ACTIVE,
+        NORMAL,
+        1,
+        0,
+        0,
+        SYN_SENT,
+    )
 
 
 @pytest.mark.root
@@ -73,8 +79,7 @@ def test_data_retransmits_keep_bytes_exact(agent: Harness, ports: list[int]) -> 
         ex = traffic.tcp_exchange(port=port, client_bytes=2_000_000, server_bytes=777, closer="server")
     lcs = agent.wait(lifecycle_on(port), count=2)
     client = next(e for e in lcs if e.lifecycle.role == ACTIVE)
-    rtx = [e for e in agent.seen if on_port(port)(e) and kind(e) == "retransmit"
-           and e.socket_id == client.socket_id]
+    rtx = [e for e in agent.seen if on_port(port)(e) and kind(e) == "retransmit" and e.socket_id == client.socket_id]
     assert (client.lifecycle.tx_bytes, client.lifecycle.rx_bytes) == (2_000_000, 777)
     assert client.lifecycle.ending == NORMAL
     assert len(rtx) >= 1 and client.lifecycle.retransmits == len(rtx)

@@ -92,10 +92,19 @@ def test_inet_sock_set_state_protocol_widened_after_5_4() -> None:
 def test_tcp_send_reset_layouts() -> None:
     old = _load("4.16", "tcp/tcp_send_reset")
     assert [f.name for f in old.fields[4:]] == [
-        "skbaddr", "skaddr", "sport", "dport", "saddr", "daddr", "saddr_v6", "daddr_v6",
+        "skbaddr",
+        "skaddr",
+        "sport",
+        "dport",
+        "saddr",
+        "daddr",
+        "saddr_v6",
+        "daddr_v6",
     ]
     assert (old.field("sport"), old.field("state"), old.field("family")) == (
-        Field("sport", "__u16", 24, 2, False, None), None, None,
+        Field("sport", "__u16", 24, 2, False, None),
+        None,
+        None,
     )
     v54 = _load("5.4", "tcp/tcp_send_reset")
     assert v54.field("state") == Field("state", "int", 24, 4, True, None)

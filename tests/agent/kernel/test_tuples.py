@@ -24,8 +24,6 @@ def pair() -> Iterator[traffic.NetnsPair]:
         yield p
 
 
-
-
 def _assert_oriented(events: list[TcpEvent], ends: dict[int, tuple[str, int, str, int]]) -> None:
     """No event has remote == local; events of a known socket (by local port) carry exactly its ends."""
     assert events
@@ -68,11 +66,13 @@ def test_syn_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list[in
 @pytest.mark.root
 def test_synack_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list[int]) -> None:
     port = ports[1]
-    server, sport = traffic.start_server(server_addr="0.0.0.0", port=port, client_bytes=3000, server_bytes=30,
-                                         netns=pair.b)
+    server, sport = traffic.start_server(
+        server_addr="0.0.0.0", port=port, client_bytes=3000, server_bytes=30, netns=pair.b
+    )
     # the client loses the first SYN-ACK: the server retransmits it, the handshake then completes
-    with traffic.nft_drop(f"tcp sport {port} tcp flags & (syn | ack) == syn | ack numgen inc mod 2 == 0 drop",
-                          netns=pair.a, hook="input"):
+    with traffic.nft_drop(
+        f"tcp sport {port} tcp flags & (syn | ack) == syn | ack numgen inc mod 2 == 0 drop", netns=pair.a, hook="input"
+    ):
         _pid, cport = traffic.run_client(pair.b_addr, sport, client_bytes=3000, server_bytes=30, netns=pair.a)
     server.result()
     lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
@@ -87,21 +87,34 @@ def test_synack_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list
     losers = [e for e in lcs if summary.is_duplicate_child(e.lifecycle)]
     assert all((e.local.port, e.remote.port) == (port, cport) for e in losers), losers
     assert sorted(e.lifecycle.role for e in lcs if e not in losers) == [ACTIVE, PASSIVE]
-    _assert_oriented(events, {cport: (pair.a_addr, cport, pair.b_addr, port),
-                              port: (pair.b_addr, port, pair.a_addr, cport)})
+    _assert_oriented(
+        events, {cport: (pair.a_addr, cport, pair.b_addr, port), port: (pair.b_addr, port, pair.a_addr, cport)}
+    )
 
 
 @pytest.mark.root
 def test_data_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list[int]) -> None:
     port = ports[2]
     with traffic.nft_drop(f"tcp dport {port} numgen inc mod 7 == 3 drop", netns=pair.b, hook="input"):
-        ex = traffic.tcp_exchange(server_addr="0.0.0.0", connect_addr=pair.b_addr, port=port,
-                                  client_bytes=1_000_000, server_bytes=777, closer="server",
-                                  server_netns=pair.b, client_netns=pair.a)
+        ex = traffic.tcp_exchange(
+            server_addr="0.0.0.0",
+            connect_addr=pair.b_addr,
+            port=port,
+            client_bytes=1_000_000,
+            server_bytes=777,
+            closer="server",
+            server_netns=pair.b,
+            client_netns=pair.a,
+        )
     lcs = agent.wait(lambda e: on_port(port)(e) and kind(e) == "lifecycle", count=2)
     events = [e for e in agent.seen if on_port(port)(e)]
     client = next(e for e in lcs if e.lifecycle.role == ACTIVE)
     assert client.lifecycle.retransmits >= 1
     assert (client.lifecycle.tx_bytes, client.lifecycle.rx_bytes) == (1_000_000, 777)
-    _assert_oriented(events, {ex.client_port: (pair.a_addr, ex.client_port, pair.b_addr, port),
-                              port: (pair.b_addr, port, pair.a_addr, ex.client_port)})
+    _assert_oriented(
+        events,
+        {
+            ex.client_port: (pair.a_addr, ex.client_port, pair.b_addr, port),
+            port: (pair.b_addr, port, pair.a_addr, ex.client_port),
+        },
+    )
