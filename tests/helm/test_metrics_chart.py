@@ -174,8 +174,8 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
                     "exp_annotations": {
                         "summary": "Connections from shop/web to shop/api are reset",
                         "description": f"{2 * thresholds['reset']:g} RSTs per second ended established "
-                        f"connections of this pair (threshold {thresholds['reset']:g}/s); tcpscope_resets_total{{sender, reason}} "
-                        "says which end sent them and why.",
+                        f"connections of this pair (threshold {thresholds['reset']:g}/s); "
+                        "tcpscope_resets_total{sender, reason} says which end sent them and why.",
                     },
                 }
             ],
