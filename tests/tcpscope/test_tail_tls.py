@@ -19,6 +19,7 @@ import pytest
 
 from tcpscope import render
 from tcpscope.kafka_layout import batch_records
+from tcpscope.sim.broker import tansu_command
 from tcpscope.v1.events_pb2 import EventBatch
 from tests.support.events import make_event
 from tests.support.kafka import Broker, free_port
@@ -88,20 +89,8 @@ def tls_kafka(tmp_path: Path) -> Iterator[tuple[str, str]]:
     front = free_port()
     b = Broker()
     # tansu advertises the TLS front as its address: clients never reach it in clear text
-    import tests.support.kafka as k
-
-    url, adv = f"tcp://127.0.0.1:{b.port}", f"tcp://127.0.0.1:{front}"
     b.proc = subprocess.Popen(
-        [
-            k._broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            adv,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
+        tansu_command("127.0.0.1", b.port, advertised=f"127.0.0.1:{front}"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
