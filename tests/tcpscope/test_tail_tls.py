@@ -6,6 +6,7 @@ goes through a real TLS handshake verified against the test CA."""
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import subprocess
@@ -28,11 +29,23 @@ from tests.support.tls import TestCA
 TOPIC = "tls-events"
 
 
-def _pump(a: socket.socket, b: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        while data := a.recv(65536):
-            b.sendall(data)
-    with contextlib.suppress(OSError):
+def _pump(a: socket.socket, b: socket.socket, locks: dict[int, threading.Lock], stop: threading.Event) -> None:
+    """Relay a -> b. An SSL socket is one OpenSSL object, which two threads must not use at once (the
+    other direction's pump writes to it): every call on a socket holds that socket's lock, and a read
+    starts only when data is there, so no lock is held across a wait for the peer."""
+    with contextlib.suppress(OSError, ValueError):
+        while not stop.is_set():
+            if not (isinstance(a, ssl.SSLSocket) and a.pending()):
+                ready, _, _ = select.select([a], [], [], 0.1)
+                if not ready:
+                    continue
+            with locks[id(a)]:
+                data = a.recv(65536)
+            if not data:
+                break
+            with locks[id(b)]:
+                b.sendall(data)
+    with contextlib.suppress(OSError), locks[id(b)]:
         b.shutdown(socket.SHUT_WR)
 
 
@@ -59,8 +72,9 @@ def tls_front(port: int, backend: int, cert: str, key: str) -> Iterator[None]:
                 continue
             back = socket.create_connection(("127.0.0.1", backend))
             opened.extend((conn, back))
+            locks = {id(conn): threading.Lock(), id(back): threading.Lock()}
             for a, b in ((conn, back), (back, conn)):
-                t = threading.Thread(target=_pump, args=(a, b), daemon=True)
+                t = threading.Thread(target=_pump, args=(a, b, locks, stop), daemon=True)
                 t.start()
                 pumps.append(t)
 
