@@ -312,13 +312,18 @@ def test_agent_streams_through_the_collector_container_to_kafka(
     port, kafka_port = traffic.free_port(), free_port()
     values = _values(port)
     values["collector"] = {"enabled": True, "kafka": {"bootstrap": f"127.0.0.1:{kafka_port}"}}
+    # the chart's default authentication reviews each agent's projected ServiceAccount token with the
+    # API server (TokenReview), which cannot run here: that path is tested against the API stand-in
+    # (tests/collector/test_tokenreview.py); this test is about the images and their privileges
+    values["auth"] = {"serviceAccountToken": {"enabled": False}}
     objects = render(values)
     coll_pod = _pod(objects, "Deployment")
     (coll,) = coll_pod["containers"]
     topic = next(e["value"] for e in coll["env"] if e["name"] == "TCPSCOPE_TOPIC")
     coll_rt = podman.Runtime(seccomp["crio"], seccomp["root"], podman.pod_empty_dirs(coll_pod, tmp_path / "coll"))
     coll_args = podman.run_args(coll_pod, coll, coll_rt, node_name=NODE)
-    pod = AgentPod(values, seccomp["crio"], seccomp, tmp_path, netns)
+    # the agent's state directory (a DirectoryOrCreate hostPath) lives in the test's directory
+    pod = AgentPod(values, seccomp["crio"], seccomp, tmp_path, netns, {"state": str(tmp_path / "node-state")})
     service = next(e["value"] for e in pod.pod["containers"][0]["env"] if e["name"] == "TCPSCOPE_COLLECTOR")
     # the cluster DNS stand-in: the rendered Service name resolves to the pod network's collector
     agent_args = pod.agent_args(["--add-host", f"{service.rsplit(':', 1)[0]}:127.0.0.1"])

@@ -170,6 +170,8 @@ def run_args(
             src = (host_paths or {}).get(m["name"], vol["hostPath"]["path"])
             if vol["hostPath"].get("type") == "Directory":
                 assert Path(src).is_dir(), f"hostPath {src} (type Directory) is missing on the node"
+            elif vol["hostPath"].get("type") == "DirectoryOrCreate":
+                Path(src).mkdir(parents=True, exist_ok=True)  # as the kubelet does
         elif "emptyDir" in vol:
             src = str(rt.empty_dirs[m["name"]])
         else:
