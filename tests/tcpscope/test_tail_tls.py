@@ -70,7 +70,11 @@ def tls_front(port: int, backend: int, cert: str, key: str) -> Iterator[None]:
             except (OSError, ssl.SSLError):
                 raw.close()  # a client that does not speak TLS, or does not trust us
                 continue
-            back = socket.create_connection(("127.0.0.1", backend))
+            try:
+                back = socket.create_connection(("127.0.0.1", backend))
+            except OSError:
+                conn.close()  # the client sees the connection closed and retries
+                continue
             opened.extend((conn, back))
             locks = {id(conn): threading.Lock(), id(back): threading.Lock()}
             for a, b in ((conn, back), (back, conn)):
@@ -109,6 +113,17 @@ def tls_kafka(tmp_path: Path) -> Iterator[tuple[str, str]]:
         stderr=subprocess.DEVNULL,
     )
     try:
+        # the relay connects to the broker per client connection: it must listen first (on a busy
+        # machine tansu takes longer to start than the client to connect)
+        deadline = time.monotonic() + 20
+        while True:
+            assert b.proc.poll() is None, f"tansu exited with {b.proc.returncode}"
+            try:
+                socket.create_connection(("127.0.0.1", b.port), 0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"tansu did not listen on {b.port}"
+                time.sleep(0.05)
         with tls_front(front, b.port, server.cert, server.key):
             yield f"127.0.0.1:{front}", ca.ca_file
     finally:
