@@ -24,7 +24,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -38,10 +37,10 @@ from tcpscope.v1.events_pb2 import Role
 from tests.e2e.test_sim_plan import PLAN as SIM_PLAN
 from tests.helm.test_metrics_chart import METRICS_ON, dashboard
 from tests.support.kafka import Broker, consume_all, kafka_broker
+from tests.support.sim import plan_argv
 
 __all__ = ["kafka_broker"]
 
-BIN = Path(sys.executable).parent
 NODES = 3
 REPLICAS = 2  # node-1's and node-3's agents stream to the first collector, node-2's to the second
 
@@ -228,21 +227,13 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
     base = _free_base(REPLICAS + NODES)
     prom = Prom(tmp_path, [f"127.0.0.1:{p}" for p in range(base, base + REPLICAS + NODES)])
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-metrics-{os.getpid()}"
     sim = subprocess.Popen(
-        [
-            str(BIN / "tcpscope-sim"),
-            "--plan",
-            str(plan_file),
-            "--kafka-bootstrap",
+        plan_argv(
+            PLAN,
+            tmp_path,
             kafka_broker.bootstrap,
-            "--topic",
             topic,
-            "--summary-format",
-            "json",
-            "--quiet",
             "--metrics-port",
             str(base),
             "--collectors",
@@ -250,7 +241,7 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
             "--hold",
             "--service-map",
             str(tmp_path / "map.svg"),
-        ],
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,

@@ -9,11 +9,9 @@ Needs root and BPF: fails (never skips) without them. About 20 s.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -26,10 +24,10 @@ from tcpscope.sim.cluster import STATE_DIR
 from tcpscope.sim.plan import parse_plan
 from tcpscope.v1.events_pb2 import ACTIVE, LISTEN, RESET_RECEIVED
 from tests.support.kafka import Broker, consume_all, kafka_broker
+from tests.support.sim import BIN, run_plan, summary_json
 
 __all__ = ["kafka_broker"]  # the fixture, imported for pytest
 
-BIN = Path(sys.executable).parent
 # different numbers per kind, so a mix-up between counters shows
 PLAN = {
     "pods": [
@@ -70,28 +68,8 @@ EXPECTED = {
 
 def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-sim-{os.getpid()}"
-    sim = subprocess.run(
-        [
-            str(BIN / "tcpscope-sim"),
-            "--plan",
-            str(plan_file),
-            "--kafka-bootstrap",
-            kafka_broker.bootstrap,
-            "--topic",
-            topic,
-            "--summary-format",
-            "json",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        stdin=subprocess.DEVNULL,
-    )
-    assert sim.returncode == 0, f"tcpscope-sim failed:\n{sim.stdout}\n{sim.stderr}"
+    sim = run_plan(PLAN, tmp_path, kafka_broker.bootstrap, topic)
     m = re.search(r"tcpscope-sim: run ([0-9a-f]+)", sim.stdout)
     assert m, sim.stdout
     run_id = m.group(1)
@@ -101,25 +79,7 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
     assert not os.path.exists(os.path.join(cgroup2_mount(), f"{CG_PREFIX}{run_id}"))
     assert not os.path.exists(os.path.join(STATE_DIR, f"{run_id}.json"))
 
-    tail = subprocess.run(
-        [
-            str(BIN / "tcpscope-tail"),
-            "--kafka-bootstrap",
-            kafka_broker.bootstrap,
-            "--topic",
-            topic,
-            "--summary",
-            "--format",
-            "json",
-            "--from-beginning",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    assert tail.returncode == 0, tail.stderr
-    doc = json.loads(tail.stdout)
+    doc = summary_json(kafka_broker.bootstrap, topic)
     got = {}
     causes: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
     for row in doc["pairs"]:

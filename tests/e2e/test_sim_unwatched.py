@@ -9,13 +9,11 @@ Needs root and BPF: fails (never skips) without them. About 20 s.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 from pathlib import Path
 
-from tests.e2e.test_sim_plan import BIN
 from tests.support.kafka import Broker, kafka_broker
+from tests.support.sim import run_plan, summary_json
 
 __all__ = ["kafka_broker"]
 
@@ -36,50 +34,10 @@ PLAN = {
 
 def test_resets_from_an_unwatched_node_are_unknown_never_network(kafka_broker: Broker, tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
-    plan_file = tmp_path / "plan.json"
-    plan_file.write_text(json.dumps(PLAN))
     topic = f"e2e-unwatched-{os.getpid()}"
-    sim = subprocess.run(
-        [
-            str(BIN / "tcpscope-sim"),
-            "--plan",
-            str(plan_file),
-            "--kafka-bootstrap",
-            kafka_broker.bootstrap,
-            "--topic",
-            topic,
-            "--summary-format",
-            "json",
-            "--quiet",
-            "--unwatched-node",
-            "node-3",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        stdin=subprocess.DEVNULL,
-    )
-    assert sim.returncode == 0, f"tcpscope-sim failed:\n{sim.stdout}\n{sim.stderr}"
+    sim = run_plan(PLAN, tmp_path, kafka_broker.bootstrap, topic, "--unwatched-node", "node-3")
     assert "no agent on node-3" in sim.stdout
-    tail = subprocess.run(
-        [
-            str(BIN / "tcpscope-tail"),
-            "--kafka-bootstrap",
-            kafka_broker.bootstrap,
-            "--topic",
-            topic,
-            "--summary",
-            "--format",
-            "json",
-            "--from-beginning",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
-    assert tail.returncode == 0, tail.stderr
-    doc = json.loads(tail.stdout)
+    doc = summary_json(kafka_broker.bootstrap, topic)
     got = {}
     for row in doc["pairs"]:
         key = (

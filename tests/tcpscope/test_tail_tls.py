@@ -154,52 +154,25 @@ def test_tail_reads_a_tls_only_kafka_with_the_collector_flags(tls_kafka: tuple[s
         p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
     p.flush()
     p.close()
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcpscope.tail",
-            "--kafka-bootstrap",
-            bootstrap,
-            "--topic",
-            TOPIC,
-            "--from-beginning",
-            "--duration",
-            "3",
-            "--format",
-            "json",
-            "--kafka-security-protocol",
-            "SSL",
-            "--kafka-ssl-cafile",
-            ca_file,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    tail = [
+        sys.executable,
+        "-m",
+        "tcpscope.tail",
+        "--kafka-bootstrap",
+        bootstrap,
+        "--topic",
+        TOPIC,
+        "--from-beginning",
+        "--duration",
+        "3",
+        "--format",
+        "json",
+    ]
+    tls_flags = ["--kafka-security-protocol", "SSL", "--kafka-ssl-cafile", ca_file]
+    res = subprocess.run([*tail, *tls_flags], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [render.json_line(e) for e in events]
     # the control: the same tail in clear text gets nothing from this Kafka
-    plain = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcpscope.tail",
-            "--kafka-bootstrap",
-            bootstrap,
-            "--topic",
-            TOPIC,
-            "--from-beginning",
-            "--duration",
-            "3",
-            "--format",
-            "json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    plain = subprocess.run(tail, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert (plain.returncode, plain.stdout) == (2, "")
     assert plain.stderr.startswith("tcpscope-tail: ") and len(plain.stderr.splitlines()) == 1, plain.stderr
