@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import logging
 import struct
 import time
@@ -118,12 +117,11 @@ class FlowMaps:
         self._active = 0
         self._ctl[ctypes.c_int(0)] = ctypes.c_uint32(0)
         self._last_flush = clock()
-        self.flushes = 0
-        self.keys_read = 0
-        self.batch_ops = True
+        self._batch_ops = True  # off after the first failure (kernels before 5.6 have none)
 
-    def due(self, now: float) -> bool:
-        return now - self._last_flush >= self._interval_s
+    def due(self) -> bool:
+        """Whether --flow-interval has passed since the last flush."""
+        return self._clock() - self._last_flush >= self._interval_s
 
     def flush(self) -> list[TcpEvent]:
         """Flip the active map and read out the old one: one Flow event per key."""
@@ -134,7 +132,6 @@ class FlowMaps:
         self._active = 1 - old
         self._ctl[ctypes.c_int(0)] = ctypes.c_uint32(self._active)
         time.sleep(FLIP_GRACE_S)
-        self.flushes += 1
         return self._drain(self._maps[old], interval_ns)
 
     def flush_all(self) -> list[TcpEvent]:
@@ -145,12 +142,12 @@ class FlowMaps:
 
     def _drain(self, table: Any, interval_ns: int) -> list[TcpEvent]:
         pairs: list[tuple[bytes, bytes]] = []
-        if self.batch_ops:
+        if self._batch_ops:
             try:
                 pairs = [(bytes(k), bytes(v)) for k, v in table.items_lookup_and_delete_batch()]
             except Exception as e:  # kernels before 5.6 have no batch operations on hash maps
                 log.info("flow maps: batch lookup unavailable (%s); reading key by key", e)
-                self.batch_ops = False
+                self._batch_ops = False
         # what the batch left (none expected on an inactive map), or everything without batch ops
         for k in list(table.keys()):
             try:
@@ -160,7 +157,6 @@ class FlowMaps:
             pairs.append((bytes(k), bytes(v)))
             with contextlib.suppress(KeyError):
                 del table[k]
-        self.keys_read += len(pairs)
         decoder = self._decoder
         aggregate = self._aggregate
         return [decode_flow(decoder, k, v, interval_ns, aggregate) for k, v in pairs]
@@ -168,11 +164,4 @@ class FlowMaps:
     def counters(self) -> dict[str, int]:
         """Cumulative flows.<name> counters (FLOWC_*): connections aggregated, and reported
         individually because the map was full."""
-        out: dict[str, int] = {}
-        for idx, name in enumerate(FLOW_COUNTERS):
-            try:
-                out[f"flows.{name}"] = int(sum(self._counts[ctypes.c_int(idx)]))
-            except OSError as e:  # pragma: no cover - the map exists while loaded
-                if e.errno != errno.ENOENT:
-                    raise
-        return out
+        return {f"flows.{name}": int(sum(self._counts[ctypes.c_int(idx)])) for idx, name in enumerate(FLOW_COUNTERS)}

@@ -111,7 +111,7 @@ class KernelSource:
                     out = flows.flush_all()
                     self._final_flow_counters = flows.counters()
                     self._flows = None
-            elif flows.due(time.monotonic()):
+            elif flows.due():
                 out.extend(flows.flush())
         return out
 
