@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.load import Topology
 from bench.procs import Tool, Unavailable, start_tool, tail
-from tcpscope.sim.broker import tansu_command
+from tcpscope_sim.broker import tansu_command
 
 REPO = Path(__file__).resolve().parent.parent
 ALL_KINDS = "lifecycle,state,retransmit,synack,reset,error,probe"

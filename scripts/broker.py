@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from tcpscope.sim.broker import tansu_command
+from tcpscope_sim.broker import tansu_command
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -47,11 +47,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   /usr/bin/python3 -m venv --system-site-packages "$VENV"
 fi
 stamp="$VENV/.tcpscope-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ sim/pyproject.toml -nt "$stamp" ]; then
   # pip's own chatter (resolver notes, build-backend notices) goes to a log, shown only on failure
   log="$VENV/pip-install.log"
-  echo "setup: installing tcpscope and its dev tools into $VENV (pip; log: $log)"
-  if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[dev]"; } >"$log" 2>&1; then
+  echo "setup: installing tcpscope, its simulator (sim/) and its dev tools into $VENV (pip; log: $log)"
+  if ! { "$VENV/bin/pip" install -q --upgrade pip && "$VENV/bin/pip" install -q -e ".[dev]" -e ./sim; } >"$log" 2>&1; then
     cat "$log" >&2
     echo "setup: pip install failed (log above, also in $log)" >&2
     exit 1

@@ -51,7 +51,7 @@ ROOT_SIGNALS: dict[str, str] = {
 
 # Product entry points that need root, by module and name, for the names too common to be signals.
 ROOT_CALLABLES: dict[str, str] = {
-    "tcpscope.sim.__main__.main": "runs tcpscope-sim, which needs root before it reads its arguments",
+    "tcpscope_sim.__main__.main": "runs tcpscope-sim, which needs root before it reads its arguments",
 }
 
 # Names that mean the test talks to a real Kafka-protocol broker (tests/support/kafka.py).

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from collector.config import CollectorConfig
-from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
 from tcpscope.kafka_layout import RECORD_EVENT, decode_records
 from tcpscope.v1.events_pb2 import EXTERNAL, NODE, POD, SERVICE, TcpEvent
+from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
 from tests.support.collector import collector
 from tests.support.events import make_event
 from tests.support.kafka import Broker, consume_all

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 
-from tcpscope.fakeapi import FakeApiServer, make_pod
 from tcpscope.identity import make_agent_id
 from tcpscope.v1.events_pb2 import EventBatch
+from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 from tests.collector.test_stream import _raw_stream
 from tests.support.collector import collector
 from tests.support.events import make_event

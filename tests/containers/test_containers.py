@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope.sim.broker import tansu_command
+from tcpscope_sim.broker import tansu_command
 from tests.support import podman, traffic
 from tests.support.helm import find, render
 from tests.support.kafka import free_port
@@ -388,3 +388,23 @@ def test_the_agent_container_gets_exactly_the_rendered_privileges(
     lines = res.stdout.splitlines()
     assert "root-writable" not in lines and "modules-writable" not in lines and "tmp-writable" in lines
     assert lines[-1].split() == ["0", "0", "4294967295"]  # no user namespace: real uid 0, as in the chart
+
+
+@pytest.mark.parametrize("image", [AGENT_IMAGE, COLLECTOR_IMAGE])
+def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Path], image: str) -> None:
+    """The simulator and the API server stand-in are their own distribution (sim/): never shipped."""
+    check = (
+        "import importlib.util as u, importlib.metadata as m\n"
+        "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('tcpscope')))\n"
+        "print(u.find_spec('tcpscope_sim'), u.find_spec('tcpscope.fakeapi'), u.find_spec('tcpscope.sim'))\n"
+        "print(u.find_spec('tcpscope.kafka_layout') is not None)"
+    )
+    res = subprocess.run(
+        [*podman.PODMAN, "run", "--rm", "--network", "none", "--entrypoint", "/opt/tcpscope/venv/bin/python"]
+        + [image, "-c", check],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == ["['tcpscope']", "None None None", "True"]

@@ -65,7 +65,7 @@ RESETS = {
     ("shop", "web", "shop", "web", "server"): 1,
 }
 # application bytes per connection by kind: the client sends "REQ <kind> 0\n", the server "RESP\n"
-# (tcpscope/sim/worker.py); a server_reset server aborts before answering
+# (sim/tcpscope_sim/worker.py); a server_reset server aborts before answering
 BYTES = {
     "ok": len("REQ ok 0\n") + len("RESP\n"),
     "client_reset": len("REQ client_reset 0\n") + len("RESP\n"),

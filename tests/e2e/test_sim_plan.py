@@ -17,12 +17,12 @@ from pathlib import Path
 
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records
 from tcpscope.losses import POSSIBLE_LOSS_REASONS
-from tcpscope.sim import net
-from tcpscope.sim.cgroups import PREFIX as CG_PREFIX
-from tcpscope.sim.cgroups import cgroup2_mount
-from tcpscope.sim.cluster import STATE_DIR
-from tcpscope.sim.plan import parse_plan
 from tcpscope.v1.events_pb2 import ACTIVE, LISTEN, RESET_RECEIVED
+from tcpscope_sim import net
+from tcpscope_sim.cgroups import PREFIX as CG_PREFIX
+from tcpscope_sim.cgroups import cgroup2_mount
+from tcpscope_sim.cluster import STATE_DIR
+from tcpscope_sim.plan import parse_plan
 from tests.support.kafka import Broker, consume_all, kafka_broker
 from tests.support.sim import BIN, run_plan, summary_json
 

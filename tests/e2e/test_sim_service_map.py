@@ -35,7 +35,7 @@ def test_the_builtin_mix_writes_its_service_map(tmp_path: Path) -> None:
     assert sim.stdout.index("CLIENT") < said.start()
     root = ET.fromstring(path.read_bytes())
     edges = {t.text for g in root.iter(f"{SVG}g") if g.get("class") == "edge" for t in g.iter(f"{SVG}title")}
-    # the mix's steady pairs (tcpscope/sim/plan.py:builtin_plan), named by pod
+    # the mix's steady pairs (sim/tcpscope_sim/plan.py:builtin_plan), named by pod
     assert {"shop/frontend-1->shop/cart-1", "shop/cart-1->data/redis-1"} <= edges, edges
     # refusals stand out: frontend-2 -> checkout-1:5051 is drawn red
     red = [

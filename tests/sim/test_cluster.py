@@ -14,12 +14,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpscope.sim import net
-from tcpscope.sim.cgroups import PREFIX as CG_PREFIX
-from tcpscope.sim.cgroups import cgroup2_mount, pod_uid
-from tcpscope.sim.cluster import STATE_DIR, PodCluster, RunState, cleanup_leftovers
-from tcpscope.sim.plan import Plan, TrafficSpec, parse_plan
-from tcpscope.sim.traffic import Driver, TrafficError
+from tcpscope_sim import net
+from tcpscope_sim.cgroups import PREFIX as CG_PREFIX
+from tcpscope_sim.cgroups import cgroup2_mount, pod_uid
+from tcpscope_sim.cluster import STATE_DIR, PodCluster, RunState, cleanup_leftovers
+from tcpscope_sim.plan import Plan, TrafficSpec, parse_plan
+from tcpscope_sim.traffic import Driver, TrafficError
 
 PLAN = {
     "pods": [

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tcpscope.sim import net
-from tcpscope.sim.__main__ import main
-from tcpscope.sim.plan import builtin_plan
-from tcpscope.sim.services import cluster_objects
+from tcpscope_sim import net
+from tcpscope_sim.__main__ import main
+from tcpscope_sim.plan import builtin_plan
+from tcpscope_sim.services import cluster_objects
 
 
 def test_bad_plan_exits_2_and_builds_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,7 +40,7 @@ def test_api_objects_match_the_cgroup_tree() -> None:
     kinds = [o["kind"] for o in objs]
     assert kinds.count("Node") == 3 and kinds.count("Pod") == 7 and kinds.count("Service") == 6
     pod = next(o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] == "cart-1")  # type: ignore[index]
-    from tcpscope.sim.cgroups import container_id, pod_uid
+    from tcpscope_sim.cgroups import container_id, pod_uid
 
     uid = pod_uid("abc123", "shop", "cart-1")
     assert pod["metadata"]["uid"] == uid  # type: ignore[index]

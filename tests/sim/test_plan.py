@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope.sim.plan import PlanError, builtin_plan, load_plan, parse_plan, plan_to_doc
+from tcpscope_sim.plan import PlanError, builtin_plan, load_plan, parse_plan, plan_to_doc
 
 ISSUE_PLAN: dict[str, Any] = {
     "pods": [

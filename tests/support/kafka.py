@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope.sim.broker import tansu_command
+from tcpscope_sim.broker import tansu_command
 
 
 def free_port() -> int:

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from tcpscope import kubectl_plugin, render
-from tcpscope.fakeapi import FakeApiServer
 from tcpscope.kafka_layout import batch_records
 from tcpscope.v1.events_pb2 import EventBatch
+from tcpscope_sim.fakeapi import FakeApiServer
 from tests.support.events import make_event
 from tests.support.helm import KAFKA, NAMESPACE, SASL, find, merge
 from tests.support.helm import render as render_chart

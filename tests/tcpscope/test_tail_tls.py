@@ -20,8 +20,8 @@ import pytest
 
 from tcpscope import render
 from tcpscope.kafka_layout import batch_records
-from tcpscope.sim.broker import tansu_command
 from tcpscope.v1.events_pb2 import EventBatch
+from tcpscope_sim.broker import tansu_command
 from tests.support.events import make_event
 from tests.support.kafka import Broker, free_port
 from tests.support.tls import TestCA

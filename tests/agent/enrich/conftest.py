@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.enrich.kube import ClientKubeApi, load_api_client
-from tcpscope.fakeapi import FakeApiServer
+from tcpscope_sim.fakeapi import FakeApiServer
 from tests.support.kernel import require_root
 from tests.support.kubepods import CgroupTree, VethPods
 

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tcpscope.fakeapi import FakeApiServer, make_pod
+from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 from tests.support.kubepods import (
     CLIENT,
     SERVER,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from agent.enrich.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink, normalize_ip
-from tcpscope.fakeapi import make_node, make_pod, make_service
 from tcpscope.v1.events_pb2 import NODE, POD, SERVICE
+from tcpscope_sim.fakeapi import make_node, make_pod, make_service
 
 
 def test_recycled_ip_resolves_by_event_time() -> None:

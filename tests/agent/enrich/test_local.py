@@ -21,8 +21,8 @@ from agent.enrich.cgroups import CgroupMap
 from agent.enrich.local import LocalEnricher
 from agent.enrich.pods import PodIndex
 from agent.pipeline import Enricher
-from tcpscope.fakeapi import FakeApiServer, make_pod
 from tcpscope.v1.events_pb2 import HOST, NODE, POD, TcpEvent
+from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 from tests.support.kubepods import (
     CLIENT,
     SERVER,

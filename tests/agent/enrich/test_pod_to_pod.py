@@ -11,8 +11,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.enrich import build_enrichers
-from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
 from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
+from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
 from tests.support.kernel import kernel_harness
 from tests.support.kubepods import (
     CLIENT,

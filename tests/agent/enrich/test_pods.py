@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from agent.enrich.kube import ClientKubeApi, Reflector
 from agent.enrich.pods import PodIndex, pod_info, workload_of
-from tcpscope.fakeapi import FakeApiServer, make_pod
+from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -1,6 +1,6 @@
 """A simulated pod: one long-lived process in the pod's cgroup and network namespace.
 
-Started as `python -m tcpscope.sim.worker --netns /run/netns/X --cgroup DIR --listen P,...`. It
+Started as `python -m tcpscope_sim.worker --netns /run/netns/X --cgroup DIR --listen P,...`. It
 moves itself into the cgroup (before creating any socket, so every socket it owns is charged to
 the pod's cgroup), enters the netns, listens, prints one `{"ready": ...}` line, then takes commands
 as JSON lines on stdin and answers on stdout (one line per command, matched by "id"):
@@ -15,7 +15,7 @@ The application protocol on the wire says what the server must do, so no server-
 needed per connection: the client sends "REQ <kind> <response bytes>\\n"; the server answers
 "RESP" plus that many bytes, then waits for the client's close (ok, client_reset) or aborts with
 SO_LINGER 0 right after reading the request (server_reset). For network_reset both ends send
-`KILL_MARK` after the exchange; the router (tcpscope/sim/traffic.py) rejects exactly those segments
+`KILL_MARK` after the exchange; the router (sim/tcpscope_sim/traffic.py) rejects exactly those segments
 with forged RSTs, so each end receives a RST that neither pod's application or kernel sent.
 """
 
@@ -254,7 +254,7 @@ class Worker:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tcpscope.sim.worker", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="tcpscope_sim.worker", description=__doc__.splitlines()[0])
     ap.add_argument("--netns")
     ap.add_argument("--cgroup")
     ap.add_argument("--listen", default="")

@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tcpscope.sim import net
-from tcpscope.sim.cgroups import CgroupTree, PodCgroup, leftover_run_ids
-from tcpscope.sim.plan import Plan, PodSpec
+from tcpscope_sim import net
+from tcpscope_sim.cgroups import CgroupTree, PodCgroup, leftover_run_ids
+from tcpscope_sim.plan import Plan, PodSpec
 
 log = logging.getLogger(__name__)
 STATE_DIR = "/run/tcpscope-sim"
@@ -224,7 +224,7 @@ class PodCluster:
                 [
                     sys.executable,
                     "-m",
-                    "tcpscope.sim.worker",
+                    "tcpscope_sim.worker",
                     "--netns",
                     pn.netns_path,
                     "--cgroup",

@@ -18,11 +18,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
-from tcpscope.sim.broker import tansu_command
-from tcpscope.sim.cgroups import container_id, pod_uid
-from tcpscope.sim.cluster import RunState
-from tcpscope.sim.plan import Plan
+from tcpscope_sim.broker import tansu_command
+from tcpscope_sim.cgroups import container_id, pod_uid
+from tcpscope_sim.cluster import RunState
+from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
+from tcpscope_sim.plan import Plan
 
 log = logging.getLogger(__name__)
 

@@ -952,7 +952,7 @@ def make_node(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m tcpscope.fakeapi --port P --kubeconfig K`: serve until interrupted."""
+    """`python -m tcpscope_sim.fakeapi --port P --kubeconfig K`: serve until interrupted."""
     ap = argparse.ArgumentParser(prog="tcpscope-fakeapi", description=__doc__.splitlines()[0] if __doc__ else "")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)

@@ -26,14 +26,14 @@ from types import FrameType
 from tcpscope import live, resetcause, summary
 from tcpscope.live import LiveView, OrderedPrinter
 from tcpscope.losses import definite, possible
-from tcpscope.sim.cluster import PodCluster, cleanup_leftovers
-from tcpscope.sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
-from tcpscope.sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
-from tcpscope.sim.traffic import Driver, TrafficError, run_mix
-from tcpscope.sim.watch import TopicWatch
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
+from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
+from tcpscope_sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
+from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
+from tcpscope_sim.traffic import Driver, TrafficError, run_mix
+from tcpscope_sim.watch import TopicWatch
 
-log = logging.getLogger("tcpscope.sim")
+log = logging.getLogger("tcpscope_sim")
 
 # the built-in mix's extras: lossy bulk transfers and a server that stops accepting
 MIX_BULK = TrafficSpec("batch/reports-1", "data/redis-1", 6379, "ok", 2)

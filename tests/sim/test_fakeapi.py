@@ -15,7 +15,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
-from tcpscope.fakeapi import FakeApiServer, make_node, make_pod, make_service
+from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from tcpscope.sim import net
-from tcpscope.sim.cluster import Pod, PodCluster
-from tcpscope.sim.plan import TrafficSpec
-from tcpscope.sim.worker import KILL_MARK
+from tcpscope_sim import net
+from tcpscope_sim.cluster import Pod, PodCluster
+from tcpscope_sim.plan import TrafficSpec
+from tcpscope_sim.worker import KILL_MARK
 
 log = logging.getLogger(__name__)
 
