@@ -111,6 +111,101 @@ def _default_workload(name: str) -> str:
     return m.group(1) if m and m.group(1) else name
 
 
+def _object(raw: Any, where: str, allowed: set[str]) -> Mapping[str, Any]:
+    """`raw` as an object with no keys beyond `allowed`."""
+    if not isinstance(raw, Mapping):
+        raise PlanError(f"{where}: must be an object")
+    extra = set(raw) - allowed
+    if extra:
+        raise PlanError(f"{where}: unknown keys {sorted(extra)}")
+    return raw
+
+
+def _labels(raw: Any, where: str) -> Mapping[str, str]:
+    if not isinstance(raw, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
+        raise PlanError(f"{where}: 'labels' must map strings to strings")
+    return raw
+
+
+def _pod_fields(raw: Any, where: str) -> tuple[str, str, str, tuple[int, ...], str, Mapping[str, str]]:
+    """One entry of 'pods', validated on its own: namespace, name, node, listen, workload, labels."""
+    rp = _object(raw, where, {"namespace", "name", "node", "listen", "workload", "labels"})
+    ns, name, node = _str(rp, "namespace", where), _str(rp, "name", where), _str(rp, "node", where)
+    for what, v in (("namespace", ns), ("name", name), ("node", node)):
+        if not _DNS_LABEL.match(v):
+            raise PlanError(f"{where}: {what} {v!r} is not a DNS label (lower case, digits, '-')")
+    listen_raw = rp.get("listen", [])
+    if not isinstance(listen_raw, list):
+        raise PlanError(f"{where}: 'listen' must be a list of ports")
+    listen = tuple(_port(p, where) for p in listen_raw)
+    if len(set(listen)) != len(listen):
+        raise PlanError(f"{where}: duplicate port in 'listen'")
+    workload = rp.get("workload", _default_workload(name))
+    if not isinstance(workload, str) or not _DNS_LABEL.match(workload):
+        raise PlanError(f"{where}: workload {workload!r} is not a DNS label")
+    return ns, name, node, listen, workload, _labels(rp.get("labels", {}), where)
+
+
+class _Addresses:
+    """Pod addresses by node: node n (in order of first mention) is 198.18.n.0/24, pods from .2."""
+
+    def __init__(self) -> None:
+        self.node_index: dict[str, int] = {}
+        self.per_node: dict[str, int] = {}
+
+    def next(self, node: str) -> str:
+        if node not in self.node_index:
+            if len(self.node_index) >= MAX_NODES:
+                raise PlanError(f"at most {MAX_NODES} nodes")
+            self.node_index[node] = len(self.node_index) + 1
+        self.per_node[node] = self.per_node.get(node, 0) + 1
+        if self.per_node[node] > MAX_PODS_PER_NODE:
+            raise PlanError(f"at most {MAX_PODS_PER_NODE} pods per node ({node})")
+        return f"198.18.{self.node_index[node]}.{self.per_node[node] + 1}"
+
+
+def _pods(raw_pods: Any) -> list[PodSpec]:
+    if not isinstance(raw_pods, list) or not raw_pods:
+        raise PlanError("'pods' must be a non-empty list")
+    pods: list[PodSpec] = []
+    addresses = _Addresses()
+    refs: set[str] = set()
+    for i, rp in enumerate(raw_pods):
+        where = f"pods[{i}]"
+        ns, name, node, listen, workload, labels_raw = _pod_fields(rp, where)
+        ref = f"{ns}/{name}"
+        if ref in refs:
+            raise PlanError(f"{where}: pod {ref} is declared twice")
+        refs.add(ref)
+        ip = addresses.next(node)
+        labels = tuple(sorted({"app": workload, **dict(labels_raw)}.items()))
+        pods.append(PodSpec(ns, name, node, listen, workload, labels, ip))
+    return pods
+
+
+def _traffic_entry(raw: Any, where: str, by_ref: Mapping[str, PodSpec]) -> TrafficSpec:
+    rt = _object(raw, where, {"from", "to", "port", "kind", "count"})
+    src, dst = _str(rt, "from", where), _str(rt, "to", where)
+    for v in (src, dst):
+        if v not in by_ref:
+            raise PlanError(f"{where}: no pod {v!r} (write 'namespace/name')")
+    if src == dst:
+        raise PlanError(f"{where}: a pod cannot connect to itself in the simulator")
+    port = _port(rt.get("port"), where)
+    kind = rt.get("kind", "ok")
+    if kind not in KINDS:
+        raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    count = rt.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
+        raise PlanError(f"{where}: count must be an integer in 1..100000, got {count!r}")
+    listening = port in by_ref[dst].listen
+    if kind == "refused" and listening:
+        raise PlanError(f"{where}: 'refused' needs a port {dst} does not listen on ({port} is)")
+    if kind != "refused" and not listening:
+        raise PlanError(f"{where}: {dst} does not listen on {port} (add it to 'listen')")
+    return TrafficSpec(src, dst, port, kind, count)
+
+
 def parse_plan(doc: Mapping[str, Any]) -> Plan:
     """Validate a decoded plan document and assign pod addresses."""
     if not isinstance(doc, Mapping):
@@ -118,84 +213,12 @@ def parse_plan(doc: Mapping[str, Any]) -> Plan:
     unknown = set(doc) - {"pods", "traffic"}
     if unknown:
         raise PlanError(f"unknown top-level keys {sorted(unknown)}")
-    raw_pods = doc.get("pods")
-    if not isinstance(raw_pods, list) or not raw_pods:
-        raise PlanError("'pods' must be a non-empty list")
-    pods: list[PodSpec] = []
-    node_index: dict[str, int] = {}
-    per_node: dict[str, int] = {}
-    refs: set[str] = set()
-    for i, rp in enumerate(raw_pods):
-        where = f"pods[{i}]"
-        if not isinstance(rp, Mapping):
-            raise PlanError(f"{where}: must be an object")
-        extra = set(rp) - {"namespace", "name", "node", "listen", "workload", "labels"}
-        if extra:
-            raise PlanError(f"{where}: unknown keys {sorted(extra)}")
-        ns, name, node = _str(rp, "namespace", where), _str(rp, "name", where), _str(rp, "node", where)
-        for what, v in (("namespace", ns), ("name", name), ("node", node)):
-            if not _DNS_LABEL.match(v):
-                raise PlanError(f"{where}: {what} {v!r} is not a DNS label (lower case, digits, '-')")
-        listen_raw = rp.get("listen", [])
-        if not isinstance(listen_raw, list):
-            raise PlanError(f"{where}: 'listen' must be a list of ports")
-        listen = tuple(_port(p, where) for p in listen_raw)
-        if len(set(listen)) != len(listen):
-            raise PlanError(f"{where}: duplicate port in 'listen'")
-        workload = rp.get("workload", _default_workload(name))
-        if not isinstance(workload, str) or not _DNS_LABEL.match(workload):
-            raise PlanError(f"{where}: workload {workload!r} is not a DNS label")
-        labels_raw = rp.get("labels", {})
-        if not isinstance(labels_raw, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels_raw.items()
-        ):
-            raise PlanError(f"{where}: 'labels' must map strings to strings")
-        ref = f"{ns}/{name}"
-        if ref in refs:
-            raise PlanError(f"{where}: pod {ref} is declared twice")
-        refs.add(ref)
-        if node not in node_index:
-            if len(node_index) >= MAX_NODES:
-                raise PlanError(f"at most {MAX_NODES} nodes")
-            node_index[node] = len(node_index) + 1
-        per_node[node] = per_node.get(node, 0) + 1
-        if per_node[node] > MAX_PODS_PER_NODE:
-            raise PlanError(f"at most {MAX_PODS_PER_NODE} pods per node ({node})")
-        ip = f"198.18.{node_index[node]}.{per_node[node] + 1}"
-        labels = tuple(sorted({"app": workload, **dict(labels_raw)}.items()))
-        pods.append(PodSpec(ns, name, node, listen, workload, labels, ip))
-
+    pods = _pods(doc.get("pods"))
     raw_traffic = doc.get("traffic", [])
     if not isinstance(raw_traffic, list):
         raise PlanError("'traffic' must be a list")
     by_ref = {p.ref: p for p in pods}
-    traffic: list[TrafficSpec] = []
-    for i, rt in enumerate(raw_traffic):
-        where = f"traffic[{i}]"
-        if not isinstance(rt, Mapping):
-            raise PlanError(f"{where}: must be an object")
-        extra = set(rt) - {"from", "to", "port", "kind", "count"}
-        if extra:
-            raise PlanError(f"{where}: unknown keys {sorted(extra)}")
-        src, dst = _str(rt, "from", where), _str(rt, "to", where)
-        for v in (src, dst):
-            if v not in by_ref:
-                raise PlanError(f"{where}: no pod {v!r} (write 'namespace/name')")
-        if src == dst:
-            raise PlanError(f"{where}: a pod cannot connect to itself in the simulator")
-        port = _port(rt.get("port"), where)
-        kind = rt.get("kind", "ok")
-        if kind not in KINDS:
-            raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
-        count = rt.get("count", 1)
-        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
-            raise PlanError(f"{where}: count must be an integer in 1..100000, got {count!r}")
-        listening = port in by_ref[dst].listen
-        if kind == "refused" and listening:
-            raise PlanError(f"{where}: 'refused' needs a port {dst} does not listen on ({port} is)")
-        if kind != "refused" and not listening:
-            raise PlanError(f"{where}: {dst} does not listen on {port} (add it to 'listen')")
-        traffic.append(TrafficSpec(src, dst, port, kind, count))
+    traffic = [_traffic_entry(rt, f"traffic[{i}]", by_ref) for i, rt in enumerate(raw_traffic)]
     return Plan(tuple(pods), tuple(traffic))
 
 
