@@ -246,7 +246,7 @@ class AgentConfig:
             object.__setattr__(self, "node_name", socket.gethostname())
         if "/" in self.node_name:
             raise ConfigError(f"--node-name {self.node_name!r}: a node name holds no '/'")
-        # --agent-id is only a prefix: every process start is its own incarnation (issue 15)
+        # --agent-id is only a prefix: every process start is its own incarnation (docs/deployment.md, agent identity)
         object.__setattr__(self, "agent_id", make_agent_id(self.node_name, self.agent_id))
 
     @staticmethod

@@ -88,7 +88,7 @@ def targets(
     collector: CollectorResult | str | None = None,
     collector_packed: CollectorResult | str | None = None,
 ) -> list[dict[str, Any]]:
-    """The issue's targets, each with the measured figure or the reason it is missing."""
+    """The benchmark targets (docs/benchmarks.md), each with the measured figure or the reason it is missing."""
     out: list[dict[str, Any]] = []
 
     def add(name: str, target: str, value: str, met: bool | None) -> None:

@@ -1,4 +1,4 @@
-"""tcpscope-agent's bad inputs are one line and exit 2 (issue 15); a --duration run that lost events
+"""tcpscope-agent's bad inputs are one line and exit 2; a --duration run that lost events
 exits 3."""
 
 from __future__ import annotations

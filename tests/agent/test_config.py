@@ -19,7 +19,7 @@ def test_defaults_fill_node_name_and_agent_id() -> None:
 
 
 def test_agent_id_is_a_prefix_and_unique_per_start() -> None:
-    """Issue 15: reusing --agent-id after a restart must not reuse batch ids."""
+    """Reusing --agent-id after a restart must not reuse batch ids."""
     a = AgentConfig.from_args(["--agent-id", "team-x", "--node-name", "node-1"], env={})
     b = AgentConfig.from_args(["--agent-id", "team-x", "--node-name", "node-1"], env={})
     assert a.agent_id != b.agent_id

@@ -1,4 +1,4 @@
-"""The agent's /healthz and /readyz (issue 15): what they say, over real HTTP, and with a real
+"""The agent's /healthz and /readyz: what they say, over real HTTP, and with a real
 collector going away."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 15: a real agent killed with -9 and restarted (same --agent-id) while real traffic runs.
+"""Unobserved windows: a real agent killed with -9 and restarted (same --agent-id) while real traffic runs.
 Every connection the agents missed lies inside the one window the new agent reports; everything
 outside it is in Kafka, exactly; `tcpscope-tail --summary` shows the window; nothing real is
 deduplicated away although both agents were given the same --agent-id."""
@@ -238,7 +238,7 @@ def test_kill9_restart_reports_the_window_and_every_missing_connection_is_inside
         "crash",
     )
     assert doc["conflicts"] == 0 and doc["events"] == len(keys)
-    # issue 15, item 4: both agents numbered their batches from 1 under the same --agent-id; under one
+    # both agents numbered their batches from 1 under the same --agent-id; under one
     # id, these records of the new agent would have been dropped as "duplicates" of the old one's
     old_keys = {(q, i) for a_id, q, i in keys if a_id == w.previous_agent_id}
     reused = [k for k in keys if k[0] == w.agent_id and (k[1], k[2]) in old_keys]

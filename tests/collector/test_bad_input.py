@@ -1,5 +1,5 @@
 """Every bad input to `tcpscope-collector` is one line on stderr and exit 2, within seconds, and
-never a traceback (issue 15, items 6 and 7): each case runs the real command."""
+never a traceback: each case runs the real command."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""An unauthenticated client cannot starve the collector (issue 15, item 3): thousands of raw TCP
+"""An unauthenticated client cannot starve the collector: thousands of raw TCP
 connections that never speak HTTP/2 are closed after the handshake timeout, connections beyond the
 cap are closed on accept, and a real agent connects and delivers every event meanwhile."""
 

@@ -1,4 +1,4 @@
-"""gRPC health follows Kafka (issue 15, item 7): NOT_SERVING while the broker is down, SERVING again
+"""gRPC health follows Kafka: NOT_SERVING while the broker is down, SERVING again
 by itself once it is back, and the outage costs no event and logs no traceback."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """A record above the topic's limit is never sent (Kafka would refuse it for good and the agent
-would resend its batch forever): left out and counted, with exact counts (issue 15)."""
+would resend its batch forever): left out and counted, with exact counts."""
 
 from __future__ import annotations
 

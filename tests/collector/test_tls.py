@@ -55,7 +55,7 @@ def test_mtls_node_must_match_certificate(kafka_broker: Broker, tmp_path: Path) 
         with grpc.secure_channel(target, creds) as ch:
             assert _raw_stream(ch, [_batch(1, node="node-b")]) == (grpc.StatusCode.PERMISSION_DENIED, [])
         assert col.metrics.value("tcpscope_collector_rejected_total", reason="node_mismatch") == 1
-        # node-a's certificate, its own node, but node-b's agent id (issue 15): refused too
+        # node-a's certificate, its own node, but node-b's agent id: refused too
         forged = EventBatch(schema_version=1, node="node-a", agent_id="node-b/20261130T100000Z-b", sequence=1)
         forged.events.append(make_event(7, node="node-a"))
         with grpc.secure_channel(target, creds) as ch:

@@ -1,6 +1,6 @@
-"""Kubernetes-native agent identity (issue 15): projected ServiceAccount tokens checked by
+"""Kubernetes-native agent identity: projected ServiceAccount tokens checked by
 TokenReview against the API stand-in (real HTTP, the real kubernetes client), each stream bound to
-the node of the token's pod. The impersonation from the issue: a client with a valid token
+the node of the token's pod. The impersonation to refuse: a client with a valid token
 publishing under another agent's id is refused, and nothing of it reaches Kafka."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The chart turns agent authentication on by default with no user setup (issue 15): projected
+"""The chart turns agent authentication on by default with no user setup: projected
 ServiceAccount tokens on the agents, TokenReview with the RBAC it needs on the collector, and a
 hostPath state directory so a crashed agent's window is reported by the next one."""
 

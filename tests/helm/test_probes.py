@@ -1,5 +1,5 @@
-"""The chart binds what the bare commands keep on loopback, and probes what the processes report
-(issue 15): agent /healthz and /readyz, collector gRPC health."""
+"""The chart binds what the bare commands keep on loopback, and probes what the processes report:
+agent /healthz and /readyz, collector gRPC health."""
 
 from __future__ import annotations
 

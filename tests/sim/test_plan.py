@@ -19,7 +19,7 @@ ISSUE_PLAN: dict[str, Any] = {
 }
 
 
-def test_issue_example_parses_with_addresses_and_defaults(tmp_path: Path) -> None:
+def test_the_documented_example_parses_with_addresses_and_defaults(tmp_path: Path) -> None:
     f = tmp_path / "p.json"
     f.write_text(json.dumps(ISSUE_PLAN))
     plan = load_plan(str(f))

@@ -1,5 +1,5 @@
 """Readers and what they must never hide: windows nobody observed, and two records under one
-dedup key with different content (issue 15)."""
+dedup key with different content."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""tcpscope-tail's bad inputs: one line, exit 2, within seconds, no traceback (issue 15)."""
+"""tcpscope-tail's bad inputs: one line, exit 2, within seconds, no traceback."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The issue's "done when": `tcpscope-agent --stdout json --kubeconfig K --node-name N` prints pod
+"""The standalone agent's promise: `tcpscope-agent --stdout json --kubeconfig K --node-name N` prints pod
 namespace and name on both ends of pod-to-pod traffic (two netns pods on a veth pair)."""
 
 from __future__ import annotations
