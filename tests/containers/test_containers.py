@@ -393,6 +393,7 @@ def test_the_agent_container_gets_exactly_the_rendered_privileges(
 @pytest.mark.parametrize("image", [AGENT_IMAGE, COLLECTOR_IMAGE])
 def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Path], image: str) -> None:
     """The simulator and the API server stand-in are their own distribution (sim/): never shipped."""
+    PYTHON = "/opt/tcpscope/venv/bin/python"
     check = (
         "import importlib.util as u, importlib.metadata as m\n"
         "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('tcpscope')))\n"
@@ -400,8 +401,7 @@ def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Pa
         "print(u.find_spec('tcpscope.kafka_layout') is not None)"
     )
     res = subprocess.run(
-        [*podman.PODMAN, "run", "--rm", "--network", "none", "--entrypoint", "/opt/tcpscope/venv/bin/python"]
-        + [image, "-c", check],
+        [*podman.PODMAN, "run", "--rm", "--network", "none", "--entrypoint", PYTHON, image, "-c", check],
         capture_output=True,
         text=True,
         timeout=120,

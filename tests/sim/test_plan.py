@@ -10,7 +10,7 @@ import pytest
 
 from tcpscope_sim.plan import PlanError, builtin_plan, load_plan, parse_plan, plan_to_doc
 
-ISSUE_PLAN: dict[str, Any] = {
+DOCUMENTED_PLAN: dict[str, Any] = {
     "pods": [
         {"namespace": "shop", "name": "web-1", "node": "node-1", "listen": [8080]},
         {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
@@ -21,7 +21,7 @@ ISSUE_PLAN: dict[str, Any] = {
 
 def test_the_documented_example_parses_with_addresses_and_defaults(tmp_path: Path) -> None:
     f = tmp_path / "p.json"
-    f.write_text(json.dumps(ISSUE_PLAN))
+    f.write_text(json.dumps(DOCUMENTED_PLAN))
     plan = load_plan(str(f))
     assert plan.nodes == ("node-1", "node-2")
     assert [(p.ref, p.ip, p.workload) for p in plan.pods] == [
@@ -77,7 +77,7 @@ def test_addresses_per_node_and_expected_lifecycles() -> None:
     ],
 )
 def test_mistakes_are_reported_with_their_entry(mutate: Any, message: str) -> None:
-    doc = json.loads(json.dumps(ISSUE_PLAN))
+    doc = json.loads(json.dumps(DOCUMENTED_PLAN))
     mutate(doc)
     with pytest.raises(PlanError, match=message.replace("[", r"\[").replace("]", r"\]")):
         parse_plan(doc)
