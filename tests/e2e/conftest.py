@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from tests.support.kafka import kafka_broker
+
+__all__ = ["kafka_broker"]
