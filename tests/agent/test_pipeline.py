@@ -43,7 +43,7 @@ class HoldOdd:
         self.closed = False
 
     def process(self, events: list[TcpEvent], now: float) -> list[TcpEvent]:
-        out = []
+        out: list[TcpEvent] = []
         for e in events:
             e.node = "tagged"
             (self.held if e.socket_id % 2 else out).append(e)

@@ -76,7 +76,7 @@ def _raw_stream(
         for ack in stub(iter(messages), metadata=metadata, timeout=10):
             acks.append(ack)
     except grpc.RpcError as e:
-        return e.code(), acks  # type: ignore[attr-defined, no-any-return]
+        return e.code(), acks
     return grpc.StatusCode.OK, acks
 
 

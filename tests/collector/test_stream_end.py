@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterator
 
 import grpc
 import pytest
@@ -38,7 +39,7 @@ def test_drained_agent_ends_cleanly_a_vanished_one_is_named(
         b.events.append(make_event(9, node="node-b"))
         acked = threading.Event()
 
-        def forever() -> object:
+        def forever() -> Iterator[bytes]:
             yield b.SerializeToString()
             acked.wait(10)
             threading.Event().wait(10)  # never half-closes

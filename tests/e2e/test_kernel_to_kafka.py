@@ -31,7 +31,7 @@ def test_real_kernel_events_reach_kafka_exactly(kafka_broker: Broker) -> None:
         class Tee:
             """Records what the pipeline handed to the exporter, then passes it on."""
 
-            def emit(self, events, upstream):  # type: ignore[no-untyped-def]
+            def emit(self, events, upstream):
                 seen.extend(events)
                 exp.emit(events, upstream)
 

@@ -47,7 +47,7 @@ REPLICAS = 2  # node-1's and node-3's agents stream to the first collector, node
 # test_sim_plan's plan without its network resets: a forged RST is counted by the metrics as the
 # outcome the client saw (telling it from the server's needs both ends joined: tcpscope-tail
 # --summary's network_resets, docs/reset-cause.md), so it is left out of these exact figures
-PLAN = {**SIM_PLAN, "traffic": [t for t in SIM_PLAN["traffic"] if t["kind"] != "network_reset"]}
+PLAN: dict[str, Any] = {**SIM_PLAN, "traffic": [t for t in SIM_PLAN["traffic"] if t["kind"] != "network_reset"]}
 
 # Written out by hand from PLAN, by workload (web-1 and web-2 are both Deployment "web"):
 # (client ns, client workload, server ns, server workload, server port) -> outcome -> connections

@@ -14,6 +14,7 @@ import re
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records
 from tcpscope.losses import POSSIBLE_LOSS_REASONS
@@ -29,7 +30,7 @@ from tests.support.sim import BIN, run_plan, summary_json
 __all__ = ["kafka_broker"]  # the fixture, imported for pytest
 
 # different numbers per kind, so a mix-up between counters shows
-PLAN = {
+PLAN: dict[str, Any] = {
     "pods": [
         {"namespace": "shop", "name": "web-1", "node": "node-1", "listen": [8080]},
         {"namespace": "shop", "name": "web-2", "node": "node-1", "listen": []},

@@ -5,13 +5,14 @@ hostPath state directory so a crashed agent's window is reported by the next one
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.helm import KAFKA, env_of, find, merge, render, render_raw
 
 
-def _pods(values: dict[str, object]) -> tuple[dict[str, object], dict[str, object], list[dict[str, object]]]:
+def _pods(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]]:
     objects = render(values)
     agent = find(objects, "DaemonSet")["spec"]["template"]["spec"]
     coll = find(objects, "Deployment")["spec"]["template"]["spec"]
@@ -20,10 +21,10 @@ def _pods(values: dict[str, object]) -> tuple[dict[str, object], dict[str, objec
 
 def test_default_stream_authenticates_agents_by_projected_token_and_tokenreview(tmp_path: Path) -> None:
     agent, coll, objects = _pods(KAFKA)
-    a = agent["containers"][0]  # type: ignore[index]
+    a = agent["containers"][0]
     a_env = env_of(a)
     assert a_env["TCPSCOPE_TOKEN_FILE"] == "/var/run/secrets/tcpscope/token"
-    vols = {v["name"]: v for v in agent["volumes"]}  # type: ignore[attr-defined]
+    vols = {v["name"]: v for v in agent["volumes"]}
     assert vols["collector-token"]["projected"] == {
         "defaultMode": 0o400,
         "sources": [
@@ -36,7 +37,7 @@ def test_default_stream_authenticates_agents_by_projected_token_and_tokenreview(
         "mountPath": "/var/run/secrets/tcpscope",
         "readOnly": True,
     }
-    c_env = env_of(coll["containers"][0])  # type: ignore[index]
+    c_env = env_of(coll["containers"][0])
     assert (
         c_env["TCPSCOPE_TOKENREVIEW"],
         c_env["TCPSCOPE_TOKEN_AUDIENCE"],
@@ -62,16 +63,16 @@ def test_default_stream_authenticates_agents_by_projected_token_and_tokenreview(
 
 def test_state_dir_is_the_one_writable_host_directory() -> None:
     agent, _, _ = _pods(KAFKA)
-    a = agent["containers"][0]  # type: ignore[index]
+    a = agent["containers"][0]
     assert env_of(a)["TCPSCOPE_STATE_DIR"] == "/var/lib/tcpscope"
-    vols = {v["name"]: v for v in agent["volumes"]}  # type: ignore[attr-defined]
+    vols = {v["name"]: v for v in agent["volumes"]}
     assert vols["state"]["hostPath"] == {"path": "/var/lib/tcpscope", "type": "DirectoryOrCreate"}
-    host = {v["name"] for v in agent["volumes"] if "hostPath" in v}  # type: ignore[attr-defined]
+    host = {v["name"] for v in agent["volumes"] if "hostPath" in v}
     writable_host = {m["name"] for m in a["volumeMounts"] if m["name"] in host and not m.get("readOnly")}
     assert writable_host == {"state"}
     agent, _, _ = _pods(merge(KAFKA, {"agent": {"stateDir": ""}}))
-    assert "TCPSCOPE_STATE_DIR" not in env_of(agent["containers"][0])  # type: ignore[index]
-    assert "state" not in {v["name"] for v in agent["volumes"]}  # type: ignore[attr-defined]
+    assert "TCPSCOPE_STATE_DIR" not in env_of(agent["containers"][0])
+    assert "state" not in {v["name"] for v in agent["volumes"]}
 
 
 def test_shared_token_is_an_explicit_alternative() -> None:
@@ -79,9 +80,9 @@ def test_shared_token_is_an_explicit_alternative() -> None:
         KAFKA, {"auth": {"token": {"enabled": True, "secretName": "s"}, "serviceAccountToken": {"enabled": False}}}
     )
     agent, coll, objects = _pods(shared)
-    assert env_of(agent["containers"][0])["TCPSCOPE_TOKEN_FILE"] == "/etc/tcpscope/token/token"  # type: ignore[index]
-    assert "TCPSCOPE_TOKENREVIEW" not in env_of(coll["containers"][0])  # type: ignore[index]
-    assert "collector-token" not in {v["name"] for v in agent["volumes"]}  # type: ignore[attr-defined]
+    assert env_of(agent["containers"][0])["TCPSCOPE_TOKEN_FILE"] == "/etc/tcpscope/token/token"
+    assert "TCPSCOPE_TOKENREVIEW" not in env_of(coll["containers"][0])
+    assert "collector-token" not in {v["name"] for v in agent["volumes"]}
     assert not [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"].endswith("collector")]
     with pytest.raises(Exception, match="alternatives"):
         render_raw(merge(KAFKA, {"auth": {"token": {"enabled": True, "secretName": "s"}}}))

@@ -7,7 +7,7 @@ from tests.support.helm import KAFKA, TLS, VALUE_SETS, env_of, find, merge, rend
 
 
 def _container(values: dict, kind: str) -> dict:  # type: ignore[type-arg]
-    return find(render(values), kind)["spec"]["template"]["spec"]["containers"][0]  # type: ignore[no-any-return]
+    return find(render(values), kind)["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_agent_probes_use_its_health_endpoints_on_the_pod_address() -> None:

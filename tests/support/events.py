@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tcpscope.v1.events_pb2 import Endpoint, Lifecycle, Process, TcpEvent
+from tcpscope.v1.events_pb2 import ACTIVE, FIN_WAIT1, NORMAL, Endpoint, Lifecycle, Process, TcpEvent
 
 
 def make_event(i: int, node: str = "node-a", port: int = 8080) -> TcpEvent:
@@ -15,5 +15,7 @@ def make_event(i: int, node: str = "node-a", port: int = 8080) -> TcpEvent:
         process=Process(pid=1000 + i, comm="client", cgroup_id=4242),
     )
     ev.time.FromNanoseconds(1_700_000_000_000_000_000 + i * 1000)
-    ev.lifecycle.CopyFrom(Lifecycle(role=1, duration_ns=1000 + i, tx_bytes=10 * i, rx_bytes=i, ending=1, last_state=4))
+    ev.lifecycle.CopyFrom(
+        Lifecycle(role=ACTIVE, duration_ns=1000 + i, tx_bytes=10 * i, rx_bytes=i, ending=NORMAL, last_state=FIN_WAIT1)
+    )
     return ev

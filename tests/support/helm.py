@@ -76,7 +76,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
-class _StrictLoader(yaml.SafeLoader):  # type: ignore[misc]
+class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that raises on duplicate mapping keys."""
 
 

@@ -122,9 +122,9 @@ def test_both_ends_flows_of_one_pair_share_a_key() -> None:
     """A flow has no client port: the client's and the server's flows of a pair still share a key
     (and so a partition), distinct from another server port's."""
     from tcpscope.kafka_layout import connection_key
-    from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, TcpEvent
+    from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, Role, TcpEvent
 
-    def flow(role: int, lip: str, lport: int, rip: str, rport: int) -> TcpEvent:
+    def flow(role: Role, lip: str, lport: int, rip: str, rport: int) -> TcpEvent:
         ev = TcpEvent()
         ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port = lip, lport, rip, rport
         ev.flow.role, ev.flow.connections = role, 3

@@ -11,11 +11,11 @@ from google.protobuf import json_format
 from agent.kernel import decode
 from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
 from tcpscope.render import TABLE_HEADER, json_line, table_line, timestamp_json
-from tcpscope.v1.events_pb2 import TcpEvent
+from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
 
 
 def _ev(**kw: object) -> TcpEvent:
-    values = {n: (b"" if code.endswith("s") else 0) for n, code in EVENT_FIELDS}
+    values: dict[str, object] = {n: (b"" if code.endswith("s") else 0) for n, code in EVENT_FIELDS}
     values.update(
         family=socket.AF_INET,
         saddr=socket.inet_aton("127.0.0.1"),
@@ -66,13 +66,13 @@ def test_timestamps(nanos: int) -> None:
 
 def test_json_line_with_enrichment_and_unicode() -> None:
     ev = _ev(kind=decode.EV_LIFECYCLE, role=1, ending=1, comm='naïve"x'.encode())
-    ev.local.kind = 1
+    ev.local.kind = POD
     ev.local.namespace, ev.local.name, ev.local.uid = "shop", "cart-7d9", "u-1"
     ev.local.labels["app"] = "cart"
     ev.local.labels["version"] = "v2\n"
     ev.local.container, ev.local.container_id = "cart", "ab" * 32
     ev.local.workload.kind, ev.local.workload.name = "Deployment", "cart"
-    ev.remote.kind = 3
+    ev.remote.kind = SERVICE
     ev.process.cgroup_path = "/kubepods.slice/x"
     assert json_line(ev) == _reference(ev)
     empty = TcpEvent()

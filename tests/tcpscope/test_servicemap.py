@@ -7,6 +7,7 @@ import io
 import re
 import shutil
 import xml.etree.ElementTree as ET
+from typing import Any
 
 import pytest
 
@@ -22,8 +23,8 @@ def _rows() -> list[summary.PairSummary]:
     s = summary.Summarizer()
     start = T0
     for i in range(4):  # web -> api: 4 ok, 2 of them reset by the server
-        kw = {"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"} if i < 2 else {}
-        c_kw = {"ending": pb.RESET_RECEIVED, "errno": 104} if i < 2 else {}
+        kw: dict[str, Any] = {"ending": pb.RESET_SENT, "reason": "NOT_SPECIFIED"} if i < 2 else {}
+        c_kw: dict[str, Any] = {"ending": pb.RESET_RECEIVED, "errno": 104} if i < 2 else {}
         s.add_all(both(WEB, API, 40000 + i, 9000, start + i * 10**9, c_kw=c_kw, s_kw=kw))
     s.add_all(both(API, DB, 41000, 5432, start))  # api -> db: clean
     # web -> db: one timeout, nothing else

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def _ep(ep: pb.Endpoint, who: tuple[str, str, str, str] | None, ip: str, port: i
 
 
 def lifecycle(
-    role: int,
+    role: pb.Role,
     local: tuple[str, str, str, str],
     remote: tuple[str, str, str, str],
     lport: int,
@@ -36,9 +37,9 @@ def lifecycle(
     start_ns: int,
     dur_ns: int = 5_000_000,
     *,
-    ending: int = pb.NORMAL,
+    ending: pb.Ending = pb.NORMAL,
     errno: int = 0,
-    last_state: int = pb.FIN_WAIT1,
+    last_state: pb.TcpState = pb.FIN_WAIT1,
     retransmits: int = 0,
     reason: str = "",
     resolve_remote: bool = True,
@@ -61,20 +62,20 @@ def both(
     sport: int,
     start: int,
     *,
-    c_kw: dict[str, object] | None = None,
-    s_kw: dict[str, object] | None = None,
+    c_kw: dict[str, Any] | None = None,
+    s_kw: dict[str, Any] | None = None,
 ) -> list[pb.TcpEvent]:
     """The two agents' lifecycle events of one established connection."""
-    c = lifecycle(pb.ACTIVE, client, server, cport, sport, start, **(c_kw or {}))  # type: ignore[arg-type]
+    c = lifecycle(pb.ACTIVE, client, server, cport, sport, start, **(c_kw or {}))
     s = lifecycle(
         pb.PASSIVE, server, client, sport, cport, start + 100_000, 4_000_000, last_state=pb.LAST_ACK, **(s_kw or {})
-    )  # type: ignore[arg-type]
+    )
     return [c, s]
 
 
-def rows_by_pair(s: summary.Summarizer, **kw: object) -> dict[tuple[str, str], dict[str, object]]:
+def rows_by_pair(s: summary.Summarizer, **kw: Any) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
-    for r in s.pairs(**kw):  # type: ignore[arg-type]
+    for r in s.pairs(**kw):
         j = r.to_json()
         out[(r.client.label(), r.server.label())] = j
     return out
@@ -341,7 +342,7 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
 
 
 def flow(
-    role: int,
+    role: pb.Role,
     local: tuple[str, str, str, str],
     remote: tuple[str, str, str, str],
     server_port: int,

@@ -131,7 +131,7 @@ def test_decode_flow_passive_and_active() -> None:
 
 
 def _record(**kw: object) -> bytes:
-    values = {n: (b"" if code.endswith("s") else 0) for n, code in EVENT_FIELDS}
+    values: dict[str, object] = {n: (b"" if code.endswith("s") else 0) for n, code in EVENT_FIELDS}
     values.update(kw)
     return EVENT.pack(*(values[n] for n, _ in EVENT_FIELDS))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 import pytest
 
@@ -36,13 +37,13 @@ CASES = [
 @pytest.mark.parametrize("closer", ["client", "server"])
 @pytest.mark.parametrize(("net", "ip"), CASES)
 def test_exact_bytes_roles_and_attribution(
-    subtree: Harness, pods: Pods, net: dict[str, object], ip: str, closer: str
+    subtree: Harness, pods: Pods, net: dict[str, Any], ip: str, closer: str
 ) -> None:
     ex = traffic.tcp_exchange(
         **net,
         client_bytes=300_000,
         server_bytes=777,
-        closer=closer,  # type: ignore[arg-type]
+        closer=closer,
         server_cgroup=pods.server.container,
         client_cgroup=pods.client.container,
     )

@@ -15,7 +15,7 @@ from agent.kernel.listeners import Listener, listen_sockets, scan_listeners
 from tcpscope.v1.events_pb2 import PASSIVE
 from tests.agent.kernel.conftest import Pods
 from tests.support import traffic
-from tests.support.kernel import ALL_BUT_PROBE, kernel_harness, kind, on_port, require_root
+from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, on_port, require_root
 
 
 def test_listen_rows_of_proc_net_tcp() -> None:
@@ -128,7 +128,7 @@ def test_ipv4_and_ipv6_listeners_of_one_port_keep_their_own_owners(when: str) ->
     require_root()
     port = traffic.free_port()
     config = AgentConfig(ports=(port,), events=ALL_BUT_PROBE)
-    early: AbstractContextManager[object] = kernel_harness(config) if when == "agent_first" else nullcontext()
+    early: AbstractContextManager[Harness | None] = kernel_harness(config) if when == "agent_first" else nullcontext()
     with early as maybe_h:
         v4, _ = traffic.start_server(
             server_addr="127.0.0.1", port=port, client_bytes=11, server_bytes=3, comm="tsc-v4server"
@@ -136,7 +136,9 @@ def test_ipv4_and_ipv6_listeners_of_one_port_keep_their_own_owners(when: str) ->
         v6, _ = traffic.start_server(
             family=socket.AF_INET6, server_addr="::1", port=port, client_bytes=13, server_bytes=5, comm="tsc-v6server"
         )
-        late = kernel_harness(config) if when == "listeners_first" else nullcontext(maybe_h)
+        late: AbstractContextManager[Harness | None] = (
+            kernel_harness(config) if when == "listeners_first" else nullcontext(maybe_h)
+        )
         with late as h:
             assert h is not None
             traffic.run_client("127.0.0.1", port, client_bytes=11, server_bytes=3)

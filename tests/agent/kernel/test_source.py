@@ -6,6 +6,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.kernel.source import KernelSource
+from tcpscope.v1.events_pb2 import CLOSE, LISTEN
 from tests.support import traffic
 from tests.support.kernel import ALL_BUT_PROBE, kernel_harness, kind, on_port
 
@@ -27,8 +28,10 @@ def test_polls_are_bounded_and_lose_nothing(monkeypatch: pytest.MonkeyPatch) -> 
         mine = [e for e in h.seen if on_port(port)(e)]
         assert sum(1 for e in mine if kind(e) == "lifecycle") == 12
         # every socket's move to CLOSE arrived: 6 client + 6 server sockets, and the 6 listeners
-        closes = [e.state_change.old_state for e in mine if kind(e) == "state_change" and e.state_change.new_state == 7]
-        assert len(closes) == 18 and closes.count(10) == 6  # 10 = LISTEN
+        closes = [
+            e.state_change.old_state for e in mine if kind(e) == "state_change" and e.state_change.new_state == CLOSE
+        ]
+        assert len(closes) == 18 and closes.count(LISTEN) == 6
         assert sum(h.source.losses().values()) == 0
 
 
