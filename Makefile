@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PY_SOURCES := agent collector tcpscope sim tests bench scripts
 C_SOURCES = $(wildcard bpf/*.c bpf/*.h)
 
-.PHONY: setup run agent sim broker test test-host unit format lint mypy-tests bench clean images test-images test-kernels
+.PHONY: setup run agent sim broker test test-host unit format lint bench clean images test-images test-kernels
 
 setup:
 	bash scripts/setup.sh
@@ -37,19 +37,15 @@ format: setup
 	clang-format -i $(C_SOURCES)
 
 # Every check, each run even when an earlier one fails: ruff's rules, both formatters in check mode,
-# mypy strict on the sources. (`make mypy-tests`: mypy relaxed on the tests, [[tool.mypy.overrides]]
-# tests.*; it still finds about 50 errors, mostly kubernetes-model Optionals and ints assigned to
-# protobuf enum fields, so it is not part of lint yet.)
+# mypy (strict on the sources, relaxed on the tests: [[tool.mypy.overrides]] tests.*), and the
+# package graph (lint-imports: [tool.importlinter] in pyproject.toml).
 lint: setup
 	@rc=0; \
 	for check in "$(VENV)/bin/ruff check $(PY_SOURCES)" "$(VENV)/bin/ruff format --check $(PY_SOURCES)" \
-	             "clang-format --dry-run -Werror $(C_SOURCES)" "$(VENV)/bin/mypy"; do \
+	             "clang-format --dry-run -Werror $(C_SOURCES)" "$(VENV)/bin/mypy" "$(VENV)/bin/lint-imports"; do \
 	  echo "lint: $$check"; $$check || rc=1; \
 	done; \
 	exit $$rc
-
-mypy-tests: setup
-	$(VENV)/bin/mypy tests
 
 # The README's test command and CI's (.ci/run): sets everything up, then every check and every test:
 # the fast tier as a non-root user (proves no unmarked test needs root), the host suite (lint, then
@@ -57,13 +53,8 @@ mypy-tests: setup
 # (about 7 minutes) are the shorter tiers.
 test: unit test-host test-images test-kernels
 
-# Lint (ruff's rules and format, clang-format on bpf/, mypy strict on the sources), then every test
-# on this host's kernel except the container images.
-test-host: setup
-	$(VENV)/bin/ruff check $(PY_SOURCES)
-	$(VENV)/bin/ruff format --check $(PY_SOURCES)
-	clang-format --dry-run -Werror $(C_SOURCES)
-	$(VENV)/bin/mypy
+# Every check (make lint), then every test on this host's kernel except the container images.
+test-host: setup lint
 	$(PY) -m pytest -v --ignore=tests/containers $(PYTEST_ARGS)
 
 # Both container images (localhost/tcpscope-{agent,collector}:dev) with podman, from a debootstrap
