@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TCPSCOPE_VENV:-.venv}
 # -p no:cacheprovider: uid 65534 cannot write .pytest_cache into the checkout
-args=(-m "not root and not slow and not broker" -p no:cacheprovider -q "$@")
+# -n auto: pytest-xdist, one worker per CPU
+args=(-m "not root and not slow and not broker" -p no:cacheprovider -q -n auto "$@")
 
 if [ "$(id -u)" != 0 ]; then
   exec "$VENV/bin/python" -m pytest "${args[@]}"

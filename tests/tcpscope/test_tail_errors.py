@@ -11,6 +11,7 @@ __all__ = ["kafka_broker"]  # the fixture
 
 
 @pytest.mark.parametrize("summary", [[], ["--summary"]], ids=["events", "summary"])
+@pytest.mark.slow  # kafka-python gives up on an unreachable bootstrap after about 5 s
 def test_unreachable_broker(summary: list[str]) -> None:
     port = free_port()  # nobody listens there
     rc, err, secs = run_cli("tcpscope.tail", ["--kafka-bootstrap", f"127.0.0.1:{port}", *summary])
