@@ -2,7 +2,7 @@
 replica instead of one per node; agents then run with `--no-resolve-remote`).
 
 `RemoteEnrichment` fills `event.remote` for the events whose remote end the agent left unresolved
-(`kind` unspecified), using the agent's reusable `RemoteResolver` / `RemoteEnricher`: lookups are
+(`kind` unspecified), using the shared `RemoteResolver` / `RemoteEnricher` (tcpscope.kube): lookups are
 in-memory and by the event's own time. It runs on the collector's prepare thread (service.py), never
 on the asyncio loop. Every remote end is counted once by result in
 `tcpscope_collector_remote_ends_total{result}`.
@@ -19,7 +19,7 @@ from collector.metrics import CollectorMetrics
 from tcpscope.v1.events_pb2 import ENDPOINT_KIND_UNSPECIFIED, EventBatch, TcpEvent
 
 if TYPE_CHECKING:
-    from agent.enrich.remote import RemoteEnricher
+    from tcpscope.kube.remote import RemoteEnricher
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ def build_remote_enrichment(cfg: CollectorConfig, metrics: CollectorMetrics) -> 
     Raises when no API client can be configured: --resolve-remote without API access is a
     deployment mistake to surface at start-up, not to hide behind counters.
     """
-    from agent.enrich.kube import ClientKubeApi, load_api_client
-    from agent.enrich.remote import RemoteEnricher, RemoteResolver
+    from tcpscope.kube import ClientKubeApi, RemoteResolver, load_api_client
+    from tcpscope.kube.remote import RemoteEnricher
 
     api = ClientKubeApi(load_api_client(cfg.kubeconfig))
     resolver = RemoteResolver(api, cfg.labels).start()

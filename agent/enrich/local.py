@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.enrich.cgroups import CgroupIdentity, parse_cgroup_path
-from agent.enrich.pods import PodInfo
+from tcpscope.kube.pods import PodInfo
 from tcpscope.v1.events_pb2 import HOST, POD, Endpoint, TcpEvent
 
 

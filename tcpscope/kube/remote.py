@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
-from agent.enrich.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink
-from agent.enrich.kube import KubeApi, Reflector
+from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink
+from tcpscope.kube.watch import KubeApi, Reflector
 from tcpscope.v1.events_pb2 import EXTERNAL, HOST, NODE, POD, Endpoint, TcpEvent
 
 

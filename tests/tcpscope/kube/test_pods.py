@@ -5,8 +5,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from agent.enrich.kube import ClientKubeApi, Reflector
-from agent.enrich.pods import PodIndex, pod_info, workload_of
+from agent.enrich.pods import PodIndex
+from tcpscope.kube.pods import pod_info, workload_of
+from tcpscope.kube.watch import ClientKubeApi, Reflector
 from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 
 

@@ -1,0 +1,35 @@
+"""Kubernetes metadata shared by the agent and the collector: who owns an address, and when.
+
+    watch.py    KubeApi (the API boundary), ClientKubeApi, load_api_client, Reflector (list+watch)
+    pods.py     PodInfo, pod_info, workload_of: what a Pod object tells about an end
+    ipindex.py  IpIndex: ip -> pod / service / node over time, fed by the pod, service, node sinks
+    remote.py   RemoteResolver: the IpIndex kept current by three reflectors
+
+The agent (agent/enrich/) adds what only a node knows (cgroup -> pod); the collector
+(collector/remote.py) resolves remote ends cluster-wide. Neither imports the other.
+"""
+
+from __future__ import annotations
+
+from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink, normalize_ip
+from tcpscope.kube.pods import PodInfo, pod_info, workload_of
+from tcpscope.kube.remote import RemoteResolver
+from tcpscope.kube.watch import ClientKubeApi, GoneError, KubeApi, Reflector, load_api_client
+
+__all__ = [
+    "ClientKubeApi",
+    "GoneError",
+    "IpIndex",
+    "IpOwner",
+    "KubeApi",
+    "NodeIpSink",
+    "PodInfo",
+    "PodIpSink",
+    "Reflector",
+    "RemoteResolver",
+    "ServiceIpSink",
+    "load_api_client",
+    "normalize_ip",
+    "pod_info",
+    "workload_of",
+]
