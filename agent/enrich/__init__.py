@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 from agent.enrich.cgroups import CgroupIdentity, CgroupMap, find_cgroup2_mount, parse_cgroup_path
 from agent.enrich.local import LocalEnricher
 from agent.enrich.pods import PodIndex
+from agent.enrich.remote import RemoteEnricher
 from tcpscope.kube import ClientKubeApi, KubeApi, Reflector, RemoteResolver, load_api_client
-from tcpscope.kube.remote import RemoteEnricher
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig

@@ -1,16 +1,19 @@
-"""The remote-end enricher and the reusable resolver behind it: remote IP -> pod, service, node, external.
+"""Remote ends: remote IP -> pod, service, node or external, and what each event's remote end became.
 
 `RemoteResolver` owns an `IpIndex` fed by cluster-wide pod, service and node watches. The agent
-uses it when it runs standalone (`--stdout`); the collector can hold one per replica and resolve
-remote ends for every agent (see docs/enrichment.md for why that is the cluster default).
-`RemoteEnricher` applies it to events: resolution is by the event's own time, so a recycled pod IP
-names the pod that held it when the packet was seen. Loopback peers are the local end itself.
+uses it when it runs standalone (`--stdout`, agent/enrich/remote.py); the collector holds one per
+replica and resolves remote ends for every agent (see docs/enrichment.md for why that is the
+cluster default). `fill_remote_ends` applies it to events and returns how many ended as each
+`RemoteResult`: resolution is by the event's own time, so a recycled pod IP names the pod that held
+it when the packet was seen. Loopback peers are the local end itself.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from collections.abc import Iterable
+from enum import StrEnum
 
 from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink
 from tcpscope.kube.watch import KubeApi, Reflector
@@ -59,6 +62,10 @@ class RemoteResolver:
     def resolve(self, ip: str, when: float | None = None) -> IpOwner | None:
         return self.index.resolve(ip, when)
 
+    def pod_cidr_node(self, ip: str) -> str | None:
+        """The node whose pod range holds `ip`, or None."""
+        return self.index.pod_cidr_node(ip)
+
     def stats(self) -> dict[str, int]:
         out = self.index.stats()
         for name, r in self.reflectors.items():
@@ -97,77 +104,63 @@ def _is_loopback(ip: str) -> bool:
     return a.is_loopback
 
 
-class RemoteEnricher:
-    """Fills `event.remote` identity (an `agent.pipeline.Enricher`; never holds, never drops)."""
+class RemoteResult(StrEnum):
+    """What one event's remote end became. The value is the collector's label
+    (`tcpscope_collector_remote_ends_total{result}`) and the agent's count `remote.<value>`."""
 
-    def __init__(self, resolver: RemoteResolver, node_name: str, *, own_resolver: bool = True) -> None:
-        self.resolver = resolver
-        self.node_name = node_name
-        self._own = own_resolver
-        self.counters: dict[str, int] = {
-            "remote.events": 0,
-            "remote.pod": 0,
-            "remote.service": 0,
-            "remote.node": 0,
-            "remote.external": 0,
-            "remote.pod_unknown": 0,
-            "remote.loopback": 0,
-            "remote.no_ip": 0,
-            "remote.miss_api_unavailable": 0,
-        }
+    POD = "pod"  # a pod the watch knows
+    SERVICE = "service"
+    NODE = "node"
+    EXTERNAL = "external"  # all watches synced, no owner, in no node's pod range
+    POD_UNKNOWN = "pod_unknown"  # in a node's pod range, no pod known for it (yet): kind POD, node set
+    LOOPBACK = "loopback"  # the local end's own pod or node
+    NO_IP = "no_ip"  # a listener's event: no remote end, left as it is
+    MISS_API_UNAVAILABLE = "miss_api_unavailable"  # not synced yet: left unresolved, never "external"
 
-    def process(self, events: list[TcpEvent], now: float) -> list[TcpEvent]:
-        synced = self.resolver.synced()
-        for ev in events:
-            self.counters["remote.events"] += 1
-            r = ev.remote
-            if not r.ip or _is_unspecified(r.ip):  # a listener's events: no remote end
-                self.counters["remote.no_ip"] += 1
-                continue
-            if _is_loopback(r.ip):
-                self._loopback(ev)
-                continue
-            when = ev.time.seconds + ev.time.nanos / 1e9 if ev.HasField("time") else None
-            owner = self.resolver.resolve(r.ip, when)
-            if owner is not None:
-                fill_owner(r, owner)
-                kinds: dict[int, str] = {POD: "remote.pod", NODE: "remote.node"}
-                self.counters[kinds.get(owner.kind, "remote.service")] += 1
-            elif synced and (node := self.resolver.index.pod_cidr_node(r.ip)):
-                # in a node's pod range but no pod known for it (yet: the watch lags a new pod):
-                # a pod we cannot name, never "external"
-                r.kind = POD
-                r.node = node
-                self.counters["remote.pod_unknown"] += 1
-            elif synced:
-                r.kind = EXTERNAL
-                self.counters["remote.external"] += 1
-            else:
-                self.counters["remote.miss_api_unavailable"] += 1
-        return events
 
-    def _loopback(self, ev: TcpEvent) -> None:
-        """127.0.0.0/8 and ::1 stay inside the local network namespace: the peer is the local end's pod or node."""
-        self.counters["remote.loopback"] += 1
-        loc, r = ev.local, ev.remote
-        if loc.kind == POD:
-            r.kind = POD
-            r.namespace, r.name, r.uid, r.node = loc.namespace, loc.name, loc.uid, loc.node
-            r.labels.update(dict(loc.labels))
-            r.workload.CopyFrom(loc.workload)
-        elif loc.kind == HOST or not loc.kind:
-            r.kind = NODE
-            r.name = r.node = loc.node or self.node_name
+_BY_KIND: dict[int, RemoteResult] = {POD: RemoteResult.POD, NODE: RemoteResult.NODE}
 
-    def flush(self) -> list[TcpEvent]:
-        return []
 
-    def losses(self) -> dict[str, int]:
-        return {}
+def fill_remote_end(ev: TcpEvent, resolver: RemoteResolver, node_name: str, *, synced: bool) -> RemoteResult:
+    """Fill `ev.remote` from the resolver, in place; `synced` is `resolver.synced()` (asked once per
+    batch); `node_name` names the peer of a loopback connection of a host process without a node."""
+    r = ev.remote
+    if not r.ip or _is_unspecified(r.ip):  # a listener's events: no remote end
+        return RemoteResult.NO_IP
+    if _is_loopback(r.ip):
+        _loopback(ev, node_name)
+        return RemoteResult.LOOPBACK
+    when = ev.time.seconds + ev.time.nanos / 1e9 if ev.HasField("time") else None
+    owner = resolver.resolve(r.ip, when)
+    if owner is not None:
+        fill_owner(r, owner)
+        return _BY_KIND.get(owner.kind, RemoteResult.SERVICE)
+    if synced and (node := resolver.pod_cidr_node(r.ip)):
+        # in a node's pod range but no pod known for it (yet: the watch lags a new pod):
+        # a pod we cannot name, never "external"
+        r.kind = POD
+        r.node = node
+        return RemoteResult.POD_UNKNOWN
+    if synced:
+        r.kind = EXTERNAL
+        return RemoteResult.EXTERNAL
+    return RemoteResult.MISS_API_UNAVAILABLE
 
-    def stats(self) -> dict[str, int]:
-        return {**self.counters, **self.resolver.stats()}
 
-    def close(self) -> None:
-        if self._own:
-            self.resolver.close()
+def fill_remote_ends(events: Iterable[TcpEvent], resolver: RemoteResolver, node_name: str) -> Counter[RemoteResult]:
+    """Fill every event's remote end (`fill_remote_end`); how many ended as each result (zeros left out)."""
+    synced = resolver.synced()
+    return Counter(fill_remote_end(ev, resolver, node_name, synced=synced) for ev in events)
+
+
+def _loopback(ev: TcpEvent, node_name: str) -> None:
+    """127.0.0.0/8 and ::1 stay inside the local network namespace: the peer is the local end's pod or node."""
+    loc, r = ev.local, ev.remote
+    if loc.kind == POD:
+        r.kind = POD
+        r.namespace, r.name, r.uid, r.node = loc.namespace, loc.name, loc.uid, loc.node
+        r.labels.update(dict(loc.labels))
+        r.workload.CopyFrom(loc.workload)
+    elif loc.kind == HOST or not loc.kind:
+        r.kind = NODE
+        r.name = r.node = loc.node or node_name

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.enrich import build_enrichers
+from agent.enrich.remote import RemoteEnricher
 from agent.metrics import AgentMetrics
-from tcpscope.kube.remote import RemoteEnricher
 from tcpscope.v1.events_pb2 import ENDPOINT_KIND_UNSPECIFIED, EXTERNAL, POD, TcpEvent
 from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod
 
