@@ -3,7 +3,7 @@
 `pod_info` keeps what either end of an event needs (namespace, name, uid, node, allow-listed
 labels, workload, container ids, IPs); `workload_of` names the top-level owner without extra API
 calls. The agent's node pod index (agent/enrich/pods.py) and the cluster-wide IP index
-(ipindex.py) both build on it.
+(ipindex.py) both build on it. `fill_endpoint` copies such metadata onto either end of an event.
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
+
+from tcpscope.v1.events_pb2 import Endpoint
 
 JsonObj = dict[str, Any]
 
@@ -109,3 +111,47 @@ def pod_info(obj: Mapping[str, Any], label_allowlist: Iterable[str] = ()) -> Pod
         host_network=bool(spec.get("hostNetwork")),
         created=parse_time(meta.get("creationTimestamp")),
     )
+
+
+class EndpointOwner(Protocol):
+    """Who an end is, as far as an Endpoint shows it: a `PodInfo`, or an `IpOwner` (pod, service, node)."""
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def uid(self) -> str: ...
+
+    @property
+    def labels(self) -> tuple[tuple[str, str], ...]: ...
+
+    @property
+    def workload_kind(self) -> str: ...
+
+    @property
+    def workload_name(self) -> str: ...
+
+    @property
+    def node(self) -> str: ...
+
+
+def fill_endpoint(ep: Endpoint, kind: int, owner: EndpointOwner, container: str = "") -> None:
+    """Copy an owner's fields onto an end: the local end from cgroup -> pod, the remote end from
+    IP -> owner. Identity and labels are replaced; workload, node and container only when known
+    (a pod always has a workload, `workload_of`; a service or node has none)."""
+    ep.kind = kind  # type: ignore[assignment]  # an EndpointKind value (IpOwner.kind is a plain int)
+    ep.namespace = owner.namespace
+    ep.name = owner.name
+    ep.uid = owner.uid
+    ep.labels.clear()
+    ep.labels.update(dict(owner.labels))
+    if container:
+        ep.container = container
+    if owner.workload_kind:
+        ep.workload.kind = owner.workload_kind
+        ep.workload.name = owner.workload_name
+    if owner.node:
+        ep.node = owner.node

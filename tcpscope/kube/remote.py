@@ -16,8 +16,9 @@ from collections.abc import Iterable
 from enum import StrEnum
 
 from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink
+from tcpscope.kube.pods import fill_endpoint
 from tcpscope.kube.watch import KubeApi, Reflector
-from tcpscope.v1.events_pb2 import EXTERNAL, HOST, NODE, POD, Endpoint, TcpEvent
+from tcpscope.v1.events_pb2 import EXTERNAL, HOST, NODE, POD, TcpEvent
 
 
 class RemoteResolver:
@@ -73,20 +74,6 @@ class RemoteResolver:
         return out
 
 
-def fill_owner(ep: Endpoint, o: IpOwner) -> None:
-    ep.kind = o.kind  # type: ignore[assignment]
-    ep.namespace = o.namespace
-    ep.name = o.name
-    ep.uid = o.uid
-    ep.labels.clear()
-    ep.labels.update(dict(o.labels))
-    if o.workload_kind:
-        ep.workload.kind = o.workload_kind
-        ep.workload.name = o.workload_name
-    if o.node:
-        ep.node = o.node
-
-
 def _is_unspecified(ip: str) -> bool:
     try:
         return ipaddress.ip_address(ip).is_unspecified
@@ -133,7 +120,7 @@ def fill_remote_end(ev: TcpEvent, resolver: RemoteResolver, node_name: str, *, s
     when = ev.time.seconds + ev.time.nanos / 1e9 if ev.HasField("time") else None
     owner = resolver.resolve(r.ip, when)
     if owner is not None:
-        fill_owner(r, owner)
+        fill_endpoint(r, owner.kind, owner)
         return _BY_KIND.get(owner.kind, RemoteResult.SERVICE)
     if synced and (node := resolver.pod_cidr_node(r.ip)):
         # in a node's pod range but no pod known for it (yet: the watch lags a new pod):

@@ -6,8 +6,10 @@ import time
 from collections.abc import Callable
 
 from agent.enrich.pods import PodIndex
-from tcpscope.kube.pods import pod_info, workload_of
+from tcpscope.kube.ipindex import IpOwner
+from tcpscope.kube.pods import fill_endpoint, pod_info, workload_of
 from tcpscope.kube.watch import ClientKubeApi, Reflector
+from tcpscope.v1.events_pb2 import NODE, POD, SERVICE, Endpoint
 from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 
 
@@ -53,6 +55,30 @@ def test_pod_info_covers_init_and_ephemeral_containers_and_filters_labels() -> N
     assert p.ips == ("198.18.0.5", "2001:db8::5")
     assert (p.namespace, p.name, p.node) == ("shop", "a", "node-1")
     assert p.created > 0
+
+
+def test_fill_endpoint_from_a_pod_or_an_ip_owner() -> None:
+    """One function fills both ends: the local end from cgroup -> pod (with its container), the
+    remote end from IP -> owner; identity and labels are replaced, the rest set only when known."""
+    p = pod_info(make_pod("db-0", "data", "node-2", labels={"app": "db"}, owner=("StatefulSet", "db")), ["app"])
+    local = Endpoint(ip="198.18.0.5", container_id="c" * 64)
+    local.labels["stale"] = "x"
+    fill_endpoint(local, POD, p, "postgres")
+    assert (local.kind, local.namespace, local.name, local.uid) == (POD, "data", "db-0", p.uid)
+    assert (local.container, local.container_id, local.ip, local.node) == ("postgres", "c" * 64, "198.18.0.5", "node-2")
+    assert dict(local.labels) == {"app": "db"}
+    assert (local.workload.kind, local.workload.name) == ("StatefulSet", "db")
+    by_uid = Endpoint(node="node-x")
+    fill_endpoint(by_uid, POD, p)  # found by pod uid only: no container name
+    assert (by_uid.container, by_uid.node) == ("", "node-2")
+
+    remote = Endpoint(ip="198.19.0.10")
+    fill_endpoint(remote, SERVICE, IpOwner(SERVICE, "shop", "web", "u-1"))
+    assert (remote.kind, remote.namespace, remote.name, remote.uid, remote.node) == (SERVICE, "shop", "web", "u-1", "")
+    assert not remote.HasField("workload") and not remote.labels and not remote.container
+    node = Endpoint(ip="198.18.0.3")
+    fill_endpoint(node, NODE, IpOwner(NODE, "", "node-3", "u-3", node="node-3"))
+    assert (node.kind, node.name, node.node) == (NODE, "node-3", "node-3") and not node.HasField("workload")
 
 
 def test_index_keeps_deleted_pods_for_ttl() -> None:
