@@ -1,25 +1,11 @@
-"""Pod metadata: distilling pod JSON, the node pod index, and the reflector against the stand-in."""
+"""Pod metadata: distilling pod JSON, and copying it onto either end of an event."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
-from agent.enrich.pods import PodIndex
 from tcpscope.kube.ipindex import IpOwner
 from tcpscope.kube.pods import fill_endpoint, pod_info, workload_of
-from tcpscope.kube.watch import ClientKubeApi, Reflector
 from tcpscope.v1.events_pb2 import NODE, POD, SERVICE, Endpoint
-from tcpscope_sim.fakeapi import FakeApiServer, make_pod
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
+from tcpscope_sim.fakeapi import make_pod
 
 
 def test_workload_owner_by_convention() -> None:
@@ -79,85 +65,3 @@ def test_fill_endpoint_from_a_pod_or_an_ip_owner() -> None:
     node = Endpoint(ip="198.18.0.3")
     fill_endpoint(node, NODE, IpOwner(NODE, "", "node-3", "u-3", node="node-3"))
     assert (node.kind, node.name, node.node) == (NODE, "node-3", "node-3") and not node.HasField("workload")
-
-
-def test_index_keeps_deleted_pods_for_ttl() -> None:
-    t = [0.0]
-    idx = PodIndex(ttl=10, clock=lambda: t[0])
-    a = make_pod("a", containers={"app": "a" * 64})
-    idx.replace([a])
-    assert idx.by_container("a" * 64) is not None
-    idx.apply("DELETED", a)
-    t[0] = 9.0
-    hit = idx.by_container("a" * 64)
-    assert hit is not None and hit[0].name == "a" and hit[1] == "app"
-    assert idx.stats()["pods.deleted_cached"] == 1
-    t[0] = 10.5
-    assert idx.by_container("a" * 64) is None
-    assert idx.by_uid(a["metadata"]["uid"]) is None
-    assert idx.stats()["pods.deleted_evicted"] == 1
-    # a relist without a pod counts as its deletion too
-    b = make_pod("b", containers={"app": "b" * 64})
-    idx.replace([b])
-    idx.replace([])
-    assert idx.stats()["pods.cached"] == 0 and idx.by_uid(b["metadata"]["uid"]) is not None
-
-
-def test_reflector_lists_watches_only_this_node(fakeapi: FakeApiServer, kube_api: ClientKubeApi) -> None:
-    fakeapi.add(make_pod("mine", node="node-1", containers={"app": "1" * 64}))
-    fakeapi.add(make_pod("other", node="node-2", containers={"app": "2" * 64}))
-    idx = PodIndex()
-    r = Reflector(kube_api, "pods", idx, field_selector="spec.nodeName=node-1").start()
-    try:
-        assert r.synced.wait(5)
-        assert idx.by_container("1" * 64) is not None and idx.by_container("2" * 64) is None
-        late = fakeapi.add(make_pod("late", node="node-1", containers={"app": "3" * 64}))
-        wait_for(lambda: idx.by_container("3" * 64) is not None)
-        fakeapi.delete("pods", "late")
-        wait_for(lambda: idx.stats()["pods.deleted_cached"] == 1)
-        assert idx.by_uid(late["metadata"]["uid"]) is not None  # still resolvable after deletion
-        wait_for(lambda: r.counters["bookmarks"] >= 1)
-        assert r.counters["lists"] == 1 and r.counters["api_errors"] == 0
-    finally:
-        r.close()
-
-
-def test_reflector_resumes_after_restart_and_relists_on_410(fakeapi: FakeApiServer, kube_api: ClientKubeApi) -> None:
-    fakeapi.add(make_pod("a", containers={"app": "a" * 64}))
-    idx = PodIndex()
-    r = Reflector(kube_api, "pods", idx, field_selector="spec.nodeName=node-1", backoff_initial=0.05).start()
-    try:
-        assert r.synced.wait(5)
-        # plain restart: history kept, the watch resumes from its resourceVersion without a relist
-        fakeapi.restart()
-        fakeapi.add(make_pod("b", containers={"app": "b" * 64}))
-        wait_for(lambda: idx.by_container("b" * 64) is not None)
-        assert r.counters["lists"] == 1 and r.counters["gone"] == 0
-        # restart with compacted history while a pod is deleted meanwhile: 410 -> relist
-        fakeapi.stop()
-        fakeapi.delete("pods", "a")
-        fakeapi.store.compact()  # the deletion is now older than anything the server can replay
-        fakeapi.start()
-        wait_for(lambda: r.counters["relists"] == 1)
-        assert r.counters["gone"] == 1
-        wait_for(lambda: idx.stats()["pods.cached"] == 1)  # 'a' left the live set at the relist
-        assert idx.by_container("a" * 64) is not None  # ...and stays resolvable from the LRU
-    finally:
-        r.close()
-
-
-def test_reflector_keeps_retrying_when_the_server_is_down_from_the_start(
-    fakeapi: FakeApiServer, kube_api: ClientKubeApi
-) -> None:
-    fakeapi.stop()
-    idx = PodIndex()
-    r = Reflector(kube_api, "pods", idx, backoff_initial=0.05, backoff_max=0.2).start()
-    try:
-        wait_for(lambda: r.counters["api_errors"] >= 3)
-        assert not r.synced.is_set()
-        fakeapi.add(make_pod("a", containers={"app": "a" * 64}))
-        fakeapi.start()
-        assert r.synced.wait(5)
-        assert idx.by_container("a" * 64) is not None
-    finally:
-        r.close()
