@@ -52,8 +52,9 @@ class CollectorMetrics:
         )
         self.remote_ends = Counter(
             "tcpscope_collector_remote_ends_total",
-            "remote ends seen with --resolve-remote, by result: pod, service, node, loopback (hits); "
-            "external (synced index, no owner), miss_api_unavailable (index not synced yet), no_ip; "
+            "remote ends seen with --resolve-remote, by result (tcpscope.kube.RemoteResult): pod, service, "
+            "node, loopback (hits); pod_unknown (in a node's pod range, no pod known yet); external "
+            "(synced index, no owner), miss_api_unavailable (index not synced yet), no_ip; "
             "agent_resolved (left as the agent resolved it)",
             ["result"],
             registry=r,

@@ -2,24 +2,21 @@
 replica instead of one per node; agents then run with `--no-resolve-remote`).
 
 `RemoteEnrichment` fills `event.remote` for the events whose remote end the agent left unresolved
-(`kind` unspecified), using the agent's reusable `RemoteResolver` / `RemoteEnricher`: lookups are
-in-memory and by the event's own time. It runs on the collector's prepare thread (service.py), never
-on the asyncio loop. Every remote end is counted once by result in
-`tcpscope_collector_remote_ends_total{result}`.
+(`kind` unspecified), with the shared `RemoteResolver` (tcpscope.kube): lookups are in-memory and by
+the event's own time. It runs on the collector's prepare thread (service.py), never on the asyncio
+loop. Every remote end is counted once by result in `tcpscope_collector_remote_ends_total{result}`:
+a `RemoteResult`, or `agent_resolved`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
+from tcpscope.kube.remote import RemoteResolver, fill_remote_ends
 from tcpscope.v1.events_pb2 import ENDPOINT_KIND_UNSPECIFIED, EventBatch, TcpEvent
-
-if TYPE_CHECKING:
-    from agent.enrich.remote import RemoteEnricher
 
 log = logging.getLogger(__name__)
 
@@ -36,21 +33,15 @@ class BatchEnricher(Protocol):
 
 
 class RemoteEnrichment:
-    """Applies a `RemoteEnricher` to the unresolved remote ends of each batch and counts results."""
+    """Fills the unresolved remote ends of each batch from a `RemoteResolver` and counts the results."""
 
-    def __init__(
-        self, enricher: RemoteEnricher, metrics: CollectorMetrics, clock: Callable[[], float] | None = None
-    ) -> None:
-        import time
-
-        self._enricher = enricher
+    def __init__(self, resolver: RemoteResolver, metrics: CollectorMetrics) -> None:
+        self._resolver = resolver
         self._metrics = metrics
-        self._clock = clock or time.time
-        self._seen = dict(enricher.counters)
 
     def wait_synced(self, timeout: float) -> bool:
         """Block up to `timeout` s for the first pod, service and node lists."""
-        return self._enricher.resolver.wait_synced(timeout)
+        return self._resolver.wait_synced(timeout)
 
     def enrich(self, batch: EventBatch) -> None:
         todo: list[TcpEvent] = [ev for ev in batch.events if ev.remote.kind == ENDPOINT_KIND_UNSPECIFIED]
@@ -59,16 +50,12 @@ class RemoteEnrichment:
             self._metrics.remote_ends.labels(AGENT_RESOLVED).inc(skipped)
         if not todo:
             return
-        self._enricher.process(todo, self._clock())
-        now = self._enricher.counters
-        for key, n in now.items():
-            delta = n - self._seen.get(key, 0)
-            if delta and key != "remote.events":
-                self._metrics.remote_ends.labels(key.removeprefix("remote.")).inc(delta)
-        self._seen = dict(now)
+        # no node of its own: a loopback peer of a host process is named by the event's local end only
+        for result, n in fill_remote_ends(todo, self._resolver, node_name="").items():
+            self._metrics.remote_ends.labels(result.value).inc(n)
 
     def close(self) -> None:
-        self._enricher.close()
+        self._resolver.close()
 
 
 def build_remote_enrichment(cfg: CollectorConfig, metrics: CollectorMetrics) -> RemoteEnrichment:
@@ -77,10 +64,9 @@ def build_remote_enrichment(cfg: CollectorConfig, metrics: CollectorMetrics) -> 
     Raises when no API client can be configured: --resolve-remote without API access is a
     deployment mistake to surface at start-up, not to hide behind counters.
     """
-    from agent.enrich.kube import ClientKubeApi, load_api_client
-    from agent.enrich.remote import RemoteEnricher, RemoteResolver
+    from tcpscope.kube import ClientKubeApi, load_api_client
 
     api = ClientKubeApi(load_api_client(cfg.kubeconfig))
     resolver = RemoteResolver(api, cfg.labels).start()
     log.info("resolving remote ends from the Kubernetes API (%s)", cfg.kubeconfig or "in-cluster")
-    return RemoteEnrichment(RemoteEnricher(resolver, node_name=""), metrics)
+    return RemoteEnrichment(resolver, metrics)

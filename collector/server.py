@@ -173,8 +173,8 @@ class CollectorServer:
                 )
         reviewer = None
         if cfg.tokenreview:
-            from agent.enrich.kube import load_api_client
             from collector.identity import TokenReviewer
+            from tcpscope.kube import load_api_client
 
             try:
                 api = load_api_client(cfg.kubeconfig)

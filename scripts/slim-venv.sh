@@ -3,7 +3,7 @@
 #   - pip, setuptools, wheel: nothing is installed at run time (the agent's editable install is
 #     a .pth finder that needs neither).
 #   - kubernetes/aio plus aiohttp and its stack: the asyncio copy of the Kubernetes client
-#     (about 68 MB with bytecode); agent/enrich/kube.py uses the synchronous client only.
+#     (about 68 MB with bytecode); tcpscope/kube/watch.py uses the synchronous client only.
 # Ends by importing what the processes import, so a future kubernetes release that starts needing
 # any of these fails the image build, not a pod.
 set -eu
@@ -13,4 +13,4 @@ site=$(echo "$venv"/lib/python3*/site-packages)
   frozenlist multidict propcache yarl attrs
 rm -rf "$site/kubernetes/aio"
 "$venv/bin/python" -m pip uninstall -q -y setuptools wheel pip
-"$venv/bin/python" -c "import kubernetes.client, kubernetes.watch, kubernetes.config, grpc, kafka, collector, agent.enrich.kube, tcpscope.v1.events_pb2"
+"$venv/bin/python" -c "import kubernetes.client, kubernetes.watch, kubernetes.config, grpc, kafka, collector, tcpscope.kube, tcpscope.v1.events_pb2"

@@ -2,8 +2,11 @@
 
     local end:  process.cgroup_id -> CgroupMap (cgroups.py) -> pod uid / container id
                 -> PodIndex (pods.py, node-scoped pod watch) -> LocalEnricher (local.py)
-    remote end: remote.ip -> IpIndex (ipindex.py, cluster-wide pod/service/node watches)
-                -> RemoteResolver / RemoteEnricher (remote.py)
+    remote end: remote.ip -> RemoteResolver (tcpscope.kube, shared with the collector: cluster-wide
+                pod/service/node watches) -> RemoteEnricher
+
+The Kubernetes watch, pod parsing and the IP index live in `tcpscope.kube`; what only a node
+knows (cgroups, this node's pods) lives here.
 
 `build_enrichers` is the one entry point the agent's wiring calls. Enrichment degrades, it never
 drops: when the API server is away events go on with cgroup-level identity and misses are counted.
@@ -15,11 +18,10 @@ import logging
 from typing import TYPE_CHECKING
 
 from agent.enrich.cgroups import CgroupIdentity, CgroupMap, find_cgroup2_mount, parse_cgroup_path
-from agent.enrich.ipindex import IpIndex, IpOwner
-from agent.enrich.kube import ClientKubeApi, KubeApi, Reflector, load_api_client
 from agent.enrich.local import LocalEnricher
-from agent.enrich.pods import PodIndex, PodInfo, pod_info, workload_of
-from agent.enrich.remote import RemoteEnricher, RemoteResolver
+from agent.enrich.pods import PodIndex
+from agent.enrich.remote import RemoteEnricher
+from tcpscope.kube import ClientKubeApi, KubeApi, Reflector, RemoteResolver, load_api_client
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -30,22 +32,12 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CgroupIdentity",
     "CgroupMap",
-    "ClientKubeApi",
-    "IpIndex",
-    "IpOwner",
-    "KubeApi",
     "LocalEnricher",
     "PodIndex",
-    "PodInfo",
-    "Reflector",
     "RemoteEnricher",
-    "RemoteResolver",
     "build_enrichers",
     "find_cgroup2_mount",
-    "load_api_client",
     "parse_cgroup_path",
-    "pod_info",
-    "workload_of",
 ]
 
 

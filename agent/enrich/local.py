@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from agent.enrich.cgroups import CgroupIdentity, parse_cgroup_path
-from agent.enrich.pods import PodInfo
-from tcpscope.v1.events_pb2 import HOST, POD, Endpoint, TcpEvent
+from tcpscope.kube.pods import PodInfo, fill_endpoint
+from tcpscope.v1.events_pb2 import HOST, POD, TcpEvent
 
 
 class CgroupLookup(Protocol):
@@ -41,22 +41,6 @@ class _Held:
     event: TcpEvent
     ident: CgroupIdentity
     deadline: float
-
-
-def fill_pod(ep: Endpoint, p: PodInfo, container: str) -> None:
-    """Copy a pod's fields onto an endpoint."""
-    ep.kind = POD
-    ep.namespace = p.namespace
-    ep.name = p.name
-    ep.uid = p.uid
-    ep.labels.clear()
-    ep.labels.update(dict(p.labels))
-    if container:
-        ep.container = container
-    ep.workload.kind = p.workload_kind
-    ep.workload.name = p.workload_name
-    if p.node:
-        ep.node = p.node
 
 
 class LocalEnricher:
@@ -174,7 +158,7 @@ class LocalEnricher:
             loc.container_id = ident.container_id
         hit = self._lookup(ident)
         if hit is not None:
-            fill_pod(loc, *hit)
+            fill_endpoint(loc, POD, *hit)
             self.counters["local.pod_hits"] += 1
             return None
         if self.pods is None:
@@ -204,7 +188,7 @@ class LocalEnricher:
         for h in self._pending:
             hit = self._lookup(h.ident) if changed or force else None
             if hit is not None:
-                fill_pod(h.event.local, *hit)
+                fill_endpoint(h.event.local, POD, *hit)
                 self.counters["local.released_resolved"] += 1
                 self.counters["local.pod_hits"] += 1
                 out.append(h.event)

@@ -1,118 +1,21 @@
 """Pod metadata cache: this node's pods by container id and pod uid, with recently deleted pods.
 
-`PodIndex` is the sink of a node-scoped pod `Reflector` (`spec.nodeName=<node>`). It keeps only
-what enrichment needs (`PodInfo`), covers regular, init and ephemeral containers, and moves
-deleted pods (a DELETED event, or absent from a relist) into an LRU with a TTL so events that
+`PodIndex` is the sink of a node-scoped pod `Reflector` (`spec.nodeName=<node>`; tcpscope.kube).
+It keeps only what enrichment needs (`PodInfo`), covers regular, init and ephemeral containers, and
+moves deleted pods (a DELETED event, or absent from a relist) into an LRU with a TTL so events that
 arrive after the pod is gone still resolve. Thread-safe: the reflector writes from its thread,
 the enricher reads from the pipeline's.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 
-JsonObj = dict[str, Any]
-
-_CRONJOB_JOB = re.compile(r"^(.+)-(\d{8,})$")  # CronJob jobs are '<cronjob>-<scheduled minute>'
-
-
-@dataclass(frozen=True)
-class PodInfo:
-    """What an event needs to know about a pod."""
-
-    uid: str
-    namespace: str
-    name: str
-    node: str
-    labels: tuple[tuple[str, str], ...] = ()
-    workload_kind: str = ""
-    workload_name: str = ""
-    containers: Mapping[str, str] = field(default_factory=dict)  # container id -> container name
-    ips: tuple[str, ...] = ()
-    host_network: bool = False
-    created: float = 0.0  # wall-clock seconds (metadata.creationTimestamp)
-
-
-def strip_runtime(container_id: str) -> str:
-    """'containerd://<id>' / 'cri-o://<id>' / 'docker://<id>' -> '<id>'."""
-    return container_id.split("://", 1)[-1]
-
-
-def parse_time(ts: str | None) -> float:
-    if not ts:
-        return 0.0
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def workload_of(obj: Mapping[str, Any]) -> tuple[str, str]:
-    """The pod's top-level owner: Deployment via its ReplicaSet, CronJob via its Job, else the controller.
-
-    Without an API call per ReplicaSet/Job, the owner of the owner comes from naming conventions:
-    a Deployment's ReplicaSet is '<deployment>-<pod-template-hash>' (the hash is also the pod's
-    'pod-template-hash' label); a CronJob's Job is '<cronjob>-<scheduled time in minutes>'.
-    A pod with no controller is its own workload ('Pod', name).
-    """
-    meta = obj.get("metadata") or {}
-    owners = meta.get("ownerReferences") or []
-    ctrl = next((o for o in owners if o.get("controller")), owners[0] if owners else None)
-    if not ctrl or ctrl.get("kind") == "Node":  # bare or static (mirror) pod
-        return "Pod", str(meta.get("name", ""))
-    kind, name = str(ctrl.get("kind", "")), str(ctrl.get("name", ""))
-    if kind == "ReplicaSet":
-        h = (meta.get("labels") or {}).get("pod-template-hash", "")
-        if h and name.endswith("-" + h):
-            return "Deployment", name[: -len(h) - 1]
-    elif kind == "Job":
-        m = _CRONJOB_JOB.match(name)
-        if m:
-            return "CronJob", m.group(1)
-    return kind, name
-
-
-def pod_info(obj: Mapping[str, Any], label_allowlist: Iterable[str] = ()) -> PodInfo:
-    """Distil a Pod JSON object (as the API server sends it) into a PodInfo."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
-    labels = meta.get("labels") or {}
-    allow = set(label_allowlist)
-    containers: dict[str, str] = {}
-    for key in ("containerStatuses", "initContainerStatuses", "ephemeralContainerStatuses"):
-        for cs in status.get(key) or []:
-            cid = strip_runtime(cs.get("containerID") or "")
-            if cid:
-                containers[cid] = str(cs.get("name", ""))
-            # a restarted container's previous instance may still have sockets draining
-            last = ((cs.get("lastState") or {}).get("terminated") or {}).get("containerID")
-            if last:
-                containers.setdefault(strip_runtime(last), str(cs.get("name", "")))
-    ips = tuple(str(p["ip"]) for p in status.get("podIPs") or [] if p.get("ip"))
-    if not ips and status.get("podIP"):
-        ips = (str(status["podIP"]),)
-    wk, wn = workload_of(obj)
-    return PodInfo(
-        uid=str(meta.get("uid", "")),
-        namespace=str(meta.get("namespace", "")),
-        name=str(meta.get("name", "")),
-        node=str(spec.get("nodeName", "")),
-        labels=tuple(sorted((k, str(v)) for k, v in labels.items() if k in allow)),
-        workload_kind=wk,
-        workload_name=wn,
-        containers=containers,
-        ips=ips,
-        host_network=bool(spec.get("hostNetwork")),
-        created=parse_time(meta.get("creationTimestamp")),
-    )
+from tcpscope.kube.pods import JsonObj, PodInfo, pod_info
 
 
 class PodIndex:

@@ -1,4 +1,5 @@
-"""--resolve-remote: a real collector watches a real-HTTP API stand-in and fills remote ends in Kafka."""
+"""--resolve-remote: a real collector watches a real-HTTP API stand-in and fills remote ends in Kafka;
+each remote end counted once by the result the shared resolver reports."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ from pathlib import Path
 import pytest
 
 from collector.config import CollectorConfig
+from collector.metrics import CollectorMetrics
+from collector.remote import AGENT_RESOLVED, RemoteEnrichment
 from tcpscope.kafka_layout import RECORD_EVENT, decode_records
-from tcpscope.v1.events_pb2 import EXTERNAL, NODE, POD, SERVICE, TcpEvent
+from tcpscope.kube import ClientKubeApi, RemoteResolver, RemoteResult, load_api_client
+from tcpscope.v1.events_pb2 import EXTERNAL, NODE, POD, SERVICE, EventBatch, TcpEvent
 from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
 from tests.support.collector import collector
 from tests.support.events import make_event
@@ -61,6 +65,37 @@ def test_flags_and_environment(tmp_path: Path) -> None:
     assert CollectorConfig.from_args([], env=env).resolve_remote is True
     assert CollectorConfig.from_args(["--no-resolve-remote"], env=env).resolve_remote is False
     assert CollectorConfig.from_args([], env={"TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092"}).resolve_remote is False
+
+
+def test_each_remote_end_is_counted_once_by_result(fake_api: tuple[FakeApiServer, Path]) -> None:
+    """The collector counts what the resolver says each end became, plus the ends it left alone."""
+    metrics = CollectorMetrics()
+    resolver = RemoteResolver(ClientKubeApi(load_api_client(str(fake_api[1]))), ("app",)).start()
+    enrichment = RemoteEnrichment(resolver, metrics)
+    try:
+        assert enrichment.wait_synced(10)
+        pre = _event(7, "198.18.1.10")
+        pre.remote.kind = POD
+        ips = ["198.18.1.10", "198.18.1.20", "198.19.0.10", "198.18.0.3", "203.0.113.9", "127.0.0.1", "0.0.0.0"]
+        batch = EventBatch(events=[*(_event(i, ip) for i, ip in enumerate(ips)), pre])
+        enrichment.enrich(batch)
+        enrichment.enrich(EventBatch(events=[_event(8, "203.0.113.10")]))
+    finally:
+        enrichment.close()
+    labels = [r.value for r in RemoteResult] + [AGENT_RESOLVED]
+    got = {r: metrics.value("tcpscope_collector_remote_ends_total", result=r) for r in labels}
+    assert got == {
+        "pod": 2,
+        "service": 1,
+        "node": 1,
+        "external": 2,
+        "pod_unknown": 0,
+        "loopback": 1,
+        "no_ip": 1,
+        "miss_api_unavailable": 0,
+        "agent_resolved": 1,
+    }
+    assert [ev.remote.kind for ev in batch.events] == [POD, POD, SERVICE, NODE, EXTERNAL, NODE, 0, POD]
 
 
 @pytest.mark.parametrize("layout", ["event", "packed"])

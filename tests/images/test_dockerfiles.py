@@ -118,6 +118,18 @@ def test_agent_copies_what_the_agent_reads_at_run_time() -> None:
     assert Path(probe.BPF_DIR) == ROOT / "bpf"
 
 
+def test_collector_copies_the_collector_and_tcpscope_but_not_the_agent() -> None:
+    copied = {
+        src.rstrip("/")
+        for i in parse(IMAGES["collector"])
+        if i.op == "COPY" and "--from=" not in i.args
+        for src in i.args.split()[:-1]
+    }
+    # the collector imports collector and tcpscope only (tests/test_boundaries.py)
+    assert {"collector", "tcpscope", "proto", "scripts", "pyproject.toml", "README.md"} <= copied
+    assert "agent" not in copied and "bpf" not in copied
+
+
 @pytest.mark.parametrize(("image", "script"), [("agent", "tcpscope-agent"), ("collector", "tcpscope-collector")])
 def test_entrypoint_is_the_declared_console_script(image: str, script: str) -> None:
     entry = [i.args for i in parse(IMAGES[image]) if i.op == "ENTRYPOINT"]

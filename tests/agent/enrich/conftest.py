@@ -4,33 +4,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from agent.enrich.kube import ClientKubeApi, load_api_client
-from tcpscope_sim.fakeapi import FakeApiServer
 from tests.support.kernel import require_root
+from tests.support.kubeapi import fakeapi, kube_api, kubeconfig
 from tests.support.kubepods import CgroupTree, VethPods
 
-
-@pytest.fixture
-def fakeapi() -> Iterator[FakeApiServer]:
-    srv = FakeApiServer(bookmark_interval=0.2).start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
-@pytest.fixture
-def kubeconfig(fakeapi: FakeApiServer, tmp_path: Path) -> Path:
-    return fakeapi.write_kubeconfig(tmp_path / "kubeconfig")
-
-
-@pytest.fixture
-def kube_api(kubeconfig: Path) -> ClientKubeApi:
-    return ClientKubeApi(load_api_client(str(kubeconfig)), read_timeout=10.0)
+__all__ = ["fakeapi", "kube_api", "kubeconfig"]
 
 
 @pytest.fixture

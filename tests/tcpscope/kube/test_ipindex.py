@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.enrich.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink, normalize_ip
+from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink, normalize_ip
 from tcpscope.v1.events_pb2 import NODE, POD, SERVICE
 from tcpscope_sim.fakeapi import make_node, make_pod, make_service
 

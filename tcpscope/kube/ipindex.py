@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.enrich.pods import parse_time, pod_info
+from tcpscope.kube.pods import parse_time, pod_info
 from tcpscope.v1.events_pb2 import NODE, POD, SERVICE
 
 JsonObj = dict[str, Any]
