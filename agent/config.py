@@ -1,7 +1,8 @@
 """The agent's one configuration object: every flag, its environment variable and its default.
 
 Read once at start-up (`AgentConfig.from_args`) and passed down explicitly; nothing reads flags or
-the environment anywhere else. `python -m agent --help` prints the same documentation.
+the environment anywhere else. The flags are generated from the fields (`tcpscope/settings.py`), so
+`python -m agent --help` prints the same documentation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpscope.identity import make_agent_id
-from tcpscope.settings import ConfigError, help_text, host_port, load, setting
+from tcpscope.settings import ConfigError, host_port, load, parser_for, setting
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
 # `state` (several events per connection) and `probe` are on request only
@@ -26,7 +27,9 @@ __all__ = ["DEFAULT_EVENT_KINDS", "EVENT_KINDS", "AgentConfig", "ConfigError", "
 @dataclass(frozen=True)
 class AgentConfig:
     # --- output -----------------------------------------------------------------------------
-    stdout: str | None = setting("TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None)
+    stdout: str | None = setting(
+        "TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None, choices=("table", "json")
+    )
     events: tuple[str, ...] = setting(
         "TCPSCOPE_EVENTS",
         "event kinds to report, comma separated: " + ",".join(EVENT_KINDS),
@@ -39,6 +42,7 @@ class AgentConfig:
         "TCPSCOPE_DUMP_BPF",
         "print the kernel probe plan (formats, offsets, attach list) and exit",
         default=False,
+        negative=False,  # a command, not a setting: nothing to switch off
     )
     # --- kernel side ------------------------------------------------------------------------
     ports: tuple[int, ...] = setting(
@@ -46,6 +50,8 @@ class AgentConfig:
         "only sockets whose local or remote port is one of these (in-kernel)",
         default=(),
         items=int,
+        flag="--port",
+        repeatable=True,
     )
     cgroup_root: str | None = setting(
         "TCPSCOPE_CGROUP_ROOT",
@@ -82,6 +88,7 @@ class AgentConfig:
         "reported as flows every --flow-interval, anomalies stay individual events. Default: each with "
         "--stdout, aggregate when only streaming to a collector",
         default="",
+        choices=("each", "aggregate"),
     )
     flow_interval: float = setting(
         "TCPSCOPE_FLOW_INTERVAL",
@@ -111,6 +118,7 @@ class AgentConfig:
         "TCPSCOPE_KUBERNETES",
         "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
         default=True,
+        negative="run with cgroup-level identity only",
     )
     kubeconfig: str | None = setting(
         "KUBECONFIG", "kubeconfig file; without it the in-cluster service account is used", default=None
@@ -119,11 +127,13 @@ class AgentConfig:
         "TCPSCOPE_RESOLVE_REMOTE",
         "resolve remote IPs to pods/services/nodes in the agent (default on for --stdout)",
         default=True,
+        negative="leave remote ends unresolved (the collector resolves them)",
     )
     label_allowlist: tuple[str, ...] = setting(
         "TCPSCOPE_LABELS",
         "pod labels copied onto events, comma separated (others are dropped)",
         default=("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "version"),
+        flag="--labels",
     )
     pod_cache_ttl: float = setting(
         "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0
@@ -150,7 +160,12 @@ class AgentConfig:
     token_file: str | None = setting(
         "TCPSCOPE_TOKEN_FILE", "file holding a bearer token sent to the collector", default=None
     )
-    compression: str = setting("TCPSCOPE_COMPRESSION", "gRPC compression: gzip, deflate or none", default="gzip")
+    compression: str = setting(
+        "TCPSCOPE_COMPRESSION",
+        "gRPC compression: gzip, deflate or none",
+        default="gzip",
+        choices=("gzip", "deflate", "none"),
+    )
     batch_max_events: int = setting("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000)
     batch_max_age: float = setting("TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5)
     buffer_max_events: int = setting(
@@ -253,11 +268,7 @@ class AgentConfig:
     def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
         """Build the config from command-line flags over environment variables over defaults."""
         env = os.environ if env is None else env
-
-        def ports(ns: argparse.Namespace) -> dict[str, tuple[int, ...]]:
-            return {"ports": tuple(int(p) for p in ns.port)} if ns.port else {}
-
-        return load(AgentConfig, build_parser(), argv, env, ports)
+        return load(AgentConfig, build_parser(), argv, env)
 
 
 # gRPC name-resolver schemes a --collector target may use instead of HOST:PORT
@@ -295,68 +306,4 @@ def check_netns(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tcpscope-agent",
-        description="TCP observability from kernel tracepoints: per-node eBPF agent.",
-        epilog="Every flag can also be set by the environment variable shown in brackets.",
-    )
-
-    def h(name: str) -> str:
-        return help_text(AgentConfig, name)
-
-    p.add_argument("--stdout", choices=("table", "json"), help=h("stdout"))
-    p.add_argument("--events", help=h("events"))
-    p.add_argument("--duration", type=float, help=h("duration"))
-    p.add_argument("--dump-bpf", action="store_true", default=None, help=h("dump_bpf"))
-    p.add_argument("--port", action="append", type=int, help=h("ports") + " (repeatable)")
-    p.add_argument("--cgroup-root", help=h("cgroup_root"))
-    p.add_argument("--netns", help=h("netns"))
-    p.add_argument("--tracefs", help=h("tracefs"))
-    p.add_argument("--btf", help=h("btf"))
-    p.add_argument("--probe-sample", type=int, help=h("probe_sample"))
-    p.add_argument("--max-sockets", type=int, help=h("max_sockets"))
-    p.add_argument("--connections", choices=("each", "aggregate"), help=h("connections"))
-    p.add_argument("--flow-interval", type=float, help=h("flow_interval"))
-    p.add_argument("--max-flows", type=int, help=h("max_flows"))
-    p.add_argument("--max-connection-events", type=int, help=h("max_connection_events"))
-    p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))
-    p.add_argument("--node-name", help=h("node_name"))
-    p.add_argument("--kubernetes", dest="kubernetes", action="store_true", default=None, help=h("kubernetes"))
-    p.add_argument(
-        "--no-kubernetes",
-        dest="kubernetes",
-        action="store_false",
-        default=None,
-        help="run with cgroup-level identity only",
-    )
-    p.add_argument("--kubeconfig", help=h("kubeconfig"))
-    p.add_argument(
-        "--resolve-remote", dest="resolve_remote", action="store_true", default=None, help=h("resolve_remote")
-    )
-    p.add_argument(
-        "--no-resolve-remote",
-        dest="resolve_remote",
-        action="store_false",
-        default=None,
-        help="leave remote ends unresolved (the collector resolves them)",
-    )
-    p.add_argument("--labels", dest="label_allowlist", help=h("label_allowlist"))
-    p.add_argument("--pod-cache-ttl", type=float, help=h("pod_cache_ttl"))
-    p.add_argument("--pending-max-wait", type=float, help=h("pending_max_wait"))
-    p.add_argument("--collector", help=h("collector"))
-    p.add_argument("--agent-id", help=h("agent_id"))
-    p.add_argument("--tls-ca", help=h("tls_ca"))
-    p.add_argument("--tls-cert", help=h("tls_cert"))
-    p.add_argument("--tls-key", help=h("tls_key"))
-    p.add_argument("--tls-server-name", help=h("tls_server_name"))
-    p.add_argument("--token-file", help=h("token_file"))
-    p.add_argument("--compression", choices=("gzip", "deflate", "none"), help=h("compression"))
-    p.add_argument("--batch-max-events", type=int, help=h("batch_max_events"))
-    p.add_argument("--batch-max-age", type=float, help=h("batch_max_age"))
-    p.add_argument("--buffer-max-events", type=int, help=h("buffer_max_events"))
-    p.add_argument("--drain-grace", type=float, help=h("drain_grace"))
-    p.add_argument("--state-dir", help=h("state_dir"))
-    p.add_argument("--metrics-port", type=int, help=h("metrics_port"))
-    p.add_argument("--metrics-address", help=h("metrics_address"))
-    p.add_argument("--log-level", help=h("log_level"))
-    return p
+    return parser_for(AgentConfig, "tcpscope-agent", "TCP observability from kernel tracepoints: per-node eBPF agent.")

@@ -1,7 +1,8 @@
 """The collector's one configuration object: every flag, its environment variable and its default.
 
-Read once at start-up (`CollectorConfig.from_args`) and passed down explicitly. Secrets (the Kafka
-SASL password) come from the environment or a file, never from a flag.
+Read once at start-up (`CollectorConfig.from_args`) and passed down explicitly; the flags are
+generated from the fields (`tcpscope/settings.py`). Secrets (the Kafka SASL password) come from the
+environment or a file, never from a flag.
 """
 
 from __future__ import annotations
@@ -9,17 +10,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from tcpscope.kafka_layout import RECORD_LAYOUTS, VALUE_FORMATS
-from tcpscope.settings import ConfigError, check, flag_name, help_text, host_port, load, setting
+from tcpscope.settings import ConfigError, check, host_port, load, log_level, parser_for, setting
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 METRICS_BY = ("workload", "pod", "namespace")
 KAFKA_COMPRESSIONS = ("gzip", "none", "snappy", "lz4", "zstd")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 __all__ = [
@@ -221,10 +220,10 @@ class CollectorConfig:
         default=("pod",),
     )
     grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0, min=0)
-    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO", choices=LOG_LEVELS)
+    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "log_level", self.log_level.upper())
+        object.__setattr__(self, "log_level", log_level(self.log_level))  # any case, like the agent's
         check(self)
         if not self.kafka_bootstrap:
             raise ConfigError("--kafka-bootstrap is required")
@@ -322,22 +321,6 @@ def codec_available(compression: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tcpscope-collector",
-        description="Receive tcpscope event batches over gRPC and publish them to Kafka.",
-        epilog="Every flag can also be set by the environment variable shown in brackets.",
+    return parser_for(
+        CollectorConfig, "tcpscope-collector", "Receive tcpscope event batches over gRPC and publish them to Kafka."
     )
-    for f in fields(CollectorConfig):
-        if not f.metadata["flag"]:
-            continue
-        flag, help = flag_name(f), help_text(CollectorConfig, f.name)
-        if isinstance(f.default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
-            continue
-        kind: Any = str
-        if isinstance(f.default, int):
-            kind = int
-        elif isinstance(f.default, float):
-            kind = float
-        p.add_argument(flag, dest=f.name, type=kind, help=help)
-    return p
