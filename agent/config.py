@@ -14,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpscope.identity import make_agent_id
-from tcpscope.settings import ConfigError, host_port, load, parser_for, setting
+from tcpscope.settings import (
+    ConfigError,
+    check,
+    host_port,
+    load,
+    log_level,
+    parser_for,
+    readable_files,
+    setting,
+    together,
+)
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
 # `state` (several events per connection) and `probe` are on request only
@@ -36,7 +46,7 @@ class AgentConfig:
         default=DEFAULT_EVENT_KINDS,
     )
     duration: float | None = setting(
-        "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None
+        "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None, above=0
     )
     dump_bpf: bool = setting(
         "TCPSCOPE_DUMP_BPF",
@@ -73,13 +83,14 @@ class AgentConfig:
         default=None,
     )
     probe_sample: int = setting(
-        "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
+        "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100, min=1
     )
     max_sockets: int = setting(
         "TCPSCOPE_MAX_SOCKETS",
         "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted "
         "as kernel.socket_map_full; nothing is evicted)",
         default=65536,
+        min=1,
     )
     connections: str = setting(
         "TCPSCOPE_CONNECTIONS",
@@ -94,18 +105,21 @@ class AgentConfig:
         "TCPSCOPE_FLOW_INTERVAL",
         "seconds between flushes of the in-kernel flow maps (and at shutdown)",
         default=10.0,
+        above=0,
     )
     max_flows: int = setting(
         "TCPSCOPE_MAX_FLOWS",
         "flow keys per interval (kernel map size); when full, ordinary connections are reported as their "
         "own lifecycle events and counted (flows.map_full), never lost",
         default=4096,
+        min=1,
     )
     max_connection_events: int = setting(
         "TCPSCOPE_MAX_CONNECTION_EVENTS",
         "with --connections each: ordinary connections reported one by one per second at most (split "
         "evenly across CPUs); beyond it they spill into flows, counted (flows.aggregated). 0 = no limit",
         default=5000,
+        min=0,
     )
     ring_buffer_kb: int = setting(
         "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
@@ -136,12 +150,13 @@ class AgentConfig:
         flag="--labels",
     )
     pod_cache_ttl: float = setting(
-        "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0
+        "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0, min=0
     )
     pending_max_wait: float = setting(
         "TCPSCOPE_PENDING_MAX_WAIT",
         "seconds an event from an unknown container is held for its pod to appear",
         default=2.0,
+        min=0,
     )
     # --- streaming ---------------------------------------------------------------------------
     collector: str | None = setting("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
@@ -166,8 +181,10 @@ class AgentConfig:
         default="gzip",
         choices=("gzip", "deflate", "none"),
     )
-    batch_max_events: int = setting("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000)
-    batch_max_age: float = setting("TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5)
+    batch_max_events: int = setting("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000, min=1)
+    batch_max_age: float = setting(
+        "TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5, min=0
+    )
     buffer_max_events: int = setting(
         "TCPSCOPE_BUFFER_MAX_EVENTS",
         "events held for the collector (unsent + unacked); beyond it the oldest are dropped and counted",
@@ -177,6 +194,7 @@ class AgentConfig:
         "TCPSCOPE_DRAIN_GRACE",
         "seconds to drain to the collector on SIGTERM before reporting the rest lost",
         default=10.0,
+        min=0,
     )
     state_dir: str | None = setting(
         "TCPSCOPE_STATE_DIR",
@@ -185,7 +203,11 @@ class AgentConfig:
         default=None,
     )
     metrics_port: int = setting(
-        "TCPSCOPE_METRICS_PORT", "port of the metrics server: /metrics, /healthz, /readyz (0 = off)", default=0
+        "TCPSCOPE_METRICS_PORT",
+        "port of the metrics server: /metrics, /healthz, /readyz (0 = off)",
+        default=0,
+        min=0,
+        max=65535,
     )
     metrics_address: str = setting(
         "TCPSCOPE_METRICS_ADDRESS",
@@ -195,8 +217,11 @@ class AgentConfig:
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
-        if self.stdout not in (None, "table", "json"):
-            raise ConfigError(f"--stdout must be 'table' or 'json', not {self.stdout!r}")
+        if not self.connections:  # the default follows the sinks
+            mode = "aggregate" if self.collector and self.stdout is None else "each"
+            object.__setattr__(self, "connections", mode)
+        object.__setattr__(self, "log_level", log_level(self.log_level))
+        check(self)  # each field's bounds and choices
         unknown = set(self.events) - set(EVENT_KINDS)
         if unknown:
             raise ConfigError(f"unknown event kinds {sorted(unknown)}; known: {', '.join(EVENT_KINDS)}")
@@ -204,59 +229,33 @@ class AgentConfig:
             raise ConfigError("--events is empty")
         if any(not 0 < p < 65536 for p in self.ports):
             raise ConfigError(f"--port out of range: {self.ports}")
-        if self.probe_sample < 1:
-            raise ConfigError("--probe-sample must be >= 1")
         kb = self.ring_buffer_kb
         if kb < 4 or kb & (kb - 1):
             raise ConfigError("--ring-buffer-kb must be a power of two >= 4")
-        if self.compression not in ("gzip", "deflate", "none"):
-            raise ConfigError("--compression must be gzip, deflate or none")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.buffer_max_events < self.batch_max_events:
+            raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
+        together(("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key))
         if (self.tls_cert or self.tls_server_name) and not self.tls_ca:
             # without a CA the stream is plaintext: a client certificate would be ignored and a
             # bearer token sent in the clear
             raise ConfigError("--tls-cert/--tls-key/--tls-server-name need --tls-ca (TLS is on only with a CA)")
-        for flag, path in (
-            ("--tls-ca", self.tls_ca),
-            ("--tls-cert", self.tls_cert),
-            ("--tls-key", self.tls_key),
-            ("--token-file", self.token_file),
-        ):
-            if path and not os.access(path, os.R_OK):
-                raise ConfigError(f"{flag} {path}: not a readable file")
+        readable_files(
+            (
+                ("--tls-ca", self.tls_ca),
+                ("--tls-cert", self.tls_cert),
+                ("--tls-key", self.tls_key),
+                ("--token-file", self.token_file),
+            )
+        )
         if self.state_dir:
             d = self.state_dir
             where = d if os.path.isdir(d) else os.path.dirname(os.path.abspath(d))
             if (os.path.exists(d) and not os.path.isdir(d)) or not os.access(where, os.W_OK | os.X_OK):
                 raise ConfigError(f"--state-dir {d}: not a writable directory")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError("--metrics-port must be 0-65535")
         if self.collector is not None:
             check_target(self.collector)
         if self.netns:
             check_netns(self.netns)
-        if self.duration is not None and self.duration <= 0:
-            raise ConfigError("--duration must be > 0")
-        if self.max_sockets < 1:
-            raise ConfigError("--max-sockets must be >= 1")
-        if min(self.batch_max_age, self.drain_grace, self.pending_max_wait, self.pod_cache_ttl) < 0:
-            raise ConfigError("--batch-max-age, --drain-grace, --pending-max-wait, --pod-cache-ttl must be >= 0")
-        if self.batch_max_events < 1 or self.buffer_max_events < self.batch_max_events:
-            raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
-        if not self.connections:
-            mode = "aggregate" if self.collector and self.stdout is None else "each"
-            object.__setattr__(self, "connections", mode)
-        if self.connections not in ("each", "aggregate"):
-            raise ConfigError(f"--connections must be 'each' or 'aggregate', not {self.connections!r}")
-        if self.flow_interval <= 0:
-            raise ConfigError("--flow-interval must be > 0")
-        if self.max_flows < 1:
-            raise ConfigError("--max-flows must be >= 1")
-        if self.max_connection_events < 0:
-            raise ConfigError("--max-connection-events must be >= 0")
         if not self.node_name:
             object.__setattr__(self, "node_name", socket.gethostname())
         if "/" in self.node_name:

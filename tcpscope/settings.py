@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, field, fields
 from typing import Any, NoReturn, TypeVar
 
@@ -142,6 +143,19 @@ def log_level(value: str) -> str:
     if level not in LOG_LEVELS:
         raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
     return level
+
+
+def together(*flags: tuple[str, object]) -> None:
+    """(flag, value) pairs that are set together or not at all, like a certificate and its key."""
+    if len({bool(value) for _, value in flags}) > 1:
+        raise ConfigError(f"{' and '.join(flag for flag, _ in flags)} go together")
+
+
+def readable_files(files: Iterable[tuple[str, str | None]]) -> None:
+    """Each (flag, path) given is a file this process can read now, not at the first connection."""
+    for flag, path in files:
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ConfigError(f"{flag} {path}: not a readable file")
 
 
 def host_port(value: str, what: str, *, allow_zero: bool = False) -> tuple[str, int]:

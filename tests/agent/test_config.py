@@ -145,6 +145,7 @@ def test_every_field_has_a_flag_and_a_variable_and_help_lists_them() -> None:
         (["--compression", "none"], {}, "compression", "none"),
         (["--duration", "2.5"], {}, "duration", 2.5),
         (["--max-flows", "7"], {"TCPSCOPE_MAX_FLOWS": "9"}, "max_flows", 7),
+        (["--log-level", "debug"], {}, "log_level", "DEBUG"),
     ],
 )
 def test_each_spelling_reaches_its_field(argv: list[str], env: dict[str, str], field: str, value: object) -> None:

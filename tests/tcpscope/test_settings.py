@@ -4,11 +4,23 @@ documented config dataclass, and the checks both configs share."""
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
-from tcpscope.settings import ConfigError, add_flags, check, load, log_level, parser_for, setting
+from tcpscope.settings import (
+    ConfigError,
+    add_flags,
+    check,
+    load,
+    log_level,
+    parser_for,
+    readable_files,
+    setting,
+    together,
+)
 
 
 @dataclass(frozen=True)
@@ -115,3 +127,16 @@ def test_log_level_any_case() -> None:
     assert log_level("debug") == "DEBUG"
     with pytest.raises(ConfigError, match="--log-level must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
         log_level("loud")
+
+
+def test_together_and_readable_files(tmp_path: Path) -> None:
+    together(("--tls-cert", "c"), ("--tls-key", "k"))
+    together(("--tls-cert", None), ("--tls-key", ""))
+    with pytest.raises(ConfigError, match=r"^--tls-cert and --tls-key go together$"):
+        together(("--tls-cert", "c"), ("--tls-key", None))
+    ok = tmp_path / "ca.pem"
+    ok.write_text("x")
+    readable_files((("--tls-ca", str(ok)), ("--token-file", None)))
+    for bad in (tmp_path / "missing", tmp_path):  # a directory is not a readable file either
+        with pytest.raises(ConfigError, match=f"^--tls-ca {re.escape(str(bad))}: not a readable file$"):
+            readable_files((("--tls-ca", str(ok)), ("--tls-ca", str(bad))))
