@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
@@ -50,26 +51,42 @@ class Health(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
 
+class Snapshot:
+    """A stage's statistics copied on the thread that owns the stage, for any other thread to read.
+
+    The stages count in plain dicts from the pipeline thread, without locks; walking those dicts
+    from the metrics server's thread races with it ("dictionary changed size during iteration").
+    The owner calls `take()` (the pipeline does, through `Pipeline.on_refresh`); readers call the
+    snapshot and get the last copy, an immutable mapping that nobody changes."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self._read = read
+        self._last: Mapping[str, int] = MappingProxyType({})
+        self.take()
+
+    def take(self) -> None:
+        """Copy the stage's statistics now: on the owning thread only."""
+        self._last = MappingProxyType(dict(self._read()))  # one reference swap: readers see old or new
+
+    def __call__(self) -> Mapping[str, int]:
+        """The last copy taken (any thread)."""
+        return self._last
+
+
 class _StageStats(Collector):
     """A stage's own statistics (e.g. the enrichers' stats()), read at scrape time: one counter per
     count (`tcpscope_agent_enrichment_local_pod_hits_total`) and one gauge per level
-    (`tcpscope_agent_enrichment_pods_cached`), so rate() and alerts work on them."""
+    (`tcpscope_agent_enrichment_pods_cached`), so rate() and alerts work on them. `stats` runs on the
+    scrape thread: a stage owned by another thread is read through a Snapshot."""
 
-    def __init__(self, prefix: str, doc: str, stats: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, prefix: str, doc: str, stats: Callable[[], Mapping[str, int]]) -> None:
         self._prefix, self._doc, self._stats = prefix, doc, stats
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the names depend on the stage's keys: known at collect time
 
     def collect(self) -> Iterator[Metric]:
-        stats: dict[str, int] = {}
-        for _ in range(3):  # the pipeline thread may add a key while this one copies: try again
-            try:
-                stats = self._stats()
-                break
-            except RuntimeError:
-                continue
-        for key, value in sorted(stats.items()):
+        for key, value in sorted(self._stats().items()):
             name = stat_metric_name(self._prefix, key)
             if stat_is_gauge(key):
                 yield GaugeMetricFamily(name, f"{self._doc}: {key}", value=value)
@@ -121,13 +138,14 @@ class AgentMetrics:
             registry=r,
         )
 
-    def watch_enrichment(self, stats: Callable[[], dict[str, int]]) -> None:
-        """Expose the enrichers' statistics (docs/enrichment.md) as tcpscope_agent_enrichment_<name>[_total]."""
+    def watch_enrichment(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Expose the enrichers' statistics (docs/enrichment.md) as tcpscope_agent_enrichment_<name>[_total].
+        `stats` is called from the scrape thread (a Snapshot when the pipeline thread owns them)."""
         self.registry.register(
             _StageStats("tcpscope_agent_enrichment", "enrichment statistic (docs/enrichment.md)", stats)
         )
 
-    def watch_flows(self, counters: Callable[[], dict[str, int]]) -> None:
+    def watch_flows(self, counters: Callable[[], Mapping[str, int]]) -> None:
         """Expose the kernel's flow counters (agent/kernel/flows.py) as tcpscope_agent_flows_aggregated_total
         (ordinary connections counted in flows) and tcpscope_agent_flows_map_full_total (reported as
         their own lifecycle because the flow map was full). Not losses."""

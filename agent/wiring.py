@@ -16,7 +16,7 @@ from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
 from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, Snapshot
 from agent.pipeline import Enricher, FanOut, Pipeline, Sink
 from agent.stdout import StdoutSink
 
@@ -84,18 +84,19 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
             out.update(e.stats())
         return out
 
-    metrics.watch_enrichment(enrichment_stats)
+    # the stages count on the pipeline thread: the scrape thread reads copies taken there
+    enrichment = Snapshot(enrichment_stats)
+    metrics.watch_enrichment(enrichment)
     plan = plan or build_plan(config)
     loaded = load(plan)
     for hook in on_attached:
         hook()
     decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
     source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
-    metrics.watch_flows(source.flow_counters)
+    flows = Snapshot(source.flow_counters)
+    metrics.watch_flows(flows)
     health.attached = True
-    return Agent(
-        plan=plan,
-        source=source,
-        health=health,
-        pipeline=Pipeline(source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink),
+    pipeline = Pipeline(
+        source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink, on_refresh=(enrichment.take, flows.take)
     )
+    return Agent(plan=plan, source=source, health=health, pipeline=pipeline)
