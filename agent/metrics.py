@@ -12,9 +12,11 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 GAUGE_STATS = frozenset(
@@ -98,6 +100,7 @@ class AgentMetrics:
     """Events in/out, batches, drops by reason, buffer fill, upstream (kernel/enrichment) losses."""
 
     def __init__(self) -> None:
+        self._servers: list[tuple[WSGIServer, threading.Thread]] = []
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_in = Counter("tcpscope_agent_events_in_total", "events handed to the exporter", registry=r)
@@ -158,20 +161,12 @@ class AgentMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1", health: Health | None = None) -> None:
         """Serve /metrics, and /healthz (live) and /readyz (ready) when health is given, on addr:port
-        from a daemon thread. Raises OSError when the port cannot be bound."""
-        if health is None:
-            start_http_server(port, addr=addr, registry=self.registry)
-            return
-        from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-        from prometheus_client import make_wsgi_app
-        from prometheus_client.exposition import ThreadingWSGIServer
-
+        from a daemon thread until close(). Raises OSError when the port cannot be bound."""
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
-            if path in ("/healthz", "/readyz"):
+            if health is not None and path in ("/healthz", "/readyz"):
                 ok, why = health.live() if path == "/healthz" else health.ready()
                 start_response(
                     "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
@@ -187,4 +182,14 @@ class AgentMetrics:
             address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 
         httpd = make_server(addr.strip("[]"), port, app, Server, handler_class=Quiet)
-        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
+        self._servers.append((httpd, thread))
+
+    def close(self) -> None:
+        """Stop serving and free the port (an agent that fails to start must not leave it bound)."""
+        while self._servers:
+            httpd, thread = self._servers.pop()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
