@@ -1,7 +1,8 @@
 """The agent's one configuration object: every flag, its environment variable and its default.
 
 Read once at start-up (`AgentConfig.from_args`) and passed down explicitly; nothing reads flags or
-the environment anywhere else. `python -m agent --help` prints the same documentation.
+the environment anywhere else. The flags are generated from the fields (`tcpscope/settings.py`), so
+`python -m agent --help` prints the same documentation.
 """
 
 from __future__ import annotations
@@ -13,7 +14,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpscope.identity import make_agent_id
-from tcpscope.settings import ConfigError, help_text, host_port, load, setting
+from tcpscope.settings import (
+    ConfigError,
+    check,
+    host_port,
+    load,
+    log_level,
+    parser_for,
+    readable_files,
+    setting,
+    together,
+)
 
 EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
 # `state` (several events per connection) and `probe` are on request only
@@ -26,19 +37,22 @@ __all__ = ["DEFAULT_EVENT_KINDS", "EVENT_KINDS", "AgentConfig", "ConfigError", "
 @dataclass(frozen=True)
 class AgentConfig:
     # --- output -----------------------------------------------------------------------------
-    stdout: str | None = setting("TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None)
+    stdout: str | None = setting(
+        "TCPSCOPE_STDOUT", "print events to stdout: 'table' or 'json'", default=None, choices=("table", "json")
+    )
     events: tuple[str, ...] = setting(
         "TCPSCOPE_EVENTS",
         "event kinds to report, comma separated: " + ",".join(EVENT_KINDS),
         default=DEFAULT_EVENT_KINDS,
     )
     duration: float | None = setting(
-        "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None
+        "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None, above=0
     )
     dump_bpf: bool = setting(
         "TCPSCOPE_DUMP_BPF",
         "print the kernel probe plan (formats, offsets, attach list) and exit",
         default=False,
+        negative=False,  # a command, not a setting: nothing to switch off
     )
     # --- kernel side ------------------------------------------------------------------------
     ports: tuple[int, ...] = setting(
@@ -46,6 +60,8 @@ class AgentConfig:
         "only sockets whose local or remote port is one of these (in-kernel)",
         default=(),
         items=int,
+        flag="--port",
+        repeatable=True,
     )
     cgroup_root: str | None = setting(
         "TCPSCOPE_CGROUP_ROOT",
@@ -67,13 +83,14 @@ class AgentConfig:
         default=None,
     )
     probe_sample: int = setting(
-        "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100
+        "TCPSCOPE_PROBE_SAMPLE", "with the 'probe' kind: report one tcp_probe event in N", default=100, min=1
     )
     max_sockets: int = setting(
         "TCPSCOPE_MAX_SOCKETS",
         "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted "
         "as kernel.socket_map_full; nothing is evicted)",
         default=65536,
+        min=1,
     )
     connections: str = setting(
         "TCPSCOPE_CONNECTIONS",
@@ -82,23 +99,27 @@ class AgentConfig:
         "reported as flows every --flow-interval, anomalies stay individual events. Default: each with "
         "--stdout, aggregate when only streaming to a collector",
         default="",
+        choices=("each", "aggregate"),
     )
     flow_interval: float = setting(
         "TCPSCOPE_FLOW_INTERVAL",
         "seconds between flushes of the in-kernel flow maps (and at shutdown)",
         default=10.0,
+        above=0,
     )
     max_flows: int = setting(
         "TCPSCOPE_MAX_FLOWS",
         "flow keys per interval (kernel map size); when full, ordinary connections are reported as their "
         "own lifecycle events and counted (flows.map_full), never lost",
         default=4096,
+        min=1,
     )
     max_connection_events: int = setting(
         "TCPSCOPE_MAX_CONNECTION_EVENTS",
         "with --connections each: ordinary connections reported one by one per second at most (split "
         "evenly across CPUs); beyond it they spill into flows, counted (flows.aggregated). 0 = no limit",
         default=5000,
+        min=0,
     )
     ring_buffer_kb: int = setting(
         "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
@@ -111,6 +132,7 @@ class AgentConfig:
         "TCPSCOPE_KUBERNETES",
         "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
         default=True,
+        negative="run with cgroup-level identity only",
     )
     kubeconfig: str | None = setting(
         "KUBECONFIG", "kubeconfig file; without it the in-cluster service account is used", default=None
@@ -119,19 +141,22 @@ class AgentConfig:
         "TCPSCOPE_RESOLVE_REMOTE",
         "resolve remote IPs to pods/services/nodes in the agent (default on for --stdout)",
         default=True,
+        negative="leave remote ends unresolved (the collector resolves them)",
     )
     label_allowlist: tuple[str, ...] = setting(
         "TCPSCOPE_LABELS",
         "pod labels copied onto events, comma separated (others are dropped)",
         default=("app", "app.kubernetes.io/name", "app.kubernetes.io/component", "version"),
+        flag="--labels",
     )
     pod_cache_ttl: float = setting(
-        "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0
+        "TCPSCOPE_POD_CACHE_TTL", "seconds a deleted pod stays resolvable for late events", default=120.0, min=0
     )
     pending_max_wait: float = setting(
         "TCPSCOPE_PENDING_MAX_WAIT",
         "seconds an event from an unknown container is held for its pod to appear",
         default=2.0,
+        min=0,
     )
     # --- streaming ---------------------------------------------------------------------------
     collector: str | None = setting("TCPSCOPE_COLLECTOR", "stream batches to this collector HOST:PORT", default=None)
@@ -150,9 +175,16 @@ class AgentConfig:
     token_file: str | None = setting(
         "TCPSCOPE_TOKEN_FILE", "file holding a bearer token sent to the collector", default=None
     )
-    compression: str = setting("TCPSCOPE_COMPRESSION", "gRPC compression: gzip, deflate or none", default="gzip")
-    batch_max_events: int = setting("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000)
-    batch_max_age: float = setting("TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5)
+    compression: str = setting(
+        "TCPSCOPE_COMPRESSION",
+        "gRPC compression: gzip, deflate or none",
+        default="gzip",
+        choices=("gzip", "deflate", "none"),
+    )
+    batch_max_events: int = setting("TCPSCOPE_BATCH_MAX_EVENTS", "events per batch at most", default=1000, min=1)
+    batch_max_age: float = setting(
+        "TCPSCOPE_BATCH_MAX_AGE", "seconds before a partial batch is sent", default=0.5, min=0
+    )
     buffer_max_events: int = setting(
         "TCPSCOPE_BUFFER_MAX_EVENTS",
         "events held for the collector (unsent + unacked); beyond it the oldest are dropped and counted",
@@ -162,6 +194,7 @@ class AgentConfig:
         "TCPSCOPE_DRAIN_GRACE",
         "seconds to drain to the collector on SIGTERM before reporting the rest lost",
         default=10.0,
+        min=0,
     )
     state_dir: str | None = setting(
         "TCPSCOPE_STATE_DIR",
@@ -170,7 +203,11 @@ class AgentConfig:
         default=None,
     )
     metrics_port: int = setting(
-        "TCPSCOPE_METRICS_PORT", "port of the metrics server: /metrics, /healthz, /readyz (0 = off)", default=0
+        "TCPSCOPE_METRICS_PORT",
+        "port of the metrics server: /metrics, /healthz, /readyz (0 = off)",
+        default=0,
+        min=0,
+        max=65535,
     )
     metrics_address: str = setting(
         "TCPSCOPE_METRICS_ADDRESS",
@@ -180,8 +217,11 @@ class AgentConfig:
     log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
-        if self.stdout not in (None, "table", "json"):
-            raise ConfigError(f"--stdout must be 'table' or 'json', not {self.stdout!r}")
+        if not self.connections:  # the default follows the sinks
+            mode = "aggregate" if self.collector and self.stdout is None else "each"
+            object.__setattr__(self, "connections", mode)
+        object.__setattr__(self, "log_level", log_level(self.log_level))
+        check(self)  # each field's bounds and choices
         unknown = set(self.events) - set(EVENT_KINDS)
         if unknown:
             raise ConfigError(f"unknown event kinds {sorted(unknown)}; known: {', '.join(EVENT_KINDS)}")
@@ -189,59 +229,33 @@ class AgentConfig:
             raise ConfigError("--events is empty")
         if any(not 0 < p < 65536 for p in self.ports):
             raise ConfigError(f"--port out of range: {self.ports}")
-        if self.probe_sample < 1:
-            raise ConfigError("--probe-sample must be >= 1")
         kb = self.ring_buffer_kb
         if kb < 4 or kb & (kb - 1):
             raise ConfigError("--ring-buffer-kb must be a power of two >= 4")
-        if self.compression not in ("gzip", "deflate", "none"):
-            raise ConfigError("--compression must be gzip, deflate or none")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together")
+        if self.buffer_max_events < self.batch_max_events:
+            raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
+        together(("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key))
         if (self.tls_cert or self.tls_server_name) and not self.tls_ca:
             # without a CA the stream is plaintext: a client certificate would be ignored and a
             # bearer token sent in the clear
             raise ConfigError("--tls-cert/--tls-key/--tls-server-name need --tls-ca (TLS is on only with a CA)")
-        for flag, path in (
-            ("--tls-ca", self.tls_ca),
-            ("--tls-cert", self.tls_cert),
-            ("--tls-key", self.tls_key),
-            ("--token-file", self.token_file),
-        ):
-            if path and not os.access(path, os.R_OK):
-                raise ConfigError(f"{flag} {path}: not a readable file")
+        readable_files(
+            (
+                ("--tls-ca", self.tls_ca),
+                ("--tls-cert", self.tls_cert),
+                ("--tls-key", self.tls_key),
+                ("--token-file", self.token_file),
+            )
+        )
         if self.state_dir:
             d = self.state_dir
             where = d if os.path.isdir(d) else os.path.dirname(os.path.abspath(d))
             if (os.path.exists(d) and not os.path.isdir(d)) or not os.access(where, os.W_OK | os.X_OK):
                 raise ConfigError(f"--state-dir {d}: not a writable directory")
-        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
-            raise ConfigError("--log-level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-        if not 0 <= self.metrics_port <= 65535:
-            raise ConfigError("--metrics-port must be 0-65535")
         if self.collector is not None:
             check_target(self.collector)
         if self.netns:
             check_netns(self.netns)
-        if self.duration is not None and self.duration <= 0:
-            raise ConfigError("--duration must be > 0")
-        if self.max_sockets < 1:
-            raise ConfigError("--max-sockets must be >= 1")
-        if min(self.batch_max_age, self.drain_grace, self.pending_max_wait, self.pod_cache_ttl) < 0:
-            raise ConfigError("--batch-max-age, --drain-grace, --pending-max-wait, --pod-cache-ttl must be >= 0")
-        if self.batch_max_events < 1 or self.buffer_max_events < self.batch_max_events:
-            raise ConfigError("need 1 <= --batch-max-events <= --buffer-max-events")
-        if not self.connections:
-            mode = "aggregate" if self.collector and self.stdout is None else "each"
-            object.__setattr__(self, "connections", mode)
-        if self.connections not in ("each", "aggregate"):
-            raise ConfigError(f"--connections must be 'each' or 'aggregate', not {self.connections!r}")
-        if self.flow_interval <= 0:
-            raise ConfigError("--flow-interval must be > 0")
-        if self.max_flows < 1:
-            raise ConfigError("--max-flows must be >= 1")
-        if self.max_connection_events < 0:
-            raise ConfigError("--max-connection-events must be >= 0")
         if not self.node_name:
             object.__setattr__(self, "node_name", socket.gethostname())
         if "/" in self.node_name:
@@ -253,11 +267,7 @@ class AgentConfig:
     def from_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> AgentConfig:
         """Build the config from command-line flags over environment variables over defaults."""
         env = os.environ if env is None else env
-
-        def ports(ns: argparse.Namespace) -> dict[str, tuple[int, ...]]:
-            return {"ports": tuple(int(p) for p in ns.port)} if ns.port else {}
-
-        return load(AgentConfig, build_parser(), argv, env, ports)
+        return load(AgentConfig, build_parser(), argv, env)
 
 
 # gRPC name-resolver schemes a --collector target may use instead of HOST:PORT
@@ -295,68 +305,4 @@ def check_netns(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tcpscope-agent",
-        description="TCP observability from kernel tracepoints: per-node eBPF agent.",
-        epilog="Every flag can also be set by the environment variable shown in brackets.",
-    )
-
-    def h(name: str) -> str:
-        return help_text(AgentConfig, name)
-
-    p.add_argument("--stdout", choices=("table", "json"), help=h("stdout"))
-    p.add_argument("--events", help=h("events"))
-    p.add_argument("--duration", type=float, help=h("duration"))
-    p.add_argument("--dump-bpf", action="store_true", default=None, help=h("dump_bpf"))
-    p.add_argument("--port", action="append", type=int, help=h("ports") + " (repeatable)")
-    p.add_argument("--cgroup-root", help=h("cgroup_root"))
-    p.add_argument("--netns", help=h("netns"))
-    p.add_argument("--tracefs", help=h("tracefs"))
-    p.add_argument("--btf", help=h("btf"))
-    p.add_argument("--probe-sample", type=int, help=h("probe_sample"))
-    p.add_argument("--max-sockets", type=int, help=h("max_sockets"))
-    p.add_argument("--connections", choices=("each", "aggregate"), help=h("connections"))
-    p.add_argument("--flow-interval", type=float, help=h("flow_interval"))
-    p.add_argument("--max-flows", type=int, help=h("max_flows"))
-    p.add_argument("--max-connection-events", type=int, help=h("max_connection_events"))
-    p.add_argument("--ring-buffer-kb", type=int, help=h("ring_buffer_kb"))
-    p.add_argument("--node-name", help=h("node_name"))
-    p.add_argument("--kubernetes", dest="kubernetes", action="store_true", default=None, help=h("kubernetes"))
-    p.add_argument(
-        "--no-kubernetes",
-        dest="kubernetes",
-        action="store_false",
-        default=None,
-        help="run with cgroup-level identity only",
-    )
-    p.add_argument("--kubeconfig", help=h("kubeconfig"))
-    p.add_argument(
-        "--resolve-remote", dest="resolve_remote", action="store_true", default=None, help=h("resolve_remote")
-    )
-    p.add_argument(
-        "--no-resolve-remote",
-        dest="resolve_remote",
-        action="store_false",
-        default=None,
-        help="leave remote ends unresolved (the collector resolves them)",
-    )
-    p.add_argument("--labels", dest="label_allowlist", help=h("label_allowlist"))
-    p.add_argument("--pod-cache-ttl", type=float, help=h("pod_cache_ttl"))
-    p.add_argument("--pending-max-wait", type=float, help=h("pending_max_wait"))
-    p.add_argument("--collector", help=h("collector"))
-    p.add_argument("--agent-id", help=h("agent_id"))
-    p.add_argument("--tls-ca", help=h("tls_ca"))
-    p.add_argument("--tls-cert", help=h("tls_cert"))
-    p.add_argument("--tls-key", help=h("tls_key"))
-    p.add_argument("--tls-server-name", help=h("tls_server_name"))
-    p.add_argument("--token-file", help=h("token_file"))
-    p.add_argument("--compression", choices=("gzip", "deflate", "none"), help=h("compression"))
-    p.add_argument("--batch-max-events", type=int, help=h("batch_max_events"))
-    p.add_argument("--batch-max-age", type=float, help=h("batch_max_age"))
-    p.add_argument("--buffer-max-events", type=int, help=h("buffer_max_events"))
-    p.add_argument("--drain-grace", type=float, help=h("drain_grace"))
-    p.add_argument("--state-dir", help=h("state_dir"))
-    p.add_argument("--metrics-port", type=int, help=h("metrics_port"))
-    p.add_argument("--metrics-address", help=h("metrics_address"))
-    p.add_argument("--log-level", help=h("log_level"))
-    return p
+    return parser_for(AgentConfig, "tcpscope-agent", "TCP observability from kernel tracepoints: per-node eBPF agent.")

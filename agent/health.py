@@ -1,7 +1,7 @@
 """Liveness and readiness of the agent, served as /healthz and /readyz on its metrics server.
 
 - live: the pipeline loop is turning (it polls the kernel source at least every poll timeout, events
-  or not), or the agent is still starting (probe plan, BPF compile: tens of seconds). A loop stuck
+  or not), or the agent is still starting (BPF compile: tens of seconds). A loop stuck
   for `stall_s` is not live: the kubelet restarts the container.
 - ready: attached to the kernel, live, and, when streaming to a collector, either connected or
   buffering within bounds (under `buffer_ready_fraction` of --buffer-max-events, so nothing is being

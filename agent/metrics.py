@@ -9,11 +9,14 @@ from __future__ import annotations
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import MappingProxyType
 from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 GAUGE_STATS = frozenset(
@@ -50,26 +53,42 @@ class Health(Protocol):
     def ready(self) -> tuple[bool, str]: ...
 
 
+class Snapshot:
+    """A stage's statistics copied on the thread that owns the stage, for any other thread to read.
+
+    The stages count in plain dicts from the pipeline thread, without locks; walking those dicts
+    from the metrics server's thread races with it ("dictionary changed size during iteration").
+    The owner calls `take()` (the pipeline does, through `Pipeline.on_refresh`); readers call the
+    snapshot and get the last copy, an immutable mapping that nobody changes."""
+
+    def __init__(self, read: Callable[[], Mapping[str, int]]) -> None:
+        self._read = read
+        self._last: Mapping[str, int] = MappingProxyType({})
+        self.take()
+
+    def take(self) -> None:
+        """Copy the stage's statistics now: on the owning thread only."""
+        self._last = MappingProxyType(dict(self._read()))  # one reference swap: readers see old or new
+
+    def __call__(self) -> Mapping[str, int]:
+        """The last copy taken (any thread)."""
+        return self._last
+
+
 class _StageStats(Collector):
     """A stage's own statistics (e.g. the enrichers' stats()), read at scrape time: one counter per
     count (`tcpscope_agent_enrichment_local_pod_hits_total`) and one gauge per level
-    (`tcpscope_agent_enrichment_pods_cached`), so rate() and alerts work on them."""
+    (`tcpscope_agent_enrichment_pods_cached`), so rate() and alerts work on them. `stats` runs on the
+    scrape thread: a stage owned by another thread is read through a Snapshot."""
 
-    def __init__(self, prefix: str, doc: str, stats: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, prefix: str, doc: str, stats: Callable[[], Mapping[str, int]]) -> None:
         self._prefix, self._doc, self._stats = prefix, doc, stats
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the names depend on the stage's keys: known at collect time
 
     def collect(self) -> Iterator[Metric]:
-        stats: dict[str, int] = {}
-        for _ in range(3):  # the pipeline thread may add a key while this one copies: try again
-            try:
-                stats = self._stats()
-                break
-            except RuntimeError:
-                continue
-        for key, value in sorted(stats.items()):
+        for key, value in sorted(self._stats().items()):
             name = stat_metric_name(self._prefix, key)
             if stat_is_gauge(key):
                 yield GaugeMetricFamily(name, f"{self._doc}: {key}", value=value)
@@ -81,6 +100,7 @@ class AgentMetrics:
     """Events in/out, batches, drops by reason, buffer fill, upstream (kernel/enrichment) losses."""
 
     def __init__(self) -> None:
+        self._servers: list[tuple[WSGIServer, threading.Thread]] = []
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_in = Counter("tcpscope_agent_events_in_total", "events handed to the exporter", registry=r)
@@ -121,13 +141,14 @@ class AgentMetrics:
             registry=r,
         )
 
-    def watch_enrichment(self, stats: Callable[[], dict[str, int]]) -> None:
-        """Expose the enrichers' statistics (docs/enrichment.md) as tcpscope_agent_enrichment_<name>[_total]."""
+    def watch_enrichment(self, stats: Callable[[], Mapping[str, int]]) -> None:
+        """Expose the enrichers' statistics (docs/enrichment.md) as tcpscope_agent_enrichment_<name>[_total].
+        `stats` is called from the scrape thread (a Snapshot when the pipeline thread owns them)."""
         self.registry.register(
             _StageStats("tcpscope_agent_enrichment", "enrichment statistic (docs/enrichment.md)", stats)
         )
 
-    def watch_flows(self, counters: Callable[[], dict[str, int]]) -> None:
+    def watch_flows(self, counters: Callable[[], Mapping[str, int]]) -> None:
         """Expose the kernel's flow counters (agent/kernel/flows.py) as tcpscope_agent_flows_aggregated_total
         (ordinary connections counted in flows) and tcpscope_agent_flows_map_full_total (reported as
         their own lifecycle because the flow map was full). Not losses."""
@@ -140,20 +161,12 @@ class AgentMetrics:
 
     def serve(self, port: int, addr: str = "127.0.0.1", health: Health | None = None) -> None:
         """Serve /metrics, and /healthz (live) and /readyz (ready) when health is given, on addr:port
-        from a daemon thread. Raises OSError when the port cannot be bound."""
-        if health is None:
-            start_http_server(port, addr=addr, registry=self.registry)
-            return
-        from wsgiref.simple_server import WSGIRequestHandler, make_server
-
-        from prometheus_client import make_wsgi_app
-        from prometheus_client.exposition import ThreadingWSGIServer
-
+        from a daemon thread until close(). Raises OSError when the port cannot be bound."""
         metrics_app = make_wsgi_app(self.registry)
 
         def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
             path = environ.get("PATH_INFO", "")
-            if path in ("/healthz", "/readyz"):
+            if health is not None and path in ("/healthz", "/readyz"):
                 ok, why = health.live() if path == "/healthz" else health.ready()
                 start_response(
                     "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
@@ -169,4 +182,14 @@ class AgentMetrics:
             address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
 
         httpd = make_server(addr.strip("[]"), port, app, Server, handler_class=Quiet)
-        threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True).start()
+        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+        thread.start()
+        self._servers.append((httpd, thread))
+
+    def close(self) -> None:
+        """Stop serving and free the port (an agent that fails to start must not leave it bound)."""
+        while self._servers:
+            httpd, thread = self._servers.pop()
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()

@@ -112,6 +112,9 @@ class Pipeline:
     # added latency; the kernel buffer (megabytes) absorbs a linger at any realistic rate.
     linger_s: float = 0.02
     batch_target: int = 256
+    # Called on this loop's thread when the losses are read (every loss_refresh_s) and at the end of
+    # shutdown: where the stages' statistics are copied for other threads (agent/metrics.py Snapshot).
+    on_refresh: Sequence[Callable[[], None]] = ()
     events_out: int = field(default=0, init=False)
     _losses: dict[str, int] = field(default_factory=dict, init=False)
     _losses_read_at: float = field(default=float("-inf"), init=False)
@@ -133,7 +136,12 @@ class Pipeline:
         if now - self._losses_read_at >= self.loss_refresh_s:
             self._losses = self.upstream_losses()
             self._losses_read_at = now
+            self._refresh()
         return self._losses
+
+    def _refresh(self) -> None:
+        for hook in self.on_refresh:
+            hook()
 
     def step(self) -> int:
         events = self.source.poll(self.poll_timeout_ms)
@@ -180,3 +188,4 @@ class Pipeline:
         for enricher in self.enrichers:
             enricher.close()
         self.source.close()
+        self._refresh()  # the final counts (the source's are kept once it is closed)

@@ -7,6 +7,7 @@ KernelSource -> enrichers (agent/enrich) -> sink (stdout | exporter to the colle
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -16,7 +17,7 @@ from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
 from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
-from agent.metrics import AgentMetrics
+from agent.metrics import AgentMetrics, Snapshot
 from agent.pipeline import Enricher, FanOut, Pipeline, Sink
 from agent.stdout import StdoutSink
 
@@ -62,40 +63,52 @@ def build_sink(
 
 
 def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> Agent:
-    """Probe the kernel (unless a plan is given), load and attach the programs, wire the stages.
+    """Probe the kernel (unless a plan is given), start the metrics server and the Kubernetes
+    watches, load and attach the programs, wire the stages.
 
-    Raises KernelSupportError (kernel/permissions) or ConfigError."""
+    What fails fast comes first and starts nothing: the sinks (a config error), then the kernel probe
+    (tracefs, BTF, tracepoints). The metrics server is up before the programs are compiled (tens of
+    seconds), so /healthz answers "starting" meanwhile, and the watches fill the pod cache while the
+    compiler runs. When a later step fails, what was started is stopped: no port stays bound and no
+    watch thread runs on. Raises KernelSupportError (kernel/permissions) or ConfigError."""
     metrics = AgentMetrics()
     health = AgentHealth(metrics, exporting=bool(config.collector))
-    if config.metrics_port:
-        try:
-            metrics.serve(config.metrics_port, config.metrics_address, health)
-        except OSError as e:
-            raise ConfigError(
-                f"--metrics-port {config.metrics_port} on {config.metrics_address}: {e.strerror or e}"
-            ) from e
     on_attached: list[Callable[[], None]] = []
-    sink = build_sink(config, out, metrics, on_attached)
-    enrichers = build_enrichers(config)
-
-    def enrichment_stats() -> dict[str, int]:
-        out: dict[str, int] = {}
-        for e in enrichers:
-            out.update(e.stats())
-        return out
-
-    metrics.watch_enrichment(enrichment_stats)
+    sink = build_sink(config, out, metrics, on_attached)  # starts nothing before its first emit
     plan = plan or build_plan(config)
-    loaded = load(plan)
-    for hook in on_attached:
-        hook()
-    decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
-    source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
-    metrics.watch_flows(source.flow_counters)
+    with ExitStack() as undo:
+        if config.metrics_port:
+            try:
+                metrics.serve(config.metrics_port, config.metrics_address, health)
+            except OSError as e:
+                raise ConfigError(
+                    f"--metrics-port {config.metrics_port} on {config.metrics_address}: {e.strerror or e}"
+                ) from e
+            undo.callback(metrics.close)
+        enrichers = build_enrichers(config)
+        for enricher in enrichers:
+            undo.callback(enricher.close)
+
+        def enrichment_stats() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for e in enrichers:
+                out.update(e.stats())
+            return out
+
+        # the stages count on the pipeline thread: the scrape thread reads copies taken there
+        enrichment = Snapshot(enrichment_stats)
+        metrics.watch_enrichment(enrichment)
+        loaded = load(plan)
+        undo.callback(loaded.close)
+        for hook in on_attached:
+            hook()
+        decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
+        source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
+        flows = Snapshot(source.flow_counters)
+        metrics.watch_flows(flows)
+        undo.pop_all()  # built: the pipeline's shutdown closes the stages from here on
     health.attached = True
-    return Agent(
-        plan=plan,
-        source=source,
-        health=health,
-        pipeline=Pipeline(source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink),
+    pipeline = Pipeline(
+        source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink, on_refresh=(enrichment.take, flows.take)
     )
+    return Agent(plan=plan, source=source, health=health, pipeline=pipeline)

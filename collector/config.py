@@ -1,7 +1,8 @@
 """The collector's one configuration object: every flag, its environment variable and its default.
 
-Read once at start-up (`CollectorConfig.from_args`) and passed down explicitly. Secrets (the Kafka
-SASL password) come from the environment or a file, never from a flag.
+Read once at start-up (`CollectorConfig.from_args`) and passed down explicitly; the flags are
+generated from the fields (`tcpscope/settings.py`). Secrets (the Kafka SASL password) come from the
+environment or a file, never from a flag.
 """
 
 from __future__ import annotations
@@ -9,17 +10,25 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 from tcpscope.kafka_layout import RECORD_LAYOUTS, VALUE_FORMATS
-from tcpscope.settings import ConfigError, check, flag_name, help_text, host_port, load, setting
+from tcpscope.settings import (
+    ConfigError,
+    check,
+    host_port,
+    load,
+    log_level,
+    parser_for,
+    readable_files,
+    setting,
+    together,
+)
 
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 METRICS_BY = ("workload", "pod", "namespace")
 KAFKA_COMPRESSIONS = ("gzip", "none", "snappy", "lz4", "zstd")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 __all__ = [
@@ -44,12 +53,16 @@ class CollectorConfig:
     )
     topic: str = setting("TCPSCOPE_TOPIC", "Kafka topic for events", default="tcpscope-events")
     value_format: str = setting(
-        "TCPSCOPE_VALUE_FORMAT", "Kafka record values: 'protobuf' or 'json' (docs/kafka.md)", default="protobuf"
+        "TCPSCOPE_VALUE_FORMAT",
+        "Kafka record values: 'protobuf' or 'json' (docs/kafka.md)",
+        default="protobuf",
+        choices=VALUE_FORMATS,
     )
     record_layout: str = setting(
         "TCPSCOPE_RECORD_LAYOUT",
         "Kafka records: 'event' (one per event) or 'packed' (one per batch and partition; docs/kafka.md)",
         default="event",
+        choices=RECORD_LAYOUTS,
     )
     # --- agent-facing security -----------------------------------------------------------------
     tls_cert: str | None = setting("TCPSCOPE_TLS_CERT", "server certificate (enables TLS)", default=None)
@@ -82,10 +95,16 @@ class CollectorConfig:
     )
     # --- Kafka ---------------------------------------------------------------------------------
     kafka_security_protocol: str = setting(
-        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL", default="PLAINTEXT"
+        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        default="PLAINTEXT",
+        choices=KAFKA_SECURITY_PROTOCOLS,
     )
     kafka_sasl_mechanism: str | None = setting(
-        "TCPSCOPE_KAFKA_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", default=None
+        "TCPSCOPE_KAFKA_SASL_MECHANISM",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        default=None,
+        choices=KAFKA_SASL_MECHANISMS,
     )
     kafka_username: str | None = setting(
         "TCPSCOPE_KAFKA_USERNAME", "SASL user name (or --kafka-username-file)", flag=False, default=None
@@ -195,6 +214,7 @@ class CollectorConfig:
         "TCPSCOPE_METRICS_BY",
         "traffic metrics' *_workload labels name the workload, the pod, or nothing (namespace)",
         default="workload",
+        choices=METRICS_BY,
     )
     metrics_namespaces: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_NAMESPACES",
@@ -210,21 +230,26 @@ class CollectorConfig:
         "TCPSCOPE_METRICS_MAX_SERIES",
         "traffic series at most; past it new pairs fold into 'other' (tcpscope_traffic_folded_total)",
         default=20_000,
+        min=1,
     )
     metrics_ttl: float = setting(
-        "TCPSCOPE_METRICS_TTL", "seconds after which a pair's traffic series, not updated, are removed", default=900.0
+        "TCPSCOPE_METRICS_TTL",
+        "seconds after which a pair's traffic series, not updated, are removed",
+        default=900.0,
+        above=0,
     )
     metrics_watched_peers: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_WATCHED_PEERS",
         "remote-end kinds an agent watches too, so their own agent counts the connection (pod; add node "
         "when agents also watch host processes)",
         default=("pod",),
+        choices=("pod", "node"),
     )
     grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0, min=0)
-    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO", choices=LOG_LEVELS)
+    log_level: str = setting("TCPSCOPE_LOG_LEVEL", "logging level", default="INFO")
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "log_level", self.log_level.upper())
+        object.__setattr__(self, "log_level", log_level(self.log_level))  # any case, like the agent's
         check(self)
         if not self.kafka_bootstrap:
             raise ConfigError("--kafka-bootstrap is required")
@@ -238,44 +263,27 @@ class CollectorConfig:
                 f"--kafka-compression {self.kafka_compression}: its codec library is not "
                 f"installed (pip install {CODEC_PACKAGES[self.kafka_compression]})"
             )
-        if self.value_format not in VALUE_FORMATS:
-            raise ConfigError(f"--value-format must be one of {VALUE_FORMATS}")
-        if self.record_layout not in RECORD_LAYOUTS:
-            raise ConfigError(f"--record-layout must be one of {RECORD_LAYOUTS}")
-        if self.kafka_batch_size < 1:
-            raise ConfigError("--kafka-batch-size must be >= 1")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("--tls-cert and --tls-key go together")
+        together(("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key))
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        if self.kafka_security_protocol not in KAFKA_SECURITY_PROTOCOLS:
-            raise ConfigError(f"--kafka-security-protocol must be one of {KAFKA_SECURITY_PROTOCOLS}")
-        if self.kafka_sasl_mechanism is not None and self.kafka_sasl_mechanism not in KAFKA_SASL_MECHANISMS:
-            raise ConfigError(f"--kafka-sasl-mechanism must be one of {KAFKA_SASL_MECHANISMS}")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
             raise ConfigError("SASL security protocols need --kafka-sasl-mechanism")
         if self.tokenreview and self.token_file:
             raise ConfigError("--tokenreview and --token-file are alternatives (a shared token binds no node)")
         if any(a.count("/") != 1 or a.startswith("/") or a.endswith("/") for a in self.agent_service_accounts):
             raise ConfigError("--agent-service-accounts takes NAMESPACE/NAME entries")
-        if self.metrics_by not in METRICS_BY:
-            raise ConfigError(f"--metrics-by must be one of {METRICS_BY}")
-        if self.metrics_max_series < 1 or self.metrics_ttl <= 0:
-            raise ConfigError("--metrics-max-series and --metrics-ttl must be > 0")
-        if not set(self.metrics_watched_peers) <= {"pod", "node"}:
-            raise ConfigError("--metrics-watched-peers takes pod and/or node")
-        for flag, path in (
-            ("--tls-cert", self.tls_cert),
-            ("--tls-key", self.tls_key),
-            ("--tls-client-ca", self.tls_client_ca),
-            ("--token-file", self.token_file),
-            ("--kafka-ssl-cafile", self.kafka_ssl_cafile),
-            ("--kafka-username-file", self.kafka_username_file),
-            ("--kafka-password-file", self.kafka_password_file),
-            ("--kubeconfig", self.kubeconfig if self.resolve_remote else None),
-        ):
-            if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
-                raise ConfigError(f"{flag} {path}: not a readable file")
+        readable_files(
+            (
+                ("--tls-cert", self.tls_cert),
+                ("--tls-key", self.tls_key),
+                ("--tls-client-ca", self.tls_client_ca),
+                ("--token-file", self.token_file),
+                ("--kafka-ssl-cafile", self.kafka_ssl_cafile),
+                ("--kafka-username-file", self.kafka_username_file),
+                ("--kafka-password-file", self.kafka_password_file),
+                ("--kubeconfig", self.kubeconfig if self.resolve_remote else None),
+            )
+        )
         self.read_token()  # an empty token file is refused now, not at the first agent
 
     def sasl_credentials(self) -> tuple[str | None, str | None]:
@@ -322,22 +330,6 @@ def codec_available(compression: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tcpscope-collector",
-        description="Receive tcpscope event batches over gRPC and publish them to Kafka.",
-        epilog="Every flag can also be set by the environment variable shown in brackets.",
+    return parser_for(
+        CollectorConfig, "tcpscope-collector", "Receive tcpscope event batches over gRPC and publish them to Kafka."
     )
-    for f in fields(CollectorConfig):
-        if not f.metadata["flag"]:
-            continue
-        flag, help = flag_name(f), help_text(CollectorConfig, f.name)
-        if isinstance(f.default, bool):
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
-            continue
-        kind: Any = str
-        if isinstance(f.default, int):
-            kind = int
-        elif isinstance(f.default, float):
-            kind = float
-        p.add_argument(flag, dest=f.name, type=kind, help=help)
-    return p

@@ -1,16 +1,20 @@
 """What the agent's and the collector's config dataclasses share: documented fields that carry their
-environment variable, and one way to read flags over environment over defaults."""
+environment variable and their flag, one generator of the command line from them (`add_flags`), one
+way to read flags over environment over defaults, and the checks both make."""
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, Field, field, fields
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(ValueError):
@@ -21,18 +25,25 @@ def setting(
     env: str,
     help: str,
     *,
-    flag: bool = True,
+    flag: bool | str = True,
     items: type = str,
     min: float | None = None,
     max: float | None = None,
+    above: float | None = None,
     choices: Sequence[str] = (),
+    repeatable: bool = False,
+    negative: bool | str = True,
     **kw: Any,
 ) -> Any:
-    """A config field documented with its environment variable and help text.
+    """A config field documented with its environment variable and help text; `add_flags` makes its flag.
 
-    flag=False: environment only (secrets); items: the type of a tuple field's comma-separated items;
-    min/max: inclusive bounds of a number; choices: the allowed values of a string. `check()` enforces
-    the bounds and choices, so every field states its own and no flag or variable slips through."""
+    flag: the flag's spelling when not `--field-name`, or False for environment only (secrets);
+    items: the type of a tuple field's comma-separated items; min/max: inclusive bounds of a number,
+    above: an exclusive lower bound; choices: the allowed values of a string (of each item of a tuple);
+    repeatable: a tuple field whose flag is given once per item (`--port 80 --port 443`);
+    negative (bools): the `--no-` form, True as `--x, --no-x` on one help line, a string as its own
+    flag with that help, False none. `check()` enforces bounds and choices, so every field states its
+    own and no flag or variable slips through."""
     return field(
         metadata={
             "env": env,
@@ -41,37 +52,110 @@ def setting(
             "items": items,
             "min": min,
             "max": max,
+            "above": above,
             "choices": tuple(choices),
+            "repeatable": repeatable,
+            "negative": negative,
         },
         **kw,
     )
 
 
 def flag_name(f: Field[Any]) -> str:
-    return "--" + f.name.replace("_", "-")
+    """The field's flag as the command line spells it (`--field-name` unless the setting names another)."""
+    flag = f.metadata.get("flag", True)
+    return flag if isinstance(flag, str) else "--" + f.name.replace("_", "-")
+
+
+def value_type(f: Field[Any]) -> type:
+    """What a field holds: bool, int, float, tuple or str (from its default, else its annotation)."""
+    if isinstance(f.default, (bool, int, float, tuple, str)):
+        return type(f.default)
+    annotation = str(f.type)
+    return next((t for t in (tuple, bool, float, int) if t.__name__ in annotation), str)
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the config dataclass `cls`, in field order, with the field's help_text:
+    the command line is generated from the documented fields, never written next to them."""
+    for f in fields(cls):
+        meta = f.metadata
+        if meta.get("flag", True) is False:
+            continue
+        flag, help = flag_name(f), help_text(cls, f.name)
+        kind = value_type(f)
+        if kind is bool:
+            negative = meta.get("negative", True)
+            if negative is True:
+                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+                continue
+            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help)
+            if negative:
+                parser.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", default=None, help=negative)
+            continue
+        metavar = flag[2:].replace("-", "_").upper()
+        if meta.get("repeatable"):
+            parser.add_argument(
+                flag, dest=f.name, action="append", type=meta["items"], metavar=metavar, help=f"{help} (repeatable)"
+            )
+            continue
+        choices = meta.get("choices") if kind is str else None
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            type=kind if kind in (int, float) else str,
+            choices=choices or None,
+            metavar=None if choices else metavar,
+            help=help,
+        )
 
 
 def check(obj: object) -> None:
-    """Raise ConfigError for the first field outside its min/max or choices (None values pass)."""
+    """Raise ConfigError for the first field outside its bounds or choices (None values pass)."""
     for f in fields(obj):  # type: ignore[arg-type]
         value = getattr(obj, f.name)
         if value is None or isinstance(value, bool):
             continue
         meta = f.metadata
-        lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices", ())
+        lo, hi, above, choices = meta.get("min"), meta.get("max"), meta.get("above"), meta.get("choices", ())
         if isinstance(value, (int, float)):
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{flag_name(f)} must be a finite number, not {value}")
             if lo is not None and value < lo:
                 raise ConfigError(f"{flag_name(f)} must be >= {_num(lo)}, not {_num(value)}")
+            if above is not None and value <= above:
+                raise ConfigError(f"{flag_name(f)} must be > {_num(above)}, not {_num(value)}")
             if hi is not None and value > hi:
                 raise ConfigError(f"{flag_name(f)} must be <= {_num(hi)}, not {_num(value)}")
-        if choices and value not in choices:
-            raise ConfigError(f"{flag_name(f)} must be one of {', '.join(choices)}, not {value!r}")
+        if choices:
+            for item in value if isinstance(value, tuple) else (value,):
+                if item not in choices:
+                    raise ConfigError(f"{flag_name(f)} must be one of {', '.join(choices)}, not {item!r}")
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def log_level(value: str) -> str:
+    """A logging level name in any case, upper-cased (what `logging` takes); ConfigError otherwise."""
+    level = value.upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {value!r}")
+    return level
+
+
+def together(*flags: tuple[str, object]) -> None:
+    """(flag, value) pairs that are set together or not at all, like a certificate and its key."""
+    if len({bool(value) for _, value in flags}) > 1:
+        raise ConfigError(f"{' and '.join(flag for flag, _ in flags)} go together")
+
+
+def readable_files(files: Iterable[tuple[str, str | None]]) -> None:
+    """Each (flag, path) given is a file this process can read now, not at the first connection."""
+    for flag, path in files:
+        if path and not (os.path.isfile(path) and os.access(path, os.R_OK)):
+            raise ConfigError(f"{flag} {path}: not a readable file")
 
 
 def host_port(value: str, what: str, *, allow_zero: bool = False) -> tuple[str, int]:
@@ -89,27 +173,30 @@ def host_port(value: str, what: str, *, allow_zero: bool = False) -> tuple[str, 
 
 
 def coerce(f: Field[Any], raw: Any) -> Any:
-    """Turn a raw string (from the environment, or a str flag) into the field's type."""
+    """Turn a raw string (from the environment, or a str flag) into the field's type; a repeated
+    flag's list into a tuple."""
+    if isinstance(raw, list):
+        return tuple(raw)
     if not isinstance(raw, str):
         return raw
-    default = f.default
+    kind = value_type(f)
     try:
-        if isinstance(default, bool):
+        if kind is bool:
             low = raw.strip().lower()
             if low in ("1", "true", "yes", "on"):
                 return True
             if low in ("", "0", "false", "no", "off"):
                 return False
             raise ValueError("want true or false")
-        if isinstance(default, tuple):
+        if kind is tuple:
             item = f.metadata.get("items", str)
             return tuple(item(x.strip()) for x in raw.split(",") if x.strip())
-        if isinstance(default, int):
+        if kind is int:
             try:
                 return int(raw)
             except ValueError:
                 raise ValueError("want an integer") from None
-        if isinstance(default, float) or "float" in str(f.type):
+        if kind is float:
             try:
                 return float(raw)
             except ValueError:
@@ -131,22 +218,30 @@ def read_values(cls: type, ns: argparse.Namespace, env: Mapping[str, str]) -> di
     return values
 
 
+def parser_for(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
+    """The command line of a process whose config is the dataclass `cls`: its flags (`add_flags`) and
+    the note that each has an environment variable."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        epilog="Every flag can also be set by the environment variable shown in brackets.",
+    )
+    add_flags(parser, cls)
+    return parser
+
+
 def load(
     cls: Callable[..., T],
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
     env: Mapping[str, str],
-    extra: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
 ) -> T:
     """Parse flags, read values (flags over environment over defaults) and build the config; any
     ConfigError (a bad flag or environment value, a failed check) exits 2 with one line on stderr,
     `PROG: error: ...`, no usage block and no traceback."""
     ns = one_line_errors(parser).parse_args(argv)
     try:
-        values = read_values(cls, ns, env)  # type: ignore[arg-type]
-        if extra is not None:
-            values.update(extra(ns))
-        return cls(**values)
+        return cls(**read_values(cls, ns, env))  # type: ignore[arg-type]
     except ConfigError as e:
         fail(parser.prog, str(e))
 

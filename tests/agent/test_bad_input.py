@@ -53,8 +53,8 @@ def test_good_targets_and_namespaces_pass() -> None:
 
 
 def test_busy_metrics_port_is_one_line(busy_port: int) -> None:
-    # the metrics server is the first thing the agent binds, before the kernel is touched; an agent
-    # without BPF privileges stops earlier, with its own one line
+    # the metrics server is bound after the kernel probe and before the programs are compiled; an
+    # agent without BPF privileges stops earlier, with its own one line
     rc, err, secs = run_cli("agent", ["--stdout", "json", "--no-kubernetes", "--metrics-port", str(busy_port)])
     assert "Traceback" not in err and rc == 2, err
     assert_one_line("tcpscope-agent", rc, err, secs)

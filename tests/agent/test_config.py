@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError
+from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError, build_parser
 from tcpscope.identity import node_of, prefix_of
 
 
@@ -96,10 +97,81 @@ def test_every_field_is_documented_with_an_env_var() -> None:
         assert f.metadata.get("help"), f.name
 
 
+# The command line as it was written by hand before it was generated from AgentConfig: every
+# spelling keeps working (tcpscope/settings.py:add_flags), and every variable.
+FLAGS = {
+    "--stdout", "--events", "--duration", "--dump-bpf", "--port", "--cgroup-root", "--netns", "--tracefs",
+    "--btf", "--probe-sample", "--max-sockets", "--connections", "--flow-interval", "--max-flows",
+    "--max-connection-events", "--ring-buffer-kb", "--node-name", "--kubernetes", "--no-kubernetes",
+    "--kubeconfig", "--resolve-remote", "--no-resolve-remote", "--labels", "--pod-cache-ttl",
+    "--pending-max-wait", "--collector", "--agent-id", "--tls-ca", "--tls-cert", "--tls-key",
+    "--tls-server-name", "--token-file", "--compression", "--batch-max-events", "--batch-max-age",
+    "--buffer-max-events", "--drain-grace", "--state-dir", "--metrics-port", "--metrics-address", "--log-level",
+}  # fmt: skip
+
+
+def test_every_field_has_a_flag_and_a_variable_and_help_lists_them() -> None:
+    from dataclasses import fields
+
+    from tcpscope.settings import flag_name
+
+    parser = build_parser()
+    text = parser.format_help()
+    options = {s: a for a in parser._actions for s in a.option_strings}
+    assert set(options) - {"-h", "--help"} == FLAGS
+    envs = [f.metadata["env"] for f in fields(AgentConfig)]
+    assert len(set(envs)) == len(envs) == len(fields(AgentConfig))
+    for f in fields(AgentConfig):
+        assert options[flag_name(f)].dest == f.name, f.name
+        assert f"[{f.metadata['env']}]" in text, f.name
+    for flag in FLAGS:
+        assert re.search(rf"^  (.*, )?{flag}\b", text, re.M), flag  # its own line in the options list
+    for flag, spelling in (("--stdout", "{table,json}"), ("--connections", "{each,aggregate}"), ("--port", "PORT")):
+        assert f"{flag} {spelling}" in text
+    assert "(repeatable)" in text and "run with cgroup-level identity only" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "field", "value"),
+    [
+        (["--port", "80", "--port", "443"], {}, "ports", (80, 443)),
+        ([], {"TCPSCOPE_PORTS": "80,443"}, "ports", (80, 443)),
+        (["--labels", "app,team"], {}, "label_allowlist", ("app", "team")),
+        ([], {"TCPSCOPE_LABELS": "tier"}, "label_allowlist", ("tier",)),
+        (["--kubernetes"], {"TCPSCOPE_KUBERNETES": "0"}, "kubernetes", True),
+        (["--resolve-remote"], {"TCPSCOPE_RESOLVE_REMOTE": "false"}, "resolve_remote", True),
+        (["--dump-bpf"], {}, "dump_bpf", True),
+        (["--stdout", "table", "--connections", "aggregate"], {}, "connections", "aggregate"),
+        (["--compression", "none"], {}, "compression", "none"),
+        (["--duration", "2.5"], {}, "duration", 2.5),
+        (["--max-flows", "7"], {"TCPSCOPE_MAX_FLOWS": "9"}, "max_flows", 7),
+        (["--log-level", "debug"], {}, "log_level", "DEBUG"),
+    ],
+)
+def test_each_spelling_reaches_its_field(argv: list[str], env: dict[str, str], field: str, value: object) -> None:
+    assert getattr(AgentConfig.from_args(argv, env=env), field) == value
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--stdout", "xml"], "argument --stdout: invalid choice: 'xml'"),
+        (["--connections", "some"], "argument --connections: invalid choice: 'some'"),
+        (["--port", "http"], "argument --port: invalid int value: 'http'"),
+        (["--no-dump-bpf"], "unrecognized arguments: --no-dump-bpf"),
+    ],
+)
+def test_bad_flags_are_argparse_errors(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        AgentConfig.from_args(argv, env={})
+    assert exc.value.code == 2
+    assert said in capsys.readouterr().err
+
+
 def test_unreadable_env_values_name_the_field(capsys: pytest.CaptureFixture[str]) -> None:
     for env, said in (
         ({"TCPSCOPE_KUBERNETES": "maybe"}, "--kubernetes / TCPSCOPE_KUBERNETES: cannot use 'maybe'"),
-        ({"TCPSCOPE_PORTS": "80,http"}, "--ports / TCPSCOPE_PORTS: cannot use"),
+        ({"TCPSCOPE_PORTS": "80,http"}, "--port / TCPSCOPE_PORTS: cannot use"),  # the flag as spelt
     ):
         with pytest.raises(SystemExit) as exc:
             AgentConfig.from_args([], env=env)
