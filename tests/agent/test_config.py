@@ -205,4 +205,4 @@ def test_connections_mode_from_env_and_bad_values() -> None:
         ({"max_connection_events": -1}, "--max-connection"),
     ):
         with pytest.raises(ConfigError, match=message):
-            AgentConfig(**kwargs)  # type: ignore[arg-type]
+            AgentConfig(**kwargs)

@@ -21,7 +21,7 @@ from agent.enrich.cgroups import CgroupMap
 from agent.enrich.local import LocalEnricher
 from agent.enrich.pods import PodIndex
 from agent.pipeline import Enricher
-from tcpscope.v1.events_pb2 import HOST, NODE, POD, TcpEvent
+from tcpscope.v1.events_pb2 import ESTABLISHED, HOST, NODE, POD, TcpEvent
 from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 from tests.support.kubepods import (
     CLIENT,
@@ -72,7 +72,7 @@ class Conn:
         ev.process.comm = "python3"
         ev.process.cgroup_id = os.stat(mount + proc_cgroup_path(p.pid)).st_ino
         ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port = lip, lport, rip, rport
-        ev.state_change.new_state = 1  # ESTABLISHED
+        ev.state_change.new_state = ESTABLISHED
         return ev
 
     def close(self) -> None:
@@ -168,7 +168,12 @@ def test_pod_created_after_its_traffic_started_is_held_then_resolved(
         assert run(enrichers, [c.event("client", cgtree.mount)]) == []  # held: pod unknown yet
         fakeapi.add(make_pod("late", "shop", NODE_NAME, uid=uid, containers={"app": cid}))
         out: list[TcpEvent] = []
-        wait_for(lambda: bool(out.extend(run(enrichers, [])) or out))
+
+        def released() -> bool:
+            out.extend(run(enrichers, []))
+            return bool(out)
+
+        wait_for(released)
         assert len(out) == 1 and (out[0].local.namespace, out[0].local.name) == ("shop", "late")
         s = stats(enrichers)
         assert (s["local.held"], s["local.released_resolved"], s["local.released_unresolved"]) == (1, 1, 0)
@@ -190,7 +195,12 @@ def test_unknown_pod_released_without_pod_fields_after_the_wait(
         t0 = time.monotonic()
         assert run(enrichers, [c.event("client", cgtree.mount)]) == []
         out: list[TcpEvent] = []
-        wait_for(lambda: bool(out.extend(run(enrichers, [])) or out))
+
+        def released() -> bool:
+            out.extend(run(enrichers, []))
+            return bool(out)
+
+        wait_for(released)
         assert time.monotonic() - t0 >= 0.3
         ev = out[0]
         assert (ev.local.kind, ev.local.uid, ev.local.container_id, ev.local.name) == (POD, uid, cid, "")
