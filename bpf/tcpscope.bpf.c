@@ -1,7 +1,7 @@
 /* tcpscope: thin tracepoint entry points. Each one turns its tracepoint record into a tuple and
  * calls the handler in the header for its event kind.
  *
- * Prepended at load time by agent/kernel/probe.py (the "plan"):
+ * Decided at load time by agent/kernel/probe.py (the "plan") and rendered by agent/kernel/cgen.py:
  *   struct tp_<name>       one per tracepoint present, laid out from its tracefs format file
  *   HAS_TP_<NAME>          the tracepoint exists on the running kernel
  *   HAS_<NAME>_<FIELD>     the record has that field (formats differ between kernels)
