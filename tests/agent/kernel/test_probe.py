@@ -36,10 +36,10 @@ def plan_for(version: str, btf: Btf, **cfg: object) -> Plan:
         return read_format(cat, name, root)
 
     return build_plan(
-        AgentConfig(**cfg),
+        AgentConfig(**cfg),  # type: ignore[arg-type]
         btf=btf,
         format_reader=reader,
-        kernel=version,  # type: ignore[arg-type]
+        kernel=version,
         socket_key=0x1234,
     )
 
