@@ -12,8 +12,8 @@ import logging
 import os
 import platform
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from agent.config import AgentConfig
@@ -186,25 +186,296 @@ class Plan:
         return "\n".join(lines)
 
 
+def build_plan(
+    config: AgentConfig,
+    *,
+    btf: Btf | None = None,
+    format_reader: Callable[[str, str], TracepointFormat | None] | None = None,
+    kernel: str | None = None,
+    socket_key: int | None = None,
+) -> Plan:
+    """Probe the running kernel (or the given stand-ins) and decide the plan for this config, in
+    three steps: struct offsets (BTF), tracepoints (tracefs), filters (config, /proc, cgroupfs).
+
+    Raises KernelSupportError naming what is missing and how to fix it."""
+    btf = btf if btf is not None else load_btf(config)
+    read = format_reader if format_reader is not None else tracefs_reader(config)
+    require_cgroup_root_support(btf, config)  # first: the one filter a kernel layout rules out
+    offsets = struct_offsets(btf)
+    tracepoints = select_tracepoints(config.events, read, has_raw=has_raw_tracepoints(btf))
+    filters = build_filters(config)
+    return Plan(
+        kernel=kernel or platform.release(),
+        formats=tracepoints.formats,
+        attach=tracepoints.attach,
+        skipped=tracepoints.skipped,
+        offsets=offsets,
+        use_ringbuf=btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF") is not None,
+        ringbuf_pages=max(1, config.ring_buffer_kb * 1024 // os.sysconf("SC_PAGE_SIZE")),
+        events=tuple(config.events),
+        filters=filters,
+        max_sockets=config.max_sockets,
+        probe_sample=config.probe_sample,
+        rst_reasons=reset_reasons(btf),
+        socket_key=secrets.randbits(64) if socket_key is None else socket_key,
+        connections=config.connections,
+        max_flows=config.max_flows,
+        spill_per_cpu=spill_per_cpu(config),
+    )
+
+
+# ---- the running kernel's BTF and tracefs --------------------------------------------------------
+
+
+def load_btf(config: AgentConfig) -> Btf:
+    """The kernel's BTF (or --btf's file)."""
+    try:
+        return Btf.load(config.btf) if config.btf else Btf.load()
+    except BtfError as e:
+        raise KernelSupportError(
+            f"kernel BTF unavailable ({e}); the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF "
+            "(/sys/kernel/btf/vmlinux)"
+        ) from e
+
+
+def tracefs_reader(config: AgentConfig) -> Callable[[str, str], TracepointFormat | None]:
+    """A reader of tracepoint format files from tracefs (or --tracefs), found once, now."""
+    try:
+        if config.tracefs:
+            root = find_tracefs(Path(config.tracefs), Path(config.tracefs), may_mount=False)
+        else:
+            root = tracefs_root()
+    except TracefsError as e:
+        raise KernelSupportError(str(e)) from e
+
+    def reader(cat: str, name: str) -> TracepointFormat | None:
+        try:
+            return read_format(cat, name, root)
+        except TracefsError as e:
+            raise KernelSupportError(str(e)) from e
+
+    return reader
+
+
+def has_raw_tracepoints(btf: Btf) -> bool:
+    """Whether the kernel has raw tracepoint programs (4.17+)."""
+    return btf.enum_value("bpf_prog_type", "BPF_PROG_TYPE_RAW_TRACEPOINT") is not None
+
+
+def reset_reasons(btf: Btf) -> dict[int, str]:
+    """enum sk_rst_reason (6.10+) by value, without its prefix; empty before."""
+    return {v: k.removeprefix("SK_RST_REASON_") for k, v in btf.enum_values("sk_rst_reason").items()}
+
+
+# ---- step 1: struct offsets (BTF) ----------------------------------------------------------------
+
+
+def struct_offsets(btf: Btf) -> tuple[tuple[str, int], ...]:
+    """The kernel struct offsets the programs read (_OFFSETS), then the layout facts cgen derives
+    flags from (`_`-prefixed: they are not offsets). Raises naming every member BTF lacks."""
+    missing: list[str] = []
+    offsets = _member_offsets(btf, missing)
+    offsets += _socket_cgroup_layout(btf, missing)
+    offsets.append(("_KN_ID_SIZE", _kernfs_id_size(btf)))
+    offsets += _cgroup_ancestors(btf, missing)
+    offsets.append(("_SOCK_DONE", _sock_done(btf, missing)))
+    if missing:
+        raise KernelSupportError(
+            "kernel BTF lacks " + ", ".join(missing) + "; this kernel's socket layout is not supported"
+        )
+    return tuple(offsets)
+
+
+def _member_offsets(btf: Btf, missing: list[str]) -> list[tuple[str, int]]:
+    """_OFFSETS, each at the first of its member paths that BTF has."""
+    offsets = []
+    for macro, struct, paths in _OFFSETS:
+        found = _first_offset(btf, struct, paths)
+        if found is None:
+            missing.append(f"{struct}.{paths[0]}")
+        else:
+            offsets.append((macro, found))
+    return offsets
+
+
+def _first_offset(btf: Btf, struct: str, paths: Sequence[str]) -> int | None:
+    """The offset of the first of these member paths that the struct has."""
+    for path in paths:
+        offset = btf.member_offset(struct, path)
+        if offset is not None:
+            return offset
+    return None
+
+
+def _socket_cgroup_layout(btf: Btf, missing: list[str]) -> list[tuple[str, int]]:
+    """Where sock.sk_cgrp_data keeps the socket's cgroup v2 pointer, by kernel layout.
+
+    5.15+ (commit 8520e224f547): `struct sock_cgroup_data { struct cgroup *cgroup; u32 classid; u16
+    prioidx; }`. 4.5-5.14: a union of `u64 val` (the pointer) with the cgroup v1 net_prio/net_cls
+    data `{ u8 is_data:1, no_refcnt:1 (5.7+), ...; u16 prioidx; u32 classid; }`; once a v1
+    net_cls/net_prio setting is applied to a socket the pointer is gone (bpf/common.h,
+    sock_cgroup()). The low bits of `val` tell the two apart, so SOCK_CGROUP_UNION switches that
+    check on."""
+    direct = btf.member_offset("sock_cgroup_data", "cgroup")
+    if direct is not None:
+        return [("OFF_SCD_CGROUP", direct)]
+    val = btf.member_offset("sock_cgroup_data", "val")
+    if val is not None and btf.member_size("sock_cgroup_data", "val") == 8:
+        return [("OFF_SCD_CGROUP", val), ("_SOCK_CGROUP_UNION", 1)]
+    missing.append("sock_cgroup_data.cgroup (5.15+) or sock_cgroup_data.val (4.5-5.14)")
+    return []
+
+
+def _kernfs_id_union(btf: Btf) -> bool:
+    """Before 5.5 kernfs_node.id is `union kernfs_node_id { struct { u32 ino, generation; }; u64 id; }`
+    and a cgroupfs directory's inode number is its ino alone; from 5.5 (commit 67c0496e87d1) id is a
+    u64 equal to the inode number."""
+    return btf.has_member("kernfs_node", "id.ino")
+
+
+def _kernfs_id_size(btf: Btf) -> int:
+    """How many bytes of kernfs_node.id are the inode number (KN_ID_SIZE)."""
+    return 4 if _kernfs_id_union(btf) else btf.member_size("kernfs_node", "id") or 8
+
+
+def _cgroup_ancestors(btf: Btf, missing: list[str]) -> list[tuple[str, int]]:
+    """Where a cgroup's ancestors are: pointers since 6.1 (commit 7f203bc89eb6), ids before."""
+    if btf.has_member("cgroup", "ancestors"):
+        return [("_OFF_CGROUP_ANCESTORS", btf.member_offset("cgroup", "ancestors") or 0)]
+    if btf.has_member("cgroup", "ancestor_ids"):
+        return [
+            ("_OFF_CGROUP_ANCESTORS", btf.member_offset("cgroup", "ancestor_ids") or 0),
+            ("_CGROUP_ANCESTOR_IDS", 1),
+        ]
+    missing.append("cgroup.ancestors")
+    return []
+
+
+def _sock_done(btf: Btf, missing: list[str]) -> int:
+    """The bit number of SOCK_DONE in sk_flags."""
+    bit = btf.enum_value("sock_flags", "SOCK_DONE")
+    if bit is None:
+        missing.append("enum sock_flags SOCK_DONE")
+        return 1
+    return bit
+
+
+# ---- step 2: tracepoints (tracefs) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tracepoints:
+    """Which tracepoints the plan attaches and how, the records it lays out, and what it skips."""
+
+    formats: tuple[TracepointFormat, ...]  # records of the plain tracepoints attached
+    attach: tuple[tuple[str, str, str], ...]  # (tracepoint | raw_tracepoint, "cat:name", fn_name)
+    skipped: tuple[str, ...]  # "cat:name: why"
+
+
+# what a missing tracepoint costs, beyond its own events
+_WITHOUT = {
+    "tcp_destroy_sock": " (lifecycles are emitted at CLOSE instead; "
+    "resets and errors reported after CLOSE then miss them)",
+    "inet_sk_error_report": " (errno comes from sk_err at CLOSE)",
+}
+
+
+def select_tracepoints(
+    events: Sequence[str],
+    read: Callable[[str, str], TracepointFormat | None],
+    *,
+    has_raw: bool,
+) -> Tracepoints:
+    """TRACEPOINTS that the event kinds need and the kernel has in a usable form, in that order.
+
+    Raises when sock:inet_sock_set_state is not among them; logs one line per tracepoint skipped."""
+    formats: list[TracepointFormat] = []
+    attach: list[tuple[str, str, str]] = []
+    skipped: list[str] = []
+    for spec in TRACEPOINTS:
+        if spec.kinds and not set(spec.kinds) & set(events):
+            continue
+        fmt = read(spec.category, spec.name)
+        how = _attachment(spec, fmt, has_raw)
+        if isinstance(how, str):
+            skipped.append(f"{spec.category}:{spec.name}: {how}")
+            continue
+        attach.append(how)
+        if how[0] == "tracepoint" and fmt is not None:
+            formats.append(fmt)
+    if not any(tp == "sock:inet_sock_set_state" for _k, tp, _f in attach):
+        raise KernelSupportError(
+            "tracepoint sock:inet_sock_set_state is missing or unusable on this kernel (needs Linux 4.16+): "
+            + "; ".join(skipped)
+        )
+    for s in skipped:
+        log.warning("skipping %s", s)
+    return Tracepoints(tuple(formats), tuple(attach), tuple(skipped))
+
+
+def _attachment(spec: TracepointSpec, fmt: TracepointFormat | None, has_raw: bool) -> tuple[str, str, str] | str:
+    """How to attach this tracepoint, (kind, "cat:name", fn_name), or why it is skipped.
+
+    A raw spec (a record without the socket pointer) is attached as a raw tracepoint, which reads
+    the tracepoint's arguments rather than its record; its format file only says it exists."""
+    tp = f"{spec.category}:{spec.name}"
+    if fmt is None:
+        return f"not in this kernel{_WITHOUT.get(spec.name, '')}"
+    if spec.raw and not has_raw:
+        return "the kernel has no raw tracepoint programs (4.17+)"
+    if spec.raw:
+        return ("raw_tracepoint", tp, f"raw_{spec.name}")
+    why = _usable(spec, fmt)
+    return why if why else ("tracepoint", tp, f"tp_{spec.name}")
+
+
 def _usable(spec: TracepointSpec, fmt: TracepointFormat) -> str | None:
     """Why this record cannot be used by the programs, or None if it can."""
     missing = []
     for name in spec.required:
         if name == "sport|sockaddr":
-            saddr = fmt.field("saddr")
-            if fmt.field("sport") is None and not (saddr is not None and saddr.size >= 16):
-                missing.append("sport (or sockaddr saddr)")
-            elif (
-                fmt.field("sport") is not None and fmt.field("saddr_v6") is None and (saddr is None or saddr.size < 16)
-            ):
-                missing.append("saddr_v6")
-            continue
-        if fmt.field(name) is None:
+            missing += _missing_tuple(fmt)
+        elif fmt.field(name) is None:
             missing.append(name)
-    for group in spec.one_of:
-        if all(fmt.field(n) is None for n in group):
-            missing.append(" or ".join(group))
+    missing += [" or ".join(group) for group in spec.one_of if all(fmt.field(n) is None for n in group)]
     return f"record lacks {', '.join(missing)}" if missing else None
+
+
+def _missing_tuple(fmt: TracepointFormat) -> list[str]:
+    """What a record lacks for the tuple ("sport|sockaddr"): sockaddr copies (tcp_send_reset 6.10+)
+    suffice, else the classic fields need saddr_v6."""
+    if cgen.has_sockaddr(fmt):
+        return []
+    if fmt.field("sport") is None:
+        return ["sport (or sockaddr saddr)"]
+    return ["saddr_v6"] if fmt.field("saddr_v6") is None else []
+
+
+# ---- step 3: filters (config, /proc, cgroupfs) ---------------------------------------------------
+
+
+def require_cgroup_root_support(btf: Btf, config: AgentConfig) -> None:
+    """Refuse --cgroup-root where the kernel's cgroup ids cannot be matched against a directory."""
+    if config.cgroup_root and _kernfs_id_union(btf):
+        raise KernelSupportError(
+            "--cgroup-root needs Linux 5.5+: before it, cgroup.ancestor_ids[] holds cgroup idr ids, not the "
+            "kernfs inode numbers a cgroup directory is known by, so a subtree cannot be matched in the kernel"
+        )
+
+
+def build_filters(config: AgentConfig) -> Filters:
+    """The in-kernel filters of this config: ports, network namespace inode, cgroup subtree."""
+    netns = netns_inum(config.netns) if config.netns else None
+    cgroup = cgroup_filter(config.cgroup_root) if config.cgroup_root else Filters()
+    return replace(cgroup, ports=tuple(sorted(set(config.ports))), netns_inum=netns)
+
+
+def netns_inum(path: str) -> int:
+    """The inode number of a network namespace file (/proc/PID/ns/net, /run/netns/NAME)."""
+    try:
+        return os.stat(path).st_ino
+    except OSError as e:
+        raise KernelSupportError(f"--netns {path}: {e.strerror}") from e
 
 
 def cgroup2_mount(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
@@ -235,173 +506,6 @@ def cgroup_filter(directory: str) -> Filters:
     rel = os.path.relpath(real, mnt)
     level = 0 if rel == "." else len(Path(rel).parts)
     return Filters(cgroup_id=os.stat(real).st_ino, cgroup_level=level, cgroup_dir=real)
-
-
-def _socket_cgroup_layout(btf: Btf, missing: list[str]) -> list[tuple[str, int]]:
-    """Where sock.sk_cgrp_data keeps the socket's cgroup v2 pointer, by kernel layout.
-
-    5.15+ (commit 8520e224f547): `struct sock_cgroup_data { struct cgroup *cgroup; u32 classid; u16
-    prioidx; }`. 4.5-5.14: a union of `u64 val` (the pointer) with the cgroup v1 net_prio/net_cls
-    data `{ u8 is_data:1, no_refcnt:1 (5.7+), ...; u16 prioidx; u32 classid; }`; once a v1
-    net_cls/net_prio setting is applied to a socket the pointer is gone (bpf/common.h,
-    sock_cgroup()). The low bits of `val` tell the two apart, so SOCK_CGROUP_UNION switches that
-    check on."""
-    direct = btf.member_offset("sock_cgroup_data", "cgroup")
-    if direct is not None:
-        return [("OFF_SCD_CGROUP", direct)]
-    val = btf.member_offset("sock_cgroup_data", "val")
-    if val is not None and btf.member_size("sock_cgroup_data", "val") == 8:
-        return [("OFF_SCD_CGROUP", val), ("_SOCK_CGROUP_UNION", 1)]
-    missing.append("sock_cgroup_data.cgroup (5.15+) or sock_cgroup_data.val (4.5-5.14)")
-    return []
-
-
-def build_plan(
-    config: AgentConfig,
-    *,
-    btf: Btf | None = None,
-    format_reader: Callable[[str, str], TracepointFormat | None] | None = None,
-    kernel: str | None = None,
-    socket_key: int | None = None,
-) -> Plan:
-    """Probe the running kernel (or the given stand-ins) and decide the plan for this config.
-
-    Raises KernelSupportError naming what is missing and how to fix it."""
-    if btf is None:
-        try:
-            btf = Btf.load(config.btf) if config.btf else Btf.load()
-        except BtfError as e:
-            raise KernelSupportError(
-                f"kernel BTF unavailable ({e}); the agent needs a kernel built with CONFIG_DEBUG_INFO_BTF "
-                "(/sys/kernel/btf/vmlinux)"
-            ) from e
-    if format_reader is None:
-        try:
-            root = (
-                find_tracefs(Path(config.tracefs), Path(config.tracefs), may_mount=False)
-                if config.tracefs
-                else tracefs_root()
-            )
-        except TracefsError as e:
-            raise KernelSupportError(str(e)) from e
-
-        def format_reader(cat: str, name: str) -> TracepointFormat | None:
-            try:
-                return read_format(cat, name, root)
-            except TracefsError as e:
-                raise KernelSupportError(str(e)) from e
-
-    offsets: list[tuple[str, int]] = []
-    missing_off: list[str] = []
-    for macro, struct, paths in _OFFSETS:
-        found = next((btf.member_offset(struct, p) for p in paths if btf.member_offset(struct, p) is not None), None)
-        if found is None:
-            missing_off.append(f"{struct}.{paths[0]}")
-        else:
-            offsets.append((macro, found))
-    offsets += _socket_cgroup_layout(btf, missing_off)
-    kernfs_union = btf.has_member("kernfs_node", "id.ino")
-    if kernfs_union and config.cgroup_root:
-        raise KernelSupportError(
-            "--cgroup-root needs Linux 5.5+: before it, cgroup.ancestor_ids[] holds cgroup idr ids, not the "
-            "kernfs inode numbers a cgroup directory is known by, so a subtree cannot be matched in the kernel"
-        )
-    # before 5.5 kernfs_node.id is `union kernfs_node_id { struct { u32 ino, generation; }; u64 id; }`
-    # and a cgroupfs directory's inode number is its ino alone; from 5.5 (commit 67c0496e87d1) id is a
-    # u64 equal to the inode number
-    kn_size = 4 if kernfs_union else btf.member_size("kernfs_node", "id")
-    offsets.append(("_KN_ID_SIZE", kn_size or 8))
-    if btf.has_member("cgroup", "ancestors"):
-        offsets.append(("_OFF_CGROUP_ANCESTORS", btf.member_offset("cgroup", "ancestors") or 0))
-    elif btf.has_member("cgroup", "ancestor_ids"):
-        # before 6.1 (commit 7f203bc89eb6): an array of ids rather than of pointers
-        offsets.append(("_OFF_CGROUP_ANCESTORS", btf.member_offset("cgroup", "ancestor_ids") or 0))
-        offsets.append(("_CGROUP_ANCESTOR_IDS", 1))
-    else:
-        missing_off.append("cgroup.ancestors")
-    sock_done = btf.enum_value("sock_flags", "SOCK_DONE")
-    if sock_done is None:
-        missing_off.append("enum sock_flags SOCK_DONE")
-    offsets.append(("_SOCK_DONE", sock_done if sock_done is not None else 1))
-    if missing_off:
-        raise KernelSupportError(
-            "kernel BTF lacks " + ", ".join(missing_off) + "; this kernel's socket layout is not supported"
-        )
-
-    formats: list[TracepointFormat] = []
-    attach: list[tuple[str, str, str]] = []
-    skipped: list[str] = []
-    has_raw = btf.enum_value("bpf_prog_type", "BPF_PROG_TYPE_RAW_TRACEPOINT") is not None
-    for spec in TRACEPOINTS:
-        tp = f"{spec.category}:{spec.name}"
-        if spec.kinds and not set(spec.kinds) & set(config.events):
-            continue
-        fmt = format_reader(spec.category, spec.name)
-        if fmt is None:
-            extra = {
-                "tcp_destroy_sock": " (lifecycles are emitted at CLOSE instead; resets and errors reported "
-                "after CLOSE then miss them)",
-                "inet_sk_error_report": " (errno comes from sk_err at CLOSE)",
-            }.get(spec.name, "")
-            skipped.append(f"{tp}: not in this kernel{extra}")
-            continue
-        if spec.raw:
-            if not has_raw:
-                skipped.append(f"{tp}: the kernel has no raw tracepoint programs (4.17+)")
-                continue
-            attach.append(("raw_tracepoint", tp, f"raw_{spec.name}"))
-            continue
-        why = _usable(spec, fmt)
-        if why:
-            skipped.append(f"{tp}: {why}")
-            continue
-        formats.append(fmt)
-        attach.append(("tracepoint", tp, f"tp_{spec.name}"))
-    if not any(tp == "sock:inet_sock_set_state" for _k, tp, _f in attach):
-        raise KernelSupportError(
-            "tracepoint sock:inet_sock_set_state is missing or unusable on this kernel (needs Linux 4.16+): "
-            + "; ".join(skipped)
-        )
-    for s in skipped:
-        log.warning("skipping %s", s)
-
-    filters = Filters(ports=tuple(sorted(set(config.ports))))
-    if config.netns:
-        try:
-            inum = os.stat(config.netns).st_ino
-        except OSError as e:
-            raise KernelSupportError(f"--netns {config.netns}: {e.strerror}") from e
-        filters = Filters(ports=filters.ports, netns_inum=inum)
-    if config.cgroup_root:
-        cg = cgroup_filter(config.cgroup_root)
-        filters = Filters(
-            ports=filters.ports,
-            netns_inum=filters.netns_inum,
-            cgroup_id=cg.cgroup_id,
-            cgroup_level=cg.cgroup_level,
-            cgroup_dir=cg.cgroup_dir,
-        )
-
-    reasons = {v: k.removeprefix("SK_RST_REASON_") for k, v in btf.enum_values("sk_rst_reason").items()}
-    use_ringbuf = btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF") is not None
-    return Plan(
-        kernel=kernel or platform.release(),
-        formats=tuple(formats),
-        attach=tuple(attach),
-        skipped=tuple(skipped),
-        offsets=tuple(offsets),
-        use_ringbuf=use_ringbuf,
-        ringbuf_pages=max(1, config.ring_buffer_kb * 1024 // os.sysconf("SC_PAGE_SIZE")),
-        events=tuple(config.events),
-        filters=filters,
-        max_sockets=config.max_sockets,
-        probe_sample=config.probe_sample,
-        rst_reasons=reasons,
-        socket_key=secrets.randbits(64) if socket_key is None else socket_key,
-        connections=config.connections,
-        max_flows=config.max_flows,
-        spill_per_cpu=spill_per_cpu(config),
-    )
 
 
 def spill_per_cpu(config: AgentConfig) -> int:
