@@ -36,7 +36,8 @@ def preamble(plan: Plan) -> str:
 
 def record_switches(fmt: TracepointFormat) -> list[str]:
     """HAS_TP_<NAME>, a HAS_<NAME>_<FIELD> per field of the record, and HAS_<NAME>_SOCKADDR where
-    saddr is a struct sockaddr_in6-sized copy. Always defined as 1."""
+    saddr is a struct sockaddr_in6-sized copy. Always defined as 1: bpf/compat.h's IF_HAS relies on
+    that."""
     name = fmt.name.upper()
     out = [f"#define HAS_TP_{name} 1"]
     out += [f"#define HAS_{name}_{f.name.upper()} 1" for f in fmt.fields if not f.is_common]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import subprocess
 
 import pytest
 
 from agent.kernel import cgen
 from agent.kernel.btf import Btf
-from agent.kernel.probe import Filters
+from agent.kernel.probe import BPF_DIR, Filters
 from agent.kernel.tracefs import Field, TracepointFormat, read_format
 from tests.agent.kernel.test_probe import ALL, FORMATS, VERSIONS, plan_for
 
@@ -37,6 +38,7 @@ def test_record_switches_say_which_fields_the_record_has() -> None:
 
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_switch_is_defined_as_1(version: str, btf: Btf) -> None:
+    """bpf/compat.h's IF_HAS(flag, ...) picks its branch only for a flag defined as exactly 1."""
     text = plan_for(version, btf, events=ALL).preamble()
     switches = [line for line in text.splitlines() if line.startswith("#define HAS_")]
     assert switches and all(re.fullmatch(r"#define HAS_[A-Z0-9_]+ 1", s) for s in switches)
@@ -112,3 +114,25 @@ def test_c_struct_pads_converts_and_packs_as_the_record_needs() -> None:
     ]
     assert "} __attribute__((packed));" in cgen.c_struct(made_up)
     assert "packed" not in cgen.c_struct(fmt("6.18", "tcp", "tcp_send_reset"))
+
+
+def test_if_has_picks_the_field_only_for_a_switch_defined_as_1() -> None:
+    """bpf/compat.h chooses between a record's field and a fallback by the switches rendered above."""
+    src = "\n".join(
+        [
+            '#include "compat.h"',
+            "#define HAS_NEW_FAMILY 1",
+            "#define HAS_NEW_STATE 1",
+            "state: IF_HAS(HAS_NEW_STATE, r->state, 0) IF_HAS(HAS_OLD_STATE, r->state, 0)",
+            "family: RECORD_FAMILY(r, NEW) RECORD_FAMILY(r, OLD)",
+            "commas: IF_HAS(HAS_NEW_STATE, f(1, 2), g) IF_HAS(HAS_OLD_STATE, f, g(1, 2))",
+        ]
+    )
+    res = subprocess.run(
+        ["gcc", "-E", "-P", "-I", str(BPF_DIR), "-"], input=src, capture_output=True, text=True, check=True
+    )
+    assert res.stdout.strip().splitlines() == [
+        "state: r->state 0",
+        "family: (r)->family guess_family((r)->saddr_v6)",
+        "commas: f(1, 2) g(1, 2)",
+    ]
