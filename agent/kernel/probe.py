@@ -139,11 +139,27 @@ class Plan:
 
     def preamble(self) -> str:
         """C text prepended to bpf/tcpscope.bpf.c: tracepoint record structs and HAS_* switches."""
-        return cgen.preamble(self)
+        raw = [tp for kind, tp, _fn in self.attach if kind == "raw_tracepoint"]
+        return cgen.preamble(self.kernel, self.formats, raw, self.filters.ports)
 
     def cflags(self) -> list[str]:
-        """-D constants: BTF offsets, sizes, map sizes, event kinds, filters."""
-        return cgen.cflags(self)
+        """-D constants: BTF offsets, sizes, map sizes, event kinds, flows, filters."""
+        flags = [
+            *cgen.offset_flags(self.offsets),
+            *cgen.map_flags(
+                socket_key=self.socket_key,
+                max_sockets=self.max_sockets,
+                probe_sample=self.probe_sample,
+                ringbuf_pages=self.ringbuf_pages if self.use_ringbuf else None,
+            ),
+            *cgen.event_flags(self.events),
+        ]
+        if self.flows_on:
+            flags += cgen.flow_flags(
+                connections=self.connections, max_flows=self.max_flows, spill_per_cpu=self.spill_per_cpu
+            )
+        f = self.filters
+        return flags + cgen.filter_flags(netns_inum=f.netns_inum, cgroup_id=f.cgroup_id, cgroup_level=f.cgroup_level)
 
     def describe(self) -> str:
         """The human-readable plan (what --dump-bpf prints)."""

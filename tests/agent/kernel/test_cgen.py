@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import subprocess
 
@@ -10,7 +9,7 @@ import pytest
 
 from agent.kernel import cgen
 from agent.kernel.btf import Btf
-from agent.kernel.probe import BPF_DIR, Filters
+from agent.kernel.probe import BPF_DIR
 from agent.kernel.tracefs import Field, TracepointFormat, read_format
 from tests.agent.kernel.test_probe import ALL, FORMATS, VERSIONS, plan_for
 
@@ -50,9 +49,9 @@ def test_port_match() -> None:
 
 
 def test_filter_flags() -> None:
-    assert cgen.filter_flags(Filters(ports=(80,))) == []
-    assert cgen.filter_flags(Filters(netns_inum=4026531840)) == ["-DFILTER_NETNS=4026531840"]
-    assert cgen.filter_flags(Filters(cgroup_id=7, cgroup_level=2, cgroup_dir="/x")) == [
+    assert cgen.filter_flags(netns_inum=None, cgroup_id=None, cgroup_level=None) == []
+    assert cgen.filter_flags(netns_inum=4026531840, cgroup_id=None, cgroup_level=None) == ["-DFILTER_NETNS=4026531840"]
+    assert cgen.filter_flags(netns_inum=None, cgroup_id=7, cgroup_level=2) == [
         "-DFILTER_CGROUP_ID=7ULL",
         "-DFILTER_CGROUP_LEVEL=2",
     ]
@@ -80,13 +79,28 @@ def test_offset_flags_derive_the_socket_cgroup_offset_and_the_layout_switches() 
     ]
 
 
-def test_flow_flags_by_mode(btf: Btf) -> None:
-    each = plan_for("6.18", btf, max_connection_events=0)
-    assert not each.flows_on and cgen.flow_flags(each) == []
-    agg = plan_for("6.18", btf, connections="aggregate", max_flows=100)
-    assert cgen.flow_flags(agg) == ["-DMAX_FLOWS=100", "-DAGGREGATE=1"]
-    spill = dataclasses.replace(each, spill_per_cpu=5)
-    assert cgen.flow_flags(spill) == [f"-DMAX_FLOWS={each.max_flows}", "-DSPILL_PER_CPU=5"]
+def test_map_and_flow_flags() -> None:
+    common = {"socket_key": 0x1234, "max_sockets": 100000, "probe_sample": 10}
+    assert cgen.map_flags(**common, ringbuf_pages=None) == [
+        "-DSOCKET_KEY=0x1234ULL",
+        "-DMAX_SOCKETS=100000",
+        "-DMAX_LISTENERS=16384",
+        "-DPROBE_SAMPLE=10",
+    ]
+    assert cgen.map_flags(**common, ringbuf_pages=64)[-2:] == ["-DUSE_RINGBUF=1", "-DRINGBUF_PAGES=64"]
+    assert cgen.flow_flags(connections="aggregate", max_flows=100, spill_per_cpu=0) == [
+        "-DMAX_FLOWS=100",
+        "-DAGGREGATE=1",
+    ]
+    assert cgen.flow_flags(connections="each", max_flows=100, spill_per_cpu=5) == [
+        "-DMAX_FLOWS=100",
+        "-DSPILL_PER_CPU=5",
+    ]
+
+
+def test_plan_renders_flows_only_when_they_are_on(btf: Btf) -> None:
+    assert not [f for f in plan_for("6.18", btf, max_connection_events=0).cflags() if "FLOWS" in f]
+    assert "-DAGGREGATE=1" in plan_for("6.18", btf, connections="aggregate").cflags()
 
 
 def test_c_struct_pads_converts_and_packs_as_the_record_needs() -> None:
