@@ -1,10 +1,11 @@
 /* tcpscope: thin tracepoint entry points. Each one turns its tracepoint record into a tuple and
  * calls the handler in the header for its event kind.
  *
- * Prepended at load time by agent/kernel/probe.py (the "plan"):
+ * Prepended at load time, as agent/kernel/probe.py decides (the "plan") and agent/kernel/cgen.py renders:
  *   struct tp_<name>       one per tracepoint present, laid out from its tracefs format file
  *   HAS_TP_<NAME>          the tracepoint exists on the running kernel
- *   HAS_<NAME>_<FIELD>     the record has that field (formats differ between kernels)
+ *   HAS_<NAME>_<FIELD>     the record has that field (formats differ between kernels; read with
+ *                          bpf/compat.h's IF_HAS and RECORD_TUPLE)
  *   HAS_<NAME>_SOCKADDR    saddr/daddr are struct sockaddr_in6-sized copies (tcp_send_reset 6.10+)
  *   PORT_MATCH(p)          when a port filter is set
  * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
@@ -12,6 +13,7 @@
  * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS. */
 #include "events.h"
 #include "common.h"
+#include "compat.h"
 #include "state_event.h"
 #include "flow.h"
 #include "lifecycle.h"
@@ -21,20 +23,13 @@
 #include "error.h"
 #include "probe.h"
 
-#define CLASSIC_TUPLE(t, a, fam) \
-    tuple_classic(&(t), (fam), (a)->sport, (a)->dport, (a)->saddr, (a)->daddr, (a)->saddr_v6, (a)->daddr_v6)
-
 #ifdef HAS_TP_INET_SOCK_SET_STATE
 int tp_inet_sock_set_state(struct tp_inet_sock_set_state *args)
 {
     if (args->protocol != T_IPPROTO_TCP)
         return 0;
     struct tuple t = {};
-#ifdef HAS_INET_SOCK_SET_STATE_FAMILY
-    CLASSIC_TUPLE(t, args, args->family);
-#else
-    CLASSIC_TUPLE(t, args, guess_family(args->saddr_v6));
-#endif
+    RECORD_TUPLE(t, args, INET_SOCK_SET_STATE);
     return handle_set_state(args, (const void *)args->skaddr, args->oldstate, args->newstate, &t);
 }
 #endif
@@ -50,16 +45,8 @@ int tp_tcp_destroy_sock(struct tp_tcp_destroy_sock *args)
 int tp_tcp_retransmit_skb(struct tp_tcp_retransmit_skb *args)
 {
     struct tuple t = {};
-#ifdef HAS_TCP_RETRANSMIT_SKB_FAMILY
-    CLASSIC_TUPLE(t, args, args->family);
-#else
-    CLASSIC_TUPLE(t, args, guess_family(args->saddr_v6));
-#endif
-#ifdef HAS_TCP_RETRANSMIT_SKB_STATE
-    int state = args->state;
-#else
-    int state = 0; /* 4.16: no state in the record */
-#endif
+    RECORD_TUPLE(t, args, TCP_RETRANSMIT_SKB);
+    int state = IF_HAS(HAS_TCP_RETRANSMIT_SKB_STATE, args->state, 0); /* 4.16: no state in the record */
     return handle_retransmit(args, (const void *)args->skaddr, state, &t);
 }
 #endif
@@ -68,11 +55,7 @@ int tp_tcp_retransmit_skb(struct tp_tcp_retransmit_skb *args)
 int tp_tcp_retransmit_synack(struct tp_tcp_retransmit_synack *args)
 {
     struct tuple t = {};
-#ifdef HAS_TCP_RETRANSMIT_SYNACK_FAMILY
-    CLASSIC_TUPLE(t, args, args->family);
-#else
-    CLASSIC_TUPLE(t, args, guess_family(args->saddr_v6));
-#endif
+    RECORD_TUPLE(t, args, TCP_RETRANSMIT_SYNACK);
     return handle_synack(args, (const void *)args->skaddr, &t);
 }
 #endif
@@ -84,21 +67,11 @@ int tp_tcp_send_reset(struct tp_tcp_send_reset *args)
 #ifdef HAS_TCP_SEND_RESET_SOCKADDR
     /* 6.10+: sockaddr copies, from the socket or (no full socket) the reversed skb tuple */
     tuple_sockaddr(&t, args->saddr, args->daddr);
-#elif defined(HAS_TCP_SEND_RESET_FAMILY)
-    CLASSIC_TUPLE(t, args, args->family);
 #else
-    CLASSIC_TUPLE(t, args, guess_family(args->saddr_v6));
+    RECORD_TUPLE(t, args, TCP_SEND_RESET);
 #endif
-#ifdef HAS_TCP_SEND_RESET_REASON
-    __u32 reason = args->reason;
-#else
-    __u32 reason = 0;
-#endif
-#ifdef HAS_TCP_SEND_RESET_STATE
-    int state = args->state;
-#else
-    int state = 0;
-#endif
+    __u32 reason = IF_HAS(HAS_TCP_SEND_RESET_REASON, args->reason, 0);
+    int state = IF_HAS(HAS_TCP_SEND_RESET_STATE, args->state, 0);
     return handle_send_reset(args, (const void *)args->skaddr, state, reason, &t);
 }
 #endif
@@ -107,11 +80,7 @@ int tp_tcp_send_reset(struct tp_tcp_send_reset *args)
 int tp_tcp_receive_reset(struct tp_tcp_receive_reset *args)
 {
     struct tuple t = {};
-#ifdef HAS_TCP_RECEIVE_RESET_FAMILY
-    CLASSIC_TUPLE(t, args, args->family);
-#else
-    CLASSIC_TUPLE(t, args, guess_family(args->saddr_v6));
-#endif
+    RECORD_TUPLE(t, args, TCP_RECEIVE_RESET);
     return handle_receive_reset(args, (const void *)args->skaddr, &t);
 }
 #endif
@@ -130,16 +99,8 @@ int tp_tcp_probe(struct tp_tcp_probe *args)
         return 0;
     struct tuple t = {};
     tuple_sockaddr(&t, args->saddr, args->daddr);
-#ifdef HAS_TCP_PROBE_SKADDR
-    const void *sk = (const void *)args->skaddr;
-#else
-    const void *sk = 0;
-#endif
-#ifdef HAS_TCP_PROBE_DATA_LEN
-    __u32 len = args->data_len;
-#else
-    __u32 len = args->length;
-#endif
+    const void *sk = IF_HAS(HAS_TCP_PROBE_SKADDR, (const void *)args->skaddr, 0);
+    __u32 len = IF_HAS(HAS_TCP_PROBE_DATA_LEN, args->data_len, args->length);
     return handle_probe(args, sk, &t, args->snd_cwnd, args->srtt, args->snd_wnd, len);
 }
 #endif

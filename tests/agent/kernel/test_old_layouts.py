@@ -10,7 +10,7 @@ import pytest
 from agent.config import AgentConfig
 from agent.kernel.btf import Btf
 from agent.kernel.loader import program_text
-from agent.kernel.probe import KernelSupportError, Plan, build_plan
+from agent.kernel.probe import _OFFSETS, KernelSupportError, Plan, build_plan, struct_offsets
 from agent.kernel.tracefs import TracepointFormat, read_format
 from tests.agent.kernel.test_probe import ALL, FORMATS
 from tests.support.kernel import require_root
@@ -24,6 +24,8 @@ Layout = dict[Member, tuple[int | None, int | None]]
 UNION_SCD: Layout = {("sock_cgroup_data", "cgroup"): (None, None), ("sock_cgroup_data", "val"): (0, 8)}
 # before 5.5: kernfs_node.id is union kernfs_node_id { struct { u32 ino; u32 generation; }; u64 id; }
 UNION_KN_ID: Layout = {("kernfs_node", "id.ino"): (96, 4)}
+# before 6.1: cgroup.ancestor_ids[] (an array of ids) instead of cgroup.ancestors[] (pointers); offset made up
+ANCESTOR_IDS: Layout = {("cgroup", "ancestors"): (None, None), ("cgroup", "ancestor_ids"): (200, 4)}
 
 
 class _Patched(Btf):
@@ -98,6 +100,36 @@ def test_neither_layout_names_both(host_btf: Btf) -> None:
     gone: Layout = {("sock_cgroup_data", "cgroup"): (None, None), ("sock_cgroup_data", "val"): (None, None)}
     with pytest.raises(KernelSupportError, match=r"sock_cgroup_data\.cgroup \(5\.15\+\) or sock_cgroup_data\.val"):
         plan(patched(host_btf, gone))
+
+
+def test_struct_offsets_are_the_offsets_then_the_layout_facts(host_btf: Btf) -> None:
+    names = [name for name, _off in struct_offsets(host_btf)]
+    assert names == [m for m, _s, _p in _OFFSETS] + [
+        "OFF_SCD_CGROUP",
+        "_KN_ID_SIZE",
+        "_OFF_CGROUP_ANCESTORS",
+        "_SOCK_DONE",
+    ]
+    old = dict(struct_offsets(patched(host_btf, {**UNION_SCD, **UNION_KN_ID, **ANCESTOR_IDS})))
+    assert (old["_SOCK_CGROUP_UNION"], old["_KN_ID_SIZE"], old["_CGROUP_ANCESTOR_IDS"]) == (1, 4, 1)
+    assert old["_OFF_CGROUP_ANCESTORS"] == 200
+
+
+def test_struct_offsets_name_every_member_btf_lacks(host_btf: Btf) -> None:
+    gone: Layout = {
+        ("tcp_sock", "bytes_acked"): (None, None),
+        ("sock", "sk_flags"): (None, None),
+        ("sock", "__sk_common.skc_flags"): (None, None),
+        ("cgroup", "ancestors"): (None, None),
+    }
+    with pytest.raises(KernelSupportError, match=r"lacks tcp_sock\.bytes_acked, sock\.sk_flags, cgroup\.ancestors;"):
+        struct_offsets(patched(host_btf, gone))
+
+
+def test_sk_flags_found_under_its_other_name(host_btf: Btf) -> None:
+    """sk_flags is `#define sk_flags __sk_common.skc_flags` on newer kernels: the second path is taken."""
+    offsets = dict(struct_offsets(patched(host_btf, {("sock", "sk_flags"): (None, None)})))
+    assert offsets["OFF_SK_FLAGS"] == host_btf.member_offset("sock", "__sk_common.skc_flags")
 
 
 @pytest.mark.root

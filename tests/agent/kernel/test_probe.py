@@ -4,6 +4,7 @@ against each kernel's layouts."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import subprocess
@@ -14,7 +15,15 @@ import pytest
 from agent.config import AgentConfig
 from agent.kernel.btf import Btf
 from agent.kernel.loader import program_text
-from agent.kernel.probe import KernelSupportError, Plan, build_plan, cgroup_filter
+from agent.kernel.probe import (
+    Filters,
+    KernelSupportError,
+    Plan,
+    build_filters,
+    build_plan,
+    cgroup_filter,
+    select_tracepoints,
+)
 from agent.kernel.tracefs import TracepointFormat, read_format
 from tests.support import traffic
 from tests.support.kernel import require_root
@@ -36,10 +45,10 @@ def plan_for(version: str, btf: Btf, **cfg: object) -> Plan:
         return read_format(cat, name, root)
 
     return build_plan(
-        AgentConfig(**cfg),
+        AgentConfig(**cfg),  # type: ignore[arg-type]
         btf=btf,
         format_reader=reader,
-        kernel=version,  # type: ignore[arg-type]
+        kernel=version,
         socket_key=0x1234,
     )
 
@@ -113,6 +122,83 @@ def test_btf_offsets_and_filters_in_cflags(btf: Btf) -> None:
     assert "filters: ports=80,443" in text
     assert "tracepoint tcp:tcp_send_reset -> tp_tcp_send_reset" in text
     assert f"OFF_BYTES_ACKED = {btf.member_offset('tcp_sock', 'bytes_acked')}" in text
+
+
+def reader_of(version: str, **records: TracepointFormat | None):
+    """Read the recorded formats of `version`, with some records replaced (None: not in the kernel)."""
+
+    def reader(cat: str, name: str) -> TracepointFormat | None:
+        return records[name] if name in records else read_format(cat, name, FORMATS / version)
+
+    return reader
+
+
+def without(fmt: TracepointFormat | None, *names: str) -> TracepointFormat:
+    assert fmt is not None
+    return dataclasses.replace(fmt, fields=tuple(f for f in fmt.fields if f.name not in names))
+
+
+def test_select_attaches_a_record_without_the_socket_as_a_raw_tracepoint() -> None:
+    """inet_sk_error_report's record lacks the socket pointer: its program reads the raw tracepoint's
+    arguments, so it attaches as a raw tracepoint and lays out no record struct."""
+    tps = select_tracepoints(ALL, reader_of("6.18"), has_raw=True)
+    assert ("raw_tracepoint", "sock:inet_sk_error_report", "raw_inet_sk_error_report") in tps.attach
+    assert "inet_sk_error_report" not in [f.name for f in tps.formats]
+    assert [f.name for f in tps.formats] == [tp.split(":")[1] for k, tp, _f in tps.attach if k == "tracepoint"]
+    assert tps.skipped == ()
+
+
+def test_select_skips_the_raw_tracepoint_without_raw_programs() -> None:
+    tps = select_tracepoints(ALL, reader_of("6.18"), has_raw=False)
+    assert "sock:inet_sk_error_report" not in [tp for _k, tp, _f in tps.attach]
+    assert tps.skipped == ("sock:inet_sk_error_report: the kernel has no raw tracepoint programs (4.17+)",)
+
+
+def test_select_skips_a_record_lacking_required_fields_with_what_it_lacks() -> None:
+    probe = read_format("tcp", "tcp_probe", FORMATS / "5.4")
+    reader = reader_of("5.4", tcp_probe=without(probe, "srtt", "data_len"))
+    tps = select_tracepoints(ALL, reader, has_raw=True)
+    assert "tcp:tcp_probe: record lacks srtt, data_len or length" in tps.skipped
+    assert "tcp:tcp_probe" not in [tp for _k, tp, _f in tps.attach]
+    assert "tcp_probe" not in [f.name for f in tps.formats]
+
+
+@pytest.mark.parametrize(
+    ("version", "drop", "lacks"),
+    [
+        ("6.18", (), None),  # sockaddr copies (6.10+)
+        ("5.4", (), None),  # the classic fields
+        ("5.4", ("saddr_v6",), "saddr_v6"),
+        ("5.4", ("sport",), "sport (or sockaddr saddr)"),
+    ],
+)
+def test_select_takes_tcp_send_reset_with_either_tuple_layout(version: str, drop: tuple[str, ...], lacks) -> None:
+    reset = without(read_format("tcp", "tcp_send_reset", FORMATS / version), *drop)
+    tps = select_tracepoints(("lifecycle",), reader_of(version, tcp_send_reset=reset), has_raw=True)
+    attached = ("tracepoint", "tcp:tcp_send_reset", "tp_tcp_send_reset") in tps.attach
+    assert attached == (lacks is None)
+    if lacks:
+        assert f"tcp:tcp_send_reset: record lacks {lacks}" in tps.skipped
+
+
+def test_select_without_inet_sock_set_state_says_why() -> None:
+    reader = reader_of("6.18", inet_sock_set_state=None)
+    with pytest.raises(
+        KernelSupportError, match=r"sock:inet_sock_set_state is missing .*: sock:inet_sock_set_state: not"
+    ):
+        select_tracepoints(("lifecycle",), reader, has_raw=True)
+
+
+def test_filters_from_config() -> None:
+    """Ports are sorted and unique; the netns is its inode; no cgroup subtree unless asked."""
+    config = AgentConfig(ports=(443, 80, 443), netns="/proc/self/ns/net")
+    assert build_filters(config) == Filters(ports=(80, 443), netns_inum=os.stat("/proc/self/ns/net").st_ino)
+    assert build_filters(AgentConfig()) == Filters()
+
+
+def test_cgroup_filter_of_a_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(KernelSupportError, match=r"--cgroup-root .*/gone: no such directory"):
+        build_filters(AgentConfig(cgroup_root=str(tmp_path / "gone")))
 
 
 def test_cgroup_filter_id_and_level() -> None:
