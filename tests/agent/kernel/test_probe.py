@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,14 +39,14 @@ def btf() -> Btf:
     return Btf.load()
 
 
-def plan_for(version: str, btf: Btf, **cfg: object) -> Plan:
+def plan_for(version: str, btf: Btf, **cfg: Any) -> Plan:
     root = FORMATS / version
 
     def reader(cat: str, name: str) -> TracepointFormat | None:
         return read_format(cat, name, root)
 
     return build_plan(
-        AgentConfig(**cfg),  # type: ignore[arg-type]
+        AgentConfig(**cfg),
         btf=btf,
         format_reader=reader,
         kernel=version,
