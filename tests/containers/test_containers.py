@@ -396,12 +396,24 @@ def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Pa
     PYTHON = "/opt/tcpscope/venv/bin/python"
     check = (
         "import importlib.util as u, importlib.metadata as m\n"
-        "print(sorted(d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('tcpscope')))\n"
+        "print(sorted({d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('tcpscope')}))\n"
         "print(u.find_spec('tcpscope_sim'), u.find_spec('tcpscope.fakeapi'), u.find_spec('tcpscope.sim'))\n"
         "print(u.find_spec('tcpscope.kafka_layout') is not None)"
     )
     res = subprocess.run(
-        [*podman.PODMAN, "run", "--rm", "--network", "none", "--entrypoint", PYTHON, image, "-c", check],
+        [
+            *podman.PODMAN,
+            "run",
+            "--rm",
+            *podman.ULIMITS,
+            "--network",
+            "none",
+            "--entrypoint",
+            PYTHON,
+            image,
+            "-c",
+            check,
+        ],
         capture_output=True,
         text=True,
         timeout=120,
