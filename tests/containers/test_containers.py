@@ -390,15 +390,16 @@ def test_the_agent_container_gets_exactly_the_rendered_privileges(
     assert lines[-1].split() == ["0", "0", "4294967295"]  # no user namespace: real uid 0, as in the chart
 
 
-@pytest.mark.parametrize("image", [AGENT_IMAGE, COLLECTOR_IMAGE])
-def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Path], image: str) -> None:
-    """The simulator and the API server stand-in are their own distribution (sim/): never shipped."""
-    PYTHON = "/opt/tcpscope/venv/bin/python"
+@pytest.mark.parametrize(("image", "agent"), [(AGENT_IMAGE, True), (COLLECTOR_IMAGE, False)])
+def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Path], image: str, agent: bool) -> None:
+    """The simulator and the API server stand-in are their own distribution (sim/): never shipped. The
+    collector needs nothing of the agent (the package graph: lint-imports), so its image has none."""
+    python = "/opt/tcpscope/venv/bin/python"
     check = (
         "import importlib.util as u, importlib.metadata as m\n"
         "print(sorted({d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('tcpscope')}))\n"
         "print(u.find_spec('tcpscope_sim'), u.find_spec('tcpscope.fakeapi'), u.find_spec('tcpscope.sim'))\n"
-        "print(u.find_spec('tcpscope.kafka_layout') is not None)"
+        "print(u.find_spec('tcpscope.kafka_layout') is not None, u.find_spec('agent') is not None)"
     )
     res = subprocess.run(
         [
@@ -409,7 +410,7 @@ def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Pa
             "--network",
             "none",
             "--entrypoint",
-            PYTHON,
+            python,
             image,
             "-c",
             check,
@@ -419,4 +420,4 @@ def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Pa
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["['tcpscope']", "None None None", "True"]
+    assert res.stdout.splitlines() == ["['tcpscope']", "None None None", f"True {agent}"]
