@@ -34,7 +34,6 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
 
 from tcpscope import resetcause
 from tcpscope.gaps import Conflicts, Gaps
@@ -45,7 +44,6 @@ from tcpscope.kafka_layout import (
     REPEAT,
     Decoded,
     RecentKeys,
-    decode_records,
     dedup_key,
     fingerprint,
 )
@@ -572,7 +570,7 @@ def render_table(rows: Sequence[PairSummary]) -> str:
 
 
 # --- tcpscope-tail --summary ------------------------------------------------------------------
-# Everything above is pure; below, the thin wiring tail.py calls (Kafka is imported lazily there).
+# Its flags and the report it prints; tail.run_summary reads the topic into a Report.
 
 
 @dataclass(frozen=True)
@@ -705,44 +703,3 @@ def _lost_map(batch: EventBatch) -> dict[str, int]:
     }
     out.update(batch.lost.by_reason)
     return out
-
-
-def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
-    """`tcpscope-tail --summary`: read the topic (tail's consumer and filter) and print summaries."""
-    import time
-
-    from tcpscope.tail import EventFilter, open_consumer
-
-    keep_all = EventFilter.from_options(tail_opts)
-    keep = EventFilter(None, None, keep_all.kinds, keep_all.query)  # namespace/pod select pairs, not events
-    report = Report(Summarizer(by=o.by))
-    consumer = open_consumer(tail_opts)
-    once = tail_opts.from_beginning and tail_opts.duration is None
-    deadline = None if tail_opts.duration is None else time.monotonic() + tail_opts.duration
-    try:
-        ends = consumer.end_offsets(list(consumer.assignment())) if once else {}
-        next_print = time.monotonic() + o.every_s
-        while deadline is None or time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=200)
-            for recs in polled.values():
-                for r in recs:
-                    try:
-                        decoded = decode_records(r.headers, r.value)
-                    except Exception:  # a foreign or damaged record must not stop the summary
-                        report.undecodable += 1
-                        continue
-                    for d in decoded:
-                        report.take(d, keep)
-            if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
-                break
-            if not once and deadline is None and time.monotonic() >= next_print:
-                out.write(report.render(tail_opts.format, o, tail_opts.namespace, tail_opts.pod))
-                out.flush()
-                next_print = time.monotonic() + o.every_s
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.close()
-    out.write(report.render(tail_opts.format, o, tail_opts.namespace, tail_opts.pod))
-    out.flush()
-    return 0

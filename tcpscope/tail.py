@@ -1,8 +1,9 @@
 """`tcpscope-tail`: read the events topic and print events as the agent's `--stdout` does.
 
-Reading (`open_consumer`, `read_decoded`), filtering (`EventFilter`) and printing are separate so
-other modes (a `--summary` in its own module) can reuse the reader and the filter. Partitions are
-assigned and seeked directly, no consumer group, unless `--group` is given.
+Reading (`open_consumer`, `read_decoded`), filtering (`EventFilter`) and printing are separate; the
+modes (events, `--summary` aggregated by tcpscope/summary.py, `--connection`) are wired here, so the
+summary module stays pure and never imports the reader. Partitions are assigned and seeked
+directly, no consumer group, unless `--group` is given.
 """
 
 from __future__ import annotations
@@ -354,6 +355,43 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     return 0
 
 
+def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err: TextIO) -> int:
+    """`--summary`: read the topic and print the per-pair summary (tcpscope/summary.py)."""
+    keep_all = EventFilter.from_options(o)
+    keep = EventFilter(None, None, keep_all.kinds, keep_all.query)  # namespace/pod select pairs, not events
+    report = summary_mode.Report(summary_mode.Summarizer(by=s.by))
+    consumer = open_consumer(o)
+    once = o.from_beginning and o.duration is None
+    deadline = None if o.duration is None else time.monotonic() + o.duration
+    try:
+        ends = consumer.end_offsets(list(consumer.assignment())) if once else {}
+        next_print = time.monotonic() + s.every_s
+        while deadline is None or time.monotonic() < deadline:
+            polled = consumer.poll(timeout_ms=200)
+            for recs in polled.values():
+                for r in recs:
+                    try:
+                        decoded = decode_records(r.headers, r.value)
+                    except Exception:  # a foreign or damaged record must not stop the summary
+                        report.undecodable += 1
+                        continue
+                    for d in decoded:
+                        report.take(d, keep)
+            if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
+                break
+            if not once and deadline is None and time.monotonic() >= next_print:
+                out.write(report.render(o.format, s, o.namespace, o.pod))
+                out.flush()
+                next_print = time.monotonic() + s.every_s
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
+    out.write(report.render(o.format, s, o.namespace, o.pod))
+    out.flush()
+    return 0
+
+
 def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, err: TextIO) -> int:
     """`--connection`: read (to the topic's end with --from-beginning and no --duration, else until
     --duration or Ctrl-C), then print the connection's events from both ends in time order."""
@@ -537,7 +575,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     o = parse_args(argv)
     try:
         if o.summary is not None:
-            return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
+            return run_summary(o, o.summary, sys.stdout, sys.stderr)
         if o.connection is not None:
             return run_connection(o, o.connection, sys.stdout, sys.stderr)
         return run(o, sys.stdout, sys.stderr)
