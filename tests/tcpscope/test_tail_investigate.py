@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope import render, tail
+from tcpscope import consume, render, tail
 from tcpscope.kafka_client import KAFKA_SASL_MECHANISMS, KAFKA_SECURITY_PROTOCOLS, KafkaSecurity
 from tcpscope.kafka_layout import batch_records
 from tcpscope.v1 import events_pb2 as pb
@@ -69,10 +69,10 @@ def test_since_seeks_each_partition_by_time_with_the_slack() -> None:
     p0, p1, p2 = TP("t", 0), TP("t", 1), TP("t", 2)
     k = KafkaLike({p0: [base + s * 1000 for s in (0, 30, 90, 200)], p1: [base + 10_000], p2: []})
     since_ns = (base + 150_000) * 1_000_000  # 150 s after base: with 60 s slack, records from 90 s on
-    tail.seek_to_time(k, [p0, p1, p2], since_ns)
+    consume.seek_to_time(k, [p0, p1, p2], since_ns)
     assert k.calls == [("seek", 0, 2), ("end", 1, None), ("beginning", 2, None)]
     # until: the first record published after until + slack, else the end now
-    stops = tail.stop_offsets(k, [p0, p1, p2], (base + 20_000) * 1_000_000)
+    stops = consume.stop_offsets(k, [p0, p1, p2], (base + 20_000) * 1_000_000)
     assert stops == {p0: 2, p1: 1, p2: 0}
 
 
@@ -83,9 +83,9 @@ def test_a_broker_that_cannot_look_times_up_is_read_from_the_beginning() -> None
 
     p0 = TP("t", 0)
     k = Tansu({p0: [1, 2, 3]})
-    tail.seek_to_time(k, [p0], 10**18)
+    consume.seek_to_time(k, [p0], 10**18)
     assert k.calls == [("beginning", 0, None)]
-    assert tail.stop_offsets(k, [p0], 10**18) == {p0: 3}
+    assert consume.stop_offsets(k, [p0], 10**18) == {p0: 3}
 
 
 def _publish(b: Broker, events: list[pb.TcpEvent]) -> None:
