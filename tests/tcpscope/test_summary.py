@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope import summary, tail
+from tcpscope import pairs, summary, tail
 from tcpscope.v1 import events_pb2 as pb
 from tests.support.kafka import Broker, publish_batches
 
@@ -80,11 +80,11 @@ def rows_by_pair(s: summary.Summarizer, **kw: Any) -> dict[tuple[str, str], dict
 
 
 def counters(j: dict[str, object]) -> dict[str, object]:
-    return {k: j[k] for k in summary.COUNTERS}
+    return {k: j[k] for k in pairs.COUNTERS}
 
 
 def zero(**kw: int) -> dict[str, int]:
-    return {**dict.fromkeys(summary.COUNTERS, 0), **kw}
+    return {**dict.fromkeys(pairs.COUNTERS, 0), **kw}
 
 
 def test_each_kind_counted_once_although_both_ends_reported_it() -> None:
