@@ -398,12 +398,11 @@ def run(
 
 
 def _run_tail(args: list[str], env: Mapping[str, str]) -> int:
-    from tcpscope import summary as summary_mode
     from tcpscope import tail
 
     o = tail.parse_args(args, env=dict(env))
     if o.summary is not None:
-        return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
+        return tail.run_summary(o, o.summary, sys.stdout, sys.stderr)
     return tail.run(o, sys.stdout, sys.stderr)
 
 

@@ -9,7 +9,7 @@ holds when either end matches, except the direction filters:
   PASSIVE one. Rows without a role (resets, errors, state changes, retransmits) are read from the
   reporting socket: from = its local end, to = its peer.
 - `since_ns` / `until_ns` bound the event's own time (the kernel's clock), inclusive. Reading Kafka
-  from the right offsets (tail.open_consumer) only saves work: this filter decides.
+  from the right offsets (consume.Reader) only saves work: this filter decides.
 
 `parse_time` reads `--since`/`--until`: a duration back from now (`90s`, `15m`, `1h30m`, `2d`,
 `500ms`) or an RFC 3339 time (`2026-11-30T10:00:00Z`, `...+01:00`).

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 from collections.abc import Sequence
 
-from tcpscope.summary import PairSummary, Party
+from tcpscope.pairs import PairSummary, Party
 
 RED = "#d62728"
 ORANGE = "#ff7f0e"

@@ -34,10 +34,9 @@ import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
 
 from tcpscope import resetcause
-from tcpscope.gaps import Conflicts, Gaps
+from tcpscope.gaps import Conflicts, Gaps, rfc3339
 from tcpscope.kafka_layout import (
     CONFLICT,
     RECORD_EVENT,
@@ -45,10 +44,11 @@ from tcpscope.kafka_layout import (
     REPEAT,
     Decoded,
     RecentKeys,
-    decode_records,
     dedup_key,
     fingerprint,
 )
+from tcpscope.pairs import COUNTERS, PairSummary, Party
+from tcpscope.servicemap import render_dot
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
@@ -75,86 +75,11 @@ SUMMARY_DEDUP_WINDOW = 1_000_000
 ECONNREFUSED = 111
 ETIMEDOUT = 110
 
-COUNTERS: tuple[str, ...] = (
-    "connections",
-    "client_resets",
-    "server_resets",
-    "network_resets",
-    "refused",
-    "timeouts",
-    "retransmits",
-    "failed",
-)
 SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
 MATCH_TOLERANCE_NS = 2_000_000_000
 """How far apart the two ends' start times may be and still be one connection (both agents stamp
 with their node's wall clock; 2 s covers handshake time plus modest clock skew, and a 4-tuple is
 never reused that fast because the client's port stays in TIME_WAIT or is picked afresh)."""
-
-
-@dataclass(frozen=True)
-class Party:
-    """Who one end of a pair is: a pod (namespace, name) or, when unresolved, an address."""
-
-    namespace: str
-    name: str
-    kind: str  # POD, SERVICE, NODE, EXTERNAL, UNRESOLVED, PROCESS; or the workload kind with --by workload
-    process: str = ""  # PROCESS: the owning process's comm (an end no pod owns, e.g. without Kubernetes)
-    port: int = 0  # a server end no pod owns, seen by its own agent: the server port (one row per port)
-
-    def label(self) -> str:
-        if self.process:
-            return f"{self.process}@{self.name}"
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"namespace": self.namespace, "name": self.name, "kind": self.kind}
-        if self.process:
-            out["process"] = self.process
-        if self.port:
-            out["port"] = self.port
-        return out
-
-
-@dataclass
-class PairSummary:
-    client: Party
-    server: Party
-    connections: int = 0
-    client_resets: int = 0
-    server_resets: int = 0
-    network_resets: int = 0
-    refused: int = 0
-    timeouts: int = 0
-    retransmits: int = 0
-    failed: int = 0
-    flow_connections: int = 0  # of `connections`, those counted from flows (aggregated ordinary ones)
-    server_ports: set[int] = field(default_factory=set)
-    client_reset_reasons: dict[str, int] = field(default_factory=dict)
-    server_reset_reasons: dict[str, int] = field(default_factory=dict)
-    reset_causes: dict[str, dict[str, int]] = field(default_factory=dict)
-    """connections that ended by a received RST, by who sent it (resetcause): {cause: {detail: n}}"""
-    first_seen_ns: int = 0
-    last_seen_ns: int = 0
-
-    @property
-    def problems(self) -> int:
-        return (
-            self.client_resets + self.server_resets + self.network_resets + self.refused + self.timeouts + self.failed
-        )
-
-    def to_json(self) -> dict[str, object]:
-        out: dict[str, object] = {"client": self.client.to_json(), "server": self.server.to_json()}
-        for c in COUNTERS:
-            out[c] = getattr(self, c)
-        out["flow_connections"] = self.flow_connections
-        out["server_ports"] = sorted(self.server_ports)
-        out["client_reset_reasons"] = dict(sorted(self.client_reset_reasons.items()))
-        out["server_reset_reasons"] = dict(sorted(self.server_reset_reasons.items()))
-        out["reset_causes"] = {c: dict(sorted(d.items())) for c, d in sorted(self.reset_causes.items())}
-        out["first_seen"] = _rfc3339(self.first_seen_ns)
-        out["last_seen"] = _rfc3339(self.last_seen_ns)
-        return out
 
 
 @dataclass
@@ -522,13 +447,6 @@ def select(
     return out
 
 
-def _rfc3339(ns: int) -> str:
-    if not ns:
-        return ""
-    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(microsecond=(ns // 1000) % 1_000_000)
-    return t.isoformat().replace("+00:00", "Z")
-
-
 def render_json_lines(rows: Sequence[PairSummary]) -> str:
     """One JSON object per pair per line (for scripts: `jq`, `json.loads` per line)."""
     return "".join(json.dumps(r.to_json(), sort_keys=False) + "\n" for r in rows)
@@ -560,8 +478,8 @@ def render_table(rows: Sequence[PairSummary]) -> str:
                 r.client.label(),
                 server,
                 *(str(getattr(r, a)) for _, a in _COLUMNS),
-                _rfc3339(r.first_seen_ns)[11:19],
-                _rfc3339(r.last_seen_ns)[11:19],
+                rfc3339(r.first_seen_ns)[11:19],
+                rfc3339(r.last_seen_ns)[11:19],
                 " ".join(reasons),
                 " ".join(causes),
             ]
@@ -572,7 +490,7 @@ def render_table(rows: Sequence[PairSummary]) -> str:
 
 
 # --- tcpscope-tail --summary ------------------------------------------------------------------
-# Everything above is pure; below, the thin wiring tail.py calls (Kafka is imported lazily there).
+# Its flags and the report it prints; tail.run_summary reads the topic into a Report.
 
 
 @dataclass(frozen=True)
@@ -661,8 +579,6 @@ class Report:
     ) -> str:
         rows = select(self.summarizer.pairs(o.window_s, now_ns), namespace, pod, o.sort)
         if fmt == "dot":  # a Graphviz service map (tcpscope/servicemap.py)
-            from tcpscope.servicemap import render_dot
-
             return render_dot(rows)
         if fmt == "json":
             doc = {
@@ -705,44 +621,3 @@ def _lost_map(batch: EventBatch) -> dict[str, int]:
     }
     out.update(batch.lost.by_reason)
     return out
-
-
-def run(tail_opts: Any, o: SummaryOptions, out: TextIO, err: TextIO) -> int:
-    """`tcpscope-tail --summary`: read the topic (tail's consumer and filter) and print summaries."""
-    import time
-
-    from tcpscope.tail import EventFilter, open_consumer
-
-    keep_all = EventFilter.from_options(tail_opts)
-    keep = EventFilter(None, None, keep_all.kinds, keep_all.query)  # namespace/pod select pairs, not events
-    report = Report(Summarizer(by=o.by))
-    consumer = open_consumer(tail_opts)
-    once = tail_opts.from_beginning and tail_opts.duration is None
-    deadline = None if tail_opts.duration is None else time.monotonic() + tail_opts.duration
-    try:
-        ends = consumer.end_offsets(list(consumer.assignment())) if once else {}
-        next_print = time.monotonic() + o.every_s
-        while deadline is None or time.monotonic() < deadline:
-            polled = consumer.poll(timeout_ms=200)
-            for recs in polled.values():
-                for r in recs:
-                    try:
-                        decoded = decode_records(r.headers, r.value)
-                    except Exception:  # a foreign or damaged record must not stop the summary
-                        report.undecodable += 1
-                        continue
-                    for d in decoded:
-                        report.take(d, keep)
-            if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
-                break
-            if not once and deadline is None and time.monotonic() >= next_print:
-                out.write(report.render(tail_opts.format, o, tail_opts.namespace, tail_opts.pod))
-                out.flush()
-                next_print = time.monotonic() + o.every_s
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.close()
-    out.write(report.render(tail_opts.format, o, tail_opts.namespace, tail_opts.pod))
-    out.flush()
-    return 0

@@ -1,8 +1,9 @@
-"""`tcpscope-tail`: read the events topic and print events as the agent's `--stdout` does.
+"""`tcpscope-tail`: read the events topic and print events as the agent's `--stdout` does, or a
+summary per pair (`--summary`, aggregated by tcpscope/summary.py), or one connection's timeline
+(`--connection`, tcpscope/timeline.py).
 
-Reading (`open_consumer`, `read_decoded`), filtering (`EventFilter`) and printing are separate so
-other modes (a `--summary` in its own module) can reuse the reader and the filter. Partitions are
-assigned and seeked directly, no consumer group, unless `--group` is given.
+Reading is tcpscope/consume.py's loop (partitions assigned and seeked directly, no consumer group,
+unless `--group` is given); filtering (`EventFilter`) and printing are here, one `run*` per mode.
 """
 
 from __future__ import annotations
@@ -14,27 +15,16 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import TextIO
 
-from tcpscope import kafka_client, live, render, resetcause, timeline
+from tcpscope import consume, kafka_client, live, render, resetcause, timeline
 from tcpscope import query as querylib
 from tcpscope import summary as summary_mode
 from tcpscope.gaps import unobserved_line
 from tcpscope.kafka_client import KafkaSecurity
-from tcpscope.kafka_layout import (
-    CONFLICT,
-    RECORD_EVENT,
-    RECORD_SUMMARY,
-    REPEAT,
-    Decoded,
-    RecentKeys,
-    decode_records,
-    dedup_key,
-    fingerprint,
-    lost_total,
-)
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, lost_total
 from tcpscope.query import Query
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
@@ -59,6 +49,12 @@ class TailOptions:
     reorder_window: float = live.DEFAULT_HOLD_S  # seconds each event is held to print in time order; 0: as read
     query: Query = field(default_factory=Query)  # --since/--until, --label, --service, ... (tcpscope/query.py)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
+
+    def source(self) -> consume.Source:
+        """What to read, and from where (--since seeks by time)."""
+        return consume.Source(
+            self.bootstrap, self.topic, self.security, self.from_beginning, self.query.since_ns, self.group
+        )
 
 
 @dataclass(frozen=True)
@@ -85,166 +81,8 @@ class EventFilter:
         return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)), o.query)
 
 
-BOOTSTRAP_TIMEOUT_MS = 5000
-TOPIC_WAIT_S = 3.0  # metadata may lag a just-created topic; a missing one is reported after this
-
-
-class TailError(RuntimeError):
-    """Reading cannot start (no broker, no such topic): main() prints one line and exits 2."""
-
-
-def _partitions(c: Any, o: TailOptions) -> set[int]:
-    """The topic's partitions, waiting TOPIC_WAIT_S for metadata; TailError (consumer closed) if none."""
-    deadline = time.monotonic() + TOPIC_WAIT_S
-    parts = c.partitions_for_topic(o.topic)
-    while not parts and time.monotonic() < deadline:
-        time.sleep(0.2)
-        parts = c.partitions_for_topic(o.topic)
-    if not parts:
-        c.close()
-        raise TailError(f"topic {o.topic!r} not found on {','.join(o.bootstrap)} (--topic)")
-    return set(parts)
-
-
-def open_consumer(o: TailOptions) -> Any:
-    """A KafkaConsumer positioned at the end (or the beginning) of every partition of the topic."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    # an unreachable broker is a one-line error within seconds, not a traceback after 30 s
-    kw: dict[str, Any] = {
-        "bootstrap_servers": list(o.bootstrap),
-        "enable_auto_commit": o.group is not None,
-        "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
-        **o.security.client_kwargs(),
-    }
-    if o.group:
-        kw.update(
-            group_id=o.group,
-            auto_offset_reset="earliest" if o.from_beginning else "latest",
-            max_poll_interval_ms=30_000,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=2_000,
-        )
-        c = KafkaConsumer(**kw)
-        _partitions(c, o)  # a missing topic is an error here too, not a silent wait
-        c.subscribe([o.topic])
-        return c
-    c = KafkaConsumer(**kw)
-    parts = _partitions(c, o)
-    tps = [TopicPartition(o.topic, p) for p in sorted(parts)]
-    c.assign(tps)
-    if o.query.since_ns is not None:
-        seek_to_time(c, tps, o.query.since_ns)
-    elif o.from_beginning:
-        c.seek_to_beginning(*tps)
-    else:
-        c.seek_to_end(*tps)
-    for tp in tps:  # resolve positions now, so events produced after start-up are never skipped
-        c.position(tp)
-    return c
-
-
-TIME_SLACK_MS = 60_000
-"""How far a record's Kafka timestamp (when the collector published it) may trail or lead the times
-of the events in it: an agent batches for up to its batch age and retries for a while after a
-collector outage, and node clocks differ. Offsets are looked up with this margin; the events' own
-times decide (query.Query)."""
-
-
-def _time_offsets(c: Any, tps: list[Any], ms: int) -> dict[Any, int | None]:
-    """The first offset at or after `ms` per partition, None where no record is that recent. A
-    broker that answers without a timestamp (-1) did not look the time up: None too."""
-    found = c.offsets_for_times(dict.fromkeys(tps, max(0, ms)))
-    out: dict[Any, int | None] = {}
-    for tp in tps:
-        ot = found.get(tp)
-        out[tp] = ot.offset if ot is not None and ot.timestamp is not None and ot.timestamp >= 0 else None
-    return out
-
-
-def seek_to_time(c: Any, tps: list[Any], since_ns: int) -> None:
-    """Position every partition at the records published since `since_ns` (minus the slack); from
-    the beginning where the broker cannot say, at the end where nothing is that recent."""
-    offsets = _time_offsets(c, tps, since_ns // 1_000_000 - TIME_SLACK_MS)
-    answered = c.offsets_for_times(dict.fromkeys(tps, 0))  # does the broker look times up at all?
-    for tp in tps:
-        off = offsets[tp]
-        if off is not None:
-            c.seek(tp, off)
-        elif answered.get(tp) is not None and answered[tp].timestamp is not None and answered[tp].timestamp >= 0:
-            c.seek_to_end(tp)  # the broker looks times up, and has nothing that recent
-        else:
-            c.seek_to_beginning(tp)
-
-
-def stop_offsets(c: Any, tps: list[Any], until_ns: int) -> dict[Any, int]:
-    """Per partition, the offset past which no record can hold events up to `until_ns`: the first
-    record published after until + slack, else the end of the partition now."""
-    ends = c.end_offsets(tps)
-    after = _time_offsets(c, tps, until_ns // 1_000_000 + TIME_SLACK_MS)
-    out: dict[Any, int] = {}
-    for tp in tps:
-        off = after[tp]
-        out[tp] = int(ends[tp]) if off is None else off
-    return out
-
-
 # records remembered for dropping at-least-once repeats (about 100 bytes each)
 LIVE_DEDUP_WINDOW = 200_000
-
-
-def read_decoded(
-    consumer: Any,
-    deadline: float | None,
-    clock: Callable[[], float] = time.monotonic,
-    on_undecodable: Callable[[Any, Exception], None] | None = None,
-    on_idle: Callable[[], None] | None = None,
-    poll_ms: int = 500,
-    done: Callable[[], bool] | None = None,
-) -> Iterator[Decoded]:
-    """Decoded events and summaries until the monotonic deadline (forever with None); each poll's
-    records in partition order (Kafka orders only within a partition). Both record layouts: a packed
-    record yields each of its events in order (kafka_layout.decode_records). A record that does not
-    decode goes to `on_undecodable` (it must not stop an SRE's terminal, nor vanish unsaid).
-    `on_idle` runs after every poll, records or not (for work due on a timer); `done` ends the
-    reading when it says so (a --until range read to its end)."""
-    while deadline is None or clock() < deadline:
-        if done is not None and done():
-            return
-        wait = poll_ms if deadline is None else max(1, min(poll_ms, int((deadline - clock()) * 1000)))
-        for recs in consumer.poll(timeout_ms=wait).values():
-            for r in recs:
-                try:
-                    ds = decode_records(r.headers, r.value)
-                except Exception as e:
-                    if on_undecodable is not None:
-                        on_undecodable(r, e)
-                    continue
-                yield from ds
-        if on_idle is not None:
-            on_idle()
-
-
-def read_range(
-    consumer: Any,
-    o: TailOptions,
-    wall_ns: Callable[[], int] = time.time_ns,
-    clock: Callable[[], float] = time.monotonic,
-) -> tuple[float | None, Callable[[], bool] | None]:
-    """(monotonic deadline, done check) for a run: --duration; --until in the future ends when the
-    wall clock passes it (plus the slack for late batches, at most --duration); --until in the
-    past ends once every partition is read up to its stop offset."""
-    deadline = None if o.duration is None else clock() + o.duration
-    until = o.query.until_ns
-    if until is None or o.group:
-        return deadline, None
-    ahead_s = (until - wall_ns()) / 1e9
-    if ahead_s > 0:
-        end = clock() + ahead_s + TIME_SLACK_MS / 1000
-        return (end if deadline is None else min(deadline, end)), None
-    tps = sorted(consumer.assignment(), key=lambda tp: tp.partition)
-    stops = stop_offsets(consumer, tps, until)
-    return deadline, lambda: all(consumer.position(tp) >= off for tp, off in stops.items())
 
 
 def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
@@ -276,47 +114,38 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         if lines:
             out.flush()
 
-    consumer = open_consumer(o)
-    deadline, done = read_range(consumer, o)
-    recent = RecentKeys(LIVE_DEDUP_WINDOW)
-    repeats = undecodable = conflicts = 0
+    undecodable = 0
 
-    def bad_record(r: Any, e: Exception) -> None:
+    def bad_record(partition: int, offset: int, e: Exception) -> None:
         nonlocal undecodable
         undecodable += 1
+        err.write(f"# skipped a record that is not a tcpscope record (partition {partition}, offset {offset}): {e}\n")
+        err.flush()
+
+    def conflict(d: Decoded) -> None:  # two producers under one agent id: show both, say so
         err.write(
-            f"# skipped a record that is not a tcpscope record (partition {getattr(r, 'partition', '?')}, "
-            f"offset {getattr(r, 'offset', '?')}): {e}\n"
+            f"# CONFLICT: agent {d.agent_id} batch {d.sequence}"
+            + (f" index {d.index}" if d.kind == RECORD_EVENT else " summary")
+            + " seen before with different content (two producers under one agent id): "
+            "both shown\n"
         )
         err.flush()
 
-    if header:
-        out.write(header + "\n")
+    reader = consume.Reader(o.source(), dedup_window=LIVE_DEDUP_WINDOW)
     try:
-        for d in read_decoded(
-            consumer,
-            deadline,
-            on_undecodable=bad_record,
+        records = reader.records(
+            consume.Stop(o.duration, until_ns=o.query.until_ns),
             poll_ms=100,
             on_idle=lambda: show(view.tick(time.monotonic())),
-            done=done,
-        ):
+            on_undecodable=bad_record,
+            on_conflict=conflict,
+        )
+        if header:
+            out.write(header + "\n")
+        for d in records:
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
-            seen = recent.see(dedup_key(d), fingerprint(d))
-            if seen == REPEAT:
-                repeats += 1  # a batch the collector published twice (at least once): shown once
-                continue
-            if seen == CONFLICT:  # two producers under one agent id: show both, say so
-                conflicts += 1
-                err.write(
-                    f"# CONFLICT: agent {d.agent_id} batch {d.sequence}"
-                    + (f" index {d.index}" if d.kind == RECORD_EVENT else " summary")
-                    + " seen before with different content (two producers under one agent id): "
-                    "both shown\n"
-                )
-                err.flush()
             if d.kind == RECORD_EVENT and d.event is not None:
                 show(view.add(d.event, time.monotonic()))
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
@@ -340,59 +169,87 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        consumer.close()
+        reader.close()
         with contextlib.suppress(BrokenPipeError):
             show(view.close(time.monotonic()))
-        if repeats or undecodable or conflicts:
+        if reader.repeats or undecodable or reader.conflicts:
             err.write(
-                f"# {repeats} repeated records (batches published twice) shown once; "
+                f"# {reader.repeats} repeated records (batches published twice) shown once; "
                 f"{undecodable} records that are not tcpscope records skipped"
-                + (f"; {conflicts} CONFLICTS (records under another record's dedup key, shown)" if conflicts else "")
+                + (
+                    f"; {reader.conflicts} CONFLICTS (records under another record's dedup key, shown)"
+                    if reader.conflicts
+                    else ""
+                )
                 + "\n"
             )
             err.flush()
     return 0
 
 
+def _reads_everything(o: TailOptions) -> bool:
+    """--summary and --connection with --from-beginning and no --duration: the topic as it is now."""
+    return o.from_beginning and o.duration is None
+
+
+def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err: TextIO) -> int:
+    """`--summary`: read the topic (to its end now with --from-beginning and no --duration, else
+    until --duration or Ctrl-C, printing every --every seconds without --duration) and print the
+    per-pair summary (tcpscope/summary.py)."""
+    keep_all = EventFilter.from_options(o)
+    keep = EventFilter(None, None, keep_all.kinds, keep_all.query)  # namespace/pod select pairs, not events
+    report = summary_mode.Report(summary_mode.Summarizer(by=s.by))
+    once = _reads_everything(o)
+    periodic = not once and o.duration is None
+    next_print = time.monotonic() + s.every_s
+
+    def every() -> None:
+        nonlocal next_print
+        if periodic and time.monotonic() >= next_print:
+            out.write(report.render(o.format, s, o.namespace, o.pod))
+            out.flush()
+            next_print = time.monotonic() + s.every_s
+
+    def bad_record(partition: int, offset: int, e: Exception) -> None:
+        report.undecodable += 1  # a foreign or damaged record must not stop the summary
+
+    # no dedup window in the reader: the report counts the repeats (and conflicts) it drops
+    with consume.Reader(o.source()) as reader:
+        try:
+            for d in reader.records(consume.Stop(o.duration, at_end=once), on_idle=every, on_undecodable=bad_record):
+                report.take(d, keep)
+        except KeyboardInterrupt:
+            pass
+    out.write(report.render(o.format, s, o.namespace, o.pod))
+    out.flush()
+    return 0
+
+
 def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, err: TextIO) -> int:
     """`--connection`: read (to the topic's end with --from-beginning and no --duration, else until
     --duration or Ctrl-C), then print the connection's events from both ends in time order."""
-    consumer = open_consumer(o)
-    once = o.from_beginning and o.duration is None
-    deadline = None if o.duration is None else time.monotonic() + o.duration
-    recent = RecentKeys(LIVE_DEDUP_WINDOW)
     events: list[TcpEvent] = []
     batches: list[tuple[str, EventBatch]] = []
-    try:
-        ends = consumer.end_offsets(list(consumer.assignment())) if once else {}
-        while deadline is None or time.monotonic() < deadline:
-            for recs in consumer.poll(timeout_ms=200).values():
-                for r in recs:
-                    try:
-                        decoded = decode_records(r.headers, r.value)
-                    except Exception:  # a foreign record must not stop the timeline
-                        continue
-                    for d in decoded:
-                        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
-                            continue
-                        seen = recent.see(dedup_key(d), fingerprint(d))
-                        if seen == REPEAT:
-                            continue
-                        if seen == CONFLICT:  # kept: never drop a record as a "duplicate" of another
-                            err.write(
-                                f"# CONFLICT: agent {d.agent_id} batch {d.sequence} seen before with "
-                                "different content (two producers under one agent id): both kept\n"
-                            )
-                        if d.event is not None:
-                            events.append(d.event)
-                        elif d.summary is not None:
-                            batches.append((d.agent_id, d.summary))
-            if once and all(consumer.position(tp) >= off for tp, off in ends.items()):
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        consumer.close()
+
+    def conflict(d: Decoded) -> None:  # kept: never drop a record as a "duplicate" of another
+        err.write(
+            f"# CONFLICT: agent {d.agent_id} batch {d.sequence} seen before with "
+            "different content (two producers under one agent id): both kept\n"
+        )
+
+    with consume.Reader(o.source(), dedup_window=LIVE_DEDUP_WINDOW) as reader:
+        try:
+            for d in reader.records(
+                consume.Stop(o.duration, at_end=_reads_everything(o)),
+                on_undecodable=lambda p, off, e: None,  # a foreign record must not stop the timeline
+                on_conflict=conflict,
+            ):
+                if d.event is not None:
+                    events.append(d.event)
+                elif d.summary is not None:
+                    batches.append((d.agent_id, d.summary))
+        except KeyboardInterrupt:
+            pass
     picked = timeline.select(spec, events)
     if not picked:
         err.write("# no events of that connection in what was read\n")
@@ -537,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     o = parse_args(argv)
     try:
         if o.summary is not None:
-            return summary_mode.run(o, o.summary, sys.stdout, sys.stderr)
+            return run_summary(o, o.summary, sys.stdout, sys.stderr)
         if o.connection is not None:
             return run_connection(o, o.connection, sys.stdout, sys.stderr)
         return run(o, sys.stdout, sys.stderr)
@@ -546,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except KeyboardInterrupt:  # a second Ctrl-C while closing the consumer
         return 130
-    except (RuntimeError, KafkaError) as e:  # TailError (also when imported as tcpscope.tail from __main__)
+    except (RuntimeError, KafkaError) as e:  # consume.ReadError (no such topic), and what the broker says
         print(f"tcpscope-tail: error: {kafka_problem(e, o)}", file=sys.stderr, flush=True)
         return 2
 

@@ -61,6 +61,7 @@ BROKER_SIGNALS: dict[str, str] = {
     "KafkaProducer": "talks to a broker",
     "KafkaConsumer": "talks to a broker",
     "consume_all": "reads a broker",
+    "publish_batches": "talks to a broker",
 }
 
 # Directories whose tests are in a tier whatever they use.

@@ -6,12 +6,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tcpscope.consume import Reader, Source
 from tcpscope.identity import prefix_of
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, decode_records, dedup_key
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,15 @@ def connection_ends(ev: TcpEvent) -> int:
     return 0
 
 
+WATCH_DEDUP_WINDOW = 1_000_000
+"""Records remembered to drop at-least-once repeats: more than a run of the simulator produces."""
+
+
 @dataclass
 class TopicWatch:
-    """A background consumer of one topic (assign + seek to beginning, no consumer group), keeping
-    the events and batch loss counters of the given agents, once each (at-least-once delivery may
-    repeat a batch; records are deduplicated by agent id, batch sequence and index)."""
+    """A background reader of one topic (tcpscope/consume.py: from the beginning, no consumer group),
+    keeping the events and batch loss counters of the given agents, once each (at-least-once
+    delivery may repeat a batch; the reader drops repeats by agent id, batch sequence and index)."""
 
     bootstrap: str
     topic: str
@@ -43,12 +48,12 @@ class TopicWatch:
     batches: int = 0
     summaries: list[tuple[str, EventBatch]] = field(default_factory=list)
     """(agent id, batch summary) of every batch: node and losses, for the reset join's loss rule"""
-    _seen: set[tuple[str, int, int]] = field(default_factory=set)
     _cv: threading.Condition = field(default_factory=threading.Condition)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
     _catch_up: threading.Event = field(default_factory=threading.Event)
     _caught_up: threading.Event = field(default_factory=threading.Event)
+    _target: Mapping[Any, int] | None = None  # the reading thread's: the end offsets catch_up waits for
     error: str = ""
 
     def start(self) -> None:
@@ -61,54 +66,33 @@ class TopicWatch:
             self._thread.join(10)
 
     def _run(self) -> None:
-        from kafka import KafkaConsumer, TopicPartition
-
-        c: Any = None
+        # the topic may not be there yet (the collector creates it): wait for it until stopped
+        source = Source(tuple(self.bootstrap.split(",")), self.topic, from_beginning=True, topic_wait_s=None)
         try:
-            c = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None)
-            parts: set[int] | None = None
-            while not parts and not self._stop.is_set():
-                parts = c.partitions_for_topic(self.topic)
-                if not parts:
-                    time.sleep(0.2)
-            if not parts:
-                return
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            c.assign(tps)
-            c.seek_to_beginning(*tps)
-            target: dict[Any, int] | None = None
-            while not self._stop.is_set():
-                for recs in c.poll(timeout_ms=200).values():
-                    for r in recs:
-                        self._take(r.headers, r.value)
-                if self._catch_up.is_set():
-                    if target is None:
-                        target = c.end_offsets(tps)
-                    if all(c.position(tp) >= off for tp, off in target.items()):
-                        self._catch_up.clear()
-                        target = None
-                        self._caught_up.set()
+            with Reader(source, dedup_window=WATCH_DEDUP_WINDOW, cancel=self._stop) as reader:
+                for d in reader.records(on_idle=lambda: self._check_caught_up(reader)):
+                    self._take_one(d)
         except Exception as e:  # a broken watch must not hang the run: waiters see the error
             log.exception("reading %s failed", self.topic)
             with self._cv:
                 self.error = f"{type(e).__name__}: {e}"
                 self._cv.notify_all()
-        finally:
-            if c is not None:
-                c.close()
 
-    def _take(self, headers: Any, value: bytes | None) -> None:
-        for d in decode_records(headers, value):
-            self._take_one(d)
+    def _check_caught_up(self, reader: Reader) -> None:
+        """After every poll, in the reading thread: has it read what the topic held at catch_up()?"""
+        if not self._catch_up.is_set():
+            return
+        if self._target is None:
+            self._target = reader.end_offsets()
+        if reader.reached(self._target):
+            self._catch_up.clear()
+            self._target = None
+            self._caught_up.set()
 
     def _take_one(self, d: Decoded) -> None:
         if prefix_of(d.agent_id) not in self.agent_ids:  # --agent-id is a prefix (tcpscope/identity.py)
             return
-        key = dedup_key(d)
         with self._cv:
-            if key in self._seen:
-                return
-            self._seen.add(key)
             if d.kind == RECORD_EVENT and d.event is not None:
                 self.events.append(d.event)
                 if self.on_event is not None:

@@ -13,14 +13,17 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from tcpscope.kafka_layout import LAYOUT_EVENT, batch_records
+from tcpscope.v1.events_pb2 import EventBatch
 from tcpscope_sim.broker import tansu_command
 
 
@@ -111,6 +114,49 @@ def consume_all(bootstrap: str, topic: str, want: int, timeout: float = 15.0) ->
         return out
     finally:
         c.close()
+
+
+def publish_batches(
+    bootstrap: str,
+    topic: str,
+    batches: Iterable[EventBatch],
+    value_format: str = "protobuf",
+    layout: str = LAYOUT_EVENT,
+    partitions: int = 0,
+    partition: int | None = None,
+    producer: Mapping[str, Any] | None = None,
+) -> None:
+    """Every record of each batch, as the collector lays them out (tcpscope/kafka_layout.py), acked by
+    the broker: to `partition` if given, else to the one the layout chose (`partitions` > 0), else
+    where the producer's partitioner puts them. `producer`: more KafkaProducer settings (TLS)."""
+    from kafka import KafkaProducer
+
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **(producer or {}))
+    try:
+        for b in batches:
+            for r in batch_records(b, value_format, layout, partitions):
+                p.send(
+                    topic,
+                    key=r.key,
+                    value=r.value,
+                    headers=r.headers,
+                    partition=r.partition if partition is None else partition,
+                )
+        p.flush(10)
+    finally:
+        p.close()
+
+
+def run_tail(bootstrap: str, topic: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    """`tcpscope-tail --kafka-bootstrap BOOTSTRAP --topic TOPIC ARGS...` in its own process, as a user
+    runs it (no stdin), its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", bootstrap, "--topic", topic, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from tcpscope.kafka_layout import H_UNOBSERVED, batch_records, decode_records, h
 from tcpscope.summary import Report, Summarizer, SummaryOptions
 from tcpscope.v1.events_pb2 import EventBatch, UnobservedWindow
 from tests.support.events import make_event
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, publish_batches, run_tail
 
-__all__ = ["kafka_broker"]
+TOPIC = "gaps"
 
 OLD, NEW = "node-a/20261130T100000Z-old", "node-a/20261130T100500Z-new"
 T0 = 1_700_000_000_000_000_000
@@ -106,14 +106,12 @@ def test_a_forged_record_under_a_real_dedup_key_is_kept_and_reported_never_dedup
 
 
 def test_live_tail_shows_both_conflicting_events_and_the_window(kafka_broker: Broker) -> None:
-    from tests.tcpscope.test_tail import TOPIC, _publish, _tail
-
     kafka_broker.create_topic(TOPIC, partitions=1)
     real, forged = _batch(OLD, 1, 0, 2), _batch(OLD, 1, 50, 2)
     new1 = _batch(NEW, 1, 100, 1)
     new1.unobserved.append(_window())
-    _publish(kafka_broker, [real, real, forged, new1])
-    out = _tail(kafka_broker, "--format", "json")
+    publish_batches(kafka_broker.bootstrap, TOPIC, [real, real, forged, new1])
+    out = run_tail(kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--format", "json")
     assert out.returncode == 0, out.stderr
     shown = [e for b in (real, forged, new1) for e in b.events]
     assert out.stdout.splitlines() == [render.json_line(e) for e in shown]  # the repeat once, both versions

@@ -18,15 +18,13 @@ from typing import Any
 import pytest
 
 from tcpscope import kubectl_plugin, render
-from tcpscope.kafka_layout import batch_records
-from tcpscope.v1.events_pb2 import EventBatch
+from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.fakeapi import FakeApiServer
 from tests.support.events import make_event
 from tests.support.helm import KAFKA, NAMESPACE, SASL, find, merge
 from tests.support.helm import render as render_chart
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, publish_batches
 
-__all__ = ["kafka_broker"]
 VENV_BIN = Path(sys.executable).parent
 
 
@@ -39,6 +37,16 @@ def api(tmp_path: Path) -> Iterator[tuple[FakeApiServer, Path]]:
 def _install(srv: FakeApiServer, values: Mapping[str, Any]) -> None:
     """What `helm install` would leave in the API: the collector Deployment the chart renders."""
     srv.add(find(render_chart(values), "Deployment"))
+
+
+def _release_with_events(srv: FakeApiServer, broker: Broker, topic: str) -> list[TcpEvent]:
+    """A release whose collector publishes to `topic` on the test broker, and three events there."""
+    _install(srv, {"collector": {"enabled": True, "kafka": {"bootstrap": broker.bootstrap, "topic": topic}}})
+    broker.create_topic(topic, partitions=1)
+    events = [make_event(i) for i in range(3)]
+    batch = EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)
+    publish_batches(broker.bootstrap, topic, [batch])
+    return events
 
 
 def _secret(srv: FakeApiServer, name: str, data: Mapping[str, bytes]) -> None:
@@ -148,19 +156,8 @@ def test_clear_errors(api: tuple[FakeApiServer, Path]) -> None:
 
 
 def test_kubectl_tcpscope_tails_the_release_kafka(api: tuple[FakeApiServer, Path], kafka_broker: Broker) -> None:
-    from kafka import KafkaProducer
-
     srv, kubeconfig = api
-    _install(
-        srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "release-events"}}}
-    )
-    kafka_broker.create_topic("release-events", partitions=1)
-    events = [make_event(i) for i in range(3)]
-    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
-    for r in batch_records(EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)):
-        p.send("release-events", key=r.key, value=r.value, headers=r.headers)
-    p.flush()
-    p.close()
+    events = _release_with_events(srv, kafka_broker, "release-events")
     res = subprocess.run(
         [
             str(VENV_BIN / "kubectl-tcpscope"),
@@ -263,19 +260,8 @@ def test_in_cluster_runs_the_tail_in_a_pod_streams_it_and_deletes_it(
 ) -> None:
     import threading
 
-    from kafka import KafkaProducer
-
     srv, kubeconfig = api
-    _install(
-        srv, {"collector": {"enabled": True, "kafka": {"bootstrap": kafka_broker.bootstrap, "topic": "in-cluster"}}}
-    )
-    kafka_broker.create_topic("in-cluster", partitions=1)
-    events = [make_event(i) for i in range(3)]
-    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
-    for r in batch_records(EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)):
-        p.send("in-cluster", key=r.key, value=r.value, headers=r.headers)
-    p.flush()
-    p.close()
+    events = _release_with_events(srv, kafka_broker, "in-cluster")
     stop = threading.Event()
     kubelet = threading.Thread(target=_kubelet, args=(srv, stop), daemon=True)
     kubelet.start()

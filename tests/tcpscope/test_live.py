@@ -4,19 +4,16 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 
 import pytest
 
 from tcpscope import live, render
-from tcpscope.kafka_layout import batch_records
 from tcpscope.v1 import events_pb2 as pb
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tests.support.events import make_event
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, publish_batches, run_tail
 
-__all__ = ["kafka_broker"]
 TOPIC = "live-events"
 
 
@@ -105,42 +102,19 @@ def test_resolved_ends_keep_their_port() -> None:
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcpscope.tail",
-            "--kafka-bootstrap",
-            b.bootstrap,
-            "--topic",
-            TOPIC,
-            "--from-beginning",
-            "--duration",
-            "3",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "3", *args)
 
 
 def test_tail_table_is_in_time_order_across_partitions_and_hides_state_changes(kafka_broker: Broker) -> None:
-    from kafka import KafkaProducer
-
     kafka_broker.create_topic(TOPIC, partitions=2)
     # two agents' batches, each on its own partition, interleaved in time
     a = [_at(i, 100 + 20 * i) for i in range(5)]  # 100, 120, ..., 180 ms
     b = [_at(10 + i, 110 + 20 * i) for i in range(5)]  # 110, 130, ..., 190 ms
     b[2].ClearField("lifecycle")
     b[2].state_change.old_state, b[2].state_change.new_state = pb.SYN_SENT, pb.ESTABLISHED
-    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     for part, (agent, evs) in enumerate((("a1", a), ("b1", b))):
-        for r in batch_records(EventBatch(schema_version=1, node=agent, agent_id=agent, sequence=1, events=evs)):
-            p.send(TOPIC, key=r.key, value=r.value, headers=r.headers, partition=part)
-    p.flush()
-    p.close()
+        batch = EventBatch(schema_version=1, node=agent, agent_id=agent, sequence=1, events=evs)
+        publish_batches(kafka_broker.bootstrap, TOPIC, [batch], partition=part)
     out = _tail(kafka_broker)
     assert out.returncode == 0, out.stderr
     want = sorted((e for e in (*a, *b) if e is not b[2]), key=lambda e: e.time.ToNanoseconds())

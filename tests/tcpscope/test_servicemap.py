@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope import summary, tail
+from tcpscope import pairs, summary, tail
 from tcpscope.servicemap import GREY, ORANGE, RED, edge_label, render_dot, render_svg
 from tcpscope.v1 import events_pb2 as pb
 from tests.tcpscope.test_summary import API, DB, T0, WEB, both, lifecycle
@@ -19,7 +19,7 @@ from tests.tcpscope.test_summary import API, DB, T0, WEB, both, lifecycle
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def _rows() -> list[summary.PairSummary]:
+def _rows() -> list[pairs.PairSummary]:
     s = summary.Summarizer()
     start = T0
     for i in range(4):  # web -> api: 4 ok, 2 of them reset by the server
@@ -55,7 +55,7 @@ def test_edges_carry_connections_and_problems_and_resets_stand_out() -> None:
 
 
 def test_names_are_quoted() -> None:
-    row = summary.PairSummary(summary.Party("", 'we"ird\\x', "EXTERNAL"), summary.Party("ns", "svc", "POD"))
+    row = pairs.PairSummary(pairs.Party("", 'we"ird\\x', "EXTERNAL"), pairs.Party("ns", "svc", "POD"))
     dot = render_dot([row])
     assert '"we\\"ird\\\\x" -> "ns/svc"' in dot
 

@@ -8,11 +8,9 @@ from typing import Any
 
 import pytest
 
-from tcpscope import summary, tail
+from tcpscope import pairs, summary, tail
 from tcpscope.v1 import events_pb2 as pb
-from tests.support.kafka import Broker, kafka_broker
-
-__all__ = ["kafka_broker"]  # the fixture, imported for pytest
+from tests.support.kafka import Broker, publish_batches
 
 T0 = 1_700_000_000 * 10**9
 WEB = ("shop", "web-1", "198.18.1.2", "web")
@@ -82,11 +80,11 @@ def rows_by_pair(s: summary.Summarizer, **kw: Any) -> dict[tuple[str, str], dict
 
 
 def counters(j: dict[str, object]) -> dict[str, object]:
-    return {k: j[k] for k in summary.COUNTERS}
+    return {k: j[k] for k in pairs.COUNTERS}
 
 
 def zero(**kw: int) -> dict[str, int]:
-    return {**dict.fromkeys(summary.COUNTERS, 0), **kw}
+    return {**dict.fromkeys(pairs.COUNTERS, 0), **kw}
 
 
 def test_each_kind_counted_once_although_both_ends_reported_it() -> None:
@@ -262,21 +260,6 @@ def test_capacity_is_bounded_and_counted() -> None:
     assert counters(rows_by_pair(s)[("shop/web-1", "shop/api-1")]) == zero(connections=1)
 
 
-def _publish(bootstrap: str, topic: str, batches: list[pb.EventBatch]) -> None:
-    from kafka import KafkaProducer
-
-    from tcpscope.kafka_layout import batch_records
-
-    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for b in batches:
-            for r in batch_records(b):
-                prod.send(topic, key=r.key, value=r.value, headers=r.headers)
-        prod.flush(10)
-    finally:
-        prod.close()
-
-
 def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
     kafka_broker: Broker, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -293,7 +276,7 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
     b.events.extend([s1, s2])
     b.lost.kernel = 2
     b.lost.by_reason["kernel.ringbuf_full"] = 2
-    _publish(kafka_broker.bootstrap, topic, [a, b, a])  # batch a resent (at-least-once)
+    publish_batches(kafka_broker.bootstrap, topic, [a, b, a])  # batch a resent (at-least-once)
     assert (
         tail.main(
             [

@@ -9,43 +9,13 @@ from tcpscope import render
 from tcpscope.kafka_layout import batch_records
 from tcpscope.v1.events_pb2 import EventBatch
 from tests.support.events import make_event
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, publish_batches, run_tail
 
-__all__ = ["kafka_broker"]
 TOPIC = "tail-events"
 
 
-def _publish(b: Broker, batches: list[EventBatch], value_format: str = "protobuf") -> None:
-    from kafka import KafkaProducer
-
-    p = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all")
-    for batch in batches:
-        for r in batch_records(batch, value_format):
-            p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
-    p.flush()
-    p.close()
-
-
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcpscope.tail",
-            "--kafka-bootstrap",
-            b.bootstrap,
-            "--topic",
-            TOPIC,
-            "--from-beginning",
-            "--duration",
-            "2",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "2", *args)
 
 
 def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
@@ -59,8 +29,8 @@ def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
     b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[3:])
     b2.lost.kernel = 7
     b2.lost.by_reason["kernel.ringbuf_full"] = 7
-    _publish(kafka_broker, [b1])
-    _publish(kafka_broker, [b2], value_format="json")  # both value formats read the same
+    publish_batches(kafka_broker.bootstrap, TOPIC, [b1])
+    publish_batches(kafka_broker.bootstrap, TOPIC, [b2], value_format="json")  # both value formats read the same
 
     out = _tail(kafka_broker, "--format", "json")
     assert out.returncode == 0, out.stderr
@@ -84,21 +54,14 @@ def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
 
 
 def test_tail_reads_packed_and_per_event_records_alike(kafka_broker: Broker) -> None:
-    from kafka import KafkaProducer
-
     kafka_broker.create_topic(TOPIC, partitions=1)
     events = [make_event(i) for i in range(7)]
     b1 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events[:4])
     b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[4:])
-    p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
-    for batch, fmt, layout in ((b1, "protobuf", "packed"), (b2, "json", "packed")):
-        for r in batch_records(batch, fmt, layout, partitions=1):
-            p.send(TOPIC, key=r.key, value=r.value, headers=r.headers, partition=r.partition)
-    p.flush()
-    p.close()
-    _publish(
-        kafka_broker, [EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=3, events=[make_event(9)])]
-    )
+    publish_batches(kafka_broker.bootstrap, TOPIC, [b1], "protobuf", "packed", partitions=1)
+    publish_batches(kafka_broker.bootstrap, TOPIC, [b2], "json", "packed", partitions=1)
+    b3 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=3, events=[make_event(9)])
+    publish_batches(kafka_broker.bootstrap, TOPIC, [b3])
     out = _tail(kafka_broker, "--format", "json")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [render.json_line(e) for e in [*events, make_event(9)]]
@@ -111,7 +74,7 @@ def test_tail_shows_a_resent_batch_once_and_says_what_it_skipped(kafka_broker: B
     events = [make_event(i) for i in range(5)]
     b1 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events[:3])
     b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[3:])
-    _publish(kafka_broker, [b1, b1, b2])  # batch 1 published twice (its ack was lost)
+    publish_batches(kafka_broker.bootstrap, TOPIC, [b1, b1, b2])  # batch 1 published twice (its ack was lost)
     p = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     p.send(TOPIC, key=b"x", value=b"not ours")  # another producer's record
     damaged = batch_records(b2)[0]  # a tcpscope event record whose value does not parse
@@ -132,14 +95,9 @@ def test_tail_shows_a_resent_batch_once_and_says_what_it_skipped(kafka_broker: B
 
 def test_tail_into_a_closed_pipe_exits_quietly(kafka_broker: Broker) -> None:
     kafka_broker.create_topic(TOPIC, partitions=1)
-    _publish(
-        kafka_broker,
-        [
-            EventBatch(
-                schema_version=1, node="node-a", agent_id="a1", sequence=1, events=[make_event(i) for i in range(3000)]
-            )
-        ],
-    )
+    events = [make_event(i) for i in range(3000)]
+    many = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events)
+    publish_batches(kafka_broker.bootstrap, TOPIC, [many])
     cmd = (
         f"{sys.executable} -m tcpscope.tail --kafka-bootstrap {kafka_broker.bootstrap} --topic {TOPIC} "
         "--from-beginning --duration 3 --format json | head -n 2"

@@ -5,9 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.collector.test_bad_input import assert_one_line, run_cli
-from tests.support.kafka import Broker, free_port, kafka_broker
-
-__all__ = ["kafka_broker"]  # the fixture
+from tests.support.kafka import Broker, free_port
 
 
 @pytest.mark.parametrize("summary", [[], ["--summary"]], ids=["events", "summary"])

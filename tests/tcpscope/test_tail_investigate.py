@@ -6,7 +6,6 @@ and timestamp -1)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,14 +13,12 @@ from typing import Any
 
 import pytest
 
-from tcpscope import render, tail
+from tcpscope import consume, render, tail
 from tcpscope.kafka_client import KAFKA_SASL_MECHANISMS, KAFKA_SECURITY_PROTOCOLS, KafkaSecurity
-from tcpscope.kafka_layout import batch_records
 from tcpscope.v1 import events_pb2 as pb
 from tests.support.events import make_event
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, publish_batches, run_tail
 
-__all__ = ["kafka_broker"]
 TOPIC = "investigate"
 
 
@@ -69,10 +66,10 @@ def test_since_seeks_each_partition_by_time_with_the_slack() -> None:
     p0, p1, p2 = TP("t", 0), TP("t", 1), TP("t", 2)
     k = KafkaLike({p0: [base + s * 1000 for s in (0, 30, 90, 200)], p1: [base + 10_000], p2: []})
     since_ns = (base + 150_000) * 1_000_000  # 150 s after base: with 60 s slack, records from 90 s on
-    tail.seek_to_time(k, [p0, p1, p2], since_ns)
+    consume.seek_to_time(k, [p0, p1, p2], since_ns)
     assert k.calls == [("seek", 0, 2), ("end", 1, None), ("beginning", 2, None)]
     # until: the first record published after until + slack, else the end now
-    stops = tail.stop_offsets(k, [p0, p1, p2], (base + 20_000) * 1_000_000)
+    stops = consume.stop_offsets(k, [p0, p1, p2], (base + 20_000) * 1_000_000)
     assert stops == {p0: 2, p1: 1, p2: 0}
 
 
@@ -83,40 +80,13 @@ def test_a_broker_that_cannot_look_times_up_is_read_from_the_beginning() -> None
 
     p0 = TP("t", 0)
     k = Tansu({p0: [1, 2, 3]})
-    tail.seek_to_time(k, [p0], 10**18)
+    consume.seek_to_time(k, [p0], 10**18)
     assert k.calls == [("beginning", 0, None)]
-    assert tail.stop_offsets(k, [p0], 10**18) == {p0: 3}
+    assert consume.stop_offsets(k, [p0], 10**18) == {p0: 3}
 
 
-def _publish(b: Broker, events: list[pb.TcpEvent]) -> None:
-    from kafka import KafkaProducer
-
-    p = KafkaProducer(bootstrap_servers=b.bootstrap, acks="all")
-    for r in batch_records(pb.EventBatch(schema_version=1, node="node-1", agent_id="a1", sequence=1, events=events)):
-        p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
-    p.flush()
-    p.close()
-
-
-def _tail(b: Broker, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcpscope.tail",
-            "--kafka-bootstrap",
-            b.bootstrap,
-            "--topic",
-            TOPIC,
-            "--format",
-            "json",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_tail(b.bootstrap, TOPIC, "--format", "json", *args)
 
 
 def _at(i: int, seconds_ago: float) -> pb.TcpEvent:
@@ -132,7 +102,8 @@ def test_since_until_and_filters_against_a_broker(kafka_broker: Broker) -> None:
     refused.lifecycle.errno, refused.lifecycle.errno_name = 111, "ECONNREFUSED"
     refused.remote.kind, refused.remote.namespace, refused.remote.name = pb.POD, "shop", "checkout-1"
     refused.remote.port = 5051
-    _publish(kafka_broker, [old, mid, new, refused])
+    batch = pb.EventBatch(schema_version=1, node="node-1", agent_id="a1", sequence=1, events=[old, mid, new, refused])
+    publish_batches(kafka_broker.bootstrap, TOPIC, [batch])
     t0 = time.monotonic()
     since = _tail(kafka_broker, "--since", "15m", "--until", "10s")
     assert since.returncode == 0, since.stderr

@@ -4,14 +4,18 @@ decides who sent it, then printed marked with its cause."""
 from __future__ import annotations
 
 import json
+import subprocess
 
 from tcpscope import render
 from tcpscope.v1 import events_pb2 as pb
-from tests.support.kafka import Broker, kafka_broker
+from tests.support.kafka import Broker, publish_batches, run_tail
 from tests.tcpscope.test_resetcause import MS, T0, C, S, handshake, received, sent
-from tests.tcpscope.test_tail import TOPIC, _publish, _tail
 
-__all__ = ["kafka_broker"]
+TOPIC = "tail-resets"
+
+
+def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "2", *args)
 
 
 def test_live_view_marks_network_injected_and_app_resets(kafka_broker: Broker) -> None:
@@ -24,7 +28,7 @@ def test_live_view_marks_network_injected_and_app_resets(kafka_broker: Broker) -
     app_recv = received("node-1", c2, S, T0 + 11 * MS, socket_id=9)
     n1 = pb.EventBatch(schema_version=1, node="node-1", agent_id="n1", sequence=1, events=[ok, injected, app_recv])
     n2 = pb.EventBatch(schema_version=1, node="node-2", agent_id="n2", sequence=1, events=[peer_saw, app_sent])
-    _publish(kafka_broker, [n2, n1])
+    publish_batches(kafka_broker.bootstrap, TOPIC, [n2, n1])
 
     out = _tail(kafka_broker, "--format", "json", "--kind", "all")  # the handshakes' state changes too
     assert out.returncode == 0, out.stderr

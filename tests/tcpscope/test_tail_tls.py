@@ -10,7 +10,6 @@ import select
 import socket
 import ssl
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from tcpscope import render
-from tcpscope.kafka_layout import batch_records
 from tcpscope.v1.events_pb2 import EventBatch
 from tcpscope_sim.broker import tansu_command
 from tests.support.events import make_event
-from tests.support.kafka import Broker, free_port
+from tests.support.kafka import Broker, free_port, publish_batches, run_tail
 from tests.support.tls import TestCA
 
 TOPIC = "tls-events"
@@ -132,7 +130,6 @@ def tls_kafka(tmp_path: Path) -> Iterator[tuple[str, str]]:
 
 @pytest.mark.slow
 def test_tail_reads_a_tls_only_kafka_with_the_collector_flags(tls_kafka: tuple[str, str]) -> None:
-    from kafka import KafkaProducer
     from kafka.admin import KafkaAdminClient, NewTopic
 
     bootstrap, ca_file = tls_kafka
@@ -149,30 +146,14 @@ def test_tail_reads_a_tls_only_kafka_with_the_collector_flags(tls_kafka: tuple[s
     admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
     admin.close()
     events = [make_event(i) for i in range(4)]
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **tls)
-    for r in batch_records(EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)):
-        p.send(TOPIC, key=r.key, value=r.value, headers=r.headers)
-    p.flush()
-    p.close()
-    tail = [
-        sys.executable,
-        "-m",
-        "tcpscope.tail",
-        "--kafka-bootstrap",
-        bootstrap,
-        "--topic",
-        TOPIC,
-        "--from-beginning",
-        "--duration",
-        "3",
-        "--format",
-        "json",
-    ]
+    batch = EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)
+    publish_batches(bootstrap, TOPIC, [batch], producer=tls)
+    tail = ["--from-beginning", "--duration", "3", "--format", "json"]
     tls_flags = ["--kafka-security-protocol", "SSL", "--kafka-ssl-cafile", ca_file]
-    res = subprocess.run([*tail, *tls_flags], capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    res = run_tail(bootstrap, TOPIC, *tail, *tls_flags, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [render.json_line(e) for e in events]
     # the control: the same tail in clear text gets nothing from this Kafka
-    plain = subprocess.run(tail, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    plain = run_tail(bootstrap, TOPIC, *tail, timeout=60)
     assert (plain.returncode, plain.stdout) == (2, "")
     assert plain.stderr.startswith("tcpscope-tail: ") and len(plain.stderr.splitlines()) == 1, plain.stderr

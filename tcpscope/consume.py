@@ -1,0 +1,318 @@
+"""The readers' one Kafka read loop: tcpscope-tail (events, --summary, --connection) and tcpscope-sim's
+topic watch read the events topic through `Reader`, and nothing else in them talks to kafka-python.
+
+A `Reader` opens a consumer with the collector's security settings (tcpscope/kafka_client.py) and
+positions it: at the end, at the beginning, or by time (--since, through the broker's offsets for
+times); with a consumer group it subscribes instead. `Reader.records(stop)` then yields the decoded
+records (tcpscope/kafka_layout.py: both record layouts) until the `Stop` says so, or until the
+reader's `cancel` event is set from another thread. With a dedup window, repeats that at-least-once
+delivery published twice are dropped and counted; records under a seen key with other content
+(CONFLICT) are kept and handed to `on_conflict` first. Records of other producers (kind '') pass
+through undeduplicated: each reader counts them its own way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tcpscope.kafka_client import KafkaSecurity
+from tcpscope.kafka_layout import (
+    CONFLICT,
+    RECORD_EVENT,
+    RECORD_SUMMARY,
+    REPEAT,
+    Decoded,
+    RecentKeys,
+    decode_records,
+    dedup_key,
+    fingerprint,
+)
+
+BOOTSTRAP_TIMEOUT_MS = 5000  # an unreachable broker is a one-line error within seconds, not a traceback after 30 s
+TOPIC_WAIT_S = 3.0  # metadata may lag a just-created topic; a missing one is reported after this
+
+TIME_SLACK_MS = 60_000
+"""How far a record's Kafka timestamp (when the collector published it) may trail or lead the times
+of the events in it: an agent batches for up to its batch age and retries for a while after a
+collector outage, and node clocks differ. Offsets are looked up with this margin; the events' own
+times decide (query.Query)."""
+
+
+class ReadError(RuntimeError):
+    """Reading cannot start (no such topic): a CLI prints one line and exits 2."""
+
+
+class TimeIndex(Protocol):
+    """What seeking by time uses of a consumer (tests pass a stand-in that answers as Apache Kafka)."""
+
+    def offsets_for_times(self, timestamps: dict[Any, int], /) -> Mapping[Any, Any]: ...
+    def end_offsets(self, partitions: list[Any], /) -> Mapping[Any, int]: ...
+    def seek(self, partition: Any, offset: int, /) -> None: ...
+    def seek_to_beginning(self, partition: Any, /) -> None: ...
+    def seek_to_end(self, partition: Any, /) -> None: ...
+
+
+class Consumer(TimeIndex, Protocol):
+    """What the loop uses of kafka-python's KafkaConsumer."""
+
+    def partitions_for_topic(self, topic: str, /) -> set[int] | None: ...
+    def subscribe(self, topics: list[str], /) -> None: ...
+    def assign(self, partitions: list[Any], /) -> None: ...
+    def assignment(self) -> set[Any]: ...
+    def seek_to_beginning(self, *partitions: Any) -> None: ...
+    def seek_to_end(self, *partitions: Any) -> None: ...
+    def position(self, partition: Any, /) -> int: ...
+    def poll(self, timeout_ms: int) -> Mapping[Any, list[Any]]: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Source:
+    """Which topic to read, and where to start."""
+
+    bootstrap: tuple[str, ...]
+    topic: str
+    security: KafkaSecurity = field(default_factory=KafkaSecurity)
+    from_beginning: bool = False
+    since_ns: int | None = None  # --since: from the records published since then (less TIME_SLACK_MS)
+    group: str | None = None  # join this consumer group instead of assigning every partition
+    topic_wait_s: float | None = TOPIC_WAIT_S  # a missing topic is an error after this; None: wait until cancelled
+
+
+@dataclass(frozen=True)
+class Stop:
+    """When `Reader.records` ends: whichever comes first; none set, never (or when cancelled)."""
+
+    duration_s: float | None = None  # seconds after `records` was called (--duration)
+    at_end: bool = False  # the end of every partition as it was when `records` was called (checked after each poll)
+    until_ns: int | None = None
+    """--until (not with a group): in the future, when the wall clock passes it plus TIME_SLACK_MS;
+    in the past, once every partition is read past the records that can hold events up to it."""
+
+
+def kafka_consumer(kwargs: dict[str, Any]) -> Consumer:
+    from kafka import KafkaConsumer
+
+    c: Consumer = KafkaConsumer(**kwargs)
+    return c
+
+
+def _topic_partition(topic: str, partition: int) -> Any:
+    from kafka import TopicPartition
+
+    return TopicPartition(topic, partition)
+
+
+class Reader:
+    """An open, positioned consumer of one topic (Source) and its read loop (`records`). Not
+    thread-safe, as kafka-python's consumer is not: one thread reads; others may set `cancel`."""
+
+    def __init__(
+        self,
+        source: Source,
+        dedup_window: int = 0,
+        cancel: threading.Event | None = None,
+        connect: Callable[[dict[str, Any]], Consumer] = kafka_consumer,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self.source = source
+        self.cancel = cancel or threading.Event()
+        self._recent = RecentKeys(dedup_window) if dedup_window > 0 else None
+        self._clock = clock
+        self._wall_ns = wall_ns
+        self.repeats = 0  # records dropped as repeats (dedup_window > 0)
+        self.conflicts = 0  # records kept under a seen dedup key with other content
+        self._consumer = connect(
+            {
+                "bootstrap_servers": list(source.bootstrap),
+                "enable_auto_commit": source.group is not None,
+                "bootstrap_timeout_ms": BOOTSTRAP_TIMEOUT_MS,
+                **source.security.client_kwargs(),
+                **(
+                    {
+                        "group_id": source.group,
+                        "auto_offset_reset": "earliest" if source.from_beginning else "latest",
+                        "max_poll_interval_ms": 30_000,
+                        "session_timeout_ms": 10_000,
+                        "heartbeat_interval_ms": 2_000,
+                    }
+                    if source.group
+                    else {}
+                ),
+            }
+        )
+        try:
+            self._position()
+        except BaseException:
+            self._consumer.close()
+            raise
+
+    def _partitions(self) -> set[int]:
+        """The topic's partitions, waiting for metadata (Source.topic_wait_s); ReadError if none. Empty
+        when cancelled first."""
+        s = self.source
+        deadline = None if s.topic_wait_s is None else self._clock() + s.topic_wait_s
+        parts = self._consumer.partitions_for_topic(s.topic)
+        while not parts and not self.cancel.is_set() and (deadline is None or self._clock() < deadline):
+            time.sleep(0.2)
+            parts = self._consumer.partitions_for_topic(s.topic)
+        if not parts and not self.cancel.is_set():
+            raise ReadError(f"topic {s.topic!r} not found on {','.join(s.bootstrap)} (--topic)")
+        return set(parts or ())
+
+    def _position(self) -> None:
+        s = self.source
+        parts = self._partitions()  # a missing topic is an error with a group too, not a silent wait
+        if not parts:
+            return  # cancelled before the topic appeared: `records` yields nothing
+        c = self._consumer
+        if s.group:
+            c.subscribe([s.topic])
+            return
+        tps = [_topic_partition(s.topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        if s.since_ns is not None:
+            seek_to_time(c, tps, s.since_ns)
+        elif s.from_beginning:
+            c.seek_to_beginning(*tps)
+        else:
+            c.seek_to_end(*tps)
+        for tp in tps:  # resolve positions now, so records produced after start-up are never skipped
+            c.position(tp)
+
+    def end_offsets(self) -> Mapping[Any, int]:
+        """The end of every assigned partition now (for `reached`)."""
+        return self._consumer.end_offsets(list(self._consumer.assignment()))
+
+    def reached(self, offsets: Mapping[Any, int]) -> bool:
+        """Every partition read up to `offsets` (from `end_offsets`, or stop_offsets)."""
+        return all(self._consumer.position(tp) >= off for tp, off in offsets.items())
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _range(self, stop: Stop) -> tuple[float | None, Mapping[Any, int] | None, Mapping[Any, int] | None]:
+        """(monotonic deadline, --until's stop offsets, the end offsets now) for one `records` call."""
+        deadline = None if stop.duration_s is None else self._clock() + stop.duration_s
+        until_offsets = None
+        until = stop.until_ns
+        if until is not None and not self.source.group:  # a group's partitions are not known up front
+            ahead_s = (until - self._wall_ns()) / 1e9
+            if ahead_s > 0:
+                end = self._clock() + ahead_s + TIME_SLACK_MS / 1000
+                deadline = end if deadline is None else min(deadline, end)
+            else:
+                tps = sorted(self._consumer.assignment(), key=lambda tp: tp.partition)
+                until_offsets = stop_offsets(self._consumer, tps, until)
+        return deadline, until_offsets, self.end_offsets() if stop.at_end else None
+
+    def records(
+        self,
+        stop: Stop | None = None,
+        poll_ms: int = 200,
+        on_idle: Callable[[], None] | None = None,
+        on_undecodable: Callable[[int, int, Exception], None] | None = None,
+        on_conflict: Callable[[Decoded], None] | None = None,
+    ) -> Iterator[Decoded]:
+        """The decoded records from here on until `stop` (its deadline and end offsets are fixed
+        now), each poll's records in partition order (Kafka orders only within a partition); a
+        packed record yields each of its events in order. `on_idle` runs after every poll, records
+        or not (for work due on a timer, in the reading thread). A record that does not decode goes
+        to `on_undecodable(partition, offset, error)`; without one, the error is raised."""
+        deadline, until_offsets, end_offsets = self._range(stop or Stop())
+        return self._read(deadline, until_offsets, end_offsets, poll_ms, on_idle, on_undecodable, on_conflict)
+
+    def _read(
+        self,
+        deadline: float | None,
+        until_offsets: Mapping[Any, int] | None,
+        end_offsets: Mapping[Any, int] | None,
+        poll_ms: int,
+        on_idle: Callable[[], None] | None,
+        on_undecodable: Callable[[int, int, Exception], None] | None,
+        on_conflict: Callable[[Decoded], None] | None,
+    ) -> Iterator[Decoded]:
+        clock = self._clock
+        while not self.cancel.is_set() and (deadline is None or clock() < deadline):
+            if until_offsets is not None and self.reached(until_offsets):
+                return  # the range is read (checked first: an empty range is not polled at all)
+            wait = poll_ms if deadline is None else max(1, min(poll_ms, int((deadline - clock()) * 1000)))
+            for recs in self._consumer.poll(timeout_ms=wait).values():
+                for r in recs:
+                    try:
+                        decoded = decode_records(r.headers, r.value)
+                    except Exception as e:
+                        if on_undecodable is None:
+                            raise
+                        on_undecodable(r.partition, r.offset, e)
+                        continue
+                    for d in decoded:
+                        if self._new(d, on_conflict):
+                            yield d
+            if on_idle is not None:
+                on_idle()
+            if end_offsets is not None and self.reached(end_offsets):
+                return  # after a poll, so there is always one (a group's assignment comes with it)
+
+    def _new(self, d: Decoded, on_conflict: Callable[[Decoded], None] | None) -> bool:
+        """False for a repeat the dedup window drops."""
+        if self._recent is None or d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
+            return True
+        seen = self._recent.see(dedup_key(d), fingerprint(d))
+        if seen == REPEAT:
+            self.repeats += 1
+            return False
+        if seen == CONFLICT:  # kept: never drop a record as a "duplicate" of another
+            self.conflicts += 1
+            if on_conflict is not None:
+                on_conflict(d)
+        return True
+
+
+def _time_offsets(c: TimeIndex, tps: list[Any], ms: int) -> dict[Any, int | None]:
+    """The first offset at or after `ms` per partition, None where no record is that recent. A
+    broker that answers without a timestamp (-1) did not look the time up: None too."""
+    found = c.offsets_for_times(dict.fromkeys(tps, max(0, ms)))
+    out: dict[Any, int | None] = {}
+    for tp in tps:
+        ot = found.get(tp)
+        out[tp] = ot.offset if ot is not None and ot.timestamp is not None and ot.timestamp >= 0 else None
+    return out
+
+
+def seek_to_time(c: TimeIndex, tps: list[Any], since_ns: int) -> None:
+    """Position every partition at the records published since `since_ns` (minus the slack); from
+    the beginning where the broker cannot say, at the end where nothing is that recent."""
+    offsets = _time_offsets(c, tps, since_ns // 1_000_000 - TIME_SLACK_MS)
+    answered = c.offsets_for_times(dict.fromkeys(tps, 0))  # does the broker look times up at all?
+    for tp in tps:
+        off = offsets[tp]
+        if off is not None:
+            c.seek(tp, off)
+        elif answered.get(tp) is not None and answered[tp].timestamp is not None and answered[tp].timestamp >= 0:
+            c.seek_to_end(tp)  # the broker looks times up, and has nothing that recent
+        else:
+            c.seek_to_beginning(tp)
+
+
+def stop_offsets(c: TimeIndex, tps: list[Any], until_ns: int) -> dict[Any, int]:
+    """Per partition, the offset past which no record can hold events up to `until_ns`: the first
+    record published after until + slack, else the end of the partition now."""
+    ends = c.end_offsets(tps)
+    after = _time_offsets(c, tps, until_ns // 1_000_000 + TIME_SLACK_MS)
+    out: dict[Any, int] = {}
+    for tp in tps:
+        off = after[tp]
+        out[tp] = int(ends[tp]) if off is None else off
+    return out
