@@ -7,7 +7,7 @@ import sys
 
 from tcpscope import render
 from tcpscope.kafka_layout import batch_records
-from tcpscope.v1.events_pb2 import EventBatch
+from tcpscope.v1.events_pb2 import RECEIVED, EventBatch
 from tests.support.events import make_event
 from tests.support.kafka import Broker, publish_batches, run_tail
 
@@ -24,7 +24,7 @@ def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:
     events[1].local.namespace, events[1].local.name = "shop", "cart-1"
     events[4].remote.namespace, events[4].remote.name = "shop", "db-0"
     events[5].ClearField("lifecycle")
-    events[5].reset.direction = 2
+    events[5].reset.direction = RECEIVED
     b1 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=1, events=events[:3])
     b2 = EventBatch(schema_version=1, node="node-a", agent_id="a1", sequence=2, events=events[3:])
     b2.lost.kernel = 7
