@@ -51,6 +51,13 @@ DEFAULT_HOLD_S = 1.0
 """Long enough for the agents' batch age (0.5 s by default) plus the collector's linger."""
 
 
+KINDS_HELP = (
+    f"event kinds, comma separated, or 'all': {','.join(KINDS)} (default: {','.join(DEFAULT_KINDS)}, what an SRE "
+    "watches)"
+)
+"""The help of every flag that takes `parse_kinds`' text (tcpscope-tail --kind, tcpscope-sim --show)."""
+
+
 def parse_kinds(text: str) -> frozenset[str]:
     """'lifecycle,reset' -> oneof field names; '' -> the default view; 'all' -> every kind (empty set)."""
     names = [k.strip() for k in text.split(",") if k.strip()] or list(DEFAULT_KINDS)

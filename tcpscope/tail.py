@@ -281,11 +281,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument(
         "--kind",
         default="",
-        help="event kinds, comma separated, or 'all': "
-        + ",".join(KINDS)
-        + " (default: "
-        + ",".join(live.DEFAULT_KINDS)
-        + ", what an SRE watches)",
+        help=live.KINDS_HELP,
     )
     p.add_argument(
         "--reorder-window",

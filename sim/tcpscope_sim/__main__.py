@@ -60,11 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show",
         default="",
         metavar="KINDS",
-        help="event kinds in the live table, comma separated, or 'all': "
-        + ",".join(live.KINDS)
-        + " (default: "
-        + ",".join(live.DEFAULT_KINDS)
-        + ")",
+        help="the live table's " + live.KINDS_HELP,
     )
     p.add_argument(
         "--ship-timeout",
