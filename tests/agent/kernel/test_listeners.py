@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from agent.config import AgentConfig
-from agent.kernel.listeners import Listener, ListenerScan, listen_sockets, scan_listeners
+from agent.kernel.listeners import (
+    Listener,
+    ListenerScan,
+    group_listeners,
+    listen_sockets,
+    lowest_owners,
+    netns_listen_sockets,
+    processes_by_netns,
+    scan_listeners,
+    socket_inode,
+)
 from tcpscope.v1.events_pb2 import PASSIVE
 from tests.agent.kernel.conftest import Pods
 from tests.support import traffic
@@ -38,6 +48,79 @@ def test_listen_rows_of_proc_net_tcp() -> None:
         "00000000:00000000 00:00000000 00000000     0        0 78 1 0\n"
     )
     assert listen_sockets(v6) == {77: (socket.inet_pton(socket.AF_INET6, "::1"), 8080), 78: (bytes(16), 80)}
+
+
+def test_processes_grouped_by_netns_in_scan_order() -> None:
+    # pid 3's namespace could not be read (it exited): left out
+    processes = [(9, 100), (3, None), (4, 200), (2, 100), (7, 200)]
+    assert processes_by_netns(processes, None) == {100: [9, 2], 200: [4, 7]}
+    assert list(processes_by_netns(processes, None)) == [100, 200]
+    assert processes_by_netns(processes, 200) == {200: [4, 7]}
+    assert processes_by_netns(processes, 300) == {}
+    assert processes_by_netns([], None) == {}
+
+
+def test_listen_sockets_of_a_namespace_carry_its_inode_and_each_table_family() -> None:
+    header = "  sl  local_address rem_address   st ...\n"
+    row = "   0: {} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {} 1 0\n"
+    tcp = header + row.format("0100007F:1F90", 11) + row.format("00000000:0016", 12)
+    tcp6 = header + row.format("00000000000000000000000000000000:1F90", 13)
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    localhost = socket.inet_aton("127.0.0.1") + bytes(12)
+    assert netns_listen_sockets(7, [(tcp, v4), (tcp6, v6)]) == {
+        11: (7, v4, localhost, 8080),
+        12: (7, v4, bytes(16), 22),
+        13: (7, v6, bytes(16), 8080),
+    }
+    # an unreadable table (IPv6 disabled: no tcp6) has no rows
+    assert netns_listen_sockets(7, [(tcp, v4), (None, v6)]) == {
+        11: (7, v4, localhost, 8080),
+        12: (7, v4, bytes(16), 22),
+    }
+    assert netns_listen_sockets(7, [(None, v4), (None, v6)]) == {}
+
+
+def test_socket_inode_of_an_fd_link() -> None:
+    assert socket_inode("socket:[4242]") == 4242
+    assert socket_inode("pipe:[4242]") is None
+    assert socket_inode("anon_inode:[eventpoll]") is None
+    assert socket_inode("/dev/null") is None
+
+
+def test_lowest_pid_owns_a_shared_socket_and_unwanted_sockets_are_ignored() -> None:
+    # a pre-fork server: the children (higher pids) hold the parent's listener too, in any order
+    holders = [(30, 1), (10, 1), (20, 1), (20, 2), (5, 3)]
+    assert lowest_owners(holders, {1, 2}) == {1: 10, 2: 20}
+    assert lowest_owners(holders, set()) == {}
+    assert lowest_owners([], {1}) == {}
+
+
+def test_listeners_grouped_by_map_key() -> None:
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    a, b = socket.inet_aton("10.0.0.1") + bytes(12), bytes(16)
+    wanted = {
+        1: (7, v4, a, 80),
+        2: (7, v4, a, 80),  # an SO_REUSEPORT group with 1 and 3: one entry, the lowest pid, 3 refs
+        3: (7, v4, a, 80),
+        4: (7, v6, b, 80),  # same port, other family: its own entry
+        5: (6, v4, b, 443),
+        6: (6, v4, b, 444),  # no owner: left out
+    }
+    comms = {10: "srv-a", 11: "srv-b", 12: "srv-c", 20: "other"}
+    asked: list[int] = []
+
+    def comm_of(pid: int) -> str:
+        asked.append(pid)
+        return comms[pid]
+
+    got = group_listeners(wanted, {1: 12, 2: 10, 3: 11, 4: 12, 5: 20}, comm_of)
+    assert got == (
+        Listener(netns=6, port=443, pid=20, comm="other", family=v4, addr=b),
+        Listener(netns=7, port=80, pid=10, comm="srv-a", family=v4, addr=a, refs=3),
+        Listener(netns=7, port=80, pid=12, comm="srv-c", family=v6, addr=b),
+    )
+    assert asked == [12, 10, 11, 12, 20]  # one comm read per owned socket, in table order
+    assert group_listeners(wanted, {}, comm_of) == ()
 
 
 _TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
