@@ -89,6 +89,100 @@ class _Found:
     bitfield_size: int
 
 
+@dataclass(frozen=True)
+class _Sections:
+    """Where the type and string sections of a blob are, as its header says (offsets into the blob)."""
+
+    endian: str  # struct module prefix: "<" or ">"
+    types_start: int
+    types_end: int
+    strs_start: int
+    strs_end: int
+
+
+@dataclass(frozen=True)
+class _TypeIndex:
+    """What one pass over the type section records (see the module docstring)."""
+
+    starts: array[int]  # record offset of type id i + 1
+    by_name: dict[int, list[int]]  # name string offset -> ids of the _INDEXED kinds with that name
+    enum_ids: list[int]  # every enum and enum64, anonymous ones included
+
+
+def _endian(data: bytes) -> str:
+    """The blob's byte order, from how its magic reads."""
+    if struct.unpack_from("<H", data, 0)[0] == BTF_MAGIC:
+        return "<"
+    if struct.unpack_from(">H", data, 0)[0] == BTF_MAGIC:
+        return ">"
+    raise BtfError(f"bad magic {data[:2].hex()}: not a BTF blob")
+
+
+def _sections(data: bytes) -> _Sections:
+    """Check the header (struct btf_header) and locate both sections inside the blob."""
+    if len(data) < _HEADER_LEN:
+        raise BtfError(f"truncated: {len(data)} bytes is shorter than the {_HEADER_LEN}-byte header")
+    endian = _endian(data)
+    version = data[2]
+    if version != 1:
+        raise BtfError(f"unsupported BTF version {version}")
+    hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(endian + "5I", data, 4)
+    if hdr_len < _HEADER_LEN or hdr_len > len(data):
+        raise BtfError(f"bad header length {hdr_len} (blob is {len(data)} bytes)")
+    types_start = hdr_len + type_off
+    strs_start = hdr_len + str_off
+    if types_start + type_len > len(data):
+        raise BtfError(f"truncated: type section ends at byte {types_start + type_len}, blob has {len(data)}")
+    if strs_start + str_len > len(data):
+        raise BtfError(f"truncated: string section ends at byte {strs_start + str_len}, blob has {len(data)}")
+    if str_len == 0 or data[strs_start] != 0:
+        raise BtfError("string section must start with an empty string")
+    return _Sections(endian, types_start, types_start + type_len, strs_start, strs_start + str_len)
+
+
+def _index_types(data: bytes, sections: _Sections) -> _TypeIndex:
+    """One pass over the type section: each record's length is the fixed 12-byte struct btf_type plus
+    what _EXTRA gives for its kind. The loop runs ~130k times on vmlinux: it stays one flat loop."""
+    index = _TypeIndex(array("I"), {}, [])
+    unpack = struct.Struct(sections.endian + "II").unpack_from
+    extra = _EXTRA
+    indexed = _INDEXED
+    start, end = sections.types_start, sections.types_end
+    off = start
+    type_id = 0
+    while off < end:
+        if off + 12 > end:
+            raise BtfError(f"truncated type record at type section offset {off - start}")
+        name_off, info = unpack(data, off)
+        kind = (info >> 24) & 0x1F
+        try:
+            fixed, per = extra[kind]
+        except KeyError:
+            raise BtfError(
+                f"unknown BTF kind {kind} for type id {type_id + 1} (type section offset {off - start})"
+            ) from None
+        type_id += 1
+        index.starts.append(off)
+        if kind in indexed:
+            _add_to_index(index, kind, name_off, type_id)
+        off += 12 + fixed + per * (info & 0xFFFF)
+    if off != end:
+        raise BtfError(f"type {type_id} runs past the end of the type section")
+    return index
+
+
+def _add_to_index(index: _TypeIndex, kind: int, name_off: int, type_id: int) -> None:
+    """Record a type callers may look up: by its name (when it has one), and among the enums."""
+    if name_off:
+        ids = index.by_name.get(name_off)
+        if ids is None:
+            index.by_name[name_off] = [type_id]
+        else:
+            ids.append(type_id)
+    if kind in _ENUMS:
+        index.enum_ids.append(type_id)
+
+
 class Btf:
     """A parsed BTF blob. Use `Btf.load()` for the running kernel or `Btf.parse(data)` for bytes."""
 
@@ -141,64 +235,18 @@ class Btf:
     @staticmethod
     def parse(data: bytes) -> Btf:
         """Parse a raw BTF blob (header, type section, string section); raises BtfError if malformed."""
-        if len(data) < _HEADER_LEN:
-            raise BtfError(f"truncated: {len(data)} bytes is shorter than the {_HEADER_LEN}-byte header")
-        if struct.unpack_from("<H", data, 0)[0] == BTF_MAGIC:
-            endian = "<"
-        elif struct.unpack_from(">H", data, 0)[0] == BTF_MAGIC:
-            endian = ">"
-        else:
-            raise BtfError(f"bad magic {data[:2].hex()}: not a BTF blob")
-        version = data[2]
-        if version != 1:
-            raise BtfError(f"unsupported BTF version {version}")
-        hdr_len, type_off, type_len, str_off, str_len = struct.unpack_from(endian + "5I", data, 4)
-        if hdr_len < _HEADER_LEN or hdr_len > len(data):
-            raise BtfError(f"bad header length {hdr_len} (blob is {len(data)} bytes)")
-        types_start = hdr_len + type_off
-        strs_start = hdr_len + str_off
-        if types_start + type_len > len(data):
-            raise BtfError(f"truncated: type section ends at byte {types_start + type_len}, blob has {len(data)}")
-        if strs_start + str_len > len(data):
-            raise BtfError(f"truncated: string section ends at byte {strs_start + str_len}, blob has {len(data)}")
-        if str_len == 0 or data[strs_start] != 0:
-            raise BtfError("string section must start with an empty string")
-
-        starts: array[int] = array("I")
-        by_name: dict[int, list[int]] = {}
-        enum_ids: list[int] = []
-        unpack = struct.Struct(endian + "II").unpack_from
-        extra = _EXTRA
-        indexed = _INDEXED
-        end = types_start + type_len
-        off = types_start
-        type_id = 0
-        while off < end:
-            if off + 12 > end:
-                raise BtfError(f"truncated type record at type section offset {off - types_start}")
-            name_off, info = unpack(data, off)
-            kind = (info >> 24) & 0x1F
-            try:
-                fixed, per = extra[kind]
-            except KeyError:
-                raise BtfError(
-                    f"unknown BTF kind {kind} for type id {type_id + 1} (type section offset {off - types_start})"
-                ) from None
-            type_id += 1
-            starts.append(off)
-            if kind in indexed:
-                if name_off:
-                    ids = by_name.get(name_off)
-                    if ids is None:
-                        by_name[name_off] = [type_id]
-                    else:
-                        ids.append(type_id)
-                if kind in (KIND_ENUM, KIND_ENUM64):
-                    enum_ids.append(type_id)
-            off += 12 + fixed + per * (info & 0xFFFF)
-        if off != end:
-            raise BtfError(f"type {type_id} runs past the end of the type section")
-        return Btf(data, endian, types_start, strs_start, strs_start + str_len, starts, by_name, enum_ids)
+        sections = _sections(data)
+        index = _index_types(data, sections)
+        return Btf(
+            data,
+            sections.endian,
+            sections.types_start,
+            sections.strs_start,
+            sections.strs_end,
+            index.starts,
+            index.by_name,
+            index.enum_ids,
+        )
 
     # ---- low-level access ---------------------------------------------------------------------
 

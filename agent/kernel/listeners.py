@@ -27,11 +27,14 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 TCP_LISTEN = "0A"  # include/net/tcp_states.h TCP_LISTEN = 10, as /proc/net/tcp prints it
+_TABLES = (("tcp", int(socket.AF_INET)), ("tcp6", int(socket.AF_INET6)))
+
+ListenKey = tuple[int, int, bytes, int]  # (netns, family, bound address, port): the listener map's key
 
 
 @dataclass(frozen=True)
@@ -96,73 +99,154 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _comm(proc: Path, pid: int) -> str:
+    return (_read(proc / str(pid) / "comm") or "").rstrip("\n")
+
+
 def scan_listeners(proc: Path = Path("/proc"), netns_only: int | None = None) -> ListenerScan:
     """Every listening TCP socket in every network namespace visible through `proc`, with its owner.
 
     `netns_only` restricts the scan to one namespace (the agent's --netns filter)."""
-    by_ns: dict[int, list[int]] = {}
-    processes = 0
+    processes = list(_process_namespaces(proc))
+    by_ns = processes_by_netns(processes, netns_only)
+    wanted = _listen_sockets_by_netns(proc, by_ns)
+    owners = lowest_owners(_socket_holders(proc, by_ns, wanted), wanted)
+    return ListenerScan(
+        listeners=group_listeners(wanted, owners, lambda pid: _comm(proc, pid)),
+        processes=len(processes),
+        namespaces=len(by_ns),
+        unowned=sum(1 for inode in wanted if inode not in owners),
+    )
+
+
+# Step 1: distinct network namespaces.
+
+
+def _process_namespaces(proc: Path) -> Iterator[tuple[int, int | None]]:
+    """(pid, network namespace inode) of every /proc/<pid>; None when it cannot be read (the process exited)."""
     for pid in _pids(proc):
-        processes += 1
         try:
-            ns = os.stat(proc / str(pid) / "ns" / "net").st_ino
+            yield pid, os.stat(proc / str(pid) / "ns" / "net").st_ino
+        except OSError:
+            yield pid, None
+
+
+def processes_by_netns(processes: Iterable[tuple[int, int | None]], netns_only: int | None) -> dict[int, list[int]]:
+    """netns inode -> its pids, in scan order; processes of unknown namespace are left out, and with
+    `netns_only` every namespace but that one."""
+    by_ns: dict[int, list[int]] = {}
+    for pid, ns in processes:
+        if ns is not None and (netns_only is None or ns == netns_only):
+            by_ns.setdefault(ns, []).append(pid)
+    return by_ns
+
+
+# Step 2: the LISTEN sockets of each namespace.
+
+
+def _net_tables(proc: Path, pid: int) -> list[tuple[str | None, int]] | None:
+    """/proc/<pid>/net/tcp and tcp6 (None where unreadable) with their families; None if neither is readable."""
+    tables = [(_read(proc / str(pid) / "net" / name), family) for name, family in _TABLES]
+    if all(text is None for text, _ in tables):
+        return None
+    return tables
+
+
+def netns_listen_sockets(ns: int, tables: Iterable[tuple[str | None, int]]) -> dict[int, ListenKey]:
+    """socket inode -> listener map key of the LISTEN rows in one namespace's tcp and tcp6 tables
+    (text, family); a table that could not be read (None) has none."""
+    wanted: dict[int, ListenKey] = {}
+    for text, family in tables:
+        for inode, (addr, port) in listen_sockets(text or "").items():
+            wanted[inode] = (ns, family, addr, port)
+    return wanted
+
+
+def _listen_sockets_by_netns(proc: Path, by_ns: dict[int, list[int]]) -> dict[int, ListenKey]:
+    """socket inode -> key of every LISTEN socket; the first process of a namespace whose tables can
+    be read speaks for it."""
+    wanted: dict[int, ListenKey] = {}
+    for ns, pids in by_ns.items():
+        tables = _first_readable_tables(proc, pids)
+        if tables is not None:
+            wanted.update(netns_listen_sockets(ns, tables))
+    return wanted
+
+
+def _first_readable_tables(proc: Path, pids: list[int]) -> list[tuple[str | None, int]] | None:
+    for pid in pids:
+        tables = _net_tables(proc, pid)
+        if tables is not None:
+            return tables
+    return None
+
+
+# Step 3: owners, from the fds of the processes of namespaces with listeners.
+
+
+def socket_inode(link: str) -> int | None:
+    """The inode of a /proc/<pid>/fd link to a socket (`socket:[inode]`), None for anything else."""
+    if link.startswith("socket:["):
+        return int(link[8:-1])
+    return None
+
+
+def _socket_inodes(proc: Path, pid: int) -> Iterator[int]:
+    """Inodes of the sockets among /proc/<pid>/fd; fds that close meanwhile, or a process that exited
+    or may not be looked at, give none."""
+    fd_dir = proc / str(pid) / "fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return
+    for fd in fds:
+        try:
+            inode = socket_inode(os.readlink(fd_dir / fd))
         except OSError:
             continue
-        if netns_only is None or ns == netns_only:
-            by_ns.setdefault(ns, []).append(pid)
+        if inode is not None:
+            yield inode
 
-    # socket inode -> (netns, family, address, port)
-    wanted: dict[int, tuple[int, int, bytes, int]] = {}
+
+def _socket_holders(proc: Path, by_ns: dict[int, list[int]], wanted: dict[int, ListenKey]) -> Iterator[tuple[int, int]]:
+    """(pid, socket inode) for each socket fd of the processes in namespaces that have listeners."""
+    with_listeners = {key[0] for key in wanted.values()}
     for ns, pids in by_ns.items():
-        for reader in pids:  # the first process whose tables can be read speaks for the namespace
-            tables = [
-                (_read(proc / str(reader) / "net" / name), fam)
-                for name, fam in (("tcp", int(socket.AF_INET)), ("tcp6", int(socket.AF_INET6)))
-            ]
-            if all(t is None for t, _ in tables):
-                continue
-            for text, fam in tables:
-                for inode, (addr, port) in listen_sockets(text or "").items():
-                    wanted[inode] = (ns, fam, addr, port)
-            break
-
-    owners: dict[int, int] = {}  # socket inode -> lowest owning pid
-    if wanted:
-        for ns, pids in by_ns.items():
-            if not any(v[0] == ns for v in wanted.values()):
-                continue
+        if ns in with_listeners:
             for pid in pids:
-                fd_dir = proc / str(pid) / "fd"
-                try:
-                    fds = os.listdir(fd_dir)
-                except OSError:
-                    continue
-                for fd in fds:
-                    try:
-                        target = os.readlink(fd_dir / fd)
-                    except OSError:
-                        continue
-                    if target.startswith("socket:["):
-                        inode = int(target[8:-1])
-                        if inode in wanted and (inode not in owners or pid < owners[inode]):
-                            owners[inode] = pid
+                for inode in _socket_inodes(proc, pid):
+                    yield pid, inode
 
-    found: dict[tuple[int, int, bytes, int], Listener] = {}
+
+def lowest_owners(holders: Iterable[tuple[int, int]], wanted: Container[int]) -> dict[int, int]:
+    """socket inode -> lowest pid holding it, among (pid, inode) pairs, for the wanted inodes: a
+    pre-fork server's listener goes to the parent that called listen()."""
+    owners: dict[int, int] = {}
+    for pid, inode in holders:
+        if inode in wanted and (inode not in owners or pid < owners[inode]):
+            owners[inode] = pid
+    return owners
+
+
+# Then one entry per listener map key.
+
+
+def group_listeners(
+    wanted: dict[int, ListenKey], owners: dict[int, int], comm_of: Callable[[int], str]
+) -> tuple[Listener, ...]:
+    """One Listener per key of the owned sockets, sorted; sockets without an owner are left out.
+
+    An SO_REUSEPORT group shares a key: one entry, the lowest pid, one ref per socket."""
+    found: dict[ListenKey, Listener] = {}
     for inode, key in wanted.items():
         owner = owners.get(inode)
         if owner is None:
             continue
-        ns, fam, addr, port = key
-        comm = (_read(proc / str(owner) / "comm") or "").rstrip("\n")
+        ns, family, addr, port = key
+        comm = comm_of(owner)
         prev = found.get(key)
         refs = prev.refs + 1 if prev else 1
-        # an SO_REUSEPORT group shares a key: one entry, the lowest pid, one ref per socket
         if prev is not None and prev.pid < owner:
             owner, comm = prev.pid, prev.comm
-        found[key] = Listener(netns=ns, port=port, pid=owner, comm=comm, family=fam, addr=addr, refs=refs)
-    return ListenerScan(
-        listeners=tuple(sorted(found.values(), key=lambda x: (x.netns, x.port, x.family, x.addr))),
-        processes=processes,
-        namespaces=len(by_ns),
-        unowned=sum(1 for inode in wanted if inode not in owners),
-    )
+        found[key] = Listener(netns=ns, port=port, pid=owner, comm=comm, family=family, addr=addr, refs=refs)
+    return tuple(sorted(found.values(), key=lambda x: (x.netns, x.port, x.family, x.addr)))

@@ -192,24 +192,28 @@ def test_absent_things_are_none(btf: Btf) -> None:
     assert btf.enum_value("", "NO_SUCH_ENUMERATOR_XYZ") is None
 
 
-def _blob(types: bytes, strings: bytes) -> bytes:
-    return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings)) + types + strings
+def _blob(types: bytes, strings: bytes, endian: str = "<") -> bytes:
+    header = struct.pack(endian + "HBBIIIII", 0xEB9F, 1, 0, 24, 0, len(types), len(types), len(strings))
+    return header + types + strings
 
 
-def test_small_handmade_blob_with_bitfields_and_anonymous_union() -> None:
+@pytest.mark.parametrize("endian", ["<", ">"], ids=["little-endian", "big-endian"])
+def test_small_handmade_blob_with_bitfields_and_anonymous_union(endian: str) -> None:
+    """The magic's byte order is the blob's: a big-endian blob (an s390x kernel's) reads the same."""
     strings = b"\0int\0outer\0a\0b\0c\0e\0X\0Y\0"
     off = {s: strings.index(b"\0" + s.encode() + b"\0") + 1 for s in ["int", "outer", "a", "b", "c", "e", "X", "Y"]}
+    u32x3, u32, pair = endian + "III", endian + "I", endian + "Ii"
     t = b""
-    t += struct.pack("<III", off["int"], 1 << 24, 4) + struct.pack("<I", (1 << 24) | 32)  # [1] int
-    t += struct.pack("<III", 0, (5 << 24) | 2, 8)  # [2] anon union { int b; int c; }
-    t += struct.pack("<III", off["b"], 1, 0) + struct.pack("<III", off["c"], 1, 0)
+    t += struct.pack(u32x3, off["int"], 1 << 24, 4) + struct.pack(u32, (1 << 24) | 32)  # [1] int
+    t += struct.pack(u32x3, 0, (5 << 24) | 2, 8)  # [2] anon union { int b; int c; }
+    t += struct.pack(u32x3, off["b"], 1, 0) + struct.pack(u32x3, off["c"], 1, 0)
     # [3] struct outer (kind_flag): int a:3 at bit 35; anon union at byte 8
-    t += struct.pack("<III", off["outer"], (4 << 24) | (1 << 31) | 2, 16)
-    t += struct.pack("<III", off["a"], 1, (3 << 24) | 35) + struct.pack("<III", 0, 2, 64)
-    t += struct.pack("<III", off["e"], (6 << 24) | 2, 4)  # [4] enum e { X = -1, Y = 5 } (signed)
-    t = t[:-12] + struct.pack("<III", off["e"], (6 << 24) | (1 << 31) | 2, 4)
-    t += struct.pack("<Ii", off["X"], -1) + struct.pack("<Ii", off["Y"], 5)
-    b = Btf.parse(_blob(t, strings))
+    t += struct.pack(u32x3, off["outer"], (4 << 24) | (1 << 31) | 2, 16)
+    t += struct.pack(u32x3, off["a"], 1, (3 << 24) | 35) + struct.pack(u32x3, 0, 2, 64)
+    t += struct.pack(u32x3, off["e"], (6 << 24) | 2, 4)  # [4] enum e { X = -1, Y = 5 } (signed)
+    t = t[:-12] + struct.pack(u32x3, off["e"], (6 << 24) | (1 << 31) | 2, 4)
+    t += struct.pack(pair, off["X"], -1) + struct.pack(pair, off["Y"], 5)
+    b = Btf.parse(_blob(t, strings, endian))
     assert b.type_count == 4
     assert b.member_offset("outer", "a") == 4  # containing int unit of bit 35
     assert b.member_bits("outer", "a") == (35, 3)
@@ -233,3 +237,29 @@ def test_malformed_blobs_raise_btf_error(tmp_path: Path) -> None:
         Btf.parse(_blob(struct.pack("<III", 0, (4 << 24) | 5, 0), b"\0"))
     with pytest.raises(BtfError, match="CONFIG_DEBUG_INFO_BTF"):
         Btf.load(str(tmp_path / "vmlinux"))
+
+
+def test_each_header_and_section_check_says_what_is_wrong() -> None:
+    one_int = struct.pack("<III", 1, 1 << 24, 4) + struct.pack("<I", 32)
+    good = _blob(one_int, b"\0i\0")
+    assert Btf.parse(good).type_count == 1
+    with pytest.raises(BtfError, match="unsupported BTF version 2"):
+        Btf.parse(good[:2] + b"\2" + good[3:])
+
+    def header(hdr_len: int, type_len: int, str_off: int, str_len: int) -> bytes:
+        return struct.pack("<HBBIIIII", 0xEB9F, 1, 0, hdr_len, 0, type_len, str_off, str_len)
+
+    with pytest.raises(BtfError, match="bad header length 23"):
+        Btf.parse(header(23, 16, 16, 3) + one_int + b"\0i\0")
+    with pytest.raises(BtfError, match=r"bad header length 999 \(blob is 43 bytes\)"):
+        Btf.parse(header(999, 16, 16, 3) + one_int + b"\0i\0")
+    with pytest.raises(BtfError, match="truncated: type section ends at byte 44, blob has 43"):
+        Btf.parse(header(24, 20, 16, 3) + one_int + b"\0i\0")
+    with pytest.raises(BtfError, match="truncated: string section ends at byte 44, blob has 43"):
+        Btf.parse(header(24, 16, 16, 4) + one_int + b"\0i\0")
+    with pytest.raises(BtfError, match="string section must start with an empty string"):
+        Btf.parse(header(24, 16, 16, 0) + one_int + b"\0i\0")
+    with pytest.raises(BtfError, match="string section must start with an empty string"):
+        Btf.parse(_blob(one_int, b"i\0"))
+    with pytest.raises(BtfError, match="truncated type record at type section offset 16"):
+        Btf.parse(_blob(one_int + bytes(8), b"\0"))

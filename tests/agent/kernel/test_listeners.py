@@ -7,11 +7,22 @@ import os
 import socket
 import time
 from contextlib import AbstractContextManager, nullcontext, suppress
+from pathlib import Path
 
 import pytest
 
 from agent.config import AgentConfig
-from agent.kernel.listeners import Listener, listen_sockets, scan_listeners
+from agent.kernel.listeners import (
+    Listener,
+    ListenerScan,
+    group_listeners,
+    listen_sockets,
+    lowest_owners,
+    netns_listen_sockets,
+    processes_by_netns,
+    scan_listeners,
+    socket_inode,
+)
 from tcpscope.v1.events_pb2 import PASSIVE
 from tests.agent.kernel.conftest import Pods
 from tests.support import traffic
@@ -37,6 +48,182 @@ def test_listen_rows_of_proc_net_tcp() -> None:
         "00000000:00000000 00:00000000 00000000     0        0 78 1 0\n"
     )
     assert listen_sockets(v6) == {77: (socket.inet_pton(socket.AF_INET6, "::1"), 8080), 78: (bytes(16), 80)}
+
+
+def test_processes_grouped_by_netns_in_scan_order() -> None:
+    # pid 3's namespace could not be read (it exited): left out
+    processes = [(9, 100), (3, None), (4, 200), (2, 100), (7, 200)]
+    assert processes_by_netns(processes, None) == {100: [9, 2], 200: [4, 7]}
+    assert list(processes_by_netns(processes, None)) == [100, 200]
+    assert processes_by_netns(processes, 200) == {200: [4, 7]}
+    assert processes_by_netns(processes, 300) == {}
+    assert processes_by_netns([], None) == {}
+
+
+def test_listen_sockets_of_a_namespace_carry_its_inode_and_each_table_family() -> None:
+    header = "  sl  local_address rem_address   st ...\n"
+    row = "   0: {} 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 {} 1 0\n"
+    tcp = header + row.format("0100007F:1F90", 11) + row.format("00000000:0016", 12)
+    tcp6 = header + row.format("00000000000000000000000000000000:1F90", 13)
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    localhost = socket.inet_aton("127.0.0.1") + bytes(12)
+    assert netns_listen_sockets(7, [(tcp, v4), (tcp6, v6)]) == {
+        11: (7, v4, localhost, 8080),
+        12: (7, v4, bytes(16), 22),
+        13: (7, v6, bytes(16), 8080),
+    }
+    # an unreadable table (IPv6 disabled: no tcp6) has no rows
+    assert netns_listen_sockets(7, [(tcp, v4), (None, v6)]) == {
+        11: (7, v4, localhost, 8080),
+        12: (7, v4, bytes(16), 22),
+    }
+    assert netns_listen_sockets(7, [(None, v4), (None, v6)]) == {}
+
+
+def test_socket_inode_of_an_fd_link() -> None:
+    assert socket_inode("socket:[4242]") == 4242
+    assert socket_inode("pipe:[4242]") is None
+    assert socket_inode("anon_inode:[eventpoll]") is None
+    assert socket_inode("/dev/null") is None
+
+
+def test_lowest_pid_owns_a_shared_socket_and_unwanted_sockets_are_ignored() -> None:
+    # a pre-fork server: the children (higher pids) hold the parent's listener too, in any order
+    holders = [(30, 1), (10, 1), (20, 1), (20, 2), (5, 3)]
+    assert lowest_owners(holders, {1, 2}) == {1: 10, 2: 20}
+    assert lowest_owners(holders, set()) == {}
+    assert lowest_owners([], {1}) == {}
+
+
+def test_listeners_grouped_by_map_key() -> None:
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    a, b = socket.inet_aton("10.0.0.1") + bytes(12), bytes(16)
+    wanted = {
+        1: (7, v4, a, 80),
+        2: (7, v4, a, 80),  # an SO_REUSEPORT group with 1 and 3: one entry, the lowest pid, 3 refs
+        3: (7, v4, a, 80),
+        4: (7, v6, b, 80),  # same port, other family: its own entry
+        5: (6, v4, b, 443),
+        6: (6, v4, b, 444),  # no owner: left out
+    }
+    comms = {10: "srv-a", 11: "srv-b", 12: "srv-c", 20: "other"}
+    asked: list[int] = []
+
+    def comm_of(pid: int) -> str:
+        asked.append(pid)
+        return comms[pid]
+
+    got = group_listeners(wanted, {1: 12, 2: 10, 3: 11, 4: 12, 5: 20}, comm_of)
+    assert got == (
+        Listener(netns=6, port=443, pid=20, comm="other", family=v4, addr=b),
+        Listener(netns=7, port=80, pid=10, comm="srv-a", family=v4, addr=a, refs=3),
+        Listener(netns=7, port=80, pid=12, comm="srv-c", family=v6, addr=b),
+    )
+    assert asked == [12, 10, 11, 12, 20]  # one comm read per owned socket, in table order
+    assert group_listeners(wanted, {}, comm_of) == ()
+
+
+_TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+
+
+def _tcp_row(local: str, state: str, inode: int) -> str:
+    return f"   0: {local} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0\n"
+
+
+def _fake_process(
+    proc: Path,
+    pid: int,
+    netns: Path | None,
+    *,
+    tcp: str | None = None,
+    tcp6: str | None = None,
+    fds: tuple[str, ...] | None = (),
+    comm: str | None = None,
+) -> None:
+    """/proc/<pid> as the scan reads it; None leaves the entry out, as when the process exited meanwhile
+    (or may not be looked at): ns/net is a symlink whose target's inode stands for the namespace."""
+    base = proc / str(pid)
+    base.mkdir(parents=True)
+    if netns is not None:
+        (base / "ns").mkdir()
+        (base / "ns" / "net").symlink_to(netns)
+    for name, text in (("tcp", tcp), ("tcp6", tcp6)):
+        if text is not None:
+            (base / "net").mkdir(exist_ok=True)
+            (base / "net" / name).write_text(text)
+    if fds is not None:
+        (base / "fd").mkdir()
+        for fd, target in enumerate(fds):
+            (base / "fd" / str(fd)).symlink_to(target)  # dangling, as readlink() sees socket:[inode]
+    if comm is not None:
+        (base / "comm").write_text(comm + "\n")
+
+
+def test_scan_of_a_handmade_proc(tmp_path: Path) -> None:
+    """The whole walk without root on a /proc built in a directory: namespaces, the tables of one
+    reader per namespace, fd owners (the lowest pid), SO_REUSEPORT groups, and what it tolerates."""
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "self").mkdir()  # not a pid: neither looked at nor counted
+    ns_files = {name: tmp_path / f"netns-{name}" for name in ("a", "b", "c")}
+    for f in ns_files.values():
+        f.touch()
+    ns = {name: f.stat().st_ino for name, f in ns_files.items()}
+    # namespace a: pid 10 reads for it; 127.0.0.1:8080 (v4), [::1]:8080 (v6) and 127.0.0.1:9090
+    _fake_process(
+        proc,
+        10,
+        ns_files["a"],
+        tcp=_TCP_HEADER + _tcp_row("0100007F:1F90", "0A", 100) + _tcp_row("0100007F:2382", "0A", 102),
+        tcp6=_TCP_HEADER + _tcp_row("00000000000000000000000001000000:1F90", "0A", 101),
+        fds=("socket:[100]", "pipe:[7]", "/dev/null"),
+        comm="parent",
+    )
+    _fake_process(proc, 12, ns_files["a"], fds=("socket:[100]", "socket:[101]"), comm="child")  # no tables
+    _fake_process(proc, 13, ns_files["a"], fds=("socket:[102]",), comm=None)  # comm unreadable: ""
+    _fake_process(proc, 11, None)  # exited before its namespace was read: counted, nothing else
+    # namespace b: pid 20's tables are unreadable and it has no fd dir; pid 21 reads (no tcp6: IPv6 off).
+    # 0.0.0.0:80 twice (an SO_REUSEPORT group: one entry, the lowest pid, 2 refs), inode 202 owned by
+    # nobody, inode 0 and a non-LISTEN row ignored
+    _fake_process(proc, 20, ns_files["b"], fds=None, comm="gone")
+    _fake_process(
+        proc,
+        21,
+        ns_files["b"],
+        tcp=_TCP_HEADER
+        + _tcp_row("00000000:0050", "0A", 200)
+        + _tcp_row("00000000:0050", "0A", 201)
+        + _tcp_row("00000000:0051", "0A", 202)
+        + _tcp_row("00000000:0052", "0A", 0)
+        + _tcp_row("0100007F:0053", "01", 203),
+        fds=("socket:[201]",),
+        comm="rp-low",
+    )
+    _fake_process(proc, 23, ns_files["b"], fds=("socket:[200]", "socket:[203]"), comm="rp-high")
+    # namespace c has no listeners, so its processes are not looked at, even one holding a listener
+    # of another namespace (a passed fd) with a lower pid
+    _fake_process(proc, 5, ns_files["c"], tcp=_TCP_HEADER, tcp6=_TCP_HEADER, fds=("socket:[100]",), comm="other")
+
+    scan = scan_listeners(proc)
+    localhost = socket.inet_aton("127.0.0.1") + bytes(12)
+    v4, v6 = int(socket.AF_INET), int(socket.AF_INET6)
+    expected = [
+        Listener(ns["a"], 8080, 10, "parent", v4, localhost),
+        Listener(ns["a"], 8080, 12, "child", v6, socket.inet_pton(socket.AF_INET6, "::1")),
+        Listener(ns["a"], 9090, 13, "", v4, localhost),
+        Listener(ns["b"], 80, 21, "rp-low", v4, bytes(16), refs=2),
+    ]
+    assert scan == ListenerScan(
+        listeners=tuple(sorted(expected, key=lambda x: (x.netns, x.port, x.family, x.addr))),
+        processes=8,
+        namespaces=3,
+        unowned=1,
+    )
+
+    only_b = scan_listeners(proc, netns_only=ns["b"])
+    assert only_b == ListenerScan(listeners=(expected[3],), processes=8, namespaces=1, unowned=1)
+    assert scan_listeners(proc, netns_only=ns["c"]) == ListenerScan((), processes=8, namespaces=1, unowned=0)
+    assert scan_listeners(tmp_path / "no-proc") == ListenerScan((), processes=0, namespaces=0, unowned=0)
 
 
 @pytest.mark.root
