@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,151 @@ def _interrupt(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+@dataclass
+class _Settings:
+    """The options with --quick's defaults filled in."""
+
+    rounds: int
+    veth_rounds: int
+    warmup: float
+    duration: float
+    modes: list[str]  # "none" first; --agent-ref adds its modes during the run
+    rates: list[float]
+    sinks: list[str]
+    collector_seconds: float
+
+    @classmethod
+    def of(cls, a: argparse.Namespace, modes: list[str]) -> _Settings:
+        rounds = a.rounds or (2 if a.quick else 5)
+        return cls(
+            rounds=rounds,
+            veth_rounds=a.veth_rounds or (1 if a.quick else rounds),
+            warmup=a.warmup if a.warmup is not None else (3.0 if a.quick else 10.0),
+            duration=a.duration or (2.0 if a.quick else 5.0),
+            modes=modes,
+            rates=[float(x) for x in a.rates.split(",")]
+            if a.rates
+            else list(QUICK_RATES if a.quick else DEFAULT_RATES),
+            sinks=[s for s in a.sinks.split(",") if s],
+            collector_seconds=a.collector_seconds or (3.0 if a.quick else 10.0),
+        )
+
+
+@dataclass
+class _Results:
+    """What the phases measured, for report.build: a figure, or why it is n/a, or None if not run."""
+
+    overhead: list[OverheadRow] = field(default_factory=list)
+    zero_loss: list[ZeroLossRow] = field(default_factory=list)
+    all_kinds: Step | str | None = None
+    collector: CollectorResult | str | None = None
+    collector_packed: CollectorResult | str | None = None
+    cpu_compare: list[CpuCompareRow] = field(default_factory=list)
+
+
+@dataclass
+class _Lab:
+    """What a run sets up and must take down on every path: its topologies, the veth pair, the work directory."""
+
+    workdir: Path
+    topos: list[Topology] = field(default_factory=list)
+    veth: VethPair | None = None
+
+    def close(self) -> None:
+        for topo in self.topos:
+            topo.close()
+        if self.veth is not None:
+            self.veth.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _meta(a: argparse.Namespace, cfg: _Settings, argv: Sequence[str] | None) -> dict[str, Any]:
+    """The report's inputs: host, commit and settings (its "modes" is cfg.modes itself, so it lists --agent-ref's)."""
+    return {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
+        "host": socket.gethostname(),
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "commit": _commit(),
+        "rounds": cfg.rounds,
+        "veth_rounds": cfg.veth_rounds,
+        "duration": cfg.duration,
+        "warmup": cfg.warmup,
+        "threads": a.threads,
+        "server_threads": a.server_threads,
+        "modes": cfg.modes,
+        "rates": cfg.rates,
+        "sinks": cfg.sinks,
+        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+
+
+def _agent_refs(refs: Sequence[str], cfg: _Settings, workdir: Path, res: _Results) -> dict[str, Path | None]:
+    """The agent trees to compare (the working tree, then each --agent-ref), adding each ref's mode;
+    a ref that cannot be checked out is an n/a overhead row."""
+    trees: dict[str, Path | None] = {"agent (working tree)": None}
+    for ref in refs:
+        try:
+            tree = checkout_ref(ref, workdir)
+            cfg.modes.append(add_ref_mode(ref, tree))
+            trees[f"agent@{ref}"] = tree
+        except Unavailable as e:
+            res.overhead.append(OverheadRow("loopback", f"agent-lifecycle@{ref}", f"agent @ {ref}", "n/a", str(e)))
+    return trees
+
+
+def _build_topologies(names: str, lg: Path, server_threads: int, lab: _Lab, res: _Results) -> None:
+    """Each topology of --topologies into lab (which closes them); a veth pair that cannot be made is an n/a row."""
+    for t in names.split(","):
+        if t == "loopback":
+            lab.topos.append(loopback(lg, server_threads))
+        elif t == "veth":
+            try:
+                lab.veth = VethPair(lg, server_threads)
+                lab.topos.append(lab.veth.topology)
+            except Unavailable as e:
+                res.overhead.append(OverheadRow("veth", "none", "no tracing", "n/a", str(e)))
+
+
+def _collector_phase(workdir: Path, seconds: float, layout: str, what: str) -> CollectorResult | str:
+    """The collector under the gRPC driver with this record layout: its figures, or why it is n/a."""
+    try:
+        r = run_collector_load(workdir, seconds, layout=layout)
+    except Unavailable as e:
+        return str(e)
+    log.info("%s: %.0f events/s, %.0f events per CPU-second", what, r.events_per_s, r.events_per_cpu_s)
+    return r
+
+
+def _run_phases(a: argparse.Namespace, cfg: _Settings, lab: _Lab, trees: dict[str, Path | None], res: _Results) -> None:
+    """Overhead per topology, then on loopback the agent versions, zero loss and all kinds, then the collector."""
+    # kernel time of each tool's own programs (run_time_ns): every mode, the baseline included,
+    # runs with the statistics on, so their small cost is in every ratio alike
+    with bpf_stats() as stats_on:
+        if not stats_on:
+            log.warning("kernel.bpf_stats_enabled cannot be set: no kernel ns per connection")
+        res.overhead += run_overhead(
+            lab.topos,
+            cfg.modes,
+            {"loopback": cfg.rounds, "veth": cfg.veth_rounds},
+            cfg.duration,
+            a.threads,
+            lab.workdir,
+            cfg.warmup,
+        )
+    lo = next((t for t in lab.topos if t.name == "loopback"), None)
+    if len(trees) > 1 and lo is not None:
+        res.cpu_compare = run_cpu_compare(lo, trees, a.cpu_rate, cfg.duration, cfg.rounds, a.threads, lab.workdir)
+    if not a.no_zero_loss and lo is not None:
+        res.zero_loss = run_zero_loss(lo, cfg.sinks, cfg.rates, cfg.duration, a.threads, lab.workdir)
+        res.all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, cfg.duration, a.threads, lab.workdir)
+    if not a.no_collector:
+        res.collector = _collector_phase(lab.workdir, cfg.collector_seconds, "event", "collector")
+        res.collector_packed = _collector_phase(
+            lab.workdir, cfg.collector_seconds, "packed", "collector, packed layout"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM and SIGINT (which a shell's background job inherits as ignored) unwind through the
     # finally blocks, so namespaces, tools and temp files are cleaned up
@@ -145,112 +291,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench: needs root (BPF, netns, tcpdump)", file=sys.stderr)
         return 2
-    rounds = a.rounds or (2 if a.quick else 5)
-    warmup = a.warmup if a.warmup is not None else (3.0 if a.quick else 10.0)
-    duration = a.duration or (2.0 if a.quick else 5.0)
     modes = ["none", *[m for m in a.modes.split(",") if m and m != "none"]]
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         print(f"bench: unknown modes {unknown}", file=sys.stderr)
         return 2
-    rates = [float(x) for x in a.rates.split(",")] if a.rates else list(QUICK_RATES if a.quick else DEFAULT_RATES)
-    sinks = [s for s in a.sinks.split(",") if s]
+    cfg = _Settings.of(a, modes)
     # tmpfs for the tools' files (pcap, JSON lines) so disk speed is not what we measure
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-    workdir = Path(tempfile.mkdtemp(prefix=f"tcpscope-bench-{os.getpid()}-", dir=base))
+    lab = _Lab(Path(tempfile.mkdtemp(prefix=f"tcpscope-bench-{os.getpid()}-", dir=base)))
     started = time.monotonic()
-    meta: dict[str, Any] = {
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%SZ"),
-        "host": socket.gethostname(),
-        "kernel": os.uname().release,
-        "cpus": os.cpu_count(),
-        "commit": _commit(),
-        "rounds": rounds,
-        "veth_rounds": a.veth_rounds or (1 if a.quick else rounds),
-        "duration": duration,
-        "warmup": warmup,
-        "threads": a.threads,
-        "server_threads": a.server_threads,
-        "modes": modes,
-        "rates": rates,
-        "sinks": sinks,
-        "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
-    }
-    overhead: list[OverheadRow] = []
-    zero_loss: list[ZeroLossRow] = []
-    all_kinds: Step | str | None = None
-    collector: CollectorResult | str | None = None
-    collector_packed: CollectorResult | str | None = None
-    cpu_compare: list[CpuCompareRow] = []
-    veth: VethPair | None = None
-    topos: list[Topology] = []
+    meta = _meta(a, cfg, argv)
+    res = _Results()
     try:
-        lg = build_loadgen(workdir)
-        trees: dict[str, Path | None] = {"agent (working tree)": None}
-        for ref in a.agent_ref:
-            try:
-                tree = checkout_ref(ref, workdir)
-                modes.append(add_ref_mode(ref, tree))
-                trees[f"agent@{ref}"] = tree
-            except Unavailable as e:
-                overhead.append(OverheadRow("loopback", f"agent-lifecycle@{ref}", f"agent @ {ref}", "n/a", str(e)))
-        for t in a.topologies.split(","):
-            if t == "loopback":
-                topos.append(loopback(lg, a.server_threads))
-            elif t == "veth":
-                try:
-                    veth = VethPair(lg, a.server_threads)
-                    topos.append(veth.topology)
-                except Unavailable as e:
-                    overhead.append(OverheadRow("veth", "none", "no tracing", "n/a", str(e)))
-        for topo in topos:
+        lg = build_loadgen(lab.workdir)
+        trees = _agent_refs(a.agent_ref, cfg, lab.workdir, res)
+        _build_topologies(a.topologies, lg, a.server_threads, lab, res)
+        for topo in lab.topos:
             topo.start_server()
         if a.profile:
-            return _profile(topos[0], a, duration, workdir)
-        veth_rounds = a.veth_rounds or (1 if a.quick else rounds)
-        # kernel time of each tool's own programs (run_time_ns): every mode, the baseline included,
-        # runs with the statistics on, so their small cost is in every ratio alike
-        with bpf_stats() as stats_on:
-            if not stats_on:
-                log.warning("kernel.bpf_stats_enabled cannot be set: no kernel ns per connection")
-            overhead += run_overhead(
-                topos, modes, {"loopback": rounds, "veth": veth_rounds}, duration, a.threads, workdir, warmup
-            )
-        lo = next((t for t in topos if t.name == "loopback"), None)
-        if len(trees) > 1 and lo is not None:
-            cpu_compare = run_cpu_compare(lo, trees, a.cpu_rate, duration, rounds, a.threads, workdir)
-        if not a.no_zero_loss and lo is not None:
-            zero_loss = run_zero_loss(lo, sinks, rates, duration, a.threads, workdir)
-            all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, duration, a.threads, workdir)
-        if not a.no_collector:
-            try:
-                collector = run_collector_load(workdir, a.collector_seconds or (3.0 if a.quick else 10.0))
-                log.info(
-                    "collector: %.0f events/s, %.0f events per CPU-second",
-                    collector.events_per_s,
-                    collector.events_per_cpu_s,
-                )
-            except Unavailable as e:
-                collector = str(e)
-            try:
-                collector_packed = run_collector_load(
-                    workdir, a.collector_seconds or (3.0 if a.quick else 10.0), layout="packed"
-                )
-                log.info(
-                    "collector, packed layout: %.0f events/s, %.0f events per CPU-second",
-                    collector_packed.events_per_s,
-                    collector_packed.events_per_cpu_s,
-                )
-            except Unavailable as e:
-                collector_packed = str(e)
+            return _profile(lab.topos[0], a, cfg.duration, lab.workdir)
+        _run_phases(a, cfg, lab, trees, res)
     finally:
-        for topo in topos:
-            topo.close()
-        if veth is not None:
-            veth.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        lab.close()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
-    doc = report.build(meta, overhead, zero_loss, all_kinds, collector, cpu_compare, collector_packed)
+    doc = report.build(
+        meta, res.overhead, res.zero_loss, res.all_kinds, res.collector, res.cpu_compare, res.collector_packed
+    )
     j, md = report.write(doc, Path(a.out))
     print(md.read_text())
     print(f"bench: wrote {md} and {j} in {meta['elapsed_s']} s", file=sys.stderr)

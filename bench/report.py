@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,25 @@ def _fmt(v: float | None, spec: str = ".0f", na: str = "n/a") -> str:
     return na if v is None else format(v, spec)
 
 
+# adds one target row: (figure, target, measured, met)
+AddTarget = Callable[[str, str, str, bool | None], None]
+# the loopback modes whose throughput the report lists, in this order
+THROUGHPUT_MODES = (
+    "agent-lifecycle",
+    "agent-all",
+    "agent-aggregate",
+    "agent-stream",
+    "tcplife",
+    "tcpstates",
+    "tcpdump",
+)
+# zero-loss sink -> (figure, target, the highest zero-loss rate that meets it; None: reported, no target)
+ZERO_LOSS_TARGETS: dict[str, tuple[str, str, float | None]] = {
+    "stdout": ("highest zero-loss rate, agent -> stdout", "-", None),
+    "kafka": ("highest zero-loss rate, agent -> Kafka", ">= 10,000 conn/s", 9_900),
+}
+
+
 def targets(
     overhead: list[OverheadRow],
     zero_loss: list[ZeroLossRow],
@@ -95,65 +114,71 @@ def targets(
         out.append({"figure": name, "target": target, "measured": value, "met": None if met is None else bool(met)})
 
     lo = {r.mode: r for r in overhead if r.topology == "loopback"}
+    zl = {z.sink: z for z in zero_loss}
     aggregation_targets(add, lo)
-    for mode in ("agent-lifecycle", "agent-all", "agent-aggregate", "agent-stream", "tcplife", "tcpstates", "tcpdump"):
+    throughput_targets(add, lo)
+    zero_loss_targets(add, zl)
+    agent_cost_targets(add, zl.get("stdout"))
+    collector_targets(add, collector, collector_packed)
+    kafka_targets(add, zl.get("kafka"))
+    return out
+
+
+def throughput_targets(add: AddTarget, lo: dict[str, OverheadRow]) -> None:
+    """Loopback throughput kept per mode, from the overhead rounds: the agent's modes against TARGET_RATIO."""
+    for mode in THROUGHPUT_MODES:
         r = lo.get(mode)
         if r is None:
             continue
-        s = r.summary()
+        name = f"loopback throughput kept, {mode}"
+        target = ">= 97%" if mode in TARGET_RATIO else "baseline"
         if r.status != "ok":
-            add(
-                f"loopback throughput kept, {mode}",
-                ">= 97%" if mode in TARGET_RATIO else "baseline",
-                f"n/a: {r.reason}",
-                None,
-            )
+            add(name, target, f"n/a: {r.reason}", None)
             continue
+        s = r.summary()
         med = s["ratio_median"]
         add(
-            f"loopback throughput kept, {mode}",
-            ">= 97%" if mode in TARGET_RATIO else "baseline",
+            name,
+            target,
             f"{_fmt(med and med * 100, '.1f')}% (min {_fmt(s['ratio_min'] and s['ratio_min'] * 100, '.1f')}%, "
             f"max {_fmt(s['ratio_max'] and s['ratio_max'] * 100, '.1f')}%)",
             (med >= TARGET_RATIO[mode]) if mode in TARGET_RATIO and med is not None else None,
         )
-    zl = {z.sink: z for z in zero_loss}
-    for sink, name in (
-        ("stdout", "highest zero-loss rate, agent -> stdout"),
-        ("kafka", "highest zero-loss rate, agent -> Kafka"),
-    ):
+
+
+def zero_loss_targets(add: AddTarget, zl: dict[str, ZeroLossRow]) -> None:
+    """The highest zero-loss rate per sink (ZERO_LOSS_TARGETS); a sink whose every step lost events misses."""
+    for sink, (name, target, floor) in ZERO_LOSS_TARGETS.items():
         z = zl.get(sink)
         if z is None:
             continue
         best = z.best()
         if z.status != "ok" or best is None:
-            add(
-                name,
-                ">= 10,000 conn/s" if sink == "kafka" else "-",
-                f"n/a: {z.reason or 'every step lost events'}",
-                None if z.status != "ok" else False,
-            )
+            add(name, target, f"n/a: {z.reason or 'every step lost events'}", None if z.status != "ok" else False)
         else:
-            add(
-                name,
-                ">= 10,000 conn/s" if sink == "kafka" else "-",
-                f"{best.rate:,.0f} conn/s",
-                best.rate >= 9_900 if sink == "kafka" else None,
-            )
-    stdout = zl.get("stdout")
+            add(name, target, f"{best.rate:,.0f} conn/s", None if floor is None else best.rate >= floor)
+
+
+def agent_cost_targets(add: AddTarget, stdout: ZeroLossRow | None) -> None:
+    """The agent's CPU and memory at its highest zero-loss rate to stdout (no collector in the way)."""
     best = stdout.best() if stdout else None
-    if best is not None:
-        cpu = best.cpu_us_per_conn
-        add(
-            "agent CPU per connection, lifecycle",
-            "<= 20 µs",
-            f"{_fmt(cpu, '.1f')} µs at {best.rate:,.0f} conn/s",
-            cpu is not None and cpu <= 20,
-        )
-        add("agent CPU per event, lifecycle", "-", f"{_fmt(best.cpu_us_per_event, '.1f')} µs", None)
-        add(
-            "agent peak RSS (VmHWM)", "<= 150 MB", f"{best.agent_hwm_kb / 1024:.0f} MB", best.agent_hwm_kb <= 150 * 1024
-        )
+    if best is None:
+        return
+    cpu = best.cpu_us_per_conn
+    add(
+        "agent CPU per connection, lifecycle",
+        "<= 20 µs",
+        f"{_fmt(cpu, '.1f')} µs at {best.rate:,.0f} conn/s",
+        cpu is not None and cpu <= 20,
+    )
+    add("agent CPU per event, lifecycle", "-", f"{_fmt(best.cpu_us_per_event, '.1f')} µs", None)
+    add("agent peak RSS (VmHWM)", "<= 150 MB", f"{best.agent_hwm_kb / 1024:.0f} MB", best.agent_hwm_kb <= 150 * 1024)
+
+
+def collector_targets(
+    add: AddTarget, collector: CollectorResult | str | None, collector_packed: CollectorResult | str | None
+) -> None:
+    """Collector events/s per core under the gRPC driver, per record layout; a phase that did not run is left out."""
     for label, result in (
         ("(gRPC driver, 1000-event batches)", collector),
         (", --record-layout packed (gRPC driver)", collector_packed),
@@ -169,7 +194,10 @@ def targets(
             )
         elif isinstance(result, str):
             add(name, ">= 100,000", f"n/a: {result}", None)
-    kafka = zl.get("kafka")
+
+
+def kafka_targets(add: AddTarget, kafka: ZeroLossRow | None) -> None:
+    """The agent -> Kafka steps that measured the collector: its events/s per core, and the latency."""
     ks = [s for s in (kafka.steps if kafka else []) if s.collector_cpu_s]
     if ks:
         top = max(ks, key=lambda x: x.rate)
@@ -182,15 +210,9 @@ def targets(
         )
         # latency at the target's rate (the step closest to 10k conn/s) and at the fastest zero-loss step
         near = min(ks, key=lambda x: abs(x.rate - 10_000))
-        best_k = kafka.best() if kafka else None
-        for label, st in (("at ~10,000 conn/s", near), ("at the highest zero-loss rate", best_k)):
-            if st is not None and st.latency_p99_ms is not None and st.latency_p50_ms is not None:
-                add(
-                    f"kernel-to-Kafka latency p50 / p99 {label} ({st.rate:,.0f} conn/s)",
-                    "p99 <= 1 s",
-                    f"{st.latency_p50_ms:.0f} ms / {st.latency_p99_ms:.0f} ms",
-                    st.latency_p99_ms <= 1000,
-                )
+        latency_targets(
+            add, (("at ~10,000 conn/s", near), ("at the highest zero-loss rate", kafka.best() if kafka else None))
+        )
     elif kafka is not None:
         add(
             "collector events/s per core into Kafka (agent-driven)",
@@ -199,10 +221,21 @@ def targets(
             None,
         )
         add("kernel-to-Kafka latency p50 / p99", "p99 <= 1 s", f"n/a: {kafka.reason or 'no step ran'}", None)
-    return out
 
 
-def aggregation_targets(add: Callable[[str, str, str, bool | None], None], lo: dict[str, OverheadRow]) -> None:
+def latency_targets(add: AddTarget, steps: Iterable[tuple[str, Step | None]]) -> None:
+    """Kernel-to-Kafka latency p50 / p99 of each (label, step) that measured it."""
+    for label, st in steps:
+        if st is not None and st.latency_p99_ms is not None and st.latency_p50_ms is not None:
+            add(
+                f"kernel-to-Kafka latency p50 / p99 {label} ({st.rate:,.0f} conn/s)",
+                "p99 <= 1 s",
+                f"{st.latency_p50_ms:.0f} ms / {st.latency_p99_ms:.0f} ms",
+                st.latency_p99_ms <= 1000,
+            )
+
+
+def aggregation_targets(add: AddTarget, lo: dict[str, OverheadRow]) -> None:
     """The in-kernel aggregation targets, from the loopback overhead rounds (same-run figures)."""
     agg, each, dump = lo.get("agent-aggregate"), lo.get("agent-all"), lo.get("tcpdump")
     if agg is None or agg.status != "ok":

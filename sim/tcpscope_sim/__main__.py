@@ -28,7 +28,7 @@ from tcpscope.live import LiveView, OrderedPrinter
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
-from tcpscope_sim.plan import PlanError, TrafficSpec, builtin_plan, load_plan
+from tcpscope_sim.plan import Plan, PlanError, TrafficSpec, builtin_plan, load_plan
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
 from tcpscope_sim.traffic import Driver, TrafficError, run_mix
 from tcpscope_sim.watch import TopicWatch
@@ -135,6 +135,15 @@ class _Interrupted(Exception):
     pass
 
 
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    """SIGINT/SIGTERM handler during a run: unwinds to the step that stops cleanly (or to the teardown)."""
+    raise _Interrupted(signal.Signals(signum).name)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
@@ -149,123 +158,185 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         show = live.parse_kinds(args.show)
         plan = load_plan(args.plan) if args.plan else builtin_plan()
+        watched = _watched_nodes(plan, args.unwatched_node)
     except (PlanError, OSError, ValueError) as e:
         print(f"tcpscope-sim: {e}", file=sys.stderr)
         return 2
-    unknown_nodes = sorted(set(args.unwatched_node) - set(plan.nodes))
-    watched = tuple(n for n in plan.nodes if n not in args.unwatched_node)
+    return _run(args, plan, show, watched)
+
+
+def _watched_nodes(plan: Plan, unwatched: Sequence[str]) -> tuple[str, ...]:
+    """The plan's nodes that get an agent; ValueError if --unwatched-node names no node of the plan, or all."""
+    unknown_nodes = sorted(set(unwatched) - set(plan.nodes))
+    watched = tuple(n for n in plan.nodes if n not in unwatched)
     if unknown_nodes or not watched:
         why = f"no such node {', '.join(unknown_nodes)}" if unknown_nodes else "no node left with an agent"
-        print(f"tcpscope-sim: --unwatched-node: {why}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--unwatched-node: {why}")
+    return watched
 
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        raise _Interrupted(signal.Signals(signum).name)
 
-    old = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS)
-    workdir = tempfile.mkdtemp(prefix=f"tcpscope-sim-{cluster.run_id}-")
-    if not args.keep_logs:
-        cluster.state.paths.append(workdir)
-    services = Services(
-        plan,
-        cluster.run_id,
-        cluster.state,
-        workdir,
-        args.kafka_bootstrap,
-        args.topic,
-        args.agent_arg,
-        collectors=max(1, args.collectors),
-        metrics_port=args.metrics_port,
-    )
-    watch: TopicWatch | None = None
-    printer: OrderedPrinter | None = None
-    rc = 1
-
-    def say(msg: str) -> None:
-        print(msg, flush=True)
-
+def _run(args: argparse.Namespace, plan: Plan, show: frozenset[str], watched: tuple[str, ...]) -> int:
+    """Build, run, report; exit 0, or 1 (a plan not shipped exactly, a failure), 130 (interrupted). Whatever
+    was started is stopped on every path, with SIGINT/SIGTERM ignored meanwhile."""
+    old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
+    run = _SimRun(args, plan, watched)
     try:
-        say(f"tcpscope-sim: run {cluster.run_id}, {len(plan.nodes)} nodes, {len(plan.pods)} pods, logs {workdir}")
+        bootstrap = run.start()
+        watch = run.watch_topic(bootstrap, show)
+        rc = run.traffic(watch)
+        run.report(watch)
+        if args.hold and args.plan:
+            _hold()
+        return rc
+    except _Interrupted as e:
+        _say(f"tcpscope-sim: interrupted ({e}), stopping")
+        return 130
+    except (TrafficError, RuntimeError, OSError) as e:
+        run.print_failure(e)
+        return 1
+    finally:
+        for s in old:
+            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
+        run.stop()
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+class _SimRun:
+    """One run's cluster, services and topic watch, with main's steps in order; stop() takes down
+    whatever was started."""
+
+    def __init__(self, args: argparse.Namespace, plan: Plan, watched: tuple[str, ...]) -> None:
+        self.args = args
+        self.plan = plan
+        self.watched = watched
+        self.cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS)
+        self.workdir = tempfile.mkdtemp(prefix=f"tcpscope-sim-{self.cluster.run_id}-")
+        if not args.keep_logs:
+            self.cluster.state.paths.append(self.workdir)
+        self.services = Services(
+            plan,
+            self.cluster.run_id,
+            self.cluster.state,
+            self.workdir,
+            args.kafka_bootstrap,
+            args.topic,
+            args.agent_arg,
+            collectors=max(1, args.collectors),
+            metrics_port=args.metrics_port,
+        )
+        self.watch: TopicWatch | None = None
+        self.printer: OrderedPrinter | None = None
+
+    def start(self) -> str:
+        """Kafka (and its topic), the API stand-in, the collectors, the cluster, the agents; says where each
+        is and lists the pods. Returns the Kafka bootstrap address."""
+        args, plan, services, run_id = self.args, self.plan, self.services, self.cluster.run_id
+        _say(f"tcpscope-sim: run {run_id}, {len(plan.nodes)} nodes, {len(plan.pods)} pods, logs {self.workdir}")
         bootstrap = services.start_broker()
         services.create_topic()
-        say(
+        _say(
             f"tcpscope-sim: Kafka at {bootstrap}, topic {args.topic}"
             + ("" if args.kafka_bootstrap else " (local broker started for this run)")
         )
         kubeconfig = services.start_api()
-        say(f"tcpscope-sim: API server stand-in at {services.api.url if services.api else '?'}")
+        _say(f"tcpscope-sim: API server stand-in at {services.api.url if services.api else '?'}")
         services.start_collector()
-        cluster.start()
-        services.start_agents({n: cluster.node_cgroup(n) for n in watched}, kubeconfig)
+        self.cluster.start()
+        services.start_agents({n: self.cluster.node_cgroup(n) for n in self.watched}, kubeconfig)
         services.wait_agents_ready()
         replicas = [services.collector_addr, *(a for _, a in services.more_collectors)]
-        say(
-            f"tcpscope-sim: agents ready on {', '.join(watched)}; collector {', '.join(replicas)}"
+        _say(
+            f"tcpscope-sim: agents ready on {', '.join(self.watched)}; collector {', '.join(replicas)}"
             + (f"; no agent on {', '.join(args.unwatched_node)}" if args.unwatched_node else "")
         )
         if args.metrics_port:
-            last = services.agent_metrics_port(len(plan.nodes))
-            say(
-                f"tcpscope-sim: metrics at http://127.0.0.1:{args.metrics_port}/metrics (collector"
-                f"{'s: ports up to ' + str(args.metrics_port + len(replicas) - 1) if len(replicas) > 1 else ''}), "
-                f"ports {services.agent_metrics_port(1)}-{last} (agents)"
-            )
+            self._say_metrics(len(replicas))
         for p in plan.pods:
-            say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
-        printer = None if (args.quiet or args.plan) else _live_printer(say, show)
-        watch = TopicWatch(bootstrap, args.topic, {services.agent_id(n) for n in watched}, printer)
-        watch.start()
-        driver = Driver(cluster)
-        if args.plan:
-            rc = _run_plan(driver, services, watch, plan.expected_lifecycles(watched), args.ship_timeout, say)
-        else:
-            stop = threading.Event()
-            deadline = time.monotonic() + args.duration if args.duration else None
-            try:
-                run_mix(driver, stop, deadline, MIX_BULK, MIX_STALL)
-            except _Interrupted:
-                say("tcpscope-sim: interrupted, stopping")
-            services.stop_agents()
-            watch.catch_up(10)
-            if printer is not None:
-                printer.close()  # the rows still held (for their reset's cause, for time order)
-            made = ", ".join(f"{k}={v}" for k, v in sorted(driver.outcomes.items()))
-            say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
-            rc = 0
+            _say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
+        return bootstrap
+
+    def _say_metrics(self, replicas: int) -> None:
+        port = self.args.metrics_port
+        last = self.services.agent_metrics_port(len(self.plan.nodes))
+        _say(
+            f"tcpscope-sim: metrics at http://127.0.0.1:{port}/metrics (collector"
+            f"{'s: ports up to ' + str(port + replicas - 1) if replicas > 1 else ''}), "
+            f"ports {self.services.agent_metrics_port(1)}-{last} (agents)"
+        )
+
+    def watch_topic(self, bootstrap: str, show: frozenset[str]) -> TopicWatch:
+        """Start reading the topic back (the watched nodes' agents), with the live view unless --quiet or --plan."""
+        self.printer = None if (self.args.quiet or self.args.plan) else _live_printer(_say, show)
+        self.watch = TopicWatch(
+            bootstrap, self.args.topic, {self.services.agent_id(n) for n in self.watched}, self.printer
+        )
+        self.watch.start()
+        return self.watch
+
+    def traffic(self, watch: TopicWatch) -> int:
+        """--plan: run it, and 0 if it shipped exactly, else 1; without: the built-in mix (0)."""
+        driver = Driver(self.cluster)
+        if self.args.plan:
+            return _run_plan(
+                driver,
+                self.services,
+                watch,
+                self.plan.expected_lifecycles(self.watched),
+                self.args.ship_timeout,
+                _say,
+            )
+        return self._run_mix(driver, watch)
+
+    def _run_mix(self, driver: Driver, watch: TopicWatch) -> int:
+        """The built-in mix until --duration or Ctrl-C, then drain the agents and the live view."""
+        stop = threading.Event()
+        deadline = time.monotonic() + self.args.duration if self.args.duration else None
+        try:
+            run_mix(driver, stop, deadline, MIX_BULK, MIX_STALL)
+        except _Interrupted:
+            _say("tcpscope-sim: interrupted, stopping")
+        self.services.stop_agents()
+        watch.catch_up(10)
+        if self.printer is not None:
+            self.printer.close()  # the rows still held (for their reset's cause, for time order)
+        made = ", ".join(f"{k}={v}" for k, v in sorted(driver.outcomes.items()))
+        _say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
+        return 0
+
+    def report(self, watch: TopicWatch) -> None:
+        """The summary of what was read back, and the service map beside it."""
         events, losses, batches = watch.snapshot()
-        _print_summary(events, losses, batches, args.summary_format, say, list(watch.summaries))
-        map_path = args.service_map
-        if map_path is None and not args.plan:  # `make run`: the picture beside the summary
-            map_path = f"tcpscope-sim-{cluster.run_id}-map.svg"
+        _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
+        map_path = self.args.service_map
+        if map_path is None and not self.args.plan:  # `make run`: the picture beside the summary
+            map_path = f"tcpscope-sim-{self.cluster.run_id}-map.svg"
         if map_path:
-            _write_service_map(events, map_path, say)
-        if args.hold and args.plan:
-            say("tcpscope-sim: holding (collector up) until Ctrl-C")
-            try:
-                threading.Event().wait()
-            except _Interrupted:
-                say("tcpscope-sim: stopping")
-    except _Interrupted as e:
-        say(f"tcpscope-sim: interrupted ({e}), stopping")
-        rc = 130
-    except (TrafficError, RuntimeError, OSError) as e:
+            _write_service_map(events, map_path, _say)
+
+    def print_failure(self, e: BaseException) -> None:
+        """The error and the end of every log of the run, on stderr."""
         print(f"tcpscope-sim: {e}", file=sys.stderr)
-        for name in services.logs:
-            print(f"--- {name} (last lines) ---\n{services.tail_log(name, 1500)}", file=sys.stderr)
-        rc = 1
-    finally:
-        for s in old:
-            signal.signal(s, signal.SIG_IGN)  # a second Ctrl-C must not cut the cleanup short
-        if watch is not None:
-            watch.stop()
-        if printer is not None:
-            printer.close()
-        services.stop()
-        cluster.stop()
-        for s, h in old.items():
-            signal.signal(s, h)
-    return rc
+        for name in self.services.logs:
+            print(f"--- {name} (last lines) ---\n{self.services.tail_log(name, 1500)}", file=sys.stderr)
+
+    def stop(self) -> None:
+        """Stop the watch, flush the live view, stop the services, remove the cluster."""
+        if self.watch is not None:
+            self.watch.stop()
+        if self.printer is not None:
+            self.printer.close()
+        self.services.stop()
+        self.cluster.stop()
+
+
+def _hold() -> None:
+    """--hold: keep the collector (and its metrics) up until Ctrl-C."""
+    _say("tcpscope-sim: holding (collector up) until Ctrl-C")
+    try:
+        threading.Event().wait()
+    except _Interrupted:
+        _say("tcpscope-sim: stopping")
 
 
 def _run_plan(

@@ -554,92 +554,117 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        kind = RESOURCES[resource][0]
         try:
-            with store.cond:
-                initial: list[JsonObj] = []
-                if rv_param in ("", "0"):
-                    initial = [
-                        copy.deepcopy(o) for o in store.objects[resource].values() if _matches(o, sel, namespace)
-                    ]
-                    last = store.rv
-                elif not rv_param.isdigit() or int(rv_param) < store.compacted_rv:
-                    last = -1
-                else:
-                    last = int(rv_param)
-            if last < 0:
-                self._chunk(
-                    {
-                        "type": "ERROR",
-                        "object": status_object(410, "Expired", f"too old resource version: {rv_param} ({store.rv})"),
-                    }
-                )
+            start = self._watch_start(resource, namespace, sel, rv_param)
+            if start is None:
+                self._chunk(_expired_event(rv_param, store.rv))
                 self._end_chunks()
-                return
+                return  # ended cleanly (last chunk sent): the connection stays open for another request
+            initial, last = start
             for o in initial:
                 self._chunk({"type": "ADDED", "object": o})
-            next_bookmark = time.monotonic() + srv.owner.bookmark_interval
-            while not srv.stopping.is_set() and time.monotonic() < deadline:
-                with store.cond:
-                    if last < store.compacted_rv:
-                        # history compacted under a live watch: kube-apiserver ends it with 410
-                        out: list[JsonObj] = [
-                            {
-                                "type": "ERROR",
-                                "object": status_object(
-                                    410, "Expired", f"too old resource version: {last} ({store.rv})"
-                                ),
-                            }
-                        ]
-                        last = store.rv
-                        gone = True
-                    else:
-                        gone = False
-                        out = []
-                        for ch in store.history:
-                            if ch.rv <= last or ch.resource != resource:
-                                continue
-                            now_m = _matches(ch.obj, sel, namespace) if ch.type != "DELETED" else False
-                            was_m = _matches(ch.old, sel, namespace)
-                            if ch.type == "DELETED" and was_m:
-                                out.append({"type": "DELETED", "object": copy.deepcopy(ch.obj)})
-                            elif now_m and not was_m:
-                                out.append({"type": "ADDED", "object": copy.deepcopy(ch.obj)})
-                            elif now_m and was_m:
-                                out.append({"type": "MODIFIED", "object": copy.deepcopy(ch.obj)})
-                            elif was_m and not now_m:
-                                out.append({"type": "DELETED", "object": copy.deepcopy(ch.obj)})
-                        last = store.rv
-                        if not out:
-                            store.cond.wait(timeout=0.1)
-                for ev in out:
-                    self._chunk(ev)
-                if gone:
-                    break
-                if bookmarks and time.monotonic() >= next_bookmark:
-                    self._chunk(
-                        {
-                            "type": "BOOKMARK",
-                            "object": {
-                                "kind": kind,
-                                "apiVersion": "v1",
-                                "metadata": {
-                                    "resourceVersion": str(last),
-                                    "annotations": {"k8s.io/initial-events-end": "true"},
-                                },
-                            },
-                        }
-                    )
-                    next_bookmark = time.monotonic() + srv.owner.bookmark_interval
+            self._watch_stream(resource, namespace, sel, last, deadline, bookmarks)
             if not srv.stopping.is_set():
                 self._end_chunks()
         except OSError:
             pass  # the client went away or stop() shut the socket
         self.close_connection = True
 
+    def _watch_start(
+        self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]], rv_param: str
+    ) -> tuple[list[JsonObj], int] | None:
+        """(the objects to send as ADDED first, the version the watch starts after); None if rv_param is
+        older than the compaction point (or not a version). No resourceVersion (or "0"): every matching
+        object, from now."""
+        store = self.server.owner.store
+        with store.cond:
+            if rv_param in ("", "0"):
+                initial = [copy.deepcopy(o) for o in store.objects[resource].values() if _matches(o, sel, namespace)]
+                return initial, store.rv
+            if not rv_param.isdigit() or int(rv_param) < store.compacted_rv:
+                return None
+            return [], int(rv_param)
+
+    def _watch_stream(
+        self,
+        resource: str,
+        namespace: str | None,
+        sel: list[tuple[str, str, bool]],
+        last: int,
+        deadline: float,
+        bookmarks: bool,
+    ) -> None:
+        """Send the changes after version `last` as they happen, and a BOOKMARK every bookmark_interval if
+        asked, until the deadline, stop(), or a compaction past `last` (410, which ends the watch)."""
+        srv = self.server
+        kind = RESOURCES[resource][0]
+        next_bookmark = time.monotonic() + srv.owner.bookmark_interval
+        while not srv.stopping.is_set() and time.monotonic() < deadline:
+            out, last, gone = self._watch_changes(resource, namespace, sel, last)
+            for ev in out:
+                self._chunk(ev)
+            if gone:
+                break
+            if bookmarks and time.monotonic() >= next_bookmark:
+                self._chunk(_bookmark_event(kind, last))
+                next_bookmark = time.monotonic() + srv.owner.bookmark_interval
+
+    def _watch_changes(
+        self, resource: str, namespace: str | None, sel: list[tuple[str, str, bool]], last: int
+    ) -> tuple[list[JsonObj], int, bool]:
+        """(the events after version `last` as this watch sees them, the version they bring it to, gone):
+        waits up to 0.1 s when there are none; gone when history was compacted past `last`."""
+        store = self.server.owner.store
+        with store.cond:
+            if last < store.compacted_rv:
+                # history compacted under a live watch: kube-apiserver ends it with 410
+                return [_expired_event(last, store.rv)], store.rv, True
+            out: list[JsonObj] = []
+            for ch in store.history:
+                if ch.rv > last and ch.resource == resource and (ev := _watch_event(ch, sel, namespace)) is not None:
+                    out.append(ev)
+            last = store.rv
+            if not out:
+                store.cond.wait(timeout=0.1)
+            return out, last, False
+
     def _end_chunks(self) -> None:
         self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
+
+
+def _watch_event(ch: _Change, sel: list[tuple[str, str, bool]], namespace: str | None) -> JsonObj | None:
+    """The event a watch with this selector gets for a change: ADDED (the object starts matching),
+    MODIFIED (still matches), DELETED (deleted, or stops matching), or None (it never matched)."""
+    now_m = _matches(ch.obj, sel, namespace) if ch.type != "DELETED" else False
+    was_m = _matches(ch.old, sel, namespace)
+    if now_m:
+        etype = "MODIFIED" if was_m else "ADDED"
+    elif was_m:
+        etype = "DELETED"
+    else:
+        return None
+    return {"type": etype, "object": copy.deepcopy(ch.obj)}
+
+
+def _expired_event(version: object, current: int) -> JsonObj:
+    """The ERROR event carrying 410 Gone that ends a watch from a version older than the compaction point."""
+    return {
+        "type": "ERROR",
+        "object": status_object(410, "Expired", f"too old resource version: {version} ({current})"),
+    }
+
+
+def _bookmark_event(kind: str, rv: int) -> JsonObj:
+    """A BOOKMARK: the watch has seen everything up to rv."""
+    return {
+        "type": "BOOKMARK",
+        "object": {
+            "kind": kind,
+            "apiVersion": "v1",
+            "metadata": {"resourceVersion": str(rv), "annotations": {"k8s.io/initial-events-end": "true"}},
+        },
+    }
 
 
 def status_object(code: int, reason: str, message: str) -> JsonObj:
