@@ -24,6 +24,8 @@ trap 'rm -rf "$top/home"; rmdir "$top/repo" "$top"' EXIT
 chmod 755 "$top"
 mkdir "$top/repo" "$top/home"
 chown 65534:65534 "$top/home"
+# PYTHONPATH: the editable installs point into the checkout's real path, which this uid cannot read;
+# the tests' own subprocesses (python -m scripts.broker, ...) find the packages through the view.
 # shellcheck disable=SC2016  # expanded by the inner shell
 unshare --mount --propagation private /bin/sh -c '
   set -e
@@ -31,4 +33,5 @@ unshare --mount --propagation private /bin/sh -c '
   cd "$2"
   shift 2
   exec setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all "$@"
-' sh "$PWD" "$top/repo" env HOME="$top/home" PYTHONDONTWRITEBYTECODE=1 "$VENV/bin/python" -m pytest "${args[@]}"
+' sh "$PWD" "$top/repo" env HOME="$top/home" PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$top/repo:$top/repo/sim" \
+  "$VENV/bin/python" -m pytest "${args[@]}"
