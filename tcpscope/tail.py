@@ -194,8 +194,8 @@ def _reads_everything(o: TailOptions) -> bool:
 
 def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err: TextIO) -> int:
     """`--summary`: read the topic (to its end now with --from-beginning and no --duration, else
-    until --duration or Ctrl-C, printing every --every seconds without --duration) and print the
-    per-pair summary (tcpscope/summary.py)."""
+    until --duration, --until or Ctrl-C, printing every --every seconds without --duration) and
+    print the per-pair summary (tcpscope/summary.py)."""
     keep_all = EventFilter.from_options(o)
     keep = EventFilter(None, None, keep_all.kinds, keep_all.query)  # namespace/pod select pairs, not events
     report = summary_mode.Report(summary_mode.Summarizer(by=s.by))
@@ -216,7 +216,8 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
     # no dedup window in the reader: the report counts the repeats (and conflicts) it drops
     with consume.Reader(o.source()) as reader:
         try:
-            for d in reader.records(consume.Stop(o.duration, at_end=once), on_idle=every, on_undecodable=bad_record):
+            stop = consume.Stop(o.duration, at_end=once, until_ns=o.query.until_ns)
+            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record):
                 report.take(d, keep)
         except KeyboardInterrupt:
             pass
@@ -227,7 +228,7 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
 
 def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, err: TextIO) -> int:
     """`--connection`: read (to the topic's end with --from-beginning and no --duration, else until
-    --duration or Ctrl-C), then print the connection's events from both ends in time order."""
+    --duration, --until or Ctrl-C), then print the connection's events from both ends in time order."""
     events: list[TcpEvent] = []
     batches: list[tuple[str, EventBatch]] = []
 
@@ -240,7 +241,7 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
     with consume.Reader(o.source(), dedup_window=LIVE_DEDUP_WINDOW) as reader:
         try:
             for d in reader.records(
-                consume.Stop(o.duration, at_end=_reads_everything(o)),
+                consume.Stop(o.duration, at_end=_reads_everything(o), until_ns=o.query.until_ns),
                 on_undecodable=lambda p, off, e: None,  # a foreign record must not stop the timeline
                 on_conflict=conflict,
             ):

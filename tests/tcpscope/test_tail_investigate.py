@@ -5,6 +5,7 @@ and timestamp -1)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -127,6 +128,18 @@ def test_since_until_and_filters_against_a_broker(kafka_broker: Broker) -> None:
         "5051",
     )
     assert hit.stdout.splitlines() == [render.json_line(refused)]
+    # --summary and --connection end at --until too (before, they read on until --duration or Ctrl-C)
+    t0 = time.monotonic()
+    summary = _tail(kafka_broker, "--summary", "--since", "15m", "--until", "10s")
+    assert summary.returncode == 0, summary.stderr
+    assert time.monotonic() - t0 < 15
+    pairs = {p["server"]["name"]: p for p in json.loads(summary.stdout)["pairs"]}
+    assert {name: p["connections"] for name, p in pairs.items()} == {"127.0.0.2": 2, "checkout-1": 1}  # not old
+    spec = f"{mid.local.ip}:{mid.local.port}-{mid.remote.ip}:{mid.remote.port}"
+    one = _tail(kafka_broker, "--connection", spec, "--since", "15m", "--until", "10s")
+    assert one.returncode == 0, one.stderr
+    assert time.monotonic() - t0 < 30
+    assert f":{mid.local.port}" in one.stdout and f":{old.local.port}" not in one.stdout
     bad = _tail(kafka_broker, "--since", "yesterday")
     assert bad.returncode == 2 and "neither a duration" in bad.stderr
 
