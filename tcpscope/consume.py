@@ -88,7 +88,9 @@ class Stop:
     """When `Reader.records` ends: whichever comes first; none set, never (or when cancelled)."""
 
     duration_s: float | None = None  # seconds after `records` was called (--duration)
-    at_end: bool = False  # the end of every partition as it was when `records` was called (checked after each poll)
+    at_end: bool = False
+    """The end of every partition as it was when `records` was called (checked after each poll); with a
+    group, as it was after the first poll that brought the group's assignment."""
     until_ns: int | None = None
     """--until (not with a group): in the future, when the wall clock passes it plus TIME_SLACK_MS;
     in the past, once every partition is read past the records that can hold events up to it."""
@@ -215,7 +217,8 @@ class Reader:
             else:
                 tps = sorted(self._consumer.assignment(), key=lambda tp: tp.partition)
                 until_offsets = stop_offsets(self._consumer, tps, until)
-        return deadline, until_offsets, self.end_offsets() if stop.at_end else None
+        # a group's partitions come with its first poll: its end is taken then (in _read)
+        return deadline, until_offsets, self.end_offsets() if stop.at_end and self._consumer.assignment() else None
 
     def records(
         self,
@@ -230,14 +233,18 @@ class Reader:
         packed record yields each of its events in order. `on_idle` runs after every poll, records
         or not (for work due on a timer, in the reading thread). A record that does not decode goes
         to `on_undecodable(partition, offset, error)`; without one, the error is raised."""
-        deadline, until_offsets, end_offsets = self._range(stop or Stop())
-        return self._read(deadline, until_offsets, end_offsets, poll_ms, on_idle, on_undecodable, on_conflict)
+        stop = stop or Stop()
+        deadline, until_offsets, end_offsets = self._range(stop)
+        return self._read(
+            deadline, until_offsets, end_offsets, stop.at_end, poll_ms, on_idle, on_undecodable, on_conflict
+        )
 
     def _read(
         self,
         deadline: float | None,
         until_offsets: Mapping[Any, int] | None,
         end_offsets: Mapping[Any, int] | None,
+        at_end: bool,
         poll_ms: int,
         on_idle: Callable[[], None] | None,
         on_undecodable: Callable[[int, int, Exception], None] | None,
@@ -262,8 +269,10 @@ class Reader:
                             yield d
             if on_idle is not None:
                 on_idle()
+            if at_end and end_offsets is None and self._consumer.assignment():
+                end_offsets = self.end_offsets()  # a group's partitions, assigned by that poll
             if end_offsets is not None and self.reached(end_offsets):
-                return  # after a poll, so there is always one (a group's assignment comes with it)
+                return  # after a poll, so there is always one
 
     def _new(self, d: Decoded, on_conflict: Callable[[Decoded], None] | None) -> bool:
         """False for a repeat the dedup window drops."""

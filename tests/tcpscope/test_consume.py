@@ -42,6 +42,7 @@ class FakeConsumer:
     positions: dict[TopicPartition, int] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
     closed: bool = False
+    subscribed: bool = False  # a group: its first poll assigns every partition
 
     def add(self, partition: int, headers: list[tuple[str, bytes]], value: bytes | None) -> None:
         log = self.logs.setdefault(partition, [])
@@ -55,6 +56,7 @@ class FakeConsumer:
 
     def subscribe(self, topics: list[str]) -> None:
         self.calls.append(f"subscribe {topics}")
+        self.subscribed = True
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.positions = dict.fromkeys(partitions, -1)
@@ -85,6 +87,10 @@ class FakeConsumer:
         return dict.fromkeys(want)  # a broker with no record that recent
 
     def poll(self, timeout_ms: int) -> dict[TopicPartition, list[Rec]]:
+        if self.subscribed and not self.positions:  # a group's first poll: the rebalance, no records
+            self.positions = {TopicPartition(TOPIC, p): 0 for p in self.logs}  # earliest (no commits)
+            self.clock[0] += timeout_ms / 1000
+            return {}
         out: dict[TopicPartition, list[Rec]] = {}
         for tp, pos in self.positions.items():
             got = self.logs[tp.partition][pos : pos + self.per_poll]
@@ -183,6 +189,22 @@ def test_the_end_is_where_it_was_when_the_read_began() -> None:
         assert _ids(records) == [(RECORD_EVENT, "a", 1, 0), (RECORD_SUMMARY, "a", 1, -1)]
     with _reader(FakeConsumer({0: []}, [0.0])) as r:  # an empty topic: one poll, then the end
         assert list(r.records(consume.Stop(at_end=True))) == []
+
+
+def test_a_group_reads_to_the_end_its_first_poll_assigned() -> None:
+    """A group learns its partitions in its first poll (which returns no records): the end is taken
+    then, not before (an empty assignment would end the read after that one poll)."""
+    k = FakeConsumer({0: [], 1: []}, [0.0])
+    _publish(k, 0, _batch("a", 1, 0, 3))
+    _publish(k, 1, _batch("b", 1, 10, 2))
+    group = consume.Source(("k:9092",), TOPIC, from_beginning=True, group="g")
+    with _reader(k, source=group) as r:
+        got = _ids(r.records(consume.Stop(at_end=True)))
+    assert sorted(got) == sorted(
+        [(RECORD_EVENT, "a", 1, i) for i in range(3)]
+        + [(RECORD_EVENT, "b", 1, i) for i in range(2)]
+        + [(RECORD_SUMMARY, "a", 1, -1), (RECORD_SUMMARY, "b", 1, -1)]
+    )
 
 
 def test_no_dedup_window_hands_every_copy_over() -> None:

@@ -322,6 +322,12 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
     out = capsys.readouterr().out.splitlines()
     assert [line.split()[:2] for line in out[1:-1]] == [["shop/web-1", "data/db-1:5433"]]
     assert out[-1].startswith("# 1 pairs from 5 events in 2 batches; LOST 2 events")
+    # in a consumer group too: its partitions come with the first poll, the end is taken then
+    # (it used to end after that one poll, with nothing read)
+    group = ["--summary", "--format", "json", "--from-beginning", "--group", f"g-{os.getpid()}"]
+    assert tail.main(["--kafka-bootstrap", kafka_broker.bootstrap, "--topic", topic, *group]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["batches"], doc["events"], doc["duplicates"]) == (2, 5, 4)
 
 
 def flow(
