@@ -65,24 +65,36 @@ def build_enrichers(
 
     pods = PodIndex(config.label_allowlist, ttl=config.pod_cache_ttl)
     reflector = Reflector(api, "pods", pods, field_selector=f"spec.nodeName={config.node_name}").start()
-    local = LocalEnricher(
-        cgroups,
-        pods,
-        config.node_name,
-        pods_synced=reflector.synced.is_set,
-        pending_max_wait=config.pending_max_wait,
-        extra_stats=lambda: reflector.stats("local.watch.pods"),
-        on_close=reflector.close,
-    )
-    enrichers: list[Enricher] = [local]
     resolver: RemoteResolver | None = None
-    if config.resolve_remote:
-        resolver = RemoteResolver(api, config.label_allowlist, ttl=max(config.pod_cache_ttl, 60.0)).start()
-        enrichers.append(RemoteEnricher(resolver, config.node_name))
-    if initial_sync_timeout > 0:
-        ok = reflector.synced.wait(initial_sync_timeout)
+    try:
+        local = LocalEnricher(
+            cgroups,
+            pods,
+            config.node_name,
+            pods_synced=reflector.synced.is_set,
+            pending_max_wait=config.pending_max_wait,
+            extra_stats=lambda: reflector.stats("local.watch.pods"),
+            on_close=reflector.close,
+        )
+        enrichers: list[Enricher] = [local]
+        if config.resolve_remote:
+            resolver = RemoteResolver(api, config.label_allowlist, ttl=max(config.pod_cache_ttl, 60.0)).start()
+            enrichers.append(RemoteEnricher(resolver, config.node_name))
+        _wait_synced(reflector, resolver, initial_sync_timeout)
+    except BaseException:  # a failure or Ctrl-C half-way: no watch thread outlives the call
         if resolver is not None:
-            ok = resolver.wait_synced(initial_sync_timeout) and ok
-        if not ok:
-            log.warning("kubernetes API not reachable yet; events flow without pod fields until it is")
+            resolver.close()
+        reflector.close()
+        raise
     return enrichers
+
+
+def _wait_synced(reflector: Reflector, resolver: RemoteResolver | None, timeout: float) -> None:
+    """Up to `timeout` s for the first lists, so the first events resolve; not reachable is no error."""
+    if timeout <= 0:
+        return
+    ok = reflector.synced.wait(timeout)
+    if resolver is not None:
+        ok = resolver.wait_synced(timeout) and ok
+    if not ok:
+        log.warning("kubernetes API not reachable yet; events flow without pod fields until it is")

@@ -4,8 +4,11 @@ its counters reach the agent's metrics."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from agent.config import AgentConfig
 from agent.enrich import build_enrichers
@@ -62,3 +65,21 @@ def test_listener_pod_range_and_external_remote_ends(fakeapi: FakeApiServer, kub
     finally:
         local.close()
         remote.close()
+
+
+def test_a_failure_half_way_leaves_no_watch_running(
+    fakeapi: FakeApiServer, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod watch and the remote resolver's three watches have started when the remote stage's
+    construction fails: build_enrichers stops them all before it raises."""
+    import agent.enrich
+
+    def broken(*a: object, **kw: object) -> RemoteEnricher:
+        raise RuntimeError("remote stage broken")
+
+    before = {t for t in threading.enumerate() if t.name.startswith("reflector-")}
+    monkeypatch.setattr(agent.enrich, "RemoteEnricher", broken)
+    with pytest.raises(RuntimeError, match="remote stage broken"):
+        build_enrichers(AgentConfig(kubeconfig=str(kubeconfig), node_name="node-x", resolve_remote=True))
+    leaked = [t.name for t in threading.enumerate() if t.name.startswith("reflector-") and t not in before]
+    assert leaked == []
