@@ -179,7 +179,12 @@ def _run(args: argparse.Namespace, plan: Plan, show: frozenset[str], watched: tu
     """Build, run, report; exit 0, or 1 (a plan not shipped exactly, a failure), 130 (interrupted). Whatever
     was started is stopped on every path, with SIGINT/SIGTERM ignored meanwhile."""
     old = {s: signal.signal(s, _raise_interrupted) for s in (signal.SIGINT, signal.SIGTERM)}
-    run = _SimRun(args, plan, watched)
+    try:
+        run = _SimRun(args, plan, watched)
+    except BaseException:  # nothing started yet: only the handlers to put back
+        for s, h in old.items():
+            signal.signal(s, h)
+        raise
     try:
         bootstrap = run.start()
         watch = run.watch_topic(bootstrap, show)
