@@ -400,10 +400,7 @@ def run(
 def _run_tail(args: list[str], env: Mapping[str, str]) -> int:
     from tcpscope import tail
 
-    o = tail.parse_args(args, env=dict(env))
-    if o.summary is not None:
-        return tail.run_summary(o, o.summary, sys.stdout, sys.stderr)
-    return tail.run(o, sys.stdout, sys.stderr)
+    return tail.run_options(tail.parse_args(args, env=dict(env)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

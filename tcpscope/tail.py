@@ -386,9 +386,14 @@ def query_from_args(a: argparse.Namespace, now_ns: int) -> Query:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    return run_options(parse_args(argv))
+
+
+def run_options(o: TailOptions) -> int:
+    """The mode the options ask for (--summary, --connection, else the live events) on stdout, with
+    the exit codes and one-line errors of tcpscope-tail (kubectl-tcpscope runs it the same way)."""
     from kafka.errors import KafkaError
 
-    o = parse_args(argv)
     try:
         if o.summary is not None:
             return run_summary(o, o.summary, sys.stdout, sys.stderr)

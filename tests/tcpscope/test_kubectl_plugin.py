@@ -177,6 +177,18 @@ def test_kubectl_tcpscope_tails_the_release_kafka(api: tuple[FakeApiServer, Path
     )
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines() == [render.json_line(e) for e in events]
+    # every mode of the tail: one connection's timeline too
+    ev = events[1]
+    spec = f"{ev.local.ip}:{ev.local.port}-{ev.remote.ip}:{ev.remote.port}"
+    argv = ["--kubeconfig", str(kubeconfig), "tail", "--from-beginning", "--connection", spec]
+    one = subprocess.run(
+        [str(VENV_BIN / "kubectl-tcpscope"), *argv],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert one.returncode == 0, one.stderr
+    assert f":{ev.local.port}" in one.stdout and f":{events[0].local.port}" not in one.stdout
 
 
 def test_in_cluster_pod_carries_only_the_collector_kafka_settings(api: tuple[FakeApiServer, Path]) -> None:
