@@ -13,4 +13,6 @@ site=$(echo "$venv"/lib/python3*/site-packages)
   frozenlist multidict propcache yarl attrs
 rm -rf "$site/kubernetes/aio"
 "$venv/bin/python" -m pip uninstall -q -y setuptools wheel pip
-"$venv/bin/python" -c "import kubernetes.client, kubernetes.watch, kubernetes.config, grpc, kafka, collector, tcpscope.kube, tcpscope.v1.events_pb2"
+"$venv/bin/python" -c "import kubernetes.client, kubernetes.watch, kubernetes.config, grpc, kafka, tcpscope.kube, tcpscope.v1.events_pb2"
+# and the image's own process (each image holds one of them: the package graph keeps them apart)
+"$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('agent') or u.find_spec('collector')))"

@@ -393,13 +393,15 @@ def test_the_agent_container_gets_exactly_the_rendered_privileges(
 @pytest.mark.parametrize(("image", "agent"), [(AGENT_IMAGE, True), (COLLECTOR_IMAGE, False)])
 def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Path], image: str, agent: bool) -> None:
     """The simulator and the API server stand-in are their own distribution (sim/): never shipped. The
-    collector needs nothing of the agent (the package graph: lint-imports), so its image has none."""
+    collector needs nothing of the agent and the agent nothing of the collector (the package graph:
+    lint-imports), so each image holds its own process only."""
     python = "/opt/tcpscope/venv/bin/python"
     check = (
         "import importlib.util as u, importlib.metadata as m\n"
         "print(sorted({d.metadata['Name'] for d in m.distributions() if d.metadata['Name'].startswith('tcpscope')}))\n"
         "print(u.find_spec('tcpscope_sim'), u.find_spec('tcpscope.fakeapi'), u.find_spec('tcpscope.sim'))\n"
-        "print(u.find_spec('tcpscope.kafka_layout') is not None, u.find_spec('agent') is not None)"
+        "print(u.find_spec('tcpscope.kafka_layout') is not None, u.find_spec('agent') is not None,"
+        " u.find_spec('collector') is not None)"
     )
     res = subprocess.run(
         [
@@ -420,4 +422,4 @@ def test_the_images_hold_the_product_and_not_the_simulator(seccomp: dict[str, Pa
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.splitlines() == ["['tcpscope']", "None None None", f"True {agent}"]
+    assert res.stdout.splitlines() == ["['tcpscope']", "None None None", f"True {agent} {not agent}"]

@@ -114,6 +114,7 @@ def test_agent_copies_what_the_agent_reads_at_run_time() -> None:
     }
     # the agent compiles bpf/*.c at start-up (agent/kernel/probe.py BPF_DIR = <source root>/bpf)
     assert {"bpf", "agent", "tcpscope", "proto", "scripts", "pyproject.toml", "README.md"} <= copied
+    assert "collector" not in copied  # the agent imports agent and tcpscope only (lint-imports)
     probe = importlib.import_module("agent.kernel.probe")
     assert Path(probe.BPF_DIR) == ROOT / "bpf"
 
