@@ -22,7 +22,7 @@ from tcpscope_sim.fakeapi import FakeApiServer
 from tests.support.kernel import require_root
 from tests.support.traffic import free_port
 
-# the threads build_agent may start before the programs are loaded (agent/metrics.py, agent/enrich/kube.py)
+# the threads build_agent may start before the programs are loaded (agent/metrics.py, tcpscope/kube/watch.py)
 STARTED = ("metrics-http", "reflector-")
 
 
