@@ -7,17 +7,14 @@ them back with `value()`.
 from __future__ import annotations
 
 import re
-import socket
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any, Protocol
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
+
+from tcpscope.httpserve import Health, HttpServer
 
 GAUGE_STATS = frozenset(
     {
@@ -43,14 +40,6 @@ def stat_metric_name(prefix: str, key: str) -> str:
     """`local.pod_hits` -> `<prefix>_local_pod_hits_total`; gauges keep no `_total`."""
     base = f"{prefix}_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"
     return base if stat_is_gauge(key) else f"{base}_total"
-
-
-class Health(Protocol):
-    """What /healthz and /readyz report: (ok, why) each (agent/health.py)."""
-
-    def live(self) -> tuple[bool, str]: ...
-
-    def ready(self) -> tuple[bool, str]: ...
 
 
 class Snapshot:
@@ -100,7 +89,7 @@ class AgentMetrics:
     """Events in/out, batches, drops by reason, buffer fill, upstream (kernel/enrichment) losses."""
 
     def __init__(self) -> None:
-        self._servers: list[tuple[WSGIServer, threading.Thread]] = []
+        self._servers: list[HttpServer] = []
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.events_in = Counter("tcpscope_agent_events_in_total", "events handed to the exporter", registry=r)
@@ -162,34 +151,9 @@ class AgentMetrics:
     def serve(self, port: int, addr: str = "127.0.0.1", health: Health | None = None) -> None:
         """Serve /metrics, and /healthz (live) and /readyz (ready) when health is given, on addr:port
         from a daemon thread until close(). Raises OSError when the port cannot be bound."""
-        metrics_app = make_wsgi_app(self.registry)
-
-        def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
-            path = environ.get("PATH_INFO", "")
-            if health is not None and path in ("/healthz", "/readyz"):
-                ok, why = health.live() if path == "/healthz" else health.ready()
-                start_response(
-                    "200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")]
-                )
-                return [f"{'ok' if ok else 'not ok'}: {why}\n".encode()]
-            return metrics_app(environ, start_response)  # type: ignore[no-any-return]
-
-        class Quiet(WSGIRequestHandler):
-            def log_message(self, format: str, *args: Any) -> None:  # probes every few seconds: no log
-                pass
-
-        class Server(ThreadingWSGIServer):
-            address_family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-
-        httpd = make_server(addr.strip("[]"), port, app, Server, handler_class=Quiet)
-        thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-        thread.start()
-        self._servers.append((httpd, thread))
+        self._servers.append(HttpServer(self.registry, port, addr, health))
 
     def close(self) -> None:
         """Stop serving and free the port (an agent that fails to start must not leave it bound)."""
         while self._servers:
-            httpd, thread = self._servers.pop()
-            httpd.shutdown()
-            httpd.server_close()
-            thread.join()
+            self._servers.pop().close()

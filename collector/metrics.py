@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from tcpscope.httpserve import Health, HttpServer
 
 
 class CollectorMetrics:
@@ -10,6 +12,7 @@ class CollectorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._servers: list[HttpServer] = []
         r = self.registry
         self.streams_active = Gauge("tcpscope_collector_streams_active", "open agent streams", registry=r)
         self.streams_ended = Counter(
@@ -78,5 +81,11 @@ class CollectorMetrics:
         v = self.registry.get_sample_value(name, labels)
         return 0.0 if v is None else v
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+    def serve(self, port: int, addr: str = "0.0.0.0", health: Health | None = None) -> None:
+        """/metrics, and /healthz and /readyz when health is given (the readiness probe with TLS on,
+        where the kubelet's gRPC probe cannot connect), until close(). OSError: the port is taken."""
+        self._servers.append(HttpServer(self.registry, port, addr, health))
+
+    def close(self) -> None:
+        while self._servers:
+            self._servers.pop().close()

@@ -147,7 +147,7 @@ class CollectorServer:
         )
         if cfg.metrics_port:  # first: a taken port fails at once, before Kafka is dialled
             try:
-                self.metrics.serve(cfg.metrics_port, cfg.metrics_address)
+                self.metrics.serve(cfg.metrics_port, cfg.metrics_address, health=self)
             except OSError as e:
                 raise StartupError(
                     f"--metrics-port {cfg.metrics_port} on {cfg.metrics_address}: {e.strerror or e}"
@@ -292,6 +292,14 @@ class CollectorServer:
         if self._server is not None:
             await self._server.wait_for_termination()
 
+    def live(self) -> tuple[bool, str]:
+        """/healthz: the process answers (Kafka down is no reason to restart it)."""
+        return True, "running"
+
+    def ready(self) -> tuple[bool, str]:
+        """/readyz: what gRPC health says (SERVING while Kafka answers and the last publish did not fail)."""
+        return (True, "Kafka answers") if self.serving else (False, "Kafka cannot be published to (or not checked yet)")
+
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, let open streams finish for `grace` seconds, close the producer."""
         if self._watch is not None:
@@ -312,3 +320,4 @@ class CollectorServer:
         if self._enricher is not None:
             self._enricher.close()
         self._probe_pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.close()

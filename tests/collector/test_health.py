@@ -1,10 +1,12 @@
-"""gRPC health follows Kafka: NOT_SERVING while the broker is down, SERVING again
+"""gRPC health (and /readyz on the metrics port) follows Kafka: NOT_SERVING while the broker is down, SERVING again
 by itself once it is back, and the outage costs no event and logs no traceback."""
 
 from __future__ import annotations
 
 import logging
 import time
+import urllib.error
+import urllib.request
 
 import grpc
 import pytest
@@ -14,7 +16,7 @@ from collector.metrics import CollectorMetrics
 from collector.service import SERVICE_NAME
 from tests.support.collector import collector
 from tests.support.events import make_event
-from tests.support.kafka import Broker, consume_all
+from tests.support.kafka import Broker, consume_all, free_port
 from tests.support.streaming import collector_cfg, decode_all, make_exporter, wait_until
 
 TOPIC = "events"
@@ -35,13 +37,20 @@ def kafka_errors(metrics: CollectorMetrics) -> float:
 def test_health_follows_kafka_and_recovers_by_itself(kafka_broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING)
     kafka_broker.create_topic(TOPIC)
-    cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, kafka_delivery_timeout_ms=4000)
+    port = free_port()
+    cfg = collector_cfg(
+        kafka_broker.bootstrap, TOPIC, kafka_delivery_timeout_ms=4000, metrics_port=port, metrics_address="127.0.0.1"
+    )
     events = [make_event(i) for i in range(400)]
     with collector(cfg) as col, grpc.insecure_channel(col.target) as ch:
         stub = health_pb2_grpc.HealthStub(ch)
 
         def status(service: str = SERVICE_NAME) -> int:
-            return int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+            grpc_status = int(stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status)
+            # /readyz on the metrics port (the chart's probe with TLS on) says the same, over HTTP
+            assert readyz(port) == (200 if grpc_status == SERVING else 503)
+            assert readyz(port, "/healthz") == 200  # Kafka down is no reason to restart
+            return grpc_status
 
         assert status() == SERVING and status("") == SERVING
         exp = make_exporter(col.target, batch=20, buffer=5000)
@@ -73,6 +82,15 @@ def test_health_follows_kafka_and_recovers_by_itself(kafka_broker: Broker, caplo
     assert not [r for r in ours if r.exc_info], "a traceback was logged"
     publish_failures = [r for r in ours if "Kafka publish of batch" in r.getMessage()]
     assert 1 <= len(publish_failures) <= 2, [r.getMessage() for r in publish_failures]
+
+
+def readyz(port: int, path: str = "/readyz") -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as e:
+        with e:
+            return int(e.code)
 
 
 def test_a_topic_the_broker_creates_on_first_use_is_serving(kafka_broker: Broker) -> None:

@@ -1,5 +1,5 @@
 """The chart binds what the bare commands keep on loopback, and probes what the processes report:
-agent /healthz and /readyz, collector gRPC health."""
+agent /healthz and /readyz, collector gRPC health (or its /readyz with TLS on)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,11 @@ def test_collector_listens_on_the_pod_address_and_is_ready_by_grpc_health() -> N
     assert col["livenessProbe"]["tcpSocket"] == {"port": "grpc"}  # Kafka down is no reason to restart
 
 
-def test_collector_with_tls_checks_the_port_only() -> None:
+def test_collector_with_tls_is_ready_by_its_http_readyz() -> None:
+    """The kubelet's gRPC probe speaks no TLS: the same health, over plain HTTP on the metrics port."""
     col = _container(merge(KAFKA, TLS), "Deployment")
-    assert col["readinessProbe"]["tcpSocket"] == {"port": "grpc"} and "grpc" not in col["readinessProbe"]
+    assert col["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert "grpc" not in col["readinessProbe"] and "tcpSocket" not in col["readinessProbe"]
+    # without a metrics server, only the port can be checked
+    bare = _container(merge(KAFKA, TLS, {"collector": {"metrics": {"enabled": False}}}), "Deployment")
+    assert bare["readinessProbe"]["tcpSocket"] == {"port": "grpc"}
