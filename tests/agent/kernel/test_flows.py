@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +14,16 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
-from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, NORMAL, PASSIVE, RESET_RECEIVED, RESET_SENT, TcpEvent
+from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    AGGREGATE,
+    NORMAL,
+    PASSIVE,
+    RESET_RECEIVED,
+    RESET_SENT,
+    SENT,
+    TcpEvent,
+)
 from tests.support import conncount, traffic
 from tests.support.kernel import Harness, kernel_harness, kind, on_port
 
@@ -105,10 +113,22 @@ def test_mixed_load_flows_sum_exactly_and_every_anomaly_stays_individual(exe: Pa
 
     assert (made.completed, made.failed, made.bytes_read) == (n, 0, n * resp)
     assert {k: v for k, v in losses.items() if v and k != "kernel.recursion_misses"} == {}
+    # The kernel may skip a program run while another of ours runs on that CPU (counted:
+    # kernel.recursion_misses, the summary's kernel_skipped_runs); under this load it happens now and
+    # then, and one skipped run can cost one connection (or one anomaly its details). So each count
+    # below is exact when nothing was skipped, and otherwise short by no more than the runs the kernel
+    # reported skipping, never over.
+    skipped = losses.get("kernel.recursion_misses", 0)
+
+    def exactly(got: int, want: int, what: str) -> None:
+        assert want - skipped <= got <= want, f"{what}: {got} of {want} ({skipped} program runs skipped)"
+
     load = on_port(ports["load"])
-    # each side of the load accounts for every connection exactly, bytes included
-    assert side_totals(h, ports["load"], ACTIVE) == (n, n * req, n * resp)
-    assert side_totals(h, ports["load"], PASSIVE) == (n, n * resp, n * req)
+    # each side of the load accounts for every connection, bytes included
+    for role, each_tx, each_rx in ((ACTIVE, req, resp), (PASSIVE, resp, req)):
+        conns, tx, rx = side_totals(h, ports["load"], role)
+        exactly(conns, n, f"load connections, role {role}")
+        assert (tx, rx) == (conns * each_tx, conns * each_rx)
     # what was not aggregated is an anomaly (e.g. a SYN retransmitted under load), never an ordinary one
     assert not [e for r in (ACTIVE, PASSIVE) for e in lifecycles(h, load, r) if is_ordinary(e)]
     # most were aggregated, into a handful of flow records (one per key and flush), not one per connection
@@ -129,24 +149,39 @@ def test_mixed_load_flows_sum_exactly_and_every_anomaly_stays_individual(exe: Pa
             assert f.local.port in server_ports and f.remote.port == 0
 
     # every anomaly is individual, with its details, and none of them is in a flow
+
+    def each(events: list[TcpEvent], right: Callable[[TcpEvent], bool], want: int, what: str) -> None:
+        good = sum(1 for e in events if right(e))
+        exactly(good, want, what)
+        assert len(events) - good <= skipped, f"{what}: {len(events) - good} wrong ({skipped} runs skipped)"
+
     for name in ("client-rst", "server-rst", "refused"):
-        assert not [e for e in h.seen if kind(e) == "flow" and on_port(ports[name])(e)], name
-    crst = on_port(ports["client-rst"])
-    assert Counter(e.lifecycle.ending for e in lifecycles(h, crst, ACTIVE)) == {RESET_SENT: counts["client-rst"]}
-    assert Counter(e.lifecycle.ending for e in lifecycles(h, crst, PASSIVE)) == {RESET_RECEIVED: counts["client-rst"]}
-    srst = on_port(ports["server-rst"])
-    assert Counter(e.lifecycle.ending for e in lifecycles(h, srst, PASSIVE)) == {RESET_SENT: counts["server-rst"]}
-    assert Counter(e.lifecycle.ending for e in lifecycles(h, srst, ACTIVE)) == {RESET_RECEIVED: counts["server-rst"]}
-    sent = [e for e in h.seen if kind(e) == "reset" and e.reset.direction == 1]
-    assert len([e for e in sent if crst(e)]) == counts["client-rst"]
-    assert len([e for e in sent if srst(e)]) == counts["server-rst"]
+        stray = sum(e.flow.connections for e in h.seen if kind(e) == "flow" and on_port(ports[name])(e))
+        assert stray <= skipped, f"{name}: {stray} connections in a flow"
+
+    def sent_rst(e: TcpEvent) -> bool:
+        return e.lifecycle.ending == RESET_SENT
+
+    def got_rst(e: TcpEvent) -> bool:
+        return e.lifecycle.ending == RESET_RECEIVED
+
+    crst, srst = on_port(ports["client-rst"]), on_port(ports["server-rst"])
+    each(lifecycles(h, crst, ACTIVE), sent_rst, counts["client-rst"], "client-rst clients")
+    each(lifecycles(h, crst, PASSIVE), got_rst, counts["client-rst"], "client-rst servers")
+    each(lifecycles(h, srst, PASSIVE), sent_rst, counts["server-rst"], "server-rst servers")
+    each(lifecycles(h, srst, ACTIVE), got_rst, counts["server-rst"], "server-rst clients")
+    sent = [e for e in h.seen if kind(e) == "reset" and e.reset.direction == SENT]
+    exactly(len([e for e in sent if crst(e)]), counts["client-rst"], "resets sent by clients")
+    exactly(len([e for e in sent if srst(e)]), counts["server-rst"], "resets sent by servers")
     refused = lifecycles(h, on_port(ports["refused"]), ACTIVE)
-    assert [e.lifecycle.errno for e in refused] == [111] * counts["refused"]
+    each(refused, lambda e: e.lifecycle.errno == 111, counts["refused"], "refused")
     rtx = on_port(ports["rtx"])
-    assert [e.lifecycle.retransmits for e in lifecycles(h, rtx, ACTIVE)] == [1] * counts["rtx"]
-    assert len([e for e in h.seen if kind(e) == "retransmit" and rtx(e)]) == counts["rtx"]
+    each(lifecycles(h, rtx, ACTIVE), lambda e: e.lifecycle.retransmits == 1, counts["rtx"], "SYN retransmitted")
+    exactly(len([e for e in h.seen if kind(e) == "retransmit" and rtx(e)]), counts["rtx"], "retransmit events")
     # the servers of those saw nothing unusual: aggregated, and still counted exactly
-    assert side_totals(h, ports["rtx"], PASSIVE) == (counts["rtx"], 50 * counts["rtx"], 500 * counts["rtx"])
+    conns, tx, rx = side_totals(h, ports["rtx"], PASSIVE)
+    exactly(conns, counts["rtx"], "rtx servers")
+    assert skipped or (tx, rx) == (50 * counts["rtx"], 500 * counts["rtx"])
 
 
 def _exchanges(ports: list[int], per_port: int) -> None:
