@@ -47,7 +47,7 @@ def decode_all(records: list[Any]) -> tuple[list[Decoded], list[Decoded]]:
     return ([d for d in decoded if d.kind == RECORD_EVENT], [d for d in decoded if d.kind == RECORD_SUMMARY])
 
 
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0, what: str = "the condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if cond():

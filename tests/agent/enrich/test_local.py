@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,17 +35,9 @@ from tests.support.kubepods import (
     spawn_in_cgroup,
     stop,
 )
+from tests.support.streaming import wait_until
 
 NODE_NAME = "node-1"
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 class Conn:
@@ -173,7 +165,7 @@ def test_pod_created_after_its_traffic_started_is_held_then_resolved(
             out.extend(run(enrichers, []))
             return bool(out)
 
-        wait_for(released)
+        wait_until(released)
         assert len(out) == 1 and (out[0].local.namespace, out[0].local.name) == ("shop", "late")
         s = stats(enrichers)
         assert (s["local.held"], s["local.released_resolved"], s["local.released_unresolved"]) == (1, 1, 0)
@@ -200,7 +192,7 @@ def test_unknown_pod_released_without_pod_fields_after_the_wait(
             out.extend(run(enrichers, []))
             return bool(out)
 
-        wait_for(released)
+        wait_until(released)
         assert time.monotonic() - t0 >= 0.3
         ev = out[0]
         assert (ev.local.kind, ev.local.uid, ev.local.container_id, ev.local.name) == (POD, uid, cid, "")
@@ -238,7 +230,7 @@ def test_pod_deleted_while_its_connection_lives_still_resolves(
     enrichers = build_enrichers(config(kubeconfig, resolve_remote=False), cgroup_root=cgtree.mount)
     try:
         fakeapi.delete("pods", "going", "shop")
-        wait_for(lambda: stats(enrichers)["pods.deleted_cached"] == 1)
+        wait_until(lambda: stats(enrichers)["pods.deleted_cached"] == 1)
         (ev,) = run(enrichers, [c.event("client", cgtree.mount)])
         assert (ev.local.kind, ev.local.name, ev.local.container) == (POD, "going", "app")
         assert stats(enrichers)["pods.cached"] == 0
@@ -266,7 +258,7 @@ def test_api_server_down_from_the_start_events_flow_and_misses_are_counted(
         assert s["local.miss_api_unavailable"] == 1 and s["remote.miss_api_unavailable"] == 1
         assert s["local.watch.pods.api_errors"] >= 1 and s["local.watch.pods.synced"] == 0
         fakeapi.start()  # it comes back: the watch's backoff finds it and events resolve again
-        wait_for(lambda: all(v == 1 for k, v in stats(enrichers).items() if k.endswith(".synced")), timeout=10)
+        wait_until(lambda: all(v == 1 for k, v in stats(enrichers).items() if k.endswith(".synced")), timeout=10)
         ev = c.event("client", cgtree.mount)
         ev.remote.ip = "198.18.7.7"
         (out,) = run(enrichers, [ev])
