@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
-PY_SOURCES := agent collector tcpscope sim tests bench scripts
+PY_SOURCES := agent collector tail tcpscope sim tests bench scripts
 C_SOURCES = $(wildcard bpf/*.c bpf/*.h)
 
 .PHONY: setup run agent sim broker test test-host unit format lint bench clean images test-images test-kernels

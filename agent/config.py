@@ -13,7 +13,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tcpscope.identity import make_agent_id
+from tcpscope.agent_id import make_agent_id
 from tcpscope.settings import (
     ConfigError,
     check,
@@ -163,7 +163,7 @@ class AgentConfig:
     agent_id: str = setting(
         "TCPSCOPE_AGENT_ID",
         "a prefix for this agent's id; the id is always [PREFIX/]NODE/INCARNATION, unique per process "
-        "start, so a restarted agent never reuses batch ids (tcpscope/identity.py)",
+        "start, so a restarted agent never reuses batch ids (tcpscope/agent_id.py)",
         default="",
     )
     tls_ca: str | None = setting("TCPSCOPE_TLS_CA", "CA bundle to verify the collector (enables TLS)", default=None)

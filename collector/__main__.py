@@ -10,8 +10,8 @@ from collections.abc import Sequence
 
 from collector.config import CollectorConfig, ConfigError
 from collector.metrics import CollectorMetrics
+from collector.pair_metrics import build_traffic_metrics
 from collector.server import CollectorServer, StartupError
-from collector.traffic import build_traffic_metrics
 
 log = logging.getLogger("collector")
 

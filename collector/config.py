@@ -81,7 +81,7 @@ class CollectorConfig:
     tokenreview: bool = setting(
         "TCPSCOPE_TOKENREVIEW",
         "authenticate agents by their projected ServiceAccount token (Kubernetes TokenReview) and bind "
-        "each stream to the node of the token's pod (collector/identity.py)",
+        "each stream to the node of the token's pod (collector/node_binding.py)",
         default=False,
     )
     token_audience: str = setting(
@@ -209,7 +209,7 @@ class CollectorConfig:
         "address the metrics server binds (the chart sets 0.0.0.0)",
         default="127.0.0.1",
     )
-    # --- traffic metrics (collector/traffic.py, docs/metrics.md), served on --metrics-port ---------
+    # --- traffic metrics (collector/pair_metrics.py, docs/metrics.md), served on --metrics-port ---------
     metrics_by: str = setting(
         "TCPSCOPE_METRICS_BY",
         "traffic metrics' *_workload labels name the workload, the pod, or nothing (namespace)",

@@ -13,10 +13,10 @@ from grpc_health.v1._async import HealthServicer
 
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
+from collector.pair_metrics import BatchObserver
 from collector.publisher import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, KafkaPublisher, Publisher
-from collector.remote import BatchEnricher
+from collector.remote_ends import BatchEnricher
 from collector.service import SERVICE_NAME, CollectorService
-from collector.traffic import BatchObserver
 from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.settings import host_port
 from tcpscope.v1.collector_pb2 import BatchAck
@@ -155,7 +155,7 @@ class CollectorServer:
         token = cfg.read_token()
         check_listen(cfg.listen)
         if self._enricher is None and cfg.resolve_remote:
-            from collector.remote import build_remote_enrichment
+            from collector.remote_ends import build_remote_enrichment
 
             try:
                 remote = build_remote_enrichment(cfg, self.metrics)
@@ -173,7 +173,7 @@ class CollectorServer:
                 )
         reviewer = None
         if cfg.tokenreview:
-            from collector.identity import TokenReviewer
+            from collector.node_binding import TokenReviewer
             from tcpscope.kube import load_api_client
 
             try:

@@ -6,7 +6,7 @@ streams are not read, so gRPC flow control pushes back to the agents, which buff
 ends the stream with UNAVAILABLE: the agent reconnects and resends everything not yet acked.
 
 Each batch is prepared off the event loop on one worker thread: remote-end enrichment when
-`--resolve-remote` (collector/remote.py), then its Kafka records in the configured layout.
+`--resolve-remote` (collector/remote_ends.py), then its Kafka records in the configured layout.
 
 The handler is registered with no request deserializer, so it sees raw bytes: malformed and
 oversized messages are answered with a precise status and counted instead of failing inside gRPC.
@@ -27,11 +27,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from collector.config import CollectorConfig
-from collector.identity import AuthFailure, ClientIdentity, TokenReviewer, check_binding
 from collector.metrics import CollectorMetrics
+from collector.node_binding import AuthFailure, ClientIdentity, TokenReviewer, check_binding
+from collector.pair_metrics import BatchObserver
 from collector.publisher import Publisher
-from collector.remote import BatchEnricher
-from collector.traffic import BatchObserver
+from collector.remote_ends import BatchEnricher
 from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
 from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
@@ -85,7 +85,7 @@ def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None
         )
     if not batch.agent_id or not batch.node or batch.sequence == 0:
         return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id", "batch needs node, agent_id and a sequence >= 1")
-    if peer_names is not None:  # the nodes the client authenticated as (collector/identity.py)
+    if peer_names is not None:  # the nodes the client authenticated as (collector/node_binding.py)
         bad = check_binding(batch, peer_names)
         if bad is not None:
             return Refusal(grpc.StatusCode.PERMISSION_DENIED, bad[0], bad[1])
@@ -257,7 +257,7 @@ class CollectorService:
         return batch_records(batch, self._cfg.value_format, layout, partitions)
 
     def _observe(self, batch: EventBatch) -> None:
-        """Count a published batch in the traffic metrics (collector/traffic.py); never fails the batch."""
+        """Count a published batch in the traffic metrics (collector/pair_metrics.py); never fails the batch."""
         assert self._observer is not None
         try:
             self._observer.observe(batch)

@@ -18,9 +18,9 @@ import logging
 from typing import TYPE_CHECKING
 
 from agent.enrich.cgroups import CgroupIdentity, CgroupMap, find_cgroup2_mount, parse_cgroup_path
-from agent.enrich.local import LocalEnricher
+from agent.enrich.local_stage import LocalEnricher
 from agent.enrich.pods import PodIndex
-from agent.enrich.remote import RemoteEnricher
+from agent.enrich.remote_stage import RemoteEnricher
 from tcpscope.kube import ClientKubeApi, KubeApi, Reflector, RemoteResolver, load_api_client
 
 if TYPE_CHECKING:

@@ -23,14 +23,14 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from tcpscope import live, resetcause, summary
-from tcpscope.live import LiveView, OrderedPrinter
+from tail import live, resetcause, summary
+from tail.live import LiveView, OrderedPrinter
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
+from tcpscope_sim.driver import Driver, TrafficError, run_mix
 from tcpscope_sim.plan import Plan, PlanError, TrafficSpec, builtin_plan, load_plan
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
-from tcpscope_sim.traffic import Driver, TrafficError, run_mix
 from tcpscope_sim.watch import TopicWatch
 
 log = logging.getLogger("tcpscope_sim")
@@ -116,7 +116,7 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str]) -> OrderedP
     """The agent's table renderer (tcpscope.render) over events read back from Kafka, so the live
     view shows both ends' pod names as any Kafka consumer sees them: the kinds an SRE watches unless
     --show says otherwise, received resets marked with who sent them once the join knows
-    (resetcause), in time order (tcpscope/live.py), as `tcpscope-tail` prints them."""
+    (resetcause), in time order (tail/live.py), as `tcpscope-tail` prints them."""
     from tcpscope import render
 
     out(render.TABLE_HEADER)
@@ -387,8 +387,8 @@ def _print_summary(
 
 
 def _write_service_map(events: list[TcpEvent], path: str, say: Callable[[str], None]) -> None:
-    """The summary's pairs as a Graphviz SVG (tcpscope/servicemap.py); the DOT text if `dot` is missing."""
-    from tcpscope.servicemap import render_dot, render_svg
+    """The summary's pairs as a Graphviz SVG (tail/servicemap.py); the DOT text if `dot` is missing."""
+    from tail.servicemap import render_dot, render_svg
 
     summarizer = summary.Summarizer()
     summarizer.add_all(events)

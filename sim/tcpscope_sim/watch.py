@@ -10,8 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tcpscope.consume import Reader, Source
-from tcpscope.identity import prefix_of
+from tail.consume import Reader, Source
+from tcpscope.agent_id import prefix_of
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
 
@@ -35,7 +35,7 @@ WATCH_DEDUP_WINDOW = 1_000_000
 
 @dataclass
 class TopicWatch:
-    """A background reader of one topic (tcpscope/consume.py: from the beginning, no consumer group),
+    """A background reader of one topic (tail/consume.py: from the beginning, no consumer group),
     keeping the events and batch loss counters of the given agents, once each (at-least-once
     delivery may repeat a batch; the reader drops repeats by agent id, batch sequence and index)."""
 
@@ -90,7 +90,7 @@ class TopicWatch:
             self._caught_up.set()
 
     def _take_one(self, d: Decoded) -> None:
-        if prefix_of(d.agent_id) not in self.agent_ids:  # --agent-id is a prefix (tcpscope/identity.py)
+        if prefix_of(d.agent_id) not in self.agent_ids:  # --agent-id is a prefix (tcpscope/agent_id.py)
             return
         with self._cv:
             if d.kind == RECORD_EVENT and d.event is not None:

@@ -15,7 +15,7 @@ The application protocol on the wire says what the server must do, so no server-
 needed per connection: the client sends "REQ <kind> <response bytes>\\n"; the server answers
 "RESP" plus that many bytes, then waits for the client's close (ok, client_reset) or aborts with
 SO_LINGER 0 right after reading the request (server_reset). For network_reset both ends send
-`KILL_MARK` after the exchange; the router (sim/tcpscope_sim/traffic.py) rejects exactly those segments
+`KILL_MARK` after the exchange; the router (sim/tcpscope_sim/driver.py) rejects exactly those segments
 with forged RSTs, so each end receives a RST that neither pod's application or kernel sent.
 """
 

@@ -8,14 +8,14 @@
                 events' remote ends and count them by RemoteResult (pod, service, node, external, ...)
 
 The agent (agent/enrich/) adds what only a node knows (cgroup -> pod); the collector
-(collector/remote.py) resolves remote ends cluster-wide. Neither imports the other.
+(collector/remote_ends.py) resolves remote ends cluster-wide. Neither imports the other.
 """
 
 from __future__ import annotations
 
 from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink, normalize_ip
 from tcpscope.kube.pods import PodInfo, fill_endpoint, pod_info, workload_of
-from tcpscope.kube.remote import RemoteResolver, RemoteResult, fill_remote_end, fill_remote_ends
+from tcpscope.kube.remote_ends import RemoteResolver, RemoteResult, fill_remote_end, fill_remote_ends
 from tcpscope.kube.watch import ClientKubeApi, GoneError, KubeApi, Reflector, load_api_client
 
 __all__ = [

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError, build_parser
-from tcpscope.identity import node_of, prefix_of
+from tcpscope.agent_id import node_of, prefix_of
 
 
 def test_defaults_fill_node_name_and_agent_id() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import grpc
 
-from tcpscope.identity import make_agent_id
+from tcpscope.agent_id import make_agent_id
 from tcpscope.v1.events_pb2 import EventBatch
 from tcpscope_sim.fakeapi import FakeApiServer, make_pod
 from tests.collector.test_stream import _raw_stream

@@ -93,7 +93,7 @@ def test_summary_equals_the_plan(kafka_broker: Broker, tmp_path: Path) -> None:
         got[key] = {c: row[c] for c in COUNTERS}
         causes[key] = row["reset_causes"]
     assert got == EXPECTED
-    # who sent each connection's RST (tcpscope/resetcause.py): the aborting pod's application
+    # who sent each connection's RST (tail/resetcause.py): the aborting pod's application
     # (SO_LINGER 0 close: tcp_disconnect, reason TCP_STATE on 6.10+), the refusing server's kernel,
     # or the router between the nodes; never unknown: every node is watched, nothing was lost
     app = "TCP_STATE" if any("TCP_STATE" in d.get("app", {}) for d in causes.values()) else "NOT_SPECIFIED"

@@ -18,8 +18,8 @@ from tcpscope_sim import net
 from tcpscope_sim.cgroups import PREFIX as CG_PREFIX
 from tcpscope_sim.cgroups import cgroup2_mount, pod_uid
 from tcpscope_sim.cluster import STATE_DIR, PodCluster, RunState, cleanup_leftovers
+from tcpscope_sim.driver import Driver, TrafficError
 from tcpscope_sim.plan import Plan, TrafficSpec, parse_plan
-from tcpscope_sim.traffic import Driver, TrafficError
 
 PLAN = {
     "pods": [

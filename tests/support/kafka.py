@@ -151,7 +151,7 @@ def run_tail(bootstrap: str, topic: str, *args: str, timeout: float = 30) -> sub
     """`tcpscope-tail --kafka-bootstrap BOOTSTRAP --topic TOPIC ARGS...` in its own process, as a user
     runs it (no stdin), its output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "tcpscope.tail", "--kafka-bootstrap", bootstrap, "--topic", topic, *args],
+        [sys.executable, "-m", "tail.cli", "--kafka-bootstrap", bootstrap, "--topic", topic, *args],
         capture_output=True,
         text=True,
         timeout=timeout,

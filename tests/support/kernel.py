@@ -83,9 +83,9 @@ def on_port(port: int) -> Callable[[TcpEvent], bool]:
 def lifecycle_on(port: int) -> Callable[[TcpEvent], bool]:
     """Lifecycles of connection sockets with this local or remote port. A duplicate handshake child
     (two ACKs of one request handled on two CPUs at once: the kernel makes two children and destroys
-    the loser in SYN_RECV; tcpscope.summary.is_duplicate_child) is a real socket but no connection,
+    the loser in SYN_RECV; tcpscope.outcome.is_duplicate_child) is a real socket but no connection,
     and is left out as the summary leaves it out. Slow guests (QEMU TCG) make it more likely."""
-    from tcpscope.summary import is_duplicate_child
+    from tcpscope.outcome import is_duplicate_child
 
     return lambda e: on_port(port)(e) and kind(e) == "lifecycle" and not is_duplicate_child(e.lifecycle)
 

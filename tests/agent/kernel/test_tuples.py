@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tcpscope import summary
+from tcpscope import outcome
 from tcpscope.v1.events_pb2 import ACTIVE, CLOSE, LISTEN, PASSIVE, TcpEvent
 from tests.support import traffic
 from tests.support.kernel import Harness, kind, on_port, require_root
@@ -84,7 +84,7 @@ def test_synack_retransmits(agent: Harness, pair: traffic.NetnsPair, ports: list
     # destroyed. That loser is a real kernel socket and the agent reports it (seen about once in 20
     # runs: an extra PASSIVE lifecycle, tx 0, rx 0, last state SYN_RECV, same tuple). It is not a
     # connection, and not a stray event from other traffic: its tuple is this connection's.
-    losers = [e for e in lcs if summary.is_duplicate_child(e.lifecycle)]
+    losers = [e for e in lcs if outcome.is_duplicate_child(e.lifecycle)]
     assert all((e.local.port, e.remote.port) == (port, cport) for e in losers), losers
     assert sorted(e.lifecycle.role for e in lcs if e not in losers) == [ACTIVE, PASSIVE]
     _assert_oriented(

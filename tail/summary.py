@@ -1,0 +1,563 @@
+"""Per-(client, server) summaries of TCP connections, for `tcpscope-tail --summary`.
+
+Pure aggregation: TcpEvents in, one row per pair out. Only lifecycle events (one per socket, at
+CLOSE) are counted, and each *connection* is counted once although both ends' agents may have
+reported it: the client's socket (role ACTIVE) and the server's (role PASSIVE) are matched by the
+connection's 4-tuple and start time (ports are reused, so the tuple alone is not an identity).
+The client's view decides how the connection ended; the server's view fills in when the client's
+agent did not see it (for example a client outside the cluster).
+
+Flows (TcpEvent.flow: ordinary connections the agent aggregated in the kernel) carry no client
+port, so they cannot be matched one by one. They are counted per (client address, server address,
+server port): from the client's flows when the client's agent reported anything for that triple,
+else from the server's. A server's individual lifecycle whose client counted the same connection in
+a flow (the server retransmitted, the client saw nothing unusual) adds its problem counters but not
+a second connection.
+
+Counters, each counting connections:
+- connections: established connections (handshake completed)
+- client_resets: established, then aborted by the client (client sent the RST)
+- server_resets: established, then aborted by the server
+- network_resets: established, then aborted by a RST that neither end sent: the network between
+  them injected it (tail/resetcause.py decides, docs/reset-cause.md); not in the two above
+- refused: the server answered the SYN with a RST (nothing listening; errno ECONNREFUSED)
+- timeouts: the client gave up (ETIMEDOUT), in the handshake or later
+- retransmits: established connections where either end retransmitted at least one segment
+- failed: connects that never established for another reason (EHOSTUNREACH, aborted, ...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tail import resetcause
+from tail.gaps import Conflicts, Gaps, rfc3339
+from tail.pairs import COUNTERS, PairSummary, Party
+from tail.servicemap import render_dot
+from tcpscope.kafka_layout import (
+    CONFLICT,
+    RECORD_EVENT,
+    RECORD_SUMMARY,
+    REPEAT,
+    Decoded,
+    RecentKeys,
+    dedup_key,
+    fingerprint,
+)
+from tcpscope.outcome import classify, is_duplicate_child, reset_reason
+from tcpscope.settings import number
+from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    LISTEN,
+    PASSIVE,
+    Endpoint,
+    EndpointKind,
+    EventBatch,
+    TcpEvent,
+)
+
+# record ids remembered to count at-least-once repeats once (about 100 bytes each)
+SUMMARY_DEDUP_WINDOW = 1_000_000
+
+SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
+MATCH_TOLERANCE_NS = 2_000_000_000
+"""How far apart the two ends' start times may be and still be one connection (both agents stamp
+with their node's wall clock; 2 s covers handshake time plus modest clock skew, and a 4-tuple is
+never reused that fast because the client's port stays in TIME_WAIT or is picked afresh)."""
+
+
+@dataclass
+class _View:
+    """One socket's lifecycle, oriented as (client end, server end)."""
+
+    event: TcpEvent
+    client_end: Endpoint
+    server_end: Endpoint
+    start_ns: int
+    end_ns: int
+
+
+@dataclass
+class Summarizer:
+    """Collects lifecycle events and answers with per-pair counters (bounded by max_sockets)."""
+
+    by: str = "pod"
+    max_sockets: int = 1_000_000
+    _views: dict[tuple[str, int, str, int], tuple[list[_View], list[_View]]] = field(default_factory=dict, init=False)
+    _held: int = field(default=0, init=False)
+    # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
+    _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
+    resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
+    """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
+    skipped: dict[str, int] = field(default_factory=dict, init=False)
+    """Lifecycle events not counted, by reason: no_role (socket older than the agent), listener,
+    self (local end == remote end), duplicate_child (is_duplicate_child), over_capacity. Other event
+    kinds are simply ignored."""
+
+    def __post_init__(self) -> None:
+        if self.by not in ("pod", "workload"):
+            raise ValueError("by must be 'pod' or 'workload'")
+
+    def _skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def add(self, ev: TcpEvent) -> None:
+        """Take one event; everything but lifecycle and flow events is ignored (and resets, which
+        only feed the reset join)."""
+        self.resets.add(ev)
+        kind = ev.WhichOneof("kind")
+        if kind == "flow":
+            self._add_flow(ev)
+            return
+        if kind != "lifecycle":
+            return
+        lc = ev.lifecycle
+        if lc.last_state == LISTEN or ev.remote.port == 0:
+            self._skip("listener")
+            return
+        if (ev.local.ip, ev.local.port) == (ev.remote.ip, ev.remote.port):
+            # a TCP self-connect, or an event whose remote end was not captured: no pair to name
+            self._skip("self")
+            return
+        if lc.role == ACTIVE:
+            client_end, server_end, side = ev.local, ev.remote, 0
+        elif lc.role == PASSIVE:
+            if is_duplicate_child(lc):
+                self._skip("duplicate_child")
+                return
+            client_end, server_end, side = ev.remote, ev.local, 1
+        else:
+            self._skip("no_role")
+            return
+        if self._held >= self.max_sockets:
+            self._skip("over_capacity")
+            return
+        end_ns = ev.time.ToNanoseconds()
+        view = _View(ev, client_end, server_end, end_ns - lc.duration_ns, end_ns)
+        key = (client_end.ip, client_end.port, server_end.ip, server_end.port)
+        self._views.setdefault(key, ([], []))[side].append(view)
+        self._held += 1
+
+    def _add_flow(self, ev: TcpEvent) -> None:
+        fl = ev.flow
+        if fl.role == ACTIVE:
+            key, side = (ev.local.ip, ev.remote.ip, ev.remote.port), 0
+        elif fl.role == PASSIVE:
+            key, side = (ev.remote.ip, ev.local.ip, ev.local.port), 1
+        else:
+            self._skip("no_role")
+            return
+        if self._held >= self.max_sockets:
+            self._skip("over_capacity")
+            return
+        self._flows.setdefault(key, ([], []))[side].append(ev)
+        self._held += 1
+
+    def add_all(self, events: Iterable[TcpEvent]) -> None:
+        for ev in events:
+            self.add(ev)
+
+    def add_batch(self, agent_id: str, batch: EventBatch) -> None:
+        """A batch summary: its node is watched, and its losses make the peer's resets unknown."""
+        self.resets.add_batch(agent_id, batch)
+
+    def reset_cause(self, cv: _View | None, sv: _View | None) -> resetcause.Verdict | None:
+        """Who sent the RST that ended this connection: `network` if either end received one that
+        nobody sent (that proves the network interfered), else the verdict on the earliest one."""
+        got = sorted(
+            (r for v in (cv, sv) if v is not None for r in (self.resets.received_by(v.event),) if r is not None),
+            key=lambda r: r.time_ns,
+        )
+        verdicts = [self.resets.classify(r) for r in got]
+        return next((v for v in verdicts if v.cause == resetcause.NETWORK), verdicts[0] if verdicts else None)
+
+    def evict_before(self, cutoff_ns: int) -> None:
+        """Forget sockets that closed before cutoff_ns (a sliding window for long-running tails)."""
+        for key in list(self._views):
+            clients, servers = self._views[key]
+            clients[:] = [v for v in clients if v.end_ns >= cutoff_ns]
+            servers[:] = [v for v in servers if v.end_ns >= cutoff_ns]
+            if not clients and not servers:
+                del self._views[key]
+        for fkey in list(self._flows):
+            cflows, sflows = self._flows[fkey]
+            cflows[:] = [f for f in cflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
+            sflows[:] = [f for f in sflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
+            if not cflows and not sflows:
+                del self._flows[fkey]
+        self._held = sum(len(c) + len(s) for c, s in self._views.values()) + sum(
+            len(c) + len(s) for c, s in self._flows.values()
+        )
+        self.resets.evict_before(cutoff_ns - self.resets.window_ns)
+
+    def connections(self) -> list[tuple[_View | None, _View | None]]:
+        """Each connection once: (client view, server view), either possibly None."""
+        out: list[tuple[_View | None, _View | None]] = []
+        for clients, servers in self._views.values():
+            out.extend(_match(clients, servers))
+        return out
+
+    def pairs(self, window_s: float | None = None, now_ns: int | None = None) -> list[PairSummary]:
+        """Per-pair counters over connections that closed within the last window_s seconds."""
+        cutoff = None
+        if window_s is not None:
+            now = now_ns if now_ns is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
+            cutoff = int(now - window_s * 1e9)
+        rows: dict[tuple[Party, Party], PairSummary] = {}
+
+        def row_for(client: Party, server: Party) -> PairSummary:
+            row = rows.get((client, server))
+            if row is None:
+                row = rows[(client, server)] = PairSummary(client, server)
+            return row
+
+        client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
+        for cv, sv in self.connections():
+            end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
+            if cutoff is not None and end_ns < cutoff:
+                continue
+            client = self._party(
+                cv.event.local if cv else None, sv.event.remote if sv else None, cv.event.process.comm if cv else ""
+            )
+            server = self._party(
+                sv.event.local if sv else None,
+                cv.event.remote if cv else None,
+                sv.event.process.comm if sv else "",
+                server=True,
+            )
+            if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+                # a host's client to an address no agent named (a refused port, a socket older than
+                # the agent): still one row per server port, as for the servers it did name
+                server = dataclasses.replace(server, port=(cv or sv).server_end.port)  # type: ignore[union-attr]
+            absorbed = (
+                cv is None
+                and sv is not None
+                and (sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
+            )
+            _count(row_for(client, server), cv, sv, absorbed, self.reset_cause(cv, sv))
+        for (_cip, _sip, port), (cflows, sflows) in self._flows.items():
+            # the client's view when the client's agent saw the triple, else the server's
+            for f in cflows or sflows:
+                last = f.flow.last_close.ToNanoseconds()
+                if cutoff is not None and last < cutoff:
+                    continue
+                if f.flow.role == ACTIVE:
+                    client, server = self._party(f.local, None, f.process.comm), self._party(None, f.remote)
+                else:
+                    client = self._party(None, f.remote)
+                    server = self._party(f.local, None, f.process.comm, server=True)
+                if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+                    server = dataclasses.replace(server, port=port)
+                row = row_for(client, server)
+                row.connections += f.flow.connections
+                row.flow_connections += f.flow.connections
+                row.server_ports.add(port)
+                first = f.flow.first_close.ToNanoseconds()
+                row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+                row.last_seen_ns = max(row.last_seen_ns, last)
+        return list(rows.values())
+
+    def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "", server: bool = False) -> Party:
+        """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
+        agent saw it, else from the peer's agent (remote end, resolved by IP). An end no pod owns
+        (a host without Kubernetes, a host-network process) whose own agent saw it is named by its
+        process, and a server by its process and port: on one host every end is 127.0.0.1, and one
+        row for all of them says nothing."""
+        ep = best if best is not None and best.kind != 0 else fallback
+        if ep is None:
+            ep = best
+        assert ep is not None
+        if ep.kind == 0 or not ep.name:
+            if best is not None and not best.name:  # its own agent saw it: a host end (kind HOST or unset)
+                port = best.port if server else 0
+                return Party("", best.ip, "PROCESS" if comm else "UNRESOLVED", comm, port)
+            return Party("", ep.ip, "UNRESOLVED")
+        if self.by == "workload" and ep.workload.name:
+            return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")
+        return Party(ep.namespace, ep.name, EndpointKind.Name(ep.kind))
+
+
+def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | None, _View | None]]:
+    """Pair client and server views of one 4-tuple by nearest start time, within the tolerance."""
+    if not servers:
+        return [(c, None) for c in clients]
+    if not clients:
+        return [(None, s) for s in servers]
+    candidates = sorted(
+        (abs(c.start_ns - s.start_ns), ci, si)
+        for ci, c in enumerate(clients)
+        for si, s in enumerate(servers)
+        if abs(c.start_ns - s.start_ns) <= MATCH_TOLERANCE_NS
+    )
+    used_c: set[int] = set()
+    used_s: set[int] = set()
+    out: list[tuple[_View | None, _View | None]] = []
+    for _, ci, si in candidates:
+        if ci in used_c or si in used_s:
+            continue
+        used_c.add(ci)
+        used_s.add(si)
+        out.append((clients[ci], servers[si]))
+    out.extend((c, None) for i, c in enumerate(clients) if i not in used_c)
+    out.extend((None, s) for i, s in enumerate(servers) if i not in used_s)
+    return out
+
+
+def _count(
+    row: PairSummary,
+    cv: _View | None,
+    sv: _View | None,
+    absorbed: bool = False,
+    cause: resetcause.Verdict | None = None,
+) -> None:
+    """Add one connection to its row, deciding its outcome from the client's view if there is one.
+    absorbed: a server's view whose client counted the connection in a flow (not counted again).
+    cause: who sent the RST that ended it, if one did (resetcause)."""
+    views = [v for v in (cv, sv) if v is not None]
+    start = min(v.start_ns for v in views)
+    end = max(v.end_ns for v in views)
+    row.first_seen_ns = start if not row.first_seen_ns else min(row.first_seen_ns, start)
+    row.last_seen_ns = max(row.last_seen_ns, end)
+    row.server_ports.add(views[0].server_end.port)
+    if cause is not None:
+        by = row.reset_causes.setdefault(cause.cause, {})
+        by[cause.detail] = by.get(cause.detail, 0) + 1
+    if cv is not None:
+        established, outcome = classify(cv.event.lifecycle, True, sv is not None)
+    else:
+        assert sv is not None
+        established, outcome = classify(sv.event.lifecycle, False)
+    if not established:
+        if outcome == "refused":
+            row.refused += 1
+        elif outcome == "timeout":
+            row.timeouts += 1
+        else:
+            row.failed += 1
+        return
+    if not absorbed:
+        row.connections += 1
+    if cause is not None and cause.cause == resetcause.NETWORK:
+        row.network_resets += 1  # neither end sent it: not a client's or a server's reset
+    elif outcome == "client_reset":
+        row.client_resets += 1
+        key = reset_reason(cv.event.lifecycle) if cv is not None else "UNKNOWN"
+        row.client_reset_reasons[key] = row.client_reset_reasons.get(key, 0) + 1
+    elif outcome == "server_reset":
+        row.server_resets += 1
+        key = reset_reason(sv.event.lifecycle) if sv is not None else "UNKNOWN"
+        row.server_reset_reasons[key] = row.server_reset_reasons.get(key, 0) + 1
+    elif outcome == "timeout":
+        row.timeouts += 1
+    if any(v.event.lifecycle.retransmits > 0 for v in views):
+        row.retransmits += 1
+
+
+def select(
+    rows: Sequence[PairSummary], namespace: str | None = None, pod: str | None = None, sort: str = "problems"
+) -> list[PairSummary]:
+    """Filter rows to those with either end in namespace / named pod ("name" or "ns/name"), sorted
+    descending by a counter (names and last_seen ascending/descending as natural)."""
+    out = list(rows)
+    if namespace:
+        out = [r for r in out if namespace in (r.client.namespace, r.server.namespace)]
+    if pod:
+        out = [r for r in out if any(pod in (p.name, p.label()) for p in (r.client, r.server))]
+    if sort not in SORT_KEYS:
+        raise ValueError(f"sort must be one of {', '.join(SORT_KEYS)}")
+
+    def names(r: PairSummary) -> tuple[str, str]:
+        return (r.client.label(), r.server.label())
+
+    if sort == "client":
+        out.sort(key=names)
+    elif sort == "server":
+        out.sort(key=lambda r: (r.server.label(), r.client.label()))
+    elif sort == "last_seen":
+        out.sort(key=names)
+        out.sort(key=lambda r: r.last_seen_ns, reverse=True)
+    else:
+        out.sort(key=names)
+        out.sort(key=lambda r: (getattr(r, sort), r.connections), reverse=True)
+    return out
+
+
+def render_json_lines(rows: Sequence[PairSummary]) -> str:
+    """One JSON object per pair per line (for scripts: `jq`, `json.loads` per line)."""
+    return "".join(json.dumps(r.to_json(), sort_keys=False) + "\n" for r in rows)
+
+
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("CONNS", "connections"),
+    ("C-RST", "client_resets"),
+    ("S-RST", "server_resets"),
+    ("N-RST", "network_resets"),
+    ("REFUSED", "refused"),
+    ("TIMEOUT", "timeouts"),
+    ("RETRANS", "retransmits"),
+    ("FAILED", "failed"),
+)
+
+
+def render_table(rows: Sequence[PairSummary]) -> str:
+    """A fixed-width table for people, with the reset reasons and the time span of each pair."""
+    head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS", "SENT BY"]
+    body: list[list[str]] = []
+    for r in rows:
+        reasons = [f"client:{k}x{v}" for k, v in sorted(r.client_reset_reasons.items())]
+        reasons += [f"server:{k}x{v}" for k, v in sorted(r.server_reset_reasons.items())]
+        causes = [f"{c}/{d}x{n}" for c, ds in sorted(r.reset_causes.items()) for d, n in sorted(ds.items())]
+        server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
+        body.append(
+            [
+                r.client.label(),
+                server,
+                *(str(getattr(r, a)) for _, a in _COLUMNS),
+                rfc3339(r.first_seen_ns)[11:19],
+                rfc3339(r.last_seen_ns)[11:19],
+                " ".join(reasons),
+                " ".join(causes),
+            ]
+        )
+    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
+    return "\n".join(lines) + "\n"
+
+
+# --- tcpscope-tail --summary ------------------------------------------------------------------
+# Its flags and the report it prints; tail.run_summary reads the topic into a Report.
+
+
+@dataclass(frozen=True)
+class SummaryOptions:
+    by: str = "pod"
+    window_s: float | None = None
+    sort: str = "problems"
+    every_s: float = 10.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The summary flags, added to tcpscope-tail's parser."""
+    g = p.add_argument_group("summary (--summary)")
+    g.add_argument(
+        "--summary",
+        action="store_true",
+        help="print per-(client, server) counters instead of events: with --from-beginning "
+        "and no --duration, of everything in the topic now, then exit; otherwise "
+        "every --every seconds until --duration or Ctrl-C",
+    )
+    g.add_argument("--by", choices=("pod", "workload"), default="pod", help="group ends by pod or workload")
+    g.add_argument(
+        "--window", type=number(float, above=0), help="only connections that ended in the last S seconds (> 0)"
+    )
+    g.add_argument(
+        "--sort",
+        choices=SORT_KEYS,
+        default="problems",
+        help="sort by this counter, descending (client/server: by name)",
+    )
+    g.add_argument("--every", type=number(float, above=0), default=10.0, help="seconds between live summaries")
+
+
+def options_from(a: argparse.Namespace) -> SummaryOptions | None:
+    if not getattr(a, "summary", False):
+        return None
+    return SummaryOptions(a.by, a.window, a.sort, a.every)
+
+
+@dataclass
+class Report:
+    """What one summary print shows: the pairs and the loss counters of the batches read."""
+
+    summarizer: Summarizer
+    losses: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    events: int = 0
+    duplicates: int = 0
+    undecodable: int = 0
+    _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
+    gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tail/gaps.py)
+    conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content
+
+    def take(self, d: Decoded, keep: Callable[[TcpEvent], bool] | None = None) -> None:
+        """One decoded record; repeats of a record that at-least-once delivery published twice are
+        counted once; other producers' records are counted as undecodable."""
+        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
+            self.undecodable += 1
+            return
+        seen = self._seen.see(dedup_key(d), fingerprint(d))
+        if seen == REPEAT:
+            self.duplicates += 1
+            return
+        if seen == CONFLICT:  # kept and reported: dropping it could hide a real event behind a forged one
+            self.conflicts.add(d)
+        self.gaps.take(d)
+        if d.kind == RECORD_EVENT and d.event is not None:
+            self.events += 1
+            if keep is None or keep(d.event):
+                self.summarizer.add(d.event)
+            else:
+                self.summarizer.resets.add(d.event)  # filtered-out kinds are still evidence of who reset
+        elif d.kind == RECORD_SUMMARY and d.summary is not None:
+            self.batches += 1
+            self.summarizer.add_batch(d.agent_id, d.summary)
+            for k, v in _lost_map(d.summary).items():
+                self.losses[k] = self.losses.get(k, 0) + v
+
+    def render(
+        self,
+        fmt: str,
+        o: SummaryOptions,
+        namespace: str | None = None,
+        pod: str | None = None,
+        now_ns: int | None = None,
+    ) -> str:
+        rows = select(self.summarizer.pairs(o.window_s, now_ns), namespace, pod, o.sort)
+        if fmt == "dot":  # a Graphviz service map (tail/servicemap.py)
+            return render_dot(rows)
+        if fmt == "json":
+            doc = {
+                "by": self.summarizer.by,
+                "window_s": o.window_s,
+                "pairs": [r.to_json() for r in rows],
+                "losses": dict(sorted(self.losses.items())),
+                "batches": self.batches,
+                "events": self.events,
+                "duplicates": self.duplicates,
+                "undecodable_records": self.undecodable,
+                "skipped": dict(sorted(self.summarizer.skipped.items())),
+                "gaps": self.gaps.json_list(),
+                "conflicts": self.conflicts.count,
+                "conflict_examples": self.conflicts.examples,
+            }
+            return json.dumps(doc) + "\n"
+        lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
+        maybe = self.losses.get("kernel_skipped_runs", 0)
+        gap_lines = self.gaps.footer_lines()
+        conflict = self.conflicts.line()
+        complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
+        foot = (
+            f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
+            + (complete if not lost else f"LOST {lost} events: {self.losses}")
+            + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+            + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
+            + "\n"
+            + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
+        )
+        return render_table(rows) + foot
+
+
+def _lost_map(batch: EventBatch) -> dict[str, int]:
+    out = {
+        "kernel": batch.lost.kernel,
+        "agent_buffer": batch.lost.agent_buffer,
+        "enrichment": batch.lost.enrichment,
+        "kernel_skipped_runs": batch.lost.kernel_skipped_runs,
+    }
+    out.update(batch.lost.by_reason)
+    return out
