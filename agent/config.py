@@ -26,9 +26,10 @@ from tcpscope.settings import (
     together,
 )
 
-EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
-# `state` (several events per connection) and `probe` are on request only
-DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "retransmit", "synack", "reset", "error")
+EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe", "open")
+# `state` (several events per connection) and `probe` are on request only; `open` reports each open
+# connection's progress every --flow-interval (in its flow when aggregated, else as an `open` event)
+DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "retransmit", "synack", "reset", "error", "open")
 
 
 __all__ = ["DEFAULT_EVENT_KINDS", "EVENT_KINDS", "AgentConfig", "ConfigError", "build_parser"]
@@ -103,7 +104,8 @@ class AgentConfig:
     )
     flow_interval: float = setting(
         "TCPSCOPE_FLOW_INTERVAL",
-        "seconds between flushes of the in-kernel flow maps (and at shutdown)",
+        "seconds between flushes of the in-kernel flow maps (and at shutdown), and between reports of "
+        "each open connection's progress",
         default=10.0,
         above=0,
     )

@@ -10,12 +10,17 @@
  * (agent/kernel/flows.py) flips the index, waits for programs still running on the old map, then
  * reads and clears the old map with batch operations. A flush therefore costs per key, never per
  * connection. A full map never loses a connection: it is emitted as its own lifecycle and counted
- * (FLOWC_MAP_FULL). */
+ * (FLOWC_MAP_FULL).
+ *
+ * Open connections (bpf/interim.h) add their progress since their last report to the same maps
+ * under the same key, just before each flush (open_connections); a closing one adds what its reports
+ * have not taken, so a key's bytes over all flushes are exact. */
 #ifndef TCPSCOPE_FLOW_H
 #define TCPSCOPE_FLOW_H
 
 #include "events.h"
 #include "sockstate.h"
+#include "counters.h"
 
 #if defined(AGGREGATE) || defined(SPILL_PER_CPU)
 #define FLOWS_ON 1
@@ -111,16 +116,19 @@ static __always_inline void flow_key_of(struct flow_key *k, const struct socksta
     k->role = st->role;
 }
 
-/* Add a closed ordinary socket to the active flow map. Returns 1 when it was aggregated (no
- * lifecycle must be emitted), 0 when the caller emits the lifecycle as usual. */
-static __always_inline int flow_add(const struct sockstate *st)
+/* log2 bucket of a value in microseconds: [2^i, 2^(i+1)), bucket 0 also below 1, the last open-ended */
+static __always_inline __u32 log2_bucket(__u64 us)
 {
-    if (!is_ordinary(st))
-        return 0;
-#ifdef SPILL_PER_CPU
-    if (!over_budget(st->close_ts))
-        return 0;
-#endif
+    __u32 b = us < 2 ? 0 : log2_u64(us);
+    if (b >= FLOW_BUCKETS)
+        b = FLOW_BUCKETS - 1;
+    return b & (FLOW_BUCKETS - 1);
+}
+
+/* The value of the socket's key in the active flow map, inserted empty when new; NULL when the map
+ * is full (*full set) or not set up yet. */
+static __always_inline struct flow_val *flow_value(const struct sockstate *st, int *full)
+{
     int zero = 0;
     __u32 *slot = flow_ctl.lookup(&zero);
     int idx = (slot && *slot) ? 1 : 0;
@@ -130,29 +138,67 @@ static __always_inline int flow_add(const struct sockstate *st)
     struct flow_key k = {};
     flow_key_of(&k, st);
     struct flow_val *v = bpf_map_lookup_elem(map, &k);
+    if (v)
+        return v;
+    struct flow_val *zero_val = flow_zero.lookup(&zero);
+    if (!zero_val)
+        return 0;
+    /* BPF_NOEXIST: another CPU may have inserted it meanwhile; then add to that one */
+    int err = bpf_map_update_elem(map, &k, zero_val, BPF_NOEXIST);
+    v = bpf_map_lookup_elem(map, &k);
+    if (!v && err != 0)
+        *full = 1;
+    return v;
+}
+
+/* One connection's RTTs (one sample per report) and, in its first report, its connect latency. */
+static __always_inline void flow_latency(struct flow_val *v, __u32 srtt_us, __u32 min_rtt_us,
+                                         __u64 connect_ns)
+{
+    if (srtt_us) {
+        __sync_fetch_and_add(&v->srtt_sum_us, srtt_us);
+        __sync_fetch_and_add(&v->srtt_buckets[log2_bucket(srtt_us)], 1);
+    }
+    if (connect_ns) {
+        __sync_fetch_and_add(&v->connect_sum_ns, connect_ns);
+        __sync_fetch_and_add(&v->connect_buckets[log2_bucket(connect_ns / 1000)], 1);
+    }
+    /* a plain store: two CPUs at the same instant may leave the larger of two minima */
+    if (min_rtt_us && (v->min_rtt_us == 0 || min_rtt_us < v->min_rtt_us))
+        v->min_rtt_us = min_rtt_us;
+}
+
+/* The connect latency a close reports: known, not reported by an interim report, not seeded. */
+static __always_inline __u64 close_connect_ns(const struct sockstate *st)
+{
+    return (st->oflags & (O_REPORTED_BEFORE | O_SEEDED)) ? 0 : st->connect_ns;
+}
+
+/* Add a closed ordinary socket to the active flow map: what its interim reports did not take.
+ * Returns 1 when it was aggregated (no lifecycle must be emitted), 0 when the caller emits the
+ * lifecycle as usual. */
+static __always_inline int flow_add(const struct sockstate *st)
+{
+    if (!is_ordinary(st))
+        return 0;
+#ifdef SPILL_PER_CPU
+    if (!over_budget(st->close_ts))
+        return 0;
+#endif
+    int full = 0;
+    struct flow_val *v = flow_value(st, &full);
     if (!v) {
-        struct flow_val *zero_val = flow_zero.lookup(&zero);
-        if (!zero_val)
-            return 0;
-        /* BPF_NOEXIST: another CPU may have inserted it meanwhile; then add to that one */
-        int err = bpf_map_update_elem(map, &k, zero_val, BPF_NOEXIST);
-        v = bpf_map_lookup_elem(map, &k);
-        if (!v) {
-            if (err != 0)
-                flow_count(FLOWC_MAP_FULL);
-            return 0;
-        }
+        if (full)
+            flow_count(FLOWC_MAP_FULL);
+        return 0;
     }
     __u64 dur = st->close_ts - st->first_ts;
-    __u64 us = dur / 1000;
-    __u32 b = us < 2 ? 0 : log2_u64(us);
-    if (b >= FLOW_BUCKETS)
-        b = FLOW_BUCKETS - 1;
     __sync_fetch_and_add(&v->connections, 1);
-    __sync_fetch_and_add(&v->tx_bytes, st->tx_bytes);
-    __sync_fetch_and_add(&v->rx_bytes, st->rx_bytes);
+    __sync_fetch_and_add(&v->tx_bytes, unreported(st->tx_bytes, st->close_rep_tx));
+    __sync_fetch_and_add(&v->rx_bytes, unreported(st->rx_bytes, st->close_rep_rx));
     __sync_fetch_and_add(&v->duration_sum_ns, dur);
-    __sync_fetch_and_add(&v->buckets[b & (FLOW_BUCKETS - 1)], 1);
+    __sync_fetch_and_add(&v->buckets[log2_bucket(dur / 1000)], 1);
+    flow_latency(v, st->srtt_us, st->min_rtt_us, close_connect_ns(st));
     /* first/last close and the owner are plain stores: two CPUs closing connections of one key at
      * the same instant may leave either one's value */
     if (v->first_close_ns == 0 || st->close_ts < v->first_close_ns)

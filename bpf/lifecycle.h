@@ -14,36 +14,41 @@
 #include "tcp_defs.h"
 #include "maps.h"
 #include "kread.h"
+#include "counters.h"
 #include "emit.h"
 #include "flow.h"
 #include "state_event.h"
 
-/* Snapshot at the CLOSE transition: application bytes from the sequence-space counters.
- * bytes_received counts the peer's FIN (tcp_fin() also sets SOCK_DONE; FIN_WAIT2->CLOSE alone
- * does not prove a FIN came: close() hands FIN_WAIT2 sockets to the timewait minisock).
- * bytes_acked counts our SYN (active opens that reached ESTABLISHED; a passive child is created
- * after its SYN-ACK was acked) and our FIN once acked (snd_una == write_seq after it was queued). */
+/* Snapshot at the CLOSE transition: application bytes (bpf/counters.h), the socket error and the
+ * RTTs. With open-connection reports on, the final counts replace what the reports took, in one
+ * exchange each: a report racing with this close on another CPU either took its bytes before (and
+ * the close reports the rest) or finds the final counts and takes nothing (bpf/interim.h). */
 static __always_inline void snapshot_close(const void *sk, struct sockstate *st, int oldstate, __u64 now)
 {
-    __u64 acked = read_u64((const char *)sk + OFF_BYTES_ACKED);
-    __u64 received = read_u64((const char *)sk + OFF_BYTES_RECEIVED);
-    __u32 snd_una = read_u32((const char *)sk + OFF_SND_UNA);
-    __u32 write_seq = read_u32((const char *)sk + OFF_WRITE_SEQ);
-    __u64 sk_flags = read_u64((const char *)sk + OFF_SK_FLAGS);
-    __s32 sk_err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
-
-    if ((sk_flags & (1ULL << SOCK_DONE_BIT)) && received > 0)
-        received -= 1;
-    if (st->role == ROLE_ACTIVE && (st->flags & F_ESTABLISHED) && acked > 0)
-        acked -= 1;
-    if ((st->flags & F_FIN_QUEUED) && snd_una == write_seq && acked > 0)
-        acked -= 1;
-    st->tx_bytes = acked;
-    st->rx_bytes = received;
-    st->sk_err = sk_err;
+    __u64 tx = 0, rx = 0;
+    close_bytes(sk, st, &tx, &rx);
+    st->tx_bytes = tx;
+    st->rx_bytes = rx;
+    st->sk_err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
     st->last_state = (__u8)oldstate;
     st->close_ts = now;
+#ifdef HAS_RTT
+    st->srtt_us = srtt_us_of(sk);
+    st->min_rtt_us = min_rtt_us_of(sk);
+#endif
     st->flags |= F_CLOSED;
+#ifdef OPEN_PASS
+    st->close_rep_tx = __sync_lock_test_and_set(&st->rep_tx, tx);
+    st->close_rep_rx = __sync_lock_test_and_set(&st->rep_rx, rx);
+    st->close_rep_retrans = (__u32)__sync_lock_test_and_set(&st->rep_retrans, (__u64)st->retransmits);
+    if (__sync_lock_test_and_set(&st->connect_taken, 1ULL))
+        st->oflags |= O_REPORTED_BEFORE;
+    if (st->close_rep_tx > tx || st->close_rep_rx > rx)
+        count_open(OPENC_OVERSHOOT);
+#else
+    st->close_rep_tx = st->rep_tx; /* a seeded socket's counters when found */
+    st->close_rep_rx = st->rep_rx;
+#endif
 }
 
 /* Emit the lifecycle of a socket whose CLOSE was seen. Listening sockets (LISTEN->CLOSE) are not
@@ -73,6 +78,14 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
     ev->err = st->err_report ? st->err_report : st->sk_err;
     ev->reason = st->rst_reason;
     ev->retransmits = st->retransmits;
+    ev->reported_tx = st->close_rep_tx;
+    ev->reported_rx = st->close_rep_rx;
+    ev->reported_retrans = st->close_rep_retrans;
+    ev->connect_ns = st->connect_ns;
+    ev->srtt_us = st->srtt_us;
+    ev->min_rtt_us = st->min_rtt_us;
+    ev->open_flags = ((st->oflags & O_SEEDED) ? OPEN_SEEDED : 0) |
+                     ((st->oflags & O_REPORTED_BEFORE) ? OPEN_REPORTED_BEFORE : 0);
     /* precedence: reset received, reset sent, error, normal */
     if (st->flags & F_RST_RECEIVED)
         ev->ending = ENDING_RESET_RECEIVED;

@@ -22,6 +22,9 @@ BPF_HASH(listeners, struct listener_key, struct owner, MAX_LISTENERS);
 /* Loss counters by reason (LOSS_*), read by user space as kernel.<reason>. */
 BPF_PERCPU_ARRAY(losses, __u64, LOSS_NREASONS);
 
+/* Open-connection report counters by OPENC_* (bpf/interim.h), read by user space as open.<name>. */
+BPF_PERCPU_ARRAY(open_counts, __u64, OPENC_NCOUNTS);
+
 /* One record of scratch space per CPU: the event is built here, then copied out. */
 BPF_PERCPU_ARRAY(scratch, struct tcpscope_event, 1);
 
@@ -41,6 +44,13 @@ static __always_inline void count_loss(int reason)
     __u64 *v = losses.lookup(&reason);
     if (v)
         *v += 1;
+}
+
+static __always_inline void count_open(int idx)
+{
+    __u64 *v = open_counts.lookup(&idx);
+    if (v) /* atomic: the pass (bpf/interim.h) may be interrupted by a tracepoint on its CPU */
+        __sync_fetch_and_add(v, 1);
 }
 
 static __always_inline void submit(void *ctx, struct tcpscope_event *ev)

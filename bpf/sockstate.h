@@ -39,7 +39,28 @@ struct sockstate {
     __u8 flags;
     __u8 pad[5];
     char comm[16];
+    /* Open-connection reports (bpf/interim.h): what was reported so far. The pass takes the bytes
+     * between these and the counters now; the CLOSE snapshot exchanges them for the final counts
+     * (bpf/lifecycle.h), so every byte is reported once. A seeded socket starts them at its counters
+     * when found (bpf/seed.h). */
+    __u64 rep_tx;
+    __u64 rep_rx;
+    __u64 connect_ns;    /* connect latency (bpf/state.h), 0 unknown */
+    __u64 rep_retrans;   /* 64-bit like the next: BPF's 32-bit atomics need alu32, which bcc's clang lacks */
+    __u64 connect_taken; /* exchanged to 1 by whoever reports the connect latency first */
+    /* at CLOSE (F_CLOSED): what the reports had taken, and the RTTs */
+    __u64 close_rep_tx;
+    __u64 close_rep_rx;
+    __u32 close_rep_retrans;
+    __u32 srtt_us;
+    __u32 min_rtt_us;
+    __u8 oflags; /* O_* */
+    __u8 opad[3];
 };
+
+/* sockstate.oflags */
+#define O_SEEDED 1          /* open before the agent found it (bpf/seed.h) */
+#define O_REPORTED_BEFORE 2 /* at CLOSE: an interim report took the connect latency */
 
 /* A listening socket's address: {netns, family, bound address, port}. The address is as in struct
  * tuple (IPv4 in the first 4 bytes), all zero for a wildcard bind. IPv4 and IPv6 listeners on one

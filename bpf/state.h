@@ -7,6 +7,7 @@
 #include "sockstate.h"
 #include "maps.h"
 #include "kread.h"
+#include "counters.h"
 #include "filters.h"
 #include "state_event.h"
 #include "lifecycle.h"
@@ -23,6 +24,32 @@ static __always_inline void listener_key_of(struct listener_key *lk, __u32 netns
     lk->netns = netns;
     lk->port = t->sport;
     lk->family = t->family;
+}
+
+/* Connect latency, at a connection's first ESTABLISHED (0 = unknown: a seeded socket, or no RTT
+ * offsets in BTF for the server's side).
+ * Client: CLOSE->SYN_SENT (connect()) to SYN_SENT->ESTABLISHED (the SYN-ACK processed), SYN
+ * retransmits included: what connect() waited.
+ * Server: its child socket is made only when the handshake's last ACK arrives (tcp_check_req ->
+ * syn_recv_sock: LISTEN->SYN_RECV), so SYN_RECV->ESTABLISHED lasts microseconds. The time from the
+ * SYN-ACK to that ACK is the kernel's first RTT sample of the child (tcp_synack_rtt_meas(), from
+ * the request's snt_synack; srtt_us = 8 x sample), taken before the child's SYN_RECV->ESTABLISHED
+ * (tcp_rcv_state_process): the latency is that sample plus the time in SYN_RECV. A SYN-ACK that was
+ * retransmitted gives no sample (Karn): then only the time in SYN_RECV is known, and 0 says so. */
+static __always_inline __u64 connect_latency(const void *sk, const struct sockstate *st, int oldstate,
+                                             __u64 now)
+{
+    if (st->oflags & O_SEEDED)
+        return 0;
+    if (oldstate == TS_SYN_SENT && st->role == ROLE_ACTIVE)
+        return now - st->first_ts;
+#ifdef HAS_RTT
+    if (oldstate == TS_SYN_RECV && st->role == ROLE_PASSIVE) {
+        __u32 sample = srtt_us_of(sk);
+        return sample ? (now - st->first_ts) + (__u64)sample * 1000 : 0;
+    }
+#endif
+    return 0;
 }
 
 /* listen() runs in the owner's process context: remember the owner for passive children. */
@@ -150,6 +177,8 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
             remember_listener(st);
     }
 
+    if (newstate == TS_ESTABLISHED && !(st->flags & F_ESTABLISHED))
+        st->connect_ns = connect_latency(sk, st, oldstate, now);
     if (newstate == TS_ESTABLISHED)
         st->flags |= F_ESTABLISHED;
     if (newstate == TS_FIN_WAIT1 || newstate == TS_CLOSING || newstate == TS_LAST_ACK)

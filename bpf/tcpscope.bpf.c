@@ -10,7 +10,8 @@
  *   PORT_MATCH(p)          when a port filter is set
  * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
  * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE, and for flows
- * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS.
+ * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS; for open connections (bpf/interim.h,
+ * bpf/seed.h) OPEN_PASS, OPEN_SEED and their offsets (OFF_SRTT_US, OFF_RTT_MIN, ...).
  *
  * Every header includes what it uses and compiles on its own after the plan's preamble
  * (tests/agent/kernel/test_bpf_headers.py); agent/kernel/loader.py inlines each one once, where it
@@ -24,6 +25,8 @@
 #include "reset.h"
 #include "error.h"
 #include "probe.h"
+#include "interim.h"
+#include "seed.h"
 
 #ifdef HAS_TP_INET_SOCK_SET_STATE
 int tp_inet_sock_set_state(struct tp_inet_sock_set_state *args)
@@ -104,5 +107,20 @@ int tp_tcp_probe(struct tp_tcp_probe *args)
     const void *sk = IF_HAS(HAS_TCP_PROBE_SKADDR, (const void *)args->skaddr, 0);
     __u32 len = IF_HAS(HAS_TCP_PROBE_DATA_LEN, args->data_len, args->length);
     return handle_probe(args, sk, &t, args->snd_cwnd, args->srtt, args->snd_wnd, len);
+}
+#endif
+
+/* Never attached: user space runs these with BPF_PROG_TEST_RUN (agent/kernel/openconn.py). */
+#ifdef OPEN_PASS
+int open_pass(struct bpf_raw_tracepoint_args *ctx)
+{
+    return handle_open_pass(ctx->args);
+}
+#endif
+
+#ifdef OPEN_SEED
+int open_seed(struct __sk_buff *skb)
+{
+    return handle_seed(skb);
 }
 #endif

@@ -153,3 +153,14 @@ def filter_flags(*, netns_inum: int | None, cgroup_id: int | None, cgroup_level:
         flags.append(f"-DFILTER_CGROUP_ID={cgroup_id}ULL")
         flags.append(f"-DFILTER_CGROUP_LEVEL={cgroup_level}")
     return flags
+
+
+def open_flags(offsets: Sequence[tuple[str, int]], *, interim: bool, seed: bool, rtt: bool) -> list[str]:
+    """Open-connection reports (bpf/interim.h OPEN_PASS, bpf/seed.h OPEN_SEED) and the offsets they
+    and the RTTs (bpf/counters.h) read; an offset left out switches its use off."""
+    flags = [f"-D{k}={v}" for k, v in offsets if rtt or k not in ("OFF_SRTT_US", "OFF_RTT_MIN")]
+    if interim:
+        flags.append("-DOPEN_PASS=1")
+    if seed:
+        flags.append("-DOPEN_SEED=1")
+    return flags

@@ -42,6 +42,13 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("snd_wnd", "I"),
     ("data_len", "I"),
     ("comm", "16s"),
+    ("reported_tx", "Q"),
+    ("reported_rx", "Q"),
+    ("connect_ns", "Q"),
+    ("reported_retrans", "I"),
+    ("min_rtt_us", "I"),
+    ("open_flags", "I"),
+    ("pad1", "I"),
 )
 EVENT = struct.Struct("<" + "".join(code for _n, code in EVENT_FIELDS))
 
@@ -49,6 +56,8 @@ EVENT = struct.Struct("<" + "".join(code for _n, code in EVENT_FIELDS))
 EV_LIFECYCLE, EV_STATE, EV_RETRANSMIT, EV_SYNACK, EV_RESET_SENT, EV_RESET_RECEIVED, EV_SOCKET_ERROR, EV_PROBE = range(
     1, 9
 )
+EV_OPEN = 9
+OPEN_SEEDED, OPEN_REPORTED_BEFORE = 1, 2  # bpf/events.h OPEN_*
 KIND_NAMES = {
     EV_LIFECYCLE: "lifecycle",
     EV_STATE: "state",
@@ -58,6 +67,7 @@ KIND_NAMES = {
     EV_RESET_RECEIVED: "reset",
     EV_SOCKET_ERROR: "error",
     EV_PROBE: "probe",
+    EV_OPEN: "open",
 }
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
@@ -143,6 +153,13 @@ class Decoder:
             snd_wnd,
             data_len,
             comm,
+            rep_tx,
+            rep_rx,
+            connect_ns,
+            rep_retrans,
+            min_rtt,
+            open_flags,
+            _pad1,
         ) = EVENT.unpack_from(raw)
         ev = TcpEvent(node=self.node, socket_id=sock_id)
         wall = ts + self.offset_ns
@@ -172,6 +189,29 @@ class Decoder:
             if ending == _ENDING_RESET_SENT:
                 lc.reset_reason = reason
                 lc.reset_reason_name = self.reason_name(reason)
+            lc.reported_tx_bytes = rep_tx
+            lc.reported_rx_bytes = rep_rx
+            lc.reported_retransmits = rep_retrans
+            lc.connect_latency_ns = connect_ns
+            lc.connect_latency_reported = bool(open_flags & OPEN_REPORTED_BEFORE)
+            lc.srtt_us = srtt
+            lc.min_rtt_us = min_rtt
+            lc.seeded = bool(open_flags & OPEN_SEEDED)
+        elif kind == EV_OPEN:
+            op = ev.open
+            op.role = role
+            op.tx_bytes = tx
+            op.rx_bytes = rx
+            op.retransmits = retrans
+            op.srtt_us = srtt
+            op.min_rtt_us = min_rtt
+            op.connect_latency_ns = connect_ns
+            op.age_ns = duration
+            op.reported_tx_bytes = rep_tx
+            op.reported_rx_bytes = rep_rx
+            op.reported_retransmits = rep_retrans
+            op.state = state
+            op.seeded = bool(open_flags & OPEN_SEEDED)
         elif kind == EV_STATE:
             sc = ev.state_change
             sc.old_state = state

@@ -45,6 +45,14 @@ FLOW_VAL_FIELDS: tuple[tuple[str, str], ...] = (
     ("pid", "I"),
     ("pad", "I"),
     ("comm", "16s"),
+    ("open_connections", "Q"),
+    ("report_ns", "Q"),
+    ("srtt_sum_us", "Q"),
+    ("srtt_buckets", f"{FLOW_BUCKETS}Q"),
+    ("connect_sum_ns", "Q"),
+    ("connect_buckets", f"{FLOW_BUCKETS}Q"),
+    ("min_rtt_us", "I"),
+    ("pad2", "I"),
 )
 FLOW_KEY = struct.Struct("<" + "".join(c for _n, c in FLOW_KEY_FIELDS))
 FLOW_VAL = struct.Struct("<" + "".join(c for _n, c in FLOW_VAL_FIELDS))
@@ -62,10 +70,16 @@ def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggr
     laddr, raddr, cgroup_id, _netns, server_port, family, role, _pad = FLOW_KEY.unpack_from(key)
     vals = FLOW_VAL.unpack_from(val)
     connections, tx, rx, dur_sum, first_ns, last_ns = vals[:6]
-    buckets = list(vals[6 : 6 + FLOW_BUCKETS])
-    pid, _vpad, comm = vals[6 + FLOW_BUCKETS :]
+    at = 6 + FLOW_BUCKETS
+    buckets = list(vals[6:at])
+    pid, _vpad, comm, open_connections, report_ns, srtt_sum = vals[at : at + 6]
+    srtt_buckets = list(vals[at + 6 : at + 6 + FLOW_BUCKETS])
+    at += 6 + FLOW_BUCKETS
+    connect_sum = vals[at]
+    connect_buckets = list(vals[at + 1 : at + 1 + FLOW_BUCKETS])
+    min_rtt = vals[at + 1 + FLOW_BUCKETS]
     ev = TcpEvent(node=decoder.node)
-    wall = last_ns + decoder.offset_ns
+    wall = max(last_ns, report_ns) + decoder.offset_ns
     ev.time.seconds, ev.time.nanos = divmod(wall, 1_000_000_000)
     ev.local.ip = decoder.ip(family, laddr)
     ev.remote.ip = decoder.ip(family, raddr)
@@ -81,15 +95,30 @@ def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggr
     fl.connections = connections
     fl.tx_bytes = tx
     fl.rx_bytes = rx
-    while buckets and buckets[-1] == 0:
-        buckets.pop()
-    fl.duration_us_log2.extend(buckets)
+    fl.duration_us_log2.extend(_trimmed(buckets))
     fl.duration_sum_ns = dur_sum
-    for ts, stamp in ((first_ns, fl.first_close), (last_ns, fl.last_close)):
-        stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
+    if connections:
+        for ts, stamp in ((first_ns, fl.first_close), (last_ns, fl.last_close)):
+            stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
     fl.interval_ns = interval_ns
     fl.source = AGGREGATE if aggregate else SPILL
+    fl.open_connections = open_connections
+    if report_ns:
+        fl.report_time.seconds, fl.report_time.nanos = divmod(report_ns + decoder.offset_ns, 1_000_000_000)
+    fl.srtt_us_log2.extend(_trimmed(srtt_buckets))
+    fl.srtt_sum_us = srtt_sum
+    fl.connect_latency_us_log2.extend(_trimmed(connect_buckets))
+    fl.connect_latency_sum_ns = connect_sum
+    fl.min_rtt_us = min_rtt
     return ev
+
+
+def _trimmed(buckets: list[int]) -> list[int]:
+    """A log2 histogram without its trailing empty buckets."""
+    end = len(buckets)
+    while end and buckets[end - 1] == 0:
+        end -= 1
+    return buckets[:end]
 
 
 class FlowMaps:

@@ -1,4 +1,5 @@
-"""Owners of TCP listening sockets that existed before the agent started, read from /proc.
+"""Owners of TCP listening sockets, and the connections, that existed before the agent started, read
+from /proc.
 
 The kernel side learns a listener's owner at CLOSE->LISTEN (listen(), process context) and gives
 it to every passive child at LISTEN->SYN_RECV (softirq, where the current task is unrelated). A
@@ -17,9 +18,10 @@ The map's key is {netns, family, bound address, port}, as the kernel side builds
 listeners on one port, or on different addresses, are different keys. Listeners with the same key
 (an SO_REUSEPORT group) become one entry owned by the lowest pid, with their number as its refs.
 
-Already ESTABLISHED sockets are not seeded: the per-socket map is keyed by the struct sock pointer,
-which /proc does not show (the socket inode cannot be turned into that key), so those sockets stay
-role UNSPECIFIED with pid 0 until they close.
+The same walk lists the connections (ESTABLISHED and the closing states, not handshakes) of each
+namespace with their owners, and a pid to enter each namespace by. The per-socket map is keyed by the
+struct sock pointer, which /proc does not show: agent/kernel/openconn.py finds each one in the kernel
+by its tuple (bpf/seed.h).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from __future__ import annotations
 import os
 import socket
 import struct
-from collections.abc import Callable, Container, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 TCP_LISTEN = "0A"  # include/net/tcp_states.h TCP_LISTEN = 10, as /proc/net/tcp prints it
+# ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING: a connection's full socket
+TCP_CONNECTED = frozenset({"01", "04", "05", "08", "09", "0B"})
 _TABLES = (("tcp", int(socket.AF_INET)), ("tcp6", int(socket.AF_INET6)))
 
 ListenKey = tuple[int, int, bytes, int]  # (netns, family, bound address, port): the listener map's key
@@ -58,6 +62,21 @@ def proc_address(hexaddr: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class Connection:
+    """One connection of one network namespace, as /proc/net/tcp{,6} lists it, and its owner."""
+
+    netns: int
+    family: int
+    laddr: bytes  # as the kernel side's struct tuple: IPv4 in the first 4 bytes
+    lport: int
+    raddr: bytes
+    rport: int
+    inode: int
+    pid: int = 0  # lowest pid holding it; 0 when none was found
+    comm: str = ""
+
+
+@dataclass(frozen=True)
 class ListenerScan:
     """What a scan found, and what it cost."""
 
@@ -65,6 +84,8 @@ class ListenerScan:
     processes: int  # /proc/<pid> entries looked at
     namespaces: int  # distinct network namespaces seen
     unowned: int  # listening sockets held by no visible process (e.g. closed meanwhile)
+    connections: tuple[Connection, ...] = ()
+    netns_pid: Mapping[int, int] = field(default_factory=dict)  # a process of each namespace read
 
 
 def _pids(proc: Path) -> Iterator[int]:
@@ -92,6 +113,20 @@ def listen_sockets(table: str) -> dict[int, tuple[bytes, int]]:
     return out
 
 
+def connection_rows(table: str) -> list[tuple[bytes, int, bytes, int, int]]:
+    """(local address, port, remote address, port, inode) of the connection rows (TCP_CONNECTED) of a
+    /proc/net/tcp or tcp6 text; rows of no socket (inode 0) are left out."""
+    out = []
+    for line in table.splitlines()[1:]:
+        cols = line.split()
+        if len(cols) < 10 or cols[3] not in TCP_CONNECTED or not int(cols[9]):
+            continue
+        laddr, lport = cols[1].rsplit(":", 1)
+        raddr, rport = cols[2].rsplit(":", 1)
+        out.append((proc_address(laddr), int(lport, 16), proc_address(raddr), int(rport, 16), int(cols[9])))
+    return out
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text()
@@ -109,13 +144,19 @@ def scan_listeners(proc: Path = Path("/proc"), netns_only: int | None = None) ->
     `netns_only` restricts the scan to one namespace (the agent's --netns filter)."""
     processes = list(_process_namespaces(proc))
     by_ns = processes_by_netns(processes, netns_only)
-    wanted = _listen_sockets_by_netns(proc, by_ns)
-    owners = lowest_owners(_socket_holders(proc, by_ns, wanted), wanted)
+    tables = _tables_by_netns(proc, by_ns)
+    wanted = {inode: key for ns, (_pid, tbl) in tables.items() for inode, key in netns_listen_sockets(ns, tbl).items()}
+    conns = [c for ns, (_pid, tbl) in tables.items() for c in netns_connections(ns, tbl)]
+    sockets = set(wanted) | {c.inode for c in conns}
+    busy = {key[0] for key in wanted.values()} | {c.netns for c in conns}
+    owners = lowest_owners(_socket_holders(proc, by_ns, busy), sockets)
     return ListenerScan(
         listeners=group_listeners(wanted, owners, lambda pid: _comm(proc, pid)),
         processes=len(processes),
         namespaces=len(by_ns),
         unowned=sum(1 for inode in wanted if inode not in owners),
+        connections=owned_connections(conns, owners, lambda pid: _comm(proc, pid)),
+        netns_pid={ns: pid for ns, (pid, _tbl) in tables.items()},
     )
 
 
@@ -162,22 +203,31 @@ def netns_listen_sockets(ns: int, tables: Iterable[tuple[str | None, int]]) -> d
     return wanted
 
 
-def _listen_sockets_by_netns(proc: Path, by_ns: dict[int, list[int]]) -> dict[int, ListenKey]:
-    """socket inode -> key of every LISTEN socket; the first process of a namespace whose tables can
-    be read speaks for it."""
-    wanted: dict[int, ListenKey] = {}
+def netns_connections(ns: int, tables: Iterable[tuple[str | None, int]]) -> list[Connection]:
+    """The connections of one namespace's tcp and tcp6 tables (text, family), owners not yet known."""
+    return [
+        Connection(netns=ns, family=family, laddr=la, lport=lp, raddr=ra, rport=rp, inode=inode)
+        for text, family in tables
+        for la, lp, ra, rp, inode in connection_rows(text or "")
+    ]
+
+
+def _tables_by_netns(proc: Path, by_ns: dict[int, list[int]]) -> dict[int, tuple[int, list[tuple[str | None, int]]]]:
+    """netns -> (reader pid, its tcp and tcp6 tables): the first process of a namespace whose tables
+    can be read speaks for it."""
+    out: dict[int, tuple[int, list[tuple[str | None, int]]]] = {}
     for ns, pids in by_ns.items():
-        tables = _first_readable_tables(proc, pids)
-        if tables is not None:
-            wanted.update(netns_listen_sockets(ns, tables))
-    return wanted
+        found = _first_readable_tables(proc, pids)
+        if found is not None:
+            out[ns] = found
+    return out
 
 
-def _first_readable_tables(proc: Path, pids: list[int]) -> list[tuple[str | None, int]] | None:
+def _first_readable_tables(proc: Path, pids: list[int]) -> tuple[int, list[tuple[str | None, int]]] | None:
     for pid in pids:
         tables = _net_tables(proc, pid)
         if tables is not None:
-            return tables
+            return pid, tables
     return None
 
 
@@ -208,11 +258,11 @@ def _socket_inodes(proc: Path, pid: int) -> Iterator[int]:
             yield inode
 
 
-def _socket_holders(proc: Path, by_ns: dict[int, list[int]], wanted: dict[int, ListenKey]) -> Iterator[tuple[int, int]]:
-    """(pid, socket inode) for each socket fd of the processes in namespaces that have listeners."""
-    with_listeners = {key[0] for key in wanted.values()}
+def _socket_holders(proc: Path, by_ns: dict[int, list[int]], busy: Container[int]) -> Iterator[tuple[int, int]]:
+    """(pid, socket inode) for each socket fd of the processes in namespaces with listeners or
+    connections."""
     for ns, pids in by_ns.items():
-        if ns in with_listeners:
+        if ns in busy:
             for pid in pids:
                 for inode in _socket_inodes(proc, pid):
                     yield pid, inode
@@ -250,3 +300,15 @@ def group_listeners(
             owner, comm = prev.pid, prev.comm
         found[key] = Listener(netns=ns, port=port, pid=owner, comm=comm, family=family, addr=addr, refs=refs)
     return tuple(sorted(found.values(), key=lambda x: (x.netns, x.port, x.family, x.addr)))
+
+
+def owned_connections(
+    conns: Iterable[Connection], owners: dict[int, int], comm_of: Callable[[int], str]
+) -> tuple[Connection, ...]:
+    """The connections with their owners (pid 0 where none holds the socket: an orphan, closing),
+    sorted."""
+    out = []
+    for c in conns:
+        pid = owners.get(c.inode, 0)
+        out.append(replace(c, pid=pid, comm=comm_of(pid) if pid else ""))
+    return tuple(sorted(out, key=lambda c: (c.netns, c.family, c.laddr, c.lport, c.raddr, c.rport)))

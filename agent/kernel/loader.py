@@ -13,6 +13,7 @@ from typing import Any
 
 from agent.kernel.headers import HeadersError, ensure_headers
 from agent.kernel.listeners import ListenerScan, scan_listeners
+from agent.kernel.openconn import SeedResult, describe_seeding, seed_connections
 from agent.kernel.probe import BPF_DIR, KernelSupportError, Plan
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Loaded:
     plan: Plan
     attached: tuple[str, ...]
     listeners_seeded: int = 0  # owners of pre-existing listeners written into the listener map
+    seeding: SeedResult | None = None  # connections open before start (None: seeding off)
 
     def detach(self) -> None:
         """Detach every program, keeping the maps and the buffer readable."""
@@ -117,6 +119,11 @@ def load(plan: Plan, bpf_dir: Path = BPF_DIR) -> Loaded:
         known,
         f", map full {full}" if full else "",
     )
+    if not plan.open.seed:
+        loaded.seeding = seed_connections(bpf, scan)
+        if loaded.seeding.error:
+            log.warning("connections open before start not found: %s", loaded.seeding.error)
+        log.info("%s", describe_seeding(loaded.seeding))
     return loaded
 
 

@@ -95,6 +95,57 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+# Open connections and latency (bpf/counters.h, bpf/interim.h): (macro, struct, member path, then a
+# member of that member's type added to it, or None). Not required: without them the agent reports
+# connections at close only, or without RTTs, and says so (OpenConnections).
+_RTT_OFFSETS: tuple[tuple[str, str, str, tuple[str, str] | None], ...] = (
+    ("OFF_SRTT_US", "tcp_sock", "srtt_us", None),
+    # struct minmax { struct minmax_sample { u32 t; u32 v; } s[3]; }: the current minimum is s[0].v
+    ("OFF_RTT_MIN", "tcp_sock", "rtt_min", ("minmax_sample", "v")),
+)
+_INTERIM_OFFSETS: tuple[tuple[str, str, str, tuple[str, str] | None], ...] = (
+    ("OFF_SK_RECEIVE_QUEUE", "sock", "sk_receive_queue", None),
+    ("OFF_SKB_HEAD_PREV", "sk_buff_head", "prev", None),  # the queue's tail
+    ("OFF_SKB_TCP_FLAGS", "sk_buff", "cb", ("tcp_skb_cb", "tcp_flags")),  # TCP_SKB_CB(skb)->tcp_flags
+)
+
+# BPF atomic exchange (BPF_XCHG) came with Linux 5.12 (commit 5ffa25502b5a, "bpf: Add instructions for
+# atomic_[cmp]xchg"); BPF_PROG_TEST_RUN of raw tracepoint programs with 5.10 (commit 1b4d60ec162f).
+OPEN_PASS_SINCE = (5, 12)
+CAP_NET_ADMIN, CAP_SYS_ADMIN = 12, 21  # include/uapi/linux/capability.h
+
+
+@dataclass(frozen=True)
+class OpenConnections:
+    """How open connections are reported (bpf/interim.h, bpf/seed.h): each field is empty when that
+    part is on, else why it is off. The agent says which in --dump-bpf and at start-up, and counts the
+    flow intervals whose open connections went unreported (open.passes_skipped)."""
+
+    interim: str = "not decided"  # every flow interval, a pass over the socket map reports each one
+    seed: str = "not decided"  # connections open before the agent started are found at start-up
+    rtt: str = "not decided"  # smoothed and min RTT, the server's connect latency
+    offsets: tuple[tuple[str, int], ...] = ()
+
+    def describe(self, interval_s: float) -> list[str]:
+        """The --dump-bpf lines."""
+        return [
+            (
+                f"open connections: reported every {interval_s:g} s (flow interval) by a pass over the "
+                "per-socket map (raw tracepoint program, test-run)"
+                if not self.interim
+                else f"open connections: reported at close only: {self.interim}"
+            ),
+            (
+                "connections open before start: found at start-up (bpf_sk_lookup_tcp in each network namespace)"
+                if not self.seed
+                else f"connections open before start: not reported until they change state: {self.seed}"
+            ),
+            "latency: connect latency both sides, smoothed and min RTT"
+            if not self.rtt
+            else f"latency: client connect latency only: {self.rtt}",
+        ]
+
+
 @dataclass(frozen=True)
 class Filters:
     """In-kernel filters, compiled in as constants."""
@@ -126,6 +177,8 @@ class Plan:
     connections: str = "each"  # 'each' | 'aggregate' (bpf/flow.h)
     max_flows: int = 4096
     spill_per_cpu: int = 0  # 'each': ordinary connections per second and CPU before they spill into flows
+    open: OpenConnections = OpenConnections()
+    flow_interval: float = 10.0
 
     @property
     def flows_on(self) -> bool:
@@ -158,6 +211,9 @@ class Plan:
             flags += cgen.flow_flags(
                 connections=self.connections, max_flows=self.max_flows, spill_per_cpu=self.spill_per_cpu
             )
+        flags += cgen.open_flags(
+            self.open.offsets, interim=not self.open.interim, seed=not self.open.seed, rtt=not self.open.rtt
+        )
         f = self.filters
         return flags + cgen.filter_flags(netns_inum=f.netns_inum, cgroup_id=f.cgroup_id, cgroup_level=f.cgroup_level)
 
@@ -186,13 +242,14 @@ class Plan:
                 f"connections: each (beyond {self.spill_per_cpu}/s per CPU ordinary connections spill "
                 f"into flows, {self.max_flows} keys per map)"
             )
+        lines += self.open.describe(self.flow_interval)
         lines.append("attach:")
         lines += [f"  {kind} {tp} -> {fn}" for kind, tp, fn in self.attach]
         if self.skipped:
             lines.append("skipped:")
             lines += [f"  {s}" for s in self.skipped]
         lines.append("btf offsets:")
-        lines += [f"  {k.lstrip('_')} = {v}" for k, v in self.offsets]
+        lines += [f"  {k.lstrip('_')} = {v}" for k, v in (*self.offsets, *self.open.offsets)]
         lines.append(f"reset reasons: {len(self.rst_reasons)} from BTF enum sk_rst_reason")
         lines.append("tracepoint records:")
         for fmt in self.formats:
@@ -209,6 +266,7 @@ def build_plan(
     format_reader: Callable[[str, str], TracepointFormat | None] | None = None,
     kernel: str | None = None,
     socket_key: int | None = None,
+    capabilities: int | None = None,
 ) -> Plan:
     """Probe the running kernel (or the given stand-ins) and decide the plan for this config, in
     three steps: struct offsets (BTF), tracepoints (tracefs), filters (config, /proc, cgroupfs).
@@ -220,13 +278,16 @@ def build_plan(
     offsets = struct_offsets(btf)
     tracepoints = select_tracepoints(config.events, read, has_raw=has_raw_tracepoints(btf))
     filters = build_filters(config)
+    kernel = kernel or platform.release()
+    use_ringbuf = btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF") is not None
+    caps = effective_capabilities() if capabilities is None else capabilities
     return Plan(
-        kernel=kernel or platform.release(),
+        kernel=kernel,
         formats=tracepoints.formats,
         attach=tracepoints.attach,
         skipped=tracepoints.skipped,
         offsets=offsets,
-        use_ringbuf=btf.enum_value("bpf_map_type", "BPF_MAP_TYPE_RINGBUF") is not None,
+        use_ringbuf=use_ringbuf,
         ringbuf_pages=max(1, config.ring_buffer_kb * 1024 // os.sysconf("SC_PAGE_SIZE")),
         events=tuple(config.events),
         filters=filters,
@@ -237,6 +298,8 @@ def build_plan(
         connections=config.connections,
         max_flows=config.max_flows,
         spill_per_cpu=spill_per_cpu(config),
+        open=open_connections(config, btf, kernel, use_ringbuf=use_ringbuf, capabilities=caps),
+        flow_interval=config.flow_interval,
     )
 
 
@@ -374,6 +437,76 @@ def _sock_done(btf: Btf, missing: list[str]) -> int:
         missing.append("enum sock_flags SOCK_DONE")
         return 1
     return bit
+
+
+def _optional_offsets(
+    btf: Btf, wanted: Sequence[tuple[str, str, str, tuple[str, str] | None]]
+) -> tuple[list[tuple[str, int]], list[str]]:
+    """(offsets found, members missing) of optional offsets."""
+    found: list[tuple[str, int]] = []
+    missing: list[str] = []
+    for macro, struct, path, inner in wanted:
+        off = btf.member_offset(struct, path)
+        extra = btf.member_offset(*inner) if inner else 0
+        if off is None or extra is None:
+            missing.append(f"{struct}.{path}" if off is None else f"{inner[0]}.{inner[1]}" if inner else path)
+        else:
+            found.append((macro, off + extra))
+    return found, missing
+
+
+def kernel_version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string ("6.18.44-fc" -> (6, 18)); (0, 0) when unreadable."""
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def effective_capabilities(status: str = "/proc/self/status") -> int:
+    """This process' effective capability set (CapEff), as a bit mask."""
+    with open(status) as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def open_connections(
+    config: AgentConfig, btf: Btf, kernel: str, *, use_ringbuf: bool, capabilities: int
+) -> OpenConnections:
+    """Which parts of open-connection reporting this kernel, this config and this process allow."""
+    rtt_found, rtt_missing = _optional_offsets(btf, _RTT_OFFSETS)
+    interim_found, interim_missing = _optional_offsets(btf, _INTERIM_OFFSETS)
+    rtt = f"kernel BTF lacks {', '.join(rtt_missing)}" if rtt_missing else ""
+    if "open" not in config.events:
+        interim = "not requested (--events without open)"
+    elif "lifecycle" not in config.events:
+        interim = "needs the lifecycle kind (the reports add up to each connection's lifecycle)"
+    elif not use_ringbuf:
+        interim = "needs the BPF ring buffer (Linux 5.8+)"
+    elif kernel_version(kernel) < OPEN_PASS_SINCE:
+        interim = (
+            f"needs BPF atomic exchange, Linux {OPEN_PASS_SINCE[0]}.{OPEN_PASS_SINCE[1]}+ (this is {kernel}): "
+            "without it a report racing with the close could count bytes twice"
+        )
+    elif interim_missing:
+        interim = f"kernel BTF lacks {', '.join(interim_missing)}"
+    else:
+        interim = ""
+    needed = (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN)
+    if interim:
+        seed = "needs the open-connection reports"
+    elif capabilities & needed != needed:
+        seed = (
+            "needs CAP_NET_ADMIN (bpf_sk_lookup_tcp, the one way to a socket's kernel address, exists only in "
+            "networking programs) and CAP_SYS_ADMIN (to enter each network namespace)"
+        )
+    else:
+        seed = ""
+    offsets = rtt_found + (interim_found if not interim else [])
+    return OpenConnections(interim=interim, seed=seed, rtt=rtt, offsets=tuple(offsets))
 
 
 # ---- step 2: tracepoints (tracefs) ---------------------------------------------------------------

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import ctypes
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from agent.kernel.decode import EVENT, Decoder
 from agent.kernel.flows import FlowMaps
 from agent.kernel.loader import Loaded
+from agent.kernel.openconn import OpenConnError, OpenPass, PassStats
 from tcpscope.v1.events_pb2 import TcpEvent
 
 # struct bpf_prog_info (include/uapi/linux/bpf.h) is stable ABI: recursion_misses is the u64 at
 # byte 208, added in Linux 5.12; older kernels return a shorter info_len.
+log = logging.getLogger(__name__)
+
 _PROG_INFO_SIZE = 256
 _RECURSION_MISSES_OFF = 208
 
@@ -50,7 +55,11 @@ def boot_to_wall_offset_ns() -> int:
 
 class KernelSource:
     """EventSource over the loaded programs. poll() returns decoded events; losses() reads the
-    kernel's per-CPU loss counters (and perf buffer losses reported to user space)."""
+    kernel's per-CPU loss counters (and perf buffer losses reported to user space).
+
+    Every flow interval (and once more after stop()) the source runs the open-connection pass
+    (agent/kernel/openconn.py), which adds the open connections' progress to the flow maps or emits
+    `open` events, then flushes the flow maps."""
 
     # libbpf's ring_buffer__poll keeps consuming while the producer keeps producing: at saturation
     # one poll would never return and the batch would grow without bound (the benchmark saw 1.4 GB).
@@ -59,7 +68,14 @@ class KernelSource:
     # keeps the record it was handed and asks to stop after it.
     MAX_EVENTS_PER_POLL = 4096
 
-    def __init__(self, loaded: Loaded, decoder: Decoder, perf_pages: int = 256, flow_interval_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        loaded: Loaded,
+        decoder: Decoder,
+        perf_pages: int = 256,
+        flow_interval_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._loaded = loaded
         self._bpf = loaded.bpf
         self._decoder = decoder
@@ -97,23 +113,55 @@ class KernelSource:
         )
         self._final_losses: dict[str, int] = {}
         self._final_flow_counters: dict[str, int] = {}
+        plan = loaded.plan
+        self._open = OpenPass(self._bpf) if not plan.open.interim else None
+        self._open_stats = self._open.stats if self._open is not None else PassStats()
+        self._open_wanted = "open" in plan.events
+        self._interval_s = flow_interval_s
+        self._clock = clock
+        self._last_tick = clock()
+        self._finished = False  # the final pass and flush are done
         self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
-        """Records from the buffer; every --flow-interval (and once after stop()) the flows too."""
+        """Records from the buffer; every --flow-interval (and once after stop(), when the buffer is
+        drained) the open connections' reports and the flows too."""
         self._poll_fn(timeout_ms)
+        out = self._take()
+        if self._closed or self._finished:
+            return out
+        if self._stopped:
+            if not out:  # the buffer is drained: nothing can reach the maps any more
+                self._interval(out, final=True)
+                self._finished = True
+        elif self._clock() - self._last_tick >= self._interval_s:
+            self._interval(out, final=False)
+        return out
+
+    def _take(self) -> list[TcpEvent]:
         out = self._batch[:]
         self._batch.clear()
-        flows = self._flows
-        if flows is not None and not self._closed:
-            if self._stopped:
-                if not out:  # the buffer is drained: nothing can reach the maps any more
-                    out = flows.flush_all()
-                    self._final_flow_counters = flows.counters()
-                    self._flows = None
-            elif flows.due():
-                out.extend(flows.flush())
         return out
+
+    def _interval(self, out: list[TcpEvent], final: bool) -> None:
+        """The open-connection pass, its own events, then the flows (which hold what the pass added)."""
+        self._last_tick = self._clock()
+        if self._open is not None:
+            try:
+                self._open.run()
+            except OpenConnError as e:  # counted as a skipped pass; the next interval tries again
+                self._open_stats.skipped += 1
+                log.warning("open connections not reported this interval: %s", e)
+            self._poll_fn(0)
+            out.extend(self._take())
+        elif self._open_wanted:
+            self._open_stats.skipped += 1  # the fallback: reported at close only (plan.open.interim)
+        flows = self._flows
+        if flows is not None:
+            out.extend(flows.flush_all() if final else flows.flush())
+        if final:
+            self._final_flow_counters = self._counters(flows)
+            self._flows = None
 
     def stop(self) -> None:
         """Detach the programs: nothing new enters the buffer or the flow maps. Keep polling until
@@ -124,10 +172,23 @@ class KernelSource:
 
     def flow_counters(self) -> dict[str, int]:
         """flows.aggregated (ordinary connections counted in flows) and flows.map_full (reported as
-        their own lifecycle because the flow map was full); empty when flows are off."""
-        if self._flows is not None and not self._closed:
-            return self._flows.counters()
+        their own lifecycle because the flow map was full), empty when flows are off; and the
+        open-connection counters (open.*: agent/kernel/openconn.py), when `open` is asked for. Not
+        losses."""
+        if not self._closed and not self._finished:
+            return self._counters(self._flows)
         return dict(self._final_flow_counters)
+
+    def _counters(self, flows: FlowMaps | None) -> dict[str, int]:
+        out = flows.counters() if flows is not None else {}
+        if self._open_wanted:
+            out.update(self._open_stats.counters())
+            if self._open is not None:
+                out.update(self._open.kernel_counters())
+            seeding = self._loaded.seeding
+            if seeding is not None:
+                out.update(seeding.counters())
+        return out
 
     def losses(self) -> dict[str, int]:
         if self._closed:
@@ -154,6 +215,7 @@ class KernelSource:
     def close(self) -> None:
         if not self._closed:
             self._final_losses = self.losses()
-            self._final_flow_counters = self.flow_counters()
+            if not self._finished:
+                self._final_flow_counters = self._counters(self._flows)
             self._closed = True
             self._loaded.close()

@@ -22,6 +22,7 @@ from agent.kernel.flows import (
     FLOW_VAL_FIELDS,
     decode_flow,
 )
+from agent.kernel.openconn import OPEN_COUNTERS, SEED_REQ, SEED_REQ_FIELDS, SEED_RESULTS
 from agent.kernel.probe import BPF_DIR
 from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, FIN_WAIT2, PASSIVE, RECEIVED, RESET_SENT, SENT, SPILL, SYN_SENT
 
@@ -65,6 +66,7 @@ def _size(code: str) -> int:
         ("tcpscope_event", EVENT_FIELDS, EVENT),
         ("flow_key", FLOW_KEY_FIELDS, FLOW_KEY),
         ("flow_val", FLOW_VAL_FIELDS, FLOW_VAL),
+        ("seed_req", SEED_REQ_FIELDS, SEED_REQ),
     ],
 )
 def test_python_mirror_matches_c_struct(
@@ -90,11 +92,45 @@ def test_flow_constants_agree_with_events_h() -> None:
     ]
 
 
+def test_open_constants_agree_with_events_h() -> None:
+    header = (BPF_DIR / "events.h").read_text()
+    consts = {m[0]: int(m[1]) for m in re.findall(r"^#define ((?:OPEN|SEED|EV)\w*) (\d+)", header, re.M)}
+    assert consts["OPENC_NCOUNTS"] == len(OPEN_COUNTERS)
+    for name in OPEN_COUNTERS:
+        assert consts[f"OPENC_{name.upper()}"] == OPEN_COUNTERS.index(name)
+    for name in SEED_RESULTS:
+        assert consts[f"SEED_{'FULL' if name == 'map_full' else name.upper()}"] == SEED_RESULTS.index(name)
+    assert (consts["EV_OPEN"], consts["OPEN_SEEDED"], consts["OPEN_REPORTED_BEFORE"]) == (
+        decode.EV_OPEN,
+        decode.OPEN_SEEDED,
+        decode.OPEN_REPORTED_BEFORE,
+    )
+
+
+def _flow_val(**kw: object) -> bytes:
+    """A flow_val record: zeros, but for the fields given (lists for the histograms)."""
+    values: list[object] = []
+    for name, code in FLOW_VAL_FIELDS:
+        v = kw.get(name, b"" if code.endswith("s") else [0] * FLOW_BUCKETS if code[0].isdigit() else 0)
+        values += v if isinstance(v, list) else [v]
+    return FLOW_VAL.pack(*values)
+
+
 def test_decode_flow_passive_and_active() -> None:
     dec = Decoder("n1", 1_000_000_000_000, {})
     buckets = [0] * FLOW_BUCKETS
     buckets[3], buckets[6] = 2, 1
-    val = FLOW_VAL.pack(3, 300, 30, 90_000, 5_000, 9_000, *buckets, 42, 0, b"srv")
+    val = _flow_val(
+        connections=3,
+        tx_bytes=300,
+        rx_bytes=30,
+        duration_sum_ns=90_000,
+        first_close_ns=5_000,
+        last_close_ns=9_000,
+        buckets=buckets,
+        pid=42,
+        comm=b"srv",
+    )
     key = FLOW_KEY.pack(
         socket.inet_aton("198.18.0.2") + bytes(12),
         socket.inet_aton("198.18.0.1") + bytes(12),
@@ -128,6 +164,37 @@ def test_decode_flow_passive_and_active() -> None:
     ev6 = decode_flow(dec, key6, val, 0, aggregate=False)
     assert (ev6.local.ip, ev6.local.port, ev6.remote.ip, ev6.remote.port) == ("2001:db8::1", 0, "::1", 443)
     assert ev6.flow.source == SPILL
+    assert not ev.flow.HasField("report_time") and ev.flow.open_connections == 0
+
+
+def test_decode_flow_with_open_connections_and_latency() -> None:
+    """A flush that holds only open connections' progress: no close times, the event's time is the
+    pass; the latency histograms as the duration one."""
+    dec = Decoder("n1", 1_000_000_000_000, {})
+    srtt, connect = [0] * FLOW_BUCKETS, [0] * FLOW_BUCKETS
+    srtt[4], srtt[5], connect[9] = 1, 2, 3
+    val = _flow_val(
+        tx_bytes=5000,
+        rx_bytes=70,
+        open_connections=3,
+        report_ns=8_000,
+        srtt_sum_us=150,
+        srtt_buckets=srtt,
+        connect_sum_ns=1_700_000,
+        connect_buckets=connect,
+        min_rtt_us=12,
+        pid=7,
+        comm=b"pool",
+    )
+    key = FLOW_KEY.pack(bytes(16), bytes(16), 1, 1, 6379, socket.AF_INET, ACTIVE, b"")
+    ev = decode_flow(dec, key, val, 10_000_000_000, aggregate=True)
+    fl = ev.flow
+    assert (fl.connections, fl.open_connections, fl.tx_bytes, fl.rx_bytes) == (0, 3, 5000, 70)
+    assert not fl.HasField("first_close") and not fl.HasField("last_close")
+    assert fl.report_time.ToNanoseconds() == ev.time.ToNanoseconds() == 1_000_000_008_000
+    assert (list(fl.srtt_us_log2), fl.srtt_sum_us) == ([0, 0, 0, 0, 1, 2], 150)
+    assert (list(fl.connect_latency_us_log2), fl.connect_latency_sum_ns) == ([0] * 9 + [3], 1_700_000)
+    assert fl.min_rtt_us == 12
 
 
 def _record(**kw: object) -> bytes:
@@ -196,3 +263,52 @@ def test_decode_resets_errors_and_unknown_reason() -> None:
     assert syn.WhichOneof("kind") == "synack_retransmit"
     pr = d.decode(_record(kind=decode.EV_PROBE, snd_cwnd=10, srtt_us=50, snd_wnd=65535, data_len=1448, family=2))
     assert (pr.probe.snd_cwnd, pr.probe.srtt_us, pr.probe.snd_wnd, pr.probe.data_len) == (10, 50, 65535, 1448)
+
+
+def test_decode_open_and_the_lifecycle_fields_of_open_reports() -> None:
+    d = Decoder("n", 0, {})
+    common = {"family": socket.AF_INET, "saddr": socket.inet_aton("10.0.0.1"), "daddr": socket.inet_aton("10.0.0.2")}
+    op = d.decode(
+        _record(
+            kind=decode.EV_OPEN,
+            role=2,
+            tx_bytes=100,
+            rx_bytes=5,
+            retransmits=1,
+            srtt_us=40,
+            min_rtt_us=30,
+            connect_ns=250_000,
+            duration_ns=9_000_000_000,
+            reported_tx=1100,
+            reported_rx=55,
+            reported_retrans=2,
+            state=8,
+            open_flags=decode.OPEN_SEEDED,
+            **common,
+        )
+    )
+    o = op.open
+    assert op.WhichOneof("kind") == "open"
+    assert (o.role, o.tx_bytes, o.rx_bytes, o.retransmits) == (PASSIVE, 100, 5, 1)
+    assert (o.srtt_us, o.min_rtt_us, o.connect_latency_ns, o.age_ns) == (40, 30, 250_000, 9_000_000_000)
+    assert (o.reported_tx_bytes, o.reported_rx_bytes, o.reported_retransmits, o.state) == (1100, 55, 2, 8)
+    assert o.seeded
+    lc = d.decode(
+        _record(
+            kind=decode.EV_LIFECYCLE,
+            role=1,
+            tx_bytes=2000,
+            rx_bytes=60,
+            reported_tx=1100,
+            reported_rx=55,
+            reported_retrans=2,
+            connect_ns=250_000,
+            srtt_us=41,
+            min_rtt_us=30,
+            open_flags=decode.OPEN_REPORTED_BEFORE,
+            **common,
+        )
+    ).lifecycle
+    assert (lc.reported_tx_bytes, lc.reported_rx_bytes, lc.reported_retransmits) == (1100, 55, 2)
+    assert (lc.connect_latency_ns, lc.connect_latency_reported, lc.srtt_us, lc.min_rtt_us) == (250_000, True, 41, 30)
+    assert not lc.seeded

@@ -13,6 +13,7 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.kernel.listeners import (
+    Connection,
     Listener,
     ListenerScan,
     group_listeners,
@@ -126,8 +127,8 @@ def test_listeners_grouped_by_map_key() -> None:
 _TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
 
 
-def _tcp_row(local: str, state: str, inode: int) -> str:
-    return f"   0: {local} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0\n"
+def _tcp_row(local: str, state: str, inode: int, remote: str = "00000000:0000") -> str:
+    return f"   0: {local} {remote} {state} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0\n"
 
 
 def _fake_process(
@@ -200,9 +201,20 @@ def test_scan_of_a_handmade_proc(tmp_path: Path) -> None:
         comm="rp-low",
     )
     _fake_process(proc, 23, ns_files["b"], fds=("socket:[200]", "socket:[203]"), comm="rp-high")
-    # namespace c has no listeners, so its processes are not looked at, even one holding a listener
-    # of another namespace (a passed fd) with a lower pid
-    _fake_process(proc, 5, ns_files["c"], tcp=_TCP_HEADER, tcp6=_TCP_HEADER, fds=("socket:[100]",), comm="other")
+    # namespace c has no listeners, only a connection (198.18.0.1:40000 -> 198.18.0.2:6379) and a
+    # TIME_WAIT row (no socket of its own: left out); its processes are looked at for the connection's
+    # owner, but a listener of another namespace they hold (a passed fd, lower pid) keeps its owner
+    _fake_process(
+        proc,
+        5,
+        ns_files["c"],
+        tcp=_TCP_HEADER
+        + _tcp_row("010012C6:9C40", "01", 300, remote="020012C6:18EB")
+        + _tcp_row("010012C6:9C41", "06", 0, remote="020012C6:18EB"),
+        tcp6=_TCP_HEADER,
+        fds=("socket:[300]",),
+        comm="other",
+    )
 
     scan = scan_listeners(proc)
     localhost = socket.inet_aton("127.0.0.1") + bytes(12)
@@ -213,16 +225,35 @@ def test_scan_of_a_handmade_proc(tmp_path: Path) -> None:
         Listener(ns["a"], 9090, 13, "", v4, localhost),
         Listener(ns["b"], 80, 21, "rp-low", v4, bytes(16), refs=2),
     ]
+    # connections: the LISTEN-less row of namespace b (its owner the only holder), namespace c's one
+    in_b = Connection(ns["b"], v4, localhost, 83, bytes(16), 0, 203, pid=23, comm="rp-high")
+    in_c = Connection(
+        ns["c"],
+        v4,
+        socket.inet_aton("198.18.0.1") + bytes(12),
+        40000,
+        socket.inet_aton("198.18.0.2") + bytes(12),
+        6379,
+        300,
+        5,
+        "other",
+    )
     assert scan == ListenerScan(
         listeners=tuple(sorted(expected, key=lambda x: (x.netns, x.port, x.family, x.addr))),
         processes=8,
         namespaces=3,
         unowned=1,
+        connections=tuple(sorted((in_b, in_c), key=lambda c: c.netns)),
+        netns_pid={ns["a"]: 10, ns["b"]: 21, ns["c"]: 5},
     )
 
     only_b = scan_listeners(proc, netns_only=ns["b"])
-    assert only_b == ListenerScan(listeners=(expected[3],), processes=8, namespaces=1, unowned=1)
-    assert scan_listeners(proc, netns_only=ns["c"]) == ListenerScan((), processes=8, namespaces=1, unowned=0)
+    assert only_b == ListenerScan(
+        listeners=(expected[3],), processes=8, namespaces=1, unowned=1, connections=(in_b,), netns_pid={ns["b"]: 21}
+    )
+    assert scan_listeners(proc, netns_only=ns["c"]) == ListenerScan(
+        (), processes=8, namespaces=1, unowned=0, connections=(in_c,), netns_pid={ns["c"]: 5}
+    )
     assert scan_listeners(tmp_path / "no-proc") == ListenerScan((), processes=0, namespaces=0, unowned=0)
 
 
