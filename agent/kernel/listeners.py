@@ -147,8 +147,8 @@ def scan_listeners(proc: Path = Path("/proc"), netns_only: int | None = None) ->
     tables = _tables_by_netns(proc, by_ns)
     wanted = {inode: key for ns, (_pid, tbl) in tables.items() for inode, key in netns_listen_sockets(ns, tbl).items()}
     conns = [c for ns, (_pid, tbl) in tables.items() for c in netns_connections(ns, tbl)]
-    sockets = set(wanted) | {c.inode for c in conns}
-    busy = {key[0] for key in wanted.values()} | {c.netns for c in conns}
+    sockets = {inode: key[0] for inode, key in wanted.items()} | {c.inode: c.netns for c in conns}
+    busy = set(sockets.values())
     owners = lowest_owners(_socket_holders(proc, by_ns, busy), sockets)
     return ListenerScan(
         listeners=group_listeners(wanted, owners, lambda pid: _comm(proc, pid)),
@@ -258,24 +258,31 @@ def _socket_inodes(proc: Path, pid: int) -> Iterator[int]:
             yield inode
 
 
-def _socket_holders(proc: Path, by_ns: dict[int, list[int]], busy: Container[int]) -> Iterator[tuple[int, int]]:
-    """(pid, socket inode) for each socket fd of the processes in namespaces with listeners or
-    connections."""
+def _socket_holders(
+    proc: Path, by_ns: dict[int, list[int]], busy: Container[int]
+) -> Iterator[tuple[int, int, int]]:
+    """(pid, its network namespace, socket inode) for each socket fd of the processes in namespaces
+    with listeners or connections."""
     for ns, pids in by_ns.items():
         if ns in busy:
             for pid in pids:
                 for inode in _socket_inodes(proc, pid):
-                    yield pid, inode
+                    yield pid, ns, inode
 
 
-def lowest_owners(holders: Iterable[tuple[int, int]], wanted: Container[int]) -> dict[int, int]:
-    """socket inode -> lowest pid holding it, among (pid, inode) pairs, for the wanted inodes: a
-    pre-fork server's listener goes to the parent that called listen()."""
-    owners: dict[int, int] = {}
-    for pid, inode in holders:
-        if inode in wanted and (inode not in owners or pid < owners[inode]):
-            owners[inode] = pid
-    return owners
+def lowest_owners(holders: Iterable[tuple[int, int, int]], wanted: Mapping[int, int]) -> dict[int, int]:
+    """socket inode -> lowest pid holding it, among (pid, namespace, inode) triples, for the wanted
+    inodes (inode -> its namespace): a pre-fork server's listener goes to the parent that called
+    listen(). A holder in the socket's own namespace comes first: a process elsewhere that was
+    passed the fd (or inherited it) owns it only when none there does."""
+    best: dict[int, tuple[bool, int]] = {}
+    for pid, ns, inode in holders:
+        if inode not in wanted:
+            continue
+        rank = (ns != wanted[inode], pid)
+        if inode not in best or rank < best[inode]:
+            best[inode] = rank
+    return {inode: pid for inode, (_elsewhere, pid) in best.items()}
 
 
 # Then one entry per listener map key.

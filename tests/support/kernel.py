@@ -49,18 +49,36 @@ class Harness:
 
 
 @contextmanager
-def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
+def kernel_harness(config: AgentConfig, clock: Callable[[], float] = time.monotonic) -> Iterator[Harness]:
+    """The agent's kernel source for `config`; `clock` decides when a flow interval is over (a
+    ManualClock lets a test end each interval itself)."""
     require_root()
     plan = build_plan(config)
     source = KernelSource(
         load(plan),
         Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
         flow_interval_s=config.flow_interval,
+        clock=clock,
     )
     try:
         yield Harness(source=source, plan=plan)
     finally:
         source.close()
+
+
+class ManualClock:
+    """A monotonic clock that moves only when told: `interval()` ends the current flow interval at
+    the source's next poll."""
+
+    def __init__(self, step: float = 3600.0) -> None:
+        self.now = 0.0
+        self.step = step
+
+    def __call__(self) -> float:
+        return self.now
+
+    def interval(self) -> None:
+        self.now += self.step
 
 
 def reports_recursion_misses() -> bool:

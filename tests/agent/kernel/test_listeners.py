@@ -90,10 +90,17 @@ def test_socket_inode_of_an_fd_link() -> None:
 
 def test_lowest_pid_owns_a_shared_socket_and_unwanted_sockets_are_ignored() -> None:
     # a pre-fork server: the children (higher pids) hold the parent's listener too, in any order
-    holders = [(30, 1), (10, 1), (20, 1), (20, 2), (5, 3)]
-    assert lowest_owners(holders, {1, 2}) == {1: 10, 2: 20}
-    assert lowest_owners(holders, set()) == {}
-    assert lowest_owners([], {1}) == {}
+    holders = [(30, 7, 1), (10, 7, 1), (20, 7, 1), (20, 7, 2), (5, 7, 3)]
+    assert lowest_owners(holders, {1: 7, 2: 7}) == {1: 10, 2: 20}
+    assert lowest_owners(holders, {}) == {}
+    assert lowest_owners([], {1: 7}) == {}
+
+
+def test_a_holder_in_the_sockets_namespace_owns_it_before_one_elsewhere() -> None:
+    """A socket made in a namespace by a thread of a process living in another (or passed over a
+    unix socket) is owned by a holder of its own namespace when there is one."""
+    holders = [(3, 1, 100), (50, 9, 100), (4, 1, 200)]
+    assert lowest_owners(holders, {100: 9, 200: 9}) == {100: 50, 200: 4}
 
 
 def test_listeners_grouped_by_map_key() -> None:
