@@ -297,3 +297,82 @@ def clickhouse_docs(workdir: Path, value_format: str, **kw: Any) -> Iterator[Cli
         yield ch
     finally:
         ch.close()
+
+
+COUNTERS = (
+    "connections",
+    "client_resets",
+    "server_resets",
+    "network_resets",
+    "refused",
+    "timeouts",
+    "retransmits",
+    "failed",
+    "flow_connections",
+)
+
+
+def datetime64_ns(text: str) -> int:
+    """'2026-12-07 09:29:54.930134029' (ClickHouse's DateTime64(9) in UTC) as ns since the epoch."""
+    import datetime as dt
+
+    whole, _, frac = text.partition(".")
+    secs = int(dt.datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
+    return secs * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+def _party(row: dict[str, Any], side: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "namespace": row[f"{side}_namespace"],
+        "name": row[f"{side}_name"],
+        "kind": row[f"{side}_kind"],
+    }
+    if row[f"{side}_process"]:
+        out["process"] = row[f"{side}_process"]
+    port = row["client_port" if side == "client" else "server_party_port"]
+    if port:
+        out["port"] = port
+    return out
+
+
+def as_summary_pairs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `pairs` query's rows in the shape of `tcpscope-tail --summary --format json`'s pairs."""
+    from tail.gaps import rfc3339
+
+    out = []
+    for r in rows:
+        causes: dict[str, dict[str, int]] = {}
+        for key, n in r["reset_causes"].items():
+            cause, _, detail = key.partition("/")
+            causes.setdefault(cause, {})[detail] = int(n)
+        out.append(
+            {
+                "client": _party(r, "client"),
+                "server": _party(r, "server"),
+                **{c: int(r[c]) for c in COUNTERS},
+                "server_ports": r["server_ports"],
+                "client_reset_reasons": {k: int(v) for k, v in sorted(r["client_reset_reasons"].items())},
+                "server_reset_reasons": {k: int(v) for k, v in sorted(r["server_reset_reasons"].items())},
+                "reset_causes": {c: dict(sorted(d.items())) for c, d in sorted(causes.items())},
+                "first_seen": rfc3339(datetime64_ns(r["first_seen"])),
+                "last_seen": rfc3339(datetime64_ns(r["last_seen"])),
+            }
+        )
+    return out
+
+
+def by_pair(pairs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pairs keyed by their two parties (for comparing without caring about the order)."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in pairs:
+        key = json.dumps([p["client"], p["server"]], sort_keys=True)
+        assert key not in out, f"pair {key} twice"
+        out[key] = p
+    return out
+
+
+def as_summary_losses(row: dict[str, Any]) -> dict[str, int]:
+    """The `losses` query's row in the shape of the summary's `losses` (its loss line's figures)."""
+    out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs")}
+    out.update({k: int(v) for k, v in row["by_reason"].items()})
+    return dict(sorted(out.items()))
