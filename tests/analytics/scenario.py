@@ -148,7 +148,7 @@ def at(i: int) -> int:
     return T0 + i * 10 * S_NS
 
 
-def build() -> Stream:  # noqa: PLR0915 - one case after the other, in the order of the rules
+def build() -> Stream:
     s = Stream()
     srv = endpoint(S, 9000)
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tail.summary import Report, SummaryOptions, Summarizer
+from tail.summary import Report, Summarizer, SummaryOptions
 from tcpscope.kafka_layout import batch_records, decode_records
 from tests.analytics import scenario
 from tests.support.analytics import Rec, as_summary_losses, as_summary_pairs, by_pair, clickhouse_docs
@@ -29,7 +30,7 @@ def records(value_format: str) -> list[Rec]:
     return out
 
 
-def summary(recs: list[Rec]) -> dict:
+def summary(recs: list[Rec]) -> dict[str, Any]:
     """`tcpscope-tail --summary --format json` of these records (its Report, fed as it feeds it)."""
     rep = Report(Summarizer())
     for r in recs:

@@ -126,7 +126,7 @@ def kafka_table(st: Statement) -> KafkaTable | None:
 def _top_level_split(text: str) -> list[str]:
     """Split at commas outside parentheses and quotes."""
     parts: list[str] = []
-    depth, quoted, cur = 0, False, []
+    depth, quoted, cur = 0, False, list[str]()
     for ch in text:
         if ch == "'":
             quoted = not quoted
@@ -248,7 +248,7 @@ class ClickHouseDocs:
                 self.execute(
                     f"SELECT * FROM file({_lit(str(path))}, {_lit(fmt)}, {_lit(kt.columns)}){settings}", "Null"
                 )
-            except Exception as e:  # noqa: BLE001 - chDB raises its own RuntimeError for any query error
+            except Exception as e:  # chDB raises its own error type for any query error
                 row["error"] = str(e).splitlines()[0]
                 row["raw"] = r.value.decode("latin-1")
                 bad.append(row)
