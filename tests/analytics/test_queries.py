@@ -55,3 +55,69 @@ def test_the_query_pack_equals_the_summary_rule_by_rule(value_format: str, tmp_p
         (losses,) = ch.query("losses")
         assert as_summary_losses(losses) == doc["losses"]
         assert losses["batches"] == doc["batches"]
+
+
+def verdicts(recs: list[Rec]) -> dict[tuple[str, int], tuple[str, str]]:
+    """tail/resetcause.py's verdict on the RST each counted socket received, by (node, socket id)."""
+    rep = Report(Summarizer())
+    for r in recs:
+        for d in decode_records(r.headers, r.value):
+            rep.take(d)
+    s = rep.summarizer
+    out: dict[tuple[str, int], tuple[str, str]] = {}
+    for cv, sv in s.connections():
+        for v in (cv, sv):
+            got = s.resets.received_by(v.event) if v is not None else None
+            if v is not None and got is not None:
+                verdict = s.resets.classify(got)
+                out[(v.event.node, v.event.socket_id)] = (verdict.cause, verdict.detail)
+    return out
+
+
+@pytest.mark.slow  # chDB
+def test_every_received_reset_gets_the_summarys_verdict(tmp_path: Path) -> None:
+    recs = records("protobuf")
+    want = verdicts(recs)
+    # every rule of docs/reset-cause.md is taken at least once, on one end or the other
+    assert {d for _, d in want.values()} >= {
+        "TCP_STATE",
+        "reason_5",
+        "no_send_seen",
+        "both_ends",
+        "peer_closed",
+        "peer_losses",
+        "peer_possible_losses",
+        "unwatched_peer",
+        "peer_socket_unseen",
+        "refused",
+        "no_socket",
+        "TCP_KEEPALIVE_TIMEOUT",
+    }
+    with clickhouse_docs(tmp_path, "protobuf") as ch:
+        ch.feed(recs)
+        rows = ch.rows(
+            "SELECT s.node AS node, s.socket_id AS socket_id, v.cause AS cause, v.detail AS detail "
+            "FROM tcpscope_reset_verdicts AS v INNER JOIN tcpscope_sockets AS s ON v.id = s.id"
+        )
+    assert {(r["node"], int(r["socket_id"])): (r["cause"], r["detail"]) for r in rows} == want
+
+
+@pytest.mark.slow  # chDB
+def test_sockets_with_one_connection_id_are_one_connection_whatever_nat_did(tmp_path: Path) -> None:
+    """Through a Service, the client's socket has the ClusterIP as its remote end and the backend's
+    socket the pod's address: only connection_id tells they are one connection (docs/services.md).
+    The pairing view joins them by it; a socket with id 0 still pairs by 4-tuple and start time."""
+    s = scenario.Stream()
+    vip, backend = scenario.endpoint("10.96.0.10", 80), scenario.endpoint(scenario.S, 9000)
+    for i, cid in ((1, 0xC0FFEE), (2, 0xBEEF)):
+        client = scenario.endpoint(scenario.C, 41000 + i)
+        t = scenario.at(i)
+        s.socket("node-1", client, vip, t, t + 5 * scenario.MS, scenario.pb.ACTIVE)
+        s.socket("node-2", backend, client, t + scenario.MS, t + 6 * scenario.MS, scenario.pb.PASSIVE)
+        for e in (s.events["node-1"][-1], s.events["node-2"][-1]):
+            e.connection_id = cid
+    recs = [Rec(0, i, r.key, r.value, r.headers) for b in s.batches() for i, r in enumerate(batch_records(b))]
+    with clickhouse_docs(tmp_path, "protobuf") as ch:
+        ch.feed(recs)
+        (row,) = ch.rows("SELECT count() AS n, countIf(has_client AND has_server) AS both FROM tcpscope_connections")
+    assert (int(row["n"]), int(row["both"])) == (2, 2)

@@ -18,7 +18,7 @@ import contextlib
 import json
 import re
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,7 +173,10 @@ class ClickHouseDocs:
         value_format: str,
         proto: Path = PROTO,
         files: Sequence[str] | None = None,
+        edit: Callable[[str, str], str] | None = None,
     ) -> None:
+        """The documented files for this value format, run in order; `edit(name, text)` may change a
+        file's text first (a test's older version of the DDL)."""
         from chdb import session
 
         self.workdir = workdir
@@ -185,7 +188,8 @@ class ClickHouseDocs:
         self.kafka_tables: list[KafkaTable] = []
         self.queries: dict[str, str] = {}
         for name in files or ("1-tables.sql", f"2-kafka-{value_format}.sql", "3-queries.sql"):
-            for st in sql_file(name):
+            text = (SQL_DIR / name).read_text()
+            for st in split_sql(edit(name, text) if edit else text):
                 self._run_statement(st)
 
     def _run_statement(self, st: Statement) -> None:
