@@ -14,6 +14,7 @@ import pytest
 
 from tail.summary import Report, Summarizer, SummaryOptions
 from tcpscope.kafka_layout import batch_records, decode_records
+from tcpscope.v1 import events_pb2 as pb
 from tests.analytics import scenario
 from tests.support.analytics import Rec, as_summary_losses, as_summary_pairs, by_pair, clickhouse_docs
 
@@ -112,8 +113,8 @@ def test_sockets_with_one_connection_id_are_one_connection_whatever_nat_did(tmp_
     for i, cid in ((1, 0xC0FFEE), (2, 0xBEEF)):
         client = scenario.endpoint(scenario.C, 41000 + i)
         t = scenario.at(i)
-        s.socket("node-1", client, vip, t, t + 5 * scenario.MS, scenario.pb.ACTIVE)
-        s.socket("node-2", backend, client, t + scenario.MS, t + 6 * scenario.MS, scenario.pb.PASSIVE)
+        s.socket("node-1", client, vip, t, t + 5 * scenario.MS, pb.ACTIVE)
+        s.socket("node-2", backend, client, t + scenario.MS, t + 6 * scenario.MS, pb.PASSIVE)
         for e in (s.events["node-1"][-1], s.events["node-2"][-1]):
             e.connection_id = cid
     recs = [Rec(0, i, r.key, r.value, r.headers) for b in s.batches() for i, r in enumerate(batch_records(b))]
