@@ -397,6 +397,9 @@ FROM (
        OR (role = 'PASSIVE' AND (remote_ip, local_ip, local_port) NOT IN (SELECT * FROM client_flow_triples))
 );
 
+-- The window's start for the queries below: everything, until you set your own.
+SET param_since = '1970-01-01 00:00:00';
+
 -- query: pairs
 -- Per (client, server): connections, client, server and network resets, refused, timeouts, ...
 -- exactly the counters of `tcpscope-tail --summary` over connections that closed since {since}.
