@@ -133,11 +133,24 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         err.flush()
 
     reader = consume.Reader(o.source(), dedup_window=LIVE_DEDUP_WINDOW)
+    said_skipped = False
+
+    def idle() -> None:
+        nonlocal said_skipped
+        show(view.tick(time.monotonic()))
+        if not said_skipped and reader.skipped_at_start and reader.start_found():  # an early end offset
+            said_skipped = True
+            err.write(
+                f"# started at the end of the topic: {reader.skipped_at_start} records that were already there "
+                "were skipped (the broker reported an end offset before its last record; docs/kafka.md)\n"
+            )
+            err.flush()
+
     try:
         records = reader.records(
             consume.Stop(o.duration, until_ns=o.query.until_ns),
             poll_ms=100,
-            on_idle=lambda: show(view.tick(time.monotonic())),
+            on_idle=idle,
             on_undecodable=bad_record,
             on_conflict=conflict,
         )
