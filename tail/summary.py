@@ -49,6 +49,7 @@ from tcpscope.kafka_layout import (
     dedup_key,
     fingerprint,
 )
+from tcpscope.losses import possible_text
 from tcpscope.outcome import classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
@@ -544,7 +545,7 @@ class Report:
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
             + (complete if not lost else f"LOST {lost} events: {self.losses}")
-            + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+            + (f"; {possible_text(maybe)}" if maybe else "")
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
             + "\n"
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)

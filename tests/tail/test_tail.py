@@ -16,7 +16,7 @@ TOPIC = "tail-events"
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "2", *args)
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--rows", "socket", *args)
 
 
 def test_tail_prints_like_the_agent_and_filters(kafka_broker: Broker) -> None:

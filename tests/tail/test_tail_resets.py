@@ -15,7 +15,7 @@ TOPIC = "tail-resets"
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "2", *args)
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--rows", "socket", *args)
 
 
 def test_live_view_marks_network_injected_and_app_resets(kafka_broker: Broker) -> None:
