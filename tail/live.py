@@ -75,6 +75,7 @@ ended), error (those with an errno), flow."""
 
 def parse_rows(rows: str | None, kinds_text: str) -> str:
     """--rows as given, else what --kind calls for; ValueError for kinds connection rows cannot show."""
+    parse_kinds(kinds_text)  # unknown kinds first
     names = {k.strip() for k in kinds_text.split(",") if k.strip()}
     socket_only = sorted(names - CONNECTION_KINDS)
     if rows is None:
@@ -82,7 +83,7 @@ def parse_rows(rows: str | None, kinds_text: str) -> str:
     if rows not in ROWS:
         raise ValueError(f"--rows wants one of {', '.join(ROWS)}, not {rows!r}")
     if rows == "connection" and socket_only:
-        raise ValueError(f"--kind {','.join(socket_only)} has no connection rows: use --rows socket")
+        raise ValueError(f"kinds {','.join(socket_only)} have no connection rows: use --rows socket")
     return rows
 
 

@@ -178,7 +178,7 @@ def test_rows_flag_follows_the_kinds_unless_given() -> None:
     assert live.parse_rows(None, "lifecycle,reset") == "connection"
     assert live.parse_rows(None, "state") == live.parse_rows(None, "all") == "socket"
     assert live.parse_rows("socket", "") == "socket"
-    with pytest.raises(ValueError, match="--kind probe has no connection rows: use --rows socket"):
+    with pytest.raises(ValueError, match="kinds probe have no connection rows: use --rows socket"):
         live.parse_rows("connection", "reset,probe")
 
 
