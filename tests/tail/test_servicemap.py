@@ -131,9 +131,10 @@ def _label_crossings(svg: bytes) -> list[str]:
                 for k in range(41):
                     u = k / 40
                     b = ((1 - u) ** 3, 3 * (1 - u) ** 2 * u, 3 * (1 - u) * u**2, u**3)
-                    points.append(
-                        tuple(sum(w * p[j] for w, p in zip(b, (p0, p1, p2, p3), strict=True)) for j in (0, 1))
-                    )  # type: ignore[misc]
+                    ctrl = (p0, p1, p2, p3)
+                    x = sum(w * p[0] for w, p in zip(b, ctrl, strict=True))
+                    y = sum(w * p[1] for w, p in zip(b, ctrl, strict=True))
+                    points.append((x, y))
     return sorted({text for text, x0, x1, y0, y1 in boxes for px, py in points if x0 <= px <= x1 and y0 <= py <= y1})
 
 
