@@ -335,18 +335,30 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
 
 def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> TailOptions:
     env = dict(os.environ) if env is None else env
+    p = build_parser(env)
+    a = p.parse_args(argv)
+    return _options(p, a, env)
+
+
+def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
+    """tcpscope-tail's flags (every one with its help; a test checks)."""
     p = one_line_errors(argparse.ArgumentParser(prog="tcpscope-tail", description="Print tcpscope events from Kafka."))
     p.add_argument(
         "--kafka-bootstrap",
         default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
         help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]",
     )
-    p.add_argument("--topic", default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"), help="[TCPSCOPE_TOPIC]")
+    p.add_argument(
+        "--topic",
+        default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"),
+        help="the events topic (default %(default)s) [TCPSCOPE_TOPIC]",
+    )
     p.add_argument(
         "--format",
         choices=("table", "json", "dot"),
         default="table",
-        help="dot: with --summary, a Graphviz service map (render: dot -Tsvg)",
+        help="table (default) or json (one object per line); dot: with --summary, a Graphviz service map "
+        "(render: dot -Tsvg)",
     )
     p.add_argument(
         "--from-beginning",
@@ -401,7 +413,10 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         help="print both ends' events of one connection, time-ordered, once read: with "
         "--from-beginning and no --duration, everything in the topic now",
     )
-    a = p.parse_args(argv)
+    return p
+
+
+def _options(p: argparse.ArgumentParser, a: argparse.Namespace, env: dict[str, str]) -> TailOptions:
     if not a.kafka_bootstrap:
         p.error("--kafka-bootstrap is required")
     if a.format == "dot" and not a.summary:
