@@ -136,7 +136,16 @@ def test_flow_json_and_table() -> None:
     assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
     # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
     # the mean is exact: 3,000,000 ns over 100 connections
-    assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "mean=30us", "p50<32us", "p99<32us", "every=10s"]
+    assert cols[6:] == [
+        "role=ACTIVE",
+        "conns=100",
+        "tx=5000",
+        "rx=70000",
+        "mean=30us",
+        "p50<32us",
+        "p99<32us",
+        "every=10s",
+    ]
 
 
 def test_durations_read_as_people_write_them() -> None:
