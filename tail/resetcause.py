@@ -370,6 +370,12 @@ def _is_send(ev: TcpEvent) -> bool:
     return kind == "lifecycle" and ev.lifecycle.ending == RESET_SENT
 
 
+def sent_verdict(reason_name: str, reason: int, node: str = "") -> Verdict:
+    """What a reset a socket *sent* says of its sender (app or kernel, by its reason), for a
+    connection whose receiving end no agent reported (tail/connections.py)."""
+    return _sender_verdict(_Send(node, 0, reason, reason_name, True), node)
+
+
 def _sender_verdict(s: _Send, peer: str) -> Verdict:
     name = s.reason_name or (f"reason_{s.reason}" if s.reason else "")
     if not s.full_socket:

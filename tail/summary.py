@@ -49,6 +49,7 @@ from tcpscope.kafka_layout import (
     dedup_key,
     fingerprint,
 )
+from tcpscope.losses import possible_text
 from tcpscope.outcome import classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
@@ -404,14 +405,28 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+CAUSE_WORDS = {resetcause.PEER_KERNEL: "peer kernel"}
+
+RESET_LEGEND = (
+    "# RESET REASONS: connections a client or server aborted, by the kernel's reason on the socket that sent the "
+    "RST (docs/resets.md). SENT BY: connections that ended with a RST received, by who sent it: app (the peer's "
+    "application, e.g. a close with SO_LINGER 0), peer kernel (no socket: a refused connect; or a protocol "
+    "reason), network (neither end sent it), unknown (docs/reset-cause.md)"
+)
+
+
 def render_table(rows: Sequence[PairSummary]) -> str:
     """A fixed-width table for people, with the reset reasons and the time span of each pair."""
     head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS", "SENT BY"]
     body: list[list[str]] = []
     for r in rows:
-        reasons = [f"client:{k}x{v}" for k, v in sorted(r.client_reset_reasons.items())]
-        reasons += [f"server:{k}x{v}" for k, v in sorted(r.server_reset_reasons.items())]
-        causes = [f"{c}/{d}x{n}" for c, ds in sorted(r.reset_causes.items()) for d, n in sorted(ds.items())]
+        reasons = [f"{v} client ({k})" for k, v in sorted(r.client_reset_reasons.items())]
+        reasons += [f"{v} server ({k})" for k, v in sorted(r.server_reset_reasons.items())]
+        causes = [
+            f"{n} {CAUSE_WORDS.get(c, c)} ({d})"
+            for c, ds in sorted(r.reset_causes.items())
+            for d, n in sorted(ds.items())
+        ]
         server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
         body.append(
             [
@@ -420,8 +435,8 @@ def render_table(rows: Sequence[PairSummary]) -> str:
                 *(str(getattr(r, a)) for _, a in _COLUMNS),
                 rfc3339(r.first_seen_ns)[11:19],
                 rfc3339(r.last_seen_ns)[11:19],
-                " ".join(reasons),
-                " ".join(causes),
+                ", ".join(reasons),
+                ", ".join(causes),
             ]
         )
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
@@ -544,12 +559,17 @@ class Report:
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
             + (complete if not lost else f"LOST {lost} events: {self.losses}")
-            + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+            + (f"; {possible_text(maybe)}" if maybe else "")
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
             + "\n"
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
         )
-        return render_table(rows) + foot
+        legend = (
+            RESET_LEGEND + "\n"
+            if any(r.reset_causes or r.client_reset_reasons or r.server_reset_reasons for r in rows)
+            else ""
+        )
+        return render_table(rows) + foot + legend
 
 
 def _lost_map(batch: EventBatch) -> dict[str, int]:

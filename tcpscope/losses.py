@@ -21,3 +21,11 @@ def definite(losses: Mapping[str, int]) -> dict[str, int]:
 def possible(losses: Mapping[str, int]) -> dict[str, int]:
     """The reasons that are possible losses (upper bounds)."""
     return {k: v for k, v in losses.items() if k in POSSIBLE_LOSS_REASONS}
+
+
+def possible_text(skipped_runs: int) -> str:
+    """What `kernel_skipped_runs` means, in the words the readers and the agent print it with."""
+    return (
+        f"up to {skipped_runs} more may be missing: the kernel skipped {skipped_runs} runs of the agent's BPF "
+        "programs because another BPF program was running on that CPU, and a skipped run may have carried an event"
+    )

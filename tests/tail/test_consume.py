@@ -43,6 +43,8 @@ class FakeConsumer:
     calls: list[str] = field(default_factory=list)
     closed: bool = False
     subscribed: bool = False  # a group: its first poll assigns every partition
+    end_lag: int = 0  # the end offsets it reports trail the last record + 1 by this much (tansu's quirk)
+    highwaters: dict[TopicPartition, int] = field(default_factory=dict)  # of the last poll ("fetch")
 
     def add(self, partition: int, headers: list[tuple[str, bytes]], value: bytes | None) -> None:
         log = self.logs.setdefault(partition, [])
@@ -75,13 +77,19 @@ class FakeConsumer:
     def seek_to_end(self, *tps: TopicPartition) -> None:
         self.calls.append("end")
         for tp in tps:
-            self.positions[tp] = len(self.logs[tp.partition])
+            self.positions[tp] = self._end(tp)
+
+    def _end(self, tp: TopicPartition) -> int:
+        return max(0, len(self.logs[tp.partition]) - self.end_lag)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters.get(tp)
 
     def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: len(self.logs[tp.partition]) for tp in tps}
+        return {tp: self._end(tp) for tp in tps}
 
     def offsets_for_times(self, want: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
         return dict.fromkeys(want)  # a broker with no record that recent
@@ -93,6 +101,7 @@ class FakeConsumer:
             return {}
         out: dict[TopicPartition, list[Rec]] = {}
         for tp, pos in self.positions.items():
+            self.highwaters[tp] = len(self.logs[tp.partition])
             got = self.logs[tp.partition][pos : pos + self.per_poll]
             if got:
                 out[tp] = got
@@ -181,12 +190,13 @@ def test_conflicts_are_kept_and_reported_foreign_records_pass_and_bad_ones_are_h
 
 
 def test_the_end_is_where_it_was_when_the_read_began() -> None:
-    k = FakeConsumer({0: []}, [0.0])
+    k = FakeConsumer({0: []}, [0.0], per_poll=10)
     _publish(k, 0, _batch("a", 1, 0, 1))
     with _reader(k) as r:
         records = r.records(consume.Stop(at_end=True))
-        _publish(k, 0, _batch("a", 2, 5, 1))  # after the call, before the first poll
-        assert _ids(records) == [(RECORD_EVENT, "a", 1, 0), (RECORD_SUMMARY, "a", 1, -1)]
+        first = next(records)
+        _publish(k, 0, _batch("a", 2, 5, 1))  # after the first fetch: past the end
+        assert _ids([first, *records]) == [(RECORD_EVENT, "a", 1, 0), (RECORD_SUMMARY, "a", 1, -1)]
     with _reader(FakeConsumer({0: []}, [0.0])) as r:  # an empty topic: one poll, then the end
         assert list(r.records(consume.Stop(at_end=True))) == []
 
@@ -294,3 +304,26 @@ def test_cancel_from_another_thread_ends_a_read_without_a_stop() -> None:
     with _reader(k, cancel=cancel) as r:
         assert list(r.records(on_idle=idle)) == []
     assert polls == 3
+
+
+def test_an_early_end_offset_neither_stops_a_read_short_nor_replays_old_records_live() -> None:
+    """tansu reports a partition's end as its last record batch's start + 1 while its fetches carry
+    the true high watermark (tail/consume.py): 12 records, one batch, reported end 1."""
+    k = FakeConsumer({0: []}, [0.0], per_poll=5, end_lag=11)
+    _publish(k, 0, _batch("a", 1, 0, 11))  # 11 events and the batch's summary: 12 records
+    with _reader(k) as r:  # to the end: past the early end offset, to the high watermark
+        assert len(list(r.records(consume.Stop(at_end=True)))) == 12
+    k = FakeConsumer({0: list(k.logs[0])}, [0.0], per_poll=5, end_lag=11)
+    with _reader(k, source=consume.Source(("k:9092",), TOPIC)) as r:  # live: from the end
+        assert k.position(TopicPartition(TOPIC, 0)) == 1  # where the early end offset puts it
+        polls = 0
+
+        def more() -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 2:  # after the first fetch found the true end: a new batch, shown
+                _publish(k, 0, _batch("a", 2, 20, 2))
+
+        records = r.records(consume.Stop(duration_s=1.0), poll_ms=100, on_idle=more)
+        assert _ids(records) == [(RECORD_EVENT, "a", 2, 0), (RECORD_EVENT, "a", 2, 1), (RECORD_SUMMARY, "a", 2, -1)]
+        assert r.skipped_at_start == 11 and r.start_found()  # offsets 1..11: there before it started

@@ -111,7 +111,9 @@ def test_live_tail_shows_both_conflicting_events_and_the_window(kafka_broker: Br
     new1 = _batch(NEW, 1, 100, 1)
     new1.unobserved.append(_window())
     publish_batches(kafka_broker.bootstrap, TOPIC, [real, real, forged, new1])
-    out = run_tail(kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--format", "json")
+    out = run_tail(
+        kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--format", "json", "--rows", "socket"
+    )
     assert out.returncode == 0, out.stderr
     shown = [e for b in (real, forged, new1) for e in b.events]
     assert out.stdout.splitlines() == [render.json_line(e) for e in shown]  # the repeat once, both versions

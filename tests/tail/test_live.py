@@ -103,7 +103,7 @@ def test_resolved_ends_keep_their_port() -> None:
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "3", *args)
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "3", "--rows", "socket", *args)
 
 
 def test_tail_table_is_in_time_order_across_partitions_and_hides_state_changes(kafka_broker: Broker) -> None:

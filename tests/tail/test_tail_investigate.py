@@ -89,7 +89,7 @@ def test_a_broker_that_cannot_look_times_up_is_read_from_the_beginning() -> None
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tail(b.bootstrap, TOPIC, "--format", "json", *args)
+    return run_tail(b.bootstrap, TOPIC, "--format", "json", "--rows", "socket", *args)
 
 
 def _at(i: int, seconds_ago: float) -> pb.TcpEvent:

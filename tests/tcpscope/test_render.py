@@ -135,7 +135,35 @@ def test_flow_json_and_table() -> None:
     cols = table_line(ev).split()
     assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
     # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
-    assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "p50_ms<=0.032", "p99_ms<=0.032", "s=10.0"]
+    # the mean is exact: 3,000,000 ns over 100 connections
+    assert cols[6:] == [
+        "role=ACTIVE",
+        "conns=100",
+        "tx=5000",
+        "rx=70000",
+        "mean=30us",
+        "p50<32us",
+        "p99<32us",
+        "every=10s",
+    ]
+
+
+def test_durations_read_as_people_write_them() -> None:
+    from tcpscope.render import duration_text
+
+    cases = {
+        850: "850ns",
+        32_768: "33us",
+        4_200: "4.2us",
+        1_024_000: "1.0ms",
+        65_536_000: "66ms",
+        4_194_304_000: "4.2s",
+        8_388_608_000: "8.4s",
+        59_900_000_000: "60s",
+        125 * 10**9: "2m05s",
+        3_720 * 10**9: "1h02m",
+    }
+    assert {ns: duration_text(ns) for ns in cases} == cases
 
 
 def test_json_line_carries_the_connection_id_as_json_format_does() -> None:
