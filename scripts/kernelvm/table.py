@@ -42,6 +42,7 @@ FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("retransmits", ("tests/agent/kernel/test_retransmit.py::",)),
+    ("connection id", ("tests/agent/kernel/test_connid.py::",)),
     ("filters, losses", ("tests/agent/kernel/test_filters.py::",)),
     (
         "ring or perf buffer",
