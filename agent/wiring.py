@@ -6,6 +6,7 @@ KernelSource -> enrichers (agent/enrich) -> sink (stdout | exporter to the colle
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TextIO
 
 from agent.config import AgentConfig, ConfigError
 from agent.health import AgentHealth, HeartbeatSource
-from agent.kernel.connid import connection_ids
+from agent.kernel.connid import NO_KEY_NOTICE, connection_ids
 from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
@@ -21,6 +22,8 @@ from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
 from agent.metrics import AgentMetrics, Snapshot
 from agent.pipeline import Enricher, FanOut, Pipeline, Sink
 from agent.stdout import StdoutSink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,6 +108,8 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
         for hook in on_attached:
             hook()
         decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons, ids)
+        if ids.random:
+            log.info(NO_KEY_NOTICE)
         source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
         flows = Snapshot(source.flow_counters)
         metrics.watch_flows(flows)

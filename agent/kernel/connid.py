@@ -13,14 +13,11 @@ BLAKE2b-256 of the key file's bytes (surrounding whitespace stripped, at least 1
 from __future__ import annotations
 
 import hashlib
-import logging
 import secrets
 import struct
 
 from agent.config import AgentConfig
 from tcpscope.settings import ConfigError
-
-log = logging.getLogger(__name__)
 
 KEY_MIN_BYTES = 16
 _PERSON = b"tcpscope-connid"
@@ -67,13 +64,17 @@ class ConnectionIds:
         return int.from_bytes(h.digest(), "little")
 
 
+# what the agent logs, once attached, when it has no key file
+NO_KEY_NOTICE = (
+    "no --connection-key-file: connection ids use a random key of this process, so they join the two "
+    "ends of a connection only when this agent sees both (give every agent the same key file)"
+)
+
+
 def connection_ids(config: AgentConfig) -> ConnectionIds:
     """The agent's connection ids: with the cluster's key (--connection-key-file), else with a random key
-    of this process, said in one line. Raises ConfigError for a key file unreadable or too short."""
+    of this process (`random`: the caller says so, NO_KEY_NOTICE). Raises ConfigError for a key file
+    unreadable or too short."""
     if config.connection_key_file:
         return ConnectionIds(read_key_file(config.connection_key_file))
-    log.info(
-        "no --connection-key-file: connection ids use a random key of this process, so they join the two "
-        "ends of a connection only when this agent sees both (give every agent the same key file)"
-    )
     return ConnectionIds()

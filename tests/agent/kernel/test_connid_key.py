@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import struct
 from pathlib import Path
 
@@ -72,16 +71,9 @@ def test_key_file_whitespace_is_not_key_and_short_keys_are_refused(tmp_path: Pat
         read_key_file(str(tmp_path / "absent"))
 
 
-def test_the_agent_says_in_one_line_when_it_has_no_key(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="agent.kernel.connid")
-    assert connection_ids(AgentConfig()).random
-    assert [r.getMessage() for r in caplog.records if "connection-key-file" in r.getMessage()] == [
-        "no --connection-key-file: connection ids use a random key of this process, so they join the two "
-        "ends of a connection only when this agent sees both (give every agent the same key file)"
-    ]
-    caplog.clear()
+def test_without_a_key_file_the_agent_draws_one_and_with_one_it_reads_it(tmp_path: Path) -> None:
+    assert connection_ids(AgentConfig()).random  # the agent then logs NO_KEY_NOTICE (tests/agent/test_main.py)
     f = tmp_path / "key"
     f.write_text("x" * 32 + "\n")
     ids = connection_ids(AgentConfig(connection_key_file=str(f)))
     assert not ids.random and ids.of(1, 2) == ConnectionIds(b"x" * 32).of(1, 2)
-    assert not caplog.records
