@@ -12,7 +12,17 @@ import pytest
 
 from agent.config import AgentConfig
 from agent.kernel.connid import ConnectionIds
-from tcpscope.v1.events_pb2 import ACTIVE, LISTEN, PASSIVE, RECEIVED, RESET_RECEIVED, RESET_SENT, SENT, TcpEvent
+from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    LISTEN,
+    PASSIVE,
+    RECEIVED,
+    RESET_RECEIVED,
+    RESET_SENT,
+    ROLE_UNSPECIFIED,
+    SENT,
+    TcpEvent,
+)
 from tests.agent.kernel.conftest import Pods
 from tests.support import traffic
 from tests.support.kernel import ALL_BUT_PROBE, Harness, kernel_harness, kind, lifecycle_on, on_port
@@ -302,3 +312,22 @@ def test_agents_sharing_the_key_agree_and_another_key_gives_another_id(
     (got,) = [e for e in client_agent.seen if on_port(port)(e) and kind(e) == "reset"]
     assert (sent.reset.direction, got.reset.direction) == (SENT, RECEIVED)
     assert sent.connection_id == got.connection_id == want
+
+
+@pytest.mark.root
+def test_a_socket_established_before_the_agent_started_has_no_id() -> None:
+    """Its role is unknown (the agent saw neither connect() nor accept()), and the two roles' byte
+    counters differ by one: the pair cannot be told, so 0, never a wrong id."""
+    port = traffic.free_port()
+    with socket.create_server(("127.0.0.1", port)) as srv:
+        client = socket.create_connection(("127.0.0.1", port))
+        server, _ = srv.accept()
+        with kernel_harness(AgentConfig(ports=(port,), events=ALL_BUT_PROBE)) as late:
+            client.sendall(b"x" * 1000)
+            server.recv(4096)
+            client.close()
+            server.close()
+            lcs = late.wait(lambda e: kind(e) == "lifecycle" and e.remote.port != 0, count=2)
+            late_events = [e for e in late.seen if on_port(port)(e)]
+    assert sorted(e.lifecycle.role for e in lcs) == [ROLE_UNSPECIFIED, ROLE_UNSPECIFIED]
+    assert len(late_events) > 2 and {e.connection_id for e in late_events} == {0}
