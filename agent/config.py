@@ -128,6 +128,14 @@ class AgentConfig:
     node_name: str = setting(
         "NODE_NAME", "this node's name (Kubernetes downward API); defaults to the host name", default=""
     )
+    connection_key_file: str | None = setting(
+        "TCPSCOPE_CONNECTION_KEY_FILE",
+        "file holding the cluster's connection id key (at least 16 bytes), the same on every agent: the "
+        "two sockets of a connection then get the same connection_id on any nodes, across NAT. Without "
+        "it a random key of this process is used, and ids join only sockets this agent sees "
+        "(docs/connection-id.md)",
+        default=None,
+    )
     kubernetes: bool = setting(
         "TCPSCOPE_KUBERNETES",
         "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
@@ -245,6 +253,7 @@ class AgentConfig:
                 ("--tls-cert", self.tls_cert),
                 ("--tls-key", self.tls_key),
                 ("--token-file", self.token_file),
+                ("--connection-key-file", self.connection_key_file),
             )
         )
         if self.state_dir:

@@ -11,6 +11,7 @@ import socket
 import struct
 from collections.abc import Mapping
 
+from agent.kernel.connid import ConnectionIds
 from tcpscope.v1.events_pb2 import Direction, Ending, TcpEvent
 
 # (name, struct code) in the order of struct tcpscope_event
@@ -41,6 +42,8 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("srtt_us", "I"),
     ("snd_wnd", "I"),
     ("data_len", "I"),
+    ("isn_client", "I"),
+    ("isn_server", "I"),
     ("comm", "16s"),
 )
 EVENT = struct.Struct("<" + "".join(code for _n, code in EVENT_FIELDS))
@@ -69,12 +72,20 @@ def errno_name(code: int) -> str:
 
 
 class Decoder:
-    """Turns records into TcpEvents; holds the per-run constants (node, clock offset, reason names)."""
+    """Turns records into TcpEvents; holds the per-run constants (node, clock offset, reason names,
+    the connection id key: a random one of this decoder when none is given)."""
 
-    def __init__(self, node: str, boot_to_wall_ns: int, rst_reasons: Mapping[int, str]) -> None:
+    def __init__(
+        self,
+        node: str,
+        boot_to_wall_ns: int,
+        rst_reasons: Mapping[int, str],
+        connection_ids: ConnectionIds | None = None,
+    ) -> None:
         self.node = node
         self.offset_ns = boot_to_wall_ns
         self.rst_reasons = dict(rst_reasons)
+        self.connection_ids = connection_ids if connection_ids is not None else ConnectionIds()
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         self._comm_cache: dict[bytes, str] = {}
 
@@ -142,9 +153,12 @@ class Decoder:
             srtt,
             snd_wnd,
             data_len,
+            isn_client,
+            isn_server,
             comm,
         ) = EVENT.unpack_from(raw)
-        ev = TcpEvent(node=self.node, socket_id=sock_id)
+        # the sequence numbers end here: only their keyed hash is published
+        ev = TcpEvent(node=self.node, socket_id=sock_id, connection_id=self.connection_ids.of(isn_client, isn_server))
         wall = ts + self.offset_ns
         ev.time.seconds = wall // 1_000_000_000
         ev.time.nanos = wall % 1_000_000_000

@@ -111,7 +111,12 @@ class AgentPod:
     ) -> None:
         self.objects = render(values)
         self.pod = _pod(self.objects, "DaemonSet")
-        self.rt = podman.Runtime(runtime_default, profiles["root"], podman.pod_empty_dirs(self.pod, tmp / "pod"))
+        self.rt = podman.Runtime(
+            runtime_default,
+            profiles["root"],
+            podman.pod_empty_dirs(self.pod, tmp / "pod"),
+            podman.pod_secret_dirs(self.pod, self.objects, tmp / "secrets"),
+        )
         self.tmp, self.network, self.host_paths = tmp, f"ns:/run/netns/{netns}", host_paths
         self.name = traffic.unique("tsc-agent")
 

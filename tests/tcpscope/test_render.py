@@ -34,12 +34,14 @@ def _ev(**kw: object) -> TcpEvent:
 
 KINDS = [
     dict(kind=decode.EV_LIFECYCLE, role=1, duration_ns=5, tx_bytes=300_000, rx_bytes=777, ending=1, new_state=5),
+    dict(kind=decode.EV_LIFECYCLE, role=1, ending=1, new_state=5, isn_client=2**32 - 1, isn_server=7),
     dict(kind=decode.EV_LIFECYCLE, role=2, ending=2, reason=1, err=104, retransmits=2, new_state=1),
     dict(kind=decode.EV_STATE, state=2, new_state=1, duration_ns=12345),
     dict(kind=decode.EV_STATE, state=7, new_state=2),
     dict(kind=decode.EV_RETRANSMIT, state=1),
     dict(kind=decode.EV_SYNACK),
     dict(kind=decode.EV_RESET_SENT, reason=1),
+    dict(kind=decode.EV_RESET_SENT, reason=1, isn_client=1, isn_server=0),
     dict(kind=decode.EV_RESET_RECEIVED, state=2),
     dict(kind=decode.EV_SOCKET_ERROR, err=111, state=7),
     dict(kind=decode.EV_PROBE, snd_cwnd=10, srtt_us=33, snd_wnd=1000, data_len=0),
