@@ -315,7 +315,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     )
     q.add_argument("--from-pod", metavar="[NS/]NAME", help="the client (lifecycle/flow rows) or the reporting end")
     q.add_argument("--to-pod", metavar="[NS/]NAME", help="the server (lifecycle/flow rows) or the reporting end's peer")
-    kafka_client.add_arguments(p, env)
+    kafka_client.add_arguments(p)
     summary_mode.add_arguments(p)
     p.add_argument(
         "--connection",
