@@ -96,7 +96,7 @@ def test_flow_counters_and_buckets_match_flows() -> None:
     count = counters.pop("NCOUNTS")
     assert len(flows.FLOW_COUNTERS) == count
     assert {name: flows.FLOW_COUNTERS[i] for name, i in counters.items()} == {n: n.lower() for n in counters}
-    assert _defines("events.h", "FLOW_") == {"BUCKETS": flows.FLOW_BUCKETS}
+    assert _defines("events.h", "FLOW_") == {"BUCKETS": decode.FLOW_BUCKETS}
 
 
 def test_schema_version_is_defined_once() -> None:

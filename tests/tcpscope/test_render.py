@@ -111,7 +111,7 @@ def test_fast_path_covers_the_schema() -> None:
 
 
 def _flow() -> TcpEvent:
-    from agent.kernel.flows import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
+    from agent.kernel.decode import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
 
     buckets = [0] * FLOW_BUCKETS
     buckets[4], buckets[9] = 99, 1  # 99 in [16, 32) us, 1 in [512, 1024) us
