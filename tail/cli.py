@@ -26,7 +26,8 @@ from tail.gaps import unobserved_line
 from tail.query import Query
 from tcpscope import kafka_client, render
 from tcpscope.kafka_client import KafkaSecurity
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, lost_total
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.losses import definite_total, possible_total
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
@@ -157,12 +158,12 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             if (
                 d.kind == RECORD_SUMMARY
                 and d.summary is not None
-                and (lost_total(d.summary) or d.summary.lost.kernel_skipped_runs)
+                and (definite_total(d.summary.lost) or possible_total(d.summary.lost))
             ):
                 reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
-                maybe = d.summary.lost.kernel_skipped_runs
+                maybe = possible_total(d.summary.lost)
                 err.write(
-                    f"# lost {lost_total(d.summary)} events"
+                    f"# lost {definite_total(d.summary.lost)} events"
                     + (f" (possibly {maybe} more)" if maybe else "")
                     + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n"
                 )

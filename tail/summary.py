@@ -49,6 +49,7 @@ from tcpscope.kafka_layout import (
     dedup_key,
     fingerprint,
 )
+from tcpscope.losses import add_counts, definite_total, possible_total
 from tcpscope.outcome import classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
@@ -506,8 +507,7 @@ class Report:
         elif d.kind == RECORD_SUMMARY and d.summary is not None:
             self.batches += 1
             self.summarizer.add_batch(d.agent_id, d.summary)
-            for k, v in _lost_map(d.summary).items():
-                self.losses[k] = self.losses.get(k, 0) + v
+            add_counts(self.losses, d.summary.lost)
 
     def render(
         self,
@@ -536,8 +536,7 @@ class Report:
                 "conflict_examples": self.conflicts.examples,
             }
             return json.dumps(doc) + "\n"
-        lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
-        maybe = self.losses.get("kernel_skipped_runs", 0)
+        lost, maybe = definite_total(self.losses), possible_total(self.losses)
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
         complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
@@ -550,14 +549,3 @@ class Report:
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
         )
         return render_table(rows) + foot
-
-
-def _lost_map(batch: EventBatch) -> dict[str, int]:
-    out = {
-        "kernel": batch.lost.kernel,
-        "agent_buffer": batch.lost.agent_buffer,
-        "enrichment": batch.lost.enrichment,
-        "kernel_skipped_runs": batch.lost.kernel_skipped_runs,
-    }
-    out.update(batch.lost.by_reason)
-    return out

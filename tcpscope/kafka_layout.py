@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 
+from tcpscope.losses import definite_total
 from tcpscope.v1.events_pb2 import Endpoint, EventBatch, TcpEvent
 
 SCHEMA_VERSION = 1
@@ -138,11 +139,6 @@ def to_json(msg: TcpEvent | EventBatch) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
 
 
-def lost_total(batch: EventBatch) -> int:
-    """Definite losses of a batch (possible ones, Losses.kernel_skipped_runs, are apart)."""
-    return batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
-
-
 def batch_records(
     batch: EventBatch, value_format: str = "protobuf", layout: str = LAYOUT_EVENT, partitions: int = 0
 ) -> list[Record]:
@@ -217,7 +213,7 @@ def batch_records(
                 (H_NODE, node),
                 (H_BATCH_SEQ, seq),
                 (H_BATCH_EVENTS, str(len(batch.events)).encode()),
-                (H_LOST_TOTAL, str(lost_total(batch)).encode()),
+                (H_LOST_TOTAL, str(definite_total(batch.lost)).encode()),
                 *([(H_UNOBSERVED, str(len(batch.unobserved)).encode())] if batch.unobserved else []),
             ],
         )
