@@ -83,8 +83,9 @@ class EventFilter:
         return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)), o.query)
 
 
-# records remembered for dropping at-least-once repeats (about 100 bytes each)
+# records remembered for dropping at-least-once repeats (about 100 bytes each; tail/consume.py Dedup)
 LIVE_DEDUP_WINDOW = 200_000
+SUMMARY_DEDUP_WINDOW = 1_000_000
 
 
 def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
@@ -204,27 +205,32 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
     once = _reads_everything(o)
     periodic = not once and o.duration is None
     next_print = time.monotonic() + s.every_s
+    # the reader drops at-least-once repeats (its count is the report's duplicates) and hands over
+    # conflicts (kept, and listed by the report)
+    reader = consume.Reader(o.source(), dedup_window=SUMMARY_DEDUP_WINDOW)
+
+    def show() -> None:
+        report.duplicates = reader.repeats
+        out.write(report.render(o.format, s, o.namespace, o.pod))
+        out.flush()
 
     def every() -> None:
         nonlocal next_print
         if periodic and time.monotonic() >= next_print:
-            out.write(report.render(o.format, s, o.namespace, o.pod))
-            out.flush()
+            show()
             next_print = time.monotonic() + s.every_s
 
     def bad_record(partition: int, offset: int, e: Exception) -> None:
         report.undecodable += 1  # a foreign or damaged record must not stop the summary
 
-    # no dedup window in the reader: the report counts the repeats (and conflicts) it drops
-    with consume.Reader(o.source()) as reader:
+    with reader:
         try:
             stop = consume.Stop(o.duration, at_end=once, until_ns=o.query.until_ns)
-            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record):
+            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record, on_conflict=report.conflicts.add):
                 report.take(d, keep)
         except KeyboardInterrupt:
             pass
-    out.write(report.render(o.format, s, o.namespace, o.pod))
-    out.flush()
+    show()
     return 0
 
 
