@@ -74,6 +74,7 @@ def test_json_line_with_enrichment_and_unicode() -> None:
     ev.local.workload.kind, ev.local.workload.name = "Deployment", "cart"
     ev.remote.kind = SERVICE
     ev.process.cgroup_path = "/kubepods.slice/x"
+    ev.connection_id = 2**64 - 3  # fixed64: a string in JSON, as every 64-bit integer
     assert json_line(ev) == _reference(ev)
     empty = TcpEvent()
     assert json_line(empty) == _reference(empty) == "{}"
