@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from tail import consume, live, resetcause, timeline
+from tail import consume, live, timeline
 from tail import query as querylib
 from tail import summary as summary_mode
 from tail.gaps import unobserved_line
@@ -88,28 +87,13 @@ LIVE_DEDUP_WINDOW = 200_000
 SUMMARY_DEDUP_WINDOW = 1_000_000
 
 
-def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
-    """The agent's own renderers (tcpscope.render: one implementation for --stdout and tail)."""
-    if fmt == "json":
-        return render.json_line, None
-    return render.table_line, render.TABLE_HEADER
-
-
-def _with_cause(fmt: str, text: str, v: resetcause.Verdict) -> str:
-    """A received reset's line, marked with who sent it (tail/resetcause.py)."""
-    if fmt == "json":
-        return text[:-1] + ', "reset_cause": ' + json.dumps(v.to_json()) + "}"
-    return f"{text} cause={v.label}"
-
-
 def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     keep = EventFilter.from_options(o)
-    line, header = _renderer(o.format)
+    header = None if o.format == "json" else render.TABLE_HEADER
     # the live view (tail/live.py): received resets wait (bounded) for the peer node's evidence
-    # and print with their cause; every row is held o.reorder_window seconds to print in time order
-    view = live.LiveView(
-        lambda ev, v: line(ev) if v is None else _with_cause(o.format, line(ev), v), keep=keep, hold=o.reorder_window
-    )
+    # and print with their cause; every row is held o.reorder_window seconds to print in time order.
+    # Lines as the agent prints them (tcpscope/render.py), with the cause
+    view = live.LiveView(lambda ev, v: render.event_line(ev, o.format, v), keep=keep, hold=o.reorder_window)
 
     def show(lines: list[str]) -> None:
         for text in lines:

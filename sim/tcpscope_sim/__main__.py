@@ -121,14 +121,11 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str]) -> OrderedP
 
     out(render.TABLE_HEADER)
 
-    def line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
-        return render.table_line(ev) if v is None else f"{render.table_line(ev)} cause={v.label}"
-
     # held as long as a row can trail newer ones: a flow its last connection by a flow interval, a
     # received reset by the reset-cause hold (when no send turns up), plus a batch; so every row,
     # flows and judged resets included, prints in time order (the view lags by that much)
     hold = max(AGENT_FLOW_INTERVAL_S, resetcause.HOLD_NS / 1e9) + AGENT_BATCH_AGE_S + 0.3
-    return OrderedPrinter(out, LiveView(line, kinds=kinds, hold=hold))
+    return OrderedPrinter(out, LiveView(lambda ev, v: render.event_line(ev, "table", v), kinds=kinds, hold=hold))
 
 
 class _Interrupted(Exception):

@@ -3,14 +3,16 @@ for enriched endpoints; the table line has the tcplife-like columns."""
 
 from __future__ import annotations
 
+import json
 import socket
+from dataclasses import dataclass
 
 import pytest
 from google.protobuf import json_format
 
 from agent.kernel import decode
 from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
-from tcpscope.render import TABLE_HEADER, json_line, table_line, timestamp_json
+from tcpscope.render import TABLE_HEADER, event_line, json_line, table_line, timestamp_json
 from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
 
 
@@ -137,3 +139,28 @@ def test_flow_json_and_table() -> None:
     assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
     # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
     assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "p50_ms<=0.032", "p99_ms<=0.032", "s=10.0"]
+
+
+@dataclass(frozen=True)
+class _Cause:
+    label: str
+    detail: dict[str, str]
+
+    def to_json(self) -> dict[str, str]:
+        return self.detail
+
+
+def test_event_line_with_and_without_a_reset_cause() -> None:
+    """The one renderer of a judged received reset (tcpscope-tail's live view and --connection, the
+    sim): the agent's line, with the cause at the end."""
+    ev = _ev(kind=decode.EV_RESET_RECEIVED, state=1)
+    cause = _Cause("network/no_send_seen", {"cause": "network", "detail": "no_send_seen", "peer_node": ""})
+    assert event_line(ev) == table_line(ev) and event_line(ev, "json") == json_line(ev)
+    assert event_line(ev, "table", cause) == table_line(ev) + " cause=network/no_send_seen"
+    text = event_line(ev, "json", cause)
+    assert text == (
+        json_line(ev)[:-1] + ', "reset_cause": {"cause": "network", "detail": "no_send_seen", "peer_node": ""}}'
+    )
+    assert json.loads(text) == {**json.loads(json_line(ev)), "reset_cause": cause.detail}
+    assert list(json.loads(text))[-1] == "reset_cause"
+    assert json.loads(event_line(TcpEvent(), "json", cause)) == {"reset_cause": cause.detail}  # an empty event too
