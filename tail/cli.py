@@ -26,12 +26,10 @@ from tail.query import Query
 from tcpscope import kafka_client, render
 from tcpscope.kafka_client import KafkaSecurity
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.kinds import VIEW_HELP, parse_view
 from tcpscope.losses import definite_total, possible_total
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
-
-# the agent's --events names -> the TcpEvent `kind` oneof field names (tail/live.py)
-KINDS: dict[str, str] = live.KINDS
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class EventFilter:
 
     @staticmethod
     def from_options(o: TailOptions) -> EventFilter:
-        return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)), o.query)
+        return EventFilter(o.namespace, o.pod, parse_view(",".join(o.kinds)), o.query)
 
 
 # records remembered for dropping at-least-once repeats (about 100 bytes each; tail/consume.py Dedup)
@@ -274,7 +272,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     p.add_argument(
         "--kind",
         default="",
-        help=live.KINDS_HELP,
+        help=VIEW_HELP,
     )
     p.add_argument(
         "--reorder-window",

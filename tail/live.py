@@ -35,38 +35,9 @@ from typing import Generic, TypeVar
 from tail import resetcause
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
-# the --kind names (the agent's --events names) -> TcpEvent `kind` oneof field names
-KINDS: dict[str, str] = {
-    "lifecycle": "lifecycle",
-    "state": "state_change",
-    "retransmit": "retransmit",
-    "synack": "synack_retransmit",
-    "reset": "reset",
-    "error": "socket_error",
-    "probe": "probe",
-    "flow": "flow",
-}
-DEFAULT_KINDS: tuple[str, ...] = ("lifecycle", "reset", "error", "flow")
+# the kinds: tcpscope/kinds.py (its `parse_view` reads --kind and the sim's --show, with the defaults)
 DEFAULT_HOLD_S = 1.0
 """Long enough for the agents' batch age (0.5 s by default) plus the collector's linger."""
-
-
-KINDS_HELP = (
-    f"event kinds, comma separated, or 'all': {','.join(KINDS)} (default: {','.join(DEFAULT_KINDS)}, what an SRE "
-    "watches)"
-)
-"""The help of every flag that takes `parse_kinds`' text (tcpscope-tail --kind, tcpscope-sim --show)."""
-
-
-def parse_kinds(text: str) -> frozenset[str]:
-    """'lifecycle,reset' -> oneof field names; '' -> the default view; 'all' -> every kind (empty set)."""
-    names = [k.strip() for k in text.split(",") if k.strip()] or list(DEFAULT_KINDS)
-    if "all" in names:
-        return frozenset()
-    unknown = [k for k in names if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}, all")
-    return frozenset(KINDS[k] for k in names)
 
 
 T = TypeVar("T")

@@ -15,6 +15,7 @@ import socket
 import struct
 from collections.abc import Mapping
 
+from tcpscope import kinds
 from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, Direction, Ending, TcpEvent
 
 # (name, struct code) in the order of struct tcpscope_event
@@ -80,15 +81,16 @@ FLOW_VAL = struct.Struct("<" + "".join(c for _n, c in FLOW_VAL_FIELDS))
 EV_LIFECYCLE, EV_STATE, EV_RETRANSMIT, EV_SYNACK, EV_RESET_SENT, EV_RESET_RECEIVED, EV_SOCKET_ERROR, EV_PROBE = range(
     1, 9
 )
-KIND_NAMES = {
-    EV_LIFECYCLE: "lifecycle",
-    EV_STATE: "state",
-    EV_RETRANSMIT: "retransmit",
-    EV_SYNACK: "synack",
-    EV_RESET_SENT: "reset",
-    EV_RESET_RECEIVED: "reset",
-    EV_SOCKET_ERROR: "error",
-    EV_PROBE: "probe",
+# each record kind -> the event kind it becomes (tcpscope/kinds.py: its --events name, its TcpEvent field)
+KIND_OF = {
+    EV_LIFECYCLE: kinds.LIFECYCLE,
+    EV_STATE: kinds.STATE,
+    EV_RETRANSMIT: kinds.RETRANSMIT,
+    EV_SYNACK: kinds.SYNACK,
+    EV_RESET_SENT: kinds.RESET,
+    EV_RESET_RECEIVED: kinds.RESET,
+    EV_SOCKET_ERROR: kinds.ERROR,
+    EV_PROBE: kinds.PROBE,
 }
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED

@@ -23,8 +23,9 @@ import time
 from collections.abc import Callable, Sequence
 from types import FrameType
 
-from tail import live, resetcause, summary
+from tail import resetcause, summary
 from tail.live import LiveView, OrderedPrinter
+from tcpscope.kinds import VIEW_HELP, parse_view
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show",
         default="",
         metavar="KINDS",
-        help="the live table's " + live.KINDS_HELP,
+        help="the live table's " + VIEW_HELP,
     )
     p.add_argument(
         "--ship-timeout",
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tcpscope-sim: cleaned {len(cleaned)} run(s) {' '.join(cleaned)}".rstrip())
         return 0
     try:
-        show = live.parse_kinds(args.show)
+        show = parse_view(args.show)
         plan = load_plan(args.plan) if args.plan else builtin_plan()
         watched = _watched_nodes(plan, args.unwatched_node)
     except (PlanError, OSError, ValueError) as e:
