@@ -2,6 +2,15 @@
 #ifndef TCPSCOPE_STATE_H
 #define TCPSCOPE_STATE_H
 
+#include "events.h"
+#include "tcp_defs.h"
+#include "sockstate.h"
+#include "maps.h"
+#include "kread.h"
+#include "filters.h"
+#include "state_event.h"
+#include "lifecycle.h"
+
 static __always_inline void set_owner_current(struct sockstate *st)
 {
     st->pid = bpf_get_current_pid_tgid() >> 32;

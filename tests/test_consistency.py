@@ -1,6 +1,6 @@
 """One fact, one copy: the constants the kernel program and user space both hold agree.
 
-bpf/events.h (and bpf/common.h) are the source of truth for the kernel's numbers; decode.py,
+bpf/events.h (and bpf/tcp_defs.h) are the source of truth for the kernel's numbers; decode.py,
 flows.py, the protobuf enums and Plan.loss_reasons carry hand-written copies. Each copy is checked
 here, every constant of each family, so a value added on one side only fails this test.
 """
@@ -110,12 +110,12 @@ def test_endings_are_the_protobuf_ending() -> None:
 
 
 def test_tcp_states_are_the_protobuf_tcp_state() -> None:
-    states = _defines("common.h", "TS_")
+    states = _defines("tcp_defs.h", "TS_")
     assert states == {name: TcpState.Value(name) for name in states}
 
 
 def test_address_families_are_the_hosts() -> None:
-    assert _defines("common.h", "T_AF_") == {"INET": socket.AF_INET, "INET6": socket.AF_INET6}
+    assert _defines("tcp_defs.h", "T_AF_") == {"INET": socket.AF_INET, "INET6": socket.AF_INET6}
 
 
 @pytest.mark.parametrize("use_ringbuf", [True, False], ids=["ringbuf", "perfbuf"])

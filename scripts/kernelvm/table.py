@@ -155,7 +155,7 @@ that run from its result file, docs/kernels.json; do not edit it by hand.
 
 - `sock_cgroup_data`: since 5.15 a struct whose first member is `struct cgroup *cgroup`; 4.5-5.14 a
   union of the pointer (`u64 val`) with cgroup v1 net_prio/net_cls data, flagged by its low bits.
-  The plan (agent/kernel/probe.py) picks the layout from BTF; bpf/common.h `sock_cgroup()` reports
+  The plan (agent/kernel/probe.py) picks the layout from BTF; bpf/kread.h `sock_cgroup()` reports
   no cgroup (0) when v1 data has replaced the pointer.
 - kernfs ids before 5.5: a union of a u32 ino and a u32 generation; the cgroup directory's inode
   number is the ino (`KN_ID_SIZE` 4). `--cgroup-root` is refused there: `cgroup.ancestor_ids` then

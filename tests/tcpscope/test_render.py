@@ -76,7 +76,6 @@ def test_json_line_with_enrichment_and_unicode() -> None:
     ev.local.workload.kind, ev.local.workload.name = "Deployment", "cart"
     ev.remote.kind = SERVICE
     ev.process.cgroup_path = "/kubepods.slice/x"
-    ev.connection_id = 2**64 - 3  # fixed64: a string in JSON, as every 64-bit integer
     assert json_line(ev) == _reference(ev)
     empty = TcpEvent()
     assert json_line(empty) == _reference(empty) == "{}"
@@ -164,3 +163,10 @@ def test_event_line_with_and_without_a_reset_cause() -> None:
     assert json.loads(text) == {**json.loads(json_line(ev)), "reset_cause": cause.detail}
     assert list(json.loads(text))[-1] == "reset_cause"
     assert json.loads(event_line(TcpEvent(), "json", cause)) == {"reset_cause": cause.detail}  # an empty event too
+
+
+def test_json_line_carries_the_connection_id_as_json_format_does() -> None:
+    ev = _ev(kind=decode.EV_LIFECYCLE, role=1, ending=1, new_state=5)
+    ev.connection_id = 2**64 - 3
+    assert json_line(ev) == _reference(ev)
+    assert '"connection_id": "18446744073709551613"' in json_line(ev)
