@@ -53,6 +53,7 @@ class KafkaSecurity:
         "SASL password (environment only; or --kafka-password-file)",
         flag=False,
         default=None,
+        repr=False,  # never in a log line or a traceback's locals
     )
     password_file: str | None = setting(
         "TCPSCOPE_KAFKA_PASSWORD_FILE",

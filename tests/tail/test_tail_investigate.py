@@ -187,6 +187,8 @@ def test_security_settings_parse_as_the_collectors(tmp_path: Path) -> None:
         "sasl_plain_username": "u",
         "sasl_plain_password": "p",
     }
+    secret = KafkaSecurity("SASL_PLAINTEXT", "PLAIN", username="u", password="pw-from-the-environment")
+    assert "pw-from-the-environment" not in repr(secret)  # a logged config or a traceback shows no password
     with pytest.raises(ValueError, match="need --kafka-sasl-mechanism"):
         KafkaSecurity("SASL_SSL")
     with pytest.raises(ValueError, match="needs a user name and a password"):
