@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -26,13 +25,11 @@ from tail.gaps import unobserved_line
 from tail.query import Query
 from tcpscope import kafka_client, render
 from tcpscope.kafka_client import KafkaSecurity
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, lost_total
-from tcpscope.losses import possible_text
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.kinds import VIEW_HELP, parse_view
+from tcpscope.losses import definite_total, possible_text, possible_total
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
-
-# the agent's --events names -> the TcpEvent `kind` oneof field names (tail/live.py)
-KINDS: dict[str, str] = live.KINDS
 
 
 @dataclass(frozen=True)
@@ -81,25 +78,12 @@ class EventFilter:
 
     @staticmethod
     def from_options(o: TailOptions) -> EventFilter:
-        return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)), o.query)
+        return EventFilter(o.namespace, o.pod, parse_view(",".join(o.kinds)), o.query)
 
 
-# records remembered for dropping at-least-once repeats (about 100 bytes each)
+# records remembered for dropping at-least-once repeats (about 100 bytes each; tail/consume.py Dedup)
 LIVE_DEDUP_WINDOW = 200_000
-
-
-def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
-    """The agent's own renderers (tcpscope.render: one implementation for --stdout and tail)."""
-    if fmt == "json":
-        return render.json_line, None
-    return render.table_line, render.TABLE_HEADER
-
-
-def _with_cause(fmt: str, text: str, v: resetcause.Verdict) -> str:
-    """A received reset's line, marked with who sent it (tail/resetcause.py)."""
-    if fmt == "json":
-        return text[:-1] + ', "reset_cause": ' + json.dumps(v.to_json()) + "}"
-    return f"{text} cause={v.label}"
+SUMMARY_DEDUP_WINDOW = 1_000_000
 
 
 def live_view(o: TailOptions) -> tuple[live.LiveView, str | None]:
@@ -108,10 +92,11 @@ def live_view(o: TailOptions) -> tuple[live.LiveView, str | None]:
     Connection rows: both ends joined (tail/connections.py). Every row is held o.reorder_window
     seconds to print in time order."""
     keep = EventFilter.from_options(o)
-    line, header = _renderer(o.format)
+    header = None if o.format == "json" else render.TABLE_HEADER
 
     def socket_line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
-        return line(ev) if v is None else _with_cause(o.format, line(ev), v)
+        # lines as the agent prints them (tcpscope/render.py), with the cause once the join knows
+        return render.event_line(ev, o.format, v)
 
     if o.rows == "socket":
         return live.LiveView(socket_line, keep=keep, hold=o.reorder_window), header
@@ -168,12 +153,12 @@ def _loss_line(d: Decoded) -> str:
     """A batch summary's losses for stderr ('' when it has none)."""
     assert d.summary is not None
     lost = d.summary.lost
-    if not (lost_total(d.summary) or lost.kernel_skipped_runs):
+    if not (definite_total(lost) or possible_total(lost)):
         return ""
     reasons = ", ".join(f"{k}={v}" for k, v in sorted(lost.by_reason.items()))
     return (
-        f"# lost {lost_total(d.summary)} events"
-        + (f" ({possible_text(lost.kernel_skipped_runs)})" if lost.kernel_skipped_runs else "")
+        f"# lost {definite_total(lost)} events"
+        + (f" ({possible_text(possible_total(lost))})" if possible_total(lost) else "")
         + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n"
     )
 
@@ -275,27 +260,32 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
     once = _reads_everything(o)
     periodic = not once and o.duration is None
     next_print = time.monotonic() + s.every_s
+    # the reader drops at-least-once repeats (its count is the report's duplicates) and hands over
+    # conflicts (kept, and listed by the report)
+    reader = consume.Reader(o.source(), dedup_window=SUMMARY_DEDUP_WINDOW)
+
+    def show() -> None:
+        report.duplicates = reader.repeats
+        out.write(report.render(o.format, s, o.namespace, o.pod))
+        out.flush()
 
     def every() -> None:
         nonlocal next_print
         if periodic and time.monotonic() >= next_print:
-            out.write(report.render(o.format, s, o.namespace, o.pod))
-            out.flush()
+            show()
             next_print = time.monotonic() + s.every_s
 
     def bad_record(partition: int, offset: int, e: Exception) -> None:
         report.undecodable += 1  # a foreign or damaged record must not stop the summary
 
-    # no dedup window in the reader: the report counts the repeats (and conflicts) it drops
-    with consume.Reader(o.source()) as reader:
+    with reader:
         try:
             stop = consume.Stop(o.duration, at_end=once, until_ns=o.query.until_ns)
-            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record):
+            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record, on_conflict=report.conflicts.add):
                 report.take(d, keep)
         except KeyboardInterrupt:
             pass
-    out.write(report.render(o.format, s, o.namespace, o.pod))
-    out.flush()
+    show()
     return 0
 
 
@@ -372,7 +362,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     p.add_argument(
         "--kind",
         default="",
-        help=live.KINDS_HELP,
+        help=VIEW_HELP,
     )
     p.add_argument("--rows", choices=live.ROWS, help=live.ROWS_HELP)
     p.add_argument(
@@ -405,7 +395,7 @@ def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
     )
     q.add_argument("--from-pod", metavar="[NS/]NAME", help="the client (lifecycle/flow rows) or the reporting end")
     q.add_argument("--to-pod", metavar="[NS/]NAME", help="the server (lifecycle/flow rows) or the reporting end's peer")
-    kafka_client.add_arguments(p, env)
+    kafka_client.add_arguments(p)
     summary_mode.add_arguments(p)
     p.add_argument(
         "--connection",

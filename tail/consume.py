@@ -5,10 +5,13 @@ A `Reader` opens a consumer with the collector's security settings (tcpscope/kaf
 positions it: at the end, at the beginning, or by time (--since, through the broker's offsets for
 times); with a consumer group it subscribes instead. `Reader.records(stop)` then yields the decoded
 records (tcpscope/kafka_layout.py: both record layouts) until the `Stop` says so, or until the
-reader's `cancel` event is set from another thread. With a dedup window, repeats that at-least-once
-delivery published twice are dropped and counted; records under a seen key with other content
-(CONFLICT) are kept and handed to `on_conflict` first. Records of other producers (kind '') pass
-through undeduplicated: each reader counts them its own way.
+reader's `cancel` event is set from another thread.
+
+Deduplication happens here and only here (`Dedup`), for every reader (the live view, --summary,
+--connection, the sim's watch): with a dedup window, repeats that at-least-once delivery published
+twice are dropped and counted (`Reader.repeats`); records under a seen key with other content
+(CONFLICT) are kept, counted and handed to `on_conflict` first. Records of other producers (kind '')
+pass through undeduplicated: each reader counts them its own way.
 
 Where a partition ends is taken from two answers of the broker: its end offset (ListOffsets), and
 the high watermark that every fetch response carries. Apache Kafka gives the same figure in both.
@@ -123,6 +126,33 @@ def _topic_partition(topic: str, partition: int) -> Any:
     return TopicPartition(topic, partition)
 
 
+class Dedup:
+    """The readers' dedup policy over decoded records: the first copy of a record passes; a repeat
+    (same dedup key, same content: a batch published twice) is dropped and counted; a record under
+    a seen key with other content (two producers under one agent id) is kept, never dropped as a
+    "duplicate" of another, counted and handed to `on_conflict`. Remembers the last `window` keys
+    (kafka_layout.RecentKeys). Records of other producers always pass."""
+
+    def __init__(self, window: int) -> None:
+        self._recent = RecentKeys(window)
+        self.repeats = 0  # records dropped as repeats
+        self.conflicts = 0  # records kept under a seen dedup key with other content
+
+    def keep(self, d: Decoded, on_conflict: Callable[[Decoded], None] | None = None) -> bool:
+        """False for a repeat, which the reader drops."""
+        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
+            return True
+        seen = self._recent.see(dedup_key(d), fingerprint(d))
+        if seen == REPEAT:
+            self.repeats += 1
+            return False
+        if seen == CONFLICT:
+            self.conflicts += 1
+            if on_conflict is not None:
+                on_conflict(d)
+        return True
+
+
 class Reader:
     """An open, positioned consumer of one topic (Source) and its read loop (`records`). Not
     thread-safe, as kafka-python's consumer is not: one thread reads; others may set `cancel`."""
@@ -138,11 +168,9 @@ class Reader:
     ) -> None:
         self.source = source
         self.cancel = cancel or threading.Event()
-        self._recent = RecentKeys(dedup_window) if dedup_window > 0 else None
+        self._dedup = Dedup(dedup_window) if dedup_window > 0 else None
         self._clock = clock
         self._wall_ns = wall_ns
-        self.repeats = 0  # records dropped as repeats (dedup_window > 0)
-        self.conflicts = 0  # records kept under a seen dedup key with other content
         self.skipped_at_start = 0
         """Started at the end: records already in the topic then, past an early end offset (module doc)."""
         self._skip_below: dict[Any, int] | None = None  # started at the end: per partition, once known
@@ -205,6 +233,16 @@ class Reader:
             self._skip_below = {}
         for tp in tps:  # resolve positions now, so records produced after start-up are never skipped
             c.position(tp)
+
+    @property
+    def repeats(self) -> int:
+        """Records dropped as repeats so far (with a dedup window)."""
+        return self._dedup.repeats if self._dedup is not None else 0
+
+    @property
+    def conflicts(self) -> int:
+        """Records kept under a seen dedup key with other content so far (with a dedup window)."""
+        return self._dedup.conflicts if self._dedup is not None else 0
 
     def end_offsets(self) -> Mapping[Any, int]:
         """The end of every assigned partition now (for `reached`): the broker's end offset, or the
@@ -290,7 +328,7 @@ class Reader:
                         on_undecodable(r.partition, r.offset, e)
                         continue
                     for d in decoded:
-                        if self._new(d, on_conflict):
+                        if self._dedup is None or self._dedup.keep(d, on_conflict):
                             yield d
             if on_idle is not None:
                 on_idle()
@@ -327,20 +365,6 @@ class Reader:
         keep = [r for r in recs if r.offset >= below] if recs and recs[0].offset < below else recs
         self.skipped_at_start += len(recs) - len(keep)
         return keep
-
-    def _new(self, d: Decoded, on_conflict: Callable[[Decoded], None] | None) -> bool:
-        """False for a repeat the dedup window drops."""
-        if self._recent is None or d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
-            return True
-        seen = self._recent.see(dedup_key(d), fingerprint(d))
-        if seen == REPEAT:
-            self.repeats += 1
-            return False
-        if seen == CONFLICT:  # kept: never drop a record as a "duplicate" of another
-            self.conflicts += 1
-            if on_conflict is not None:
-                on_conflict(d)
-        return True
 
 
 class _Ends:

@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcpscope import kafka_client
+
 JsonObj = dict[str, Any]
 SELECTOR = "app.kubernetes.io/name=tcpscope,app.kubernetes.io/component=collector"
-FILE_SETTINGS = {  # the collector's file settings -> tcpscope-tail's flags
-    "TCPSCOPE_KAFKA_SSL_CAFILE": "--kafka-ssl-cafile",
-    "TCPSCOPE_KAFKA_USERNAME_FILE": "--kafka-username-file",
-    "TCPSCOPE_KAFKA_PASSWORD_FILE": "--kafka-password-file",
-}
+FILE_SETTINGS = kafka_client.FILE_FLAGS  # the collector's file settings -> tcpscope-tail's flags
 
 
 class PluginError(Exception):

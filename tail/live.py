@@ -36,29 +36,13 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from tail import connections, resetcause
+from tcpscope import kinds
+from tcpscope.kinds import parse_view
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
-# the --kind names (the agent's --events names) -> TcpEvent `kind` oneof field names
-KINDS: dict[str, str] = {
-    "lifecycle": "lifecycle",
-    "state": "state_change",
-    "retransmit": "retransmit",
-    "synack": "synack_retransmit",
-    "reset": "reset",
-    "error": "socket_error",
-    "probe": "probe",
-    "flow": "flow",
-}
-DEFAULT_KINDS: tuple[str, ...] = ("lifecycle", "reset", "error", "flow")
+# the kinds: tcpscope/kinds.py (its `parse_view` reads --kind and the sim's --show, with the defaults)
 DEFAULT_HOLD_S = 1.0
 """Long enough for the agents' batch age (0.5 s by default) plus the collector's linger."""
-
-
-KINDS_HELP = (
-    f"event kinds, comma separated, or 'all': {','.join(KINDS)} (default: {','.join(DEFAULT_KINDS)}, what an SRE "
-    "watches)"
-)
-"""The help of every flag that takes `parse_kinds`' text (tcpscope-tail --kind, tcpscope-sim --show)."""
 
 
 ROWS: tuple[str, ...] = ("connection", "socket")
@@ -68,16 +52,13 @@ ROWS_HELP = (
     "per pair per flow interval. socket: every socket's own events, as the agent prints them (the "
     "default with --kind state, retransmit, synack, probe or all)"
 )
-CONNECTION_KINDS = frozenset({"lifecycle", "reset", "error", "flow"})
-"""The --kind names connection rows can show: lifecycle (every connection), reset (those a reset
-ended), error (those with an errno), flow."""
 
 
 def parse_rows(rows: str | None, kinds_text: str) -> str:
     """--rows as given, else what --kind calls for; ValueError for kinds connection rows cannot show."""
-    parse_kinds(kinds_text)  # unknown kinds first
+    parse_view(kinds_text)  # unknown kinds first
     names = {k.strip() for k in kinds_text.split(",") if k.strip()}
-    socket_only = sorted(names - CONNECTION_KINDS)
+    socket_only = sorted(names - kinds.CONNECTION_VIEW)
     if rows is None:
         return "socket" if socket_only else "connection"
     if rows not in ROWS:
@@ -85,17 +66,6 @@ def parse_rows(rows: str | None, kinds_text: str) -> str:
     if rows == "connection" and socket_only:
         raise ValueError(f"kinds {','.join(socket_only)} have no connection rows: use --rows socket")
     return rows
-
-
-def parse_kinds(text: str) -> frozenset[str]:
-    """'lifecycle,reset' -> oneof field names; '' -> the default view; 'all' -> every kind (empty set)."""
-    names = [k.strip() for k in text.split(",") if k.strip()] or list(DEFAULT_KINDS)
-    if "all" in names:
-        return frozenset()
-    unknown = [k for k in names if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}, all")
-    return frozenset(KINDS[k] for k in names)
 
 
 T = TypeVar("T")
@@ -161,11 +131,11 @@ class LiveView:
         if isinstance(row, connections.SocketRow):
             return self._shown(row.event)
         if isinstance(row, connections.FlowRow):
-            return (not self.kinds or "flow" in self.kinds) and (self.keep is None or self.keep(row.flow))
+            return (not self.kinds or kinds.FLOW.field in self.kinds) and (self.keep is None or self.keep(row.flow))
         k = self.kinds
-        if k and "lifecycle" not in k:
+        if k and kinds.LIFECYCLE.field not in k:
             errno = any(e.lifecycle.errno for e in row.sockets)
-            if not (("reset" in k and row.reset_by is not None) or ("socket_error" in k and errno)):
+            if not ((kinds.RESET.field in k and row.reset_by is not None) or (kinds.ERROR.field in k and errno)):
                 return False
         return self.keep is None or any(self.keep(e) for e in row.sockets)
 

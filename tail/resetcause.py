@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tcpscope.losses import definite_total, possible_total
 from tcpscope.v1.events_pb2 import (
     NEW_SYN_RECV,
     RECEIVED,
@@ -234,8 +235,7 @@ class ResetJoin:
         sent = batch.sent_time.ToNanoseconds()
         prev = self._last_batch_ns.get(agent_id, 0)
         self._last_batch_ns[agent_id] = max(prev, sent)
-        definite = batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
-        possible = batch.lost.kernel_skipped_runs
+        definite, possible = definite_total(batch.lost), possible_total(batch.lost)
         if (definite or possible) and batch.node:
             self._losses.setdefault(batch.node, []).append(_LossSpan(prev, sent, definite, possible))
 

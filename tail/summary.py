@@ -39,17 +39,8 @@ from tail import resetcause
 from tail.gaps import Conflicts, Gaps, rfc3339
 from tail.pairs import COUNTERS, PairSummary, Party
 from tail.servicemap import render_dot
-from tcpscope.kafka_layout import (
-    CONFLICT,
-    RECORD_EVENT,
-    RECORD_SUMMARY,
-    REPEAT,
-    Decoded,
-    RecentKeys,
-    dedup_key,
-    fingerprint,
-)
-from tcpscope.losses import possible_text
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.losses import add_counts, definite_total, possible_text, possible_total
 from tcpscope.outcome import classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
@@ -61,9 +52,6 @@ from tcpscope.v1.events_pb2 import (
     EventBatch,
     TcpEvent,
 )
-
-# record ids remembered to count at-least-once repeats once (about 100 bytes each)
-SUMMARY_DEDUP_WINDOW = 1_000_000
 
 SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
 MATCH_TOLERANCE_NS = 2_000_000_000
@@ -487,30 +475,26 @@ def options_from(a: argparse.Namespace) -> SummaryOptions | None:
 
 @dataclass
 class Report:
-    """What one summary print shows: the pairs and the loss counters of the batches read."""
+    """What one summary print shows: the pairs and the loss counters of the batches read.
+
+    It takes records as the reader deduplicated them (tail/consume.py `Dedup`): `duplicates` is the
+    reader's count of repeats it dropped, and `conflicts` is fed by the reader's `on_conflict`."""
 
     summarizer: Summarizer
     losses: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     events: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # records the reader dropped as at-least-once repeats
     undecodable: int = 0
-    _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
     gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tail/gaps.py)
-    conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content
+    conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content: all kept
 
     def take(self, d: Decoded, keep: Callable[[TcpEvent], bool] | None = None) -> None:
-        """One decoded record; repeats of a record that at-least-once delivery published twice are
-        counted once; other producers' records are counted as undecodable."""
+        """One decoded record, deduplicated by the reader; other producers' records are counted as
+        undecodable."""
         if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
             self.undecodable += 1
             return
-        seen = self._seen.see(dedup_key(d), fingerprint(d))
-        if seen == REPEAT:
-            self.duplicates += 1
-            return
-        if seen == CONFLICT:  # kept and reported: dropping it could hide a real event behind a forged one
-            self.conflicts.add(d)
         self.gaps.take(d)
         if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
@@ -521,8 +505,7 @@ class Report:
         elif d.kind == RECORD_SUMMARY and d.summary is not None:
             self.batches += 1
             self.summarizer.add_batch(d.agent_id, d.summary)
-            for k, v in _lost_map(d.summary).items():
-                self.losses[k] = self.losses.get(k, 0) + v
+            add_counts(self.losses, d.summary.lost)
 
     def render(
         self,
@@ -551,8 +534,7 @@ class Report:
                 "conflict_examples": self.conflicts.examples,
             }
             return json.dumps(doc) + "\n"
-        lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
-        maybe = self.losses.get("kernel_skipped_runs", 0)
+        lost, maybe = definite_total(self.losses), possible_total(self.losses)
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
         complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
@@ -570,14 +552,3 @@ class Report:
             else ""
         )
         return render_table(rows) + foot + legend
-
-
-def _lost_map(batch: EventBatch) -> dict[str, int]:
-    out = {
-        "kernel": batch.lost.kernel,
-        "agent_buffer": batch.lost.agent_buffer,
-        "enrichment": batch.lost.enrichment,
-        "kernel_skipped_runs": batch.lost.kernel_skipped_runs,
-    }
-    out.update(batch.lost.by_reason)
-    return out

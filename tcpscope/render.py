@@ -3,15 +3,18 @@
 `json_line(ev)` is byte-for-byte `json_format.MessageToJson(ev, preserving_proto_field_name=True,
 indent=None)` (proto field names, enums as names, 64-bit integers as strings, RFC 3339 time),
 written by hand because json_format costs several times more per event; a test checks they agree.
-Shared by the agent's stdout sink and tcpscope-tail.
+`event_line(ev, fmt, cause)` is either, with who sent a received reset when a reader judged it
+(tail/resetcause.py). Shared by the agent's stdout sink, tcpscope-tail and tcpscope-sim.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
+from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -404,3 +407,27 @@ def table_line(ev: TcpEvent) -> str:
         f"{clock:<12} {ev.process.pid:>7} {ev.process.comm or '-':<15} {endpoint_text(ev.local):<30} "
         f"{endpoint_text(ev.remote):<30} {event:<11} {details}"
     ).rstrip()
+
+
+# ---- either, with a reset's cause -----------------------------------------------------------------
+
+
+class Cause(Protocol):
+    """Who sent a received reset, as a reader judged it (tail/resetcause.py's Verdict)."""
+
+    @property
+    def label(self) -> str: ...  # `cause/detail`, for the table
+
+    def to_json(self) -> Mapping[str, str]: ...  # for the JSON line
+
+
+def event_line(ev: TcpEvent, fmt: str = "table", cause: Cause | None = None) -> str:
+    """`table_line` or (fmt 'json') `json_line`, with a received reset's cause when there is one:
+    ` cause=LABEL` at the end of the table line, a last member `"reset_cause": {...}` in the JSON."""
+    if fmt == "json":
+        text = json_line(ev)
+        if cause is None:
+            return text
+        return text[:-1] + (", " if text != "{}" else "") + '"reset_cause": ' + json.dumps(cause.to_json()) + "}"
+    text = table_line(ev)
+    return text if cause is None else f"{text} cause={cause.label}"

@@ -25,6 +25,7 @@ from types import FrameType
 
 from tail import live, resetcause, summary
 from tail.live import LiveView, OrderedPrinter
+from tcpscope.kinds import VIEW_HELP, parse_view
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--show",
         default="",
         metavar="KINDS",
-        help="the live table's " + live.KINDS_HELP,
+        help="the live table's " + VIEW_HELP,
     )
     p.add_argument("--rows", choices=live.ROWS, help="the live table's rows: " + live.ROWS_HELP)
     p.add_argument(
@@ -123,7 +124,7 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str], rows: str =
     from tcpscope import render
 
     def line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
-        return render.table_line(ev) if v is None else f"{render.table_line(ev)} cause={v.label}"
+        return render.event_line(ev, "table", v)
 
     def row_line(row: connections.Row) -> str:
         if isinstance(row, connections.SocketRow):
@@ -182,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         args.rows = live.parse_rows(args.rows, args.show)
-        show = live.parse_kinds(args.show)
+        show = parse_view(args.show)
         plan = load_plan(args.plan) if args.plan else builtin_plan()
         watched = _watched_nodes(plan, args.unwatched_node)
     except (PlanError, OSError, ValueError) as e:
@@ -381,7 +382,7 @@ def _run_plan(
     watch.catch_up(15)
     got = watch.connection_ends()
     _, losses, _ = watch.snapshot()
-    lost = {k: v for k, v in definite(losses).items() if v and k != "kernel_skipped_runs"}
+    lost = {k: v for k, v in definite(losses).items() if v}
     maybe = {k: v for k, v in possible(losses).items() if v}
     # a possible loss (a program run the kernel skipped) that cost no planned connection is reported,
     # not failed: every lifecycle arrived, so the summary is exact

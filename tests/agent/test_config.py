@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError, build_parser
+from agent.config import AgentConfig, ConfigError, build_parser
 from tcpscope.agent_id import node_of, prefix_of
 
 
@@ -15,7 +15,7 @@ def test_defaults_fill_node_name_and_agent_id() -> None:
     cfg = AgentConfig.from_args([], env={})
     assert cfg.node_name
     assert cfg.agent_id.startswith(cfg.node_name + "/")
-    assert cfg.events == DEFAULT_EVENT_KINDS
+    assert cfg.events == ("lifecycle", "retransmit", "synack", "reset", "error")
     assert cfg.stdout is None and cfg.kubernetes is True
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tail.cli import SUMMARY_DEDUP_WINDOW
+from tail.consume import Dedup
 from tail.summary import Report, Summarizer, SummaryOptions
 from tcpscope.kafka_layout import batch_records, decode_records
 from tcpscope.v1 import events_pb2 as pb
@@ -31,13 +33,22 @@ def records(value_format: str) -> list[Rec]:
     return out
 
 
-def summary(recs: list[Rec]) -> dict[str, Any]:
-    """`tcpscope-tail --summary --format json` of these records (its Report, fed as it feeds it)."""
+def _report(recs: list[Rec]) -> Report:
+    """The Report of `tcpscope-tail --summary` fed as it feeds it: through the reader's dedup policy
+    (tail/consume.py Dedup), repeats counted as its duplicates, conflicts handed to it."""
     rep = Report(Summarizer())
+    dedup = Dedup(SUMMARY_DEDUP_WINDOW)
     for r in recs:
         for d in decode_records(r.headers, r.value):
-            rep.take(d)
-    return json.loads(rep.render("json", SummaryOptions()))
+            if dedup.keep(d, rep.conflicts.add):
+                rep.take(d)
+    rep.duplicates = dedup.repeats
+    return rep
+
+
+def summary(recs: list[Rec]) -> dict[str, Any]:
+    """`tcpscope-tail --summary --format json` of these records."""
+    return json.loads(_report(recs).render("json", SummaryOptions()))
 
 
 @pytest.mark.slow  # chDB runs the whole DDL and query pack: a few seconds
@@ -60,11 +71,7 @@ def test_the_query_pack_equals_the_summary_rule_by_rule(value_format: str, tmp_p
 
 def verdicts(recs: list[Rec]) -> dict[tuple[str, int], tuple[str, str]]:
     """tail/resetcause.py's verdict on the RST each counted socket received, by (node, socket id)."""
-    rep = Report(Summarizer())
-    for r in recs:
-        for d in decode_records(r.headers, r.value):
-            rep.take(d)
-    s = rep.summarizer
+    s = _report(recs).summarizer
     out: dict[tuple[str, int], tuple[str, str]] = {}
     for cv, sv in s.connections():
         for v in (cv, sv):

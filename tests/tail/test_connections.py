@@ -10,6 +10,7 @@ import pytest
 from tail import connections as cx
 from tail import live
 from tail import resetcause as rc
+from tcpscope.kinds import parse_view
 from tcpscope.v1 import events_pb2 as pb
 from tests.tail.test_resetcause import MS, T0, C, S, life, received, sent
 
@@ -188,7 +189,7 @@ def test_the_live_view_shows_connection_rows_by_kind_and_end() -> None:
     def view(kinds: str, keep: object = None) -> live.LiveView:
         return live.LiveView(
             lambda ev, v: "socket",
-            kinds=live.parse_kinds(kinds),
+            kinds=parse_view(kinds),
             hold=0.0,
             keep=keep,  # type: ignore[arg-type]
             render_row=lambda row: row.ended if isinstance(row, cx.ConnectionRow) else type(row).__name__,

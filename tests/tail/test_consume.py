@@ -4,6 +4,7 @@ The same loop against a real broker: test_tail*.py, test_summary.py, tests/sim/t
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from kafka import TopicPartition
 
 from tail import consume
 from tcpscope.kafka_client import KafkaSecurity
-from tcpscope.kafka_layout import LAYOUT_PACKED, RECORD_EVENT, RECORD_SUMMARY, Decoded, batch_records
+from tcpscope.kafka_layout import LAYOUT_PACKED, RECORD_EVENT, RECORD_SUMMARY, Decoded, batch_records, decode_records
 from tcpscope.v1.events_pb2 import EventBatch
 from tests.support.events import make_event
 
@@ -223,6 +224,59 @@ def test_no_dedup_window_hands_every_copy_over() -> None:
         _publish(k, 0, _batch("a", 1, 0, 1))
     with _reader(k) as r:
         assert len(list(r.records(consume.Stop(at_end=True)))) == 4 and r.repeats == 0
+
+
+def _decoded(*batches: EventBatch) -> list[Decoded]:
+    return [d for b in batches for r in batch_records(b) for d in decode_records(r.headers, r.value)]
+
+
+def test_dedup_drops_repeats_keeps_and_reports_conflicts_with_exact_counts() -> None:
+    """The one dedup policy of every reader (the live view, --summary, --connection, the sim's watch)."""
+    real, forged, other = _batch("a", 1, 0, 3), _batch("a", 1, 50, 3), _batch("a", 2, 10, 2)
+    forged.lost.kernel = 1  # its summary differs too: a conflict, not a repeat
+    dedup = consume.Dedup(100)
+    conflicts: list[Decoded] = []
+    kept = [
+        d
+        for d in _decoded(real, real, forged, other, forged, real, other)
+        + [Decoded("", "", 0, -1, None, None)] * 2  # another producer's records: always passed on
+        if dedup.keep(d, conflicts.append)
+    ]
+    # real: 4 records kept; its resend: 4 repeats; forged: 4 conflicts (kept); other: 3 kept;
+    # forged and real again, other again: 4 + 4 + 3 repeats (either version resent is a plain repeat)
+    assert (len(kept), dedup.repeats, dedup.conflicts) == (4 + 4 + 3 + 2, 4 + 4 + 4 + 3, 4)
+    assert _ids(conflicts) == [*((RECORD_EVENT, "a", 1, i) for i in range(3)), (RECORD_SUMMARY, "a", 1, -1)]
+    assert [d.event.socket_id for d in kept if d.event is not None] == [1, 2, 3, 51, 52, 53, 11, 12]
+    # a window of 2 keys forgets: the third record's key pushes the first out, whose copy is then new
+    small = consume.Dedup(2)
+    first = _decoded(_batch("b", 1, 0, 2))  # 2 events and a summary: 3 keys
+    assert [small.keep(d) for d in [*first, first[0], first[2]]] == [True, True, True, True, False]
+    assert (small.repeats, small.conflicts) == (1, 0)
+
+
+def test_a_summary_read_counts_what_the_reader_dropped_and_kept() -> None:
+    """tail --summary's figures come from the reader's dedup: duplicates = its repeats, conflicts =
+    what its on_conflict handed over; the report itself counts every record it is given."""
+    from tail.summary import Report, Summarizer, SummaryOptions
+
+    k = FakeConsumer({0: []}, [0.0])
+    real, forged = _batch("a", 1, 0, 2), _batch("a", 1, 50, 2)
+    for b in (real, real, forged, forged):
+        _publish(k, 0, b)
+    report = Report(Summarizer())
+    with _reader(k, dedup_window=100) as r:
+        for d in r.records(consume.Stop(at_end=True), on_conflict=report.conflicts.add):
+            report.take(d)
+    report.duplicates = r.repeats
+    doc = json.loads(report.render("json", SummaryOptions()))
+    # real 3 records, its resend 3 repeats, forged: 2 events in conflict (kept), its summary (same
+    # header, no losses) a repeat; forged again: 3 repeats
+    assert (doc["events"], doc["batches"], doc["duplicates"], doc["conflicts"]) == (4, 1, 7, 2)
+    assert (r.repeats, r.conflicts) == (7, 2)
+    alone = Report(Summarizer())
+    for d in _decoded(real, real):
+        alone.take(d)  # no reader: nothing dropped (the report does not deduplicate on its own)
+    assert (alone.events, alone.batches, alone.duplicates) == (4, 2, 0)
 
 
 def test_duration_from_the_call_and_idle_after_every_poll() -> None:

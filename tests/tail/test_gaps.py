@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from tail.consume import Dedup
 from tail.summary import Report, Summarizer, SummaryOptions
 from tcpscope import render
 from tcpscope.kafka_layout import H_UNOBSERVED, batch_records, decode_records, header_map
@@ -44,10 +45,14 @@ def _window() -> UnobservedWindow:
 
 
 def _read(report: Report, batches: list[EventBatch]) -> None:
+    """As tcpscope-tail --summary reads: deduplicated by the reader's policy, conflicts to the report."""
+    dedup = Dedup(1000)
     for b in batches:
         for r in batch_records(b):
             for d in decode_records(r.headers, r.value):
-                report.take(d)
+                if dedup.keep(d, report.conflicts.add):
+                    report.take(d)
+    report.duplicates = dedup.repeats
 
 
 def test_summary_lists_the_gap_with_what_the_topic_holds_of_the_unacked_batches() -> None:

@@ -3,14 +3,16 @@ for enriched endpoints; the table line has the tcplife-like columns."""
 
 from __future__ import annotations
 
+import json
 import socket
+from dataclasses import dataclass
 
 import pytest
 from google.protobuf import json_format
 
 from agent.kernel import decode
 from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
-from tcpscope.render import TABLE_HEADER, json_line, table_line, timestamp_json
+from tcpscope.render import TABLE_HEADER, event_line, json_line, table_line, timestamp_json
 from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
 
 
@@ -113,7 +115,7 @@ def test_fast_path_covers_the_schema() -> None:
 
 
 def _flow() -> TcpEvent:
-    from agent.kernel.flows import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
+    from agent.kernel.decode import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
 
     buckets = [0] * FLOW_BUCKETS
     buckets[4], buckets[9] = 99, 1  # 99 in [16, 32) us, 1 in [512, 1024) us
@@ -166,6 +168,31 @@ def test_durations_read_as_people_write_them() -> None:
         3_720 * 10**9: "1h02m",
     }
     assert {ns: duration_text(ns) for ns in cases} == cases
+
+
+@dataclass(frozen=True)
+class _Cause:
+    label: str
+    detail: dict[str, str]
+
+    def to_json(self) -> dict[str, str]:
+        return self.detail
+
+
+def test_event_line_with_and_without_a_reset_cause() -> None:
+    """The one renderer of a judged received reset (tcpscope-tail's live view and --connection, the
+    sim): the agent's line, with the cause at the end."""
+    ev = _ev(kind=decode.EV_RESET_RECEIVED, state=1)
+    cause = _Cause("network/no_send_seen", {"cause": "network", "detail": "no_send_seen", "peer_node": ""})
+    assert event_line(ev) == table_line(ev) and event_line(ev, "json") == json_line(ev)
+    assert event_line(ev, "table", cause) == table_line(ev) + " cause=network/no_send_seen"
+    text = event_line(ev, "json", cause)
+    assert text == (
+        json_line(ev)[:-1] + ', "reset_cause": {"cause": "network", "detail": "no_send_seen", "peer_node": ""}}'
+    )
+    assert json.loads(text) == {**json.loads(json_line(ev)), "reset_cause": cause.detail}
+    assert list(json.loads(text))[-1] == "reset_cause"
+    assert json.loads(event_line(TcpEvent(), "json", cause)) == {"reset_cause": cause.detail}  # an empty event too
 
 
 def test_json_line_carries_the_connection_id_as_json_format_does() -> None:
