@@ -79,6 +79,8 @@ struct tcpscope_event {
     __u32 srtt_us;     /* probe, lifecycle (at CLOSE), open: smoothed RTT in us */
     __u32 snd_wnd;     /* probe */
     __u32 data_len;    /* probe */
+    __u32 isn_client;  /* the connection's initial sequence numbers once it is established, else 0 */
+    __u32 isn_server;  /* (bpf/connid.h): hashed by the agent, never published */
     char comm[16];     /* owning process' comm, empty when unknown */
     /* open reports and latency (bpf/interim.h, bpf/counters.h): lifecycle and open */
     __u64 reported_tx; /* lifecycle: of tx_bytes, reported before (interim reports; a seeded socket's

@@ -9,7 +9,8 @@
  * earlier agent reported before it stopped is never counted again; what happened between that
  * agent's last report and this moment is the unobserved window the next agent reports. Its role
  * comes from the listeners (user space: local port listening => PASSIVE), its owner from
- * /proc/<pid>/fd; its connect latency is unknown, its retransmits count from then. */
+ * /proc/<pid>/fd; its connect latency is unknown, its retransmits count from then. With the role
+ * known, its initial sequence numbers (bpf/connid.h) are, so it has its connection_id. */
 #ifndef TCPSCOPE_SEED_H
 #define TCPSCOPE_SEED_H
 
@@ -20,6 +21,7 @@
 #include "kread.h"
 #include "filters.h"
 #include "counters.h"
+#include "connid.h"
 
 #ifdef OPEN_SEED
 /* seed_req[0]: the connection to find, written by user space before each run */
@@ -60,6 +62,7 @@ static __always_inline int seed_socket(__u64 key, const struct seed_req *r)
         fresh.flags |= F_FIN_QUEUED;
     fresh.oflags = O_SEEDED;
     fresh.connect_taken = 1; /* unknown: nothing to report */
+    record_isns(sk, &fresh); /* constant after the handshake (bpf/connid.h): known with the role */
     interim_bytes(sk, &fresh, &fresh.rep_tx, &fresh.rep_rx);
     if (sockets.insert(&key, &fresh) != 0) {
         if (sockets.lookup(&key))

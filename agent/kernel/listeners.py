@@ -258,9 +258,7 @@ def _socket_inodes(proc: Path, pid: int) -> Iterator[int]:
             yield inode
 
 
-def _socket_holders(
-    proc: Path, by_ns: dict[int, list[int]], busy: Container[int]
-) -> Iterator[tuple[int, int, int]]:
+def _socket_holders(proc: Path, by_ns: dict[int, list[int]], busy: Container[int]) -> Iterator[tuple[int, int, int]]:
     """(pid, its network namespace, socket inode) for each socket fd of the processes in namespaces
     with listeners or connections."""
     for ns, pids in by_ns.items():

@@ -308,4 +308,3 @@ def test_an_agent_restart_counts_nothing_twice() -> None:
     assert counted(b, ACTIVE) == (24_000, 2400) and counted(b, PASSIVE) == (2400, 24_000)
     assert not [e for e in a.seen if kind(e) == "lifecycle"]  # A never saw it close
     assert all(e.lifecycle.seeded for e in b.seen if kind(e) == "lifecycle")
-
