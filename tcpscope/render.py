@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from json.encoder import encode_basestring_ascii
 from typing import Any, Protocol
 
@@ -130,6 +130,7 @@ _KNOWN = {
         "socket_error",
         "probe",
         "flow",
+        "open",
     ],
     "Endpoint": [
         "ip",
@@ -157,6 +158,14 @@ _KNOWN = {
         "retransmits",
         "reset_reason",
         "reset_reason_name",
+        "reported_tx_bytes",
+        "reported_rx_bytes",
+        "reported_retransmits",
+        "connect_latency_ns",
+        "connect_latency_reported",
+        "srtt_us",
+        "min_rtt_us",
+        "seeded",
     ],
     "StateChange": ["old_state", "new_state", "time_in_old_state_ns"],
 }
@@ -248,7 +257,29 @@ def _lifecycle(lc: Any) -> str:
         p.append(f'"reset_reason": {lc.reset_reason}')
     if lc.reset_reason_name:
         p.append('"reset_reason_name": ' + encode_basestring_ascii(lc.reset_reason_name))
-    return "{" + ", ".join(p) + "}"
+    return "{" + ", ".join(p + _lifecycle_reports(lc)) + "}"
+
+
+def _lifecycle_reports(lc: Any) -> list[str]:
+    """The lifecycle's open-report and latency fields (40 and up)."""
+    p = []
+    if lc.reported_tx_bytes:
+        p.append(f'"reported_tx_bytes": "{lc.reported_tx_bytes}"')
+    if lc.reported_rx_bytes:
+        p.append(f'"reported_rx_bytes": "{lc.reported_rx_bytes}"')
+    if lc.reported_retransmits:
+        p.append(f'"reported_retransmits": {lc.reported_retransmits}')
+    if lc.connect_latency_ns:
+        p.append(f'"connect_latency_ns": "{lc.connect_latency_ns}"')
+    if lc.connect_latency_reported:
+        p.append('"connect_latency_reported": true')
+    if lc.srtt_us:
+        p.append(f'"srtt_us": {lc.srtt_us}')
+    if lc.min_rtt_us:
+        p.append(f'"min_rtt_us": {lc.min_rtt_us}')
+    if lc.seeded:
+        p.append('"seeded": true')
+    return p
 
 
 def _state_change(sc: Any) -> str:
@@ -324,7 +355,7 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
             d += f" reason={lc.reset_reason_name}"
         if lc.retransmits:
             d += f" retrans={lc.retransmits}"
-        return "LIFECYCLE", d
+        return "LIFECYCLE", d + latency_text(lc.srtt_us, lc.connect_latency_ns) + (" seeded" if lc.seeded else "")
     if kind == "state_change":
         sc = ev.state_change
         return "STATE", (
@@ -349,11 +380,27 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
         return "PROBE", f"cwnd={p.snd_cwnd} srtt_us={p.srtt_us} snd_wnd={p.snd_wnd} len={p.data_len}"
     if kind == "flow":
         fl = ev.flow
+        opened = f" open={fl.open_connections}" if fl.open_connections else ""
         return "FLOW", (
-            f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections} tx={fl.tx_bytes} "
+            f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections}{opened} tx={fl.tx_bytes} "
             f"rx={fl.rx_bytes} {flow_latency_text(fl)} every={duration_text(fl.interval_ns)}"
         )
+    if kind == "open":
+        o = ev.open
+        return "OPEN", (
+            f"role={_ROLE.get(o.role, o.role)} +tx={o.tx_bytes} +rx={o.rx_bytes} "
+            f"age={duration_text(o.age_ns)} state={_STATE.get(o.state, o.state)}"
+            + (f" retrans+={o.retransmits}" if o.retransmits else "")
+            + latency_text(o.srtt_us, o.connect_latency_ns)
+            + (" seeded" if o.seeded else "")
+        )
     return "?", ""
+
+
+def latency_text(srtt_us: int, connect_ns: int) -> str:
+    """` rtt=120us connect=310us` where known (srtt_us, connect latency), else nothing."""
+    out = f" rtt={duration_text(srtt_us * 1e3)}" if srtt_us else ""
+    return out + (f" connect={duration_text(connect_ns)}" if connect_ns else "")
 
 
 def event_details(ev: TcpEvent) -> tuple[str, str]:
@@ -386,16 +433,23 @@ def flow_latency_text(fl: Any) -> str:
 def duration_quantile_us(fl: Any, q: float) -> float:
     """An upper bound of the q-quantile of a Flow's durations, in microseconds: the upper edge of
     the log2 bucket (Flow.duration_us_log2) that holds it; 0 with no connections."""
-    total = sum(fl.duration_us_log2)
+    return log2_quantile_us(fl.duration_us_log2, q)
+
+
+def log2_quantile_us(buckets: Sequence[int], q: float) -> float:
+    """An upper bound of the q-quantile of a log2 microsecond histogram (bucket i holds [2^i,
+    2^(i+1)) us: Flow.duration_us_log2, srtt_us_log2, connect_latency_us_log2): the upper edge of
+    the bucket that holds it; 0 when empty."""
+    total = sum(buckets)
     if not total:
         return 0.0
     rank = q * total
     seen = 0
-    for i, n in enumerate(fl.duration_us_log2):
+    for i, n in enumerate(buckets):
         seen += n
         if seen >= rank and n:
             return float(2 ** (i + 1))
-    return float(2 ** len(fl.duration_us_log2))
+    return float(2 ** len(buckets))
 
 
 def table_line(ev: TcpEvent) -> str:

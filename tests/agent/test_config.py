@@ -15,7 +15,7 @@ def test_defaults_fill_node_name_and_agent_id() -> None:
     cfg = AgentConfig.from_args([], env={})
     assert cfg.node_name
     assert cfg.agent_id.startswith(cfg.node_name + "/")
-    assert cfg.events == ("lifecycle", "retransmit", "synack", "reset", "error")
+    assert cfg.events == ("lifecycle", "retransmit", "synack", "reset", "error", "open")
     assert cfg.stdout is None and cfg.kubernetes is True
 
 

@@ -19,3 +19,16 @@ def make_event(i: int, node: str = "node-a", port: int = 8080) -> TcpEvent:
         Lifecycle(role=ACTIVE, duration_ns=1000 + i, tx_bytes=10 * i, rx_bytes=i, ending=NORMAL, last_state=FIN_WAIT1)
     )
     return ev
+
+
+def flow_val(**fields: object) -> bytes:
+    """A `struct flow_val` record (agent/kernel/decode.py FLOW_VAL): zeros but for the fields given,
+    histograms as lists of FLOW_BUCKETS counts."""
+    from agent.kernel.decode import FLOW_BUCKETS, FLOW_VAL, FLOW_VAL_FIELDS
+
+    values: list[object] = []
+    for name, code in FLOW_VAL_FIELDS:
+        default: object = b"" if code.endswith("s") else [0] * FLOW_BUCKETS if code[0].isdigit() else 0
+        v = fields.get(name, default)
+        values += v if isinstance(v, list) else [v]
+    return FLOW_VAL.pack(*values)

@@ -17,10 +17,11 @@ def test_names_fields_and_defaults() -> None:
         "error": "socket_error",
         "probe": "probe",
         "flow": "flow",
+        "open": "open",
     }
-    assert kinds.AGENT_KINDS == ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
+    assert kinds.AGENT_KINDS == ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe", "open")
     # state changes (several per connection) and probes are on request only
-    assert kinds.AGENT_DEFAULTS == ("lifecycle", "retransmit", "synack", "reset", "error")
+    assert kinds.AGENT_DEFAULTS == ("lifecycle", "retransmit", "synack", "reset", "error", "open")
     assert kinds.VIEW_DEFAULTS == ("lifecycle", "reset", "error", "flow")
 
 
@@ -28,6 +29,7 @@ def test_parse_view() -> None:
     assert kinds.parse_view("") == frozenset({"lifecycle", "reset", "socket_error", "flow"})
     assert kinds.parse_view(" state, reset ") == frozenset({"state_change", "reset"})
     assert kinds.parse_view("all") == frozenset()
+    assert kinds.parse_view("open") == frozenset({"open"})  # open connections' reports: on request
     assert kinds.parse_view("reset,all") == frozenset()
-    with pytest.raises(ValueError, match=r"unknown kinds \['bogus'\]; known: lifecycle, state, .*, flow, all$"):
+    with pytest.raises(ValueError, match=r"unknown kinds \['bogus'\]; known: lifecycle, state, .*, flow, open, all$"):
         kinds.parse_view("lifecycle,bogus")

@@ -14,6 +14,7 @@ from agent.kernel import decode
 from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
 from tcpscope.render import TABLE_HEADER, event_line, json_line, table_line, timestamp_json
 from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
+from tests.support.events import flow_val
 
 
 def _ev(**kw: object) -> TcpEvent:
@@ -47,6 +48,33 @@ KINDS = [
     dict(kind=decode.EV_RESET_RECEIVED, state=2),
     dict(kind=decode.EV_SOCKET_ERROR, err=111, state=7),
     dict(kind=decode.EV_PROBE, snd_cwnd=10, srtt_us=33, snd_wnd=1000, data_len=0),
+    dict(
+        kind=decode.EV_LIFECYCLE,
+        role=2,
+        ending=1,
+        tx_bytes=9,
+        reported_tx=5,
+        reported_rx=3,
+        reported_retrans=1,
+        connect_ns=310_000,
+        srtt_us=120,
+        min_rtt_us=90,
+        open_flags=decode.OPEN_SEEDED | decode.OPEN_REPORTED_BEFORE,
+    ),
+    dict(
+        kind=decode.EV_OPEN,
+        role=1,
+        tx_bytes=100,
+        rx_bytes=7,
+        retransmits=2,
+        duration_ns=65_000_000_000,
+        reported_tx=1100,
+        connect_ns=250_000,
+        srtt_us=40,
+        min_rtt_us=30,
+        state=1,
+        open_flags=decode.OPEN_SEEDED,
+    ),
     dict(kind=decode.EV_STATE, state=99, new_state=1),  # an enum value this schema does not name
 ]
 
@@ -114,8 +142,8 @@ def test_fast_path_covers_the_schema() -> None:
     assert render._FAST
 
 
-def _flow() -> TcpEvent:
-    from agent.kernel.decode import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
+def _flow(**extra: object) -> TcpEvent:
+    from agent.kernel.decode import FLOW_BUCKETS, FLOW_KEY, decode_flow
 
     buckets = [0] * FLOW_BUCKETS
     buckets[4], buckets[9] = 99, 1  # 99 in [16, 32) us, 1 in [512, 1024) us
@@ -129,7 +157,18 @@ def _flow() -> TcpEvent:
         1,
         b"",
     )
-    val = FLOW_VAL.pack(100, 5000, 70_000, 3_000_000, 10**9, 2 * 10**9, *buckets, 42, 0, b"curl")
+    val = flow_val(
+        connections=100,
+        tx_bytes=5000,
+        rx_bytes=70_000,
+        duration_sum_ns=3_000_000,
+        first_close_ns=10**9,
+        last_close_ns=2 * 10**9,
+        buckets=buckets,
+        pid=42,
+        comm=b"curl",
+        **extra,
+    )
     return decode_flow(Decoder("node-a", 0, {}), key, val, 10 * 10**9, aggregate=True)
 
 
@@ -150,6 +189,25 @@ def test_flow_json_and_table() -> None:
         "p99<32us",
         "every=10s",
     ]
+
+
+def test_open_and_latency_in_the_table() -> None:
+    op = _ev(kind=decode.EV_OPEN, role=1, tx_bytes=100, rx_bytes=7, duration_ns=65_000_000_000, srtt_us=40, state=1)
+    assert table_line(op).split()[5:] == [
+        "OPEN",
+        "role=ACTIVE",
+        "+tx=100",
+        "+rx=7",
+        "age=1m05s",
+        "state=ESTABLISHED",
+        "rtt=40us",
+    ]
+    first = _ev(kind=decode.EV_OPEN, role=2, connect_ns=310_000, srtt_us=40, state=8, open_flags=decode.OPEN_SEEDED)
+    assert table_line(first).split()[-3:] == ["rtt=40us", "connect=310us", "seeded"]
+    lc = _ev(kind=decode.EV_LIFECYCLE, role=1, ending=1, srtt_us=1500, connect_ns=2_000_000)
+    assert table_line(lc).split()[-2:] == ["rtt=1.5ms", "connect=2.0ms"]
+    fl = _flow(open_connections=3)
+    assert "open=3" in table_line(fl).split() and json_line(fl) == _reference(fl)
 
 
 def test_durations_read_as_people_write_them() -> None:

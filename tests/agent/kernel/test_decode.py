@@ -27,6 +27,7 @@ from agent.kernel.flows import FLOW_COUNTERS
 from agent.kernel.openconn import OPEN_COUNTERS, SEED_REQ, SEED_REQ_FIELDS, SEED_RESULTS
 from agent.kernel.probe import BPF_DIR
 from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, FIN_WAIT2, PASSIVE, RECEIVED, RESET_SENT, SENT, SPILL, SYN_SENT
+from tests.support.events import flow_val
 
 _SIZES = {"Q": 8, "I": 4, "i": 4, "H": 2, "B": 1}
 
@@ -109,20 +110,11 @@ def test_open_constants_agree_with_events_h() -> None:
     )
 
 
-def _flow_val(**kw: object) -> bytes:
-    """A flow_val record: zeros, but for the fields given (lists for the histograms)."""
-    values: list[object] = []
-    for name, code in FLOW_VAL_FIELDS:
-        v = kw.get(name, b"" if code.endswith("s") else [0] * FLOW_BUCKETS if code[0].isdigit() else 0)
-        values += v if isinstance(v, list) else [v]
-    return FLOW_VAL.pack(*values)
-
-
 def test_decode_flow_passive_and_active() -> None:
     dec = Decoder("n1", 1_000_000_000_000, {})
     buckets = [0] * FLOW_BUCKETS
     buckets[3], buckets[6] = 2, 1
-    val = _flow_val(
+    val = flow_val(
         connections=3,
         tx_bytes=300,
         rx_bytes=30,
@@ -175,7 +167,7 @@ def test_decode_flow_with_open_connections_and_latency() -> None:
     dec = Decoder("n1", 1_000_000_000_000, {})
     srtt, connect = [0] * FLOW_BUCKETS, [0] * FLOW_BUCKETS
     srtt[4], srtt[5], connect[9] = 1, 2, 3
-    val = _flow_val(
+    val = flow_val(
         tx_bytes=5000,
         rx_bytes=70,
         open_connections=3,
