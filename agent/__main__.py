@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import FrameType
 
 from agent.config import AgentConfig, ConfigError
@@ -51,6 +51,22 @@ def missing_privilege(status_path: str = "/proc/self/status") -> str | None:
 def _fail(msg: str) -> int:
     print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
     return 2
+
+
+def open_summary(counters: Mapping[str, int], why_not: str) -> str:
+    """The end-of-run line about open connections' reports (agent/kernel/openconn.py counters)."""
+    skipped = counters.get("open.passes_skipped", 0)
+    if why_not:
+        return f"open connections reported at close only ({skipped} flow intervals without reports): {why_not}"
+    passes = counters.get("open.passes", 0)
+    visited = counters.get("open.sockets_visited", 0)
+    per_socket = counters.get("open.pass_us", 0) / visited if visited else 0.0
+    return (
+        f"open connections: {passes} passes over {visited} tracked sockets ({per_socket:.2f} us each), "
+        f"{counters.get('open.aggregated', 0)} reports in flows, {counters.get('open.events', 0)} as open events, "
+        f"{skipped} intervals without reports; {counters.get('open.seed_added', 0)} connections open before start "
+        "found"
+    )
 
 
 def loss_summary(losses: dict[str, int], events_out: int) -> str:
@@ -112,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.source.close()
     losses = pipeline.all_losses()
     flows = agent.source.flow_counters()
-    if flows:
+    if "flows.aggregated" in flows:
         # not losses: each of these connections is in a flow, or (map_full) reported on its own
         print(
             f"{PROG}: {flows.get('flows.aggregated', 0)} ordinary connections aggregated into flows, "
@@ -120,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if "open.passes" in flows:
+        print(f"{PROG}: {open_summary(flows, agent.plan.open.interim)}", file=sys.stderr, flush=True)
     # the loss summary is always the last line
     print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
     lost: int = sum(definite(losses).values())

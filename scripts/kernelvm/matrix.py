@@ -25,7 +25,8 @@ from scripts.kernelvm.fetch import KernelSpec, KernelTree
 # The chosen subset: every tracepoint the agent attaches, exact bytes both ways over v4/v6, resets
 # sent and received, a refused connect's errno, per-side pid and cgroup, the pod attribution of both
 # ends through the cgroup, the port/netns/cgroup filters, the map-full loss counter, the perf-buffer
-# path, tcp_probe sampling, flows (in-kernel aggregation), and the connection id across NAT.
+# path, tcp_probe sampling, flows (in-kernel aggregation), the connection id across NAT, and open
+# connections' reports.
 SUBSET: tuple[str, ...] = (
     "tests/agent/kernel/test_lifecycle.py",
     "tests/agent/kernel/test_resets.py",
@@ -40,6 +41,9 @@ SUBSET: tuple[str, ...] = (
     "tests/agent/kernel/test_flows.py::test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them",
     "tests/agent/kernel/test_flows.py::test_the_shutdown_flush_reports_what_the_interval_had_not",
     "tests/agent/kernel/test_flows.py::test_two_agents_scoped_by_cgroup_each_count_their_own_side",
+    # open connections: every interval's report exact against the lifecycle (the interim pass, a
+    # test-run raw tracepoint with BPF atomic exchange), or before 5.12 the explicit fallback
+    "tests/agent/kernel/test_openconn.py::test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums_to_its_lifecycle",
 )
 
 
@@ -114,6 +118,7 @@ def parse_plan(text: str) -> dict[str, object]:
         "reset_reasons": 0,
         "attached": attached,
         "error": None,
+        "open": None,
     }
     section = ""
     for line in text.splitlines():
@@ -121,6 +126,8 @@ def parse_plan(text: str) -> dict[str, object]:
             plan["output"] = "ring buffer" if "ring buffer" in line else "perf buffer"
         elif line.startswith("reset reasons:"):
             plan["reset_reasons"] = int(line.split()[2])
+        elif line.startswith("open connections:"):
+            plan["open"] = line.removeprefix("open connections:").strip()
         elif line.startswith("tcpscope-agent: error:"):
             plan["error"] = line.removeprefix("tcpscope-agent: error:").strip()
         elif line.endswith(":") and not line.startswith(" "):

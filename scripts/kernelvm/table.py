@@ -45,6 +45,10 @@ FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("connection id", ("tests/agent/kernel/test_connid.py::",)),
     ("filters, losses", ("tests/agent/kernel/test_filters.py::",)),
     (
+        "open connections",
+        ("tests/agent/kernel/test_openconn.py::test_a_connection_open_for_five_intervals_is_reported_in_each",),
+    ),
+    (
         "ring or perf buffer",
         (
             "tests/agent/kernel/test_lifecycle.py::",
@@ -67,6 +71,9 @@ def _note(feature: str, plan: Mapping[str, Any]) -> str:
         return "errno at close and error events"
     if feature == "ring or perf buffer":
         return str(plan.get("output") or "?")
+    if feature == "open connections":
+        said = str(plan.get("open") or "")
+        return "at close only (no BPF atomic exchange before 5.12)" if "at close only" in said else "every interval"
     return ""
 
 

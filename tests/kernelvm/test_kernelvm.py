@@ -48,6 +48,9 @@ def test_plan_summary() -> None:
     assert p["output"] == "ring buffer" and p["reset_reasons"] == 0 and p["error"] is None
     assert p["attached"] == ["sock:inet_sock_set_state", "tcp:tcp_destroy_sock"]
     assert p["skipped"] == ["sock:inet_sk_error_report: not in this kernel (errno comes from sk_err at CLOSE)"]
+    assert matrix.parse_plan("open connections: reported at close only: needs x\n")["open"] == (
+        "reported at close only: needs x"
+    )
     refused = matrix.parse_plan("tcpscope-agent: error: kernel BTF lacks x\n")
     assert refused["error"] == "kernel BTF lacks x"
 
@@ -169,6 +172,12 @@ def test_table_cells_come_from_test_outcomes_and_the_plan() -> None:
     assert table.cell("errors", features["errors"], ok) == "yes, errno at close only (no inet_sk_error_report)"
     assert table.cell("resets with reason", features["resets with reason"], ok) == "yes, no reason (6.10+)"
     assert table.cell("errors", features["errors"], _kernel("boot-failed", {}, [], 0)) == "did not boot"
+    oc = "tests/agent/kernel/test_openconn.py::test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums"
+    old = _kernel("passed", {oc + "_to_its_lifecycle[each]": "passed"}, [], 0)
+    old["plan"] = {"open": "reported at close only: needs BPF atomic exchange, Linux 5.12+ (this is 5.10.0)"}
+    assert table.cell("open connections", features["open connections"], old) == (
+        "yes, at close only (no BPF atomic exchange before 5.12)"
+    )
 
 
 def test_generated_block_replaces_itself_and_keeps_the_rest() -> None:

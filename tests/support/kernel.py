@@ -56,11 +56,14 @@ class Harness:
 
 
 @contextmanager
-def kernel_harness(config: AgentConfig, clock: Callable[[], float] = time.monotonic) -> Iterator[Harness]:
+def kernel_harness(
+    config: AgentConfig, clock: Callable[[], float] = time.monotonic, kernel: str | None = None
+) -> Iterator[Harness]:
     """The agent's kernel source for `config`; `clock` decides when a flow interval is over (a
-    ManualClock lets a test end each interval itself)."""
+    ManualClock lets a test end each interval itself); `kernel` plans for another kernel release
+    than the running one, where the plan's choices depend on it alone."""
     require_root()
-    plan = build_plan(config)
+    plan = build_plan(config, kernel=kernel)
     source = KernelSource(
         load(plan),
         Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons, connection_ids(config)),

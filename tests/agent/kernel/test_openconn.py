@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent.config import AgentConfig
+from agent.kernel.probe import OPEN_PASS_SINCE, kernel_version
 from tcpscope.v1.events_pb2 import ACTIVE, CLOSE_WAIT, ESTABLISHED, PASSIVE, TcpEvent
 from tests.support import traffic
 from tests.support.kernel import Harness, ManualClock, kernel_harness, kind
@@ -70,6 +71,36 @@ def reports(events: list[TcpEvent], role: int, conn: LongConnection, mode: str) 
     ]
 
 
+def without_the_pass(h: Harness) -> bool:
+    """On a kernel without BPF atomic exchange (before 5.12: Debian's 5.10 in `make test-kernels`)
+    the plan says so and reports open connections at close only; anywhere else the pass must be on."""
+    if not h.plan.open.interim:
+        return False
+    assert kernel_version(h.plan.kernel) < OPEN_PASS_SINCE, h.plan.open.interim
+    assert "reported at close only: needs BPF atomic exchange, Linux 5.12+" in h.plan.describe()
+    return True
+
+
+def assert_reported_at_close_only(h: Harness, conn: LongConnection, intervals: int, mode: str = "each") -> None:
+    """The fallback, explicit and counted: no open reports, each interval counted as skipped, the
+    whole connection at its close (a lifecycle with nothing reported before, or its flow)."""
+    assert not [e for e in h.seen if kind(e) == "open" or (kind(e) == "flow" and e.flow.open_connections)]
+    counters = h.source.flow_counters()
+    assert counters["open.passes_skipped"] == intervals + 1 and counters["open.passes"] == 0  # + the shutdown's
+    if mode == "each":
+        lcs = {side(e, conn): e.lifecycle for e in h.seen if kind(e) == "lifecycle"}
+        client = lcs[ACTIVE]
+        assert (client.tx_bytes, client.rx_bytes, client.reported_tx_bytes, client.reported_rx_bytes) == (
+            conn.c2s,
+            conn.s2c,
+            0,
+            0,
+        )
+    else:
+        flows = {e.flow.role: e.flow for e in h.seen if kind(e) == "flow" and e.flow.connections == 1}
+        assert (flows[ACTIVE].tx_bytes, flows[ACTIVE].rx_bytes) == (conn.c2s, conn.s2c)
+
+
 @pytest.mark.root
 @pytest.mark.parametrize("mode", ["each", "aggregate"])
 def test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums_to_its_lifecycle(mode: str) -> None:
@@ -77,7 +108,10 @@ def test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums_to_it
     clock = ManualClock()
     writes = [(1000, 10), (20_000, 200), (0, 0), (300, 3000), (123_457, 1)]  # one interval idle
     last = (777, 77)  # written after the last report: the close's remainder
-    with kernel_harness(config(port, mode), clock) as h, long_connection(port) as conn:
+    with (
+        kernel_harness(config(port, "each" if mode == "fallback" else mode), clock) as h,
+        long_connection(port) as conn,
+    ):
         per_interval = []
         for c2s, s2c in writes:
             conn.exchange(c2s, s2c)
@@ -90,19 +124,22 @@ def test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums_to_it
         drain(h)
         counters = h.source.flow_counters()
 
+    if without_the_pass(h):
+        assert_reported_at_close_only(h, conn, len(writes), mode)
+        return
     # every interval reported both sides exactly once, with exactly what was written in it
     for (client, server), (c2s, s2c) in zip(per_interval, writes, strict=True):
         assert client == [(c2s, s2c)] and server == [(s2c, c2s)]
     sent, received = sum(w[0] for w in writes), sum(w[1] for w in writes)
     if mode == "each":
         lcs = {side(e, conn): e.lifecycle for e in h.seen if kind(e) == "lifecycle"}
-        client, server = lcs[ACTIVE], lcs[PASSIVE]
+        client_lc, server_lc = lcs[ACTIVE], lcs[PASSIVE]
         # the lifecycle's totals; what the reports took; the rest is the last write
-        assert (client.tx_bytes, client.rx_bytes) == (sent + last[0], received + last[1])
-        assert (client.reported_tx_bytes, client.reported_rx_bytes) == (sent, received)
-        assert (server.tx_bytes, server.rx_bytes) == (received + last[1], sent + last[0])
-        assert (server.reported_tx_bytes, server.reported_rx_bytes) == (received, sent)
-        for lc in (client, server):
+        assert (client_lc.tx_bytes, client_lc.rx_bytes) == (sent + last[0], received + last[1])
+        assert (client_lc.reported_tx_bytes, client_lc.reported_rx_bytes) == (sent, received)
+        assert (server_lc.tx_bytes, server_lc.rx_bytes) == (received + last[1], sent + last[0])
+        assert (server_lc.reported_tx_bytes, server_lc.reported_rx_bytes) == (received, sent)
+        for lc in (client_lc, server_lc):
             assert lc.connect_latency_reported and not lc.seeded and lc.srtt_us > 0
         opens = [e.open for e in h.seen if kind(e) == "open"]
         # the connect latency once per socket, in its first report; the cumulative count in each
@@ -171,6 +208,28 @@ def test_reports_racing_with_traffic_and_the_close_add_up_exactly(mode: str) -> 
         assert client_reports + closed[ACTIVE].tx_bytes == total
         assert server_reports + closed[PASSIVE].rx_bytes == total
     assert counters["open.overshoot"] == 0
+
+
+@pytest.mark.root
+def test_without_the_pass_open_connections_are_reported_at_close_and_counted() -> None:
+    """The fallback, on this kernel: planned as for 5.10 (no BPF atomic exchange), the agent says so
+    in --dump-bpf, reports nothing while the connection is open, counts every interval whose open
+    connections went unreported, and the lifecycle carries the whole connection."""
+    port = traffic.free_port()
+    clock = ManualClock()
+    with (
+        kernel_harness(config(port, "each"), clock, kernel="5.10.0-32-cloud-amd64") as h,
+        long_connection(port) as conn,
+    ):
+        for c2s, s2c in ((1000, 10), (2000, 20)):
+            conn.exchange(c2s, s2c)
+            conn.settle()
+            end_interval(h, clock)
+        conn.close()
+        drain(h)
+    assert without_the_pass(h)
+    assert h.plan.open.seed == "needs the open-connection reports"
+    assert_reported_at_close_only(h, conn, 2)
 
 
 def _first_reports(h: Harness, clock: ManualClock, conn: LongConnection) -> dict[int, TcpEvent]:
