@@ -1,9 +1,23 @@
 """Traffic metrics per (client, server) pair, computed in the collector after remote-end resolution
 and served on its --metrics-port beside its own metrics (docs/metrics.md).
 
-Input: the lifecycle events (one per socket, at CLOSE) and the flows (aggregated ordinary
-connections) of every batch the collector published. Other event kinds are not counted: a
-lifecycle already carries its socket's retransmits and how it ended.
+Input: the lifecycle events (one per socket, at CLOSE), the flows (aggregated ordinary
+connections) and the open-connection reports (`open` events, and the open part of flows) of every
+batch the collector published. Other event kinds are not counted: a lifecycle already carries its
+socket's retransmits and how it ended.
+
+Open connections: bytes and retransmits grow while a connection is open. Each flow interval the
+agent reports an open connection's progress since its previous report (in its flow, or as an open
+event); its lifecycle at close adds only what the reports had not taken (`tx_bytes -
+reported_tx_bytes`, ...), so the counters end exact. `tcpscope_open_connections` is a gauge: the
+open connections of a pair reported in the last two and a half flow intervals (each report names
+the interval; a connection that closed leaves it at its lifecycle, or, in a flow, when its key's
+reports stop).
+
+Latency: `tcpscope_connect_latency_seconds` observes each connection's connect latency once (in its
+first report, or at close when it was never reported open), `tcpscope_rtt_seconds` its smoothed RTT
+once per report (every open report and at close); both in the log2 bounds of LATENCY_EXPONENTS, into
+which a flow's srtt_us_log2 / connect_latency_us_log2 buckets fall whole.
 
 Counting rule (each connection once, with no state shared between collector replicas): a socket's
 event counts its connection when it is the client's (role ACTIVE), or when it is the server's and
@@ -69,10 +83,21 @@ _FLOW_TO_BUCKET: tuple[int, ...] = tuple(
     bisect.bisect_left(DURATION_EXPONENTS, i + 1) if i < FLOW_BUCKETS - 1 else len(DURATION_EXPONENTS)
     for i in range(FLOW_BUCKETS)
 )
+LATENCY_EXPONENTS: tuple[int, ...] = tuple(range(4, 25, 2))
+"""Latency histogram bounds le = 2^k microseconds: 16 us, 64 us, 256 us, ... 16.8 s (then +Inf)."""
+LATENCY_BOUNDS_S: tuple[float, ...] = tuple(2**k / 1e6 for k in LATENCY_EXPONENTS)
+_FLOW_TO_LATENCY: tuple[int, ...] = tuple(
+    bisect.bisect_left(LATENCY_EXPONENTS, i + 1) if i < FLOW_BUCKETS - 1 else len(LATENCY_EXPONENTS)
+    for i in range(FLOW_BUCKETS)
+)
+OPEN_WINDOW_INTERVALS = 2.5  # an open connection counts in the gauge this many flow intervals after a report
+DEFAULT_INTERVAL_S = 10.0  # when a report does not say its interval
 PAIR_BASE_SERIES = 3  # retransmits, bytes in both directions
 HISTOGRAM_SERIES = len(DURATION_BOUNDS_S) + 3  # the bounds, +Inf, _sum, _count
-NEW_PAIR_SERIES = PAIR_BASE_SERIES + HISTOGRAM_SERIES + 1  # with its first outcome; more outcomes and
-# reset reasons may follow, so a full table can pass the bound by those (at most 6 outcomes + reasons)
+LATENCY_SERIES = len(LATENCY_BOUNDS_S) + 3
+NEW_PAIR_SERIES = PAIR_BASE_SERIES + HISTOGRAM_SERIES + 1  # with its first outcome; more outcomes,
+# reset reasons, the latency histograms and the open gauge may follow, so a full table can pass the
+# bound by those (at most 6 outcomes + reasons + 2 latency histograms + 1)
 RECENT_BATCHES = 4096  # (agent_id, sequence) remembered to count a same-replica resend once
 
 
@@ -87,10 +112,43 @@ class BatchObserver(Protocol):
     def observe(self, batch: EventBatch) -> None: ...
 
 
+class _Latency:
+    """One latency histogram of a pair: per bucket (not cumulative; the last is +Inf) and the sum."""
+
+    __slots__ = ("buckets", "sum_s")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BOUNDS_S) + 1)
+        self.sum_s = 0.0
+
+    def observe_us(self, us: int) -> None:
+        self.buckets[_FLOW_TO_LATENCY[log2_bucket(us)]] += 1
+        self.sum_s += us / 1e6
+
+    def add_log2(self, buckets: Iterable[int], sum_s: float) -> None:
+        """A flow's log2 histogram (bucket i: [2^i, 2^(i+1)) us) and its sum."""
+        for i, n in enumerate(list(buckets)[:FLOW_BUCKETS]):
+            if n:
+                self.buckets[_FLOW_TO_LATENCY[i]] += n
+        self.sum_s += sum_s
+
+
 class _Pair:
     """The counters of one (client, server, server port) key."""
 
-    __slots__ = ("buckets", "bytes_c2s", "bytes_s2c", "duration_sum_s", "outcomes", "resets", "retransmits", "updated")
+    __slots__ = (
+        "buckets",
+        "bytes_c2s",
+        "bytes_s2c",
+        "connect",
+        "duration_sum_s",
+        "open",
+        "outcomes",
+        "resets",
+        "retransmits",
+        "rtt",
+        "updated",
+    )
 
     def __init__(self, now: float) -> None:
         self.outcomes: dict[str, int] = {}
@@ -101,14 +159,42 @@ class _Pair:
         self.buckets: list[int] | None = None  # per bucket (not cumulative), the last is +Inf
         self.duration_sum_s = 0.0
         self.updated = now
+        self.connect: _Latency | None = None
+        self.rtt: _Latency | None = None
+        # open connections reported: (node, flow key or socket id) -> (count, seen at, window)
+        self.open: dict[tuple[object, ...], tuple[int, float, float]] | None = None
 
     def series(self) -> int:
+        latency = sum(LATENCY_SERIES for h in (self.connect, self.rtt) if h is not None)
         return (
             len(self.outcomes)
             + len(self.resets)
             + PAIR_BASE_SERIES
             + (HISTOGRAM_SERIES if self.buckets is not None else 0)
+            + latency
+            + (1 if self.open is not None else 0)
         )
+
+    def latency(self, which: str) -> _Latency:
+        h: _Latency | None = getattr(self, which)
+        if h is None:
+            h = _Latency()
+            setattr(self, which, h)
+        return h
+
+    def report_open(self, source: tuple[object, ...], count: int, now: float, window_s: float) -> None:
+        if self.open is None:
+            self.open = {}
+        self.open[source] = (count, now, window_s)
+
+    def open_now(self, now: float) -> int:
+        """The open connections reported within their window; older reports are dropped."""
+        if not self.open:
+            return 0
+        stale = [k for k, (_n, seen, window) in self.open.items() if now - seen > window]
+        for k in stale:
+            del self.open[k]
+        return sum(n for n, _seen, _w in self.open.values())
 
     def observe_duration(self, bucket: int, n: int, sum_s: float) -> None:
         if self.buckets is None:
@@ -251,6 +337,8 @@ class TrafficMetrics(Collector):
                 return
         elif which == "flow":
             role = ev.flow.role
+        elif which == "open":
+            role = ev.open.role
         else:
             return
         if role not in (ACTIVE, PASSIVE):
@@ -269,14 +357,17 @@ class TrafficMetrics(Collector):
         pair = self._pair_for((cns, cwl, sns, swl, str(server_end.port)), now)
         before = pair.series()
         if which == "flow":
-            self._add_flow(pair, ev, client_view, counts)
+            self._add_flow(pair, ev, client_view, counts, now)
+        elif which == "open":
+            self._add_open(pair, ev, client_view, counts, now)
         else:
             self._add_lifecycle(pair, ev, client_view, counts, peer_watched)
         self._series += pair.series() - before
 
     def _add_lifecycle(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool, peer_watched: bool) -> None:
         lc = ev.lifecycle
-        pair.retransmits += lc.retransmits  # this socket's own segments: never the peer's
+        # this socket's own segments, never the peer's; those its open reports counted already left out
+        pair.retransmits += max(lc.retransmits - lc.reported_retransmits, 0)
         established, outcome = classify(lc, client_view)
         if established and lc.ending == RESET_SENT:
             sender = "client" if client_view else "server"
@@ -288,20 +379,51 @@ class TrafficMetrics(Collector):
         if not counts:
             return
         pair.outcomes[outcome] = pair.outcomes.get(outcome, 0) + 1
-        sent, received = lc.tx_bytes, lc.rx_bytes
+        # what the open reports (or, seeded, the time before the agent found it) had not counted
+        sent = max(lc.tx_bytes - lc.reported_tx_bytes, 0)
+        received = max(lc.rx_bytes - lc.reported_rx_bytes, 0)
         pair.bytes_c2s += sent if client_view else received
         pair.bytes_s2c += received if client_view else sent
         if established:
             bucket = _FLOW_TO_BUCKET[log2_bucket(lc.duration_ns // 1000)]
             pair.observe_duration(bucket, 1, lc.duration_ns / 1e9)
+        if lc.connect_latency_ns and not lc.connect_latency_reported:
+            pair.latency("connect").observe_us(lc.connect_latency_ns // 1000)
+        if lc.srtt_us:
+            pair.latency("rtt").observe_us(lc.srtt_us)
+        if pair.open:
+            pair.open.pop((ev.node, ev.socket_id), None)  # closed: no longer open
 
-    def _add_flow(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool) -> None:
-        f = ev.flow
-        if not counts or not f.connections:
+    def _add_open(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool, now: float) -> None:
+        o = ev.open
+        pair.retransmits += o.retransmits  # this socket's own segments since its last report
+        if not counts:
             return
-        pair.outcomes["ok"] = pair.outcomes.get("ok", 0) + f.connections  # flows hold only ordinary ones
+        pair.bytes_c2s += o.tx_bytes if client_view else o.rx_bytes
+        pair.bytes_s2c += o.rx_bytes if client_view else o.tx_bytes
+        if o.connect_latency_ns:
+            pair.latency("connect").observe_us(o.connect_latency_ns // 1000)
+        if o.srtt_us:
+            pair.latency("rtt").observe_us(o.srtt_us)
+        pair.report_open((ev.node, ev.socket_id), 1, now, _window_s(o.interval_ns))
+
+    def _add_flow(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool, now: float) -> None:
+        f = ev.flow
+        if not counts:
+            return
+        # closed connections' last part and open connections' progress since their previous report
         pair.bytes_c2s += f.tx_bytes if client_view else f.rx_bytes
         pair.bytes_s2c += f.rx_bytes if client_view else f.tx_bytes
+        if sum(f.connect_latency_us_log2):
+            pair.latency("connect").add_log2(f.connect_latency_us_log2, f.connect_latency_sum_ns / 1e9)
+        if sum(f.srtt_us_log2):
+            pair.latency("rtt").add_log2(f.srtt_us_log2, f.srtt_sum_us / 1e6)
+        source = (ev.node, f.role, ev.local.ip, ev.remote.ip, ev.local.port or ev.remote.port, ev.process.cgroup_id)
+        if f.open_connections or (pair.open and source in pair.open):
+            pair.report_open(source, f.open_connections, now, _window_s(f.interval_ns))
+        if not f.connections:
+            return
+        pair.outcomes["ok"] = pair.outcomes.get("ok", 0) + f.connections  # flows hold only ordinary ones
         for i, n in enumerate(f.duration_us_log2[:FLOW_BUCKETS]):
             if n:
                 pair.observe_duration(_FLOW_TO_BUCKET[i], n, 0.0)
@@ -344,7 +466,25 @@ class TrafficMetrics(Collector):
             "durations of established connections (first state change to close)",
             labels=list(PAIR_LABELS),
         )
+        connect = HistogramMetricFamily(
+            "tcpscope_connect_latency_seconds",
+            "connect latency, once per connection (client: connect() to established; server: the handshake's "
+            "SYN-ACK round trip plus its time in SYN_RECV)",
+            labels=list(PAIR_LABELS),
+        )
+        rtt = HistogramMetricFamily(
+            "tcpscope_rtt_seconds",
+            "smoothed RTT (srtt), one sample per connection per report: every flow interval while open, and at close",
+            labels=list(PAIR_LABELS),
+        )
+        opened = GaugeMetricFamily(
+            "tcpscope_open_connections",
+            "connections open at their last report (within 2.5 flow intervals)",
+            labels=list(PAIR_LABELS),
+        )
         les = [_le(b) for b in DURATION_BOUNDS_S] + ["+Inf"]
+        latency_les = [_le(b) for b in LATENCY_BOUNDS_S] + ["+Inf"]
+        now = self._clock()
         for key, p in self._pairs.items():
             labels = list(key)
             for outcome, n in p.outcomes.items():
@@ -360,6 +500,11 @@ class TrafficMetrics(Collector):
                     acc += n
                     cumulative.append((le, float(acc)))
                 dur.add_metric(labels, cumulative, p.duration_sum_s)
+            for family, h in ((connect, p.connect), (rtt, p.rtt)):
+                if h is not None:
+                    family.add_metric(labels, _cumulative(latency_les, h.buckets), h.sum_s)
+            if p.open is not None:
+                opened.add_metric(labels, p.open_now(now))
         series = GaugeMetricFamily("tcpscope_traffic_series", "traffic series exported now")
         series.add_metric([], self._series)
         limit = GaugeMetricFamily("tcpscope_traffic_series_limit", "--metrics-max-series")
@@ -386,15 +531,48 @@ class TrafficMetrics(Collector):
             "tcpscope_traffic_duplicate_batches", "batches not counted again (a resend this replica had counted)"
         )
         dups.add_metric([], self.duplicates)
-        return [conns, resets, retrans, data, dur, series, limit, pairs, folded, expired, skipped, dups]
+        return [
+            conns,
+            resets,
+            retrans,
+            data,
+            dur,
+            connect,
+            rtt,
+            opened,
+            series,
+            limit,
+            pairs,
+            folded,
+            expired,
+            skipped,
+            dups,
+        ]
 
 
 def _adds_for_peer(ev: TcpEvent) -> bool:
     """Whether a server's event whose client is watched still adds something: its own retransmitted
     segments or a RST it sent (a flow never has either)."""
-    if ev.WhichOneof("kind") != "lifecycle":
+    which = ev.WhichOneof("kind")
+    if which == "open":
+        return ev.open.retransmits > 0
+    if which != "lifecycle":
         return False
-    return ev.lifecycle.retransmits > 0 or ev.lifecycle.ending == RESET_SENT
+    lc = ev.lifecycle
+    return lc.retransmits > lc.reported_retransmits or lc.ending == RESET_SENT
+
+
+def _window_s(interval_ns: int) -> float:
+    """How long a report keeps a connection in the open gauge: OPEN_WINDOW_INTERVALS of its interval."""
+    return OPEN_WINDOW_INTERVALS * (interval_ns / 1e9 if interval_ns else DEFAULT_INTERVAL_S)
+
+
+def _cumulative(les: list[str], buckets: list[int]) -> list[tuple[str, float]]:
+    out, acc = [], 0
+    for le, n in zip(les, buckets, strict=True):
+        acc += n
+        out.append((le, float(acc)))
+    return out
 
 
 def _le(bound_s: float) -> str:

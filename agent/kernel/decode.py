@@ -137,6 +137,7 @@ class Decoder:
         self.offset_ns = boot_to_wall_ns
         self.rst_reasons = dict(rst_reasons)
         self.connection_ids = connection_ids if connection_ids is not None else ConnectionIds()
+        self.open_interval_ns = 0  # the flow interval, written on open events (the source sets it)
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         self._comm_cache: dict[bytes, str] = {}
 
@@ -267,6 +268,7 @@ class Decoder:
             op.reported_retransmits = rep_retrans
             op.state = state
             op.seeded = bool(open_flags & OPEN_SEEDED)
+            op.interval_ns = self.open_interval_ns
         elif kind == EV_STATE:
             sc = ev.state_change
             sc.old_state = state

@@ -118,6 +118,7 @@ class KernelSource:
         self._open_stats = self._open.stats if self._open is not None else PassStats()
         self._open_wanted = "open" in plan.events
         self._interval_s = flow_interval_s
+        decoder.open_interval_ns = int(flow_interval_s * 1e9)
         self._clock = clock
         self._last_tick = clock()
         self._finished = False  # the final pass and flush are done

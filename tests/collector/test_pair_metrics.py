@@ -31,6 +31,7 @@ from tcpscope.v1.events_pb2 import (
     EventBatch,
     Flow,
     Lifecycle,
+    OpenConnection,
     TcpEvent,
     Workload,
 )
@@ -572,3 +573,108 @@ def test_two_replicas_sum_to_each_connection_once() -> None:
         for r in replicas
         for s in ("client", "server")
     )
+
+
+def open_event(local: Endpoint, remote: Endpoint, role: int, socket_id: int = 1, **o: object) -> TcpEvent:
+    ev = TcpEvent(node="node-1", local=local, remote=remote, socket_id=socket_id)
+    ev.open.CopyFrom(OpenConnection(role=role, interval_ns=10_000_000_000, **o))  # type: ignore[arg-type]
+    return ev
+
+
+def bytes_c2s(t: TrafficMetrics) -> float:
+    return sample(t, "tcpscope_connection_bytes_total", **PAIR, direction="client_to_server")
+
+
+def test_open_reports_grow_the_counters_and_the_close_adds_only_the_rest() -> None:
+    """A long connection's bytes and retransmits count while it is open; its lifecycle adds what the
+    reports had not taken, so the totals end exact; the server's reports of a watched client add
+    only its own retransmits."""
+    t = TrafficMetrics()
+    web, api = pod(*WEB, port=40001), pod(*API, port=9000)
+    t.observe(batch(open_event(web, api, ACTIVE, tx_bytes=1000, rx_bytes=10, retransmits=1)))
+    assert bytes_c2s(t) == 1000 and sample(t, "tcpscope_retransmits_total", **PAIR) == 1
+    t.observe(batch(open_event(web, api, ACTIVE, tx_bytes=2000, rx_bytes=20)))
+    assert bytes_c2s(t) == 3000 and conns(t, "ok") == 0  # open: no outcome yet
+    # the server's socket of the same connection: its client is watched, only its retransmits count
+    t.observe(batch(open_event(api, web, PASSIVE, tx_bytes=20, rx_bytes=2000, retransmits=2), agent="node-2-a"))
+    assert bytes_c2s(t) == 3000 and sample(t, "tcpscope_retransmits_total", **PAIR) == 3
+    t.observe(
+        batch(
+            client_event(
+                tx_bytes=3500,
+                rx_bytes=35,
+                reported_tx_bytes=3000,
+                reported_rx_bytes=30,
+                retransmits=1,
+                reported_retransmits=1,
+            )
+        )
+    )
+    assert (
+        bytes_c2s(t) == 3500
+        and sample(t, "tcpscope_connection_bytes_total", **PAIR, direction="server_to_client") == 35
+    )
+    assert sample(t, "tcpscope_retransmits_total", **PAIR) == 3 and conns(t, "ok") == 1
+
+
+def test_open_connections_gauge_follows_the_reports() -> None:
+    clock = Clock()
+    t = TrafficMetrics(clock=clock)
+    web, api = pod(*WEB, port=40001), pod(*API, port=9000)
+    # two connections reported one by one, a flow key with three ordinary ones
+    t.observe(batch(open_event(web, api, ACTIVE, socket_id=1), open_event(web, api, ACTIVE, socket_id=2)))
+    t.observe(batch(flow_event(ACTIVE, pod(*WEB), api, open_connections=3, interval_ns=10_000_000_000)))
+    assert sample(t, "tcpscope_open_connections", **PAIR) == 5
+    # socket 1 closes: its lifecycle takes it out at once
+    closed = client_event()
+    closed.socket_id = 1
+    t.observe(batch(closed))
+    assert sample(t, "tcpscope_open_connections", **PAIR) == 4
+    # the next interval: the flow reports one still open, socket 2 reports again
+    clock.t += 10
+    t.observe(batch(flow_event(ACTIVE, pod(*WEB), api, open_connections=1, interval_ns=10_000_000_000)))
+    t.observe(batch(open_event(web, api, ACTIVE, socket_id=2)))
+    assert sample(t, "tcpscope_open_connections", **PAIR) == 2
+    # no reports for longer than 2.5 intervals: nothing is open any more (the key's connections closed)
+    clock.t += 26
+    assert sample(t, "tcpscope_open_connections", **PAIR) == 0
+    # a flow without open connections (they all closed) ends its key's count
+    t.observe(batch(flow_event(ACTIVE, pod(*WEB), api, open_connections=2, interval_ns=10_000_000_000)))
+    t.observe(batch(flow_event(ACTIVE, pod(*WEB), api, connections=2, interval_ns=10_000_000_000)))
+    assert sample(t, "tcpscope_open_connections", **PAIR) == 0
+
+
+def test_latency_histograms_count_each_connection_once_and_flows_map_exactly() -> None:
+    t = TrafficMetrics()
+    web, api = pod(*WEB, port=40001), pod(*API, port=9000)
+    # a flow: 3 connect latencies in [512, 1024) us, RTT samples in [32, 64) us (2) and [64, 128) us (1)
+    t.observe(
+        batch(
+            flow_event(
+                ACTIVE,
+                pod(*WEB),
+                api,
+                open_connections=3,
+                connect_latency_us_log2=[0] * 9 + [3],
+                connect_latency_sum_ns=3 * 700_000,
+                srtt_us_log2=[0] * 5 + [2, 1],
+                srtt_sum_us=2 * 40 + 100,
+            )
+        )
+    )
+    # an open connection's first report carries its connect latency; its lifecycle says it did
+    t.observe(batch(open_event(web, api, ACTIVE, connect_latency_ns=2_500_000, srtt_us=300)))
+    t.observe(batch(client_event(connect_latency_ns=2_500_000, connect_latency_reported=True, srtt_us=310)))
+    # a connection never reported open: counted at its close
+    t.observe(batch(client_event(connect_latency_ns=20_000, srtt_us=15)))
+
+    def bucket(name: str, le: str) -> float:
+        return sample(t, f"tcpscope_{name}_seconds_bucket", **PAIR, le=le)
+
+    assert sample(t, "tcpscope_connect_latency_seconds_count", **PAIR) == 5
+    assert bucket("connect_latency", "1.6e-05") == 0 and bucket("connect_latency", "6.4e-05") == 1  # 20 us
+    assert bucket("connect_latency", "0.001024") == 4 and bucket("connect_latency", "0.004096") == 5
+    assert sample(t, "tcpscope_connect_latency_seconds_sum", **PAIR) == pytest.approx(0.0021 + 0.0025 + 0.00002)
+    assert sample(t, "tcpscope_rtt_seconds_count", **PAIR) == 6
+    assert bucket("rtt", "1.6e-05") == 1 and bucket("rtt", "6.4e-05") == 3 and bucket("rtt", "0.000256") == 4
+    assert bucket("rtt", "0.001024") == 6 and bucket("rtt", "+Inf") == 6
