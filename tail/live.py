@@ -5,9 +5,10 @@ By default (`--rows connection`) the view prints one row per connection when it 
 events joined (tail/connections.py: client and server, how it ended, who sent the reset and why,
 duration, bytes), and one row per pair per flow interval for the ordinary connections the agents
 aggregate. `--rows socket` prints each socket's events as the agent's `--stdout` does: lifecycles,
-resets, socket errors and flows by default; state changes, retransmits, SYN-ACK retransmits and
-probes on request (`--kind state,...` or `--kind all`, which choose socket rows by themselves: those
-kinds have no connection row).
+resets, socket errors and flows by default; state changes, retransmits, SYN-ACK retransmits,
+probes and open connections' reports on request (`--kind state,...`, `--kind open` or `--kind all`,
+which choose socket rows by themselves: those kinds have no connection row). An open connection's
+report is an `open` event, or, aggregated, a flow in which no connection closed (`view_kind`).
 
 Events reach a reader out of order: each agent sends a batch every half second or so, the collector
 publishes batches to several partitions, and a consumer gets each poll's records partition by
@@ -102,6 +103,16 @@ def event_ns(ev: TcpEvent) -> int:
     return ev.time.seconds * 1_000_000_000 + ev.time.nanos
 
 
+def view_kind(ev: TcpEvent) -> str | None:
+    """The kind the view filters an event by: its `kind` field, except that a flow holding only open
+    connections' progress (no connection closed in it) is an open connections' report: shown with
+    `--kind open`, not with the flows, so the default view stays readable."""
+    kind = ev.WhichOneof("kind")
+    if kind == "flow" and not ev.flow.connections and ev.flow.open_connections:
+        return kinds.OPEN.field
+    return kind
+
+
 class LiveView:
     """The live view's pipeline, shared by tail and the sim. Socket rows (no `render_row`): the kinds
     filter, then the reset-cause hold (tail/resetcause.py: a received reset waits, bounded, for the
@@ -131,7 +142,7 @@ class LiveView:
         if isinstance(row, connections.SocketRow):
             return self._shown(row.event)
         if isinstance(row, connections.FlowRow):
-            return (not self.kinds or kinds.FLOW.field in self.kinds) and (self.keep is None or self.keep(row.flow))
+            return (not self.kinds or view_kind(row.flow) in self.kinds) and (self.keep is None or self.keep(row.flow))
         k = self.kinds
         if k and kinds.LIFECYCLE.field not in k:
             errno = any(e.lifecycle.errno for e in row.sockets)
@@ -147,7 +158,7 @@ class LiveView:
         return list(self.order.ready(now))
 
     def _shown(self, ev: TcpEvent) -> bool:
-        if self.kinds and ev.WhichOneof("kind") not in self.kinds:
+        if self.kinds and view_kind(ev) not in self.kinds:
             return False
         return self.keep is None or self.keep(ev)
 

@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from tail.gaps import rfc3339
+from tcpscope.render import duration_text, log2_quantile_us
+
+LOG2_BUCKETS = 32  # the agent's log2 microsecond histograms (Flow.srtt_us_log2, ...)
 
 COUNTERS: tuple[str, ...] = (
     "connections",
@@ -64,6 +67,18 @@ class PairSummary:
     """connections that ended by a received RST, by who sent it (resetcause): {cause: {detail: n}}"""
     first_seen_ns: int = 0
     last_seen_ns: int = 0
+    # latency (log2 microsecond buckets, as the agent's flows): connect latency once per connection,
+    # smoothed RTT once per report; and the connections open at their last report
+    connect_us_log2: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
+    rtt_us_log2: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
+    open_connections: int = 0
+
+    def latency_text(self, which: str) -> str:
+        """`p50/p99` upper bounds of a latency histogram ('connect' or 'rtt'), `-` without samples."""
+        buckets = self.connect_us_log2 if which == "connect" else self.rtt_us_log2
+        if not sum(buckets):
+            return "-"
+        return "/".join(duration_text(log2_quantile_us(buckets, q) * 1e3) for q in (0.5, 0.99))
 
     @property
     def problems(self) -> int:
@@ -82,4 +97,12 @@ class PairSummary:
         out["reset_causes"] = {c: dict(sorted(d.items())) for c, d in sorted(self.reset_causes.items())}
         out["first_seen"] = rfc3339(self.first_seen_ns)
         out["last_seen"] = rfc3339(self.last_seen_ns)
+        out["open_connections"] = self.open_connections
+        for name, buckets in (("connect_latency_us", self.connect_us_log2), ("rtt_us", self.rtt_us_log2)):
+            n = sum(buckets)
+            out[name] = {
+                "samples": n,
+                "p50_below": log2_quantile_us(buckets, 0.5) if n else None,
+                "p99_below": log2_quantile_us(buckets, 0.99) if n else None,
+            }
         return out

@@ -24,6 +24,13 @@ Counters, each counting connections:
 - timeouts: the client gave up (ETIMEDOUT), in the handshake or later
 - retransmits: established connections where either end retransmitted at least one segment
 - failed: connects that never established for another reason (EHOSTUNREACH, aborted, ...)
+
+Latency and open connections, per (client address, server address, server port) as flows, from the
+client's reports when its agent reported any, else the server's: connect latency once per
+connection (in its first open report, its flow, or at close when it was never reported open), the
+smoothed RTT once per report (each open report and each close); and OPEN, the connections open at
+their agent's last report (an open event or the open part of a flow in that agent's last pass, and
+not closed since).
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from dataclasses import dataclass, field
 
 from tail import resetcause
 from tail.gaps import Conflicts, Gaps, rfc3339
-from tail.pairs import COUNTERS, PairSummary, Party
+from tail.pairs import COUNTERS, LOG2_BUCKETS, PairSummary, Party
 from tail.servicemap import render_dot
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.losses import add_counts, definite_total, possible_text, possible_total
@@ -72,6 +79,31 @@ class _View:
 
 
 @dataclass
+class _Latency:
+    """One side's latency samples and open reports for one (client ip, server ip, server port)."""
+
+    event: TcpEvent  # the latest of this side's events: names the ends
+    connect: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
+    rtt: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
+    # open reports by source (a socket, or a flow key): (connections, report time, interval)
+    open: dict[tuple[object, ...], tuple[int, int, int]] = field(default_factory=dict)
+    last_ns: int = 0
+
+
+def _has_reports(lat: _Latency) -> bool:
+    return bool(sum(lat.connect) or sum(lat.rtt) or lat.open)
+
+
+def _log2(us: int) -> int:
+    return min(max(us, 1).bit_length() - 1, LOG2_BUCKETS - 1)
+
+
+def _add_buckets(into: list[int], buckets: Iterable[int]) -> None:
+    for i, n in enumerate(list(buckets)[:LOG2_BUCKETS]):
+        into[i] += n
+
+
+@dataclass
 class Summarizer:
     """Collects lifecycle events and answers with per-pair counters (bounded by max_sockets)."""
 
@@ -81,6 +113,9 @@ class Summarizer:
     _held: int = field(default=0, init=False)
     # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
     _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
+    # latency and open reports by (client ip, server ip, server port): (the client's, the server's)
+    _latency: dict[tuple[str, str, int], list[_Latency | None]] = field(default_factory=dict, init=False)
+    _last_pass_ns: dict[str, int] = field(default_factory=dict, init=False)  # node -> its latest open report
     resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
     """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
     skipped: dict[str, int] = field(default_factory=dict, init=False)
@@ -100,6 +135,8 @@ class Summarizer:
         only feed the reset join)."""
         self.resets.add(ev)
         kind = ev.WhichOneof("kind")
+        if kind in ("flow", "open", "lifecycle"):
+            self._add_latency(ev, kind)
         if kind == "flow":
             self._add_flow(ev)
             return
@@ -147,6 +184,61 @@ class Summarizer:
         self._flows.setdefault(key, ([], []))[side].append(ev)
         self._held += 1
 
+    def _add_latency(self, ev: TcpEvent, kind: str) -> None:
+        """Latency samples and open reports of a lifecycle, flow or open event (module docstring)."""
+        msg = getattr(ev, kind)
+        if msg.role == ACTIVE:
+            key, side = (ev.local.ip, ev.remote.ip, ev.remote.port), 0
+        elif msg.role == PASSIVE:
+            key, side = (ev.remote.ip, ev.local.ip, ev.local.port), 1
+        else:
+            return
+        if kind == "lifecycle" and (
+            msg.last_state == LISTEN
+            or ev.remote.port == 0
+            or (ev.local.ip, ev.local.port) == (ev.remote.ip, ev.remote.port)
+        ):
+            return
+        sides = self._latency.setdefault(key, [None, None])
+        lat = sides[side]
+        if lat is None:
+            lat = sides[side] = _Latency(ev)
+        t = ev.time.ToNanoseconds()
+        if t >= lat.last_ns:
+            lat.event, lat.last_ns = ev, t
+        if kind == "flow":
+            _add_buckets(lat.connect, msg.connect_latency_us_log2)
+            _add_buckets(lat.rtt, msg.srtt_us_log2)
+            source: tuple[object, ...] = ("flow", ev.node, msg.role, ev.local.ip, ev.remote.ip, ev.process.cgroup_id)
+            if msg.open_connections or source in lat.open:
+                self._report_open(lat, ev.node, source, msg.open_connections, t, msg.interval_ns)
+            return
+        connect = msg.connect_latency_ns if kind == "open" or not msg.connect_latency_reported else 0
+        if connect:
+            lat.connect[_log2(connect // 1000)] += 1
+        if msg.srtt_us:
+            lat.rtt[_log2(msg.srtt_us)] += 1
+        sock = ("socket", ev.node, ev.socket_id)
+        if kind == "open":
+            self._report_open(lat, ev.node, sock, 1, t, msg.interval_ns)
+        else:
+            lat.open.pop(sock, None)  # closed
+
+    def _report_open(
+        self, lat: _Latency, node: str, source: tuple[object, ...], n: int, t: int, interval_ns: int
+    ) -> None:
+        lat.open[source] = (n, t, interval_ns)
+        self._last_pass_ns[node] = max(self._last_pass_ns.get(node, 0), t)
+
+    def _open_now(self, lat: _Latency) -> int:
+        """Connections in their agent's last pass (within half an interval of its latest report)."""
+        total = 0
+        for source, (n, t, interval_ns) in lat.open.items():
+            node = str(source[1])
+            if t >= self._last_pass_ns.get(node, 0) - (interval_ns or 10_000_000_000) // 2:
+                total += n
+        return total
+
     def add_all(self, events: Iterable[TcpEvent]) -> None:
         for ev in events:
             self.add(ev)
@@ -179,6 +271,9 @@ class Summarizer:
             sflows[:] = [f for f in sflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
             if not cflows and not sflows:
                 del self._flows[fkey]
+        for lkey in list(self._latency):
+            if all(lat is None or lat.last_ns < cutoff_ns for lat in self._latency[lkey]):
+                del self._latency[lkey]
         self._held = sum(len(c) + len(s) for c, s in self._views.values()) + sum(
             len(c) + len(s) for c, s in self._flows.values()
         )
@@ -249,7 +344,36 @@ class Summarizer:
                 first = f.flow.first_close.ToNanoseconds()
                 row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
                 row.last_seen_ns = max(row.last_seen_ns, last)
+        self._add_latency_rows(row_for, cutoff)
         return list(rows.values())
+
+    def _add_latency_rows(self, row_for: Callable[[Party, Party], PairSummary], cutoff: int | None) -> None:
+        """Each triple's latency and open connections into its row, from the client's side when its
+        agent reported any, else the server's; both ends named as connections() names them."""
+        for (_cip, _sip, port), (c_lat, s_lat) in self._latency.items():
+            lat = c_lat if c_lat is not None and _has_reports(c_lat) else s_lat or c_lat
+            assert lat is not None
+            if (cutoff is not None and lat.last_ns < cutoff) or not _has_reports(lat):
+                continue
+            c_ev = c_lat.event if c_lat else None
+            s_ev = s_lat.event if s_lat else None
+            client = self._party(
+                c_ev.local if c_ev else None, s_ev.remote if s_ev else None, c_ev.process.comm if c_ev else ""
+            )
+            server = self._party(
+                s_ev.local if s_ev else None,
+                c_ev.remote if c_ev else None,
+                s_ev.process.comm if s_ev else "",
+                server=True,
+            )
+            if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+                server = dataclasses.replace(server, port=port)
+            row = row_for(client, server)
+            _add_buckets(row.connect_us_log2, lat.connect)
+            _add_buckets(row.rtt_us_log2, lat.rtt)
+            row.open_connections += self._open_now(lat)
+            row.last_seen_ns = max(row.last_seen_ns, lat.last_ns)
+            row.first_seen_ns = row.first_seen_ns or lat.last_ns
 
     def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "", server: bool = False) -> Party:
         """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
@@ -405,7 +529,18 @@ RESET_LEGEND = (
 
 def render_table(rows: Sequence[PairSummary]) -> str:
     """A fixed-width table for people, with the reset reasons and the time span of each pair."""
-    head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS", "SENT BY"]
+    head = [
+        "CLIENT",
+        "SERVER",
+        *(c for c, _ in _COLUMNS),
+        "OPEN",
+        "CONNECT p50/p99",
+        "RTT p50/p99",
+        "SINCE",
+        "LAST",
+        "RESET REASONS",
+        "SENT BY",
+    ]
     body: list[list[str]] = []
     for r in rows:
         reasons = [f"{v} client ({k})" for k, v in sorted(r.client_reset_reasons.items())]
@@ -421,6 +556,9 @@ def render_table(rows: Sequence[PairSummary]) -> str:
                 r.client.label(),
                 server,
                 *(str(getattr(r, a)) for _, a in _COLUMNS),
+                str(r.open_connections),
+                r.latency_text("connect"),
+                r.latency_text("rtt"),
                 rfc3339(r.first_seen_ns)[11:19],
                 rfc3339(r.last_seen_ns)[11:19],
                 ", ".join(reasons),

@@ -72,6 +72,23 @@ def test_ordered_printer_filters_kinds_and_ticks_without_new_events() -> None:
     assert lines == ["2", "1"]
 
 
+def test_open_reports_are_shown_only_with_the_open_kind() -> None:
+    """An open event, and a flow in which no connection closed (only open connections' progress),
+    stay out of the default view; `--kind open` shows them; a flow with closed connections stays a flow."""
+    opened = make_event(1)
+    opened.open.CopyFrom(pb.OpenConnection(role=pb.ACTIVE, tx_bytes=5))
+    open_flow = make_event(2)
+    open_flow.flow.CopyFrom(pb.Flow(role=pb.ACTIVE, open_connections=3, tx_bytes=900))
+    closed_flow = make_event(3)
+    closed_flow.flow.CopyFrom(pb.Flow(role=pb.ACTIVE, connections=2, open_connections=3))
+    assert [live.view_kind(e) for e in (opened, open_flow, closed_flow)] == ["open", "open", "flow"]
+    for text, shown in (("", [4]), ("open", [2, 3]), ("flow,open", [2, 3, 4]), ("all", [2, 3, 4])):  # socket ids
+        view = live.LiveView(lambda ev, v: str(ev.socket_id), kinds=parse_view(text), hold=0.0)
+        got = [line for ev in (opened, open_flow, closed_flow) for line in view.add(ev, 0.0)]
+        assert sorted(int(x) for x in got + view.close(1.0)) == shown, text
+    assert live.parse_rows(None, "open") == "socket"  # open reports have no connection rows
+
+
 def test_a_received_reset_waits_for_its_cause_and_keeps_its_place() -> None:
     view = live.LiveView(lambda ev, v: f"{ev.socket_id}" + ("" if v is None else " cause"), hold=1.0)
     rst = _at(1, 20)

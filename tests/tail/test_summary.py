@@ -485,3 +485,59 @@ def test_reset_columns_read_as_words() -> None:
     row.reset_causes = {"app": {"TCP_STATE": 13}, "network": {"no_send_seen": 4}, "peer_kernel": {"refused": 2}}
     line = summary.render_table([row]).splitlines()[1]
     assert line.endswith("3 client (TCP_STATE)  13 app (TCP_STATE), 4 network (no_send_seen), 2 peer kernel (refused)")
+
+
+def _open(
+    role: pb.Role,
+    local: tuple[str, str, str, str],
+    remote: tuple[str, str, str, str],
+    lport: int,
+    rport: int,
+    at: int,
+    **o: Any,
+) -> pb.TcpEvent:
+    ev = pb.TcpEvent(node=f"node-{role}", socket_id=lport * 100_000 + rport)
+    ev.time.FromNanoseconds(at)
+    _ep(ev.local, local, local[2], lport)
+    _ep(ev.remote, remote, remote[2], rport)
+    ev.open.CopyFrom(pb.OpenConnection(role=role, interval_ns=10 * 10**9, **o))
+    return ev
+
+
+def test_latency_percentiles_and_open_connections_at_the_end() -> None:
+    """Both ends report a pool of two long connections from web-1 to db-1 every interval: counted once
+    (from the client's reports); the connect latency once per connection, the RTT once per report;
+    OPEN is what the last pass still saw. A connection that closed is no longer open."""
+    s = summary.Summarizer()
+    for i in range(3):  # three intervals of reports from both ends
+        at = T0 + i * 10 * 10**9
+        for cport in (40001, 40002):
+            first = {"connect_latency_ns": 300_000} if i == 0 else {}
+            s.add(_open(pb.ACTIVE, WEB, DB, cport, 5432, at, srtt_us=40, **first))
+            s.add(_open(pb.PASSIVE, DB, WEB, 5432, cport, at + 1000, srtt_us=45, **first))
+    # 40002 closes after the third pass: its lifecycle carries its close-time RTT
+    closed = lifecycle(pb.ACTIVE, WEB, DB, 40002, 5432, T0, 25 * 10**9)
+    closed.node, closed.socket_id = f"node-{pb.ACTIVE}", 40002 * 100_000 + 5432
+    closed.lifecycle.srtt_us = 3000
+    closed.lifecycle.connect_latency_ns, closed.lifecycle.connect_latency_reported = 300_000, True
+    s.add(closed)
+    row = next(r for r in s.pairs() if (r.client.label(), r.server.label()) == ("shop/web-1", "data/db-1"))
+    assert row.open_connections == 1
+    assert sum(row.connect_us_log2) == 2 and row.connect_us_log2[8] == 2  # 300 us: [256, 512)
+    assert sum(row.rtt_us_log2) == 7 and row.rtt_us_log2[5] == 6 and row.rtt_us_log2[11] == 1  # 40 us, 3 ms
+    assert (row.latency_text("connect"), row.latency_text("rtt")) == ("512us/512us", "64us/4.1ms")
+    j = row.to_json()
+    assert j["open_connections"] == 1 and j["connect_latency_us"] == {
+        "samples": 2,
+        "p50_below": 512.0,
+        "p99_below": 512.0,
+    }
+    header, line = summary.render_table([row]).splitlines()
+    cols = dict(zip(header.split("  "), line.split("  "), strict=False))
+    assert "OPEN" in header and "CONNECT p50/p99" in header and "RTT p50/p99" in header
+    assert line.split()[10:13] == ["1", "512us/512us", "64us/4.1ms"]
+    assert cols  # the row renders under the new columns
+    # a later pass of the client's agent without 40001: it closed without its lifecycle yet
+    s.add(_open(pb.ACTIVE, DB, WEB, 7000, 7001, T0 + 40 * 10**9, srtt_us=40))  # another triple, same node
+    row = next(r for r in s.pairs() if (r.client.label(), r.server.label()) == ("shop/web-1", "data/db-1"))
+    assert row.open_connections == 0
