@@ -107,7 +107,7 @@ def view_kind(ev: TcpEvent) -> str | None:
     """The kind the view filters an event by: its `kind` field, except that a flow holding only open
     connections' progress (no connection closed in it) is an open connections' report: shown with
     `--kind open`, not with the flows, so the default view stays readable."""
-    kind = ev.WhichOneof("kind")
+    kind: str | None = ev.WhichOneof("kind")
     if kind == "flow" and not ev.flow.connections and ev.flow.open_connections:
         return kinds.OPEN.field
     return kind

@@ -32,7 +32,7 @@ from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
 from tcpscope_sim.driver import Driver, TrafficError, run_mix
 from tcpscope_sim.plan import Plan, PlanError, TrafficSpec, builtin_plan, load_plan
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
-from tcpscope_sim.watch import TopicWatch
+from tcpscope_sim.watch import TopicWatch, pool_count
 
 log = logging.getLogger("tcpscope_sim")
 
@@ -40,6 +40,8 @@ log = logging.getLogger("tcpscope_sim")
 MIX_BULK = TrafficSpec("batch/reports-1", "data/redis-1", 6379, "ok", 2)
 MIX_STALL = TrafficSpec("shop/cart-1", "batch/reports-1", 9100, "ok", 4)
 MIX_BACKLOGS = {"batch/reports-1": 1}
+# long-lived traffic: a connection pool open for the whole run, each connection streaming 2 kB a second
+MIX_POOL = TrafficSpec("shop/checkout-1", "data/redis-1", 6379, "pooled", 4, rate=2000, seconds=86_400)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -310,7 +312,7 @@ class _SimRun:
         """--plan: run it, and 0 if it shipped exactly, else 1; without: the built-in mix (0)."""
         driver = Driver(self.cluster)
         if self.args.plan:
-            return _run_plan(
+            rc = _run_plan(
                 driver,
                 self.services,
                 watch,
@@ -318,17 +320,29 @@ class _SimRun:
                 self.args.ship_timeout,
                 _say,
             )
+            pools_ok = check_pools(self.plan, self.watched, watch.snapshot()[0], _say)
+            return rc if pools_ok else 1
         return self._run_mix(driver, watch)
 
     def _run_mix(self, driver: Driver, watch: TopicWatch) -> int:
         """The built-in mix until --duration or Ctrl-C, then drain the agents and the live view."""
         stop = threading.Event()
         deadline = time.monotonic() + self.args.duration if self.args.duration else None
+        pool = driver.start_pool(MIX_POOL)
+        started = time.monotonic()
         try:
             run_mix(driver, stop, deadline, MIX_BULK, MIX_STALL)
         except _Interrupted:
             _say("tcpscope-sim: interrupted, stopping")
+        # the pool is still open when the agents stop: their last pass reports it, and the summary's
+        # OPEN column shows its connections
         self.services.stop_agents()
+        sent = driver.stop_pool(MIX_POOL, pool)
+        _say(
+            f"tcpscope-sim: pooled {MIX_POOL.src} -> {MIX_POOL.dst}:{MIX_POOL.port}: {MIX_POOL.count} connections open "
+            f"for the whole run ({time.monotonic() - started:.0f} s), {MIX_POOL.rate} B/s each, "
+            f"{sent.get('chunks', 0) * MIX_POOL.rate} bytes sent"
+        )
         watch.catch_up(10)
         if self.printer is not None:
             self.printer.close()  # the rows still held (for their reset's cause, for time order)
@@ -394,6 +408,38 @@ def _run_plan(
     if watch.error:
         say(f"tcpscope-sim: reading Kafka failed: {watch.error}")
     return 0 if ok else 1
+
+
+def check_pools(plan: Plan, watched: Sequence[str], events: list[TcpEvent], say: Callable[[str], None]) -> bool:
+    """Each pooled entry (whose client's node has an agent, and the only entry of its pair and port):
+    the bytes the agents reported while its connections were open and at their close are exactly
+    the bytes written, both ways; every pass saw all of them open; no pass had counted more than was
+    written by the end. One line per entry; False if one is not exact."""
+    ok = True
+    for t in plan.traffic:
+        if t.kind != "pooled":
+            continue
+        client, server = plan.pod(t.src), plan.pod(t.dst)
+        same = [u for u in plan.traffic if (u.src, u.dst, u.port) == (t.src, t.dst, t.port)]
+        if client.node not in watched or len(same) > 1:
+            say(
+                f"tcpscope-sim: pooled {t.src} -> {t.dst}:{t.port}: not checked (no agent on its client's node, or "
+                "another entry shares its pair and port)"
+            )
+            continue
+        want = t.pooled_bytes()
+        got = pool_count(events, client.ip, server.ip, t.port)
+        full = [n for _t, n, _c in got.passes if n == t.count]
+        over = [c for _t, _n, c in got.passes if c > want[0]]
+        exact = (got.c2s, got.s2c) == want and not over and len(full) >= max(1, t.seconds // 3)
+        ok = ok and exact
+        say(
+            f"tcpscope-sim: pooled {t.src} -> {t.dst}:{t.port}: {t.count} connections open {t.seconds} s, "
+            f"reported open in {len(got.passes)} passes ({len(full)} with all {t.count}), by the pass: "
+            f"{', '.join(str(c) for _t, _n, c in got.passes) or 'none'} bytes; in all {got.c2s} bytes to the server "
+            f"and {got.s2c} back, {'exact' if exact else f'NOT the {want[0]} and {want[1]} written'}"
+        )
+    return ok
 
 
 def _print_summary(

@@ -49,8 +49,17 @@ class Driver:
                 table,
                 f"ip daddr {client.spec.ip} tcp sport {t.port} tcp flags & (syn | ack) == syn | ack drop",
             )
+        pool = {"size": t.rate, "seconds": t.seconds} if t.kind == "pooled" else {}
         try:
-            reply = client.call("connect", timeout=timeout, ip=server.spec.ip, port=t.port, kind=t.kind, count=t.count)
+            reply = client.call(
+                "connect",
+                timeout=timeout + t.seconds,
+                ip=server.spec.ip,
+                port=t.port,
+                kind=t.kind,
+                count=t.count,
+                **pool,
+            )
         finally:
             if table:
                 net.delete_table(table_netns, table)
@@ -58,6 +67,10 @@ class Driver:
         self.outcomes.update({f"{t.kind}:{k}": v for k, v in got.items()})
         if strict and got != {"ok": t.count}:
             raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
+        if strict and t.kind == "pooled" and reply.get("chunks") != t.count * t.seconds:
+            raise TrafficError(
+                f"{t.src} -> {t.dst}:{t.port} pooled: {reply.get('chunks')} chunks sent, not {t.count * t.seconds}"
+            )
         if strict and mibs:
             # entries run one at a time: each pod's kernel must have sent no RST (OutRsts) and each
             # end must have had its established connections reset (EstabResets), by the router
@@ -101,6 +114,22 @@ class Driver:
             self.run_entry(t, strict=strict)
 
     # --- the built-in mix's extras ------------------------------------------------------------
+
+    def start_pool(self, t: TrafficSpec) -> int:
+        """A pooled entry's connections, open until `stop_pool` (or t.seconds): the command id."""
+        client, server = self._pods(t)
+        return client.send(
+            "connect", ip=server.spec.ip, port=t.port, kind="pooled", count=t.count, size=t.rate, seconds=t.seconds
+        )
+
+    def stop_pool(self, t: TrafficSpec, cid: int) -> dict[str, int]:
+        """Close a pool's connections now; their outcomes and the chunks they sent ("chunks")."""
+        client, _server = self._pods(t)
+        client.call("stop", of=cid)
+        reply = client.wait(cid, timeout=60)
+        got: dict[str, int] = reply.get("outcomes", {})
+        self.outcomes.update({f"pooled:{k}": v for k, v in got.items()})
+        return {**got, "chunks": int(reply.get("chunks", 0))}
 
     def lossy_bulk(self, t: TrafficSpec, size: int = 128 * 1024) -> dict[str, int]:
         """Bulk responses with every third data-carrying packet of the server dropped as it reaches

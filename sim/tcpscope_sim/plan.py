@@ -18,11 +18,15 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout", "network_reset")
+from tcpscope_sim.worker import POOLED_ACK  # pooled: the server's answer to each second's chunk
+
+KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout", "network_reset", "pooled")
 """Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server)."""
 
-ESTABLISHED_KINDS = frozenset({"ok", "client_reset", "server_reset", "network_reset"})
+ESTABLISHED_KINDS = frozenset({"ok", "client_reset", "server_reset", "network_reset", "pooled"})
 """Kinds whose connections complete the handshake (so both ends have a socket)."""
+
+MAX_POOL = 64  # pooled connections of one entry: each is a thread of the client worker
 
 MAX_NODES = 200
 MAX_PODS_PER_NODE = 250
@@ -56,6 +60,14 @@ class TrafficSpec:
     port: int
     kind: str
     count: int
+    rate: int = 0  # pooled: bytes each connection sends each second
+    seconds: int = 0  # pooled: how long each connection stays open (one chunk per second)
+
+    def pooled_bytes(self) -> tuple[int, int]:
+        """pooled: the application bytes of the entry's connections, (client to server, back): each
+        connection sends its request line, then `rate` bytes a second, and gets POOLED_ACK for each."""
+        request = len(f"REQ pooled {self.rate}\n")
+        return self.count * (request + self.rate * self.seconds), self.count * len(POOLED_ACK) * self.seconds
 
 
 @dataclass(frozen=True)
@@ -183,8 +195,27 @@ def _pods(raw_pods: Any) -> list[PodSpec]:
     return pods
 
 
+def _int_in(rt: Mapping[str, Any], key: str, default: int, low: int, high: int, where: str) -> int:
+    v = rt.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not low <= v <= high:
+        raise PlanError(f"{where}: {key} must be an integer in {low}..{high}, got {v!r}")
+    return v
+
+
+def _pool(rt: Mapping[str, Any], kind: str, count: int, where: str) -> tuple[int, int]:
+    """(rate, seconds) of a pooled entry; other kinds have neither."""
+    if kind != "pooled":
+        extra = sorted({"rate", "seconds"} & set(rt))
+        if extra:
+            raise PlanError(f"{where}: {', '.join(extra)} only for kind 'pooled'")
+        return 0, 0
+    if count > MAX_POOL:
+        raise PlanError(f"{where}: a pool has at most {MAX_POOL} connections, got {count}")
+    return _int_in(rt, "rate", 1000, 1, 10_000_000, where), _int_in(rt, "seconds", 10, 1, 3600, where)
+
+
 def _traffic_entry(raw: Any, where: str, by_ref: Mapping[str, PodSpec]) -> TrafficSpec:
-    rt = _object(raw, where, {"from", "to", "port", "kind", "count"})
+    rt = _object(raw, where, {"from", "to", "port", "kind", "count", "rate", "seconds"})
     src, dst = _str(rt, "from", where), _str(rt, "to", where)
     for v in (src, dst):
         if v not in by_ref:
@@ -203,7 +234,8 @@ def _traffic_entry(raw: Any, where: str, by_ref: Mapping[str, PodSpec]) -> Traff
         raise PlanError(f"{where}: 'refused' needs a port {dst} does not listen on ({port} is)")
     if kind != "refused" and not listening:
         raise PlanError(f"{where}: {dst} does not listen on {port} (add it to 'listen')")
-    return TrafficSpec(src, dst, port, kind, count)
+    rate, seconds = _pool(rt, kind, count, where)
+    return TrafficSpec(src, dst, port, kind, count, rate, seconds)
 
 
 def parse_plan(doc: Mapping[str, Any]) -> Plan:
@@ -276,5 +308,15 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         }
         for p in plan.pods
     ]
-    traffic = [{"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count} for t in plan.traffic]
+    traffic = [
+        {
+            "from": t.src,
+            "to": t.dst,
+            "port": t.port,
+            "kind": t.kind,
+            "count": t.count,
+            **({"rate": t.rate, "seconds": t.seconds} if t.kind == "pooled" else {}),
+        }
+        for t in plan.traffic
+    ]
     return {"pods": list(pods), "traffic": traffic}

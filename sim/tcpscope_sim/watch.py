@@ -14,7 +14,7 @@ from tail.consume import Reader, Source
 from tcpscope.agent_id import prefix_of
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.losses import add_counts
-from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
+from tcpscope.v1.events_pb2 import ACTIVE, LISTEN, EventBatch, TcpEvent
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +129,50 @@ class TopicWatch:
     def snapshot(self) -> tuple[list[TcpEvent], dict[str, int], int]:
         with self._cv:
             return list(self.events), dict(self.losses), self.batches
+
+
+@dataclass
+class PoolCount:
+    """What the agents reported for one pooled entry's connections, from the client's side."""
+
+    c2s: int = 0  # application bytes, client to server: open reports, flows and the lifecycles' rest
+    s2c: int = 0
+    # each agent pass that saw the pool open, in time order: (time ns, connections open, c2s so far)
+    passes: list[tuple[int, int, int]] = field(default_factory=list)
+
+
+def pool_count(events: list[TcpEvent], client_ip: str, server_ip: str, port: int) -> PoolCount:
+    """The client-side reports of the connections from client_ip to server_ip:port (a pooled entry):
+    open events, flows (open progress and closes) and lifecycles (what their reports had not taken),
+    the open connections of one agent pass (reports within PASS_GAP_NS of each other) added up."""
+    out = PoolCount()
+    for ev in sorted(events, key=lambda e: e.time.ToNanoseconds()):
+        if (ev.local.ip, ev.remote.ip, ev.remote.port) != (client_ip, server_ip, port):
+            continue
+        kind = ev.WhichOneof("kind")
+        t = ev.time.ToNanoseconds()
+        if kind == "flow" and ev.flow.role == ACTIVE:
+            out.c2s, out.s2c = out.c2s + ev.flow.tx_bytes, out.s2c + ev.flow.rx_bytes
+            opened = ev.flow.open_connections
+        elif kind == "open" and ev.open.role == ACTIVE:
+            out.c2s, out.s2c = out.c2s + ev.open.tx_bytes, out.s2c + ev.open.rx_bytes
+            opened = 1
+        elif kind == "lifecycle" and ev.lifecycle.role == ACTIVE:
+            lc = ev.lifecycle
+            out.c2s += lc.tx_bytes - lc.reported_tx_bytes
+            out.s2c += lc.rx_bytes - lc.reported_rx_bytes
+            continue
+        else:
+            continue
+        if not opened:
+            continue
+        if out.passes and t - out.passes[-1][0] < PASS_GAP_NS:
+            first, n, _ = out.passes[-1]
+            out.passes[-1] = (first, n + opened, out.c2s)
+        else:
+            out.passes.append((t, opened, out.c2s))
+    return out
+
+
+PASS_GAP_NS = 500_000_000
+"""Reports of one agent pass carry times within milliseconds; passes are a flow interval apart."""

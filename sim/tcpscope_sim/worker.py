@@ -9,12 +9,17 @@ as JSON lines on stdin and answers on stdout (one line per command, matched by "
         -> {"id": 1, "outcomes": {"ok": 5}}   (per connection: "ok" when it behaved as the kind
            says, else the errno name or what went wrong)
     {"id": 2, "op": "stall", "port": 9000, "on": true}  -> {"id": 2}   stop/resume accepting
+    {"id": 4, "op": "connect", "ip": ..., "port": 5432, "kind": "pooled", "count": 4, "size": 2000,
+     "seconds": 10}  -> {"id": 4, "outcomes": {"ok": 4}, "chunks": 40}   long-lived connections
+    {"id": 5, "op": "stop", "of": 4}  -> {"id": 5}   end a pool's connections now (the built-in mix)
     {"id": 3, "op": "quit"}
 
 The application protocol on the wire says what the server must do, so no server-side setup is
 needed per connection: the client sends "REQ <kind> <response bytes>\\n"; the server answers
 "RESP" plus that many bytes, then waits for the client's close (ok, client_reset) or aborts with
-SO_LINGER 0 right after reading the request (server_reset). For network_reset both ends send
+SO_LINGER 0 right after reading the request (server_reset). pooled: the connection stays open;
+each second the client sends `size` bytes and the server answers "OK\n"; after `seconds` chunks
+(or a stop) the client closes. For network_reset both ends send
 `KILL_MARK` after the exchange; the router (sim/tcpscope_sim/driver.py) rejects exactly those segments
 with forged RSTs, so each end receives a RST that neither pod's application or kernel sent.
 """
@@ -32,6 +37,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TextIO
@@ -41,6 +47,8 @@ PR_SET_PDEATHSIG = 1
 CONNECT_TIMEOUT_S = 10.0
 IO_TIMEOUT_S = 10.0
 TIMEOUT_SYNCNT = 1  # SYN + 1 retransmit: connect() fails with ETIMEDOUT after ~3 s
+POOLED_ACK = b"OK\n"
+"""pooled: the server's answer to each chunk of a long-lived connection."""
 KILL_MARK = b"KILL"
 """network_reset: a segment whose payload starts with these 4 bytes is what the router rejects."""
 
@@ -148,6 +156,12 @@ class Server:
                 _await_network_reset(conn, b"RESP\n")
                 conn.close()
                 return
+            if kind == "pooled":
+                conn.settimeout(None)  # idle between chunks as long as the pool lives
+                while size and _read_exact(conn, size) == size:
+                    conn.sendall(POOLED_ACK)
+                conn.close()
+                return
             conn.sendall(b"RESP\n" + b"x" * size)
             _drain_until_close(conn)  # the client closes first: FIN (ok) or RST (client_reset)
             conn.close()
@@ -176,7 +190,31 @@ def _errname(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e))
 
 
-def one_connection(ip: str, port: int, kind: str, size: int = 0) -> str:
+def _pooled(s: socket.socket, size: int, seconds: int, stop: threading.Event, sent: list[int]) -> str:
+    """A long-lived connection: `size` bytes a second (counting chunks in `sent`), the server's ack
+    read for each, until `seconds` chunks or `stop`; then a normal close."""
+    start = time.monotonic()
+    for i in range(seconds):
+        if stop.wait(max(0.0, start + i - time.monotonic())):
+            break
+        s.sendall(b"p" * size)
+        if _read_exact(s, len(POOLED_ACK)) != len(POOLED_ACK):
+            return "short_ack"
+        sent[0] += 1
+    s.shutdown(socket.SHUT_WR)
+    _drain_until_close(s)
+    return "ok"
+
+
+def one_connection(
+    ip: str,
+    port: int,
+    kind: str,
+    size: int = 0,
+    seconds: int = 0,
+    stop: threading.Event | None = None,
+    chunks: list[int] | None = None,
+) -> str:
     """Make one client connection of the given kind; "ok" when it went as that kind says."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
@@ -194,6 +232,8 @@ def one_connection(ip: str, port: int, kind: str, size: int = 0) -> str:
             return "connected"
         s.settimeout(IO_TIMEOUT_S)
         s.sendall(f"REQ {kind} {size}\n".encode())
+        if kind == "pooled":
+            return _pooled(s, size, seconds, stop or threading.Event(), chunks if chunks is not None else [0])
         if kind == "server_reset":
             try:
                 data = s.recv(65536)
@@ -225,6 +265,7 @@ class Worker:
         self.out = out
         self.lock = threading.Lock()
         self.pool = ThreadPoolExecutor(max_workers=max_parallel)
+        self.stops: dict[Any, threading.Event] = {}  # pooled batches by command id
 
     def reply(self, msg: dict[str, Any]) -> None:
         with self.lock:
@@ -239,11 +280,37 @@ class Worker:
         if op == "stall":
             self.server.stall(int(cmd["port"]), bool(cmd.get("on", True)))
             self.reply({"id": cid})
+        elif op == "stop":
+            stop = self.stops.get(cmd.get("of"))
+            if stop is not None:
+                stop.set()
+            self.reply({"id": cid})
+        elif op == "connect" and cmd.get("kind") == "pooled":
+            self.stops[cid] = threading.Event()
+            threading.Thread(target=self._pool_batch, args=(cmd, self.stops[cid]), daemon=True).start()
         elif op == "connect":
             threading.Thread(target=self._connect_batch, args=(cmd,), daemon=True).start()
         else:
             self.reply({"id": cid, "error": f"unknown op {op!r}"})
         return True
+
+    def _pool_batch(self, cmd: dict[str, Any], stop: threading.Event) -> None:
+        """pooled: every connection on a thread of its own (they all stay open together)."""
+        count = int(cmd.get("count", 1))
+        outcomes: list[str] = []
+        chunks = [[0] for _ in range(count)]
+        args = (str(cmd["ip"]), int(cmd["port"]), "pooled", int(cmd.get("size", 0)), int(cmd.get("seconds", 0)), stop)
+
+        def run(i: int) -> None:
+            outcomes.append(one_connection(*args, chunks=chunks[i]))
+
+        threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.stops.pop(cmd.get("id"), None)
+        self.reply({"id": cmd.get("id"), "outcomes": dict(Counter(outcomes)), "chunks": sum(c[0] for c in chunks)})
 
     def _connect_batch(self, cmd: dict[str, Any]) -> None:
         args = (str(cmd["ip"]), int(cmd["port"]), str(cmd["kind"]), int(cmd.get("size", 0)))

@@ -342,6 +342,18 @@ def _expect(
     elif title == "Connection duration p99 by pair":
         established = set(_pair_sums(lambda o: o in ("ok", "client_reset", "server_reset")))
         assert set(_by(got, *pair)) == established
+    elif title == "Open connections by pair":
+        # the plan's connections last milliseconds: a pass may have caught one open, never more than a
+        # pair made, and a gauge, not a count of connections
+        for key, v in _by(got, *pair).items():
+            assert v == int(v) and 0 <= v <= connections.get(key, 0), (key, v)
+    elif title in ("Connect latency p50 / p99 by pair", "RTT p50 / p99 by pair"):
+        # every pair that established a connection (a refused or timed-out connect has no latency);
+        # on veths between namespaces: under a second
+        established = set(_pair_sums(lambda o: o in ("ok", "client_reset", "server_reset")))
+        values = _by(got, *pair)
+        assert set(values) == established, (title, ref, got)
+        assert all(0 < v < 1.05 for v in values.values()), (title, ref, got)
     elif title == "Service map":
         if ref == "nodes":  # a node's count: as a client where it is one (`or` keeps the left side)
             assert _by(got, "id") == {("shop/web",): 18.0, ("shop/api",): 6.0, ("data/db",): 7.0}
@@ -401,5 +413,97 @@ def _series_served(instance: str) -> float:
         "tcpscope_retransmits_total{",
         "tcpscope_connection_bytes_total{",
         "tcpscope_connection_duration_seconds_",
+        "tcpscope_connect_latency_seconds_",
+        "tcpscope_rtt_seconds_",
+        "tcpscope_open_connections{",
     )
     return float(sum(1 for line in text.splitlines() if line.startswith(names)))
+
+
+# A pool of long-lived connections (sim kind "pooled"): three connections from shop/api-1 to
+# data/db-1:5432, each sending 4000 bytes a second for 14 s; the server acks each chunk
+POOL = {
+    "from": "shop/api-1",
+    "to": "data/db-1",
+    "port": 5432,
+    "kind": "pooled",
+    "count": 3,
+    "rate": 4000,
+    "seconds": 14,
+}
+POOL_PLAN: dict[str, Any] = {
+    "pods": [
+        {"namespace": "shop", "name": "api-1", "node": "node-1", "listen": [9000]},
+        {"namespace": "data", "name": "db-1", "node": "node-2", "listen": [5432]},
+    ],
+    "traffic": [POOL],
+}
+POOL_PAIR = (
+    'client_namespace="shop",client_workload="api",server_namespace="data",server_workload="db",server_port="5432"'
+)
+
+
+def _one(prom: Prom, expr: str) -> float:
+    got = _by(prom.query(expr))
+    return got.get((), 0.0)
+
+
+def test_bytes_grow_while_connections_are_open_and_end_exact(kafka_broker: Broker, tmp_path: Path) -> None:
+    """tcpscope_connection_bytes_total rises while the pool is open (read twice through Prometheus
+    before any of its connections closed) and ends at exactly the bytes written; the pool shows in
+    tcpscope_open_connections while open and leaves it after; each connection's connect latency is
+    observed once, its RTT every report."""
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    nodes = 2
+    base = _free_base(1 + nodes)
+    prom = Prom(tmp_path, [f"127.0.0.1:{p}" for p in range(base, base + 1 + nodes)])
+    topic = f"e2e-pool-{os.getpid()}"
+    sim = subprocess.Popen(
+        plan_argv(POOL_PLAN, tmp_path, kafka_broker.bootstrap, topic, "--metrics-port", str(base), "--hold"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    c2s = f'sum(tcpscope_connection_bytes_total{{{POOL_PAIR},direction="client_to_server"}})'
+    s2c = f'sum(tcpscope_connection_bytes_total{{{POOL_PAIR},direction="server_to_client"}})'
+    opened = f"sum(tcpscope_open_connections{{{POOL_PAIR}}})"
+    want_c2s = POOL["count"] * (len(f"REQ pooled {POOL['rate']}\n") + POOL["rate"] * POOL["seconds"])
+    want_s2c = POOL["count"] * len(b"OK\n") * POOL["seconds"]
+    try:
+        out = Reader(sim)
+        out.wait(r"agents ready", 120)
+        deadline = time.monotonic() + 60
+        while _one(prom, opened) != 3:  # the pool is open and reported
+            assert time.monotonic() < deadline, prom.query("tcpscope_open_connections")
+            time.sleep(0.5)
+        first = _one(prom, c2s)
+        deadline = time.monotonic() + 30
+        while (second := _one(prom, c2s)) <= first:  # a later flow interval's reports
+            assert time.monotonic() < deadline, (first, second)
+            time.sleep(0.5)
+        still_open = _one(prom, opened)
+        # both readings before any connection closed: more than at the first, less than in all
+        assert 0 < first < second < want_c2s and still_open == 3, (first, second, still_open)
+        assert not any("plan done" in line for _, line in out.lines)
+        _, pooled = out.wait(r"tcpscope-sim: pooled ", 120)
+        assert pooled.endswith("exact"), pooled
+        out.wait(r"holding", 60)
+        deadline = time.monotonic() + 30
+        while (_one(prom, c2s), _one(prom, s2c), _one(prom, opened)) != (want_c2s, want_s2c, 0):
+            assert time.monotonic() < deadline, (_one(prom, c2s), want_c2s, _one(prom, s2c), want_s2c)
+            time.sleep(0.5)
+        assert _one(prom, f"sum(tcpscope_connect_latency_seconds_count{{{POOL_PAIR}}})") == 3
+        rtt_samples = _one(prom, f"sum(tcpscope_rtt_seconds_count{{{POOL_PAIR}}})")
+        assert rtt_samples >= 3 * (POOL["seconds"] // 3), rtt_samples  # every 2 s report, and the closes
+    finally:
+        if sim.poll() is None:
+            sim.send_signal(signal.SIGINT)
+        try:
+            sim.wait(60)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(10)
+        if sim.stdout is not None:
+            sim.stdout.close()
+        prom.stop()

@@ -21,6 +21,8 @@ METRICS_ON = merge(KAFKA, {"metrics": {"dashboards": {"enabled": True}, "prometh
 ALERTS = (
     "TcpscopePairResetRateHigh",
     "TcpscopePairRefusedRateHigh",
+    "TcpscopePairConnectLatencyRising",
+    "TcpscopePairRttRising",
     "TcpscopeAgentLosingEvents",
     "TcpscopeAgentDisconnected",
     "TcpscopeCollectorKafkaErrors",
@@ -74,6 +76,9 @@ def test_dashboard_configmap_is_for_the_grafana_sidecar_and_has_the_panels() -> 
         "Top talkers (bytes/s)",
         "Retransmitted segments per connection",
         "Connection duration p50 / p99",
+        "Open connections by pair",
+        "Connect latency p50 / p99 by pair",
+        "RTT p50 / p99 by pair",
         "Service map",
         "Agents: events lost per second",
         "Agents connected to a collector",
@@ -116,12 +121,12 @@ def test_rule_groups_pass_promtool_check_rules(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(rule_groups()))
     r = subprocess.run([promtool(), "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 5 rules found" in r.stdout
+    assert "SUCCESS: 7 rules found" in r.stdout
     alerts = [rule["alert"] for g in rule_groups()["groups"] for rule in g["rules"]]
     assert tuple(alerts) == ALERTS
     # without the collector there is no stream to be disconnected from, nor Kafka
     no_collector = rule_groups({"metrics": {"prometheusRule": {"enabled": True}}})
-    assert [r["alert"] for g in no_collector["groups"] for r in g["rules"]] == list(ALERTS[:3])
+    assert [r["alert"] for g in no_collector["groups"] for r in g["rules"]] == list(ALERTS[:5])
 
 
 def _series(name: str, labels: str, values: str) -> dict[str, str]:
@@ -216,6 +221,16 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
             "20m",
             [],
         ),
+        # a pair's connect latency (then its RTT) five times its mean of the day before / steady / a
+        # rise below the floor (a 0.1 ms loopback pair at 0.5 ms)
+        *(
+            case
+            for metric, alert, what in (
+                ("tcpscope_connect_latency_seconds", "TcpscopePairConnectLatencyRising", "connect latency"),
+                ("tcpscope_rtt_seconds", "TcpscopePairRttRising", "RTT"),
+            )
+            for case in _rising_cases(metric, alert, what, pair_labels)
+        ),
         # an agent losing events (its own buffer or upstream) / an agent whose counters stand still
         _test(
             [
@@ -296,6 +311,34 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
             "14m",
             [],
         ),
+    ]
+
+
+def _rising_cases(metric: str, alert: str, what: str, pair_labels: dict[str, str]) -> list[dict[str, Any]]:
+    """One sample a second for a day and 40 minutes; the mean per sample from the sums' slope."""
+    port = PAIR + ',server_port="5432"'
+    count = _series(f"{metric}_count", port, "0+60x1500")
+
+    def run(sums: str, fired: list[dict[str, Any]]) -> dict[str, Any]:
+        return _test([count, _series(f"{metric}_sum", port, sums)], alert, "1480m", fired)
+
+    description = (
+        "5ms on average over the last 5m: more than 2 times this pair's own mean over the 1d before "
+        f"({metric} by pair; at least 0.05 samples a second, above 0.001s)."
+    )
+    summary = f"The {what} from shop/web to shop/api is rising"
+    return [
+        run(
+            "0+0.06x1440 86.7+0.3x59",  # 1 ms, then 5 ms
+            [
+                {
+                    "exp_labels": {**pair_labels, "severity": "warning"},
+                    "exp_annotations": {"summary": summary, "description": description},
+                }
+            ],
+        ),
+        run("0+0.06x1500", []),  # 1 ms all along
+        run("0+0.006x1440 8.67+0.03x59", []),  # 0.1 ms, then 0.5 ms: five times, but under the floor
     ]
 
 

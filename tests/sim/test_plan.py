@@ -74,6 +74,9 @@ def test_addresses_per_node_and_expected_lifecycles() -> None:
         (lambda d: d["pods"][0].update(colour="red"), "pods[0]: unknown keys ['colour']"),
         (lambda d: d.update(pods=[]), "'pods' must be a non-empty list"),
         (lambda d: d.update(extra=1), "unknown top-level keys"),
+        (lambda d: d["traffic"][0].update(rate=10), "traffic[0]: rate only for kind 'pooled'"),
+        (lambda d: d["traffic"][0].update(kind="pooled", count=65), "a pool has at most 64 connections"),
+        (lambda d: d["traffic"][0].update(kind="pooled", count=2, seconds=0), "seconds must be an integer in 1..3600"),
     ],
 )
 def test_mistakes_are_reported_with_their_entry(mutate: Any, message: str) -> None:
@@ -103,3 +106,29 @@ def test_builtin_plan_spans_three_nodes_and_every_kind() -> None:
     }
     cross = [t for t in plan.traffic if plan.pod(t.src).node != plan.pod(t.dst).node]
     assert cross
+
+
+def test_a_pooled_entry_and_the_bytes_it_writes() -> None:
+    doc = json.loads(json.dumps(DOCUMENTED_PLAN))
+    doc["traffic"] = [
+        {
+            "from": "shop/web-1",
+            "to": "shop/api-1",
+            "port": 9000,
+            "kind": "pooled",
+            "count": 4,
+            "rate": 2000,
+            "seconds": 10,
+        }
+    ]
+    plan = parse_plan(doc)
+    (t,) = plan.traffic
+    assert (t.kind, t.count, t.rate, t.seconds) == ("pooled", 4, 2000, 10)
+    # each connection: its request line, 2000 bytes a second for 10 s; back: "OK\n" for each second
+    assert t.pooled_bytes() == (4 * (len("REQ pooled 2000\n") + 20_000), 4 * 3 * 10)
+    assert plan.expected_lifecycles() == 8  # established: both ends of each
+    assert parse_plan(plan_to_doc(plan)) == plan
+    plain = dict(doc["traffic"][0])
+    del plain["rate"], plain["seconds"]
+    (d,) = parse_plan({**doc, "traffic": [plain]}).traffic
+    assert (d.rate, d.seconds) == (1000, 10)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 
-from tcpscope.v1.events_pb2 import EventBatch
-from tcpscope_sim.watch import TopicWatch
+from tcpscope.v1.events_pb2 import ACTIVE, Endpoint, EventBatch, Flow, Lifecycle, OpenConnection, TcpEvent
+from tcpscope_sim.watch import TopicWatch, pool_count
 from tests.support.events import make_event
 from tests.support.kafka import Broker, publish_batches
 
@@ -51,3 +51,40 @@ def test_a_watch_stopped_before_its_topic_appears_ends_quietly(kafka_broker: Bro
     assert time.monotonic() - t0 < 5
     assert watch._thread is not None and not watch._thread.is_alive()
     assert watch.error == "" and watch.snapshot() == ([], {}, 0)
+
+
+def _pool_event(kind: str, t_ms: int, **fields: object) -> TcpEvent:
+    ev = TcpEvent(
+        node="node-1", local=Endpoint(ip="198.18.1.2", port=40001), remote=Endpoint(ip="198.18.2.2", port=5432)
+    )
+    ev.time.FromNanoseconds(1_700_000_000_000_000_000 + t_ms * 1_000_000)
+    if kind == "flow":
+        ev.local.port = 0
+        ev.flow.CopyFrom(Flow(role=ACTIVE, **fields))  # type: ignore[arg-type]
+    elif kind == "open":
+        ev.open.CopyFrom(OpenConnection(role=ACTIVE, **fields))  # type: ignore[arg-type]
+    else:
+        ev.lifecycle.CopyFrom(Lifecycle(role=ACTIVE, **fields))  # type: ignore[arg-type]
+    return ev
+
+
+def test_pool_count_adds_reports_flows_and_the_lifecycles_rest_by_pass() -> None:
+    """The sim's exactness check of a pooled entry: reports while open (a flow of ordinary ones and an
+    open event of one that retransmitted, in one pass), then closes; passes are told apart by time."""
+    events = [
+        _pool_event("flow", 2000, open_connections=2, tx_bytes=4000, rx_bytes=6),
+        _pool_event("open", 2003, tx_bytes=2000, rx_bytes=3, retransmits=1),
+        _pool_event("flow", 4001, open_connections=2, tx_bytes=4000, rx_bytes=6),
+        _pool_event("open", 4002, tx_bytes=2000, rx_bytes=3),
+        _pool_event("flow", 5500, connections=2, tx_bytes=100, rx_bytes=0),  # two close: their rest
+        _pool_event("lifecycle", 5600, tx_bytes=4050, rx_bytes=6, reported_tx_bytes=4000, reported_rx_bytes=6),
+        TcpEvent(),  # an unrelated event: skipped
+    ]
+    other = _pool_event("flow", 4001, open_connections=5, tx_bytes=10**6)
+    other.remote.port = 6379  # another port: not this pool
+    got = pool_count([*reversed(events), other], "198.18.1.2", "198.18.2.2", 5432)
+    assert (got.c2s, got.s2c) == (4000 + 2000 + 4000 + 2000 + 100 + 50, 18)
+    assert got.passes == [
+        (1_700_000_000_000_000_000 + 2000 * 1_000_000, 3, 6000),
+        (1_700_000_000_000_000_000 + 4001 * 1_000_000, 3, 12000),
+    ]
