@@ -22,6 +22,7 @@ from bench import report
 from bench.collector_load import CollectorResult, run_collector_load
 from bench.load import Topology, VethPair, build_loadgen, loopback
 from bench.modes import DEFAULT_MODES, MODES, add_ref_mode, checkout_ref
+from bench.openconn import OpenPassResult, run_open_phase
 from bench.procs import Unavailable, bpf_stats
 from bench.runner import (
     CpuCompareRow,
@@ -77,6 +78,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help="also run the lifecycle agent of this git ref (repeatable): before/after in one run",
     )
+    p.add_argument("--no-open", action="store_true", help="skip the open-connections phase")
+    p.add_argument(
+        "--open-connections",
+        help="idle open connections per pass-cost run, comma separated (default 10000,100000; quick 1000)",
+    )
+    p.add_argument("--open-interval", type=float, default=2.0, help="flow interval of the pass-cost runs (s)")
+    p.add_argument("--open-seconds", type=float, help="seconds of each pass-cost run (default 12, quick 5)")
+    p.add_argument(
+        "--open-cpu", type=int, help="idle open connections of the agent-CPU run (default 10000, quick 1000; 0 = skip)"
+    )
+    p.add_argument("--open-cpu-interval", type=float, default=10.0, help="flow interval of the agent-CPU run (s)")
+    p.add_argument("--open-cpu-seconds", type=float, help="seconds of the agent-CPU run (default 65, quick 12)")
     p.add_argument(
         "--profile",
         action="store_true",
@@ -175,6 +188,7 @@ class _Results:
     collector: CollectorResult | str | None = None
     collector_packed: CollectorResult | str | None = None
     cpu_compare: list[CpuCompareRow] = field(default_factory=list)
+    open_connections: list[OpenPassResult] = field(default_factory=list)
 
 
 @dataclass
@@ -221,7 +235,7 @@ def _agent_refs(refs: Sequence[str], cfg: _Settings, workdir: Path, res: _Result
     for ref in refs:
         try:
             tree = checkout_ref(ref, workdir)
-            cfg.modes.append(add_ref_mode(ref, tree))
+            cfg.modes.extend(add_ref_mode(ref, tree))
             trees[f"agent@{ref}"] = tree
         except Unavailable as e:
             res.overhead.append(OverheadRow("loopback", f"agent-lifecycle@{ref}", f"agent @ {ref}", "n/a", str(e)))
@@ -251,6 +265,21 @@ def _collector_phase(workdir: Path, seconds: float, layout: str, what: str) -> C
     return r
 
 
+def _open_phase(a: argparse.Namespace, workdir: Path) -> list[OpenPassResult]:
+    """The open-connection pass at each size, and the agent's CPU (bench/openconn.py)."""
+    sizes = [int(x) for x in (a.open_connections or ("1000" if a.quick else "10000,100000")).split(",") if x]
+    cpu_n = a.open_cpu if a.open_cpu is not None else (1000 if a.quick else 10_000)
+    return run_open_phase(
+        workdir,
+        sizes,
+        a.open_interval,
+        a.open_seconds or (5.0 if a.quick else 12.0),
+        cpu_n,
+        a.open_cpu_interval,
+        a.open_cpu_seconds or (12.0 if a.quick else 65.0),
+    )
+
+
 def _run_phases(a: argparse.Namespace, cfg: _Settings, lab: _Lab, trees: dict[str, Path | None], res: _Results) -> None:
     """Overhead per topology, then on loopback the agent versions, zero loss and all kinds, then the collector."""
     # kernel time of each tool's own programs (run_time_ns): every mode, the baseline included,
@@ -273,6 +302,8 @@ def _run_phases(a: argparse.Namespace, cfg: _Settings, lab: _Lab, trees: dict[st
     if not a.no_zero_loss and lo is not None:
         res.zero_loss = run_zero_loss(lo, cfg.sinks, cfg.rates, cfg.duration, a.threads, lab.workdir)
         res.all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, cfg.duration, a.threads, lab.workdir)
+    if not a.no_open:
+        res.open_connections = _open_phase(a, lab.workdir)
     if not a.no_collector:
         res.collector = _collector_phase(lab.workdir, cfg.collector_seconds, "event", "collector")
         res.collector_packed = _collector_phase(
@@ -316,7 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         lab.close()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     doc = report.build(
-        meta, res.overhead, res.zero_loss, res.all_kinds, res.collector, res.cpu_compare, res.collector_packed
+        meta,
+        res.overhead,
+        res.zero_loss,
+        res.all_kinds,
+        res.collector,
+        res.cpu_compare,
+        res.collector_packed,
+        res.open_connections,
     )
     j, md = report.write(doc, Path(a.out))
     print(md.read_text())

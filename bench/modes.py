@@ -247,10 +247,13 @@ def start_agent(
 
 
 def _agent(
-    events: str, tree: Path | None = None, extra: Sequence[str] = ()
+    events: str | None, tree: Path | None = None, extra: Sequence[str] = ()
 ) -> Callable[[Path, Topology, Path | None], Running]:
+    """events None: the agent's own default kinds (another tree's may not know this one's)."""
+
     def start(workdir: Path, topo: Topology, out: Path | None) -> Running:
-        return Running(start_agent(workdir, ["--events", events, *extra], out, tree=tree))
+        kinds = ["--events", events] if events is not None else []
+        return Running(start_agent(workdir, [*kinds, *extra], out, tree=tree))
 
     return start
 
@@ -280,11 +283,15 @@ def checkout_ref(ref: str, workdir: Path) -> Path:
     return tree
 
 
-def add_ref_mode(ref: str, tree: Path) -> str:
-    """Register mode `agent-lifecycle@<ref>` running the agent of that tree; returns its name."""
-    name = f"agent-lifecycle@{ref}"
-    MODES[name] = Mode(name, f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)", _agent("lifecycle", tree))
-    return name
+def add_ref_mode(ref: str, tree: Path) -> list[str]:
+    """Register modes `agent-lifecycle@<ref>` and `agent-aggregate@<ref>` (its own default kinds)
+    running the agent of that tree; returns their names."""
+    each, agg = f"agent-lifecycle@{ref}", f"agent-aggregate@{ref}"
+    MODES[each] = Mode(each, f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)", _agent("lifecycle", tree))
+    MODES[agg] = Mode(
+        agg, f"tcpscope-agent, its default kinds, --connections aggregate @ {ref}", _agent(None, tree, AGGREGATE)
+    )
+    return [each, agg]
 
 
 def _agent_stream(workdir: Path, topo: Topology, out: Path | None) -> Running:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.collector_load import CollectorResult
+from bench.openconn import OpenPassResult
 from bench.runner import CpuCompareRow, OverheadRow, Step, ZeroLossRow, step_dict
 
 TARGET_RATIO = {"agent-lifecycle": 0.97, "agent-all": 0.97, "agent-stream": 0.97, "agent-aggregate": 0.95}
@@ -22,6 +23,7 @@ def build(
     collector: CollectorResult | str | None = None,
     cpu_compare: list[CpuCompareRow] | None = None,
     collector_packed: CollectorResult | str | None = None,
+    open_connections: list[OpenPassResult] | None = None,
 ) -> dict[str, Any]:
     """The JSON document: inputs, every round, every step, and the headline figures vs targets."""
     doc: dict[str, Any] = {
@@ -65,8 +67,38 @@ def build(
     elif isinstance(all_kinds, str):
         doc["all_kinds_cpu"] = {"status": "n/a", "reason": all_kinds}
     doc["collector_packed"] = _collector_doc(collector_packed)
+    doc["open_connections"] = [asdict(r) | {"pass_ms": r.pass_ms} for r in open_connections or []]
     doc["targets"] = targets(overhead, zero_loss, collector, collector_packed)
+    open_targets(doc["targets"], open_connections or [])
     return doc
+
+
+def open_targets(out: list[dict[str, Any]], runs: list[OpenPassResult]) -> None:
+    """The open-connection pass per socket per interval at each size, and the agent's CPU at 10,000
+    idle open connections and a 10 s interval (< 1% of a core)."""
+    for r in runs:
+        if r.interval_s >= 10:
+            name = f"agent CPU, {r.connections:,} idle open connections, {r.interval_s:g} s interval"
+            if r.status != "ok" or r.cpu_pct is None:
+                out.append({"figure": name, "target": "< 1% of a core", "measured": f"n/a: {r.reason}", "met": None})
+            else:
+                out.append(
+                    {
+                        "figure": name,
+                        "target": "< 1% of a core",
+                        "measured": f"{r.cpu_pct:.2f}% over {r.cpu_window_s:.0f} s ({r.passes} passes)",
+                        "met": r.cpu_pct < 1.0,
+                    }
+                )
+            continue
+        name = f"open-connection pass per open socket per interval, {r.connections:,} idle connections"
+        measured = (
+            f"n/a: {r.reason}"
+            if r.status != "ok"
+            else f"{r.us_per_socket:.2f} µs ({r.sockets_visited // max(r.passes, 1):,} sockets, "
+            f"{_fmt(r.pass_ms, '.1f')} ms a pass; seeding {_fmt(r.seed_ms, '.0f')} ms)"
+        )
+        out.append({"figure": name, "target": "-", "measured": measured, "met": None})
 
 
 def _collector_doc(result: CollectorResult | str | None) -> dict[str, Any] | None:
@@ -116,6 +148,7 @@ def targets(
     lo = {r.mode: r for r in overhead if r.topology == "loopback"}
     zl = {z.sink: z for z in zero_loss}
     aggregation_targets(add, lo)
+    ref_targets(add, lo)
     throughput_targets(add, lo)
     zero_loss_targets(add, zl)
     agent_cost_targets(add, zl.get("stdout"))
@@ -273,6 +306,25 @@ def aggregation_targets(add: AddTarget, lo: dict[str, OverheadRow]) -> None:
     )
 
 
+def ref_targets(add: AddTarget, lo: dict[str, OverheadRow]) -> None:
+    """Ordinary churn no slower than an earlier agent (--agent-ref): the aggregate mode as deployed,
+    kept throughput and kernel time per connection, in the same interleaved rounds."""
+    now = lo.get("agent-aggregate")
+    for mode, ref in lo.items():
+        if not mode.startswith("agent-aggregate@") or now is None or now.status != "ok" or ref.status != "ok":
+            continue
+        a, b = now.summary(), ref.summary()
+        kept, ref_kept = a["ratio_median"], b["ratio_median"]
+        kns, ref_kns = a["kernel_ns_per_conn_median"], b["kernel_ns_per_conn_median"]
+        add(
+            f"ordinary churn, aggregate, against {mode.split('@', 1)[1]}",
+            "kept >= the ref's - 2 points (noise)",
+            f"kept {pct(kept)} vs {pct(ref_kept)}; kernel {_fmt(kns and kns / 1e3, '.2f')} vs "
+            f"{_fmt(ref_kns and ref_kns / 1e3, '.2f')} µs/conn",
+            None if kept is None or ref_kept is None else kept >= ref_kept - 0.02,
+        )
+
+
 def pct(v: float | None) -> str:
     return "n/a" if v is None else f"{v * 100:.1f}%"
 
@@ -377,6 +429,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"distinct event records, batch-summary losses {col['kafka_lost_total']}."
             )
         lines.append("")
+    lines += open_markdown(doc.get("open_connections") or [])
     ak = doc.get("all_kinds_cpu")
     if ak:
         lines += ["## Agent CPU with every event kind", ""]
@@ -390,6 +443,30 @@ def markdown(doc: dict[str, Any]) -> str:
             )
         lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def open_markdown(oc: list[dict[str, Any]]) -> list[str]:
+    """The open-connections section: one row per run."""
+    if not oc:
+        return []
+    lines = [
+        "## Open connections: the pass over the socket map (aggregate mode, idle loopback connections)",
+        "",
+        "| connections | interval s | passes | sockets a pass | µs per socket per pass | ms a pass |"
+        " seeding ms | agent CPU % | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in oc:
+        if r["status"] != "ok":
+            lines.append(f"| {r['connections']:,} | {r['interval_s']:g} | n/a: {r['reason']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['connections']:,} | {r['interval_s']:g} | {r['passes']} | "
+            f"{r['sockets_visited'] // max(r['passes'], 1):,} | {_fmt(r['us_per_socket'], '.2f')} | "
+            f"{_fmt(r['pass_ms'], '.1f')} | {_fmt(r['seed_ms'], '.0f')} | {_fmt(r['cpu_pct'], '.2f')} | "
+            f"{_fmt(r['hwm_mb'], '.0f')} |"
+        )
+    return [*lines, ""]
 
 
 def write(doc: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

@@ -103,14 +103,17 @@ class Syscalls:
             ctypes.c_void_p,
         )
         self._lookup_batch.restype = ctypes.c_int
+        self._opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts))
+        self._opts_ref = ctypes.byref(self._opts)
 
     def test_run(self, prog_fd: int, *, ctx: int = 0, ctx_size: int = 0, data: int = 0, data_size: int = 0) -> int:
-        """Run a program once; its return value. `ctx`/`data` are addresses. A fresh options struct
-        each time: libbpf writes the outputs (retval, duration) back, and the kernel refuses a raw
-        tracepoint's run whose duration is not 0."""
-        o = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts), ctx_size_in=ctx_size, data_size_in=data_size)
-        o.ctx_in, o.data_in = ctx or None, data or None
-        if self._test_run(prog_fd, ctypes.byref(o)) != 0:
+        """Run a program once; its return value. `ctx`/`data` are addresses. The options struct is
+        reused (the pass makes one call per PASS_KEYS sockets), with the outputs libbpf writes back
+        zeroed first: the kernel refuses a raw tracepoint's run whose duration is not 0."""
+        o = self._opts
+        o.ctx_in, o.ctx_size_in, o.data_in, o.data_size_in = ctx or None, ctx_size, data or None, data_size
+        o.duration = o.retval = 0
+        if self._test_run(prog_fd, self._opts_ref) != 0:
             err = ctypes.get_errno()
             raise OpenConnError(f"BPF_PROG_TEST_RUN failed: {os.strerror(err)}")
         return int(o.retval)

@@ -135,3 +135,37 @@ def test_aggregation_targets_compare_with_each_mode_and_tcpdump_of_the_same_run(
     rows[2] = row("agent-aggregate", 0.97, 0.015, 25_000_000, 0.9)
     t = {x["figure"]: x for x in report.build(META, rows, [], None)["targets"]}
     assert t["aggregate: connections accounted for (flows + lifecycles), worst round"]["met"] is False
+    # ordinary churn against an earlier agent (--agent-ref): kept within 2 points, kernel time beside
+    rows[2] = row("agent-aggregate", 0.95, 0.015, 25_000_000, 1.0)
+    rows.append(row("agent-aggregate@abc123", 0.96, 0.014, 24_000_000, 1.0))
+    t = {x["figure"]: x for x in report.build(META, rows, [], None)["targets"]}
+    ref = t["ordinary churn, aggregate, against abc123"]
+    assert ref["measured"] == "kept 95.0% vs 96.0%; kernel 2.50 vs 2.40 µs/conn" and ref["met"] is True
+    rows[2] = row("agent-aggregate", 0.93, 0.015, 25_000_000, 1.0)
+    t = {x["figure"]: x for x in report.build(META, rows, [], None)["targets"]}
+    assert t["ordinary churn, aggregate, against abc123"]["met"] is False
+
+
+def test_open_connections_rows_and_the_cpu_target() -> None:
+    from bench.openconn import OpenPassResult
+
+    runs = [
+        OpenPassResult(10_000, 2.0, 12.0, passes=6, sockets_visited=120_000, us_per_socket=0.85, seed_ms=120.0),
+        OpenPassResult(100_000, 2.0, 12.0, status="n/a", reason="too many open files"),
+        OpenPassResult(10_000, 10.0, 65.0, passes=7, sockets_visited=140_000, us_per_socket=0.8, cpu_pct=0.42),
+        OpenPassResult(20_000, 10.0, 65.0, passes=7, sockets_visited=280_000, us_per_socket=0.8, cpu_pct=1.3),
+    ]
+    doc = report.build(META, [], [], None, open_connections=runs)
+    t = {x["figure"]: x for x in doc["targets"]}
+    assert t["open-connection pass per open socket per interval, 10,000 idle connections"]["measured"] == (
+        "0.85 µs (20,000 sockets, 17.0 ms a pass; seeding 120 ms)"
+    )
+    assert t["open-connection pass per open socket per interval, 100,000 idle connections"]["measured"] == (
+        "n/a: too many open files"
+    )
+    cpu = t["agent CPU, 10,000 idle open connections, 10 s interval"]
+    assert cpu["measured"].startswith("0.42% over") and cpu["met"] is True
+    assert t["agent CPU, 20,000 idle open connections, 10 s interval"]["met"] is False
+    md = report.markdown(doc)
+    assert "| 10,000 | 2 | 6 | 20,000 | 0.85 | 17.0 | 120 | n/a | n/a |" in md
+    assert "| 100,000 | 2 | n/a: too many open files |" in md

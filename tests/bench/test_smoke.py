@@ -36,6 +36,7 @@ def test_quick_round_writes_report_with_rows_and_sane_numbers(tmp_path: Path) ->
             "loopback,veth",
             "--no-zero-loss",
             "--no-collector",
+            "--no-open",
             "--out",
             str(out),
         ],
@@ -71,3 +72,29 @@ def test_quick_round_writes_report_with_rows_and_sane_numbers(tmp_path: Path) ->
     # the namespaces the run created are gone
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert f"tsbench{proc.pid}" not in netns, netns
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_open_connections_phase_measures_the_pass_and_the_agents_cpu(tmp_path: Path) -> None:
+    """The open-connections phase with small numbers: every idle connection found at start-up (both
+    sockets), every pass over all of them, a cost per socket, the agent's CPU over its window."""
+    assert os.geteuid() == 0, "the harness needs root (BPF)"
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "bench", "--modes", "none", "--topologies", "loopback", "--rounds", "1"]
+    argv += ["--duration", "1", "--warmup", "0.5", "--no-zero-loss", "--no-collector", "--out", str(out)]
+    argv += ["--open-connections", "300", "--open-interval", "1", "--open-seconds", "4"]
+    argv += ["--open-cpu", "500", "--open-cpu-interval", "10", "--open-cpu-seconds", "12"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((out / "report.json").read_text())
+    runs = {r["connections"]: r for r in doc["open_connections"]}
+    assert set(runs) == {300, 500}
+    for n, r in runs.items():
+        assert r["status"] == "ok", r["reason"]
+        assert r["seeded"] == 2 * n and r["passes"] >= 2
+        assert r["sockets_visited"] == 2 * n * r["passes"]  # every pass saw every socket
+        assert 0 < r["us_per_socket"] < 1000 and r["cpu_pct"] is not None and r["cpu_pct"] >= 0
+    cpu = next(t for t in doc["targets"] if t["figure"].startswith("agent CPU, 500 idle open connections"))
+    assert cpu["target"] == "< 1% of a core" and cpu["met"] is not None
+    assert "## Open connections: the pass over the socket map" in (out / "report.md").read_text()
