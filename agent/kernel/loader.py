@@ -124,6 +124,11 @@ def load(plan: Plan, bpf_dir: Path = BPF_DIR) -> Loaded:
         if loaded.seeding.error:
             log.warning("connections open before start not found: %s", loaded.seeding.error)
         log.info("%s", describe_seeding(loaded.seeding))
+    elif "open" in plan.events:
+        # the fallbacks say so once at start-up (and --dump-bpf); skipped intervals are counted
+        if plan.open.interim:
+            log.warning("open connections reported at close only: %s", plan.open.interim)
+        log.warning("connections open before start not found: %s", plan.open.seed)
     return loaded
 
 
