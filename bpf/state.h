@@ -53,6 +53,20 @@ static __always_inline __u64 connect_latency(const void *sk, const struct sockst
     return 0;
 }
 
+/* A socket first seen mid-life: open before the agent and not found at start-up (no seeding, or
+ * missed). With open-connection reports it counts from now, as a seeded socket does (bpf/seed.h):
+ * an earlier agent may have reported its bytes until it stopped, and its lifecycle must not count
+ * them again. Its role stays unknown (so it is never reported open), and so does its connect
+ * latency. Without the reports nobody reported it before its close: it keeps counting it whole. */
+static __always_inline void first_seen_mid_life(const void *sk, struct sockstate *st)
+{
+#ifdef OPEN_PASS
+    st->oflags |= O_SEEDED;
+    st->connect_taken = 1;
+    interim_bytes(sk, st, &st->rep_tx, &st->rep_rx);
+#endif
+}
+
 /* listen() runs in the owner's process context: remember the owner for passive children. */
 static __always_inline void remember_listener(const struct sockstate *st)
 {
@@ -151,6 +165,8 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
                 fresh.pid = o->pid;
                 __builtin_memcpy(fresh.comm, o->comm, 16);
             }
+        } else {
+            first_seen_mid_life(sk, &fresh);
         }
         if (newstate == TS_LISTEN)
             remember_listener(&fresh);

@@ -57,13 +57,17 @@ class Harness:
 
 @contextmanager
 def kernel_harness(
-    config: AgentConfig, clock: Callable[[], float] = time.monotonic, kernel: str | None = None
+    config: AgentConfig,
+    clock: Callable[[], float] = time.monotonic,
+    kernel: str | None = None,
+    capabilities: int | None = None,
 ) -> Iterator[Harness]:
     """The agent's kernel source for `config`; `clock` decides when a flow interval is over (a
     ManualClock lets a test end each interval itself); `kernel` plans for another kernel release
-    than the running one, where the plan's choices depend on it alone."""
+    than the running one, and `capabilities` for another capability set, where the plan's choices
+    depend on them alone."""
     require_root()
-    plan = build_plan(config, kernel=kernel)
+    plan = build_plan(config, kernel=kernel, capabilities=capabilities)
     source = KernelSource(
         load(plan),
         Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons, connection_ids(config)),

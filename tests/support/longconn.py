@@ -162,6 +162,12 @@ def held_in(netns: str, comm: str, drop: tuple[socket.socket, ...] = (), seconds
     connections and their owner, as for a real workload."""
     child = Child(_hold, tuple(s.fileno() for s in drop), seconds, netns=netns, comm=comm)
     try:
+        want = os.stat(f"/run/netns/{netns}").st_ino
+        deadline = time.monotonic() + 10
+        while os.stat(f"/proc/{child.pid}/ns/net").st_ino != want:  # in it before anyone looks
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {child.pid} did not enter {netns}")
+            time.sleep(0.01)
         yield child.pid
     finally:
         child.proc.kill()

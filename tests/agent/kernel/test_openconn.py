@@ -211,6 +211,38 @@ def test_reports_racing_with_traffic_and_the_close_add_up_exactly(mode: str) -> 
 
 
 @pytest.mark.root
+def test_without_seeding_a_restart_still_counts_nothing_twice() -> None:
+    """The chart's agent cannot seed (no CAP_NET_ADMIN). A connection open across a restart is first
+    seen by the new agent at its close, with no role: its lifecycle counts from then (`seeded`, its
+    counters at first sight in reported_*), not the bytes the old agent reported again. What was sent
+    while it went unseen is lost to the counts (the unobserved window), never counted twice."""
+    port = traffic.free_port()
+    with long_connection(port, keep_listener=True) as conn:
+        clock_a = ManualClock()
+        with kernel_harness(config(port, "each"), clock_a) as a:
+            conn.exchange(1000, 100)
+            conn.settle()
+            end_interval(a, clock_a)
+            drain(a)
+        clock_b = ManualClock()
+        with kernel_harness(config(port, "each"), clock_b, capabilities=0) as b:
+            assert b.plan.open.seed.startswith("needs CAP_NET_ADMIN")
+            conn.exchange(4000, 400)  # untracked: no state change since the agent started
+            conn.settle()
+            assert not [e for e in end_interval(b, clock_b) if kind(e) == "open"]
+            conn.close()
+            b.wait(lambda e: kind(e) == "lifecycle", 2)
+    lcs = {side(e, conn): e.lifecycle for e in b.seen if kind(e) == "lifecycle"}
+    # the kernel's totals, the whole connection; the client's counts its SYN too: without a role the
+    # kernel side cannot tell that its first acked byte was no data
+    for role, (tx, rx) in ((ACTIVE, (5001, 500)), (PASSIVE, (500, 5000))):
+        lc = lcs[role]
+        assert lc.role == 0 and lc.seeded and lc.connect_latency_ns == 0  # role unknown: first seen mid-life
+        assert (lc.tx_bytes, lc.rx_bytes) == (tx, rx)
+        assert (lc.tx_bytes - lc.reported_tx_bytes, lc.rx_bytes - lc.reported_rx_bytes) == (0, 0)
+
+
+@pytest.mark.root
 def test_without_the_pass_open_connections_are_reported_at_close_and_counted() -> None:
     """The fallback, on this kernel: planned as for 5.10 (no BPF atomic exchange), the agent says so
     in --dump-bpf, reports nothing while the connection is open, counts every interval whose open
