@@ -336,7 +336,9 @@ def test_connections_open_before_the_agent_started_are_reported_with_their_role(
             conn.settle()
             conn.close()
             h.wait(lambda e: kind(e) == "lifecycle", 2)
-    assert seeded["open.seed_added"] == 2 and seeded["open.seed_not_found"] == 0
+    # ours, exactly (the port filter leaves every other connection of the host "filtered", or
+    # "not_found" when it closed between the /proc scan and its lookup)
+    assert seeded["open.seed_added"] == 2
     client, server = first[ACTIVE], first[PASSIVE]
     assert (client.open.role, server.open.role) == (ACTIVE, PASSIVE)
     assert client.open.seeded and server.open.seeded
