@@ -422,14 +422,15 @@ def _series_served(instance: str) -> float:
 
 # A pool of long-lived connections (sim kind "pooled"): three connections from shop/api-1 to
 # data/db-1:5432, each sending 4000 bytes a second for 14 s; the server acks each chunk
+POOL_COUNT, POOL_RATE, POOL_SECONDS = 3, 4000, 14
 POOL = {
     "from": "shop/api-1",
     "to": "data/db-1",
     "port": 5432,
     "kind": "pooled",
-    "count": 3,
-    "rate": 4000,
-    "seconds": 14,
+    "count": POOL_COUNT,
+    "rate": POOL_RATE,
+    "seconds": POOL_SECONDS,
 }
 POOL_PLAN: dict[str, Any] = {
     "pods": [
@@ -468,8 +469,8 @@ def test_bytes_grow_while_connections_are_open_and_end_exact(kafka_broker: Broke
     c2s = f'sum(tcpscope_connection_bytes_total{{{POOL_PAIR},direction="client_to_server"}})'
     s2c = f'sum(tcpscope_connection_bytes_total{{{POOL_PAIR},direction="server_to_client"}})'
     opened = f"sum(tcpscope_open_connections{{{POOL_PAIR}}})"
-    want_c2s = POOL["count"] * (len(f"REQ pooled {POOL['rate']}\n") + POOL["rate"] * POOL["seconds"])
-    want_s2c = POOL["count"] * len(b"OK\n") * POOL["seconds"]
+    want_c2s = POOL_COUNT * (len(f"REQ pooled {POOL_RATE}\n") + POOL_RATE * POOL_SECONDS)
+    want_s2c = POOL_COUNT * len(b"OK\n") * POOL_SECONDS
     try:
         out = Reader(sim)
         out.wait(r"agents ready", 120)
@@ -495,7 +496,7 @@ def test_bytes_grow_while_connections_are_open_and_end_exact(kafka_broker: Broke
             time.sleep(0.5)
         assert _one(prom, f"sum(tcpscope_connect_latency_seconds_count{{{POOL_PAIR}}})") == 3
         rtt_samples = _one(prom, f"sum(tcpscope_rtt_seconds_count{{{POOL_PAIR}}})")
-        assert rtt_samples >= 3 * (POOL["seconds"] // 3), rtt_samples  # every 2 s report, and the closes
+        assert rtt_samples >= POOL_COUNT * (POOL_SECONDS // 3), rtt_samples  # every 2 s report, and the closes
     finally:
         if sim.poll() is None:
             sim.send_signal(signal.SIGINT)
