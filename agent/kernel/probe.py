@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import platform
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -458,11 +459,8 @@ def _optional_offsets(
 
 def kernel_version(release: str) -> tuple[int, int]:
     """(major, minor) of a kernel release string ("6.18.44-fc" -> (6, 18)); (0, 0) when unreadable."""
-    parts = release.split(".")
-    try:
-        return int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0)
-    except (IndexError, ValueError):
-        return (0, 0)
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
 
 def effective_capabilities(status: str = "/proc/self/status") -> int:

@@ -16,7 +16,7 @@ from agent.kernel.tracefs import TracepointFormat, read_format
 from tests.support.kernel import require_root
 
 FORMATS = Path(__file__).parent / "formats"
-ALL = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
+ALL = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe", "open")
 HEADERS = sorted(p.name for p in BPF_DIR.glob("*.h"))
 
 

@@ -31,7 +31,7 @@ from tests.support.kernel import require_root
 
 FORMATS = Path(__file__).parent / "formats"
 VERSIONS = ["4.16", "5.4", "5.15", "6.1", "6.18"]
-ALL = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
+ALL = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe", "open")
 
 
 @pytest.fixture(scope="module")
@@ -302,3 +302,53 @@ def test_wheel_ships_the_bpf_sources(tmp_path: Path) -> None:
         check=True,
     )
     assert res.stdout.strip() == str(target / "agent" / "bpf")
+
+
+NET_AND_SYS_ADMIN = (1 << 12) | (1 << 21)
+
+
+def test_open_connections_plan_says_what_is_on_and_why_not(btf: Btf) -> None:
+    """Reports need the lifecycle kind, the ring buffer, BPF atomic exchange (5.12+) and the BTF
+    members they read; seeding needs the reports and CAP_NET_ADMIN + CAP_SYS_ADMIN. Each part off
+    says why, in --dump-bpf too; the cflags switch exactly what is on."""
+
+    def plan(kernel: str = "6.18", caps: int = NET_AND_SYS_ADMIN, **cfg: Any) -> Plan:
+        return build_plan(
+            AgentConfig(**{"events": ALL, **cfg}),
+            btf=btf,
+            format_reader=lambda c, n: read_format(c, n, FORMATS / "6.18"),
+            kernel=kernel,
+            socket_key=1,
+            capabilities=caps,
+        )
+
+    on = plan()
+    assert (on.open.interim, on.open.seed, on.open.rtt) == ("", "", "")
+    flags = on.cflags()
+    assert "-DOPEN_PASS=1" in flags and "-DOPEN_SEED=1" in flags
+    rtt_min = btf.member_offset("tcp_sock", "rtt_min")
+    assert rtt_min is not None and f"-DOFF_RTT_MIN={rtt_min + 4}" in flags  # minmax.s[0].v
+    assert "open connections: reported every 10 s (flow interval)" in on.describe()
+    old = plan("5.10.0-32-cloud-amd64")
+    assert old.open.interim.startswith("needs BPF atomic exchange, Linux 5.12+ (this is 5.10.0-32-cloud-amd64)")
+    assert old.open.seed == "needs the open-connection reports" and old.open.rtt == ""
+    assert "-DOPEN_PASS=1" not in old.cflags() and "-DOFF_SRTT_US=" in " ".join(old.cflags())
+    assert "open connections: reported at close only: needs BPF atomic exchange" in old.describe()
+    assert plan(events=("lifecycle", "reset")).open.interim == "not requested (--events without open)"
+    assert plan(events=("reset", "open")).open.interim.startswith("needs the lifecycle kind")
+    no_caps = plan(caps=0)
+    assert no_caps.open.interim == "" and no_caps.open.seed.startswith("needs CAP_NET_ADMIN")
+    assert "-DOPEN_SEED=1" not in no_caps.cflags()
+    assert "connections open before start: not reported until they change state: needs CAP_NET_ADMIN" in (
+        no_caps.describe()
+    )
+
+
+def test_kernel_versions_read_from_release_strings() -> None:
+    from agent.kernel.probe import kernel_version
+
+    assert kernel_version("6.18.44-fc-v769") == (6, 18)
+    assert kernel_version("5.10.0-32-cloud-amd64") == (5, 10)
+    assert kernel_version("5.4") == (5, 4)
+    assert kernel_version("5.12rc3") == (5, 12)
+    assert kernel_version("weird") == (0, 0)
