@@ -401,3 +401,40 @@ def test_an_agent_restart_counts_nothing_twice() -> None:
     assert counted(b, ACTIVE) == (24_000, 2400) and counted(b, PASSIVE) == (2400, 24_000)
     assert not [e for e in a.seen if kind(e) == "lifecycle"]  # A never saw it close
     assert all(e.lifecycle.seeded for e in b.seen if kind(e) == "lifecycle")
+
+
+@pytest.mark.root
+def test_many_connections_closing_while_passes_run_keep_every_flow_exact() -> None:
+    """Thirty connections, open together, exchange data of varied sizes and close at different times
+    while passes run back to back (aggregate mode): each side's flows add up to the bytes written,
+    to the byte, whichever pass each close raced with."""
+    port = traffic.free_port()
+    clock = ManualClock()
+    plan = [(1 + (i * 7919) % 5000, 1 + (i * 104_729) % 700, 3 + i % 9) for i in range(30)]
+
+    def run(conn: LongConnection, c2s: int, s2c: int, rounds: int) -> None:
+        for _ in range(rounds):
+            conn.exchange(c2s, s2c)
+        conn.close()
+
+    with kernel_harness(config(port, "aggregate"), clock) as h, contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(long_connection(port)) for _ in plan]
+        workers = [threading.Thread(target=run, args=(c, *p)) for c, p in zip(conns, plan, strict=True)]
+        for t in workers:
+            t.start()
+        while any(t.is_alive() for t in workers):
+            end_interval(h, clock)
+        for t in workers:
+            t.join()
+        drain(h)
+        counters = h.source.flow_counters()
+    want_c2s = sum(c * r for c, _s, r in plan)
+    want_s2c = sum(s * r for _c, s, r in plan)
+    flows = [e.flow for e in h.seen if kind(e) == "flow"]
+    client = [f for f in flows if f.role == ACTIVE]
+    server = [f for f in flows if f.role == PASSIVE]
+    assert (sum(f.tx_bytes for f in client), sum(f.rx_bytes for f in client)) == (want_c2s, want_s2c)
+    assert (sum(f.tx_bytes for f in server), sum(f.rx_bytes for f in server)) == (want_s2c, want_c2s)
+    assert sum(f.connections for f in client) == sum(f.connections for f in server) == len(plan)
+    assert not [e for e in h.seen if kind(e) in ("lifecycle", "open")]  # all ordinary
+    assert counters["open.overshoot"] == 0 and counters["open.aggregated"] > len(plan)
