@@ -277,16 +277,21 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
             "PASSIVE": sum(o.get("ok", 0) for o in CONNECTIONS.values()),
         }
     finally:
-        if sim.poll() is None:
-            sim.send_signal(signal.SIGINT)
-        try:
-            sim.wait(60)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(10)
-        if sim.stdout is not None:
-            sim.stdout.close()
-        prom.stop()
+        _stop(sim, prom)
+
+
+def _stop(sim: subprocess.Popen[str], prom: Prom) -> None:
+    """Ctrl-C the simulator (it takes down what it built), then Prometheus."""
+    if sim.poll() is None:
+        sim.send_signal(signal.SIGINT)
+    try:
+        sim.wait(60)
+    except subprocess.TimeoutExpired:
+        sim.kill()
+        sim.wait(10)
+    if sim.stdout is not None:
+        sim.stdout.close()
+    prom.stop()
 
 
 def _check_panels(prom: Prom, now: float, running: float) -> None:
@@ -498,13 +503,4 @@ def test_bytes_grow_while_connections_are_open_and_end_exact(kafka_broker: Broke
         rtt_samples = _one(prom, f"sum(tcpscope_rtt_seconds_count{{{POOL_PAIR}}})")
         assert rtt_samples >= POOL_COUNT * (POOL_SECONDS // 3), rtt_samples  # every 2 s report, and the closes
     finally:
-        if sim.poll() is None:
-            sim.send_signal(signal.SIGINT)
-        try:
-            sim.wait(60)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(10)
-        if sim.stdout is not None:
-            sim.stdout.close()
-        prom.stop()
+        _stop(sim, prom)

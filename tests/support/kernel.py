@@ -35,6 +35,16 @@ class Harness:
     def pump(self, timeout_ms: int = 50) -> None:
         self.seen.extend(self.source.poll(timeout_ms))
 
+    def drain(self) -> None:
+        """Detach, then poll until the buffer and both flow maps are empty (the agent's shutdown:
+        the last open-connection pass and flush included)."""
+        self.source.stop()
+        empty = 0
+        while empty < 2:
+            got = self.source.poll(50)
+            self.seen.extend(got)
+            empty = 0 if got else empty + 1
+
     def wait(
         self,
         match: Callable[[TcpEvent], bool],

@@ -35,16 +35,6 @@ def exe(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return conncount.build(tmp_path_factory.mktemp("conncount"))
 
 
-def drain(h: Harness) -> None:
-    """Detach, then poll until the buffer and both flow maps are empty (as the agent's shutdown)."""
-    h.source.stop()
-    empty = 0
-    while empty < 2:
-        got = h.source.poll(50)
-        h.seen.extend(got)
-        empty = 0 if got else empty + 1
-
-
 def flows(h: Harness, match: Callable[[TcpEvent], bool], role: int) -> list[TcpEvent]:
     return [e for e in h.seen if kind(e) == "flow" and match(e) and e.flow.role == role]
 
@@ -107,7 +97,7 @@ def test_mixed_load_flows_sum_exactly_and_every_anomaly_stays_individual(exe: Pa
         finally:
             pumping.set()
             t.join()
-        drain(h)
+        h.drain()
         losses = h.source.losses()
         counters = h.source.flow_counters()
 
@@ -198,7 +188,7 @@ def test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them() -> None:
     cfg = AgentConfig(ports=tuple(ports), events=KINDS, connections="aggregate", flow_interval=3600, max_flows=2)
     with kernel_harness(cfg) as h:
         _exchanges(ports, per_port)
-        drain(h)
+        h.drain()
         counters = h.source.flow_counters()
     total = 2 * per_port * len(ports)
     in_flows = [e for e in h.seen if kind(e) == "flow"]
@@ -220,7 +210,7 @@ def test_the_shutdown_flush_reports_what_the_interval_had_not() -> None:
         _exchanges([port], 9)
         h.pump(200)
         assert not [e for e in h.seen if kind(e) in ("flow", "lifecycle")]  # nothing before the flush
-        drain(h)
+        h.drain()
         metrics = AgentMetrics()
         metrics.watch_flows(h.source.flow_counters)
         assert metrics.value("tcpscope_agent_flows_aggregated_total") == 18
@@ -239,7 +229,7 @@ def test_each_mode_spills_the_excess_into_flows_and_still_counts_every_connectio
     cfg = AgentConfig(ports=(port,), events=KINDS, connections="each", max_connection_events=200, flow_interval=1.0)
     with kernel_harness(cfg) as h, conncount.serving(exe, "127.0.0.1", port, req=10, resp=20):
         made = conncount.churn(exe, "127.0.0.1", port, n, req=10, resp=20)
-        drain(h)
+        h.drain()
     assert made.completed == n
     assert side_totals(h, port, ACTIVE) == (n, 10 * n, 20 * n)
     assert side_totals(h, port, PASSIVE) == (n, 20 * n, 10 * n)
@@ -269,8 +259,8 @@ def test_two_agents_scoped_by_cgroup_each_count_their_own_side(exe: Path, two_tr
         conncount.serving(exe, "::1", port, req=64, resp=640, cgroup=server_cg.container),
     ):
         made = conncount.churn(exe, "::1", port, n, req=64, resp=640, cgroup=client_cg.container)
-        drain(hc)
-        drain(hs)
+        hc.drain()
+        hs.drain()
     assert made.completed == n
     assert side_totals(hc, port, ACTIVE) == (n, 64 * n, 640 * n)
     assert side_totals(hc, port, PASSIVE) == (0, 0, 0)

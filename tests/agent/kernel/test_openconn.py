@@ -31,16 +31,6 @@ def config(port: int, mode: str) -> AgentConfig:
     return AgentConfig(ports=(port,), connections=mode, events=KINDS)
 
 
-def drain(h: Harness) -> None:
-    """Detach, then poll until the buffer is empty: the last pass and flush (the agent's shutdown)."""
-    h.source.stop()
-    empty = 0
-    while empty < 2:
-        got = h.source.poll(50)
-        h.seen.extend(got)
-        empty = 0 if got else empty + 1
-
-
 def end_interval(h: Harness, clock: ManualClock) -> list[TcpEvent]:
     """End the flow interval; the reports it made (one poll runs the pass and the flush)."""
     before = len(h.seen)
@@ -121,7 +111,7 @@ def test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums_to_it
         conn.exchange(*last)
         conn.settle()
         conn.close()
-        drain(h)
+        h.drain()
         counters = h.source.flow_counters()
 
     if without_the_pass(h):
@@ -189,7 +179,7 @@ def test_reports_racing_with_traffic_and_the_close_add_up_exactly(mode: str) -> 
             reported += sum(tx for tx, _rx in reports(got, ACTIVE, conn, mode))
             bounds.append((reported, written[0]))
         writer.join()
-        drain(h)
+        h.drain()
         counters = h.source.flow_counters()
 
     total = chunk * chunks
@@ -223,7 +213,7 @@ def test_without_seeding_a_restart_still_counts_nothing_twice() -> None:
             conn.exchange(1000, 100)
             conn.settle()
             end_interval(a, clock_a)
-            drain(a)
+            a.drain()
         clock_b = ManualClock()
         with kernel_harness(config(port, "each"), clock_b, capabilities=0) as b:
             assert b.plan.open.seed.startswith("needs CAP_NET_ADMIN")
@@ -258,7 +248,7 @@ def test_without_the_pass_open_connections_are_reported_at_close_and_counted() -
             conn.settle()
             end_interval(h, clock)
         conn.close()
-        drain(h)
+        h.drain()
     assert without_the_pass(h)
     assert h.plan.open.seed == "needs the open-connection reports"
     assert_reported_at_close_only(h, conn, 2)
@@ -371,7 +361,7 @@ def test_an_agent_restart_counts_nothing_twice() -> None:
             end_interval(a, clock_a)
             conn.exchange(2000, 200)  # reported by A's last pass, at its shutdown
             conn.settle()
-            drain(a)
+            a.drain()
         conn.exchange(4000, 400)  # nobody watching
         conn.settle()
         clock_b = ManualClock()
@@ -426,7 +416,7 @@ def test_many_connections_closing_while_passes_run_keep_every_flow_exact() -> No
             end_interval(h, clock)
         for t in workers:
             t.join()
-        drain(h)
+        h.drain()
         counters = h.source.flow_counters()
     want_c2s = sum(c * r for c, _s, r in plan)
     want_s2c = sum(s * r for _c, s, r in plan)
