@@ -426,9 +426,7 @@ class ResetJoin:
             return Verdict(UNKNOWN, "peer_losses", peer)
         if any(s.possible for s in spans):
             return Verdict(UNKNOWN, "peer_possible_losses", peer)
-        life = next(
-            (x for x in self._conn_lives.get(r.connection_id, []) if (x.node, x.socket_id) == peer_sock), None
-        )
+        life = next((x for x in self._conn_lives.get(r.connection_id, []) if (x.node, x.socket_id) == peer_sock), None)
         if life is not None and life.end_ns - offset < r.time_ns:
             own_sent = any((s.node, s.socket_id) == own for s in self._conn_sends.get(r.connection_id, []))
             if life.ending == RESET_RECEIVED and not own_sent:
@@ -549,8 +547,10 @@ class LiveHold:
             held = True
         elif self._held and _is_send(ev):
             out += self._release_where(
-                lambda r: (r.remote, r.local) == (_addr(ev.local), _addr(ev.remote))
-                or (ev.connection_id != 0 and r.connection_id == ev.connection_id)
+                lambda r: (
+                    (r.remote, r.local) == (_addr(ev.local), _addr(ev.remote))
+                    or (ev.connection_id != 0 and r.connection_id == ev.connection_id)
+                )
             )
         out += self.release(now_ns)
         if len(self._held) > self.max_held:

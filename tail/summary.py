@@ -225,7 +225,9 @@ class Summarizer:
         connection id pair by it; a view left alone by its id (its peer's agent set none: an older
         agent) may still pair with an id-less view of its tuple by start time."""
         out: list[tuple[_View | None, _View | None]] = []
-        lone: dict[_ViewKey, tuple[list[_View], list[_View]]] = {k: (list(c), list(s)) for k, (c, s) in self._views.items()}
+        lone: dict[_ViewKey, tuple[list[_View], list[_View]]] = {
+            k: (list(c), list(s)) for k, (c, s) in self._views.items()
+        }
         for clients, servers in self._by_id.values():
             for i in range(max(len(clients), len(servers))):
                 cv = clients[i] if i < len(clients) else None

@@ -400,7 +400,7 @@ def test_the_live_hold_releases_a_reset_when_the_backend_send_arrives_by_id() ->
     hold = rc.LiveHold()
     out: list[tuple[pb.TcpEvent, rc.Verdict]] = []
     for e in client_side:  # the client's RST arrives first: held, its peer is not known yet
-        held, done = hold.add(e, now_ns=0)
+        _, done = hold.add(e, now_ns=0)
         out += done
     assert out == [] and len(hold) == 2
     for e in server_side:

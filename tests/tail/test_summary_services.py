@@ -55,7 +55,9 @@ def test_the_mix_through_a_service_equals_the_mix_pod_to_pod() -> None:
 
 
 def test_a_service_row_names_client_backend_and_service() -> None:
-    rows = {(r.client.label(), r.server.label(), r.via.label() if r.via else ""): r for r in _summarize(mix(True)).pairs()}
+    rows = {
+        (r.client.label(), r.server.label(), r.via.label() if r.via else ""): r for r in _summarize(mix(True)).pairs()
+    }
     assert set(rows) == {
         ("shop/web-1", "shop/api-1", "shop/api-svc"),  # every established connection, joined
         ("shop/web-1", "shop/api-svc", "shop/api-svc"),  # refused and timed out: no backend socket
