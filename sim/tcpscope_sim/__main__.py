@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NODE",
         help="run no agent on this node (like a node without the DaemonSet); repeatable",
     )
+    p.add_argument(
+        "--kube-proxy",
+        choices=("nftables", "iptables"),
+        default="nftables",
+        help="the form of the simulated kube-proxy's NAT for the plan's Services (docs/services.md)",
+    )
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
     p.add_argument(
         "--metrics-port",
@@ -215,7 +221,7 @@ class _SimRun:
         self.args = args
         self.plan = plan
         self.watched = watched
-        self.cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS)
+        self.cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS, proxy_mode=args.kube_proxy)
         self.workdir = tempfile.mkdtemp(prefix=f"tcpscope-sim-{self.cluster.run_id}-")
         if not args.keep_logs:
             self.cluster.state.paths.append(self.workdir)
@@ -259,6 +265,9 @@ class _SimRun:
             self._say_metrics(len(replicas))
         for p in plan.pods:
             _say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
+        for s in plan.services:
+            backends = ", ".join(f"{b}:{s.target_port}" for b in s.backends) or "no endpoints: rejected"
+            _say(f"  {'service':<8} {s.ref:<28} {s.ip + ':' + str(s.port):<14} -> {backends} ({args.kube_proxy})")
         return bootstrap
 
     def _say_metrics(self, replicas: int) -> None:

@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from tcpscope_sim.broker import tansu_command
 from tcpscope_sim.cgroups import container_id, pod_uid
 from tcpscope_sim.cluster import RunState
-from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
+from tcpscope_sim.fakeapi import (
+    FakeApiServer,
+    make_endpoint_slice,
+    make_node,
+    make_pod,
+    make_service,
+    make_service_ports,
+)
 from tcpscope_sim.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -81,9 +88,21 @@ def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
             )
         )
         workloads.setdefault((p.namespace, p.workload), set()).update(p.listen)
+    declared = {(svc.namespace, svc.name) for svc in plan.services}
     for n, ((ns, wl), ports) in enumerate(sorted(workloads.items()), start=1):
-        if ports:
+        if ports and (ns, wl) not in declared:
             objs.append(make_service(wl, ns, cluster_ips=[f"198.19.0.{n}"], ports=sorted(ports), selector={"app": wl}))
+    for svc in plan.services:
+        # the plan's Services, which the sim's kube-proxy NATs (kubeproxy.py), and their EndpointSlices
+        backends = [plan.pod(b) for b in svc.backends]
+        apps = {dict(b.labels).get("app", "") for b in backends}
+        selector = {"app": apps.pop()} if len(apps) == 1 else {}
+        objs.append(make_service_ports(svc.name, svc.namespace, svc.ip, [("tcp", svc.port, svc.target_port)], selector))
+        objs.append(
+            make_endpoint_slice(
+                svc.name, svc.namespace, [(b.ip, b.node, b.name) for b in backends], [("tcp", svc.target_port)]
+            )
+        )
     return objs
 
 
