@@ -13,16 +13,17 @@ resolved to a pod or to a Service (a ClusterIP's peer is the backend pod kube-pr
 also watch host processes (`node`), or to this very node's host when the socket itself is a host
 process's, or it is a loopback address or the socket's own (the same agent reports both sockets:
 host loopback without Kubernetes). A connection whose two sockets both reach this replica is counted
-once by its `connection_id` (`same_connection`), whatever the rule said of each. Each replica counts the batches it receives; a connection's two
-sockets may reach different replicas and still only one of them counts it, so `sum without
-(instance)` over replicas is exact.
+once by its `connection_id` (`same_connection`), whatever the rule said of each. Each replica
+counts the batches it receives; a connection's two sockets may reach different replicas and still
+only one of them counts it, so `sum without (instance)` over replicas is exact.
 
 Retransmits and resets are counted per segment and per RST by the socket that sent them (each has
 exactly one sender); a reset the receiving socket saw is counted by it only when the sender is not
 watched (reason UNKNOWN then). A RST the network forged has no sender: nobody counts it. Through a
 Service, the client's socket names the Service (server_workload = the Service's name, server_port =
-the Service's port) and the backend's RSTs are counted under the backend (docs/services.md). Resets count RSTs that ended established connections: a refused
-connect is `tcpscope_connections_total{outcome="refused"}`.
+the Service's port) and the backend's RSTs are counted under the backend (docs/services.md).
+Resets count RSTs that ended established connections: a refused connect is
+`tcpscope_connections_total{outcome="refused"}`.
 
 Durations: `tcpscope_connection_duration_seconds` observes established connections, in buckets
 whose upper bounds are powers of two microseconds (`DURATION_EXPONENTS`), so each log2 bucket of a
