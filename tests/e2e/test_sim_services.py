@@ -86,7 +86,8 @@ def _client_totals(doc: dict[str, Any], client: str) -> dict[str, Any]:
         for c in COUNTERS:
             out[c] += row[c]
         for cause, details in row["reset_causes"].items():
-            causes.update({f"{cause}/{d}" if cause != "network" else cause: n for d, n in details.items()})
+            for d, n in details.items():  # network: no_send_seen or both_ends, by which end closed first
+                causes[f"{cause}/{d}" if cause != "network" else cause] += n
     out["causes"] = dict(causes)
     return out
 
