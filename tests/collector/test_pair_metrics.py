@@ -584,6 +584,7 @@ def _totals(t: TrafficMetrics) -> dict[str, dict[tuple[str, ...], float]]:
     out: dict[str, dict[tuple[str, ...], float]] = {"outcome": {}, "resets": {}, "bytes": {}}
     for fam in reg.collect():
         for s in fam.samples:
+            k: tuple[str, ...]
             if s.name == "tcpscope_connections_total":
                 k = (s.labels["outcome"],)
                 out["outcome"][k] = out["outcome"].get(k, 0) + s.value

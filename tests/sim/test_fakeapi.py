@@ -168,14 +168,17 @@ def test_endpoint_slices_list_and_watch_with_the_discovery_client(srv: FakeApiSe
 
     from tcpscope_sim.fakeapi import make_endpoint_slice, make_service_ports
 
-    api = client.DiscoveryV1Api(config.new_client_from_config(config_file=str(srv.write_kubeconfig(tmp_path / "k"))))
+    api: Any = client.DiscoveryV1Api(  # untyped, as CoreApi above
+        config.new_client_from_config(config_file=str(srv.write_kubeconfig(tmp_path / "k")))
+    )
     srv.add(make_service_ports("api-svc", "shop", "198.19.1.1", [("http", 80, 9000)], {"app": "api"}))
     srv.add(
         make_endpoint_slice(
             "api-svc", "shop", [("198.18.2.2", "node-2", "api-1"), ("198.18.3.2", "node-3", "api-2")], [("http", 9000)]
         )
     )
-    slices = api.list_endpoint_slice_for_all_namespaces(label_selector="kubernetes.io/service-name=api-svc")
+    slices: Any = api.list_endpoint_slice_for_all_namespaces(label_selector="kubernetes.io/service-name=api-svc")
+    s: Any
     (s,) = slices.items
     assert s.address_type == "IPv4" and s.metadata.labels["kubernetes.io/service-name"] == "api-svc"
     assert [(e.addresses, e.node_name, e.target_ref.name, e.conditions.ready) for e in s.endpoints] == [
