@@ -2,7 +2,7 @@
 
 Pure text generation: summary rows in, one DOT digraph out (render it with `dot -Tsvg`). Ends are
 nodes, grouped in one box per namespace; each (client, server) pair is an edge labelled with its
-connections and its problems. Pairs with resets or refusals stand out in red and thick; pairs whose
+connections, the Service it went through (`via ns/svc:port`, docs/services.md) and its problems. Pairs with resets or refusals stand out in red and thick; pairs whose
 only problems are timeouts or failed connects in orange; clean pairs are grey.
 """
 
@@ -37,6 +37,8 @@ def edge_label(r: PairSummary) -> str:
     """`N conns` (`:port`), then one line per non-zero problem counter."""
     ports = ",".join(str(p) for p in sorted(r.server_ports))
     lines = [f"{r.connections} conns" + (f" :{ports}" if ports else "")]
+    if r.via is not None and r.via.name != r.server.name:  # through a Service (or a node port)
+        lines.append(f"via {r.via.label()}:{r.via.port}")
     lines += [f"{getattr(r, attr)} {name}" for attr, name in _PROBLEMS if getattr(r, attr)]
     return "\n".join(lines)
 

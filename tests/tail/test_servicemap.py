@@ -85,3 +85,15 @@ def test_summary_report_renders_dot_and_tail_accepts_it_only_with_summary() -> N
     with pytest.raises(SystemExit), contextlib.redirect_stderr(err):
         tail.parse_args(["--kafka-bootstrap", "k:9092", "--format", "dot"], env={})
     assert "--format dot draws the service map of --summary" in err.getvalue()
+
+
+def test_a_connection_through_a_service_says_via_which() -> None:
+    from tail import summary
+    from tests.support.natmix import mix
+
+    s = summary.Summarizer()
+    s.add_all(mix(True))
+    dot = render_dot(summary.select(s.pairs()))
+    assert "via shop/api-svc:80" in dot
+    # the row whose server is the Service itself (refused, timed out) does not repeat it
+    assert dot.count("via shop/api-svc:80") == 1
