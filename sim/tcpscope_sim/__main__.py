@@ -6,7 +6,7 @@ Brings up nodes (cgroup subtrees), pods (worker processes, each in its own netns
 cgroup), the API stand-in, a Kafka-protocol broker (unless --kafka-bootstrap), the collector and one
 agent per node; then runs traffic. With --plan: runs exactly that plan, waits until the agents have
 shipped every connection's events to Kafka, prints the summary and exits 0 (1 if anything is
-missing or lost). Without: the built-in mix, showing live events, until Ctrl-C or --duration.
+missing or lost, or the summary differs from the plan). Without: the built-in mix, showing live events, until Ctrl-C or --duration.
 Everything it created is removed on exit; `--cleanup` removes what a crashed run left behind.
 """
 
@@ -25,11 +25,20 @@ from types import FrameType
 
 from tail import live, resetcause, summary
 from tail.live import LiveView, OrderedPrinter
+from tail.pairs import PairSummary
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
 from tcpscope_sim.driver import Driver, TrafficError, run_mix
-from tcpscope_sim.plan import Plan, PlanError, TrafficSpec, builtin_plan, load_plan
+from tcpscope_sim.plan import (
+    SUMMARY_COUNTERS,
+    Plan,
+    PlanError,
+    TrafficSpec,
+    builtin_plan,
+    expected_summary,
+    load_plan,
+)
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
 from tcpscope_sim.watch import TopicWatch
 
@@ -195,7 +204,8 @@ def _run(args: argparse.Namespace, plan: Plan, show: frozenset[str], watched: tu
         bootstrap = run.start()
         watch = run.watch_topic(bootstrap, show)
         rc = run.traffic(watch)
-        run.report(watch)
+        if not run.report(watch) and rc == 0:
+            rc = 1
         if args.hold and args.plan:
             _hold()
         return rc
@@ -318,15 +328,18 @@ class _SimRun:
         _say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
         return 0
 
-    def report(self, watch: TopicWatch) -> None:
-        """The summary of what was read back, and the service map beside it."""
+    def report(self, watch: TopicWatch) -> bool:
+        """The summary of what was read back, and the service map beside it; with --plan, whether
+        the summary equals the plan (each client's counters, each connection once)."""
         events, losses, batches = watch.snapshot()
-        _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
+        rows = _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
+        exact = _check_summary(rows, self.plan, self.watched, _say) if self.args.plan else True
         map_path = self.args.service_map
         if map_path is None and not self.args.plan:  # `make run`: the picture beside the summary
             map_path = f"tcpscope-sim-{self.cluster.run_id}-map.svg"
         if map_path:
             _write_service_map(events, map_path, _say)
+        return exact
 
     def print_failure(self, e: BaseException) -> None:
         """The error and the end of every log of the run, on stderr."""
@@ -386,13 +399,30 @@ def _print_summary(
     fmt: str,
     say: Callable[[str], None],
     batch_summaries: Sequence[tuple[str, EventBatch]] = (),
-) -> None:
-    """The same summary `tcpscope-tail --summary` prints, over the events this run read back."""
+) -> list[PairSummary]:
+    """The same summary `tcpscope-tail --summary` prints, over the events this run read back; its rows."""
     report = summary.Report(summary.Summarizer(), losses=losses, batches=batches, events=len(events))
     for agent_id, b in batch_summaries:  # nodes and loss spans, for who sent each reset
         report.summarizer.add_batch(agent_id, b)
     report.summarizer.add_all(events)
     say(("" if fmt == "json" else "\n") + report.render(fmt, summary.SummaryOptions()).rstrip("\n"))
+    return report.summarizer.pairs()
+
+
+def _check_summary(rows: Sequence[PairSummary], plan: Plan, watched: Sequence[str], say: Callable[[str], None]) -> bool:
+    """Each watched client's counters, summed over its rows (pod to pod, through Services), against
+    the plan (`expected_summary`): every counter exact, each connection once. Says what differs."""
+    want = expected_summary(plan, watched)
+    got = {ref: dict.fromkeys(SUMMARY_COUNTERS, 0) for ref in want}
+    for r in rows:
+        if r.client.label() in got:
+            for c in SUMMARY_COUNTERS:
+                got[r.client.label()][c] += getattr(r, c)
+    wrong = {ref: (got[ref], w) for ref, w in want.items() if got[ref] != w}
+    for ref, (g, w) in sorted(wrong.items()):
+        diff = ", ".join(f"{c} {g[c]} (plan: {w[c]})" for c in SUMMARY_COUNTERS if g[c] != w[c])
+        say(f"tcpscope-sim: the summary of {ref} differs from the plan: {diff}")
+    return not wrong
 
 
 def _write_service_map(events: list[TcpEvent], path: str, say: Callable[[str], None]) -> None:

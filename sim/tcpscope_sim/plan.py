@@ -141,6 +141,44 @@ class Plan:
         return n
 
 
+SUMMARY_COUNTERS: tuple[str, ...] = (
+    "connections",
+    "client_resets",
+    "server_resets",
+    "network_resets",
+    "refused",
+    "timeouts",
+)
+
+
+def expected_summary(plan: Plan, watched: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+    """What `tcpscope-tail --summary` must say of each client pod on a watched node (its counters
+    summed over its rows, pod to pod and through Services alike: each connection once). A RST the
+    router forged is `network_resets` when the agents of every server it may have reached watch;
+    else its cause is unknown and it counts as the server reset the client saw."""
+    out: dict[str, dict[str, int]] = {}
+    for t, backends in zip(plan.traffic, plan.backend_of(), strict=True):
+        if watched is not None and plan.pod(t.src).node not in watched:
+            continue
+        c = out.setdefault(t.src, dict.fromkeys(SUMMARY_COUNTERS, 0))
+        servers = {plan.pod(b).node for b in backends} if t.service else {plan.pod(t.dst).node}
+        if t.kind in ESTABLISHED_KINDS:
+            c["connections"] += t.count
+        if t.kind == "network_reset" and watched is not None and not servers <= set(watched):
+            c["server_resets"] += t.count
+            continue
+        counter = {
+            "client_reset": "client_resets",
+            "server_reset": "server_resets",
+            "network_reset": "network_resets",
+            "refused": "refused",
+            "timeout": "timeouts",
+        }.get(t.kind)
+        if counter:
+            c[counter] += t.count
+    return out
+
+
 def _str(entry: Mapping[str, Any], key: str, where: str) -> str:
     v = entry.get(key)
     if not isinstance(v, str) or not v:

@@ -165,3 +165,43 @@ def test_services_get_cluster_ips_and_kube_proxy_hands_out_backends_in_turn() ->
     ):
         with pytest.raises(PlanError, match=why):
             parse_plan({**doc, "traffic": [bad]})
+
+
+def test_expected_summary_per_client_counts_each_connection_once() -> None:
+    from tcpscope_sim.plan import expected_summary
+
+    doc = {
+        "pods": [
+            {"namespace": "shop", "name": "web-1", "node": "node-1"},
+            {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+            {"namespace": "shop", "name": "api-2", "node": "node-3", "listen": [9000]},
+        ],
+        "services": [
+            {
+                "namespace": "shop",
+                "name": "api",
+                "port": 80,
+                "targetPort": 9000,
+                "backends": ["shop/api-1", "shop/api-2"],
+            }
+        ],
+        "traffic": [
+            {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 3},
+            {"from": "shop/web-1", "service": "shop/api", "kind": "network_reset", "count": 2},
+            {"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "network_reset", "count": 1},
+            {"from": "shop/web-1", "to": "shop/api-1", "port": 9009, "kind": "refused", "count": 4},
+            {"from": "shop/api-1", "to": "shop/api-2", "port": 9000, "kind": "client_reset", "count": 5},
+        ],
+    }
+    plan = parse_plan(doc)
+    zero = {"connections": 0, "client_resets": 0, "server_resets": 0, "network_resets": 0, "refused": 0, "timeouts": 0}
+    assert expected_summary(plan) == {
+        "shop/web-1": {**zero, "connections": 6, "network_resets": 3, "refused": 4},
+        "shop/api-1": {**zero, "connections": 5, "client_resets": 5},
+    }
+    # node-3 has no agent: a forged RST that may have come from api-2's side is unknown, a server
+    # reset as the client saw it; api-1's client_resets still count from its own socket
+    assert expected_summary(plan, ("node-1", "node-2")) == {
+        "shop/web-1": {**zero, "connections": 6, "network_resets": 1, "server_resets": 2, "refused": 4},
+        "shop/api-1": {**zero, "connections": 5, "client_resets": 5},
+    }
