@@ -36,7 +36,8 @@ class Driver:
         and the servers' own port (a Service's backends, its ClusterIP and port, its target port)."""
         if t.service:
             svc = self.cluster.plan.service(t.service)
-            return [self.cluster.pods[b] for b in svc.backends], svc.ip, svc.target_port
+            ip = self.cluster.plan.node_ip(t.node) if t.node else svc.ip  # a NodePort: the node's address
+            return [self.cluster.pods[b] for b in svc.backends], ip, svc.target_port
         server = self.cluster.pods[t.dst]
         return [server], server.spec.ip, t.port
 
@@ -52,14 +53,16 @@ class Driver:
             mibs = {p.spec.ref: net.tcp_mib(p.netns.netns) for p in (client, *servers)}
         if t.kind == "timeout":
             # drop the servers' SYN-ACKs to this client on this port, in the server pods' netns only,
-            # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT
+            # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT;
+            # through a NodePort the backend answers the node its SYN came from (SNAT)
+            to = self.cluster.plan.node_ip(t.node) if t.node else client.spec.ip
             for server in servers:
                 table = net.nft_table_name(self.cluster.run_id, f"to{server.netns.index}")
                 tables.append((table, server.netns.netns))
                 net.add_drop_rule(
                     server.netns.netns,
                     table,
-                    f"ip daddr {client.spec.ip} tcp sport {server_port} tcp flags & (syn | ack) == syn | ack drop",
+                    f"ip daddr {to} tcp sport {server_port} tcp flags & (syn | ack) == syn | ack drop",
                 )
         try:
             reply = client.call("connect", timeout=timeout, ip=ip, port=t.port, kind=t.kind, count=t.count)

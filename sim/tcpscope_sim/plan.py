@@ -64,6 +64,7 @@ class ServiceSpec:
     target_port: int  # the backends' port
     backends: tuple[str, ...]  # "namespace/name" of the backend pods (its EndpointSlice); may be empty
     ip: str = ""  # the ClusterIP, assigned by parse_plan
+    node_port: int = 0  # type NodePort (externalTrafficPolicy: Cluster) when set: every node's address
 
     @property
     def ref(self) -> str:
@@ -78,6 +79,7 @@ class TrafficSpec:
     kind: str
     count: int
     service: str = ""  # "namespace/name" of the Service connected to, if any
+    node: str = ""  # through the Service's NodePort on this node's address (SNAT), instead of its ClusterIP
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,11 @@ class Plan:
     pods: tuple[PodSpec, ...]
     traffic: tuple[TrafficSpec, ...]
     services: tuple[ServiceSpec, ...] = ()
+
+    def node_ip(self, node: str) -> str:
+        """A node's own address (its InternalIP): 198.19.255.i for node i, routed only by the sim's
+        kube-proxy (NodePorts)."""
+        return f"198.19.255.{self.nodes.index(node) + 1}"
 
     def service(self, ref: str) -> ServiceSpec:
         for s in self.services:
@@ -282,7 +289,7 @@ def _services(raw: Any, by_ref: Mapping[str, PodSpec]) -> list[ServiceSpec]:
     out: list[ServiceSpec] = []
     for i, rs in enumerate(raw):
         where = f"services[{i}]"
-        o = _object(rs, where, {"namespace", "name", "port", "targetPort", "backends"})
+        o = _object(rs, where, {"namespace", "name", "port", "targetPort", "backends", "nodePort"})
         ns, name = _str(o, "namespace", where), _str(o, "name", where)
         for what, v in (("namespace", ns), ("name", name)):
             if not _DNS_LABEL.match(v):
@@ -301,11 +308,17 @@ def _services(raw: Any, by_ref: Mapping[str, PodSpec]) -> list[ServiceSpec]:
             raise PlanError(f"{where}: service {ns}/{name} is declared twice")
         if len(out) >= 250:
             raise PlanError("at most 250 services")
-        out.append(ServiceSpec(ns, name, port, target, tuple(backends), f"198.19.1.{len(out) + 1}"))
+        node_port = _port(o["nodePort"], where) if "nodePort" in o else 0
+        if node_port and not 30000 <= node_port <= 32767:
+            raise PlanError(f"{where}: nodePort must be in 30000..32767 (Kubernetes' default range)")
+        ip = f"198.19.1.{len(out) + 1}"
+        out.append(ServiceSpec(ns, name, port, target, tuple(backends), ip, node_port))
     return out
 
 
-def _service_entry(rt: Mapping[str, Any], where: str, svc: ServiceSpec, by_ref: Mapping[str, PodSpec]) -> TrafficSpec:
+def _service_entry(
+    rt: Mapping[str, Any], where: str, svc: ServiceSpec, by_ref: Mapping[str, PodSpec], nodes: Collection[str] = ()
+) -> TrafficSpec:
     """A traffic entry to a Service's ClusterIP: every backend must listen on the target port,
     except for 'refused' (no backends: kube-proxy rejects; or none listening: a backend refuses)."""
     src = _str(rt, "from", where)
@@ -313,9 +326,15 @@ def _service_entry(rt: Mapping[str, Any], where: str, svc: ServiceSpec, by_ref: 
         raise PlanError(f"{where}: no pod {src!r} (write 'namespace/name')")
     if src in svc.backends:
         raise PlanError(f"{where}: a backend of {svc.ref} cannot be its client in the simulator")
-    port = _port(rt.get("port", svc.port), where)
-    if port != svc.port:
-        raise PlanError(f"{where}: {svc.ref} serves port {svc.port}, not {port}")
+    node = rt.get("node", "")
+    if node and node not in nodes:
+        raise PlanError(f"{where}: no node {node!r}")
+    if node and not svc.node_port:
+        raise PlanError(f"{where}: {svc.ref} has no nodePort")
+    served = svc.node_port if node else svc.port
+    port = _port(rt.get("port", served), where)
+    if port != served:
+        raise PlanError(f"{where}: {svc.ref} serves port {served}{' on nodes' if node else ''}, not {port}")
     kind = rt.get("kind", "ok")
     if kind not in KINDS:
         raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -325,20 +344,23 @@ def _service_entry(rt: Mapping[str, Any], where: str, svc: ServiceSpec, by_ref: 
     if kind != "refused" and (not listening or not all(listening)):
         raise PlanError(f"{where}: every backend of {svc.ref} must listen on {svc.target_port} for {kind!r}")
     dst = svc.backends[0] if svc.backends else ""
-    return TrafficSpec(src, dst, port, kind, _count(rt, where), svc.ref)
+    return TrafficSpec(src, dst, port, kind, _count(rt, where), svc.ref, node)
 
 
 def _traffic_entry(
     raw: Any, where: str, by_ref: Mapping[str, PodSpec], services: Mapping[str, ServiceSpec] | None = None
 ) -> TrafficSpec:
-    rt = _object(raw, where, {"from", "to", "service", "port", "kind", "count"})
+    rt = _object(raw, where, {"from", "to", "service", "node", "port", "kind", "count"})
+    if "node" in rt and "service" not in rt:
+        raise PlanError(f"{where}: 'node' (a NodePort) needs 'service'")
     if "service" in rt:
         if "to" in rt:
             raise PlanError(f"{where}: give 'to' (a pod) or 'service', not both")
         ref = _str(rt, "service", where)
         if ref not in (services or {}):
             raise PlanError(f"{where}: no service {ref!r} in 'services'")
-        return _service_entry(rt, where, (services or {})[ref], by_ref)
+        nodes = {p.node for p in by_ref.values()}
+        return _service_entry(rt, where, (services or {})[ref], by_ref, nodes)
     src, dst = _str(rt, "from", where), _str(rt, "to", where)
     for v in (src, dst):
         if v not in by_ref:
@@ -450,6 +472,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
     ]
     traffic = [
         {"from": t.src, "service": t.service, "port": t.port, "kind": t.kind, "count": t.count}
+        | ({"node": t.node} if t.node else {})
         if t.service
         else {"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count}
         for t in plan.traffic
@@ -462,6 +485,7 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
             "targetPort": s.target_port,
             "backends": list(s.backends),
         }
+        | ({"nodePort": s.node_port} if s.node_port else {})
         for s in plan.services
     ]
     return {"pods": list(pods), "traffic": traffic, **({"services": services} if services else {})}

@@ -149,9 +149,8 @@ def test_services_get_cluster_ips_and_kube_proxy_hands_out_backends_in_turn() ->
     assert plan.expected_lifecycles(("node-1", "node-2")) == 10
     assert parse_plan(plan_to_doc(plan)) == plan
     nft = ruleset(plan, "t")
-    assert (
-        "ip daddr 198.19.1.1 tcp dport 80 dnat to numgen inc mod 2 map { 0 : 198.18.2.2, 1 : 198.18.3.2 } : 9000" in nft
-    )
+    assert "ip daddr 198.19.1.1 tcp dport 80 jump svc_0" in nft
+    assert "meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 198.18.2.2, 1 : 198.18.3.2 } : 9000" in nft
     assert "ip daddr 198.19.1.2 tcp dport 80 reject with tcp reset" in nft
     ipt = ruleset(plan, "t", "iptables")
     assert "numgen inc mod 2 vmap { 0 : jump sep_0_0, 1 : jump sep_0_1 }" in ipt
@@ -205,3 +204,47 @@ def test_expected_summary_per_client_counts_each_connection_once() -> None:
         "shop/web-1": {**zero, "connections": 6, "network_resets": 1, "server_resets": 2, "refused": 4},
         "shop/api-1": {**zero, "connections": 5, "client_resets": 5},
     }
+
+
+def test_a_nodeport_is_on_every_node_and_masqueraded_to_the_node_addressed() -> None:
+    from tcpscope_sim.kubeproxy import ruleset
+
+    doc = {
+        "pods": [
+            {"namespace": "shop", "name": "web-1", "node": "node-1"},
+            {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+        ],
+        "services": [
+            {
+                "namespace": "shop",
+                "name": "api",
+                "port": 80,
+                "targetPort": 9000,
+                "backends": ["shop/api-1"],
+                "nodePort": 30080,
+            }
+        ],
+        "traffic": [
+            {"from": "shop/web-1", "service": "shop/api", "node": "node-2", "kind": "ok", "count": 2},
+            {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 1},
+        ],
+    }
+    plan = parse_plan(doc)
+    assert [(t.node, t.port) for t in plan.traffic] == [("node-2", 30080), ("", 80)]
+    assert plan.node_ip("node-2") == "198.19.255.2"
+    assert parse_plan(plan_to_doc(plan)) == plan
+    # the ClusterIP and the NodePorts share the Service's chain: one numgen counter (Plan.backend_of)
+    nft = ruleset(plan, "t")
+    for ip in ("198.19.255.1", "198.19.255.2"):
+        assert f"ip daddr {ip} tcp dport 30080 meta mark set meta mark | 0x4000 jump svc_0" in nft
+        assert f"meta mark & 0x4000 == 0x4000 ct original ip daddr {ip} snat to {ip}" in nft
+    assert "type nat hook postrouting priority srcnat" in nft
+    for bad, why in (
+        ({**doc["traffic"][0], "node": "node-9"}, "no node"),
+        ({**doc["traffic"][0], "port": 80}, "serves port 30080 on nodes"),
+        ({"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "node": "node-2"}, "needs 'service'"),
+    ):
+        with pytest.raises(PlanError, match=why):
+            parse_plan({**doc, "traffic": [bad]})
+    with pytest.raises(PlanError, match="30000..32767"):
+        parse_plan({**doc, "services": [{**doc["services"][0], "nodePort": 8080}], "traffic": []})
