@@ -98,8 +98,8 @@ def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
         apps = {dict(b.labels).get("app", "") for b in backends}
         selector = {"app": apps.pop()} if len(apps) == 1 else {}
         node_ports = {"tcp": svc.node_port} if svc.node_port else None
-        ports = [("tcp", svc.port, svc.target_port)]
-        objs.append(make_service_ports(svc.name, svc.namespace, svc.ip, ports, selector, node_ports))
+        svc_ports = [("tcp", svc.port, svc.target_port)]
+        objs.append(make_service_ports(svc.name, svc.namespace, svc.ip, svc_ports, selector, node_ports))
         objs.append(
             make_endpoint_slice(
                 svc.name, svc.namespace, [(b.ip, b.node, b.name) for b in backends], [("tcp", svc.target_port)]
