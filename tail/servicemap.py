@@ -2,8 +2,9 @@
 
 Pure text generation: summary rows in, one DOT digraph out (render it with `dot -Tsvg`). Ends are
 nodes, grouped in one box per namespace; each (client, server) pair is an edge labelled with its
-connections, the Service it went through (`via ns/svc:port`, docs/services.md) and its problems. Pairs with resets or refusals stand out in red and thick; pairs whose
-only problems are timeouts or failed connects in orange; clean pairs are grey.
+connections, the Service it went through (`via ns/svc:port`, docs/services.md) and its problems.
+Pairs with resets or refusals stand out in red and thick; pairs whose only problems are timeouts or
+failed connects in orange; clean pairs are grey.
 """
 
 from __future__ import annotations

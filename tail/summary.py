@@ -66,6 +66,7 @@ from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     LISTEN,
+    NODE,
     PASSIVE,
     SERVICE,
     Endpoint,
@@ -277,20 +278,40 @@ class Summarizer:
                 )
             )
             _count(row_for(*self._connection_parties(cv, sv)), cv, sv, absorbed, self.reset_cause(cv, sv))
-        for (cip, _sip, port), (cflows, sflows) in self._flows.items():
-            # the client's view when the client's agent reported flows of that client, else the server's
+        self._count_flows(row_for, cutoff, flow_clients)
+        return list(rows.values())
+
+    def _count_flows(
+        self, row_for: Callable[[Party, Party, Party | None], PairSummary], cutoff: int | None, flow_clients: set[str]
+    ) -> None:
+        """Each flow's connections into its row: the client's flows whenever the client's agent
+        reported flows of that client address, else the server's. A server's flows from a node's
+        address (a NodePort's SNAT, or a process on that node) are first matched against the flows
+        watched clients sent to that node's address: those connections are counted already."""
+        snat: dict[str, int] = {}
+        for cflows, _ in self._flows.values():
+            for f in cflows:
+                if f.remote.kind == NODE and (cutoff is None or f.flow.last_close.ToNanoseconds() >= cutoff):
+                    snat[f.remote.ip] = snat.get(f.remote.ip, 0) + f.flow.connections
+        for (cip, _sip, port), (cflows, sflows) in sorted(self._flows.items()):
             for f in cflows or ([] if cip in flow_clients else sflows):
                 last = f.flow.last_close.ToNanoseconds()
                 if cutoff is not None and last < cutoff:
                     continue
+                n = f.flow.connections
+                if f.flow.role == PASSIVE and f.remote.kind == NODE and snat.get(f.remote.ip):
+                    taken = min(n, snat[f.remote.ip])
+                    snat[f.remote.ip] -= taken
+                    n -= taken
+                    if not n:
+                        continue
                 row = row_for(*self._flow_parties(f, port))
-                row.connections += f.flow.connections
-                row.flow_connections += f.flow.connections
+                row.connections += n
+                row.flow_connections += n
                 row.server_ports.add(port)
                 first = f.flow.first_close.ToNanoseconds()
                 row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
                 row.last_seen_ns = max(row.last_seen_ns, last)
-        return list(rows.values())
 
     def _connection_parties(self, cv: _View | None, sv: _View | None) -> tuple[Party, Party, Party | None]:
         """(client, server, via) of one connection: via is the Service (or node port) the client

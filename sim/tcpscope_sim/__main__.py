@@ -6,7 +6,8 @@ Brings up nodes (cgroup subtrees), pods (worker processes, each in its own netns
 cgroup), the API stand-in, a Kafka-protocol broker (unless --kafka-bootstrap), the collector and one
 agent per node; then runs traffic. With --plan: runs exactly that plan, waits until the agents have
 shipped every connection's events to Kafka, prints the summary and exits 0 (1 if anything is
-missing or lost, or the summary differs from the plan). Without: the built-in mix, showing live events, until Ctrl-C or --duration.
+missing or lost, or the summary differs from the plan). Without: the built-in mix, showing live
+events, until Ctrl-C or --duration.
 Everything it created is removed on exit; `--cleanup` removes what a crashed run left behind.
 """
 

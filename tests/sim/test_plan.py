@@ -246,5 +246,5 @@ def test_a_nodeport_is_on_every_node_and_masqueraded_to_the_node_addressed() -> 
     ):
         with pytest.raises(PlanError, match=why):
             parse_plan({**doc, "traffic": [bad]})
-    with pytest.raises(PlanError, match="30000..32767"):
+    with pytest.raises(PlanError, match=r"30000\.\.32767"):
         parse_plan({**doc, "services": [{**doc["services"][0], "nodePort": 8080}], "traffic": []})

@@ -112,3 +112,28 @@ def test_without_ids_pod_to_pod_still_pairs_by_tuple_and_time() -> None:
     for e in evs:
         e.connection_id = 0
     assert _totals(_summarize(evs)) == EXPECTED
+
+
+def _flow(role: pb.Role, local: pb.Endpoint, remote: pb.Endpoint, n: int) -> pb.TcpEvent:
+    from tests.support.natmix import T0
+
+    ev = pb.TcpEvent(node="node-x", local=local, remote=remote)
+    ev.time.FromNanoseconds(T0)
+    ev.flow.role, ev.flow.connections = role, n
+    ev.flow.first_close.FromNanoseconds(T0 - 10**6)
+    ev.flow.last_close.FromNanoseconds(T0)
+    return ev
+
+
+def test_nodeport_flows_snated_to_the_node_count_once() -> None:
+    # web-1's ordinary connections to node-1's NodePort, masqueraded to node-1's address: the client's
+    # flow names the node port, the backend's names node-1 as its client; 2 more came from a process
+    # on node-1 itself (no agent watches the host)
+    web = pb.Endpoint(ip="198.18.1.2", kind=pb.POD, namespace="shop", name="web-1")
+    node_port = pb.Endpoint(ip="198.19.255.1", port=30080, kind=pb.NODE, name="node-1")
+    api = pb.Endpoint(ip="198.18.2.2", port=9000, kind=pb.POD, namespace="shop", name="api-1")
+    node = pb.Endpoint(ip="198.19.255.1", kind=pb.NODE, name="node-1")
+    s = summary.Summarizer()
+    s.add_all([_flow(pb.ACTIVE, web, node_port, 4), _flow(pb.PASSIVE, api, node, 6)])
+    rows = {(r.client.label(), r.server.label()): r.connections for r in s.pairs()}
+    assert rows == {("shop/web-1", "node-1"): 4, ("node-1", "shop/api-1"): 2}
