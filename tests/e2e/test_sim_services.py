@@ -293,3 +293,58 @@ def test_two_backends_on_two_nodes_each_get_their_exact_share(kafka_broker: Brok
         )
     assert {b: +c for b, c in got.items()} == want
     assert all(want[b] for b in want)  # both backends got some
+
+
+NODEPORT: dict[str, Any] = {
+    "pods": [
+        {"namespace": "shop", "name": "web-1", "node": "node-1"},
+        {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+    ],
+    "services": [
+        {
+            "namespace": "shop",
+            "name": "api",
+            "port": 80,
+            "targetPort": 9000,
+            "backends": ["shop/api-1"],
+            "nodePort": 30080,
+        }
+    ],
+    # through node-1's and node-2's NodePort: masqueraded to that node's address (externalTrafficPolicy:
+    # Cluster), so the backend's sockets and flows name the node as their client
+    "traffic": [
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-1", "kind": "ok", "count": 4},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-1", "kind": "client_reset", "count": 2},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-2", "kind": "server_reset", "count": 3},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-1", "kind": "network_reset", "count": 2},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-2", "kind": "ok", "count": 3},
+    ],
+}
+
+
+def test_a_nodeport_with_snat_counts_each_connection_once_and_judges_no_reset_by_the_nat(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    topic = f"e2e-np-{os.getpid()}"
+    run_plan(NODEPORT, tmp_path, kafka_broker.bootstrap, topic)  # its own check: each connection once
+    doc = summary_json(kafka_broker.bootstrap, topic)
+    totals = _client_totals(doc, "web-1")
+    app = next(k for k in totals["causes"] if k.startswith("app/"))
+    assert totals == {
+        "connections": 14,
+        "client_resets": 2,
+        "server_resets": 3,
+        "network_resets": 2,
+        "refused": 0,
+        "timeouts": 0,
+        "failed": 0,
+        "causes": {app: 5, "network": 2},
+    }
+    # every connection is web-1's: none left to the node the backend saw it from
+    assert {r["client"]["name"] for r in doc["pairs"]} == {"web-1"}, doc["pairs"]
+    joined = [r for r in doc["pairs"] if r["server"]["name"] == "api-1"]
+    assert {(r["via"]["kind"], r["via"]["name"], r["via"]["port"]) for r in joined} == {
+        ("NODE", "node-1", 30080),
+        ("NODE", "node-2", 30080),
+    }
