@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import urllib.request
 from collections import Counter
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tcpscope.kafka_layout import LAYOUT_EVENT, RECORD_EVENT, RECORD_SUMMARY, decode_records
 from tcpscope.v1.events_pb2 import EventBatch
 from tcpscope_sim.plan import parse_plan
-from tests.e2e.test_metrics_prometheus import Reader
+from tests.e2e.test_metrics_prometheus import Reader, _free_base
 from tests.support.kafka import Broker, consume_all, kafka_broker, publish_batches
 from tests.support.sim import BIN, plan_argv, run_plan, summary_json
 
@@ -93,12 +92,6 @@ def _client_totals(doc: dict[str, Any], client: str) -> dict[str, Any]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _metrics(port: int) -> dict[str, dict[tuple[str, ...], float]]:
     """The collector's traffic counters by client workload: outcomes, resets by (sender, reason)."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
@@ -150,7 +143,7 @@ def _live_causes(bootstrap: str, topic: str) -> dict[str, Counter[str]]:
 def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker, tmp_path: Path) -> None:
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
     topic = f"e2e-svc-{os.getpid()}"
-    port = _free_port()
+    port = _free_base(2 + 2)  # two collector replicas, then the two nodes' agents
     sim = subprocess.Popen(
         [
             *plan_argv(PLAN, tmp_path, kafka_broker.bootstrap, topic, "--metrics-port", str(port), "--collectors", "2"),
