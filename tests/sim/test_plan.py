@@ -209,7 +209,7 @@ def test_expected_summary_per_client_counts_each_connection_once() -> None:
 def test_a_nodeport_is_on_every_node_and_masqueraded_to_the_node_addressed() -> None:
     from tcpscope_sim.kubeproxy import ruleset
 
-    doc = {
+    doc: dict[str, Any] = {
         "pods": [
             {"namespace": "shop", "name": "web-1", "node": "node-1"},
             {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
