@@ -115,8 +115,18 @@ def _live_causes(bootstrap: str, topic: str) -> dict[str, Counter[str]]:
     """`tcpscope-tail` (the live view, one row per connection, JSON) over the topic: how each
     connection ended and who reset it, by client pod."""
     live = subprocess.run(
-        [str(BIN / "tcpscope-tail"), "--kafka-bootstrap", bootstrap, "--topic", topic, "--from-beginning"]
-        + ["--duration", "12", "--format", "json"],
+        [
+            str(BIN / "tcpscope-tail"),
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--duration",
+            "12",
+            "--format",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=90,
