@@ -85,5 +85,6 @@ class PairSummary:
         out["reset_causes"] = {c: dict(sorted(d.items())) for c, d in sorted(self.reset_causes.items())}
         out["first_seen"] = rfc3339(self.first_seen_ns)
         out["last_seen"] = rfc3339(self.last_seen_ns)
-        out["via"] = self.via.to_json() if self.via is not None else None
+        if self.via is not None:  # only through a Service or a node port: pod-to-pod rows keep their shape
+            out["via"] = self.via.to_json()
         return out
