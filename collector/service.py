@@ -1,4 +1,5 @@
-"""The Collector.Stream service: authenticate, validate, publish, and ack only after Kafka acked.
+"""The Collector.Stream service: the stream loop, the record-size policy and publishing, with an ack
+only after Kafka acked. Who may send is collector/auth.py; what is accepted, collector/validation.py.
 
 Ack policy: a batch is acknowledged to its agent only when Kafka has acknowledged every record of
 it. At most `max_inflight_batches` batches (all streams together) await Kafka; beyond that the
@@ -17,22 +18,22 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import DecodeError
 
+from collector.auth import Authenticator
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
-from collector.node_binding import AuthFailure, ClientIdentity, TokenReviewer, check_binding
+from collector.node_binding import TokenReviewer
 from collector.pair_metrics import BatchObserver
 from collector.publisher import Publisher
 from collector.remote_ends import BatchEnricher
-from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
+from collector.validation import Refusal, validate
+from tcpscope.kafka_layout import LAYOUT_PACKED, Record, batch_records
 from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
@@ -41,76 +42,6 @@ from tcpscope.v1.events_pb2 import EventBatch
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "tcpscope.v1.Collector"
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """Why a message or stream is refused: the gRPC status, a metrics reason, a message, and for a
-    refusal of one batch for what it is, that batch's sequence (sent back as trailing metadata, so
-    the agent can split or drop it instead of resending it forever: tcpscope/refusal.py)."""
-
-    code: grpc.StatusCode
-    reason: str
-    details: str
-    sequence: int = 0
-
-
-def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None) -> EventBatch | Refusal:
-    """Parse and check one batch; peer_names is the nodes the client authenticated as (certificate
-    names under mTLS, the token's pod's node under --tokenreview), None when nothing binds it."""
-    if len(raw) > cfg.max_message_bytes:
-        return Refusal(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "oversized",
-            f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}",
-            _sequence_of(raw),
-        )
-    batch = EventBatch()
-    try:
-        batch.ParseFromString(raw)
-    except DecodeError as e:
-        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"not a tcpscope.v1.EventBatch: {e}")
-    if batch.schema_version != SCHEMA_VERSION:
-        return Refusal(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "schema_version",
-            f"schema_version {batch.schema_version} is not supported (want {SCHEMA_VERSION})",
-        )
-    if len(batch.events) > cfg.max_batch_events:
-        return Refusal(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "too_many_events",
-            f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}",
-            batch.sequence,
-        )
-    if not batch.agent_id or not batch.node or batch.sequence == 0:
-        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id", "batch needs node, agent_id and a sequence >= 1")
-    if peer_names is not None:  # the nodes the client authenticated as (collector/node_binding.py)
-        bad = check_binding(batch, peer_names)
-        if bad is not None:
-            return Refusal(grpc.StatusCode.PERMISSION_DENIED, bad[0], bad[1])
-    return batch
-
-
-def _sequence_of(raw: bytes) -> int:
-    """The sequence of a batch too big to accept (0 if it does not parse); gRPC already let it in
-    (the server's hard limit is above --max-message-bytes), so parsing it costs no new memory bound."""
-    batch = EventBatch()
-    try:
-        batch.ParseFromString(raw)
-    except DecodeError:
-        return 0
-    return batch.sequence
-
-
-def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> frozenset[str]:
-    """The client certificate's CN and SAN entries, from gRPC's auth context."""
-    auth = context.auth_context()
-    names: set[str] = set()
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
-        for v in auth.get(key, []):
-            names.add(v.decode() if isinstance(v, bytes) else str(v))
-    return frozenset(names)
 
 
 _SHUTTING_DOWN = Refusal(
@@ -178,9 +109,8 @@ class CollectorService:
         self._refuse_log = Throttle(30.0)
         self._publisher = publisher
         self._metrics = metrics
-        self._token = token
+        self._auth = Authenticator(token, bool(cfg.tls_client_ca), reviewer)
         self._enricher = enricher
-        self._reviewer = reviewer
         self._slots = asyncio.Semaphore(cfg.max_inflight_batches)
         # one thread: enrichment state is single-threaded and batches are prepared in arrival order
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
@@ -264,40 +194,6 @@ class CollectorService:
         except Exception:
             log.exception("traffic metrics: batch %s/%d not counted", batch.agent_id, batch.sequence)
 
-    def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Refusal | None:
-        """Check the bearer token in the `authorization` metadata (constant-time compare)."""
-        if self._token is None:
-            return None
-        want = f"Bearer {self._token}".encode()
-        for k, v in metadata or ():
-            if k.lower() == "authorization":
-                got = v if isinstance(v, bytes) else v.encode()
-                if hmac.compare_digest(got, want):
-                    return None
-                return Refusal(grpc.StatusCode.UNAUTHENTICATED, "bad_token", "invalid bearer token")
-        return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
-
-    async def _review(self, metadata: Sequence[tuple[str, str | bytes]]) -> ClientIdentity | Refusal:
-        """--tokenreview: who the bearer token's pod is, and so which node the stream speaks for."""
-        assert self._reviewer is not None
-        token = next(
-            (
-                (v if isinstance(v, str) else v.decode(errors="replace"))
-                for k, v in metadata
-                if k.lower() == "authorization"
-            ),
-            "",
-        )
-        if not token.startswith("Bearer ") or not token.removeprefix("Bearer ").strip():
-            return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
-        loop = asyncio.get_running_loop()
-        got = await loop.run_in_executor(None, self._reviewer.review, token.removeprefix("Bearer ").strip())
-        if isinstance(got, AuthFailure):
-            code = grpc.StatusCode.UNAVAILABLE if got.retry else grpc.StatusCode.UNAUTHENTICATED
-            return Refusal(code, got.reason, got.details)
-        log.debug("stream authenticated as %s", got.who)
-        return got
-
     async def _refuse(self, context: grpc.aio.ServicerContext[bytes, BatchAck], r: Refusal) -> None:
         self._metrics.rejected.labels(r.reason).inc()
         held = self._refuse_log.ready(r.reason)  # per reason: a flood of bad tokens is not a flood of lines
@@ -311,20 +207,17 @@ class CollectorService:
     async def stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:
         """Collector.Stream: read batches, publish each, write its ack once Kafka acked it."""
         metadata = list(context.invocation_metadata() or ())
-        refusal = self._authenticate(metadata)
+        refusal = self._auth.check_token(metadata)
         if refusal:
             await self._refuse(context, refusal)
             return
         if self._draining:
             await self._refuse(context, _SHUTTING_DOWN)
             return
-        peer_names = peer_identities(context) if self._cfg.tls_client_ca else None
-        if self._reviewer is not None:
-            bound = await self._review(metadata)
-            if isinstance(bound, Refusal):
-                await self._refuse(context, bound)
-                return
-            peer_names = bound.nodes if peer_names is None else peer_names & bound.nodes
+        peer_names = await self._auth.nodes(context, metadata)
+        if isinstance(peer_names, Refusal):
+            await self._refuse(context, peer_names)
+            return
         out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()  # None: the reader is done
         publishing: set[asyncio.Task[None]] = set()
         end = _StreamEnd()
