@@ -21,18 +21,19 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 
 from collector.auth import Authenticator
+from collector.clocks import ClockEstimator, Offset
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.node_binding import TokenReviewer
 from collector.pair_metrics import BatchObserver
 from collector.publisher import Publisher
 from collector.remote_ends import BatchEnricher
-from collector.validation import Refusal, validate
+from collector.validation import Refusal, clamp_batch_times, drop_invalid_events, validate, window
 from tcpscope.kafka_layout import LAYOUT_PACKED, Record, batch_records
 from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
@@ -51,11 +52,14 @@ _SHUTTING_DOWN = Refusal(
 
 @dataclass
 class _StreamEnd:
-    """How one stream ended (agent_closed: the agent half-closed; refused; broken: anything else) and
-    the last batch read on it (node, agent id, sequence)."""
+    """How one stream ended (agent_closed: the agent half-closed; refused; broken: anything else),
+    the last batch read on it (node, agent id, sequence), and its agents' clocks (agent id -> node
+    and estimator: the offset gauge of each is removed when the stream ends)."""
 
     how: str = "broken"
     last: tuple[str, str, int] | None = None
+    clocks: dict[str, ClockEstimator] = field(default_factory=dict)
+    agents: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -107,6 +111,8 @@ class CollectorService:
         self.max_record_bytes = cfg.kafka_max_record_bytes or 1048588
         self._publish_log = Throttle(30.0)
         self._refuse_log = Throttle(30.0)
+        self._invalid_log = Throttle(30.0)
+        self._clock_log = Throttle(60.0)
         self._publisher = publisher
         self._metrics = metrics
         self._auth = Authenticator(token, bool(cfg.tls_client_ca), reviewer)
@@ -139,13 +145,28 @@ class CollectorService:
             await asyncio.sleep(0.02)
         return len(self._streams)
 
-    def prepare(self, batch: EventBatch) -> list[Record] | Refusal:
-        """Enrich remote ends (if on) and build the batch's Kafka records; runs on the prepare thread.
+    def prepare(self, batch: EventBatch, dropped: dict[str, int]) -> list[Record] | Refusal:
+        """Leave out the events outside the bounds (collector/validation.py), enrich remote ends (if
+        on) and build the batch's Kafka records; runs on the prepare thread. What it leaves out is
+        added to `dropped` by reason (counted in the batch's loss report, and told to the agent).
 
         A record above the topic's limit would be refused by Kafka (not retriable), and the agent
         would resend its batch forever: it is never sent. A packed record of several events refuses
         the batch as oversized (the agent splits it, tcpscope/refusal.py); an event alone too big is
         left out and counted in the batch's own loss report (collector.record_too_large)."""
+        invalid = drop_invalid_events(batch, window(self._cfg, time.time()))
+        if invalid:
+            dropped.update(invalid)
+            for reason, n in invalid.items():
+                self._metrics.dropped.labels(reason).inc(n)
+            if (held := self._invalid_log.ready()) is not None:
+                log.warning(
+                    "batch %s/%d: events outside the bounds left out, counted in its loss report: %s%s",
+                    batch.agent_id[:128],
+                    batch.sequence,
+                    dict(sorted(invalid.items())),
+                    held_note(held),
+                )
         if self._enricher is not None:
             self._enricher.enrich(batch)
         layout = self._cfg.record_layout
@@ -173,6 +194,7 @@ class CollectorService:
         del batch.events[:]
         batch.events.extend(keep)
         n = len(too_big)
+        dropped[REASON_RECORD_TOO_LARGE] = dropped.get(REASON_RECORD_TOO_LARGE, 0) + n
         batch.lost.by_reason[REASON_RECORD_TOO_LARGE] += n
         batch.lost.kernel += n  # the bucket of reasons outside agent/enrichment (agent/export: split_losses)
         self._metrics.dropped.labels(REASON_RECORD_TOO_LARGE).inc(n)
@@ -226,12 +248,14 @@ class CollectorService:
             try:
                 async for raw in requests:
                     received = time.monotonic()
+                    received_ns = time.time_ns()
                     checked = validate(raw, self._cfg, peer_names)
                     if isinstance(checked, Refusal):
                         end.how = "refused"
                         await out.put(checked)
                         return
                     end.last = (checked.node, checked.agent_id, checked.sequence)
+                    self._note(checked, received_ns, end)
                     self._count_received(checked)
                     await self._slots.acquire()  # backpressure: stop reading at the in-flight bound
                     self._metrics.inflight.inc()
@@ -259,11 +283,17 @@ class CollectorService:
                     end.how = "refused"
                     await self._refuse(context, item)
                     return
+                clock = end.clocks.get(item.agent_id)
+                if clock is not None:  # the agent echoes when this ack arrived: an upper bound of its offset
+                    clock.ack_sent(item.sequence, time.time_ns())
                 await context.write(item)
         finally:
             self._streams.discard(me)
             self._metrics.streams_active.dec()
             self._stream_ended(end)
+            for agent_id, node in end.agents.items():
+                with contextlib.suppress(KeyError):
+                    self._metrics.clock_offset.remove(node, agent_id)
             reader.cancel()
             for t in list(publishing):
                 t.cancel()
@@ -283,6 +313,47 @@ class CollectorService:
                 seq,
             )
 
+    def _note(self, batch: EventBatch, received_ns: int, end: _StreamEnd) -> None:
+        """On arrival, on the event loop: clear the batch's own times outside the accepted window,
+        measure its agent's clock (collector/clocks.py), and write both into the note the summary
+        record carries (EventBatch.collector)."""
+        clamped = clamp_batch_times(batch, window(self._cfg, received_ns / 1e9))
+        for name, n in clamped.items():
+            self._metrics.clamped.labels(name).inc(n)
+        clock = end.clocks.get(batch.agent_id)
+        if clock is None:
+            if len(end.clocks) >= 16:  # one agent per stream; a client cycling ids is not given memory
+                end.clocks.clear()
+            clock = end.clocks[batch.agent_id] = ClockEstimator()
+        offset = clock.observe(batch, received_ns)
+        note = batch.collector
+        note.Clear()
+        note.received_time.FromNanoseconds(received_ns)
+        for name, n in clamped.items():
+            note.clamped[name] = n
+        if offset is not None:
+            note.clock_offset_ns = offset.offset_ns
+            note.clock_offset_error_ns = offset.error_ns
+            note.clock_offset_bounded = offset.bounded
+            self._clock_measured(batch, offset, end)
+
+    def _clock_measured(self, batch: EventBatch, offset: Offset, end: _StreamEnd) -> None:
+        end.agents[batch.agent_id] = batch.node
+        self._metrics.clock_offset.labels(batch.node, batch.agent_id).set(offset.offset_ns / 1e9)
+        off_s, err_s = abs(offset.offset_ns) / 1e9, offset.error_ns / 1e9
+        if offset.bounded and off_s - err_s > self._cfg.clock_offset_warn:
+            held = self._clock_log.ready(batch.agent_id)
+            if held is not None:
+                log.warning(
+                    "agent %s (node %s): its clock is %+.3f s (+-%.3f) off this collector's; readers correct "
+                    "event times by it (docs/kafka.md, Clocks)%s",
+                    batch.agent_id,
+                    batch.node,
+                    offset.offset_ns / 1e9,
+                    err_s,
+                    held_note(held),
+                )
+
     def _count_received(self, batch: EventBatch) -> None:
         m = self._metrics
         m.batches_received.inc()
@@ -296,7 +367,8 @@ class CollectorService:
     async def _publish(self, batch: EventBatch, received: float, out: asyncio.Queue[BatchAck | Refusal | None]) -> None:
         try:
             loop = asyncio.get_running_loop()
-            records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch)
+            dropped: dict[str, int] = {}
+            records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch, dropped)
             if isinstance(records, Refusal):
                 await out.put(records)
                 return
@@ -327,7 +399,14 @@ class CollectorService:
             if self._observer is not None:  # traffic metrics: on the prepare thread, not delaying the ack
                 with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is stopping
                     self._prepare_pool.submit(self._observe, batch)
-            await out.put(BatchAck(agent_id=batch.agent_id, sequence=batch.sequence))
+            await out.put(
+                BatchAck(
+                    agent_id=batch.agent_id,
+                    sequence=batch.sequence,
+                    dropped=dropped,
+                    clamped=dict(batch.collector.clamped),
+                )
+            )
         finally:
             self._slots.release()
             self._metrics.inflight.dec()

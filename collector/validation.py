@@ -1,5 +1,16 @@
-"""What the collector accepts: one batch's framing (size, schema version, ids, node binding), before
-it is published. A refused batch is answered with a precise gRPC status and counted by reason."""
+"""What the collector accepts. The collector is the trust boundary (docs/kafka.md, "Bounds"):
+
+- a batch's framing (size, schema version, ids, node binding) and its own fields (string and repeated
+  sizes: tcpscope/bounds.py) are checked when it is read; a batch outside them is refused with its
+  sequence (reason invalid_batch), and the agent drops it and counts its events (tcpscope/refusal.py);
+- the times a batch carries itself (sent_time, last_ack_time, its unobserved windows') outside the
+  window around this collector's clock are cleared and counted (`clamp_batch_times`): the batch is
+  kept, those times are unknown;
+- each event outside the bounds, its times held to that window too, is left out of the batch and
+  counted in the batch's own loss report as collector.invalid_<bound> (`drop_invalid_events`), so
+  readers see the loss in the batch summary record, and the agent is told in the ack.
+
+A refused batch is answered with a precise gRPC status and counted by reason."""
 
 from __future__ import annotations
 
@@ -10,8 +21,13 @@ from google.protobuf.message import DecodeError
 
 from collector.config import CollectorConfig
 from collector.node_binding import check_binding
+from tcpscope.bounds import TimeWindow, batch_problem, batch_time_fields, event_problem
 from tcpscope.kafka_layout import SCHEMA_VERSION
+from tcpscope.refusal import INVALID_BATCH
 from tcpscope.v1.events_pb2 import EventBatch
+
+REFUSED_INVALID_BATCH = INVALID_BATCH
+INVALID_PREFIX = "collector.invalid_"  # + the bound: time, port, address, enum, string, repeated, empty
 
 
 @dataclass(frozen=True)
@@ -60,7 +76,57 @@ def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None
         bad = check_binding(batch, peer_names)
         if bad is not None:
             return Refusal(grpc.StatusCode.PERMISSION_DENIED, bad[0], bad[1])
+    problem = batch_problem(batch)
+    if problem is not None:
+        return Refusal(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            REFUSED_INVALID_BATCH,
+            f"batch outside the bounds ({problem}; docs/kafka.md, Bounds)",
+            batch.sequence,
+        )
     return batch
+
+
+def window(cfg: CollectorConfig, now_s: float) -> TimeWindow:
+    """The event and batch times accepted now (--max-event-age before the clock, --max-event-ahead after)."""
+    return TimeWindow.around(now_s, cfg.max_event_age, cfg.max_event_ahead)
+
+
+def clamp_batch_times(batch: EventBatch, accepted: TimeWindow) -> dict[str, int]:
+    """Clear the batch's own times outside the window (counted by field: sent_time, last_ack_time,
+    unobserved_time); an unobserved window that lost a time is marked `uncounted`."""
+    clamped: dict[str, int] = {}
+    for name, ts in batch_time_fields(batch):
+        if (ts.seconds or ts.nanos) and not accepted.holds(ts):
+            ts.Clear()
+            clamped[name] = clamped.get(name, 0) + 1
+    if "unobserved_time" in clamped:
+        for w in batch.unobserved:
+            if not (w.from_time.seconds and w.to_time.seconds):
+                w.uncounted = True
+    return clamped
+
+
+def drop_invalid_events(batch: EventBatch, accepted: TimeWindow) -> dict[str, int]:
+    """Leave out every event outside the bounds (tcpscope/bounds.py, times within `accepted`), counted
+    in the batch's loss report (by_reason collector.invalid_<bound>, summed into `kernel`, the bucket
+    of losses outside the agent's buffer and enrichment). Returns the counts by reason."""
+    dropped: dict[str, int] = {}
+    keep = []
+    for ev in batch.events:
+        problem = event_problem(ev, accepted)
+        if problem is None:
+            keep.append(ev)
+        else:
+            reason = INVALID_PREFIX + problem
+            dropped[reason] = dropped.get(reason, 0) + 1
+    if dropped:
+        del batch.events[:]
+        batch.events.extend(keep)
+        for reason, n in dropped.items():
+            batch.lost.by_reason[reason] += n
+            batch.lost.kernel += n
+    return dropped
 
 
 def _sequence_of(raw: bytes) -> int:

@@ -19,12 +19,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from tail import consume, live, resetcause, timeline
+from tail import clock, consume, live, resetcause, timeline
 from tail import query as querylib
 from tail import summary as summary_mode
 from tail.gaps import unobserved_line
 from tail.query import Query
 from tcpscope import kafka_client, render
+from tcpscope.bounds import OutOfBounds
 from tcpscope.kafka_client import KafkaSecurity
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, lost_total
 from tcpscope.settings import number, one_line_errors
@@ -116,11 +117,18 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             out.flush()
 
     undecodable = 0
+    out_of_bounds = 0
 
     def bad_record(partition: int, offset: int, e: Exception) -> None:
-        nonlocal undecodable
-        undecodable += 1
-        err.write(f"# skipped a record that is not a tcpscope record (partition {partition}, offset {offset}): {e}\n")
+        nonlocal undecodable, out_of_bounds
+        if isinstance(e, OutOfBounds):
+            out_of_bounds += 1
+            err.write(f"# skipped a record outside the bounds (partition {partition}, offset {offset}): {e}\n")
+        else:
+            undecodable += 1
+            err.write(
+                f"# skipped a record that is not a tcpscope record (partition {partition}, offset {offset}): {e}\n"
+            )
         err.flush()
 
     def conflict(d: Decoded) -> None:  # two producers under one agent id: show both, say so
@@ -147,36 +155,30 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
                 undecodable += 1  # another producer's record on this topic
                 continue
+            clock.correct(d)  # times on one clock (tail/clock.py)
             if d.kind == RECORD_EVENT and d.event is not None:
                 show(view.add(d.event, time.monotonic()))
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
                 view.add_batch(d.agent_id, d.summary)
-                for w in d.summary.unobserved:
-                    err.write(unobserved_line(w) + "\n")
+                notes = _summary_notes(d, d.summary)
+                if notes:
+                    err.write("".join(n + "\n" for n in notes))
                     err.flush()
-            if (
-                d.kind == RECORD_SUMMARY
-                and d.summary is not None
-                and (lost_total(d.summary) or d.summary.lost.kernel_skipped_runs)
-            ):
-                reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
-                maybe = d.summary.lost.kernel_skipped_runs
-                err.write(
-                    f"# lost {lost_total(d.summary)} events"
-                    + (f" (possibly {maybe} more)" if maybe else "")
-                    + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n"
-                )
-                err.flush()
     except KeyboardInterrupt:
         pass
     finally:
         reader.close()
         with contextlib.suppress(BrokenPipeError):
             show(view.close(time.monotonic()))
-        if reader.repeats or undecodable or reader.conflicts:
+        if reader.repeats or undecodable or reader.conflicts or out_of_bounds:
             err.write(
                 f"# {reader.repeats} repeated records (batches published twice) shown once; "
                 f"{undecodable} records that are not tcpscope records skipped"
+                + (
+                    f"; {out_of_bounds} records outside the bounds skipped (docs/kafka.md, Bounds)"
+                    if out_of_bounds
+                    else ""
+                )
                 + (
                     f"; {reader.conflicts} CONFLICTS (records under another record's dedup key, shown)"
                     if reader.conflicts
@@ -186,6 +188,20 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             )
             err.flush()
     return 0
+
+
+def _summary_notes(d: Decoded, batch: EventBatch) -> list[str]:
+    """The stderr lines of a batch summary in the live view: windows nobody observed, and losses."""
+    notes = [unobserved_line(w) for w in batch.unobserved]
+    if lost_total(batch) or batch.lost.kernel_skipped_runs:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(batch.lost.by_reason.items()))
+        maybe = batch.lost.kernel_skipped_runs
+        notes.append(
+            f"# lost {lost_total(batch)} events"
+            + (f" (possibly {maybe} more)" if maybe else "")
+            + f" on node {batch.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}"
+        )
+    return notes
 
 
 def _reads_everything(o: TailOptions) -> bool:
@@ -212,7 +228,10 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
             next_print = time.monotonic() + s.every_s
 
     def bad_record(partition: int, offset: int, e: Exception) -> None:
-        report.undecodable += 1  # a foreign or damaged record must not stop the summary
+        if isinstance(e, OutOfBounds):  # decodable, but outside the bounds (tcpscope/bounds.py)
+            report.out_of_bounds += 1
+        else:
+            report.undecodable += 1  # a foreign or damaged record must not stop the summary
 
     # no dedup window in the reader: the report counts the repeats (and conflicts) it drops
     with consume.Reader(o.source()) as reader:
@@ -232,6 +251,10 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
     --duration, --until or Ctrl-C), then print the connection's events from both ends in time order."""
     events: list[TcpEvent] = []
     batches: list[tuple[str, EventBatch]] = []
+    skipped = {"foreign": 0, "bounds": 0}
+
+    def bad_record(partition: int, offset: int, e: Exception) -> None:  # must not stop the timeline
+        skipped["bounds" if isinstance(e, OutOfBounds) else "foreign"] += 1
 
     def conflict(d: Decoded) -> None:  # kept: never drop a record as a "duplicate" of another
         err.write(
@@ -243,15 +266,21 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
         try:
             for d in reader.records(
                 consume.Stop(o.duration, at_end=_reads_everything(o), until_ns=o.query.until_ns),
-                on_undecodable=lambda p, off, e: None,  # a foreign record must not stop the timeline
+                on_undecodable=bad_record,
                 on_conflict=conflict,
             ):
+                clock.correct(d)  # times on one clock (tail/clock.py)
                 if d.event is not None:
                     events.append(d.event)
                 elif d.summary is not None:
                     batches.append((d.agent_id, d.summary))
         except KeyboardInterrupt:
             pass
+    if skipped["bounds"] or skipped["foreign"]:
+        err.write(
+            f"# {skipped['foreign']} records that are not tcpscope records and {skipped['bounds']} records "
+            "outside the bounds skipped (docs/kafka.md, Bounds)\n"
+        )
     picked = timeline.select(spec, events)
     if not picked:
         err.write("# no events of that connection in what was read\n")

@@ -35,7 +35,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tail import resetcause
+from tail import clock, resetcause
 from tail.gaps import Conflicts, Gaps, rfc3339
 from tail.pairs import COUNTERS, PairSummary, Party
 from tail.servicemap import render_dot
@@ -480,6 +480,7 @@ class Report:
     events: int = 0
     duplicates: int = 0
     undecodable: int = 0
+    out_of_bounds: int = 0  # decodable records outside the bounds (tcpscope/bounds.py): skipped
     _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
     gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tail/gaps.py)
     conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content
@@ -496,6 +497,7 @@ class Report:
             return
         if seen == CONFLICT:  # kept and reported: dropping it could hide a real event behind a forged one
             self.conflicts.add(d)
+        clock.correct(d)  # times on one clock (tail/clock.py), after the repeat check
         self.gaps.take(d)
         if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
@@ -530,6 +532,7 @@ class Report:
                 "events": self.events,
                 "duplicates": self.duplicates,
                 "undecodable_records": self.undecodable,
+                "out_of_bounds_records": self.out_of_bounds,
                 "skipped": dict(sorted(self.summarizer.skipped.items())),
                 "gaps": self.gaps.json_list(),
                 "conflicts": self.conflicts.count,
@@ -540,12 +543,23 @@ class Report:
         maybe = self.losses.get("kernel_skipped_runs", 0)
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
-        complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
+        complete = (
+            "events missing in windows nobody observed (below)"
+            if gap_lines
+            else "events in skipped records (below)"
+            if self.out_of_bounds
+            else "no events lost"
+        )
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
             + (complete if not lost else f"LOST {lost} events: {self.losses}")
             + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
+            + (
+                f"; {self.out_of_bounds} records outside the bounds skipped (docs/kafka.md, Bounds)"
+                if self.out_of_bounds
+                else ""
+            )
             + "\n"
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
         )

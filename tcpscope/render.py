@@ -37,8 +37,21 @@ _TIMESTAMP = "google.protobuf.Timestamp"
 
 @functools.lru_cache(maxsize=8)
 def _second_text(sec: int) -> str:
-    """RFC 3339 'YYYY-MM-DDTHH:MM:SS' of a second (a pure function; cached: events come in order)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    """RFC 3339 'YYYY-MM-DDTHH:MM:SS' of a second (a pure function; cached: events come in order).
+    A second no calendar of this platform holds (readers skip such records: tcpscope/bounds.py) is
+    shown as its number, never an exception."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    except (OverflowError, ValueError, OSError):
+        return f"@{sec}"
+
+
+def _clock_text(sec: int) -> str:
+    """Local 'HH:MM:SS' of a second, or its number when the platform cannot convert it."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(sec))
+    except (OverflowError, ValueError, OSError):
+        return f"@{sec}"
 
 
 def timestamp_json(seconds: int, nanos: int) -> str:
@@ -363,14 +376,17 @@ def duration_quantile_us(fl: Any, q: float) -> float:
     for i, n in enumerate(fl.duration_us_log2):
         seen += n
         if seen >= rank and n:
-            return float(2 ** (i + 1))
-    return float(2 ** len(fl.duration_us_log2))
+            return float(2 ** min(i + 1, _LOG2_TOP))
+    return float(2 ** min(len(fl.duration_us_log2), _LOG2_TOP))
+
+
+_LOG2_TOP = 64  # a u64 of microseconds has 64 log2 buckets: a longer histogram is not the agent's (bounds.py)
 
 
 def table_line(ev: TcpEvent) -> str:
     """One fixed-column line: TIME PID COMM LOCAL REMOTE EVENT DETAILS."""
     t = ev.time
-    clock = time.strftime("%H:%M:%S", time.localtime(t.seconds)) + f".{t.nanos // 1_000_000:03d}"
+    clock = _clock_text(t.seconds) + f".{t.nanos // 1_000_000:03d}"
     event, details = _details(ev)
     return (
         f"{clock:<12} {ev.process.pid:>7} {ev.process.comm or '-':<15} {endpoint_text(ev.local):<30} "

@@ -146,6 +146,7 @@ class _State:
     generation: int = 0
     last_seal: float = 0.0
     closing: bool = False
+    last_ack: tuple[int, int] = (0, 0)  # (sequence, wall ns when it arrived): echoed on the next batch
 
 
 class Exporter:
@@ -301,6 +302,7 @@ class Exporter:
             if agent_id != self._s.agent_id:
                 log.warning("ack for another agent id %r ignored", agent_id)
                 return
+            self._st.last_ack = (sequence, int(self._wall() * 1e9))
             b = self._st.inflight.pop(sequence, None)
             if b is None:
                 return  # a duplicate ack, or a batch dropped meanwhile
@@ -409,6 +411,9 @@ class Exporter:
         batch.unobserved.extend(windows)
         sent_ns = int(self._wall() * 1e9)
         batch.sent_time.FromNanoseconds(sent_ns)
+        if st.last_ack[0]:  # the collector bounds our clock offset with it (docs/kafka.md, "Clocks")
+            batch.last_ack_sequence = st.last_ack[0]
+            batch.last_ack_time.FromNanoseconds(st.last_ack[1])
         st.next_seq += 1
         if self._journal is not None:
             self._journal.sealed(batch.sequence, len(events), sent_ns, bool(windows))

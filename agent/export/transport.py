@@ -87,6 +87,7 @@ class GrpcTransport:
         self._thread: threading.Thread | None = None
         # a collector down for minutes: the first failure, then one line per 30 s with a count
         self._warn = Throttle(30.0)
+        self._changed_log = Throttle(30.0)
 
     def start(self, source: BatchSource) -> None:
         self._thread = threading.Thread(target=self._run, args=(source,), name="tcpscope-export", daemon=True)
@@ -103,6 +104,22 @@ class GrpcTransport:
                 self._cancel()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    def _collector_changed(self, ack: BatchAck) -> None:
+        """The collector left events out of an acknowledged batch, or cleared some of its times
+        (docs/kafka.md, "Bounds"): counted and said, never reported as losses again (the batch's
+        summary record in Kafka already carries them)."""
+        for reason, n in ack.dropped.items():
+            self._metrics.collector_dropped.labels(reason).inc(n)
+        if (held := self._changed_log.ready()) is not None:
+            log.warning(
+                "collector accepted batch %d with changes: events left out %s, times cleared %s "
+                "(docs/kafka.md, Bounds)%s",
+                ack.sequence,
+                dict(sorted(ack.dropped.items())),
+                dict(sorted(ack.clamped.items())),
+                held_note(held),
+            )
 
     def _channel(self) -> grpc.Channel:
         s = self._s
@@ -161,6 +178,8 @@ class GrpcTransport:
                             self._warn.reset()
                         attempt = 0
                         source.on_ack(ack.agent_id, ack.sequence)
+                        if ack.dropped or ack.clamped:
+                            self._collector_changed(ack)
             except grpc.RpcError as e:
                 code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
                 details = e.details() if isinstance(e, grpc.Call) else str(e)
