@@ -6,7 +6,6 @@ import time
 
 from tcpscope.v1.events_pb2 import ACTIVE, FIN_WAIT1, NORMAL, Endpoint, Lifecycle, Process, TcpEvent
 
-
 # the events' times: an hour before the test run started, on the hour (the collector accepts times
 # within --max-event-age of its clock: docs/kafka.md, Bounds)
 BASE_NS = (time.time_ns() // 3_600_000_000_000 - 1) * 3_600_000_000_000
