@@ -96,13 +96,13 @@ def clamp_batch_times(batch: EventBatch, accepted: TimeWindow) -> dict[str, int]
     """Clear the batch's own times outside the window (counted by field: sent_time, last_ack_time,
     unobserved_time); an unobserved window that lost a time is marked `uncounted`."""
     clamped: dict[str, int] = {}
-    for name, ts in batch_time_fields(batch):
-        if (ts.seconds or ts.nanos) and not accepted.holds(ts):
-            ts.Clear()
+    for name, msg, f in batch_time_fields(batch):
+        if msg.HasField(f) and not accepted.holds(getattr(msg, f)):
+            msg.ClearField(f)
             clamped[name] = clamped.get(name, 0) + 1
     if "unobserved_time" in clamped:
         for w in batch.unobserved:
-            if not (w.from_time.seconds and w.to_time.seconds):
+            if not (w.HasField("from_time") and w.HasField("to_time")):
                 w.uncounted = True
     return clamped
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tcpscope.v1.events_pb2 import (
@@ -228,13 +229,13 @@ def batch_problem(batch: EventBatch) -> str | None:
     return None
 
 
-def batch_time_fields(batch: EventBatch) -> list[tuple[str, Timestamp]]:
-    """(name, Timestamp) of every time a batch carries itself (not its events'), set or not."""
-    out: list[tuple[str, Timestamp]] = [("sent_time", batch.sent_time), ("last_ack_time", batch.last_ack_time)]
+def batch_time_fields(batch: EventBatch) -> list[tuple[str, Message, str]]:
+    """(name, message, field) of every time a batch carries itself (not its events'), set or not."""
+    out: list[tuple[str, Message, str]] = [("sent_time", batch, "sent_time"), ("last_ack_time", batch, "last_ack_time")]
     for w in batch.unobserved:
-        out += [("unobserved_time", t) for t in (w.from_time, w.to_time, w.last_alive_time)]
+        out += [("unobserved_time", w, f) for f in ("from_time", "to_time", "last_alive_time")]
     if batch.HasField("collector"):
-        out.append(("received_time", batch.collector.received_time))
+        out.append(("received_time", batch.collector, "received_time"))
     return out
 
 
@@ -243,6 +244,6 @@ def summary_problem(batch: EventBatch) -> str | None:
     bad = batch_problem(batch)
     if bad is not None:
         return bad
-    if any(not ANY_TIME.holds(ts) for _, ts in batch_time_fields(batch)):
+    if any(not ANY_TIME.holds(getattr(m, f)) for _, m, f in batch_time_fields(batch)):
         return "time"
     return None
