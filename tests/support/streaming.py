@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -114,7 +114,7 @@ class RawStream:
             "/tcpscope.v1.Collector/Stream", request_serializer=None, response_deserializer=BatchAck.FromString
         )
         self._requests: queue.Queue[bytes | None] = queue.Queue()
-        self._acks = call(iter(self._requests.get, None), metadata=metadata)
+        self._acks: Iterator[BatchAck] = iter(call(iter(self._requests.get, None), metadata=metadata))
 
     def send(self, batch: EventBatch) -> BatchAck:
         self._requests.put(batch.SerializeToString())
