@@ -118,7 +118,7 @@ class RawStream:
 
     def send(self, batch: EventBatch) -> BatchAck:
         self._requests.put(batch.SerializeToString())
-        return cast(BatchAck, next(self._acks))
+        return next(self._acks)
 
     def close(self) -> None:
         self._requests.put(None)
