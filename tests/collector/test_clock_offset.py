@@ -7,6 +7,7 @@ as for the same traffic with both clocks right (10 ok connections, 5 server abor
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import time
 import urllib.request
@@ -82,9 +83,9 @@ def _traffic(t0: int, skew_ns: int) -> tuple[list[pb.TcpEvent], list[pb.TcpEvent
     return n1, n2
 
 
-def _heartbeat(exp: Exporter) -> float:
-    exp.emit([], {})
-    return exp.metrics.value("tcpscope_agent_batches_acked_total")
+def _acked_heartbeats(exp: Exporter, n: int) -> bool:
+    exp.emit([], {})  # seals a heartbeat when due
+    return exp.metrics.value("tcpscope_agent_batches_acked_total") >= n
 
 
 def _metric(port: int, name: str, **labels: str) -> float | None:
@@ -107,9 +108,7 @@ def _run(broker: Broker, topic: str, skew_ns: int, t0: int) -> dict[str, Any]:
         ahead = _exporter(col.target, "node-1", lambda: time.time() + skew_ns / 1e9)
         right = _exporter(col.target, "node-2", time.time)
         for exp in (ahead, right):  # heartbeats until acks come back: the offset is bounded from then on
-            wait_until(
-                lambda e=exp: (e.emit([], {}), e.metrics.value("tcpscope_agent_batches_acked_total") >= 3)[1], 10
-            )
+            wait_until(functools.partial(_acked_heartbeats, exp, 3), 10)
         n1, n2 = _traffic(t0, skew_ns)
         ahead.emit(n1, {})
         right.emit(n2, {})
