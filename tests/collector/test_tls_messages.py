@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,7 +136,7 @@ def test_an_mtls_refusal_tells_the_agent_why(
     caplog.set_level(logging.WARNING, logger="agent.export.transport")
     try:
         wait_port(port)
-        for kw, want in (
+        cases: tuple[tuple[dict[str, Any], str], ...] = (
             (
                 {},
                 "the collector requires a client certificate (mutual TLS: its --tls-client-ca) and this agent "
@@ -145,7 +146,8 @@ def test_an_mtls_refusal_tells_the_agent_why(
                 {"tls_cert": stranger.cert, "tls_key": stranger.key},
                 f"the collector refused this agent's client certificate --tls-cert {stranger.cert}",
             ),
-        ):
+        )
+        for kw, want in cases:
             caplog.clear()
             exp = make_exporter(f"localhost:{port}", tls_ca=ca.ca_file, **kw)
             exp.emit([make_event(1)], {})
