@@ -22,7 +22,7 @@ from agent.config import AgentConfig, ConfigError
 from agent.kernel.probe import KernelSupportError, build_plan
 from agent.wiring import build_agent
 from tcpscope import tls
-from tcpscope.losses import definite, possible
+from tcpscope.losses import definite, possible, untracked
 
 PROG = "tcpscope-agent"
 EXIT_LOST = 3  # a --duration run that lost events
@@ -78,10 +78,12 @@ def loss_summary(losses: dict[str, int], events_out: int) -> str:
     total = sum(definite(losses).values())
     detail = ", ".join(f"{k}={v}" for k, v in sorted(losses.items()))
     maybe = sum(possible(losses).values())
+    sockets = sum(untracked(losses).values())
     return (
         f"{PROG}: {events_out} events out, lost {total}"
         + (f" ({detail})" if detail else "")
         + (f"; possibly lost {maybe} more (runs the kernel skipped)" if maybe else "")
+        + (f"; {sockets} sockets not tracked (socket map full: their events are missing)" if sockets else "")
     )
 
 
@@ -144,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     # the loss summary is always the last line
     print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
-    lost: int = sum(definite(losses).values())
+    lost: int = sum(definite(losses).values()) + sum(untracked(losses).values())
     if lost and config.duration is not None and not stop.is_set():
         return EXIT_LOST  # the loss line says how many and why
     return 0

@@ -201,6 +201,11 @@ def _summary_notes(d: Decoded, batch: EventBatch) -> list[str]:
             + (f" (possibly {maybe} more)" if maybe else "")
             + f" on node {batch.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}"
         )
+    if batch.lost.sockets_untracked:
+        notes.append(
+            f"# {batch.lost.sockets_untracked} sockets not tracked on node {batch.node} (agent {d.agent_id}, "
+            f"batch {d.sequence}): its socket map was full, their events are missing"
+        )
     return notes
 
 

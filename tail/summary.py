@@ -540,20 +540,29 @@ class Report:
             }
             return json.dumps(doc) + "\n"
         lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
+        shown = {k: v for k, v in self.losses.items() if v and k != "sockets_untracked"}
         maybe = self.losses.get("kernel_skipped_runs", 0)
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
+        untracked = self.losses.get("sockets_untracked", 0)
         complete = (
             "events missing in windows nobody observed (below)"
             if gap_lines
             else "events in skipped records (below)"
             if self.out_of_bounds
+            else "events of untracked sockets missing"
+            if untracked
             else "no events lost"
         )
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
-            + (complete if not lost else f"LOST {lost} events: {self.losses}")
+            + (complete if not lost else f"LOST {lost} events: {shown}")
             + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+            + (
+                f"; {untracked} sockets not tracked (the agent's socket map was full: their events are missing)"
+                if untracked
+                else ""
+            )
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
             + (
                 f"; {self.out_of_bounds} records outside the bounds skipped (docs/kafka.md, Bounds)"
@@ -572,6 +581,7 @@ def _lost_map(batch: EventBatch) -> dict[str, int]:
         "agent_buffer": batch.lost.agent_buffer,
         "enrichment": batch.lost.enrichment,
         "kernel_skipped_runs": batch.lost.kernel_skipped_runs,
+        "sockets_untracked": batch.lost.sockets_untracked,
     }
     out.update(batch.lost.by_reason)
     return out

@@ -166,6 +166,7 @@ _KNOWN = {
         "retransmits",
         "reset_reason",
         "reset_reason_name",
+        "tracked_mid_life",
     ],
     "StateChange": ["old_state", "new_state", "time_in_old_state_ns"],
 }
@@ -257,6 +258,8 @@ def _lifecycle(lc: Any) -> str:
         p.append(f'"reset_reason": {lc.reset_reason}')
     if lc.reset_reason_name:
         p.append('"reset_reason_name": ' + encode_basestring_ascii(lc.reset_reason_name))
+    if lc.tracked_mid_life:
+        p.append('"tracked_mid_life": true')
     return "{" + ", ".join(p) + "}"
 
 
@@ -321,10 +324,13 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     kind = ev.WhichOneof("kind")
     if kind == "lifecycle":
         lc = ev.lifecycle
+        tx = "?" if lc.tracked_mid_life else lc.tx_bytes  # role unknown: SYN counted or not (events.proto)
         d = (
-            f"role={_ROLE.get(lc.role, lc.role)} tx={lc.tx_bytes} rx={lc.rx_bytes} "
+            f"role={_ROLE.get(lc.role, lc.role)} tx={tx} rx={lc.rx_bytes} "
             f"ms={lc.duration_ns / 1e6:.3f} end={_ENDING.get(lc.ending, lc.ending)}"
         )
+        if lc.tracked_mid_life:
+            d += " tracked_mid_life"
         if lc.errno:
             d += f" errno={lc.errno_name or lc.errno}"
         if lc.reset_reason_name:

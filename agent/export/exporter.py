@@ -38,7 +38,7 @@ from typing import Protocol
 
 from agent.metrics import AgentMetrics
 from tcpscope.kafka_layout import SCHEMA_VERSION
-from tcpscope.losses import POSSIBLE_LOSS_REASONS
+from tcpscope.losses import POSSIBLE_LOSS_REASONS, UNTRACKED_SOCKET_REASONS
 from tcpscope.refusal import SPLITTABLE
 from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent, UnobservedWindow
 
@@ -103,7 +103,8 @@ class Transport(Protocol):
 
 def split_losses(by_reason: dict[str, int]) -> Losses:
     """Sum reasons into the Losses buckets: 'enrich*' -> enrichment, 'agent*' -> agent_buffer, possible
-    losses (POSSIBLE_LOSS_REASONS) -> kernel_skipped_runs, everything else (kernel.*, and unknown
+    losses (POSSIBLE_LOSS_REASONS) -> kernel_skipped_runs, sockets not tracked (UNTRACKED_SOCKET_REASONS)
+    -> sockets_untracked, everything else (kernel.*, and unknown
     prefixes, which can only come from the source) -> kernel."""
     out = Losses()
     for reason, n in by_reason.items():
@@ -112,6 +113,8 @@ def split_losses(by_reason: dict[str, int]) -> Losses:
         out.by_reason[reason] = n
         if reason in POSSIBLE_LOSS_REASONS:
             out.kernel_skipped_runs += n
+        elif reason in UNTRACKED_SOCKET_REASONS:
+            out.sockets_untracked += n  # sockets, not events
         elif reason.startswith("enrich"):
             out.enrichment += n
         elif reason.startswith("agent"):

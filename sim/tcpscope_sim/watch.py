@@ -116,6 +116,7 @@ class TopicWatch:
                     ("agent_buffer", lost.agent_buffer),
                     ("enrichment", lost.enrichment),
                     ("kernel_skipped_runs", lost.kernel_skipped_runs),
+                    ("sockets_untracked", lost.sockets_untracked),
                     *lost.by_reason.items(),
                 ):
                     self.losses[k] = self.losses.get(k, 0) + v
