@@ -94,6 +94,13 @@ class Journal(Protocol):
 
     def attached(self) -> list[UnobservedWindow]: ...
 
+    def detached(self) -> None: ...
+
+    def take_over(self) -> list[UnobservedWindow]: ...
+
+    @property
+    def takeover_pending(self) -> bool: ...
+
 
 class Transport(Protocol):
     def start(self, source: BatchSource) -> None: ...
@@ -150,6 +157,7 @@ class _State:
     last_seal: float = 0.0
     closing: bool = False
     last_ack: tuple[int, int] = (0, 0)  # (sequence, wall ns when it arrived): echoed on the next batch
+    next_takeover: float = 0.0  # when to look for the node journal's lock again (Exporter._take_over)
 
 
 class Exporter:
@@ -199,6 +207,8 @@ class Exporter:
         with self._cond:
             st = self._st
             self._account_upstream(upstream_losses)
+            if self._journal is not None and self._journal.takeover_pending:
+                self._take_over(now)
             if events:
                 self._metrics.events_in.inc(len(events))
                 i, n, cap = 0, len(events), self._cap
@@ -223,6 +233,26 @@ class Exporter:
         """The agent is attached to the kernel: report the windows the node journal knows of."""
         if self._journal is not None:
             self.report_unobserved(self._journal.attached())
+
+    def detached(self) -> None:
+        """The agent stopped observing (its programs are detached; the drain follows): noted in the
+        node journal, where the next agent's window starts."""
+        if self._journal is not None:
+            with self._cond:
+                self._journal.detached()
+
+    def _take_over(self, now: float) -> None:
+        """Attached while another agent of the node held its journal: poll (twice a second) for the
+        handover's windows once that agent has exited; they ride on the next batch."""
+        assert self._journal is not None
+        if now < self._st.next_takeover:
+            return
+        self._st.next_takeover = now + 0.5
+        windows = self._journal.take_over()
+        if windows:
+            self._st.pending_windows.extend(windows)
+            if self._st.open_since is None:
+                self._st.open_since = now
 
     def report_unobserved(self, windows: Sequence[UnobservedWindow]) -> None:
         """Send these windows nobody observed with the next batch (sealed within batch_max_age)."""
