@@ -240,7 +240,8 @@ class NodeJournal:
                     del self.sealed_ns[s]
 
     def _write(self, state: str) -> None:
-        if not self._attached or not self._try_lock():
+        # while a takeover is pending, the file is the previous agent's to read first (take_over())
+        if not self._attached or self._takeover_pending or not self._try_lock():
             return
         doc = {
             "version": FORMAT_VERSION,

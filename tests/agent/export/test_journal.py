@@ -178,10 +178,12 @@ def test_an_agent_attached_while_the_old_one_drains_reports_the_handover_with_it
     gen_new = new.begin_stream()
     assert all(not EventBatch.FromString(b.data).unobserved for b in _take(new, gen_new))
     assert new_journal.takeover_pending
+    new.emit([make_event(7)], {})  # an open batch, sealed below by the transport thread
     wall.ns += 2_000_000_000
     old.close(0)  # the grace ran out: 5 events never acknowledged (agent.shutdown_unsent)
     assert old.losses() == {"agent.shutdown_unsent": 5}
     clock.t += 1.0
+    assert new.next_batch(0.0, gen_new) is not None  # sealed before the journal was taken over
     new.emit([], {})
     clock.t += 1.0
     new.emit([], {})
