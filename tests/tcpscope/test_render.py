@@ -136,3 +136,28 @@ def test_flow_json_and_table() -> None:
     assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
     # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
     assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "p50_ms<=0.032", "p99_ms<=0.032", "s=10.0"]
+
+
+def test_values_no_calendar_holds_render_as_numbers_not_exceptions() -> None:
+    """Readers skip such records (tcpscope/bounds.py); the renderers never fail on one either."""
+    from tcpscope import render
+    from tcpscope.v1.events_pb2 import TcpEvent
+
+    ev = TcpEvent()
+    ev.flow.connections = 1
+    ev.flow.duration_us_log2.extend([0] * 4999 + [1])  # 5,000 buckets: 2^5000 overflowed a float
+    for seconds in (10**12, 10**15, 2**62, -(2**62), 2**63 - 1):
+        ev.time.seconds = seconds
+        line = render.table_line(ev)
+        assert "FLOW" in line and "p50_ms<=18446744073709552.000" in line  # the top u64 bucket
+        assert render.json_line(ev).startswith('{"time": "')
+    ev.time.seconds = 2**62  # beyond any calendar of this platform: the number itself
+    assert render.table_line(ev).startswith(f"@{2**62}.000")
+    assert render.json_line(ev).startswith(f'{{"time": "@{2**62}Z"')
+
+
+def test_rfc3339_of_any_integer() -> None:
+    from tail.gaps import rfc3339
+
+    assert rfc3339(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
+    assert rfc3339(-(10**20)) == f"@{-(10**20)}ns"
