@@ -240,7 +240,10 @@ def batch_time_fields(batch: EventBatch) -> list[tuple[str, Message, str]]:
 
 
 def summary_problem(batch: EventBatch) -> str | None:
-    """A batch summary record as a reader sees it: the batch's own bounds, and its times in range."""
+    """A batch summary record as a reader sees it: a batch id (an empty value is no summary), the
+    batch's own bounds, and its times in range."""
+    if not batch.agent_id or not batch.sequence:
+        return "empty"
     bad = batch_problem(batch)
     if bad is not None:
         return bad

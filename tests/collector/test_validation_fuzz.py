@@ -154,7 +154,7 @@ def test_random_batches_through_the_collector_and_the_readers(kafka_broker: Brok
         assert dropped == sent.dropped
     assert sent.events > EXAMPLES // 4 and sent.dropped > EXAMPLES // 4  # both paths were exercised
 
-    p = run_tail(kafka_broker.bootstrap, TOPIC, "--summary", "--from-beginning", "--duration", "8", "--format", "json")
+    p = run_tail(kafka_broker.bootstrap, TOPIC, "--summary", "--from-beginning", "--duration", "12", "--format", "json")
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     doc = json.loads(p.stdout)
     assert (doc["events"], doc["batches"]) == (sent.events, sent.batches)
@@ -162,7 +162,7 @@ def test_random_batches_through_the_collector_and_the_readers(kafka_broker: Brok
     assert doc["losses"]["kernel"] == sent.agent_lost + sent.dropped
 
     p = run_tail(
-        kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "8", "--format", "json", "--kind", "all"
+        kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "12", "--format", "json", "--kind", "all"
     )
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert len([line for line in p.stdout.splitlines() if line.startswith("{")]) == sent.events

@@ -19,7 +19,7 @@ from tests.support.kafka import Broker, run_tail
 
 TOPIC = "poison"
 GOOD = 10
-OUT_OF_BOUNDS = 6
+OUT_OF_BOUNDS = 7
 
 
 def _batch(seq: int, events: list[TcpEvent]) -> EventBatch:
@@ -30,7 +30,7 @@ def _batch(seq: int, events: list[TcpEvent]) -> EventBatch:
 
 
 def _records() -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
-    """(key, value, headers): 10 good events and 2 good summaries, and 6 records outside the bounds."""
+    """(key, value, headers): 10 good events and 2 good summaries, and 7 records outside the bounds."""
     far = make_event(100)
     far.time.seconds = 10**12  # year 33658
     flow = make_event(101)
@@ -51,6 +51,8 @@ def _records() -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
     empty_headers = [(k, v) for k, v in batch_records(_batch(5, [make_event(103)]))[0].headers]
     assert (H_RECORD, RECORD_EVENT.encode()) in empty_headers
     out.append((b"k", b"", empty_headers))  # an empty value under event headers: no event
+    summary_headers = batch_records(_batch(6, []))[-1].headers
+    out.append((b"k", b"", summary_headers))  # nor under summary headers: no batch
     return out
 
 
