@@ -5,6 +5,12 @@
 #ifndef TCPSCOPE_ERROR_H
 #define TCPSCOPE_ERROR_H
 
+#include "events.h"
+#include "sockstate.h"
+#include "maps.h"
+#include "kread.h"
+#include "emit.h"
+
 static __always_inline int handle_error_report(void *ctx, const void *sk)
 {
     __u64 key = (__u64)sk;

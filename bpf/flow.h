@@ -14,6 +14,9 @@
 #ifndef TCPSCOPE_FLOW_H
 #define TCPSCOPE_FLOW_H
 
+#include "events.h"
+#include "sockstate.h"
+
 #if defined(AGGREGATE) || defined(SPILL_PER_CPU)
 #define FLOWS_ON 1
 

@@ -9,6 +9,15 @@
 #ifndef TCPSCOPE_LIFECYCLE_H
 #define TCPSCOPE_LIFECYCLE_H
 
+#include "events.h"
+#include "sockstate.h"
+#include "tcp_defs.h"
+#include "maps.h"
+#include "kread.h"
+#include "emit.h"
+#include "flow.h"
+#include "state_event.h"
+
 /* Snapshot at the CLOSE transition: application bytes from the sequence-space counters.
  * bytes_received counts the peer's FIN (tcp_fin() also sets SOCK_DONE; FIN_WAIT2->CLOSE alone
  * does not prove a FIN came: close() hands FIN_WAIT2 sockets to the timewait minisock).

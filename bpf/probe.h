@@ -2,6 +2,10 @@
 #ifndef TCPSCOPE_PROBE_H
 #define TCPSCOPE_PROBE_H
 
+#include "events.h"
+#include "maps.h"
+#include "emit.h"
+
 #ifdef ENABLE_PROBE
 static __always_inline int probe_sampled(void)
 {

@@ -3,6 +3,13 @@
 #ifndef TCPSCOPE_RESET_H
 #define TCPSCOPE_RESET_H
 
+#include "events.h"
+#include "tcp_defs.h"
+#include "sockstate.h"
+#include "maps.h"
+#include "kread.h"
+#include "emit.h"
+
 /* sk may be NULL (RST for a closed port) or a timewait/request sock (not a full socket: its
  * cgroup cannot be read); `state` is the record's state field, 0 when there is no socket. */
 static __always_inline int handle_send_reset(void *ctx, const void *sk, int state, __u32 reason,

@@ -3,6 +3,12 @@
 #ifndef TCPSCOPE_RETRANSMIT_H
 #define TCPSCOPE_RETRANSMIT_H
 
+#include "events.h"
+#include "tcp_defs.h"
+#include "sockstate.h"
+#include "maps.h"
+#include "emit.h"
+
 static __always_inline int handle_retransmit(void *ctx, const void *sk, int state, const struct tuple *t)
 {
     __u64 key = (__u64)sk;

@@ -2,6 +2,16 @@
 #ifndef TCPSCOPE_STATE_H
 #define TCPSCOPE_STATE_H
 
+#include "events.h"
+#include "tcp_defs.h"
+#include "sockstate.h"
+#include "maps.h"
+#include "kread.h"
+#include "filters.h"
+#include "state_event.h"
+#include "lifecycle.h"
+#include "connid.h"
+
 static __always_inline void set_owner_current(struct sockstate *st)
 {
     st->pid = bpf_get_current_pid_tgid() >> 32;
@@ -139,6 +149,8 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         /* ports and addresses are completed along the way (the local port of a connect() is
          * chosen after CLOSE->SYN_SENT) */
         st->t = *t;
+        if (newstate == TS_ESTABLISHED) /* first: the held first change carries the id too */
+            record_isns(sk, st);
         flush_first_state(ctx, key, st);
         if (newstate == TS_LISTEN)
             remember_listener(st);

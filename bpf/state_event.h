@@ -2,6 +2,12 @@
 #ifndef TCPSCOPE_STATE_EVENT_H
 #define TCPSCOPE_STATE_EVENT_H
 
+#include "events.h"
+#include "sockstate.h"
+#include "tcp_defs.h"
+#include "maps.h"
+#include "emit.h"
+
 #ifdef ENABLE_STATE
 static __always_inline void emit_state(void *ctx, __u64 key, const struct sockstate *st, int oldstate,
                                        int newstate, __u64 now, __u64 in_old)

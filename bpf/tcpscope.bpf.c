@@ -10,14 +10,16 @@
  *   PORT_MATCH(p)          when a port filter is set
  * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
  * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE, and for flows
- * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS. */
-#include "events.h"
-#include "common.h"
+ * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS.
+ *
+ * Every header includes what it uses and compiles on its own after the plan's preamble
+ * (tests/agent/kernel/test_bpf_headers.py); agent/kernel/loader.py inlines each one once, where it
+ * is first included. */
+#include "tcp_defs.h"
+#include "tuples.h"
 #include "compat.h"
-#include "state_event.h"
-#include "flow.h"
-#include "lifecycle.h"
 #include "state.h"
+#include "lifecycle.h"
 #include "retransmit.h"
 #include "reset.h"
 #include "error.h"

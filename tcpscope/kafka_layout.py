@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from google.protobuf import json_format
 
 from tcpscope.bounds import OutOfBounds, event_problem, summary_problem
+from tcpscope.losses import definite_total
 from tcpscope.v1.events_pb2 import CollectorNote, Endpoint, EventBatch, TcpEvent
 
 SCHEMA_VERSION = 1
@@ -144,11 +145,6 @@ def to_json(msg: TcpEvent | EventBatch) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
 
 
-def lost_total(batch: EventBatch) -> int:
-    """Definite losses of a batch (possible ones, Losses.kernel_skipped_runs, are apart)."""
-    return batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
-
-
 def clock_correction_ns(note: CollectorNote) -> int:
     """What readers subtract from the event times of a batch with this collector note: the measured
     offset of the agent's clock when it is bounded, larger than its error and at least
@@ -181,36 +177,26 @@ def batch_records(
     seq = str(batch.sequence).encode()
     correction = clock_correction_ns(batch.collector) if batch.HasField("collector") else 0
     clock: Headers = [(H_CLOCK_OFFSET, str(correction).encode())] if correction else []
-    out: list[Record] = []
-    if layout == LAYOUT_PACKED:
-        out.extend(
-            _packed_records(
-                batch,
-                as_json,
-                partitions,
-                [
-                    (H_SCHEMA, SCHEMA_BATCH.encode()),
-                    (H_SCHEMA_VERSION, version),
-                    (H_RECORD, RECORD_PACKED.encode()),
-                    (H_CONTENT_TYPE, ct),
-                    (H_AGENT_ID, agent),
-                    (H_NODE, node),
-                    (H_BATCH_SEQ, seq),
-                    *clock,
-                ],
-            )
-        )
-    else:
-        common: Headers = [
-            (H_SCHEMA, SCHEMA_EVENT.encode()),
+
+    def headers(schema: str, record: str) -> Headers:
+        """The headers every record of the batch carries (docs/kafka.md), for one record kind; the
+        event-carrying ones also the clock correction."""
+        return [
+            (H_SCHEMA, schema.encode()),
             (H_SCHEMA_VERSION, version),
-            (H_RECORD, RECORD_EVENT.encode()),
+            (H_RECORD, record.encode()),
             (H_CONTENT_TYPE, ct),
             (H_AGENT_ID, agent),
             (H_NODE, node),
             (H_BATCH_SEQ, seq),
-            *clock,
+            *(clock if record != RECORD_SUMMARY else []),
         ]
+
+    out: list[Record] = []
+    if layout == LAYOUT_PACKED:
+        out.extend(_packed_records(batch, as_json, partitions, headers(SCHEMA_BATCH, RECORD_PACKED)))
+    else:
+        common = headers(SCHEMA_EVENT, RECORD_EVENT)
         for i, ev in enumerate(batch.events):
             value = to_json(ev).encode() if as_json else ev.SerializeToString()
             key = connection_key(ev)
@@ -231,15 +217,9 @@ def batch_records(
             agent,
             value,
             [
-                (H_SCHEMA, SCHEMA_BATCH.encode()),
-                (H_SCHEMA_VERSION, version),
-                (H_RECORD, RECORD_SUMMARY.encode()),
-                (H_CONTENT_TYPE, ct),
-                (H_AGENT_ID, agent),
-                (H_NODE, node),
-                (H_BATCH_SEQ, seq),
+                *headers(SCHEMA_BATCH, RECORD_SUMMARY),
                 (H_BATCH_EVENTS, str(len(batch.events)).encode()),
-                (H_LOST_TOTAL, str(lost_total(batch)).encode()),
+                (H_LOST_TOTAL, str(definite_total(batch.lost)).encode()),
                 *([(H_UNOBSERVED, str(len(batch.unobserved)).encode())] if batch.unobserved else []),
             ],
         )

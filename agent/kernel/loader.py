@@ -20,19 +20,25 @@ log = logging.getLogger(__name__)
 _INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
 
 
-def program_text(plan: Plan, bpf_dir: Path = BPF_DIR) -> str:
-    """The full C source: the plan's preamble and bpf/tcpscope.bpf.c with our own headers inlined
-    (bcc rewrites map calls only in its main buffer, not in included files)."""
-    seen: set[str] = set()
+def inline_headers(text: str, bpf_dir: Path = BPF_DIR, seen: set[str] | None = None) -> str:
+    """C text with our own `#include "x.h"` lines replaced by the header's text, recursively, each
+    header once, where it is first included (bcc rewrites map calls only in its main buffer, not in
+    included files). Every header includes what it uses, so any order of includes compiles."""
+    done: set[str] = set() if seen is None else seen
 
-    def inline(name: str) -> str:
-        if name in seen:
+    def inline(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name in done:
             return ""
-        seen.add(name)
-        text = (bpf_dir / name).read_text()
-        return _INCLUDE.sub(lambda m: inline(m.group(1)), text)
+        done.add(name)
+        return _INCLUDE.sub(inline, (bpf_dir / name).read_text())
 
-    return plan.preamble() + inline("tcpscope.bpf.c")
+    return _INCLUDE.sub(inline, text)
+
+
+def program_text(plan: Plan, bpf_dir: Path = BPF_DIR) -> str:
+    """The full C source: the plan's preamble and bpf/tcpscope.bpf.c with our own headers inlined."""
+    return plan.preamble() + inline_headers((bpf_dir / "tcpscope.bpf.c").read_text(), bpf_dir, {"tcpscope.bpf.c"})
 
 
 @dataclass

@@ -88,6 +88,7 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_BYTES_RECEIVED", "tcp_sock", ("bytes_received",)),
     ("OFF_SND_UNA", "tcp_sock", ("snd_una",)),
     ("OFF_WRITE_SEQ", "tcp_sock", ("write_seq",)),
+    ("OFF_RCV_NXT", "tcp_sock", ("rcv_nxt",)),
     # sk_flags is `#define sk_flags __sk_common.skc_flags` on newer kernels
     ("OFF_SK_FLAGS", "sock", ("sk_flags", "__sk_common.skc_flags")),
     ("OFF_SK_ERR", "sock", ("sk_err",)),
@@ -329,7 +330,7 @@ def _socket_cgroup_layout(btf: Btf, missing: list[str]) -> list[tuple[str, int]]
     5.15+ (commit 8520e224f547): `struct sock_cgroup_data { struct cgroup *cgroup; u32 classid; u16
     prioidx; }`. 4.5-5.14: a union of `u64 val` (the pointer) with the cgroup v1 net_prio/net_cls
     data `{ u8 is_data:1, no_refcnt:1 (5.7+), ...; u16 prioidx; u32 classid; }`; once a v1
-    net_cls/net_prio setting is applied to a socket the pointer is gone (bpf/common.h,
+    net_cls/net_prio setting is applied to a socket the pointer is gone (bpf/kread.h,
     sock_cgroup()). The low bits of `val` tell the two apart, so SOCK_CGROUP_UNION switches that
     check on."""
     direct = btf.member_offset("sock_cgroup_data", "cgroup")

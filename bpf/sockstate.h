@@ -1,0 +1,62 @@
+/* What the programs remember per socket and per listener (the values of the maps in bpf/maps.h).
+ * Kernel-side only: user space never reads these, it reads struct tcpscope_event (bpf/events.h). */
+#ifndef TCPSCOPE_SOCKSTATE_H
+#define TCPSCOPE_SOCKSTATE_H
+
+/* sockstate.flags */
+#define F_ESTABLISHED 1 /* reached ESTABLISHED */
+#define F_FIN_QUEUED 2  /* went through FIN_WAIT1, CLOSING or LAST_ACK: our FIN was queued */
+#define F_RST_SENT 4
+#define F_RST_RECEIVED 8
+#define F_CLOSED 16        /* CLOSE seen: the lifecycle fields below are a snapshot */
+#define F_FIRST_PENDING 32 /* the first state change waits for the tuple (bpf/state_event.h) */
+
+struct tuple {
+    __u8 saddr[16];
+    __u8 daddr[16];
+    __u16 sport;
+    __u16 dport;
+    __u16 family;
+    __u16 pad;
+};
+
+struct sockstate {
+    __u64 first_ts;  /* first state change seen */
+    __u64 state_ts;  /* last state change */
+    __u64 close_ts;  /* CLOSE (when F_CLOSED) */
+    __u64 cgroup_id; /* from the socket, never from the current task */
+    __u64 tx_bytes;  /* application bytes, computed at CLOSE */
+    __u64 rx_bytes;
+    struct tuple t;
+    __u32 netns;
+    __u32 pid;
+    __s32 err_report; /* last sock:inet_sk_error_report errno */
+    __s32 sk_err;     /* sk->sk_err at CLOSE */
+    __u32 rst_reason;
+    __u32 retransmits;
+    __u32 isn_client; /* the connection's initial sequence numbers, set at ESTABLISHED (bpf/connid.h) */
+    __u32 isn_server;
+    __u8 role;
+    __u8 last_state; /* the state it left for CLOSE */
+    __u8 flags;
+    __u8 pad[5];
+    char comm[16];
+};
+
+/* A listening socket's address: {netns, family, bound address, port}. The address is as in struct
+ * tuple (IPv4 in the first 4 bytes), all zero for a wildcard bind. IPv4 and IPv6 listeners on one
+ * port, or listeners on different addresses, are different keys; SO_REUSEPORT listeners share one. */
+struct listener_key {
+    __u8 addr[16];
+    __u32 netns;
+    __u16 port;
+    __u16 family;
+};
+
+struct owner {
+    __u32 pid;
+    __u32 refs; /* listening sockets with this key (SO_REUSEPORT groups have several) */
+    char comm[16];
+};
+
+#endif
