@@ -189,7 +189,9 @@ def _readers_correct_the_times(kafka_broker: Broker, topic: str, events: int) ->
     assert row["connections"] == 15
     assert row["reset_causes"] == {"app": {"TCP_ABORT_ON_CLOSE": 5}}
     # the live view shows node-1's events on the collector's clock, next to node-2's
-    p = run_tail(kafka_broker.bootstrap, topic, "--from-beginning", "--duration", "4", "--format", "json")
+    p = run_tail(
+        kafka_broker.bootstrap, topic, "--from-beginning", "--duration", "4", "--format", "json", "--rows", "socket"
+    )
     assert p.returncode == 0, p.stderr
     rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     causes = [r["reset_cause"] for r in rows if "reset_cause" in r]

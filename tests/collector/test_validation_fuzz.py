@@ -162,10 +162,24 @@ def test_random_batches_through_the_collector_and_the_readers(kafka_broker: Brok
     assert doc["losses"]["kernel"] == sent.agent_lost + sent.dropped
 
     p = run_tail(
-        kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "12", "--format", "json", "--kind", "all"
+        kafka_broker.bootstrap,
+        TOPIC,
+        "--from-beginning",
+        "--duration",
+        "12",
+        "--format",
+        "json",
+        "--kind",
+        "all",
+        "--rows",
+        "socket",
     )
     assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
     assert len([line for line in p.stdout.splitlines() if line.startswith("{")]) == sent.events
+
+    # the default live view joins both ends into one row per connection: it survives them too
+    p = run_tail(kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "6", "--format", "json")
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
 
     watch = TopicWatch(kafka_broker.bootstrap, TOPIC, {"fuzz"})
     watch.start()

@@ -77,7 +77,7 @@ def _clean(p: Any) -> None:
 
 @pytest.mark.parametrize("fmt", ["table", "json"])
 def test_live_view_skips_counts_and_names_them(poisoned: Broker, fmt: str) -> None:
-    p = run_tail(poisoned.bootstrap, TOPIC, "--from-beginning", "--duration", "3", "--format", fmt)
+    p = run_tail(poisoned.bootstrap, TOPIC, "--from-beginning", "--duration", "3", "--format", fmt, "--rows", "socket")
     _clean(p)
     rows = [line for line in p.stdout.splitlines() if "LIFECYCLE" in line or line.startswith("{")]
     assert len(rows) == GOOD, p.stdout
@@ -88,7 +88,7 @@ def test_live_view_skips_counts_and_names_them(poisoned: Broker, fmt: str) -> No
 
 
 def test_since_skips_them_too(poisoned: Broker) -> None:
-    p = run_tail(poisoned.bootstrap, TOPIC, "--since", "2h", "--duration", "3", "--format", "json")
+    p = run_tail(poisoned.bootstrap, TOPIC, "--since", "2h", "--duration", "3", "--format", "json", "--rows", "socket")
     _clean(p)
     assert len([line for line in p.stdout.splitlines() if line.startswith("{")]) == GOOD
     assert f"{OUT_OF_BOUNDS} records outside the bounds skipped" in p.stderr, p.stderr

@@ -213,7 +213,7 @@ def test_values_no_calendar_holds_render_as_numbers_not_exceptions() -> None:
     for seconds in (10**12, 10**15, 2**62, -(2**62), 2**63 - 1):
         ev.time.seconds = seconds
         line = render.table_line(ev)
-        assert "FLOW" in line and "p50_ms<=18446744073709552.000" in line  # the top u64 bucket
+        assert "FLOW" in line and "p50<5124095576h01m" in line  # the top bucket of a u64 of microseconds
         assert render.json_line(ev).startswith('{"time": "')
     ev.time.seconds = 2**62  # beyond any calendar of this platform: the number itself
     assert render.table_line(ev).startswith(f"@{2**62}.000")
