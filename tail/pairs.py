@@ -67,6 +67,9 @@ class PairSummary:
     """connections that ended by a received RST, by who sent it (resetcause): {cause: {detail: n}}"""
     first_seen_ns: int = 0
     last_seen_ns: int = 0
+    via: Party | None = None
+    """the Service (or node port) the client connected to, its port in `port`, when kube-proxy's NAT
+    took the connection to the server (a backend); None for a connection straight to the server"""
     # latency (log2 microsecond buckets, as the agent's flows): connect latency once per connection,
     # smoothed RTT once per report; and the connections open at their last report
     connect_us_log2: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
@@ -97,6 +100,8 @@ class PairSummary:
         out["reset_causes"] = {c: dict(sorted(d.items())) for c, d in sorted(self.reset_causes.items())}
         out["first_seen"] = rfc3339(self.first_seen_ns)
         out["last_seen"] = rfc3339(self.last_seen_ns)
+        if self.via is not None:  # only through a Service or a node port: pod-to-pod rows keep their shape
+            out["via"] = self.via.to_json()
         out["open_connections"] = self.open_connections
         for name, buckets in (("connect_latency_us", self.connect_us_log2), ("rtt_us", self.rtt_us_log2)):
             n = sum(buckets)
