@@ -37,12 +37,12 @@ Counters, each counting connections:
 - retransmits: established connections where either end retransmitted at least one segment
 - failed: connects that never established for another reason (EHOSTUNREACH, aborted, ...)
 
-Latency and open connections, per (client address, server address, server port) as flows, from the
-client's reports when its agent reported any, else the server's: connect latency once per
-connection (in its first open report, its flow, or at close when it was never reported open), the
-smoothed RTT once per report (each open report and each close); and OPEN, the connections open at
-their agent's last report (an open event or the open part of a flow in that agent's last pass, and
-not closed since).
+Latency and open connections, in the row the connection (or its flow) is counted in: connect
+latency once per connection (a lifecycle's, a flow's histogram, or the first open report of a
+connection still open), the smoothed RTT once per report (each open report, each flow's histogram,
+each lifecycle at close); open reports of one connection from its client's agent when it reported
+any, else from the server's. OPEN: the connections open at their agent's last pass (an open report,
+or the open part of a flow source's latest flow, in that node's last pass, and no lifecycle since).
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ from tcpscope.v1.events_pb2 import (
     Endpoint,
     EndpointKind,
     EventBatch,
+    Lifecycle,
     TcpEvent,
 )
 
@@ -96,19 +97,19 @@ _ViewKey = tuple[str, int, str, int]
 
 
 @dataclass
-class _Latency:
-    """One side's latency samples and open reports for one (client ip, server ip, server port)."""
+class _Open:
+    """One connection's open reports (docs: module docstring), by side (client, server): the
+    latest report as a view, the RTT samples of all its reports, the connect latency it reported
+    first (ns, 0: none)."""
 
-    event: TcpEvent  # the latest of this side's events: names the ends
-    connect: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
-    rtt: list[int] = field(default_factory=lambda: [0] * LOG2_BUCKETS)
-    # open reports by source (a socket, or a flow key): (connections, report time, interval)
-    open: dict[tuple[object, ...], tuple[int, int, int]] = field(default_factory=dict)
+    views: list[_View | None] = field(default_factory=lambda: [None, None])
+    rtt: list[list[int]] = field(default_factory=lambda: [[0] * LOG2_BUCKETS, [0] * LOG2_BUCKETS])
+    connect_ns: list[int] = field(default_factory=lambda: [0, 0])
+    closed: bool = False
     last_ns: int = 0
 
 
-def _has_reports(lat: _Latency) -> bool:
-    return bool(sum(lat.connect) or sum(lat.rtt) or lat.open)
+_OpenKey = tuple[object, ...]
 
 
 def _log2(us: int) -> int:
@@ -118,6 +119,32 @@ def _log2(us: int) -> int:
 def _add_buckets(into: list[int], buckets: Iterable[int]) -> None:
     for i, n in enumerate(list(buckets)[:LOG2_BUCKETS]):
         into[i] += n
+
+
+@dataclass
+class _Rows:
+    """The rows of one `pairs()` answer, by (client, server, via). A row's span (first and last
+    seen) is over its closed connections; a row of open connections only shows its reports' span."""
+
+    rows: dict[tuple[Party, Party, Party | None], PairSummary] = field(default_factory=dict)
+    spans: dict[int, tuple[PairSummary, int, int]] = field(default_factory=dict)
+
+    def row_for(self, client: Party, server: Party, via: Party | None) -> PairSummary:
+        row = self.rows.get((client, server, via))
+        if row is None:
+            row = self.rows[(client, server, via)] = PairSummary(client, server, via=via)
+        return row
+
+    def reported(self, row: PairSummary, first_ns: int, last_ns: int) -> None:
+        """Open reports from first_ns to last_ns in this row."""
+        _, f, l_ = self.spans.get(id(row), (row, first_ns, last_ns))
+        self.spans[id(row)] = (row, min(f, first_ns), max(l_, last_ns))
+
+    def finish(self) -> list[PairSummary]:
+        for row, first, last in self.spans.values():
+            if not row.first_seen_ns:
+                row.first_seen_ns, row.last_seen_ns = first, last
+        return list(self.rows.values())
 
 
 @dataclass
@@ -133,8 +160,8 @@ class Summarizer:
     _held: int = field(default=0, init=False)
     # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
     _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
-    # latency and open reports by (client ip, server ip, server port): (the client's, the server's)
-    _latency: dict[tuple[str, str, int], list[_Latency | None]] = field(default_factory=dict, init=False)
+    # open reports of connections reported one by one: by connection id, else by 4-tuple
+    _open: dict[_OpenKey, _Open] = field(default_factory=dict, init=False)
     _last_pass_ns: dict[str, int] = field(default_factory=dict, init=False)  # node -> its latest open report
     resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
     """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
@@ -155,8 +182,9 @@ class Summarizer:
         only feed the reset join)."""
         self.resets.add(ev)
         kind = ev.WhichOneof("kind")
-        if kind in ("flow", "open", "lifecycle"):
-            self._add_latency(ev, kind)
+        if kind == "open":
+            self._add_open(ev)
+            return
         if kind == "flow":
             self._add_flow(ev)
             return
@@ -191,6 +219,9 @@ class Summarizer:
             key = (client_end.ip, client_end.port, server_end.ip, server_end.port)
             self._views.setdefault(key, ([], []))[side].append(view)
         self._held += 1
+        reports = self._open.get(_open_key(ev, client_end, server_end))
+        if reports is not None:  # reported open before: its lifecycle counts it now
+            reports.closed, reports.last_ns = True, max(reports.last_ns, end_ns)
 
     def _add_flow(self, ev: TcpEvent) -> None:
         fl = ev.flow
@@ -201,66 +232,50 @@ class Summarizer:
         else:
             self._skip("no_role")
             return
+        if fl.open_connections:
+            self._mark_pass(ev.node, fl.report_time.ToNanoseconds())
         if self._held >= self.max_sockets:
             self._skip("over_capacity")
             return
         self._flows.setdefault(key, ([], []))[side].append(ev)
         self._held += 1
 
-    def _add_latency(self, ev: TcpEvent, kind: str) -> None:
-        """Latency samples and open reports of a lifecycle, flow or open event (module docstring)."""
-        msg = getattr(ev, kind)
-        if msg.role == ACTIVE:
-            key, side = (ev.local.ip, ev.remote.ip, ev.remote.port), 0
-        elif msg.role == PASSIVE:
-            key, side = (ev.remote.ip, ev.local.ip, ev.local.port), 1
+    def _add_open(self, ev: TcpEvent) -> None:
+        """An open report of one connection: its RTT sample, its first connect latency, and when
+        its agent last saw it open."""
+        op = ev.open
+        if op.role == ACTIVE:
+            client_end, server_end, side = ev.local, ev.remote, 0
+        elif op.role == PASSIVE:
+            client_end, server_end, side = ev.remote, ev.local, 1
         else:
+            self._skip("no_role")
             return
-        if kind == "lifecycle" and (
-            msg.last_state == LISTEN
-            or ev.remote.port == 0
-            or (ev.local.ip, ev.local.port) == (ev.remote.ip, ev.remote.port)
-        ):
-            return
-        sides = self._latency.setdefault(key, [None, None])
-        lat = sides[side]
-        if lat is None:
-            lat = sides[side] = _Latency(ev)
         t = ev.time.ToNanoseconds()
-        if t >= lat.last_ns:
-            lat.event, lat.last_ns = ev, t
-        if kind == "flow":
-            _add_buckets(lat.connect, msg.connect_latency_us_log2)
-            _add_buckets(lat.rtt, msg.srtt_us_log2)
-            source: tuple[object, ...] = ("flow", ev.node, msg.role, ev.local.ip, ev.remote.ip, ev.process.cgroup_id)
-            if msg.open_connections or source in lat.open:
-                self._report_open(lat, ev.node, source, msg.open_connections, t, msg.interval_ns)
-            return
-        connect = msg.connect_latency_ns if kind == "open" or not msg.connect_latency_reported else 0
-        if connect:
-            lat.connect[_log2(connect // 1000)] += 1
-        if msg.srtt_us:
-            lat.rtt[_log2(msg.srtt_us)] += 1
-        sock = ("socket", ev.node, ev.socket_id)
-        if kind == "open":
-            self._report_open(lat, ev.node, sock, 1, t, msg.interval_ns)
-        else:
-            lat.open.pop(sock, None)  # closed
+        self._mark_pass(ev.node, t)
+        key = _open_key(ev, client_end, server_end)
+        reports = self._open.get(key)
+        if reports is None:
+            if self._held >= self.max_sockets:
+                self._skip("over_capacity")
+                return
+            reports = self._open[key] = _Open()
+            self._held += 1
+        latest = reports.views[side]
+        if latest is None or t >= latest.end_ns:
+            reports.views[side] = _View(ev, client_end, server_end, t, t)
+        reports.last_ns = max(reports.last_ns, t)
+        if op.srtt_us:
+            reports.rtt[side][_log2(op.srtt_us)] += 1
+        if op.connect_latency_ns and not reports.connect_ns[side]:
+            reports.connect_ns[side] = op.connect_latency_ns
 
-    def _report_open(
-        self, lat: _Latency, node: str, source: tuple[object, ...], n: int, t: int, interval_ns: int
-    ) -> None:
-        lat.open[source] = (n, t, interval_ns)
+    def _mark_pass(self, node: str, t: int) -> None:
         self._last_pass_ns[node] = max(self._last_pass_ns.get(node, 0), t)
 
-    def _open_now(self, lat: _Latency) -> int:
-        """Connections in their agent's last pass (within half an interval of its latest report)."""
-        total = 0
-        for source, (n, t, interval_ns) in lat.open.items():
-            node = str(source[1])
-            if t >= self._last_pass_ns.get(node, 0) - (interval_ns or 10_000_000_000) // 2:
-                total += n
-        return total
+    def _in_last_pass(self, node: str, t: int, interval_ns: int) -> bool:
+        """Whether a report at t was in its node's last pass (within half an interval of it)."""
+        return t >= self._last_pass_ns.get(node, 0) - (interval_ns or 10_000_000_000) // 2
 
     def add_all(self, events: Iterable[TcpEvent]) -> None:
         for ev in events:
@@ -291,17 +306,17 @@ class Summarizer:
                     del views[key]  # type: ignore[arg-type]
         for fkey in list(self._flows):
             cflows, sflows = self._flows[fkey]
-            cflows[:] = [f for f in cflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
-            sflows[:] = [f for f in sflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
+            cflows[:] = [f for f in cflows if f.time.ToNanoseconds() >= cutoff_ns]
+            sflows[:] = [f for f in sflows if f.time.ToNanoseconds() >= cutoff_ns]
             if not cflows and not sflows:
                 del self._flows[fkey]
-        for lkey in list(self._latency):
-            if all(lat is None or lat.last_ns < cutoff_ns for lat in self._latency[lkey]):
-                del self._latency[lkey]
+        for okey in [k for k, o in self._open.items() if o.last_ns < cutoff_ns]:
+            del self._open[okey]
         self._held = (
             sum(len(c) + len(s) for c, s in self._views.values())
             + sum(len(c) + len(s) for c, s in self._by_id.values())
             + sum(len(c) + len(s) for c, s in self._flows.values())
+            + len(self._open)
         )
         self.resets.evict_before(cutoff_ns - self.resets.window_ns)
 
@@ -337,14 +352,8 @@ class Summarizer:
         if window_s is not None:
             now = now_ns if now_ns is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
             cutoff = int(now - window_s * 1e9)
-        rows: dict[tuple[Party, Party, Party | None], PairSummary] = {}
-
-        def row_for(client: Party, server: Party, via: Party | None) -> PairSummary:
-            row = rows.get((client, server, via))
-            if row is None:
-                row = rows[(client, server, via)] = PairSummary(client, server, via=via)
-            return row
-
+        rows = _Rows()
+        row_for = rows.row_for
         client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
         flow_clients = {k[0] for k in client_flows}  # client addresses whose agent reported flows
         for cv, sv in self.connections():
@@ -362,41 +371,74 @@ class Summarizer:
                 )
             )
             _count(row_for(*self._connection_parties(cv, sv)), cv, sv, absorbed, self.reset_cause(cv, sv))
-        self._count_flows(row_for, cutoff, flow_clients)
-        self._add_latency_rows(row_for, cutoff)
-        return list(rows.values())
+        self._count_flows(rows, cutoff, flow_clients)
+        self._count_open(rows, cutoff)
+        return rows.finish()
 
-    def _count_flows(
-        self, row_for: Callable[[Party, Party, Party | None], PairSummary], cutoff: int | None, flow_clients: set[str]
-    ) -> None:
-        """Each flow's connections into its row: the client's flows whenever the client's agent
-        reported flows of that client address, else the server's. A server's flows from a node's
-        address (a NodePort's SNAT, or a process on that node) are first matched against the flows
-        watched clients sent to that node's address: those connections are counted already."""
+    def _count_flows(self, rows: _Rows, cutoff: int | None, flow_clients: set[str]) -> None:
+        """Each flow's connections and latency samples into its row: the client's flows whenever the
+        client's agent reported flows of that client address, else the server's. A server's flows
+        from a node's address (a NodePort's SNAT, or a process on that node) are first matched
+        against the flows watched clients sent to that node's address: those connections are
+        counted already. OPEN: the open connections of each flow source's latest flow, if that was
+        in its node's last pass."""
+
+        def closed_in(f: TcpEvent) -> bool:
+            return cutoff is None or f.flow.last_close.ToNanoseconds() >= cutoff
+
         snat: dict[str, int] = {}
         for cflows, _ in self._flows.values():
             for f in cflows:
-                if f.remote.kind == NODE and (cutoff is None or f.flow.last_close.ToNanoseconds() >= cutoff):
-                    snat[f.remote.ip] = snat.get(f.remote.ip, 0) + f.flow.connections
+                if f.remote.kind == NODE:
+                    snat[f.remote.ip] = snat.get(f.remote.ip, 0) + (f.flow.connections if closed_in(f) else 0)
+        latest: dict[tuple[object, ...], tuple[int, TcpEvent, PairSummary]] = {}
         for (cip, _sip, port), (cflows, sflows) in sorted(self._flows.items()):
             for f in cflows or ([] if cip in flow_clients else sflows):
-                last = f.flow.last_close.ToNanoseconds()
-                if cutoff is not None and last < cutoff:
+                t = f.time.ToNanoseconds()
+                if cutoff is not None and t < cutoff:
                     continue
-                n = f.flow.connections
-                if f.flow.role == PASSIVE and f.remote.kind == NODE and snat.get(f.remote.ip):
+                n = f.flow.connections if closed_in(f) else 0
+                if f.flow.role == PASSIVE and f.remote.kind == NODE and f.remote.ip in snat:
                     taken = min(n, snat[f.remote.ip])
                     snat[f.remote.ip] -= taken
                     n -= taken
-                    if not n:
+                    if not n:  # (and its open connections: the watched clients report those)
                         continue
-                row = row_for(*self._flow_parties(f, port))
-                row.connections += n
-                row.flow_connections += n
-                row.server_ports.add(port)
-                first = f.flow.first_close.ToNanoseconds()
-                row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
-                row.last_seen_ns = max(row.last_seen_ns, last)
+                row = rows.row_for(*self._flow_parties(f, port))
+                _count_flow(row, f, n, port)
+                if not n:
+                    rows.reported(row, f.flow.report_time.ToNanoseconds(), t)
+                source: tuple[object, ...] = (f.node, f.flow.role, f.local.ip, f.local.port, f.remote.ip)
+                source += (f.remote.port, f.process.cgroup_id)
+                if source not in latest or t >= latest[source][0]:
+                    latest[source] = (t, f, row)
+        for _t, f, row in latest.values():
+            fl = f.flow
+            if fl.open_connections and self._in_last_pass(f.node, fl.report_time.ToNanoseconds(), fl.interval_ns):
+                row.open_connections += fl.open_connections
+
+    def _count_open(self, rows: _Rows, cutoff: int | None) -> None:
+        """Connections reported open one by one, from the client's reports when there are any, else
+        the server's: the RTT sample of each report into the row of the connection; and for those
+        still open (no lifecycle yet, and in their node's last pass) one OPEN and their connect
+        latency (a lifecycle counts a closed one's)."""
+        for reports in self._open.values():
+            if cutoff is not None and reports.last_ns < cutoff:
+                continue
+            cv, sv = reports.views
+            side = 0 if cv is not None else 1
+            latest = reports.views[side]
+            assert latest is not None
+            row = rows.row_for(*self._connection_parties(cv, sv))
+            row.server_ports.add((sv or latest).server_end.port)  # the server's own port if it reported
+            _add_buckets(row.rtt_us_log2, reports.rtt[side])
+            rows.reported(row, min(v.start_ns for v in (cv, sv) if v is not None), reports.last_ns)
+            interval_ns = latest.event.open.interval_ns
+            if reports.closed or not self._in_last_pass(latest.event.node, latest.end_ns, interval_ns):
+                continue
+            row.open_connections += 1
+            if reports.connect_ns[side]:
+                row.connect_us_log2[_log2(reports.connect_ns[side] // 1000)] += 1
 
     def _connection_parties(self, cv: _View | None, sv: _View | None) -> tuple[Party, Party, Party | None]:
         """(client, server, via) of one connection: via is the Service (or node port) the client
@@ -439,30 +481,6 @@ class Summarizer:
         if role == ACTIVE and f.remote.kind == SERVICE:
             via = dataclasses.replace(self._party(None, f.remote), port=f.remote.port)
         return client, server, via
-
-    def _add_latency_rows(
-        self, row_for: Callable[[Party, Party, Party | None], PairSummary], cutoff: int | None
-    ) -> None:
-        """Each triple's latency and open connections into its row, as flows are counted: the
-        client's reports whenever the client's agent reported any from that client address, else
-        the server's; the ends named as a flow's are."""
-        clients = {k[0] for k, (c, _s) in self._latency.items() if c is not None and _has_reports(c)}
-        for (cip, _sip, port), (c_lat, s_lat) in sorted(self._latency.items()):
-            if c_lat is not None and _has_reports(c_lat):
-                lat = c_lat
-            elif s_lat is not None and _has_reports(s_lat) and cip not in clients:
-                lat = s_lat
-            else:
-                continue
-            if cutoff is not None and lat.last_ns < cutoff:
-                continue
-            ev = lat.event
-            row = row_for(*self._event_parties(ev, getattr(ev, str(ev.WhichOneof("kind"))).role, port))
-            _add_buckets(row.connect_us_log2, lat.connect)
-            _add_buckets(row.rtt_us_log2, lat.rtt)
-            row.open_connections += self._open_now(lat)
-            row.last_seen_ns = max(row.last_seen_ns, lat.last_ns)
-            row.first_seen_ns = row.first_seen_ns or lat.last_ns
 
     def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "", server: bool = False) -> Party:
         """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
@@ -545,6 +563,7 @@ def _count(
         return
     if not absorbed:
         row.connections += 1
+        _count_latency(row, (cv or sv).event.lifecycle)  # type: ignore[union-attr]
     if cause is not None and cause.cause == resetcause.NETWORK:
         row.network_resets += 1  # neither end sent it: not a client's or a server's reset
     elif outcome == "client_reset":
@@ -559,6 +578,36 @@ def _count(
         row.timeouts += 1
     if any(v.event.lifecycle.retransmits > 0 for v in views):
         row.retransmits += 1
+
+
+def _count_latency(row: PairSummary, lc: Lifecycle) -> None:
+    """A closed connection's connect latency and its close-time RTT sample."""
+    if lc.connect_latency_ns:
+        row.connect_us_log2[_log2(lc.connect_latency_ns // 1000)] += 1
+    if lc.srtt_us:
+        row.rtt_us_log2[_log2(lc.srtt_us)] += 1
+
+
+def _count_flow(row: PairSummary, f: TcpEvent, n: int, port: int) -> None:
+    """n of a flow's connections (closed ones: their close times are the row's span) and its latency
+    samples into a row."""
+    fl = f.flow
+    row.connections += n
+    row.flow_connections += n
+    row.server_ports.add(port)
+    _add_buckets(row.connect_us_log2, fl.connect_latency_us_log2)
+    _add_buckets(row.rtt_us_log2, fl.srtt_us_log2)
+    if n:
+        first = fl.first_close.ToNanoseconds()
+        row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+        row.last_seen_ns = max(row.last_seen_ns, fl.last_close.ToNanoseconds())
+
+
+def _open_key(ev: TcpEvent, client_end: Endpoint, server_end: Endpoint) -> _OpenKey:
+    """A connection's key among open reports: its id (the same on both ends), else its 4-tuple."""
+    if ev.connection_id:
+        return ("id", ev.connection_id)
+    return ("tuple", client_end.ip, client_end.port, server_end.ip, server_end.port)
 
 
 def select(

@@ -334,7 +334,9 @@ FROM grouped;
 -- What each pair row counts: one row per connection, and one per flow (ordinary connections the
 -- agents aggregated) from the client's side when the client's agent reported that (client
 -- address, server address, server port), else from the server's. last_ns is when the connection
--- closed (a flow: its last close), for windows.
+-- closed (a flow: its last close), for windows. A flow of connections that were only open then
+-- (connections 0: their bytes so far, docs/kafka.md "Open connections") is a row with closed = 0
+-- at the time it was read.
 CREATE VIEW tcpscope_pair_rows AS
 WITH client_flow_triples AS (
     SELECT DISTINCT local_ip, remote_ip, remote_port FROM tcpscope_flows FINAL WHERE role = 'ACTIVE'
@@ -367,18 +369,22 @@ SELECT
        arrayMap(i -> toUInt64(i = if(intDiv(duration_ns, 1000) < 2, 0, least(31, toUInt32(floor(log2(intDiv(duration_ns, 1000))))))),
                 range(32)),
        []) AS duration_us_log2,
-    if(established AND NOT absorbed, duration_ns, 0) AS duration_sum_ns
+    if(established AND NOT absorbed, duration_ns, 0) AS duration_sum_ns,
+    toUInt8(1) AS closed
 FROM tcpscope_connections
 UNION ALL
 SELECT
     client.1, client.2, client.3, client.4, client.5,
     server_named.1, server_named.2, server_named.3, server_named.4,
     if(client.3 = 'PROCESS' AND server_named.3 = 'UNRESOLVED' AND server_named.5 = 0, port, server_named.5),
-    port, toUnixTimestamp64Nano(first_close), toUnixTimestamp64Nano(last_close),
+    port,
+    toUnixTimestamp64Nano(if(connections > 0, first_close, time)),
+    toUnixTimestamp64Nano(if(connections > 0, last_close, time)),
     connections, 0, 0, 0, 0, 0, 0, 0, connections,
     map(), map(), '', '', map(),
     if(is_client, tx_bytes, rx_bytes), if(is_client, rx_bytes, tx_bytes),
-    duration_us_log2, duration_sum_ns
+    duration_us_log2, duration_sum_ns,
+    toUInt8(connections > 0)
 FROM (
     SELECT *,
         role = 'ACTIVE' AS is_client,
@@ -419,8 +425,9 @@ SELECT
     sumMap(client_reset_reasons) AS client_reset_reasons,
     sumMap(server_reset_reasons) AS server_reset_reasons,
     sumMap(reset_causes) AS reset_causes,
-    fromUnixTimestamp64Nano(min(first_ns), 'UTC') AS first_seen,
-    fromUnixTimestamp64Nano(max(last_ns), 'UTC') AS last_seen
+    -- over closed connections; a pair with open connections only: over the times they were read
+    fromUnixTimestamp64Nano(if(max(closed) = 1, minIf(first_ns, closed = 1), min(first_ns)), 'UTC') AS first_seen,
+    fromUnixTimestamp64Nano(if(max(closed) = 1, maxIf(last_ns, closed = 1), max(last_ns)), 'UTC') AS last_seen
 FROM tcpscope_pair_rows
 WHERE last_ns >= toUnixTimestamp64Nano({since:DateTime64(9, 'UTC')})
 GROUP BY client_namespace, client_name, client_kind, client_process, client_port,
@@ -455,7 +462,8 @@ ORDER BY refused + timeouts + failed DESC, client_namespace, client_name, server
 
 -- query: bytes_per_minute
 -- Application bytes each way per pair per minute, counted in the minute the connection closed
--- (a flow's connections: in the minute of its last close), each connection once.
+-- (a flow's connections: in the minute of its last close; the bytes so far of ordinary connections
+-- still open: in the minute they were read), each connection once, each byte once.
 SELECT
     toStartOfMinute(fromUnixTimestamp64Nano(last_ns, 'UTC')) AS minute,
     client_namespace, client_name, server_namespace, server_name,
@@ -463,7 +471,8 @@ SELECT
     sum(client_sent_bytes) AS client_sent_bytes,
     sum(server_sent_bytes) AS server_sent_bytes
 FROM tcpscope_pair_rows
-WHERE tcpscope_pair_rows.connections > 0 AND last_ns >= toUnixTimestamp64Nano({since:DateTime64(9, 'UTC')})
+WHERE (tcpscope_pair_rows.connections > 0 OR (closed = 0 AND client_sent_bytes + server_sent_bytes > 0))
+  AND last_ns >= toUnixTimestamp64Nano({since:DateTime64(9, 'UTC')})
 GROUP BY minute, client_namespace, client_name, server_namespace, server_name
 ORDER BY minute, client_namespace, client_name, server_namespace, server_name;
 

@@ -380,3 +380,20 @@ def as_summary_losses(row: dict[str, Any]) -> dict[str, int]:
     out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs")}
     out.update({k: int(v) for k, v in row["by_reason"].items()})
     return dict(sorted(out.items()))
+
+
+OPEN_REPORT_KEYS = ("open_connections", "connect_latency_us", "rtt_us")
+"""What the summary adds from open reports and the query pack does not answer (docs/analytics.md)."""
+
+
+def assert_pack_equals_summary(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> None:
+    """The pack's pairs (by_pair) equal the summary's, apart from OPEN_REPORT_KEYS; a pair only the
+    summary has must be one of connections reported open one by one and not closed (no counter)."""
+    assert got.keys() <= want.keys(), sorted(got.keys() - want.keys())
+    for k, pair in want.items():
+        pair = {f: v for f, v in pair.items() if f not in OPEN_REPORT_KEYS}
+        if k not in got:
+            assert not any(pair[c] for c in (*COUNTERS, "flow_connections")), k
+            assert want[k]["open_connections"] or want[k]["rtt_us"]["samples"], k
+            continue
+        assert got[k] == pair, k

@@ -10,6 +10,7 @@ import pytest
 
 from tail import cli as tail
 from tail import pairs, summary
+from tail.gaps import rfc3339
 from tcpscope import outcome
 from tcpscope.v1 import events_pb2 as pb
 from tests.support.kafka import Broker, publish_batches
@@ -542,3 +543,71 @@ def test_latency_percentiles_and_open_connections_at_the_end() -> None:
     s.add(_open(pb.ACTIVE, DB, WEB, 7000, 7001, T0 + 40 * 10**9, srtt_us=40))  # another triple, same node
     row = next(r for r in s.pairs() if (r.client.label(), r.server.label()) == ("shop/web-1", "data/db-1"))
     assert row.open_connections == 0
+
+
+def _open_flow(at: int, open_connections: int, connections: int = 0) -> pb.TcpEvent:
+    """web-1's flow to db-1:5432 read at `at`: `open_connections` open then (one RTT sample each),
+    `connections` closed in the interval (one connect and one RTT sample each, 1 s before)."""
+    ev = flow(pb.ACTIVE, WEB, DB, 5432, connections, at - 10**9) if connections else flow(pb.ACTIVE, WEB, DB, 5432, 0)
+    fl = ev.flow
+    if not connections:
+        fl.ClearField("first_close")
+        fl.ClearField("last_close")
+        fl.ClearField("duration_us_log2")
+    ev.time.FromNanoseconds(at)
+    fl.interval_ns, fl.open_connections = 10 * 10**9, open_connections
+    if open_connections:
+        fl.report_time.FromNanoseconds(at)
+    rtt = [0] * 32
+    rtt[6] = open_connections + connections  # 64 us
+    fl.srtt_us_log2.extend(rtt)
+    if connections:
+        fl.connect_latency_us_log2.extend([0] * 9 + [connections])  # 512 us
+    return ev
+
+
+def test_open_parts_of_flows_count_open_connections_from_the_latest_pass() -> None:
+    """Ordinary connections still open are reported in flows with connections 0: OPEN is the latest
+    flow's open part while it is from its node's last pass; a row of open connections only shows
+    when they were read, and once connections closed, the span is theirs."""
+    s = summary.Summarizer()
+    s.add(_open_flow(T0, 2))
+    s.add(_open_flow(T0 + 10 * 10**9, 2))
+    j = rows_by_pair(s)[("shop/web-1", "data/db-1")]
+    assert counters(j) == zero() and j["flow_connections"] == 0
+    assert (j["open_connections"], j["rtt_us"]["samples"], j["connect_latency_us"]["samples"]) == (2, 4, 0)
+    assert (j["first_seen"], j["last_seen"]) == (rfc3339(T0), rfc3339(T0 + 10 * 10**9))
+    # one closes in the next interval: the flow has one closed connection and one still open
+    s.add(_open_flow(T0 + 20 * 10**9, 1, connections=1))
+    j = rows_by_pair(s)[("shop/web-1", "data/db-1")]
+    assert counters(j) == zero(connections=1) and j["open_connections"] == 1
+    assert (j["rtt_us"]["samples"], j["connect_latency_us"]["samples"]) == (6, 1)
+    assert (j["first_seen"], j["last_seen"]) == (rfc3339(T0 + 19 * 10**9 - 10**8), rfc3339(T0 + 19 * 10**9))
+    # the last one closes: its flow has no open part, so nothing is open any more
+    s.add(_open_flow(T0 + 30 * 10**9, 0, connections=1))
+    j = rows_by_pair(s)[("shop/web-1", "data/db-1")]
+    assert counters(j) == zero(connections=2) and j["open_connections"] == 0
+
+
+def test_a_connection_through_a_service_reported_open_by_both_ends_is_one_row() -> None:
+    """The client names the Service, the server names itself; their connection id joins them: one
+    row (client, backend, via the Service), as its lifecycle will be, with one OPEN."""
+    s = summary.Summarizer()
+    svc = ("data", "db", "10.96.0.10", "db")
+    for i in range(2):
+        at = T0 + i * 10 * 10**9
+        c = _open(
+            pb.ACTIVE, WEB, svc, 40001, 5432, at, srtt_us=40, **({"connect_latency_ns": 300_000} if not i else {})
+        )
+        c.remote.kind = pb.SERVICE
+        srv = _open(pb.PASSIVE, DB, WEB, 15432, 40001, at + 1000, srtt_us=45)
+        c.connection_id = srv.connection_id = 77
+        s.add_all([c, srv])
+    (row,) = s.pairs()
+    assert (row.client.label(), row.server.label(), row.via and row.via.label()) == (
+        "shop/web-1",
+        "data/db-1",
+        "data/db",
+    )
+    assert (row.open_connections, sum(row.rtt_us_log2), sum(row.connect_us_log2)) == (1, 2, 1)
+    assert row.server_ports == {15432} and row.connections == 0
