@@ -182,8 +182,8 @@ class LiveView:
     def close(self, now: float) -> list[str]:
         """Everything still held (the end of a run), in time order."""
         if self.connections is not None:
-            self._rows(self.connections.close(now), now)
-            return list(self.order.flush())
+            ready = self._rows(self.connections.close(now), now)  # rows whose hold ended since the last tick
+            return ready + list(self.order.flush())
         self._take(self.resets.release(int(now * 1e9), everything=True), now)
         return list(self.order.flush())
 
