@@ -836,12 +836,19 @@ def table_row(row: ConnectionRow | FlowRow) -> str:
     ).rstrip()
 
 
+def _flow_ends(row: FlowRow) -> tuple[tuple[Endpoint, str], tuple[Endpoint, str]]:
+    """(client, server) of a flow with the reporting end's comm: its client has no port."""
+    ev = row.flow
+    if row.side == "server":
+        return (ev.remote, ""), (ev.local, ev.process.comm)
+    return (ev.local, ev.process.comm), (ev.remote, "")
+
+
 def _flow_table_row(row: FlowRow) -> str:
     ev, fl = row.flow, row.flow.flow
-    if row.side == "server":
-        client, server, up, down = end_text(ev.remote), end_text(ev.local, ev.process.comm), fl.rx_bytes, fl.tx_bytes
-    else:
-        client, server, up, down = end_text(ev.local, ev.process.comm), end_text(ev.remote), fl.tx_bytes, fl.rx_bytes
+    (c, c_comm), (s, s_comm) = _flow_ends(row)
+    client, server = end_text(c, c_comm), end_text(s, s_comm)
+    up, down = (fl.rx_bytes, fl.tx_bytes) if row.side == "server" else (fl.tx_bytes, fl.rx_bytes)
     latency = render.flow_latency_text(fl).split()
     p50 = next((x for x in latency if x.startswith("p50")), "-")
     rest = [x for x in latency if not x.startswith("p50")]
@@ -888,6 +895,8 @@ def json_row(row: ConnectionRow | FlowRow) -> str:
         doc: dict[str, object] = {
             "time": rfc3339(ev.time.ToNanoseconds()),
             "row": "flow",
+            "client": _end_json(*_flow_ends(row)[0]),
+            "server": _end_json(*_flow_ends(row)[1]),
             "reported_by": row.side,
             "both_ends_report": row.both,
             "connections": fl.connections,

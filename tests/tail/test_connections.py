@@ -405,6 +405,7 @@ def test_through_a_clusterip_the_backends_flows_are_counted_once_by_the_clients(
     assert j.counts == {"server_flows_covered_by_the_client": 3}
     doc = json.loads(cx.json_row(shown))
     assert (doc["connections"], doc["reported_by"], doc["via"]) == (5, "client", SERVICE_JSON)
+    assert (doc["client"]["name"], doc["server"]["name"], doc["server"]["port"]) == ("web-1", "api-svc", 80)
     assert cx.table_row(shown).split()[1:5] == ["shop/web-1", "shop/api-svc:80", "5", "ok"]
     assert "3 server flows not shown (their clients' flows count them" in j.tally()
     # the same connections pod to pod: the client's two flows, one per backend, and nothing else
