@@ -22,6 +22,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.load import Topology, build_loadgen, loopback
 from bench.modes import DEFAULT_KINDS
@@ -57,12 +58,15 @@ def prog_stats(fds: dict[str, int]) -> dict[str, ProgStat]:
     return out
 
 
-def profile_variant(variant: str, topo: Topology, connections: int, rate: float, extra: Sequence[str]) -> dict:
-    """Load the agent's programs for this variant, run the churn, return the per-program figures."""
+def profile_variant(
+    variant: str, topo: Topology, connections: int, rate: float, extra: Sequence[str], bpf_dir: Path | None = None
+) -> dict[str, Any]:
+    """Load the agent's programs for this variant (the C of bpf_dir, default this tree's bpf/), run the
+    churn, return the per-program figures."""
     from agent.config import AgentConfig
     from agent.kernel.decode import Decoder
     from agent.kernel.loader import load
-    from agent.kernel.probe import build_plan
+    from agent.kernel.probe import BPF_DIR, build_plan
     from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
 
     mode, kinds = VARIANTS[variant]
@@ -71,7 +75,7 @@ def profile_variant(variant: str, topo: Topology, connections: int, rate: float,
         args += ["--max-connection-events", "0"]
     cfg = AgentConfig.from_args(args, env={})
     plan = build_plan(cfg)
-    loaded = load(plan)
+    loaded = load(plan, bpf_dir or BPF_DIR)
     source = KernelSource(loaded, Decoder("profile", boot_to_wall_offset_ns(), plan.rst_reasons), flow_interval_s=1.0)
     stop = threading.Event()
     events = [0]
@@ -108,7 +112,7 @@ def profile_variant(variant: str, topo: Topology, connections: int, rate: float,
         )
     total_ns = sum(p["ns_per_conn"] for p in progs)
     return {
-        "variant": variant,
+        "variant": variant + (f" @ {bpf_dir}" if bpf_dir else ""),
         "connections": res.connections,
         "rate": res.rate,
         "events": events[0],
@@ -118,7 +122,7 @@ def profile_variant(variant: str, topo: Topology, connections: int, rate: float,
     }
 
 
-def render(doc: dict) -> str:
+def render(doc: dict[str, Any]) -> str:
     lines = [
         f"## {doc['variant']}: {doc['connections']} connections at {doc['rate']:.0f}/s, {doc['events']} records",
         "",
@@ -139,6 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=4000.0, help="paced connections/s (keep it below saturation)")
     p.add_argument("--rounds", type=int, default=1, help="each variant this many times, interleaved")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument(
+        "--compare",
+        metavar="BPF_DIR",
+        help="also load the C of another tree's bpf/ (e.g. a checkout of main), interleaved: before and after",
+    )
     p.add_argument("agent_args", nargs="*", help="extra agent flags after --")
     a = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -156,9 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return 2
                 for _ in range(a.rounds):
                     for v in variants:
-                        doc = profile_variant(v, topo, a.connections, a.rate, a.agent_args)
-                        docs.append(doc)
-                        print(render(doc), flush=True)
+                        for bpf_dir in [Path(a.compare), None] if a.compare else [None]:
+                            doc = profile_variant(v, topo, a.connections, a.rate, a.agent_args, bpf_dir)
+                            docs.append(doc)
+                            print(render(doc), flush=True)
         finally:
             topo.close()
     if a.json:

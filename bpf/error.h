@@ -24,7 +24,13 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
         return 0;
     st->err_report = err;
 #ifdef ENABLE_ERROR
-    struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, 0);
+    /* the tracked tuple, once final; before that (an error in SYN_SENT or on a passive child not
+     * yet closed) the socket's own */
+    struct tuple own = {};
+    int final = st->flags & F_TUPLE_FINAL;
+    if (!final)
+        tuple_of_sock(&own, sk);
+    struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, final ? 0 : &own);
     if (!ev)
         return 0;
     ev->err = err;

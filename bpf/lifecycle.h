@@ -32,6 +32,16 @@ static __always_inline void snapshot_close(const void *sk, struct sockstate *st,
     __u64 sk_flags = read_u64((const char *)sk + OFF_SK_FLAGS);
     __s32 sk_err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
 
+    /* established: CLOSE left from any state past the handshake (bpf/state.h does not read
+     * ESTABLISHED itself without state events) */
+    if (oldstate != TS_SYN_SENT && oldstate != TS_SYN_RECV && oldstate != TS_LISTEN && oldstate != TS_CLOSE)
+        st->flags |= F_ESTABLISHED;
+    /* our FIN was queued: the socket went through FIN_WAIT1 (then maybe FIN_WAIT2, CLOSING or
+     * TIME_WAIT) or LAST_ACK, and CLOSE is left from one of those (bpf/state.h reads no other
+     * transition for it) */
+    if (oldstate == TS_FIN_WAIT1 || oldstate == TS_FIN_WAIT2 || oldstate == TS_CLOSING ||
+        oldstate == TS_LAST_ACK || oldstate == TS_TIME_WAIT)
+        st->flags |= F_FIN_QUEUED;
     if ((sk_flags & (1ULL << SOCK_DONE_BIT)) && received > 0)
         received -= 1;
     if (st->role == ROLE_ACTIVE && (st->flags & F_ESTABLISHED) && acked > 0)

@@ -28,7 +28,7 @@
 #ifdef HAS_TP_INET_SOCK_SET_STATE
 int tp_inet_sock_set_state(struct tp_inet_sock_set_state *args)
 {
-    if (args->protocol != T_IPPROTO_TCP)
+    if (args->protocol != T_IPPROTO_TCP || !transition_matters(args->newstate))
         return 0;
     struct tuple t = {};
     RECORD_TUPLE(t, args, INET_SOCK_SET_STATE);

@@ -92,6 +92,15 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SK_FLAGS", "sock", ("sk_flags", "__sk_common.skc_flags")),
     ("OFF_SK_ERR", "sock", ("sk_err",)),
     ("OFF_CGROUP_LEVEL", "cgroup", ("level",)),
+    # the socket's own tuple (bpf/kread.h, tuple_of_sock): for events that carry no tuple in their
+    # record (socket errors) on a socket whose tracked tuple is not final yet
+    ("OFF_SKC_DADDR", "sock", ("__sk_common.skc_daddr",)),
+    ("OFF_SKC_RCV_SADDR", "sock", ("__sk_common.skc_rcv_saddr",)),
+    ("OFF_SKC_DPORT", "sock", ("__sk_common.skc_dport",)),
+    ("OFF_SKC_NUM", "sock", ("__sk_common.skc_num",)),
+    ("OFF_SKC_FAMILY", "sock", ("__sk_common.skc_family",)),
+    ("OFF_SKC_V6_DADDR", "sock", ("__sk_common.skc_v6_daddr",)),
+    ("OFF_SKC_V6_RCV_SADDR", "sock", ("__sk_common.skc_v6_rcv_saddr",)),
 )
 
 

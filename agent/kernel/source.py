@@ -82,9 +82,13 @@ class KernelSource:
 
         self._on_event = on_event  # keep the callbacks alive
         self._on_lost = on_lost
+        self._consume_fn: Any = None
         if loaded.plan.use_ringbuf:
             self._bpf[b"events"].open_ring_buffer(on_event)
             self._poll_fn = self._bpf.ring_buffer_poll
+            # most records do not wake the reader (bpf/maps.h, ring_wake_flag): after the wait,
+            # consume whatever is there whether or not a wakeup came
+            self._consume_fn = self._bpf.ring_buffer_consume
         else:
             self._bpf[b"events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
             self._poll_fn = self._bpf.perf_buffer_poll
@@ -102,6 +106,8 @@ class KernelSource:
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
         """Records from the buffer; every --flow-interval (and once after stop()) the flows too."""
         self._poll_fn(timeout_ms)
+        if self._consume_fn is not None and len(self._batch) < self.MAX_EVENTS_PER_POLL:
+            self._consume_fn()
         out = self._batch[:]
         self._batch.clear()
         flows = self._flows
