@@ -118,6 +118,7 @@ _KNOWN = {
         "local",
         "remote",
         "process",
+        "connection_id",
         "lifecycle",
         "state_change",
         "retransmit",
@@ -275,6 +276,8 @@ def json_line(ev: Message) -> str:
         p.append('"remote": ' + _endpoint(ev.remote))
     if ev.HasField("process"):
         p.append('"process": ' + _process(ev.process))
+    if ev.connection_id:
+        p.append(f'"connection_id": "{ev.connection_id}"')
     kind = ev.WhichOneof("kind")
     if kind == "lifecycle":
         p.append('"lifecycle": ' + _lifecycle(ev.lifecycle))

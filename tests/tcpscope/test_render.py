@@ -136,3 +136,10 @@ def test_flow_json_and_table() -> None:
     assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
     # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
     assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "p50_ms<=0.032", "p99_ms<=0.032", "s=10.0"]
+
+
+def test_json_line_carries_the_connection_id_as_json_format_does() -> None:
+    ev = _ev(kind=decode.EV_LIFECYCLE, role=1, ending=1, new_state=5)
+    ev.connection_id = 2**64 - 3
+    assert json_line(ev) == _reference(ev)
+    assert '"connection_id": "18446744073709551613"' in json_line(ev)
