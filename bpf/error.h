@@ -10,6 +10,7 @@
 #include "maps.h"
 #include "kread.h"
 #include "emit.h"
+#include "anomaly.h"
 
 static __always_inline int handle_error_report(void *ctx, const void *sk)
 {
@@ -35,7 +36,7 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
         return 0;
     ev->err = err;
     ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
-    submit(ctx, ev);
+    anomaly_submit(ctx, ev, 0);
 #endif
     return 0;
 }

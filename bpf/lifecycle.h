@@ -16,6 +16,7 @@
 #include "kread.h"
 #include "emit.h"
 #include "flow.h"
+#include "anomaly.h"
 #include "state_event.h"
 
 /* Snapshot at the CLOSE transition: application bytes from the sequence-space counters.
@@ -65,8 +66,9 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
 #endif
     if (!(st->flags & F_CLOSED) || st->last_state == TS_LISTEN)
         return;
+    int ordinary = is_ordinary(st);
 #ifdef FLOWS_ON
-    if (flow_add(st))
+    if (ordinary && flow_add(st))
         return; /* an ordinary connection, counted in its flow (bpf/flow.h) */
 #endif
     struct tcpscope_event *ev = scratch_event();
@@ -92,7 +94,15 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
         ev->ending = ENDING_ERROR;
     else
         ev->ending = ENDING_NORMAL;
-    submit(ctx, ev);
+    if (ordinary) {
+        submit(ctx, ev);
+        return;
+    }
+    /* the rest is an anomaly: an event within the budgets, else in its aggregate (bpf/anomaly.h) */
+    __u8 flags = (st->flags & F_ESTABLISHED) ? AK_ESTABLISHED : 0;
+    if (st->retransmits)
+        flags |= AK_RETRANSMITTED;
+    anomaly_submit(ctx, ev, flags);
 }
 
 #ifdef HAS_TP_TCP_DESTROY_SOCK

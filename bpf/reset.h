@@ -9,6 +9,7 @@
 #include "maps.h"
 #include "kread.h"
 #include "emit.h"
+#include "anomaly.h"
 
 /* sk may be NULL (RST for a closed port) or a timewait/request sock (not a full socket: its
  * cgroup cannot be read); `state` is the record's state field, 0 when there is no socket. */
@@ -28,7 +29,7 @@ static __always_inline int handle_send_reset(void *ctx, const void *sk, int stat
         return 0;
     ev->state = (__u8)state;
     ev->reason = reason;
-    submit(ctx, ev);
+    anomaly_submit(ctx, ev, sk ? 0 : AK_NO_SOCKET);
 #endif
     return 0;
 }
@@ -45,7 +46,7 @@ static __always_inline int handle_receive_reset(void *ctx, const void *sk, const
     if (!ev)
         return 0;
     ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
-    submit(ctx, ev);
+    anomaly_submit(ctx, ev, 0);
 #endif
     return 0;
 }

@@ -10,7 +10,8 @@
  *   PORT_MATCH(p)          when a port filter is set
  * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
  * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE, and for flows
- * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS.
+ * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS, and for anomaly budgets (bpf/anomaly.h)
+ * ANOMALY_BUDGET, ANOMALY_NODE_PER_CPU, MAX_ANOMALY_KEYS.
  *
  * Every header includes what it uses and compiles on its own after the plan's preamble
  * (tests/agent/kernel/test_bpf_headers.py); agent/kernel/loader.py inlines each one once, where it
@@ -58,7 +59,8 @@ int tp_tcp_retransmit_synack(struct tp_tcp_retransmit_synack *args)
 {
     struct tuple t = {};
     RECORD_TUPLE(t, args, TCP_RETRANSMIT_SYNACK);
-    return handle_synack(args, (const void *)args->skaddr, &t);
+    const void *req = IF_HAS(HAS_TCP_RETRANSMIT_SYNACK_REQ, (const void *)args->req, 0);
+    return handle_synack(args, (const void *)args->skaddr, req, &t);
 }
 #endif
 

@@ -16,10 +16,10 @@ import pytest
 
 from agent.config import EVENT_KINDS
 from agent.export import exporter
-from agent.kernel import decode, flows
+from agent.kernel import anomalies, decode, flows
 from agent.kernel.probe import Plan
 from tcpscope import kafka_layout
-from tcpscope.v1.events_pb2 import Ending, Role, TcpEvent, TcpState
+from tcpscope.v1.events_pb2 import AnomalyKind, Ending, Role, TcpEvent, TcpState
 
 BPF = Path(__file__).resolve().parents[1] / "bpf"
 
@@ -104,3 +104,20 @@ def test_schema_version_is_defined_once() -> None:
     assert vars(exporter)["SCHEMA_VERSION"] == kafka_layout.SCHEMA_VERSION
     source = Path(exporter.__file__).read_text()
     assert not re.search(r"^SCHEMA_VERSION\s*=", source, re.M)
+
+
+def test_anomaly_kinds_are_the_event_kinds_a_budget_applies_to() -> None:
+    """Every kind the kernel aggregates past a budget (bpf/anomaly.h) has its AnomalyKind, named as its
+    event kind; state changes and probes are never anomalies, lifecycles only when not ordinary."""
+    kinds = _defines("events.h", "EV_")
+    names = {"LIFECYCLE": "LIFECYCLE", "RETRANSMIT": "RETRANSMIT", "SYNACK": "SYNACK_RETRANSMIT"}
+    names |= {"RESET_SENT": "RESET_SENT", "RESET_RECEIVED": "RESET_RECEIVED", "SOCKET_ERROR": "SOCKET_ERROR"}
+    assert anomalies.KIND_OF_EVENT == {kinds[k]: AnomalyKind.Value(f"ANOMALY_{v}") for k, v in names.items()}
+    assert set(AnomalyKind.values()) == {0, *anomalies.KIND_OF_EVENT.values()}
+
+
+def test_anomaly_counters_match_anomalies() -> None:
+    counters = _defines("events.h", "ANOMC_")
+    count = counters.pop("NCOUNTS")
+    assert len(anomalies.ANOMALY_COUNTERS) == count
+    assert {name: anomalies.ANOMALY_COUNTERS[i] for name, i in counters.items()} == {n: n.lower() for n in counters}

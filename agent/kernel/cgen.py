@@ -144,6 +144,16 @@ def flow_flags(*, connections: str, max_flows: int, spill_per_cpu: int) -> list[
     return [f"-DMAX_FLOWS={max_flows}", mode]
 
 
+def anomaly_flags(*, budget: int, node_per_cpu: int, max_keys: int) -> list[str]:
+    """bpf/anomaly.h's switches, for a plan with the anomaly maps on (a zero budget is left out: no limit)."""
+    flags = [f"-DMAX_ANOMALY_KEYS={max_keys}"]
+    if budget > 0:
+        flags.append(f"-DANOMALY_BUDGET={budget}")
+    if node_per_cpu > 0:
+        flags.append(f"-DANOMALY_NODE_PER_CPU={node_per_cpu}")
+    return flags
+
+
 def filter_flags(*, netns_inum: int | None, cgroup_id: int | None, cgroup_level: int | None) -> list[str]:
     """FILTER_NETNS and FILTER_CGROUP_ID/LEVEL (the port filter is the preamble's PORT_MATCH)."""
     flags = []

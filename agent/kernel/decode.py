@@ -181,6 +181,7 @@ class Decoder:
             ev.retransmit.state = state
         elif kind == EV_SYNACK:
             ev.synack_retransmit.SetInParent()
+            ev.synack_retransmit.request_retransmit = retrans  # bpf/retransmit.h handle_synack()
         elif kind in (EV_RESET_SENT, EV_RESET_RECEIVED):
             rs = ev.reset
             rs.direction = _SENT if kind == EV_RESET_SENT else _RECEIVED
