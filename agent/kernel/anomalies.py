@@ -120,21 +120,21 @@ def decode_anomaly(decoder: Decoder, key: bytes, val: bytes, interval_ns: int) -
     ev.process.comm = decoder.comm(comm)
     ev.process.cgroup_id = cgroup_id
     a = ev.anomalies
-    a.kind = KIND_OF_EVENT.get(kind, 0)  # type: ignore[assignment]
+    a.kind = KIND_OF_EVENT.get(kind, 0)
     a.count = count
     a.exemplars = exemplars
     for ts, stamp in ((first_ns, a.first), (last_ns, a.last)):
         stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
     a.interval_ns = interval_ns
-    a.role = role  # type: ignore[assignment]
-    a.state = state  # type: ignore[assignment]
+    a.role = role
+    a.state = state
     a.errno = err
     a.errno_name = errno_name(err)
     if kind == EV_RESET_SENT or (kind == EV_LIFECYCLE and ending == RESET_SENT):
         a.reason = reason
         a.reason_name = decoder.reason_name(reason)
     if kind == EV_LIFECYCLE:
-        a.ending = ending  # type: ignore[assignment]
+        a.ending = ending
         a.established = bool(flags & AK_ESTABLISHED)
         a.retransmitted = bool(flags & AK_RETRANSMITTED)
         a.tx_bytes = tx

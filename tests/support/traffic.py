@@ -609,4 +609,4 @@ def syn_flood(
     """A SYN flood without raw sockets: n non-blocking connects from a child (in netns), whose handshakes
     never complete when the server's SYN-ACKs are dropped on the way (nft_drop). Returns the connects'
     outcomes by errno name (ETIMEDOUT for each, with TCP_SYNCNT=syncnt: about 3 s for 1)."""
-    return Child(_half_open_connects, addr, port, n, syncnt, wait_s, netns=netns).result(wait_s + 20)  # type: ignore[no-any-return]
+    return Child(_half_open_connects, addr, port, n, syncnt, wait_s, netns=netns).result(wait_s + 20)
