@@ -120,7 +120,7 @@ def decode_anomaly(decoder: Decoder, key: bytes, val: bytes, interval_ns: int) -
     ev.process.comm = decoder.comm(comm)
     ev.process.cgroup_id = cgroup_id
     a = ev.anomalies
-    a.kind = KIND_OF_EVENT.get(kind, 0)
+    a.kind = KIND_OF_EVENT.get(kind, 0)  # type: ignore[assignment]
     a.count = count
     a.exemplars = exemplars
     for ts, stamp in ((first_ns, a.first), (last_ns, a.last)):
