@@ -2,7 +2,8 @@
 default, and a small bounded reorder buffer that prints events in time order.
 
 By default the view shows what an SRE watches: connection lifecycles (one line per connection, at
-its end), resets, socket errors and flows (aggregated ordinary connections). State changes,
+its end), resets, socket errors, flows (aggregated ordinary connections) and the anomalies past the
+agents' budget (aggregated in the kernel: one row per key and interval). State changes,
 retransmits, SYN-ACK retransmits and probes come on request (`--kind state,...` or `--kind all`):
 they are several lines per connection and bury the rows that matter.
 
@@ -45,8 +46,9 @@ KINDS: dict[str, str] = {
     "error": "socket_error",
     "probe": "probe",
     "flow": "flow",
+    "anomalies": "anomalies",
 }
-DEFAULT_KINDS: tuple[str, ...] = ("lifecycle", "reset", "error", "flow")
+DEFAULT_KINDS: tuple[str, ...] = ("lifecycle", "reset", "error", "flow", "anomalies")
 DEFAULT_HOLD_S = 1.0
 """Long enough for the agents' batch age (0.5 s by default) plus the collector's linger."""
 
@@ -136,7 +138,9 @@ class LiveView:
         shown = self._shown(ev)
         held, done = self.resets.add(ev, int(now * 1e9), shown)
         if shown and not held:
-            self.order.push(event_ns(ev), now, self.render(ev, None))
+            # received RSTs past the budget: the cause of their exemplars' class (docs/reset-cause.md)
+            verdict = self.resets.join.aggregate_verdict(ev)
+            self.order.push(event_ns(ev), now, self.render(ev, verdict))
         self._take(done, now)
         return list(self.order.ready(now))
 

@@ -25,7 +25,7 @@ def _at(i: int, ms: int) -> TcpEvent:
 
 
 def test_parse_kinds() -> None:
-    assert live.parse_kinds("") == frozenset({"lifecycle", "reset", "socket_error", "flow"})
+    assert live.parse_kinds("") == frozenset({"lifecycle", "reset", "socket_error", "flow", "anomalies"})
     assert live.parse_kinds("state,reset") == frozenset({"state_change", "reset"})
     assert live.parse_kinds("all") == frozenset()
     with pytest.raises(ValueError, match="unknown kinds \\['bogus'\\]"):
