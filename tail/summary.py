@@ -57,14 +57,13 @@ from tcpscope.kafka_layout import (
     dedup_key,
     fingerprint,
 )
-from tcpscope.outcome import classify, is_duplicate_child, reset_reason
+from tcpscope.outcome import aggregate_lifecycle, classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     ANOMALY_LIFECYCLE,
     LISTEN,
     PASSIVE,
-    AnomalyAggregate,
     Endpoint,
     EndpointKind,
     EventBatch,
@@ -320,7 +319,11 @@ class Summarizer:
                 continue
             for ev in saggs:  # an ordinary-looking end on the server that retransmitted
                 a = ev.anomalies
-                if a.retransmitted and _ok(_lifecycle_of(a)) and (cutoff is None or a.last.ToNanoseconds() >= cutoff):
+                if (
+                    a.retransmitted
+                    and _ok(aggregate_lifecycle(a))
+                    and (cutoff is None or a.last.ToNanoseconds() >= cutoff)
+                ):
                     self._count_aggregate(row_for, ev, False, akey[2], only_retransmits=True)
 
     def _count_aggregate(
@@ -349,7 +352,7 @@ class Summarizer:
         first, last = a.first.ToNanoseconds(), a.last.ToNanoseconds()
         row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
         row.last_seen_ns = max(row.last_seen_ns, last)
-        lc = _lifecycle_of(a)
+        lc = aggregate_lifecycle(a)
         established, outcome = classify(lc, client_view)
         cause = self.resets.aggregate_verdict(ev)
         if cause is not None:
@@ -391,20 +394,6 @@ class Summarizer:
         if self.by == "workload" and ep.workload.name:
             return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")
         return Party(ep.namespace, ep.name, EndpointKind.Name(ep.kind))
-
-
-def _lifecycle_of(a: AnomalyAggregate) -> Lifecycle:
-    """The Lifecycle every connection of an AnomalyAggregate of lifecycles shares (its key)."""
-    return Lifecycle(
-        role=a.role,
-        ending=a.ending,
-        errno=a.errno,
-        errno_name=a.errno_name,
-        last_state=a.state,
-        retransmits=1 if a.retransmitted else 0,
-        reset_reason=a.reason,
-        reset_reason_name=a.reason_name,
-    )
 
 
 def _ok(lc: Lifecycle) -> bool:
