@@ -388,10 +388,10 @@ def _expect_storms(title: str, ref: str, got: list[dict[str, Any]], pair: tuple[
         want = {("shop", "web", "shop", "api"): 1.0} if ref == "A" else {("shop", "web", "9009"): 1.0}
         assert _by(got, *labels) in (want, {}), got
     elif ref == "A":  # resets now: as the reset panel, both senders together
-        want: dict[tuple[str, ...], float] = {}
+        now: dict[tuple[str, ...], float] = {}
         for k, n in RESETS.items():
-            want[k[:4]] = want.get(k[:4], 0) + n
-        assert _by(got, *pair) == want
+            now[k[:4]] = now.get(k[:4], 0) + n
+        assert _by(got, *pair) == now
     else:  # the baseline: nothing that long ago
         assert got == []
 
