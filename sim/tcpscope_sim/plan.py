@@ -18,8 +18,19 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout", "network_reset")
-"""Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server)."""
+KINDS: tuple[str, ...] = (
+    "ok",
+    "refused",
+    "client_reset",
+    "server_reset",
+    "timeout",
+    "network_reset",
+    "syn_flood",
+    "port_scan",
+)
+"""Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server).
+syn_flood: `count` half-open connects to a listening port whose SYN-ACKs the router drops; port_scan:
+one connect to each of `count` ports from `port` up, none of them listened on (docs/sim.md)."""
 
 ESTABLISHED_KINDS = frozenset({"ok", "client_reset", "server_reset", "network_reset"})
 """Kinds whose connections complete the handshake (so both ends have a socket)."""
@@ -62,6 +73,10 @@ class TrafficSpec:
 class Plan:
     pods: tuple[PodSpec, ...]
     traffic: tuple[TrafficSpec, ...]
+
+    def synack_listeners(self) -> tuple[tuple[str, int], ...]:
+        """(server pod, port) of every syn_flood entry: where SYN-ACK retransmits must be counted."""
+        return tuple(dict.fromkeys((t.dst, t.port) for t in self.traffic if t.kind == "syn_flood"))
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -199,9 +214,15 @@ def _traffic_entry(raw: Any, where: str, by_ref: Mapping[str, PodSpec]) -> Traff
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
         raise PlanError(f"{where}: count must be an integer in 1..100000, got {count!r}")
     listening = port in by_ref[dst].listen
-    if kind == "refused" and listening:
+    if kind == "port_scan":
+        if port + count - 1 > 65535:
+            raise PlanError(f"{where}: 'port_scan' of {count} ports from {port} runs past 65535")
+        taken = sorted(p for p in by_ref[dst].listen if port <= p < port + count)
+        if taken:
+            raise PlanError(f"{where}: 'port_scan' needs ports {dst} does not listen on ({taken} are in the range)")
+    elif kind == "refused" and listening:
         raise PlanError(f"{where}: 'refused' needs a port {dst} does not listen on ({port} is)")
-    if kind != "refused" and not listening:
+    elif kind != "refused" and not listening:
         raise PlanError(f"{where}: {dst} does not listen on {port} (add it to 'listen')")
     return TrafficSpec(src, dst, port, kind, count)
 
