@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -58,24 +59,44 @@ def prog_stats(fds: dict[str, int]) -> dict[str, ProgStat]:
     return out
 
 
+def _load(topo: Topology, load: str, seconds: float, rate: float) -> tuple[int, float]:
+    """Run the load: (attempts made, their rate). churn: ordinary connections; refused, rst: storms."""
+    if load == "churn":
+        res = topo.churn(seconds, rate, 1)
+        return res.connections, res.rate
+    port = 1 if load == "refused" else topo.port
+    argv = [str(topo.loadgen), "storm", load, topo.server_addr, str(port), "1", f"{seconds:.3f}", f"{rate:.1f}"]
+    d = json.loads(subprocess.run(argv, capture_output=True, check=True, timeout=seconds + 30).stdout)
+    return int(d["connections"]), float(d["rate"])
+
+
 def profile_variant(
-    variant: str, topo: Topology, connections: int, rate: float, extra: Sequence[str], bpf_dir: Path | None = None
+    variant: str,
+    topo: Topology,
+    connections: int,
+    rate: float,
+    extra: Sequence[str],
+    bpf_dir: Path | None = None,
+    load: str = "churn",
 ) -> dict[str, Any]:
     """Load the agent's programs for this variant (the C of bpf_dir, default this tree's bpf/), run the
     churn, return the per-program figures."""
     from agent.config import AgentConfig
+    from agent.kernel import loader
     from agent.kernel.decode import Decoder
-    from agent.kernel.loader import load
     from agent.kernel.probe import BPF_DIR, build_plan
     from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
 
     mode, kinds = VARIANTS[variant]
-    args = ["--connections", mode, "--events", kinds, "--port", str(topo.port), "--stdout", "json", *extra]
+    port = 1 if load == "refused" else topo.port
+    args = ["--connections", mode, "--events", kinds, "--port", str(port), "--stdout", "json", *extra]
     if mode == "each":
         args += ["--max-connection-events", "0"]
+    if bpf_dir is not None and not (bpf_dir / "anomaly.h").exists():
+        args += ["--anomaly-budget", "0", "--max-anomaly-events", "0"]  # a tree from before the budgets
     cfg = AgentConfig.from_args(args, env={})
     plan = build_plan(cfg)
-    loaded = load(plan, bpf_dir or BPF_DIR)
+    loaded = loader.load(plan, bpf_dir or BPF_DIR)
     source = KernelSource(loaded, Decoder("profile", boot_to_wall_offset_ns(), plan.rst_reasons), flow_interval_s=1.0)
     stop = threading.Event()
     events = [0]
@@ -89,14 +110,13 @@ def profile_variant(
     fds = {name.decode(): int(fn.fd) for name, fn in loaded.bpf.funcs.items()}
     try:
         before = prog_stats(fds)
-        seconds = connections / rate
-        res = topo.churn(seconds, rate, 1)
+        made, made_rate = _load(topo, load, connections / rate, rate)
         after = prog_stats(fds)
     finally:
         stop.set()
         t.join()
         source.close()
-    n = max(res.connections, 1)
+    n = max(made, 1)
     progs = []
     for name in sorted(fds):
         runs = after[name].runs - before[name].runs
@@ -112,9 +132,9 @@ def profile_variant(
         )
     total_ns = sum(p["ns_per_conn"] for p in progs)
     return {
-        "variant": variant + (f" @ {bpf_dir}" if bpf_dir else ""),
-        "connections": res.connections,
-        "rate": res.rate,
+        "variant": variant + (f" @ {bpf_dir}" if bpf_dir else "") + (f", {load}" if load != "churn" else ""),
+        "connections": made,
+        "rate": made_rate,
         "events": events[0],
         "programs": progs,
         "ns_per_conn": total_ns,
@@ -142,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=20000)
     p.add_argument("--rate", type=float, default=4000.0, help="paced connections/s (keep it below saturation)")
     p.add_argument("--rounds", type=int, default=1, help="each variant this many times, interleaved")
+    p.add_argument(
+        "--load",
+        choices=("churn", "refused", "rst"),
+        default="churn",
+        help="ordinary connections (default), or a storm: refused connects, connects aborted with a RST",
+    )
     p.add_argument("--json", help="also write the figures here")
     p.add_argument(
         "--compare",
@@ -166,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for _ in range(a.rounds):
                     for v in variants:
                         for bpf_dir in [Path(a.compare), None] if a.compare else [None]:
-                            doc = profile_variant(v, topo, a.connections, a.rate, a.agent_args, bpf_dir)
+                            doc = profile_variant(v, topo, a.connections, a.rate, a.agent_args, bpf_dir, a.load)
                             docs.append(doc)
                             print(render(doc), flush=True)
         finally:

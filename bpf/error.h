@@ -31,7 +31,7 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
     int final = st->flags & F_TUPLE_FINAL;
     if (!final)
         tuple_of_sock(&own, sk);
-    struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, final ? 0 : &own);
+    struct tcpscope_event *ev = begin_event_of(EV_SOCKET_ERROR, sk, st, 1, final ? 0 : &own);
     if (!ev)
         return 0;
     ev->err = err;

@@ -24,7 +24,7 @@ static __always_inline int handle_send_reset(void *ctx, const void *sk, int stat
     }
 #ifdef ENABLE_RESET
     int full = sk && state != TS_TIME_WAIT && state != TS_NEW_SYN_RECV;
-    struct tcpscope_event *ev = begin_event(EV_RESET_SENT, sk, full, t);
+    struct tcpscope_event *ev = begin_event_of(EV_RESET_SENT, sk, st, full, t);
     if (!ev)
         return 0;
     ev->state = (__u8)state;
@@ -42,7 +42,7 @@ static __always_inline int handle_receive_reset(void *ctx, const void *sk, const
     if (st)
         st->flags |= F_RST_RECEIVED;
 #ifdef ENABLE_RESET
-    struct tcpscope_event *ev = begin_event(EV_RESET_RECEIVED, sk, 1, t);
+    struct tcpscope_event *ev = begin_event_of(EV_RESET_RECEIVED, sk, st, 1, t);
     if (!ev)
         return 0;
     ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);

@@ -18,7 +18,7 @@ static __always_inline int handle_retransmit(void *ctx, const void *sk, int stat
     if (st)
         __sync_fetch_and_add(&st->retransmits, 1);
 #ifdef ENABLE_RETRANSMIT
-    struct tcpscope_event *ev = begin_event(EV_RETRANSMIT, sk, 1, t);
+    struct tcpscope_event *ev = begin_event_of(EV_RETRANSMIT, sk, st, 1, t);
     if (!ev)
         return 0;
     ev->state = (__u8)state;
