@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tcpscope.agent_id import make_agent_id
+from tcpscope.kinds import AGENT_DEFAULTS, AGENT_KINDS
 from tcpscope.settings import (
     ConfigError,
     check,
@@ -26,12 +27,7 @@ from tcpscope.settings import (
     together,
 )
 
-EVENT_KINDS: tuple[str, ...] = ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe")
-# `state` (several events per connection) and `probe` are on request only
-DEFAULT_EVENT_KINDS: tuple[str, ...] = ("lifecycle", "retransmit", "synack", "reset", "error")
-
-
-__all__ = ["DEFAULT_EVENT_KINDS", "EVENT_KINDS", "AgentConfig", "ConfigError", "build_parser"]
+__all__ = ["AgentConfig", "ConfigError", "build_parser"]
 
 
 @dataclass(frozen=True)
@@ -42,8 +38,8 @@ class AgentConfig:
     )
     events: tuple[str, ...] = setting(
         "TCPSCOPE_EVENTS",
-        "event kinds to report, comma separated: " + ",".join(EVENT_KINDS),
-        default=DEFAULT_EVENT_KINDS,
+        "event kinds to report, comma separated: " + ",".join(AGENT_KINDS),
+        default=AGENT_DEFAULTS,
     )
     duration: float | None = setting(
         "TCPSCOPE_DURATION", "run this many seconds after attaching, then exit 0", default=None, above=0
@@ -153,6 +149,14 @@ class AgentConfig:
     node_name: str = setting(
         "NODE_NAME", "this node's name (Kubernetes downward API); defaults to the host name", default=""
     )
+    connection_key_file: str | None = setting(
+        "TCPSCOPE_CONNECTION_KEY_FILE",
+        "file holding the cluster's connection id key (at least 16 bytes), the same on every agent: the "
+        "two sockets of a connection then get the same connection_id on any nodes, across NAT. Without "
+        "it a random key of this process is used, and ids join only sockets this agent sees "
+        "(docs/connection-id.md)",
+        default=None,
+    )
     kubernetes: bool = setting(
         "TCPSCOPE_KUBERNETES",
         "enrich with pod metadata from the Kubernetes API ('--no-kubernetes' off)",
@@ -247,9 +251,9 @@ class AgentConfig:
             object.__setattr__(self, "connections", mode)
         object.__setattr__(self, "log_level", log_level(self.log_level))
         check(self)  # each field's bounds and choices
-        unknown = set(self.events) - set(EVENT_KINDS)
+        unknown = set(self.events) - set(AGENT_KINDS)
         if unknown:
-            raise ConfigError(f"unknown event kinds {sorted(unknown)}; known: {', '.join(EVENT_KINDS)}")
+            raise ConfigError(f"unknown event kinds {sorted(unknown)}; known: {', '.join(AGENT_KINDS)}")
         if not self.events:
             raise ConfigError("--events is empty")
         if any(not 0 < p < 65536 for p in self.ports):
@@ -270,6 +274,7 @@ class AgentConfig:
                 ("--tls-cert", self.tls_cert),
                 ("--tls-key", self.tls_key),
                 ("--token-file", self.token_file),
+                ("--connection-key-file", self.connection_key_file),
             )
         )
         if self.state_dir:

@@ -6,6 +6,7 @@ KernelSource -> enrichers (agent/enrich) -> sink (stdout | exporter to the colle
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import TextIO
 
 from agent.config import AgentConfig, ConfigError
 from agent.health import AgentHealth, HeartbeatSource
+from agent.kernel.connid import NO_KEY_NOTICE, connection_ids
 from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
@@ -20,6 +22,8 @@ from agent.kernel.source import KernelSource, boot_to_wall_offset_ns
 from agent.metrics import AgentMetrics, Snapshot
 from agent.pipeline import Enricher, FanOut, Pipeline, Sink
 from agent.stdout import StdoutSink
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,15 +70,16 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     """Probe the kernel (unless a plan is given), start the metrics server and the Kubernetes
     watches, load and attach the programs, wire the stages.
 
-    What fails fast comes first and starts nothing: the sinks (a config error), then the kernel probe
-    (tracefs, BTF, tracepoints). The metrics server is up before the programs are compiled (tens of
-    seconds), so /healthz answers "starting" meanwhile, and the watches fill the pod cache while the
-    compiler runs. When a later step fails, what was started is stopped: no port stays bound and no
+    What fails fast comes first and starts nothing: the sinks and the connection key (config errors),
+    then the kernel probe (tracefs, BTF, tracepoints). The metrics server is up before the programs
+    are compiled (tens of seconds), so /healthz answers "starting" meanwhile, and the watches fill the
+    pod cache while the compiler runs. When a later step fails, what was started is stopped: no port stays bound and no
     watch thread runs on. Raises KernelSupportError (kernel/permissions) or ConfigError."""
     metrics = AgentMetrics()
     health = AgentHealth(metrics, exporting=bool(config.collector))
     on_attached: list[Callable[[], None]] = []
     sink = build_sink(config, out, metrics, on_attached)  # starts nothing before its first emit
+    ids = connection_ids(config)
     plan = plan or build_plan(config)
     with ExitStack() as undo:
         if config.metrics_port:
@@ -102,7 +107,9 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
         undo.callback(loaded.close)
         for hook in on_attached:
             hook()
-        decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons)
+        decoder = Decoder(config.node_name, boot_to_wall_offset_ns(), plan.rst_reasons, ids)
+        if ids.random:
+            log.info(NO_KEY_NOTICE)
         source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
         flows = Snapshot(source.kernel_counters)
         metrics.watch_flows(flows)

@@ -19,11 +19,12 @@ from pathlib import Path
 
 from bench.load import Topology
 from bench.procs import Tool, Unavailable, start_tool, tail
+from tcpscope.kinds import AGENT_DEFAULTS, AGENT_KINDS
 from tcpscope_sim.broker import tansu_command
 
 REPO = Path(__file__).resolve().parent.parent
-ALL_KINDS = "lifecycle,state,retransmit,synack,reset,error,probe"
-DEFAULT_KINDS = "lifecycle,retransmit,synack,reset,error"  # the agent's and the chart's default
+ALL_KINDS = ",".join(AGENT_KINDS)
+DEFAULT_KINDS = ",".join(AGENT_DEFAULTS)  # the agent's and the chart's default
 # one lifecycle per connection, as before aggregation existed (no spill into flows)
 EACH = ["--connections", "each", "--max-connection-events", "0"]
 AGGREGATE = ["--connections", "aggregate"]

@@ -415,7 +415,8 @@ def read_topic(bootstrap: str, topic: str, want: int, idle_s: float = 3.0) -> di
     the summed `lost` of the batch summaries, and latency = record timestamp - event time."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total
+    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records
+    from tcpscope.losses import definite_total
 
     c = KafkaConsumer(
         bootstrap_servers=bootstrap,
@@ -445,7 +446,7 @@ def read_topic(bootstrap: str, topic: str, want: int, idle_s: float = 3.0) -> di
                                 ev_ms = d.event.time.seconds * 1e3 + d.event.time.nanos / 1e6
                                 lat.append(rec.timestamp - ev_ms)
                         elif d.kind == RECORD_SUMMARY and d.summary is not None:
-                            lost += lost_total(d.summary)
+                            lost += definite_total(d.summary.lost)
     finally:
         c.close()
     lat.sort()

@@ -39,6 +39,8 @@ static __always_inline void event_identity(struct tcpscope_event *ev, __u64 key,
     ev->netns = st->netns;
     ev->pid = st->pid;
     ev->role = st->role;
+    ev->isn_client = st->isn_client;
+    ev->isn_server = st->isn_server;
     __builtin_memcpy(ev->comm, st->comm, 16);
 }
 

@@ -11,6 +11,7 @@
 #include "kread.h"
 #include "emit.h"
 #include "anomaly.h"
+#include "connid.h"
 
 static __always_inline int handle_error_report(void *ctx, const void *sk)
 {
@@ -24,6 +25,8 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
     if (!err)
         return 0;
     st->err_report = err;
+    __u8 state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
+    ensure_isns(sk, st, isns_readable(state));
 #ifdef ENABLE_ERROR
     /* the tracked tuple, once final; before that (an error in SYN_SENT or on a passive child not
      * yet closed) the socket's own */
@@ -35,7 +38,7 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
     if (!ev)
         return 0;
     ev->err = err;
-    ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
+    ev->state = state;
     anomaly_submit(ctx, ev, 0);
 #endif
     return 0;

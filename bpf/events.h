@@ -84,6 +84,8 @@ struct tcpscope_event {
     __u32 srtt_us;     /* probe */
     __u32 snd_wnd;     /* probe */
     __u32 data_len;    /* probe */
+    __u32 isn_client;  /* the connection's initial sequence numbers once it is established, else 0 */
+    __u32 isn_server;  /* (bpf/connid.h): hashed by the agent, never published */
     char comm[16];     /* owning process' comm, empty when unknown */
 };
 

@@ -9,14 +9,17 @@
 #include "maps.h"
 #include "emit.h"
 #include "anomaly.h"
+#include "connid.h"
 #include "kread.h"
 
 static __always_inline int handle_retransmit(void *ctx, const void *sk, int state, const struct tuple *t)
 {
     __u64 key = (__u64)sk;
     struct sockstate *st = sockets.lookup(&key);
-    if (st)
+    if (st) {
         __sync_fetch_and_add(&st->retransmits, 1);
+        ensure_isns(sk, st, isns_readable(state));
+    }
 #ifdef ENABLE_RETRANSMIT
     struct tcpscope_event *ev = begin_event_of(EV_RETRANSMIT, sk, st, 1, t);
     if (!ev)

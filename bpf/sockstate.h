@@ -35,6 +35,8 @@ struct sockstate {
     __s32 sk_err;     /* sk->sk_err at CLOSE */
     __u32 rst_reason;
     __u32 retransmits;
+    __u32 isn_client; /* the connection's initial sequence numbers, set at ESTABLISHED (bpf/connid.h) */
+    __u32 isn_server;
     __u8 role;
     __u8 last_state; /* the state it left for CLOSE */
     __u8 flags;

@@ -10,6 +10,7 @@
 #include "filters.h"
 #include "state_event.h"
 #include "lifecycle.h"
+#include "connid.h"
 
 static __always_inline void set_owner_current(struct sockstate *st)
 {
@@ -230,6 +231,8 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         /* ports and addresses are completed along the way (the local port of a connect() is
          * chosen after CLOSE->SYN_SENT, a child gets its own addresses after the clone) */
         st->t = *t;
+        if (newstate == TS_ESTABLISHED) /* first: the held first change carries the id too */
+            record_isns(sk, st);
         flush_first_state(ctx, key, st);
     }
 
@@ -239,8 +242,11 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         st->flags |= F_TUPLE_FINAL;
     if (oldstate == TS_LISTEN && newstate == TS_CLOSE)
         forget_listener(st);
-    if (newstate == TS_CLOSE)
+    if (newstate == TS_CLOSE) {
         snapshot_close(sk, st, oldstate, now ? now : bpf_ktime_get_ns());
+        ensure_isns(sk, st,
+                    st->flags & F_ESTABLISHED); /* ESTABLISHED itself is not read without state events */
+    }
 #ifdef ENABLE_STATE
     st->state_ts = now;
     emit_state(ctx, key, st, oldstate, newstate, now, in_old);

@@ -28,18 +28,37 @@ async def run(cfg: CollectorConfig) -> None:
         metrics.registry.register(storms)
         observer = Observers(traffic, storms)
     server = CollectorServer(cfg, metrics=metrics, observer=observer)
-    try:
-        await server.start()
-    except BaseException:
-        await server.stop(0)  # whatever did start (metrics, producer) goes, so the process can exit
-        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before start: Ctrl-C works while Kafka is being reached
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while starting (Kafka not reached yet): stop at once
+            starting.cancel()
+            log.info("stopped before the collector was up")
+            await server.stop(0)
+            return
+        starting.result()
+    except BaseException:
+        stopping.cancel()
+        await server.stop(0)  # whatever did start (metrics, producer) goes, so the process can exit
+        raise
+    await stopping
     log.info("shutting down (grace %.1fs)", cfg.grace)
     await server.stop(cfg.grace)
+
+
+def error_text(e: Exception, cfg: CollectorConfig) -> str:
+    """One line for a start-up failure: the error's type once (kafka-python's text often starts with
+    it already), and where Kafka was looked for."""
+    from kafka.errors import KafkaError
+
+    text, name = str(e), type(e).__name__
+    line = text if text.startswith(name) else f"{name}: {text}"
+    return f"Kafka at {','.join(cfg.kafka_bootstrap)}: {line}" if isinstance(e, KafkaError) else line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -57,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tcpscope-collector: error: {e}", file=sys.stderr)
         return 2
     except (OSError, RuntimeError, KafkaError) as e:  # cannot listen (port in use), Kafka unreachable
-        print(f"tcpscope-collector: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(f"tcpscope-collector: error: {error_text(e, cfg)}", file=sys.stderr)
         return 2
     return 0
 

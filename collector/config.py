@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from tcpscope.kafka_client import KafkaSecurity
 from tcpscope.kafka_layout import RECORD_LAYOUTS, VALUE_FORMATS
 from tcpscope.settings import (
     ConfigError,
@@ -22,18 +23,15 @@ from tcpscope.settings import (
     parser_for,
     readable_files,
     setting,
+    settings_of,
     together,
 )
 
-KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 METRICS_BY = ("workload", "pod", "namespace")
 KAFKA_COMPRESSIONS = ("gzip", "none", "snappy", "lz4", "zstd")
 
 
 __all__ = [
-    "KAFKA_SASL_MECHANISMS",
-    "KAFKA_SECURITY_PROTOCOLS",
     "METRICS_BY",
     "CollectorConfig",
     "ConfigError",
@@ -94,34 +92,7 @@ class CollectorConfig:
         default=(),
     )
     # --- Kafka ---------------------------------------------------------------------------------
-    kafka_security_protocol: str = setting(
-        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
-        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
-        default="PLAINTEXT",
-        choices=KAFKA_SECURITY_PROTOCOLS,
-    )
-    kafka_sasl_mechanism: str | None = setting(
-        "TCPSCOPE_KAFKA_SASL_MECHANISM",
-        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
-        default=None,
-        choices=KAFKA_SASL_MECHANISMS,
-    )
-    kafka_username: str | None = setting(
-        "TCPSCOPE_KAFKA_USERNAME", "SASL user name (or --kafka-username-file)", flag=False, default=None
-    )
-    kafka_username_file: str | None = setting(
-        "TCPSCOPE_KAFKA_USERNAME_FILE", "file holding the SASL user name", default=None
-    )
-    kafka_password: str | None = setting(
-        "TCPSCOPE_KAFKA_PASSWORD",
-        "SASL password (environment only; or --kafka-password-file)",
-        flag=False,
-        default=None,
-    )
-    kafka_password_file: str | None = setting(
-        "TCPSCOPE_KAFKA_PASSWORD_FILE", "file holding the SASL password", default=None
-    )
-    kafka_ssl_cafile: str | None = setting("TCPSCOPE_KAFKA_SSL_CAFILE", "CA bundle for the Kafka brokers", default=None)
+    kafka_security: KafkaSecurity = settings_of(KafkaSecurity)  # --kafka-security-protocol ... --kafka-ssl-cafile
     kafka_compression: str = setting(
         "TCPSCOPE_KAFKA_COMPRESSION",
         "producer compression: gzip or none (snappy/lz4/zstd if their codec is installed)",
@@ -273,8 +244,6 @@ class CollectorConfig:
         together(("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key))
         if self.tls_client_ca and not self.tls_cert:
             raise ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
-            raise ConfigError("SASL security protocols need --kafka-sasl-mechanism")
         if self.tokenreview and self.token_file:
             raise ConfigError("--tokenreview and --token-file are alternatives (a shared token binds no node)")
         if any(a.count("/") != 1 or a.startswith("/") or a.endswith("/") for a in self.agent_service_accounts):
@@ -285,24 +254,13 @@ class CollectorConfig:
                 ("--tls-key", self.tls_key),
                 ("--tls-client-ca", self.tls_client_ca),
                 ("--token-file", self.token_file),
-                ("--kafka-ssl-cafile", self.kafka_ssl_cafile),
-                ("--kafka-username-file", self.kafka_username_file),
-                ("--kafka-password-file", self.kafka_password_file),
+                ("--kafka-ssl-cafile", self.kafka_security.ssl_cafile),
+                ("--kafka-username-file", self.kafka_security.username_file),
+                ("--kafka-password-file", self.kafka_security.password_file),
                 ("--kubeconfig", self.kubeconfig if self.resolve_remote else None),
             )
         )
         self.read_token()  # an empty token file is refused now, not at the first agent
-
-    def sasl_credentials(self) -> tuple[str | None, str | None]:
-        """User name and password, from the environment or their files (read now, not at start-up)."""
-        user, password = self.kafka_username, self.kafka_password
-        if self.kafka_username_file:
-            with open(self.kafka_username_file) as f:
-                user = f.read().strip()
-        if self.kafka_password_file:
-            with open(self.kafka_password_file) as f:
-                password = f.read().strip()
-        return user, password
 
     def read_token(self) -> str | None:
         if not self.token_file:

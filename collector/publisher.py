@@ -85,13 +85,9 @@ def producer_kwargs(cfg: CollectorConfig) -> dict[str, Any]:
         "max_request_size": max(
             cfg.max_message_bytes * 2, cfg.kafka_batch_size, 1024 * 1024, cfg.kafka_max_record_bytes + 1024
         ),
-        "security_protocol": cfg.kafka_security_protocol,
+        # TLS and SASL as the readers connect (tcpscope/kafka_client.py)
+        **cfg.kafka_security.client_kwargs(),
     }
-    if cfg.kafka_ssl_cafile:
-        kw["ssl_cafile"] = cfg.kafka_ssl_cafile
-    if cfg.kafka_sasl_mechanism:
-        user, password = cfg.sasl_credentials()
-        kw.update(sasl_mechanism=cfg.kafka_sasl_mechanism, sasl_plain_username=user, sasl_plain_password=password)
     return kw
 
 

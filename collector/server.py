@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import socket
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -103,6 +107,36 @@ def server_options(cfg: CollectorConfig, max_connections: int) -> list[tuple[str
     ]
 
 
+T = TypeVar("T")
+
+
+async def in_daemon_thread(make: Callable[[], T]) -> T:
+    """make() on a daemon thread of its own, awaited: the loop keeps running (signals, a Ctrl-C
+    cancels the wait), and a process that stops meanwhile exits without waiting for it (kafka-python's
+    bootstrap blocks up to 30 s against an unreachable broker)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[T] = loop.create_future()
+
+    def settle(ok: bool, value: Any) -> None:
+        if not done.done():
+            if ok:
+                done.set_result(value)
+            else:
+                done.set_exception(value)
+
+    def run() -> None:
+        try:
+            value: Any = make()
+            ok = True
+        except BaseException as e:
+            value, ok = e, False
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nobody waits any more
+            loop.call_soon_threadsafe(settle, ok, value)
+
+    threading.Thread(target=run, name="kafka-connect", daemon=True).start()
+    return await done
+
+
 class CollectorServer:
     """The running collector; `start()` binds, `stop(grace)` drains and closes Kafka."""
 
@@ -184,7 +218,12 @@ class CollectorServer:
                 ) from e
             reviewer = TokenReviewer(api, cfg.token_audience, frozenset(cfg.agent_service_accounts))
         if self._publisher is None:
-            self._publisher = KafkaPublisher(cfg)
+            log.info(
+                "connecting to Kafka at %s (topic %s; up to 30 s, then an error)",
+                ",".join(cfg.kafka_bootstrap),
+                cfg.topic,
+            )
+            self._publisher = await in_daemon_thread(lambda: KafkaPublisher(cfg))
         service = CollectorService(
             cfg,
             self._publisher,

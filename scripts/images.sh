@@ -13,6 +13,11 @@
 #     builds, and the host's CA bundle mounted for pip (beside the image's own bundle, not over it:
 #     the image installs ca-certificates, whose postinst rewrites that file).
 #
+# Tags: each image is localhost/NAME:$TAG (what tests/containers runs) and also exactly what the
+# chart pulls by default, ghcr.io/tcpscope/NAME:<appVersion of helm/tcpscope/Chart.yaml> (the
+# repositories of helm/tcpscope/values.yaml), so a cluster that is given these images (kind load,
+# podman save | ctr import, or a push to your registry) runs them with the chart's defaults.
+#
 # Env: TAG (default dev), DEBIAN_MIRROR, TCPSCOPE_BASE (use this base image, skip pull/debootstrap),
 #      TCPSCOPE_PULL_TIMEOUT (seconds to try a registry pull, default 20; 0 = never try).
 set -euo pipefail
@@ -20,6 +25,8 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 TAG=${TAG:-dev}
+CHART_REPO=ghcr.io/tcpscope  # helm/tcpscope/values.yaml: agent.image.repository, collector.image.repository
+APP_VERSION=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' helm/tcpscope/Chart.yaml)
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 LOCAL_BASE=localhost/tcpscope-base:bookworm
 UPSTREAM_BASE=docker.io/library/debian:bookworm-slim
@@ -94,6 +101,8 @@ build() {
   echo "images: built localhost/$name:$TAG ($((SECONDS - t)) s)"
   # the image this tag replaced (only it: other builds may share this storage); kept if in use
   new=$("${PODMAN[@]}" image inspect --format '{{.Id}}' "localhost/$name:$TAG")
+  "${PODMAN[@]}" tag "localhost/$name:$TAG" "$CHART_REPO/$name:$APP_VERSION"  # what the chart pulls
+  echo "images: tagged $CHART_REPO/$name:$APP_VERSION (the chart's default image)"
   if [ -n "$old" ] && [ "$old" != "$new" ]; then
     "${PODMAN[@]}" rmi "$old" >/dev/null 2>&1 || true
   fi

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -19,19 +18,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from tail import consume, live, resetcause, timeline
+from tail import connections, consume, live, resetcause, timeline
 from tail import query as querylib
 from tail import summary as summary_mode
 from tail.gaps import unobserved_line
 from tail.query import Query
 from tcpscope import kafka_client, render
 from tcpscope.kafka_client import KafkaSecurity
-from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded, lost_total
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.kinds import VIEW_HELP, parse_view
+from tcpscope.losses import definite_total, possible_text, possible_total
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
-
-# the agent's --events names -> the TcpEvent `kind` oneof field names (tail/live.py)
-KINDS: dict[str, str] = live.KINDS
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,7 @@ class TailOptions:
     summary: summary_mode.SummaryOptions | None = None  # --summary: per-pair counters (tail/summary.py)
     connection: timeline.ConnectionSpec | None = None  # --connection: one connection's timeline
     reorder_window: float = live.DEFAULT_HOLD_S  # seconds each event is held to print in time order; 0: as read
+    rows: str = "connection"  # --rows: one row per connection (tail/connections.py), or per socket event
     query: Query = field(default_factory=Query)  # --since/--until, --label, --service, ... (tail/query.py)
     security: KafkaSecurity = field(default_factory=KafkaSecurity)
 
@@ -79,35 +78,93 @@ class EventFilter:
 
     @staticmethod
     def from_options(o: TailOptions) -> EventFilter:
-        return EventFilter(o.namespace, o.pod, live.parse_kinds(",".join(o.kinds)), o.query)
+        return EventFilter(o.namespace, o.pod, parse_view(",".join(o.kinds)), o.query)
 
 
-# records remembered for dropping at-least-once repeats (about 100 bytes each)
+# records remembered for dropping at-least-once repeats (about 100 bytes each; tail/consume.py Dedup)
 LIVE_DEDUP_WINDOW = 200_000
+SUMMARY_DEDUP_WINDOW = 1_000_000
 
 
-def _renderer(fmt: str) -> tuple[Callable[[TcpEvent], str], str | None]:
-    """The agent's own renderers (tcpscope.render: one implementation for --stdout and tail)."""
-    if fmt == "json":
-        return render.json_line, None
-    return render.table_line, render.TABLE_HEADER
+def live_view(o: TailOptions) -> tuple[live.LiveView, str | None]:
+    """The live view (tail/live.py) of these options, and its table header (None for JSON). Socket
+    rows: received resets wait (bounded) for the peer node's evidence and print with their cause.
+    Connection rows: both ends joined (tail/connections.py). Every row is held o.reorder_window
+    seconds to print in time order."""
+    keep = EventFilter.from_options(o)
+    header = None if o.format == "json" else render.TABLE_HEADER
+
+    def socket_line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
+        # lines as the agent prints them (tcpscope/render.py), with the cause once the join knows
+        return render.event_line(ev, o.format, v)
+
+    if o.rows == "socket":
+        return live.LiveView(socket_line, keep=keep, hold=o.reorder_window), header
+    # the kinds choose rows (live.LiveView._row_shown); namespace, pod and the query choose sockets
+    by_end = EventFilter(o.namespace, o.pod, frozenset(), o.query)
+    return live.LiveView(
+        socket_line,
+        kinds=keep.kinds,
+        keep=by_end,
+        hold=o.reorder_window,
+        render_row=lambda row: connection_line(o.format, row, socket_line),
+    ), (None if o.format == "json" else connections.TABLE_HEADER)
 
 
-def _with_cause(fmt: str, text: str, v: resetcause.Verdict) -> str:
-    """A received reset's line, marked with who sent it (tail/resetcause.py)."""
-    if fmt == "json":
-        return text[:-1] + ', "reset_cause": ' + json.dumps(v.to_json()) + "}"
-    return f"{text} cause={v.label}"
+def connection_line(
+    fmt: str, row: connections.Row, socket_line: Callable[[TcpEvent, resetcause.Verdict | None], str]
+) -> str:
+    """A connection, flow or stray event row of the connection view."""
+    if isinstance(row, connections.SocketRow):
+        return socket_line(row.event, row.verdict) if fmt == "json" else connections.socket_table_row(row)
+    return connections.json_row(row) if fmt == "json" else connections.table_row(row)
+
+
+def _connection_counts(view: live.LiveView) -> str:
+    """The connection view's tally at the end of a run (tail/connections.py), '' with nothing to say."""
+    j = view.connections
+    if j is None or not j.counts:
+        return ""
+    c = j.counts
+    both, client, server = (
+        c.get(k, 0) for k in ("rows_from_both_ends", "rows_from_the_client_only", "rows_from_the_server_only")
+    )
+    parts = [
+        f"# {both + client + server} connection rows: {both} joined from both ends, {client} from the client's "
+        f"agent only, {server} from the server's agent only"
+    ]
+    parts.append(
+        f"{c.get('events_folded_into_rows', 0)} reset and error events folded into them, "
+        f"{c.get('events_shown_on_their_own', 0)} shown on their own"
+    )
+    if c.get("server_flows_covered_by_the_client"):
+        parts.append(
+            f"{c['server_flows_covered_by_the_client']} server flows not shown (their clients' flows count them)"
+        )
+    if c.get("released_early_over_the_bound"):
+        parts.append(
+            f"{c['released_early_over_the_bound']} rows printed before their other end came "
+            f"(more than {j.max_pending} waiting)"
+        )
+    return "; ".join(parts) + "\n"
+
+
+def _loss_line(d: Decoded) -> str:
+    """A batch summary's losses for stderr ('' when it has none)."""
+    assert d.summary is not None
+    lost = d.summary.lost
+    if not (definite_total(lost) or possible_total(lost)):
+        return ""
+    reasons = ", ".join(f"{k}={v}" for k, v in sorted(lost.by_reason.items()))
+    return (
+        f"# lost {definite_total(lost)} events"
+        + (f" ({possible_text(possible_total(lost))})" if possible_total(lost) else "")
+        + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n"
+    )
 
 
 def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
-    keep = EventFilter.from_options(o)
-    line, header = _renderer(o.format)
-    # the live view (tail/live.py): received resets wait (bounded) for the peer node's evidence
-    # and print with their cause; every row is held o.reorder_window seconds to print in time order
-    view = live.LiveView(
-        lambda ev, v: line(ev) if v is None else _with_cause(o.format, line(ev), v), keep=keep, hold=o.reorder_window
-    )
+    view, header = live_view(o)
 
     def show(lines: list[str]) -> None:
         for text in lines:
@@ -133,11 +190,24 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         err.flush()
 
     reader = consume.Reader(o.source(), dedup_window=LIVE_DEDUP_WINDOW)
+    said_skipped = False
+
+    def idle() -> None:
+        nonlocal said_skipped
+        show(view.tick(time.monotonic()))
+        if not said_skipped and reader.skipped_at_start and reader.start_found():  # an early end offset
+            said_skipped = True
+            err.write(
+                f"# started at the end of the topic: {reader.skipped_at_start} records that were already there "
+                "were skipped (the broker reported an end offset before its last record; docs/kafka.md)\n"
+            )
+            err.flush()
+
     try:
         records = reader.records(
             consume.Stop(o.duration, until_ns=o.query.until_ns),
             poll_ms=100,
-            on_idle=lambda: show(view.tick(time.monotonic())),
+            on_idle=idle,
             on_undecodable=bad_record,
             on_conflict=conflict,
         )
@@ -151,21 +221,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
                 show(view.add(d.event, time.monotonic()))
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
                 view.add_batch(d.agent_id, d.summary)
-                for w in d.summary.unobserved:
-                    err.write(unobserved_line(w) + "\n")
-                    err.flush()
-            if (
-                d.kind == RECORD_SUMMARY
-                and d.summary is not None
-                and (lost_total(d.summary) or d.summary.lost.kernel_skipped_runs)
-            ):
-                reasons = ", ".join(f"{k}={v}" for k, v in sorted(d.summary.lost.by_reason.items()))
-                maybe = d.summary.lost.kernel_skipped_runs
-                err.write(
-                    f"# lost {lost_total(d.summary)} events"
-                    + (f" (possibly {maybe} more)" if maybe else "")
-                    + f" on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): {reasons}\n"
-                )
+                err.write("".join(unobserved_line(w) + "\n" for w in d.summary.unobserved) + _loss_line(d))
                 err.flush()
     except KeyboardInterrupt:
         pass
@@ -173,6 +229,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         reader.close()
         with contextlib.suppress(BrokenPipeError):
             show(view.close(time.monotonic()))
+        err.write(_connection_counts(view))
         if reader.repeats or undecodable or reader.conflicts:
             err.write(
                 f"# {reader.repeats} repeated records (batches published twice) shown once; "
@@ -203,27 +260,32 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
     once = _reads_everything(o)
     periodic = not once and o.duration is None
     next_print = time.monotonic() + s.every_s
+    # the reader drops at-least-once repeats (its count is the report's duplicates) and hands over
+    # conflicts (kept, and listed by the report)
+    reader = consume.Reader(o.source(), dedup_window=SUMMARY_DEDUP_WINDOW)
+
+    def show() -> None:
+        report.duplicates = reader.repeats
+        out.write(report.render(o.format, s, o.namespace, o.pod))
+        out.flush()
 
     def every() -> None:
         nonlocal next_print
         if periodic and time.monotonic() >= next_print:
-            out.write(report.render(o.format, s, o.namespace, o.pod))
-            out.flush()
+            show()
             next_print = time.monotonic() + s.every_s
 
     def bad_record(partition: int, offset: int, e: Exception) -> None:
         report.undecodable += 1  # a foreign or damaged record must not stop the summary
 
-    # no dedup window in the reader: the report counts the repeats (and conflicts) it drops
-    with consume.Reader(o.source()) as reader:
+    with reader:
         try:
             stop = consume.Stop(o.duration, at_end=once, until_ns=o.query.until_ns)
-            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record):
+            for d in reader.records(stop, on_idle=every, on_undecodable=bad_record, on_conflict=report.conflicts.add):
                 report.take(d, keep)
         except KeyboardInterrupt:
             pass
-    out.write(report.render(o.format, s, o.namespace, o.pod))
-    out.flush()
+    show()
     return 0
 
 
@@ -263,28 +325,46 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
 
 def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) -> TailOptions:
     env = dict(os.environ) if env is None else env
+    p = build_parser(env)
+    a = p.parse_args(argv)
+    return _options(p, a, env)
+
+
+def build_parser(env: dict[str, str]) -> argparse.ArgumentParser:
+    """tcpscope-tail's flags (every one with its help; a test checks)."""
     p = one_line_errors(argparse.ArgumentParser(prog="tcpscope-tail", description="Print tcpscope events from Kafka."))
     p.add_argument(
         "--kafka-bootstrap",
         default=env.get("TCPSCOPE_KAFKA_BOOTSTRAP"),
         help="HOST:PORT[,HOST:PORT] [TCPSCOPE_KAFKA_BOOTSTRAP]",
     )
-    p.add_argument("--topic", default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"), help="[TCPSCOPE_TOPIC]")
+    p.add_argument(
+        "--topic",
+        default=env.get("TCPSCOPE_TOPIC", "tcpscope-events"),
+        help="the events topic (default %(default)s) [TCPSCOPE_TOPIC]",
+    )
     p.add_argument(
         "--format",
         choices=("table", "json", "dot"),
         default="table",
-        help="dot: with --summary, a Graphviz service map (render: dot -Tsvg)",
+        help="table (default) or json (one object per line); dot: with --summary, a Graphviz service map "
+        "(render: dot -Tsvg)",
     )
-    p.add_argument("--from-beginning", action="store_true")
+    p.add_argument(
+        "--from-beginning",
+        action="store_true",
+        help="read the topic from its oldest record (what Kafka still keeps) instead of only what arrives "
+        "from now on; with --summary or --connection and no --duration: read to the end, print, exit",
+    )
     p.add_argument("--duration", type=number(float, above=0), help="stop after this many seconds (> 0)")
     p.add_argument("--namespace", help="only events with an end in this namespace")
     p.add_argument("--pod", help="only events with an end in this pod (name)")
     p.add_argument(
         "--kind",
         default="",
-        help=live.KINDS_HELP,
+        help=VIEW_HELP,
     )
+    p.add_argument("--rows", choices=live.ROWS, help=live.ROWS_HELP)
     p.add_argument(
         "--reorder-window",
         type=float,
@@ -315,7 +395,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
     )
     q.add_argument("--from-pod", metavar="[NS/]NAME", help="the client (lifecycle/flow rows) or the reporting end")
     q.add_argument("--to-pod", metavar="[NS/]NAME", help="the server (lifecycle/flow rows) or the reporting end's peer")
-    kafka_client.add_arguments(p, env)
+    kafka_client.add_arguments(p)
     summary_mode.add_arguments(p)
     p.add_argument(
         "--connection",
@@ -323,13 +403,17 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         help="print both ends' events of one connection, time-ordered, once read: with "
         "--from-beginning and no --duration, everything in the topic now",
     )
-    a = p.parse_args(argv)
+    return p
+
+
+def _options(p: argparse.ArgumentParser, a: argparse.Namespace, env: dict[str, str]) -> TailOptions:
     if not a.kafka_bootstrap:
         p.error("--kafka-bootstrap is required")
     if a.format == "dot" and not a.summary:
         p.error("--format dot draws the service map of --summary")
     kinds = tuple(k.strip() for k in a.kind.split(",") if k.strip())
     try:
+        rows = live.parse_rows(a.rows, a.kind)
         qry = query_from_args(a, time.time_ns())
         security = kafka_client.from_args(a, env)
     except ValueError as e:
@@ -346,6 +430,7 @@ def parse_args(argv: Sequence[str] | None, env: dict[str, str] | None = None) ->
         a.group,
         summary_mode.options_from(a),
         reorder_window=max(0.0, a.reorder_window),
+        rows=rows,
         query=qry,
         security=security,
     )

@@ -5,10 +5,26 @@ A `Reader` opens a consumer with the collector's security settings (tcpscope/kaf
 positions it: at the end, at the beginning, or by time (--since, through the broker's offsets for
 times); with a consumer group it subscribes instead. `Reader.records(stop)` then yields the decoded
 records (tcpscope/kafka_layout.py: both record layouts) until the `Stop` says so, or until the
-reader's `cancel` event is set from another thread. With a dedup window, repeats that at-least-once
-delivery published twice are dropped and counted; records under a seen key with other content
-(CONFLICT) are kept and handed to `on_conflict` first. Records of other producers (kind '') pass
-through undeduplicated: each reader counts them its own way.
+reader's `cancel` event is set from another thread.
+
+Deduplication happens here and only here (`Dedup`), for every reader (the live view, --summary,
+--connection, the sim's watch): with a dedup window, repeats that at-least-once delivery published
+twice are dropped and counted (`Reader.repeats`); records under a seen key with other content
+(CONFLICT) are kept, counted and handed to `on_conflict` first. Records of other producers (kind '')
+pass through undeduplicated: each reader counts them its own way.
+
+Where a partition ends is taken from two answers of the broker: its end offset (ListOffsets), and
+the high watermark that every fetch response carries. Apache Kafka gives the same figure in both.
+The broker that `make broker`, `make run` and the tests use (tansu) reports a partition's end offset
+as the start of its last record batch + 1, not its last record + 1, while its fetch responses carry
+the true high watermark: 1,000 records produced in one batch end at offset 1. So the loop never
+trusts the end offset alone (docs/kafka.md, "Where a partition ends"):
+- started at the end (live, no --from-beginning), it skips the records of each partition below the
+  high watermark of that partition's first fetch: records that were there before it started, which
+  the early end offset would replay (counted in `Reader.skipped_at_start`);
+- reading "to the end" (`Stop.at_end`, `reached`), a partition is done only once its position has
+  passed both its end offset and the high watermark of a fetch made since the read began (or, from
+  a broker whose fetches carry none, once a poll brought nothing more).
 """
 
 from __future__ import annotations
@@ -66,6 +82,7 @@ class Consumer(TimeIndex, Protocol):
     def seek_to_beginning(self, *partitions: Any) -> None: ...
     def seek_to_end(self, *partitions: Any) -> None: ...
     def position(self, partition: Any, /) -> int: ...
+    def highwater(self, partition: Any, /) -> int | None: ...
     def poll(self, timeout_ms: int) -> Mapping[Any, list[Any]]: ...
     def close(self) -> None: ...
 
@@ -109,6 +126,33 @@ def _topic_partition(topic: str, partition: int) -> Any:
     return TopicPartition(topic, partition)
 
 
+class Dedup:
+    """The readers' dedup policy over decoded records: the first copy of a record passes; a repeat
+    (same dedup key, same content: a batch published twice) is dropped and counted; a record under
+    a seen key with other content (two producers under one agent id) is kept, never dropped as a
+    "duplicate" of another, counted and handed to `on_conflict`. Remembers the last `window` keys
+    (kafka_layout.RecentKeys). Records of other producers always pass."""
+
+    def __init__(self, window: int) -> None:
+        self._recent = RecentKeys(window)
+        self.repeats = 0  # records dropped as repeats
+        self.conflicts = 0  # records kept under a seen dedup key with other content
+
+    def keep(self, d: Decoded, on_conflict: Callable[[Decoded], None] | None = None) -> bool:
+        """False for a repeat, which the reader drops."""
+        if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
+            return True
+        seen = self._recent.see(dedup_key(d), fingerprint(d))
+        if seen == REPEAT:
+            self.repeats += 1
+            return False
+        if seen == CONFLICT:
+            self.conflicts += 1
+            if on_conflict is not None:
+                on_conflict(d)
+        return True
+
+
 class Reader:
     """An open, positioned consumer of one topic (Source) and its read loop (`records`). Not
     thread-safe, as kafka-python's consumer is not: one thread reads; others may set `cancel`."""
@@ -124,11 +168,13 @@ class Reader:
     ) -> None:
         self.source = source
         self.cancel = cancel or threading.Event()
-        self._recent = RecentKeys(dedup_window) if dedup_window > 0 else None
+        self._dedup = Dedup(dedup_window) if dedup_window > 0 else None
         self._clock = clock
         self._wall_ns = wall_ns
-        self.repeats = 0  # records dropped as repeats (dedup_window > 0)
-        self.conflicts = 0  # records kept under a seen dedup key with other content
+        self.skipped_at_start = 0
+        """Started at the end: records already in the topic then, past an early end offset (module doc)."""
+        self._skip_below: dict[Any, int] | None = None  # started at the end: per partition, once known
+        self._start_found = False
         self._consumer = connect(
             {
                 "bootstrap_servers": list(source.bootstrap),
@@ -184,12 +230,26 @@ class Reader:
             c.seek_to_beginning(*tps)
         else:
             c.seek_to_end(*tps)
+            self._skip_below = {}
         for tp in tps:  # resolve positions now, so records produced after start-up are never skipped
             c.position(tp)
 
+    @property
+    def repeats(self) -> int:
+        """Records dropped as repeats so far (with a dedup window)."""
+        return self._dedup.repeats if self._dedup is not None else 0
+
+    @property
+    def conflicts(self) -> int:
+        """Records kept under a seen dedup key with other content so far (with a dedup window)."""
+        return self._dedup.conflicts if self._dedup is not None else 0
+
     def end_offsets(self) -> Mapping[Any, int]:
-        """The end of every assigned partition now (for `reached`)."""
-        return self._consumer.end_offsets(list(self._consumer.assignment()))
+        """The end of every assigned partition now (for `reached`): the broker's end offset, or the
+        high watermark of the last fetch where that is further (module doc)."""
+        c = self._consumer
+        ends = c.end_offsets(list(c.assignment()))
+        return {tp: max(int(off), c.highwater(tp) or 0) for tp, off in ends.items()}
 
     def reached(self, offsets: Mapping[Any, int]) -> bool:
         """Every partition read up to `offsets` (from `end_offsets`, or stop_offsets)."""
@@ -251,12 +311,15 @@ class Reader:
         on_conflict: Callable[[Decoded], None] | None,
     ) -> Iterator[Decoded]:
         clock = self._clock
+        ends = _Ends(self._consumer, end_offsets)
         while not self.cancel.is_set() and (deadline is None or clock() < deadline):
             if until_offsets is not None and self.reached(until_offsets):
                 return  # the range is read (checked first: an empty range is not polled at all)
             wait = poll_ms if deadline is None else max(1, min(poll_ms, int((deadline - clock()) * 1000)))
-            for recs in self._consumer.poll(timeout_ms=wait).values():
-                for r in recs:
+            polled = self._consumer.poll(timeout_ms=wait)
+            self._learn_start()
+            for tp, recs in polled.items():
+                for r in self._not_before_start(tp, recs):
                     try:
                         decoded = decode_records(r.headers, r.value)
                     except Exception as e:
@@ -265,28 +328,67 @@ class Reader:
                         on_undecodable(r.partition, r.offset, e)
                         continue
                     for d in decoded:
-                        if self._new(d, on_conflict):
+                        if self._dedup is None or self._dedup.keep(d, on_conflict):
                             yield d
             if on_idle is not None:
                 on_idle()
-            if at_end and end_offsets is None and self._consumer.assignment():
-                end_offsets = self.end_offsets()  # a group's partitions, assigned by that poll
-            if end_offsets is not None and self.reached(end_offsets):
+            if at_end and ends.offsets is None and self._consumer.assignment():
+                ends = _Ends(self._consumer, self.end_offsets())  # a group's partitions, assigned by that poll
+            elif ends.passed(not polled):
                 return  # after a poll, so there is always one
 
-    def _new(self, d: Decoded, on_conflict: Callable[[Decoded], None] | None) -> bool:
-        """False for a repeat the dedup window drops."""
-        if self._recent is None or d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
-            return True
-        seen = self._recent.see(dedup_key(d), fingerprint(d))
-        if seen == REPEAT:
-            self.repeats += 1
+    def start_found(self) -> bool:
+        """Started at the end: every partition's true end is known and read past (records older
+        than that are skipped, `skipped_at_start`). False otherwise, and until then."""
+        skip = self._skip_below
+        if skip is None or self._start_found:
+            return self._start_found
+        c = self._consumer
+        self._start_found = all(tp in skip and c.position(tp) >= skip[tp] for tp in c.assignment())
+        return self._start_found
+
+    def _learn_start(self) -> None:
+        """Started at the end: fix each partition's first known high watermark as where it starts."""
+        if self._skip_below is None:
+            return
+        for tp in self._consumer.assignment():
+            if tp not in self._skip_below:
+                hw = self._consumer.highwater(tp)
+                if hw is not None:
+                    self._skip_below[tp] = hw
+
+    def _not_before_start(self, tp: Any, recs: list[Any]) -> list[Any]:
+        """recs without the records that were in the partition before this reader started at its end."""
+        if self._skip_below is None:
+            return recs
+        below = self._skip_below.setdefault(tp, 0)  # records, yet no high watermark: no way to tell, keep
+        keep = [r for r in recs if r.offset >= below] if recs and recs[0].offset < below else recs
+        self.skipped_at_start += len(recs) - len(keep)
+        return keep
+
+
+class _Ends:
+    """Where one read "to the end" stops: per partition, the end offset when the read began, raised
+    to the high watermark of the first fetch seen since (module doc: some brokers report the end
+    early). Without a high watermark, a poll that brings nothing settles it."""
+
+    def __init__(self, consumer: Consumer, offsets: Mapping[Any, int] | None) -> None:
+        self._c = consumer
+        self.offsets = dict(offsets) if offsets is not None else None
+        self._unconfirmed = set(self.offsets or ())
+
+    def passed(self, idle: bool) -> bool:
+        """Every partition read to its end (after a poll; idle: that poll brought no record)."""
+        if self.offsets is None:
             return False
-        if seen == CONFLICT:  # kept: never drop a record as a "duplicate" of another
-            self.conflicts += 1
-            if on_conflict is not None:
-                on_conflict(d)
-        return True
+        for tp in list(self._unconfirmed):
+            hw = self._c.highwater(tp)
+            if hw is not None:
+                self.offsets[tp] = max(self.offsets[tp], hw)
+                self._unconfirmed.discard(tp)
+        return all(
+            self._c.position(tp) >= off and (idle or tp not in self._unconfirmed) for tp, off in self.offsets.items()
+        )
 
 
 def _time_offsets(c: TimeIndex, tps: list[Any], ms: int) -> dict[Any, int | None]:

@@ -35,13 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcpscope import kafka_client
+
 JsonObj = dict[str, Any]
 SELECTOR = "app.kubernetes.io/name=tcpscope,app.kubernetes.io/component=collector"
-FILE_SETTINGS = {  # the collector's file settings -> tcpscope-tail's flags
-    "TCPSCOPE_KAFKA_SSL_CAFILE": "--kafka-ssl-cafile",
-    "TCPSCOPE_KAFKA_USERNAME_FILE": "--kafka-username-file",
-    "TCPSCOPE_KAFKA_PASSWORD_FILE": "--kafka-password-file",
-}
+FILE_SETTINGS = kafka_client.FILE_FLAGS  # the collector's file settings -> tcpscope-tail's flags
 
 
 class PluginError(Exception):
@@ -348,16 +346,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-n", "--namespace", help="the release's namespace (default: search every namespace)")
     p.add_argument("--release", help="the Helm release name (default: the only one found)")
-    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
-    p.add_argument("--context")
+    p.add_argument(
+        "--kubeconfig",
+        default=os.environ.get("KUBECONFIG"),
+        help="the kubeconfig file (default: $KUBECONFIG, ~/.kube/config)",
+    )
+    p.add_argument("--context", help="the kubeconfig context (default: its current context)")
     p.add_argument(
         "--in-cluster",
         action="store_true",
         help="run tcpscope-tail in a Pod beside the collector (for a Kafka reachable only inside the "
         "cluster): creates it, streams its output, deletes it",
     )
-    p.add_argument("command", choices=("tail", "summary", "config"))
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.add_argument(
+        "command",
+        choices=("tail", "summary", "config"),
+        help="tail: live events (tcpscope-tail); summary: per-pair counters (tcpscope-tail --summary); "
+        "config: print the Kafka settings found",
+    )
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="flags for tcpscope-tail (tcpscope-tail --help)")
     return p
 
 

@@ -1,11 +1,14 @@
-"""The live view shared by `tcpscope-tail` and `tcpscope-sim`: which event kinds it shows by
-default, and a small bounded reorder buffer that prints events in time order.
+"""The live view shared by `tcpscope-tail` and `tcpscope-sim`: which rows it shows, and a small
+bounded reorder buffer that prints them in time order.
 
-By default the view shows what an SRE watches: connection lifecycles (one line per connection, at
-its end), resets, socket errors, flows (aggregated ordinary connections) and the anomalies past the
-agents' budget (aggregated in the kernel: one row per key and interval). State changes,
-retransmits, SYN-ACK retransmits and probes come on request (`--kind state,...` or `--kind all`):
-they are several lines per connection and bury the rows that matter.
+By default (`--rows connection`) the view prints one row per connection when it ends, both ends'
+events joined (tail/connections.py: client and server, how it ended, who sent the reset and why,
+duration, bytes), and one row per pair per flow interval for the ordinary connections the agents
+aggregate; the anomalies the agents aggregated past their budget print as their own rows (one per key
+and interval, with their exemplars' reset cause). `--rows socket` prints each socket's events as the
+agent's `--stdout` does: lifecycles, resets, socket errors, flows and anomaly aggregates by default;
+state changes, retransmits, SYN-ACK retransmits and probes on request (`--kind state,...` or
+`--kind all`, which choose socket rows by themselves: those kinds have no connection row).
 
 Events reach a reader out of order: each agent sends a batch every half second or so, the collector
 publishes batches to several partitions, and a consumer gets each poll's records partition by
@@ -33,42 +36,37 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from tail import resetcause
+from tail import connections, resetcause
+from tcpscope import kinds
+from tcpscope.kinds import parse_view
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
-# the --kind names (the agent's --events names) -> TcpEvent `kind` oneof field names
-KINDS: dict[str, str] = {
-    "lifecycle": "lifecycle",
-    "state": "state_change",
-    "retransmit": "retransmit",
-    "synack": "synack_retransmit",
-    "reset": "reset",
-    "error": "socket_error",
-    "probe": "probe",
-    "flow": "flow",
-    "anomalies": "anomalies",
-}
-DEFAULT_KINDS: tuple[str, ...] = ("lifecycle", "reset", "error", "flow", "anomalies")
+# the kinds: tcpscope/kinds.py (its `parse_view` reads --kind and the sim's --show, with the defaults)
 DEFAULT_HOLD_S = 1.0
 """Long enough for the agents' batch age (0.5 s by default) plus the collector's linger."""
 
 
-KINDS_HELP = (
-    f"event kinds, comma separated, or 'all': {','.join(KINDS)} (default: {','.join(DEFAULT_KINDS)}, what an SRE "
-    "watches)"
+ROWS: tuple[str, ...] = ("connection", "socket")
+ROWS_HELP = (
+    "connection (the default): one row per connection when it ends, both ends joined: client and server, "
+    "how it ended, who sent the reset (app, kernel or network) and why, duration, bytes; and one row "
+    "per pair per flow interval. socket: every socket's own events, as the agent prints them (the "
+    "default with --kind state, retransmit, synack, probe or all)"
 )
-"""The help of every flag that takes `parse_kinds`' text (tcpscope-tail --kind, tcpscope-sim --show)."""
 
 
-def parse_kinds(text: str) -> frozenset[str]:
-    """'lifecycle,reset' -> oneof field names; '' -> the default view; 'all' -> every kind (empty set)."""
-    names = [k.strip() for k in text.split(",") if k.strip()] or list(DEFAULT_KINDS)
-    if "all" in names:
-        return frozenset()
-    unknown = [k for k in names if k not in KINDS]
-    if unknown:
-        raise ValueError(f"unknown kinds {unknown}; known: {', '.join(KINDS)}, all")
-    return frozenset(KINDS[k] for k in names)
+def parse_rows(rows: str | None, kinds_text: str) -> str:
+    """--rows as given, else what --kind calls for; ValueError for kinds connection rows cannot show."""
+    parse_view(kinds_text)  # unknown kinds first
+    names = {k.strip() for k in kinds_text.split(",") if k.strip()}
+    socket_only = sorted(names - kinds.CONNECTION_VIEW)
+    if rows is None:
+        return "socket" if socket_only else "connection"
+    if rows not in ROWS:
+        raise ValueError(f"--rows wants one of {', '.join(ROWS)}, not {rows!r}")
+    if rows == "connection" and socket_only:
+        raise ValueError(f"kinds {','.join(socket_only)} have no connection rows: use --rows socket")
+    return rows
 
 
 T = TypeVar("T")
@@ -106,10 +104,12 @@ def event_ns(ev: TcpEvent) -> int:
 
 
 class LiveView:
-    """The live view's pipeline, shared by tail and the sim: the kinds filter, then the reset-cause
-    hold (tail/resetcause.py: a received reset waits, bounded, for the peer's evidence and comes
-    out marked with who sent it), then the reorder buffer. Methods return the lines now due, in
-    order; `now` is the reader's monotonic clock in seconds."""
+    """The live view's pipeline, shared by tail and the sim. Socket rows (no `render_row`): the kinds
+    filter, then the reset-cause hold (tail/resetcause.py: a received reset waits, bounded, for the
+    peer's evidence and comes out marked with who sent it), then the reorder buffer. Connection rows
+    (`render_row` given): the join of tail/connections.py, then the filters, then the reorder
+    buffer. Methods return the lines now due, in order; `now` is the reader's monotonic clock in
+    seconds."""
 
     def __init__(
         self,
@@ -117,12 +117,35 @@ class LiveView:
         kinds: frozenset[str] = frozenset(),
         hold: float = DEFAULT_HOLD_S,
         keep: Callable[[TcpEvent], bool] | None = None,
+        render_row: Callable[[connections.Row], str] | None = None,
+        join_hold: float = connections.DEFAULT_HOLD_S,
     ) -> None:
         self.render = render
         self.kinds = kinds
         self.keep = keep
         self.resets = resetcause.LiveHold()
         self.order: Reorder[str] = Reorder(hold)
+        self.render_row = render_row
+        self.connections = connections.ConnectionRows(join_hold) if render_row is not None else None
+
+    def _row_shown(self, row: connections.Row) -> bool:
+        if isinstance(row, connections.SocketRow):
+            return self._shown(row.event)
+        if isinstance(row, connections.FlowRow):
+            return (not self.kinds or kinds.FLOW.field in self.kinds) and (self.keep is None or self.keep(row.flow))
+        k = self.kinds
+        if k and kinds.LIFECYCLE.field not in k:
+            errno = any(e.lifecycle.errno for e in row.sockets)
+            if not ((kinds.RESET.field in k and row.reset_by is not None) or (kinds.ERROR.field in k and errno)):
+                return False
+        return self.keep is None or any(self.keep(e) for e in row.sockets)
+
+    def _rows(self, rows: list[connections.Row], now: float) -> list[str]:
+        assert self.render_row is not None
+        for row in rows:
+            if self._row_shown(row):
+                self.order.push(row.time_ns(), now, self.render_row(row))
+        return list(self.order.ready(now))
 
     def _shown(self, ev: TcpEvent) -> bool:
         if self.kinds and ev.WhichOneof("kind") not in self.kinds:
@@ -135,6 +158,8 @@ class LiveView:
 
     def add(self, ev: TcpEvent, now: float) -> list[str]:
         """One event (every event is evidence for the reset join, shown or not)."""
+        if self.connections is not None:
+            return self._rows(self.connections.add(ev, now), now)
         shown = self._shown(ev)
         held, done = self.resets.add(ev, int(now * 1e9), shown)
         if shown and not held:
@@ -146,15 +171,22 @@ class LiveView:
 
     def add_batch(self, agent_id: str, summary: EventBatch) -> None:
         """A batch's summary record (the reset join uses its loss counters)."""
+        if self.connections is not None:
+            self.connections.add_batch(agent_id, summary)
         self.resets.join.add_batch(agent_id, summary)
 
     def tick(self, now: float) -> list[str]:
         """What is due now without a new event."""
+        if self.connections is not None:
+            return self._rows(self.connections.tick(now), now)
         self._take(self.resets.release(int(now * 1e9)), now)
         return list(self.order.ready(now))
 
     def close(self, now: float) -> list[str]:
         """Everything still held (the end of a run), in time order."""
+        if self.connections is not None:
+            self._rows(self.connections.close(now), now)
+            return list(self.order.flush())
         self._take(self.resets.release(int(now * 1e9), everything=True), now)
         return list(self.order.flush())
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from tcpscope.losses import definite_total, possible_total
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     ANOMALY_LIFECYCLE,
@@ -237,8 +238,7 @@ class ResetJoin:
         sent = batch.sent_time.ToNanoseconds()
         prev = self._last_batch_ns.get(agent_id, 0)
         self._last_batch_ns[agent_id] = max(prev, sent)
-        definite = batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
-        possible = batch.lost.kernel_skipped_runs
+        definite, possible = definite_total(batch.lost), possible_total(batch.lost)
         if (definite or possible) and batch.node:
             self._losses.setdefault(batch.node, []).append(_LossSpan(prev, sent, definite, possible))
 
@@ -401,6 +401,12 @@ def _is_send(ev: TcpEvent) -> bool:
     if kind == "reset":
         return ev.reset.direction == SENT
     return kind == "lifecycle" and ev.lifecycle.ending == RESET_SENT
+
+
+def sent_verdict(reason_name: str, reason: int, node: str = "") -> Verdict:
+    """What a reset a socket *sent* says of its sender (app or kernel, by its reason), for a
+    connection whose receiving end no agent reported (tail/connections.py)."""
+    return _sender_verdict(_Send(node, 0, reason, reason_name, True), node)
 
 
 def _sender_verdict(s: _Send, peer: str) -> Verdict:

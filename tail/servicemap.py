@@ -2,8 +2,17 @@
 
 Pure text generation: summary rows in, one DOT digraph out (render it with `dot -Tsvg`). Ends are
 nodes, grouped in one box per namespace; each (client, server) pair is an edge labelled with its
-connections and its problems. Pairs with resets or refusals stand out in red and thick; pairs whose
-only problems are timeouts or failed connects in orange; clean pairs are grey.
+connections and every problem the summary counts. Pairs with resets the client or server sent, or
+refusals, stand out in red and thick; pairs whose only problems are timeouts or failed connects in
+orange; clean pairs are grey. Connections the network reset (a RST neither end sent:
+tail/resetcause.py) get an edge of their own beside the pair's, dashed purple, labelled `N network
+resets`: they are no fault of either end.
+
+Without Kubernetes every end is an address of the host, often 127.0.0.1: a node is then named by its
+process and, for a server, its port (`nginx` over `127.0.0.1:8080`), one node per server port.
+Labels sit beside their edges: Graphviz reserves room for edge labels in its layout, which it can
+do across the namespace boxes only with `newrank=true`, and a label stays at its edge's middle
+(`labelfloat=false`); a test renders a map with real `dot` and checks that no edge crosses a label.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from tail.pairs import PairSummary, Party
 RED = "#d62728"
 ORANGE = "#ff7f0e"
 GREY = "#7f7f7f"
+PURPLE = "#9467bd"  # network resets
 
 _PROBLEMS: tuple[tuple[str, str], ...] = (
     ("client_resets", "client resets"),
@@ -34,7 +44,7 @@ def _quote(s: str) -> str:
 
 
 def edge_label(r: PairSummary) -> str:
-    """`N conns` (`:port`), then one line per non-zero problem counter."""
+    """`N conns` (`:port`), then one line per non-zero problem counter (network resets: their own edge)."""
     ports = ",".join(str(p) for p in sorted(r.server_ports))
     lines = [f"{r.connections} conns" + (f" :{ports}" if ports else "")]
     lines += [f"{getattr(r, attr)} {name}" for attr, name in _PROBLEMS if getattr(r, attr)]
@@ -53,6 +63,17 @@ def _attrs(d: dict[str, str]) -> str:
     return ", ".join(f"{k}={_quote(v)}" for k, v in d.items())
 
 
+def node_id(p: Party) -> str:
+    """The DOT node name of an end: its label, and a port where the same label names several servers."""
+    return p.label() + (f":{p.port}" if p.port else "")
+
+
+def node_label(p: Party) -> str:
+    """What the node shows: a pod's (workload's) name; an end no pod owns, its process over its address."""
+    where = p.name + (f":{p.port}" if p.port else "")
+    return f"{p.process}\n{where}" if p.process else where
+
+
 def render_dot(rows: Sequence[PairSummary], title: str = "tcpscope service map") -> str:
     """One digraph of the rows (each pair an edge; each end a node, in its namespace's box)."""
     parties: dict[Party, None] = {}
@@ -65,8 +86,9 @@ def render_dot(rows: Sequence[PairSummary], title: str = "tcpscope service map")
     out = [
         f"digraph {_quote('tcpscope')} {{",
         f'  label={_quote(title)}; labelloc="t"; rankdir="LR"; fontname="Helvetica";',
+        '  nodesep="0.8"; ranksep="2.0"; newrank="true";',
         '  node [shape="box", style="rounded,filled", fillcolor="#f4f6f8", fontname="Helvetica"];',
-        '  edge [fontname="Helvetica", fontsize="10"];',
+        '  edge [fontname="Helvetica", fontsize="10", labelfloat="false"];',
     ]
     for i, (ns, members) in enumerate(sorted(by_ns.items())):
         indent = "  "
@@ -74,14 +96,18 @@ def render_dot(rows: Sequence[PairSummary], title: str = "tcpscope service map")
             out.append(f"  subgraph {_quote(f'cluster_{i}')} {{")
             out.append(f'    label={_quote(ns)}; style="rounded,dashed"; color="#999999";')
             indent = "    "
-        for p in sorted(members, key=lambda p: p.name):
+        for p in sorted(members, key=node_id):
             extra = {} if p.kind not in ("EXTERNAL", "UNRESOLVED", "NODE") else {"fillcolor": "#fff7e6"}
-            out.append(f"{indent}{_quote(p.label())} [{_attrs({'label': p.name, 'tooltip': p.kind, **extra})}];")
+            attrs = {"label": node_label(p), "tooltip": p.kind, **extra}
+            out.append(f"{indent}{_quote(node_id(p))} [{_attrs(attrs)}];")
         if ns:
             out.append("  }")
     for r in rows:
-        attrs = {"label": edge_label(r), **edge_style(r)}
-        out.append(f"  {_quote(r.client.label())} -> {_quote(r.server.label())} [{_attrs(attrs)}];")
+        ends = f"{_quote(node_id(r.client))} -> {_quote(node_id(r.server))}"
+        out.append(f"  {ends} [{_attrs({'label': edge_label(r), **edge_style(r)})}];")
+        if r.network_resets:
+            net = {"label": f"{r.network_resets} network resets", "color": PURPLE, "fontcolor": PURPLE}
+            out.append(f"  {ends} [{_attrs({**net, 'penwidth': '2', 'style': 'dashed'})}];")
     out.append("}")
     return "\n".join(out) + "\n"
 

@@ -47,16 +47,8 @@ from tail import resetcause
 from tail.gaps import Conflicts, Gaps, rfc3339
 from tail.pairs import COUNTERS, PairSummary, Party
 from tail.servicemap import render_dot
-from tcpscope.kafka_layout import (
-    CONFLICT,
-    RECORD_EVENT,
-    RECORD_SUMMARY,
-    REPEAT,
-    Decoded,
-    RecentKeys,
-    dedup_key,
-    fingerprint,
-)
+from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.losses import add_counts, definite_total, possible_text, possible_total
 from tcpscope.outcome import aggregate_lifecycle, classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
@@ -70,9 +62,6 @@ from tcpscope.v1.events_pb2 import (
     Lifecycle,
     TcpEvent,
 )
-
-# record ids remembered to count at-least-once repeats once (about 100 bytes each)
-SUMMARY_DEDUP_WINDOW = 1_000_000
 
 SORT_KEYS: tuple[str, ...] = ("problems", *COUNTERS, "client", "server", "last_seen")
 MATCH_TOLERANCE_NS = 2_000_000_000
@@ -523,14 +512,28 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 )
 
 
+CAUSE_WORDS = {resetcause.PEER_KERNEL: "peer kernel"}
+
+RESET_LEGEND = (
+    "# RESET REASONS: connections a client or server aborted, by the kernel's reason on the socket that sent the "
+    "RST (docs/resets.md). SENT BY: connections that ended with a RST received, by who sent it: app (the peer's "
+    "application, e.g. a close with SO_LINGER 0), peer kernel (no socket: a refused connect; or a protocol "
+    "reason), network (neither end sent it), unknown (docs/reset-cause.md)"
+)
+
+
 def render_table(rows: Sequence[PairSummary]) -> str:
     """A fixed-width table for people, with the reset reasons and the time span of each pair."""
     head = ["CLIENT", "SERVER", *(c for c, _ in _COLUMNS), "SINCE", "LAST", "RESET REASONS", "SENT BY"]
     body: list[list[str]] = []
     for r in rows:
-        reasons = [f"client:{k}x{v}" for k, v in sorted(r.client_reset_reasons.items())]
-        reasons += [f"server:{k}x{v}" for k, v in sorted(r.server_reset_reasons.items())]
-        causes = [f"{c}/{d}x{n}" for c, ds in sorted(r.reset_causes.items()) for d, n in sorted(ds.items())]
+        reasons = [f"{v} client ({k})" for k, v in sorted(r.client_reset_reasons.items())]
+        reasons += [f"{v} server ({k})" for k, v in sorted(r.server_reset_reasons.items())]
+        causes = [
+            f"{n} {CAUSE_WORDS.get(c, c)} ({d})"
+            for c, ds in sorted(r.reset_causes.items())
+            for d, n in sorted(ds.items())
+        ]
         server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
         body.append(
             [
@@ -539,8 +542,8 @@ def render_table(rows: Sequence[PairSummary]) -> str:
                 *(str(getattr(r, a)) for _, a in _COLUMNS),
                 rfc3339(r.first_seen_ns)[11:19],
                 rfc3339(r.last_seen_ns)[11:19],
-                " ".join(reasons),
-                " ".join(causes),
+                ", ".join(reasons),
+                ", ".join(causes),
             ]
         )
     widths = [max(len(x) for x in col) for col in zip(head, *body, strict=False)]
@@ -591,30 +594,26 @@ def options_from(a: argparse.Namespace) -> SummaryOptions | None:
 
 @dataclass
 class Report:
-    """What one summary print shows: the pairs and the loss counters of the batches read."""
+    """What one summary print shows: the pairs and the loss counters of the batches read.
+
+    It takes records as the reader deduplicated them (tail/consume.py `Dedup`): `duplicates` is the
+    reader's count of repeats it dropped, and `conflicts` is fed by the reader's `on_conflict`."""
 
     summarizer: Summarizer
     losses: dict[str, int] = field(default_factory=dict)
     batches: int = 0
     events: int = 0
-    duplicates: int = 0
+    duplicates: int = 0  # records the reader dropped as at-least-once repeats
     undecodable: int = 0
-    _seen: RecentKeys = field(default_factory=lambda: RecentKeys(SUMMARY_DEDUP_WINDOW))
     gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tail/gaps.py)
-    conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content
+    conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content: all kept
 
     def take(self, d: Decoded, keep: Callable[[TcpEvent], bool] | None = None) -> None:
-        """One decoded record; repeats of a record that at-least-once delivery published twice are
-        counted once; other producers' records are counted as undecodable."""
+        """One decoded record, deduplicated by the reader; other producers' records are counted as
+        undecodable."""
         if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
             self.undecodable += 1
             return
-        seen = self._seen.see(dedup_key(d), fingerprint(d))
-        if seen == REPEAT:
-            self.duplicates += 1
-            return
-        if seen == CONFLICT:  # kept and reported: dropping it could hide a real event behind a forged one
-            self.conflicts.add(d)
         self.gaps.take(d)
         if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
@@ -625,8 +624,7 @@ class Report:
         elif d.kind == RECORD_SUMMARY and d.summary is not None:
             self.batches += 1
             self.summarizer.add_batch(d.agent_id, d.summary)
-            for k, v in _lost_map(d.summary).items():
-                self.losses[k] = self.losses.get(k, 0) + v
+            add_counts(self.losses, d.summary.lost)
 
     def render(
         self,
@@ -655,28 +653,21 @@ class Report:
                 "conflict_examples": self.conflicts.examples,
             }
             return json.dumps(doc) + "\n"
-        lost = sum(v for k, v in self.losses.items() if k in ("kernel", "agent_buffer", "enrichment"))
-        maybe = self.losses.get("kernel_skipped_runs", 0)
+        lost, maybe = definite_total(self.losses), possible_total(self.losses)
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
         complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
             + (complete if not lost else f"LOST {lost} events: {self.losses}")
-            + (f"; possibly {maybe} more (program runs the kernel skipped)" if maybe else "")
+            + (f"; {possible_text(maybe)}" if maybe else "")
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
             + "\n"
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
         )
-        return render_table(rows) + foot
-
-
-def _lost_map(batch: EventBatch) -> dict[str, int]:
-    out = {
-        "kernel": batch.lost.kernel,
-        "agent_buffer": batch.lost.agent_buffer,
-        "enrichment": batch.lost.enrichment,
-        "kernel_skipped_runs": batch.lost.kernel_skipped_runs,
-    }
-    out.update(batch.lost.by_reason)
-    return out
+        legend = (
+            RESET_LEGEND + "\n"
+            if any(r.reset_causes or r.client_reset_reasons or r.server_reset_reasons for r in rows)
+            else ""
+        )
+        return render_table(rows) + foot + legend

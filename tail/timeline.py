@@ -91,11 +91,8 @@ def render_timeline(
     width = max([len("NODE"), *(len(e.node) for e in events)])
     lines = [f"{'NODE':<{width}} {render.TABLE_HEADER}"]
     for e in events:
-        line = f"{e.node:<{width}} {render.table_line(e)}"
         r = received.get(id(e))
-        if r is not None:
-            line += f" cause={join.classify(r).label}"
-        lines.append(line)
+        lines.append(f"{e.node:<{width}} {render.event_line(e, cause=None if r is None else join.classify(r))}")
     return "\n".join(lines) + "\n"
 
 

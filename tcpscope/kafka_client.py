@@ -1,41 +1,80 @@
-"""How readers (`tcpscope-tail`, `kubectl-tcpscope`) connect to Kafka: the same security settings
-the collector publishes with (collector/config.py; the chart sets them from `collector.kafka.*`):
-PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL PLAIN or SCRAM; a CA bundle for the brokers.
-Flags and environment variables have the collector's names. Secrets come from files or the
-environment, never from a flag (a flag shows in `ps`).
+"""The Kafka security settings, defined once for the collector that publishes and the readers
+(`tcpscope-tail`, `kubectl-tcpscope`) that consume: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL; SASL
+PLAIN or SCRAM; a CA bundle for the brokers. `KafkaSecurity` is a documented settings dataclass
+(tcpscope/settings.py): the collector's config holds it (`settings_of`), tcpscope-tail adds its
+flags (`add_arguments`), so both have the same flags, environment variables, help, choices and
+checks, and both hand kafka-python the same client settings (`client_kwargs`). The chart sets them
+from `collector.kafka.*`. Secrets come from files or the environment, never from a flag (a flag
+shows in `ps`).
 """
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-# the collector's lists (collector/config.py); a test keeps them equal
+from tcpscope.settings import ConfigError, add_flags, check, flag_name, read_values, setting
+
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True)
 class KafkaSecurity:
-    protocol: str = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    ssl_cafile: str | None = None
-    username: str | None = None  # TCPSCOPE_KAFKA_USERNAME, or read from username_file
-    username_file: str | None = None
-    password: str | None = None  # TCPSCOPE_KAFKA_PASSWORD (environment only), or password_file
-    password_file: str | None = None
+    """How to reach Kafka securely: each field a documented setting (flag, environment variable)."""
+
+    protocol: str = setting(
+        "TCPSCOPE_KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL",
+        flag="--kafka-security-protocol",
+        default="PLAINTEXT",
+        choices=KAFKA_SECURITY_PROTOCOLS,
+    )
+    sasl_mechanism: str | None = setting(
+        "TCPSCOPE_KAFKA_SASL_MECHANISM",
+        "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+        flag="--kafka-sasl-mechanism",
+        default=None,
+        choices=KAFKA_SASL_MECHANISMS,
+    )
+    username: str | None = setting(
+        "TCPSCOPE_KAFKA_USERNAME", "SASL user name (or --kafka-username-file)", flag=False, default=None
+    )
+    username_file: str | None = setting(
+        "TCPSCOPE_KAFKA_USERNAME_FILE",
+        "file holding the SASL user name (or TCPSCOPE_KAFKA_USERNAME)",
+        flag="--kafka-username-file",
+        default=None,
+    )
+    password: str | None = setting(
+        "TCPSCOPE_KAFKA_PASSWORD",
+        "SASL password (environment only; or --kafka-password-file)",
+        flag=False,
+        default=None,
+        repr=False,  # never in a log line or a traceback's locals
+    )
+    password_file: str | None = setting(
+        "TCPSCOPE_KAFKA_PASSWORD_FILE",
+        "file holding the SASL password (or TCPSCOPE_KAFKA_PASSWORD)",
+        flag="--kafka-password-file",
+        default=None,
+    )
+    ssl_cafile: str | None = setting(
+        "TCPSCOPE_KAFKA_SSL_CAFILE", "CA bundle for the Kafka brokers", flag="--kafka-ssl-cafile", default=None
+    )
 
     def __post_init__(self) -> None:
-        if self.protocol not in KAFKA_SECURITY_PROTOCOLS:
-            raise ValueError(f"--kafka-security-protocol must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
-        if self.sasl_mechanism is not None and self.sasl_mechanism not in KAFKA_SASL_MECHANISMS:
-            raise ValueError(f"--kafka-sasl-mechanism must be one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+        check(self)  # the choices: a value from the environment is checked as a flag's is
         if self.protocol.startswith("SASL") and not self.sasl_mechanism:
-            raise ValueError("SASL security protocols need --kafka-sasl-mechanism")
+            raise ConfigError("SASL security protocols need --kafka-sasl-mechanism")
         if self.ssl_cafile and self.protocol not in ("SSL", "SASL_SSL"):
-            raise ValueError("--kafka-ssl-cafile needs --kafka-security-protocol SSL or SASL_SSL")
+            raise ConfigError("--kafka-ssl-cafile needs --kafka-security-protocol SSL or SASL_SSL")
+        if self.protocol.startswith("SASL") and not (
+            (self.username or self.username_file) and (self.password is not None or self.password_file)
+        ):
+            raise ConfigError(_NO_CREDENTIALS)
 
     def credentials(self) -> tuple[str | None, str | None]:
         """User name and password, from the environment or their files (read now)."""
@@ -56,52 +95,31 @@ class KafkaSecurity:
         if self.protocol.startswith("SASL"):
             user, password = self.credentials()
             if not user or password is None:
-                raise ValueError(
-                    "SASL needs a user name and a password: --kafka-username-file and "
-                    "--kafka-password-file (or TCPSCOPE_KAFKA_USERNAME / TCPSCOPE_KAFKA_PASSWORD)"
-                )
+                raise ConfigError(_NO_CREDENTIALS)
             kw.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=user, sasl_plain_password=password)
         return kw
 
 
-def add_arguments(p: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
-    g = p.add_argument_group("Kafka security (as the collector's)")
-    g.add_argument(
-        "--kafka-security-protocol",
-        default=env.get("TCPSCOPE_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
-        choices=KAFKA_SECURITY_PROTOCOLS,
-        help="[TCPSCOPE_KAFKA_SECURITY_PROTOCOL]",
-    )
-    g.add_argument(
-        "--kafka-sasl-mechanism",
-        default=env.get("TCPSCOPE_KAFKA_SASL_MECHANISM"),
-        choices=KAFKA_SASL_MECHANISMS,
-        help="[TCPSCOPE_KAFKA_SASL_MECHANISM]",
-    )
-    g.add_argument(
-        "--kafka-username-file",
-        default=env.get("TCPSCOPE_KAFKA_USERNAME_FILE"),
-        help="file holding the SASL user name [TCPSCOPE_KAFKA_USERNAME_FILE; or TCPSCOPE_KAFKA_USERNAME]",
-    )
-    g.add_argument(
-        "--kafka-password-file",
-        default=env.get("TCPSCOPE_KAFKA_PASSWORD_FILE"),
-        help="file holding the SASL password [TCPSCOPE_KAFKA_PASSWORD_FILE; or TCPSCOPE_KAFKA_PASSWORD]",
-    )
-    g.add_argument(
-        "--kafka-ssl-cafile",
-        default=env.get("TCPSCOPE_KAFKA_SSL_CAFILE"),
-        help="CA bundle for the Kafka brokers [TCPSCOPE_KAFKA_SSL_CAFILE]",
-    )
+FILE_FLAGS: dict[str, str] = {
+    f.metadata["env"]: flag_name(f)
+    for f in fields(KafkaSecurity)
+    if f.name in ("ssl_cafile", "username_file", "password_file")
+}
+"""The settings that name a file (a Secret's key in a cluster): environment variable -> flag."""
+
+_NO_CREDENTIALS = (
+    "SASL needs a user name and a password: --kafka-username-file and "
+    "--kafka-password-file (or TCPSCOPE_KAFKA_USERNAME / TCPSCOPE_KAFKA_PASSWORD)"
+)
+
+_DEST = "kafka_security."  # where add_arguments puts the flags' values in the parsed namespace
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `KafkaSecurity`, as the collector's (a reader's command line)."""
+    add_flags(p.add_argument_group("Kafka security (as the collector's)"), KafkaSecurity, _DEST)
 
 
 def from_args(a: argparse.Namespace, env: Mapping[str, str]) -> KafkaSecurity:
-    return KafkaSecurity(
-        a.kafka_security_protocol,
-        a.kafka_sasl_mechanism,
-        a.kafka_ssl_cafile,
-        env.get("TCPSCOPE_KAFKA_USERNAME"),
-        a.kafka_username_file,
-        env.get("TCPSCOPE_KAFKA_PASSWORD"),
-        a.kafka_password_file,
-    )
+    """The settings from `add_arguments`' flags, else the environment; ConfigError if unusable."""
+    return KafkaSecurity(**read_values(KafkaSecurity, a, env, _DEST))

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 
+from tcpscope.losses import definite_total
 from tcpscope.v1.events_pb2 import Endpoint, EventBatch, TcpEvent
 
 SCHEMA_VERSION = 1
@@ -138,11 +139,6 @@ def to_json(msg: TcpEvent | EventBatch) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
 
 
-def lost_total(batch: EventBatch) -> int:
-    """Definite losses of a batch (possible ones, Losses.kernel_skipped_runs, are apart)."""
-    return batch.lost.kernel + batch.lost.agent_buffer + batch.lost.enrichment
-
-
 def batch_records(
     batch: EventBatch, value_format: str = "protobuf", layout: str = LAYOUT_EVENT, partitions: int = 0
 ) -> list[Record]:
@@ -161,34 +157,24 @@ def batch_records(
     agent = batch.agent_id.encode()
     node = batch.node.encode()
     seq = str(batch.sequence).encode()
-    out: list[Record] = []
-    if layout == LAYOUT_PACKED:
-        out.extend(
-            _packed_records(
-                batch,
-                as_json,
-                partitions,
-                [
-                    (H_SCHEMA, SCHEMA_BATCH.encode()),
-                    (H_SCHEMA_VERSION, version),
-                    (H_RECORD, RECORD_PACKED.encode()),
-                    (H_CONTENT_TYPE, ct),
-                    (H_AGENT_ID, agent),
-                    (H_NODE, node),
-                    (H_BATCH_SEQ, seq),
-                ],
-            )
-        )
-    else:
-        common: Headers = [
-            (H_SCHEMA, SCHEMA_EVENT.encode()),
+
+    def headers(schema: str, record: str) -> Headers:
+        """The headers every record of the batch carries (docs/kafka.md), for one record kind."""
+        return [
+            (H_SCHEMA, schema.encode()),
             (H_SCHEMA_VERSION, version),
-            (H_RECORD, RECORD_EVENT.encode()),
+            (H_RECORD, record.encode()),
             (H_CONTENT_TYPE, ct),
             (H_AGENT_ID, agent),
             (H_NODE, node),
             (H_BATCH_SEQ, seq),
         ]
+
+    out: list[Record] = []
+    if layout == LAYOUT_PACKED:
+        out.extend(_packed_records(batch, as_json, partitions, headers(SCHEMA_BATCH, RECORD_PACKED)))
+    else:
+        common = headers(SCHEMA_EVENT, RECORD_EVENT)
         for i, ev in enumerate(batch.events):
             value = to_json(ev).encode() if as_json else ev.SerializeToString()
             key = connection_key(ev)
@@ -209,15 +195,9 @@ def batch_records(
             agent,
             value,
             [
-                (H_SCHEMA, SCHEMA_BATCH.encode()),
-                (H_SCHEMA_VERSION, version),
-                (H_RECORD, RECORD_SUMMARY.encode()),
-                (H_CONTENT_TYPE, ct),
-                (H_AGENT_ID, agent),
-                (H_NODE, node),
-                (H_BATCH_SEQ, seq),
+                *headers(SCHEMA_BATCH, RECORD_SUMMARY),
                 (H_BATCH_EVENTS, str(len(batch.events)).encode()),
-                (H_LOST_TOTAL, str(lost_total(batch)).encode()),
+                (H_LOST_TOTAL, str(definite_total(batch.lost)).encode()),
                 *([(H_UNOBSERVED, str(len(batch.unobserved)).encode())] if batch.unobserved else []),
             ],
         )

@@ -3,15 +3,18 @@
 `json_line(ev)` is byte-for-byte `json_format.MessageToJson(ev, preserving_proto_field_name=True,
 indent=None)` (proto field names, enums as names, 64-bit integers as strings, RFC 3339 time),
 written by hand because json_format costs several times more per event; a test checks they agree.
-Shared by the agent's stdout sink and tcpscope-tail.
+`event_line(ev, fmt, cause)` is either, with who sent a received reset when a reader judged it
+(tail/resetcause.py). Shared by the agent's stdout sink, tcpscope-tail and tcpscope-sim.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import time
+from collections.abc import Mapping
 from json.encoder import encode_basestring_ascii
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -360,15 +363,40 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
         return "PROBE", f"cwnd={p.snd_cwnd} srtt_us={p.srtt_us} snd_wnd={p.snd_wnd} len={p.data_len}"
     if kind == "flow":
         fl = ev.flow
-        p50, p99 = duration_quantile_us(fl, 0.5), duration_quantile_us(fl, 0.99)
         return "FLOW", (
             f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections} tx={fl.tx_bytes} "
-            f"rx={fl.rx_bytes} p50_ms<={p50 / 1e3:.3f} p99_ms<={p99 / 1e3:.3f} "
-            f"s={fl.interval_ns / 1e9:.1f}"
+            f"rx={fl.rx_bytes} {flow_latency_text(fl)} every={duration_text(fl.interval_ns)}"
         )
     if kind == "anomalies":
         return "AGGREGATED", anomaly_details(ev.anomalies)
     return "?", ""
+
+
+def event_details(ev: TcpEvent) -> tuple[str, str]:
+    """(EVENT, DETAILS) of a table line (tail/connections.py shows stray events in its own columns)."""
+    return _details(ev)
+
+
+def duration_text(ns: float) -> str:
+    """A duration for people, two significant digits: 850ns, 32us, 4.2ms, 66ms, 4.2s, 2m05s, 1h02m."""
+    for unit, size in (("ns", 1.0), ("us", 1e3), ("ms", 1e6), ("s", 1e9)):
+        v = ns / size
+        if v < (59.95 if unit == "s" else 999.5):
+            return f"{v:.1f}{unit}" if v < 9.95 and unit != "ns" else f"{v:.0f}{unit}"
+    s = round(ns / 1e9)
+    return f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s // 60 % 60:02d}m"
+
+
+def flow_latency_text(fl: Any) -> str:
+    """`mean=3.1ms p50<4.2ms p99<8.4ms` of a Flow's connection durations. The mean is exact
+    (duration_sum_ns); p50 and p99 are the upper edges of the log2 buckets that hold them
+    (Flow.duration_us_log2: bucket i holds [2^i, 2^(i+1)) us), so each quantile lies below its
+    figure and at or above half of it."""
+    if not fl.connections:
+        return "mean=-"
+    p50, p99 = duration_quantile_us(fl, 0.5), duration_quantile_us(fl, 0.99)
+    mean = duration_text(fl.duration_sum_ns / fl.connections)
+    return f"mean={mean} p50<{duration_text(p50 * 1e3)} p99<{duration_text(p99 * 1e3)}"
 
 
 # an AnomalyAggregate's kind, as the EVENT column names the events it stands for
@@ -399,7 +427,7 @@ def anomaly_details(a: Any) -> str:
         d += " " + ",".join(flags)
     if a.kind == ANOMALY_LIFECYCLE:
         d += f" tx={a.tx_bytes} rx={a.rx_bytes}"
-    return d + f" s={a.interval_ns / 1e9:.1f}"
+    return d + f" every={duration_text(a.interval_ns)}"
 
 
 def duration_quantile_us(fl: Any, q: float) -> float:
@@ -426,3 +454,27 @@ def table_line(ev: TcpEvent) -> str:
         f"{clock:<12} {ev.process.pid:>7} {ev.process.comm or '-':<15} {endpoint_text(ev.local):<30} "
         f"{endpoint_text(ev.remote):<30} {event:<11} {details}"
     ).rstrip()
+
+
+# ---- either, with a reset's cause -----------------------------------------------------------------
+
+
+class Cause(Protocol):
+    """Who sent a received reset, as a reader judged it (tail/resetcause.py's Verdict)."""
+
+    @property
+    def label(self) -> str: ...  # `cause/detail`, for the table
+
+    def to_json(self) -> Mapping[str, str]: ...  # for the JSON line
+
+
+def event_line(ev: TcpEvent, fmt: str = "table", cause: Cause | None = None) -> str:
+    """`table_line` or (fmt 'json') `json_line`, with a received reset's cause when there is one:
+    ` cause=LABEL` at the end of the table line, a last member `"reset_cause": {...}` in the JSON."""
+    if fmt == "json":
+        text = json_line(ev)
+        if cause is None:
+            return text
+        return text[:-1] + (", " if text != "{}" else "") + '"reset_cause": ' + json.dumps(cause.to_json()) + "}"
+    text = table_line(ev)
+    return text if cause is None else f"{text} cause={cause.label}"

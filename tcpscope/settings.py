@@ -61,6 +61,20 @@ def setting(
     )
 
 
+def settings_of(cls: type, **kw: Any) -> Any:
+    """A config field that holds another documented settings dataclass `cls` (its default: `cls()`):
+    its fields' flags and environment variables are this config's own, in this field's place. One
+    definition then serves every process that shares those settings (the Kafka security settings of
+    the collector and the readers, tcpscope/kafka_client.py)."""
+    return field(default_factory=cls, metadata={"settings": cls}, **kw)
+
+
+def _group(f: Field[Any]) -> type | None:
+    """The settings dataclass a `settings_of` field holds, None for a plain setting."""
+    group: type | None = f.metadata.get("settings")
+    return group
+
+
 def flag_name(f: Field[Any]) -> str:
     """The field's flag as the command line spells it (`--field-name` unless the setting names another)."""
     flag = f.metadata.get("flag", True)
@@ -75,34 +89,42 @@ def value_type(f: Field[Any]) -> type:
     return next((t for t in (tuple, bool, float, int) if t.__name__ in annotation), str)
 
 
-def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One flag per field of the config dataclass `cls`, in field order, with the field's help_text:
-    the command line is generated from the documented fields, never written next to them."""
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, prefix: str = "") -> None:
+    """One flag per field of the config dataclass `cls`, in field order, with the field's help_text
+    (a `settings_of` field: its dataclass's flags, in its place): the command line is generated from
+    the documented fields, never written next to them. `parser` may be an argument group; each
+    flag's value lands in the parsed namespace as `prefix + field name` (`read_values` reads it
+    there; a nested field's under `outer.`, so no two fields' values share a name)."""
     for f in fields(cls):
         meta = f.metadata
+        group = _group(f)
+        if group is not None:
+            add_flags(parser, group, f"{prefix}{f.name}.")
+            continue
         if meta.get("flag", True) is False:
             continue
+        dest = prefix + f.name
         flag, help = flag_name(f), help_text(cls, f.name)
         kind = value_type(f)
         if kind is bool:
             negative = meta.get("negative", True)
             if negative is True:
-                parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help)
+                parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help)
                 continue
-            parser.add_argument(flag, dest=f.name, action="store_true", default=None, help=help)
+            parser.add_argument(flag, dest=dest, action="store_true", default=None, help=help)
             if negative:
-                parser.add_argument(f"--no-{flag[2:]}", dest=f.name, action="store_false", default=None, help=negative)
+                parser.add_argument(f"--no-{flag[2:]}", dest=dest, action="store_false", default=None, help=negative)
             continue
         metavar = flag[2:].replace("-", "_").upper()
         if meta.get("repeatable"):
             parser.add_argument(
-                flag, dest=f.name, action="append", type=meta["items"], metavar=metavar, help=f"{help} (repeatable)"
+                flag, dest=dest, action="append", type=meta["items"], metavar=metavar, help=f"{help} (repeatable)"
             )
             continue
         choices = meta.get("choices") if kind is str else None
         parser.add_argument(
             flag,
-            dest=f.name,
+            dest=dest,
             type=kind if kind in (int, float) else str,
             choices=choices or None,
             metavar=None if choices else metavar,
@@ -206,11 +228,16 @@ def coerce(f: Field[Any], raw: Any) -> Any:
     return raw
 
 
-def read_values(cls: type, ns: argparse.Namespace, env: Mapping[str, str]) -> dict[str, Any]:
-    """Field values from parsed flags, else the field's environment variable; unset ones are left out."""
+def read_values(cls: type, ns: argparse.Namespace, env: Mapping[str, str], prefix: str = "") -> dict[str, Any]:
+    """Field values from parsed flags (`add_flags` with the same prefix), else the field's
+    environment variable; unset ones are left out. A `settings_of` field is built from its own."""
     values: dict[str, Any] = {}
     for f in fields(cls):
-        raw: Any = getattr(ns, f.name, None)
+        group = _group(f)
+        if group is not None:  # its own checks run as it is built (a ConfigError, like the rest)
+            values[f.name] = group(**read_values(group, ns, env, f"{prefix}{f.name}."))
+            continue
+        raw: Any = getattr(ns, prefix + f.name, None)
         if raw is None and f.metadata["env"] in env:
             raw = env[f.metadata["env"]]
         if raw is not None:

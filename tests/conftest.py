@@ -44,6 +44,8 @@ ROOT_SIGNALS: dict[str, str] = {
     "enter_netns": "enters a network namespace",
     "VethPods": "creates network namespaces",
     "nft_drop": "adds nftables rules",
+    "routed_pods": "creates network namespaces and nftables NAT rules",
+    "syn_capture": "captures packets (AF_PACKET)",
     "PodCluster": "builds the simulator's cluster (namespaces, cgroups)",
     "tracefs_root": "reads the live tracefs",
     "through_view": "runs in a private mount namespace",

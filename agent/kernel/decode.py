@@ -1,7 +1,11 @@
-"""Raw kernel records -> TcpEvent. Pure: the Python mirror of bpf/events.h.
+"""Raw kernel records -> TcpEvent. Pure: the Python mirror of bpf/events.h, and the one place that
+builds events from what the kernel reports.
 
-`EVENT_FIELDS` lists the C struct's fields in order with their struct codes; a test checks it
-against bpf/events.h compiled with gcc (offsetof/sizeof), field by field.
+`EVENT_FIELDS` lists `struct tcpscope_event`'s fields in order with their struct codes, and
+`FLOW_KEY_FIELDS` / `FLOW_VAL_FIELDS` those of `struct flow_key` / `struct flow_val` (the flow maps'
+entries, which agent/kernel/flows.py reads out); a test checks each against bpf/events.h compiled
+with gcc (offsetof/sizeof), field by field. `Decoder.decode` turns a ring/perf buffer record into an
+event, `decode_flow` a flow map entry into a Flow event.
 """
 
 from __future__ import annotations
@@ -11,7 +15,9 @@ import socket
 import struct
 from collections.abc import Mapping
 
-from tcpscope.v1.events_pb2 import Direction, Ending, TcpEvent
+from agent.kernel.connid import ConnectionIds
+from tcpscope import kinds
+from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, Direction, Ending, TcpEvent
 
 # (name, struct code) in the order of struct tcpscope_event
 EVENT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -41,23 +47,53 @@ EVENT_FIELDS: tuple[tuple[str, str], ...] = (
     ("srtt_us", "I"),
     ("snd_wnd", "I"),
     ("data_len", "I"),
+    ("isn_client", "I"),
+    ("isn_server", "I"),
     ("comm", "16s"),
 )
 EVENT = struct.Struct("<" + "".join(code for _n, code in EVENT_FIELDS))
+
+FLOW_BUCKETS = 32  # bpf/events.h FLOW_BUCKETS
+
+FLOW_KEY_FIELDS: tuple[tuple[str, str], ...] = (
+    ("laddr", "16s"),
+    ("raddr", "16s"),
+    ("cgroup_id", "Q"),
+    ("netns", "I"),
+    ("server_port", "H"),
+    ("family", "H"),
+    ("role", "B"),
+    ("pad", "7s"),
+)
+FLOW_VAL_FIELDS: tuple[tuple[str, str], ...] = (
+    ("connections", "Q"),
+    ("tx_bytes", "Q"),
+    ("rx_bytes", "Q"),
+    ("duration_sum_ns", "Q"),
+    ("first_close_ns", "Q"),
+    ("last_close_ns", "Q"),
+    ("buckets", f"{FLOW_BUCKETS}Q"),
+    ("pid", "I"),
+    ("pad", "I"),
+    ("comm", "16s"),
+)
+FLOW_KEY = struct.Struct("<" + "".join(c for _n, c in FLOW_KEY_FIELDS))
+FLOW_VAL = struct.Struct("<" + "".join(c for _n, c in FLOW_VAL_FIELDS))
 
 # bpf/events.h EV_*
 EV_LIFECYCLE, EV_STATE, EV_RETRANSMIT, EV_SYNACK, EV_RESET_SENT, EV_RESET_RECEIVED, EV_SOCKET_ERROR, EV_PROBE = range(
     1, 9
 )
-KIND_NAMES = {
-    EV_LIFECYCLE: "lifecycle",
-    EV_STATE: "state",
-    EV_RETRANSMIT: "retransmit",
-    EV_SYNACK: "synack",
-    EV_RESET_SENT: "reset",
-    EV_RESET_RECEIVED: "reset",
-    EV_SOCKET_ERROR: "error",
-    EV_PROBE: "probe",
+# each record kind -> the event kind it becomes (tcpscope/kinds.py: its --events name, its TcpEvent field)
+KIND_OF = {
+    EV_LIFECYCLE: kinds.LIFECYCLE,
+    EV_STATE: kinds.STATE,
+    EV_RETRANSMIT: kinds.RETRANSMIT,
+    EV_SYNACK: kinds.SYNACK,
+    EV_RESET_SENT: kinds.RESET,
+    EV_RESET_RECEIVED: kinds.RESET,
+    EV_SOCKET_ERROR: kinds.ERROR,
+    EV_PROBE: kinds.PROBE,
 }
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
@@ -69,12 +105,20 @@ def errno_name(code: int) -> str:
 
 
 class Decoder:
-    """Turns records into TcpEvents; holds the per-run constants (node, clock offset, reason names)."""
+    """Turns records into TcpEvents; holds the per-run constants (node, clock offset, reason names,
+    the connection id key: a random one of this decoder when none is given)."""
 
-    def __init__(self, node: str, boot_to_wall_ns: int, rst_reasons: Mapping[int, str]) -> None:
+    def __init__(
+        self,
+        node: str,
+        boot_to_wall_ns: int,
+        rst_reasons: Mapping[int, str],
+        connection_ids: ConnectionIds | None = None,
+    ) -> None:
         self.node = node
         self.offset_ns = boot_to_wall_ns
         self.rst_reasons = dict(rst_reasons)
+        self.connection_ids = connection_ids if connection_ids is not None else ConnectionIds()
         self._addr_cache: dict[tuple[int, bytes], str] = {}
         self._comm_cache: dict[bytes, str] = {}
 
@@ -142,9 +186,12 @@ class Decoder:
             srtt,
             snd_wnd,
             data_len,
+            isn_client,
+            isn_server,
             comm,
         ) = EVENT.unpack_from(raw)
-        ev = TcpEvent(node=self.node, socket_id=sock_id)
+        # the sequence numbers end here: only their keyed hash is published
+        ev = TcpEvent(node=self.node, socket_id=sock_id, connection_id=self.connection_ids.of(isn_client, isn_server))
         wall = ts + self.offset_ns
         ev.time.seconds = wall // 1_000_000_000
         ev.time.nanos = wall % 1_000_000_000
@@ -201,3 +248,38 @@ class Decoder:
             pr.snd_wnd = snd_wnd
             pr.data_len = data_len
         return ev
+
+
+def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggregate: bool) -> TcpEvent:
+    """One (flow_key, flow_val) pair -> a TcpEvent whose kind is `flow`."""
+    laddr, raddr, cgroup_id, _netns, server_port, family, role, _pad = FLOW_KEY.unpack_from(key)
+    vals = FLOW_VAL.unpack_from(val)
+    connections, tx, rx, dur_sum, first_ns, last_ns = vals[:6]
+    buckets = list(vals[6 : 6 + FLOW_BUCKETS])
+    pid, _vpad, comm = vals[6 + FLOW_BUCKETS :]
+    ev = TcpEvent(node=decoder.node)
+    wall = last_ns + decoder.offset_ns
+    ev.time.seconds, ev.time.nanos = divmod(wall, 1_000_000_000)
+    ev.local.ip = decoder.ip(family, laddr)
+    ev.remote.ip = decoder.ip(family, raddr)
+    if role == PASSIVE:  # the server port is ours
+        ev.local.port = server_port
+    else:
+        ev.remote.port = server_port
+    ev.process.pid = pid
+    ev.process.comm = decoder.comm(comm)
+    ev.process.cgroup_id = cgroup_id
+    fl = ev.flow
+    fl.role = role
+    fl.connections = connections
+    fl.tx_bytes = tx
+    fl.rx_bytes = rx
+    while buckets and buckets[-1] == 0:
+        buckets.pop()
+    fl.duration_us_log2.extend(buckets)
+    fl.duration_sum_ns = dur_sum
+    for ts, stamp in ((first_ns, fl.first_close), (last_ns, fl.last_close)):
+        stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
+    fl.interval_ns = interval_ns
+    fl.source = AGGREGATE if aggregate else SPILL
+    return ev

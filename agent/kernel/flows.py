@@ -1,10 +1,9 @@
 """Flows: ordinary connections aggregated in the kernel (bpf/flow.h), read out per key.
 
-`FLOW_KEY_FIELDS` and `FLOW_VAL_FIELDS` mirror `struct flow_key` and `struct flow_val` of
-bpf/events.h (a test checks them against the C structs compiled with gcc); `decode_flow` is pure.
 `FlowMaps` owns the two swapping maps of a loaded program: `flush()` flips the active map, waits
 for programs still adding to the old one, then reads and clears it with one batch operation, so a
-flush costs per key, not per connection.
+flush costs per key, not per connection. Each (flow_key, flow_val) entry read becomes a Flow event
+in agent/kernel/decode.py (`decode_flow`, pure), where every event is built from kernel records.
 """
 
 from __future__ import annotations
@@ -12,42 +11,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import logging
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
-from agent.kernel.decode import Decoder
-from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, TcpEvent
+from agent.kernel.decode import Decoder, decode_flow
+from tcpscope.v1.events_pb2 import TcpEvent
 
 log = logging.getLogger(__name__)
-
-FLOW_BUCKETS = 32  # bpf/events.h FLOW_BUCKETS
-
-FLOW_KEY_FIELDS: tuple[tuple[str, str], ...] = (
-    ("laddr", "16s"),
-    ("raddr", "16s"),
-    ("cgroup_id", "Q"),
-    ("netns", "I"),
-    ("server_port", "H"),
-    ("family", "H"),
-    ("role", "B"),
-    ("pad", "7s"),
-)
-FLOW_VAL_FIELDS: tuple[tuple[str, str], ...] = (
-    ("connections", "Q"),
-    ("tx_bytes", "Q"),
-    ("rx_bytes", "Q"),
-    ("duration_sum_ns", "Q"),
-    ("first_close_ns", "Q"),
-    ("last_close_ns", "Q"),
-    ("buckets", f"{FLOW_BUCKETS}Q"),
-    ("pid", "I"),
-    ("pad", "I"),
-    ("comm", "16s"),
-)
-FLOW_KEY = struct.Struct("<" + "".join(c for _n, c in FLOW_KEY_FIELDS))
-FLOW_VAL = struct.Struct("<" + "".join(c for _n, c in FLOW_VAL_FIELDS))
 
 # bpf/events.h FLOWC_*: flow counters by index (reported as flows.<name>)
 FLOW_COUNTERS: tuple[str, ...] = ("aggregated", "map_full")
@@ -55,41 +26,6 @@ FLOW_COUNTERS: tuple[str, ...] = ("aggregated", "map_full")
 # Programs that looked up the old map just before a flip finish within microseconds (tracepoint
 # programs run to completion with preemption off); the flush waits this long before reading it.
 FLIP_GRACE_S = 0.005
-
-
-def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggregate: bool) -> TcpEvent:
-    """One (flow_key, flow_val) pair -> a TcpEvent whose kind is `flow`."""
-    laddr, raddr, cgroup_id, _netns, server_port, family, role, _pad = FLOW_KEY.unpack_from(key)
-    vals = FLOW_VAL.unpack_from(val)
-    connections, tx, rx, dur_sum, first_ns, last_ns = vals[:6]
-    buckets = list(vals[6 : 6 + FLOW_BUCKETS])
-    pid, _vpad, comm = vals[6 + FLOW_BUCKETS :]
-    ev = TcpEvent(node=decoder.node)
-    wall = last_ns + decoder.offset_ns
-    ev.time.seconds, ev.time.nanos = divmod(wall, 1_000_000_000)
-    ev.local.ip = decoder.ip(family, laddr)
-    ev.remote.ip = decoder.ip(family, raddr)
-    if role == PASSIVE:  # the server port is ours
-        ev.local.port = server_port
-    else:
-        ev.remote.port = server_port
-    ev.process.pid = pid
-    ev.process.comm = decoder.comm(comm)
-    ev.process.cgroup_id = cgroup_id
-    fl = ev.flow
-    fl.role = role
-    fl.connections = connections
-    fl.tx_bytes = tx
-    fl.rx_bytes = rx
-    while buckets and buckets[-1] == 0:
-        buckets.pop()
-    fl.duration_us_log2.extend(buckets)
-    fl.duration_sum_ns = dur_sum
-    for ts, stamp in ((first_ns, fl.first_close), (last_ns, fl.last_close)):
-        stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
-    fl.interval_ns = interval_ns
-    fl.source = AGGREGATE if aggregate else SPILL
-    return ev
 
 
 class FlowMaps:

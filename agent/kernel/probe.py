@@ -88,6 +88,7 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_BYTES_RECEIVED", "tcp_sock", ("bytes_received",)),
     ("OFF_SND_UNA", "tcp_sock", ("snd_una",)),
     ("OFF_WRITE_SEQ", "tcp_sock", ("write_seq",)),
+    ("OFF_RCV_NXT", "tcp_sock", ("rcv_nxt",)),
     # sk_flags is `#define sk_flags __sk_common.skc_flags` on newer kernels
     ("OFF_SK_FLAGS", "sock", ("sk_flags", "__sk_common.skc_flags")),
     ("OFF_SK_ERR", "sock", ("sk_err",)),

@@ -25,13 +25,16 @@ from scripts.kernelvm.fetch import KernelSpec, KernelTree
 # The chosen subset: every tracepoint the agent attaches, exact bytes both ways over v4/v6, resets
 # sent and received, a refused connect's errno, per-side pid and cgroup, the pod attribution of both
 # ends through the cgroup, the port/netns/cgroup filters, the map-full loss counter, the perf-buffer
-# path, tcp_probe sampling, and flows (in-kernel aggregation).
+# path, tcp_probe sampling, flows (in-kernel aggregation), and the connection id across NAT.
 SUBSET: tuple[str, ...] = (
     "tests/agent/kernel/test_lifecycle.py",
     "tests/agent/kernel/test_resets.py",
     "tests/agent/kernel/test_retransmit.py",
     "tests/agent/kernel/test_filters.py",
     "tests/agent/enrich/test_pod_to_pod.py",
+    # the connection id: both sockets' ISNs from bytes_acked/bytes_received, on loopback, through an
+    # nftables DNAT (and SNAT) router, with TCP Fast Open and SYN cookies, against the wire
+    "tests/agent/kernel/test_connid.py",
     # in-kernel aggregation: the two swapping maps (array of maps), batch reads, the full-map
     # fallback, the shutdown flush, and cgroup-scoped agents counting each side over IPv6
     "tests/agent/kernel/test_flows.py::test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them",

@@ -42,6 +42,7 @@ FEATURES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("retransmits", ("tests/agent/kernel/test_retransmit.py::",)),
+    ("connection id", ("tests/agent/kernel/test_connid.py::",)),
     ("filters, losses", ("tests/agent/kernel/test_filters.py::",)),
     (
         "ring or perf buffer",
@@ -143,10 +144,10 @@ that run from its result file, docs/kernels.json; do not edit it by hand.
   bcc and modprobe look, mounts cgroup v2 at /sys/fs/cgroup/unified like the host, and runs the
   tests as root in the checkout. A second, writable share carries back a `booted` marker, the
   output, the JUnit report, the agent's `--dump-bpf` and the exit status.
-- `matrix`: the subset (the kernel tests of lifecycle, resets, retransmits, filters and losses, and
-  the pod-to-pod attribution through the cgroup) per kernel. A guest that never reaches user space
-  is booted again, up to 3 times, and is then a failure, never a skip; a failing test is never
-  retried.
+- `matrix`: the subset (the kernel tests of lifecycle, resets, retransmits, filters and losses, the
+  connection id, and the pod-to-pod attribution through the cgroup) per kernel. A guest that never
+  reaches user space is booted again, up to 3 times, and is then a failure, never a skip; a failing
+  test is never retried.
 
 `make test-kernels KERNELS_ARGS="--kernels 5.10 --no-host"` runs one kernel;
 `python -m scripts.kernelvm --help` lists the knobs (CPU model, TCG threading, guests in parallel).
@@ -164,6 +165,11 @@ that run from its result file, docs/kernels.json; do not edit it by hand.
   socket_error events, and the lifecycle still carries the errno from `sk_err` at close.
 - Before 6.10, `tcp:tcp_send_reset` fires only for a RST sent from a full socket (not for one
   answering a SYN to a closed port), and resets carry no reason (`enum sk_rst_reason` is 6.10+).
+- The connection id (docs/connection-id.md) needs no kernel difference: `bytes_acked`,
+  `bytes_received` and the handshake code that fixes `snd_una - bytes_acked` and
+  `rcv_nxt - bytes_received` are the same from 4.1 to 6.18 (bpf/connid.h). Before 5.3 (and
+  4.19.61), a socket reconnected after `connect(AF_UNSPEC)` kept its old counts, and its ids match
+  nothing.
 - 4.16 and 5.4 are covered by their recorded tracepoint formats (tests/agent/kernel/formats/) and
   the old-layout tests (tests/agent/kernel/test_old_layouts.py): no older Debian kernel is in reach.
 

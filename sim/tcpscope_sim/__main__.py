@@ -20,11 +20,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
 
 from tail import live, resetcause, summary
 from tail.live import LiveView, OrderedPrinter
+from tcpscope.kinds import VIEW_HELP, parse_view
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
@@ -60,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--show",
         default="",
         metavar="KINDS",
-        help="the live table's " + live.KINDS_HELP,
+        help="the live table's " + VIEW_HELP,
     )
+    p.add_argument("--rows", choices=live.ROWS, help="the live table's rows: " + live.ROWS_HELP)
     p.add_argument(
         "--ship-timeout",
         type=float,
@@ -112,23 +114,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _live_printer(out: Callable[[str], None], kinds: frozenset[str]) -> OrderedPrinter:
-    """The agent's table renderer (tcpscope.render) over events read back from Kafka, so the live
-    view shows both ends' pod names as any Kafka consumer sees them: the kinds an SRE watches unless
-    --show says otherwise, received resets marked with who sent them once the join knows
-    (resetcause), in time order (tail/live.py), as `tcpscope-tail` prints them."""
+def _live_printer(out: Callable[[str], None], kinds: frozenset[str], rows: str = "connection") -> OrderedPrinter:
+    """The live view over events read back from Kafka, as `tcpscope-tail` prints it (tail/live.py),
+    so it shows both ends' pod names as any Kafka consumer sees them. Connection rows (the default):
+    one per connection, both ends joined, with who sent its reset (tail/connections.py); socket rows
+    (--rows socket): the agent's table lines, received resets marked with who sent them once the
+    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order."""
+    from tail import connections
     from tcpscope import render
 
-    out(render.TABLE_HEADER)
-
     def line(ev: TcpEvent, v: resetcause.Verdict | None) -> str:
-        return render.table_line(ev) if v is None else f"{render.table_line(ev)} cause={v.label}"
+        return render.event_line(ev, "table", v)
+
+    def row_line(row: connections.Row) -> str:
+        if isinstance(row, connections.SocketRow):
+            return connections.socket_table_row(row)
+        return connections.table_row(row)
 
     # held as long as a row can trail newer ones: a flow its last connection by a flow interval, a
     # received reset by the reset-cause hold (when no send turns up), plus a batch; so every row,
     # flows and judged resets included, prints in time order (the view lags by that much)
     hold = max(AGENT_FLOW_INTERVAL_S, resetcause.HOLD_NS / 1e9) + AGENT_BATCH_AGE_S + 0.3
-    return OrderedPrinter(out, LiveView(line, kinds=kinds, hold=hold))
+    if rows == "socket":
+        out(render.TABLE_HEADER)
+        return OrderedPrinter(out, LiveView(line, kinds=kinds, hold=hold))
+    out(connections.TABLE_HEADER)
+    return OrderedPrinter(out, LiveView(line, kinds=kinds, hold=hold, render_row=row_line))
+
+
+def made_text(outcomes: Mapping[str, int]) -> str:
+    """The driver's outcome counts ({"timeout:ok": 13, ...}) in words: `timeout 13 as planned`, and
+    what went otherwise by the worker's word for it (`ok 40 as planned, 1 eof`)."""
+    by_kind: dict[str, dict[str, int]] = {}
+    for key, n in outcomes.items():
+        kind, _, outcome = key.partition(":")
+        by_kind.setdefault(kind, {})[outcome] = n
+    parts = []
+    for kind, got in sorted(by_kind.items()):
+        words = [f"{got['ok']} as planned"] if got.get("ok") else []
+        words += [f"{n} {what}" for what, n in sorted(got.items()) if what != "ok"]
+        parts.append(f"{kind} {', '.join(words)}")
+    return "; ".join(parts)
 
 
 class _Interrupted(Exception):
@@ -156,7 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tcpscope-sim: cleaned {len(cleaned)} run(s) {' '.join(cleaned)}".rstrip())
         return 0
     try:
-        show = live.parse_kinds(args.show)
+        args.rows = live.parse_rows(args.rows, args.show)
+        show = parse_view(args.show)
         plan = load_plan(args.plan) if args.plan else builtin_plan()
         watched = _watched_nodes(plan, args.unwatched_node)
     except (PlanError, OSError, ValueError) as e:
@@ -272,7 +299,7 @@ class _SimRun:
 
     def watch_topic(self, bootstrap: str, show: frozenset[str]) -> TopicWatch:
         """Start reading the topic back (the watched nodes' agents), with the live view unless --quiet or --plan."""
-        self.printer = None if (self.args.quiet or self.args.plan) else _live_printer(_say, show)
+        self.printer = None if (self.args.quiet or self.args.plan) else _live_printer(_say, show, self.args.rows)
         self.watch = TopicWatch(
             bootstrap, self.args.topic, {self.services.agent_id(n) for n in self.watched}, self.printer
         )
@@ -305,8 +332,7 @@ class _SimRun:
         watch.catch_up(10)
         if self.printer is not None:
             self.printer.close()  # the rows still held (for their reset's cause, for time order)
-        made = ", ".join(f"{k}={v}" for k, v in sorted(driver.outcomes.items()))
-        _say(f"tcpscope-sim: connections made (kind:outcome): {made or 'none'}")
+        _say(f"tcpscope-sim: connections made, by traffic kind: {made_text(driver.outcomes) or 'none'}")
         return 0
 
     def report(self, watch: TopicWatch) -> None:
@@ -369,7 +395,7 @@ def _run_plan(
     watch.catch_up(15)
     got = watch.connection_ends()
     _, losses, _ = watch.snapshot()
-    lost = {k: v for k, v in definite(losses).items() if v and k != "kernel_skipped_runs"}
+    lost = {k: v for k, v in definite(losses).items() if v}
     maybe = {k: v for k, v in possible(losses).items() if v}
     # a possible loss (a program run the kernel skipped) that cost no planned connection is reported,
     # not failed: every lifecycle arrived, so the summary is exact

@@ -9,6 +9,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -221,7 +222,18 @@ class Services:
     def agent_metrics_port(self, i: int) -> int:
         return self.metrics_port + self.collectors - 1 + i if self.metrics_port else 0
 
+    def connection_key_file(self) -> str:
+        """The run's connection id key, one file for every agent, as the chart gives every agent of a
+        cluster one Secret: both ends of a connection get the same connection_id on any two nodes."""
+        path = os.path.join(self.workdir, "connection-key")
+        if not os.path.exists(path):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_urlsafe(32) + "\n")
+        return path
+
     def start_agents(self, node_cgroups: dict[str, str], kubeconfig: str) -> None:
+        key = self.connection_key_file()
         for i, node in enumerate(self.plan.nodes, start=1):
             if node not in node_cgroups:  # a node without an agent: unwatched
                 continue
@@ -238,6 +250,8 @@ class Services:
                     node_cgroups[node],
                     "--kubeconfig",
                     kubeconfig,
+                    "--connection-key-file",
+                    key,
                     "--collector",
                     self.collector_of(i),
                     "--batch-max-age",

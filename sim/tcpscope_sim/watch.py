@@ -13,6 +13,7 @@ from typing import Any
 from tail.consume import Reader, Source
 from tcpscope.agent_id import prefix_of
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
+from tcpscope.losses import add_counts
 from tcpscope.v1.events_pb2 import ANOMALY_LIFECYCLE, ANOMALY_SYNACK_RETRANSMIT, LISTEN, EventBatch, TcpEvent
 
 log = logging.getLogger(__name__)
@@ -113,15 +114,7 @@ class TopicWatch:
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
                 self.batches += 1
                 self.summaries.append((d.agent_id, d.summary))
-                lost = d.summary.lost
-                for k, v in (
-                    ("kernel", lost.kernel),
-                    ("agent_buffer", lost.agent_buffer),
-                    ("enrichment", lost.enrichment),
-                    ("kernel_skipped_runs", lost.kernel_skipped_runs),
-                    *lost.by_reason.items(),
-                ):
-                    self.losses[k] = self.losses.get(k, 0) + v
+                add_counts(self.losses, d.summary.lost)
             self._cv.notify_all()
 
     def catch_up(self, timeout: float) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import DEFAULT_EVENT_KINDS, AgentConfig, ConfigError, build_parser
+from agent.config import AgentConfig, ConfigError, build_parser
 from tcpscope.agent_id import node_of, prefix_of
 
 
@@ -15,7 +15,7 @@ def test_defaults_fill_node_name_and_agent_id() -> None:
     cfg = AgentConfig.from_args([], env={})
     assert cfg.node_name
     assert cfg.agent_id.startswith(cfg.node_name + "/")
-    assert cfg.events == DEFAULT_EVENT_KINDS
+    assert cfg.events == ("lifecycle", "retransmit", "synack", "reset", "error")
     assert cfg.stdout is None and cfg.kubernetes is True
 
 
@@ -70,6 +70,7 @@ def test_boolean_flags_and_env() -> None:
         ({"tls_server_name": "collector"}, "need --tls-ca"),
         ({"tls_ca": "/nonexistent/ca.pem"}, "--tls-ca /nonexistent/ca.pem: not a readable file"),
         ({"token_file": "/nonexistent/token"}, "--token-file /nonexistent/token: not a readable file"),
+        ({"connection_key_file": "/nonexistent/key"}, "--connection-key-file /nonexistent/key: not a readable file"),
         ({"log_level": "LOUD"}, "--log-level"),
         ({"metrics_port": 99999}, "--metrics-port"),
         ({"duration": -1.0}, "--duration"),
@@ -103,7 +104,7 @@ FLAGS = {
     "--stdout", "--events", "--duration", "--dump-bpf", "--port", "--cgroup-root", "--netns", "--tracefs",
     "--btf", "--probe-sample", "--max-sockets", "--connections", "--flow-interval", "--max-flows",
     "--max-connection-events", "--anomaly-budget", "--max-anomaly-events", "--max-anomaly-keys",
-    "--ring-buffer-kb", "--node-name", "--kubernetes", "--no-kubernetes",
+    "--ring-buffer-kb", "--node-name", "--connection-key-file", "--kubernetes", "--no-kubernetes",
     "--kubeconfig", "--resolve-remote", "--no-resolve-remote", "--labels", "--pod-cache-ttl",
     "--pending-max-wait", "--collector", "--agent-id", "--tls-ca", "--tls-cert", "--tls-key",
     "--tls-server-name", "--token-file", "--compression", "--batch-max-events", "--batch-max-age",
@@ -147,6 +148,7 @@ def test_every_field_has_a_flag_and_a_variable_and_help_lists_them() -> None:
         (["--duration", "2.5"], {}, "duration", 2.5),
         (["--max-flows", "7"], {"TCPSCOPE_MAX_FLOWS": "9"}, "max_flows", 7),
         (["--log-level", "debug"], {}, "log_level", "DEBUG"),
+        ([], {"TCPSCOPE_CONNECTION_KEY_FILE": "/etc/hostname"}, "connection_key_file", "/etc/hostname"),
     ],
 )
 def test_each_spelling_reaches_its_field(argv: list[str], env: dict[str, str], field: str, value: object) -> None:

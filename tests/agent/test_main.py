@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.kernel.connid import NO_KEY_NOTICE, ConnectionIds
 from tests.support import traffic
 from tests.support.kernel import require_root
 from tests.support.readable import readable_view, through_view
@@ -29,9 +30,10 @@ def _start(*args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([*AGENT, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
+def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0, read: list[str] | None = None) -> str:
     """The agent's 'attached:' line. Reads the raw fd: select() and a buffered readline() together
-    miss a line that arrived in the same chunk as the one before it."""
+    miss a line that arrived in the same chunk as the one before it. `read` gets all stderr read here
+    (communicate() returns only the rest)."""
     assert proc.stderr is not None
     fd = proc.stderr.fileno()
     sel = selectors.DefaultSelector()
@@ -46,6 +48,8 @@ def _wait_attached(proc: subprocess.Popen[str], timeout: float = 20.0) -> str:
             seen += chunk
             for line in seen.decode(errors="replace").splitlines(keepends=True):
                 if "attached:" in line and line.endswith("\n"):
+                    if read is not None:
+                        read.append(seen.decode(errors="replace"))
                     return line
     raise AssertionError(f"agent did not attach in time; stderr: {seen!r}")
 
@@ -66,7 +70,8 @@ def test_json_lines_during_traffic_then_exit_after_duration() -> None:
         "lifecycle,state,retransmit,synack,reset,error",
     )
     started = time.monotonic()
-    attached = _wait_attached(proc)
+    early: list[str] = []
+    attached = _wait_attached(proc, read=early)
     assert attached.startswith("tcpscope-agent: attached: sock:inet_sock_set_state")
     ex = traffic.tcp_exchange(port=port, client_bytes=300_000, server_bytes=777)
     out, err = proc.communicate(timeout=20)
@@ -89,6 +94,48 @@ def test_json_lines_during_traffic_then_exit_after_duration() -> None:
     }
     summary = err.strip().splitlines()[-1]
     assert summary.startswith(f"tcpscope-agent: {len(events)} events out, lost 0 (kernel.")
+    # no key file: ids from a random key of this process, said once
+    err = early[0] + err
+    assert err.count(NO_KEY_NOTICE) == 1 and f"tcpscope-agent: INFO {NO_KEY_NOTICE}\n" in err
+    assert all(e["connection_id"] for e in lcs)
+
+
+@pytest.mark.root
+def test_json_carries_the_connection_id_and_never_the_sequence_numbers(tmp_path: Path) -> None:
+    require_root()
+    port = traffic.free_port()
+    key = tmp_path / "connection-key"
+    key.write_text("a-cluster-wide-key-0123456789\n")
+    proc = _start(
+        *("--stdout", "json", "--duration", "3", "--port", str(port), "--no-kubernetes"),
+        *("--events", "lifecycle,state,reset,error", "--connection-key-file", str(key)),
+    )
+    early: list[str] = []
+    _wait_attached(proc, read=early)
+    with traffic.syn_capture((port,)) as syns:
+        ex = traffic.tcp_exchange(port=port, client_bytes=3000, server_bytes=70, closer="client-rst")
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    err = early[0] + err
+    assert "tcpscope-agent: attached: " in err and NO_KEY_NOTICE not in err
+    isn_c, isn_s = traffic.handshake_isns(syns, ex.client_port)
+    want = str(ConnectionIds(b"a-cluster-wide-key-0123456789").of(isn_c, isn_s))
+    events = [json.loads(line) for line in out.splitlines()]
+    lcs = [e for e in events if "lifecycle" in e]
+    assert [e["connection_id"] for e in lcs] == [want, want]
+    # every event of the connection's two sockets has it (fixed64: a string); the listener's none
+    listener = {e["socket_id"] for e in events if e.get("state_change", {}).get("new_state") == "LISTEN"}
+    assert len(listener) == 1
+    assert {e.get("connection_id") for e in events if e["socket_id"] not in listener} == {want}
+    assert {e.get("connection_id") for e in events if e["socket_id"] in listener} == {None}
+    assert {(e["reset"]["direction"], e["connection_id"]) for e in events if "reset" in e} == {
+        ("SENT", want),
+        ("RECEIVED", want),
+    }
+    # what it would take to inject into the connection is nowhere in the output
+    for isn in (isn_c, isn_s, (isn_c + 1) % 2**32, (isn_s + 1) % 2**32):
+        for text in (str(isn), f"{isn:08x}", f"{isn:08X}"):
+            assert text not in out and text not in err, text
 
 
 @pytest.mark.root
@@ -217,6 +264,19 @@ def test_missing_btf_is_one_clear_error(dump: bool, tmp_path: Path) -> None:
     line = _one_error_line(_run(list(AGENT), *args, "--btf", str(tmp_path / "vmlinux")))
     assert line.startswith(f"tcpscope-agent: error: kernel BTF unavailable ({tmp_path}/vmlinux not found: ")
     assert "CONFIG_DEBUG_INFO_BTF" in line
+
+
+@pytest.mark.root
+def test_a_key_too_short_to_be_secret_is_one_clear_error(tmp_path: Path) -> None:
+    require_root()
+    key = tmp_path / "key"
+    key.write_text("hunter2\n")
+    args = ["--stdout", "json", "--duration", "1", "--no-kubernetes", "--connection-key-file", str(key)]
+    line = _one_error_line(_run(list(AGENT), *args))
+    assert line == (
+        f"tcpscope-agent: error: --connection-key-file {key}: 7 bytes, a key needs at least 16 "
+        "(e.g. `head -c 32 /dev/urandom | base64 > FILE`; the chart generates one)"
+    )
 
 
 def test_loss_summary_keeps_possible_losses_apart() -> None:

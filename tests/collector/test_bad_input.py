@@ -4,6 +4,7 @@ never a traceback: each case runs the real command."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -104,3 +105,44 @@ def test_busy_listen_port(kafka_broker: Broker, busy_port: int) -> None:
         ["--kafka-bootstrap", kafka_broker.bootstrap, "--listen", f"127.0.0.1:{busy_port}", "--log-level", "WARNING"],
     )
     assert_one_line("tcpscope-collector", rc, err, secs, f"127.0.0.1:{busy_port}")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_stops_at_once_while_kafka_cannot_be_reached(sig: signal.Signals) -> None:
+    """A closed port as the broker: the collector says where it connects, and Ctrl-C (or SIGTERM)
+    stops it then, not after kafka-python's 30 s bootstrap (which it would report as an error)."""
+    from tests.support.kafka import free_port
+
+    bootstrap = f"127.0.0.1:{free_port()}"  # nobody listens there
+    with subprocess.Popen(
+        [sys.executable, "-m", "collector", "--listen", "127.0.0.1:0", "--kafka-bootstrap", bootstrap],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    ) as p:
+        assert p.stderr is not None
+        said = ""
+        while "connecting to Kafka" not in said:
+            said = p.stderr.readline()
+            assert said, "the collector ended without saying where it connects"
+        assert f"connecting to Kafka at {bootstrap} (topic tcpscope-events" in said
+        p.send_signal(sig)
+        rest = p.stderr.read()
+        rc = p.wait(timeout=20)
+    assert rc == 0, rest
+    assert "stopped before the collector was up" in rest and "Unable to bootstrap" not in rest, rest
+
+
+def test_a_start_up_error_names_its_type_once() -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from collector.__main__ import error_text
+    from collector.config import CollectorConfig
+
+    cfg = CollectorConfig.from_args(["--kafka-bootstrap", "127.0.0.1:1"])
+    e = KafkaTimeoutError("Unable to bootstrap from ['127.0.0.1:1']")
+    assert str(e).startswith("KafkaTimeoutError")  # kafka-python's own text names the type
+    assert error_text(e, cfg) == "Kafka at 127.0.0.1:1: KafkaTimeoutError: Unable to bootstrap from ['127.0.0.1:1']"
+    assert error_text(OSError("no such file"), cfg) == "OSError: no such file"

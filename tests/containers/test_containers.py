@@ -111,7 +111,12 @@ class AgentPod:
     ) -> None:
         self.objects = render(values)
         self.pod = _pod(self.objects, "DaemonSet")
-        self.rt = podman.Runtime(runtime_default, profiles["root"], podman.pod_empty_dirs(self.pod, tmp / "pod"))
+        self.rt = podman.Runtime(
+            runtime_default,
+            profiles["root"],
+            podman.pod_empty_dirs(self.pod, tmp / "pod"),
+            podman.pod_secret_dirs(self.pod, self.objects, tmp / "secrets"),
+        )
         self.tmp, self.network, self.host_paths = tmp, f"ns:/run/netns/{netns}", host_paths
         self.name = traffic.unique("tsc-agent")
 
@@ -307,7 +312,8 @@ def _consume(port: int, topic: str, sent: int) -> list[tuple[list[tuple[str, byt
 def test_agent_streams_through_the_collector_container_to_kafka(
     seccomp: dict[str, Path], netns: str, tmp_path: Path
 ) -> None:
-    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, lost_total, to_json
+    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records, to_json
+    from tcpscope.losses import definite_total
 
     port, kafka_port = traffic.free_port(), free_port()
     values = _values(port)
@@ -359,7 +365,7 @@ def test_agent_streams_through_the_collector_container_to_kafka(
     summaries = [d.summary for d in decoded if d.kind == RECORD_SUMMARY and d.summary is not None]
     assert len(events) + len(summaries) == len(decoded)
     assert len(events) == sent  # every event the agent sent, once, and nothing else
-    assert sum(lost_total(s) for s in summaries) == 0
+    assert sum(definite_total(s.lost) for s in summaries) == 0
     assert {e.node for e in events} == {s.node for s in summaries} == {NODE}
     assert _facts_json([json.loads(to_json(e)) for e in events]) == _expected(ex, _connections(pod))
 

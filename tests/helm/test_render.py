@@ -55,6 +55,7 @@ def test_default_install_is_agents_printing_json() -> None:
         "ClusterRoleBinding/tcpscope-agent",
         "DaemonSet/tcpscope-agent",
         "NetworkPolicy/tcpscope-agent",
+        "Secret/tcpscope-connection-key",
         "ServiceAccount/tcpscope-agent",
     ]
     env = env_of(find(objects, "DaemonSet")["spec"]["template"]["spec"]["containers"][0])
@@ -74,6 +75,7 @@ def test_collector_set_renders_collector_objects_and_wires_agents() -> None:
         "Deployment/tcpscope-collector",
         "NetworkPolicy/tcpscope-agent",
         "NetworkPolicy/tcpscope-collector",
+        "Secret/tcpscope-connection-key",
         "Service/tcpscope-collector",
         "ServiceAccount/tcpscope-agent",
         "ServiceAccount/tcpscope-collector",
@@ -103,7 +105,7 @@ def test_tls_and_token_are_files_from_secrets_on_both_sides() -> None:
     assert a_env["TCPSCOPE_TLS_KEY"] == "/etc/tcpscope/tls/tls.key"
     assert a_env["TCPSCOPE_TOKEN_FILE"] == "/etc/tcpscope/token/token"
     a_secrets = {v["name"]: v["secret"]["secretName"] for v in agent["volumes"] if "secret" in v}
-    assert a_secrets == {"tls": "agent-tls", "token": "tcpscope-token"}
+    assert a_secrets == {"tls": "agent-tls", "token": "tcpscope-token", "connection-key": "tcpscope-connection-key"}
     coll = find(objects, "Deployment")["spec"]["template"]["spec"]
     c_env = env_of(coll["containers"][0])
     assert c_env["TCPSCOPE_TLS_CERT"] == "/etc/tcpscope/tls/tls.crt"
@@ -212,7 +214,13 @@ def test_every_agent_variable_is_a_setting_the_agent_accepts(name: str, tmp_path
     known = {f.metadata["env"] for f in dataclasses.fields(AgentConfig)}
     ours = {k for k in env if k.startswith("TCPSCOPE_") or k == "NODE_NAME"}
     assert ours <= known, ours - known
-    files = ("TCPSCOPE_TLS_CA", "TCPSCOPE_TLS_CERT", "TCPSCOPE_TLS_KEY", "TCPSCOPE_TOKEN_FILE")
+    files = (
+        "TCPSCOPE_TLS_CA",
+        "TCPSCOPE_TLS_CERT",
+        "TCPSCOPE_TLS_KEY",
+        "TCPSCOPE_TOKEN_FILE",
+        "TCPSCOPE_CONNECTION_KEY_FILE",
+    )
     for k in files:
         if k in env:
             stand_in = tmp_path / k

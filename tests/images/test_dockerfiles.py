@@ -164,3 +164,20 @@ def test_collector_image_is_non_root_and_matches_the_chart() -> None:
 def test_python_of_the_images_satisfies_requires_python() -> None:
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires == ">=3.11"  # both images run bookworm's python3, 3.11
+
+
+def test_make_images_tags_what_the_chart_pulls() -> None:
+    """scripts/images.sh tags each image as the chart's default image (repository + appVersion) too."""
+    import subprocess
+
+    script = (ROOT / "scripts" / "images.sh").read_text()
+    repo = re.search(r"^CHART_REPO=(\S+)", script, re.M)
+    assert repo, "scripts/images.sh: CHART_REPO"
+    values = (ROOT / "helm" / "tcpscope" / "values.yaml").read_text()
+    repos = set(re.findall(r"repository: (\S+)/tcpscope-(agent|collector)\n", values))
+    assert repos == {(repo.group(1), "agent"), (repo.group(1), "collector")}
+    line = next(x for x in script.splitlines() if x.startswith("APP_VERSION="))
+    got = subprocess.run(["bash", "-c", line + '; echo "$APP_VERSION"'], cwd=ROOT, capture_output=True, text=True)
+    chart = re.search(r'^appVersion: "([^"]+)"', (ROOT / "helm" / "tcpscope" / "Chart.yaml").read_text(), re.M)
+    assert chart and got.stdout.strip() == chart.group(1)
+    assert '"${PODMAN[@]}" tag "localhost/$name:$TAG" "$CHART_REPO/$name:$APP_VERSION"' in script

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from tcpscope_sim import net
-from tcpscope_sim.__main__ import main
+from tcpscope_sim.__main__ import made_text, main
 from tcpscope_sim.plan import builtin_plan
 from tcpscope_sim.services import cluster_objects
 
@@ -59,3 +59,8 @@ def test_an_unknown_show_kind_exits_2_and_builds_nothing(capsys: pytest.CaptureF
         "flow, all\n"
     )
     assert net.all_run_ids() == before
+
+
+def test_connections_made_read_as_words() -> None:
+    made = {"timeout:ok": 13, "ok:ok": 40, "ok:eof": 1, "bulk:ok": 2}
+    assert made_text(made) == "bulk 2 as planned; ok 40 as planned, 1 eof; timeout 13 as planned"

@@ -63,6 +63,9 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "dashboards-alerts": merge(
         KAFKA, {"metrics": {"dashboards": {"enabled": True}, "prometheusRule": {"enabled": True}}}
     ),
+    "existing-connection-key": {
+        "agent": {"connectionKey": {"existingSecret": "cluster-ids", "existingSecretKey": "k"}}
+    },
     "minimal-mounts": {
         "agent": {
             "hostMounts": {"kernelHeaders": False, "debugfs": True},

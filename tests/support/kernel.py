@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from agent.config import AgentConfig
+from agent.kernel.connid import connection_ids
 from agent.kernel.decode import Decoder
 from agent.kernel.loader import load
 from agent.kernel.probe import Plan, build_plan
@@ -35,17 +36,23 @@ class Harness:
         self.seen.extend(self.source.poll(timeout_ms))
 
     def wait(
-        self, match: Callable[[TcpEvent], bool], count: int = 1, timeout: float = 5.0, settle: float = 0.2
+        self,
+        match: Callable[[TcpEvent], bool],
+        count: int = 1,
+        timeout: float = 5.0,
+        settle: float = 0.2,
+        since: int = 0,
     ) -> list[TcpEvent]:
-        """Events matching `match`, after at least `count` arrived (or timeout), plus `settle` seconds
-        for stragglers (so tests can assert there is not one too many)."""
+        """Events matching `match` (among those delivered from index `since` of `seen` on), after at
+        least `count` arrived (or timeout), plus `settle` seconds for stragglers (so tests can assert
+        there is not one too many)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and sum(1 for e in self.seen if match(e)) < count:
+        while time.monotonic() < deadline and sum(1 for e in self.seen[since:] if match(e)) < count:
             self.pump()
         end = time.monotonic() + settle
         while time.monotonic() < end:
             self.pump()
-        return [e for e in self.seen if match(e)]
+        return [e for e in self.seen[since:] if match(e)]
 
 
 @contextmanager
@@ -54,7 +61,7 @@ def kernel_harness(config: AgentConfig) -> Iterator[Harness]:
     plan = build_plan(config)
     source = KernelSource(
         load(plan),
-        Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons),
+        Decoder("test-node", boot_to_wall_offset_ns(), plan.rst_reasons, connection_ids(config)),
         flow_interval_s=config.flow_interval,
     )
     try:

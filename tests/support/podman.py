@@ -66,12 +66,14 @@ class Runtime:
     """What the container runtime of the simulated node decides.
 
     default_seccomp: the file `RuntimeDefault` means; seccomp_root: the kubelet's directory that
-    `Localhost` profile names are relative to; empty_dirs: the pod's emptyDir name -> host dir.
+    `Localhost` profile names are relative to; empty_dirs: the pod's emptyDir name -> host dir;
+    secrets: the pod's secret volume name -> host dir holding its files (pod_secret_dirs).
     """
 
     default_seccomp: Path
     seccomp_root: Path
     empty_dirs: dict[str, Path] = field(default_factory=dict)
+    secrets: dict[str, Path] = field(default_factory=dict)
 
 
 def _cpus(value: str | int | float) -> str:
@@ -174,6 +176,9 @@ def run_args(
                 Path(src).mkdir(parents=True, exist_ok=True)  # as the kubelet does
         elif "emptyDir" in vol:
             src = str(rt.empty_dirs[m["name"]])
+        elif "secret" in vol:
+            assert m.get("readOnly"), f"secret volume {m['name']} mounted writable"
+            src = str(rt.secrets[m["name"]])
         else:
             raise AssertionError(f"volume {m['name']}: {sorted(vol)} not translated")
         args += ["--volume", f"{src}:{m['mountPath']}:{'ro' if m.get('readOnly') else 'rw'}"]
@@ -192,6 +197,31 @@ def pod_empty_dirs(pod: Mapping[str, Any], root: Path) -> dict[str, Path]:
             d.mkdir(parents=True)
             os.chmod(d, 0o777)
             out[v["name"]] = d
+    return out
+
+
+def pod_secret_dirs(pod: Mapping[str, Any], objects: list[dict[str, Any]], root: Path) -> dict[str, Path]:
+    """A host directory for each secret volume of the pod, holding the files the kubelet would
+    project from the Secret the chart rendered (its items, or every key; defaultMode). A Secret the
+    chart does not render (a user's existing one) cannot be made up here."""
+    import base64
+
+    out: dict[str, Path] = {}
+    for v in pod.get("volumes", []):
+        if "secret" not in v:
+            continue
+        sv = v["secret"]
+        found = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == sv["secretName"]]
+        assert found, f"secret volume {v['name']}: Secret {sv['secretName']} is not rendered by the chart"
+        data = found[0].get("data") or {}
+        items = sv.get("items") or [{"key": k, "path": k} for k in data]
+        d = root / v["name"]
+        d.mkdir(parents=True)
+        for item in items:
+            f = d / item["path"]
+            f.write_bytes(base64.b64decode(data[item["key"]]))
+            os.chmod(f, item.get("mode", sv.get("defaultMode", 0o644)))
+        out[v["name"]] = d
     return out
 
 

@@ -457,6 +457,186 @@ def netns_pair(subnet: int | None = None) -> Iterator[NetnsPair]:
             run("ip", "netns", "del", ns, check=False)
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A client and a server namespace joined through a router namespace that both directions cross,
+    with kube-proxy's DNAT in the router: the client connects to vip:vip_port, the server listens on
+    server_addr:target_port. With snat, the router also masquerades the client (the server sees the
+    router's address, as a NodePort with externalTrafficPolicy Cluster does)."""
+
+    client: str
+    router: str
+    server: str
+    client_addr: str
+    server_addr: str
+    router_server_addr: str  # the address the server sees the client as, under SNAT
+    vip: str
+    vip_port: int
+    target_port: int
+    snat: bool
+
+
+_ROUTED_NFT = """table ip {table} {{
+  chain pre {{
+    type nat hook prerouting priority dstnat; policy accept;
+    ip daddr {vip} tcp dport {vip_port} dnat to {server}:{target_port}
+  }}
+  chain post {{
+    type nat hook postrouting priority srcnat; policy accept;
+    {snat}
+  }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def routed_pods(*, snat: bool = False, vip_port: int = 80, target_port: int = 9000) -> Iterator[Routed]:
+    """Namespaces client, router, server (198.18.10.0/24 and 198.18.20.0/24, VIP 198.19.0.10) and the
+    router's nftables NAT table; all deleted afterwards (the table goes with its namespace)."""
+    c, r, srv = unique("tsc"), unique("tsr"), unique("tss")
+    tag = secrets.token_hex(3)
+    net = Routed(
+        client=c,
+        router=r,
+        server=srv,
+        client_addr="198.18.10.2",
+        server_addr="198.18.20.2",
+        router_server_addr="198.18.20.1",
+        vip="198.19.0.10",
+        vip_port=vip_port,
+        target_port=target_port,
+        snat=snat,
+    )
+    try:
+        for ns in (c, r, srv):
+            run("ip", "netns", "add", ns)
+            run("ip", "-n", ns, "link", "set", "lo", "up")
+        for ns, inner, outer, addr, gw in (
+            (c, f"vc{tag}", f"vrc{tag}", net.client_addr, "198.18.10.1"),
+            (srv, f"vs{tag}", f"vrs{tag}", net.server_addr, net.router_server_addr),
+        ):
+            run("ip", "link", "add", inner, "type", "veth", "peer", "name", outer)
+            run("ip", "link", "set", inner, "netns", ns)
+            run("ip", "link", "set", outer, "netns", r)
+            run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", inner)
+            run("ip", "-n", r, "addr", "add", f"{gw}/24", "dev", outer)
+            run("ip", "-n", ns, "link", "set", inner, "up")
+            run("ip", "-n", r, "link", "set", outer, "up")
+            run("ip", "-n", ns, "route", "add", "default", "via", gw)
+        run("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        script = _ROUTED_NFT.format(
+            table=unique("tcpscope_nat").replace("-", "_"),
+            vip=net.vip,
+            vip_port=vip_port,
+            server=net.server_addr,
+            target_port=target_port,
+            snat=f"oifname vrs{tag} masquerade" if snat else "",
+        )
+        subprocess.run(
+            ["ip", "netns", "exec", r, "nft", "-f", "-"], input=script, check=True, text=True, capture_output=True
+        )
+        yield net
+    finally:
+        for ns in (c, r, srv):
+            run("ip", "netns", "del", ns, check=False)
+
+
+# ---- the wire: handshakes as the packets carry them -------------------------------------------
+
+
+@dataclass(frozen=True)
+class Syn:
+    """A SYN or SYN-ACK seen on the wire: its addresses, ports and sequence number (the sender's ISN)."""
+
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    seq: int
+    ack: bool  # a SYN-ACK
+    data_len: int  # payload bytes (TCP Fast Open puts data in the SYN)
+
+
+def _parse_syn(pkt: bytes) -> Syn | None:
+    """A SYN (or SYN-ACK) from a packet that starts at its IP header (AF_PACKET SOCK_DGRAM)."""
+    if not pkt:
+        return None
+    version = pkt[0] >> 4
+    if version == 4 and len(pkt) >= 20 and pkt[9] == socket.IPPROTO_TCP:
+        off = (pkt[0] & 0xF) * 4
+        end = struct.unpack_from("!H", pkt, 2)[0]
+        src, dst = socket.inet_ntop(socket.AF_INET, pkt[12:16]), socket.inet_ntop(socket.AF_INET, pkt[16:20])
+    elif version == 6 and len(pkt) >= 40 and pkt[6] == socket.IPPROTO_TCP:
+        off = 40
+        end = 40 + struct.unpack_from("!H", pkt, 4)[0]
+        src, dst = socket.inet_ntop(socket.AF_INET6, pkt[8:24]), socket.inet_ntop(socket.AF_INET6, pkt[24:40])
+    else:
+        return None
+    if len(pkt) < off + 14:
+        return None
+    sport, dport, seq = struct.unpack_from("!HHI", pkt, off)
+    flags = pkt[off + 13]
+    if not flags & 0x02 or flags & 0x04:  # SYN, not RST
+        return None
+    return Syn(src, sport, dst, dport, seq, bool(flags & 0x10), end - off - (pkt[off + 12] >> 4) * 4)
+
+
+def _capture_syns(ready: Any, stop: Any, ports: tuple[int, ...]) -> list[Syn]:
+    import select
+
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x0003))  # ETH_P_ALL
+    seen: dict[Syn, None] = {}  # loopback shows each packet twice (out and in): keep one, in order
+    try:
+        ready.send(True)
+        while True:
+            readable, _, _ = select.select([sock, stop], [], [], 60)
+            if not readable:
+                break
+            if sock in readable:
+                syn = _parse_syn(sock.recv(65535))
+                if syn is not None and (syn.sport in ports or syn.dport in ports):
+                    seen[syn] = None
+            elif stop in readable:
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        syn = _parse_syn(sock.recv(65535))
+                        if syn is not None and (syn.sport in ports or syn.dport in ports):
+                            seen[syn] = None
+                break
+    finally:
+        sock.close()
+    return list(seen)
+
+
+@contextlib.contextmanager
+def syn_capture(ports: tuple[int, ...], netns: str | None = None) -> Iterator[list[Syn]]:
+    """Capture the SYNs and SYN-ACKs to or from these ports in a network namespace (default: this
+    one) while the block runs; the list yielded is filled when the block ends. Needs root
+    (AF_PACKET)."""
+    ready_r, ready_w = _ctx.Pipe(duplex=False)
+    stop_r, stop_w = _ctx.Pipe(duplex=False)
+    child = Child(_capture_syns, ready_w, stop_r, tuple(ports), netns=netns)
+    found: list[Syn] = []
+    if not ready_r.poll(20):
+        child.result(0.5)
+        raise RuntimeError("the capture did not start")
+    try:
+        yield found
+    finally:
+        stop_w.send(True)
+        found.extend(child.result())
+
+
+def handshake_isns(syns: list[Syn], client_port: int) -> tuple[int, int]:
+    """(client ISN, server ISN) of the connection from client_port: the sequence numbers of its SYN
+    and of the SYN-ACK answering it, each seen exactly once."""
+    client = {s.seq for s in syns if s.sport == client_port and not s.ack}
+    server = {s.seq for s in syns if s.dport == client_port and s.ack}
+    assert len(client) == 1 and len(server) == 1, f"handshake of port {client_port}: {syns}"
+    return client.pop(), server.pop()
+
+
 # ---- nftables ---------------------------------------------------------------------------------
 
 

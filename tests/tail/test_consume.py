@@ -4,6 +4,7 @@ The same loop against a real broker: test_tail*.py, test_summary.py, tests/sim/t
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from kafka import TopicPartition
 
 from tail import consume
 from tcpscope.kafka_client import KafkaSecurity
-from tcpscope.kafka_layout import LAYOUT_PACKED, RECORD_EVENT, RECORD_SUMMARY, Decoded, batch_records
+from tcpscope.kafka_layout import LAYOUT_PACKED, RECORD_EVENT, RECORD_SUMMARY, Decoded, batch_records, decode_records
 from tcpscope.v1.events_pb2 import EventBatch
 from tests.support.events import make_event
 
@@ -43,6 +44,8 @@ class FakeConsumer:
     calls: list[str] = field(default_factory=list)
     closed: bool = False
     subscribed: bool = False  # a group: its first poll assigns every partition
+    end_lag: int = 0  # the end offsets it reports trail the last record + 1 by this much (tansu's quirk)
+    highwaters: dict[TopicPartition, int] = field(default_factory=dict)  # of the last poll ("fetch")
 
     def add(self, partition: int, headers: list[tuple[str, bytes]], value: bytes | None) -> None:
         log = self.logs.setdefault(partition, [])
@@ -75,13 +78,19 @@ class FakeConsumer:
     def seek_to_end(self, *tps: TopicPartition) -> None:
         self.calls.append("end")
         for tp in tps:
-            self.positions[tp] = len(self.logs[tp.partition])
+            self.positions[tp] = self._end(tp)
+
+    def _end(self, tp: TopicPartition) -> int:
+        return max(0, len(self.logs[tp.partition]) - self.end_lag)
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.highwaters.get(tp)
 
     def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
     def end_offsets(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        return {tp: len(self.logs[tp.partition]) for tp in tps}
+        return {tp: self._end(tp) for tp in tps}
 
     def offsets_for_times(self, want: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
         return dict.fromkeys(want)  # a broker with no record that recent
@@ -93,6 +102,7 @@ class FakeConsumer:
             return {}
         out: dict[TopicPartition, list[Rec]] = {}
         for tp, pos in self.positions.items():
+            self.highwaters[tp] = len(self.logs[tp.partition])
             got = self.logs[tp.partition][pos : pos + self.per_poll]
             if got:
                 out[tp] = got
@@ -181,12 +191,13 @@ def test_conflicts_are_kept_and_reported_foreign_records_pass_and_bad_ones_are_h
 
 
 def test_the_end_is_where_it_was_when_the_read_began() -> None:
-    k = FakeConsumer({0: []}, [0.0])
+    k = FakeConsumer({0: []}, [0.0], per_poll=10)
     _publish(k, 0, _batch("a", 1, 0, 1))
     with _reader(k) as r:
         records = r.records(consume.Stop(at_end=True))
-        _publish(k, 0, _batch("a", 2, 5, 1))  # after the call, before the first poll
-        assert _ids(records) == [(RECORD_EVENT, "a", 1, 0), (RECORD_SUMMARY, "a", 1, -1)]
+        first = next(records)
+        _publish(k, 0, _batch("a", 2, 5, 1))  # after the first fetch: past the end
+        assert _ids([first, *records]) == [(RECORD_EVENT, "a", 1, 0), (RECORD_SUMMARY, "a", 1, -1)]
     with _reader(FakeConsumer({0: []}, [0.0])) as r:  # an empty topic: one poll, then the end
         assert list(r.records(consume.Stop(at_end=True))) == []
 
@@ -213,6 +224,59 @@ def test_no_dedup_window_hands_every_copy_over() -> None:
         _publish(k, 0, _batch("a", 1, 0, 1))
     with _reader(k) as r:
         assert len(list(r.records(consume.Stop(at_end=True)))) == 4 and r.repeats == 0
+
+
+def _decoded(*batches: EventBatch) -> list[Decoded]:
+    return [d for b in batches for r in batch_records(b) for d in decode_records(r.headers, r.value)]
+
+
+def test_dedup_drops_repeats_keeps_and_reports_conflicts_with_exact_counts() -> None:
+    """The one dedup policy of every reader (the live view, --summary, --connection, the sim's watch)."""
+    real, forged, other = _batch("a", 1, 0, 3), _batch("a", 1, 50, 3), _batch("a", 2, 10, 2)
+    forged.lost.kernel = 1  # its summary differs too: a conflict, not a repeat
+    dedup = consume.Dedup(100)
+    conflicts: list[Decoded] = []
+    kept = [
+        d
+        for d in _decoded(real, real, forged, other, forged, real, other)
+        + [Decoded("", "", 0, -1, None, None)] * 2  # another producer's records: always passed on
+        if dedup.keep(d, conflicts.append)
+    ]
+    # real: 4 records kept; its resend: 4 repeats; forged: 4 conflicts (kept); other: 3 kept;
+    # forged and real again, other again: 4 + 4 + 3 repeats (either version resent is a plain repeat)
+    assert (len(kept), dedup.repeats, dedup.conflicts) == (4 + 4 + 3 + 2, 4 + 4 + 4 + 3, 4)
+    assert _ids(conflicts) == [*((RECORD_EVENT, "a", 1, i) for i in range(3)), (RECORD_SUMMARY, "a", 1, -1)]
+    assert [d.event.socket_id for d in kept if d.event is not None] == [1, 2, 3, 51, 52, 53, 11, 12]
+    # a window of 2 keys forgets: the third record's key pushes the first out, whose copy is then new
+    small = consume.Dedup(2)
+    first = _decoded(_batch("b", 1, 0, 2))  # 2 events and a summary: 3 keys
+    assert [small.keep(d) for d in [*first, first[0], first[2]]] == [True, True, True, True, False]
+    assert (small.repeats, small.conflicts) == (1, 0)
+
+
+def test_a_summary_read_counts_what_the_reader_dropped_and_kept() -> None:
+    """tail --summary's figures come from the reader's dedup: duplicates = its repeats, conflicts =
+    what its on_conflict handed over; the report itself counts every record it is given."""
+    from tail.summary import Report, Summarizer, SummaryOptions
+
+    k = FakeConsumer({0: []}, [0.0])
+    real, forged = _batch("a", 1, 0, 2), _batch("a", 1, 50, 2)
+    for b in (real, real, forged, forged):
+        _publish(k, 0, b)
+    report = Report(Summarizer())
+    with _reader(k, dedup_window=100) as r:
+        for d in r.records(consume.Stop(at_end=True), on_conflict=report.conflicts.add):
+            report.take(d)
+    report.duplicates = r.repeats
+    doc = json.loads(report.render("json", SummaryOptions()))
+    # real 3 records, its resend 3 repeats, forged: 2 events in conflict (kept), its summary (same
+    # header, no losses) a repeat; forged again: 3 repeats
+    assert (doc["events"], doc["batches"], doc["duplicates"], doc["conflicts"]) == (4, 1, 7, 2)
+    assert (r.repeats, r.conflicts) == (7, 2)
+    alone = Report(Summarizer())
+    for d in _decoded(real, real):
+        alone.take(d)  # no reader: nothing dropped (the report does not deduplicate on its own)
+    assert (alone.events, alone.batches, alone.duplicates) == (4, 2, 0)
 
 
 def test_duration_from_the_call_and_idle_after_every_poll() -> None:
@@ -294,3 +358,26 @@ def test_cancel_from_another_thread_ends_a_read_without_a_stop() -> None:
     with _reader(k, cancel=cancel) as r:
         assert list(r.records(on_idle=idle)) == []
     assert polls == 3
+
+
+def test_an_early_end_offset_neither_stops_a_read_short_nor_replays_old_records_live() -> None:
+    """tansu reports a partition's end as its last record batch's start + 1 while its fetches carry
+    the true high watermark (tail/consume.py): 12 records, one batch, reported end 1."""
+    k = FakeConsumer({0: []}, [0.0], per_poll=5, end_lag=11)
+    _publish(k, 0, _batch("a", 1, 0, 11))  # 11 events and the batch's summary: 12 records
+    with _reader(k) as r:  # to the end: past the early end offset, to the high watermark
+        assert len(list(r.records(consume.Stop(at_end=True)))) == 12
+    k = FakeConsumer({0: list(k.logs[0])}, [0.0], per_poll=5, end_lag=11)
+    with _reader(k, source=consume.Source(("k:9092",), TOPIC)) as r:  # live: from the end
+        assert k.position(TopicPartition(TOPIC, 0)) == 1  # where the early end offset puts it
+        polls = 0
+
+        def more() -> None:
+            nonlocal polls
+            polls += 1
+            if polls == 2:  # after the first fetch found the true end: a new batch, shown
+                _publish(k, 0, _batch("a", 2, 20, 2))
+
+        records = r.records(consume.Stop(duration_s=1.0), poll_ms=100, on_idle=more)
+        assert _ids(records) == [(RECORD_EVENT, "a", 2, 0), (RECORD_EVENT, "a", 2, 1), (RECORD_SUMMARY, "a", 2, -1)]
+        assert r.skipped_at_start == 11 and r.start_found()  # offsets 1..11: there before it started

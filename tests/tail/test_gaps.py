@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+from tail.consume import Dedup
 from tail.summary import Report, Summarizer, SummaryOptions
 from tcpscope import render
 from tcpscope.kafka_layout import H_UNOBSERVED, batch_records, decode_records, header_map
@@ -44,10 +45,14 @@ def _window() -> UnobservedWindow:
 
 
 def _read(report: Report, batches: list[EventBatch]) -> None:
+    """As tcpscope-tail --summary reads: deduplicated by the reader's policy, conflicts to the report."""
+    dedup = Dedup(1000)
     for b in batches:
         for r in batch_records(b):
             for d in decode_records(r.headers, r.value):
-                report.take(d)
+                if dedup.keep(d, report.conflicts.add):
+                    report.take(d)
+    report.duplicates = dedup.repeats
 
 
 def test_summary_lists_the_gap_with_what_the_topic_holds_of_the_unacked_batches() -> None:
@@ -111,7 +116,9 @@ def test_live_tail_shows_both_conflicting_events_and_the_window(kafka_broker: Br
     new1 = _batch(NEW, 1, 100, 1)
     new1.unobserved.append(_window())
     publish_batches(kafka_broker.bootstrap, TOPIC, [real, real, forged, new1])
-    out = run_tail(kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--format", "json")
+    out = run_tail(
+        kafka_broker.bootstrap, TOPIC, "--from-beginning", "--duration", "2", "--format", "json", "--rows", "socket"
+    )
     assert out.returncode == 0, out.stderr
     shown = [e for b in (real, forged, new1) for e in b.events]
     assert out.stdout.splitlines() == [render.json_line(e) for e in shown]  # the repeat once, both versions

@@ -6,10 +6,9 @@ from __future__ import annotations
 import subprocess
 import threading
 
-import pytest
-
 from tail import live
 from tcpscope import render
+from tcpscope.kinds import parse_view
 from tcpscope.v1 import events_pb2 as pb
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tests.support.events import make_event
@@ -22,14 +21,6 @@ def _at(i: int, ms: int) -> TcpEvent:
     ev = make_event(i)
     ev.time.FromNanoseconds(1_700_000_000_000_000_000 + ms * 1_000_000)
     return ev
-
-
-def test_parse_kinds() -> None:
-    assert live.parse_kinds("") == frozenset({"lifecycle", "reset", "socket_error", "flow", "anomalies"})
-    assert live.parse_kinds("state,reset") == frozenset({"state_change", "reset"})
-    assert live.parse_kinds("all") == frozenset()
-    with pytest.raises(ValueError, match="unknown kinds \\['bogus'\\]"):
-        live.parse_kinds("lifecycle,bogus")
 
 
 def _push(r: live.Reorder[TcpEvent], ev: TcpEvent, now: float) -> None:
@@ -67,7 +58,7 @@ def test_ordered_printer_filters_kinds_and_ticks_without_new_events() -> None:
         lines.append(text)
         done.set()
 
-    view = live.LiveView(lambda ev, v: str(ev.socket_id), kinds=live.parse_kinds(""), hold=1.0)
+    view = live.LiveView(lambda ev, v: str(ev.socket_id), kinds=parse_view(""), hold=1.0)
     p = live.OrderedPrinter(show, view, clock=lambda: now[0], tick=0.01)
     state = make_event(7)
     state.ClearField("lifecycle")
@@ -103,7 +94,7 @@ def test_resolved_ends_keep_their_port() -> None:
 
 
 def _tail(b: Broker, *args: str) -> subprocess.CompletedProcess[str]:
-    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "3", *args)
+    return run_tail(b.bootstrap, TOPIC, "--from-beginning", "--duration", "3", "--rows", "socket", *args)
 
 
 def test_tail_table_is_in_time_order_across_partitions_and_hides_state_changes(kafka_broker: Broker) -> None:

@@ -322,8 +322,9 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
         == 0
     )
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[:2] for line in out[1:-1]] == [["shop/web-1", "data/db-1:5433"]]
-    assert out[-1].startswith("# 1 pairs from 5 events in 2 batches; LOST 2 events")
+    assert [line.split()[:2] for line in out[1:] if not line.startswith("#")] == [["shop/web-1", "data/db-1:5433"]]
+    assert out[-2].startswith("# 1 pairs from 5 events in 2 batches; LOST 2 events")
+    assert out[-1] == summary.RESET_LEGEND  # the pair had resets: what the two reset columns mean
     # in a consumer group too: its partitions come with the first poll, the end is taken then
     # (it used to end after that one poll, with nothing read)
     group = ["--summary", "--format", "json", "--from-beginning", "--group", f"g-{os.getpid()}"]
@@ -476,3 +477,11 @@ def test_a_duplicate_handshake_child_is_not_a_second_connection() -> None:
     s.add_all([c, loser, sv])
     assert counters(rows_by_pair(s)[("shop/web-1", "shop/api-1")]) == zero(connections=1)
     assert s.skipped == {"duplicate_child": 1}
+
+
+def test_reset_columns_read_as_words() -> None:
+    row = pairs.PairSummary(pairs.Party("shop", "web-1", "POD"), pairs.Party("shop", "api-1", "POD"), client_resets=3)
+    row.client_reset_reasons = {"TCP_STATE": 3}
+    row.reset_causes = {"app": {"TCP_STATE": 13}, "network": {"no_send_seen": 4}, "peer_kernel": {"refused": 2}}
+    line = summary.render_table([row]).splitlines()[1]
+    assert line.endswith("3 client (TCP_STATE)  13 app (TCP_STATE), 4 network (no_send_seen), 2 peer kernel (refused)")

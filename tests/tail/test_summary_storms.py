@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno as errno_mod
 
 from tail import live, resetcause, summary
-from tcpscope import render
+from tcpscope import kinds, render
 from tcpscope.v1 import events_pb2 as pb
 from tests.tail.test_summary import API, T0, WEB, _ep, both, counters, lifecycle, rows_by_pair, zero
 
@@ -152,7 +152,7 @@ def test_the_live_view_shows_aggregates_by_default_with_their_exemplars_cause() 
     lines: list[str] = []
     view = live.LiveView(
         lambda ev, v: render.table_line(ev) + ("" if v is None else f" cause={v.label}"),
-        kinds=live.parse_kinds(""),
+        kinds=kinds.parse_view(""),
         hold=0.0,
     )
     agg = aggregate(pb.ACTIVE, WEB, API, 9999, 990, ending=pb.RESET_RECEIVED, errno=111, state=pb.SYN_SENT)

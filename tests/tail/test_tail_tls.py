@@ -148,7 +148,7 @@ def test_tail_reads_a_tls_only_kafka_with_the_collector_flags(tls_kafka: tuple[s
     events = [make_event(i) for i in range(4)]
     batch = EventBatch(schema_version=1, node="n", agent_id="a", sequence=1, events=events)
     publish_batches(bootstrap, TOPIC, [batch], producer=tls)
-    tail = ["--from-beginning", "--duration", "3", "--format", "json"]
+    tail = ["--from-beginning", "--duration", "3", "--format", "json", "--rows", "socket"]
     tls_flags = ["--kafka-security-protocol", "SSL", "--kafka-ssl-cafile", ca_file]
     res = run_tail(bootstrap, TOPIC, *tail, *tls_flags, timeout=60)
     assert res.returncode == 0, res.stderr

@@ -3,14 +3,16 @@ for enriched endpoints; the table line has the tcplife-like columns."""
 
 from __future__ import annotations
 
+import json
 import socket
+from dataclasses import dataclass
 
 import pytest
 from google.protobuf import json_format
 
 from agent.kernel import decode
 from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
-from tcpscope.render import TABLE_HEADER, json_line, table_line, timestamp_json
+from tcpscope.render import TABLE_HEADER, event_line, json_line, table_line, timestamp_json
 from tcpscope.v1.events_pb2 import POD, SERVICE, TcpEvent
 
 
@@ -34,12 +36,14 @@ def _ev(**kw: object) -> TcpEvent:
 
 KINDS = [
     dict(kind=decode.EV_LIFECYCLE, role=1, duration_ns=5, tx_bytes=300_000, rx_bytes=777, ending=1, new_state=5),
+    dict(kind=decode.EV_LIFECYCLE, role=1, ending=1, new_state=5, isn_client=2**32 - 1, isn_server=7),
     dict(kind=decode.EV_LIFECYCLE, role=2, ending=2, reason=1, err=104, retransmits=2, new_state=1),
     dict(kind=decode.EV_STATE, state=2, new_state=1, duration_ns=12345),
     dict(kind=decode.EV_STATE, state=7, new_state=2),
     dict(kind=decode.EV_RETRANSMIT, state=1),
     dict(kind=decode.EV_SYNACK),
     dict(kind=decode.EV_RESET_SENT, reason=1),
+    dict(kind=decode.EV_RESET_SENT, reason=1, isn_client=1, isn_server=0),
     dict(kind=decode.EV_RESET_RECEIVED, state=2),
     dict(kind=decode.EV_SOCKET_ERROR, err=111, state=7),
     dict(kind=decode.EV_PROBE, snd_cwnd=10, srtt_us=33, snd_wnd=1000, data_len=0),
@@ -111,7 +115,7 @@ def test_fast_path_covers_the_schema() -> None:
 
 
 def _flow() -> TcpEvent:
-    from agent.kernel.flows import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
+    from agent.kernel.decode import FLOW_BUCKETS, FLOW_KEY, FLOW_VAL, decode_flow
 
     buckets = [0] * FLOW_BUCKETS
     buckets[4], buckets[9] = 99, 1  # 99 in [16, 32) us, 1 in [512, 1024) us
@@ -135,7 +139,60 @@ def test_flow_json_and_table() -> None:
     cols = table_line(ev).split()
     assert cols[1:6] == ["42", "curl", "127.0.0.1:0", "127.0.0.2:8080", "FLOW"]
     # p50 lies in bucket 4: at most 32 us; p99 also (the 99th of 100), p100 would be bucket 9
-    assert cols[6:] == ["role=ACTIVE", "conns=100", "tx=5000", "rx=70000", "p50_ms<=0.032", "p99_ms<=0.032", "s=10.0"]
+    # the mean is exact: 3,000,000 ns over 100 connections
+    assert cols[6:] == [
+        "role=ACTIVE",
+        "conns=100",
+        "tx=5000",
+        "rx=70000",
+        "mean=30us",
+        "p50<32us",
+        "p99<32us",
+        "every=10s",
+    ]
+
+
+def test_durations_read_as_people_write_them() -> None:
+    from tcpscope.render import duration_text
+
+    cases = {
+        850: "850ns",
+        32_768: "33us",
+        4_200: "4.2us",
+        1_024_000: "1.0ms",
+        65_536_000: "66ms",
+        4_194_304_000: "4.2s",
+        8_388_608_000: "8.4s",
+        59_900_000_000: "60s",
+        125 * 10**9: "2m05s",
+        3_720 * 10**9: "1h02m",
+    }
+    assert {ns: duration_text(ns) for ns in cases} == cases
+
+
+@dataclass(frozen=True)
+class _Cause:
+    label: str
+    detail: dict[str, str]
+
+    def to_json(self) -> dict[str, str]:
+        return self.detail
+
+
+def test_event_line_with_and_without_a_reset_cause() -> None:
+    """The one renderer of a judged received reset (tcpscope-tail's live view and --connection, the
+    sim): the agent's line, with the cause at the end."""
+    ev = _ev(kind=decode.EV_RESET_RECEIVED, state=1)
+    cause = _Cause("network/no_send_seen", {"cause": "network", "detail": "no_send_seen", "peer_node": ""})
+    assert event_line(ev) == table_line(ev) and event_line(ev, "json") == json_line(ev)
+    assert event_line(ev, "table", cause) == table_line(ev) + " cause=network/no_send_seen"
+    text = event_line(ev, "json", cause)
+    assert text == (
+        json_line(ev)[:-1] + ', "reset_cause": {"cause": "network", "detail": "no_send_seen", "peer_node": ""}}'
+    )
+    assert json.loads(text) == {**json.loads(json_line(ev)), "reset_cause": cause.detail}
+    assert list(json.loads(text))[-1] == "reset_cause"
+    assert json.loads(event_line(TcpEvent(), "json", cause)) == {"reset_cause": cause.detail}  # an empty event too
 
 
 def test_json_line_carries_the_connection_id_as_json_format_does() -> None:

@@ -19,6 +19,7 @@ from tcpscope.settings import (
     parser_for,
     readable_files,
     setting,
+    settings_of,
     together,
 )
 
@@ -140,3 +141,48 @@ def test_together_and_readable_files(tmp_path: Path) -> None:
     for bad in (tmp_path / "missing", tmp_path):  # a directory is not a readable file either
         with pytest.raises(ConfigError, match=f"^--tls-ca {re.escape(str(bad))}: not a readable file$"):
             readable_files((("--tls-ca", str(ok)), ("--tls-ca", str(bad))))
+
+
+@dataclass(frozen=True)
+class Auth:
+    """Settings two processes share (as tcpscope/kafka_client.py's KafkaSecurity)."""
+
+    mode: str = setting("TOY_AUTH_MODE", "auth mode", flag="--auth-mode", default="none", choices=("none", "key"))
+    key_file: str | None = setting("TOY_AUTH_KEY_FILE", "key file", flag="--auth-key-file", default=None)
+    key: str | None = setting("TOY_AUTH_KEY", "the key (environment only)", flag=False, default=None)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.mode == "key" and not (self.key or self.key_file):
+            raise ConfigError("--auth-mode key needs --auth-key-file or TOY_AUTH_KEY")
+
+
+@dataclass(frozen=True)
+class Outer:
+    mode: str = setting("TOY_MODE", "how to run", default="fast", choices=("fast", "slow"))
+    auth: Auth = settings_of(Auth)
+    port: int = setting("TOY_PORT", "a port", default=0, min=0, max=65535)
+
+
+def outer(argv: list[str], env: dict[str, str] | None = None) -> Outer:
+    return load(Outer, parser_for(Outer, "outer", "an outer"), argv, env or {})
+
+
+def test_settings_of_puts_the_shared_flags_in_place_and_builds_them(capsys: pytest.CaptureFixture[str]) -> None:
+    p = parser_for(Outer, "outer", "an outer")
+    flags = [s for a in p._actions for s in a.option_strings if s not in ("-h", "--help")]
+    assert flags == ["--mode", "--auth-mode", "--auth-key-file", "--port"]  # in the field's place
+    # each value has its own name in the namespace: the shared `mode` is not the outer one
+    assert {a.dest for a in p._actions} >= {"mode", "auth.mode", "auth.key_file", "port"}
+    assert outer([]) == Outer(auth=Auth())
+    got = outer(["--mode", "slow", "--auth-mode", "key"], {"TOY_AUTH_KEY": "k", "TOY_PORT": "9"})
+    assert got == Outer(mode="slow", auth=Auth("key", None, "k"), port=9)
+    assert outer(["--auth-key-file", "/f"], {"TOY_AUTH_MODE": "key"}).auth == Auth("key", "/f")
+    # the shared settings' own checks are the process's one-line errors
+    for argv, env, said in (
+        (["--auth-mode", "key"], {}, "--auth-mode key needs --auth-key-file or TOY_AUTH_KEY"),
+        ([], {"TOY_AUTH_MODE": "both"}, "--auth-mode must be one of none, key, not 'both'"),
+    ):
+        with pytest.raises(SystemExit):
+            outer(argv, env)
+        assert capsys.readouterr().err == f"outer: error: {said}\n"

@@ -82,3 +82,17 @@ app.kubernetes.io/component: {{ .component }}
 {{- $m -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The Secret holding the connection id key: the user's (agent.connectionKey.existingSecret), else
+the chart's own. */}}
+{{- define "tcpscope.agent.connectionKeySecret" -}}
+{{- .Values.agent.connectionKey.existingSecret | default (printf "%s-connection-key" (include "tcpscope.fullname" .) | trunc 63 | trimSuffix "-") -}}
+{{- end -}}
+
+{{/* The chart's connection id key, base64: the one in `existing` (what `lookup` found of the Secret
+on the cluster), so an upgrade keeps every agent's key, else a new random one (an install, or an
+offline render, which cannot look it up). */}}
+{{- define "tcpscope.agent.connectionKeyData" -}}
+{{- $data := (.existing | default dict).data | default dict -}}
+{{- index $data "key" | default (randAlphaNum 48 | b64enc) -}}
+{{- end -}}

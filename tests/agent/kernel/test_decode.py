@@ -23,16 +23,18 @@ from agent.kernel.anomalies import (
     ANOMALY_VAL_FIELDS,
     decode_anomaly,
 )
-from agent.kernel.decode import EVENT, EVENT_FIELDS, Decoder
-from agent.kernel.flows import (
+from agent.kernel.decode import (
+    EVENT,
+    EVENT_FIELDS,
     FLOW_BUCKETS,
-    FLOW_COUNTERS,
     FLOW_KEY,
     FLOW_KEY_FIELDS,
     FLOW_VAL,
     FLOW_VAL_FIELDS,
+    Decoder,
     decode_flow,
 )
+from agent.kernel.flows import FLOW_COUNTERS
 from agent.kernel.probe import BPF_DIR
 from tcpscope.v1.events_pb2 import (
     ACTIVE,

@@ -228,6 +228,8 @@ def test_the_shutdown_flush_reports_what_the_interval_had_not() -> None:
     assert side_totals(h, port, ACTIVE) == (9, 2700, 270)
     assert side_totals(h, port, PASSIVE) == (9, 270, 2700)
     assert [e.flow.connections for e in h.seen if kind(e) == "flow"] == [9, 9]
+    # a flow is many connections: it has no connection id (and no socket id)
+    assert {(e.connection_id, e.socket_id) for e in h.seen if kind(e) == "flow"} == {(0, 0)}
 
 
 @pytest.mark.root

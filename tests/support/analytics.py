@@ -1,0 +1,382 @@
+"""The documented ClickHouse DDL and queries (docs/analytics/*.sql) run in chDB, ClickHouse's
+in-process engine, on Kafka records a test consumed or built.
+
+chDB cannot run the Kafka engine's consumers without a server, so this is the one part swapped:
+each documented `ENGINE = Kafka` table becomes a Null table with the same columns plus the Kafka
+engine's virtual columns (`_key`, `_topic`, `_partition`, `_offset`, `_headers.name`,
+`_headers.value`, and `_error`/`_raw_message` of `kafka_handle_error_mode = 'stream'`), and
+`ClickHouseDocs.feed` inserts the records into it as that engine would: every record's value read
+through the table's own `kafka_format` and `kafka_schema` and format settings (one value per file,
+as one Kafka message is one input), its headers into the virtual columns, and a value that does not
+parse as the table's message as a row with `_error` set. Everything else (the Null streams, the
+MergeTree tables, every materialized view, the query pack) runs exactly as the files say.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+SQL_DIR = ROOT / "docs" / "analytics"
+PROTO = ROOT / "proto" / "tcpscope" / "v1" / "events.proto"
+
+VIRTUAL_COLUMNS = (
+    "_key String, _topic String, _partition UInt64, _offset UInt64, "
+    "_headers Nested(name String, value String), _error String, _raw_message String"
+)
+
+
+@dataclass(frozen=True)
+class Statement:
+    sql: str  # without its leading comments
+    comments: str  # the comment lines before it
+
+    @property
+    def query_name(self) -> str | None:
+        m = re.search(r"^-- query: (\w+)", self.comments, re.M)
+        return m.group(1) if m else None
+
+
+def split_sql(text: str) -> list[Statement]:
+    """Statements at `;` outside quotes and `--` comments, each with the comments before it."""
+    out: list[Statement] = []
+    buf: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        ch = text[i]
+        if text.startswith("--", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            buf.append(text[i:j])
+            i = j
+            continue
+        if ch == "'":
+            j = i + 1
+            while j < n and text[j] != "'":
+                j += 2 if text[j] == "\\" else 1
+            buf.append(text[i : j + 1])
+            i = j + 1
+            continue
+        if ch == ";":
+            out.append(_statement("".join(buf)))
+            buf = []
+        else:
+            buf.append(ch)
+        i += 1
+    rest = "".join(buf)
+    if rest.strip() and any(line.strip() and not line.strip().startswith("--") for line in rest.splitlines()):
+        out.append(_statement(rest))
+    return out
+
+
+def _statement(raw: str) -> Statement:
+    lines = raw.strip("\n").splitlines()
+    k = 0
+    comments: list[str] = []
+    while k < len(lines) and (not lines[k].strip() or lines[k].lstrip().startswith("--")):
+        comments.append(lines[k])
+        k += 1
+    return Statement("\n".join(lines[k:]).strip(), "\n".join(comments))
+
+
+def sql_file(name: str) -> list[Statement]:
+    return split_sql((SQL_DIR / name).read_text())
+
+
+@dataclass(frozen=True)
+class KafkaTable:
+    """A documented `ENGINE = Kafka` table: its name, column definitions and SETTINGS."""
+
+    name: str
+    columns: str  # the column definitions, as written (comments removed)
+    settings: dict[str, str]
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.split()[0] for c in _top_level_split(self.columns)]
+
+    @property
+    def format_settings(self) -> dict[str, str]:
+        return {k: v for k, v in self.settings.items() if not k.startswith("kafka_")}
+
+
+_KAFKA = re.compile(r"CREATE TABLE (\w+)\s*\((.*)\)\s*ENGINE = Kafka\s+SETTINGS\s+(.*)$", re.S)
+
+
+def kafka_table(st: Statement) -> KafkaTable | None:
+    m = _KAFKA.match(st.sql)
+    if m is None:
+        return None
+    columns = "\n".join(line.split("--")[0] for line in m.group(2).splitlines())
+    settings: dict[str, str] = {}
+    for item in _top_level_split(m.group(3)):
+        key, _, value = item.partition("=")
+        value = value.strip()
+        settings[key.strip()] = value[1:-1] if value.startswith("'") else value
+    return KafkaTable(m.group(1), columns.strip(), settings)
+
+
+def _top_level_split(text: str) -> list[str]:
+    """Split at commas outside parentheses and quotes."""
+    parts: list[str] = []
+    depth, quoted, cur = 0, False, list[str]()
+    for ch in text:
+        if ch == "'":
+            quoted = not quoted
+        elif not quoted and ch in "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+        if ch == "," and depth == 0 and not quoted:
+            parts.append("".join(cur).strip())
+            cur = []
+        else:
+            cur.append(ch)
+    if "".join(cur).strip():
+        parts.append("".join(cur).strip())
+    return parts
+
+
+def _lit(s: str) -> str:
+    return "'" + s.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class Rec:
+    """One Kafka record as a consumer got it."""
+
+    partition: int
+    offset: int
+    key: bytes
+    value: bytes
+    headers: Sequence[tuple[str, bytes]]
+
+
+def records_of(consumed: Sequence[Any]) -> list[Rec]:
+    """kafka-python ConsumerRecords (or anything with those fields) as Recs, in offset order per partition."""
+    return [Rec(r.partition, r.offset, r.key or b"", r.value or b"", list(r.headers or [])) for r in consumed]
+
+
+class ClickHouseDocs:
+    """A chDB session holding the documented tables, views and queries for one value format."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        value_format: str,
+        proto: Path = PROTO,
+        files: Sequence[str] | None = None,
+        edit: Callable[[str, str], str] | None = None,
+    ) -> None:
+        """The documented files for this value format, run in order; `edit(name, text)` may change a
+        file's text first (a test's older version of the DDL)."""
+        from chdb import session
+
+        self.workdir = workdir
+        self.schema_dir = workdir / "format_schemas"
+        (self.schema_dir / "google" / "protobuf").mkdir(parents=True, exist_ok=True)
+        shutil.copy(proto, self.schema_dir / "events.proto")
+        shutil.copy(_timestamp_proto(), self.schema_dir / "google" / "protobuf" / "timestamp.proto")
+        self.session = session.Session(str(workdir / "chdb"))
+        self.kafka_tables: list[KafkaTable] = []
+        self.queries: dict[str, str] = {}
+        for name in files or ("1-tables.sql", f"2-kafka-{value_format}.sql", "3-queries.sql"):
+            text = (SQL_DIR / name).read_text()
+            for st in split_sql(edit(name, text) if edit else text):
+                self._run_statement(st)
+
+    def _run_statement(self, st: Statement) -> None:
+        kt = kafka_table(st)
+        if kt is not None:  # the swapped part: a Null table with the Kafka engine's virtual columns
+            self.kafka_tables.append(kt)
+            self.execute(f"CREATE TABLE {kt.name} ({kt.columns}, {VIRTUAL_COLUMNS}) ENGINE = Null")
+        elif st.query_name:
+            self.queries[st.query_name] = st.sql
+        else:
+            self.execute(st.sql)
+
+    def execute(self, sql: str, fmt: str = "CSV") -> str:
+        return str(self.session.query(sql, fmt))
+
+    def rows(self, sql: str) -> list[dict[str, Any]]:
+        out = self.execute(sql, "JSONEachRow")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def query(self, name: str, since: str = "1970-01-01 00:00:00") -> list[dict[str, Any]]:
+        """One query of the pack, as a data engineer runs it: the window's start set first."""
+        self.execute(f"SET param_since = {_lit(since)}")
+        return self.rows(self.queries[name])
+
+    def feed(self, records: Sequence[Rec], topic: str = "tcpscope-events") -> None:
+        """Every record into every documented Kafka table, as its consumer group would read them."""
+        for kt in self.kafka_tables:
+            self._feed_table(kt, records, topic)
+
+    def _settings(self, kt: KafkaTable) -> str:
+        s = dict(kt.format_settings)
+        if "kafka_schema" in kt.settings:  # chDB takes only an absolute schema path
+            s["format_schema"] = str(self.schema_dir / kt.settings["kafka_schema"])
+        text = ", ".join(f"{k} = {v if v.isdigit() else _lit(v)}" for k, v in s.items())
+        return f" SETTINGS {text}" if text else ""
+
+    def _feed_table(self, kt: KafkaTable, records: Sequence[Rec], topic: str) -> None:
+        d = self.workdir / "feed" / kt.name
+        if d.exists():
+            shutil.rmtree(d)
+        (d / "all").mkdir(parents=True)
+        (d / "ok").mkdir()
+        fmt = kt.settings["kafka_format"]
+        settings = self._settings(kt)
+        good, bad = [], []
+        for i, r in enumerate(records):
+            path = d / "all" / f"{i:08d}.msg"
+            path.write_bytes(r.value)
+            row = {
+                "file": path.name,
+                "seq": i,
+                "key": r.key.decode("utf-8", "replace"),
+                "topic": topic,
+                "partition": r.partition,
+                "offset": r.offset,
+                "names": [k for k, _ in r.headers],
+                "values": [v.decode("utf-8", "replace") for _, v in r.headers],
+            }
+            try:  # does this message parse as the table's format and message type?
+                self.execute(
+                    f"SELECT * FROM file({_lit(str(path))}, {_lit(fmt)}, {_lit(kt.columns)}){settings}", "Null"
+                )
+            except Exception as e:  # chDB raises its own error type for any query error
+                row["error"] = str(e).splitlines()[0]
+                row["raw"] = r.value.decode("latin-1")
+                bad.append(row)
+                continue
+            path.rename(d / "ok" / path.name)
+            good.append(row)
+        header_cols = (
+            "file String, seq UInt64, key String, topic String, partition UInt64, offset UInt64, "
+            "names Array(String), values Array(String), error String, raw String"
+        )
+        virtual = "_key, _topic, _partition, _offset, `_headers.name`, `_headers.value`"
+        if good:
+            (d / "ok.jsonl").write_text("".join(json.dumps(x) + "\n" for x in good))
+            cols = kt.column_names
+            self.execute(
+                f"INSERT INTO {kt.name} ({', '.join(cols)}, {virtual}) "
+                f"SELECT {', '.join('v.' + c for c in cols)}, h.key, h.topic, h.partition, h.offset, h.names, h.values "
+                f"FROM file({_lit(str(d / 'ok' / '*.msg'))}, {_lit(fmt)}, {_lit(kt.columns)}) AS v "
+                f"INNER JOIN file({_lit(str(d / 'ok.jsonl'))}, 'JSONEachRow', {_lit(header_cols)}) AS h "
+                f"ON v._file = h.file ORDER BY h.seq{settings}"
+            )
+        if bad:
+            (d / "bad.jsonl").write_text("".join(json.dumps(x) + "\n" for x in bad))
+            self.execute(
+                f"INSERT INTO {kt.name} ({virtual}, _error, _raw_message) "
+                f"SELECT key, topic, partition, offset, names, values, error, raw "
+                f"FROM file({_lit(str(d / 'bad.jsonl'))}, 'JSONEachRow', {_lit(header_cols)}) ORDER BY seq"
+            )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.session.close()
+
+
+def _timestamp_proto() -> Path:
+    """google/protobuf/timestamp.proto from grpc_tools (a dev dependency), as protoc would include it."""
+    import grpc_tools
+
+    return Path(grpc_tools.__file__).parent / "_proto" / "google" / "protobuf" / "timestamp.proto"
+
+
+@contextlib.contextmanager
+def clickhouse_docs(workdir: Path, value_format: str, **kw: Any) -> Iterator[ClickHouseDocs]:
+    ch = ClickHouseDocs(workdir, value_format, **kw)
+    try:
+        yield ch
+    finally:
+        ch.close()
+
+
+COUNTERS = (
+    "connections",
+    "client_resets",
+    "server_resets",
+    "network_resets",
+    "refused",
+    "timeouts",
+    "retransmits",
+    "failed",
+    "flow_connections",
+)
+
+
+def datetime64_ns(text: str) -> int:
+    """'2026-12-07 09:29:54.930134029' (ClickHouse's DateTime64(9) in UTC) as ns since the epoch."""
+    import datetime as dt
+
+    whole, _, frac = text.partition(".")
+    secs = int(dt.datetime.strptime(whole, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.UTC).timestamp())
+    return secs * 1_000_000_000 + int((frac or "0").ljust(9, "0"))
+
+
+def _party(row: dict[str, Any], side: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "namespace": row[f"{side}_namespace"],
+        "name": row[f"{side}_name"],
+        "kind": row[f"{side}_kind"],
+    }
+    if row[f"{side}_process"]:
+        out["process"] = row[f"{side}_process"]
+    port = row["client_port" if side == "client" else "server_party_port"]
+    if port:
+        out["port"] = port
+    return out
+
+
+def as_summary_pairs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The `pairs` query's rows in the shape of `tcpscope-tail --summary --format json`'s pairs."""
+    from tail.gaps import rfc3339
+
+    out = []
+    for r in rows:
+        causes: dict[str, dict[str, int]] = {}
+        for key, n in r["reset_causes"].items():
+            cause, _, detail = key.partition("/")
+            causes.setdefault(cause, {})[detail] = int(n)
+        out.append(
+            {
+                "client": _party(r, "client"),
+                "server": _party(r, "server"),
+                **{c: int(r[c]) for c in COUNTERS},
+                "server_ports": r["server_ports"],
+                "client_reset_reasons": {k: int(v) for k, v in sorted(r["client_reset_reasons"].items())},
+                "server_reset_reasons": {k: int(v) for k, v in sorted(r["server_reset_reasons"].items())},
+                "reset_causes": {c: dict(sorted(d.items())) for c, d in sorted(causes.items())},
+                "first_seen": rfc3339(datetime64_ns(r["first_seen"])),
+                "last_seen": rfc3339(datetime64_ns(r["last_seen"])),
+            }
+        )
+    return out
+
+
+def by_pair(pairs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pairs keyed by their two parties (for comparing without caring about the order)."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in pairs:
+        key = json.dumps([p["client"], p["server"]], sort_keys=True)
+        assert key not in out, f"pair {key} twice"
+        out[key] = p
+    return out
+
+
+def as_summary_losses(row: dict[str, Any]) -> dict[str, int]:
+    """The `losses` query's row in the shape of the summary's `losses` (its loss line's figures)."""
+    out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs")}
+    out.update({k: int(v) for k, v in row["by_reason"].items()})
+    return dict(sorted(out.items()))
