@@ -65,8 +65,9 @@ def test_the_kinds_table_is_the_protobuf_oneof() -> None:
     oneof = [f.name for f in TcpEvent.DESCRIPTOR.oneofs_by_name["kind"].fields]
     assert sorted(kinds.FIELDS.values()) == sorted(oneof)  # every event kind has a name, one each
     assert len(set(kinds.FIELDS)) == len(kinds.KINDS)
-    # flows are the one kind the kernel program does not report by --events (bpf/flow.h, --connections)
-    assert [k.name for k in kinds.KINDS if not k.agent] == ["flow"]
+    # flows and anomaly aggregates are the kinds the kernel program does not report by --events: made by
+    # --connections (bpf/flow.h) and by the anomaly budgets (bpf/anomaly.h)
+    assert [k.name for k in kinds.KINDS if not k.agent] == ["flow", "anomalies"]
 
 
 def _help(print_help: Callable[[], object], capsys: pytest.CaptureFixture[str]) -> str:
