@@ -154,8 +154,8 @@ def test_anomaly_kinds_are_the_event_kinds_a_budget_applies_to() -> None:
     evs = _defines("events.h", "EV_")
     names = {"LIFECYCLE": "LIFECYCLE", "RETRANSMIT": "RETRANSMIT", "SYNACK": "SYNACK_RETRANSMIT"}
     names |= {"RESET_SENT": "RESET_SENT", "RESET_RECEIVED": "RESET_RECEIVED", "SOCKET_ERROR": "SOCKET_ERROR"}
-    assert {evs[k]: AnomalyKind.Value(f"ANOMALY_{v}") for k, v in names.items()} == anomalies.KIND_OF_EVENT
-    assert set(AnomalyKind.values()) == {0, *anomalies.KIND_OF_EVENT.values()}
+    assert {evs[k]: AnomalyKind.Value(f"ANOMALY_{v}") for k, v in names.items()} == decode.KIND_OF_EVENT
+    assert set(AnomalyKind.values()) == {0, *decode.KIND_OF_EVENT.values()}
 
 
 def test_anomaly_counters_match_anomalies() -> None:

@@ -11,19 +11,18 @@ from struct import Struct
 
 import pytest
 
-from agent.kernel import anomalies, decode
-from agent.kernel.anomalies import (
+from agent.kernel import decode
+from agent.kernel.anomalies import ANOMALY_COUNTERS
+from agent.kernel.decode import (
     AK_COARSE,
+    AK_ESTABLISHED,
     AK_FIRST_SYNACK,
     AK_NO_SOCKET,
-    ANOMALY_COUNTERS,
+    AK_RETRANSMITTED,
     ANOMALY_KEY,
     ANOMALY_KEY_FIELDS,
     ANOMALY_VAL,
     ANOMALY_VAL_FIELDS,
-    decode_anomaly,
-)
-from agent.kernel.decode import (
     EVENT,
     EVENT_FIELDS,
     FLOW_BUCKETS,
@@ -32,6 +31,7 @@ from agent.kernel.decode import (
     FLOW_VAL,
     FLOW_VAL_FIELDS,
     Decoder,
+    decode_anomaly,
     decode_flow,
 )
 from agent.kernel.flows import FLOW_COUNTERS
@@ -309,8 +309,8 @@ def test_anomaly_constants_agree_with_events_h() -> None:
         f"ANOMC_{name.upper()}": i for i, name in enumerate(ANOMALY_COUNTERS)
     }
     assert {k: v for k, v in consts.items() if k.startswith("AK_")} == {
-        "AK_ESTABLISHED": anomalies.AK_ESTABLISHED,
-        "AK_RETRANSMITTED": anomalies.AK_RETRANSMITTED,
+        "AK_ESTABLISHED": AK_ESTABLISHED,
+        "AK_RETRANSMITTED": AK_RETRANSMITTED,
         "AK_FIRST_SYNACK": AK_FIRST_SYNACK,
         "AK_NO_SOCKET": AK_NO_SOCKET,
         "AK_COARSE": AK_COARSE,
