@@ -227,6 +227,9 @@ def _meta(a: argparse.Namespace, cfg: _Settings, argv: Sequence[str] | None) -> 
         "modes": cfg.modes,
         "rates": cfg.rates,
         "sinks": cfg.sinks,
+        "storms": [s for s in a.storms.split(",") if s],
+        "storm_rounds": a.storm_rounds or cfg.rounds,
+        "storm_duration": a.storm_duration or cfg.duration,
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
 

@@ -407,7 +407,7 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{'yes' if c['all_zero_loss'] else '**no**'} | {_fmt(c['hwm_mb_max'], '.0f')} | {per} |"
             )
         lines.append("")
-    lines += storms_markdown(doc.get("storms") or [])
+    lines += storms_markdown(doc.get("storms") or [], m)
     col = doc.get("collector")
     if col:
         lines += ["## Collector throughput into Kafka", ""]
@@ -438,12 +438,15 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def storms_markdown(storms: list[dict[str, Any]]) -> list[str]:
+def storms_markdown(storms: list[dict[str, Any]], meta: dict[str, Any] | None = None) -> list[str]:
     """The storms' table: per storm and tool, the rounds' medians and worst figures."""
     if not storms:
         return []
+    m = meta or {}
     lines = [
         "## Storms (veth pair, saturating, interleaved rounds)",
+        "",
+        f"{m.get('storm_rounds', '?')} rounds x {m.get('storm_duration', '?')} s per storm and tool.",
         "",
         "Attempts per second under each tool as a ratio of `none` in the same round; what the tool accounted"
         " for of the client sockets the storm made (worst round; tcpstates and tcpdump: their own loss reports);"
