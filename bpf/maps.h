@@ -22,6 +22,14 @@ BPF_HASH(listeners, struct listener_key, struct owner, MAX_LISTENERS);
 /* Loss counters by reason (LOSS_*), read by user space as kernel.<reason>. */
 BPF_PERCPU_ARRAY(losses, __u64, LOSS_NREASONS);
 
+#ifdef TCP_SPAN_LEN
+/* Per CPU: the span of tcp_sock holding the counters a CLOSE reads, read at once (bpf/lifecycle.h). */
+struct tcp_span {
+    __u8 b[TCP_SPAN_LEN];
+};
+BPF_PERCPU_ARRAY(tcp_span_buf, struct tcp_span, 1);
+#endif
+
 /* One record of scratch space per CPU: the event is built here, then copied out. */
 BPF_PERCPU_ARRAY(scratch, struct tcpscope_event, 1);
 

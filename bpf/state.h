@@ -242,11 +242,9 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         st->flags |= F_TUPLE_FINAL;
     if (oldstate == TS_LISTEN && newstate == TS_CLOSE)
         forget_listener(st);
-    if (newstate == TS_CLOSE) {
+    /* the snapshot reads the ISN pair too: ESTABLISHED itself is not read without state events */
+    if (newstate == TS_CLOSE)
         snapshot_close(sk, st, oldstate, now ? now : bpf_ktime_get_ns());
-        ensure_isns(sk, st,
-                    st->flags & F_ESTABLISHED); /* ESTABLISHED itself is not read without state events */
-    }
 #ifdef ENABLE_STATE
     st->state_ts = now;
     emit_state(ctx, key, st, oldstate, newstate, now, in_old);
