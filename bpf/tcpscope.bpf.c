@@ -8,7 +8,8 @@
  *                          bpf/compat.h's IF_HAS and RECORD_TUPLE)
  *   HAS_<NAME>_SOCKADDR    saddr/daddr are struct sockaddr_in6-sized copies (tcp_send_reset 6.10+)
  *   PORT_MATCH(p)          when a port filter is set
- * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
+ * and passed as -D: OFF_* (BTF offsets), TCP_SPAN_OFF/LEN (when the CLOSE counters lie close),
+ * SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
  * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE, and for flows
  * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS, and for anomaly budgets (bpf/anomaly.h)
  * ANOMALY_BUDGET, ANOMALY_NODE_PER_CPU, MAX_ANOMALY_KEYS.
