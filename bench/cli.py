@@ -70,7 +70,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"storms on the veth pair, interleaved with the tools: {','.join(STORMS)} ('' = skip)",
     )
     p.add_argument(
-        "--storm-modes", default=",".join(STORM_MODES), help="the tools under the storms ('none' always added)"
+        "--storm-modes",
+        help=f"the tools under the storms ('none' always added; default: --modes among {','.join(STORM_MODES)})",
     )
     p.add_argument("--storm-rounds", type=int, help="interleaved rounds per storm (default: --rounds)")
     p.add_argument(
@@ -279,7 +280,8 @@ def _storm_phase(a: argparse.Namespace, cfg: _Settings, lab: _Lab, res: _Results
     unknown = [s for s in storms if s not in STORMS]
     if unknown:
         raise SystemExit(f"bench: unknown storms {unknown}; known: {','.join(STORMS)}")
-    modes = ["none", *[m for m in a.storm_modes.split(",") if m and m != "none"]]
+    chosen = a.storm_modes.split(",") if a.storm_modes else [m for m in cfg.modes if m in STORM_MODES]
+    modes = ["none", *[m for m in chosen if m and m != "none"]]
     if lab.veth is None:
         res.storms = [StormRow(s, "none", "no tracing", "n/a", "the storms run on the veth pair: none") for s in storms]
         return
