@@ -173,7 +173,7 @@ static __always_inline int start_life(void *ctx, const void *sk, __u64 key, int 
         err = sockets.insert(&key, &fresh);
     }
     if (err != 0) {
-        count_loss(LOSS_SOCKET_MAP_FULL);
+        count_loss(LOSS_SOCKET_MAP_FULL); /* counted once per socket, at its start */
 #ifdef ENABLE_STATE
         emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
 #endif
@@ -197,7 +197,8 @@ static __always_inline struct sockstate *track_old(void *ctx, const void *sk, __
     struct sockstate fresh = {};
     fill_new(&fresh, sk, oldstate, newstate, t, now);
     if (sockets.insert(&key, &fresh) != 0) {
-        count_loss(LOSS_SOCKET_MAP_FULL);
+        /* not counted: a socket is counted once, at its start (connect, accept, listen, start_life);
+         * a later change of an untracked socket tries again, and would count it again */
 #ifdef ENABLE_STATE
         emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
 #endif

@@ -11,16 +11,22 @@ collector/storm_metrics.py count SYN-ACK retransmits and refusals).
 Counting rule (each connection once, with no state shared between collector replicas): a socket's
 event counts its connection when it is the client's (role ACTIVE), or when it is the server's and
 the client is not watched by an agent. "Watched" is decided from the event alone: its remote end
-resolved to a pod (`--metrics-watched-peers pod`, the default: an agent runs on every node), or to
-a node when agents also watch host processes (`node`), or to this very node's host when the socket
-itself is a host process's. Each replica counts the batches it receives; a connection's two
-sockets may reach different replicas and still only one of them counts it, so `sum without
-(instance)` over replicas is exact.
+resolved to a pod or to a Service (a ClusterIP's peer is the backend pod kube-proxy chose;
+`--metrics-watched-peers pod`, the default: an agent runs on every node), or to a node when agents
+also watch host processes (`node`), or to this very node's host when the socket itself is a host
+process's, or it is a loopback address or the socket's own (the same agent reports both sockets:
+host loopback without Kubernetes). A connection whose two sockets both reach this replica is counted
+once by its `connection_id` (`same_connection`), whatever the rule said of each. Each replica
+counts the batches it receives; a connection's two sockets may reach different replicas and still
+only one of them counts it, so `sum without (instance)` over replicas is exact.
 
 Retransmits and resets are counted per segment and per RST by the socket that sent them (each has
 exactly one sender); a reset the receiving socket saw is counted by it only when the sender is not
-watched (reason UNKNOWN then). Resets count RSTs that ended established connections: a refused
-connect is `tcpscope_connections_total{outcome="refused"}`.
+watched (reason UNKNOWN then). A RST the network forged has no sender: nobody counts it. Through a
+Service, the client's socket names the Service (server_workload = the Service's name, server_port =
+the Service's port) and the backend's RSTs are counted under the backend (docs/services.md).
+Resets count RSTs that ended established connections: a refused connect is
+`tcpscope_connections_total{outcome="refused"}`.
 
 Durations: `tcpscope_connection_duration_seconds` observes established connections, in buckets
 whose upper bounds are powers of two microseconds (`DURATION_EXPONENTS`), so each log2 bucket of a
@@ -33,6 +39,7 @@ next bucket up, not in le=2^k: the price of mapping flows exactly.)
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -79,6 +86,7 @@ HISTOGRAM_SERIES = len(DURATION_BOUNDS_S) + 3  # the bounds, +Inf, _sum, _count
 NEW_PAIR_SERIES = PAIR_BASE_SERIES + HISTOGRAM_SERIES + 1  # with its first outcome; more outcomes and
 # reset reasons may follow, so a full table can pass the bound by those (at most 6 outcomes + reasons)
 RECENT_BATCHES = 4096  # (agent_id, sequence) remembered to count a same-replica resend once
+RECENT_CONNECTIONS = 65536  # connection ids this replica counted, to count a connection once
 
 
 def log2_bucket(duration_us: int) -> int:
@@ -149,6 +157,7 @@ class TrafficMetrics(Collector):
         self._pairs: dict[tuple[str, str, str, str, str], _Pair] = {}
         self._series = 0
         self._recent = RecentKeys(RECENT_BATCHES)
+        self._counted = RecentKeys(RECENT_CONNECTIONS)
         self._next_sweep = clock() + self._sweep_every()
         self.folded = 0  # events/flows counted into the `other` pair because of the bound
         self.expired = 0  # pairs removed after --metrics-ttl without an update
@@ -202,8 +211,11 @@ class TrafficMetrics(Collector):
         """Whether the other end of this socket's connection is watched by an agent (its own agent
         then reports it): decided from the event alone (module docstring)."""
         kind = ev.remote.kind
-        if kind == POD:
+        if kind in (POD, SERVICE):
+            # a ClusterIP's peer is the backend pod kube-proxy picked: a pod like any other
             return "pod" in self._watched
+        if _same_host(ev):
+            return True  # loopback or the socket's own address: this very agent reports the peer
         if kind == NODE:
             return "node" in self._watched or (ev.local.kind == HOST and bool(ev.node) and ev.remote.name == ev.node)
         return False
@@ -271,6 +283,11 @@ class TrafficMetrics(Collector):
             return
         peer_watched = self.peer_watched(ev)
         counts = client_view or not peer_watched
+        if counts and ev.connection_id and not self._counted.add(ev.connection_id):
+            # the connection's other socket was counted here already (both ends reached this replica
+            # and the rule let both count: a peer it could not tell was watched)
+            self._skip("same_connection")
+            counts = False
         if not counts and not _adds_for_peer(ev):
             return  # the client's own agent counts this connection: nothing here (no empty series)
         pair = self._pair_for((cns, cwl, sns, swl, str(server_end.port)), now)
@@ -416,6 +433,19 @@ class TrafficMetrics(Collector):
         )
         dups.add_metric([], self.duplicates)
         return [conns, resets, retrans, data, dur, series, limit, pairs, folded, expired, skipped, dups]
+
+
+def _same_host(ev: TcpEvent) -> bool:
+    """The peer is on this socket's own host or pod: a loopback address, or the socket's own one."""
+    ip = ev.remote.ip
+    if not ip:
+        return False
+    if ip == ev.local.ip:
+        return True
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 def _adds_for_peer(ev: TcpEvent) -> bool:

@@ -65,6 +65,9 @@ class PairSummary:
     """connections that ended by a received RST, by who sent it (resetcause): {cause: {detail: n}}"""
     first_seen_ns: int = 0
     last_seen_ns: int = 0
+    via: Party | None = None
+    """the Service (or node port) the client connected to, its port in `port`, when kube-proxy's NAT
+    took the connection to the server (a backend); None for a connection straight to the server"""
 
     @property
     def problems(self) -> int:
@@ -84,4 +87,6 @@ class PairSummary:
         out["reset_causes"] = {c: dict(sorted(d.items())) for c, d in sorted(self.reset_causes.items())}
         out["first_seen"] = rfc3339(self.first_seen_ns)
         out["last_seen"] = rfc3339(self.last_seen_ns)
+        if self.via is not None:  # only through a Service or a node port: pod-to-pod rows keep their shape
+            out["via"] = self.via.to_json()
         return out

@@ -17,10 +17,23 @@ report only lifecycles). Each received reset gets one cause:
   began), reported no loss in the window and sent nothing matching; detail
   `no_send_seen`, or `both_ends` when the peer's socket had itself just been closed by a reset that
   nobody sent (a middlebox that killed the connection in both directions).
-- `unknown`: detail `unwatched_peer` (no agent reports the peer's node), `peer_socket_unseen` (the
+- `unknown`: detail `unwatched_peer` (no agent reports the peer's node), `backend_unseen` (the
+  receiver's peer is a Service address and no agent reported the backend's socket of this
+  connection: the backend's node has no agent, filters it out, or its socket is still open),
+  `peer_socket_unseen` (the
   peer's node has an agent but it reported nothing of this connection: started later, filtered
   the socket out, or lost its events), `peer_losses` (the peer's agent reported definite losses in
   the window) or `peer_possible_losses` (runs of its programs the kernel skipped, in the window).
+
+One connection, one identity: an event with a non-zero `connection_id` (a keyed hash of the
+connection's two initial sequence numbers, the same on both of its sockets whatever NAT did to
+addresses and ports: docs/services.md) is joined with its peer socket by that id, not by tuple and
+time. The peer is then the other socket reporting the id, on whichever node: a client of a Service's
+ClusterIP (`C:e -> VIP:80`) and its backend (`S:9000 <- C:e`) join although their tuples differ, and
+a send matches however far apart the two nodes' clocks are. The peer's times are read in the
+receiver's clock by the offset between the two sockets' starts (`_Offset`), so "the peer had closed
+before the RST came" holds under clock skew too. Events with id 0 (older agents, a socket that never
+completed a handshake) keep the tuple-and-window join below.
 
 The same `ResetJoin` serves the summary (everything added, then `classify`) and, wrapped in a
 `LiveHold`, a live reader: every event goes to `LiveHold.add`, which holds received resets up to
@@ -43,6 +56,7 @@ from tcpscope.v1.events_pb2 import (
     RESET_RECEIVED,
     RESET_SENT,
     SENT,
+    SERVICE,
     SYN_SENT,
     TIME_WAIT,
     EventBatch,
@@ -117,6 +131,8 @@ class ReceivedReset:
     time_ns: int
     state: int  # the socket's state when it came (SYN_SENT: a refused connect)
     remote_node: str = ""  # from the agent's enrichment of the remote end, when it resolved
+    connection_id: int = 0  # the connection's identity on both of its sockets (0: unknown)
+    remote_kind: int = 0  # the remote end's EndpointKind (SERVICE: a ClusterIP, the backend unknown)
 
 
 @dataclass(frozen=True)
@@ -126,6 +142,7 @@ class _Send:
     reason: int
     reason_name: str
     full_socket: bool  # sent from a full socket (not none, a time-wait or a request socket)
+    socket_id: int = 0
 
 
 @dataclass(frozen=True)
@@ -135,6 +152,10 @@ class _Life:
     start_ns: int
     end_ns: int
     ending: int
+
+
+Sock = tuple[str, int]
+"""(node, socket id): one socket, as its agent names it"""
 
 
 @dataclass(frozen=True)
@@ -168,6 +189,14 @@ class ResetJoin:
     _spans: dict[tuple[Addr, Addr, str], tuple[int, int]] = field(default_factory=dict, init=False)
     """(local, remote, node) -> first and last time that node's agent reported a socket of that tuple"""
     _watched: set[str] = field(default_factory=set, init=False)
+    # by connection id (non-zero): the sends, lifetimes and sockets of each connection, whatever
+    # their tuples (NAT) and clocks
+    _conn_sends: dict[int, list[_Send]] = field(default_factory=dict, init=False)
+    _conn_lives: dict[int, list[_Life]] = field(default_factory=dict, init=False)
+    _conn_socks: dict[int, dict[Sock, tuple[int, int]]] = field(default_factory=dict, init=False)
+    """connection id -> {(node, socket id): first and last event time that socket reported}"""
+    _node_offsets: dict[tuple[str, str], int] = field(default_factory=dict, init=False)
+    """(node a, node b) -> b's clock minus a's, learnt from joined connections (`_learn_offset`)"""
     _losses: dict[str, list[_LossSpan]] = field(default_factory=dict, init=False)
     _last_batch_ns: dict[str, int] = field(default_factory=dict, init=False)
 
@@ -188,34 +217,57 @@ class ResetJoin:
         self._entries += 1
         if self._entries > self.max_entries:
             self._forget_older_half()
+        cid = ev.connection_id
         if remote[1] and local[1]:
             sk = (local, remote, ev.node)
             lo, hi = self._spans.get(sk, (t, t))
             self._spans[sk] = (min(lo, t), max(hi, t))
+            if cid:
+                socks = self._conn_socks.setdefault(cid, {})
+                lo, hi = socks.get((ev.node, ev.socket_id), (t, t))
+                socks[(ev.node, ev.socket_id)] = (min(lo, t), max(hi, t))
         if kind == "reset":
             r = ev.reset
             if r.direction == SENT:
                 # no socket (a closed port): socket_id 0; a time-wait or request socket: by state
                 full = ev.socket_id != 0 and r.state not in (TIME_WAIT, NEW_SYN_RECV)
-                self._sends.setdefault((local, remote), []).append(_Send(ev.node, t, r.reason, r.reason_name, full))
+                self._add_send(local, remote, cid, _Send(ev.node, t, r.reason, r.reason_name, full, ev.socket_id))
             elif r.direction == RECEIVED:
-                return self._receive(ReceivedReset(ev.node, ev.socket_id, local, remote, t, r.state, ev.remote.node))
+                return self._receive(self._received_of(ev, t, r.state))
         elif kind == "lifecycle":
             lc = ev.lifecycle
             if remote[1] == 0:
                 return None  # a listener
-            self._lives.setdefault((local, remote), []).append(
-                _Life(ev.node, ev.socket_id, t - lc.duration_ns, t, lc.ending)
-            )
+            life = _Life(ev.node, ev.socket_id, t - lc.duration_ns, t, lc.ending)
+            self._lives.setdefault((local, remote), []).append(life)
+            if cid:
+                self._conn_lives.setdefault(cid, []).append(life)
+                self._learn_offset(cid)
             if lc.ending == RESET_SENT:
-                self._sends.setdefault((local, remote), []).append(
-                    _Send(ev.node, t, lc.reset_reason, lc.reset_reason_name, True)
-                )
+                send = _Send(ev.node, t, lc.reset_reason, lc.reset_reason_name, True, ev.socket_id)
+                self._add_send(local, remote, cid, send)
             elif lc.ending == RESET_RECEIVED:
-                return self._receive(
-                    ReceivedReset(ev.node, ev.socket_id, local, remote, t, lc.last_state, ev.remote.node)
-                )
+                return self._receive(self._received_of(ev, t, lc.last_state))
         return None
+
+    def _add_send(self, local: Addr, remote: Addr, cid: int, send: _Send) -> None:
+        self._sends.setdefault((local, remote), []).append(send)
+        if cid:
+            self._conn_sends.setdefault(cid, []).append(send)
+
+    @staticmethod
+    def _received_of(ev: TcpEvent, t: int, state: int) -> ReceivedReset:
+        return ReceivedReset(
+            ev.node,
+            ev.socket_id,
+            _addr(ev.local),
+            _addr(ev.remote),
+            t,
+            state,
+            ev.remote.node,
+            ev.connection_id,
+            ev.remote.kind,
+        )
 
     def _receive(self, r: ReceivedReset) -> ReceivedReset:
         """Record r once per socket: the Reset event and the socket's lifecycle report the same RST
@@ -267,6 +319,20 @@ class ResetJoin:
                 del self._lives[lk]
         for k in [k for k, (_, hi) in self._spans.items() if hi < cutoff_ns]:
             del self._spans[k]
+        for cid, csends in list(self._conn_sends.items()):
+            self._conn_sends[cid] = [x for x in csends if x.time_ns >= cutoff_ns]
+            if not self._conn_sends[cid]:
+                del self._conn_sends[cid]
+        for cid, clives in list(self._conn_lives.items()):
+            self._conn_lives[cid] = [x for x in clives if x.end_ns >= cutoff_ns]
+            if not self._conn_lives[cid]:
+                del self._conn_lives[cid]
+        for cid, socks in list(self._conn_socks.items()):
+            kept = {k: v for k, v in socks.items() if v[1] >= cutoff_ns}
+            if kept:
+                self._conn_socks[cid] = kept
+            else:
+                del self._conn_socks[cid]
         for node in list(self._losses):
             self._losses[node] = [s for s in self._losses[node] if s.to_ns >= cutoff_ns]
         self._oldest_ns = max(self._oldest_ns, cutoff_ns)
@@ -275,6 +341,9 @@ class ResetJoin:
             + sum(map(len, self._received.values()))
             + sum(map(len, self._lives.values()))
             + len(self._spans)
+            + sum(map(len, self._conn_sends.values()))
+            + sum(map(len, self._conn_lives.values()))
+            + sum(map(len, self._conn_socks.values()))
         )
 
     # --- the join -------------------------------------------------------------------------------
@@ -300,6 +369,10 @@ class ResetJoin:
     def classify(self, r: ReceivedReset) -> Verdict:
         if r.state == SYN_SENT:
             return Verdict(PEER_KERNEL, "refused", self.peer_node(r))
+        if r.connection_id:
+            by_id = self._classify_by_id(r)
+            if by_id is not None:
+                return by_id
         peer = self.peer_node(r)
         if not peer or peer not in self._watched:
             return Verdict(UNKNOWN, "unwatched_peer", peer)
@@ -329,6 +402,68 @@ class ResetJoin:
                 return Verdict(NETWORK, "both_ends", peer)
             return Verdict(PEER_KERNEL, "peer_closed", peer)
         return Verdict(NETWORK, "no_send_seen", peer)
+
+    # --- the join by connection id ------------------------------------------------------------------
+
+    def _classify_by_id(self, r: ReceivedReset) -> Verdict | None:
+        """The verdict from the peer socket that reported the same connection id, or None when no
+        other socket reported it and the tuple join can still tell (a pod or node address)."""
+        own: Sock = (r.node, r.socket_id)
+        peers = [k for k in self._conn_socks.get(r.connection_id, {}) if k != own]
+        if not peers:
+            if r.remote_kind == SERVICE:
+                # the client's remote is a ClusterIP: which backend (and so which node) it reached is
+                # known only from the backend's socket, which no agent reported
+                return Verdict(UNKNOWN, "backend_unseen", "")
+            return None
+        peer_sock = self._peer_socket(r, peers)
+        peer = peer_sock[0]
+        sends = [s for s in self._conn_sends.get(r.connection_id, []) if (s.node, s.socket_id) == peer_sock]
+        if sends:
+            return _sender_verdict(min(sends, key=lambda s: s.time_ns), peer)
+        offset = self._offset(r.connection_id, own, peer_sock)
+        t_peer = r.time_ns + offset  # the receive, in the peer's clock
+        lo, hi = t_peer - self.window_ns, t_peer + self.window_ns
+        spans = [s for s in self._losses.get(peer, []) if s.from_ns <= hi and s.to_ns >= lo]
+        if any(s.definite for s in spans):
+            return Verdict(UNKNOWN, "peer_losses", peer)
+        if any(s.possible for s in spans):
+            return Verdict(UNKNOWN, "peer_possible_losses", peer)
+        life = next((x for x in self._conn_lives.get(r.connection_id, []) if (x.node, x.socket_id) == peer_sock), None)
+        if life is not None and life.end_ns - offset < r.time_ns:
+            own_sent = any((s.node, s.socket_id) == own for s in self._conn_sends.get(r.connection_id, []))
+            if life.ending == RESET_RECEIVED and not own_sent:
+                return Verdict(NETWORK, "both_ends", peer)
+            return Verdict(PEER_KERNEL, "peer_closed", peer)
+        return Verdict(NETWORK, "no_send_seen", peer)
+
+    def _peer_socket(self, r: ReceivedReset, peers: list[Sock]) -> Sock:
+        """The peer among the other sockets of the id: on another node first (a connection's two
+        sockets; on one node, both are seen by one agent), then the one that reported last."""
+        socks = self._conn_socks[r.connection_id]
+        return max(peers, key=lambda k: (k[0] != r.node, socks[k][1]))
+
+    def _offset(self, cid: int, own: Sock, peer: Sock) -> int:
+        """The peer's clock minus the receiver's, from the two sockets' starts (a connection's two
+        sockets start within a round trip of each other), else from their first events; 0 when
+        one of them reported nothing yet."""
+        lives = {(x.node, x.socket_id): x for x in self._conn_lives.get(cid, [])}
+        if own in lives and peer in lives:
+            return lives[peer].start_ns - lives[own].start_ns
+        if own[0] == peer[0]:
+            return 0
+        if (own[0], peer[0]) in self._node_offsets:
+            return self._node_offsets[(own[0], peer[0])]
+        return -self._node_offsets.get((peer[0], own[0]), 0)
+
+    def _learn_offset(self, cid: int) -> None:
+        """Two nodes' clock offset, from the latest connection whose sockets on both reported their
+        lifecycles: for a receiver whose own lifecycle is not known yet (the live view)."""
+        lives = self._conn_lives.get(cid, [])
+        if len(lives) == 2 and lives[0].node != lives[1].node:
+            a, b = lives
+            self._node_offsets[(a.node, b.node)] = b.start_ns - a.start_ns
+            self._node_offsets.pop((b.node, a.node), None)
 
     def _nearest_send(self, src: Addr, dst: Addr, t: int, node: str) -> _Send | None:
         best: _Send | None = None
@@ -450,7 +585,12 @@ class LiveHold:
                 self._held.append((now_ns + self.hold_ns, r, ev))
             held = True
         elif self._held and _is_send(ev):
-            out += self._release_where(lambda r: (r.remote, r.local) == (_addr(ev.local), _addr(ev.remote)))
+            out += self._release_where(
+                lambda r: (
+                    (r.remote, r.local) == (_addr(ev.local), _addr(ev.remote))
+                    or (ev.connection_id != 0 and r.connection_id == ev.connection_id)
+                )
+            )
         out += self.release(now_ns)
         if len(self._held) > self.max_held:
             _, r0, e0 = self._held.pop(0)

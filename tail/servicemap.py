@@ -2,11 +2,11 @@
 
 Pure text generation: summary rows in, one DOT digraph out (render it with `dot -Tsvg`). Ends are
 nodes, grouped in one box per namespace; each (client, server) pair is an edge labelled with its
-connections and every problem the summary counts. Pairs with resets the client or server sent, or
-refusals, stand out in red and thick; pairs whose only problems are timeouts or failed connects in
-orange; clean pairs are grey. Connections the network reset (a RST neither end sent:
-tail/resetcause.py) get an edge of their own beside the pair's, dashed purple, labelled `N network
-resets`: they are no fault of either end.
+connections, the Service it went through (`via ns/svc:port`, docs/services.md) and every problem
+the summary counts. Pairs with resets the client or server sent, or refusals, stand out in red and
+thick; pairs whose only problems are timeouts or failed connects in orange; clean pairs are grey.
+Connections the network reset (a RST neither end sent: tail/resetcause.py) get an edge of their own
+beside the pair's, dashed purple, labelled `N network resets`: they are no fault of either end.
 
 Without Kubernetes every end is an address of the host, often 127.0.0.1: a node is then named by its
 process and, for a server, its port (`nginx` over `127.0.0.1:8080`), one node per server port.
@@ -47,6 +47,8 @@ def edge_label(r: PairSummary) -> str:
     """`N conns` (`:port`), then one line per non-zero problem counter (network resets: their own edge)."""
     ports = ",".join(str(p) for p in sorted(r.server_ports))
     lines = [f"{r.connections} conns" + (f" :{ports}" if ports else "")]
+    if r.via is not None and r.via.name != r.server.name:  # through a Service (or a node port)
+        lines.append(f"via {r.via.label()}:{r.via.port}")
     lines += [f"{getattr(r, attr)} {name}" for attr, name in _PROBLEMS if getattr(r, attr)]
     return "\n".join(lines)
 

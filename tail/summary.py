@@ -2,15 +2,27 @@
 
 Pure aggregation: TcpEvents in, one row per pair out. Only lifecycle events (one per socket, at
 CLOSE) are counted, and each *connection* is counted once although both ends' agents may have
-reported it: the client's socket (role ACTIVE) and the server's (role PASSIVE) are matched by the
-connection's 4-tuple and start time (ports are reused, so the tuple alone is not an identity).
-The client's view decides how the connection ended; the server's view fills in when the client's
-agent did not see it (for example a client outside the cluster).
+reported it: the client's socket (role ACTIVE) and the server's (role PASSIVE) are matched by their
+`connection_id` (the same on both sockets whatever NAT did to addresses and ports, whatever the
+nodes' clocks say: docs/services.md), or, where an agent left it 0, by the connection's 4-tuple and
+start time (ports are reused, so the tuple alone is not an identity). The client's view decides how
+the connection ended; the server's view fills in when the client's agent did not see it (for example
+a client outside the cluster).
+
+Through a Service (kube-proxy's DNAT) the client's socket names the address it connected to (the
+ClusterIP and Service port, resolved as the Service) and the server's names the backend pod and its
+target port. A row is then (client, backend, Service): the backend from the server's view, the
+Service from the client's (`PairSummary.via`), so a Service with two backends gives one row per
+backend, each with its exact share. A connection whose backend no agent reported (refused, timed out,
+a backend on an unwatched node) is a row whose server is the Service itself. NodePorts are alike:
+`via` is the node and node port the client connected to.
 
 Flows (TcpEvent.flow: ordinary connections the agent aggregated in the kernel) carry no client
-port, so they cannot be matched one by one. They are counted per (client address, server address,
-server port): from the client's flows when the client's agent reported anything for that triple,
-else from the server's. A server's individual lifecycle whose client counted the same connection in
+port or connection id, so they cannot be matched one by one. They are counted per (client address,
+server address, server port): from the client's flows when the client's agent reported flows of that
+client address (so through a Service, where the client's flows name the ClusterIP and the backends'
+name the backend, the backends' flows of a watched client are not counted again), else from the
+server's. A server's individual lifecycle whose client counted the same connection in
 a flow (the server retransmitted, the client saw nothing unusual) adds its problem counters but not
 a second connection.
 
@@ -43,19 +55,21 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tail import resetcause
+from tail import clock, resetcause
 from tail.gaps import Conflicts, Gaps, rfc3339
 from tail.pairs import COUNTERS, PairSummary, Party
 from tail.servicemap import render_dot
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
-from tcpscope.losses import add_counts, definite_total, possible_text, possible_total
+from tcpscope.losses import UNTRACKED_TOTAL, add_counts, definite_total, possible_text, possible_total, untracked_total
 from tcpscope.outcome import aggregate_lifecycle, classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     ANOMALY_LIFECYCLE,
     LISTEN,
+    NODE,
     PASSIVE,
+    SERVICE,
     Endpoint,
     EndpointKind,
     EventBatch,
@@ -81,13 +95,19 @@ class _View:
     end_ns: int
 
 
+_ViewKey = tuple[str, int, str, int]
+
+
 @dataclass
 class Summarizer:
     """Collects lifecycle events and answers with per-pair counters (bounded by max_sockets)."""
 
     by: str = "pod"
     max_sockets: int = 1_000_000
-    _views: dict[tuple[str, int, str, int], tuple[list[_View], list[_View]]] = field(default_factory=dict, init=False)
+    _views: dict[_ViewKey, tuple[list[_View], list[_View]]] = field(default_factory=dict, init=False)
+    """views with connection_id 0, by (client ip, client port, server ip, server port)"""
+    _by_id: dict[int, tuple[list[_View], list[_View]]] = field(default_factory=dict, init=False)
+    """views with a connection_id: the two sockets of one connection, whatever their tuples"""
     _held: int = field(default=0, init=False)
     # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
     _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
@@ -144,8 +164,11 @@ class Summarizer:
             return
         end_ns = ev.time.ToNanoseconds()
         view = _View(ev, client_end, server_end, end_ns - lc.duration_ns, end_ns)
-        key = (client_end.ip, client_end.port, server_end.ip, server_end.port)
-        self._views.setdefault(key, ([], []))[side].append(view)
+        if ev.connection_id:
+            self._by_id.setdefault(ev.connection_id, ([], []))[side].append(view)
+        else:
+            key = (client_end.ip, client_end.port, server_end.ip, server_end.port)
+            self._views.setdefault(key, ([], []))[side].append(view)
         self._held += 1
 
     def _add_flow(self, ev: TcpEvent) -> None:
@@ -198,12 +221,13 @@ class Summarizer:
 
     def evict_before(self, cutoff_ns: int) -> None:
         """Forget sockets that closed before cutoff_ns (a sliding window for long-running tails)."""
-        for key in list(self._views):
-            clients, servers = self._views[key]
-            clients[:] = [v for v in clients if v.end_ns >= cutoff_ns]
-            servers[:] = [v for v in servers if v.end_ns >= cutoff_ns]
-            if not clients and not servers:
-                del self._views[key]
+        for views in (self._views, self._by_id):
+            for key in list(views):
+                clients, servers = views[key]  # type: ignore[index]
+                clients[:] = [v for v in clients if v.end_ns >= cutoff_ns]
+                servers[:] = [v for v in servers if v.end_ns >= cutoff_ns]
+                if not clients and not servers:
+                    del views[key]  # type: ignore[arg-type]
         for fkey in list(self._flows):
             cflows, sflows = self._flows[fkey]
             cflows[:] = [f for f in cflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
@@ -216,15 +240,37 @@ class Summarizer:
             saggs[:] = [x for x in saggs if x.anomalies.last.ToNanoseconds() >= cutoff_ns]
             if not caggs and not saggs:
                 del self._aggs[akey]
-        self._held = sum(len(c) + len(s) for c, s in self._views.values()) + sum(
-            len(c) + len(s) for c, s in (*self._flows.values(), *self._aggs.values())
+        self._held = (
+            sum(len(c) + len(s) for c, s in self._views.values())
+            + sum(len(c) + len(s) for c, s in self._by_id.values())
+            + sum(len(c) + len(s) for c, s in self._flows.values())
+            + sum(len(c) + len(s) for c, s in self._aggs.values())
         )
         self.resets.evict_before(cutoff_ns - self.resets.window_ns)
 
     def connections(self) -> list[tuple[_View | None, _View | None]]:
-        """Each connection once: (client view, server view), either possibly None."""
+        """Each connection once: (client view, server view), either possibly None. Views with a
+        connection id pair by it; a view left alone by its id (its peer's agent set none: an older
+        agent) may still pair with an id-less view of its tuple by start time."""
         out: list[tuple[_View | None, _View | None]] = []
-        for clients, servers in self._views.values():
+        lone: dict[_ViewKey, tuple[list[_View], list[_View]]] = {
+            k: (list(c), list(s)) for k, (c, s) in self._views.items()
+        }
+        for clients, servers in self._by_id.values():
+            for i in range(max(len(clients), len(servers))):
+                cv = clients[i] if i < len(clients) else None
+                sv = servers[i] if i < len(servers) else None
+                if cv is not None and sv is not None:
+                    out.append((cv, sv))
+                    continue
+                v = cv or sv
+                assert v is not None
+                key = (v.client_end.ip, v.client_end.port, v.server_end.ip, v.server_end.port)
+                if key in lone:
+                    lone[key][0 if cv is not None else 1].append(v)
+                else:
+                    out.append((cv, sv))
+        for clients, servers in lone.values():
             out.extend(_match(clients, servers))
         return out
 
@@ -234,66 +280,77 @@ class Summarizer:
         if window_s is not None:
             now = now_ns if now_ns is not None else int(dt.datetime.now(dt.UTC).timestamp() * 1e9)
             cutoff = int(now - window_s * 1e9)
-        rows: dict[tuple[Party, Party], PairSummary] = {}
+        rows: dict[tuple[Party, Party, Party | None], PairSummary] = {}
 
-        def row_for(client: Party, server: Party) -> PairSummary:
-            row = rows.get((client, server))
+        def row_for(client: Party, server: Party, via: Party | None) -> PairSummary:
+            row = rows.get((client, server, via))
             if row is None:
-                row = rows[(client, server)] = PairSummary(client, server)
+                row = rows[(client, server, via)] = PairSummary(client, server, via=via)
             return row
 
         client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
+        flow_clients = {k[0] for k in client_flows}  # client addresses whose agent reported flows
         client_aggs = {k for k, (ca, _sa) in self._aggs.items() if ca}
         for cv, sv in self.connections():
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
                 continue
-            client = self._party(
-                cv.event.local if cv else None, sv.event.remote if sv else None, cv.event.process.comm if cv else ""
-            )
-            server = self._party(
-                sv.event.local if sv else None,
-                cv.event.remote if cv else None,
-                sv.event.process.comm if sv else "",
-                server=True,
-            )
-            if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
-                # a host's client to an address no agent named (a refused port, a socket older than
-                # the agent): still one row per server port, as for the servers it did name
-                server = dataclasses.replace(server, port=(cv or sv).server_end.port)  # type: ignore[union-attr]
             triple = (sv.client_end.ip, sv.server_end.ip, sv.server_end.port) if sv is not None else None
-            absorbed = cv is None and sv is not None and (triple in client_flows or triple in client_aggs)
+            absorbed = (
+                cv is None
+                and sv is not None
+                and (
+                    triple in client_flows
+                    or triple in client_aggs
+                    # with an id, the client's own socket would have joined it: the client's agent
+                    # (which reports flows) aggregated it, maybe under a Service's address
+                    or (sv.event.connection_id != 0 and sv.client_end.ip in flow_clients)
+                )
+            )
             if absorbed and triple in client_aggs and sv is not None and not _ok(sv.event.lifecycle):
                 continue  # in the client's aggregates: the client saw this end too
-            _count(row_for(client, server), cv, sv, absorbed, self.reset_cause(cv, sv))
-        for (_cip, _sip, port), (cflows, sflows) in self._flows.items():
-            # the client's view when the client's agent saw the triple, else the server's
-            for f in cflows or sflows:
-                last = f.flow.last_close.ToNanoseconds()
-                if cutoff is not None and last < cutoff:
-                    continue
-                if f.flow.role == ACTIVE:
-                    client, server = self._party(f.local, None, f.process.comm), self._party(None, f.remote)
-                else:
-                    client = self._party(None, f.remote)
-                    server = self._party(f.local, None, f.process.comm, server=True)
-                if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
-                    server = dataclasses.replace(server, port=port)
-                row = row_for(client, server)
-                row.connections += f.flow.connections
-                row.flow_connections += f.flow.connections
-                row.server_ports.add(port)
-                first = f.flow.first_close.ToNanoseconds()
-                row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
-                row.last_seen_ns = max(row.last_seen_ns, last)
+            _count(row_for(*self._connection_parties(cv, sv)), cv, sv, absorbed, self.reset_cause(cv, sv))
+        self._count_flows(row_for, cutoff, flow_clients)
         client_seen = client_flows | client_aggs
         client_seen |= {(v.client_end.ip, v.server_end.ip, v.server_end.port) for v, _ in self.connections() if v}
         self._add_aggregates(row_for, client_seen, cutoff)
         return list(rows.values())
 
+    def _count_flows(
+        self, row_for: Callable[[Party, Party, Party | None], PairSummary], cutoff: int | None, flow_clients: set[str]
+    ) -> None:
+        """Each flow's connections into its row: the client's flows whenever the client's agent
+        reported flows of that client address, else the server's. A server's flows from a node's
+        address (a NodePort's SNAT, or a process on that node) are first matched against the flows
+        watched clients sent to that node's address: those connections are counted already."""
+        snat: dict[str, int] = {}
+        for cflows, _ in self._flows.values():
+            for f in cflows:
+                if f.remote.kind == NODE and (cutoff is None or f.flow.last_close.ToNanoseconds() >= cutoff):
+                    snat[f.remote.ip] = snat.get(f.remote.ip, 0) + f.flow.connections
+        for (cip, _sip, port), (cflows, sflows) in sorted(self._flows.items()):
+            for f in cflows or ([] if cip in flow_clients else sflows):
+                last = f.flow.last_close.ToNanoseconds()
+                if cutoff is not None and last < cutoff:
+                    continue
+                n = f.flow.connections
+                if f.flow.role == PASSIVE and f.remote.kind == NODE and snat.get(f.remote.ip):
+                    taken = min(n, snat[f.remote.ip])
+                    snat[f.remote.ip] -= taken
+                    n -= taken
+                    if not n:
+                        continue
+                row = row_for(*self._flow_parties(f, port))
+                row.connections += n
+                row.flow_connections += n
+                row.server_ports.add(port)
+                first = f.flow.first_close.ToNanoseconds()
+                row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+                row.last_seen_ns = max(row.last_seen_ns, last)
+
     def _add_aggregates(
         self,
-        row_for: Callable[[Party, Party], PairSummary],
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
         client_seen: set[tuple[str, str, int]],
         cutoff: int | None,
     ) -> None:
@@ -317,7 +374,7 @@ class Summarizer:
 
     def _count_aggregate(
         self,
-        row_for: Callable[[Party, Party], PairSummary],
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
         ev: TcpEvent,
         client_view: bool,
         port: int,
@@ -325,14 +382,7 @@ class Summarizer:
     ) -> None:
         """Add an AnomalyAggregate of lifecycles: `count` connections with its key's outcome."""
         a = ev.anomalies
-        if a.role == ACTIVE:
-            client, server = self._party(ev.local, None, ev.process.comm), self._party(None, ev.remote)
-        else:
-            client = self._party(None, ev.remote)
-            server = self._party(ev.local, None, ev.process.comm, server=True)
-        if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
-            server = dataclasses.replace(server, port=port)
-        row = row_for(client, server)
+        row = row_for(*self._aggregate_parties(ev, port))
         if only_retransmits:
             row.retransmits += a.count
             return
@@ -364,6 +414,57 @@ class Summarizer:
             row.timeouts += a.count
         if a.retransmitted:
             row.retransmits += a.count
+
+    def _aggregate_parties(self, ev: TcpEvent, port: int) -> tuple[Party, Party, Party | None]:
+        """(client, server, via) of an AnomalyAggregate's connections, as a flow's."""
+        if ev.anomalies.role == ACTIVE:
+            client, server = self._party(ev.local, None, ev.process.comm), self._party(None, ev.remote)
+        else:
+            client = self._party(None, ev.remote)
+            server = self._party(ev.local, None, ev.process.comm, server=True)
+        if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+            server = dataclasses.replace(server, port=port)
+        via = None
+        if ev.anomalies.role == ACTIVE and ev.remote.kind == SERVICE:
+            via = dataclasses.replace(self._party(None, ev.remote), port=ev.remote.port)
+        return client, server, via
+
+    def _connection_parties(self, cv: _View | None, sv: _View | None) -> tuple[Party, Party, Party | None]:
+        """(client, server, via) of one connection: via is the Service (or node port) the client
+        connected to when that is not the server's own address (kube-proxy's NAT)."""
+        client = self._party(
+            cv.event.local if cv else None, sv.event.remote if sv else None, cv.event.process.comm if cv else ""
+        )
+        server = self._party(
+            sv.event.local if sv else None,
+            cv.event.remote if cv else None,
+            sv.event.process.comm if sv else "",
+            server=True,
+        )
+        if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+            # a host's client to an address no agent named (a refused port, a socket older than
+            # the agent): still one row per server port, as for the servers it did name
+            server = dataclasses.replace(server, port=(cv or sv).server_end.port)  # type: ignore[union-attr]
+        via = None
+        if cv is not None:
+            target = cv.event.remote
+            nat = sv is not None and (target.ip, target.port) != (sv.event.local.ip, sv.event.local.port)
+            if nat or target.kind == SERVICE:
+                via = dataclasses.replace(self._party(None, target), port=target.port)
+        return client, server, via
+
+    def _flow_parties(self, f: TcpEvent, port: int) -> tuple[Party, Party, Party | None]:
+        if f.flow.role == ACTIVE:
+            client, server = self._party(f.local, None, f.process.comm), self._party(None, f.remote)
+        else:
+            client = self._party(None, f.remote)
+            server = self._party(f.local, None, f.process.comm, server=True)
+        if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+            server = dataclasses.replace(server, port=port)
+        via = None
+        if f.flow.role == ACTIVE and f.remote.kind == SERVICE:
+            via = dataclasses.replace(self._party(None, f.remote), port=f.remote.port)
+        return client, server, via
 
     def _party(self, best: Endpoint | None, fallback: Endpoint | None, comm: str = "", server: bool = False) -> Party:
         """Name an end from the socket's own agent (local end, resolved from its cgroup) when that
@@ -401,6 +502,7 @@ def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | Non
         for ci, c in enumerate(clients)
         for si, s in enumerate(servers)
         if abs(c.start_ns - s.start_ns) <= MATCH_TOLERANCE_NS
+        and not (c.event.connection_id and s.event.connection_id)  # two ids: two connections
     )
     used_c: set[int] = set()
     used_s: set[int] = set()
@@ -431,7 +533,7 @@ def _count(
     end = max(v.end_ns for v in views)
     row.first_seen_ns = start if not row.first_seen_ns else min(row.first_seen_ns, start)
     row.last_seen_ns = max(row.last_seen_ns, end)
-    row.server_ports.add(views[0].server_end.port)
+    row.server_ports.add(views[-1].server_end.port)  # the server's own port (a backend's target port)
     if cause is not None:
         by = row.reset_causes.setdefault(cause.cause, {})
         by[cause.detail] = by.get(cause.detail, 0) + 1
@@ -535,6 +637,8 @@ def render_table(rows: Sequence[PairSummary]) -> str:
             for d, n in sorted(ds.items())
         ]
         server = r.server.label() + (":" + ",".join(map(str, sorted(r.server_ports))) if r.server_ports else "")
+        if r.via is not None and dataclasses.replace(r.via, port=0) != r.server:
+            server += f" via {r.via.label()}:{r.via.port}"
         body.append(
             [
                 r.client.label(),
@@ -605,6 +709,7 @@ class Report:
     events: int = 0
     duplicates: int = 0  # records the reader dropped as at-least-once repeats
     undecodable: int = 0
+    out_of_bounds: int = 0  # decodable records outside the bounds (tcpscope/bounds.py): skipped
     gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tail/gaps.py)
     conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content: all kept
 
@@ -614,6 +719,7 @@ class Report:
         if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
             self.undecodable += 1
             return
+        clock.correct(d)  # times on one clock (tail/clock.py); the reader dropped the repeats
         self.gaps.take(d)
         if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
@@ -647,6 +753,7 @@ class Report:
                 "events": self.events,
                 "duplicates": self.duplicates,
                 "undecodable_records": self.undecodable,
+                "out_of_bounds_records": self.out_of_bounds,
                 "skipped": dict(sorted(self.summarizer.skipped.items())),
                 "gaps": self.gaps.json_list(),
                 "conflicts": self.conflicts.count,
@@ -654,14 +761,34 @@ class Report:
             }
             return json.dumps(doc) + "\n"
         lost, maybe = definite_total(self.losses), possible_total(self.losses)
+        shown = {k: v for k, v in self.losses.items() if v and k != UNTRACKED_TOTAL}
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
-        complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
+        untracked = untracked_total(self.losses)
+        complete = (
+            "events missing in windows nobody observed (below)"
+            if gap_lines
+            else "events in skipped records (below)"
+            if self.out_of_bounds
+            else "events of untracked sockets missing"
+            if untracked
+            else "no events lost"
+        )
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
-            + (complete if not lost else f"LOST {lost} events: {self.losses}")
+            + (complete if not lost else f"LOST {lost} events: {shown}")
             + (f"; {possible_text(maybe)}" if maybe else "")
+            + (
+                f"; {untracked} sockets not tracked (the agent's socket map was full: their events are missing)"
+                if untracked
+                else ""
+            )
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
+            + (
+                f"; {self.out_of_bounds} records outside the bounds skipped (docs/kafka.md, Bounds)"
+                if self.out_of_bounds
+                else ""
+            )
             + "\n"
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
         )

@@ -4,7 +4,9 @@ Pure selection and rendering: which events belong to the connection named on the
 (`IP:PORT-IP:PORT` in either order, `[v6]:PORT` for IPv6, or a socket id, `ID` or `NODE/ID`), and
 one line per event: the node that saw it, then the agent's table line; received resets end with who
 sent them (tail/resetcause.py). A 4-tuple is reused over time, so every connection of that
-tuple in what was read is shown, in order.
+tuple in what was read is shown, in order. Events that carry the connection_id of a selected event
+are shown too: through a Service, the backend's socket (`backend:targetPort <- client`) has another
+tuple than the client's (`client -> ClusterIP:port`), one connection all the same.
 """
 
 from __future__ import annotations
@@ -70,7 +72,12 @@ def select(spec: ConnectionSpec, events: Iterable[TcpEvent]) -> list[TcpEvent]:
         ends = {spec.ends}
     else:
         ends = {_ends(e) for e in evs if e.socket_id == spec.socket_id and (not spec.node or e.node == spec.node)}
-    picked = [e for e in evs if _ends(e) in ends]
+    ids = {e.connection_id for e in evs if e.connection_id and _ends(e) in ends}
+    if spec.ends is None:
+        ids |= {e.connection_id for e in evs if e.connection_id and e.socket_id == spec.socket_id}
+    # the other socket of each connection by its id: through a Service (kube-proxy's DNAT) the
+    # backend's socket has another tuple (backend:targetPort <- client) than the client's
+    picked = [e for e in evs if _ends(e) in ends or (e.connection_id and e.connection_id in ids)]
     return sorted(picked, key=lambda e: (e.time.ToNanoseconds(), e.node))
 
 

@@ -31,6 +31,7 @@ from tcpscope.v1.events_pb2 import (
     SPILL,
     Direction,
     Ending,
+    Role,
     TcpEvent,
 )
 
@@ -113,6 +114,7 @@ KIND_OF = {
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
 _ENDING_RESET_SENT = Ending.RESET_SENT
+_ROLE_UNKNOWN = Role.ROLE_UNSPECIFIED  # ROLE_UNKNOWN in bpf/events.h: inserted after the start
 
 
 def errno_name(code: int) -> str:
@@ -224,7 +226,10 @@ class Decoder:
             lc = ev.lifecycle
             lc.role = role
             lc.duration_ns = duration
-            lc.tx_bytes = tx
+            if role == _ROLE_UNKNOWN:  # tracked mid-life: does the kernel's count include our SYN? unknown
+                lc.tracked_mid_life = True
+            else:
+                lc.tx_bytes = tx
             lc.rx_bytes = rx
             lc.ending = ending
             lc.errno = err

@@ -6,7 +6,8 @@ Brings up nodes (cgroup subtrees), pods (worker processes, each in its own netns
 cgroup), the API stand-in, a Kafka-protocol broker (unless --kafka-bootstrap), the collector and one
 agent per node; then runs traffic. With --plan: runs exactly that plan, waits until the agents have
 shipped every connection's events to Kafka, prints the summary and exits 0 (1 if anything is
-missing or lost). Without: the built-in mix, showing live events, until Ctrl-C or --duration.
+missing or lost, or the summary differs from the plan). Without: the built-in mix, showing live
+events, until Ctrl-C or --duration.
 Everything it created is removed on exit; `--cleanup` removes what a crashed run left behind.
 """
 
@@ -25,12 +26,21 @@ from types import FrameType
 
 from tail import live, resetcause, summary
 from tail.live import LiveView, OrderedPrinter
+from tail.pairs import PairSummary
 from tcpscope.kinds import VIEW_HELP, parse_view
 from tcpscope.losses import definite, possible
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 from tcpscope_sim.cluster import PodCluster, cleanup_leftovers
 from tcpscope_sim.driver import Driver, TrafficError, run_mix
-from tcpscope_sim.plan import Plan, PlanError, TrafficSpec, builtin_plan, load_plan
+from tcpscope_sim.plan import (
+    SUMMARY_COUNTERS,
+    Plan,
+    PlanError,
+    TrafficSpec,
+    builtin_plan,
+    expected_summary,
+    load_plan,
+)
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
 from tcpscope_sim.watch import TopicWatch, synack_retransmits
 
@@ -82,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NODE",
         help="run no agent on this node (like a node without the DaemonSet); repeatable",
+    )
+    p.add_argument(
+        "--kube-proxy",
+        choices=("nftables", "iptables"),
+        default="nftables",
+        help="the form of the simulated kube-proxy's NAT for the plan's Services (docs/services.md)",
     )
     p.add_argument("--keep-logs", action="store_true", help="keep the run's log directory")
     p.add_argument(
@@ -216,7 +232,8 @@ def _run(args: argparse.Namespace, plan: Plan, show: frozenset[str], watched: tu
         bootstrap = run.start()
         watch = run.watch_topic(bootstrap, show)
         rc = run.traffic(watch)
-        run.report(watch)
+        if not run.report(watch) and rc == 0:
+            rc = 1
         if args.hold and args.plan:
             _hold()
         return rc
@@ -242,7 +259,7 @@ class _SimRun:
         self.args = args
         self.plan = plan
         self.watched = watched
-        self.cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS)
+        self.cluster = PodCluster(plan, backlogs={} if args.plan else MIX_BACKLOGS, proxy_mode=args.kube_proxy)
         self.workdir = tempfile.mkdtemp(prefix=f"tcpscope-sim-{self.cluster.run_id}-")
         if not args.keep_logs:
             self.cluster.state.paths.append(self.workdir)
@@ -286,6 +303,9 @@ class _SimRun:
             self._say_metrics(len(replicas))
         for p in plan.pods:
             _say(f"  {p.node:<8} {p.ref:<28} {p.ip:<14} listen {','.join(map(str, p.listen)) or '-'}")
+        for s in plan.services:
+            backends = ", ".join(f"{b}:{s.target_port}" for b in s.backends) or "no endpoints: rejected"
+            _say(f"  {'service':<8} {s.ref:<28} {s.ip + ':' + str(s.port):<14} -> {backends} ({args.kube_proxy})")
         return bootstrap
 
     def _say_metrics(self, replicas: int) -> None:
@@ -335,15 +355,20 @@ class _SimRun:
         _say(f"tcpscope-sim: connections made, by traffic kind: {made_text(driver.outcomes) or 'none'}")
         return 0
 
-    def report(self, watch: TopicWatch) -> None:
-        """The summary of what was read back, and the service map beside it."""
+    def report(self, watch: TopicWatch) -> bool:
+        """The summary of what was read back, and the service map beside it; with --plan, whether
+        the summary equals the plan (each client's counters, each connection once)."""
         events, losses, batches = watch.snapshot()
-        _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
+        rows = _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
+        exact = _check_summary(rows, self.plan, self.watched, _say) if self.args.plan else True
+        if watch.skipped:
+            _say(f"tcpscope-sim: records skipped while reading Kafka: {_skipped_text(watch.skipped)}")
         map_path = self.args.service_map
         if map_path is None and not self.args.plan:  # `make run`: the picture beside the summary
             map_path = f"tcpscope-sim-{self.cluster.run_id}-map.svg"
         if map_path:
             _write_service_map(events, map_path, _say)
+        return exact
 
     def print_failure(self, e: BaseException) -> None:
         """The error and the end of every log of the run, on stderr."""
@@ -408,7 +433,14 @@ def _run_plan(
     )
     if watch.error:
         say(f"tcpscope-sim: reading Kafka failed: {watch.error}")
+    if watch.skipped:
+        say(f"tcpscope-sim: records skipped while reading Kafka: {_skipped_text(watch.skipped)}")
     return 0 if ok else 1
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    names = {"foreign": "not tcpscope records", "bounds": "outside the bounds (docs/kafka.md, Bounds)"}
+    return ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(skipped.items()))
 
 
 def _print_summary(
@@ -418,13 +450,35 @@ def _print_summary(
     fmt: str,
     say: Callable[[str], None],
     batch_summaries: Sequence[tuple[str, EventBatch]] = (),
-) -> None:
-    """The same summary `tcpscope-tail --summary` prints, over the events this run read back."""
+) -> list[PairSummary]:
+    """The same summary `tcpscope-tail --summary` prints, over the events this run read back; its rows."""
     report = summary.Report(summary.Summarizer(), losses=losses, batches=batches, events=len(events))
     for agent_id, b in batch_summaries:  # nodes and loss spans, for who sent each reset
         report.summarizer.add_batch(agent_id, b)
     report.summarizer.add_all(events)
     say(("" if fmt == "json" else "\n") + report.render(fmt, summary.SummaryOptions()).rstrip("\n"))
+    return report.summarizer.pairs()
+
+
+def _check_summary(rows: Sequence[PairSummary], plan: Plan, watched: Sequence[str], say: Callable[[str], None]) -> bool:
+    """Each watched client's counters, summed over its rows (pod to pod, through Services), against
+    the plan (`expected_summary`): every counter exact, each connection once. Says what differs."""
+    want = expected_summary(plan, watched)
+    got = {ref: dict.fromkeys(SUMMARY_COUNTERS, 0) for ref in want}
+    for r in rows:
+        if r.client.label() in got:
+            for c in SUMMARY_COUNTERS:
+                got[r.client.label()][c] += getattr(r, c)
+    if set(watched) == set(plan.nodes):
+        # every node watched: no row beyond the clients' may hold a connection (each counted once,
+        # whatever address the server saw it from: a NodePort's SNAT names the node as its client)
+        want["(all rows)"] = {c: sum(w[c] for w in want.values()) for c in SUMMARY_COUNTERS}
+        got["(all rows)"] = {c: sum(getattr(r, c) for r in rows) for c in SUMMARY_COUNTERS}
+    wrong = {ref: (got[ref], w) for ref, w in want.items() if got[ref] != w}
+    for ref, (g, w) in sorted(wrong.items()):
+        diff = ", ".join(f"{c} {g[c]} (plan: {w[c]})" for c in SUMMARY_COUNTERS if g[c] != w[c])
+        say(f"tcpscope-sim: the summary of {ref} differs from the plan: {diff}")
+    return not wrong
 
 
 def _write_service_map(events: list[TcpEvent], path: str, say: Callable[[str], None]) -> None:

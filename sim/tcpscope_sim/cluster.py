@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from tcpscope_sim import net
+from tcpscope_sim import kubeproxy, net
 from tcpscope_sim.cgroups import CgroupTree, PodCgroup, leftover_run_ids
 from tcpscope_sim.plan import Plan, PodSpec
 
@@ -197,6 +197,7 @@ class PodCluster:
     plan: Plan
     run_id: str = field(default_factory=new_run_id)
     backlogs: dict[str, int] = field(default_factory=dict)  # "ns/name" -> listen backlog (default 128)
+    proxy_mode: str = "nftables"  # the simulated kube-proxy's form of the Services' NAT (kubeproxy.py)
     state: RunState = field(init=False)
     cgroups: CgroupTree = field(init=False)
     fabric: net.Fabric = field(init=False)
@@ -217,6 +218,7 @@ class PodCluster:
         for node in self.plan.nodes:
             os.makedirs(self.node_cgroup(node), exist_ok=True)
         self.fabric.create()
+        kubeproxy.install(self.plan, self.fabric, self.proxy_mode)
         for i, spec in enumerate(self.plan.pods, start=1):
             cg = self.cgroups.add_pod(spec.node, spec.namespace, spec.name)
             pn = self.fabric.add_pod(i, spec.ip)

@@ -25,11 +25,9 @@ class TrafficError(RuntimeError):
 
 SYN_FLOOD_SYNACK_RETRIES = "2"
 """net.ipv4.tcp_synack_retries in the server pod's netns during a syn_flood entry: its requests' SYN-ACKs
-are sent again after 1 s and 3 s, and they expire about 7 s after their SYN (the default, 5, takes a
-minute)."""
+are sent again after about 1 s and 3 s, and they expire seconds later (the default, 5, takes a minute)."""
 SYN_FLOOD_EXPIRY_LIMIT_S = 30.0
-"""How long a syn_flood entry waits at most for the server's half-open requests to expire (about 8 s
-with SYN_FLOOD_SYNACK_RETRIES)."""
+"""How long a syn_flood entry waits at most for the server's half-open requests to expire."""
 
 
 @dataclass
@@ -43,47 +41,53 @@ class Driver:
     def _pods(self, t: TrafficSpec) -> tuple[Pod, Pod]:
         return self.cluster.pods[t.src], self.cluster.pods[t.dst]
 
+    def _servers(self, t: TrafficSpec) -> tuple[list[Pod], str, int]:
+        """The pods that may serve t's connections, the address and the port the client connects to
+        and the servers' own port (a Service's backends, its ClusterIP and port, its target port)."""
+        if t.service:
+            svc = self.cluster.plan.service(t.service)
+            ip = self.cluster.plan.node_ip(t.node) if t.node else svc.ip  # a NodePort: the node's address
+            return [self.cluster.pods[b] for b in svc.backends], ip, svc.target_port
+        server = self.cluster.pods[t.dst]
+        return [server], server.spec.ip, t.port
+
     def run_entry(self, t: TrafficSpec, strict: bool = True, timeout: float = 120.0) -> dict[str, int]:
-        """Make t.count connections of t.kind from t.src to t.dst; return outcomes by name."""
-        client, server = self._pods(t)
-        if t.kind == "syn_flood":
-            return self._syn_flood(t, client, server, strict, timeout)
-        table, table_netns = "", ""
+        """Make t.count connections of t.kind from t.src to t.dst (or to t.service's ClusterIP);
+        return outcomes by name."""
+        client = self.cluster.pods[t.src]
+        if t.kind == "syn_flood":  # pod targets only (tcpscope_sim/plan.py)
+            return self._syn_flood(t, client, self.cluster.pods[t.dst], strict, timeout)
+        servers, ip, server_port = self._servers(t)
+        tables: list[tuple[str, str]] = []
         mibs: dict[str, dict[str, int]] = {}
         if t.kind == "network_reset":
-            table, table_netns = self._network_reset_rules(t, client, server)
-            mibs = {p.spec.ref: net.tcp_mib(p.netns.netns) for p in (client, server)}
+            tables += [self._network_reset_rules(t, client, s, server_port) for s in servers]
+            mibs = {p.spec.ref: net.tcp_mib(p.netns.netns) for p in (client, *servers)}
         if t.kind == "timeout":
-            # drop the server's SYN-ACKs to this client on this port, in the server pod's netns only,
-            # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT
-            table = net.nft_table_name(self.cluster.run_id, f"to{server.netns.index}")
-            table_netns = server.netns.netns
-            net.add_drop_rule(
-                server.netns.netns,
-                table,
-                f"ip daddr {client.spec.ip} tcp sport {t.port} tcp flags & (syn | ack) == syn | ack drop",
-            )
+            # drop the servers' SYN-ACKs to this client on this port, in the server pods' netns only,
+            # for the duration of this entry: the client's connect (TCP_SYNCNT=1) fails with ETIMEDOUT;
+            # through a NodePort the backend answers the node its SYN came from (SNAT)
+            to = self.cluster.plan.node_ip(t.node) if t.node else client.spec.ip
+            for server in servers:
+                table = net.nft_table_name(self.cluster.run_id, f"to{server.netns.index}")
+                tables.append((table, server.netns.netns))
+                net.add_drop_rule(
+                    server.netns.netns,
+                    table,
+                    f"ip daddr {to} tcp sport {server_port} tcp flags & (syn | ack) == syn | ack drop",
+                )
         try:
-            reply = client.call("connect", timeout=timeout, ip=server.spec.ip, port=t.port, kind=t.kind, count=t.count)
+            reply = client.call("connect", timeout=timeout, ip=ip, port=t.port, kind=t.kind, count=t.count)
         finally:
-            if table:
+            for table, table_netns in tables:
                 net.delete_table(table_netns, table)
         got: dict[str, int] = reply.get("outcomes", {})
         self.outcomes.update({f"{t.kind}:{k}": v for k, v in got.items()})
+        where = f"{t.src} -> {t.service or t.dst}:{t.port} {t.kind} x{t.count}"
         if strict and got != {"ok": t.count}:
-            raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
+            raise TrafficError(f"{where}: got {got}")
         if strict and mibs:
-            # entries run one at a time: each pod's kernel must have sent no RST (OutRsts) and each
-            # end must have had its established connections reset (EstabResets), by the router
-            for p in (client, server):
-                after = net.tcp_mib(p.netns.netns)
-                sent = after["OutRsts"] - mibs[p.spec.ref]["OutRsts"]
-                reset = after["EstabResets"] - mibs[p.spec.ref]["EstabResets"]
-                if sent or reset != t.count:
-                    raise TrafficError(
-                        f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: {p.spec.ref} "
-                        f"sent {sent} RSTs, had {reset} established connections reset"
-                    )
+            self._check_forged(where, t.count, client, servers, mibs)
         return got
 
     def _syn_flood(self, t: TrafficSpec, client: Pod, server: Pod, strict: bool, timeout: float) -> dict[str, int]:
@@ -116,23 +120,42 @@ class Driver:
             raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
         return got
 
-    def _network_reset_rules(self, t: TrafficSpec, client: Pod, server: Pod) -> tuple[str, str]:
+    @staticmethod
+    def _check_forged(where: str, count: int, client: Pod, servers: list[Pod], mibs: dict[str, dict[str, int]]) -> None:
+        """Entries run one at a time: no pod's kernel may have sent a RST (OutRsts), and the client's
+        and the servers' established connections must each have been reset `count` times
+        (EstabResets), by the router."""
+        resets = {}
+        for p in (client, *servers):
+            after = net.tcp_mib(p.netns.netns)
+            sent = after["OutRsts"] - mibs[p.spec.ref]["OutRsts"]
+            resets[p.spec.ref] = after["EstabResets"] - mibs[p.spec.ref]["EstabResets"]
+            if sent:
+                raise TrafficError(f"{where}: {p.spec.ref} sent {sent} RSTs")
+        on_servers = sum(resets[s.spec.ref] for s in servers)
+        if resets[client.spec.ref] != count or on_servers != count:
+            raise TrafficError(f"{where}: established connections reset {resets}, want {count} per side")
+
+    def _network_reset_rules(self, t: TrafficSpec, client: Pod, server: Pod, server_port: int) -> tuple[str, str]:
         """The network between the pods kills the connection: in the router netns, the forward hook
         rejects with a forged RST every segment of this pair and port whose payload starts with
         worker.KILL_MARK, in both directions. Each end sends one such segment after the exchange
         and gets a RST forged as if from its peer (nf_send_reset: its sequence number is the
         rejected segment's ack, exactly what the receiver expects, so it is accepted). The rejected
         segments never reach the peer, so neither pod's kernel answers anything with a RST of its
-        own. Handshake, request and response pass: the connection dies mid-stream."""
+        own. Handshake, request and response pass: the connection dies mid-stream. Through a Service
+        the forward hook sees the backend's address and target port both ways (DNAT happened at
+        prerouting, the replies are un-NATed at postrouting), and the RST forged to the client is
+        un-NATed like any reply: it comes from the ClusterIP."""
         table = net.nft_table_name(self.cluster.run_id, f"nr{client.netns.index}x{server.netns.index}")
         mark = f"@ih,0,32 0x{KILL_MARK.hex()}"
-        c, s = client.spec.ip, server.spec.ip
+        c, s, port = client.spec.ip, server.spec.ip, server_port
         net.add_rules(
             self.cluster.fabric.netns,
             table,
             [
-                f"ip saddr {c} ip daddr {s} tcp dport {t.port} {mark} reject with tcp reset",
-                f"ip saddr {s} ip daddr {c} tcp sport {t.port} {mark} reject with tcp reset",
+                f"ip saddr {c} ip daddr {s} tcp dport {port} {mark} reject with tcp reset",
+                f"ip saddr {s} ip daddr {c} tcp sport {port} {mark} reject with tcp reset",
             ],
             hook="forward",
         )

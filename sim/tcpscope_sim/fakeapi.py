@@ -1,6 +1,7 @@
 """A Kubernetes API server stand-in that speaks the real HTTP protocol, for tests and the simulator.
 
-It serves `pods`, `services`, `nodes` and `secrets` (core/v1) and `deployments` (apps/v1) the way
+It serves `pods`, `services`, `nodes` and `secrets` (core/v1), `deployments` (apps/v1) and
+`endpointslices` (discovery.k8s.io/v1, what kube-proxy reads) the way
 kube-apiserver does, closely enough for the real `kubernetes` client and for any informer-style
 list+watch loop:
 
@@ -28,7 +29,8 @@ None = anyone) stands in for RBAC: others get 403 Forbidden.
 Objects are changed programmatically (`add`, `update`, `delete`); `stop`/`start`/`restart` take the
 server off and on the same port, and `compact` forgets history so older watches get 410. It uses
 only the standard library so the simulator can ship it. `make_pod`, `make_service` and `make_node`
-build objects shaped like the real ones (containerd ids, podIPs, owner references).
+build objects shaped like the real ones (containerd ids, podIPs, owner references), and
+`make_endpoint_slice` a Service's EndpointSlice as the EndpointSlice controller writes it.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "nodes": ("Node", False),
     "secrets": ("Secret", True),
     "deployments": ("Deployment", True),
+    "endpointslices": ("EndpointSlice", True),
 }
 # resources outside the core group -> their apiVersion (served under /apis/<group>/<version>/)
-GROUP_VERSIONS: dict[str, str] = {"deployments": "apps/v1"}
+GROUP_VERSIONS: dict[str, str] = {"deployments": "apps/v1", "endpointslices": "discovery.k8s.io/v1"}
 
 
 def api_version(resource: str) -> str:
@@ -957,6 +960,74 @@ def make_service(
         spec["clusterIP"] = ips[0]
         spec["clusterIPs"] = ips
     return {"kind": "Service", "apiVersion": "v1", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def make_service_ports(
+    name: str,
+    namespace: str,
+    cluster_ip: str,
+    ports: Iterable[tuple[str, int, int]],
+    selector: Mapping[str, str] | None = None,
+    node_ports: Mapping[str, int] | None = None,
+) -> JsonObj:
+    """A Service with named ports (name, port, targetPort); type NodePort when node_ports names any."""
+    spec: JsonObj = {
+        "type": "NodePort" if node_ports else "ClusterIP",
+        "selector": dict(selector or {}),
+        "clusterIP": cluster_ip,
+        "clusterIPs": [cluster_ip],
+        "ports": [
+            {"name": n, "port": p, "protocol": "TCP", "targetPort": tp}
+            | ({"nodePort": node_ports[n]} if node_ports and n in node_ports else {})
+            for n, p, tp in ports
+        ],
+    }
+    if node_ports:
+        spec["externalTrafficPolicy"] = "Cluster"
+    return {"kind": "Service", "apiVersion": "v1", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def make_endpoint_slice(
+    service: str,
+    namespace: str,
+    endpoints: Iterable[tuple[str, str, str]],
+    ports: Iterable[tuple[str, int]],
+) -> JsonObj:
+    """The EndpointSlice of a Service (one slice, as the controller writes one for up to 100
+    endpoints): endpoints (pod ip, node name, pod name), ports (name, target port)."""
+    return {
+        "kind": "EndpointSlice",
+        "apiVersion": "discovery.k8s.io/v1",
+        "metadata": {
+            "name": f"{service}-{uuid.uuid5(uuid.NAMESPACE_DNS, f'{namespace}/{service}').hex[:5]}",
+            "namespace": namespace,
+            "labels": {
+                "kubernetes.io/service-name": service,
+                "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io",
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": service,
+                    "uid": str(uuid.uuid5(uuid.NAMESPACE_DNS, f"service/{namespace}/{service}")),
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "addressType": "IPv4",
+        "endpoints": [
+            {
+                "addresses": [ip],
+                "conditions": {"ready": True, "serving": True, "terminating": False},
+                "nodeName": node,
+                "targetRef": {"kind": "Pod", "name": pod, "namespace": namespace},
+            }
+            for ip, node, pod in endpoints
+        ],
+        "ports": [{"name": n, "port": p, "protocol": "TCP"} for n, p in ports],
+    }
 
 
 def make_node(

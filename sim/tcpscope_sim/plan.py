@@ -3,11 +3,18 @@
 A plan is JSON (see docs/sim.md)::
 
     {"pods": [{"namespace": "shop", "name": "web-1", "node": "node-1", "listen": [8080]}, ...],
-     "traffic": [{"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "ok", "count": 20}]}
+     "services": [{"namespace": "shop", "name": "api-svc", "port": 80, "targetPort": 9000,
+                   "backends": ["shop/api-1", "shop/api-2"]}],
+     "traffic": [{"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "ok", "count": 20},
+                 {"from": "shop/web-1", "service": "shop/api-svc", "kind": "ok", "count": 20}]}
 
 Parsing is pure and strict: every error names the offending entry, so a typo in a plan fails
 before any namespace or cgroup is created. Addresses are assigned here, deterministically:
-node i (1-based, in order of first appearance) holds 198.18.i.0/24 and its pods get .2, .3, ...
+node i (1-based, in order of first appearance) holds 198.18.i.0/24 and its pods get .2, .3, ...;
+the plan's Services get ClusterIPs 198.19.1.1, .2, ... in order. Traffic to a Service goes to its
+ClusterIP and port; the simulated kube-proxy (tcpscope_sim/kubeproxy.py) takes each connection to a
+backend in turn (`numgen inc`), so which backend gets which connection is known in advance
+(`Plan.backend_of`).
 """
 
 from __future__ import annotations
@@ -61,18 +68,63 @@ class PodSpec:
 
 
 @dataclass(frozen=True)
+class ServiceSpec:
+    namespace: str
+    name: str
+    port: int  # the Service's port (on its ClusterIP)
+    target_port: int  # the backends' port
+    backends: tuple[str, ...]  # "namespace/name" of the backend pods (its EndpointSlice); may be empty
+    ip: str = ""  # the ClusterIP, assigned by parse_plan
+    node_port: int = 0  # type NodePort (externalTrafficPolicy: Cluster) when set: every node's address
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
 class TrafficSpec:
     src: str  # "namespace/name" of the client pod
-    dst: str  # "namespace/name" of the server pod
-    port: int
+    dst: str  # "namespace/name" of the server pod ("" through a Service without backends)
+    port: int  # the port connected to (the Service's port through a Service)
     kind: str
     count: int
+    service: str = ""  # "namespace/name" of the Service connected to, if any
+    node: str = ""  # through the Service's NodePort on this node's address (SNAT), instead of its ClusterIP
 
 
 @dataclass(frozen=True)
 class Plan:
     pods: tuple[PodSpec, ...]
     traffic: tuple[TrafficSpec, ...]
+    services: tuple[ServiceSpec, ...] = ()
+
+    def node_ip(self, node: str) -> str:
+        """A node's own address (its InternalIP): 198.19.255.i for node i, routed only by the sim's
+        kube-proxy (NodePorts)."""
+        return f"198.19.255.{self.nodes.index(node) + 1}"
+
+    def service(self, ref: str) -> ServiceSpec:
+        for s in self.services:
+            if s.ref == ref:
+                return s
+        raise KeyError(ref)
+
+    def backend_of(self) -> list[list[str]]:
+        """Per traffic entry, the backend (pod ref) of each of its connections, in the order
+        kube-proxy's `numgen inc mod N` hands them out (one counter per Service, from 0, counting
+        every new connection to it); [] for an entry not through a Service or with no backends."""
+        counters: dict[str, int] = {}
+        out: list[list[str]] = []
+        for t in self.traffic:
+            backends = self.service(t.service).backends if t.service else ()
+            if not backends:
+                out.append([])
+                continue
+            k = counters.get(t.service, 0)
+            out.append([backends[(k + i) % len(backends)] for i in range(t.count)])
+            counters[t.service] = k + t.count
+        return out
 
     def synack_listeners(self) -> tuple[tuple[str, int], ...]:
         """(server pod, port) of every syn_flood entry: where SYN-ACK retransmits must be counted."""
@@ -101,11 +153,54 @@ class Plan:
         connects never create a server socket); only sockets of pods on `watched` nodes (all
         nodes with None), since only those have an agent."""
         n = 0
-        for t in self.traffic:
-            src, dst = self.pod(t.src).node, self.pod(t.dst).node
+        for t, backends in zip(self.traffic, self.backend_of(), strict=True):
+            src = self.pod(t.src).node
             n += t.count * (watched is None or src in watched)
-            n += t.count * (t.kind in ESTABLISHED_KINDS and (watched is None or dst in watched))
+            if t.kind not in ESTABLISHED_KINDS:
+                continue
+            servers = [self.pod(b).node for b in backends] if t.service else [self.pod(t.dst).node] * t.count
+            n += sum(watched is None or node in watched for node in servers)
         return n
+
+
+SUMMARY_COUNTERS: tuple[str, ...] = (
+    "connections",
+    "client_resets",
+    "server_resets",
+    "network_resets",
+    "refused",
+    "timeouts",
+)
+
+
+def expected_summary(plan: Plan, watched: Collection[str] | None = None) -> dict[str, dict[str, int]]:
+    """What `tcpscope-tail --summary` must say of each client pod on a watched node (its counters
+    summed over its rows, pod to pod and through Services alike: each connection once). A RST the
+    router forged is `network_resets` when the agents of every server it may have reached watch;
+    else its cause is unknown and it counts as the server reset the client saw."""
+    out: dict[str, dict[str, int]] = {}
+    for t, backends in zip(plan.traffic, plan.backend_of(), strict=True):
+        if watched is not None and plan.pod(t.src).node not in watched:
+            continue
+        c = out.setdefault(t.src, dict.fromkeys(SUMMARY_COUNTERS, 0))
+        servers = {plan.pod(b).node for b in backends} if t.service else {plan.pod(t.dst).node}
+        if t.kind in ESTABLISHED_KINDS:
+            c["connections"] += t.count
+        if t.kind == "network_reset" and watched is not None and not servers <= set(watched):
+            c["server_resets"] += t.count
+            continue
+        counter = {
+            "client_reset": "client_resets",
+            "server_reset": "server_resets",
+            "network_reset": "network_resets",
+            "refused": "refused",
+            "timeout": "timeouts",
+            "port_scan": "refused",
+            "syn_flood": "timeouts",
+        }.get(t.kind)
+        if counter:
+            c[counter] += t.count
+    return out
 
 
 def _str(entry: Mapping[str, Any], key: str, where: str) -> str:
@@ -198,8 +293,93 @@ def _pods(raw_pods: Any) -> list[PodSpec]:
     return pods
 
 
-def _traffic_entry(raw: Any, where: str, by_ref: Mapping[str, PodSpec]) -> TrafficSpec:
-    rt = _object(raw, where, {"from", "to", "port", "kind", "count"})
+def _count(rt: Mapping[str, Any], where: str) -> int:
+    count = rt.get("count", 1)
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
+        raise PlanError(f"{where}: count must be an integer in 1..100000, got {count!r}")
+    return count
+
+
+def _services(raw: Any, by_ref: Mapping[str, PodSpec]) -> list[ServiceSpec]:
+    if not isinstance(raw, list):
+        raise PlanError("'services' must be a list")
+    out: list[ServiceSpec] = []
+    for i, rs in enumerate(raw):
+        where = f"services[{i}]"
+        o = _object(rs, where, {"namespace", "name", "port", "targetPort", "backends", "nodePort"})
+        ns, name = _str(o, "namespace", where), _str(o, "name", where)
+        for what, v in (("namespace", ns), ("name", name)):
+            if not _DNS_LABEL.match(v):
+                raise PlanError(f"{where}: {what} {v!r} is not a DNS label (lower case, digits, '-')")
+        port = _port(o.get("port"), where)
+        target = _port(o.get("targetPort", port), where)
+        backends = o.get("backends", [])
+        if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
+            raise PlanError(f"{where}: 'backends' must be a list of 'namespace/name'")
+        for b in backends:
+            if b not in by_ref:
+                raise PlanError(f"{where}: no pod {b!r} (write 'namespace/name')")
+        if len(set(backends)) != len(backends):
+            raise PlanError(f"{where}: a backend is listed twice")
+        if any(s.ref == f"{ns}/{name}" for s in out):
+            raise PlanError(f"{where}: service {ns}/{name} is declared twice")
+        if len(out) >= 250:
+            raise PlanError("at most 250 services")
+        node_port = _port(o["nodePort"], where) if "nodePort" in o else 0
+        if node_port and not 30000 <= node_port <= 32767:
+            raise PlanError(f"{where}: nodePort must be in 30000..32767 (Kubernetes' default range)")
+        ip = f"198.19.1.{len(out) + 1}"
+        out.append(ServiceSpec(ns, name, port, target, tuple(backends), ip, node_port))
+    return out
+
+
+def _service_entry(
+    rt: Mapping[str, Any], where: str, svc: ServiceSpec, by_ref: Mapping[str, PodSpec], nodes: Collection[str] = ()
+) -> TrafficSpec:
+    """A traffic entry to a Service's ClusterIP: every backend must listen on the target port,
+    except for 'refused' (no backends: kube-proxy rejects; or none listening: a backend refuses)."""
+    src = _str(rt, "from", where)
+    if src not in by_ref:
+        raise PlanError(f"{where}: no pod {src!r} (write 'namespace/name')")
+    if src in svc.backends:
+        raise PlanError(f"{where}: a backend of {svc.ref} cannot be its client in the simulator")
+    node = rt.get("node", "")
+    if node and node not in nodes:
+        raise PlanError(f"{where}: no node {node!r}")
+    if node and not svc.node_port:
+        raise PlanError(f"{where}: {svc.ref} has no nodePort")
+    served = svc.node_port if node else svc.port
+    port = _port(rt.get("port", served), where)
+    if port != served:
+        raise PlanError(f"{where}: {svc.ref} serves port {served}{' on nodes' if node else ''}, not {port}")
+    kind = rt.get("kind", "ok")
+    if kind not in KINDS:
+        raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind in ("syn_flood", "port_scan"):
+        raise PlanError(f"{where}: {kind!r} targets a pod ('to'), not a Service")
+    listening = [svc.target_port in by_ref[b].listen for b in svc.backends]
+    if kind == "refused" and any(listening):
+        raise PlanError(f"{where}: 'refused' needs a Service without backends or whose backends do not listen")
+    if kind != "refused" and (not listening or not all(listening)):
+        raise PlanError(f"{where}: every backend of {svc.ref} must listen on {svc.target_port} for {kind!r}")
+    dst = svc.backends[0] if svc.backends else ""
+    return TrafficSpec(src, dst, port, kind, _count(rt, where), svc.ref, node)
+
+
+def _traffic_entry(
+    raw: Any, where: str, by_ref: Mapping[str, PodSpec], services: Mapping[str, ServiceSpec] | None = None
+) -> TrafficSpec:
+    rt = _object(raw, where, {"from", "to", "service", "node", "port", "kind", "count"})
+    if "node" in rt and "service" not in rt:
+        raise PlanError(f"{where}: 'node' (a NodePort) needs 'service'")
+    if "service" in rt:
+        if "to" in rt:
+            raise PlanError(f"{where}: give 'to' (a pod) or 'service', not both")
+        ref = _str(rt, "service", where)
+        if ref not in (services or {}):
+            raise PlanError(f"{where}: no service {ref!r} in 'services'")
+        nodes = {p.node for p in by_ref.values()}
+        return _service_entry(rt, where, (services or {})[ref], by_ref, nodes)
     src, dst = _str(rt, "from", where), _str(rt, "to", where)
     for v in (src, dst):
         if v not in by_ref:
@@ -210,9 +390,7 @@ def _traffic_entry(raw: Any, where: str, by_ref: Mapping[str, PodSpec]) -> Traff
     kind = rt.get("kind", "ok")
     if kind not in KINDS:
         raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
-    count = rt.get("count", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100_000:
-        raise PlanError(f"{where}: count must be an integer in 1..100000, got {count!r}")
+    count = _count(rt, where)
     listening = port in by_ref[dst].listen
     if kind == "port_scan":
         if port + count - 1 > 65535:
@@ -231,7 +409,7 @@ def parse_plan(doc: Mapping[str, Any]) -> Plan:
     """Validate a decoded plan document and assign pod addresses."""
     if not isinstance(doc, Mapping):
         raise PlanError("a plan is a JSON object with 'pods' and 'traffic'")
-    unknown = set(doc) - {"pods", "traffic"}
+    unknown = set(doc) - {"pods", "traffic", "services"}
     if unknown:
         raise PlanError(f"unknown top-level keys {sorted(unknown)}")
     pods = _pods(doc.get("pods"))
@@ -239,8 +417,9 @@ def parse_plan(doc: Mapping[str, Any]) -> Plan:
     if not isinstance(raw_traffic, list):
         raise PlanError("'traffic' must be a list")
     by_ref = {p.ref: p for p in pods}
-    traffic = [_traffic_entry(rt, f"traffic[{i}]", by_ref) for i, rt in enumerate(raw_traffic)]
-    return Plan(tuple(pods), tuple(traffic))
+    services = {s.ref: s for s in _services(doc.get("services", []), by_ref)}
+    traffic = [_traffic_entry(rt, f"traffic[{i}]", by_ref, services) for i, rt in enumerate(raw_traffic)]
+    return Plan(tuple(pods), tuple(traffic), tuple(services.values()))
 
 
 def load_plan(path: str) -> Plan:
@@ -254,7 +433,9 @@ def load_plan(path: str) -> Plan:
 
 
 def builtin_plan() -> Plan:
-    """The demo cluster: three nodes, seven pods, services that talk across nodes.
+    """The demo cluster: three nodes, eight pods, services that talk across nodes, pod to pod and
+    through two Services (kube-proxy's NAT: one with a backend on each of two nodes, one without
+    endpoints).
 
     Its traffic list describes one round of the built-in mix; the driver repeats it forever (or for
     --duration) and adds the kinds a plan cannot express exactly: data retransmits from random drops
@@ -268,6 +449,18 @@ def builtin_plan() -> Plan:
         {"namespace": "payments", "name": "gateway-1", "node": "node-3", "listen": [9443]},
         {"namespace": "data", "name": "redis-1", "node": "node-1", "listen": [6379]},
         {"namespace": "batch", "name": "reports-1", "node": "node-2", "listen": [9100]},
+        {"namespace": "shop", "name": "cart-2", "node": "node-3", "listen": [7070]},
+    ]
+    # through kube-proxy's NAT: a Service with a backend on each of two nodes, one with no endpoints
+    services: list[dict[str, Any]] = [
+        {
+            "namespace": "shop",
+            "name": "cart",
+            "port": 80,
+            "targetPort": 7070,
+            "backends": ["shop/cart-1", "shop/cart-2"],
+        },
+        {"namespace": "payments", "name": "ledger", "port": 443, "targetPort": 8443, "backends": []},
     ]
     traffic: list[dict[str, Any]] = [
         {"from": "shop/frontend-1", "to": "shop/cart-1", "port": 7070, "kind": "ok", "count": 5},
@@ -280,8 +473,13 @@ def builtin_plan() -> Plan:
         {"from": "batch/reports-1", "to": "data/redis-1", "port": 6379, "kind": "client_reset", "count": 1},
         {"from": "batch/reports-1", "to": "shop/checkout-1", "port": 5050, "kind": "timeout", "count": 1},
         {"from": "shop/frontend-1", "to": "shop/cart-1", "port": 7070, "kind": "network_reset", "count": 1},
+        {"from": "shop/frontend-1", "service": "shop/cart", "kind": "ok", "count": 4},
+        {"from": "shop/frontend-2", "service": "shop/cart", "kind": "client_reset", "count": 1},
+        {"from": "shop/frontend-2", "service": "shop/cart", "kind": "server_reset", "count": 1},
+        {"from": "shop/frontend-1", "service": "shop/cart", "kind": "network_reset", "count": 2},
+        {"from": "shop/checkout-1", "service": "payments/ledger", "kind": "refused", "count": 1},
     ]
-    return parse_plan({"pods": pods, "traffic": traffic})
+    return parse_plan({"pods": pods, "services": services, "traffic": traffic})
 
 
 def plan_to_doc(plan: Plan) -> dict[str, Any]:
@@ -297,5 +495,22 @@ def plan_to_doc(plan: Plan) -> dict[str, Any]:
         }
         for p in plan.pods
     ]
-    traffic = [{"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count} for t in plan.traffic]
-    return {"pods": list(pods), "traffic": traffic}
+    traffic = [
+        {"from": t.src, "service": t.service, "port": t.port, "kind": t.kind, "count": t.count}
+        | ({"node": t.node} if t.node else {})
+        if t.service
+        else {"from": t.src, "to": t.dst, "port": t.port, "kind": t.kind, "count": t.count}
+        for t in plan.traffic
+    ]
+    services = [
+        {
+            "namespace": s.namespace,
+            "name": s.name,
+            "port": s.port,
+            "targetPort": s.target_port,
+            "backends": list(s.backends),
+        }
+        | ({"nodePort": s.node_port} if s.node_port else {})
+        for s in plan.services
+    ]
+    return {"pods": list(pods), "traffic": traffic, **({"services": services} if services else {})}

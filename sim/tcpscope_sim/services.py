@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from tcpscope_sim.broker import tansu_command
 from tcpscope_sim.cgroups import container_id, pod_uid
 from tcpscope_sim.cluster import RunState
-from tcpscope_sim.fakeapi import FakeApiServer, make_node, make_pod, make_service
+from tcpscope_sim.fakeapi import (
+    FakeApiServer,
+    make_endpoint_slice,
+    make_node,
+    make_pod,
+    make_service,
+    make_service_ports,
+)
 from tcpscope_sim.plan import Plan
 
 log = logging.getLogger(__name__)
@@ -60,8 +67,8 @@ def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
     """The Nodes, Pods (uids and container ids matching the cgroup tree) and Services of a plan."""
     objs: list[dict[str, object]] = []
     for i, node in enumerate(plan.nodes, start=1):
-        # nodes get a documentation-range address that nothing routes: metadata only
-        objs.append(make_node(node, internal_ips=[f"198.19.255.{i}"], pod_cidrs=[f"198.18.{i}.0/24"]))
+        # a node's address: routed only by the sim's kube-proxy, for NodePorts (plan.node_ip)
+        objs.append(make_node(node, internal_ips=[plan.node_ip(node)], pod_cidrs=[f"198.18.{i}.0/24"]))
     workloads: dict[tuple[str, str], set[int]] = {}
     for p in plan.pods:
         uid = pod_uid(run_id, p.namespace, p.name)
@@ -78,13 +85,27 @@ def cluster_objects(plan: Plan, run_id: str) -> list[dict[str, object]]:
                 containers={p.workload: container_id(uid)},
                 labels=labels,
                 owner=("ReplicaSet", f"{p.workload}-{template_hash}"),
-                host_ip=f"198.19.255.{plan.nodes.index(p.node) + 1}",
+                host_ip=plan.node_ip(p.node),
             )
         )
         workloads.setdefault((p.namespace, p.workload), set()).update(p.listen)
+    declared = {(svc.namespace, svc.name) for svc in plan.services}
     for n, ((ns, wl), ports) in enumerate(sorted(workloads.items()), start=1):
-        if ports:
+        if ports and (ns, wl) not in declared:
             objs.append(make_service(wl, ns, cluster_ips=[f"198.19.0.{n}"], ports=sorted(ports), selector={"app": wl}))
+    for svc in plan.services:
+        # the plan's Services, which the sim's kube-proxy NATs (kubeproxy.py), and their EndpointSlices
+        backends = [plan.pod(b) for b in svc.backends]
+        apps = {dict(b.labels).get("app", "") for b in backends}
+        selector = {"app": apps.pop()} if len(apps) == 1 else {}
+        node_ports = {"tcp": svc.node_port} if svc.node_port else None
+        svc_ports = [("tcp", svc.port, svc.target_port)]
+        objs.append(make_service_ports(svc.name, svc.namespace, svc.ip, svc_ports, selector, node_ports))
+        objs.append(
+            make_endpoint_slice(
+                svc.name, svc.namespace, [(b.ip, b.node, b.name) for b in backends], [("tcp", svc.target_port)]
+            )
+        )
     return objs
 
 

@@ -572,3 +572,95 @@ def test_two_replicas_sum_to_each_connection_once() -> None:
         for r in replicas
         for s in ("client", "server")
     )
+
+
+# --- through a Service's ClusterIP, loopback without Kubernetes, one connection id ---------------
+
+
+def _totals(t: TrafficMetrics) -> dict[str, dict[tuple[str, ...], float]]:
+    """Every traffic counter summed over the pair labels: outcomes, resets by (sender, reason)."""
+    reg = CollectorRegistry()
+    reg.register(t)
+    out: dict[str, dict[tuple[str, ...], float]] = {"outcome": {}, "resets": {}, "bytes": {}}
+    for fam in reg.collect():
+        for s in fam.samples:
+            k: tuple[str, ...]
+            if s.name == "tcpscope_connections_total":
+                k = (s.labels["outcome"],)
+                out["outcome"][k] = out["outcome"].get(k, 0) + s.value
+            elif s.name == "tcpscope_resets_total":
+                k = (s.labels["sender"], s.labels["reason"])
+                out["resets"][k] = out["resets"].get(k, 0) + s.value
+            elif s.name == "tcpscope_connection_bytes_total":
+                k = (s.labels["direction"],)
+                out["bytes"][k] = out["bytes"].get(k, 0) + s.value
+    return out
+
+
+def _observe_by_node(t: TrafficMetrics, events: list[TcpEvent]) -> None:
+    """Each node's events as that node's agent's batch (to one replica or another: the rule needs
+    no state shared between them)."""
+    for node in sorted({e.node for e in events}):
+        t.observe(
+            EventBatch(
+                schema_version=1,
+                node=node,
+                agent_id=f"{node}-a",
+                sequence=next(_seq),
+                events=[e for e in events if e.node == node],
+            )
+        )
+
+
+def test_the_mix_through_a_service_counts_as_pod_to_pod() -> None:
+    from tests.support.natmix import API1, API2, mix
+
+    direct, via, two = TrafficMetrics(), TrafficMetrics(), TrafficMetrics()
+    _observe_by_node(direct, mix(False))
+    _observe_by_node(via, mix(True))
+    _observe_by_node(two, mix(True, backends=(API1, API2)))
+    want = {
+        "outcome": {("ok",): 5, ("client_reset",): 3, ("server_reset",): 7 + 4, ("refused",): 2, ("timeout",): 1},
+        # each RST once, by the socket that sent it; the 4 the router forged: by nobody
+        "resets": {("client", "TCP_STATE"): 3, ("server", "TCP_STATE"): 7},
+        "bytes": {("client_to_server",): 19 * 20, ("server_to_client",): 19 * 5},
+    }
+    assert _totals(direct) == _totals(via) == _totals(two) == want
+    # the client's view names the Service (a bounded label: one value per Service) and its port
+    svc = {**PAIR, "server_workload": "api-svc", "server_port": "80"}
+    assert sample(via, "tcpscope_connections_total", **svc, outcome="ok") == 5
+    assert sample(via, "tcpscope_connections_total", **svc, outcome="refused") == 2
+    # the backend's own RSTs under the backend it is
+    assert sample(via, "tcpscope_resets_total", **PAIR, sender="server", reason="TCP_STATE") == 7
+    assert sample(via, "tcpscope_resets_total", **svc, sender="server", reason="UNKNOWN") == 0
+
+
+def test_loopback_without_kubernetes_counts_each_connection_once() -> None:
+    # --no-kubernetes: nothing resolved, the local end a host process, the remote 127.0.0.1
+    t = TrafficMetrics()
+    evs = []
+    for i in range(11):
+        c = lifecycle(Endpoint(ip="127.0.0.1", port=40000 + i, kind=HOST), Endpoint(ip="127.0.0.1", port=8080), ACTIVE)
+        s = lifecycle(Endpoint(ip="127.0.0.1", port=8080, kind=HOST), Endpoint(ip="127.0.0.1", port=40000 + i), PASSIVE)
+        if i < 5:
+            s.lifecycle.ending, s.lifecycle.reset_reason_name = RESET_SENT, "TCP_STATE"
+            c.lifecycle.ending = RESET_RECEIVED
+        evs += [c, s]
+    t.observe(batch(*evs))
+    got = _totals(t)
+    assert got["outcome"] == {("ok",): 6, ("server_reset",): 5}
+    assert got["resets"] == {("server", "TCP_STATE"): 5}
+
+
+def test_a_connection_id_counted_here_is_not_counted_again() -> None:
+    # both sockets on one node, neither able to tell the other is watched (addresses no watch
+    # resolves): the second of the pair is a connection this replica already counted
+    t = TrafficMetrics()
+    a = Endpoint(ip="192.0.2.1", port=40000, kind=EXTERNAL)
+    b = Endpoint(ip="192.0.2.2", port=443, kind=EXTERNAL)
+    c = lifecycle(Endpoint(ip="192.0.2.1", port=40000, kind=HOST), b, ACTIVE)
+    s = lifecycle(Endpoint(ip="192.0.2.2", port=443, kind=HOST), a, PASSIVE)
+    c.connection_id = s.connection_id = 0xABCDEF
+    t.observe(batch(c, s))
+    assert _totals(t)["outcome"] == {("ok",): 1}
+    assert t.skipped == {"same_connection": 1}

@@ -161,3 +161,49 @@ def test_kubeconfig_points_at_the_server(srv: FakeApiServer, tmp_path: Path) -> 
     k = json.loads(srv.write_kubeconfig(tmp_path / "k").read_text())
     assert k["clusters"][0]["cluster"]["server"] == f"http://127.0.0.1:{srv.port}"
     assert k["current-context"] == "fake"
+
+
+def test_endpoint_slices_list_and_watch_with_the_discovery_client(srv: FakeApiServer, tmp_path: Path) -> None:
+    from kubernetes import watch
+
+    from tcpscope_sim.fakeapi import make_endpoint_slice, make_service_ports
+
+    api: Any = client.DiscoveryV1Api(  # untyped, as CoreApi above
+        config.new_client_from_config(config_file=str(srv.write_kubeconfig(tmp_path / "k")))
+    )
+    srv.add(make_service_ports("api-svc", "shop", "198.19.1.1", [("http", 80, 9000)], {"app": "api"}))
+    srv.add(
+        make_endpoint_slice(
+            "api-svc", "shop", [("198.18.2.2", "node-2", "api-1"), ("198.18.3.2", "node-3", "api-2")], [("http", 9000)]
+        )
+    )
+    slices: Any = api.list_endpoint_slice_for_all_namespaces(label_selector="kubernetes.io/service-name=api-svc")
+    s: Any
+    (s,) = slices.items
+    assert s.address_type == "IPv4" and s.metadata.labels["kubernetes.io/service-name"] == "api-svc"
+    assert [(e.addresses, e.node_name, e.target_ref.name, e.conditions.ready) for e in s.endpoints] == [
+        (["198.18.2.2"], "node-2", "api-1", True),
+        (["198.18.3.2"], "node-3", "api-2", True),
+    ]
+    assert [(p.name, p.port) for p in s.ports] == [("http", 9000)]
+    assert [x.metadata.name for x in api.list_namespaced_endpoint_slice("shop").items] == [s.metadata.name]
+    # a watch from the list's version sees an endpoint leaving, as kube-proxy would
+    rv = slices.metadata.resource_version
+
+    def change() -> None:
+        time.sleep(0.3)
+        obj = srv.get("endpointslices", s.metadata.name, "shop")
+        assert obj is not None
+        obj["endpoints"] = obj["endpoints"][:1]
+        srv.update(obj)
+
+    t = threading.Thread(target=change)
+    t.start()
+    seen = [
+        (e["type"], [x.addresses[0] for x in e["object"].endpoints])
+        for e in watch.Watch().stream(
+            api.list_endpoint_slice_for_all_namespaces, resource_version=rv, timeout_seconds=1
+        )
+    ]
+    t.join()
+    assert seen == [("MODIFIED", ["198.18.2.2"])]

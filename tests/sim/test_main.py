@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,16 @@ def test_api_objects_match_the_cgroup_tree() -> None:
     plan = builtin_plan()
     objs = cluster_objects(plan, "abc123")
     kinds = [o["kind"] for o in objs]
-    assert kinds.count("Node") == 3 and kinds.count("Pod") == 7 and kinds.count("Service") == 6
+    # one Service per workload that listens, the plan's two (shop/cart replaces the workload's own)
+    assert kinds.count("Node") == 3 and kinds.count("Pod") == 8 and kinds.count("Service") == 7
+    assert kinds.count("EndpointSlice") == 2
+    cart = next(o for o in objs if o["kind"] == "Service" and o["metadata"]["name"] == "cart")  # type: ignore[index]
+    assert cart["spec"]["clusterIP"] == plan.service("shop/cart").ip  # type: ignore[index]
+    slices: list[Any] = [o for o in objs if o["kind"] == "EndpointSlice" and o["metadata"]["namespace"] == "shop"]  # type: ignore[index]
+    (slice_,) = slices
+    assert [e["addresses"][0] for e in slice_["endpoints"]] == [
+        plan.pod(b).ip for b in plan.service("shop/cart").backends
+    ]
     pod = next(o for o in objs if o["kind"] == "Pod" and o["metadata"]["name"] == "cart-1")  # type: ignore[index]
     from tcpscope_sim.cgroups import container_id, pod_uid
 

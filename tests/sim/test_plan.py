@@ -104,8 +104,153 @@ def test_builtin_plan_spans_three_nodes_and_every_kind() -> None:
         "timeout",
         "network_reset",
     }
-    cross = [t for t in plan.traffic if plan.pod(t.src).node != plan.pod(t.dst).node]
+    cross = [t for t in plan.traffic if t.dst and plan.pod(t.src).node != plan.pod(t.dst).node]
     assert cross
+    # through the simulated kube-proxy: a Service with backends on two nodes, one without endpoints
+    two = plan.service("shop/cart")
+    assert len({plan.pod(b).node for b in two.backends}) == 2
+    assert plan.service("payments/ledger").backends == ()
+    assert {t.kind for t in plan.traffic if t.service} == {
+        "ok",
+        "client_reset",
+        "server_reset",
+        "network_reset",
+        "refused",
+    }
+
+
+def test_services_get_cluster_ips_and_kube_proxy_hands_out_backends_in_turn() -> None:
+    from tcpscope_sim.kubeproxy import ruleset
+
+    doc = {
+        "pods": [
+            {"namespace": "shop", "name": "web-1", "node": "node-1"},
+            {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+            {"namespace": "shop", "name": "api-2", "node": "node-3", "listen": [9000]},
+        ],
+        "services": [
+            {
+                "namespace": "shop",
+                "name": "api",
+                "port": 80,
+                "targetPort": 9000,
+                "backends": ["shop/api-1", "shop/api-2"],
+            },
+            {"namespace": "shop", "name": "none", "port": 80},
+        ],
+        "traffic": [
+            {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 3},
+            {"from": "shop/web-1", "service": "shop/none", "kind": "refused", "count": 2},
+            {"from": "shop/web-1", "service": "shop/api", "kind": "server_reset", "count": 2},
+        ],
+    }
+    plan = parse_plan(doc)
+    assert [(s.ref, s.ip) for s in plan.services] == [("shop/api", "198.19.1.1"), ("shop/none", "198.19.1.2")]
+    assert plan.backend_of() == [["shop/api-1", "shop/api-2", "shop/api-1"], [], ["shop/api-2", "shop/api-1"]]
+    # client sockets 7, server sockets 5; node-3's agent missing: api-2's two sockets unseen
+    assert plan.expected_lifecycles() == 12
+    assert plan.expected_lifecycles(("node-1", "node-2")) == 10
+    assert parse_plan(plan_to_doc(plan)) == plan
+    nft = ruleset(plan, "t")
+    assert "ip daddr 198.19.1.1 tcp dport 80 jump svc_0" in nft
+    assert "meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 198.18.2.2, 1 : 198.18.3.2 } : 9000" in nft
+    assert "ip daddr 198.19.1.2 tcp dport 80 reject with tcp reset" in nft
+    ipt = ruleset(plan, "t", "iptables")
+    assert "numgen inc mod 2 vmap { 0 : jump sep_0_0, 1 : jump sep_0_1 }" in ipt
+    assert "dnat to 198.18.3.2:9000" in ipt
+    for bad, why in (
+        ({"from": "shop/web-1", "service": "shop/api", "kind": "refused"}, "refused"),
+        ({"from": "shop/web-1", "service": "shop/none", "kind": "ok"}, "must listen"),
+        ({"from": "shop/web-1", "service": "shop/zzz"}, "no service"),
+        ({"from": "shop/web-1", "service": "shop/api", "port": 81}, "serves port 80"),
+        ({"from": "shop/api-1", "service": "shop/api"}, "cannot be its client"),
+    ):
+        with pytest.raises(PlanError, match=why):
+            parse_plan({**doc, "traffic": [bad]})
+
+
+def test_expected_summary_per_client_counts_each_connection_once() -> None:
+    from tcpscope_sim.plan import expected_summary
+
+    doc = {
+        "pods": [
+            {"namespace": "shop", "name": "web-1", "node": "node-1"},
+            {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+            {"namespace": "shop", "name": "api-2", "node": "node-3", "listen": [9000]},
+        ],
+        "services": [
+            {
+                "namespace": "shop",
+                "name": "api",
+                "port": 80,
+                "targetPort": 9000,
+                "backends": ["shop/api-1", "shop/api-2"],
+            }
+        ],
+        "traffic": [
+            {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 3},
+            {"from": "shop/web-1", "service": "shop/api", "kind": "network_reset", "count": 2},
+            {"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "network_reset", "count": 1},
+            {"from": "shop/web-1", "to": "shop/api-1", "port": 9009, "kind": "refused", "count": 4},
+            {"from": "shop/api-1", "to": "shop/api-2", "port": 9000, "kind": "client_reset", "count": 5},
+        ],
+    }
+    plan = parse_plan(doc)
+    zero = {"connections": 0, "client_resets": 0, "server_resets": 0, "network_resets": 0, "refused": 0, "timeouts": 0}
+    assert expected_summary(plan) == {
+        "shop/web-1": {**zero, "connections": 6, "network_resets": 3, "refused": 4},
+        "shop/api-1": {**zero, "connections": 5, "client_resets": 5},
+    }
+    # node-3 has no agent: a forged RST that may have come from api-2's side is unknown, a server
+    # reset as the client saw it; api-1's client_resets still count from its own socket
+    assert expected_summary(plan, ("node-1", "node-2")) == {
+        "shop/web-1": {**zero, "connections": 6, "network_resets": 1, "server_resets": 2, "refused": 4},
+        "shop/api-1": {**zero, "connections": 5, "client_resets": 5},
+    }
+
+
+def test_a_nodeport_is_on_every_node_and_masqueraded_to_the_node_addressed() -> None:
+    from tcpscope_sim.kubeproxy import ruleset
+
+    doc: dict[str, Any] = {
+        "pods": [
+            {"namespace": "shop", "name": "web-1", "node": "node-1"},
+            {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+        ],
+        "services": [
+            {
+                "namespace": "shop",
+                "name": "api",
+                "port": 80,
+                "targetPort": 9000,
+                "backends": ["shop/api-1"],
+                "nodePort": 30080,
+            }
+        ],
+        "traffic": [
+            {"from": "shop/web-1", "service": "shop/api", "node": "node-2", "kind": "ok", "count": 2},
+            {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 1},
+        ],
+    }
+    plan = parse_plan(doc)
+    assert [(t.node, t.port) for t in plan.traffic] == [("node-2", 30080), ("", 80)]
+    assert plan.node_ip("node-2") == "198.19.255.2"
+    assert parse_plan(plan_to_doc(plan)) == plan
+    # the ClusterIP and the NodePorts share the Service's chain: one numgen counter (Plan.backend_of)
+    nft = ruleset(plan, "t")
+    for ip in ("198.19.255.1", "198.19.255.2"):
+        assert f"ip daddr {ip} tcp dport 30080 meta mark set meta mark | 0x4000 jump svc_0" in nft
+        assert f"meta mark & 0x4000 == 0x4000 ct original ip daddr {ip} snat to {ip}" in nft
+    assert "type nat hook postrouting priority srcnat" in nft
+    for bad, why in (
+        ({**doc["traffic"][0], "node": "node-9"}, "no node"),
+        ({**doc["traffic"][0], "port": 80}, "serves port 30080 on nodes"),
+        ({"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "node": "node-2"}, "needs 'service'"),
+    ):
+        with pytest.raises(PlanError, match=why):
+            parse_plan({**doc, "traffic": [bad]})
+    with pytest.raises(PlanError, match=r"30000\.\.32767"):
+        parse_plan({**doc, "services": [{**doc["services"][0], "nodePort": 8080}], "traffic": []})
 
 
 def test_storm_kinds_count_their_client_sockets_and_name_the_flooded_listeners() -> None:

@@ -346,3 +346,65 @@ def test_memory_is_bounded_by_forgetting_the_older_half() -> None:
     j.add(handshake("node-2", S, C, T0 + 1000 * 10**9))
     j.add(received("node-1", C, S, T0 + 1000 * 10**9 + MS))
     assert one(j).label == "network/no_send_seen"
+
+
+# --- the join by connection_id (through a Service's ClusterIP, clocks apart) ---------------------
+
+
+def _by_kind(events: list[pb.TcpEvent]) -> dict[str, list[str]]:
+    """Each received reset's verdict label, by the node that received it."""
+    from tests.support.natmix import watched_batches
+
+    j = rc.ResetJoin()
+    for agent_id, b in watched_batches(("node-1", "node-2", "node-3")):
+        j.add_batch(agent_id, b)
+    j.add_all(events)
+    out: dict[str, list[str]] = {}
+    for r, v in j.classify_all():
+        out.setdefault(r.node, []).append(v.label)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def test_through_a_service_the_backend_socket_is_the_peer_whatever_the_clocks() -> None:
+    from tests.support.natmix import mix
+
+    counts = {"client_reset": 1, "server_reset": 2, "network_reset": 1, "refused": 1}
+    want = {
+        # the backend's socket closed first (natmix): the client's RST came after, to a connection
+        # the network had killed in both directions; read in one clock whatever node-2's says
+        "node-1": ["app/TCP_STATE", "app/TCP_STATE", "network/both_ends", "peer_kernel/refused"],
+        "node-2": ["app/TCP_STATE", "network/no_send_seen"],
+    }
+    for shift in (0, 5 * 10**9, -5 * 10**9, 60 * 10**9):
+        assert _by_kind(mix(True, {"node-2": shift}, counts=counts)) == want, shift
+        assert _by_kind(mix(False, {"node-2": shift}, counts=counts)) == want, shift
+
+
+def test_a_service_whose_backend_socket_nobody_reported_is_backend_unseen() -> None:
+    from tests.support.natmix import mix
+
+    evs = [e for e in mix(True, counts={"server_reset": 1}) if e.node == "node-1"]
+    assert _by_kind(evs) == {"node-1": ["unknown/backend_unseen"]}
+    # without an id (an older agent) the ClusterIP belongs to no node: unwatched, as before
+    for e in evs:
+        e.connection_id = 0
+    assert _by_kind(evs) == {"node-1": ["unknown/unwatched_peer"]}
+
+
+def test_the_live_hold_releases_a_reset_when_the_backend_send_arrives_by_id() -> None:
+    from tests.support.natmix import mix
+
+    evs = mix(True, {"node-2": 5 * 10**9}, counts={"server_reset": 1})
+    client_side = [e for e in evs if e.node == "node-1"]
+    server_side = [e for e in evs if e.node == "node-2"]
+    hold = rc.LiveHold()
+    out: list[tuple[pb.TcpEvent, rc.Verdict]] = []
+    for e in client_side:  # the client's RST arrives first: held, its peer is not known yet
+        _, done = hold.add(e, now_ns=0)
+        out += done
+    assert out == [] and len(hold) == 2
+    for e in server_side:
+        _, done = hold.add(e, now_ns=10**6)
+        out += done
+    assert [v.label for _, v in out] == ["app/TCP_STATE", "app/TCP_STATE"]
+    assert len(hold) == 0

@@ -186,3 +186,15 @@ def test_host_mode_keeps_process_names_and_one_node_per_server() -> None:
     }
     root = ET.fromstring(render_svg(dot))
     assert {t.text for t in root.iter(f"{SVG}text")} >= {"curl", "python3", "nginx", "redis-server", "127.0.0.1:8443"}
+
+
+def test_a_connection_through_a_service_says_via_which() -> None:
+    from tail import summary
+    from tests.support.natmix import mix
+
+    s = summary.Summarizer()
+    s.add_all(mix(True))
+    dot = render_dot(summary.select(s.pairs()))
+    assert "via shop/api-svc:80" in dot
+    # the row whose server is the Service itself (refused, timed out) does not repeat it
+    assert dot.count("via shop/api-svc:80") == 1

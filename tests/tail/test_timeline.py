@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tail import timeline
 from tail.timeline import ConnectionSpec, render_timeline, select
 from tcpscope import render
 from tcpscope.v1 import events_pb2 as pb
@@ -51,3 +52,22 @@ def test_both_ends_in_time_order_with_the_reset_cause() -> None:
     evs.append(sent("node-2", S, C, T0 - MS, "TCP_STATE"))
     by_tuple = select(ConnectionSpec.parse("198.18.2.2:9000-198.18.1.2:40000"), evs)
     assert "cause=app/TCP_STATE" in render_timeline(by_tuple, evs)
+
+
+def test_through_a_service_the_backend_socket_joins_by_connection_id() -> None:
+    from tests.support.natmix import WEB, mix
+
+    evs = mix(True, {"node-2": 5 * 10**9}, counts={"ok": 1, "server_reset": 1})
+    # the second connection, named as the client sees it: web-1:40001 -> ClusterIP:80
+    spec = timeline.ConnectionSpec.parse(f"{WEB.ip}:40001-198.19.0.1:80")
+    got = timeline.select(spec, evs)
+    assert sorted({(e.node, e.local.port) for e in got}) == [("node-1", 40001), ("node-2", 9000)]
+    assert len({e.connection_id for e in got}) == 1
+    text = timeline.render_timeline(got, evs)
+    assert text.count("cause=app/TCP_STATE") == 2, text
+    # by the backend's socket id, the client's events come too
+    backend_sid = next(e.socket_id for e in got if e.node == "node-2")
+    assert {e.node for e in timeline.select(timeline.ConnectionSpec.parse(f"node-2/{backend_sid}"), evs)} == {
+        "node-1",
+        "node-2",
+    }

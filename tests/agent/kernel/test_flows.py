@@ -219,15 +219,20 @@ def test_the_shutdown_flush_reports_what_the_interval_had_not() -> None:
     with kernel_harness(cfg) as h:
         _exchanges([port], 9)
         h.pump(200)
-        assert not [e for e in h.seen if kind(e) in ("flow", "lifecycle")]  # nothing before the flush
+        # a connection that retransmitted is an anomaly, reported on its own at once (a slow guest
+        # under TCG can retransmit on loopback); every other one waits for the flush
+        early = [e for e in h.seen if kind(e) in ("flow", "lifecycle")]
+        assert all(kind(e) == "lifecycle" and e.lifecycle.retransmits > 0 for e in early), early
         drain(h)
         metrics = AgentMetrics()
         metrics.watch_flows(h.source.flow_counters)
-        assert metrics.value("tcpscope_agent_flows_aggregated_total") == 18
+        assert metrics.value("tcpscope_agent_flows_aggregated_total") == 18 - len(early)
         assert metrics.value("tcpscope_agent_flows_map_full_total") == 0
     assert side_totals(h, port, ACTIVE) == (9, 2700, 270)
     assert side_totals(h, port, PASSIVE) == (9, 270, 2700)
-    assert [e.flow.connections for e in h.seen if kind(e) == "flow"] == [9, 9]
+    individual = {r: sum(1 for e in early if e.lifecycle.role == r) for r in (ACTIVE, PASSIVE)}
+    flows = {e.flow.role: e.flow.connections for e in h.seen if kind(e) == "flow"}
+    assert flows == {r: 9 - individual[r] for r in (ACTIVE, PASSIVE) if individual[r] < 9}
     # a flow is many connections: it has no connection id (and no socket id)
     assert {(e.connection_id, e.socket_id) for e in h.seen if kind(e) == "flow"} == {(0, 0)}
 

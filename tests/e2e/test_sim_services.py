@@ -1,0 +1,349 @@
+"""End to end through Kubernetes Services: the simulated kube-proxy's DNAT in the router netns (nft,
+in kube-proxy's nftables and iptables forms), real BPF agents, the real collector (two replicas,
+with their metrics), a Kafka-protocol broker, then tcpscope-tail's summary and live view.
+
+One client pod connects to a Service's ClusterIP, another client pod sends the same mix straight to
+the backend pod: every figure of the first (summary counters, reset causes and network_resets, the
+live view's causes, the collectors' metrics) must equal the second's. A Service with a backend on
+each of two nodes gives each backend its exact share (numgen inc hands them out in turn). A copy of
+the topic in which one node's times are 5 s off gives the same summary.
+
+Needs root, BPF, and agents that set TcpEvent.connection_id (the join across the NAT: branch connid).
+About 35 s.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tcpscope.kafka_layout import LAYOUT_EVENT, RECORD_EVENT, RECORD_SUMMARY, decode_records
+from tcpscope.v1.events_pb2 import EventBatch
+from tcpscope_sim.plan import parse_plan
+from tests.e2e.test_metrics_prometheus import Reader, _free_base
+from tests.support.kafka import Broker, consume_all, kafka_broker, publish_batches
+from tests.support.sim import BIN, plan_argv, run_plan, summary_json
+
+__all__ = ["kafka_broker"]
+
+MIX = {"ok": 5, "client_reset": 3, "server_reset": 4, "network_reset": 3, "timeout": 1}
+
+PLAN: dict[str, Any] = {
+    "pods": [
+        # two clients on node-1 with their own workloads, so the metrics tell them apart
+        {"namespace": "shop", "name": "viasvc-1", "node": "node-1"},
+        {"namespace": "shop", "name": "direct-1", "node": "node-1"},
+        {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+    ],
+    "services": [
+        {"namespace": "shop", "name": "api-svc", "port": 80, "targetPort": 9000, "backends": ["shop/api-1"]},
+        # its backend listens on no 9009: the DNATed SYN is refused by the backend's kernel
+        {"namespace": "shop", "name": "closed-svc", "port": 80, "targetPort": 9009, "backends": ["shop/api-1"]},
+    ],
+    "traffic": [
+        *({"from": "shop/viasvc-1", "service": "shop/api-svc", "kind": k, "count": n} for k, n in MIX.items()),
+        {"from": "shop/viasvc-1", "service": "shop/closed-svc", "kind": "refused", "count": 2},
+        *({"from": "shop/direct-1", "to": "shop/api-1", "port": 9000, "kind": k, "count": n} for k, n in MIX.items()),
+        {"from": "shop/direct-1", "to": "shop/api-1", "port": 9009, "kind": "refused", "count": 2},
+    ],
+}
+
+TWO_BACKENDS: dict[str, Any] = {
+    "pods": [
+        {"namespace": "shop", "name": "web-1", "node": "node-1"},
+        {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+        {"namespace": "shop", "name": "api-2", "node": "node-3", "listen": [9000]},
+    ],
+    "services": [
+        {"namespace": "shop", "name": "api", "port": 80, "targetPort": 9000, "backends": ["shop/api-1", "shop/api-2"]}
+    ],
+    "traffic": [
+        {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 5},
+        {"from": "shop/web-1", "service": "shop/api", "kind": "server_reset", "count": 3},
+        {"from": "shop/web-1", "service": "shop/api", "kind": "client_reset", "count": 2},
+        {"from": "shop/web-1", "service": "shop/api", "kind": "network_reset", "count": 2},
+    ],
+}
+
+COUNTERS = ("connections", "client_resets", "server_resets", "network_resets", "refused", "timeouts", "failed")
+
+
+def _client_totals(doc: dict[str, Any], client: str) -> dict[str, Any]:
+    """Counters and reset causes summed over the rows whose client is `client`."""
+    out: dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+    causes: Counter[str] = Counter()
+    for row in doc["pairs"]:
+        if row["client"]["name"] != client:
+            continue
+        for c in COUNTERS:
+            out[c] += row[c]
+        for cause, details in row["reset_causes"].items():
+            for d, n in details.items():  # network: no_send_seen or both_ends, by which end closed first
+                causes[f"{cause}/{d}" if cause != "network" else cause] += n
+    out["causes"] = dict(causes)
+    return out
+
+
+def _metrics(port: int) -> dict[str, dict[tuple[str, ...], float]]:
+    """The collector's traffic counters by client workload: outcomes, resets by (sender, reason)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, dict[tuple[str, ...], float]] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "tcpscope_connections_total":
+                key: tuple[str, ...] = ("outcome", s.labels["outcome"])
+            elif s.name == "tcpscope_resets_total":
+                key = ("reset", s.labels["sender"], s.labels["reason"])
+            else:
+                continue
+            by = out.setdefault(s.labels["client_workload"], {})
+            by[key] = by.get(key, 0) + s.value
+    return out
+
+
+def _live_causes(bootstrap: str, topic: str) -> dict[str, Counter[str]]:
+    """`tcpscope-tail` (the live view, one row per connection, JSON) over the topic: how each
+    connection ended and who reset it, by client pod."""
+    live = subprocess.run(
+        [
+            str(BIN / "tcpscope-tail"),
+            "--kafka-bootstrap",
+            bootstrap,
+            "--topic",
+            topic,
+            "--from-beginning",
+            "--duration",
+            "12",
+            "--format",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        stdin=subprocess.DEVNULL,
+    )
+    assert live.returncode == 0, live.stderr
+    out: dict[str, Counter[str]] = {"viasvc-1": Counter(), "direct-1": Counter()}
+    for line in live.stdout.splitlines():
+        row = json.loads(line)
+        if row.get("row") != "connection" or row["client"].get("name") not in out:
+            continue
+        by = row.get("reset_by") or {}
+        cause = f"{by.get('side', '')} {by.get('cause', '')}/{by.get('detail', '')}" if by else "-"
+        if by.get("cause") == "network":
+            cause = "network"  # no_send_seen or both_ends: by which end's socket closed first
+        out[row["client"]["name"]][f"{row['ended']} {cause}"] += 1
+    return out
+
+
+def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker, tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    topic = f"e2e-svc-{os.getpid()}"
+    port = _free_base(2 + 2)  # two collector replicas, then the two nodes' agents
+    sim = subprocess.Popen(
+        [
+            *plan_argv(PLAN, tmp_path, kafka_broker.bootstrap, topic, "--metrics-port", str(port), "--collectors", "2"),
+            "--hold",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        out = Reader(sim)
+        _, shipped = out.wait(r"shipped \d+/\d+", 180)
+        assert re.search(r"shipped (\d+)/\1 ", shipped), shipped
+        out.wait(r"holding", 60)
+        # node-1's agent (both clients) streams to the first replica, node-2's to the second
+        by_client: dict[str, dict[tuple[str, ...], float]] = {}
+        for p in (port, port + 1):
+            for wl, counts in _metrics(p).items():
+                for k, v in counts.items():
+                    by_client.setdefault(wl, {})[k] = by_client.setdefault(wl, {}).get(k, 0) + v
+    finally:
+        if sim.poll() is None:
+            sim.send_signal(signal.SIGINT)
+        try:
+            sim.wait(60)
+        except subprocess.TimeoutExpired:
+            sim.kill()
+            sim.wait(10)
+        if sim.stdout is not None:
+            sim.stdout.close()
+    want_metrics = {
+        ("outcome", "ok"): 5,
+        ("outcome", "client_reset"): 3,
+        ("outcome", "server_reset"): 4 + 3,  # the forged RSTs: the outcome the client saw
+        ("outcome", "refused"): 2,
+        ("outcome", "timeout"): 1,
+    }
+    for wl in ("viasvc", "direct"):
+        got = {k: v for k, v in by_client[wl].items() if v}
+        outcomes = {k: v for k, v in got.items() if k[0] == "outcome"}
+        resets = {k: v for k, v in got.items() if k[0] == "reset"}
+        assert outcomes == want_metrics, (wl, got)
+        # each RST once, by its sender; the router's forged ones by nobody
+        assert sorted(k[1] for k, v in resets.items() for _ in range(int(v))) == ["client"] * 3 + ["server"] * 4, (
+            wl,
+            got,
+        )
+
+    doc = summary_json(kafka_broker.bootstrap, topic)
+    via, direct = _client_totals(doc, "viasvc-1"), _client_totals(doc, "direct-1")
+    app = next(k for k in direct["causes"] if k.startswith("app/"))
+    assert direct == {
+        "connections": 15,
+        "client_resets": 3,
+        "server_resets": 4,
+        "network_resets": 3,
+        "refused": 2,
+        "timeouts": 1,
+        "failed": 0,
+        "causes": {app: 7, "network": 3, "peer_kernel/refused": 2},
+    }
+    assert via == direct
+    rows = {(r["client"]["name"], r["server"]["name"], r.get("via", {}).get("name")) for r in doc["pairs"]}
+    assert ("viasvc-1", "api-1", "api-svc") in rows  # the joined connections name the backend and the Service
+    assert ("direct-1", "api-1", None) in rows
+
+    live = _live_causes(kafka_broker.bootstrap, topic)
+    assert live["viasvc-1"] == live["direct-1"], live
+    assert live["direct-1"]["network_reset network"] == MIX["network_reset"], live
+    assert sum(n for k, n in live["direct-1"].items() if k.startswith("server_reset server app/")) == 4, live
+
+    # node-2's clock 5 s ahead: a copy of the topic with its times moved, as a reader would meet it
+    shifted = f"{topic}-skew"
+    _copy_shifted(kafka_broker.bootstrap, topic, shifted, "node-2", 5 * 10**9)
+    skewed = summary_json(kafka_broker.bootstrap, shifted)
+    assert _client_totals(skewed, "viasvc-1") == via
+    assert _client_totals(skewed, "direct-1") == direct
+
+
+def _copy_shifted(bootstrap: str, topic: str, to: str, node: str, shift_ns: int) -> None:
+    """Every batch of the topic republished to `to` with `node`'s event, flow and batch times moved."""
+    batches: dict[tuple[str, int], EventBatch] = {}
+    records = consume_all(bootstrap, topic, want=10**9, timeout=5)
+    for d in (d for r in records for d in decode_records(r.headers, r.value)):
+        if d.kind == RECORD_SUMMARY and d.summary is not None:
+            b = batches.setdefault((d.agent_id, d.sequence), EventBatch())
+            events = list(b.events)
+            b.CopyFrom(d.summary)
+            del b.events[:]
+            b.events.extend(events)
+        elif d.kind == RECORD_EVENT and d.event is not None:
+            batches.setdefault((d.agent_id, d.sequence), EventBatch(agent_id=d.agent_id, sequence=d.sequence))
+            batches[(d.agent_id, d.sequence)].events.append(d.event)
+    for b in batches.values():
+        for ev in b.events:
+            if ev.node != node:
+                continue
+            ev.time.FromNanoseconds(ev.time.ToNanoseconds() + shift_ns)
+            if ev.WhichOneof("kind") == "flow":
+                for ts in (ev.flow.first_close, ev.flow.last_close):
+                    ts.FromNanoseconds(ts.ToNanoseconds() + shift_ns)
+        if b.node == node:
+            b.sent_time.FromNanoseconds(b.sent_time.ToNanoseconds() + shift_ns)
+    publish_batches(bootstrap, to, list(batches.values()), layout=LAYOUT_EVENT, partitions=3)
+
+
+def test_two_backends_on_two_nodes_each_get_their_exact_share(kafka_broker: Broker, tmp_path: Path) -> None:
+    # the iptables form of kube-proxy's rules; every connection reported one by one, so the ok
+    # ones too are joined to their backend (aggregated flows name the Service only: docs/services.md)
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    topic = f"e2e-svc2-{os.getpid()}"
+    run_plan(
+        TWO_BACKENDS,
+        tmp_path,
+        kafka_broker.bootstrap,
+        topic,
+        "--kube-proxy",
+        "iptables",
+        "--agent-arg=--connections=each",
+    )
+    doc = summary_json(kafka_broker.bootstrap, topic)
+    plan = parse_plan(TWO_BACKENDS)
+    want: dict[str, Counter[str]] = {"api-1": Counter(), "api-2": Counter()}
+    for t, backends in zip(plan.traffic, plan.backend_of(), strict=True):
+        for b in backends:
+            want[b.split("/")[1]][t.kind] += 1
+    got: dict[str, Counter[str]] = {}
+    for row in doc["pairs"]:
+        assert row["client"]["name"] == "web-1", row
+        assert row.get("via") == {"namespace": "shop", "name": "api", "kind": "SERVICE", "port": 80}, row
+        assert row["server"]["kind"] == "POD", row  # every connection joined to its backend
+        got[row["server"]["name"]] = Counter(
+            {
+                "client_reset": row["client_resets"],
+                "server_reset": row["server_resets"],
+                "network_reset": row["network_resets"],
+                "ok": row["connections"] - row["client_resets"] - row["server_resets"] - row["network_resets"],
+            }
+        )
+    assert {b: +c for b, c in got.items()} == want
+    assert all(want[b] for b in want)  # both backends got some
+
+
+NODEPORT: dict[str, Any] = {
+    "pods": [
+        {"namespace": "shop", "name": "web-1", "node": "node-1"},
+        {"namespace": "shop", "name": "api-1", "node": "node-2", "listen": [9000]},
+    ],
+    "services": [
+        {
+            "namespace": "shop",
+            "name": "api",
+            "port": 80,
+            "targetPort": 9000,
+            "backends": ["shop/api-1"],
+            "nodePort": 30080,
+        }
+    ],
+    # through node-1's and node-2's NodePort: masqueraded to that node's address (externalTrafficPolicy:
+    # Cluster), so the backend's sockets and flows name the node as their client
+    "traffic": [
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-1", "kind": "ok", "count": 4},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-1", "kind": "client_reset", "count": 2},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-2", "kind": "server_reset", "count": 3},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-1", "kind": "network_reset", "count": 2},
+        {"from": "shop/web-1", "service": "shop/api", "node": "node-2", "kind": "ok", "count": 3},
+    ],
+}
+
+
+def test_a_nodeport_with_snat_counts_each_connection_once_and_judges_no_reset_by_the_nat(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    topic = f"e2e-np-{os.getpid()}"
+    run_plan(NODEPORT, tmp_path, kafka_broker.bootstrap, topic)  # its own check: each connection once
+    doc = summary_json(kafka_broker.bootstrap, topic)
+    totals = _client_totals(doc, "web-1")
+    app = next(k for k in totals["causes"] if k.startswith("app/"))
+    assert totals == {
+        "connections": 14,
+        "client_resets": 2,
+        "server_resets": 3,
+        "network_resets": 2,
+        "refused": 0,
+        "timeouts": 0,
+        "failed": 0,
+        "causes": {app: 5, "network": 2},
+    }
+    # every connection is web-1's: none left to the node the backend saw it from
+    assert {r["client"]["name"] for r in doc["pairs"]} == {"web-1"}, doc["pairs"]
+    joined = [r for r in doc["pairs"] if r["server"]["name"] == "api-1"]
+    assert {(r["via"]["kind"], r["via"]["name"], r["via"]["port"]) for r in joined} == {
+        ("NODE", "node-1", 30080),
+        ("NODE", "node-2", 30080),
+    }
