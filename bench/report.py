@@ -450,16 +450,18 @@ def storms_markdown(storms: list[dict[str, Any]], meta: dict[str, Any] | None = 
         "",
         "Attempts per second under each tool as a ratio of `none` in the same round; what the tool accounted"
         " for of the client sockets the storm made (worst round; tcpstates and tcpdump: their own loss reports);"
-        " for the agent, events lost, CPU per anomaly it handled (sent as events or aggregated in the kernel)"
-        " and, in the SYN flood, its SYN-ACK retransmits against the server's TCPSynRetrans.",
+        " for the agent, events lost, program runs the kernel skipped (possible losses: a softirq's tracepoint"
+        " on a CPU where another BPF program ran), CPU per anomaly it handled (sent as events or aggregated in"
+        " the kernel) and, in the SYN flood, its SYN-ACK retransmits against the server's TCPSynRetrans (exact"
+        " but for the skipped runs).",
         "",
         "| storm | tool | attempts/s (median) | kept: median | min | tool CPU µs/attempt | agent CPU µs/anomaly |"
-        " kernel µs/attempt | accounted (worst round) | lost | SYN-ACKs exact |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " kernel µs/attempt | accounted (worst round) | lost | runs skipped | SYN-ACKs exact |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in storms:
         if r["status"] != "ok":
-            lines.append(f"| {r['storm']} | {r['label']} | n/a: {r['reason']} | | | | | | | | |")
+            lines.append(f"| {r['storm']} | {r['label']} | n/a: {r['reason']} | | | | | | | | | |")
             continue
         kns = r.get("kernel_ns_per_attempt_median")
         exact = r.get("synack_exact")
@@ -468,7 +470,8 @@ def storms_markdown(storms: list[dict[str, Any]], meta: dict[str, Any] | None = 
             f"{pct(r['ratio_min'])} | {_fmt(r['cpu_us_per_attempt_median'], '.2f', '-')} | "
             f"{_fmt(r['cpu_us_per_anomaly_median'], '.2f', '-')} | {_fmt(kns and kns / 1e3, '.2f', '-')} | "
             f"{'-' if r['delivered_ratio_min'] is None else pct(r['delivered_ratio_min'])} | "
-            f"{'-' if r['lost_max'] is None else r['lost_max']} | {'-' if exact is None else exact} |"
+            f"{'-' if r['lost_max'] is None else r['lost_max']} | "
+            f"{'-' if r.get('skipped_max') is None else r['skipped_max']} | {'-' if exact is None else exact} |"
         )
     return [*lines, ""]
 
