@@ -1,5 +1,5 @@
-/* A TCP socket's own counters, read with the plan's BTF offsets: application bytes (at CLOSE, and
- * while the connection is open) and the RTTs.
+/* A TCP socket's own counters, read with the plan's BTF offsets while the connection is open
+ * (application bytes; at CLOSE bpf/lifecycle.h reads them under the socket lock) and the RTTs.
  *
  * bytes_acked and bytes_received (RFC 4898, tcp_sock) count sequence space: bytes_acked our SYN
  * (active opens that reached ESTABLISHED; a passive child is created after its SYN-ACK was acked)
@@ -11,28 +11,6 @@
 #include "events.h"
 #include "sockstate.h"
 #include "kread.h"
-
-/* At the CLOSE transition (under the socket lock, counters final). bytes_received counts the
- * peer's FIN (tcp_fin() also sets SOCK_DONE; FIN_WAIT2->CLOSE alone does not prove a FIN came:
- * close() hands FIN_WAIT2 sockets to the timewait minisock). Our FIN is counted once acked
- * (snd_una == write_seq after it was queued). */
-static __always_inline void close_bytes(const void *sk, const struct sockstate *st, __u64 *tx, __u64 *rx)
-{
-    __u64 acked = read_u64((const char *)sk + OFF_BYTES_ACKED);
-    __u64 received = read_u64((const char *)sk + OFF_BYTES_RECEIVED);
-    __u32 snd_una = read_u32((const char *)sk + OFF_SND_UNA);
-    __u32 write_seq = read_u32((const char *)sk + OFF_WRITE_SEQ);
-    __u64 sk_flags = read_u64((const char *)sk + OFF_SK_FLAGS);
-
-    if ((sk_flags & (1ULL << SOCK_DONE_BIT)) && received > 0)
-        received -= 1;
-    if (st->role == ROLE_ACTIVE && (st->flags & F_ESTABLISHED) && acked > 0)
-        acked -= 1;
-    if ((st->flags & F_FIN_QUEUED) && snd_una == write_seq && acked > 0)
-        acked -= 1;
-    *tx = acked;
-    *rx = received;
-}
 
 /* What a close adds to what interim reports (or the time before a seeded socket was found) already
  * said: never below zero. */

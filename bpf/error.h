@@ -10,6 +10,8 @@
 #include "maps.h"
 #include "kread.h"
 #include "emit.h"
+#include "anomaly.h"
+#include "connid.h"
 
 static __always_inline int handle_error_report(void *ctx, const void *sk)
 {
@@ -23,13 +25,21 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
     if (!err)
         return 0;
     st->err_report = err;
+    __u8 state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
+    ensure_isns(sk, st, isns_readable(state));
 #ifdef ENABLE_ERROR
-    struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, 0);
+    /* the tracked tuple, once final; before that (an error in SYN_SENT or on a passive child not
+     * yet closed) the socket's own */
+    struct tuple own = {};
+    int final = st->flags & F_TUPLE_FINAL;
+    if (!final)
+        tuple_of_sock(&own, sk);
+    struct tcpscope_event *ev = begin_event_of(EV_SOCKET_ERROR, sk, st, 1, final ? 0 : &own);
     if (!ev)
         return 0;
     ev->err = err;
-    ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
-    submit(ctx, ev);
+    ev->state = state;
+    anomaly_submit(ctx, ev, 0);
 #endif
     return 0;
 }

@@ -27,6 +27,7 @@
 #include "counters.h"
 #include "emit.h"
 #include "flow.h"
+#include "connid.h"
 
 #ifdef OPEN_PASS
 #define PASS_KEYS 12 /* MAX_BPF_FUNC_ARGS: the most a raw tracepoint's test run passes */
@@ -106,7 +107,7 @@ static __always_inline void emit_open(__u64 key, const struct sockstate *st, con
     ev->min_rtt_us = p->min_rtt_us;
     ev->state = (__u8)(read_u32((const char *)key + OFF_SKC_STATE) & 0xff);
     ev->open_flags = (st->oflags & O_SEEDED) ? OPEN_SEEDED : 0;
-    events.ringbuf_submit(ev, 0);
+    events.ringbuf_submit(ev, T_RB_NO_WAKEUP); /* the agent reads the ring right after the pass */
 }
 
 /* One socket of the pass. Established connections only (not listeners, not handshakes), and not
@@ -143,6 +144,7 @@ static __always_inline void report_open(__u64 key, __u64 now)
         count_open(OPENC_FLOW_FULL);
     }
 #endif
+    ensure_isns(sk, st, 1); /* its connection_id (bpf/connid.h) */
     emit_open(key, st, &p, now);
     count_open(OPENC_EVENTS);
 }

@@ -2,17 +2,20 @@
 and served on its --metrics-port beside its own metrics (docs/metrics.md).
 
 Input: the lifecycle events (one per socket, at CLOSE), the flows (aggregated ordinary
-connections) and the open-connection reports (`open` events, and the open part of flows) of every
-batch the collector published. Other event kinds are not counted: a lifecycle already carries its
-socket's retransmits and how it ended.
+connections), the open-connection reports (`open` events, and the open part of flows) and the
+lifecycles aggregated past the agents' anomaly budget (AnomalyAggregate of kind ANOMALY_LIFECYCLE:
+`count` connections with their key's outcome, bytes and retransmits summed; no durations, no
+latency) of every batch the collector published. Other event kinds are not counted here: a
+lifecycle already carries its socket's retransmits and how it ended (the storm signals of
+collector/storm_metrics.py count SYN-ACK retransmits and refusals).
 
 Open connections: bytes and retransmits grow while a connection is open. Each flow interval the
 agent reports an open connection's progress since its previous report (in its flow, or as an open
 event); its lifecycle at close adds only what the reports had not taken (`tx_bytes -
-reported_tx_bytes`, ...), so the counters end exact. `tcpscope_open_connections` is a gauge: the
-open connections of a pair reported in the last two and a half flow intervals (each report names
-the interval; a connection that closed leaves it at its lifecycle, or, in a flow, when its key's
-reports stop).
+reported_tx_bytes`, ...; an anomaly aggregate's sums are of those parts already), so the counters
+end exact. `tcpscope_open_connections` is a gauge: the open connections of a pair reported in the
+last two and a half flow intervals (each report names the interval; a connection that closed
+leaves it at its lifecycle, or, in a flow or an anomaly aggregate, when its reports stop).
 
 Latency: `tcpscope_connect_latency_seconds` observes each connection's connect latency once (in its
 first report, or at close when it was never reported open), `tcpscope_rtt_seconds` its smoothed RTT
@@ -61,9 +64,10 @@ from prometheus_client.registry import Collector
 
 from collector.config import CollectorConfig
 from tcpscope.kafka_layout import RecentKeys
-from tcpscope.outcome import classify, reset_reason
+from tcpscope.outcome import aggregate_lifecycle, classify, reset_reason
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
+    ANOMALY_LIFECYCLE,
     EXTERNAL,
     HOST,
     LISTEN,
@@ -75,6 +79,7 @@ from tcpscope.v1.events_pb2 import (
     SERVICE,
     Endpoint,
     EventBatch,
+    Lifecycle,
     TcpEvent,
 )
 
@@ -351,6 +356,8 @@ class TrafficMetrics(Collector):
             role = ev.flow.role
         elif which == "open":
             role = ev.open.role
+        elif which == "anomalies" and ev.anomalies.kind == ANOMALY_LIFECYCLE:
+            role = ev.anomalies.role  # lifecycles past the agent's anomaly budget, `count` of them
         else:
             return
         if role not in (ACTIVE, PASSIVE):
@@ -377,6 +384,13 @@ class TrafficMetrics(Collector):
             self._add_flow(pair, ev, client_view, counts, now)
         elif which == "open":
             self._add_open(pair, ev, client_view, counts, now)
+        elif which == "anomalies":
+            a = ev.anomalies
+            lc = aggregate_lifecycle(a)
+            pair.retransmits += a.retransmits
+            self._add_outcome(pair, lc, a.count, a.tx_bytes, a.rx_bytes, client_view, counts, peer_watched)
+            # no durations: an aggregate carries only their sum, so the histogram holds the
+            # connections reported one by one and in flows (docs/metrics.md)
         else:
             self._add_lifecycle(pair, ev, client_view, counts, peer_watched)
         self._series += pair.series() - before
@@ -385,22 +399,14 @@ class TrafficMetrics(Collector):
         lc = ev.lifecycle
         # this socket's own segments, never the peer's; those its open reports counted already left out
         pair.retransmits += max(lc.retransmits - lc.reported_retransmits, 0)
-        established, outcome = classify(lc, client_view)
-        if established and lc.ending == RESET_SENT:
-            sender = "client" if client_view else "server"
-            k = (sender, reset_reason(lc))
-            pair.resets[k] = pair.resets.get(k, 0) + 1
-        elif established and lc.ending == RESET_RECEIVED and not peer_watched:
-            k = ("server" if client_view else "client", "UNKNOWN")  # the sender's agent would know
-            pair.resets[k] = pair.resets.get(k, 0) + 1
-        if not counts:
-            return
-        pair.outcomes[outcome] = pair.outcomes.get(outcome, 0) + 1
         # what the open reports (or, seeded, the time before the agent found it) had not counted
         sent = max(lc.tx_bytes - lc.reported_tx_bytes, 0)
         received = max(lc.rx_bytes - lc.reported_rx_bytes, 0)
-        pair.bytes_c2s += sent if client_view else received
-        pair.bytes_s2c += received if client_view else sent
+        established = self._add_outcome(pair, lc, 1, sent, received, client_view, counts, peer_watched)
+        if pair.open:
+            pair.open.pop((ev.node, ev.socket_id), None)  # closed: no longer open
+        if not counts:
+            return
         if established:
             bucket = _FLOW_TO_BUCKET[log2_bucket(lc.duration_ns // 1000)]
             pair.observe_duration(bucket, 1, lc.duration_ns / 1e9)
@@ -408,8 +414,34 @@ class TrafficMetrics(Collector):
             pair.latency("connect").observe_us(lc.connect_latency_ns // 1000)
         if lc.srtt_us:
             pair.latency("rtt").observe_us(lc.srtt_us)
-        if pair.open:
-            pair.open.pop((ev.node, ev.socket_id), None)  # closed: no longer open
+
+    def _add_outcome(
+        self,
+        pair: _Pair,
+        lc: Lifecycle,
+        n: int,
+        sent: int,
+        received: int,
+        client_view: bool,
+        counts: bool,
+        peer_watched: bool,
+    ) -> bool:
+        """n connections that ended as lc says (one socket's lifecycle, or an aggregate's key) with these
+        bytes in all: their resets, and (when this socket counts the connection) outcome and bytes.
+        Returns whether they were established."""
+        established, outcome = classify(lc, client_view)
+        if established and lc.ending == RESET_SENT:
+            sender = "client" if client_view else "server"
+            k = (sender, reset_reason(lc))
+            pair.resets[k] = pair.resets.get(k, 0) + n
+        elif established and lc.ending == RESET_RECEIVED and not peer_watched:
+            k = ("server" if client_view else "client", "UNKNOWN")  # the sender's agent would know
+            pair.resets[k] = pair.resets.get(k, 0) + n
+        if counts:
+            pair.outcomes[outcome] = pair.outcomes.get(outcome, 0) + n
+            pair.bytes_c2s += sent if client_view else received
+            pair.bytes_s2c += received if client_view else sent
+        return established
 
     def _add_open(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool, now: float) -> None:
         o = ev.open
@@ -586,6 +618,8 @@ def _adds_for_peer(ev: TcpEvent) -> bool:
     which = ev.WhichOneof("kind")
     if which == "open":
         return ev.open.retransmits > 0
+    if which == "anomalies":
+        return ev.anomalies.retransmits > 0 or ev.anomalies.ending == RESET_SENT
     if which != "lifecycle":
         return False
     lc = ev.lifecycle

@@ -2,13 +2,16 @@
 bounded reorder buffer that prints them in time order.
 
 By default (`--rows connection`) the view prints one row per connection when it ends, both ends'
-events joined (tail/connections.py: client and server, how it ended, who sent the reset and why,
-duration, bytes), and one row per pair per flow interval for the ordinary connections the agents
-aggregate. `--rows socket` prints each socket's events as the agent's `--stdout` does: lifecycles,
-resets, socket errors and flows by default; state changes, retransmits, SYN-ACK retransmits,
-probes and open connections' reports on request (`--kind state,...`, `--kind open` or `--kind all`,
-which choose socket rows by themselves: those kinds have no connection row). An open connection's
-report is an `open` event, or, aggregated, a flow in which no connection closed (`view_kind`).
+events joined (tail/connections.py: client and server, the Service it went through, how it ended,
+who sent the reset and why, duration, bytes), and one row per pair per flow interval for the
+ordinary connections the agents aggregate, each counted once (from the client's flows, as the
+summary counts them); the anomalies the agents aggregated past their budget print as their own rows
+(one per key and interval, with their exemplars' reset cause). `--rows socket` prints each socket's
+events as the agent's `--stdout` does: lifecycles, resets, socket errors, flows and anomaly
+aggregates by default; state changes, retransmits, SYN-ACK retransmits, probes and open
+connections' reports on request (`--kind state,...`, `--kind open` or `--kind all`, which choose
+socket rows by themselves: those kinds have no connection row). An open connection's report is an
+`open` event, or, aggregated, a flow in which no connection closed (`view_kind`).
 
 Events reach a reader out of order: each agent sends a batch every half second or so, the collector
 publishes batches to several partitions, and a consumer gets each poll's records partition by
@@ -48,10 +51,11 @@ DEFAULT_HOLD_S = 1.0
 
 ROWS: tuple[str, ...] = ("connection", "socket")
 ROWS_HELP = (
-    "connection (the default): one row per connection when it ends, both ends joined: client and server, "
-    "how it ended, who sent the reset (app, kernel or network) and why, duration, bytes; and one row "
-    "per pair per flow interval. socket: every socket's own events, as the agent prints them (the "
-    "default with --kind state, retransmit, synack, probe or all)"
+    "connection (the default): one row per connection when it ends, both ends joined: client and server "
+    "(through a Service: the backend, 'via' the Service), how it ended, who sent the reset (app, kernel or "
+    "network) and why, duration, bytes; and one row per pair per flow interval, each connection once. "
+    "socket: every socket's own events, as the agent prints them (the default with --kind state, "
+    "retransmit, synack, probe or all)"
 )
 
 
@@ -173,7 +177,9 @@ class LiveView:
         shown = self._shown(ev)
         held, done = self.resets.add(ev, int(now * 1e9), shown)
         if shown and not held:
-            self.order.push(event_ns(ev), now, self.render(ev, None))
+            # received RSTs past the budget: the cause of their exemplars' class (docs/reset-cause.md)
+            verdict = self.resets.join.aggregate_verdict(ev)
+            self.order.push(event_ns(ev), now, self.render(ev, verdict))
         self._take(done, now)
         return list(self.order.ready(now))
 
@@ -193,8 +199,8 @@ class LiveView:
     def close(self, now: float) -> list[str]:
         """Everything still held (the end of a run), in time order."""
         if self.connections is not None:
-            self._rows(self.connections.close(now), now)
-            return list(self.order.flush())
+            ready = self._rows(self.connections.close(now), now)  # rows whose hold ended since the last tick
+            return ready + list(self.order.flush())
         self._take(self.resets.release(int(now * 1e9), everything=True), now)
         return list(self.order.flush())
 

@@ -26,6 +26,14 @@ server's. A server's individual lifecycle whose client counted the same connecti
 a flow (the server retransmitted, the client saw nothing unusual) adds its problem counters but not
 a second connection.
 
+Anomalies past the agents' budget (TcpEvent.anomalies, AnomalyAggregate: lifecycles counted in the
+kernel per key beside a few exemplars sent one by one) are counted like flows, per (client address,
+server address, server port), `count` connections each with the outcome their key says: the
+client's when the client's agent reported anything for that triple, else the server's. A server's
+individual lifecycle whose client counted the triple in aggregates and that ended other than ok
+is in those aggregates (the client saw the same end) and is not counted again. Their resets take
+the cause of their exemplars' class (tail/resetcause.py, `aggregate_verdict`).
+
 Counters, each counting connections:
 - connections: established connections (handshake completed)
 - client_resets: established, then aborted by the client (client sent the RST)
@@ -60,10 +68,11 @@ from tail.pairs import COUNTERS, LOG2_BUCKETS, PairSummary, Party
 from tail.servicemap import render_dot
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.losses import UNTRACKED_TOTAL, add_counts, definite_total, possible_text, possible_total, untracked_total
-from tcpscope.outcome import classify, is_duplicate_child, reset_reason
+from tcpscope.outcome import aggregate_lifecycle, classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
+    ANOMALY_LIFECYCLE,
     LISTEN,
     NODE,
     PASSIVE,
@@ -163,6 +172,8 @@ class Summarizer:
     # open reports of connections reported one by one: by connection id, else by 4-tuple
     _open: dict[_OpenKey, _Open] = field(default_factory=dict, init=False)
     _last_pass_ns: dict[str, int] = field(default_factory=dict, init=False)  # node -> its latest open report
+    # aggregated anomalous lifecycles (TcpEvent.anomalies), keyed as the flows
+    _aggs: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
     resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
     """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
     skipped: dict[str, int] = field(default_factory=dict, init=False)
@@ -187,6 +198,10 @@ class Summarizer:
             return
         if kind == "flow":
             self._add_flow(ev)
+            return
+        if kind == "anomalies":
+            if ev.anomalies.kind == ANOMALY_LIFECYCLE:
+                self._add_aggregate(ev)
             return
         if kind != "lifecycle":
             return
@@ -277,6 +292,21 @@ class Summarizer:
         """Whether a report at t was in its node's last pass (within half an interval of it)."""
         return t >= self._last_pass_ns.get(node, 0) - (interval_ns or 10_000_000_000) // 2
 
+    def _add_aggregate(self, ev: TcpEvent) -> None:
+        a = ev.anomalies
+        if a.role == ACTIVE:
+            key, side = (ev.local.ip, ev.remote.ip, ev.remote.port), 0
+        elif a.role == PASSIVE:
+            key, side = (ev.remote.ip, ev.local.ip, ev.local.port), 1
+        else:
+            self._skip("no_role")
+            return
+        if self._held >= self.max_sockets:
+            self._skip("over_capacity")
+            return
+        self._aggs.setdefault(key, ([], []))[side].append(ev)
+        self._held += 1
+
     def add_all(self, events: Iterable[TcpEvent]) -> None:
         for ev in events:
             self.add(ev)
@@ -312,11 +342,18 @@ class Summarizer:
                 del self._flows[fkey]
         for okey in [k for k, o in self._open.items() if o.last_ns < cutoff_ns]:
             del self._open[okey]
+        for akey in list(self._aggs):
+            caggs, saggs = self._aggs[akey]
+            caggs[:] = [x for x in caggs if x.anomalies.last.ToNanoseconds() >= cutoff_ns]
+            saggs[:] = [x for x in saggs if x.anomalies.last.ToNanoseconds() >= cutoff_ns]
+            if not caggs and not saggs:
+                del self._aggs[akey]
         self._held = (
             sum(len(c) + len(s) for c, s in self._views.values())
             + sum(len(c) + len(s) for c, s in self._by_id.values())
             + sum(len(c) + len(s) for c, s in self._flows.values())
             + len(self._open)
+            + sum(len(c) + len(s) for c, s in self._aggs.values())
         )
         self.resets.evict_before(cutoff_ns - self.resets.window_ns)
 
@@ -356,22 +393,30 @@ class Summarizer:
         row_for = rows.row_for
         client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
         flow_clients = {k[0] for k in client_flows}  # client addresses whose agent reported flows
+        client_aggs = {k for k, (ca, _sa) in self._aggs.items() if ca}
         for cv, sv in self.connections():
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
                 continue
+            triple = (sv.client_end.ip, sv.server_end.ip, sv.server_end.port) if sv is not None else None
             absorbed = (
                 cv is None
                 and sv is not None
                 and (
-                    (sv.client_end.ip, sv.server_end.ip, sv.server_end.port) in client_flows
+                    triple in client_flows
+                    or triple in client_aggs
                     # with an id, the client's own socket would have joined it: the client's agent
                     # (which reports flows) aggregated it, maybe under a Service's address
                     or (sv.event.connection_id != 0 and sv.client_end.ip in flow_clients)
                 )
             )
+            if absorbed and triple in client_aggs and sv is not None and not _ok(sv.event.lifecycle):
+                continue  # in the client's aggregates: the client saw this end too
             _count(row_for(*self._connection_parties(cv, sv)), cv, sv, absorbed, self.reset_cause(cv, sv))
         self._count_flows(rows, cutoff, flow_clients)
+        client_seen = client_flows | client_aggs
+        client_seen |= {(v.client_end.ip, v.server_end.ip, v.server_end.port) for v, _ in self.connections() if v}
+        self._add_aggregates(row_for, client_seen, cutoff)
         self._count_open(rows, cutoff)
         return rows.finish()
 
@@ -440,6 +485,77 @@ class Summarizer:
             if reports.connect_ns[side]:
                 row.connect_us_log2[_log2(reports.connect_ns[side] // 1000)] += 1
 
+    def _add_aggregates(
+        self,
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
+        client_seen: set[tuple[str, str, int]],
+        cutoff: int | None,
+    ) -> None:
+        """The anomaly aggregates of each triple: the client's when its agent reported anything for the
+        triple, else the server's; and the server's retransmits its client could not see."""
+        for akey, (caggs, saggs) in self._aggs.items():
+            client_view = akey in client_seen
+            for ev in caggs if client_view else saggs:
+                if cutoff is None or ev.anomalies.last.ToNanoseconds() >= cutoff:
+                    self._count_aggregate(row_for, ev, client_view, akey[2])
+            if not client_view:
+                continue
+            for ev in saggs:  # an ordinary-looking end on the server that retransmitted
+                a = ev.anomalies
+                if (
+                    a.retransmitted
+                    and _ok(aggregate_lifecycle(a))
+                    and (cutoff is None or a.last.ToNanoseconds() >= cutoff)
+                ):
+                    self._count_aggregate(row_for, ev, False, akey[2], only_retransmits=True)
+
+    def _count_aggregate(
+        self,
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
+        ev: TcpEvent,
+        client_view: bool,
+        port: int,
+        only_retransmits: bool = False,
+    ) -> None:
+        """Add an AnomalyAggregate of lifecycles: `count` connections with its key's outcome."""
+        a = ev.anomalies
+        row = row_for(*self._aggregate_parties(ev, port))
+        if only_retransmits:
+            row.retransmits += a.count
+            return
+        row.aggregated_connections += a.count
+        row.server_ports.add(port)
+        first, last = a.first.ToNanoseconds(), a.last.ToNanoseconds()
+        row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+        row.last_seen_ns = max(row.last_seen_ns, last)
+        lc = aggregate_lifecycle(a)
+        established, outcome = classify(lc, client_view)
+        cause = self.resets.aggregate_verdict(ev)
+        if cause is not None:
+            by = row.reset_causes.setdefault(cause.cause, {})
+            by[cause.detail] = by.get(cause.detail, 0) + a.count
+        if not established:
+            field_name = {"refused": "refused", "timeout": "timeouts"}.get(outcome, "failed")
+            setattr(row, field_name, getattr(row, field_name) + a.count)
+            return
+        row.connections += a.count
+        if cause is not None and cause.cause == resetcause.NETWORK:
+            row.network_resets += a.count
+        elif outcome in ("client_reset", "server_reset"):
+            setattr(row, outcome + "s", getattr(row, outcome + "s") + a.count)
+            reasons = row.client_reset_reasons if outcome == "client_reset" else row.server_reset_reasons
+            sender_view = client_view == (outcome == "client_reset")  # the aggregate is the sender's own
+            key = reset_reason(lc) if sender_view else "UNKNOWN"
+            reasons[key] = reasons.get(key, 0) + a.count
+        elif outcome == "timeout":
+            row.timeouts += a.count
+        if a.retransmitted:
+            row.retransmits += a.count
+
+    def _aggregate_parties(self, ev: TcpEvent, port: int) -> tuple[Party, Party, Party | None]:
+        """(client, server, via) of an AnomalyAggregate's connections, as a flow's."""
+        return self._event_parties(ev, ev.anomalies.role, port)
+
     def _connection_parties(self, cv: _View | None, sv: _View | None) -> tuple[Party, Party, Party | None]:
         """(client, server, via) of one connection: via is the Service (or node port) the client
         connected to when that is not the server's own address (kube-proxy's NAT)."""
@@ -500,6 +616,11 @@ class Summarizer:
         if self.by == "workload" and ep.workload.name:
             return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")
         return Party(ep.namespace, ep.name, EndpointKind.Name(ep.kind))
+
+
+def _ok(lc: Lifecycle) -> bool:
+    """Ended normally (no reset, no error): an end whose peer may have seen nothing unusual."""
+    return lc.ending == 1 and lc.errno == 0
 
 
 def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | None, _View | None]]:

@@ -9,7 +9,8 @@ tcpscope-sim `--show` parse their lists with `parse_view` (tail/live.py, the liv
 State changes (several events per connection) and probes are on request only, in the agent and in
 the view; retransmits, SYN-ACK retransmits and open connections' reports are reported by default but
 shown on request; flows are no agent `--events` kind: ordinary connections become flows by
-`--connections`, and the view shows them by default.
+`--connections`, and the view shows them by default; nor are anomaly aggregates (`anomalies`), made
+past the agent's `--anomaly-budget`, shown by default.
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ FLOW = Kind("flow", "flow", agent=False, agent_default=False, view_default=True,
 # shown only on request
 OPEN = Kind("open", "open", agent=True, agent_default=True, view_default=False)
 
-KINDS: tuple[Kind, ...] = (LIFECYCLE, STATE, RETRANSMIT, SYNACK, RESET, ERROR, PROBE, FLOW, OPEN)
+# anomalies past the agent's budget (bpf/anomaly.h), counted in the kernel per key: made by the budgets,
+# not by an --events kind; shown by default, in connection rows as rows of their own
+ANOMALIES = Kind("anomalies", "anomalies", agent=False, agent_default=False, view_default=True, connection_rows=True)
+
+KINDS: tuple[Kind, ...] = (LIFECYCLE, STATE, RETRANSMIT, SYNACK, RESET, ERROR, PROBE, FLOW, OPEN, ANOMALIES)
 """Every kind, in the order help texts list them."""
 
 FIELDS: dict[str, str] = {k.name: k.field for k in KINDS}

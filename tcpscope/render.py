@@ -19,7 +19,22 @@ from typing import Any, Protocol
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from tcpscope.v1.events_pb2 import Direction, Ending, Role, TcpEvent, TcpState
+from tcpscope.v1.events_pb2 import (
+    ANOMALY_LIFECYCLE,
+    ANOMALY_RESET_RECEIVED,
+    ANOMALY_RESET_SENT,
+    ANOMALY_RETRANSMIT,
+    ANOMALY_SOCKET_ERROR,
+    ANOMALY_SYNACK_RETRANSMIT,
+    Direction,
+    Ending,
+    Flow,
+    Lifecycle,
+    OpenConnection,
+    Role,
+    TcpEvent,
+    TcpState,
+)
 
 _TYPE_INT64 = {
     FieldDescriptor.TYPE_INT64,
@@ -144,6 +159,7 @@ _KNOWN = {
         "probe",
         "flow",
         "open",
+        "anomalies",
     ],
     "Endpoint": [
         "ip",
@@ -360,21 +376,7 @@ def endpoint_text(ep: Any) -> str:
 def _details(ev: TcpEvent) -> tuple[str, str]:
     kind = ev.WhichOneof("kind")
     if kind == "lifecycle":
-        lc = ev.lifecycle
-        tx = "?" if lc.tracked_mid_life else lc.tx_bytes  # role unknown: SYN counted or not (events.proto)
-        d = (
-            f"role={_ROLE.get(lc.role, lc.role)} tx={tx} rx={lc.rx_bytes} "
-            f"ms={lc.duration_ns / 1e6:.3f} end={_ENDING.get(lc.ending, lc.ending)}"
-        )
-        if lc.tracked_mid_life:
-            d += " tracked_mid_life"
-        if lc.errno:
-            d += f" errno={lc.errno_name or lc.errno}"
-        if lc.reset_reason_name:
-            d += f" reason={lc.reset_reason_name}"
-        if lc.retransmits:
-            d += f" retrans={lc.retransmits}"
-        return "LIFECYCLE", d + latency_text(lc.srtt_us, lc.connect_latency_ns) + (" seeded" if lc.seeded else "")
+        return "LIFECYCLE", _lifecycle_details(ev.lifecycle)
     if kind == "state_change":
         sc = ev.state_change
         return "STATE", (
@@ -384,7 +386,8 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     if kind == "retransmit":
         return "RETRANS", f"state={_STATE.get(ev.retransmit.state, ev.retransmit.state)}"
     if kind == "synack_retransmit":
-        return "SYNACK_RTX", ""
+        n = ev.synack_retransmit.request_retransmit
+        return "SYNACK_RTX", f"request_retransmit={n}" if n else ""
     if kind == "reset":
         r = ev.reset
         d = f"state={_STATE.get(r.state, r.state)}"
@@ -398,22 +401,47 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
         p = ev.probe
         return "PROBE", f"cwnd={p.snd_cwnd} srtt_us={p.srtt_us} snd_wnd={p.snd_wnd} len={p.data_len}"
     if kind == "flow":
-        fl = ev.flow
-        opened = f" open={fl.open_connections}" if fl.open_connections else ""
-        return "FLOW", (
-            f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections}{opened} tx={fl.tx_bytes} "
-            f"rx={fl.rx_bytes} {flow_latency_text(fl)} every={duration_text(fl.interval_ns)}"
-        )
+        return "FLOW", _flow_details(ev.flow)
     if kind == "open":
-        o = ev.open
-        return "OPEN", (
-            f"role={_ROLE.get(o.role, o.role)} +tx={o.tx_bytes} +rx={o.rx_bytes} "
-            f"age={duration_text(o.age_ns)} state={_STATE.get(o.state, o.state)}"
-            + (f" retrans+={o.retransmits}" if o.retransmits else "")
-            + latency_text(o.srtt_us, o.connect_latency_ns)
-            + (" seeded" if o.seeded else "")
-        )
+        return "OPEN", _open_details(ev.open)
+    if kind == "anomalies":
+        return "AGGREGATED", anomaly_details(ev.anomalies)
     return "?", ""
+
+
+def _lifecycle_details(lc: Lifecycle) -> str:
+    tx = "?" if lc.tracked_mid_life else lc.tx_bytes  # role unknown: SYN counted or not (events.proto)
+    d = (
+        f"role={_ROLE.get(lc.role, lc.role)} tx={tx} rx={lc.rx_bytes} "
+        f"ms={lc.duration_ns / 1e6:.3f} end={_ENDING.get(lc.ending, lc.ending)}"
+    )
+    if lc.tracked_mid_life:
+        d += " tracked_mid_life"
+    if lc.errno:
+        d += f" errno={lc.errno_name or lc.errno}"
+    if lc.reset_reason_name:
+        d += f" reason={lc.reset_reason_name}"
+    if lc.retransmits:
+        d += f" retrans={lc.retransmits}"
+    return d + latency_text(lc.srtt_us, lc.connect_latency_ns) + (" seeded" if lc.seeded else "")
+
+
+def _flow_details(fl: Flow) -> str:
+    opened = f" open={fl.open_connections}" if fl.open_connections else ""
+    return (
+        f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections}{opened} tx={fl.tx_bytes} "
+        f"rx={fl.rx_bytes} {flow_latency_text(fl)} every={duration_text(fl.interval_ns)}"
+    )
+
+
+def _open_details(o: OpenConnection) -> str:
+    return (
+        f"role={_ROLE.get(o.role, o.role)} +tx={o.tx_bytes} +rx={o.rx_bytes} "
+        f"age={duration_text(o.age_ns)} state={_STATE.get(o.state, o.state)}"
+        + (f" retrans+={o.retransmits}" if o.retransmits else "")
+        + latency_text(o.srtt_us, o.connect_latency_ns)
+        + (" seeded" if o.seeded else "")
+    )
 
 
 def latency_text(srtt_us: int, connect_ns: int) -> str:
@@ -447,6 +475,37 @@ def flow_latency_text(fl: Any) -> str:
     p50, p99 = duration_quantile_us(fl, 0.5), duration_quantile_us(fl, 0.99)
     mean = duration_text(fl.duration_sum_ns / fl.connections)
     return f"mean={mean} p50<{duration_text(p50 * 1e3)} p99<{duration_text(p99 * 1e3)}"
+
+
+# an AnomalyAggregate's kind, as the EVENT column names the events it stands for
+ANOMALY_EVENT: dict[int, str] = {
+    ANOMALY_LIFECYCLE: "LIFECYCLE",
+    ANOMALY_RETRANSMIT: "RETRANS",
+    ANOMALY_SYNACK_RETRANSMIT: "SYNACK_RTX",
+    ANOMALY_RESET_SENT: "RST_SENT",
+    ANOMALY_RESET_RECEIVED: "RST_RECV",
+    ANOMALY_SOCKET_ERROR: "ERROR",
+}
+
+
+def anomaly_details(a: Any) -> str:
+    """An AnomalyAggregate in a few words: what, how many past the budget (and how many were sent as
+    events), and the key's why (state, ending, errno, reason, flags)."""
+    d = f"{ANOMALY_EVENT.get(a.kind, '?')} x{a.count} (+{a.exemplars} as events)"
+    if a.kind == ANOMALY_LIFECYCLE:
+        d += f" role={_ROLE.get(a.role, a.role)} end={_ENDING.get(a.ending, a.ending)}"
+    if a.state:
+        d += f" state={_STATE.get(a.state, a.state)}"
+    if a.errno:
+        d += f" errno={a.errno_name or a.errno}"
+    if a.reason_name:
+        d += f" reason={a.reason_name}"
+    flags = [n for n in ("retransmitted", "first_of_request", "no_socket", "coarse") if getattr(a, n)]
+    if flags:
+        d += " " + ",".join(flags)
+    if a.kind == ANOMALY_LIFECYCLE:
+        d += f" tx={a.tx_bytes} rx={a.rx_bytes}"
+    return d + f" every={duration_text(a.interval_ns)}"
 
 
 def duration_quantile_us(fl: Any, q: float) -> float:

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from agent.kernel.anomalies import AnomalyMaps
 from agent.kernel.decode import EVENT, Decoder
 from agent.kernel.flows import FlowMaps
 from agent.kernel.loader import Loaded
@@ -98,9 +99,13 @@ class KernelSource:
 
         self._on_event = on_event  # keep the callbacks alive
         self._on_lost = on_lost
+        self._consume_fn: Any = None
         if loaded.plan.use_ringbuf:
             self._bpf[b"events"].open_ring_buffer(on_event)
             self._poll_fn = self._bpf.ring_buffer_poll
+            # most records do not wake the reader (bpf/maps.h, ring_wake_flag): after the wait,
+            # consume whatever is there whether or not a wakeup came
+            self._consume_fn = self._bpf.ring_buffer_consume
         else:
             self._bpf[b"events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
             self._poll_fn = self._bpf.perf_buffer_poll
@@ -111,6 +116,7 @@ class KernelSource:
             if loaded.plan.flows_on
             else None
         )
+        self._anomalies = AnomalyMaps(self._bpf, decoder, flow_interval_s) if loaded.plan.anomalies_on else None
         self._final_losses: dict[str, int] = {}
         self._final_flow_counters: dict[str, int] = {}
         plan = loaded.plan
@@ -122,24 +128,39 @@ class KernelSource:
         self._clock = clock
         self._last_tick = clock()
         self._finished = False  # the final pass and flush are done
+        self._final_anomaly_counters: dict[str, int] = {}
         self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
         """Records from the buffer; every --flow-interval (and once after stop(), when the buffer is
-        drained) the open connections' reports and the flows too."""
+        drained) the open connections' reports and the flows, and the anomaly aggregates too."""
         self._poll_fn(timeout_ms)
         out = self._take()
-        if self._closed or self._finished:
+        if self._closed:
             return out
-        if self._stopped:
-            if not out:  # the buffer is drained: nothing can reach the maps any more
-                self._interval(out, final=True)
-                self._finished = True
-        elif self._clock() - self._last_tick >= self._interval_s:
-            self._interval(out, final=False)
+        if not self._finished:
+            if self._stopped:
+                if not out:  # the buffer is drained: nothing can reach the maps any more
+                    self._interval(out, final=True)
+                    self._finished = True
+            elif self._clock() - self._last_tick >= self._interval_s:
+                self._interval(out, final=False)
+        anomalies = self._anomalies
+        if anomalies is not None:
+            if self._stopped:
+                if not out:  # as for the flows: nothing can reach the maps any more
+                    out = anomalies.flush_all()
+                    self._final_anomaly_counters = anomalies.counters()
+                    self._anomalies = None
+            elif anomalies.due():
+                out.extend(anomalies.flush())
         return out
 
     def _take(self) -> list[TcpEvent]:
+        # most records do not wake the reader (bpf/maps.h, ring_wake_flag): consume whatever is
+        # there whether or not a wakeup came
+        if self._consume_fn is not None and len(self._batch) < self.MAX_EVENTS_PER_POLL:
+            self._consume_fn()
         out = self._batch[:]
         self._batch.clear()
         return out
@@ -191,6 +212,17 @@ class KernelSource:
                 out.update(seeding.counters())
         return out
 
+    def anomaly_counters(self) -> dict[str, int]:
+        """anomalies.<name> (bpf/anomaly.h ANOMC_*): anomalies sent as events, aggregated (and why),
+        under coarse keys, without a key; empty when the budgets are off."""
+        if self._anomalies is not None and not self._closed:
+            return self._anomalies.counters()
+        return dict(self._final_anomaly_counters)
+
+    def kernel_counters(self) -> dict[str, int]:
+        """The in-kernel accounting counters, flows.*, open.* and anomalies.* (not losses)."""
+        return {**self.flow_counters(), **self.anomaly_counters()}
+
     def losses(self) -> dict[str, int]:
         if self._closed:
             return dict(self._final_losses)
@@ -218,5 +250,6 @@ class KernelSource:
             self._final_losses = self.losses()
             if not self._finished:
                 self._final_flow_counters = self._counters(self._flows)
+            self._final_anomaly_counters = self.anomaly_counters()
             self._closed = True
             self._loaded.close()

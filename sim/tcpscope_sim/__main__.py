@@ -42,7 +42,7 @@ from tcpscope_sim.plan import (
     load_plan,
 )
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
-from tcpscope_sim.watch import TopicWatch, pool_count
+from tcpscope_sim.watch import TopicWatch, pool_count, synack_retransmits
 
 log = logging.getLogger("tcpscope_sim")
 
@@ -137,7 +137,9 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str], rows: str =
     so it shows both ends' pod names as any Kafka consumer sees them. Connection rows (the default):
     one per connection, both ends joined, with who sent its reset (tail/connections.py); socket rows
     (--rows socket): the agent's table lines, received resets marked with who sent them once the
-    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order."""
+    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order.
+    Through a Service a connection row names the backend and says `via ns/svc:port` (DETAILS), and
+    the backends' flows from a client whose agent reports flows are not shown again."""
     from tail import connections
     from tcpscope import render
 
@@ -366,6 +368,9 @@ class _SimRun:
         watch.catch_up(10)
         if self.printer is not None:
             self.printer.close()  # the rows still held (for their reset's cause, for time order)
+            joined = self.printer.view.connections
+            if joined is not None and joined.tally():  # how the rows came about: joined, folded, flows covered
+                _say(joined.tally().rstrip("\n"))
         _say(f"tcpscope-sim: connections made, by traffic kind: {made_text(driver.outcomes) or 'none'}")
         return 0
 
@@ -400,6 +405,19 @@ class _SimRun:
         self.cluster.stop()
 
 
+def _synack_check(driver: Driver, watch: TopicWatch, say: Callable[[str], None]) -> bool:
+    """syn_flood entries: the SYN-ACK retransmits the agents reported for each flooded listener (events
+    and aggregates) against what its kernel counted (TcpExt TCPSynRetrans in its netns)."""
+    events, _, _ = watch.snapshot()
+    ok = True
+    for (pod, port), want in sorted(driver.synack_retransmits.items()):
+        ip = driver.cluster.pods[pod].spec.ip
+        got = sum(synack_retransmits(e) for e in events if e.local.ip == ip and e.local.port in (port, 0))
+        say(f"tcpscope-sim: {pod}:{port} SYN-ACK retransmits reported {got}, its kernel counted {want}")
+        ok = ok and got == want
+    return ok
+
+
 def _hold() -> None:
     """--hold: keep the collector (and its metrics) up until Ctrl-C."""
     _say("tcpscope-sim: holding (collector up) until Ctrl-C")
@@ -426,6 +444,8 @@ def _run_plan(
     # a possible loss (a program run the kernel skipped) that cost no planned connection is reported,
     # not failed: every lifecycle arrived, so the summary is exact
     ok = got == expected and not lost and all(c == 0 for c in codes.values()) and not watch.error
+    synacks = _synack_check(driver, watch, say)
+    ok = ok and synacks
     say(
         f"tcpscope-sim: shipped {got}/{expected} lifecycle events in {time.monotonic() - t0:.1f}s, "
         f"losses {lost or 'none'}{f' (possible: {maybe})' if maybe else ''}, agents exited {codes}"

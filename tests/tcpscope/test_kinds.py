@@ -18,18 +18,21 @@ def test_names_fields_and_defaults() -> None:
         "probe": "probe",
         "flow": "flow",
         "open": "open",
+        "anomalies": "anomalies",
     }
     assert kinds.AGENT_KINDS == ("lifecycle", "state", "retransmit", "synack", "reset", "error", "probe", "open")
     # state changes (several per connection) and probes are on request only
     assert kinds.AGENT_DEFAULTS == ("lifecycle", "retransmit", "synack", "reset", "error", "open")
-    assert kinds.VIEW_DEFAULTS == ("lifecycle", "reset", "error", "flow")
+    assert kinds.VIEW_DEFAULTS == ("lifecycle", "reset", "error", "flow", "anomalies")
 
 
 def test_parse_view() -> None:
-    assert kinds.parse_view("") == frozenset({"lifecycle", "reset", "socket_error", "flow"})
+    assert kinds.parse_view("") == frozenset({"lifecycle", "reset", "socket_error", "flow", "anomalies"})
     assert kinds.parse_view(" state, reset ") == frozenset({"state_change", "reset"})
     assert kinds.parse_view("all") == frozenset()
     assert kinds.parse_view("open") == frozenset({"open"})  # open connections' reports: on request
     assert kinds.parse_view("reset,all") == frozenset()
-    with pytest.raises(ValueError, match=r"unknown kinds \['bogus'\]; known: lifecycle, state, .*, flow, open, all$"):
+    with pytest.raises(
+        ValueError, match=r"unknown kinds \['bogus'\]; known: lifecycle, state, .*, flow, open, anomalies, all$"
+    ):
         kinds.parse_view("lifecycle,bogus")
