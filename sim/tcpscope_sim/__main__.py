@@ -361,6 +361,8 @@ class _SimRun:
         events, losses, batches = watch.snapshot()
         rows = _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
         exact = _check_summary(rows, self.plan, self.watched, _say) if self.args.plan else True
+        if watch.skipped:
+            _say(f"tcpscope-sim: records skipped while reading Kafka: {_skipped_text(watch.skipped)}")
         map_path = self.args.service_map
         if map_path is None and not self.args.plan:  # `make run`: the picture beside the summary
             map_path = f"tcpscope-sim-{self.cluster.run_id}-map.svg"
@@ -416,7 +418,14 @@ def _run_plan(
     )
     if watch.error:
         say(f"tcpscope-sim: reading Kafka failed: {watch.error}")
+    if watch.skipped:
+        say(f"tcpscope-sim: records skipped while reading Kafka: {_skipped_text(watch.skipped)}")
     return 0 if ok else 1
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    names = {"foreign": "not tcpscope records", "bounds": "outside the bounds (docs/kafka.md, Bounds)"}
+    return ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(skipped.items()))
 
 
 def _print_summary(
