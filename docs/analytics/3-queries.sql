@@ -701,6 +701,7 @@ SELECT
     sum(lost_agent_buffer) AS agent_buffer,
     sum(lost_enrichment) AS enrichment,
     sum(lost_kernel_skipped_runs) AS kernel_skipped_runs,
+    sum(lost_sockets_untracked) AS sockets_untracked,
     sumMap(lost_by_reason) AS by_reason
 FROM tcpscope_batches FINAL
 WHERE sent_time >= {since:DateTime64(9, 'UTC')};
@@ -716,9 +717,12 @@ SELECT
     sum(lost_agent_buffer) AS agent_buffer,
     sum(lost_enrichment) AS enrichment,
     sum(lost_kernel_skipped_runs) AS kernel_skipped_runs,
+    sum(lost_sockets_untracked) AS sockets_untracked,
     sumMap(lost_by_reason) AS by_reason,
     sum(unobserved_windows) AS unobserved_windows,
-    max(sent_time) AS last_batch
+    max(sent_time) AS last_batch,
+    argMax(clock_offset_ns, sent_time) AS clock_offset_ns,
+    argMax(clock_offset_error_ns, sent_time) AS clock_offset_error_ns
 FROM tcpscope_batches FINAL
 WHERE sent_time >= {since:DateTime64(9, 'UTC')}
 GROUP BY node

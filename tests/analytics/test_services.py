@@ -30,11 +30,12 @@ from tests.support.analytics import (
 SKEW_NS = 5 * 10**9
 
 
-def records(value_format: str, skew_ns: int = 0) -> list[Rec]:
-    """The scenario's batches (node-2's clock skew_ns off), then two of them published again."""
+def records(value_format: str, skew_ns: int = 0, measured: bool = False) -> list[Rec]:
+    """The scenario's batches (node-2's clock skew_ns off; measured: by the collector too), then two
+    of them published again."""
     batches = nat_scenario.build().batches()
     if skew_ns:
-        batches = shifted(batches, "node-2", skew_ns)
+        batches = shifted(batches, "node-2", skew_ns, measured)
     return laid_out(batches, value_format, repeat=(1, len(batches) - 1))
 
 
@@ -48,10 +49,16 @@ def _row(pairs: dict[str, dict[str, Any]], client: str, server: str, via: str | 
 
 
 @pytest.mark.slow  # chDB runs the whole DDL and query pack: a few seconds each
-@pytest.mark.parametrize("skew_ns", [0, SKEW_NS], ids=["clocks_agree", "node2_5s_ahead"])
+@pytest.mark.parametrize(
+    ("skew_ns", "measured"),
+    [(0, False), (SKEW_NS, False), (SKEW_NS, True)],
+    ids=["clocks_agree", "node2_5s_ahead", "node2_5s_ahead_measured"],
+)
 @pytest.mark.parametrize("value_format", ["protobuf", "json"])
-def test_through_services_the_query_pack_equals_the_summary(value_format: str, skew_ns: int, tmp_path: Path) -> None:
-    recs = records(value_format, skew_ns)
+def test_through_services_the_query_pack_equals_the_summary(
+    value_format: str, skew_ns: int, measured: bool, tmp_path: Path
+) -> None:
+    recs = records(value_format, skew_ns, measured)
     doc = summary_doc(recs)
     assert doc["duplicates"] > 0 and doc["conflicts"] == 0
     want = by_pair(doc["pairs"])
@@ -94,14 +101,25 @@ def test_through_services_the_query_pack_equals_the_summary(value_format: str, s
     assert direct["connections"] == 2
 
 
-@pytest.mark.slow  # chDB, twice
+@pytest.mark.slow  # chDB, three times
 def test_a_node_whose_clock_is_off_gives_the_same_answers(tmp_path: Path) -> None:
+    """node-2's clock 5 s ahead: joined by connection_id, every counter and cause is the same (which
+    end's network RST came first, no_send_seen or both_ends, is by the nodes' clocks). When the
+    collector measured the offset, the tables hold node-2's times on its clock: the same answers
+    to the nanosecond."""
     answers = []
-    for skew in (0, SKEW_NS):
-        with clickhouse_docs(tmp_path / str(skew), "protobuf") as ch:
-            ch.feed(records("protobuf", skew))
-            answers.append(without_times(as_summary_pairs(ch.query("pairs")), merge_network=True))
-    assert answers[0] == answers[1]
+    for skew, measured in ((0, False), (SKEW_NS, False), (SKEW_NS, True)):
+        with clickhouse_docs(tmp_path / f"{skew}-{measured}", "protobuf") as ch:
+            ch.feed(records("protobuf", skew, measured))
+            answers.append(by_pair(as_summary_pairs(ch.query("pairs"))))
+            corrections = ch.rows(
+                "SELECT node, groupUniqArray(clock_correction_ns) AS c FROM tcpscope_lifecycles FINAL GROUP BY node"
+            )
+            assert {r["node"]: [int(c) for c in r["c"]] for r in corrections}["node-2"] == [SKEW_NS if measured else 0]
+    assert without_times(list(answers[1].values()), merge_network=True) == without_times(
+        list(answers[0].values()), merge_network=True
+    )
+    assert answers[2] == answers[0]
     # both of the Service's backends hold their connections, each once: nothing counted twice
     api1 = _row(answers[1], "web-1", "api-1", "api-svc")
     assert (api1["connections"], api1["network_resets"]) == (11, 2)  # 10 of the mix, peer_closed

@@ -387,7 +387,7 @@ def by_pair(pairs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def as_summary_losses(row: dict[str, Any]) -> dict[str, int]:
     """The `losses` query's row in the shape of the summary's `losses` (its loss line's figures)."""
-    out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs")}
+    out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs", "sockets_untracked")}
     out.update({k: int(v) for k, v in row["by_reason"].items()})
     return dict(sorted(out.items()))
 
@@ -475,9 +475,11 @@ def batches_of(records: Sequence[Rec]) -> list[EventBatch]:
     return out
 
 
-def shifted(batches: Sequence[EventBatch], node: str, shift_ns: int) -> list[EventBatch]:
+def shifted(batches: Sequence[EventBatch], node: str, shift_ns: int, measured: bool = False) -> list[EventBatch]:
     """Copies of the batches with `node`'s clock moved by shift_ns: its events' times, its flows'
-    first and last close, its agent's batch send times (what a reader meets when a node's clock is off)."""
+    first and last close, its agent's batch send times (what a reader meets when a node's clock is off).
+    measured: the collector measured the offset too (its note on the node's batches, bounded within
+    1 ms), so the node's records carry the correction readers subtract (docs/kafka.md, "Clocks")."""
     from tcpscope.v1.events_pb2 import EventBatch
 
     out = []
@@ -493,6 +495,9 @@ def shifted(batches: Sequence[EventBatch], node: str, shift_ns: int) -> list[Eve
                     ts.FromNanoseconds(ts.ToNanoseconds() + shift_ns)
         if c.node == node:
             c.sent_time.FromNanoseconds(c.sent_time.ToNanoseconds() + shift_ns)
+            if measured:
+                c.collector.clock_offset_ns, c.collector.clock_offset_error_ns = shift_ns, 1_000_000
+                c.collector.clock_offset_bounded = True
         out.append(c)
     return out
 
