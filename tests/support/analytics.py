@@ -423,26 +423,39 @@ def summary_doc(records: Sequence[Rec], window_s: float | None = None, now_ns: i
     return out
 
 
-def summary_verdicts(records: Sequence[Rec]) -> dict[tuple[str, int], tuple[str, str]]:
-    """tail/resetcause.py's verdict on the RST each counted socket received, by (node, socket id)."""
+SocketKey = tuple[str, int, int, str, int]
+"""(node, socket id, local port, remote ip, remote port): one socket (the kernel reuses socket ids)"""
+
+
+def summary_verdicts(records: Sequence[Rec]) -> dict[SocketKey, tuple[str, str]]:
+    """tail/resetcause.py's verdict on the RST each counted socket received."""
     s = summary_report(records).summarizer
-    out: dict[tuple[str, int], tuple[str, str]] = {}
+    out: dict[SocketKey, tuple[str, str]] = {}
     for cv, sv in s.connections():
         for v in (cv, sv):
             got = s.resets.received_by(v.event) if v is not None else None
             if v is not None and got is not None:
                 verdict = s.resets.classify(got)
-                out[(v.event.node, v.event.socket_id)] = (verdict.cause, verdict.detail)
+                e = v.event
+                key = (e.node, e.socket_id, e.local.port, e.remote.ip, e.remote.port)
+                assert key not in out, key
+                out[key] = (verdict.cause, verdict.detail)
     return out
 
 
-def sql_verdicts(ch: ClickHouseDocs) -> dict[tuple[str, int], tuple[str, str]]:
+def sql_verdicts(ch: ClickHouseDocs) -> dict[SocketKey, tuple[str, str]]:
     """The view tcpscope_reset_verdicts in the same shape."""
     rows = ch.rows(
-        "SELECT s.node AS node, s.socket_id AS socket_id, v.cause AS cause, v.detail AS detail "
+        "SELECT s.node AS node, s.socket_id AS socket_id, s.local_port AS local_port, s.remote_ip AS remote_ip, "
+        "s.remote_port AS remote_port, v.cause AS cause, v.detail AS detail "
         "FROM tcpscope_reset_verdicts AS v INNER JOIN tcpscope_sockets AS s ON v.id = s.id"
     )
-    return {(r["node"], int(r["socket_id"])): (r["cause"], r["detail"]) for r in rows}
+    out: dict[SocketKey, tuple[str, str]] = {}
+    for r in rows:
+        key = (r["node"], int(r["socket_id"]), int(r["local_port"]), r["remote_ip"], int(r["remote_port"]))
+        assert key not in out, key
+        out[key] = (r["cause"], r["detail"])
+    return out
 
 
 # --- records as batches again, and one node's clock moved ------------------------------------------
@@ -527,3 +540,30 @@ def without_times(pairs: Sequence[dict[str, Any]], merge_network: bool = False) 
             q["reset_causes"] = causes
         out[k] = q
     return out
+
+
+def republish_one_batch(bootstrap: str, topic: str, records: Sequence[Any]) -> int:
+    """Every record of the first simulator batch that carried events, published again byte for byte
+    (key, value, headers, partition): what a collector that died after Kafka's ack leaves behind.
+    Returns how many records."""
+    from kafka import KafkaProducer
+
+    from tcpscope.kafka_layout import H_AGENT_ID, H_BATCH_SEQ, H_RECORD, RECORD_SUMMARY, header_map
+
+    summaries = [header_map(r.headers) for r in records if header_map(r.headers).get(H_RECORD) == RECORD_SUMMARY]
+    batch = next(
+        (h[H_AGENT_ID], h[H_BATCH_SEQ])
+        for h in summaries
+        if h[H_AGENT_ID].startswith("node-") and h["batch-events"] != "0"
+    )
+    again = [
+        r for r in records if (header_map(r.headers).get(H_AGENT_ID), header_map(r.headers).get(H_BATCH_SEQ)) == batch
+    ]
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for r in again:
+            p.send(topic, key=r.key, value=r.value, headers=list(r.headers), partition=r.partition)
+        p.flush(10)
+    finally:
+        p.close()
+    return len(again)
