@@ -401,12 +401,21 @@ def summary_report(records: Sequence[Rec]) -> Report:
     from tail.cli import SUMMARY_DEDUP_WINDOW
     from tail.consume import Dedup
     from tail.summary import Report, Summarizer
+    from tcpscope.bounds import OutOfBounds
     from tcpscope.kafka_layout import decode_records
 
     rep = Report(Summarizer())
     dedup = Dedup(SUMMARY_DEDUP_WINDOW)
     for r in records:
-        for d in decode_records(r.headers, r.value):
+        try:
+            decoded = decode_records(r.headers, r.value)
+        except OutOfBounds:  # decodable, outside the bounds: the reader skips and counts it
+            rep.out_of_bounds += 1
+            continue
+        except ValueError:
+            rep.undecodable += 1
+            continue
+        for d in decoded:
             if dedup.keep(d, rep.conflicts.add):
                 rep.take(d)
     rep.duplicates = dedup.repeats
