@@ -137,9 +137,21 @@ def test_a_window_counts_what_the_summarys_window_counts(tmp_path: Path) -> None
         ch.feed(recs)
         since = ch.execute(f"SELECT fromUnixTimestamp64Nano({since_ns}, 'UTC')", "TSVRaw").strip()
         got = by_pair(as_summary_pairs(ch.query("pairs", since)))
+        durations = {(r["client_name"], r["server_name"]): r for r in ch.query("durations", since)}
+        minutes = [
+            r
+            for r in ch.query("bytes_per_minute", since)
+            if (r["client_name"], r["server_name"]) == ("node-1", "api-1")
+        ]
     want = by_pair(doc["pairs"])
     assert got == want
     # in the window: 4 of web-1's flows to the node port, so api-1's backend flow keeps 2 of its 6
     assert _row(want, "node-1", "api-1", None)["flow_connections"] == 2
     assert _row(want, "web-1", "node-1", None)["flow_connections"] == 4
     assert not [p for p in want.values() if p["server"]["name"] == "api-svc"]  # all before the window
+    # the part of api-1's flow counted, in the durations and bytes: its histogram less the 4 taken
+    # from its lowest buckets, its sums in proportion (docs/analytics.md)
+    partial = durations[("node-1", "api-1")]
+    assert (int(partial["connections"]), float(partial["mean_us"])) == (2, 3000.0)
+    assert (int(partial["p50_bucket"]), int(partial["p99_bucket"])) == (12, 12)
+    assert [(int(r["connections"]), int(r["client_sent_bytes"])) for r in minutes] == [(2, 42 * 2 // 6)]
