@@ -123,31 +123,7 @@ def connection_line(
 
 def _connection_counts(view: live.LiveView) -> str:
     """The connection view's tally at the end of a run (tail/connections.py), '' with nothing to say."""
-    j = view.connections
-    if j is None or not j.counts:
-        return ""
-    c = j.counts
-    both, client, server = (
-        c.get(k, 0) for k in ("rows_from_both_ends", "rows_from_the_client_only", "rows_from_the_server_only")
-    )
-    parts = [
-        f"# {both + client + server} connection rows: {both} joined from both ends, {client} from the client's "
-        f"agent only, {server} from the server's agent only"
-    ]
-    parts.append(
-        f"{c.get('events_folded_into_rows', 0)} reset and error events folded into them, "
-        f"{c.get('events_shown_on_their_own', 0)} shown on their own"
-    )
-    if c.get("server_flows_covered_by_the_client"):
-        parts.append(
-            f"{c['server_flows_covered_by_the_client']} server flows not shown (their clients' flows count them)"
-        )
-    if c.get("released_early_over_the_bound"):
-        parts.append(
-            f"{c['released_early_over_the_bound']} rows printed before their other end came "
-            f"(more than {j.max_pending} waiting)"
-        )
-    return "; ".join(parts) + "\n"
+    return view.connections.tally() if view.connections is not None else ""
 
 
 def _loss_line(d: Decoded) -> str:

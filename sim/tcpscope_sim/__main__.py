@@ -135,7 +135,9 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str], rows: str =
     so it shows both ends' pod names as any Kafka consumer sees them. Connection rows (the default):
     one per connection, both ends joined, with who sent its reset (tail/connections.py); socket rows
     (--rows socket): the agent's table lines, received resets marked with who sent them once the
-    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order."""
+    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order.
+    Through a Service a connection row names the backend and says `via ns/svc:port` (DETAILS), and
+    the backends' flows from a client whose agent reports flows are not shown again."""
     from tail import connections
     from tcpscope import render
 
@@ -352,6 +354,9 @@ class _SimRun:
         watch.catch_up(10)
         if self.printer is not None:
             self.printer.close()  # the rows still held (for their reset's cause, for time order)
+            joined = self.printer.view.connections
+            if joined is not None and joined.tally():  # how the rows came about: joined, folded, flows covered
+                _say(joined.tally().rstrip("\n"))
         _say(f"tcpscope-sim: connections made, by traffic kind: {made_text(driver.outcomes) or 'none'}")
         return 0
 
