@@ -9,13 +9,17 @@
 -- Deduplication: at-least-once delivery repeats records (docs/kafka.md). A repeat carries the same
 -- (agent_id, batch_seq, batch_index) and byte-identical content, so every table is a
 -- ReplacingMergeTree ordered by that key, and the queries read it with FINAL. Its partition key
--- comes from the event's own time, so a repeat always lands in the partition of its first copy.
+-- comes from the event's own time, so a repeat lands in the partition of its first copy (unless a
+-- resend's clock correction moves it across a month's end).
+--
+-- Times: the streams carry each agent's own times; the views into the stored tables put them on the
+-- collector's clock, as tcpscope-tail shows them (tail/clock.py), with the functions below.
 
 -- What readers subtract from an agent's times (tail/clock.py, docs/kafka.md "Clocks"): the agent's
 -- clock offset the collector measured (EventBatch.collector), once it is bounded, at least 50 ms and
 -- larger than its error; else 0. The collector puts the same figure in the `clock-offset-ns` header
--- of the batch's event records; the views of 2-kafka-*.sql subtract it, so every time in the tables
--- is on the collector's clock (`clock_correction_ns` keeps what was subtracted).
+-- of the batch's event records (the streams' `clock_correction_ns`); the views below subtract it,
+-- so every time in the stored tables is on the collector's clock, `clock_correction_ns` beside it.
 CREATE FUNCTION tcpscope_clock_correction AS (offset_ns, error_ns, bounded) ->
     if(bounded AND abs(offset_ns) >= 50000000 AND abs(offset_ns) > error_ns, offset_ns, 0);
 

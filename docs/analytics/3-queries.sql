@@ -1,7 +1,8 @@
 -- tcpscope in ClickHouse, part 3 of 3: the query pack (docs/analytics.md).
 -- Run after 1-tables.sql and one of the 2-kafka-*.sql files. The views below hold the logic of
 -- `tcpscope-tail --summary` (tail/summary.py, tail/resetcause.py, tcpscope/outcome.py): the same
--- per-pair counters from the same events. The queries at the end ("-- query: NAME") use them;
+-- counters per (client, server, via) row from the same events, through Services too (docs/services.md).
+-- The queries at the end ("-- query: NAME") use them;
 -- set the window's start first, e.g. in clickhouse-client:
 --   SET param_since = '2026-12-07 09:00:00';   or   --param_since='2026-12-07 09:00:00'
 -- Every table is read with FINAL: repeats of a record (at-least-once delivery) count once.

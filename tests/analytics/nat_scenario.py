@@ -3,7 +3,8 @@ summary (tail/summary.py, tail/resetcause.py, docs/services.md) one case at a ti
 
 First the mix of tests/support/natmix.py through the Service `shop/api-svc` (ClusterIP 198.19.0.1:80)
 with its two backends, `shop/api-1` on node-2 and `shop/api-2` on node-3: ok, client and server
-resets, RSTs the network forged to both ends, refused and timed-out connects (no backend socket).
+resets, RSTs the network forged to both ends, refused and timed-out connects (no backend socket),
+with the SocketErrors the sockets report.
 Then one case per rule the mix does not take, 10 s apart so no case sees another's events within
 the 2 s windows (`CASES` names them). Through a Service the client's events name the ClusterIP, the
 backend's the client pod; both carry the connection's id. node-1 runs the client `shop/web-1` and a
@@ -70,7 +71,7 @@ def _cid(case: str) -> int:
 
 def build() -> Stream:
     s = Stream(_sid=1000)  # clear of the mix's socket ids
-    for ev in natmix.mix(via_service=True, backends=(API1, API2)):
+    for ev in natmix.mix(via_service=True, backends=(API1, API2), errors=True):
         s.events.setdefault(ev.node, []).append(ev)
     _resets(s)
     _flows(s)
