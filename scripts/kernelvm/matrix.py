@@ -40,6 +40,13 @@ SUBSET: tuple[str, ...] = (
     "tests/agent/kernel/test_flows.py::test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them",
     "tests/agent/kernel/test_flows.py::test_the_shutdown_flush_reports_what_the_interval_had_not",
     "tests/agent/kernel/test_flows.py::test_two_agents_scoped_by_cgroup_each_count_their_own_side",
+    # anomaly budgets: exactly the budget as events and the rest in the kernel's aggregates, a full
+    # ring buffer aggregated rather than lost, coarse keys past the map's room, and a SYN flood's
+    # SYN-ACK retransmits against the server namespace's own counter
+    "tests/agent/kernel/test_storms.py::test_the_per_key_budget_boundary_exactly_the_budget_as_events_the_rest_aggregated",
+    "tests/agent/kernel/test_storms.py::test_a_full_ring_buffer_aggregates_the_anomalies_it_has_no_room_for",
+    "tests/agent/kernel/test_storms.py::test_keys_past_the_maps_room_fold_into_coarse_keys_and_stay_exact",
+    "tests/agent/kernel/test_storms.py::test_a_syn_flood_s_synack_retransmits_match_the_server_namespace_s_own_counter",
 )
 
 
