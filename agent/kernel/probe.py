@@ -84,6 +84,7 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SKC_NET", "sock", ("__sk_common.skc_net",)),
     ("OFF_NET_INUM", "net", ("ns.inum",)),
     ("OFF_SKC_STATE", "sock", ("__sk_common.skc_state",)),
+    ("OFF_SKC_NUM", "sock", ("__sk_common.skc_num",)),  # the local port, host order
     ("OFF_BYTES_ACKED", "tcp_sock", ("bytes_acked",)),
     ("OFF_BYTES_RECEIVED", "tcp_sock", ("bytes_received",)),
     ("OFF_SND_UNA", "tcp_sock", ("snd_una",)),
@@ -93,6 +94,13 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SK_FLAGS", "sock", ("sk_flags", "__sk_common.skc_flags")),
     ("OFF_SK_ERR", "sock", ("sk_err",)),
     ("OFF_CGROUP_LEVEL", "cgroup", ("level",)),
+    # the newest entry of a socket's error queue: an ICMP error queued while connecting (bpf/error.h)
+    ("OFF_SK_ERROR_QUEUE", "sock", ("sk_error_queue",)),
+    ("OFF_SKB_HEAD_PREV", "sk_buff_head", ("prev",)),
+    ("OFF_SKB_CB", "sk_buff", ("cb",)),
+    ("OFF_SERR_EE", "sock_exterr_skb", ("ee",)),
+    ("OFF_EE_ERRNO", "sock_extended_err", ("ee_errno",)),
+    ("OFF_EE_ORIGIN", "sock_extended_err", ("ee_origin",)),
 )
 
 
