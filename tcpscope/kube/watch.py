@@ -91,12 +91,14 @@ class _ClientWatch:
 
 
 class ClientKubeApi:
-    """`KubeApi` over the official client (core/v1 pods, services, nodes)."""
+    """`KubeApi` over the official client (core/v1 pods, services, nodes; discovery.k8s.io/v1
+    endpointslices)."""
 
     def __init__(self, api_client: Any, connect_timeout: float = 5.0, read_timeout: float = 120.0) -> None:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api_client)
+        self._discovery = client.DiscoveryV1Api(api_client)
         self._timeouts = (connect_timeout, read_timeout)
 
     def _fn(self, resource: str) -> Any:
@@ -104,6 +106,7 @@ class ClientKubeApi:
             "pods": self._core.list_pod_for_all_namespaces,
             "services": self._core.list_service_for_all_namespaces,
             "nodes": self._core.list_node,
+            "endpointslices": self._discovery.list_endpoint_slice_for_all_namespaces,
         }[resource]
 
     def list(self, resource: str, field_selector: str, limit: int, continue_token: str) -> JsonObj:
