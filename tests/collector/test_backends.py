@@ -15,7 +15,7 @@ import pytest
 from collector.config import CollectorConfig
 from collector.server import CollectorServer, StartupError
 from tcpscope.kafka_layout import RECORD_EVENT, decode_records
-from tcpscope.v1.events_pb2 import PASSIVE, SERVICE, TcpEvent
+from tcpscope.v1.events_pb2 import ACTIVE, PASSIVE, SERVICE, TcpEvent
 from tcpscope_sim.fakeapi import FakeApiServer, make_endpoint_slice, make_service_ports
 from tests.support.collector import collector
 from tests.support.events import make_event
@@ -69,7 +69,7 @@ def test_collector_names_the_service_ports_of_backends_in_kafka(
     _, kubeconfig = fake_api
     kafka_broker.create_topic(TOPIC)
     client = _server(3, "198.18.1.2", 40003)
-    client.lifecycle.role = 1  # ACTIVE: a client's socket is never looked at
+    client.lifecycle.role = ACTIVE  # a client's socket is never looked at
     client.remote.ip, client.remote.port = "198.19.1.1", 80
     events = [
         _server(0, "198.18.2.2", 9000),  # api-1's socket on its target port
@@ -105,6 +105,7 @@ def test_an_unusable_kubeconfig_is_a_startup_error(kafka_broker: Broker, tmp_pat
     bad = tmp_path / "kubeconfig"
     bad.write_text("apiVersion: v1\nkind: Config\n")  # no cluster, no context
     cfg = collector_cfg(kafka_broker.bootstrap, TOPIC, resolve_backends=True, kubeconfig=str(bad))
+
     async def start() -> str:
         server = CollectorServer(cfg)
         try:
