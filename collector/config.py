@@ -222,9 +222,10 @@ class CollectorConfig:
     )
     metrics_watched_peers: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_WATCHED_PEERS",
-        "remote-end kinds an agent watches too, so their own agent counts the connection (pod; add node "
-        "when agents also watch host processes)",
-        default=("pod",),
+        "remote-end kinds an agent watches too, so their own agent counts the connection: pod, and node "
+        "while agents also watch host processes (they do unless --cgroup-root limits them to pods; then "
+        "set pod alone). With node, a NodePort's SNATed connection is counted by its client's socket once",
+        default=("pod", "node"),
         choices=("pod", "node"),
     )
     grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0, min=0)
