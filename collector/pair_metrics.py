@@ -15,8 +15,9 @@ limits them), or to this very node's host when the socket itself is a host proce
 loopback address or the socket's own (the same agent reports both sockets: host loopback without
 Kubernetes). A node as the peer is also what a backend sees of a NodePort's client under SNAT
 (externalTrafficPolicy: Cluster): with `node` watched, the client's socket counts that connection
-and the backend's does not, across replicas too; without it both would (docs/services.md). A connection whose two sockets both reach this replica is counted
-once by its `connection_id` (`same_connection`), whatever the rule said of each. Each replica
+and the backend's does not, across replicas too; without it both would (docs/services.md). A
+connection whose two sockets both reach this replica is counted once by its `connection_id`
+(`same_connection`), whatever the rule said of each. Each replica
 counts the batches it receives; a connection's two sockets may reach different replicas and still
 only one of them counts it, so `sum without (instance)` over replicas is exact.
 

@@ -692,16 +692,15 @@ def _nodeport_mix(client: Endpoint | None) -> tuple[list[TcpEvent], list[TcpEven
         s.connection_id = 0x5000 + i
         theirs.append(s)
         if client is not None:
-            c = lifecycle(Endpoint(**{**_fields(client), "port": 41000 + i}), node2, ACTIVE, ending=RESET_RECEIVED)
+            local = Endpoint()
+            local.CopyFrom(client)
+            local.port = 41000 + i
+            c = lifecycle(local, node2, ACTIVE, ending=RESET_RECEIVED)
             c.connection_id = s.connection_id
             ours.append(c)
     if client is not None:
         ours.append(flow_event(ACTIVE, client, node2, connections=4, duration_us_log2=[0, 0, 4]))
     return ours, theirs
-
-
-def _fields(ep: Endpoint) -> dict[str, object]:
-    return {"ip": ep.ip, "kind": ep.kind, "namespace": ep.namespace, "name": ep.name, "workload": ep.workload}
 
 
 def test_a_nodeport_with_snat_counts_once_across_replicas_with_the_defaults() -> None:
