@@ -21,7 +21,8 @@ from types import FrameType
 from agent.config import AgentConfig, ConfigError
 from agent.kernel.probe import KernelSupportError, build_plan
 from agent.wiring import build_agent
-from tcpscope.losses import definite, possible
+from tcpscope import tls
+from tcpscope.losses import definite, possible, untracked
 
 PROG = "tcpscope-agent"
 EXIT_LOST = 3  # a --duration run that lost events
@@ -48,6 +49,24 @@ def missing_privilege(status_path: str = "/proc/self/status") -> str | None:
     )
 
 
+def check_tls_files(config: AgentConfig) -> str | None:
+    """--tls-ca, --tls-cert and --tls-key usable (else the one line to exit with), and a warning for
+    each certificate expired or expiring soon (tcpscope/tls.py): named at start, not retried forever."""
+    try:
+        if config.tls_ca:
+            tls.check_ca("--tls-ca", config.tls_ca)
+        if config.tls_cert and config.tls_key:
+            tls.check_pair("--tls-cert", config.tls_cert, "--tls-key", config.tls_key)
+        warnings = tls.expiry_warnings("--tls-cert", config.tls_cert) if config.tls_cert else []
+        if config.tls_ca:
+            warnings += tls.expiry_warnings("--tls-ca", config.tls_ca)
+    except tls.TlsFileError as e:
+        return str(e)
+    for w in warnings:
+        logging.getLogger("agent").warning("%s", w)
+    return None
+
+
 def _fail(msg: str) -> int:
     print(f"{PROG}: error: {msg}", file=sys.stderr, flush=True)
     return 2
@@ -59,10 +78,12 @@ def loss_summary(losses: dict[str, int], events_out: int) -> str:
     total = sum(definite(losses).values())
     detail = ", ".join(f"{k}={v}" for k, v in sorted(losses.items()))
     maybe = sum(possible(losses).values())
+    sockets = sum(untracked(losses).values())
     return (
         f"{PROG}: {events_out} events out, lost {total}"
         + (f" ({detail})" if detail else "")
         + (f"; possibly lost {maybe} more (runs the kernel skipped)" if maybe else "")
+        + (f"; {sockets} sockets not tracked (socket map full: their events are missing)" if sockets else "")
     )
 
 
@@ -72,6 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(str(e))
     logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr, format=f"{PROG}: %(levelname)s %(message)s")
+    bad_tls = check_tls_files(config)
+    if bad_tls:
+        return _fail(bad_tls)
     if config.dump_bpf:
         try:
             plan = build_plan(config)
@@ -122,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     # the loss summary is always the last line
     print(loss_summary(losses, pipeline.events_out), file=sys.stderr, flush=True)
-    lost: int = sum(definite(losses).values())
+    lost: int = sum(definite(losses).values()) + sum(untracked(losses).values())
     if lost and config.duration is not None and not stop.is_set():
         return EXIT_LOST  # the loss line says how many and why
     return 0

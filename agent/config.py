@@ -83,8 +83,8 @@ class AgentConfig:
     )
     max_sockets: int = setting(
         "TCPSCOPE_MAX_SOCKETS",
-        "capacity of the per-socket kernel map (a socket that finds it full is not tracked, counted "
-        "as kernel.socket_map_full; nothing is evicted)",
+        "capacity of the per-socket kernel map (a socket whose start finds it full is not tracked, counted "
+        "once as kernel.socket_map_full, a count of sockets, not events; nothing is evicted)",
         default=65536,
         min=1,
     )

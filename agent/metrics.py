@@ -123,6 +123,13 @@ class AgentMetrics:
             ["reason"],
             registry=r,
         )
+        self.collector_dropped = Counter(
+            "tcpscope_agent_collector_dropped_events_total",
+            "events the collector left out of acknowledged batches (outside the bounds, or too big for Kafka), "
+            "by reason; counted in those batches' summary records, not again in the agent's losses",
+            ["reason"],
+            registry=r,
+        )
         self.reconnects = Counter(
             "tcpscope_agent_stream_reconnects_total",
             "collector stream (re)connect attempts that failed",

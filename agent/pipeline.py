@@ -115,6 +115,10 @@ class Pipeline:
     # Called on this loop's thread when the losses are read (every loss_refresh_s) and at the end of
     # shutdown: where the stages' statistics are copied for other threads (agent/metrics.py Snapshot).
     on_refresh: Sequence[Callable[[], None]] = ()
+    # Called at shutdown just before the source stops producing (its programs are detached, one by
+    # one), and so before the drain: the exporter's journal notes when this agent stopped observing
+    # (agent/export/journal.py).
+    on_detach: Sequence[Callable[[], None]] = ()
     events_out: int = field(default=0, init=False)
     _losses: dict[str, int] = field(default_factory=dict, init=False)
     _losses_read_at: float = field(default=float("-inf"), init=False)
@@ -167,6 +171,8 @@ class Pipeline:
         """Release held events, flush the sink, close everything."""
         # a final non-blocking drain of the source (a poll returns a bounded batch: repeat until it
         # is empty); each enricher releases what it held, and the next enricher sees those too
+        for hook in self.on_detach:  # first: observing ends as the first program is detached
+            hook()
         self.source.stop()
         events = self.source.poll(0)
         while events:

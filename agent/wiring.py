@@ -48,9 +48,11 @@ def build_sink(
     out: TextIO,
     metrics: AgentMetrics | None = None,
     on_attached: list[Callable[[], None]] | None = None,
+    on_detach: list[Callable[[], None]] | None = None,
 ) -> Sink:
     """The sink: stdout with --stdout, the exporter with --collector, both fanned out when both given.
-    What must run once the programs are attached is appended to `on_attached`."""
+    What must run once the programs are attached is appended to `on_attached`, what must run when
+    they are detached at shutdown (before the drain) to `on_detach`."""
     sinks: list[Sink] = []
     if config.stdout is not None:
         sinks.append(StdoutSink(config.stdout, out))
@@ -60,6 +62,8 @@ def build_sink(
         exporter = build_exporter(config, metrics)
         if on_attached is not None:
             on_attached.append(exporter.attached)  # report the windows nobody observed before now
+        if on_detach is not None:
+            on_detach.append(exporter.detached)  # a handover's window starts when this agent stops observing
         sinks.append(exporter)
     if not sinks:
         raise ConfigError("nothing to do: pass --stdout table|json or --collector HOST:PORT")
@@ -78,7 +82,8 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
     metrics = AgentMetrics()
     health = AgentHealth(metrics, exporting=bool(config.collector))
     on_attached: list[Callable[[], None]] = []
-    sink = build_sink(config, out, metrics, on_attached)  # starts nothing before its first emit
+    on_detach: list[Callable[[], None]] = []
+    sink = build_sink(config, out, metrics, on_attached, on_detach)  # starts nothing before its first emit
     ids = connection_ids(config)
     plan = plan or build_plan(config)
     with ExitStack() as undo:
@@ -116,6 +121,10 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
         undo.pop_all()  # built: the pipeline's shutdown closes the stages from here on
     health.attached = True
     pipeline = Pipeline(
-        source=HeartbeatSource(source, health), enrichers=enrichers, sink=sink, on_refresh=(enrichment.take, flows.take)
+        source=HeartbeatSource(source, health),
+        enrichers=enrichers,
+        sink=sink,
+        on_refresh=(enrichment.take, flows.take),
+        on_detach=tuple(on_detach),
     )
     return Agent(plan=plan, source=source, health=health, pipeline=pipeline)

@@ -27,7 +27,7 @@
 
 /* kernel-side loss reasons: index into the `losses` per-CPU array (names in decode.py) */
 #define LOSS_OUTPUT_FULL 0     /* ring buffer (or perf buffer) had no room */
-#define LOSS_SOCKET_MAP_FULL 1 /* per-socket map full: the socket is not tracked */
+#define LOSS_SOCKET_MAP_FULL 1 /* per-socket map full at a socket's start: not tracked (sockets) */
 #define LOSS_LISTENER_MAP_FULL 2
 #define LOSS_NREASONS 3
 

@@ -128,7 +128,10 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         if (newstate == TS_LISTEN)
             remember_listener(&fresh);
         if (sockets.insert(&key, &fresh) != 0) {
-            count_loss(LOSS_SOCKET_MAP_FULL);
+            /* counted once per socket, at its start (connect, accept, listen): a later change of an
+             * untracked socket tries again, and would count it again */
+            if (fresh.role != ROLE_UNKNOWN || newstate == TS_LISTEN)
+                count_loss(LOSS_SOCKET_MAP_FULL);
 #ifdef ENABLE_STATE
             emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
 #endif

@@ -164,6 +164,27 @@ class CollectorConfig:
         default=64,
         min=1,
     )
+    max_event_age: float = setting(
+        "TCPSCOPE_MAX_EVENT_AGE",
+        "seconds an event's time may lie behind this collector's clock; older events are left out and "
+        "counted (collector.invalid_time; docs/kafka.md, Bounds)",
+        default=7 * 86400.0,
+        min=1,
+    )
+    max_event_ahead: float = setting(
+        "TCPSCOPE_MAX_EVENT_AHEAD",
+        "seconds an event's time may lie ahead of this collector's clock (an agent's clock running fast); "
+        "later events are left out and counted (collector.invalid_time)",
+        default=3600.0,
+        min=1,
+    )
+    clock_offset_warn: float = setting(
+        "TCPSCOPE_CLOCK_OFFSET_WARN",
+        "log a warning when an agent's clock is off from this collector's by more than this many seconds "
+        "(tcpscope_agent_clock_offset_seconds; docs/kafka.md, Clocks)",
+        default=1.0,
+        min=0.001,
+    )
     # --- connection guards (an unauthenticated client must not starve the collector) --------------
     handshake_timeout: float = setting(
         "TCPSCOPE_HANDSHAKE_TIMEOUT",

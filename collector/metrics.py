@@ -43,8 +43,23 @@ class CollectorMetrics:
         self.dropped = Counter(
             "tcpscope_collector_dropped_events_total",
             "events the collector left out and counted in the batch's loss report, by reason "
-            "(collector.record_too_large: above the topic's max.message.bytes)",
+            "(collector.record_too_large: above the topic's max.message.bytes; collector.invalid_<bound>: "
+            "outside the bounds of docs/kafka.md)",
             ["reason"],
+            registry=r,
+        )
+        self.clamped = Counter(
+            "tcpscope_collector_clamped_total",
+            "times of batches the collector cleared because they were outside the accepted window, by field "
+            "(sent_time, last_ack_time, unobserved_time; docs/kafka.md, Bounds)",
+            ["field"],
+            registry=r,
+        )
+        self.clock_offset = Gauge(
+            "tcpscope_agent_clock_offset_seconds",
+            "each connected agent's clock minus this collector's, measured from its batches and acks "
+            "(docs/kafka.md, Clocks)",
+            ["node", "agent"],
             registry=r,
         )
         self.lost_reported = Counter(

@@ -22,6 +22,7 @@ from collector.pair_metrics import BatchObserver
 from collector.publisher import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, KafkaPublisher, Publisher
 from collector.remote_ends import BatchEnricher, RemoteEnrichment, build_remote_enrichment
 from collector.service import SERVICE_NAME, CollectorService
+from tcpscope import tls
 from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.settings import host_port
 from tcpscope.v1.collector_pb2 import BatchAck
@@ -46,6 +47,23 @@ def server_credentials(cfg: CollectorConfig) -> grpc.ServerCredentials | None:
 
 class StartupError(Exception):
     """The collector cannot start as configured (a port taken, the Kubernetes API unusable): one line."""
+
+
+def check_tls_files(cfg: CollectorConfig) -> None:
+    """--tls-cert, --tls-key and --tls-client-ca usable (StartupError naming the flag and file), and a
+    warning for each certificate expired or expiring within tcpscope.tls.EXPIRY_WARN_DAYS."""
+    try:
+        if cfg.tls_cert and cfg.tls_key:
+            tls.check_pair("--tls-cert", cfg.tls_cert, "--tls-key", cfg.tls_key)
+        if cfg.tls_client_ca:
+            tls.check_ca("--tls-client-ca", cfg.tls_client_ca)
+        warnings = tls.expiry_warnings("--tls-cert", cfg.tls_cert) if cfg.tls_cert else []
+        if cfg.tls_client_ca:
+            warnings += tls.expiry_warnings("--tls-client-ca", cfg.tls_client_ca)
+    except tls.TlsFileError as e:
+        raise StartupError(str(e)) from None
+    for w in warnings:
+        log.warning("%s", w)
 
 
 # file descriptors kept for everything but agent connections (Kafka, metrics, the API watch, logs)
@@ -216,6 +234,7 @@ class CollectorServer:
                     f"--metrics-port {cfg.metrics_port} on {cfg.metrics_address}: {e.strerror or e}"
                 ) from e
         token = cfg.read_token()
+        check_tls_files(cfg)  # before Kafka: a bad certificate is named at once
         check_listen(cfg.listen)
         if self._enricher is None and (cfg.resolve_remote or cfg.resolve_backends):
             self._enricher = await self._start_enrichment()

@@ -1,4 +1,5 @@
-"""The Collector.Stream service: authenticate, validate, publish, and ack only after Kafka acked.
+"""The Collector.Stream service: the stream loop, the record-size policy and publishing, with an ack
+only after Kafka acked. Who may send is collector/auth.py; what is accepted, collector/validation.py.
 
 Ack policy: a batch is acknowledged to its agent only when Kafka has acknowledged every record of
 it. At most `max_inflight_batches` batches (all streams together) await Kafka; beyond that the
@@ -17,22 +18,23 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import grpc
-from google.protobuf.message import DecodeError
 
+from collector.auth import Authenticator
+from collector.clocks import ClockEstimator, Offset
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
-from collector.node_binding import AuthFailure, ClientIdentity, TokenReviewer, check_binding
+from collector.node_binding import TokenReviewer
 from collector.pair_metrics import BatchObserver
 from collector.publisher import Publisher
 from collector.remote_ends import BatchEnricher
-from tcpscope.kafka_layout import LAYOUT_PACKED, SCHEMA_VERSION, Record, batch_records
+from collector.validation import Refusal, clamp_batch_times, drop_invalid_events, validate, window
+from tcpscope.kafka_layout import LAYOUT_PACKED, Record, batch_records
 from tcpscope.ratelimit import Throttle, held_note
 from tcpscope.refusal import MD_REASON, MD_SEQUENCE
 from tcpscope.v1.collector_pb2 import BatchAck
@@ -43,76 +45,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = "tcpscope.v1.Collector"
 
 
-@dataclass(frozen=True)
-class Refusal:
-    """Why a message or stream is refused: the gRPC status, a metrics reason, a message, and for a
-    refusal of one batch for what it is, that batch's sequence (sent back as trailing metadata, so
-    the agent can split or drop it instead of resending it forever: tcpscope/refusal.py)."""
-
-    code: grpc.StatusCode
-    reason: str
-    details: str
-    sequence: int = 0
-
-
-def validate(raw: bytes, cfg: CollectorConfig, peer_names: frozenset[str] | None) -> EventBatch | Refusal:
-    """Parse and check one batch; peer_names is the nodes the client authenticated as (certificate
-    names under mTLS, the token's pod's node under --tokenreview), None when nothing binds it."""
-    if len(raw) > cfg.max_message_bytes:
-        return Refusal(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "oversized",
-            f"batch of {len(raw)} bytes exceeds --max-message-bytes {cfg.max_message_bytes}",
-            _sequence_of(raw),
-        )
-    batch = EventBatch()
-    try:
-        batch.ParseFromString(raw)
-    except DecodeError as e:
-        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "malformed", f"not a tcpscope.v1.EventBatch: {e}")
-    if batch.schema_version != SCHEMA_VERSION:
-        return Refusal(
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "schema_version",
-            f"schema_version {batch.schema_version} is not supported (want {SCHEMA_VERSION})",
-        )
-    if len(batch.events) > cfg.max_batch_events:
-        return Refusal(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            "too_many_events",
-            f"{len(batch.events)} events exceed --max-batch-events {cfg.max_batch_events}",
-            batch.sequence,
-        )
-    if not batch.agent_id or not batch.node or batch.sequence == 0:
-        return Refusal(grpc.StatusCode.INVALID_ARGUMENT, "missing_id", "batch needs node, agent_id and a sequence >= 1")
-    if peer_names is not None:  # the nodes the client authenticated as (collector/node_binding.py)
-        bad = check_binding(batch, peer_names)
-        if bad is not None:
-            return Refusal(grpc.StatusCode.PERMISSION_DENIED, bad[0], bad[1])
-    return batch
-
-
-def _sequence_of(raw: bytes) -> int:
-    """The sequence of a batch too big to accept (0 if it does not parse); gRPC already let it in
-    (the server's hard limit is above --max-message-bytes), so parsing it costs no new memory bound."""
-    batch = EventBatch()
-    try:
-        batch.ParseFromString(raw)
-    except DecodeError:
-        return 0
-    return batch.sequence
-
-
-def peer_identities(context: grpc.aio.ServicerContext[bytes, BatchAck]) -> frozenset[str]:
-    """The client certificate's CN and SAN entries, from gRPC's auth context."""
-    auth = context.auth_context()
-    names: set[str] = set()
-    for key in ("x509_common_name", "x509_subject_alternative_name"):
-        for v in auth.get(key, []):
-            names.add(v.decode() if isinstance(v, bytes) else str(v))
-    return frozenset(names)
-
-
 _SHUTTING_DOWN = Refusal(
     grpc.StatusCode.UNAVAILABLE, "shutting_down", "collector shutting down: reconnect and resend what was not acked"
 )
@@ -120,11 +52,14 @@ _SHUTTING_DOWN = Refusal(
 
 @dataclass
 class _StreamEnd:
-    """How one stream ended (agent_closed: the agent half-closed; refused; broken: anything else) and
-    the last batch read on it (node, agent id, sequence)."""
+    """How one stream ended (agent_closed: the agent half-closed; refused; broken: anything else),
+    the last batch read on it (node, agent id, sequence), and its agents' clocks (agent id -> node
+    and estimator: the offset gauge of each is removed when the stream ends)."""
 
     how: str = "broken"
     last: tuple[str, str, int] | None = None
+    clocks: dict[str, ClockEstimator] = field(default_factory=dict)
+    agents: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -176,11 +111,12 @@ class CollectorService:
         self.max_record_bytes = cfg.kafka_max_record_bytes or 1048588
         self._publish_log = Throttle(30.0)
         self._refuse_log = Throttle(30.0)
+        self._invalid_log = Throttle(30.0)
+        self._clock_log = Throttle(60.0)
         self._publisher = publisher
         self._metrics = metrics
-        self._token = token
+        self._auth = Authenticator(token, bool(cfg.tls_client_ca), reviewer)
         self._enricher = enricher
-        self._reviewer = reviewer
         self._slots = asyncio.Semaphore(cfg.max_inflight_batches)
         # one thread: enrichment state is single-threaded and batches are prepared in arrival order
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="prepare")
@@ -209,13 +145,28 @@ class CollectorService:
             await asyncio.sleep(0.02)
         return len(self._streams)
 
-    def prepare(self, batch: EventBatch) -> list[Record] | Refusal:
-        """Enrich remote ends (if on) and build the batch's Kafka records; runs on the prepare thread.
+    def prepare(self, batch: EventBatch, dropped: dict[str, int]) -> list[Record] | Refusal:
+        """Leave out the events outside the bounds (collector/validation.py), enrich remote ends (if
+        on) and build the batch's Kafka records; runs on the prepare thread. What it leaves out is
+        added to `dropped` by reason (counted in the batch's loss report, and told to the agent).
 
         A record above the topic's limit would be refused by Kafka (not retriable), and the agent
         would resend its batch forever: it is never sent. A packed record of several events refuses
         the batch as oversized (the agent splits it, tcpscope/refusal.py); an event alone too big is
         left out and counted in the batch's own loss report (collector.record_too_large)."""
+        invalid = drop_invalid_events(batch, window(self._cfg, time.time()))
+        if invalid:
+            dropped.update(invalid)
+            for reason, n in invalid.items():
+                self._metrics.dropped.labels(reason).inc(n)
+            if (held := self._invalid_log.ready()) is not None:
+                log.warning(
+                    "batch %s/%d: events outside the bounds left out, counted in its loss report: %s%s",
+                    batch.agent_id[:128],
+                    batch.sequence,
+                    dict(sorted(invalid.items())),
+                    held_note(held),
+                )
         if self._enricher is not None:
             self._enricher.enrich(batch)
         layout = self._cfg.record_layout
@@ -243,6 +194,7 @@ class CollectorService:
         del batch.events[:]
         batch.events.extend(keep)
         n = len(too_big)
+        dropped[REASON_RECORD_TOO_LARGE] = dropped.get(REASON_RECORD_TOO_LARGE, 0) + n
         batch.lost.by_reason[REASON_RECORD_TOO_LARGE] += n
         batch.lost.kernel += n  # the bucket of reasons outside agent/enrichment (agent/export: split_losses)
         self._metrics.dropped.labels(REASON_RECORD_TOO_LARGE).inc(n)
@@ -264,40 +216,6 @@ class CollectorService:
         except Exception:
             log.exception("traffic metrics: batch %s/%d not counted", batch.agent_id, batch.sequence)
 
-    def _authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Refusal | None:
-        """Check the bearer token in the `authorization` metadata (constant-time compare)."""
-        if self._token is None:
-            return None
-        want = f"Bearer {self._token}".encode()
-        for k, v in metadata or ():
-            if k.lower() == "authorization":
-                got = v if isinstance(v, bytes) else v.encode()
-                if hmac.compare_digest(got, want):
-                    return None
-                return Refusal(grpc.StatusCode.UNAUTHENTICATED, "bad_token", "invalid bearer token")
-        return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
-
-    async def _review(self, metadata: Sequence[tuple[str, str | bytes]]) -> ClientIdentity | Refusal:
-        """--tokenreview: who the bearer token's pod is, and so which node the stream speaks for."""
-        assert self._reviewer is not None
-        token = next(
-            (
-                (v if isinstance(v, str) else v.decode(errors="replace"))
-                for k, v in metadata
-                if k.lower() == "authorization"
-            ),
-            "",
-        )
-        if not token.startswith("Bearer ") or not token.removeprefix("Bearer ").strip():
-            return Refusal(grpc.StatusCode.UNAUTHENTICATED, "no_token", "missing bearer token")
-        loop = asyncio.get_running_loop()
-        got = await loop.run_in_executor(None, self._reviewer.review, token.removeprefix("Bearer ").strip())
-        if isinstance(got, AuthFailure):
-            code = grpc.StatusCode.UNAVAILABLE if got.retry else grpc.StatusCode.UNAUTHENTICATED
-            return Refusal(code, got.reason, got.details)
-        log.debug("stream authenticated as %s", got.who)
-        return got
-
     async def _refuse(self, context: grpc.aio.ServicerContext[bytes, BatchAck], r: Refusal) -> None:
         self._metrics.rejected.labels(r.reason).inc()
         held = self._refuse_log.ready(r.reason)  # per reason: a flood of bad tokens is not a flood of lines
@@ -311,20 +229,17 @@ class CollectorService:
     async def stream(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[bytes, BatchAck]) -> None:
         """Collector.Stream: read batches, publish each, write its ack once Kafka acked it."""
         metadata = list(context.invocation_metadata() or ())
-        refusal = self._authenticate(metadata)
+        refusal = self._auth.check_token(metadata)
         if refusal:
             await self._refuse(context, refusal)
             return
         if self._draining:
             await self._refuse(context, _SHUTTING_DOWN)
             return
-        peer_names = peer_identities(context) if self._cfg.tls_client_ca else None
-        if self._reviewer is not None:
-            bound = await self._review(metadata)
-            if isinstance(bound, Refusal):
-                await self._refuse(context, bound)
-                return
-            peer_names = bound.nodes if peer_names is None else peer_names & bound.nodes
+        peer_names = await self._auth.nodes(context, metadata)
+        if isinstance(peer_names, Refusal):
+            await self._refuse(context, peer_names)
+            return
         out: asyncio.Queue[BatchAck | Refusal | None] = asyncio.Queue()  # None: the reader is done
         publishing: set[asyncio.Task[None]] = set()
         end = _StreamEnd()
@@ -333,12 +248,14 @@ class CollectorService:
             try:
                 async for raw in requests:
                     received = time.monotonic()
+                    received_ns = time.time_ns()
                     checked = validate(raw, self._cfg, peer_names)
                     if isinstance(checked, Refusal):
                         end.how = "refused"
                         await out.put(checked)
                         return
                     end.last = (checked.node, checked.agent_id, checked.sequence)
+                    self._note(checked, received_ns, end)
                     self._count_received(checked)
                     await self._slots.acquire()  # backpressure: stop reading at the in-flight bound
                     self._metrics.inflight.inc()
@@ -366,11 +283,17 @@ class CollectorService:
                     end.how = "refused"
                     await self._refuse(context, item)
                     return
+                clock = end.clocks.get(item.agent_id)
+                if clock is not None:  # the agent echoes when this ack arrived: an upper bound of its offset
+                    clock.ack_sent(item.sequence, time.time_ns())
                 await context.write(item)
         finally:
             self._streams.discard(me)
             self._metrics.streams_active.dec()
             self._stream_ended(end)
+            for agent_id, node in end.agents.items():
+                with contextlib.suppress(KeyError):
+                    self._metrics.clock_offset.remove(node, agent_id)
             reader.cancel()
             for t in list(publishing):
                 t.cancel()
@@ -390,6 +313,47 @@ class CollectorService:
                 seq,
             )
 
+    def _note(self, batch: EventBatch, received_ns: int, end: _StreamEnd) -> None:
+        """On arrival, on the event loop: clear the batch's own times outside the accepted window,
+        measure its agent's clock (collector/clocks.py), and write both into the note the summary
+        record carries (EventBatch.collector)."""
+        clamped = clamp_batch_times(batch, window(self._cfg, received_ns / 1e9))
+        for name, n in clamped.items():
+            self._metrics.clamped.labels(name).inc(n)
+        clock = end.clocks.get(batch.agent_id)
+        if clock is None:
+            if len(end.clocks) >= 16:  # one agent per stream; a client cycling ids is not given memory
+                end.clocks.clear()
+            clock = end.clocks[batch.agent_id] = ClockEstimator()
+        offset = clock.observe(batch, received_ns)
+        note = batch.collector
+        note.Clear()
+        note.received_time.FromNanoseconds(received_ns)
+        for name, n in clamped.items():
+            note.clamped[name] = n
+        if offset is not None:
+            note.clock_offset_ns = offset.offset_ns
+            note.clock_offset_error_ns = offset.error_ns
+            note.clock_offset_bounded = offset.bounded
+            self._clock_measured(batch, offset, end)
+
+    def _clock_measured(self, batch: EventBatch, offset: Offset, end: _StreamEnd) -> None:
+        end.agents[batch.agent_id] = batch.node
+        self._metrics.clock_offset.labels(batch.node, batch.agent_id).set(offset.offset_ns / 1e9)
+        off_s, err_s = abs(offset.offset_ns) / 1e9, offset.error_ns / 1e9
+        if offset.bounded and off_s - err_s > self._cfg.clock_offset_warn:
+            held = self._clock_log.ready(batch.agent_id)
+            if held is not None:
+                log.warning(
+                    "agent %s (node %s): its clock is %+.3f s (+-%.3f) off this collector's; readers correct "
+                    "event times by it (docs/kafka.md, Clocks)%s",
+                    batch.agent_id,
+                    batch.node,
+                    offset.offset_ns / 1e9,
+                    err_s,
+                    held_note(held),
+                )
+
     def _count_received(self, batch: EventBatch) -> None:
         m = self._metrics
         m.batches_received.inc()
@@ -403,7 +367,8 @@ class CollectorService:
     async def _publish(self, batch: EventBatch, received: float, out: asyncio.Queue[BatchAck | Refusal | None]) -> None:
         try:
             loop = asyncio.get_running_loop()
-            records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch)
+            dropped: dict[str, int] = {}
+            records = await loop.run_in_executor(self._prepare_pool, self.prepare, batch, dropped)
             if isinstance(records, Refusal):
                 await out.put(records)
                 return
@@ -434,7 +399,14 @@ class CollectorService:
             if self._observer is not None:  # traffic metrics: on the prepare thread, not delaying the ack
                 with contextlib.suppress(RuntimeError):  # the pool is shut down: the process is stopping
                     self._prepare_pool.submit(self._observe, batch)
-            await out.put(BatchAck(agent_id=batch.agent_id, sequence=batch.sequence))
+            await out.put(
+                BatchAck(
+                    agent_id=batch.agent_id,
+                    sequence=batch.sequence,
+                    dropped=dropped,
+                    clamped=dict(batch.collector.clamped),
+                )
+            )
         finally:
             self._slots.release()
             self._metrics.inflight.dec()

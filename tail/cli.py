@@ -18,16 +18,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from tail import connections, consume, live, resetcause, timeline
+from tail import clock, connections, consume, live, resetcause, timeline
 from tail import query as querylib
 from tail import summary as summary_mode
 from tail.gaps import unobserved_line
 from tail.query import Query
 from tcpscope import kafka_client, render
+from tcpscope.bounds import OutOfBounds
 from tcpscope.kafka_client import KafkaSecurity
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.kinds import VIEW_HELP, parse_view
-from tcpscope.losses import definite_total, possible_text, possible_total
+from tcpscope.losses import definite_total, possible_text, possible_total, untracked_total
 from tcpscope.settings import number, one_line_errors
 from tcpscope.v1.events_pb2 import EventBatch, TcpEvent
 
@@ -122,31 +123,7 @@ def connection_line(
 
 def _connection_counts(view: live.LiveView) -> str:
     """The connection view's tally at the end of a run (tail/connections.py), '' with nothing to say."""
-    j = view.connections
-    if j is None or not j.counts:
-        return ""
-    c = j.counts
-    both, client, server = (
-        c.get(k, 0) for k in ("rows_from_both_ends", "rows_from_the_client_only", "rows_from_the_server_only")
-    )
-    parts = [
-        f"# {both + client + server} connection rows: {both} joined from both ends, {client} from the client's "
-        f"agent only, {server} from the server's agent only"
-    ]
-    parts.append(
-        f"{c.get('events_folded_into_rows', 0)} reset and error events folded into them, "
-        f"{c.get('events_shown_on_their_own', 0)} shown on their own"
-    )
-    if c.get("server_flows_covered_by_the_client"):
-        parts.append(
-            f"{c['server_flows_covered_by_the_client']} server flows not shown (their clients' flows count them)"
-        )
-    if c.get("released_early_over_the_bound"):
-        parts.append(
-            f"{c['released_early_over_the_bound']} rows printed before their other end came "
-            f"(more than {j.max_pending} waiting)"
-        )
-    return "; ".join(parts) + "\n"
+    return view.connections.tally() if view.connections is not None else ""
 
 
 def _loss_line(d: Decoded) -> str:
@@ -163,6 +140,38 @@ def _loss_line(d: Decoded) -> str:
     )
 
 
+def _untracked_line(d: Decoded) -> str:
+    """A batch summary's sockets not tracked for stderr ('' when none): sockets, not lost events."""
+    assert d.summary is not None
+    n = untracked_total(d.summary.lost)
+    if not n:
+        return ""
+    return (
+        f"# {n} sockets not tracked on node {d.summary.node} (agent {d.agent_id}, batch {d.sequence}): "
+        "its socket map was full, their events are missing\n"
+    )
+
+
+@dataclass
+class _Skipped:
+    """Records the live view skips, each said on stderr as it comes: not tcpscope records (foreign),
+    or decodable but outside the bounds (tcpscope/bounds.py)."""
+
+    err: TextIO
+    foreign: int = 0
+    bounds: int = 0
+
+    def record(self, partition: int, offset: int, e: Exception) -> None:
+        if isinstance(e, OutOfBounds):
+            self.bounds += 1
+            what = "a record outside the bounds"
+        else:
+            self.foreign += 1
+            what = "a record that is not a tcpscope record"
+        self.err.write(f"# skipped {what} (partition {partition}, offset {offset}): {e}\n")
+        self.err.flush()
+
+
 def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
     view, header = live_view(o)
 
@@ -172,13 +181,7 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         if lines:
             out.flush()
 
-    undecodable = 0
-
-    def bad_record(partition: int, offset: int, e: Exception) -> None:
-        nonlocal undecodable
-        undecodable += 1
-        err.write(f"# skipped a record that is not a tcpscope record (partition {partition}, offset {offset}): {e}\n")
-        err.flush()
+    skipped = _Skipped(err)
 
     def conflict(d: Decoded) -> None:  # two producers under one agent id: show both, say so
         err.write(
@@ -208,20 +211,25 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
             consume.Stop(o.duration, until_ns=o.query.until_ns),
             poll_ms=100,
             on_idle=idle,
-            on_undecodable=bad_record,
+            on_undecodable=skipped.record,
             on_conflict=conflict,
         )
         if header:
             out.write(header + "\n")
         for d in records:
             if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
-                undecodable += 1  # another producer's record on this topic
+                skipped.foreign += 1  # another producer's record on this topic
                 continue
+            clock.correct(d)  # times on one clock (tail/clock.py)
             if d.kind == RECORD_EVENT and d.event is not None:
                 show(view.add(d.event, time.monotonic()))
             elif d.kind == RECORD_SUMMARY and d.summary is not None:
                 view.add_batch(d.agent_id, d.summary)
-                err.write("".join(unobserved_line(w) + "\n" for w in d.summary.unobserved) + _loss_line(d))
+                err.write(
+                    "".join(unobserved_line(w) + "\n" for w in d.summary.unobserved)
+                    + _loss_line(d)
+                    + _untracked_line(d)
+                )
                 err.flush()
     except KeyboardInterrupt:
         pass
@@ -230,10 +238,15 @@ def run(o: TailOptions, out: TextIO, err: TextIO) -> int:
         with contextlib.suppress(BrokenPipeError):
             show(view.close(time.monotonic()))
         err.write(_connection_counts(view))
-        if reader.repeats or undecodable or reader.conflicts:
+        if reader.repeats or skipped.foreign or reader.conflicts or skipped.bounds:
             err.write(
                 f"# {reader.repeats} repeated records (batches published twice) shown once; "
-                f"{undecodable} records that are not tcpscope records skipped"
+                f"{skipped.foreign} records that are not tcpscope records skipped"
+                + (
+                    f"; {skipped.bounds} records outside the bounds skipped (docs/kafka.md, Bounds)"
+                    if skipped.bounds
+                    else ""
+                )
                 + (
                     f"; {reader.conflicts} CONFLICTS (records under another record's dedup key, shown)"
                     if reader.conflicts
@@ -276,7 +289,10 @@ def run_summary(o: TailOptions, s: summary_mode.SummaryOptions, out: TextIO, err
             next_print = time.monotonic() + s.every_s
 
     def bad_record(partition: int, offset: int, e: Exception) -> None:
-        report.undecodable += 1  # a foreign or damaged record must not stop the summary
+        if isinstance(e, OutOfBounds):  # decodable, but outside the bounds (tcpscope/bounds.py)
+            report.out_of_bounds += 1
+        else:
+            report.undecodable += 1  # a foreign or damaged record must not stop the summary
 
     with reader:
         try:
@@ -294,6 +310,10 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
     --duration, --until or Ctrl-C), then print the connection's events from both ends in time order."""
     events: list[TcpEvent] = []
     batches: list[tuple[str, EventBatch]] = []
+    skipped = {"foreign": 0, "bounds": 0}
+
+    def bad_record(partition: int, offset: int, e: Exception) -> None:  # must not stop the timeline
+        skipped["bounds" if isinstance(e, OutOfBounds) else "foreign"] += 1
 
     def conflict(d: Decoded) -> None:  # kept: never drop a record as a "duplicate" of another
         err.write(
@@ -305,15 +325,21 @@ def run_connection(o: TailOptions, spec: timeline.ConnectionSpec, out: TextIO, e
         try:
             for d in reader.records(
                 consume.Stop(o.duration, at_end=_reads_everything(o), until_ns=o.query.until_ns),
-                on_undecodable=lambda p, off, e: None,  # a foreign record must not stop the timeline
+                on_undecodable=bad_record,
                 on_conflict=conflict,
             ):
+                clock.correct(d)  # times on one clock (tail/clock.py)
                 if d.event is not None:
                     events.append(d.event)
                 elif d.summary is not None:
                     batches.append((d.agent_id, d.summary))
         except KeyboardInterrupt:
             pass
+    if skipped["bounds"] or skipped["foreign"]:
+        err.write(
+            f"# {skipped['foreign']} records that are not tcpscope records and {skipped['bounds']} records "
+            "outside the bounds skipped (docs/kafka.md, Bounds)\n"
+        )
     picked = timeline.select(spec, events)
     if not picked:
         err.write("# no events of that connection in what was read\n")

@@ -2,31 +2,49 @@
 
 Each socket of a connection ends with a Lifecycle event from its own node's agent, and a reset adds
 Reset and SocketError events on both ends: about six rows for one reset. `ConnectionRows` joins them
-into one row per connection: client and server, how it ended, who sent the reset (tail/resetcause.py)
-and why, duration and bytes.
+into one row per connection: client and server, the Service (or node port) the client connected to
+when kube-proxy's NAT sent it elsewhere, how it ended, who sent the reset (tail/resetcause.py) and
+why, duration and bytes.
 
-- Two lifecycles are one connection when both carry the same non-zero `connection_id`, else when one
-  is a client socket (role ACTIVE) and the other a server socket (PASSIVE) of the same 4-tuple whose
-  start times are at most MATCH_TOLERANCE_NS apart (as the summary pairs them).
+- Two lifecycles are one connection when both carry the same non-zero `connection_id` (whatever NAT
+  did to their addresses: docs/services.md), else when one is a client socket (role ACTIVE) and the
+  other a server socket (PASSIVE) of the same 4-tuple whose start times are at most
+  MATCH_TOLERANCE_NS apart (as the summary pairs them).
+- Through a Service the client's socket names the ClusterIP and Service port (its remote end is
+  resolved as the Service), the server's names the backend: the row's server is the backend and
+  `via` the Service (`ConnectionRow.via`), as the summary's rows say it. A row with no backend
+  socket (refused, timed out, a backend no agent watches) has the Service as its server.
 - A row goes out as soon as it is complete: both ends are there, or the client never connected (a
   refused or timed-out connect has no server socket), and who sent its reset is decided. Otherwise it
   waits `hold` seconds of the reader's clock for the other end, which may never come: no agent on
   that node, a client outside the cluster, or the other socket closed normally and its agent counted
-  it in a flow. A received reset whose sender is not decided yet (`network` is decided only by the
-  absence of a send) waits up to resetcause.HOLD_NS, as in the per-socket view.
-- Reset and socket-error events are evidence: the row of their connection takes them (by either
-  end's address pair, within resetcause.WINDOW_NS of the connection's life), also for a while after
-  the row went out, and they print no row of their own. One that no connection takes within the hold
+  it in a flow (said on the row). A received reset whose sender is not decided yet (`network` is
+  decided only by the absence of a send) waits up to resetcause.HOLD_NS, as in the per-socket view,
+  and goes out as soon as the sender's evidence arrives.
+- Reset and socket-error events are evidence: the row of their connection takes them, also for a
+  while after the row went out, and they print no row of their own. An event belongs to a row when
+  it carries the connection_id of one of the row's sockets, or comes from one of its sockets (the
+  same node and socket_id), or has the address pair of one of its sockets (either end's view: NAT
+  may make them differ), or is a RST sent from no socket to the client's address of a row through a
+  Service (a backend refusing a DNATed SYN); the last three only within resetcause.WINDOW_NS of the
+  connection's life (socket ids and ports are reused). One that no connection takes within the hold
   (a RST sent from no socket to a client no agent watches, ...) prints as its per-socket row.
 - State changes, retransmits, SYN-ACK retransmits and probes have no connection row (`--rows socket`
   shows them); a row carries its sockets' retransmit counts.
-- Flows: both ends' agents report the same ordinary connections, each in its own flows. A pair
-  prints one row per flow interval: the client's flow when the client's agent reports that (client
-  address, server address, server port), else the server's, as the summary counts them. A server's
-  flow waits `hold` for a client's flow of the same triple and is dropped (counted) if one comes.
+- Flows carry no client port and no connection_id, so they are counted as the summary counts them
+  (docs/kafka.md): both ends' agents report the same ordinary connections, each in its own flows,
+  and a pair prints one row per flow interval, the client's flow whenever the client's agent reports
+  flows of that client address. Through a Service the client's flow names the Service (`C ->
+  VIP:80`) and the backend's names the backend (`C -> S:9000`): the backend's flows from a client
+  address whose agent reports flows are covered by that client's flows, whichever address the
+  client used, and are not shown (counted). A server's flow waits `hold` plus its flow interval for
+  such a client flow, then prints as the server's. Under a NodePort's SNAT the backend's flows name
+  the node as their client: they are covered, connection for connection, by the flows watched
+  clients sent to that node's address.
 
 Bounded: at most `max_pending` rows, evidence events and flows wait; past that the one due first
-goes out as it is (counted `early`). `counts` says how every row came about.
+goes out as it is (counted `early`). `counts` says how every row came about; `tally()` says it in a
+line.
 """
 
 from __future__ import annotations
@@ -47,12 +65,16 @@ from tcpscope.outcome import classify, is_duplicate_child
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     LISTEN,
+    NODE,
     PASSIVE,
     RECEIVED,
     RESET_RECEIVED,
     RESET_SENT,
+    SENT,
+    SERVICE,
     SYN_SENT,
     Endpoint,
+    EndpointKind,
     EventBatch,
     TcpEvent,
 )
@@ -68,8 +90,19 @@ MATCH_TOLERANCE_NS = 2_000_000_000
 RECENT_S = 30.0
 """How long a row that went out still takes late evidence of its connection (reader's clock)."""
 
+FLOW_MEMORY_S = RECENT_S * 10
+"""How long a client address whose agent reported flows is remembered as one (reader's clock)."""
+
+MAX_FLOW_WAIT_S = 60.0
+"""A server's flow waits `hold` plus its flow interval for its client's flow, at most this long."""
+
+K = TypeVar("K")
 Addr = tuple[str, int]
 Triple = tuple[str, str, int]
+Key = tuple[str, object]
+"""What ties an event to a connection's row: ("id", connection_id), ("sock", (node, socket_id)),
+("pair", frozenset of its two addresses), ("nat_client", the client's address of a row through a
+Service or node port). Only "id" holds without a time window."""
 
 
 def _addr(ep: Endpoint) -> Addr:
@@ -78,6 +111,33 @@ def _addr(ep: Endpoint) -> Addr:
 
 def _start_ns(ev: TcpEvent) -> int:
     return ev.time.ToNanoseconds() - ev.lifecycle.duration_ns
+
+
+def _nat_kind(ep: Endpoint) -> bool:
+    """An address kube-proxy rewrites: a Service's ClusterIP, a node's address (a NodePort)."""
+    return ep.kind in (SERVICE, NODE)
+
+
+def _socket_keys(ev: TcpEvent) -> list[Key]:
+    """The keys of a row's socket (its lifecycle), "id" first."""
+    keys: list[Key] = [("id", ev.connection_id)] if ev.connection_id else []
+    if ev.socket_id:
+        keys.append(("sock", (ev.node, ev.socket_id)))
+    keys.append(("pair", frozenset((_addr(ev.local), _addr(ev.remote)))))
+    if ev.lifecycle.role == ACTIVE and _nat_kind(ev.remote):
+        keys.append(("nat_client", _addr(ev.local)))
+    return keys
+
+
+def _event_keys(ev: TcpEvent) -> list[Key]:
+    """The keys of a reset or error event, in the order they are tried."""
+    keys: list[Key] = [("id", ev.connection_id)] if ev.connection_id else []
+    if ev.socket_id:
+        keys.append(("sock", (ev.node, ev.socket_id)))
+    keys.append(("pair", frozenset((_addr(ev.local), _addr(ev.remote)))))
+    if not ev.socket_id and ev.WhichOneof("kind") == "reset" and ev.reset.direction == SENT:
+        keys.append(("nat_client", _addr(ev.remote)))  # from no socket: maybe a backend refusing a DNATed SYN
+    return keys
 
 
 @dataclass(frozen=True)
@@ -108,6 +168,7 @@ class ConnectionRow:
     ended: str = ""  # tcpscope/outcome.py's word, or network_reset
     reset_by: ResetBy | None = None
     evidence: int = 0  # reset and error events of this connection folded into the row
+    in_client_flow: bool = False  # the server's socket only: its client's agent counted it in a flow
 
     @property
     def sockets(self) -> list[TcpEvent]:
@@ -119,9 +180,21 @@ class ConnectionRow:
     def span_ns(self) -> tuple[int, int]:
         return min(_start_ns(e) for e in self.sockets), self.time_ns()
 
-    def pairs(self) -> set[frozenset[Addr]]:
-        """The address pairs its sockets' events carry (either end's view; NAT may make them differ)."""
-        return {frozenset((_addr(e.local), _addr(e.remote))) for e in self.sockets}
+    def evidence_keys(self) -> set[Key]:
+        """What ties an event to this row (`Key`): its sockets' ids, sockets, address pairs."""
+        return {k for e in self.sockets for k in _socket_keys(e)}
+
+    def via(self) -> Endpoint | None:
+        """The address the client connected to when it is not the server's own, as the summary names
+        it: a Service (the client's socket's remote end resolved as one, backend known or not), or a
+        node port whose NAT sent the connection to the backend."""
+        c = self.client
+        if c is None:
+            return None
+        s = self.server
+        if c.remote.kind == SERVICE or (s is not None and _addr(c.remote) != _addr(s.local)):
+            return c.remote
+        return None
 
     def complete(self) -> bool:
         """Nothing more to wait for: both ends, or a socket no other end can have."""
@@ -132,12 +205,15 @@ class ConnectionRow:
 
 @dataclass(frozen=True)
 class FlowRow:
-    """One flow of a pair: the client's (side 'client'), else the server's; `both`: the other end's
-    agent reported the pair's flows too."""
+    """One flow of a pair: the client's (side 'client'), else the server's; `both`: a server's agent
+    reported flows of these connections too (not shown); `covered`: a server's flow from a node's
+    address (a NodePort's SNAT), this many of whose connections clients' flows to that address count
+    too."""
 
     flow: TcpEvent
     side: str
     both: bool = False
+    covered: int = 0
 
     def time_ns(self) -> int:
         return self.flow.time.ToNanoseconds()
@@ -169,6 +245,25 @@ class _Item:
 
 
 @dataclass
+class _NodeFlows:
+    """Connections clients' flows sent to a node's address, not yet matched with the backend's flows
+    from it (a NodePort's SNAT), until `until` (reader's clock)."""
+
+    until: float
+    left: int
+
+
+@dataclass(frozen=True)
+class _Recent:
+    """A row that went out: it still takes late evidence until `until` (reader's clock)."""
+
+    until: float
+    keys: frozenset[Key]
+    start_ns: int
+    end_ns: int
+
+
+@dataclass
 class ConnectionRows:
     """The join (module doc). `add`, `tick` and `close` return the rows now due; `now` is the
     reader's monotonic clock in seconds."""
@@ -184,15 +279,21 @@ class ConnectionRows:
     _seq: Iterator[int] = field(default_factory=itertools.count, init=False)
     _by_tuple: dict[tuple[Addr, Addr], list[int]] = field(default_factory=dict, init=False)
     _by_cid: dict[int, int] = field(default_factory=dict, init=False)
-    _by_pair: dict[frozenset[Addr], list[int]] = field(default_factory=dict, init=False)
-    _evidence_by_pair: dict[frozenset[Addr], list[int]] = field(default_factory=dict, init=False)
-    _server_flows: dict[Triple, list[int]] = field(default_factory=dict, init=False)
-    _recent: OrderedDict[int, tuple[float, set[frozenset[Addr]], int, int]] = field(
-        default_factory=OrderedDict, init=False
-    )
-    _recent_by_pair: dict[frozenset[Addr], list[int]] = field(default_factory=dict, init=False)
+    _row_keys: dict[Key, list[int]] = field(default_factory=dict, init=False)
+    """waiting rows by their keys"""
+    _evidence_keys: dict[Key, list[int]] = field(default_factory=dict, init=False)
+    """waiting evidence events by their keys"""
+    _recent: OrderedDict[int, _Recent] = field(default_factory=OrderedDict, init=False)
+    _recent_keys: dict[Key, list[int]] = field(default_factory=dict, init=False)
+    _server_flows: dict[str, list[int]] = field(default_factory=dict, init=False)
+    """waiting server flows by their client address"""
+    _flow_clients: OrderedDict[str, float] = field(default_factory=OrderedDict, init=False)
+    """client addresses whose agent reported flows, until when (reader's clock)"""
     _client_triples: OrderedDict[Triple, float] = field(default_factory=OrderedDict, init=False)
     _server_triples: OrderedDict[Triple, float] = field(default_factory=OrderedDict, init=False)
+    _server_clients: OrderedDict[str, float] = field(default_factory=OrderedDict, init=False)
+    _to_node: dict[str, list[_NodeFlows]] = field(default_factory=dict, init=False)
+    """node address -> the clients' flows to it (a NodePort) whose connections no server flow took yet"""
     _newest_ns: int = field(default=0, init=False)
     _evicted_at_ns: int = field(default=0, init=False)
 
@@ -212,7 +313,7 @@ class ConnectionRows:
         elif kind == "flow":
             self._add_flow(ev, now, out)
         elif kind in ("reset", "socket_error"):
-            self._add_evidence(ev, now, received)
+            self._add_evidence(ev, now, received, out)
         out += self._release_due(now)
         return out
 
@@ -309,7 +410,10 @@ class ConnectionRows:
             self._by_tuple.setdefault(self._tuple(ev), []).append(seq)
         if ev.connection_id:
             self._by_cid[ev.connection_id] = seq
-        self._by_pair.setdefault(frozenset((_addr(ev.local), _addr(ev.remote))), []).append(seq)
+        for key in _socket_keys(ev):
+            seqs = self._row_keys.setdefault(key, [])
+            if seq not in seqs:
+                seqs.append(seq)
 
     def _new_conn(self, row: ConnectionRow, now: float, out: list[Row]) -> None:
         seq = self._push(_Item("conn", now + self.hold, row=row))
@@ -345,7 +449,7 @@ class ConnectionRows:
         ]
         return [self.join.classify(r) for r in sorted(got, key=lambda r: r.time_ns)]
 
-    def _finish(self, row: ConnectionRow) -> None:
+    def _finish(self, row: ConnectionRow, now: float) -> None:
         """How it ended and who sent its reset, from what is known now."""
         if row.client is not None:
             established, ended = classify(row.client.lifecycle, True, row.server is not None)
@@ -353,6 +457,8 @@ class ConnectionRows:
             one = row.server or row.unoriented
             assert one is not None
             established, ended = classify(one.lifecycle, False)
+        if row.server is not None and row.client is None:
+            row.in_client_flow = self._in_client_flow(row.server, now)
         verdicts = self._verdicts(row)
         v = next((x for x in verdicts if x.cause == resetcause.NETWORK), verdicts[0] if verdicts else None)
         if established and v is not None and v.cause == resetcause.NETWORK:
@@ -368,40 +474,65 @@ class ConnectionRows:
         if v is not None:
             row.reset_by = ResetBy(side, v)
 
+    def _in_client_flow(self, server: TcpEvent, now: float) -> bool:
+        """A server's socket no client socket joined, whose client's agent counted the connection in a
+        flow (the server retransmitted, say; the client saw an ordinary connection): as the summary
+        tells them, by its connection id (the client's socket would have joined it) or its triple."""
+        client = server.remote.ip
+        triple = (client, server.local.ip, server.local.port)
+        return (server.connection_id != 0 and _seen(self._flow_clients, client, now)) or _seen(
+            self._client_triples, triple, now
+        )
+
     # --- evidence -------------------------------------------------------------------------------
 
-    def _add_evidence(self, ev: TcpEvent, now: float, received: resetcause.ReceivedReset | None) -> None:
-        pair = frozenset((_addr(ev.local), _addr(ev.remote)))
+    def _add_evidence(
+        self, ev: TcpEvent, now: float, received: resetcause.ReceivedReset | None, out: list[Row]
+    ) -> None:
         t = ev.time.ToNanoseconds()
-        for seq in self._by_pair.get(pair, []):
-            item = self._items.get(seq)
-            if item is not None and item.row is not None and self._within(item.row.span_ns(), t):
-                item.row.evidence += 1
-                self._count("events_folded_into_rows")
-                return
-        for seq in self._recent_by_pair.get(pair, []):
-            seen = self._recent.get(seq)
-            if seen is not None and self._within((seen[2], seen[3]), t):
-                self._count("events_folded_into_rows")
-                return
+        keys = _event_keys(ev)
+        for key in keys:
+            for seq in self._row_keys.get(key, []):
+                item = self._items.get(seq)
+                if item is not None and item.row is not None and self._takes(key, item.row.span_ns(), t):
+                    item.row.evidence += 1
+                    self._count("events_folded_into_rows")
+                    if item.reset_due:  # its reset's sender may be known now
+                        self._settle(seq, item, now, out)
+                    return
+        for key in keys:
+            for seq in self._recent_keys.get(key, []):
+                seen = self._recent.get(seq)
+                if seen is not None and self._takes(key, (seen.start_ns, seen.end_ns), t):
+                    self._count("events_folded_into_rows")
+                    return
         wait = self.hold
         if received is not None and ev.WhichOneof("kind") == "reset" and ev.reset.direction == RECEIVED:
             wait = max(wait, resetcause.HOLD_NS / 1e9)  # shown on its own: with its sender's verdict
         else:
             received = None
         seq = self._push(_Item("evidence", now + wait, event=ev, received=received))
-        self._evidence_by_pair.setdefault(pair, []).append(seq)
+        for key in keys:
+            self._evidence_keys.setdefault(key, []).append(seq)
+        if len(self._items) > self.max_pending:
+            out += self._release_first(now)
 
-    def _within(self, span: tuple[int, int], t: int) -> bool:
+    def _takes(self, key: Key, span: tuple[int, int], t: int) -> bool:
+        """Does a row of that life take an event at t, met by that key? An id holds at any time;
+        socket ids and addresses are reused, so they hold within the reset window of its life."""
         w = self.join.window_ns
-        return span[0] - w <= t <= span[1] + w
+        return key[0] == "id" or span[0] - w <= t <= span[1] + w
 
     def _claim_evidence(self, row: ConnectionRow) -> None:
         span = row.span_ns()
-        for pair in row.pairs():
-            for seq in self._evidence_by_pair.get(pair, []):
+        for key in row.evidence_keys():
+            for seq in list(self._evidence_keys.get(key, [])):  # a copy: _forget edits the list
                 item = self._items.get(seq)
-                if item is not None and item.event is not None and self._within(span, item.event.time.ToNanoseconds()):
+                if (
+                    item is not None
+                    and item.event is not None
+                    and self._takes(key, span, item.event.time.ToNanoseconds())
+                ):
                     row.evidence += 1
                     self._count("events_folded_into_rows")
                     self._forget(seq, item)
@@ -411,37 +542,76 @@ class ConnectionRows:
     def _add_flow(self, ev: TcpEvent, now: float, out: list[Row]) -> None:
         fl = ev.flow
         if fl.role == ACTIVE:
-            triple = (ev.local.ip, ev.remote.ip, ev.remote.port)
+            client = ev.local.ip
+            triple = (client, ev.remote.ip, ev.remote.port)
+            self._remember(self._flow_clients, client, now)
             self._remember(self._client_triples, triple, now)
-            for seq in self._server_flows.pop(triple, []):  # the client's flow counts these connections
+            for seq in self._server_flows.pop(client, []):  # the client's flows count these connections
                 item = self._items.get(seq)
                 if item is not None:
                     self._forget(seq, item)
                     self._count("server_flows_covered_by_the_client")
-            out.append(FlowRow(ev, "client", self._seen(self._server_triples, triple, now)))
+            if ev.remote.kind == NODE and fl.connections:  # a NodePort: the backend's flows name the node
+                self._add_to_node(ev, now)
+            nat = _nat_kind(ev.remote)
+            both = _seen(self._server_clients, client, now) if nat else _seen(self._server_triples, triple, now)
+            out.append(FlowRow(ev, "client", both))
         elif fl.role == PASSIVE:
-            triple = (ev.remote.ip, ev.local.ip, ev.local.port)
-            self._remember(self._server_triples, triple, now)
-            if self._seen(self._client_triples, triple, now):
+            client = ev.remote.ip
+            self._remember(self._server_triples, (client, ev.local.ip, ev.local.port), now)
+            self._remember(self._server_clients, client, now)
+            if _seen(self._flow_clients, client, now):
                 self._count("server_flows_covered_by_the_client")
                 return
-            seq = self._push(_Item("flow", now + self.hold, event=ev))
-            self._server_flows.setdefault(triple, []).append(seq)
+            seq = self._push(_Item("flow", now + self._flow_wait(ev), event=ev))
+            self._server_flows.setdefault(client, []).append(seq)
             if len(self._items) > self.max_pending:
                 out += self._release_first(now)
         else:
             out.append(FlowRow(ev, ""))
 
-    def _remember(self, seen: OrderedDict[Triple, float], triple: Triple, now: float) -> None:
-        seen[triple] = now + RECENT_S * 10
-        seen.move_to_end(triple)
+    def _add_to_node(self, ev: TcpEvent, now: float) -> None:
+        """A client's flow to a node's address: its connections may come back as the backend's flows
+        from that address (SNAT), within the time a server's flow waits, twice over."""
+        sent = [s for s in self._to_node.get(ev.remote.ip, []) if s.until >= now]
+        sent.append(_NodeFlows(now + 2 * self._flow_wait(ev), ev.flow.connections))
+        self._to_node[ev.remote.ip] = sent[-self.max_pending :]
+        if len(self._to_node) > self.max_pending:  # bounded: forget the addresses with nothing left
+            for ip in [ip for ip, s in self._to_node.items() if all(x.until < now for x in s)]:
+                del self._to_node[ip]
+
+    def _flow_wait(self, ev: TcpEvent) -> float:
+        """How long a server's flow waits for its client's: the client's agent flushes its flows once
+        per flow interval (the server's own, assumed alike), then ships them within `hold`."""
+        return self.hold + min(ev.flow.interval_ns / 1e9, MAX_FLOW_WAIT_S)
+
+    def _release_server_flow(self, ev: TcpEvent, arrived: float) -> list[Row]:
+        """A server's flow no client flow from its client's address covered: shown, unless it comes
+        from a node's address (a NodePort's SNAT) whose clients' flows (sent around the time it
+        arrived) count its connections."""
+        n = ev.flow.connections
+        covered = 0
+        if ev.remote.kind == NODE:
+            sent = [s for s in self._to_node.get(ev.remote.ip, []) if s.until >= arrived and s.left > 0]
+            for s in sent:
+                take = min(n - covered, s.left)
+                s.left -= take
+                covered += take
+            self._to_node[ev.remote.ip] = [s for s in sent if s.left > 0]
+            if not self._to_node[ev.remote.ip]:
+                del self._to_node[ev.remote.ip]
+        if n and covered == n:
+            self._count("server_flows_covered_by_the_client")
+            return []
+        if covered:
+            self._count("server_flow_connections_covered_by_clients", covered)
+        return [FlowRow(ev, "server", covered=covered)]
+
+    def _remember(self, seen: OrderedDict[K, float], key: K, now: float) -> None:
+        seen[key] = now + FLOW_MEMORY_S
+        seen.move_to_end(key)
         while len(seen) > self.max_pending or (seen and next(iter(seen.values())) < now):
             seen.popitem(last=False)
-
-    @staticmethod
-    def _seen(seen: OrderedDict[Triple, float], triple: Triple, now: float) -> bool:
-        until = seen.get(triple)
-        return until is not None and until >= now
 
     # --- release --------------------------------------------------------------------------------
 
@@ -452,7 +622,7 @@ class ConnectionRows:
             item = self._items.get(seq)
             if item is not None and not item.done and item.due <= due:
                 out += self._release(seq, item, now)
-        while self._recent and next(iter(self._recent.values()))[0] < now:
+        while self._recent and next(iter(self._recent.values())).until < now:
             self._forget_recent()
         return out
 
@@ -470,7 +640,7 @@ class ConnectionRows:
         self._forget(seq, item)
         if item.kind == "flow":
             assert item.event is not None
-            return [FlowRow(item.event, "server")]
+            return self._release_server_flow(item.event, item.due - self._flow_wait(item.event))
         if item.kind == "evidence":
             assert item.event is not None
             self._count("events_shown_on_their_own")
@@ -479,14 +649,19 @@ class ConnectionRows:
         row = item.row
         assert row is not None
         self._claim_evidence(row)
-        self._finish(row)
+        self._finish(row, now)
         if row.client is not None and row.server is not None:
             self._count("rows_from_both_ends")
         else:
             self._count("rows_from_the_client_only" if row.client is not None else "rows_from_the_server_only")
-        self._recent[seq] = (now + RECENT_S, row.pairs(), *row.span_ns())
-        for pair in row.pairs():
-            self._recent_by_pair.setdefault(pair, []).append(seq)
+        if row.in_client_flow:
+            self._count("server_rows_in_client_flows")
+        if row.via() is not None:
+            self._count("rows_through_a_service_or_node_port")
+        keys = frozenset(row.evidence_keys())
+        self._recent[seq] = _Recent(now + RECENT_S, keys, *row.span_ns())
+        for key in keys:
+            self._recent_keys.setdefault(key, []).append(seq)
         while len(self._recent) > self.max_pending:
             self._forget_recent()
         return [row]
@@ -497,19 +672,66 @@ class ConnectionRows:
         if item.row is not None:
             for ev in item.row.sockets:
                 _drop(self._by_tuple, self._tuple(ev) if ev.lifecycle.role in (ACTIVE, PASSIVE) else None, seq)
-                _drop(self._by_pair, frozenset((_addr(ev.local), _addr(ev.remote))), seq)
                 if ev.connection_id and self._by_cid.get(ev.connection_id) == seq:
                     del self._by_cid[ev.connection_id]
+            for key in item.row.evidence_keys():
+                _drop(self._row_keys, key, seq)
         elif item.event is not None and item.kind == "evidence":
-            _drop(self._evidence_by_pair, frozenset((_addr(item.event.local), _addr(item.event.remote))), seq)
+            for key in _event_keys(item.event):
+                _drop(self._evidence_keys, key, seq)
+        elif item.event is not None and item.kind == "flow":
+            _drop(self._server_flows, item.event.remote.ip, seq)
 
     def _forget_recent(self) -> None:
-        seq, (_, pairs, _, _) = self._recent.popitem(last=False)
-        for pair in pairs:
-            _drop(self._recent_by_pair, pair, seq)
+        seq, seen = self._recent.popitem(last=False)
+        for key in seen.keys:
+            _drop(self._recent_keys, key, seq)
+
+    # --- the tally ------------------------------------------------------------------------------
+
+    def tally(self) -> str:
+        """How every row came about, in one line for the end of a run ('' with nothing to say)."""
+        c = self.counts
+        if not c:
+            return ""
+        both, client, server = (
+            c.get(k, 0) for k in ("rows_from_both_ends", "rows_from_the_client_only", "rows_from_the_server_only")
+        )
+        parts = [
+            f"# {both + client + server} connection rows: {both} joined from both ends, {client} from the client's "
+            f"agent only, {server} from the server's agent only"
+        ]
+        if c.get("rows_through_a_service_or_node_port"):
+            parts.append(f"{c['rows_through_a_service_or_node_port']} of them through a Service or node port")
+        if c.get("server_rows_in_client_flows"):
+            parts.append(
+                f"{c['server_rows_in_client_flows']} of the server-only ones counted in their clients' flows too"
+            )
+        parts.append(
+            f"{c.get('events_folded_into_rows', 0)} reset and error events folded into them, "
+            f"{c.get('events_shown_on_their_own', 0)} shown on their own"
+        )
+        if c.get("server_flows_covered_by_the_client"):
+            parts.append(
+                f"{c['server_flows_covered_by_the_client']} server flows not shown (their clients' flows count "
+                "them, to the server or through a Service or node port)"
+            )
+        if c.get("server_flow_connections_covered_by_clients"):
+            parts.append(
+                f"{c['server_flow_connections_covered_by_clients']} connections of shown server flows from node "
+                "addresses also in clients' flows to them"
+            )
+        if c.get("released_early_over_the_bound"):
+            parts.append(
+                f"{c['released_early_over_the_bound']} rows printed before their other end came "
+                f"(more than {self.max_pending} waiting)"
+            )
+        return "; ".join(parts) + "\n"
 
 
-K = TypeVar("K")
+def _seen(seen: OrderedDict[K, float], key: K, now: float) -> bool:
+    until = seen.get(key)
+    return until is not None and until >= now
 
 
 def _drop(index: dict[K, list[int]], key: K | None, seq: int) -> None:
@@ -576,8 +798,16 @@ def _duration_ns(row: ConnectionRow) -> int:
     return max(e.lifecycle.duration_ns for e in row.sockets)
 
 
+def via_text(row: ConnectionRow) -> str:
+    """`via shop/api-svc:80` when the client connected to a Service (or a node port) whose NAT sent
+    it to the backend shown as the server; '' otherwise (no NAT, or the server shown is the Service
+    itself: no backend socket joined)."""
+    v = row.via()
+    return f"via {render.endpoint_text(v)}" if v is not None and row.server is not None else ""
+
+
 def _details(row: ConnectionRow) -> list[str]:
-    out = []
+    out = [via_text(row)] if via_text(row) else []
     errno = next((e.lifecycle.errno_name or str(e.lifecycle.errno) for e in row.sockets if e.lifecycle.errno), "")
     if errno:
         out.append(f"errno={errno}")
@@ -588,6 +818,8 @@ def _details(row: ConnectionRow) -> list[str]:
         out.append("role unknown (the socket is older than its agent)")
     elif row.client is None or row.server is None:
         out.append(f"only the {'client' if row.client is not None else 'server'}'s agent reported it")
+    if row.in_client_flow:
+        out.append("(the client's agent counted it in a flow)")
     return out
 
 
@@ -604,17 +836,26 @@ def table_row(row: ConnectionRow | FlowRow) -> str:
     ).rstrip()
 
 
+def _flow_ends(row: FlowRow) -> tuple[tuple[Endpoint, str], tuple[Endpoint, str]]:
+    """(client, server) of a flow with the reporting end's comm: its client has no port."""
+    ev = row.flow
+    if row.side == "server":
+        return (ev.remote, ""), (ev.local, ev.process.comm)
+    return (ev.local, ev.process.comm), (ev.remote, "")
+
+
 def _flow_table_row(row: FlowRow) -> str:
     ev, fl = row.flow, row.flow.flow
-    if row.side == "server":
-        client, server, up, down = end_text(ev.remote), end_text(ev.local, ev.process.comm), fl.rx_bytes, fl.tx_bytes
-    else:
-        client, server, up, down = end_text(ev.local, ev.process.comm), end_text(ev.remote), fl.tx_bytes, fl.rx_bytes
+    (c, c_comm), (s, s_comm) = _flow_ends(row)
+    client, server = end_text(c, c_comm), end_text(s, s_comm)
+    up, down = (fl.rx_bytes, fl.tx_bytes) if row.side == "server" else (fl.tx_bytes, fl.rx_bytes)
     latency = render.flow_latency_text(fl).split()
     p50 = next((x for x in latency if x.startswith("p50")), "-")
     rest = [x for x in latency if not x.startswith("p50")]
     who = {"client": "the client's agent", "server": "the server's agent"}.get(row.side, "an agent")
     details = [*rest, f"in {render.duration_text(fl.interval_ns)}", f"reported by {who}"]
+    if row.covered:
+        details.append(f"({row.covered} of them also in clients' flows to {end_text(ev.remote)})")
     return (
         f"{_clock(ev.time.ToNanoseconds()):<12} {client:<32} {server:<32} {f'{fl.connections} ok':<13} "
         f"{'(flow)':<27} {p50:>8} {up:>9} {down:>9} {' '.join(details)}"
@@ -632,13 +873,15 @@ def socket_table_row(row: SocketRow) -> str:
     )
 
 
-def _end_json(ep: Endpoint, comm: str = "") -> dict[str, object]:
+def _end_json(ep: Endpoint, comm: str = "", kind: bool = False) -> dict[str, object]:
     out: dict[str, object] = {"ip": ep.ip}
     if ep.port:
         out["port"] = ep.port
     for k in ("namespace", "name", "node"):
         if getattr(ep, k):
             out[k] = getattr(ep, k)
+    if kind and ep.kind:
+        out["kind"] = EndpointKind.Name(ep.kind)
     if comm:
         out["comm"] = comm
     return out
@@ -652,14 +895,20 @@ def json_row(row: ConnectionRow | FlowRow) -> str:
         doc: dict[str, object] = {
             "time": rfc3339(ev.time.ToNanoseconds()),
             "row": "flow",
+            "client": _end_json(*_flow_ends(row)[0]),
+            "server": _end_json(*_flow_ends(row)[1]),
             "reported_by": row.side,
             "both_ends_report": row.both,
             "connections": fl.connections,
             "duration_mean_ns": fl.duration_sum_ns // fl.connections if fl.connections else 0,
             "duration_p50_below_ns": int(render.duration_quantile_us(fl, 0.5) * 1000),
             "duration_p99_below_ns": int(render.duration_quantile_us(fl, 0.99) * 1000),
-            "flow": json.loads(render.json_line(ev)),
         }
+        if row.side == "client" and ev.remote.kind == SERVICE:  # the backends are not known from flows
+            doc["via"] = _end_json(ev.remote, kind=True)
+        if row.covered:
+            doc["also_in_client_flows"] = row.covered
+        doc["flow"] = json.loads(render.json_line(ev))
         return json.dumps(doc)
     c, s = row.client, row.server
     up, down = _bytes(row)
@@ -669,6 +918,11 @@ def json_row(row: ConnectionRow | FlowRow) -> str:
         "row": "connection",
         "client": _end_json(*client),
         "server": _end_json(*server),
+    }
+    via = row.via()
+    if via is not None:  # as the summary's rows: only through a Service or a node port
+        doc["via"] = _end_json(via, kind=True)
+    doc |= {
         "ended": row.ended,
         "duration_ns": _duration_ns(row),
         "client_to_server_bytes": up,
@@ -677,6 +931,8 @@ def json_row(row: ConnectionRow | FlowRow) -> str:
     }
     if row.reset_by is not None:
         doc["reset_by"] = {"side": row.reset_by.side, **row.reset_by.verdict.to_json()}
+    if row.in_client_flow:
+        doc["in_client_flow"] = True
     doc["sockets"] = {
         k: json.loads(render.json_line(e))
         for k, e in (("client", c), ("server", s), ("unknown_role", row.unoriented))

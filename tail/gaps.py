@@ -24,9 +24,14 @@ MAX_CONFLICT_EXAMPLES = 20
 
 
 def rfc3339(ns: int) -> str:
+    """RFC 3339 of a time in ns; one no calendar holds (a record outside the bounds: tcpscope/bounds.py)
+    is shown as its number instead of stopping the reader."""
     if not ns:
         return ""
-    t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    try:
+        t = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC).replace(microsecond=(ns // 1000) % 1_000_000)
+    except (OverflowError, ValueError, OSError):
+        return f"@{ns}ns"
     return t.isoformat().replace("+00:00", "Z")
 
 

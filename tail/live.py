@@ -2,9 +2,10 @@
 bounded reorder buffer that prints them in time order.
 
 By default (`--rows connection`) the view prints one row per connection when it ends, both ends'
-events joined (tail/connections.py: client and server, how it ended, who sent the reset and why,
-duration, bytes), and one row per pair per flow interval for the ordinary connections the agents
-aggregate. `--rows socket` prints each socket's events as the agent's `--stdout` does: lifecycles,
+events joined (tail/connections.py: client and server, the Service it went through, how it ended,
+who sent the reset and why, duration, bytes), and one row per pair per flow interval for the
+ordinary connections the agents aggregate, each counted once (from the client's flows, as the
+summary counts them). `--rows socket` prints each socket's events as the agent's `--stdout` does: lifecycles,
 resets, socket errors and flows by default; state changes, retransmits, SYN-ACK retransmits and
 probes on request (`--kind state,...` or `--kind all`, which choose socket rows by themselves: those
 kinds have no connection row).
@@ -47,10 +48,11 @@ DEFAULT_HOLD_S = 1.0
 
 ROWS: tuple[str, ...] = ("connection", "socket")
 ROWS_HELP = (
-    "connection (the default): one row per connection when it ends, both ends joined: client and server, "
-    "how it ended, who sent the reset (app, kernel or network) and why, duration, bytes; and one row "
-    "per pair per flow interval. socket: every socket's own events, as the agent prints them (the "
-    "default with --kind state, retransmit, synack, probe or all)"
+    "connection (the default): one row per connection when it ends, both ends joined: client and server "
+    "(through a Service: the backend, 'via' the Service), how it ended, who sent the reset (app, kernel or "
+    "network) and why, duration, bytes; and one row per pair per flow interval, each connection once. "
+    "socket: every socket's own events, as the agent prints them (the default with --kind state, "
+    "retransmit, synack, probe or all)"
 )
 
 
@@ -182,8 +184,8 @@ class LiveView:
     def close(self, now: float) -> list[str]:
         """Everything still held (the end of a run), in time order."""
         if self.connections is not None:
-            self._rows(self.connections.close(now), now)
-            return list(self.order.flush())
+            ready = self._rows(self.connections.close(now), now)  # rows whose hold ended since the last tick
+            return ready + list(self.order.flush())
         self._take(self.resets.release(int(now * 1e9), everything=True), now)
         return list(self.order.flush())
 

@@ -50,13 +50,13 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from tail import resetcause
+from tail import clock, resetcause
 from tail.backend_split import BackendSplit, FlowKey, ServiceRef, SplitCounts, split
 from tail.gaps import Conflicts, Gaps, rfc3339
 from tail.pairs import COUNTERS, PairSummary, Party
 from tail.servicemap import render_dot
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
-from tcpscope.losses import add_counts, definite_total, possible_text, possible_total
+from tcpscope.losses import UNTRACKED_TOTAL, add_counts, definite_total, possible_text, possible_total, untracked_total
 from tcpscope.outcome import classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
@@ -690,6 +690,7 @@ class Report:
     events: int = 0
     duplicates: int = 0  # records the reader dropped as at-least-once repeats
     undecodable: int = 0
+    out_of_bounds: int = 0  # decodable records outside the bounds (tcpscope/bounds.py): skipped
     gaps: Gaps = field(default_factory=Gaps)  # windows nobody observed (tail/gaps.py)
     conflicts: Conflicts = field(default_factory=Conflicts)  # one dedup key, different content: all kept
 
@@ -699,6 +700,7 @@ class Report:
         if d.kind not in (RECORD_EVENT, RECORD_SUMMARY):
             self.undecodable += 1
             return
+        clock.correct(d)  # times on one clock (tail/clock.py); the reader dropped the repeats
         self.gaps.take(d)
         if d.kind == RECORD_EVENT and d.event is not None:
             self.events += 1
@@ -732,6 +734,7 @@ class Report:
                 "events": self.events,
                 "duplicates": self.duplicates,
                 "undecodable_records": self.undecodable,
+                "out_of_bounds_records": self.out_of_bounds,
                 "skipped": dict(sorted(self.summarizer.skipped.items())),
                 "gaps": self.gaps.json_list(),
                 "conflicts": self.conflicts.count,
@@ -739,14 +742,34 @@ class Report:
             }
             return json.dumps(doc) + "\n"
         lost, maybe = definite_total(self.losses), possible_total(self.losses)
+        shown = {k: v for k, v in self.losses.items() if v and k != UNTRACKED_TOTAL}
         gap_lines = self.gaps.footer_lines()
         conflict = self.conflicts.line()
-        complete = "no events lost" if not gap_lines else "events missing in windows nobody observed (below)"
+        untracked = untracked_total(self.losses)
+        complete = (
+            "events missing in windows nobody observed (below)"
+            if gap_lines
+            else "events in skipped records (below)"
+            if self.out_of_bounds
+            else "events of untracked sockets missing"
+            if untracked
+            else "no events lost"
+        )
         foot = (
             f"# {len(rows)} pairs from {self.events} events in {self.batches} batches; "
-            + (complete if not lost else f"LOST {lost} events: {self.losses}")
+            + (complete if not lost else f"LOST {lost} events: {shown}")
             + (f"; {possible_text(maybe)}" if maybe else "")
+            + (
+                f"; {untracked} sockets not tracked (the agent's socket map was full: their events are missing)"
+                if untracked
+                else ""
+            )
             + (f"; {self.undecodable} records that are not tcpscope records skipped" if self.undecodable else "")
+            + (
+                f"; {self.out_of_bounds} records outside the bounds skipped (docs/kafka.md, Bounds)"
+                if self.out_of_bounds
+                else ""
+            )
             + "\n"
             + "".join(line + "\n" for line in [*gap_lines, conflict] if line)
         )

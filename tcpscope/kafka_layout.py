@@ -32,8 +32,9 @@ from dataclasses import dataclass
 
 from google.protobuf import json_format
 
+from tcpscope.bounds import OutOfBounds, event_problem, summary_problem
 from tcpscope.losses import definite_total
-from tcpscope.v1.events_pb2 import Endpoint, EventBatch, TcpEvent
+from tcpscope.v1.events_pb2 import CollectorNote, Endpoint, EventBatch, TcpEvent
 
 SCHEMA_VERSION = 1
 SCHEMA_EVENT = "tcpscope.v1.TcpEvent"
@@ -51,6 +52,11 @@ H_BATCH_EVENTS = "batch-events"  # summary records: how many event records the b
 H_LOST_TOTAL = "lost-total"  # summary records: kernel + agent_buffer + enrichment
 H_BATCH_INDEXES = "batch-indexes"  # packed records: the events' positions in their batch, "0,4,9"
 H_UNOBSERVED = "unobserved-windows"  # summary records whose batch reports windows nobody observed
+H_CLOCK_OFFSET = "clock-offset-ns"  # event and packed records: the agent's measured clock offset (docs/kafka.md)
+
+CLOCK_CORRECTION_MIN_NS = 50_000_000
+"""Offsets smaller than this (50 ms) are left alone: readers compare times across nodes with wider
+margins, and correcting by a noisy estimate would only move times about."""
 
 RECORD_EVENT = "event"
 RECORD_SUMMARY = "batch-summary"
@@ -139,12 +145,24 @@ def to_json(msg: TcpEvent | EventBatch) -> str:
     return json_format.MessageToJson(msg, preserving_proto_field_name=True, indent=None)
 
 
+def clock_correction_ns(note: CollectorNote) -> int:
+    """What readers subtract from the event times of a batch with this collector note: the measured
+    offset of the agent's clock when it is bounded, larger than its error and at least
+    CLOCK_CORRECTION_MIN_NS; else 0 (docs/kafka.md, "Clocks")."""
+    off = note.clock_offset_ns
+    if not note.clock_offset_bounded or abs(off) < CLOCK_CORRECTION_MIN_NS or abs(off) <= note.clock_offset_error_ns:
+        return 0
+    return off
+
+
 def batch_records(
     batch: EventBatch, value_format: str = "protobuf", layout: str = LAYOUT_EVENT, partitions: int = 0
 ) -> list[Record]:
     """Every record for one batch: its events in order (one record each, or packed per partition),
     then its summary record last. With `partitions` > 0 every event-carrying record gets the
-    partition its key hashes to; the packed layout needs it."""
+    partition its key hashes to; the packed layout needs it. When the batch's collector note has a
+    clock correction, event-carrying records carry it in a header (readers need not wait for the
+    summary record)."""
     if value_format not in VALUE_FORMATS:
         raise ValueError(f"value format must be one of {VALUE_FORMATS}")
     if layout not in RECORD_LAYOUTS:
@@ -157,9 +175,12 @@ def batch_records(
     agent = batch.agent_id.encode()
     node = batch.node.encode()
     seq = str(batch.sequence).encode()
+    correction = clock_correction_ns(batch.collector) if batch.HasField("collector") else 0
+    clock: Headers = [(H_CLOCK_OFFSET, str(correction).encode())] if correction else []
 
     def headers(schema: str, record: str) -> Headers:
-        """The headers every record of the batch carries (docs/kafka.md), for one record kind."""
+        """The headers every record of the batch carries (docs/kafka.md), for one record kind; the
+        event-carrying ones also the clock correction."""
         return [
             (H_SCHEMA, schema.encode()),
             (H_SCHEMA_VERSION, version),
@@ -168,6 +189,7 @@ def batch_records(
             (H_AGENT_ID, agent),
             (H_NODE, node),
             (H_BATCH_SEQ, seq),
+            *(clock if record != RECORD_SUMMARY else []),
         ]
 
     out: list[Record] = []
@@ -240,18 +262,47 @@ class Decoded:
     index: int
     event: TcpEvent | None
     summary: EventBatch | None
+    clock_offset_ns: int = 0  # header clock-offset-ns: subtract from the event's times (tail/clock.py)
 
 
 def header_map(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (headers or [])}
 
 
+def _clock_offset(h: dict[str, str]) -> int:
+    raw = h.get(H_CLOCK_OFFSET)
+    if raw is None:
+        return 0
+    try:
+        off = int(raw)
+    except ValueError:
+        raise OutOfBounds("header", f"{H_CLOCK_OFFSET} {raw[:32]!r} is not a number") from None
+    if abs(off) > 10**18:
+        raise OutOfBounds("header", f"{H_CLOCK_OFFSET} {off} is out of range")
+    return off
+
+
+def check_bounds(d: Decoded) -> Decoded:
+    """The record as decoded, or OutOfBounds when its content is outside the bounds (tcpscope/bounds.py)."""
+    if d.event is not None:
+        problem = event_problem(d.event)
+        if problem is not None:
+            raise OutOfBounds(problem, f"event of agent {d.agent_id[:64]} batch {d.sequence} index {d.index}")
+    elif d.summary is not None:
+        problem = summary_problem(d.summary)
+        if problem is not None:
+            raise OutOfBounds(problem, f"batch summary of agent {d.agent_id[:64]} batch {d.sequence}")
+    return d
+
+
 def decode_records(headers: Sequence[tuple[str, bytes]] | None, value: bytes | None) -> list[Decoded]:
     """Every event or summary in one record, whatever the layout: a packed record gives one
-    `Decoded(kind=RECORD_EVENT)` per event with its own batch index, so readers need not care."""
+    `Decoded(kind=RECORD_EVENT)` per event with its own batch index, so readers need not care.
+    A record whose content is outside the documented bounds raises OutOfBounds (a ValueError):
+    readers skip it and count it apart from records that are not tcpscope records at all."""
     h = header_map(headers)
     if h.get(H_RECORD) != RECORD_PACKED or value is None:
-        return [decode_record(headers, value)]
+        return [check_bounds(decode_record(headers, value))]
     agent = h.get(H_AGENT_ID, "")
     seq = int(h.get(H_BATCH_SEQ, "0") or 0)
     packed = EventBatch()
@@ -263,7 +314,11 @@ def decode_records(headers: Sequence[tuple[str, bytes]] | None, value: bytes | N
     idx = [int(x) for x in raw_idx.split(",")] if raw_idx else []
     if len(idx) != len(packed.events):
         raise ValueError(f"{H_BATCH_INDEXES} has {len(idx)} entries for {len(packed.events)} events")
-    return [Decoded(RECORD_EVENT, agent, seq, i, ev, None) for i, ev in zip(idx, packed.events, strict=True)]
+    off = _clock_offset(h)
+    return [
+        check_bounds(Decoded(RECORD_EVENT, agent, seq, i, ev, None, off))
+        for i, ev in zip(idx, packed.events, strict=True)
+    ]
 
 
 def decode_record(headers: Sequence[tuple[str, bytes]] | None, value: bytes | None) -> Decoded:
@@ -286,7 +341,7 @@ def decode_record(headers: Sequence[tuple[str, bytes]] | None, value: bytes | No
             json_format.Parse(value.decode(), ev)
         else:
             ev.ParseFromString(value)
-        return Decoded(kind, agent, seq, idx, ev, None)
+        return Decoded(kind, agent, seq, idx, ev, None, _clock_offset(h))
     batch = EventBatch()
     if is_json:
         json_format.Parse(value.decode(), batch)
@@ -305,8 +360,9 @@ def fingerprint(d: Decoded) -> int:
     """What a record under one dedup key must repeat exactly when it is a genuine resend: for an event,
     everything the agent produced (the collector's `--resolve-remote` may fill the remote end's
     identity differently on a resend, so only its address and port count); for a summary, the batch
-    header, losses and unobserved windows. Two records with one dedup key and different fingerprints
-    are a conflict (two producers under one agent id), never a duplicate."""
+    header, losses and unobserved windows (not the collector's note of its arrival). Two records with
+    one dedup key and different fingerprints are a conflict (two producers under one agent id), never
+    a duplicate."""
     if d.event is not None:
         ev = d.event
         kind = ev.WhichOneof("kind")
@@ -328,7 +384,12 @@ def fingerprint(d: Decoded) -> int:
             )
         )
     if d.summary is not None:
-        return hash(d.summary.SerializeToString(deterministic=True))
+        if not d.summary.HasField("collector"):
+            return hash(d.summary.SerializeToString(deterministic=True))
+        mine = EventBatch()  # what the collector noted (arrival, clock) differs on a resend: not content
+        mine.CopyFrom(d.summary)
+        mine.ClearField("collector")
+        return hash(mine.SerializeToString(deterministic=True))
     return 0
 
 

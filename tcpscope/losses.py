@@ -5,10 +5,12 @@ Every stage reports cumulative losses by reason (`kernel.ringbuf_full`, `agent.b
 Most are definite: an event existed and was dropped. A few are only *possible* losses, upper
 bounds that cannot tell a lost event from nothing: the kernel skipping a run of one of our programs
 because another BPF program was running on that CPU (the run may have concerned a socket outside
-the agent's filters). They are reported everywhere, but apart from the definite count.
+the agent's filters). They are reported everywhere, but apart from the definite count. And one
+counts sockets, not events (UNTRACKED_SOCKET_REASONS): reported as sockets not tracked.
 
 A batch carries its losses as `Losses` (EventBatch.lost): the totals `kernel`, `agent_buffer` and
-`enrichment` (definite), `kernel_skipped_runs` (possible), and every reason in `by_reason`.
+`enrichment` (definite), `kernel_skipped_runs` (possible), `sockets_untracked` (sockets), and every
+reason in `by_reason`.
 Readers add them up by name (`counts`, `add_counts`) and take the definite and possible sums from those
 (`definite_total`, `possible_total`)."""
 
@@ -25,10 +27,36 @@ DEFINITE_TOTALS = ("kernel", "agent_buffer", "enrichment")
 POSSIBLE_TOTAL = "kernel_skipped_runs"
 """The `Losses` total of the possible ones (POSSIBLE_LOSS_REASONS)."""
 
+UNTRACKED_SOCKET_REASONS = frozenset({"kernel.socket_map_full"})
+"""Reasons that count sockets, not events: sockets the agent could not track (its per-socket map was
+full at their start). Their events are missing, but how many is unknown: reported as sockets
+(Losses.sockets_untracked), never added to a count of lost events."""
+UNTRACKED_TOTAL = "sockets_untracked"
+"""The `Losses` total of the untracked sockets (UNTRACKED_SOCKET_REASONS)."""
+
 
 def definite(losses: Mapping[str, int]) -> dict[str, int]:
-    """The reasons (or `counts` names) that are definite losses."""
-    return {k: v for k, v in losses.items() if k not in POSSIBLE_LOSS_REASONS and k != POSSIBLE_TOTAL}
+    """The reasons (or `counts` names) that are definite losses of events."""
+    return {
+        k: v
+        for k, v in losses.items()
+        if k not in POSSIBLE_LOSS_REASONS
+        and k != POSSIBLE_TOTAL
+        and k not in UNTRACKED_SOCKET_REASONS
+        and k != UNTRACKED_TOTAL
+    }
+
+
+def untracked(losses: Mapping[str, int]) -> dict[str, int]:
+    """The reasons (or `counts` names) that count sockets not tracked (their events missing)."""
+    return {k: v for k, v in losses.items() if k in UNTRACKED_SOCKET_REASONS}
+
+
+def untracked_total(lost: Losses | Mapping[str, int]) -> int:
+    """How many sockets the agent could not track: a batch's, or of sums made by `add_counts`."""
+    if isinstance(lost, Losses):
+        return int(lost.sockets_untracked)
+    return lost.get(UNTRACKED_TOTAL, 0)
 
 
 def possible(losses: Mapping[str, int]) -> dict[str, int]:
@@ -45,8 +73,8 @@ def possible_text(skipped_runs: int) -> str:
 
 
 def counts(lost: Losses) -> dict[str, int]:
-    """A batch's losses by name: the four totals, then each reason."""
-    out = {name: getattr(lost, name) for name in (*DEFINITE_TOTALS, POSSIBLE_TOTAL)}
+    """A batch's losses by name: the five totals, then each reason."""
+    out = {name: getattr(lost, name) for name in (*DEFINITE_TOTALS, POSSIBLE_TOTAL, UNTRACKED_TOTAL)}
     out.update(lost.by_reason)
     return out
 

@@ -1,6 +1,7 @@
 """How the collector tells an agent that one batch can never be accepted as it is.
 
-When the collector refuses a batch for what the batch itself is (too many events, too many bytes),
+When the collector refuses a batch for what the batch itself is (too many events, too many bytes,
+its own fields outside the bounds),
 resending the same bytes would be refused forever and hold up every batch behind it. So such a
 refusal names the batch in the call's trailing metadata, and the agent splits it or, when it is a
 single event, drops it and counts the loss (`agent.collector_refused`), reported in a later batch.
@@ -18,3 +19,5 @@ MD_REASON = "tcpscope-refused-reason"
 
 # refusal reasons (collector_rejected_total{reason}) that a smaller batch would avoid
 SPLITTABLE = frozenset({"oversized", "too_many_events"})
+# a batch whose own fields are outside the bounds (docs/kafka.md, "Bounds"): dropped and counted, never resent
+INVALID_BATCH = "invalid_batch"

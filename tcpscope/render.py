@@ -40,8 +40,21 @@ _TIMESTAMP = "google.protobuf.Timestamp"
 
 @functools.lru_cache(maxsize=8)
 def _second_text(sec: int) -> str:
-    """RFC 3339 'YYYY-MM-DDTHH:MM:SS' of a second (a pure function; cached: events come in order)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    """RFC 3339 'YYYY-MM-DDTHH:MM:SS' of a second (a pure function; cached: events come in order).
+    A second no calendar of this platform holds (readers skip such records: tcpscope/bounds.py) is
+    shown as its number, never an exception."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    except (OverflowError, ValueError, OSError):
+        return f"@{sec}"
+
+
+def _clock_text(sec: int) -> str:
+    """Local 'HH:MM:SS' of a second, or its number when the platform cannot convert it."""
+    try:
+        return time.strftime("%H:%M:%S", time.localtime(sec))
+    except (OverflowError, ValueError, OSError):
+        return f"@{sec}"
 
 
 def timestamp_json(seconds: int, nanos: int) -> str:
@@ -157,6 +170,7 @@ _KNOWN = {
         "retransmits",
         "reset_reason",
         "reset_reason_name",
+        "tracked_mid_life",
     ],
     "StateChange": ["old_state", "new_state", "time_in_old_state_ns"],
 }
@@ -248,6 +262,8 @@ def _lifecycle(lc: Any) -> str:
         p.append(f'"reset_reason": {lc.reset_reason}')
     if lc.reset_reason_name:
         p.append('"reset_reason_name": ' + encode_basestring_ascii(lc.reset_reason_name))
+    if lc.tracked_mid_life:
+        p.append('"tracked_mid_life": true')
     return "{" + ", ".join(p) + "}"
 
 
@@ -314,10 +330,13 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     kind = ev.WhichOneof("kind")
     if kind == "lifecycle":
         lc = ev.lifecycle
+        tx = "?" if lc.tracked_mid_life else lc.tx_bytes  # role unknown: SYN counted or not (events.proto)
         d = (
-            f"role={_ROLE.get(lc.role, lc.role)} tx={lc.tx_bytes} rx={lc.rx_bytes} "
+            f"role={_ROLE.get(lc.role, lc.role)} tx={tx} rx={lc.rx_bytes} "
             f"ms={lc.duration_ns / 1e6:.3f} end={_ENDING.get(lc.ending, lc.ending)}"
         )
+        if lc.tracked_mid_life:
+            d += " tracked_mid_life"
         if lc.errno:
             d += f" errno={lc.errno_name or lc.errno}"
         if lc.reset_reason_name:
@@ -394,14 +413,17 @@ def duration_quantile_us(fl: Any, q: float) -> float:
     for i, n in enumerate(fl.duration_us_log2):
         seen += n
         if seen >= rank and n:
-            return float(2 ** (i + 1))
-    return float(2 ** len(fl.duration_us_log2))
+            return float(2 ** min(i + 1, _LOG2_TOP))
+    return float(2 ** min(len(fl.duration_us_log2), _LOG2_TOP))
+
+
+_LOG2_TOP = 64  # a u64 of microseconds has 64 log2 buckets: a longer histogram is not the agent's (bounds.py)
 
 
 def table_line(ev: TcpEvent) -> str:
     """One fixed-column line: TIME PID COMM LOCAL REMOTE EVENT DETAILS."""
     t = ev.time
-    clock = time.strftime("%H:%M:%S", time.localtime(t.seconds)) + f".{t.nanos // 1_000_000:03d}"
+    clock = _clock_text(t.seconds) + f".{t.nanos // 1_000_000:03d}"
     event, details = _details(ev)
     return (
         f"{clock:<12} {ev.process.pid:>7} {ev.process.comm or '-':<15} {endpoint_text(ev.local):<30} "

@@ -38,7 +38,7 @@ from typing import Protocol
 
 from agent.metrics import AgentMetrics
 from tcpscope.kafka_layout import SCHEMA_VERSION
-from tcpscope.losses import POSSIBLE_LOSS_REASONS
+from tcpscope.losses import POSSIBLE_LOSS_REASONS, UNTRACKED_SOCKET_REASONS
 from tcpscope.refusal import SPLITTABLE
 from tcpscope.v1.events_pb2 import EventBatch, Losses, TcpEvent, UnobservedWindow
 
@@ -94,6 +94,13 @@ class Journal(Protocol):
 
     def attached(self) -> list[UnobservedWindow]: ...
 
+    def detached(self) -> None: ...
+
+    def take_over(self) -> list[UnobservedWindow]: ...
+
+    @property
+    def takeover_pending(self) -> bool: ...
+
 
 class Transport(Protocol):
     def start(self, source: BatchSource) -> None: ...
@@ -103,7 +110,8 @@ class Transport(Protocol):
 
 def split_losses(by_reason: dict[str, int]) -> Losses:
     """Sum reasons into the Losses buckets: 'enrich*' -> enrichment, 'agent*' -> agent_buffer, possible
-    losses (POSSIBLE_LOSS_REASONS) -> kernel_skipped_runs, everything else (kernel.*, and unknown
+    losses (POSSIBLE_LOSS_REASONS) -> kernel_skipped_runs, sockets not tracked (UNTRACKED_SOCKET_REASONS)
+    -> sockets_untracked, everything else (kernel.*, and unknown
     prefixes, which can only come from the source) -> kernel."""
     out = Losses()
     for reason, n in by_reason.items():
@@ -112,6 +120,8 @@ def split_losses(by_reason: dict[str, int]) -> Losses:
         out.by_reason[reason] = n
         if reason in POSSIBLE_LOSS_REASONS:
             out.kernel_skipped_runs += n
+        elif reason in UNTRACKED_SOCKET_REASONS:
+            out.sockets_untracked += n  # sockets, not events
         elif reason.startswith("enrich"):
             out.enrichment += n
         elif reason.startswith("agent"):
@@ -146,6 +156,8 @@ class _State:
     generation: int = 0
     last_seal: float = 0.0
     closing: bool = False
+    last_ack: tuple[int, int] = (0, 0)  # (sequence, wall ns when it arrived): echoed on the next batch
+    next_takeover: float = 0.0  # when to look for the node journal's lock again (Exporter._take_over)
 
 
 class Exporter:
@@ -195,6 +207,8 @@ class Exporter:
         with self._cond:
             st = self._st
             self._account_upstream(upstream_losses)
+            if self._journal is not None and self._journal.takeover_pending:
+                self._take_over(now)
             if events:
                 self._metrics.events_in.inc(len(events))
                 i, n, cap = 0, len(events), self._cap
@@ -219,6 +233,26 @@ class Exporter:
         """The agent is attached to the kernel: report the windows the node journal knows of."""
         if self._journal is not None:
             self.report_unobserved(self._journal.attached())
+
+    def detached(self) -> None:
+        """The agent stopped observing (its programs are detached; the drain follows): noted in the
+        node journal, where the next agent's window starts."""
+        if self._journal is not None:
+            with self._cond:
+                self._journal.detached()
+
+    def _take_over(self, now: float) -> None:
+        """Attached while another agent of the node held its journal: poll (twice a second) for the
+        handover's windows once that agent has exited; they ride on the next batch."""
+        assert self._journal is not None
+        if now < self._st.next_takeover:
+            return
+        self._st.next_takeover = now + 0.5
+        windows = self._journal.take_over()
+        if windows:
+            self._st.pending_windows.extend(windows)
+            if self._st.open_since is None:
+                self._st.open_since = now
 
     def report_unobserved(self, windows: Sequence[UnobservedWindow]) -> None:
         """Send these windows nobody observed with the next batch (sealed within batch_max_age)."""
@@ -301,6 +335,7 @@ class Exporter:
             if agent_id != self._s.agent_id:
                 log.warning("ack for another agent id %r ignored", agent_id)
                 return
+            self._st.last_ack = (sequence, int(self._wall() * 1e9))
             b = self._st.inflight.pop(sequence, None)
             if b is None:
                 return  # a duplicate ack, or a batch dropped meanwhile
@@ -409,6 +444,9 @@ class Exporter:
         batch.unobserved.extend(windows)
         sent_ns = int(self._wall() * 1e9)
         batch.sent_time.FromNanoseconds(sent_ns)
+        if st.last_ack[0]:  # the collector bounds our clock offset with it (docs/kafka.md, "Clocks")
+            batch.last_ack_sequence = st.last_ack[0]
+            batch.last_ack_time.FromNanoseconds(st.last_ack[1])
         st.next_seq += 1
         if self._journal is not None:
             self._journal.sealed(batch.sequence, len(events), sent_ns, bool(windows))

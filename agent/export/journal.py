@@ -11,6 +11,13 @@ to the kernel, `attached()` turns that into `UnobservedWindow`s (tcpscope.v1) fo
 send. Windows are kept in the file as unreported until the batch carrying them is acknowledged, so
 an agent that dies again before reporting passes them on to the next one.
 
+A handover: the old agent notes when it stops observing (`detached()`, written at once), then
+drains; a drained stop's window starts there, not at its last write after draining. A new agent that
+attaches while the old one still holds the node's lock (draining, or a surge where both observe)
+waits for it: `take_over()` (polled by the exporter) gets the lock once the old agent has exited and
+reports the window between the old agent's detach and this agent's attach, with what the old one
+could not deliver (its unacked batches and events), or nothing when both observed all along.
+
 What cannot be counted is said, not guessed: events the kernel produced while no agent was attached,
 and those in the kernel buffer or the exporter's open batch when the process died.
 """
@@ -62,6 +69,8 @@ class NodeJournal:
     reporting: set[int] = field(default_factory=set)  # sequences carrying the unreported windows
     _attached: bool = False
     _lock_fd: int | None = None  # flock on agent-NODE.lock: one agent writes a node's state at a time
+    detached_ns: int = 0  # when this incarnation stopped observing (0: still observing)
+    _takeover_pending: bool = False  # attached while another agent held the lock: report once it is ours
 
     @staticmethod
     def open(state_dir: str, node: str, agent_id: str, wall_ns: Callable[[], int], lag_s: float = 0.0) -> NodeJournal:
@@ -113,47 +122,85 @@ class NodeJournal:
         now = self.wall_ns()
         self.started_ns = self.complete_through_ns = now
         self._attached = True
-        windows: list[UnobservedWindow] = []
         if not self._try_lock():
-            # another live agent of this node: no window (both observe), the file is taken over once
-            # that agent exits (_write tries again)
+            # another live agent of this node: draining (it detached before we attached: a window), or
+            # still observing (a surge: both observe, no window). Which, its state file says once it
+            # exits and the lock is ours: take_over()
+            self._takeover_pending = True
             log.warning(
-                "another agent of node %s holds %s: this one takes the state file over when it exits",
+                "another agent of node %s holds %s: this one reports the handover once it exits",
                 self.node,
                 self.path.with_suffix(".lock"),
             )
-            return windows
+            return []
+        return self._report_previous()
+
+    @property
+    def takeover_pending(self) -> bool:
+        return self._takeover_pending
+
+    def take_over(self) -> list[UnobservedWindow]:
+        """Attached while another agent held the node's lock: once it has exited (the lock is free),
+        the windows of the handover (see attached()); nothing before that, or with nothing to report."""
+        if not self._takeover_pending or not self._try_lock():
+            return []
+        self._takeover_pending = False
+        windows = self._report_previous()
+        if windows:
+            log.warning("took the state file of node %s over: reporting %d windows", self.node, len(windows))
+        return windows
+
+    def _report_previous(self) -> list[UnobservedWindow]:
+        """With the lock held: the previous incarnation's windows (they stay unreported until acked),
+        and the file now describes this incarnation."""
+        windows: list[UnobservedWindow] = []
         self.previous = prev = self._read_previous()
         if prev is not None and prev.get("agent_id") != self.agent_id:
-            for w in prev.get("unreported", []):
-                windows.append(json_format.ParseDict(w, UnobservedWindow()))
-            state = str(prev.get("state", RUNNING))
-            alive = int(prev.get("updated_ns", 0))
-            w = UnobservedWindow(
-                node=self.node,
-                previous_agent_id=str(prev.get("agent_id", "")),
-                agent_id=self.agent_id,
-                cause=CAUSES.get(state, "crash"),
-                uncounted=True,
-                first_unacked_sequence=int(prev.get("first_unacked_sequence", 0)),
-                last_sequence=int(prev.get("last_sequence", 0)),
-                unacked_batches=int(prev.get("unacked_batches", 0)),
-                unacked_events=int(prev.get("unacked_events", 0)),
-                unacked_sequences=[int(x) for x in prev.get("unacked_sequences", [])],
-            )
-            started = int(prev.get("started_ns", 0))
-            if state == DRAINED:
-                complete = alive
-            else:  # batches sealed up to complete_through_ns were acked, but an event can reach a
-                # batch up to lag_ns after the kernel saw it: only events before that are surely in
-                complete = max(started, int(prev.get("complete_through_ns", 0)) - int(prev.get("lag_ns", 0)))
-            w.from_time.FromNanoseconds(complete or started)
-            w.to_time.FromNanoseconds(now)
-            w.last_alive_time.FromNanoseconds(alive)
-            windows.append(w)
+            windows += [json_format.ParseDict(w, UnobservedWindow()) for w in prev.get("unreported", [])]
+            w = self._window(prev)
+            if w is not None:
+                windows.append(w)
         self.unreported = windows
         self._write(RUNNING)
         return list(windows)
+
+    def _window(self, prev: dict[str, Any]) -> UnobservedWindow | None:
+        """The span the previous incarnation's state leaves unobserved up to this one's attach, None
+        when there is none: it drained, and detached only after this one attached (both observed)."""
+        state = str(prev.get("state", RUNNING))
+        alive = int(prev.get("updated_ns", 0))
+        started = int(prev.get("started_ns", 0))
+        detached = int(prev.get("detached_ns", 0))
+        unacked = int(prev.get("unacked_batches", 0))
+        if state == DRAINED:  # everything it observed is in Kafka: the window starts when it stopped observing
+            complete = detached or alive
+        else:  # batches sealed up to complete_through_ns were acked, but an event can reach a
+            # batch up to lag_ns after the kernel saw it: only events before that are surely in
+            complete = max(started, int(prev.get("complete_through_ns", 0)) - int(prev.get("lag_ns", 0)))
+        if state == DRAINED and not unacked and (complete or started) >= self.started_ns:
+            return None
+        w = UnobservedWindow(
+            node=self.node,
+            previous_agent_id=str(prev.get("agent_id", "")),
+            agent_id=self.agent_id,
+            cause=CAUSES.get(state, "crash"),
+            uncounted=True,
+            first_unacked_sequence=int(prev.get("first_unacked_sequence", 0)),
+            last_sequence=int(prev.get("last_sequence", 0)),
+            unacked_batches=unacked,
+            unacked_events=int(prev.get("unacked_events", 0)),
+            unacked_sequences=[int(x) for x in prev.get("unacked_sequences", [])],
+        )
+        w.from_time.FromNanoseconds(complete or started)
+        w.to_time.FromNanoseconds(max(self.started_ns, complete or started))
+        w.last_alive_time.FromNanoseconds(alive)
+        return w
+
+    def detached(self) -> None:
+        """This incarnation stops observing now (the programs are detached; it drains next): written
+        at once, so the next one's window starts here even if the drain never ends."""
+        self.detached_ns = self.wall_ns()
+        self._write(RUNNING)
 
     def sealed(self, sequence: int, events: int, sent_ns: int, carries_windows: bool) -> None:
         self.last_sequence = max(self.last_sequence, sequence)
@@ -193,7 +240,8 @@ class NodeJournal:
                     del self.sealed_ns[s]
 
     def _write(self, state: str) -> None:
-        if not self._attached or not self._try_lock():
+        # while a takeover is pending, the file is the previous agent's to read first (take_over())
+        if not self._attached or self._takeover_pending or not self._try_lock():
             return
         doc = {
             "version": FORMAT_VERSION,
@@ -201,6 +249,7 @@ class NodeJournal:
             "agent_id": self.agent_id,
             "state": state,
             "started_ns": self.started_ns,
+            "detached_ns": self.detached_ns,
             "updated_ns": self.wall_ns(),
             "complete_through_ns": self.complete_through_ns,
             "last_sequence": self.last_sequence,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
+import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -69,6 +71,64 @@ def _refused_batch(e: grpc.RpcError) -> tuple[int, str] | None:
     return (seq, md.get(MD_REASON, "unknown")) if seq > 0 else None
 
 
+def _host_port(target: str) -> tuple[str, int] | None:
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def tls_refusal(s: TransportSettings, timeout_s: float = 2.0) -> str | None:
+    """Why a TLS connection to the collector fails, found with a TLS handshake of our own (gRPC says
+    only "Socket closed" when the collector refuses this agent's client certificate: its TLS layer
+    closes the connection right after the handshake, before any gRPC status can be sent). None when
+    TLS is off or the handshake and the first read go through: the problem is not TLS."""
+    hp = _host_port(s.target)
+    if not s.tls_ca or hp is None:
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=s.tls_ca)
+        if s.tls_cert and s.tls_key:
+            ctx.load_cert_chain(s.tls_cert, s.tls_key)
+        ctx.set_alpn_protocols(["h2"])
+        raw = socket.create_connection(hp, timeout=timeout_s)
+    except (OSError, ssl.SSLError):
+        return None  # unreadable files are named at start; an unreachable collector is not TLS's doing
+    with raw:
+        try:
+            conn = ctx.wrap_socket(raw, server_hostname=s.tls_server_name or hp[0])
+        except ssl.SSLCertVerificationError as e:
+            return f"the collector's certificate is not trusted with --tls-ca {s.tls_ca}: {e.verify_message}"
+        except ssl.SSLError as e:
+            if e.reason == "WRONG_VERSION_NUMBER":
+                return "the collector does not speak TLS (this agent has --tls-ca; the collector no --tls-cert)"
+            return f"the TLS handshake with the collector failed: {e.reason or e}"
+        except OSError:
+            return None
+        with conn:
+            conn.settimeout(timeout_s / 2)
+            try:
+                if conn.recv(1):
+                    return None  # it speaks HTTP/2 to us: accepted
+                alert = ""
+            except TimeoutError:
+                return None  # it waits for our HTTP/2 preface: accepted
+            except ssl.SSLError as e:
+                alert = f" ({e.reason})"
+            except OSError as e:
+                alert = f" ({e.strerror or e})"
+    if not (s.tls_cert and s.tls_key):
+        return (
+            "the collector requires a client certificate (mutual TLS: its --tls-client-ca) and this agent "
+            f"presents none (--tls-cert/--tls-key): it closed the connection after the TLS handshake{alert}"
+        )
+    return (
+        f"the collector refused this agent's client certificate --tls-cert {s.tls_cert}: it closed the "
+        f"connection after the TLS handshake{alert}; the certificate is not signed by a CA in its "
+        "--tls-client-ca, has expired, or is not for client authentication"
+    )
+
+
 class GrpcTransport:
     """Runs the stream in a daemon thread until stop(); reconnects forever with backoff."""
 
@@ -87,6 +147,7 @@ class GrpcTransport:
         self._thread: threading.Thread | None = None
         # a collector down for minutes: the first failure, then one line per 30 s with a count
         self._warn = Throttle(30.0)
+        self._changed_log = Throttle(30.0)
 
     def start(self, source: BatchSource) -> None:
         self._thread = threading.Thread(target=self._run, args=(source,), name="tcpscope-export", daemon=True)
@@ -103,6 +164,22 @@ class GrpcTransport:
                 self._cancel()
         if self._thread is not None:
             self._thread.join(timeout_s)
+
+    def _collector_changed(self, ack: BatchAck) -> None:
+        """The collector left events out of an acknowledged batch, or cleared some of its times
+        (docs/kafka.md, "Bounds"): counted and said, never reported as losses again (the batch's
+        summary record in Kafka already carries them)."""
+        for reason, n in ack.dropped.items():
+            self._metrics.collector_dropped.labels(reason).inc(n)
+        if (held := self._changed_log.ready()) is not None:
+            log.warning(
+                "collector accepted batch %d with changes: events left out %s, times cleared %s "
+                "(docs/kafka.md, Bounds)%s",
+                ack.sequence,
+                dict(sorted(ack.dropped.items())),
+                dict(sorted(ack.clamped.items())),
+                held_note(held),
+            )
 
     def _channel(self) -> grpc.Channel:
         s = self._s
@@ -161,6 +238,8 @@ class GrpcTransport:
                             self._warn.reset()
                         attempt = 0
                         source.on_ack(ack.agent_id, ack.sequence)
+                        if ack.dropped or ack.clamped:
+                            self._collector_changed(ack)
             except grpc.RpcError as e:
                 code = e.code().name if isinstance(e, grpc.Call) else "UNKNOWN"
                 details = e.details() if isinstance(e, grpc.Call) else str(e)
@@ -169,11 +248,11 @@ class GrpcTransport:
                     source.on_refused(refused[0], refused[1], details or "")
                     attempt = 0  # the batch that stopped the stream is gone: go on at once
                 elif not self._stop.is_set() and (held := self._warn.ready(code)) is not None:
+                    why = tls_refusal(self._s) if code == "UNAVAILABLE" else None
                     log.warning(
-                        "collector stream to %s ended: %s %s; reconnecting%s",
+                        "collector stream to %s ended: %s; reconnecting%s",
                         self._s.target,
-                        code,
-                        details,
+                        f"TLS: {why}" if why else f"{code} {details}",
                         held_note(held),
                     )
             except OSError as e:  # unreadable certificate or token file

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from agent.kernel.connid import ConnectionIds
 from tcpscope import kinds
-from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, Direction, Ending, TcpEvent
+from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, Direction, Ending, Role, TcpEvent
 
 # (name, struct code) in the order of struct tcpscope_event
 EVENT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -98,6 +98,7 @@ KIND_OF = {
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _SENT, _RECEIVED = Direction.SENT, Direction.RECEIVED
 _ENDING_RESET_SENT = Ending.RESET_SENT
+_ROLE_UNKNOWN = Role.ROLE_UNSPECIFIED  # ROLE_UNKNOWN in bpf/events.h: inserted after the start
 
 
 def errno_name(code: int) -> str:
@@ -209,7 +210,10 @@ class Decoder:
             lc = ev.lifecycle
             lc.role = role
             lc.duration_ns = duration
-            lc.tx_bytes = tx
+            if role == _ROLE_UNKNOWN:  # tracked mid-life: does the kernel's count include our SYN? unknown
+                lc.tracked_mid_life = True
+            else:
+                lc.tx_bytes = tx
             lc.rx_bytes = rx
             lc.ending = ending
             lc.errno = err

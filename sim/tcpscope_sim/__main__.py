@@ -136,7 +136,9 @@ def _live_printer(out: Callable[[str], None], kinds: frozenset[str], rows: str =
     so it shows both ends' pod names as any Kafka consumer sees them. Connection rows (the default):
     one per connection, both ends joined, with who sent its reset (tail/connections.py); socket rows
     (--rows socket): the agent's table lines, received resets marked with who sent them once the
-    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order."""
+    join knows (resetcause). The kinds an SRE watches unless --show says otherwise, in time order.
+    Through a Service a connection row names the backend and says `via ns/svc:port` (DETAILS), and
+    the backends' flows from a client whose agent reports flows are not shown again."""
     from tail import connections
     from tcpscope import render
 
@@ -353,6 +355,9 @@ class _SimRun:
         watch.catch_up(10)
         if self.printer is not None:
             self.printer.close()  # the rows still held (for their reset's cause, for time order)
+            joined = self.printer.view.connections
+            if joined is not None and joined.tally():  # how the rows came about: joined, folded, flows covered
+                _say(joined.tally().rstrip("\n"))
         _say(f"tcpscope-sim: connections made, by traffic kind: {made_text(driver.outcomes) or 'none'}")
         return 0
 
@@ -362,6 +367,8 @@ class _SimRun:
         events, losses, batches = watch.snapshot()
         rows = _print_summary(events, losses, batches, self.args.summary_format, _say, list(watch.summaries))
         exact = _check_summary(rows, self.plan, self.watched, _say) if self.args.plan else True
+        if watch.skipped:
+            _say(f"tcpscope-sim: records skipped while reading Kafka: {_skipped_text(watch.skipped)}")
         map_path = self.args.service_map
         if map_path is None and not self.args.plan:  # `make run`: the picture beside the summary
             map_path = f"tcpscope-sim-{self.cluster.run_id}-map.svg"
@@ -417,7 +424,14 @@ def _run_plan(
     )
     if watch.error:
         say(f"tcpscope-sim: reading Kafka failed: {watch.error}")
+    if watch.skipped:
+        say(f"tcpscope-sim: records skipped while reading Kafka: {_skipped_text(watch.skipped)}")
     return 0 if ok else 1
+
+
+def _skipped_text(skipped: dict[str, int]) -> str:
+    names = {"foreign": "not tcpscope records", "bounds": "outside the bounds (docs/kafka.md, Bounds)"}
+    return ", ".join(f"{n} {names.get(k, k)}" for k, n in sorted(skipped.items()))
 
 
 def _print_summary(

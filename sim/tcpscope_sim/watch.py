@@ -10,8 +10,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tail import clock
 from tail.consume import Reader, Source
 from tcpscope.agent_id import prefix_of
+from tcpscope.bounds import OutOfBounds
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.losses import add_counts
 from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
@@ -56,6 +58,7 @@ class TopicWatch:
     _caught_up: threading.Event = field(default_factory=threading.Event)
     _target: Mapping[Any, int] | None = None  # the reading thread's: the end offsets catch_up waits for
     error: str = ""
+    skipped: dict[str, int] = field(default_factory=dict)  # records skipped: foreign, bounds (outside them)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="topic-watch", daemon=True)
@@ -71,13 +74,20 @@ class TopicWatch:
         source = Source(tuple(self.bootstrap.split(",")), self.topic, from_beginning=True, topic_wait_s=None)
         try:
             with Reader(source, dedup_window=WATCH_DEDUP_WINDOW, cancel=self._stop) as reader:
-                for d in reader.records(on_idle=lambda: self._check_caught_up(reader)):
+                for d in reader.records(on_idle=lambda: self._check_caught_up(reader), on_undecodable=self._skip):
+                    clock.correct(d)  # times on one clock (tail/clock.py)
                     self._take_one(d)
         except Exception as e:  # a broken watch must not hang the run: waiters see the error
             log.exception("reading %s failed", self.topic)
             with self._cv:
                 self.error = f"{type(e).__name__}: {e}"
                 self._cv.notify_all()
+
+    def _skip(self, partition: int, offset: int, e: Exception) -> None:
+        """A record that does not decode, or lies outside the bounds: counted, never the end of the watch."""
+        with self._cv:
+            key = "bounds" if isinstance(e, OutOfBounds) else "foreign"
+            self.skipped[key] = self.skipped.get(key, 0) + 1
 
     def _check_caught_up(self, reader: Reader) -> None:
         """After every poll, in the reading thread: has it read what the topic held at catch_up()?"""

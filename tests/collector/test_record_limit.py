@@ -10,13 +10,14 @@ from tests.support.kafka import Broker, consume_all
 from tests.support.streaming import collector_cfg, decode_all, make_exporter
 
 TOPIC = "events"
-BIG = {3, 17, 31}  # events with a 5,000-byte label: above the 3,000-byte record limit
+BIG = {3, 17, 31}  # events with 50 labels of 120 bytes: above the 3,000-byte record limit (within the bounds)
 
 
 def _events() -> list:  # type: ignore[type-arg]
     events = [make_event(i) for i in range(40)]
     for i in BIG:
-        events[i].local.labels["blob"] = "x" * 5000
+        for k in range(50):
+            events[i].local.labels[f"k{k:02d}-" + "x" * 56] = "v" * 60
     return events
 
 

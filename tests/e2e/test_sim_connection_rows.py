@@ -72,6 +72,15 @@ def test_one_row_per_reset_connection_with_its_sender_and_network_resets_on_the_
     # established ones joined from both ends (the refused connect has no server socket)
     assert all(sorted(r["sockets"]) == ["client", "server"] for r in resets if r["ended"] != "refused")
     assert [r["reset_by"]["detail"] for r in resets if r["ended"] == "refused"] == ["refused"]
+    # every reset and error event went into its row (a network reset's second ERROR once printed alone)
+    assert " 0 shown on their own" in live.stderr, live.stderr
+    assert all("via" not in r for r in conns)  # pod to pod: no Service, no node port
+    # the ordinary connections once: the client's flows (the server's flows of the pair not shown
+    # again), or a row of their own where a socket retransmitted
+    flows = [r for r in rows if r["row"] == "flow"]
+    assert all(r["reported_by"] == "client" for r in flows), flows
+    ok_rows = [r for r in conns if r["ended"] == "ok" and not r.get("in_client_flow")]
+    assert sum(r["connections"] for r in flows) + len(ok_rows) == 3, rows
 
     table = _tail(kafka_broker.bootstrap, topic, "--duration", "3", "--kind", "reset")
     assert table.returncode == 0, table.stderr

@@ -111,9 +111,9 @@ def _metrics(port: int) -> dict[str, dict[tuple[str, ...], float]]:
     return out
 
 
-def _live_causes(bootstrap: str, topic: str) -> dict[str, Counter[str]]:
-    """`tcpscope-tail` (the live view, one row per connection, JSON) over the topic: how each
-    connection ended and who reset it, by client pod."""
+def _live(bootstrap: str, topic: str) -> tuple[list[dict[str, Any]], str]:
+    """`tcpscope-tail` (the live view, one row per connection, JSON) over the topic: its rows, and
+    the tally it ends with on stderr."""
     live = subprocess.run(
         [
             str(BIN / "tcpscope-tail"),
@@ -133,9 +133,13 @@ def _live_causes(bootstrap: str, topic: str) -> dict[str, Counter[str]]:
         stdin=subprocess.DEVNULL,
     )
     assert live.returncode == 0, live.stderr
+    return [json.loads(line) for line in live.stdout.splitlines()], live.stderr
+
+
+def _live_causes(rows: list[dict[str, Any]]) -> dict[str, Counter[str]]:
+    """How each connection ended and who reset it, by client pod, from the live view's rows."""
     out: dict[str, Counter[str]] = {"viasvc-1": Counter(), "direct-1": Counter()}
-    for line in live.stdout.splitlines():
-        row = json.loads(line)
+    for row in rows:
         if row.get("row") != "connection" or row["client"].get("name") not in out:
             continue
         by = row.get("reset_by") or {}
@@ -144,6 +148,49 @@ def _live_causes(bootstrap: str, topic: str) -> dict[str, Counter[str]]:
             cause = "network"  # no_send_seen or both_ends: by which end's socket closed first
         out[row["client"]["name"]][f"{row['ended']} {cause}"] += 1
     return out
+
+
+def _flow_connections(rows: list[dict[str, Any]], client: str) -> int:
+    """Connections the live view's flow rows count for a client pod (each flow row once)."""
+    return sum(r["connections"] for r in rows if r["row"] == "flow" and r["client"].get("name") == client)
+
+
+def _check_live_rows(rows: list[dict[str, Any]], tally: str) -> None:
+    """Through the ClusterIP as pod to pod: one row per connection, the backend and the Service
+    named, no stray per-socket row, each ordinary connection once in the flows."""
+    # every reset and error event went into its connection's row: no per-socket row at all
+    assert all("row" in r for r in rows), [r for r in rows if "row" not in r]
+    assert " 0 shown on their own" in tally, tally
+    for client, via in (("viasvc-1", True), ("direct-1", False)):
+        conns = [r for r in rows if r["row"] == "connection" and r["client"].get("name") == client]
+        ports = Counter(r["client"]["port"] for r in conns)
+        assert all(n == 1 for n in ports.values()), ports  # one row per connection
+        problems = sum(n for k, n in MIX.items() if k != "ok") + 2  # and the two refused
+        assert len([r for r in conns if r["ended"] != "ok"]) == problems, conns
+        # the ordinary connections: in the client's flows once (the backend's flows from a client whose
+        # agent reports flows are not shown again), or as a row of their own if a socket retransmitted
+        # (the backend's socket alone: its client's agent counted it in a flow, said on the row)
+        ok_rows = [r for r in conns if r["ended"] == "ok" and not r.get("in_client_flow")]
+        assert _flow_connections(rows, client) + len(ok_rows) == MIX["ok"], (client, rows)
+        for r in conns:
+            established = r["ended"] not in ("refused", "timeout")
+            if established:  # joined to the backend, whatever the NAT did to its addresses
+                assert sorted(r["sockets"]) == ["client", "server"], r
+                assert (r["server"]["name"], r["server"]["port"]) == ("api-1", 9000), r
+            if not via:
+                assert "via" not in r, r
+                continue
+            svc = "closed-svc" if r["ended"] == "refused" else "api-svc"
+            assert {k: v for k, v in r["via"].items() if k != "ip"} == {
+                "port": 80,
+                "namespace": "shop",
+                "name": svc,
+                "kind": "SERVICE",
+            }, r
+            if not established:  # no backend socket: the server shown is the Service itself
+                assert (r["server"]["name"], r["server"]["port"]) == (svc, 80), r
+    flows = [r for r in rows if r["row"] == "flow" and r["client"].get("name") == "viasvc-1"]
+    assert flows and all(r["reported_by"] == "client" and r["via"]["name"] == "api-svc" for r in flows), flows
 
 
 def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: str, topic: str) -> dict[str, Any]:
@@ -225,10 +272,12 @@ def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker
     assert ("viasvc-1", "api-1", "api-svc") in rows  # the joined connections name the backend and the Service
     assert ("direct-1", "api-1", None) in rows
 
-    live = _live_causes(kafka_broker.bootstrap, topic)
+    live_rows, tally = _live(kafka_broker.bootstrap, topic)
+    live = _live_causes(live_rows)
     assert live["viasvc-1"] == live["direct-1"], live
     assert live["direct-1"]["network_reset network"] == MIX["network_reset"], live
     assert sum(n for k, n in live["direct-1"].items() if k.startswith("server_reset server app/")) == 4, live
+    _check_live_rows(live_rows, tally)
 
     # node-2's clock 5 s ahead: a copy of the topic with its times moved, as a reader would meet it
     shifted = f"{topic}-skew"
@@ -430,3 +479,20 @@ def test_a_nodeport_with_snat_counts_each_connection_once_and_judges_no_reset_by
         ("NODE", "node-1", 30080),
         ("NODE", "node-2", 30080),
     }
+
+    # the live view: each connection once, joined to the backend, via the node port it went through;
+    # the backend's flows name the node that SNATed them: the client's flows to it count them
+    rows, tally = _live(kafka_broker.bootstrap, topic)
+    assert all("row" in r for r in rows), [r for r in rows if "row" not in r]
+    assert " 0 shown on their own" in tally, tally
+    conns = [r for r in rows if r["row"] == "connection"]
+    assert len(conns) == 2 + 3 + 2 + len([r for r in conns if r["ended"] == "ok"]), conns
+    assert all(r["client"]["name"] == "web-1" and r["server"]["name"] == "api-1" for r in conns), conns
+    assert {(r["via"]["kind"], r["via"]["name"], r["via"]["port"]) for r in conns} == {
+        ("NODE", "node-1", 30080),
+        ("NODE", "node-2", 30080),
+    }
+    flows = [r for r in rows if r["row"] == "flow"]
+    assert all(r["reported_by"] == "client" for r in flows), flows
+    ok_rows = [r for r in conns if r["ended"] == "ok" and not r.get("in_client_flow")]
+    assert sum(r["connections"] for r in flows) + len(ok_rows) == 4 + 3, rows

@@ -25,6 +25,7 @@ ALERTS = (
     "TcpscopeAgentLosingEvents",
     "TcpscopeAgentDisconnected",
     "TcpscopeCollectorKafkaErrors",
+    "TcpscopeAgentClockOffset",
 )
 PAIR = 'client_namespace="shop",client_workload="web",server_namespace="shop",server_workload="api"'
 
@@ -117,7 +118,7 @@ def test_rule_groups_pass_promtool_check_rules(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(rule_groups()))
     r = subprocess.run([promtool(), "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 5 rules found" in r.stdout
+    assert "SUCCESS: 6 rules found" in r.stdout
     alerts = [rule["alert"] for g in rule_groups()["groups"] for rule in g["rules"]]
     assert tuple(alerts) == ALERTS
     # without the collector there is no stream to be disconnected from, nor Kafka
@@ -295,6 +296,41 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
             [_series("tcpscope_collector_kafka_errors_total", coll + ',error="KafkaTimeoutError"', "4x15")],
             "TcpscopeCollectorKafkaErrors",
             "14m",
+            [],
+        ),
+        # an agent's clock off by -5 s for longer than `for`, seen by two collectors / off by 0.3 s,
+        # or by 5 s for only a moment
+        _test(
+            [
+                _series("tcpscope_agent_clock_offset_seconds", coll + ',node="n1",agent="n1/7"', "-5x10"),
+                _series(
+                    "tcpscope_agent_clock_offset_seconds",
+                    'instance="10.0.0.3:9501",namespace="tcpscope",pod="tcpscope-collector-z",node="n1",agent="n1/7"',
+                    "-4.9x10",
+                ),
+            ],
+            "TcpscopeAgentClockOffset",
+            "8m",
+            [
+                {
+                    "exp_labels": {"node": "n1", "agent": "n1/7", "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "The clock of node n1 is off",
+                        "description": f"Agent n1/7's clock is 5s off the collector's (threshold "
+                        f"{thresholds.get('clock', 1):g}s): its NTP is broken. Readers correct event times by the "
+                        "measured offset (docs/kafka.md, Clocks); past --max-event-ahead or --max-event-age its "
+                        "events are left out and counted.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [
+                _series("tcpscope_agent_clock_offset_seconds", coll + ',node="n1",agent="n1/7"', "0.3x10"),
+                _series("tcpscope_agent_clock_offset_seconds", coll + ',node="n2",agent="n2/1"', "0 0 5 5 0 0 0 0 0 0"),
+            ],
+            "TcpscopeAgentClockOffset",
+            "8m",
             [],
         ),
     ]

@@ -6,6 +6,11 @@ Through a Service the client's events name the ClusterIP and the Service port as
 (resolved as the Service, as the agents resolve it), the backend's events name the client pod; both
 sockets of an established connection carry the same `connection_id`, as the agents set it. Refused
 and timed-out connects never complete a handshake: client only, id 0.
+
+With `errors`, every socket that sent or received a RST, was refused or timed out also reports the
+SocketError the agents report before its lifecycle (ECONNRESET, ECONNREFUSED, ETIMEDOUT), as the
+live view meets them. `flows` builds the aggregated flows of ordinary connections: the client's
+names the ClusterIP and Service port, each backend's names the backend and target port.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Mix:
     via_service: bool
     shift: Mapping[str, int]
     events: list[pb.TcpEvent]
+    errors: bool = False
     _sid: int = 100
     _cid: int = 0x5EED_0000_0000
 
@@ -97,11 +103,11 @@ class Mix:
             c.lifecycle.ending, c.lifecycle.errno, c.lifecycle.last_state = pb.RESET_RECEIVED, 111, pb.SYN_SENT
             r = client_ev(c_end - 1000)
             r.reset.direction, r.reset.state = pb.RECEIVED, pb.SYN_SENT
-            self.events += [r, c]
+            self.events += [r, *self._error(client_ev(c_end - 500), 111), c]
             return
         if kind == "timeout":
             c.lifecycle.ending, c.lifecycle.errno, c.lifecycle.last_state = pb.ERROR, 110, pb.SYN_SENT
-            self.events.append(c)
+            self.events += [*self._error(client_ev(c_end - 500), 110), c]
             return
         s = server_ev(s_end)
         s.lifecycle.role, s.lifecycle.duration_ns = pb.PASSIVE, 4 * MS - 100_000
@@ -124,7 +130,44 @@ class Mix:
             s.lifecycle.ending, s.lifecycle.errno = pb.RESET_RECEIVED, 104
             extra += [self._reset(client_ev(c_end - 1000), pb.RECEIVED)]
             extra += [self._reset(server_ev(s_end - 1000), pb.RECEIVED)]
+        if kind != "ok":  # a RST sent or received: both sockets report ECONNRESET
+            extra += [*self._error(client_ev(c_end - 500), 104), *self._error(server_ev(s_end - 500), 104)]
         self.events += [*extra, c, s]
+
+    def _error(self, e: pb.TcpEvent, errno: int) -> list[pb.TcpEvent]:
+        if not self.errors:
+            return []
+        e.socket_error.errno, e.socket_error.errno_name = (
+            errno,
+            {104: "ECONNRESET", 110: "ETIMEDOUT", 111: "ECONNREFUSED"}[errno],
+        )
+        e.socket_error.state = pb.CLOSE
+        return [e]
+
+    def flows(self, client: Pod, backends: Mapping[Pod, int], t: int) -> None:
+        """One flow interval's ordinary connections from client: its agent's flow (to the Service, or
+        to the backend), and each backend's flow with its share (`backends`: pod -> connections)."""
+        total = sum(backends.values())
+        if self.via_service:
+            self.events.append(self._flow(client, None, 0, VIP[1], pb.ACTIVE, total, t))
+        else:
+            for b, n in backends.items():
+                self.events.append(self._flow(client, b, 0, TARGET_PORT, pb.ACTIVE, n, t))
+        for b, n in backends.items():
+            self.events.append(self._flow(b, client, TARGET_PORT, 0, pb.PASSIVE, n, t + 1000))
+
+    def _flow(
+        self, pod: Pod, remote: Pod | None, local_port: int, remote_port: int, role: pb.Role, n: int, t: int
+    ) -> pb.TcpEvent:
+        e = self._ev(pod, local_port, remote, remote_port, t, 0)
+        fl = e.flow
+        fl.role, fl.connections, fl.interval_ns = role, n, 2 * 10**9
+        fl.tx_bytes, fl.rx_bytes = (20 * n, 5 * n) if role == pb.ACTIVE else (5 * n, 20 * n)
+        fl.duration_sum_ns = n * 3 * MS
+        fl.duration_us_log2.extend([0] * 11 + [n])  # [2.048 ms, 4.096 ms)
+        fl.first_close.FromNanoseconds(t - 10**9)
+        fl.last_close.FromNanoseconds(t)
+        return e
 
     @staticmethod
     def _reset(e: pb.TcpEvent, direction: pb.Direction, reason: str = "") -> pb.TcpEvent:
@@ -148,11 +191,12 @@ def mix(
     shift: Mapping[str, int] | None = None,
     backends: Sequence[Pod] = (API1,),
     counts: Mapping[str, int] = COUNTS,
+    errors: bool = False,
 ) -> list[pb.TcpEvent]:
     """The connections of `counts` from WEB, spread over the backends in turn (as `numgen inc mod
     N` spreads them), 50 ms apart, ordered by each node's own (shifted) time as a reader meets them
-    per partition."""
-    m = Mix(via_service, shift or {}, [])
+    per partition; with `errors`, the sockets' SocketErrors too."""
+    m = Mix(via_service, shift or {}, [], errors)
     t, port, n = T0, 40000, 0
     for kind, count in counts.items():
         for _ in range(count):

@@ -57,8 +57,15 @@ class TestCA:
         Path(self.ca_file).write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(
-        self, name: str, common_name: str, dns: tuple[str, ...] = (), ips: tuple[str, ...] = (), client: bool = False
+        self,
+        name: str,
+        common_name: str,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        client: bool = False,
+        valid_for: datetime.timedelta = datetime.timedelta(days=1),
     ) -> CertFiles:
+        """A certificate valid from 5 minutes ago for `valid_for` (negative: expired)."""
         key = _key()
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
@@ -69,8 +76,8 @@ class TestCA:
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_before(min(now, now + valid_for) - datetime.timedelta(minutes=5))
+            .not_valid_after(now + valid_for)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH]),
@@ -81,8 +88,8 @@ class TestCA:
             b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         return _write(self.dir, name, b.sign(self.key, hashes.SHA256()), key)
 
-    def server(self) -> CertFiles:
-        return self.issue("server", "localhost", dns=("localhost",), ips=("127.0.0.1",))
+    def server(self, name: str = "server", valid_for: datetime.timedelta = datetime.timedelta(days=1)) -> CertFiles:
+        return self.issue(name, "localhost", dns=("localhost",), ips=("127.0.0.1",), valid_for=valid_for)
 
     def client(self, node: str) -> CertFiles:
         return self.issue(f"client-{node}", node, dns=(node,), client=True)

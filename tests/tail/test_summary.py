@@ -303,6 +303,7 @@ def test_tail_summary_reads_kafka_dedups_resent_batches_and_sums_losses(
         "kernel": 2,
         "kernel.ringbuf_full": 2,
         "kernel_skipped_runs": 0,
+        "sockets_untracked": 0,
     }
     assert (doc["batches"], doc["events"], doc["duplicates"]) == (2, 5, 4)
     # the table, filtered to one namespace, says what was lost

@@ -23,6 +23,7 @@ def test_definite_and_possible_totals_of_a_batch_and_of_sums() -> None:
         "agent_buffer": 0,
         "enrichment": 0,
         "kernel_skipped_runs": 0,
+        "sockets_untracked": 0,
         "kernel.ringbuf_full": 1,
     }
     sums: dict[str, int] = {}
@@ -46,3 +47,15 @@ def test_the_summary_record_header_carries_the_definite_total() -> None:
     batch = EventBatch(schema_version=1, node="n", agent_id="a", sequence=1)
     batch.lost.CopyFrom(_lost(3, 2, 1, 9))
     assert header_map(batch_records(batch)[-1].headers)[H_LOST_TOTAL] == "6"
+
+
+def test_untracked_sockets_are_sockets_not_lost_events() -> None:
+    reasons = {"kernel.ringbuf_full": 2, "kernel.socket_map_full": 501}
+    assert losses.definite(reasons) == {"kernel.ringbuf_full": 2}
+    assert losses.untracked(reasons) == {"kernel.socket_map_full": 501}
+    sums: dict[str, int] = {}
+    lost = _lost(2, 0, 0, 0, kernel__ringbuf_full=2, kernel__socket_map_full=501)
+    lost.sockets_untracked = 501
+    losses.add_counts(sums, lost)
+    assert (losses.definite_total(sums), losses.untracked_total(sums), losses.untracked_total(lost)) == (2, 501, 501)
+    assert "sockets_untracked" not in losses.definite(sums)

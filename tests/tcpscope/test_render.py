@@ -200,3 +200,28 @@ def test_json_line_carries_the_connection_id_as_json_format_does() -> None:
     ev.connection_id = 2**64 - 3
     assert json_line(ev) == _reference(ev)
     assert '"connection_id": "18446744073709551613"' in json_line(ev)
+
+
+def test_values_no_calendar_holds_render_as_numbers_not_exceptions() -> None:
+    """Readers skip such records (tcpscope/bounds.py); the renderers never fail on one either."""
+    from tcpscope import render
+    from tcpscope.v1.events_pb2 import TcpEvent
+
+    ev = TcpEvent()
+    ev.flow.connections = 1
+    ev.flow.duration_us_log2.extend([0] * 4999 + [1])  # 5,000 buckets: 2^5000 overflowed a float
+    for seconds in (10**12, 10**15, 2**62, -(2**62), 2**63 - 1):
+        ev.time.seconds = seconds
+        line = render.table_line(ev)
+        assert "FLOW" in line and "p50<5124095576h01m" in line  # the top bucket of a u64 of microseconds
+        assert render.json_line(ev).startswith('{"time": "')
+    ev.time.seconds = 2**62  # beyond any calendar of this platform: the number itself
+    assert render.table_line(ev).startswith(f"@{2**62}.000")
+    assert render.json_line(ev).startswith(f'{{"time": "@{2**62}Z"')
+
+
+def test_rfc3339_of_any_integer() -> None:
+    from tail.gaps import rfc3339
+
+    assert rfc3339(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123456Z"
+    assert rfc3339(-(10**20)) == f"@{-(10**20)}ns"

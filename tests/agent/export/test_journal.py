@@ -132,3 +132,82 @@ def test_from_time_moves_back_by_the_lag_but_not_before_the_start(tmp_path: Path
     fresh.release()
     (w,) = NodeJournal.open(str(tmp_path / "x"), "n1", "n1/b", wall).attached()
     assert w.from_time.ToNanoseconds() == wall.ns  # never before the previous agent attached
+
+
+def test_a_drained_stop_s_window_starts_when_it_stopped_observing_not_after_its_drain(tmp_path: Path) -> None:
+    wall, clock = Wall(), Clock()
+    old, _ = _exporter(tmp_path, "n1/old", wall, clock)
+    old.attached()
+    wall.ns += 1_000_000_000
+    detached = wall.ns
+    old.detached()  # the programs are detached; draining takes 0.8 s
+    wall.ns += 800_000_000
+    old.close(0)
+    drained = wall.ns
+    wall.ns += 1_000_000_000
+    new, _ = _exporter(tmp_path, "n1/new", wall, clock)
+    new.attached()
+    clock.t += 1.0
+    new.emit([], {})
+    (w,) = EventBatch.FromString(_take(new, new.begin_stream())[0].data).unobserved
+    assert w.cause == "restart"
+    assert (w.from_time.ToNanoseconds(), w.last_alive_time.ToNanoseconds()) == (detached, drained)
+    assert w.to_time.ToNanoseconds() == drained + 1_000_000_000
+
+
+def test_an_agent_attached_while_the_old_one_drains_reports_the_handover_with_its_unsent_events(
+    tmp_path: Path,
+) -> None:
+    """The old agent holds the node's lock while it drains (its collector stalled): the new one
+    reports nothing yet, then the window and the old one's undelivered batches once it has exited."""
+    wall, clock = Wall(), Clock()
+    old, _ = _exporter(tmp_path, "n1/old", wall, clock)
+    old.attached()
+    gen = old.begin_stream()
+    old.emit([make_event(i) for i in range(5)], {})  # one batch of 3 sealed and sent, never acked
+    _take(old, gen)
+    wall.ns += 1_000_000_000
+    detached = wall.ns
+    old.detached()
+    wall.ns += 1_500_000_000
+    new, new_journal = _exporter(tmp_path, "n1/new", wall, clock)
+    new.attached()  # the lock is held: nothing to report yet
+    attached = wall.ns
+    clock.t += 1.0
+    new.emit([], {})
+    gen_new = new.begin_stream()
+    assert all(not EventBatch.FromString(b.data).unobserved for b in _take(new, gen_new))
+    assert new_journal.takeover_pending
+    new.emit([make_event(7)], {})  # an open batch, sealed below by the transport thread
+    wall.ns += 2_000_000_000
+    old.close(0)  # the grace ran out: 5 events never acknowledged (agent.shutdown_unsent)
+    assert old.losses() == {"agent.shutdown_unsent": 5}
+    clock.t += 1.0
+    assert new.next_batch(0.0, gen_new) is not None  # sealed before the journal was taken over
+    new.emit([], {})
+    clock.t += 1.0
+    new.emit([], {})
+    windows = [w for b in _take(new, gen_new) for w in EventBatch.FromString(b.data).unobserved]
+    (w,) = windows
+    assert (w.previous_agent_id, w.agent_id, w.cause) == ("n1/old", "n1/new", "undrained")
+    assert (w.unacked_batches, w.unacked_events, list(w.unacked_sequences)) == (2, 5, [1, 2])
+    assert w.from_time.ToNanoseconds() <= detached and w.to_time.ToNanoseconds() == attached
+    assert not new_journal.takeover_pending
+
+
+def test_a_surge_where_both_observed_reports_nothing(tmp_path: Path) -> None:
+    wall, clock = Wall(), Clock()
+    old, _ = _exporter(tmp_path, "n1/old", wall, clock)
+    old.attached()
+    wall.ns += 1_000_000_000
+    new, new_journal = _exporter(tmp_path, "n1/new", wall, clock)
+    new.attached()  # while the old one still observes
+    wall.ns += 1_000_000_000
+    old.detached()
+    old.close(0)
+    clock.t += 1.0
+    new.emit([], {})
+    clock.t += 1.0
+    new.emit([], {})
+    assert not new_journal.takeover_pending
+    assert all(not EventBatch.FromString(b.data).unobserved for b in _take(new, new.begin_stream()))
