@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from tcpscope.kube.ipindex import normalize_ip
-from tcpscope.kube.watch import KubeApi, PodSink, Reflector
+from tcpscope.kube.watch import KubeApi, PodSink, Reflectors
 from tcpscope.v1.events_pb2 import PASSIVE, ServicePort, TcpEvent
 
 JsonObj = dict[str, Any]
@@ -240,7 +240,7 @@ class EndpointSliceSink:
             self.index.set_slice(key, entries)
 
 
-class BackendResolver:
+class BackendResolver(Reflectors):
     """A `BackendIndex` kept current by a Services and an EndpointSlices reflector."""
 
     def __init__(
@@ -251,35 +251,13 @@ class BackendResolver:
             "services": ServicePortSink(self.index),
             "endpointslices": EndpointSliceSink(self.index),
         }
-        self.reflectors = {
-            name: Reflector(api, name, sink, backoff_initial=backoff_initial, backoff_max=backoff_max)
-            for name, sink in sinks.items()
-        }
-
-    def start(self) -> BackendResolver:
-        for r in self.reflectors.values():
-            r.start()
-        return self
-
-    def close(self) -> None:
-        for r in self.reflectors.values():
-            r.close()
-
-    def synced(self) -> bool:
-        """True once Services and EndpointSlices have each been listed at least once."""
-        return all(r.synced.is_set() for r in self.reflectors.values())
-
-    def wait_synced(self, timeout: float) -> bool:
-        return all(r.synced.wait(timeout) for r in self.reflectors.values())
+        super().__init__(api, sinks, backoff_initial=backoff_initial, backoff_max=backoff_max)
 
     def services_of(self, ip: str, port: int, when: float | None = None) -> list[ServicePortRef]:
         return self.index.services_of(ip, port, when)
 
     def stats(self) -> dict[str, int]:
-        out = self.index.stats()
-        for name, r in self.reflectors.items():
-            out.update(r.stats(f"backends.watch.{name}"))
-        return out
+        return {**self.index.stats(), **self.watch_stats("backends.watch")}
 
 
 class BackendResult(StrEnum):

@@ -15,7 +15,7 @@ import random
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 log = logging.getLogger(__name__)
 
@@ -277,3 +277,39 @@ class Reflector:
                 with self._lock:
                     self._stream = None
         self.connected = False
+
+
+class Reflectors:
+    """Reflectors started, synced and closed together: one per resource a cache is fed from (the
+    remote-end index's pods, services and nodes; the backend index's services and endpointslices)."""
+
+    def __init__(
+        self, api: KubeApi, sinks: Mapping[str, PodSink], *, backoff_initial: float = 0.2, backoff_max: float = 30.0
+    ) -> None:
+        self.reflectors = {
+            name: Reflector(api, name, sink, backoff_initial=backoff_initial, backoff_max=backoff_max)
+            for name, sink in sinks.items()
+        }
+
+    def start(self) -> Self:
+        for r in self.reflectors.values():
+            r.start()
+        return self
+
+    def close(self) -> None:
+        for r in self.reflectors.values():
+            r.close()
+
+    def synced(self) -> bool:
+        """True once every resource has been listed at least once."""
+        return all(r.synced.is_set() for r in self.reflectors.values())
+
+    def wait_synced(self, timeout: float) -> bool:
+        return all(r.synced.wait(timeout) for r in self.reflectors.values())
+
+    def watch_stats(self, prefix: str) -> dict[str, int]:
+        """Each reflector's counters, as `<prefix>.<resource>.<counter>`."""
+        out: dict[str, int] = {}
+        for name, r in self.reflectors.items():
+            out.update(r.stats(f"{prefix}.{name}"))
+        return out
