@@ -136,6 +136,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         agent.source.close()
     losses = pipeline.all_losses()
     flows = agent.source.flow_counters()
+    anomalies = agent.source.anomaly_counters()
+    if anomalies:
+        # not losses either: each anomaly is an event or in an aggregate
+        print(
+            f"{PROG}: {anomalies.get('anomalies.individual', 0)} anomalies sent as events, "
+            f"{anomalies.get('anomalies.aggregated', 0)} counted in the kernel past the budget",
+            file=sys.stderr,
+            flush=True,
+        )
     if flows:
         # not losses: each of these connections is in a flow, or (map_full) reported on its own
         print(

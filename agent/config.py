@@ -117,6 +117,31 @@ class AgentConfig:
         default=5000,
         min=0,
     )
+    anomaly_budget: int = setting(
+        "TCPSCOPE_ANOMALY_BUDGET",
+        "anomalies (resets, refusals, errors, retransmits, ...) sent as their own events per key and "
+        "--flow-interval; past it they are counted in the kernel and reported as one aggregate per key "
+        "and interval beside those exemplars (a key: the connection's flow key plus kind and reason or "
+        "errno). 0 = no per-key limit",
+        default=100,
+        min=0,
+    )
+    max_anomaly_events: int = setting(
+        "TCPSCOPE_MAX_ANOMALY_EVENTS",
+        "anomalies sent as their own events per second on this node at most (split evenly across CPUs); "
+        "past it every anomaly is aggregated. 0 = no node limit; with --anomaly-budget 0 too, every "
+        "anomaly is its own event",
+        default=2000,
+        min=0,
+    )
+    max_anomaly_keys: int = setting(
+        "TCPSCOPE_MAX_ANOMALY_KEYS",
+        "anomaly keys per interval (kernel map size); near full, anomalies fold into coarse keys (no "
+        "remote address or server port), and with no room at all they are sent as events (counted: "
+        "anomalies.no_key)",
+        default=8192,
+        min=64,
+    )
     ring_buffer_kb: int = setting(
         "TCPSCOPE_RING_BUFFER_KB", "kernel-to-user ring buffer size in KiB (power of two)", default=8192
     )

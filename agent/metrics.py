@@ -145,10 +145,12 @@ class AgentMetrics:
         )
 
     def watch_flows(self, counters: Callable[[], Mapping[str, int]]) -> None:
-        """Expose the kernel's flow counters (agent/kernel/flows.py) as tcpscope_agent_flows_aggregated_total
-        (ordinary connections counted in flows) and tcpscope_agent_flows_map_full_total (reported as
-        their own lifecycle because the flow map was full). Not losses."""
-        self.registry.register(_StageStats("tcpscope_agent", "in-kernel flow accounting", counters))
+        """Expose the kernel's accounting counters (agent/kernel/flows.py, agent/kernel/anomalies.py) as
+        tcpscope_agent_flows_aggregated_total (ordinary connections counted in flows),
+        tcpscope_agent_flows_map_full_total (reported as their own lifecycle because the flow map was
+        full) and tcpscope_agent_anomalies_<name>_total (anomalies sent as events, aggregated, and
+        why: docs/kafka.md). Not losses."""
+        self.registry.register(_StageStats("tcpscope_agent", "in-kernel flow and anomaly accounting", counters))
 
     def value(self, name: str, **labels: str) -> float:
         """Current value of a sample (0 when absent)."""

@@ -116,7 +116,7 @@ def build_agent(config: AgentConfig, out: TextIO, plan: Plan | None = None) -> A
         if ids.random:
             log.info(NO_KEY_NOTICE)
         source = KernelSource(loaded, decoder, flow_interval_s=config.flow_interval)
-        flows = Snapshot(source.flow_counters)
+        flows = Snapshot(source.kernel_counters)
         metrics.watch_flows(flows)
         undo.pop_all()  # built: the pipeline's shutdown closes the stages from here on
     health.attached = True

@@ -33,6 +33,7 @@ from bench.runner import (
     run_overhead,
     run_zero_loss,
 )
+from bench.storms import STORM_MODES, STORMS, StormRow, run_storms
 
 log = logging.getLogger("bench")
 DEFAULT_RATES = (5000.0, 10000.0, 15000.0, 20000.0, 30000.0, 0.0)
@@ -63,6 +64,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--sinks", default="stdout,kafka", help="zero-loss sinks: stdout,kafka ('' = skip)")
     p.add_argument("--no-zero-loss", action="store_true", help="skip the zero-loss and CPU phases")
+    p.add_argument(
+        "--storms",
+        default=",".join(STORMS),
+        help=f"storms on the veth pair, interleaved with the tools: {','.join(STORMS)} ('' = skip)",
+    )
+    p.add_argument(
+        "--storm-modes",
+        help=f"the tools under the storms ('none' always added; default: --modes among {','.join(STORM_MODES)})",
+    )
+    p.add_argument("--storm-rounds", type=int, help="interleaved rounds per storm (default: --rounds)")
+    p.add_argument(
+        "--storm-duration", type=float, help="seconds of each storm per mode per round (default: --duration)"
+    )
+    p.add_argument(
+        "--only-storms", action="store_true", help="run the storms phase alone (no overhead, zero-loss or collector)"
+    )
     p.add_argument("--no-collector", action="store_true", help="skip the collector throughput phase")
     p.add_argument(
         "--collector-seconds",
@@ -175,6 +192,7 @@ class _Results:
     collector: CollectorResult | str | None = None
     collector_packed: CollectorResult | str | None = None
     cpu_compare: list[CpuCompareRow] = field(default_factory=list)
+    storms: list[StormRow] = field(default_factory=list)
 
 
 @dataclass
@@ -210,6 +228,9 @@ def _meta(a: argparse.Namespace, cfg: _Settings, argv: Sequence[str] | None) -> 
         "modes": cfg.modes,
         "rates": cfg.rates,
         "sinks": cfg.sinks,
+        "storms": [s for s in a.storms.split(",") if s],
+        "storm_rounds": a.storm_rounds or cfg.rounds,
+        "storm_duration": a.storm_duration or cfg.duration,
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
 
@@ -251,8 +272,37 @@ def _collector_phase(workdir: Path, seconds: float, layout: str, what: str) -> C
     return r
 
 
+def _storm_phase(a: argparse.Namespace, cfg: _Settings, lab: _Lab, res: _Results) -> None:
+    """The storms on the veth pair (each tool in interleaved rounds), with bpf_stats on."""
+    storms = [s for s in a.storms.split(",") if s]
+    if not storms:
+        return
+    unknown = [s for s in storms if s not in STORMS]
+    if unknown:
+        raise SystemExit(f"bench: unknown storms {unknown}; known: {','.join(STORMS)}")
+    chosen = a.storm_modes.split(",") if a.storm_modes else [m for m in cfg.modes if m in STORM_MODES]
+    modes = ["none", *[m for m in chosen if m and m != "none"]]
+    if lab.veth is None:
+        res.storms = [StormRow(s, "none", "no tracing", "n/a", "the storms run on the veth pair: none") for s in storms]
+        return
+    with bpf_stats():
+        res.storms = run_storms(
+            lab.veth.topology,
+            storms,
+            modes,
+            a.storm_rounds or cfg.rounds,
+            a.storm_duration or cfg.duration,
+            a.threads,
+            lab.workdir,
+        )
+
+
 def _run_phases(a: argparse.Namespace, cfg: _Settings, lab: _Lab, trees: dict[str, Path | None], res: _Results) -> None:
-    """Overhead per topology, then on loopback the agent versions, zero loss and all kinds, then the collector."""
+    """Overhead per topology, then on loopback the agent versions, zero loss and all kinds, then the
+    storms on the veth pair, then the collector."""
+    if a.only_storms:
+        _storm_phase(a, cfg, lab, res)
+        return
     # kernel time of each tool's own programs (run_time_ns): every mode, the baseline included,
     # runs with the statistics on, so their small cost is in every ratio alike
     with bpf_stats() as stats_on:
@@ -273,6 +323,7 @@ def _run_phases(a: argparse.Namespace, cfg: _Settings, lab: _Lab, trees: dict[st
     if not a.no_zero_loss and lo is not None:
         res.zero_loss = run_zero_loss(lo, cfg.sinks, cfg.rates, cfg.duration, a.threads, lab.workdir)
         res.all_kinds = run_all_kinds_cpu(lo, a.cpu_rate, cfg.duration, a.threads, lab.workdir)
+    _storm_phase(a, cfg, lab, res)
     if not a.no_collector:
         res.collector = _collector_phase(lab.workdir, cfg.collector_seconds, "event", "collector")
         res.collector_packed = _collector_phase(
@@ -306,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         lg = build_loadgen(lab.workdir)
         trees = _agent_refs(a.agent_ref, cfg, lab.workdir, res)
-        _build_topologies(a.topologies, lg, a.server_threads, lab, res)
+        _build_topologies("veth" if a.only_storms else a.topologies, lg, a.server_threads, lab, res)
         for topo in lab.topos:
             topo.start_server()
         if a.profile:
@@ -316,7 +367,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         lab.close()
     meta["elapsed_s"] = round(time.monotonic() - started, 1)
     doc = report.build(
-        meta, res.overhead, res.zero_loss, res.all_kinds, res.collector, res.cpu_compare, res.collector_packed
+        meta,
+        res.overhead,
+        res.zero_loss,
+        res.all_kinds,
+        res.collector,
+        res.cpu_compare,
+        res.collector_packed,
+        res.storms,
     )
     j, md = report.write(doc, Path(a.out))
     print(md.read_text())

@@ -9,6 +9,14 @@
 //       THREADS threads loop connect / send REQ_BYTES / read to EOF / close for SECONDS seconds,
 //       paced to RATE connections/s in total (0 = as fast as possible). Prints one JSON line:
 //       {"connections": N, "errors": E, "seconds": S, "rate": N/S}.
+//   loadgen storm KIND ADDR PORT THREADS SECONDS RATE
+//       A storm of anomalies for SECONDS seconds, paced to RATE attempts/s in total (0 = as fast as
+//       possible); prints the same JSON line, "connections" counting the attempts that went as KIND says:
+//         refused   connect to ADDR:PORT where nothing listens: each refused (ECONNREFUSED)
+//         rst       connect to a loadgen server, write REQ bytes (64), abort with a RST (SO_LINGER 0)
+//         synflood  a non-blocking connect whose handshake never completes (the caller drops the
+//                   server's SYN-ACKs on the way), closed after 1 s in SYN_SENT; each thread keeps at
+//                   most 4096 open. Counted when issued.
 //
 // Built by bench/ at run time with `gcc -O2 -pthread`. Addresses may be IPv4 or IPv6 literals.
 #define _GNU_SOURCE
@@ -169,9 +177,92 @@ static int churn(int threads) {
     return 0;
 }
 
+static int g_storm;  // 0 refused, 1 rst, 2 synflood
+
+static int storm_attempt(char *req, int *pending, double *opened, int *npending) {
+    int fd = socket(g_addr.ss_family, SOCK_STREAM | (g_storm == 2 ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0) return 0;
+    if (g_storm == 0) {
+        int ok = connect(fd, (struct sockaddr *)&g_addr, g_addrlen) != 0 && errno == ECONNREFUSED;
+        close(fd);
+        return ok;
+    }
+    if (g_storm == 1) {
+        int ok = connect(fd, (struct sockaddr *)&g_addr, g_addrlen) == 0 &&
+                 send(fd, req, (size_t)g_req_bytes, MSG_NOSIGNAL) == g_req_bytes;
+        struct linger lg = {1, 0};
+        setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        close(fd);
+        return ok;
+    }
+    // synflood: keep it open a second (its SYN is retransmitted once), then close it in SYN_SENT
+    int ok = connect(fd, (struct sockaddr *)&g_addr, g_addrlen) != 0 && errno == EINPROGRESS;
+    double t = now_s();
+    int i = 0;
+    while (i < *npending) {  // close those older than a second, and make room
+        if (t - opened[i] >= 1.0 || *npending >= 4096) {
+            close(pending[i]);
+            pending[i] = pending[*npending - 1];
+            opened[i] = opened[*npending - 1];
+            (*npending)--;
+        } else {
+            i++;
+        }
+    }
+    pending[*npending] = fd;
+    opened[*npending] = t;
+    (*npending)++;
+    return ok;
+}
+
+static void *storm_thread(void *arg) {
+    (void)arg;
+    static __thread int pending[4096];
+    static __thread double opened[4096];
+    int npending = 0;
+    char req[65536];
+    memset(req, 'q', sizeof req);
+    double start = now_s(), end = start + g_seconds;
+    double interval = g_rate_per_thread > 0 ? 1.0 / g_rate_per_thread : 0, next = start;
+    long n = 0, errors = 0;
+    while (now_s() < end) {
+        if (interval > 0) {
+            double t = now_s();
+            if (next > t) {
+                double d = next - t;
+                struct timespec ts = {(time_t)d, (long)((d - (double)(time_t)d) * 1e9)};
+                nanosleep(&ts, NULL);
+            }
+            next += interval;
+            if (next < now_s() - 1.0) next = now_s();
+        }
+        if (storm_attempt(req, pending, opened, &npending)) n++; else errors++;
+    }
+    for (int i = 0; i < npending; i++) close(pending[i]);
+    atomic_fetch_add(&g_conns, n);
+    atomic_fetch_add(&g_errors, errors);
+    return NULL;
+}
+
+static int storm(int threads) {
+    pthread_t tids[256];
+    if (threads > 256) threads = 256;
+    double start = now_s();
+    for (int i = 0; i < threads; i++) {
+        if (pthread_create(&tids[i], NULL, storm_thread, NULL) != 0) { perror("pthread_create"); return 1; }
+    }
+    for (int i = 0; i < threads; i++) pthread_join(tids[i], NULL);
+    double secs = now_s() - start;
+    long c = atomic_load(&g_conns), e = atomic_load(&g_errors);
+    printf("{\"connections\": %ld, \"errors\": %ld, \"seconds\": %.6f, \"rate\": %.3f}\n", c, e, secs,
+           secs > 0 ? (double)c / secs : 0.0);
+    return 0;
+}
+
 static void usage(void) {
     fprintf(stderr, "usage: loadgen serve ADDR PORT THREADS RESP_BYTES\n"
-                    "       loadgen churn ADDR PORT THREADS SECONDS RATE REQ_BYTES\n");
+                    "       loadgen churn ADDR PORT THREADS SECONDS RATE REQ_BYTES\n"
+                    "       loadgen storm refused|rst|synflood ADDR PORT THREADS SECONDS RATE\n");
     exit(2);
 }
 
@@ -189,6 +280,18 @@ int main(int argc, char **argv) {
         g_rate_per_thread = atof(argv[6]) / threads;
         g_req_bytes = atoi(argv[7]) > 0 ? atoi(argv[7]) : 1;
         return churn(threads);
+    }
+    if (strcmp(argv[1], "storm") == 0 && argc == 8) {
+        const char *kinds[] = {"refused", "rst", "synflood"};
+        g_storm = -1;
+        for (int i = 0; i < 3; i++)
+            if (strcmp(argv[2], kinds[i]) == 0) g_storm = i;
+        if (g_storm < 0 || parse_addr(argv[3], atoi(argv[4])) < 0) usage();
+        int threads = atoi(argv[5]) > 0 ? atoi(argv[5]) : 1;
+        g_seconds = atof(argv[6]);
+        g_rate_per_thread = atof(argv[7]) / threads;
+        g_req_bytes = 64;
+        return storm(threads);
     }
     usage();
     return 2;

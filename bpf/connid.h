@@ -48,22 +48,50 @@
 #include "events.h"
 #include "sockstate.h"
 #include "kread.h"
+#include "tcp_defs.h"
 
-/* Four reads, once per connection socket, at its ESTABLISHED transition. */
+/* The pair from the counters (also read by a CLOSE's snapshot, which passes them on). */
+static __always_inline void isns_from(struct sockstate *st, __u32 snd_una, __u64 bytes_acked, __u32 rcv_nxt,
+                                      __u64 bytes_received)
+{
+    __u32 send_base = snd_una - (__u32)bytes_acked;
+    __u32 recv_base = rcv_nxt - (__u32)bytes_received;
+    if (st->role == ROLE_ACTIVE) {
+        st->isn_client = send_base;
+        st->isn_server = recv_base - 1;
+    } else if (st->role == ROLE_PASSIVE) {
+        st->isn_client = recv_base - 1;
+        st->isn_server = send_base - 1;
+    }
+}
+
+/* Four reads, once per connection socket: at its ESTABLISHED transition when state events are on
+ * (bpf/state.h reads that transition then), else at the first event that needs them (ensure_isns()).
+ * The two differences hold from the handshake to CLOSE, so any moment after ESTABLISHED gives the
+ * same pair. */
 static __always_inline void record_isns(const void *sk, struct sockstate *st)
 {
     if (st->role != ROLE_ACTIVE && st->role != ROLE_PASSIVE)
         return;
     const char *s = (const char *)sk;
-    __u32 send_base = read_u32(s + OFF_SND_UNA) - (__u32)read_u64(s + OFF_BYTES_ACKED);
-    __u32 recv_base = read_u32(s + OFF_RCV_NXT) - (__u32)read_u64(s + OFF_BYTES_RECEIVED);
-    if (st->role == ROLE_ACTIVE) {
-        st->isn_client = send_base;
-        st->isn_server = recv_base - 1;
-    } else {
-        st->isn_client = recv_base - 1;
-        st->isn_server = send_base - 1;
-    }
+    isns_from(st, read_u32(s + OFF_SND_UNA), read_u64(s + OFF_BYTES_ACKED), read_u32(s + OFF_RCV_NXT),
+              read_u64(s + OFF_BYTES_RECEIVED));
+}
+
+/* A socket state past the handshake and not closed yet: its ISN pair can be read. */
+static __always_inline int isns_readable(int state)
+{
+    return state == TS_ESTABLISHED || state == TS_FIN_WAIT1 || state == TS_FIN_WAIT2 ||
+           state == TS_CLOSE_WAIT || state == TS_CLOSING || state == TS_LAST_ACK;
+}
+
+/* The ISN pair, read now if it is still unknown and the connection was established (the events of
+ * an established socket carry connection_id: a reset, an error or a retransmit before CLOSE, the
+ * lifecycle at CLOSE). */
+static __always_inline void ensure_isns(const void *sk, struct sockstate *st, int established)
+{
+    if (established && st->isn_client == 0 && st->isn_server == 0)
+        record_isns(sk, st);
 }
 
 #endif

@@ -44,14 +44,14 @@ static __always_inline void event_identity(struct tcpscope_event *ev, __u64 key,
     __builtin_memcpy(ev->comm, st->comm, 16);
 }
 
-/* Start a non-lifecycle event about sk (may be NULL): identity from the socket map when the socket
- * is tracked, else read from the socket (pid unknown) if it passes the filters. The tuple is the
- * record's own (t), or the tracked one when t is NULL. Returns NULL when filtered out. */
-static __always_inline struct tcpscope_event *begin_event(__u8 kind, const void *sk, int full,
-                                                          const struct tuple *t)
+/* Start a non-lifecycle event about sk (may be NULL), whose socket map entry the caller looked up
+ * (st, NULL when not tracked): identity from the entry when tracked, else read from the socket (pid
+ * unknown) if it passes the filters. The tuple is the record's own (t), or the tracked one when t is
+ * NULL. Returns NULL when filtered out. */
+static __always_inline struct tcpscope_event *
+begin_event_of(__u8 kind, const void *sk, const struct sockstate *st, int full, const struct tuple *t)
 {
     __u64 key = (__u64)sk;
-    struct sockstate *st = sk ? sockets.lookup(&key) : 0;
     if (!st) {
         if (!t || !sock_passes(sk, full, t->sport, t->dport))
             return 0;
@@ -74,6 +74,15 @@ static __always_inline struct tcpscope_event *begin_event(__u8 kind, const void 
         event_tuple(ev, t);
     }
     return ev;
+}
+
+/* begin_event_of() for a caller that has not looked the socket up. */
+static __always_inline struct tcpscope_event *begin_event(__u8 kind, const void *sk, int full,
+                                                          const struct tuple *t)
+{
+    __u64 key = (__u64)sk;
+    struct sockstate *st = sk ? sockets.lookup(&key) : 0;
+    return begin_event_of(kind, sk, st, full, t);
 }
 
 #endif

@@ -11,6 +11,8 @@
 #include "maps.h"
 #include "kread.h"
 #include "emit.h"
+#include "anomaly.h"
+#include "connid.h"
 
 /* The errno of an ICMP error the kernel just queued for a connecting socket, or 0.
  *
@@ -63,22 +65,25 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
         if (!err)
             return 0;
         st->err_icmp = err;
-        /* before the socket's next state change its tracked tuple lacks the local port, which
-         * connect() picked after SYN_SENT (bpf/state_event.h); the event needs it */
-        if (!st->t.sport)
-            st->t.sport = read_u16((const char *)sk + OFF_SKC_NUM);
     } else {
         /* tcp_disconnect() calls sk_error_report() on every disconnect, also with no error pending
          * (e.g. a failed connect() whose error the caller already consumed): not an error event */
         return 0;
     }
+    ensure_isns(sk, st, isns_readable(state));
 #ifdef ENABLE_ERROR
-    struct tcpscope_event *ev = begin_event(EV_SOCKET_ERROR, sk, 1, 0);
+    /* the tracked tuple, once final; before that (an error in SYN_SENT or on a passive child not
+     * yet closed) the socket's own */
+    struct tuple own = {};
+    int final = st->flags & F_TUPLE_FINAL;
+    if (!final)
+        tuple_of_sock(&own, sk);
+    struct tcpscope_event *ev = begin_event_of(EV_SOCKET_ERROR, sk, st, 1, final ? 0 : &own);
     if (!ev)
         return 0;
     ev->err = err;
     ev->state = state;
-    submit(ctx, ev);
+    anomaly_submit(ctx, ev, 0);
 #endif
     return 0;
 }

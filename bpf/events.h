@@ -39,6 +39,24 @@
 
 #define FLOW_BUCKETS 32 /* log2 microsecond duration buckets (Flow.duration_us_log2) */
 
+/* anomaly accounting (bpf/anomaly.h): index into the `anomaly_counts` per-CPU array (names in
+ * agent/kernel/anomalies.py). Not losses: every anomaly is either an event or in an aggregate. */
+#define ANOMC_INDIVIDUAL 0  /* sent as their own events (within the budgets) */
+#define ANOMC_AGGREGATED 1  /* counted in their key's aggregate instead */
+#define ANOMC_OVER_KEY 2    /* of those: past the per-key budget */
+#define ANOMC_OVER_NODE 3   /* of those: past the node's budget */
+#define ANOMC_OUTPUT_FULL 4 /* of those: within the budgets, but the buffer had no room */
+#define ANOMC_COARSE 5      /* counted under a coarse key (no remote address, no server port) */
+#define ANOMC_NO_KEY 6      /* no key at all (the map was full): sent as their own events */
+#define ANOMC_NCOUNTS 7
+
+/* anomaly_key.flags */
+#define AK_ESTABLISHED 1   /* lifecycle: the connection was established */
+#define AK_RETRANSMITTED 2 /* lifecycle: it retransmitted at least once */
+#define AK_FIRST_SYNACK 4  /* SYN-ACK retransmit: its request's first (the handshake timed out once) */
+#define AK_NO_SOCKET 8     /* reset sent: from no socket (a closed port) */
+#define AK_COARSE 16       /* the remote address and the server port were left out: the map was near full */
+
 struct tcpscope_event {
     __u64 ts_ns;       /* bpf_ktime_get_ns() (CLOCK_MONOTONIC); lifecycle: time of CLOSE */
     __u64 socket_id;   /* sock pointer XOR a random per-load key: never a kernel address */
@@ -61,7 +79,7 @@ struct tcpscope_event {
     __u8 pad0;
     __s32 err;         /* lifecycle / socket error: errno */
     __u32 reason;      /* reset sent / lifecycle: kernel enum sk_rst_reason */
-    __u32 retransmits; /* lifecycle: tcp_retransmit_skb count */
+    __u32 retransmits; /* lifecycle: tcp_retransmit_skb count; synack: which of its request's (1 = first) */
     __u32 snd_cwnd;    /* probe */
     __u32 srtt_us;     /* probe */
     __u32 snd_wnd;     /* probe */
@@ -93,6 +111,40 @@ struct flow_val {
     __u64 last_close_ns;  /* of the latest CLOSE */
     __u64 buckets[FLOW_BUCKETS];
     __u32 pid; /* owner of the last connection added */
+    __u32 pad;
+    char comm[16];
+};
+
+/* Anomalies past their budget (bpf/anomaly.h): the key and value of the two anomaly maps, read by
+ * user space with batch lookups (agent/kernel/anomalies.py mirrors both; a test checks the mirror).
+ * The key is an event's flow key plus what kind of anomaly it is and why. */
+struct anomaly_key {
+    __u8 laddr[16];    /* local address, as in tcpscope_event.saddr */
+    __u8 raddr[16];    /* remote address (zero with AK_COARSE) */
+    __u64 cgroup_id;   /* the socket's cgroup v2 id, 0 when no socket */
+    __u32 netns;       /* network namespace inode, 0 when unknown */
+    __s32 err;         /* lifecycle, socket error: errno */
+    __u32 reason;      /* reset sent, lifecycle ending RESET_SENT: enum sk_rst_reason */
+    __u16 server_port; /* ACTIVE: the remote port; otherwise the local port (0 with AK_COARSE) */
+    __u16 family;
+    __u8 kind;   /* EV_* of the events it stands for */
+    __u8 role;   /* ROLE_* */
+    __u8 state;  /* the event's state field (lifecycle: the last state before CLOSE) */
+    __u8 ending; /* lifecycle: ENDING_* */
+    __u8 flags;  /* AK_* */
+    __u8 pad[3];
+};
+
+struct anomaly_val {
+    __u64 count;     /* anomalies aggregated (not sent as events) this interval */
+    __u64 exemplars; /* anomalies of this key sent as their own events this interval */
+    __u64 first_ns;  /* bpf_ktime_get_ns() of the first one aggregated */
+    __u64 last_ns;   /* of the last one aggregated */
+    __u64 tx_bytes;  /* lifecycle: summed over the aggregated connections */
+    __u64 rx_bytes;
+    __u64 duration_sum_ns;
+    __u64 retransmits;
+    __u32 pid; /* owner of the last one aggregated */
     __u32 pad;
     char comm[16];
 };

@@ -17,6 +17,15 @@
 #include "events.h"
 #include "sockstate.h"
 
+/* An ordinary connection: established, no reset sent or received, no socket error, no retransmit,
+ * and a role (not a socket older than the agent). Everything else is an anomaly (bpf/anomaly.h). */
+static __always_inline int is_ordinary(const struct sockstate *st)
+{
+    return (st->flags & F_ESTABLISHED) && !(st->flags & (F_RST_SENT | F_RST_RECEIVED)) &&
+           st->err_report == 0 && st->sk_err == 0 && st->retransmits == 0 &&
+           (st->role == ROLE_ACTIVE || st->role == ROLE_PASSIVE);
+}
+
 #if defined(AGGREGATE) || defined(SPILL_PER_CPU)
 #define FLOWS_ON 1
 
@@ -61,13 +70,6 @@ static __always_inline void flow_count(int idx)
     __u64 *v = flow_counts.lookup(&idx);
     if (v)
         *v += 1;
-}
-
-static __always_inline int is_ordinary(const struct sockstate *st)
-{
-    return (st->flags & F_ESTABLISHED) && !(st->flags & (F_RST_SENT | F_RST_RECEIVED)) &&
-           st->err_report == 0 && st->sk_err == 0 && st->retransmits == 0 &&
-           (st->role == ROLE_ACTIVE || st->role == ROLE_PASSIVE);
 }
 
 /* floor(log2(v)) for v >= 1 */

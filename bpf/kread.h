@@ -5,6 +5,9 @@
 #ifndef TCPSCOPE_KREAD_H
 #define TCPSCOPE_KREAD_H
 
+#include "tcp_defs.h"
+#include "sockstate.h"
+
 static __always_inline __u64 read_u64(const void *p)
 {
     __u64 v = 0;
@@ -73,6 +76,27 @@ static __always_inline __u32 sock_netns(const void *sk)
     if (!net)
         return 0;
     return read_u32((const char *)net + OFF_NET_INUM);
+}
+
+/* The socket's own tuple, from struct sock_common (the sockets whose tracked tuple is not final yet,
+ * bpf/state.h F_TUPLE_FINAL, and events whose record has none). Ports: skc_num is host order,
+ * skc_dport network order. */
+static __always_inline void tuple_of_sock(struct tuple *t, const void *sk)
+{
+    __u16 family = 0, num = 0, dport = 0;
+    bpf_probe_read_kernel(&family, 2, (const char *)sk + OFF_SKC_FAMILY);
+    bpf_probe_read_kernel(&num, 2, (const char *)sk + OFF_SKC_NUM);
+    bpf_probe_read_kernel(&dport, 2, (const char *)sk + OFF_SKC_DPORT);
+    t->family = family;
+    t->sport = num;
+    t->dport = (__u16)((dport >> 8) | (dport << 8));
+    if (family == T_AF_INET) {
+        bpf_probe_read_kernel(t->saddr, 4, (const char *)sk + OFF_SKC_RCV_SADDR);
+        bpf_probe_read_kernel(t->daddr, 4, (const char *)sk + OFF_SKC_DADDR);
+    } else {
+        bpf_probe_read_kernel(t->saddr, 16, (const char *)sk + OFF_SKC_V6_RCV_SADDR);
+        bpf_probe_read_kernel(t->daddr, 16, (const char *)sk + OFF_SKC_V6_DADDR);
+    }
 }
 
 #endif

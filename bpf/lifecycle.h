@@ -16,22 +16,70 @@
 #include "kread.h"
 #include "emit.h"
 #include "flow.h"
+#include "anomaly.h"
 #include "state_event.h"
+#include "connid.h"
 
 /* Snapshot at the CLOSE transition: application bytes from the sequence-space counters.
  * bytes_received counts the peer's FIN (tcp_fin() also sets SOCK_DONE; FIN_WAIT2->CLOSE alone
  * does not prove a FIN came: close() hands FIN_WAIT2 sockets to the timewait minisock).
  * bytes_acked counts our SYN (active opens that reached ESTABLISHED; a passive child is created
  * after its SYN-ACK was acked) and our FIN once acked (snd_una == write_seq after it was queued). */
+struct tcp_counters {
+    __u64 acked;
+    __u64 received;
+    __u32 snd_una;
+    __u32 write_seq;
+    __u32 rcv_nxt;
+};
+
+/* The counters a CLOSE reads: one read of the span of tcp_sock that holds them when the plan found
+ * one (TCP_SPAN_LEN, agent/kernel/cgen.py), else one read each. */
+static __always_inline void read_tcp_counters(const void *sk, struct tcp_counters *c)
+{
+#ifdef TCP_SPAN_LEN
+    int zero = 0;
+    struct tcp_span *span = tcp_span_buf.lookup(&zero);
+    if (span && bpf_probe_read_kernel(span->b, TCP_SPAN_LEN, (const char *)sk + TCP_SPAN_OFF) == 0) {
+        __builtin_memcpy(&c->acked, span->b + (OFF_BYTES_ACKED - TCP_SPAN_OFF), 8);
+        __builtin_memcpy(&c->received, span->b + (OFF_BYTES_RECEIVED - TCP_SPAN_OFF), 8);
+        __builtin_memcpy(&c->snd_una, span->b + (OFF_SND_UNA - TCP_SPAN_OFF), 4);
+        __builtin_memcpy(&c->write_seq, span->b + (OFF_WRITE_SEQ - TCP_SPAN_OFF), 4);
+        __builtin_memcpy(&c->rcv_nxt, span->b + (OFF_RCV_NXT - TCP_SPAN_OFF), 4);
+        return;
+    }
+#endif
+    c->acked = read_u64((const char *)sk + OFF_BYTES_ACKED);
+    c->received = read_u64((const char *)sk + OFF_BYTES_RECEIVED);
+    c->snd_una = read_u32((const char *)sk + OFF_SND_UNA);
+    c->write_seq = read_u32((const char *)sk + OFF_WRITE_SEQ);
+    c->rcv_nxt = read_u32((const char *)sk + OFF_RCV_NXT);
+}
+
 static __always_inline void snapshot_close(const void *sk, struct sockstate *st, int oldstate, __u64 now)
 {
-    __u64 acked = read_u64((const char *)sk + OFF_BYTES_ACKED);
-    __u64 received = read_u64((const char *)sk + OFF_BYTES_RECEIVED);
-    __u32 snd_una = read_u32((const char *)sk + OFF_SND_UNA);
-    __u32 write_seq = read_u32((const char *)sk + OFF_WRITE_SEQ);
+    struct tcp_counters c = {};
+    read_tcp_counters(sk, &c);
+    __u64 acked = c.acked;
+    __u64 received = c.received;
+    __u32 snd_una = c.snd_una;
+    __u32 write_seq = c.write_seq;
     __u64 sk_flags = read_u64((const char *)sk + OFF_SK_FLAGS);
     __s32 sk_err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
 
+    /* established: CLOSE left from any state past the handshake (bpf/state.h does not read
+     * ESTABLISHED itself without state events) */
+    if (oldstate != TS_SYN_SENT && oldstate != TS_SYN_RECV && oldstate != TS_LISTEN && oldstate != TS_CLOSE)
+        st->flags |= F_ESTABLISHED;
+    /* our FIN was queued: the socket went through FIN_WAIT1 (then maybe FIN_WAIT2, CLOSING or
+     * TIME_WAIT) or LAST_ACK, and CLOSE is left from one of those (bpf/state.h reads no other
+     * transition for it) */
+    if (oldstate == TS_FIN_WAIT1 || oldstate == TS_FIN_WAIT2 || oldstate == TS_CLOSING ||
+        oldstate == TS_LAST_ACK || oldstate == TS_TIME_WAIT)
+        st->flags |= F_FIN_QUEUED;
+    /* the ISN pair, unless a reset, error or retransmit read it already (bpf/connid.h) */
+    if ((st->flags & F_ESTABLISHED) && st->isn_client == 0 && st->isn_server == 0)
+        isns_from(st, c.snd_una, c.acked, c.rcv_nxt, c.received);
     if ((sk_flags & (1ULL << SOCK_DONE_BIT)) && received > 0)
         received -= 1;
     if (st->role == ROLE_ACTIVE && (st->flags & F_ESTABLISHED) && acked > 0)
@@ -55,8 +103,9 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
 #endif
     if (!(st->flags & F_CLOSED) || st->last_state == TS_LISTEN)
         return;
+    int ordinary = is_ordinary(st);
 #ifdef FLOWS_ON
-    if (flow_add(st))
+    if (ordinary && flow_add(st))
         return; /* an ordinary connection, counted in its flow (bpf/flow.h) */
 #endif
     struct tcpscope_event *ev = scratch_event();
@@ -84,7 +133,15 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
         ev->ending = ENDING_ERROR;
     else
         ev->ending = ENDING_NORMAL;
-    submit(ctx, ev);
+    if (ordinary) {
+        submit(ctx, ev);
+        return;
+    }
+    /* the rest is an anomaly: an event within the budgets, else in its aggregate (bpf/anomaly.h) */
+    __u8 flags = (st->flags & F_ESTABLISHED) ? AK_ESTABLISHED : 0;
+    if (st->retransmits)
+        flags |= AK_RETRANSMITTED;
+    anomaly_submit(ctx, ev, flags);
 }
 
 #ifdef HAS_TP_TCP_DESTROY_SOCK

@@ -9,6 +9,8 @@
 #include "maps.h"
 #include "kread.h"
 #include "emit.h"
+#include "anomaly.h"
+#include "connid.h"
 
 /* sk may be NULL (RST for a closed port) or a timewait/request sock (not a full socket: its
  * cgroup cannot be read); `state` is the record's state field, 0 when there is no socket. */
@@ -20,15 +22,16 @@ static __always_inline int handle_send_reset(void *ctx, const void *sk, int stat
     if (st) {
         st->flags |= F_RST_SENT;
         st->rst_reason = reason;
+        ensure_isns(sk, st, isns_readable(state));
     }
 #ifdef ENABLE_RESET
     int full = sk && state != TS_TIME_WAIT && state != TS_NEW_SYN_RECV;
-    struct tcpscope_event *ev = begin_event(EV_RESET_SENT, sk, full, t);
+    struct tcpscope_event *ev = begin_event_of(EV_RESET_SENT, sk, st, full, t);
     if (!ev)
         return 0;
     ev->state = (__u8)state;
     ev->reason = reason;
-    submit(ctx, ev);
+    anomaly_submit(ctx, ev, sk ? 0 : AK_NO_SOCKET);
 #endif
     return 0;
 }
@@ -38,14 +41,17 @@ static __always_inline int handle_receive_reset(void *ctx, const void *sk, const
 {
     __u64 key = (__u64)sk;
     struct sockstate *st = sockets.lookup(&key);
-    if (st)
+    __u8 state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
+    if (st) {
         st->flags |= F_RST_RECEIVED;
+        ensure_isns(sk, st, isns_readable(state));
+    }
 #ifdef ENABLE_RESET
-    struct tcpscope_event *ev = begin_event(EV_RESET_RECEIVED, sk, 1, t);
+    struct tcpscope_event *ev = begin_event_of(EV_RESET_RECEIVED, sk, st, 1, t);
     if (!ev)
         return 0;
-    ev->state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
-    submit(ctx, ev);
+    ev->state = state;
+    anomaly_submit(ctx, ev, 0);
 #endif
     return 0;
 }

@@ -5,11 +5,12 @@
 
 /* sockstate.flags */
 #define F_ESTABLISHED 1 /* reached ESTABLISHED */
-#define F_FIN_QUEUED 2  /* went through FIN_WAIT1, CLOSING or LAST_ACK: our FIN was queued */
+#define F_FIN_QUEUED 2 /* left for CLOSE from FIN_WAIT1/2, CLOSING, LAST_ACK, TIME_WAIT: our FIN was queued */
 #define F_RST_SENT 4
 #define F_RST_RECEIVED 8
 #define F_CLOSED 16        /* CLOSE seen: the lifecycle fields below are a snapshot */
 #define F_FIRST_PENDING 32 /* the first state change waits for the tuple (bpf/state_event.h) */
+#define F_TUPLE_FINAL 64   /* `t` is complete (seen at ESTABLISHED or CLOSE); before, read the socket's */
 
 struct tuple {
     __u8 saddr[16];
@@ -22,7 +23,7 @@ struct tuple {
 
 struct sockstate {
     __u64 first_ts;  /* first state change seen */
-    __u64 state_ts;  /* last state change */
+    __u64 state_ts;  /* last state change (kept with state events only) */
     __u64 close_ts;  /* CLOSE (when F_CLOSED) */
     __u64 cgroup_id; /* from the socket, never from the current task */
     __u64 tx_bytes;  /* application bytes, computed at CLOSE */
@@ -58,6 +59,13 @@ struct owner {
     __u32 pid;
     __u32 refs; /* listening sockets with this key (SO_REUSEPORT groups have several) */
     char comm[16];
+    /* the listener's cgroup, which its children share (sk_clone_lock() copies sk_cgrp_data): they
+     * take it from here instead of reading it from the socket. Only while one listener holds the
+     * key (cgroup_known): an SO_REUSEPORT group's listeners may belong to different cgroups, and
+     * listeners seeded from /proc at start-up come without one. */
+    __u64 cgroup_id;
+    __u32 cgroup_known;
+    __u32 pad;
 };
 
 #endif

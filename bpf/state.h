@@ -35,10 +35,11 @@ static __always_inline void remember_listener(const struct sockstate *st)
     if (cur) { /* another listener of an SO_REUSEPORT group: the newest owner speaks for it */
         cur->pid = st->pid;
         __builtin_memcpy(cur->comm, st->comm, 16);
+        cur->cgroup_known = 0;
         __sync_fetch_and_add(&cur->refs, 1); /* no fetch: XADD, also before 5.12 */
         return;
     }
-    struct owner o = {.pid = st->pid, .refs = 1};
+    struct owner o = {.pid = st->pid, .refs = 1, .cgroup_id = st->cgroup_id, .cgroup_known = 1};
     __builtin_memcpy(o.comm, st->comm, 16);
     if (listeners.update(&lk, &o) != 0)
         count_loss(LOSS_LISTENER_MAP_FULL);
@@ -74,98 +75,179 @@ static __always_inline void forget_listener(const struct sockstate *st)
 }
 
 
-/* One state change of a TCP socket.
- * Attribution: CLOSE->SYN_SENT (connect) and CLOSE->LISTEN (listen) run in the owner's process
- * context, so pid/comm are taken there. A passive child's first change is LISTEN->SYN_RECV
- * (inet_csk_clone_lock, softirq): it takes its owner from the listener map. The cgroup is always
- * read from the socket (children inherit the listener's sk_cgrp_data). */
+/* Without state events, the transitions a socket's life needs: its start (CLOSE->SYN_SENT,
+ * CLOSE->LISTEN, LISTEN->SYN_RECV) and CLOSE (the snapshot, with the final tuple; LISTEN->CLOSE
+ * forgets a listener). ESTABLISHED, FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING and TIME_WAIT
+ * carry nothing a lifecycle needs: whether it was established and whether our FIN was queued are
+ * read at CLOSE from the state it leaves (bpf/lifecycle.h snapshot_close()), and the one event that
+ * uses the tracked tuple before CLOSE (a socket error) reads the socket's own while the tracked one
+ * is not final (F_TUPLE_FINAL). So six of a connection's ten transitions leave at the entry point,
+ * before its tuple is read or a map touched. A socket first seen at one of them (older than the
+ * agent) is picked up at its CLOSE. */
+static __always_inline int transition_matters(int newstate)
+{
+#ifdef ENABLE_STATE
+    return 1;
+#else
+    return newstate == TS_CLOSE || newstate == TS_SYN_SENT || newstate == TS_SYN_RECV ||
+           newstate == TS_LISTEN;
+#endif
+}
+
+/* A socket's life starts at CLOSE->SYN_SENT (connect), CLOSE->LISTEN (listen) or LISTEN->SYN_RECV (a
+ * passive child: always a new struct sock, from inet_csk_clone_lock). */
+static __always_inline int life_starts(int oldstate, int newstate)
+{
+    return (oldstate == TS_CLOSE && (newstate == TS_SYN_SENT || newstate == TS_LISTEN)) ||
+           (oldstate == TS_LISTEN && newstate == TS_SYN_RECV);
+}
+
+/* Finish what an entry at this socket's address says: the last life of the same socket (connect()
+ * again after a failed one), or a dead socket whose tcp_destroy_sock was never seen, at an address
+ * the allocator reused (a tracepoint program is skipped when it fires on a CPU where another tracing
+ * program is running: kernel/trace/bpf_trace.c trace_call_bpf(), bpf_prog_active). Keeping the old
+ * entry would hand the new socket the old role, owner, cgroup, flags and retransmit count. */
+static __always_inline void finish_stale(void *ctx, __u64 key)
+{
+    struct sockstate *old = sockets.lookup(&key);
+    if (!old)
+        return;
+    flush_first_state(ctx, key, old);
+    emit_lifecycle(ctx, key, old);
+    sockets.delete(&key);
+}
+
+/* A fresh entry's identity. Attribution: CLOSE->SYN_SENT (connect) and CLOSE->LISTEN (listen) run in
+ * the owner's process context, so pid/comm are taken there. A passive child's first change is
+ * LISTEN->SYN_RECV (inet_csk_clone_lock, softirq): it takes its owner, and its cgroup, from the
+ * listener map. The cgroup is always the socket's, never the current task's. */
+static __always_inline void fill_new(struct sockstate *fresh, const void *sk, int oldstate, int newstate,
+                                     const struct tuple *t, __u64 now)
+{
+    fresh->first_ts = now;
+    fresh->state_ts = now;
+    fresh->netns = sock_netns(sk);
+    fresh->t = *t;
+    int cgroup_known = 0;
+    if (oldstate == TS_LISTEN && newstate == TS_SYN_RECV) {
+        fresh->role = ROLE_PASSIVE;
+        struct owner *o = listener_owner(fresh->netns, t);
+        if (o) {
+            fresh->pid = o->pid;
+            __builtin_memcpy(fresh->comm, o->comm, 16);
+            if (o->cgroup_known) {
+                fresh->cgroup_id = o->cgroup_id;
+                cgroup_known = 1;
+            }
+        }
+    } else if (oldstate == TS_CLOSE && (newstate == TS_SYN_SENT || newstate == TS_LISTEN)) {
+        if (newstate == TS_SYN_SENT)
+            fresh->role = ROLE_ACTIVE;
+        set_owner_current(fresh);
+    }
+    if (!cgroup_known)
+        fresh->cgroup_id = cgroup_id_of(sock_cgroup(sk));
+}
+
+/* The start of a socket's life: one insert on the common path (an entry left at the address is
+ * found by the insert failing, not by a lookup first). */
+static __always_inline int start_life(void *ctx, const void *sk, __u64 key, int oldstate, int newstate,
+                                      const struct tuple *t)
+{
+    if (!sock_passes(sk, 1, t->sport, t->dport)) {
+        finish_stale(ctx, key);
+        return 0;
+    }
+    __u64 now = bpf_ktime_get_ns();
+    struct sockstate fresh = {};
+    fill_new(&fresh, sk, oldstate, newstate, t, now);
+    if (newstate == TS_LISTEN)
+        remember_listener(&fresh);
+#ifdef ENABLE_STATE
+    if (fresh.role != ROLE_UNKNOWN) /* CLOSE->SYN_SENT or LISTEN->SYN_RECV: held for its tuple */
+        fresh.flags |= F_FIRST_PENDING;
+#endif
+    int err = sockets.insert(&key, &fresh);
+    if (err == -T_EEXIST) {
+        finish_stale(ctx, key);
+        err = sockets.insert(&key, &fresh);
+    }
+    if (err != 0) {
+        count_loss(LOSS_SOCKET_MAP_FULL); /* counted once per socket, at its start */
+#ifdef ENABLE_STATE
+        emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
+#endif
+        return 0;
+    }
+#ifdef ENABLE_STATE
+    if (fresh.role == ROLE_UNKNOWN) /* CLOSE->LISTEN: reported now (the others wait for their tuple) */
+        emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
+#endif
+    return 0;
+}
+
+/* The first state change seen of a socket older than the agent (mid-life): a fresh entry without a
+ * role, to which the caller applies this transition. NULL when filtered out or the map is full. */
+static __always_inline struct sockstate *track_old(void *ctx, const void *sk, __u64 key, int oldstate,
+                                                   int newstate, const struct tuple *t)
+{
+    if (!sock_passes(sk, 1, t->sport, t->dport))
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    struct sockstate fresh = {};
+    fill_new(&fresh, sk, oldstate, newstate, t, now);
+    if (sockets.insert(&key, &fresh) != 0) {
+        /* not counted: a socket is counted once, at its start (connect, accept, listen, start_life);
+         * a later change of an untracked socket tries again, and would count it again */
+#ifdef ENABLE_STATE
+        emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
+#endif
+        return 0;
+    }
+    return sockets.lookup(&key);
+}
+
+/* One state change of a TCP socket. Map operations on the common path: an insert at a life's start,
+ * a lookup at each later transition that matters (CLOSE, without state events), and the lookup and
+ * delete at destroy (bpf/lifecycle.h). */
 static __always_inline int handle_set_state(void *ctx, const void *sk, int oldstate, int newstate,
                                             const struct tuple *t)
 {
     __u64 key = (__u64)sk;
-    __u64 now = bpf_ktime_get_ns();
-    __u64 in_old = 0;
+    if (life_starts(oldstate, newstate))
+        return start_life(ctx, sk, key, oldstate, newstate, t);
+
+    __u64 now = 0, in_old = 0;
     struct sockstate *st = sockets.lookup(&key);
-
-    /* A socket's life starts at CLOSE->SYN_SENT (connect), CLOSE->LISTEN (listen) or
-     * LISTEN->SYN_RECV (a passive child: always a new struct sock, from inet_csk_clone_lock). An
-     * entry already there is either the same socket starting over (connect() again after a failed
-     * one) or a dead socket whose tcp_destroy_sock was never seen, at an address the allocator
-     * reused: a tracepoint program is skipped when it fires on a CPU where another tracing program
-     * is running (kernel/trace/bpf_trace.c trace_call_bpf(), bpf_prog_active). Finish the last life
-     * and start from a fresh entry either way: keeping the old one would hand the new socket the
-     * old role, owner, cgroup, flags and retransmit count. */
-    if (st && ((oldstate == TS_CLOSE && (newstate == TS_SYN_SENT || newstate == TS_LISTEN)) ||
-               (oldstate == TS_LISTEN && newstate == TS_SYN_RECV))) {
-        flush_first_state(ctx, key, st);
-        emit_lifecycle(ctx, key, st);
-        sockets.delete(&key);
-        st = 0;
-    }
-
     if (!st) {
-        if (!sock_passes(sk, 1, t->sport, t->dport))
-            return 0;
-        struct sockstate fresh = {};
-        fresh.first_ts = now;
-        fresh.state_ts = now;
-        fresh.cgroup_id = cgroup_id_of(sock_cgroup(sk));
-        fresh.netns = sock_netns(sk);
-        fresh.t = *t;
-        if (oldstate == TS_CLOSE && newstate == TS_SYN_SENT) {
-            fresh.role = ROLE_ACTIVE;
-            set_owner_current(&fresh);
-        } else if (oldstate == TS_CLOSE && newstate == TS_LISTEN) {
-            set_owner_current(&fresh);
-        } else if (oldstate == TS_LISTEN && newstate == TS_SYN_RECV) {
-            fresh.role = ROLE_PASSIVE;
-            struct owner *o = listener_owner(fresh.netns, t);
-            if (o) {
-                fresh.pid = o->pid;
-                __builtin_memcpy(fresh.comm, o->comm, 16);
-            }
-        }
-        if (newstate == TS_LISTEN)
-            remember_listener(&fresh);
-        if (sockets.insert(&key, &fresh) != 0) {
-            /* counted once per socket, at its start (connect, accept, listen): a later change of an
-             * untracked socket tries again, and would count it again */
-            if (fresh.role != ROLE_UNKNOWN || newstate == TS_LISTEN)
-                count_loss(LOSS_SOCKET_MAP_FULL);
-#ifdef ENABLE_STATE
-            emit_state(ctx, key, &fresh, oldstate, newstate, now, 0);
-#endif
-            return 0;
-        }
-        st = sockets.lookup(&key);
+        st = track_old(ctx, sk, key, oldstate, newstate, t);
         if (!st)
             return 0;
-        if (fresh.role != ROLE_UNKNOWN) { /* CLOSE->SYN_SENT or LISTEN->SYN_RECV: held for its tuple */
-            st->flags |= F_FIRST_PENDING;
-            return 0;
-        }
+        now = st->first_ts;
     } else {
+#ifdef ENABLE_STATE
+        now = bpf_ktime_get_ns();
         in_old = now - st->state_ts;
+#endif
         /* ports and addresses are completed along the way (the local port of a connect() is
-         * chosen after CLOSE->SYN_SENT) */
+         * chosen after CLOSE->SYN_SENT, a child gets its own addresses after the clone) */
         st->t = *t;
         if (newstate == TS_ESTABLISHED) /* first: the held first change carries the id too */
             record_isns(sk, st);
         flush_first_state(ctx, key, st);
-        if (newstate == TS_LISTEN)
-            remember_listener(st);
     }
 
     if (newstate == TS_ESTABLISHED)
         st->flags |= F_ESTABLISHED;
-    if (newstate == TS_FIN_WAIT1 || newstate == TS_CLOSING || newstate == TS_LAST_ACK)
-        st->flags |= F_FIN_QUEUED;
+    if (newstate == TS_ESTABLISHED || newstate == TS_CLOSE)
+        st->flags |= F_TUPLE_FINAL;
     if (oldstate == TS_LISTEN && newstate == TS_CLOSE)
         forget_listener(st);
+    /* the snapshot reads the ISN pair too: ESTABLISHED itself is not read without state events */
     if (newstate == TS_CLOSE)
-        snapshot_close(sk, st, oldstate, now);
-    st->state_ts = now;
+        snapshot_close(sk, st, oldstate, now ? now : bpf_ktime_get_ns());
 #ifdef ENABLE_STATE
+    st->state_ts = now;
     emit_state(ctx, key, st, oldstate, newstate, now, in_old);
 #endif
 #ifndef HAS_TP_TCP_DESTROY_SOCK

@@ -7,6 +7,7 @@
 #define T_AF_INET 2
 #define T_AF_INET6 10
 #define T_IPPROTO_TCP 6
+#define T_EEXIST 17 /* errno: bpf_map_update_elem(BPF_NOEXIST) on a key that is there */
 
 /* include/net/tcp_states.h: stable since 2.6 */
 #define TS_ESTABLISHED 1

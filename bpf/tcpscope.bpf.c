@@ -8,9 +8,11 @@
  *                          bpf/compat.h's IF_HAS and RECORD_TUPLE)
  *   HAS_<NAME>_SOCKADDR    saddr/daddr are struct sockaddr_in6-sized copies (tcp_send_reset 6.10+)
  *   PORT_MATCH(p)          when a port filter is set
- * and passed as -D: OFF_* (BTF offsets), SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
+ * and passed as -D: OFF_* (BTF offsets), TCP_SPAN_OFF/LEN (when the CLOSE counters lie close),
+ * SOCK_DONE_BIT, KN_ID_SIZE, SOCKET_KEY, MAX_SOCKETS,
  * MAX_LISTENERS, USE_RINGBUF/RINGBUF_PAGES, ENABLE_<KIND>, FILTER_*, PROBE_SAMPLE, and for flows
- * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS.
+ * (bpf/flow.h) AGGREGATE or SPILL_PER_CPU, MAX_FLOWS, and for anomaly budgets (bpf/anomaly.h)
+ * ANOMALY_BUDGET, ANOMALY_NODE_PER_CPU, MAX_ANOMALY_KEYS.
  *
  * Every header includes what it uses and compiles on its own after the plan's preamble
  * (tests/agent/kernel/test_bpf_headers.py); agent/kernel/loader.py inlines each one once, where it
@@ -28,7 +30,7 @@
 #ifdef HAS_TP_INET_SOCK_SET_STATE
 int tp_inet_sock_set_state(struct tp_inet_sock_set_state *args)
 {
-    if (args->protocol != T_IPPROTO_TCP)
+    if (args->protocol != T_IPPROTO_TCP || !transition_matters(args->newstate))
         return 0;
     struct tuple t = {};
     RECORD_TUPLE(t, args, INET_SOCK_SET_STATE);
@@ -58,7 +60,8 @@ int tp_tcp_retransmit_synack(struct tp_tcp_retransmit_synack *args)
 {
     struct tuple t = {};
     RECORD_TUPLE(t, args, TCP_RETRANSMIT_SYNACK);
-    return handle_synack(args, (const void *)args->skaddr, &t);
+    const void *req = IF_HAS(HAS_TCP_RETRANSMIT_SYNACK_REQ, (const void *)args->req, 0);
+    return handle_synack(args, (const void *)args->skaddr, req, &t);
 }
 #endif
 

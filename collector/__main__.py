@@ -12,6 +12,7 @@ from collector.config import CollectorConfig, ConfigError
 from collector.metrics import CollectorMetrics
 from collector.pair_metrics import build_traffic_metrics
 from collector.server import CollectorServer, StartupError
+from collector.storm_metrics import Observers, build_storm_metrics
 
 log = logging.getLogger("collector")
 
@@ -19,11 +20,14 @@ log = logging.getLogger("collector")
 async def run(cfg: CollectorConfig) -> None:
     """Serve until SIGTERM/SIGINT, then drain for cfg.grace seconds."""
     metrics = CollectorMetrics()
-    traffic = None
-    if cfg.metrics_port:  # traffic metrics per pair, beside the collector's own (docs/metrics.md)
+    observer = None
+    if cfg.metrics_port:  # traffic metrics per pair and storm signals, beside the collector's own (docs/metrics.md)
         traffic = build_traffic_metrics(cfg)
+        storms = build_storm_metrics(traffic.party, cfg.metrics_scan_window)
         metrics.registry.register(traffic)
-    server = CollectorServer(cfg, metrics=metrics, observer=traffic)
+        metrics.registry.register(storms)
+        observer = Observers(traffic, storms)
+    server = CollectorServer(cfg, metrics=metrics, observer=observer)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start: Ctrl-C works while Kafka is being reached

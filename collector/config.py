@@ -241,6 +241,13 @@ class CollectorConfig:
         default=900.0,
         above=0,
     )
+    metrics_scan_window: float = setting(
+        "TCPSCOPE_METRICS_SCAN_WINDOW",
+        "seconds over which the scan gauges count distinct refused ports and hosts per source "
+        "(tcpscope_scan_ports, tcpscope_scan_hosts; collector/storm_metrics.py)",
+        default=60.0,
+        above=0,
+    )
     metrics_watched_peers: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_WATCHED_PEERS",
         "remote-end kinds an agent watches too, so their own agent counts the connection: pod, and node "

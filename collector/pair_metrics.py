@@ -1,9 +1,12 @@
 """Traffic metrics per (client, server) pair, computed in the collector after remote-end resolution
 and served on its --metrics-port beside its own metrics (docs/metrics.md).
 
-Input: the lifecycle events (one per socket, at CLOSE) and the flows (aggregated ordinary
-connections) of every batch the collector published. Other event kinds are not counted: a
-lifecycle already carries its socket's retransmits and how it ended.
+Input: the lifecycle events (one per socket, at CLOSE), the flows (aggregated ordinary
+connections) and the lifecycles aggregated past the agents' anomaly budget (AnomalyAggregate of kind
+ANOMALY_LIFECYCLE: `count` connections with their key's outcome, bytes and retransmits summed; no
+durations) of every batch the collector published. Other event kinds are not counted here: a
+lifecycle already carries its socket's retransmits and how it ended (the storm signals of
+collector/storm_metrics.py count SYN-ACK retransmits and refusals).
 
 Counting rule (each connection once, with no state shared between collector replicas): a socket's
 event counts its connection when it is the client's (role ACTIVE), or when it is the server's and
@@ -51,9 +54,10 @@ from prometheus_client.registry import Collector
 
 from collector.config import CollectorConfig
 from tcpscope.kafka_layout import RecentKeys
-from tcpscope.outcome import classify, reset_reason
+from tcpscope.outcome import aggregate_lifecycle, classify, reset_reason
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
+    ANOMALY_LIFECYCLE,
     EXTERNAL,
     HOST,
     LISTEN,
@@ -65,6 +69,7 @@ from tcpscope.v1.events_pb2 import (
     SERVICE,
     Endpoint,
     EventBatch,
+    Lifecycle,
     TcpEvent,
 )
 
@@ -267,6 +272,8 @@ class TrafficMetrics(Collector):
                 return
         elif which == "flow":
             role = ev.flow.role
+        elif which == "anomalies" and ev.anomalies.kind == ANOMALY_LIFECYCLE:
+            role = ev.anomalies.role  # lifecycles past the agent's anomaly budget, `count` of them
         else:
             return
         if role not in (ACTIVE, PASSIVE):
@@ -291,6 +298,13 @@ class TrafficMetrics(Collector):
         before = pair.series()
         if which == "flow":
             self._add_flow(pair, ev, client_view, counts)
+        elif which == "anomalies":
+            a = ev.anomalies
+            lc = aggregate_lifecycle(a)
+            pair.retransmits += a.retransmits
+            self._add_outcome(pair, lc, a.count, a.tx_bytes, a.rx_bytes, client_view, counts, peer_watched)
+            # no durations: an aggregate carries only their sum, so the histogram holds the
+            # connections reported one by one and in flows (docs/metrics.md)
         else:
             self._add_lifecycle(pair, ev, client_view, counts, peer_watched)
         self._series += pair.series() - before
@@ -298,23 +312,38 @@ class TrafficMetrics(Collector):
     def _add_lifecycle(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool, peer_watched: bool) -> None:
         lc = ev.lifecycle
         pair.retransmits += lc.retransmits  # this socket's own segments: never the peer's
+        established = self._add_outcome(pair, lc, 1, lc.tx_bytes, lc.rx_bytes, client_view, counts, peer_watched)
+        if counts and established:
+            bucket = _FLOW_TO_BUCKET[log2_bucket(lc.duration_ns // 1000)]
+            pair.observe_duration(bucket, 1, lc.duration_ns / 1e9)
+
+    def _add_outcome(
+        self,
+        pair: _Pair,
+        lc: Lifecycle,
+        n: int,
+        sent: int,
+        received: int,
+        client_view: bool,
+        counts: bool,
+        peer_watched: bool,
+    ) -> bool:
+        """n connections that ended as lc says (one socket's lifecycle, or an aggregate's key) with these
+        bytes in all: their resets, and (when this socket counts the connection) outcome and bytes.
+        Returns whether they were established."""
         established, outcome = classify(lc, client_view)
         if established and lc.ending == RESET_SENT:
             sender = "client" if client_view else "server"
             k = (sender, reset_reason(lc))
-            pair.resets[k] = pair.resets.get(k, 0) + 1
+            pair.resets[k] = pair.resets.get(k, 0) + n
         elif established and lc.ending == RESET_RECEIVED and not peer_watched:
             k = ("server" if client_view else "client", "UNKNOWN")  # the sender's agent would know
-            pair.resets[k] = pair.resets.get(k, 0) + 1
-        if not counts:
-            return
-        pair.outcomes[outcome] = pair.outcomes.get(outcome, 0) + 1
-        sent, received = lc.tx_bytes, lc.rx_bytes
-        pair.bytes_c2s += sent if client_view else received
-        pair.bytes_s2c += received if client_view else sent
-        if established:
-            bucket = _FLOW_TO_BUCKET[log2_bucket(lc.duration_ns // 1000)]
-            pair.observe_duration(bucket, 1, lc.duration_ns / 1e9)
+            pair.resets[k] = pair.resets.get(k, 0) + n
+        if counts:
+            pair.outcomes[outcome] = pair.outcomes.get(outcome, 0) + n
+            pair.bytes_c2s += sent if client_view else received
+            pair.bytes_s2c += received if client_view else sent
+        return established
 
     def _add_flow(self, pair: _Pair, ev: TcpEvent, client_view: bool, counts: bool) -> None:
         f = ev.flow
@@ -426,7 +455,10 @@ def _same_host(ev: TcpEvent) -> bool:
 def _adds_for_peer(ev: TcpEvent) -> bool:
     """Whether a server's event whose client is watched still adds something: its own retransmitted
     segments or a RST it sent (a flow never has either)."""
-    if ev.WhichOneof("kind") != "lifecycle":
+    which = ev.WhichOneof("kind")
+    if which == "anomalies":
+        return ev.anomalies.retransmits > 0 or ev.anomalies.ending == RESET_SENT
+    if which != "lifecycle":
         return False
     return ev.lifecycle.retransmits > 0 or ev.lifecycle.ending == RESET_SENT
 

@@ -13,8 +13,9 @@ own views hold that are neither joined to a client's socket nor C's straight to 
           - (C's flows straight to S:9000) - (C's lone lifecycles straight to S:9000)
 
 V_k holds k's share of T, plus the connections that were ordinary at k but not at C (C's socket is a
-lone lifecycle through s, counted under the Service row already: a client-side retransmit, say), of
-which there are at most L_s (C's lone established lifecycles through s). So k's share of T is at
+lone lifecycle through s, or in C's anomaly aggregates through s, counted under the Service row
+already: a client-side retransmit, say), of which there are at most L_s (C's lone established
+lifecycles and aggregated anomalies through s). So k's share of T is at
 least V_k - L_s, and exactly V_k when L_s is 0, which is every connection that both ends saw alike.
 The split moves max(0, V_k - L_s) of T from the Service row to the row (C, backend, via s); what is
 left under the Service row is the connections whose backend is not known (a backend on a node no
@@ -45,7 +46,8 @@ class SplitCounts:
     used: dict[str, set[ServiceRef]] = field(default_factory=dict)
     """client address -> the Service ports its flows or its sockets named"""
     lone_via: dict[tuple[str, ServiceRef], int] = field(default_factory=dict)
-    """(client address, Service port) -> its lone established client lifecycles through it (L)"""
+    """(client address, Service port) -> its lone established client lifecycles through it and the
+    connections of its anomaly aggregates through it (L)"""
     at_backend: dict[FlowKey, int] = field(default_factory=dict)
     """backend key -> connections in its flows and its lone lifecycles the client aggregated"""
     backend_of: dict[FlowKey, set[ServiceRef]] = field(default_factory=dict)
@@ -61,6 +63,12 @@ class SplitCounts:
         self.used.setdefault(client, set()).add(ref)
         if lone_established:
             self.lone_via[(client, ref)] = self.lone_via.get((client, ref), 0) + 1
+
+    def add_unjoined(self, client: str, ref: ServiceRef, connections: int) -> None:
+        """Client-side connections through a Service counted without an id (anomaly aggregates):
+        like lone lifecycles, their backends' ends may be in the backends' flows."""
+        self.used.setdefault(client, set()).add(ref)
+        self.lone_via[(client, ref)] = self.lone_via.get((client, ref), 0) + connections
 
     def add_backend(self, key: FlowKey, connections: int, services: Iterable[ServiceRef]) -> None:
         self.at_backend[key] = self.at_backend.get(key, 0) + connections

@@ -221,7 +221,8 @@ class FlowRow:
 
 @dataclass(frozen=True)
 class SocketRow:
-    """A reset or error event that no connection took, shown as the per-socket view shows it."""
+    """A reset or error event that no connection took, or an anomaly aggregate, shown as the
+    per-socket view shows it."""
 
     event: TcpEvent
     verdict: resetcause.Verdict | None = None
@@ -314,6 +315,8 @@ class ConnectionRows:
             self._add_flow(ev, now, out)
         elif kind in ("reset", "socket_error"):
             self._add_evidence(ev, now, received, out)
+        elif kind == "anomalies":  # past the agent's budget: a row of its own, with its exemplars' cause
+            out.append(SocketRow(ev, self.join.aggregate_verdict(ev)))
         out += self._release_due(now)
         return out
 

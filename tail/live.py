@@ -5,10 +5,12 @@ By default (`--rows connection`) the view prints one row per connection when it 
 events joined (tail/connections.py: client and server, the Service it went through, how it ended,
 who sent the reset and why, duration, bytes), and one row per pair per flow interval for the
 ordinary connections the agents aggregate, each counted once (from the client's flows, as the
-summary counts them). `--rows socket` prints each socket's events as the agent's `--stdout` does: lifecycles,
-resets, socket errors and flows by default; state changes, retransmits, SYN-ACK retransmits and
-probes on request (`--kind state,...` or `--kind all`, which choose socket rows by themselves: those
-kinds have no connection row).
+summary counts them); the anomalies the agents aggregated past their budget print as their own rows
+(one per key and interval, with their exemplars' reset cause). `--rows socket` prints each socket's
+events as the agent's `--stdout` does: lifecycles, resets, socket errors, flows and anomaly
+aggregates by default; state changes, retransmits, SYN-ACK retransmits and probes on request
+(`--kind state,...` or `--kind all`, which choose socket rows by themselves: those kinds have no
+connection row).
 
 Events reach a reader out of order: each agent sends a batch every half second or so, the collector
 publishes batches to several partitions, and a consumer gets each poll's records partition by
@@ -164,7 +166,9 @@ class LiveView:
         shown = self._shown(ev)
         held, done = self.resets.add(ev, int(now * 1e9), shown)
         if shown and not held:
-            self.order.push(event_ns(ev), now, self.render(ev, None))
+            # received RSTs past the budget: the cause of their exemplars' class (docs/reset-cause.md)
+            verdict = self.resets.join.aggregate_verdict(ev)
+            self.order.push(event_ns(ev), now, self.render(ev, verdict))
         self._take(done, now)
         return list(self.order.ready(now))
 

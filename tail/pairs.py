@@ -57,6 +57,7 @@ class PairSummary:
     retransmits: int = 0
     failed: int = 0
     flow_connections: int = 0  # of `connections`, those counted from flows (aggregated ordinary ones)
+    aggregated_connections: int = 0  # connections counted from anomaly aggregates (past the agents' budget)
     server_ports: set[int] = field(default_factory=set)
     client_reset_reasons: dict[str, int] = field(default_factory=dict)
     server_reset_reasons: dict[str, int] = field(default_factory=dict)
@@ -79,6 +80,7 @@ class PairSummary:
         for c in COUNTERS:
             out[c] = getattr(self, c)
         out["flow_connections"] = self.flow_connections
+        out["aggregated_connections"] = self.aggregated_connections
         out["server_ports"] = sorted(self.server_ports)
         out["client_reset_reasons"] = dict(sorted(self.client_reset_reasons.items()))
         out["server_reset_reasons"] = dict(sorted(self.server_reset_reasons.items()))

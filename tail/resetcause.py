@@ -48,6 +48,9 @@ from dataclasses import dataclass, field
 
 from tcpscope.losses import definite_total, possible_total
 from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    ANOMALY_LIFECYCLE,
+    ANOMALY_RESET_RECEIVED,
     NEW_SYN_RECV,
     RECEIVED,
     RESET_RECEIVED,
@@ -493,6 +496,36 @@ class ResetJoin:
             return min(near, key=lambda x: abs(x.start_ns - start), default=None)
         before = [x for x in lives if x.start_ns <= r.time_ns + self.window_ns]
         return max(before, key=lambda x: x.start_ns, default=None)
+
+    def aggregate_verdict(self, ev: TcpEvent, now_ns: int | None = None) -> Verdict | None:
+        """Who sent the RSTs an AnomalyAggregate counts past the budget (received RSTs, or lifecycles
+        that ended RESET_RECEIVED): they have no socket or time of their own to join on, so they take
+        the cause of their exemplars' class: the most common verdict among the received RSTs of the
+        same key (the same local and remote address and server port) reported one by one in the
+        aggregate's interval. `unknown/no_exemplar` when none was; None for other events."""
+        if ev.WhichOneof("kind") != "anomalies":
+            return None
+        a = ev.anomalies
+        if not (a.kind == ANOMALY_RESET_RECEIVED or (a.kind == ANOMALY_LIFECYCLE and a.ending == RESET_RECEIVED)):
+            return None
+        if a.state == SYN_SENT:
+            return Verdict(PEER_KERNEL, "refused")
+        active = a.role == ACTIVE
+        port = ev.remote.port if active else ev.local.port
+        last = a.last.ToNanoseconds()
+        lo = last - a.interval_ns - self.window_ns if a.interval_ns else 0
+        votes: dict[Verdict, int] = {}
+        for rs in self._received.values():
+            for r in rs:
+                if r.local[0] != ev.local.ip or r.remote[0] != ev.remote.ip or not lo <= r.time_ns <= last:
+                    continue
+                if (r.remote[1] if active else r.local[1]) != port:
+                    continue
+                v = self.classify(r)
+                votes[v] = votes.get(v, 0) + 1
+        if not votes:
+            return Verdict(UNKNOWN, "no_exemplar")
+        return max(votes, key=lambda v: (votes[v], v.label))
 
     def classify_all(self) -> list[tuple[ReceivedReset, Verdict]]:
         return [(r, self.classify(r)) for r in self.received()]

@@ -29,6 +29,14 @@ a second connection. Where the backends' flows say which Service ports they are 
 backend (tail/backend_split.py): each backend's row (client, backend, via Service) gets its share,
 and the Service row keeps only the connections whose backend is not known.
 
+Anomalies past the agents' budget (TcpEvent.anomalies, AnomalyAggregate: lifecycles counted in the
+kernel per key beside a few exemplars sent one by one) are counted like flows, per (client address,
+server address, server port), `count` connections each with the outcome their key says: the
+client's when the client's agent reported anything for that triple, else the server's. A server's
+individual lifecycle whose client counted the triple in aggregates and that ended other than ok
+is in those aggregates (the client saw the same end) and is not counted again. Their resets take
+the cause of their exemplars' class (tail/resetcause.py, `aggregate_verdict`).
+
 Counters, each counting connections:
 - connections: established connections (handshake completed)
 - client_resets: established, then aborted by the client (client sent the RST)
@@ -57,10 +65,11 @@ from tail.pairs import COUNTERS, PairSummary, Party
 from tail.servicemap import render_dot
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.losses import UNTRACKED_TOTAL, add_counts, definite_total, possible_text, possible_total, untracked_total
-from tcpscope.outcome import classify, is_duplicate_child, reset_reason
+from tcpscope.outcome import aggregate_lifecycle, classify, is_duplicate_child, reset_reason
 from tcpscope.settings import number
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
+    ANOMALY_LIFECYCLE,
     LISTEN,
     NODE,
     PASSIVE,
@@ -68,6 +77,7 @@ from tcpscope.v1.events_pb2 import (
     Endpoint,
     EndpointKind,
     EventBatch,
+    Lifecycle,
     TcpEvent,
 )
 
@@ -105,6 +115,8 @@ class Summarizer:
     _held: int = field(default=0, init=False)
     # flows by (client ip, server ip, server port): (the client's flows, the server's flows)
     _flows: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
+    # aggregated anomalous lifecycles (TcpEvent.anomalies), keyed as the flows
+    _aggs: dict[tuple[str, str, int], tuple[list[TcpEvent], list[TcpEvent]]] = field(default_factory=dict, init=False)
     resets: resetcause.ResetJoin = field(default_factory=resetcause.ResetJoin, init=False)
     """Who sent each received reset: fed every event (and batch losses, `add_batch`)."""
     skipped: dict[str, int] = field(default_factory=dict, init=False)
@@ -126,6 +138,10 @@ class Summarizer:
         kind = ev.WhichOneof("kind")
         if kind == "flow":
             self._add_flow(ev)
+            return
+        if kind == "anomalies":
+            if ev.anomalies.kind == ANOMALY_LIFECYCLE:
+                self._add_aggregate(ev)
             return
         if kind != "lifecycle":
             return
@@ -174,6 +190,21 @@ class Summarizer:
         self._flows.setdefault(key, ([], []))[side].append(ev)
         self._held += 1
 
+    def _add_aggregate(self, ev: TcpEvent) -> None:
+        a = ev.anomalies
+        if a.role == ACTIVE:
+            key, side = (ev.local.ip, ev.remote.ip, ev.remote.port), 0
+        elif a.role == PASSIVE:
+            key, side = (ev.remote.ip, ev.local.ip, ev.local.port), 1
+        else:
+            self._skip("no_role")
+            return
+        if self._held >= self.max_sockets:
+            self._skip("over_capacity")
+            return
+        self._aggs.setdefault(key, ([], []))[side].append(ev)
+        self._held += 1
+
     def add_all(self, events: Iterable[TcpEvent]) -> None:
         for ev in events:
             self.add(ev)
@@ -207,10 +238,17 @@ class Summarizer:
             sflows[:] = [f for f in sflows if f.flow.last_close.ToNanoseconds() >= cutoff_ns]
             if not cflows and not sflows:
                 del self._flows[fkey]
+        for akey in list(self._aggs):
+            caggs, saggs = self._aggs[akey]
+            caggs[:] = [x for x in caggs if x.anomalies.last.ToNanoseconds() >= cutoff_ns]
+            saggs[:] = [x for x in saggs if x.anomalies.last.ToNanoseconds() >= cutoff_ns]
+            if not caggs and not saggs:
+                del self._aggs[akey]
         self._held = (
             sum(len(c) + len(s) for c, s in self._views.values())
             + sum(len(c) + len(s) for c, s in self._by_id.values())
             + sum(len(c) + len(s) for c, s in self._flows.values())
+            + sum(len(c) + len(s) for c, s in self._aggs.values())
         )
         self.resets.evict_before(cutoff_ns - self.resets.window_ns)
 
@@ -256,34 +294,50 @@ class Summarizer:
 
         client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
         flow_clients = {k[0] for k in client_flows}  # client addresses whose agent reported flows
+        client_aggs = {k for k, (ca, _sa) in self._aggs.items() if ca}
         conns: list[tuple[_View | None, _View | None, bool]] = []
         for cv, sv in self.connections():
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
                 continue
+            triple = (sv.client_end.ip, sv.server_end.ip, sv.server_end.port) if sv is not None else None
             absorbed = (
                 cv is None
                 and sv is not None
                 and (
-                    _key(sv) in client_flows
+                    triple in client_flows
+                    or triple in client_aggs
                     # with an id, the client's own socket would have joined it: the client's agent
                     # (which reports flows) aggregated it, maybe under a Service's address
                     or (sv.event.connection_id != 0 and sv.client_end.ip in flow_clients)
                 )
             )
+            if absorbed and triple in client_aggs and sv is not None and not _ok(sv.event.lifecycle):
+                continue  # in the client's aggregates: the client saw this end too
             conns.append((cv, sv, absorbed))
-        by_backend = split(self._split_counts(conns, cutoff))
+        by_backend = split(self._split_counts(conns, cutoff, client_aggs))
         for cv, sv, absorbed in conns:
             client, server, via = self._connection_parties(cv, sv)
             if absorbed and sv is not None and via is None and _key(sv) in by_backend.via:
                 via = _via_party(by_backend.via[_key(sv)])  # its client's flow went through that Service
             _count(row_for(client, server, via), cv, sv, absorbed, self.reset_cause(cv, sv))
-        emptied = self._count_flows(row_for, cutoff, flow_clients, by_backend, conns)
-        return [r for r in rows.values() if id(r) not in emptied]
+        moved_from = self._count_flows(row_for, cutoff, flow_clients, by_backend, conns)
+        client_seen = client_flows | client_aggs
+        client_seen |= {(v.client_end.ip, v.server_end.ip, v.server_end.port) for v, _ in self.connections() if v}
+        self._add_aggregates(row_for, client_seen, cutoff)
+        # a Service row the split left with nothing: every connection's backend is known
+        return [r for r in rows.values() if id(r) not in moved_from or any(getattr(r, c) for c in COUNTERS)]
 
-    def _split_counts(self, conns: list[tuple[_View | None, _View | None, bool]], cutoff: int | None) -> SplitCounts:
+    def _split_counts(
+        self,
+        conns: list[tuple[_View | None, _View | None, bool]],
+        cutoff: int | None,
+        client_aggs: set[tuple[str, str, int]],
+    ) -> SplitCounts:
         """What tail/backend_split.py needs: the clients' flows to Services and straight to backends,
-        the backends' flows and the lone views, in the window."""
+        the backends' flows and the lone views their clients counted in flows, in the window; and
+        the clients' anomaly aggregates through a Service, whose backends' ends may be in the
+        backends' flows or lone lifecycles."""
         counts = SplitCounts()
         for key, (cflows, sflows) in self._flows.items():
             for f in (f for f in cflows if _in_window(f, cutoff)):
@@ -293,6 +347,10 @@ class Summarizer:
                     counts.add_direct(key, f.flow.connections)
             for f in (f for f in sflows if _in_window(f, cutoff)):
                 counts.add_backend(key, f.flow.connections, _refs(f.local))
+        for key, (caggs, _saggs) in self._aggs.items():
+            for ev in caggs:
+                if ev.remote.kind == SERVICE and (cutoff is None or ev.anomalies.last.ToNanoseconds() >= cutoff):
+                    counts.add_unjoined(key[0], _ref(ev.remote), ev.anomalies.count)
         for cv, sv, absorbed in conns:
             if cv is not None:
                 lone_established = sv is None and classify(cv.event.lifecycle, True)[0]
@@ -300,7 +358,7 @@ class Summarizer:
                     counts.add_client_socket(cv.client_end.ip, _ref(cv.event.remote), lone_established)
                 elif lone_established:
                     counts.add_direct(_key(cv), 1)
-            elif absorbed and sv is not None:
+            elif absorbed and sv is not None and _key(sv) not in client_aggs:
                 counts.add_backend(_key(sv), 1, _refs(sv.event.local))
         return counts
 
@@ -317,7 +375,7 @@ class Summarizer:
         address (a NodePort's SNAT, or a process on that node) are first matched against the flows
         watched clients sent to that node's address: those connections are counted already. Then
         the clients' flows to Services move to their backends' rows as `by_backend` splits them.
-        Returns the ids of the Service rows that move left with nothing (not shown)."""
+        Returns the ids of the Service rows the split moved connections from."""
         service_rows: dict[tuple[str, ServiceRef], PairSummary] = {}
         snat: dict[str, int] = {}
         for cflows, _ in self._flows.values():
@@ -352,14 +410,13 @@ class Summarizer:
     ) -> set[int]:
         """Move each backend's share of a client's flows to a Service from the Service's row to the
         row (client, backend, via the Service): the rows a joined connection of theirs counts in.
-        Returns the ids of the Service rows left with nothing: every connection's backend is known."""
-        emptied: set[int] = set()
+        Returns the ids of the Service rows it moved connections from."""
+        moved_from: set[int] = set()
         for cs, n in by_backend.moved.items():
             row = service_rows[cs]
             row.connections -= n
             row.flow_connections -= n
-            if not any(getattr(row, c) for c in COUNTERS):
-                emptied.add(id(row))
+            moved_from.add(id(row))
         lone_servers = {_key(sv): sv for cv, sv, absorbed in conns if absorbed and sv is not None}
         for key, (ref, n) in sorted(by_backend.shares.items()):
             svc_row = service_rows[(key[0], ref)]
@@ -378,7 +435,88 @@ class Summarizer:
                 _seen(row, f.flow.first_close.ToNanoseconds(), f.flow.last_close.ToNanoseconds())
             if not flows:
                 _seen(row, svc_row.first_seen_ns, svc_row.last_seen_ns)
-        return emptied
+        return moved_from
+
+    def _add_aggregates(
+        self,
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
+        client_seen: set[tuple[str, str, int]],
+        cutoff: int | None,
+    ) -> None:
+        """The anomaly aggregates of each triple: the client's when its agent reported anything for the
+        triple, else the server's; and the server's retransmits its client could not see."""
+        for akey, (caggs, saggs) in self._aggs.items():
+            client_view = akey in client_seen
+            for ev in caggs if client_view else saggs:
+                if cutoff is None or ev.anomalies.last.ToNanoseconds() >= cutoff:
+                    self._count_aggregate(row_for, ev, client_view, akey[2])
+            if not client_view:
+                continue
+            for ev in saggs:  # an ordinary-looking end on the server that retransmitted
+                a = ev.anomalies
+                if (
+                    a.retransmitted
+                    and _ok(aggregate_lifecycle(a))
+                    and (cutoff is None or a.last.ToNanoseconds() >= cutoff)
+                ):
+                    self._count_aggregate(row_for, ev, False, akey[2], only_retransmits=True)
+
+    def _count_aggregate(
+        self,
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
+        ev: TcpEvent,
+        client_view: bool,
+        port: int,
+        only_retransmits: bool = False,
+    ) -> None:
+        """Add an AnomalyAggregate of lifecycles: `count` connections with its key's outcome."""
+        a = ev.anomalies
+        row = row_for(*self._aggregate_parties(ev, port))
+        if only_retransmits:
+            row.retransmits += a.count
+            return
+        row.aggregated_connections += a.count
+        row.server_ports.add(port)
+        first, last = a.first.ToNanoseconds(), a.last.ToNanoseconds()
+        row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+        row.last_seen_ns = max(row.last_seen_ns, last)
+        lc = aggregate_lifecycle(a)
+        established, outcome = classify(lc, client_view)
+        cause = self.resets.aggregate_verdict(ev)
+        if cause is not None:
+            by = row.reset_causes.setdefault(cause.cause, {})
+            by[cause.detail] = by.get(cause.detail, 0) + a.count
+        if not established:
+            field_name = {"refused": "refused", "timeout": "timeouts"}.get(outcome, "failed")
+            setattr(row, field_name, getattr(row, field_name) + a.count)
+            return
+        row.connections += a.count
+        if cause is not None and cause.cause == resetcause.NETWORK:
+            row.network_resets += a.count
+        elif outcome in ("client_reset", "server_reset"):
+            setattr(row, outcome + "s", getattr(row, outcome + "s") + a.count)
+            reasons = row.client_reset_reasons if outcome == "client_reset" else row.server_reset_reasons
+            sender_view = client_view == (outcome == "client_reset")  # the aggregate is the sender's own
+            key = reset_reason(lc) if sender_view else "UNKNOWN"
+            reasons[key] = reasons.get(key, 0) + a.count
+        elif outcome == "timeout":
+            row.timeouts += a.count
+        if a.retransmitted:
+            row.retransmits += a.count
+
+    def _aggregate_parties(self, ev: TcpEvent, port: int) -> tuple[Party, Party, Party | None]:
+        """(client, server, via) of an AnomalyAggregate's connections, as a flow's."""
+        if ev.anomalies.role == ACTIVE:
+            client, server = self._party(ev.local, None, ev.process.comm), self._party(None, ev.remote)
+        else:
+            client = self._party(None, ev.remote)
+            server = self._party(ev.local, None, ev.process.comm, server=True)
+        if client.kind == "PROCESS" and server.kind == "UNRESOLVED" and not server.port:
+            server = dataclasses.replace(server, port=port)
+        via = None
+        if ev.anomalies.role == ACTIVE and ev.remote.kind == SERVICE:
+            via = dataclasses.replace(self._party(None, ev.remote), port=ev.remote.port)
+        return client, server, via
 
     def _connection_parties(self, cv: _View | None, sv: _View | None) -> tuple[Party, Party, Party | None]:
         """(client, server, via) of one connection: via is the Service (or node port) the client
@@ -435,6 +573,11 @@ class Summarizer:
         if self.by == "workload" and ep.workload.name:
             return Party(ep.namespace, ep.workload.name, ep.workload.kind or "Workload")
         return Party(ep.namespace, ep.name, EndpointKind.Name(ep.kind))
+
+
+def _ok(lc: Lifecycle) -> bool:
+    """Ended normally (no reset, no error): an end whose peer may have seen nothing unusual."""
+    return lc.ending == 1 and lc.errno == 0
 
 
 def _key(v: _View) -> FlowKey:

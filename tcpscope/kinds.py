@@ -9,7 +9,8 @@ tcpscope-sim `--show` parse their lists with `parse_view` (tail/live.py, the liv
 State changes (several events per connection) and probes are on request only, in the agent and in
 the view; retransmits and SYN-ACK retransmits are reported by default but shown on request; flows
 are no agent `--events` kind: ordinary connections become flows by `--connections`, and the view
-shows them by default.
+shows them by default; nor are anomaly aggregates (`anomalies`), made past the agent's
+`--anomaly-budget`, shown by default.
 """
 
 from __future__ import annotations
@@ -35,8 +36,11 @@ RESET = Kind("reset", "reset", agent=True, agent_default=True, view_default=True
 ERROR = Kind("error", "socket_error", agent=True, agent_default=True, view_default=True, connection_rows=True)
 PROBE = Kind("probe", "probe", agent=True, agent_default=False, view_default=False)
 FLOW = Kind("flow", "flow", agent=False, agent_default=False, view_default=True, connection_rows=True)
+# anomalies past the agent's budget (bpf/anomaly.h), counted in the kernel per key: made by the budgets,
+# not by an --events kind; shown by default, in connection rows as rows of their own
+ANOMALIES = Kind("anomalies", "anomalies", agent=False, agent_default=False, view_default=True, connection_rows=True)
 
-KINDS: tuple[Kind, ...] = (LIFECYCLE, STATE, RETRANSMIT, SYNACK, RESET, ERROR, PROBE, FLOW)
+KINDS: tuple[Kind, ...] = (LIFECYCLE, STATE, RETRANSMIT, SYNACK, RESET, ERROR, PROBE, FLOW, ANOMALIES)
 """Every kind, in the order help texts list them."""
 
 FIELDS: dict[str, str] = {k.name: k.field for k in KINDS}

@@ -14,6 +14,7 @@ from tcpscope.v1.events_pb2 import (
     SYN_RECV,
     SYN_SENT,
     TCP_STATE_UNSPECIFIED,
+    AnomalyAggregate,
     Lifecycle,
 )
 
@@ -63,6 +64,21 @@ def classify(lc: Lifecycle, client_view: bool, peer_seen: bool = False) -> tuple
     if lc.ending == ERROR and lc.errno == ETIMEDOUT:
         return True, "timeout"
     return True, "ok"
+
+
+def aggregate_lifecycle(a: AnomalyAggregate) -> Lifecycle:
+    """The Lifecycle every connection of an AnomalyAggregate of lifecycles shares (its key: role,
+    ending, errno, last state, reset reason, whether it retransmitted), for `classify`."""
+    return Lifecycle(
+        role=a.role,
+        ending=a.ending,
+        errno=a.errno,
+        errno_name=a.errno_name,
+        last_state=a.state,
+        retransmits=1 if a.retransmitted else 0,
+        reset_reason=a.reason,
+        reset_reason_name=a.reason_name,
+    )
 
 
 def reset_reason(lc: Lifecycle) -> str:

@@ -19,7 +19,19 @@ from typing import Any, Protocol
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from tcpscope.v1.events_pb2 import Direction, Ending, Role, TcpEvent, TcpState
+from tcpscope.v1.events_pb2 import (
+    ANOMALY_LIFECYCLE,
+    ANOMALY_RESET_RECEIVED,
+    ANOMALY_RESET_SENT,
+    ANOMALY_RETRANSMIT,
+    ANOMALY_SOCKET_ERROR,
+    ANOMALY_SYNACK_RETRANSMIT,
+    Direction,
+    Ending,
+    Role,
+    TcpEvent,
+    TcpState,
+)
 
 _TYPE_INT64 = {
     FieldDescriptor.TYPE_INT64,
@@ -143,6 +155,7 @@ _KNOWN = {
         "socket_error",
         "probe",
         "flow",
+        "anomalies",
     ],
     "Endpoint": [
         "ip",
@@ -356,7 +369,8 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
     if kind == "retransmit":
         return "RETRANS", f"state={_STATE.get(ev.retransmit.state, ev.retransmit.state)}"
     if kind == "synack_retransmit":
-        return "SYNACK_RTX", ""
+        n = ev.synack_retransmit.request_retransmit
+        return "SYNACK_RTX", f"request_retransmit={n}" if n else ""
     if kind == "reset":
         r = ev.reset
         d = f"state={_STATE.get(r.state, r.state)}"
@@ -375,6 +389,8 @@ def _details(ev: TcpEvent) -> tuple[str, str]:
             f"role={_ROLE.get(fl.role, fl.role)} conns={fl.connections} tx={fl.tx_bytes} "
             f"rx={fl.rx_bytes} {flow_latency_text(fl)} every={duration_text(fl.interval_ns)}"
         )
+    if kind == "anomalies":
+        return "AGGREGATED", anomaly_details(ev.anomalies)
     return "?", ""
 
 
@@ -403,6 +419,37 @@ def flow_latency_text(fl: Any) -> str:
     p50, p99 = duration_quantile_us(fl, 0.5), duration_quantile_us(fl, 0.99)
     mean = duration_text(fl.duration_sum_ns / fl.connections)
     return f"mean={mean} p50<{duration_text(p50 * 1e3)} p99<{duration_text(p99 * 1e3)}"
+
+
+# an AnomalyAggregate's kind, as the EVENT column names the events it stands for
+ANOMALY_EVENT: dict[int, str] = {
+    ANOMALY_LIFECYCLE: "LIFECYCLE",
+    ANOMALY_RETRANSMIT: "RETRANS",
+    ANOMALY_SYNACK_RETRANSMIT: "SYNACK_RTX",
+    ANOMALY_RESET_SENT: "RST_SENT",
+    ANOMALY_RESET_RECEIVED: "RST_RECV",
+    ANOMALY_SOCKET_ERROR: "ERROR",
+}
+
+
+def anomaly_details(a: Any) -> str:
+    """An AnomalyAggregate in a few words: what, how many past the budget (and how many were sent as
+    events), and the key's why (state, ending, errno, reason, flags)."""
+    d = f"{ANOMALY_EVENT.get(a.kind, '?')} x{a.count} (+{a.exemplars} as events)"
+    if a.kind == ANOMALY_LIFECYCLE:
+        d += f" role={_ROLE.get(a.role, a.role)} end={_ENDING.get(a.ending, a.ending)}"
+    if a.state:
+        d += f" state={_STATE.get(a.state, a.state)}"
+    if a.errno:
+        d += f" errno={a.errno_name or a.errno}"
+    if a.reason_name:
+        d += f" reason={a.reason_name}"
+    flags = [n for n in ("retransmitted", "first_of_request", "no_socket", "coarse") if getattr(a, n)]
+    if flags:
+        d += " " + ",".join(flags)
+    if a.kind == ANOMALY_LIFECYCLE:
+        d += f" tx={a.tx_bytes} rx={a.rx_bytes}"
+    return d + f" every={duration_text(a.interval_ns)}"
 
 
 def duration_quantile_us(fl: Any, q: float) -> float:

@@ -19,7 +19,7 @@ import pytest
 from agent import config as agent_config
 from agent.config import AgentConfig, ConfigError
 from agent.export import exporter
-from agent.kernel import decode, flows
+from agent.kernel import anomalies, decode, flows
 from agent.kernel.probe import Plan
 from collector import config as collector_config
 from collector.config import CollectorConfig
@@ -28,7 +28,7 @@ from tail import cli as tail
 from tcpscope import kafka_layout, kinds
 from tcpscope.kafka_client import KafkaSecurity
 from tcpscope.settings import flag_name, help_text
-from tcpscope.v1.events_pb2 import Ending, Role, TcpEvent, TcpState
+from tcpscope.v1.events_pb2 import AnomalyKind, Ending, Role, TcpEvent, TcpState
 from tcpscope_sim import __main__ as sim_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,8 +65,9 @@ def test_the_kinds_table_is_the_protobuf_oneof() -> None:
     oneof = [f.name for f in TcpEvent.DESCRIPTOR.oneofs_by_name["kind"].fields]
     assert sorted(kinds.FIELDS.values()) == sorted(oneof)  # every event kind has a name, one each
     assert len(set(kinds.FIELDS)) == len(kinds.KINDS)
-    # flows are the one kind the kernel program does not report by --events (bpf/flow.h, --connections)
-    assert [k.name for k in kinds.KINDS if not k.agent] == ["flow"]
+    # flows and anomaly aggregates are the kinds the kernel program does not report by --events: made by
+    # --connections (bpf/flow.h) and by the anomaly budgets (bpf/anomaly.h)
+    assert [k.name for k in kinds.KINDS if not k.agent] == ["flow", "anomalies"]
 
 
 def _help(print_help: Callable[[], object], capsys: pytest.CaptureFixture[str]) -> str:
@@ -145,6 +146,23 @@ def test_schema_version_is_defined_once() -> None:
     assert vars(exporter)["SCHEMA_VERSION"] == kafka_layout.SCHEMA_VERSION
     source = Path(exporter.__file__).read_text()
     assert not re.search(r"^SCHEMA_VERSION\s*=", source, re.M)
+
+
+def test_anomaly_kinds_are_the_event_kinds_a_budget_applies_to() -> None:
+    """Every kind the kernel aggregates past a budget (bpf/anomaly.h) has its AnomalyKind, named as its
+    event kind; state changes and probes are never anomalies, lifecycles only when not ordinary."""
+    evs = _defines("events.h", "EV_")
+    names = {"LIFECYCLE": "LIFECYCLE", "RETRANSMIT": "RETRANSMIT", "SYNACK": "SYNACK_RETRANSMIT"}
+    names |= {"RESET_SENT": "RESET_SENT", "RESET_RECEIVED": "RESET_RECEIVED", "SOCKET_ERROR": "SOCKET_ERROR"}
+    assert {evs[k]: AnomalyKind.Value(f"ANOMALY_{v}") for k, v in names.items()} == decode.KIND_OF_EVENT
+    assert set(AnomalyKind.values()) == {0, *decode.KIND_OF_EVENT.values()}
+
+
+def test_anomaly_counters_match_anomalies() -> None:
+    counters = _defines("events.h", "ANOMC_")
+    count = counters.pop("NCOUNTS")
+    assert len(anomalies.ANOMALY_COUNTERS) == count
+    assert {name: anomalies.ANOMALY_COUNTERS[i] for name, i in counters.items()} == {n: n.lower() for n in counters}
 
 
 def test_kafka_security_is_one_definition_for_the_collector_and_the_readers(

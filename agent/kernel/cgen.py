@@ -116,7 +116,32 @@ def offset_flags(offsets: Sequence[tuple[str, int]]) -> list[str]:
         flags.append("-DCGROUP_ANCESTOR_IDS=1")
     if off.get("_SOCK_CGROUP_UNION"):
         flags.append("-DSOCK_CGROUP_UNION=1")
+    flags += tcp_span_flags(off)
     return flags
+
+
+# the tcp_sock counters a socket's CLOSE reads (bpf/lifecycle.h snapshot_close): offset macro, size
+TCP_COUNTERS: tuple[tuple[str, int], ...] = (
+    ("OFF_WRITE_SEQ", 4),
+    ("OFF_SND_UNA", 4),
+    ("OFF_RCV_NXT", 4),
+    ("OFF_BYTES_RECEIVED", 8),
+    ("OFF_BYTES_ACKED", 8),
+)
+TCP_SPAN_MAX = 256
+
+
+def tcp_span_flags(off: dict[str, int]) -> list[str]:
+    """TCP_SPAN_OFF/TCP_SPAN_LEN when the CLOSE counters lie within TCP_SPAN_MAX bytes of each other
+    (6.8+ groups them in tcp_sock's cache-line groups): one read of the span instead of five."""
+    if any(name not in off for name, _ in TCP_COUNTERS):
+        return []
+    lo = min(off[name] for name, _ in TCP_COUNTERS)
+    hi = max(off[name] + size for name, size in TCP_COUNTERS)
+    length = -(-(hi - lo) // 8) * 8
+    if length > TCP_SPAN_MAX:
+        return []
+    return [f"-DTCP_SPAN_OFF={lo}", f"-DTCP_SPAN_LEN={length}"]
 
 
 def map_flags(*, socket_key: int, max_sockets: int, probe_sample: int, ringbuf_pages: int | None) -> list[str]:
@@ -142,6 +167,16 @@ def flow_flags(*, connections: str, max_flows: int, spill_per_cpu: int) -> list[
     """bpf/flow.h's switches, for a plan with the flow maps on."""
     mode = "-DAGGREGATE=1" if connections == "aggregate" else f"-DSPILL_PER_CPU={spill_per_cpu}"
     return [f"-DMAX_FLOWS={max_flows}", mode]
+
+
+def anomaly_flags(*, budget: int, node_per_cpu: int, max_keys: int) -> list[str]:
+    """bpf/anomaly.h's switches, for a plan with the anomaly maps on (a zero budget is left out: no limit)."""
+    flags = [f"-DMAX_ANOMALY_KEYS={max_keys}"]
+    if budget > 0:
+        flags.append(f"-DANOMALY_BUDGET={budget}")
+    if node_per_cpu > 0:
+        flags.append(f"-DANOMALY_NODE_PER_CPU={node_per_cpu}")
+    return flags
 
 
 def filter_flags(*, netns_inum: int | None, cgroup_id: int | None, cgroup_level: int | None) -> list[str]:

@@ -17,7 +17,23 @@ from collections.abc import Mapping
 
 from agent.kernel.connid import ConnectionIds
 from tcpscope import kinds
-from tcpscope.v1.events_pb2 import AGGREGATE, PASSIVE, SPILL, Direction, Ending, Role, TcpEvent
+from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    AGGREGATE,
+    ANOMALY_LIFECYCLE,
+    ANOMALY_RESET_RECEIVED,
+    ANOMALY_RESET_SENT,
+    ANOMALY_RETRANSMIT,
+    ANOMALY_SOCKET_ERROR,
+    ANOMALY_SYNACK_RETRANSMIT,
+    PASSIVE,
+    RESET_SENT,
+    SPILL,
+    Direction,
+    Ending,
+    Role,
+    TcpEvent,
+)
 
 # (name, struct code) in the order of struct tcpscope_event
 EVENT_FIELDS: tuple[tuple[str, str], ...] = (
@@ -232,6 +248,7 @@ class Decoder:
             ev.retransmit.state = state
         elif kind == EV_SYNACK:
             ev.synack_retransmit.SetInParent()
+            ev.synack_retransmit.request_retransmit = retrans  # bpf/retransmit.h handle_synack()
         elif kind in (EV_RESET_SENT, EV_RESET_RECEIVED):
             rs = ev.reset
             rs.direction = _SENT if kind == EV_RESET_SENT else _RECEIVED
@@ -285,4 +302,97 @@ def decode_flow(decoder: Decoder, key: bytes, val: bytes, interval_ns: int, aggr
         stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
     fl.interval_ns = interval_ns
     fl.source = AGGREGATE if aggregate else SPILL
+    return ev
+
+
+# Anomalies past the budget (bpf/anomaly.h): the key and value of the anomaly maps
+ANOMALY_KEY_FIELDS: tuple[tuple[str, str], ...] = (
+    ("laddr", "16s"),
+    ("raddr", "16s"),
+    ("cgroup_id", "Q"),
+    ("netns", "I"),
+    ("err", "i"),
+    ("reason", "I"),
+    ("server_port", "H"),
+    ("family", "H"),
+    ("kind", "B"),
+    ("role", "B"),
+    ("state", "B"),
+    ("ending", "B"),
+    ("flags", "B"),
+    ("pad", "3s"),
+)
+ANOMALY_VAL_FIELDS: tuple[tuple[str, str], ...] = (
+    ("count", "Q"),
+    ("exemplars", "Q"),
+    ("first_ns", "Q"),
+    ("last_ns", "Q"),
+    ("tx_bytes", "Q"),
+    ("rx_bytes", "Q"),
+    ("duration_sum_ns", "Q"),
+    ("retransmits", "Q"),
+    ("pid", "I"),
+    ("pad", "I"),
+    ("comm", "16s"),
+)
+ANOMALY_KEY = struct.Struct("<" + "".join(c for _n, c in ANOMALY_KEY_FIELDS))
+ANOMALY_VAL = struct.Struct("<" + "".join(c for _n, c in ANOMALY_VAL_FIELDS))
+
+# bpf/events.h AK_*
+AK_ESTABLISHED, AK_RETRANSMITTED, AK_FIRST_SYNACK, AK_NO_SOCKET, AK_COARSE = 1, 2, 4, 8, 16
+# bpf/events.h EV_* -> tcpscope.v1.AnomalyKind (agent/kernel/anomalies.py reads the maps)
+KIND_OF_EVENT: dict[int, int] = {
+    EV_LIFECYCLE: ANOMALY_LIFECYCLE,
+    EV_RETRANSMIT: ANOMALY_RETRANSMIT,
+    EV_SYNACK: ANOMALY_SYNACK_RETRANSMIT,
+    EV_RESET_SENT: ANOMALY_RESET_SENT,
+    EV_RESET_RECEIVED: ANOMALY_RESET_RECEIVED,
+    EV_SOCKET_ERROR: ANOMALY_SOCKET_ERROR,
+}
+
+
+def decode_anomaly(decoder: Decoder, key: bytes, val: bytes, interval_ns: int) -> TcpEvent:
+    """One (anomaly_key, anomaly_val) pair -> a TcpEvent whose kind is `anomalies`."""
+    (laddr, raddr, cgroup_id, _netns, err, reason, server_port, family, kind, role, state, ending, flags, _pad) = (
+        ANOMALY_KEY.unpack_from(key)
+    )
+    (count, exemplars, first_ns, last_ns, tx, rx, dur_sum, retrans, pid, _vpad, comm) = ANOMALY_VAL.unpack_from(val)
+    ev = TcpEvent(node=decoder.node)
+    ev.time.seconds, ev.time.nanos = divmod(last_ns + decoder.offset_ns, 1_000_000_000)
+    coarse = bool(flags & AK_COARSE)
+    ev.local.ip = decoder.ip(family, laddr)
+    if not coarse:
+        ev.remote.ip = decoder.ip(family, raddr)
+        if role == ACTIVE:
+            ev.remote.port = server_port
+        else:
+            ev.local.port = server_port
+    ev.process.pid = pid
+    ev.process.comm = decoder.comm(comm)
+    ev.process.cgroup_id = cgroup_id
+    a = ev.anomalies
+    a.kind = KIND_OF_EVENT.get(kind, 0)  # type: ignore[assignment]
+    a.count = count
+    a.exemplars = exemplars
+    for ts, stamp in ((first_ns, a.first), (last_ns, a.last)):
+        stamp.seconds, stamp.nanos = divmod(ts + decoder.offset_ns, 1_000_000_000)
+    a.interval_ns = interval_ns
+    a.role = role
+    a.state = state
+    a.errno = err
+    a.errno_name = errno_name(err)
+    if kind == EV_RESET_SENT or (kind == EV_LIFECYCLE and ending == RESET_SENT):
+        a.reason = reason
+        a.reason_name = decoder.reason_name(reason)
+    if kind == EV_LIFECYCLE:
+        a.ending = ending
+        a.established = bool(flags & AK_ESTABLISHED)
+        a.retransmitted = bool(flags & AK_RETRANSMITTED)
+        a.tx_bytes = tx
+        a.rx_bytes = rx
+        a.duration_sum_ns = dur_sum
+        a.retransmits = retrans
+    a.first_of_request = bool(flags & AK_FIRST_SYNACK)
+    a.no_socket = bool(flags & AK_NO_SOCKET)
+    a.coarse = coarse
     return ev

@@ -84,7 +84,6 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SKC_NET", "sock", ("__sk_common.skc_net",)),
     ("OFF_NET_INUM", "net", ("ns.inum",)),
     ("OFF_SKC_STATE", "sock", ("__sk_common.skc_state",)),
-    ("OFF_SKC_NUM", "sock", ("__sk_common.skc_num",)),  # the local port, host order
     ("OFF_BYTES_ACKED", "tcp_sock", ("bytes_acked",)),
     ("OFF_BYTES_RECEIVED", "tcp_sock", ("bytes_received",)),
     ("OFF_SND_UNA", "tcp_sock", ("snd_una",)),
@@ -94,6 +93,17 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SK_FLAGS", "sock", ("sk_flags", "__sk_common.skc_flags")),
     ("OFF_SK_ERR", "sock", ("sk_err",)),
     ("OFF_CGROUP_LEVEL", "cgroup", ("level",)),
+    # the socket's own tuple (bpf/kread.h, tuple_of_sock): for events that carry no tuple in their
+    # record (socket errors) on a socket whose tracked tuple is not final yet
+    ("OFF_SKC_DADDR", "sock", ("__sk_common.skc_daddr",)),
+    ("OFF_SKC_RCV_SADDR", "sock", ("__sk_common.skc_rcv_saddr",)),
+    ("OFF_SKC_DPORT", "sock", ("__sk_common.skc_dport",)),
+    ("OFF_SKC_NUM", "sock", ("__sk_common.skc_num",)),
+    ("OFF_SKC_FAMILY", "sock", ("__sk_common.skc_family",)),
+    ("OFF_SKC_V6_DADDR", "sock", ("__sk_common.skc_v6_daddr",)),
+    ("OFF_SKC_V6_RCV_SADDR", "sock", ("__sk_common.skc_v6_rcv_saddr",)),
+    # a SYN-ACK retransmit's request: how many times its SYN-ACK was sent again before (bpf/retransmit.h)
+    ("OFF_REQ_NUM_RETRANS", "request_sock", ("num_retrans",)),
     # the newest entry of a socket's error queue: an ICMP error queued while connecting (bpf/error.h)
     ("OFF_SK_ERROR_QUEUE", "sock", ("sk_error_queue",)),
     ("OFF_SKB_HEAD_PREV", "sk_buff_head", ("prev",)),
@@ -135,6 +145,15 @@ class Plan:
     connections: str = "each"  # 'each' | 'aggregate' (bpf/flow.h)
     max_flows: int = 4096
     spill_per_cpu: int = 0  # 'each': ordinary connections per second and CPU before they spill into flows
+    anomaly_budget: int = 0  # anomalies per key and interval sent as events (bpf/anomaly.h); 0 = no per-key limit
+    anomaly_node_per_cpu: int = 0  # anomalies per second and CPU sent as events; 0 = no node limit
+    max_anomaly_keys: int = 8192
+
+    @property
+    def anomalies_on(self) -> bool:
+        """Whether the anomaly maps are compiled in: a budget, and an anomaly kind on."""
+        kinds = {"lifecycle", "retransmit", "synack", "reset", "error"}
+        return bool(kinds & set(self.events)) and (self.anomaly_budget > 0 or self.anomaly_node_per_cpu > 0)
 
     @property
     def flows_on(self) -> bool:
@@ -167,6 +186,10 @@ class Plan:
             flags += cgen.flow_flags(
                 connections=self.connections, max_flows=self.max_flows, spill_per_cpu=self.spill_per_cpu
             )
+        if self.anomalies_on:
+            flags += cgen.anomaly_flags(
+                budget=self.anomaly_budget, node_per_cpu=self.anomaly_node_per_cpu, max_keys=self.max_anomaly_keys
+            )
         f = self.filters
         return flags + cgen.filter_flags(netns_inum=f.netns_inum, cgroup_id=f.cgroup_id, cgroup_level=f.cgroup_level)
 
@@ -194,6 +217,15 @@ class Plan:
             lines.append(
                 f"connections: each (beyond {self.spill_per_cpu}/s per CPU ordinary connections spill "
                 f"into flows, {self.max_flows} keys per map)"
+            )
+        if not self.anomalies_on:
+            lines.append("anomalies: every one its own event (no budget)")
+        else:
+            per_key = f"{self.anomaly_budget} per key and interval" if self.anomaly_budget else "no per-key limit"
+            node = f"{self.anomaly_node_per_cpu}/s per CPU" if self.anomaly_node_per_cpu else "no node limit"
+            lines.append(
+                f"anomalies: events within the budgets ({per_key}, {node}), the rest aggregated in the kernel "
+                f"({self.max_anomaly_keys} keys per map)"
             )
         lines.append("attach:")
         lines += [f"  {kind} {tp} -> {fn}" for kind, tp, fn in self.attach]
@@ -246,6 +278,9 @@ def build_plan(
         connections=config.connections,
         max_flows=config.max_flows,
         spill_per_cpu=spill_per_cpu(config),
+        anomaly_budget=config.anomaly_budget,
+        anomaly_node_per_cpu=per_cpu(config.max_anomaly_events),
+        max_anomaly_keys=config.max_anomaly_keys,
     )
 
 
@@ -531,6 +566,14 @@ def cgroup_filter(directory: str) -> Filters:
     rel = os.path.relpath(real, mnt)
     level = 0 if rel == "." else len(Path(rel).parts)
     return Filters(cgroup_id=os.stat(real).st_ino, cgroup_level=level, cgroup_dir=real)
+
+
+def per_cpu(per_second: int) -> int:
+    """A per-node rate split evenly across the CPUs (the kernel counts per CPU); 0 stays 0 (no limit)."""
+    if per_second <= 0:
+        return 0
+    cpus = os.cpu_count() or 1
+    return max(1, -(-per_second // cpus))
 
 
 def spill_per_cpu(config: AgentConfig) -> int:

@@ -6,6 +6,7 @@ import ctypes
 import time
 from typing import Any
 
+from agent.kernel.anomalies import AnomalyMaps
 from agent.kernel.decode import EVENT, Decoder
 from agent.kernel.flows import FlowMaps
 from agent.kernel.loader import Loaded
@@ -82,9 +83,13 @@ class KernelSource:
 
         self._on_event = on_event  # keep the callbacks alive
         self._on_lost = on_lost
+        self._consume_fn: Any = None
         if loaded.plan.use_ringbuf:
             self._bpf[b"events"].open_ring_buffer(on_event)
             self._poll_fn = self._bpf.ring_buffer_poll
+            # most records do not wake the reader (bpf/maps.h, ring_wake_flag): after the wait,
+            # consume whatever is there whether or not a wakeup came
+            self._consume_fn = self._bpf.ring_buffer_consume
         else:
             self._bpf[b"events"].open_perf_buffer(on_event, page_cnt=perf_pages, lost_cb=on_lost)
             self._poll_fn = self._bpf.perf_buffer_poll
@@ -95,13 +100,18 @@ class KernelSource:
             if loaded.plan.flows_on
             else None
         )
+        self._anomalies = AnomalyMaps(self._bpf, decoder, flow_interval_s) if loaded.plan.anomalies_on else None
         self._final_losses: dict[str, int] = {}
         self._final_flow_counters: dict[str, int] = {}
+        self._final_anomaly_counters: dict[str, int] = {}
         self._prog_fds = [int(fn.fd) for fn in self._bpf.funcs.values()]
 
     def poll(self, timeout_ms: int) -> list[TcpEvent]:
-        """Records from the buffer; every --flow-interval (and once after stop()) the flows too."""
+        """Records from the buffer; every --flow-interval (and once after stop()) the flows and the
+        anomaly aggregates too."""
         self._poll_fn(timeout_ms)
+        if self._consume_fn is not None and len(self._batch) < self.MAX_EVENTS_PER_POLL:
+            self._consume_fn()
         out = self._batch[:]
         self._batch.clear()
         flows = self._flows
@@ -113,6 +123,15 @@ class KernelSource:
                     self._flows = None
             elif flows.due():
                 out.extend(flows.flush())
+        anomalies = self._anomalies
+        if anomalies is not None and not self._closed:
+            if self._stopped:
+                if not out:  # as for the flows: nothing can reach the maps any more
+                    out = anomalies.flush_all()
+                    self._final_anomaly_counters = anomalies.counters()
+                    self._anomalies = None
+            elif anomalies.due():
+                out.extend(anomalies.flush())
         return out
 
     def stop(self) -> None:
@@ -128,6 +147,17 @@ class KernelSource:
         if self._flows is not None and not self._closed:
             return self._flows.counters()
         return dict(self._final_flow_counters)
+
+    def anomaly_counters(self) -> dict[str, int]:
+        """anomalies.<name> (bpf/anomaly.h ANOMC_*): anomalies sent as events, aggregated (and why),
+        under coarse keys, without a key; empty when the budgets are off."""
+        if self._anomalies is not None and not self._closed:
+            return self._anomalies.counters()
+        return dict(self._final_anomaly_counters)
+
+    def kernel_counters(self) -> dict[str, int]:
+        """The in-kernel accounting counters, flows.* and anomalies.* (not losses)."""
+        return {**self.flow_counters(), **self.anomaly_counters()}
 
     def losses(self) -> dict[str, int]:
         if self._closed:
@@ -155,5 +185,6 @@ class KernelSource:
         if not self._closed:
             self._final_losses = self.losses()
             self._final_flow_counters = self.flow_counters()
+            self._final_anomaly_counters = self.anomaly_counters()
             self._closed = True
             self._loaded.close()

@@ -43,7 +43,7 @@ from tcpscope_sim.plan import (
     load_plan,
 )
 from tcpscope_sim.services import AGENT_BATCH_AGE_S, AGENT_FLOW_INTERVAL_S, Services
-from tcpscope_sim.watch import TopicWatch
+from tcpscope_sim.watch import TopicWatch, synack_retransmits
 
 log = logging.getLogger("tcpscope_sim")
 
@@ -392,6 +392,19 @@ class _SimRun:
         self.cluster.stop()
 
 
+def _synack_check(driver: Driver, watch: TopicWatch, say: Callable[[str], None]) -> bool:
+    """syn_flood entries: the SYN-ACK retransmits the agents reported for each flooded listener (events
+    and aggregates) against what its kernel counted (TcpExt TCPSynRetrans in its netns)."""
+    events, _, _ = watch.snapshot()
+    ok = True
+    for (pod, port), want in sorted(driver.synack_retransmits.items()):
+        ip = driver.cluster.pods[pod].spec.ip
+        got = sum(synack_retransmits(e) for e in events if e.local.ip == ip and e.local.port in (port, 0))
+        say(f"tcpscope-sim: {pod}:{port} SYN-ACK retransmits reported {got}, its kernel counted {want}")
+        ok = ok and got == want
+    return ok
+
+
 def _hold() -> None:
     """--hold: keep the collector (and its metrics) up until Ctrl-C."""
     _say("tcpscope-sim: holding (collector up) until Ctrl-C")
@@ -418,6 +431,8 @@ def _run_plan(
     # a possible loss (a program run the kernel skipped) that cost no planned connection is reported,
     # not failed: every lifecycle arrived, so the summary is exact
     ok = got == expected and not lost and all(c == 0 for c in codes.values()) and not watch.error
+    synacks = _synack_check(driver, watch, say)
+    ok = ok and synacks
     say(
         f"tcpscope-sim: shipped {got}/{expected} lifecycle events in {time.monotonic() - t0:.1f}s, "
         f"losses {lost or 'none'}{f' (possible: {maybe})' if maybe else ''}, agents exited {codes}"

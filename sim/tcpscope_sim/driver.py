@@ -23,10 +23,20 @@ class TrafficError(RuntimeError):
     """Connections did not behave as the plan says (the simulator's own check)."""
 
 
+SYN_FLOOD_SYNACK_RETRIES = "2"
+"""net.ipv4.tcp_synack_retries in the server pod's netns during a syn_flood entry: its requests' SYN-ACKs
+are sent again after about 1 s and 3 s, and they expire seconds later (the default, 5, takes a minute)."""
+SYN_FLOOD_EXPIRY_LIMIT_S = 30.0
+"""How long a syn_flood entry waits at most for the server's half-open requests to expire."""
+
+
 @dataclass
 class Driver:
     cluster: PodCluster
     outcomes: Counter[str] = field(default_factory=Counter)
+    synack_retransmits: Counter[tuple[str, int]] = field(default_factory=Counter)
+    """per syn_flood listener (server pod, port): SYN-ACKs its netns sent again during the entry,
+    by the kernel's own counter (TcpExt TCPSynRetrans): what the agents must have reported"""
 
     def _pods(self, t: TrafficSpec) -> tuple[Pod, Pod]:
         return self.cluster.pods[t.src], self.cluster.pods[t.dst]
@@ -45,6 +55,8 @@ class Driver:
         """Make t.count connections of t.kind from t.src to t.dst (or to t.service's ClusterIP);
         return outcomes by name."""
         client = self.cluster.pods[t.src]
+        if t.kind == "syn_flood":  # pod targets only (tcpscope_sim/plan.py)
+            return self._syn_flood(t, client, self.cluster.pods[t.dst], strict, timeout)
         servers, ip, server_port = self._servers(t)
         tables: list[tuple[str, str]] = []
         mibs: dict[str, dict[str, int]] = {}
@@ -76,6 +88,36 @@ class Driver:
             raise TrafficError(f"{where}: got {got}")
         if strict and mibs:
             self._check_forged(where, t.count, client, servers, mibs)
+        return got
+
+    def _syn_flood(self, t: TrafficSpec, client: Pod, server: Pod, strict: bool, timeout: float) -> dict[str, int]:
+        """A SYN flood without raw sockets: the router drops the server's SYN-ACKs to this client on this
+        port, and the client opens t.count non-blocking connects at once (TCP_SYNCNT 1), which all time
+        out. The server's half-open requests retransmit their SYN-ACKs (on the client's SYN retransmit
+        and on their timer) until they expire; the entry waits for that, and records how many SYN-ACKs
+        the server's kernel counted as sent again."""
+        table = net.nft_table_name(self.cluster.run_id, f"sf{client.netns.index}x{server.netns.index}")
+        name = "net.ipv4.tcp_synack_retries"
+        old = net.sysctl(server.netns.netns, name)
+        net.sysctl(server.netns.netns, name, SYN_FLOOD_SYNACK_RETRIES)
+        before = net.netstat(server.netns.netns)["TCPSynRetrans"]
+        c, s = client.spec.ip, server.spec.ip
+        rule = f"ip saddr {s} ip daddr {c} tcp sport {t.port} tcp flags & (syn | ack) == syn | ack drop"
+        net.add_rules(self.cluster.fabric.netns, table, [rule], hook="forward")
+        try:
+            reply = client.call("connect", timeout=timeout, ip=s, port=t.port, kind="syn_flood", count=t.count)
+            # the requests retransmit until they expire: wait for that before the retries go back up
+            deadline = time.monotonic() + SYN_FLOOD_EXPIRY_LIMIT_S
+            while net.half_open(server.netns.netns, t.port) and time.monotonic() < deadline:
+                time.sleep(0.5)
+        finally:
+            net.delete_table(self.cluster.fabric.netns, table)
+            net.sysctl(server.netns.netns, name, old)
+        self.synack_retransmits[(t.dst, t.port)] += net.netstat(server.netns.netns)["TCPSynRetrans"] - before
+        got: dict[str, int] = reply.get("outcomes", {})
+        self.outcomes.update({f"{t.kind}:{k}": v for k, v in got.items()})
+        if strict and got != {"ok": t.count}:
+            raise TrafficError(f"{t.src} -> {t.dst}:{t.port} {t.kind} x{t.count}: got {got}")
         return got
 
     @staticmethod

@@ -152,6 +152,26 @@ def tcp_mib(netns: str) -> dict[str, int]:
     return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
 
 
+def netstat(netns: str) -> dict[str, int]:
+    """The netns's TcpExt counters (/proc/net/netstat): TCPSynRetrans, ..."""
+    lines = run_ip(["ip", "netns", "exec", netns, "cat", "/proc/net/netstat"]).splitlines()
+    head, values = (line.split() for line in lines if line.startswith("TcpExt:"))
+    return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
+
+
+def half_open(netns: str, port: int) -> int:
+    """Half-open connections (request sockets in SYN_RECV) of a listening port in a netns, by ss(8)."""
+    out = run_ip(["ip", "netns", "exec", netns, "ss", "-Htn", "state", "syn-recv", f"( sport = :{port} )"])
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def sysctl(netns: str, name: str, value: str | None = None) -> str:
+    """A network namespace's sysctl (net.* are per netns): its value, after setting it when given."""
+    if value is not None:
+        run_ip(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", f"{name}={value}"])
+    return run_ip(["ip", "netns", "exec", netns, "sysctl", "-n", name]).strip()
+
+
 def delete_table(netns: str, table: str) -> None:
     with contextlib.suppress(NetError):
         run_ip(["ip", "netns", "exec", netns, "nft", "delete", "table", "inet", table])

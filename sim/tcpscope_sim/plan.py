@@ -25,8 +25,19 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-KINDS: tuple[str, ...] = ("ok", "refused", "client_reset", "server_reset", "timeout", "network_reset")
-"""Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server)."""
+KINDS: tuple[str, ...] = (
+    "ok",
+    "refused",
+    "client_reset",
+    "server_reset",
+    "timeout",
+    "network_reset",
+    "syn_flood",
+    "port_scan",
+)
+"""Traffic kinds a plan may ask for (the built-in mix adds retransmits and a stalled server).
+syn_flood: `count` half-open connects to a listening port whose SYN-ACKs the router drops; port_scan:
+one connect to each of `count` ports from `port` up, none of them listened on (docs/sim.md)."""
 
 ESTABLISHED_KINDS = frozenset({"ok", "client_reset", "server_reset", "network_reset"})
 """Kinds whose connections complete the handshake (so both ends have a socket)."""
@@ -115,6 +126,10 @@ class Plan:
             counters[t.service] = k + t.count
         return out
 
+    def synack_listeners(self) -> tuple[tuple[str, int], ...]:
+        """(server pod, port) of every syn_flood entry: where SYN-ACK retransmits must be counted."""
+        return tuple(dict.fromkeys((t.dst, t.port) for t in self.traffic if t.kind == "syn_flood"))
+
     @property
     def nodes(self) -> tuple[str, ...]:
         """Node names in order of first appearance (node i gets 198.18.i.0/24, 1-based)."""
@@ -180,6 +195,8 @@ def expected_summary(plan: Plan, watched: Collection[str] | None = None) -> dict
             "network_reset": "network_resets",
             "refused": "refused",
             "timeout": "timeouts",
+            "port_scan": "refused",
+            "syn_flood": "timeouts",
         }.get(t.kind)
         if counter:
             c[counter] += t.count
@@ -353,6 +370,8 @@ def _service_entry(
     kind = rt.get("kind", "ok")
     if kind not in KINDS:
         raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
+    if kind in ("syn_flood", "port_scan"):
+        raise PlanError(f"{where}: {kind!r} targets a pod ('to'), not a Service")
     listening = [svc.target_port in by_ref[b].listen for b in svc.backends]
     if kind == "refused" and any(listening):
         raise PlanError(f"{where}: 'refused' needs a Service without backends or whose backends do not listen")
@@ -388,9 +407,15 @@ def _traffic_entry(
         raise PlanError(f"{where}: kind {kind!r} is not one of {', '.join(KINDS)}")
     count = _count(rt, where)
     listening = port in by_ref[dst].listen
-    if kind == "refused" and listening:
+    if kind == "port_scan":
+        if port + count - 1 > 65535:
+            raise PlanError(f"{where}: 'port_scan' of {count} ports from {port} runs past 65535")
+        taken = sorted(p for p in by_ref[dst].listen if port <= p < port + count)
+        if taken:
+            raise PlanError(f"{where}: 'port_scan' needs ports {dst} does not listen on ({taken} are in the range)")
+    elif kind == "refused" and listening:
         raise PlanError(f"{where}: 'refused' needs a port {dst} does not listen on ({port} is)")
-    if kind != "refused" and not listening:
+    elif kind != "refused" and not listening:
         raise PlanError(f"{where}: {dst} does not listen on {port} (add it to 'listen')")
     return TrafficSpec(src, dst, port, kind, count)
 

@@ -16,19 +16,32 @@ from tcpscope.agent_id import prefix_of
 from tcpscope.bounds import OutOfBounds
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.losses import add_counts
-from tcpscope.v1.events_pb2 import LISTEN, EventBatch, TcpEvent
+from tcpscope.v1.events_pb2 import ANOMALY_LIFECYCLE, ANOMALY_SYNACK_RETRANSMIT, LISTEN, EventBatch, TcpEvent
 
 log = logging.getLogger(__name__)
 
 
 def connection_ends(ev: TcpEvent) -> int:
     """Connection sockets whose end this event reports: 1 for a lifecycle of a connection socket
-    (listening sockets closing do not count), a flow's `connections`, else 0."""
+    (listening sockets closing do not count), a flow's `connections`, an aggregate of lifecycles'
+    `count` (past the agent's anomaly budget), else 0."""
     kind = ev.WhichOneof("kind")
     if kind == "lifecycle":
         return 1 if ev.lifecycle.last_state != LISTEN and ev.remote.port != 0 else 0
     if kind == "flow":
         return ev.flow.connections
+    if kind == "anomalies" and ev.anomalies.kind == ANOMALY_LIFECYCLE:
+        return ev.anomalies.count
+    return 0
+
+
+def synack_retransmits(ev: TcpEvent) -> int:
+    """SYN-ACK retransmits this event reports: 1 for an event, an aggregate's `count`, else 0."""
+    kind = ev.WhichOneof("kind")
+    if kind == "synack_retransmit":
+        return 1
+    if kind == "anomalies" and ev.anomalies.kind == ANOMALY_SYNACK_RETRANSMIT:
+        return ev.anomalies.count
     return 0
 
 

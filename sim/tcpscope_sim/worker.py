@@ -8,6 +8,8 @@ as JSON lines on stdin and answers on stdout (one line per command, matched by "
     {"id": 1, "op": "connect", "ip": "198.18.2.2", "port": 9000, "kind": "ok", "count": 5}
         -> {"id": 1, "outcomes": {"ok": 5}}   (per connection: "ok" when it behaved as the kind
            says, else the errno name or what went wrong)
+        kind port_scan: one connect to each of ports port .. port+count-1, each refused ("ok");
+        kind syn_flood: count non-blocking connects at once (TCP_SYNCNT 1), each timing out ("ok")
     {"id": 2, "op": "stall", "port": 9000, "on": true}  -> {"id": 2}   stop/resume accepting
     {"id": 3, "op": "quit"}
 
@@ -176,6 +178,35 @@ def _errname(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e))
 
 
+def half_open(ip: str, port: int, count: int, wait_s: float = 30.0) -> Counter[str]:
+    """syn_flood: `count` non-blocking connects at once, each retransmitting its SYN once at most
+    (TCP_SYNCNT 1); the router drops the server's SYN-ACKs, so each should time out: "ok" for
+    ETIMEDOUT, else what happened (connected, another errno, still pending after wait_s)."""
+    import select
+    import time
+
+    socks = []
+    for _ in range(count):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, TIMEOUT_SYNCNT)
+        s.setblocking(False)
+        s.connect_ex((ip, port))
+        socks.append(s)
+    outcomes: Counter[str] = Counter()
+    pending = set(socks)
+    deadline = time.monotonic() + wait_s
+    while pending and time.monotonic() < deadline:
+        _r, writable, _x = select.select([], list(pending), [], 0.5)
+        for s in writable:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            outcomes["ok" if err == errno.ETIMEDOUT else errno.errorcode.get(err, "connected")] += 1
+            pending.discard(s)
+    outcomes["pending"] += len(pending)
+    for s in socks:
+        s.close()
+    return +outcomes
+
+
 def one_connection(ip: str, port: int, kind: str, size: int = 0) -> str:
     """Make one client connection of the given kind; "ok" when it went as that kind says."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -246,9 +277,15 @@ class Worker:
         return True
 
     def _connect_batch(self, cmd: dict[str, Any]) -> None:
-        args = (str(cmd["ip"]), int(cmd["port"]), str(cmd["kind"]), int(cmd.get("size", 0)))
+        ip, port, kind, size = str(cmd["ip"]), int(cmd["port"]), str(cmd["kind"]), int(cmd.get("size", 0))
         count = int(cmd.get("count", 1))
-        futures = [self.pool.submit(one_connection, *args) for _ in range(count)]
+        if kind == "syn_flood":
+            self.reply({"id": cmd.get("id"), "outcomes": dict(half_open(ip, port, count))})
+            return
+        if kind == "port_scan":  # one refused connect per port
+            futures = [self.pool.submit(one_connection, ip, port + i, "refused") for i in range(count)]
+        else:
+            futures = [self.pool.submit(one_connection, ip, port, kind, size) for _ in range(count)]
         outcomes = Counter(f.result() for f in futures)
         self.reply({"id": cmd.get("id"), "outcomes": dict(outcomes)})
 

@@ -81,6 +81,9 @@ class _LossySource:
     def flow_counters(self) -> dict[str, int]:
         return {}
 
+    def anomaly_counters(self) -> dict[str, int]:
+        return {}
+
     def close(self) -> None:
         pass
 

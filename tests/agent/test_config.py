@@ -103,8 +103,8 @@ def test_every_field_is_documented_with_an_env_var() -> None:
 FLAGS = {
     "--stdout", "--events", "--duration", "--dump-bpf", "--port", "--cgroup-root", "--netns", "--tracefs",
     "--btf", "--probe-sample", "--max-sockets", "--connections", "--flow-interval", "--max-flows",
-    "--max-connection-events", "--ring-buffer-kb", "--node-name", "--connection-key-file", "--kubernetes",
-    "--no-kubernetes",
+    "--max-connection-events", "--anomaly-budget", "--max-anomaly-events", "--max-anomaly-keys",
+    "--ring-buffer-kb", "--node-name", "--connection-key-file", "--kubernetes", "--no-kubernetes",
     "--kubeconfig", "--resolve-remote", "--no-resolve-remote", "--labels", "--pod-cache-ttl",
     "--pending-max-wait", "--collector", "--agent-id", "--tls-ca", "--tls-cert", "--tls-key",
     "--tls-server-name", "--token-file", "--compression", "--batch-max-events", "--batch-max-age",

@@ -50,6 +50,11 @@ def test_quick_round_writes_report_with_rows_and_sane_numbers(tmp_path: Path) ->
         proc.kill()
     assert proc.returncode == 0, stderr[-2000:]
     doc = json.loads((out / "report.json").read_text())
+    # the storms on the veth pair, under the same modes
+    storms = {(r["storm"], r["mode"]): r for r in doc["storms"]}
+    assert set(storms) == {(s, m) for s in ("refused", "rst", "synflood") for m in ("none", "tcpdump")}
+    for key, r in storms.items():
+        assert r["status"] == "ok" and r["rounds"][0]["attempts"] > 200, (key, r)
     rows = {(r["topology"], r["mode"]): r for r in doc["overhead"]}
     assert set(rows) == {("loopback", "none"), ("loopback", "tcpdump"), ("veth", "none"), ("veth", "tcpdump")}
     for (topo, mode), r in rows.items():

@@ -371,8 +371,29 @@ def _expect(
                 assert v == _series_served(instance)
             else:  # B: the bound, C: nothing folded
                 assert v == (20_000.0 if ref == "B" else 0.0)
+    elif title.startswith("Storms:"):
+        _expect_storms(title, ref, got, pair)
     else:
         raise AssertionError(f"no expectation for panel {title!r}: add one")
+
+
+def _expect_storms(title: str, ref: str, got: list[dict[str, Any]], pair: tuple[str, ...]) -> None:
+    """The storm panels against a plan without storms."""
+    if title.startswith("Storms: half-open"):
+        # the plan's timeout drops the SYN-ACKs in the server's output hook: failed sends, no retransmits
+        assert all(float(r["value"][1]) == 0 for r in got), got
+    elif title.startswith("Storms: refused ports"):
+        # the plan's refusals: web -> api on one port of one host (the gauges forget after the scan window)
+        labels = pair if ref == "A" else ("client_namespace", "client_workload", "server_port")
+        want = {("shop", "web", "shop", "api"): 1.0} if ref == "A" else {("shop", "web", "9009"): 1.0}
+        assert _by(got, *labels) in (want, {}), got
+    elif ref == "A":  # resets now: as the reset panel, both senders together
+        now: dict[tuple[str, ...], float] = {}
+        for k, n in RESETS.items():
+            now[k[:4]] = now.get(k[:4], 0) + n
+        assert _by(got, *pair) == now
+    else:  # the baseline: nothing that long ago
+        assert got == []
 
 
 def _flow_connections(bootstrap: str, topic: str) -> dict[str, int]:

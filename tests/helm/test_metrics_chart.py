@@ -22,6 +22,9 @@ METRICS_ON = merge(KAFKA, {"metrics": {"dashboards": {"enabled": True}, "prometh
 ALERTS = (
     "TcpscopePairResetRateHigh",
     "TcpscopePairRefusedRateHigh",
+    "TcpscopeSynFloodSuspected",
+    "TcpscopeScanSuspected",
+    "TcpscopeResetStorm",
     "TcpscopeAgentLosingEvents",
     "TcpscopeAgentDisconnected",
     "TcpscopeCollectorKafkaErrors",
@@ -80,6 +83,9 @@ def test_dashboard_configmap_is_for_the_grafana_sidecar_and_has_the_panels() -> 
         "Agents: events lost per second",
         "Agents connected to a collector",
         "Collectors: Kafka errors per second",
+        "Storms: half-open timeouts and SYN-ACK retransmits by listener",
+        "Storms: refused ports and hosts per source (scans)",
+        "Storms: resets by pair against their own baseline",
     ):
         assert title in panels, title
     assert panels["Service map"]["type"] == "nodeGraph"
@@ -118,12 +124,12 @@ def test_rule_groups_pass_promtool_check_rules(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(rule_groups()))
     r = subprocess.run([promtool(), "check", "rules", str(f)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 6 rules found" in r.stdout
+    assert "SUCCESS: 9 rules found" in r.stdout
     alerts = [rule["alert"] for g in rule_groups()["groups"] for rule in g["rules"]]
     assert tuple(alerts) == ALERTS
     # without the collector there is no stream to be disconnected from, nor Kafka
     no_collector = rule_groups({"metrics": {"prometheusRule": {"enabled": True}}})
-    assert [r["alert"] for g in no_collector["groups"] for r in g["rules"]] == list(ALERTS[:3])
+    assert [r["alert"] for g in no_collector["groups"] for r in g["rules"]] == list(ALERTS[:6])
 
 
 def _series(name: str, labels: str, values: str) -> dict[str, str]:
@@ -218,6 +224,7 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
             "20m",
             [],
         ),
+        *_storm_tests(pair_labels),
         # an agent losing events (its own buffer or upstream) / an agent whose counters stand still
         _test(
             [
@@ -336,6 +343,104 @@ def _unit_tests(thresholds: dict[str, float]) -> list[dict[str, Any]]:
     ]
 
 
+def _storm_tests(pair_labels: dict[str, str]) -> list[dict[str, Any]]:
+    """SYN flood, scan and reset storm: a firing and a quiet case each, with the chart's defaults."""
+    listener = 'server_namespace="shop",server_workload="api",server_port="9000"'
+    listener_labels = {"server_namespace": "shop", "server_workload": "api", "server_port": "9000"}
+    client = 'client_namespace="shop",client_workload="web"'
+    reset = PAIR + ',server_port="9000",sender="server",reason="NOT_SPECIFIED"'
+    storm_description = (
+        "{v} RSTs per second ended established connections of this pair: more than 10 times its own rate over "
+        "the 1h that ended 15m ago (or it had none), and above 1/s."
+    )
+    return [
+        # 20 half-open timeouts per second at one listener / 5 per second
+        _test(
+            [_series("tcpscope_half_open_timeouts_total", listener, "0+1200x15")],
+            "TcpscopeSynFloodSuspected",
+            "10m",
+            [
+                {
+                    "exp_labels": {**listener_labels, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "shop/api:9000 may be under a SYN flood",
+                        "description": "20 half-open connections per second timed out waiting for the handshake's "
+                        "last ACK at this listener (threshold 10/s); tcpscope_synack_retransmits_total counts the "
+                        "SYN-ACKs it sent again.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [
+                _series("tcpscope_half_open_timeouts_total", listener, "0+300x15"),
+                _series("tcpscope_synack_retransmits_total", listener, "0+6000x15"),  # retransmits alone: no
+            ],
+            "TcpscopeSynFloodSuspected",
+            "10m",
+            [],
+        ),
+        # refused on 30 ports of one host / on 5 ports and 3 hosts
+        _test(
+            [_series("tcpscope_scan_ports", client + ',server_namespace="shop",server_workload="api"', "30x10")],
+            "TcpscopeScanSuspected",
+            "5m",
+            [
+                {
+                    "exp_labels": {"client_namespace": "shop", "client_workload": "web", "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "shop/web may be scanning",
+                        "description": "Its connects were refused on 30 distinct ports of one host, or on one port "
+                        "of as many hosts, within the scan window (thresholds 20 ports, 20 hosts); "
+                        "tcpscope_scan_ports and tcpscope_scan_hosts say where.",
+                    },
+                }
+            ],
+        ),
+        _test(
+            [
+                _series("tcpscope_scan_ports", client + ',server_namespace="shop",server_workload="api"', "5x10"),
+                _series("tcpscope_scan_hosts", client + ',server_port="22"', "3x10"),
+            ],
+            "TcpscopeScanSuspected",
+            "5m",
+            [],
+        ),
+        # 0.1 RST/s for 70 minutes, then 10/s: ten times the hour before / steady 5/s for 80 minutes
+        _test(
+            [_series("tcpscope_resets_total", reset, "0+6x70 1020+600x20")],
+            "TcpscopeResetStorm",
+            "78m",
+            [
+                {
+                    "exp_labels": {**pair_labels, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "Resets from shop/web to shop/api jumped",
+                        "description": storm_description.format(v="10"),
+                    },
+                }
+            ],
+        ),
+        _test([_series("tcpscope_resets_total", reset, "0+300x80")], "TcpscopeResetStorm", "78m", []),
+        # a new pair (no resets before 8m), no baseline yet: above minRate is enough / below it is not
+        _test(
+            [_series("tcpscope_resets_total", reset, "_x8 0+300x15")],
+            "TcpscopeResetStorm",
+            "16m",
+            [
+                {
+                    "exp_labels": {**pair_labels, "severity": "warning"},
+                    "exp_annotations": {
+                        "summary": "Resets from shop/web to shop/api jumped",
+                        "description": storm_description.format(v="5"),
+                    },
+                }
+            ],
+        ),
+        _test([_series("tcpscope_resets_total", reset, "_x8 0+30x15")], "TcpscopeResetStorm", "16m", []),
+    ]
+
+
 def _promtool_test(tmp_path: Path, values: dict[str, Any], thresholds: dict[str, float]) -> None:
     rules = tmp_path / "rules.yaml"
     rules.write_text(yaml.safe_dump(rule_groups(values)))
@@ -385,6 +490,7 @@ def test_traffic_settings_become_collector_variables_it_accepts() -> None:
         "TCPSCOPE_METRICS_MAX_SERIES": "5000",
         "TCPSCOPE_METRICS_TTL": "600",
         "TCPSCOPE_METRICS_WATCHED_PEERS": "pod,node",
+        "TCPSCOPE_METRICS_SCAN_WINDOW": "60",
     }
     cfg = CollectorConfig.from_args([], env={**traffic, "TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092"})
     assert (

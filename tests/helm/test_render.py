@@ -194,6 +194,9 @@ def test_agent_settings_become_its_environment_variables() -> None:
         "10",
         "4096",
     )
+    # and of anomalies past their budget (bpf/anomaly.h)
+    budgets = ("TCPSCOPE_ANOMALY_BUDGET", "TCPSCOPE_MAX_ANOMALY_EVENTS", "TCPSCOPE_MAX_ANOMALY_KEYS")
+    assert tuple(env[k] for k in budgets) == ("100", "2000", "8192")
     assert env["NODE_NAME"] == "<from>"
 
 

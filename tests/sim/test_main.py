@@ -66,7 +66,7 @@ def test_an_unknown_show_kind_exits_2_and_builds_nothing(capsys: pytest.CaptureF
     assert main(["--show", "lifecycle,states"]) == 2
     assert capsys.readouterr().err == (
         "tcpscope-sim: unknown kinds ['states']; known: lifecycle, state, retransmit, synack, reset, error, probe, "
-        "flow, all\n"
+        "flow, anomalies, all\n"
     )
     assert net.all_run_ids() == before
 

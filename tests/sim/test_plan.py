@@ -68,6 +68,9 @@ def test_addresses_per_node_and_expected_lifecycles() -> None:
         (lambda d: d["traffic"][0].update(count=0), "count must be"),
         (lambda d: d["traffic"][0].update(to="shop/web-1"), "cannot connect to itself"),
         (lambda d: d["traffic"][0].update(port=70000), "port must be"),
+        (lambda d: d["traffic"][0].update(kind="port_scan", port=8999, count=5), "ports shop/api-1 does not listen on"),
+        (lambda d: d["traffic"][0].update(kind="port_scan", port=65530, count=10), "runs past 65535"),
+        (lambda d: d["traffic"][0].update(kind="syn_flood", port=9001), "does not listen on 9001"),
         (lambda d: d["pods"][1].update(name="web-1"), "declared twice"),
         (lambda d: d["pods"][0].update(node="Node_1"), "not a DNS label"),
         (lambda d: d["pods"][0].update(listen=[1, 1]), "duplicate port"),
@@ -248,3 +251,15 @@ def test_a_nodeport_is_on_every_node_and_masqueraded_to_the_node_addressed() -> 
             parse_plan({**doc, "traffic": [bad]})
     with pytest.raises(PlanError, match=r"30000\.\.32767"):
         parse_plan({**doc, "services": [{**doc["services"][0], "nodePort": 8080}], "traffic": []})
+
+
+def test_storm_kinds_count_their_client_sockets_and_name_the_flooded_listeners() -> None:
+    doc = json.loads(json.dumps(DOCUMENTED_PLAN))
+    doc["traffic"] = [
+        {"from": "shop/web-1", "to": "shop/api-1", "port": 20000, "kind": "port_scan", "count": 500},
+        {"from": "shop/web-1", "to": "shop/api-1", "port": 9000, "kind": "syn_flood", "count": 70},
+    ]
+    plan = parse_plan(doc)
+    # neither completes a handshake: the clients' sockets only (a refusal each, a timeout each)
+    assert plan.expected_lifecycles() == 500 + 70
+    assert plan.synack_listeners() == (("shop/api-1", 9000),)

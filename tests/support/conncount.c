@@ -7,9 +7,14 @@
  *       CLIENTS processes make N connections in total: connect, write REQ bytes, read to EOF,
  *       close. Prints "<completed> <failed> <bytes read>"; a completed connection read exactly
  *       RESP bytes. Exit 0 when none failed.
+ *   conncount refuse ADDR PORT N CLIENTS
+ *       CLIENTS processes make N connects in total to ADDR:PORT, where nothing listens: each must be
+ *       refused. Prints "<refused> <other>" (other: connected, or another error). Exit 0 when all were
+ *       refused.
  * ADDR is an IPv4 or IPv6 literal. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -121,6 +126,36 @@ static int churn(long n, int clients, long req, long resp)
     return bad ? 1 : 0;
 }
 
+static int refuse(long n, int clients)
+{
+    long *counts = mmap(0, 4096 * 4, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    for (int i = 0; i < clients; i++) {
+        if (fork() == 0) {
+            long mine = n / clients + (i < n % clients ? 1 : 0), refused = 0, other = 0;
+            for (long j = 0; j < mine; j++) {
+                int s = socket(addr.ss_family, SOCK_STREAM, 0);
+                if (connect(s, (struct sockaddr *)&addr, addrlen) != 0 && errno == ECONNREFUSED)
+                    refused++;
+                else
+                    other++;
+                close(s);
+            }
+            counts[2 * i] = refused;
+            counts[2 * i + 1] = other;
+            _exit(0);
+        }
+    }
+    for (int i = 0; i < clients; i++)
+        wait(0);
+    long refused = 0, other = 0;
+    for (int i = 0; i < clients; i++) {
+        refused += counts[2 * i];
+        other += counts[2 * i + 1];
+    }
+    printf("%ld %ld\n", refused, other);
+    return other ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
     if (argc == 7 && strcmp(argv[1], "serve") == 0) {
@@ -131,6 +166,10 @@ int main(int argc, char **argv)
         parse(argv[2], atoi(argv[3]));
         return churn(atol(argv[4]), atoi(argv[5]), atol(argv[6]), atol(argv[7]));
     }
-    fprintf(stderr, "usage: conncount serve ADDR PORT ACCEPTORS REQ RESP | churn ADDR PORT N CLIENTS REQ RESP\n");
+    if (argc == 6 && strcmp(argv[1], "refuse") == 0) {
+        parse(argv[2], atoi(argv[3]));
+        return refuse(atol(argv[4]), atoi(argv[5]));
+    }
+    fprintf(stderr, "usage: conncount serve ADDR PORT ACCEPTORS REQ RESP | churn ADDR PORT N CLIENTS REQ RESP | refuse ADDR PORT N CLIENTS\n");
     return 2;
 }

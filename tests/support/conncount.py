@@ -80,3 +80,18 @@ def churn(
     )
     done, failed, got = (int(x) for x in out.stdout.split())
     return Churned(done, failed, got)
+
+
+@dataclass(frozen=True)
+class Refused:
+    refused: int
+    other: int
+
+
+def refuse(exe: Path, addr: str, port: int, n: int, *, clients: int = 2, timeout: float = 300) -> Refused:
+    """Make n connects to addr:port, where nothing listens; each should be refused (ECONNREFUSED)."""
+    out = subprocess.run(
+        [str(exe), "refuse", addr, str(port), str(n), str(clients)], capture_output=True, text=True, timeout=timeout
+    )
+    refused, other = (int(x) for x in out.stdout.split())
+    return Refused(refused, other)

@@ -765,3 +765,53 @@ def connloop(exe: Path, port: int, seconds: float, clients: int = 1, rate: float
         timeout=seconds + 30,
     ).stdout
     return int(out.strip())
+
+
+# ---- storms ---------------------------------------------------------------------------------------
+
+
+def netstat(netns: str | None = None) -> dict[str, int]:
+    """The TcpExt counters of /proc/net/netstat (in a network namespace when given): TCPSynRetrans, ..."""
+    cmd = ["ip", "netns", "exec", netns, "cat", "/proc/net/netstat"] if netns else ["cat", "/proc/net/netstat"]
+    lines = run(*cmd).stdout.splitlines()
+    head, values = (line.split() for line in lines if line.startswith("TcpExt:"))
+    return {k: int(v) for k, v in zip(head[1:], values[1:], strict=True)}
+
+
+def _half_open_connects(addr: str, port: int, n: int, syncnt: int, wait_s: float) -> dict[str, int]:
+    """n non-blocking connects at once, each retransmitting its SYN `syncnt` times at most, then waiting
+    (up to wait_s) until every one has ended: outcomes by errno name ("ok" for a connect that completed)."""
+    import errno as errno_mod
+    import select
+
+    socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_SYNCNT, syncnt)
+        s.setblocking(False)
+        s.connect_ex((addr, port))
+        socks.append(s)
+    outcomes: dict[str, int] = {}
+    pending = set(socks)
+    deadline = time.monotonic() + wait_s
+    while pending and time.monotonic() < deadline:
+        _r, writable, _x = select.select([], list(pending), [], 0.5)
+        for s in writable:
+            err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            name = "ok" if err == 0 else errno_mod.errorcode.get(err, str(err))
+            outcomes[name] = outcomes.get(name, 0) + 1
+            pending.discard(s)
+    if pending:
+        outcomes["pending"] = len(pending)
+    for s in socks:
+        s.close()
+    return outcomes
+
+
+def syn_flood(
+    addr: str, port: int, n: int, *, netns: str | None = None, syncnt: int = 1, wait_s: float = 30.0
+) -> dict[str, int]:
+    """A SYN flood without raw sockets: n non-blocking connects from a child (in netns), whose handshakes
+    never complete when the server's SYN-ACKs are dropped on the way (nft_drop). Returns the connects'
+    outcomes by errno name (ETIMEDOUT for each, with TCP_SYNCNT=syncnt: about 3 s for 1)."""
+    return Child(_half_open_connects, addr, port, n, syncnt, wait_s, netns=netns).result(wait_s + 20)

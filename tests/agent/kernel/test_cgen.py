@@ -152,3 +152,12 @@ def test_if_has_picks_the_field_only_for_a_switch_defined_as_1() -> None:
         "family: (r)->family guess_family((r)->saddr_v6)",
         "commas: f(1, 2) g(1, 2)",
     ]
+
+
+def test_the_close_counters_are_read_as_one_span_when_they_lie_close() -> None:
+    """6.8+ keeps tcp_sock's counters in a few cache-line groups: one read of 256 bytes at most."""
+    near = {"OFF_WRITE_SEQ": 1576, "OFF_SND_UNA": 1672, "OFF_RCV_NXT": 1664, "OFF_BYTES_RECEIVED": 1752}
+    assert cgen.tcp_span_flags({**near, "OFF_BYTES_ACKED": 1824}) == ["-DTCP_SPAN_OFF=1576", "-DTCP_SPAN_LEN=256"]
+    # spread further (older layouts): one read each
+    assert cgen.tcp_span_flags({**near, "OFF_BYTES_ACKED": 1900}) == []
+    assert cgen.tcp_span_flags(near) == []

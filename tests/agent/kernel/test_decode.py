@@ -12,7 +12,17 @@ from struct import Struct
 import pytest
 
 from agent.kernel import decode
+from agent.kernel.anomalies import ANOMALY_COUNTERS
 from agent.kernel.decode import (
+    AK_COARSE,
+    AK_ESTABLISHED,
+    AK_FIRST_SYNACK,
+    AK_NO_SOCKET,
+    AK_RETRANSMITTED,
+    ANOMALY_KEY,
+    ANOMALY_KEY_FIELDS,
+    ANOMALY_VAL,
+    ANOMALY_VAL_FIELDS,
     EVENT,
     EVENT_FIELDS,
     FLOW_BUCKETS,
@@ -21,11 +31,26 @@ from agent.kernel.decode import (
     FLOW_VAL,
     FLOW_VAL_FIELDS,
     Decoder,
+    decode_anomaly,
     decode_flow,
 )
 from agent.kernel.flows import FLOW_COUNTERS
 from agent.kernel.probe import BPF_DIR
-from tcpscope.v1.events_pb2 import ACTIVE, AGGREGATE, FIN_WAIT2, PASSIVE, RECEIVED, RESET_SENT, SENT, SPILL, SYN_SENT
+from tcpscope.v1.events_pb2 import (
+    ACTIVE,
+    AGGREGATE,
+    ANOMALY_LIFECYCLE,
+    ANOMALY_RESET_SENT,
+    ANOMALY_SYNACK_RETRANSMIT,
+    FIN_WAIT2,
+    PASSIVE,
+    RECEIVED,
+    RESET_RECEIVED,
+    RESET_SENT,
+    SENT,
+    SPILL,
+    SYN_SENT,
+)
 
 _SIZES = {"Q": 8, "I": 4, "i": 4, "H": 2, "B": 1}
 
@@ -198,3 +223,95 @@ def test_decode_resets_errors_and_unknown_reason() -> None:
     assert syn.WhichOneof("kind") == "synack_retransmit"
     pr = d.decode(_record(kind=decode.EV_PROBE, snd_cwnd=10, srtt_us=50, snd_wnd=65535, data_len=1448, family=2))
     assert (pr.probe.snd_cwnd, pr.probe.srtt_us, pr.probe.snd_wnd, pr.probe.data_len) == (10, 50, 65535, 1448)
+
+
+@pytest.mark.parametrize(
+    ("struct", "fields", "packed"),
+    [("anomaly_key", ANOMALY_KEY_FIELDS, ANOMALY_KEY), ("anomaly_val", ANOMALY_VAL_FIELDS, ANOMALY_VAL)],
+)
+def test_anomaly_mirror_matches_c_struct(
+    tmp_path: Path, struct: str, fields: tuple[tuple[str, str], ...], packed: Struct
+) -> None:
+    test_python_mirror_matches_c_struct(tmp_path, struct, fields, packed)
+
+
+def _anomaly_key(kind: int, role: int, **kw: object) -> bytes:
+    f = {
+        "laddr": socket.inet_aton("198.18.0.2") + bytes(12),
+        "raddr": socket.inet_aton("198.18.0.1") + bytes(12),
+        "cgroup_id": 77,
+        "netns": 4026531840,
+        "err": 0,
+        "reason": 0,
+        "server_port": 8080,
+        "family": socket.AF_INET,
+        "kind": kind,
+        "role": role,
+        "state": 0,
+        "ending": 0,
+        "flags": 0,
+        "pad": b"",
+    }
+    f.update(kw)
+    return ANOMALY_KEY.pack(*f.values())
+
+
+def test_decode_anomaly_lifecycle_refused_on_the_client() -> None:
+    dec = Decoder("n1", 1_000_000_000_000, {})
+    key = _anomaly_key(
+        decode.EV_LIFECYCLE,
+        ACTIVE,
+        err=111,
+        state=SYN_SENT,
+        ending=RESET_RECEIVED,
+        raddr=socket.inet_aton("198.18.0.9") + bytes(12),
+    )
+    val = ANOMALY_VAL.pack(990, 10, 5_000, 9_000, 0, 0, 123_456, 0, 42, 0, b"curl")
+    ev = decode_anomaly(dec, key, val, 10_000_000_000)
+    assert ev.WhichOneof("kind") == "anomalies" and ev.socket_id == 0
+    assert (ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port) == ("198.18.0.2", 0, "198.18.0.9", 8080)
+    assert (ev.process.pid, ev.process.comm, ev.process.cgroup_id) == (42, "curl", 77)
+    a = ev.anomalies
+    assert (a.kind, a.count, a.exemplars, a.role) == (ANOMALY_LIFECYCLE, 990, 10, ACTIVE)
+    assert (a.state, a.ending, a.errno, a.errno_name, a.reason, a.reason_name) == (
+        SYN_SENT,
+        RESET_RECEIVED,
+        111,
+        "ECONNREFUSED",
+        0,
+        "",
+    )
+    assert (a.established, a.retransmitted, a.coarse, a.duration_sum_ns) == (False, False, False, 123_456)
+    assert a.first.ToNanoseconds() == 1_000_000_005_000
+    assert a.last.ToNanoseconds() == ev.time.ToNanoseconds() == 1_000_000_009_000
+    assert a.interval_ns == 10_000_000_000
+
+
+def test_decode_anomaly_reset_from_no_socket_and_a_coarse_key() -> None:
+    dec = Decoder("n1", 0, {2: "NO_SOCKET"})
+    key = _anomaly_key(decode.EV_RESET_SENT, 0, reason=2, flags=AK_NO_SOCKET, server_port=5432)
+    ev = decode_anomaly(dec, key, ANOMALY_VAL.pack(7, 1, 1, 2, 0, 0, 0, 0, 0, 0, b""), 0)
+    a = ev.anomalies
+    assert (a.kind, a.no_socket, a.reason, a.reason_name) == (ANOMALY_RESET_SENT, True, 2, "NO_SOCKET")
+    assert (ev.local.port, ev.remote.ip, ev.remote.port) == (5432, "198.18.0.1", 0)
+    coarse = _anomaly_key(decode.EV_SYNACK, 0, flags=AK_COARSE | AK_FIRST_SYNACK, server_port=0, raddr=bytes(16))
+    ev = decode_anomaly(dec, coarse, ANOMALY_VAL.pack(3, 0, 1, 2, 0, 0, 0, 0, 0, 0, b""), 0)
+    a = ev.anomalies
+    assert (a.kind, a.coarse, a.first_of_request) == (ANOMALY_SYNACK_RETRANSMIT, True, True)
+    assert (ev.local.ip, ev.local.port, ev.remote.ip, ev.remote.port) == ("198.18.0.2", 0, "", 0)
+
+
+def test_anomaly_constants_agree_with_events_h() -> None:
+    header = (BPF_DIR / "events.h").read_text()
+    consts = {m[0]: int(m[1]) for m in re.findall(r"^#define ((?:ANOMC|AK)_\w+) (\d+)", header, re.M)}
+    assert consts.pop("ANOMC_NCOUNTS") == len(ANOMALY_COUNTERS)
+    assert {k: v for k, v in consts.items() if k.startswith("ANOMC_")} == {
+        f"ANOMC_{name.upper()}": i for i, name in enumerate(ANOMALY_COUNTERS)
+    }
+    assert {k: v for k, v in consts.items() if k.startswith("AK_")} == {
+        "AK_ESTABLISHED": AK_ESTABLISHED,
+        "AK_RETRANSMITTED": AK_RETRANSMITTED,
+        "AK_FIRST_SYNACK": AK_FIRST_SYNACK,
+        "AK_NO_SOCKET": AK_NO_SOCKET,
+        "AK_COARSE": AK_COARSE,
+    }
