@@ -22,13 +22,6 @@ static __always_inline __u32 read_u32(const void *p)
     return v;
 }
 
-static __always_inline __u16 read_u16(const void *p)
-{
-    __u16 v = 0;
-    bpf_probe_read_kernel(&v, sizeof(v), p);
-    return v;
-}
-
 static __always_inline __u8 read_u8(const void *p)
 {
     __u8 v = 0;
