@@ -22,6 +22,13 @@ static __always_inline __u32 read_u32(const void *p)
     return v;
 }
 
+static __always_inline __u8 read_u8(const void *p)
+{
+    __u8 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), p);
+    return v;
+}
+
 /* sk->sk_cgrp_data.cgroup: the socket's cgroup v2 (set at socket creation, inherited by children).
  * 4.5-5.14 keep it in `u64 val`, a union with the cgroup v1 net_prio/net_cls data: bit 0 (is_data)
  * set means a v1 setting overwrote the pointer, bit 1 (no_refcnt, 5.7+) that cgroup accounting of

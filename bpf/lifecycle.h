@@ -141,6 +141,8 @@ static __always_inline void emit_lifecycle(void *ctx, __u64 key, const struct so
     ev->rx_bytes = st->rx_bytes;
     ev->new_state = st->last_state;
     ev->err = st->err_report ? st->err_report : st->sk_err;
+    if (!ev->err && !(st->flags & F_ESTABLISHED))
+        ev->err = st->err_icmp; /* a connect failed by an ICMP that found the socket owned (error.h) */
     ev->reason = st->rst_reason;
     ev->retransmits = st->retransmits;
     ev->reported_tx = st->close_rep_tx;

@@ -33,6 +33,7 @@ struct sockstate {
     __u32 pid;
     __s32 err_report; /* last sock:inet_sk_error_report errno */
     __s32 sk_err;     /* sk->sk_err at CLOSE */
+    __s32 err_icmp;   /* an ICMP error queued while connecting (bpf/error.h), 0 if none */
     __u32 rst_reason;
     __u32 retransmits;
     __u32 isn_client; /* the connection's initial sequence numbers, set at ESTABLISHED (bpf/connid.h) */
@@ -40,7 +41,7 @@ struct sockstate {
     __u8 role;
     __u8 last_state; /* the state it left for CLOSE */
     __u8 flags;
-    __u8 pad[5];
+    __u8 pad[1];
     char comm[16];
     /* Open-connection reports (bpf/interim.h): what was reported so far. The pass takes the bytes
      * between these and the counters now; the CLOSE snapshot exchanges them for the final counts

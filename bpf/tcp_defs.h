@@ -23,4 +23,8 @@
 #define TS_CLOSING 11
 #define TS_NEW_SYN_RECV 12
 
+/* include/uapi/linux/errqueue.h: struct sock_extended_err.ee_origin of an ICMP error (stable uapi) */
+#define EE_ORIGIN_ICMP 2
+#define EE_ORIGIN_ICMP6 3
+
 #endif

@@ -127,15 +127,26 @@ class CollectorConfig:
         "with --no-resolve-remote); ends the agent already resolved are left alone",
         default=False,
     )
+    resolve_backends: bool = setting(
+        "TCPSCOPE_RESOLVE_BACKENDS",
+        "name on each server socket's and server flow's local end the Service ports whose EndpointSlices "
+        "list it (Endpoint.services), from cluster-wide Service and EndpointSlice watches: readers then "
+        "split a client's aggregated connections to a Service by backend (docs/services.md)",
+        default=False,
+    )
     kubeconfig: str | None = setting(
-        "KUBECONFIG", "kubeconfig for --resolve-remote; without it the in-cluster service account", default=None
+        "KUBECONFIG",
+        "kubeconfig for --resolve-remote, --resolve-backends and --tokenreview; without it the in-cluster "
+        "service account",
+        default=None,
     )
     labels: tuple[str, ...] = setting(
         "TCPSCOPE_LABELS", "pod labels copied onto remote ends, comma separated (others are dropped)", default=()
     )
     remote_sync_timeout: float = setting(
         "TCPSCOPE_REMOTE_SYNC_TIMEOUT",
-        "seconds to wait at start-up for the first pod/service/node lists (serving starts regardless)",
+        "seconds to wait at start-up for the first pod/service/node (and service/endpointslice) lists "
+        "(serving starts regardless)",
         default=5.0,
         min=0,
     )
@@ -239,9 +250,10 @@ class CollectorConfig:
     )
     metrics_watched_peers: tuple[str, ...] = setting(
         "TCPSCOPE_METRICS_WATCHED_PEERS",
-        "remote-end kinds an agent watches too, so their own agent counts the connection (pod; add node "
-        "when agents also watch host processes)",
-        default=("pod",),
+        "remote-end kinds an agent watches too, so their own agent counts the connection: pod, and node "
+        "while agents also watch host processes (they do unless --cgroup-root limits them to pods; then "
+        "set pod alone). With node, a NodePort's SNATed connection is counted by its client's socket once",
+        default=("pod", "node"),
         choices=("pod", "node"),
     )
     grace: float = setting("TCPSCOPE_SHUTDOWN_GRACE", "seconds to finish streams on SIGTERM", default=10.0, min=0)
@@ -278,7 +290,7 @@ class CollectorConfig:
                 ("--kafka-ssl-cafile", self.kafka_security.ssl_cafile),
                 ("--kafka-username-file", self.kafka_security.username_file),
                 ("--kafka-password-file", self.kafka_security.password_file),
-                ("--kubeconfig", self.kubeconfig if self.resolve_remote else None),
+                ("--kubeconfig", self.kubeconfig if self.resolve_remote or self.resolve_backends else None),
             )
         )
         self.read_token()  # an empty token file is refused now, not at the first agent

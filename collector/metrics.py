@@ -77,6 +77,14 @@ class CollectorMetrics:
             ["result"],
             registry=r,
         )
+        self.backend_ends = Counter(
+            "tcpscope_collector_backend_ends_total",
+            "server lifecycles and flows seen with --resolve-backends, by result (tcpscope.kube.backends."
+            "BackendResult): backend (Endpoint.services set), not_backend (no Service lists the address and "
+            "port), already_set, miss_api_unavailable (services and endpointslices not listed yet)",
+            ["result"],
+            registry=r,
+        )
         self.inflight = Gauge("tcpscope_collector_inflight_batches", "batches awaiting Kafka acks", registry=r)
         self.publish_seconds = Histogram(
             "tcpscope_collector_publish_seconds",

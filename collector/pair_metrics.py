@@ -26,11 +26,15 @@ Counting rule (each connection once, with no state shared between collector repl
 event counts its connection when it is the client's (role ACTIVE), or when it is the server's and
 the client is not watched by an agent. "Watched" is decided from the event alone: its remote end
 resolved to a pod or to a Service (a ClusterIP's peer is the backend pod kube-proxy chose;
-`--metrics-watched-peers pod`, the default: an agent runs on every node), or to a node when agents
-also watch host processes (`node`), or to this very node's host when the socket itself is a host
-process's, or it is a loopback address or the socket's own (the same agent reports both sockets:
-host loopback without Kubernetes). A connection whose two sockets both reach this replica is counted
-once by its `connection_id` (`same_connection`), whatever the rule said of each. Each replica
+`--metrics-watched-peers pod`: an agent runs on every node), or to a node when agents also watch
+host processes (`node`; both are the default, as agents watch every cgroup unless --cgroup-root
+limits them), or to this very node's host when the socket itself is a host process's, or it is a
+loopback address or the socket's own (the same agent reports both sockets: host loopback without
+Kubernetes). A node as the peer is also what a backend sees of a NodePort's client under SNAT
+(externalTrafficPolicy: Cluster): with `node` watched, the client's socket counts that connection
+and the backend's does not, across replicas too; without it both would (docs/services.md). A
+connection whose two sockets both reach this replica is counted once by its `connection_id`
+(`same_connection`), whatever the rule said of each. Each replica
 counts the batches it receives; a connection's two sockets may reach different replicas and still
 only one of them counts it, so `sum without (instance)` over replicas is exact.
 
@@ -227,7 +231,7 @@ class TrafficMetrics(Collector):
         exclude_namespaces: Iterable[str] = (),
         max_series: int = 20_000,
         ttl_s: float = 900.0,
-        watched_peers: Iterable[str] = ("pod",),
+        watched_peers: Iterable[str] = ("pod", "node"),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if by not in ("workload", "pod", "namespace"):

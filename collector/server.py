@@ -15,11 +15,12 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 
+from collector.backends import BackendEnrichment, Enrichers, build_backend_enrichment
 from collector.config import CollectorConfig
 from collector.metrics import CollectorMetrics
 from collector.pair_metrics import BatchObserver
 from collector.publisher import KAFKA_DEFAULT_MAX_MESSAGE_BYTES, KafkaPublisher, Publisher
-from collector.remote_ends import BatchEnricher
+from collector.remote_ends import BatchEnricher, RemoteEnrichment, build_remote_enrichment
 from collector.service import SERVICE_NAME, CollectorService
 from tcpscope import tls
 from tcpscope.ratelimit import Throttle, held_note
@@ -182,6 +183,34 @@ class CollectorServer:
         self.port = 0
         self.streams_cancelled = 0  # agent streams still open when stop()'s grace ran out
 
+    async def _start_enrichment(self) -> BatchEnricher:
+        """--resolve-remote and --resolve-backends: their watches started, then up to
+        --remote-sync-timeout for their first lists (serving starts regardless)."""
+        cfg = self.cfg
+        stages: list[RemoteEnrichment | BackendEnrichment] = []
+        builders: list[tuple[str, Callable[[CollectorConfig, CollectorMetrics], RemoteEnrichment | BackendEnrichment]]]
+        builders = [("--resolve-remote", build_remote_enrichment)] if cfg.resolve_remote else []
+        builders += [("--resolve-backends", build_backend_enrichment)] if cfg.resolve_backends else []
+        for flag, build in builders:
+            try:
+                stages.append(build(cfg, self.metrics))
+            except Exception as e:  # kubernetes.config.ConfigException, unreadable kubeconfig, ...
+                for started in stages:
+                    started.close()
+                raise StartupError(
+                    f"{flag}: cannot use the Kubernetes API ({cfg.kubeconfig or 'in-cluster'}): {e}"
+                ) from e
+        loop = asyncio.get_running_loop()
+        for stage in stages:
+            if not await loop.run_in_executor(None, stage.wait_synced, cfg.remote_sync_timeout):
+                log.warning(
+                    "Kubernetes API not synced within %.1fs; %s resolve once it is "
+                    "(counted as miss_api_unavailable until then)",
+                    cfg.remote_sync_timeout,
+                    "backend ends" if isinstance(stage, BackendEnrichment) else "remote ends",
+                )
+        return stages[0] if len(stages) == 1 else Enrichers(stages)
+
     async def start(self) -> int:
         """Start serving; returns the bound port (useful with --listen HOST:0)."""
         cfg = self.cfg
@@ -207,23 +236,8 @@ class CollectorServer:
         token = cfg.read_token()
         check_tls_files(cfg)  # before Kafka: a bad certificate is named at once
         check_listen(cfg.listen)
-        if self._enricher is None and cfg.resolve_remote:
-            from collector.remote_ends import build_remote_enrichment
-
-            try:
-                remote = build_remote_enrichment(cfg, self.metrics)
-            except Exception as e:  # kubernetes.config.ConfigException, unreadable kubeconfig, ...
-                raise StartupError(
-                    f"--resolve-remote: cannot use the Kubernetes API ({cfg.kubeconfig or 'in-cluster'}): {e}"
-                ) from e
-            self._enricher = remote
-            loop = asyncio.get_running_loop()
-            if not await loop.run_in_executor(None, remote.wait_synced, cfg.remote_sync_timeout):
-                log.warning(
-                    "Kubernetes API not synced within %.1fs; remote ends resolve once it is "
-                    "(counted as miss_api_unavailable until then)",
-                    cfg.remote_sync_timeout,
-                )
+        if self._enricher is None and (cfg.resolve_remote or cfg.resolve_backends):
+            self._enricher = await self._start_enrichment()
         reviewer = None
         if cfg.tokenreview:
             from collector.node_binding import TokenReviewer

@@ -24,7 +24,10 @@ client address (so through a Service, where the client's flows name the ClusterI
 name the backend, the backends' flows of a watched client are not counted again), else from the
 server's. A server's individual lifecycle whose client counted the same connection in
 a flow (the server retransmitted, the client saw nothing unusual) adds its problem counters but not
-a second connection.
+a second connection. Where the backends' flows say which Service ports they are endpoints of
+(`Endpoint.services`, the collector's --resolve-backends), a client's flows to a Service are split by
+backend (tail/backend_split.py): each backend's row (client, backend, via Service) gets its share,
+and the Service row keeps only the connections whose backend is not known.
 
 Anomalies past the agents' budget (TcpEvent.anomalies, AnomalyAggregate: lifecycles counted in the
 kernel per key beside a few exemplars sent one by one) are counted like flows, per (client address,
@@ -63,6 +66,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tail import clock, resetcause
+from tail.backend_split import BackendSplit, FlowKey, ServiceRef, SplitCounts, split
 from tail.gaps import Conflicts, Gaps, rfc3339
 from tail.pairs import COUNTERS, LOG2_BUCKETS, PairSummary, Party
 from tail.servicemap import render_dot
@@ -394,6 +398,7 @@ class Summarizer:
         client_flows = {k for k, (cf, _sf) in self._flows.items() if cf}
         flow_clients = {k[0] for k in client_flows}  # client addresses whose agent reported flows
         client_aggs = {k for k, (ca, _sa) in self._aggs.items() if ca}
+        conns: list[tuple[_View | None, _View | None, bool]] = []
         for cv, sv in self.connections():
             end_ns = max(v.end_ns for v in (cv, sv) if v is not None)
             if cutoff is not None and end_ns < cutoff:
@@ -412,21 +417,77 @@ class Summarizer:
             )
             if absorbed and triple in client_aggs and sv is not None and not _ok(sv.event.lifecycle):
                 continue  # in the client's aggregates: the client saw this end too
-            _count(row_for(*self._connection_parties(cv, sv)), cv, sv, absorbed, self.reset_cause(cv, sv))
-        self._count_flows(rows, cutoff, flow_clients)
+            conns.append((cv, sv, absorbed))
+        by_backend = split(self._split_counts(conns, cutoff, client_aggs))
+        for cv, sv, absorbed in conns:
+            client, server, via = self._connection_parties(cv, sv)
+            if absorbed and sv is not None and via is None and _key(sv) in by_backend.via:
+                via = _via_party(by_backend.via[_key(sv)])  # its client's flow went through that Service
+            _count(row_for(client, server, via), cv, sv, absorbed, self.reset_cause(cv, sv))
+        moved_from = self._count_flows(rows, cutoff, flow_clients, by_backend, conns)
         client_seen = client_flows | client_aggs
         client_seen |= {(v.client_end.ip, v.server_end.ip, v.server_end.port) for v, _ in self.connections() if v}
         self._add_aggregates(row_for, client_seen, cutoff)
         self._count_open(rows, cutoff)
-        return rows.finish()
+        # a Service row the split left with nothing (and no open connections): every connection's
+        # backend is known
+        return [
+            r
+            for r in rows.finish()
+            if id(r) not in moved_from or r.open_connections or any(getattr(r, c) for c in COUNTERS)
+        ]
 
-    def _count_flows(self, rows: _Rows, cutoff: int | None, flow_clients: set[str]) -> None:
+    def _split_counts(
+        self,
+        conns: list[tuple[_View | None, _View | None, bool]],
+        cutoff: int | None,
+        client_aggs: set[tuple[str, str, int]],
+    ) -> SplitCounts:
+        """What tail/backend_split.py needs: the clients' flows to Services and straight to backends,
+        the backends' flows and the lone views their clients counted in flows, in the window; and
+        the clients' anomaly aggregates through a Service, whose backends' ends may be in the
+        backends' flows or lone lifecycles."""
+        counts = SplitCounts()
+        for key, (cflows, sflows) in self._flows.items():
+            for f in (f for f in cflows if _in_window(f, cutoff)):
+                if f.remote.kind == SERVICE:
+                    counts.add_service_flow(key[0], _ref(f.remote), f.flow.connections)
+                else:
+                    counts.add_direct(key, f.flow.connections)
+            for f in (f for f in sflows if _in_window(f, cutoff)):
+                counts.add_backend(key, f.flow.connections, _refs(f.local))
+        for key, (caggs, _saggs) in self._aggs.items():
+            for ev in caggs:
+                if ev.remote.kind == SERVICE and (cutoff is None or ev.anomalies.last.ToNanoseconds() >= cutoff):
+                    counts.add_unjoined(key[0], _ref(ev.remote), ev.anomalies.count)
+        for cv, sv, absorbed in conns:
+            if cv is not None:
+                lone_established = sv is None and classify(cv.event.lifecycle, True)[0]
+                if cv.event.remote.kind == SERVICE:
+                    counts.add_client_socket(cv.client_end.ip, _ref(cv.event.remote), lone_established)
+                elif lone_established:
+                    counts.add_direct(_key(cv), 1)
+            elif absorbed and sv is not None and _key(sv) not in client_aggs:
+                counts.add_backend(_key(sv), 1, _refs(sv.event.local))
+        return counts
+
+    def _count_flows(
+        self,
+        rows: _Rows,
+        cutoff: int | None,
+        flow_clients: set[str],
+        by_backend: BackendSplit,
+        conns: list[tuple[_View | None, _View | None, bool]],
+    ) -> set[int]:
         """Each flow's connections and latency samples into its row: the client's flows whenever the
         client's agent reported flows of that client address, else the server's. A server's flows
         from a node's address (a NodePort's SNAT, or a process on that node) are first matched
         against the flows watched clients sent to that node's address: those connections are
-        counted already. OPEN: the open connections of each flow source's latest flow, if that was
-        in its node's last pass."""
+        counted already. Then the clients' flows to Services move to their backends' rows as
+        `by_backend` splits them (their latency samples and open connections stay in the Service's
+        row). OPEN: the open connections of each flow source's latest flow, if that was in its
+        node's last pass. Returns the ids of the Service rows the split moved connections from."""
+        service_rows: dict[tuple[str, ServiceRef], PairSummary] = {}
 
         def closed_in(f: TcpEvent) -> bool:
             return cutoff is None or f.flow.last_close.ToNanoseconds() >= cutoff
@@ -451,6 +512,8 @@ class Summarizer:
                         continue
                 row = rows.row_for(*self._flow_parties(f, port))
                 _count_flow(row, f, n, port)
+                if f.flow.role == ACTIVE and f.remote.kind == SERVICE:
+                    service_rows[(cip, _ref(f.remote))] = row
                 if not n:
                     rows.reported(row, f.flow.report_time.ToNanoseconds(), t)
                 source: tuple[object, ...] = (f.node, f.flow.role, f.local.ip, f.local.port, f.remote.ip)
@@ -461,6 +524,7 @@ class Summarizer:
             fl = f.flow
             if fl.open_connections and self._in_last_pass(f.node, fl.report_time.ToNanoseconds(), fl.interval_ns):
                 row.open_connections += fl.open_connections
+        return self._move_to_backends(rows.row_for, cutoff, by_backend, service_rows, conns)
 
     def _count_open(self, rows: _Rows, cutoff: int | None) -> None:
         """Connections reported open one by one, from the client's reports when there are any, else
@@ -484,6 +548,43 @@ class Summarizer:
             row.open_connections += 1
             if reports.connect_ns[side]:
                 row.connect_us_log2[_log2(reports.connect_ns[side] // 1000)] += 1
+
+    def _move_to_backends(
+        self,
+        row_for: Callable[[Party, Party, Party | None], PairSummary],
+        cutoff: int | None,
+        by_backend: BackendSplit,
+        service_rows: dict[tuple[str, ServiceRef], PairSummary],
+        conns: list[tuple[_View | None, _View | None, bool]],
+    ) -> set[int]:
+        """Move each backend's share of a client's flows to a Service from the Service's row to the
+        row (client, backend, via the Service): the rows a joined connection of theirs counts in.
+        Returns the ids of the Service rows it moved connections from."""
+        moved_from: set[int] = set()
+        for cs, n in by_backend.moved.items():
+            row = service_rows[cs]
+            row.connections -= n
+            row.flow_connections -= n
+            moved_from.add(id(row))
+        lone_servers = {_key(sv): sv for cv, sv, absorbed in conns if absorbed and sv is not None}
+        for key, (ref, n) in sorted(by_backend.shares.items()):
+            svc_row = service_rows[(key[0], ref)]
+            flows = [f for f in self._flows.get(key, ([], []))[1] if _in_window(f, cutoff)]
+            if flows:
+                f = flows[0]
+                server = self._party(f.local, None, f.process.comm, server=True)
+            else:  # only lone lifecycles of the backend's (their client aggregated them)
+                sv = lone_servers[key]
+                server = self._party(sv.event.local, None, sv.event.process.comm, server=True)
+            row = row_for(svc_row.client, server, svc_row.via)
+            row.connections += n
+            row.flow_connections += n
+            row.server_ports.add(key[2])
+            for f in flows:
+                _seen(row, f.flow.first_close.ToNanoseconds(), f.flow.last_close.ToNanoseconds())
+            if not flows:
+                _seen(row, svc_row.first_seen_ns, svc_row.last_seen_ns)
+        return moved_from
 
     def _add_aggregates(
         self,
@@ -623,6 +724,34 @@ def _ok(lc: Lifecycle) -> bool:
     return lc.ending == 1 and lc.errno == 0
 
 
+def _key(v: _View) -> FlowKey:
+    """A view's (client address, server address, server port), as flows are keyed."""
+    return (v.client_end.ip, v.server_end.ip, v.server_end.port)
+
+
+def _ref(ep: Endpoint) -> ServiceRef:
+    """A Service end's (namespace, name, port)."""
+    return (ep.namespace, ep.name, ep.port)
+
+
+def _refs(ep: Endpoint) -> list[ServiceRef]:
+    """The Service ports a server's local end is an endpoint of (Endpoint.services)."""
+    return [(s.namespace, s.name, s.port) for s in ep.services]
+
+
+def _via_party(ref: ServiceRef) -> Party:
+    return Party(ref[0], ref[1], "SERVICE", port=ref[2])
+
+
+def _in_window(f: TcpEvent, cutoff: int | None) -> bool:
+    return cutoff is None or f.flow.last_close.ToNanoseconds() >= cutoff
+
+
+def _seen(row: PairSummary, first: int, last: int) -> None:
+    row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
+    row.last_seen_ns = max(row.last_seen_ns, last)
+
+
 def _match(clients: list[_View], servers: list[_View]) -> list[tuple[_View | None, _View | None]]:
     """Pair client and server views of one 4-tuple by nearest start time, within the tolerance."""
     if not servers:
@@ -719,9 +848,7 @@ def _count_flow(row: PairSummary, f: TcpEvent, n: int, port: int) -> None:
     _add_buckets(row.connect_us_log2, fl.connect_latency_us_log2)
     _add_buckets(row.rtt_us_log2, fl.srtt_us_log2)
     if n:
-        first = fl.first_close.ToNanoseconds()
-        row.first_seen_ns = first if not row.first_seen_ns else min(row.first_seen_ns, first)
-        row.last_seen_ns = max(row.last_seen_ns, fl.last_close.ToNanoseconds())
+        _seen(row, fl.first_close.ToNanoseconds(), fl.last_close.ToNanoseconds())
 
 
 def _open_key(ev: TcpEvent, client_end: Endpoint, server_end: Endpoint) -> _OpenKey:

@@ -35,6 +35,7 @@ TIME_MAX_S = 4_102_444_800
 
 FLOW_BUCKETS_MAX = 32  # Flow.duration_us_log2: log2 buckets of a u64 microsecond count, 0..31
 LABELS_MAX = 64  # Endpoint.labels entries (an allow-list picks them)
+SERVICES_MAX = 64  # Endpoint.services entries (the Service ports one endpoint serves)
 UNOBSERVED_MAX = 64  # UnobservedWindow entries on one batch
 UNACKED_SEQUENCES_MAX = 1_000_000  # UnobservedWindow.unacked_sequences
 LOSS_REASONS_MAX = 256  # Losses.by_reason entries
@@ -120,6 +121,8 @@ def _endpoint_problem(e: Endpoint) -> str | None:
         return "port"
     if e.kind > _ENUM_MAX["kind"]:
         return "enum"
+    if any(s.port > PORT_MAX for s in e.services):
+        return "port"
     if e.ByteSize() <= SHORT_MAX:  # no string, and no more labels, than the smallest bound allows
         return None
     if (
@@ -140,6 +143,18 @@ def _endpoint_problem(e: Endpoint) -> str | None:
             return "repeated"
         if any(len(k) > LABEL_KEY_MAX or len(v) > SHORT_MAX for k, v in labels.items()):
             return "string"
+    return _services_problem(e)
+
+
+def _services_problem(e: Endpoint) -> str | None:
+    """Endpoint.services: the Service ports a server's end is an endpoint of (--resolve-backends)."""
+    services = e.services
+    if not services:
+        return None
+    if len(services) > SERVICES_MAX:
+        return "repeated"
+    if any(len(s.namespace) > NAME_MAX or len(s.name) > NAME_MAX for s in services):
+        return "string"
     return None
 
 

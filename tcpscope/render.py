@@ -173,6 +173,7 @@ _KNOWN = {
         "container_id",
         "workload",
         "node",
+        "services",
     ],
     "Process": ["pid", "comm", "cgroup_id", "cgroup_path"],
     "Lifecycle": [
@@ -247,6 +248,8 @@ def _endpoint(ep: Any) -> str:
         p.append('"workload": ' + _message(ep.workload))
     if ep.node:
         p.append('"node": ' + encode_basestring_ascii(ep.node))
+    if ep.services:
+        p.append('"services": [' + ", ".join(_message(sp) for sp in ep.services) + "]")
     return "{" + ", ".join(p) + "}"
 
 

@@ -105,6 +105,13 @@ _OFFSETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("OFF_SKC_V6_RCV_SADDR", "sock", ("__sk_common.skc_v6_rcv_saddr",)),
     # a SYN-ACK retransmit's request: how many times its SYN-ACK was sent again before (bpf/retransmit.h)
     ("OFF_REQ_NUM_RETRANS", "request_sock", ("num_retrans",)),
+    # the newest entry of a socket's error queue: an ICMP error queued while connecting (bpf/error.h)
+    ("OFF_SK_ERROR_QUEUE", "sock", ("sk_error_queue",)),
+    ("OFF_SKB_HEAD_PREV", "sk_buff_head", ("prev",)),
+    ("OFF_SKB_CB", "sk_buff", ("cb",)),
+    ("OFF_SERR_EE", "sock_exterr_skb", ("ee",)),
+    ("OFF_EE_ERRNO", "sock_extended_err", ("ee_errno",)),
+    ("OFF_EE_ORIGIN", "sock_extended_err", ("ee_origin",)),
 )
 
 

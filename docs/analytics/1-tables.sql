@@ -9,7 +9,23 @@
 -- Deduplication: at-least-once delivery repeats records (docs/kafka.md). A repeat carries the same
 -- (agent_id, batch_seq, batch_index) and byte-identical content, so every table is a
 -- ReplacingMergeTree ordered by that key, and the queries read it with FINAL. Its partition key
--- comes from the event's own time, so a repeat always lands in the partition of its first copy.
+-- comes from the event's own time, so a repeat lands in the partition of its first copy (unless a
+-- resend's clock correction moves it across a month's end).
+--
+-- Times: the streams carry each agent's own times; the views into the stored tables put them on the
+-- collector's clock, as tcpscope-tail shows them (tail/clock.py), with the functions below.
+
+-- What readers subtract from an agent's times (tail/clock.py, docs/kafka.md "Clocks"): the agent's
+-- clock offset the collector measured (EventBatch.collector), once it is bounded, at least 50 ms and
+-- larger than its error; else 0. The collector puts the same figure in the `clock-offset-ns` header
+-- of the batch's event records (the streams' `clock_correction_ns`); the views below subtract it,
+-- so every time in the stored tables is on the collector's clock, `clock_correction_ns` beside it.
+CREATE FUNCTION tcpscope_clock_correction AS (offset_ns, error_ns, bounded) ->
+    if(bounded AND abs(offset_ns) >= 50000000 AND abs(offset_ns) > error_ns, offset_ns, 0);
+
+-- An agent's time (DateTime64(9)) on the collector's clock: `correction_ns` less; an unset time stays unset.
+CREATE FUNCTION tcpscope_corrected AS (t, correction_ns) ->
+    if(toUnixTimestamp64Nano(t) = 0, t, fromUnixTimestamp64Nano(toUnixTimestamp64Nano(t) - correction_ns, 'UTC'));
 
 CREATE TABLE tcpscope_event_stream
 (
@@ -18,6 +34,7 @@ CREATE TABLE tcpscope_event_stream
     batch_index UInt32,
     schema_version UInt32,
     time DateTime64(9, 'UTC'),
+    clock_correction_ns Int64,
     node String,
     socket_id UInt64,
     connection_id UInt64,
@@ -59,6 +76,7 @@ CREATE TABLE tcpscope_event_stream
     lifecycle_retransmits UInt32,
     lifecycle_reset_reason UInt32,
     lifecycle_reset_reason_name String,
+    lifecycle_tracked_mid_life Bool,
     state_change_old_state String,
     state_change_new_state String,
     state_change_time_in_old_state_ns UInt64,
@@ -99,8 +117,12 @@ CREATE TABLE tcpscope_batch_stream
     lost_agent_buffer UInt64,
     lost_enrichment UInt64,
     lost_kernel_skipped_runs UInt64,
+    lost_sockets_untracked UInt64,
     lost_by_reason Map(String, UInt64),
-    unobserved_windows UInt32
+    unobserved_windows UInt32,
+    clock_offset_ns Int64,
+    clock_offset_error_ns UInt64,
+    clock_offset_bounded Bool
 )
 ENGINE = Null;
 
@@ -112,6 +134,7 @@ CREATE TABLE tcpscope_lifecycles
     batch_seq UInt64,
     batch_index UInt32,
     time DateTime64(9, 'UTC'),
+    clock_correction_ns Int64,
     node LowCardinality(String),
     socket_id UInt64,
     connection_id UInt64,
@@ -150,7 +173,8 @@ CREATE TABLE tcpscope_lifecycles
     last_state LowCardinality(String),
     retransmits UInt32,
     reset_reason UInt32,
-    reset_reason_name LowCardinality(String)
+    reset_reason_name LowCardinality(String),
+    tracked_mid_life Bool
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(time)
@@ -163,6 +187,7 @@ CREATE TABLE tcpscope_flows
     batch_seq UInt64,
     batch_index UInt32,
     time DateTime64(9, 'UTC'),
+    clock_correction_ns Int64,
     node LowCardinality(String),
     local_ip String,
     local_port UInt32,
@@ -207,6 +232,7 @@ CREATE TABLE tcpscope_socket_events
     batch_seq UInt64,
     batch_index UInt32,
     time DateTime64(9, 'UTC'),
+    clock_correction_ns Int64,
     node LowCardinality(String),
     socket_id UInt64,
     connection_id UInt64,
@@ -253,8 +279,13 @@ CREATE TABLE tcpscope_batches
     lost_agent_buffer UInt64,
     lost_enrichment UInt64,
     lost_kernel_skipped_runs UInt64,
+    lost_sockets_untracked UInt64,
     lost_by_reason Map(String, UInt64),
-    unobserved_windows UInt32
+    unobserved_windows UInt32,
+    clock_offset_ns Int64,
+    clock_offset_error_ns UInt64,
+    clock_offset_bounded Bool,
+    clock_correction_ns Int64
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(sent_time)
@@ -262,7 +293,8 @@ ORDER BY (agent_id, batch_seq);
 
 CREATE MATERIALIZED VIEW tcpscope_lifecycles_mv TO tcpscope_lifecycles AS
 SELECT
-    agent_id, batch_seq, batch_index, time, node, socket_id, connection_id,
+    agent_id, batch_seq, batch_index, tcpscope_corrected(time, clock_correction_ns) AS time, clock_correction_ns,
+    node, socket_id, connection_id,
     local_ip, local_port, local_kind, local_namespace, local_name, local_uid, local_labels,
     local_container, local_container_id, local_workload_kind, local_workload_name, local_node,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_uid, remote_labels,
@@ -278,13 +310,15 @@ SELECT
     lifecycle_last_state AS last_state,
     lifecycle_retransmits AS retransmits,
     lifecycle_reset_reason AS reset_reason,
-    lifecycle_reset_reason_name AS reset_reason_name
+    lifecycle_reset_reason_name AS reset_reason_name,
+    lifecycle_tracked_mid_life AS tracked_mid_life
 FROM tcpscope_event_stream
 WHERE kind = 'lifecycle';
 
 CREATE MATERIALIZED VIEW tcpscope_flows_mv TO tcpscope_flows AS
 SELECT
-    agent_id, batch_seq, batch_index, time, node,
+    agent_id, batch_seq, batch_index, tcpscope_corrected(time, clock_correction_ns) AS time, clock_correction_ns,
+    node,
     local_ip, local_port, local_kind, local_namespace, local_name, local_workload_kind,
     local_workload_name, local_node,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_workload_kind,
@@ -296,8 +330,8 @@ SELECT
     flow_rx_bytes AS rx_bytes,
     flow_duration_us_log2 AS duration_us_log2,
     flow_duration_sum_ns AS duration_sum_ns,
-    flow_first_close AS first_close,
-    flow_last_close AS last_close,
+    tcpscope_corrected(flow_first_close, clock_correction_ns) AS first_close,
+    tcpscope_corrected(flow_last_close, clock_correction_ns) AS last_close,
     flow_interval_ns AS interval_ns,
     flow_source AS source
 FROM tcpscope_event_stream
@@ -305,7 +339,8 @@ WHERE kind = 'flow';
 
 CREATE MATERIALIZED VIEW tcpscope_socket_events_mv TO tcpscope_socket_events AS
 SELECT
-    agent_id, batch_seq, batch_index, time, node, socket_id, connection_id,
+    agent_id, batch_seq, batch_index, tcpscope_corrected(time, clock_correction_ns) AS time, clock_correction_ns,
+    node, socket_id, connection_id,
     local_ip, local_port, local_kind, local_namespace, local_name, local_node,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_node,
     process_pid, process_comm,
@@ -325,4 +360,8 @@ FROM tcpscope_event_stream
 WHERE kind NOT IN ('lifecycle', 'flow', '');
 
 CREATE MATERIALIZED VIEW tcpscope_batches_mv TO tcpscope_batches AS
-SELECT * FROM tcpscope_batch_stream;
+SELECT
+    * EXCEPT sent_time,
+    tcpscope_clock_correction(clock_offset_ns, clock_offset_error_ns, clock_offset_bounded) AS clock_correction_ns,
+    tcpscope_corrected(sent_time, clock_correction_ns) AS sent_time
+FROM tcpscope_batch_stream;

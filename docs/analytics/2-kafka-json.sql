@@ -25,6 +25,8 @@ SELECT
     toUInt32OrZero(_headers.value[indexOf(_headers.name, 'batch-index')]) AS batch_index,
     toUInt32OrZero(_headers.value[indexOf(_headers.name, 'tcpscope-schema-version')]) AS schema_version,
     parseDateTime64BestEffortOrZero(JSONExtractString(json, 'time'), 9, 'UTC') AS time,
+    -- what readers subtract from the agent's times (1-tables.sql applies it)
+    toInt64OrZero(_headers.value[indexOf(_headers.name, 'clock-offset-ns')]) AS clock_correction_ns,
     JSONExtractString(json, 'node') AS node,
     JSONExtract(json, 'socket_id', 'UInt64') AS socket_id,
     JSONExtract(json, 'connection_id', 'UInt64') AS connection_id,
@@ -69,6 +71,7 @@ SELECT
     JSONExtract(json, 'lifecycle', 'retransmits', 'UInt32') AS lifecycle_retransmits,
     JSONExtract(json, 'lifecycle', 'reset_reason', 'UInt32') AS lifecycle_reset_reason,
     JSONExtractString(json, 'lifecycle', 'reset_reason_name') AS lifecycle_reset_reason_name,
+    JSONExtractBool(json, 'lifecycle', 'tracked_mid_life') AS lifecycle_tracked_mid_life,
     if(JSONHas(json, 'state_change', 'old_state'), JSONExtractString(json, 'state_change', 'old_state'), 'TCP_STATE_UNSPECIFIED') AS state_change_old_state,
     if(JSONHas(json, 'state_change', 'new_state'), JSONExtractString(json, 'state_change', 'new_state'), 'TCP_STATE_UNSPECIFIED') AS state_change_new_state,
     JSONExtract(json, 'state_change', 'time_in_old_state_ns', 'UInt64') AS state_change_time_in_old_state_ns,
@@ -109,7 +112,11 @@ SELECT
     JSONExtract(json, 'lost', 'agent_buffer', 'UInt64') AS lost_agent_buffer,
     JSONExtract(json, 'lost', 'enrichment', 'UInt64') AS lost_enrichment,
     JSONExtract(json, 'lost', 'kernel_skipped_runs', 'UInt64') AS lost_kernel_skipped_runs,
+    JSONExtract(json, 'lost', 'sockets_untracked', 'UInt64') AS lost_sockets_untracked,
     JSONExtract(json, 'lost', 'by_reason', 'Map(String, UInt64)') AS lost_by_reason,
-    toUInt32OrZero(_headers.value[indexOf(_headers.name, 'unobserved-windows')]) AS unobserved_windows
+    toUInt32OrZero(_headers.value[indexOf(_headers.name, 'unobserved-windows')]) AS unobserved_windows,
+    JSONExtract(json, 'collector', 'clock_offset_ns', 'Int64') AS clock_offset_ns,
+    JSONExtract(json, 'collector', 'clock_offset_error_ns', 'UInt64') AS clock_offset_error_ns,
+    JSONExtractBool(json, 'collector', 'clock_offset_bounded') AS clock_offset_bounded
 FROM tcpscope_kafka_json
 WHERE _headers.value[indexOf(_headers.name, 'tcpscope-record')] = 'batch-summary';

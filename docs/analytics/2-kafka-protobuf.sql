@@ -59,6 +59,7 @@ CREATE TABLE tcpscope_kafka_events
     lifecycle_retransmits UInt32,
     lifecycle_reset_reason UInt32,
     lifecycle_reset_reason_name String,
+    lifecycle_tracked_mid_life Bool,
     state_change_old_state String,
     state_change_new_state String,
     state_change_time_in_old_state_ns UInt64,
@@ -109,7 +110,11 @@ CREATE TABLE tcpscope_kafka_batches
     lost_agent_buffer UInt64,
     lost_enrichment UInt64,
     lost_by_reason Map(String, UInt64),
-    lost_kernel_skipped_runs UInt64
+    lost_kernel_skipped_runs UInt64,
+    lost_sockets_untracked UInt64,
+    collector_clock_offset_ns Int64,
+    collector_clock_offset_error_ns UInt64,
+    collector_clock_offset_bounded Bool
 )
 ENGINE = Kafka
 SETTINGS
@@ -127,7 +132,10 @@ SELECT
     toUInt32OrZero(_headers.value[indexOf(_headers.name, 'batch-index')]) AS batch_index,
     toUInt32OrZero(_headers.value[indexOf(_headers.name, 'tcpscope-schema-version')]) AS schema_version,
     fromUnixTimestamp64Nano(time_seconds * 1000000000 + time_nanos, 'UTC') AS time,
-    node, socket_id, connection_id,
+    -- what readers subtract from the agent's times (1-tables.sql applies it)
+    toInt64OrZero(_headers.value[indexOf(_headers.name, 'clock-offset-ns')]) AS clock_correction_ns,
+    node, socket_id,
+    connection_id,
     local_ip, local_port, local_kind, local_namespace, local_name, local_uid, local_labels,
     local_container, local_container_id, local_workload_kind, local_workload_name, local_node,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_uid, remote_labels,
@@ -137,6 +145,7 @@ SELECT
     lifecycle_role, lifecycle_duration_ns, lifecycle_tx_bytes, lifecycle_rx_bytes, lifecycle_ending,
     lifecycle_errno, lifecycle_errno_name, lifecycle_last_state, lifecycle_retransmits,
     lifecycle_reset_reason, lifecycle_reset_reason_name,
+    lifecycle_tracked_mid_life,
     state_change_old_state, state_change_new_state, state_change_time_in_old_state_ns,
     retransmit_state,
     reset_direction, reset_state, reset_reason, reset_reason_name,
@@ -158,6 +167,10 @@ SELECT
     fromUnixTimestamp64Nano(sent_time_seconds * 1000000000 + sent_time_nanos, 'UTC') AS sent_time,
     toUInt32OrZero(_headers.value[indexOf(_headers.name, 'batch-events')]) AS batch_events,
     lost_kernel, lost_agent_buffer, lost_enrichment, lost_kernel_skipped_runs, lost_by_reason,
-    toUInt32OrZero(_headers.value[indexOf(_headers.name, 'unobserved-windows')]) AS unobserved_windows
+    lost_sockets_untracked,
+    toUInt32OrZero(_headers.value[indexOf(_headers.name, 'unobserved-windows')]) AS unobserved_windows,
+    collector_clock_offset_ns AS clock_offset_ns,
+    collector_clock_offset_error_ns AS clock_offset_error_ns,
+    collector_clock_offset_bounded AS clock_offset_bounded
 FROM tcpscope_kafka_batches
 WHERE _error = '' AND _headers.value[indexOf(_headers.name, 'tcpscope-record')] = 'batch-summary';

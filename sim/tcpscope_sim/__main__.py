@@ -38,6 +38,7 @@ from tcpscope_sim.plan import (
     PlanError,
     TrafficSpec,
     builtin_plan,
+    expected_backend_shares,
     expected_summary,
     load_plan,
 )
@@ -294,7 +295,7 @@ class _SimRun:
         )
         kubeconfig = services.start_api()
         _say(f"tcpscope-sim: API server stand-in at {services.api.url if services.api else '?'}")
-        services.start_collector()
+        services.start_collector(kubeconfig)
         self.cluster.start()
         services.start_agents({n: self.cluster.node_cgroup(n) for n in self.watched}, kubeconfig)
         services.wait_agents_ready()
@@ -529,6 +530,21 @@ def _check_summary(rows: Sequence[PairSummary], plan: Plan, watched: Sequence[st
     for ref, (g, w) in sorted(wrong.items()):
         diff = ", ".join(f"{c} {g[c]} (plan: {w[c]})" for c in SUMMARY_COUNTERS if g[c] != w[c])
         say(f"tcpscope-sim: the summary of {ref} differs from the plan: {diff}")
+    return not wrong and (set(watched) != set(plan.nodes) or _check_backend_shares(rows, plan, say))
+
+
+def _check_backend_shares(rows: Sequence[PairSummary], plan: Plan, say: Callable[[str], None]) -> bool:
+    """With every node watched: each backend's share of each client's connections through each
+    ClusterIP, flows included (`expected_backend_shares`), in the row (client, backend, via Service)."""
+    want = expected_backend_shares(plan)
+    got: dict[tuple[str, str, str], int] = {}
+    for r in rows:
+        if r.via is not None and r.via.kind == "SERVICE" and r.server.kind != "SERVICE":
+            key = (r.client.label(), r.server.label(), r.via.label())
+            got[key] = got.get(key, 0) + r.connections
+    wrong = {k: (got.get(k, 0), want.get(k, 0)) for k in set(want) | set(got) if got.get(k, 0) != want.get(k, 0)}
+    for (client, backend, service), (g, w) in sorted(wrong.items()):
+        say(f"tcpscope-sim: {client} -> {backend} via {service}: {g} connections in the summary (plan: {w})")
     return not wrong
 
 

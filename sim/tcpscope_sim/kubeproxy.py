@@ -14,13 +14,15 @@ A NodePort (externalTrafficPolicy: Cluster) is matched on every node's address, 
 kube-proxy marks it (KUBE-MARK-MASQ, 0x4000), and its source rewritten to the node's address in a
 postrouting nat chain: the backend sees the node, not the client.
 
-A Service without endpoints is rejected before routing, as kube-proxy rejects it, but with a TCP
-reset from the router (`reject with tcp reset`) where kube-proxy answers with an ICMP port
-unreachable (iptables `REJECT`, nft's plain `reject`). Both make connect() fail with ECONNREFUSED;
-the sim uses the reset because the agent reports the RST a SYN_SENT socket receives (a refusal, as
-pod to pod), while a connect refused by ICMP ends in its lifecycle as NORMAL without an errno today
-(counted `failed`; docs/services.md). conntrack un-NATs the replies: the client's socket keeps the ClusterIP
-and Service port as its remote, the backend's sees the client pod's address and port.
+A Service without endpoints is rejected before routing with an ICMP port unreachable, as
+kube-proxy rejects it (iptables `REJECT`, nft's `reject`): connect() fails with ECONNREFUSED, and
+the agent reports the client's lifecycle as ERROR with errno 111 (`refused`), with no RST anywhere
+(bpf/error.h: the ICMP often reaches the socket while connect() holds it, and the errno is read
+from the socket's error queue). The router's ICMP rate limit is off (`net.ipv4.icmp_ratelimit=0`
+in its netns): a node rate-limits them per client (a burst of 6, then one a second), and a refusal
+beyond it waits for the SYN's retransmit, which a plan of many refusals at once would meet.
+conntrack un-NATs the replies: the client's socket keeps the ClusterIP and Service port as its
+remote, the backend's sees the client pod's address and port.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def ruleset(plan: Plan, table: str, mode: str = "nftables", ips: Mapping[str, st
             mark = f"meta mark set meta mark | {MASQUERADE_MARK:#x}"
             matches += [f"ip daddr {plan.node_ip(n)} tcp dport {svc.node_port} {mark}" for n in plan.nodes]
         if not svc.backends:
-            reject += [f"{m} reject with tcp reset" for m in matches]
+            reject += [f"{m} reject with icmp type port-unreachable" for m in matches]
             continue
         chains.append(_service_chain(i, svc, addr, mode))
         nat += [f"{m} jump svc_{i}" for m in matches]
@@ -102,4 +104,6 @@ def install(plan: Plan, fabric: net.Fabric, mode: str = "nftables") -> str | Non
         return None
     table = net.nft_table_name(fabric.run_id, "kp")
     net.run_ip(["ip", "netns", "exec", fabric.netns, "nft", "-f", "-"], stdin=ruleset(plan, table, mode))
+    if any(not s.backends for s in plan.services):  # every rejected SYN gets its ICMP (module docstring)
+        net.run_ip(["ip", "netns", "exec", fabric.netns, "sysctl", "-q", "-w", "net.ipv4.icmp_ratelimit=0"])
     return table

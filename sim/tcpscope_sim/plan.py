@@ -217,6 +217,21 @@ def expected_summary(plan: Plan, watched: Collection[str] | None = None) -> dict
     return out
 
 
+def expected_backend_shares(plan: Plan) -> dict[tuple[str, str, str], int]:
+    """(client pod, backend pod, Service) -> the established connections the summary must show in
+    that row, through ClusterIPs (kube-proxy hands them out in turn: `Plan.backend_of`). With every
+    node watched the summary holds each backend's exact share, aggregated connections included
+    (the collector names the backends' Services: --resolve-backends, docs/services.md)."""
+    out: dict[tuple[str, str, str], int] = {}
+    for t, backends in zip(plan.traffic, plan.backend_of(), strict=True):
+        if not t.service or t.node or t.kind not in ESTABLISHED_KINDS:
+            continue
+        for b in backends:
+            key = (t.src, b, t.service)
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
 def _str(entry: Mapping[str, Any], key: str, where: str) -> str:
     v = entry.get(key)
     if not isinstance(v, str) or not v:

@@ -208,8 +208,11 @@ class Services:
             self.api.add(obj)
         return str(self.api.write_kubeconfig(os.path.join(self.workdir, "kubeconfig")))
 
-    def start_collector(self) -> str:
-        """Start the collector replicas; returns the first one's address."""
+    def start_collector(self, kubeconfig: str | None = None) -> str:
+        """Start the collector replicas; returns the first one's address. With the API stand-in's
+        kubeconfig they name the Service backends of server sockets (--resolve-backends), as the
+        chart's collectors do."""
+        backends = ["--resolve-backends", "--kubeconfig", kubeconfig] if kubeconfig else []
         for j in range(self.collectors):
             port = free_port()
             assert self.kafka_bootstrap
@@ -225,6 +228,7 @@ class Services:
                     self.kafka_bootstrap,
                     "--topic",
                     self.topic,
+                    *backends,
                     *metrics,
                 ],
             )

@@ -4,8 +4,10 @@
     pods.py     PodInfo, pod_info, workload_of: what a Pod object tells about an end;
                 fill_endpoint: an Endpoint from a pod's or an IP owner's metadata (either end)
     ipindex.py  IpIndex: ip -> pod / service / node over time, fed by the pod, service, node sinks
-    remote.py   RemoteResolver: the IpIndex kept current by three reflectors; fill_remote_ends: fill
-                events' remote ends and count them by RemoteResult (pod, service, node, external, ...)
+    remote_ends.py  RemoteResolver: the IpIndex kept current by three reflectors; fill_remote_ends:
+                fill events' remote ends and count them by RemoteResult (pod, service, node, external, ...)
+    backends.py BackendResolver: (address, target port) -> the Service ports whose EndpointSlices list
+                it; fill_backend_ends: fill server events' local ends (Endpoint.services)
 
 The agent (agent/enrich/) adds what only a node knows (cgroup -> pod); the collector
 (collector/remote_ends.py) resolves remote ends cluster-wide. Neither imports the other.

@@ -17,11 +17,11 @@ from enum import StrEnum
 
 from tcpscope.kube.ipindex import IpIndex, IpOwner, NodeIpSink, PodIpSink, ServiceIpSink
 from tcpscope.kube.pods import fill_endpoint
-from tcpscope.kube.watch import KubeApi, Reflector
+from tcpscope.kube.watch import KubeApi, PodSink, Reflectors
 from tcpscope.v1.events_pb2 import EXTERNAL, HOST, NODE, POD, TcpEvent
 
 
-class RemoteResolver:
+class RemoteResolver(Reflectors):
     """Cluster-wide IP index kept current by three reflectors; thread-safe `resolve`."""
 
     def __init__(
@@ -34,31 +34,12 @@ class RemoteResolver:
         backoff_max: float = 30.0,
     ) -> None:
         self.index = IpIndex(ttl=ttl)
-        sinks = {
+        sinks: dict[str, PodSink] = {
             "pods": PodIpSink(self.index, label_allowlist),
             "services": ServiceIpSink(self.index),
             "nodes": NodeIpSink(self.index),
         }
-        self.reflectors = {
-            name: Reflector(api, name, sink, backoff_initial=backoff_initial, backoff_max=backoff_max)
-            for name, sink in sinks.items()
-        }
-
-    def start(self) -> RemoteResolver:
-        for r in self.reflectors.values():
-            r.start()
-        return self
-
-    def close(self) -> None:
-        for r in self.reflectors.values():
-            r.close()
-
-    def synced(self) -> bool:
-        """True once pods, services and nodes have each been listed at least once."""
-        return all(r.synced.is_set() for r in self.reflectors.values())
-
-    def wait_synced(self, timeout: float) -> bool:
-        return all(r.synced.wait(timeout) for r in self.reflectors.values())
+        super().__init__(api, sinks, backoff_initial=backoff_initial, backoff_max=backoff_max)
 
     def resolve(self, ip: str, when: float | None = None) -> IpOwner | None:
         return self.index.resolve(ip, when)
@@ -68,10 +49,7 @@ class RemoteResolver:
         return self.index.pod_cidr_node(ip)
 
     def stats(self) -> dict[str, int]:
-        out = self.index.stats()
-        for name, r in self.reflectors.items():
-            out.update(r.stats(f"remote.watch.{name}"))
-        return out
+        return {**self.index.stats(), **self.watch_stats("remote.watch")}
 
 
 def _is_unspecified(ip: str) -> bool:

@@ -15,7 +15,7 @@ import random
 import socket
 import threading
 from collections.abc import Iterator, Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +91,14 @@ class _ClientWatch:
 
 
 class ClientKubeApi:
-    """`KubeApi` over the official client (core/v1 pods, services, nodes)."""
+    """`KubeApi` over the official client (core/v1 pods, services, nodes; discovery.k8s.io/v1
+    endpointslices)."""
 
     def __init__(self, api_client: Any, connect_timeout: float = 5.0, read_timeout: float = 120.0) -> None:
         from kubernetes import client
 
         self._core = client.CoreV1Api(api_client)
+        self._discovery = client.DiscoveryV1Api(api_client)
         self._timeouts = (connect_timeout, read_timeout)
 
     def _fn(self, resource: str) -> Any:
@@ -104,6 +106,7 @@ class ClientKubeApi:
             "pods": self._core.list_pod_for_all_namespaces,
             "services": self._core.list_service_for_all_namespaces,
             "nodes": self._core.list_node,
+            "endpointslices": self._discovery.list_endpoint_slice_for_all_namespaces,
         }[resource]
 
     def list(self, resource: str, field_selector: str, limit: int, continue_token: str) -> JsonObj:
@@ -274,3 +277,39 @@ class Reflector:
                 with self._lock:
                     self._stream = None
         self.connected = False
+
+
+class Reflectors:
+    """Reflectors started, synced and closed together: one per resource a cache is fed from (the
+    remote-end index's pods, services and nodes; the backend index's services and endpointslices)."""
+
+    def __init__(
+        self, api: KubeApi, sinks: Mapping[str, PodSink], *, backoff_initial: float = 0.2, backoff_max: float = 30.0
+    ) -> None:
+        self.reflectors = {
+            name: Reflector(api, name, sink, backoff_initial=backoff_initial, backoff_max=backoff_max)
+            for name, sink in sinks.items()
+        }
+
+    def start(self) -> Self:
+        for r in self.reflectors.values():
+            r.start()
+        return self
+
+    def close(self) -> None:
+        for r in self.reflectors.values():
+            r.close()
+
+    def synced(self) -> bool:
+        """True once every resource has been listed at least once."""
+        return all(r.synced.is_set() for r in self.reflectors.values())
+
+    def wait_synced(self, timeout: float) -> bool:
+        return all(r.synced.wait(timeout) for r in self.reflectors.values())
+
+    def watch_stats(self, prefix: str) -> dict[str, int]:
+        """Each reflector's counters, as `<prefix>.<resource>.<counter>`."""
+        out: dict[str, int] = {}
+        for name, r in self.reflectors.items():
+            out.update(r.stats(f"{prefix}.{name}"))
+        return out

@@ -73,15 +73,19 @@ class Stream:
         rx: int = 50,
         comm: str = "app",
         sid: int | None = None,
+        cid: int = 0,
     ) -> int:
-        """One socket's lifecycle (and its state change at the handshake); returns its socket id."""
+        """One socket's lifecycle (and its state change at the handshake); returns its socket id.
+        cid: the connection id its agent gave it (docs/services.md; 0: none)."""
         if sid is None:
             self._sid += 1
             sid = self._sid
         if last_state not in (pb.SYN_SENT, pb.LISTEN):
             hs = self._ev(node, local, remote, start + MS // 2, sid, comm)
             hs.state_change.old_state, hs.state_change.new_state = pb.SYN_SENT, pb.ESTABLISHED
+            hs.connection_id = cid
         e = self._ev(node, local, remote, end, sid, comm)
+        e.connection_id = cid
         lc = e.lifecycle
         lc.role, lc.duration_ns, lc.ending, lc.last_state = role, end - start, ending, last_state
         lc.errno, lc.retransmits, lc.tx_bytes, lc.rx_bytes = errno, retransmits, tx, rx
@@ -99,9 +103,11 @@ class Stream:
         sid: int,
         state: pb.TcpState = pb.ESTABLISHED,
         reason: str = "",
+        cid: int = 0,
     ) -> None:
         e = self._ev(node, local, remote, t, sid, "app")
         e.reset.direction, e.reset.state, e.reset.reason_name = direction, state, reason
+        e.connection_id = cid
 
     def flow(
         self,

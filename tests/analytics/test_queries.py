@@ -6,16 +6,11 @@ is swapped for a table fed from the record values (tests/support/analytics.py sa
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tail.cli import SUMMARY_DEDUP_WINDOW
-from tail.consume import Dedup
-from tail.summary import Report, Summarizer, SummaryOptions
-from tcpscope.kafka_layout import batch_records, decode_records
+from tcpscope.kafka_layout import batch_records
 from tcpscope.v1 import events_pb2 as pb
 from tests.analytics import scenario
 from tests.support.analytics import (
@@ -25,6 +20,10 @@ from tests.support.analytics import (
     assert_pack_equals_summary,
     by_pair,
     clickhouse_docs,
+    laid_out,
+    sql_verdicts,
+    summary_doc,
+    summary_verdicts,
 )
 
 
@@ -32,65 +31,27 @@ def records(value_format: str) -> list[Rec]:
     """The stream's records in publishing order, then two batches published again verbatim, as a
     collector that died before its ack makes the agent resend them."""
     batches = scenario.build().batches()
-    out: list[Rec] = []
-    for b in batches:
-        out += [Rec(0, len(out) + i, r.key, r.value, r.headers) for i, r in enumerate(batch_records(b, value_format))]
-    again = [r for b in (batches[1], batches[-1]) for r in batch_records(b, value_format)]
-    out += [Rec(0, len(out) + i, r.key, r.value, r.headers) for i, r in enumerate(again)]
-    return out
-
-
-def _report(recs: list[Rec]) -> Report:
-    """The Report of `tcpscope-tail --summary` fed as it feeds it: through the reader's dedup policy
-    (tail/consume.py Dedup), repeats counted as its duplicates, conflicts handed to it."""
-    rep = Report(Summarizer())
-    dedup = Dedup(SUMMARY_DEDUP_WINDOW)
-    for r in recs:
-        for d in decode_records(r.headers, r.value):
-            if dedup.keep(d, rep.conflicts.add):
-                rep.take(d)
-    rep.duplicates = dedup.repeats
-    return rep
-
-
-def summary(recs: list[Rec]) -> dict[str, Any]:
-    """`tcpscope-tail --summary --format json` of these records."""
-    return json.loads(_report(recs).render("json", SummaryOptions()))
+    return laid_out(batches, value_format, repeat=(1, len(batches) - 1))
 
 
 @pytest.mark.slow  # chDB runs the whole DDL and query pack: a few seconds
 @pytest.mark.parametrize("value_format", ["protobuf", "json"])
 def test_the_query_pack_equals_the_summary_rule_by_rule(value_format: str, tmp_path: Path) -> None:
     recs = records(value_format)
-    doc = summary(recs)
+    doc = summary_doc(recs)
     assert doc["duplicates"] > 0 and doc["conflicts"] == 0
     with clickhouse_docs(tmp_path, value_format) as ch:
         ch.feed(recs)
-        got = by_pair(as_summary_pairs(ch.query("pairs")))
-        want = by_pair(doc["pairs"])
-        assert_pack_equals_summary(got, want)
+        assert_pack_equals_summary(by_pair(as_summary_pairs(ch.query("pairs"))), doc["pairs"])
         (losses,) = ch.query("losses")
         assert as_summary_losses(losses) == doc["losses"]
         assert losses["batches"] == doc["batches"]
 
 
-def verdicts(recs: list[Rec]) -> dict[tuple[str, int], tuple[str, str]]:
-    """tail/resetcause.py's verdict on the RST each counted socket received, by (node, socket id)."""
-    s = _report(recs).summarizer
-    out: dict[tuple[str, int], tuple[str, str]] = {}
-    for cv, sv in s.connections():
-        for v in (cv, sv):
-            got = s.resets.received_by(v.event) if v is not None else None
-            if v is not None and got is not None:
-                verdict = s.resets.classify(got)
-                out[(v.event.node, v.event.socket_id)] = (verdict.cause, verdict.detail)
-    return out
-
-
 @pytest.mark.slow  # chDB
 def test_every_received_reset_gets_the_summarys_verdict(tmp_path: Path) -> None:
     recs = records("protobuf")
-    want = verdicts(recs)
+    want = summary_verdicts(recs)
     # every rule of docs/reset-cause.md is taken at least once, on one end or the other
     assert {d for _, d in want.values()} >= {
         "TCP_STATE",
@@ -108,11 +69,7 @@ def test_every_received_reset_gets_the_summarys_verdict(tmp_path: Path) -> None:
     }
     with clickhouse_docs(tmp_path, "protobuf") as ch:
         ch.feed(recs)
-        rows = ch.rows(
-            "SELECT s.node AS node, s.socket_id AS socket_id, v.cause AS cause, v.detail AS detail "
-            "FROM tcpscope_reset_verdicts AS v INNER JOIN tcpscope_sockets AS s ON v.id = s.id"
-        )
-    assert {(r["node"], int(r["socket_id"])): (r["cause"], r["detail"]) for r in rows} == want
+        assert sql_verdicts(ch) == want
 
 
 @pytest.mark.slow  # chDB

@@ -1,67 +1,149 @@
-"""Schema evolution (docs/analytics.md): records of the current schema read with the DDL made for the
-previous proto. tcpscope.v1 only ever adds fields; the field added last is TcpEvent.connection_id
-(commit 33f7885). A ClickHouse that still has the previous events.proto in its format_schemas, and
-Kafka tables and views without the new column, must keep reading the upgraded collector's records:
-every event in its table, the new field ignored, the same answers from the query pack."""
+"""Schema evolution (docs/analytics.md): records of the current schema read with the DDL made for an
+earlier proto. tcpscope.v1 only ever adds fields. A ClickHouse that still has an earlier events.proto
+in its format_schemas, and Kafka tables and views without the new columns, must keep reading the
+upgraded collector's records: every event in its table, the new fields ignored, the same answers
+from the query pack.
+
+Two generations: the proto before the fields added last (EventBatch.collector, the collector's clock
+measurement, with the `clock-offset-ns` header; Losses.sockets_untracked; Lifecycle.tracked_mid_life),
+and the one before that too (TcpEvent.connection_id, commit 33f7885)."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tcpscope.kafka_layout import batch_records, decode_records
+from tcpscope.kafka_layout import decode_records
+from tcpscope.v1 import events_pb2 as pb
 from tests.analytics import scenario
-from tests.support.analytics import Rec, as_summary_pairs, by_pair, clickhouse_docs
+from tests.support.analytics import ClickHouseDocs, Rec, as_summary_pairs, by_pair, clickhouse_docs, laid_out
 
-PREVIOUS_PROTO = Path(__file__).with_name("events_before_connection_id.proto")
+HERE = Path(__file__).parent
 
 
-def previous_ddl(name: str, text: str) -> str:
-    """The Kafka tables and their views as written for the previous proto: no connection_id (the
-    tables of 1-tables.sql keep theirs, filled with its default, as after the ALTER the docs give)."""
+@dataclass(frozen=True)
+class Generation:
+    proto: Path
+    columns: tuple[str, ...]
+    """the names (Kafka table columns, stream columns) that read what this proto or its collector
+    did not have: the earlier 2-kafka-*.sql has no line naming one"""
+    stored: dict[str, tuple[str, ...]]
+    """per stored table, the columns the upgrade added (the earlier DDL leaves their defaults)"""
+
+
+NOTE_COLUMNS = (
+    "lifecycle_tracked_mid_life",
+    "lost_sockets_untracked",
+    "collector_clock_offset_ns",
+    "collector_clock_offset_error_ns",
+    "collector_clock_offset_bounded",
+    "clock_offset_ns",
+    "clock_offset_error_ns",
+    "clock_offset_bounded",
+    "clock_correction_ns",
+)
+NOTE_STORED = {
+    "tcpscope_lifecycles": ("tracked_mid_life",),
+    "tcpscope_batches": ("lost_sockets_untracked", "clock_offset_ns", "clock_offset_error_ns", "clock_offset_bounded"),
+}
+GENERATIONS = {
+    "before_collector_note": Generation(HERE / "events_before_collector_note.proto", NOTE_COLUMNS, NOTE_STORED),
+    "before_connection_id": Generation(
+        HERE / "events_before_connection_id.proto",
+        (*NOTE_COLUMNS, "connection_id"),
+        {
+            **NOTE_STORED,
+            "tcpscope_lifecycles": ("tracked_mid_life", "connection_id"),
+            "tcpscope_socket_events": ("connection_id",),
+        },
+    ),
+}
+TABLES = ("tcpscope_lifecycles", "tcpscope_flows", "tcpscope_socket_events", "tcpscope_batches")
+
+
+def earlier_ddl(gen: Generation, name: str, text: str) -> str:
+    """The Kafka tables and their views as written for the earlier proto: no line naming what it
+    lacked (the stored tables of 1-tables.sql keep their new columns, with their defaults, as after
+    the ALTER the docs give)."""
     if not name.startswith("2-kafka-"):
         return text
-    text = re.sub(r"\n\s*connection_id UInt64,", "", text)
-    text = re.sub(r"\n\s*JSONExtract\(json, 'connection_id', 'UInt64'\) AS connection_id,", "", text)
-    text = text.replace("node, socket_id, connection_id,", "node, socket_id,")
-    assert "connection_id" not in text, "the previous DDL knows nothing of connection_id"
+    named = re.compile(r"\b(" + "|".join(gen.columns) + r")\b")
+    text = "\n".join(line for line in text.splitlines() if not named.search(line))
+    text = re.sub(r",(\n\s*\))", r"\1", text)  # a table's last column gone
+    text = re.sub(r",(\nFROM )", r"\1", text)  # a view's last column gone
+    assert not named.search(text), "the earlier DDL knows nothing of the new fields"
     return text
 
 
 def records(value_format: str) -> list[Rec]:
-    """The scenario's stream with the current schema's new field on the wire: a connection id on
-    every reset, error and state change (the lifecycles keep 0, so the pairs are the same ones)."""
+    """The scenario's stream with the newer fields on the wire: a connection id on every reset, error
+    and state change (the lifecycles keep 0, so the pairs are the same ones), a lifecycle tracked mid
+    life, a socket not tracked, and the collector's clock measurement on every batch (3 ms: below what
+    readers correct, as on one machine)."""
     batches = scenario.build().batches()
     for b in batches:
+        b.collector.clock_offset_ns, b.collector.clock_offset_error_ns = 3_000_000, 1_000_000
+        b.collector.clock_offset_bounded = True
+        b.collector.received_time.FromNanoseconds(b.sent_time.ToNanoseconds() + 2_000_000)
         for i, e in enumerate(b.events):
             if e.WhichOneof("kind") not in ("lifecycle", "flow"):
                 e.connection_id = 0xA5A5_0000_0000_0000 + i
-    out: list[Rec] = []
-    for b in batches:
-        out += [Rec(0, len(out) + i, r.key, r.value, r.headers) for i, r in enumerate(batch_records(b, value_format))]
+            elif e.WhichOneof("kind") == "lifecycle" and (e.lifecycle.role, e.lifecycle.last_state) == (
+                pb.ROLE_UNSPECIFIED,
+                pb.FIN_WAIT2,
+            ):
+                e.lifecycle.tracked_mid_life = True  # the socket older than the agent
+    batches[0].lost.sockets_untracked = 1
+    batches[0].lost.by_reason["kernel.socket_map_full"] = 1
+    return laid_out(batches, value_format)
+
+
+def _rows(ch: ClickHouseDocs, stored: dict[str, tuple[str, ...]]) -> dict[str, object]:
+    """Every stored table's rows, without the columns the upgrade added."""
+    out: dict[str, object] = {}
+    for t in TABLES:
+        cols = stored.get(t, ())
+        except_ = f" EXCEPT ({', '.join(cols)})" if cols else ""
+        out[t] = ch.rows(f"SELECT *{except_} FROM {t} FINAL ORDER BY ALL")
     return out
 
 
-@pytest.mark.slow  # chDB, twice
+@pytest.mark.slow  # chDB, twice per case
+@pytest.mark.parametrize("generation", list(GENERATIONS))
 @pytest.mark.parametrize("value_format", ["protobuf", "json"])
-def test_the_previous_ddl_reads_the_current_records(value_format: str, tmp_path: Path) -> None:
+def test_the_earlier_ddl_reads_the_current_records(value_format: str, generation: str, tmp_path: Path) -> None:
+    gen = GENERATIONS[generation]
     recs = records(value_format)
-    assert any(d.event.connection_id for r in recs for d in decode_records(r.headers, r.value) if d.event)
-    tables = ("tcpscope_lifecycles", "tcpscope_flows", "tcpscope_socket_events", "tcpscope_batches")
+    events = [d.event for r in recs for d in decode_records(r.headers, r.value) if d.event]
+    assert any(e.connection_id for e in events) and any(e.lifecycle.tracked_mid_life for e in events)
     with clickhouse_docs(tmp_path / "current", value_format) as ch:
         ch.feed(recs)
-        current = {t: ch.rows(f"SELECT * EXCEPT connection_id FROM {t} FINAL ORDER BY ALL") for t in tables[:3]}
-        current["tcpscope_batches"] = ch.rows("SELECT * FROM tcpscope_batches FINAL ORDER BY ALL")
+        current = _rows(ch, gen.stored)
         pairs = by_pair(as_summary_pairs(ch.query("pairs")))
-        ids = int(ch.execute("SELECT countIf(connection_id != 0) FROM tcpscope_socket_events FINAL"))
-    with clickhouse_docs(tmp_path / "previous", value_format, proto=PREVIOUS_PROTO, edit=previous_ddl) as old:
+        new_values = ch.rows(
+            "SELECT (SELECT countIf(connection_id != 0) FROM tcpscope_socket_events FINAL) AS ids, "
+            "(SELECT countIf(tracked_mid_life) FROM tcpscope_lifecycles FINAL) AS mid_life, "
+            "(SELECT sum(lost_sockets_untracked) FROM tcpscope_batches FINAL) AS untracked, "
+            "(SELECT countIf(clock_offset_ns = 3000000 AND clock_offset_bounded) FROM tcpscope_batches FINAL)"
+            " AS noted, "
+            "(SELECT count() FROM tcpscope_batches FINAL) AS batches"
+        )[0]
+    with clickhouse_docs(
+        tmp_path / "earlier", value_format, proto=gen.proto, edit=lambda n, t: earlier_ddl(gen, n, t)
+    ) as old:
         old.feed(recs)
-        previous = {t: old.rows(f"SELECT * EXCEPT connection_id FROM {t} FINAL ORDER BY ALL") for t in tables[:3]}
-        previous["tcpscope_batches"] = old.rows("SELECT * FROM tcpscope_batches FINAL ORDER BY ALL")
-        assert int(old.execute("SELECT countIf(connection_id != 0) FROM tcpscope_socket_events FINAL")) == 0
+        earlier = _rows(old, gen.stored)
         assert by_pair(as_summary_pairs(old.query("pairs"))) == pairs
-    assert ids > 0, "the current DDL reads the new field"
-    assert all(previous[t] for t in tables)
-    assert previous == current
+        (defaults,) = old.rows(
+            "SELECT (SELECT countIf(tracked_mid_life) FROM tcpscope_lifecycles FINAL) AS mid_life, "
+            "(SELECT sum(lost_sockets_untracked) + countIf(clock_offset_bounded) FROM tcpscope_batches FINAL) AS note"
+        )
+        assert (int(defaults["mid_life"]), int(defaults["note"])) == (0, 0), "the new fields are not stored"
+    # the current DDL reads the new fields
+    assert int(new_values["ids"]) > 0 and int(new_values["mid_life"]) == 1 and int(new_values["untracked"]) == 1
+    assert int(new_values["noted"]) == int(new_values["batches"]) > 0
+    assert all(earlier[t] for t in TABLES)
+    assert earlier == current

@@ -25,15 +25,7 @@ from typing import Any
 
 import pytest
 
-from tcpscope.kafka_layout import (
-    H_AGENT_ID,
-    H_BATCH_SEQ,
-    H_RECORD,
-    RECORD_SUMMARY,
-    decode_records,
-    dedup_key,
-    header_map,
-)
+from tcpscope.kafka_layout import decode_records, dedup_key, header_map
 from tests.support.analytics import (
     as_summary_losses,
     as_summary_pairs,
@@ -41,6 +33,7 @@ from tests.support.analytics import (
     by_pair,
     clickhouse_docs,
     records_of,
+    republish_one_batch,
 )
 from tests.support.collector import CollectorProcess
 from tests.support.events import make_event
@@ -94,30 +87,6 @@ def stream_with_losses_and_a_collector_kill(bootstrap: str, topic: str, value_fo
     assert exp.losses() == {}, "the second agent's own stream lost nothing"
 
 
-def republish_one_batch(bootstrap: str, topic: str, records: list[Any]) -> int:
-    """Every record of the first simulator batch that carried events, published again byte for byte
-    (key, value, headers, partition): what a collector that died after Kafka's ack leaves behind."""
-    from kafka import KafkaProducer
-
-    summaries = [header_map(r.headers) for r in records if header_map(r.headers).get(H_RECORD) == RECORD_SUMMARY]
-    batch = next(
-        (h[H_AGENT_ID], h[H_BATCH_SEQ])
-        for h in summaries
-        if h[H_AGENT_ID].startswith("node-") and h["batch-events"] != "0"
-    )
-    again = [
-        r for r in records if (header_map(r.headers).get(H_AGENT_ID), header_map(r.headers).get(H_BATCH_SEQ)) == batch
-    ]
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    try:
-        for r in again:
-            p.send(topic, key=r.key, value=r.value, headers=list(r.headers), partition=r.partition)
-        p.flush(10)
-    finally:
-        p.close()
-    return len(again)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("value_format", ["protobuf", "json"])
 def test_the_topic_in_clickhouse_answers_as_the_summary(
@@ -151,9 +120,7 @@ def test_the_topic_in_clickhouse_answers_as_the_summary(
         assert len(lifecycles) > len(set(lifecycles))
         assert int(ch.execute("SELECT count() FROM tcpscope_lifecycles FINAL")) == len(set(lifecycles))
 
-        got = by_pair(as_summary_pairs(ch.query("pairs")))
-        want = by_pair(doc["pairs"])
-        assert_pack_equals_summary(got, want)
+        assert_pack_equals_summary(by_pair(as_summary_pairs(ch.query("pairs"))), doc["pairs"])
         sim_pairs = [p for p in doc["pairs"] if p["client"]["kind"] == "POD"]
         assert {(p["client"]["name"], p["server"]["name"]) for p in sim_pairs} == {
             ("web-1", "api-1"),

@@ -54,14 +54,21 @@ def _bad_events() -> dict[str, list[TcpEvent]]:
     labels = make_event(110)
     for k in range(65):
         labels.local.labels[f"k{k}"] = "v"
+    services = make_event(111)  # Endpoint.services: the Service ports an endpoint serves
+    for k in range(65):
+        services.local.services.add(namespace="shop", name=f"svc-{k}", port=80)
+    service_port = make_event(112)
+    service_port.local.services.add(namespace="shop", name="api", port=70000)
+    service_name = make_event(113)
+    service_name.local.services.add(namespace="shop", name="s" * 254, port=80)
     empty = TcpEvent()  # an empty value: not an event
     return {
         "collector.invalid_time": [far, old, ahead, late_close],
-        "collector.invalid_repeated": [flow, labels],
-        "collector.invalid_port": [port],
+        "collector.invalid_repeated": [flow, labels, services],
+        "collector.invalid_port": [port, service_port],
         "collector.invalid_enum": [enum],
         "collector.invalid_address": [family, garbage_ip],
-        "collector.invalid_string": [comm],
+        "collector.invalid_string": [comm, service_name],
         "collector.invalid_empty": [empty],
     }
 

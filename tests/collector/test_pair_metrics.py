@@ -9,7 +9,13 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from collector.config import CollectorConfig
-from collector.pair_metrics import DURATION_BOUNDS_S, DURATION_EXPONENTS, TrafficMetrics, log2_bucket
+from collector.pair_metrics import (
+    DURATION_BOUNDS_S,
+    DURATION_EXPONENTS,
+    TrafficMetrics,
+    build_traffic_metrics,
+    log2_bucket,
+)
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
@@ -138,13 +144,13 @@ def test_server_counts_when_the_client_is_not_watched() -> None:
     pair = {"client_namespace": "", "client_workload": "external"}
     assert conns(t, "ok", **pair) == 1
     assert sample(t, "tcpscope_connection_bytes_total", **{**PAIR, **pair}, direction="client_to_server") == 9
-    # a client on a node's host: watched only with --metrics-watched-peers node
+    # a client on a node's host: watched with --metrics-watched-peers node (the default), not without
     node_client = Endpoint(ip="198.19.255.1", port=51001, kind=NODE, name="node-1")
     t.observe(batch(server_event(node_client)))
-    assert conns(t, "ok", client_namespace="", client_workload="node/node-1") == 1
-    t2 = TrafficMetrics(watched_peers=("pod", "node"))
+    assert conns(t, "ok", client_namespace="", client_workload="node/node-1") == 0
+    t2 = TrafficMetrics(watched_peers=("pod",))
     t2.observe(batch(server_event(node_client)))
-    assert conns(t2, "ok", client_namespace="", client_workload="node/node-1") == 0
+    assert conns(t2, "ok", client_namespace="", client_workload="node/node-1") == 1
 
 
 def test_host_loopback_on_one_node_counts_once() -> None:
@@ -519,7 +525,11 @@ def test_config_flags() -> None:
         cfg.metrics_watched_peers,
     ) == ("pod", ("a", "b"), ("kube-system",), 500, 60.0, ("pod", "node"))
     defaults = CollectorConfig.from_args(["--kafka-bootstrap", "k:9092"], env={})
-    assert (defaults.metrics_by, defaults.metrics_ttl, defaults.metrics_watched_peers) == ("workload", 900.0, ("pod",))
+    assert (defaults.metrics_by, defaults.metrics_ttl, defaults.metrics_watched_peers) == (
+        "workload",
+        900.0,
+        ("pod", "node"),
+    )
     with pytest.raises(SystemExit):
         CollectorConfig.from_args(["--kafka-bootstrap", "k:9092", "--metrics-by", "ip"], env={})
 
@@ -770,3 +780,60 @@ def test_latency_histograms_count_each_connection_once_and_flows_map_exactly() -
     assert sample(t, "tcpscope_rtt_seconds_count", **PAIR) == 6
     assert bucket("rtt", "1.6e-05") == 1 and bucket("rtt", "6.4e-05") == 3 and bucket("rtt", "0.000256") == 4
     assert bucket("rtt", "0.001024") == 6 and bucket("rtt", "+Inf") == 6
+
+
+def _nodeport_mix(client: Endpoint | None) -> tuple[list[TcpEvent], list[TcpEvent]]:
+    """(the client's events, the backend's) of 4 ordinary connections and 3 the backend reset,
+    through node-2's NodePort 30080 with SNAT (externalTrafficPolicy: Cluster): the client's socket
+    names the node and the node port, the backend's names the node as its peer. client None: a
+    client outside the cluster (no agent reports its socket)."""
+    node2 = Endpoint(ip="198.19.255.2", port=30080, kind=NODE, name="node-2")
+    snat = Endpoint(ip="198.19.255.2", port=0, kind=NODE, name="node-2")
+    backend = pod(*API, port=9000)
+    ours: list[TcpEvent] = []
+    theirs = [flow_event(PASSIVE, backend, snat, connections=4, duration_us_log2=[0, 0, 4])]
+    for i in range(3):
+        peer = Endpoint(ip=snat.ip, port=52000 + i, kind=NODE, name="node-2")
+        s = lifecycle(backend, peer, PASSIVE, node="node-2", ending=RESET_SENT, reset_reason_name="TCP_ABORT_ON_CLOSE")
+        s.connection_id = 0x5000 + i
+        theirs.append(s)
+        if client is not None:
+            local = Endpoint()
+            local.CopyFrom(client)
+            local.port = 41000 + i
+            c = lifecycle(local, node2, ACTIVE, ending=RESET_RECEIVED)
+            c.connection_id = s.connection_id
+            ours.append(c)
+    if client is not None:
+        ours.append(flow_event(ACTIVE, client, node2, connections=4, duration_us_log2=[0, 0, 4]))
+    return ours, theirs
+
+
+def test_a_nodeport_with_snat_counts_once_across_replicas_with_the_defaults() -> None:
+    """The default rule (--metrics-watched-peers pod,node: agents watch host processes too): the
+    client pod's socket counts its NodePort connection under the node and node port, the backend's
+    does not (its peer, the SNAT address, is a node), whichever replica each end's batches reach;
+    the backend's RSTs are counted once, by it. With `pod` alone both ends would count."""
+    defaults = CollectorConfig.from_args(["--kafka-bootstrap", "k:9092"], env={})
+    client_side, backend_side = _nodeport_mix(pod(*WEB))
+    replicas = [build_traffic_metrics(defaults), build_traffic_metrics(defaults)]
+    _observe_by_node(replicas[0], client_side)
+    _observe_by_node(replicas[1], backend_side)
+    got = [_totals(r) for r in replicas]
+    outcomes = {k: sum(g["outcome"].get(k, 0) for g in got) for g in got for k in g["outcome"]}
+    resets = {k: sum(g["resets"].get(k, 0) for g in got) for g in got for k in g["resets"]}
+    assert outcomes == {("ok",): 4, ("server_reset",): 3}
+    assert resets == {("server", "TCP_ABORT_ON_CLOSE"): 3}
+    via_node = {**PAIR, "server_namespace": "", "server_workload": "node/node-2", "server_port": "30080"}
+    assert sample(replicas[0], "tcpscope_connections_total", **via_node, outcome="ok") == 4
+    # with pod alone the backend's view counts them again under the node as the client
+    pod_only = TrafficMetrics(watched_peers=("pod",))
+    _observe_by_node(pod_only, backend_side)
+    assert _totals(pod_only)["outcome"] == {("ok",): 4, ("server_reset",): 3}
+    # the limit of the default, documented (docs/metrics.md): a client outside the cluster through the
+    # NodePort is SNATed to the node too, and no agent reports its socket: counted by nobody
+    _, outside = _nodeport_mix(None)
+    alone = build_traffic_metrics(defaults)
+    _observe_by_node(alone, outside)
+    assert _totals(alone)["outcome"] == {}
+    assert _totals(alone)["resets"] == {("server", "TCP_ABORT_ON_CLOSE"): 3}  # its RSTs still, by their sender

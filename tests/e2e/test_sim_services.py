@@ -193,13 +193,15 @@ def _check_live_rows(rows: list[dict[str, Any]], tally: str) -> None:
     assert flows and all(r["reported_by"] == "client" and r["via"]["name"] == "api-svc" for r in flows), flows
 
 
-def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker, tmp_path: Path) -> None:
-    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
-    topic = f"e2e-svc-{os.getpid()}"
-    port = _free_base(2 + 2)  # two collector replicas, then the two nodes' agents
+def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: str, topic: str) -> dict[str, Any]:
+    """Run the plan with two collector replicas (node 1's agent streams to the first, node 2's to the
+    second, as agents spread over a collector Service) with their defaults, hold, and sum their
+    traffic counters by client workload (`sum without (instance)`)."""
+    nodes = len({p["node"] for p in plan["pods"]})
+    port = _free_base(2 + nodes)  # two collector replicas, then the nodes' agents
     sim = subprocess.Popen(
         [
-            *plan_argv(PLAN, tmp_path, kafka_broker.bootstrap, topic, "--metrics-port", str(port), "--collectors", "2"),
+            *plan_argv(plan, tmp_path, bootstrap, topic, "--metrics-port", str(port), "--collectors", "2"),
             "--hold",
         ],
         stdout=subprocess.PIPE,
@@ -212,7 +214,6 @@ def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker
         _, shipped = out.wait(r"shipped \d+/\d+", 180)
         assert re.search(r"shipped (\d+)/\1 ", shipped), shipped
         out.wait(r"holding", 60)
-        # node-1's agent (both clients) streams to the first replica, node-2's to the second
         by_client: dict[str, dict[tuple[str, ...], float]] = {}
         for p in (port, port + 1):
             for wl, counts in _metrics(p).items():
@@ -228,6 +229,13 @@ def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker
             sim.wait(10)
         if sim.stdout is not None:
             sim.stdout.close()
+    return by_client
+
+
+def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker, tmp_path: Path) -> None:
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    topic = f"e2e-svc-{os.getpid()}"
+    by_client = _metrics_of_two_replicas(PLAN, tmp_path, kafka_broker.bootstrap, topic)
     want_metrics = {
         ("outcome", "ok"): 5,
         ("outcome", "client_reset"): 3,
@@ -308,7 +316,7 @@ def _copy_shifted(bootstrap: str, topic: str, to: str, node: str, shift_ns: int)
 
 def test_two_backends_on_two_nodes_each_get_their_exact_share(kafka_broker: Broker, tmp_path: Path) -> None:
     # the iptables form of kube-proxy's rules; every connection reported one by one, so the ok
-    # ones too are joined to their backend (aggregated flows name the Service only: docs/services.md)
+    # ones too are joined to their backend by connection_id (aggregated: the next test)
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
     topic = f"e2e-svc2-{os.getpid()}"
     run_plan(
@@ -343,6 +351,66 @@ def test_two_backends_on_two_nodes_each_get_their_exact_share(kafka_broker: Brok
     assert all(want[b] for b in want)  # both backends got some
 
 
+TWO_BACKENDS_AGGREGATED: dict[str, Any] = {
+    "pods": TWO_BACKENDS["pods"],
+    "services": [
+        *TWO_BACKENDS["services"],
+        # no endpoints: kube-proxy's reject, an ICMP port unreachable (refused, no RST anywhere)
+        {"namespace": "shop", "name": "none", "port": 80, "targetPort": 9000, "backends": []},
+    ],
+    "traffic": [
+        {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 9},
+        {"from": "shop/web-1", "service": "shop/api", "kind": "server_reset", "count": 3},
+        {"from": "shop/web-1", "service": "shop/none", "kind": "refused", "count": 3},
+        {"from": "shop/web-1", "service": "shop/api", "kind": "ok", "count": 4},
+        {"from": "shop/web-1", "service": "shop/api", "kind": "client_reset", "count": 2},
+    ],
+}
+
+
+def test_two_backends_on_two_nodes_get_their_exact_shares_of_aggregated_connections(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
+    """As the chart deploys it: ordinary connections aggregated into flows at both ends (the client's
+    name the Service, each backend's name itself), the collector naming each backend's Service ports
+    from the EndpointSlices (--resolve-backends). The summary splits the client's flows by backend:
+    each backend's row holds exactly the connections kube-proxy gave it, resets and flows alike, and
+    no Service row is left. The sim's own check holds every plan to the same (it exits 0)."""
+    assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
+    topic = f"e2e-svcagg-{os.getpid()}"
+    run_plan(TWO_BACKENDS_AGGREGATED, tmp_path, kafka_broker.bootstrap, topic)
+    doc = summary_json(kafka_broker.bootstrap, topic)
+    plan = parse_plan(TWO_BACKENDS_AGGREGATED)
+    want: dict[str, Counter[str]] = {"api-1": Counter(), "api-2": Counter()}
+    for t, backends in zip(plan.traffic, plan.backend_of(), strict=True):
+        for b in backends:
+            want[b.split("/")[1]][t.kind] += 1
+    got: dict[str, Counter[str]] = {}
+    flows: dict[str, int] = {}
+    refused = []
+    for row in doc["pairs"]:
+        assert row["client"]["name"] == "web-1", row
+        if row["via"]["name"] == "none":
+            refused.append((row["server"]["name"], row["refused"], row["reset_causes"], row["connections"]))
+            continue
+        assert row.get("via") == {"namespace": "shop", "name": "api", "kind": "SERVICE", "port": 80}, row
+        assert row["server"]["kind"] == "POD", row  # every connection's backend known: no Service row
+        name = row["server"]["name"]
+        got[name] = Counter(
+            {
+                "client_reset": row["client_resets"],
+                "server_reset": row["server_resets"],
+                "ok": row["connections"] - row["client_resets"] - row["server_resets"],
+            }
+        )
+        flows[name] = row["flow_connections"]
+    assert {b: +c for b, c in got.items()} == want
+    # the ordinary ones came aggregated: each backend's row holds them from the split of flows
+    assert flows == {b: want[b]["ok"] for b in want} and all(flows.values())
+    # refused by the ICMP of kube-proxy's reject: counted refused, no reset anywhere
+    assert refused == [("none", 3, {}, 0)]
+
+
 NODEPORT: dict[str, Any] = {
     "pods": [
         {"namespace": "shop", "name": "web-1", "node": "node-1"},
@@ -375,7 +443,22 @@ def test_a_nodeport_with_snat_counts_each_connection_once_and_judges_no_reset_by
 ) -> None:
     assert os.geteuid() == 0, "the end-to-end test needs root (BPF, netns, cgroups)"
     topic = f"e2e-np-{os.getpid()}"
-    run_plan(NODEPORT, tmp_path, kafka_broker.bootstrap, topic)  # its own check: each connection once
+    # the sim's own check (each connection once) passed, and the two collector replicas, with their
+    # default --metrics-watched-peers (pod,node: the chart's when agents watch host processes), count
+    # each connection and each RST once although the client's and the backend's agents stream to
+    # different replicas: the backend's peer is the node the NodePort masqueraded it to
+    metrics = _metrics_of_two_replicas(NODEPORT, tmp_path, kafka_broker.bootstrap, topic)
+    outcomes = {(wl, k[1]): v for wl, counts in metrics.items() for k, v in counts.items() if k[0] == "outcome" and v}
+    assert outcomes == {
+        ("web", "ok"): 7,
+        ("web", "client_reset"): 2,
+        ("web", "server_reset"): 3 + 2,  # the forged RSTs: the outcome the client saw
+    }, metrics  # none under a node as the client: the backend's view counted nothing again
+    senders = Counter(
+        k[1] for counts in metrics.values() for k, v in counts.items() if k[0] == "reset" for _ in range(int(v))
+    )
+    # each RST once, by its sender (the backend's under the node it saw as its client); forged: nobody
+    assert senders == Counter({"client": 2, "server": 3}), metrics
     doc = summary_json(kafka_broker.bootstrap, topic)
     totals = _client_totals(doc, "web-1")
     app = next(k for k in totals["causes"] if k.startswith("app/"))

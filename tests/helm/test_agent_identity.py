@@ -48,6 +48,9 @@ def test_default_stream_authenticates_agents_by_projected_token_and_tokenreview(
     role = find(objects, "ClusterRole", "collector")
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]},
+        # enrichment.serviceBackends: Services and EndpointSlices, read-only (docs/services.md)
+        {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
     ]
     binding = find(objects, "ClusterRoleBinding", "collector")
@@ -77,7 +80,11 @@ def test_state_dir_is_the_one_writable_host_directory() -> None:
 
 def test_shared_token_is_an_explicit_alternative() -> None:
     shared = merge(
-        KAFKA, {"auth": {"token": {"enabled": True, "secretName": "s"}, "serviceAccountToken": {"enabled": False}}}
+        KAFKA,
+        {
+            "auth": {"token": {"enabled": True, "secretName": "s"}, "serviceAccountToken": {"enabled": False}},
+            "enrichment": {"serviceBackends": False},  # else the collector reads Services and EndpointSlices
+        },
     )
     agent, coll, objects = _pods(shared)
     assert env_of(agent["containers"][0])["TCPSCOPE_TOKEN_FILE"] == "/etc/tcpscope/token/token"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import pytest
 import yaml
 
 from collector.config import CollectorConfig
@@ -531,6 +532,7 @@ def test_traffic_settings_become_collector_variables_it_accepts() -> None:
         "TCPSCOPE_METRICS_EXCLUDE_NAMESPACES": "kube-system,x",
         "TCPSCOPE_METRICS_MAX_SERIES": "5000",
         "TCPSCOPE_METRICS_TTL": "600",
+        "TCPSCOPE_METRICS_WATCHED_PEERS": "pod,node",
         "TCPSCOPE_METRICS_SCAN_WINDOW": "60",
     }
     cfg = CollectorConfig.from_args([], env={**traffic, "TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092"})
@@ -541,3 +543,25 @@ def test_traffic_settings_become_collector_variables_it_accepts() -> None:
         cfg.metrics_max_series,
         cfg.metrics_ttl,
     ) == ("pod", (), ("kube-system", "x"), 5000, 600.0)
+
+
+@pytest.mark.parametrize(
+    ("values", "peers"),
+    [
+        ({}, ("pod", "node")),  # agents watch every cgroup, host processes too
+        ({"agent": {"cgroupRoot": "/sys/fs/cgroup/kubepods.slice"}}, ("pod",)),  # agents watch pods alone
+        ({"metrics": {"traffic": {"watchedPeers": ["pod"]}}}, ("pod",)),
+        (
+            {"agent": {"cgroupRoot": "/kubepods"}, "metrics": {"traffic": {"watchedPeers": ["pod", "node"]}}},
+            ("pod", "node"),
+        ),
+    ],
+)
+def test_watched_peers_follow_what_the_agents_watch(values: dict[str, Any], peers: tuple[str, ...]) -> None:
+    """The counting rule's watched peers as the chart derives them: with agents on host processes too
+    (no agent.cgroupRoot), a node as the peer is watched, so a NodePort's SNATed connection is counted
+    once (by the client's socket), docs/metrics.md."""
+    dep = find(render(merge(METRICS_ON, values)), "Deployment", "-collector")
+    env = env_of(dep["spec"]["template"]["spec"]["containers"][0])
+    cfg = CollectorConfig.from_args([], env={**env, "TCPSCOPE_KAFKA_BOOTSTRAP": "k:9092"})
+    assert cfg.metrics_watched_peers == peers

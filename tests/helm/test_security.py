@@ -69,11 +69,15 @@ def test_init_and_collector_containers_have_no_capabilities_and_run_as_non_root(
     init = _agent_pod()["initContainers"][0]
     assert init["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert init["securityContext"]["runAsNonRoot"] is True
-    coll = find(render(merge(KAFKA, NO_SA_TOKEN)), "Deployment")["spec"]["template"]["spec"]
+    no_api = merge(KAFKA, NO_SA_TOKEN, {"enrichment": {"serviceBackends": False}})
+    coll = find(render(no_api), "Deployment")["spec"]["template"]["spec"]
     assert coll["securityContext"]["runAsNonRoot"] is True
     assert coll["securityContext"]["runAsUser"] == 10001
     assert coll["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
-    assert coll["automountServiceAccountToken"] is False  # no API access unless remote=collector or TokenReview
+    # no API access unless remote=collector, Service backends or TokenReview
+    assert coll["automountServiceAccountToken"] is False
+    coll = find(render(merge(KAFKA, NO_SA_TOKEN)), "Deployment")["spec"]["template"]["spec"]
+    assert coll["automountServiceAccountToken"] is True  # serviceBackends, the default
 
 
 def test_privileged_fallback_is_explicit_and_replaces_the_list() -> None:
@@ -141,24 +145,42 @@ def _rules(objects: list[dict[str, Any]], suffix: str) -> list[Rule]:
 READ = ("get", "list", "watch")
 NO_SA_TOKEN = {"auth": {"serviceAccountToken": {"enabled": False}}}
 REVIEW: list[Rule] = [(("authentication.k8s.io",), ("tokenreviews",), ("create",))]
+# enrichment.serviceBackends (the default): the collector reads Services and EndpointSlices
+SLICES: list[Rule] = [(("discovery.k8s.io",), ("endpointslices",), READ)]
+BACKENDS: list[Rule] = [(("",), ("services",), READ), *SLICES]
 
 
 @pytest.mark.parametrize(
-    ("remote", "agent_rules", "collector_rules"),
+    ("remote", "backends", "agent_rules", "collector_rules"),
     [
         (
             "agent",
+            True,
+            [(("",), ("pods",), READ), (("",), ("services", "nodes"), READ)],
+            [(("",), ("pods",), ("get",)), *BACKENDS, *REVIEW],
+        ),
+        (
+            "agent",
+            False,
             [(("",), ("pods",), READ), (("",), ("services", "nodes"), READ)],
             [(("",), ("pods",), ("get",)), *REVIEW],
         ),
-        ("collector", [(("",), ("pods",), READ)], [(("",), ("pods", "services", "nodes"), READ), *REVIEW]),
-        ("off", [(("",), ("pods",), READ)], [(("",), ("pods",), ("get",)), *REVIEW]),
+        (
+            "collector",
+            True,
+            [(("",), ("pods",), READ)],
+            [(("",), ("pods", "services", "nodes"), READ), *SLICES, *REVIEW],
+        ),
+        ("collector", False, [(("",), ("pods",), READ)], [(("",), ("pods", "services", "nodes"), READ), *REVIEW]),
+        ("off", True, [(("",), ("pods",), READ)], [(("",), ("pods",), ("get",)), *BACKENDS, *REVIEW]),
+        ("off", False, [(("",), ("pods",), READ)], [(("",), ("pods",), ("get",)), *REVIEW]),
     ],
 )
 def test_rbac_is_read_only_and_follows_remote_enrichment(
-    remote: str, agent_rules: list[Any], collector_rules: list[Any] | None
+    remote: str, backends: bool, agent_rules: list[Any], collector_rules: list[Any] | None
 ) -> None:
-    objects = render(merge(KAFKA, {"enrichment": {"remote": remote}}))
+    # the agents' rules never depend on serviceBackends: the collector alone reads EndpointSlices
+    objects = render(merge(KAFKA, {"enrichment": {"remote": remote, "serviceBackends": backends}}))
     assert _rules(objects, "agent") == agent_rules
     roles = [o for o in objects if o["kind"] in ("ClusterRole", "Role")]
     if collector_rules is None:
@@ -181,6 +203,7 @@ def test_rbac_is_read_only_and_follows_remote_enrichment(
     }
     # exactly one side resolves remote ends: the collector only with remote=collector, with the same labels
     assert coll_env["TCPSCOPE_RESOLVE_REMOTE"] == ("true" if remote == "collector" else "false")
+    assert coll_env["TCPSCOPE_RESOLVE_BACKENDS"] == ("true" if backends else "false")
     if remote == "collector":
         assert (
             coll_env["TCPSCOPE_LABELS"]
@@ -204,6 +227,8 @@ def test_rbac_is_read_only_and_follows_remote_enrichment(
         ({"agent": {"ringBufferKB": 1000}}, "ringBufferKB"),
         ({"agent": {"readOnlyRootFileSystem": False}}, "readOnlyRootFileSystem"),
         ({"enrichment": {"remote": "both"}}, "remote"),
+        ({"enrichment": {"remote": "agent", "serviceBackends": "yes"}}, "serviceBackends"),
+        ({"metrics": {"traffic": {"watchedPeers": ["pod", "host"]}}}, "watchedPeers"),
         ({"collector": {"enabled": True}}, "bootstrap"),
         ({"collector": {"kafka": {"bootstrap": "no-port"}}}, "bootstrap"),
         ({"collector": {"kafka": {"securityProtocol": "TLS"}}}, "securityProtocol"),

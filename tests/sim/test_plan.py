@@ -157,7 +157,7 @@ def test_services_get_cluster_ips_and_kube_proxy_hands_out_backends_in_turn() ->
     nft = ruleset(plan, "t")
     assert "ip daddr 198.19.1.1 tcp dport 80 jump svc_0" in nft
     assert "meta l4proto tcp dnat to numgen inc mod 2 map { 0 : 198.18.2.2, 1 : 198.18.3.2 } : 9000" in nft
-    assert "ip daddr 198.19.1.2 tcp dport 80 reject with tcp reset" in nft
+    assert "ip daddr 198.19.1.2 tcp dport 80 reject with icmp type port-unreachable" in nft
     ipt = ruleset(plan, "t", "iptables")
     assert "numgen inc mod 2 vmap { 0 : jump sep_0_0, 1 : jump sep_0_1 }" in ipt
     assert "dnat to 198.18.3.2:9000" in ipt

@@ -21,7 +21,11 @@ import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tail.summary import Report
+    from tcpscope.v1.events_pb2 import EventBatch
 
 ROOT = Path(__file__).resolve().parents[2]
 SQL_DIR = ROOT / "docs" / "analytics"
@@ -362,38 +366,236 @@ def as_summary_pairs(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 "last_seen": rfc3339(datetime64_ns(r["last_seen"])),
             }
         )
+        if r["via_kind"]:  # only rows through a Service or a node port, as the summary's JSON
+            via: dict[str, Any] = {"namespace": r["via_namespace"], "name": r["via_name"], "kind": r["via_kind"]}
+            if r["via_port"]:
+                via["port"] = r["via_port"]
+            out[-1]["via"] = via
     return out
-
-
-def by_pair(pairs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Pairs keyed by their two parties (for comparing without caring about the order)."""
-    out: dict[str, dict[str, Any]] = {}
-    for p in pairs:
-        key = json.dumps([p["client"], p["server"]], sort_keys=True)
-        assert key not in out, f"pair {key} twice"
-        out[key] = p
-    return out
-
-
-def as_summary_losses(row: dict[str, Any]) -> dict[str, int]:
-    """The `losses` query's row in the shape of the summary's `losses` (its loss line's figures)."""
-    out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs")}
-    out.update({k: int(v) for k, v in row["by_reason"].items()})
-    return dict(sorted(out.items()))
 
 
 OPEN_REPORT_KEYS = ("open_connections", "connect_latency_us", "rtt_us")
 """What the summary adds from open reports and the query pack does not answer (docs/analytics.md)."""
 
 
-def assert_pack_equals_summary(got: dict[str, dict[str, Any]], want: dict[str, dict[str, Any]]) -> None:
-    """The pack's pairs (by_pair) equal the summary's, apart from OPEN_REPORT_KEYS; a pair only the
-    summary has must be one of connections reported open one by one and not closed (no counter)."""
+def pair_key(p: dict[str, Any]) -> str:
+    return json.dumps([p["client"], p["server"], p.get("via")], sort_keys=True)
+
+
+def by_pair(pairs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pairs keyed by their parties, client, server and via (for comparing without caring about the
+    order), without OPEN_REPORT_KEYS."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in pairs:
+        key = pair_key(p)
+        assert key not in out, f"pair {key} twice"
+        out[key] = {f: v for f, v in p.items() if f not in OPEN_REPORT_KEYS}
+    return out
+
+
+def assert_pack_equals_summary(got: dict[str, dict[str, Any]], summary_pairs: Sequence[dict[str, Any]]) -> None:
+    """The pack's pairs (by_pair) equal the summary's (its JSON `pairs`), apart from OPEN_REPORT_KEYS;
+    a pair only the summary has must be one of connections that were open and have not closed (no
+    counter, but open connections or RTT samples)."""
+    want = by_pair(summary_pairs)
+    raw = {pair_key(p): p for p in summary_pairs}
     assert got.keys() <= want.keys(), sorted(got.keys() - want.keys())
     for k, pair in want.items():
-        pair = {f: v for f, v in pair.items() if f not in OPEN_REPORT_KEYS}
         if k not in got:
             assert not any(pair[c] for c in (*COUNTERS, "flow_connections")), k
-            assert want[k]["open_connections"] or want[k]["rtt_us"]["samples"], k
+            assert raw[k]["open_connections"] or raw[k]["rtt_us"]["samples"], k
             continue
         assert got[k] == pair, k
+
+
+def as_summary_losses(row: dict[str, Any]) -> dict[str, int]:
+    """The `losses` query's row in the shape of the summary's `losses` (its loss line's figures)."""
+    out = {k: int(row[k]) for k in ("kernel", "agent_buffer", "enrichment", "kernel_skipped_runs", "sockets_untracked")}
+    out.update({k: int(v) for k, v in row["by_reason"].items()})
+    return dict(sorted(out.items()))
+
+
+# --- the summary's side, in-process: `tcpscope-tail --summary` fed the same records -----------------
+
+
+def summary_report(records: Sequence[Rec]) -> Report:
+    """The Report of `tcpscope-tail --summary` fed as it feeds it: through the reader's dedup policy
+    (tail/consume.py Dedup), repeats counted as its duplicates, conflicts handed to it."""
+    from tail.cli import SUMMARY_DEDUP_WINDOW
+    from tail.consume import Dedup
+    from tail.summary import Report, Summarizer
+    from tcpscope.bounds import OutOfBounds
+    from tcpscope.kafka_layout import decode_records
+
+    rep = Report(Summarizer())
+    dedup = Dedup(SUMMARY_DEDUP_WINDOW)
+    for r in records:
+        try:
+            decoded = decode_records(r.headers, r.value)
+        except OutOfBounds:  # decodable, outside the bounds: the reader skips and counts it
+            rep.out_of_bounds += 1
+            continue
+        except ValueError:
+            rep.undecodable += 1
+            continue
+        for d in decoded:
+            if dedup.keep(d, rep.conflicts.add):
+                rep.take(d)
+    rep.duplicates = dedup.repeats
+    return rep
+
+
+def summary_doc(records: Sequence[Rec], window_s: float | None = None, now_ns: int | None = None) -> dict[str, Any]:
+    """`tcpscope-tail --summary --format json [--window S]` of these records (now: now_ns)."""
+    from tail.summary import SummaryOptions
+
+    out: dict[str, Any] = json.loads(
+        summary_report(records).render("json", SummaryOptions(window_s=window_s), now_ns=now_ns)
+    )
+    return out
+
+
+SocketKey = tuple[str, int, int, str, int]
+"""(node, socket id, local port, remote ip, remote port): one socket (the kernel reuses socket ids)"""
+
+
+def summary_verdicts(records: Sequence[Rec]) -> dict[SocketKey, tuple[str, str]]:
+    """tail/resetcause.py's verdict on the RST each counted socket received."""
+    s = summary_report(records).summarizer
+    out: dict[SocketKey, tuple[str, str]] = {}
+    for cv, sv in s.connections():
+        for v in (cv, sv):
+            got = s.resets.received_by(v.event) if v is not None else None
+            if v is not None and got is not None:
+                verdict = s.resets.classify(got)
+                e = v.event
+                key = (e.node, e.socket_id, e.local.port, e.remote.ip, e.remote.port)
+                assert key not in out, key
+                out[key] = (verdict.cause, verdict.detail)
+    return out
+
+
+def sql_verdicts(ch: ClickHouseDocs) -> dict[SocketKey, tuple[str, str]]:
+    """The view tcpscope_reset_verdicts in the same shape."""
+    rows = ch.rows(
+        "SELECT s.node AS node, s.socket_id AS socket_id, s.local_port AS local_port, s.remote_ip AS remote_ip, "
+        "s.remote_port AS remote_port, v.cause AS cause, v.detail AS detail "
+        "FROM tcpscope_reset_verdicts AS v INNER JOIN tcpscope_sockets AS s ON v.id = s.id"
+    )
+    out: dict[SocketKey, tuple[str, str]] = {}
+    for r in rows:
+        key = (r["node"], int(r["socket_id"]), int(r["local_port"]), r["remote_ip"], int(r["remote_port"]))
+        assert key not in out, key
+        out[key] = (r["cause"], r["detail"])
+    return out
+
+
+# --- records as batches again, and one node's clock moved ------------------------------------------
+
+
+def batches_of(records: Sequence[Rec]) -> list[EventBatch]:
+    """The agent batches the records came from, each once (repeats dropped), events in batch order
+    and the batch summary's fields (losses, node, send time) set."""
+    from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, decode_records
+    from tcpscope.v1.events_pb2 import EventBatch
+
+    events: dict[tuple[str, int], dict[int, Any]] = {}
+    summaries: dict[tuple[str, int], EventBatch] = {}
+    for r in records:
+        for d in decode_records(r.headers, r.value):
+            key = (d.agent_id, d.sequence)
+            if d.kind == RECORD_SUMMARY and d.summary is not None:
+                summaries[key] = d.summary
+            elif d.kind == RECORD_EVENT and d.event is not None:
+                events.setdefault(key, {})[d.index] = d.event
+    out = []
+    for key in sorted(summaries.keys() | events.keys()):
+        b = EventBatch()
+        if key in summaries:
+            b.CopyFrom(summaries[key])
+            del b.events[:]
+        b.agent_id, b.sequence = key
+        b.events.extend(e for _, e in sorted(events.get(key, {}).items()))
+        out.append(b)
+    return out
+
+
+def shifted(batches: Sequence[EventBatch], node: str, shift_ns: int, measured: bool = False) -> list[EventBatch]:
+    """Copies of the batches with `node`'s clock moved by shift_ns: its events' times, its flows'
+    first and last close, its agent's batch send times (what a reader meets when a node's clock is off).
+    measured: the collector measured the offset too (its note on the node's batches, bounded within
+    1 ms), so the node's records carry the correction readers subtract (docs/kafka.md, "Clocks")."""
+    from tcpscope.v1.events_pb2 import EventBatch
+
+    out = []
+    for b in batches:
+        c = EventBatch()
+        c.CopyFrom(b)
+        for ev in c.events:
+            if ev.node != node:
+                continue
+            ev.time.FromNanoseconds(ev.time.ToNanoseconds() + shift_ns)
+            if ev.WhichOneof("kind") == "flow":
+                for ts in (ev.flow.first_close, ev.flow.last_close):
+                    ts.FromNanoseconds(ts.ToNanoseconds() + shift_ns)
+        if c.node == node:
+            c.sent_time.FromNanoseconds(c.sent_time.ToNanoseconds() + shift_ns)
+            if measured:
+                c.collector.clock_offset_ns, c.collector.clock_offset_error_ns = shift_ns, 1_000_000
+                c.collector.clock_offset_bounded = True
+        out.append(c)
+    return out
+
+
+def laid_out(batches: Sequence[EventBatch], value_format: str, repeat: Sequence[int] = ()) -> list[Rec]:
+    """The batches' records as the collector lays them out (tcpscope/kafka_layout.py), in order, then
+    the batches at the positions in `repeat` published again verbatim (an agent's resend after a
+    collector died before its ack)."""
+    from tcpscope.kafka_layout import batch_records
+
+    out: list[Rec] = []
+    for b in [*batches, *(batches[i] for i in repeat)]:
+        out += [Rec(0, len(out) + i, r.key, r.value, r.headers) for i, r in enumerate(batch_records(b, value_format))]
+    return out
+
+
+def without_times(pairs: Sequence[dict[str, Any]], merge_network: bool = False) -> dict[str, dict[str, Any]]:
+    """by_pair without first_seen and last_seen (they move with a node's clock); merge_network:
+    network causes by cause alone (no_send_seen or both_ends depends on which end's RST came first
+    by the two nodes' clocks, which a skew reorders)."""
+    out = {}
+    for k, p in by_pair(pairs).items():
+        q = {f: v for f, v in p.items() if f not in ("first_seen", "last_seen")}
+        if merge_network and "network" in q["reset_causes"]:
+            causes = dict(q["reset_causes"])
+            causes["network"] = {"*": sum(causes["network"].values())}
+            q["reset_causes"] = causes
+        out[k] = q
+    return out
+
+
+def republish_one_batch(bootstrap: str, topic: str, records: Sequence[Any]) -> int:
+    """Every record of the first simulator batch that carried events, published again byte for byte
+    (key, value, headers, partition): what a collector that died after Kafka's ack leaves behind.
+    Returns how many records."""
+    from kafka import KafkaProducer
+
+    from tcpscope.kafka_layout import H_AGENT_ID, H_BATCH_SEQ, H_RECORD, RECORD_SUMMARY, header_map
+
+    summaries = [header_map(r.headers) for r in records if header_map(r.headers).get(H_RECORD) == RECORD_SUMMARY]
+    batch = next(
+        (h[H_AGENT_ID], h[H_BATCH_SEQ])
+        for h in summaries
+        if h[H_AGENT_ID].startswith("node-") and h["batch-events"] != "0"
+    )
+    again = [
+        r for r in records if (header_map(r.headers).get(H_AGENT_ID), header_map(r.headers).get(H_BATCH_SEQ)) == batch
+    ]
+    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    try:
+        for r in again:
+            p.send(topic, key=r.key, value=r.value, headers=list(r.headers), partition=r.partition)
+        p.flush(10)
+    finally:
+        p.close()
+    return len(again)

@@ -485,14 +485,23 @@ _ROUTED_NFT = """table ip {table} {{
     type nat hook postrouting priority srcnat; policy accept;
     {snat}
   }}
+  chain no_endpoints {{
+    type filter hook prerouting priority dstnat - 10; policy accept;
+    {reject}
+  }}
 }}
 """
 
 
 @contextlib.contextmanager
-def routed_pods(*, snat: bool = False, vip_port: int = 80, target_port: int = 9000) -> Iterator[Routed]:
+def routed_pods(
+    *, snat: bool = False, vip_port: int = 80, target_port: int = 9000, reject_port: int | None = None
+) -> Iterator[Routed]:
     """Namespaces client, router, server (198.18.10.0/24 and 198.18.20.0/24, VIP 198.19.0.10) and the
-    router's nftables NAT table; all deleted afterwards (the table goes with its namespace)."""
+    router's nftables NAT table; all deleted afterwards (the table goes with its namespace).
+    reject_port: connections to vip:reject_port are answered with an ICMP port unreachable before
+    routing, as kube-proxy rejects a Service without endpoints (the router's ICMP rate limit is off,
+    so every SYN gets its answer)."""
     c, r, srv = unique("tsc"), unique("tsr"), unique("tss")
     tag = secrets.token_hex(3)
     net = Routed(
@@ -531,7 +540,12 @@ def routed_pods(*, snat: bool = False, vip_port: int = 80, target_port: int = 90
             server=net.server_addr,
             target_port=target_port,
             snat=f"oifname vrs{tag} masquerade" if snat else "",
+            reject=f"ip daddr {net.vip} tcp dport {reject_port} reject with icmp type port-unreachable"
+            if reject_port
+            else "",
         )
+        if reject_port:
+            run("ip", "netns", "exec", r, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0")
         subprocess.run(
             ["ip", "netns", "exec", r, "nft", "-f", "-"], input=script, check=True, text=True, capture_output=True
         )
@@ -539,6 +553,17 @@ def routed_pods(*, snat: bool = False, vip_port: int = 80, target_port: int = 90
     finally:
         for ns in (c, r, srv):
             run("ip", "netns", "del", ns, check=False)
+
+
+def netns_counter(netns: str, group: str, name: str) -> int:
+    """One counter of a namespace's /proc/net/netstat or /proc/net/snmp (group "TcpExt", "Tcp", ...)."""
+    out = run("ip", "netns", "exec", netns, "cat", "/proc/net/netstat", "/proc/net/snmp").stdout.splitlines()
+    for head, values in zip(out[::2], out[1::2], strict=False):
+        if head.startswith(group + ":"):
+            fields = dict(zip(head.split()[1:], values.split()[1:], strict=True))
+            if name in fields:
+                return int(fields[name])
+    raise KeyError(f"{group}:{name} not in /proc/net/netstat or /proc/net/snmp of {netns}")
 
 
 # ---- the wire: handshakes as the packets carry them -------------------------------------------

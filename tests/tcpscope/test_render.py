@@ -106,6 +106,8 @@ def test_json_line_with_enrichment_and_unicode() -> None:
     ev.local.workload.kind, ev.local.workload.name = "Deployment", "cart"
     ev.remote.kind = SERVICE
     ev.process.cgroup_path = "/kubepods.slice/x"
+    ev.local.services.add(namespace="shop", name="cart", port=80)  # --resolve-backends
+    ev.local.services.add(namespace="shop", name="cart-canary", port=8080)
     assert json_line(ev) == _reference(ev)
     empty = TcpEvent()
     assert json_line(empty) == _reference(empty) == "{}"

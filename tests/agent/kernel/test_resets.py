@@ -1,4 +1,5 @@
-"""Resets and socket errors from real traffic: SO_LINGER 0 close, a refused connect."""
+"""Resets and socket errors from real traffic: SO_LINGER 0 close, a refused connect (by a RST, and by
+an ICMP port unreachable as kube-proxy rejects a Service without endpoints)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 from tcpscope.v1.events_pb2 import (
     ACTIVE,
     CLOSE,
+    ERROR,
     ESTABLISHED,
     NORMAL,
     PASSIVE,
@@ -188,3 +190,68 @@ def test_without_inet_sk_error_report_the_lifecycle_errno_comes_from_the_socket(
     assert (lcs[ACTIVE].ending, lcs[ACTIVE].errno, lcs[ACTIVE].errno_name) == (RESET_SENT, 104, "ECONNRESET")
     assert (lcs[PASSIVE].ending, lcs[PASSIVE].errno) == (RESET_RECEIVED, 104)
     assert not [e for e in h.seen if kind(e) == "socket_error"]
+
+
+def _connect_as_runtimes_do(addr: str, port: int) -> tuple[int, int, int]:
+    """connect() as Python with a timeout (and Go, and most event loops) does it: non-blocking, wait
+    for the socket to be writable or in error, then read the outcome with getsockopt(SO_ERROR)."""
+    s = socket.socket()
+    s.settimeout(10)
+    err = s.connect_ex((addr, port))
+    local = s.getsockname()[1]
+    s.close()
+    return os.getpid(), local, err
+
+
+def _connect_blocking(addr: str, port: int) -> tuple[int, int, int]:
+    """A plain blocking connect(): it sleeps until the socket leaves SYN_SENT."""
+    s = socket.socket()
+    err = s.connect_ex((addr, port))
+    local = s.getsockname()[1]
+    s.close()
+    return os.getpid(), local, err
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("how", ["so_error", "blocking"])
+def test_a_connect_refused_by_an_icmp_port_unreachable_is_refused(agent: Harness, ports: list[int], how: str) -> None:
+    """kube-proxy answers a SYN to a Service without endpoints with an ICMP port unreachable. The
+    router's answer comes back in the softirq of connect()'s own transmit, while connect() holds the
+    socket (TcpExtLockDroppedIcmps): the kernel keeps the error in sk_err_soft and the error queue
+    only, connect() fails with ECONNREFUSED through SO_ERROR, and close() takes the socket from
+    SYN_SENT to CLOSE with no sk_err. The agent reads the queued ICMP's errno at the error report
+    (bpf/error.h). A blocking connect() fails at its SYN's retransmit instead, whose ICMP finds the
+    socket unowned: the kernel aborts it with sk_err (retransmits 1)."""
+    port = ports[1]  # any port of the VIP: the router rejects it before routing
+    since = len(agent.seen)
+    connect = _connect_as_runtimes_do if how == "so_error" else _connect_blocking
+    with traffic.routed_pods(reject_port=port) as net:
+        owned = traffic.netns_counter(net.client, "TcpExt", "LockDroppedIcmps")
+        pid, local_port, err = traffic.Child(connect, net.vip, port, netns=net.client, comm="tsc-icmp").result()
+        owned = traffic.netns_counter(net.client, "TcpExt", "LockDroppedIcmps") - owned
+        unreachables = traffic.netns_counter(net.client, "Icmp", "InDestUnreachs")
+    assert err == 111
+    assert owned == 1  # the first ICMP found the socket held by connect(): the case this test is about
+    assert unreachables == (1 if how == "so_error" else 2)
+    evs = agent.wait(lambda e: lifecycle_on(port)(e) and e.local.port == local_port, count=1, since=since)
+    assert len(evs) == 1
+    lc = evs[0]
+    assert (lc.process.pid, lc.process.comm, lc.lifecycle.role) == (pid, "tsc-icmp", ACTIVE)
+    assert (lc.local.ip, lc.remote.ip, lc.remote.port) == (net.client_addr, net.vip, port)
+    seen = traces_error_reports(agent) or how == "blocking"
+    # without sock:inet_sk_error_report (5.10) only the kernel's own abort (the blocking connect's)
+    # leaves an errno: the queued ICMP of a connect that SO_ERROR failed is not seen there
+    assert (lc.lifecycle.ending, lc.lifecycle.errno, lc.lifecycle.errno_name) == (
+        (ERROR, 111, "ECONNREFUSED") if seen else (NORMAL, 0, "")
+    )
+    assert (lc.lifecycle.last_state, lc.lifecycle.tx_bytes, lc.lifecycle.rx_bytes) == (SYN_SENT, 0, 0)
+    assert lc.lifecycle.retransmits == (0 if how == "so_error" else 1)
+    assert lc.connection_id == 0  # never established
+    mine = [e for e in agent.seen[since:] if e.socket_id == lc.socket_id and e.local.port == local_port]
+    errors = [(e.socket_error.errno, e.socket_error.state) for e in mine if kind(e) == "socket_error"]
+    if not traces_error_reports(agent):
+        assert errors == []
+        return
+    # the queued ICMP's report carries the port (read from the socket: its tracked tuple lacks it yet)
+    assert errors == ([(111, SYN_SENT)] if how == "so_error" else [(111, SYN_SENT), (111, CLOSE)])
+    assert [e for e in mine if kind(e) == "reset"] == []  # no RST anywhere: refused by ICMP alone
