@@ -186,3 +186,55 @@ def test_a_record_outside_the_bounds_is_skipped_by_the_summary_and_stored_by_cli
     assert doc["out_of_bounds_records"] == 3
     assert [p["connections"] for p in doc["pairs"]] == [1]
     assert [p["connections"] for p in pairs.values()] == [2]
+
+
+@pytest.mark.slow  # chDB
+def test_anomaly_aggregates_are_counted_by_the_summary_and_stored_but_not_counted_by_sql(tmp_path: Path) -> None:
+    # one ordinary connection web-1 -> api-1:9000 seen by both ends, and, within its span, 5 more the
+    # server reset that web-1's agent counted past its budget (no exemplar of theirs was sent)
+    s = Stream()
+    s.socket("node-1", endpoint(C, 40500), endpoint(S, 9000), T, T + 5 * S_NS, pb.ACTIVE)
+    s.socket("node-2", endpoint(S, 9000), endpoint(C, 40500), T + MS, T + 5 * S_NS - MS, pb.PASSIVE)
+    agg = s._ev("node-1", endpoint(C, 0), endpoint(S, 9000), T + 3 * S_NS, 0, "app")
+    a = agg.anomalies
+    a.kind, a.count, a.role, a.interval_ns = pb.ANOMALY_LIFECYCLE, 5, pb.ACTIVE, 2 * S_NS
+    a.ending, a.state, a.established = pb.RESET_RECEIVED, pb.ESTABLISHED, True
+    a.first.FromNanoseconds(T + 2 * S_NS)
+    a.last.FromNanoseconds(T + 3 * S_NS)
+    recs = laid_out(s.batches(), "protobuf")
+    doc = summary_doc(recs)
+    with clickhouse_docs(tmp_path, "protobuf") as ch:
+        ch.feed(recs)
+        pairs = by_pair(as_summary_pairs(ch.query("pairs")))
+        stored = ch.rows(
+            "SELECT anomaly_kind, count, role, ending, local_ip, remote_ip, remote_port FROM tcpscope_anomalies"
+        )
+    (key,) = pairs
+    want = by_pair(doc["pairs"])
+    assert want.keys() == pairs.keys()
+    # exactly the aggregate's connections, with its key's outcome and its exemplars' class of cause
+    # (none: unknown/no_exemplar), the only difference
+    added = {
+        "connections": 5,
+        "server_resets": 5,
+        "aggregated_connections": 5,
+        "server_reset_reasons": {"UNKNOWN": 5},
+        "reset_causes": {"unknown": {"no_exemplar": 5}},
+    }
+    expected = {**pairs[key], **{f: pairs[key].get(f, 0) + n for f, n in added.items() if isinstance(n, int)}}
+    expected["server_reset_reasons"] = {"UNKNOWN": 5}
+    expected["reset_causes"] = {"unknown": {"no_exemplar": 5}}
+    assert (pairs[key]["server_reset_reasons"], pairs[key]["reset_causes"]) == ({}, {})
+    assert want[key] == expected
+    # SQL keeps the aggregate, for a query of one's own
+    assert stored == [
+        {
+            "anomaly_kind": "ANOMALY_LIFECYCLE",
+            "count": 5,
+            "role": "ACTIVE",
+            "ending": "RESET_RECEIVED",
+            "local_ip": C,
+            "remote_ip": S,
+            "remote_port": 9000,
+        }
+    ]
