@@ -82,7 +82,7 @@ ANOMALY_FIELDS = (
 SERVICES_COLUMNS = ("local_services", *(f"anomalies_{f}" for f in ANOMALY_FIELDS))
 """Endpoint.services (the collector's --resolve-backends) and TcpEvent.anomalies: the proto before
 svcflows had the anomalies already, the DDL did not read them"""
-SERVICES_STORED = {
+SERVICES_STORED: dict[str, tuple[str, ...]] = {
     "tcpscope_flows": ("`local_services.namespace`", "`local_services.name`", "`local_services.port`"),
 }
 
