@@ -50,6 +50,8 @@ CREATE TABLE tcpscope_event_stream
     local_workload_kind String,
     local_workload_name String,
     local_node String,
+    -- the Service ports a server's end is an endpoint of (Endpoint.services, --resolve-backends)
+    local_services Nested(namespace String, name String, port UInt32),
     remote_ip String,
     remote_port UInt32,
     remote_kind String,
@@ -101,7 +103,29 @@ CREATE TABLE tcpscope_event_stream
     flow_first_close DateTime64(9, 'UTC'),
     flow_last_close DateTime64(9, 'UTC'),
     flow_interval_ns UInt64,
-    flow_source String
+    flow_source String,
+    anomalies_kind String,
+    anomalies_count UInt64,
+    anomalies_exemplars UInt64,
+    anomalies_first DateTime64(9, 'UTC'),
+    anomalies_last DateTime64(9, 'UTC'),
+    anomalies_interval_ns UInt64,
+    anomalies_role String,
+    anomalies_state String,
+    anomalies_ending String,
+    anomalies_errno Int32,
+    anomalies_errno_name String,
+    anomalies_reason UInt32,
+    anomalies_reason_name String,
+    anomalies_established Bool,
+    anomalies_retransmitted Bool,
+    anomalies_first_of_request Bool,
+    anomalies_no_socket Bool,
+    anomalies_coarse Bool,
+    anomalies_tx_bytes UInt64,
+    anomalies_rx_bytes UInt64,
+    anomalies_duration_sum_ns UInt64,
+    anomalies_retransmits UInt64
 )
 ENGINE = Null;
 
@@ -150,6 +174,8 @@ CREATE TABLE tcpscope_lifecycles
     local_workload_kind LowCardinality(String),
     local_workload_name String,
     local_node LowCardinality(String),
+    -- the Service ports a server's end is an endpoint of (Endpoint.services, --resolve-backends)
+    local_services Nested(namespace String, name String, port UInt32),
     remote_ip String,
     remote_port UInt32,
     remote_kind LowCardinality(String),
@@ -197,6 +223,8 @@ CREATE TABLE tcpscope_flows
     local_workload_kind LowCardinality(String),
     local_workload_name String,
     local_node LowCardinality(String),
+    -- the Service ports a server's end is an endpoint of (Endpoint.services, --resolve-backends)
+    local_services Nested(namespace String, name String, port UInt32),
     remote_ip String,
     remote_port UInt32,
     remote_kind LowCardinality(String),
@@ -218,6 +246,64 @@ CREATE TABLE tcpscope_flows
     last_close DateTime64(9, 'UTC'),
     interval_ns UInt64,
     source LowCardinality(String)
+)
+ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(time)
+ORDER BY (agent_id, batch_seq, batch_index);
+
+-- Anomalies past the agents' budget (TcpEvent.anomalies, AnomalyAggregate), one row per key and
+-- interval: `count` anomalies of one kind the kernel counted instead of sending each one (docs/kafka.md,
+-- "Anomaly aggregates"). The pairs query does not count them yet (docs/analytics.md, "Where SQL and
+-- the summary differ"); this table keeps every field for your own queries.
+CREATE TABLE tcpscope_anomalies
+(
+    agent_id String,
+    batch_seq UInt64,
+    batch_index UInt32,
+    time DateTime64(9, 'UTC'),
+    clock_correction_ns Int64,
+    node LowCardinality(String),
+    local_ip String,
+    local_port UInt32,
+    local_kind LowCardinality(String),
+    local_namespace LowCardinality(String),
+    local_name String,
+    local_workload_kind LowCardinality(String),
+    local_workload_name String,
+    local_node LowCardinality(String),
+    remote_ip String,
+    remote_port UInt32,
+    remote_kind LowCardinality(String),
+    remote_namespace LowCardinality(String),
+    remote_name String,
+    remote_workload_kind LowCardinality(String),
+    remote_workload_name String,
+    remote_node LowCardinality(String),
+    process_pid UInt32,
+    process_comm String,
+    process_cgroup_id UInt64,
+    anomaly_kind LowCardinality(String),  -- what each anomaly would have been: ANOMALY_LIFECYCLE, ...
+    count UInt64,
+    exemplars UInt64,
+    first DateTime64(9, 'UTC'),
+    last DateTime64(9, 'UTC'),
+    interval_ns UInt64,
+    role LowCardinality(String),
+    state LowCardinality(String),
+    ending LowCardinality(String),
+    errno Int32,
+    errno_name LowCardinality(String),
+    reason UInt32,
+    reason_name LowCardinality(String),
+    established Bool,
+    retransmitted Bool,
+    first_of_request Bool,
+    no_socket Bool,
+    coarse Bool,
+    tx_bytes UInt64,
+    rx_bytes UInt64,
+    duration_sum_ns UInt64,
+    retransmits UInt64
 )
 ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(time)
@@ -297,6 +383,7 @@ SELECT
     node, socket_id, connection_id,
     local_ip, local_port, local_kind, local_namespace, local_name, local_uid, local_labels,
     local_container, local_container_id, local_workload_kind, local_workload_name, local_node,
+    local_services.namespace, local_services.name, local_services.port,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_uid, remote_labels,
     remote_workload_kind, remote_workload_name, remote_node,
     process_pid, process_comm, process_cgroup_id,
@@ -321,6 +408,7 @@ SELECT
     node,
     local_ip, local_port, local_kind, local_namespace, local_name, local_workload_kind,
     local_workload_name, local_node,
+    local_services.namespace, local_services.name, local_services.port,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_workload_kind,
     remote_workload_name, remote_node,
     process_pid, process_comm, process_cgroup_id,
@@ -336,6 +424,40 @@ SELECT
     flow_source AS source
 FROM tcpscope_event_stream
 WHERE kind = 'flow';
+
+CREATE MATERIALIZED VIEW tcpscope_anomalies_mv TO tcpscope_anomalies AS
+SELECT
+    agent_id, batch_seq, batch_index, tcpscope_corrected(time, clock_correction_ns) AS time, clock_correction_ns,
+    node,
+    local_ip, local_port, local_kind, local_namespace, local_name, local_workload_kind,
+    local_workload_name, local_node,
+    remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_workload_kind,
+    remote_workload_name, remote_node,
+    process_pid, process_comm, process_cgroup_id,
+    anomalies_kind AS anomaly_kind,
+    anomalies_count AS count,
+    anomalies_exemplars AS exemplars,
+    tcpscope_corrected(anomalies_first, clock_correction_ns) AS first,
+    tcpscope_corrected(anomalies_last, clock_correction_ns) AS last,
+    anomalies_interval_ns AS interval_ns,
+    anomalies_role AS role,
+    anomalies_state AS state,
+    anomalies_ending AS ending,
+    anomalies_errno AS errno,
+    anomalies_errno_name AS errno_name,
+    anomalies_reason AS reason,
+    anomalies_reason_name AS reason_name,
+    anomalies_established AS established,
+    anomalies_retransmitted AS retransmitted,
+    anomalies_first_of_request AS first_of_request,
+    anomalies_no_socket AS no_socket,
+    anomalies_coarse AS coarse,
+    anomalies_tx_bytes AS tx_bytes,
+    anomalies_rx_bytes AS rx_bytes,
+    anomalies_duration_sum_ns AS duration_sum_ns,
+    anomalies_retransmits AS retransmits
+FROM tcpscope_event_stream
+WHERE kind = 'anomalies';
 
 CREATE MATERIALIZED VIEW tcpscope_socket_events_mv TO tcpscope_socket_events AS
 SELECT
@@ -357,7 +479,7 @@ SELECT
     probe_srtt_us AS srtt_us,
     probe_snd_cwnd AS snd_cwnd
 FROM tcpscope_event_stream
-WHERE kind NOT IN ('lifecycle', 'flow', '');
+WHERE kind NOT IN ('lifecycle', 'flow', 'anomalies', '');
 
 CREATE MATERIALIZED VIEW tcpscope_batches_mv TO tcpscope_batches AS
 SELECT

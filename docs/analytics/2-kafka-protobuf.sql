@@ -31,6 +31,8 @@ CREATE TABLE tcpscope_kafka_events
     local_workload_kind String,
     local_workload_name String,
     local_node String,
+    -- the Service ports a server's end is an endpoint of (Endpoint.services, --resolve-backends)
+    local_services Nested(namespace String, name String, port UInt32),
     remote_ip String,
     remote_port UInt32,
     remote_kind String,
@@ -47,7 +49,8 @@ CREATE TABLE tcpscope_kafka_events
     process_cgroup_path String,
     -- which member of the `kind` oneof the record carries (input_format_protobuf_oneof_presence)
     kind Enum8('' = 0, 'lifecycle' = 10, 'state_change' = 11, 'retransmit' = 12, 'synack_retransmit' = 13,
-               'reset' = 14, 'socket_error' = 15, 'probe' = 16, 'flow' = 17),
+               'reset' = 14, 'socket_error' = 15, 'probe' = 16, 'flow' = 17,
+               'anomalies' = 60),
     lifecycle_role String,
     lifecycle_duration_ns UInt64,
     lifecycle_tx_bytes UInt64,
@@ -86,7 +89,31 @@ CREATE TABLE tcpscope_kafka_events
     flow_last_close_seconds Int64,
     flow_last_close_nanos Int32,
     flow_interval_ns UInt64,
-    flow_source String
+    flow_source String,
+    anomalies_kind String,
+    anomalies_count UInt64,
+    anomalies_exemplars UInt64,
+    anomalies_first_seconds Int64,
+    anomalies_first_nanos Int32,
+    anomalies_last_seconds Int64,
+    anomalies_last_nanos Int32,
+    anomalies_interval_ns UInt64,
+    anomalies_role String,
+    anomalies_state String,
+    anomalies_ending String,
+    anomalies_errno Int32,
+    anomalies_errno_name String,
+    anomalies_reason UInt32,
+    anomalies_reason_name String,
+    anomalies_established Bool,
+    anomalies_retransmitted Bool,
+    anomalies_first_of_request Bool,
+    anomalies_no_socket Bool,
+    anomalies_coarse Bool,
+    anomalies_tx_bytes UInt64,
+    anomalies_rx_bytes UInt64,
+    anomalies_duration_sum_ns UInt64,
+    anomalies_retransmits UInt64
 )
 ENGINE = Kafka
 SETTINGS
@@ -138,6 +165,7 @@ SELECT
     connection_id,
     local_ip, local_port, local_kind, local_namespace, local_name, local_uid, local_labels,
     local_container, local_container_id, local_workload_kind, local_workload_name, local_node,
+    local_services.namespace, local_services.name, local_services.port,
     remote_ip, remote_port, remote_kind, remote_namespace, remote_name, remote_uid, remote_labels,
     remote_workload_kind, remote_workload_name, remote_node,
     process_pid, process_comm, process_cgroup_id, process_cgroup_path,
@@ -154,7 +182,15 @@ SELECT
     flow_role, flow_connections, flow_tx_bytes, flow_rx_bytes, flow_duration_us_log2, flow_duration_sum_ns,
     fromUnixTimestamp64Nano(flow_first_close_seconds * 1000000000 + flow_first_close_nanos, 'UTC') AS flow_first_close,
     fromUnixTimestamp64Nano(flow_last_close_seconds * 1000000000 + flow_last_close_nanos, 'UTC') AS flow_last_close,
-    flow_interval_ns, flow_source
+    flow_interval_ns, flow_source,
+    anomalies_kind, anomalies_count, anomalies_exemplars,
+    fromUnixTimestamp64Nano(anomalies_first_seconds * 1000000000 + anomalies_first_nanos, 'UTC') AS anomalies_first,
+    fromUnixTimestamp64Nano(anomalies_last_seconds * 1000000000 + anomalies_last_nanos, 'UTC') AS anomalies_last,
+    anomalies_interval_ns, anomalies_role, anomalies_state, anomalies_ending,
+    anomalies_errno, anomalies_errno_name, anomalies_reason, anomalies_reason_name,
+    anomalies_established, anomalies_retransmitted, anomalies_first_of_request,
+    anomalies_no_socket, anomalies_coarse,
+    anomalies_tx_bytes, anomalies_rx_bytes, anomalies_duration_sum_ns, anomalies_retransmits
 FROM tcpscope_kafka_events
 WHERE _error = '' AND _headers.value[indexOf(_headers.name, 'tcpscope-record')] = 'event';
 

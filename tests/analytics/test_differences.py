@@ -186,3 +186,94 @@ def test_a_record_outside_the_bounds_is_skipped_by_the_summary_and_stored_by_cli
     assert doc["out_of_bounds_records"] == 3
     assert [p["connections"] for p in doc["pairs"]] == [1]
     assert [p["connections"] for p in pairs.values()] == [2]
+
+
+@pytest.mark.slow  # chDB
+def test_anomaly_aggregates_are_counted_by_the_summary_and_stored_but_not_counted_by_sql(tmp_path: Path) -> None:
+    # one ordinary connection web-1 -> api-1:9000 seen by both ends, and, within its span, 5 more the
+    # server reset that web-1's agent counted past its budget (no exemplar of theirs was sent)
+    s = Stream()
+    s.socket("node-1", endpoint(C, 40500), endpoint(S, 9000), T, T + 5 * S_NS, pb.ACTIVE)
+    s.socket("node-2", endpoint(S, 9000), endpoint(C, 40500), T + MS, T + 5 * S_NS - MS, pb.PASSIVE)
+    agg = s._ev("node-1", endpoint(C, 0), endpoint(S, 9000), T + 3 * S_NS, 0, "app")
+    a = agg.anomalies
+    a.kind, a.count, a.role, a.interval_ns = pb.ANOMALY_LIFECYCLE, 5, pb.ACTIVE, 2 * S_NS
+    a.ending, a.state, a.established = pb.RESET_RECEIVED, pb.ESTABLISHED, True
+    a.first.FromNanoseconds(T + 2 * S_NS)
+    a.last.FromNanoseconds(T + 3 * S_NS)
+    recs = laid_out(s.batches(), "protobuf")
+    doc = summary_doc(recs)
+    with clickhouse_docs(tmp_path, "protobuf") as ch:
+        ch.feed(recs)
+        pairs = by_pair(as_summary_pairs(ch.query("pairs")))
+        stored = ch.rows(
+            "SELECT anomaly_kind, count, role, ending, local_ip, remote_ip, remote_port FROM tcpscope_anomalies"
+        )
+    (key,) = pairs
+    want = by_pair(doc["pairs"])
+    assert want.keys() == pairs.keys()
+    # exactly the aggregate's connections, with its key's outcome and its exemplars' class of cause
+    # (none: unknown/no_exemplar), the only difference
+    added = {
+        "connections": 5,
+        "server_resets": 5,
+        "aggregated_connections": 5,
+        "server_reset_reasons": {"UNKNOWN": 5},
+        "reset_causes": {"unknown": {"no_exemplar": 5}},
+    }
+    expected = {**pairs[key], **{f: pairs[key].get(f, 0) + n for f, n in added.items() if isinstance(n, int)}}
+    expected["server_reset_reasons"] = {"UNKNOWN": 5}
+    expected["reset_causes"] = {"unknown": {"no_exemplar": 5}}
+    assert (pairs[key]["server_reset_reasons"], pairs[key]["reset_causes"]) == ({}, {})
+    assert want[key] == expected
+    # SQL keeps the aggregate, for a query of one's own
+    assert stored == [
+        {
+            "anomaly_kind": "ANOMALY_LIFECYCLE",
+            "count": 5,
+            "role": "ACTIVE",
+            "ending": "RESET_RECEIVED",
+            "local_ip": C,
+            "remote_ip": S,
+            "remote_port": 9000,
+        }
+    ]
+
+
+@pytest.mark.slow  # chDB
+def test_open_connections_are_the_summarys_and_sql_counts_their_bytes_so_far(tmp_path: Path) -> None:
+    """A pooled connection web-1 -> db-1:5432 still open, reported in two flushes of its flow (the
+    open part only: connections 0), beside one closed connection web-1 -> api-1:9000. The summary
+    has a row for the open pair (no counter; OPEN 1, two RTT samples) and `pairs` none; SQL's
+    bytes_per_minute holds the open connection's bytes so far, without a connection."""
+    s = Stream()
+    s.socket("node-1", endpoint(C, 40600), endpoint(S, 9000), T, T + 5 * MS, pb.ACTIVE)
+    db = endpoint(scenario.S3, 5432)
+    for i, (tx, rx) in enumerate(((1000, 30), (500, 15))):
+        at = T + (i + 1) * 2 * S_NS
+        s.flow("node-1", endpoint(C, 0), db, at, pb.ACTIVE, 0, [])
+        f = s.events["node-1"][-1].flow
+        f.ClearField("first_close")
+        f.ClearField("last_close")
+        f.tx_bytes, f.rx_bytes, f.duration_sum_ns, f.open_connections = tx, rx, 0, 1
+        f.report_time.FromNanoseconds(at)
+        f.srtt_us_log2.extend([0] * 6 + [1])  # 64 us
+    recs = laid_out(s.batches(), "protobuf")
+    doc = summary_doc(recs)
+    with clickhouse_docs(tmp_path, "protobuf") as ch:
+        ch.feed(recs)
+        pairs = by_pair(as_summary_pairs(ch.query("pairs")))
+        minutes = ch.query("bytes_per_minute")
+    want = by_pair(doc["pairs"])
+    (only,) = want.keys() - pairs.keys()
+    row = want[only]
+    assert (row["server"]["name"], row["connections"], row["open_connections"], row["rtt_us"]["samples"]) == (
+        scenario.PODS[scenario.S3][1],
+        0,
+        1,
+        2,
+    )
+    assert [p["connections"] for p in pairs.values()] == [1]
+    open_bytes = [m for m in minutes if int(m["connections"]) == 0]
+    assert sum(int(m["client_sent_bytes"]) for m in open_bytes) == 1500
+    assert sum(int(m["server_sent_bytes"]) for m in open_bytes) == 45

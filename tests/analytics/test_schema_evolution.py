@@ -4,9 +4,11 @@ in its format_schemas, and Kafka tables and views without the new columns, must 
 upgraded collector's records: every event in its table, the new fields ignored, the same answers
 from the query pack.
 
-Two generations: the proto before the fields added last (EventBatch.collector, the collector's clock
-measurement, with the `clock-offset-ns` header; Losses.sockets_untracked; Lifecycle.tracked_mid_life),
-and the one before that too (TcpEvent.connection_id, commit 33f7885)."""
+Three generations: the proto before Endpoint.services (svcflows; its DDL did not read
+TcpEvent.anomalies either, though the proto had it), the one before the fields added before that
+(EventBatch.collector, the collector's clock measurement, with the `clock-offset-ns` header;
+Losses.sockets_untracked; Lifecycle.tracked_mid_life), and the one before that (TcpEvent.connection_id,
+commit 33f7885)."""
 
 from __future__ import annotations
 
@@ -49,12 +51,53 @@ NOTE_STORED = {
     "tcpscope_lifecycles": ("tracked_mid_life",),
     "tcpscope_batches": ("lost_sockets_untracked", "clock_offset_ns", "clock_offset_error_ns", "clock_offset_bounded"),
 }
+ANOMALY_FIELDS = (
+    "kind",
+    "count",
+    "exemplars",
+    "first",
+    "first_seconds",
+    "first_nanos",
+    "last",
+    "last_seconds",
+    "last_nanos",
+    "interval_ns",
+    "role",
+    "state",
+    "ending",
+    "errno",
+    "errno_name",
+    "reason",
+    "reason_name",
+    "established",
+    "retransmitted",
+    "first_of_request",
+    "no_socket",
+    "coarse",
+    "tx_bytes",
+    "rx_bytes",
+    "duration_sum_ns",
+    "retransmits",
+)
+SERVICES_COLUMNS = ("local_services", *(f"anomalies_{f}" for f in ANOMALY_FIELDS))
+"""Endpoint.services (the collector's --resolve-backends) and TcpEvent.anomalies: the proto before
+svcflows had the anomalies already, the DDL did not read them"""
+SERVICES_STORED: dict[str, tuple[str, ...]] = {
+    "tcpscope_flows": ("`local_services.namespace`", "`local_services.name`", "`local_services.port`"),
+}
+
 GENERATIONS = {
-    "before_collector_note": Generation(HERE / "events_before_collector_note.proto", NOTE_COLUMNS, NOTE_STORED),
+    "before_services": Generation(HERE / "events_before_services.proto", SERVICES_COLUMNS, SERVICES_STORED),
+    "before_collector_note": Generation(
+        HERE / "events_before_collector_note.proto",
+        (*SERVICES_COLUMNS, *NOTE_COLUMNS),
+        {**NOTE_STORED, **SERVICES_STORED},
+    ),
     "before_connection_id": Generation(
         HERE / "events_before_connection_id.proto",
-        (*NOTE_COLUMNS, "connection_id"),
+        (*SERVICES_COLUMNS, *NOTE_COLUMNS, "connection_id"),
         {
+            **SERVICES_STORED,
             **NOTE_STORED,
             "tcpscope_lifecycles": ("tracked_mid_life", "connection_id"),
             "tcpscope_socket_events": ("connection_id",),
@@ -98,6 +141,17 @@ def records(value_format: str) -> list[Rec]:
                 e.lifecycle.tracked_mid_life = True  # the socket older than the agent
     batches[0].lost.sockets_untracked = 1
     batches[0].lost.by_reason["kernel.socket_map_full"] = 1
+    server_flow = next(
+        e for b in batches for e in b.events if e.WhichOneof("kind") == "flow" and e.flow.role == pb.PASSIVE
+    )
+    server_flow.local.services.add(namespace="shop", name="api-svc", port=80)  # the collector's --resolve-backends
+    agg = batches[-1].events.add()  # anomalies past the budget: 7 refused connects
+    agg.node, agg.time.seconds = batches[-1].node, server_flow.time.seconds
+    agg.local.ip, agg.remote.ip, agg.remote.port = scenario.C, scenario.S, 9999
+    agg.anomalies.kind, agg.anomalies.count, agg.anomalies.role = pb.ANOMALY_LIFECYCLE, 7, pb.ACTIVE
+    agg.anomalies.ending, agg.anomalies.errno, agg.anomalies.state = pb.RESET_RECEIVED, 111, pb.SYN_SENT
+    agg.anomalies.first.CopyFrom(agg.time)
+    agg.anomalies.last.CopyFrom(agg.time)
     return laid_out(batches, value_format)
 
 
@@ -119,6 +173,7 @@ def test_the_earlier_ddl_reads_the_current_records(value_format: str, generation
     recs = records(value_format)
     events = [d.event for r in recs for d in decode_records(r.headers, r.value) if d.event]
     assert any(e.connection_id for e in events) and any(e.lifecycle.tracked_mid_life for e in events)
+    assert any(e.local.services for e in events) and any(e.anomalies.count for e in events)
     with clickhouse_docs(tmp_path / "current", value_format) as ch:
         ch.feed(recs)
         current = _rows(ch, gen.stored)
@@ -129,7 +184,10 @@ def test_the_earlier_ddl_reads_the_current_records(value_format: str, generation
             "(SELECT sum(lost_sockets_untracked) FROM tcpscope_batches FINAL) AS untracked, "
             "(SELECT countIf(clock_offset_ns = 3000000 AND clock_offset_bounded) FROM tcpscope_batches FINAL)"
             " AS noted, "
-            "(SELECT count() FROM tcpscope_batches FINAL) AS batches"
+            "(SELECT count() FROM tcpscope_batches FINAL) AS batches, "
+            "(SELECT groupArray(local_services.name) FROM tcpscope_flows FINAL WHERE notEmpty(local_services.name))"
+            " AS services, "
+            "(SELECT groupArray((anomaly_kind, count, role, ending)) FROM tcpscope_anomalies FINAL) AS anomalies"
         )[0]
     with clickhouse_docs(
         tmp_path / "earlier", value_format, proto=gen.proto, edit=lambda n, t: earlier_ddl(gen, n, t)
@@ -139,11 +197,17 @@ def test_the_earlier_ddl_reads_the_current_records(value_format: str, generation
         assert by_pair(as_summary_pairs(old.query("pairs"))) == pairs
         (defaults,) = old.rows(
             "SELECT (SELECT countIf(tracked_mid_life) FROM tcpscope_lifecycles FINAL) AS mid_life, "
-            "(SELECT sum(lost_sockets_untracked) + countIf(clock_offset_bounded) FROM tcpscope_batches FINAL) AS note"
+            "(SELECT sum(lost_sockets_untracked) + countIf(clock_offset_bounded) FROM tcpscope_batches FINAL) AS note, "
+            "(SELECT countIf(notEmpty(local_services.name)) FROM tcpscope_flows FINAL) AS services, "
+            "(SELECT sum(count) FROM tcpscope_anomalies FINAL) AS anomalies"
         )
-        assert (int(defaults["mid_life"]), int(defaults["note"])) == (0, 0), "the new fields are not stored"
+        assert (int(defaults["services"]), int(defaults["anomalies"])) == (0, 0), "the new fields are not stored"
+        if "lifecycle_tracked_mid_life" in gen.columns:
+            assert (int(defaults["mid_life"]), int(defaults["note"])) == (0, 0), "the new fields are not stored"
     # the current DDL reads the new fields
     assert int(new_values["ids"]) > 0 and int(new_values["mid_life"]) == 1 and int(new_values["untracked"]) == 1
     assert int(new_values["noted"]) == int(new_values["batches"]) > 0
+    assert new_values["services"] == [["api-svc"]]
+    assert new_values["anomalies"] == [["ANOMALY_LIFECYCLE", 7, "ACTIVE", "RESET_RECEIVED"]]
     assert all(earlier[t] for t in TABLES)
     assert earlier == current
