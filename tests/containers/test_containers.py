@@ -211,13 +211,13 @@ def _agent_run(pod: AgentPod, port: int) -> tuple[int, str, str, traffic.Exchang
 
 def _values(port: int, seccomp_profile: dict[str, str] | None = None, connections: str | None = None) -> dict[str, Any]:
     """The chart's defaults except: only the test's port (so nothing else on the machine is
-    reported) and no remote-end enrichment (it needs the API server)."""
+    reported), no remote-end enrichment and no Service-backend watch (both need the API server)."""
     agent: dict[str, Any] = {"ports": [port]}
     if seccomp_profile is not None:
         agent["seccompProfile"] = seccomp_profile
     if connections is not None:
         agent["connections"] = connections
-    return {"agent": agent, "enrichment": {"remote": "off"}}
+    return {"agent": agent, "enrichment": {"remote": "off", "serviceBackends": False}}
 
 
 def _connections(pod: AgentPod) -> str:
