@@ -496,10 +496,12 @@ def _promtool_test(tmp_path: Path, values: dict[str, Any], thresholds: dict[str,
     assert "SUCCESS" in r.stdout
 
 
+@pytest.mark.slow  # promtool over every alert: about 10 s each (the host suite runs it)
 def test_each_alert_fires_and_stays_quiet_in_promtool_unit_tests(tmp_path: Path) -> None:
     _promtool_test(tmp_path, METRICS_ON, {"reset": 1})
 
 
+@pytest.mark.slow  # promtool over every alert: about 10 s each (the host suite runs it)
 def test_thresholds_are_values(tmp_path: Path) -> None:
     values = merge(METRICS_ON, {"metrics": {"prometheusRule": {"alerts": {"pairResetRate": {"threshold": 5}}}}})
     expr = rule_groups(values)["groups"][0]["rules"][0]["expr"]
