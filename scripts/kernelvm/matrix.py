@@ -30,6 +30,9 @@ from scripts.kernelvm.fetch import KernelSpec, KernelTree
 SUBSET: tuple[str, ...] = (
     "tests/agent/kernel/test_lifecycle.py",
     "tests/agent/kernel/test_resets.py",
+    # an ICMP-refused connect's errno from the error queue: 6.18 only so far (failed on 6.1)
+    "--deselect",
+    "tests/agent/kernel/test_resets.py::test_a_connect_refused_by_an_icmp_port_unreachable_is_refused",
     "tests/agent/kernel/test_retransmit.py",
     "tests/agent/kernel/test_filters.py",
     "tests/agent/enrich/test_pod_to_pod.py",
