@@ -21,7 +21,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated kernels of the matrix to boot (default: all)",
     )
     p.add_argument("--no-host", action="store_true", help="do not run the subset on the host's own kernel")
-    p.add_argument("--parallel", type=int, default=1, help="guests at a time (default 1)")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=2,
+        help="guests at a time (default 2: a TCG guest keeps about one host CPU busy, so two fit 2 CPUs)",
+    )
     p.add_argument(
         "--boot-attempts",
         type=int,

@@ -117,6 +117,15 @@ def traces_error_reports(h: Harness) -> bool:
     return any(tp == "sock:inet_sk_error_report" for _k, tp, _f in h.plan.attach)
 
 
+def traces_socketless_resets(h: Harness) -> bool:
+    """Does tcp:tcp_send_reset fire for a RST sent without a socket (a refused connect)? From 6.10
+    (commit 19822a980e19), whose record carries sockaddr copies of the addresses instead of the
+    sport/saddr_v6 fields; before it the tracepoint fired only for a RST sent from a full socket."""
+    fmt = next(f for f in h.plan.formats if f.name == "tcp_send_reset")
+    saddr = fmt.field("saddr")
+    return saddr is not None and saddr.size >= 16
+
+
 def on_port(port: int) -> Callable[[TcpEvent], bool]:
     """Events of sockets with this local or remote port."""
     return lambda e: e.local.port == port or e.remote.port == port

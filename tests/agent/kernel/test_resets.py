@@ -24,7 +24,7 @@ from tcpscope.v1.events_pb2 import (
     TCP_STATE_UNSPECIFIED,
 )
 from tests.support import traffic
-from tests.support.kernel import Harness, kind, lifecycle_on, on_port, traces_error_reports
+from tests.support.kernel import Harness, kind, lifecycle_on, on_port, traces_error_reports, traces_socketless_resets
 
 
 @pytest.mark.root
@@ -113,14 +113,6 @@ def test_refused_connect(agent: Harness, ports: list[int]) -> None:
     )
     if agent.plan.rst_reasons:
         assert (rst.reset.reason, rst.reset.reason_name) == (1, "NO_SOCKET")
-
-
-def traces_socketless_resets(h: Harness) -> bool:
-    """Does tcp:tcp_send_reset fire for a RST sent without a socket? From 6.10, whose record (same
-    series) carries sockaddr copies of the addresses instead of the sport/saddr_v6 fields."""
-    fmt = next(f for f in h.plan.formats if f.name == "tcp_send_reset")
-    saddr = fmt.field("saddr")
-    return saddr is not None and saddr.size >= 16
 
 
 def _refused_then_connected(port: int, listen_after: float) -> tuple[int, int]:

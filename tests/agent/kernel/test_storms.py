@@ -38,7 +38,7 @@ from tcpscope.v1.events_pb2 import (
     TcpEvent,
 )
 from tests.support import conncount, traffic
-from tests.support.kernel import Harness, kernel_harness, kind, on_port, traces_error_reports
+from tests.support.kernel import Harness, kernel_harness, kind, on_port, traces_error_reports, traces_socketless_resets
 
 KINDS = ("lifecycle", "retransmit", "synack", "reset", "error")
 # the four anomalies of one refused connect: the client's lifecycle, the RST it received, its socket
@@ -48,8 +48,14 @@ REFUSED_KINDS = (ANOMALY_LIFECYCLE, ANOMALY_RESET_RECEIVED, ANOMALY_SOCKET_ERROR
 
 def refused_kinds(h: Harness) -> tuple[int, ...]:
     """The anomalies of one refused connect on this kernel: no socket error event where the kernel has
-    no sock:inet_sk_error_report (5.10: the lifecycle's errno comes from sk_err at CLOSE)."""
-    return REFUSED_KINDS if traces_error_reports(h) else tuple(k for k in REFUSED_KINDS if k != ANOMALY_SOCKET_ERROR)
+    no sock:inet_sk_error_report (5.10: the lifecycle's errno comes from sk_err at CLOSE), and no reset
+    sent where tcp:tcp_send_reset does not fire for a RST sent from no socket (before 6.10)."""
+    absent = set()
+    if not traces_error_reports(h):
+        absent.add(ANOMALY_SOCKET_ERROR)
+    if not traces_socketless_resets(h):
+        absent.add(ANOMALY_RESET_SENT)
+    return tuple(k for k in REFUSED_KINDS if k not in absent)
 
 
 @pytest.fixture(scope="module")
