@@ -2,8 +2,9 @@
 per interval with many idle open connections, and the agent's CPU while it reports 10,000 of them
 every 10 s.
 
-The connections are opened first and held idle by this process (both ends, on loopback, spread over
-enough listening ports for the ephemeral port range); then the agent starts, finds them at start-up
+The connections are opened first and held idle by child processes (both ends, on loopback, each
+within the open-file limit, spread over enough listening ports for the ephemeral port range); then
+the agent starts, finds them at start-up
 (seeding, bpf/seed.h: its cost is a figure too) and reports them every interval, in aggregate mode
 as the chart deploys it, filtered to the benchmark's ports in the kernel. Its figures come from its
 own counters, printed at exit (`open.pass_us`, `open.sockets_visited`: the whole pass, key snapshot
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import multiprocessing
 import re
 import resource
 import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from bench.modes import AGENT_READY, READY_TIMEOUT, agent_argv, agent_unavailable, ensure_kernel_headers
@@ -58,16 +61,9 @@ class OpenPassResult:
         return self.us_per_socket * self.sockets_visited / self.passes / 1000
 
 
-@contextlib.contextmanager
-def idle_connections(n: int) -> Iterator[list[int]]:
-    """n established, idle loopback connections held by this process; yields the listening ports."""
-    need = 2 * n + len(range(0, n, PER_PORT)) + 1024
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(need, soft), max(need, hard)))
-        except (ValueError, OSError) as e:
-            raise Unavailable(f"{n} connections need {need} open files: {e}") from e
+def _hold(n: int, conn: Connection) -> None:
+    """A holder process: n idle loopback connections (both ends) on listeners of its own; sends their
+    ports (or the error), then holds them until told to stop (or its parent is gone)."""
     listeners: list[socket.socket] = []
     held: list[socket.socket] = []
     try:
@@ -81,10 +77,52 @@ def idle_connections(n: int) -> Iterator[list[int]]:
             c = socket.create_connection(ls.getsockname())
             s, _ = ls.accept()
             held += (c, s)
-        yield [ls.getsockname()[1] for ls in listeners]
+        conn.send([ls.getsockname()[1] for ls in listeners])
+    except OSError as e:
+        conn.send(f"{type(e).__name__}: {e}")
+    with contextlib.suppress(EOFError, OSError):
+        conn.recv()
+    for s in (*held, *listeners):
+        s.close()
+
+
+@contextlib.contextmanager
+def idle_connections(n: int) -> Iterator[list[int]]:
+    """n established, idle loopback connections, held by child processes (each within this process's
+    open-file limit: root here may not raise the hard limit, CAP_SYS_RESOURCE is not granted);
+    yields the listening ports."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    room = (hard - 1024) // 2  # two descriptors a connection, some to spare
+    if room < 1:
+        raise Unavailable(f"an open-file limit of {hard} leaves no room for connections")
+    per = min(room, n)
+    ctx = multiprocessing.get_context("fork")
+    holders: list[tuple[multiprocessing.context.ForkProcess, Connection]] = []
+    ports: list[int] = []
+    try:
+        for i in range(0, n, per):
+            ours, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_hold, args=(min(per, n - i), theirs), daemon=True)
+            proc.start()
+            theirs.close()
+            holders.append((proc, ours))
+        for _proc, ours in holders:
+            got = ours.recv() if ours.poll(600) else "no answer in 600 s"
+            if isinstance(got, str):
+                raise Unavailable(f"{n} connections in {len(holders)} holder processes: {got}")
+            ports += got
+        yield ports
     finally:
-        for s in (*held, *listeners):
-            s.close()
+        for _proc, ours in holders:
+            with contextlib.suppress(OSError):
+                ours.send("stop")
+        for proc, ours in holders:
+            proc.join(60)
+            if proc.is_alive():
+                proc.kill()
+            ours.close()
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
