@@ -27,6 +27,17 @@ ALL_KINDS = ",".join(AGENT_KINDS)
 DEFAULT_KINDS = ",".join(AGENT_DEFAULTS)  # the agent's and the chart's default
 # one lifecycle per connection, as before aggregation existed (no spill into flows)
 EACH = ["--connections", "each", "--max-connection-events", "0"]
+
+
+def each_args(tree: Path | None = None) -> list[str]:
+    """EACH for the working tree, and for another tree whose agent knows those flags (an agent from
+    before aggregation has no --connections and always reports one lifecycle per connection)."""
+    if tree is None:
+        return list(EACH)
+    config = tree / "agent" / "config.py"
+    return list(EACH) if config.is_file() and "max_connection_events" in config.read_text() else []
+
+
 AGGREGATE = ["--connections", "aggregate"]
 TCPDUMP_FILTER = "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
 READY_TIMEOUT = 60.0
@@ -287,7 +298,8 @@ def add_ref_mode(ref: str, tree: Path) -> list[str]:
     """Register modes `agent-lifecycle@<ref>` and `agent-aggregate@<ref>` (its own default kinds)
     running the agent of that tree; returns their names."""
     each, agg = f"agent-lifecycle@{ref}", f"agent-aggregate@{ref}"
-    MODES[each] = Mode(each, f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)", _agent("lifecycle", tree))
+    label = f"tcpscope-agent --events lifecycle @ {ref} (json > /dev/null)"
+    MODES[each] = Mode(each, label, _agent("lifecycle", tree, each_args(tree)))
     MODES[agg] = Mode(
         agg, f"tcpscope-agent, its default kinds, --connections aggregate @ {ref}", _agent(None, tree, AGGREGATE)
     )

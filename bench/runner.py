@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.load import ChurnResult, Topology
-from bench.modes import ALL_KINDS, EACH, MODES, Running, start_agent, start_stack, start_stream_agent
+from bench.modes import ALL_KINDS, MODES, Running, each_args, start_agent, start_stack, start_stream_agent
 from bench.procs import Unavailable, bpf_prog_stats, cpu_seconds, vm_hwm_kb
 
 log = logging.getLogger("bench")
@@ -358,9 +358,7 @@ def step_stdout(
 ) -> Step:
     """Agent with --port <server> writing JSON lines to a tmpfs file, counted afterwards."""
     out = workdir / f"agent-{time.monotonic_ns()}.jsonl"
-    agent = start_agent(
-        workdir, ["--events", events, "--port", str(topo.port), *(EACH if tree is None else [])], out, tree=tree
-    )
+    agent = start_agent(workdir, ["--events", events, "--port", str(topo.port), *each_args(tree)], out, tree=tree)
     try:
         c0 = cpu_seconds(agent.pid)
         res = topo.churn(duration, rate, threads)
