@@ -264,7 +264,9 @@ def test_a_server_answering_with_syn_cookies_gets_the_same_id(subtree: Harness, 
             server_cgroup=pods.server.container,
             client_cgroup=pods.client.container,
         )
-    assert _tcp_ext(lone_netns, "SyncookiesSent") == _tcp_ext(lone_netns, "SyncookiesRecv") == 1  # a cookie it was
+    # a cookie it was: one validated; more than one sent if a slow guest retransmitted the SYN
+    sent, recv = _tcp_ext(lone_netns, "SyncookiesSent"), _tcp_ext(lone_netns, "SyncookiesRecv")
+    assert sent >= 1 and recv == 1, (sent, recv)
     client, server = _lifecycles(subtree, port)
     want = _ids_of(subtree).of(*traffic.handshake_isns(syns, ex.client_port))
     assert client.connection_id == server.connection_id == want != 0
