@@ -4,11 +4,11 @@ every 10 s.
 
 The connections are opened first and held idle by child processes (both ends, on loopback, each
 within the open-file limit, spread over enough listening ports for the ephemeral port range); then
-the agent starts, finds them at start-up
-(seeding, bpf/seed.h: its cost is a figure too) and reports them every interval, in aggregate mode
-as the chart deploys it, filtered to the benchmark's ports in the kernel. Its figures come from its
-own counters, printed at exit (`open.pass_us`, `open.sockets_visited`: the whole pass, key snapshot
-and test runs, per socket); its CPU is read from /proc between two points after start-up.
+the agent starts, finds them at start-up (seeding, bpf/seed.h: its cost is a figure too) and
+reports them every interval, in aggregate mode as the chart deploys it, filtered to the benchmark's
+ports in the kernel. Its figures come from its own counters, printed at exit (`open.pass_us`,
+`open.sockets_visited`: the whole pass, key snapshot and test runs, per socket); its CPU is read
+from /proc between two points after start-up.
 """
 
 from __future__ import annotations
