@@ -24,18 +24,37 @@ static __always_inline __u64 unreported(__u64 total, __u64 reported)
 
 /* tcp_sock.srtt_us holds 8 times the smoothed RTT (tcp_rtt_estimator()); TCP_INFO's tcpi_rtt is
  * the same value shifted, so the two agree to the microsecond. 0 before the first sample. */
+static __always_inline __u32 srtt_us_from(__u32 raw)
+{
+    return raw >> 3;
+}
+
 static __always_inline __u32 srtt_us_of(const void *sk)
 {
-    return read_u32((const char *)sk + OFF_SRTT_US) >> 3;
+    return srtt_us_from(read_u32((const char *)sk + OFF_SRTT_US));
 }
 
 /* tcp_sock.rtt_min is a windowed min filter (struct minmax, 4.10+); OFF_RTT_MIN points at its
  * current minimum, s[0].v, which is ~0U until the first sample. */
+static __always_inline __u32 min_rtt_us_from(__u32 raw)
+{
+    return raw == 0xffffffff ? 0 : raw;
+}
+
 static __always_inline __u32 min_rtt_us_of(const void *sk)
 {
-    __u32 v = read_u32((const char *)sk + OFF_RTT_MIN);
-    return v == 0xffffffff ? 0 : v;
+    return min_rtt_us_from(read_u32((const char *)sk + OFF_RTT_MIN));
 }
+
+/* Inside the span of tcp_sock a CLOSE reads at once (bpf/lifecycle.h; agent/kernel/cgen.py widens
+ * it to them when they lie close): read from there, not on their own. 6.8+ puts srtt_us among the
+ * counters. */
+#if defined(TCP_SPAN_LEN) && OFF_SRTT_US >= TCP_SPAN_OFF && OFF_SRTT_US + 4 <= TCP_SPAN_OFF + TCP_SPAN_LEN
+#define SPAN_HAS_SRTT 1
+#endif
+#if defined(TCP_SPAN_LEN) && OFF_RTT_MIN >= TCP_SPAN_OFF && OFF_RTT_MIN + 4 <= TCP_SPAN_OFF + TCP_SPAN_LEN
+#define SPAN_HAS_RTT_MIN 1
+#endif
 #endif
 
 #ifdef OPEN_PASS

@@ -35,10 +35,13 @@ struct tcp_counters {
     __u32 snd_una;
     __u32 write_seq;
     __u32 rcv_nxt;
+    __u32 srtt_us; /* the RTTs (HAS_RTT): microseconds, 0 unknown */
+    __u32 min_rtt_us;
 };
 
-/* The counters a CLOSE reads: one read of the span of tcp_sock that holds them when the plan found
- * one (TCP_SPAN_LEN, agent/kernel/cgen.py), else one read each. */
+/* The counters a CLOSE reads, and the RTTs: one read of the span of tcp_sock that holds them when
+ * the plan found one (TCP_SPAN_LEN, agent/kernel/cgen.py; the RTTs from it when it covers them,
+ * bpf/counters.h SPAN_HAS_*), else one read each. */
 static __always_inline void read_tcp_counters(const void *sk, struct tcp_counters *c)
 {
 #ifdef TCP_SPAN_LEN
@@ -50,6 +53,21 @@ static __always_inline void read_tcp_counters(const void *sk, struct tcp_counter
         __builtin_memcpy(&c->snd_una, span->b + (OFF_SND_UNA - TCP_SPAN_OFF), 4);
         __builtin_memcpy(&c->write_seq, span->b + (OFF_WRITE_SEQ - TCP_SPAN_OFF), 4);
         __builtin_memcpy(&c->rcv_nxt, span->b + (OFF_RCV_NXT - TCP_SPAN_OFF), 4);
+#ifdef HAS_RTT
+        __u32 raw = 0;
+#ifdef SPAN_HAS_SRTT
+        __builtin_memcpy(&raw, span->b + (OFF_SRTT_US - TCP_SPAN_OFF), 4);
+        c->srtt_us = srtt_us_from(raw);
+#else
+        c->srtt_us = srtt_us_of(sk);
+#endif
+#ifdef SPAN_HAS_RTT_MIN
+        __builtin_memcpy(&raw, span->b + (OFF_RTT_MIN - TCP_SPAN_OFF), 4);
+        c->min_rtt_us = min_rtt_us_from(raw);
+#else
+        c->min_rtt_us = min_rtt_us_of(sk);
+#endif
+#endif
         return;
     }
 #endif
@@ -58,6 +76,10 @@ static __always_inline void read_tcp_counters(const void *sk, struct tcp_counter
     c->snd_una = read_u32((const char *)sk + OFF_SND_UNA);
     c->write_seq = read_u32((const char *)sk + OFF_WRITE_SEQ);
     c->rcv_nxt = read_u32((const char *)sk + OFF_RCV_NXT);
+#ifdef HAS_RTT
+    c->srtt_us = srtt_us_of(sk);
+    c->min_rtt_us = min_rtt_us_of(sk);
+#endif
 }
 
 static __always_inline void snapshot_close(const void *sk, struct sockstate *st, int oldstate, __u64 now)
@@ -96,10 +118,8 @@ static __always_inline void snapshot_close(const void *sk, struct sockstate *st,
     st->sk_err = sk_err;
     st->last_state = (__u8)oldstate;
     st->close_ts = now;
-#ifdef HAS_RTT
-    st->srtt_us = srtt_us_of(sk);
-    st->min_rtt_us = min_rtt_us_of(sk);
-#endif
+    st->srtt_us = c.srtt_us;
+    st->min_rtt_us = c.min_rtt_us;
     st->flags |= F_CLOSED;
 #ifdef OPEN_PASS
     st->close_rep_tx = __sync_lock_test_and_set(&st->rep_tx, tx);

@@ -103,9 +103,10 @@ def c_struct(fmt: TracepointFormat) -> str:
 # ---- cflags: -D constants ----------------------------------------------------------------------
 
 
-def offset_flags(offsets: Sequence[tuple[str, int]]) -> list[str]:
+def offset_flags(offsets: Sequence[tuple[str, int]], span_extras: Sequence[tuple[str, int]] = ()) -> list[str]:
     """The BTF offsets (OFF_*) and what probe.py derived from BTF besides (the `_`-prefixed entries:
-    sizes, bits and layout switches)."""
+    sizes, bits and layout switches). span_extras: the RTT offsets when the RTTs are read (the span
+    a CLOSE reads takes them in when they lie close, tcp_span_flags)."""
     off = dict(offsets)
     flags = [f"-D{k}={v}" for k, v in offsets if not k.startswith("_")]
     flags.append(f"-DOFF_SK_CGROUP={off['OFF_SK_CGRP_DATA'] + off['OFF_SCD_CGROUP']}")
@@ -116,7 +117,7 @@ def offset_flags(offsets: Sequence[tuple[str, int]]) -> list[str]:
         flags.append("-DCGROUP_ANCESTOR_IDS=1")
     if off.get("_SOCK_CGROUP_UNION"):
         flags.append("-DSOCK_CGROUP_UNION=1")
-    flags += tcp_span_flags(off)
+    flags += tcp_span_flags(off, dict(span_extras))
     return flags
 
 
@@ -129,19 +130,32 @@ TCP_COUNTERS: tuple[tuple[str, int], ...] = (
     ("OFF_BYTES_ACKED", 8),
 )
 TCP_SPAN_MAX = 256
+# the RTTs a CLOSE reads too (bpf/counters.h): taken into the span when it stays within
+# TCP_SPAN_WIDE bytes (6.8+: srtt_us lies among the counters, rtt_min 80 bytes before them); one
+# wider read costs less than another read
+TCP_SPAN_EXTRAS: tuple[tuple[str, int], ...] = (("OFF_SRTT_US", 4), ("OFF_RTT_MIN", 4))
+TCP_SPAN_WIDE = 384
 
 
-def tcp_span_flags(off: dict[str, int]) -> list[str]:
+def _span_len(lo: int, hi: int) -> int:
+    return -(-(hi - lo) // 8) * 8
+
+
+def tcp_span_flags(off: dict[str, int], extras: dict[str, int] | None = None) -> list[str]:
     """TCP_SPAN_OFF/TCP_SPAN_LEN when the CLOSE counters lie within TCP_SPAN_MAX bytes of each other
-    (6.8+ groups them in tcp_sock's cache-line groups): one read of the span instead of five."""
+    (6.8+ groups them in tcp_sock's cache-line groups): one read of the span instead of five. The
+    `extras` (TCP_SPAN_EXTRAS offsets) widen it to TCP_SPAN_WIDE bytes at most."""
     if any(name not in off for name, _ in TCP_COUNTERS):
         return []
     lo = min(off[name] for name, _ in TCP_COUNTERS)
     hi = max(off[name] + size for name, size in TCP_COUNTERS)
-    length = -(-(hi - lo) // 8) * 8
-    if length > TCP_SPAN_MAX:
+    if _span_len(lo, hi) > TCP_SPAN_MAX:
         return []
-    return [f"-DTCP_SPAN_OFF={lo}", f"-DTCP_SPAN_LEN={length}"]
+    for name, size in TCP_SPAN_EXTRAS:
+        at = (extras or {}).get(name)
+        if at is not None and _span_len(min(lo, at), max(hi, at + size)) <= TCP_SPAN_WIDE:
+            lo, hi = min(lo, at), max(hi, at + size)
+    return [f"-DTCP_SPAN_OFF={lo}", f"-DTCP_SPAN_LEN={_span_len(lo, hi)}"]
 
 
 def map_flags(*, socket_key: int, max_sockets: int, probe_sample: int, ringbuf_pages: int | None) -> list[str]:

@@ -227,7 +227,7 @@ class Plan:
     def cflags(self) -> list[str]:
         """-D constants: BTF offsets, sizes, map sizes, event kinds, flows, filters."""
         flags = [
-            *cgen.offset_flags(self.offsets),
+            *cgen.offset_flags(self.offsets, () if self.open.rtt else self.open.offsets),
             *cgen.map_flags(
                 socket_key=self.socket_key,
                 max_sockets=self.max_sockets,

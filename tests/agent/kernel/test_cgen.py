@@ -161,3 +161,19 @@ def test_the_close_counters_are_read_as_one_span_when_they_lie_close() -> None:
     # spread further (older layouts): one read each
     assert cgen.tcp_span_flags({**near, "OFF_BYTES_ACKED": 1900}) == []
     assert cgen.tcp_span_flags(near) == []
+
+
+def test_the_span_takes_in_the_rtts_when_they_lie_close() -> None:
+    """6.18's layout: srtt_us among the counters, rtt_min 80 bytes before them: one read of 336."""
+    counters = {"OFF_WRITE_SEQ": 1576, "OFF_SND_UNA": 1672, "OFF_RCV_NXT": 1664, "OFF_BYTES_RECEIVED": 1752}
+    counters["OFF_BYTES_ACKED"] = 1824
+    rtts = {"OFF_SRTT_US": 1680, "OFF_RTT_MIN": 1496}
+    assert cgen.tcp_span_flags(counters, rtts) == ["-DTCP_SPAN_OFF=1496", "-DTCP_SPAN_LEN=336"]
+    # one too far away stays out, the other still comes in; no RTTs read: the counters alone
+    assert cgen.tcp_span_flags(counters, {"OFF_SRTT_US": 1680, "OFF_RTT_MIN": 1000}) == [
+        "-DTCP_SPAN_OFF=1576",
+        "-DTCP_SPAN_LEN=256",
+    ]
+    assert cgen.tcp_span_flags(counters, {}) == ["-DTCP_SPAN_OFF=1576", "-DTCP_SPAN_LEN=256"]
+    # the counters too far apart: no span, whatever the RTTs
+    assert cgen.tcp_span_flags({**counters, "OFF_BYTES_ACKED": 1900}, rtts) == []
