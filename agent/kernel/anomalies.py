@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agent.kernel.decode import ANOMALY_VAL, Decoder, decode_anomaly
+from agent.kernel.flows import wait_for_programs
 from tcpscope.v1.events_pb2 import TcpEvent
 
 log = logging.getLogger(__name__)
@@ -31,8 +32,6 @@ ANOMALY_COUNTERS: tuple[str, ...] = (
     "coarse",
     "no_key",
 )
-# as for the flow maps (agent/kernel/flows.py): programs still on the old map finish within microseconds
-FLIP_GRACE_S = 0.005
 
 
 class AnomalyMaps:
@@ -44,9 +43,9 @@ class AnomalyMaps:
         self._interval_s = interval_s
         self._clock = clock
         self._maps = [bpf[b"anom0"], bpf[b"anom1"]]
-        outer = bpf[b"anom_maps"]
+        self._outer = bpf[b"anom_maps"]
         for i, m in enumerate(self._maps):
-            outer[ctypes.c_int(i)] = ctypes.c_int(m.map_fd)
+            self._outer[ctypes.c_int(i)] = ctypes.c_int(m.map_fd)
         self._ctl = bpf[b"anom_ctl"]
         self._keys = bpf[b"anom_keys"]
         self._counts = bpf[b"anomaly_counts"]
@@ -68,7 +67,7 @@ class AnomalyMaps:
         old = self._active
         self._active = 1 - old
         self._ctl[ctypes.c_int(0)] = ctypes.c_uint32(self._active)
-        time.sleep(FLIP_GRACE_S)
+        wait_for_programs(self._outer, old, self._maps[old].map_fd)
         return self._drain(old, interval_ns)
 
     def flush_all(self) -> list[TcpEvent]:

@@ -23,9 +23,21 @@ log = logging.getLogger(__name__)
 # bpf/events.h FLOWC_*: flow counters by index (reported as flows.<name>)
 FLOW_COUNTERS: tuple[str, ...] = ("aggregated", "map_full")
 
-# Programs that looked up the old map just before a flip finish within microseconds (tracepoint
-# programs run to completion with preemption off); the flush waits this long before reading it.
-FLIP_GRACE_S = 0.005
+
+def wait_for_programs(outer: Any, slot: int, inner_fd: int) -> None:
+    """Return once no program can still add to the map in `slot` of `outer` (a map-in-map the
+    programs reach their map through), after a flip made them pick the other one.
+
+    A program that read the old index just before the flip may still be adding to the old map; read
+    and cleared under it, that addition would be lost, and no fixed sleep bounds it (a vCPU the
+    hypervisor deschedules mid-program stays there as long as it likes). The kernel has the exact
+    wait: an update of a map-in-map from user space returns only after synchronize_rcu()
+    (kernel/bpf/syscall.c maybe_wait_bpf_programs(), Linux 5.0+, so that user space knows no program
+    still uses an old inner map), and tracepoint and raw tracepoint programs run inside an RCU
+    read-side section (trace_call_bpf(), __bpf_trace_run()). So the slot is rewritten with the map
+    it already holds: when that returns, every program that began before it has returned. One grace
+    period, milliseconds, once per flush. Shared with agent/kernel/anomalies.py."""
+    outer[ctypes.c_int(slot)] = ctypes.c_int(inner_fd)
 
 
 class FlowMaps:
@@ -45,9 +57,9 @@ class FlowMaps:
         self._aggregate = aggregate
         self._clock = clock
         self._maps = [bpf[b"flows0"], bpf[b"flows1"]]
-        outer = bpf[b"flow_maps"]
+        self._outer = bpf[b"flow_maps"]
         for i, m in enumerate(self._maps):
-            outer[ctypes.c_int(i)] = ctypes.c_int(m.map_fd)
+            self._outer[ctypes.c_int(i)] = ctypes.c_int(m.map_fd)
         self._ctl = bpf[b"flow_ctl"]
         self._counts = bpf[b"flow_counts"]
         self._active = 0
@@ -67,7 +79,7 @@ class FlowMaps:
         old = self._active
         self._active = 1 - old
         self._ctl[ctypes.c_int(0)] = ctypes.c_uint32(self._active)
-        time.sleep(FLIP_GRACE_S)
+        wait_for_programs(self._outer, old, self._maps[old].map_fd)
         return self._drain(self._maps[old], interval_ns)
 
     def flush_all(self) -> list[TcpEvent]:
