@@ -195,7 +195,10 @@ def test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them() -> None:
     individual = [e for e in h.seen if kind(e) == "lifecycle"]
     assert len(in_flows) == 2  # the map held two keys
     assert sum(f.flow.connections for f in in_flows) + len(individual) == total
-    assert len(individual) == counters["flows.map_full"] > 0
+    # the individual ones: ordinary connections the full map sent back, and any connection that was
+    # an anomaly anyway (a retransmit on a slow guest: 18 individual, 17 map_full on 5.10 once)
+    ordinary = [e for e in individual if e.lifecycle.retransmits == 0 and e.lifecycle.ending == NORMAL]
+    assert len(ordinary) == counters["flows.map_full"] > 0, [e.lifecycle for e in individual if e not in ordinary]
     assert counters["flows.aggregated"] == sum(f.flow.connections for f in in_flows)
     for port in ports:
         assert side_totals(h, port, ACTIVE) == (per_port, 300 * per_port, 30 * per_port)
