@@ -39,11 +39,15 @@ SUBSET: tuple[str, ...] = (
     # the connection id: both sockets' ISNs from bytes_acked/bytes_received, on loopback, through an
     # nftables DNAT (and SNAT) router, with TCP Fast Open and SYN cookies, against the wire
     "tests/agent/kernel/test_connid.py",
+    # what three agents sharing a key compute from those ISNs is user space (the host suite runs
+    # it); at 55-70 s a guest, the matrix's slowest test
+    "--deselect",
+    "tests/agent/kernel/test_connid.py::test_agents_sharing_the_key_agree_and_another_key_gives_another_id",
     # in-kernel aggregation: the two swapping maps (array of maps), batch reads, the full-map
-    # fallback, the shutdown flush, and cgroup-scoped agents counting each side over IPv6
+    # fallback and the shutdown flush (cgroup-scoped agents over IPv6, 45 s a guest, run on the host
+    # only: the cgroup filter itself is test_filters')
     "tests/agent/kernel/test_flows.py::test_a_full_flow_map_falls_back_to_lifecycles_and_counts_them",
     "tests/agent/kernel/test_flows.py::test_the_shutdown_flush_reports_what_the_interval_had_not",
-    "tests/agent/kernel/test_flows.py::test_two_agents_scoped_by_cgroup_each_count_their_own_side",
     # open connections: every interval's report exact against the lifecycle (the interim pass, a
     # test-run raw tracepoint with BPF atomic exchange), or before 5.12 the explicit fallback
     "tests/agent/kernel/test_openconn.py::test_a_connection_open_for_five_intervals_is_reported_in_each_and_sums_to_its_lifecycle",
