@@ -45,16 +45,6 @@ static __always_inline __u32 min_rtt_us_of(const void *sk)
 {
     return min_rtt_us_from(read_u32((const char *)sk + OFF_RTT_MIN));
 }
-
-/* Inside the span of tcp_sock a CLOSE reads at once (bpf/lifecycle.h; agent/kernel/cgen.py widens
- * it to them when they lie close): read from there, not on their own. 6.8+ puts srtt_us among the
- * counters. */
-#if defined(TCP_SPAN_LEN) && OFF_SRTT_US >= TCP_SPAN_OFF && OFF_SRTT_US + 4 <= TCP_SPAN_OFF + TCP_SPAN_LEN
-#define SPAN_HAS_SRTT 1
-#endif
-#if defined(TCP_SPAN_LEN) && OFF_RTT_MIN >= TCP_SPAN_OFF && OFF_RTT_MIN + 4 <= TCP_SPAN_OFF + TCP_SPAN_LEN
-#define SPAN_HAS_RTT_MIN 1
-#endif
 #endif
 
 #ifdef OPEN_PASS

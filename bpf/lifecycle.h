@@ -39,9 +39,24 @@ struct tcp_counters {
     __u32 min_rtt_us;
 };
 
+#ifdef TCP_SPAN_LEN
+/* A u32 of tcp_sock at `off`: from the span read already when it lies inside (agent/kernel/cgen.py
+ * widens the span to the RTTs when they lie close: 6.8+ puts srtt_us among the counters), else read
+ * on its own. `off` is a constant, so the compiler keeps one branch. */
+static __always_inline __u32 span_or_read_u32(const void *sk, const __u8 *span, int off)
+{
+    if (off >= TCP_SPAN_OFF && off + 4 <= TCP_SPAN_OFF + TCP_SPAN_LEN) {
+        __u32 v = 0;
+        __builtin_memcpy(&v, span + (off - TCP_SPAN_OFF), 4);
+        return v;
+    }
+    return read_u32((const char *)sk + off);
+}
+#endif
+
 /* The counters a CLOSE reads, and the RTTs: one read of the span of tcp_sock that holds them when
- * the plan found one (TCP_SPAN_LEN, agent/kernel/cgen.py; the RTTs from it when it covers them,
- * bpf/counters.h SPAN_HAS_*), else one read each. */
+ * the plan found one (TCP_SPAN_LEN, agent/kernel/cgen.py; the RTTs from it when it covers them),
+ * else one read each. */
 static __always_inline void read_tcp_counters(const void *sk, struct tcp_counters *c)
 {
 #ifdef TCP_SPAN_LEN
@@ -54,19 +69,8 @@ static __always_inline void read_tcp_counters(const void *sk, struct tcp_counter
         __builtin_memcpy(&c->write_seq, span->b + (OFF_WRITE_SEQ - TCP_SPAN_OFF), 4);
         __builtin_memcpy(&c->rcv_nxt, span->b + (OFF_RCV_NXT - TCP_SPAN_OFF), 4);
 #ifdef HAS_RTT
-        __u32 raw = 0;
-#ifdef SPAN_HAS_SRTT
-        __builtin_memcpy(&raw, span->b + (OFF_SRTT_US - TCP_SPAN_OFF), 4);
-        c->srtt_us = srtt_us_from(raw);
-#else
-        c->srtt_us = srtt_us_of(sk);
-#endif
-#ifdef SPAN_HAS_RTT_MIN
-        __builtin_memcpy(&raw, span->b + (OFF_RTT_MIN - TCP_SPAN_OFF), 4);
-        c->min_rtt_us = min_rtt_us_from(raw);
-#else
-        c->min_rtt_us = min_rtt_us_of(sk);
-#endif
+        c->srtt_us = srtt_us_from(span_or_read_u32(sk, span->b, OFF_SRTT_US));
+        c->min_rtt_us = min_rtt_us_from(span_or_read_u32(sk, span->b, OFF_RTT_MIN));
 #endif
         return;
     }
