@@ -39,24 +39,20 @@ struct tcp_counters {
     __u32 min_rtt_us;
 };
 
-#ifdef TCP_SPAN_LEN
-/* A u32 of tcp_sock at `off`: from the span read already when it lies inside (agent/kernel/cgen.py
- * widens the span to the RTTs when they lie close: 6.8+ puts srtt_us among the counters), else read
- * on its own. `off` is a constant, so the compiler keeps one branch. */
-static __always_inline __u32 span_or_read_u32(const void *sk, const __u8 *span, int off)
+#if defined(TCP_SPAN_LEN) && defined(TCP_SPAN_RTT)
+/* A u32 of tcp_sock at `off`, from the span (agent/kernel/cgen.py sets TCP_SPAN_RTT only when the
+ * span covers both RTTs: 6.8+ puts srtt_us among the counters, rtt_min 80 bytes before them). */
+static __always_inline __u32 span_u32(const __u8 *span, int off)
 {
-    if (off >= TCP_SPAN_OFF && off + 4 <= TCP_SPAN_OFF + TCP_SPAN_LEN) {
-        __u32 v = 0;
-        __builtin_memcpy(&v, span + (off - TCP_SPAN_OFF), 4);
-        return v;
-    }
-    return read_u32((const char *)sk + off);
+    __u32 v = 0;
+    __builtin_memcpy(&v, span + (off - TCP_SPAN_OFF), 4);
+    return v;
 }
 #endif
 
 /* The counters a CLOSE reads, and the RTTs: one read of the span of tcp_sock that holds them when
- * the plan found one (TCP_SPAN_LEN, agent/kernel/cgen.py; the RTTs from it when it covers them),
- * else one read each. */
+ * the plan found one (TCP_SPAN_LEN, agent/kernel/cgen.py; the RTTs from it when it covers both,
+ * TCP_SPAN_RTT), else one read each. */
 static __always_inline void read_tcp_counters(const void *sk, struct tcp_counters *c)
 {
 #ifdef TCP_SPAN_LEN
@@ -68,9 +64,9 @@ static __always_inline void read_tcp_counters(const void *sk, struct tcp_counter
         __builtin_memcpy(&c->snd_una, span->b + (OFF_SND_UNA - TCP_SPAN_OFF), 4);
         __builtin_memcpy(&c->write_seq, span->b + (OFF_WRITE_SEQ - TCP_SPAN_OFF), 4);
         __builtin_memcpy(&c->rcv_nxt, span->b + (OFF_RCV_NXT - TCP_SPAN_OFF), 4);
-#ifdef HAS_RTT
-        c->srtt_us = srtt_us_from(span_or_read_u32(sk, span->b, OFF_SRTT_US));
-        c->min_rtt_us = min_rtt_us_from(span_or_read_u32(sk, span->b, OFF_RTT_MIN));
+#if defined(HAS_RTT) && defined(TCP_SPAN_RTT)
+        c->srtt_us = srtt_us_from(span_u32(span->b, OFF_SRTT_US));
+        c->min_rtt_us = min_rtt_us_from(span_u32(span->b, OFF_RTT_MIN));
 #endif
         return;
     }
@@ -90,6 +86,12 @@ static __always_inline void snapshot_close(const void *sk, struct sockstate *st,
 {
     struct tcp_counters c = {};
     read_tcp_counters(sk, &c);
+#if defined(HAS_RTT) && defined(TCP_SPAN_LEN) && !defined(TCP_SPAN_RTT)
+    /* a span without the RTTs: read them here (inside the span branch, this pushed
+     * tp_inet_sock_set_state past the 512-byte BPF stack) */
+    c.srtt_us = srtt_us_of(sk);
+    c.min_rtt_us = min_rtt_us_of(sk);
+#endif
     __u64 acked = c.acked;
     __u64 received = c.received;
     __u32 snd_una = c.snd_una;

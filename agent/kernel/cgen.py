@@ -144,17 +144,20 @@ def _span_len(lo: int, hi: int) -> int:
 def tcp_span_flags(off: dict[str, int], extras: dict[str, int] | None = None) -> list[str]:
     """TCP_SPAN_OFF/TCP_SPAN_LEN when the CLOSE counters lie within TCP_SPAN_MAX bytes of each other
     (6.8+ groups them in tcp_sock's cache-line groups): one read of the span instead of five. The
-    `extras` (TCP_SPAN_EXTRAS offsets) widen it to TCP_SPAN_WIDE bytes at most."""
+    `extras` (TCP_SPAN_EXTRAS offsets) widen it to TCP_SPAN_WIDE bytes at most, both or neither
+    (TCP_SPAN_RTT says both: one inside and one read alone overflowed the BPF stack)."""
     if any(name not in off for name, _ in TCP_COUNTERS):
         return []
     lo = min(off[name] for name, _ in TCP_COUNTERS)
     hi = max(off[name] + size for name, size in TCP_COUNTERS)
     if _span_len(lo, hi) > TCP_SPAN_MAX:
         return []
-    for name, size in TCP_SPAN_EXTRAS:
-        at = (extras or {}).get(name)
-        if at is not None and _span_len(min(lo, at), max(hi, at + size)) <= TCP_SPAN_WIDE:
-            lo, hi = min(lo, at), max(hi, at + size)
+    at = [(extras or {}).get(name) for name, _ in TCP_SPAN_EXTRAS]
+    if all(a is not None for a in at):  # both or neither: C reads both from the span or both alone
+        wlo = min(lo, *(a for a in at if a is not None))
+        whi = max(hi, *(a + size for a, (_, size) in zip(at, TCP_SPAN_EXTRAS, strict=True) if a is not None))
+        if _span_len(wlo, whi) <= TCP_SPAN_WIDE:
+            return [f"-DTCP_SPAN_OFF={wlo}", f"-DTCP_SPAN_LEN={_span_len(wlo, whi)}", "-DTCP_SPAN_RTT=1"]
     return [f"-DTCP_SPAN_OFF={lo}", f"-DTCP_SPAN_LEN={_span_len(lo, hi)}"]
 
 

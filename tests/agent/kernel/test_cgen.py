@@ -168,8 +168,8 @@ def test_the_span_takes_in_the_rtts_when_they_lie_close() -> None:
     counters = {"OFF_WRITE_SEQ": 1576, "OFF_SND_UNA": 1672, "OFF_RCV_NXT": 1664, "OFF_BYTES_RECEIVED": 1752}
     counters["OFF_BYTES_ACKED"] = 1824
     rtts = {"OFF_SRTT_US": 1680, "OFF_RTT_MIN": 1496}
-    assert cgen.tcp_span_flags(counters, rtts) == ["-DTCP_SPAN_OFF=1496", "-DTCP_SPAN_LEN=336"]
-    # one too far away stays out, the other still comes in; no RTTs read: the counters alone
+    assert cgen.tcp_span_flags(counters, rtts) == ["-DTCP_SPAN_OFF=1496", "-DTCP_SPAN_LEN=336", "-DTCP_SPAN_RTT=1"]
+    # one too far away: neither comes in (both or neither); no RTTs read: the counters alone
     assert cgen.tcp_span_flags(counters, {"OFF_SRTT_US": 1680, "OFF_RTT_MIN": 1000}) == [
         "-DTCP_SPAN_OFF=1576",
         "-DTCP_SPAN_LEN=256",
