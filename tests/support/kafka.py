@@ -28,10 +28,11 @@ from tcpscope_sim.broker import tansu_command
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nobody listens on right now, distinct from every other port
+    this process was given (tests/support/traffic.py free_port)."""
+    from tests.support import traffic
+
+    return traffic.free_port()
 
 
 @dataclass

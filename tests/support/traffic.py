@@ -396,12 +396,22 @@ def run_client(
     return int(pid), int(local_port)
 
 
+_GIVEN: set[int] = set()
+"""Ports free_port handed out in this process: the kernel may pick a released port again at once
+(a 6.1 guest gave one test the same port for two of its four "different" servers)."""
+
+
 def free_port(family: int = socket.AF_INET, addr: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (bound then released)."""
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((addr, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nobody listens on right now (bound then released), never one this process was given
+    before, so the ports of one test are distinct."""
+    for _ in range(1000):
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind((addr, 0))
+            port: int = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
+    raise RuntimeError(f"no fresh free port after 1000 tries ({len(_GIVEN)} handed out)")
 
 
 def refused_connect(
