@@ -463,7 +463,7 @@ class ConnectionRows:
         if row.server is not None and row.client is None:
             row.in_client_flow = self._in_client_flow(row.server, now)
         verdicts = self._verdicts(row)
-        v = next((x for x in verdicts if x.cause == resetcause.NETWORK), verdicts[0] if verdicts else None)
+        v = resetcause.connection_verdict(verdicts)
         if established and v is not None and v.cause == resetcause.NETWORK:
             row.ended, row.reset_by = "network_reset", ResetBy("network", v)
             return

@@ -43,7 +43,7 @@ The same `ResetJoin` serves the summary (everything added, then `classify`) and,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tcpscope.losses import definite_total, possible_total
@@ -112,6 +112,20 @@ class Verdict:
 
     def to_json(self) -> dict[str, str]:
         return {"cause": self.cause, "detail": self.detail, "peer_node": self.peer_node}
+
+
+def connection_verdict(verdicts: Sequence[Verdict]) -> Verdict | None:
+    """One connection's cause from the verdicts on the RSTs its ends received, earliest first:
+    `network` if any is (a RST nobody sent proves the network interfered, whatever the other end's
+    says), and then `network/both_ends` when both ends received one nobody sent, whichever came
+    first by the two nodes' clocks (two forged RSTs microseconds apart: their order is a race, the
+    figure must not be); else the earliest verdict."""
+    network = [v for v in verdicts if v.cause == NETWORK]
+    if len(network) > 1:
+        return Verdict(NETWORK, "both_ends", network[0].peer_node)
+    if network:
+        return network[0]
+    return verdicts[0] if verdicts else None
 
 
 def metrics_sender(v: Verdict) -> str:

@@ -320,14 +320,12 @@ class Summarizer:
         self.resets.add_batch(agent_id, batch)
 
     def reset_cause(self, cv: _View | None, sv: _View | None) -> resetcause.Verdict | None:
-        """Who sent the RST that ended this connection: `network` if either end received one that
-        nobody sent (that proves the network interfered), else the verdict on the earliest one."""
+        """Who sent the RST that ended this connection (resetcause.connection_verdict)."""
         got = sorted(
             (r for v in (cv, sv) if v is not None for r in (self.resets.received_by(v.event),) if r is not None),
             key=lambda r: r.time_ns,
         )
-        verdicts = [self.resets.classify(r) for r in got]
-        return next((v for v in verdicts if v.cause == resetcause.NETWORK), verdicts[0] if verdicts else None)
+        return resetcause.connection_verdict([self.resets.classify(r) for r in got])
 
     def evict_before(self, cutoff_ns: int) -> None:
         """Forget sockets that closed before cutoff_ns (a sliding window for long-running tails)."""

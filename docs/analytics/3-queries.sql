@@ -383,7 +383,8 @@ LEFT JOIN own_send AS os ON os.id = r.id;
 
 -- One row per connection: its client socket, its server socket, or both; how it ended (the
 -- client's view decides, tcpscope/outcome.py) and who sent the RST that ended it (network if
--- either end received one that nobody sent, else the earliest received). `via`: the Service (or
+-- either end received one that nobody sent, both_ends when both did, else the earliest received).
+-- `via`: the Service (or
 -- node port) the client connected to, when that is not the server's own address (kube-proxy's
 -- NAT) or is a Service's; `server` is then the backend, or the Service when no backend socket was
 -- reported (a refused or timed-out connect, a backend no agent watches).
@@ -478,7 +479,8 @@ SELECT
     (c_cause = 'network' OR s_cause != 'network') AND c_cause != '' AND (s_cause = '' OR c_reset_ns <= s_reset_ns)
         OR c_cause = 'network' AND s_cause != 'network' AS client_decides,
     if(client_decides, c_cause, s_cause) AS cause,
-    if(client_decides, c_detail, s_detail) AS cause_detail,
+    -- both ends received a RST nobody sent: both_ends, whichever came first by the nodes' clocks
+    if(c_cause = 'network' AND s_cause = 'network', 'both_ends', if(client_decides, c_detail, s_detail)) AS cause_detail,
     -- a server's socket whose client counted the connection in a flow: not a second connection. With
     -- an id, the client's own socket would have joined it: the client's agent, which reports flows of
     -- that address, aggregated it, maybe under a Service's address

@@ -87,8 +87,8 @@ def _client_totals(doc: dict[str, Any], client: str) -> dict[str, Any]:
         for c in COUNTERS:
             out[c] += row[c]
         for cause, details in row["reset_causes"].items():
-            for d, n in details.items():  # network: no_send_seen or both_ends, by which end closed first
-                causes[f"{cause}/{d}" if cause != "network" else cause] += n
+            for d, n in details.items():
+                causes[f"{cause}/{d}"] += n
     out["causes"] = dict(causes)
     return out
 
@@ -283,7 +283,7 @@ def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker
         "refused": 2,
         "timeouts": 1,
         "failed": 0,
-        "causes": {app: 7, "network": 3, "peer_kernel/refused": 2},
+        "causes": {app: 7, "network/both_ends": 3, "peer_kernel/refused": 2},
     }
     assert via == direct
     rows = {(r["client"]["name"], r["server"]["name"], r.get("via", {}).get("name")) for r in doc["pairs"]}
@@ -488,7 +488,7 @@ def test_a_nodeport_with_snat_counts_each_connection_once_and_judges_no_reset_by
         "refused": 0,
         "timeouts": 0,
         "failed": 0,
-        "causes": {app: 5, "network": 2},
+        "causes": {app: 5, "network/both_ends": 2},
     }
     # every connection is web-1's: none left to the node the backend saw it from
     assert {r["client"]["name"] for r in doc["pairs"]} == {"web-1"}, doc["pairs"]

@@ -646,19 +646,13 @@ def laid_out(batches: Sequence[EventBatch], value_format: str, repeat: Sequence[
     return out
 
 
-def without_times(pairs: Sequence[dict[str, Any]], merge_network: bool = False) -> dict[str, dict[str, Any]]:
+def without_times(pairs: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """by_pair without first_seen and last_seen (they move with a node's clock), nor the SUMMARY_ONLY
-    keys (asserted neutral, as assert_same_pairs does); merge_network:
-    network causes by cause alone (no_send_seen or both_ends depends on which end's RST came first
-    by the two nodes' clocks, which a skew reorders)."""
+    keys (asserted neutral, as assert_same_pairs does)."""
     out = {}
     for k, p in by_pair(pairs).items():
         assert p.get("aggregated_connections", 0) == 0, k  # else SQL's counters differ by design (SUMMARY_ONLY)
         q = {f: v for f, v in p.items() if f not in ("first_seen", "last_seen", *SUMMARY_ONLY)}
-        if merge_network and "network" in q["reset_causes"]:
-            causes = dict(q["reset_causes"])
-            causes["network"] = {"*": sum(causes["network"].values())}
-            q["reset_causes"] = causes
         out[k] = q
     return out
 

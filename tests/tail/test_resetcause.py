@@ -296,6 +296,18 @@ def test_the_network_killing_both_directions_is_network_on_both_ends() -> None:
     assert labels == {"node-1": "network/no_send_seen", "node-2": "peer_kernel/peer_closed"}
 
 
+def test_a_connection_is_network_if_either_end_says_so_and_both_ends_if_both_do() -> None:
+    nss, both_ = rc.Verdict("network", "no_send_seen", "n2"), rc.Verdict("network", "both_ends", "n1")
+    app, closed = rc.Verdict("app", "TCP_STATE", "n2"), rc.Verdict("peer_kernel", "peer_closed", "n1")
+    assert rc.connection_verdict([]) is None
+    assert rc.connection_verdict([app]) == app
+    assert rc.connection_verdict([app, closed]) == app  # the earliest
+    assert rc.connection_verdict([closed, nss]) == nss  # one direction killed: its end's verdict
+    # both ends' RSTs nobody sent: both_ends whichever came first, named by the earlier's peer
+    assert rc.connection_verdict([nss, both_]) == rc.Verdict("network", "both_ends", "n2")
+    assert rc.connection_verdict([both_, nss]) == rc.Verdict("network", "both_ends", "n1")
+
+
 def test_received_by_finds_a_lifecycles_reset_and_eviction_forgets() -> None:
     j = rc.ResetJoin()
     watched(j, ("node-1", C[0]), ("node-2", S[0]))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tail import summary
 from tcpscope.kafka_layout import RECORD_EVENT, RECORD_SUMMARY, Decoded
 from tcpscope.v1 import events_pb2 as pb
@@ -95,7 +97,7 @@ def test_network_resets_are_counted_apart_and_the_others_stay_exact() -> None:
     # a server reset stays app with its reason, a refused connect stays peer_kernel/refused
     assert j["reset_causes"] == {
         "app": {"TCP_ABORT_ON_CLOSE": 1},
-        "network": {"no_send_seen": 3},
+        "network": {"both_ends": 3},  # each end received a RST nobody sent
         "peer_kernel": {"refused": 2},
     }
 
@@ -105,8 +107,8 @@ def test_the_same_without_reset_events_lifecycles_alone() -> None:
     s.add_all(e for e in _mixed() if e.WhichOneof("kind") == "lifecycle")
     j = rows_by_pair(s)[("shop/web-1", "shop/api-1")]
     assert counters(j) == zero(connections=6, network_resets=3, server_resets=1, refused=2)
-    # the server's socket closed (its own forged RST) a little before the client's RST came
-    assert j["reset_causes"]["network"] == {"no_send_seen": 3}
+    # both ends ended RESET_RECEIVED and neither sent one: both_ends
+    assert j["reset_causes"]["network"] == {"both_ends": 3}
 
 
 def test_an_unwatched_client_resetting_is_unknown_and_stays_a_client_reset() -> None:
@@ -152,5 +154,28 @@ def test_losses_reported_by_the_peers_agent_in_the_window_make_it_unknown() -> N
     assert row["network_resets"] == 2
     assert row["server_resets"] == 2  # the unknown one: the client saw a RST "from the server"
     assert row["reset_causes"]["unknown"] == {"peer_losses": 1}
-    assert row["reset_causes"]["network"] == {"no_send_seen": 2}
+    assert row["reset_causes"]["network"] == {"both_ends": 2}
     assert "N-RST" in report.render("table", summary.SummaryOptions())
+
+
+@pytest.mark.parametrize("server_first_ns", [-5_000, 5_000])
+def test_two_forged_rsts_are_both_ends_whichever_came_first(server_first_ns: int) -> None:
+    """The network resets both ends microseconds apart: which one a node's clock puts first is a
+    race, and the connection's detail does not follow it."""
+    c, s = both(
+        WEB,
+        API,
+        41000,
+        9000,
+        T0,
+        c_kw={"ending": pb.RESET_RECEIVED, "errno": 104, "last_state": pb.ESTABLISHED},
+        s_kw={"ending": pb.RESET_RECEIVED, "errno": 104},
+    )
+    c, s = _on("node-1", 100, c), _on("node-2", 101, s)
+    at = c.time.ToNanoseconds() - 1000
+    evs = [c, s, _reset("node-1", c, pb.RECEIVED, at), _reset("node-2", s, pb.RECEIVED, at - server_first_ns)]
+    sm = summary.Summarizer()
+    sm.add_all(evs)
+    j = rows_by_pair(sm)[("shop/web-1", "shop/api-1")]
+    assert counters(j) == zero(connections=1, network_resets=1)
+    assert j["reset_causes"] == {"network": {"both_ends": 1}}

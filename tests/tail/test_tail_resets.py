@@ -85,7 +85,12 @@ def test_connection_rows_join_both_ends_and_name_the_sender(kafka_broker: Broker
         ("connection", 40000, "network_reset"),
         ("connection", 40001, "server_reset"),
     ]
-    assert rows[0]["reset_by"]["side"] == "network" and rows[0]["reset_by"]["cause"] == "network"
+    # both ends received a RST and neither sent one: both_ends, whichever arrived first
+    assert {k: rows[0]["reset_by"][k] for k in ("side", "cause", "detail")} == {
+        "side": "network",
+        "cause": "network",
+        "detail": "both_ends",
+    }
     assert rows[1]["reset_by"] == {
         "side": "server",
         "cause": "app",
@@ -101,6 +106,6 @@ def test_connection_rows_join_both_ends_and_name_the_sender(kafka_broker: Broker
     lines = table.stdout.splitlines()
     assert lines[0].split()[:5] == ["TIME", "CLIENT", "SERVER", "ENDED", "RESET"]
     assert sorted(x.split()[3:6] for x in lines[1:]) == [
-        ["network_reset", "network", "(no_send_seen)"],
+        ["network_reset", "network", "(both_ends)"],
         ["server_reset", "server", "app"],
     ]
