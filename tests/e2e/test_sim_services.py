@@ -30,7 +30,7 @@ from tcpscope.kafka_layout import LAYOUT_EVENT, RECORD_EVENT, RECORD_SUMMARY, de
 from tcpscope.v1.events_pb2 import EventBatch
 from tcpscope_sim.plan import parse_plan
 from tests.e2e.test_metrics_prometheus import Reader, _free_base
-from tests.support.kafka import Broker, consume_all, kafka_broker, publish_batches
+from tests.support.kafka import Broker, consume_all, kafka_broker, publish_batches, run_tail
 from tests.support.sim import BIN, plan_argv, run_plan, summary_json
 
 __all__ = ["kafka_broker"]
@@ -224,12 +224,39 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
     )
     try:
         out = Reader(sim)
-        _, shipped = out.wait(r"shipped \d+/\d+", 180)
-        # a connection end that never arrived (65/66 in 2 of 3 full-suite runs, never alone): the
-        # sim's whole output and its stderr's tail, to name it next time
-        assert re.search(r"shipped (\d+)/\1 ", shipped), "\n".join(
-            [shipped, *(x for _, x in out.lines), "---- stderr tail ----", *_tail(tmp_path / "sim.stderr")]
-        )
+        try:
+            _, shipped = out.wait(r"shipped \d+/\d+", 180)
+        except AssertionError as e:  # the sim stopped before its check: say why (its stderr)
+            raise AssertionError("\n".join([str(e), "---- stderr tail ----", *_tail(tmp_path / "sim.stderr")])) from e
+        # a connection end that never arrived (65/66 now and then: the pod-to-pod timeout connect's
+        # client socket, no event of it at all): the sim's output, its stderr and the topic socket
+        # by socket, to find why
+        if not re.search(r"shipped (\d+)/\1 ", shipped):
+            dump = run_tail(
+                bootstrap,
+                topic,
+                "--from-beginning",
+                "--duration",
+                "8",
+                "--rows",
+                "socket",
+                "--kind",
+                "lifecycle,retransmit,synack,reset,error,flow,open,anomalies",
+                timeout=60,
+            )
+            raise AssertionError(
+                "\n".join(
+                    [
+                        shipped,
+                        *(x for _, x in out.lines),
+                        "---- stderr tail ----",
+                        *_tail(tmp_path / "sim.stderr"),
+                        "---- the topic, socket by socket ----",
+                        dump.stdout,
+                        dump.stderr[-2000:],
+                    ]
+                )
+            )
         out.wait(r"holding", 60)
         by_client: dict[str, dict[tuple[str, ...], float]] = {}
         for p in (port, port + 1):
