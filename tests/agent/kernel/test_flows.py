@@ -166,8 +166,20 @@ def test_mixed_load_flows_sum_exactly_and_every_anomaly_stays_individual(exe: Pa
     refused = lifecycles(h, on_port(ports["refused"]), ACTIVE)
     each(refused, lambda e: e.lifecycle.errno == 111, counts["refused"], "refused")
     rtx = on_port(ports["rtx"])
-    each(lifecycles(h, rtx, ACTIVE), lambda e: e.lifecycle.retransmits == 1, counts["rtx"], "SYN retransmitted")
-    exactly(len([e for e in h.seen if kind(e) == "retransmit" and rtx(e)]), counts["rtx"], "retransmit events")
+    # nft drops every other SYN to this port, so each client retransmits its SYN once, unless the load
+    # delays a SYN-ACK past the 1 s RTO: that client retransmits twice and shifts the parity, and the
+    # next one's first SYN passes (an ordinary connection, in a flow). CI saw "2 of 3" once under the
+    # 100k churn, details not kept. Exact either way: every connection once, each retransmit once.
+    rtx_lcs = lifecycles(h, rtx, ACTIVE)
+    rtx_in_flows = sum(f.flow.connections for f in flows(h, rtx, ACTIVE))
+    detail = f"retransmits {[e.lifecycle.retransmits for e in rtx_lcs]}, {rtx_in_flows} in flows"
+    exactly(len(rtx_lcs) + rtx_in_flows, counts["rtx"], f"rtx clients ({detail})")
+    assert rtx_lcs and all(e.lifecycle.retransmits >= 1 for e in rtx_lcs), detail
+    want_rtx = sum(e.lifecycle.retransmits for e in rtx_lcs)
+    client_rtx = [e for e in h.seen if kind(e) == "retransmit" and e.remote.port == ports["rtx"]]
+    exactly(len(client_rtx), want_rtx, f"the clients' retransmit events ({detail})")
+    if rtx_in_flows == 0:  # the parity held: the planned one retransmit each
+        assert [e.lifecycle.retransmits for e in rtx_lcs] == [1] * counts["rtx"], detail
     # the servers of those saw nothing unusual: aggregated, and still counted exactly
     conns, tx, rx = side_totals(h, ports["rtx"], PASSIVE)
     exactly(conns, counts["rtx"], "rtx servers")
