@@ -384,10 +384,9 @@ LEFT JOIN own_send AS os ON os.id = r.id;
 -- One row per connection: its client socket, its server socket, or both; how it ended (the
 -- client's view decides, tcpscope/outcome.py) and who sent the RST that ended it (network if
 -- either end received one that nobody sent, both_ends when both did, else the earliest received).
--- `via`: the Service (or
--- node port) the client connected to, when that is not the server's own address (kube-proxy's
--- NAT) or is a Service's; `server` is then the backend, or the Service when no backend socket was
--- reported (a refused or timed-out connect, a backend no agent watches).
+-- `via`: the Service (or node port) the client connected to, when that is not the server's own
+-- address (kube-proxy's NAT) or is a Service's; `server` is then the backend, or the Service when
+-- no backend socket was reported (a refused or timed-out connect, a backend no agent watches).
 CREATE VIEW tcpscope_connections AS
 WITH
     client_flow_triples AS (
