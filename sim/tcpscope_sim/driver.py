@@ -151,18 +151,28 @@ class Driver:
         own. Handshake, request and response pass: the connection dies mid-stream. Through a Service
         the forward hook sees the backend's address and target port both ways (DNAT happened at
         prerouting, the replies are un-NATed at postrouting), and the RST forged to the client is
-        un-NATed like any reply: it comes from the ClusterIP."""
+        un-NATed like any reply: it comes from the ClusterIP.
+        Once a connection's first such segment was rejected, the router drops whatever else of that
+        connection comes after (a set of the killed connections' client address and port): on a
+        loaded machine a late segment (say, a response retransmitted because its ACK was slow)
+        would otherwise reach an end whose socket the forged RST already closed, and that end's
+        kernel would answer it with a RST of its own, which is not what this traffic kind makes."""
         table = net.nft_table_name(self.cluster.run_id, f"nr{client.netns.index}x{server.netns.index}")
         mark = f"@ih,0,32 0x{KILL_MARK.hex()}"
         c, s, port = client.spec.ip, server.spec.ip, server_port
+        to_server = f"ip saddr {c} ip daddr {s} tcp dport {port}"
+        to_client = f"ip saddr {s} ip daddr {c} tcp sport {port}"
         net.add_rules(
             self.cluster.fabric.netns,
             table,
             [
-                f"ip saddr {c} ip daddr {s} tcp dport {port} {mark} reject with tcp reset",
-                f"ip saddr {s} ip daddr {c} tcp sport {port} {mark} reject with tcp reset",
+                f"{to_server} {mark} add @killed {{ ip saddr . tcp sport }} reject with tcp reset",
+                f"{to_client} {mark} add @killed {{ ip daddr . tcp dport }} reject with tcp reset",
+                f"{to_server} ip saddr . tcp sport @killed drop",
+                f"{to_client} ip daddr . tcp dport @killed drop",
             ],
             hook="forward",
+            sets=["killed { type ipv4_addr . inet_service; flags dynamic; }"],
         )
         return table, self.cluster.fabric.netns
 

@@ -138,10 +138,13 @@ def add_drop_rule(netns: str, table: str, rule: str, hook: str = "output") -> No
     run_ip(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
 
 
-def add_rules(netns: str, table: str, rules: Sequence[str], hook: str) -> None:
-    """Create `inet <table>` with one filter chain on `hook` holding these rules, in netns."""
+def add_rules(netns: str, table: str, rules: Sequence[str], hook: str, sets: Sequence[str] = ()) -> None:
+    """Create `inet <table>` with one filter chain on `hook` holding these rules, in netns, after
+    these set declarations (`name { type ...; flags ...; }`)."""
+    decls = "".join(f"  set {d}\n" for d in sets)
     body = "".join(f"    {r}\n" for r in rules)
-    script = f"table inet {table} {{\n  chain c {{ type filter hook {hook} priority 0; policy accept;\n{body}  }}\n}}\n"
+    chain = f"  chain c {{ type filter hook {hook} priority 0; policy accept;\n{body}  }}\n"
+    script = f"table inet {table} {{\n{decls}{chain}}}\n"
     run_ip(["ip", "netns", "exec", netns, "nft", "-f", "-"], stdin=script)
 
 
