@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import urllib.request
@@ -216,6 +217,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
         [
             *plan_argv(plan, tmp_path, bootstrap, topic, "--metrics-port", str(port), "--collectors", "2"),
             "--hold",
+            "--keep-logs",  # removed below; read when a connection end is missing
         ],
         stdout=subprocess.PIPE,
         stderr=stderr,
@@ -244,6 +246,8 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
                 "lifecycle,retransmit,synack,reset,error,flow,open,anomalies",
                 timeout=60,
             )
+            # the agents' own counters, which they log as they exit
+            _stop(sim)
             raise AssertionError(
                 "\n".join(
                     [
@@ -254,6 +258,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
                         "---- the topic, socket by socket ----",
                         dump.stdout,
                         dump.stderr[-2000:],
+                        *_agent_logs(tmp_path / "sim.stderr"),
                     ]
                 )
             )
@@ -264,17 +269,38 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
                 for k, v in counts.items():
                     by_client.setdefault(wl, {})[k] = by_client.setdefault(wl, {}).get(k, 0) + v
     finally:
-        if sim.poll() is None:
-            sim.send_signal(signal.SIGINT)
-        try:
-            sim.wait(60)
-        except subprocess.TimeoutExpired:
-            sim.kill()
-            sim.wait(10)
+        _stop(sim)
         stderr.close()
         if sim.stdout is not None:
             sim.stdout.close()
+        logs = _logs_dir(tmp_path / "sim.stderr")
+        if logs is not None:
+            shutil.rmtree(logs, ignore_errors=True)
     return by_client
+
+
+def _stop(sim: subprocess.Popen[str]) -> None:
+    if sim.poll() is None:
+        sim.send_signal(signal.SIGINT)
+    try:
+        sim.wait(60)
+    except subprocess.TimeoutExpired:
+        sim.kill()
+        sim.wait(10)
+
+
+def _logs_dir(stderr: Path) -> Path | None:
+    """The run's log directory, as the sim names it on its first line."""
+    m = re.search(r", logs (/\S+)", stderr.read_text(errors="replace")) if stderr.exists() else None
+    return Path(m.group(1)) if m else None
+
+
+def _agent_logs(stderr: Path) -> list[str]:
+    logs = _logs_dir(stderr)
+    out: list[str] = []
+    for f in sorted(logs.glob("agent-*.log")) if logs is not None else []:
+        out += [f"---- {f.name} (tail) ----", *_tail(f, 12)]
+    return out
 
 
 def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker, tmp_path: Path) -> None:

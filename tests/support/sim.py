@@ -4,6 +4,7 @@ as the end-to-end tests do (tests/e2e)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -15,7 +16,8 @@ BIN = Path(sys.executable).parent
 
 def plan_argv(plan: Mapping[str, Any], tmp_path: Path, bootstrap: str, topic: str, *extra: str) -> list[str]:
     """tcpscope-sim --plan (written to tmp_path/plan.json) against this broker and topic, JSON summary,
-    no live view; extra flags appended."""
+    no live view; extra flags appended. With TCPSCOPE_SIM_KEEP_LOGS set in the environment the sim
+    keeps its log directory (agents, collectors), for a loop hunting a rare failure."""
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps(plan))
     return [
@@ -29,6 +31,7 @@ def plan_argv(plan: Mapping[str, Any], tmp_path: Path, bootstrap: str, topic: st
         "--summary-format",
         "json",
         "--quiet",
+        *(["--keep-logs"] if os.environ.get("TCPSCOPE_SIM_KEEP_LOGS") else []),
         *extra,
     ]
 
