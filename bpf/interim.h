@@ -24,6 +24,7 @@
 #include "sockstate.h"
 #include "tcp_defs.h"
 #include "maps.h"
+#include "kread.h"
 #include "counters.h"
 #include "emit.h"
 #include "flow.h"
@@ -123,6 +124,13 @@ static __always_inline void report_open(__u64 key, __u64 now)
         (st->role != ROLE_ACTIVE && st->role != ROLE_PASSIVE))
         return;
     const void *sk = (const void *)key;
+    if (!(st->flags & F_TUPLE_FINAL)) {
+        /* ESTABLISHED leaves the tuple as the start had it (bpf/state.h handle_established): the
+         * report names the socket's own, and keeps it for the next ones (a close racing on another
+         * CPU writes the same final tuple) */
+        tuple_of_sock(&st->t, sk);
+        st->flags |= F_TUPLE_FINAL;
+    }
     __u64 tx = 0, rx = 0;
     interim_bytes(sk, st, &tx, &rx);
     struct progress p = {};

@@ -10,7 +10,7 @@
 #define F_RST_RECEIVED 8
 #define F_CLOSED 16        /* CLOSE seen: the lifecycle fields below are a snapshot */
 #define F_FIRST_PENDING 32 /* the first state change waits for the tuple (bpf/state_event.h) */
-#define F_TUPLE_FINAL 64   /* `t` is complete (seen at ESTABLISHED or CLOSE); before, read the socket's */
+#define F_TUPLE_FINAL 64   /* `t` is complete (CLOSE, ESTABLISHED with state events, an open report) */
 
 struct tuple {
     __u8 saddr[16];

@@ -117,13 +117,12 @@ static __always_inline void forget_listener(const struct sockstate *st)
 
 
 /* Without state events, the transitions a socket's life needs: its start (CLOSE->SYN_SENT,
- * CLOSE->LISTEN, LISTEN->SYN_RECV), ESTABLISHED (its connect latency, and the final tuple an open
- * report names) and CLOSE (the snapshot, with the final tuple; LISTEN->CLOSE forgets a listener).
+ * CLOSE->LISTEN, LISTEN->SYN_RECV), ESTABLISHED (its connect latency only: handle_established) and
+ * CLOSE (the snapshot, with the final tuple; LISTEN->CLOSE forgets a listener).
  * FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING and TIME_WAIT carry nothing a lifecycle needs:
  * whether it was established and whether our FIN was queued are read at CLOSE from the state it
- * leaves (bpf/lifecycle.h snapshot_close()), and the one event that uses the tracked tuple before
- * ESTABLISHED (a socket error) reads the socket's own while the tracked one is not final
- * (F_TUPLE_FINAL). So five of a connection's ten transitions leave at the entry point, before its
+ * leaves (bpf/lifecycle.h snapshot_close()), and what uses the tracked tuple before CLOSE (a socket
+ * error, an open report) reads the socket's own while the tracked one is not final (F_TUPLE_FINAL). So five of a connection's ten transitions leave at the entry point, before its
  * tuple is read or a map touched. A socket first seen at one of them (older than the agent) is
  * picked up at its CLOSE. */
 static __always_inline int transition_matters(int newstate)
@@ -249,6 +248,27 @@ static __always_inline struct sockstate *track_old(void *ctx, const void *sk, __
     }
     return sockets.lookup(&key);
 }
+
+#ifndef ENABLE_STATE
+/* ESTABLISHED without state events: the connect latency and the flag, and nothing else. Not the
+ * tuple: the record's is not read and the tracked one is left as the start had it (CLOSE copies
+ * the final one; before that, a socket error and the open pass read the socket's own while it is
+ * not F_TUPLE_FINAL). Returns 0 for a socket not tracked yet: the caller takes the full path
+ * (track_old). The entry point skips reading the record's tuple for it: two probe reads and a
+ * 40-byte copy on both sockets of every connection. */
+static __always_inline int handle_established(const void *sk, int oldstate)
+{
+    __u64 key = (__u64)sk;
+    struct sockstate *st = sockets.lookup(&key);
+    if (!st)
+        return 0;
+    if (!(st->flags & F_ESTABLISHED)) {
+        st->connect_ns = connect_latency(sk, st, oldstate, bpf_ktime_get_ns());
+        st->flags |= F_ESTABLISHED;
+    }
+    return 1;
+}
+#endif
 
 /* One state change of a TCP socket. Map operations on the common path: an insert at a life's start,
  * a lookup at each later transition that matters (ESTABLISHED and CLOSE, without state events), and the lookup and

@@ -35,6 +35,11 @@ int tp_inet_sock_set_state(struct tp_inet_sock_set_state *args)
 {
     if (args->protocol != T_IPPROTO_TCP || !transition_matters(args->newstate))
         return 0;
+#ifndef ENABLE_STATE
+    /* ESTABLISHED of a tracked socket needs no tuple (bpf/state.h handle_established) */
+    if (args->newstate == TS_ESTABLISHED && handle_established((const void *)args->skaddr, args->oldstate))
+        return 0;
+#endif
     struct tuple t = {};
     RECORD_TUPLE(t, args, INET_SOCK_SET_STATE);
     return handle_set_state(args, (const void *)args->skaddr, args->oldstate, args->newstate, &t);
