@@ -122,9 +122,9 @@ static __always_inline void forget_listener(const struct sockstate *st)
  * FIN_WAIT1, FIN_WAIT2, CLOSE_WAIT, LAST_ACK, CLOSING and TIME_WAIT carry nothing a lifecycle needs:
  * whether it was established and whether our FIN was queued are read at CLOSE from the state it
  * leaves (bpf/lifecycle.h snapshot_close()), and what uses the tracked tuple before CLOSE (a socket
- * error, an open report) reads the socket's own while the tracked one is not final (F_TUPLE_FINAL). So five of a connection's ten transitions leave at the entry point, before its
- * tuple is read or a map touched. A socket first seen at one of them (older than the agent) is
- * picked up at its CLOSE. */
+ * error, an open report) reads the socket's own while the tracked one is not final (F_TUPLE_FINAL).
+ * So five of a connection's ten transitions leave at the entry point, before its tuple is read or a
+ * map touched. A socket first seen at one of them (older than the agent) is picked up at its CLOSE. */
 static __always_inline int transition_matters(int newstate)
 {
 #ifdef ENABLE_STATE
@@ -271,8 +271,8 @@ static __always_inline int handle_established(const void *sk, int oldstate)
 #endif
 
 /* One state change of a TCP socket. Map operations on the common path: an insert at a life's start,
- * a lookup at each later transition that matters (ESTABLISHED and CLOSE, without state events), and the lookup and
- * delete at destroy (bpf/lifecycle.h). */
+ * a lookup at each later transition that matters (ESTABLISHED, in handle_established, and CLOSE,
+ * without state events), and the lookup and delete at destroy (bpf/lifecycle.h). */
 static __always_inline int handle_set_state(void *ctx, const void *sk, int oldstate, int newstate,
                                             const struct tuple *t)
 {
