@@ -224,6 +224,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
         stdin=subprocess.DEVNULL,
         text=True,
     )
+    out: Reader | None = None
     try:
         out = Reader(sim)
         try:
@@ -258,7 +259,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
                         "---- the topic, socket by socket ----",
                         dump.stdout,
                         dump.stderr[-2000:],
-                        *_agent_logs(tmp_path / "sim.stderr"),
+                        *_agent_logs(out),
                     ]
                 )
             )
@@ -273,7 +274,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
         stderr.close()
         if sim.stdout is not None:
             sim.stdout.close()
-        logs = _logs_dir(tmp_path / "sim.stderr")
+        logs = _logs_dir(out) if out is not None else None
         if logs is not None:
             shutil.rmtree(logs, ignore_errors=True)
     return by_client
@@ -289,18 +290,21 @@ def _stop(sim: subprocess.Popen[str]) -> None:
         sim.wait(10)
 
 
-def _logs_dir(stderr: Path) -> Path | None:
-    """The run's log directory, as the sim names it on its first line."""
-    m = re.search(r", logs (/\S+)", stderr.read_text(errors="replace")) if stderr.exists() else None
-    return Path(m.group(1)) if m else None
+def _logs_dir(out: Reader) -> Path | None:
+    """The run's log directory, as the sim names it on its first line (stdout)."""
+    for _, line in list(out.lines):
+        m = re.search(r", logs (/\S+)$", line)
+        if m:
+            return Path(m.group(1))
+    return None
 
 
-def _agent_logs(stderr: Path) -> list[str]:
-    logs = _logs_dir(stderr)
-    out: list[str] = []
+def _agent_logs(out: Reader) -> list[str]:
+    logs = _logs_dir(out)
+    tails: list[str] = []
     for f in sorted(logs.glob("agent-*.log")) if logs is not None else []:
-        out += [f"---- {f.name} (tail) ----", *_tail(f, 12)]
-    return out
+        tails += [f"---- {f.name} (tail) ----", *_tail(f, 12)]
+    return tails
 
 
 def test_through_a_clusterip_every_figure_equals_pod_to_pod(kafka_broker: Broker, tmp_path: Path) -> None:
