@@ -51,14 +51,6 @@ static __always_inline int handle_error_report(void *ctx, const void *sk)
         return 0;
     __s32 err = (__s32)read_u32((const char *)sk + OFF_SK_ERR);
     __u8 state = (__u8)(read_u32((const char *)sk + OFF_SKC_STATE) & 0xff);
-    if (!err && (st->flags & F_CLOSED) && st->sk_err && !st->err_report) {
-        /* tcp_done_with_error() and tcp_reset() set sk_err, then tcp_done() sets CLOSE (the
-         * snapshot read sk_err) and wakes the owner, then report the error. An owner woken on
-         * another CPU may read SO_ERROR in between, which clears sk_err without the socket lock
-         * (sock_error()): the error reported is the one the CLOSE snapshot saw. Not reported yet
-         * (err_report 0): a later report with no error (tcp_disconnect()) stays no event. */
-        err = st->sk_err;
-    }
     if (err && err == st->err_icmp && !st->err_report) {
         /* tcp_done_with_error() after the queued ICMP (the socket was not owned): already reported */
         st->err_report = err;
