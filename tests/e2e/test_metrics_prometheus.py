@@ -21,7 +21,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import threading
@@ -37,7 +36,7 @@ from tcpscope.v1.events_pb2 import Role
 from tests.e2e.test_sim_plan import PLAN as SIM_PLAN
 from tests.helm.test_metrics_chart import METRICS_ON, dashboard
 from tests.support.kafka import Broker, consume_all, kafka_broker
-from tests.support.sim import plan_argv
+from tests.support.sim import plan_argv, stop_sim
 
 __all__ = ["kafka_broker"]
 
@@ -282,13 +281,7 @@ def test_dashboard_panels_through_prometheus_match_the_plan(kafka_broker: Broker
 
 def _stop(sim: subprocess.Popen[str], prom: Prom) -> None:
     """Ctrl-C the simulator (it takes down what it built), then Prometheus."""
-    if sim.poll() is None:
-        sim.send_signal(signal.SIGINT)
-    try:
-        sim.wait(60)
-    except subprocess.TimeoutExpired:
-        sim.kill()
-        sim.wait(10)
+    stop_sim(sim)
     if sim.stdout is not None:
         sim.stdout.close()
     prom.stop()

@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import urllib.request
 from collections import Counter
@@ -32,7 +31,7 @@ from tcpscope.v1.events_pb2 import EventBatch
 from tcpscope_sim.plan import parse_plan
 from tests.e2e.test_metrics_prometheus import Reader, _free_base
 from tests.support.kafka import Broker, consume_all, kafka_broker, publish_batches, run_tail
-from tests.support.sim import BIN, plan_argv, run_plan, summary_json
+from tests.support.sim import BIN, plan_argv, run_plan, stop_sim, summary_json
 
 __all__ = ["kafka_broker"]
 
@@ -248,7 +247,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
                 timeout=60,
             )
             # the agents' own counters, which they log as they exit
-            _stop(sim)
+            stop_sim(sim)
             raise AssertionError(
                 "\n".join(
                     [
@@ -270,7 +269,7 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
                 for k, v in counts.items():
                     by_client.setdefault(wl, {})[k] = by_client.setdefault(wl, {}).get(k, 0) + v
     finally:
-        _stop(sim)
+        stop_sim(sim)
         stderr.close()
         if sim.stdout is not None:
             sim.stdout.close()
@@ -278,16 +277,6 @@ def _metrics_of_two_replicas(plan: dict[str, Any], tmp_path: Path, bootstrap: st
         if logs is not None:
             shutil.rmtree(logs, ignore_errors=True)
     return by_client
-
-
-def _stop(sim: subprocess.Popen[str]) -> None:
-    if sim.poll() is None:
-        sim.send_signal(signal.SIGINT)
-    try:
-        sim.wait(60)
-    except subprocess.TimeoutExpired:
-        sim.kill()
-        sim.wait(10)
 
 
 def _logs_dir(out: Reader) -> Path | None:

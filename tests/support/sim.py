@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -73,3 +74,14 @@ def summary_json(bootstrap: str, topic: str) -> dict[str, Any]:
     assert tail.returncode == 0, tail.stderr
     doc: dict[str, Any] = json.loads(tail.stdout)
     return doc
+
+
+def stop_sim(sim: subprocess.Popen[str]) -> None:
+    """Ctrl-C a running simulator (it takes down what it built), killing it if it does not exit."""
+    if sim.poll() is None:
+        sim.send_signal(signal.SIGINT)
+    try:
+        sim.wait(60)
+    except subprocess.TimeoutExpired:
+        sim.kill()
+        sim.wait(10)
