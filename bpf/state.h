@@ -249,6 +249,15 @@ static __always_inline struct sockstate *track_old(void *ctx, const void *sk, __
     return sockets.lookup(&key);
 }
 
+/* A socket's first ESTABLISHED: its connect latency, and the flag. */
+static __always_inline void mark_established(const void *sk, struct sockstate *st, int oldstate, __u64 now)
+{
+    if (st->flags & F_ESTABLISHED)
+        return;
+    st->connect_ns = connect_latency(sk, st, oldstate, now);
+    st->flags |= F_ESTABLISHED;
+}
+
 #ifndef ENABLE_STATE
 /* ESTABLISHED without state events: the connect latency and the flag, and nothing else. Not the
  * tuple: the record's is not read and the tracked one is left as the start had it (CLOSE copies
@@ -262,10 +271,7 @@ static __always_inline int handle_established(const void *sk, int oldstate)
     struct sockstate *st = sockets.lookup(&key);
     if (!st)
         return 0;
-    if (!(st->flags & F_ESTABLISHED)) {
-        st->connect_ns = connect_latency(sk, st, oldstate, bpf_ktime_get_ns());
-        st->flags |= F_ESTABLISHED;
-    }
+    mark_established(sk, st, oldstate, bpf_ktime_get_ns());
     return 1;
 }
 #endif
@@ -302,10 +308,8 @@ static __always_inline int handle_set_state(void *ctx, const void *sk, int oldst
         flush_first_state(ctx, key, st);
     }
 
-    if (newstate == TS_ESTABLISHED && !(st->flags & F_ESTABLISHED))
-        st->connect_ns = connect_latency(sk, st, oldstate, now ? now : bpf_ktime_get_ns());
     if (newstate == TS_ESTABLISHED)
-        st->flags |= F_ESTABLISHED;
+        mark_established(sk, st, oldstate, now ? now : bpf_ktime_get_ns());
     if (newstate == TS_ESTABLISHED || newstate == TS_CLOSE)
         st->flags |= F_TUPLE_FINAL;
     if (oldstate == TS_LISTEN && newstate == TS_CLOSE)
